@@ -1,0 +1,160 @@
+// Package config holds Sluice's configuration as Go values, their defaults
+// and validation. The configuration file is a Lua program (pipeline.lua);
+// Load evaluates it in a sandboxed Lua state where the `sluice` module's
+// configuration functions (sluice.spool, sluice.listen_smtp, sluice.stage,
+// ...) record into a Config. Errors name the file and line.
+package config
+
+import (
+	"net/netip"
+	"time"
+
+	"github.com/sluice-mta/sluice/pipeline"
+)
+
+// Config is the whole configuration of one node.
+type Config struct {
+	File         string // path of the config file, as given
+	Node         string // node name copied into events; default: hostname
+	Hostname     string // name used in EHLO, Received, DSNs; default: OS hostname
+	LocalDomains []string
+	Spool        Spool
+	SMTP         []SMTPListener
+	HTTP         []HTTPListener
+	Delivery     Delivery
+	Events       Events
+	Lua          Lua
+	Stages       []StageSpec
+	StageTimeout time.Duration // bound on each stage call; default 30s
+}
+
+// Spool: sluice.spool { path = "./var/spool", memtable_mb = 64 }.
+type Spool struct {
+	Path       string // default "./var/spool"
+	MemtableMB int    // Pebble memtable size; default 64
+}
+
+// TLS is a certificate and key pair in PEM files.
+type TLS struct {
+	Cert string
+	Key  string
+}
+
+// SMTPListener: sluice.listen_smtp { ... }.
+type SMTPListener struct {
+	Name           string         // default: Addr
+	Addr           string         // required, host:port
+	Hostname       string         // default: Config.Hostname
+	TLS            *TLS           // enables STARTTLS (or implicit TLS)
+	ImplicitTLS    bool           // 465-style: TLS from the first byte; needs TLS
+	Auth           string         // "none" (default), "optional", "required"
+	RelayNetworks  []netip.Prefix // clients that may relay; default none
+	MaxMessageSize int64          // bytes; default 25 MiB
+	MaxRecipients  int            // per transaction; default 100
+	MaxLineLength  int            // bytes; default 1000 (RFC 5321 limit incl. CRLF)
+	MaxConnections int            // concurrent; beyond it 421; default 1000
+	ReadTimeout    time.Duration  // per command; default 5m
+	WriteTimeout   time.Duration  // default 5m
+	DataTimeout    time.Duration  // whole DATA phase; default 10m
+	BareLineEnding string         // "reject" (default) or "normalize"
+}
+
+// HTTPListener: sluice.listen_http { addr = "127.0.0.1:8025", tls = {...} }.
+type HTTPListener struct {
+	Addr           string
+	TLS            *TLS
+	MaxRequestSize int64 // bytes; default 30 MiB
+}
+
+// Delivery: sluice.delivery { ... }.
+type Delivery struct {
+	Hostname           string        // EHLO name; default Config.Hostname
+	Resolver           string        // DNS server host:port; default: first nameserver of /etc/resolv.conf
+	Port               int           // SMTP port for MX deliveries; default 25 (tests use another)
+	TLS                string        // default TLS policy for MX routes: opportunistic
+	TLSSkipVerify      bool          // do not verify certificates (opportunistic TLS never verifies)
+	MaxConnections     int           // all destinations; default 200
+	MaxPerDestination  int           // per queue; default 10
+	MaxMessagesPerConn int           // messages over one connection; default 100
+	ConnectTimeout     time.Duration // default 30s
+	CommandTimeout     time.Duration // default 5m
+	DataTimeout        time.Duration // default 10m
+	IdleTimeout        time.Duration // keep a reused connection idle; default 5s
+	RetryInitial       time.Duration // first retry delay; default 1m
+	RetryMax           time.Duration // cap on retry delay; default 1h
+	RetryFactor        float64       // backoff multiplier; default 2
+	RetryJitter        float64       // +/- fraction; default 0.2
+	QueueLifetime      time.Duration // then expire and bounce; default 120h (5 days)
+}
+
+// Events: sluice.events { file = "./var/events.jsonl" }.
+type Events struct {
+	File string // JSONL file; default "./var/events.jsonl"
+}
+
+// Lua: sluice.lua_options { timeout = "100ms", pool_size = 0 }.
+type Lua struct {
+	Timeout  time.Duration // per hook call; default 100ms
+	PoolSize int           // max idle states kept; default 2*GOMAXPROCS+8
+}
+
+// Stage kinds in a StageSpec.
+const (
+	StageBuiltin = "builtin" // a Go stage from pipeline's registry
+	StageLua     = "lua"     // a script file returning a table of hooks
+	StageInline  = "inline"  // a table of hook functions in the config itself
+)
+
+// StageSpec is one sluice.stage(name, ...) call, in order.
+type StageSpec struct {
+	Name    string
+	Kind    string         // StageBuiltin, StageLua, StageInline
+	Builtin string         // builtin kind, e.g. "relay"
+	Options map[string]any // builtin options
+	Script  string         // lua: script path, resolved relative to the config file
+	Hooks   []string       // lua/inline: hook names the table defines
+	Line    int            // line of the sluice.stage call, for errors
+}
+
+// Defaults returns a Config with every default filled in and no listeners.
+func Defaults() *Config {
+	return &Config{
+		Spool:        Spool{Path: "./var/spool", MemtableMB: 64},
+		Events:       Events{File: "./var/events.jsonl"},
+		Lua:          Lua{Timeout: 100 * time.Millisecond},
+		StageTimeout: 30 * time.Second,
+		Delivery: Delivery{
+			Port:               25,
+			TLS:                pipeline.TLSOpportunistic,
+			MaxConnections:     200,
+			MaxPerDestination:  10,
+			MaxMessagesPerConn: 100,
+			ConnectTimeout:     30 * time.Second,
+			CommandTimeout:     5 * time.Minute,
+			DataTimeout:        10 * time.Minute,
+			IdleTimeout:        5 * time.Second,
+			RetryInitial:       time.Minute,
+			RetryMax:           time.Hour,
+			RetryFactor:        2,
+			RetryJitter:        0.2,
+			QueueLifetime:      120 * time.Hour,
+		},
+	}
+}
+
+// DefaultSMTPListener returns a listener with every limit at its default.
+func DefaultSMTPListener(addr string) SMTPListener {
+	return SMTPListener{
+		Name:           addr,
+		Addr:           addr,
+		Auth:           "none",
+		MaxMessageSize: 25 << 20,
+		MaxRecipients:  100,
+		MaxLineLength:  1000,
+		MaxConnections: 1000,
+		ReadTimeout:    5 * time.Minute,
+		WriteTimeout:   5 * time.Minute,
+		DataTimeout:    10 * time.Minute,
+		BareLineEnding: "reject",
+	}
+}

@@ -1,0 +1,312 @@
+package pipeline
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"time"
+)
+
+// ChainOptions configures a Chain.
+type ChainOptions struct {
+	// StageTimeout bounds each stage call; 0 means no bound beyond ctx.
+	// Lua and plugin stages also enforce their own, usually shorter, limits.
+	StageTimeout time.Duration
+	// LocalDomains are domains we accept mail for from anyone.
+	LocalDomains []string
+	// Logger receives stage failures; nil means slog.Default().
+	Logger *slog.Logger
+	// Trace, when set, is called after every stage call (dry runs, debug).
+	Trace func(stage, hook string, v Verdict, err error)
+	// RecoverPanics turns a panicking stage into a temporary failure.
+	// Tests switch it off to see the panic.
+	RecoverPanics bool
+}
+
+// Chain is an ordered list of stages compiled once at config load into one
+// slice per hook point. It is immutable and safe for concurrent use.
+type Chain struct {
+	opts    ChainOptions
+	log     *slog.Logger
+	stages  []Stage
+	local   map[string]bool
+	connect []ConnectHook
+	helo    []HeloHook
+	auth    []AuthHook
+	mail    []MailHook
+	rcpt    []RcptHook
+	message []MessageHook
+	route   []RouteHook
+	event   []EventHook
+	names   map[any]string
+}
+
+// Compile builds a Chain. Stage names must be unique and non-empty.
+func Compile(stages []Stage, opts ChainOptions) (*Chain, error) {
+	c := &Chain{opts: opts, log: opts.Logger, stages: stages, local: map[string]bool{}}
+	if c.log == nil {
+		c.log = slog.Default()
+	}
+	for _, d := range opts.LocalDomains {
+		c.local[strings.ToLower(strings.TrimSuffix(d, "."))] = true
+	}
+	seen := map[string]bool{}
+	for _, s := range stages {
+		n := s.Name()
+		if n == "" {
+			return nil, fmt.Errorf("pipeline: a stage has an empty name")
+		}
+		if seen[n] {
+			return nil, fmt.Errorf("pipeline: stage name %q used twice", n)
+		}
+		seen[n] = true
+		if h, ok := s.(ConnectHook); ok {
+			c.connect = append(c.connect, h)
+		}
+		if h, ok := s.(HeloHook); ok {
+			c.helo = append(c.helo, h)
+		}
+		if h, ok := s.(AuthHook); ok {
+			c.auth = append(c.auth, h)
+		}
+		if h, ok := s.(MailHook); ok {
+			c.mail = append(c.mail, h)
+		}
+		if h, ok := s.(RcptHook); ok {
+			c.rcpt = append(c.rcpt, h)
+		}
+		if h, ok := s.(MessageHook); ok {
+			c.message = append(c.message, h)
+		}
+		if h, ok := s.(RouteHook); ok {
+			c.route = append(c.route, h)
+		}
+		if h, ok := s.(EventHook); ok {
+			c.event = append(c.event, h)
+		}
+	}
+	return c, nil
+}
+
+// Stages returns the stages in order.
+func (c *Chain) Stages() []Stage { return c.stages }
+
+// IsLocal reports whether domain is one of the configured local domains.
+func (c *Chain) IsLocal(domain string) bool { return c.local[domain] }
+
+// HasEventHooks reports whether any stage observes events.
+func (c *Chain) HasEventHooks() bool { return len(c.event) > 0 }
+
+// call runs one stage hook with the stage timeout and panic recovery, and
+// normalises the outcome: a stage failure becomes an *Error (temporary,
+// generic text) carrying the cause for logs.
+func (c *Chain) call(ctx context.Context, st Stage, hook string, fn func(context.Context) (Verdict, error)) (v Verdict, err error) {
+	if c.opts.StageTimeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, c.opts.StageTimeout)
+		defer cancel()
+	}
+	if c.opts.RecoverPanics {
+		defer func() {
+			if p := recover(); p != nil {
+				err = fmt.Errorf("panic: %v", p)
+				v = Verdict{}
+				err = c.failed(st, hook, err)
+			}
+		}()
+	}
+	v, err = fn(ctx)
+	if c.opts.Trace != nil {
+		c.opts.Trace(st.Name(), hook, v, err)
+	}
+	if err != nil {
+		return Verdict{}, c.failed(st, hook, err)
+	}
+	return v, nil
+}
+
+// failed maps a stage's own failure to the reply the client sees and logs
+// the cause. A stage may return an *Error to choose the reply itself.
+func (c *Chain) failed(st Stage, hook string, err error) error {
+	var e *Error
+	if errors.As(err, &e) {
+		if e.Stage == "" {
+			e.Stage = st.Name()
+		}
+		return e
+	}
+	c.log.Warn("stage failed", "stage", st.Name(), "hook", hook, "err", err)
+	base := ErrInternal
+	if errors.Is(err, context.DeadlineExceeded) {
+		base = ErrStageTimeout
+	}
+	return &Error{Code: base.Code, Enhanced: base.Enhanced, Message: base.Message, Cause: err, Stage: st.Name()}
+}
+
+// run walks a hook point. It returns the first final verdict (Accept,
+// Reject, Tempfail, Discard), or Continue when every stage continued.
+// Reject/Tempfail come back as an *Error.
+func (c *Chain) decide(st Stage, v Verdict, err error) (Verdict, error, bool) {
+	if err != nil {
+		return Verdict{}, err, true
+	}
+	switch v.Action {
+	case Continue:
+		return v, nil, false
+	case Reject, Tempfail:
+		return v, v.Err(st.Name()), true
+	}
+	return v, nil, true
+}
+
+// Connect runs on_connect.
+func (c *Chain) Connect(ctx context.Context, conn *Conn) error {
+	for _, h := range c.connect {
+		st := h.(Stage)
+		v, err := c.call(ctx, st, "on_connect", func(ctx context.Context) (Verdict, error) { return h.OnConnect(ctx, conn) })
+		if _, err, stop := c.decide(st, v, err); stop {
+			return err
+		}
+	}
+	return nil
+}
+
+// Helo runs on_helo.
+func (c *Chain) Helo(ctx context.Context, conn *Conn, name string) error {
+	for _, h := range c.helo {
+		st := h.(Stage)
+		v, err := c.call(ctx, st, "on_helo", func(ctx context.Context) (Verdict, error) { return h.OnHelo(ctx, conn, name) })
+		if _, err, stop := c.decide(st, v, err); stop {
+			return err
+		}
+	}
+	return nil
+}
+
+// Auth runs on_auth until a stage accepts (returning the identity) or
+// rejects. With no stage deciding, authentication fails with 535 5.7.8.
+func (c *Chain) Auth(ctx context.Context, conn *Conn, cr *Credentials) (*Identity, error) {
+	for _, h := range c.auth {
+		st := h.(Stage)
+		var id *Identity
+		v, err := c.call(ctx, st, "on_auth", func(ctx context.Context) (Verdict, error) {
+			v, i, err := h.OnAuth(ctx, conn, cr)
+			id = i
+			return v, err
+		})
+		v, err, stop := c.decide(st, v, err)
+		if !stop {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		if v.Action == Accept && id != nil {
+			return id, nil
+		}
+		break
+	}
+	return nil, &Error{Code: 535, Enhanced: EnhancedCode{5, 7, 8}, Message: "Authentication credentials invalid"}
+}
+
+// Mail runs on_mail. txn.Sender must be set.
+func (c *Chain) Mail(ctx context.Context, txn *Txn) error {
+	for _, h := range c.mail {
+		st := h.(Stage)
+		v, err := c.call(ctx, st, "on_mail", func(ctx context.Context) (Verdict, error) { return h.OnMail(ctx, txn) })
+		if _, err, stop := c.decide(st, v, err); stop {
+			return err
+		}
+	}
+	return nil
+}
+
+// Rcpt runs on_rcpt for r, then enforces relay control: r is accepted only
+// if a stage accepted it, the connection is authenticated or comes from a
+// relay network, or r's domain is local. Otherwise 554 5.7.1. On success
+// the caller appends r to txn.Recipients.
+func (c *Chain) Rcpt(ctx context.Context, txn *Txn, r *Recipient) error {
+	for _, h := range c.rcpt {
+		st := h.(Stage)
+		v, err := c.call(ctx, st, "on_rcpt", func(ctx context.Context) (Verdict, error) { return h.OnRcpt(ctx, txn, r) })
+		v, err, stop := c.decide(st, v, err)
+		if !stop {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		if v.Action == Accept {
+			r.Relay = true
+		}
+		break
+	}
+	if r.Relay || txn.Conn.Authenticated() || txn.Conn.RelayNetwork || c.local[r.Domain] {
+		r.Relay = true
+		return nil
+	}
+	return ErrRelayDenied
+}
+
+// Message runs on_message. It returns discard=true with the reason when a
+// stage discarded the message (accept and drop).
+func (c *Chain) Message(ctx context.Context, msg *Message) (discard bool, reason string, err error) {
+	for _, h := range c.message {
+		st := h.(Stage)
+		v, err := c.call(ctx, st, "on_message", func(ctx context.Context) (Verdict, error) { return h.OnMessage(ctx, msg) })
+		v, err, stop := c.decide(st, v, err)
+		if !stop {
+			continue
+		}
+		if err != nil {
+			return false, "", err
+		}
+		if v.Action == Discard {
+			if v.Text == "" {
+				v.Text = "discarded by stage " + st.Name()
+			}
+			return true, v.Text, nil
+		}
+		break
+	}
+	return false, "", nil
+}
+
+// Route runs on_route for one recipient and returns its route: the first
+// stage that accepts with a Route decides; with none, the route is MX.
+// A Reject/Tempfail fails this recipient only. A Discard drops this
+// recipient (route nil, discard true).
+func (c *Chain) Route(ctx context.Context, msg *Message, r *Recipient) (route *Route, discard bool, err error) {
+	for _, h := range c.route {
+		st := h.(Stage)
+		v, err := c.call(ctx, st, "on_route", func(ctx context.Context) (Verdict, error) { return h.OnRoute(ctx, msg, r) })
+		v, err, stop := c.decide(st, v, err)
+		if !stop {
+			continue
+		}
+		if err != nil {
+			return nil, false, err
+		}
+		if v.Action == Discard {
+			return nil, true, nil
+		}
+		if v.Route != nil {
+			if verr := v.Route.Validate(); verr != nil {
+				return nil, false, c.failed(st, "on_route", verr)
+			}
+			return v.Route, false, nil
+		}
+		break
+	}
+	return MX(), false, nil
+}
+
+// Event runs on_event hooks. Errors are logged, never returned.
+func (c *Chain) Event(ctx context.Context, ev *Event) {
+	for _, h := range c.event {
+		st := h.(Stage)
+		_, _ = c.call(ctx, st, "on_event", func(ctx context.Context) (Verdict, error) { return Verdict{}, h.OnEvent(ctx, ev) })
+	}
+}

@@ -1,0 +1,66 @@
+package pipeline
+
+import "time"
+
+// Event types (schema version 1).
+const (
+	EventReceived   = "received"
+	EventRejected   = "rejected"
+	EventDeferred   = "deferred"
+	EventDelivered  = "delivered"
+	EventBounced    = "bounced"
+	EventExpired    = "expired"
+	EventDiscarded  = "discarded"
+	EventSuppressed = "suppressed"
+	EventCancelled  = "cancelled"
+)
+
+// EventSchema is the version in every event's "schema" field.
+const EventSchema = 1
+
+// Response is an SMTP reply as recorded in an event.
+type Response struct {
+	Code     int    `json:"code"`
+	Enhanced string `json:"enhanced"`
+	Text     string `json:"text"`
+}
+
+// Remote is the host a delivery attempt talked to.
+type Remote struct {
+	Host string `json:"host"`
+	IP   string `json:"ip"`
+	TLS  string `json:"tls"`
+}
+
+// Event is one state change of one recipient. Its JSON form is the public
+// event schema: field names and meanings never change within a schema
+// version; new fields may be added.
+type Event struct {
+	Schema      int               `json:"schema"`
+	EventID     string            `json:"event_id"`
+	Type        string            `json:"type"`
+	Time        time.Time         `json:"time"`
+	MessageID   string            `json:"message_id"`
+	Recipient   string            `json:"recipient"`
+	Sender      string            `json:"sender"`
+	Source      string            `json:"source"`
+	Tenant      string            `json:"tenant"`
+	Queue       string            `json:"queue"`
+	Attempt     int               `json:"attempt"`
+	Response    *Response         `json:"response,omitempty"`
+	Remote      *Remote           `json:"remote,omitempty"`
+	BounceClass string            `json:"bounce_class"`
+	Tags        []string          `json:"tags"`
+	Metadata    map[string]string `json:"metadata"`
+	Size        int               `json:"size"`
+	Node        string            `json:"node"`
+}
+
+// ResponseOf converts an error into the Response recorded in an event.
+func ResponseOf(err error) *Response {
+	if err == nil {
+		return nil
+	}
+	r := Reply(err)
+	return &Response{Code: r.Code, Enhanced: r.Enhanced.String(), Text: r.Message}
+}

@@ -1,0 +1,62 @@
+package pipeline
+
+import "context"
+
+// Stage is a named pipeline stage. It implements any subset of the hook
+// interfaces below; the Chain finds them by type assertion when compiled.
+// A hook returns a Verdict, or an error for a failure of the stage itself
+// (a script error, a plugin crash): the Chain maps such errors to a
+// temporary failure and never shows their text to the client.
+type Stage interface {
+	Name() string
+}
+
+// ConnectHook runs when a TCP connection is accepted or an HTTP request is
+// authenticated.
+type ConnectHook interface {
+	OnConnect(ctx context.Context, c *Conn) (Verdict, error)
+}
+
+// HeloHook runs at EHLO/HELO.
+type HeloHook interface {
+	OnHelo(ctx context.Context, c *Conn, name string) (Verdict, error)
+}
+
+// AuthHook checks credentials. On Accept it returns the Identity.
+type AuthHook interface {
+	OnAuth(ctx context.Context, c *Conn, cr *Credentials) (Verdict, *Identity, error)
+}
+
+// MailHook runs at MAIL FROM; txn.Sender is already set.
+type MailHook interface {
+	OnMail(ctx context.Context, txn *Txn) (Verdict, error)
+}
+
+// RcptHook runs for each recipient before it joins txn.Recipients.
+type RcptHook interface {
+	OnRcpt(ctx context.Context, txn *Txn, r *Recipient) (Verdict, error)
+}
+
+// MessageHook runs once the content is received, before spooling. It may
+// edit msg.Header, Meta and Tags.
+type MessageHook interface {
+	OnMessage(ctx context.Context, msg *Message) (Verdict, error)
+}
+
+// RouteHook chooses a recipient's route: Accept with Verdict.Route set.
+// Reject/Tempfail fail that recipient only.
+type RouteHook interface {
+	OnRoute(ctx context.Context, msg *Message, r *Recipient) (Verdict, error)
+}
+
+// EventHook observes events after they are durably recorded. It cannot
+// block delivery: its verdict is ignored and errors are only logged.
+type EventHook interface {
+	OnEvent(ctx context.Context, ev *Event) error
+}
+
+// Closer is implemented by stages that hold resources (Lua pools, plugin
+// processes). The owner calls Close in reverse order of construction.
+type Closer interface {
+	Close() error
+}

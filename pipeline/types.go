@@ -1,0 +1,240 @@
+package pipeline
+
+import (
+	"bufio"
+	"bytes"
+	"fmt"
+	"net/netip"
+	"strings"
+	"time"
+
+	"github.com/emersion/go-message/textproto"
+)
+
+// Source names where a message came from; it is copied into every event.
+const (
+	SourceSMTP = "smtp"
+	SourceHTTP = "http"
+	SourceDSN  = "dsn" // bounces Sluice generated itself
+)
+
+// Identity is who is sending, whatever proved it: SMTP AUTH, an HTTP API key,
+// or (later) a signed bearer token. Stages see this one type for all of them.
+type Identity struct {
+	Name    string   // user name or API key id
+	Tenant  string   // tenant the identity belongs to; copied into events
+	Method  string   // "smtp-auth", "apikey", "token"
+	Scopes  []string // e.g. "send", "admin"
+	Senders []string // allowed sender domains; empty means unrestricted
+}
+
+// HasScope reports whether the identity carries scope s.
+func (id *Identity) HasScope(s string) bool {
+	if id == nil {
+		return false
+	}
+	for _, x := range id.Scopes {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
+
+// Credentials are what a client presented to authenticate; on_auth stages
+// turn them into an Identity.
+type Credentials struct {
+	Mechanism string // "PLAIN", "LOGIN", "BEARER", "APIKEY"
+	Username  string
+	Password  string
+	Token     string
+}
+
+// Conn describes one client connection (SMTP) or one request (HTTP).
+type Conn struct {
+	ID           string
+	Source       string // SourceSMTP or SourceHTTP
+	Listener     string // listener name, e.g. "127.0.0.1:2525"
+	RemoteIP     netip.Addr
+	RemotePort   uint16
+	HELO         string
+	TLS          string // "" when clear text, else "TLS1.2", "TLS1.3"
+	Identity     *Identity
+	RelayNetwork bool // the client address is in the listener's relay networks
+}
+
+// Authenticated reports whether the connection carries an identity.
+func (c *Conn) Authenticated() bool { return c.Identity != nil }
+
+// Tenant returns the identity's tenant, or "".
+func (c *Conn) Tenant() string {
+	if c.Identity == nil {
+		return ""
+	}
+	return c.Identity.Tenant
+}
+
+// Recipient is one envelope recipient.
+type Recipient struct {
+	Address string // as given, local@domain
+	Local   string
+	Domain  string // lower-cased ASCII or UTF-8 domain
+	// Relay is set when a stage accepted the recipient explicitly or the
+	// session may relay; the chain denies relay when it is false at the end
+	// of on_rcpt and the domain is not local.
+	Relay bool
+	Route *Route // chosen by on_route
+}
+
+// NewRecipient splits an address into local part and domain.
+func NewRecipient(addr string) (*Recipient, error) {
+	local, domain, err := SplitAddress(addr)
+	if err != nil {
+		return nil, err
+	}
+	return &Recipient{Address: addr, Local: local, Domain: domain}, nil
+}
+
+// SplitAddress splits local@domain and lower-cases the domain. It rejects
+// empty parts and any control character (CR, LF, NUL ...).
+func SplitAddress(addr string) (local, domain string, err error) {
+	for i := 0; i < len(addr); i++ {
+		if addr[i] < 0x20 || addr[i] == 0x7f || addr[i] == ' ' {
+			return "", "", Errorf(501, EnhancedCode{5, 1, 3}, "Invalid character in address")
+		}
+	}
+	at := strings.LastIndexByte(addr, '@')
+	if at <= 0 || at == len(addr)-1 {
+		return "", "", Errorf(501, EnhancedCode{5, 1, 3}, "Address must be local@domain")
+	}
+	return addr[:at], strings.ToLower(strings.TrimSuffix(addr[at+1:], ".")), nil
+}
+
+// Txn is one mail transaction: a sender and its recipients.
+type Txn struct {
+	Conn       *Conn
+	ID         string // message id (ULID), assigned at MAIL FROM
+	Sender     string // "" is the null sender <>
+	Recipients []*Recipient
+	Meta       map[string]string // persisted, copied into every event
+	Tags       []string          // persisted, copied into every event
+	Received   time.Time
+}
+
+// SetMeta sets a metadata key; an empty value deletes it.
+func (t *Txn) SetMeta(k, v string) {
+	if v == "" {
+		delete(t.Meta, k)
+		return
+	}
+	if t.Meta == nil {
+		t.Meta = make(map[string]string)
+	}
+	t.Meta[k] = v
+}
+
+// AddTag adds a tag once.
+func (t *Txn) AddTag(tag string) {
+	for _, x := range t.Tags {
+		if x == tag {
+			return
+		}
+	}
+	t.Tags = append(t.Tags, tag)
+}
+
+// Message is a transaction with its content, as seen by on_message and
+// on_route. Header is mutable (fields added by stages are prepended, as
+// trace fields are); Body is the bytes after the blank line, CRLF-terminated
+// lines, never modified by the pipeline.
+type Message struct {
+	*Txn
+	Header textproto.Header
+	Body   []byte
+}
+
+// ParseMessage splits raw RFC 5322 data into header and body. data must use
+// CRLF line endings. A message without a header section is an error.
+func ParseMessage(txn *Txn, data []byte) (*Message, error) {
+	br := bufio.NewReader(bytes.NewReader(data))
+	h, err := textproto.ReadHeader(br)
+	if err != nil {
+		return nil, Errorf(554, EnhancedCode{5, 6, 0}, "Malformed message header section")
+	}
+	consumed := len(data) - br.Buffered()
+	return &Message{Txn: txn, Header: h, Body: data[consumed:]}, nil
+}
+
+// Bytes serialises the header and body as they will be spooled and sent.
+func (m *Message) Bytes() ([]byte, error) {
+	var buf bytes.Buffer
+	buf.Grow(len(m.Body) + 1024)
+	if err := textproto.WriteHeader(&buf, m.Header); err != nil {
+		return nil, err
+	}
+	buf.Write(m.Body)
+	return buf.Bytes(), nil
+}
+
+// Route kinds. Later kinds (capture, hold, drop) get their own constants.
+const (
+	RouteMX    = "mx"
+	RouteRelay = "relay"
+)
+
+// TLS policies for delivery.
+const (
+	TLSOpportunistic = "opportunistic" // STARTTLS when offered, clear text otherwise
+	TLSRequired      = "required"      // defer when STARTTLS is not offered or fails
+	TLSNone          = "none"          // never STARTTLS
+)
+
+// Route says where a recipient goes. The zero Route is invalid; use MX() or
+// a relay route.
+type Route struct {
+	Kind     string `json:"kind"`
+	Host     string `json:"host,omitempty"`      // relay: smarthost name or IP
+	Port     int    `json:"port,omitempty"`      // relay: default 25; mx: 0 = delivery default
+	TLS      string `json:"tls,omitempty"`       // TLS policy; "" = delivery default
+	AuthUser string `json:"auth_user,omitempty"` // relay: optional SMTP AUTH PLAIN
+	AuthPass string `json:"auth_pass,omitempty"`
+}
+
+// MX is the default route: look up the recipient domain's MX hosts.
+func MX() *Route { return &Route{Kind: RouteMX} }
+
+// Validate checks the route's fields.
+func (r *Route) Validate() error {
+	switch r.Kind {
+	case RouteMX:
+	case RouteRelay:
+		if r.Host == "" {
+			return fmt.Errorf("relay route: host is required")
+		}
+		if r.Port < 0 || r.Port > 65535 {
+			return fmt.Errorf("relay route: port %d out of range", r.Port)
+		}
+	default:
+		return fmt.Errorf("unknown route kind %q (want mx or relay)", r.Kind)
+	}
+	switch r.TLS {
+	case "", TLSOpportunistic, TLSRequired, TLSNone:
+	default:
+		return fmt.Errorf("route tls %q: want opportunistic, required or none", r.TLS)
+	}
+	return nil
+}
+
+// QueueName is the delivery queue a recipient on this route joins: its
+// domain for MX routes, "relay:host:port" for relays. Recipients in one
+// queue share connections and concurrency limits.
+func (r *Route) QueueName(domain string) string {
+	if r.Kind == RouteRelay {
+		port := r.Port
+		if port == 0 {
+			port = 25
+		}
+		return fmt.Sprintf("relay:%s:%d", r.Host, port)
+	}
+	return domain
+}
