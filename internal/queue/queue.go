@@ -1,0 +1,692 @@
+// Package queue schedules delivery of spooled recipients: one in-memory
+// queue per destination (a recipient domain for MX routes, a smarthost for
+// relay routes) with bounded concurrency and connection reuse, a timer heap
+// for deferred recipients, exponential backoff with jitter, a queue
+// lifetime after which recipients expire, and bounces.
+//
+// The spool is the source of truth; the queue's memory is an index of it,
+// rebuilt by Load at start. Every outcome (delivered, deferred, bounced,
+// expired) is committed to the spool together with its event in one batch;
+// a bounce message is injected into the spool in that same batch.
+//
+// Goroutines: one timer goroutine, plus at most MaxPerDestination workers
+// per destination, each holding at most one connection; all connections
+// together are bounded by MaxConnections. Stop stops them all.
+package queue
+
+import (
+	"container/heap"
+	"context"
+	"log/slog"
+	"math"
+	"math/rand/v2"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/sluice-mta/sluice/internal/spool"
+	"github.com/sluice-mta/sluice/pipeline"
+)
+
+// Conn is one open SMTP session to a destination, reused for several
+// messages. internal/delivery implements it.
+type Conn interface {
+	// Send delivers one message. perRcpt has one entry per rcpt (nil =
+	// accepted); err means the whole transaction failed and the connection
+	// must not be reused.
+	Send(ctx context.Context, from string, rcpts []string, data []byte) (perRcpt []error, err error)
+	Remote() pipeline.Remote
+	Usable() bool
+	Close() error
+}
+
+// Dialer opens a Conn for a route. For MX routes it resolves domain.
+type Dialer interface {
+	Dial(ctx context.Context, route *pipeline.Route, domain string) (Conn, error)
+}
+
+// Failure is one recipient that bounced or expired, for the DSN.
+type Failure struct {
+	Recipient string
+	Expired   bool
+	Reply     *pipeline.Response
+	Remote    string
+	Time      time.Time
+}
+
+// Bouncer builds a DSN for failed recipients of a message and chooses its
+// route. It is called with the original metadata and bytes. A nil Bouncer
+// sends no bounces (tests only).
+type Bouncer interface {
+	Bounce(ctx context.Context, m *spool.Meta, data []byte, failed []Failure) (dsn []byte, route *pipeline.Route, err error)
+}
+
+// Options tunes the queue. Zero values take the defaults of
+// config.Defaults().Delivery.
+type Options struct {
+	MaxConnections     int
+	MaxPerDestination  int
+	MaxMessagesPerConn int
+	IdleTimeout        time.Duration
+	RetryInitial       time.Duration
+	RetryMax           time.Duration
+	RetryFactor        float64
+	RetryJitter        float64
+	QueueLifetime      time.Duration
+	Logger             *slog.Logger
+	Now                func() time.Time // for tests; default time.Now
+}
+
+// Queue is safe for concurrent use.
+type Queue struct {
+	o      Options
+	sp     *spool.Spool
+	dialer Dialer
+	bounce Bouncer
+	log    *slog.Logger
+
+	ctx    context.Context
+	cancel context.CancelFunc
+	sem    chan struct{}
+	wake   chan struct{}
+	wg     sync.WaitGroup
+
+	mu       sync.Mutex
+	stopping bool
+	dests    map[string]*dest
+	msgs     map[string]*message
+	waiting  itemHeap
+}
+
+type message struct {
+	meta      *spool.Meta
+	remaining int
+}
+
+type item struct {
+	msg   *message
+	dest  *dest
+	rcpts []*spool.Recipient
+	due   time.Time
+	index int // in the heap
+}
+
+type dest struct {
+	key    string
+	name   string // queue name in events
+	route  *pipeline.Route
+	domain string
+	ready  []*item
+	active int
+	idle   int
+	wake   chan struct{}
+}
+
+// New creates a queue; call Load, then Start.
+func New(sp *spool.Spool, d Dialer, b Bouncer, o Options) *Queue {
+	if o.MaxConnections <= 0 {
+		o.MaxConnections = 200
+	}
+	if o.MaxPerDestination <= 0 {
+		o.MaxPerDestination = 10
+	}
+	if o.MaxMessagesPerConn <= 0 {
+		o.MaxMessagesPerConn = 100
+	}
+	if o.IdleTimeout <= 0 {
+		o.IdleTimeout = 5 * time.Second
+	}
+	if o.RetryInitial <= 0 {
+		o.RetryInitial = time.Minute
+	}
+	if o.RetryMax <= 0 {
+		o.RetryMax = time.Hour
+	}
+	if o.RetryFactor < 1 {
+		o.RetryFactor = 2
+	}
+	if o.QueueLifetime <= 0 {
+		o.QueueLifetime = 120 * time.Hour
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	return &Queue{
+		o: o, sp: sp, dialer: d, bounce: b, log: o.Logger.With("component", "queue"),
+		ctx: ctx, cancel: cancel,
+		sem:   make(chan struct{}, o.MaxConnections),
+		wake:  make(chan struct{}, 1),
+		dests: map[string]*dest{},
+		msgs:  map[string]*message{},
+	}
+}
+
+// Load rebuilds the queues from the spool. Call it once, before Start.
+func (q *Queue) Load() (int, error) {
+	var (
+		cur   *spool.Meta
+		batch []*spool.Recipient
+		n     int
+	)
+	flush := func() {
+		if cur != nil && len(batch) > 0 {
+			q.Enqueue(cur, batch)
+		}
+		batch = nil
+	}
+	err := q.sp.ScanRecipients(func(m *spool.Meta, r *spool.Recipient) error {
+		if cur == nil || cur.ID != m.ID {
+			flush()
+			cur = m
+		}
+		batch = append(batch, r)
+		n++
+		return nil
+	})
+	flush()
+	return n, err
+}
+
+// Start starts the timer goroutine.
+func (q *Queue) Start() {
+	q.wg.Add(1)
+	go q.timerLoop()
+}
+
+// Stop stops dispatching, lets in-flight deliveries finish until ctx ends,
+// then cancels them (they are retried after restart).
+func (q *Queue) Stop(ctx context.Context) {
+	q.mu.Lock()
+	q.stopping = true
+	for _, d := range q.dests {
+		for i := 0; i < d.idle; i++ {
+			select {
+			case d.wake <- struct{}{}:
+			default:
+			}
+		}
+	}
+	q.mu.Unlock()
+	q.kick()
+	done := make(chan struct{})
+	go func() { q.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-ctx.Done():
+		q.cancel()
+		<-done
+	}
+	q.cancel()
+}
+
+// Stats is a snapshot for logs and tests.
+type Stats struct {
+	Messages, Ready, Waiting, Active int
+}
+
+// Stats returns counts of queued messages, ready and waiting items, and
+// active workers.
+func (q *Queue) Stats() Stats {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	s := Stats{Messages: len(q.msgs), Waiting: len(q.waiting)}
+	for _, d := range q.dests {
+		s.Ready += len(d.ready)
+		s.Active += d.active
+	}
+	return s
+}
+
+func destKey(r *pipeline.Route, domain string) string {
+	k := r.Kind + "|" + r.QueueName(domain) + "|" + r.TLS + "|" + r.AuthUser
+	if r.Kind == pipeline.RouteMX && r.Port != 0 {
+		k += "|" + strconv.Itoa(r.Port)
+	}
+	return k
+}
+
+// Enqueue adds a spooled message's recipients (already committed) to the
+// queues. Recipients with a future NextAttempt wait in the timer heap.
+func (q *Queue) Enqueue(m *spool.Meta, rcpts []*spool.Recipient) {
+	now := q.o.Now()
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	msg := q.msgs[m.ID]
+	if msg == nil {
+		msg = &message{meta: m}
+		q.msgs[m.ID] = msg
+	}
+	msg.remaining += len(rcpts)
+	groups := map[string]*item{}
+	var order []*item
+	for _, r := range rcpts {
+		route := r.Route
+		if route == nil {
+			route = pipeline.MX()
+		}
+		k := destKey(route, r.Domain)
+		it := groups[k]
+		if it == nil {
+			d := q.dests[k]
+			if d == nil {
+				d = &dest{key: k, name: route.QueueName(r.Domain), route: route, domain: r.Domain,
+					wake: make(chan struct{}, q.o.MaxPerDestination)}
+				q.dests[k] = d
+			}
+			it = &item{msg: msg, dest: d, due: r.NextAttempt}
+			groups[k] = it
+			order = append(order, it)
+		}
+		if r.NextAttempt.After(it.due) {
+			it.due = r.NextAttempt
+		}
+		it.rcpts = append(it.rcpts, r)
+	}
+	for _, it := range order {
+		q.schedule(it, now)
+	}
+}
+
+// schedule puts an item in its destination's ready list or the timer heap.
+// Called with q.mu held.
+func (q *Queue) schedule(it *item, now time.Time) {
+	if it.due.After(now) {
+		heap.Push(&q.waiting, it)
+		if q.waiting[0] == it {
+			q.kick()
+		}
+		return
+	}
+	d := it.dest
+	d.ready = append(d.ready, it)
+	q.dispatch(d)
+}
+
+// dispatch wakes an idle worker of d or starts a new one. q.mu held.
+func (q *Queue) dispatch(d *dest) {
+	if q.stopping {
+		return
+	}
+	if d.idle > 0 {
+		select {
+		case d.wake <- struct{}{}:
+		default:
+		}
+		return
+	}
+	if d.active < q.o.MaxPerDestination && len(d.ready) > 0 {
+		d.active++
+		q.wg.Add(1)
+		go q.worker(d)
+	}
+}
+
+func (q *Queue) kick() {
+	select {
+	case q.wake <- struct{}{}:
+	default:
+	}
+}
+
+func (q *Queue) timerLoop() {
+	defer q.wg.Done()
+	t := time.NewTimer(time.Hour)
+	defer t.Stop()
+	for {
+		q.mu.Lock()
+		if q.stopping {
+			q.mu.Unlock()
+			return
+		}
+		now := q.o.Now()
+		for len(q.waiting) > 0 && !q.waiting[0].due.After(now) {
+			it := heap.Pop(&q.waiting).(*item)
+			it.dest.ready = append(it.dest.ready, it)
+			q.dispatch(it.dest)
+		}
+		wait := time.Hour
+		if len(q.waiting) > 0 {
+			wait = q.waiting[0].due.Sub(now)
+		}
+		q.mu.Unlock()
+		if !t.Stop() {
+			select {
+			case <-t.C:
+			default:
+			}
+		}
+		t.Reset(wait)
+		select {
+		case <-t.C:
+		case <-q.wake:
+		case <-q.ctx.Done():
+			return
+		}
+	}
+}
+
+// take returns the next ready item of d. With an open connection it waits
+// up to IdleTimeout for one; without, it returns nil at once when d is
+// empty. When it returns nil the worker has been retired (active--).
+func (q *Queue) take(d *dest, haveConn bool) *item {
+	deadline := time.Now().Add(q.o.IdleTimeout)
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	for {
+		if q.stopping {
+			d.active--
+			return nil
+		}
+		if len(d.ready) > 0 {
+			it := d.ready[0]
+			d.ready[0] = nil
+			d.ready = d.ready[1:]
+			return it
+		}
+		wait := time.Until(deadline)
+		if !haveConn || wait <= 0 {
+			d.active--
+			if d.active == 0 && d.idle == 0 && len(d.ready) == 0 {
+				delete(q.dests, d.key) // forget idle destinations
+			}
+			return nil
+		}
+		d.idle++
+		q.mu.Unlock()
+		t := time.NewTimer(wait)
+		select {
+		case <-d.wake:
+		case <-t.C:
+		case <-q.ctx.Done():
+		}
+		t.Stop()
+		q.mu.Lock()
+		d.idle--
+	}
+}
+
+func (q *Queue) worker(d *dest) {
+	defer q.wg.Done()
+	var (
+		conn Conn
+		sent int
+		held bool
+	)
+	release := func() {
+		if conn != nil {
+			_ = conn.Close()
+			conn = nil
+		}
+		if held {
+			<-q.sem
+			held = false
+		}
+	}
+	defer release()
+	for {
+		it := q.take(d, conn != nil)
+		if it == nil {
+			return
+		}
+		if conn != nil && (!conn.Usable() || sent >= q.o.MaxMessagesPerConn) {
+			_ = conn.Close()
+			conn = nil
+		}
+		if conn == nil {
+			if !held {
+				select {
+				case q.sem <- struct{}{}:
+					held = true
+				case <-q.ctx.Done():
+					q.requeue(it)
+					q.retire(d)
+					return
+				}
+			}
+			c, err := q.dialer.Dial(q.ctx, d.route, d.domain)
+			if err != nil {
+				q.complete(it, nil, err, nil)
+				if pipeline.IsTemporary(err) {
+					// The destination is down: defer what else is ready for
+					// it now rather than dialing once per message.
+					for _, other := range q.drain(d) {
+						q.complete(other, nil, err, nil)
+					}
+				}
+				release()
+				continue
+			}
+			conn, sent = c, 0
+		}
+		data, err := q.sp.Body(it.msg.meta.ID)
+		if err != nil {
+			q.log.Error("spooled message unreadable; will retry", "msgid", it.msg.meta.ID, "err", err)
+			q.complete(it, nil, &pipeline.Error{Code: 451, Enhanced: pipeline.EnhancedCode{4, 3, 0}, Message: "spool read failed", Cause: err}, nil)
+			continue
+		}
+		addrs := make([]string, len(it.rcpts))
+		for i, r := range it.rcpts {
+			addrs[i] = r.Address
+		}
+		remote := conn.Remote()
+		per, err := conn.Send(q.ctx, it.msg.meta.Sender, addrs, data)
+		sent++
+		q.complete(it, per, err, &remote)
+		if err != nil {
+			_ = conn.Close()
+			conn = nil
+		}
+	}
+}
+
+// retire ends a worker that took no item (shutdown while waiting for a
+// connection slot).
+func (q *Queue) retire(d *dest) {
+	q.mu.Lock()
+	d.active--
+	q.mu.Unlock()
+}
+
+func (q *Queue) requeue(it *item) {
+	q.mu.Lock()
+	it.dest.ready = append([]*item{it}, it.dest.ready...)
+	q.mu.Unlock()
+}
+
+func (q *Queue) drain(d *dest) []*item {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	out := d.ready
+	d.ready = nil
+	return out
+}
+
+// backoff returns the delay before attempt n+1 after n failed attempts.
+func (q *Queue) backoff(n int) time.Duration {
+	d := float64(q.o.RetryInitial) * math.Pow(q.o.RetryFactor, float64(n-1))
+	if d > float64(q.o.RetryMax) {
+		d = float64(q.o.RetryMax)
+	}
+	if j := q.o.RetryJitter; j > 0 {
+		d *= 1 + j*(2*rand.Float64()-1)
+	}
+	if d < float64(time.Millisecond) {
+		d = float64(time.Millisecond)
+	}
+	return time.Duration(d)
+}
+
+func (q *Queue) event(typ string, m *spool.Meta, r *spool.Recipient, queueName string, attempt int) *pipeline.Event {
+	return &pipeline.Event{
+		Type: typ, MessageID: m.ID, Recipient: r.Address, Sender: m.Sender, Source: m.Source,
+		Tenant: m.Tenant, Queue: queueName, Attempt: attempt, Tags: m.Tags, Metadata: m.Meta, Size: m.Size,
+	}
+}
+
+// complete records the outcome of one attempt for an item. per may be nil
+// (then err applies to every recipient).
+func (q *Queue) complete(it *item, per []error, err error, remote *pipeline.Remote) {
+	now := q.o.Now()
+	m := it.msg.meta
+	b := q.sp.NewBatch()
+	var (
+		failed []Failure
+		retry  []*spool.Recipient
+		done   int
+	)
+	remoteHost := ""
+	if remote != nil {
+		remoteHost = remote.Host
+	}
+	for i, r := range it.rcpts {
+		rerr := err
+		if rerr == nil && i < len(per) {
+			rerr = per[i]
+		}
+		attempt := r.Attempts + 1
+		ev := q.event("", m, r, it.dest.name, attempt)
+		if remote != nil && remote.Host != "" {
+			rm := *remote
+			ev.Remote = &rm
+		}
+		switch {
+		case rerr == nil:
+			ev.Type = pipeline.EventDelivered
+			ev.Response = &pipeline.Response{Code: 250, Enhanced: "2.0.0", Text: "OK"}
+			b.DeleteRecipient(m.ID, r.Idx)
+			done++
+		case !pipeline.IsTemporary(rerr):
+			ev.Type = pipeline.EventBounced
+			ev.Response = pipeline.ResponseOf(rerr)
+			ev.BounceClass = "permanent"
+			b.DeleteRecipient(m.ID, r.Idx)
+			failed = append(failed, Failure{Recipient: r.Address, Reply: ev.Response, Remote: remoteHost, Time: now})
+			done++
+		case now.Sub(m.Received) >= q.o.QueueLifetime:
+			ev.Type = pipeline.EventExpired
+			ev.Response = pipeline.ResponseOf(rerr)
+			ev.BounceClass = "expired"
+			b.DeleteRecipient(m.ID, r.Idx)
+			failed = append(failed, Failure{Recipient: r.Address, Expired: true, Reply: ev.Response, Remote: remoteHost, Time: now})
+			done++
+		default:
+			ev.Type = pipeline.EventDeferred
+			ev.Response = pipeline.ResponseOf(rerr)
+			nr := *r
+			nr.Attempts = attempt
+			nr.NextAttempt = now.Add(q.backoff(attempt))
+			if exp := m.Received.Add(q.o.QueueLifetime); nr.NextAttempt.After(exp) {
+				nr.NextAttempt = exp
+			}
+			nr.LastReply = ev.Response
+			_ = b.PutRecipient(&nr)
+			retry = append(retry, &nr)
+		}
+		if rerr != nil {
+			q.log.Info("delivery failed", "msgid", m.ID, "rcpt", r.Address, "queue", it.dest.name,
+				"attempt", attempt, "outcome", ev.Type, "err", rerr)
+		}
+		b.AddEvent(ev)
+	}
+
+	var (
+		bMeta  *spool.Meta
+		bRcpts []*spool.Recipient
+	)
+	if len(failed) > 0 && m.Sender != "" && q.bounce != nil {
+		bMeta, bRcpts = q.makeBounce(b, m, failed)
+	}
+
+	q.mu.Lock()
+	it.msg.remaining -= done
+	last := it.msg.remaining == 0
+	if last {
+		delete(q.msgs, m.ID)
+	}
+	q.mu.Unlock()
+	if last {
+		b.DeleteMessage(m.ID)
+	}
+	if cerr := b.Commit(false); cerr != nil {
+		// The outcome is lost but the spool still holds the recipients as
+		// they were: retry the whole item later.
+		q.log.Error("cannot record delivery outcome; will retry", "msgid", m.ID, "err", cerr)
+		q.mu.Lock()
+		it.msg.remaining += done
+		q.msgs[m.ID] = it.msg
+		it.due = now.Add(q.o.RetryInitial)
+		heap.Push(&q.waiting, it)
+		q.mu.Unlock()
+		q.kick()
+		return
+	}
+	if bMeta != nil {
+		q.Enqueue(bMeta, bRcpts)
+	}
+	if len(retry) > 0 {
+		nit := &item{msg: it.msg, dest: it.dest, rcpts: retry, due: retry[0].NextAttempt}
+		q.mu.Lock()
+		q.schedule(nit, now)
+		q.mu.Unlock()
+	}
+}
+
+// makeBounce builds the DSN and adds it to b as a new message.
+func (q *Queue) makeBounce(b *spool.Batch, m *spool.Meta, failed []Failure) (*spool.Meta, []*spool.Recipient) {
+	data, err := q.sp.Body(m.ID)
+	if err != nil {
+		q.log.Error("cannot read message for its bounce", "msgid", m.ID, "err", err)
+		data = nil
+	}
+	dsn, route, err := q.bounce.Bounce(q.ctx, m, data, failed)
+	if err != nil {
+		q.log.Error("cannot build bounce; none sent", "msgid", m.ID, "err", err)
+		return nil, nil
+	}
+	local, domain, err := pipeline.SplitAddress(m.Sender)
+	_ = local
+	if err != nil {
+		q.log.Warn("sender address cannot receive a bounce", "msgid", m.ID, "sender", m.Sender)
+		return nil, nil
+	}
+	if route == nil {
+		route = pipeline.MX()
+	}
+	bm := &spool.Meta{ID: q.sp.NewID(), Source: pipeline.SourceDSN, Sender: "", Tenant: m.Tenant,
+		Received: q.o.Now(), Size: len(dsn), Meta: map[string]string{"bounce_of": m.ID}}
+	r := &spool.Recipient{MsgID: bm.ID, Idx: 0, Address: m.Sender, Domain: domain, Route: route}
+	if err := b.PutMessage(bm, dsn); err != nil {
+		return nil, nil
+	}
+	_ = b.PutRecipient(r)
+	ev := q.event(pipeline.EventReceived, bm, r, route.QueueName(domain), 0)
+	b.AddEvent(ev)
+	q.log.Info("bounce queued", "msgid", bm.ID, "bounce_of", m.ID, "to", m.Sender)
+	return bm, []*spool.Recipient{r}
+}
+
+type itemHeap []*item
+
+func (h itemHeap) Len() int           { return len(h) }
+func (h itemHeap) Less(i, j int) bool { return h[i].due.Before(h[j].due) }
+func (h itemHeap) Swap(i, j int) {
+	h[i], h[j] = h[j], h[i]
+	h[i].index, h[j].index = i, j
+}
+func (h *itemHeap) Push(x any) {
+	it := x.(*item)
+	it.index = len(*h)
+	*h = append(*h, it)
+}
+func (h *itemHeap) Pop() any {
+	old := *h
+	n := len(old)
+	it := old[n-1]
+	old[n-1] = nil
+	*h = old[:n-1]
+	return it
+}

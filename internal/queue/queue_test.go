@@ -1,0 +1,247 @@
+package queue
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/sluice-mta/sluice/internal/spool"
+	"github.com/sluice-mta/sluice/pipeline"
+)
+
+// fakeDialer scripts replies per recipient address; it stands in for
+// internal/delivery, which has its own tests against real SMTP servers.
+// End-to-end tests in cmd/sluice cover both together.
+type fakeDialer struct {
+	mu       sync.Mutex
+	dials    int
+	dialErr  error
+	replies  map[string][]error // per rcpt, consumed in order; empty = accept
+	sent     []string           // "rcpt" per accepted delivery
+	data     map[string][]byte
+	maxConns int
+	open     int
+}
+
+func (f *fakeDialer) Dial(ctx context.Context, r *pipeline.Route, domain string) (Conn, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.dials++
+	if f.dialErr != nil {
+		return nil, f.dialErr
+	}
+	f.open++
+	if f.open > f.maxConns {
+		f.maxConns = f.open
+	}
+	return &fakeConn{f: f}, nil
+}
+
+type fakeConn struct{ f *fakeDialer }
+
+func (c *fakeConn) Send(ctx context.Context, from string, rcpts []string, data []byte) ([]error, error) {
+	c.f.mu.Lock()
+	defer c.f.mu.Unlock()
+	out := make([]error, len(rcpts))
+	for i, r := range rcpts {
+		if q := c.f.replies[r]; len(q) > 0 {
+			out[i] = q[0]
+			c.f.replies[r] = q[1:]
+			continue
+		}
+		c.f.sent = append(c.f.sent, r)
+		if c.f.data == nil {
+			c.f.data = map[string][]byte{}
+		}
+		c.f.data[r] = data
+	}
+	return out, nil
+}
+func (c *fakeConn) Remote() pipeline.Remote { return pipeline.Remote{Host: "mx.test", IP: "127.0.0.1"} }
+func (c *fakeConn) Usable() bool            { return true }
+func (c *fakeConn) Close() error {
+	c.f.mu.Lock()
+	c.f.open--
+	c.f.mu.Unlock()
+	return nil
+}
+
+type fakeBouncer struct{}
+
+func (fakeBouncer) Bounce(ctx context.Context, m *spool.Meta, data []byte, failed []Failure) ([]byte, *pipeline.Route, error) {
+	var sb strings.Builder
+	sb.WriteString("Subject: bounce\r\n\r\n")
+	for _, f := range failed {
+		fmt.Fprintf(&sb, "%s %v %d\r\n", f.Recipient, f.Expired, f.Reply.Code)
+	}
+	return []byte(sb.String()), nil, nil
+}
+
+func put(t *testing.T, sp *spool.Spool, sender string, rcpts ...string) (*spool.Meta, []*spool.Recipient) {
+	t.Helper()
+	m := &spool.Meta{ID: sp.NewID(), Sender: sender, Source: "smtp", Received: time.Now(), Size: 4}
+	b := sp.NewBatch()
+	_ = b.PutMessage(m, []byte("data"))
+	var rs []*spool.Recipient
+	for i, a := range rcpts {
+		_, dom, _ := pipeline.SplitAddress(a)
+		r := &spool.Recipient{MsgID: m.ID, Idx: i, Address: a, Domain: dom, Route: pipeline.MX()}
+		_ = b.PutRecipient(r)
+		rs = append(rs, r)
+	}
+	if err := b.Commit(true); err != nil {
+		t.Fatal(err)
+	}
+	return m, rs
+}
+
+func events(t *testing.T, sp *spool.Spool, id string) []string {
+	h, err := sp.History(id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, e := range h {
+		out = append(out, e.Type+":"+e.Recipient)
+	}
+	return out
+}
+
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+var (
+	temp = &pipeline.Error{Code: 451, Enhanced: pipeline.EnhancedCode{4, 0, 0}, Message: "try later"}
+	perm = &pipeline.Error{Code: 550, Enhanced: pipeline.EnhancedCode{5, 1, 1}, Message: "no such user"}
+)
+
+func TestPerRecipientOutcomesRetryAndBounce(t *testing.T) {
+	sp, err := spool.Open(t.TempDir(), spool.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sp.Close()
+	fd := &fakeDialer{replies: map[string][]error{
+		"retry@b.test": {temp, temp},
+		"bad@b.test":   {perm},
+	}}
+	q := New(sp, fd, fakeBouncer{}, Options{RetryInitial: 20 * time.Millisecond, RetryMax: 40 * time.Millisecond})
+	q.Start()
+	defer q.Stop(context.Background())
+	m, rs := put(t, sp, "sender@a.test", "ok@b.test", "retry@b.test", "bad@b.test")
+	q.Enqueue(m, rs)
+
+	waitFor(t, "all settled", func() bool { return q.Stats().Messages == 0 })
+	got := strings.Join(events(t, sp, m.ID), " ")
+	for _, want := range []string{"delivered:ok@b.test", "bounced:bad@b.test", "deferred:retry@b.test", "delivered:retry@b.test"} {
+		if !strings.Contains(got, want) {
+			t.Errorf("events %q lack %q", got, want)
+		}
+	}
+	if n := strings.Count(got, "deferred:retry@b.test"); n != 2 {
+		t.Errorf("retry deferred %d times, want 2: %s", n, got)
+	}
+	// The bounce went to the sender, once, and mentions only the bad rcpt.
+	fd.mu.Lock()
+	defer fd.mu.Unlock()
+	if d := string(fd.data["sender@a.test"]); !strings.Contains(d, "bad@b.test false 550") || strings.Contains(d, "retry@") {
+		t.Errorf("bounce = %q", d)
+	}
+	if _, err := sp.Body(m.ID); err == nil {
+		t.Error("message body still spooled after every recipient settled")
+	}
+}
+
+func TestNullSenderNeverBounced(t *testing.T) {
+	sp, _ := spool.Open(t.TempDir(), spool.Options{})
+	defer sp.Close()
+	fd := &fakeDialer{replies: map[string][]error{"bad@b.test": {perm}}}
+	q := New(sp, fd, fakeBouncer{}, Options{})
+	q.Start()
+	defer q.Stop(context.Background())
+	m, rs := put(t, sp, "", "bad@b.test")
+	q.Enqueue(m, rs)
+	waitFor(t, "settled", func() bool { return q.Stats().Messages == 0 })
+	time.Sleep(50 * time.Millisecond) // a wrong bounce would be dispatched by now
+	fd.mu.Lock()
+	defer fd.mu.Unlock()
+	if len(fd.sent) != 0 || fd.dials != 1 {
+		t.Fatalf("a bounce was sent for a null sender: sent=%v dials=%d", fd.sent, fd.dials)
+	}
+}
+
+func TestExpiryAndDestinationDown(t *testing.T) {
+	sp, _ := spool.Open(t.TempDir(), spool.Options{})
+	defer sp.Close()
+	fd := &fakeDialer{dialErr: &pipeline.Error{Code: 451, Enhanced: pipeline.EnhancedCode{4, 4, 1}, Message: "all MX hosts unreachable"}}
+	q := New(sp, fd, fakeBouncer{}, Options{RetryInitial: 10 * time.Millisecond, RetryMax: 20 * time.Millisecond, QueueLifetime: 150 * time.Millisecond})
+	q.Start()
+	defer q.Stop(context.Background())
+	m, rs := put(t, sp, "s@a.test", "x@down.test")
+	q.Enqueue(m, rs)
+	waitFor(t, "expired", func() bool {
+		ev := events(t, sp, m.ID)
+		return len(ev) > 0 && ev[len(ev)-1] == "expired:x@down.test"
+	})
+	ev := events(t, sp, m.ID)
+	if ev[0] != "deferred:x@down.test" {
+		t.Fatalf("first outcome %v", ev)
+	}
+}
+
+func TestConnectionReuseAndReload(t *testing.T) {
+	dir := t.TempDir()
+	sp, _ := spool.Open(dir, spool.Options{})
+	var ids []string
+	for i := 0; i < 20; i++ {
+		m, _ := put(t, sp, "s@a.test", fmt.Sprintf("r%d@b.test", i))
+		ids = append(ids, m.ID)
+	}
+	sp.Close()
+
+	sp, _ = spool.Open(dir, spool.Options{})
+	defer sp.Close()
+	fd := &fakeDialer{}
+	q := New(sp, fd, nil, Options{MaxPerDestination: 2, IdleTimeout: time.Second})
+	n, err := q.Load()
+	if err != nil || n != 20 {
+		t.Fatalf("Load = %d, %v", n, err)
+	}
+	q.Start()
+	defer q.Stop(context.Background())
+	waitFor(t, "delivered", func() bool { return q.Stats().Messages == 0 })
+	fd.mu.Lock()
+	defer fd.mu.Unlock()
+	if len(fd.sent) != 20 {
+		t.Fatalf("sent %d", len(fd.sent))
+	}
+	if fd.dials > 2 || fd.maxConns > 2 {
+		t.Fatalf("dials=%d maxConns=%d: connections were not reused or the limit was exceeded", fd.dials, fd.maxConns)
+	}
+}
+
+func TestBackoffGrowsAndCaps(t *testing.T) {
+	q := New(nil, nil, nil, Options{RetryInitial: time.Second, RetryMax: 10 * time.Second, RetryFactor: 2, RetryJitter: 0})
+	for n, want := range map[int]time.Duration{1: time.Second, 2: 2 * time.Second, 3: 4 * time.Second, 10: 10 * time.Second} {
+		if got := q.backoff(n); got != want {
+			t.Errorf("backoff(%d) = %v, want %v", n, got, want)
+		}
+	}
+	q.o.RetryJitter = 0.2
+	for i := 0; i < 100; i++ {
+		if d := q.backoff(2); d < 1600*time.Millisecond || d > 2400*time.Millisecond {
+			t.Fatalf("jittered backoff %v outside ±20%% of 2s", d)
+		}
+	}
+}

@@ -1,0 +1,466 @@
+// Package spool is Sluice's durable store: accepted messages, the delivery
+// state of each of their recipients, and the event outbox, all in one
+// Pebble database so that a state change and the event describing it are
+// written in one atomic batch.
+//
+// Why Pebble and not files: an acceptance writes the message, its
+// recipients with their routes and its "received" events in one batch, and
+// concurrent synced commits share one WAL fsync (group commit), which is
+// what lets many sessions acknowledge at once for the price of one sync.
+//
+// Key layout (all keys start with a one-byte kind):
+//
+//	m<msgid>            message metadata (JSON Meta)
+//	b<msgid>            message bytes (header + body, CRLF)
+//	r<msgid><idx:2>     one queued recipient (JSON Recipient)
+//	e<seq:8>            outbox event (JSON pipeline.Event), deleted once exported
+//	h<msgid><seq:8>     event history of a message, for status queries
+//
+// Durability contract: Commit(true) returns after an fsync; acceptance uses
+// it. Delivery outcomes commit without a sync: a crash can only roll back a
+// whole outcome batch (recipient state and its event together), so the
+// message is delivered again: at least once, never lost. The outbox reader
+// syncs the WAL before it reads, so an exported event always describes a
+// durable state.
+package spool
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/cockroachdb/pebble/v2"
+	"github.com/oklog/ulid/v2"
+
+	"github.com/sluice-mta/sluice/pipeline"
+)
+
+const (
+	kMeta    = 'm'
+	kBody    = 'b'
+	kRcpt    = 'r'
+	kEvent   = 'e'
+	kHistory = 'h'
+)
+
+// Meta is what the spool keeps about a message besides its bytes.
+type Meta struct {
+	ID       string            `json:"id"`
+	Source   string            `json:"source"`
+	Sender   string            `json:"sender"`
+	Tenant   string            `json:"tenant,omitempty"`
+	Identity string            `json:"identity,omitempty"`
+	Tags     []string          `json:"tags,omitempty"`
+	Meta     map[string]string `json:"meta,omitempty"`
+	Received time.Time         `json:"received"`
+	Size     int               `json:"size"`
+}
+
+// Recipient is one recipient still to be delivered.
+type Recipient struct {
+	MsgID       string             `json:"-"`
+	Idx         int                `json:"-"`
+	Address     string             `json:"addr"`
+	Domain      string             `json:"domain"`
+	Route       *pipeline.Route    `json:"route"`
+	Attempts    int                `json:"attempts,omitempty"`
+	NextAttempt time.Time          `json:"next,omitempty"`
+	LastReply   *pipeline.Response `json:"last,omitempty"`
+}
+
+// Options configures Open.
+type Options struct {
+	MemtableMB int
+	Logger     *slog.Logger
+	// Node is copied into every event's "node" field.
+	Node string
+}
+
+// Spool is safe for concurrent use.
+type Spool struct {
+	db   *pebble.DB
+	log  *slog.Logger
+	node string
+
+	seqMu    sync.Mutex
+	nextSeq  uint64
+	inflight map[uint64]struct{} // event seqs assigned but not yet committed
+	notify   chan struct{}       // signalled after a commit that added events
+
+	entropyMu sync.Mutex
+	entropy   *ulid.MonotonicEntropy
+}
+
+type pebbleLogger struct{ l *slog.Logger }
+
+func (p pebbleLogger) Infof(format string, args ...any) { p.l.Debug(fmt.Sprintf(format, args...)) }
+func (p pebbleLogger) Errorf(format string, args ...any) {
+	p.l.Error(fmt.Sprintf(format, args...))
+}
+func (p pebbleLogger) Fatalf(format string, args ...any) {
+	p.l.Error(fmt.Sprintf(format, args...))
+	panic(fmt.Sprintf(format, args...))
+}
+
+// Open opens (creating if needed) the spool at path.
+func Open(path string, o Options) (*Spool, error) {
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	if o.MemtableMB <= 0 {
+		o.MemtableMB = 64
+	}
+	popts := &pebble.Options{
+		MemTableSize: uint64(o.MemtableMB) << 20,
+		Logger:       pebbleLogger{o.Logger.With("component", "pebble")},
+	}
+	db, err := pebble.Open(path, popts)
+	if err != nil {
+		return nil, fmt.Errorf("open spool %s: %w (is another sluice using it?)", path, err)
+	}
+	s := &Spool{
+		db: db, log: o.Logger, node: o.Node,
+		inflight: map[uint64]struct{}{},
+		notify:   make(chan struct{}, 1),
+		entropy:  ulid.Monotonic(rand.Reader, 0),
+	}
+	// Resume the event sequence after the last stored event.
+	it, err := db.NewIter(&pebble.IterOptions{LowerBound: []byte{kEvent}, UpperBound: []byte{kEvent + 1}})
+	if err != nil {
+		db.Close()
+		return nil, err
+	}
+	if it.Last() {
+		s.nextSeq = binary.BigEndian.Uint64(it.Key()[1:]) + 1
+	}
+	it.Close()
+	if s.nextSeq == 0 {
+		s.nextSeq = 1
+	}
+	return s, nil
+}
+
+// Close closes the database after flushing the WAL.
+func (s *Spool) Close() error {
+	_ = s.db.LogData(nil, pebble.Sync)
+	return s.db.Close()
+}
+
+// NewID returns a new ULID: unique, lexically sortable by time.
+func (s *Spool) NewID() string {
+	s.entropyMu.Lock()
+	defer s.entropyMu.Unlock()
+	return ulid.MustNew(ulid.Now(), s.entropy).String()
+}
+
+func metaKey(id string) []byte { return append([]byte{kMeta}, id...) }
+func bodyKey(id string) []byte { return append([]byte{kBody}, id...) }
+func rcptKey(id string, idx int) []byte {
+	k := make([]byte, 0, 1+len(id)+2)
+	k = append(k, kRcpt)
+	k = append(k, id...)
+	return binary.BigEndian.AppendUint16(k, uint16(idx))
+}
+func eventKey(seq uint64) []byte { return binary.BigEndian.AppendUint64([]byte{kEvent}, seq) }
+func historyKey(id string, seq uint64) []byte {
+	k := append([]byte{kHistory}, id...)
+	return binary.BigEndian.AppendUint64(k, seq)
+}
+
+// Batch collects writes that commit atomically. Not safe for concurrent use.
+type Batch struct {
+	s      *Spool
+	b      *pebble.Batch
+	events []*pipeline.Event
+}
+
+// NewBatch starts a batch.
+func (s *Spool) NewBatch() *Batch { return &Batch{s: s, b: s.db.NewBatch()} }
+
+// PutMessage stores a message's metadata and bytes.
+func (b *Batch) PutMessage(m *Meta, data []byte) error {
+	v, err := json.Marshal(m)
+	if err != nil {
+		return err
+	}
+	_ = b.b.Set(metaKey(m.ID), v, nil)
+	_ = b.b.Set(bodyKey(m.ID), data, nil)
+	return nil
+}
+
+// PutRecipient stores (or replaces) a queued recipient.
+func (b *Batch) PutRecipient(r *Recipient) error {
+	v, err := json.Marshal(r)
+	if err != nil {
+		return err
+	}
+	return b.b.Set(rcptKey(r.MsgID, r.Idx), v, nil)
+}
+
+// DeleteRecipient removes a recipient that reached a final state.
+func (b *Batch) DeleteRecipient(msgID string, idx int) {
+	_ = b.b.Delete(rcptKey(msgID, idx), nil)
+}
+
+// DeleteMessage removes a message's metadata and bytes (call it once no
+// recipient is left).
+func (b *Batch) DeleteMessage(msgID string) {
+	_ = b.b.Delete(metaKey(msgID), nil)
+	_ = b.b.Delete(bodyKey(msgID), nil)
+}
+
+// AddEvent appends ev to the outbox and the message's history. Schema,
+// EventID, Time and Node are filled when empty.
+func (b *Batch) AddEvent(ev *pipeline.Event) {
+	b.events = append(b.events, ev)
+}
+
+// Len reports whether the batch holds anything.
+func (b *Batch) Empty() bool { return b.b.Empty() && len(b.events) == 0 }
+
+// Commit writes the batch; with sync it returns after an fsync shared with
+// concurrent committers. The batch cannot be reused.
+func (b *Batch) Commit(sync bool) error {
+	s := b.s
+	var first uint64
+	n := uint64(len(b.events))
+	if n > 0 {
+		s.seqMu.Lock()
+		first = s.nextSeq
+		s.nextSeq += n
+		for i := uint64(0); i < n; i++ {
+			s.inflight[first+i] = struct{}{}
+		}
+		s.seqMu.Unlock()
+		now := time.Now().UTC()
+		for i, ev := range b.events {
+			seq := first + uint64(i)
+			if ev.Schema == 0 {
+				ev.Schema = pipeline.EventSchema
+			}
+			if ev.EventID == "" {
+				ev.EventID = s.NewID()
+			}
+			if ev.Time.IsZero() {
+				ev.Time = now
+			}
+			if ev.Node == "" {
+				ev.Node = s.node
+			}
+			if ev.Tags == nil {
+				ev.Tags = []string{}
+			}
+			if ev.Metadata == nil {
+				ev.Metadata = map[string]string{}
+			}
+			v, err := json.Marshal(ev)
+			if err != nil {
+				s.release(first, n)
+				b.b.Close()
+				return err
+			}
+			_ = b.b.Set(eventKey(seq), v, nil)
+			if ev.MessageID != "" {
+				_ = b.b.Set(historyKey(ev.MessageID, seq), v, nil)
+			}
+		}
+	}
+	opts := pebble.NoSync
+	if sync {
+		opts = pebble.Sync
+	}
+	err := s.db.Apply(b.b, opts)
+	b.b.Close()
+	if n > 0 {
+		s.release(first, n)
+		select {
+		case s.notify <- struct{}{}:
+		default:
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("spool commit: %w", err)
+	}
+	return nil
+}
+
+func (s *Spool) release(first, n uint64) {
+	s.seqMu.Lock()
+	for i := uint64(0); i < n; i++ {
+		delete(s.inflight, first+i)
+	}
+	s.seqMu.Unlock()
+}
+
+// safeSeq returns the lowest event seq that may still be committing: every
+// event below it is either committed or never will be.
+func (s *Spool) safeSeq() uint64 {
+	s.seqMu.Lock()
+	defer s.seqMu.Unlock()
+	min := s.nextSeq
+	for q := range s.inflight {
+		if q < min {
+			min = q
+		}
+	}
+	return min
+}
+
+// Body returns a copy of a message's bytes.
+func (s *Spool) Body(msgID string) ([]byte, error) {
+	v, c, err := s.db.Get(bodyKey(msgID))
+	if err != nil {
+		if errors.Is(err, pebble.ErrNotFound) {
+			return nil, fmt.Errorf("message %s: body not in spool", msgID)
+		}
+		return nil, err
+	}
+	out := bytes.Clone(v)
+	c.Close()
+	return out, nil
+}
+
+// Meta returns a message's metadata.
+func (s *Spool) Meta(msgID string) (*Meta, error) {
+	v, c, err := s.db.Get(metaKey(msgID))
+	if err != nil {
+		return nil, err
+	}
+	defer c.Close()
+	var m Meta
+	if err := json.Unmarshal(v, &m); err != nil {
+		return nil, fmt.Errorf("message %s: corrupt metadata: %w", msgID, err)
+	}
+	return &m, nil
+}
+
+// ScanRecipients calls fn for every queued recipient with its message's
+// metadata, in message order. Used once at start to rebuild the queues.
+func (s *Spool) ScanRecipients(fn func(m *Meta, r *Recipient) error) error {
+	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: []byte{kRcpt}, UpperBound: []byte{kRcpt + 1}})
+	if err != nil {
+		return err
+	}
+	defer it.Close()
+	var cur *Meta
+	for it.First(); it.Valid(); it.Next() {
+		k := it.Key()
+		if len(k) < 4 {
+			continue
+		}
+		id := string(k[1 : len(k)-2])
+		idx := int(binary.BigEndian.Uint16(k[len(k)-2:]))
+		if cur == nil || cur.ID != id {
+			m, err := s.Meta(id)
+			if err != nil {
+				s.log.Error("spool: recipient without message metadata; skipping", "msgid", id, "err", err)
+				continue
+			}
+			cur = m
+		}
+		var r Recipient
+		if err := json.Unmarshal(it.Value(), &r); err != nil {
+			s.log.Error("spool: corrupt recipient record; skipping", "msgid", id, "idx", idx, "err", err)
+			continue
+		}
+		r.MsgID, r.Idx = id, idx
+		if err := fn(cur, &r); err != nil {
+			return err
+		}
+	}
+	return it.Error()
+}
+
+// History returns the stored events of a message, oldest first.
+func (s *Spool) History(msgID string) ([]pipeline.Event, error) {
+	lo := append([]byte{kHistory}, msgID...)
+	hi := append(bytes.Clone(lo), 0xff)
+	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: lo, UpperBound: hi})
+	if err != nil {
+		return nil, err
+	}
+	defer it.Close()
+	var out []pipeline.Event
+	for it.First(); it.Valid(); it.Next() {
+		if len(it.Key()) != len(lo)+8 {
+			continue
+		}
+		var ev pipeline.Event
+		if err := json.Unmarshal(it.Value(), &ev); err == nil {
+			out = append(out, ev)
+		}
+	}
+	return out, it.Error()
+}
+
+// OutboxEvent is an event read from the outbox with its sequence number.
+type OutboxEvent struct {
+	Seq  uint64
+	JSON []byte
+}
+
+// ReadOutbox syncs the WAL (so everything read is durable), then returns up
+// to limit events with seq >= from that are safe to publish in order.
+func (s *Spool) ReadOutbox(from uint64, limit int) ([]OutboxEvent, error) {
+	hi := s.safeSeq()
+	if hi <= from {
+		return nil, nil
+	}
+	if err := s.db.LogData(nil, pebble.Sync); err != nil {
+		return nil, err
+	}
+	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: eventKey(from), UpperBound: eventKey(hi)})
+	if err != nil {
+		return nil, err
+	}
+	defer it.Close()
+	var out []OutboxEvent
+	for it.First(); it.Valid() && len(out) < limit; it.Next() {
+		out = append(out, OutboxEvent{Seq: binary.BigEndian.Uint64(it.Key()[1:]), JSON: bytes.Clone(it.Value())})
+	}
+	return out, it.Error()
+}
+
+// FirstOutboxSeq returns the seq of the oldest unexported event, or the
+// next seq to be assigned when the outbox is empty.
+func (s *Spool) FirstOutboxSeq() (uint64, error) {
+	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: []byte{kEvent}, UpperBound: []byte{kEvent + 1}})
+	if err != nil {
+		return 0, err
+	}
+	defer it.Close()
+	if it.First() {
+		return binary.BigEndian.Uint64(it.Key()[1:]), nil
+	}
+	return s.safeSeq(), it.Error()
+}
+
+// AckOutbox deletes exported events with seq < upto (one range tombstone).
+func (s *Spool) AckOutbox(upto uint64) error {
+	return s.db.DeleteRange(eventKey(0), eventKey(upto), pebble.NoSync)
+}
+
+// OutboxNotify is signalled (without blocking) after each commit that
+// added events; readers select on it with a fallback timer.
+func (s *Spool) OutboxNotify() <-chan struct{} { return s.notify }
+
+// Sync makes every earlier write durable.
+func (s *Spool) Sync(ctx context.Context) error { return s.db.LogData(nil, pebble.Sync) }
+
+// PruneHistory deletes the event history of messages received before t.
+// Message ids are ULIDs, which sort by time, so this is one range
+// tombstone.
+func (s *Spool) PruneHistory(t time.Time) error {
+	var zero ulid.ULID
+	if err := zero.SetTime(ulid.Timestamp(t)); err != nil {
+		return err
+	}
+	return s.db.DeleteRange([]byte{kHistory}, append([]byte{kHistory}, zero.String()...), pebble.NoSync)
+}
