@@ -597,7 +597,7 @@ func (q *Queue) complete(it *item, per []error, err error, remote *pipeline.Remo
 		bMeta  *spool.Meta
 		bRcpts []*spool.Recipient
 	)
-	if len(failed) > 0 && m.Sender != "" && q.bounce != nil {
+	if len(failed) > 0 && m.Sender != "" {
 		bMeta, bRcpts = q.makeBounce(b, m, failed)
 	}
 
@@ -635,22 +635,33 @@ func (q *Queue) complete(it *item, per []error, err error, remote *pipeline.Remo
 	}
 }
 
-// makeBounce builds the DSN and adds it to b as a new message.
+// makeBounce builds the DSN for failed recipients of m and adds it to b.
 func (q *Queue) makeBounce(b *spool.Batch, m *spool.Meta, failed []Failure) (*spool.Meta, []*spool.Recipient) {
 	data, err := q.sp.Body(m.ID)
 	if err != nil {
 		q.log.Error("cannot read message for its bounce", "msgid", m.ID, "err", err)
 		data = nil
 	}
+	return q.AddBounce(b, m, data, failed)
+}
+
+// AddBounce builds a DSN for failed recipients of the message m (whose
+// bytes are data) and adds it to b as a new message from the null sender
+// to m's sender. After b commits, pass the results to Enqueue. It returns
+// nils (and logs) when no bounce is due: a null sender, no Bouncer, or a
+// sender that cannot receive mail.
+func (q *Queue) AddBounce(b *spool.Batch, m *spool.Meta, data []byte, failed []Failure) (*spool.Meta, []*spool.Recipient) {
+	if m.Sender == "" || q.bounce == nil || len(failed) == 0 {
+		return nil, nil
+	}
+	_, domain, err := pipeline.SplitAddress(m.Sender)
+	if err != nil {
+		q.log.Warn("sender address cannot receive a bounce", "msgid", m.ID, "sender", m.Sender)
+		return nil, nil
+	}
 	dsn, route, err := q.bounce.Bounce(q.ctx, m, data, failed)
 	if err != nil {
 		q.log.Error("cannot build bounce; none sent", "msgid", m.ID, "err", err)
-		return nil, nil
-	}
-	local, domain, err := pipeline.SplitAddress(m.Sender)
-	_ = local
-	if err != nil {
-		q.log.Warn("sender address cannot receive a bounce", "msgid", m.ID, "sender", m.Sender)
 		return nil, nil
 	}
 	if route == nil {
@@ -663,8 +674,7 @@ func (q *Queue) makeBounce(b *spool.Batch, m *spool.Meta, failed []Failure) (*sp
 		return nil, nil
 	}
 	_ = b.PutRecipient(r)
-	ev := q.event(pipeline.EventReceived, bm, r, route.QueueName(domain), 0)
-	b.AddEvent(ev)
+	b.AddEvent(q.event(pipeline.EventReceived, bm, r, route.QueueName(domain), 0))
 	q.log.Info("bounce queued", "msgid", bm.ID, "bounce_of", m.ID, "to", m.Sender)
 	return bm, []*spool.Recipient{r}
 }

@@ -1,0 +1,63 @@
+package events
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/sluice-mta/sluice/internal/spool"
+	"github.com/sluice-mta/sluice/pipeline"
+)
+
+func TestExportToFileInOrderThenHooks(t *testing.T) {
+	dir := t.TempDir()
+	sp, err := spool.Open(filepath.Join(dir, "spool"), spool.Options{Node: "n"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sp.Close()
+	fs, err := OpenFile(filepath.Join(dir, "ev", "events.jsonl"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var hooked atomic.Int32
+	ex := NewExporter(sp, []Sink{fs}, func(ctx context.Context, ev *pipeline.Event) { hooked.Add(1) }, nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	go ex.Run(ctx)
+	for i := 0; i < 1500; i++ { // more than one export batch
+		b := sp.NewBatch()
+		b.AddEvent(&pipeline.Event{Type: pipeline.EventDeferred, MessageID: "m1", Attempt: i})
+		if err := b.Commit(false); err != nil {
+			t.Fatal(err)
+		}
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for hooked.Load() < 1500 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	cancel()
+	<-ex.Done()
+	fs.Close()
+	f, _ := os.Open(filepath.Join(dir, "ev", "events.jsonl"))
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	n := 0
+	for sc.Scan() {
+		var ev pipeline.Event
+		if err := json.Unmarshal(sc.Bytes(), &ev); err != nil {
+			t.Fatalf("line %d: %v", n, err)
+		}
+		if ev.Attempt != n || ev.Schema != 1 || ev.Node != "n" {
+			t.Fatalf("line %d out of order or incomplete: %+v", n, ev)
+		}
+		n++
+	}
+	if n != 1500 || hooked.Load() != 1500 {
+		t.Fatalf("file has %d events, hooks saw %d; want 1500", n, hooked.Load())
+	}
+}
