@@ -310,3 +310,33 @@ func (c *Chain) Event(ctx context.Context, ev *Event) {
 		_, _ = c.call(ctx, st, "on_event", func(ctx context.Context) (Verdict, error) { return Verdict{}, h.OnEvent(ctx, ev) })
 	}
 }
+
+// Verified runs on_auth for credentials the source has already verified
+// itself (an HTTP API key): conn.Identity is set to id before the hooks
+// run, a stage may reject (401/403 at the source) or accept with a
+// replacement identity, and when every stage continues id stands.
+func (c *Chain) Verified(ctx context.Context, conn *Conn, cr *Credentials, id *Identity) (*Identity, error) {
+	conn.Identity = id
+	for _, h := range c.auth {
+		st := h.(Stage)
+		var nid *Identity
+		v, err := c.call(ctx, st, "on_auth", func(ctx context.Context) (Verdict, error) {
+			v, i, err := h.OnAuth(ctx, conn, cr)
+			nid = i
+			return v, err
+		})
+		v, err, stop := c.decide(st, v, err)
+		if !stop {
+			continue
+		}
+		if err != nil {
+			conn.Identity = nil
+			return nil, err
+		}
+		if v.Action == Accept && nid != nil {
+			conn.Identity = nid
+		}
+		break
+	}
+	return conn.Identity, nil
+}

@@ -464,3 +464,67 @@ func (s *Spool) PruneHistory(t time.Time) error {
 	}
 	return s.db.DeleteRange([]byte{kHistory}, append([]byte{kHistory}, zero.String()...), pebble.NoSync)
 }
+
+const kIdem = 'i'
+
+type idemRecord struct {
+	Expires time.Time       `json:"exp"`
+	Value   json.RawMessage `json:"v"`
+}
+
+func idemKey(key string) []byte { return append([]byte{kIdem}, key...) }
+
+// PutIdempotency stores value (JSON) under key until expires, in the same
+// atomic batch as the message it answers for.
+func (b *Batch) PutIdempotency(key string, value []byte, expires time.Time) error {
+	v, err := json.Marshal(idemRecord{Expires: expires, Value: value})
+	if err != nil {
+		return err
+	}
+	return b.b.Set(idemKey(key), v, nil)
+}
+
+// GetIdempotency returns the stored value for key, if present and not
+// expired.
+func (s *Spool) GetIdempotency(key string, now time.Time) ([]byte, bool, error) {
+	v, c, err := s.db.Get(idemKey(key))
+	if errors.Is(err, pebble.ErrNotFound) {
+		return nil, false, nil
+	}
+	if err != nil {
+		return nil, false, err
+	}
+	defer c.Close()
+	var rec idemRecord
+	if err := json.Unmarshal(v, &rec); err != nil {
+		return nil, false, fmt.Errorf("idempotency record %q: %w", key, err)
+	}
+	if !now.Before(rec.Expires) {
+		return nil, false, nil
+	}
+	return bytes.Clone(rec.Value), true, nil
+}
+
+// PruneIdempotency deletes expired idempotency records (a scan of all of
+// them; run it rarely, e.g. hourly).
+func (s *Spool) PruneIdempotency(now time.Time) (int, error) {
+	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: []byte{kIdem}, UpperBound: []byte{kIdem + 1}})
+	if err != nil {
+		return 0, err
+	}
+	defer it.Close()
+	b := s.db.NewBatch()
+	defer b.Close()
+	n := 0
+	for it.First(); it.Valid(); it.Next() {
+		var rec idemRecord
+		if json.Unmarshal(it.Value(), &rec) != nil || !now.Before(rec.Expires) {
+			_ = b.Delete(bytes.Clone(it.Key()), nil)
+			n++
+		}
+	}
+	if err := it.Error(); err != nil {
+		return 0, err
+	}
+	return n, s.db.Apply(b, pebble.NoSync)
+}

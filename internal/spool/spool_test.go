@@ -196,3 +196,29 @@ func BenchmarkAcceptSync(b *testing.B) {
 		})
 	}
 }
+
+func TestIdempotencyRecords(t *testing.T) {
+	s := open(t, t.TempDir())
+	defer s.Close()
+	now := time.Now()
+	b := s.NewBatch()
+	if err := b.PutIdempotency("acme/k1", []byte(`{"id":"1"}`), now.Add(time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	_ = b.PutIdempotency("acme/old", []byte(`{}`), now.Add(-time.Second))
+	if err := b.Commit(true); err != nil {
+		t.Fatal(err)
+	}
+	if v, ok, err := s.GetIdempotency("acme/k1", now); !ok || err != nil || string(v) != `{"id":"1"}` {
+		t.Fatalf("get = %s %v %v", v, ok, err)
+	}
+	if _, ok, _ := s.GetIdempotency("acme/old", now); ok {
+		t.Fatal("expired record returned")
+	}
+	if _, ok, _ := s.GetIdempotency("acme/k1", now.Add(2*time.Hour)); ok {
+		t.Fatal("record returned after its expiry")
+	}
+	if n, err := s.PruneIdempotency(now); err != nil || n != 1 {
+		t.Fatalf("pruned %d, %v", n, err)
+	}
+}
