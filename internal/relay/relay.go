@@ -77,6 +77,10 @@ type Options struct {
 	// DSN (SMTP, where the DATA reply cannot be per recipient) instead of
 	// only a per-recipient result (HTTP).
 	BounceRouteRejects bool
+	// BeforeCommit, when set, is called for each message that will be
+	// committed, with the batch it commits in, so that a source can store
+	// its answer (an idempotency record) atomically with the message.
+	BeforeCommit func(b *spool.Batch, msg *pipeline.Message, rc *Receipt) error
 }
 
 func (r *Relay) event(typ string, msg *pipeline.Message, rcpt string, size int) *pipeline.Event {
@@ -179,6 +183,11 @@ func (r *Relay) prepare(ctx context.Context, b *spool.Batch, msg *pipeline.Messa
 	}
 	if o.BounceRouteRejects && len(refused) > 0 {
 		p.bMeta, p.bRcpts = r.q.AddBounce(b, p.meta, data, refused)
+	}
+	if o.BeforeCommit != nil {
+		if err := o.BeforeCommit(b, msg, p.receipt); err != nil {
+			return nil, err
+		}
 	}
 	return p, nil
 }
