@@ -26,6 +26,13 @@ type Config struct {
 	Lua          Lua
 	Stages       []StageSpec
 	StageTimeout time.Duration // bound on each stage call; default 30s
+
+	// Source is the configuration program as Load evaluated it. The Lua
+	// host replays it in each pooled Lua state to build inline stages
+	// (sluice.stage("name", { on_rcpt = function ... end })), so that the
+	// file changing on disk after Load cannot change a running pipeline.
+	// nil for a Config built in Go; the host then reads File.
+	Source []byte
 }
 
 // Spool: sluice.spool { path = "./var/spool", memtable_mb = 64 }.
@@ -87,9 +94,17 @@ type Delivery struct {
 	QueueLifetime      time.Duration // then expire and bounce; default 120h (5 days)
 }
 
-// Events: sluice.events { file = "./var/events.jsonl" }.
+// Events: sluice.events { file = "./var/events.jsonl", kafka = {...} }.
 type Events struct {
-	File string // JSONL file; default "./var/events.jsonl"
+	File  string // JSONL file; default "./var/events.jsonl"
+	Kafka *Kafka // nil: events go to File only
+}
+
+// Kafka: sluice.events { kafka = { brokers = {"127.0.0.1:9092"} } }.
+type Kafka struct {
+	Brokers     []string // host:port, at least one
+	Topic       string   // every event; default "sluice.delivery"
+	BounceTopic string   // bounced, expired, rejected; default "sluice.bounce"
 }
 
 // Lua: sluice.lua_options { timeout = "100ms", pool_size = 0 }.
@@ -103,7 +118,23 @@ const (
 	StageBuiltin = "builtin" // a Go stage from pipeline's registry
 	StageLua     = "lua"     // a script file returning a table of hooks
 	StageInline  = "inline"  // a table of hook functions in the config itself
+	StagePlugin  = "plugin"  // a plugin binary (sluice.plugin { cmd = ... })
 )
+
+// Plugin failure policies (PluginSpec.OnError).
+const (
+	OnErrorTempfail = "tempfail"
+	OnErrorContinue = "continue"
+	OnErrorReject   = "reject"
+)
+
+// PluginSpec: sluice.plugin { cmd = "./bin/x", args = {...}, on_error = "tempfail", timeout = "5s" }.
+type PluginSpec struct {
+	Cmd     string        // executable; a relative path with a slash resolves against the config file's directory
+	Args    []string      // extra arguments
+	OnError string        // OnErrorTempfail (default), OnErrorContinue or OnErrorReject
+	Timeout time.Duration // per hook call; 0 = the stage timeout only
+}
 
 // StageSpec is one sluice.stage(name, ...) call, in order.
 type StageSpec struct {
@@ -113,6 +144,7 @@ type StageSpec struct {
 	Options map[string]any // builtin options
 	Script  string         // lua: script path, resolved relative to the config file
 	Hooks   []string       // lua/inline: hook names the table defines
+	Plugin  *PluginSpec    // plugin: the command and its failure policy
 	Line    int            // line of the sluice.stage call, for errors
 }
 

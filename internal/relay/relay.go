@@ -168,6 +168,13 @@ func (r *Relay) prepare(ctx context.Context, b *spool.Batch, msg *pipeline.Messa
 		ID: msg.ID, Source: msg.Conn.Source, Sender: msg.Sender, Tenant: msg.Conn.Tenant(), Identity: identity,
 		Tags: msg.Tags, Meta: msg.Meta, Received: msg.Received, Size: len(data),
 	}
+	// BeforeCommit runs before anything of this message is staged, so its
+	// failure leaves the batch untouched.
+	if o.BeforeCommit != nil {
+		if err := o.BeforeCommit(b, msg, p.receipt); err != nil {
+			return nil, err
+		}
+	}
 	if len(p.rcpts) > 0 {
 		if err := b.PutMessage(p.meta, data); err != nil {
 			return nil, err
@@ -183,11 +190,6 @@ func (r *Relay) prepare(ctx context.Context, b *spool.Batch, msg *pipeline.Messa
 	}
 	if o.BounceRouteRejects && len(refused) > 0 {
 		p.bMeta, p.bRcpts = r.q.AddBounce(b, p.meta, data, refused)
-	}
-	if o.BeforeCommit != nil {
-		if err := o.BeforeCommit(b, msg, p.receipt); err != nil {
-			return nil, err
-		}
 	}
 	return p, nil
 }
