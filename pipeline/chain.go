@@ -62,28 +62,36 @@ func Compile(stages []Stage, opts ChainOptions) (*Chain, error) {
 			return nil, fmt.Errorf("pipeline: stage name %q used twice", n)
 		}
 		seen[n] = true
-		if h, ok := s.(ConnectHook); ok {
+		has := func(string) bool { return true }
+		if hl, ok := s.(HookLister); ok {
+			set := map[string]bool{}
+			for _, h := range hl.Hooks() {
+				set[h] = true
+			}
+			has = func(h string) bool { return set[h] }
+		}
+		if h, ok := s.(ConnectHook); ok && has("on_connect") {
 			c.connect = append(c.connect, h)
 		}
-		if h, ok := s.(HeloHook); ok {
+		if h, ok := s.(HeloHook); ok && has("on_helo") {
 			c.helo = append(c.helo, h)
 		}
-		if h, ok := s.(AuthHook); ok {
+		if h, ok := s.(AuthHook); ok && has("on_auth") {
 			c.auth = append(c.auth, h)
 		}
-		if h, ok := s.(MailHook); ok {
+		if h, ok := s.(MailHook); ok && has("on_mail") {
 			c.mail = append(c.mail, h)
 		}
-		if h, ok := s.(RcptHook); ok {
+		if h, ok := s.(RcptHook); ok && has("on_rcpt") {
 			c.rcpt = append(c.rcpt, h)
 		}
-		if h, ok := s.(MessageHook); ok {
+		if h, ok := s.(MessageHook); ok && has("on_message") {
 			c.message = append(c.message, h)
 		}
-		if h, ok := s.(RouteHook); ok {
+		if h, ok := s.(RouteHook); ok && has("on_route") {
 			c.route = append(c.route, h)
 		}
-		if h, ok := s.(EventHook); ok {
+		if h, ok := s.(EventHook); ok && has("on_event") {
 			c.event = append(c.event, h)
 		}
 	}

@@ -234,3 +234,28 @@ func TestParseMessageAndBytes(t *testing.T) {
 		t.Fatalf("bytes = %q", out)
 	}
 }
+
+type listed struct{ hookStage }
+
+func (listed) Hooks() []string { return []string{"on_route"} }
+func (s *listed) OnRoute(ctx context.Context, m *Message, r *Recipient) (Verdict, error) {
+	return RouteVerdict(&Route{Kind: RouteRelay, Host: "h"}), nil
+}
+
+func TestHookListerLimitsRegisteredHooks(t *testing.T) {
+	s := &listed{hookStage{name: "l", rcpt: func(*Recipient) (Verdict, error) {
+		return RejectVerdict(550, EnhancedCode{}, "must not run"), nil
+	}}}
+	c, err := Compile([]Stage{s}, ChainOptions{LocalDomains: []string{"y.test"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, _ := NewRecipient("x@y.test")
+	txn := &Txn{Conn: &Conn{}}
+	if err := c.Rcpt(context.Background(), txn, r); err != nil {
+		t.Fatalf("unlisted on_rcpt ran: %v", err)
+	}
+	if rt, _, _ := c.Route(context.Background(), &Message{Txn: txn}, r); rt.Kind != RouteRelay {
+		t.Fatalf("listed on_route did not run: %v", rt)
+	}
+}

@@ -55,6 +55,15 @@ type EventHook interface {
 	OnEvent(ctx context.Context, ev *Event) error
 }
 
+// HookLister is implemented by stages whose type has every hook method but
+// that serve only some of them (a Lua table defines the hooks it wants, a
+// plugin declares its hooks at handshake). Compile registers only the
+// hooks listed, by their Lua names ("on_rcpt", "on_route", ...), so an
+// unused hook costs nothing per message.
+type HookLister interface {
+	Hooks() []string
+}
+
 // Closer is implemented by stages that hold resources (Lua pools, plugin
 // processes). The owner calls Close in reverse order of construction.
 type Closer interface {
