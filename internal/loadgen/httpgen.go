@@ -1,0 +1,202 @@
+package loadgen
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// HTTPConfig configures the HTTP API load generator.
+type HTTPConfig struct {
+	Target    string // base URL, e.g. http://127.0.0.1:8025
+	Key       string // bearer token
+	N         int    // messages in total
+	C         int    // concurrent keep-alive clients
+	Size      int    // bytes of "text" per message
+	Batch     int    // 0: POST /v1/messages; N>0: POST /v1/messages/batch with N messages
+	From, To  string
+	IOTimeout time.Duration // per request
+}
+
+type apiMessage struct {
+	From    string   `json:"from"`
+	To      []string `json:"to"`
+	Subject string   `json:"subject"`
+	Text    string   `json:"text"`
+}
+
+// newHTTPTemplate builds the JSON body for k messages (k=0: a single message
+// object, k>=1: {"messages":[...k items...]}), with one sequence slot per message.
+func newHTTPTemplate(cfg *HTTPConfig, runID string, text string, k int) (*template, error) {
+	subj := "bench " + seqPlaceholder + " " + runID
+	m := apiMessage{From: cfg.From, To: []string{cfg.To}, Subject: subj, Text: text}
+	var body []byte
+	var err error
+	if k == 0 {
+		body, err = json.Marshal(m)
+	} else {
+		ms := make([]apiMessage, k)
+		for i := range ms {
+			ms[i] = m
+		}
+		body, err = json.Marshal(struct {
+			Messages []apiMessage `json:"messages"`
+		}{ms})
+	}
+	if err != nil {
+		return nil, err
+	}
+	t := &template{buf: body}
+	needle := []byte(`"subject":"bench ` + seqPlaceholder)
+	off := 0
+	for {
+		i := bytes.Index(body[off:], needle)
+		if i < 0 {
+			break
+		}
+		t.slots = append(t.slots, off+i+len(needle)-seqWidth)
+		off += i + len(needle)
+	}
+	want := max(k, 1)
+	if len(t.slots) != want {
+		return nil, fmt.Errorf("http template: found %d subject slots, want %d", len(t.slots), want)
+	}
+	return t, nil
+}
+
+func runHTTP(ctx context.Context, cfg HTTPConfig, runID string, onStart func(time.Time)) (*genResult, error) {
+	base := strings.TrimRight(cfg.Target, "/")
+	url := base + "/v1/messages"
+	per := 1
+	if cfg.Batch > 0 {
+		url = base + "/v1/messages/batch"
+		per = cfg.Batch
+	}
+	text := string(bodyText(cfg.Size))
+	// Check the templates build before starting anything.
+	if _, err := newHTTPTemplate(&cfg, runID, text, cfg.Batch); err != nil {
+		return nil, err
+	}
+	tr := &http.Transport{
+		Proxy:               nil,
+		DialContext:         (&net.Dialer{Timeout: cfg.IOTimeout, KeepAlive: 30 * time.Second}).DialContext,
+		MaxIdleConns:        cfg.C * 2,
+		MaxIdleConnsPerHost: cfg.C * 2,
+		MaxConnsPerHost:     cfg.C,
+		IdleConnTimeout:     90 * time.Second,
+		DisableCompression:  true,
+		ForceAttemptHTTP2:   false,
+	}
+	defer tr.CloseIdleConnections()
+	client := &http.Client{Transport: tr, Timeout: cfg.IOTimeout}
+	auth := "Bearer " + cfg.Key
+
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	results := make([]*genResult, cfg.C)
+	templates := make([]*template, cfg.C)
+	for w := range templates {
+		templates[w], _ = newHTTPTemplate(&cfg, runID, text, cfg.Batch)
+	}
+	start := time.Now()
+	onStart(start)
+	for w := 0; w < cfg.C; w++ {
+		wg.Add(1)
+		go func(w int) {
+			defer wg.Done()
+			res := &genResult{latencies: make([]time.Duration, 0, cfg.N/per/cfg.C+8)}
+			results[w] = res
+			tmpl := templates[w]
+			rd := bytes.NewReader(nil)
+			var lastAccept time.Time
+			for {
+				end := next.Add(int64(per))
+				first := end - int64(per) + 1
+				if first > int64(cfg.N) {
+					break
+				}
+				count := per
+				body := tmpl
+				if end > int64(cfg.N) { // last, partial batch
+					count = int(int64(cfg.N) - first + 1)
+					var err error
+					if body, err = newHTTPTemplate(&cfg, runID, text, count); err != nil {
+						res.addErr("template", err.Error())
+						break
+					}
+				}
+				if cfg.Batch > 0 {
+					for i := 0; i < count; i++ {
+						body.putSlot(i, first+int64(i))
+					}
+				} else {
+					body.put(first)
+				}
+				if ctx.Err() != nil {
+					break // deadline or interrupt: the rest counts as not sent
+				}
+				res.attempted += int64(count)
+				res.requests++
+				rd.Reset(body.buf)
+				req, err := http.NewRequestWithContext(ctx, http.MethodPost, url, rd)
+				if err != nil {
+					addN(res, "request", err.Error(), count)
+					continue
+				}
+				req.ContentLength = int64(len(body.buf))
+				req.Header.Set("Content-Type", "application/json")
+				req.Header.Set("Authorization", auth)
+				t0 := time.Now()
+				resp, err := client.Do(req)
+				if err != nil {
+					key := "io error"
+					var ne net.Error
+					if errors.As(err, &ne) && ne.Timeout() {
+						key = "io timeout"
+					}
+					addN(res, key, err.Error(), count)
+					continue
+				}
+				var sample []byte
+				if resp.StatusCode != http.StatusAccepted {
+					sample, _ = io.ReadAll(io.LimitReader(resp.Body, 200))
+				}
+				_, _ = io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode == http.StatusAccepted {
+					now := time.Now()
+					res.accepted += int64(count)
+					res.latencies = append(res.latencies, now.Sub(t0))
+					lastAccept = now
+				} else {
+					addN(res, "HTTP "+strconv.Itoa(resp.StatusCode), strings.TrimSpace(string(sample)), count)
+				}
+			}
+			if !lastAccept.IsZero() {
+				res.acceptElapsed = lastAccept.Sub(start)
+			}
+		}(w)
+	}
+	wg.Wait()
+	total := &genResult{latencies: make([]time.Duration, 0, cfg.N/per+1)}
+	for _, r := range results {
+		total.merge(r)
+	}
+	return total, nil
+}
+
+// addN counts count failed messages under key.
+func addN(res *genResult, key, sample string, count int) {
+	res.addErr(key, sample)
+	res.errors[key] += int64(count - 1)
+}
