@@ -79,7 +79,7 @@ func TestSplitAddress(t *testing.T) {
 	if err != nil || l != "Bob.Smith" || d != "example.org" {
 		t.Fatalf("got %q %q %v", l, d, err)
 	}
-	for _, bad := range []string{"", "bob", "@x.org", "bob@", "bo\rb@x.org", "bob@x.org\n", "b ob@x.org", "b\x00@x.org"} {
+	for _, bad := range []string{"", "bob", "@x.org", "bob@", "bo\rb@x.org", "bob@x.org\n", "b ob@x.org", "b\x00@x.org", "bob@.", "bob@a..b"} {
 		if _, _, err := SplitAddress(bad); err == nil {
 			t.Errorf("SplitAddress(%q) accepted", bad)
 		}
@@ -228,6 +228,9 @@ func TestParseMessageAndBytes(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if string(m.Body) != "body line\r\n" || m.Header.Get("Subject") != "hi" {
+		t.Fatalf("parsed header %v body %q", m.Header.Get("Subject"), m.Body)
+	}
 	m.Header.Add("X-Added", "1")
 	out, _ := m.Bytes()
 	if string(out) != "X-Added: 1\r\n"+raw {
@@ -257,5 +260,27 @@ func TestHookListerLimitsRegisteredHooks(t *testing.T) {
 	}
 	if rt, _, _ := c.Route(context.Background(), &Message{Txn: txn}, r); rt.Kind != RouteRelay {
 		t.Fatalf("listed on_route did not run: %v", rt)
+	}
+}
+
+func TestParseMessageEdgeCases(t *testing.T) {
+	// A header-only message gains the empty line that ends its header.
+	for raw, want := range map[string]string{
+		"Subject: only header\r\n":    "Subject: only header\r\n\r\n",
+		"Subject: x\r\n\r\n":          "Subject: x\r\n\r\n",
+		"\r\nbody without header\r\n": "\r\nbody without header\r\n",
+	} {
+		m, err := ParseMessage(&Txn{}, []byte(raw))
+		if err != nil {
+			t.Errorf("%q: %v", raw, err)
+			continue
+		}
+		out, _ := m.Bytes()
+		if string(out) != want {
+			t.Errorf("%q round-tripped to %q", raw, out)
+		}
+	}
+	if _, err := ParseMessage(&Txn{}, []byte("no colon here\r\n\r\nbody")); err == nil {
+		t.Error("malformed header accepted")
 	}
 }

@@ -107,7 +107,11 @@ func SplitAddress(addr string) (local, domain string, err error) {
 	if at <= 0 || at == len(addr)-1 {
 		return "", "", Errorf(501, EnhancedCode{5, 1, 3}, "Address must be local@domain")
 	}
-	return addr[:at], strings.ToLower(strings.TrimSuffix(addr[at+1:], ".")), nil
+	domain = strings.ToLower(strings.TrimSuffix(addr[at+1:], "."))
+	if domain == "" || strings.HasPrefix(domain, ".") || strings.Contains(domain, "..") {
+		return "", "", Errorf(501, EnhancedCode{5, 1, 3}, "Invalid domain in address")
+	}
+	return addr[:at], domain, nil
 }
 
 // Txn is one mail transaction: a sender and its recipients.
@@ -156,12 +160,24 @@ type Message struct {
 // ParseMessage splits raw RFC 5322 data into header and body. data must use
 // CRLF line endings. A message without a header section is an error.
 func ParseMessage(txn *Txn, data []byte) (*Message, error) {
-	br := bufio.NewReader(bytes.NewReader(data))
+	// Parse only the header section, with a reader sized to it: the body
+	// may be megabytes and is never copied.
+	end := bytes.Index(data, []byte("\r\n\r\n"))
+	var hdr []byte
+	switch {
+	case bytes.HasPrefix(data, []byte("\r\n")):
+		hdr = data[:2] // no header fields at all
+	case end < 0:
+		hdr = data // header only, no body
+	default:
+		hdr = data[:end+4]
+	}
+	br := bufio.NewReaderSize(bytes.NewReader(hdr), max(16, min(len(hdr), 4096)))
 	h, err := textproto.ReadHeader(br)
 	if err != nil {
 		return nil, Errorf(554, EnhancedCode{5, 6, 0}, "Malformed message header section")
 	}
-	consumed := len(data) - br.Buffered()
+	consumed := len(hdr) - br.Buffered()
 	return &Message{Txn: txn, Header: h, Body: data[consumed:]}, nil
 }
 

@@ -1,0 +1,49 @@
+// Package smtpsrc is Sluice's SMTP receiving side: one Server per configured
+// SMTP listener (config.SMTPListener), built on github.com/emersion/go-smtp.
+//
+// A Server accepts connections (bounded by MaxConnections), runs the
+// pipeline's session hooks at each SMTP step, reads the message data into
+// a bounded, pooled buffer, refuses or normalises bare CR / bare LF (SMTP
+// smuggling) and NUL, parses the header section, prepends a Received:
+// field and hands the message to a Submitter, which runs on_message /
+// on_route and makes it durable before we answer 250.
+//
+// What it is not: it does not spool, route or deliver (that is the
+// Submitter's job), and it does not implement SMTP AUTH yet (the session
+// is shaped so an AuthSession can be added; it would set Conn.Identity).
+//
+// # Hook points
+//
+//   - on_connect runs when a connection is admitted, before the greeting
+//     (after the TLS handshake on an implicit TLS listener). A rejection is
+//     sent instead of the 220 greeting with the stage's 5xx code, a
+//     temporary one as 421 with the stage's enhanced code and text; then
+//     the connection is closed.
+//   - on_helo runs at the first EHLO/HELO (when go-smtp creates the
+//     session) and again at the next MAIL after an EHLO with a new name.
+//     A refusal answers the EHLO; the client must greet again.
+//   - on_mail at MAIL (a new Txn with a fresh id), on_rcpt at each RCPT
+//     (relay control is inside the chain), on_message/on_route inside
+//     Submitter.Submit after DATA/BDAT.
+//
+// # Replies
+//
+// Every negative reply goes through one boundary function (smtpError)
+// built on pipeline.Reply, so internal error texts never reach a client:
+//
+//	421 4.3.2  over MaxConnections (then closed); new transactions while shutting down
+//	421 4.4.2  DATA/BDAT not finished within DataTimeout (then closed)
+//	451 4.3.0  any internal failure (stage error, spool error), generic text
+//	451 4.4.5  a stage exceeded the chain's StageTimeout
+//	452 4.5.3  more than MaxRecipients recipients (go-smtp's check)
+//	501 5.1.3  RCPT address that pipeline.NewRecipient refuses
+//	552 5.3.4  message over MaxMessageSize (also MAIL ... SIZE= over it)
+//	554 5.6.0  bare CR or bare LF (reject mode), NUL, malformed header
+//	           section, a line over MaxLineLength (DATA: go-smtp then
+//	           closes with "500 5.4.0")
+//	554 5.7.1  relay denied; other stage verdicts with their own codes
+//	250 2.0.0  "OK: queued as <message id>"
+//
+// Command lines are limited to MaxLineLength too (go-smtp: "500 5.4.0 Too
+// long line, closing connection").
+package smtpsrc

@@ -1,0 +1,419 @@
+package smtpsrc
+
+import (
+	"bufio"
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/big"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/sluice-mta/sluice/internal/config"
+	"github.com/sluice-mta/sluice/pipeline"
+)
+
+// ---- fake Submitter ----
+
+type submitted struct {
+	ID     string
+	Sender string
+	Rcpts  []string
+	Conn   pipeline.Conn // copy at Submit time
+	Data   []byte        // msg.Bytes() at Submit time
+}
+
+type rejection struct {
+	TxnID string
+	Rcpt  string
+	Reply pipeline.Error
+}
+
+type fakeSub struct {
+	mu       sync.Mutex
+	msgs     []submitted
+	rejected []rejection
+	// submitFn, when set, decides Submit's outcome after the call is recorded.
+	submitFn func(ctx context.Context, msg *pipeline.Message) (*Receipt, error)
+	discard  bool // do not record (benchmarks)
+}
+
+func (f *fakeSub) Submit(ctx context.Context, msg *pipeline.Message) (*Receipt, error) {
+	if f.discard {
+		return &Receipt{MessageID: msg.ID, Queued: len(msg.Recipients)}, nil
+	}
+	data, err := msg.Bytes()
+	if err != nil {
+		return nil, err
+	}
+	s := submitted{ID: msg.ID, Sender: msg.Sender, Conn: *msg.Conn, Data: data}
+	for _, r := range msg.Recipients {
+		s.Rcpts = append(s.Rcpts, r.Address)
+	}
+	f.mu.Lock()
+	f.msgs = append(f.msgs, s)
+	fn := f.submitFn
+	f.mu.Unlock()
+	if fn != nil {
+		return fn(ctx, msg)
+	}
+	return &Receipt{MessageID: msg.ID, Queued: len(msg.Recipients)}, nil
+}
+
+func (f *fakeSub) Rejected(ctx context.Context, txn *pipeline.Txn, rcpt string, err error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.rejected = append(f.rejected, rejection{TxnID: txn.ID, Rcpt: rcpt, Reply: pipeline.Reply(err)})
+}
+
+func (f *fakeSub) messages() []submitted {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return append([]submitted(nil), f.msgs...)
+}
+
+func (f *fakeSub) rejections() []rejection {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return append([]rejection(nil), f.rejected...)
+}
+
+// ---- a Go stage with optional hooks ----
+
+type testStage struct {
+	name    string
+	connect func(ctx context.Context, c *pipeline.Conn) (pipeline.Verdict, error)
+	helo    func(ctx context.Context, c *pipeline.Conn, name string) (pipeline.Verdict, error)
+	mail    func(ctx context.Context, txn *pipeline.Txn) (pipeline.Verdict, error)
+	rcpt    func(ctx context.Context, txn *pipeline.Txn, r *pipeline.Recipient) (pipeline.Verdict, error)
+}
+
+func (s *testStage) Name() string { return s.name }
+
+func (s *testStage) OnConnect(ctx context.Context, c *pipeline.Conn) (pipeline.Verdict, error) {
+	if s.connect == nil {
+		return pipeline.Verdict{}, nil
+	}
+	return s.connect(ctx, c)
+}
+
+func (s *testStage) OnHelo(ctx context.Context, c *pipeline.Conn, name string) (pipeline.Verdict, error) {
+	if s.helo == nil {
+		return pipeline.Verdict{}, nil
+	}
+	return s.helo(ctx, c, name)
+}
+
+func (s *testStage) OnMail(ctx context.Context, txn *pipeline.Txn) (pipeline.Verdict, error) {
+	if s.mail == nil {
+		return pipeline.Verdict{}, nil
+	}
+	return s.mail(ctx, txn)
+}
+
+func (s *testStage) OnRcpt(ctx context.Context, txn *pipeline.Txn, r *pipeline.Recipient) (pipeline.Verdict, error) {
+	if s.rcpt == nil {
+		return pipeline.Verdict{}, nil
+	}
+	return s.rcpt(ctx, txn, r)
+}
+
+var (
+	_ pipeline.ConnectHook = (*testStage)(nil)
+	_ pipeline.HeloHook    = (*testStage)(nil)
+	_ pipeline.MailHook    = (*testStage)(nil)
+	_ pipeline.RcptHook    = (*testStage)(nil)
+)
+
+func newChain(t testing.TB, opts pipeline.ChainOptions, stages ...pipeline.Stage) *pipeline.Chain {
+	t.Helper()
+	if opts.LocalDomains == nil {
+		opts.LocalDomains = []string{"local.test"}
+	}
+	opts.Logger = testLogger()
+	c, err := pipeline.Compile(stages, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// ---- server ----
+
+// testLogger discards logs unless SMTPSRC_TEST_LOG is set (t.Log cannot be
+// used: connection goroutines may log after a test returns).
+func testLogger() *slog.Logger {
+	if os.Getenv("SMTPSRC_TEST_LOG") != "" {
+		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+	return slog.New(slog.NewTextHandler(io.Discard, nil))
+}
+
+func testListener() config.SMTPListener {
+	l := config.DefaultSMTPListener("127.0.0.1:0")
+	l.Name = "test"
+	l.Hostname = "mx.sluice.test"
+	return l
+}
+
+// fixedIDs returns a generator of "ID0001", "ID0002", ...
+func fixedIDs() func() string {
+	var n atomic.Int64
+	return func() string { return fmt.Sprintf("ID%04d", n.Add(1)) }
+}
+
+var testTime = time.Date(2026, 11, 22, 10, 0, 0, 0, time.UTC)
+
+func fixedClock() time.Time { return testTime }
+
+type testServer struct {
+	*Server
+	addr  string
+	serve chan error
+}
+
+func startServer(t testing.TB, l config.SMTPListener, chain *pipeline.Chain, sub Submitter, opts ...Option) *testServer {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.Addr = ln.Addr().String()
+	srv, err := New(l, chain, sub, testLogger(), opts...)
+	if err != nil {
+		ln.Close()
+		t.Fatal(err)
+	}
+	srv.recoverPanics = false
+	ts := &testServer{Server: srv, addr: ln.Addr().String(), serve: make(chan error, 1)}
+	go func() { ts.serve <- srv.Serve(ln) }()
+	t.Cleanup(func() {
+		srv.Close()
+		select {
+		case err := <-ts.serve:
+			if !errors.Is(err, ErrServerClosed) {
+				t.Errorf("Serve returned %v, want ErrServerClosed", err)
+			}
+		case <-time.After(5 * time.Second):
+			t.Errorf("Serve did not return after Close")
+		}
+	})
+	return ts
+}
+
+// ---- raw SMTP client ----
+
+type client struct {
+	t    testing.TB
+	conn net.Conn
+	r    *bufio.Reader
+}
+
+type reply struct {
+	Code  int
+	Lines []string // text after "NNN-" / "NNN "
+}
+
+func (r reply) String() string { return fmt.Sprintf("%d %s", r.Code, strings.Join(r.Lines, " | ")) }
+
+// Text is the last line's text.
+func (r reply) Text() string {
+	if len(r.Lines) == 0 {
+		return ""
+	}
+	return r.Lines[len(r.Lines)-1]
+}
+
+func dial(t testing.TB, addr string) *client {
+	t.Helper()
+	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return newClient(t, c)
+}
+
+func newClient(t testing.TB, c net.Conn) *client {
+	c.SetDeadline(time.Now().Add(20 * time.Second))
+	cl := &client{t: t, conn: c, r: bufio.NewReader(c)}
+	t.Cleanup(func() { c.Close() })
+	return cl
+}
+
+// dialReady connects and expects the 220 greeting.
+func dialReady(t testing.TB, addr string) *client {
+	t.Helper()
+	c := dial(t, addr)
+	c.expect(220)
+	return c
+}
+
+func (c *client) write(s string) {
+	c.t.Helper()
+	if _, err := io.WriteString(c.conn, s); err != nil {
+		c.t.Fatalf("write: %v", err)
+	}
+}
+
+// read reads one (possibly multi-line) reply.
+func (c *client) read() (reply, error) {
+	var r reply
+	for {
+		line, err := c.r.ReadString('\n')
+		if err != nil {
+			return r, err
+		}
+		line = strings.TrimRight(line, "\r\n")
+		if len(line) < 4 {
+			return r, fmt.Errorf("short reply line %q", line)
+		}
+		code, err := strconv.Atoi(line[:3])
+		if err != nil {
+			return r, fmt.Errorf("bad reply line %q", line)
+		}
+		r.Code = code
+		r.Lines = append(r.Lines, line[4:])
+		if line[3] == ' ' {
+			return r, nil
+		}
+	}
+}
+
+func (c *client) expect(code int) reply {
+	c.t.Helper()
+	r, err := c.read()
+	if err != nil {
+		c.t.Fatalf("reading reply (want %d): %v", code, err)
+	}
+	if r.Code != code {
+		c.t.Fatalf("got reply %v, want %d", r, code)
+	}
+	return r
+}
+
+// cmd sends one command line and expects code.
+func (c *client) cmd(line string, code int) reply {
+	c.t.Helper()
+	c.write(line + "\r\n")
+	return c.expect(code)
+}
+
+func (c *client) ehlo() reply {
+	c.t.Helper()
+	return c.cmd("EHLO client.test", 250)
+}
+
+// expectClosed expects the server to close the connection (after any
+// replies still in flight, which are returned).
+func (c *client) expectClosed() []reply {
+	c.t.Helper()
+	var rs []reply
+	for {
+		r, err := c.read()
+		if err != nil {
+			if errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) || strings.Contains(err.Error(), "reset by peer") {
+				return rs
+			}
+			c.t.Fatalf("want connection closed, got %v (after %v)", err, rs)
+		}
+		rs = append(rs, r)
+		if len(rs) > 10 {
+			c.t.Fatalf("connection not closed: %v", rs)
+		}
+	}
+}
+
+// sendMessage runs one transaction; data is sent as given, then ".\r\n".
+func (c *client) sendMessage(from string, rcpts []string, data string) reply {
+	c.t.Helper()
+	c.cmd("MAIL FROM:<"+from+">", 250)
+	for _, r := range rcpts {
+		c.cmd("RCPT TO:<"+r+">", 250)
+	}
+	c.cmd("DATA", 354)
+	c.write(data + ".\r\n")
+	r, err := c.read()
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	return r
+}
+
+// waitFor polls cond until it holds or the deadline passes.
+func waitFor(t testing.TB, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// ---- TLS ----
+
+// selfSigned writes a self-signed certificate for mx.sluice.test and
+// 127.0.0.1 to dir and returns the file names and a pool trusting it.
+func selfSigned(t testing.TB) (certFile, keyFile string, pool *x509.CertPool) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1),
+		Subject:      pkix.Name{CommonName: "mx.sluice.test"},
+		DNSNames:     []string{"mx.sluice.test"},
+		IPAddresses:  []net.IP{net.ParseIP("127.0.0.1")},
+		NotBefore:    time.Now().Add(-time.Hour),
+		NotAfter:     time.Now().Add(time.Hour),
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, err := x509.ParseCertificate(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kder, err := x509.MarshalECPrivateKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	certFile, keyFile = filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
+	if err := os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kder}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	pool = x509.NewCertPool()
+	pool.AddCert(cert)
+	return certFile, keyFile, pool
+}
+
+func clientTLS(pool *x509.CertPool) *tls.Config {
+	return &tls.Config{RootCAs: pool, ServerName: "mx.sluice.test"}
+}
+
+const simpleMsg = "From: a@local.test\r\nTo: bob@local.test\r\nSubject: hi\r\n\r\nHello\r\n"

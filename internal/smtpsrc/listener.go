@@ -1,0 +1,364 @@
+package smtpsrc
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"sync"
+	"time"
+
+	"github.com/sluice-mta/sluice/pipeline"
+)
+
+// past is a deadline that has already expired: setting it as a read
+// deadline makes a blocked or future read fail at once with a timeout.
+var past = time.Unix(1, 0)
+
+const (
+	// rejectTimeout bounds the work spent on a connection refused for
+	// being over MaxConnections (TLS handshake and the 421 line).
+	rejectTimeout = 10 * time.Second
+	// maxRejecters bounds the goroutines writing those refusals; beyond
+	// it an excess connection is closed without a reply.
+	maxRejecters = 16
+)
+
+// listener is the net.Listener go-smtp serves. Its own accept loop takes
+// raw connections from the real listener, enforces MaxConnections, and for
+// each admitted connection runs (in a goroutine bounded by the same
+// limit) the implicit TLS handshake and on_connect; only connections that
+// pass are handed to go-smtp through Accept. This keeps slow handshakes
+// and on_connect stages off go-smtp's accept loop and lets on_connect
+// answer with its own reply code before any greeting.
+type listener struct {
+	s     *Server
+	raw   net.Listener
+	ready chan net.Conn // admitted connections, handed to Accept
+	errc  chan error    // a fatal error of the raw listener
+	done  chan struct{} // closed by Close
+	once  sync.Once
+	cerr  error
+}
+
+func newListener(s *Server, raw net.Listener) *listener {
+	return &listener{s: s, raw: raw, ready: make(chan net.Conn), errc: make(chan error, 1), done: make(chan struct{})}
+}
+
+// Accept returns the next admitted connection: a *trackedConn, or for an
+// implicit TLS listener a *tls.Conn (handshake done) over one.
+func (ln *listener) Accept() (net.Conn, error) {
+	select {
+	case c := <-ln.ready:
+		return c, nil
+	case err := <-ln.errc:
+		return nil, err
+	case <-ln.done:
+		return nil, net.ErrClosed
+	}
+}
+
+func (ln *listener) Close() error {
+	ln.once.Do(func() {
+		close(ln.done)
+		ln.cerr = ln.raw.Close()
+	})
+	return ln.cerr
+}
+
+func (ln *listener) Addr() net.Addr { return ln.raw.Addr() }
+
+func (ln *listener) closed() bool {
+	select {
+	case <-ln.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// loop is the accept loop; it runs until the raw listener fails or is
+// closed. It never blocks on a client: refusals and admissions run in
+// bounded goroutines.
+func (ln *listener) loop() {
+	defer ln.s.wg.Done()
+	var delay time.Duration
+	for {
+		c, err := ln.raw.Accept()
+		if err != nil {
+			if ln.closed() {
+				return
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() || isTemporary(err) {
+				// Out of file descriptors and the like: back off as
+				// net/http does.
+				if delay == 0 {
+					delay = 5 * time.Millisecond
+				} else if delay *= 2; delay > time.Second {
+					delay = time.Second
+				}
+				ln.s.log.Warn("smtp accept failed; retrying", "err", err, "delay", delay)
+				select {
+				case <-time.After(delay):
+				case <-ln.done:
+					return
+				}
+				continue
+			}
+			ln.errc <- err
+			return
+		}
+		delay = 0
+		select {
+		case ln.s.slots <- struct{}{}:
+		default:
+			ln.s.refuseBusy(c)
+			continue
+		}
+		tc := ln.s.track(c)
+		ln.s.wg.Add(1)
+		go ln.admit(tc)
+	}
+}
+
+func isTemporary(err error) bool {
+	t, ok := err.(interface{ Temporary() bool })
+	return ok && t.Temporary()
+}
+
+// admit runs the implicit TLS handshake and on_connect for one connection
+// that holds a slot, then hands it to go-smtp, or refuses it.
+func (ln *listener) admit(tc *trackedConn) {
+	s := ln.s
+	defer s.wg.Done()
+	if s.recoverPanics {
+		defer func() {
+			if p := recover(); p != nil {
+				s.log.Error("panic admitting smtp connection", "remote_ip", tc.pc.RemoteIP, "panic", p)
+				tc.Close()
+			}
+		}()
+	}
+	var nc net.Conn = tc
+	if s.l.ImplicitTLS {
+		tlsc := tls.Server(tc, s.tlsConfig)
+		hctx, cancel := context.WithTimeout(s.baseCtx, s.handshakeTimeout())
+		err := tlsc.HandshakeContext(hctx)
+		cancel()
+		if err != nil {
+			s.log.Debug("smtp tls handshake failed", "remote_ip", tc.pc.RemoteIP, "err", err)
+			tc.Close()
+			return
+		}
+		tc.pc.TLS = tlsVersionName(tlsc.ConnectionState().Version)
+		nc = tlsc
+	}
+	if err := s.chain.Connect(s.baseCtx, tc.pc); err != nil {
+		s.refuseConnect(nc, tc, err)
+		return
+	}
+	select {
+	case ln.ready <- nc:
+	case <-ln.done:
+		nc.Close()
+	}
+}
+
+// refuseConnect answers a connection refused by on_connect and closes it.
+// RFC 5321 section 3.1 allows 554 instead of the 220 greeting; a temporary
+// refusal is sent as 421 (the only 4xx that closes a connection) with the
+// stage's enhanced code and text.
+func (s *Server) refuseConnect(nc net.Conn, tc *trackedConn, err error) {
+	r := smtpError(err)
+	if r.Code < 500 {
+		r.Code = 421
+	}
+	s.logRefusal("connection refused", err, "conn", tc.pc.ID, "remote_ip", tc.pc.RemoteIP, "code", r.Code)
+	nc.SetWriteDeadline(time.Now().Add(rejectTimeout))
+	fmt.Fprintf(nc, "%d %d.%d.%d %s\r\n", r.Code, r.EnhancedCode[0], r.EnhancedCode[1], r.EnhancedCode[2], r.Message)
+	nc.Close()
+}
+
+// refuseBusy answers a connection over MaxConnections with 421 4.3.2 and
+// closes it, in one of at most maxRejecters goroutines; when those are all
+// busy the connection is closed without a reply.
+func (s *Server) refuseBusy(c net.Conn) {
+	select {
+	case s.rejecters <- struct{}{}:
+	default:
+		c.Close()
+		return
+	}
+	s.logBusy(c)
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		defer func() { <-s.rejecters }()
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(rejectTimeout))
+		var w io.Writer = c
+		if s.l.ImplicitTLS {
+			tlsc := tls.Server(c, s.tlsConfig)
+			if err := tlsc.Handshake(); err != nil {
+				return
+			}
+			defer tlsc.Close()
+			w = tlsc
+		}
+		e := errTooManyConns
+		fmt.Fprintf(w, "%d %s %s\r\n", e.Code, e.Enhanced, e.Message)
+	}()
+}
+
+// logBusy logs refusals for MaxConnections at most once a second, with the
+// number refused since the last line, so a connection flood cannot flood
+// the log.
+func (s *Server) logBusy(c net.Conn) {
+	n := s.busyRefused.Add(1)
+	now := time.Now().UnixNano()
+	last := s.busyLogged.Load()
+	if now-last < int64(time.Second) || !s.busyLogged.CompareAndSwap(last, now) {
+		return
+	}
+	s.busyRefused.Add(-n)
+	s.log.Warn("connections refused: too many connections", "max", s.l.MaxConnections,
+		"refused", n, "last_remote_addr", c.RemoteAddr().String())
+}
+
+// trackedConn is every admitted connection's bottom layer (under TLS when
+// there is TLS). It holds the connection's pipeline.Conn and its slot, and
+// it intercepts read deadlines so that this package can impose its own on
+// top of go-smtp's per-command ReadTimeout:
+//   - during DATA/BDAT, no deadline may extend beyond the DataTimeout of
+//     the whole data phase;
+//   - once expired (a data timeout happened) every read fails at once, so
+//     go-smtp answers 421 and closes;
+//   - while the server drains, a connection outside a transaction gets an
+//     expired deadline, so go-smtp closes it at its next read ("421 4.4.2").
+type trackedConn struct {
+	net.Conn
+	s  *Server
+	pc *pipeline.Conn
+
+	mu           sync.Mutex
+	dataDeadline time.Time // zero outside DATA/BDAT
+	expired      bool
+	busy         bool // inside a mail transaction (MAIL .. end of DATA/RSET)
+
+	closeOnce sync.Once
+}
+
+func (c *trackedConn) clampLocked(t time.Time) time.Time {
+	if c.expired || (!c.busy && c.s.draining.Load()) {
+		return past
+	}
+	if !c.dataDeadline.IsZero() && (t.IsZero() || t.After(c.dataDeadline)) {
+		return c.dataDeadline
+	}
+	return t
+}
+
+func (c *trackedConn) SetReadDeadline(t time.Time) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.Conn.SetReadDeadline(c.clampLocked(t))
+}
+
+func (c *trackedConn) SetDeadline(t time.Time) error {
+	if err := c.Conn.SetWriteDeadline(t); err != nil {
+		return err
+	}
+	return c.SetReadDeadline(t)
+}
+
+// beginData starts the data phase: reads must end by deadline d.
+func (c *trackedConn) beginData(d time.Time) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.dataDeadline = d
+	c.Conn.SetReadDeadline(c.clampLocked(d))
+}
+
+// endData ends the data phase. The socket keeps its current deadline, so
+// go-smtp's draining of unread data stays bounded by the data deadline.
+func (c *trackedConn) endData() {
+	c.mu.Lock()
+	c.dataDeadline = time.Time{}
+	c.mu.Unlock()
+}
+
+// dataDeadlinePassed reports whether the data phase's deadline has passed.
+func (c *trackedConn) dataDeadlinePassed() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return !c.dataDeadline.IsZero() && !time.Now().Before(c.dataDeadline)
+}
+
+// expire makes every further read fail at once.
+func (c *trackedConn) expire() {
+	c.mu.Lock()
+	c.expired = true
+	c.Conn.SetReadDeadline(past)
+	c.mu.Unlock()
+}
+
+func (c *trackedConn) setBusy(b bool) {
+	c.mu.Lock()
+	c.busy = b
+	c.mu.Unlock()
+}
+
+// kickIfIdle wakes a connection blocked reading its next command outside a
+// transaction so go-smtp closes it; the server is draining.
+func (c *trackedConn) kickIfIdle() {
+	c.mu.Lock()
+	if !c.busy {
+		c.Conn.SetReadDeadline(past)
+	}
+	c.mu.Unlock()
+}
+
+func (c *trackedConn) Close() error {
+	err := c.Conn.Close()
+	c.closeOnce.Do(func() { c.s.untrack(c) })
+	return err
+}
+
+// trackedOf finds the trackedConn under a connection go-smtp holds.
+func trackedOf(nc net.Conn) *trackedConn {
+	if t, ok := nc.(*tls.Conn); ok {
+		nc = t.NetConn()
+	}
+	tc, _ := nc.(*trackedConn)
+	return tc
+}
+
+// remoteAddrPort returns the peer's address with IPv4-mapped IPv6 unmapped.
+func remoteAddrPort(c net.Conn) netip.AddrPort {
+	if ta, ok := c.RemoteAddr().(*net.TCPAddr); ok {
+		ap := ta.AddrPort()
+		return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+	}
+	if ap, err := netip.ParseAddrPort(c.RemoteAddr().String()); err == nil {
+		return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+	}
+	return netip.AddrPort{}
+}
+
+func tlsVersionName(v uint16) string {
+	switch v {
+	case tls.VersionTLS13:
+		return "TLS1.3"
+	case tls.VersionTLS12:
+		return "TLS1.2"
+	case tls.VersionTLS11:
+		return "TLS1.1"
+	case tls.VersionTLS10:
+		return "TLS1.0"
+	}
+	return "TLS"
+}

@@ -1,0 +1,399 @@
+package smtpsrc
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/emersion/go-smtp"
+
+	"github.com/sluice-mta/sluice/internal/config"
+	"github.com/sluice-mta/sluice/pipeline"
+)
+
+// ErrServerClosed is returned by Serve and ListenAndServe after Shutdown or
+// Close, and by a second Shutdown or Close.
+var ErrServerClosed = errors.New("smtpsrc: server closed")
+
+// Server receives mail on one SMTP listener. Construct it with New, run it
+// with Serve or ListenAndServe (once), stop it with Shutdown or Close. All
+// methods are safe for concurrent use.
+type Server struct {
+	l         config.SMTPListener
+	chain     *pipeline.Chain
+	sub       Submitter
+	log       *slog.Logger
+	hostname  string
+	tlsConfig *tls.Config // nil: no STARTTLS, no implicit TLS
+	normalize bool        // BareLineEnding == "normalize"
+	newID     func() string
+	now       func() time.Time
+
+	smtp *smtp.Server
+
+	baseCtx context.Context // parent of every session's ctx; cancelled by Close
+	cancel  context.CancelFunc
+
+	slots     chan struct{} // one per admitted connection (MaxConnections)
+	rejecters chan struct{} // bounds the goroutines refusing busy connections
+	draining  atomic.Bool   // Shutdown started: no new transactions
+
+	busyRefused atomic.Int64 // refusals for MaxConnections not yet logged
+	busyLogged  atomic.Int64 // unix nanos of the last such log line
+	closing     atomic.Bool  // Shutdown or Close called
+
+	// recoverPanics turns a panic while admitting a connection into a
+	// closed connection; tests switch it off to see the panic.
+	recoverPanics bool
+
+	mu    sync.Mutex
+	ln    *listener
+	conns map[*trackedConn]struct{}
+
+	wg sync.WaitGroup // accept loop, admissions, refusals
+}
+
+// Option configures a Server.
+type Option func(*Server)
+
+// WithIDGenerator sets the generator of connection and message ids
+// (default NewID, ULIDs). It must be safe for concurrent use and return
+// unique, header-safe strings.
+func WithIDGenerator(fn func() string) Option { return func(s *Server) { s.newID = fn } }
+
+// WithClock sets the clock used for Txn.Received and the Received: date
+// (default time.Now).
+func WithClock(fn func() time.Time) Option { return func(s *Server) { s.now = fn } }
+
+// WithTLSConfig sets the TLS configuration for STARTTLS or implicit TLS,
+// instead of loading l.TLS's files (e.g. for certificate reloading).
+func WithTLSConfig(cfg *tls.Config) Option { return func(s *Server) { s.tlsConfig = cfg } }
+
+// New builds a Server for listener l. It validates l, loads the TLS key
+// pair when l.TLS is set, and starts nothing. Zero limits in l take the
+// defaults of config.DefaultSMTPListener. chain and sub are required; log
+// nil means slog.Default().
+func New(l config.SMTPListener, chain *pipeline.Chain, sub Submitter, log *slog.Logger, opts ...Option) (*Server, error) {
+	if chain == nil || sub == nil {
+		return nil, errors.New("smtpsrc: New needs a chain and a submitter")
+	}
+	if log == nil {
+		log = slog.Default()
+	}
+	l = withDefaults(l)
+	s := &Server{
+		l:             l,
+		chain:         chain,
+		sub:           sub,
+		newID:         NewID,
+		now:           time.Now,
+		recoverPanics: true,
+		conns:         make(map[*trackedConn]struct{}),
+	}
+	for _, o := range opts {
+		o(s)
+	}
+	s.log = log.With("listener", l.Name)
+
+	switch l.BareLineEnding {
+	case BareReject:
+	case BareNormalize:
+		s.normalize = true
+	default:
+		return nil, fmt.Errorf("smtp listener %s: bare_line_ending %q: want %q or %q", l.Name, l.BareLineEnding, BareReject, BareNormalize)
+	}
+	switch l.Auth {
+	case "", "none":
+	case "optional":
+		s.log.Warn("smtp listener: AUTH is not implemented yet; auth = \"optional\" serves without AUTH")
+	default:
+		// Fail closed: serving a listener configured to require AUTH
+		// without AUTH would silently accept unauthenticated mail.
+		return nil, fmt.Errorf("smtp listener %s: auth = %q is not supported yet (SMTP AUTH is not implemented)", l.Name, l.Auth)
+	}
+	if s.tlsConfig == nil && l.TLS != nil {
+		cert, err := tls.LoadX509KeyPair(l.TLS.Cert, l.TLS.Key)
+		if err != nil {
+			return nil, fmt.Errorf("smtp listener %s: tls: %w", l.Name, err)
+		}
+		s.tlsConfig = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+	}
+	if l.ImplicitTLS && s.tlsConfig == nil {
+		return nil, fmt.Errorf("smtp listener %s: implicit TLS needs tls = { cert = ..., key = ... }", l.Name)
+	}
+	s.hostname = l.Hostname
+	if s.hostname == "" {
+		if h, err := os.Hostname(); err == nil && h != "" {
+			s.hostname = h
+		} else {
+			s.hostname = "localhost"
+		}
+	}
+
+	srv := smtp.NewServer(backend{s})
+	srv.Domain = s.hostname
+	srv.MaxMessageBytes = l.MaxMessageSize
+	srv.MaxRecipients = l.MaxRecipients
+	srv.MaxLineLength = l.MaxLineLength
+	srv.ReadTimeout = l.ReadTimeout
+	srv.WriteTimeout = l.WriteTimeout
+	srv.EnableSMTPUTF8 = true
+	srv.TLSConfig = s.tlsConfig // go-smtp offers STARTTLS only on clear-text connections
+	srv.ErrorLog = errorLog{s.log}
+	s.smtp = srv
+
+	s.baseCtx, s.cancel = context.WithCancel(context.Background())
+	s.slots = make(chan struct{}, l.MaxConnections)
+	s.rejecters = make(chan struct{}, maxRejecters)
+	return s, nil
+}
+
+// withDefaults fills zero limits from config.DefaultSMTPListener.
+func withDefaults(l config.SMTPListener) config.SMTPListener {
+	d := config.DefaultSMTPListener(l.Addr)
+	if l.Name == "" {
+		l.Name = l.Addr
+	}
+	if l.MaxMessageSize <= 0 {
+		l.MaxMessageSize = d.MaxMessageSize
+	}
+	if l.MaxRecipients <= 0 {
+		l.MaxRecipients = d.MaxRecipients
+	}
+	if l.MaxLineLength <= 0 {
+		l.MaxLineLength = d.MaxLineLength
+	}
+	if l.MaxConnections <= 0 {
+		l.MaxConnections = d.MaxConnections
+	}
+	if l.ReadTimeout <= 0 {
+		l.ReadTimeout = d.ReadTimeout
+	}
+	if l.WriteTimeout <= 0 {
+		l.WriteTimeout = d.WriteTimeout
+	}
+	if l.DataTimeout <= 0 {
+		l.DataTimeout = d.DataTimeout
+	}
+	if l.BareLineEnding == "" {
+		l.BareLineEnding = d.BareLineEnding
+	}
+	return l
+}
+
+// ListenAndServe listens on l.Addr (TCP) and serves. See Serve.
+func (s *Server) ListenAndServe() error {
+	if s.closing.Load() {
+		return ErrServerClosed
+	}
+	ln, err := net.Listen("tcp", s.l.Addr)
+	if err != nil {
+		return fmt.Errorf("smtp listener %s: %w", s.l.Name, err)
+	}
+	return s.Serve(ln)
+}
+
+// Serve accepts connections on ln until Shutdown or Close, which make it
+// return ErrServerClosed; any other return is a listener failure. For an
+// implicit TLS listener, pass the plain TCP listener: Serve does the TLS.
+// Serve may be called once per Server; it takes ownership of ln.
+func (s *Server) Serve(ln net.Listener) error {
+	s.mu.Lock()
+	if s.closing.Load() {
+		s.mu.Unlock()
+		ln.Close()
+		return ErrServerClosed
+	}
+	if s.ln != nil {
+		s.mu.Unlock()
+		return errors.New("smtpsrc: Serve called twice")
+	}
+	wl := newListener(s, ln)
+	s.ln = wl
+	s.wg.Add(1)
+	s.mu.Unlock()
+
+	s.log.Info("smtp listener started", "addr", ln.Addr().String(), "hostname", s.hostname,
+		"starttls", s.tlsConfig != nil && !s.l.ImplicitTLS, "implicit_tls", s.l.ImplicitTLS)
+	go wl.loop()
+	err := s.smtp.Serve(wl)
+	if s.closing.Load() {
+		return ErrServerClosed
+	}
+	if err == nil {
+		err = ErrServerClosed
+	}
+	return err
+}
+
+// Addr returns the address the server listens on, or nil before Serve.
+func (s *Server) Addr() net.Addr {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.ln == nil {
+		return nil
+	}
+	return s.ln.Addr()
+}
+
+// Shutdown stops accepting connections, refuses new transactions, closes
+// connections that are idle between transactions (go-smtp answers them
+// "421 4.4.2"), and waits for transactions in progress to finish. If ctx
+// ends first, it cancels every session's context (aborting stage calls and
+// Submit), closes all connections and returns ctx.Err().
+func (s *Server) Shutdown(ctx context.Context) error {
+	if !s.beginClose() {
+		return ErrServerClosed
+	}
+	s.draining.Store(true)
+	s.mu.Lock()
+	for c := range s.conns {
+		c.kickIfIdle()
+	}
+	s.mu.Unlock()
+
+	// go-smtp closes the listener and waits for its connection handlers.
+	err := s.smtp.Shutdown(ctx)
+	if err == nil {
+		err = waitCtx(ctx, &s.wg)
+	}
+	if err != nil {
+		s.cancel()
+		s.closeAll()
+		return err
+	}
+	s.cancel()
+	return nil
+}
+
+// Close closes the listener and every connection at once, and cancels
+// every session's context.
+func (s *Server) Close() error {
+	if !s.beginClose() {
+		return ErrServerClosed
+	}
+	s.draining.Store(true)
+	s.cancel()
+	err := s.smtp.Close()
+	s.closeAll()
+	return err
+}
+
+// beginClose marks the server closing and closes its listener; it reports
+// false when that already happened.
+func (s *Server) beginClose() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.closing.CompareAndSwap(false, true) {
+		return false
+	}
+	if s.ln != nil {
+		s.ln.Close()
+	}
+	return true
+}
+
+func (s *Server) closeAll() {
+	s.mu.Lock()
+	conns := make([]*trackedConn, 0, len(s.conns))
+	for c := range s.conns {
+		conns = append(conns, c)
+	}
+	s.mu.Unlock()
+	for _, c := range conns {
+		c.Close()
+	}
+}
+
+func waitCtx(ctx context.Context, wg *sync.WaitGroup) error {
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// track registers an admitted raw connection; its slot is already taken.
+func (s *Server) track(c net.Conn) *trackedConn {
+	ap := remoteAddrPort(c)
+	ip := ap.Addr()
+	relay := false
+	for _, p := range s.l.RelayNetworks {
+		if p.Contains(ip) {
+			relay = true
+			break
+		}
+	}
+	tc := &trackedConn{Conn: c, s: s, pc: &pipeline.Conn{
+		ID:           s.newID(),
+		Source:       pipeline.SourceSMTP,
+		Listener:     s.l.Name,
+		RemoteIP:     ip,
+		RemotePort:   ap.Port(),
+		RelayNetwork: relay,
+	}}
+	s.mu.Lock()
+	s.conns[tc] = struct{}{}
+	s.mu.Unlock()
+	if s.draining.Load() {
+		tc.kickIfIdle()
+	}
+	return tc
+}
+
+// untrack forgets a closed connection and frees its slot.
+func (s *Server) untrack(c *trackedConn) {
+	s.mu.Lock()
+	delete(s.conns, c)
+	s.mu.Unlock()
+	<-s.slots
+}
+
+func (s *Server) handshakeTimeout() time.Duration {
+	if d := s.l.ReadTimeout; d > 0 && d < time.Minute {
+		return d
+	}
+	return time.Minute
+}
+
+// logRefusal logs a refusal: policy decisions at info, failures with an
+// internal cause (or no *pipeline.Error at all) at warn.
+func (s *Server) logRefusal(msg string, err error, attrs ...any) {
+	level := slog.LevelInfo
+	var pe *pipeline.Error
+	if !errors.As(err, &pe) || pe.Cause != nil {
+		level = slog.LevelWarn
+	}
+	r := pipeline.Reply(err)
+	attrs = append(attrs, "reply", fmt.Sprintf("%d %s %s", r.Code, r.Enhanced, r.Message), "err", err)
+	if pe != nil && pe.Stage != "" {
+		attrs = append(attrs, "stage", pe.Stage)
+	}
+	s.log.Log(context.Background(), level, msg, attrs...)
+}
+
+// errorLog adapts go-smtp's internal error log to slog: panics at error
+// level, the rest (client I/O failures) at debug.
+type errorLog struct{ log *slog.Logger }
+
+func (e errorLog) Printf(format string, v ...any) { e.emit(fmt.Sprintf(format, v...)) }
+func (e errorLog) Println(v ...any)               { e.emit(strings.TrimSuffix(fmt.Sprintln(v...), "\n")) }
+
+func (e errorLog) emit(m string) {
+	if strings.Contains(m, "panic") {
+		e.log.Error("smtp server: " + m)
+		return
+	}
+	e.log.Debug("smtp server: " + m)
+}

@@ -1,0 +1,265 @@
+package smtpsrc
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/emersion/go-smtp"
+
+	"github.com/sluice-mta/sluice/pipeline"
+)
+
+// backend is the go-smtp Backend: go-smtp calls NewSession at the first
+// EHLO/HELO of a connection, and again at the first EHLO after STARTTLS
+// (it logs the old session out first).
+type backend struct{ s *Server }
+
+// NewSession runs on_helo for the connection's pipeline.Conn (on_connect
+// already ran when the connection was admitted). A refusal is returned as
+// an *smtp.SMTPError, which go-smtp writes with its own code; the client
+// must then greet again before MAIL.
+func (b backend) NewSession(c *smtp.Conn) (smtp.Session, error) {
+	s := b.s
+	tc := trackedOf(c.Conn())
+	if tc == nil {
+		// Not one of ours: go-smtp served a listener other than ours.
+		return nil, smtpError(errors.New("smtpsrc: connection was not admitted by this server"))
+	}
+	if s.draining.Load() {
+		return nil, smtpError(errShuttingDown)
+	}
+	pc := tc.pc
+	pc.HELO = c.Hostname()
+	pc.Identity = nil // a new session (e.g. after STARTTLS) starts unauthenticated
+	if st, ok := c.TLSConnectionState(); ok {
+		pc.TLS = tlsVersionName(st.Version)
+	}
+	ctx, cancel := context.WithCancel(s.baseCtx)
+	if err := s.chain.Helo(ctx, pc, pc.HELO); err != nil {
+		cancel()
+		s.logRefusal("helo refused", err, "conn", pc.ID, "remote_ip", pc.RemoteIP, "helo", pc.HELO)
+		return nil, smtpError(err)
+	}
+	return &session{s: s, sc: c, tc: tc, conn: pc, ctx: ctx, cancel: cancel}, nil
+}
+
+// session is one go-smtp session: from EHLO to QUIT, or to STARTTLS, which
+// starts a new session on the same connection and pipeline.Conn.
+//
+// go-smtp calls the Session methods from the connection's goroutine,
+// except that with BDAT it runs Data in a goroutine of its own, and Reset
+// and Logout may then run concurrently with it; txn is guarded by mu for
+// that reason. Logout may also come from Server.Close's goroutine.
+//
+// SMTP AUTH will be an AuthSession implementation on this type setting
+// conn.Identity after chain.Auth accepts.
+type session struct {
+	s      *Server
+	sc     *smtp.Conn
+	tc     *trackedConn
+	conn   *pipeline.Conn
+	ctx    context.Context // cancelled by Logout, or by Server.Close / an expired Shutdown
+	cancel context.CancelFunc
+
+	mu  sync.Mutex
+	txn *pipeline.Txn // nil outside a transaction
+}
+
+var _ smtp.Session = (*session)(nil)
+
+func (ss *session) current() *pipeline.Txn {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	return ss.txn
+}
+
+// Reset ends the transaction (RSET, re-EHLO, after DATA).
+func (ss *session) Reset() {
+	ss.mu.Lock()
+	ss.txn = nil
+	ss.mu.Unlock()
+	ss.tc.setBusy(false)
+}
+
+// Logout ends the session: its context is cancelled.
+func (ss *session) Logout() error {
+	ss.cancel()
+	ss.Reset()
+	return nil
+}
+
+// Mail starts a transaction: a new Txn with a fresh message id, then
+// on_mail. A re-EHLO with a new name runs on_helo again first (go-smtp
+// creates no new session for it).
+func (ss *session) Mail(from string, opts *smtp.MailOptions) error {
+	s := ss.s
+	if s.draining.Load() {
+		return smtpError(errShuttingDown)
+	}
+	if h := ss.sc.Hostname(); h != ss.conn.HELO {
+		ss.conn.HELO = h
+		if err := s.chain.Helo(ss.ctx, ss.conn, h); err != nil {
+			s.logRefusal("helo refused", err, "conn", ss.conn.ID, "remote_ip", ss.conn.RemoteIP, "helo", h)
+			return smtpError(err)
+		}
+	}
+	txn := &pipeline.Txn{Conn: ss.conn, ID: s.newID(), Sender: from, Received: s.now()}
+	ss.tc.setBusy(true)
+	if err := s.chain.Mail(ss.ctx, txn); err != nil {
+		ss.tc.setBusy(false)
+		s.logRefusal("sender refused", err, "conn", ss.conn.ID, "remote_ip", ss.conn.RemoteIP, "from", from)
+		return smtpError(err)
+	}
+	ss.mu.Lock()
+	ss.txn = txn
+	ss.mu.Unlock()
+	return nil
+}
+
+// Rcpt runs on_rcpt (which includes relay control) for one recipient. The
+// recipient count limit (452 4.5.3) is go-smtp's MaxRecipients, checked
+// before Rcpt is called. A refusal after the address parsed is recorded
+// with Submitter.Rejected. A repeated recipient is accepted once.
+func (ss *session) Rcpt(to string, opts *smtp.RcptOptions) error {
+	s := ss.s
+	txn := ss.current()
+	if txn == nil {
+		return smtpError(errBadSequence)
+	}
+	r, err := pipeline.NewRecipient(to)
+	if err != nil {
+		s.logRefusal("recipient refused", err, "conn", ss.conn.ID, "msgid", txn.ID, "rcpt", to)
+		return smtpError(err)
+	}
+	for _, have := range txn.Recipients {
+		if have.Local == r.Local && have.Domain == r.Domain {
+			return nil
+		}
+	}
+	if err := s.chain.Rcpt(ss.ctx, txn, r); err != nil {
+		s.logRefusal("recipient refused", err, "conn", ss.conn.ID, "remote_ip", ss.conn.RemoteIP, "msgid", txn.ID, "rcpt", to)
+		s.sub.Rejected(ss.ctx, txn, to, err)
+		return smtpError(err)
+	}
+	txn.Recipients = append(txn.Recipients, r)
+	return nil
+}
+
+// Data receives the message (DATA or BDAT), checks and parses it, adds the
+// Received: field and submits it. It always returns an *smtp.SMTPError,
+// 250 included, so go-smtp never invents a reply text of its own.
+func (ss *session) Data(r io.Reader) error {
+	s := ss.s
+	txn := ss.current()
+	if txn == nil || len(txn.Recipients) == 0 {
+		return smtpError(errBadSequence)
+	}
+	ss.tc.beginData(time.Now().Add(s.l.DataTimeout))
+	defer ss.tc.endData()
+
+	buf := getBuf()
+	defer putBuf(buf)
+	if err := readData(buf, r, s.l.MaxMessageSize); err != nil {
+		return ss.dataReadFailed(txn, err)
+	}
+	data := buf.Bytes()
+	bare, nul, longest := scanData(data)
+	if nul {
+		return ss.refuseData(txn, len(data), errNUL)
+	}
+	if bare {
+		if !s.normalize {
+			return ss.refuseData(txn, len(data), pipeline.ErrBareLineEnding)
+		}
+		nbuf := getBuf()
+		defer putBuf(nbuf)
+		nbuf.Grow(len(data) + len(data)/32 + 16)
+		nbuf.Write(normalizeLineEndings(nbuf.AvailableBuffer(), data))
+		data = nbuf.Bytes()
+		_, _, longest = scanData(data)
+	}
+	// go-smtp enforces the line limit while reading DATA, but not for BDAT
+	// chunks; this check makes both the same (it never fires for DATA).
+	if longest > s.l.MaxLineLength {
+		return ss.refuseData(txn, len(data), errLineTooLong)
+	}
+
+	msg, err := pipeline.ParseMessage(txn, data)
+	if err != nil {
+		return ss.refuseData(txn, len(data), err)
+	}
+	msg.Header.Add("Received", receivedValue(txn, s.hostname, s.now()))
+
+	rc, err := s.sub.Submit(ss.ctx, msg)
+	if err != nil {
+		if ss.ctx.Err() != nil {
+			// The session is gone (client hung up, server closing):
+			// nobody to answer and nothing refused.
+			s.log.Debug("submit aborted", "conn", ss.conn.ID, "msgid", txn.ID, "err", err)
+			return smtpError(err)
+		}
+		return ss.refuseData(txn, len(data), err)
+	}
+	attrs := []any{"conn", ss.conn.ID, "msgid", txn.ID, "from", txn.Sender, "rcpts", len(txn.Recipients),
+		"size", len(data), "remote_ip", ss.conn.RemoteIP}
+	if ss.conn.TLS != "" {
+		attrs = append(attrs, "tls", ss.conn.TLS)
+	}
+	if rc != nil {
+		attrs = append(attrs, "queued", rc.Queued, "discarded", rc.Discarded)
+	}
+	s.log.Info("message accepted", attrs...)
+	return okReply(txn.ID)
+}
+
+// dataReadFailed maps a failure while reading the message data.
+func (ss *session) dataReadFailed(txn *pipeline.Txn, err error) error {
+	s := ss.s
+	var ne net.Error
+	switch {
+	case errors.Is(err, smtp.ErrDataTooLarge) || errors.Is(err, pipeline.ErrTooBig):
+		return ss.refuseData(txn, -1, pipeline.ErrTooBig)
+	case errors.Is(err, smtp.ErrTooLongLine):
+		// go-smtp closes the connection after our reply ("500 5.4.0").
+		return ss.refuseData(txn, -1, errLineTooLong)
+	case errors.Is(err, smtp.ErrDataReset):
+		// The BDAT transfer was abandoned: by RSET (the client goes on
+		// with commands), or because reading a chunk failed, which go-smtp
+		// answers itself. If that failure was our data deadline, the rest
+		// of the chunk is still unread: close rather than parse it as
+		// commands.
+		if ss.tc.dataDeadlinePassed() {
+			ss.tc.expire()
+			s.log.Info("data timeout", "conn", ss.conn.ID, "remote_ip", ss.conn.RemoteIP, "msgid", txn.ID)
+		} else {
+			s.log.Debug("bdat transfer reset", "conn", ss.conn.ID, "msgid", txn.ID)
+		}
+		return smtpError(err)
+	case errors.As(err, &ne) && ne.Timeout():
+		// The data deadline passed: make every further read fail so
+		// go-smtp closes the connection instead of reading the rest of
+		// the data as commands.
+		ss.tc.expire()
+		s.log.Info("data timeout", "conn", ss.conn.ID, "remote_ip", ss.conn.RemoteIP, "msgid", txn.ID)
+		return smtpError(errDataTimeout)
+	default:
+		// The client hung up or the connection broke: no one reads
+		// this reply.
+		s.log.Debug("data transfer aborted", "conn", ss.conn.ID, "msgid", txn.ID, "err", err)
+		ss.tc.expire()
+		return smtpError(err)
+	}
+}
+
+// refuseData answers a refused message: it logs, records the refusal for
+// the whole transaction, and returns the client's reply.
+func (ss *session) refuseData(txn *pipeline.Txn, size int, err error) error {
+	ss.s.logRefusal("message refused", err, "conn", ss.conn.ID, "remote_ip", ss.conn.RemoteIP,
+		"msgid", txn.ID, "from", txn.Sender, "rcpts", len(txn.Recipients), "size", size)
+	ss.s.sub.Rejected(ss.ctx, txn, "", err)
+	return smtpError(err)
+}
