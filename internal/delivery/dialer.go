@@ -1,0 +1,505 @@
+package delivery
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"net/netip"
+	"os"
+	"slices"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/sluice-mta/sluice/internal/config"
+	"github.com/sluice-mta/sluice/internal/dnsx"
+	"github.com/sluice-mta/sluice/pipeline"
+)
+
+// Defaults for zero values in config.Delivery.
+const (
+	defaultPort           = 25
+	defaultConnectTimeout = 30 * time.Second
+	defaultCommandTimeout = 5 * time.Minute
+	defaultDataTimeout    = 10 * time.Minute
+	defaultMaxAddresses   = 10
+)
+
+// Dialer opens Sessions to the next hop of a route. Set its fields, then
+// use it from any number of goroutines; it keeps no state between Dials.
+type Dialer struct {
+	// Config supplies the port for MX routes, the default TLS policy,
+	// TLSSkipVerify and the connect, command and data timeouts. Zero
+	// values mean the documented defaults (25, opportunistic, 30s, 5m,
+	// 10m).
+	Config config.Delivery
+	// Resolver looks up MX hosts and addresses. Required unless every
+	// route names an IP literal.
+	Resolver dnsx.Resolver
+	// Hostname is the name sent in EHLO; default Config.Hostname, then
+	// the OS host name, then "localhost".
+	Hostname string
+	// TLSConfig is the base for STARTTLS: RootCAs (nil: the system pool),
+	// client certificates, versions. Dial clones it and sets ServerName
+	// and, for opportunistic TLS or Config.TLSSkipVerify,
+	// InsecureSkipVerify.
+	TLSConfig *tls.Config
+	// NoPipelining makes Send wait for each reply even when the server
+	// offers PIPELINING.
+	NoPipelining bool
+	// MaxAddresses bounds how many addresses one Dial tries, over all MX
+	// hosts; default 10.
+	MaxAddresses int
+	// DialContext opens TCP connections; nil means a net.Dialer. Tests and
+	// future egress-address selection hook in here.
+	DialContext func(ctx context.Context, network, addr string) (net.Conn, error)
+	// Logger receives each failed attempt at Debug level (the summary is
+	// the caller's to log); nil means no logging.
+	Logger *slog.Logger
+}
+
+// NewDialer returns a Dialer for cfg and r with the EHLO name taken from
+// cfg.Hostname.
+func NewDialer(cfg config.Delivery, r dnsx.Resolver) *Dialer {
+	return &Dialer{Config: cfg, Resolver: r}
+}
+
+func (d *Dialer) helo() string {
+	for _, h := range []string{d.Hostname, d.Config.Hostname} {
+		if h != "" {
+			return h
+		}
+	}
+	if h, err := os.Hostname(); err == nil && h != "" && validAddress(h) && !strings.Contains(h, " ") {
+		return h
+	}
+	return "localhost"
+}
+
+func orDefault[T comparable](v, def T) T {
+	var zero T
+	if v == zero {
+		return def
+	}
+	return v
+}
+
+// target is one host to try, with its addresses when they are known
+// without a lookup (IP literals).
+type target struct {
+	host  string
+	addrs []netip.Addr
+	// implicit: the recipient domain itself, used as its own MX.
+	implicit bool
+}
+
+// Attempt is one host or address that Dial tried and the reason it failed.
+// IP is empty when the host's addresses could not be looked up.
+type Attempt struct {
+	Host string
+	IP   string
+	Err  error
+}
+
+// DialError is the Cause of the error Dial returns when every attempt
+// failed; it lists them in order. Unwrap yields the last attempt's error
+// first, so errors.As finds the failure the summary reports.
+type DialError struct {
+	Attempts []Attempt
+}
+
+func (e *DialError) Error() string {
+	var b strings.Builder
+	for i, a := range e.Attempts {
+		if i > 0 {
+			b.WriteString("; ")
+		}
+		b.WriteString(where(a))
+		b.WriteString(": ")
+		b.WriteString(a.Err.Error())
+	}
+	return b.String()
+}
+
+func (e *DialError) Unwrap() []error {
+	errs := make([]error, 0, len(e.Attempts))
+	for i := len(e.Attempts) - 1; i >= 0; i-- {
+		errs = append(errs, e.Attempts[i].Err)
+	}
+	return errs
+}
+
+func where(a Attempt) string {
+	if a.IP == "" {
+		return a.Host
+	}
+	return a.Host + " [" + a.IP + "]"
+}
+
+// Dial connects to the next hop for a recipient domain on route and
+// returns a Session ready for Send, or a *pipeline.Error.
+//
+// For an MX route it looks up domain's MX records, sorts them by
+// preference (shuffling equal preferences) and tries each host's
+// addresses in turn (port route.Port, else Config.Port, else 25), until a
+// server greets with 220 and completes EHLO, STARTTLS per the TLS policy,
+// and AUTH if the route has credentials. With no MX records the domain's
+// own addresses are used (implicit MX). For a relay route it does the same
+// for route.Host (a name or an IP literal; port default 25). A recipient
+// domain that is an address literal ("[192.0.2.1]", "[IPv6:...]") is
+// dialled directly.
+//
+// Errors, classified at the source:
+//   - null MX (RFC 7505): 556 5.1.10, at once;
+//   - domain does not exist: 550 5.1.2; DNS failure: 451 4.4.3;
+//   - neither MX nor address records: 550 5.4.4;
+//   - every attempt failed permanently (say, 554 greetings, or MX hosts
+//     that do not exist): the last failure's code, permanent;
+//   - otherwise temporary: 451 with the last temporary failure's enhanced
+//     code (4.4.1 connection failed, 4.7.10 TLS required but not
+//     offered, 4.7.5 TLS handshake failed, 4.7.8 AUTH failed, or the
+//     server's own) and a message naming the last host tried.
+//
+// The Cause is a *DialError listing every attempt. A relay's name that
+// does not resolve is temporary: a broken smarthost setting must not
+// bounce mail. At most MaxAddresses addresses are tried; ctx bounds the
+// whole Dial, and each connect is bounded by Config.ConnectTimeout and each
+// command by Config.CommandTimeout.
+//
+// TLS policy is route.TLS, else Config.TLS, else opportunistic:
+//   - opportunistic: STARTTLS when offered, without verifying the
+//     certificate (as MTAs do: an unverified channel still beats clear
+//     text); if the handshake fails, reconnect to the same address and
+//     continue in clear text;
+//   - required: STARTTLS must be offered and succeed, with the
+//     certificate verified against TLSConfig.RootCAs (or the system pool)
+//     for the host name, unless Config.TLSSkipVerify; otherwise that
+//     address fails temporarily and the next one is tried;
+//   - none: never STARTTLS.
+//
+// AUTH PLAIN is used when route.AuthUser is set; credentials are only sent
+// over TLS, or in clear text to a loopback address. A server that lacks
+// AUTH PLAIN or rejects the credentials fails the address temporarily.
+func (d *Dialer) Dial(ctx context.Context, route *pipeline.Route, domain string) (*Session, error) {
+	if route == nil {
+		route = pipeline.MX()
+	}
+	if err := route.Validate(); err != nil {
+		return nil, &pipeline.Error{Code: 451, Enhanced: pipeline.EnhancedCode{4, 3, 5},
+			Message: "invalid route", Cause: err}
+	}
+	policy := orDefault(orDefault(route.TLS, d.Config.TLS), pipeline.TLSOpportunistic)
+	port := route.Port
+	if port == 0 && route.Kind == pipeline.RouteMX {
+		port = d.Config.Port
+	}
+	port = orDefault(port, defaultPort)
+
+	targets, err := d.targets(ctx, route, domain)
+	if err != nil {
+		return nil, err
+	}
+	max := orDefault(d.MaxAddresses, defaultMaxAddresses)
+	var attempts []Attempt
+	tried := 0
+outer:
+	for _, t := range targets {
+		addrs := t.addrs
+		if addrs == nil {
+			addrs, err = d.resolve(ctx, route, t)
+			if err != nil {
+				attempts = append(attempts, Attempt{Host: t.host, Err: err})
+				if ctx.Err() != nil {
+					break
+				}
+				continue
+			}
+		}
+		for _, ip := range addrs {
+			if tried >= max {
+				break outer
+			}
+			tried++
+			s, err := d.attempt(ctx, t.host, ip, port, policy, route)
+			if err == nil {
+				return s, nil
+			}
+			attempts = append(attempts, Attempt{Host: t.host, IP: ip.String(), Err: err})
+			if d.Logger != nil {
+				d.Logger.Debug("delivery attempt failed", "domain", domain, "route", route.Kind,
+					"host", t.host, "ip", ip.String(), "port", port, "err", err)
+			}
+			if ctx.Err() != nil {
+				break outer
+			}
+		}
+	}
+	return nil, summarize(route, domain, attempts, ctx)
+}
+
+// targets lists the hosts to try, in order.
+func (d *Dialer) targets(ctx context.Context, route *pipeline.Route, domain string) ([]target, error) {
+	if route.Kind == pipeline.RouteRelay {
+		if ip, ok := parseLiteral(route.Host); ok {
+			return []target{{host: route.Host, addrs: []netip.Addr{ip}}}, nil
+		}
+		return []target{{host: strings.ToLower(strings.TrimSuffix(route.Host, "."))}}, nil
+	}
+	if ip, ok := parseLiteral(domain); ok && strings.HasPrefix(domain, "[") {
+		return []target{{host: domain, addrs: []netip.Addr{ip}}}, nil
+	}
+	if d.Resolver == nil {
+		return nil, &pipeline.Error{Code: 451, Enhanced: pipeline.EnhancedCode{4, 3, 5}, Message: "no DNS resolver configured"}
+	}
+	mxs, err := d.Resolver.LookupMX(ctx, domain)
+	if err != nil {
+		return nil, dnsError(err)
+	}
+	if dnsx.IsNullMX(mxs) {
+		return nil, pipeline.Errorf(556, pipeline.EnhancedCode{5, 1, 10},
+			"%s does not accept mail (null MX)", domain)
+	}
+	mxs = slices.DeleteFunc(slices.Clone(mxs), func(m dnsx.MX) bool { return m.Host == "." || m.Host == "" })
+	if len(mxs) == 0 {
+		return []target{{host: strings.ToLower(strings.TrimSuffix(domain, ".")), implicit: true}}, nil
+	}
+	rand.Shuffle(len(mxs), func(i, j int) { mxs[i], mxs[j] = mxs[j], mxs[i] })
+	slices.SortStableFunc(mxs, func(a, b dnsx.MX) int { return int(a.Pref) - int(b.Pref) })
+	ts := make([]target, 0, len(mxs))
+	for _, m := range mxs {
+		if slices.ContainsFunc(ts, func(t target) bool { return t.host == m.Host }) {
+			continue
+		}
+		ts = append(ts, target{host: m.Host})
+	}
+	return ts, nil
+}
+
+// parseLiteral parses an IP literal: "192.0.2.1", "[192.0.2.1]",
+// "[IPv6:2001:db8::1]", "2001:db8::1".
+func parseLiteral(s string) (netip.Addr, bool) {
+	s = strings.TrimSuffix(strings.TrimPrefix(s, "["), "]")
+	if len(s) > 5 && strings.EqualFold(s[:5], "IPv6:") {
+		s = s[5:]
+	}
+	ip, err := netip.ParseAddr(s)
+	if err != nil || ip.Zone() != "" {
+		return netip.Addr{}, false
+	}
+	return ip.Unmap(), true
+}
+
+// resolve looks up a target's addresses and classifies the failure.
+func (d *Dialer) resolve(ctx context.Context, route *pipeline.Route, t target) ([]netip.Addr, error) {
+	if d.Resolver == nil {
+		return nil, &pipeline.Error{Code: 451, Enhanced: pipeline.EnhancedCode{4, 3, 5}, Message: "no DNS resolver configured"}
+	}
+	addrs, err := d.Resolver.LookupHost(ctx, t.host)
+	if err == nil && len(addrs) > 0 {
+		return addrs, nil
+	}
+	relay := route.Kind == pipeline.RouteRelay
+	switch {
+	case err != nil && (relay || pipeline.IsTemporary(err)):
+		e := dnsError(err)
+		if !e.Temporary() {
+			e = &pipeline.Error{Code: 451, Enhanced: pipeline.EnhancedCode{4, 4, 3}, Message: e.Message, Cause: e.Cause}
+		}
+		return nil, e
+	case relay:
+		return nil, &pipeline.Error{Code: 451, Enhanced: pipeline.EnhancedCode{4, 4, 4},
+			Message: fmt.Sprintf("relay host %s has no address", t.host)}
+	case t.implicit:
+		return nil, pipeline.Errorf(550, pipeline.EnhancedCode{5, 4, 4},
+			"%s has no MX or address records", t.host)
+	case err != nil:
+		return nil, &pipeline.Error{Code: 550, Enhanced: pipeline.EnhancedCode{5, 4, 4},
+			Message: fmt.Sprintf("MX host %s does not exist", t.host), Cause: err}
+	}
+	return nil, pipeline.Errorf(550, pipeline.EnhancedCode{5, 4, 4}, "MX host %s has no address", t.host)
+}
+
+// dnsError makes sure a resolver failure is a *pipeline.Error; unknown
+// errors are temporary.
+func dnsError(err error) *pipeline.Error {
+	var pe *pipeline.Error
+	if errors.As(err, &pe) {
+		return pe
+	}
+	return &pipeline.Error{Code: 451, Enhanced: pipeline.EnhancedCode{4, 4, 3}, Message: "DNS lookup failed", Cause: err}
+}
+
+// retryClear asks attempt to reconnect without STARTTLS.
+type retryClear struct{ err error }
+
+func (r *retryClear) Error() string { return r.err.Error() }
+func (r *retryClear) Unwrap() error { return r.err }
+
+// attempt connects to one address; an opportunistic TLS failure gets a
+// second connection in clear text.
+func (d *Dialer) attempt(ctx context.Context, host string, ip netip.Addr, port int, policy string, route *pipeline.Route) (*Session, error) {
+	s, err := d.connect(ctx, host, ip, port, policy, route, true)
+	var rc *retryClear
+	if errors.As(err, &rc) {
+		return d.connect(ctx, host, ip, port, policy, route, false)
+	}
+	return s, err
+}
+
+func (d *Dialer) connect(ctx context.Context, host string, ip netip.Addr, port int, policy string, route *pipeline.Route, tryTLS bool) (_ *Session, err error) {
+	connectTimeout := orDefault(d.Config.ConnectTimeout, defaultConnectTimeout)
+	dial := d.DialContext
+	if dial == nil {
+		var nd net.Dialer
+		dial = nd.DialContext
+	}
+	dctx, cancel := context.WithTimeout(ctx, connectTimeout)
+	conn, err := dial(dctx, "tcp", hostPort(ip.String(), port))
+	cancel()
+	if err != nil {
+		return nil, &pipeline.Error{Code: 451, Enhanced: pipeline.EnhancedCode{4, 4, 1},
+			Message: "cannot connect: " + dialReason(ctx, err), Cause: err}
+	}
+
+	s := newSession(conn, pipeline.Remote{Host: host, IP: ip.String()},
+		orDefault(d.Config.CommandTimeout, defaultCommandTimeout),
+		orDefault(d.Config.DataTimeout, defaultDataTimeout))
+	stop := s.watch(ctx)
+	defer stop()
+	defer func() {
+		if err != nil {
+			s.Close()
+		}
+	}()
+
+	helo := d.helo()
+	if err := s.greet(ctx); err != nil {
+		return nil, err
+	}
+	if err := s.hello(ctx, helo); err != nil {
+		return nil, err
+	}
+	if policy != pipeline.TLSNone && tryTLS {
+		if _, offered := s.ext["STARTTLS"]; !offered {
+			if policy == pipeline.TLSRequired {
+				return nil, pipeline.Errorf(451, pipeline.EnhancedCode{4, 7, 10},
+					"STARTTLS not offered, and the TLS policy requires it")
+			}
+		} else {
+			err := s.startTLS(ctx, d.tlsConfig(host, policy))
+			var refused *tlsRefused
+			switch {
+			case err == nil:
+				if err := s.hello(ctx, helo); err != nil {
+					return nil, err
+				}
+			case errors.As(err, &refused):
+				if policy == pipeline.TLSRequired {
+					return nil, &pipeline.Error{Code: 451, Enhanced: pipeline.EnhancedCode{4, 7, 10},
+						Message: "STARTTLS refused, and the TLS policy requires it: " + refused.e.Message, Cause: refused.e.Cause}
+				}
+			case policy == pipeline.TLSRequired:
+				return nil, err
+			default:
+				return nil, &retryClear{err}
+			}
+		}
+	} else if policy == pipeline.TLSRequired {
+		// tryTLS is only false for opportunistic retries; be safe anyway.
+		return nil, pipeline.Errorf(451, pipeline.EnhancedCode{4, 7, 10}, "TLS required")
+	}
+	if route.AuthUser != "" {
+		if s.remote.TLS == "" && !ip.IsLoopback() {
+			return nil, pipeline.Errorf(451, pipeline.EnhancedCode{4, 7, 10},
+				"refusing to send credentials over an unencrypted connection")
+		}
+		if err := s.auth(ctx, route.AuthUser, route.AuthPass); err != nil {
+			return nil, err
+		}
+	}
+	_, pipelining := s.ext["PIPELINING"]
+	s.pipelining = pipelining && !d.NoPipelining
+	return s, nil
+}
+
+func (d *Dialer) tlsConfig(host, policy string) *tls.Config {
+	var cfg *tls.Config
+	if d.TLSConfig != nil {
+		cfg = d.TLSConfig.Clone()
+	} else {
+		cfg = &tls.Config{}
+	}
+	if ip, ok := parseLiteral(host); ok {
+		cfg.ServerName = ip.String()
+	} else {
+		cfg.ServerName = host
+	}
+	if policy == pipeline.TLSOpportunistic || d.Config.TLSSkipVerify {
+		cfg.InsecureSkipVerify = true
+	}
+	return cfg
+}
+
+// dialReason is a short, client-safe reason for a failed connect.
+func dialReason(ctx context.Context, err error) string {
+	switch {
+	case ctx.Err() != nil:
+		return "delivery cancelled"
+	case errors.Is(err, syscall.ECONNREFUSED):
+		return "connection refused"
+	case errors.Is(err, context.DeadlineExceeded) || isTimeout(err):
+		return "connection timed out"
+	case errors.Is(err, syscall.ENETUNREACH), errors.Is(err, syscall.EHOSTUNREACH):
+		return "network unreachable"
+	case errors.Is(err, syscall.ECONNRESET):
+		return "connection reset"
+	}
+	return "network error"
+}
+
+// summarize builds Dial's error from the failed attempts.
+func summarize(route *pipeline.Route, domain string, attempts []Attempt, ctx context.Context) error {
+	dest := domain
+	what := "MX hosts"
+	if route.Kind == pipeline.RouteRelay {
+		dest = route.Host
+		what = "relay addresses"
+	}
+	if len(attempts) == 0 {
+		return &pipeline.Error{Code: 451, Enhanced: pipeline.EnhancedCode{4, 4, 4},
+			Message: fmt.Sprintf("no address to deliver to for %s", dest)}
+	}
+	cause := &DialError{Attempts: attempts}
+	allPerm := ctx.Err() == nil
+	lastTemp := -1
+	for i, a := range attempts {
+		if pipeline.IsTemporary(a.Err) {
+			allPerm = false
+			lastTemp = i
+		}
+	}
+	pick := len(attempts) - 1
+	if !allPerm && lastTemp >= 0 {
+		pick = lastTemp
+	}
+	a := attempts[pick]
+	pe := dnsError(a.Err) // any *pipeline.Error; others become 451 4.4.3
+	var msg string
+	if len(attempts) == 1 {
+		msg = fmt.Sprintf("%s: %s", where(a), pe.Message)
+	} else {
+		msg = fmt.Sprintf("all %s for %s failed (%d tried); last: %s: %s", what, dest, len(attempts), where(a), pe.Message)
+	}
+	if allPerm {
+		return &pipeline.Error{Code: pe.Code, Enhanced: pe.EnhancedOrDefault(), Message: msg, Cause: cause}
+	}
+	enh := pe.EnhancedOrDefault()
+	if enh[0] != 4 {
+		enh = pipeline.EnhancedCode{4, 4, 1}
+	}
+	return &pipeline.Error{Code: 451, Enhanced: enh, Message: msg, Cause: cause}
+}

@@ -1,0 +1,307 @@
+package delivery
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/sluice-mta/sluice/pipeline"
+)
+
+// Limits on what we accept from a remote server.
+const (
+	maxReplyLine  = 2048 // bytes per reply line (RFC 5321 says 512; be lenient)
+	maxReplyLines = 256  // lines per multi-line reply
+	maxReplyText  = 1000 // bytes of remote text kept in an error
+)
+
+// reply is one SMTP reply: its code and the text of each line (without the
+// "250-" prefix).
+type reply struct {
+	code  int
+	lines []string
+}
+
+func (r reply) positive() bool { return r.code >= 200 && r.code < 400 }
+
+// enhanced returns the RFC 3463 code at the start of the first line, if any
+// and if its class matches the reply code, and the text of all lines with
+// the repeated enhanced code stripped, joined by spaces and sanitised.
+func (r reply) split() (pipeline.EnhancedCode, string) {
+	var enh pipeline.EnhancedCode
+	prefix := ""
+	if len(r.lines) > 0 {
+		first, _, _ := strings.Cut(r.lines[0], " ")
+		if e, err := pipeline.ParseEnhancedCode(first); err == nil && e[0] == r.code/100 {
+			enh, prefix = e, first
+		}
+	}
+	var b strings.Builder
+	for i, l := range r.lines {
+		if prefix != "" {
+			l = strings.TrimPrefix(strings.TrimPrefix(l, prefix), " ")
+		}
+		l = strings.TrimSpace(l)
+		if l == "" {
+			continue
+		}
+		if i > 0 && b.Len() > 0 {
+			b.WriteByte(' ')
+		}
+		b.WriteString(l)
+		if b.Len() > maxReplyText {
+			break
+		}
+	}
+	return enh, sanitize(b.String(), maxReplyText)
+}
+
+// String formats the reply on one line, e.g. "550 5.1.1 no such user".
+func (r reply) String() string {
+	enh, text := r.split()
+	s := strconv.Itoa(r.code)
+	if enh != (pipeline.EnhancedCode{}) {
+		s += " " + enh.String()
+	}
+	if text != "" {
+		s += " " + text
+	}
+	return s
+}
+
+// sanitize replaces control characters with spaces, collapses runs of
+// spaces and cuts s to max bytes on a UTF-8 boundary.
+func sanitize(s string, max int) string {
+	var b strings.Builder
+	space := false
+	for _, r := range s {
+		if r < 0x20 || r == 0x7f || r == '\uFFFD' || (r >= 0x80 && r < 0xa0) {
+			r = ' '
+		}
+		if r == ' ' {
+			if space {
+				continue
+			}
+			space = true
+		} else {
+			space = false
+		}
+		if b.Len()+len(string(r)) > max {
+			break
+		}
+		b.WriteRune(r)
+	}
+	return strings.TrimSpace(b.String())
+}
+
+// ReplyError is the Cause of every *pipeline.Error that carries a remote
+// server's reply: it says which server said it and to which command. Use
+// errors.As to get it, e.g. to write "Diagnostic-Code: smtp; ..." and
+// "Remote-MTA" in a bounce, or to tell a remote verdict from a local one.
+type ReplyError struct {
+	Remote   pipeline.Remote
+	Command  string // "greeting", "EHLO", "STARTTLS", "AUTH", "MAIL", "RCPT", "DATA", "end of data", "RSET"
+	Code     int
+	Enhanced pipeline.EnhancedCode // zero when the server sent none
+	Text     string                // the server's text, sanitised, without the enhanced code
+}
+
+func (e *ReplyError) Error() string {
+	s := fmt.Sprintf("%s[%s] replied to %s: %d", e.Remote.Host, e.Remote.IP, e.Command, e.Code)
+	if e.Enhanced != (pipeline.EnhancedCode{}) {
+		s += " " + e.Enhanced.String()
+	}
+	return s + " " + e.Text
+}
+
+// replyError turns a negative reply into a *pipeline.Error whose code,
+// enhanced code and message are the remote's own. A reply outside 4xx/5xx
+// where a failure is being reported (say a 250 to STARTTLS, or a 354 where
+// none was expected) is a protocol error, reported as 451 4.5.0.
+func replyError(r reply, cmd string, remote pipeline.Remote) *pipeline.Error {
+	enh, text := r.split()
+	cause := &ReplyError{Remote: remote, Command: cmd, Code: r.code, Enhanced: enh, Text: text}
+	if r.code < 400 || r.code > 599 {
+		return &pipeline.Error{Code: 451, Enhanced: pipeline.EnhancedCode{4, 5, 0},
+			Message: fmt.Sprintf("unexpected reply to %s: %s", cmd, r.String()), Cause: cause}
+	}
+	if text == "" {
+		text = cmd + " rejected"
+	}
+	return &pipeline.Error{Code: r.code, Enhanced: enh, Message: text, Cause: cause}
+}
+
+// ErrConnection is the Cause (via errors.Is) of errors caused by a lost
+// connection, a timeout or a cancelled context during a session.
+var ErrConnection = errors.New("delivery: connection failed")
+
+type connError struct {
+	err error
+}
+
+func (e *connError) Error() string { return e.err.Error() }
+func (e *connError) Unwrap() []error {
+	return []error{ErrConnection, e.err}
+}
+
+// ioError turns a network failure while talking to remote about cmd into a
+// temporary 451 4.4.2.
+func ioError(ctx context.Context, err error, cmd string, remote pipeline.Remote) *pipeline.Error {
+	what := "connection lost"
+	dl, hasDL := ctx.Deadline()
+	switch {
+	case errors.Is(ctx.Err(), context.Canceled):
+		what = "delivery cancelled"
+		err = fmt.Errorf("%w (%v)", ctx.Err(), err)
+	case ctx.Err() != nil || (hasDL && !time.Now().Before(dl)):
+		what = "delivery deadline exceeded"
+		err = fmt.Errorf("%w (%v)", context.DeadlineExceeded, err)
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		what = "timeout"
+	case errors.Is(err, errBadReply):
+		what = "protocol error"
+	}
+	return &pipeline.Error{Code: 451, Enhanced: pipeline.EnhancedCode{4, 4, 2},
+		Message: fmt.Sprintf("%s during %s", what, cmd),
+		Cause:   &connError{fmt.Errorf("%s[%s] %s: %w", remote.Host, remote.IP, cmd, err)}}
+}
+
+var (
+	errBadReply  = errors.New("malformed SMTP reply")
+	errInjection = errors.New("server sent data after its STARTTLS reply (possible injection)")
+)
+
+// readReply reads one possibly multi-line reply.
+func readReply(br *bufio.Reader) (reply, error) {
+	var r reply
+	for n := 0; ; n++ {
+		line, err := br.ReadSlice('\n')
+		if err == bufio.ErrBufferFull || (err == nil && len(line) > maxReplyLine) {
+			return r, fmt.Errorf("%w: line longer than %d bytes", errBadReply, maxReplyLine)
+		}
+		if err != nil {
+			if err == io.EOF && len(line) > 0 {
+				err = io.ErrUnexpectedEOF
+			}
+			return r, err
+		}
+		line = bytes.TrimRight(line, "\r\n")
+		if len(line) < 3 {
+			return r, fmt.Errorf("%w: %q", errBadReply, line)
+		}
+		code := 0
+		for _, c := range line[:3] {
+			if c < '0' || c > '9' {
+				return r, fmt.Errorf("%w: %q", errBadReply, line)
+			}
+			code = code*10 + int(c-'0')
+		}
+		if code < 100 {
+			return r, fmt.Errorf("%w: %q", errBadReply, line)
+		}
+		more := len(line) > 3 && line[3] == '-'
+		if len(line) > 3 && line[3] != '-' && line[3] != ' ' {
+			return r, fmt.Errorf("%w: %q", errBadReply, line)
+		}
+		text := ""
+		if len(line) > 4 {
+			text = string(line[4:])
+		}
+		r.code = code // the last line's code wins if a server mixes them
+		r.lines = append(r.lines, text)
+		if !more {
+			return r, nil
+		}
+		if n+1 >= maxReplyLines {
+			return r, fmt.Errorf("%w: more than %d lines", errBadReply, maxReplyLines)
+		}
+	}
+}
+
+// writeData writes msg as the content of DATA: lines starting with "." get
+// another "." (RFC 5321 section 4.5.2), a bare CR or bare LF becomes CRLF
+// (they are invalid in SMTP and a relay that forwards them helps SMTP
+// smuggling), the last line is terminated, and the ".\r\n" terminator is
+// appended.
+func writeData(w *bufio.Writer, msg []byte) error {
+	lineStart := true
+	start := 0
+	for i := 0; i < len(msg); i++ {
+		c := msg[i]
+		switch {
+		case c == '.' && lineStart:
+			w.Write(msg[start:i])
+			w.WriteByte('.')
+			start = i // the original dot goes out with the next chunk
+			lineStart = false
+		case c == '\n':
+			if i == 0 || msg[i-1] != '\r' {
+				w.Write(msg[start:i])
+				w.WriteString("\r\n")
+				start = i + 1
+			}
+			lineStart = true
+		case c == '\r':
+			if i+1 < len(msg) && msg[i+1] == '\n' {
+				lineStart = false
+				continue
+			}
+			w.Write(msg[start:i])
+			w.WriteString("\r\n")
+			start = i + 1
+			lineStart = true
+		default:
+			lineStart = false
+		}
+	}
+	w.Write(msg[start:])
+	if !lineStart {
+		w.WriteString("\r\n")
+	}
+	_, err := w.WriteString(".\r\n")
+	return err
+}
+
+// validAddress reports whether addr can be put inside <> in a command.
+func validAddress(addr string) bool {
+	for i := 0; i < len(addr); i++ {
+		c := addr[i]
+		if c < 0x20 || c == 0x7f || c == '<' || c == '>' {
+			return false
+		}
+	}
+	return true
+}
+
+func isASCII(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] >= 0x80 {
+			return false
+		}
+	}
+	return true
+}
+
+// parseExtensions reads the EHLO reply's keyword lines.
+func parseExtensions(r reply) map[string]string {
+	ext := make(map[string]string)
+	for _, l := range r.lines[1:] {
+		k, v, _ := strings.Cut(strings.TrimSpace(l), " ")
+		if k == "" {
+			continue
+		}
+		ext[strings.ToUpper(k)] = strings.TrimSpace(v)
+	}
+	return ext
+}
+
+// hostPort formats an address for dialing.
+func hostPort(ip string, port int) string { return net.JoinHostPort(ip, strconv.Itoa(port)) }

@@ -1,0 +1,257 @@
+// Package dnstest runs an authoritative-looking DNS server on loopback for
+// tests: it serves records from an in-memory zone over UDP and TCP on the
+// same 127.0.0.1 port, and can be told to fail for chosen names. Point a
+// dnsx.Client (dnsx.Options{Server: s.Addr()}) or the sluice binary
+// (sluice.delivery { resolver = ... }) at it.
+//
+// Names that have no record at all (and are not the parent of a name that
+// has one) get NXDOMAIN; names that exist without records of the asked
+// type get NOERROR with an empty answer. UDP answers larger than the
+// client's advertised buffer (512 bytes without EDNS0) are truncated with
+// the TC bit, so clients must retry over TCP as real resolvers require.
+//
+// Records are served with TTL 0 unless SetTTL says otherwise, so a caching
+// client sees changes made in the middle of a test. All methods are safe to
+// call from any goroutine while the server runs; the server stops when the
+// test ends.
+package dnstest
+
+import (
+	"fmt"
+	"net"
+	"net/netip"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+
+	"github.com/miekg/dns"
+)
+
+// Server is a DNS server on loopback. Create it with NewServer.
+type Server struct {
+	t    testing.TB
+	addr string
+	udp  *dns.Server
+	tcp  *dns.Server
+
+	queries atomic.Int64
+
+	mu       sync.Mutex
+	ttl      uint32
+	records  map[string][]dns.RR // by lower-case FQDN
+	servfail map[string]bool
+	drop     map[string]bool
+}
+
+// NewServer starts a server on 127.0.0.1 (UDP and TCP, same port) and
+// registers its shutdown with t.Cleanup.
+func NewServer(t testing.TB) *Server {
+	t.Helper()
+	s := &Server{
+		t:        t,
+		records:  make(map[string][]dns.RR),
+		servfail: make(map[string]bool),
+		drop:     make(map[string]bool),
+	}
+	pc, l, err := listenPair()
+	if err != nil {
+		t.Fatalf("dnstest: %v", err)
+	}
+	s.addr = pc.LocalAddr().String()
+	h := dns.HandlerFunc(s.serve)
+	s.udp = &dns.Server{PacketConn: pc, Handler: h}
+	s.tcp = &dns.Server{Listener: l, Handler: h}
+
+	var started sync.WaitGroup
+	for _, srv := range []*dns.Server{s.udp, s.tcp} {
+		started.Add(1)
+		srv.NotifyStartedFunc = started.Done
+		go func() {
+			// ActivateAndServe returns when Shutdown is called.
+			_ = srv.ActivateAndServe()
+		}()
+	}
+	started.Wait()
+	t.Cleanup(func() {
+		_ = s.udp.Shutdown()
+		_ = s.tcp.Shutdown()
+	})
+	return s
+}
+
+// listenPair finds a port free for both UDP and TCP on 127.0.0.1.
+func listenPair() (net.PacketConn, net.Listener, error) {
+	var lastErr error
+	for i := 0; i < 20; i++ {
+		pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+		if err != nil {
+			return nil, nil, err
+		}
+		l, err := net.Listen("tcp", pc.LocalAddr().String())
+		if err == nil {
+			return pc, l, nil
+		}
+		lastErr = err
+		pc.Close()
+	}
+	return nil, nil, fmt.Errorf("no port free for both UDP and TCP: %v", lastErr)
+}
+
+// Addr returns the server's address, "127.0.0.1:port".
+func (s *Server) Addr() string { return s.addr }
+
+// Queries returns how many queries the server has received.
+func (s *Server) Queries() int { return int(s.queries.Load()) }
+
+// SetTTL sets the TTL of records added from now on (default 0).
+func (s *Server) SetTTL(ttl uint32) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.ttl = ttl
+}
+
+func (s *Server) add(rr dns.RR) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	rr.Header().Ttl = s.ttl
+	name := strings.ToLower(rr.Header().Name)
+	s.records[name] = append(s.records[name], rr)
+}
+
+func (s *Server) hdr(name string, t uint16) dns.RR_Header {
+	return dns.RR_Header{Name: dns.Fqdn(strings.ToLower(name)), Rrtype: t, Class: dns.ClassINET}
+}
+
+// AddMX adds an MX record for domain pointing at host with preference pref.
+func (s *Server) AddMX(domain string, pref uint16, host string) {
+	s.add(&dns.MX{Hdr: s.hdr(domain, dns.TypeMX), Preference: pref, Mx: dns.Fqdn(host)})
+}
+
+// SetNullMX replaces domain's MX records with the null MX of RFC 7505
+// (a single MX with preference 0 and the root as host).
+func (s *Server) SetNullMX(domain string) {
+	s.mu.Lock()
+	name := dns.Fqdn(strings.ToLower(domain))
+	var keep []dns.RR
+	for _, rr := range s.records[name] {
+		if rr.Header().Rrtype != dns.TypeMX {
+			keep = append(keep, rr)
+		}
+	}
+	s.records[name] = keep
+	s.mu.Unlock()
+	s.add(&dns.MX{Hdr: s.hdr(domain, dns.TypeMX), Preference: 0, Mx: "."})
+}
+
+// AddA adds an address record for host: an A record for an IPv4 address,
+// an AAAA record for an IPv6 one. A malformed ip fails the test.
+func (s *Server) AddA(host, ip string) {
+	a, err := netip.ParseAddr(ip)
+	if err != nil {
+		s.t.Fatalf("dnstest: AddA(%q, %q): %v", host, ip, err)
+		return
+	}
+	if a.Is4() || a.Is4In6() {
+		s.add(&dns.A{Hdr: s.hdr(host, dns.TypeA), A: net.IP(a.Unmap().AsSlice())})
+		return
+	}
+	s.add(&dns.AAAA{Hdr: s.hdr(host, dns.TypeAAAA), AAAA: net.IP(a.AsSlice())})
+}
+
+// AddAAAA adds an AAAA record; it is AddA for readers who like the type
+// spelled out.
+func (s *Server) AddAAAA(host, ip string) { s.AddA(host, ip) }
+
+// AddTXT adds one TXT record whose character-strings are txt (for SPF,
+// DKIM and DMARC tests; long values must be split by the caller into
+// strings of at most 255 bytes).
+func (s *Server) AddTXT(name string, txt ...string) {
+	s.add(&dns.TXT{Hdr: s.hdr(name, dns.TypeTXT), Txt: txt})
+}
+
+// SetServfail makes every query for name (any type) answer SERVFAIL.
+func (s *Server) SetServfail(name string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.servfail[dns.Fqdn(strings.ToLower(name))] = true
+}
+
+// SetTimeout makes the server ignore queries for name, so clients time out.
+func (s *Server) SetTimeout(name string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.drop[dns.Fqdn(strings.ToLower(name))] = true
+}
+
+// Remove deletes every record of name and clears SetServfail and
+// SetTimeout for it.
+func (s *Server) Remove(name string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n := dns.Fqdn(strings.ToLower(name))
+	delete(s.records, n)
+	delete(s.servfail, n)
+	delete(s.drop, n)
+}
+
+func (s *Server) serve(w dns.ResponseWriter, req *dns.Msg) {
+	s.queries.Add(1)
+	if len(req.Question) != 1 {
+		m := new(dns.Msg)
+		m.SetRcode(req, dns.RcodeFormatError)
+		_ = w.WriteMsg(m)
+		return
+	}
+	q := req.Question[0]
+	name := strings.ToLower(q.Name)
+
+	m := new(dns.Msg)
+	m.SetReply(req)
+	m.Authoritative = true
+	m.RecursionAvailable = true
+
+	s.mu.Lock()
+	switch {
+	case s.drop[name]:
+		s.mu.Unlock()
+		return
+	case s.servfail[name]:
+		m.Rcode = dns.RcodeServerFailure
+	case !s.existsLocked(name):
+		m.Rcode = dns.RcodeNameError
+	default:
+		for _, rr := range s.records[name] {
+			if q.Qtype == dns.TypeANY || rr.Header().Rrtype == q.Qtype {
+				m.Answer = append(m.Answer, dns.Copy(rr))
+			}
+		}
+	}
+	s.mu.Unlock()
+
+	if opt := req.IsEdns0(); opt != nil {
+		m.SetEdns0(opt.UDPSize(), false)
+	}
+	if w.LocalAddr().Network() == "udp" {
+		size := dns.MinMsgSize
+		if opt := req.IsEdns0(); opt != nil && int(opt.UDPSize()) > size {
+			size = int(opt.UDPSize())
+		}
+		m.Truncate(size)
+	}
+	_ = w.WriteMsg(m)
+}
+
+// existsLocked reports whether name owns records or is an ancestor of a
+// name that does (an "empty non-terminal", which is NOERROR, not NXDOMAIN).
+func (s *Server) existsLocked(name string) bool {
+	if len(s.records[name]) > 0 {
+		return true
+	}
+	for k, rrs := range s.records {
+		if len(rrs) > 0 && strings.HasSuffix(k, "."+name) {
+			return true
+		}
+	}
+	return false
+}
