@@ -2,7 +2,16 @@
 // and validation. The configuration file is a Lua program (pipeline.lua);
 // Load evaluates it in a sandboxed Lua state where the `sluice` module's
 // configuration functions (sluice.spool, sluice.listen_smtp, sluice.stage,
-// ...) record into a Config. Errors name the file and line.
+// ...) record into a Config. Errors name the file and line, e.g.
+//
+//	pipeline.lua:12: sluice.listen_smtp: unknown key "adress"
+//
+// The sandbox (safe libraries, require, print, verdict/route/log helpers)
+// lives in internal/luahost/sandbox, a leaf package that this package and
+// internal/luahost both import; luahost also imports config (for Config and
+// InstallRuntime), so the sandbox cannot live in either without a cycle.
+//
+// Every function and key is documented, with examples, in docs/config.md.
 package config
 
 import (

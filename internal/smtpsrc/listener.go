@@ -1,6 +1,7 @@
 package smtpsrc
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -9,6 +10,7 @@ import (
 	"net"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/sluice-mta/sluice/pipeline"
@@ -250,6 +252,69 @@ type trackedConn struct {
 	busy         bool // inside a mail transaction (MAIL .. end of DATA/RSET)
 
 	closeOnce sync.Once
+
+	// Raw-stream smuggling detector (clear-text connections only): go-smtp's
+	// dot reader silently drops ".\r" at the start of a line when no LF
+	// follows, so a bare CR hidden that way never reaches Data. Read scans
+	// for LF "." CR followed by anything but LF and raises dotCR; Data
+	// consumes the flag. tail keeps the last bytes across reads.
+	dotCR atomic.Bool
+	tail  [3]byte
+	ntail int
+}
+
+var dotCRSeq = []byte("\n.\r")
+
+// Read scans what it returns for the hidden bare-CR sequence.
+func (c *trackedConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	if n > 0 && c.pc != nil && c.pc.TLS == "" {
+		c.scanDotCR(p[:n])
+	}
+	return n, err
+}
+
+func (c *trackedConn) scanDotCR(p []byte) {
+	// The sequence may straddle the previous read: check the joint.
+	if c.ntail > 0 {
+		var joint [6]byte
+		k := copy(joint[:], c.tail[:c.ntail])
+		k += copy(joint[k:], p[:min(3, len(p))])
+		if badDotCR(joint[:k]) {
+			c.dotCR.Store(true)
+		}
+	}
+	if badDotCR(p) {
+		c.dotCR.Store(true)
+	}
+	if len(p) >= 3 {
+		c.ntail = copy(c.tail[:], p[len(p)-3:])
+	} else {
+		var t [6]byte
+		k := copy(t[:], c.tail[:c.ntail])
+		k += copy(t[k:], p)
+		if k > 3 {
+			copy(t[:], t[k-3:k])
+			k = 3
+		}
+		c.ntail = copy(c.tail[:], t[:k])
+	}
+}
+
+// badDotCR reports an LF "." CR not followed by LF, when the following
+// byte is in b (an incomplete match at the end is left to the next read).
+func badDotCR(b []byte) bool {
+	for i := 0; ; {
+		j := bytes.Index(b[i:], dotCRSeq)
+		if j < 0 {
+			return false
+		}
+		j += i
+		if j+3 < len(b) && b[j+3] != '\n' {
+			return true
+		}
+		i = j + 1
+	}
 }
 
 func (c *trackedConn) clampLocked(t time.Time) time.Time {

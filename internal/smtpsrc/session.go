@@ -160,6 +160,7 @@ func (ss *session) Data(r io.Reader) error {
 	}
 	ss.tc.beginData(time.Now().Add(s.l.DataTimeout))
 	defer ss.tc.endData()
+	defer ss.tc.dotCR.Store(false) // a hidden bare CR belongs to this message only
 
 	buf := getBuf()
 	defer putBuf(buf)
@@ -168,6 +169,9 @@ func (ss *session) Data(r io.Reader) error {
 	}
 	data := buf.Bytes()
 	bare, nul, longest := scanData(data)
+	if ss.tc.dotCR.Load() && !s.normalize {
+		bare = true // go-smtp removed a ".\r" hidden at the start of a line
+	}
 	if nul {
 		return ss.refuseData(txn, len(data), errNUL)
 	}

@@ -1,0 +1,182 @@
+// Command sluice is the Sluice mail relay: `sluice serve -c pipeline.lua`
+// runs a node; `sluice check` validates a configuration; `sluice apikey`
+// manages HTTP API keys; `sluice send` submits a message over the HTTP API.
+//
+// Exit codes: 0 ok, 1 failure, 2 usage.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"runtime/debug"
+	"syscall"
+	"time"
+
+	"github.com/sluice-mta/sluice/internal/config"
+	"github.com/sluice-mta/sluice/internal/luahost"
+	"github.com/sluice-mta/sluice/internal/server"
+	"github.com/sluice-mta/sluice/pipeline"
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "dev"
+
+const usage = `sluice — a programmable mail relay
+
+Usage:
+  sluice serve   -c FILE     run the relay with the configuration FILE
+  sluice check   -c FILE     validate FILE (Lua syntax, keys, stages) and exit
+  sluice apikey  create|list|revoke ...   manage HTTP API keys
+  sluice send    --url URL --key KEY --from A --to B ...   send via the HTTP API
+  sluice version             print the version
+
+Run "sluice COMMAND -h" for a command's flags. Exit codes: 0 ok, 1 failure, 2 usage.
+`
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+func run(args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return 2
+	}
+	switch args[0] {
+	case "serve":
+		return runServe(args[1:], stderr)
+	case "check":
+		return runCheck(args[1:], stdout, stderr)
+	case "version", "--version", "-v":
+		v := version
+		if bi, ok := debug.ReadBuildInfo(); ok && v == "dev" {
+			v = "dev (" + bi.GoVersion + ")"
+		}
+		fmt.Fprintln(stdout, "sluice", v)
+		return 0
+	case "help", "-h", "--help":
+		fmt.Fprint(stdout, usage)
+		return 0
+	}
+	fmt.Fprintf(stderr, "sluice: unknown command %q\n\n%s", args[0], usage)
+	return 2
+}
+
+func newLogger(w io.Writer, format, level string) (*slog.Logger, error) {
+	var lv slog.Level
+	if err := lv.UnmarshalText([]byte(level)); err != nil {
+		return nil, fmt.Errorf("--log-level %q: want debug, info, warn or error", level)
+	}
+	opts := &slog.HandlerOptions{Level: lv}
+	switch format {
+	case "text":
+		return slog.New(slog.NewTextHandler(w, opts)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(w, opts)), nil
+	}
+	return nil, fmt.Errorf("--log-format %q: want text or json", format)
+}
+
+func runServe(args []string, stderr io.Writer) int {
+	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	cfgPath := fs.String("c", "pipeline.lua", "configuration file")
+	logFormat := fs.String("log-format", "text", "log format: text or json")
+	logLevel := fs.String("log-level", "info", "log level: debug, info, warn, error")
+	grace := fs.Duration("shutdown-grace", 30*time.Second, "how long to let sessions and deliveries finish on SIGTERM")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	log, err := newLogger(stderr, *logFormat, *logLevel)
+	if err != nil {
+		fmt.Fprintln(stderr, "sluice serve:", err)
+		return 2
+	}
+	slog.SetDefault(log)
+	cfg, err := config.Load(*cfgPath)
+	if err != nil {
+		fmt.Fprintln(stderr, "sluice serve:", err)
+		return 1
+	}
+	if len(cfg.SMTP) == 0 && len(cfg.HTTP) == 0 {
+		fmt.Fprintf(stderr, "sluice serve: %s has no listener; add sluice.listen_smtp { addr = \"127.0.0.1:2525\" } or sluice.listen_http { ... }\n", cfg.File)
+		return 1
+	}
+	if err := server.EnsureDirs(cfg); err != nil {
+		fmt.Fprintln(stderr, "sluice serve:", err)
+		return 1
+	}
+	srv, err := server.New(cfg, log)
+	if err != nil {
+		fmt.Fprintln(stderr, "sluice serve:", err)
+		return 1
+	}
+	if err := srv.Start(); err != nil {
+		fmt.Fprintln(stderr, "sluice serve:", err)
+		return 1
+	}
+	log.Info("sluice started", "version", version, "config", cfg.File, "node", cfg.Node, "stages", len(cfg.Stages))
+
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
+	code := 0
+	select {
+	case s := <-sig:
+		log.Info("shutting down", "signal", s.String(), "grace", grace.String())
+	case err := <-srv.Errors():
+		log.Error("listener failed; shutting down", "err", err)
+		code = 1
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), *grace)
+	defer cancel()
+	if err := srv.Stop(ctx); err != nil {
+		log.Error("shutdown", "err", err)
+		code = 1
+	}
+	log.Info("stopped")
+	return code
+}
+
+func runCheck(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("check", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	cfgPath := fs.String("c", "pipeline.lua", "configuration file")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	cfg, err := config.Load(*cfgPath)
+	if err != nil {
+		fmt.Fprintln(stderr, err)
+		return 1
+	}
+	host, err := luahost.NewHost(cfg, log)
+	if err != nil {
+		fmt.Fprintln(stderr, err)
+		return 1
+	}
+	defer host.Close()
+	stages, err := server.BuildStages(cfg, host)
+	if err != nil {
+		fmt.Fprintln(stderr, err)
+		return 1
+	}
+	defer func() {
+		for i := len(stages) - 1; i >= 0; i-- {
+			if c, ok := stages[i].(pipeline.Closer); ok {
+				c.Close()
+			}
+		}
+	}()
+	if _, err := pipeline.Compile(stages, pipeline.ChainOptions{}); err != nil {
+		fmt.Fprintln(stderr, err)
+		return 1
+	}
+	fmt.Fprintf(stdout, "%s: ok (%d SMTP listener(s), %d HTTP listener(s), %d stage(s))\n", cfg.File, len(cfg.SMTP), len(cfg.HTTP), len(stages))
+	return 0
+}

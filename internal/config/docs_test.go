@@ -1,0 +1,43 @@
+package config
+
+import (
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+)
+
+// TestDocsExamples evaluates every ```lua block of docs/config.md that
+// stands on its own (no script files or built-in stages that this test
+// binary lacks), so the reference cannot drift from the loader.
+func TestDocsExamples(t *testing.T) {
+	src, err := os.ReadFile("../../docs/config.md")
+	if err != nil {
+		t.Skip("docs/config.md not found")
+	}
+	blocks := regexp.MustCompile("(?s)```lua\n(.*?)```").FindAllStringSubmatch(string(src), -1)
+	if len(blocks) < 10 {
+		t.Fatalf("found only %d lua blocks", len(blocks))
+	}
+	ran := 0
+	for i, b := range blocks {
+		code := b[1]
+		if strings.Contains(code, "sluice.builtin.") {
+			continue
+		}
+		// Stub every script the block loads.
+		files := map[string]string{"pipeline.lua": code}
+		for _, m := range regexp.MustCompile(`sluice\.lua\("([^"]+)"\)`).FindAllStringSubmatch(code, -1) {
+			files[m[1]] = "return { on_rcpt = function() end }"
+		}
+		dir := write(t, files)
+		ran++
+		if _, err := Load(filepath.Join(dir, "pipeline.lua")); err != nil {
+			t.Errorf("block %d:\n%s\nerror: %v", i, code, err)
+		}
+	}
+	if ran < 10 {
+		t.Fatalf("ran only %d blocks", ran)
+	}
+}

@@ -1,0 +1,559 @@
+package config
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/netip"
+	"strconv"
+	"strings"
+	"time"
+
+	lua "github.com/yuin/gopher-lua"
+
+	"github.com/sluice-mta/sluice/internal/luahost/sandbox"
+	"github.com/sluice-mta/sluice/pipeline"
+)
+
+// FuncNames are the configuration functions of the sluice module, besides
+// the verdict, route and log functions that the sandbox provides. Load
+// installs them in recording mode and InstallRuntime in runtime mode; the
+// two must define the same names.
+var FuncNames = []string{
+	"node", "local_domains", "spool", "listen_smtp", "listen_http", "delivery",
+	"events", "lua_options", "stage_timeout", "stage", "lua", "builtin", "plugin",
+}
+
+// loader records the configuration functions' calls into a Config.
+type loader struct {
+	s      *sandbox.State
+	cfg    *Config
+	file   string
+	dir    string
+	once   map[string]int // singleton function → line of its call
+	addrs  map[string]int // listener address → line
+	names  map[string]int // SMTP listener name → line
+	stages map[string]int // stage name → line
+}
+
+func (ld *loader) install() {
+	L := ld.s.L
+	m := ld.s.Module
+	set := func(name string, fn lua.LGFunction) { m.RawSetString(name, L.NewFunction(fn)) }
+	set("node", ld.node)
+	set("local_domains", ld.localDomains)
+	set("spool", ld.spool)
+	set("listen_smtp", ld.listenSMTP)
+	set("listen_http", ld.listenHTTP)
+	set("delivery", ld.delivery)
+	set("events", ld.events)
+	set("lua_options", ld.luaOptions)
+	set("stage_timeout", ld.stageTimeout)
+	set("stage", ld.stage)
+	set("lua", ld.lua)
+	set("plugin", ld.plugin)
+	builtin := L.NewTable()
+	mt := L.NewTable()
+	mt.RawSetString("__index", L.NewFunction(ld.builtinIndex))
+	mt.RawSetString("__newindex", L.NewFunction(func(L *lua.LState) int {
+		ld.s.Raise("sluice.builtin is read-only")
+		return 0
+	}))
+	L.SetMetatable(builtin, mt)
+	m.RawSetString("builtin", builtin)
+}
+
+// singleton raises an error when fn was called before.
+func (ld *loader) singleton(fn string) {
+	if line, ok := ld.once[fn]; ok {
+		ld.s.Raise("%s: called twice (first call at line %d)", fn, line)
+	}
+	ld.once[fn] = ld.s.Line()
+}
+
+// --- value helpers -------------------------------------------------------
+
+func (ld *loader) duration(o *sandbox.Opts, key string, dst *time.Duration) bool {
+	v := o.Get(key)
+	if v == lua.LNil {
+		return false
+	}
+	str, ok := v.(lua.LString)
+	if !ok {
+		o.Fail(key, "want a duration string like \"30s\", \"5m\" or \"5d\", got %s", sandbox.Describe(v))
+	}
+	d, err := ParseDuration(string(str))
+	if err != nil {
+		o.Fail(key, "%v", err)
+	}
+	if d <= 0 {
+		o.Fail(key, "must be longer than zero")
+	}
+	*dst = d
+	return true
+}
+
+func (ld *loader) size(o *sandbox.Opts, key string, dst *int64) bool {
+	v := o.Get(key)
+	switch x := v.(type) {
+	case *lua.LNilType:
+		return false
+	case lua.LNumber:
+		var n int64
+		o.Int64(key, &n)
+		*dst = n
+	case lua.LString:
+		n, err := ParseSize(string(x))
+		if err != nil {
+			o.Fail(key, "%v", err)
+		}
+		*dst = n
+	default:
+		o.Fail(key, "want a number of bytes or a size like \"25MB\", got %s", sandbox.Describe(v))
+	}
+	if *dst <= 0 {
+		o.Fail(key, "must be larger than zero")
+	}
+	return true
+}
+
+func (ld *loader) positive(o *sandbox.Opts, key string, dst *int) bool {
+	if !o.Int(key, dst) {
+		return false
+	}
+	if *dst <= 0 {
+		o.Fail(key, "must be larger than zero, got %d", *dst)
+	}
+	return true
+}
+
+func (ld *loader) enum(o *sandbox.Opts, key string, dst *string, allowed ...string) bool {
+	if !o.String(key, dst) {
+		return false
+	}
+	for _, a := range allowed {
+		if *dst == a {
+			return true
+		}
+	}
+	o.Fail(key, "%q is not one of %s", *dst, strings.Join(allowed, ", "))
+	return false
+}
+
+func (ld *loader) tls(o *sandbox.Opts, key string) *TLS {
+	sub := o.Sub(key, "cert", "key")
+	if sub == nil {
+		return nil
+	}
+	t := &TLS{}
+	if !sub.String("cert", &t.Cert) || t.Cert == "" {
+		sub.Fail("cert", "is required")
+	}
+	if !sub.String("key", &t.Key) || t.Key == "" {
+		sub.Fail("key", "is required")
+	}
+	t.Cert, t.Key = ld.resolve(t.Cert), ld.resolve(t.Key)
+	return t
+}
+
+// listenAddr checks a host:port listening address and that no other
+// listener uses it (port 0, "any free port", may repeat).
+func (ld *loader) listenAddr(o *sandbox.Opts, key string) string {
+	var addr string
+	if !o.String(key, &addr) || addr == "" {
+		o.Fail(key, "is required")
+	}
+	_, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		o.Fail(key, "%q is not host:port", addr)
+	}
+	p, err := strconv.Atoi(port)
+	if err != nil || p < 0 || p > 65535 {
+		o.Fail(key, "%q: port must be a number from 0 to 65535", addr)
+	}
+	if p != 0 {
+		if line, dup := ld.addrs[addr]; dup {
+			o.Fail(key, "%q is already used by the listener at line %d", addr, line)
+		}
+		ld.addrs[addr] = ld.s.Line()
+	}
+	return addr
+}
+
+// --- functions ------------------------------------------------------------
+
+// sluice.node { name = "relay-1", hostname = "mx.example.test" }
+func (ld *loader) node(L *lua.LState) int {
+	const fn = "sluice.node"
+	ld.singleton(fn)
+	o := ld.s.CheckOpts(1, fn, "name", "hostname")
+	if o.String("name", &ld.cfg.Node) && !validName(ld.cfg.Node) {
+		o.Fail("name", "%q: use letters, digits, '.', '-' and '_' (at most 64)", ld.cfg.Node)
+	}
+	if o.String("hostname", &ld.cfg.Hostname) && !validHostname(ld.cfg.Hostname) {
+		o.Fail("hostname", "%q is not a host name", ld.cfg.Hostname)
+	}
+	return 0
+}
+
+// sluice.local_domains { "example.test", "example.org" }
+func (ld *loader) localDomains(L *lua.LState) int {
+	const fn = "sluice.local_domains"
+	ld.singleton(fn)
+	list, err := sandbox.StringList(L.Get(1))
+	if err != nil {
+		ld.s.Raise("%s: %v", fn, err)
+	}
+	seen := map[string]bool{}
+	for _, d := range list {
+		d = strings.ToLower(strings.TrimSuffix(strings.TrimSpace(d), "."))
+		if !validHostname(d) {
+			ld.s.Raise("%s: %q is not a domain name", fn, d)
+		}
+		if !seen[d] {
+			seen[d] = true
+			ld.cfg.LocalDomains = append(ld.cfg.LocalDomains, d)
+		}
+	}
+	return 0
+}
+
+// sluice.spool { path = "./var/spool", memtable_mb = 64 }
+func (ld *loader) spool(L *lua.LState) int {
+	const fn = "sluice.spool"
+	ld.singleton(fn)
+	o := ld.s.CheckOpts(1, fn, "path", "memtable_mb")
+	if o.String("path", &ld.cfg.Spool.Path) && ld.cfg.Spool.Path == "" {
+		o.Fail("path", "must not be empty")
+	}
+	ld.positive(o, "memtable_mb", &ld.cfg.Spool.MemtableMB)
+	return 0
+}
+
+// sluice.listen_smtp { addr = "127.0.0.1:2525", ... }
+func (ld *loader) listenSMTP(L *lua.LState) int {
+	const fn = "sluice.listen_smtp"
+	o := ld.s.CheckOpts(1, fn, "name", "addr", "hostname", "tls", "implicit_tls", "auth",
+		"relay_networks", "max_message_size", "max_recipients", "max_line_length",
+		"max_connections", "read_timeout", "write_timeout", "data_timeout", "bare_line_ending")
+	l := DefaultSMTPListener(ld.listenAddr(o, "addr"))
+	if o.String("name", &l.Name) {
+		if !validName(l.Name) {
+			o.Fail("name", "%q: use letters, digits, '.', '-' and '_' (at most 64)", l.Name)
+		}
+		if line, dup := ld.names[l.Name]; dup {
+			o.Fail("name", "%q is already used by the listener at line %d", l.Name, line)
+		}
+		ld.names[l.Name] = ld.s.Line()
+	}
+	if o.String("hostname", &l.Hostname) && !validHostname(l.Hostname) {
+		o.Fail("hostname", "%q is not a host name", l.Hostname)
+	}
+	l.TLS = ld.tls(o, "tls")
+	o.Bool("implicit_tls", &l.ImplicitTLS)
+	if l.ImplicitTLS && l.TLS == nil {
+		o.Fail("implicit_tls", "needs tls = { cert = ..., key = ... }")
+	}
+	ld.enum(o, "auth", &l.Auth, "none", "optional", "required")
+	var nets []string
+	if o.Strings("relay_networks", &nets) {
+		for i, n := range nets {
+			p, err := parsePrefix(n)
+			if err != nil {
+				o.Fail("relay_networks", "item %d: %v", i+1, err)
+			}
+			l.RelayNetworks = append(l.RelayNetworks, p)
+		}
+	}
+	ld.size(o, "max_message_size", &l.MaxMessageSize)
+	ld.positive(o, "max_recipients", &l.MaxRecipients)
+	ld.positive(o, "max_line_length", &l.MaxLineLength)
+	ld.positive(o, "max_connections", &l.MaxConnections)
+	ld.duration(o, "read_timeout", &l.ReadTimeout)
+	ld.duration(o, "write_timeout", &l.WriteTimeout)
+	ld.duration(o, "data_timeout", &l.DataTimeout)
+	ld.enum(o, "bare_line_ending", &l.BareLineEnding, "reject", "normalize")
+	ld.cfg.SMTP = append(ld.cfg.SMTP, l)
+	return 0
+}
+
+// parsePrefix accepts "10.0.0.0/8", "::1/128" and a bare address (a
+// single-host prefix). Host bits are cleared ("10.1.2.3/8" is 10.0.0.0/8).
+func parsePrefix(s string) (netip.Prefix, error) {
+	s = strings.TrimSpace(s)
+	if strings.Contains(s, "/") {
+		p, err := netip.ParsePrefix(s)
+		if err != nil {
+			return netip.Prefix{}, fmt.Errorf("%q is not a CIDR prefix like \"10.0.0.0/8\" or an IP address", s)
+		}
+		return p.Masked(), nil
+	}
+	a, err := netip.ParseAddr(s)
+	if err != nil {
+		return netip.Prefix{}, fmt.Errorf("%q is not a CIDR prefix like \"10.0.0.0/8\" or an IP address", s)
+	}
+	a = a.Unmap()
+	return netip.PrefixFrom(a, a.BitLen()), nil
+}
+
+// sluice.listen_http { addr = "127.0.0.1:8025", tls = {...}, max_request_size = "30MiB" }
+func (ld *loader) listenHTTP(L *lua.LState) int {
+	const fn = "sluice.listen_http"
+	o := ld.s.CheckOpts(1, fn, "addr", "tls", "max_request_size")
+	h := HTTPListener{Addr: ld.listenAddr(o, "addr"), MaxRequestSize: 30 << 20}
+	h.TLS = ld.tls(o, "tls")
+	ld.size(o, "max_request_size", &h.MaxRequestSize)
+	ld.cfg.HTTP = append(ld.cfg.HTTP, h)
+	return 0
+}
+
+// sluice.delivery { ... }
+func (ld *loader) delivery(L *lua.LState) int {
+	const fn = "sluice.delivery"
+	ld.singleton(fn)
+	o := ld.s.CheckOpts(1, fn, "hostname", "resolver", "port", "tls", "tls_skip_verify",
+		"max_connections", "max_per_destination", "max_messages_per_conn",
+		"connect_timeout", "command_timeout", "data_timeout", "idle_timeout", "retry", "queue_lifetime")
+	d := &ld.cfg.Delivery
+	if o.String("hostname", &d.Hostname) && !validHostname(d.Hostname) {
+		o.Fail("hostname", "%q is not a host name", d.Hostname)
+	}
+	if o.String("resolver", &d.Resolver) {
+		r := d.Resolver
+		if _, _, err := net.SplitHostPort(r); err != nil {
+			r = net.JoinHostPort(strings.Trim(r, "[]"), "53")
+		}
+		host, port, err := net.SplitHostPort(r)
+		p, perr := strconv.Atoi(port)
+		if err != nil || host == "" || perr != nil || p <= 0 || p > 65535 {
+			o.Fail("resolver", "%q is not host:port (or host, for port 53)", d.Resolver)
+		}
+		d.Resolver = r
+	}
+	if o.Int("port", &d.Port) && (d.Port <= 0 || d.Port > 65535) {
+		o.Fail("port", "must be from 1 to 65535, got %d", d.Port)
+	}
+	ld.enum(o, "tls", &d.TLS, pipeline.TLSOpportunistic, pipeline.TLSRequired, pipeline.TLSNone)
+	o.Bool("tls_skip_verify", &d.TLSSkipVerify)
+	ld.positive(o, "max_connections", &d.MaxConnections)
+	ld.positive(o, "max_per_destination", &d.MaxPerDestination)
+	ld.positive(o, "max_messages_per_conn", &d.MaxMessagesPerConn)
+	ld.duration(o, "connect_timeout", &d.ConnectTimeout)
+	ld.duration(o, "command_timeout", &d.CommandTimeout)
+	ld.duration(o, "data_timeout", &d.DataTimeout)
+	ld.duration(o, "idle_timeout", &d.IdleTimeout)
+	ld.duration(o, "queue_lifetime", &d.QueueLifetime)
+	if r := o.Sub("retry", "initial", "max", "factor", "jitter"); r != nil {
+		ld.duration(r, "initial", &d.RetryInitial)
+		ld.duration(r, "max", &d.RetryMax)
+		if r.Float("factor", &d.RetryFactor) && d.RetryFactor < 1 {
+			r.Fail("factor", "must be at least 1, got %g", d.RetryFactor)
+		}
+		if r.Float("jitter", &d.RetryJitter) && (d.RetryJitter < 0 || d.RetryJitter > 1) {
+			r.Fail("jitter", "must be from 0 to 1, got %g", d.RetryJitter)
+		}
+	}
+	return 0
+}
+
+// sluice.events { file = "./var/events.jsonl", kafka = { brokers = {...} } }
+func (ld *loader) events(L *lua.LState) int {
+	const fn = "sluice.events"
+	ld.singleton(fn)
+	o := ld.s.CheckOpts(1, fn, "file", "kafka")
+	if o.String("file", &ld.cfg.Events.File) && ld.cfg.Events.File == "" {
+		o.Fail("file", "must not be empty")
+	}
+	if k := o.Sub("kafka", "brokers", "topic", "bounce_topic"); k != nil {
+		kc := &Kafka{Topic: "sluice.delivery", BounceTopic: "sluice.bounce"}
+		if !k.Strings("brokers", &kc.Brokers) || len(kc.Brokers) == 0 {
+			k.Fail("brokers", "is required: a list of host:port")
+		}
+		for _, b := range kc.Brokers {
+			if _, _, err := net.SplitHostPort(b); err != nil {
+				k.Fail("brokers", "%q is not host:port", b)
+			}
+		}
+		if k.String("topic", &kc.Topic) && kc.Topic == "" {
+			k.Fail("topic", "must not be empty")
+		}
+		if k.String("bounce_topic", &kc.BounceTopic) && kc.BounceTopic == "" {
+			k.Fail("bounce_topic", "must not be empty")
+		}
+		ld.cfg.Events.Kafka = kc
+	}
+	return 0
+}
+
+// sluice.lua_options { timeout = "100ms", pool_size = 0 }
+func (ld *loader) luaOptions(L *lua.LState) int {
+	const fn = "sluice.lua_options"
+	ld.singleton(fn)
+	o := ld.s.CheckOpts(1, fn, "timeout", "pool_size")
+	ld.duration(o, "timeout", &ld.cfg.Lua.Timeout)
+	if o.Int("pool_size", &ld.cfg.Lua.PoolSize) && ld.cfg.Lua.PoolSize < 0 {
+		o.Fail("pool_size", "must not be negative (0 means 2*GOMAXPROCS+8)")
+	}
+	return 0
+}
+
+// sluice.stage_timeout("30s")
+func (ld *loader) stageTimeout(L *lua.LState) int {
+	const fn = "sluice.stage_timeout"
+	ld.singleton(fn)
+	v := L.Get(1)
+	str, ok := v.(lua.LString)
+	if !ok {
+		ld.s.Raise("%s: want a duration string like \"30s\", got %s", fn, sandbox.Describe(v))
+	}
+	d, err := ParseDuration(string(str))
+	if err != nil {
+		ld.s.Raise("%s: %v", fn, err)
+	}
+	if d <= 0 {
+		ld.s.Raise("%s: must be longer than zero", fn)
+	}
+	ld.cfg.StageTimeout = d
+	return 0
+}
+
+// sluice.stage(name, X)
+func (ld *loader) stage(L *lua.LState) int {
+	const fn = "sluice.stage"
+	nv := L.Get(1)
+	ns, ok := nv.(lua.LString)
+	if !ok {
+		ld.s.Raise("%s: want a stage name as argument 1, got %s", fn, sandbox.Describe(nv))
+	}
+	name := string(ns)
+	if !validName(name) {
+		ld.s.Raise("%s: stage name %q: use letters, digits, '.', '-' and '_' (at most 64)", fn, name)
+	}
+	line := ld.s.Line()
+	if prev, dup := ld.stages[name]; dup {
+		ld.s.Raise("%s: stage %q is already defined at line %d", fn, name, prev)
+	}
+	var spec StageSpec
+	switch x := L.Get(2).(type) {
+	case *lua.LTable:
+		hooks, err := sandbox.HookNames(x)
+		if err != nil {
+			ld.s.Raise("%s(%q): %v", fn, name, err)
+		}
+		if len(hooks) == 0 {
+			ld.s.Raise("%s(%q): the table defines no hook (on_connect, on_rcpt, ...)", fn, name)
+		}
+		spec = StageSpec{Kind: StageInline, Hooks: hooks}
+	case *lua.LUserData:
+		p, ok := x.Value.(*StageSpec)
+		if !ok {
+			ld.s.Raise("%s(%q): argument 2 is %s, not a stage", fn, name, sandbox.Describe(x))
+		}
+		spec = *p
+	default:
+		ld.s.Raise("%s(%q): want a table of hook functions, sluice.lua(...), sluice.builtin.KIND{...} or sluice.plugin{...} as argument 2, got %s",
+			fn, name, sandbox.Describe(x))
+	}
+	spec.Name = name
+	spec.Line = line
+	ld.stages[name] = line
+	ld.cfg.Stages = append(ld.cfg.Stages, spec)
+	return 0
+}
+
+func (ld *loader) pushSpec(spec *StageSpec) int {
+	ud := ld.s.L.NewUserData()
+	ud.Value = spec
+	ld.s.L.Push(ud)
+	return 1
+}
+
+// sluice.lua("scripts/policy.lua")
+func (ld *loader) lua(L *lua.LState) int {
+	const fn = "sluice.lua"
+	pv := L.Get(1)
+	ps, ok := pv.(lua.LString)
+	if !ok || ps == "" {
+		ld.s.Raise("%s: want a script path as argument 1, got %s", fn, sandbox.Describe(pv))
+	}
+	path := ld.resolve(string(ps))
+	proto, err := sandbox.CompileFile(path)
+	if err != nil {
+		ld.s.Raise("%s: %v", fn, err)
+	}
+	// Run the script once to check that it returns a stage table. Its
+	// top-level code runs again in every pooled state at run time.
+	st := sandbox.New(ld.s.Logger().With("script", path))
+	defer st.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), evalTimeout)
+	defer cancel()
+	ret, err := st.Run(ctx, proto, nil)
+	if err != nil {
+		ld.s.Raise("%s: %s", fn, evalError(path, err))
+	}
+	t, ok := ret.(*lua.LTable)
+	if !ok {
+		ld.s.Raise("%s: %s must return a table of hook functions, got %s", fn, path, sandbox.Describe(ret))
+	}
+	hooks, err := sandbox.HookNames(t)
+	if err != nil {
+		ld.s.Raise("%s: %s: %v", fn, path, err)
+	}
+	if len(hooks) == 0 {
+		ld.s.Raise("%s: %s: the table defines no hook (on_connect, on_rcpt, ...)", fn, path)
+	}
+	return ld.pushSpec(&StageSpec{Kind: StageLua, Script: path, Hooks: hooks})
+}
+
+// sluice.builtin.KIND — looks KIND up in pipeline's registry.
+func (ld *loader) builtinIndex(L *lua.LState) int {
+	kind := L.Get(2).String()
+	if _, ok := pipeline.Lookup(kind); !ok {
+		known := strings.Join(pipeline.Kinds(), ", ")
+		if known == "" {
+			known = "none are registered"
+		}
+		ld.s.Raise("sluice.builtin.%s: unknown built-in stage %q (known: %s)", kind, kind, known)
+	}
+	fn := "sluice.builtin." + kind
+	L.Push(L.NewFunction(func(L *lua.LState) int {
+		opts := map[string]any{}
+		switch v := L.Get(1).(type) {
+		case *lua.LNilType:
+		case *lua.LTable:
+			g, err := sandbox.ToGo(v)
+			if err != nil {
+				ld.s.Raise("%s: %v", fn, err)
+			}
+			switch m := g.(type) {
+			case map[string]any:
+				opts = m
+			case []any:
+				if len(m) > 0 {
+					ld.s.Raise("%s: want a table of key = value options, got a list", fn)
+				}
+			}
+		default:
+			ld.s.Raise("%s: want a table of options, got %s", fn, sandbox.Describe(v))
+		}
+		return ld.pushSpec(&StageSpec{Kind: StageBuiltin, Builtin: kind, Options: opts})
+	}))
+	return 1
+}
+
+// sluice.plugin { cmd = "./bin/x", args = {...}, on_error = "tempfail", timeout = "5s" }
+func (ld *loader) plugin(L *lua.LState) int {
+	const fn = "sluice.plugin"
+	o := ld.s.CheckOpts(1, fn, "cmd", "args", "on_error", "timeout")
+	p := &PluginSpec{OnError: OnErrorTempfail}
+	if !o.String("cmd", &p.Cmd) || p.Cmd == "" {
+		o.Fail("cmd", "is required")
+	}
+	if strings.ContainsRune(p.Cmd, '/') {
+		p.Cmd = ld.resolve(p.Cmd)
+	}
+	o.Strings("args", &p.Args)
+	ld.enum(o, "on_error", &p.OnError, OnErrorTempfail, OnErrorContinue, OnErrorReject)
+	ld.duration(o, "timeout", &p.Timeout)
+	return ld.pushSpec(&StageSpec{Kind: StagePlugin, Plugin: p})
+}

@@ -1,0 +1,95 @@
+package luahost
+
+import (
+	"testing"
+
+	"github.com/sluice-mta/sluice/pipeline"
+)
+
+// BenchmarkLuaOnRcpt measures one on_rcpt call on a warm pool: state
+// get/put, per-call deadline context, two userdata, field reads and a
+// verdict.
+func BenchmarkLuaOnRcpt(b *testing.B) {
+	st, _, _ := benchStage(b, `on_rcpt = function(txn, rcpt)
+    if rcpt.domain == "blocked.example" then
+      return sluice.reject(550, "5.7.1", "blocked")
+    end
+    return sluice.accept()
+  end`)
+	h := st.(pipeline.RcptHook)
+	txn := testTxn()
+	r := rcpt(b, "bob@example.org")
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		v, err := h.OnRcpt(bg, txn, r)
+		if err != nil || v.Action != pipeline.Accept {
+			b.Fatal(v, err)
+		}
+	}
+}
+
+// BenchmarkLuaOnRcptParallel is BenchmarkLuaOnRcpt from GOMAXPROCS
+// goroutines sharing the pool.
+func BenchmarkLuaOnRcptParallel(b *testing.B) {
+	st, _, _ := benchStage(b, `on_rcpt = function(txn, rcpt)
+    if rcpt.domain == "blocked.example" then
+      return sluice.reject(550, "5.7.1", "blocked")
+    end
+  end`)
+	h := st.(pipeline.RcptHook)
+	b.ReportAllocs()
+	b.RunParallel(func(pb *testing.PB) {
+		txn := testTxn()
+		r := rcpt(b, "bob@example.org")
+		for pb.Next() {
+			if _, err := h.OnRcpt(bg, txn, r); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}
+
+// BenchmarkLuaOnMessageAddHeader measures on_message adding one header
+// (the header is removed again in Go between iterations so the message
+// does not grow).
+func BenchmarkLuaOnMessageAddHeader(b *testing.B) {
+	st, _, _ := benchStage(b, `on_message = function(msg)
+    msg:add_header("X-Sluice-Policy", "checked")
+  end`)
+	h := st.(pipeline.MessageHook)
+	msg := testMsg(b)
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		if _, err := h.OnMessage(bg, msg); err != nil {
+			b.Fatal(err)
+		}
+		msg.Header.Del("X-Sluice-Policy")
+	}
+}
+
+// BenchmarkNewState is the cost of building one pooled state for a small
+// configuration with one inline stage (paid when the pool is empty).
+func BenchmarkNewState(b *testing.B) {
+	_, h, _ := benchStage(b, `on_rcpt = function() end`)
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		st, err := h.newState()
+		if err != nil {
+			b.Fatal(err)
+		}
+		st.close()
+	}
+}
+
+// benchStage is inline with a 10s Lua timeout: benchmarks measure cost, and
+// a shared, overloaded machine must not turn a scheduling stall into a
+// failed iteration.
+func benchStage(b *testing.B, body string) (pipeline.Stage, *Host, *logBuf) {
+	h, stages, lb := setup(b, map[string]string{
+		"pipeline.lua": "sluice.lua_options { timeout = \"10s\" }\nsluice.stage('s', {\n" + body + "\n})\n",
+	})
+	return stages["s"], h, lb
+}
