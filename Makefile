@@ -36,7 +36,7 @@ test-short: build
 # End-to-end relay benchmark: load generator -> sluice (Lua stage, fsync) ->
 # sink, all on loopback. See BENCHMARKS.md. N and C can be overridden.
 bench: build
-	./scripts/bench.sh
+	./examples/bench/run.sh
 
 lint: vet
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# make bench: end-to-end relay benchmark on loopback.
+#   bin/sluice-bench smtp (K sessions, N messages) -> sluice on 127.0.0.1:2605
+#   (one Lua stage, fsync before 250) -> sink on 127.0.0.1:2602 (started by sluice-bench)
+# Prints accepted msgs/s, end-to-end msgs/s and acceptance latency p50/p99 for
+# 2 KB and 50 KB messages over 1 and 20 sessions. Override N_* or SCENARIOS.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+SCENARIOS=${SCENARIOS:-"2048:20:10000 2048:1:2000 51200:20:3000 51200:1:1000"}
+WORK=$(mktemp -d /tmp/sluice-bench.XXXXXX)
+trap 'kill $pid 2>/dev/null; wait $pid 2>/dev/null; rm -rf "$WORK"' EXIT
+
+sed -e "s#{{SPOOL}}#$WORK/spool#" -e "s#{{EVENTS}}#$WORK/events.jsonl#" examples/bench/relay.lua > "$WORK/relay.lua"
+bin/sluice serve -c "$WORK/relay.lua" -log-level warn 2> "$WORK/sluice.log" &
+pid=$!
+for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/2605) 2>/dev/null && break; sleep 0.1; done
+
+echo "# sluice make bench — $(date -u +%FT%TZ) — $(nproc) cores, $(uname -m), $(go version | cut -d' ' -f3)"
+bin/sluice-bench smtp -target 127.0.0.1:2605 -sink 127.0.0.1:2602 -n 1000 -c 20 -size 2048 > /dev/null  # warm-up
+for sc in $SCENARIOS; do
+  IFS=: read -r size sess n <<< "$sc"
+  echo "## ${size} B x ${sess} session(s) x ${n} messages"
+  bin/sluice-bench smtp -target 127.0.0.1:2605 -sink 127.0.0.1:2602 -n "$n" -c "$sess" -size "$size" -timeout 300s || echo "(run failed)"
+done
