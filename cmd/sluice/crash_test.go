@@ -20,7 +20,7 @@ func TestCrashSafety(t *testing.T) {
 	}
 	e := newEnv(t, nil)
 	// Slow the sink so that the kill lands mid-delivery.
-	e.smart.dataReply = func(m *sinkMsg) error { time.Sleep(50 * time.Millisecond); return nil }
+	e.smart.dataReply = func(m *sinkMsg) error { time.Sleep(100 * time.Millisecond); return nil }
 	e.relay.start()
 
 	const total, sessions = 500, 10
