@@ -150,6 +150,9 @@ func (s *Server) Start() (err error) {
 		}
 	}()
 
+	if cfg.Events.Kafka != nil {
+		return fmt.Errorf("%s: sluice.events { kafka = ... }: the Kafka sink is not available in this version; remove the kafka key (events go to %s)", cfg.File, cfg.Events.File)
+	}
 	s.sp, err = spool.Open(cfg.Spool.Path, spool.Options{MemtableMB: cfg.Spool.MemtableMB, Logger: s.log, Node: cfg.Node})
 	if err != nil {
 		return err
