@@ -142,7 +142,7 @@ func (e *Exporter) exportOnce(ctx context.Context, cursor *uint64) (int, error) 
 		}
 	}
 	next := evs[len(evs)-1].Seq + 1
-	if err := e.sp.AckOutbox(next); err != nil {
+	if err := e.sp.AckOutbox(evs); err != nil {
 		return 0, err
 	}
 	*cursor = next
