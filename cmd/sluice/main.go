@@ -53,6 +53,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return runServe(args[1:], stderr)
 	case "check":
 		return runCheck(args[1:], stdout, stderr)
+	case "apikey":
+		return runAPIKey(args[1:], stdout, stderr)
+	case "send":
+		return runSend(args[1:], stdout, stderr)
 	case "version", "--version", "-v":
 		v := version
 		if bi, ok := debug.ReadBuildInfo(); ok && v == "dev" {

@@ -198,12 +198,14 @@ func (r *Relay) prepare(ctx context.Context, b *spool.Batch, msg *pipeline.Messa
 // On error nothing was queued (only "rejected" events may be recorded).
 func (r *Relay) Submit(ctx context.Context, msg *pipeline.Message, o Options) (*Receipt, error) {
 	b := r.sp.NewBatch()
-	p, err := r.prepare(ctx, b, msg, o)
+	p, err := r.stage(ctx, b, msg, o)
 	if err != nil {
-		if !b.Empty() {
+		if !b.Empty() { // only the "rejected" events of a refused message
 			if cerr := b.Commit(false); cerr != nil {
 				r.log.Warn("cannot record rejected events", "msgid", msg.ID, "err", cerr)
 			}
+		} else {
+			b.Discard()
 		}
 		return receiptOf(p), err
 	}
@@ -213,6 +215,22 @@ func (r *Relay) Submit(ctx context.Context, msg *pipeline.Message, o Options) (*
 	}
 	r.enqueue(p)
 	return p.receipt, nil
+}
+
+// stage prepares msg in a batch of its own and merges it into b only when
+// complete; on error b receives at most the message's "rejected" events.
+func (r *Relay) stage(ctx context.Context, b *spool.Batch, msg *pipeline.Message, o Options) (*prepared, error) {
+	mb := r.sp.NewBatch()
+	p, err := r.prepare(ctx, mb, msg, o)
+	if err != nil && p == nil {
+		mb.Discard() // failed before or while staging: nothing of it is kept
+		return nil, err
+	}
+	// Either complete, or refused with only its "rejected" events staged.
+	if merr := b.Merge(mb); merr != nil {
+		return nil, merr
+	}
+	return p, err
 }
 
 func receiptOf(p *prepared) *Receipt {
@@ -245,13 +263,14 @@ func (r *Relay) SubmitBatch(ctx context.Context, msgs []*pipeline.Message, o Opt
 	b := r.sp.NewBatch()
 	var ok []*prepared
 	for i, msg := range msgs {
-		p, err := r.prepare(ctx, b, msg, o)
+		p, err := r.stage(ctx, b, msg, o)
 		out[i] = BatchResult{Receipt: receiptOf(p), Err: err}
 		if err == nil {
 			ok = append(ok, p)
 		}
 	}
 	if b.Empty() {
+		b.Discard()
 		return out
 	}
 	if err := b.Commit(true); err != nil {

@@ -17,10 +17,12 @@ import (
 	"sync"
 	"time"
 
+	"github.com/sluice-mta/sluice/internal/apikey"
 	"github.com/sluice-mta/sluice/internal/config"
 	"github.com/sluice-mta/sluice/internal/delivery"
 	"github.com/sluice-mta/sluice/internal/dnsx"
 	"github.com/sluice-mta/sluice/internal/events"
+	"github.com/sluice-mta/sluice/internal/httpapi"
 	"github.com/sluice-mta/sluice/internal/luahost"
 	"github.com/sluice-mta/sluice/internal/queue"
 	"github.com/sluice-mta/sluice/internal/relay"
@@ -44,6 +46,8 @@ type Server struct {
 	sinks  []events.Sink
 	exStop context.CancelFunc
 	smtp   []*smtpsrc.Server
+	http   []*httpapi.Server
+	keys   *apikey.Store
 	wg     sync.WaitGroup
 	errc   chan error
 	bgStop context.CancelFunc
@@ -223,7 +227,25 @@ func (s *Server) Start() (err error) {
 		s.log.Info("listening", "proto", "smtp", "addr", ln.Addr().String(), "tls", l.TLS != nil, "implicit_tls", l.ImplicitTLS)
 	}
 	if len(cfg.HTTP) > 0 {
-		return fmt.Errorf("sluice.listen_http: the HTTP API is not in this build yet")
+		keysPath := cfg.APIKeysFile()
+		s.keys, err = apikey.Open(keysPath)
+		if err != nil {
+			return err
+		}
+	}
+	for _, l := range cfg.HTTP {
+		srv, err := httpapi.New(l, s.relay, s.keys, cfg.Hostname, s.log)
+		if err != nil {
+			return fmt.Errorf("http listener %s: %w", l.Addr, err)
+		}
+		ln, err := net.Listen("tcp", l.Addr)
+		if err != nil {
+			return fmt.Errorf("http listener %s: %w", l.Addr, err)
+		}
+		s.http = append(s.http, srv)
+		cleanup = append(cleanup, func() { srv.Shutdown(context.Background()) })
+		s.serve("http "+l.Addr, func() error { return srv.Serve(ln) })
+		s.log.Info("listening", "proto", "http", "addr", ln.Addr().String(), "tls", l.TLS != nil)
 	}
 	return nil
 }
@@ -272,6 +294,11 @@ func (s *Server) Stop(ctx context.Context) error {
 	for _, srv := range s.smtp {
 		if err := srv.Shutdown(ctx); err != nil && !errors.Is(err, smtpsrc.ErrServerClosed) {
 			s.log.Warn("smtp shutdown", "err", err)
+		}
+	}
+	for _, srv := range s.http {
+		if err := srv.Shutdown(ctx); err != nil {
+			s.log.Warn("http shutdown", "err", err)
 		}
 	}
 	if s.q != nil {

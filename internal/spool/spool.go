@@ -222,7 +222,22 @@ func (b *Batch) AddEvent(ev *pipeline.Event) {
 	b.events = append(b.events, ev)
 }
 
-// Len reports whether the batch holds anything.
+// Merge appends o's writes and events to b and closes o. Stage one
+// message in its own batch and merge it only when it is complete, so a
+// failure half-way never leaves part of a message in a shared batch.
+func (b *Batch) Merge(o *Batch) error {
+	if err := b.b.Apply(o.b, nil); err != nil {
+		return err
+	}
+	b.events = append(b.events, o.events...)
+	o.b.Close()
+	return nil
+}
+
+// Discard drops a batch that will not be committed.
+func (b *Batch) Discard() { b.b.Close() }
+
+// Empty reports whether the batch holds nothing.
 func (b *Batch) Empty() bool { return b.b.Empty() && len(b.events) == 0 }
 
 // Commit writes the batch; with sync it returns after an fsync shared with

@@ -1,0 +1,549 @@
+// Package httpapi is Sluice's HTTP submission API: stateless JSON POSTs
+// authenticated with bearer API keys, run through the same pipeline as
+// SMTP (on_connect, on_auth, on_mail, on_rcpt, then on_message and
+// on_route in the relay) and answered 202 only once the message is
+// durably in the spool.
+//
+// Endpoints (docs/http-api.md and the embedded OpenAPI document describe
+// them in full):
+//
+//	POST /v1/messages          compose a message from JSON fields
+//	POST /v1/messages/raw      envelope plus a ready RFC 5322 message
+//	POST /v1/messages/batch    up to 500 messages, one durable sync
+//	GET  /v1/messages/{id}     per-recipient state and event timeline
+//	GET  /v1/admin/keys        the tenant's API keys (admin scope)
+//	GET  /v1/openapi.json      the OpenAPI 3 document
+//	GET  /healthz              liveness
+//
+// What it is not: a queue administration API, a metrics endpoint or a
+// TLS terminator for other services. It never trusts X-Forwarded-For: the
+// client address stages see is the TCP peer.
+//
+// Lifecycle: New validates and builds (no goroutine, no socket); Serve
+// serves one listener and starts the hourly prune of expired idempotency
+// records; Shutdown stops both.
+package httpapi
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"crypto/tls"
+	_ "embed"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"mime"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/sluice-mta/sluice/internal/apikey"
+	"github.com/sluice-mta/sluice/internal/config"
+	"github.com/sluice-mta/sluice/internal/relay"
+	"github.com/sluice-mta/sluice/internal/spool"
+	"github.com/sluice-mta/sluice/pipeline"
+)
+
+//go:embed openapi.json
+var openAPI []byte
+
+// Defaults.
+const (
+	DefaultMaxRequestSize = 30 << 20
+	idempotencyTTL        = 24 * time.Hour
+	pruneEvery            = time.Hour
+)
+
+// Server serves the API. It is safe for concurrent use.
+type Server struct {
+	l     config.HTTPListener
+	relay *relay.Relay
+	chain *pipeline.Chain
+	sp    *spool.Spool
+	keys  *apikey.Store
+	host  string
+	log   *slog.Logger
+	max   int64
+	now   func() time.Time
+	hs    *http.Server
+	tls   *tls.Config
+	locks keyedMutex
+
+	startOnce sync.Once
+	stopOnce  sync.Once
+	stop      chan struct{}
+	done      chan struct{}
+}
+
+// New builds a Server for listener l. hostname is the right-hand side of
+// the Message-ID of composed messages (default: the OS host name). With
+// l.TLS set, the certificate is loaded here and Serve speaks TLS with
+// HTTP/2 and HTTP/1.1; without, HTTP/1.1 with keep-alive.
+func New(l config.HTTPListener, r *relay.Relay, keys *apikey.Store, hostname string, log *slog.Logger) (*Server, error) {
+	if r == nil || keys == nil {
+		return nil, errors.New("httpapi: a relay and a key store are required")
+	}
+	if log == nil {
+		log = slog.Default()
+	}
+	if hostname == "" {
+		hostname, _ = os.Hostname()
+	}
+	if hostname == "" {
+		hostname = "localhost"
+	}
+	if strings.ContainsAny(hostname, " \t\r\n<>@\"") {
+		return nil, fmt.Errorf("httpapi: hostname %q cannot be used in a Message-ID", hostname)
+	}
+	s := &Server{
+		l: l, relay: r, chain: r.Chain(), sp: r.Spool(), keys: keys, host: hostname,
+		log: log.With("component", "http", "listener", l.Addr), max: l.MaxRequestSize, now: time.Now,
+		stop: make(chan struct{}), done: make(chan struct{}),
+	}
+	if s.max <= 0 {
+		s.max = DefaultMaxRequestSize
+	}
+	if l.TLS != nil {
+		cert, err := tls.LoadX509KeyPair(l.TLS.Cert, l.TLS.Key)
+		if err != nil {
+			return nil, fmt.Errorf("httpapi: listener %s: %w", l.Addr, err)
+		}
+		s.tls = &tls.Config{
+			Certificates: []tls.Certificate{cert},
+			MinVersion:   tls.VersionTLS12,
+			NextProtos:   []string{"h2", "http/1.1"},
+		}
+	}
+	s.hs = &http.Server{
+		Handler:           s,
+		TLSConfig:         s.tls,
+		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       5 * time.Minute,
+		WriteTimeout:      5 * time.Minute,
+		IdleTimeout:       2 * time.Minute,
+		MaxHeaderBytes:    64 << 10,
+		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
+	}
+	return s, nil
+}
+
+// Handler returns the API as an http.Handler (tests, or embedding in
+// another server). Serve uses the same handler.
+func (s *Server) Handler() http.Handler { return s }
+
+// Serve accepts connections on ln until Shutdown. It returns nil after a
+// Shutdown, else the error that stopped it.
+func (s *Server) Serve(ln net.Listener) error {
+	s.startOnce.Do(func() { go s.pruneLoop() })
+	var err error
+	if s.tls != nil {
+		err = s.hs.ServeTLS(ln, "", "")
+	} else {
+		err = s.hs.Serve(ln)
+	}
+	if errors.Is(err, http.ErrServerClosed) {
+		return nil
+	}
+	return err
+}
+
+// Shutdown stops accepting, waits for in-flight requests until ctx ends
+// (then closes their connections), and stops the prune loop.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.stopOnce.Do(func() { close(s.stop) })
+	err := s.hs.Shutdown(ctx)
+	s.startOnce.Do(func() { close(s.done) }) // never served: no prune loop to wait for
+	select {
+	case <-s.done:
+	case <-ctx.Done():
+	}
+	if err != nil {
+		_ = s.hs.Close()
+	}
+	return err
+}
+
+// pruneLoop deletes expired idempotency records at start and hourly.
+func (s *Server) pruneLoop() {
+	defer close(s.done)
+	t := time.NewTicker(pruneEvery)
+	defer t.Stop()
+	for {
+		n, err := s.sp.PruneIdempotency(s.now())
+		if err != nil {
+			s.log.Warn("cannot prune idempotency records", "err", err)
+		} else if n > 0 {
+			s.log.Info("pruned expired idempotency records", "count", n)
+		}
+		select {
+		case <-t.C:
+		case <-s.stop:
+			return
+		}
+	}
+}
+
+// ServeHTTP routes a request.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	p := r.URL.Path
+	switch {
+	case p == "/v1/messages":
+		if s.method(w, r, http.MethodPost) {
+			s.postMessage(w, r)
+		}
+	case p == "/v1/messages/raw":
+		if s.method(w, r, http.MethodPost) {
+			s.postRaw(w, r)
+		}
+	case p == "/v1/messages/batch":
+		if s.method(w, r, http.MethodPost) {
+			s.postBatch(w, r)
+		}
+	case strings.HasPrefix(p, "/v1/messages/") && !strings.Contains(p[len("/v1/messages/"):], "/"):
+		if s.method(w, r, http.MethodGet) {
+			s.getMessage(w, r, p[len("/v1/messages/"):])
+		}
+	case p == "/v1/admin/keys":
+		if s.method(w, r, http.MethodGet) {
+			s.adminKeys(w, r)
+		}
+	case p == "/v1/openapi.json":
+		if s.method(w, r, http.MethodGet) {
+			w.Header().Set("Content-Type", "application/json")
+			w.Header().Set("Cache-Control", "public, max-age=300")
+			_, _ = w.Write(openAPI)
+		}
+	case p == "/healthz":
+		if s.method(w, r, http.MethodGet) {
+			w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+			w.Header().Set("Cache-Control", "no-store")
+			_, _ = w.Write([]byte("ok"))
+		}
+	default:
+		s.writeAnswer(w, errorAnswer(errNotFound, "", nil))
+	}
+}
+
+// method answers 405 unless r uses m (or HEAD for GET).
+func (s *Server) method(w http.ResponseWriter, r *http.Request, m string) bool {
+	if r.Method == m || m == http.MethodGet && r.Method == http.MethodHead {
+		return true
+	}
+	w.Header().Set("Allow", m)
+	s.writeAnswer(w, errorAnswer(errf(http.StatusMethodNotAllowed, codeMethodNotAllowed, "", "use %s", m), "", nil))
+	return false
+}
+
+// ---- answers ----
+
+// answer is a complete response: status, JSON body, Retry-After.
+type answer struct {
+	status     int
+	body       []byte
+	retryAfter string
+	replayed   bool
+}
+
+type errorBody struct {
+	Error      *apiError    `json:"error"`
+	ID         string       `json:"id,omitempty"`
+	Recipients []rcptAnswer `json:"recipients,omitempty"`
+}
+
+func errorAnswer(e *apiError, id string, rcpts []rcptAnswer) answer {
+	b, err := json.Marshal(errorBody{Error: e, ID: id, Recipients: rcpts})
+	if err != nil {
+		b = []byte(`{"error":{"code":"internal","message":"internal error"}}`)
+	}
+	return answer{status: e.Status, body: b, retryAfter: e.retryAfter()}
+}
+
+func (s *Server) writeAnswer(w http.ResponseWriter, a answer) {
+	h := w.Header()
+	h.Set("Content-Type", "application/json")
+	h.Set("Cache-Control", "no-store")
+	if a.retryAfter != "" {
+		h.Set("Retry-After", a.retryAfter)
+	}
+	if a.status == http.StatusUnauthorized {
+		h.Set("WWW-Authenticate", `Bearer realm="sluice"`)
+	}
+	if a.replayed {
+		h.Set("Idempotent-Replayed", "true")
+	}
+	w.WriteHeader(a.status)
+	_, _ = w.Write(a.body)
+	_, _ = w.Write([]byte{'\n'})
+}
+
+func (s *Server) fail(w http.ResponseWriter, e *apiError) {
+	s.writeAnswer(w, errorAnswer(e, "", nil))
+}
+
+// ---- request plumbing ----
+
+// Buffers for request bodies and composed messages come from a bounded
+// free list rather than a sync.Pool: a pool is emptied at every GC, which
+// at thousands of requests a second is every few milliseconds.
+const (
+	freeBuffers   = 256 // at most 32 MiB kept
+	maxFreeBuffer = 128 << 10
+)
+
+var bufFree = make(chan *bytes.Buffer, freeBuffers)
+
+func getBuf() *bytes.Buffer {
+	select {
+	case b := <-bufFree:
+		return b
+	default:
+		return new(bytes.Buffer)
+	}
+}
+
+func putBuf(b *bytes.Buffer) {
+	if b == nil || b.Cap() > maxFreeBuffer {
+		return // let large buffers go
+	}
+	b.Reset()
+	select {
+	case bufFree <- b:
+	default:
+	}
+}
+
+// authenticate checks the bearer key and its scope. Any of scopes will do.
+func (s *Server) authenticate(r *http.Request, scopes ...string) (*apikey.Key, *apiError) {
+	h := r.Header.Get("Authorization")
+	if len(h) < 7 || !strings.EqualFold(h[:7], "Bearer ") {
+		return nil, errUnauthorized
+	}
+	k, err := s.keys.Authenticate(strings.TrimSpace(h[7:]))
+	if err != nil {
+		s.log.Debug("authentication failed", "remote", r.RemoteAddr, "err", err)
+		return nil, errUnauthorized
+	}
+	for _, sc := range scopes {
+		if k.HasScope(sc) {
+			return k, nil
+		}
+	}
+	return nil, errf(http.StatusForbidden, codeForbidden, "", "this API key lacks the %q scope", scopes[0])
+}
+
+// readBody checks the media type and reads the body (at most the
+// listener's MaxRequestSize) into a pooled buffer the caller puts back.
+func (s *Server) readBody(w http.ResponseWriter, r *http.Request) (*bytes.Buffer, *apiError) {
+	if ct := r.Header.Get("Content-Type"); ct != "application/json" {
+		mt, _, err := mime.ParseMediaType(ct)
+		if err != nil || mt != "application/json" {
+			return nil, errf(http.StatusUnsupportedMediaType, codeUnsupportedType, "", "Content-Type must be application/json")
+		}
+	}
+	tooLarge := errf(http.StatusRequestEntityTooLarge, codeTooLarge, "", "the request body is larger than %d bytes", s.max)
+	if r.ContentLength > s.max {
+		return nil, tooLarge
+	}
+	buf := getBuf()
+	if r.ContentLength > 0 {
+		buf.Grow(int(r.ContentLength) + bytes.MinRead)
+	}
+	if _, err := buf.ReadFrom(http.MaxBytesReader(w, r.Body, s.max)); err != nil {
+		putBuf(buf)
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			return nil, tooLarge
+		}
+		return nil, errf(http.StatusBadRequest, codeInvalidJSON, "", "cannot read the request body")
+	}
+	return buf, nil
+}
+
+// openConn builds the request's pipeline.Conn and runs on_connect, then
+// on_auth with the key's identity (Chain.Verified), then checks that the
+// resulting identity may send.
+func (s *Server) openConn(ctx context.Context, r *http.Request, k *apikey.Key) (*pipeline.Conn, *apiError) {
+	conn := &pipeline.Conn{ID: s.relay.NewID(), Source: pipeline.SourceHTTP, Listener: s.l.Addr}
+	if ap, err := netip.ParseAddrPort(r.RemoteAddr); err == nil {
+		conn.RemoteIP, conn.RemotePort = ap.Addr().Unmap(), ap.Port()
+	}
+	if r.TLS != nil {
+		conn.TLS = tlsVersionName(r.TLS.Version)
+	}
+	if err := s.chain.Connect(ctx, conn); err != nil {
+		s.logRefusal("request refused at on_connect", err, "conn", conn.ID, "remote_ip", conn.RemoteIP, "key", k.ID)
+		return nil, fromAccess(err)
+	}
+	cr := &pipeline.Credentials{Mechanism: "APIKEY", Username: k.ID}
+	id, err := s.chain.Verified(ctx, conn, cr, k.Identity())
+	if err != nil {
+		s.logRefusal("key refused at on_auth", err, "conn", conn.ID, "remote_ip", conn.RemoteIP, "key", k.ID)
+		return nil, fromAccess(err)
+	}
+	if !id.HasScope(apikey.ScopeSend) {
+		return nil, errf(http.StatusForbidden, codeForbidden, "", "this identity lacks the %q scope", apikey.ScopeSend)
+	}
+	return conn, nil
+}
+
+func (s *Server) logRefusal(msg string, err error, attrs ...any) {
+	r := pipeline.Reply(err)
+	attrs = append(attrs, "code", r.Code, "enhanced", r.Enhanced.String(), "text", r.Message)
+	var pe *pipeline.Error
+	if errors.As(err, &pe) && pe.Stage != "" {
+		attrs = append(attrs, "stage", pe.Stage)
+	}
+	if r.Code == pipeline.ErrInternal.Code && r.Enhanced == pipeline.ErrInternal.Enhanced {
+		attrs = append(attrs, "err", err)
+	}
+	s.log.Info(msg, attrs...)
+}
+
+// checkSender enforces Identity.Senders for an address.
+func checkSender(id *pipeline.Identity, field, addr string) *apiError {
+	if id == nil || len(id.Senders) == 0 {
+		return nil
+	}
+	_, domain, err := pipeline.SplitAddress(addr)
+	if err == nil {
+		for _, d := range id.Senders {
+			if strings.EqualFold(d, domain) {
+				return nil
+			}
+		}
+	}
+	return errf(http.StatusForbidden, codeSenderNotAllowed, field, "this API key may not send from %q", addr)
+}
+
+func tlsVersionName(v uint16) string {
+	switch v {
+	case tls.VersionTLS10:
+		return "TLS1.0"
+	case tls.VersionTLS11:
+		return "TLS1.1"
+	case tls.VersionTLS12:
+		return "TLS1.2"
+	case tls.VersionTLS13:
+		return "TLS1.3"
+	}
+	return "TLS"
+}
+
+// ---- idempotency ----
+
+// idem is the idempotency context of one request.
+type idem struct {
+	key  string // spool key: tenant "/" Idempotency-Key
+	hash string // SHA-256 of method, path and body
+	exp  time.Time
+}
+
+// idemRecord is what the spool keeps under idem.key.
+type idemRecord struct {
+	Hash   string          `json:"h"`
+	Status int             `json:"s"`
+	Answer json.RawMessage `json:"a"`
+	// Pending lists the batch items whose outcome the answer does not
+	// know yet (a partial batch answer, see sendBatch).
+	Pending []int `json:"p,omitempty"`
+}
+
+func (id *idem) value(status int, ans []byte, pending []int) []byte {
+	b, _ := json.Marshal(idemRecord{Hash: id.hash, Status: status, Answer: ans, Pending: pending})
+	return b
+}
+
+// idempotent runs run once per (tenant, Idempotency-Key): concurrent
+// requests with one key are serialised; a repeat of a stored answer gets
+// it again (nothing is queued); the same key with another body is 422.
+// Only accepted (202) answers are stored, by run itself, in the spool
+// batch that commits the message.
+func (s *Server) idempotent(w http.ResponseWriter, r *http.Request, k *apikey.Key, body []byte, run func(*idem) answer) {
+	ik := r.Header.Get("Idempotency-Key")
+	if ik == "" {
+		s.writeAnswer(w, run(nil))
+		return
+	}
+	if e := checkIdempotencyKey(ik); e != nil {
+		s.fail(w, e)
+		return
+	}
+	h := sha256.New()
+	h.Write([]byte(r.Method + " " + r.URL.Path + "\n"))
+	h.Write(body)
+	id := &idem{key: k.Tenant + "/" + ik, hash: hex.EncodeToString(h.Sum(nil)), exp: s.now().Add(idempotencyTTL)}
+	unlock := s.locks.lock(id.key)
+	defer unlock()
+	v, found, err := s.sp.GetIdempotency(id.key, s.now())
+	if err != nil {
+		s.log.Error("cannot read idempotency record", "key", id.key, "err", err)
+		s.fail(w, errf(http.StatusServiceUnavailable, codeUnavailable, "", "cannot check the Idempotency-Key now, try again later"))
+		return
+	}
+	if found {
+		var rec idemRecord
+		if err := json.Unmarshal(v, &rec); err != nil {
+			s.log.Error("corrupt idempotency record", "key", id.key, "err", err)
+			s.fail(w, errInternal)
+			return
+		}
+		if rec.Hash != id.hash {
+			s.fail(w, errf(http.StatusUnprocessableEntity, codeIdempotencyReused, "Idempotency-Key",
+				"this Idempotency-Key was used with a different request in the last 24 hours; use a new key for a new request"))
+			return
+		}
+		body := []byte(rec.Answer)
+		if len(rec.Pending) > 0 {
+			if body, err = s.completeBatch(&rec); err != nil {
+				s.log.Error("cannot complete partial idempotency answer", "key", id.key, "err", err)
+				s.fail(w, errf(http.StatusServiceUnavailable, codeUnavailable, "", "cannot read the stored answer now, try again later"))
+				return
+			}
+		}
+		s.writeAnswer(w, answer{status: rec.Status, body: body, replayed: true})
+		return
+	}
+	s.writeAnswer(w, run(id))
+}
+
+// keyedMutex serialises work per key.
+type keyedMutex struct {
+	mu sync.Mutex
+	m  map[string]*keyedEntry
+}
+
+type keyedEntry struct {
+	mu sync.Mutex
+	n  int
+}
+
+func (k *keyedMutex) lock(key string) (unlock func()) {
+	k.mu.Lock()
+	if k.m == nil {
+		k.m = map[string]*keyedEntry{}
+	}
+	e := k.m[key]
+	if e == nil {
+		e = &keyedEntry{}
+		k.m[key] = e
+	}
+	e.n++
+	k.mu.Unlock()
+	e.mu.Lock()
+	return func() {
+		e.mu.Unlock()
+		k.mu.Lock()
+		e.n--
+		if e.n == 0 {
+			delete(k.m, key)
+		}
+		k.mu.Unlock()
+	}
+}
