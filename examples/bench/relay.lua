@@ -13,6 +13,7 @@ sluice.listen_smtp {
   relay_networks = { "127.0.0.1/32" },
   max_connections = 2000,
 }
+sluice.listen_http { addr = "127.0.0.1:8025" }
 
 sluice.delivery {
   max_per_destination = 20,

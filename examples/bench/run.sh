@@ -8,6 +8,8 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 SCENARIOS=${SCENARIOS:-"2048:20:10000 2048:1:2000 51200:20:3000 51200:1:1000"}
+# HTTP: CLIENTS:MESSAGES:BATCH (BATCH 0 = POST /v1/messages, N = /v1/messages/batch of N)
+HTTP_SCENARIOS=${HTTP_SCENARIOS:-"64:20000:0 16:40000:100"}
 WORK=$(mktemp -d /tmp/sluice-bench.XXXXXX)
 trap 'kill $pid 2>/dev/null; wait $pid 2>/dev/null; rm -rf "$WORK"' EXIT
 
@@ -16,10 +18,18 @@ bin/sluice serve -c "$WORK/relay.lua" -log-level warn 2> "$WORK/sluice.log" &
 pid=$!
 for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/2605) 2>/dev/null && break; sleep 0.1; done
 
+KEY=$(bin/sluice apikey create --tenant bench --scope send -c "$WORK/relay.lua")
+
 echo "# sluice make bench — $(date -u +%FT%TZ) — $(nproc) cores, $(uname -m), $(go version | cut -d' ' -f3)"
 bin/sluice-bench smtp -target 127.0.0.1:2605 -sink 127.0.0.1:2602 -n 1000 -c 20 -size 2048 > /dev/null  # warm-up
 for sc in $SCENARIOS; do
   IFS=: read -r size sess n <<< "$sc"
   echo "## ${size} B x ${sess} session(s) x ${n} messages"
   bin/sluice-bench smtp -target 127.0.0.1:2605 -sink 127.0.0.1:2602 -n "$n" -c "$sess" -size "$size" -timeout 300s || echo "(run failed)"
+done
+
+for sc in $HTTP_SCENARIOS; do
+  IFS=: read -r clients n batch <<< "$sc"
+  echo "## HTTP 2 KB JSON x ${clients} keep-alive client(s) x ${n} messages, batch=${batch}"
+  bin/sluice-bench http -target http://127.0.0.1:8025 -key "$KEY" -sink 127.0.0.1:2602 -n "$n" -c "$clients" -size 2048 -batch "$batch" -timeout 300s || echo "(run failed)"
 done
