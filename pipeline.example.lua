@@ -20,6 +20,9 @@ sluice.listen_smtp {
   max_recipients = 100,
 }
 
+-- The HTTP submission API (create a key: bin/sluice apikey create --tenant demo -c pipeline.example.lua).
+sluice.listen_http { addr = "127.0.0.1:8025" }
+
 sluice.delivery {
   retry = { initial = "30s", max = "1h" },
   queue_lifetime = "5d",
