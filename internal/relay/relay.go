@@ -75,7 +75,8 @@ type prepared struct {
 type Options struct {
 	// BounceRouteRejects: recipients refused permanently at on_route get a
 	// DSN (SMTP, where the DATA reply cannot be per recipient) instead of
-	// only a per-recipient result (HTTP).
+	// only a per-recipient result (HTTP); a temporary refusal of any
+	// recipient fails the whole message with that 4xx.
 	BounceRouteRejects bool
 	// BeforeCommit, when set, is called for each message that will be
 	// committed, with the batch it commits in, so that a source can store
@@ -118,6 +119,7 @@ func (r *Relay) prepare(ctx context.Context, b *spool.Batch, msg *pipeline.Messa
 
 	var (
 		firstErr *pipeline.Error
+		tempErr  error // first temporary route failure
 		refused  []queue.Failure
 		pending  []*pipeline.Event
 	)
@@ -135,6 +137,8 @@ func (r *Relay) prepare(ctx context.Context, b *spool.Batch, msg *pipeline.Messa
 			p.receipt.Recipients = append(p.receipt.Recipients, RcptResult{Address: rc.Address, Status: StatusRejected, Err: &rep})
 			if !rep.Temporary() {
 				refused = append(refused, queue.Failure{Recipient: rc.Address, Reply: ev.Response})
+			} else if tempErr == nil {
+				tempErr = err
 			}
 		case drop:
 			ev := r.event(pipeline.EventDiscarded, msg, rc.Address, len(data))
@@ -149,6 +153,12 @@ func (r *Relay) prepare(ctx context.Context, b *spool.Batch, msg *pipeline.Messa
 			pending = append(pending, ev)
 			p.receipt.Recipients = append(p.receipt.Recipients, RcptResult{Address: rc.Address, Status: StatusQueued})
 		}
+	}
+	if o.BounceRouteRejects && tempErr != nil {
+		// SMTP answers DATA once for all recipients: a recipient that can
+		// neither be queued nor bounced makes the whole message a 4xx, so
+		// the client retries it; nothing is staged.
+		return nil, tempErr
 	}
 	p.receipt.Queued = len(p.rcpts)
 	allDiscarded := len(p.rcpts) == 0 && firstErr == nil
