@@ -61,3 +61,26 @@ func TestExportToFileInOrderThenHooks(t *testing.T) {
 		t.Fatalf("file has %d events, hooks saw %d; want 1500", n, hooked.Load())
 	}
 }
+
+func TestOpenFileDropsTornLastLine(t *testing.T) {
+	for name, tc := range map[string]struct{ before, after string }{
+		"clean":     {"{\"a\":1}\n", "{\"a\":1}\n"},
+		"torn":      {"{\"a\":1}\n{\"b\":", "{\"a\":1}\n"},
+		"only torn": {"{\"b\":", ""},
+		"empty":     {"", ""},
+	} {
+		t.Run(name, func(t *testing.T) {
+			p := filepath.Join(t.TempDir(), "e.jsonl")
+			os.WriteFile(p, []byte(tc.before), 0o644)
+			fs, err := OpenFile(p)
+			if err != nil {
+				t.Fatal(err)
+			}
+			fs.Close()
+			got, _ := os.ReadFile(p)
+			if string(got) != tc.after {
+				t.Fatalf("file %q, want %q", got, tc.after)
+			}
+		})
+	}
+}
