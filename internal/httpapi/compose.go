@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"encoding/hex"
+	"io"
 	"math/rand/v2"
 	"mime"
 	"sort"
@@ -198,17 +199,102 @@ func compose(buf *bytes.Buffer, v *validMessage, msgID, hostname string, now tim
 		}
 		h.AddRaw(raw[start:ends[i]:ends[i]])
 	}
-	buf.Grow(len(raw) + estimateBody(v))
+	buf.Grow(len(raw) + 2 + estimateBody(v))
 	start := buf.Len()
-	// CreateWriter writes the header as given (MIME-Version and the
-	// boundary are already there), so the body starts where it stops.
-	w, err := message.CreateWriter(buf, h)
+	// The header goes out as message.CreateWriter would write h (its raw
+	// fields in order, MIME-Version and the boundary already there, then
+	// an empty line), without its copy of h.
+	buf.Write(raw)
+	buf.WriteString("\r\n")
+	body := buf.Len() - start
+	if root.kids == nil && root.body == nil {
+		// A single text part: quoted-printable straight into buf.
+		buf.Write(appendQP(buf.AvailableBuffer(), root.text))
+		return h, body, nil
+	}
+	// The body's writer is made from the root part's own fields (the same
+	// Content-Type and Content-Transfer-Encoding as in h); what it would
+	// write of them is discarded.
+	sw := &switchWriter{w: io.Discard}
+	w, err := message.CreateWriter(sw, root.h)
 	if err != nil {
 		return h, 0, err
 	}
-	body := buf.Len() - start
+	sw.w = buf
 	return h, body, writePart(w, root)
 }
+
+// switchWriter writes to w, which can be changed.
+type switchWriter struct{ w io.Writer }
+
+func (s *switchWriter) Write(p []byte) (int, error) { return s.w.Write(p) }
+
+// appendQP appends s to dst in quoted-printable exactly as
+// mime/quotedprintable.Writer writes it (Binary false, then Close): lines
+// of at most 76 octets with soft breaks, CR, LF and CRLF as CRLF, white
+// space before a line break encoded. It is that Writer's state machine,
+// working on whole runs of plain bytes instead of byte by byte.
+func appendQP(dst []byte, s string) []byte {
+	const max = 76
+	ls := len(dst) // start of the current line in dst
+	cr := false
+	encode := func(b byte) {
+		if max-1-(len(dst)-ls) < 3 {
+			dst = append(dst, '=', '\r', '\n')
+			ls = len(dst)
+		}
+		dst = append(dst, '=', upperhex[b>>4], upperhex[b&0x0f])
+	}
+	checkLast := func() {
+		if n := len(dst) - ls; n > 0 {
+			if b := dst[len(dst)-1]; b == ' ' || b == '\t' {
+				dst = dst[:len(dst)-1]
+				encode(b)
+			}
+		}
+	}
+	for i := 0; i < len(s); {
+		b := s[i]
+		switch {
+		case b == '\n' || b == '\r':
+			i++
+			if cr && b == '\n' {
+				cr = false
+				continue
+			}
+			if b == '\r' {
+				cr = true
+			}
+			checkLast()
+			dst = append(dst, '\r', '\n')
+			ls = len(dst)
+		case b >= '!' && b <= '~' && b != '=' || b == ' ' || b == '\t':
+			// A run of plain bytes, up to the line's room.
+			if len(dst)-ls == max-1 {
+				dst = append(dst, '=', '\r', '\n')
+				ls = len(dst)
+			}
+			j, room := i+1, max-1-(len(dst)-ls)
+			for j < len(s) && j-i < room {
+				c := s[j]
+				if !(c >= '!' && c <= '~' && c != '=' || c == ' ' || c == '\t') {
+					break
+				}
+				j++
+			}
+			dst = append(dst, s[i:j]...)
+			i = j
+			cr = false
+		default:
+			encode(b)
+			i++
+		}
+	}
+	checkLast()
+	return dst
+}
+
+const upperhex = "0123456789ABCDEF"
 
 // appendField appends the header field "k: v" CRLF to dst, folded
 // before a space or tab where a line would pass 78 octets (the space after

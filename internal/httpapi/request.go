@@ -140,6 +140,10 @@ func decodeJSON(body []byte, v any) *apiError {
 	if len(bytes.TrimSpace(body)) == 0 {
 		return errf(http.StatusBadRequest, codeInvalidJSON, "", "the request body is empty")
 	}
+	if fastDecode(body, v) {
+		return nil
+	}
+	resetRequest(v)
 	var d *decoder
 	select {
 	case d = <-decFree:
@@ -169,6 +173,17 @@ func decodeJSON(body []byte, v any) *apiError {
 		return errf(http.StatusBadRequest, codeInvalidJSON, "", "unexpected data after the JSON object at byte %d", used)
 	}
 	return nil
+}
+
+// resetRequest zeroes what fastDecode may have half filled before it
+// gave up.
+func resetRequest(v any) {
+	switch t := v.(type) {
+	case *messageRequest:
+		*t = messageRequest{}
+	case *batchRequest:
+		*t = batchRequest{}
+	}
 }
 
 func jsonError(err error) *apiError {
