@@ -252,23 +252,33 @@ func (s *Server) storeAnswer(id *idem, ans []byte, sync bool) {
 
 // ---- POST /v1/messages ----
 
-func (s *Server) postMessage(w http.ResponseWriter, r *http.Request) {
+// sendRequest authenticates a send-scope request and decodes its JSON body
+// into v. When it fails it has answered the client and returns ok false;
+// otherwise the caller owns body and returns it with putBuf.
+func (s *Server) sendRequest(w http.ResponseWriter, r *http.Request, v any) (k *apikey.Key, body *bytes.Buffer, ok bool) {
 	k, e := s.authenticate(r, apikey.ScopeSend)
-	if e != nil {
-		s.fail(w, e)
-		return
+	if e == nil {
+		body, e = s.readBody(w, r)
+		if e == nil {
+			if e = decodeJSON(body.Bytes(), v); e != nil {
+				putBuf(body)
+			}
+		}
 	}
-	body, e := s.readBody(w, r)
 	if e != nil {
 		s.fail(w, e)
+		return nil, nil, false
+	}
+	return k, body, true
+}
+
+func (s *Server) postMessage(w http.ResponseWriter, r *http.Request) {
+	var req messageRequest
+	k, body, ok := s.sendRequest(w, r, &req)
+	if !ok {
 		return
 	}
 	defer putBuf(body)
-	var req messageRequest
-	if e := decodeJSON(body.Bytes(), &req); e != nil {
-		s.fail(w, e)
-		return
-	}
 	v, e := validate("", &req)
 	if e != nil {
 		s.fail(w, e)
@@ -297,22 +307,12 @@ func (s *Server) composedItem(v *validMessage) *item {
 // ---- POST /v1/messages/raw ----
 
 func (s *Server) postRaw(w http.ResponseWriter, r *http.Request) {
-	k, e := s.authenticate(r, apikey.ScopeSend)
-	if e != nil {
-		s.fail(w, e)
-		return
-	}
-	body, e := s.readBody(w, r)
-	if e != nil {
-		s.fail(w, e)
+	var req rawRequest
+	k, body, ok := s.sendRequest(w, r, &req)
+	if !ok {
 		return
 	}
 	defer putBuf(body)
-	var req rawRequest
-	if e := decodeJSON(body.Bytes(), &req); e != nil {
-		s.fail(w, e)
-		return
-	}
 	data := getBuf()
 	defer putBuf(data)
 	it, e := s.rawItem(&req, data)
@@ -476,22 +476,12 @@ func renderBatch(items []*item, pending bool) (int, []byte, *apiError) {
 }
 
 func (s *Server) postBatch(w http.ResponseWriter, r *http.Request) {
-	k, e := s.authenticate(r, apikey.ScopeSend)
-	if e != nil {
-		s.fail(w, e)
-		return
-	}
-	body, e := s.readBody(w, r)
-	if e != nil {
-		s.fail(w, e)
+	var req batchRequest
+	k, body, ok := s.sendRequest(w, r, &req)
+	if !ok {
 		return
 	}
 	defer putBuf(body)
-	var req batchRequest
-	if e := decodeJSON(body.Bytes(), &req); e != nil {
-		s.fail(w, e)
-		return
-	}
 	switch {
 	case len(req.Messages) == 0:
 		s.fail(w, missingField("messages"))
