@@ -40,12 +40,12 @@ type Chain struct {
 	message []MessageHook
 	route   []RouteHook
 	event   []EventHook
-	names   map[any]string
+	bounded map[Stage]bool // stages whose own deadline replaces StageTimeout
 }
 
 // Compile builds a Chain. Stage names must be unique and non-empty.
 func Compile(stages []Stage, opts ChainOptions) (*Chain, error) {
-	c := &Chain{opts: opts, log: opts.Logger, stages: stages, local: map[string]bool{}}
+	c := &Chain{opts: opts, log: opts.Logger, stages: stages, local: map[string]bool{}, bounded: map[Stage]bool{}}
 	if c.log == nil {
 		c.log = slog.Default()
 	}
@@ -62,6 +62,9 @@ func Compile(stages []Stage, opts ChainOptions) (*Chain, error) {
 			return nil, fmt.Errorf("pipeline: stage name %q used twice", n)
 		}
 		seen[n] = true
+		if b, ok := s.(Bounded); ok && b.CallTimeout() > 0 && (opts.StageTimeout <= 0 || b.CallTimeout() <= opts.StageTimeout) {
+			c.bounded[s] = true
+		}
 		has := func(string) bool { return true }
 		if hl, ok := s.(HookLister); ok {
 			set := map[string]bool{}
@@ -111,7 +114,7 @@ func (c *Chain) HasEventHooks() bool { return len(c.event) > 0 }
 // normalises the outcome: a stage failure becomes an *Error (temporary,
 // generic text) carrying the cause for logs.
 func (c *Chain) call(ctx context.Context, st Stage, hook string, fn func(context.Context) (Verdict, error)) (v Verdict, err error) {
-	if c.opts.StageTimeout > 0 {
+	if c.opts.StageTimeout > 0 && !c.bounded[st] {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, c.opts.StageTimeout)
 		defer cancel()

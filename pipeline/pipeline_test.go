@@ -284,3 +284,35 @@ func TestParseMessageEdgeCases(t *testing.T) {
 		t.Error("malformed header accepted")
 	}
 }
+
+type deadlineProbe struct {
+	name    string
+	timeout time.Duration
+	had     bool
+}
+
+func (d *deadlineProbe) Name() string { return d.name }
+func (d *deadlineProbe) OnMail(ctx context.Context, txn *Txn) (Verdict, error) {
+	_, d.had = ctx.Deadline()
+	return Verdict{}, nil
+}
+
+type boundedProbe struct{ deadlineProbe }
+
+func (b *boundedProbe) CallTimeout() time.Duration { return b.timeout }
+
+func TestBoundedStagesSkipTheChainTimer(t *testing.T) {
+	plain := &deadlineProbe{name: "plain"}
+	own := &boundedProbe{deadlineProbe{name: "own", timeout: 100 * time.Millisecond}}
+	longer := &boundedProbe{deadlineProbe{name: "longer", timeout: time.Hour}}
+	c, err := Compile([]Stage{plain, own, longer}, ChainOptions{StageTimeout: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Mail(context.Background(), &Txn{Conn: &Conn{}}); err != nil {
+		t.Fatal(err)
+	}
+	if !plain.had || own.had || !longer.had {
+		t.Fatalf("deadline seen: plain=%v own=%v longer=%v; want true false true", plain.had, own.had, longer.had)
+	}
+}

@@ -1,6 +1,9 @@
 package pipeline
 
-import "context"
+import (
+	"context"
+	"time"
+)
 
 // Stage is a named pipeline stage. It implements any subset of the hook
 // interfaces below; the Chain finds them by type assertion when compiled.
@@ -62,6 +65,14 @@ type EventHook interface {
 // unused hook costs nothing per message.
 type HookLister interface {
 	Hooks() []string
+}
+
+// Bounded is implemented by stages that put their own deadline on every
+// hook call (a Lua stage's lua_options.timeout, a plugin's timeout).
+// When CallTimeout is positive and no longer than the chain's
+// StageTimeout, the chain does not wrap their calls in a second timer.
+type Bounded interface {
+	CallTimeout() time.Duration
 }
 
 // Closer is implemented by stages that hold resources (Lua pools, plugin

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"time"
 
 	lua "github.com/yuin/gopher-lua"
 
@@ -149,6 +150,12 @@ func (s *Stage) call(ctx context.Context, hook int, push func(st *state) int) (l
 	s.h.pool.put(st)
 	return ret, nil
 }
+
+// CallTimeout is the deadline every hook call runs under
+// (lua_options.timeout); it lets the chain skip its own, longer timer.
+func (s *Stage) CallTimeout() time.Duration { return s.h.timeout }
+
+var _ pipeline.Bounded = (*Stage)(nil)
 
 // fail fills in and logs a hook failure.
 func (s *Stage) fail(hook int, he *HookError) error {
