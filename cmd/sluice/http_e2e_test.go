@@ -547,6 +547,9 @@ func checkHTTPComposed(t *testing.T, data []byte, id, subject, text, html, attac
 	if v := hdr.Get("X-Custom"); v != "v" {
 		t.Errorf("X-Custom %q, want v", v)
 	}
+	if v := hdr.Values("Received"); len(v) != 1 || !strings.HasPrefix(v[0], "from [127.0.0.1] by ") || !strings.Contains(v[0], " with HTTP (key ") {
+		t.Errorf("Received %q, want one HTTP trace field", v)
+	}
 	if v := hdr.Values("X-Tenant"); len(v) != 1 || v[0] != "acme" {
 		t.Errorf("X-Tenant %q, want exactly one: acme (added by the Lua stage)", v)
 	}

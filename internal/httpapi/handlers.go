@@ -120,7 +120,37 @@ func (s *Server) stage(ctx context.Context, conn *pipeline.Conn, it *item) {
 		it.err = e
 		return
 	}
+	msg.Header.Add("Received", receivedValue(txn, s.host))
 	it.msg = msg
+}
+
+// receivedValue is the trace field of an HTTP submission, as SMTP
+// submissions get one: the client address, us, the protocol (with the
+// key id as the authenticated identity) and the message id.
+func receivedValue(txn *pipeline.Txn, host string) string {
+	c := txn.Conn
+	proto := "HTTP"
+	if c.TLS != "" {
+		proto = "HTTPS"
+	}
+	var b strings.Builder
+	b.Grow(128)
+	b.WriteString("from [")
+	b.WriteString(c.RemoteIP.String())
+	b.WriteString("] by ")
+	b.WriteString(host)
+	b.WriteString(" with ")
+	b.WriteString(proto)
+	if c.Identity != nil {
+		b.WriteString(" (key ")
+		b.WriteString(c.Identity.Name)
+		b.WriteByte(')')
+	}
+	b.WriteString(" id ")
+	b.WriteString(txn.ID)
+	b.WriteString("; ")
+	b.WriteString(txn.Received.Format(time.RFC1123Z))
+	return b.String()
 }
 
 // fill records the relay's per-recipient outcome.
