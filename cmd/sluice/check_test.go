@@ -29,7 +29,12 @@ func TestCheckCommand(t *testing.T) {
 	if code != 0 || !strings.Contains(out, "ok") {
 		t.Fatalf("check of the example config: exit %d\n%s", code, out)
 	}
-	for _, ex := range []string{"../../examples/bench/relay.lua"} {
+	examples, _ := filepath.Glob("../../examples/*/pipeline.lua")
+	examples = append(examples, "../../examples/bench/relay.lua")
+	if len(examples) < 3 {
+		t.Fatalf("example configurations not found: %v", examples)
+	}
+	for _, ex := range examples {
 		if out, code := runBin(t, "check", "-c", ex); code != 0 {
 			t.Errorf("check %s: exit %d\n%s", ex, code, out)
 		}
