@@ -301,9 +301,23 @@ func (q *Queue) schedule(it *item, now time.Time) {
 		}
 		return
 	}
-	d := it.dest
+	d := q.live(it.dest)
+	it.dest = d
 	d.ready = append(d.ready, it)
 	q.dispatch(d)
+}
+
+// live returns the registered destination for d's key, registering d when
+// there is none. An idle destination is forgotten (take), but items
+// waiting in the timer heap still point at it: they must rejoin the one
+// destination object that owns the key, or two workers pools would serve
+// one destination. q.mu held.
+func (q *Queue) live(d *dest) *dest {
+	if cur, ok := q.dests[d.key]; ok {
+		return cur
+	}
+	q.dests[d.key] = d
+	return d
 }
 
 // dispatch wakes an idle worker of d or starts a new one. q.mu held.
@@ -345,6 +359,7 @@ func (q *Queue) timerLoop() {
 		now := q.o.Now()
 		for len(q.waiting) > 0 && !q.waiting[0].due.After(now) {
 			it := heap.Pop(&q.waiting).(*item)
+			it.dest = q.live(it.dest)
 			it.dest.ready = append(it.dest.ready, it)
 			q.dispatch(it.dest)
 		}

@@ -245,3 +245,28 @@ func TestBackoffGrowsAndCaps(t *testing.T) {
 		}
 	}
 }
+
+// A destination forgotten while idle must not be split in two: an item
+// coming back from the timer heap with the forgotten object joins the
+// destination registered for its key now.
+func TestForgottenDestinationIsReused(t *testing.T) {
+	q := New(nil, nil, nil, Options{})
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	q.stopping = true // no workers: inspect the ready lists
+	forgotten := &dest{key: "k", wake: make(chan struct{}, 1)}
+	current := &dest{key: "k", wake: make(chan struct{}, 1)}
+	q.dests["k"] = current
+	it := &item{dest: forgotten, msg: &message{meta: &spool.Meta{ID: "m"}}}
+	q.schedule(it, time.Now())
+	if len(current.ready) != 1 || len(forgotten.ready) != 0 || it.dest != current {
+		t.Fatalf("item joined the forgotten destination (current %d, forgotten %d)", len(current.ready), len(forgotten.ready))
+	}
+	// With no destination registered, the item's own becomes the one.
+	delete(q.dests, "k")
+	it2 := &item{dest: forgotten, msg: it.msg}
+	q.schedule(it2, time.Now())
+	if q.dests["k"] != forgotten || len(forgotten.ready) != 1 {
+		t.Fatal("a returning destination was not registered again")
+	}
+}
