@@ -405,7 +405,7 @@ func (q *Queue) take(d *dest, haveConn bool) *item {
 		wait := time.Until(deadline)
 		if !haveConn || wait <= 0 {
 			d.active--
-			if d.active == 0 && d.idle == 0 && len(d.ready) == 0 {
+			if d.active == 0 && d.idle == 0 && len(d.ready) == 0 && q.dests[d.key] == d {
 				delete(q.dests, d.key) // forget idle destinations
 			}
 			return nil
