@@ -14,7 +14,7 @@
 //	b<msgid>            message bytes (header + body, CRLF)
 //	r<msgid><idx:2>     one queued recipient (JSON Recipient)
 //	e<seq:8>            outbox event (JSON pipeline.Event), deleted once exported
-//	h<msgid><seq:8>     event history of a message, for status queries
+//	h<msgid><eventid>   event history of a message, for status queries
 //
 // Durability contract: Commit(true) returns after an fsync; acceptance uses
 // it. Delivery outcomes commit without a sync: a crash can only roll back a
@@ -169,9 +169,14 @@ func rcptKey(id string, idx int) []byte {
 	return binary.BigEndian.AppendUint16(k, uint16(idx))
 }
 func eventKey(seq uint64) []byte { return binary.BigEndian.AppendUint64([]byte{kEvent}, seq) }
-func historyKey(id string, seq uint64) []byte {
-	k := append([]byte{kHistory}, id...)
-	return binary.BigEndian.AppendUint64(k, seq)
+// historyKey orders a message's events by event id: ULIDs sort by time and
+// never repeat across restarts (the outbox sequence restarts once the
+// outbox is drained, so it cannot be used here).
+func historyKey(id, eventID string) []byte {
+	k := make([]byte, 0, 1+len(id)+len(eventID))
+	k = append(k, kHistory)
+	k = append(k, id...)
+	return append(k, eventID...)
 }
 
 // Batch collects writes that commit atomically. Not safe for concurrent use.
@@ -283,7 +288,7 @@ func (b *Batch) Commit(sync bool) error {
 			}
 			_ = b.b.Set(eventKey(seq), v, nil)
 			if ev.MessageID != "" {
-				_ = b.b.Set(historyKey(ev.MessageID, seq), v, nil)
+				_ = b.b.Set(historyKey(ev.MessageID, ev.EventID), v, nil)
 			}
 		}
 	}
@@ -404,7 +409,7 @@ func (s *Spool) History(msgID string) ([]pipeline.Event, error) {
 	defer it.Close()
 	var out []pipeline.Event
 	for it.First(); it.Valid(); it.Next() {
-		if len(it.Key()) != len(lo)+8 {
+		if len(it.Key()) != len(lo)+ulid.EncodedSize {
 			continue
 		}
 		var ev pipeline.Event

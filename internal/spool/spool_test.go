@@ -222,3 +222,36 @@ func TestIdempotencyRecords(t *testing.T) {
 		t.Fatalf("pruned %d, %v", n, err)
 	}
 }
+
+// The outbox sequence restarts once the outbox is drained; a message's
+// history must keep every event, in order, across such a restart.
+func TestHistorySurvivesDrainedOutboxRestart(t *testing.T) {
+	dir := t.TempDir()
+	s := open(t, dir)
+	id := accept(t, s, 1) // received
+	b := s.NewBatch()
+	b.AddEvent(&pipeline.Event{Type: pipeline.EventDeferred, MessageID: id, Recipient: "r0@y.test"})
+	if err := b.Commit(false); err != nil {
+		t.Fatal(err)
+	}
+	evs, _ := s.ReadOutbox(0, 100)
+	if err := s.AckOutbox(evs); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	s = open(t, dir)
+	defer s.Close()
+	b = s.NewBatch()
+	b.AddEvent(&pipeline.Event{Type: pipeline.EventDelivered, MessageID: id, Recipient: "r0@y.test"})
+	if err := b.Commit(false); err != nil {
+		t.Fatal(err)
+	}
+	h, _ := s.History(id)
+	var types []string
+	for _, e := range h {
+		types = append(types, e.Type)
+	}
+	if fmt.Sprint(types) != "[received deferred delivered]" {
+		t.Fatalf("history %v after a restart with a drained outbox", types)
+	}
+}
