@@ -431,6 +431,8 @@ func TestHeloRefused(t *testing.T) {
 	// A second EHLO with a new name runs on_helo again, at MAIL.
 	c.cmd("EHLO localhost", 250)
 	c.cmd("MAIL FROM:<a@local.test>", 550)
+	// Asking again does not make a refused name acceptable.
+	c.cmd("MAIL FROM:<a@local.test>", 550)
 	c.cmd("EHLO other.test", 250)
 	if r := c.sendMessage("a@local.test", []string{"bob@local.test"}, simpleMsg); r.Code != 250 {
 		t.Fatal(r)
@@ -438,7 +440,7 @@ func TestHeloRefused(t *testing.T) {
 	if m := sub.messages(); len(m) != 1 || m[0].Conn.HELO != "other.test" {
 		t.Errorf("submits %+v", m)
 	}
-	if got := strings.Join(names, ","); got != "localhost,good.test,localhost,other.test" {
+	if got := strings.Join(names, ","); got != "localhost,good.test,localhost,localhost,other.test" {
 		t.Errorf("on_helo calls %s", got)
 	}
 }

@@ -101,8 +101,12 @@ func (ss *session) Mail(from string, opts *smtp.MailOptions) error {
 		return smtpError(errShuttingDown)
 	}
 	if h := ss.sc.Hostname(); h != ss.conn.HELO {
-		ss.conn.HELO = h
+		prev := ss.conn.HELO
+		ss.conn.HELO = h // stages read conn.helo during on_helo
 		if err := s.chain.Helo(ss.ctx, ss.conn, h); err != nil {
+			// Keep the last accepted name, so the refused one is checked
+			// again (and refused again) at the next MAIL.
+			ss.conn.HELO = prev
 			s.logRefusal("helo refused", err, "conn", ss.conn.ID, "remote_ip", ss.conn.RemoteIP, "helo", h)
 			return smtpError(err)
 		}
