@@ -23,6 +23,8 @@ var (
 		Message: "Bad sequence of commands"}
 	errTooManyConns = &pipeline.Error{Code: 421, Enhanced: pipeline.EnhancedCode{4, 3, 2},
 		Message: "Too many connections, try again later"}
+	errPoisoned = &pipeline.Error{Code: 554, Enhanced: pipeline.EnhancedCode{5, 6, 0},
+		Message: "No more mail on this connection after malformed message data"}
 )
 
 // maxReplyText bounds a reply's text so the whole line stays well under

@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/emersion/go-smtp"
@@ -67,6 +68,11 @@ type session struct {
 
 	mu  sync.Mutex
 	txn *pipeline.Txn // nil outside a transaction
+
+	// poisoned is set when a message hid a bare CR from go-smtp: bytes
+	// read ahead of it may already sit in go-smtp's buffer, so no further
+	// transaction is accepted on this connection.
+	poisoned atomic.Bool
 }
 
 var _ smtp.Session = (*session)(nil)
@@ -99,6 +105,9 @@ func (ss *session) Mail(from string, opts *smtp.MailOptions) error {
 	s := ss.s
 	if s.draining.Load() {
 		return smtpError(errShuttingDown)
+	}
+	if ss.poisoned.Load() {
+		return smtpError(errPoisoned)
 	}
 	if h := ss.sc.Hostname(); h != ss.conn.HELO {
 		prev := ss.conn.HELO
@@ -175,6 +184,7 @@ func (ss *session) Data(r io.Reader) error {
 	bare, nul, longest := scanData(data)
 	if ss.tc.dotCR.Load() && !s.normalize {
 		bare = true // go-smtp removed a ".\r" hidden at the start of a line
+		ss.poisoned.Store(true)
 	}
 	if nul {
 		return ss.refuseData(txn, len(data), errNUL)

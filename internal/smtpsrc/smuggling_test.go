@@ -133,3 +133,31 @@ func ExampleNewID() {
 	fmt.Println(len(id))
 	// Output: 26
 }
+
+// A hidden bare CR read ahead together with the next transaction must not
+// let that next transaction through: after the refusal the connection
+// takes no more mail.
+func TestHiddenBareCRPoisonsTheConnection(t *testing.T) {
+	sub := &fakeSub{}
+	ts := startServer(t, testListener(), newChain(t, pipeline.ChainOptions{}), sub)
+	c := dialReady(t, ts.addr)
+	c.ehlo()
+	c.cmd("MAIL FROM:<a@local.test>", 250)
+	c.cmd("RCPT TO:<bob@local.test>", 250)
+	c.cmd("DATA", 354)
+	// One write: a clean first message, then a whole second transaction
+	// whose data hides ".\r" at the start of a line.
+	c.write("Subject: one\r\n\r\nclean\r\n.\r\n" +
+		"MAIL FROM:<a@local.test>\r\nRCPT TO:<bob@local.test>\r\nDATA\r\n" +
+		"Subject: two\r\n\r\nx\r\n.\rHIDDEN\r\n.\r\n")
+	for i := 0; i < 6; i++ {
+		if _, err := c.read(); err != nil {
+			break
+		}
+	}
+	for _, m := range sub.messages() {
+		if bytes.Contains(m.Data, []byte("HIDDEN")) {
+			t.Fatalf("the message hiding a bare CR was accepted: %q", m.Data)
+		}
+	}
+}
