@@ -17,6 +17,7 @@ package queue
 import (
 	"container/heap"
 	"context"
+	"errors"
 	"log/slog"
 	"math"
 	"math/rand/v2"
@@ -53,6 +54,10 @@ type Failure struct {
 	Remote    string
 	Time      time.Time
 }
+
+// ErrNoBounce is returned by a Bouncer when policy says no bounce is to be
+// sent (an on_route stage discarded it); the queue logs it and sends none.
+var ErrNoBounce = errors.New("bounce discarded by policy")
 
 // Bouncer builds a DSN for failed recipients of a message and chooses its
 // route. It is called with the original metadata and bytes. A nil Bouncer
@@ -675,6 +680,10 @@ func (q *Queue) AddBounce(b *spool.Batch, m *spool.Meta, data []byte, failed []F
 		return nil, nil
 	}
 	dsn, route, err := q.bounce.Bounce(q.ctx, m, data, failed)
+	if errors.Is(err, ErrNoBounce) {
+		q.log.Info("bounce discarded by on_route", "msgid", m.ID, "sender", m.Sender)
+		return nil, nil
+	}
 	if err != nil {
 		q.log.Error("cannot build bounce; none sent", "msgid", m.ID, "err", err)
 		return nil, nil

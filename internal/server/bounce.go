@@ -51,10 +51,15 @@ func (b *bouncer) Bounce(ctx context.Context, m *spool.Meta, data []byte, failed
 		return nil, nil, err
 	}
 	route, drop, err := b.chain.Route(ctx, msg, rcpt)
-	if err != nil || drop {
+	switch {
+	case drop:
+		// The operator's routing discards bounces (say, to avoid
+		// backscatter): send none.
+		return nil, nil, queue.ErrNoBounce
+	case err != nil:
 		// A bounce must not be lost to a routing script's failure: fall
 		// back to MX and say so.
-		b.log.Warn("on_route failed for a bounce; using MX", "bounce_of", m.ID, "err", err, "dropped", drop)
+		b.log.Warn("on_route failed for a bounce; using MX", "bounce_of", m.ID, "err", err)
 		route = pipeline.MX()
 	}
 	return out, route, nil

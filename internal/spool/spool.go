@@ -169,6 +169,7 @@ func rcptKey(id string, idx int) []byte {
 	return binary.BigEndian.AppendUint16(k, uint16(idx))
 }
 func eventKey(seq uint64) []byte { return binary.BigEndian.AppendUint64([]byte{kEvent}, seq) }
+
 // historyKey orders a message's events by event id: ULIDs sort by time and
 // never repeat across restarts (the outbox sequence restarts once the
 // outbox is drained, so it cannot be used here).
