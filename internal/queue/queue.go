@@ -621,28 +621,35 @@ func (q *Queue) complete(it *item, per []error, err error, remote *pipeline.Remo
 		bMeta, bRcpts = q.makeBounce(b, m, failed)
 	}
 
-	q.mu.Lock()
-	it.msg.remaining -= done
-	last := it.msg.remaining == 0
-	if last {
-		delete(q.msgs, m.ID)
-	}
-	q.mu.Unlock()
-	if last {
-		b.DeleteMessage(m.ID)
-	}
 	if cerr := b.Commit(false); cerr != nil {
 		// The outcome is lost but the spool still holds the recipients as
 		// they were: retry the whole item later.
 		q.log.Error("cannot record delivery outcome; will retry", "msgid", m.ID, "err", cerr)
 		q.mu.Lock()
-		it.msg.remaining += done
-		q.msgs[m.ID] = it.msg
 		it.due = now.Add(q.o.RetryInitial)
 		heap.Push(&q.waiting, it)
 		q.mu.Unlock()
 		q.kick()
 		return
+	}
+	// Count settled recipients only once their outcome is committed, and
+	// delete the message in a later batch: WAL order then guarantees the
+	// message outlives every outcome batch of its recipients, so a crash
+	// can leave a message without recipients (collected at start), never a
+	// recipient without its message.
+	q.mu.Lock()
+	it.msg.remaining -= done
+	last := done > 0 && it.msg.remaining == 0
+	if last {
+		delete(q.msgs, m.ID)
+	}
+	q.mu.Unlock()
+	if last {
+		db := q.sp.NewBatch()
+		db.DeleteMessage(m.ID)
+		if err := db.Commit(false); err != nil {
+			q.log.Warn("cannot delete a settled message; it is collected at the next start", "msgid", m.ID, "err", err)
+		}
 	}
 	if bMeta != nil {
 		q.Enqueue(bMeta, bRcpts)

@@ -180,6 +180,11 @@ func (s *Server) Start() (err error) {
 		RetryFactor: cfg.Delivery.RetryFactor, RetryJitter: cfg.Delivery.RetryJitter,
 		QueueLifetime: cfg.Delivery.QueueLifetime, Logger: s.log,
 	})
+	if n, err := s.sp.CollectOrphans(); err != nil {
+		return fmt.Errorf("spool: %w", err)
+	} else if n > 0 {
+		s.log.Info("deleted settled messages left by a crash", "n", n)
+	}
 	n, err := s.q.Load()
 	if err != nil {
 		return fmt.Errorf("rebuilding queues from the spool: %w", err)

@@ -561,3 +561,39 @@ func (s *Spool) PruneIdempotency(now time.Time) (int, error) {
 	}
 	return n, s.db.Apply(b, pebble.NoSync)
 }
+
+// CollectOrphans deletes messages that have no recipient left: what a
+// crash between a message's last outcome and its deletion leaves behind.
+// Run it at start, before the queues take new work.
+func (s *Spool) CollectOrphans() (int, error) {
+	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: []byte{kMeta}, UpperBound: []byte{kMeta + 1}})
+	if err != nil {
+		return 0, err
+	}
+	defer it.Close()
+	rit, err := s.db.NewIter(&pebble.IterOptions{LowerBound: []byte{kRcpt}, UpperBound: []byte{kRcpt + 1}})
+	if err != nil {
+		return 0, err
+	}
+	defer rit.Close()
+	b := s.NewBatch()
+	n := 0
+	for it.First(); it.Valid(); it.Next() {
+		id := string(it.Key()[1:])
+		prefix := append([]byte{kRcpt}, id...)
+		if rit.SeekGE(prefix) && bytes.HasPrefix(rit.Key(), prefix) && len(rit.Key()) == len(prefix)+2 {
+			continue
+		}
+		b.DeleteMessage(id)
+		n++
+	}
+	if err := it.Error(); err != nil {
+		b.Discard()
+		return 0, err
+	}
+	if n == 0 {
+		b.Discard()
+		return 0, nil
+	}
+	return n, b.Commit(true)
+}

@@ -255,3 +255,24 @@ func TestHistorySurvivesDrainedOutboxRestart(t *testing.T) {
 		t.Fatalf("history %v after a restart with a drained outbox", types)
 	}
 }
+
+func TestCollectOrphans(t *testing.T) {
+	s := open(t, t.TempDir())
+	defer s.Close()
+	keep := accept(t, s, 1)
+	orphan := accept(t, s, 1)
+	b := s.NewBatch()
+	b.DeleteRecipient(orphan, 0) // its last outcome, without the deletion
+	if err := b.Commit(false); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := s.CollectOrphans(); err != nil || n != 1 {
+		t.Fatalf("collected %d, %v", n, err)
+	}
+	if _, err := s.Body(orphan); err == nil {
+		t.Error("orphan body still there")
+	}
+	if _, err := s.Body(keep); err != nil {
+		t.Errorf("a message with recipients was collected: %v", err)
+	}
+}
