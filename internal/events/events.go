@@ -91,10 +91,21 @@ func (s *FileSink) Write(ctx context.Context, batch []spool.OutboxEvent) error {
 		s.buf = append(s.buf, e.JSON...)
 		s.buf = append(s.buf, '\n')
 	}
-	if _, err := s.f.Write(s.buf); err != nil {
+	st, err := s.f.Stat()
+	if err != nil {
 		return err
 	}
-	return s.f.Sync()
+	if _, err := s.f.Write(s.buf); err != nil {
+		// A partial write (disk full) would leave a torn line in front of
+		// the retried batch: cut the file back to where it was.
+		_ = s.f.Truncate(st.Size())
+		return err
+	}
+	if err := s.f.Sync(); err != nil {
+		_ = s.f.Truncate(st.Size())
+		return err
+	}
+	return nil
 }
 
 func (s *FileSink) Close() error { return s.f.Close() }

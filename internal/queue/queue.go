@@ -117,14 +117,15 @@ type item struct {
 }
 
 type dest struct {
-	key    string
-	name   string // queue name in events
-	route  *pipeline.Route
-	domain string
-	ready  []*item
-	active int
-	idle   int
-	wake   chan struct{}
+	key      string
+	name     string // queue name in events
+	route    *pipeline.Route
+	domain   string
+	ready    []*item
+	active   int
+	idle     int
+	starting int // workers started that have not taken their first item
+	wake     chan struct{}
 }
 
 // New creates a queue; call Load, then Start.
@@ -335,10 +336,12 @@ func (q *Queue) dispatch(d *dest) {
 		case d.wake <- struct{}{}:
 		default:
 		}
-		return
 	}
-	if d.active < q.o.MaxPerDestination && len(d.ready) > 0 {
+	// Idle workers take one item each; start more (up to the limit) for
+	// the rest of a burst rather than leaving it to one worker.
+	for len(d.ready) > d.idle+d.starting && d.active < q.o.MaxPerDestination {
 		d.active++
+		d.starting++
 		q.wg.Add(1)
 		go q.worker(d)
 	}
@@ -392,10 +395,13 @@ func (q *Queue) timerLoop() {
 // take returns the next ready item of d. With an open connection it waits
 // up to IdleTimeout for one; without, it returns nil at once when d is
 // empty. When it returns nil the worker has been retired (active--).
-func (q *Queue) take(d *dest, haveConn bool) *item {
+func (q *Queue) take(d *dest, haveConn, first bool) *item {
 	deadline := time.Now().Add(q.o.IdleTimeout)
 	q.mu.Lock()
 	defer q.mu.Unlock()
+	if first {
+		d.starting--
+	}
 	for {
 		if q.stopping {
 			d.active--
@@ -447,8 +453,8 @@ func (q *Queue) worker(d *dest) {
 		}
 	}
 	defer release()
-	for {
-		it := q.take(d, conn != nil)
+	for first := true; ; first = false {
+		it := q.take(d, conn != nil, first)
 		if it == nil {
 			return
 		}
@@ -563,8 +569,11 @@ func (q *Queue) complete(it *item, per []error, err error, remote *pipeline.Remo
 		remoteHost = remote.Host
 	}
 	for i, r := range it.rcpts {
+		// A recipient's own reply wins (a 5xx at RCPT stays permanent
+		// even if the connection broke later); otherwise the
+		// transaction's error applies.
 		rerr := err
-		if rerr == nil && i < len(per) {
+		if i < len(per) && (per[i] != nil || err == nil) {
 			rerr = per[i]
 		}
 		attempt := r.Attempts + 1

@@ -16,14 +16,15 @@ import (
 // internal/delivery, which has its own tests against real SMTP servers.
 // End-to-end tests in cmd/sluice cover both together.
 type fakeDialer struct {
-	mu       sync.Mutex
-	dials    int
-	dialErr  error
-	replies  map[string][]error // per rcpt, consumed in order; empty = accept
-	sent     []string           // "rcpt" per accepted delivery
-	data     map[string][]byte
-	maxConns int
-	open     int
+	mu        sync.Mutex
+	dials     int
+	dialErr   error
+	replies   map[string][]error // per rcpt, consumed in order; empty = accept
+	sent      []string           // "rcpt" per accepted delivery
+	data      map[string][]byte
+	maxConns  int
+	open      int
+	sendDelay time.Duration
 }
 
 func (f *fakeDialer) Dial(ctx context.Context, r *pipeline.Route, domain string) (Conn, error) {
@@ -43,6 +44,9 @@ func (f *fakeDialer) Dial(ctx context.Context, r *pipeline.Route, domain string)
 type fakeConn struct{ f *fakeDialer }
 
 func (c *fakeConn) Send(ctx context.Context, from string, rcpts []string, data []byte) ([]error, error) {
+	if c.f.sendDelay > 0 {
+		time.Sleep(c.f.sendDelay)
+	}
 	c.f.mu.Lock()
 	defer c.f.mu.Unlock()
 	out := make([]error, len(rcpts))
@@ -268,5 +272,30 @@ func TestForgottenDestinationIsReused(t *testing.T) {
 	q.schedule(it2, time.Now())
 	if q.dests["k"] != forgotten || len(forgotten.ready) != 1 {
 		t.Fatal("a returning destination was not registered again")
+	}
+}
+
+// A burst for one destination is spread over up to MaxPerDestination
+// connections, not left to the one worker that happened to be idle.
+func TestBurstUsesSeveralConnections(t *testing.T) {
+	sp, _ := spool.Open(t.TempDir(), spool.Options{})
+	defer sp.Close()
+	fd := &fakeDialer{sendDelay: 30 * time.Millisecond}
+	q := New(sp, fd, nil, Options{MaxPerDestination: 4, IdleTimeout: time.Second})
+	q.Start()
+	defer q.Stop(context.Background())
+	// One message first, so that a worker is idle when the burst comes.
+	m, rs := put(t, sp, "s@a.test", "first@b.test")
+	q.Enqueue(m, rs)
+	waitFor(t, "the first delivery", func() bool { return q.Stats().Messages == 0 })
+	for i := 0; i < 12; i++ {
+		m, rs := put(t, sp, "s@a.test", fmt.Sprintf("r%d@b.test", i))
+		q.Enqueue(m, rs)
+	}
+	waitFor(t, "the burst", func() bool { return q.Stats().Messages == 0 })
+	fd.mu.Lock()
+	defer fd.mu.Unlock()
+	if fd.maxConns < 2 || fd.maxConns > 4 {
+		t.Fatalf("burst used %d connections at once, want 2..4", fd.maxConns)
 	}
 }
