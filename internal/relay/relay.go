@@ -9,6 +9,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"sync"
 
 	"github.com/sluice-mta/sluice/internal/queue"
 	"github.com/sluice-mta/sluice/internal/spool"
@@ -43,6 +44,42 @@ type Relay struct {
 	sp    *spool.Spool
 	q     *queue.Queue
 	log   *slog.Logger
+
+	// The gate keeps the spool open while acceptances are in flight:
+	// Close refuses new ones and waits for the others.
+	gate     sync.RWMutex
+	closed   bool
+	inflight sync.WaitGroup
+}
+
+// ErrClosed is returned once the relay is closing.
+var ErrClosed = &pipeline.Error{Code: 421, Enhanced: pipeline.EnhancedCode{4, 3, 2}, Message: "Service shutting down, try again later"}
+
+func (r *Relay) enter() bool {
+	r.gate.RLock()
+	defer r.gate.RUnlock()
+	if r.closed {
+		return false
+	}
+	r.inflight.Add(1)
+	return true
+}
+
+// Close refuses new submissions and waits, until ctx ends, for those in
+// flight to finish, so the spool can be closed after it. It reports
+// whether all finished.
+func (r *Relay) Close(ctx context.Context) bool {
+	r.gate.Lock()
+	r.closed = true
+	r.gate.Unlock()
+	done := make(chan struct{})
+	go func() { r.inflight.Wait(); close(done) }()
+	select {
+	case <-done:
+		return true
+	case <-ctx.Done():
+		return false
+	}
 }
 
 // New builds a Relay.
@@ -207,6 +244,10 @@ func (r *Relay) prepare(ctx context.Context, b *spool.Batch, msg *pipeline.Messa
 // Submit accepts one message: stages, one synced spool commit, enqueue.
 // On error nothing was queued (only "rejected" events may be recorded).
 func (r *Relay) Submit(ctx context.Context, msg *pipeline.Message, o Options) (*Receipt, error) {
+	if !r.enter() {
+		return nil, ErrClosed
+	}
+	defer r.inflight.Done()
 	b := r.sp.NewBatch()
 	p, err := r.stage(ctx, b, msg, o)
 	if err != nil {
@@ -270,6 +311,13 @@ type BatchResult struct {
 // the others. If the commit fails, every message fails.
 func (r *Relay) SubmitBatch(ctx context.Context, msgs []*pipeline.Message, o Options) []BatchResult {
 	out := make([]BatchResult, len(msgs))
+	if !r.enter() {
+		for i := range out {
+			out[i].Err = ErrClosed
+		}
+		return out
+	}
+	defer r.inflight.Done()
 	b := r.sp.NewBatch()
 	var ok []*prepared
 	for i, msg := range msgs {
@@ -300,6 +348,10 @@ func (r *Relay) SubmitBatch(ctx context.Context, msgs []*pipeline.Message, o Opt
 // Rejected records a "rejected" event for a recipient (or, with rcpt "",
 // a transaction) refused before the message was complete.
 func (r *Relay) Rejected(ctx context.Context, txn *pipeline.Txn, rcpt string, err error) {
+	if !r.enter() {
+		return
+	}
+	defer r.inflight.Done()
 	ev := &pipeline.Event{Type: pipeline.EventRejected, MessageID: txn.ID, Recipient: rcpt, Sender: txn.Sender,
 		Response: pipeline.ResponseOf(err), Tags: txn.Tags, Metadata: txn.Meta}
 	if txn.Conn != nil {

@@ -213,3 +213,21 @@ func TestBatchIsolationAndBeforeCommit(t *testing.T) {
 		t.Fatal("a message whose BeforeCommit failed left its body in the spool")
 	}
 }
+
+func TestCloseRefusesNewSubmissions(t *testing.T) {
+	r, sp := setup(t)
+	if !r.Close(context.Background()) {
+		t.Fatal("Close did not finish with nothing in flight")
+	}
+	m := message(t, r, "late", "ok@b.test")
+	if _, err := r.Submit(context.Background(), m, Options{}); pipeline.Reply(err).Code != 421 {
+		t.Fatalf("submit after Close: %v", err)
+	}
+	res := r.SubmitBatch(context.Background(), []*pipeline.Message{m}, Options{})
+	if pipeline.Reply(res[0].Err).Code != 421 {
+		t.Fatalf("batch after Close: %v", res[0].Err)
+	}
+	if got := queued(t, sp); len(got) != 0 {
+		t.Fatalf("spooled %v after Close", got)
+	}
+}

@@ -306,6 +306,16 @@ func (s *Server) Stop(ctx context.Context) error {
 			s.log.Warn("http shutdown", "err", err)
 		}
 	}
+	if s.relay != nil {
+		// Sessions still running after their grace may still submit:
+		// wait (a bounded while longer) so the spool is not closed under
+		// a commit.
+		wctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		if !s.relay.Close(wctx) {
+			s.log.Warn("submissions still running after shutdown; closing the spool anyway")
+		}
+		cancel()
+	}
 	if s.q != nil {
 		s.q.Stop(ctx)
 	}
