@@ -25,6 +25,7 @@ type fakeDialer struct {
 	maxConns  int
 	open      int
 	sendDelay time.Duration
+	txnErr    error // returned by every Send as the transaction's error
 }
 
 func (f *fakeDialer) Dial(ctx context.Context, r *pipeline.Route, domain string) (Conn, error) {
@@ -62,7 +63,7 @@ func (c *fakeConn) Send(ctx context.Context, from string, rcpts []string, data [
 		}
 		c.f.data[r] = data
 	}
-	return out, nil
+	return out, c.f.txnErr
 }
 func (c *fakeConn) Remote() pipeline.Remote { return pipeline.Remote{Host: "mx.test", IP: "127.0.0.1"} }
 func (c *fakeConn) Usable() bool            { return true }
@@ -297,5 +298,23 @@ func TestBurstUsesSeveralConnections(t *testing.T) {
 	defer fd.mu.Unlock()
 	if fd.maxConns < 2 || fd.maxConns > 4 {
 		t.Fatalf("burst used %d connections at once, want 2..4", fd.maxConns)
+	}
+}
+
+// A recipient refused with a 5xx at RCPT bounces even when the connection
+// broke afterwards; the others are deferred.
+func TestOwnPermanentReplyWinsOverConnectionError(t *testing.T) {
+	sp, _ := spool.Open(t.TempDir(), spool.Options{})
+	defer sp.Close()
+	fd := &fakeDialer{replies: map[string][]error{"bad@b.test": {perm}}, txnErr: temp}
+	q := New(sp, fd, nil, Options{RetryInitial: time.Hour})
+	q.Start()
+	defer q.Stop(context.Background())
+	m, rs := put(t, sp, "s@a.test", "bad@b.test", "good@b.test")
+	q.Enqueue(m, rs)
+	waitFor(t, "both outcomes", func() bool { return len(events(t, sp, m.ID)) == 2 })
+	got := strings.Join(events(t, sp, m.ID), " ")
+	if !strings.Contains(got, "bounced:bad@b.test") || !strings.Contains(got, "deferred:good@b.test") {
+		t.Fatalf("events %q", got)
 	}
 }
