@@ -173,13 +173,31 @@ type relayProc struct {
 	events string
 }
 
+var (
+	portsMu sync.Mutex
+	ports   = map[string]bool{}
+)
+
+// freePort returns a loopback address nothing listens on, never the same
+// one twice in this test process (the kernel may hand a just-closed port
+// out again, and a config with two listeners on one port fails).
 func freePort(t testing.TB) string {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	portsMu.Lock()
+	defer portsMu.Unlock()
+	for i := 0; i < 100; i++ {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		addr := ln.Addr().String()
+		ln.Close()
+		if !ports[addr] {
+			ports[addr] = true
+			return addr
+		}
 	}
-	defer ln.Close()
-	return ln.Addr().String()
+	t.Fatal("no unused loopback port")
+	return ""
 }
 
 // writeConfig writes a config into dir. {{SMTP}}, {{SPOOL}}, {{EVENTS}} are
