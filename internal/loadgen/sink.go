@@ -252,9 +252,13 @@ func (s *rawSink) handle(c net.Conn) {
 				}
 				lineStart = err == nil
 			}
-			s.tr.record(hdr.subjectValue(), n)
+			// Answer before counting: the run closes the sink as soon as
+			// the count is complete, and the sender must have its 250 by
+			// then (a relay would otherwise see EOF and deliver again).
 			haveMail, rcpts = false, 0
-			ok = reply("250 2.0.0 OK queued\r\n")
+			bw.WriteString("250 2.0.0 OK queued\r\n")
+			ok = bw.Flush() == nil
+			s.tr.record(hdr.subjectValue(), n)
 		case "RSET":
 			haveMail, rcpts = false, 0
 			ok = reply("250 2.0.0 OK\r\n")
