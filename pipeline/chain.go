@@ -156,9 +156,9 @@ func (c *Chain) failed(st Stage, hook string, err error) error {
 	return &Error{Code: base.Code, Enhanced: base.Enhanced, Message: base.Message, Cause: err, Stage: st.Name()}
 }
 
-// run walks a hook point. It returns the first final verdict (Accept,
-// Reject, Tempfail, Discard), or Continue when every stage continued.
-// Reject/Tempfail come back as an *Error.
+// decide interprets one stage's answer at a hook point: stop is true for a
+// final verdict (Accept, Reject, Tempfail, Discard) or a failure, false for
+// Continue. Reject/Tempfail come back as an *Error.
 func (c *Chain) decide(st Stage, v Verdict, err error) (Verdict, error, bool) {
 	if err != nil {
 		return Verdict{}, err, true

@@ -72,6 +72,23 @@ func (c *common) register(fs *flag.FlagSet) {
 	fs.BoolVar(&c.asJSON, "json", false, "print the report as one JSON line instead of text")
 }
 
+// parse parses a subcommand's flags; it returns -1 to go on, or the exit
+// code.
+func (c *common) parse(fs *flag.FlagSet, args []string, stderr io.Writer) int {
+	if err := fs.Parse(args); err != nil {
+		return parseExit(err)
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "sluice-bench %s: unexpected arguments %q\n", fs.Name(), fs.Args())
+		return 2
+	}
+	return -1
+}
+
+func (c *common) runConfig() loadgen.RunConfig {
+	return loadgen.RunConfig{Sink: loadgen.SinkConfig{Addr: c.sink, Impl: c.sinkImpl}, Timeout: c.timeout}
+}
+
 func finish(rep *loadgen.Report, err error, c *common, stdout, stderr io.Writer) int {
 	if rep == nil {
 		fmt.Fprintf(stderr, "sluice-bench: %v\n", err)
@@ -114,15 +131,10 @@ func runSMTP(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs.StringVar(&cfg.Helo, "helo", "sluice-bench.invalid", "EHLO name")
 	fs.DurationVar(&cfg.IOTimeout, "io-timeout", 60*time.Second, "limit for one message exchange")
 	fs.BoolVar(&cfg.NoPipelining, "no-pipelining", false, "do not pipeline MAIL/RCPT/DATA even if the server offers PIPELINING")
-	if err := fs.Parse(args); err != nil {
-		return parseExit(err)
+	if code := c.parse(fs, args, stderr); code >= 0 {
+		return code
 	}
-	if fs.NArg() > 0 {
-		fmt.Fprintf(stderr, "sluice-bench smtp: unexpected arguments %q\n", fs.Args())
-		return 2
-	}
-	rep, err := loadgen.RunSMTP(ctx, cfg, loadgen.RunConfig{
-		Sink: loadgen.SinkConfig{Addr: c.sink, Impl: c.sinkImpl}, Timeout: c.timeout})
+	rep, err := loadgen.RunSMTP(ctx, cfg, c.runConfig())
 	return finish(rep, err, &c, stdout, stderr)
 }
 
@@ -141,15 +153,10 @@ func runHTTP(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs.StringVar(&cfg.From, "from", "a@x.test", "sender")
 	fs.StringVar(&cfg.To, "to", "b@sink.test", "recipient")
 	fs.DurationVar(&cfg.IOTimeout, "io-timeout", 60*time.Second, "limit for one request")
-	if err := fs.Parse(args); err != nil {
-		return parseExit(err)
+	if code := c.parse(fs, args, stderr); code >= 0 {
+		return code
 	}
-	if fs.NArg() > 0 {
-		fmt.Fprintf(stderr, "sluice-bench http: unexpected arguments %q\n", fs.Args())
-		return 2
-	}
-	rep, err := loadgen.RunHTTP(ctx, cfg, loadgen.RunConfig{
-		Sink: loadgen.SinkConfig{Addr: c.sink, Impl: c.sinkImpl}, Timeout: c.timeout})
+	rep, err := loadgen.RunHTTP(ctx, cfg, c.runConfig())
 	return finish(rep, err, &c, stdout, stderr)
 }
 

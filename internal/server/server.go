@@ -218,7 +218,9 @@ func (s *Server) Start() (err error) {
 	s.relay = relay.New(s.chain, s.sp, s.q, s.log)
 
 	for _, l := range cfg.SMTP {
-		srv, err := smtpsrc.New(l, s.chain, smtpSubmitter{s.relay}, s.log)
+		// One id generator for every source: the spool's is strictly
+		// monotonic, so ids from SMTP, HTTP and bounces sort together.
+		srv, err := smtpsrc.New(l, s.chain, smtpSubmitter{s.relay}, s.log, smtpsrc.WithIDGenerator(s.sp.NewID))
 		if err != nil {
 			return fmt.Errorf("smtp listener %s: %w", l.Addr, err)
 		}
