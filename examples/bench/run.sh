@@ -33,3 +33,10 @@ for sc in $HTTP_SCENARIOS; do
   echo "## HTTP 2 KB JSON x ${clients} keep-alive client(s) x ${n} messages, batch=${batch}"
   bin/sluice-bench http -target http://127.0.0.1:8025 -key "$KEY" -sink 127.0.0.1:2602 -n "$n" -c "$clients" -size 2048 -batch "$batch" -timeout 300s || echo "(run failed)"
 done
+
+# Anything the relay warned about during the runs (a refused message is
+# otherwise only a count in the report above).
+if grep -q . "$WORK/sluice.log"; then
+  echo "## relay warnings and errors during the runs"
+  cut -c1-300 "$WORK/sluice.log" | sort | uniq -c | sort -rn | head -20
+fi
