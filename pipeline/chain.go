@@ -23,6 +23,10 @@ type ChainOptions struct {
 	// RecoverPanics turns a panicking stage into a temporary failure.
 	// Tests switch it off to see the panic.
 	RecoverPanics bool
+	// AuthServID is the authserv-id of the Authentication-Results field
+	// the chain writes (RFC 8601 section 2.5): this host's name. Default
+	// "localhost".
+	AuthServID string
 }
 
 // Chain is an ordered list of stages compiled once at config load into one
@@ -172,11 +176,28 @@ func (c *Chain) decide(st Stage, v Verdict, err error) (Verdict, error, bool) {
 	return v, nil, true
 }
 
+// edit applies a stage's edits at hook (see Edits). An edit the hook may
+// not make, or a malformed one, fails the stage (a temporary failure
+// logged with the reason): it is never dropped silently. txn is nil
+// before MAIL; msg is nil before the content arrives.
+func (c *Chain) edit(st Stage, hook string, v Verdict, txn *Txn, msg *Message) error {
+	if v.Edits.Empty() || v.Action == Reject || v.Action == Tempfail {
+		return nil
+	}
+	if err := ApplyEdits(st.Name(), hook, &v.Edits, txn, msg); err != nil {
+		return c.failed(st, hook, err)
+	}
+	return nil
+}
+
 // Connect runs on_connect.
 func (c *Chain) Connect(ctx context.Context, conn *Conn) error {
 	for _, h := range c.connect {
 		st := h.(Stage)
 		v, err := c.call(ctx, st, "on_connect", func(ctx context.Context) (Verdict, error) { return h.OnConnect(ctx, conn) })
+		if err == nil {
+			err = c.edit(st, "on_connect", v, nil, nil)
+		}
 		if _, err, stop := c.decide(st, v, err); stop {
 			return err
 		}
@@ -189,6 +210,9 @@ func (c *Chain) Helo(ctx context.Context, conn *Conn, name string) error {
 	for _, h := range c.helo {
 		st := h.(Stage)
 		v, err := c.call(ctx, st, "on_helo", func(ctx context.Context) (Verdict, error) { return h.OnHelo(ctx, conn, name) })
+		if err == nil {
+			err = c.edit(st, "on_helo", v, nil, nil)
+		}
 		if _, err, stop := c.decide(st, v, err); stop {
 			return err
 		}
@@ -207,6 +231,9 @@ func (c *Chain) Auth(ctx context.Context, conn *Conn, cr *Credentials) (*Identit
 			id = i
 			return v, err
 		})
+		if err == nil {
+			err = c.edit(st, "on_auth", v, nil, nil)
+		}
 		v, err, stop := c.decide(st, v, err)
 		if !stop {
 			continue
@@ -227,6 +254,9 @@ func (c *Chain) Mail(ctx context.Context, txn *Txn) error {
 	for _, h := range c.mail {
 		st := h.(Stage)
 		v, err := c.call(ctx, st, "on_mail", func(ctx context.Context) (Verdict, error) { return h.OnMail(ctx, txn) })
+		if err == nil {
+			err = c.edit(st, "on_mail", v, txn, nil)
+		}
 		if _, err, stop := c.decide(st, v, err); stop {
 			return err
 		}
@@ -242,6 +272,9 @@ func (c *Chain) Rcpt(ctx context.Context, txn *Txn, r *Recipient) error {
 	for _, h := range c.rcpt {
 		st := h.(Stage)
 		v, err := c.call(ctx, st, "on_rcpt", func(ctx context.Context) (Verdict, error) { return h.OnRcpt(ctx, txn, r) })
+		if err == nil {
+			err = c.edit(st, "on_rcpt", v, txn, nil)
+		}
 		v, err, stop := c.decide(st, v, err)
 		if !stop {
 			continue
@@ -261,12 +294,31 @@ func (c *Chain) Rcpt(ctx context.Context, txn *Txn, r *Recipient) error {
 	return ErrRelayDenied
 }
 
-// Message runs on_message. It returns discard=true with the reason when a
-// stage discarded the message (accept and drop).
+// Message runs on_message. It first applies the header edits stages made
+// at on_mail and on_rcpt, and at the end writes the transaction's
+// authentication results as one Authentication-Results field. It returns
+// discard=true with the reason when a stage discarded the message (accept
+// and drop).
 func (c *Chain) Message(ctx context.Context, msg *Message) (discard bool, reason string, err error) {
+	if len(msg.headerEdits) > 0 {
+		ApplyHeaderEdits(&msg.Header, msg.headerEdits)
+		msg.headerEdits = nil
+	}
+	defer func() {
+		if err == nil && !discard && len(msg.AuthResults) > 0 {
+			id := c.opts.AuthServID
+			if id == "" {
+				id = "localhost"
+			}
+			msg.Header.Add("Authentication-Results", AuthenticationResults(id, msg.AuthResults))
+		}
+	}()
 	for _, h := range c.message {
 		st := h.(Stage)
 		v, err := c.call(ctx, st, "on_message", func(ctx context.Context) (Verdict, error) { return h.OnMessage(ctx, msg) })
+		if err == nil {
+			err = c.edit(st, "on_message", v, msg.Txn, msg)
+		}
 		v, err, stop := c.decide(st, v, err)
 		if !stop {
 			continue
@@ -293,6 +345,9 @@ func (c *Chain) Route(ctx context.Context, msg *Message, r *Recipient) (route *R
 	for _, h := range c.route {
 		st := h.(Stage)
 		v, err := c.call(ctx, st, "on_route", func(ctx context.Context) (Verdict, error) { return h.OnRoute(ctx, msg, r) })
+		if err == nil {
+			err = c.edit(st, "on_route", v, msg.Txn, msg)
+		}
 		v, err, stop := c.decide(st, v, err)
 		if !stop {
 			continue
@@ -336,6 +391,9 @@ func (c *Chain) Verified(ctx context.Context, conn *Conn, cr *Credentials, id *I
 			nid = i
 			return v, err
 		})
+		if err == nil {
+			err = c.edit(st, "on_auth", v, nil, nil)
+		}
 		v, err, stop := c.decide(st, v, err)
 		if !stop {
 			continue

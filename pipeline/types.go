@@ -123,6 +123,18 @@ type Txn struct {
 	Meta       map[string]string // persisted, copied into every event
 	Tags       []string          // persisted, copied into every event
 	Received   time.Time
+	// Scratch holds per-transaction values stages leave for later stages
+	// (an SPF result that DMARC reads). Neither persisted nor copied into
+	// events. Stages set it through Verdict.Edits.
+	Scratch map[string]string
+	// AuthResults collects authentication results (SPF, DKIM, DMARC ...)
+	// from stages; the chain writes them as one Authentication-Results
+	// field after on_message.
+	AuthResults []AuthResult
+
+	// headerEdits made before the content arrived (on_mail, on_rcpt);
+	// applied when Chain.Message starts.
+	headerEdits []HeaderEdit
 }
 
 // SetMeta sets a metadata key; an empty value deletes it.

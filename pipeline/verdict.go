@@ -40,6 +40,9 @@ type Verdict struct {
 	Enhanced EnhancedCode // Reject/Tempfail: zero = 5.7.1 / 4.7.1
 	Text     string       // Reject/Tempfail: client-visible text; Discard: reason
 	Route    *Route       // on_route Accept: where the recipient goes
+	// Edits are applied by the chain after the stage returns Continue,
+	// Accept or Discard (see Edits for which hook may make which edit).
+	Edits Edits
 }
 
 // Convenience constructors.

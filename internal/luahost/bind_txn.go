@@ -2,6 +2,7 @@ package luahost
 
 import (
 	"io"
+	"slices"
 	"strings"
 
 	"github.com/emersion/go-message/textproto"
@@ -11,7 +12,13 @@ import (
 )
 
 // txn (on_mail, on_rcpt) and msg (on_message, on_route): views of a
-// *pipeline.Txn and a *pipeline.Message whose methods edit the Go values.
+// *pipeline.Txn and a *pipeline.Message. Their edit methods do not change
+// the Go values: they record pipeline.Edits that the hook returns with its
+// verdict, and the chain applies them after the hook returns (so the next
+// stage sees them). Within the same call, get_meta, meta, tags and
+// scratch, header, headers and size see the call's own edits. An edit the hook may not make
+// (headers, metadata or tags at on_route) raises an error where it is
+// made.
 //
 // Fields (read-only):
 //
@@ -28,11 +35,16 @@ import (
 //	txn:meta()           a copy of all metadata as a table
 //	txn:tag(t)           add a tag (once)
 //	txn:tags()           list of tags (a copy)
+//	txn:scratch(k)       a per-transaction value left by an earlier stage, or nil
+//	txn:set_scratch(k, v) set one (not persisted, not in events); nil or "" deletes
+//	txn:add_auth_result(method, result [, prop ...])
+//	                     an Authentication-Results entry, e.g. ("spf", "pass", "smtp.mailfrom=example.com")
 //	msg:header(name)     first value of the field, or nil
 //	msg:headers(name)    list of all values of the field, top first
-//	msg:add_header(n, v) prepend a field
+//	msg:add_header(n, v) prepend a field (also txn:add_header at on_mail/on_rcpt:
+//	                     applied when the message arrives, before on_message)
 //	msg:set_header(n, v) remove every n field, then prepend one
-//	msg:remove_header(n) remove every n field; returns how many
+//	msg:remove_header(n) remove every n field; returns how many there were
 func (st *state) txnIndex(L *lua.LState) int {
 	ud := L.CheckUserData(1)
 	var txn *pipeline.Txn
@@ -77,7 +89,7 @@ func (st *state) txnIndex(L *lua.LState) int {
 	}
 	if msg != nil {
 		if key == "size" {
-			L.Push(lua.LNumber(messageSize(msg)))
+			L.Push(lua.LNumber(messageSize(st.view(msg), msg.Body)))
 			return 1
 		}
 		if fn := st.msgMethod(key); fn != nil {
@@ -105,6 +117,14 @@ func (st *state) txnMethod(name string) *lua.LFunction {
 			"meta":     st.L.NewFunction(st.metaCopy),
 			"tag":      st.L.NewFunction(st.tag),
 			"tags":     st.L.NewFunction(st.tags),
+
+			"add_header":    st.L.NewFunction(st.addHeader),
+			"set_header":    st.L.NewFunction(st.setHeader),
+			"remove_header": st.L.NewFunction(st.removeHeader),
+
+			"scratch":         st.L.NewFunction(st.scratch),
+			"set_scratch":     st.L.NewFunction(st.setScratch),
+			"add_auth_result": st.L.NewFunction(st.addAuthResult),
 		}
 	}
 	return st.txnMethods[name]
@@ -113,11 +133,8 @@ func (st *state) txnMethod(name string) *lua.LFunction {
 func (st *state) msgMethod(name string) *lua.LFunction {
 	if st.msgMethods == nil {
 		st.msgMethods = map[string]*lua.LFunction{
-			"header":        st.L.NewFunction(st.header),
-			"headers":       st.L.NewFunction(st.headers),
-			"add_header":    st.L.NewFunction(st.addHeader),
-			"set_header":    st.L.NewFunction(st.setHeader),
-			"remove_header": st.L.NewFunction(st.removeHeader),
+			"header":  st.L.NewFunction(st.header),
+			"headers": st.L.NewFunction(st.headers),
 		}
 	}
 	return st.msgMethods[name]
@@ -164,10 +181,38 @@ func (st *state) keyArg(L *lua.LState, method string, n int) string {
 	return string(s)
 }
 
+// lookup returns k from the call's pending edits, else from base.
+func lookup(pending, base map[string]string, k string) (string, bool) {
+	if v, ok := pending[k]; ok {
+		return v, v != ""
+	}
+	v, ok := base[k]
+	return v, ok
+}
+
+// overlay merges the call's pending edits over base (a copy).
+func overlay(pending, base map[string]string) map[string]string {
+	if len(pending) == 0 {
+		return base
+	}
+	out := make(map[string]string, len(base)+len(pending))
+	for k, v := range base {
+		out[k] = v
+	}
+	for k, v := range pending {
+		if v == "" {
+			delete(out, k)
+		} else {
+			out[k] = v
+		}
+	}
+	return out
+}
+
 func (st *state) getMeta(L *lua.LState) int {
 	t := st.self(L, "get_meta")
 	k := st.keyArg(L, "get_meta", 2)
-	if v, ok := t.Meta[k]; ok {
+	if v, ok := lookup(st.edits.Meta, t.Meta, k); ok {
 		L.Push(lua.LString(v))
 	} else {
 		L.Push(lua.LNil)
@@ -175,53 +220,116 @@ func (st *state) getMeta(L *lua.LState) int {
 	return 1
 }
 
-func (st *state) setMeta(L *lua.LState) int {
-	t := st.self(L, "set_meta")
-	k := st.keyArg(L, "set_meta", 2)
-	switch v := L.Get(3).(type) {
+// valueArg is argument n as a string value: strings, numbers and booleans
+// convert, nil is "" (delete).
+func (st *state) valueArg(L *lua.LState, method string, n int) string {
+	switch v := L.Get(n).(type) {
 	case *lua.LNilType:
-		t.SetMeta(k, "")
+		return ""
 	case lua.LString:
-		t.SetMeta(k, string(v))
+		if strings.ContainsAny(string(v), "\r\n\x00") {
+			st.sb.Raise("%s: the value must not contain CR, LF or NUL", method)
+		}
+		return string(v)
 	case lua.LNumber:
-		t.SetMeta(k, v.String())
+		return v.String()
 	case lua.LBool:
-		t.SetMeta(k, v.String())
+		return v.String()
 	default:
-		st.sb.Raise("set_meta: the value must be a string, number, boolean or nil, got %s", describeArg(v))
+		st.sb.Raise("%s: the value must be a string, number, boolean or nil, got %s", method, describeArg(v))
 	}
+	return ""
+}
+
+func (st *state) setMeta(L *lua.LState) int {
+	st.self(L, "set_meta")
+	st.mayEdit("txn:set_meta", pipeline.EditMeta)
+	k := st.keyArg(L, "set_meta", 2)
+	st.edits.SetMeta(k, st.valueArg(L, "set_meta", 3))
 	return 0
 }
 
 func (st *state) metaCopy(L *lua.LState) int {
 	t := st.self(L, "meta")
-	L.Push(stringMap(L, t.Meta))
+	L.Push(stringMap(L, overlay(st.edits.Meta, t.Meta)))
 	return 1
 }
 
 func (st *state) tag(L *lua.LState) int {
-	t := st.self(L, "tag")
+	st.self(L, "tag")
+	st.mayEdit("txn:tag", pipeline.EditTags)
 	tag := st.keyArg(L, "tag", 2)
 	if strings.ContainsAny(tag, "\r\n\x00") {
 		st.sb.Raise("tag: a tag must not contain CR, LF or NUL")
 	}
-	t.AddTag(tag)
+	st.edits.AddTag(tag)
 	return 0
 }
 
 func (st *state) tags(L *lua.LState) int {
 	t := st.self(L, "tags")
-	L.Push(stringList(L, t.Tags))
+	tags := t.Tags
+	if len(st.edits.Tags) > 0 {
+		tags = append([]string(nil), t.Tags...)
+		for _, x := range st.edits.Tags {
+			if !slices.Contains(tags, x) {
+				tags = append(tags, x)
+			}
+		}
+	}
+	L.Push(stringList(L, tags))
 	return 1
+}
+
+func (st *state) scratch(L *lua.LState) int {
+	t := st.self(L, "scratch")
+	k := st.keyArg(L, "scratch", 2)
+	if v, ok := lookup(st.edits.Scratch, t.Scratch, k); ok {
+		L.Push(lua.LString(v))
+	} else {
+		L.Push(lua.LNil)
+	}
+	return 1
+}
+
+func (st *state) setScratch(L *lua.LState) int {
+	st.self(L, "set_scratch")
+	st.mayEdit("txn:set_scratch", pipeline.EditScratch)
+	k := st.keyArg(L, "set_scratch", 2)
+	st.edits.SetScratch(k, st.valueArg(L, "set_scratch", 3))
+	return 0
+}
+
+func (st *state) addAuthResult(L *lua.LState) int {
+	st.self(L, "add_auth_result")
+	st.mayEdit("txn:add_auth_result", pipeline.EditAuthResults)
+	ar := pipeline.AuthResult{Method: st.keyArg(L, "add_auth_result", 2), Result: st.keyArg(L, "add_auth_result", 3)}
+	for i := 4; i <= L.GetTop(); i++ {
+		ar.Props = append(ar.Props, st.keyArg(L, "add_auth_result", i))
+	}
+	st.edits.AuthResults = append(st.edits.AuthResults, ar)
+	return 0
+}
+
+// view returns m's header with the current call's own header edits
+// applied (a copy when there are any), so a script reads what it wrote.
+func (st *state) view(m *pipeline.Message) *textproto.Header {
+	if len(st.edits.Headers) == 0 {
+		return &m.Header
+	}
+	h := m.Header.Copy()
+	pipeline.ApplyHeaderEdits(&h, st.edits.Headers)
+	return &h
 }
 
 func (st *state) header(L *lua.LState) int {
 	m := st.selfMsg(L, "header")
 	name := st.keyArg(L, "header", 2)
-	if !m.Header.Has(name) {
+	h := st.view(m)
+	if !h.Has(name) {
 		L.Push(lua.LNil)
 	} else {
-		L.Push(lua.LString(m.Header.Get(name)))
+		L.Push(lua.LString(h.Get(name)))
 	}
 	return 1
 }
@@ -229,7 +337,7 @@ func (st *state) header(L *lua.LState) int {
 func (st *state) headers(L *lua.LState) int {
 	m := st.selfMsg(L, "headers")
 	name := st.keyArg(L, "headers", 2)
-	L.Push(stringList(L, m.Header.Values(name)))
+	L.Push(stringList(L, st.view(m).Values(name)))
 	return 1
 }
 
@@ -260,25 +368,34 @@ func (st *state) fieldArgs(L *lua.LState, method string) (string, string) {
 }
 
 func (st *state) addHeader(L *lua.LState) int {
-	m := st.selfMsg(L, "add_header")
+	st.self(L, "add_header")
+	st.mayEdit("msg:add_header", pipeline.EditHeaders)
 	name, value := st.fieldArgs(L, "add_header")
-	m.Header.Add(name, value)
+	st.edits.AddHeader(name, value)
 	return 0
 }
 
 func (st *state) setHeader(L *lua.LState) int {
-	m := st.selfMsg(L, "set_header")
+	st.self(L, "set_header")
+	st.mayEdit("msg:set_header", pipeline.EditHeaders)
 	name, value := st.fieldArgs(L, "set_header")
-	m.Header.Del(name)
-	m.Header.Add(name, value)
+	st.edits.SetHeader(name, value)
 	return 0
 }
 
+// removeHeader returns how many fields there were (0 before the message
+// exists: on_mail, on_rcpt).
 func (st *state) removeHeader(L *lua.LState) int {
-	m := st.selfMsg(L, "remove_header")
+	st.self(L, "remove_header")
+	st.mayEdit("msg:remove_header", pipeline.EditHeaders)
 	name := st.keyArg(L, "remove_header", 2)
-	n := len(m.Header.Values(name))
-	m.Header.Del(name)
+	n := 0
+	if ud, ok := L.Get(1).(*lua.LUserData); ok {
+		if m, ok := ud.Value.(*pipeline.Message); ok {
+			n = len(st.view(m).Values(name))
+		}
+	}
+	st.edits.RemoveHeader(name)
 	L.Push(lua.LNumber(n))
 	return 1
 }
@@ -287,10 +404,10 @@ type countWriter int64
 
 func (c *countWriter) Write(p []byte) (int, error) { *c += countWriter(len(p)); return len(p), nil }
 
-func messageSize(m *pipeline.Message) int64 {
+func messageSize(h *textproto.Header, body []byte) int64 {
 	var c countWriter
-	_ = textproto.WriteHeader(io.Writer(&c), m.Header)
-	return int64(c) + int64(len(m.Body))
+	_ = textproto.WriteHeader(io.Writer(&c), *h)
+	return int64(c) + int64(len(body))
 }
 
 func describeArg(v lua.LValue) string {

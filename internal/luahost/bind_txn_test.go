@@ -51,7 +51,7 @@ func TestMetaAndTags(t *testing.T) {
   end`)
 	txn := testTxn()
 	txn.Tags = []string{"pre"}
-	if _, err := rcptHook(t, st).OnRcpt(bg, txn, rcpt(t, "a@example.org")); err != nil {
+	if _, err := rcptApplied(st, txn, rcpt(t, "a@example.org")); err != nil {
 		t.Fatal(err)
 	}
 	want := map[string]string{"order": "1234", "n": "42", "flag": "true"}
@@ -88,7 +88,7 @@ func TestMessageHeaders(t *testing.T) {
     assert(msg.size > 0)
   end`)
 	msg := testMsg(t)
-	if _, err := st.(pipeline.MessageHook).OnMessage(bg, msg); err != nil {
+	if _, err := messageApplied(st, msg); err != nil {
 		t.Fatal(err)
 	}
 	if got := msg.Header.Values("X-Spam-Score"); len(got) != 2 || got[0] != "2" || got[1] != "1.5" {
@@ -122,6 +122,7 @@ func TestMessageSize(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	msg.Header.Add("X-A", "b") // what the chain applies for the hook's edit
 	after, _ := msg.Bytes()
 	if want := strings.Join([]string{itoa(len(raw)), itoa(len(after))}, " "); v.Text != want {
 		t.Fatalf("sizes %q, want %q", v.Text, want)
@@ -169,8 +170,27 @@ func TestMessageErrors(t *testing.T) {
 	}
 }
 
-func TestTxnHasNoHeaderMethods(t *testing.T) {
+// TestTxnHeaderEditsWait: a header edit at on_rcpt waits on the txn and is
+// applied, before on_message, when the content arrives; reading headers
+// needs the message.
+func TestTxnHeaderEditsWait(t *testing.T) {
 	st, _, _ := inline(t, "on_rcpt = function(txn, rcpt)\n  txn:add_header(\"X-A\", \"b\")\nend")
-	_, err := rcptHook(t, st).OnRcpt(bg, testTxn(), rcpt(t, "a@example.org"))
-	wantErrContains(t, err, `txn has no field "add_header"`)
+	txn := testTxn()
+	if _, err := rcptApplied(st, txn, rcpt(t, "a@example.org")); err != nil {
+		t.Fatal(err)
+	}
+	ch, err := pipeline.Compile(nil, pipeline.ChainOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	msg, err := pipeline.ParseMessage(txn, []byte("Subject: x\r\n\r\nbody\r\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := ch.Message(bg, msg); err != nil || msg.Header.Get("X-A") != "b" {
+		t.Fatalf("X-A %q, err %v", msg.Header.Get("X-A"), err)
+	}
+	st2, _, _ := inline(t, "on_rcpt = function(txn, rcpt)\n  txn:header(\"X-A\")\nend")
+	_, err = rcptHook(t, st2).OnRcpt(bg, testTxn(), rcpt(t, "a@example.org"))
+	wantErrContains(t, err, `txn has no field "header"`)
 }

@@ -161,3 +161,23 @@ func writeFile(t testing.TB, dir, name, src string) {
 }
 
 func discardLogger() *slog.Logger { return slog.New(slog.DiscardHandler) }
+
+// rcptApplied calls on_rcpt and applies the verdict's edits as the chain
+// does.
+func rcptApplied(st pipeline.Stage, txn *pipeline.Txn, r *pipeline.Recipient) (pipeline.Verdict, error) {
+	v, err := st.(pipeline.RcptHook).OnRcpt(bg, txn, r)
+	if err == nil && v.Action != pipeline.Reject && v.Action != pipeline.Tempfail {
+		err = pipeline.ApplyEdits(st.Name(), "on_rcpt", &v.Edits, txn, nil)
+	}
+	return v, err
+}
+
+// messageApplied calls on_message and applies the verdict's edits as the
+// chain does.
+func messageApplied(st pipeline.Stage, msg *pipeline.Message) (pipeline.Verdict, error) {
+	v, err := st.(pipeline.MessageHook).OnMessage(bg, msg)
+	if err == nil && v.Action != pipeline.Reject && v.Action != pipeline.Tempfail {
+		err = pipeline.ApplyEdits(st.Name(), "on_message", &v.Edits, msg.Txn, msg)
+	}
+	return v, err
+}

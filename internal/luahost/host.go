@@ -116,6 +116,12 @@ func NewHost(cfg *config.Config, log *slog.Logger) (*Host, error) {
 				h.masks[i] |= 1 << j
 				if fn.Proto != nil {
 					h.defined[i][j] = fmt.Sprintf("%s:%d", fn.Proto.SourceName, fn.Proto.LineDefined)
+					if j == hookRoute {
+						if err := checkEdits(h.specs[i].Name, sandbox.Hooks[j], fn.Proto); err != nil {
+							st.close()
+							return nil, err
+						}
+					}
 				}
 			}
 		}

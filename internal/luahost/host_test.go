@@ -270,7 +270,7 @@ func TestScriptStage(t *testing.T) {
 		t.Fatalf("fine: %+v %v", v, err)
 	}
 	msg := testMsg(t)
-	if _, err := st.(pipeline.MessageHook).OnMessage(bg, msg); err != nil {
+	if _, err := messageApplied(st, msg); err != nil {
 		t.Fatal(err)
 	}
 	if msg.Header.Get("X-Policy") != "checked" || len(msg.Tags) != 1 || msg.Tags[0] != "policy" {
@@ -536,7 +536,7 @@ sluice.stage("s", {
 					domain = "blocked.example"
 				}
 				addr := fmt.Sprintf("u%d-%d@%s", w, i, domain)
-				v, err := st.(pipeline.RcptHook).OnRcpt(bg, txn, rcpt(t, addr))
+				v, err := rcptApplied(st, txn, rcpt(t, addr))
 				if err != nil {
 					errs <- err
 					return
@@ -550,12 +550,14 @@ sluice.stage("s", {
 					errs <- fmt.Errorf("got %+v for %s", v, addr)
 					return
 				}
-				if txn.Meta["seen"] != addr || txn.Tags[0] != domain {
-					errs <- fmt.Errorf("meta %v tags %v for %s", txn.Meta, txn.Tags, addr)
+				// A reject drops the stage's edits; the verdict still
+				// carries them, per call.
+				if v.Edits.Meta["seen"] != addr || v.Edits.Tags[0] != domain {
+					errs <- fmt.Errorf("edits %+v for %s", v.Edits, addr)
 					return
 				}
 				msg := testMsg(t)
-				if _, err := st.(pipeline.MessageHook).OnMessage(bg, msg); err != nil || msg.Header.Get("X-N") != "1" {
+				if _, err := messageApplied(st, msg); err != nil || msg.Header.Get("X-N") != "1" {
 					errs <- fmt.Errorf("on_message: %v %q", err, msg.Header.Get("X-N"))
 					return
 				}

@@ -99,22 +99,23 @@ func (e *HookError) Unwrap() error { return e.Err }
 // the arguments that push pushes, calls it under the deadline and returns
 // the first result. A failed or timed-out state is discarded. With no
 // function for hook (a state whose table lacks it) the result is nil.
-func (s *Stage) call(ctx context.Context, hook int, push func(st *state) int) (lua.LValue, error) {
+func (s *Stage) call(ctx context.Context, hook int, push func(st *state) int) (lua.LValue, pipeline.Edits, error) {
 	if s.mask&(1<<hook) == 0 {
-		return lua.LNil, nil
+		return lua.LNil, pipeline.Edits{}, nil
 	}
 	if err := ctx.Err(); err != nil {
-		return nil, s.fail(hook, &HookError{Message: "not called", Err: err})
+		return nil, pipeline.Edits{}, s.fail(hook, &HookError{Message: "not called", Err: err})
 	}
 	st, err := s.h.pool.get()
 	if err != nil {
-		return nil, fmt.Errorf("lua stage %q %s: %w", s.name, sandbox.Hooks[hook], err)
+		return nil, pipeline.Edits{}, fmt.Errorf("lua stage %q %s: %w", s.name, sandbox.Hooks[hook], err)
 	}
 	fn := st.fns[s.idx][hook]
 	if fn == nil {
 		s.h.pool.put(st)
-		return lua.LNil, nil
+		return lua.LNil, pipeline.Edits{}, nil
 	}
+	st.hook = hook
 	cctx, cancel := s.h.deadline(ctx)
 	L := st.L
 	st.sb.SetLogger(s.log)
@@ -126,6 +127,7 @@ func (s *Stage) call(ctx context.Context, hook int, push func(st *state) int) (l
 	L.RemoveContext()
 	cerr := cctx.Err()
 	cancel()
+	edits := st.edits
 	st.endCall()
 	if perr != nil {
 		s.h.pool.discard(st)
@@ -143,12 +145,12 @@ func (s *Stage) call(ctx context.Context, hook int, push func(st *state) int) (l
 				he.Message = fmt.Sprintf("did not finish within %s", s.h.timeout)
 			}
 		}
-		return nil, s.fail(hook, he)
+		return nil, pipeline.Edits{}, s.fail(hook, he)
 	}
 	ret := L.Get(-1)
 	L.SetTop(top)
 	s.h.pool.put(st)
-	return ret, nil
+	return ret, edits, nil
 }
 
 // CallTimeout is the deadline every hook call runs under
@@ -200,7 +202,7 @@ func (s *Stage) verdict(hook int, ret lua.LValue) (pipeline.Verdict, *sandbox.Ve
 }
 
 func (s *Stage) OnConnect(ctx context.Context, c *pipeline.Conn) (pipeline.Verdict, error) {
-	ret, err := s.call(ctx, hookConnect, func(st *state) int {
+	ret, edits, err := s.call(ctx, hookConnect, func(st *state) int {
 		st.L.Push(st.object(c, st.connMT))
 		return 1
 	})
@@ -208,11 +210,12 @@ func (s *Stage) OnConnect(ctx context.Context, c *pipeline.Conn) (pipeline.Verdi
 		return pipeline.Verdict{}, err
 	}
 	v, _, err := s.verdict(hookConnect, ret)
+	v.Edits = edits
 	return v, err
 }
 
 func (s *Stage) OnHelo(ctx context.Context, c *pipeline.Conn, name string) (pipeline.Verdict, error) {
-	ret, err := s.call(ctx, hookHelo, func(st *state) int {
+	ret, edits, err := s.call(ctx, hookHelo, func(st *state) int {
 		st.L.Push(st.object(c, st.connMT))
 		st.L.Push(lua.LString(name))
 		return 2
@@ -221,6 +224,7 @@ func (s *Stage) OnHelo(ctx context.Context, c *pipeline.Conn, name string) (pipe
 		return pipeline.Verdict{}, err
 	}
 	v, _, err := s.verdict(hookHelo, ret)
+	v.Edits = edits
 	return v, err
 }
 
@@ -231,7 +235,7 @@ func (s *Stage) OnHelo(ctx context.Context, c *pipeline.Conn, name string) (pipe
 // "smtp-auth" otherwise. So a plain sluice.accept() keeps a pre-verified
 // identity, and sluice.accept{ tenant = "acme" } only sets the tenant.
 func (s *Stage) OnAuth(ctx context.Context, c *pipeline.Conn, cr *pipeline.Credentials) (pipeline.Verdict, *pipeline.Identity, error) {
-	ret, err := s.call(ctx, hookAuth, func(st *state) int {
+	ret, edits, err := s.call(ctx, hookAuth, func(st *state) int {
 		st.L.Push(st.object(c, st.connMT))
 		st.L.Push(st.object(cr, st.credsMT))
 		return 2
@@ -240,6 +244,7 @@ func (s *Stage) OnAuth(ctx context.Context, c *pipeline.Conn, cr *pipeline.Crede
 		return pipeline.Verdict{}, nil, err
 	}
 	v, lv, err := s.verdict(hookAuth, ret)
+	v.Edits = edits
 	if err != nil || v.Action != pipeline.Accept {
 		return v, nil, err
 	}
@@ -279,7 +284,7 @@ func (s *Stage) OnAuth(ctx context.Context, c *pipeline.Conn, cr *pipeline.Crede
 
 // OnMail passes (txn, sender); sender is txn.sender.
 func (s *Stage) OnMail(ctx context.Context, txn *pipeline.Txn) (pipeline.Verdict, error) {
-	ret, err := s.call(ctx, hookMail, func(st *state) int {
+	ret, edits, err := s.call(ctx, hookMail, func(st *state) int {
 		st.L.Push(st.object(txn, st.txnMT))
 		st.L.Push(lua.LString(txn.Sender))
 		return 2
@@ -288,11 +293,12 @@ func (s *Stage) OnMail(ctx context.Context, txn *pipeline.Txn) (pipeline.Verdict
 		return pipeline.Verdict{}, err
 	}
 	v, _, err := s.verdict(hookMail, ret)
+	v.Edits = edits
 	return v, err
 }
 
 func (s *Stage) OnRcpt(ctx context.Context, txn *pipeline.Txn, r *pipeline.Recipient) (pipeline.Verdict, error) {
-	ret, err := s.call(ctx, hookRcpt, func(st *state) int {
+	ret, edits, err := s.call(ctx, hookRcpt, func(st *state) int {
 		st.L.Push(st.object(txn, st.txnMT))
 		st.L.Push(st.object(r, st.rcptMT))
 		return 2
@@ -301,11 +307,12 @@ func (s *Stage) OnRcpt(ctx context.Context, txn *pipeline.Txn, r *pipeline.Recip
 		return pipeline.Verdict{}, err
 	}
 	v, _, err := s.verdict(hookRcpt, ret)
+	v.Edits = edits
 	return v, err
 }
 
 func (s *Stage) OnMessage(ctx context.Context, msg *pipeline.Message) (pipeline.Verdict, error) {
-	ret, err := s.call(ctx, hookMessage, func(st *state) int {
+	ret, edits, err := s.call(ctx, hookMessage, func(st *state) int {
 		st.L.Push(st.object(msg, st.msgMT))
 		return 1
 	})
@@ -313,6 +320,7 @@ func (s *Stage) OnMessage(ctx context.Context, msg *pipeline.Message) (pipeline.
 		return pipeline.Verdict{}, err
 	}
 	v, _, err := s.verdict(hookMessage, ret)
+	v.Edits = edits
 	return v, err
 }
 
@@ -320,7 +328,7 @@ func (s *Stage) OnMessage(ctx context.Context, msg *pipeline.Message) (pipeline.
 // nothing, or a verdict (accept without a route means the default MX
 // route; reject/tempfail fail this recipient; discard drops it).
 func (s *Stage) OnRoute(ctx context.Context, msg *pipeline.Message, r *pipeline.Recipient) (pipeline.Verdict, error) {
-	ret, err := s.call(ctx, hookRoute, func(st *state) int {
+	ret, edits, err := s.call(ctx, hookRoute, func(st *state) int {
 		st.L.Push(st.object(msg, st.msgMT))
 		st.L.Push(st.object(r, st.rcptMT))
 		return 2
@@ -329,7 +337,9 @@ func (s *Stage) OnRoute(ctx context.Context, msg *pipeline.Message, r *pipeline.
 		return pipeline.Verdict{}, err
 	}
 	if rt, ok := sandbox.ToRoute(ret); ok {
-		return pipeline.RouteVerdict(rt), nil
+		v := pipeline.RouteVerdict(rt)
+		v.Edits = edits
+		return v, nil
 	}
 	if ret != lua.LNil {
 		if _, ok := sandbox.ToVerdict(ret); !ok {
@@ -337,13 +347,14 @@ func (s *Stage) OnRoute(ctx context.Context, msg *pipeline.Message, r *pipeline.
 		}
 	}
 	v, _, err := s.verdict(hookRoute, ret)
+	v.Edits = edits
 	return v, err
 }
 
 // OnEvent ignores the hook's return value: event hooks cannot change
 // anything.
 func (s *Stage) OnEvent(ctx context.Context, ev *pipeline.Event) error {
-	_, err := s.call(ctx, hookEvent, func(st *state) int {
+	_, _, err := s.call(ctx, hookEvent, func(st *state) int {
 		st.L.Push(st.eventTable(ev))
 		return 1
 	})

@@ -4,6 +4,7 @@ import (
 	lua "github.com/yuin/gopher-lua"
 
 	"github.com/sluice-mta/sluice/internal/luahost/sandbox"
+	"github.com/sluice-mta/sluice/pipeline"
 )
 
 const numHooks = 8
@@ -24,6 +25,11 @@ type state struct {
 	// global gets an error instead of touching a finished session.
 	live   []*lua.LUserData
 	connUD *lua.LUserData // txn.conn of the current call, made once
+
+	// The current call's hook (hookRcpt ...) and the edits its script
+	// asked for; Stage.call returns them with the verdict.
+	hook  int
+	edits pipeline.Edits
 }
 
 func newState(sb *sandbox.State, nstages int) *state {
@@ -74,6 +80,16 @@ func (st *state) endCall() {
 	}
 	st.live = st.live[:0]
 	st.connUD = nil
+	st.edits = pipeline.Edits{}
+}
+
+// mayEdit raises a Lua error when the current hook may not make edits of
+// kind: the edit is refused where it is made, with the script's line.
+func (st *state) mayEdit(method, kind string) {
+	hook := sandbox.Hooks[st.hook]
+	if !pipeline.Permitted(hook, kind) {
+		st.sb.Raise("%s is not allowed in %s: %s", method, hook, (&pipeline.EditError{Kind: kind}).Allowed())
+	}
 }
 
 func (st *state) close() { st.sb.Close() }

@@ -1,0 +1,77 @@
+package luahost
+
+import (
+	"fmt"
+
+	lua "github.com/yuin/gopher-lua"
+
+	"github.com/sluice-mta/sluice/pipeline"
+)
+
+// editMethods maps the txn/msg methods that record edits to their kind.
+var editMethods = map[string]string{
+	"add_header":      pipeline.EditHeaders,
+	"set_header":      pipeline.EditHeaders,
+	"remove_header":   pipeline.EditHeaders,
+	"set_meta":        pipeline.EditMeta,
+	"tag":             pipeline.EditTags,
+	"add_auth_result": pipeline.EditAuthResults,
+	"set_scratch":     pipeline.EditScratch,
+}
+
+// checkEdits refuses, when the configuration loads, a hook function that
+// calls an edit method its hook may not use (msg:add_header in on_route):
+// the edit could never take effect, so the pipeline does not load. It
+// sees method calls written in the hook function itself (and functions
+// nested in it); an edit reached through another function is refused
+// when it runs instead (state.mayEdit).
+func checkEdits(stage, hook string, p *lua.FunctionProto) error {
+	method, line := findEditCall(p, hook)
+	if method == "" {
+		return nil
+	}
+	e := &pipeline.EditError{Stage: stage, Hook: hook, Kind: editMethods[method]}
+	return fmt.Errorf("%s:%d: stage %q: %s calls %s; %s edits are not allowed in %s (%s)",
+		p.SourceName, line, stage, hook, method, e.Kind, hook, e.Allowed())
+}
+
+// findEditCall returns the first method call (OP_SELF with a constant
+// name) in p or its nested functions that hook may not make, with its
+// line.
+func findEditCall(p *lua.FunctionProto, hook string) (string, int) {
+	const (
+		bitRK = 1 << 8 // gopher-lua's RK constant flag (opBitRk)
+	)
+	for pc, inst := range p.Code {
+		if int(inst>>26) != lua.OP_SELF {
+			continue
+		}
+		c := int(inst>>9) & 0x1ff
+		if c&bitRK == 0 {
+			continue
+		}
+		k := c &^ bitRK
+		if k >= len(p.Constants) {
+			continue
+		}
+		name, ok := p.Constants[k].(lua.LString)
+		if !ok {
+			continue
+		}
+		kind, edit := editMethods[string(name)]
+		if !edit || pipeline.Permitted(hook, kind) {
+			continue
+		}
+		line := p.LineDefined
+		if pc < len(p.DbgSourcePositions) {
+			line = p.DbgSourcePositions[pc]
+		}
+		return string(name), line
+	}
+	for _, np := range p.FunctionPrototypes {
+		if m, l := findEditCall(np, hook); m != "" {
+			return m, l
+		}
+	}
+	return "", 0
+}

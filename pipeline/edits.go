@@ -1,0 +1,316 @@
+package pipeline
+
+import (
+	"fmt"
+	"sort"
+	"strings"
+
+	"github.com/emersion/go-message/textproto"
+)
+
+// Header edit operations.
+const (
+	HeaderAdd    = "add"    // prepend one field
+	HeaderSet    = "set"    // remove every field of the name, then prepend one
+	HeaderRemove = "remove" // remove every field of the name
+)
+
+// HeaderEdit is one change to the message header.
+type HeaderEdit struct {
+	Op    string `json:"op"` // HeaderAdd, HeaderSet or HeaderRemove
+	Name  string `json:"name"`
+	Value string `json:"value,omitempty"`
+}
+
+// AuthResult is one method's result for the Authentication-Results header
+// field (RFC 8601 section 2.2), e.g. {Method: "spf", Result: "pass",
+// Props: ["smtp.mailfrom=example.com"]}. The chain writes every result of
+// a message into one field, in the order the stages produced them.
+type AuthResult struct {
+	Method string   `json:"method"`           // "spf", "dkim", "dmarc", ...
+	Result string   `json:"result"`           // "pass", "fail", "none", ...
+	Reason string   `json:"reason,omitempty"` // free text, written as reason="..."
+	Props  []string `json:"props,omitempty"`  // "ptype.property=value"
+}
+
+// Edits are the changes a stage asks for with its verdict. Stages return
+// them as data and the chain applies them after the stage returns, so the
+// next stage sees them; the same types cross the plugin process boundary.
+//
+// Which hook may make which edit (anything else is refused: a Lua stage at
+// load time where it can be seen, any stage at run time as a stage
+// failure, never dropped silently):
+//
+//	                 headers  meta/tags  auth results  scratch
+//	on_connect/helo/auth  -       -           -           -
+//	on_mail, on_rcpt      yes*    yes         yes         yes
+//	on_message            yes     yes         yes         yes
+//	on_route              -       -           -           yes
+//	on_event              -       -           -           -
+//
+// (*) Header edits made before the message exists are kept on the
+// transaction and applied, in order, when the content arrives, before
+// on_message runs.
+//
+// Edits are applied only with Continue, Accept and Discard verdicts; the
+// edits of a stage that rejects or tempfails are dropped with it.
+type Edits struct {
+	Headers     []HeaderEdit      `json:"headers,omitempty"`
+	Meta        map[string]string `json:"meta,omitempty"` // an empty value deletes the key
+	Tags        []string          `json:"tags,omitempty"`
+	AuthResults []AuthResult      `json:"auth_results,omitempty"`
+	// Scratch values are per transaction: later stages of the same
+	// transaction read them (an SPF result for DMARC), they are neither
+	// persisted nor copied into events. An empty value deletes the key.
+	Scratch map[string]string `json:"scratch,omitempty"`
+}
+
+// Empty reports whether e asks for nothing.
+func (e *Edits) Empty() bool {
+	return e == nil || len(e.Headers) == 0 && len(e.Meta) == 0 && len(e.Tags) == 0 &&
+		len(e.AuthResults) == 0 && len(e.Scratch) == 0
+}
+
+// AddHeader records a field to prepend.
+func (e *Edits) AddHeader(name, value string) {
+	e.Headers = append(e.Headers, HeaderEdit{Op: HeaderAdd, Name: name, Value: value})
+}
+
+// SetHeader records a field that replaces every field of its name.
+func (e *Edits) SetHeader(name, value string) {
+	e.Headers = append(e.Headers, HeaderEdit{Op: HeaderSet, Name: name, Value: value})
+}
+
+// RemoveHeader records the removal of every field named name.
+func (e *Edits) RemoveHeader(name string) {
+	e.Headers = append(e.Headers, HeaderEdit{Op: HeaderRemove, Name: name})
+}
+
+// SetMeta records a metadata change; "" deletes the key.
+func (e *Edits) SetMeta(k, v string) {
+	if e.Meta == nil {
+		e.Meta = make(map[string]string)
+	}
+	e.Meta[k] = v
+}
+
+// SetScratch records a scratch value; "" deletes the key.
+func (e *Edits) SetScratch(k, v string) {
+	if e.Scratch == nil {
+		e.Scratch = make(map[string]string)
+	}
+	e.Scratch[k] = v
+}
+
+// AddTag records a tag to add.
+func (e *Edits) AddTag(t string) { e.Tags = append(e.Tags, t) }
+
+// Edit kinds, as named in errors and in Permitted.
+const (
+	EditHeaders     = "header"
+	EditMeta        = "metadata"
+	EditTags        = "tag"
+	EditAuthResults = "authentication result"
+	EditScratch     = "scratch"
+)
+
+// Permitted reports whether hook (a Lua hook name such as "on_route") may
+// make edits of kind (EditHeaders, ...). See Edits for the table.
+func Permitted(hook, kind string) bool {
+	switch hook {
+	case "on_mail", "on_rcpt", "on_message":
+		return true
+	case "on_route":
+		return kind == EditScratch
+	}
+	return false
+}
+
+// EditError is the stage failure for an edit a hook may not make.
+type EditError struct {
+	Stage, Hook, Kind string
+}
+
+func (e *EditError) Error() string {
+	return fmt.Sprintf("stage %q: %s edits are not allowed in %s (%s)", e.Stage, e.Kind, e.Hook, e.Allowed())
+}
+
+// Allowed says where edits of e.Kind may be made.
+func (e *EditError) Allowed() string {
+	if e.Kind == EditScratch {
+		return "scratch values may be set in on_mail, on_rcpt, on_message and on_route"
+	}
+	return e.Kind + " edits may be made in on_mail, on_rcpt and on_message, which run once per message; on_route runs once per recipient and may only choose a route"
+}
+
+// check returns the first edit kind in e that hook may not make, or "".
+func (e *Edits) check(hook string) string {
+	switch {
+	case len(e.Headers) > 0 && !Permitted(hook, EditHeaders):
+		return EditHeaders
+	case len(e.Meta) > 0 && !Permitted(hook, EditMeta):
+		return EditMeta
+	case len(e.Tags) > 0 && !Permitted(hook, EditTags):
+		return EditTags
+	case len(e.AuthResults) > 0 && !Permitted(hook, EditAuthResults):
+		return EditAuthResults
+	case len(e.Scratch) > 0 && !Permitted(hook, EditScratch):
+		return EditScratch
+	}
+	return ""
+}
+
+// validate checks the values of e: header names are RFC 5322 field names,
+// no value carries CR, LF or NUL.
+func (e *Edits) validate() error {
+	for _, h := range e.Headers {
+		if !validFieldName(h.Name) {
+			return fmt.Errorf("invalid header field name %q", h.Name)
+		}
+		switch h.Op {
+		case HeaderAdd, HeaderSet, HeaderRemove:
+		default:
+			return fmt.Errorf("unknown header edit %q (want add, set or remove)", h.Op)
+		}
+		if strings.ContainsAny(h.Value, "\r\n\x00") {
+			return fmt.Errorf("the value of header field %s contains CR, LF or NUL", h.Name)
+		}
+	}
+	for k, v := range e.Meta {
+		if k == "" || strings.ContainsAny(k+v, "\r\n\x00") {
+			return fmt.Errorf("metadata key %q: keys must be non-empty and keys and values free of CR, LF and NUL", k)
+		}
+	}
+	for _, t := range e.Tags {
+		if t == "" || strings.ContainsAny(t, "\r\n\x00") {
+			return fmt.Errorf("tag %q: tags must be non-empty and free of CR, LF and NUL", t)
+		}
+	}
+	for _, a := range e.AuthResults {
+		if !isToken(a.Method) || !isToken(a.Result) {
+			return fmt.Errorf("authentication result %q=%q: method and result must be RFC 8601 keywords", a.Method, a.Result)
+		}
+		for _, p := range append([]string{a.Reason}, a.Props...) {
+			if strings.ContainsAny(p, "\r\n\x00;") {
+				return fmt.Errorf("authentication result %s: reason and properties must not contain CR, LF, NUL or ';'", a.Method)
+			}
+		}
+	}
+	return nil
+}
+
+func validFieldName(s string) bool {
+	if s == "" {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c <= ' ' || c >= 0x7f || c == ':' {
+			return false
+		}
+	}
+	return true
+}
+
+func isToken(s string) bool {
+	if s == "" {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_' || c == '.') {
+			return false
+		}
+	}
+	return true
+}
+
+// ApplyEdits applies the edits stage made at hook to txn (and msg, once
+// the content exists; before, header edits wait on txn). It refuses, with
+// an *EditError, an edit the hook may not make, and rejects malformed
+// names and values; on error nothing was applied. txn may be nil only
+// when e is empty.
+func ApplyEdits(stage, hook string, e *Edits, txn *Txn, msg *Message) error {
+	if e.Empty() {
+		return nil
+	}
+	if kind := e.check(hook); kind != "" {
+		return &EditError{Stage: stage, Hook: hook, Kind: kind}
+	}
+	if err := e.validate(); err != nil {
+		return fmt.Errorf("stage %q %s: %w", stage, hook, err)
+	}
+	for _, k := range sortedKeys(e.Meta) {
+		txn.SetMeta(k, e.Meta[k])
+	}
+	for _, t := range e.Tags {
+		txn.AddTag(t)
+	}
+	for _, k := range sortedKeys(e.Scratch) {
+		if v := e.Scratch[k]; v == "" {
+			delete(txn.Scratch, k)
+		} else {
+			if txn.Scratch == nil {
+				txn.Scratch = make(map[string]string)
+			}
+			txn.Scratch[k] = v
+		}
+	}
+	txn.AuthResults = append(txn.AuthResults, e.AuthResults...)
+	if len(e.Headers) > 0 {
+		if msg == nil {
+			txn.headerEdits = append(txn.headerEdits, e.Headers...)
+		} else {
+			ApplyHeaderEdits(&msg.Header, e.Headers)
+		}
+	}
+	return nil
+}
+
+// ApplyHeaderEdits applies header edits to h in order.
+func ApplyHeaderEdits(h *textproto.Header, edits []HeaderEdit) {
+	for _, e := range edits {
+		switch e.Op {
+		case HeaderAdd:
+			h.Add(e.Name, e.Value)
+		case HeaderSet:
+			h.Del(e.Name)
+			h.Add(e.Name, e.Value)
+		case HeaderRemove:
+			h.Del(e.Name)
+		}
+	}
+}
+
+// AuthenticationResults formats results as the value of one
+// Authentication-Results field (RFC 8601 section 2.2) for authserv-id id:
+// "id; spf=pass smtp.mailfrom=example.com; dkim=pass header.d=example.com".
+func AuthenticationResults(id string, results []AuthResult) string {
+	var b strings.Builder
+	b.WriteString(id)
+	for _, r := range results {
+		b.WriteString("; ")
+		b.WriteString(r.Method)
+		b.WriteByte('=')
+		b.WriteString(r.Result)
+		if r.Reason != "" {
+			b.WriteString(` reason="`)
+			b.WriteString(strings.ReplaceAll(r.Reason, `"`, `'`))
+			b.WriteByte('"')
+		}
+		for _, p := range r.Props {
+			b.WriteByte(' ')
+			b.WriteString(p)
+		}
+	}
+	return b.String()
+}
+
+// sortedKeys returns m's keys in order (deterministic application).
+func sortedKeys(m map[string]string) []string {
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	sort.Strings(out)
+	return out
+}
