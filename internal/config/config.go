@@ -42,6 +42,12 @@ type Config struct {
 	// file changing on disk after Load cannot change a running pipeline.
 	// nil for a Config built in Go; the host then reads File.
 	Source []byte
+
+	// secrets records what sluice.env and sluice.read_file returned during
+	// Load, for the replay (Config.InstallRuntime). nil when neither was
+	// called. Unexported and behind a pointer so that printing a Config
+	// shows an address, not the secrets.
+	secrets *snapshot
 }
 
 // Spool: sluice.spool { path = "./var/spool", memtable_mb = 64 }.

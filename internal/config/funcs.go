@@ -22,6 +22,7 @@ import (
 var FuncNames = []string{
 	"node", "local_domains", "spool", "listen_smtp", "listen_http", "delivery",
 	"events", "lua_options", "stage_timeout", "stage", "lua", "builtin", "plugin",
+	"env", "read_file",
 }
 
 // loader records the configuration functions' calls into a Config.
@@ -52,6 +53,7 @@ func (ld *loader) install() {
 	set("stage", ld.stage)
 	set("lua", ld.lua)
 	set("plugin", ld.plugin)
+	(&secrets{s: ld.s, dir: ld.dir, record: ld.cfg}).install(m)
 	builtin := L.NewTable()
 	mt := L.NewTable()
 	mt.RawSetString("__index", L.NewFunction(ld.builtinIndex))
