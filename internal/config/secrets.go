@@ -150,6 +150,9 @@ func (sc *secrets) readFile(L *lua.LState) int {
 	if !filepath.IsAbs(path) {
 		path = filepath.Join(dir, path)
 	}
+	if abs, err := filepath.Abs(path); err == nil {
+		path = abs // for the error message: the working directory may be anywhere
+	}
 	data, err := readSmallFile(path)
 	if err != nil {
 		shown := fmt.Sprintf("%q", arg)

@@ -261,3 +261,12 @@ func TestSecretsNotPrinted(t *testing.T) {
 		}
 	}
 }
+
+// TestReadFileErrorNamesAbsolutePath: with a relative configuration path
+// the error still shows where the file was looked for.
+func TestReadFileErrorNamesAbsolutePath(t *testing.T) {
+	dir := t.TempDir()
+	t.Chdir(dir)
+	_, err := Parse("pipeline.lua", []byte("sluice.node { name = sluice.read_file('nope') }"))
+	checkErr(t, err, `pipeline.lua:1: sluice.read_file: "nope" (`+filepath.Join(dir, "nope")+`) does not exist`)
+}
