@@ -511,11 +511,7 @@ func (ld *loader) lua(L *lua.LState) int {
 func (ld *loader) builtinIndex(L *lua.LState) int {
 	kind := L.Get(2).String()
 	if _, ok := pipeline.Lookup(kind); !ok {
-		known := strings.Join(pipeline.Kinds(), ", ")
-		if known == "" {
-			known = "none are registered"
-		}
-		ld.s.Raise("sluice.builtin.%s: unknown built-in stage %q (known: %s)", kind, kind, known)
+		ld.s.Raise("sluice.builtin.%s: %v", kind, UnknownBuiltin(kind))
 	}
 	fn := "sluice.builtin." + kind
 	L.Push(L.NewFunction(func(L *lua.LState) int {
@@ -541,6 +537,24 @@ func (ld *loader) builtinIndex(L *lua.LState) int {
 		return ld.pushSpec(&StageSpec{Kind: StageBuiltin, Builtin: kind, Options: opts})
 	}))
 	return 1
+}
+
+// UnknownBuiltin is the error for a built-in stage kind that is not in
+// pipeline's registry. It lists the kinds that are, or says there are none,
+// and points to the documentation, e.g.
+//
+//	unknown built-in stage "auth": this version of sluice has no built-in stages yet; use a Lua stage (see docs/config.md, sluice.builtin)
+func UnknownBuiltin(kind string) error {
+	return unknownBuiltin(kind, pipeline.Kinds())
+}
+
+func unknownBuiltin(kind string, known []string) error {
+	if len(known) == 0 {
+		return fmt.Errorf("unknown built-in stage %q: this version of sluice has no built-in stages yet; "+
+			"use a Lua stage (see docs/config.md, sluice.builtin)", kind)
+	}
+	return fmt.Errorf("unknown built-in stage %q; available: %s (see docs/config.md, sluice.builtin)",
+		kind, strings.Join(known, ", "))
 }
 
 // sluice.plugin { cmd = "./bin/x", args = {...}, on_error = "tempfail", timeout = "5s" }
