@@ -302,7 +302,7 @@ func parsePrefix(s string) (netip.Prefix, error) {
 func (ld *loader) listenHTTP(L *lua.LState) int {
 	const fn = "sluice.listen_http"
 	o := ld.s.CheckOpts(1, fn, "addr", "tls", "max_request_size")
-	h := HTTPListener{Addr: ld.listenAddr(o, "addr"), MaxRequestSize: 30 << 20}
+	h := DefaultHTTPListener(ld.listenAddr(o, "addr"))
 	h.TLS = ld.tls(o, "tls")
 	ld.size(o, "max_request_size", &h.MaxRequestSize)
 	ld.cfg.HTTP = append(ld.cfg.HTTP, h)
@@ -367,7 +367,7 @@ func (ld *loader) events(L *lua.LState) int {
 		o.Fail("file", "must not be empty")
 	}
 	if k := o.Sub("kafka", "brokers", "topic", "bounce_topic"); k != nil {
-		kc := &Kafka{Topic: "sluice.delivery", BounceTopic: "sluice.bounce"}
+		kc := DefaultKafka()
 		if !k.Strings("brokers", &kc.Brokers) || len(kc.Brokers) == 0 {
 			k.Fail("brokers", "is required: a list of host:port")
 		}

@@ -211,6 +211,11 @@ func TestLoadDefaults(t *testing.T) {
 	if err != nil || cfg.Events.Kafka.Topic != "sluice.delivery" || cfg.Events.Kafka.BounceTopic != "sluice.bounce" {
 		t.Fatalf("%+v %v", cfg, err)
 	}
+	// HTTP listener defaults.
+	cfg, err = Parse("p.lua", []byte(`sluice.listen_http { addr = "127.0.0.1:8025" }`))
+	if err != nil || !reflect.DeepEqual(cfg.HTTP, []HTTPListener{{Addr: "127.0.0.1:8025", MaxRequestSize: 30 << 20}}) {
+		t.Fatalf("%+v %v", cfg.HTTP, err)
+	}
 	// Port 0 listeners may repeat.
 	if _, err := Parse("p.lua", []byte(`sluice.listen_smtp { addr = "127.0.0.1:0" } sluice.listen_smtp { addr = "127.0.0.1:0" }`)); err != nil {
 		t.Fatal(err)
