@@ -42,6 +42,12 @@ type Config struct {
 	// file changing on disk after Load cannot change a running pipeline.
 	// nil for a Config built in Go; the host then reads File.
 	Source []byte
+
+	// secrets records what sluice.env and sluice.read_file returned during
+	// Load, for the replay (Config.InstallRuntime). nil when neither was
+	// called. Unexported and behind a pointer so that printing a Config
+	// shows an address, not the secrets.
+	secrets *snapshot
 }
 
 // Spool: sluice.spool { path = "./var/spool", memtable_mb = 64 }.
@@ -158,6 +164,9 @@ type StageSpec struct {
 }
 
 // Defaults returns a Config with every default filled in and no listeners.
+// Defaults live here, in Defaults, DefaultSMTPListener, DefaultHTTPListener
+// and DefaultKafka (and DefaultLuaPoolSize); other packages that need a
+// default for a zero value should take it from these.
 func Defaults() *Config {
 	return &Config{
 		Spool:        Spool{Path: "./var/spool", MemtableMB: 64},
@@ -198,4 +207,16 @@ func DefaultSMTPListener(addr string) SMTPListener {
 		DataTimeout:    10 * time.Minute,
 		BareLineEnding: "reject",
 	}
+}
+
+// DefaultHTTPListener returns an HTTP listener with every limit at its
+// default.
+func DefaultHTTPListener(addr string) HTTPListener {
+	return HTTPListener{Addr: addr, MaxRequestSize: 30 << 20}
+}
+
+// DefaultKafka returns the Kafka settings' defaults (topics); Brokers is
+// empty and required.
+func DefaultKafka() *Kafka {
+	return &Kafka{Topic: "sluice.delivery", BounceTopic: "sluice.bounce"}
 }

@@ -9,8 +9,10 @@ import (
 )
 
 // TestDocsExamples evaluates every ```lua block of docs/config.md that
-// stands on its own (no script files or built-in stages that this test
-// binary lacks), so the reference cannot drift from the loader.
+// stands on its own (no built-in stages that this test binary lacks), so
+// the reference cannot drift from the loader. Scripts the blocks load and
+// files they read are stubbed, and the environment variables they read
+// without a default are set.
 func TestDocsExamples(t *testing.T) {
 	src, err := os.ReadFile("../../docs/config.md")
 	if err != nil {
@@ -30,6 +32,12 @@ func TestDocsExamples(t *testing.T) {
 		files := map[string]string{"pipeline.lua": code}
 		for _, m := range regexp.MustCompile(`sluice\.lua\("([^"]+)"\)`).FindAllStringSubmatch(code, -1) {
 			files[m[1]] = "return { on_rcpt = function() end }"
+		}
+		for _, m := range regexp.MustCompile(`sluice\.read_file\("([^"]+)"\)`).FindAllStringSubmatch(code, -1) {
+			files[m[1]] = "stub\n"
+		}
+		for _, m := range regexp.MustCompile(`sluice\.env\("([^"]+)"\)`).FindAllStringSubmatch(code, -1) {
+			t.Setenv(m[1], "stub")
 		}
 		dir := write(t, files)
 		ran++

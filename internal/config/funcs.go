@@ -22,6 +22,7 @@ import (
 var FuncNames = []string{
 	"node", "local_domains", "spool", "listen_smtp", "listen_http", "delivery",
 	"events", "lua_options", "stage_timeout", "stage", "lua", "builtin", "plugin",
+	"env", "read_file",
 }
 
 // loader records the configuration functions' calls into a Config.
@@ -52,6 +53,7 @@ func (ld *loader) install() {
 	set("stage", ld.stage)
 	set("lua", ld.lua)
 	set("plugin", ld.plugin)
+	(&secrets{s: ld.s, dir: ld.dir, record: ld.cfg}).install(m)
 	builtin := L.NewTable()
 	mt := L.NewTable()
 	mt.RawSetString("__index", L.NewFunction(ld.builtinIndex))
@@ -300,7 +302,7 @@ func parsePrefix(s string) (netip.Prefix, error) {
 func (ld *loader) listenHTTP(L *lua.LState) int {
 	const fn = "sluice.listen_http"
 	o := ld.s.CheckOpts(1, fn, "addr", "tls", "max_request_size")
-	h := HTTPListener{Addr: ld.listenAddr(o, "addr"), MaxRequestSize: 30 << 20}
+	h := DefaultHTTPListener(ld.listenAddr(o, "addr"))
 	h.TLS = ld.tls(o, "tls")
 	ld.size(o, "max_request_size", &h.MaxRequestSize)
 	ld.cfg.HTTP = append(ld.cfg.HTTP, h)
@@ -365,7 +367,7 @@ func (ld *loader) events(L *lua.LState) int {
 		o.Fail("file", "must not be empty")
 	}
 	if k := o.Sub("kafka", "brokers", "topic", "bounce_topic"); k != nil {
-		kc := &Kafka{Topic: "sluice.delivery", BounceTopic: "sluice.bounce"}
+		kc := DefaultKafka()
 		if !k.Strings("brokers", &kc.Brokers) || len(kc.Brokers) == 0 {
 			k.Fail("brokers", "is required: a list of host:port")
 		}
@@ -509,11 +511,7 @@ func (ld *loader) lua(L *lua.LState) int {
 func (ld *loader) builtinIndex(L *lua.LState) int {
 	kind := L.Get(2).String()
 	if _, ok := pipeline.Lookup(kind); !ok {
-		known := strings.Join(pipeline.Kinds(), ", ")
-		if known == "" {
-			known = "none are registered"
-		}
-		ld.s.Raise("sluice.builtin.%s: unknown built-in stage %q (known: %s)", kind, kind, known)
+		ld.s.Raise("sluice.builtin.%s: %v", kind, UnknownBuiltin(kind))
 	}
 	fn := "sluice.builtin." + kind
 	L.Push(L.NewFunction(func(L *lua.LState) int {
@@ -539,6 +537,24 @@ func (ld *loader) builtinIndex(L *lua.LState) int {
 		return ld.pushSpec(&StageSpec{Kind: StageBuiltin, Builtin: kind, Options: opts})
 	}))
 	return 1
+}
+
+// UnknownBuiltin is the error for a built-in stage kind that is not in
+// pipeline's registry. It lists the kinds that are, or says there are none,
+// and points to the documentation, e.g.
+//
+//	unknown built-in stage "auth": this version of sluice has no built-in stages yet; use a Lua stage (see docs/config.md, sluice.builtin)
+func UnknownBuiltin(kind string) error {
+	return unknownBuiltin(kind, pipeline.Kinds())
+}
+
+func unknownBuiltin(kind string, known []string) error {
+	if len(known) == 0 {
+		return fmt.Errorf("unknown built-in stage %q: this version of sluice has no built-in stages yet; "+
+			"use a Lua stage (see docs/config.md, sluice.builtin)", kind)
+	}
+	return fmt.Errorf("unknown built-in stage %q; available: %s (see docs/config.md, sluice.builtin)",
+		kind, strings.Join(known, ", "))
 }
 
 // sluice.plugin { cmd = "./bin/x", args = {...}, on_error = "tempfail", timeout = "5s" }

@@ -211,6 +211,11 @@ func TestLoadDefaults(t *testing.T) {
 	if err != nil || cfg.Events.Kafka.Topic != "sluice.delivery" || cfg.Events.Kafka.BounceTopic != "sluice.bounce" {
 		t.Fatalf("%+v %v", cfg, err)
 	}
+	// HTTP listener defaults.
+	cfg, err = Parse("p.lua", []byte(`sluice.listen_http { addr = "127.0.0.1:8025" }`))
+	if err != nil || !reflect.DeepEqual(cfg.HTTP, []HTTPListener{{Addr: "127.0.0.1:8025", MaxRequestSize: 30 << 20}}) {
+		t.Fatalf("%+v %v", cfg.HTTP, err)
+	}
 	// Port 0 listeners may repeat.
 	if _, err := Parse("p.lua", []byte(`sluice.listen_smtp { addr = "127.0.0.1:0" } sluice.listen_smtp { addr = "127.0.0.1:0" }`)); err != nil {
 		t.Fatal(err)
@@ -290,7 +295,7 @@ func TestLoadErrors(t *testing.T) {
 		{"node twice", "sluice.node {}\nsluice.node {}", `sluice.node: called twice`},
 		// stages
 		{"duplicate stage", "sluice.stage('a', { on_rcpt = function() end })\nsluice.stage('a', { on_rcpt = function() end })", `pipeline.lua:2: sluice.stage: stage "a" is already defined at line 1`},
-		{"unknown builtin", "\nsluice.stage('a', sluice.builtin.nope {})", `pipeline.lua:2: sluice.builtin.nope: unknown built-in stage "nope" (known: test_kind, test_other)`},
+		{"unknown builtin", "\nsluice.stage('a', sluice.builtin.nope {})", `pipeline.lua:2: sluice.builtin.nope: unknown built-in stage "nope"; available: test_kind, test_other (see docs/config.md, sluice.builtin)`},
 		{"builtin bad option", "sluice.stage('a', sluice.builtin.test_kind { f = function() end })", `sluice.builtin.test_kind: key "f": a function cannot be used as an option value`},
 		{"builtin nested bad option", "sluice.stage('a', sluice.builtin.test_kind { x = { y = { [1] = 1, z = 2 } } })", `key "x.y": want a list or a table of key = value pairs, not a mix`},
 		{"builtin list options", "sluice.stage('a', sluice.builtin.test_kind { 'a' })", `sluice.builtin.test_kind: want a table of key = value options, got a list`},
@@ -396,6 +401,25 @@ func unwrapAll(err error) error {
 			return err
 		}
 		err = u.Unwrap()
+	}
+}
+
+func TestUnknownBuiltin(t *testing.T) {
+	for _, tt := range []struct {
+		known []string
+		want  string
+	}{
+		{nil, `unknown built-in stage "auth": this version of sluice has no built-in stages yet; use a Lua stage (see docs/config.md, sluice.builtin)`},
+		{[]string{"relay"}, `unknown built-in stage "auth"; available: relay (see docs/config.md, sluice.builtin)`},
+		{[]string{"relay", "spf"}, `unknown built-in stage "auth"; available: relay, spf (see docs/config.md, sluice.builtin)`},
+	} {
+		if got := unknownBuiltin("auth", tt.known).Error(); got != tt.want {
+			t.Errorf("known %v:\n got %s\nwant %s", tt.known, got, tt.want)
+		}
+	}
+	// The exported form uses the registry (this test binary registers two).
+	if got := UnknownBuiltin("x").Error(); !strings.Contains(got, "available: test_kind, test_other") {
+		t.Errorf("UnknownBuiltin: %s", got)
 	}
 }
 

@@ -21,7 +21,27 @@ import (
 // The program was already checked by Load, and it is deterministic (the
 // sandbox has no clock, files or environment), so the replay defines the
 // same stages.
-func InstallRuntime(s *sandbox.State) *lua.LTable {
+//
+// sluice.env and sluice.read_file are the exception: an inline stage may
+// keep what they returned (a smarthost password), so they return values.
+// This function reads the environment and the files again; prefer
+// Config.InstallRuntime, which returns what Load read. In both, they
+// raise an error when called from a hook rather than from the program's
+// top level.
+func InstallRuntime(s *sandbox.State) *lua.LTable { return installRuntime(s, nil) }
+
+// InstallRuntime is the package function InstallRuntime for c, except
+// that sluice.env and sluice.read_file return the values that Load read
+// for c, without touching the environment or the file system (a secret
+// file removed or changed after Load changes nothing). c may be nil.
+func (c *Config) InstallRuntime(s *sandbox.State) *lua.LTable {
+	if c == nil {
+		return installRuntime(s, nil)
+	}
+	return installRuntime(s, c.secrets)
+}
+
+func installRuntime(s *sandbox.State, snap *snapshot) *lua.LTable {
 	L := s.L
 	m := s.Module
 	stages := L.NewTable()
@@ -32,6 +52,7 @@ func InstallRuntime(s *sandbox.State) *lua.LTable {
 	for _, name := range FuncNames {
 		m.RawSetString(name, noop)
 	}
+	(&secrets{s: s, replay: snap}).install(m)
 	m.RawSetString("lua", ret)
 	m.RawSetString("plugin", ret)
 	builtin := L.NewTable()
