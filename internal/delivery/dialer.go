@@ -333,8 +333,11 @@ func (d *Dialer) resolve(ctx context.Context, route *pipeline.Route, t target) (
 		return nil, &pipeline.Error{Code: 451, Enhanced: pipeline.EnhancedCode{4, 4, 4},
 			Message: fmt.Sprintf("relay host %s has no address", t.host)}
 	case t.implicit:
-		return nil, pipeline.Errorf(550, pipeline.EnhancedCode{5, 4, 4},
-			"%s has no MX or address records", t.host)
+		e := pipeline.Errorf(550, pipeline.EnhancedCode{5, 4, 4}, "%s has no MX or address records", t.host)
+		if pe != nil {
+			e.Cause = pe // NXDOMAIN after the MX lookup said NODATA
+		}
+		return nil, e
 	case pe != nil:
 		return nil, &pipeline.Error{Code: 550, Enhanced: pipeline.EnhancedCode{5, 4, 4},
 			Message: fmt.Sprintf("MX host %s does not exist", t.host), Cause: pe}
