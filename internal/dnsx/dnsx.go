@@ -211,7 +211,8 @@ const ednsSize = 1232
 const maxChain = 8
 
 // Client is a Resolver backed by github.com/miekg/dns. It is safe for
-// concurrent use. Construct it with New.
+// concurrent use. Construct it with New. Concurrent lookups of the same
+// name and type are not merged: each one that misses the cache queries.
 type Client struct {
 	server   string
 	attempts int
