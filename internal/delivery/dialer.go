@@ -154,9 +154,16 @@ func where(a Attempt) string {
 // dialled directly.
 //
 // Errors, classified at the source:
+// The Resolver reports DNS outcomes (package dnsx); their SMTP meaning is
+// decided here:
 //   - null MX (RFC 7505): 556 5.1.10, at once;
-//   - domain does not exist: 550 5.1.2; DNS failure: 451 4.4.3;
-//   - neither MX nor address records: 550 5.4.4;
+//   - the domain does not exist (NXDOMAIN) or is no valid name: 550
+//     5.1.2; a temporary DNS failure (SERVFAIL, timeout, network): 451
+//     4.4.3;
+//   - no MX records (NODATA): the implicit MX; if the domain has no
+//     address records either: 550 5.4.4;
+//   - an MX host that does not exist or has no address: 550 5.4.4 for
+//     that host; a temporary failure looking it up: 451 4.4.3 for it;
 //   - every attempt failed permanently (say, 554 greetings, or MX hosts
 //     that do not exist): the last failure's code, permanent;
 //   - otherwise temporary: 451 with the last temporary failure's enhanced
@@ -255,15 +262,18 @@ func (d *Dialer) targets(ctx context.Context, route *pipeline.Route, domain stri
 	if d.Resolver == nil {
 		return nil, &pipeline.Error{Code: 451, Enhanced: pipeline.EnhancedCode{4, 3, 5}, Message: "no DNS resolver configured"}
 	}
-	mxs, err := d.Resolver.LookupMX(ctx, domain)
-	if err != nil {
-		return nil, dnsError(err)
-	}
-	if dnsx.IsNullMX(mxs) {
+	res, err := d.Resolver.LookupMX(ctx, domain)
+	switch {
+	case errors.Is(err, dnsx.ErrNoData):
+		// No MX records: the domain is its own MX (RFC 5321 section 5.1).
+	case err != nil:
+		return nil, dnsFailure(domain, err)
+	case dnsx.IsNullMX(res.Records):
 		return nil, pipeline.Errorf(556, pipeline.EnhancedCode{5, 1, 10},
 			"%s does not accept mail (null MX)", domain)
 	}
-	mxs = slices.DeleteFunc(slices.Clone(mxs), func(m dnsx.MX) bool { return m.Host == "." || m.Host == "" })
+	// A "." among other MX records breaks RFC 7505 section 3; skip it.
+	mxs := slices.DeleteFunc(res.Records, func(m dnsx.MX) bool { return m.Host == "." || m.Host == "" })
 	if len(mxs) == 0 {
 		return []target{{host: strings.ToLower(strings.TrimSuffix(domain, ".")), implicit: true}}, nil
 	}
@@ -293,39 +303,85 @@ func parseLiteral(s string) (netip.Addr, bool) {
 	return ip.Unmap(), true
 }
 
-// resolve looks up a target's addresses and classifies the failure.
+// resolve looks up a target's addresses and classifies the failure: a
+// relay's is always temporary (a broken smarthost setting must not bounce
+// mail), an MX host's or the implicit MX's is permanent unless DNS failed
+// temporarily.
 func (d *Dialer) resolve(ctx context.Context, route *pipeline.Route, t target) ([]netip.Addr, error) {
 	if d.Resolver == nil {
 		return nil, &pipeline.Error{Code: 451, Enhanced: pipeline.EnhancedCode{4, 3, 5}, Message: "no DNS resolver configured"}
 	}
-	addrs, err := d.Resolver.LookupHost(ctx, t.host)
-	if err == nil && len(addrs) > 0 {
-		return addrs, nil
+	res, err := d.Resolver.LookupHost(ctx, t.host)
+	if err == nil && len(res.Records) > 0 {
+		return res.Records, nil
+	}
+	if errors.Is(err, dnsx.ErrNoData) {
+		err = nil // the name exists without addresses
+	}
+	var pe *pipeline.Error
+	if err != nil {
+		pe = dnsFailure(t.host, err)
 	}
 	relay := route.Kind == pipeline.RouteRelay
 	switch {
-	case err != nil && (relay || pipeline.IsTemporary(err)):
-		e := dnsError(err)
-		if !e.Temporary() {
-			e = &pipeline.Error{Code: 451, Enhanced: pipeline.EnhancedCode{4, 4, 3}, Message: e.Message, Cause: e.Cause}
+	case pe != nil && (relay || pe.Temporary()):
+		if !pe.Temporary() {
+			pe = &pipeline.Error{Code: 451, Enhanced: pipeline.EnhancedCode{4, 4, 3}, Message: pe.Message, Cause: pe.Cause}
 		}
-		return nil, e
+		return nil, pe
 	case relay:
 		return nil, &pipeline.Error{Code: 451, Enhanced: pipeline.EnhancedCode{4, 4, 4},
 			Message: fmt.Sprintf("relay host %s has no address", t.host)}
 	case t.implicit:
-		return nil, pipeline.Errorf(550, pipeline.EnhancedCode{5, 4, 4},
-			"%s has no MX or address records", t.host)
-	case err != nil:
+		e := pipeline.Errorf(550, pipeline.EnhancedCode{5, 4, 4}, "%s has no MX or address records", t.host)
+		if pe != nil {
+			e.Cause = pe // NXDOMAIN after the MX lookup said NODATA
+		}
+		return nil, e
+	case pe != nil:
 		return nil, &pipeline.Error{Code: 550, Enhanced: pipeline.EnhancedCode{5, 4, 4},
-			Message: fmt.Sprintf("MX host %s does not exist", t.host), Cause: err}
+			Message: fmt.Sprintf("MX host %s does not exist", t.host), Cause: pe}
 	}
 	return nil, pipeline.Errorf(550, pipeline.EnhancedCode{5, 4, 4}, "MX host %s has no address", t.host)
 }
 
-// dnsError makes sure a resolver failure is a *pipeline.Error; unknown
-// errors are temporary.
-func dnsError(err error) *pipeline.Error {
+// dnsFailure is the SMTP meaning of a failed DNS lookup of name, before
+// the caller's context (relay or MX host) adjusts it:
+//   - a temporary failure (*dnsx.TemporaryError): 451 4.4.3, the queue
+//     retries;
+//   - NXDOMAIN (dnsx.ErrNotFound): 550 5.1.2, the destination does not
+//     exist (RFC 3463 "bad destination system address");
+//   - an invalid name (dnsx.ErrInvalidName): 550 5.1.2;
+//   - NODATA (dnsx.ErrNoData) is not a failure for MX (implicit MX) nor
+//     for hosts (no address): callers handle it before calling this;
+//   - a *pipeline.Error from a custom Resolver keeps its reply; anything
+//     else is temporary, 451 4.4.3, as a retry is cheaper than a wrong
+//     bounce.
+//
+// The Cause is err itself, so errors.Is(err, dnsx.ErrNotFound) holds.
+func dnsFailure(name string, err error) *pipeline.Error {
+	name = strings.ToLower(strings.TrimSuffix(name, "."))
+	var te *dnsx.TemporaryError
+	var pe *pipeline.Error
+	switch {
+	case errors.As(err, &te):
+		return &pipeline.Error{Code: 451, Enhanced: pipeline.EnhancedCode{4, 4, 3},
+			Message: fmt.Sprintf("DNS lookup of %s %s failed: %s", te.Name, te.Type, te.Reason), Cause: err}
+	case errors.Is(err, dnsx.ErrNotFound):
+		return &pipeline.Error{Code: 550, Enhanced: pipeline.EnhancedCode{5, 1, 2},
+			Message: fmt.Sprintf("%s: domain does not exist", name), Cause: err}
+	case errors.Is(err, dnsx.ErrInvalidName):
+		return &pipeline.Error{Code: 550, Enhanced: pipeline.EnhancedCode{5, 1, 2},
+			Message: fmt.Sprintf("%q: invalid domain name", name), Cause: err}
+	case errors.As(err, &pe):
+		return pe
+	}
+	return &pipeline.Error{Code: 451, Enhanced: pipeline.EnhancedCode{4, 4, 3}, Message: "DNS lookup failed", Cause: err}
+}
+
+// asReply makes any error a *pipeline.Error; unknown errors are
+// temporary.
+func asReply(err error) *pipeline.Error {
 	var pe *pipeline.Error
 	if errors.As(err, &pe) {
 		return pe
@@ -487,7 +543,7 @@ func summarize(route *pipeline.Route, domain string, attempts []Attempt, ctx con
 		pick = lastTemp
 	}
 	a := attempts[pick]
-	pe := dnsError(a.Err) // any *pipeline.Error; others become 451 4.4.3
+	pe := asReply(a.Err) // any *pipeline.Error; others become 451 4.4.3
 	var msg string
 	if len(attempts) == 1 {
 		msg = fmt.Sprintf("%s: %s", where(a), pe.Message)

@@ -11,6 +11,11 @@
 // classifies each recipient's result with pipeline.IsTemporary, and calls
 // Session.Close when done or idle.
 //
+// DNS comes through a dnsx.Resolver, which reports DNS outcomes (records,
+// NXDOMAIN, NODATA, temporary failure); what each means for mail (a
+// bounce, a deferral, the implicit MX, the null MX's 556 5.1.10) is decided
+// here, in Dial.
+//
 // Every failure is a *pipeline.Error classified where it happens. Errors
 // that carry a remote server's reply have a *ReplyError as their Cause
 // (host, IP, command, code, text: what a bounce's Diagnostic-Code and

@@ -6,7 +6,12 @@
 //
 // Names that have no record at all (and are not the parent of a name that
 // has one) get NXDOMAIN; names that exist without records of the asked
-// type get NOERROR with an empty answer. UDP answers larger than the
+// type get NOERROR with an empty answer (NODATA). Both negative answers
+// carry an SOA in the authority section whose TTL and MINIMUM are the
+// negative TTL (SetNegativeTTL, default 0), as RFC 2308 section 3
+// requires. A name with a CNAME (AddCNAME) answers any other type with the
+// CNAME followed by the target's answer, as a recursive resolver does; the
+// rcode is the last name's (RFC 6604). UDP answers larger than the
 // client's advertised buffer (512 bytes without EDNS0) are truncated with
 // the TC bit, so clients must retry over TCP as real resolvers require.
 //
@@ -39,6 +44,7 @@ type Server struct {
 
 	mu       sync.Mutex
 	ttl      uint32
+	negTTL   uint32
 	records  map[string][]dns.RR // by lower-case FQDN
 	servfail map[string]bool
 	drop     map[string]bool
@@ -111,6 +117,14 @@ func (s *Server) SetTTL(ttl uint32) {
 	s.ttl = ttl
 }
 
+// SetNegativeTTL sets the TTL and MINIMUM of the SOA sent with NXDOMAIN
+// and NODATA answers from now on (default 0: not cacheable).
+func (s *Server) SetNegativeTTL(ttl uint32) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.negTTL = ttl
+}
+
 func (s *Server) add(rr dns.RR) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -163,11 +177,22 @@ func (s *Server) AddA(host, ip string) {
 // spelled out.
 func (s *Server) AddAAAA(host, ip string) { s.AddA(host, ip) }
 
-// AddTXT adds one TXT record whose character-strings are txt (for SPF,
-// DKIM and DMARC tests; long values must be split by the caller into
-// strings of at most 255 bytes).
+// AddTXT adds one TXT record whose character-strings are txt, sent byte
+// for byte (for SPF, DKIM and DMARC tests; long values must be split by
+// the caller into strings of at most 255 bytes).
 func (s *Server) AddTXT(name string, txt ...string) {
-	s.add(&dns.TXT{Hdr: s.hdr(name, dns.TypeTXT), Txt: txt})
+	esc := make([]string, len(txt))
+	for i, t := range txt {
+		// miekg/dns reads backslash escapes when packing; keep the bytes.
+		esc[i] = strings.ReplaceAll(t, `\`, `\\`)
+	}
+	s.add(&dns.TXT{Hdr: s.hdr(name, dns.TypeTXT), Txt: esc})
+}
+
+// AddCNAME makes name an alias of target. Queries for name of any type but
+// CNAME are answered with the CNAME and then target's records.
+func (s *Server) AddCNAME(name, target string) {
+	s.add(&dns.CNAME{Hdr: s.hdr(name, dns.TypeCNAME), Target: dns.Fqdn(strings.ToLower(target))})
 }
 
 // SetServfail makes every query for name (any type) answer SERVFAIL.
@@ -212,20 +237,13 @@ func (s *Server) serve(w dns.ResponseWriter, req *dns.Msg) {
 	m.RecursionAvailable = true
 
 	s.mu.Lock()
-	switch {
-	case s.drop[name]:
+	if s.drop[name] {
 		s.mu.Unlock()
 		return
-	case s.servfail[name]:
-		m.Rcode = dns.RcodeServerFailure
-	case !s.existsLocked(name):
-		m.Rcode = dns.RcodeNameError
-	default:
-		for _, rr := range s.records[name] {
-			if q.Qtype == dns.TypeANY || rr.Header().Rrtype == q.Qtype {
-				m.Answer = append(m.Answer, dns.Copy(rr))
-			}
-		}
+	}
+	s.answerLocked(m, name, q.Qtype)
+	if (m.Rcode == dns.RcodeNameError || m.Rcode == dns.RcodeSuccess) && !hasType(m.Answer, q.Qtype) {
+		m.Ns = append(m.Ns, s.soaLocked(name))
 	}
 	s.mu.Unlock()
 
@@ -240,6 +258,66 @@ func (s *Server) serve(w dns.ResponseWriter, req *dns.Msg) {
 		m.Truncate(size)
 	}
 	_ = w.WriteMsg(m)
+}
+
+// answerLocked fills m's answer and rcode for name, following CNAMEs.
+func (s *Server) answerLocked(m *dns.Msg, name string, qtype uint16) {
+	for range 8 {
+		switch {
+		case s.drop[name]:
+			m.Rcode = dns.RcodeServerFailure // a resolver would give up
+			return
+		case s.servfail[name]:
+			m.Rcode = dns.RcodeServerFailure
+			return
+		case !s.existsLocked(name):
+			m.Rcode = dns.RcodeNameError
+			return
+		}
+		var next string
+		for _, rr := range s.records[name] {
+			t := rr.Header().Rrtype
+			switch {
+			case qtype == dns.TypeANY || t == qtype:
+				m.Answer = append(m.Answer, dns.Copy(rr))
+			case t == dns.TypeCNAME:
+				m.Answer = append(m.Answer, dns.Copy(rr))
+				next = rr.(*dns.CNAME).Target
+			}
+		}
+		if next == "" {
+			return
+		}
+		name = next
+	}
+}
+
+func hasType(rrs []dns.RR, qtype uint16) bool {
+	for _, rr := range rrs {
+		if rr.Header().Rrtype == qtype {
+			return true
+		}
+	}
+	return false
+}
+
+// soaLocked is the SOA for a negative answer about name, owned by name's
+// last label (the test "zone").
+func (s *Server) soaLocked(name string) dns.RR {
+	zone := name
+	if labels := dns.SplitDomainName(name); len(labels) > 0 {
+		zone = dns.Fqdn(labels[len(labels)-1])
+	}
+	return &dns.SOA{
+		Hdr:     dns.RR_Header{Name: zone, Rrtype: dns.TypeSOA, Class: dns.ClassINET, Ttl: s.negTTL},
+		Ns:      "ns." + zone,
+		Mbox:    "hostmaster." + zone,
+		Serial:  1,
+		Refresh: 3600,
+		Retry:   600,
+		Expire:  86400,
+		Minttl:  s.negTTL,
+	}
 }
 
 // existsLocked reports whether name owns records or is an ancestor of a

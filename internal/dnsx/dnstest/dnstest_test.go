@@ -74,3 +74,76 @@ func TestServer(t *testing.T) {
 		t.Fatalf("Queries() = %d, want 11", s.Queries())
 	}
 }
+
+func TestNegativeAnswersCarrySOA(t *testing.T) {
+	s := dnstest.NewServer(t)
+	s.AddA("host.example", "192.0.2.1")
+	s.SetServfail("fail.example")
+	for _, tt := range []struct {
+		name   string
+		ttl    uint32
+		rcode  int
+		hasSOA bool
+	}{
+		{"nope.example", 0, dns.RcodeNameError, true},
+		{"host.example", 0, dns.RcodeSuccess, true}, // NODATA for MX
+		{"nope.example", 600, dns.RcodeNameError, true},
+		{"fail.example", 600, dns.RcodeServerFailure, false},
+	} {
+		s.SetNegativeTTL(tt.ttl)
+		r := exchange(t, s, "udp", tt.name, dns.TypeMX, 0)
+		if r.Rcode != tt.rcode || len(r.Answer) != 0 {
+			t.Fatalf("%s: rcode %d, %d answers", tt.name, r.Rcode, len(r.Answer))
+		}
+		if !tt.hasSOA {
+			if len(r.Ns) != 0 {
+				t.Fatalf("%s: authority %v, want none", tt.name, r.Ns)
+			}
+			continue
+		}
+		soa, ok := r.Ns[0].(*dns.SOA)
+		if len(r.Ns) != 1 || !ok || soa.Hdr.Ttl != tt.ttl || soa.Minttl != tt.ttl || soa.Hdr.Name != "example." {
+			t.Fatalf("%s: authority %v, want an SOA for example. with TTL and MINIMUM %d", tt.name, r.Ns, tt.ttl)
+		}
+	}
+	// A positive answer has no SOA.
+	if r := exchange(t, s, "udp", "host.example", dns.TypeA, 0); len(r.Answer) != 1 || len(r.Ns) != 0 {
+		t.Fatalf("positive answer: %v", r)
+	}
+}
+
+func TestCNAME(t *testing.T) {
+	s := dnstest.NewServer(t)
+	s.AddCNAME("www.example", "web.example")
+	s.AddCNAME("web.example", "host.example")
+	s.AddA("host.example", "192.0.2.1")
+	s.AddCNAME("dangling.example", "nope.example")
+
+	r := exchange(t, s, "udp", "www.example", dns.TypeA, 0)
+	if r.Rcode != dns.RcodeSuccess || len(r.Answer) != 3 || r.Answer[2].(*dns.A).A.String() != "192.0.2.1" {
+		t.Fatalf("CNAME chain: %v", r)
+	}
+	if r := exchange(t, s, "udp", "www.example", dns.TypeCNAME, 0); len(r.Answer) != 1 {
+		t.Fatalf("CNAME query: %v", r)
+	}
+	if r := exchange(t, s, "udp", "www.example", dns.TypeMX, 0); r.Rcode != dns.RcodeSuccess || len(r.Answer) != 2 || len(r.Ns) != 1 {
+		t.Fatalf("NODATA through a chain: %v", r)
+	}
+	if r := exchange(t, s, "udp", "dangling.example", dns.TypeA, 0); r.Rcode != dns.RcodeNameError || len(r.Answer) != 1 {
+		t.Fatalf("dangling CNAME: %v", r)
+	}
+}
+
+func TestTXTBytes(t *testing.T) {
+	s := dnstest.NewServer(t)
+	raw := `a\b"c` + "\xff"
+	s.AddTXT("example.org", raw, "")
+	r := exchange(t, s, "tcp", "example.org", dns.TypeTXT, 0)
+	if len(r.Answer) != 1 {
+		t.Fatalf("TXT: %v", r)
+	}
+	// miekg/dns escapes what it unpacks: \\ \" and \DDD.
+	if got := r.Answer[0].(*dns.TXT).Txt; len(got) != 2 || got[0] != `a\\b\"c\255` || got[1] != "" {
+		t.Fatalf("TXT strings %q", got)
+	}
+}
