@@ -400,26 +400,7 @@ func (s *Spool) ScanRecipients(fn func(m *Meta, r *Recipient) error) error {
 }
 
 // History returns the stored events of a message, oldest first.
-func (s *Spool) History(msgID string) ([]pipeline.Event, error) {
-	lo := append([]byte{kHistory}, msgID...)
-	hi := append(bytes.Clone(lo), 0xff)
-	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: lo, UpperBound: hi})
-	if err != nil {
-		return nil, err
-	}
-	defer it.Close()
-	var out []pipeline.Event
-	for it.First(); it.Valid(); it.Next() {
-		if len(it.Key()) != len(lo)+ulid.EncodedSize {
-			continue
-		}
-		var ev pipeline.Event
-		if err := json.Unmarshal(it.Value(), &ev); err == nil {
-			out = append(out, ev)
-		}
-	}
-	return out, it.Error()
-}
+func (s *Spool) History(msgID string) ([]pipeline.Event, error) { return historyOf(s.db, msgID) }
 
 // OutboxEvent is an event read from the outbox with its sequence number.
 type OutboxEvent struct {
