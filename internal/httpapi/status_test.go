@@ -2,8 +2,10 @@ package httpapi
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"net/url"
+	"os"
 	"slices"
 	"strings"
 	"testing"
@@ -275,5 +277,57 @@ func TestAdminMessages(t *testing.T) {
 	}
 	if r := e.do("POST", "/v1/admin/messages", e.adminKey, "{}"); r.Status != 405 {
 		t.Errorf("POST: %d", r.Status)
+	}
+}
+
+// The listing's parameters are the ones openapi.json and docs/http-api.md
+// describe, no more, no fewer.
+func TestAdminMessagesDocumented(t *testing.T) {
+	var doc struct {
+		Paths map[string]map[string]struct {
+			Parameters []struct {
+				Name string `json:"name"`
+				In   string `json:"in"`
+			} `json:"parameters"`
+		} `json:"paths"`
+	}
+	if err := json.Unmarshal(openAPI, &doc); err != nil {
+		t.Fatal(err)
+	}
+	op, ok := doc.Paths["/v1/admin/messages"]["get"]
+	if !ok {
+		t.Fatal("openapi.json lacks GET /v1/admin/messages")
+	}
+	documented := map[string]bool{}
+	for _, p := range op.Parameters {
+		if p.In == "query" {
+			documented[p.Name] = true
+		}
+	}
+	md, err := os.ReadFile("../../docs/http-api.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sec := string(md)
+	i := strings.Index(sec, "### GET /v1/admin/messages")
+	if i < 0 {
+		t.Fatal("docs/http-api.md lacks a GET /v1/admin/messages section")
+	}
+	sec = sec[i+1:]
+	if j := strings.Index(sec, "\n### "); j >= 0 {
+		sec = sec[:j]
+	}
+	for name := range listParams {
+		if !documented[name] {
+			t.Errorf("openapi.json does not document parameter %q", name)
+		}
+		if !strings.Contains(sec, "`"+name+"`") {
+			t.Errorf("docs/http-api.md does not document parameter %q", name)
+		}
+	}
+	for name := range documented {
+		if !listParams[name] {
+			t.Errorf("openapi.json documents parameter %q, which the server refuses", name)
+		}
 	}
 }
