@@ -348,19 +348,9 @@ func (s *Spool) Body(msgID string) ([]byte, error) {
 	return out, nil
 }
 
-// Meta returns a message's metadata.
-func (s *Spool) Meta(msgID string) (*Meta, error) {
-	v, c, err := s.db.Get(metaKey(msgID))
-	if err != nil {
-		return nil, err
-	}
-	defer c.Close()
-	var m Meta
-	if err := json.Unmarshal(v, &m); err != nil {
-		return nil, fmt.Errorf("message %s: corrupt metadata: %w", msgID, err)
-	}
-	return &m, nil
-}
+// Meta returns a message's metadata (pebble.ErrNotFound if it is not in
+// the spool).
+func (s *Spool) Meta(msgID string) (*Meta, error) { return metaOf(s.db, msgID) }
 
 // ScanRecipients calls fn for every queued recipient with its message's
 // metadata, in message order. Used once at start to rebuild the queues.
