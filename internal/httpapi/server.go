@@ -12,6 +12,7 @@
 //	POST /v1/messages/batch    up to 500 messages, one durable sync
 //	GET  /v1/messages/{id}     per-recipient state and event timeline
 //	GET  /v1/admin/keys        the tenant's API keys (admin scope)
+//	GET  /v1/admin/messages    messages still queued, filtered and paged (admin scope)
 //	GET  /v1/openapi.json      the OpenAPI 3 document
 //	GET  /healthz              liveness
 //
@@ -213,6 +214,10 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	case p == "/v1/admin/keys":
 		if s.method(w, r, http.MethodGet) {
 			s.adminKeys(w, r)
+		}
+	case p == "/v1/admin/messages":
+		if s.method(w, r, http.MethodGet) {
+			s.adminMessages(w, r)
 		}
 	case p == "/v1/openapi.json":
 		if s.method(w, r, http.MethodGet) {

@@ -348,19 +348,9 @@ func (s *Spool) Body(msgID string) ([]byte, error) {
 	return out, nil
 }
 
-// Meta returns a message's metadata.
-func (s *Spool) Meta(msgID string) (*Meta, error) {
-	v, c, err := s.db.Get(metaKey(msgID))
-	if err != nil {
-		return nil, err
-	}
-	defer c.Close()
-	var m Meta
-	if err := json.Unmarshal(v, &m); err != nil {
-		return nil, fmt.Errorf("message %s: corrupt metadata: %w", msgID, err)
-	}
-	return &m, nil
-}
+// Meta returns a message's metadata (pebble.ErrNotFound if it is not in
+// the spool).
+func (s *Spool) Meta(msgID string) (*Meta, error) { return metaOf(s.db, msgID) }
 
 // ScanRecipients calls fn for every queued recipient with its message's
 // metadata, in message order. Used once at start to rebuild the queues.
@@ -400,26 +390,7 @@ func (s *Spool) ScanRecipients(fn func(m *Meta, r *Recipient) error) error {
 }
 
 // History returns the stored events of a message, oldest first.
-func (s *Spool) History(msgID string) ([]pipeline.Event, error) {
-	lo := append([]byte{kHistory}, msgID...)
-	hi := append(bytes.Clone(lo), 0xff)
-	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: lo, UpperBound: hi})
-	if err != nil {
-		return nil, err
-	}
-	defer it.Close()
-	var out []pipeline.Event
-	for it.First(); it.Valid(); it.Next() {
-		if len(it.Key()) != len(lo)+ulid.EncodedSize {
-			continue
-		}
-		var ev pipeline.Event
-		if err := json.Unmarshal(it.Value(), &ev); err == nil {
-			out = append(out, ev)
-		}
-	}
-	return out, it.Error()
-}
+func (s *Spool) History(msgID string) ([]pipeline.Event, error) { return historyOf(s.db, msgID) }
 
 // OutboxEvent is an event read from the outbox with its sequence number.
 type OutboxEvent struct {
