@@ -2,6 +2,7 @@ package events
 
 import (
 	"context"
+	"log/slog"
 	"path/filepath"
 	"sync/atomic"
 	"testing"
@@ -14,7 +15,7 @@ import (
 type countSink struct{ n atomic.Int64 }
 
 func (c *countSink) Name() string { return "count" }
-func (c *countSink) Write(ctx context.Context, batch []spool.OutboxEvent) error {
+func (c *countSink) Write(ctx context.Context, batch []Event) error {
 	c.n.Add(int64(len(batch)))
 	return nil
 }
@@ -52,13 +53,27 @@ func BenchmarkExport(b *testing.B) {
 				onEvent = func(context.Context, *pipeline.Event) { hooked.Add(1) }
 			}
 			b.ResetTimer()
-			ex := NewExporter(sp, []Sink{sink}, onEvent, nil)
+			start := time.Now()
+			ex, err := NewExporter(sp, []Sink{sink}, Options{OnEvent: onEvent, Logger: slog.New(slog.DiscardHandler)})
+			if err != nil {
+				b.Fatal(err)
+			}
 			ctx, cancel := context.WithCancel(context.Background())
 			go ex.Run(ctx)
+			var sinkDone time.Duration
 			for sink.n.Load() < int64(b.N) || (hooks && hooked.Load() < int64(b.N)) {
+				if sinkDone == 0 && sink.n.Load() >= int64(b.N) {
+					sinkDone = time.Since(start)
+				}
 				time.Sleep(time.Millisecond)
 			}
 			b.StopTimer()
+			if sinkDone == 0 {
+				sinkDone = time.Since(start)
+			}
+			// How long the sink waited for its events: with on_event
+			// hooks, whether they hold the sink back.
+			b.ReportMetric(float64(sinkDone.Nanoseconds())/float64(b.N), "sink-ns/op")
 			cancel()
 			<-ex.Done()
 		})
