@@ -1,33 +1,56 @@
-// Package events publishes the spool's event outbox to sinks: a JSONL file
-// now, Kafka later (a Sink of its own on this same outbox). Events reach a
-// sink at least once, in outbox order; a sink that fails is retried with
-// the same events until it succeeds, so nothing is skipped.
+// Package events publishes the spool's event outbox to its consumers: the
+// sinks (a JSONL file now, Kafka later) and the on_event hooks. Each
+// consumer runs in its own goroutine from its own cursor, stored in the
+// spool, so a consumer that fails or is slow never holds back another, nor
+// acceptance or delivery: it only holds back the pruning of the outbox,
+// which keeps every event until the slowest consumer has taken it.
+//
+// Events reach each consumer at least once, in outbox order, with no
+// gaps: a consumer that fails is retried with backoff from its own cursor.
+// After a crash a consumer may receive again the events of the batch it
+// was writing (its cursor is stored after each batch).
+//
+// This package is not the outbox itself (internal/spool), and it does not
+// decide what an event contains (pipeline.Event).
 package events
 
 import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/sluice-mta/sluice/internal/spool"
 	"github.com/sluice-mta/sluice/pipeline"
 )
 
-// Sink receives batches of events as JSON objects, in order. Write must
-// return only once the batch is durable at the sink.
+// Event is one outbox event as a consumer receives it: its outbox seq,
+// its type and message id (so a sink routes without decoding JSON), and
+// the encoded JSON object (the public event schema). A sink must not
+// modify JSON or append to it in place.
+type Event = spool.OutboxEvent
+
+// Sink receives batches of events, in outbox order. Write must return
+// only once the whole batch is durable at the sink, or fail as a whole
+// (the batch is then written again). Write is called from one goroutine
+// at a time. Name must be stable across restarts and unique among the
+// sinks: it names the sink's cursor in the spool.
 type Sink interface {
 	Name() string
-	Write(ctx context.Context, batch []spool.OutboxEvent) error
+	Write(ctx context.Context, batch []Event) error
 	Close() error
 }
 
 // FileSink appends events as JSON lines to a file and fsyncs each batch.
+// Write, Reopen and Close are safe for concurrent use.
 type FileSink struct {
 	mu   sync.Mutex
 	f    *os.File
@@ -37,6 +60,14 @@ type FileSink struct {
 
 // OpenFile opens (creating) path for appending.
 func OpenFile(path string) (*FileSink, error) {
+	f, err := openEventsFile(path)
+	if err != nil {
+		return nil, err
+	}
+	return &FileSink{f: f, path: path}, nil
+}
+
+func openEventsFile(path string) (*os.File, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return nil, fmt.Errorf("events file: %w", err)
 	}
@@ -48,7 +79,7 @@ func OpenFile(path string) (*FileSink, error) {
 		f.Close()
 		return nil, fmt.Errorf("events file %s: %w", path, err)
 	}
-	return &FileSink{f: f, path: path}, nil
+	return f, nil
 }
 
 // dropTornLine truncates a last line that a crash cut short (no trailing
@@ -81,9 +112,11 @@ func dropTornLine(f *os.File) error {
 	return f.Truncate(0) // a single torn line
 }
 
+// Name is "file:" and the configured path.
 func (s *FileSink) Name() string { return "file:" + s.path }
 
-func (s *FileSink) Write(ctx context.Context, batch []spool.OutboxEvent) error {
+// Write appends batch, one line per event, and fsyncs.
+func (s *FileSink) Write(ctx context.Context, batch []Event) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.buf = s.buf[:0]
@@ -108,52 +141,261 @@ func (s *FileSink) Write(ctx context.Context, batch []spool.OutboxEvent) error {
 	return nil
 }
 
-func (s *FileSink) Close() error { return s.f.Close() }
-
-// Exporter moves events from the outbox to its sinks and then to the
-// on_event hooks. Run it in one goroutine.
-type Exporter struct {
-	sp      *spool.Spool
-	sinks   []Sink
-	onEvent func(context.Context, *pipeline.Event)
-	log     *slog.Logger
-	batch   int
-	done    chan struct{}
-}
-
-// NewExporter builds an exporter. onEvent may be nil.
-func NewExporter(sp *spool.Spool, sinks []Sink, onEvent func(context.Context, *pipeline.Event), log *slog.Logger) *Exporter {
-	if log == nil {
-		log = slog.Default()
+// Reopen closes the file and opens the configured path again, creating
+// it: after log rotation moved the file away, the next events go to a new
+// file at the path. A batch being written finishes in the old file first.
+// When the path cannot be opened, the sink keeps writing to the old file
+// and Reopen returns the error.
+func (s *FileSink) Reopen() error {
+	nf, err := openEventsFile(s.path)
+	if err != nil {
+		return err
 	}
-	return &Exporter{sp: sp, sinks: sinks, onEvent: onEvent, log: log.With("component", "events"), batch: 1000, done: make(chan struct{})}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	old := s.f
+	s.f = nf
+	if err := old.Close(); err != nil && !errors.Is(err, os.ErrClosed) {
+		return fmt.Errorf("events file %s: closing the previous file: %w", s.path, err)
+	}
+	return nil
 }
 
-// Run exports until ctx is cancelled, then exports what is left once more
-// and returns. Done is closed when it returns.
+// Close closes the file.
+func (s *FileSink) Close() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.f.Close()
+}
+
+// OnEventConsumer names the on_event hooks' cursor in the spool.
+const OnEventConsumer = "on_event"
+
+// Options configures an Exporter. Zero values take the defaults.
+type Options struct {
+	// OnEvent, when set, is a consumer of its own (cursor OnEventConsumer)
+	// that decodes each event and calls it: the chain's on_event hooks.
+	// It is called from one goroutine, in outbox order.
+	OnEvent func(context.Context, *pipeline.Event)
+	Logger  *slog.Logger
+	// BatchSize is the most events read and written at once (1000).
+	BatchSize int
+	// RetryInitial and RetryMax bound the backoff of a failing consumer
+	// (100 ms doubling to 10 s, with jitter).
+	RetryInitial, RetryMax time.Duration
+	// Poll is how often an idle consumer looks at the outbox without
+	// being woken by a commit (200 ms).
+	Poll time.Duration
+}
+
+// Exporter moves events from the spool's outbox to its consumers, each in
+// its own goroutine from its own cursor, and prunes the outbox below the
+// slowest of them. Build it with NewExporter, call Run once.
+type Exporter struct {
+	sp   *spool.Spool
+	cons []*consumer
+	log  *slog.Logger
+	o    Options
+	done chan struct{}
+
+	pruneFailing atomic.Bool
+}
+
+// consumer is one sink or the on_event hooks, with its cursor.
+type consumer struct {
+	name string
+	// write hands over a batch and returns how many of its events are
+	// done: a sink all or none, the on_event hooks those it ran before
+	// ctx ended.
+	write func(ctx context.Context, batch []Event) (int, error)
+	wake  chan struct{}
+	next  atomic.Uint64 // seq of the next event to take
+	saved uint64        // next as last stored in the spool (owned by its goroutine)
+}
+
+// NewExporter builds an exporter for sinks and, when o.OnEvent is set,
+// the on_event hooks. It does no I/O; it fails when two consumers share a
+// name. The exporter does not close the sinks.
+func NewExporter(sp *spool.Spool, sinks []Sink, o Options) (*Exporter, error) {
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	if o.BatchSize <= 0 {
+		o.BatchSize = 1000
+	}
+	if o.RetryInitial <= 0 {
+		o.RetryInitial = 100 * time.Millisecond
+	}
+	if o.RetryMax <= 0 {
+		o.RetryMax = 10 * time.Second
+	}
+	if o.Poll <= 0 {
+		o.Poll = 200 * time.Millisecond
+	}
+	e := &Exporter{sp: sp, log: o.Logger.With("component", "events"), o: o, done: make(chan struct{})}
+	seen := map[string]bool{}
+	add := func(name string, write func(context.Context, []Event) (int, error)) error {
+		if name == "" || seen[name] {
+			return fmt.Errorf("events: two consumers named %q (a sink's name must be unique and not empty)", name)
+		}
+		seen[name] = true
+		e.cons = append(e.cons, &consumer{name: name, write: write, wake: make(chan struct{}, 1)})
+		return nil
+	}
+	for _, s := range sinks {
+		err := add(s.Name(), func(ctx context.Context, b []Event) (int, error) {
+			if err := s.Write(ctx, b); err != nil {
+				return 0, err
+			}
+			return len(b), nil
+		})
+		if err != nil {
+			return nil, err
+		}
+	}
+	if o.OnEvent != nil {
+		if err := add(OnEventConsumer, e.runHooks); err != nil {
+			return nil, err
+		}
+	}
+	return e, nil
+}
+
+// runHooks is the on_event consumer: the only one that decodes JSON.
+func (e *Exporter) runHooks(ctx context.Context, batch []Event) (int, error) {
+	for i := range batch {
+		if err := ctx.Err(); err != nil {
+			return i, err
+		}
+		var ev pipeline.Event
+		if err := json.Unmarshal(batch[i].JSON, &ev); err != nil {
+			e.log.Error("undecodable event skipped by the on_event hooks", "seq", batch[i].Seq, "err", err)
+			continue
+		}
+		e.o.OnEvent(ctx, &ev)
+	}
+	return len(batch), nil
+}
+
+// Run starts the consumers and returns when ctx is cancelled and each of
+// them has exported what is left once more (bounded to 5 s; a failing
+// consumer stops at once). Done is closed when it returns.
 func (e *Exporter) Run(ctx context.Context) {
 	defer close(e.done)
-	cursor, err := e.sp.FirstOutboxSeq()
-	if err != nil {
-		e.log.Error("cannot read the event outbox", "err", err)
+	if len(e.cons) == 0 {
+		<-ctx.Done()
+		return
 	}
-	tick := time.NewTicker(200 * time.Millisecond)
-	defer tick.Stop()
-	backoff := 100 * time.Millisecond
-	for {
-		n, err := e.exportOnce(ctx, &cursor)
-		if err != nil {
-			e.log.Error("event export failed; retrying", "err", err, "retry_in", backoff)
+	for backoff := e.o.RetryInitial; ; backoff = min(backoff*2, e.o.RetryMax) {
+		err := e.loadCursors()
+		if err == nil {
+			break
+		}
+		d := jitter(backoff)
+		e.log.Error("cannot read the event cursors; retrying", "err", err, "retry_in", d)
+		select {
+		case <-time.After(d):
+		case <-ctx.Done():
+			return
+		}
+	}
+	e.prune()
+
+	stopWake := make(chan struct{})
+	go func() { // fan the spool's commit signal out to every consumer
+		for {
 			select {
-			case <-time.After(backoff):
+			case <-stopWake:
+				return
+			case <-e.sp.OutboxNotify():
+				for _, c := range e.cons {
+					select {
+					case c.wake <- struct{}{}:
+					default:
+					}
+				}
+			}
+		}
+	}()
+	var wg sync.WaitGroup
+	for _, c := range e.cons {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			e.runConsumer(ctx, c)
+		}()
+	}
+	wg.Wait()
+	close(stopWake)
+}
+
+// Done is closed when Run has returned.
+func (e *Exporter) Done() <-chan struct{} { return e.done }
+
+// loadCursors reads the configured consumers' cursors, gives a new
+// consumer one at the oldest event still in the outbox, and deletes the
+// cursors of consumers no longer configured.
+func (e *Exporter) loadCursors() error {
+	stored, err := e.sp.Cursors()
+	if err != nil {
+		return err
+	}
+	first, err := e.sp.FirstOutboxSeq()
+	if err != nil {
+		return err
+	}
+	for _, c := range e.cons {
+		next, ok := stored[c.name]
+		delete(stored, c.name)
+		if !ok {
+			next = first
+			if err := e.sp.SetCursor(c.name, next); err != nil {
+				return err
+			}
+			e.log.Info("new event consumer starts at the oldest event in the outbox", "consumer", c.name, "seq", next)
+		}
+		c.next.Store(next)
+		c.saved = next
+	}
+	for name := range stored {
+		if err := e.sp.DeleteCursor(name); err != nil {
+			return err
+		}
+		e.log.Info("deleted the cursor of an event consumer no longer configured", "consumer", name)
+	}
+	return nil
+}
+
+func (e *Exporter) runConsumer(ctx context.Context, c *consumer) {
+	tick := time.NewTicker(e.o.Poll)
+	defer tick.Stop()
+	backoff := e.o.RetryInitial
+	var failingSince time.Time
+	for {
+		n, err := e.exportOnce(ctx, c)
+		if err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			if failingSince.IsZero() {
+				failingSince = time.Now()
+			}
+			d := jitter(backoff)
+			e.log.Error("event export failed; retrying", "consumer", c.name, "err", err, "retry_in", d)
+			select {
+			case <-time.After(d):
 			case <-ctx.Done():
 				return
 			}
-			backoff = min(backoff*2, 10*time.Second)
+			backoff = min(backoff*2, e.o.RetryMax)
 			continue
 		}
-		backoff = 100 * time.Millisecond
-		if n == e.batch {
+		if !failingSince.IsZero() {
+			e.log.Info("event export resumed", "consumer", c.name, "failed_for", time.Since(failingSince).Round(time.Millisecond))
+			failingSince = time.Time{}
+		}
+		backoff = e.o.RetryInitial
+		if n == e.o.BatchSize {
 			continue // more waiting
 		}
 		select {
@@ -161,44 +403,77 @@ func (e *Exporter) Run(ctx context.Context) {
 			// Final drain with a fresh, bounded context.
 			dctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 			for {
-				n, err := e.exportOnce(dctx, &cursor)
+				n, err := e.exportOnce(dctx, c)
 				if err != nil || n == 0 {
 					break
 				}
 			}
 			cancel()
 			return
-		case <-e.sp.OutboxNotify():
+		case <-c.wake:
 		case <-tick.C:
 		}
 	}
 }
 
-// Done is closed when Run has returned.
-func (e *Exporter) Done() <-chan struct{} { return e.done }
-
-func (e *Exporter) exportOnce(ctx context.Context, cursor *uint64) (int, error) {
-	evs, err := e.sp.ReadOutbox(*cursor, e.batch)
+// exportOnce hands the next batch after c's cursor to c, then stores the
+// cursor and prunes what every consumer has taken.
+func (e *Exporter) exportOnce(ctx context.Context, c *consumer) (int, error) {
+	if err := e.saveCursor(c); err != nil {
+		return 0, err
+	}
+	evs, err := e.sp.ReadOutbox(c.next.Load(), e.o.BatchSize)
 	if err != nil || len(evs) == 0 {
 		return 0, err
 	}
-	for _, s := range e.sinks {
-		if err := s.Write(ctx, evs); err != nil {
-			return 0, fmt.Errorf("sink %s: %w", s.Name(), err)
-		}
+	n, err := c.write(ctx, evs)
+	if n > 0 {
+		c.next.Store(evs[n-1].Seq + 1)
 	}
-	next := evs[len(evs)-1].Seq + 1
-	if err := e.sp.AckOutbox(evs); err != nil {
+	if err != nil {
+		_ = e.saveCursor(c) // the events it did take (on_event at shutdown)
 		return 0, err
 	}
-	*cursor = next
-	if e.onEvent != nil {
-		for _, raw := range evs {
-			var ev pipeline.Event
-			if json.Unmarshal(raw.JSON, &ev) == nil {
-				e.onEvent(ctx, &ev)
-			}
-		}
+	if err := e.saveCursor(c); err != nil {
+		return 0, err
 	}
-	return len(evs), nil
+	e.prune()
+	return n, nil
+}
+
+// saveCursor stores c's cursor if it moved. A failure is retried before
+// the next read, so the events already written are not written again.
+func (e *Exporter) saveCursor(c *consumer) error {
+	next := c.next.Load()
+	if next == c.saved {
+		return nil
+	}
+	if err := e.sp.SetCursor(c.name, next); err != nil {
+		return fmt.Errorf("storing the cursor: %w", err)
+	}
+	c.saved = next
+	return nil
+}
+
+// prune deletes the events every consumer has taken.
+func (e *Exporter) prune() {
+	low := e.cons[0].next.Load()
+	for _, c := range e.cons[1:] {
+		low = min(low, c.next.Load())
+	}
+	if _, err := e.sp.PruneOutbox(low); err != nil {
+		if !e.pruneFailing.Swap(true) { // once per failing stretch
+			e.log.Error("pruning the event outbox failed", "err", err)
+		}
+		return
+	}
+	if e.pruneFailing.Swap(false) {
+		e.log.Info("pruning the event outbox works again")
+	}
+}
+
+// jitter spreads d over [d/2, 3d/2) so consumers and restarts do not
+// retry in step.
+func jitter(d time.Duration) time.Duration {
+	return d/2 + rand.N(d)
 }

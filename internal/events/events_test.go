@@ -14,7 +14,7 @@ import (
 	"github.com/sluice-mta/sluice/pipeline"
 )
 
-func TestExportToFileInOrderThenHooks(t *testing.T) {
+func TestExportToFileInOrderAndHooks(t *testing.T) {
 	dir := t.TempDir()
 	sp, err := spool.Open(filepath.Join(dir, "spool"), spool.Options{Node: "n"})
 	if err != nil {
@@ -26,7 +26,10 @@ func TestExportToFileInOrderThenHooks(t *testing.T) {
 		t.Fatal(err)
 	}
 	var hooked atomic.Int32
-	ex := NewExporter(sp, []Sink{fs}, func(ctx context.Context, ev *pipeline.Event) { hooked.Add(1) }, nil)
+	ex, err := NewExporter(sp, []Sink{fs}, Options{OnEvent: func(ctx context.Context, ev *pipeline.Event) { hooked.Add(1) }})
+	if err != nil {
+		t.Fatal(err)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	go ex.Run(ctx)
 	for i := 0; i < 1500; i++ { // more than one export batch

@@ -203,7 +203,10 @@ func (s *Server) Start() (err error) {
 	if s.chain.HasEventHooks() {
 		onEvent = s.chain.Event
 	}
-	s.ex = events.NewExporter(s.sp, s.sinks, onEvent, s.log)
+	s.ex, err = events.NewExporter(s.sp, s.sinks, events.Options{OnEvent: onEvent, Logger: s.log})
+	if err != nil {
+		return err
+	}
 	exCtx, exStop := context.WithCancel(context.Background())
 	s.exStop = exStop
 	go s.ex.Run(exCtx)

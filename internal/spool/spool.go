@@ -13,7 +13,10 @@
 //	m<msgid>            message metadata (JSON Meta)
 //	b<msgid>            message bytes (header + body, CRLF)
 //	r<msgid><idx:2>     one queued recipient (JSON Recipient)
-//	e<seq:8>            outbox event (JSON pipeline.Event), deleted once exported
+//	e<seq:8>            outbox event (type, message id, JSON pipeline.Event; see
+//	                    cursor.go), deleted once every consumer has taken it
+//	c<name>             an outbox consumer's cursor: the next seq it takes
+//	n                   event seq floor: seqs below it are never assigned again
 //	h<msgid><eventid>   event history of a message, for status queries
 //
 // Durability contract: Commit(true) returns after an fsync; acceptance uses
@@ -34,6 +37,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/cockroachdb/pebble/v2"
@@ -94,6 +98,12 @@ type Spool struct {
 	inflight map[uint64]struct{} // event seqs assigned but not yet committed
 	notify   chan struct{}       // signalled after a commit that added events
 
+	syncedBelow atomic.Uint64 // every event below this seq is durable
+
+	pruneMu   sync.Mutex
+	outboxLow uint64 // no outbox event below this seq is left
+	seqFloor  uint64 // the stored seq floor
+
 	entropyMu sync.Mutex
 	entropy   *ulid.MonotonicEntropy
 }
@@ -131,18 +141,11 @@ func Open(path string, o Options) (*Spool, error) {
 		notify:   make(chan struct{}, 1),
 		entropy:  ulid.Monotonic(rand.Reader, 0),
 	}
-	// Resume the event sequence after the last stored event.
-	it, err := db.NewIter(&pebble.IterOptions{LowerBound: []byte{kEvent}, UpperBound: []byte{kEvent + 1}})
-	if err != nil {
+	// Resume the event sequence above every stored event, cursor and
+	// prune: it never restarts, even once the outbox is drained.
+	if err := s.initSeq(); err != nil {
 		db.Close()
-		return nil, err
-	}
-	if it.Last() {
-		s.nextSeq = binary.BigEndian.Uint64(it.Key()[1:]) + 1
-	}
-	it.Close()
-	if s.nextSeq == 0 {
-		s.nextSeq = 1
+		return nil, fmt.Errorf("open spool %s: %w", path, err)
 	}
 	return s, nil
 }
@@ -171,8 +174,8 @@ func rcptKey(id string, idx int) []byte {
 func eventKey(seq uint64) []byte { return binary.BigEndian.AppendUint64([]byte{kEvent}, seq) }
 
 // historyKey orders a message's events by event id: ULIDs sort by time and
-// never repeat across restarts (the outbox sequence restarts once the
-// outbox is drained, so it cannot be used here).
+// never repeat across restarts (event ids are what consumers see; the
+// outbox seq is the spool's own).
 func historyKey(id, eventID string) []byte {
 	k := make([]byte, 0, 1+len(id)+len(eventID))
 	k = append(k, kHistory)
@@ -287,7 +290,7 @@ func (b *Batch) Commit(sync bool) error {
 				b.b.Close()
 				return err
 			}
-			_ = b.b.Set(eventKey(seq), v, nil)
+			setOutboxEvent(b.b, seq, ev, v)
 			if ev.MessageID != "" {
 				_ = b.b.Set(historyKey(ev.MessageID, ev.EventID), v, nil)
 			}
@@ -392,38 +395,79 @@ func (s *Spool) ScanRecipients(fn func(m *Meta, r *Recipient) error) error {
 // History returns the stored events of a message, oldest first.
 func (s *Spool) History(msgID string) ([]pipeline.Event, error) { return historyOf(s.db, msgID) }
 
-// OutboxEvent is an event read from the outbox with its sequence number.
+// OutboxEvent is an event read from the outbox: its sequence number, its
+// type and message id (read without decoding JSON) and its JSON object.
+// The event is the caller's; JSON must not be appended to in place.
 type OutboxEvent struct {
-	Seq  uint64
-	JSON []byte
+	Seq       uint64
+	Type      string
+	MessageID string
+	JSON      []byte
 }
 
-// ReadOutbox syncs the WAL (so everything read is durable), then returns up
-// to limit events with seq >= from that are safe to publish in order.
+// ReadOutbox makes sure everything it returns is durable (syncing the WAL
+// unless an earlier read already did for these seqs), then returns up to
+// limit events with seq >= from that are safe to publish in order: no
+// event below the last one returned can still be committing. Safe for
+// concurrent use by several readers.
 func (s *Spool) ReadOutbox(from uint64, limit int) ([]OutboxEvent, error) {
 	hi := s.safeSeq()
-	if hi <= from {
+	if hi <= from || limit <= 0 {
 		return nil, nil
 	}
-	if err := s.db.LogData(nil, pebble.Sync); err != nil {
-		return nil, err
+	if s.syncedBelow.Load() < hi {
+		if err := s.db.LogData(nil, pebble.Sync); err != nil {
+			return nil, err
+		}
+		for {
+			old := s.syncedBelow.Load()
+			if old >= hi || s.syncedBelow.CompareAndSwap(old, hi) {
+				break
+			}
+		}
 	}
 	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: eventKey(from), UpperBound: eventKey(hi)})
 	if err != nil {
 		return nil, err
 	}
 	defer it.Close()
-	var out []OutboxEvent
+	out := make([]OutboxEvent, 0, min(uint64(limit), hi-from))
+	// One allocation for many events' JSON, one string for their ids.
+	var arena, ids []byte
+	var idEnds []int
 	for it.First(); it.Valid() && len(out) < limit; it.Next() {
-		out = append(out, OutboxEvent{Seq: binary.BigEndian.Uint64(it.Key()[1:]), JSON: bytes.Clone(it.Value())})
+		seq := binary.BigEndian.Uint64(it.Key()[1:])
+		typ, id, js, err := splitOutboxValue(it.Value())
+		if err != nil {
+			return nil, fmt.Errorf("outbox event %d: %w", seq, err)
+		}
+		if cap(arena)-len(arena) < len(js) {
+			arena = make([]byte, 0, max(64<<10, len(js)))
+		}
+		n := len(arena)
+		arena = append(arena, js...)
+		ids = append(ids, id...)
+		idEnds = append(idEnds, len(ids))
+		out = append(out, OutboxEvent{Seq: seq, Type: internType(typ), JSON: arena[n:len(arena):len(arena)]})
 	}
-	return out, it.Error()
+	if err := it.Error(); err != nil {
+		return nil, err
+	}
+	idStr, start := string(ids), 0
+	for i, end := range idEnds {
+		out[i].MessageID = idStr[start:end]
+		start = end
+	}
+	return out, nil
 }
 
-// FirstOutboxSeq returns the seq of the oldest unexported event, or the
-// next seq to be assigned when the outbox is empty.
+// FirstOutboxSeq returns the seq of the oldest event still in the outbox,
+// or the next seq to be assigned when the outbox is empty.
 func (s *Spool) FirstOutboxSeq() (uint64, error) {
-	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: []byte{kEvent}, UpperBound: []byte{kEvent + 1}})
+	s.pruneMu.Lock()
+	low := s.outboxLow
+	s.pruneMu.Unlock()
+	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: eventKey(low), UpperBound: []byte{kEvent + 1}})
 	if err != nil {
 		return 0, err
 	}
@@ -445,9 +489,14 @@ func (s *Spool) AckOutbox(evs []OutboxEvent) error {
 	}
 	b := s.db.NewBatch()
 	defer b.Close()
+	var top uint64
 	for _, e := range evs {
 		_ = b.Delete(eventKey(e.Seq), nil)
+		top = max(top, e.Seq+1)
 	}
+	s.pruneMu.Lock()
+	defer s.pruneMu.Unlock()
+	s.raiseFloorLocked(b, top)
 	return s.db.Apply(b, pebble.NoSync)
 }
 

@@ -223,8 +223,8 @@ func TestIdempotencyRecords(t *testing.T) {
 	}
 }
 
-// The outbox sequence restarts once the outbox is drained; a message's
-// history must keep every event, in order, across such a restart.
+// A message's history must keep every event, in order, across a restart
+// with a drained outbox.
 func TestHistorySurvivesDrainedOutboxRestart(t *testing.T) {
 	dir := t.TempDir()
 	s := open(t, dir)
