@@ -2,6 +2,8 @@ package pipeline
 
 import (
 	"context"
+	"errors"
+	"log/slog"
 	"time"
 )
 
@@ -76,7 +78,48 @@ type Bounded interface {
 }
 
 // Closer is implemented by stages that hold resources (Lua pools, plugin
-// processes). The owner calls Close in reverse order of construction.
+// processes). The owner calls Close in reverse order of construction,
+// after the last transaction using the stage has ended (on shutdown, or
+// after a reload replaced the pipeline).
 type Closer interface {
 	Close() error
+}
+
+// Env is what the host hands a stage at provision time: the shared parts
+// of the node a stage may use instead of building its own. Fields are
+// never nil when Provision is called. More shared clients (a Redis
+// connection declared once in the configuration, the metrics registry)
+// join here as they are introduced.
+type Env struct {
+	Logger   *slog.Logger // already carries the stage's name
+	Resolver Resolver     // the node's DNS resolver (caching, TTL-aware)
+	Hostname string       // this node's host name (EHLO, Received, authserv-id)
+	Node     string       // this node's name in events
+}
+
+// Resolver is the DNS a stage may use: TXT (SPF, DKIM, DMARC), MX and
+// addresses. A name that does not exist or has no records of the type is
+// a result ("no record"), reported as ErrDNSNotFound; any other error is
+// temporary. TTLs are the records' remaining TTL.
+type Resolver interface {
+	LookupTXT(ctx context.Context, name string) ([]string, time.Duration, error)
+}
+
+// ErrDNSNotFound reports that a name has no records of the type asked
+// (NXDOMAIN or no data): for SPF and DMARC, "no record" is a result.
+var ErrDNSNotFound = errors.New("dns: no such record")
+
+// Provisioner is implemented by stages that need the node's shared parts.
+// The host calls Provision once, after construction and before Validate;
+// it must not start goroutines that outlive a failed Validate.
+type Provisioner interface {
+	Provision(env *Env) error
+}
+
+// Validator is implemented by stages that check their configuration once
+// provisioned (keys readable, a referenced file present). `sluice check`,
+// `serve` and reload all call it; an error stops the pipeline from
+// loading, and the host then closes every stage it built.
+type Validator interface {
+	Validate() error
 }

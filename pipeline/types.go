@@ -55,6 +55,7 @@ type Conn struct {
 	ID           string
 	Source       string // SourceSMTP or SourceHTTP
 	Listener     string // listener name, e.g. "127.0.0.1:2525"
+	ServerName   string // our host name on this listener (greeting, Received); "" = the node's
 	RemoteIP     netip.Addr
 	RemotePort   uint16
 	HELO         string

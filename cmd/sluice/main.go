@@ -7,6 +7,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -19,9 +20,7 @@ import (
 	"time"
 
 	"github.com/sluice-mta/sluice/internal/config"
-	"github.com/sluice-mta/sluice/internal/luahost"
 	"github.com/sluice-mta/sluice/internal/server"
-	"github.com/sluice-mta/sluice/pipeline"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".
@@ -31,7 +30,8 @@ const usage = `sluice — a programmable mail relay
 
 Usage:
   sluice serve   -c FILE     run the relay with the configuration FILE
-  sluice check   -c FILE     validate FILE (Lua syntax, keys, stages) and exit
+  sluice check   -c FILE     validate FILE as serve would (Lua, keys, stages, TLS files) and exit
+  sluice reload  -c FILE     make the running relay load FILE again (as SIGHUP does); exit 1 if it refused
   sluice apikey  create|list|revoke ...   manage HTTP API keys
   sluice send    --url URL --key KEY --from A --to B ...   send via the HTTP API
   sluice version             print the version
@@ -53,6 +53,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return runServe(args[1:], stderr)
 	case "check":
 		return runCheck(args[1:], stdout, stderr)
+	case "reload":
+		return runReload(args[1:], stdout, stderr)
 	case "apikey":
 		return runAPIKey(args[1:], stdout, stderr)
 	case "send":
@@ -96,8 +98,16 @@ func runServe(args []string, stderr io.Writer) int {
 	grace := fs.Duration("shutdown-grace", 30*time.Second, "how long to let sessions and deliveries finish on SIGTERM")
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile to this file until shutdown (for performance work)")
 	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
 		return 2
 	}
+	// Catch the signals before anything starts: a SIGHUP during start-up
+	// must not kill the relay (Go's default).
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
+	defer signal.Stop(sig)
 	log, err := newLogger(stderr, *logFormat, *logLevel)
 	if err != nil {
 		fmt.Fprintln(stderr, "sluice serve:", err)
@@ -109,8 +119,11 @@ func runServe(args []string, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "sluice serve:", err)
 		return 1
 	}
-	if len(cfg.SMTP) == 0 && len(cfg.HTTP) == 0 {
-		fmt.Fprintf(stderr, "sluice serve: %s has no listener; add sluice.listen_smtp { addr = \"127.0.0.1:2525\" } or sluice.listen_http { ... }\n", cfg.File)
+	// Validate (the same checks as `sluice check`) before anything is
+	// created on disk.
+	srv, err := server.New(cfg, log)
+	if err != nil {
+		fmt.Fprintln(stderr, "sluice serve:", err)
 		return 1
 	}
 	if err := server.EnsureDirs(cfg); err != nil {
@@ -129,26 +142,34 @@ func runServe(args []string, stderr io.Writer) int {
 		}
 		defer func() { pprof.StopCPUProfile(); f.Close() }()
 	}
-	srv, err := server.New(cfg, log)
-	if err != nil {
-		fmt.Fprintln(stderr, "sluice serve:", err)
-		return 1
-	}
 	if err := srv.Start(); err != nil {
 		fmt.Fprintln(stderr, "sluice serve:", err)
 		return 1
 	}
 	log.Info("sluice started", "version", version, "config", cfg.File, "node", cfg.Node, "stages", len(cfg.Stages))
 
-	sig := make(chan os.Signal, 1)
-	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
 	code := 0
-	select {
-	case s := <-sig:
-		log.Info("shutting down", "signal", s.String(), "grace", grace.String())
-	case err := <-srv.Errors():
-		log.Error("listener failed; shutting down", "err", err)
-		code = 1
+wait:
+	for {
+		select {
+		case s := <-sig:
+			if s == syscall.SIGHUP {
+				// Reload the pipeline and reopen the events file; a
+				// configuration that does not validate leaves the running
+				// one serving (Reload logs why).
+				log.Info("SIGHUP: reloading", "config", cfg.File)
+				if summary, err := srv.Reload(); err == nil {
+					log.Info(summary)
+				}
+				continue
+			}
+			log.Info("shutting down", "signal", s.String(), "grace", grace.String())
+			break wait
+		case err := <-srv.Errors():
+			log.Error("listener failed; shutting down", "err", err)
+			code = 1
+			break wait
+		}
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), *grace)
 	defer cancel()
@@ -165,6 +186,9 @@ func runCheck(args []string, stdout, stderr io.Writer) int {
 	fs.SetOutput(stderr)
 	cfgPath := fs.String("c", "pipeline.lua", "configuration file")
 	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
 		return 2
 	}
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
@@ -173,28 +197,34 @@ func runCheck(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, err)
 		return 1
 	}
-	host, err := luahost.NewHost(cfg, log)
-	if err != nil {
+	if err := server.Validate(cfg, log); err != nil {
 		fmt.Fprintln(stderr, err)
 		return 1
 	}
-	defer host.Close()
-	stages, err := server.BuildStages(cfg, host)
-	if err != nil {
-		fmt.Fprintln(stderr, err)
-		return 1
-	}
-	defer func() {
-		for i := len(stages) - 1; i >= 0; i-- {
-			if c, ok := stages[i].(pipeline.Closer); ok {
-				c.Close()
-			}
+	fmt.Fprintf(stdout, "%s: ok (%d SMTP listener(s), %d HTTP listener(s), %d stage(s))\n", cfg.File, len(cfg.SMTP), len(cfg.HTTP), len(cfg.Stages))
+	return 0
+}
+
+func runReload(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("reload", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	cfgPath := fs.String("c", "pipeline.lua", "configuration file of the running relay (names its spool and control socket)")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
 		}
-	}()
-	if _, err := pipeline.Compile(stages, pipeline.ChainOptions{}); err != nil {
-		fmt.Fprintln(stderr, err)
+		return 2
+	}
+	cfg, err := config.Load(*cfgPath)
+	if err != nil {
+		fmt.Fprintln(stderr, "sluice reload:", err)
 		return 1
 	}
-	fmt.Fprintf(stdout, "%s: ok (%d SMTP listener(s), %d HTTP listener(s), %d stage(s))\n", cfg.File, len(cfg.SMTP), len(cfg.HTTP), len(stages))
+	summary, err := server.RequestReload(cfg)
+	if err != nil {
+		fmt.Fprintln(stderr, "sluice reload:", err)
+		return 1
+	}
+	fmt.Fprintln(stdout, summary)
 	return 0
 }

@@ -177,7 +177,11 @@ type Options struct {
 	// that decodes each event and calls it: the chain's on_event hooks.
 	// It is called from one goroutine, in outbox order.
 	OnEvent func(context.Context, *pipeline.Event)
-	Logger  *slog.Logger
+	// WantEvents, when set, is asked before each batch of the on_event
+	// consumer: false skips the batch without decoding it (no stage has an
+	// on_event hook now; a reload may add one).
+	WantEvents func() bool
+	Logger     *slog.Logger
 	// BatchSize is the most events read and written at once (1000).
 	BatchSize int
 	// RetryInitial and RetryMax bound the backoff of a failing consumer
@@ -263,6 +267,9 @@ func NewExporter(sp *spool.Spool, sinks []Sink, o Options) (*Exporter, error) {
 
 // runHooks is the on_event consumer: the only one that decodes JSON.
 func (e *Exporter) runHooks(ctx context.Context, batch []Event) (int, error) {
+	if e.o.WantEvents != nil && !e.o.WantEvents() {
+		return len(batch), nil
+	}
 	for i := range batch {
 		if err := ctx.Err(); err != nil {
 			return i, err

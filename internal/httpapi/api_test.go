@@ -907,7 +907,7 @@ func TestBatchIdempotency(t *testing.T) {
 	var pending []int
 	for i, res := range final.Results {
 		// Every message reached the relay: none was decided at the first commit.
-		items[i] = &item{txn: &pipeline.Txn{ID: res.ID}}
+		items[i] = &item{id: res.ID}
 		pending = append(pending, i)
 	}
 	_, partial, _ := renderBatch(items, true)

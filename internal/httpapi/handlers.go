@@ -46,7 +46,8 @@ type item struct {
 	// pooled buffer it may use (released after the relay committed).
 	build func(txn *pipeline.Txn, buf *bytes.Buffer) (*pipeline.Message, *apiError)
 
-	txn     *pipeline.Txn
+	txn     *relay.Txn
+	id      string // message id, once the transaction began
 	buf     *bytes.Buffer
 	msg     *pipeline.Message
 	results []rcptAnswer // one per rcpts entry
@@ -76,29 +77,21 @@ func (it *item) release() {
 	it.buf = nil
 }
 
-// stage runs on_mail and on_rcpt for each recipient, then builds the
-// message. A refused recipient is recorded ("rejected" event) and
-// reported per recipient; with none left, the item fails with the first
-// recipient's refusal.
-func (s *Server) stage(ctx context.Context, conn *pipeline.Conn, it *item) {
-	txn := &pipeline.Txn{Conn: conn, ID: s.relay.NewID(), Sender: it.from, Received: s.now(), Tags: it.tags, Meta: it.meta}
-	it.txn = txn
-	if err := s.chain.Mail(ctx, txn); err != nil {
-		s.logRefusal("sender refused", err, "conn", conn.ID, "msgid", txn.ID, "from", it.from)
-		s.relay.Rejected(ctx, txn, "", err)
+// stage runs on_mail and on_rcpt for each recipient through the relay's
+// transaction, then builds the message. A refused recipient is reported
+// per recipient (the relay records it); with none left, the item fails
+// with the first recipient's refusal.
+func (s *Server) stage(ctx context.Context, sess *relay.Session, it *item) {
+	t, err := sess.Begin(ctx, it.from, it.tags, it.meta)
+	it.txn, it.id = t, t.ID()
+	if err != nil {
 		it.err = fromPipeline(err)
 		return
 	}
 	it.results = make([]rcptAnswer, len(it.rcpts))
 	var first error
 	for i, addr := range it.rcpts {
-		r, err := pipeline.NewRecipient(addr)
-		if err == nil {
-			err = s.chain.Rcpt(ctx, txn, r)
-		}
-		if err != nil {
-			s.logRefusal("recipient refused", err, "conn", conn.ID, "msgid", txn.ID, "rcpt", addr)
-			s.relay.Rejected(ctx, txn, addr, err)
+		if _, err := t.Rcpt(ctx, addr); err != nil {
 			rep := pipeline.Reply(err)
 			it.results[i] = rcptAnswer{Email: addr, Status: relay.StatusRejected, Code: rep.Code, Enhanced: rep.Enhanced.String(), Message: rep.Message}
 			if first == nil {
@@ -106,51 +99,22 @@ func (s *Server) stage(ctx context.Context, conn *pipeline.Conn, it *item) {
 			}
 			continue
 		}
-		txn.Recipients = append(txn.Recipients, r)
 		it.accIdx = append(it.accIdx, i)
 		it.results[i] = rcptAnswer{Email: addr, Status: relay.StatusQueued}
 	}
-	if len(txn.Recipients) == 0 {
+	if len(t.T.Recipients) == 0 {
+		t.Abort() // each recipient's refusal is recorded
 		it.err = fromPipeline(first)
 		return
 	}
 	it.buf = getBuf()
-	msg, e := it.build(txn, it.buf)
+	msg, e := it.build(t.T, it.buf)
 	if e != nil {
+		t.Refuse(ctx, 0, pipeline.ErrInternal)
 		it.err = e
 		return
 	}
-	msg.Header.Add("Received", receivedValue(txn, s.host))
 	it.msg = msg
-}
-
-// receivedValue is the trace field of an HTTP submission, as SMTP
-// submissions get one: the client address, us, the protocol (with the
-// key id as the authenticated identity) and the message id.
-func receivedValue(txn *pipeline.Txn, host string) string {
-	c := txn.Conn
-	proto := "HTTP"
-	if c.TLS != "" {
-		proto = "HTTPS"
-	}
-	var b strings.Builder
-	b.Grow(128)
-	b.WriteString("from [")
-	b.WriteString(c.RemoteIP.String())
-	b.WriteString("] by ")
-	b.WriteString(host)
-	b.WriteString(" with ")
-	b.WriteString(proto)
-	if c.Identity != nil {
-		b.WriteString(" (key ")
-		b.WriteString(c.Identity.Name)
-		b.WriteByte(')')
-	}
-	b.WriteString(" id ")
-	b.WriteString(txn.ID)
-	b.WriteString("; ")
-	b.WriteString(txn.Received.Format(time.RFC1123Z))
-	return b.String()
 }
 
 // fill records the relay's per-recipient outcome.
@@ -181,17 +145,13 @@ func (it *item) fill(rc *relay.Receipt) {
 }
 
 func (it *item) answer() []byte {
-	b, _ := json.Marshal(messageAnswer{ID: it.txn.ID, Recipients: it.results})
+	b, _ := json.Marshal(messageAnswer{ID: it.id, Recipients: it.results})
 	return b
 }
 
 // failure is the error answer of a refused item.
 func (it *item) failure() answer {
-	id := ""
-	if it.txn != nil {
-		id = it.txn.ID
-	}
-	return errorAnswer(it.err, id, it.reported())
+	return errorAnswer(it.err, it.id, it.reported())
 }
 
 // reported returns the recipients to show: all of them for an accepted
@@ -207,62 +167,48 @@ func (it *item) reported() []rcptAnswer {
 	return out
 }
 
-// submitFailed maps a relay refusal of the item. When the relay recorded
-// nothing (on_message refused, or the spool failed), a transaction-level
-// "rejected" event is recorded, as the SMTP source does.
-func (s *Server) submitFailed(ctx context.Context, it *item, rc *relay.Receipt, err error) {
+// submitFailed maps a relay refusal of the item (the relay has logged and
+// recorded it).
+func (it *item) submitFailed(rc *relay.Receipt, err error) {
 	it.err = fromPipeline(err)
 	it.fill(rc)
-	if rc == nil {
-		s.relay.Rejected(ctx, it.txn, "", err)
-	}
-	s.logRefusal("message refused", err, "conn", it.txn.Conn.ID, "msgid", it.txn.ID, "from", it.from, "rcpts", len(it.rcpts))
-}
-
-func (s *Server) logAccepted(it *item, rc *relay.Receipt) {
-	c := it.txn.Conn
-	s.log.Info("message accepted", "conn", c.ID, "msgid", it.txn.ID, "key", c.Identity.Name, "tenant", c.Tenant(),
-		"from", it.from, "rcpts", len(it.rcpts), "queued", rc.Queued, "discarded", rc.Discarded,
-		"body_size", len(it.msg.Body), "remote_ip", c.RemoteIP)
 }
 
 // sendOne runs one item through the pipeline and the relay.
 func (s *Server) sendOne(ctx context.Context, r *http.Request, k *apikey.Key, it *item, id *idem) answer {
-	conn, e := s.openConn(ctx, r, k)
+	sess, e := s.openConn(ctx, r, k)
 	if e != nil {
 		return errorAnswer(e, "", nil)
 	}
-	if e := it.checkSenders(conn.Identity, "from"); e != nil {
+	if e := it.checkSenders(sess.Conn.Identity, "from"); e != nil {
 		return errorAnswer(e, "", nil)
 	}
-	s.stage(ctx, conn, it)
+	s.stage(ctx, sess, it)
 	defer it.release()
 	if it.err != nil {
 		return it.failure()
 	}
 	var stored []byte
-	o := relay.Options{}
+	o := relay.CommitOptions{}
 	if id != nil {
-		o.BeforeCommit = func(b *spool.Batch, msg *pipeline.Message, rc *relay.Receipt) error {
-			it.fill(rc)
+		o.BeforeCommit = func(b *spool.Batch, acc *relay.Accepted) error {
+			it.fill(acc.Receipt)
 			stored = it.answer()
 			return b.PutIdempotency(id.key, id.value(http.StatusAccepted, stored, nil), id.exp)
 		}
 	}
-	rc, err := s.relay.Submit(ctx, it.msg, o)
+	rc, err := it.txn.Commit(ctx, it.msg, o)
 	if err != nil {
-		s.submitFailed(ctx, it, rc, err)
+		it.submitFailed(rc, err)
 		return it.failure()
 	}
 	it.fill(rc)
-	s.logAccepted(it, rc)
 	if stored != nil {
 		return answer{status: http.StatusAccepted, body: stored}
 	}
 	ans := it.answer()
 	if id != nil {
-		// A discard at on_message commits nothing of the message, so
-		// BeforeCommit did not run: store the answer on its own.
+		// Nothing was written with the message: store the answer alone.
 		s.storeAnswer(id, ans, true)
 	}
 	return answer{status: http.StatusAccepted, body: ans}
@@ -474,9 +420,7 @@ func renderBatch(items []*item, pending bool) (int, []byte, *apiError) {
 	var first *apiError
 	for i, it := range items {
 		var bi batchItem
-		if it.txn != nil {
-			bi.ID = it.txn.ID
-		}
+		bi.ID = it.id
 		bi.Recipients = it.reported()
 		switch {
 		case it.done:
@@ -535,7 +479,7 @@ func (s *Server) postBatch(w http.ResponseWriter, r *http.Request) {
 }
 
 // sendBatch runs every valid item through on_mail and on_rcpt, then
-// submits the survivors with one synced commit (relay.SubmitBatch).
+// submits the survivors with one synced commit (relay.CommitBatch).
 //
 // With an Idempotency-Key, the first message that commits stores a
 // partial answer in the same batch: every submitted message marked
@@ -545,16 +489,16 @@ func (s *Server) postBatch(w http.ResponseWriter, r *http.Request) {
 // a replay completes the partial answer from the messages' event history,
 // which was committed in the same batch as the messages.
 func (s *Server) sendBatch(ctx context.Context, r *http.Request, k *apikey.Key, items []*item, id *idem) answer {
-	conn, e := s.openConn(ctx, r, k)
+	sess, e := s.openConn(ctx, r, k)
 	if e != nil {
 		return errorAnswer(e, "", nil)
 	}
 	var (
-		msgs []*pipeline.Message
+		txns []*relay.Txn
+		accs []*relay.Accepted
 		sub  []*item
 		pend []int
 	)
-	byID := map[string]*item{}
 	defer func() {
 		for _, it := range items {
 			it.release()
@@ -564,23 +508,28 @@ func (s *Server) sendBatch(ctx context.Context, r *http.Request, k *apikey.Key, 
 		if it.err != nil {
 			continue
 		}
-		if e := it.checkSenders(conn.Identity, idx("messages", i)+".from"); e != nil {
+		if e := it.checkSenders(sess.Conn.Identity, idx("messages", i)+".from"); e != nil {
 			it.err = e
 			continue
 		}
-		s.stage(ctx, conn, it)
+		s.stage(ctx, sess, it)
 		if it.err != nil {
 			continue
 		}
-		msgs = append(msgs, it.msg)
+		acc, err := it.txn.Prepare(ctx, it.msg, relay.CommitOptions{})
+		if err != nil {
+			it.submitFailed(receiptOf(acc), err)
+			continue
+		}
+		txns = append(txns, it.txn)
+		accs = append(accs, acc)
 		sub = append(sub, it)
 		pend = append(pend, i)
-		byID[it.txn.ID] = it
 	}
-	o := relay.Options{}
+	o := relay.CommitOptions{}
 	if id != nil {
 		first := true
-		o.BeforeCommit = func(b *spool.Batch, msg *pipeline.Message, rc *relay.Receipt) error {
+		o.BeforeCommit = func(b *spool.Batch, acc *relay.Accepted) error {
 			if !first {
 				return nil
 			}
@@ -590,18 +539,17 @@ func (s *Server) sendBatch(ctx context.Context, r *http.Request, k *apikey.Key, 
 		}
 	}
 	var results []relay.BatchResult
-	if len(msgs) > 0 {
-		results = s.relay.SubmitBatch(ctx, msgs, o)
+	if len(accs) > 0 {
+		results = s.relay.CommitBatch(ctx, txns, accs, o)
 	}
 	for j, res := range results {
 		it := sub[j]
 		if res.Err != nil {
-			s.submitFailed(ctx, it, res.Receipt, res.Err)
+			it.submitFailed(res.Receipt, res.Err)
 			continue
 		}
 		it.fill(res.Receipt)
 		it.done = true
-		s.logAccepted(it, res.Receipt)
 	}
 	status, ans, first := renderBatch(items, false)
 	if id != nil && status == http.StatusAccepted {
@@ -612,6 +560,13 @@ func (s *Server) sendBatch(ctx context.Context, r *http.Request, k *apikey.Key, 
 		a.retryAfter = first.retryAfter()
 	}
 	return a
+}
+
+func receiptOf(acc *relay.Accepted) *relay.Receipt {
+	if acc == nil {
+		return nil
+	}
+	return acc.Receipt
 }
 
 // completeBatch rebuilds a partial batch answer (see sendBatch): a

@@ -278,7 +278,7 @@ func newEnv(t testing.TB, o envOptions) *env {
 	}
 	d := delivery.NewDialer(config.Delivery{Hostname: "relay.test", ConnectTimeout: 5 * time.Second,
 		CommandTimeout: 10 * time.Second, DataTimeout: 10 * time.Second}, nil)
-	e.q = queue.New(sp, dialer{d}, nil, queue.Options{Logger: log, RetryInitial: 100 * time.Millisecond, RetryJitter: 0})
+	e.q = queue.New(sp, dialer{d}, queue.Options{Logger: log, RetryInitial: 100 * time.Millisecond, RetryJitter: 0})
 	if _, err := e.q.Load(); err != nil {
 		t.Fatal(err)
 	}
@@ -287,7 +287,8 @@ func newEnv(t testing.TB, o envOptions) *env {
 	} else {
 		e.q.Start()
 	}
-	e.relay = relay.New(chain, sp, e.q, log)
+	e.relay = relay.NewSpool(relay.NewPipeline(chain, nil), sp, e.q, relay.Options{Logger: log, Hostname: "relay.test"})
+	e.q.SetBouncer(e.relay)
 
 	e.keysPath = apikey.DefaultPath(filepath.Join(dir, "spool"))
 	if e.keys, err = apikey.Open(e.keysPath); err != nil {
@@ -301,7 +302,7 @@ func newEnv(t testing.TB, o envOptions) *env {
 	if l.Addr == "" {
 		l.Addr = "127.0.0.1:0"
 	}
-	e.srv, err = New(l, e.relay, e.keys, "relay.test", log)
+	e.srv, err = New(l, e.relay, sp, e.keys, "relay.test", log)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -47,6 +47,7 @@ import (
 
 	"github.com/sluice-mta/sluice/internal/apikey"
 	"github.com/sluice-mta/sluice/internal/config"
+	"github.com/sluice-mta/sluice/internal/mailtext"
 	"github.com/sluice-mta/sluice/internal/relay"
 	"github.com/sluice-mta/sluice/internal/spool"
 	"github.com/sluice-mta/sluice/pipeline"
@@ -66,7 +67,6 @@ const (
 type Server struct {
 	l     config.HTTPListener
 	relay *relay.Relay
-	chain *pipeline.Chain
 	sp    *spool.Spool
 	keys  *apikey.Store
 	host  string
@@ -87,9 +87,9 @@ type Server struct {
 // the Message-ID of composed messages (default: the OS host name). With
 // l.TLS set, the certificate is loaded here and Serve speaks TLS with
 // HTTP/2 and HTTP/1.1; without, HTTP/1.1 with keep-alive.
-func New(l config.HTTPListener, r *relay.Relay, keys *apikey.Store, hostname string, log *slog.Logger) (*Server, error) {
-	if r == nil || keys == nil {
-		return nil, errors.New("httpapi: a relay and a key store are required")
+func New(l config.HTTPListener, r *relay.Relay, sp *spool.Spool, keys *apikey.Store, hostname string, log *slog.Logger) (*Server, error) {
+	if r == nil || sp == nil || keys == nil {
+		return nil, errors.New("httpapi: a relay, a spool and a key store are required")
 	}
 	if log == nil {
 		log = slog.Default()
@@ -104,23 +104,16 @@ func New(l config.HTTPListener, r *relay.Relay, keys *apikey.Store, hostname str
 		return nil, fmt.Errorf("httpapi: hostname %q cannot be used in a Message-ID", hostname)
 	}
 	s := &Server{
-		l: l, relay: r, chain: r.Chain(), sp: r.Spool(), keys: keys, host: hostname,
+		l: l, relay: r, sp: sp, keys: keys, host: hostname,
 		log: log.With("component", "http", "listener", l.Addr), max: l.MaxRequestSize, now: time.Now,
 		stop: make(chan struct{}), done: make(chan struct{}),
 	}
 	if s.max <= 0 {
 		s.max = DefaultMaxRequestSize
 	}
-	if l.TLS != nil {
-		cert, err := tls.LoadX509KeyPair(l.TLS.Cert, l.TLS.Key)
-		if err != nil {
-			return nil, fmt.Errorf("httpapi: listener %s: %w", l.Addr, err)
-		}
-		s.tls = &tls.Config{
-			Certificates: []tls.Certificate{cert},
-			MinVersion:   tls.VersionTLS12,
-			NextProtos:   []string{"h2", "http/1.1"},
-		}
+	var err error
+	if s.tls, err = tlsConfig(l); err != nil {
+		return nil, err
 	}
 	s.hs = &http.Server{
 		Handler:           s,
@@ -133,6 +126,28 @@ func New(l config.HTTPListener, r *relay.Relay, keys *apikey.Store, hostname str
 		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
 	}
 	return s, nil
+}
+
+// CheckListener reports what New would refuse in l (TLS files that
+// cannot be loaded), without building anything.
+func CheckListener(l config.HTTPListener) error {
+	_, err := tlsConfig(l)
+	return err
+}
+
+func tlsConfig(l config.HTTPListener) (*tls.Config, error) {
+	if l.TLS == nil {
+		return nil, nil
+	}
+	cert, err := tls.LoadX509KeyPair(l.TLS.Cert, l.TLS.Key)
+	if err != nil {
+		return nil, fmt.Errorf("http listener %s: tls: %w", l.Addr, err)
+	}
+	return &tls.Config{
+		Certificates: []tls.Certificate{cert},
+		MinVersion:   tls.VersionTLS12,
+		NextProtos:   []string{"h2", "http/1.1"},
+	}, nil
 }
 
 // Handler returns the API as an http.Handler (tests, or embedding in
@@ -371,44 +386,30 @@ func (s *Server) readBody(w http.ResponseWriter, r *http.Request) (*bytes.Buffer
 	return buf, nil
 }
 
-// openConn builds the request's pipeline.Conn and runs on_connect, then
-// on_auth with the key's identity (Chain.Verified), then checks that the
-// resulting identity may send.
-func (s *Server) openConn(ctx context.Context, r *http.Request, k *apikey.Key) (*pipeline.Conn, *apiError) {
-	conn := &pipeline.Conn{ID: s.relay.NewID(), Source: pipeline.SourceHTTP, Listener: s.l.Addr}
+// openConn starts the request's relay session: on_connect, then on_auth
+// with the key's identity (Session.Verified), then checks that the
+// resulting identity may send. The relay logs refusals.
+func (s *Server) openConn(ctx context.Context, r *http.Request, k *apikey.Key) (*relay.Session, *apiError) {
+	conn := &pipeline.Conn{Source: pipeline.SourceHTTP, Listener: s.l.Addr, ServerName: s.host}
 	if ap, err := netip.ParseAddrPort(r.RemoteAddr); err == nil {
 		conn.RemoteIP, conn.RemotePort = ap.Addr().Unmap(), ap.Port()
 	}
 	if r.TLS != nil {
-		conn.TLS = tlsVersionName(r.TLS.Version)
+		conn.TLS = mailtext.TLSVersionName(r.TLS.Version)
 	}
-	if err := s.chain.Connect(ctx, conn); err != nil {
-		s.logRefusal("request refused at on_connect", err, "conn", conn.ID, "remote_ip", conn.RemoteIP, "key", k.ID)
+	sess := s.relay.NewSession(conn)
+	if err := sess.Connect(ctx); err != nil {
 		return nil, fromAccess(err)
 	}
 	cr := &pipeline.Credentials{Mechanism: "APIKEY", Username: k.ID}
-	id, err := s.chain.Verified(ctx, conn, cr, k.Identity())
+	id, err := sess.Verified(ctx, cr, k.Identity())
 	if err != nil {
-		s.logRefusal("key refused at on_auth", err, "conn", conn.ID, "remote_ip", conn.RemoteIP, "key", k.ID)
 		return nil, fromAccess(err)
 	}
 	if !id.HasScope(apikey.ScopeSend) {
 		return nil, errf(http.StatusForbidden, codeForbidden, "", "this identity lacks the %q scope", apikey.ScopeSend)
 	}
-	return conn, nil
-}
-
-func (s *Server) logRefusal(msg string, err error, attrs ...any) {
-	r := pipeline.Reply(err)
-	attrs = append(attrs, "code", r.Code, "enhanced", r.Enhanced.String(), "text", r.Message)
-	var pe *pipeline.Error
-	if errors.As(err, &pe) && pe.Stage != "" {
-		attrs = append(attrs, "stage", pe.Stage)
-	}
-	if r.Code == pipeline.ErrInternal.Code && r.Enhanced == pipeline.ErrInternal.Enhanced {
-		attrs = append(attrs, "err", err)
-	}
-	s.log.Info(msg, attrs...)
+	return sess, nil
 }
 
 // checkSender enforces Identity.Senders for an address.
@@ -425,20 +426,6 @@ func checkSender(id *pipeline.Identity, field, addr string) *apiError {
 		}
 	}
 	return errf(http.StatusForbidden, codeSenderNotAllowed, field, "this API key may not send from %q", addr)
-}
-
-func tlsVersionName(v uint16) string {
-	switch v {
-	case tls.VersionTLS10:
-		return "TLS1.0"
-	case tls.VersionTLS11:
-		return "TLS1.1"
-	case tls.VersionTLS12:
-		return "TLS1.2"
-	case tls.VersionTLS13:
-		return "TLS1.3"
-	}
-	return "TLS"
 }
 
 // ---- idempotency ----

@@ -20,23 +20,25 @@ import (
 // did not authenticate: source smtp, no identity, no tenant.
 func (e *env) submitSMTP(from string, to ...string) string {
 	e.t.Helper()
-	txn := &pipeline.Txn{Conn: &pipeline.Conn{ID: e.relay.NewID(), Source: pipeline.SourceSMTP, Listener: "127.0.0.1:2525"},
-		ID: e.relay.NewID(), Sender: from, Received: time.Now()}
-	for _, a := range to {
-		r, err := pipeline.NewRecipient(a)
-		if err != nil {
-			e.t.Fatal(err)
-		}
-		txn.Recipients = append(txn.Recipients, r)
-	}
-	msg, err := pipeline.ParseMessage(txn, []byte("Subject: hi\r\n\r\nhello\r\n"))
+	ctx := context.Background()
+	sess := e.relay.NewSession(&pipeline.Conn{Source: pipeline.SourceSMTP, Listener: "127.0.0.1:2525", RelayNetwork: true})
+	txn, err := sess.Begin(ctx, from, nil, nil)
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	if _, err := e.relay.Submit(context.Background(), msg, relay.Options{BounceRouteRejects: true}); err != nil {
+	for _, a := range to {
+		if _, err := txn.Rcpt(ctx, a); err != nil {
+			e.t.Fatal(err)
+		}
+	}
+	msg, err := pipeline.ParseMessage(txn.T, []byte("Subject: hi\r\n\r\nhello\r\n"))
+	if err != nil {
 		e.t.Fatal(err)
 	}
-	return txn.ID
+	if _, err := txn.Commit(ctx, msg, relay.CommitOptions{OneReply: true}); err != nil {
+		e.t.Fatal(err)
+	}
+	return txn.ID()
 }
 
 func (e *env) status(key, id string) (statusAnswer, resp) {

@@ -198,7 +198,7 @@ func (h *Host) newState() (st *state, err error) {
 
 	var inline *lua.LTable
 	if h.cfgProto != nil {
-		inline = config.InstallRuntime(sb)
+		inline = h.cfg.InstallRuntime(sb)
 		if _, err := sb.Run(ctx, h.cfgProto, nil); err != nil {
 			return nil, fmt.Errorf("lua: replaying %s: %w", h.cfg.File, err)
 		}

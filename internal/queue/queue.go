@@ -17,7 +17,6 @@ package queue
 import (
 	"container/heap"
 	"context"
-	"errors"
 	"log/slog"
 	"math"
 	"math/rand/v2"
@@ -50,21 +49,26 @@ type Dialer interface {
 type Failure struct {
 	Recipient string
 	Expired   bool
-	Reply     *pipeline.Response
-	Remote    string
-	Time      time.Time
+	Reply     *pipeline.Response // as recorded in the event
+	// Err is the error of the last attempt as it happened: a remote
+	// server's reply carries a *delivery.ReplyError, anything Sluice
+	// decided itself does not (so the DSN can tell them apart).
+	Err    error
+	Remote string
+	Time   time.Time
 }
 
-// ErrNoBounce is returned by a Bouncer when policy says no bounce is to be
-// sent (an on_route stage discarded it); the queue logs it and sends none.
-var ErrNoBounce = errors.New("bounce discarded by policy")
-
-// Bouncer builds a DSN for failed recipients of a message and chooses its
-// route. It is called with the original metadata and bytes. A nil Bouncer
-// sends no bounces (tests only).
+// Bouncer turns failed recipients of a message into a bounce. Bounce
+// stages the DSN (as a new message, with its events) into b, the batch
+// that records the failures, and returns what to Enqueue once b commits;
+// nils when no bounce is sent. It is called with the original metadata
+// and bytes. A queue without a Bouncer sends no bounces (tests only).
 type Bouncer interface {
-	Bounce(ctx context.Context, m *spool.Meta, data []byte, failed []Failure) (dsn []byte, route *pipeline.Route, err error)
+	Bounce(ctx context.Context, b *spool.Batch, m *spool.Meta, data []byte, failed []Failure) (*spool.Meta, []*spool.Recipient)
 }
+
+// SetBouncer sets the bouncer; call it before Load and Start.
+func (q *Queue) SetBouncer(b Bouncer) { q.bounce = b }
 
 // Options tunes the queue. Zero values take the defaults of
 // config.Defaults().Delivery.
@@ -129,7 +133,7 @@ type dest struct {
 }
 
 // New creates a queue; call Load, then Start.
-func New(sp *spool.Spool, d Dialer, b Bouncer, o Options) *Queue {
+func New(sp *spool.Spool, d Dialer, o Options) *Queue {
 	if o.MaxConnections <= 0 {
 		o.MaxConnections = 200
 	}
@@ -162,7 +166,7 @@ func New(sp *spool.Spool, d Dialer, b Bouncer, o Options) *Queue {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	return &Queue{
-		o: o, sp: sp, dialer: d, bounce: b, log: o.Logger.With("component", "queue"),
+		o: o, sp: sp, dialer: d, log: o.Logger.With("component", "queue"),
 		ctx: ctx, cancel: cancel,
 		sem:   make(chan struct{}, o.MaxConnections),
 		wake:  make(chan struct{}, 1),
@@ -593,14 +597,14 @@ func (q *Queue) complete(it *item, per []error, err error, remote *pipeline.Remo
 			ev.Response = pipeline.ResponseOf(rerr)
 			ev.BounceClass = "permanent"
 			b.DeleteRecipient(m.ID, r.Idx)
-			failed = append(failed, Failure{Recipient: r.Address, Reply: ev.Response, Remote: remoteHost, Time: now})
+			failed = append(failed, Failure{Recipient: r.Address, Reply: ev.Response, Err: rerr, Remote: remoteHost, Time: now})
 			done++
 		case now.Sub(m.Received) >= q.o.QueueLifetime:
 			ev.Type = pipeline.EventExpired
 			ev.Response = pipeline.ResponseOf(rerr)
 			ev.BounceClass = "expired"
 			b.DeleteRecipient(m.ID, r.Idx)
-			failed = append(failed, Failure{Recipient: r.Address, Expired: true, Reply: ev.Response, Remote: remoteHost, Time: now})
+			failed = append(failed, Failure{Recipient: r.Address, Expired: true, Reply: ev.Response, Err: rerr, Remote: remoteHost, Time: now})
 			done++
 		default:
 			ev.Type = pipeline.EventDeferred
@@ -673,50 +677,15 @@ func (q *Queue) complete(it *item, per []error, err error, remote *pipeline.Remo
 
 // makeBounce builds the DSN for failed recipients of m and adds it to b.
 func (q *Queue) makeBounce(b *spool.Batch, m *spool.Meta, failed []Failure) (*spool.Meta, []*spool.Recipient) {
+	if m.Sender == "" || q.bounce == nil || len(failed) == 0 {
+		return nil, nil
+	}
 	data, err := q.sp.Body(m.ID)
 	if err != nil {
 		q.log.Error("cannot read message for its bounce", "msgid", m.ID, "err", err)
 		data = nil
 	}
-	return q.AddBounce(b, m, data, failed)
-}
-
-// AddBounce builds a DSN for failed recipients of the message m (whose
-// bytes are data) and adds it to b as a new message from the null sender
-// to m's sender. After b commits, pass the results to Enqueue. It returns
-// nils (and logs) when no bounce is due: a null sender, no Bouncer, or a
-// sender that cannot receive mail.
-func (q *Queue) AddBounce(b *spool.Batch, m *spool.Meta, data []byte, failed []Failure) (*spool.Meta, []*spool.Recipient) {
-	if m.Sender == "" || q.bounce == nil || len(failed) == 0 {
-		return nil, nil
-	}
-	_, domain, err := pipeline.SplitAddress(m.Sender)
-	if err != nil {
-		q.log.Warn("sender address cannot receive a bounce", "msgid", m.ID, "sender", m.Sender)
-		return nil, nil
-	}
-	dsn, route, err := q.bounce.Bounce(q.ctx, m, data, failed)
-	if errors.Is(err, ErrNoBounce) {
-		q.log.Info("bounce discarded by on_route", "msgid", m.ID, "sender", m.Sender)
-		return nil, nil
-	}
-	if err != nil {
-		q.log.Error("cannot build bounce; none sent", "msgid", m.ID, "err", err)
-		return nil, nil
-	}
-	if route == nil {
-		route = pipeline.MX()
-	}
-	bm := &spool.Meta{ID: q.sp.NewID(), Source: pipeline.SourceDSN, Sender: "", Tenant: m.Tenant,
-		Received: q.o.Now(), Size: len(dsn), Meta: map[string]string{"bounce_of": m.ID}}
-	r := &spool.Recipient{MsgID: bm.ID, Idx: 0, Address: m.Sender, Domain: domain, Route: route}
-	if err := b.PutMessage(bm, dsn); err != nil {
-		return nil, nil
-	}
-	_ = b.PutRecipient(r)
-	b.AddEvent(q.event(pipeline.EventReceived, bm, r, route.QueueName(domain), 0))
-	q.log.Info("bounce queued", "msgid", bm.ID, "bounce_of", m.ID, "to", m.Sender)
-	return bm, []*spool.Recipient{r}
+	return q.bounce.Bounce(q.ctx, b, m, data, failed)
 }
 
 type itemHeap []*item

@@ -76,13 +76,23 @@ func (c *fakeConn) Close() error {
 
 type fakeBouncer struct{}
 
-func (fakeBouncer) Bounce(ctx context.Context, m *spool.Meta, data []byte, failed []Failure) ([]byte, *pipeline.Route, error) {
+// Bounce stages a minimal DSN as the relay does (the relay's own tests
+// cover the DSN's content and its pass through the pipeline).
+func (fakeBouncer) Bounce(ctx context.Context, b *spool.Batch, m *spool.Meta, data []byte, failed []Failure) (*spool.Meta, []*spool.Recipient) {
 	var sb strings.Builder
 	sb.WriteString("Subject: bounce\r\n\r\n")
 	for _, f := range failed {
 		fmt.Fprintf(&sb, "%s %v %d\r\n", f.Recipient, f.Expired, f.Reply.Code)
 	}
-	return []byte(sb.String()), nil, nil
+	_, domain, _ := pipeline.SplitAddress(m.Sender)
+	bm := &spool.Meta{ID: m.ID + "B", Source: pipeline.SourceDSN, Received: time.Now(), Size: sb.Len()}
+	r := &spool.Recipient{MsgID: bm.ID, Address: m.Sender, Domain: domain, Route: pipeline.MX()}
+	if err := b.PutMessage(bm, []byte(sb.String())); err != nil {
+		return nil, nil
+	}
+	_ = b.PutRecipient(r)
+	b.AddEvent(&pipeline.Event{Type: pipeline.EventReceived, MessageID: bm.ID, Recipient: m.Sender, Source: pipeline.SourceDSN})
+	return bm, []*spool.Recipient{r}
 }
 
 func put(t *testing.T, sp *spool.Spool, sender string, rcpts ...string) (*spool.Meta, []*spool.Recipient) {
@@ -141,7 +151,7 @@ func TestPerRecipientOutcomesRetryAndBounce(t *testing.T) {
 		"retry@b.test": {temp, temp},
 		"bad@b.test":   {perm},
 	}}
-	q := New(sp, fd, fakeBouncer{}, Options{RetryInitial: 20 * time.Millisecond, RetryMax: 40 * time.Millisecond})
+	q := newQueue(sp, fd, fakeBouncer{}, Options{RetryInitial: 20 * time.Millisecond, RetryMax: 40 * time.Millisecond})
 	q.Start()
 	defer q.Stop(context.Background())
 	m, rs := put(t, sp, "sender@a.test", "ok@b.test", "retry@b.test", "bad@b.test")
@@ -172,7 +182,7 @@ func TestNullSenderNeverBounced(t *testing.T) {
 	sp, _ := spool.Open(t.TempDir(), spool.Options{})
 	defer sp.Close()
 	fd := &fakeDialer{replies: map[string][]error{"bad@b.test": {perm}}}
-	q := New(sp, fd, fakeBouncer{}, Options{})
+	q := newQueue(sp, fd, fakeBouncer{}, Options{})
 	q.Start()
 	defer q.Stop(context.Background())
 	m, rs := put(t, sp, "", "bad@b.test")
@@ -190,7 +200,7 @@ func TestExpiryAndDestinationDown(t *testing.T) {
 	sp, _ := spool.Open(t.TempDir(), spool.Options{})
 	defer sp.Close()
 	fd := &fakeDialer{dialErr: &pipeline.Error{Code: 451, Enhanced: pipeline.EnhancedCode{4, 4, 1}, Message: "all MX hosts unreachable"}}
-	q := New(sp, fd, fakeBouncer{}, Options{RetryInitial: 10 * time.Millisecond, RetryMax: 20 * time.Millisecond, QueueLifetime: 150 * time.Millisecond})
+	q := newQueue(sp, fd, fakeBouncer{}, Options{RetryInitial: 10 * time.Millisecond, RetryMax: 20 * time.Millisecond, QueueLifetime: 150 * time.Millisecond})
 	q.Start()
 	defer q.Stop(context.Background())
 	m, rs := put(t, sp, "s@a.test", "x@down.test")
@@ -218,7 +228,7 @@ func TestConnectionReuseAndReload(t *testing.T) {
 	sp, _ = spool.Open(dir, spool.Options{})
 	defer sp.Close()
 	fd := &fakeDialer{}
-	q := New(sp, fd, nil, Options{MaxPerDestination: 2, IdleTimeout: time.Second})
+	q := New(sp, fd, Options{MaxPerDestination: 2, IdleTimeout: time.Second})
 	n, err := q.Load()
 	if err != nil || n != 20 {
 		t.Fatalf("Load = %d, %v", n, err)
@@ -237,7 +247,7 @@ func TestConnectionReuseAndReload(t *testing.T) {
 }
 
 func TestBackoffGrowsAndCaps(t *testing.T) {
-	q := New(nil, nil, nil, Options{RetryInitial: time.Second, RetryMax: 10 * time.Second, RetryFactor: 2, RetryJitter: 0})
+	q := New(nil, nil, Options{RetryInitial: time.Second, RetryMax: 10 * time.Second, RetryFactor: 2, RetryJitter: 0})
 	for n, want := range map[int]time.Duration{1: time.Second, 2: 2 * time.Second, 3: 4 * time.Second, 10: 10 * time.Second} {
 		if got := q.backoff(n); got != want {
 			t.Errorf("backoff(%d) = %v, want %v", n, got, want)
@@ -255,7 +265,7 @@ func TestBackoffGrowsAndCaps(t *testing.T) {
 // coming back from the timer heap with the forgotten object joins the
 // destination registered for its key now.
 func TestForgottenDestinationIsReused(t *testing.T) {
-	q := New(nil, nil, nil, Options{})
+	q := New(nil, nil, Options{})
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	q.stopping = true // no workers: inspect the ready lists
@@ -282,7 +292,7 @@ func TestBurstUsesSeveralConnections(t *testing.T) {
 	sp, _ := spool.Open(t.TempDir(), spool.Options{})
 	defer sp.Close()
 	fd := &fakeDialer{sendDelay: 30 * time.Millisecond}
-	q := New(sp, fd, nil, Options{MaxPerDestination: 4, IdleTimeout: time.Second})
+	q := New(sp, fd, Options{MaxPerDestination: 4, IdleTimeout: time.Second})
 	q.Start()
 	defer q.Stop(context.Background())
 	// One message first, so that a worker is idle when the burst comes.
@@ -307,7 +317,7 @@ func TestOwnPermanentReplyWinsOverConnectionError(t *testing.T) {
 	sp, _ := spool.Open(t.TempDir(), spool.Options{})
 	defer sp.Close()
 	fd := &fakeDialer{replies: map[string][]error{"bad@b.test": {perm}}, txnErr: temp}
-	q := New(sp, fd, nil, Options{RetryInitial: time.Hour})
+	q := New(sp, fd, Options{RetryInitial: time.Hour})
 	q.Start()
 	defer q.Stop(context.Background())
 	m, rs := put(t, sp, "s@a.test", "bad@b.test", "good@b.test")
@@ -317,4 +327,10 @@ func TestOwnPermanentReplyWinsOverConnectionError(t *testing.T) {
 	if !strings.Contains(got, "bounced:bad@b.test") || !strings.Contains(got, "deferred:good@b.test") {
 		t.Fatalf("events %q", got)
 	}
+}
+
+func newQueue(sp *spool.Spool, d Dialer, b Bouncer, o Options) *Queue {
+	q := New(sp, d, o)
+	q.SetBouncer(b)
+	return q
 }

@@ -3,11 +3,13 @@ package relay
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"sort"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/sluice-mta/sluice/internal/delivery"
 	"github.com/sluice-mta/sluice/internal/queue"
 	"github.com/sluice-mta/sluice/internal/spool"
 	"github.com/sluice-mta/sluice/pipeline"
@@ -40,10 +42,14 @@ func (discardStage) OnMessage(ctx context.Context, m *pipeline.Message) (pipelin
 	return pipeline.Verdict{}, nil
 }
 
-type dsnBouncer struct{}
+// stampStage adds X-Stage to every message at on_message, as data.
+type stampStage struct{}
 
-func (dsnBouncer) Bounce(ctx context.Context, m *spool.Meta, data []byte, f []queue.Failure) ([]byte, *pipeline.Route, error) {
-	return []byte("Subject: dsn\r\n\r\n" + f[0].Recipient + "\r\n"), nil, nil
+func (stampStage) Name() string { return "stamp" }
+func (stampStage) OnMessage(ctx context.Context, m *pipeline.Message) (pipeline.Verdict, error) {
+	var v pipeline.Verdict
+	v.Edits.AddHeader("X-Stage", "seen "+m.Conn.Source)
+	return v, nil
 }
 
 type parkDialer struct{}
@@ -53,39 +59,51 @@ func (parkDialer) Dial(ctx context.Context, r *pipeline.Route, domain string) (q
 	return nil, ctx.Err()
 }
 
-func setup(t *testing.T) (*Relay, *spool.Spool) {
+func setup(t *testing.T, extra ...pipeline.Stage) (*Relay, *spool.Spool) {
 	t.Helper()
 	sp, err := spool.Open(t.TempDir(), spool.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { sp.Close() })
-	chain, err := pipeline.Compile([]pipeline.Stage{discardStage{}, routeStage{}}, pipeline.ChainOptions{})
+	stages := append([]pipeline.Stage{discardStage{}, stampStage{}, routeStage{}}, extra...)
+	chain, err := pipeline.Compile(stages, pipeline.ChainOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	// The dialer parks every delivery until the test ends, so the spool
 	// shows exactly what acceptance wrote.
-	q := queue.New(sp, parkDialer{}, dsnBouncer{}, queue.Options{})
+	q := queue.New(sp, parkDialer{}, queue.Options{Logger: slog.New(slog.DiscardHandler)})
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Millisecond)
 		defer cancel()
 		q.Stop(ctx)
 	})
-	return New(chain, sp, q, nil), sp
+	r := NewSpool(NewPipeline(chain, nil), sp, q, Options{Hostname: "relay.test", Logger: slog.New(slog.DiscardHandler)})
+	q.SetBouncer(r)
+	return r, sp
 }
 
-func message(t *testing.T, r *Relay, subject string, rcpts ...string) *pipeline.Message {
+// begin starts a transaction from s@a.test on a relay-network connection
+// of source src and adds rcpts.
+func begin(t *testing.T, r *Relay, src string, rcpts ...string) *Txn {
 	t.Helper()
-	txn := &pipeline.Txn{Conn: &pipeline.Conn{Source: pipeline.SourceSMTP}, ID: r.NewID(), Sender: "s@a.test", Received: time.Now()}
+	sess := r.NewSession(&pipeline.Conn{Source: src, RelayNetwork: true})
+	txn, err := sess.Begin(context.Background(), "s@a.test", nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
 	for _, a := range rcpts {
-		rc, err := pipeline.NewRecipient(a)
-		if err != nil {
+		if _, err := txn.Rcpt(context.Background(), a); err != nil {
 			t.Fatal(err)
 		}
-		txn.Recipients = append(txn.Recipients, rc)
 	}
-	m, err := pipeline.ParseMessage(txn, []byte("Subject: "+subject+"\r\n\r\nbody\r\n"))
+	return txn
+}
+
+func message(t *testing.T, txn *Txn, subject string) *pipeline.Message {
+	t.Helper()
+	m, err := pipeline.ParseMessage(txn.T, []byte("Subject: "+subject+"\r\n\r\nbody\r\n"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -112,10 +130,30 @@ func eventTypes(t *testing.T, sp *spool.Spool, id string) string {
 	return strings.Join(out, " ")
 }
 
+// dsnOf returns the one DSN in the spool.
+func dsnOf(t *testing.T, sp *spool.Spool) (*spool.Meta, string) {
+	t.Helper()
+	var meta *spool.Meta
+	sp.ScanRecipients(func(m *spool.Meta, r *spool.Recipient) error {
+		if m.Source == pipeline.SourceDSN {
+			meta = m
+		}
+		return nil
+	})
+	if meta == nil {
+		t.Fatal("no DSN in the spool")
+	}
+	b, err := sp.Body(meta.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return meta, string(b)
+}
+
 func TestSMTPPartialRouteRejectBounces(t *testing.T) {
 	r, sp := setup(t)
-	m := message(t, r, "hi", "ok@b.test", "perm@b.test", "drop@b.test")
-	rc, err := r.Submit(context.Background(), m, Options{BounceRouteRejects: true})
+	txn := begin(t, r, pipeline.SourceSMTP, "ok@b.test", "perm@b.test", "drop@b.test")
+	rc, err := txn.Commit(context.Background(), message(t, txn, "hi"), CommitOptions{OneReply: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -127,28 +165,128 @@ func TestSMTPPartialRouteRejectBounces(t *testing.T) {
 	if strings.Join(got, ",") != strings.Join(want, ",") {
 		t.Fatalf("spooled %v, want %v (the refused recipient bounces to the sender)", got, want)
 	}
-	if ev := eventTypes(t, sp, m.ID); ev != "received:ok@b.test rejected:perm@b.test discarded:drop@b.test" {
+	if ev := eventTypes(t, sp, txn.ID()); ev != "received:ok@b.test rejected:perm@b.test discarded:drop@b.test" {
 		t.Fatalf("events %q", ev)
+	}
+	// The DSN came through the front door: on_message stamped it, it has
+	// events of its own, and it says what Sluice decided ("x-sluice;"),
+	// not as if a remote server had said it.
+	dm, body := dsnOf(t, sp)
+	if !strings.Contains(body, "X-Stage: seen dsn") {
+		t.Errorf("the DSN did not pass on_message:\n%s", body)
+	}
+	if !strings.Contains(body, "Diagnostic-Code: x-sluice; 550 5.1.1 no such user") || strings.Contains(body, "smtp;") {
+		t.Errorf("DSN diagnostic:\n%s", body)
+	}
+	if ev := eventTypes(t, sp, dm.ID); ev != "received:s@a.test" {
+		t.Errorf("DSN events %q", ev)
+	}
+	if dm.Meta["bounce_of"] != txn.ID() || dm.Sender != "" {
+		t.Errorf("DSN meta %+v", dm)
+	}
+}
+
+// TestBounceDiagnostics: the DSN of a delivery failure says "smtp;" only
+// for what a remote server replied, with its Remote-MTA; what Sluice
+// decided itself (an MX that does not exist) is "x-sluice;".
+func TestBounceDiagnostics(t *testing.T) {
+	remote := &pipeline.Error{Code: 550, Enhanced: pipeline.EnhancedCode{5, 1, 1}, Message: "user unknown",
+		Cause: &delivery.ReplyError{Remote: pipeline.Remote{Host: "mx1.b.test", IP: "192.0.2.1"}, Command: "RCPT", Code: 550,
+			Enhanced: pipeline.EnhancedCode{5, 1, 1}, Text: "user unknown"}}
+	local := pipeline.Errorf(550, pipeline.EnhancedCode{5, 4, 4}, "MX host mx.nowhere.test does not exist")
+	expired := pipeline.Errorf(451, pipeline.EnhancedCode{4, 4, 1}, "connection refused")
+	for name, tc := range map[string]struct {
+		f    queue.Failure
+		want []string
+		not  string
+	}{
+		"remote": {queue.Failure{Recipient: "x@b.test", Err: remote, Remote: "mx1.b.test"},
+			[]string{"Diagnostic-Code: smtp; 550 5.1.1 user unknown", "Remote-MTA: dns; mx1.b.test", "Status: 5.1.1"}, "x-sluice"},
+		"local": {queue.Failure{Recipient: "x@b.test", Err: local},
+			[]string{"Diagnostic-Code: x-sluice; 550 5.4.4 MX host mx.nowhere.test does not exist", "Status: 5.4.4"}, "smtp;"},
+		"expired": {queue.Failure{Recipient: "x@b.test", Err: expired, Expired: true},
+			[]string{"Diagnostic-Code: x-sluice; 451 4.4.1 connection refused", "Status: 5.4.7", "Action: failed"}, "smtp;"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			r, sp := setup(t)
+			m := &spool.Meta{ID: r.NewID(), Sender: "s@a.test", Source: pipeline.SourceSMTP, Received: time.Now()}
+			b := sp.NewBatch()
+			bm, rcpts := r.Bounce(context.Background(), b, m, []byte("Subject: orig\r\n\r\nbody\r\n"), []queue.Failure{tc.f})
+			if bm == nil || len(rcpts) != 1 || rcpts[0].Address != "s@a.test" {
+				t.Fatalf("bounce %+v %v", bm, rcpts)
+			}
+			if err := b.Commit(true); err != nil {
+				t.Fatal(err)
+			}
+			_, body := dsnOf(t, sp)
+			for _, w := range tc.want {
+				if !strings.Contains(body, w) {
+					t.Errorf("DSN lacks %q:\n%s", w, body)
+				}
+			}
+			if strings.Contains(body, tc.not) {
+				t.Errorf("DSN has %q:\n%s", tc.not, body)
+			}
+		})
+	}
+}
+
+// dsnPolicy refuses, tempfails or discards DSNs at on_rcpt / on_message.
+type dsnPolicy struct{ v pipeline.Verdict }
+
+func (dsnPolicy) Name() string { return "dsnpolicy" }
+func (d dsnPolicy) OnRcpt(ctx context.Context, txn *pipeline.Txn, r *pipeline.Recipient) (pipeline.Verdict, error) {
+	if txn.Conn.Source == pipeline.SourceDSN {
+		return d.v, nil
+	}
+	return pipeline.Verdict{}, nil
+}
+
+// TestBouncePolicy: a stage may refuse or discard a DSN (no bounce, and
+// the refusal is recorded); a temporary failure must not lose the bounce.
+func TestBouncePolicy(t *testing.T) {
+	failed := []queue.Failure{{Recipient: "x@b.test", Err: pipeline.Errorf(550, pipeline.EnhancedCode{5, 1, 1}, "no")}}
+	for name, tc := range map[string]struct {
+		v      pipeline.Verdict
+		bounce bool
+	}{
+		"reject":   {pipeline.RejectVerdict(550, pipeline.EnhancedCode{5, 7, 1}, "no backscatter"), false},
+		"tempfail": {pipeline.TempfailVerdict(451, pipeline.EnhancedCode{4, 7, 1}, "later"), true},
+		"accept":   {pipeline.AcceptVerdict(), true},
+	} {
+		t.Run(name, func(t *testing.T) {
+			r, sp := setup(t, dsnPolicy{tc.v})
+			m := &spool.Meta{ID: r.NewID(), Sender: "s@a.test", Source: pipeline.SourceSMTP, Received: time.Now()}
+			b := sp.NewBatch()
+			bm, _ := r.Bounce(context.Background(), b, m, nil, failed)
+			if (bm != nil) != tc.bounce {
+				t.Fatalf("bounce %+v, want %v", bm, tc.bounce)
+			}
+			b.Commit(true)
+		})
 	}
 }
 
 func TestSMTPTemporaryRouteFailureFailsWholeMessage(t *testing.T) {
 	r, sp := setup(t)
-	m := message(t, r, "hi", "ok@b.test", "temp@b.test")
-	_, err := r.Submit(context.Background(), m, Options{BounceRouteRejects: true})
+	txn := begin(t, r, pipeline.SourceSMTP, "ok@b.test", "temp@b.test")
+	_, err := txn.Commit(context.Background(), message(t, txn, "hi"), CommitOptions{OneReply: true})
 	if rep := pipeline.Reply(err); rep.Code != 451 {
 		t.Fatalf("reply %v, want the 451 of the tempfailed recipient", err)
 	}
 	if got := queued(t, sp); len(got) != 0 {
 		t.Fatalf("spooled %v after a 4xx: the client will retry every recipient", got)
 	}
+	// Every recipient has its "rejected" event, by the one rule.
+	if ev := eventTypes(t, sp, txn.ID()); ev != "rejected:ok@b.test rejected:temp@b.test" {
+		t.Fatalf("events %q", ev)
+	}
 }
 
 func TestHTTPPerRecipientResults(t *testing.T) {
 	r, sp := setup(t)
-	m := message(t, r, "hi", "ok@b.test", "temp@b.test", "perm@b.test")
-	m.Conn.Source = pipeline.SourceHTTP
-	rc, err := r.Submit(context.Background(), m, Options{})
+	txn := begin(t, r, pipeline.SourceHTTP, "ok@b.test", "temp@b.test", "perm@b.test")
+	rc, err := txn.Commit(context.Background(), message(t, txn, "hi"), CommitOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -169,19 +307,19 @@ func TestHTTPPerRecipientResults(t *testing.T) {
 
 func TestAllRefusedAndDiscarded(t *testing.T) {
 	r, sp := setup(t)
-	m := message(t, r, "hi", "perm@b.test")
-	if _, err := r.Submit(context.Background(), m, Options{BounceRouteRejects: true}); pipeline.Reply(err).Code != 550 {
+	txn := begin(t, r, pipeline.SourceSMTP, "perm@b.test")
+	if _, err := txn.Commit(context.Background(), message(t, txn, "hi"), CommitOptions{OneReply: true}); pipeline.Reply(err).Code != 550 {
 		t.Fatalf("all refused: %v", err)
 	}
-	if ev := eventTypes(t, sp, m.ID); ev != "rejected:perm@b.test" {
+	if ev := eventTypes(t, sp, txn.ID()); ev != "rejected:perm@b.test" {
 		t.Fatalf("events %q", ev)
 	}
-	d := message(t, r, "discard me", "ok@b.test")
-	rc, err := r.Submit(context.Background(), d, Options{})
+	d := begin(t, r, pipeline.SourceSMTP, "ok@b.test")
+	rc, err := d.Commit(context.Background(), message(t, d, "discard me"), CommitOptions{})
 	if err != nil || !rc.Discarded {
 		t.Fatalf("discard: %+v %v", rc, err)
 	}
-	if ev := eventTypes(t, sp, d.ID); ev != "discarded:ok@b.test" {
+	if ev := eventTypes(t, sp, d.ID()); ev != "discarded:ok@b.test" {
 		t.Fatalf("events %q", ev)
 	}
 	if got := queued(t, sp); len(got) != 0 {
@@ -191,25 +329,49 @@ func TestAllRefusedAndDiscarded(t *testing.T) {
 
 func TestBatchIsolationAndBeforeCommit(t *testing.T) {
 	r, sp := setup(t)
-	a := message(t, r, "a", "ok@b.test")
-	b := message(t, r, "b", "perm@b.test")
-	c := message(t, r, "c", "ok2@b.test")
-	failC := errors.New("idempotency store down")
-	res := r.SubmitBatch(context.Background(), []*pipeline.Message{a, b, c}, Options{
-		BeforeCommit: func(_ *spool.Batch, m *pipeline.Message, _ *Receipt) error {
-			if m == c {
-				return failC
+	ctx := context.Background()
+	var txns []*Txn
+	var accs []*Accepted
+	for _, rc := range []string{"ok@b.test", "perm@b.test", "ok2@b.test"} {
+		txn := begin(t, r, pipeline.SourceHTTP, rc)
+		acc, err := txn.Prepare(ctx, message(t, txn, "x"), CommitOptions{})
+		if rc == "perm@b.test" {
+			// A refused message does not affect the others.
+			if err == nil {
+				t.Fatal("perm@b.test was not refused")
 			}
+			continue
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		txns, accs = append(txns, txn), append(accs, acc)
+	}
+	var seen []string
+	res := r.CommitBatch(ctx, txns, accs, CommitOptions{
+		BeforeCommit: func(_ *spool.Batch, a *Accepted) error {
+			seen = append(seen, a.Msg.ID)
 			return nil
 		},
 	})
-	if res[0].Err != nil || res[1].Err == nil || !errors.Is(res[2].Err, failC) {
-		t.Fatalf("results %+v", res)
+	if res[0].Err != nil || res[1].Err != nil || len(seen) != 2 {
+		t.Fatalf("results %+v, BeforeCommit saw %v", res, seen)
 	}
-	if got := queued(t, sp); strings.Join(got, ",") != "smtp:ok@b.test" {
-		t.Fatalf("spooled %v: only the first message may be queued", got)
+	if got := queued(t, sp); strings.Join(got, ",") != "http:ok2@b.test,http:ok@b.test" {
+		t.Fatalf("spooled %v", got)
 	}
-	if _, err := sp.Body(c.ID); err == nil {
+	// A BeforeCommit failure fails the whole batch: nothing is written.
+	txn := begin(t, r, pipeline.SourceHTTP, "ok3@b.test")
+	acc, err := txn.Prepare(ctx, message(t, txn, "y"), CommitOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	fail := errors.New("idempotency store down")
+	res = r.CommitBatch(ctx, []*Txn{txn}, []*Accepted{acc}, CommitOptions{BeforeCommit: func(*spool.Batch, *Accepted) error { return fail }})
+	if pipeline.Reply(res[0].Err).Code != 451 {
+		t.Fatalf("result %+v", res[0])
+	}
+	if _, err := sp.Body(txn.ID()); err == nil {
 		t.Fatal("a message whose BeforeCommit failed left its body in the spool")
 	}
 }
@@ -219,13 +381,9 @@ func TestCloseRefusesNewSubmissions(t *testing.T) {
 	if !r.Close(context.Background()) {
 		t.Fatal("Close did not finish with nothing in flight")
 	}
-	m := message(t, r, "late", "ok@b.test")
-	if _, err := r.Submit(context.Background(), m, Options{}); pipeline.Reply(err).Code != 421 {
-		t.Fatalf("submit after Close: %v", err)
-	}
-	res := r.SubmitBatch(context.Background(), []*pipeline.Message{m}, Options{})
-	if pipeline.Reply(res[0].Err).Code != 421 {
-		t.Fatalf("batch after Close: %v", res[0].Err)
+	txn := begin(t, r, pipeline.SourceSMTP, "ok@b.test")
+	if _, err := txn.Commit(context.Background(), message(t, txn, "late"), CommitOptions{}); pipeline.Reply(err).Code != 421 {
+		t.Fatalf("commit after Close: %v", err)
 	}
 	if got := queued(t, sp); len(got) != 0 {
 		t.Fatalf("spooled %v after Close", got)

@@ -1,9 +1,15 @@
-// Package server assembles one Sluice node from its configuration: the
-// stages and the compiled chain, the spool, the delivery queue, the event
-// exporter, and the SMTP and HTTP listeners. It owns their lifecycle:
-// New builds everything without side effects beyond compiling Lua; Start
-// opens the spool, rebuilds the queues and starts the listeners (cleaning
-// up what started if one fails); Stop stops them in reverse order.
+// Package server assembles one Sluice node from its configuration and owns
+// its lifecycle.
+//
+//	New:    validate everything that can be checked without side effects
+//	        (the same Validate `sluice check` runs), build the pipeline.
+//	Start:  start the components in order: spool, event exporter, queue,
+//	        housekeeping, the relay, the SMTP and HTTP listeners, the
+//	        control socket. If one fails, those started stop in reverse.
+//	Reload: load the configuration again; if it validates, new
+//	        transactions use the new pipeline while those in flight finish
+//	        on the old one; if not, the old one keeps serving.
+//	Stop:   stop the components in reverse order, then close the pipeline.
 package server
 
 import (
@@ -14,6 +20,8 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"reflect"
+	"strings"
 	"sync"
 	"time"
 
@@ -31,105 +39,215 @@ import (
 	"github.com/sluice-mta/sluice/pipeline"
 )
 
-// Server is one running node.
+// Server is one running node. Start, Reload and Stop may be called from
+// different goroutines; Reload calls are serialised.
 type Server struct {
-	cfg    *config.Config
-	log    *slog.Logger
-	host   *luahost.Host
-	stages []pipeline.Stage
-	chain  *pipeline.Chain
+	cfg  *config.Config
+	log  *slog.Logger
+	pipe *relay.Pipeline // built by New, handed to the relay at Start
+	res  *dnsx.Client
 
-	sp     *spool.Spool
-	q      *queue.Queue
-	relay  *relay.Relay
-	ex     *events.Exporter
-	sinks  []events.Sink
-	exStop context.CancelFunc
-	smtp   []*smtpsrc.Server
-	http   []*httpapi.Server
-	keys   *apikey.Store
-	wg     sync.WaitGroup
-	errc   chan error
-	bgStop context.CancelFunc
+	sp      *spool.Spool
+	q       *queue.Queue
+	relay   *relay.Relay
+	ex      *events.Exporter
+	sinks   []events.Sink
+	file    *events.FileSink
+	smtp    []*smtpsrc.Server
+	http    []*httpapi.Server
+	keys    *apikey.Store
+	control *controlServer
+	wg      sync.WaitGroup
+	errc    chan error
+
+	started  []component // in start order
+	reloadMu sync.Mutex
+	exStop   context.CancelFunc
+	hkStop   func()
+	stopSMTP []*smtpsrc.Server
 }
 
-// New builds the stages and compiles the chain.
+// component is one long-lived part of the node.
+type component struct {
+	name  string
+	start func() error
+	stop  func(ctx context.Context) error
+}
+
+// New validates cfg (see Validate) and builds its pipeline. It opens
+// nothing: no spool, no listener, no file.
 func New(cfg *config.Config, log *slog.Logger) (*Server, error) {
 	if log == nil {
 		log = slog.Default()
 	}
 	s := &Server{cfg: cfg, log: log, errc: make(chan error, 16)}
+	if err := checkNode(cfg); err != nil {
+		return nil, err
+	}
+	res, err := resolver(cfg)
+	if err != nil {
+		return nil, err
+	}
+	s.res = res
+	p, err := BuildPipeline(cfg, log, res)
+	if err != nil {
+		return nil, err
+	}
+	s.pipe = p
+	return s, nil
+}
+
+// Validate runs every check `serve` runs before it opens anything: the
+// pipeline builds (Lua compiles, built-ins provision and validate), the
+// listeners' settings and TLS files, the resolver address, and what this
+// version cannot serve. `sluice check` calls it; New calls the same
+// checks. It creates no file or directory.
+func Validate(cfg *config.Config, log *slog.Logger) error {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	if err := checkNode(cfg); err != nil {
+		return err
+	}
+	res, err := resolver(cfg)
+	if err != nil {
+		return err
+	}
+	p, err := BuildPipeline(cfg, log, res)
+	if err != nil {
+		return err
+	}
+	relay.ClosePipeline(p)
+	return nil
+}
+
+// checkNode validates the parts of cfg outside the pipeline.
+func checkNode(cfg *config.Config) error {
+	if len(cfg.SMTP) == 0 && len(cfg.HTTP) == 0 {
+		return fmt.Errorf("%s has no listener; add sluice.listen_smtp { addr = \"127.0.0.1:2525\" } or sluice.listen_http { ... }", cfg.File)
+	}
+	if cfg.Events.Kafka != nil {
+		return fmt.Errorf("%s: sluice.events { kafka = ... }: the Kafka sink is not available in this version; remove the kafka key (events go to %s)", cfg.File, cfg.Events.File)
+	}
+	for _, l := range cfg.SMTP {
+		if err := smtpsrc.CheckListener(l); err != nil {
+			return fmt.Errorf("%s: %w", cfg.File, err)
+		}
+	}
+	for _, l := range cfg.HTTP {
+		if err := httpapi.CheckListener(l); err != nil {
+			return fmt.Errorf("%s: %w", cfg.File, err)
+		}
+	}
+	return nil
+}
+
+func resolver(cfg *config.Config) (*dnsx.Client, error) {
+	res, err := dnsx.New(dnsx.Options{Server: cfg.Delivery.Resolver})
+	if err != nil {
+		return nil, fmt.Errorf("%s: sluice.delivery { resolver = ... }: %w", cfg.File, err)
+	}
+	return res, nil
+}
+
+// BuildPipeline builds cfg's stages (built-ins from the registry, then
+// provisioned and validated; Lua and inline stages from a new Lua host)
+// and compiles the chain. On error everything built is closed.
+func BuildPipeline(cfg *config.Config, log *slog.Logger, res dnsx.Resolver) (*relay.Pipeline, error) {
 	host, err := luahost.NewHost(cfg, log)
 	if err != nil {
 		return nil, err
 	}
-	s.host = host
-	stages, err := BuildStages(cfg, host)
-	if err != nil {
-		host.Close()
-		return nil, err
-	}
-	s.stages = stages
-	s.chain, err = pipeline.Compile(stages, pipeline.ChainOptions{
-		StageTimeout: cfg.StageTimeout, LocalDomains: cfg.LocalDomains, Logger: log, RecoverPanics: true,
-	})
-	if err != nil {
-		s.closeStages()
-		return nil, err
-	}
-	return s, nil
-}
-
-// BuildStages turns stage specs into stages: built-ins from the registry,
-// Lua and inline stages from the Lua host.
-func BuildStages(cfg *config.Config, host *luahost.Host) ([]pipeline.Stage, error) {
-	var out []pipeline.Stage
-	for _, spec := range cfg.Stages {
-		var (
-			st  pipeline.Stage
-			err error
-		)
-		switch spec.Kind {
-		case config.StageBuiltin:
-			f, ok := pipeline.Lookup(spec.Builtin)
-			if !ok {
-				err = fmt.Errorf("unknown built-in stage %q", spec.Builtin)
-				break
-			}
-			st, err = f(spec.Name, spec.Options)
-		case config.StagePlugin:
-			err = fmt.Errorf("plugin stages are not available in this version of sluice")
-		default:
-			st, err = host.Stage(spec)
-		}
-		if err != nil {
-			for i := len(out) - 1; i >= 0; i-- {
-				if c, ok := out[i].(pipeline.Closer); ok {
-					c.Close()
+	var stages []pipeline.Stage
+	closeAll := func() {
+		for i := len(stages) - 1; i >= 0; i-- {
+			if c, ok := stages[i].(pipeline.Closer); ok {
+				if err := c.Close(); err != nil {
+					log.Warn("stage close failed", "stage", stages[i].Name(), "err", err)
 				}
 			}
+		}
+		host.Close()
+	}
+	hostname := cfg.Hostname
+	for _, spec := range cfg.Stages {
+		st, err := buildStage(cfg, spec, host, log, res, hostname)
+		if err != nil {
+			closeAll()
 			return nil, fmt.Errorf("%s:%d: stage %q: %w", cfg.File, spec.Line, spec.Name, err)
 		}
-		out = append(out, st)
+		stages = append(stages, st)
 	}
-	return out, nil
+	chain, err := pipeline.Compile(stages, pipeline.ChainOptions{
+		StageTimeout: cfg.StageTimeout, LocalDomains: cfg.LocalDomains, Logger: log, RecoverPanics: true,
+		AuthServID: hostname,
+	})
+	if err != nil {
+		closeAll()
+		return nil, fmt.Errorf("%s: %w", cfg.File, err)
+	}
+	return relay.NewPipeline(chain, closeAll), nil
 }
 
-func (s *Server) closeStages() {
-	for i := len(s.stages) - 1; i >= 0; i-- {
-		if c, ok := s.stages[i].(pipeline.Closer); ok {
-			if err := c.Close(); err != nil {
-				s.log.Warn("stage close failed", "stage", s.stages[i].Name(), "err", err)
+// buildStage builds one stage and runs its lifecycle up to validation.
+func buildStage(cfg *config.Config, spec config.StageSpec, host *luahost.Host, log *slog.Logger, res dnsx.Resolver, hostname string) (pipeline.Stage, error) {
+	switch spec.Kind {
+	case config.StageBuiltin:
+		f, ok := pipeline.Lookup(spec.Builtin)
+		if !ok {
+			return nil, config.UnknownBuiltin(spec.Builtin)
+		}
+		st, err := f(spec.Name, spec.Options)
+		if err != nil {
+			return nil, err
+		}
+		if p, ok := st.(pipeline.Provisioner); ok {
+			env := &pipeline.Env{Logger: log.With("stage", spec.Name), Resolver: txtResolver{res}, Hostname: hostname, Node: cfg.Node}
+			if err := p.Provision(env); err != nil {
+				closeStage(st)
+				return nil, err
 			}
 		}
+		if v, ok := st.(pipeline.Validator); ok {
+			if err := v.Validate(); err != nil {
+				closeStage(st)
+				return nil, err
+			}
+		}
+		return st, nil
+	case config.StagePlugin:
+		return nil, fmt.Errorf("plugin stages are not available in this version of sluice")
 	}
-	if s.host != nil {
-		s.host.Close()
+	return host.Stage(spec)
+}
+
+func closeStage(st pipeline.Stage) {
+	if c, ok := st.(pipeline.Closer); ok {
+		_ = c.Close()
 	}
 }
 
-// Chain returns the compiled pipeline.
-func (s *Server) Chain() *pipeline.Chain { return s.chain }
+// txtResolver adapts dnsx to pipeline.Resolver.
+type txtResolver struct{ r dnsx.Resolver }
+
+func (t txtResolver) LookupTXT(ctx context.Context, name string) ([]string, time.Duration, error) {
+	res, err := t.r.LookupTXT(ctx, name)
+	if dnsx.IsNotFound(err) || dnsx.IsNoData(err) {
+		return nil, 0, pipeline.ErrDNSNotFound
+	}
+	if err != nil {
+		return nil, 0, err
+	}
+	return res.Records, res.TTL, nil
+}
+
+// Chain returns the current compiled pipeline.
+func (s *Server) Chain() *pipeline.Chain {
+	if s.relay != nil {
+		return s.relay.Chain()
+	}
+	return s.pipe.Chain
+}
 
 // dialer adapts delivery.Dialer to queue.Dialer.
 type dialer struct{ d *delivery.Dialer }
@@ -142,122 +260,207 @@ func (d dialer) Dial(ctx context.Context, r *pipeline.Route, domain string) (que
 	return sess, nil
 }
 
-// Start opens the spool, rebuilds the queues and starts every listener.
-func (s *Server) Start() (err error) {
-	cfg := s.cfg
-	var cleanup []func()
-	defer func() {
-		if err != nil {
-			for i := len(cleanup) - 1; i >= 0; i-- {
-				cleanup[i]()
-			}
-		}
-	}()
-
-	if cfg.Events.Kafka != nil {
-		return fmt.Errorf("%s: sluice.events { kafka = ... }: the Kafka sink is not available in this version; remove the kafka key (events go to %s)", cfg.File, cfg.Events.File)
-	}
-	s.sp, err = spool.Open(cfg.Spool.Path, spool.Options{MemtableMB: cfg.Spool.MemtableMB, Logger: s.log, Node: cfg.Node})
-	if err != nil {
-		return err
-	}
-	cleanup = append(cleanup, func() { s.sp.Close() })
-
-	res, err := dnsx.New(dnsx.Options{Server: cfg.Delivery.Resolver})
-	if err != nil {
-		return fmt.Errorf("delivery resolver: %w", err)
-	}
-	d := delivery.NewDialer(cfg.Delivery, res)
-	d.Hostname = cfg.Delivery.Hostname
-	if d.Hostname == "" {
-		d.Hostname = cfg.Hostname
-	}
-	d.Logger = s.log
-	s.q = queue.New(s.sp, dialer{d}, &bouncer{chain: s.chain, hostname: cfg.Hostname, log: s.log}, queue.Options{
-		MaxConnections: cfg.Delivery.MaxConnections, MaxPerDestination: cfg.Delivery.MaxPerDestination,
-		MaxMessagesPerConn: cfg.Delivery.MaxMessagesPerConn, IdleTimeout: cfg.Delivery.IdleTimeout,
-		RetryInitial: cfg.Delivery.RetryInitial, RetryMax: cfg.Delivery.RetryMax,
-		RetryFactor: cfg.Delivery.RetryFactor, RetryJitter: cfg.Delivery.RetryJitter,
-		QueueLifetime: cfg.Delivery.QueueLifetime, Logger: s.log,
-	})
-	if n, err := s.sp.CollectOrphans(); err != nil {
-		return fmt.Errorf("spool: %w", err)
-	} else if n > 0 {
-		s.log.Info("deleted settled messages left by a crash", "n", n)
-	}
-	n, err := s.q.Load()
-	if err != nil {
-		return fmt.Errorf("rebuilding queues from the spool: %w", err)
-	}
-	s.log.Info("spool opened", "path", cfg.Spool.Path, "queued_recipients", n)
-	s.q.Start()
-	cleanup = append(cleanup, func() { s.q.Stop(context.Background()) })
-
-	fs, err := events.OpenFile(cfg.Events.File)
-	if err != nil {
-		return err
-	}
-	s.sinks = []events.Sink{fs}
-	cleanup = append(cleanup, func() { fs.Close() })
-	var onEvent func(context.Context, *pipeline.Event)
-	if s.chain.HasEventHooks() {
-		onEvent = s.chain.Event
-	}
-	s.ex, err = events.NewExporter(s.sp, s.sinks, events.Options{OnEvent: onEvent, Logger: s.log})
-	if err != nil {
-		return err
-	}
-	exCtx, exStop := context.WithCancel(context.Background())
-	s.exStop = exStop
-	go s.ex.Run(exCtx)
-	cleanup = append(cleanup, func() { exStop(); <-s.ex.Done() })
-
-	bg, bgStop := context.WithCancel(context.Background())
-	s.bgStop = bgStop
-	s.wg.Add(1)
-	go s.housekeeping(bg)
-	cleanup = append(cleanup, bgStop)
-
-	s.relay = relay.New(s.chain, s.sp, s.q, s.log)
-
-	for _, l := range cfg.SMTP {
-		// One id generator for every source: the spool's is strictly
-		// monotonic, so ids from SMTP, HTTP and bounces sort together.
-		srv, err := smtpsrc.New(l, s.chain, smtpSubmitter{s.relay}, s.log, smtpsrc.WithIDGenerator(s.sp.NewID))
-		if err != nil {
-			return fmt.Errorf("smtp listener %s: %w", l.Addr, err)
-		}
-		ln, err := net.Listen("tcp", l.Addr)
-		if err != nil {
-			return fmt.Errorf("smtp listener %s: %w", l.Addr, err)
-		}
-		s.smtp = append(s.smtp, srv)
-		cleanup = append(cleanup, func() { srv.Close() })
-		s.serve("smtp "+l.Addr, func() error { return srv.Serve(ln) })
-		s.log.Info("listening", "proto", "smtp", "addr", ln.Addr().String(), "tls", l.TLS != nil, "implicit_tls", l.ImplicitTLS)
-	}
-	if len(cfg.HTTP) > 0 {
-		keysPath := cfg.APIKeysFile()
-		s.keys, err = apikey.Open(keysPath)
-		if err != nil {
+// Start starts the components in order; if one fails, those started are
+// stopped in reverse order and the error is returned.
+func (s *Server) Start() error {
+	for _, c := range s.components() {
+		if err := c.start(); err != nil {
+			s.stopStarted(context.Background())
 			return err
 		}
-	}
-	for _, l := range cfg.HTTP {
-		srv, err := httpapi.New(l, s.relay, s.keys, cfg.Hostname, s.log)
-		if err != nil {
-			return fmt.Errorf("http listener %s: %w", l.Addr, err)
-		}
-		ln, err := net.Listen("tcp", l.Addr)
-		if err != nil {
-			return fmt.Errorf("http listener %s: %w", l.Addr, err)
-		}
-		s.http = append(s.http, srv)
-		cleanup = append(cleanup, func() { srv.Shutdown(context.Background()) })
-		s.serve("http "+l.Addr, func() error { return srv.Serve(ln) })
-		s.log.Info("listening", "proto", "http", "addr", ln.Addr().String(), "tls", l.TLS != nil)
+		s.started = append(s.started, c)
 	}
 	return nil
+}
+
+// components lists the node's parts in start order.
+func (s *Server) components() []component {
+	cfg := s.cfg
+	var cs []component
+	cs = append(cs, component{name: "spool",
+		start: func() error {
+			var err error
+			s.sp, err = spool.Open(cfg.Spool.Path, spool.Options{MemtableMB: cfg.Spool.MemtableMB, Logger: s.log, Node: cfg.Node})
+			if err != nil {
+				return err
+			}
+			if n, err := s.sp.CollectOrphans(); err != nil {
+				return fmt.Errorf("spool: %w", err)
+			} else if n > 0 {
+				s.log.Info("deleted settled messages left by a crash", "n", n)
+			}
+			return nil
+		},
+		stop: func(context.Context) error { return s.sp.Close() },
+	})
+	cs = append(cs, component{name: "events",
+		start: func() error {
+			fs, err := events.OpenFile(cfg.Events.File)
+			if err != nil {
+				return err
+			}
+			s.file = fs
+			s.sinks = []events.Sink{fs}
+			// on_event hooks run on the pipeline current at each batch: a
+			// consumer of their own, so they never slow a sink.
+			s.ex, err = events.NewExporter(s.sp, s.sinks, events.Options{
+				OnEvent:    func(ctx context.Context, ev *pipeline.Event) { s.relay.Chain().Event(ctx, ev) },
+				WantEvents: func() bool { return s.relay.Chain().HasEventHooks() },
+				Logger:     s.log,
+			})
+			if err != nil {
+				fs.Close()
+				return err
+			}
+			ctx, cancel := context.WithCancel(context.Background())
+			go s.ex.Run(ctx)
+			s.exStop = cancel
+			return nil
+		},
+		stop: func(context.Context) error {
+			s.exStop()
+			<-s.ex.Done()
+			for _, sk := range s.sinks {
+				sk.Close()
+			}
+			return nil
+		},
+	})
+	cs = append(cs, component{name: "queue",
+		start: func() error {
+			d := delivery.NewDialer(cfg.Delivery, s.res)
+			d.Hostname = cfg.Delivery.Hostname
+			if d.Hostname == "" {
+				d.Hostname = cfg.Hostname
+			}
+			d.Logger = s.log
+			s.q = queue.New(s.sp, dialer{d}, queue.Options{
+				MaxConnections: cfg.Delivery.MaxConnections, MaxPerDestination: cfg.Delivery.MaxPerDestination,
+				MaxMessagesPerConn: cfg.Delivery.MaxMessagesPerConn, IdleTimeout: cfg.Delivery.IdleTimeout,
+				RetryInitial: cfg.Delivery.RetryInitial, RetryMax: cfg.Delivery.RetryMax,
+				RetryFactor: cfg.Delivery.RetryFactor, RetryJitter: cfg.Delivery.RetryJitter,
+				QueueLifetime: cfg.Delivery.QueueLifetime, Logger: s.log,
+			})
+			// The relay is the transaction owner for every source, bounces
+			// included: they enter through it.
+			s.relay = relay.NewSpool(s.pipe, s.sp, s.q, relay.Options{Hostname: cfg.Hostname, Logger: s.log})
+			s.q.SetBouncer(s.relay)
+			n, err := s.q.Load()
+			if err != nil {
+				return fmt.Errorf("rebuilding queues from the spool: %w", err)
+			}
+			s.log.Info("spool opened", "path", cfg.Spool.Path, "queued_recipients", n)
+			s.q.Start()
+			return nil
+		},
+		stop: func(ctx context.Context) error { s.q.Stop(ctx); return nil },
+	})
+	cs = append(cs, component{name: "housekeeping",
+		start: func() error {
+			ctx, cancel := context.WithCancel(context.Background())
+			done := make(chan struct{})
+			go func() { defer close(done); s.housekeeping(ctx) }()
+			s.hkStop = func() { cancel(); <-done }
+			return nil
+		},
+		stop: func(context.Context) error { s.hkStop(); return nil },
+	})
+	cs = append(cs, component{name: "relay",
+		start: func() error { return nil },
+		stop: func(context.Context) error {
+			// Sessions still running after their grace may still commit:
+			// wait (a bounded while longer) so the spool is not closed
+			// under a commit.
+			wctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			if !s.relay.Close(wctx) {
+				s.log.Warn("submissions still running after shutdown; closing the spool anyway")
+			}
+			return nil
+		},
+	})
+	for _, l := range cfg.SMTP {
+		cs = append(cs, component{name: "smtp " + l.Addr,
+			start: func() error {
+				srv, err := smtpsrc.New(l, s.relay, s.log)
+				if err != nil {
+					return fmt.Errorf("smtp listener %s: %w", l.Addr, err)
+				}
+				ln, err := net.Listen("tcp", l.Addr)
+				if err != nil {
+					return fmt.Errorf("smtp listener %s: %w", l.Addr, err)
+				}
+				s.smtp = append(s.smtp, srv)
+				s.serve("smtp "+l.Addr, func() error { return srv.Serve(ln) })
+				s.log.Info("listening", "proto", "smtp", "addr", ln.Addr().String(), "tls", l.TLS != nil, "implicit_tls", l.ImplicitTLS)
+				s.stopSMTP = append(s.stopSMTP, srv)
+				return nil
+			},
+			stop: func(ctx context.Context) error {
+				srv := s.stopSMTP[len(s.stopSMTP)-1]
+				s.stopSMTP = s.stopSMTP[:len(s.stopSMTP)-1]
+				if err := srv.Shutdown(ctx); err != nil && !errors.Is(err, smtpsrc.ErrServerClosed) {
+					s.log.Warn("smtp shutdown", "err", err)
+				}
+				return nil
+			},
+		})
+	}
+	if len(cfg.HTTP) > 0 {
+		cs = append(cs, component{name: "api keys",
+			start: func() error {
+				var err error
+				s.keys, err = apikey.Open(cfg.APIKeysFile())
+				return err
+			},
+			stop: func(context.Context) error { return nil },
+		})
+	}
+	for _, l := range cfg.HTTP {
+		cs = append(cs, component{name: "http " + l.Addr,
+			start: func() error {
+				srv, err := httpapi.New(l, s.relay, s.sp, s.keys, cfg.Hostname, s.log)
+				if err != nil {
+					return fmt.Errorf("http listener %s: %w", l.Addr, err)
+				}
+				ln, err := net.Listen("tcp", l.Addr)
+				if err != nil {
+					return fmt.Errorf("http listener %s: %w", l.Addr, err)
+				}
+				s.http = append(s.http, srv)
+				s.serve("http "+l.Addr, func() error { return srv.Serve(ln) })
+				s.log.Info("listening", "proto", "http", "addr", ln.Addr().String(), "tls", l.TLS != nil)
+				return nil
+			},
+			stop: func(ctx context.Context) error {
+				srv := s.http[len(s.http)-1]
+				s.http = s.http[:len(s.http)-1]
+				if err := srv.Shutdown(ctx); err != nil {
+					s.log.Warn("http shutdown", "err", err)
+				}
+				return nil
+			},
+		})
+	}
+	cs = append(cs, component{name: "control socket",
+		start: func() error {
+			c, err := listenControl(ControlSocket(cfg), s)
+			if err != nil {
+				// The node serves without it; SIGHUP still reloads.
+				s.log.Warn("no control socket: `sluice reload` will not reach this node; use SIGHUP", "err", err)
+				return nil
+			}
+			s.control = c
+			return nil
+		},
+		stop: func(context.Context) error {
+			if s.control == nil {
+				return nil
+			}
+			return s.control.Close()
+		},
+	})
+	return cs
 }
 
 func (s *Server) serve(name string, fn func() error) {
@@ -273,11 +476,10 @@ func (s *Server) serve(name string, fn func() error) {
 // Errors reports fatal listener errors.
 func (s *Server) Errors() <-chan error { return s.errc }
 
-// Relay returns the acceptance path (tests, tools).
+// Relay returns the transaction owner (tests, tools).
 func (s *Server) Relay() *relay.Relay { return s.relay }
 
 func (s *Server) housekeeping(ctx context.Context) {
-	defer s.wg.Done()
 	t := time.NewTicker(time.Hour)
 	defer t.Stop()
 	for {
@@ -298,66 +500,96 @@ func (s *Server) housekeeping(ctx context.Context) {
 	}
 }
 
-// Stop stops listeners (letting sessions finish until ctx ends), then the
-// queue, the exporter, the spool and the stages, in that order.
+// Stop stops the components in reverse order: listeners first (letting
+// sessions finish until ctx ends), then the relay, the queue, the
+// exporter and the spool; then it closes the pipeline.
 func (s *Server) Stop(ctx context.Context) error {
-	for _, srv := range s.smtp {
-		if err := srv.Shutdown(ctx); err != nil && !errors.Is(err, smtpsrc.ErrServerClosed) {
-			s.log.Warn("smtp shutdown", "err", err)
-		}
-	}
-	for _, srv := range s.http {
-		if err := srv.Shutdown(ctx); err != nil {
-			s.log.Warn("http shutdown", "err", err)
-		}
-	}
-	if s.relay != nil {
-		// Sessions still running after their grace may still submit:
-		// wait (a bounded while longer) so the spool is not closed under
-		// a commit.
-		wctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		if !s.relay.Close(wctx) {
-			s.log.Warn("submissions still running after shutdown; closing the spool anyway")
-		}
-		cancel()
-	}
-	if s.q != nil {
-		s.q.Stop(ctx)
-	}
-	if s.bgStop != nil {
-		s.bgStop()
-	}
-	if s.exStop != nil {
-		s.exStop()
-		<-s.ex.Done()
-	}
-	for _, sk := range s.sinks {
-		sk.Close()
-	}
+	err := s.stopStarted(ctx)
 	s.wg.Wait()
-	var err error
-	if s.sp != nil {
-		err = s.sp.Close()
+	if s.relay != nil {
+		s.relay.ClosePipeline()
+	} else if s.pipe != nil {
+		relay.ClosePipeline(s.pipe)
 	}
-	s.closeStages()
 	return err
 }
 
-// smtpSubmitter adapts the relay to the SMTP source's Submitter: on SMTP
-// the DATA reply cannot be per recipient, so recipients refused at
-// on_route get a DSN.
-type smtpSubmitter struct{ r *relay.Relay }
-
-func (a smtpSubmitter) Submit(ctx context.Context, msg *pipeline.Message) (*smtpsrc.Receipt, error) {
-	rc, err := a.r.Submit(ctx, msg, relay.Options{BounceRouteRejects: true})
-	if err != nil {
-		return nil, err
+func (s *Server) stopStarted(ctx context.Context) error {
+	var first error
+	for i := len(s.started) - 1; i >= 0; i-- {
+		c := s.started[i]
+		if err := c.stop(ctx); err != nil {
+			s.log.Warn("stopping "+c.name+" failed", "err", err)
+			if first == nil {
+				first = err
+			}
+		}
 	}
-	return &smtpsrc.Receipt{MessageID: rc.MessageID, Queued: rc.Queued, Discarded: rc.Discarded}, nil
+	s.started = nil
+	return first
 }
 
-func (a smtpSubmitter) Rejected(ctx context.Context, txn *pipeline.Txn, rcpt string, err error) {
-	a.r.Rejected(ctx, txn, rcpt, err)
+// Reload loads the configuration file again. If it validates, new
+// transactions use its pipeline while those in flight finish on the old
+// one, which is then closed; if not, the old pipeline keeps serving and
+// the error is returned. Settings that need a restart are not applied:
+// the summary names them. Reload also reopens the events file (log
+// rotation).
+func (s *Server) Reload() (summary string, err error) {
+	s.reloadMu.Lock()
+	defer s.reloadMu.Unlock()
+	if s.file != nil {
+		if err := s.file.Reopen(); err != nil {
+			s.log.Error("cannot reopen the events file", "path", s.cfg.Events.File, "err", err)
+		}
+	}
+	cfg, err := config.Load(s.cfg.File)
+	if err != nil {
+		s.log.Error("reload failed; the running pipeline keeps serving", "err", err)
+		return "", err
+	}
+	if err := checkNode(cfg); err != nil {
+		s.log.Error("reload failed; the running pipeline keeps serving", "err", err)
+		return "", err
+	}
+	p, err := BuildPipeline(cfg, s.log, s.res)
+	if err != nil {
+		s.log.Error("reload failed; the running pipeline keeps serving", "err", err)
+		return "", err
+	}
+	s.relay.Swap(p)
+	restart := RestartNeeded(s.cfg, cfg)
+	summary = fmt.Sprintf("reloaded %s: %d stage(s)", cfg.File, len(cfg.Stages))
+	if len(restart) > 0 {
+		summary += "; not applied until a restart: " + strings.Join(restart, ", ")
+		s.log.Warn("reload: settings that need a restart changed; they are not applied", "settings", restart)
+	}
+	s.log.Info("configuration reloaded", "config", cfg.File, "stages", len(cfg.Stages))
+	return summary, nil
+}
+
+// RestartNeeded names the settings that differ between old and new and
+// that a reload cannot apply: listeners, the spool, delivery, events, the
+// node's names. The pipeline (stages, stage_timeout, local_domains,
+// lua_options) reloads.
+func RestartNeeded(old, new *config.Config) []string {
+	var out []string
+	for _, c := range []struct {
+		name     string
+		old, new any
+	}{
+		{"sluice.listen_smtp", old.SMTP, new.SMTP},
+		{"sluice.listen_http", old.HTTP, new.HTTP},
+		{"sluice.spool", old.Spool, new.Spool},
+		{"sluice.delivery", old.Delivery, new.Delivery},
+		{"sluice.events", old.Events, new.Events},
+		{"sluice.node", [2]string{old.Node, old.Hostname}, [2]string{new.Node, new.Hostname}},
+	} {
+		if !reflect.DeepEqual(c.old, c.new) {
+			out = append(out, c.name)
+		}
+	}
+	return out
 }
 
 // EnsureDirs creates the parent directories of the spool and events file.

@@ -3,10 +3,7 @@ package smtpsrc
 import (
 	"bytes"
 	"io"
-	"net/netip"
-	"strings"
 	"sync"
-	"time"
 
 	"github.com/sluice-mta/sluice/pipeline"
 )
@@ -105,75 +102,4 @@ func readData(buf *bytes.Buffer, r io.Reader, limit int64) error {
 	}
 	_, err := buf.ReadFrom(r)
 	return err
-}
-
-// receivedValue builds the value of the Received: field this server
-// prepends (RFC 5321 section 4.4, protocol names from RFC 3848):
-//
-//	from HELO ([ip]) by HOSTNAME with ESMTP[S][A] id MSGID [for <rcpt>]; DATE
-//
-// "for" is given only with exactly one recipient, so a message does not
-// disclose its other (e.g. Bcc) recipients. go-message folds the line when
-// it is written.
-func receivedValue(txn *pipeline.Txn, hostname string, now time.Time) string {
-	c := txn.Conn
-	var b strings.Builder
-	b.Grow(160)
-	b.WriteString("from ")
-	b.WriteString(heloToken(c.HELO))
-	b.WriteString(" (")
-	b.WriteString(addressLiteral(c.RemoteIP))
-	b.WriteString(") by ")
-	b.WriteString(hostname)
-	b.WriteString(" with ESMTP")
-	if c.TLS != "" {
-		b.WriteByte('S')
-	}
-	if c.Identity != nil {
-		b.WriteByte('A')
-	}
-	b.WriteString(" id ")
-	b.WriteString(txn.ID)
-	if len(txn.Recipients) == 1 {
-		b.WriteString(" for <")
-		b.WriteString(txn.Recipients[0].Address)
-		b.WriteByte('>')
-	}
-	b.WriteString("; ")
-	b.WriteString(now.Format(time.RFC1123Z))
-	return b.String()
-}
-
-// heloToken makes the client-supplied HELO name safe inside a Received
-// field: anything but letters, digits and "-._:[]" becomes '_'.
-func heloToken(h string) string {
-	if h == "" {
-		return "unknown"
-	}
-	ok := func(r rune) bool {
-		return r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' ||
-			strings.ContainsRune("-._:[]", r)
-	}
-	if len(h) > 255 {
-		h = h[:255]
-	}
-	return strings.Map(func(r rune) rune {
-		if ok(r) {
-			return r
-		}
-		return '_'
-	}, h)
-}
-
-// addressLiteral formats ip as an RFC 5321 address literal: [192.0.2.1] or
-// [IPv6:2001:db8::1].
-func addressLiteral(ip netip.Addr) string {
-	switch {
-	case !ip.IsValid():
-		return "[unknown]"
-	case ip.Is4():
-		return "[" + ip.String() + "]"
-	default:
-		return "[IPv6:" + ip.WithZone("").String() + "]"
-	}
 }

@@ -2,6 +2,7 @@ package smtpsrc
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -26,17 +27,18 @@ import (
 	"time"
 
 	"github.com/sluice-mta/sluice/internal/config"
+	"github.com/sluice-mta/sluice/internal/relay"
 	"github.com/sluice-mta/sluice/pipeline"
 )
 
-// ---- fake Submitter ----
+// ---- fake relay.Store ----
 
 type submitted struct {
 	ID     string
 	Sender string
 	Rcpts  []string
-	Conn   pipeline.Conn // copy at Submit time
-	Data   []byte        // msg.Bytes() at Submit time
+	Conn   pipeline.Conn // copy at commit time
+	Data   []byte        // the message as it would be spooled
 }
 
 type rejection struct {
@@ -45,41 +47,79 @@ type rejection struct {
 	Reply pipeline.Error
 }
 
+// fakeSub is the relay's durable side in these tests: it records what the
+// relay commits and the refusals it records, so the tests see exactly
+// what the real relay decided.
 type fakeSub struct {
 	mu       sync.Mutex
 	msgs     []submitted
 	rejected []rejection
-	// submitFn, when set, decides Submit's outcome after the call is recorded.
-	submitFn func(ctx context.Context, msg *pipeline.Message) (*Receipt, error)
+	// submitFn, when set, decides Commit's outcome after the call is recorded.
+	submitFn func(ctx context.Context, msg *pipeline.Message) error
 	discard  bool // do not record (benchmarks)
+	// ids and now, when set, make ids and times predictable.
+	ids func() string
+	now func() time.Time
 }
 
-func (f *fakeSub) Submit(ctx context.Context, msg *pipeline.Message) (*Receipt, error) {
+// fixedSub is a fakeSub with ids ID0001, ID0002 ... and a fixed clock.
+func fixedSub() *fakeSub { return &fakeSub{ids: fixedIDs(), now: fixedClock} }
+
+var _ relay.Store = (*fakeSub)(nil)
+
+func (f *fakeSub) NewID() string {
+	if f.ids != nil {
+		return f.ids()
+	}
+	return NewID()
+}
+
+func (f *fakeSub) Commit(ctx context.Context, accs []*relay.Accepted, before relay.BeforeCommit) error {
 	if f.discard {
-		return &Receipt{MessageID: msg.ID, Queued: len(msg.Recipients)}, nil
+		return nil
 	}
-	data, err := msg.Bytes()
-	if err != nil {
-		return nil, err
+	for _, a := range accs {
+		s := submitted{ID: a.Msg.ID, Sender: a.Msg.Sender, Conn: *a.Msg.Conn, Data: bytes.Clone(a.Data)}
+		for _, r := range a.Msg.Recipients {
+			s.Rcpts = append(s.Rcpts, r.Address)
+		}
+		f.mu.Lock()
+		f.msgs = append(f.msgs, s)
+		fn := f.submitFn
+		f.mu.Unlock()
+		if fn != nil {
+			if err := fn(ctx, a.Msg); err != nil {
+				return err
+			}
+		}
 	}
-	s := submitted{ID: msg.ID, Sender: msg.Sender, Conn: *msg.Conn, Data: data}
-	for _, r := range msg.Recipients {
-		s.Rcpts = append(s.Rcpts, r.Address)
-	}
-	f.mu.Lock()
-	f.msgs = append(f.msgs, s)
-	fn := f.submitFn
-	f.mu.Unlock()
-	if fn != nil {
-		return fn(ctx, msg)
-	}
-	return &Receipt{MessageID: msg.ID, Queued: len(msg.Recipients)}, nil
+	return nil
 }
 
-func (f *fakeSub) Rejected(ctx context.Context, txn *pipeline.Txn, rcpt string, err error) {
+func (f *fakeSub) Record(evs []*pipeline.Event) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.rejected = append(f.rejected, rejection{TxnID: txn.ID, Rcpt: rcpt, Reply: pipeline.Reply(err)})
+	for _, ev := range evs {
+		if ev.Type != pipeline.EventRejected {
+			continue
+		}
+		rep := pipeline.Error{}
+		if ev.Response != nil {
+			rep.Code, rep.Message = ev.Response.Code, ev.Response.Text
+			rep.Enhanced, _ = pipeline.ParseEnhancedCode(ev.Response.Enhanced)
+		}
+		f.rejected = append(f.rejected, rejection{TxnID: ev.MessageID, Rcpt: ev.Recipient, Reply: rep})
+	}
+	return nil
+}
+
+// newRelay is a relay on chain whose store is sub.
+func newRelay(chain *pipeline.Chain, sub relay.Store) *relay.Relay {
+	o := relay.Options{Logger: testLogger(), Hostname: "relay.test"}
+	if f, ok := sub.(*fakeSub); ok {
+		o.Now = f.now
+	}
+	return relay.New(relay.NewPipeline(chain, nil), sub, o)
 }
 
 func (f *fakeSub) messages() []submitted {
@@ -188,14 +228,14 @@ type testServer struct {
 	serve chan error
 }
 
-func startServer(t testing.TB, l config.SMTPListener, chain *pipeline.Chain, sub Submitter, opts ...Option) *testServer {
+func startServer(t testing.TB, l config.SMTPListener, chain *pipeline.Chain, sub relay.Store, opts ...Option) *testServer {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	l.Addr = ln.Addr().String()
-	srv, err := New(l, chain, sub, testLogger(), opts...)
+	srv, err := New(l, newRelay(chain, sub), testLogger(), opts...)
 	if err != nil {
 		ln.Close()
 		t.Fatal(err)

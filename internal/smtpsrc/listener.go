@@ -13,6 +13,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/sluice-mta/sluice/internal/mailtext"
+	"github.com/sluice-mta/sluice/internal/relay"
 	"github.com/sluice-mta/sluice/pipeline"
 )
 
@@ -156,10 +158,10 @@ func (ln *listener) admit(tc *trackedConn) {
 			tc.Close()
 			return
 		}
-		tc.pc.TLS = tlsVersionName(tlsc.ConnectionState().Version)
+		tc.pc.TLS = mailtext.TLSVersionName(tlsc.ConnectionState().Version)
 		nc = tlsc
 	}
-	if err := s.chain.Connect(s.baseCtx, tc.pc); err != nil {
+	if err := tc.rs.Connect(s.baseCtx); err != nil {
 		s.refuseConnect(nc, tc, err)
 		return
 	}
@@ -179,7 +181,6 @@ func (s *Server) refuseConnect(nc net.Conn, tc *trackedConn, err error) {
 	if r.Code < 500 {
 		r.Code = 421
 	}
-	s.logRefusal("connection refused", err, "conn", tc.pc.ID, "remote_ip", tc.pc.RemoteIP, "code", r.Code)
 	nc.SetWriteDeadline(time.Now().Add(rejectTimeout))
 	fmt.Fprintf(nc, "%d %d.%d.%d %s\r\n", r.Code, r.EnhancedCode[0], r.EnhancedCode[1], r.EnhancedCode[2], r.Message)
 	nc.Close()
@@ -245,6 +246,7 @@ type trackedConn struct {
 	net.Conn
 	s  *Server
 	pc *pipeline.Conn
+	rs *relay.Session // the relay's session for pc
 
 	mu           sync.Mutex
 	dataDeadline time.Time // zero outside DATA/BDAT
@@ -412,18 +414,4 @@ func remoteAddrPort(c net.Conn) netip.AddrPort {
 		return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
 	}
 	return netip.AddrPort{}
-}
-
-func tlsVersionName(v uint16) string {
-	switch v {
-	case tls.VersionTLS13:
-		return "TLS1.3"
-	case tls.VersionTLS12:
-		return "TLS1.2"
-	case tls.VersionTLS11:
-		return "TLS1.1"
-	case tls.VersionTLS10:
-		return "TLS1.0"
-	}
-	return "TLS"
 }

@@ -2,10 +2,10 @@ package smtpsrc
 
 import (
 	"errors"
-	"strings"
 
 	"github.com/emersion/go-smtp"
 
+	"github.com/sluice-mta/sluice/internal/mailtext"
 	"github.com/sluice-mta/sluice/pipeline"
 )
 
@@ -61,35 +61,8 @@ func smtpError(err error) *smtp.SMTPError {
 	return &smtp.SMTPError{Code: r.Code, EnhancedCode: smtp.EnhancedCode(enh), Message: text}
 }
 
-// cleanText makes a stage-provided text safe for one reply line: control
-// characters (CR, LF, NUL, TAB, DEL ...) become spaces, and the text is
-// cut at maxReplyText bytes (on a UTF-8 boundary).
-func cleanText(s string) string {
-	clean := true
-	for i := 0; i < len(s); i++ {
-		if s[i] < 0x20 || s[i] == 0x7f {
-			clean = false
-			break
-		}
-	}
-	if !clean {
-		s = strings.Map(func(r rune) rune {
-			if r < 0x20 || r == 0x7f {
-				return ' '
-			}
-			return r
-		}, s)
-	}
-	s = strings.TrimSpace(s)
-	if len(s) > maxReplyText {
-		cut := maxReplyText
-		for cut > 0 && s[cut]&0xC0 == 0x80 { // do not split a UTF-8 sequence
-			cut--
-		}
-		s = s[:cut]
-	}
-	return s
-}
+// cleanText makes a stage-provided text safe for one reply line.
+func cleanText(s string) string { return mailtext.OneLine(s, maxReplyText) }
 
 // okReply is the 250 answer to DATA/BDAT LAST. go-smtp writes any
 // *SMTPError returned by Session.Data verbatim, which lets us name the

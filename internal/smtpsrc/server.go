@@ -16,6 +16,7 @@ import (
 	"github.com/emersion/go-smtp"
 
 	"github.com/sluice-mta/sluice/internal/config"
+	"github.com/sluice-mta/sluice/internal/relay"
 	"github.com/sluice-mta/sluice/pipeline"
 )
 
@@ -28,14 +29,11 @@ var ErrServerClosed = errors.New("smtpsrc: server closed")
 // methods are safe for concurrent use.
 type Server struct {
 	l         config.SMTPListener
-	chain     *pipeline.Chain
-	sub       Submitter
+	relay     *relay.Relay
 	log       *slog.Logger
 	hostname  string
 	tlsConfig *tls.Config // nil: no STARTTLS, no implicit TLS
 	normalize bool        // BareLineEnding == "normalize"
-	newID     func() string
-	now       func() time.Time
 
 	smtp *smtp.Server
 
@@ -64,26 +62,17 @@ type Server struct {
 // Option configures a Server.
 type Option func(*Server)
 
-// WithIDGenerator sets the generator of connection and message ids
-// (default NewID, ULIDs). It must be safe for concurrent use and return
-// unique, header-safe strings.
-func WithIDGenerator(fn func() string) Option { return func(s *Server) { s.newID = fn } }
-
-// WithClock sets the clock used for Txn.Received and the Received: date
-// (default time.Now).
-func WithClock(fn func() time.Time) Option { return func(s *Server) { s.now = fn } }
-
 // WithTLSConfig sets the TLS configuration for STARTTLS or implicit TLS,
 // instead of loading l.TLS's files (e.g. for certificate reloading).
 func WithTLSConfig(cfg *tls.Config) Option { return func(s *Server) { s.tlsConfig = cfg } }
 
 // New builds a Server for listener l. It validates l, loads the TLS key
 // pair when l.TLS is set, and starts nothing. Zero limits in l take the
-// defaults of config.DefaultSMTPListener. chain and sub are required; log
-// nil means slog.Default().
-func New(l config.SMTPListener, chain *pipeline.Chain, sub Submitter, log *slog.Logger, opts ...Option) (*Server, error) {
-	if chain == nil || sub == nil {
-		return nil, errors.New("smtpsrc: New needs a chain and a submitter")
+// defaults of config.DefaultSMTPListener. rl, the transaction owner, is
+// required; log nil means slog.Default().
+func New(l config.SMTPListener, rl *relay.Relay, log *slog.Logger, opts ...Option) (*Server, error) {
+	if rl == nil {
+		return nil, errors.New("smtpsrc: New needs a relay")
 	}
 	if log == nil {
 		log = slog.Default()
@@ -91,10 +80,7 @@ func New(l config.SMTPListener, chain *pipeline.Chain, sub Submitter, log *slog.
 	l = withDefaults(l)
 	s := &Server{
 		l:             l,
-		chain:         chain,
-		sub:           sub,
-		newID:         NewID,
-		now:           time.Now,
+		relay:         rl,
 		recoverPanics: true,
 		conns:         make(map[*trackedConn]struct{}),
 	}
@@ -103,31 +89,8 @@ func New(l config.SMTPListener, chain *pipeline.Chain, sub Submitter, log *slog.
 	}
 	s.log = log.With("listener", l.Name)
 
-	switch l.BareLineEnding {
-	case BareReject:
-	case BareNormalize:
-		s.normalize = true
-	default:
-		return nil, fmt.Errorf("smtp listener %s: bare_line_ending %q: want %q or %q", l.Name, l.BareLineEnding, BareReject, BareNormalize)
-	}
-	switch l.Auth {
-	case "", "none":
-	case "optional":
-		s.log.Warn("smtp listener: AUTH is not implemented yet; auth = \"optional\" serves without AUTH")
-	default:
-		// Fail closed: serving a listener configured to require AUTH
-		// without AUTH would silently accept unauthenticated mail.
-		return nil, fmt.Errorf("smtp listener %s: auth = %q is not supported yet (SMTP AUTH is not implemented)", l.Name, l.Auth)
-	}
-	if s.tlsConfig == nil && l.TLS != nil {
-		cert, err := tls.LoadX509KeyPair(l.TLS.Cert, l.TLS.Key)
-		if err != nil {
-			return nil, fmt.Errorf("smtp listener %s: tls: %w", l.Name, err)
-		}
-		s.tlsConfig = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
-	}
-	if l.ImplicitTLS && s.tlsConfig == nil {
-		return nil, fmt.Errorf("smtp listener %s: implicit TLS needs tls = { cert = ..., key = ... }", l.Name)
+	if err := s.check(); err != nil {
+		return nil, err
 	}
 	s.hostname = l.Hostname
 	if s.hostname == "" {
@@ -154,6 +117,46 @@ func New(l config.SMTPListener, chain *pipeline.Chain, sub Submitter, log *slog.
 	s.slots = make(chan struct{}, l.MaxConnections)
 	s.rejecters = make(chan struct{}, maxRejecters)
 	return s, nil
+}
+
+// CheckListener reports what New would refuse in l (bad settings, TLS
+// files that cannot be loaded), without building anything: `sluice
+// check`, serve and reload validate with it before opening the spool.
+func CheckListener(l config.SMTPListener) error {
+	s := &Server{l: withDefaults(l), log: slog.New(slog.DiscardHandler)}
+	return s.check()
+}
+
+// check validates s.l and loads its TLS key pair into s.tlsConfig.
+func (s *Server) check() error {
+	l := s.l
+	switch l.BareLineEnding {
+	case BareReject:
+	case BareNormalize:
+		s.normalize = true
+	default:
+		return fmt.Errorf("smtp listener %s: bare_line_ending %q: want %q or %q", l.Name, l.BareLineEnding, BareReject, BareNormalize)
+	}
+	switch l.Auth {
+	case "", "none":
+	case "optional":
+		s.log.Warn("smtp listener: AUTH is not implemented yet; auth = \"optional\" serves without AUTH")
+	default:
+		// Fail closed: serving a listener configured to require AUTH
+		// without AUTH would silently accept unauthenticated mail.
+		return fmt.Errorf("smtp listener %s: auth = %q is not supported yet (SMTP AUTH is not implemented)", l.Name, l.Auth)
+	}
+	if s.tlsConfig == nil && l.TLS != nil {
+		cert, err := tls.LoadX509KeyPair(l.TLS.Cert, l.TLS.Key)
+		if err != nil {
+			return fmt.Errorf("smtp listener %s: tls: %w", l.Name, err)
+		}
+		s.tlsConfig = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+	}
+	if l.ImplicitTLS && s.tlsConfig == nil {
+		return fmt.Errorf("smtp listener %s: implicit TLS needs tls = { cert = ..., key = ... }", l.Name)
+	}
+	return nil
 }
 
 // withDefaults fills zero limits from config.DefaultSMTPListener.
@@ -328,21 +331,22 @@ func waitCtx(ctx context.Context, wg *sync.WaitGroup) error {
 func (s *Server) track(c net.Conn) *trackedConn {
 	ap := remoteAddrPort(c)
 	ip := ap.Addr()
-	relay := false
+	relayNet := false
 	for _, p := range s.l.RelayNetworks {
 		if p.Contains(ip) {
-			relay = true
+			relayNet = true
 			break
 		}
 	}
 	tc := &trackedConn{Conn: c, s: s, pc: &pipeline.Conn{
-		ID:           s.newID(),
 		Source:       pipeline.SourceSMTP,
 		Listener:     s.l.Name,
+		ServerName:   s.hostname,
 		RemoteIP:     ip,
 		RemotePort:   ap.Port(),
-		RelayNetwork: relay,
+		RelayNetwork: relayNet,
 	}}
+	tc.rs = s.relay.NewSession(tc.pc)
 	s.mu.Lock()
 	s.conns[tc] = struct{}{}
 	s.mu.Unlock()
@@ -365,22 +369,6 @@ func (s *Server) handshakeTimeout() time.Duration {
 		return d
 	}
 	return time.Minute
-}
-
-// logRefusal logs a refusal: policy decisions at info, failures with an
-// internal cause (or no *pipeline.Error at all) at warn.
-func (s *Server) logRefusal(msg string, err error, attrs ...any) {
-	level := slog.LevelInfo
-	var pe *pipeline.Error
-	if !errors.As(err, &pe) || pe.Cause != nil {
-		level = slog.LevelWarn
-	}
-	r := pipeline.Reply(err)
-	attrs = append(attrs, "reply", fmt.Sprintf("%d %s %s", r.Code, r.Enhanced, r.Message), "err", err)
-	if pe != nil && pe.Stage != "" {
-		attrs = append(attrs, "stage", pe.Stage)
-	}
-	s.log.Log(context.Background(), level, msg, attrs...)
 }
 
 // errorLog adapts go-smtp's internal error log to slog: panics at error

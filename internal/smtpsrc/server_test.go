@@ -49,9 +49,8 @@ func TestEHLOCapabilities(t *testing.T) {
 // Received field on top, then the client's data unchanged but for
 // dot-unstuffing, and the envelope and connection it sees.
 func TestSubmitExactBytes(t *testing.T) {
-	sub := &fakeSub{}
-	ts := startServer(t, testListener(), newChain(t, pipeline.ChainOptions{}), sub,
-		WithIDGenerator(fixedIDs()), WithClock(fixedClock))
+	sub := fixedSub()
+	ts := startServer(t, testListener(), newChain(t, pipeline.ChainOptions{}), sub)
 
 	c := dialReady(t, ts.addr)
 	c.ehlo()
@@ -75,7 +74,7 @@ func TestSubmitExactBytes(t *testing.T) {
 	if m.ID != "ID0002" || m.Sender != "a@local.test" || len(m.Rcpts) != 1 || m.Rcpts[0] != "bob@local.test" {
 		t.Errorf("envelope %+v", m)
 	}
-	wantConn := pipeline.Conn{ID: "ID0001", Source: "smtp", Listener: "test", RemoteIP: netip.MustParseAddr("127.0.0.1"),
+	wantConn := pipeline.Conn{ID: "ID0001", Source: "smtp", Listener: "test", ServerName: "mx.sluice.test", RemoteIP: netip.MustParseAddr("127.0.0.1"),
 		RemotePort: m.Conn.RemotePort, HELO: "client.test"}
 	if m.Conn != wantConn || m.Conn.RemotePort == 0 {
 		t.Errorf("conn %+v, want %+v", m.Conn, wantConn)
@@ -253,7 +252,7 @@ func TestOversize(t *testing.T) {
 		t.Errorf("%d submits, want 1", n)
 	}
 	rj := sub.rejections()
-	if len(rj) != 1 || rj[0].Rcpt != "" || rj[0].Reply.Code != 552 {
+	if len(rj) != 1 || rj[0].Rcpt != "bob@local.test" || rj[0].Reply.Code != 552 {
 		t.Errorf("Rejected calls %+v", rj)
 	}
 
@@ -321,7 +320,7 @@ func TestStageReplies(t *testing.T) {
 	if r := c.cmd("MAIL FROM:<grey@x.test>", 451); r.Text() != "4.7.1 Greylisted, come back later" {
 		t.Errorf("tempfail: %v", r)
 	}
-	if r := c.cmd("MAIL FROM:<spam@x.test>", 550); r.Text() != "5.7.1 Sender blocked  250 injected" {
+	if r := c.cmd("MAIL FROM:<spam@x.test>", 550); r.Text() != "5.7.1 Sender blocked 250 injected" {
 		t.Errorf("reject: %v", r)
 	}
 	c.cmd("MAIL FROM:<ok@x.test>", 250)
@@ -340,9 +339,11 @@ func TestStageReplies(t *testing.T) {
 	}
 	c.cmd("QUIT", 221)
 
+	// Two refused transactions (on_mail: no recipient known) and three
+	// refused recipients.
 	rj := sub.rejections()
-	if len(rj) != 3 {
-		t.Fatalf("Rejected calls %+v, want 3", rj)
+	if len(rj) != 5 || rj[0].Rcpt != "" || rj[1].Rcpt != "" || rj[2].Rcpt != "broken@local.test" {
+		t.Fatalf("Rejected calls %+v, want 5", rj)
 	}
 	for _, x := range rj {
 		if strings.Contains(x.Reply.Message, "hunter2") {
@@ -362,28 +363,39 @@ func TestStageReplies(t *testing.T) {
 // the raw reply bytes for the internal text.
 func TestNoLeakInAnyReply(t *testing.T) {
 	const secret = "hunter2"
-	sub := &fakeSub{submitFn: func(ctx context.Context, msg *pipeline.Message) (*Receipt, error) {
-		return nil, fmt.Errorf("pebble: fsync /var/spool/%s: input/output error", secret)
+	sub := &fakeSub{submitFn: func(ctx context.Context, msg *pipeline.Message) error {
+		return fmt.Errorf("pebble: fsync /var/spool/%s: input/output error", secret)
 	}}
 	ts := startServer(t, testListener(), newChain(t, pipeline.ChainOptions{}), sub)
 	c := dialReady(t, ts.addr)
 	c.ehlo()
 	r := c.sendMessage("a@local.test", []string{"bob@local.test"}, simpleMsg)
-	if r.Code != 451 || r.Text() != "4.3.0 Internal error, try again later" {
+	if r.Code != 451 || r.Text() != "4.3.0 Cannot store the message now, try again later" {
 		t.Errorf("submit failure reply %v", r)
 	}
-	if rj := sub.rejections(); len(rj) != 1 || rj[0].Rcpt != "" || rj[0].Reply.Code != 451 {
+	if rj := sub.rejections(); len(rj) != 1 || rj[0].Rcpt != "bob@local.test" || rj[0].Reply.Code != 451 {
 		t.Errorf("Rejected calls %+v", rj)
 	}
-	// A Submitter's *pipeline.Error passes through (e.g. on_message reject).
-	sub.mu.Lock()
-	sub.submitFn = func(ctx context.Context, msg *pipeline.Message) (*Receipt, error) {
-		return nil, &pipeline.Error{Code: 550, Enhanced: pipeline.EnhancedCode{5, 7, 1}, Message: "Spam detected", Cause: errors.New(secret)}
+	// A stage's *pipeline.Error passes through without its cause.
+	spam := &messageStage{name: "spam", fn: func(*pipeline.Message) (pipeline.Verdict, error) {
+		return pipeline.Verdict{}, &pipeline.Error{Code: 550, Enhanced: pipeline.EnhancedCode{5, 7, 1}, Message: "Spam detected", Cause: errors.New(secret)}
+	}}
+	ts2 := startServer(t, testListener(), newChain(t, pipeline.ChainOptions{}, spam), &fakeSub{})
+	c2 := dialReady(t, ts2.addr)
+	c2.ehlo()
+	if r := c2.sendMessage("a@local.test", []string{"bob@local.test"}, simpleMsg); r.Code != 550 || r.Text() != "5.7.1 Spam detected" {
+		t.Errorf("stage reject reply %v", r)
 	}
-	sub.mu.Unlock()
-	if r := c.sendMessage("a@local.test", []string{"bob@local.test"}, simpleMsg); r.Code != 550 || r.Text() != "5.7.1 Spam detected" {
-		t.Errorf("submit reject reply %v", r)
-	}
+}
+
+type messageStage struct {
+	name string
+	fn   func(*pipeline.Message) (pipeline.Verdict, error)
+}
+
+func (s *messageStage) Name() string { return s.name }
+func (s *messageStage) OnMessage(ctx context.Context, m *pipeline.Message) (pipeline.Verdict, error) {
+	return s.fn(m)
 }
 
 func TestConnectRefused(t *testing.T) {
@@ -628,10 +640,10 @@ func TestShutdownGraceful(t *testing.T) {
 
 func TestShutdownDeadlineCancelsSessions(t *testing.T) {
 	cancelled := make(chan struct{})
-	sub := &fakeSub{submitFn: func(ctx context.Context, msg *pipeline.Message) (*Receipt, error) {
+	sub := &fakeSub{submitFn: func(ctx context.Context, msg *pipeline.Message) error {
 		<-ctx.Done()
 		close(cancelled)
-		return nil, ctx.Err()
+		return ctx.Err()
 	}}
 	ts := startServer(t, testListener(), newChain(t, pipeline.ChainOptions{}), sub)
 	c := dialReady(t, ts.addr)
@@ -668,16 +680,16 @@ func TestNewValidates(t *testing.T) {
 	} {
 		l := testListener()
 		mod(&l)
-		if _, err := New(l, chain, &fakeSub{}, nil); err == nil {
+		if _, err := New(l, newRelay(chain, &fakeSub{}), nil); err == nil {
 			t.Errorf("%s: New accepted %+v", name, l)
 		}
 	}
-	if _, err := New(testListener(), nil, &fakeSub{}, nil); err == nil {
-		t.Error("New accepted a nil chain")
+	if _, err := New(testListener(), nil, nil); err == nil {
+		t.Error("New accepted a nil relay")
 	}
 	// Zero limits take the defaults.
 	l := config.SMTPListener{Addr: "127.0.0.1:0"}
-	s, err := New(l, chain, &fakeSub{}, nil)
+	s, err := New(l, newRelay(chain, &fakeSub{}), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -739,7 +751,7 @@ func TestBDATTimeoutAndLongLine(t *testing.T) {
 func TestListenAndServeAddr(t *testing.T) {
 	l := testListener()
 	l.Addr = "127.0.0.1:0"
-	s, err := New(l, newChain(t, pipeline.ChainOptions{}), &fakeSub{}, testLogger())
+	s, err := New(l, newRelay(newChain(t, pipeline.ChainOptions{}), &fakeSub{}), testLogger())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -11,6 +11,8 @@ import (
 
 	"github.com/emersion/go-smtp"
 
+	"github.com/sluice-mta/sluice/internal/mailtext"
+	"github.com/sluice-mta/sluice/internal/relay"
 	"github.com/sluice-mta/sluice/pipeline"
 )
 
@@ -34,15 +36,13 @@ func (b backend) NewSession(c *smtp.Conn) (smtp.Session, error) {
 		return nil, smtpError(errShuttingDown)
 	}
 	pc := tc.pc
-	pc.HELO = c.Hostname()
 	pc.Identity = nil // a new session (e.g. after STARTTLS) starts unauthenticated
 	if st, ok := c.TLSConnectionState(); ok {
-		pc.TLS = tlsVersionName(st.Version)
+		pc.TLS = mailtext.TLSVersionName(st.Version)
 	}
 	ctx, cancel := context.WithCancel(s.baseCtx)
-	if err := s.chain.Helo(ctx, pc, pc.HELO); err != nil {
+	if err := tc.rs.Helo(ctx, c.Hostname()); err != nil {
 		cancel()
-		s.logRefusal("helo refused", err, "conn", pc.ID, "remote_ip", pc.RemoteIP, "helo", pc.HELO)
 		return nil, smtpError(err)
 	}
 	return &session{s: s, sc: c, tc: tc, conn: pc, ctx: ctx, cancel: cancel}, nil
@@ -56,8 +56,8 @@ func (b backend) NewSession(c *smtp.Conn) (smtp.Session, error) {
 // and Logout may then run concurrently with it; txn is guarded by mu for
 // that reason. Logout may also come from Server.Close's goroutine.
 //
-// SMTP AUTH will be an AuthSession implementation on this type setting
-// conn.Identity after chain.Auth accepts.
+// SMTP AUTH will be an AuthSession implementation on this type calling
+// relay.Session.Auth.
 type session struct {
 	s      *Server
 	sc     *smtp.Conn
@@ -67,7 +67,7 @@ type session struct {
 	cancel context.CancelFunc
 
 	mu  sync.Mutex
-	txn *pipeline.Txn // nil outside a transaction
+	txn *relay.Txn // nil outside a transaction
 
 	// poisoned is set when a message hid a bare CR from go-smtp: bytes
 	// read ahead of it may already sit in go-smtp's buffer, so no further
@@ -77,17 +77,22 @@ type session struct {
 
 var _ smtp.Session = (*session)(nil)
 
-func (ss *session) current() *pipeline.Txn {
+func (ss *session) current() *relay.Txn {
 	ss.mu.Lock()
 	defer ss.mu.Unlock()
 	return ss.txn
 }
 
-// Reset ends the transaction (RSET, re-EHLO, after DATA).
+// Reset ends the transaction (RSET, re-EHLO, after DATA). A transaction
+// still open is abandoned: nothing is recorded.
 func (ss *session) Reset() {
 	ss.mu.Lock()
+	t := ss.txn
 	ss.txn = nil
 	ss.mu.Unlock()
+	if t != nil {
+		t.Abort()
+	}
 	ss.tc.setBusy(false)
 }
 
@@ -110,21 +115,16 @@ func (ss *session) Mail(from string, opts *smtp.MailOptions) error {
 		return smtpError(errPoisoned)
 	}
 	if h := ss.sc.Hostname(); h != ss.conn.HELO {
-		prev := ss.conn.HELO
-		ss.conn.HELO = h // stages read conn.helo during on_helo
-		if err := s.chain.Helo(ss.ctx, ss.conn, h); err != nil {
-			// Keep the last accepted name, so the refused one is checked
-			// again (and refused again) at the next MAIL.
-			ss.conn.HELO = prev
-			s.logRefusal("helo refused", err, "conn", ss.conn.ID, "remote_ip", ss.conn.RemoteIP, "helo", h)
+		// A refused name is kept out of conn.HELO, so it is checked
+		// again (and refused again) at the next MAIL.
+		if err := ss.tc.rs.Helo(ss.ctx, h); err != nil {
 			return smtpError(err)
 		}
 	}
-	txn := &pipeline.Txn{Conn: ss.conn, ID: s.newID(), Sender: from, Received: s.now()}
 	ss.tc.setBusy(true)
-	if err := s.chain.Mail(ss.ctx, txn); err != nil {
+	txn, err := ss.tc.rs.Begin(ss.ctx, from, nil, nil)
+	if err != nil {
 		ss.tc.setBusy(false)
-		s.logRefusal("sender refused", err, "conn", ss.conn.ID, "remote_ip", ss.conn.RemoteIP, "from", from)
 		return smtpError(err)
 	}
 	ss.mu.Lock()
@@ -135,30 +135,16 @@ func (ss *session) Mail(from string, opts *smtp.MailOptions) error {
 
 // Rcpt runs on_rcpt (which includes relay control) for one recipient. The
 // recipient count limit (452 4.5.3) is go-smtp's MaxRecipients, checked
-// before Rcpt is called. A refusal after the address parsed is recorded
-// with Submitter.Rejected. A repeated recipient is accepted once.
+// before Rcpt is called. The relay records a refusal. A repeated
+// recipient is accepted once.
 func (ss *session) Rcpt(to string, opts *smtp.RcptOptions) error {
-	s := ss.s
 	txn := ss.current()
 	if txn == nil {
 		return smtpError(errBadSequence)
 	}
-	r, err := pipeline.NewRecipient(to)
-	if err != nil {
-		s.logRefusal("recipient refused", err, "conn", ss.conn.ID, "msgid", txn.ID, "rcpt", to)
+	if _, err := txn.Rcpt(ss.ctx, to); err != nil {
 		return smtpError(err)
 	}
-	for _, have := range txn.Recipients {
-		if have.Local == r.Local && have.Domain == r.Domain {
-			return nil
-		}
-	}
-	if err := s.chain.Rcpt(ss.ctx, txn, r); err != nil {
-		s.logRefusal("recipient refused", err, "conn", ss.conn.ID, "remote_ip", ss.conn.RemoteIP, "msgid", txn.ID, "rcpt", to)
-		s.sub.Rejected(ss.ctx, txn, to, err)
-		return smtpError(err)
-	}
-	txn.Recipients = append(txn.Recipients, r)
 	return nil
 }
 
@@ -168,7 +154,7 @@ func (ss *session) Rcpt(to string, opts *smtp.RcptOptions) error {
 func (ss *session) Data(r io.Reader) error {
 	s := ss.s
 	txn := ss.current()
-	if txn == nil || len(txn.Recipients) == 0 {
+	if txn == nil || len(txn.T.Recipients) == 0 {
 		return smtpError(errBadSequence)
 	}
 	ss.tc.beginData(time.Now().Add(s.l.DataTimeout))
@@ -206,36 +192,25 @@ func (ss *session) Data(r io.Reader) error {
 		return ss.refuseData(txn, len(data), errLineTooLong)
 	}
 
-	msg, err := pipeline.ParseMessage(txn, data)
+	msg, err := pipeline.ParseMessage(txn.T, data)
 	if err != nil {
 		return ss.refuseData(txn, len(data), err)
 	}
-	msg.Header.Add("Received", receivedValue(txn, s.hostname, s.now()))
-
-	rc, err := s.sub.Submit(ss.ctx, msg)
-	if err != nil {
+	// One reply for all recipients: recipients refused at on_route get a
+	// DSN. The relay logs and records the outcome.
+	if _, err := txn.Commit(ss.ctx, msg, relay.CommitOptions{OneReply: true}); err != nil {
 		if ss.ctx.Err() != nil {
 			// The session is gone (client hung up, server closing):
 			// nobody to answer and nothing refused.
-			s.log.Debug("submit aborted", "conn", ss.conn.ID, "msgid", txn.ID, "err", err)
-			return smtpError(err)
+			s.log.Debug("submit aborted", "conn", ss.conn.ID, "msgid", txn.ID(), "err", err)
 		}
-		return ss.refuseData(txn, len(data), err)
+		return smtpError(err)
 	}
-	attrs := []any{"conn", ss.conn.ID, "msgid", txn.ID, "from", txn.Sender, "rcpts", len(txn.Recipients),
-		"size", len(data), "remote_ip", ss.conn.RemoteIP}
-	if ss.conn.TLS != "" {
-		attrs = append(attrs, "tls", ss.conn.TLS)
-	}
-	if rc != nil {
-		attrs = append(attrs, "queued", rc.Queued, "discarded", rc.Discarded)
-	}
-	s.log.Info("message accepted", attrs...)
-	return okReply(txn.ID)
+	return okReply(txn.ID())
 }
 
 // dataReadFailed maps a failure while reading the message data.
-func (ss *session) dataReadFailed(txn *pipeline.Txn, err error) error {
+func (ss *session) dataReadFailed(txn *relay.Txn, err error) error {
 	s := ss.s
 	var ne net.Error
 	switch {
@@ -252,9 +227,9 @@ func (ss *session) dataReadFailed(txn *pipeline.Txn, err error) error {
 		// commands.
 		if ss.tc.dataDeadlinePassed() {
 			ss.tc.expire()
-			s.log.Info("data timeout", "conn", ss.conn.ID, "remote_ip", ss.conn.RemoteIP, "msgid", txn.ID)
+			s.log.Info("data timeout", "conn", ss.conn.ID, "remote_ip", ss.conn.RemoteIP, "msgid", txn.ID())
 		} else {
-			s.log.Debug("bdat transfer reset", "conn", ss.conn.ID, "msgid", txn.ID)
+			s.log.Debug("bdat transfer reset", "conn", ss.conn.ID, "msgid", txn.ID())
 		}
 		return smtpError(err)
 	case errors.As(err, &ne) && ne.Timeout():
@@ -262,22 +237,19 @@ func (ss *session) dataReadFailed(txn *pipeline.Txn, err error) error {
 		// go-smtp closes the connection instead of reading the rest of
 		// the data as commands.
 		ss.tc.expire()
-		s.log.Info("data timeout", "conn", ss.conn.ID, "remote_ip", ss.conn.RemoteIP, "msgid", txn.ID)
+		s.log.Info("data timeout", "conn", ss.conn.ID, "remote_ip", ss.conn.RemoteIP, "msgid", txn.ID())
 		return smtpError(errDataTimeout)
 	default:
 		// The client hung up or the connection broke: no one reads
 		// this reply.
-		s.log.Debug("data transfer aborted", "conn", ss.conn.ID, "msgid", txn.ID, "err", err)
+		s.log.Debug("data transfer aborted", "conn", ss.conn.ID, "msgid", txn.ID(), "err", err)
 		ss.tc.expire()
 		return smtpError(err)
 	}
 }
 
-// refuseData answers a refused message: it logs, records the refusal for
-// the whole transaction, and returns the client's reply.
-func (ss *session) refuseData(txn *pipeline.Txn, size int, err error) error {
-	ss.s.logRefusal("message refused", err, "conn", ss.conn.ID, "remote_ip", ss.conn.RemoteIP,
-		"msgid", txn.ID, "from", txn.Sender, "rcpts", len(txn.Recipients), "size", size)
-	ss.s.sub.Rejected(ss.ctx, txn, "", err)
-	return smtpError(err)
+// refuseData answers a message refused as a whole: the relay logs it and
+// records the refusal of each recipient.
+func (ss *session) refuseData(txn *relay.Txn, size int, err error) error {
+	return smtpError(txn.Refuse(ss.ctx, size, err))
 }

@@ -82,7 +82,8 @@ func TestSmuggling(t *testing.T) {
 					if len(msgs) != 0 {
 						t.Errorf("%d submits, want 0", len(msgs))
 					}
-					if rj := sub.rejections(); len(rj) != 1 || rj[0].Rcpt != "" || rj[0].Reply.Code != 554 {
+					// One "rejected" event per refused recipient.
+					if rj := sub.rejections(); len(rj) != 1 || rj[0].Rcpt != "bob@local.test" || rj[0].Reply.Code != 554 {
 						t.Errorf("Rejected calls %+v", rj)
 					}
 					return
@@ -112,8 +113,8 @@ func TestSmuggling(t *testing.T) {
 func TestSmugglingExactNormalized(t *testing.T) {
 	l := testListener()
 	l.BareLineEnding = BareNormalize
-	sub := &fakeSub{}
-	ts := startServer(t, l, newChain(t, pipeline.ChainOptions{}), sub, WithIDGenerator(fixedIDs()), WithClock(fixedClock))
+	sub := fixedSub()
+	ts := startServer(t, l, newChain(t, pipeline.ChainOptions{}), sub)
 	c := dialReady(t, ts.addr)
 	c.ehlo()
 	r := c.sendMessage("a@local.test", []string{"bob@local.test"}, "Subject: x\r\n\r\nHello\n.\nMAIL FROM:<e@x>\r\nend\rx\r\n")

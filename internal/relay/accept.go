@@ -1,0 +1,113 @@
+package relay
+
+import (
+	"context"
+
+	"github.com/sluice-mta/sluice/internal/queue"
+	"github.com/sluice-mta/sluice/internal/spool"
+	"github.com/sluice-mta/sluice/pipeline"
+)
+
+func (r *Relay) event(typ string, msg *pipeline.Message, rcpt string, size int) *pipeline.Event {
+	return &pipeline.Event{
+		Type: typ, MessageID: msg.ID, Recipient: rcpt, Sender: msg.Sender, Source: msg.Conn.Source,
+		Tenant: msg.Conn.Tenant(), Tags: msg.Tags, Metadata: msg.Meta, Size: size,
+	}
+}
+
+// prepare runs on_message and on_route and builds what to write. On
+// success evs are also in acc.Events. On error nothing is to be written
+// but evs (the events of recipients refused or dropped at on_route), and
+// acc, when not nil, carries only the Receipt (per-recipient results).
+func (r *Relay) prepare(ctx context.Context, chain *pipeline.Chain, msg *pipeline.Message, o CommitOptions) (acc *Accepted, evs []*pipeline.Event, err error) {
+	discard, reason, err := chain.Message(ctx, msg)
+	if err != nil {
+		return nil, nil, err
+	}
+	data, err := msg.Bytes()
+	if err != nil {
+		return nil, nil, &pipeline.Error{Code: 554, Enhanced: pipeline.EnhancedCode{5, 6, 0}, Message: "Message cannot be serialised", Cause: err}
+	}
+	acc = &Accepted{Msg: msg, Data: data, Receipt: &Receipt{MessageID: msg.ID}}
+	rc := acc.Receipt
+	if discard {
+		rc.Discarded = true
+		for _, rcpt := range msg.Recipients {
+			ev := r.event(pipeline.EventDiscarded, msg, rcpt.Address, len(data))
+			ev.Response = &pipeline.Response{Code: 250, Enhanced: "2.0.0", Text: reason}
+			acc.Events = append(acc.Events, ev)
+			rc.Recipients = append(rc.Recipients, RcptResult{Address: rcpt.Address, Status: StatusDiscarded})
+		}
+		return acc, acc.Events, nil
+	}
+
+	var (
+		firstErr *pipeline.Error
+		tempErr  error // first temporary route failure
+		refused  []queue.Failure
+	)
+	for i, rcpt := range msg.Recipients {
+		route, drop, err := chain.Route(ctx, msg, rcpt)
+		switch {
+		case err != nil:
+			rep := pipeline.Reply(err)
+			if firstErr == nil {
+				firstErr = &rep
+			}
+			ev := r.event(pipeline.EventRejected, msg, rcpt.Address, len(data))
+			ev.Response = pipeline.ResponseOf(err)
+			evs = append(evs, ev)
+			rc.Recipients = append(rc.Recipients, RcptResult{Address: rcpt.Address, Status: StatusRejected, Err: &rep})
+			if !rep.Temporary() {
+				refused = append(refused, queue.Failure{Recipient: rcpt.Address, Reply: ev.Response, Err: err, Time: r.now()})
+			} else if tempErr == nil {
+				tempErr = err
+			}
+		case drop:
+			evs = append(evs, r.event(pipeline.EventDiscarded, msg, rcpt.Address, len(data)))
+			rc.Recipients = append(rc.Recipients, RcptResult{Address: rcpt.Address, Status: StatusDiscarded})
+		default:
+			rcpt.Route = route
+			acc.Rcpts = append(acc.Rcpts, &spool.Recipient{MsgID: msg.ID, Idx: i, Address: rcpt.Address, Domain: rcpt.Domain, Route: route})
+			ev := r.event(pipeline.EventReceived, msg, rcpt.Address, len(data))
+			ev.Queue = route.QueueName(rcpt.Domain)
+			evs = append(evs, ev)
+			rc.Recipients = append(rc.Recipients, RcptResult{Address: rcpt.Address, Status: StatusQueued})
+		}
+	}
+	if o.OneReply && tempErr != nil {
+		// One reply for all recipients: a recipient that can neither be
+		// queued nor bounced makes the whole message a 4xx, so the client
+		// retries it; nothing is written but the refusals.
+		return nil, nil, tempErr
+	}
+	rc.Queued = len(acc.Rcpts)
+	if len(acc.Rcpts) == 0 && firstErr != nil {
+		// Nothing to queue: the message is refused with the first
+		// recipient's reply.
+		return acc, evs, firstErr
+	}
+	identity := ""
+	if msg.Conn.Identity != nil {
+		identity = msg.Conn.Identity.Name
+	}
+	if len(acc.Rcpts) > 0 {
+		acc.Meta = &spool.Meta{
+			ID: msg.ID, Source: msg.Conn.Source, Sender: msg.Sender, Tenant: msg.Conn.Tenant(), Identity: identity,
+			Tags: msg.Tags, Meta: msg.Meta, Received: msg.Received, Size: len(data),
+		}
+	}
+	acc.Events = evs
+	if o.OneReply && len(refused) > 0 && msg.Sender != "" {
+		// The DSN for recipients refused at on_route enters through the
+		// front door and commits with the message.
+		m := acc.Meta
+		if m == nil {
+			m = &spool.Meta{ID: msg.ID, Source: msg.Conn.Source, Sender: msg.Sender, Tenant: msg.Conn.Tenant(), Received: msg.Received, Size: len(data)}
+		}
+		if b := r.bounce(ctx, m, data, refused); b != nil {
+			acc.Bounce = b
+		}
+	}
+	return acc, evs, nil
+}
