@@ -35,12 +35,12 @@ func TestReceived(t *testing.T) {
 
 func TestOneLine(t *testing.T) {
 	for in, want := range map[string]string{
-		"plain":                    "plain",
-		"a\r\n250 2.0.0 fake\x00":  "a 250 2.0.0 fake",
-		"  tabs\tand   spaces  ":   "tabs and spaces",
-		"bad \xff utf8":            "bad utf8",
-		"c1 \u0085 control":        "c1 control",
-		strings.Repeat("é", 10):    "éé", // cut at 5 bytes on a rune boundary
+		"plain":                   "plain",
+		"a\r\n250 2.0.0 fake\x00": "a 250 2.0.0 fake",
+		"  tabs\tand   spaces  ":  "tabs and spaces",
+		"bad \xff utf8":           "bad utf8",
+		"c1 \u0085 control":       "c1 control",
+		strings.Repeat("é", 10):   "éé", // cut at 5 bytes on a rune boundary
 	} {
 		max := 0
 		if strings.HasPrefix(in, "é") {
