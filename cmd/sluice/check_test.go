@@ -59,3 +59,66 @@ func TestCheckCommand(t *testing.T) {
 		t.Fatalf("version: %d %q", code, out)
 	}
 }
+
+// TestCheckRefusesWhatServeRefuses: for each configuration serve cannot
+// run, `sluice check` refuses it with the same message as `sluice serve`,
+// and neither creates the spool directory or the events file.
+func TestCheckRefusesWhatServeRefuses(t *testing.T) {
+	base := `local sluice = require("sluice")
+sluice.spool { path = "{{DIR}}/spool" }
+`
+	listen := `sluice.events { file = "{{DIR}}/events/events.jsonl" }
+sluice.listen_smtp { addr = "127.0.0.1:0" }
+`
+	for name, tc := range map[string]struct {
+		body, want string
+		files      map[string]string
+	}{
+		"kafka sink": {`sluice.listen_smtp { addr = "127.0.0.1:0" }
+sluice.events { file = "{{DIR}}/events/events.jsonl", kafka = { brokers = { "127.0.0.1:9092" } } }`,
+			"the Kafka sink is not available", nil},
+		"auth required": {`sluice.listen_smtp { addr = "127.0.0.1:0", auth = "required" }`, `auth = "required" is not supported yet`, nil},
+		"missing TLS files": {`sluice.listen_smtp { addr = "127.0.0.1:0", tls = { cert = "{{DIR}}/nope.pem", key = "{{DIR}}/nope.key" } }`,
+			"nope.pem", nil},
+		"HTTP TLS files": {listen + `sluice.listen_http { addr = "127.0.0.1:0", tls = { cert = "{{DIR}}/nope.pem", key = "{{DIR}}/nope.key" } }`,
+			"http listener", nil},
+		"stage script fails": {listen + `sluice.stage("policy", sluice.lua("policy.lua"))`, "policy.lua:2",
+			map[string]string{"policy.lua": "local x = 1\nerror(\"broken at load\")\nreturn {}\n"}},
+		"stage script returns no table": {listen + `sluice.stage("policy", sluice.lua("policy.lua"))`, "policy",
+			map[string]string{"policy.lua": "return 42\n"}},
+		"header edit at on_route": {listen + `sluice.stage("routing", {
+  on_route = function(msg, rcpt)
+    msg:add_header("X-Route", rcpt.domain)
+  end,
+})`, `on_route calls add_header; header edits are not allowed in on_route`, nil},
+		"unknown built-in": {listen + `sluice.stage("auth", sluice.builtin.auth { users = "users.txt" })`, `unknown built-in stage "auth"`, nil},
+		"no listener":      {``, "has no listener", nil},
+	} {
+		t.Run(name, func(t *testing.T) {
+			dir := t.TempDir()
+			for f, src := range tc.files {
+				if err := os.WriteFile(filepath.Join(dir, f), []byte(src), 0o644); err != nil {
+					t.Fatal(err)
+				}
+			}
+			cfg := filepath.Join(dir, "pipeline.lua")
+			src := strings.ReplaceAll(base+tc.body+"\n", "{{DIR}}", dir)
+			if err := os.WriteFile(cfg, []byte(src), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			checkOut, code := runBin(t, "check", "-c", cfg)
+			if code != 1 || !strings.Contains(checkOut, tc.want) {
+				t.Fatalf("check: exit %d, output %q; want exit 1 and %q", code, checkOut, tc.want)
+			}
+			serveOut, code := runBin(t, "serve", "-c", cfg)
+			if code != 1 || !strings.Contains(serveOut, strings.TrimSpace(checkOut)) {
+				t.Fatalf("serve: exit %d, output %q; want exit 1 and check's message %q", code, serveOut, checkOut)
+			}
+			for _, p := range []string{"spool", "events"} {
+				if _, err := os.Stat(filepath.Join(dir, p)); err == nil {
+					t.Errorf("%s was created for a configuration that cannot run", p)
+				}
+			}
+		})
+	}
+}
