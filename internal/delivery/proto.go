@@ -13,6 +13,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/sluice-mta/sluice/internal/mailtext"
 	"github.com/sluice-mta/sluice/pipeline"
 )
 
@@ -77,30 +78,8 @@ func (r reply) String() string {
 	return s
 }
 
-// sanitize replaces control characters with spaces, collapses runs of
-// spaces and cuts s to max bytes on a UTF-8 boundary.
-func sanitize(s string, max int) string {
-	var b strings.Builder
-	space := false
-	for _, r := range s {
-		if r < 0x20 || r == 0x7f || r == '\uFFFD' || (r >= 0x80 && r < 0xa0) {
-			r = ' '
-		}
-		if r == ' ' {
-			if space {
-				continue
-			}
-			space = true
-		} else {
-			space = false
-		}
-		if b.Len()+len(string(r)) > max {
-			break
-		}
-		b.WriteRune(r)
-	}
-	return strings.TrimSpace(b.String())
-}
+// sanitize makes a remote text one safe line of at most max bytes.
+func sanitize(s string, max int) string { return mailtext.OneLine(s, max) }
 
 // ReplyError is the Cause of every *pipeline.Error that carries a remote
 // server's reply: it says which server said it and to which command. Use
