@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"sort"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -387,5 +388,42 @@ func TestCloseRefusesNewSubmissions(t *testing.T) {
 	}
 	if got := queued(t, sp); len(got) != 0 {
 		t.Fatalf("spooled %v after Close", got)
+	}
+}
+
+// TestSwapClosesOldPipelineAfterInFlight: a transaction that began on the
+// old pipeline finishes on it; the old pipeline is closed when it ends,
+// and new transactions run on the new one.
+func TestSwapClosesOldPipelineAfterInFlight(t *testing.T) {
+	r, _ := setup(t)
+	var closed atomic.Int32
+	old := NewPipeline(r.Chain(), func() { closed.Add(1) })
+	r.Swap(old)
+	txn := begin(t, r, pipeline.SourceSMTP, "ok@b.test")
+	next, err := pipeline.Compile([]pipeline.Stage{stampStage{}}, pipeline.ChainOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.Swap(NewPipeline(next, nil))
+	if closed.Load() != 0 {
+		t.Fatal("the old pipeline was closed under a transaction in flight")
+	}
+	if txn.Chain() != old.Chain || r.Chain() != next {
+		t.Fatal("the transaction moved pipelines, or the relay did not")
+	}
+	if _, err := txn.Commit(context.Background(), message(t, txn, "x"), CommitOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if closed.Load() != 1 {
+		t.Fatalf("old pipeline closed %d times after its last transaction, want 1", closed.Load())
+	}
+	// A pipeline with nothing in flight closes at once, once.
+	var c2 atomic.Int32
+	p2 := NewPipeline(next, func() { c2.Add(1) })
+	r.Swap(p2)
+	r.Swap(NewPipeline(next, nil))
+	ClosePipeline(p2)
+	if c2.Load() != 1 {
+		t.Fatalf("closed %d times", c2.Load())
 	}
 }

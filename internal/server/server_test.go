@@ -1,0 +1,154 @@
+package server
+
+import (
+	"errors"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/sluice-mta/sluice/internal/config"
+	"github.com/sluice-mta/sluice/internal/dnsx"
+	"github.com/sluice-mta/sluice/internal/relay"
+	"github.com/sluice-mta/sluice/pipeline"
+)
+
+// lifecycleStage records its lifecycle calls; option "fail" makes
+// Validate fail.
+type lifecycleStage struct {
+	name string
+	fail bool
+	env  *pipeline.Env
+}
+
+var (
+	lifeMu  sync.Mutex
+	lifeLog []string
+)
+
+func logLife(s string) {
+	lifeMu.Lock()
+	lifeLog = append(lifeLog, s)
+	lifeMu.Unlock()
+}
+
+func takeLife() string {
+	lifeMu.Lock()
+	defer lifeMu.Unlock()
+	s := strings.Join(lifeLog, " ")
+	lifeLog = nil
+	return s
+}
+
+func (s *lifecycleStage) Name() string { return s.name }
+func (s *lifecycleStage) Provision(env *pipeline.Env) error {
+	s.env = env
+	logLife("provision:" + s.name)
+	if env.Logger == nil || env.Resolver == nil || env.Hostname == "" {
+		return errors.New("incomplete env")
+	}
+	return nil
+}
+func (s *lifecycleStage) Validate() error {
+	logLife("validate:" + s.name)
+	if s.fail {
+		return errors.New("bad option")
+	}
+	return nil
+}
+func (s *lifecycleStage) Close() error { logLife("close:" + s.name); return nil }
+
+var (
+	_ pipeline.Provisioner = (*lifecycleStage)(nil)
+	_ pipeline.Validator   = (*lifecycleStage)(nil)
+	_ pipeline.Closer      = (*lifecycleStage)(nil)
+)
+
+func init() {
+	pipeline.Register("lifecycle_test", func(name string, opts map[string]any) (pipeline.Stage, error) {
+		fail, _ := opts["fail"].(bool)
+		return &lifecycleStage{name: name, fail: fail}, nil
+	})
+}
+
+func load(t *testing.T, src string) *config.Config {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "pipeline.lua")
+	if err := os.WriteFile(p, []byte(src), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := config.Load(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cfg
+}
+
+// TestBuiltinLifecycle: built-ins are provisioned with the node's shared
+// parts, then validated; a failed validation closes every stage built so
+// far, in reverse order, and names the stage and line.
+func TestBuiltinLifecycle(t *testing.T) {
+	res, err := dnsx.New(dnsx.Options{Server: "127.0.0.1:53"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	log := slog.New(slog.DiscardHandler)
+	takeLife()
+	cfg := load(t, `local sluice = require("sluice")
+sluice.node { hostname = "mx.test" }
+sluice.listen_smtp { addr = "127.0.0.1:0" }
+sluice.stage("a", sluice.builtin.lifecycle_test {})
+sluice.stage("b", sluice.builtin.lifecycle_test {})
+`)
+	p, err := BuildPipeline(cfg, log, res)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := takeLife(); got != "provision:a validate:a provision:b validate:b" {
+		t.Fatalf("lifecycle %q", got)
+	}
+	st := p.Chain.Stages()[0].(*lifecycleStage)
+	if st.env.Hostname != "mx.test" {
+		t.Fatalf("env %+v", st.env)
+	}
+	relay.ClosePipeline(p)
+	if got := takeLife(); got != "close:b close:a" {
+		t.Fatalf("close order %q", got)
+	}
+
+	cfg = load(t, `local sluice = require("sluice")
+sluice.listen_smtp { addr = "127.0.0.1:0" }
+sluice.stage("a", sluice.builtin.lifecycle_test {})
+sluice.stage("b", sluice.builtin.lifecycle_test { fail = true })
+`)
+	_, err = BuildPipeline(cfg, log, res)
+	if err == nil || !strings.Contains(err.Error(), `pipeline.lua:4: stage "b": bad option`) {
+		t.Fatalf("err %v", err)
+	}
+	if got := takeLife(); got != "provision:a validate:a provision:b validate:b close:b close:a" {
+		t.Fatalf("lifecycle on failure %q", got)
+	}
+	if err := Validate(cfg, log); err == nil {
+		t.Fatal("Validate accepted what BuildPipeline refused")
+	}
+}
+
+// TestRestartNeeded names the settings a reload cannot apply.
+func TestRestartNeeded(t *testing.T) {
+	a := load(t, `local sluice = require("sluice")
+sluice.listen_smtp { addr = "127.0.0.1:2525" }
+sluice.stage("s", { on_rcpt = function() end })
+`)
+	b := load(t, `local sluice = require("sluice")
+sluice.listen_smtp { addr = "127.0.0.1:2526" }
+sluice.spool { path = "./other" }
+sluice.stage("s", { on_rcpt = function() return sluice.accept() end })
+sluice.stage_timeout("5s")
+`)
+	got := strings.Join(RestartNeeded(a, b), ",")
+	if got != "sluice.listen_smtp,sluice.spool" {
+		t.Fatalf("RestartNeeded = %q", got)
+	}
+}
