@@ -3,6 +3,7 @@ package relay
 import (
 	"context"
 	"errors"
+	"sync/atomic"
 
 	"github.com/sluice-mta/sluice/internal/mailtext"
 	"github.com/sluice-mta/sluice/pipeline"
@@ -80,15 +81,23 @@ func (s *Session) Verified(ctx context.Context, cr *pipeline.Credentials, id *pi
 
 // Txn is one mail transaction from MAIL to commit. It holds a reference
 // on the pipeline it began on until Commit, Refuse or Abort ends it; the
-// source must call exactly one of them (Abort is safe to call after the
-// others). A Txn is used by one goroutine at a time.
+// source must call one of them. Begin, Rcpt, Prepare, Commit and Refuse
+// are called from one goroutine; Abort may be called from another at any
+// time (go-smtp resets a session while a BDAT Data goroutine runs): it
+// ends an idle transaction and leaves one being committed to finish.
 type Txn struct {
-	s   *Session
-	p   *Pipeline
-	T   *pipeline.Txn
-	bad map[string]bool // recipients already recorded as rejected
-	end bool
+	s     *Session
+	p     *Pipeline
+	T     *pipeline.Txn
+	bad   map[string]bool // recipients already recorded as rejected
+	state atomic.Int32    // txnOpen, txnBusy, txnEnded
 }
+
+const (
+	txnOpen  = iota // between Begin and Prepare/Refuse
+	txnBusy         // being prepared or committed: only the committer ends it
+	txnEnded        // the pipeline reference is released
+)
 
 // Begin starts a transaction from sender ("" is the null sender) and runs
 // on_mail. tags and meta (may be nil) are the source's (HTTP request
@@ -105,7 +114,9 @@ func (s *Session) Begin(ctx context.Context, sender string, tags []string, meta 
 			r.logRefusal("sender refused", s.Conn, err, "msgid", txn.ID, "from", sender)
 			r.record(r.rejected(txn, "", err))
 		}
-		return &Txn{s: s, p: p, T: txn, end: true}, err
+		t := &Txn{s: s, p: p, T: txn}
+		t.state.Store(txnEnded)
+		return t, err
 	}
 	return &Txn{s: s, p: p, T: txn}, nil
 }
@@ -159,7 +170,7 @@ func (t *Txn) refused(ev *pipeline.Event) {
 // big, malformed, bare line endings ...): it logs once and records a
 // "rejected" event for each recipient. It returns err.
 func (t *Txn) Refuse(ctx context.Context, size int, err error) error {
-	if t.end {
+	if !t.state.CompareAndSwap(txnOpen, txnBusy) {
 		return err
 	}
 	t.finish()
@@ -189,16 +200,19 @@ func (t *Txn) rejectAll(err error) []*pipeline.Event {
 }
 
 // Abort ends the transaction without recording anything (the client
-// reset it or went away). Safe to call after Commit, Refuse or Abort.
+// reset it or went away). Safe to call at any time, more than once; a
+// transaction being committed is left to finish.
 func (t *Txn) Abort() {
-	if !t.end {
-		t.finish()
+	if t.state.CompareAndSwap(txnOpen, txnEnded) {
+		t.p.release()
 	}
 }
 
+// finish ends a busy transaction (its committer calls it once).
 func (t *Txn) finish() {
-	t.end = true
-	t.p.release()
+	if t.state.CompareAndSwap(txnBusy, txnEnded) {
+		t.p.release()
+	}
 }
 
 // received adds the Received trace field (RFC 5321 section 4.4).
@@ -262,11 +276,11 @@ func receiptOf(acc *Accepted) *Receipt {
 // committing (Relay.CommitBatch commits several at once). On error the
 // transaction has ended refused.
 func (t *Txn) Prepare(ctx context.Context, msg *pipeline.Message, o CommitOptions) (*Accepted, error) {
-	if t.end {
-		return nil, errors.New("relay: transaction already ended")
-	}
 	if len(t.T.Recipients) == 0 {
 		return nil, t.Refuse(ctx, len(msg.Body), errNoRecipients)
+	}
+	if !t.state.CompareAndSwap(txnOpen, txnBusy) {
+		return nil, errors.New("relay: transaction already ended")
 	}
 	t.received(msg)
 	acc, evs, err := t.s.r.prepare(ctx, t.p.Chain, msg, o)
@@ -312,9 +326,7 @@ func (r *Relay) commit(ctx context.Context, txns []*Txn, accs []*Accepted, o Com
 	out := make([]BatchResult, len(accs))
 	defer func() {
 		for _, t := range txns {
-			if !t.end {
-				t.finish()
-			}
+			t.finish()
 		}
 	}()
 	if !r.enter() {
