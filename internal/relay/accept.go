@@ -78,8 +78,15 @@ func (r *Relay) prepare(ctx context.Context, chain *pipeline.Chain, msg *pipelin
 	if o.OneReply && tempErr != nil {
 		// One reply for all recipients: a recipient that can neither be
 		// queued nor bounced makes the whole message a 4xx, so the client
-		// retries it; nothing is written but the refusals.
-		return nil, nil, tempErr
+		// retries it; nothing is written but the refusals, each with its
+		// own reply (the other recipients are refused with this 4xx).
+		var refusals []*pipeline.Event
+		for _, ev := range evs {
+			if ev.Type == pipeline.EventRejected {
+				refusals = append(refusals, ev)
+			}
+		}
+		return nil, refusals, tempErr
 	}
 	rc.Queued = len(acc.Rcpts)
 	if len(acc.Rcpts) == 0 && firstErr != nil {

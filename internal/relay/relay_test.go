@@ -279,7 +279,7 @@ func TestSMTPTemporaryRouteFailureFailsWholeMessage(t *testing.T) {
 		t.Fatalf("spooled %v after a 4xx: the client will retry every recipient", got)
 	}
 	// Every recipient has its "rejected" event, by the one rule.
-	if ev := eventTypes(t, sp, txn.ID()); ev != "rejected:ok@b.test rejected:temp@b.test" {
+	if ev := eventTypes(t, sp, txn.ID()); ev != "rejected:temp@b.test rejected:ok@b.test" {
 		t.Fatalf("events %q", ev)
 	}
 }
