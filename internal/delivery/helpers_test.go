@@ -397,15 +397,3 @@ func newScripted(t testing.TB, ip string, port int, fn func(p *peer)) *scripted 
 }
 
 func (s *scripted) Conns() int { return int(s.conns.Load()) }
-
-// eventually polls cond until it holds or 5 seconds pass.
-func eventually(t testing.TB, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}

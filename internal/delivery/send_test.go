@@ -13,6 +13,7 @@ import (
 	"github.com/emersion/go-smtp"
 
 	"github.com/sluice-mta/sluice/internal/delivery"
+	"github.com/sluice-mta/sluice/internal/testutil"
 	"github.com/sluice-mta/sluice/pipeline"
 )
 
@@ -324,7 +325,7 @@ func TestUsableDetectsServerClose(t *testing.T) {
 		t.Fatal("fresh session not usable")
 	}
 	sk.srv.Close() // closes every connection
-	eventually(t, "Usable() to notice the close", func() bool { return !s.Usable() })
+	testutil.WaitFor(t, "Usable() to notice the close", func() bool { return !s.Usable() })
 	per, err := s.Send(context.Background(), "a@sender.test", []string{"b@example.test"}, message(100))
 	wantPE(t, err, 451, "4.4.2")
 	wantPE(t, per[0], 451, "4.4.2")
@@ -344,7 +345,7 @@ func TestUsableDetectsUnsolicitedReply(t *testing.T) {
 		t.Fatal("fresh session not usable")
 	}
 	close(release)
-	eventually(t, "Usable() to notice the 421", func() bool { return !s.Usable() })
+	testutil.WaitFor(t, "Usable() to notice the 421", func() bool { return !s.Usable() })
 }
 
 func TestUsableOverTLS(t *testing.T) {
@@ -363,7 +364,7 @@ func TestUsableOverTLS(t *testing.T) {
 		}
 	}
 	sk.srv.Close()
-	eventually(t, "Usable() to notice the close", func() bool { return !s.Usable() })
+	testutil.WaitFor(t, "Usable() to notice the close", func() bool { return !s.Usable() })
 }
 
 func TestSendCancelled(t *testing.T) {

@@ -429,17 +429,6 @@ func (e *env) queued() int {
 	return n
 }
 
-func waitFor(t testing.TB, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(15 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
-
 // selfSigned writes a self-signed certificate for 127.0.0.1 and returns
 // the TLS config block.
 func selfSigned(t testing.TB) *config.TLS {

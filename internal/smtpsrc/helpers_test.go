@@ -395,18 +395,6 @@ func (c *client) sendMessage(from string, rcpts []string, data string) reply {
 	return r
 }
 
-// waitFor polls cond until it holds or the deadline passes.
-func waitFor(t testing.TB, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
-
 // ---- TLS ----
 
 // selfSigned writes a self-signed certificate for mx.sluice.test and

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/sluice-mta/sluice/internal/config"
+	"github.com/sluice-mta/sluice/internal/testutil"
 	"github.com/sluice-mta/sluice/pipeline"
 )
 
@@ -473,7 +474,7 @@ func TestMaxConnections(t *testing.T) {
 	// Closing one frees its slot.
 	c1.cmd("QUIT", 221)
 	c1.expectClosed()
-	waitFor(t, "a free slot", func() bool {
+	testutil.WaitFor(t, "a free slot", func() bool {
 		c := dial(t, ts.addr)
 		r, err := c.read()
 		c.conn.Close()
@@ -599,7 +600,7 @@ func TestShutdownGraceful(t *testing.T) {
 		t.Errorf("idle session got %v", rs)
 	}
 	// New connections are refused.
-	waitFor(t, "listener closed", func() bool {
+	testutil.WaitFor(t, "listener closed", func() bool {
 		c, err := net.DialTimeout("tcp", ts.addr, time.Second)
 		if err != nil {
 			return true
@@ -652,7 +653,7 @@ func TestShutdownDeadlineCancelsSessions(t *testing.T) {
 	c.cmd("RCPT TO:<bob@local.test>", 250)
 	c.cmd("DATA", 354)
 	c.write(simpleMsg + ".\r\n")
-	waitFor(t, "Submit called", func() bool { return len(sub.messages()) == 1 })
+	testutil.WaitFor(t, "Submit called", func() bool { return len(sub.messages()) == 1 })
 
 	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
 	defer cancel()
@@ -760,7 +761,7 @@ func TestListenAndServeAddr(t *testing.T) {
 	}
 	done := make(chan error, 1)
 	go func() { done <- s.ListenAndServe() }()
-	waitFor(t, "listening", func() bool { return s.Addr() != nil })
+	testutil.WaitFor(t, "listening", func() bool { return s.Addr() != nil })
 	c := dialReady(t, s.Addr().String())
 	c.ehlo()
 	if err := s.Serve(mustListen(t)); err == nil || errors.Is(err, ErrServerClosed) {
