@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/sluice-mta/sluice/internal/delivery"
+	"github.com/sluice-mta/sluice/internal/testutil"
 	"github.com/sluice-mta/sluice/pipeline"
 )
 
@@ -287,8 +288,8 @@ func TestMaxAddresses(t *testing.T) {
 }
 
 func TestSTARTTLS(t *testing.T) {
-	srvTLS, pool := selfSigned(t, "mx.tls.test")
-	tlsSink := newSink(t, sinkOptions{IP: "127.0.0.2", TLS: srvTLS})
+	crt := testutil.SelfSignedCert(t, "mx.tls.test")
+	tlsSink := newSink(t, sinkOptions{IP: "127.0.0.2", TLS: crt.TLS})
 	plain := newSink(t, sinkOptions{IP: "127.0.0.4", Port: tlsSink.Port})
 	e := newEnv(t, tlsSink.Port)
 	e.DNS.AddMX("tls.test", 10, "mx.tls.test")
@@ -344,7 +345,7 @@ func TestSTARTTLS(t *testing.T) {
 			t.Fatalf("message %q", pe.Message)
 		}
 	})
-	e.D.TLSConfig = &tls.Config{RootCAs: pool}
+	e.D.TLSConfig = &tls.Config{RootCAs: crt.Pool}
 	t.Run("required, verified", func(t *testing.T) {
 		s := dial(t, e, &pipeline.Route{Kind: pipeline.RouteMX, TLS: pipeline.TLSRequired}, "tls.test")
 		if s.Remote().TLS == "" {
@@ -503,10 +504,10 @@ func TestAuthPlain(t *testing.T) {
 }
 
 func TestAuthOverTLSToRemoteHost(t *testing.T) {
-	srvTLS, pool := selfSigned(t, "smarthost.test")
-	sk := newSink(t, sinkOptions{TLS: srvTLS, AuthUser: "u", AuthPass: "p"})
+	crt := testutil.SelfSignedCert(t, "smarthost.test")
+	sk := newSink(t, sinkOptions{TLS: crt.TLS, AuthUser: "u", AuthPass: "p"})
 	e := newEnv(t, 1)
-	e.D.TLSConfig = &tls.Config{RootCAs: pool}
+	e.D.TLSConfig = &tls.Config{RootCAs: crt.Pool}
 	e.D.DialContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
 		var nd net.Dialer
 		return nd.DialContext(ctx, network, sk.Addr)

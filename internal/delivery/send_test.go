@@ -349,8 +349,8 @@ func TestUsableDetectsUnsolicitedReply(t *testing.T) {
 }
 
 func TestUsableOverTLS(t *testing.T) {
-	srvTLS, _ := selfSigned(t, "mx.example.test")
-	sk, _, s := sinkEnv(t, sinkOptions{TLS: srvTLS}, false)
+	crt := testutil.SelfSignedCert(t, "mx.example.test")
+	sk, _, s := sinkEnv(t, sinkOptions{TLS: crt.TLS}, false)
 	if s.Remote().TLS == "" {
 		t.Fatal("no TLS")
 	}

@@ -993,7 +993,8 @@ func TestHealthzAndOpenAPI(t *testing.T) {
 
 // HTTP/2 over TLS, and HTTP/1.1 keep-alive over TLS.
 func TestTLSAndHTTP2(t *testing.T) {
-	e := newEnv(t, envOptions{listener: config.HTTPListener{TLS: selfSigned(t)}})
+	crt := testutil.SelfSignedCert(t, "relay.test", "127.0.0.1")
+	e := newEnv(t, envOptions{listener: config.HTTPListener{TLS: &config.TLS{Cert: crt.CertFile, Key: crt.KeyFile}}})
 	req, _ := http.NewRequest("POST", e.url+"/v1/messages", strings.NewReader(`{"from":"a@example.com","to":"b@dest.test","text":"x"}`))
 	req.Header.Set("Content-Type", "application/json")
 	req.Header.Set("Authorization", "Bearer "+e.sendKey)

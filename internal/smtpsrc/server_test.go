@@ -111,9 +111,9 @@ func TestDuplicateRecipientOnce(t *testing.T) {
 }
 
 func TestSTARTTLS(t *testing.T) {
-	certFile, keyFile, pool := selfSigned(t)
+	crt := testutil.SelfSignedCert(t, "mx.sluice.test", "127.0.0.1")
 	l := testListener()
-	l.TLS = &config.TLS{Cert: certFile, Key: keyFile}
+	l.TLS = &config.TLS{Cert: crt.CertFile, Key: crt.KeyFile}
 	sub := &fakeSub{}
 	ts := startServer(t, l, newChain(t, pipeline.ChainOptions{}), sub)
 
@@ -128,7 +128,7 @@ func TestSTARTTLS(t *testing.T) {
 	if ok, _ := c.Extension("STARTTLS"); !ok {
 		t.Fatal("STARTTLS not offered with tls configured")
 	}
-	if err := c.StartTLS(clientTLS(pool)); err != nil {
+	if err := c.StartTLS(crt.ClientTLS("mx.sluice.test")); err != nil {
 		t.Fatal(err)
 	}
 	if ok, _ := c.Extension("STARTTLS"); ok {
@@ -163,14 +163,14 @@ func TestSTARTTLS(t *testing.T) {
 }
 
 func TestImplicitTLS(t *testing.T) {
-	certFile, keyFile, pool := selfSigned(t)
+	crt := testutil.SelfSignedCert(t, "mx.sluice.test", "127.0.0.1")
 	l := testListener()
-	l.TLS = &config.TLS{Cert: certFile, Key: keyFile}
+	l.TLS = &config.TLS{Cert: crt.CertFile, Key: crt.KeyFile}
 	l.ImplicitTLS = true
 	sub := &fakeSub{}
 	ts := startServer(t, l, newChain(t, pipeline.ChainOptions{}), sub)
 
-	tc, err := tls.Dial("tcp", ts.addr, clientTLS(pool))
+	tc, err := tls.Dial("tcp", ts.addr, crt.ClientTLS("mx.sluice.test"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -778,8 +778,8 @@ func TestListenAndServeAddr(t *testing.T) {
 }
 
 func TestImplicitTLSBusy(t *testing.T) {
-	certFile, keyFile, pool := selfSigned(t)
-	cert, err := tls.LoadX509KeyPair(certFile, keyFile)
+	crt := testutil.SelfSignedCert(t, "mx.sluice.test", "127.0.0.1")
+	cert, err := tls.LoadX509KeyPair(crt.CertFile, crt.KeyFile)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -790,7 +790,7 @@ func TestImplicitTLSBusy(t *testing.T) {
 		WithTLSConfig(&tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS13}))
 
 	dialTLS := func() *client {
-		tc, err := tls.Dial("tcp", ts.addr, clientTLS(pool))
+		tc, err := tls.Dial("tcp", ts.addr, crt.ClientTLS("mx.sluice.test"))
 		if err != nil {
 			t.Fatal(err)
 		}
