@@ -24,7 +24,7 @@ func modes(t *testing.T, f func(t *testing.T, noPipelining bool)) {
 	t.Run("lockstep", func(t *testing.T) { f(t, true) })
 }
 
-func sinkEnv(t *testing.T, o sinkOptions, noPipelining bool) (*sink, *env, *delivery.Session) {
+func sinkEnv(t *testing.T, o testutil.SinkOptions, noPipelining bool) (*testutil.Sink, *env, *delivery.Session) {
 	t.Helper()
 	sk := newSink(t, o)
 	e := newEnv(t, sk.Port)
@@ -39,7 +39,7 @@ func sinkEnv(t *testing.T, o sinkOptions, noPipelining bool) (*sink, *env, *deli
 
 func TestPerRecipientResults(t *testing.T) {
 	modes(t, func(t *testing.T, noPipe bool) {
-		sk, _, s := sinkEnv(t, sinkOptions{}, noPipe)
+		sk, _, s := sinkEnv(t, testutil.SinkOptions{}, noPipe)
 		sk.OnRcpt = func(to string) error {
 			switch {
 			case strings.HasPrefix(to, "temp"):
@@ -99,7 +99,7 @@ func TestPerRecipientResults(t *testing.T) {
 
 func TestNoRecipientAccepted(t *testing.T) {
 	modes(t, func(t *testing.T, noPipe bool) {
-		sk, _, s := sinkEnv(t, sinkOptions{}, noPipe)
+		sk, _, s := sinkEnv(t, testutil.SinkOptions{}, noPipe)
 		sk.OnRcpt = func(to string) error {
 			if strings.HasPrefix(to, "bad") {
 				return &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 1, 1}, Message: "unknown"}
@@ -127,7 +127,7 @@ func TestNoRecipientAccepted(t *testing.T) {
 
 func TestSenderRejected(t *testing.T) {
 	modes(t, func(t *testing.T, noPipe bool) {
-		sk, _, s := sinkEnv(t, sinkOptions{}, noPipe)
+		sk, _, s := sinkEnv(t, testutil.SinkOptions{}, noPipe)
 		sk.OnMail = func(from string) error {
 			if from == "spammer@sender.test" {
 				return &smtp.SMTPError{Code: 553, EnhancedCode: smtp.EnhancedCode{5, 7, 1}, Message: "sender blocked"}
@@ -152,7 +152,7 @@ func TestSenderRejected(t *testing.T) {
 
 func TestDataRejected(t *testing.T) {
 	modes(t, func(t *testing.T, noPipe bool) {
-		sk, _, s := sinkEnv(t, sinkOptions{}, noPipe)
+		sk, _, s := sinkEnv(t, testutil.SinkOptions{}, noPipe)
 		sk.OnRcpt = func(to string) error {
 			if strings.HasPrefix(to, "perm") {
 				return &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 1, 1}, Message: "unknown"}
@@ -247,7 +247,7 @@ func TestDataCommandRefused(t *testing.T) {
 
 func TestConnectionDropMidData(t *testing.T) {
 	modes(t, func(t *testing.T, noPipe bool) {
-		sk, _, s := sinkEnv(t, sinkOptions{}, noPipe)
+		sk, _, s := sinkEnv(t, testutil.SinkOptions{}, noPipe)
 		sk.OnData = func(c *smtp.Conn, r io.Reader) error {
 			buf := make([]byte, 100)
 			io.ReadFull(r, buf)
@@ -303,7 +303,7 @@ func TestServiceClosing421(t *testing.T) {
 
 func TestSessionReuse(t *testing.T) {
 	modes(t, func(t *testing.T, noPipe bool) {
-		sk, _, s := sinkEnv(t, sinkOptions{}, noPipe)
+		sk, _, s := sinkEnv(t, testutil.SinkOptions{}, noPipe)
 		for i := 0; i < 3; i++ {
 			if !s.Usable() {
 				t.Fatalf("not usable before message %d", i)
@@ -320,11 +320,11 @@ func TestSessionReuse(t *testing.T) {
 }
 
 func TestUsableDetectsServerClose(t *testing.T) {
-	sk, _, s := sinkEnv(t, sinkOptions{}, false)
+	sk, _, s := sinkEnv(t, testutil.SinkOptions{}, false)
 	if !s.Usable() {
 		t.Fatal("fresh session not usable")
 	}
-	sk.srv.Close() // closes every connection
+	sk.Close() // closes every connection
 	testutil.WaitFor(t, "Usable() to notice the close", func() bool { return !s.Usable() })
 	per, err := s.Send(context.Background(), "a@sender.test", []string{"b@example.test"}, message(100))
 	wantPE(t, err, 451, "4.4.2")
@@ -350,7 +350,7 @@ func TestUsableDetectsUnsolicitedReply(t *testing.T) {
 
 func TestUsableOverTLS(t *testing.T) {
 	crt := testutil.SelfSignedCert(t, "mx.example.test")
-	sk, _, s := sinkEnv(t, sinkOptions{TLS: crt.TLS}, false)
+	sk, _, s := sinkEnv(t, testutil.SinkOptions{TLS: crt.TLS}, false)
 	if s.Remote().TLS == "" {
 		t.Fatal("no TLS")
 	}
@@ -363,12 +363,12 @@ func TestUsableOverTLS(t *testing.T) {
 			t.Fatalf("Send = %v, %v", per, err)
 		}
 	}
-	sk.srv.Close()
+	sk.Close()
 	testutil.WaitFor(t, "Usable() to notice the close", func() bool { return !s.Usable() })
 }
 
 func TestSendCancelled(t *testing.T) {
-	sk, _, s := sinkEnv(t, sinkOptions{}, false)
+	sk, _, s := sinkEnv(t, testutil.SinkOptions{}, false)
 	block := make(chan struct{})
 	defer close(block)
 	sk.OnData = func(_ *smtp.Conn, r io.Reader) error {
@@ -397,7 +397,7 @@ func TestSendCancelled(t *testing.T) {
 }
 
 func TestDataTimeout(t *testing.T) {
-	sk, e, _ := sinkEnv(t, sinkOptions{}, false)
+	sk, e, _ := sinkEnv(t, testutil.SinkOptions{}, false)
 	e.D.Config.DataTimeout = 150 * time.Millisecond
 	s := dial(t, e, pipeline.MX(), "example.test")
 	block := make(chan struct{})
@@ -414,7 +414,7 @@ func TestDataTimeout(t *testing.T) {
 }
 
 func TestSizeLimit(t *testing.T) {
-	sk, _, s := sinkEnv(t, sinkOptions{MaxMessageBytes: 1000}, false)
+	sk, _, s := sinkEnv(t, testutil.SinkOptions{MaxMessageBytes: 1000}, false)
 	if v, ok := s.Extension("size"); !ok || v != "1000" {
 		t.Fatalf("Extension(size) = %q, %v", v, ok)
 	}
@@ -435,7 +435,7 @@ func TestSizeLimit(t *testing.T) {
 
 func TestSMTPUTF8(t *testing.T) {
 	t.Run("supported", func(t *testing.T) {
-		sk, _, s := sinkEnv(t, sinkOptions{SMTPUTF8: true}, false)
+		sk, _, s := sinkEnv(t, testutil.SinkOptions{SMTPUTF8: true}, false)
 		per, err := s.Send(context.Background(), "app@sender.test", []string{"jörg@example.test", "bob@example.test"}, message(100))
 		if err != nil || per[0] != nil || per[1] != nil {
 			t.Fatalf("Send = %v, %v", per, err)
@@ -452,7 +452,7 @@ func TestSMTPUTF8(t *testing.T) {
 		}
 	})
 	t.Run("unsupported", func(t *testing.T) {
-		sk, _, s := sinkEnv(t, sinkOptions{}, false)
+		sk, _, s := sinkEnv(t, testutil.SinkOptions{}, false)
 		per, err := s.Send(context.Background(), "app@sender.test", []string{"jörg@example.test", "bob@example.test"}, message(100))
 		if err != nil {
 			t.Fatal(err)
@@ -470,7 +470,7 @@ func TestSMTPUTF8(t *testing.T) {
 }
 
 func TestInvalidAddresses(t *testing.T) {
-	sk, _, s := sinkEnv(t, sinkOptions{}, false)
+	sk, _, s := sinkEnv(t, testutil.SinkOptions{}, false)
 	per, err := s.Send(context.Background(), "a@sender.test", []string{"ok@example.test", "evil@example.test>\r\nRSET", "", "x<y@example.test"}, message(100))
 	if err != nil {
 		t.Fatal(err)
@@ -490,7 +490,7 @@ func TestInvalidAddresses(t *testing.T) {
 
 func TestNullSenderAndDotStuffing(t *testing.T) {
 	modes(t, func(t *testing.T, noPipe bool) {
-		sk, _, s := sinkEnv(t, sinkOptions{}, noPipe)
+		sk, _, s := sinkEnv(t, testutil.SinkOptions{}, noPipe)
 		data := []byte("Subject: dots\r\n\r\n.\r\n..\r\n.leading dot\r\nmiddle . dot\r\n.\r\nend")
 		per, err := s.Send(context.Background(), "", []string{"b@example.test"}, data)
 		if err != nil || per[0] != nil {
@@ -508,7 +508,7 @@ func TestNullSenderAndDotStuffing(t *testing.T) {
 }
 
 func TestEmptyRecipientList(t *testing.T) {
-	sk, _, s := sinkEnv(t, sinkOptions{}, false)
+	sk, _, s := sinkEnv(t, testutil.SinkOptions{}, false)
 	per, err := s.Send(context.Background(), "a@sender.test", nil, message(100))
 	if err != nil || len(per) != 0 || s.Messages() != 0 || len(sk.Messages()) != 0 {
 		t.Fatalf("Send(no rcpts) = %v, %v", per, err)
@@ -609,7 +609,7 @@ func BenchmarkSend2KB(b *testing.B) {
 		noPipe bool
 	}{{"pipelined", false}, {"lockstep", true}} {
 		b.Run(mode.name, func(b *testing.B) {
-			sk := newSink(b, sinkOptions{})
+			sk := newSink(b, testutil.SinkOptions{})
 			sk.OnData = func(_ *smtp.Conn, r io.Reader) error {
 				_, err := io.Copy(io.Discard, r)
 				return err
@@ -637,7 +637,7 @@ func BenchmarkSend2KB(b *testing.B) {
 // BenchmarkGoSMTPClient2KB is the reference: go-smtp's own client over one
 // reused connection, same sink and message as BenchmarkSend2KB.
 func BenchmarkGoSMTPClient2KB(b *testing.B) {
-	sk := newSink(b, sinkOptions{})
+	sk := newSink(b, testutil.SinkOptions{})
 	sk.OnData = func(_ *smtp.Conn, r io.Reader) error {
 		_, err := io.Copy(io.Discard, r)
 		return err

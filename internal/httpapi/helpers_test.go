@@ -15,84 +15,15 @@ import (
 	"testing"
 	"time"
 
-	"github.com/emersion/go-smtp"
-
 	"github.com/sluice-mta/sluice/internal/apikey"
 	"github.com/sluice-mta/sluice/internal/config"
 	"github.com/sluice-mta/sluice/internal/delivery"
 	"github.com/sluice-mta/sluice/internal/queue"
 	"github.com/sluice-mta/sluice/internal/relay"
 	"github.com/sluice-mta/sluice/internal/spool"
+	"github.com/sluice-mta/sluice/internal/testutil"
 	"github.com/sluice-mta/sluice/pipeline"
 )
-
-// ---- the SMTP sink: a real go-smtp server on 127.0.0.1:0 ----
-
-type sunk struct {
-	From  string
-	Rcpts []string
-	Data  []byte
-}
-
-type sink struct {
-	mu   sync.Mutex
-	msgs []sunk
-	srv  *smtp.Server
-	port int
-}
-
-type sinkSession struct {
-	s   *sink
-	cur sunk
-}
-
-func (ss *sinkSession) Reset()        { ss.cur = sunk{} }
-func (ss *sinkSession) Logout() error { return nil }
-func (ss *sinkSession) Mail(from string, _ *smtp.MailOptions) error {
-	ss.cur = sunk{From: from}
-	return nil
-}
-func (ss *sinkSession) Rcpt(to string, _ *smtp.RcptOptions) error {
-	ss.cur.Rcpts = append(ss.cur.Rcpts, to)
-	return nil
-}
-func (ss *sinkSession) Data(r io.Reader) error {
-	b, err := io.ReadAll(r)
-	if err != nil {
-		return err
-	}
-	ss.cur.Data = b
-	ss.s.mu.Lock()
-	ss.s.msgs = append(ss.s.msgs, ss.cur)
-	ss.s.mu.Unlock()
-	return nil
-}
-
-func startSink(t testing.TB) *sink {
-	t.Helper()
-	s := &sink{}
-	s.srv = smtp.NewServer(smtp.BackendFunc(func(c *smtp.Conn) (smtp.Session, error) {
-		return &sinkSession{s: s}, nil
-	}))
-	s.srv.Domain = "sink.test"
-	s.srv.MaxRecipients = 0
-	s.srv.ReadTimeout = time.Minute
-	s.srv.WriteTimeout = time.Minute
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	s.port = ln.Addr().(*net.TCPAddr).Port
-	go func() { _ = s.srv.Serve(ln) }()
-	t.Cleanup(func() { s.srv.Close() })
-	return s
-}
-
-func (s *sink) messages() []sunk {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return append([]sunk(nil), s.msgs...)
-}
 
 // ---- a Go stage that records what it saw and can be told what to say ----
 
@@ -222,7 +153,7 @@ type env struct {
 	srv      *Server
 	url      string
 	client   *http.Client
-	sink     *sink
+	sink     *testutil.Sink // the next hop: on_route relays every recipient there
 	stage    *testStage
 	sendKey  string // tenant acme, scope send
 	adminKey string // tenant acme, scope admin only
@@ -259,8 +190,8 @@ func newEnv(t testing.TB, o envOptions) *env {
 		t.Fatal(err)
 	}
 	e := &env{t: t, sp: sp}
-	e.sink = startSink(t)
-	e.stage = &testStage{port: e.sink.port}
+	e.sink = testutil.StartSink(t, testutil.SinkOptions{})
+	e.stage = &testStage{port: e.sink.Port}
 	if o.stageConfig != nil {
 		o.stageConfig(e.stage)
 	}

@@ -227,7 +227,7 @@ func TestAdminMessages(t *testing.T) {
 		{"sender=App@example.COM", acme},
 		{"sender=%3C%3E", nil},
 		{"rcpt_domain=DOM1.test&limit=1", []string{acme[1], acme[3], smtpID}},
-		{"queue=" + url.QueryEscape(fmt.Sprintf("relay:127.0.0.1:%d", e.sink.port)), all},
+		{"queue=" + url.QueryEscape(fmt.Sprintf("relay:127.0.0.1:%d", e.sink.Port)), all},
 		{"queue=dom0.test", nil},
 		{"state=queued", all},
 		{"state=deferred", nil},

@@ -61,6 +61,9 @@ type Sink struct {
 	OnData func(c *smtp.Conn, r io.Reader) error
 
 	opts  SinkOptions
+	srv   *smtp.Server
+	done  chan struct{} // closed when Serve returned
+	stop  sync.Once
 	conns atomic.Int32
 	mu    sync.Mutex
 	msgs  []SinkMessage
@@ -93,18 +96,26 @@ func StartSink(t testing.TB, o SinkOptions) *Sink {
 	if err != nil {
 		t.Fatalf("sink listen: %v", err)
 	}
+	s.srv = srv
 	s.Addr = ln.Addr().String()
 	s.Port = ln.Addr().(*net.TCPAddr).Port
-	done := make(chan struct{})
+	s.done = make(chan struct{})
 	go func() {
-		defer close(done)
+		defer close(s.done)
 		_ = srv.Serve(countingListener{ln, &s.conns})
 	}()
-	t.Cleanup(func() {
-		srv.Close()
-		<-done
-	})
+	t.Cleanup(s.Close)
 	return s
+}
+
+// Close stops the sink before the test ends: it stops listening, closes
+// every connection (as a server going away would) and waits for the server
+// to return. Later calls do nothing.
+func (s *Sink) Close() {
+	s.stop.Do(func() {
+		s.srv.Close()
+		<-s.done
+	})
 }
 
 // Messages returns a copy of the messages received so far, in order.

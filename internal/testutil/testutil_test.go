@@ -157,3 +157,24 @@ func TestSinkAuth(t *testing.T) {
 		t.Fatalf("MAIL after AUTH: %v", err)
 	}
 }
+
+func TestSinkClose(t *testing.T) {
+	s := StartSink(t, SinkOptions{})
+	c, err := smtp.Dial(s.Addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := c.Hello("client.test"); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	s.Close()
+	if err := c.Noop(); err == nil {
+		t.Fatal("connection still open after Close")
+	}
+	if c2, err := smtp.Dial(s.Addr); err == nil {
+		c2.Close()
+		t.Fatal("still listening after Close")
+	}
+}
