@@ -7,7 +7,8 @@ import (
 	"strings"
 	"sync"
 	"testing"
-	"time"
+
+	"github.com/sluice-mta/sluice/internal/testutil"
 )
 
 func open(t *testing.T) (*Store, string) {
@@ -117,11 +118,11 @@ func TestOtherProcessChangesAreSeen(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "new key visible", func() bool { _, err := srv.Authenticate(tok); return err == nil })
+	testutil.WaitFor(t, "new key visible", func() bool { _, err := srv.Authenticate(tok); return err == nil })
 	if err := cli.Revoke(k.ID); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "revocation visible", func() bool { _, err := srv.Authenticate(tok); return errors.Is(err, ErrRevoked) })
+	testutil.WaitFor(t, "revocation visible", func() bool { _, err := srv.Authenticate(tok); return errors.Is(err, ErrRevoked) })
 }
 
 func TestConcurrentCreatesKeepEveryKey(t *testing.T) {
@@ -178,16 +179,5 @@ func TestBadReloadKeepsLastGoodKeys(t *testing.T) {
 	}
 	if _, err := s.Authenticate(tok); err != nil {
 		t.Fatalf("last good key lost: %v", err)
-	}
-}
-
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
 	}
 }

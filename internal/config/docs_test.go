@@ -6,6 +6,8 @@ import (
 	"regexp"
 	"strings"
 	"testing"
+
+	"github.com/sluice-mta/sluice/internal/testutil"
 )
 
 // TestDocsExamples evaluates every ```lua block of docs/config.md that
@@ -39,7 +41,7 @@ func TestDocsExamples(t *testing.T) {
 		for _, m := range regexp.MustCompile(`sluice\.env\("([^"]+)"\)`).FindAllStringSubmatch(code, -1) {
 			t.Setenv(m[1], "stub")
 		}
-		dir := write(t, files)
+		dir := testutil.TempFiles(t, files)
 		ran++
 		if _, err := Load(filepath.Join(dir, "pipeline.lua")); err != nil {
 			t.Errorf("block %d:\n%s\nerror: %v", i, code, err)

@@ -14,6 +14,7 @@ import (
 	lua "github.com/yuin/gopher-lua"
 
 	"github.com/sluice-mta/sluice/internal/luahost/sandbox"
+	"github.com/sluice-mta/sluice/internal/testutil"
 	"github.com/sluice-mta/sluice/pipeline"
 )
 
@@ -30,24 +31,8 @@ return {
 }
 `
 
-// write creates files under a temp dir and returns the dir.
-func write(t *testing.T, files map[string]string) string {
-	t.Helper()
-	dir := t.TempDir()
-	for name, src := range files {
-		p := filepath.Join(dir, name)
-		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(p, []byte(src), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	return dir
-}
-
 func TestLoadFull(t *testing.T) {
-	dir := write(t, map[string]string{
+	dir := testutil.TempFiles(t, map[string]string{
 		"pipeline.lua": `local sluice = require("sluice")
 sluice.node { name = "relay-1", hostname = "mx.example.test" }
 sluice.local_domains { "Example.TEST.", "example.org", "example.org" }
@@ -352,7 +337,7 @@ func TestScriptErrors(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			dir := write(t, map[string]string{
+			dir := testutil.TempFiles(t, map[string]string{
 				"pipeline.lua": "sluice.stage('a', sluice.lua('s.lua'))",
 				"s.lua":        tt.script,
 			})
@@ -377,7 +362,7 @@ func TestEvalTimeout(t *testing.T) {
 	if d := time.Since(start); d > 5*time.Second {
 		t.Fatalf("took %v", d)
 	}
-	dir := write(t, map[string]string{
+	dir := testutil.TempFiles(t, map[string]string{
 		"pipeline.lua": "sluice.stage('a', sluice.lua('s.lua'))",
 		"s.lua":        "while true do end",
 	})
@@ -424,7 +409,7 @@ func TestUnknownBuiltin(t *testing.T) {
 }
 
 func TestRelativePathsResolveAgainstConfigDir(t *testing.T) {
-	dir := write(t, map[string]string{
+	dir := testutil.TempFiles(t, map[string]string{
 		"conf/pipeline.lua": `sluice.listen_smtp { addr = ":25", tls = { cert = "tls/c.pem", key = "../k.pem" } }
 sluice.stage("p", sluice.lua("scripts/p.lua"))`,
 		"conf/scripts/p.lua": policyScript,
@@ -500,7 +485,7 @@ func contains(list []string, s string) bool {
 }
 
 func TestInstallRuntime(t *testing.T) {
-	dir := write(t, map[string]string{
+	dir := testutil.TempFiles(t, map[string]string{
 		"pipeline.lua": `
 print("top level")
 sluice.spool { path = "x" }

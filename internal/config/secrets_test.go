@@ -11,6 +11,7 @@ import (
 	lua "github.com/yuin/gopher-lua"
 
 	"github.com/sluice-mta/sluice/internal/luahost/sandbox"
+	"github.com/sluice-mta/sluice/internal/testutil"
 )
 
 const secretValue = "s3cr3t-Value"
@@ -20,14 +21,8 @@ const secretValue = "s3cr3t-Value"
 // to sluice.node { name = ... } so the result is visible in the Config.
 func loadedNode(t *testing.T, dir, src string) (string, error) {
 	t.Helper()
-	p := filepath.Join(dir, "pipeline.lua")
-	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(p, []byte(src), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	cfg, err := Load(p)
+	testutil.WriteFiles(t, dir, map[string]string{"pipeline.lua": src})
+	cfg, err := Load(filepath.Join(dir, "pipeline.lua"))
 	if err != nil {
 		return "", err
 	}
@@ -111,7 +106,7 @@ func TestReadFile(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			dir := write(t, tt.files)
+			dir := testutil.TempFiles(t, tt.files)
 			got, err := loadedNode(t, filepath.Join(dir, "conf"), "\nsluice.node { name = "+tt.expr+" }\n")
 			checkErr(t, err, tt.err)
 			if err == nil && got != tt.want {
@@ -148,7 +143,7 @@ func TestReadFileUnreadable(t *testing.T) {
 	if os.Geteuid() == 0 {
 		t.Skip("root reads files whatever their mode")
 	}
-	dir := write(t, map[string]string{"pass": secretValue})
+	dir := testutil.TempFiles(t, map[string]string{"pass": secretValue})
 	if err := os.Chmod(filepath.Join(dir, "pass"), 0); err != nil {
 		t.Fatal(err)
 	}
@@ -206,7 +201,7 @@ func replay(t *testing.T, cfg *Config, install func(*sandbox.State) *lua.LTable)
 
 func TestSecretsAtRuntime(t *testing.T) {
 	t.Setenv("SLUICE_TEST_USER", "relayuser")
-	dir := write(t, map[string]string{
+	dir := testutil.TempFiles(t, map[string]string{
 		"conf/pipeline.lua": secretsConfig,
 		"conf/secrets/pass": secretValue + "\n",
 	})
@@ -249,7 +244,7 @@ func TestSecretsAtRuntime(t *testing.T) {
 // TestSecretsNotPrinted: printing a Config shows no secret.
 func TestSecretsNotPrinted(t *testing.T) {
 	t.Setenv("SLUICE_TEST_USER", secretValue)
-	dir := write(t, map[string]string{"pipeline.lua": `local u = sluice.env("SLUICE_TEST_USER")`})
+	dir := testutil.TempFiles(t, map[string]string{"pipeline.lua": `local u = sluice.env("SLUICE_TEST_USER")`})
 	cfg, err := Load(filepath.Join(dir, "pipeline.lua"))
 	if err != nil {
 		t.Fatal(err)

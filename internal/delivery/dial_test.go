@@ -11,11 +11,12 @@ import (
 	"time"
 
 	"github.com/sluice-mta/sluice/internal/delivery"
+	"github.com/sluice-mta/sluice/internal/testutil"
 	"github.com/sluice-mta/sluice/pipeline"
 )
 
 func TestMXPreferenceFirstDown(t *testing.T) {
-	sk := newSink(t, sinkOptions{IP: "127.0.0.2"})
+	sk := newSink(t, testutil.SinkOptions{IP: "127.0.0.2"})
 	e := newEnv(t, sk.Port)
 	// mx1 (preferred) has nothing listening; mx2 is the sink.
 	e.DNS.AddMX("example.test", 10, "mx1.example.test")
@@ -37,8 +38,8 @@ func TestMXPreferenceFirstDown(t *testing.T) {
 }
 
 func TestMXPreferenceOrder(t *testing.T) {
-	a := newSink(t, sinkOptions{IP: "127.0.0.2"})
-	b := newSink(t, sinkOptions{IP: "127.0.0.4", Port: a.Port})
+	a := newSink(t, testutil.SinkOptions{IP: "127.0.0.2"})
+	b := newSink(t, testutil.SinkOptions{IP: "127.0.0.4", Port: a.Port})
 	e := newEnv(t, a.Port)
 	// Listed worst first: the Dialer must sort.
 	e.DNS.AddMX("example.test", 50, "backup.example.test")
@@ -58,8 +59,8 @@ func TestMXPreferenceOrder(t *testing.T) {
 }
 
 func TestMXEqualPreferenceShuffled(t *testing.T) {
-	a := newSink(t, sinkOptions{IP: "127.0.0.2"})
-	b := newSink(t, sinkOptions{IP: "127.0.0.4", Port: a.Port})
+	a := newSink(t, testutil.SinkOptions{IP: "127.0.0.2"})
+	b := newSink(t, testutil.SinkOptions{IP: "127.0.0.4", Port: a.Port})
 	e := newEnv(t, a.Port)
 	e.DNS.AddMX("example.test", 10, "a.example.test")
 	e.DNS.AddMX("example.test", 10, "b.example.test")
@@ -76,7 +77,7 @@ func TestMXEqualPreferenceShuffled(t *testing.T) {
 }
 
 func TestImplicitMX(t *testing.T) {
-	sk := newSink(t, sinkOptions{})
+	sk := newSink(t, testutil.SinkOptions{})
 	e := newEnv(t, sk.Port)
 	e.DNS.AddA("plain.test", "127.0.0.2")
 	s := dial(t, e, pipeline.MX(), "plain.test")
@@ -86,7 +87,7 @@ func TestImplicitMX(t *testing.T) {
 }
 
 func TestAddressLiteralDomain(t *testing.T) {
-	sk := newSink(t, sinkOptions{})
+	sk := newSink(t, testutil.SinkOptions{})
 	e := newEnv(t, sk.Port)
 	s := dial(t, e, pipeline.MX(), "[127.0.0.2]")
 	if r := s.Remote(); r.IP != "127.0.0.2" {
@@ -98,7 +99,7 @@ func TestAddressLiteralDomain(t *testing.T) {
 }
 
 func TestDialFailures(t *testing.T) {
-	sk := newSink(t, sinkOptions{})
+	sk := newSink(t, testutil.SinkOptions{})
 	// A server that refuses service in its greeting.
 	refusing := newScripted(t, "127.0.0.5", sk.Port, func(p *peer) {
 		p.send("554 5.7.1 no service for you")
@@ -248,7 +249,7 @@ func TestHELOFallback(t *testing.T) {
 }
 
 func TestRelayRoute(t *testing.T) {
-	sk := newSink(t, sinkOptions{})
+	sk := newSink(t, testutil.SinkOptions{})
 	e := newEnv(t, 1) // the MX port must not matter for relays
 	e.DNS.AddA("smarthost.test", "127.0.0.2")
 	t.Run("by name", func(t *testing.T) {
@@ -287,9 +288,9 @@ func TestMaxAddresses(t *testing.T) {
 }
 
 func TestSTARTTLS(t *testing.T) {
-	srvTLS, pool := selfSigned(t, "mx.tls.test")
-	tlsSink := newSink(t, sinkOptions{IP: "127.0.0.2", TLS: srvTLS})
-	plain := newSink(t, sinkOptions{IP: "127.0.0.4", Port: tlsSink.Port})
+	crt := testutil.SelfSignedCert(t, "mx.tls.test")
+	tlsSink := newSink(t, testutil.SinkOptions{IP: "127.0.0.2", TLS: crt.TLS})
+	plain := newSink(t, testutil.SinkOptions{IP: "127.0.0.4", Port: tlsSink.Port})
 	e := newEnv(t, tlsSink.Port)
 	e.DNS.AddMX("tls.test", 10, "mx.tls.test")
 	e.DNS.AddA("mx.tls.test", "127.0.0.2")
@@ -344,7 +345,7 @@ func TestSTARTTLS(t *testing.T) {
 			t.Fatalf("message %q", pe.Message)
 		}
 	})
-	e.D.TLSConfig = &tls.Config{RootCAs: pool}
+	e.D.TLSConfig = &tls.Config{RootCAs: crt.Pool}
 	t.Run("required, verified", func(t *testing.T) {
 		s := dial(t, e, &pipeline.Route{Kind: pipeline.RouteMX, TLS: pipeline.TLSRequired}, "tls.test")
 		if s.Remote().TLS == "" {
@@ -454,7 +455,7 @@ func TestSTARTTLSRefusedByServer(t *testing.T) {
 }
 
 func TestAuthPlain(t *testing.T) {
-	sk := newSink(t, sinkOptions{AuthUser: "relayuser", AuthPass: "s3cret"})
+	sk := newSink(t, testutil.SinkOptions{AuthUser: "relayuser", AuthPass: "s3cret"})
 	e := newEnv(t, 1)
 	relay := func(user, pass string) *pipeline.Route {
 		return &pipeline.Route{Kind: pipeline.RouteRelay, Host: "127.0.0.2", Port: sk.Port, AuthUser: user, AuthPass: pass}
@@ -503,10 +504,10 @@ func TestAuthPlain(t *testing.T) {
 }
 
 func TestAuthOverTLSToRemoteHost(t *testing.T) {
-	srvTLS, pool := selfSigned(t, "smarthost.test")
-	sk := newSink(t, sinkOptions{TLS: srvTLS, AuthUser: "u", AuthPass: "p"})
+	crt := testutil.SelfSignedCert(t, "smarthost.test")
+	sk := newSink(t, testutil.SinkOptions{TLS: crt.TLS, AuthUser: "u", AuthPass: "p"})
 	e := newEnv(t, 1)
-	e.D.TLSConfig = &tls.Config{RootCAs: pool}
+	e.D.TLSConfig = &tls.Config{RootCAs: crt.Pool}
 	e.D.DialContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
 		var nd net.Dialer
 		return nd.DialContext(ctx, network, sk.Addr)

@@ -13,29 +13,25 @@ import (
 	"slices"
 	"strings"
 	"syscall"
-	"time"
 
 	"github.com/sluice-mta/sluice/internal/config"
 	"github.com/sluice-mta/sluice/internal/dnsx"
 	"github.com/sluice-mta/sluice/pipeline"
 )
 
-// Defaults for zero values in config.Delivery.
-const (
-	defaultPort           = 25
-	defaultConnectTimeout = 30 * time.Second
-	defaultCommandTimeout = 5 * time.Minute
-	defaultDataTimeout    = 10 * time.Minute
-	defaultMaxAddresses   = 10
-)
+// defaults fills the zero values of a Dialer's config.Delivery: they are
+// the defaults a configuration gets, kept in internal/config.
+var defaults = config.Defaults().Delivery
+
+// defaultMaxAddresses is Dialer.MaxAddresses when it is 0.
+const defaultMaxAddresses = 10
 
 // Dialer opens Sessions to the next hop of a route. Set its fields, then
 // use it from any number of goroutines; it keeps no state between Dials.
 type Dialer struct {
 	// Config supplies the port for MX routes, the default TLS policy,
 	// TLSSkipVerify and the connect, command and data timeouts. Zero
-	// values mean the documented defaults (25, opportunistic, 30s, 5m,
-	// 10m).
+	// values mean the defaults of config.Defaults().Delivery.
 	Config config.Delivery
 	// Resolver looks up MX hosts and addresses. Required unless every
 	// route names an IP literal.
@@ -199,12 +195,12 @@ func (d *Dialer) Dial(ctx context.Context, route *pipeline.Route, domain string)
 		return nil, &pipeline.Error{Code: 451, Enhanced: pipeline.EnhancedCode{4, 3, 5},
 			Message: "invalid route", Cause: err}
 	}
-	policy := orDefault(orDefault(route.TLS, d.Config.TLS), pipeline.TLSOpportunistic)
+	policy := orDefault(orDefault(route.TLS, d.Config.TLS), defaults.TLS)
 	port := route.Port
 	if port == 0 && route.Kind == pipeline.RouteMX {
 		port = d.Config.Port
 	}
-	port = orDefault(port, defaultPort)
+	port = orDefault(port, defaults.Port)
 
 	targets, err := d.targets(ctx, route, domain)
 	if err != nil {
@@ -407,7 +403,7 @@ func (d *Dialer) attempt(ctx context.Context, host string, ip netip.Addr, port i
 }
 
 func (d *Dialer) connect(ctx context.Context, host string, ip netip.Addr, port int, policy string, route *pipeline.Route, tryTLS bool) (_ *Session, err error) {
-	connectTimeout := orDefault(d.Config.ConnectTimeout, defaultConnectTimeout)
+	connectTimeout := orDefault(d.Config.ConnectTimeout, defaults.ConnectTimeout)
 	dial := d.DialContext
 	if dial == nil {
 		var nd net.Dialer
@@ -422,8 +418,8 @@ func (d *Dialer) connect(ctx context.Context, host string, ip netip.Addr, port i
 	}
 
 	s := newSession(conn, pipeline.Remote{Host: host, IP: ip.String()},
-		orDefault(d.Config.CommandTimeout, defaultCommandTimeout),
-		orDefault(d.Config.DataTimeout, defaultDataTimeout))
+		orDefault(d.Config.CommandTimeout, defaults.CommandTimeout),
+		orDefault(d.Config.DataTimeout, defaults.DataTimeout))
 	stop := s.watch(ctx)
 	defer stop()
 	defer func() {

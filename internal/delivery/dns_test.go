@@ -12,6 +12,7 @@ import (
 	"github.com/sluice-mta/sluice/internal/config"
 	"github.com/sluice-mta/sluice/internal/delivery"
 	"github.com/sluice-mta/sluice/internal/dnsx"
+	"github.com/sluice-mta/sluice/internal/testutil"
 	"github.com/sluice-mta/sluice/pipeline"
 )
 
@@ -66,7 +67,7 @@ func ips(ss ...string) dnsx.Result[netip.Addr] {
 // for the recipient domain's MX lookup, for an MX host's (or the implicit
 // MX's) addresses, and for a relay host's addresses.
 func TestDNSOutcomes(t *testing.T) {
-	sk := newSink(t, sinkOptions{}) // 127.0.0.2
+	sk := newSink(t, testutil.SinkOptions{}) // 127.0.0.2
 	temp := func(name, typ, reason string, err error) error {
 		return &dnsx.TemporaryError{Name: name, Type: typ, Server: "192.0.2.53:53", Reason: reason, Err: err}
 	}
@@ -219,7 +220,7 @@ func TestDialDNSTimeout(t *testing.T) {
 // TestImplicitMXThroughCNAME: a domain that is a CNAME to a host without
 // MX records is delivered to that host's address (RFC 5321 section 5.1).
 func TestImplicitMXThroughCNAME(t *testing.T) {
-	sk := newSink(t, sinkOptions{})
+	sk := newSink(t, testutil.SinkOptions{})
 	e := newEnv(t, sk.Port)
 	e.DNS.AddCNAME("alias.test", "host.test")
 	e.DNS.AddA("host.test", "127.0.0.2")

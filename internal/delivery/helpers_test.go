@@ -3,16 +3,8 @@ package delivery_test
 import (
 	"bufio"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"errors"
 	"io"
-	"log"
-	"math/big"
 	"net"
 	"strconv"
 	"strings"
@@ -21,178 +13,26 @@ import (
 	"testing"
 	"time"
 
-	"github.com/emersion/go-sasl"
-	"github.com/emersion/go-smtp"
-
 	"github.com/sluice-mta/sluice/internal/config"
 	"github.com/sluice-mta/sluice/internal/delivery"
 	"github.com/sluice-mta/sluice/internal/dnsx"
 	"github.com/sluice-mta/sluice/internal/dnsx/dnstest"
+	"github.com/sluice-mta/sluice/internal/testutil"
 	"github.com/sluice-mta/sluice/pipeline"
 )
 
-// received is one message as the sink saw it.
-type received struct {
-	From  string
-	Rcpts []string
-	Data  []byte
-	Opts  smtp.MailOptions
-}
-
-type sinkOptions struct {
-	IP              string // default 127.0.0.2
-	Port            int    // default: any free port
-	TLS             *tls.Config
-	AuthUser        string // non-empty: require AUTH PLAIN with AuthPass
-	AuthPass        string
-	MaxMessageBytes int64
-	SMTPUTF8        bool
-}
-
-// sink is an in-process go-smtp server that records what it receives.
-// Hooks decide the replies; set them before the first connection.
-type sink struct {
-	srv   *smtp.Server
-	Addr  string
-	IP    string
-	Port  int
-	conns atomic.Int32
-
-	OnMail func(from string) error
-	OnRcpt func(to string) error
-	OnData func(c *smtp.Conn, r io.Reader) error
-
-	opts sinkOptions
-	mu   sync.Mutex
-	msgs []received
-}
-
-type countingListener struct {
-	net.Listener
-	n *atomic.Int32
-}
-
-func (l countingListener) Accept() (net.Conn, error) {
-	c, err := l.Listener.Accept()
-	if err == nil {
-		l.n.Add(1)
-	}
-	return c, err
-}
-
-func newSink(t testing.TB, o sinkOptions) *sink {
+// newSink starts a testutil.Sink for these tests: on 127.0.0.2 unless o
+// says otherwise (the MX records of the tests point there), with 10-second
+// server timeouts.
+func newSink(t testing.TB, o testutil.SinkOptions) *testutil.Sink {
 	t.Helper()
 	if o.IP == "" {
 		o.IP = "127.0.0.2"
 	}
-	s := &sink{opts: o, IP: o.IP}
-	srv := smtp.NewServer(smtp.BackendFunc(func(c *smtp.Conn) (smtp.Session, error) {
-		return &sinkSession{s: s, c: c}, nil
-	}))
-	srv.Domain = "sink.test"
-	srv.TLSConfig = o.TLS
-	srv.AllowInsecureAuth = true // AUTH over clear text on loopback
-	srv.MaxMessageBytes = o.MaxMessageBytes
-	srv.EnableSMTPUTF8 = o.SMTPUTF8
-	srv.ReadTimeout = 10 * time.Second
-	srv.WriteTimeout = 10 * time.Second
-	srv.ErrorLog = log.New(io.Discard, "", 0)
-	ln, err := net.Listen("tcp", net.JoinHostPort(o.IP, strconv.Itoa(o.Port)))
-	if err != nil {
-		t.Fatalf("sink listen: %v", err)
+	if o.Timeout == 0 {
+		o.Timeout = 10 * time.Second
 	}
-	s.srv = srv
-	s.Addr = ln.Addr().String()
-	s.Port = ln.Addr().(*net.TCPAddr).Port
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		_ = srv.Serve(countingListener{ln, &s.conns})
-	}()
-	t.Cleanup(func() {
-		srv.Close()
-		<-done
-	})
-	return s
-}
-
-// Messages returns a copy of what was received so far.
-func (s *sink) Messages() []received {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return append([]received(nil), s.msgs...)
-}
-
-// Conns returns how many TCP connections the sink accepted.
-func (s *sink) Conns() int { return int(s.conns.Load()) }
-
-type sinkSession struct {
-	s      *sink
-	c      *smtp.Conn
-	authed bool
-	from   string
-	opts   smtp.MailOptions
-	rcpts  []string
-}
-
-func (ss *sinkSession) Reset()        { ss.from, ss.rcpts, ss.opts = "", nil, smtp.MailOptions{} }
-func (ss *sinkSession) Logout() error { return nil }
-
-func (ss *sinkSession) AuthMechanisms() []string {
-	if ss.s.opts.AuthUser == "" {
-		return nil
-	}
-	return []string{sasl.Plain}
-}
-
-func (ss *sinkSession) Auth(mech string) (sasl.Server, error) {
-	return sasl.NewPlainServer(func(identity, user, pass string) error {
-		if user != ss.s.opts.AuthUser || pass != ss.s.opts.AuthPass {
-			return smtp.ErrAuthFailed
-		}
-		ss.authed = true
-		return nil
-	}), nil
-}
-
-func (ss *sinkSession) Mail(from string, opts *smtp.MailOptions) error {
-	if ss.s.opts.AuthUser != "" && !ss.authed {
-		return smtp.ErrAuthRequired
-	}
-	if ss.s.OnMail != nil {
-		if err := ss.s.OnMail(from); err != nil {
-			return err
-		}
-	}
-	ss.from = from
-	if opts != nil {
-		ss.opts = *opts
-	}
-	return nil
-}
-
-func (ss *sinkSession) Rcpt(to string, _ *smtp.RcptOptions) error {
-	if ss.s.OnRcpt != nil {
-		if err := ss.s.OnRcpt(to); err != nil {
-			return err
-		}
-	}
-	ss.rcpts = append(ss.rcpts, to)
-	return nil
-}
-
-func (ss *sinkSession) Data(r io.Reader) error {
-	if ss.s.OnData != nil {
-		return ss.s.OnData(ss.c, r)
-	}
-	b, err := io.ReadAll(r)
-	if err != nil {
-		return err
-	}
-	ss.s.mu.Lock()
-	ss.s.msgs = append(ss.s.msgs, received{From: ss.from, Rcpts: ss.rcpts, Data: b, Opts: ss.opts})
-	ss.s.mu.Unlock()
-	return nil
+	return testutil.StartSink(t, o)
 }
 
 // env is a DNS server plus a Dialer pointed at it.
@@ -254,44 +94,6 @@ func dial(t testing.TB, e *env, route *pipeline.Route, domain string) *delivery.
 	}
 	t.Cleanup(func() { s.Close() })
 	return s
-}
-
-// selfSigned makes a CA-flagged self-signed certificate for names (DNS
-// names or IPs) and a pool that trusts it.
-func selfSigned(t testing.TB, names ...string) (*tls.Config, *x509.CertPool) {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber:          big.NewInt(time.Now().UnixNano()),
-		Subject:               pkix.Name{CommonName: names[0]},
-		NotBefore:             time.Now().Add(-time.Hour),
-		NotAfter:              time.Now().Add(time.Hour),
-		KeyUsage:              x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
-		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-		BasicConstraintsValid: true,
-		IsCA:                  true,
-	}
-	for _, n := range names {
-		if ip := net.ParseIP(n); ip != nil {
-			tmpl.IPAddresses = append(tmpl.IPAddresses, ip)
-		} else {
-			tmpl.DNSNames = append(tmpl.DNSNames, n)
-		}
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pool := x509.NewCertPool()
-	pool.AddCert(cert)
-	return &tls.Config{Certificates: []tls.Certificate{{Certificate: [][]byte{der}, PrivateKey: key, Leaf: cert}}}, pool
 }
 
 // scripted is a hand-driven SMTP server for the cases go-smtp's server
@@ -397,15 +199,3 @@ func newScripted(t testing.TB, ip string, port int, fn func(p *peer)) *scripted 
 }
 
 func (s *scripted) Conns() int { return int(s.conns.Load()) }
-
-// eventually polls cond until it holds or 5 seconds pass.
-func eventually(t testing.TB, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}

@@ -13,6 +13,7 @@ import (
 	"github.com/emersion/go-smtp"
 
 	"github.com/sluice-mta/sluice/internal/delivery"
+	"github.com/sluice-mta/sluice/internal/testutil"
 	"github.com/sluice-mta/sluice/pipeline"
 )
 
@@ -23,7 +24,7 @@ func modes(t *testing.T, f func(t *testing.T, noPipelining bool)) {
 	t.Run("lockstep", func(t *testing.T) { f(t, true) })
 }
 
-func sinkEnv(t *testing.T, o sinkOptions, noPipelining bool) (*sink, *env, *delivery.Session) {
+func sinkEnv(t *testing.T, o testutil.SinkOptions, noPipelining bool) (*testutil.Sink, *env, *delivery.Session) {
 	t.Helper()
 	sk := newSink(t, o)
 	e := newEnv(t, sk.Port)
@@ -38,7 +39,7 @@ func sinkEnv(t *testing.T, o sinkOptions, noPipelining bool) (*sink, *env, *deli
 
 func TestPerRecipientResults(t *testing.T) {
 	modes(t, func(t *testing.T, noPipe bool) {
-		sk, _, s := sinkEnv(t, sinkOptions{}, noPipe)
+		sk, _, s := sinkEnv(t, testutil.SinkOptions{}, noPipe)
 		sk.OnRcpt = func(to string) error {
 			switch {
 			case strings.HasPrefix(to, "temp"):
@@ -98,7 +99,7 @@ func TestPerRecipientResults(t *testing.T) {
 
 func TestNoRecipientAccepted(t *testing.T) {
 	modes(t, func(t *testing.T, noPipe bool) {
-		sk, _, s := sinkEnv(t, sinkOptions{}, noPipe)
+		sk, _, s := sinkEnv(t, testutil.SinkOptions{}, noPipe)
 		sk.OnRcpt = func(to string) error {
 			if strings.HasPrefix(to, "bad") {
 				return &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 1, 1}, Message: "unknown"}
@@ -126,7 +127,7 @@ func TestNoRecipientAccepted(t *testing.T) {
 
 func TestSenderRejected(t *testing.T) {
 	modes(t, func(t *testing.T, noPipe bool) {
-		sk, _, s := sinkEnv(t, sinkOptions{}, noPipe)
+		sk, _, s := sinkEnv(t, testutil.SinkOptions{}, noPipe)
 		sk.OnMail = func(from string) error {
 			if from == "spammer@sender.test" {
 				return &smtp.SMTPError{Code: 553, EnhancedCode: smtp.EnhancedCode{5, 7, 1}, Message: "sender blocked"}
@@ -151,7 +152,7 @@ func TestSenderRejected(t *testing.T) {
 
 func TestDataRejected(t *testing.T) {
 	modes(t, func(t *testing.T, noPipe bool) {
-		sk, _, s := sinkEnv(t, sinkOptions{}, noPipe)
+		sk, _, s := sinkEnv(t, testutil.SinkOptions{}, noPipe)
 		sk.OnRcpt = func(to string) error {
 			if strings.HasPrefix(to, "perm") {
 				return &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 1, 1}, Message: "unknown"}
@@ -246,7 +247,7 @@ func TestDataCommandRefused(t *testing.T) {
 
 func TestConnectionDropMidData(t *testing.T) {
 	modes(t, func(t *testing.T, noPipe bool) {
-		sk, _, s := sinkEnv(t, sinkOptions{}, noPipe)
+		sk, _, s := sinkEnv(t, testutil.SinkOptions{}, noPipe)
 		sk.OnData = func(c *smtp.Conn, r io.Reader) error {
 			buf := make([]byte, 100)
 			io.ReadFull(r, buf)
@@ -302,7 +303,7 @@ func TestServiceClosing421(t *testing.T) {
 
 func TestSessionReuse(t *testing.T) {
 	modes(t, func(t *testing.T, noPipe bool) {
-		sk, _, s := sinkEnv(t, sinkOptions{}, noPipe)
+		sk, _, s := sinkEnv(t, testutil.SinkOptions{}, noPipe)
 		for i := 0; i < 3; i++ {
 			if !s.Usable() {
 				t.Fatalf("not usable before message %d", i)
@@ -319,12 +320,12 @@ func TestSessionReuse(t *testing.T) {
 }
 
 func TestUsableDetectsServerClose(t *testing.T) {
-	sk, _, s := sinkEnv(t, sinkOptions{}, false)
+	sk, _, s := sinkEnv(t, testutil.SinkOptions{}, false)
 	if !s.Usable() {
 		t.Fatal("fresh session not usable")
 	}
-	sk.srv.Close() // closes every connection
-	eventually(t, "Usable() to notice the close", func() bool { return !s.Usable() })
+	sk.Close() // closes every connection
+	testutil.WaitFor(t, "Usable() to notice the close", func() bool { return !s.Usable() })
 	per, err := s.Send(context.Background(), "a@sender.test", []string{"b@example.test"}, message(100))
 	wantPE(t, err, 451, "4.4.2")
 	wantPE(t, per[0], 451, "4.4.2")
@@ -344,12 +345,12 @@ func TestUsableDetectsUnsolicitedReply(t *testing.T) {
 		t.Fatal("fresh session not usable")
 	}
 	close(release)
-	eventually(t, "Usable() to notice the 421", func() bool { return !s.Usable() })
+	testutil.WaitFor(t, "Usable() to notice the 421", func() bool { return !s.Usable() })
 }
 
 func TestUsableOverTLS(t *testing.T) {
-	srvTLS, _ := selfSigned(t, "mx.example.test")
-	sk, _, s := sinkEnv(t, sinkOptions{TLS: srvTLS}, false)
+	crt := testutil.SelfSignedCert(t, "mx.example.test")
+	sk, _, s := sinkEnv(t, testutil.SinkOptions{TLS: crt.TLS}, false)
 	if s.Remote().TLS == "" {
 		t.Fatal("no TLS")
 	}
@@ -362,12 +363,12 @@ func TestUsableOverTLS(t *testing.T) {
 			t.Fatalf("Send = %v, %v", per, err)
 		}
 	}
-	sk.srv.Close()
-	eventually(t, "Usable() to notice the close", func() bool { return !s.Usable() })
+	sk.Close()
+	testutil.WaitFor(t, "Usable() to notice the close", func() bool { return !s.Usable() })
 }
 
 func TestSendCancelled(t *testing.T) {
-	sk, _, s := sinkEnv(t, sinkOptions{}, false)
+	sk, _, s := sinkEnv(t, testutil.SinkOptions{}, false)
 	block := make(chan struct{})
 	defer close(block)
 	sk.OnData = func(_ *smtp.Conn, r io.Reader) error {
@@ -396,7 +397,7 @@ func TestSendCancelled(t *testing.T) {
 }
 
 func TestDataTimeout(t *testing.T) {
-	sk, e, _ := sinkEnv(t, sinkOptions{}, false)
+	sk, e, _ := sinkEnv(t, testutil.SinkOptions{}, false)
 	e.D.Config.DataTimeout = 150 * time.Millisecond
 	s := dial(t, e, pipeline.MX(), "example.test")
 	block := make(chan struct{})
@@ -413,7 +414,7 @@ func TestDataTimeout(t *testing.T) {
 }
 
 func TestSizeLimit(t *testing.T) {
-	sk, _, s := sinkEnv(t, sinkOptions{MaxMessageBytes: 1000}, false)
+	sk, _, s := sinkEnv(t, testutil.SinkOptions{MaxMessageBytes: 1000}, false)
 	if v, ok := s.Extension("size"); !ok || v != "1000" {
 		t.Fatalf("Extension(size) = %q, %v", v, ok)
 	}
@@ -434,7 +435,7 @@ func TestSizeLimit(t *testing.T) {
 
 func TestSMTPUTF8(t *testing.T) {
 	t.Run("supported", func(t *testing.T) {
-		sk, _, s := sinkEnv(t, sinkOptions{SMTPUTF8: true}, false)
+		sk, _, s := sinkEnv(t, testutil.SinkOptions{SMTPUTF8: true}, false)
 		per, err := s.Send(context.Background(), "app@sender.test", []string{"jörg@example.test", "bob@example.test"}, message(100))
 		if err != nil || per[0] != nil || per[1] != nil {
 			t.Fatalf("Send = %v, %v", per, err)
@@ -451,7 +452,7 @@ func TestSMTPUTF8(t *testing.T) {
 		}
 	})
 	t.Run("unsupported", func(t *testing.T) {
-		sk, _, s := sinkEnv(t, sinkOptions{}, false)
+		sk, _, s := sinkEnv(t, testutil.SinkOptions{}, false)
 		per, err := s.Send(context.Background(), "app@sender.test", []string{"jörg@example.test", "bob@example.test"}, message(100))
 		if err != nil {
 			t.Fatal(err)
@@ -469,7 +470,7 @@ func TestSMTPUTF8(t *testing.T) {
 }
 
 func TestInvalidAddresses(t *testing.T) {
-	sk, _, s := sinkEnv(t, sinkOptions{}, false)
+	sk, _, s := sinkEnv(t, testutil.SinkOptions{}, false)
 	per, err := s.Send(context.Background(), "a@sender.test", []string{"ok@example.test", "evil@example.test>\r\nRSET", "", "x<y@example.test"}, message(100))
 	if err != nil {
 		t.Fatal(err)
@@ -489,7 +490,7 @@ func TestInvalidAddresses(t *testing.T) {
 
 func TestNullSenderAndDotStuffing(t *testing.T) {
 	modes(t, func(t *testing.T, noPipe bool) {
-		sk, _, s := sinkEnv(t, sinkOptions{}, noPipe)
+		sk, _, s := sinkEnv(t, testutil.SinkOptions{}, noPipe)
 		data := []byte("Subject: dots\r\n\r\n.\r\n..\r\n.leading dot\r\nmiddle . dot\r\n.\r\nend")
 		per, err := s.Send(context.Background(), "", []string{"b@example.test"}, data)
 		if err != nil || per[0] != nil {
@@ -507,7 +508,7 @@ func TestNullSenderAndDotStuffing(t *testing.T) {
 }
 
 func TestEmptyRecipientList(t *testing.T) {
-	sk, _, s := sinkEnv(t, sinkOptions{}, false)
+	sk, _, s := sinkEnv(t, testutil.SinkOptions{}, false)
 	per, err := s.Send(context.Background(), "a@sender.test", nil, message(100))
 	if err != nil || len(per) != 0 || s.Messages() != 0 || len(sk.Messages()) != 0 {
 		t.Fatalf("Send(no rcpts) = %v, %v", per, err)
@@ -608,7 +609,7 @@ func BenchmarkSend2KB(b *testing.B) {
 		noPipe bool
 	}{{"pipelined", false}, {"lockstep", true}} {
 		b.Run(mode.name, func(b *testing.B) {
-			sk := newSink(b, sinkOptions{})
+			sk := newSink(b, testutil.SinkOptions{})
 			sk.OnData = func(_ *smtp.Conn, r io.Reader) error {
 				_, err := io.Copy(io.Discard, r)
 				return err
@@ -636,7 +637,7 @@ func BenchmarkSend2KB(b *testing.B) {
 // BenchmarkGoSMTPClient2KB is the reference: go-smtp's own client over one
 // reused connection, same sink and message as BenchmarkSend2KB.
 func BenchmarkGoSMTPClient2KB(b *testing.B) {
-	sk := newSink(b, sinkOptions{})
+	sk := newSink(b, testutil.SinkOptions{})
 	sk.OnData = func(_ *smtp.Conn, r io.Reader) error {
 		_, err := io.Copy(io.Discard, r)
 		return err

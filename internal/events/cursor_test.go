@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/sluice-mta/sluice/internal/spool"
+	"github.com/sluice-mta/sluice/internal/testutil"
 	"github.com/sluice-mta/sluice/pipeline"
 )
 
@@ -95,17 +96,6 @@ func commitEvent(t testing.TB, sp *spool.Spool, seq uint64) {
 	b.AddEvent(&pipeline.Event{Type: evType(seq), MessageID: msgID(seq), Attempt: int(seq)})
 	if err := b.Commit(false); err != nil {
 		t.Error(err)
-	}
-}
-
-func waitFor(t *testing.T, what string, timeout time.Duration, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", timeout, what)
-		}
-		time.Sleep(5 * time.Millisecond)
 	}
 }
 
@@ -203,7 +193,7 @@ func testFailingSink(t *testing.T, failFor time.Duration) {
 	// up with what is committed, and the outbox keeps every event from
 	// the flaky sink's cursor (1) on.
 	const k = 100
-	waitFor(t, "the healthy sink and the hooks to take 100 events", failFor, func() bool {
+	testutil.WaitForWithin(t, failFor, "the healthy sink and the hooks to take 100 events", func() bool {
 		return len(healthy.got()) >= k && hooks.n() >= k
 	})
 	if !flaky.failing() {
@@ -212,7 +202,7 @@ func testFailingSink(t *testing.T, failFor time.Duration) {
 	if n := len(flaky.got()); n != 0 {
 		t.Fatalf("the failing sink accepted %d events", n)
 	}
-	waitFor(t, "the healthy sink's cursor to be stored", 5*time.Second, func() bool {
+	testutil.WaitForWithin(t, 5*time.Second, "the healthy sink's cursor to be stored", func() bool {
 		c, ok, _ := sp.Cursor("healthy")
 		return ok && c > k
 	})
@@ -227,15 +217,15 @@ func testFailingSink(t *testing.T, failFor time.Duration) {
 	}
 
 	// Let the sink recover while events keep coming, then stop.
-	waitFor(t, "the failing sink to recover", failFor+5*time.Second, func() bool { return len(flaky.got()) > 0 })
+	testutil.WaitForWithin(t, failFor+5*time.Second, "the failing sink to recover", func() bool { return len(flaky.got()) > 0 })
 	time.Sleep(100 * time.Millisecond) // keep committing for a moment after recovery
 	stopOnce.Do(func() { close(stop) })
 	<-committerDone
 	n := committed.Load()
-	waitFor(t, "every consumer to take every event", 15*time.Second, func() bool {
+	testutil.WaitForWithin(t, 15*time.Second, "every consumer to take every event", func() bool {
 		return uint64(len(healthy.got())) >= n && uint64(len(flaky.got())) >= n && uint64(hooks.n()) >= n
 	})
-	waitFor(t, "the outbox to be pruned", 5*time.Second, func() bool {
+	testutil.WaitForWithin(t, 5*time.Second, "the outbox to be pruned", func() bool {
 		first, _ := sp.FirstOutboxSeq()
 		return first == n+1
 	})
@@ -272,7 +262,7 @@ func TestCursorsSurviveReopen(t *testing.T) {
 		ctx, cancel := context.WithCancel(context.Background())
 		go ex.Run(ctx)
 		defer func() { cancel(); <-ex.Done() }()
-		waitFor(t, "the consumers to take every event", 10*time.Second, func() bool {
+		testutil.WaitForWithin(t, 10*time.Second, "the consumers to take every event", func() bool {
 			for _, s := range sinks {
 				if got := s.(*recSink).got(); len(got) == 0 || got[len(got)-1] < want {
 					return false
@@ -342,12 +332,12 @@ func TestSlowOnEventDoesNotHoldBackSinks(t *testing.T) {
 	for seq := uint64(1); seq <= n; seq++ {
 		commitEvent(t, sp, seq)
 	}
-	waitFor(t, "the sink to take every event while the hook blocks", 10*time.Second, func() bool { return len(sink.got()) == n })
+	testutil.WaitForWithin(t, 10*time.Second, "the sink to take every event while the hook blocks", func() bool { return len(sink.got()) == n })
 	if first, _ := sp.FirstOutboxSeq(); first != 1 {
 		t.Fatalf("outbox pruned to %d while on_event has taken nothing", first)
 	}
 	once.Do(func() { close(release) })
-	waitFor(t, "the hooks to see every event", 10*time.Second, func() bool { return hooks.n() == n })
+	testutil.WaitForWithin(t, 10*time.Second, "the hooks to see every event", func() bool { return hooks.n() == n })
 	cancel()
 	<-ex.Done()
 	sink.checkExactly(t, 1, n)

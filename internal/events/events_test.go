@@ -8,9 +8,9 @@ import (
 	"path/filepath"
 	"sync/atomic"
 	"testing"
-	"time"
 
 	"github.com/sluice-mta/sluice/internal/spool"
+	"github.com/sluice-mta/sluice/internal/testutil"
 	"github.com/sluice-mta/sluice/pipeline"
 )
 
@@ -32,6 +32,9 @@ func TestExportToFileInOrderAndHooks(t *testing.T) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	go ex.Run(ctx)
+	stop := func() { cancel(); <-ex.Done() }
+	defer stop() // stops the exporter before the spool closes if the test fails early
+
 	for i := 0; i < 1500; i++ { // more than one export batch
 		b := sp.NewBatch()
 		b.AddEvent(&pipeline.Event{Type: pipeline.EventDeferred, MessageID: "m1", Attempt: i})
@@ -39,12 +42,8 @@ func TestExportToFileInOrderAndHooks(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	deadline := time.Now().Add(10 * time.Second)
-	for hooked.Load() < 1500 && time.Now().Before(deadline) {
-		time.Sleep(10 * time.Millisecond)
-	}
-	cancel()
-	<-ex.Done()
+	testutil.WaitFor(t, "the hooks to see 1500 events", func() bool { return hooked.Load() >= 1500 })
+	stop()
 	fs.Close()
 	f, _ := os.Open(filepath.Join(dir, "ev", "events.jsonl"))
 	defer f.Close()

@@ -17,6 +17,7 @@ import (
 
 	"github.com/sluice-mta/sluice/internal/apikey"
 	"github.com/sluice-mta/sluice/internal/config"
+	"github.com/sluice-mta/sluice/internal/testutil"
 	"github.com/sluice-mta/sluice/pipeline"
 )
 
@@ -86,8 +87,8 @@ func TestEndToEndComposedMessage(t *testing.T) {
 		}
 	}
 
-	waitFor(t, "delivery to the sink", func() bool { return len(e.sink.messages()) == 1 })
-	got := e.sink.messages()[0]
+	testutil.WaitFor(t, "delivery to the sink", func() bool { return len(e.sink.Messages()) == 1 })
+	got := e.sink.Messages()[0]
 	if got.From != "alice@example.com" || strings.Join(got.Rcpts, ",") != "bob@dest.test,carol@dest.test,dan@dest.test,eve@dest.test" {
 		t.Fatalf("envelope %q → %q", got.From, got.Rcpts)
 	}
@@ -204,7 +205,7 @@ func TestEndToEndComposedMessage(t *testing.T) {
 
 	// Events carry tenant, tags and metadata; delivery is recorded.
 	var st statusAnswer
-	waitFor(t, "delivered state", func() bool {
+	testutil.WaitFor(t, "delivered state", func() bool {
 		r := e.do("GET", "/v1/messages/"+a.ID, e.sendKey, nil)
 		if r.Status != 200 {
 			t.Fatalf("GET status %d: %s", r.Status, r.Body)
@@ -278,9 +279,9 @@ func TestTextOnlyAndHTMLOnly(t *testing.T) {
 	mustAccept(t, e.post("/v1/messages", map[string]any{"from": "a@example.com", "to": "b@dest.test", "subject": "plain", "text": "just text"}))
 	mustAccept(t, e.post("/v1/messages", map[string]any{"from": "a@example.com", "to": "b@dest.test", "subject": "html", "html": "<p>x</p>"}))
 	mustAccept(t, e.post("/v1/messages", map[string]any{"from": "a@example.com", "bcc": "b@dest.test", "subject": "only bcc"}))
-	waitFor(t, "3 deliveries", func() bool { return len(e.sink.messages()) == 3 })
+	testutil.WaitFor(t, "3 deliveries", func() bool { return len(e.sink.Messages()) == 3 })
 	want := map[string]string{"plain": "text/plain", "html": "text/html", "only bcc": "text/plain"}
-	for _, m := range e.sink.messages() {
+	for _, m := range e.sink.Messages() {
 		checkWire(t, m.Data)
 		ent, err := message.Read(bytes.NewReader(m.Data))
 		if err != nil {
@@ -368,7 +369,7 @@ func TestHeaderInjectionRefused(t *testing.T) {
 	if n := e.queued(); n != 0 {
 		t.Fatalf("%d recipients queued after refusals", n)
 	}
-	if n := len(e.sink.messages()); n != 0 {
+	if n := len(e.sink.Messages()); n != 0 {
 		t.Fatalf("%d messages delivered after refusals", n)
 	}
 }
@@ -504,7 +505,7 @@ func TestAuth(t *testing.T) {
 	if err := cli.Revoke(id); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "revoked key refused", func() bool { return e.do("POST", "/v1/messages", tok, msg).Status == 401 })
+	testutil.WaitFor(t, "revoked key refused", func() bool { return e.do("POST", "/v1/messages", tok, msg).Status == 401 })
 
 	// A key limited to sender domains.
 	lim := e.createKey(apikey.CreateOptions{Tenant: "acme", Senders: []string{"example.com"}})
@@ -595,8 +596,8 @@ func TestStageVerdicts(t *testing.T) {
 			t.Errorf("recipient %+v", r)
 		}
 	}
-	waitFor(t, "delivery", func() bool { return len(e.sink.messages()) == 1 })
-	if got := e.sink.messages()[0].Rcpts; len(got) != 1 || got[0] != "ok@dest.test" {
+	testutil.WaitFor(t, "delivery", func() bool { return len(e.sink.Messages()) == 1 })
+	if got := e.sink.Messages()[0].Rcpts; len(got) != 1 || got[0] != "ok@dest.test" {
 		t.Fatalf("delivered to %v", got)
 	}
 	var st statusAnswer
@@ -669,8 +670,8 @@ func TestRawMessage(t *testing.T) {
 	b64 := base64.StdEncoding.EncodeToString([]byte("From: app@example.com\r\nMessage-ID: <mine@example.com>\r\nDate: Mon, 02 Jan 2006 15:04:05 -0700\r\nSubject: b64\r\n\r\nbody\r\n"))
 	mustAccept(t, e.post("/v1/messages/raw", map[string]any{"from": "app@example.com", "to": "b@dest.test", "message_base64": b64}))
 
-	waitFor(t, "2 deliveries", func() bool { return len(e.sink.messages()) == 2 })
-	for _, m := range e.sink.messages() {
+	testutil.WaitFor(t, "2 deliveries", func() bool { return len(e.sink.Messages()) == 2 })
+	for _, m := range e.sink.Messages() {
 		checkWire(t, m.Data)
 		hdr, body := splitMsg(t, m.Data)
 		switch hdr.Get("Subject") {
@@ -767,7 +768,7 @@ func TestBatch(t *testing.T) {
 	if ba.Results[2].Status != 422 || ba.Results[2].Error.SMTPCode != 554 {
 		t.Errorf("refused item: %+v", ba.Results[2])
 	}
-	waitFor(t, "2 deliveries", func() bool { return len(e.sink.messages()) == 2 })
+	testutil.WaitFor(t, "2 deliveries", func() bool { return len(e.sink.Messages()) == 2 })
 	h, _ := e.sp.History(ba.Results[3].ID)
 	if len(h) == 0 || h[0].Metadata["n"] != "4" {
 		t.Errorf("history %+v", h)
@@ -854,11 +855,11 @@ func TestIdempotency(t *testing.T) {
 			t.Fatalf("ids differ: %v", ids)
 		}
 	}
-	waitFor(t, "3 deliveries", func() bool { return len(e.sink.messages()) == 3 })
+	testutil.WaitFor(t, "3 deliveries", func() bool { return len(e.sink.Messages()) == 3 })
 	// Give a wrongly queued duplicate the time to show up.
-	waitFor(t, "queue drained", func() bool { return e.queued() == 0 })
+	testutil.WaitFor(t, "queue drained", func() bool { return e.queued() == 0 })
 	subjects := map[string]int{}
-	for _, m := range e.sink.messages() {
+	for _, m := range e.sink.Messages() {
 		hdr, _ := splitMsg(t, m.Data)
 		subjects[hdr.Get("Subject")]++
 	}
@@ -992,7 +993,8 @@ func TestHealthzAndOpenAPI(t *testing.T) {
 
 // HTTP/2 over TLS, and HTTP/1.1 keep-alive over TLS.
 func TestTLSAndHTTP2(t *testing.T) {
-	e := newEnv(t, envOptions{listener: config.HTTPListener{TLS: selfSigned(t)}})
+	crt := testutil.SelfSignedCert(t, "relay.test", "127.0.0.1")
+	e := newEnv(t, envOptions{listener: config.HTTPListener{TLS: &config.TLS{Cert: crt.CertFile, Key: crt.KeyFile}}})
 	req, _ := http.NewRequest("POST", e.url+"/v1/messages", strings.NewReader(`{"from":"a@example.com","to":"b@dest.test","text":"x"}`))
 	req.Header.Set("Content-Type", "application/json")
 	req.Header.Set("Authorization", "Bearer "+e.sendKey)
@@ -1005,7 +1007,7 @@ func TestTLSAndHTTP2(t *testing.T) {
 	if res.StatusCode != 202 || res.ProtoMajor != 2 {
 		t.Fatalf("status %d over %s", res.StatusCode, res.Proto)
 	}
-	waitFor(t, "delivery", func() bool { return len(e.sink.messages()) == 1 })
+	testutil.WaitFor(t, "delivery", func() bool { return len(e.sink.Messages()) == 1 })
 	for _, sn := range e.stage.hooks() {
 		if sn.TLS != "TLS1.3" {
 			t.Fatalf("%s saw TLS %q", sn.Hook, sn.TLS)

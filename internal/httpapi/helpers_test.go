@@ -3,27 +3,17 @@ package httpapi
 import (
 	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/json"
-	"encoding/pem"
 	"io"
 	"log/slog"
-	"math/big"
 	"net"
 	"net/http"
-	"os"
 	"path/filepath"
 	"strconv"
 	"sync"
 	"testing"
 	"time"
-
-	"github.com/emersion/go-smtp"
 
 	"github.com/sluice-mta/sluice/internal/apikey"
 	"github.com/sluice-mta/sluice/internal/config"
@@ -31,76 +21,9 @@ import (
 	"github.com/sluice-mta/sluice/internal/queue"
 	"github.com/sluice-mta/sluice/internal/relay"
 	"github.com/sluice-mta/sluice/internal/spool"
+	"github.com/sluice-mta/sluice/internal/testutil"
 	"github.com/sluice-mta/sluice/pipeline"
 )
-
-// ---- the SMTP sink: a real go-smtp server on 127.0.0.1:0 ----
-
-type sunk struct {
-	From  string
-	Rcpts []string
-	Data  []byte
-}
-
-type sink struct {
-	mu   sync.Mutex
-	msgs []sunk
-	srv  *smtp.Server
-	port int
-}
-
-type sinkSession struct {
-	s   *sink
-	cur sunk
-}
-
-func (ss *sinkSession) Reset()        { ss.cur = sunk{} }
-func (ss *sinkSession) Logout() error { return nil }
-func (ss *sinkSession) Mail(from string, _ *smtp.MailOptions) error {
-	ss.cur = sunk{From: from}
-	return nil
-}
-func (ss *sinkSession) Rcpt(to string, _ *smtp.RcptOptions) error {
-	ss.cur.Rcpts = append(ss.cur.Rcpts, to)
-	return nil
-}
-func (ss *sinkSession) Data(r io.Reader) error {
-	b, err := io.ReadAll(r)
-	if err != nil {
-		return err
-	}
-	ss.cur.Data = b
-	ss.s.mu.Lock()
-	ss.s.msgs = append(ss.s.msgs, ss.cur)
-	ss.s.mu.Unlock()
-	return nil
-}
-
-func startSink(t testing.TB) *sink {
-	t.Helper()
-	s := &sink{}
-	s.srv = smtp.NewServer(smtp.BackendFunc(func(c *smtp.Conn) (smtp.Session, error) {
-		return &sinkSession{s: s}, nil
-	}))
-	s.srv.Domain = "sink.test"
-	s.srv.MaxRecipients = 0
-	s.srv.ReadTimeout = time.Minute
-	s.srv.WriteTimeout = time.Minute
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	s.port = ln.Addr().(*net.TCPAddr).Port
-	go func() { _ = s.srv.Serve(ln) }()
-	t.Cleanup(func() { s.srv.Close() })
-	return s
-}
-
-func (s *sink) messages() []sunk {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return append([]sunk(nil), s.msgs...)
-}
 
 // ---- a Go stage that records what it saw and can be told what to say ----
 
@@ -230,7 +153,7 @@ type env struct {
 	srv      *Server
 	url      string
 	client   *http.Client
-	sink     *sink
+	sink     *testutil.Sink // the next hop: on_route relays every recipient there
 	stage    *testStage
 	sendKey  string // tenant acme, scope send
 	adminKey string // tenant acme, scope admin only
@@ -267,8 +190,8 @@ func newEnv(t testing.TB, o envOptions) *env {
 		t.Fatal(err)
 	}
 	e := &env{t: t, sp: sp}
-	e.sink = startSink(t)
-	e.stage = &testStage{port: e.sink.port}
+	e.sink = testutil.StartSink(t, testutil.SinkOptions{})
+	e.stage = &testStage{port: e.sink.Port}
 	if o.stageConfig != nil {
 		o.stageConfig(e.stage)
 	}
@@ -427,46 +350,6 @@ func (e *env) queued() int {
 		e.t.Fatal(err)
 	}
 	return n
-}
-
-func waitFor(t testing.TB, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(15 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
-
-// selfSigned writes a self-signed certificate for 127.0.0.1 and returns
-// the TLS config block.
-func selfSigned(t testing.TB) *config.TLS {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "relay.test"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		IPAddresses: []net.IP{net.ParseIP("127.0.0.1")}, DNSNames: []string{"relay.test"},
-		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kb, err := x509.MarshalECPrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir := t.TempDir()
-	c := &config.TLS{Cert: filepath.Join(dir, "cert.pem"), Key: filepath.Join(dir, "key.pem")}
-	os.WriteFile(c.Cert, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600)
-	os.WriteFile(c.Key, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kb}), 0o600)
-	return c
 }
 
 func itoa(i int) string { return strconv.Itoa(i) }

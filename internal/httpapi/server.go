@@ -56,11 +56,9 @@ import (
 //go:embed openapi.json
 var openAPI []byte
 
-// Defaults.
 const (
-	DefaultMaxRequestSize = 30 << 20
-	idempotencyTTL        = 24 * time.Hour
-	pruneEvery            = time.Hour
+	idempotencyTTL = 24 * time.Hour
+	pruneEvery     = time.Hour
 )
 
 // Server serves the API. It is safe for concurrent use.
@@ -109,7 +107,7 @@ func New(l config.HTTPListener, r *relay.Relay, sp *spool.Spool, keys *apikey.St
 		stop: make(chan struct{}), done: make(chan struct{}),
 	}
 	if s.max <= 0 {
-		s.max = DefaultMaxRequestSize
+		s.max = config.DefaultHTTPListener(l.Addr).MaxRequestSize
 	}
 	var err error
 	if s.tls, err = tlsConfig(l); err != nil {

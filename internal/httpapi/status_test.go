@@ -13,6 +13,7 @@ import (
 
 	"github.com/sluice-mta/sluice/internal/apikey"
 	"github.com/sluice-mta/sluice/internal/relay"
+	"github.com/sluice-mta/sluice/internal/testutil"
 	"github.com/sluice-mta/sluice/pipeline"
 )
 
@@ -112,7 +113,7 @@ func TestMessageStatusDeferred(t *testing.T) {
 	}})
 	a := mustAccept(t, e.post("/v1/messages", map[string]any{"from": "a@example.com", "to": []string{"ok@dest.test", "x@down.test"}}))
 	var st statusAnswer
-	waitFor(t, "one delivered, one deferred", func() bool {
+	testutil.WaitFor(t, "one delivered, one deferred", func() bool {
 		st, _ = e.status(e.sendKey, a.ID)
 		return len(st.Recipients) == 2 && st.Recipients[0].State == "delivered" && st.Recipients[1].State == "deferred"
 	})
@@ -226,7 +227,7 @@ func TestAdminMessages(t *testing.T) {
 		{"sender=App@example.COM", acme},
 		{"sender=%3C%3E", nil},
 		{"rcpt_domain=DOM1.test&limit=1", []string{acme[1], acme[3], smtpID}},
-		{"queue=" + url.QueryEscape(fmt.Sprintf("relay:127.0.0.1:%d", e.sink.port)), all},
+		{"queue=" + url.QueryEscape(fmt.Sprintf("relay:127.0.0.1:%d", e.sink.Port)), all},
 		{"queue=dom0.test", nil},
 		{"state=queued", all},
 		{"state=deferred", nil},

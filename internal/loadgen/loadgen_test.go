@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/emersion/go-smtp"
+
+	"github.com/sluice-mta/sluice/internal/testutil"
 )
 
 func TestPercentile(t *testing.T) {
@@ -305,10 +307,7 @@ func TestSMTPNoSink(t *testing.T) {
 		t.Fatalf("err=%v report %+v", err, rep)
 	}
 	// The sink answers before it counts: poll for the last one.
-	deadline := time.Now().Add(5 * time.Second)
-	for s.Tracker.Stats().Total < 30 && time.Now().Before(deadline) {
-		time.Sleep(time.Millisecond)
-	}
+	testutil.WaitFor(t, "the sink to count 30 messages", func() bool { return s.Tracker.Stats().Total >= 30 })
 	if got := s.Tracker.Stats().Total; got != 30 {
 		t.Fatalf("standalone sink got %d", got)
 	}

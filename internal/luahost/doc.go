@@ -30,9 +30,9 @@
 // empty a new state is built, so calls never wait for a state.
 //
 // Each hook call takes a state, sets a context whose deadline is the
-// sooner of Lua.Timeout (default 100ms) and the caller's deadline, calls
-// the function in protected mode, removes the context, and returns the
-// state. A state whose call failed or timed out is closed, never reused.
+// sooner of Lua.Timeout (0: config.Defaults().Lua.Timeout) and the
+// caller's deadline, calls the function in protected mode, removes the
+// context, and returns the state. A state whose call failed or timed out is closed, never reused.
 // Failures come back as *HookError: a runtime error carries "script:line";
 // a deadline wraps context.DeadlineExceeded (pipeline.Chain answers 451
 // 4.4.5); anything else becomes 451 4.3.0 with a generic text. Failures

@@ -1,23 +1,19 @@
 package luahost
 
 import (
-	"os"
 	"path/filepath"
 	"testing"
 
 	"github.com/sluice-mta/sluice/internal/config"
+	"github.com/sluice-mta/sluice/internal/testutil"
 	"github.com/sluice-mta/sluice/pipeline"
 )
 
 // newHostErr loads a configuration and returns NewHost's error.
 func newHostErr(t *testing.T, src string) error {
 	t.Helper()
-	dir := t.TempDir()
-	p := filepath.Join(dir, "pipeline.lua")
-	if err := os.WriteFile(p, []byte(src), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	cfg, err := config.Load(p)
+	dir := testutil.TempFiles(t, map[string]string{"pipeline.lua": src})
+	cfg, err := config.Load(filepath.Join(dir, "pipeline.lua"))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/sluice-mta/sluice/internal/config"
+	"github.com/sluice-mta/sluice/internal/testutil"
 	"github.com/sluice-mta/sluice/pipeline"
 )
 
@@ -39,16 +40,7 @@ func (b *logBuf) String() string {
 // and the log output.
 func setup(t testing.TB, files map[string]string) (*Host, map[string]pipeline.Stage, *logBuf) {
 	t.Helper()
-	dir := t.TempDir()
-	for name, src := range files {
-		p := filepath.Join(dir, name)
-		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(p, []byte(src), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
+	dir := testutil.TempFiles(t, files)
 	cfg, err := config.Load(filepath.Join(dir, "pipeline.lua"))
 	if err != nil {
 		t.Fatalf("config.Load: %v", err)
@@ -151,13 +143,6 @@ func readTestdata(t testing.TB, name string) string {
 		t.Fatal(err)
 	}
 	return string(b)
-}
-
-func writeFile(t testing.TB, dir, name, src string) {
-	t.Helper()
-	if err := os.WriteFile(filepath.Join(dir, name), []byte(src), 0o644); err != nil {
-		t.Fatal(err)
-	}
 }
 
 func discardLogger() *slog.Logger { return slog.New(slog.DiscardHandler) }

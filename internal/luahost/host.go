@@ -15,9 +15,6 @@ import (
 	"github.com/sluice-mta/sluice/pipeline"
 )
 
-// DefaultTimeout bounds one hook call when config.Lua.Timeout is 0.
-const DefaultTimeout = 100 * time.Millisecond
-
 // initTimeout bounds building one pooled state: replaying the
 // configuration program and running each script's top level.
 var initTimeout = 5 * time.Second
@@ -63,7 +60,7 @@ func NewHost(cfg *config.Config, log *slog.Logger) (*Host, error) {
 		stages:  map[string]*Stage{},
 	}
 	if h.timeout <= 0 {
-		h.timeout = DefaultTimeout
+		h.timeout = config.Defaults().Lua.Timeout
 	}
 	max := cfg.Lua.PoolSize
 	if max <= 0 {

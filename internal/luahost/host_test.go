@@ -11,6 +11,7 @@ import (
 
 	"github.com/sluice-mta/sluice/internal/config"
 	"github.com/sluice-mta/sluice/internal/luahost/sandbox"
+	"github.com/sluice-mta/sluice/internal/testutil"
 	"github.com/sluice-mta/sluice/pipeline"
 )
 
@@ -316,12 +317,13 @@ func TestInlineRuntimeError(t *testing.T) {
 }
 
 func TestInfiniteLoopTimesOut(t *testing.T) {
-	dir := t.TempDir()
-	writeFile(t, dir, "pipeline.lua", `
+	dir := testutil.TempFiles(t, map[string]string{
+		"pipeline.lua": `
 sluice.lua_options { timeout = "50ms" }
 sluice.stage("policy", sluice.lua("policy.lua"))
-sluice.stage("loop", { on_rcpt = function(txn, rcpt) while true do end end })`)
-	writeFile(t, dir, "policy.lua", readTestdata(t, "policy.lua"))
+sluice.stage("loop", { on_rcpt = function(txn, rcpt) while true do end end })`,
+		"policy.lua": readTestdata(t, "policy.lua"),
+	})
 	cfg, err := config.Load(dir + "/pipeline.lua")
 	if err != nil {
 		t.Fatal(err)
@@ -607,18 +609,18 @@ func TestHostClose(t *testing.T) {
 
 func TestNewHostErrors(t *testing.T) {
 	dir := t.TempDir()
-	writeFile(t, dir, "bad.lua", "return {")
+	testutil.WriteFiles(t, dir, map[string]string{"bad.lua": "return {"})
 	cfg := config.Defaults()
 	cfg.Stages = []config.StageSpec{{Name: "x", Kind: config.StageLua, Script: dir + "/bad.lua"}}
 	_, err := NewHost(cfg, discardLogger())
 	wantErrContains(t, err, `lua stage "x"`, "bad.lua:1: syntax error")
 
-	writeFile(t, dir, "notable.lua", "return 42")
+	testutil.WriteFiles(t, dir, map[string]string{"notable.lua": "return 42"})
 	cfg.Stages = []config.StageSpec{{Name: "x", Kind: config.StageLua, Script: dir + "/notable.lua"}}
 	_, err = NewHost(cfg, discardLogger())
 	wantErrContains(t, err, `lua stage "x": want a table of hook functions, got number`)
 
-	writeFile(t, dir, "typo.lua", "return { on_rcp = function() end }")
+	testutil.WriteFiles(t, dir, map[string]string{"typo.lua": "return { on_rcp = function() end }"})
 	cfg.Stages = []config.StageSpec{{Name: "x", Kind: config.StageLua, Script: dir + "/typo.lua"}}
 	_, err = NewHost(cfg, discardLogger())
 	wantErrContains(t, err, `unknown hook "on_rcp"`)
@@ -651,10 +653,9 @@ func TestHostWithoutLuaStages(t *testing.T) {
 
 // TestGoConfigWithoutSource builds a Config in Go, with File but no Source.
 func TestGoConfigWithoutSource(t *testing.T) {
-	dir := t.TempDir()
-	writeFile(t, dir, "pipeline.lua", `sluice.stage("s", { on_helo = function(conn, name)
+	dir := testutil.TempFiles(t, map[string]string{"pipeline.lua": `sluice.stage("s", { on_helo = function(conn, name)
   if name ~= conn.helo then return sluice.reject(550, "5.7.1", name) end
-end })`)
+end })`})
 	cfg := config.Defaults()
 	cfg.File = dir + "/pipeline.lua"
 	cfg.Stages = []config.StageSpec{{Name: "s", Kind: config.StageInline}}

@@ -24,6 +24,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/sluice-mta/sluice/internal/config"
 	"github.com/sluice-mta/sluice/internal/spool"
 	"github.com/sluice-mta/sluice/pipeline"
 )
@@ -132,31 +133,35 @@ type dest struct {
 	wake     chan struct{}
 }
 
-// New creates a queue; call Load, then Start.
+// New creates a queue; call Load, then Start. Limits, timeouts and retry
+// settings left at zero (a RetryFactor below 1 too) take the defaults of
+// config.Defaults().Delivery, those of a configuration that does not set
+// them. RetryJitter is not defaulted: 0 means no jitter.
 func New(sp *spool.Spool, d Dialer, o Options) *Queue {
+	def := config.Defaults().Delivery
 	if o.MaxConnections <= 0 {
-		o.MaxConnections = 200
+		o.MaxConnections = def.MaxConnections
 	}
 	if o.MaxPerDestination <= 0 {
-		o.MaxPerDestination = 10
+		o.MaxPerDestination = def.MaxPerDestination
 	}
 	if o.MaxMessagesPerConn <= 0 {
-		o.MaxMessagesPerConn = 100
+		o.MaxMessagesPerConn = def.MaxMessagesPerConn
 	}
 	if o.IdleTimeout <= 0 {
-		o.IdleTimeout = 5 * time.Second
+		o.IdleTimeout = def.IdleTimeout
 	}
 	if o.RetryInitial <= 0 {
-		o.RetryInitial = time.Minute
+		o.RetryInitial = def.RetryInitial
 	}
 	if o.RetryMax <= 0 {
-		o.RetryMax = time.Hour
+		o.RetryMax = def.RetryMax
 	}
 	if o.RetryFactor < 1 {
-		o.RetryFactor = 2
+		o.RetryFactor = def.RetryFactor
 	}
 	if o.QueueLifetime <= 0 {
-		o.QueueLifetime = 120 * time.Hour
+		o.QueueLifetime = def.QueueLifetime
 	}
 	if o.Logger == nil {
 		o.Logger = slog.Default()

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/sluice-mta/sluice/internal/spool"
+	"github.com/sluice-mta/sluice/internal/testutil"
 	"github.com/sluice-mta/sluice/pipeline"
 )
 
@@ -125,17 +126,6 @@ func events(t *testing.T, sp *spool.Spool, id string) []string {
 	return out
 }
 
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
-
 var (
 	temp = &pipeline.Error{Code: 451, Enhanced: pipeline.EnhancedCode{4, 0, 0}, Message: "try later"}
 	perm = &pipeline.Error{Code: 550, Enhanced: pipeline.EnhancedCode{5, 1, 1}, Message: "no such user"}
@@ -157,7 +147,7 @@ func TestPerRecipientOutcomesRetryAndBounce(t *testing.T) {
 	m, rs := put(t, sp, "sender@a.test", "ok@b.test", "retry@b.test", "bad@b.test")
 	q.Enqueue(m, rs)
 
-	waitFor(t, "all settled", func() bool { return q.Stats().Messages == 0 })
+	testutil.WaitFor(t, "all settled", func() bool { return q.Stats().Messages == 0 })
 	got := strings.Join(events(t, sp, m.ID), " ")
 	for _, want := range []string{"delivered:ok@b.test", "bounced:bad@b.test", "deferred:retry@b.test", "delivered:retry@b.test"} {
 		if !strings.Contains(got, want) {
@@ -187,7 +177,7 @@ func TestNullSenderNeverBounced(t *testing.T) {
 	defer q.Stop(context.Background())
 	m, rs := put(t, sp, "", "bad@b.test")
 	q.Enqueue(m, rs)
-	waitFor(t, "settled", func() bool { return q.Stats().Messages == 0 })
+	testutil.WaitFor(t, "settled", func() bool { return q.Stats().Messages == 0 })
 	time.Sleep(50 * time.Millisecond) // a wrong bounce would be dispatched by now
 	fd.mu.Lock()
 	defer fd.mu.Unlock()
@@ -205,7 +195,7 @@ func TestExpiryAndDestinationDown(t *testing.T) {
 	defer q.Stop(context.Background())
 	m, rs := put(t, sp, "s@a.test", "x@down.test")
 	q.Enqueue(m, rs)
-	waitFor(t, "expired", func() bool {
+	testutil.WaitFor(t, "expired", func() bool {
 		ev := events(t, sp, m.ID)
 		return len(ev) > 0 && ev[len(ev)-1] == "expired:x@down.test"
 	})
@@ -235,7 +225,7 @@ func TestConnectionReuseAndReload(t *testing.T) {
 	}
 	q.Start()
 	defer q.Stop(context.Background())
-	waitFor(t, "delivered", func() bool { return q.Stats().Messages == 0 })
+	testutil.WaitFor(t, "delivered", func() bool { return q.Stats().Messages == 0 })
 	fd.mu.Lock()
 	defer fd.mu.Unlock()
 	if len(fd.sent) != 20 {
@@ -298,12 +288,12 @@ func TestBurstUsesSeveralConnections(t *testing.T) {
 	// One message first, so that a worker is idle when the burst comes.
 	m, rs := put(t, sp, "s@a.test", "first@b.test")
 	q.Enqueue(m, rs)
-	waitFor(t, "the first delivery", func() bool { return q.Stats().Messages == 0 })
+	testutil.WaitFor(t, "the first delivery", func() bool { return q.Stats().Messages == 0 })
 	for i := 0; i < 12; i++ {
 		m, rs := put(t, sp, "s@a.test", fmt.Sprintf("r%d@b.test", i))
 		q.Enqueue(m, rs)
 	}
-	waitFor(t, "the burst", func() bool { return q.Stats().Messages == 0 })
+	testutil.WaitFor(t, "the burst", func() bool { return q.Stats().Messages == 0 })
 	fd.mu.Lock()
 	defer fd.mu.Unlock()
 	if fd.maxConns < 2 || fd.maxConns > 4 {
@@ -322,7 +312,7 @@ func TestOwnPermanentReplyWinsOverConnectionError(t *testing.T) {
 	defer q.Stop(context.Background())
 	m, rs := put(t, sp, "s@a.test", "bad@b.test", "good@b.test")
 	q.Enqueue(m, rs)
-	waitFor(t, "both outcomes", func() bool { return len(events(t, sp, m.ID)) == 2 })
+	testutil.WaitFor(t, "both outcomes", func() bool { return len(events(t, sp, m.ID)) == 2 })
 	got := strings.Join(events(t, sp, m.ID), " ")
 	if !strings.Contains(got, "bounced:bad@b.test") || !strings.Contains(got, "deferred:good@b.test") {
 		t.Fatalf("events %q", got)

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/sluice-mta/sluice/internal/config"
+	"github.com/sluice-mta/sluice/internal/testutil"
 	"github.com/sluice-mta/sluice/pipeline"
 )
 
@@ -110,9 +111,9 @@ func TestDuplicateRecipientOnce(t *testing.T) {
 }
 
 func TestSTARTTLS(t *testing.T) {
-	certFile, keyFile, pool := selfSigned(t)
+	crt := testutil.SelfSignedCert(t, "mx.sluice.test", "127.0.0.1")
 	l := testListener()
-	l.TLS = &config.TLS{Cert: certFile, Key: keyFile}
+	l.TLS = &config.TLS{Cert: crt.CertFile, Key: crt.KeyFile}
 	sub := &fakeSub{}
 	ts := startServer(t, l, newChain(t, pipeline.ChainOptions{}), sub)
 
@@ -127,7 +128,7 @@ func TestSTARTTLS(t *testing.T) {
 	if ok, _ := c.Extension("STARTTLS"); !ok {
 		t.Fatal("STARTTLS not offered with tls configured")
 	}
-	if err := c.StartTLS(clientTLS(pool)); err != nil {
+	if err := c.StartTLS(crt.ClientTLS("mx.sluice.test")); err != nil {
 		t.Fatal(err)
 	}
 	if ok, _ := c.Extension("STARTTLS"); ok {
@@ -162,14 +163,14 @@ func TestSTARTTLS(t *testing.T) {
 }
 
 func TestImplicitTLS(t *testing.T) {
-	certFile, keyFile, pool := selfSigned(t)
+	crt := testutil.SelfSignedCert(t, "mx.sluice.test", "127.0.0.1")
 	l := testListener()
-	l.TLS = &config.TLS{Cert: certFile, Key: keyFile}
+	l.TLS = &config.TLS{Cert: crt.CertFile, Key: crt.KeyFile}
 	l.ImplicitTLS = true
 	sub := &fakeSub{}
 	ts := startServer(t, l, newChain(t, pipeline.ChainOptions{}), sub)
 
-	tc, err := tls.Dial("tcp", ts.addr, clientTLS(pool))
+	tc, err := tls.Dial("tcp", ts.addr, crt.ClientTLS("mx.sluice.test"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -473,7 +474,7 @@ func TestMaxConnections(t *testing.T) {
 	// Closing one frees its slot.
 	c1.cmd("QUIT", 221)
 	c1.expectClosed()
-	waitFor(t, "a free slot", func() bool {
+	testutil.WaitFor(t, "a free slot", func() bool {
 		c := dial(t, ts.addr)
 		r, err := c.read()
 		c.conn.Close()
@@ -599,7 +600,7 @@ func TestShutdownGraceful(t *testing.T) {
 		t.Errorf("idle session got %v", rs)
 	}
 	// New connections are refused.
-	waitFor(t, "listener closed", func() bool {
+	testutil.WaitFor(t, "listener closed", func() bool {
 		c, err := net.DialTimeout("tcp", ts.addr, time.Second)
 		if err != nil {
 			return true
@@ -652,7 +653,7 @@ func TestShutdownDeadlineCancelsSessions(t *testing.T) {
 	c.cmd("RCPT TO:<bob@local.test>", 250)
 	c.cmd("DATA", 354)
 	c.write(simpleMsg + ".\r\n")
-	waitFor(t, "Submit called", func() bool { return len(sub.messages()) == 1 })
+	testutil.WaitFor(t, "Submit called", func() bool { return len(sub.messages()) == 1 })
 
 	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
 	defer cancel()
@@ -760,7 +761,7 @@ func TestListenAndServeAddr(t *testing.T) {
 	}
 	done := make(chan error, 1)
 	go func() { done <- s.ListenAndServe() }()
-	waitFor(t, "listening", func() bool { return s.Addr() != nil })
+	testutil.WaitFor(t, "listening", func() bool { return s.Addr() != nil })
 	c := dialReady(t, s.Addr().String())
 	c.ehlo()
 	if err := s.Serve(mustListen(t)); err == nil || errors.Is(err, ErrServerClosed) {
@@ -777,8 +778,8 @@ func TestListenAndServeAddr(t *testing.T) {
 }
 
 func TestImplicitTLSBusy(t *testing.T) {
-	certFile, keyFile, pool := selfSigned(t)
-	cert, err := tls.LoadX509KeyPair(certFile, keyFile)
+	crt := testutil.SelfSignedCert(t, "mx.sluice.test", "127.0.0.1")
+	cert, err := tls.LoadX509KeyPair(crt.CertFile, crt.KeyFile)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -789,7 +790,7 @@ func TestImplicitTLSBusy(t *testing.T) {
 		WithTLSConfig(&tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS13}))
 
 	dialTLS := func() *client {
-		tc, err := tls.Dial("tcp", ts.addr, clientTLS(pool))
+		tc, err := tls.Dial("tcp", ts.addr, crt.ClientTLS("mx.sluice.test"))
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -43,6 +43,7 @@ import (
 	"github.com/cockroachdb/pebble/v2"
 	"github.com/oklog/ulid/v2"
 
+	"github.com/sluice-mta/sluice/internal/config"
 	"github.com/sluice-mta/sluice/pipeline"
 )
 
@@ -81,6 +82,8 @@ type Recipient struct {
 
 // Options configures Open.
 type Options struct {
+	// MemtableMB is the size of pebble's memtable in MiB; 0 means
+	// config.Defaults().Spool.MemtableMB.
 	MemtableMB int
 	Logger     *slog.Logger
 	// Node is copied into every event's "node" field.
@@ -125,7 +128,7 @@ func Open(path string, o Options) (*Spool, error) {
 		o.Logger = slog.Default()
 	}
 	if o.MemtableMB <= 0 {
-		o.MemtableMB = 64
+		o.MemtableMB = config.Defaults().Spool.MemtableMB
 	}
 	popts := &pebble.Options{
 		MemTableSize: uint64(o.MemtableMB) << 20,

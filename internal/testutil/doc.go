@@ -1,0 +1,17 @@
+// Package testutil holds the helpers that tests across Sluice share, so
+// that each is written once: polling with a deadline instead of sleeping
+// (WaitFor), a self-signed TLS certificate on disk and in memory
+// (SelfSignedCert), an in-process SMTP server that records what it
+// receives and can be told how to answer (StartSink), and writing a tree of
+// files such as a configuration into a temporary directory (WriteFiles,
+// TempFiles).
+//
+// It is for tests only: it is an ordinary package so that _test.go files in
+// any package can import it, but product code must not. Every helper takes
+// a testing.TB, fails the test itself on a setup error and registers its
+// clean-up with t.Cleanup, so callers need no error handling or defers.
+//
+// It imports nothing from Sluice, so that every internal package, including
+// internal/config, can use it from its own tests without an import cycle.
+// It is not the benchmark sink: that one is product code in internal/loadgen.
+package testutil
