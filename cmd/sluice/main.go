@@ -31,7 +31,8 @@ const usage = `sluice — a programmable mail relay
 Usage:
   sluice serve   -c FILE     run the relay with the configuration FILE
   sluice check   -c FILE     validate FILE as serve would (Lua, keys, stages, TLS files) and exit
-  sluice reload  -c FILE     make the running relay load FILE again (as SIGHUP does); exit 1 if it refused
+  sluice reload  -c FILE     make the relay running with FILE reload its configuration (as SIGHUP does);
+                             exit 1 with the error if the new configuration does not validate
   sluice apikey  create|list|revoke ...   manage HTTP API keys
   sluice send    --url URL --key KEY --from A --to B ...   send via the HTTP API
   sluice version             print the version
@@ -208,19 +209,26 @@ func runCheck(args []string, stdout, stderr io.Writer) int {
 func runReload(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("reload", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	cfgPath := fs.String("c", "pipeline.lua", "configuration file of the running relay (names its spool and control socket)")
+	cfgPath := fs.String("c", "pipeline.lua", "configuration file of the running relay (its spool path names the control socket)")
+	socket := fs.String("socket", "", "control socket of the running relay (default: the spool path of -c FILE + \".sock\"); "+
+		"use it when FILE cannot be evaluated here (its secrets live only in the relay's environment)")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return 0
 		}
 		return 2
 	}
-	cfg, err := config.Load(*cfgPath)
-	if err != nil {
-		fmt.Fprintln(stderr, "sluice reload:", err)
-		return 1
+	path := *socket
+	if path == "" {
+		cfg, err := config.Load(*cfgPath)
+		if err != nil {
+			fmt.Fprintln(stderr, "sluice reload:", err)
+			fmt.Fprintln(stderr, "sluice reload: to reach the relay without evaluating the file here, give its control socket: sluice reload -socket PATH")
+			return 1
+		}
+		path = server.ControlSocket(cfg)
 	}
-	summary, err := server.RequestReload(cfg)
+	summary, err := server.RequestReload(path)
 	if err != nil {
 		fmt.Fprintln(stderr, "sluice reload:", err)
 		return 1

@@ -40,7 +40,13 @@
 //
 // Objects passed to hooks (conn, txn, msg, rcpt, creds) are userdata
 // valid only during the call; using one kept from an earlier call raises
-// an error. Edits (headers, metadata, tags) go straight to the Go values.
+// an error. Edits (headers, metadata, tags, scratch values, authentication
+// results) do not change the Go values: the methods record them in a
+// pipeline.Edits that the hook returns with its verdict, and the chain
+// applies them after the hook returns (see bind_txn.go and
+// pipeline/edits.go). An edit the hook may not make is refused when the
+// configuration loads where the call is written in the hook (editcheck.go),
+// else with an error where it is made.
 //
 // # Only the defined hooks run
 //

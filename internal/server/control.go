@@ -107,13 +107,13 @@ func (cs *controlServer) Close() error {
 	return err
 }
 
-// RequestReload asks the node serving cfg's spool to reload, over its control
-// socket. It returns the node's summary, or its error.
-func RequestReload(cfg *config.Config) (string, error) {
-	path := ControlSocket(cfg)
+// RequestReload asks the node listening on the control socket path to
+// reload. It returns the node's summary, or its error (the node's reason
+// when the new configuration does not validate).
+func RequestReload(path string) (string, error) {
 	c, err := net.DialTimeout("unix", path, 5*time.Second)
 	if err != nil {
-		return "", fmt.Errorf("cannot reach the running sluice on %s (is `sluice serve -c %s` running?): %w", path, cfg.File, err)
+		return "", fmt.Errorf("cannot reach a running sluice on %s (is `sluice serve` running with this spool?): %w", path, err)
 	}
 	defer c.Close()
 	c.SetDeadline(time.Now().Add(2 * time.Minute))

@@ -4,13 +4,14 @@
 // A Server accepts connections (bounded by MaxConnections), runs the
 // pipeline's session hooks at each SMTP step, reads the message data into
 // a bounded, pooled buffer, refuses or normalises bare CR / bare LF (SMTP
-// smuggling) and NUL, parses the header section, prepends a Received:
-// field and hands the message to a Submitter, which runs on_message /
-// on_route and makes it durable before we answer 250.
+// smuggling) and NUL, parses the header section and commits the message
+// through the relay (internal/relay), the one owner of every transaction:
+// it runs the hooks, writes the Received: field, records refusals, makes
+// the message durable before we answer 250, and logs.
 //
-// What it is not: it does not spool, route or deliver (that is the
-// Submitter's job), and it does not implement SMTP AUTH yet (the session
-// is shaped so an AuthSession can be added; it would set Conn.Identity).
+// What it is not: it does not run the chain, spool, route or deliver
+// (internal/relay does), and it does not implement SMTP AUTH yet (an
+// AuthSession would call relay.Session.Auth).
 //
 // # Hook points
 //
@@ -22,9 +23,9 @@
 //   - on_helo runs at the first EHLO/HELO (when go-smtp creates the
 //     session) and again at the next MAIL after an EHLO with a new name.
 //     A refusal answers the EHLO; the client must greet again.
-//   - on_mail at MAIL (a new Txn with a fresh id), on_rcpt at each RCPT
-//     (relay control is inside the chain), on_message/on_route inside
-//     Submitter.Submit after DATA/BDAT.
+//   - on_mail at MAIL (relay.Session.Begin: a new transaction with a fresh
+//     id), on_rcpt at each RCPT (relay.Txn.Rcpt; relay control is inside
+//     the chain), on_message/on_route in relay.Txn.Commit after DATA/BDAT.
 //
 // # Replies
 //

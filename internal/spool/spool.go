@@ -18,6 +18,7 @@
 //	c<name>             an outbox consumer's cursor: the next seq it takes
 //	n                   event seq floor: seqs below it are never assigned again
 //	h<msgid><eventid>   event history of a message, for status queries
+//	i<key>              an HTTP idempotency record (the stored answer), until it expires
 //
 // Durability contract: Commit(true) returns after an fsync; acceptance uses
 // it. Delivery outcomes commit without a sync: a crash can only roll back a
