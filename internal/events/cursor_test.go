@@ -454,3 +454,54 @@ func TestFileSinkReopenWhileWriting(t *testing.T) {
 		t.Fatalf("%d lines across %d rotations, want %d", total, rotations, n)
 	}
 }
+
+// TestIdleOnEventConsumer: with no on_event hook (WantEvents false) the
+// hooks consumer reads nothing and holds nothing back; once a hook exists
+// (a reload added one), it sees the events from then on.
+func TestIdleOnEventConsumer(t *testing.T) {
+	sp := openSpool(t, t.TempDir())
+	defer sp.Close()
+	sink := &recSink{name: "s"}
+	hooks := &hookRec{}
+	var want atomic.Bool
+	ex, err := NewExporter(sp, []Sink{sink}, Options{OnEvent: hooks.hook, WantEvents: want.Load})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	go ex.Run(ctx)
+	defer func() { cancel(); <-ex.Done() }()
+	for seq := uint64(1); seq <= 100; seq++ {
+		commitEvent(t, sp, seq)
+	}
+	testutil.WaitForWithin(t, 10*time.Second, "the sink to take every event", func() bool { return len(sink.got()) == 100 })
+	testutil.WaitForWithin(t, 10*time.Second, "the outbox pruned past the idle hooks consumer", func() bool {
+		first, _ := sp.FirstOutboxSeq()
+		return first == 101
+	})
+	want.Store(true)
+	for seq := uint64(101); seq <= 150; seq++ {
+		commitEvent(t, sp, seq)
+	}
+	last := func() uint64 {
+		hooks.mu.Lock()
+		defer hooks.mu.Unlock()
+		if len(hooks.seen) == 0 {
+			return 0
+		}
+		return hooks.seen[len(hooks.seen)-1]
+	}
+	testutil.WaitForWithin(t, 10*time.Second, "the hooks to see the new events", func() bool { return last() == 150 })
+	cancel()
+	<-ex.Done()
+	// The hooks saw a contiguous run ending at 150, none from before the
+	// flip (one that raced the flip may be skipped: no hook was there).
+	hooks.mu.Lock()
+	first := hooks.seen[0]
+	hooks.mu.Unlock()
+	if first < 101 || first > 110 {
+		t.Fatalf("hooks started at event %d", first)
+	}
+	hooks.check(t, first, 150)
+	sink.checkExactly(t, 1, 150)
+}

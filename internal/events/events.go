@@ -178,8 +178,8 @@ type Options struct {
 	// It is called from one goroutine, in outbox order.
 	OnEvent func(context.Context, *pipeline.Event)
 	// WantEvents, when set, is asked before each batch of the on_event
-	// consumer: false skips the batch without decoding it (no stage has an
-	// on_event hook now; a reload may add one).
+	// consumer: false (no stage has an on_event hook now; a reload may add
+	// one) moves its cursor past the events without reading them.
 	WantEvents func() bool
 	Logger     *slog.Logger
 	// BatchSize is the most events read and written at once (1000).
@@ -215,6 +215,10 @@ type consumer struct {
 	wake  chan struct{}
 	next  atomic.Uint64 // seq of the next event to take
 	saved uint64        // next as last stored in the spool (owned by its goroutine)
+	// idle, when set and true, means the consumer wants no events now
+	// (no on_event hook): its cursor moves to the outbox head without
+	// reading or storing anything, so it costs the others nothing.
+	idle func() bool
 }
 
 // NewExporter builds an exporter for sinks and, when o.OnEvent is set,
@@ -261,15 +265,16 @@ func NewExporter(sp *spool.Spool, sinks []Sink, o Options) (*Exporter, error) {
 		if err := add(OnEventConsumer, e.runHooks); err != nil {
 			return nil, err
 		}
+		if o.WantEvents != nil {
+			want := o.WantEvents
+			e.cons[len(e.cons)-1].idle = func() bool { return !want() }
+		}
 	}
 	return e, nil
 }
 
 // runHooks is the on_event consumer: the only one that decodes JSON.
 func (e *Exporter) runHooks(ctx context.Context, batch []Event) (int, error) {
-	if e.o.WantEvents != nil && !e.o.WantEvents() {
-		return len(batch), nil
-	}
 	for i := range batch {
 		if err := ctx.Err(); err != nil {
 			return i, err
@@ -426,6 +431,16 @@ func (e *Exporter) runConsumer(ctx context.Context, c *consumer) {
 // exportOnce hands the next batch after c's cursor to c, then stores the
 // cursor and prunes what every consumer has taken.
 func (e *Exporter) exportOnce(ctx context.Context, c *consumer) (int, error) {
+	if c.idle != nil && c.idle() {
+		// The cursor is stored lazily: after a crash it may be behind,
+		// and the consumer skips again (or, with hooks added meanwhile,
+		// replays from there: at least once).
+		if head := e.sp.OutboxHead(); head > c.next.Load() {
+			c.next.Store(head)
+			e.prune()
+		}
+		return 0, nil
+	}
 	if err := e.saveCursor(c); err != nil {
 		return 0, err
 	}

@@ -3,6 +3,7 @@ package relay
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"sync/atomic"
 
 	"github.com/sluice-mta/sluice/internal/mailtext"
@@ -361,8 +362,12 @@ func (r *Relay) commit(ctx context.Context, txns []*Txn, accs []*Accepted, o Com
 			return out
 		}
 	}
+	logged := r.log.Enabled(ctx, slog.LevelInfo)
 	for i, a := range accs {
 		out[i].Receipt = a.Receipt
+		if !logged {
+			continue
+		}
 		t := txns[i]
 		c := t.s.Conn
 		attrs := []any{"source", c.Source, "conn", c.ID, "msgid", t.T.ID, "from", t.T.Sender, "rcpts", len(t.T.Recipients),

@@ -329,6 +329,11 @@ func (s *Spool) release(first, n uint64) {
 
 // safeSeq returns the lowest event seq that may still be committing: every
 // event below it is either committed or never will be.
+// OutboxHead returns the seq below which every event is committed (or
+// never will be): a consumer that wants none of the events up to now can
+// move its cursor there without reading them.
+func (s *Spool) OutboxHead() uint64 { return s.safeSeq() }
+
 func (s *Spool) safeSeq() uint64 {
 	s.seqMu.Lock()
 	defer s.seqMu.Unlock()
