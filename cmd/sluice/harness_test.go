@@ -23,6 +23,7 @@ import (
 
 	gosmtp "github.com/emersion/go-smtp"
 
+	"github.com/sluice-mta/sluice/internal/testutil"
 	"github.com/sluice-mta/sluice/pipeline"
 )
 
@@ -336,15 +337,11 @@ func countType(evs []pipeline.Event, typ, rcpt string) int {
 	return n
 }
 
+// waitFor polls cond with the end-to-end tests' deadline (a race-built
+// binary on a busy 2-core machine can be slow).
 func waitFor(t testing.TB, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	testutil.WaitForWithin(t, 30*time.Second, what, cond)
 }
 
 // ---- client -------------------------------------------------------------

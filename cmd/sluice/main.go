@@ -159,9 +159,7 @@ wait:
 				// configuration that does not validate leaves the running
 				// one serving (Reload logs why).
 				log.Info("SIGHUP: reloading", "config", cfg.File)
-				if summary, err := srv.Reload(); err == nil {
-					log.Info(summary)
-				}
+				_, _ = srv.Reload() // it logs the outcome
 				continue
 			}
 			log.Info("shutting down", "signal", s.String(), "grace", grace.String())
