@@ -145,6 +145,16 @@ func TestFailingSinkDoesNotHoldBackOthers(t *testing.T) {
 	testFailingSink(t, 2500*time.Millisecond)
 }
 
+// TestFailingSinkFor30s is the same with the sink down for 30 s (skipped
+// with -short).
+func TestFailingSinkFor30s(t *testing.T) {
+	if testing.Short() {
+		t.Skip("30 s")
+	}
+	t.Parallel()
+	testFailingSink(t, 30*time.Second)
+}
+
 // testFailingSink runs two sinks and the on_event hooks while events keep
 // being committed; one sink fails for failFor. The other sink and the
 // hooks keep up, every consumer gets every event exactly once in order,
