@@ -187,13 +187,22 @@ func (e *Edits) validate() error {
 		}
 	}
 	for _, a := range e.AuthResults {
-		if !isToken(a.Method) || !isToken(a.Result) {
-			return fmt.Errorf("authentication result %q=%q: method and result must be RFC 8601 keywords", a.Method, a.Result)
+		if err := a.Validate(); err != nil {
+			return err
 		}
-		for _, p := range append([]string{a.Reason}, a.Props...) {
-			if strings.ContainsAny(p, "\r\n\x00;") {
-				return fmt.Errorf("authentication result %s: reason and properties must not contain CR, LF, NUL or ';'", a.Method)
-			}
+	}
+	return nil
+}
+
+// Validate checks an authentication result: method and result are RFC
+// 8601 keywords, reason and properties carry no CR, LF, NUL or ';'.
+func (a AuthResult) Validate() error {
+	if !isToken(a.Method) || !isToken(a.Result) {
+		return fmt.Errorf("authentication result %q=%q: method and result must be RFC 8601 keywords (letters, digits, '-', '_', '.')", a.Method, a.Result)
+	}
+	for _, p := range append([]string{a.Reason}, a.Props...) {
+		if strings.ContainsAny(p, "\r\n\x00;") {
+			return fmt.Errorf("authentication result %s: reason and properties must not contain CR, LF, NUL or ';'", a.Method)
 		}
 	}
 	return nil

@@ -40,6 +40,17 @@ Usage:
 Run "sluice COMMAND -h" for a command's flags. Exit codes: 0 ok, 1 failure, 2 usage.
 `
 
+// serveSignals receives the signals `serve` handles. They are caught in
+// init, as early as the program can: a SIGHUP during start-up must not
+// kill the relay (Go's default for an uncaught SIGHUP).
+var serveSignals = make(chan os.Signal, 1)
+
+func init() {
+	if len(os.Args) > 1 && os.Args[1] == "serve" {
+		signal.Notify(serveSignals, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
+	}
+}
+
 func main() {
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
 }
@@ -104,10 +115,7 @@ func runServe(args []string, stderr io.Writer) int {
 		}
 		return 2
 	}
-	// Catch the signals before anything starts: a SIGHUP during start-up
-	// must not kill the relay (Go's default).
-	sig := make(chan os.Signal, 1)
-	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
+	sig := serveSignals
 	defer signal.Stop(sig)
 	log, err := newLogger(stderr, *logFormat, *logLevel)
 	if err != nil {

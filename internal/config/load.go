@@ -47,6 +47,45 @@ func Load(path string) (*Config, error) {
 //
 //	pipeline.lua:12: sluice.listen_smtp: unknown key "adress"
 func Parse(file string, src []byte) (*Config, error) {
+	cfg, err := parse(file, src)
+	if err != nil && cfg != nil {
+		// A secret put into the wrong key must not be printed by the
+		// error about that key (check, serve and reload all show it).
+		err = cfg.redact(err)
+	}
+	if err != nil {
+		return nil, err
+	}
+	return cfg, nil
+}
+
+// redact replaces, in err's text, every value sluice.env or
+// sluice.read_file returned during the evaluation.
+func (c *Config) redact(err error) error {
+	if c.secrets == nil {
+		return err
+	}
+	msg := err.Error()
+	out := msg
+	for name, v := range c.secrets.env {
+		if len(v.value) >= 4 {
+			out = strings.ReplaceAll(out, v.value, "<value of sluice.env(\""+name+"\")>")
+		}
+	}
+	for path, v := range c.secrets.files {
+		if len(v) >= 4 {
+			out = strings.ReplaceAll(out, v, "<contents of sluice.read_file(\""+path+"\")>")
+		}
+	}
+	if out == msg {
+		return err
+	}
+	return errors.New(out)
+}
+
+// parse evaluates the file; on error it may return the partial Config
+// (for its secrets, to redact the error).
+func parse(file string, src []byte) (*Config, error) {
 	proto, err := sandbox.Compile(file, src)
 	if err != nil {
 		return nil, err
@@ -69,13 +108,13 @@ func Parse(file string, src []byte) (*Config, error) {
 	_, err = s.Run(ctx, proto, nil)
 	if rec := s.Err(); rec != nil {
 		// A sluice function failed; report it even if a pcall caught it.
-		return nil, rec
+		return cfg, rec
 	}
 	if err != nil {
-		return nil, evalError(file, err)
+		return cfg, evalError(file, err)
 	}
 	if err := ld.finish(); err != nil {
-		return nil, err
+		return cfg, err
 	}
 	return cfg, nil
 }

@@ -265,3 +265,21 @@ func TestReadFileErrorNamesAbsolutePath(t *testing.T) {
 	_, err := Parse("pipeline.lua", []byte("sluice.node { name = sluice.read_file('nope') }"))
 	checkErr(t, err, `pipeline.lua:1: sluice.read_file: "nope" (`+filepath.Join(dir, "nope")+`) does not exist`)
 }
+
+// TestSecretRedactedFromOtherErrors: a secret passed to the wrong key is
+// not printed by the error about that key.
+func TestSecretRedactedFromOtherErrors(t *testing.T) {
+	t.Setenv("SLUICE_TEST_ADDR", secretValue)
+	for _, src := range []string{
+		`sluice.listen_smtp { addr = sluice.env("SLUICE_TEST_ADDR") }`,
+		`sluice.node { name = sluice.env("SLUICE_TEST_ADDR") .. " bad" }`,
+		`sluice.listen_smtp { addr = sluice.read_file("secret.txt") }`,
+	} {
+		dir := testutil.TempFiles(t, map[string]string{"secret.txt": secretValue + "\n"})
+		_, err := loadedNode(t, dir, src)
+		checkErr(t, err, "pipeline.lua:1")
+		if !strings.Contains(err.Error(), "<value of sluice.env(") && !strings.Contains(err.Error(), "<contents of sluice.read_file(") {
+			t.Errorf("%s: the error does not say a secret was redacted: %v", src, err)
+		}
+	}
+}

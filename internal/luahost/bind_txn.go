@@ -307,6 +307,9 @@ func (st *state) addAuthResult(L *lua.LState) int {
 	for i := 4; i <= L.GetTop(); i++ {
 		ar.Props = append(ar.Props, st.keyArg(L, "add_auth_result", i))
 	}
+	if err := ar.Validate(); err != nil {
+		st.sb.Raise("add_auth_result: %s", err.Error())
+	}
 	st.edits.AuthResults = append(st.edits.AuthResults, ar)
 	return 0
 }

@@ -22,9 +22,11 @@ var editMethods = map[string]string{
 // checkEdits refuses, when the configuration loads, a hook function that
 // calls an edit method its hook may not use (msg:add_header in on_route):
 // the edit could never take effect, so the pipeline does not load. It
-// sees method calls written in the hook function itself (and functions
-// nested in it); an edit reached through another function is refused
-// when it runs instead (state.mayEdit).
+// sees method calls on the hook's first parameter (msg) written in the
+// hook function itself; an edit reached any other way (through another
+// function, a copy of msg, msg["add_header"](msg, ...)) is refused when it
+// runs instead (state.mayEdit). Calls on other objects (a script's own
+// log:tag(...)) are never mistaken for edits.
 func checkEdits(stage, hook string, p *lua.FunctionProto) error {
 	method, line := findEditCall(p, hook)
 	if method == "" {
@@ -35,9 +37,9 @@ func checkEdits(stage, hook string, p *lua.FunctionProto) error {
 		p.SourceName, line, stage, hook, method, e.Kind, hook, e.Allowed())
 }
 
-// findEditCall returns the first method call (OP_SELF with a constant
-// name) in p or its nested functions that hook may not make, with its
-// line.
+// findEditCall returns the first method call on register 0 (the first
+// parameter: OP_SELF with B = 0 and a constant name) in p that hook may
+// not make, with its line.
 func findEditCall(p *lua.FunctionProto, hook string) (string, int) {
 	const (
 		bitRK = 1 << 8 // gopher-lua's RK constant flag (opBitRk)
@@ -45,6 +47,9 @@ func findEditCall(p *lua.FunctionProto, hook string) (string, int) {
 	for pc, inst := range p.Code {
 		if int(inst>>26) != lua.OP_SELF {
 			continue
+		}
+		if b := int(inst & 0x1ff); b != 0 || p.NumParameters == 0 {
+			continue // not a call on the first parameter
 		}
 		c := int(inst>>9) & 0x1ff
 		if c&bitRK == 0 {
@@ -67,11 +72,6 @@ func findEditCall(p *lua.FunctionProto, hook string) (string, int) {
 			line = p.DbgSourcePositions[pc]
 		}
 		return string(name), line
-	}
-	for _, np := range p.FunctionPrototypes {
-		if m, l := findEditCall(np, hook); m != "" {
-			return m, l
-		}
 	}
 	return "", 0
 }

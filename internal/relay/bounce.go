@@ -84,6 +84,7 @@ func (r *Relay) bounce(ctx context.Context, m *spool.Meta, data []byte, failed [
 	conn := &pipeline.Conn{Source: pipeline.SourceDSN, ServerName: r.hostname,
 		Identity: &pipeline.Identity{Name: "mailer-daemon", Tenant: m.Tenant, Method: "internal"}}
 	s := r.NewSession(conn)
+	s.bounce = true
 	meta := map[string]string{"bounce_of": m.ID}
 	t, err := s.Begin(ctx, "", nil, meta)
 	if err != nil {

@@ -264,6 +264,13 @@ func TestBouncePolicy(t *testing.T) {
 				t.Fatalf("bounce %+v, want %v", bm, tc.bounce)
 			}
 			b.Commit(true)
+			// A bounce sent despite a temporary refusal has no "rejected"
+			// event; a refused one has.
+			if bm != nil {
+				if ev := eventTypes(t, sp, bm.ID); ev != "received:s@a.test" {
+					t.Fatalf("events of the bounce %q", ev)
+				}
+			}
 		})
 	}
 }

@@ -17,6 +17,17 @@ import (
 type Session struct {
 	r    *Relay
 	Conn *pipeline.Conn
+	// bounce: a session of Sluice's own DSNs. Their temporary refusals
+	// are not recorded: such a bounce is sent anyway (see Relay.bounce).
+	bounce bool
+}
+
+// record writes refusal events for this session.
+func (s *Session) record(err error, evs ...*pipeline.Event) {
+	if s.bounce && pipeline.IsTemporary(err) {
+		return
+	}
+	s.r.record(evs...)
 }
 
 // NewSession starts a session for conn. conn.ID is filled when empty.
@@ -113,7 +124,7 @@ func (s *Session) Begin(ctx context.Context, sender string, tags []string, meta 
 		p.release()
 		if ctx.Err() == nil {
 			r.logRefusal("sender refused", s.Conn, err, "msgid", txn.ID, "from", sender)
-			r.record(r.rejected(txn, "", err))
+			s.record(err, r.rejected(txn, "", err))
 		}
 		t := &Txn{s: s, p: p, T: txn}
 		t.state.Store(txnEnded)
@@ -151,7 +162,7 @@ func (t *Txn) Rcpt(ctx context.Context, addr string) (dup bool, err error) {
 	if err != nil {
 		if ctx.Err() == nil {
 			r.logRefusal("recipient refused", t.s.Conn, err, "msgid", t.T.ID, "rcpt", addr)
-			t.refused(r.rejected(t.T, addr, err))
+			t.refused(err, r.rejected(t.T, addr, err))
 		}
 		return false, err
 	}
@@ -159,12 +170,12 @@ func (t *Txn) Rcpt(ctx context.Context, addr string) (dup bool, err error) {
 	return false, nil
 }
 
-func (t *Txn) refused(ev *pipeline.Event) {
+func (t *Txn) refused(err error, ev *pipeline.Event) {
 	if t.bad == nil {
 		t.bad = map[string]bool{}
 	}
 	t.bad[ev.Recipient] = true
-	t.s.r.record(ev)
+	t.s.record(err, ev)
 }
 
 // Refuse ends the transaction refused as a whole by the source (data too
@@ -180,7 +191,7 @@ func (t *Txn) Refuse(ctx context.Context, size int, err error) error {
 	}
 	r := t.s.r
 	r.logRefusal("message refused", t.s.Conn, err, "msgid", t.T.ID, "from", t.T.Sender, "rcpts", len(t.T.Recipients), "size", size)
-	r.record(t.rejectAll(err)...)
+	t.s.record(err, t.rejectAll(err)...)
 	return err
 }
 
@@ -300,7 +311,7 @@ func (t *Txn) Prepare(ctx context.Context, msg *pipeline.Message, o CommitOption
 		}
 		r := t.s.r
 		r.logRefusal("message refused", t.s.Conn, err, "msgid", t.T.ID, "from", t.T.Sender, "rcpts", len(t.T.Recipients))
-		r.record(append(evs, t.rejectAll(err)...)...)
+		t.s.record(err, append(evs, t.rejectAll(err)...)...)
 		if acc != nil {
 			return acc, err
 		}

@@ -538,9 +538,10 @@ func (s *Server) stopStarted(ctx context.Context) error {
 func (s *Server) Reload() (summary string, err error) {
 	s.reloadMu.Lock()
 	defer s.reloadMu.Unlock()
+	var reopenErr error
 	if s.file != nil {
-		if err := s.file.Reopen(); err != nil {
-			s.log.Error("cannot reopen the events file", "path", s.cfg.Events.File, "err", err)
+		if reopenErr = s.file.Reopen(); reopenErr != nil {
+			s.log.Error("cannot reopen the events file; events still go to the file open before", "path", s.cfg.Events.File, "err", reopenErr)
 		}
 	}
 	cfg, err := config.Load(s.cfg.File)
@@ -563,6 +564,9 @@ func (s *Server) Reload() (summary string, err error) {
 	if len(restart) > 0 {
 		summary += "; not applied until a restart: " + strings.Join(restart, ", ")
 		s.log.Warn("reload: settings that need a restart changed; they are not applied", "settings", restart)
+	}
+	if reopenErr != nil {
+		summary += "; the events file could not be reopened (events still go to the file open before): " + reopenErr.Error()
 	}
 	s.log.Info("configuration reloaded", "config", cfg.File, "stages", len(cfg.Stages))
 	return summary, nil
