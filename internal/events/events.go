@@ -190,6 +190,12 @@ type Options struct {
 	// Poll is how often an idle consumer looks at the outbox without
 	// being woken by a commit (200 ms).
 	Poll time.Duration
+	// Linger is the least time between two exports of one consumer when
+	// it is keeping up (10 ms): events committed meanwhile go out in one
+	// batch, so a sink syncs at most 1/Linger times a second instead of
+	// once per commit. A consumer with a full batch waiting does not
+	// linger. Negative: no lingering.
+	Linger time.Duration
 }
 
 // Exporter moves events from the spool's outbox to its consumers, each in
@@ -236,6 +242,9 @@ func NewExporter(sp *spool.Spool, sinks []Sink, o Options) (*Exporter, error) {
 	}
 	if o.RetryMax <= 0 {
 		o.RetryMax = 10 * time.Second
+	}
+	if o.Linger == 0 {
+		o.Linger = 10 * time.Millisecond
 	}
 	if o.Poll <= 0 {
 		o.Poll = 200 * time.Millisecond
@@ -382,8 +391,20 @@ func (e *Exporter) runConsumer(ctx context.Context, c *consumer) {
 	tick := time.NewTicker(e.o.Poll)
 	defer tick.Stop()
 	backoff := e.o.RetryInitial
-	var failingSince time.Time
+	var failingSince, last time.Time
 	for {
+		if e.o.Linger > 0 {
+			// Let a burst of commits gather into one batch.
+			if d := time.Until(last.Add(e.o.Linger)); d > 0 {
+				t := time.NewTimer(d)
+				select {
+				case <-t.C:
+				case <-ctx.Done():
+				}
+				t.Stop()
+			}
+		}
+		last = time.Now()
 		n, err := e.exportOnce(ctx, c)
 		if err != nil {
 			if ctx.Err() != nil {
@@ -408,7 +429,8 @@ func (e *Exporter) runConsumer(ctx context.Context, c *consumer) {
 		}
 		backoff = e.o.RetryInitial
 		if n == e.o.BatchSize {
-			continue // more waiting
+			last = time.Time{} // more waiting: no lingering
+			continue
 		}
 		select {
 		case <-ctx.Done():
