@@ -289,6 +289,25 @@ func (s *Server) components() []component {
 			} else if n > 0 {
 				s.log.Info("deleted settled messages left by a crash", "n", n)
 			}
+			// The queue and the relay are built here (no goroutine yet),
+			// so every later component can use them.
+			d := delivery.NewDialer(cfg.Delivery, s.res)
+			d.Hostname = cfg.Delivery.Hostname
+			if d.Hostname == "" {
+				d.Hostname = cfg.Hostname
+			}
+			d.Logger = s.log
+			s.q = queue.New(s.sp, dialer{d}, queue.Options{
+				MaxConnections: cfg.Delivery.MaxConnections, MaxPerDestination: cfg.Delivery.MaxPerDestination,
+				MaxMessagesPerConn: cfg.Delivery.MaxMessagesPerConn, IdleTimeout: cfg.Delivery.IdleTimeout,
+				RetryInitial: cfg.Delivery.RetryInitial, RetryMax: cfg.Delivery.RetryMax,
+				RetryFactor: cfg.Delivery.RetryFactor, RetryJitter: cfg.Delivery.RetryJitter,
+				QueueLifetime: cfg.Delivery.QueueLifetime, Logger: s.log,
+			})
+			// The relay is the transaction owner for every source, bounces
+			// included: they enter through it.
+			s.relay = relay.NewSpool(s.pipe, s.sp, s.q, relay.Options{Hostname: cfg.Hostname, Logger: s.log})
+			s.q.SetBouncer(s.relay)
 			return nil
 		},
 		stop: func(context.Context) error { return s.sp.Close() },
@@ -328,23 +347,6 @@ func (s *Server) components() []component {
 	})
 	cs = append(cs, component{name: "queue",
 		start: func() error {
-			d := delivery.NewDialer(cfg.Delivery, s.res)
-			d.Hostname = cfg.Delivery.Hostname
-			if d.Hostname == "" {
-				d.Hostname = cfg.Hostname
-			}
-			d.Logger = s.log
-			s.q = queue.New(s.sp, dialer{d}, queue.Options{
-				MaxConnections: cfg.Delivery.MaxConnections, MaxPerDestination: cfg.Delivery.MaxPerDestination,
-				MaxMessagesPerConn: cfg.Delivery.MaxMessagesPerConn, IdleTimeout: cfg.Delivery.IdleTimeout,
-				RetryInitial: cfg.Delivery.RetryInitial, RetryMax: cfg.Delivery.RetryMax,
-				RetryFactor: cfg.Delivery.RetryFactor, RetryJitter: cfg.Delivery.RetryJitter,
-				QueueLifetime: cfg.Delivery.QueueLifetime, Logger: s.log,
-			})
-			// The relay is the transaction owner for every source, bounces
-			// included: they enter through it.
-			s.relay = relay.NewSpool(s.pipe, s.sp, s.q, relay.Options{Hostname: cfg.Hostname, Logger: s.log})
-			s.q.SetBouncer(s.relay)
 			n, err := s.q.Load()
 			if err != nil {
 				return fmt.Errorf("rebuilding queues from the spool: %w", err)
