@@ -83,8 +83,9 @@ type Recipient struct {
 	// Relay is set when a stage accepted the recipient explicitly or the
 	// session may relay; the chain denies relay when it is false at the end
 	// of on_rcpt and the domain is not local.
-	Relay bool
-	Route *Route // chosen by on_route
+	Relay  bool
+	Route  *Route // chosen by on_route
+	Params RcptParams
 }
 
 // NewRecipient splits an address into local part and domain.
@@ -115,11 +116,45 @@ func SplitAddress(addr string) (local, domain string, err error) {
 	return addr[:at], domain, nil
 }
 
+// Body types (RFC 6152, RFC 3030): MailParams.Body.
+const (
+	Body7Bit       = "7BIT"
+	Body8BitMIME   = "8BITMIME"
+	BodyBinaryMIME = "BINARYMIME"
+)
+
+// MailParams are the MAIL FROM parameters that travel with the message to
+// the next hop (RFC 6152 BODY, RFC 6531 SMTPUTF8, RFC 3461 RET and ENVID).
+// They are spooled with the message.
+type MailParams struct {
+	Body     string `json:"body,omitempty"`     // Body7Bit, Body8BitMIME, BodyBinaryMIME or "" (not given)
+	SMTPUTF8 bool   `json:"smtputf8,omitempty"` // the envelope or header needs SMTPUTF8
+	Ret      string `json:"ret,omitempty"`      // DSN: "FULL" or "HDRS", "" (not given: headers)
+	EnvID    string `json:"envid,omitempty"`    // DSN: the envelope id, as given (xtext decoded)
+}
+
+// DSN NOTIFY values (RFC 3461 section 4.1).
+const (
+	NotifyNever   = "NEVER"
+	NotifySuccess = "SUCCESS"
+	NotifyFailure = "FAILURE"
+	NotifyDelay   = "DELAY"
+)
+
+// RcptParams are the RCPT TO parameters of RFC 3461 that travel with a
+// recipient: NOTIFY (nil: not given, the default FAILURE,DELAY behaviour)
+// and ORCPT ("rfc822;bob@example.org", as given, xtext decoded).
+type RcptParams struct {
+	Notify []string `json:"notify,omitempty"`
+	ORCPT  string   `json:"orcpt,omitempty"`
+}
+
 // Txn is one mail transaction: a sender and its recipients.
 type Txn struct {
 	Conn       *Conn
 	ID         string // message id (ULID), assigned at MAIL FROM
 	Sender     string // "" is the null sender <>
+	Params     MailParams
 	Recipients []*Recipient
 	Meta       map[string]string // persisted, copied into every event
 	Tags       []string          // persisted, copied into every event

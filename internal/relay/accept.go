@@ -68,7 +68,7 @@ func (r *Relay) prepare(ctx context.Context, chain *pipeline.Chain, msg *pipelin
 			rc.Recipients = append(rc.Recipients, RcptResult{Address: rcpt.Address, Status: StatusDiscarded})
 		default:
 			rcpt.Route = route
-			acc.Rcpts = append(acc.Rcpts, &spool.Recipient{MsgID: msg.ID, Idx: i, Address: rcpt.Address, Domain: rcpt.Domain, Route: route})
+			acc.Rcpts = append(acc.Rcpts, &spool.Recipient{MsgID: msg.ID, Idx: i, Address: rcpt.Address, Domain: rcpt.Domain, Route: route, Params: rcpt.Params})
 			ev := r.event(pipeline.EventReceived, msg, rcpt.Address, len(data))
 			ev.Queue = route.QueueName(rcpt.Domain)
 			evs = append(evs, ev)
@@ -101,7 +101,7 @@ func (r *Relay) prepare(ctx context.Context, chain *pipeline.Chain, msg *pipelin
 	if len(acc.Rcpts) > 0 {
 		acc.Meta = &spool.Meta{
 			ID: msg.ID, Source: msg.Conn.Source, Sender: msg.Sender, Tenant: msg.Conn.Tenant(), Identity: identity,
-			Tags: msg.Tags, Meta: msg.Meta, Received: msg.Received, Size: len(data),
+			Tags: msg.Tags, Meta: msg.Meta, Received: msg.Received, Size: len(data), Params: msg.Params,
 		}
 	}
 	acc.Events = evs

@@ -113,13 +113,19 @@ const (
 
 // Begin starts a transaction from sender ("" is the null sender) and runs
 // on_mail. tags and meta (may be nil) are the source's (HTTP request
-// fields). On a refusal it records one transaction-level "rejected" event
+// fields). Set t.T.Params (MAIL FROM parameters) through BeginWith. On a refusal it records one transaction-level "rejected" event
 // and returns the error with a Txn that has already ended (only its ID is
 // of use: the message id of the refusal).
 func (s *Session) Begin(ctx context.Context, sender string, tags []string, meta map[string]string) (*Txn, error) {
+	return s.BeginWith(ctx, sender, pipeline.MailParams{}, tags, meta)
+}
+
+// BeginWith is Begin with the MAIL FROM parameters, which on_mail sees in
+// txn.Params and which travel with the message.
+func (s *Session) BeginWith(ctx context.Context, sender string, params pipeline.MailParams, tags []string, meta map[string]string) (*Txn, error) {
 	r := s.r
 	p := r.acquire()
-	txn := &pipeline.Txn{Conn: s.Conn, ID: r.store.NewID(), Sender: sender, Received: r.now(), Tags: tags, Meta: meta}
+	txn := &pipeline.Txn{Conn: s.Conn, ID: r.store.NewID(), Sender: sender, Params: params, Received: r.now(), Tags: tags, Meta: meta}
 	if err := p.Chain.Mail(ctx, txn); err != nil {
 		p.release()
 		if ctx.Err() == nil {
@@ -145,8 +151,17 @@ func (t *Txn) Chain() *pipeline.Chain { return t.p.Chain }
 // returns the error; the transaction goes on. An address that does not
 // parse is a syntax error, not a recipient: it is logged, not recorded.
 func (t *Txn) Rcpt(ctx context.Context, addr string) (dup bool, err error) {
+	return t.RcptWith(ctx, addr, pipeline.RcptParams{})
+}
+
+// RcptWith is Rcpt with the RCPT TO parameters (DSN NOTIFY, ORCPT), which
+// on_rcpt sees in rcpt.Params and which travel with the recipient.
+func (t *Txn) RcptWith(ctx context.Context, addr string, params pipeline.RcptParams) (dup bool, err error) {
 	r := t.s.r
 	rc, err := pipeline.NewRecipient(addr)
+	if err == nil {
+		rc.Params = params
+	}
 	if err != nil {
 		r.logRefusal("recipient refused", t.s.Conn, err, "msgid", t.T.ID, "rcpt", addr)
 		return false, err

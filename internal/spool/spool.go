@@ -67,6 +67,8 @@ type Meta struct {
 	Meta     map[string]string `json:"meta,omitempty"`
 	Received time.Time         `json:"received"`
 	Size     int               `json:"size"`
+	// Params are the MAIL FROM parameters that go to the next hop.
+	Params pipeline.MailParams `json:"params,omitempty"`
 }
 
 // Recipient is one recipient still to be delivered.
@@ -79,6 +81,8 @@ type Recipient struct {
 	Attempts    int                `json:"attempts,omitempty"`
 	NextAttempt time.Time          `json:"next,omitempty"`
 	LastReply   *pipeline.Response `json:"last,omitempty"`
+	// Params are the recipient's RCPT TO parameters (DSN NOTIFY, ORCPT).
+	Params pipeline.RcptParams `json:"params,omitempty"`
 }
 
 // Options configures Open.
