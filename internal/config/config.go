@@ -107,6 +107,11 @@ type Delivery struct {
 	RetryFactor        float64       // backoff multiplier; default 2
 	RetryJitter        float64       // +/- fraction; default 0.2
 	QueueLifetime      time.Duration // then expire and bounce; default 120h (5 days)
+	// DelayWarning: a recipient still undelivered this long after arrival
+	// gets a "delayed" DSN (RFC 3461 NOTIFY=DELAY, and by default), then
+	// at most one more per DelayWarning while it waits; 0 sends none.
+	// Default 4h.
+	DelayWarning time.Duration
 }
 
 // Events: sluice.events { file = "./var/events.jsonl", kafka = {...} }.
@@ -188,6 +193,7 @@ func Defaults() *Config {
 			RetryFactor:        2,
 			RetryJitter:        0.2,
 			QueueLifetime:      120 * time.Hour,
+			DelayWarning:       4 * time.Hour,
 		},
 	}
 }

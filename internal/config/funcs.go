@@ -95,6 +95,17 @@ func (ld *loader) duration(o *sandbox.Opts, key string, dst *time.Duration) bool
 	return true
 }
 
+// durationOrZero is duration for a key where zero ("0") means "off".
+func (ld *loader) durationOrZero(o *sandbox.Opts, key string, dst *time.Duration) bool {
+	if v, ok := o.Get(key).(lua.LString); ok {
+		if d, err := ParseDuration(string(v)); err == nil && d == 0 {
+			*dst = 0
+			return true
+		}
+	}
+	return ld.duration(o, key, dst)
+}
+
 func (ld *loader) size(o *sandbox.Opts, key string, dst *int64) bool {
 	v := o.Get(key)
 	switch x := v.(type) {
@@ -315,7 +326,7 @@ func (ld *loader) delivery(L *lua.LState) int {
 	ld.singleton(fn)
 	o := ld.s.CheckOpts(1, fn, "hostname", "resolver", "port", "tls", "tls_skip_verify",
 		"max_connections", "max_per_destination", "max_messages_per_conn",
-		"connect_timeout", "command_timeout", "data_timeout", "idle_timeout", "retry", "queue_lifetime")
+		"connect_timeout", "command_timeout", "data_timeout", "idle_timeout", "retry", "queue_lifetime", "delay_warning")
 	d := &ld.cfg.Delivery
 	if o.String("hostname", &d.Hostname) && !validHostname(d.Hostname) {
 		o.Fail("hostname", "%q is not a host name", d.Hostname)
@@ -345,6 +356,7 @@ func (ld *loader) delivery(L *lua.LState) int {
 	ld.duration(o, "data_timeout", &d.DataTimeout)
 	ld.duration(o, "idle_timeout", &d.IdleTimeout)
 	ld.duration(o, "queue_lifetime", &d.QueueLifetime)
+	ld.durationOrZero(o, "delay_warning", &d.DelayWarning)
 	if r := o.Sub("retry", "initial", "max", "factor", "jitter"); r != nil {
 		ld.duration(r, "initial", &d.RetryInitial)
 		ld.duration(r, "max", &d.RetryMax)

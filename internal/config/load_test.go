@@ -50,7 +50,7 @@ sluice.delivery {
   hostname = "out.example.test", resolver = "127.0.0.1", port = 2526, tls = "required",
   tls_skip_verify = true, max_connections = 5, max_per_destination = 2, max_messages_per_conn = 7,
   connect_timeout = "3s", command_timeout = "4s", data_timeout = "5s", idle_timeout = "6s",
-  retry = { initial = "10s", max = "10m", factor = 3, jitter = 0.1 }, queue_lifetime = "2d",
+  retry = { initial = "10s", max = "10m", factor = 3, jitter = 0.1 }, queue_lifetime = "2d", delay_warning = "90m",
 }
 sluice.events { file = "events.jsonl", kafka = { brokers = { "127.0.0.1:9092" }, topic = "d", bounce_topic = "b" } }
 sluice.lua_options { timeout = "250ms", pool_size = 3 }
@@ -119,6 +119,7 @@ sluice.stage("routing", {
 		MaxConnections: 5, MaxPerDestination: 2, MaxMessagesPerConn: 7,
 		ConnectTimeout: 3 * time.Second, CommandTimeout: 4 * time.Second, DataTimeout: 5 * time.Second, IdleTimeout: 6 * time.Second,
 		RetryInitial: 10 * time.Second, RetryMax: 10 * time.Minute, RetryFactor: 3, RetryJitter: 0.1, QueueLifetime: 48 * time.Hour,
+		DelayWarning: 90 * time.Minute,
 	}
 	if cfg.Delivery != wantD {
 		t.Errorf("delivery\n got %+v\nwant %+v", cfg.Delivery, wantD)
@@ -201,6 +202,16 @@ func TestLoadDefaults(t *testing.T) {
 	if err != nil || !reflect.DeepEqual(cfg.HTTP, []HTTPListener{{Addr: "127.0.0.1:8025", MaxRequestSize: 30 << 20}}) {
 		t.Fatalf("%+v %v", cfg.HTTP, err)
 	}
+	if cfg.Delivery.DelayWarning != 4*time.Hour {
+		t.Errorf("delay_warning default %v, want 4h", cfg.Delivery.DelayWarning)
+	}
+	// delay_warning = "0" (or any zero duration) turns delay warnings off.
+	for _, z := range []string{"0", "0s", " 0 "} {
+		cfg, err = Parse("p.lua", []byte(`sluice.delivery { delay_warning = "`+z+`" }`))
+		if err != nil || cfg.Delivery.DelayWarning != 0 {
+			t.Fatalf("delay_warning = %q: %v %v", z, cfg.Delivery.DelayWarning, err)
+		}
+	}
 	// Port 0 listeners may repeat.
 	if _, err := Parse("p.lua", []byte(`sluice.listen_smtp { addr = "127.0.0.1:0" } sluice.listen_smtp { addr = "127.0.0.1:0" }`)); err != nil {
 		t.Fatal(err)
@@ -241,6 +252,9 @@ func TestLoadErrors(t *testing.T) {
 		{"bad duration", "sluice.listen_smtp { addr = ':25', read_timeout = '5x' }", `sluice.listen_smtp: key "read_timeout": invalid duration "5x"`},
 		{"number duration", "sluice.listen_smtp { addr = ':25', read_timeout = 300 }", `key "read_timeout": want a duration string like "30s"`},
 		{"zero duration", "sluice.delivery { connect_timeout = '0s' }", `key "connect_timeout": must be longer than zero`},
+		{"bad delay_warning", "sluice.delivery { delay_warning = 'soon' }", `key "delay_warning": invalid duration "soon"`},
+		{"negative delay_warning", "sluice.delivery { delay_warning = '-4h' }", `key "delay_warning": duration "-4h" is negative`},
+		{"number delay_warning", "sluice.delivery { delay_warning = 0 }", `key "delay_warning": want a duration string`},
 		{"negative duration", "sluice.delivery { idle_timeout = '-1s' }", `key "idle_timeout": duration "-1s" is negative`},
 		{"bad stage_timeout", "sluice.stage_timeout('soon')", `sluice.stage_timeout: invalid duration "soon"`},
 		{"stage_timeout type", "sluice.stage_timeout(30)", `sluice.stage_timeout: want a duration string like "30s", got number`},
