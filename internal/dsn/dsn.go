@@ -11,8 +11,11 @@
 //  1. text/plain: a human-readable explanation;
 //  2. message/delivery-status: the machine-readable per-message and
 //     per-recipient fields;
-//  3. text/rfc822-headers: the original message's header section (never
-//     its body: bounces do not carry content back).
+//  3. the original message: its header section as text/rfc822-headers
+//     (RET=HDRS, and the default), or the whole message as message/rfc822
+//     when the sender asked for it (RET=FULL, Report.ReturnFull) and it
+//     is at most Report.MaxReturn bytes (default MaxReturn) and can be
+//     carried as it is; otherwise the headers, and the text says why.
 //
 // The MIME structure is written with github.com/emersion/go-message; the
 // delivery-status body is a plain field list and is written by hand, with
@@ -22,12 +25,15 @@
 // exceeds 998 characters.
 //
 // RecipientFromError turns a delivery error (a *pipeline.Error, possibly
-// carrying a *delivery.ReplyError) into a Recipient entry.
+// carrying a *delivery.ReplyError) into a Recipient entry. Wants applies
+// a recipient's RFC 3461 NOTIFY; XtextEncode and XtextDecode are the
+// xtext of ENVID and ORCPT; Notice is how the queue reports an outcome
+// that may call for a DSN (see relay.(*Relay).Notify).
 //
 // Not handled: internationalised addresses in the report are written with
 // the "utf-8" address type of RFC 6533 but the parts keep their RFC 3464
-// media types (message/delivery-status, not message/global-delivery-status);
-// RET=FULL (returning the whole message) is not supported.
+// media types (message/delivery-status, message/rfc822, not the
+// message/global-* types of RFC 6533).
 package dsn
 
 import (
@@ -76,9 +82,19 @@ type Report struct {
 	// Arrival is when the original message was accepted: Arrival-Date.
 	// Zero omits it.
 	Arrival time.Time
-	// Header is the original message's header section, or the whole
-	// message (only the part before the first empty line is used).
+	// Header is the original message: the whole message, or only its
+	// header section (then ReturnFull cannot return it). Unless the whole
+	// message is returned, only the part before the first empty line is
+	// used.
 	Header []byte
+	// ReturnFull asks for the whole message back (RFC 3461 RET=FULL) as a
+	// message/rfc822 part. A message larger than MaxReturn, or one that
+	// cannot be carried as it is (NUL, a bare CR, a line longer than 998
+	// characters), is returned as its headers, with a sentence saying so.
+	ReturnFull bool
+	// MaxReturn is the largest message ReturnFull returns, in bytes; 0
+	// means MaxReturn.
+	MaxReturn int
 	// Recipients are the recipients this report is about. At least one.
 	Recipients []Recipient
 
@@ -95,8 +111,10 @@ type Report struct {
 type Recipient struct {
 	// Address is the final recipient, as used in RCPT TO.
 	Address string
-	// OriginalRecipient is the ORCPT or the address as first given, when
-	// it differs from Address. Optional.
+	// OriginalRecipient is the recipient's ORCPT parameter, xtext decoded:
+	// "rfc822;bob@example.org" (a value without a type gets the type of
+	// its address). Written as Original-Recipient (RFC 3464 section
+	// 2.3.1), only when the sender gave an ORCPT. Optional.
 	OriginalRecipient string
 	// Action is ActionFailed or ActionDelayed (or, for success reports,
 	// delivered, relayed, expanded).
@@ -122,6 +140,15 @@ var (
 	ErrNullSender   = errors.New("dsn: the original sender is the null path; no report may be sent")
 	ErrNoRecipients = errors.New("dsn: a report needs at least one recipient")
 )
+
+// MaxReturn is the default cap on a message returned in full (RET=FULL):
+// 5 MiB. A report goes to the sender's mail server, whose size limit we do
+// not know; the smallest common default is Postfix's message_size_limit
+// of 10,240,000 bytes, and a report over it is refused and lost (it comes
+// from <>, so no one hears of it). Half of it leaves room for the report's
+// own parts and for a 7-bit hop's base64 on the way. A larger message is
+// returned as its headers.
+const MaxReturn = 5 << 20
 
 // Length limits.
 const (
@@ -182,8 +209,9 @@ func Build(r Report) ([]byte, error) {
 		subject = "Delayed Mail (still being retried)"
 	}
 
+	orig := returned(r, failed > 0)
 	boundary := r.Boundary
-	if boundary == "" {
+	for boundary == "" || (r.Boundary == "" && bytes.Contains(orig.body, []byte("--"+boundary))) {
 		var b [24]byte
 		rand.Read(b[:])
 		boundary = hex.EncodeToString(b[:])
@@ -203,14 +231,14 @@ func Build(r Report) ([]byte, error) {
 	addFields(&h.Header, fields)
 
 	var buf bytes.Buffer
-	buf.Grow(4096 + len(r.Header))
+	buf.Grow(4096 + len(orig.body))
 	mw, err := message.CreateWriter(&buf, h)
 	if err != nil {
 		return nil, fmt.Errorf("dsn: %w", err)
 	}
 
 	// 1. Human-readable explanation.
-	text := humanText(r, host)
+	text := humanText(r, host, orig.note)
 	cte := "quoted-printable"
 	if isASCII(text) {
 		cte = "7bit"
@@ -229,13 +257,8 @@ func Build(r Report) ([]byte, error) {
 		return nil, err
 	}
 
-	// 3. The original header.
-	orig := headerSection(r.Header)
-	cte = "7bit"
-	if !isASCII(string(orig)) {
-		cte = "8bit"
-	}
-	if err := writePart(mw, "text/rfc822-headers", "Undelivered Message Headers", cte, orig); err != nil {
+	// 3. The original message, or its header.
+	if err := writePart(mw, orig.contentType, orig.description, orig.cte, orig.body); err != nil {
 		return nil, err
 	}
 
@@ -274,8 +297,84 @@ func writePart(mw *message.Writer, contentType, description, cte string, body []
 	return nil
 }
 
+// original is the third part of a report.
+type original struct {
+	contentType, description, cte string
+	body                          []byte
+	full                          bool   // the whole message
+	note                          string // why the whole message was not returned
+}
+
+// returned chooses the third part: the whole message when r asks for it
+// and it can be carried, else the header section.
+func returned(r Report, failed bool) original {
+	o := original{contentType: "text/rfc822-headers", description: "Message Headers"}
+	if failed {
+		o.description = "Undelivered Message Headers"
+	}
+	if r.ReturnFull {
+		max := r.MaxReturn
+		if max <= 0 {
+			max = MaxReturn
+		}
+		if len(r.Header) > max {
+			o.note = fmt.Sprintf("You asked for your message back, but it is %d bytes, more than the %d bytes "+
+				"a report returns, so only its headers are attached.", len(r.Header), max)
+		} else if body, why := wholeMessage(r.Header); why != "" {
+			o.note = "You asked for your message back, but it " + why + ", so it cannot be returned as it is; " +
+				"only its headers are attached."
+		} else {
+			o.contentType, o.body, o.full = "message/rfc822", body, true
+			o.description = "Message"
+			if failed {
+				o.description = "Undelivered Message"
+			}
+		}
+	}
+	if !o.full {
+		o.body = headerSection(r.Header)
+	}
+	o.cte = "7bit"
+	if !isASCII(string(o.body)) {
+		o.cte = "8bit"
+	}
+	return o
+}
+
+// wholeMessage returns msg with CRLF line endings, ready to be a
+// message/rfc822 part in 7bit or 8bit, or why it cannot be: RFC 2046
+// allows neither NUL, nor a CR that does not end a line, nor lines over
+// 998 characters there. A bare LF becomes CRLF.
+func wholeMessage(msg []byte) ([]byte, string) {
+	if len(msg) == 0 {
+		return nil, "is empty (it could not be read)"
+	}
+	if bytes.IndexByte(msg, 0) >= 0 {
+		return nil, "contains NUL characters"
+	}
+	out := make([]byte, 0, len(msg)+len(msg)/50)
+	for len(msg) > 0 {
+		line := msg
+		if i := bytes.IndexByte(msg, '\n'); i >= 0 {
+			line, msg = msg[:i], msg[i+1:]
+		} else {
+			msg = nil
+		}
+		line = bytes.TrimSuffix(line, []byte{'\r'})
+		if bytes.IndexByte(line, '\r') >= 0 {
+			return nil, "contains a bare CR"
+		}
+		if len(line) > maxLine {
+			return nil, "has a line longer than 998 characters"
+		}
+		out = append(out, line...)
+		out = append(out, '\r', '\n')
+	}
+	return out, ""
+}
+
 // humanText is the text/plain part, lines wrapped at foldAt columns.
-func humanText(r Report, host string) string {
+func humanText(r Report, host, note string) string {
 	var b strings.Builder
 	line := func(s string) { b.WriteString(wrap(s, foldAt)); b.WriteString("\r\n") }
 	line("This is the mail system at host " + host + ".")
@@ -306,7 +405,7 @@ func humanText(r Report, host string) string {
 		line("")
 	}
 	var ok []Recipient
-	for _, a := range []string{ActionDelivered, ActionRelayed, ActionExpanded} {
+	for _, a := range []string{ActionDelivered, ActionExpanded} {
 		ok = append(ok, byAction[a]...)
 	}
 	if len(ok) > 0 {
@@ -317,14 +416,35 @@ func humanText(r Report, host string) string {
 		}
 		line("")
 	}
+	if rs := byAction[ActionRelayed]; len(rs) > 0 {
+		line("Your message was passed on to the following recipients' next mail system. " +
+			"That system does not send delivery notifications, so this is the last report " +
+			"you will get about these recipients.")
+		line("")
+		for _, rc := range rs {
+			line(describe(rc))
+		}
+		line("")
+	}
 	if r.MessageID != "" {
 		line("Message ID: " + clean(r.MessageID, maxValue))
 	}
 	if !r.Arrival.IsZero() {
 		line("Arrived:    " + r.Arrival.UTC().Format(time.RFC1123Z))
 	}
+	if env := clean(r.EnvelopeID, maxValue); env != "" {
+		line("Envelope ID: " + env)
+	}
 	line("")
-	line("The delivery report and the headers of your message are attached.")
+	if note != "" {
+		line(note)
+		line("")
+	}
+	if r.ReturnFull && note == "" {
+		line("The delivery report and your message are attached.")
+	} else {
+		line("The delivery report and the headers of your message are attached.")
+	}
 	return b.String()
 }
 
@@ -366,7 +486,7 @@ func deliveryStatus(r Report, host string) []byte {
 	if id := clean(r.MessageID, maxValue); id != "" {
 		field("X-Sluice-Message-ID", id)
 	}
-	if env := clean(r.EnvelopeID, maxValue); env != "" {
+	if env := envelopeIDField(r.EnvelopeID); env != "" {
 		field("Original-Envelope-Id", env)
 	}
 	if !r.Arrival.IsZero() {
@@ -374,8 +494,8 @@ func deliveryStatus(r Report, host string) []byte {
 	}
 	for _, rc := range r.Recipients {
 		b.WriteString("\r\n")
-		if o := clean(rc.OriginalRecipient, maxValue); o != "" {
-			field("Original-Recipient", addrType(o)+"; "+o)
+		if o := originalRecipientField(rc.OriginalRecipient); o != "" {
+			field("Original-Recipient", o)
 		}
 		a := clean(rc.Address, maxValue)
 		field("Final-Recipient", addrType(a)+"; "+a)

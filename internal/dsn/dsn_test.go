@@ -63,23 +63,57 @@ func sampleReport() Report {
 	}
 }
 
+// goldenReports are the report types Sluice sends, one golden file each.
+func goldenReports() map[string]Report {
+	failed := sampleReport() // a failure and a delay in one report
+
+	delayed := sampleReport()
+	delayed.EnvelopeID = "order-42 batch 7"
+	delayed.Recipients = []Recipient{delayed.Recipients[1]}
+	delayed.Recipients[0].OriginalRecipient = "rfc822;Carol@Example.ORG"
+
+	relayed := sampleReport()
+	relayed.EnvelopeID = "order-42"
+	relayed.Recipients = []Recipient{
+		{Address: "bob@example.org", OriginalRecipient: "rfc822;bob@example.org", Action: ActionRelayed,
+			Status: "2.0.0", RemoteMTA: "mx1.example.org", LastAttempt: attempt},
+		{Address: "carol@example.org", Action: ActionDelivered, Status: "2.0.0", LastAttempt: attempt},
+	}
+
+	full := sampleReport()
+	full.ReturnFull = true
+	full.Recipients = full.Recipients[:1]
+
+	tooBig := full
+	tooBig.MaxReturn = 100
+
+	return map[string]Report{
+		"report": failed, "delayed": delayed, "relayed": relayed, "full": full, "full_too_big": tooBig,
+	}
+}
+
 func TestGolden(t *testing.T) {
-	got, err := Build(sampleReport())
-	if err != nil {
-		t.Fatal(err)
-	}
-	path := filepath.Join("testdata", "report.golden")
-	if *update {
-		if err := os.WriteFile(path, got, 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	want, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatalf("%v (run go test -update to create it)", err)
-	}
-	if !bytes.Equal(got, want) {
-		t.Errorf("Build output differs from %s (run go test -update after checking the diff)\n--- got ---\n%s", path, got)
+	for name, r := range goldenReports() {
+		t.Run(name, func(t *testing.T) {
+			got, err := Build(r)
+			if err != nil {
+				t.Fatal(err)
+			}
+			parse(t, got) // well-formed, CRLF, line lengths
+			path := filepath.Join("testdata", name+".golden")
+			if *update {
+				if err := os.WriteFile(path, got, 0o644); err != nil {
+					t.Fatal(err)
+				}
+			}
+			want, err := os.ReadFile(path)
+			if err != nil {
+				t.Fatalf("%v (run go test -update to create it)", err)
+			}
+			if !bytes.Equal(got, want) {
+				t.Errorf("Build output differs from %s (run go test -update after checking the diff)\n--- got ---\n%s", path, got)
+			}
+		})
 	}
 }
 
@@ -91,7 +125,8 @@ type parsed struct {
 	text       string
 	perMessage textproto.Header
 	perRcpt    []textproto.Header
-	orig       string
+	orig       string // text/rfc822-headers
+	full       string // message/rfc822
 }
 
 func parse(t *testing.T, msg []byte) parsed {
@@ -131,6 +166,8 @@ func parse(t *testing.T, msg []byte) parsed {
 			p.perMessage, p.perRcpt = parseStatus(t, body)
 		case "text/rfc822-headers":
 			p.orig = string(body)
+		case "message/rfc822":
+			p.full = string(body)
 		}
 	}
 	return p
