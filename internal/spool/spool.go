@@ -83,6 +83,11 @@ type Recipient struct {
 	LastReply   *pipeline.Response `json:"last,omitempty"`
 	// Params are the recipient's RCPT TO parameters (DSN NOTIFY, ORCPT).
 	Params pipeline.RcptParams `json:"params,omitempty"`
+	// Warned is when the sender was last sent a delay warning ("delayed"
+	// DSN) about this recipient; zero: never. Set by relay.Notify in the
+	// outcome batch, so it survives a restart; keep it when rewriting the
+	// recipient (the queue copies the whole struct).
+	Warned time.Time `json:"warned,omitempty"`
 }
 
 // Options configures Open.
