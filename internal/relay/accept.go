@@ -3,7 +3,7 @@ package relay
 import (
 	"context"
 
-	"github.com/sluice-mta/sluice/internal/queue"
+	"github.com/sluice-mta/sluice/internal/dsn"
 	"github.com/sluice-mta/sluice/internal/spool"
 	"github.com/sluice-mta/sluice/pipeline"
 )
@@ -44,7 +44,7 @@ func (r *Relay) prepare(ctx context.Context, chain *pipeline.Chain, msg *pipelin
 	var (
 		firstErr *pipeline.Error
 		tempErr  error // first temporary route failure
-		refused  []queue.Failure
+		refused  []dsn.Notice
 	)
 	for i, rcpt := range msg.Recipients {
 		route, drop, err := chain.Route(ctx, msg, rcpt)
@@ -59,7 +59,8 @@ func (r *Relay) prepare(ctx context.Context, chain *pipeline.Chain, msg *pipelin
 			evs = append(evs, ev)
 			rc.Recipients = append(rc.Recipients, RcptResult{Address: rcpt.Address, Status: StatusRejected, Err: &rep})
 			if !rep.Temporary() {
-				refused = append(refused, queue.Failure{Recipient: rcpt.Address, Reply: ev.Response, Err: err, Time: r.now()})
+				refused = append(refused, dsn.Notice{Outcome: dsn.Failed, Rcpt: &spool.Recipient{Address: rcpt.Address, Params: rcpt.Params},
+					Reply: ev.Response, Err: err, Time: r.now()})
 			} else if tempErr == nil {
 				tempErr = err
 			}
@@ -110,9 +111,9 @@ func (r *Relay) prepare(ctx context.Context, chain *pipeline.Chain, msg *pipelin
 		// front door and commits with the message.
 		m := acc.Meta
 		if m == nil {
-			m = &spool.Meta{ID: msg.ID, Source: msg.Conn.Source, Sender: msg.Sender, Tenant: msg.Conn.Tenant(), Received: msg.Received, Size: len(data)}
+			m = &spool.Meta{ID: msg.ID, Source: msg.Conn.Source, Sender: msg.Sender, Tenant: msg.Conn.Tenant(), Received: msg.Received, Size: len(data), Params: msg.Params}
 		}
-		if b := r.bounce(ctx, m, data, refused); b != nil {
+		if b := r.notify(ctx, nil, m, func() ([]byte, error) { return data, nil }, refused); b != nil {
 			acc.Bounce = b
 		}
 	}

@@ -131,6 +131,8 @@ type Relay struct {
 	log      *slog.Logger
 	hostname string
 	now      func() time.Time
+	// delayWarning is Options.DelayWarning (see Notify).
+	delayWarning time.Duration
 
 	// The gate keeps the store open while acceptances are in flight:
 	// Close refuses new ones and waits for the others.
@@ -149,6 +151,11 @@ type Options struct {
 	Hostname string
 	Logger   *slog.Logger
 	Now      func() time.Time // default time.Now
+	// DelayWarning is how long a recipient waits in the queue before its
+	// sender gets a delay warning, and then the least time between two
+	// warnings about it (see Notify): sluice.delivery's delay_warning.
+	// Zero sends no delay warnings.
+	DelayWarning time.Duration
 }
 
 // New builds a Relay running p on store.
@@ -162,7 +169,8 @@ func New(p *Pipeline, store Store, o Options) *Relay {
 	if o.Now == nil {
 		o.Now = time.Now
 	}
-	r := &Relay{store: store, log: o.Logger.With("component", "relay"), hostname: o.Hostname, now: o.Now}
+	r := &Relay{store: store, log: o.Logger.With("component", "relay"), hostname: o.Hostname, now: o.Now,
+		delayWarning: o.DelayWarning}
 	r.pipe.Store(p)
 	return r
 }
