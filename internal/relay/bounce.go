@@ -1,11 +1,13 @@
 package relay
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"sort"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/sluice-mta/sluice/internal/dsn"
 	"github.com/sluice-mta/sluice/internal/queue"
@@ -246,8 +248,8 @@ func (r *Relay) bounce(ctx context.Context, m *spool.Meta, rep dsn.Report) *Acce
 	// The DSN's own MAIL FROM parameters: 8BITMIME when it carries 8-bit
 	// text (a diagnostic, returned headers), SMTPUTF8 when the original
 	// needed it (the returned header may be UTF-8) or the address is.
-	params := pipeline.MailParams{SMTPUTF8: m.Params.SMTPUTF8 || !ascii(m.Sender)}
-	if !ascii(string(out)) {
+	params := pipeline.MailParams{SMTPUTF8: m.Params.SMTPUTF8 || strings.IndexFunc(m.Sender, is8bit) >= 0}
+	if bytes.IndexFunc(out, is8bit) >= 0 {
 		params.Body = pipeline.Body8BitMIME
 	}
 	conn := &pipeline.Conn{Source: pipeline.SourceDSN, ServerName: r.hostname,
@@ -295,14 +297,7 @@ func dsnMeta(id string, rcpts []dsn.Recipient) map[string]string {
 	return meta
 }
 
-func ascii(s string) bool {
-	for i := 0; i < len(s); i++ {
-		if s[i] >= 0x80 {
-			return false
-		}
-	}
-	return true
-}
+func is8bit(r rune) bool { return r >= utf8.RuneSelf }
 
 // bounceFailed handles a DSN the pipeline refused: permanently, no DSN
 // (the refusal is already recorded); temporarily, the DSN as built, by MX.

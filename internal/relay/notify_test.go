@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"github.com/sluice-mta/sluice/internal/dsn"
-	"github.com/sluice-mta/sluice/internal/queue"
 	"github.com/sluice-mta/sluice/internal/spool"
 	"github.com/sluice-mta/sluice/pipeline"
 )
@@ -16,29 +15,6 @@ import (
 var t0 = time.Date(2026, 11, 22, 10, 0, 0, 0, time.UTC)
 
 const origMsg = "Subject: orig\r\nMessage-ID: <orig@a.test>\r\n\r\nTHE BODY\r\n"
-
-// setupNotify is setup with a delay-warning interval.
-func setupNotify(t *testing.T, delayWarning time.Duration) (*Relay, *spool.Spool) {
-	t.Helper()
-	sp, err := spool.Open(t.TempDir(), spool.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { sp.Close() })
-	chain, err := pipeline.Compile([]pipeline.Stage{discardStage{}, stampStage{}, routeStage{}}, pipeline.ChainOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	q := queue.New(sp, parkDialer{}, queue.Options{Logger: slog.New(slog.DiscardHandler)})
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Millisecond)
-		defer cancel()
-		q.Stop(ctx)
-	})
-	r := NewSpool(NewPipeline(chain, nil), sp, q, Options{Hostname: "relay.test", Logger: slog.New(slog.DiscardHandler),
-		DelayWarning: delayWarning})
-	return r, sp
-}
 
 // original spools a message from s@a.test with the given MAIL FROM
 // parameters and one recipient per params entry (x0@b.test, x1@b.test,
@@ -116,7 +92,7 @@ func TestNotifyFailure(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			r, sp := setupNotify(t, 0)
+			r, sp := setupWith(t, 0)
 			m, rcpts := original(t, r, sp, pipeline.MailParams{}, tt.params...)
 			var notes []dsn.Notice
 			for _, rc := range rcpts {
@@ -153,7 +129,7 @@ func TestNotifyFailure(t *testing.T) {
 
 // TestNotifyNullSender: a message from <> gets no DSN of any kind.
 func TestNotifyNullSender(t *testing.T) {
-	r, sp := setupNotify(t, time.Hour)
+	r, sp := setupWith(t, time.Hour)
 	m, rcpts := original(t, r, sp, pipeline.MailParams{}, notify1("SUCCESS", "FAILURE", "DELAY"))
 	m.Sender = ""
 	for _, o := range []dsn.Outcome{dsn.Failed, dsn.Delayed, dsn.Delivered} {
@@ -178,7 +154,7 @@ func TestNotifyReturn(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run("RET="+tt.ret, func(t *testing.T) {
-			r, sp := setupNotify(t, 0)
+			r, sp := setupWith(t, 0)
 			m, rcpts := original(t, r, sp, pipeline.MailParams{Ret: tt.ret, EnvID: "order-42"},
 				pipeline.RcptParams{ORCPT: "rfc822;Orig@B.test"})
 			_, data := notify(t, r, sp, m, dsn.Notice{Outcome: dsn.Failed, Rcpt: rcpts[0], Err: bounced})
@@ -194,7 +170,7 @@ func TestNotifyReturn(t *testing.T) {
 		})
 	}
 	// A message over the cap comes back as its headers, with a note.
-	r, sp := setupNotify(t, 0)
+	r, sp := setupWith(t, 0)
 	m, rcpts := original(t, r, sp, pipeline.MailParams{Ret: "FULL"}, pipeline.RcptParams{})
 	big := []byte(origMsg + strings.Repeat("0123456789abcdef\r\n", dsn.MaxReturn/18+1))
 	b := sp.NewBatch()
@@ -229,7 +205,7 @@ func TestNotifySuccess(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			r, sp := setupNotify(t, 0)
+			r, sp := setupWith(t, 0)
 			p := tt.params
 			p.ORCPT = "rfc822;x0@b.test"
 			m, rcpts := original(t, r, sp, pipeline.MailParams{EnvID: "e-1"}, p)
@@ -275,7 +251,7 @@ func spooled(t *testing.T, sp *spool.Spool, id string, idx int) *spool.Recipient
 // per interval, remembered in the spool (so across restarts); NOTIFY
 // decides who gets one; "0" turns them off.
 func TestNotifyDelay(t *testing.T) {
-	r, sp := setupNotify(t, 4*time.Hour)
+	r, sp := setupWith(t, 4*time.Hour)
 	m, _ := original(t, r, sp, pipeline.MailParams{}, pipeline.RcptParams{}, notify1("DELAY"), notify1("FAILURE"), notify1("NEVER"))
 	until := t0.Add(120 * time.Hour)
 
@@ -357,7 +333,7 @@ func TestNotifyDelay(t *testing.T) {
 	}
 
 	// delay_warning "0": none.
-	r0, sp0 := setupNotify(t, 0)
+	r0, sp0 := setupWith(t, 0)
 	m0, rc0 := original(t, r0, sp0, pipeline.MailParams{}, pipeline.RcptParams{})
 	if bm, _ := notify(t, r0, sp0, m0, dsn.Notice{Outcome: dsn.Delayed, Rcpt: rc0[0], Err: deferred, Time: t0.Add(100 * time.Hour)}); bm != nil {
 		t.Fatal("a warning with delay_warning 0")
@@ -367,7 +343,7 @@ func TestNotifyDelay(t *testing.T) {
 // TestNotifyMixed: one outcome batch, one report: a failure, a due
 // warning and a success together.
 func TestNotifyMixed(t *testing.T) {
-	r, sp := setupNotify(t, time.Hour)
+	r, sp := setupWith(t, time.Hour)
 	m, rcpts := original(t, r, sp, pipeline.MailParams{}, pipeline.RcptParams{}, pipeline.RcptParams{}, notify1("SUCCESS"))
 	at := t0.Add(2 * time.Hour)
 	bm, data := notify(t, r, sp, m,

@@ -62,6 +62,12 @@ func (parkDialer) Dial(ctx context.Context, r *pipeline.Route, domain string) (q
 
 func setup(t *testing.T, extra ...pipeline.Stage) (*Relay, *spool.Spool) {
 	t.Helper()
+	return setupWith(t, 0, extra...)
+}
+
+// setupWith is setup with a delay-warning interval (Options.DelayWarning).
+func setupWith(t *testing.T, delayWarning time.Duration, extra ...pipeline.Stage) (*Relay, *spool.Spool) {
+	t.Helper()
 	sp, err := spool.Open(t.TempDir(), spool.Options{})
 	if err != nil {
 		t.Fatal(err)
@@ -80,7 +86,8 @@ func setup(t *testing.T, extra ...pipeline.Stage) (*Relay, *spool.Spool) {
 		defer cancel()
 		q.Stop(ctx)
 	})
-	r := NewSpool(NewPipeline(chain, nil), sp, q, Options{Hostname: "relay.test", Logger: slog.New(slog.DiscardHandler)})
+	r := NewSpool(NewPipeline(chain, nil), sp, q, Options{Hostname: "relay.test", Logger: slog.New(slog.DiscardHandler),
+		DelayWarning: delayWarning})
 	q.SetBouncer(r)
 	return r, sp
 }
