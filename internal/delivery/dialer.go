@@ -162,7 +162,8 @@ func where(a Attempt) string {
 //     that host; a temporary failure looking it up: 451 4.4.3 for it;
 //   - every attempt failed permanently (say, 554 greetings, or MX hosts
 //     that do not exist): the last failure's code, permanent;
-//   - otherwise temporary: 451 with the last temporary failure's enhanced
+//   - otherwise temporary: the last temporary failure's code (451, or a
+//     server's own 4xx such as 421) and enhanced
 //     code (4.4.1 connection failed, 4.7.10 TLS required but not
 //     offered, 4.7.5 TLS handshake failed, 4.7.8 AUTH failed, or the
 //     server's own) and a message naming the last host tried.
@@ -549,9 +550,14 @@ func summarize(route *pipeline.Route, domain string, attempts []Attempt, ctx con
 	if allPerm {
 		return &pipeline.Error{Code: pe.Code, Enhanced: pe.EnhancedOrDefault(), Message: msg, Cause: cause}
 	}
-	enh := pe.EnhancedOrDefault()
+	// Keep a temporary reply as received (a 421 stays 421); a permanent
+	// one among temporary failures (or a cancelled Dial) becomes 451.
+	code, enh := pe.Code, pe.EnhancedOrDefault()
+	if code/100 != 4 {
+		code = 451
+	}
 	if enh[0] != 4 {
 		enh = pipeline.EnhancedCode{4, 4, 1}
 	}
-	return &pipeline.Error{Code: 451, Enhanced: enh, Message: msg, Cause: cause}
+	return &pipeline.Error{Code: code, Enhanced: enh, Message: msg, Cause: cause}
 }
