@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sluice-mta/sluice/internal/config"
 	"github.com/sluice-mta/sluice/internal/delivery"
 	"github.com/sluice-mta/sluice/internal/spool"
 	"github.com/sluice-mta/sluice/internal/testutil"
@@ -386,5 +387,58 @@ func TestEventsCarryTheReplyReceived(t *testing.T) {
 	if env.From != m.Sender || env.Params != m.Params || env.Rcpts[0].Addr != `"odd user"@b.test` ||
 		env.Rcpts[0].Params.ORCPT != "rfc822;x@b.test" || env.Rcpts[0].Params.Notify[0] != "SUCCESS" {
 		t.Errorf("envelope = %+v", env)
+	}
+}
+
+// realDialer adapts internal/delivery to the queue.
+type realDialer struct{ d *delivery.Dialer }
+
+func (r realDialer) Dial(ctx context.Context, route *pipeline.Route, domain string) (Conn, error) {
+	s, err := r.d.Dial(ctx, route, domain)
+	if err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// Issue 13 item 1, the delivery side: quoted addresses go from the spool
+// through the queue and the SMTP client to a strict next hop byte for
+// byte, and the delivered events carry the hop's reply.
+func TestQuotedAddressesReachAStrictHop(t *testing.T) {
+	sp, _ := spool.Open(t.TempDir(), spool.Options{})
+	defer sp.Close()
+	hop := testutil.StartHop(t, testutil.HopOptions{Extensions: []string{"PIPELINING", "ENHANCEDSTATUSCODES"}})
+	q := newQueue(sp, realDialer{delivery.NewDialer(config.Delivery{Hostname: "sluice.test"}, nil)}, fakeBouncer{}, Options{})
+	q.Start()
+	defer q.Stop(context.Background())
+	route := &pipeline.Route{Kind: pipeline.RouteRelay, Host: hop.IP, Port: hop.Port, TLS: pipeline.TLSNone}
+	m := &spool.Meta{ID: sp.NewID(), Sender: `"odd sender"@origin.example`, Source: "smtp", Received: time.Now(), Size: 4}
+	b := sp.NewBatch()
+	_ = b.PutMessage(m, []byte("Subject: x\r\n\r\nbody\r\n"))
+	rs := []*spool.Recipient{
+		{MsgID: m.ID, Idx: 0, Address: `"odd user"@dest.example`, Domain: "dest.example", Route: route},
+		{MsgID: m.ID, Idx: 1, Address: `"a@b"@dest.example`, Domain: "dest.example", Route: route},
+	}
+	for _, r := range rs {
+		_ = b.PutRecipient(r)
+	}
+	if err := b.Commit(true); err != nil {
+		t.Fatal(err)
+	}
+	q.Enqueue(m, rs)
+	testutil.WaitFor(t, "delivery", func() bool { return q.Stats().Messages == 0 })
+	got := hop.Messages()
+	if len(got) != 1 || got[0].Mail != `MAIL FROM:<"odd sender"@origin.example>` ||
+		strings.Join(got[0].Rcpts, "|") != `RCPT TO:<"odd user"@dest.example>|RCPT TO:<"a@b"@dest.example>` {
+		t.Fatalf("hop got %+v", got)
+	}
+	h, _ := sp.History(m.ID)
+	for _, e := range h {
+		if e.Type != pipeline.EventDelivered || e.Response.Text != "accepted as hop-1" {
+			t.Errorf("event %s %s %+v", e.Type, e.Recipient, e.Response)
+		}
+	}
+	if len(h) != 2 || h[0].Recipient != `"odd user"@dest.example` && h[1].Recipient != `"odd user"@dest.example` {
+		t.Errorf("events %+v", h)
 	}
 }
