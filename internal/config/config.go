@@ -112,6 +112,14 @@ type Delivery struct {
 	// at most one more per DelayWarning while it waits; 0 sends none.
 	// Default 4h.
 	DelayWarning time.Duration
+	// OwnNames and OwnAddresses say which MX hosts are this node besides
+	// the ones it finds itself (its host names, and its SMTP listeners'
+	// addresses when they listen on Port): names (lower-cased, no
+	// trailing dot) and addresses or prefixes, say a NAT or load
+	// balancer address that leads here. Delivery never uses an MX host
+	// that is this node, nor any less preferred (RFC 5321 section 5.1).
+	OwnNames     []string
+	OwnAddresses []netip.Prefix
 }
 
 // Events: sluice.events { file = "./var/events.jsonl", kafka = {...} }.

@@ -326,7 +326,8 @@ func (ld *loader) delivery(L *lua.LState) int {
 	ld.singleton(fn)
 	o := ld.s.CheckOpts(1, fn, "hostname", "resolver", "port", "tls", "tls_skip_verify",
 		"max_connections", "max_per_destination", "max_messages_per_conn",
-		"connect_timeout", "command_timeout", "data_timeout", "idle_timeout", "retry", "queue_lifetime", "delay_warning")
+		"connect_timeout", "command_timeout", "data_timeout", "idle_timeout", "retry", "queue_lifetime", "delay_warning",
+		"own_names", "own_addresses")
 	d := &ld.cfg.Delivery
 	if o.String("hostname", &d.Hostname) && !validHostname(d.Hostname) {
 		o.Fail("hostname", "%q is not a host name", d.Hostname)
@@ -357,6 +358,25 @@ func (ld *loader) delivery(L *lua.LState) int {
 	ld.duration(o, "idle_timeout", &d.IdleTimeout)
 	ld.duration(o, "queue_lifetime", &d.QueueLifetime)
 	ld.durationOrZero(o, "delay_warning", &d.DelayWarning)
+	var names, addrs []string
+	if o.Strings("own_names", &names) {
+		for i, n := range names {
+			n = strings.ToLower(strings.TrimSuffix(strings.TrimSpace(n), "."))
+			if !validHostname(n) {
+				o.Fail("own_names", "item %d: %q is not a host name", i+1, names[i])
+			}
+			d.OwnNames = append(d.OwnNames, n)
+		}
+	}
+	if o.Strings("own_addresses", &addrs) {
+		for i, a := range addrs {
+			p, err := parsePrefix(a)
+			if err != nil {
+				o.Fail("own_addresses", "item %d: %v", i+1, err)
+			}
+			d.OwnAddresses = append(d.OwnAddresses, p)
+		}
+	}
 	if r := o.Sub("retry", "initial", "max", "factor", "jitter"); r != nil {
 		ld.duration(r, "initial", &d.RetryInitial)
 		ld.duration(r, "max", &d.RetryMax)

@@ -51,7 +51,7 @@ sluice.delivery {
   tls_skip_verify = true, max_connections = 5, max_per_destination = 2, max_messages_per_conn = 7,
   connect_timeout = "3s", command_timeout = "4s", data_timeout = "5s", idle_timeout = "6s",
   retry = { initial = "10s", max = "10m", factor = 3, jitter = 0.1 }, queue_lifetime = "2d", delay_warning = "90m",
-}
+  own_names = { "MX1.Example.test.", "mx2.example.test" }, own_addresses = { "203.0.113.7", "198.51.100.0/28" }, }
 sluice.events { file = "events.jsonl", kafka = { brokers = { "127.0.0.1:9092" }, topic = "d", bounce_topic = "b" } }
 sluice.lua_options { timeout = "250ms", pool_size = 3 }
 sluice.stage_timeout("10s")
@@ -120,8 +120,10 @@ sluice.stage("routing", {
 		ConnectTimeout: 3 * time.Second, CommandTimeout: 4 * time.Second, DataTimeout: 5 * time.Second, IdleTimeout: 6 * time.Second,
 		RetryInitial: 10 * time.Second, RetryMax: 10 * time.Minute, RetryFactor: 3, RetryJitter: 0.1, QueueLifetime: 48 * time.Hour,
 		DelayWarning: 90 * time.Minute,
+		OwnNames:     []string{"mx1.example.test", "mx2.example.test"},
+		OwnAddresses: []netip.Prefix{netip.MustParsePrefix("203.0.113.7/32"), netip.MustParsePrefix("198.51.100.0/28")},
 	}
-	if cfg.Delivery != wantD {
+	if !reflect.DeepEqual(cfg.Delivery, wantD) {
 		t.Errorf("delivery\n got %+v\nwant %+v", cfg.Delivery, wantD)
 	}
 	if cfg.Events.File != filepath.Join(cwd, "events.jsonl") || !reflect.DeepEqual(cfg.Events.Kafka, &Kafka{Brokers: []string{"127.0.0.1:9092"}, Topic: "d", BounceTopic: "b"}) {
@@ -172,7 +174,7 @@ func TestLoadDefaults(t *testing.T) {
 	}
 	d := Defaults()
 	d.Delivery.Hostname = host
-	if cfg.Delivery != d.Delivery {
+	if !reflect.DeepEqual(cfg.Delivery, d.Delivery) {
 		t.Errorf("delivery %+v", cfg.Delivery)
 	}
 	if cfg.Spool.Path != filepath.Join(cwd, "var/spool") || cfg.Spool.MemtableMB != 64 {
@@ -229,6 +231,8 @@ func TestLoadErrors(t *testing.T) {
 		{"spool unknown key", "sluice.spool { pth = 'x' }", `sluice.spool: unknown key "pth"`},
 		{"http unknown key", "sluice.listen_http { addr = ':80', max_size = 1 }", `sluice.listen_http: unknown key "max_size"`},
 		{"delivery unknown key", "sluice.delivery { retries = 1 }", `sluice.delivery: unknown key "retries"`},
+		{"own name", "sluice.delivery { own_names = { 'a b' } }", `key "own_names": item 1: "a b" is not a host name`},
+		{"own address", "sluice.delivery { own_addresses = { 'mx.test' } }", `key "own_addresses": item 1: "mx.test" is not a CIDR prefix`},
 		{"delivery retry unknown key", "sluice.delivery { retry = { inital = '1s' } }", `sluice.delivery: unknown key "retry.inital"`},
 		{"events unknown key", "sluice.events { fiel = 'x' }", `sluice.events: unknown key "fiel"`},
 		{"kafka unknown key", "sluice.events { kafka = { broker = 'x' } }", `sluice.events: unknown key "kafka.broker"`},

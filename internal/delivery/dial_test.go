@@ -150,7 +150,7 @@ func TestDialFailures(t *testing.T) {
 		{domain: "down.test", code: 451, enh: "4.4.1", text: "all MX hosts for down.test failed (2 tried); last: mx2.down.test [127.0.0.7]: cannot connect: connection refused", tries: 2},
 		{domain: "refused.test", code: 554, enh: "5.7.1", text: "no service for you", tries: 1},
 		{domain: "mixed.test", code: 451, enh: "4.4.1", text: "mx2.mixed.test", tries: 2},
-		{domain: "busy.test", code: 451, enh: "4.3.2", text: "too busy", tries: 1},
+		{domain: "busy.test", code: 421, enh: "4.3.2", text: "too busy", tries: 1},
 	}
 	for _, tt := range tests {
 		t.Run(tt.domain, func(t *testing.T) {

@@ -56,6 +56,9 @@ type Dialer struct {
 	// Logger receives each failed attempt at Debug level (the summary is
 	// the caller's to log); nil means no logging.
 	Logger *slog.Logger
+	// Self tells which MX hosts are this node (NewSelf); nil means none
+	// is. See Dial for what happens to them.
+	Self *Self
 }
 
 // NewDialer returns a Dialer for cfg and r with the EHLO name taken from
@@ -88,6 +91,7 @@ func orDefault[T comparable](v, def T) T {
 // without a lookup (IP literals).
 type target struct {
 	host  string
+	pref  uint16
 	addrs []netip.Addr
 	// implicit: the recipient domain itself, used as its own MX.
 	implicit bool
@@ -153,6 +157,10 @@ func where(a Attempt) string {
 // The Resolver reports DNS outcomes (package dnsx); their SMTP meaning is
 // decided here:
 //   - null MX (RFC 7505): 556 5.1.10, at once;
+//   - an MX host that is this node (Self, by name or address): only the
+//     hosts preferred over it are tried; when it is the best MX (or the
+//     implicit MX, or the address literal, is this node) the mail would
+//     loop: 554 5.4.6 "mail for D loops back to myself", at once;
 //   - the domain does not exist (NXDOMAIN) or is no valid name: 550
 //     5.1.2; a temporary DNS failure (SERVFAIL, timeout, network): 451
 //     4.4.3;
@@ -162,7 +170,8 @@ func where(a Attempt) string {
 //     that host; a temporary failure looking it up: 451 4.4.3 for it;
 //   - every attempt failed permanently (say, 554 greetings, or MX hosts
 //     that do not exist): the last failure's code, permanent;
-//   - otherwise temporary: 451 with the last temporary failure's enhanced
+//   - otherwise temporary: the last temporary failure's code (451, or a
+//     server's own 4xx such as 421) and enhanced
 //     code (4.4.1 connection failed, 4.7.10 TLS required but not
 //     offered, 4.7.5 TLS handshake failed, 4.7.8 AUTH failed, or the
 //     server's own) and a message naming the last host tried.
@@ -202,7 +211,7 @@ func (d *Dialer) Dial(ctx context.Context, route *pipeline.Route, domain string)
 	}
 	port = orDefault(port, defaults.Port)
 
-	targets, err := d.targets(ctx, route, domain)
+	targets, err := d.targets(ctx, route, domain, port)
 	if err != nil {
 		return nil, err
 	}
@@ -244,8 +253,9 @@ outer:
 	return nil, summarize(route, domain, attempts, ctx)
 }
 
-// targets lists the hosts to try, in order.
-func (d *Dialer) targets(ctx context.Context, route *pipeline.Route, domain string) ([]target, error) {
+// targets lists the hosts to try, in order, without this node (Self) or
+// any host not preferred over it.
+func (d *Dialer) targets(ctx context.Context, route *pipeline.Route, domain string, port int) ([]target, error) {
 	if route.Kind == pipeline.RouteRelay {
 		if ip, ok := parseLiteral(route.Host); ok {
 			return []target{{host: route.Host, addrs: []netip.Addr{ip}}}, nil
@@ -253,6 +263,9 @@ func (d *Dialer) targets(ctx context.Context, route *pipeline.Route, domain stri
 		return []target{{host: strings.ToLower(strings.TrimSuffix(route.Host, "."))}}, nil
 	}
 	if ip, ok := parseLiteral(domain); ok && strings.HasPrefix(domain, "[") {
+		if d.Self.IsAddr(ip, port) {
+			return nil, loopError(domain)
+		}
 		return []target{{host: domain, addrs: []netip.Addr{ip}}}, nil
 	}
 	if d.Resolver == nil {
@@ -271,7 +284,16 @@ func (d *Dialer) targets(ctx context.Context, route *pipeline.Route, domain stri
 	// A "." among other MX records breaks RFC 7505 section 3; skip it.
 	mxs := slices.DeleteFunc(res.Records, func(m dnsx.MX) bool { return m.Host == "." || m.Host == "" })
 	if len(mxs) == 0 {
-		return []target{{host: strings.ToLower(strings.TrimSuffix(domain, ".")), implicit: true}}, nil
+		t := target{host: strings.ToLower(strings.TrimSuffix(domain, ".")), implicit: true}
+		if d.Self != nil {
+			if addrs, err := d.resolve(ctx, route, t); err == nil {
+				if slices.ContainsFunc(addrs, func(ip netip.Addr) bool { return d.Self.IsAddr(ip, port) }) {
+					return nil, loopError(domain)
+				}
+				t.addrs = addrs
+			}
+		}
+		return []target{t}, nil
 	}
 	rand.Shuffle(len(mxs), func(i, j int) { mxs[i], mxs[j] = mxs[j], mxs[i] })
 	slices.SortStableFunc(mxs, func(a, b dnsx.MX) int { return int(a.Pref) - int(b.Pref) })
@@ -280,9 +302,53 @@ func (d *Dialer) targets(ctx context.Context, route *pipeline.Route, domain stri
 		if slices.ContainsFunc(ts, func(t target) bool { return t.host == m.Host }) {
 			continue
 		}
-		ts = append(ts, target{host: m.Host})
+		ts = append(ts, target{host: m.Host, pref: m.Pref})
+	}
+	return d.beforeSelf(ctx, route, domain, port, ts)
+}
+
+// beforeSelf drops from the MX targets (sorted by preference) this node
+// and every host not preferred over it (RFC 5321 section 5.1: equal
+// preference is not preferred). When nothing is left, this node is the
+// best MX: a loop, 554 5.4.6. Hosts are recognised by name or by address;
+// to learn the addresses each host is resolved here, in order, until
+// this node is found (the results are kept for Dial). A host that does
+// not resolve is not this node; its failure is recorded when Dial tries
+// it.
+func (d *Dialer) beforeSelf(ctx context.Context, route *pipeline.Route, domain string, port int, ts []target) ([]target, error) {
+	if d.Self == nil {
+		return ts, nil
+	}
+	for k := range ts {
+		self := d.Self.IsName(ts[k].host)
+		if !self {
+			addrs, err := d.resolve(ctx, route, ts[k])
+			if err != nil {
+				continue
+			}
+			ts[k].addrs = addrs
+			self = slices.ContainsFunc(addrs, func(ip netip.Addr) bool { return d.Self.IsAddr(ip, port) })
+		}
+		if !self {
+			continue
+		}
+		best := slices.IndexFunc(ts, func(t target) bool { return t.pref >= ts[k].pref })
+		if best == 0 {
+			return nil, loopError(domain)
+		}
+		if d.Logger != nil {
+			d.Logger.Debug("MX host is this node; using only MX hosts preferred over it",
+				"domain", domain, "host", ts[k].host, "pref", ts[k].pref)
+		}
+		return ts[:best], nil
 	}
 	return ts, nil
+}
+
+// loopError is the bounce for a domain whose best MX is this node.
+func loopError(domain string) *pipeline.Error {
+	return pipeline.Errorf(554, pipeline.EnhancedCode{5, 4, 6},
+		"mail for %s loops back to myself", strings.ToLower(strings.TrimSuffix(domain, ".")))
 }
 
 // parseLiteral parses an IP literal: "192.0.2.1", "[192.0.2.1]",
@@ -549,9 +615,14 @@ func summarize(route *pipeline.Route, domain string, attempts []Attempt, ctx con
 	if allPerm {
 		return &pipeline.Error{Code: pe.Code, Enhanced: pe.EnhancedOrDefault(), Message: msg, Cause: cause}
 	}
-	enh := pe.EnhancedOrDefault()
+	// Keep a temporary reply as received (a 421 stays 421); a permanent
+	// one among temporary failures (or a cancelled Dial) becomes 451.
+	code, enh := pe.Code, pe.EnhancedOrDefault()
+	if code/100 != 4 {
+		code = 451
+	}
 	if enh[0] != 4 {
 		enh = pipeline.EnhancedCode{4, 4, 1}
 	}
-	return &pipeline.Error{Code: 451, Enhanced: enh, Message: msg, Cause: cause}
+	return &pipeline.Error{Code: code, Enhanced: enh, Message: msg, Cause: cause}
 }

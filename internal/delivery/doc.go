@@ -7,9 +7,17 @@
 // It is not the queue: it does not retry, schedule, pool connections or
 // decide when a failure becomes a bounce. The queue calls Dialer.Dial for a
 // destination, keeps the Session while it has messages for it (checking
-// Session.Usable before each reuse), calls Session.Send for each message,
-// classifies each recipient's result with pipeline.IsTemporary, and calls
+// Session.Usable before each reuse), calls Session.Deliver for each
+// message (an Envelope with the spooled MAIL and RCPT parameters),
+// classifies each recipient's Result with pipeline.IsTemporary, and calls
 // Session.Close when done or idle.
+//
+// Rules is the one table of how every next-hop reply and every local
+// failure is classified (docs/delivery.md shows it). Deliver passes each
+// parameter only to a next hop that offers its extension, bounces 8-bit
+// content for a hop without 8BITMIME (5.6.3) and SMTPUTF8 mail for a hop
+// without SMTPUTF8 (5.6.7), and Dial never delivers to an MX host that is
+// this node (Self) or one less preferred (5.4.6 when it is the best).
 //
 // DNS comes through a dnsx.Resolver, which reports DNS outcomes (records,
 // NXDOMAIN, NODATA, temporary failure); what each means for mail (a

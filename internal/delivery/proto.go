@@ -101,21 +101,11 @@ func (e *ReplyError) Error() string {
 	return s + " " + e.Text
 }
 
-// replyError turns a negative reply into a *pipeline.Error whose code,
-// enhanced code and message are the remote's own. A reply outside 4xx/5xx
-// where a failure is being reported (say a 250 to STARTTLS, or a 354 where
-// none was expected) is a protocol error, reported as 451 4.5.0.
+// replyError turns a negative reply into a *pipeline.Error as the
+// reply-code table (Rules) prescribes: the remote's own code, enhanced
+// code and text, with the exceptions the table lists.
 func replyError(r reply, cmd string, remote pipeline.Remote) *pipeline.Error {
-	enh, text := r.split()
-	cause := &ReplyError{Remote: remote, Command: cmd, Code: r.code, Enhanced: enh, Text: text}
-	if r.code < 400 || r.code > 599 {
-		return &pipeline.Error{Code: 451, Enhanced: pipeline.EnhancedCode{4, 5, 0},
-			Message: fmt.Sprintf("unexpected reply to %s: %s", cmd, r.String()), Cause: cause}
-	}
-	if text == "" {
-		text = cmd + " rejected"
-	}
-	return &pipeline.Error{Code: r.code, Enhanced: enh, Message: text, Cause: cause}
+	return classify(r, cmd, remote)
 }
 
 // ErrConnection is the Cause (via errors.Is) of errors caused by a lost

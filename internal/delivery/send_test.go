@@ -80,7 +80,7 @@ func TestPerRecipientResults(t *testing.T) {
 		if !bytes.Equal(msgs[0].Data, data) {
 			t.Fatal("delivered bytes differ from the message")
 		}
-		if msgs[0].Opts.Size != int64(len(data)) || msgs[0].Opts.Body != smtp.Body8BitMIME {
+		if msgs[0].Opts.Size != int64(len(data)) || msgs[0].Opts.Body != "" {
 			t.Fatalf("MAIL parameters: SIZE=%d BODY=%q", msgs[0].Opts.Size, msgs[0].Opts.Body)
 		}
 		if !s.Usable() {

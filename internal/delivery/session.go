@@ -331,38 +331,88 @@ func hasWord(list, w string) bool {
 	return false
 }
 
-// Send runs one mail transaction: MAIL FROM, one RCPT TO per recipient,
+// Send is Deliver for an envelope without parameters, reporting only each
+// recipient's error: perRcpt has one entry per recipient, nil when the
+// server accepted the message for it. See Deliver.
+func (s *Session) Send(ctx context.Context, from string, rcpts []string, data []byte) (perRcpt []error, err error) {
+	env := &Envelope{From: from, Rcpts: make([]Rcpt, len(rcpts))}
+	for i, r := range rcpts {
+		env.Rcpts[i].Addr = r
+	}
+	res, err := s.Deliver(ctx, env, data)
+	perRcpt = make([]error, len(res))
+	for i := range res {
+		perRcpt[i] = res[i].Err
+	}
+	return perRcpt, err
+}
+
+// Deliver runs one mail transaction: MAIL FROM, one RCPT TO per recipient,
 // and DATA when at least one recipient was accepted. data is the message
-// with CRLF line endings; Send dot-stuffs it. from may be "" (the null
-// sender, for bounces).
+// with CRLF line endings; Deliver dot-stuffs it. env.From may be "" (the
+// null sender, for bounces). Addresses go out byte for byte inside <...>.
 //
-// perRcpt always has one entry per recipient, in order: nil when the
-// server accepted the message for that recipient, else a *pipeline.Error
-// with the remote's code, enhanced code and text (or a local reason, see
-// below). Classify each with pipeline.IsTemporary.
+// results always has one entry per recipient, in order (see Result): the
+// error (nil: accepted), the reply that decided it, and whether the next
+// hop took over DSN duties. Classify each error with pipeline.IsTemporary;
+// Rules is the table of how replies are classified.
 //
 // err is non-nil when the transaction failed as a whole because of the
 // connection: it was lost, timed out, ctx was cancelled, or the server
 // said 421. err is then a temporary *pipeline.Error (451 4.4.2, or the
-// 421) and every recipient without a reply of its own carries it in
-// perRcpt too; the session is no longer Usable. An outcome the server did
-// report — MAIL, RCPT or DATA rejected — is never err.
+// 421) and every recipient without a reply of its own carries it too; the
+// session is no longer Usable. An outcome the server did report — MAIL,
+// RCPT or DATA rejected — is never err.
 //
-// Recipients are failed locally, without a round trip, when an address
-// holds control characters or angle brackets (553 5.1.3 / 553 5.1.7),
-// when an address is not ASCII and the server lacks SMTPUTF8 (553 5.6.7),
-// and all of them when the message exceeds the server's SIZE limit
-// (552 5.3.4).
+// Extensions, per next hop:
+//   - BODY=8BITMIME is declared when the content is 8-bit (MessageNeeds)
+//     and the server offers 8BITMIME. 8-bit content for a server without
+//     8BITMIME fails every recipient with 554 5.6.3: Sluice does not
+//     convert to 7 bit (RFC 6152 section 3 allows either).
+//   - SMTPUTF8 is requested when the message asked for it, or an address
+//     is not ASCII, and the server offers it. Without it the message's own
+//     need (env.Params.SMTPUTF8, a non-ASCII sender) fails every recipient
+//     and a non-ASCII recipient address fails that recipient, with 553
+//     5.6.7 (RFC 6531 section 3.5); nothing is downgraded.
+//   - RET and ENVID on MAIL, NOTIFY and ORCPT on RCPT (RFC 3461, xtext
+//     encoded) go only to a server that offers DSN; to others nothing.
+//   - SIZE is declared when offered; a message over the server's limit
+//     fails every recipient with 552 5.3.4, without a round trip.
+//
+// Recipients are also failed locally when an address holds control
+// characters or angle brackets (553 5.1.3 / 553 5.1.7).
 //
 // With PIPELINING, MAIL, every RCPT and DATA go out in one write, and the
 // message and its terminator in a second: two round trips per message.
 // Without it, one round trip per command. After a transaction that ended
-// before the final reply (no recipient accepted, DATA refused) Send issues
-// RSET, so the session can carry the next message.
-func (s *Session) Send(ctx context.Context, from string, rcpts []string, data []byte) (perRcpt []error, err error) {
+// before the final reply (no recipient accepted, DATA refused) Deliver
+// issues RSET, so the session can carry the next message.
+func (s *Session) Deliver(ctx context.Context, env *Envelope, data []byte) (results []Result, err error) {
+	rcpts := env.Rcpts
+	from := env.From
 	per := make([]error, len(rcpts))
+	var final *reply
+	_, dsn := s.ext["DSN"]
+	finish := func() []Result {
+		res := make([]Result, len(per))
+		for i, e := range per {
+			res[i].Err = e
+			switch {
+			case e != nil:
+				res[i].Reply = pipeline.ResponseOf(e)
+			case final != nil:
+				enh, text := final.split()
+				if enh == (pipeline.EnhancedCode{}) {
+					enh = pipeline.EnhancedCode{final.code / 100, 0, 0}
+				}
+				res[i].Reply = &pipeline.Response{Code: final.code, Enhanced: enh.String(), Text: text}
+				res[i].DSN = dsn
+			}
+		}
+		return res
+	}
 	if len(rcpts) == 0 {
-		return per, nil
+		return finish(), nil
 	}
 	fillAll := func(e error) {
 		for i := range per {
@@ -376,46 +426,56 @@ func (s *Session) Send(ctx context.Context, from string, rcpts []string, data []
 			Message: "connection no longer usable",
 			Cause:   &connError{fmt.Errorf("session unusable: %v", s.broken)}}
 		fillAll(e)
-		return per, e
+		return finish(), e
 	}
 	if ctx.Err() != nil {
 		e := ioError(ctx, ctx.Err(), "MAIL", s.remote)
 		fillAll(e)
-		return per, e
+		return finish(), e
 	}
 
 	// Local checks.
 	_, smtputf8 := s.ext["SMTPUTF8"]
+	_, eightBitMIME := s.ext["8BITMIME"]
+	needs := MessageNeeds(env, data)
 	switch {
 	case !validAddress(from):
 		fillAll(pipeline.Errorf(553, pipeline.EnhancedCode{5, 1, 7}, "invalid sender address"))
-		return per, nil
-	case !isASCII(from) && !smtputf8:
+		return finish(), nil
+	case needs.SMTPUTF8 && !smtputf8:
+		what := "this message"
+		if !isASCII(from) {
+			what = "a non-ASCII sender address"
+		}
 		fillAll(pipeline.Errorf(553, pipeline.EnhancedCode{5, 6, 7},
-			"remote server does not support SMTPUTF8, needed for a non-ASCII sender address"))
-		return per, nil
+			"remote server does not support SMTPUTF8, needed for %s", what))
+		return finish(), nil
+	case needs.EightBit && !eightBitMIME:
+		fillAll(pipeline.Errorf(554, pipeline.EnhancedCode{5, 6, 3},
+			"remote server does not support 8BITMIME, needed for this message's 8-bit content (not converted to 7 bit)"))
+		return finish(), nil
 	}
 	if max, ok := s.maxSize(); ok && int64(len(data)) > max {
 		fillAll(pipeline.Errorf(552, pipeline.EnhancedCode{5, 3, 4},
 			"message size %d exceeds the remote server's limit of %d bytes", len(data), max))
-		return per, nil
+		return finish(), nil
 	}
-	utf8 := !isASCII(from)
+	utf8 := needs.SMTPUTF8
 	idx := make([]int, 0, len(rcpts)) // recipients we send
 	for i, r := range rcpts {
 		switch {
-		case r == "" || !validAddress(r):
+		case r.Addr == "" || !validAddress(r.Addr):
 			per[i] = pipeline.Errorf(553, pipeline.EnhancedCode{5, 1, 3}, "invalid recipient address")
-		case !isASCII(r) && !smtputf8:
+		case !isASCII(r.Addr) && !smtputf8:
 			per[i] = pipeline.Errorf(553, pipeline.EnhancedCode{5, 6, 7},
 				"remote server does not support SMTPUTF8, needed for a non-ASCII recipient address")
 		default:
 			idx = append(idx, i)
-			utf8 = utf8 || !isASCII(r)
+			utf8 = utf8 || !isASCII(r.Addr)
 		}
 	}
 	if len(idx) == 0 {
-		return per, nil
+		return finish(), nil
 	}
 
 	s.messages++
@@ -426,7 +486,7 @@ func (s *Session) Send(ctx context.Context, from string, rcpts []string, data []
 	mail.WriteString("MAIL FROM:<")
 	mail.WriteString(from)
 	mail.WriteByte('>')
-	if _, ok := s.ext["8BITMIME"]; ok {
+	if needs.EightBit {
 		mail.WriteString(" BODY=8BITMIME")
 	}
 	if _, ok := s.ext["SIZE"]; ok {
@@ -436,16 +496,26 @@ func (s *Session) Send(ctx context.Context, from string, rcpts []string, data []
 	if utf8 {
 		mail.WriteString(" SMTPUTF8")
 	}
+	if dsn {
+		mail.WriteString(dsnMailParams(env.Params))
+	}
+	rcptLine := func(i int) string {
+		l := "RCPT TO:<" + rcpts[i].Addr + ">"
+		if dsn {
+			l += dsnRcptParams(rcpts[i].Params)
+		}
+		return l
+	}
 
 	// brokenWith ends the transaction on a connection-level failure: every
 	// recipient without its own reply gets e.
-	brokenWith := func(e *pipeline.Error) ([]error, error) {
+	brokenWith := func(e *pipeline.Error) ([]Result, error) {
 		s.fail(e)
 		fillAll(e)
-		return per, e
+		return finish(), e
 	}
 	// closing handles a 421 reply: the server is going away.
-	closing := func(r reply, cmd string) ([]error, error) {
+	closing := func(r reply, cmd string) ([]Result, error) {
 		return brokenWith(replyError(r, cmd, s.remote))
 	}
 
@@ -461,9 +531,8 @@ func (s *Session) Send(ctx context.Context, from string, rcpts []string, data []
 		s.bw.WriteString(mail.String())
 		s.bw.WriteString("\r\n")
 		for _, i := range idx {
-			s.bw.WriteString("RCPT TO:<")
-			s.bw.WriteString(rcpts[i])
-			s.bw.WriteString(">\r\n")
+			s.bw.WriteString(rcptLine(i))
+			s.bw.WriteString("\r\n")
 		}
 		s.bw.WriteString("DATA\r\n")
 		if err := s.bw.Flush(); err != nil {
@@ -499,7 +568,7 @@ func (s *Session) Send(ctx context.Context, from string, rcpts []string, data []
 		}
 		if mailRep.code/100 == 2 {
 			for k, i := range idx {
-				if rcptRep[k], err = s.cmd(ctx, "RCPT TO:<"+rcpts[i]+">"); err != nil {
+				if rcptRep[k], err = s.cmd(ctx, rcptLine(i)); err != nil {
 					return brokenWith(ioError(ctx, err, "RCPT", s.remote))
 				}
 				if rcptRep[k].code == 421 {
@@ -523,9 +592,9 @@ func (s *Session) Send(ctx context.Context, from string, rcpts []string, data []
 			s.abortData(ctx)
 		}
 		if dataSent && dataRep.code == 421 {
-			return per, s.fail(replyError(dataRep, "DATA", s.remote))
+			return finish(), s.fail(replyError(dataRep, "DATA", s.remote))
 		}
-		return per, nil
+		return finish(), nil
 	}
 	accepted := 0
 	for _, i := range idx {
@@ -538,10 +607,10 @@ func (s *Session) Send(ctx context.Context, from string, rcpts []string, data []
 			s.abortData(ctx)
 		}
 		if dataSent && dataRep.code == 421 {
-			return per, s.fail(replyError(dataRep, "DATA", s.remote))
+			return finish(), s.fail(replyError(dataRep, "DATA", s.remote))
 		}
 		s.rset(ctx)
-		return per, nil
+		return finish(), nil
 	}
 	if !dataSent {
 		if dataRep, err = s.cmd(ctx, "DATA"); err != nil {
@@ -554,7 +623,7 @@ func (s *Session) Send(ctx context.Context, from string, rcpts []string, data []
 		}
 		fillAll(replyError(dataRep, "DATA", s.remote))
 		s.rset(ctx)
-		return per, nil
+		return finish(), nil
 	}
 
 	// Content.
@@ -563,18 +632,19 @@ func (s *Session) Send(ctx context.Context, from string, rcpts []string, data []
 	if err := s.bw.Flush(); err != nil {
 		return brokenWith(ioError(ctx, err, "message data", s.remote))
 	}
-	final, err := readReply(s.br)
+	r, err := readReply(s.br)
 	if err != nil {
 		return brokenWith(ioError(ctx, err, "end of data", s.remote))
 	}
 	switch {
-	case final.code/100 == 2:
-		return per, nil
-	case final.code == 421:
-		return closing(final, "end of data")
+	case r.code/100 == 2:
+		final = &r
+		return finish(), nil
+	case r.code == 421:
+		return closing(r, "end of data")
 	}
-	fillAll(replyError(final, "end of data", s.remote))
-	return per, nil
+	fillAll(replyError(r, "end of data", s.remote))
+	return finish(), nil
 }
 
 // abortData ends a DATA that a pipelining server accepted although no

@@ -25,17 +25,29 @@ import (
 	"time"
 
 	"github.com/sluice-mta/sluice/internal/config"
+	"github.com/sluice-mta/sluice/internal/delivery"
 	"github.com/sluice-mta/sluice/internal/spool"
 	"github.com/sluice-mta/sluice/pipeline"
 )
 
 // Conn is one open SMTP session to a destination, reused for several
-// messages. internal/delivery implements it.
+// messages. *delivery.Session implements it.
 type Conn interface {
-	// Send delivers one message. perRcpt has one entry per rcpt (nil =
-	// accepted); err means the whole transaction failed and the connection
-	// must not be reused.
-	Send(ctx context.Context, from string, rcpts []string, data []byte) (perRcpt []error, err error)
+	// Deliver sends one message (see delivery.Session.Deliver). results
+	// has one entry per env.Rcpts, in order: Err nil when accepted, the
+	// Reply that decided it (on success the next hop's own reply to the
+	// end of data, recorded in the "delivered" event), and DSN, true when
+	// the next hop offered the DSN extension and so took over the
+	// delivery status notifications for that recipient. err means the
+	// whole transaction failed and the connection must not be reused.
+	//
+	// For the DSN side: a delivered recipient whose RcptParams.Notify
+	// holds SUCCESS gets a "relayed" DSN from Sluice only when DSN is
+	// false (RFC 3461 section 6.2.6); with DSN true the next hop answers
+	// for it. The flag reaches Queue.complete as res[i].DSN, next to the
+	// recipient's spool.Recipient (Params.Notify, Params.ORCPT); it is not
+	// in the delivered event.
+	Deliver(ctx context.Context, env *delivery.Envelope, data []byte) (results []delivery.Result, err error)
 	Remote() pipeline.Remote
 	Usable() bool
 	Close() error
@@ -503,14 +515,15 @@ func (q *Queue) worker(d *dest) {
 			q.complete(it, nil, &pipeline.Error{Code: 451, Enhanced: pipeline.EnhancedCode{4, 3, 0}, Message: "spool read failed", Cause: err}, nil)
 			continue
 		}
-		addrs := make([]string, len(it.rcpts))
+		env := &delivery.Envelope{From: it.msg.meta.Sender, Params: it.msg.meta.Params,
+			Rcpts: make([]delivery.Rcpt, len(it.rcpts))}
 		for i, r := range it.rcpts {
-			addrs[i] = r.Address
+			env.Rcpts[i] = delivery.Rcpt{Addr: r.Address, Params: r.Params}
 		}
 		remote := conn.Remote()
-		per, err := conn.Send(q.ctx, it.msg.meta.Sender, addrs, data)
+		res, err := conn.Deliver(q.ctx, env, data)
 		sent++
-		q.complete(it, per, err, &remote)
+		q.complete(it, res, err, &remote)
 		if err != nil {
 			_ = conn.Close()
 			conn = nil
@@ -562,9 +575,9 @@ func (q *Queue) event(typ string, m *spool.Meta, r *spool.Recipient, queueName s
 	}
 }
 
-// complete records the outcome of one attempt for an item. per may be nil
+// complete records the outcome of one attempt for an item. res may be nil
 // (then err applies to every recipient).
-func (q *Queue) complete(it *item, per []error, err error, remote *pipeline.Remote) {
+func (q *Queue) complete(it *item, res []delivery.Result, err error, remote *pipeline.Remote) {
 	now := q.o.Now()
 	m := it.msg.meta
 	b := q.sp.NewBatch()
@@ -582,8 +595,9 @@ func (q *Queue) complete(it *item, per []error, err error, remote *pipeline.Remo
 		// even if the connection broke later); otherwise the
 		// transaction's error applies.
 		rerr := err
-		if i < len(per) && (per[i] != nil || err == nil) {
-			rerr = per[i]
+		var reply *pipeline.Response
+		if i < len(res) && (res[i].Err != nil || err == nil) {
+			rerr, reply = res[i].Err, res[i].Reply
 		}
 		attempt := r.Attempts + 1
 		ev := q.event("", m, r, it.dest.name, attempt)
@@ -594,7 +608,11 @@ func (q *Queue) complete(it *item, per []error, err error, remote *pipeline.Remo
 		switch {
 		case rerr == nil:
 			ev.Type = pipeline.EventDelivered
-			ev.Response = &pipeline.Response{Code: 250, Enhanced: "2.0.0", Text: "OK"}
+			// The next hop's own reply to the end of data.
+			ev.Response = reply
+			if ev.Response == nil {
+				ev.Response = &pipeline.Response{Code: 250, Enhanced: "2.0.0", Text: "OK"}
+			}
 			b.DeleteRecipient(m.ID, r.Idx)
 			done++
 		case !pipeline.IsTemporary(rerr):

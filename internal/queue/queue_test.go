@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sluice-mta/sluice/internal/config"
+	"github.com/sluice-mta/sluice/internal/delivery"
 	"github.com/sluice-mta/sluice/internal/spool"
 	"github.com/sluice-mta/sluice/internal/testutil"
 	"github.com/sluice-mta/sluice/pipeline"
@@ -26,7 +28,9 @@ type fakeDialer struct {
 	maxConns  int
 	open      int
 	sendDelay time.Duration
-	txnErr    error // returned by every Send as the transaction's error
+	txnErr    error              // returned by every Send as the transaction's error
+	okReply   *pipeline.Response // the reply of accepted recipients
+	envs      []*delivery.Envelope
 }
 
 func (f *fakeDialer) Dial(ctx context.Context, r *pipeline.Route, domain string) (Conn, error) {
@@ -45,19 +49,23 @@ func (f *fakeDialer) Dial(ctx context.Context, r *pipeline.Route, domain string)
 
 type fakeConn struct{ f *fakeDialer }
 
-func (c *fakeConn) Send(ctx context.Context, from string, rcpts []string, data []byte) ([]error, error) {
+func (c *fakeConn) Deliver(ctx context.Context, env *delivery.Envelope, data []byte) ([]delivery.Result, error) {
 	if c.f.sendDelay > 0 {
 		time.Sleep(c.f.sendDelay)
 	}
 	c.f.mu.Lock()
 	defer c.f.mu.Unlock()
-	out := make([]error, len(rcpts))
-	for i, r := range rcpts {
+	c.f.envs = append(c.f.envs, env)
+	out := make([]delivery.Result, len(env.Rcpts))
+	for i, rc := range env.Rcpts {
+		r := rc.Addr
 		if q := c.f.replies[r]; len(q) > 0 {
-			out[i] = q[0]
+			out[i].Err = q[0]
+			out[i].Reply = pipeline.ResponseOf(q[0])
 			c.f.replies[r] = q[1:]
 			continue
 		}
+		out[i].Reply = c.f.okReply
 		c.f.sent = append(c.f.sent, r)
 		if c.f.data == nil {
 			c.f.data = map[string][]byte{}
@@ -323,4 +331,114 @@ func newQueue(sp *spool.Spool, d Dialer, b Bouncer, o Options) *Queue {
 	q := New(sp, d, o)
 	q.SetBouncer(b)
 	return q
+}
+
+// TestEventsCarryTheReplyReceived: the parameters spooled with the message
+// and its recipients reach the connection; a delivered event carries the
+// next hop's own reply to the end of data; a 421 is recorded as 421 and
+// deferred.
+func TestEventsCarryTheReplyReceived(t *testing.T) {
+	sp, _ := spool.Open(t.TempDir(), spool.Options{})
+	defer sp.Close()
+	closing := &pipeline.Error{Code: 421, Enhanced: pipeline.EnhancedCode{4, 7, 0}, Message: "too many errors, closing"}
+	fd := &fakeDialer{
+		replies: map[string][]error{"busy@b.test": {closing}},
+		okReply: &pipeline.Response{Code: 250, Enhanced: "2.6.0", Text: "queued as 4711"},
+	}
+	q := newQueue(sp, fd, fakeBouncer{}, Options{RetryInitial: time.Hour})
+	q.Start()
+	defer q.Stop(context.Background())
+
+	m := &spool.Meta{ID: sp.NewID(), Sender: `"odd sender"@a.test`, Source: "smtp", Received: time.Now(), Size: 4,
+		Params: pipeline.MailParams{Body: pipeline.Body8BitMIME, SMTPUTF8: true, Ret: "HDRS", EnvID: "env 1"}}
+	b := sp.NewBatch()
+	_ = b.PutMessage(m, []byte("data"))
+	rs := []*spool.Recipient{
+		{MsgID: m.ID, Idx: 0, Address: `"odd user"@b.test`, Domain: "b.test", Route: pipeline.MX(),
+			Params: pipeline.RcptParams{Notify: []string{"SUCCESS"}, ORCPT: "rfc822;x@b.test"}},
+		{MsgID: m.ID, Idx: 1, Address: "busy@b.test", Domain: "b.test", Route: pipeline.MX()},
+	}
+	for _, r := range rs {
+		_ = b.PutRecipient(r)
+	}
+	if err := b.Commit(true); err != nil {
+		t.Fatal(err)
+	}
+	q.Enqueue(m, rs)
+	var hist []pipeline.Event
+	testutil.WaitFor(t, "both outcomes", func() bool {
+		hist, _ = sp.History(m.ID)
+		return len(hist) >= 2
+	})
+	got := map[string]*pipeline.Event{}
+	for i := range hist {
+		got[hist[i].Recipient] = &hist[i]
+	}
+	if e := got[`"odd user"@b.test`]; e == nil || e.Type != pipeline.EventDelivered ||
+		*e.Response != (pipeline.Response{Code: 250, Enhanced: "2.6.0", Text: "queued as 4711"}) {
+		t.Errorf("delivered event = %+v", e)
+	}
+	if e := got["busy@b.test"]; e == nil || e.Type != pipeline.EventDeferred || e.Response.Code != 421 || e.Response.Enhanced != "4.7.0" {
+		t.Errorf("421 recorded as %+v", e)
+	}
+	fd.mu.Lock()
+	defer fd.mu.Unlock()
+	env := fd.envs[0]
+	if env.From != m.Sender || env.Params != m.Params || env.Rcpts[0].Addr != `"odd user"@b.test` ||
+		env.Rcpts[0].Params.ORCPT != "rfc822;x@b.test" || env.Rcpts[0].Params.Notify[0] != "SUCCESS" {
+		t.Errorf("envelope = %+v", env)
+	}
+}
+
+// realDialer adapts internal/delivery to the queue.
+type realDialer struct{ d *delivery.Dialer }
+
+func (r realDialer) Dial(ctx context.Context, route *pipeline.Route, domain string) (Conn, error) {
+	s, err := r.d.Dial(ctx, route, domain)
+	if err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// Issue 13 item 1, the delivery side: quoted addresses go from the spool
+// through the queue and the SMTP client to a strict next hop byte for
+// byte, and the delivered events carry the hop's reply.
+func TestQuotedAddressesReachAStrictHop(t *testing.T) {
+	sp, _ := spool.Open(t.TempDir(), spool.Options{})
+	defer sp.Close()
+	hop := testutil.StartHop(t, testutil.HopOptions{Extensions: []string{"PIPELINING", "ENHANCEDSTATUSCODES"}})
+	q := newQueue(sp, realDialer{delivery.NewDialer(config.Delivery{Hostname: "sluice.test"}, nil)}, fakeBouncer{}, Options{})
+	q.Start()
+	defer q.Stop(context.Background())
+	route := &pipeline.Route{Kind: pipeline.RouteRelay, Host: hop.IP, Port: hop.Port, TLS: pipeline.TLSNone}
+	m := &spool.Meta{ID: sp.NewID(), Sender: `"odd sender"@origin.example`, Source: "smtp", Received: time.Now(), Size: 4}
+	b := sp.NewBatch()
+	_ = b.PutMessage(m, []byte("Subject: x\r\n\r\nbody\r\n"))
+	rs := []*spool.Recipient{
+		{MsgID: m.ID, Idx: 0, Address: `"odd user"@dest.example`, Domain: "dest.example", Route: route},
+		{MsgID: m.ID, Idx: 1, Address: `"a@b"@dest.example`, Domain: "dest.example", Route: route},
+	}
+	for _, r := range rs {
+		_ = b.PutRecipient(r)
+	}
+	if err := b.Commit(true); err != nil {
+		t.Fatal(err)
+	}
+	q.Enqueue(m, rs)
+	testutil.WaitFor(t, "delivery", func() bool { return q.Stats().Messages == 0 })
+	got := hop.Messages()
+	if len(got) != 1 || got[0].Mail != `MAIL FROM:<"odd sender"@origin.example>` ||
+		strings.Join(got[0].Rcpts, "|") != `RCPT TO:<"odd user"@dest.example>|RCPT TO:<"a@b"@dest.example>` {
+		t.Fatalf("hop got %+v", got)
+	}
+	h, _ := sp.History(m.ID)
+	for _, e := range h {
+		if e.Type != pipeline.EventDelivered || e.Response.Text != "accepted as hop-1" {
+			t.Errorf("event %s %s %+v", e.Type, e.Recipient, e.Response)
+		}
+	}
+	if len(h) != 2 || h[0].Recipient != `"odd user"@dest.example` && h[1].Recipient != `"odd user"@dest.example` {
+		t.Errorf("events %+v", h)
+	}
 }

@@ -297,6 +297,7 @@ func (s *Server) components() []component {
 				d.Hostname = cfg.Hostname
 			}
 			d.Logger = s.log
+			d.Self = delivery.NewSelf(cfg)
 			s.q = queue.New(s.sp, dialer{d}, queue.Options{
 				MaxConnections: cfg.Delivery.MaxConnections, MaxPerDestination: cfg.Delivery.MaxPerDestination,
 				MaxMessagesPerConn: cfg.Delivery.MaxMessagesPerConn, IdleTimeout: cfg.Delivery.IdleTimeout,

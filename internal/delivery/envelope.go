@@ -1,0 +1,158 @@
+package delivery
+
+import (
+	"encoding/binary"
+	"slices"
+	"strings"
+
+	"github.com/sluice-mta/sluice/pipeline"
+)
+
+// Envelope is what Session.Deliver sends besides the content: the sender
+// and its MAIL FROM parameters, the recipients and their RCPT TO
+// parameters, as spooled.
+//
+// Addresses are sent byte for byte inside <...>: they must already be in
+// RFC 5321 path form (a local part that needs quoting is quoted, as
+// `"odd user"@dest.example`). Nothing here splits, unquotes or re-quotes
+// them.
+type Envelope struct {
+	From   string // "" is the null sender <>
+	Params pipeline.MailParams
+	Rcpts  []Rcpt
+}
+
+// Rcpt is one envelope recipient.
+type Rcpt struct {
+	Addr   string
+	Params pipeline.RcptParams
+}
+
+// Result is the outcome of a Deliver for one recipient.
+type Result struct {
+	// Err is nil when the next hop accepted the message for this
+	// recipient, else a *pipeline.Error classified as Rules says
+	// (pipeline.IsTemporary tells a deferral from a bounce).
+	Err error
+	// Reply is the next hop's reply that decided this recipient: on
+	// success the reply to the end of data (code, enhanced code, text as
+	// received; the enhanced code is X.0.0 when the hop sent none); on
+	// failure pipeline.ResponseOf(Err). nil when no reply was received.
+	Reply *pipeline.Response
+	// DSN reports that the next hop advertised the DSN extension (RFC
+	// 3461) and accepted the recipient with our NOTIFY/ORCPT: from now on
+	// it is responsible for the delivery status notifications this
+	// recipient asked for. When false for an accepted recipient that asked
+	// for NOTIFY=SUCCESS, Sluice owes a "relayed" DSN (RFC 3461 section
+	// 4.1 and 6.2.6). Only meaningful when Err is nil.
+	DSN bool
+}
+
+// Needs describes what a message needs of a next hop, computed once per
+// Deliver from the envelope and the bytes.
+type Needs struct {
+	EightBit bool // 8-bit content: declared 8BITMIME/BINARYMIME, or 8-bit bytes
+	SMTPUTF8 bool // the message asked for SMTPUTF8, or the sender is not ASCII
+}
+
+// MessageNeeds reports what env and data need of a next hop. The content
+// is 8-bit when its BODY was 8BITMIME or BINARYMIME, or when it holds a
+// byte above 127 (whatever was declared: a 7-bit claim does not make 8-bit
+// bytes safe for a 7-bit hop). The scan reads 8 bytes at a time.
+func MessageNeeds(env *Envelope, data []byte) Needs {
+	n := Needs{SMTPUTF8: env.Params.SMTPUTF8 || !isASCII(env.From)}
+	switch strings.ToUpper(env.Params.Body) {
+	case pipeline.Body8BitMIME, pipeline.BodyBinaryMIME:
+		n.EightBit = true
+	default:
+		n.EightBit = has8Bit(data)
+	}
+	return n
+}
+
+// has8Bit reports whether b holds a byte above 127.
+func has8Bit(b []byte) bool {
+	const hi = 0x8080808080808080
+	for len(b) >= 8 {
+		if binary.LittleEndian.Uint64(b)&hi != 0 {
+			return true
+		}
+		b = b[8:]
+	}
+	for _, c := range b {
+		if c >= 0x80 {
+			return true
+		}
+	}
+	return false
+}
+
+// xtext encodes s as RFC 3461 section 4 xtext: "+", "=" and bytes outside
+// "!" to "~" become "+XX" (upper-case hex).
+func xtext(s string) string {
+	const hex = "0123456789ABCDEF"
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if c < '!' || c > '~' || c == '+' || c == '=' {
+			b.WriteByte('+')
+			b.WriteByte(hex[c>>4])
+			b.WriteByte(hex[c&15])
+			continue
+		}
+		b.WriteByte(c)
+	}
+	return b.String()
+}
+
+// dsnMailParams returns " RET=... ENVID=..." for a hop that offers DSN.
+func dsnMailParams(p pipeline.MailParams) string {
+	var b strings.Builder
+	switch ret := strings.ToUpper(p.Ret); ret {
+	case "FULL", "HDRS":
+		b.WriteString(" RET=" + ret)
+	}
+	if p.EnvID != "" {
+		b.WriteString(" ENVID=" + xtext(p.EnvID))
+	}
+	return b.String()
+}
+
+// dsnRcptParams returns " NOTIFY=... ORCPT=..." for a hop that offers DSN.
+// Unknown NOTIFY values are dropped, NEVER goes alone (RFC 3461 section
+// 4.1);
+// ORCPT keeps its address type and xtext-encodes the address.
+func dsnRcptParams(p pipeline.RcptParams) string {
+	var b strings.Builder
+	var notify []string
+scan:
+	for _, v := range p.Notify {
+		switch v = strings.ToUpper(v); v {
+		case pipeline.NotifyNever:
+			notify = []string{v}
+			break scan
+		case pipeline.NotifySuccess, pipeline.NotifyFailure, pipeline.NotifyDelay:
+			if !slices.Contains(notify, v) {
+				notify = append(notify, v)
+			}
+		}
+	}
+	if len(notify) > 0 {
+		b.WriteString(" NOTIFY=" + strings.Join(notify, ","))
+	}
+	if typ, addr, ok := strings.Cut(p.ORCPT, ";"); ok && typ != "" && addr != "" && isAtom(typ) {
+		b.WriteString(" ORCPT=" + typ + ";" + xtext(addr))
+	}
+	return b.String()
+}
+
+// isAtom reports whether s is a safe address type such as "rfc822".
+func isAtom(s string) bool {
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-') {
+			return false
+		}
+	}
+	return true
+}
