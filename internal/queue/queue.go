@@ -26,6 +26,7 @@ import (
 
 	"github.com/sluice-mta/sluice/internal/config"
 	"github.com/sluice-mta/sluice/internal/delivery"
+	"github.com/sluice-mta/sluice/internal/dsn"
 	"github.com/sluice-mta/sluice/internal/spool"
 	"github.com/sluice-mta/sluice/pipeline"
 )
@@ -83,6 +84,21 @@ type Bouncer interface {
 // SetBouncer sets the bouncer; call it before Load and Start.
 func (q *Queue) SetBouncer(b Bouncer) { q.bounce = b }
 
+// Notifier turns the outcomes of one delivery attempt into the DSNs they
+// owe (RFC 3461: failures, "relayed" successes, delay warnings), honouring
+// each recipient's NOTIFY. Notify stages the report into b (the batch of
+// the outcomes) and returns what to Enqueue once b commits; nils when no
+// report is due. body reads the message, only when a report is built. A
+// Delayed notice's Rcpt is the recipient as it will be stored: Notify may
+// mark it warned and put it into b again. internal/relay implements it.
+type Notifier interface {
+	Notify(ctx context.Context, b *spool.Batch, m *spool.Meta, body func() ([]byte, error), notes []dsn.Notice) (*spool.Meta, []*spool.Recipient)
+}
+
+// SetNotifier sets the notifier, which replaces the Bouncer for delivery
+// outcomes; call it before Load and Start.
+func (q *Queue) SetNotifier(n Notifier) { q.notifier = n }
+
 // Options tunes the queue. Zero values take the defaults of
 // config.Defaults().Delivery.
 type Options struct {
@@ -101,11 +117,12 @@ type Options struct {
 
 // Queue is safe for concurrent use.
 type Queue struct {
-	o      Options
-	sp     *spool.Spool
-	dialer Dialer
-	bounce Bouncer
-	log    *slog.Logger
+	o        Options
+	sp       *spool.Spool
+	dialer   Dialer
+	bounce   Bouncer
+	notifier Notifier
+	log      *slog.Logger
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -583,6 +600,7 @@ func (q *Queue) complete(it *item, res []delivery.Result, err error, remote *pip
 	b := q.sp.NewBatch()
 	var (
 		failed []Failure
+		notes  []dsn.Notice // every outcome, for the DSNs it may owe (Notifier)
 		retry  []*spool.Recipient
 		done   int
 	)
@@ -596,8 +614,9 @@ func (q *Queue) complete(it *item, res []delivery.Result, err error, remote *pip
 		// transaction's error applies.
 		rerr := err
 		var reply *pipeline.Response
+		hopDSN := false
 		if i < len(res) && (res[i].Err != nil || err == nil) {
-			rerr, reply = res[i].Err, res[i].Reply
+			rerr, reply, hopDSN = res[i].Err, res[i].Reply, res[i].DSN
 		}
 		attempt := r.Attempts + 1
 		ev := q.event("", m, r, it.dest.name, attempt)
@@ -614,6 +633,7 @@ func (q *Queue) complete(it *item, res []delivery.Result, err error, remote *pip
 				ev.Response = &pipeline.Response{Code: 250, Enhanced: "2.0.0", Text: "OK"}
 			}
 			b.DeleteRecipient(m.ID, r.Idx)
+			notes = append(notes, dsn.Notice{Outcome: dsn.Delivered, Rcpt: r, Reply: ev.Response, Remote: remoteHost, Time: now, HopDSN: hopDSN})
 			done++
 		case !pipeline.IsTemporary(rerr):
 			ev.Type = pipeline.EventBounced
@@ -621,6 +641,7 @@ func (q *Queue) complete(it *item, res []delivery.Result, err error, remote *pip
 			ev.BounceClass = "permanent"
 			b.DeleteRecipient(m.ID, r.Idx)
 			failed = append(failed, Failure{Recipient: r.Address, Reply: ev.Response, Err: rerr, Remote: remoteHost, Time: now})
+			notes = append(notes, dsn.Notice{Outcome: dsn.Failed, Rcpt: r, Err: rerr, Reply: ev.Response, Remote: remoteHost, Time: now})
 			done++
 		case now.Sub(m.Received) >= q.o.QueueLifetime:
 			ev.Type = pipeline.EventExpired
@@ -628,6 +649,7 @@ func (q *Queue) complete(it *item, res []delivery.Result, err error, remote *pip
 			ev.BounceClass = "expired"
 			b.DeleteRecipient(m.ID, r.Idx)
 			failed = append(failed, Failure{Recipient: r.Address, Expired: true, Reply: ev.Response, Err: rerr, Remote: remoteHost, Time: now})
+			notes = append(notes, dsn.Notice{Outcome: dsn.Failed, Rcpt: r, Err: rerr, Reply: ev.Response, Expired: true, Remote: remoteHost, Time: now})
 			done++
 		default:
 			ev.Type = pipeline.EventDeferred
@@ -641,6 +663,9 @@ func (q *Queue) complete(it *item, res []delivery.Result, err error, remote *pip
 			nr.LastReply = ev.Response
 			_ = b.PutRecipient(&nr)
 			retry = append(retry, &nr)
+			// The notifier may mark nr warned and put it again in b.
+			notes = append(notes, dsn.Notice{Outcome: dsn.Delayed, Rcpt: &nr, Err: rerr, Reply: ev.Response, Remote: remoteHost,
+				Time: now, RetryUntil: m.Received.Add(q.o.QueueLifetime)})
 		}
 		if rerr != nil {
 			q.log.Info("delivery failed", "msgid", m.ID, "rcpt", r.Address, "queue", it.dest.name,
@@ -653,7 +678,12 @@ func (q *Queue) complete(it *item, res []delivery.Result, err error, remote *pip
 		bMeta  *spool.Meta
 		bRcpts []*spool.Recipient
 	)
-	if len(failed) > 0 && m.Sender != "" {
+	switch {
+	case m.Sender == "":
+		// Never a report to the null sender.
+	case q.notifier != nil && len(notes) > 0:
+		bMeta, bRcpts = q.notifier.Notify(q.ctx, b, m, func() ([]byte, error) { return q.sp.Body(m.ID) }, notes)
+	case len(failed) > 0:
 		bMeta, bRcpts = q.makeBounce(b, m, failed)
 	}
 

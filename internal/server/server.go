@@ -307,8 +307,9 @@ func (s *Server) components() []component {
 			})
 			// The relay is the transaction owner for every source, bounces
 			// included: they enter through it.
-			s.relay = relay.NewSpool(s.pipe, s.sp, s.q, relay.Options{Hostname: cfg.Hostname, Logger: s.log})
+			s.relay = relay.NewSpool(s.pipe, s.sp, s.q, relay.Options{Hostname: cfg.Hostname, Logger: s.log, DelayWarning: cfg.Delivery.DelayWarning})
 			s.q.SetBouncer(s.relay)
+			s.q.SetNotifier(s.relay)
 			return nil
 		},
 		stop: func(context.Context) error { return s.sp.Close() },
