@@ -186,8 +186,10 @@ func (ss *session) Data(r io.Reader) error {
 		data = nbuf.Bytes()
 		_, _, longest = scanData(data)
 	}
-	// go-smtp enforces the line limit while reading DATA, but not for BDAT
-	// chunks; this check makes both the same (it never fires for DATA).
+	// The line limit applies to message lines, after the whole message
+	// (DATA or BDAT, whatever the chunk boundaries): one reply, after the
+	// end of data (RFC 5321 section 4.1.1.4). go-smtp does not apply it to
+	// message data.
 	if longest > s.l.MaxLineLength {
 		return ss.refuseData(txn, len(data), errLineTooLong)
 	}
@@ -216,9 +218,6 @@ func (ss *session) dataReadFailed(txn *relay.Txn, err error) error {
 	switch {
 	case errors.Is(err, smtp.ErrDataTooLarge) || errors.Is(err, pipeline.ErrTooBig):
 		return ss.refuseData(txn, -1, pipeline.ErrTooBig)
-	case errors.Is(err, smtp.ErrTooLongLine):
-		// go-smtp closes the connection after our reply ("500 5.4.0").
-		return ss.refuseData(txn, -1, errLineTooLong)
 	case errors.Is(err, smtp.ErrDataReset):
 		// The BDAT transfer was abandoned: by RSET (the client goes on
 		// with commands), or because reading a chunk failed, which go-smtp

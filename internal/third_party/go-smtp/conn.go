@@ -1,6 +1,8 @@
 package smtp
 
 import (
+	"bufio"
+	"bytes"
 	"crypto/tls"
 	"encoding/base64"
 	"errors"
@@ -57,9 +59,14 @@ func newConn(c net.Conn, s *Server) *Conn {
 }
 
 func (c *Conn) init() {
+	// sluice: MaxLineLength bounds command lines only (readLine); it is
+	// not applied to the byte stream, so message data (DATA and BDAT
+	// chunks read ahead with a command) is never cut at a line limit:
+	// the backend applies its own limit to the whole message and answers
+	// once, after the end of data.
 	c.lineLimitReader = &lineLimitReader{
 		R:         c.conn,
-		LineLimit: c.server.MaxLineLength,
+		LineLimit: 0,
 	}
 	rwc := struct {
 		io.Reader
@@ -129,10 +136,10 @@ func (c *Conn) handle(cmd string, arg string) {
 	case "VRFY":
 		c.writeResponse(252, EnhancedCode{2, 5, 0}, "Cannot VRFY user, but will accept message")
 	case "NOOP":
-		c.writeResponse(250, EnhancedCode{2, 0, 0}, "I have successfully done nothing")
+		c.writeResponse(250, EnhancedCode{2, 0, 0}, "OK") // sluice: reply texts
 	case "RSET": // Reset session
 		c.reset()
-		c.writeResponse(250, EnhancedCode{2, 0, 0}, "Session reset")
+		c.writeResponse(250, EnhancedCode{2, 0, 0}, "Reset OK") // sluice: reply texts
 	case "BDAT":
 		c.handleBdat(arg)
 	case "DATA":
@@ -213,7 +220,7 @@ func (c *Conn) protocolError(code int, ec EnhancedCode, msg string) {
 
 	c.errCount++
 	if c.errCount > errThreshold {
-		c.writeResponse(500, EnhancedCode{5, 5, 1}, "Too many errors. Quiting now")
+		c.writeResponse(421, EnhancedCode{4, 7, 0}, "Too many errors, closing connection") // sluice: 421 announces the close
 		c.Close()
 	}
 }
@@ -317,24 +324,25 @@ func (c *Conn) handleGreet(enhanced bool, arg string) {
 // READY state -> waiting for MAIL
 func (c *Conn) handleMail(arg string) {
 	if c.helo == "" {
-		c.writeResponse(502, EnhancedCode{5, 5, 1}, "Please introduce yourself first.")
+		c.writeResponse(503, EnhancedCode{5, 5, 1}, "Send EHLO or HELO first") // sluice: 503 bad sequence (RFC 5321 4.2.4)
 		return
 	}
 	if c.bdatPipe != nil {
-		c.writeResponse(502, EnhancedCode{5, 5, 1}, "MAIL not allowed during message transfer")
+		c.writeResponse(503, EnhancedCode{5, 5, 1}, "MAIL not allowed during message transfer") // sluice: 503 bad sequence
 		return
 	}
 
 	arg, ok := cutPrefixFold(arg, "FROM:")
 	if !ok {
-		c.writeResponse(501, EnhancedCode{5, 5, 2}, "Was expecting MAIL arg syntax of FROM:<address>")
+		c.writeResponse(501, EnhancedCode{5, 5, 2}, "Syntax: MAIL FROM:<address>") // sluice: reply texts
 		return
 	}
 
 	p := parser{s: strings.TrimSpace(arg)}
 	from, err := p.parseReversePath()
 	if err != nil {
-		c.writeResponse(501, EnhancedCode{5, 5, 2}, "Was expecting MAIL arg syntax of FROM:<address>")
+		// sluice: an address that does not parse: X.1.7 (RFC 3463).
+		c.writeResponse(501, EnhancedCode{5, 1, 7}, "Bad sender address syntax")
 		return
 	}
 	args, err := parseArgs(p.s)
@@ -444,7 +452,7 @@ func (c *Conn) handleMail(arg string) {
 		return
 	}
 
-	c.writeResponse(250, EnhancedCode{2, 0, 0}, fmt.Sprintf("Roger, accepting mail from <%v>", from))
+	c.writeResponse(250, EnhancedCode{2, 1, 0}, "Sender OK") // sluice: reply texts, RFC 3463 X.1.0
 	c.fromReceived = true
 }
 
@@ -671,24 +679,25 @@ func isPrintableASCII(val string) bool {
 // MAIL state -> waiting for RCPTs followed by DATA
 func (c *Conn) handleRcpt(arg string) {
 	if !c.fromReceived {
-		c.writeResponse(502, EnhancedCode{5, 5, 1}, "Missing MAIL FROM command.")
+		c.writeResponse(503, EnhancedCode{5, 5, 1}, "Send MAIL first") // sluice: 503 bad sequence
 		return
 	}
 	if c.bdatPipe != nil {
-		c.writeResponse(502, EnhancedCode{5, 5, 1}, "RCPT not allowed during message transfer")
+		c.writeResponse(503, EnhancedCode{5, 5, 1}, "RCPT not allowed during message transfer") // sluice: 503 bad sequence
 		return
 	}
 
 	arg, ok := cutPrefixFold(arg, "TO:")
 	if !ok {
-		c.writeResponse(501, EnhancedCode{5, 5, 2}, "Was expecting RCPT arg syntax of TO:<address>")
+		c.writeResponse(501, EnhancedCode{5, 5, 2}, "Syntax: RCPT TO:<address>") // sluice: reply texts
 		return
 	}
 
 	p := parser{s: strings.TrimSpace(arg)}
 	recipient, err := p.parsePath()
 	if err != nil {
-		c.writeResponse(501, EnhancedCode{5, 5, 2}, "Was expecting RCPT arg syntax of TO:<address>")
+		// sluice: an address that does not parse: X.1.3 (RFC 3463).
+		c.writeResponse(501, EnhancedCode{5, 1, 3}, "Bad recipient address syntax")
 		return
 	}
 
@@ -788,7 +797,7 @@ func (c *Conn) handleRcpt(arg string) {
 		return
 	}
 	c.recipients = append(c.recipients, recipient)
-	c.writeResponse(250, EnhancedCode{2, 0, 0}, fmt.Sprintf("I'll make sure <%v> gets this", recipient))
+	c.writeResponse(250, EnhancedCode{2, 1, 5}, "Recipient OK") // sluice: reply texts, RFC 3463 X.1.5
 }
 
 func checkNotifySet(values []DSNNotify) error {
@@ -817,7 +826,7 @@ func checkNotifySet(values []DSNNotify) error {
 
 func (c *Conn) handleAuth(arg string) {
 	if c.helo == "" {
-		c.writeResponse(502, EnhancedCode{5, 5, 1}, "Please introduce yourself first.")
+		c.writeResponse(503, EnhancedCode{5, 5, 1}, "Send EHLO or HELO first") // sluice: 503 bad sequence (RFC 5321 4.2.4)
 		return
 	}
 	if c.didAuth {
@@ -960,21 +969,21 @@ func (c *Conn) handleData(arg string) {
 		return
 	}
 	if c.bdatPipe != nil {
-		c.writeResponse(502, EnhancedCode{5, 5, 1}, "DATA not allowed during message transfer")
+		c.writeResponse(503, EnhancedCode{5, 5, 1}, "DATA not allowed during message transfer") // sluice: 503 bad sequence
 		return
 	}
 	if c.binarymime {
-		c.writeResponse(502, EnhancedCode{5, 5, 1}, "DATA not allowed for BINARYMIME messages")
+		c.writeResponse(503, EnhancedCode{5, 5, 1}, "DATA not allowed for BINARYMIME messages, use BDAT") // sluice: 503 bad sequence
 		return
 	}
 
 	if !c.fromReceived || len(c.recipients) == 0 {
-		c.writeResponse(502, EnhancedCode{5, 5, 1}, "Missing RCPT TO command.")
+		c.writeResponse(503, EnhancedCode{5, 5, 1}, "Send RCPT first") // sluice: 503 bad sequence
 		return
 	}
 
 	// We have recipients, go to accept data
-	c.writeResponse(354, NoEnhancedCode, "Go ahead. End your data with <CR><LF>.<CR><LF>")
+	c.writeResponse(354, NoEnhancedCode, "End data with <CR><LF>.<CR><LF>") // sluice: reply texts
 
 	defer c.reset()
 
@@ -1018,7 +1027,7 @@ func (c *Conn) handleBdat(arg string) {
 	}
 
 	if !c.fromReceived || len(c.recipients) == 0 {
-		c.writeResponse(502, EnhancedCode{5, 5, 1}, "Missing RCPT TO command.")
+		c.writeResponse(503, EnhancedCode{5, 5, 1}, "Send RCPT first") // sluice: 503 bad sequence
 		// The chunk follows the command even when the command is rejected.
 		io.Copy(ioutil.Discard, io.LimitReader(c.text.R, int64(size)))
 		return
@@ -1043,13 +1052,18 @@ func (c *Conn) handleBdat(arg string) {
 		r, c.bdatPipe = io.Pipe()
 
 		c.dataResult = make(chan error, 1)
+		// sluice: the goroutine reports to its own channel. Reading
+		// c.dataResult when Data returns let an abandoned transfer's
+		// result (RSET) reach the next transaction's BDAT LAST.
+		dataResult := c.dataResult
+		bdatStatus := c.bdatStatus
 
 		go func() {
 			defer func() {
 				if err := recover(); err != nil {
-					c.handlePanic(err, c.bdatStatus)
+					c.handlePanic(err, bdatStatus)
 
-					c.dataResult <- errPanic
+					dataResult <- errPanic
 					r.CloseWithError(errPanic)
 				}
 			}()
@@ -1062,22 +1076,17 @@ func (c *Conn) handleBdat(arg string) {
 				if !ok {
 					err = c.Session().Data(r)
 					for _, rcpt := range c.recipients {
-						c.bdatStatus.SetStatus(rcpt, err)
+						bdatStatus.SetStatus(rcpt, err)
 					}
 				} else {
-					err = lmtpSession.LMTPData(r, c.bdatStatus)
+					err = lmtpSession.LMTPData(r, bdatStatus)
 				}
 			}
 
-			c.dataResult <- err
+			dataResult <- err
 			r.CloseWithError(err)
 		}()
 	}
-
-	c.lineLimitReader.LineLimit = 0
-	defer func() {
-		c.lineLimitReader.LineLimit = c.server.MaxLineLength
-	}()
 
 	chunk := io.LimitReader(c.text.R, int64(size))
 	_, err = io.Copy(c.bdatPipe, chunk)
@@ -1102,6 +1111,7 @@ func (c *Conn) handleBdat(arg string) {
 		c.bdatPipe.Close()
 
 		err := <-c.dataResult
+		c.dataResult = nil // sluice: consumed; reset must not wait for it
 
 		if c.server.LMTP {
 			c.bdatStatus.fillRemaining(err)
@@ -1120,7 +1130,7 @@ func (c *Conn) handleBdat(arg string) {
 
 		c.reset()
 	} else {
-		c.writeResponse(250, EnhancedCode{2, 0, 0}, "Continue")
+		c.writeResponse(250, EnhancedCode{2, 0, 0}, "Chunk received") // sluice: reply texts
 	}
 }
 
@@ -1271,7 +1281,7 @@ func dataErrorToStatus(err error) (code int, enchCode EnhancedCode, msg string) 
 }
 
 func (c *Conn) Reject() {
-	c.writeResponse(421, EnhancedCode{4, 4, 5}, "Too busy. Try again later.")
+	c.writeResponse(421, EnhancedCode{4, 3, 2}, "Too busy, try again later") // sluice: reply texts, X.3.2 system not accepting messages
 	c.Close()
 }
 
@@ -1331,17 +1341,69 @@ func (c *Conn) readLine() (string, error) {
 		}
 	}
 
-	return c.text.ReadLine()
+	// sluice: bound the line here rather than in the byte stream.
+	return c.readLimitedLine()
+}
+
+// sluice: readLimitedLine reads one command line of at most
+// Server.MaxLineLength octets, CRLF included (0: no limit), and returns it
+// without its line ending. A longer line is read to its end and discarded,
+// and ErrTooLongLine returned, so the next command is read in step; a line
+// that goes on for more than maxDiscardedLine octets beyond the limit
+// returns errLineNeverEnds (the connection is then closed).
+func (c *Conn) readLimitedLine() (string, error) {
+	limit := c.server.MaxLineLength
+	var line []byte
+	tooLong, discarded := false, 0
+	for {
+		frag, err := c.text.R.ReadSlice('\n')
+		if !tooLong {
+			if limit > 0 && len(line)+len(frag) > limit {
+				tooLong, line = true, nil
+			} else {
+				line = append(line, frag...)
+			}
+		}
+		if tooLong {
+			if discarded += len(frag); discarded > maxDiscardedLine {
+				return "", errLineNeverEnds
+			}
+		}
+		if err == bufio.ErrBufferFull {
+			continue
+		}
+		if err != nil {
+			return "", err
+		}
+		break
+	}
+	if tooLong {
+		return "", ErrTooLongLine
+	}
+	line = bytes.TrimSuffix(line, []byte{'\n'})
+	line = bytes.TrimSuffix(line, []byte{'\r'})
+	return string(line), nil
 }
 
 func (c *Conn) reset() {
+	// sluice: an abandoned BDAT transfer's Data must have returned before
+	// the session is reset and the next transaction begins: otherwise it
+	// runs on alongside the next one. Closing the pipe makes its reads
+	// fail at once. Wait without the lock (Data's goroutine takes it).
+	c.locker.Lock()
+	pipe, result := c.bdatPipe, c.dataResult
+	c.bdatPipe, c.dataResult = nil, nil
+	c.locker.Unlock()
+	if pipe != nil {
+		pipe.CloseWithError(ErrDataReset)
+		if result != nil {
+			<-result
+		}
+	}
+
 	c.locker.Lock()
 	defer c.locker.Unlock()
 
-	if c.bdatPipe != nil {
-		c.bdatPipe.CloseWithError(ErrDataReset)
-		c.bdatPipe = nil
-	}
 	c.bdatStatus = nil
 	c.bytesReceived = 0
 
@@ -1352,3 +1414,9 @@ func (c *Conn) reset() {
 	c.fromReceived = false
 	c.recipients = nil
 }
+
+// sluice: how much of an over-long command line is read and discarded
+// before the connection is given up.
+const maxDiscardedLine = 64 << 10
+
+var errLineNeverEnds = errors.New("smtp: command line without end")

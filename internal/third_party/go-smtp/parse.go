@@ -213,7 +213,11 @@ func (p *parser) parseLocalPart() (string, error) {
 			case '\\':
 				ch, ok = p.readByte()
 			case '"':
-				return sb.String(), nil
+				// sluice: hand the local part on in its RFC 5321 canonical
+				// form (unquoted only when it is a valid Dot-string), so
+				// that "a@b"@c and a@b@c, or "odd user"@c and odd
+				// user@c, stay different mailboxes.
+				return canonicalLocalPart(sb.String()), nil
 			}
 			if !ok {
 				return "", fmt.Errorf("malformed quoted-string")
@@ -236,4 +240,48 @@ func (p *parser) parseLocalPart() (string, error) {
 			sb.WriteByte(ch)
 		}
 	}
+}
+
+// sluice: canonicalLocalPart returns local (an unquoted local part) in the
+// canonical form of RFC 5321 section 4.1.2: as it is when it is a valid
+// Dot-string, else as a Quoted-string with '"' and '\' escaped. Octets
+// 0x80 and above (RFC 6531 UTF-8) count as atext.
+func canonicalLocalPart(local string) string {
+	if isDotString(local) {
+		return local
+	}
+	var sb strings.Builder
+	sb.Grow(len(local) + 2)
+	sb.WriteByte('"')
+	for i := 0; i < len(local); i++ {
+		if local[i] == '"' || local[i] == '\\' {
+			sb.WriteByte('\\')
+		}
+		sb.WriteByte(local[i])
+	}
+	sb.WriteByte('"')
+	return sb.String()
+}
+
+// sluice: isDotString reports whether s is an RFC 5321 Dot-string:
+// Atom *("." Atom), with the atext of RFC 5322 plus UTF-8 (RFC 6531).
+func isDotString(s string) bool {
+	if s == "" || s[0] == '.' || s[len(s)-1] == '.' {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case c == '.':
+			if s[i-1] == '.' {
+				return false
+			}
+		case c >= 0x80,
+			'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9',
+			strings.IndexByte("!#$%&'*+-/=?^_`{|}~", c) >= 0:
+		default:
+			return false
+		}
+	}
+	return true
 }

@@ -13,6 +13,17 @@ func TestParser(t *testing.T) {
 		{"root@nsa.gov", "root@nsa.gov", ""},
 		{"<root@nsa.gov> AUTH=asdf@example.org", "root@nsa.gov", " AUTH=asdf@example.org"},
 		{"root@nsa.gov AUTH=asdf@example.org", "root@nsa.gov", " AUTH=asdf@example.org"},
+		// sluice: quoted local parts come out in canonical form.
+		{`<"root"@nsa.gov>`, "root@nsa.gov", ""},
+		{`<"r.o.o.t"@nsa.gov>`, "r.o.o.t@nsa.gov", ""},
+		{`<"odd user"@nsa.gov>`, `"odd user"@nsa.gov`, ""},
+		{`<"a@b"@nsa.gov>`, `"a@b"@nsa.gov`, ""},
+		{`<"a\"b\\c"@nsa.gov> SIZE=1`, `"a\"b\\c"@nsa.gov`, " SIZE=1"},
+		{`<"\x"@nsa.gov>`, "x@nsa.gov", ""},
+		{`<".a"@nsa.gov>`, `".a"@nsa.gov`, ""},
+		{`<"a..b"@nsa.gov>`, `"a..b"@nsa.gov`, ""},
+		{`<"ü"@nsa.gov>`, "ü@nsa.gov", ""},
+		{`<""@nsa.gov>`, `""@nsa.gov`, ""},
 	}
 	for _, tc := range validReversePaths {
 		p := parser{tc.raw}

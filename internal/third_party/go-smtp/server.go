@@ -190,16 +190,23 @@ func (s *Server) handleConn(c *Conn) error {
 				return nil
 			}
 			if err == ErrTooLongLine {
-				c.writeResponse(500, EnhancedCode{5, 4, 0}, "Too long line, closing connection")
+				// sluice: readLine discarded the whole line: answer it
+				// (RFC 5321 section 4.5.3.1.4) and read the next command,
+				// so a pipelining client's replies stay in step.
+				c.protocolError(500, EnhancedCode{5, 5, 2}, "Line too long")
+				continue
+			}
+			if err == errLineNeverEnds { // sluice
+				c.writeResponse(500, EnhancedCode{5, 5, 2}, "Line too long, closing connection")
 				return nil
 			}
 
 			if neterr, ok := err.(net.Error); ok && neterr.Timeout() {
-				c.writeResponse(421, EnhancedCode{4, 4, 2}, "Idle timeout, bye bye")
+				c.writeResponse(421, EnhancedCode{4, 4, 2}, "Idle timeout, closing connection") // sluice: reply texts
 				return nil
 			}
 
-			c.writeResponse(421, EnhancedCode{4, 4, 0}, "Connection error, sorry")
+			c.writeResponse(421, EnhancedCode{4, 4, 0}, "Connection error, closing connection") // sluice: reply texts
 			return err
 		}
 	}

@@ -771,7 +771,7 @@ func TestServer_tooManyInvalidCommands(t *testing.T) {
 	}
 
 	scanner.Scan()
-	if !strings.HasPrefix(scanner.Text(), "500 ") {
+	if !strings.HasPrefix(scanner.Text(), "421 ") { // sluice: 421 announces the close
 		t.Fatal("Invalid invalid command response:", scanner.Text())
 	}
 }
@@ -869,8 +869,27 @@ func TestServer_tooLongLine(t *testing.T) {
 	defer s.Close()
 
 	io.WriteString(c, "MAIL FROM:<root@nsa.gov> "+strings.Repeat("A", 2000))
+	// sluice: the line is answered once it has ended, and the next command
+	// gets its own reply.
+	io.WriteString(c, "\r\nNOOP\r\n")
 	scanner.Scan()
 	if !strings.HasPrefix(scanner.Text(), "500 ") {
+		t.Fatal("Invalid response, expected an error but got:", scanner.Text())
+	}
+	scanner.Scan()
+	if !strings.HasPrefix(scanner.Text(), "250 ") {
+		t.Fatal("Invalid response to the command after a too long line:", scanner.Text())
+	}
+}
+
+// sluice: a line that never ends closes the connection.
+func TestServer_lineNeverEnds(t *testing.T) {
+	_, s, c, scanner := testServerAuthenticated(t)
+	defer s.Close()
+
+	go io.WriteString(c, "NOOP "+strings.Repeat("A", 100<<10))
+	scanner.Scan()
+	if scanner.Text() != "500 5.5.2 Line too long, closing connection" {
 		t.Fatal("Invalid response, expected an error but got:", scanner.Text())
 	}
 }
@@ -974,7 +993,7 @@ func TestServerBdatDiscard(t *testing.T) {
 	// below comes back as 501.
 	io.WriteString(c, "BDAT 9 LAST\r\nMAIL FROM")
 	scanner.Scan()
-	if !strings.HasPrefix(scanner.Text(), "502 ") {
+	if !strings.HasPrefix(scanner.Text(), "503 ") { // sluice: 503 bad sequence
 		t.Fatal("Invalid BDAT response:", scanner.Text())
 	}
 
@@ -1000,7 +1019,7 @@ func TestServerBdatNoRecipientsDiscard(t *testing.T) {
 
 	io.WriteString(c, "BDAT 7 LAST\r\nRCPT TO")
 	scanner.Scan()
-	if !strings.HasPrefix(scanner.Text(), "502 ") {
+	if !strings.HasPrefix(scanner.Text(), "503 ") { // sluice: 503 bad sequence
 		t.Fatal("Invalid BDAT response:", scanner.Text())
 	}
 
@@ -1388,7 +1407,7 @@ func TestServer_TooLongCommand(t *testing.T) {
 
 	io.WriteString(c, "MAIL FROM:<"+strings.Repeat("a", s.MaxLineLength)+">\r\n")
 	scanner.Scan()
-	if !strings.HasPrefix(scanner.Text(), "500 5.4.0 ") {
+	if !strings.HasPrefix(scanner.Text(), "500 5.5.2 ") { // sluice: was 5.4.0, and closed
 		t.Fatal("Invalid too long MAIL response:", scanner.Text())
 	}
 }
