@@ -5,7 +5,6 @@ import (
 	"bytes"
 	"fmt"
 	"net/netip"
-	"strings"
 	"time"
 
 	"github.com/emersion/go-message/textproto"
@@ -77,9 +76,9 @@ func (c *Conn) Tenant() string {
 
 // Recipient is one envelope recipient.
 type Recipient struct {
-	Address string // as given, local@domain
-	Local   string
-	Domain  string // lower-cased ASCII or UTF-8 domain
+	Address string // canonical RFC 5321 form (see ParseAddress): sendable as is inside <...>
+	Local   string // the local part without quotes or escapes
+	Domain  string // lower-cased ASCII or UTF-8 domain, or an address literal "[192.0.2.1]"
 	// Relay is set when a stage accepted the recipient explicitly or the
 	// session may relay; the chain denies relay when it is false at the end
 	// of on_rcpt and the domain is not local.
@@ -88,32 +87,28 @@ type Recipient struct {
 	Params RcptParams
 }
 
-// NewRecipient splits an address into local part and domain.
+// NewRecipient parses a recipient address (ParseAddress) into a Recipient
+// whose Address is the canonical form. Besides syntax errors (501 5.1.3) it
+// refuses a local part containing '%', '!' or '@' (ErrRoutingLocalPart, 553
+// 5.1.3): a next hop could route on it (victim%elsewhere@local.example).
 func NewRecipient(addr string) (*Recipient, error) {
-	local, domain, err := SplitAddress(addr)
+	canon, local, domain, err := ParseAddress(addr)
 	if err != nil {
 		return nil, err
 	}
-	return &Recipient{Address: addr, Local: local, Domain: domain}, nil
+	if err := checkRoutingLocal(local); err != nil {
+		return nil, err
+	}
+	return &Recipient{Address: canon, Local: local, Domain: domain}, nil
 }
 
-// SplitAddress splits local@domain and lower-cases the domain. It rejects
-// empty parts and any control character (CR, LF, NUL ...).
+// SplitAddress parses addr (ParseAddress) and returns its local part
+// without quoting and its domain in lower case. It refuses what is not an
+// RFC 5321 mailbox: empty parts, any control character (CR, LF, NUL ...),
+// a malformed local part or domain.
 func SplitAddress(addr string) (local, domain string, err error) {
-	for i := 0; i < len(addr); i++ {
-		if addr[i] < 0x20 || addr[i] == 0x7f || addr[i] == ' ' {
-			return "", "", Errorf(501, EnhancedCode{5, 1, 3}, "Invalid character in address")
-		}
-	}
-	at := strings.LastIndexByte(addr, '@')
-	if at <= 0 || at == len(addr)-1 {
-		return "", "", Errorf(501, EnhancedCode{5, 1, 3}, "Address must be local@domain")
-	}
-	domain = strings.ToLower(strings.TrimSuffix(addr[at+1:], "."))
-	if domain == "" || strings.HasPrefix(domain, ".") || strings.Contains(domain, "..") {
-		return "", "", Errorf(501, EnhancedCode{5, 1, 3}, "Invalid domain in address")
-	}
-	return addr[:at], domain, nil
+	_, local, domain, err = ParseAddress(addr)
+	return local, domain, err
 }
 
 // Body types (RFC 6152, RFC 3030): MailParams.Body.

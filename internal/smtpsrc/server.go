@@ -116,6 +116,7 @@ func New(l config.SMTPListener, rl *relay.Relay, log *slog.Logger, opts ...Optio
 	srv.ReadTimeout = l.ReadTimeout
 	srv.WriteTimeout = l.WriteTimeout
 	srv.EnableSMTPUTF8 = true
+	srv.EnableDSN = true        // RFC 3461: NOTIFY, ORCPT, RET, ENVID travel with the message
 	srv.TLSConfig = s.tlsConfig // go-smtp offers STARTTLS only on clear-text connections
 	srv.ErrorLog = errorLog{s.log}
 	s.smtp = srv
