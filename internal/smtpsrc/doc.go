@@ -39,6 +39,11 @@
 //	452 4.5.3  more than MaxRecipients recipients (go-smtp's check)
 //	501 5.1.3  RCPT address that pipeline.NewRecipient refuses
 //	552 5.3.4  message over MaxMessageSize (also MAIL ... SIZE= over it)
+//	501 5.1.7  MAIL address that pipeline.ParseSender refuses (NUL, DEL,
+//	           control characters, not a mailbox)
+//	553 5.1.3  RCPT (5.1.7: MAIL) local part with '%', '!' or '@'
+//	553 5.6.7  a non-ASCII address without the SMTPUTF8 parameter
+//	554 5.4.6  the message carries MaxHops Received fields or more (a loop)
 //	554 5.6.0  bare CR or bare LF (reject mode), NUL, a line over
 //	           MaxLineLength (one reply after the end of data, DATA or BDAT)
 //	554 5.7.1  relay denied; other stage verdicts with their own codes

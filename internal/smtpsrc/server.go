@@ -194,6 +194,9 @@ func withDefaults(l config.SMTPListener) config.SMTPListener {
 	if l.DataTimeout <= 0 {
 		l.DataTimeout = d.DataTimeout
 	}
+	if l.MaxHops <= 0 {
+		l.MaxHops = d.MaxHops
+	}
 	if l.BareLineEnding == "" {
 		l.BareLineEnding = d.BareLineEnding
 	}

@@ -208,6 +208,10 @@ func (ss *session) Data(r io.Reader) error {
 	if err != nil {
 		return ss.refuseData(txn, len(data), err)
 	}
+	// A mail loop: the message has passed max_hops MTAs already.
+	if len(msg.Header.Values("Received")) >= s.l.MaxHops {
+		return ss.refuseData(txn, len(data), errTooManyHops)
+	}
 	// One reply for all recipients: recipients refused at on_route get a
 	// DSN. The relay logs and records the outcome.
 	if _, err := txn.Commit(ss.ctx, msg, relay.CommitOptions{OneReply: true}); err != nil {

@@ -125,3 +125,30 @@ func TestBDATResetRace(t *testing.T) {
 		}
 	}
 }
+
+// A message that has passed max_hops MTAs is refused (a mail loop): 554
+// 5.4.6 after the end of data; one hop fewer is accepted.
+func TestMaxHops(t *testing.T) {
+	l := testListener()
+	l.MaxHops = 5
+	sub := &fakeSub{}
+	ts := startServer(t, l, newChain(t, pipeline.ChainOptions{}), sub)
+	c := dialReady(t, ts.addr)
+	c.ehlo()
+	hops := func(n int) string {
+		return strings.Repeat("Received: from a.example by b.example; Mon, 30 Nov 2026 05:00:00 +0000\r\n", n) + simpleMsg
+	}
+	if r := c.sendMessage("a@local.test", []string{"bob@local.test"}, hops(4)); r.Code != 250 {
+		t.Errorf("4 hops: %v", r)
+	}
+	if r := c.sendMessage("a@local.test", []string{"bob@local.test"}, hops(5)); r.Code != 554 || r.Text() != "5.4.6 Too many hops (Received fields): mail loop?" {
+		t.Errorf("5 hops: %v", r)
+	}
+	c.cmd("NOOP", 250)
+	if n := len(sub.messages()); n != 1 {
+		t.Errorf("%d submits", n)
+	}
+	if rj := sub.rejections(); len(rj) != 1 || rj[0].Reply.Code != 554 {
+		t.Errorf("rejections %+v", rj)
+	}
+}
