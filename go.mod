@@ -45,3 +45,5 @@ require (
 	golang.org/x/text v0.43.0 // indirect
 	google.golang.org/protobuf v1.33.0 // indirect
 )
+
+replace github.com/emersion/go-smtp => ./internal/third_party/go-smtp

@@ -280,8 +280,43 @@ func TestParseMessageEdgeCases(t *testing.T) {
 			t.Errorf("%q round-tripped to %q", raw, out)
 		}
 	}
-	if _, err := ParseMessage(&Txn{}, []byte("no colon here\r\n\r\nbody")); err == nil {
-		t.Error("malformed header accepted")
+}
+
+// Header defects that peers accept (issue 13 item 5) are accepted, and the
+// bytes pass unchanged: only fields a stage adds come before them.
+func TestParseMessageTolerant(t *testing.T) {
+	for _, tt := range []struct {
+		raw     string
+		fields  int
+		subject string
+	}{
+		{"Subject: no blank line\r\nbody starts here\r\nmore\r\n", 1, "no blank line"},
+		{"only a body\r\nsecond line\r\n", 0, ""},
+		{"From sender@example.org Mon Nov 30 05:00:00 2026\r\nSubject: mbox\r\n\r\nbody\r\n", 0, ""},
+		{"no colon here\r\n\r\nbody", 0, ""},
+		{" leading space: x\r\n\r\nbody\r\n", 0, ""},
+		{"Bad Key: x\r\n\r\n", 0, ""},
+		{"Subject: folded\r\n continued\r\nX-A: 1\r\nbody: not a field? it is\r\n\r\nb\r\n", 3, "folded continued"},
+		{"Subject: unterminated", 0, ""},
+		{"Subject : spaced\r\n\r\nbody\r\n", 1, "spaced"},
+	} {
+		m, err := ParseMessage(&Txn{}, []byte(tt.raw))
+		if err != nil {
+			t.Errorf("%q: %v", tt.raw, err)
+			continue
+		}
+		if m.Header.Len() != tt.fields || m.Header.Get("Subject") != tt.subject {
+			t.Errorf("%q: %d fields, subject %q", tt.raw, m.Header.Len(), m.Header.Get("Subject"))
+		}
+		out, _ := m.Bytes()
+		if string(out) != tt.raw {
+			t.Errorf("%q round-tripped to %q", tt.raw, out)
+		}
+		m.Header.Add("Received", "from x by y")
+		out, _ = m.Bytes()
+		if string(out) != "Received: from x by y\r\n"+tt.raw {
+			t.Errorf("%q with Received: %q", tt.raw, out)
+		}
 	}
 }
 

@@ -5,7 +5,6 @@ import (
 	"bytes"
 	"fmt"
 	"net/netip"
-	"strings"
 	"time"
 
 	"github.com/emersion/go-message/textproto"
@@ -77,9 +76,9 @@ func (c *Conn) Tenant() string {
 
 // Recipient is one envelope recipient.
 type Recipient struct {
-	Address string // as given, local@domain
-	Local   string
-	Domain  string // lower-cased ASCII or UTF-8 domain
+	Address string // canonical RFC 5321 form (see ParseAddress): sendable as is inside <...>
+	Local   string // the local part without quotes or escapes
+	Domain  string // lower-cased ASCII or UTF-8 domain, or an address literal "[192.0.2.1]"
 	// Relay is set when a stage accepted the recipient explicitly or the
 	// session may relay; the chain denies relay when it is false at the end
 	// of on_rcpt and the domain is not local.
@@ -88,32 +87,28 @@ type Recipient struct {
 	Params RcptParams
 }
 
-// NewRecipient splits an address into local part and domain.
+// NewRecipient parses a recipient address (ParseAddress) into a Recipient
+// whose Address is the canonical form. Besides syntax errors (501 5.1.3) it
+// refuses a local part containing '%', '!' or '@' (ErrRoutingLocalPart, 553
+// 5.1.3): a next hop could route on it (victim%elsewhere@local.example).
 func NewRecipient(addr string) (*Recipient, error) {
-	local, domain, err := SplitAddress(addr)
+	canon, local, domain, err := ParseAddress(addr)
 	if err != nil {
 		return nil, err
 	}
-	return &Recipient{Address: addr, Local: local, Domain: domain}, nil
+	if err := checkRoutingLocal(local); err != nil {
+		return nil, err
+	}
+	return &Recipient{Address: canon, Local: local, Domain: domain}, nil
 }
 
-// SplitAddress splits local@domain and lower-cases the domain. It rejects
-// empty parts and any control character (CR, LF, NUL ...).
+// SplitAddress parses addr (ParseAddress) and returns its local part
+// without quoting and its domain in lower case. It refuses what is not an
+// RFC 5321 mailbox: empty parts, any control character (CR, LF, NUL ...),
+// a malformed local part or domain.
 func SplitAddress(addr string) (local, domain string, err error) {
-	for i := 0; i < len(addr); i++ {
-		if addr[i] < 0x20 || addr[i] == 0x7f || addr[i] == ' ' {
-			return "", "", Errorf(501, EnhancedCode{5, 1, 3}, "Invalid character in address")
-		}
-	}
-	at := strings.LastIndexByte(addr, '@')
-	if at <= 0 || at == len(addr)-1 {
-		return "", "", Errorf(501, EnhancedCode{5, 1, 3}, "Address must be local@domain")
-	}
-	domain = strings.ToLower(strings.TrimSuffix(addr[at+1:], "."))
-	if domain == "" || strings.HasPrefix(domain, ".") || strings.Contains(domain, "..") {
-		return "", "", Errorf(501, EnhancedCode{5, 1, 3}, "Invalid domain in address")
-	}
-	return addr[:at], domain, nil
+	_, local, domain, err = ParseAddress(addr)
+	return local, domain, err
 }
 
 // Body types (RFC 6152, RFC 3030): MailParams.Body.
@@ -197,36 +192,91 @@ func (t *Txn) AddTag(tag string) {
 
 // Message is a transaction with its content, as seen by on_message and
 // on_route. Header is mutable (fields added by stages are prepended, as
-// trace fields are); Body is the bytes after the blank line, CRLF-terminated
-// lines, never modified by the pipeline.
+// trace fields are); Body is the bytes after the header section, CRLF-
+// terminated lines, never modified by the pipeline. Header may be empty:
+// ParseMessage accepts messages whose header section is missing or not
+// ended by an empty line, and Bytes then writes them back as they came.
 type Message struct {
 	*Txn
 	Header textproto.Header
 	Body   []byte
+
+	// noBlank: the received header section did not end with an empty
+	// line (the body follows the fields directly, or there are no
+	// fields): Bytes writes none either.
+	noBlank bool
 }
 
 // ParseMessage splits raw RFC 5322 data into header and body. data must use
-// CRLF line endings. A message without a header section is an error.
+// CRLF line endings. It is tolerant, as peers are with what devices and
+// scripts send: the header section is the header fields at the start of
+// data, up to the empty line that ends them or up to the first line that is
+// not a header field (no empty line between header and body, a message
+// that is only a body, an mbox "From " line first). Such a line and all
+// that follows it is the body, and Bytes writes the message back byte for
+// byte (plus the fields stages add). A message with fields and no body
+// gains the empty line that ends its header. ParseMessage does not fail
+// today; the error is kept for data that is truly unusable.
 func ParseMessage(txn *Txn, data []byte) (*Message, error) {
+	n, blank := headerSection(data)
+	hdr := data[:n]
 	// Parse only the header section, with a reader sized to it: the body
 	// may be megabytes and is never copied.
-	end := bytes.Index(data, []byte("\r\n\r\n"))
-	var hdr []byte
-	switch {
-	case bytes.HasPrefix(data, []byte("\r\n")):
-		hdr = data[:2] // no header fields at all
-	case end < 0:
-		hdr = data // header only, no body
-	default:
-		hdr = data[:end+4]
-	}
 	br := bufio.NewReaderSize(bytes.NewReader(hdr), max(16, min(len(hdr), 4096)))
 	h, err := textproto.ReadHeader(br)
 	if err != nil {
-		return nil, Errorf(554, EnhancedCode{5, 6, 0}, "Malformed message header section")
+		// headerSection found only well-formed fields, so this does not
+		// happen; if it does, the whole message is body.
+		return &Message{Txn: txn, Body: data, noBlank: true}, nil
 	}
 	consumed := len(hdr) - br.Buffered()
-	return &Message{Txn: txn, Header: h, Body: data[consumed:]}, nil
+	return &Message{Txn: txn, Header: h, Body: data[consumed:], noBlank: !blank && n < len(data)}, nil
+}
+
+// headerSection returns the length of the header fields at the start of
+// data, including the empty line that ends them (blank true) when there is
+// one. Lines are CRLF-terminated; a field is a name of printable ASCII
+// other than ':' (optionally followed by spaces), a colon and a value,
+// continued on lines that start with a space or a tab.
+func headerSection(data []byte) (n int, blank bool) {
+	pos, fields := 0, 0
+	for pos < len(data) {
+		end := bytes.IndexByte(data[pos:], '\n')
+		if end < 0 {
+			return pos, false // an unterminated last line is body
+		}
+		line := data[pos : pos+end+1]
+		switch {
+		case len(line) == 2 && line[0] == '\r':
+			return pos + 2, true
+		case line[0] == ' ' || line[0] == '\t':
+			if fields == 0 {
+				return 0, false
+			}
+		case isFieldLine(line):
+			fields++
+		default:
+			return pos, false
+		}
+		pos += end + 1
+	}
+	return pos, false
+}
+
+// isFieldLine reports whether line starts a header field: a field name
+// (RFC 5322 ftext: printable ASCII other than ':'), optional spaces, ':'.
+func isFieldLine(line []byte) bool {
+	i := 0
+	for i < len(line) && line[i] > ' ' && line[i] < 0x7f && line[i] != ':' {
+		i++
+	}
+	if i == 0 {
+		return false
+	}
+	for i < len(line) && (line[i] == ' ' || line[i] == '\t') {
+		i++
+	}
+	return i < len(line) && line[i] == ':'
 }
 
 // Bytes serialises the header and body as they will be spooled and sent.
@@ -235,6 +285,9 @@ func (m *Message) Bytes() ([]byte, error) {
 	buf.Grow(len(m.Body) + 1024)
 	if err := textproto.WriteHeader(&buf, m.Header); err != nil {
 		return nil, err
+	}
+	if m.noBlank {
+		buf.Truncate(buf.Len() - 2) // the empty line WriteHeader ends with
 	}
 	buf.Write(m.Body)
 	return buf.Bytes(), nil

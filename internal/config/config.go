@@ -79,6 +79,7 @@ type SMTPListener struct {
 	WriteTimeout   time.Duration  // default 5m
 	DataTimeout    time.Duration  // whole DATA phase; default 10m
 	BareLineEnding string         // "reject" (default) or "normalize"
+	MaxHops        int            // Received fields a message may carry; default 100 (RFC 5321 section 6.3)
 }
 
 // HTTPListener: sluice.listen_http { addr = "127.0.0.1:8025", tls = {...} }.
@@ -220,6 +221,7 @@ func DefaultSMTPListener(addr string) SMTPListener {
 		WriteTimeout:   5 * time.Minute,
 		DataTimeout:    10 * time.Minute,
 		BareLineEnding: "reject",
+		MaxHops:        100,
 	}
 }
 

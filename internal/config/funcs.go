@@ -248,7 +248,7 @@ func (ld *loader) listenSMTP(L *lua.LState) int {
 	const fn = "sluice.listen_smtp"
 	o := ld.s.CheckOpts(1, fn, "name", "addr", "hostname", "tls", "implicit_tls", "auth",
 		"relay_networks", "max_message_size", "max_recipients", "max_line_length",
-		"max_connections", "read_timeout", "write_timeout", "data_timeout", "bare_line_ending")
+		"max_connections", "read_timeout", "write_timeout", "data_timeout", "bare_line_ending", "max_hops")
 	l := DefaultSMTPListener(ld.listenAddr(o, "addr"))
 	if o.String("name", &l.Name) {
 		if !validName(l.Name) {
@@ -286,6 +286,7 @@ func (ld *loader) listenSMTP(L *lua.LState) int {
 	ld.duration(o, "write_timeout", &l.WriteTimeout)
 	ld.duration(o, "data_timeout", &l.DataTimeout)
 	ld.enum(o, "bare_line_ending", &l.BareLineEnding, "reject", "normalize")
+	ld.positive(o, "max_hops", &l.MaxHops)
 	ld.cfg.SMTP = append(ld.cfg.SMTP, l)
 	return 0
 }

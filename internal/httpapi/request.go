@@ -309,7 +309,7 @@ func parseAddresses(field, v string) ([]address, *apiError) {
 			e.Message = field + " has a display name with CR, LF or a control character"
 			return nil, e
 		}
-		if _, _, err := pipeline.SplitAddress(a.Address); err != nil {
+		if _, _, err := pipeline.SplitAddress(canonicalAddr(a.Address)); err != nil {
 			return nil, badField(field, "%s is not a valid address: %q", field, a.Address)
 		}
 		out = append(out, address{Name: a.Name, Addr: a.Address})
@@ -329,10 +329,26 @@ func parseOneAddress(field, v string) (address, *apiError) {
 }
 
 // envelopeAddr parses an envelope address: a bare address or one with a
-// display name (which is dropped).
+// display name (which is dropped). It returns the RFC 5321 canonical form
+// (pipeline.ParseAddress), the one the SMTP source gives the relay.
 func envelopeAddr(field, v string) (string, *apiError) {
 	a, e := parseOneAddress(field, v)
-	return a.Addr, e
+	if e != nil {
+		return "", e
+	}
+	return canonicalAddr(a.Addr), nil
+}
+
+// canonicalAddr turns an address from the RFC 5322 parser, which removes
+// the quotes of a local part ("odd user"@x gives odd user@x), back into
+// the canonical form: a domain holds no '@', so the local part is
+// everything before the last one.
+func canonicalAddr(a string) string {
+	at := strings.LastIndexByte(a, '@')
+	if at < 0 {
+		return a
+	}
+	return pipeline.JoinAddress(a[:at], a[at+1:])
 }
 
 func idx(field string, i int) string { return field + "[" + strconv.Itoa(i) + "]" }

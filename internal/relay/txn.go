@@ -122,8 +122,22 @@ func (s *Session) Begin(ctx context.Context, sender string, tags []string, meta 
 
 // BeginWith is Begin with the MAIL FROM parameters, which on_mail sees in
 // txn.Params and which travel with the message.
+//
+// sender is parsed by pipeline.ParseSender and kept in its canonical form
+// (quoting included). A sender that is not an address (501 5.1.7) or whose
+// local part could route (553 5.1.7) is a syntax error, not a refusal: it
+// is logged, not recorded, and on_mail does not run.
 func (s *Session) BeginWith(ctx context.Context, sender string, params pipeline.MailParams, tags []string, meta map[string]string) (*Txn, error) {
 	r := s.r
+	canon, err := pipeline.ParseSender(sender)
+	if err != nil {
+		txn := &pipeline.Txn{Conn: s.Conn, ID: r.store.NewID(), Sender: sender, Params: params, Received: r.now(), Tags: tags, Meta: meta}
+		r.logRefusal("sender refused", s.Conn, err, "msgid", txn.ID, "from", sender)
+		t := &Txn{s: s, T: txn}
+		t.state.Store(txnEnded)
+		return t, err
+	}
+	sender = canon
 	p := r.acquire()
 	txn := &pipeline.Txn{Conn: s.Conn, ID: r.store.NewID(), Sender: sender, Params: params, Received: r.now(), Tags: tags, Meta: meta}
 	if err := p.Chain.Mail(ctx, txn); err != nil {

@@ -39,12 +39,18 @@
 //	452 4.5.3  more than MaxRecipients recipients (go-smtp's check)
 //	501 5.1.3  RCPT address that pipeline.NewRecipient refuses
 //	552 5.3.4  message over MaxMessageSize (also MAIL ... SIZE= over it)
-//	554 5.6.0  bare CR or bare LF (reject mode), NUL, malformed header
-//	           section, a line over MaxLineLength (DATA: go-smtp then
-//	           closes with "500 5.4.0")
+//	501 5.1.7  MAIL address that pipeline.ParseSender refuses (NUL, DEL,
+//	           control characters, not a mailbox)
+//	553 5.1.3  RCPT (5.1.7: MAIL) local part with '%', '!' or '@'
+//	553 5.6.7  a non-ASCII address without the SMTPUTF8 parameter
+//	554 5.4.6  the message carries MaxHops Received fields or more (a loop)
+//	554 5.6.0  bare CR or bare LF (reject mode), NUL, a line over
+//	           MaxLineLength (one reply after the end of data, DATA or BDAT)
 //	554 5.7.1  relay denied; other stage verdicts with their own codes
 //	250 2.0.0  "OK: queued as <message id>"
 //
-// Command lines are limited to MaxLineLength too (go-smtp: "500 5.4.0 Too
-// long line, closing connection").
+// Command lines are limited to MaxLineLength, but to no less than 1000
+// octets: a longer one is read to its end and answered "500 5.5.2 Line too
+// long" (our patched go-smtp, internal/third_party/go-smtp), and the
+// connection goes on.
 package smtpsrc

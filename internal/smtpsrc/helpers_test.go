@@ -30,6 +30,8 @@ type submitted struct {
 	Rcpts  []string
 	Conn   pipeline.Conn // copy at commit time
 	Data   []byte        // the message as it would be spooled
+	Params pipeline.MailParams
+	RcptP  []pipeline.RcptParams
 }
 
 type rejection struct {
@@ -70,9 +72,10 @@ func (f *fakeSub) Commit(ctx context.Context, accs []*relay.Accepted, before rel
 		return nil
 	}
 	for _, a := range accs {
-		s := submitted{ID: a.Msg.ID, Sender: a.Msg.Sender, Conn: *a.Msg.Conn, Data: bytes.Clone(a.Data)}
+		s := submitted{ID: a.Msg.ID, Sender: a.Msg.Sender, Conn: *a.Msg.Conn, Data: bytes.Clone(a.Data), Params: a.Msg.Params}
 		for _, r := range a.Msg.Recipients {
 			s.Rcpts = append(s.Rcpts, r.Address)
+			s.RcptP = append(s.RcptP, r.Params)
 		}
 		f.mu.Lock()
 		f.msgs = append(f.msgs, s)

@@ -23,6 +23,11 @@ var (
 		Message: "Bad sequence of commands"}
 	errTooManyConns = &pipeline.Error{Code: 421, Enhanced: pipeline.EnhancedCode{4, 3, 2},
 		Message: "Too many connections, try again later"}
+	// X.4.6 "routing loop detected" (RFC 3463); Postfix says 5.4.0.
+	errTooManyHops = &pipeline.Error{Code: 554, Enhanced: pipeline.EnhancedCode{5, 4, 6},
+		Message: "Too many hops (Received fields): mail loop?"}
+	errNeedSMTPUTF8 = &pipeline.Error{Code: 553, Enhanced: pipeline.EnhancedCode{5, 6, 7},
+		Message: "Non-ASCII address needs the SMTPUTF8 parameter"}
 	errPoisoned = &pipeline.Error{Code: 554, Enhanced: pipeline.EnhancedCode{5, 6, 0},
 		Message: "No more mail on this connection after malformed message data"}
 )

@@ -20,6 +20,11 @@ import (
 	"github.com/sluice-mta/sluice/pipeline"
 )
 
+// minCommandLine is the least bound on a command line, CRLF included: RFC
+// 5321 section 4.5.3.1.4 allows 512 octets plus what ESMTP parameters add
+// (RFC 1869 section 4.1.2, ORCPT, ENVID), whatever max_line_length is.
+const minCommandLine = 1000
+
 // ErrServerClosed is returned by Serve and ListenAndServe after Shutdown or
 // Close, and by a second Shutdown or Close.
 var ErrServerClosed = errors.New("smtpsrc: server closed")
@@ -105,10 +110,13 @@ func New(l config.SMTPListener, rl *relay.Relay, log *slog.Logger, opts ...Optio
 	srv.Domain = s.hostname
 	srv.MaxMessageBytes = l.MaxMessageSize
 	srv.MaxRecipients = l.MaxRecipients
-	srv.MaxLineLength = l.MaxLineLength
+	// go-smtp (our patched copy) applies MaxLineLength to command lines
+	// only; message data is checked by Data, after the end of data.
+	srv.MaxLineLength = max(l.MaxLineLength, minCommandLine)
 	srv.ReadTimeout = l.ReadTimeout
 	srv.WriteTimeout = l.WriteTimeout
 	srv.EnableSMTPUTF8 = true
+	srv.EnableDSN = true        // RFC 3461: NOTIFY, ORCPT, RET, ENVID travel with the message
 	srv.TLSConfig = s.tlsConfig // go-smtp offers STARTTLS only on clear-text connections
 	srv.ErrorLog = errorLog{s.log}
 	s.smtp = srv
@@ -185,6 +193,9 @@ func withDefaults(l config.SMTPListener) config.SMTPListener {
 	}
 	if l.DataTimeout <= 0 {
 		l.DataTimeout = d.DataTimeout
+	}
+	if l.MaxHops <= 0 {
+		l.MaxHops = d.MaxHops
 	}
 	if l.BareLineEnding == "" {
 		l.BareLineEnding = d.BareLineEnding

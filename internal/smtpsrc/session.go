@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -121,8 +122,14 @@ func (ss *session) Mail(from string, opts *smtp.MailOptions) error {
 			return smtpError(err)
 		}
 	}
+	params := mailParams(opts)
+	if !params.SMTPUTF8 && !isASCII(from) {
+		return smtpError(errNeedSMTPUTF8)
+	}
 	ss.tc.setBusy(true)
-	txn, err := ss.tc.rs.Begin(ss.ctx, from, nil, nil)
+	// The relay parses from (go-smtp gives it in canonical form, quotes
+	// kept) and refuses what is not an address with 501 5.1.7.
+	txn, err := ss.tc.rs.BeginWith(ss.ctx, from, params, nil, nil)
 	if err != nil {
 		ss.tc.setBusy(false)
 		return smtpError(err)
@@ -142,7 +149,10 @@ func (ss *session) Rcpt(to string, opts *smtp.RcptOptions) error {
 	if txn == nil {
 		return smtpError(errBadSequence)
 	}
-	if _, err := txn.Rcpt(ss.ctx, to); err != nil {
+	if !txn.T.Params.SMTPUTF8 && !isASCII(to) {
+		return smtpError(errNeedSMTPUTF8)
+	}
+	if _, err := txn.RcptWith(ss.ctx, to, rcptParams(opts)); err != nil {
 		return smtpError(err)
 	}
 	return nil
@@ -186,8 +196,10 @@ func (ss *session) Data(r io.Reader) error {
 		data = nbuf.Bytes()
 		_, _, longest = scanData(data)
 	}
-	// go-smtp enforces the line limit while reading DATA, but not for BDAT
-	// chunks; this check makes both the same (it never fires for DATA).
+	// The line limit applies to message lines, after the whole message
+	// (DATA or BDAT, whatever the chunk boundaries): one reply, after the
+	// end of data (RFC 5321 section 4.1.1.4). go-smtp does not apply it to
+	// message data.
 	if longest > s.l.MaxLineLength {
 		return ss.refuseData(txn, len(data), errLineTooLong)
 	}
@@ -195,6 +207,10 @@ func (ss *session) Data(r io.Reader) error {
 	msg, err := pipeline.ParseMessage(txn.T, data)
 	if err != nil {
 		return ss.refuseData(txn, len(data), err)
+	}
+	// A mail loop: the message has passed max_hops MTAs already.
+	if len(msg.Header.Values("Received")) >= s.l.MaxHops {
+		return ss.refuseData(txn, len(data), errTooManyHops)
 	}
 	// One reply for all recipients: recipients refused at on_route get a
 	// DSN. The relay logs and records the outcome.
@@ -209,6 +225,41 @@ func (ss *session) Data(r io.Reader) error {
 	return okReply(txn.ID())
 }
 
+// mailParams are the MAIL FROM parameters that travel with the message.
+// go-smtp has checked them (BODY, RET values; ENVID xtext, printable).
+func mailParams(o *smtp.MailOptions) pipeline.MailParams {
+	if o == nil {
+		return pipeline.MailParams{}
+	}
+	return pipeline.MailParams{Body: string(o.Body), SMTPUTF8: o.UTF8, Ret: string(o.Return), EnvID: o.EnvelopeID}
+}
+
+// rcptParams are the RCPT TO parameters of RFC 3461. go-smtp has checked
+// NOTIFY (NEVER alone, no repeats) and decoded ORCPT; the address type is
+// written in lower case ("rfc822;bob@example.org", "utf-8;...").
+func rcptParams(o *smtp.RcptOptions) pipeline.RcptParams {
+	var p pipeline.RcptParams
+	if o == nil {
+		return p
+	}
+	for _, n := range o.Notify {
+		p.Notify = append(p.Notify, string(n))
+	}
+	if o.OriginalRecipient != "" {
+		p.ORCPT = strings.ToLower(string(o.OriginalRecipientType)) + ";" + o.OriginalRecipient
+	}
+	return p
+}
+
+func isASCII(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] >= 0x80 {
+			return false
+		}
+	}
+	return true
+}
+
 // dataReadFailed maps a failure while reading the message data.
 func (ss *session) dataReadFailed(txn *relay.Txn, err error) error {
 	s := ss.s
@@ -216,9 +267,6 @@ func (ss *session) dataReadFailed(txn *relay.Txn, err error) error {
 	switch {
 	case errors.Is(err, smtp.ErrDataTooLarge) || errors.Is(err, pipeline.ErrTooBig):
 		return ss.refuseData(txn, -1, pipeline.ErrTooBig)
-	case errors.Is(err, smtp.ErrTooLongLine):
-		// go-smtp closes the connection after our reply ("500 5.4.0").
-		return ss.refuseData(txn, -1, errLineTooLong)
 	case errors.Is(err, smtp.ErrDataReset):
 		// The BDAT transfer was abandoned: by RSET (the client goes on
 		// with commands), or because reading a chunk failed, which go-smtp
