@@ -1,6 +1,7 @@
 package delivery
 
 import (
+	"bytes"
 	"encoding/binary"
 	"slices"
 	"strings"
@@ -51,21 +52,33 @@ type Result struct {
 // Needs describes what a message needs of a next hop, computed once per
 // Deliver from the envelope and the bytes.
 type Needs struct {
-	EightBit bool // 8-bit content: declared 8BITMIME/BINARYMIME, or 8-bit bytes
-	SMTPUTF8 bool // the message asked for SMTPUTF8, or the sender is not ASCII
+	EightBit bool // 8-bit content: bytes above 127 (or BINARYMIME declared)
+	// SMTPUTF8: the message cannot go without it: the sender is not
+	// ASCII, or SMTPUTF8 was requested and the header holds UTF-8.
+	SMTPUTF8 bool
+	// AskUTF8: request SMTPUTF8 of a hop that offers it (it was
+	// requested, or the sender is not ASCII).
+	AskUTF8 bool
 }
 
-// MessageNeeds reports what env and data need of a next hop. The content
-// is 8-bit when its BODY was 8BITMIME or BINARYMIME, or when it holds a
-// byte above 127 (whatever was declared: a 7-bit claim does not make 8-bit
-// bytes safe for a 7-bit hop). The scan reads 8 bytes at a time.
+// MessageNeeds reports what env and data need of a next hop, from what
+// the message is, not what a client declared: many clients (Go's
+// net/smtp among them) declare BODY=8BITMIME and SMTPUTF8 whenever the
+// server offers them. So the content is 8-bit when it holds a byte above
+// 127 (or BINARYMIME was declared), whatever BODY said; and a message
+// that asked for SMTPUTF8 needs it only when its header holds UTF-8 (RFC
+// 6532) or its sender is not ASCII: an all-ASCII message goes to a hop
+// without SMTPUTF8 unchanged, as Postfix does. A non-ASCII recipient
+// address is checked per recipient. The scan reads 8 bytes at a time.
 func MessageNeeds(env *Envelope, data []byte) Needs {
-	n := Needs{SMTPUTF8: env.Params.SMTPUTF8 || !isASCII(env.From)}
-	switch strings.ToUpper(env.Params.Body) {
-	case pipeline.Body8BitMIME, pipeline.BodyBinaryMIME:
-		n.EightBit = true
-	default:
-		n.EightBit = has8Bit(data)
+	hdr := data
+	if i := bytes.Index(data, []byte("\r\n\r\n")); i >= 0 {
+		hdr = data[:i]
+	}
+	n := Needs{
+		AskUTF8:  env.Params.SMTPUTF8 || !isASCII(env.From),
+		SMTPUTF8: !isASCII(env.From) || (env.Params.SMTPUTF8 && has8Bit(hdr)),
+		EightBit: strings.EqualFold(env.Params.Body, pipeline.BodyBinaryMIME) || has8Bit(data),
 	}
 	return n
 }

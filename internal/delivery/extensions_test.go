@@ -86,7 +86,9 @@ func TestEightBitContent(t *testing.T) {
 		{"8-bit bytes, no BODY", "", eightBitMsg, true},
 		{"8-bit bytes, BODY=7BIT (a lie)", pipeline.Body7Bit, eightBitMsg, true},
 		{"BODY=8BITMIME", pipeline.Body8BitMIME, eightBitMsg, true},
-		{"BODY=8BITMIME, ascii content", pipeline.Body8BitMIME, asciiMsg, true},
+		// Declared 8BITMIME but all ASCII (Go's net/smtp declares it
+		// whenever it is offered): nothing to convert, it goes as is.
+		{"BODY=8BITMIME, ascii content", pipeline.Body8BitMIME, asciiMsg, false},
 		{"BODY=BINARYMIME", pipeline.BodyBinaryMIME, eightBitMsg, true},
 	}
 	for _, tt := range tests {
@@ -144,6 +146,17 @@ func TestSMTPUTF8Required(t *testing.T) {
 	pe := wantPE(t, deliver(t, s, env, eightBitMsg)[0].Err, 553, "5.6.7")
 	if !strings.Contains(pe.Message, "SMTPUTF8") || len(h.Commands()) != 1 {
 		t.Fatalf("refusal %q, hop saw %q", pe.Message, h.Commands())
+	}
+	// An all-ASCII message that asked for SMTPUTF8 (Go's net/smtp asks
+	// whenever it is offered) does not need it: it goes without it.
+	h, s = hopEnv(t, "8BITMIME")
+	ascii := &delivery.Envelope{From: "a@origin.example", Params: pipeline.MailParams{Body: pipeline.Body8BitMIME, SMTPUTF8: true},
+		Rcpts: []delivery.Rcpt{{Addr: "b@dest.example"}}}
+	if r := deliver(t, s, ascii, asciiMsg); r[0].Err != nil {
+		t.Fatal(r[0].Err)
+	}
+	if m := h.Messages(); len(m) != 1 || m[0].Mail != "MAIL FROM:<a@origin.example>" {
+		t.Fatalf("hop got %+v", m)
 	}
 	// A non-ASCII recipient needs SMTPUTF8 for itself only.
 	env = &delivery.Envelope{From: "a@origin.example", Rcpts: []delivery.Rcpt{{Addr: "jörg@dest.example"}, {Addr: "b@dest.example"}}}

@@ -365,15 +365,18 @@ func (s *Session) Send(ctx context.Context, from string, rcpts []string, data []
 // RCPT or DATA rejected — is never err.
 //
 // Extensions, per next hop:
-//   - BODY=8BITMIME is declared when the content is 8-bit (MessageNeeds)
-//     and the server offers 8BITMIME. 8-bit content for a server without
+//   - BODY=8BITMIME is declared when the content is 8-bit (MessageNeeds:
+//     the bytes, not the client's declaration) and the server offers
+//     8BITMIME. 8-bit content for a server without
 //     8BITMIME fails every recipient with 554 5.6.3: Sluice does not
 //     convert to 7 bit (RFC 6152 section 3 allows either).
 //   - SMTPUTF8 is requested when the message asked for it, or an address
-//     is not ASCII, and the server offers it. Without it the message's own
-//     need (env.Params.SMTPUTF8, a non-ASCII sender) fails every recipient
-//     and a non-ASCII recipient address fails that recipient, with 553
-//     5.6.7 (RFC 6531 section 3.5); nothing is downgraded.
+//     is not ASCII, and the server offers it. Without it, a message that
+//     needs it (MessageNeeds: a non-ASCII sender, or UTF-8 in a header of
+//     a message that asked for SMTPUTF8) fails every recipient and a
+//     non-ASCII recipient address fails that recipient, with 553 5.6.7
+//     (RFC 6531 section 3.5); nothing is downgraded. An all-ASCII message
+//     that asked for SMTPUTF8 goes without it.
 //   - RET and ENVID on MAIL, NOTIFY and ORCPT on RCPT (RFC 3461, xtext
 //     encoded) go only to a server that offers DSN; to others nothing.
 //   - SIZE is declared when offered; a message over the server's limit
@@ -460,7 +463,7 @@ func (s *Session) Deliver(ctx context.Context, env *Envelope, data []byte) (resu
 			"message size %d exceeds the remote server's limit of %d bytes", len(data), max))
 		return finish(), nil
 	}
-	utf8 := needs.SMTPUTF8
+	utf8 := needs.AskUTF8 && smtputf8
 	idx := make([]int, 0, len(rcpts)) // recipients we send
 	for i, r := range rcpts {
 		switch {
