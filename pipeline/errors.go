@@ -84,7 +84,7 @@ func Errorf(code int, enh EnhancedCode, format string, args ...any) *Error {
 
 // Common replies.
 var (
-	ErrRelayDenied    = &Error{Code: 554, Enhanced: EnhancedCode{5, 7, 1}, Message: "Relay access denied"}
+	ErrRelayDenied    = &Error{Code: 550, Enhanced: EnhancedCode{5, 7, 1}, Message: "Relay access denied"} // RFC 5321 4.3.2: RCPT may answer 550, not 554
 	ErrTooManyRcpts   = &Error{Code: 452, Enhanced: EnhancedCode{4, 5, 3}, Message: "Too many recipients"}
 	ErrTooBig         = &Error{Code: 552, Enhanced: EnhancedCode{5, 3, 4}, Message: "Message size exceeds the limit"}
 	ErrStageTimeout   = &Error{Code: 451, Enhanced: EnhancedCode{4, 4, 5}, Message: "Policy check timed out, try again later"}

@@ -19,7 +19,7 @@ func TestReply(t *testing.T) {
 	}{
 		{"smtp error passes through", Errorf(550, EnhancedCode{5, 1, 1}, "no such user"), 550, "5.1.1", "no such user"},
 		{"enhanced derived from code", &Error{Code: 421, Message: "bye"}, 421, "4.0.0", "bye"},
-		{"wrapped error", fmt.Errorf("ctx: %w", ErrRelayDenied), 554, "5.7.1", "Relay access denied"},
+		{"wrapped error", fmt.Errorf("ctx: %w", ErrRelayDenied), 550, "5.7.1", "Relay access denied"},
 		{"deadline", fmt.Errorf("lua: %w", context.DeadlineExceeded), 451, "4.4.5", ErrStageTimeout.Message},
 		{"unknown is generic 451", errors.New("secret: db password wrong"), 451, "4.3.0", ErrInternal.Message},
 	}
@@ -144,7 +144,7 @@ func TestChainRelayControl(t *testing.T) {
 		if (err == nil) != tt.ok {
 			t.Errorf("%+v %s: err=%v want ok=%v", tt.conn, tt.rcpt, err, tt.ok)
 		}
-		if err != nil && Reply(err).Code != 554 {
+		if err != nil && Reply(err).Code != 550 {
 			t.Errorf("relay denial code %d", Reply(err).Code)
 		}
 	}

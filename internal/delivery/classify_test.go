@@ -70,7 +70,7 @@ func TestClassify(t *testing.T) {
 // TestReplyTableDoc keeps docs/delivery.md's table equal to Rules; run
 // with -update to rewrite it.
 func TestReplyTableDoc(t *testing.T) {
-	const path = "../../docs/delivery.md"
+	const path = "../../docs/replies.md"
 	const begin, end = "<!-- reply table: begin (generated from delivery.Rules) -->\n", "<!-- reply table: end -->\n"
 	b, err := os.ReadFile(path)
 	if err != nil {

@@ -152,7 +152,7 @@ func TestSMTPErrorBoundary(t *testing.T) {
 		err  error
 		want string
 	}{
-		{"pipeline error passes", pipeline.ErrRelayDenied, "554 5.7.1 Relay access denied"},
+		{"pipeline error passes", pipeline.ErrRelayDenied, "550 5.7.1 Relay access denied"},
 		{"cause dropped", &pipeline.Error{Code: 550, Enhanced: pipeline.EnhancedCode{5, 1, 1}, Message: "No such user", Cause: errors.New("secret")}, "550 5.1.1 No such user"},
 		{"wrapped", fmt.Errorf("ctx: %w", pipeline.ErrTooBig), "552 5.3.4 Message size exceeds the limit"},
 		{"unknown is generic temp", errors.New("open /etc/secret: permission denied"), "451 4.3.0 Internal error, try again later"},

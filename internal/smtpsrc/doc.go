@@ -46,7 +46,9 @@
 //	554 5.4.6  the message carries MaxHops Received fields or more (a loop)
 //	554 5.6.0  bare CR or bare LF (reject mode), NUL, a line over
 //	           MaxLineLength (one reply after the end of data, DATA or BDAT)
-//	554 5.7.1  relay denied; other stage verdicts with their own codes
+//	550 5.7.1  relay denied (RFC 5321 4.3.2 lists no 554 for RCPT); other
+//	           stage verdicts with their own codes
+//	550 5.6.0  MAIL after a message hid a bare CR (no more mail on this connection)
 //	250 2.0.0  "OK: queued as <message id>"
 //
 // Command lines are limited to MaxLineLength, but to no less than 1000

@@ -28,7 +28,7 @@ var (
 		Message: "Too many hops (Received fields): mail loop?"}
 	errNeedSMTPUTF8 = &pipeline.Error{Code: 553, Enhanced: pipeline.EnhancedCode{5, 6, 7},
 		Message: "Non-ASCII address needs the SMTPUTF8 parameter"}
-	errPoisoned = &pipeline.Error{Code: 554, Enhanced: pipeline.EnhancedCode{5, 6, 0},
+	errPoisoned = &pipeline.Error{Code: 550, Enhanced: pipeline.EnhancedCode{5, 6, 0}, // MAIL may answer 550, not 554
 		Message: "No more mail on this connection after malformed message data"}
 )
 

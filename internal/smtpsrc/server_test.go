@@ -199,7 +199,7 @@ func TestRelayControl(t *testing.T) {
 	c := dialReady(t, ts.addr)
 	c.ehlo()
 	c.cmd("MAIL FROM:<a@elsewhere.test>", 250)
-	if r := c.cmd("RCPT TO:<bob@foreign.test>", 554); r.Text() != "5.7.1 Relay access denied" {
+	if r := c.cmd("RCPT TO:<bob@foreign.test>", 550); r.Text() != "5.7.1 Relay access denied" {
 		t.Errorf("foreign RCPT: %v", r)
 	}
 	c.cmd("RCPT TO:<bob@local.test>", 250)
@@ -209,7 +209,7 @@ func TestRelayControl(t *testing.T) {
 	}
 	c.cmd("RSET", 250)
 	rj := sub.rejections()
-	if len(rj) != 1 || rj[0].Rcpt != "bob@foreign.test" || rj[0].Reply.Code != 554 || rj[0].TxnID == "" {
+	if len(rj) != 1 || rj[0].Rcpt != "bob@foreign.test" || rj[0].Reply.Code != 550 || rj[0].TxnID == "" {
 		t.Errorf("Rejected calls %+v, want one for bob@foreign.test", rj)
 	}
 
