@@ -29,6 +29,8 @@ deps:
 test: deps build
 	$(GO) vet $(PKGS)
 	$(GO) test -race -count=1 -timeout 20m $(PKGS)
+	# the carried go-smtp copy is a module of its own (see its README)
+	cd internal/third_party/go-smtp && $(GO) test -count=1 ./...
 
 test-short: build
 	$(GO) test -short -count=1 $(PKGS)
