@@ -39,6 +39,9 @@ var (
 		"Local part with '%%', '!' or '@' is not accepted (source routing)")
 )
 
+// errAddrAngle: see ParseAddress.
+var errAddrAngle = addrErr("Angle brackets in a quoted local part are not accepted")
+
 func addrErr(msg string) *Error { return Errorf(501, EnhancedCode{5, 1, 3}, "%s", msg) }
 
 // Limits on an address. RFC 5321 section 4.5.3.1 asks to accept at least
@@ -81,6 +84,13 @@ func ParseAddress(addr string) (canonical, local, domain string, err error) {
 		rest = rest[1:]
 		if local == "" {
 			return "", "", "", errAddrEmptyLoc
+		}
+		if strings.ContainsAny(local, "<>") {
+			// Legal quoted text, but an angle bracket inside a path is
+			// where a careless next hop's parser ends the address: refused
+			// here, as delivery refuses to send it, so no 250 is given for
+			// mail that could not go on.
+			return "", "", "", errAddrAngle
 		}
 	} else {
 		at := strings.LastIndexByte(addr, '@') // a domain holds no '@'; a Dot-string neither

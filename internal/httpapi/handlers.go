@@ -268,7 +268,7 @@ func (s *Server) postMessage(w http.ResponseWriter, r *http.Request) {
 // composedItem is the item of a JSON message.
 func (s *Server) composedItem(v *validMessage) *item {
 	return &item{
-		from: v.from.Addr, rcpts: v.rcpts, tags: v.req.Tags, meta: v.req.Metadata,
+		from: canonicalAddr(v.from.Addr), rcpts: v.rcpts, tags: v.req.Tags, meta: v.req.Metadata,
 		build: func(txn *pipeline.Txn, buf *bytes.Buffer) (*pipeline.Message, *apiError) {
 			h, off, err := compose(buf, v, txn.ID, s.host, txn.Received)
 			if err != nil {

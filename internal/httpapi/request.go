@@ -309,8 +309,8 @@ func parseAddresses(field, v string) ([]address, *apiError) {
 			e.Message = field + " has a display name with CR, LF or a control character"
 			return nil, e
 		}
-		if _, _, err := pipeline.SplitAddress(canonicalAddr(a.Address)); err != nil {
-			return nil, badField(field, "%s is not a valid address: %q", field, a.Address)
+		if _, err := pipeline.ParseSender(canonicalAddr(a.Address)); err != nil {
+			return nil, badField(field, "%s is not a valid address: %q (%s)", field, a.Address, pipeline.Reply(err).Message)
 		}
 		out = append(out, address{Name: a.Name, Addr: a.Address})
 	}
@@ -469,13 +469,14 @@ func validate(p string, m *messageRequest) (*validMessage, *apiError) {
 				*keep = append(*keep, l...)
 			}
 			for _, a := range l {
-				local, domain, _ := pipeline.SplitAddress(a.Addr)
+				c := canonicalAddr(a.Addr) // the envelope keeps quoting
+				local, domain, _ := pipeline.SplitAddress(c)
 				k := local + "@" + domain
 				if seen[k] {
 					continue
 				}
 				seen[k] = true
-				v.rcpts = append(v.rcpts, a.Addr)
+				v.rcpts = append(v.rcpts, c)
 			}
 			if len(v.rcpts) > maxRecipients {
 				return badField(field, "at most %d recipients per message", maxRecipients)
