@@ -126,6 +126,8 @@ func TestNewSelf(t *testing.T) {
 		want bool
 	}{
 		{"127.0.0.1", 2525, true}, // wildcard listener: loopback is an interface address
+		{"127.0.0.5", 2525, true}, // ... and so is the whole loopback range
+		{"::1", 2525, true},
 		{"127.0.0.1", 25, false},
 		{"127.0.0.5", 25, true},
 		{"127.0.0.6", 25, false},

@@ -105,7 +105,13 @@ func (s *Self) IsAddr(ip netip.Addr, port int) bool {
 		if int(l.Port()) != port {
 			continue
 		}
-		if l.Addr() == ip || l.Addr().IsUnspecified() && slices.Contains(s.Interfaces, ip) {
+		if l.Addr() == ip {
+			return true
+		}
+		// A wildcard listener answers on every interface address, and on
+		// the whole loopback range (127.0.0.0/8 reaches the host on
+		// Linux, not only the 127.0.0.1 an interface lists).
+		if l.Addr().IsUnspecified() && (ip.IsLoopback() || slices.Contains(s.Interfaces, ip)) {
 			return true
 		}
 	}
