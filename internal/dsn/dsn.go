@@ -335,8 +335,15 @@ func returned(r Report, failed bool) original {
 		o.body = headerSection(r.Header)
 	}
 	o.cte = "7bit"
-	if !isASCII(string(o.body)) {
-		o.cte = "8bit"
+	switch {
+	case isASCII(string(o.body)):
+	case o.full:
+		o.cte = "8bit" // message/rfc822 may not be encoded (RFC 2046 5.2.1)
+	default:
+		// Returned headers with UTF-8 (RFC 6532) are quoted-printable, so
+		// the report stays 7-bit and reaches a sender whose MX offers
+		// neither 8BITMIME nor SMTPUTF8.
+		o.cte = "quoted-printable"
 	}
 	return o
 }

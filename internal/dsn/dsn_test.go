@@ -514,3 +514,23 @@ func TestUTF8Addresses(t *testing.T) {
 		t.Fatalf("text part (decoded) lacks the address:\n%s", p.text)
 	}
 }
+
+// TestUTF8HeadersStaySevenBit: returned headers holding UTF-8 (a RFC 6532
+// Subject) are quoted-printable, so the report is 7-bit and reaches a
+// sender whose MX offers neither 8BITMIME nor SMTPUTF8.
+func TestUTF8HeadersStaySevenBit(t *testing.T) {
+	r := sampleReport()
+	r.Header = []byte("From: app@sender.test\r\nSubject: Gr\xc3\xbc\xc3\x9fe\r\n\r\nbody\r\n")
+	out, err := Build(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, c := range out {
+		if c >= 0x80 {
+			t.Fatalf("8-bit byte at %d in the report:\n%s", i, out)
+		}
+	}
+	if !strings.Contains(string(out), "Content-Type: text/rfc822-headers") || !strings.Contains(string(out), "Subject: Gr=C3=BC=C3=9Fe") {
+		t.Fatalf("headers part not quoted-printable:\n%s", out)
+	}
+}
