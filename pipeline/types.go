@@ -212,12 +212,21 @@ type Message struct {
 // scripts send: the header section is the header fields at the start of
 // data, up to the empty line that ends them or up to the first line that is
 // not a header field (no empty line between header and body, a message
-// that is only a body, an mbox "From " line first). Such a line and all
-// that follows it is the body, and Bytes writes the message back byte for
-// byte (plus the fields stages add). A message with fields and no body
-// gains the empty line that ends its header. ParseMessage does not fail
-// today; the error is kept for data that is truly unusable.
+// that is only a body). Such a line and all that follows it is the body,
+// and Bytes writes the message back byte for byte (plus the fields stages
+// add). A message with fields and no body gains the empty line that ends
+// its header. An mbox "From " line at the very start is mbox framing, not
+// part of the message (RFC 4155): it is dropped, and the header fields
+// after it are the header (our Received field above it would leave it in
+// the middle of the header, where a strict parser ends the header and
+// loses every field below). ParseMessage does not fail today; the error
+// is kept for data that is truly unusable.
 func ParseMessage(txn *Txn, data []byte) (*Message, error) {
+	if bytes.HasPrefix(data, []byte("From ")) {
+		if i := bytes.IndexByte(data, '\n'); i >= 0 {
+			data = data[i+1:]
+		}
+	}
 	n, blank := headerSection(data)
 	hdr := data[:n]
 	// Parse only the header section, with a reader sized to it: the body
