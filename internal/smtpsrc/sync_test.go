@@ -152,3 +152,25 @@ func TestMaxHops(t *testing.T) {
 		t.Errorf("rejections %+v", rj)
 	}
 }
+
+// TestCommandReplyCodes: the codes RFC 5321 gives for an unrecognised
+// command (500), an unknown MAIL/RCPT parameter (555) and a MAIL inside a
+// transaction (503).
+func TestCommandReplyCodes(t *testing.T) {
+	ts := startServer(t, testListener(), newChain(t, pipeline.ChainOptions{}), &fakeSub{})
+	c := dialReady(t, ts.addr)
+	c.ehlo()
+	if r := c.cmd("FOOBAR x", 500); r.Text() != "5.5.2 Command unrecognized" {
+		t.Errorf("unknown command: %v", r)
+	}
+	c.cmd("MAIL FROM:<a@local.test> FOO=BAR", 555)
+	c.cmd("MAIL FROM:<a@local.test>", 250)
+	c.cmd("RCPT TO:<bob@local.test> FOO=BAR", 555)
+	if r := c.cmd("MAIL FROM:<b@local.test>", 503); r.Text() != "5.5.1 Nested MAIL command" {
+		t.Errorf("nested MAIL: %v", r)
+	}
+	c.cmd("RCPT TO:<bob@local.test>", 250) // the first transaction goes on
+	c.cmd("RSET", 250)
+	c.cmd("MAIL FROM:<b@local.test>", 250)
+	c.cmd("QUIT", 221)
+}

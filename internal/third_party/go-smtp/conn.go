@@ -331,6 +331,12 @@ func (c *Conn) handleMail(arg string) {
 		c.writeResponse(503, EnhancedCode{5, 5, 1}, "MAIL not allowed during message transfer") // sluice: 503 bad sequence
 		return
 	}
+	if c.fromReceived {
+		// sluice: 503 bad sequence: a MAIL inside a transaction (RFC
+		// 5321 4.1.4: the client must RSET first); upstream replaced it.
+		c.writeResponse(503, EnhancedCode{5, 5, 1}, "Nested MAIL command")
+		return
+	}
 
 	arg, ok := cutPrefixFold(arg, "FROM:")
 	if !ok {
@@ -442,7 +448,7 @@ func (c *Conn) handleMail(arg string) {
 			}
 			opts.Auth = &value
 		default:
-			c.writeResponse(500, EnhancedCode{5, 5, 4}, "Unknown MAIL FROM argument")
+			c.writeResponse(555, EnhancedCode{5, 5, 4}, "Unknown MAIL FROM argument") // sluice: 555 (RFC 5321 4.1.1.11)
 			return
 		}
 	}
@@ -787,7 +793,7 @@ func (c *Conn) handleRcpt(arg string) {
 			}
 			opts.MTPriority = &mtPriority
 		default:
-			c.writeResponse(500, EnhancedCode{5, 5, 4}, "Unknown RCPT TO argument")
+			c.writeResponse(555, EnhancedCode{5, 5, 4}, "Unknown RCPT TO argument") // sluice: 555 (RFC 5321 4.1.1.11)
 			return
 		}
 	}

@@ -180,7 +180,7 @@ func (s *Server) handleConn(c *Conn) error {
 		if err == nil {
 			cmd, arg, err := parseCmd(line)
 			if err != nil {
-				c.protocolError(501, EnhancedCode{5, 5, 2}, "Bad command")
+				c.protocolError(500, EnhancedCode{5, 5, 2}, "Command unrecognized") // sluice: 500 (RFC 5321 4.2.4)
 				continue
 			}
 
