@@ -342,7 +342,7 @@ func TestSlowOnEventDoesNotHoldBackSinks(t *testing.T) {
 	for seq := uint64(1); seq <= n; seq++ {
 		commitEvent(t, sp, seq)
 	}
-	testutil.WaitForWithin(t, 10*time.Second, "the sink to take every event while the hook blocks", func() bool { return len(sink.got()) == n })
+	testutil.WaitForWithin(t, 30*time.Second, "the sink to take every event while the hook blocks", func() bool { return len(sink.got()) == n })
 	if first, _ := sp.FirstOutboxSeq(); first != 1 {
 		t.Fatalf("outbox pruned to %d while on_event has taken nothing", first)
 	}
