@@ -136,10 +136,17 @@ type Kafka struct {
 	BounceTopic string   // bounced, expired, rejected; default "sluice.bounce"
 }
 
-// Lua: sluice.lua_options { timeout = "100ms", pool_size = 0 }.
+// Lua: sluice.lua_options { timeout = "100ms", pool_size = 0,
+// max_string = "1MiB", max_header = "64KiB" }.
 type Lua struct {
 	Timeout  time.Duration // per hook call; default 100ms
 	PoolSize int           // max idle states kept; default 2*GOMAXPROCS+8
+	// MaxString bounds a string a string/table builtin takes as a pattern
+	// subject or builds (gsub, rep, format, concat); default 1 MiB.
+	MaxString int64
+	// MaxHeader bounds a header field value handed to Lua (msg:header,
+	// msg:headers): longer values are cut to this many bytes; default 64 KiB.
+	MaxHeader int64
 }
 
 // Stage kinds in a StageSpec.
@@ -185,7 +192,7 @@ func Defaults() *Config {
 	return &Config{
 		Spool:        Spool{Path: "./var/spool", MemtableMB: 64},
 		Events:       Events{File: "./var/events.jsonl"},
-		Lua:          Lua{Timeout: 100 * time.Millisecond},
+		Lua:          Lua{Timeout: 100 * time.Millisecond, MaxString: 1 << 20, MaxHeader: 64 << 10},
 		StageTimeout: 30 * time.Second,
 		Delivery: Delivery{
 			Port:               25,

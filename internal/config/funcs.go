@@ -420,11 +420,17 @@ func (ld *loader) events(L *lua.LState) int {
 	return 0
 }
 
-// sluice.lua_options { timeout = "100ms", pool_size = 0 }
+// sluice.lua_options { timeout = "100ms", pool_size = 0, max_string = "1MiB", max_header = "64KiB" }
 func (ld *loader) luaOptions(L *lua.LState) int {
 	const fn = "sluice.lua_options"
 	ld.singleton(fn)
-	o := ld.s.CheckOpts(1, fn, "timeout", "pool_size")
+	o := ld.s.CheckOpts(1, fn, "timeout", "pool_size", "max_string", "max_header")
+	if ld.size(o, "max_string", &ld.cfg.Lua.MaxString) && ld.cfg.Lua.MaxString > 1<<30 {
+		o.Fail("max_string", "must be at most 1GiB")
+	}
+	if ld.size(o, "max_header", &ld.cfg.Lua.MaxHeader) && ld.cfg.Lua.MaxHeader > 1<<30 {
+		o.Fail("max_header", "must be at most 1GiB")
+	}
 	ld.duration(o, "timeout", &ld.cfg.Lua.Timeout)
 	if o.Int("pool_size", &ld.cfg.Lua.PoolSize) && ld.cfg.Lua.PoolSize < 0 {
 		o.Fail("pool_size", "must not be negative (0 means 2*GOMAXPROCS+8)")

@@ -53,7 +53,7 @@ sluice.delivery {
   retry = { initial = "10s", max = "10m", factor = 3, jitter = 0.1 }, queue_lifetime = "2d", delay_warning = "90m",
   own_names = { "MX1.Example.test.", "mx2.example.test" }, own_addresses = { "203.0.113.7", "198.51.100.0/28" }, }
 sluice.events { file = "events.jsonl", kafka = { brokers = { "127.0.0.1:9092" }, topic = "d", bounce_topic = "b" } }
-sluice.lua_options { timeout = "250ms", pool_size = 3 }
+sluice.lua_options { timeout = "250ms", pool_size = 3, max_string = "2MiB" }
 sluice.stage_timeout("10s")
 sluice.stage("policy", sluice.lua("scripts/policy.lua"))
 sluice.stage("auth", sluice.builtin.test_kind {
@@ -129,7 +129,7 @@ sluice.stage("routing", {
 	if cfg.Events.File != filepath.Join(cwd, "events.jsonl") || !reflect.DeepEqual(cfg.Events.Kafka, &Kafka{Brokers: []string{"127.0.0.1:9092"}, Topic: "d", BounceTopic: "b"}) {
 		t.Errorf("events %+v %+v", cfg.Events, cfg.Events.Kafka)
 	}
-	if cfg.Lua != (Lua{Timeout: 250 * time.Millisecond, PoolSize: 3}) || cfg.StageTimeout != 10*time.Second {
+	if cfg.Lua != (Lua{Timeout: 250 * time.Millisecond, PoolSize: 3, MaxString: 2 << 20, MaxHeader: 64 << 10}) || cfg.StageTimeout != 10*time.Second {
 		t.Errorf("lua %+v stage timeout %v", cfg.Lua, cfg.StageTimeout)
 	}
 

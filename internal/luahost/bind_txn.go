@@ -332,15 +332,35 @@ func (st *state) header(L *lua.LState) int {
 	if !h.Has(name) {
 		L.Push(lua.LNil)
 	} else {
-		L.Push(lua.LString(h.Get(name)))
+		L.Push(lua.LString(st.capHeader(h.Get(name))))
 	}
 	return 1
+}
+
+// capHeader cuts a field value handed to Lua to lua_options.max_header
+// bytes: a client controls header sizes, and the cost of string functions
+// grows with their subject.
+func (st *state) capHeader(v string) string {
+	if st.maxHeader > 0 && len(v) > st.maxHeader {
+		return v[:st.maxHeader]
+	}
+	return v
 }
 
 func (st *state) headers(L *lua.LState) int {
 	m := st.selfMsg(L, "headers")
 	name := st.keyArg(L, "headers", 2)
-	L.Push(stringList(L, st.view(m).Values(name)))
+	vals := st.view(m).Values(name)
+	copied := false
+	for i, v := range vals {
+		if c := st.capHeader(v); len(c) != len(v) {
+			if !copied {
+				vals, copied = append([]string(nil), vals...), true
+			}
+			vals[i] = c
+		}
+	}
+	L.Push(stringList(L, vals))
 	return 1
 }
 

@@ -182,7 +182,9 @@ func (h *Host) Close() error {
 // every script run in its own environment.
 func (h *Host) newState() (st *state, err error) {
 	sb := sandbox.New(h.log)
+	sb.SetLimits(sandbox.Limits{MaxString: int(orDefault(h.cfg.Lua.MaxString, config.Defaults().Lua.MaxString))})
 	st = newState(sb, len(h.specs))
+	st.maxHeader = int(orDefault(h.cfg.Lua.MaxHeader, config.Defaults().Lua.MaxHeader))
 	defer func() {
 		if err != nil {
 			sb.Close()
@@ -241,3 +243,10 @@ func (h *Host) deadline(ctx context.Context) (context.Context, context.CancelFun
 
 // isTimeout reports whether err is a hook call stopped by its deadline.
 func isTimeout(err error) bool { return errors.Is(err, context.DeadlineExceeded) }
+
+func orDefault(v, def int64) int64 {
+	if v <= 0 {
+		return def
+	}
+	return v
+}

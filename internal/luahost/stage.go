@@ -129,6 +129,12 @@ func (s *Stage) call(ctx context.Context, hook int, push func(st *state) int) (l
 	cancel()
 	edits := st.edits
 	st.endCall()
+	if perr == nil && cerr != nil {
+		// The function returned, but after its deadline (a long builtin
+		// call ends only when it ends): a call that overran is a failure,
+		// never a success, and its edits are dropped.
+		perr = cerr
+	}
 	if perr != nil {
 		s.h.pool.discard(st)
 		he := &HookError{}

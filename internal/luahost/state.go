@@ -30,6 +30,8 @@ type state struct {
 	// asked for; Stage.call returns them with the verdict.
 	hook  int
 	edits pipeline.Edits
+
+	maxHeader int // lua_options.max_header: longest header value handed to Lua
 }
 
 func newState(sb *sandbox.State, nstages int) *state {

@@ -13,11 +13,15 @@
 // loadfile, load, loadstring, module, collectgarbage and newproxy are
 // removed. require is replaced by a function that returns the `sluice`
 // module for "sluice" and fails for every other name. print goes to slog.
-// string.rep refuses results larger than MaxStringRep.
+// The string and table builtins whose cost is not bounded by their
+// arguments (pattern matching, string.rep, string.format, table.concat)
+// are replaced by versions that stop at the call's deadline and refuse
+// strings over Limits.MaxString (strlib.go).
 //
 // The sandbox protects the host from accidents and keeps scripts away from
-// files, processes and the network; it does not bound memory, so Lua code
-// is trusted operator code, not untrusted user input.
+// files, processes and the network. It bounds each builtin call, not a
+// script's total memory: Lua code is trusted operator code, not untrusted
+// user input.
 //
 // A State is not safe for concurrent use; internal/luahost pools them.
 package sandbox
@@ -36,9 +40,6 @@ import (
 	"github.com/yuin/gopher-lua/parse"
 )
 
-// MaxStringRep bounds the length of a string.rep result (bytes).
-const MaxStringRep = 1 << 20
-
 // State is one sandboxed Lua state with the `sluice` module installed.
 type State struct {
 	L *lua.LState
@@ -52,6 +53,7 @@ type State struct {
 	quiet    bool
 	record   bool
 	err      error
+	limits   Limits
 }
 
 // New returns a sandboxed state whose print and sluice.log output go to
@@ -81,9 +83,7 @@ func New(log *slog.Logger) *State {
 	} {
 		L.SetGlobal(name, lua.LNil)
 	}
-	if str, ok := L.GetGlobal("string").(*lua.LTable); ok {
-		str.RawSetString("rep", L.NewFunction(strRep))
-	}
+	s.installLimited()
 	L.SetGlobal("print", L.NewFunction(s.print))
 	s.Module = s.newModule()
 	L.SetGlobal("sluice", s.Module)
@@ -180,20 +180,6 @@ func (s *State) print(L *lua.LState) int {
 	return 0
 }
 
-func strRep(L *lua.LState) int {
-	str := L.CheckString(1)
-	n := L.CheckInt(2)
-	if n <= 0 || str == "" {
-		L.Push(lua.LString(""))
-		return 1
-	}
-	if len(str) > MaxStringRep/n {
-		L.RaiseError("string.rep: result longer than %d bytes", MaxStringRep)
-	}
-	L.Push(lua.LString(strings.Repeat(str, n)))
-	return 1
-}
-
 // Compile parses and compiles Lua source once; name is the chunk name used
 // in error messages and tracebacks ("pipeline.lua:12: ..."). A syntax error
 // is returned as "name:line: syntax error: ...".
@@ -256,6 +242,11 @@ func (s *State) Call(ctx context.Context, fn *lua.LFunction, nret int, args ...l
 	}
 	err := L.PCall(len(args), nret, nil)
 	L.RemoveContext()
+	if err == nil && ctx.Err() != nil {
+		// It returned, but after its deadline: a call that overran is a
+		// failure, never a success.
+		err = ctx.Err()
+	}
 	if err != nil {
 		L.SetTop(top)
 		return nil, Wrap(ctx, err)

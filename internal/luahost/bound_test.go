@@ -1,0 +1,141 @@
+package luahost
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	lua "github.com/yuin/gopher-lua"
+
+	"github.com/sluice-mta/sluice/pipeline"
+)
+
+// cpuTime is the process's user+system CPU time so far.
+func cpuTime(t testing.TB) time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		t.Fatal(err)
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// hugeHeaderMsg is a message with a 300 KB header of words and runs of
+// spaces (the header:gsub("%s+", " ") case of issue 14).
+func hugeHeaderMsg(t testing.TB) *pipeline.Message {
+	t.Helper()
+	val := strings.Repeat("word   \t  ", 30000) // 300,000 bytes
+	raw := "From: alice@example.com\r\nTo: bob@example.org\r\nX-Big: " + val + "\r\nSubject: hi\r\n\r\nbody\r\n"
+	m, err := pipeline.ParseMessage(testTxn(), []byte(raw))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+// TestExpensiveBuiltinsAreBounded runs the three expensive calls of issue
+// 14 (a pathological string.find pattern, gsub("%s+", " ") over a 300 KB
+// header, table.concat of a huge table) in on_message with a 100 ms
+// deadline: each is answered within the deadline plus a margin, and the
+// process's CPU is back to idle right after.
+func TestExpensiveBuiltinsAreBounded(t *testing.T) {
+	const timeout = 100 * time.Millisecond
+	cases := []struct {
+		name, opts, body string
+		wantErr          string // "" = may succeed
+		deadline         bool   // the error must be a deadline
+	}{
+		{"pathological find", "", `local s = string.rep("a", 60000)
+      return s:find(".-.-.-.-.-.-.-b")`, "did not finish within 100ms", true},
+		{"pathological match", "", `local s = string.rep("a", 60000)
+      return s:match("(.-)(.-)(.-)(.-)b")`, "did not finish within 100ms", true},
+		{"gsub over a 300 KB header (default max_header)", "", `local v = msg:header("X-Big")
+      assert(#v == 65536, tostring(#v))
+      local r, n = v:gsub("%s+", " ")
+      assert(n > 1000)`, "", false},
+		{"gsub over a 300 KB header (max_header 1MiB)", `max_header = "1MiB"`, `local v = msg:header("X-Big")
+      assert(#v > 299000, tostring(#v))
+      local r, n = v:gsub("%s+", " ")
+      assert(n >= 29999, tostring(n))`, "", false},
+		{"table.concat of a huge table", "", `local t = {}
+      for i = 1, 200000 do t[i] = "0123456789abcdef0123456789abcdef" end
+      return table.concat(t)`, "table.concat: result of", false},
+		{"gsub growing past max_string", "", `local s = string.rep("ab", 400000)
+      return s:gsub("a", "xxxxxxxx")`, "string.gsub: result of", false},
+		{"string.rep past max_string", "", `return string.rep("x", 2^31)`, "string.rep: result longer than", false},
+		{"string.format width", "", `return string.format("%999999999s", "x")`, "width too long", false},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			opts := `timeout = "100ms"`
+			if c.opts != "" {
+				opts += ", " + c.opts
+			}
+			h, stages, _ := setup(t, map[string]string{
+				"pipeline.lua": "sluice.lua_options { " + opts + " }\nsluice.stage('s', {\non_message = function(msg)\n      " + c.body + "\n    end })\n",
+			})
+			_ = h
+			st := stages["s"].(pipeline.MessageHook)
+			msg := hugeHeaderMsg(t)
+			cpu0, start := cpuTime(t), time.Now()
+			_, err := st.OnMessage(bg, msg)
+			elapsed, cpu := time.Since(start), cpuTime(t)-cpu0
+			t.Logf("err=%v elapsed=%v cpu=%v", err, elapsed, cpu)
+			if c.wantErr != "" {
+				wantErrContains(t, err, c.wantErr)
+			}
+			if c.deadline && !errors.Is(err, context.DeadlineExceeded) && (err == nil || !strings.Contains(err.Error(), "deadline")) {
+				t.Fatalf("err = %v, want a deadline", err)
+			}
+			if c.wantErr == "" && !c.deadline && err != nil {
+				t.Fatalf("err = %v, want success", err)
+			}
+			// 50 ms target, plus slack for a shared 2-core test box.
+			if elapsed > timeout+250*time.Millisecond {
+				t.Fatalf("answered after %v with a %v deadline", elapsed, timeout)
+			}
+			if cpu > timeout+400*time.Millisecond {
+				t.Fatalf("used %v of CPU with a %v deadline", cpu, timeout)
+			}
+			// Back to idle: nothing keeps running after the answer.
+			cpu1 := cpuTime(t)
+			time.Sleep(200 * time.Millisecond)
+			if idle := cpuTime(t) - cpu1; idle > 60*time.Millisecond {
+				t.Fatalf("%v of CPU in the 200ms after the answer: something still runs", idle)
+			}
+		})
+	}
+}
+
+// TestOverrunIsFailure: a hook that returns normally but after its
+// deadline (a Go function that does not look at the context) fails with a
+// deadline, and its edits are dropped.
+func TestOverrunIsFailure(t *testing.T) {
+	h, stages, _ := setup(t, map[string]string{
+		"pipeline.lua": `sluice.lua_options { timeout = "20ms", pool_size = 1 }
+sluice.stage('s', { on_message = function(msg)
+  msg:add_header("X-Done", "yes")
+  slow()
+  return sluice.accept()
+end })
+`,
+	})
+	ps, err := h.pool.get()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ps.L.SetGlobal("slow", ps.L.NewFunction(func(L *lua.LState) int {
+		time.Sleep(60 * time.Millisecond)
+		return 0
+	}))
+	h.pool.put(ps)
+	v, err := stages["s"].(pipeline.MessageHook).OnMessage(bg, testMsg(t))
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("verdict %+v err %v: an overrun must be a deadline failure", v, err)
+	}
+	if v.Action == pipeline.Accept || len(v.Edits.Headers) != 0 {
+		t.Fatalf("verdict %+v: an overrun must not accept or edit", v)
+	}
+}
