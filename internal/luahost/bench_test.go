@@ -93,3 +93,21 @@ func benchStage(b *testing.B, body string) (pipeline.Stage, *Host, *logBuf) {
 	})
 	return stages["s"], h, lb
 }
+
+// BenchmarkLuaOnMessageGsubHeader is the normal path through the bounded
+// string builtins: header:gsub("%s+", " ") and a find on a short header.
+func BenchmarkLuaOnMessageGsubHeader(b *testing.B) {
+	st, _, _ := benchStage(b, `on_message = function(msg)
+    local s = msg:header("Subject"):gsub("%s+", " ")
+    if s:find("^buy") then return sluice.reject() end
+  end`)
+	h := st.(pipeline.MessageHook)
+	msg := testMsg(b)
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		if _, err := h.OnMessage(bg, msg); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
