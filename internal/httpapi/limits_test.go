@@ -1,10 +1,18 @@
 package httpapi
 
 import (
+	"bufio"
 	"bytes"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
 	"runtime"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/sluice-mta/sluice/internal/config"
 )
 
 // hostileBatch is n empty messages: {"messages":[{},{},...]}, the body
@@ -131,5 +139,50 @@ func TestBatchTooManyOverHTTP(t *testing.T) {
 	}
 	if ae := r.errorOf(t); ae.Field != "message" {
 		t.Errorf("%+v", ae)
+	}
+}
+
+// A body sent at a trickle is cut off after request_timeout with a 408,
+// and the connection is closed.
+func TestSlowBodyCutOff(t *testing.T) {
+	const timeout = 500 * time.Millisecond
+	e := newEnv(t, envOptions{listener: config.HTTPListener{RequestTimeout: timeout}})
+	conn, err := net.Dial("tcp", strings.TrimPrefix(e.url, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	start := time.Now()
+	fmt.Fprintf(conn, "POST /v1/messages HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{", e.sendKey)
+	stop := make(chan struct{})
+	defer close(stop)
+	go func() { // one byte every 50 ms, for up to 50 s
+		for i := 0; i < 1000; i++ {
+			select {
+			case <-stop:
+				return
+			case <-time.After(50 * time.Millisecond):
+			}
+			if _, err := conn.Write([]byte(" ")); err != nil {
+				return
+			}
+		}
+	}()
+	conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+	res, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	if err != nil {
+		t.Fatalf("after %s: %v", time.Since(start), err)
+	}
+	body, _ := io.ReadAll(res.Body)
+	took := time.Since(start)
+	if res.StatusCode != http.StatusRequestTimeout || !bytes.Contains(body, []byte(codeRequestTimeout)) {
+		t.Errorf("%d %s", res.StatusCode, body)
+	}
+	if took < timeout || took > timeout+2*time.Second {
+		t.Errorf("answered after %s, request_timeout %s", took, timeout)
+	}
+	// The server closed the connection: reading more ends.
+	if _, err := conn.Read(make([]byte, 1)); err == nil {
+		t.Error("the connection is still open")
 	}
 }
