@@ -31,7 +31,8 @@ import (
 // names in the answers are the ones validate uses: "messages[3].tags",
 // "messages[3].headers.X-Foo", "to[2]".
 func checkBody(body []byte, top any) *apiError {
-	w := walker{b: body}
+	var buf [8]seg
+	w := walker{b: body, path: buf[:0]}
 	var sh shape
 	switch top.(type) {
 	case *batchRequest:
@@ -60,8 +61,9 @@ const maxDepth = 32
 
 // seg is one step of the path to the current value.
 type seg struct {
-	key []byte // a member name (the input's bytes, or decoded)
-	idx int    // an array index when key is nil
+	key   []byte // a member name (the input's bytes, or decoded)
+	canon string // or the canonical name of a known member
+	idx   int    // an array index when both are empty
 }
 
 type walker struct {
@@ -78,7 +80,7 @@ type walker struct {
 func (w *walker) field() string {
 	var sb strings.Builder
 	for _, s := range w.path {
-		if s.key == nil {
+		if s.key == nil && s.canon == "" {
 			sb.WriteByte('[')
 			sb.WriteString(strconv.Itoa(s.idx))
 			sb.WriteByte(']')
@@ -87,7 +89,11 @@ func (w *walker) field() string {
 		if sb.Len() > 0 {
 			sb.WriteByte('.')
 		}
-		sb.Write(s.key)
+		if s.canon != "" {
+			sb.WriteString(s.canon)
+		} else {
+			sb.Write(s.key)
+		}
 	}
 	return sb.String()
 }
@@ -372,7 +378,7 @@ func (w *walker) object(sh shape) {
 		default:
 			msh, canon = memberShape(sh, name)
 			if canon != "" {
-				w.path[len(w.path)-1] = seg{key: []byte(canon)}
+				w.path[len(w.path)-1] = seg{canon: canon}
 			} else {
 				w.path[len(w.path)-1] = seg{key: name}
 			}
