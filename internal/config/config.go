@@ -86,7 +86,8 @@ type SMTPListener struct {
 type HTTPListener struct {
 	Addr           string
 	TLS            *TLS
-	MaxRequestSize int64 // bytes; default 30 MiB
+	MaxRequestSize int64         // bytes; default 30 MiB
+	RequestTimeout time.Duration // reading a whole request, header and body; default 1m
 }
 
 // Delivery: sluice.delivery { ... }.
@@ -235,7 +236,7 @@ func DefaultSMTPListener(addr string) SMTPListener {
 // DefaultHTTPListener returns an HTTP listener with every limit at its
 // default.
 func DefaultHTTPListener(addr string) HTTPListener {
-	return HTTPListener{Addr: addr, MaxRequestSize: 30 << 20}
+	return HTTPListener{Addr: addr, MaxRequestSize: 30 << 20, RequestTimeout: time.Minute}
 }
 
 // DefaultKafka returns the Kafka settings' defaults (topics); Brokers is

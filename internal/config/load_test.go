@@ -45,7 +45,7 @@ sluice.listen_smtp {
   read_timeout = "1m", write_timeout = "2m", data_timeout = "1d", bare_line_ending = "normalize", max_hops = 30,
 }
 sluice.listen_smtp { addr = "127.0.0.1:2587", max_message_size = 1000 }
-sluice.listen_http { addr = "127.0.0.1:8025", max_request_size = "1KB", tls = { cert = "h.pem", key = "h.key" } }
+sluice.listen_http { addr = "127.0.0.1:8025", max_request_size = "1KB", request_timeout = "15s", tls = { cert = "h.pem", key = "h.key" } }
 sluice.delivery {
   hostname = "out.example.test", resolver = "127.0.0.1", port = 2526, tls = "required",
   tls_skip_verify = true, max_connections = 5, max_per_destination = 2, max_messages_per_conn = 7,
@@ -110,7 +110,7 @@ sluice.stage("routing", {
 	if !reflect.DeepEqual(cfg.SMTP[1], want2) {
 		t.Errorf("smtp[1]\n got %+v\nwant %+v", cfg.SMTP[1], want2)
 	}
-	if len(cfg.HTTP) != 1 || !reflect.DeepEqual(cfg.HTTP[0], HTTPListener{Addr: "127.0.0.1:8025", MaxRequestSize: 1000,
+	if len(cfg.HTTP) != 1 || !reflect.DeepEqual(cfg.HTTP[0], HTTPListener{Addr: "127.0.0.1:8025", MaxRequestSize: 1000, RequestTimeout: 15 * time.Second,
 		TLS: &TLS{Cert: filepath.Join(dir, "h.pem"), Key: filepath.Join(dir, "h.key")}}) {
 		t.Errorf("http %+v", cfg.HTTP)
 	}
@@ -201,7 +201,7 @@ func TestLoadDefaults(t *testing.T) {
 	}
 	// HTTP listener defaults.
 	cfg, err = Parse("p.lua", []byte(`sluice.listen_http { addr = "127.0.0.1:8025" }`))
-	if err != nil || !reflect.DeepEqual(cfg.HTTP, []HTTPListener{{Addr: "127.0.0.1:8025", MaxRequestSize: 30 << 20}}) {
+	if err != nil || !reflect.DeepEqual(cfg.HTTP, []HTTPListener{{Addr: "127.0.0.1:8025", MaxRequestSize: 30 << 20, RequestTimeout: time.Minute}}) {
 		t.Fatalf("%+v %v", cfg.HTTP, err)
 	}
 	if cfg.Delivery.DelayWarning != 4*time.Hour {

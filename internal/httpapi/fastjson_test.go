@@ -90,6 +90,14 @@ func checkFast(t *testing.T, body []byte) {
 			}
 		}
 		viaAPI := mk()
+		if ce := checkBody(body, viaAPI); ce != nil {
+			// Refused before decoding (a limit, invalid UTF-8, nesting):
+			// decodeJSON gives that answer, whatever encoding/json does.
+			if e := decodeJSON(body, viaAPI); e == nil || *e != *ce {
+				t.Fatalf("%q: checkBody %v, decodeJSON %v", body, ce, e)
+			}
+			continue
+		}
 		if e := decodeJSON(body, viaAPI); (e == nil) != (err == nil && len(bytes.TrimSpace(body)) > 0) {
 			t.Fatalf("%q: decodeJSON %v, encoding/json %v", body, e, err)
 		} else if e == nil && !reflect.DeepEqual(viaAPI, std) {

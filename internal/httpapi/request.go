@@ -140,6 +140,9 @@ func decodeJSON(body []byte, v any) *apiError {
 	if len(bytes.TrimSpace(body)) == 0 {
 		return errf(http.StatusBadRequest, codeInvalidJSON, "", "the request body is empty")
 	}
+	if e := checkBody(body, v); e != nil {
+		return e
+	}
 	if fastDecode(body, v) {
 		return nil
 	}

@@ -109,6 +109,17 @@ func New(l config.HTTPListener, r *relay.Relay, sp *spool.Spool, keys *apikey.St
 	if s.max <= 0 {
 		s.max = config.DefaultHTTPListener(l.Addr).MaxRequestSize
 	}
+	// request_timeout bounds reading a whole request, header and body: a
+	// client sending its body at 1 byte/s is cut off then (408), instead
+	// of holding a connection and a handler for minutes.
+	readTimeout := l.RequestTimeout
+	if readTimeout <= 0 {
+		readTimeout = config.DefaultHTTPListener(l.Addr).RequestTimeout
+	}
+	headerTimeout := 10 * time.Second
+	if headerTimeout > readTimeout {
+		headerTimeout = readTimeout
+	}
 	var err error
 	if s.tls, err = tlsConfig(l); err != nil {
 		return nil, err
@@ -116,8 +127,8 @@ func New(l config.HTTPListener, r *relay.Relay, sp *spool.Spool, keys *apikey.St
 	s.hs = &http.Server{
 		Handler:           s,
 		TLSConfig:         s.tls,
-		ReadHeaderTimeout: 10 * time.Second,
-		ReadTimeout:       5 * time.Minute,
+		ReadHeaderTimeout: headerTimeout,
+		ReadTimeout:       readTimeout,
 		WriteTimeout:      5 * time.Minute,
 		IdleTimeout:       2 * time.Minute,
 		MaxHeaderBytes:    64 << 10,
@@ -378,6 +389,10 @@ func (s *Server) readBody(w http.ResponseWriter, r *http.Request) (*bytes.Buffer
 		var mbe *http.MaxBytesError
 		if errors.As(err, &mbe) {
 			return nil, tooLarge
+		}
+		var ne net.Error
+		if errors.As(err, &ne) && ne.Timeout() {
+			return nil, errf(http.StatusRequestTimeout, codeRequestTimeout, "", "the request was not read within %s (request_timeout)", s.hs.ReadTimeout)
 		}
 		return nil, errf(http.StatusBadRequest, codeInvalidJSON, "", "cannot read the request body")
 	}
