@@ -49,9 +49,10 @@ type Server struct {
 	rejecters chan struct{} // bounds the goroutines refusing busy connections
 	draining  atomic.Bool   // Shutdown started: no new transactions
 
-	busyRefused atomic.Int64 // refusals for MaxConnections not yet logged
-	busyLogged  atomic.Int64 // unix nanos of the last such log line
-	closing     atomic.Bool  // Shutdown or Close called
+	anvil    *anvil      // per-client-address limits
+	refusals *refusalLog // connection refusals, logged without a flood
+	inflight budget      // message bytes in memory (MaxInflightBytes)
+	closing  atomic.Bool // Shutdown or Close called
 
 	// recoverPanics turns a panic while admitting a connection into a
 	// closed connection; tests switch it off to see the panic.
@@ -124,6 +125,9 @@ func New(l config.SMTPListener, rl *relay.Relay, log *slog.Logger, opts ...Optio
 	s.baseCtx, s.cancel = context.WithCancel(context.Background())
 	s.slots = make(chan struct{}, l.MaxConnections)
 	s.rejecters = make(chan struct{}, maxRejecters)
+	s.anvil = newAnvil(l.MaxConnectionsPerIP, l.MaxConnectionRatePerIP, l.ConnectionRateWindow)
+	s.refusals = newRefusalLog(s.log, l.MaxConnections)
+	s.inflight.limit = l.MaxInflightBytes
 	return s, nil
 }
 
@@ -199,6 +203,18 @@ func withDefaults(l config.SMTPListener) config.SMTPListener {
 	}
 	if l.BareLineEnding == "" {
 		l.BareLineEnding = d.BareLineEnding
+	}
+	if l.MaxConnectionsPerIP <= 0 {
+		l.MaxConnectionsPerIP = d.MaxConnectionsPerIP
+	}
+	if l.MaxConnectionRatePerIP <= 0 || l.ConnectionRateWindow <= 0 {
+		l.MaxConnectionRatePerIP, l.ConnectionRateWindow = d.MaxConnectionRatePerIP, d.ConnectionRateWindow
+	}
+	if l.MaxSessionTime <= 0 {
+		l.MaxSessionTime = d.MaxSessionTime
+	}
+	if l.MaxInflightBytes <= 0 {
+		l.MaxInflightBytes = d.MaxInflightBytes
 	}
 	return l
 }
@@ -282,9 +298,11 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	if err != nil {
 		s.cancel()
 		s.closeAll()
+		s.refusals.close()
 		return err
 	}
 	s.cancel()
+	s.refusals.close()
 	return nil
 }
 
@@ -298,6 +316,7 @@ func (s *Server) Close() error {
 	s.cancel()
 	err := s.smtp.Close()
 	s.closeAll()
+	s.refusals.close()
 	return err
 }
 
@@ -358,6 +377,7 @@ func (s *Server) track(c net.Conn) *trackedConn {
 		RelayNetwork: relayNet,
 	}}
 	tc.rs = s.relay.NewSession(tc.pc)
+	tc.sessionDeadline = time.Now().Add(s.l.MaxSessionTime)
 	s.mu.Lock()
 	s.conns[tc] = struct{}{}
 	s.mu.Unlock()
@@ -372,6 +392,7 @@ func (s *Server) untrack(c *trackedConn) {
 	s.mu.Lock()
 	delete(s.conns, c)
 	s.mu.Unlock()
+	s.anvil.release(c.pc.RemoteIP)
 	<-s.slots
 }
 
