@@ -81,8 +81,8 @@ type SMTPListener struct {
 	BareLineEnding string         // "reject" (default) or "normalize"
 	MaxHops        int            // Received fields a message may carry; default 100 (RFC 5321 section 6.3)
 
-	// Per-client-address limits (like Postfix's anvil); loopback and
-	// relay_networks clients are not exempt. MaxConnectionsPerIP bounds
+	// Per-client-address limits (like Postfix's anvil); relay_networks
+	// clients are exempt, loopback is not unless listed there. MaxConnectionsPerIP bounds
 	// concurrent connections (default 20); MaxConnectionRatePerIP
 	// connections per ConnectionRateWindow (default 60 per minute).
 	// Beyond either: 421 4.7.0, then closed.

@@ -2,8 +2,8 @@
 // SMTP listener (config.SMTPListener), built on github.com/emersion/go-smtp.
 //
 // A Server accepts connections (bounded by MaxConnections, and per client
-// address by MaxConnectionsPerIP and MaxConnectionRatePerIP, loopback and
-// relay networks included), runs the
+// address by MaxConnectionsPerIP and MaxConnectionRatePerIP, relay
+// networks exempt), runs the
 // pipeline's session hooks at each SMTP step, reads the message data into
 // a bounded buffer charged to the listener's in-flight byte budget
 // (MaxInflightBytes; sized at once by MAIL SIZE= when given), refuses or normalises bare CR / bare LF (SMTP

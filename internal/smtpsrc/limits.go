@@ -10,9 +10,9 @@ import (
 // anvil counts connections per client address, like Postfix's anvil: how
 // many are open at once, and how many were opened in the current rate
 // window (a fixed window that starts at the address's first connection).
-// Every client address is counted, loopback and relay_networks included:
-// a relay network is the usual source of a runaway application, and an
-// operator who wants more raises the limits.
+// Clients in relay_networks are not counted (trusted, like Postfix's
+// smtpd_client_event_limit_exceptions = $mynetworks); every other address
+// is, loopback included.
 type anvil struct {
 	maxConns int
 	maxRate  int

@@ -118,14 +118,19 @@ func (ln *listener) loop() {
 		}
 		delay = 0
 		ip := remoteAddrPort(c).Addr()
-		if reason := ln.s.anvil.admit(ip, time.Now()); reason != "" {
-			ln.s.refuse(c, reason)
-			continue
+		counted := !ln.s.inRelayNetworks(ip)
+		if counted {
+			if reason := ln.s.anvil.admit(ip, time.Now()); reason != "" {
+				ln.s.refuse(c, reason)
+				continue
+			}
 		}
 		select {
 		case ln.s.slots <- struct{}{}:
 		default:
-			ln.s.anvil.release(ip)
+			if counted {
+				ln.s.anvil.release(ip)
+			}
 			ln.s.refuse(c, reasonBusy)
 			continue
 		}

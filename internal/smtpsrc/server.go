@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"strings"
 	"sync"
@@ -361,13 +362,7 @@ func waitCtx(ctx context.Context, wg *sync.WaitGroup) error {
 func (s *Server) track(c net.Conn) *trackedConn {
 	ap := remoteAddrPort(c)
 	ip := ap.Addr()
-	relayNet := false
-	for _, p := range s.l.RelayNetworks {
-		if p.Contains(ip) {
-			relayNet = true
-			break
-		}
-	}
+	relayNet := s.inRelayNetworks(ip)
 	tc := &trackedConn{Conn: c, s: s, pc: &pipeline.Conn{
 		Source:       pipeline.SourceSMTP,
 		Listener:     s.l.Name,
@@ -392,8 +387,22 @@ func (s *Server) untrack(c *trackedConn) {
 	s.mu.Lock()
 	delete(s.conns, c)
 	s.mu.Unlock()
-	s.anvil.release(c.pc.RemoteIP)
+	if !c.pc.RelayNetwork {
+		s.anvil.release(c.pc.RemoteIP)
+	}
 	<-s.slots
+}
+
+// inRelayNetworks reports whether ip is in the listener's relay_networks,
+// which are also exempt from the per-client-address limits (as Postfix's
+// smtpd_client_event_limit_exceptions = $mynetworks).
+func (s *Server) inRelayNetworks(ip netip.Addr) bool {
+	for _, p := range s.l.RelayNetworks {
+		if p.Contains(ip) {
+			return true
+		}
+	}
+	return false
 }
 
 func (s *Server) handshakeTimeout() time.Duration {
