@@ -80,6 +80,22 @@ type SMTPListener struct {
 	DataTimeout    time.Duration  // whole DATA phase; default 10m
 	BareLineEnding string         // "reject" (default) or "normalize"
 	MaxHops        int            // Received fields a message may carry; default 100 (RFC 5321 section 6.3)
+
+	// Per-client-address limits (like Postfix's anvil); relay_networks
+	// clients are exempt, loopback is not unless listed there. MaxConnectionsPerIP bounds
+	// concurrent connections (default 20); MaxConnectionRatePerIP
+	// connections per ConnectionRateWindow (default 60 per minute).
+	// Beyond either: 421 4.7.0, then closed.
+	MaxConnectionsPerIP    int
+	MaxConnectionRatePerIP int
+	ConnectionRateWindow   time.Duration
+	// MaxSessionTime bounds a whole SMTP session (default 30m); then the
+	// session ends with 421 4.4.2 at its next command.
+	MaxSessionTime time.Duration
+	// MaxInflightBytes bounds the message bytes held in memory by all this
+	// listener's transactions at once (default 512 MiB); a DATA/BDAT
+	// past it gets 452 4.3.1.
+	MaxInflightBytes int64
 }
 
 // HTTPListener: sluice.listen_http { addr = "127.0.0.1:8025", tls = {...} }.
@@ -230,6 +246,12 @@ func DefaultSMTPListener(addr string) SMTPListener {
 		DataTimeout:    10 * time.Minute,
 		BareLineEnding: "reject",
 		MaxHops:        100,
+
+		MaxConnectionsPerIP:    20,
+		MaxConnectionRatePerIP: 60,
+		ConnectionRateWindow:   time.Minute,
+		MaxSessionTime:         30 * time.Minute,
+		MaxInflightBytes:       512 << 20,
 	}
 }
 

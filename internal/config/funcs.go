@@ -130,6 +130,25 @@ func (ld *loader) size(o *sandbox.Opts, key string, dst *int64) bool {
 	return true
 }
 
+// rate reads a rate "N/second", "N/minute", "N/hour" or "N/<duration>"
+// ("30/10s") into a count and a window.
+func (ld *loader) rate(o *sandbox.Opts, key string, n *int, window *time.Duration) bool {
+	v := o.Get(key)
+	if v == lua.LNil {
+		return false
+	}
+	str, ok := v.(lua.LString)
+	if !ok {
+		o.Fail(key, "want a rate like \"60/minute\", got %s", sandbox.Describe(v))
+	}
+	c, w, err := ParseRate(string(str))
+	if err != nil {
+		o.Fail(key, "%v", err)
+	}
+	*n, *window = c, w
+	return true
+}
+
 func (ld *loader) positive(o *sandbox.Opts, key string, dst *int) bool {
 	if !o.Int(key, dst) {
 		return false
@@ -248,7 +267,8 @@ func (ld *loader) listenSMTP(L *lua.LState) int {
 	const fn = "sluice.listen_smtp"
 	o := ld.s.CheckOpts(1, fn, "name", "addr", "hostname", "tls", "implicit_tls", "auth",
 		"relay_networks", "max_message_size", "max_recipients", "max_line_length",
-		"max_connections", "read_timeout", "write_timeout", "data_timeout", "bare_line_ending", "max_hops")
+		"max_connections", "read_timeout", "write_timeout", "data_timeout", "bare_line_ending", "max_hops",
+		"max_connections_per_ip", "max_connection_rate_per_ip", "max_session_time", "max_inflight_bytes")
 	l := DefaultSMTPListener(ld.listenAddr(o, "addr"))
 	if o.String("name", &l.Name) {
 		if !validName(l.Name) {
@@ -287,6 +307,10 @@ func (ld *loader) listenSMTP(L *lua.LState) int {
 	ld.duration(o, "data_timeout", &l.DataTimeout)
 	ld.enum(o, "bare_line_ending", &l.BareLineEnding, "reject", "normalize")
 	ld.positive(o, "max_hops", &l.MaxHops)
+	ld.positive(o, "max_connections_per_ip", &l.MaxConnectionsPerIP)
+	ld.rate(o, "max_connection_rate_per_ip", &l.MaxConnectionRatePerIP, &l.ConnectionRateWindow)
+	ld.duration(o, "max_session_time", &l.MaxSessionTime)
+	ld.size(o, "max_inflight_bytes", &l.MaxInflightBytes)
 	ld.cfg.SMTP = append(ld.cfg.SMTP, l)
 	return 0
 }

@@ -87,3 +87,35 @@ func ParseSize(s string) (int64, error) {
 	}
 	return int64(v), nil
 }
+
+// ParseRate parses a rate "N/unit": unit is "second", "minute", "hour"
+// (or "s", "m", "h") or a duration ("30/10s"). N and the window must be
+// larger than zero.
+func ParseRate(s string) (int, time.Duration, error) {
+	num, unit, ok := strings.Cut(strings.TrimSpace(s), "/")
+	if !ok {
+		return 0, 0, fmt.Errorf("%q: want a rate like \"60/minute\"", s)
+	}
+	n, err := strconv.Atoi(strings.TrimSpace(num))
+	if err != nil || n <= 0 {
+		return 0, 0, fmt.Errorf("%q: the count must be a whole number larger than zero", s)
+	}
+	var w time.Duration
+	switch u := strings.ToLower(strings.TrimSpace(unit)); u {
+	case "second", "s":
+		w = time.Second
+	case "minute", "m", "min":
+		w = time.Minute
+	case "hour", "h":
+		w = time.Hour
+	default:
+		w, err = ParseDuration(u)
+		if err != nil {
+			return 0, 0, fmt.Errorf("%q: want a rate like \"60/minute\": %v", s, err)
+		}
+		if w <= 0 {
+			return 0, 0, fmt.Errorf("%q: the window must be longer than zero", s)
+		}
+	}
+	return n, w, nil
+}

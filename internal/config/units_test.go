@@ -75,3 +75,20 @@ func TestParseSize(t *testing.T) {
 		}
 	}
 }
+
+func TestParseRate(t *testing.T) {
+	for in, want := range map[string]struct {
+		n int
+		w time.Duration
+	}{"60/minute": {60, time.Minute}, "5/s": {5, time.Second}, " 100 / hour ": {100, time.Hour}, "30/10s": {30, 10 * time.Second}} {
+		n, w, err := ParseRate(in)
+		if err != nil || n != want.n || w != want.w {
+			t.Errorf("ParseRate(%q) = %d, %v, %v", in, n, w, err)
+		}
+	}
+	for _, in := range []string{"60", "0/minute", "-1/s", "x/minute", "5/fortnight", "5/0s"} {
+		if _, _, err := ParseRate(in); err == nil {
+			t.Errorf("ParseRate(%q): no error", in)
+		}
+	}
+}

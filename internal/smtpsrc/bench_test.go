@@ -3,7 +3,10 @@ package smtpsrc
 import (
 	"bufio"
 	"fmt"
+	"runtime"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -79,6 +82,85 @@ func BenchmarkScanData(b *testing.B) {
 					b.Fatal("bare")
 				}
 			}
+		})
+	}
+}
+
+// BenchmarkConcurrentLargeMessages sends `conc` 8 MiB messages at once
+// (issue 14 item 4; the issue measured 24 MB), with and without SIZE=,
+// under a 64 MiB max_inflight_bytes, and reports the peak heap in use and
+// how many were refused 452. The Submitter discards.
+func BenchmarkConcurrentLargeMessages(b *testing.B) {
+	const conc = 16
+	const size = 8 << 20
+	var sb strings.Builder
+	sb.WriteString("Subject: big\r\n\r\n")
+	line := strings.Repeat("z", 998) + "\r\n"
+	for sb.Len() < size-len(line) {
+		sb.WriteString(line)
+	}
+	msg := sb.String() + ".\r\n"
+	for _, withSize := range []bool{false, true} {
+		b.Run(fmt.Sprintf("size_param=%v", withSize), func(b *testing.B) {
+			l := testListener()
+			l.MaxMessageSize = 32 << 20
+			l.MaxInflightBytes = 64 << 20
+			ts := startServer(b, l, newChain(b, pipeline.ChainOptions{}), &fakeSub{discard: true})
+			var peak atomic.Uint64
+			stop := make(chan struct{})
+			go func() {
+				var ms runtime.MemStats
+				for {
+					select {
+					case <-stop:
+						return
+					case <-time.After(5 * time.Millisecond):
+					}
+					runtime.ReadMemStats(&ms)
+					if ms.HeapInuse > peak.Load() {
+						peak.Store(ms.HeapInuse)
+					}
+				}
+			}()
+			var refused atomic.Int64
+			b.SetBytes(int64(conc * len(msg)))
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				var wg sync.WaitGroup
+				for j := 0; j < conc; j++ {
+					wg.Add(1)
+					go func() {
+						defer wg.Done()
+						c := dialReady(b, ts.addr)
+						c.ehlo()
+						from := "MAIL FROM:<a@local.test>"
+						if withSize {
+							from += fmt.Sprintf(" SIZE=%d", len(msg))
+						}
+						c.write(from + "\r\nRCPT TO:<bob@local.test>\r\nDATA\r\n")
+						c.expect(250)
+						c.expect(250)
+						c.expect(354)
+						c.write(msg)
+						r, err := c.read()
+						if err != nil {
+							b.Error(err)
+							return
+						}
+						if r.Code == 452 {
+							refused.Add(1)
+						} else if r.Code != 250 {
+							b.Errorf("reply %v", r)
+						}
+						c.conn.Close()
+					}()
+				}
+				wg.Wait()
+			}
+			b.StopTimer()
+			close(stop)
+			b.ReportMetric(float64(peak.Load())/(1<<20), "peak-heap-MiB")
+			b.ReportMetric(float64(refused.Load())/float64(b.N), "refused/op")
 		})
 	}
 }

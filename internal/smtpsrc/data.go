@@ -2,6 +2,7 @@ package smtpsrc
 
 import (
 	"bytes"
+	"errors"
 	"io"
 	"sync"
 
@@ -70,36 +71,115 @@ func normalizeLineEndings(dst, src []byte) []byte {
 	return dst
 }
 
-// bufPool holds message buffers. Buffers that grew beyond maxPooledBuf are
-// dropped rather than pooled, so one huge message does not pin memory.
-var bufPool = sync.Pool{New: func() any { return new(bytes.Buffer) }}
+// bufPool holds message buffers (*[]byte). Buffers that grew beyond
+// maxPooledBuf are dropped rather than pooled, so one huge message does not
+// pin memory.
+var bufPool = sync.Pool{New: func() any { b := make([]byte, 0, minBuf); return &b }}
 
-const maxPooledBuf = 1 << 20
+const (
+	maxPooledBuf = 1 << 20
+	minBuf       = 32 << 10
+	// sizeSlack is added to a SIZE= declaration when sizing the buffer:
+	// a client's count may be a little off (dot-stuffing, line ends).
+	sizeSlack = 4 << 10
+)
 
-func getBuf() *bytes.Buffer { return bufPool.Get().(*bytes.Buffer) }
+func getBuf() []byte { return (*bufPool.Get().(*[]byte))[:0] }
 
-func putBuf(b *bytes.Buffer) {
-	if b == nil || b.Cap() > maxPooledBuf {
+func putBuf(b []byte) {
+	if cap(b) == 0 || cap(b) > maxPooledBuf {
 		return
 	}
-	b.Reset()
-	bufPool.Put(b)
+	b = b[:0]
+	bufPool.Put(&b)
 }
 
-// readData reads the whole message into buf, refusing more than limit
-// bytes with pipeline.ErrTooBig (go-smtp enforces the same limit first; this
-// is the belt to its braces, and covers BDAT). limit <= 0 means no limit.
-func readData(buf *bytes.Buffer, r io.Reader, limit int64) error {
-	if limit > 0 {
-		lr := &io.LimitedReader{R: r, N: limit + 1}
-		if _, err := buf.ReadFrom(lr); err != nil {
-			return err
+// errOverBudget is readData's failure when the listener's in-flight byte
+// budget cannot take the message.
+var errOverBudget = errors.New("smtpsrc: in-flight byte budget exhausted")
+
+// readData reads the whole message from r into buf (from the pool),
+// refusing more than limit bytes with pipeline.ErrTooBig (go-smtp enforces
+// the same limit first for DATA; this covers BDAT). limit <= 0 means no
+// limit. hint is the size declared with MAIL SIZE= (0: none): the buffer
+// is sized for it at once, so an honest declaration costs no regrowth
+// copies. Every buffer is charged to b by its capacity before it is
+// allocated (old and new while growing); when b cannot take it, readData
+// stops with errOverBudget. It returns the data (in buf's array or a
+// larger one) and the bytes charged, which the caller releases, also on
+// error.
+func readData(buf []byte, r io.Reader, limit, hint int64, b *budget) (data []byte, charged int64, err error) {
+	buf = buf[:0]
+	charged = int64(cap(buf))
+	if !b.reserve(charged) {
+		return buf, 0, errOverBudget
+	}
+	grow := func(want int64) error {
+		if limit > 0 && want > limit+1 {
+			want = limit + 1
 		}
-		if int64(buf.Len()) > limit {
-			return pipeline.ErrTooBig
+		if want <= int64(cap(buf)) {
+			want = int64(cap(buf)) + minBuf
 		}
+		if !b.reserve(want) {
+			return errOverBudget
+		}
+		nb := make([]byte, len(buf), want)
+		copy(nb, buf)
+		b.release(int64(cap(buf)))
+		charged += want - int64(cap(buf))
+		buf = nb
 		return nil
 	}
-	_, err := buf.ReadFrom(r)
+	if hint > 0 && int64(cap(buf)) < hint+sizeSlack {
+		if err := grow(hint + sizeSlack); err != nil {
+			return buf, charged, err
+		}
+	}
+	for {
+		if len(buf) == cap(buf) {
+			// Probe with a small read before doubling: a message that
+			// exactly fills the buffer must not double it to find EOF.
+			var probe [512]byte
+			n, rerr := io.ReadFull(r, probe[:])
+			if n == 0 {
+				if rerr == io.EOF || rerr == io.ErrUnexpectedEOF {
+					rerr = nil
+				}
+				return buf, charged, rerr
+			}
+			if err := grow(2 * int64(cap(buf))); err != nil {
+				return buf, charged, err
+			}
+			buf = append(buf, probe[:n]...)
+			if rerr != nil {
+				if rerr == io.EOF || rerr == io.ErrUnexpectedEOF {
+					rerr = nil
+				}
+				return buf, charged, tooBig(buf, limit, rerr)
+			}
+			if err := tooBig(buf, limit, nil); err != nil {
+				return buf, charged, err
+			}
+			continue
+		}
+		n, rerr := r.Read(buf[len(buf):cap(buf)])
+		buf = buf[:len(buf)+n]
+		if err := tooBig(buf, limit, nil); err != nil {
+			return buf, charged, err
+		}
+		if rerr == io.EOF {
+			return buf, charged, nil
+		}
+		if rerr != nil {
+			return buf, charged, rerr
+		}
+	}
+}
+
+func tooBig(buf []byte, limit int64, err error) error {
+	if limit > 0 && int64(len(buf)) > limit {
+		return pipeline.ErrTooBig
+	}
 	return err
 }

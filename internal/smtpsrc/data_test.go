@@ -131,18 +131,71 @@ func FuzzData(f *testing.F) {
 }
 
 func TestReadData(t *testing.T) {
-	buf := getBuf()
-	defer putBuf(buf)
-	if err := readData(buf, strings.NewReader("12345"), 5); err != nil || buf.String() != "12345" {
-		t.Errorf("at the limit: %v %q", err, buf.String())
+	b := &budget{}
+	check := func(name, in string, limit, hint int64, want string, wantErr error) {
+		t.Helper()
+		buf := getBuf()
+		data, charged, err := readData(buf, strings.NewReader(in), limit, hint, b)
+		b.release(charged)
+		if !errors.Is(err, wantErr) || (wantErr == nil && string(data) != want) {
+			t.Errorf("%s: %v %q", name, err, data)
+		}
+		if wantErr == nil && charged != int64(cap(data)) {
+			t.Errorf("%s: charged %d for a buffer of %d", name, charged, cap(data))
+		}
+		putBuf(data)
 	}
-	buf.Reset()
-	if err := readData(buf, strings.NewReader("123456"), 5); !errors.Is(err, pipeline.ErrTooBig) {
-		t.Errorf("over the limit: %v", err)
+	check("at the limit", "12345", 5, 0, "12345", nil)
+	check("over the limit", "123456", 5, 0, "", pipeline.ErrTooBig)
+	check("no limit", "123456", 0, 0, "123456", nil)
+	big := strings.Repeat("x", 3*minBuf+7)
+	check("grown", big, 0, 0, big, nil)
+	check("hinted", big, 0, int64(len(big)), big, nil)
+	check("over the limit, grown", big, int64(2*minBuf), 0, "", pipeline.ErrTooBig)
+	if n := b.inUse(); n != 0 {
+		t.Errorf("budget still holds %d bytes", n)
 	}
-	buf.Reset()
-	if err := readData(buf, strings.NewReader("123456"), 0); err != nil || buf.Len() != 6 {
-		t.Errorf("no limit: %v", err)
+}
+
+// TestReadDataBudget: the in-flight budget is charged by buffer capacity
+// as the message grows (old and new buffer while growing), released by the
+// caller, and a message that does not fit stops with errOverBudget; a
+// SIZE= hint sizes the buffer at once (no regrowth).
+func TestReadDataBudget(t *testing.T) {
+	msg := strings.Repeat("y", 1<<20)
+	b := &budget{limit: 3 << 20}
+	data, charged, err := readData(nil, strings.NewReader(msg), 0, 0, b)
+	if err != nil || len(data) != len(msg) {
+		t.Fatalf("1 MiB in a 3 MiB budget: %v", err)
+	}
+	if charged < int64(len(msg)) || charged > 2*int64(len(msg))+minBuf || b.inUse() != charged {
+		t.Errorf("charged %d (in use %d) for %d bytes", charged, b.inUse(), len(msg))
+	}
+	// A second, larger message does not fit with the first still held.
+	data2, charged2, err := readData(nil, strings.NewReader(msg+msg), 0, 0, b)
+	if !errors.Is(err, errOverBudget) {
+		t.Errorf("2 MiB more in a 3 MiB budget holding %d: %v (%d bytes)", charged, err, len(data2))
+	}
+	b.release(charged2)
+	b.release(charged)
+	if b.inUse() != 0 {
+		t.Fatalf("budget holds %d after release", b.inUse())
+	}
+	// With SIZE= the buffer is allocated once, at the declared size.
+	data, charged, err = readData(nil, strings.NewReader(msg), 0, int64(len(msg)), b)
+	if err != nil || string(data) != msg || charged != int64(len(msg))+sizeSlack {
+		t.Errorf("hinted: err %v, charged %d for %d", err, charged, len(msg))
+	}
+	b.release(charged)
+	// A SIZE= over the budget is refused before anything is read.
+	r := strings.NewReader(msg)
+	_, charged, err = readData(nil, r, 0, 8<<20, b)
+	if !errors.Is(err, errOverBudget) || r.Len() != len(msg) {
+		t.Errorf("SIZE over the budget: %v, %d bytes read", err, len(msg)-r.Len())
+	}
+	b.release(charged)
+	if b.inUse() != 0 {
+		t.Errorf("budget holds %d at the end", b.inUse())
 	}
 }
 

@@ -1,9 +1,12 @@
 // Package smtpsrc is Sluice's SMTP receiving side: one Server per configured
 // SMTP listener (config.SMTPListener), built on github.com/emersion/go-smtp.
 //
-// A Server accepts connections (bounded by MaxConnections), runs the
+// A Server accepts connections (bounded by MaxConnections, and per client
+// address by MaxConnectionsPerIP and MaxConnectionRatePerIP, relay
+// networks exempt), runs the
 // pipeline's session hooks at each SMTP step, reads the message data into
-// a bounded, pooled buffer, refuses or normalises bare CR / bare LF (SMTP
+// a bounded buffer charged to the listener's in-flight byte budget
+// (MaxInflightBytes; sized at once by MAIL SIZE= when given), refuses or normalises bare CR / bare LF (SMTP
 // smuggling) and NUL, parses the header section and commits the message
 // through the relay (internal/relay), the one owner of every transaction:
 // it runs the hooks, writes the Received: field, records refusals, makes
@@ -33,7 +36,10 @@
 // built on pipeline.Reply, so internal error texts never reach a client:
 //
 //	421 4.3.2  over MaxConnections (then closed); new transactions while shutting down
-//	421 4.4.2  DATA/BDAT not finished within DataTimeout (then closed)
+//	421 4.7.0  over MaxConnectionsPerIP or MaxConnectionRatePerIP (then closed)
+//	421 4.4.2  DATA/BDAT not finished within DataTimeout; ReadTimeout or
+//	           MaxSessionTime passed (then closed; a partial line is never run)
+//	452 4.3.1  the message would take the listener past MaxInflightBytes
 //	451 4.3.0  any internal failure (stage error, spool error), generic text
 //	451 4.4.5  a stage exceeded the chain's StageTimeout
 //	452 4.5.3  more than MaxRecipients recipients (go-smtp's check)

@@ -117,10 +117,21 @@ func (ln *listener) loop() {
 			return
 		}
 		delay = 0
+		ip := remoteAddrPort(c).Addr()
+		counted := !ln.s.inRelayNetworks(ip)
+		if counted {
+			if reason := ln.s.anvil.admit(ip, time.Now()); reason != "" {
+				ln.s.refuse(c, reason)
+				continue
+			}
+		}
 		select {
 		case ln.s.slots <- struct{}{}:
 		default:
-			ln.s.refuseBusy(c)
+			if counted {
+				ln.s.anvil.release(ip)
+			}
+			ln.s.refuse(c, reasonBusy)
 			continue
 		}
 		tc := ln.s.track(c)
@@ -186,17 +197,24 @@ func (s *Server) refuseConnect(nc net.Conn, tc *trackedConn, err error) {
 	nc.Close()
 }
 
-// refuseBusy answers a connection over MaxConnections with 421 4.3.2 and
-// closes it, in one of at most maxRejecters goroutines; when those are all
-// busy the connection is closed without a reply.
-func (s *Server) refuseBusy(c net.Conn) {
+// refuse answers a connection over MaxConnections (421 4.3.2) or over a
+// per-client-address limit (421 4.7.0) and closes it, in one of at most
+// maxRejecters goroutines; when those are all busy the connection is
+// closed without a reply. Every refusal is counted in the log.
+func (s *Server) refuse(c net.Conn, reason string) {
+	addr := c.RemoteAddr().String()
 	select {
 	case s.rejecters <- struct{}{}:
 	default:
 		c.Close()
+		s.refusals.note(reason+", "+reasonNoReply, addr)
 		return
 	}
-	s.logBusy(c)
+	s.refusals.note(reason, addr)
+	e := errTooManyConns
+	if reason != reasonBusy {
+		e = errTooManyFromIP
+	}
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()
@@ -212,24 +230,8 @@ func (s *Server) refuseBusy(c net.Conn) {
 			defer tlsc.Close()
 			w = tlsc
 		}
-		e := errTooManyConns
 		fmt.Fprintf(w, "%d %s %s\r\n", e.Code, e.Enhanced, e.Message)
 	}()
-}
-
-// logBusy logs refusals for MaxConnections at most once a second, with the
-// number refused since the last line, so a connection flood cannot flood
-// the log.
-func (s *Server) logBusy(c net.Conn) {
-	n := s.busyRefused.Add(1)
-	now := time.Now().UnixNano()
-	last := s.busyLogged.Load()
-	if now-last < int64(time.Second) || !s.busyLogged.CompareAndSwap(last, now) {
-		return
-	}
-	s.busyRefused.Add(-n)
-	s.log.Warn("connections refused: too many connections", "max", s.l.MaxConnections,
-		"refused", n, "last_remote_addr", c.RemoteAddr().String())
 }
 
 // trackedConn is every admitted connection's bottom layer (under TLS when
@@ -241,17 +243,20 @@ func (s *Server) logBusy(c net.Conn) {
 //   - once expired (a data timeout happened) every read fails at once, so
 //     go-smtp answers 421 and closes;
 //   - while the server drains, a connection outside a transaction gets an
-//     expired deadline, so go-smtp closes it at its next read ("421 4.4.2").
+//     expired deadline, so go-smtp closes it at its next read ("421 4.4.2");
+//   - no deadline extends beyond MaxSessionTime after admission, so a
+//     session (however busy) ends then with 421 4.4.2.
 type trackedConn struct {
 	net.Conn
 	s  *Server
 	pc *pipeline.Conn
 	rs *relay.Session // the relay's session for pc
 
-	mu           sync.Mutex
-	dataDeadline time.Time // zero outside DATA/BDAT
-	expired      bool
-	busy         bool // inside a mail transaction (MAIL .. end of DATA/RSET)
+	mu              sync.Mutex
+	sessionDeadline time.Time // MaxSessionTime after admission
+	dataDeadline    time.Time // zero outside DATA/BDAT
+	expired         bool
+	busy            bool // inside a mail transaction (MAIL .. end of DATA/RSET)
 
 	closeOnce sync.Once
 
@@ -324,7 +329,10 @@ func (c *trackedConn) clampLocked(t time.Time) time.Time {
 		return past
 	}
 	if !c.dataDeadline.IsZero() && (t.IsZero() || t.After(c.dataDeadline)) {
-		return c.dataDeadline
+		t = c.dataDeadline
+	}
+	if !c.sessionDeadline.IsZero() && (t.IsZero() || t.After(c.sessionDeadline)) {
+		t = c.sessionDeadline
 	}
 	return t
 }

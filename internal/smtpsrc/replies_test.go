@@ -14,6 +14,8 @@ import (
 func TestReplyTableMatchesCode(t *testing.T) {
 	values := map[string]*pipeline.Error{
 		"errTooManyConns":              errTooManyConns,
+		"errTooManyFromIP":             errTooManyFromIP,
+		"errInflightFull":              errInflightFull,
 		"errShuttingDown":              errShuttingDown,
 		"errDataTimeout":               errDataTimeout,
 		"errNeedSMTPUTF8":              errNeedSMTPUTF8,

@@ -23,6 +23,10 @@ var (
 		Message: "Bad sequence of commands"}
 	errTooManyConns = &pipeline.Error{Code: 421, Enhanced: pipeline.EnhancedCode{4, 3, 2},
 		Message: "Too many connections, try again later"}
+	errTooManyFromIP = &pipeline.Error{Code: 421, Enhanced: pipeline.EnhancedCode{4, 7, 0},
+		Message: "Too many connections from your address, try again later"}
+	errInflightFull = &pipeline.Error{Code: 452, Enhanced: pipeline.EnhancedCode{4, 3, 1},
+		Message: "Too much mail in progress, try again later"}
 	// X.4.6 "routing loop detected" (RFC 3463); Postfix says 5.4.0.
 	errTooManyHops = &pipeline.Error{Code: 554, Enhanced: pipeline.EnhancedCode{5, 4, 6},
 		Message: "Too many hops (Received fields): mail loop?"}

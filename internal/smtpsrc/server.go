@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"strings"
 	"sync"
@@ -49,9 +50,10 @@ type Server struct {
 	rejecters chan struct{} // bounds the goroutines refusing busy connections
 	draining  atomic.Bool   // Shutdown started: no new transactions
 
-	busyRefused atomic.Int64 // refusals for MaxConnections not yet logged
-	busyLogged  atomic.Int64 // unix nanos of the last such log line
-	closing     atomic.Bool  // Shutdown or Close called
+	anvil    *anvil      // per-client-address limits
+	refusals *refusalLog // connection refusals, logged without a flood
+	inflight budget      // message bytes in memory (MaxInflightBytes)
+	closing  atomic.Bool // Shutdown or Close called
 
 	// recoverPanics turns a panic while admitting a connection into a
 	// closed connection; tests switch it off to see the panic.
@@ -124,6 +126,9 @@ func New(l config.SMTPListener, rl *relay.Relay, log *slog.Logger, opts ...Optio
 	s.baseCtx, s.cancel = context.WithCancel(context.Background())
 	s.slots = make(chan struct{}, l.MaxConnections)
 	s.rejecters = make(chan struct{}, maxRejecters)
+	s.anvil = newAnvil(l.MaxConnectionsPerIP, l.MaxConnectionRatePerIP, l.ConnectionRateWindow)
+	s.refusals = newRefusalLog(s.log, l.MaxConnections)
+	s.inflight.limit = l.MaxInflightBytes
 	return s, nil
 }
 
@@ -199,6 +204,18 @@ func withDefaults(l config.SMTPListener) config.SMTPListener {
 	}
 	if l.BareLineEnding == "" {
 		l.BareLineEnding = d.BareLineEnding
+	}
+	if l.MaxConnectionsPerIP <= 0 {
+		l.MaxConnectionsPerIP = d.MaxConnectionsPerIP
+	}
+	if l.MaxConnectionRatePerIP <= 0 || l.ConnectionRateWindow <= 0 {
+		l.MaxConnectionRatePerIP, l.ConnectionRateWindow = d.MaxConnectionRatePerIP, d.ConnectionRateWindow
+	}
+	if l.MaxSessionTime <= 0 {
+		l.MaxSessionTime = d.MaxSessionTime
+	}
+	if l.MaxInflightBytes <= 0 {
+		l.MaxInflightBytes = d.MaxInflightBytes
 	}
 	return l
 }
@@ -282,9 +299,11 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	if err != nil {
 		s.cancel()
 		s.closeAll()
+		s.refusals.close()
 		return err
 	}
 	s.cancel()
+	s.refusals.close()
 	return nil
 }
 
@@ -298,6 +317,7 @@ func (s *Server) Close() error {
 	s.cancel()
 	err := s.smtp.Close()
 	s.closeAll()
+	s.refusals.close()
 	return err
 }
 
@@ -342,13 +362,7 @@ func waitCtx(ctx context.Context, wg *sync.WaitGroup) error {
 func (s *Server) track(c net.Conn) *trackedConn {
 	ap := remoteAddrPort(c)
 	ip := ap.Addr()
-	relayNet := false
-	for _, p := range s.l.RelayNetworks {
-		if p.Contains(ip) {
-			relayNet = true
-			break
-		}
-	}
+	relayNet := s.inRelayNetworks(ip)
 	tc := &trackedConn{Conn: c, s: s, pc: &pipeline.Conn{
 		Source:       pipeline.SourceSMTP,
 		Listener:     s.l.Name,
@@ -358,6 +372,7 @@ func (s *Server) track(c net.Conn) *trackedConn {
 		RelayNetwork: relayNet,
 	}}
 	tc.rs = s.relay.NewSession(tc.pc)
+	tc.sessionDeadline = time.Now().Add(s.l.MaxSessionTime)
 	s.mu.Lock()
 	s.conns[tc] = struct{}{}
 	s.mu.Unlock()
@@ -372,7 +387,22 @@ func (s *Server) untrack(c *trackedConn) {
 	s.mu.Lock()
 	delete(s.conns, c)
 	s.mu.Unlock()
+	if !c.pc.RelayNetwork {
+		s.anvil.release(c.pc.RemoteIP)
+	}
 	<-s.slots
+}
+
+// inRelayNetworks reports whether ip is in the listener's relay_networks,
+// which are also exempt from the per-client-address limits (as Postfix's
+// smtpd_client_event_limit_exceptions = $mynetworks).
+func (s *Server) inRelayNetworks(ip netip.Addr) bool {
+	for _, p := range s.l.RelayNetworks {
+		if p.Contains(ip) {
+			return true
+		}
+	}
+	return false
 }
 
 func (s *Server) handshakeTimeout() time.Duration {

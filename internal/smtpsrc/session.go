@@ -70,6 +70,8 @@ type session struct {
 	mu  sync.Mutex
 	txn *relay.Txn // nil outside a transaction
 
+	declaredSize int64 // MAIL SIZE= of the current transaction (0: none)
+
 	// poisoned is set when a message hid a bare CR from go-smtp: bytes
 	// read ahead of it may already sit in go-smtp's buffer, so no further
 	// transaction is accepted on this connection.
@@ -136,6 +138,10 @@ func (ss *session) Mail(from string, opts *smtp.MailOptions) error {
 	}
 	ss.mu.Lock()
 	ss.txn = txn
+	ss.declaredSize = 0
+	if opts != nil {
+		ss.declaredSize = opts.Size
+	}
 	ss.mu.Unlock()
 	return nil
 }
@@ -171,12 +177,21 @@ func (ss *session) Data(r io.Reader) error {
 	defer ss.tc.endData()
 	defer ss.tc.dotCR.Store(false) // a hidden bare CR belongs to this message only
 
-	buf := getBuf()
-	defer putBuf(buf)
-	if err := readData(buf, r, s.l.MaxMessageSize); err != nil {
+	// The message is held in memory until it is committed: its buffer is
+	// charged to the listener's in-flight budget (MaxInflightBytes) as it
+	// grows, and refused with 452 4.3.1 when the budget cannot take it.
+	ss.mu.Lock()
+	hint := ss.declaredSize
+	ss.mu.Unlock()
+	if hint > s.l.MaxMessageSize {
+		hint = 0 // go-smtp refused it at MAIL; never size a buffer by it
+	}
+	raw, charged, err := readData(getBuf(), r, s.l.MaxMessageSize, hint, &s.inflight)
+	defer func() { s.inflight.release(charged); putBuf(raw) }()
+	if err != nil {
 		return ss.dataReadFailed(txn, err)
 	}
-	data := buf.Bytes()
+	data := raw
 	bare, nul, longest := scanData(data)
 	if ss.tc.dotCR.Load() && !s.normalize {
 		bare = true // go-smtp removed a ".\r" hidden at the start of a line
@@ -189,11 +204,12 @@ func (ss *session) Data(r io.Reader) error {
 		if !s.normalize {
 			return ss.refuseData(txn, len(data), pipeline.ErrBareLineEnding)
 		}
-		nbuf := getBuf()
-		defer putBuf(nbuf)
-		nbuf.Grow(len(data) + len(data)/32 + 16)
-		nbuf.Write(normalizeLineEndings(nbuf.AvailableBuffer(), data))
-		data = nbuf.Bytes()
+		n := int64(len(data) + len(data)/32 + 16)
+		if !s.inflight.reserve(n) {
+			return ss.overBudget(txn, len(data))
+		}
+		defer s.inflight.release(n)
+		data = normalizeLineEndings(make([]byte, 0, n), data)
 		_, _, longest = scanData(data)
 	}
 	// The line limit applies to message lines, after the whole message
@@ -212,6 +228,12 @@ func (ss *session) Data(r io.Reader) error {
 	if len(msg.Header.Values("Received")) >= s.l.MaxHops {
 		return ss.refuseData(txn, len(data), errTooManyHops)
 	}
+	// Committing serialises the message once more (header and body).
+	commitCost := int64(len(data)) + 4096
+	if !s.inflight.reserve(commitCost) {
+		return ss.overBudget(txn, len(data))
+	}
+	defer s.inflight.release(commitCost)
 	// One reply for all recipients: recipients refused at on_route get a
 	// DSN. The relay logs and records the outcome.
 	if _, err := txn.Commit(ss.ctx, msg, relay.CommitOptions{OneReply: true}); err != nil {
@@ -265,6 +287,8 @@ func (ss *session) dataReadFailed(txn *relay.Txn, err error) error {
 	s := ss.s
 	var ne net.Error
 	switch {
+	case errors.Is(err, errOverBudget):
+		return ss.overBudget(txn, -1)
 	case errors.Is(err, smtp.ErrDataTooLarge) || errors.Is(err, pipeline.ErrTooBig):
 		return ss.refuseData(txn, -1, pipeline.ErrTooBig)
 	case errors.Is(err, smtp.ErrDataReset):
@@ -294,6 +318,15 @@ func (ss *session) dataReadFailed(txn *relay.Txn, err error) error {
 		ss.tc.expire()
 		return smtpError(err)
 	}
+}
+
+// overBudget refuses a message the in-flight budget cannot take: 452
+// 4.3.1, after the end of data (go-smtp discards the rest).
+func (ss *session) overBudget(txn *relay.Txn, size int) error {
+	s := ss.s
+	s.log.Warn("message refused: max_inflight_bytes reached", "conn", ss.conn.ID, "remote_ip", ss.conn.RemoteIP,
+		"msgid", txn.ID(), "max_inflight_bytes", s.l.MaxInflightBytes, "in_use", s.inflight.inUse())
+	return ss.refuseData(txn, size, errInflightFull)
 }
 
 // refuseData answers a message refused as a whole: the relay logs it and

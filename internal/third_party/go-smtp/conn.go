@@ -16,6 +16,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/emersion/go-sasl"
@@ -46,6 +47,11 @@ type Conn struct {
 	fromReceived bool
 	recipients   []string
 	didAuth      bool
+
+	// sluice: set when writing a reply failed (write timeout, broken
+	// connection): the session ends instead of executing further
+	// commands whose replies nobody can read.
+	writeFailed atomic.Bool
 }
 
 func newConn(c net.Conn, s *Server) *Conn {
@@ -1324,10 +1330,17 @@ func (c *Conn) writeResponse(code int, enhCode EnhancedCode, text ...string) {
 	for i := 0; i < lastLineIndex; i++ {
 		c.text.PrintfLine("%d-%v", code, text[i])
 	}
+	var err error
 	if enhCode == NoEnhancedCode {
-		c.text.PrintfLine("%d %v", code, text[lastLineIndex])
+		err = c.text.PrintfLine("%d %v", code, text[lastLineIndex])
 	} else {
-		c.text.PrintfLine("%d %v.%v.%v %v", code, enhCode[0], enhCode[1], enhCode[2], text[lastLineIndex])
+		err = c.text.PrintfLine("%d %v.%v.%v %v", code, enhCode[0], enhCode[1], enhCode[2], text[lastLineIndex])
+	}
+	// sluice: a reply that cannot be written ends the session (the
+	// command loop and readLine check writeFailed); closing the
+	// connection also ends a data transfer in progress.
+	if err != nil && !c.writeFailed.Swap(true) {
+		c.conn.Close()
 	}
 }
 
@@ -1341,6 +1354,9 @@ func (c *Conn) writeError(code int, enhCode EnhancedCode, err error) {
 
 // Reads a line of input
 func (c *Conn) readLine() (string, error) {
+	if c.writeFailed.Load() { // sluice: see writeResponse
+		return "", net.ErrClosed
+	}
 	if c.server.ReadTimeout != 0 {
 		if err := c.conn.SetReadDeadline(time.Now().Add(c.server.ReadTimeout)); err != nil {
 			return "", err

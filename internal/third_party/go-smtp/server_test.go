@@ -1836,3 +1836,45 @@ func TestServerMTPRIORITY(t *testing.T) {
 		t.Fatal("Incorrect MtPriority parameter value:", fmt.Sprintf("expected %d, got %d", expectedPriority, *priority))
 	}
 }
+
+// sluice: a partial command line at the read timeout is not executed: the
+// session ends with 421.
+func TestServer_readTimeoutMidLine(t *testing.T) {
+	_, s, c, scanner := testServerGreeted(t, func(s *smtp.Server) {
+		s.ReadTimeout = 200 * time.Millisecond
+	})
+	defer s.Close()
+	io.WriteString(c, "NOOP")
+	if !scanner.Scan() || !strings.HasPrefix(scanner.Text(), "421 4.4.2 ") {
+		t.Fatalf("want 421 4.4.2, got %q", scanner.Text())
+	}
+	if scanner.Scan() {
+		t.Fatalf("connection not closed: %q", scanner.Text())
+	}
+}
+
+// sluice: once a reply cannot be written (write timeout), the session
+// ends: the connection is closed and no more commands are executed.
+func TestServer_writeTimeoutEndsSession(t *testing.T) {
+	be, s, c, _ := testServerGreeted(t, func(s *smtp.Server) {
+		s.WriteTimeout = 200 * time.Millisecond
+	})
+	defer s.Close()
+	_ = be
+	// Never read the replies (each EHLO reply is many times its command):
+	// the server's writes block, then time out.
+	line := []byte(strings.Repeat("EHLO x\r\n", 1000))
+	deadline := time.Now().Add(10 * time.Second)
+	c.SetWriteDeadline(deadline)
+	for {
+		if _, err := c.Write(line); err != nil {
+			if ne, ok := err.(net.Error); ok && ne.Timeout() {
+				t.Fatal("the server still reads commands 10 s after its replies stopped being read")
+			}
+			break // reset or broken pipe: the server closed the connection
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the server still reads commands 10 s after its replies stopped being read")
+		}
+	}
+}
