@@ -54,6 +54,10 @@ type Config struct {
 type Spool struct {
 	Path       string // default "./var/spool"
 	MemtableMB int    // Pebble memtable size; default 64
+	// MinFree is the free space kept in reserve on the spool's filesystem:
+	// below it new mail is refused with 452 4.3.1 (HTTP 507). Default
+	// 100 MB; 0 disables the check.
+	MinFree int64
 }
 
 // TLS is a certificate and key pair in PEM files.
@@ -207,7 +211,7 @@ type StageSpec struct {
 // default for a zero value should take it from these.
 func Defaults() *Config {
 	return &Config{
-		Spool:        Spool{Path: "./var/spool", MemtableMB: 64},
+		Spool:        Spool{Path: "./var/spool", MemtableMB: 64, MinFree: 100 << 20},
 		Events:       Events{File: "./var/events.jsonl"},
 		Lua:          Lua{Timeout: 100 * time.Millisecond, MaxString: 1 << 20, MaxHeader: 64 << 10},
 		StageTimeout: 30 * time.Second,

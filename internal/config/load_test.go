@@ -82,7 +82,7 @@ sluice.stage("routing", {
 	if !reflect.DeepEqual(cfg.LocalDomains, []string{"example.test", "example.org"}) {
 		t.Errorf("local domains %v", cfg.LocalDomains)
 	}
-	if cfg.Spool != (Spool{Path: filepath.Join(cwd, "spool"), MemtableMB: 32}) {
+	if cfg.Spool != (Spool{Path: filepath.Join(cwd, "spool"), MemtableMB: 32, MinFree: 100 << 20}) {
 		t.Errorf("spool %+v", cfg.Spool)
 	}
 	if len(cfg.SMTP) != 2 {

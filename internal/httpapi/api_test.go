@@ -624,7 +624,7 @@ func TestStageVerdicts(t *testing.T) {
 		{"sender refused", msg("banned@example.com", "hi", "ok@dest.test"), 422, 550, "5.7.1", false, 0},
 		{"sender tempfailed", msg("slow@example.com", "hi", "ok@dest.test"), 429, 451, "4.7.1", true, 0},
 		{"content refused", msg("a@example.com", "spam", "ok@dest.test"), 422, 554, "5.7.1", false, 0},
-		{"storage tempfail", msg("a@example.com", "full", "ok@dest.test"), 503, 452, "4.3.1", true, 0},
+		{"storage tempfail", msg("a@example.com", "full", "ok@dest.test"), 507, 452, "4.3.1", true, 0},
 	}
 	before := e.queued()
 	for _, c := range cases {

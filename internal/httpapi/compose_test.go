@@ -157,7 +157,7 @@ func TestFromPipelineMapping(t *testing.T) {
 		{451, [3]int{4, 7, 1}, 429, true},
 		{451, [3]int{4, 4, 5}, 429, true},
 		{451, [3]int{4, 3, 0}, 503, true}, // relay commit failure
-		{452, [3]int{4, 3, 1}, 503, true},
+		{452, [3]int{4, 3, 1}, 507, true},
 	} {
 		e := fromPipeline(pipelineErr(c.code, c.enh))
 		if e.Status != c.status || (e.retryAfter() != "") != c.retry || e.SMTPCode != c.code {

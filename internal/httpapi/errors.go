@@ -62,7 +62,7 @@ func (e *apiError) retryAfter() string {
 	switch e.Status {
 	case http.StatusTooManyRequests:
 		return strconv.Itoa(retryAfterTempfail)
-	case http.StatusServiceUnavailable:
+	case http.StatusServiceUnavailable, http.StatusInsufficientStorage:
 		return strconv.Itoa(retryAfterUnavailable)
 	}
 	return ""
@@ -91,6 +91,7 @@ var (
 // through pipeline.Reply so that internal causes never leak:
 //
 //	5xx            → 422 rejected
+//	452 4.3.1      → 507 unavailable (the spool's disk is full)
 //	4xx, x.3.x     → 503 unavailable (the spool cannot take mail now)
 //	other 4xx      → 429 tempfail
 //
@@ -105,6 +106,8 @@ func fromPipeline(err error) *apiError {
 	switch {
 	case r.Code >= 500:
 		e.Status, e.Code = http.StatusUnprocessableEntity, codeRejected
+	case r.Code == 452 && r.Enhanced == pipeline.ErrSpoolFull.Enhanced:
+		e.Status, e.Code = http.StatusInsufficientStorage, codeUnavailable
 	case r.Enhanced[1] == 3:
 		e.Status, e.Code = http.StatusServiceUnavailable, codeUnavailable
 	default:

@@ -21,7 +21,18 @@ var _ Store = (*SpoolStore)(nil)
 func (s *SpoolStore) NewID() string { return s.Spool.NewID() }
 
 // Commit writes accs in one synced batch and queues their recipients.
+// While the spool's filesystem is below its free-space reserve it writes
+// nothing and returns spool.ErrFull (pipeline.ErrSpoolFull, 452 4.3.1),
+// unless accs is only bounces and events (no new mail from a client).
 func (s *SpoolStore) Commit(ctx context.Context, accs []*Accepted, before BeforeCommit) error {
+	for _, a := range accs {
+		if a.Meta != nil && a.Meta.Source != "dsn" {
+			if err := s.Spool.CheckSpace(); err != nil {
+				return err
+			}
+			break
+		}
+	}
 	b := s.Spool.NewBatch()
 	for _, a := range accs {
 		if before != nil {

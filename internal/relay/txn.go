@@ -385,8 +385,14 @@ func (r *Relay) commit(ctx context.Context, txns []*Txn, accs []*Accepted, o Com
 	}
 	if len(write) > 0 {
 		if err := r.store.Commit(ctx, write, o.BeforeCommit); err != nil {
-			r.log.Error("spool commit failed; message refused", "msgid", accs[0].Msg.ID, "n", len(accs), "err", err)
 			ferr := &pipeline.Error{Code: 451, Enhanced: pipeline.EnhancedCode{4, 3, 0}, Message: "Cannot store the message now, try again later", Cause: err}
+			if errors.Is(err, pipeline.ErrSpoolFull) {
+				// The spool logs entering and leaving the full state once.
+				r.log.Debug("spool full; message refused", "msgid", accs[0].Msg.ID, "n", len(accs), "err", err)
+				ferr = &pipeline.Error{Code: 452, Enhanced: pipeline.ErrSpoolFull.Enhanced, Message: pipeline.ErrSpoolFull.Message, Cause: err}
+			} else {
+				r.log.Error("spool commit failed; message refused", "msgid", accs[0].Msg.ID, "n", len(accs), "err", err)
+			}
 			var evs []*pipeline.Event
 			for i := range out {
 				out[i].Err = ferr

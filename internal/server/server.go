@@ -280,7 +280,7 @@ func (s *Server) components() []component {
 	cs = append(cs, component{name: "spool",
 		start: func() error {
 			var err error
-			s.sp, err = spool.Open(cfg.Spool.Path, spool.Options{MemtableMB: cfg.Spool.MemtableMB, Logger: s.log, Node: cfg.Node})
+			s.sp, err = spool.Open(cfg.Spool.Path, spool.Options{MemtableMB: cfg.Spool.MemtableMB, Logger: s.log, Node: cfg.Node, MinFree: minFree(cfg.Spool.MinFree)})
 			if err != nil {
 				return err
 			}
@@ -483,13 +483,31 @@ func (s *Server) Errors() <-chan error { return s.errc }
 // Relay returns the transaction owner (tests, tools).
 func (s *Server) Relay() *relay.Relay { return s.relay }
 
+// minFree maps the configured reserve (0: disabled) to spool.Options
+// (0: default, negative: disabled).
+func minFree(n int64) int64 {
+	if n == 0 {
+		return -1
+	}
+	return n
+}
+
+// Housekeeping: every 10 s the spool compacts the key ranges of delivered
+// messages when enough were deleted (space comes back while running);
+// every hour, history and idempotency records are pruned.
 func (s *Server) housekeeping(ctx context.Context) {
 	t := time.NewTicker(time.Hour)
 	defer t.Stop()
+	rt := time.NewTicker(10 * time.Second)
+	defer rt.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
+		case <-rt.C:
+			if _, err := s.sp.Reclaim(ctx, false); err != nil && ctx.Err() == nil {
+				s.log.Warn("spool compaction failed", "err", err)
+			}
 		case <-t.C:
 			now := time.Now()
 			if err := s.sp.PruneHistory(now.Add(-s.cfg.HistoryRetention())); err != nil {

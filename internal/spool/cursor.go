@@ -48,13 +48,15 @@ func (s *Spool) Cursor(name string) (next uint64, ok bool, err error) {
 // once), never forward, and never behind a prune that relied on it (the
 // prune is written after it, and the log replays in order).
 func (s *Spool) SetCursor(name string, next uint64) error {
-	return s.db.Set(cursorKey(name), binary.BigEndian.AppendUint64(nil, next), pebble.NoSync)
+	return s.write(func() error {
+		return s.db.Set(cursorKey(name), binary.BigEndian.AppendUint64(nil, next), pebble.NoSync)
+	})
 }
 
 // DeleteCursor forgets consumer name's cursor (a consumer no longer
 // configured).
 func (s *Spool) DeleteCursor(name string) error {
-	return s.db.Delete(cursorKey(name), pebble.NoSync)
+	return s.write(func() error { return s.db.Delete(cursorKey(name), pebble.NoSync) })
 }
 
 // Cursors returns every stored cursor by consumer name.
@@ -100,7 +102,7 @@ func (s *Spool) PruneOutbox(below uint64) (int, error) {
 		return 0, err
 	}
 	s.raiseFloorLocked(b, below)
-	if err := s.db.Apply(b, pebble.NoSync); err != nil {
+	if err := s.write(func() error { return s.db.Apply(b, pebble.NoSync) }); err != nil {
 		return 0, err
 	}
 	s.outboxLow = below

@@ -42,6 +42,7 @@ import (
 	"time"
 
 	"github.com/cockroachdb/pebble/v2"
+	"github.com/cockroachdb/pebble/v2/vfs"
 	"github.com/oklog/ulid/v2"
 
 	"github.com/sluice-mta/sluice/internal/config"
@@ -98,6 +99,12 @@ type Options struct {
 	Logger     *slog.Logger
 	// Node is copied into every event's "node" field.
 	Node string
+	// MinFree is the free space (bytes) the spool's filesystem keeps in
+	// reserve: below it CheckSpace refuses new mail. 0 means
+	// DefaultMinFree; negative disables the check.
+	MinFree int64
+	// FS replaces the filesystem (tests inject faults); nil: the OS's.
+	FS vfs.FS
 }
 
 // Spool is safe for concurrent use.
@@ -119,17 +126,15 @@ type Spool struct {
 
 	entropyMu sync.Mutex
 	entropy   *ulid.MonotonicEntropy
-}
 
-type pebbleLogger struct{ l *slog.Logger }
-
-func (p pebbleLogger) Infof(format string, args ...any) { p.l.Debug(fmt.Sprintf(format, args...)) }
-func (p pebbleLogger) Errorf(format string, args ...any) {
-	p.l.Error(fmt.Sprintf(format, args...))
-}
-func (p pebbleLogger) Fatalf(format string, args ...any) {
-	p.l.Error(fmt.Sprintf(format, args...))
-	panic(fmt.Sprintf(format, args...))
+	// Disk space (disk.go).
+	fs          vfs.FS
+	path        string
+	minFree     int64
+	space       spaceState
+	fail        atomic.Pointer[error]
+	deleted     atomic.Int64 // messages deleted since the last compaction
+	lastReclaim atomic.Value // time.Time
 }
 
 // Open opens (creating if needed) the spool at path.
@@ -140,12 +145,22 @@ func Open(path string, o Options) (*Spool, error) {
 	if o.MemtableMB <= 0 {
 		o.MemtableMB = config.Defaults().Spool.MemtableMB
 	}
+	if o.MinFree == 0 {
+		o.MinFree = DefaultMinFree
+	}
+	if o.FS == nil {
+		o.FS = vfs.Default
+	}
 	popts := &pebble.Options{
 		MemTableSize: uint64(o.MemtableMB) << 20,
-		Logger:       pebbleLogger{o.Logger.With("component", "pebble")},
+		Logger:       newPebbleLogger(o.Logger.With("component", "pebble")),
+		FS:           o.FS,
 	}
-	db, err := pebble.Open(path, popts)
+	db, err := openPebble(path, popts)
 	if err != nil {
+		if isNoSpace(err) {
+			return nil, fmt.Errorf("open spool %s: the filesystem is full (free some space and start again): %w", path, err)
+		}
 		return nil, fmt.Errorf("open spool %s: %w (is another sluice using it?)", path, err)
 	}
 	s := &Spool{
@@ -153,7 +168,13 @@ func Open(path string, o Options) (*Spool, error) {
 		inflight: map[uint64]struct{}{},
 		notify:   make(chan struct{}, 1),
 		entropy:  ulid.Monotonic(rand.Reader, 0),
+		fs:       o.FS, path: path, minFree: o.MinFree,
 	}
+	s.lastReclaim.Store(time.Now())
+	s.space.mu.Lock()
+	s.space.checked = time.Now()
+	s.refreshSpaceLocked()
+	s.space.mu.Unlock()
 	// Resume the event sequence above every stored event, cursor and
 	// prune: it never restarts, even once the outbox is drained.
 	if err := s.initSeq(); err != nil {
@@ -163,9 +184,32 @@ func Open(path string, o Options) (*Spool, error) {
 	return s, nil
 }
 
+// openPebble opens the database; a Fatalf during Open is an error.
+func openPebble(path string, o *pebble.Options) (db *pebble.DB, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			pf, ok := r.(pebbleFatal)
+			if !ok {
+				panic(r)
+			}
+			db, err = nil, errors.New(pf.msg)
+		}
+	}()
+	return pebble.Open(path, o)
+}
+
 // Close closes the database after flushing the WAL.
-func (s *Spool) Close() error {
-	_ = s.db.LogData(nil, pebble.Sync)
+func (s *Spool) Close() (err error) {
+	_ = s.write(func() error { return s.db.LogData(nil, pebble.Sync) })
+	defer func() {
+		if r := recover(); r != nil {
+			pf, ok := r.(pebbleFatal)
+			if !ok {
+				panic(r)
+			}
+			err = errors.New(pf.msg)
+		}
+	}()
 	return s.db.Close()
 }
 
@@ -198,9 +242,10 @@ func historyKey(id, eventID string) []byte {
 
 // Batch collects writes that commit atomically. Not safe for concurrent use.
 type Batch struct {
-	s      *Spool
-	b      *pebble.Batch
-	events []*pipeline.Event
+	s       *Spool
+	b       *pebble.Batch
+	events  []*pipeline.Event
+	deleted int64 // messages deleted
 }
 
 // NewBatch starts a batch.
@@ -234,6 +279,7 @@ func (b *Batch) DeleteRecipient(msgID string, idx int) {
 // DeleteMessage removes a message's metadata and bytes (call it once no
 // recipient is left).
 func (b *Batch) DeleteMessage(msgID string) {
+	b.deleted++
 	_ = b.b.Delete(metaKey(msgID), nil)
 	_ = b.b.Delete(bodyKey(msgID), nil)
 }
@@ -252,6 +298,7 @@ func (b *Batch) Merge(o *Batch) error {
 		return err
 	}
 	b.events = append(b.events, o.events...)
+	b.deleted += o.deleted
 	o.b.Close()
 	return nil
 }
@@ -313,8 +360,11 @@ func (b *Batch) Commit(sync bool) error {
 	if sync {
 		opts = pebble.Sync
 	}
-	err := s.db.Apply(b.b, opts)
+	err := s.write(func() error { return s.db.Apply(b.b, opts) })
 	b.b.Close()
+	if err == nil && b.deleted > 0 {
+		s.deleted.Add(b.deleted)
+	}
 	if n > 0 {
 		s.release(first, n)
 		select {
@@ -434,7 +484,7 @@ func (s *Spool) ReadOutbox(from uint64, limit int) ([]OutboxEvent, error) {
 		return nil, nil
 	}
 	if s.syncedBelow.Load() < hi {
-		if err := s.db.LogData(nil, pebble.Sync); err != nil {
+		if err := s.write(func() error { return s.db.LogData(nil, pebble.Sync) }); err != nil {
 			return nil, err
 		}
 		for {
@@ -515,7 +565,7 @@ func (s *Spool) AckOutbox(evs []OutboxEvent) error {
 	s.pruneMu.Lock()
 	defer s.pruneMu.Unlock()
 	s.raiseFloorLocked(b, top)
-	return s.db.Apply(b, pebble.NoSync)
+	return s.write(func() error { return s.db.Apply(b, pebble.NoSync) })
 }
 
 // OutboxNotify is signalled (without blocking) after each commit that
@@ -523,7 +573,9 @@ func (s *Spool) AckOutbox(evs []OutboxEvent) error {
 func (s *Spool) OutboxNotify() <-chan struct{} { return s.notify }
 
 // Sync makes every earlier write durable.
-func (s *Spool) Sync(ctx context.Context) error { return s.db.LogData(nil, pebble.Sync) }
+func (s *Spool) Sync(ctx context.Context) error {
+	return s.write(func() error { return s.db.LogData(nil, pebble.Sync) })
+}
 
 // PruneHistory deletes the event history of messages received before t.
 // Message ids are ULIDs, which sort by time, so this is one range
@@ -533,7 +585,9 @@ func (s *Spool) PruneHistory(t time.Time) error {
 	if err := zero.SetTime(ulid.Timestamp(t)); err != nil {
 		return err
 	}
-	return s.db.DeleteRange([]byte{kHistory}, append([]byte{kHistory}, zero.String()...), pebble.NoSync)
+	return s.write(func() error {
+		return s.db.DeleteRange([]byte{kHistory}, append([]byte{kHistory}, zero.String()...), pebble.NoSync)
+	})
 }
 
 const kIdem = 'i'
@@ -597,7 +651,7 @@ func (s *Spool) PruneIdempotency(now time.Time) (int, error) {
 	if err := it.Error(); err != nil {
 		return 0, err
 	}
-	return n, s.db.Apply(b, pebble.NoSync)
+	return n, s.write(func() error { return s.db.Apply(b, pebble.NoSync) })
 }
 
 // CollectOrphans deletes messages that have no recipient left: what a

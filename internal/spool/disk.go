@@ -1,0 +1,268 @@
+package spool
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/cockroachdb/pebble/v2"
+
+	"github.com/sluice-mta/sluice/pipeline"
+)
+
+// A full disk must never crash the relay. Three defences:
+//
+//   - A free-space reserve (Options.MinFree), checked before acceptance
+//     (CheckSpace, one statfs per second at most): new mail is refused
+//     with 452 4.3.1 while the filesystem has less free space than the
+//     reserve, so Pebble itself should never meet ENOSPC. Delivery
+//     outcomes, the event outbox and housekeeping do not check it: they
+//     write little and free space.
+//   - Every write goes through Spool.write, which turns an error into a
+//     returned error and Pebble's Fatalf (a failed WAL write or sync in
+//     the commit path) into an error too, instead of a panic. After a
+//     Fatalf Pebble's commit pipeline cannot be trusted: the spool is
+//     "failed", every later write returns that error at once, and
+//     acceptance answers 452 until the node is restarted.
+//   - Pebble's error lines are rate-limited (one per message text per
+//     10 s) so a full disk does not flood the log.
+
+// fullError is a write refused or failed for lack of space: it is
+// pipeline.ErrSpoolFull (452 4.3.1) and its cause.
+type fullError struct{ cause error }
+
+func (e *fullError) Error() string {
+	if e.cause == nil {
+		return "spool: free space below the reserve"
+	}
+	return "spool: no space: " + e.cause.Error()
+}
+func (e *fullError) Unwrap() []error {
+	if e.cause == nil {
+		return []error{pipeline.ErrSpoolFull}
+	}
+	return []error{pipeline.ErrSpoolFull, e.cause}
+}
+
+// ErrFull is what CheckSpace returns while the spool's filesystem has less
+// free space than the reserve. errors.Is(err, pipeline.ErrSpoolFull) holds
+// for it and for a write that failed with ENOSPC.
+var ErrFull error = &fullError{}
+
+// pebbleFatal is the panic value of pebbleLogger.Fatalf, recovered by
+// Spool.write.
+type pebbleFatal struct{ msg string }
+
+func isNoSpace(err error) bool {
+	return err != nil && (errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT) ||
+		strings.Contains(err.Error(), "no space left on device"))
+}
+
+// DefaultMinFree is the free-space reserve when Options.MinFree is 0.
+const DefaultMinFree = 100 << 20
+
+type spaceState struct {
+	mu      sync.Mutex
+	checked time.Time
+	full    atomic.Bool
+	avail   atomic.Uint64
+	statErr bool // a statfs error was logged
+}
+
+// failedErr is set once Pebble reported a fatal error.
+type failedErr struct{ msg string }
+
+func (e *failedErr) Error() string {
+	return "spool failed (restart the node once the cause is fixed): " + e.msg
+}
+func (e *failedErr) Unwrap() error { return pipeline.ErrSpoolFull }
+
+func (s *Spool) failed() error {
+	if p := s.fail.Load(); p != nil {
+		return *p
+	}
+	return nil
+}
+
+func (s *Spool) markFailed(msg string) {
+	var err error = &failedErr{msg: msg}
+	if s.fail.CompareAndSwap(nil, &err) {
+		s.log.Error("spool: storage error; refusing new mail and stopping spool writes until restart", "err", msg)
+	}
+}
+
+// write runs one write to Pebble: an error comes back as an error (452
+// 4.3.1 when it is ENOSPC), and Pebble's Fatalf as an error too.
+func (s *Spool) write(f func() error) (err error) {
+	if err := s.failed(); err != nil {
+		return err
+	}
+	defer func() {
+		if r := recover(); r != nil {
+			pf, ok := r.(pebbleFatal)
+			if !ok {
+				panic(r)
+			}
+			s.markFailed(pf.msg)
+			err = s.failed()
+			if isNoSpace(errors.New(pf.msg)) {
+				s.setFull(true, "write failed: no space left on device")
+				err = &fullError{cause: err}
+			}
+		}
+	}()
+	err = f()
+	if isNoSpace(err) {
+		s.setFull(true, "write failed: no space left on device")
+		return &fullError{cause: err}
+	}
+	return err
+}
+
+// CheckSpace returns ErrFull (452 4.3.1) while the filesystem of the spool
+// has less free space than the reserve, or the spool failed; nil
+// otherwise. It costs a statfs at most once a second; call it before
+// accepting a message.
+func (s *Spool) CheckSpace() error {
+	if err := s.failed(); err != nil {
+		return err
+	}
+	if s.minFree < 0 {
+		return nil
+	}
+	s.space.mu.Lock()
+	if now := time.Now(); now.Sub(s.space.checked) >= time.Second {
+		s.space.checked = now
+		s.refreshSpaceLocked()
+	}
+	s.space.mu.Unlock()
+	if s.space.full.Load() {
+		return ErrFull
+	}
+	return nil
+}
+
+func (s *Spool) refreshSpaceLocked() {
+	du, err := s.fs.GetDiskUsage(s.path)
+	if err != nil {
+		if !s.space.statErr {
+			s.space.statErr = true
+			s.log.Warn("spool: cannot read free space; the reserve is not enforced", "path", s.path, "err", err)
+		}
+		s.setFull(false, "")
+		return
+	}
+	s.space.avail.Store(du.AvailBytes)
+	min := uint64(s.minFree)
+	if s.space.full.Load() {
+		// Leave the full state with a margin, so it does not flap.
+		if du.AvailBytes >= min+min/10 {
+			s.setFull(false, "")
+		}
+	} else if du.AvailBytes < min {
+		s.setFull(true, "free space below the reserve")
+	}
+}
+
+func (s *Spool) setFull(full bool, why string) {
+	if s.space.full.Swap(full) == full {
+		return
+	}
+	if full {
+		s.log.Warn("spool: full; refusing new mail (452 4.3.1) until there is room; delivery continues",
+			"reason", why, "avail_bytes", s.space.avail.Load(), "min_free", s.minFree)
+		return
+	}
+	s.log.Info("spool: space available again; accepting mail", "avail_bytes", s.space.avail.Load(), "min_free", s.minFree)
+}
+
+// Full reports whether the spool refuses new mail for lack of space (or
+// because it failed): for a metric.
+func (s *Spool) Full() bool { return s.space.full.Load() || s.failed() != nil }
+
+// Size returns the bytes the spool's database uses on disk (tables, WAL,
+// manifests): for a metric.
+func (s *Spool) Size() uint64 { return s.db.Metrics().DiskSpaceUsage() }
+
+// Reclaim compacts the message, recipient, event and history key ranges
+// if enough was deleted since the last time (or always, with force), so
+// the space of delivered messages comes back while the node runs instead
+// of at the next restart. It returns whether it compacted.
+func (s *Spool) Reclaim(ctx context.Context, force bool) (bool, error) {
+	n := s.deleted.Load()
+	if n == 0 || s.failed() != nil {
+		return false, nil
+	}
+	if !force && n < reclaimEvery && time.Since(s.lastReclaim.Load().(time.Time)) < reclaimAfter && !s.space.full.Load() {
+		return false, nil
+	}
+	s.deleted.Add(-n)
+	start := time.Now()
+	before := s.Size()
+	err := s.write(func() error { return s.db.Compact(ctx, []byte{kBody}, []byte{kRcpt + 1}, false) })
+	s.lastReclaim.Store(time.Now())
+	if err != nil {
+		return false, fmt.Errorf("spool compaction: %w", err)
+	}
+	s.log.Debug("spool compacted", "deleted_messages", n, "bytes_before", before, "bytes_after", s.Size(), "took", time.Since(start))
+	return true, nil
+}
+
+// Compaction thresholds: after this many deleted messages, or after this
+// long with any.
+var (
+	reclaimEvery int64 = 2000
+	reclaimAfter       = 5 * time.Minute
+)
+
+// pebbleLogger sends Pebble's lines to slog: info at debug level, errors
+// rate-limited, and Fatalf as a panic that Spool.write recovers.
+type pebbleLogger struct {
+	l *slog.Logger
+
+	mu   sync.Mutex
+	last map[string]time.Time
+	drop map[string]int
+}
+
+func newPebbleLogger(l *slog.Logger) *pebbleLogger {
+	return &pebbleLogger{l: l, last: map[string]time.Time{}, drop: map[string]int{}}
+}
+
+func (p *pebbleLogger) Infof(format string, args ...any) { p.l.Debug(fmt.Sprintf(format, args...)) }
+
+func (p *pebbleLogger) Errorf(format string, args ...any) {
+	p.mu.Lock()
+	now := time.Now()
+	if t, ok := p.last[format]; ok && now.Sub(t) < 10*time.Second {
+		p.drop[format]++
+		p.mu.Unlock()
+		return
+	}
+	if len(p.last) > 256 {
+		clear(p.last)
+	}
+	p.last[format] = now
+	n := p.drop[format]
+	delete(p.drop, format)
+	p.mu.Unlock()
+	if n > 0 {
+		p.l.Error(fmt.Sprintf(format, args...), "similar_suppressed", n)
+		return
+	}
+	p.l.Error(fmt.Sprintf(format, args...))
+}
+
+func (p *pebbleLogger) Fatalf(format string, args ...any) {
+	msg := fmt.Sprintf(format, args...)
+	p.l.Error("pebble fatal error", "err", msg)
+	panic(pebbleFatal{msg: msg})
+}
+
+var _ pebble.Logger = (*pebbleLogger)(nil)
