@@ -92,7 +92,12 @@ func (s *Spool) PruneOutbox(below uint64) (int, error) {
 		return 0, err
 	}
 	b := s.db.NewBatch()
-	defer b.Close()
+	handed := false
+	defer func() {
+		if !handed {
+			b.Close()
+		}
+	}()
 	n := 0
 	for it.First(); it.Valid(); it.Next() {
 		_ = b.Delete(it.Key(), nil)
@@ -102,7 +107,8 @@ func (s *Spool) PruneOutbox(below uint64) (int, error) {
 		return 0, err
 	}
 	s.raiseFloorLocked(b, below)
-	if err := s.write(func() error { return s.db.Apply(b, pebble.NoSync) }); err != nil {
+	handed = true
+	if err := s.apply(b, pebble.NoSync); err != nil {
 		return 0, err
 	}
 	s.outboxLow = below

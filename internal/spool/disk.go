@@ -98,11 +98,48 @@ func (s *Spool) markFailed(msg string) {
 }
 
 // write runs one write to Pebble: an error comes back as an error (452
-// 4.3.1 when it is ENOSPC), and Pebble's Fatalf as an error too.
-func (s *Spool) write(f func() error) (err error) {
+// 4.3.1 when it is ENOSPC), and Pebble's Fatalf as an error too. A write
+// that does not finish within the spool's write timeout (a full or
+// failing disk: Pebble then retries its flush without end and every
+// commit waits) fails the spool: this write and every later one return
+// an error at once (acceptance answers 452 4.3.1) instead of hanging the
+// callers; the node must be restarted once the disk is fixed. The stuck
+// write itself finishes, or not, in the background.
+func (s *Spool) write(f func() error) error {
 	if err := s.failed(); err != nil {
 		return err
 	}
+	if s.writeTimeout <= 0 {
+		return s.writeNow(f)
+	}
+	done := make(chan error, 1)
+	go func() { done <- s.writeNow(f) }()
+	t := time.NewTimer(s.writeTimeout)
+	defer t.Stop()
+	select {
+	case err := <-done:
+		return err
+	case <-t.C:
+		s.markFailed(fmt.Sprintf("a write did not finish within %s (is the disk full or failing?)", s.writeTimeout))
+		return &fullError{cause: s.failed()}
+	}
+}
+
+// apply writes b through write and closes b once Pebble is done with it:
+// after a write timeout the stuck Apply still holds b, so the caller must
+// never close it (apply owns b from the call on).
+func (s *Spool) apply(b *pebble.Batch, opts *pebble.WriteOptions) error {
+	if err := s.failed(); err != nil {
+		b.Close()
+		return err
+	}
+	return s.write(func() error {
+		defer b.Close()
+		return s.db.Apply(b, opts)
+	})
+}
+
+func (s *Spool) writeNow(f func() error) (err error) {
 	defer func() {
 		if r := recover(); r != nil {
 			pf, ok := r.(pebbleFatal)

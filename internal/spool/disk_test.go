@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -271,4 +272,42 @@ func dirSize(t testing.TB, dir string) int64 {
 		return nil
 	})
 	return n
+}
+
+// TestHungDiskFailsWrites: a write that the disk never finishes (Pebble
+// retrying a flush on a full disk) fails after the write timeout instead
+// of hanging its caller, and later writes fail at once with 452 4.3.1.
+func TestHungDiskFailsWrites(t *testing.T) {
+	block := make(chan struct{})
+	var hang atomic.Bool
+	fs := errorfs.Wrap(vfs.NewMem(), errorfs.InjectorFunc(func(op errorfs.Op) error {
+		if hang.Load() && op.Kind.ReadOrWrite() == errorfs.OpIsWrite {
+			<-block
+		}
+		return nil
+	}))
+	s, err := Open("spool", Options{Node: "n1", FS: fs, MinFree: -1, WriteTimeout: 300 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { close(block); _ = noPanic(t, "Close", s.Close) }()
+	if _, err := acceptSized(s, 1000); err != nil {
+		t.Fatal(err)
+	}
+	hang.Store(true)
+	start := time.Now()
+	_, err = acceptSized(s, 1000)
+	if err == nil || time.Since(start) > 5*time.Second {
+		t.Fatalf("a hung write returned %v after %v", err, time.Since(start))
+	}
+	if rep := pipeline.Reply(err); rep.Code != 452 || rep.Enhanced.String() != "4.3.1" {
+		t.Fatalf("reply %+v for a hung disk, want 452 4.3.1", rep)
+	}
+	start = time.Now()
+	if _, err := acceptSized(s, 1000); err == nil || time.Since(start) > 100*time.Millisecond {
+		t.Fatalf("a write after the spool failed: %v after %v", err, time.Since(start))
+	}
+	if !s.Full() {
+		t.Fatal("the spool does not say it cannot take mail")
+	}
 }

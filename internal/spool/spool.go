@@ -105,6 +105,9 @@ type Options struct {
 	MinFree int64
 	// FS replaces the filesystem (tests inject faults); nil: the OS's.
 	FS vfs.FS
+	// WriteTimeout bounds one spool write (see write); 0 means the
+	// default, 60 s; negative, no bound.
+	WriteTimeout time.Duration
 }
 
 // Spool is safe for concurrent use.
@@ -128,13 +131,14 @@ type Spool struct {
 	entropy   *ulid.MonotonicEntropy
 
 	// Disk space (disk.go).
-	fs          vfs.FS
-	path        string
-	minFree     int64
-	space       spaceState
-	fail        atomic.Pointer[error]
-	deleted     atomic.Int64 // messages deleted since the last compaction
-	lastReclaim atomic.Value // time.Time
+	fs           vfs.FS
+	path         string
+	minFree      int64
+	writeTimeout time.Duration
+	space        spaceState
+	fail         atomic.Pointer[error]
+	deleted      atomic.Int64 // messages deleted since the last compaction
+	lastReclaim  atomic.Value // time.Time
 }
 
 // Open opens (creating if needed) the spool at path.
@@ -144,6 +148,9 @@ func Open(path string, o Options) (*Spool, error) {
 	}
 	if o.MemtableMB <= 0 {
 		o.MemtableMB = config.Defaults().Spool.MemtableMB
+	}
+	if o.WriteTimeout == 0 {
+		o.WriteTimeout = 60 * time.Second
 	}
 	if o.MinFree == 0 {
 		o.MinFree = DefaultMinFree
@@ -168,7 +175,7 @@ func Open(path string, o Options) (*Spool, error) {
 		inflight: map[uint64]struct{}{},
 		notify:   make(chan struct{}, 1),
 		entropy:  ulid.Monotonic(rand.Reader, 0),
-		fs:       o.FS, path: path, minFree: o.MinFree,
+		fs:       o.FS, path: path, minFree: o.MinFree, writeTimeout: o.WriteTimeout,
 	}
 	s.lastReclaim.Store(time.Now())
 	s.space.mu.Lock()
@@ -360,8 +367,7 @@ func (b *Batch) Commit(sync bool) error {
 	if sync {
 		opts = pebble.Sync
 	}
-	err := s.write(func() error { return s.db.Apply(b.b, opts) })
-	b.b.Close()
+	err := s.apply(b.b, opts) // closes b.b
 	if err == nil && b.deleted > 0 {
 		s.deleted.Add(b.deleted)
 	}
@@ -556,7 +562,6 @@ func (s *Spool) AckOutbox(evs []OutboxEvent) error {
 		return nil
 	}
 	b := s.db.NewBatch()
-	defer b.Close()
 	var top uint64
 	for _, e := range evs {
 		_ = b.Delete(eventKey(e.Seq), nil)
@@ -565,7 +570,7 @@ func (s *Spool) AckOutbox(evs []OutboxEvent) error {
 	s.pruneMu.Lock()
 	defer s.pruneMu.Unlock()
 	s.raiseFloorLocked(b, top)
-	return s.write(func() error { return s.db.Apply(b, pebble.NoSync) })
+	return s.apply(b, pebble.NoSync)
 }
 
 // OutboxNotify is signalled (without blocking) after each commit that
@@ -639,7 +644,12 @@ func (s *Spool) PruneIdempotency(now time.Time) (int, error) {
 	}
 	defer it.Close()
 	b := s.db.NewBatch()
-	defer b.Close()
+	handed := false
+	defer func() {
+		if !handed {
+			b.Close()
+		}
+	}()
 	n := 0
 	for it.First(); it.Valid(); it.Next() {
 		var rec idemRecord
@@ -651,7 +661,8 @@ func (s *Spool) PruneIdempotency(now time.Time) (int, error) {
 	if err := it.Error(); err != nil {
 		return 0, err
 	}
-	return n, s.write(func() error { return s.db.Apply(b, pebble.NoSync) })
+	handed = true
+	return n, s.apply(b, pebble.NoSync)
 }
 
 // CollectOrphans deletes messages that have no recipient left: what a
