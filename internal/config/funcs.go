@@ -107,6 +107,17 @@ func (ld *loader) durationOrZero(o *sandbox.Opts, key string, dst *time.Duration
 }
 
 func (ld *loader) size(o *sandbox.Opts, key string, dst *int64) bool {
+	if !ld.sizeOrZero(o, key, dst) {
+		return false
+	}
+	if *dst == 0 {
+		o.Fail(key, "must be larger than zero")
+	}
+	return true
+}
+
+// sizeOrZero is size where 0 is allowed (it means "off").
+func (ld *loader) sizeOrZero(o *sandbox.Opts, key string, dst *int64) bool {
 	v := o.Get(key)
 	switch x := v.(type) {
 	case *lua.LNilType:
@@ -124,8 +135,8 @@ func (ld *loader) size(o *sandbox.Opts, key string, dst *int64) bool {
 	default:
 		o.Fail(key, "want a number of bytes or a size like \"25MB\", got %s", sandbox.Describe(v))
 	}
-	if *dst <= 0 {
-		o.Fail(key, "must be larger than zero")
+	if *dst < 0 {
+		o.Fail(key, "must not be negative")
 	}
 	return true
 }
@@ -259,7 +270,7 @@ func (ld *loader) spool(L *lua.LState) int {
 		o.Fail("path", "must not be empty")
 	}
 	ld.positive(o, "memtable_mb", &ld.cfg.Spool.MemtableMB)
-	if ld.size(o, "min_free", &ld.cfg.Spool.MinFree) && ld.cfg.Spool.MinFree < 0 {
+	if ld.sizeOrZero(o, "min_free", &ld.cfg.Spool.MinFree) && ld.cfg.Spool.MinFree < 0 {
 		o.Fail("min_free", "must not be negative")
 	}
 	return 0
