@@ -97,7 +97,7 @@ type SMTPListener struct {
 	// session ends with 421 4.4.2 at its next command.
 	MaxSessionTime time.Duration
 	// MaxInflightBytes bounds the message bytes held in memory by all this
-	// listener's transactions at once (default 512 MiB); a DATA/BDAT
+	// listener's transactions at once (default 256 MiB); a DATA/BDAT
 	// past it gets 452 4.3.1.
 	MaxInflightBytes int64
 }
@@ -255,7 +255,7 @@ func DefaultSMTPListener(addr string) SMTPListener {
 		MaxConnectionRatePerIP: 60,
 		ConnectionRateWindow:   time.Minute,
 		MaxSessionTime:         30 * time.Minute,
-		MaxInflightBytes:       512 << 20,
+		MaxInflightBytes:       256 << 20,
 	}
 }
 

@@ -323,9 +323,9 @@ func (ss *session) dataReadFailed(txn *relay.Txn, err error) error {
 // overBudget refuses a message the in-flight budget cannot take: 452
 // 4.3.1, after the end of data (go-smtp discards the rest).
 func (ss *session) overBudget(txn *relay.Txn, size int) error {
-	s := ss.s
-	s.log.Warn("message refused: max_inflight_bytes reached", "conn", ss.conn.ID, "remote_ip", ss.conn.RemoteIP,
-		"msgid", txn.ID(), "max_inflight_bytes", s.l.MaxInflightBytes, "in_use", s.inflight.inUse())
+	// The relay logs each refusal; this reason is counted, at most one
+	// line a second, so a flood of large messages does not flood the log.
+	ss.s.refusals.note("max_inflight_bytes reached", ss.conn.RemoteIP.String())
 	return ss.refuseData(txn, size, errInflightFull)
 }
 
