@@ -92,23 +92,17 @@ func (s *Spool) PruneOutbox(below uint64) (int, error) {
 		return 0, err
 	}
 	b := s.db.NewBatch()
-	handed := false
-	defer func() {
-		if !handed {
-			b.Close()
-		}
-	}()
 	n := 0
 	for it.First(); it.Valid(); it.Next() {
 		_ = b.Delete(it.Key(), nil)
 		n++
 	}
 	if err := it.Close(); err != nil {
+		b.Close()
 		return 0, err
 	}
 	s.raiseFloorLocked(b, below)
-	handed = true
-	if err := s.apply(b, pebble.NoSync); err != nil {
+	if err := s.apply(b, pebble.NoSync); err != nil { // apply owns b
 		return 0, err
 	}
 	s.outboxLow = below

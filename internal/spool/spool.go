@@ -644,12 +644,6 @@ func (s *Spool) PruneIdempotency(now time.Time) (int, error) {
 	}
 	defer it.Close()
 	b := s.db.NewBatch()
-	handed := false
-	defer func() {
-		if !handed {
-			b.Close()
-		}
-	}()
 	n := 0
 	for it.First(); it.Valid(); it.Next() {
 		var rec idemRecord
@@ -659,10 +653,10 @@ func (s *Spool) PruneIdempotency(now time.Time) (int, error) {
 		}
 	}
 	if err := it.Error(); err != nil {
+		b.Close()
 		return 0, err
 	}
-	handed = true
-	return n, s.apply(b, pebble.NoSync)
+	return n, s.apply(b, pebble.NoSync) // apply owns b
 }
 
 // CollectOrphans deletes messages that have no recipient left: what a
