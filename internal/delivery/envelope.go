@@ -2,10 +2,10 @@ package delivery
 
 import (
 	"bytes"
-	"encoding/binary"
 	"slices"
 	"strings"
 
+	"github.com/sluice-mta/sluice/internal/mailtext"
 	"github.com/sluice-mta/sluice/pipeline"
 )
 
@@ -76,28 +76,11 @@ func MessageNeeds(env *Envelope, data []byte) Needs {
 		hdr = data[:i]
 	}
 	n := Needs{
-		AskUTF8:  env.Params.SMTPUTF8 || !isASCII(env.From),
-		SMTPUTF8: !isASCII(env.From) || (env.Params.SMTPUTF8 && has8Bit(hdr)),
-		EightBit: strings.EqualFold(env.Params.Body, pipeline.BodyBinaryMIME) || has8Bit(data),
+		AskUTF8:  env.Params.SMTPUTF8 || !mailtext.IsASCII(env.From),
+		SMTPUTF8: !mailtext.IsASCII(env.From) || (env.Params.SMTPUTF8 && mailtext.Has8Bit(hdr)),
+		EightBit: strings.EqualFold(env.Params.Body, pipeline.BodyBinaryMIME) || mailtext.Has8Bit(data),
 	}
 	return n
-}
-
-// has8Bit reports whether b holds a byte above 127.
-func has8Bit(b []byte) bool {
-	const hi = 0x8080808080808080
-	for len(b) >= 8 {
-		if binary.LittleEndian.Uint64(b)&hi != 0 {
-			return true
-		}
-		b = b[8:]
-	}
-	for _, c := range b {
-		if c >= 0x80 {
-			return true
-		}
-	}
-	return false
 }
 
 // xtext encodes s as RFC 3461 section 4 xtext: "+", "=" and bytes outside

@@ -250,15 +250,6 @@ func validAddress(addr string) bool {
 	return true
 }
 
-func isASCII(s string) bool {
-	for i := 0; i < len(s); i++ {
-		if s[i] >= 0x80 {
-			return false
-		}
-	}
-	return true
-}
-
 // parseExtensions reads the EHLO reply's keyword lines.
 func parseExtensions(r reply) map[string]string {
 	ext := make(map[string]string)

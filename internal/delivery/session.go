@@ -13,6 +13,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/sluice-mta/sluice/internal/mailtext"
 	"github.com/sluice-mta/sluice/pipeline"
 )
 
@@ -447,7 +448,7 @@ func (s *Session) Deliver(ctx context.Context, env *Envelope, data []byte) (resu
 		return finish(), nil
 	case needs.SMTPUTF8 && !smtputf8:
 		what := "this message"
-		if !isASCII(from) {
+		if !mailtext.IsASCII(from) {
 			what = "a non-ASCII sender address"
 		}
 		fillAll(pipeline.Errorf(553, pipeline.EnhancedCode{5, 6, 7},
@@ -469,12 +470,12 @@ func (s *Session) Deliver(ctx context.Context, env *Envelope, data []byte) (resu
 		switch {
 		case r.Addr == "" || !validAddress(r.Addr):
 			per[i] = pipeline.Errorf(553, pipeline.EnhancedCode{5, 1, 3}, "invalid recipient address")
-		case !isASCII(r.Addr) && !smtputf8:
+		case !mailtext.IsASCII(r.Addr) && !smtputf8:
 			per[i] = pipeline.Errorf(553, pipeline.EnhancedCode{5, 6, 7},
 				"remote server does not support SMTPUTF8, needed for a non-ASCII recipient address")
 		default:
 			idx = append(idx, i)
-			utf8 = utf8 || !isASCII(r.Addr)
+			utf8 = utf8 || !mailtext.IsASCII(r.Addr)
 		}
 	}
 	if len(idx) == 0 {

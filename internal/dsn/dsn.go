@@ -52,6 +52,7 @@ import (
 	"github.com/emersion/go-message/textproto"
 
 	"github.com/sluice-mta/sluice/internal/delivery"
+	"github.com/sluice-mta/sluice/internal/mailtext"
 	"github.com/sluice-mta/sluice/pipeline"
 )
 
@@ -240,7 +241,7 @@ func Build(r Report) ([]byte, error) {
 	// 1. Human-readable explanation.
 	text := humanText(r, host, orig.note)
 	cte := "quoted-printable"
-	if isASCII(text) {
+	if mailtext.IsASCII(text) {
 		cte = "7bit"
 	}
 	if err := writePart(mw, "text/plain; charset=utf-8", "Notification", cte, []byte(text)); err != nil {
@@ -250,7 +251,7 @@ func Build(r Report) ([]byte, error) {
 	// 2. Machine-readable status.
 	status := deliveryStatus(r, host)
 	cte = "7bit"
-	if !isASCII(string(status)) {
+	if mailtext.Has8Bit(status) {
 		cte = "8bit"
 	}
 	if err := writePart(mw, "message/delivery-status", "Delivery report", cte, status); err != nil {
@@ -336,7 +337,7 @@ func returned(r Report, failed bool) original {
 	}
 	o.cte = "7bit"
 	switch {
-	case isASCII(string(o.body)):
+	case !mailtext.Has8Bit(o.body):
 	case o.full:
 		o.cte = "8bit" // message/rfc822 may not be encoded (RFC 2046 5.2.1)
 	default:
@@ -566,7 +567,7 @@ func isAtom(s string) bool {
 
 // addrType is the RFC 3464 / RFC 6533 address type for an address.
 func addrType(a string) string {
-	if isASCII(a) {
+	if mailtext.IsASCII(a) {
 		return "rfc822"
 	}
 	return "utf-8"
@@ -706,15 +707,6 @@ func headerSection(msg []byte) []byte {
 		out.WriteString("\r\n")
 	}
 	return out.Bytes()
-}
-
-func isASCII(s string) bool {
-	for i := 0; i < len(s); i++ {
-		if s[i] >= 0x80 {
-			return false
-		}
-	}
-	return true
 }
 
 // RecipientFromError makes the Recipient entry for addr from the error of

@@ -5,6 +5,7 @@ import (
 	"strings"
 	"unicode/utf8"
 
+	"github.com/sluice-mta/sluice/internal/mailtext"
 	"github.com/sluice-mta/sluice/pipeline"
 )
 
@@ -178,7 +179,7 @@ func originalRecipientField(orcpt string) string {
 		t = addrType(a)
 	}
 	safe := len(a) <= maxValue && utf8.ValidString(a) && clean(a, maxValue) == a
-	if safe && strings.EqualFold(t, "rfc822") && !isASCII(a) {
+	if safe && strings.EqualFold(t, "rfc822") && !mailtext.IsASCII(a) {
 		safe = false
 	}
 	if !safe {

@@ -10,6 +10,7 @@ package mailtext
 
 import (
 	"crypto/tls"
+	"encoding/binary"
 	"net/netip"
 	"strings"
 	"time"
@@ -169,4 +170,32 @@ func Received(t Trace) string {
 	b.WriteString("; ")
 	b.WriteString(t.Date.Format(time.RFC1123Z))
 	return b.String()
+}
+
+// IsASCII reports whether s is all 7-bit: no byte above 127.
+func IsASCII(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] >= 0x80 {
+			return false
+		}
+	}
+	return true
+}
+
+// Has8Bit reports whether b holds a byte above 127 (8-bit content, RFC
+// 6152). It reads 8 bytes at a time: it runs over whole messages.
+func Has8Bit(b []byte) bool {
+	const hi = 0x8080808080808080
+	for len(b) >= 8 {
+		if binary.LittleEndian.Uint64(b)&hi != 0 {
+			return true
+		}
+		b = b[8:]
+	}
+	for _, c := range b {
+		if c >= 0x80 {
+			return true
+		}
+	}
+	return false
 }

@@ -1,15 +1,14 @@
 package relay
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"sort"
 	"strings"
 	"time"
-	"unicode/utf8"
 
 	"github.com/sluice-mta/sluice/internal/dsn"
+	"github.com/sluice-mta/sluice/internal/mailtext"
 	"github.com/sluice-mta/sluice/internal/queue"
 	"github.com/sluice-mta/sluice/internal/spool"
 	"github.com/sluice-mta/sluice/pipeline"
@@ -248,8 +247,8 @@ func (r *Relay) bounce(ctx context.Context, m *spool.Meta, rep dsn.Report) *Acce
 	// The DSN's own MAIL FROM parameters: 8BITMIME when it carries 8-bit
 	// text (a diagnostic, returned headers), SMTPUTF8 when the original
 	// needed it (the returned header may be UTF-8) or the address is.
-	params := pipeline.MailParams{SMTPUTF8: m.Params.SMTPUTF8 || strings.IndexFunc(m.Sender, is8bit) >= 0}
-	if bytes.IndexFunc(out, is8bit) >= 0 {
+	params := pipeline.MailParams{SMTPUTF8: m.Params.SMTPUTF8 || !mailtext.IsASCII(m.Sender)}
+	if mailtext.Has8Bit(out) {
 		params.Body = pipeline.Body8BitMIME
 	}
 	conn := &pipeline.Conn{Source: pipeline.SourceDSN, ServerName: r.hostname,
@@ -296,8 +295,6 @@ func dsnMeta(id string, rcpts []dsn.Recipient) map[string]string {
 	}
 	return meta
 }
-
-func is8bit(r rune) bool { return r >= utf8.RuneSelf }
 
 // bounceFailed handles a DSN the pipeline refused: permanently, no DSN
 // (the refusal is already recorded); temporarily, the DSN as built, by MX.

@@ -125,7 +125,7 @@ func (ss *session) Mail(from string, opts *smtp.MailOptions) error {
 		}
 	}
 	params := mailParams(opts)
-	if !params.SMTPUTF8 && !isASCII(from) {
+	if !params.SMTPUTF8 && !mailtext.IsASCII(from) {
 		return smtpError(errNeedSMTPUTF8)
 	}
 	ss.tc.setBusy(true)
@@ -155,7 +155,7 @@ func (ss *session) Rcpt(to string, opts *smtp.RcptOptions) error {
 	if txn == nil {
 		return smtpError(errBadSequence)
 	}
-	if !txn.T.Params.SMTPUTF8 && !isASCII(to) {
+	if !txn.T.Params.SMTPUTF8 && !mailtext.IsASCII(to) {
 		return smtpError(errNeedSMTPUTF8)
 	}
 	if _, err := txn.RcptWith(ss.ctx, to, rcptParams(opts)); err != nil {
@@ -271,15 +271,6 @@ func rcptParams(o *smtp.RcptOptions) pipeline.RcptParams {
 		p.ORCPT = strings.ToLower(string(o.OriginalRecipientType)) + ";" + o.OriginalRecipient
 	}
 	return p
-}
-
-func isASCII(s string) bool {
-	for i := 0; i < len(s); i++ {
-		if s[i] >= 0x80 {
-			return false
-		}
-	}
-	return true
 }
 
 // dataReadFailed maps a failure while reading the message data.
