@@ -53,8 +53,6 @@ type Server struct {
 	ex      *events.Exporter
 	sinks   []events.Sink
 	file    *events.FileSink
-	smtp    []*smtpsrc.Server
-	http    []*httpapi.Server
 	keys    *apikey.Store
 	control *controlServer
 	wg      sync.WaitGroup
@@ -64,7 +62,6 @@ type Server struct {
 	reloadMu sync.Mutex
 	exStop   context.CancelFunc
 	hkStop   func()
-	stopSMTP []*smtpsrc.Server
 }
 
 // component is one long-lived part of the node.
@@ -384,9 +381,11 @@ func (s *Server) components() []component {
 		},
 	})
 	for _, l := range cfg.SMTP {
+		var srv *smtpsrc.Server // set by start, used by stop
 		cs = append(cs, component{name: "smtp " + l.Addr,
 			start: func() error {
-				srv, err := smtpsrc.New(l, s.relay, s.log)
+				var err error
+				srv, err = smtpsrc.New(l, s.relay, s.log)
 				if err != nil {
 					return fmt.Errorf("smtp listener %s: %w", l.Addr, err)
 				}
@@ -394,15 +393,11 @@ func (s *Server) components() []component {
 				if err != nil {
 					return fmt.Errorf("smtp listener %s: %w", l.Addr, err)
 				}
-				s.smtp = append(s.smtp, srv)
 				s.serve("smtp "+l.Addr, func() error { return srv.Serve(ln) })
 				s.log.Info("listening", "proto", "smtp", "addr", ln.Addr().String(), "tls", l.TLS != nil, "implicit_tls", l.ImplicitTLS)
-				s.stopSMTP = append(s.stopSMTP, srv)
 				return nil
 			},
 			stop: func(ctx context.Context) error {
-				srv := s.stopSMTP[len(s.stopSMTP)-1]
-				s.stopSMTP = s.stopSMTP[:len(s.stopSMTP)-1]
 				if err := srv.Shutdown(ctx); err != nil && !errors.Is(err, smtpsrc.ErrServerClosed) {
 					s.log.Warn("smtp shutdown", "err", err)
 				}
@@ -421,9 +416,11 @@ func (s *Server) components() []component {
 		})
 	}
 	for _, l := range cfg.HTTP {
+		var srv *httpapi.Server // set by start, used by stop
 		cs = append(cs, component{name: "http " + l.Addr,
 			start: func() error {
-				srv, err := httpapi.New(l, s.relay, s.sp, s.keys, cfg.Hostname, s.log)
+				var err error
+				srv, err = httpapi.New(l, s.relay, s.sp, s.keys, cfg.Hostname, s.log)
 				if err != nil {
 					return fmt.Errorf("http listener %s: %w", l.Addr, err)
 				}
@@ -431,14 +428,11 @@ func (s *Server) components() []component {
 				if err != nil {
 					return fmt.Errorf("http listener %s: %w", l.Addr, err)
 				}
-				s.http = append(s.http, srv)
 				s.serve("http "+l.Addr, func() error { return srv.Serve(ln) })
 				s.log.Info("listening", "proto", "http", "addr", ln.Addr().String(), "tls", l.TLS != nil)
 				return nil
 			},
 			stop: func(ctx context.Context) error {
-				srv := s.http[len(s.http)-1]
-				s.http = s.http[:len(s.http)-1]
 				if err := srv.Shutdown(ctx); err != nil {
 					s.log.Warn("http shutdown", "err", err)
 				}
