@@ -40,7 +40,7 @@ func TestParseAddress(t *testing.T) {
 		"bob@.", "bob@a..b", ".bob@x.org", "bob.@x.org", "b..ob@x.org", `""@x.org`, `"unterminated@x.org`,
 		`"a"b@x.org`, `"a\` + "\x01" + `"@x.org`, "a(b)@x.org", "a,b@x.org", "a\"b@x.org", "a<b@x.org",
 		"bob@-x.org", "bob@x-.org", "bob@x_y.org", "bob@x.org..", "bob@[1.2.3]", "bob@[IPv6:1.2.3.4]",
-		"bob@[x:y]", "bob@[192.0.2.1", "bob@ex ample.org", "\xff@x.org",
+		"bob@[x:y]", "bob@[192.0.2.1", "bob@ex ample.org", "\xff@x.org", `"a>b"@x.org`, `"c<d"@x.org`,
 		"a@" + string(make([]byte, 300)),
 	} {
 		if c, _, _, err := ParseAddress(bad); err == nil {

@@ -65,6 +65,7 @@ func TestAddressRefusals(t *testing.T) {
 		{"MAIL FROM:<a\x7fb@origin.example>", 501, "5.1.7"},
 		{"MAIL FROM:<a\x01b@origin.example>", 501, "5.1.7"},
 		{"MAIL FROM:<a b@origin.example>", 501, "5.1.7"},
+		{`MAIL FROM:<"a>b"@origin.example>`, 501, "5.1.7"}, // its bounces could not be sent
 		{"MAIL FROM:<a@bad_domain.example>", 501, "5.1.7"},
 		{"MAIL FROM:<victim%example.org@origin.example>", 553, "5.1.7"},
 		{"MAIL FROM:<ü@origin.example>", 553, "5.6.7"}, // no SMTPUTF8
@@ -86,6 +87,8 @@ func TestAddressRefusals(t *testing.T) {
 		{`RCPT TO:<"victim@example.org"@local.test>`, 553, "5.1.3"},
 		{"RCPT TO:<host!victim@local.test>", 553, "5.1.3"},
 		{"RCPT TO:<a\x00b@local.test>", 501, "5.1.3"},
+		{`RCPT TO:<"c<d"@local.test>`, 501, "5.1.3"}, // delivery would not send it
+		{`RCPT TO:<"c>d"@local.test>`, 501, "5.1.3"},
 		{"RCPT TO:<a..b@local.test>", 501, "5.1.3"},
 		{"RCPT TO:<a@local..test>", 501, "5.1.3"},
 		{"RCPT TO:<ü@local.test>", 553, "5.6.7"},
