@@ -30,6 +30,7 @@ type Config struct {
 	Spool        Spool
 	SMTP         []SMTPListener
 	HTTP         []HTTPListener
+	Admin        *AdminListener // nil: no admin listener
 	Delivery     Delivery
 	Events       Events
 	Lua          Lua
@@ -108,6 +109,20 @@ type HTTPListener struct {
 	TLS            *TLS
 	MaxRequestSize int64         // bytes; default 30 MiB
 	RequestTimeout time.Duration // reading a whole request, header and body; default 1m
+}
+
+// AdminListener: sluice.listen_admin { addr = "127.0.0.1:9101", allow = {...} }.
+// It serves /metrics (Prometheus text format), /healthz and /readyz to
+// clients whose address is in Allow; others get 403.
+type AdminListener struct {
+	Addr  string
+	Allow []netip.Prefix // default: loopback (127.0.0.0/8, ::1/128)
+}
+
+// DefaultAdminAllow is the admin listener's allow-list when none is given:
+// loopback only.
+func DefaultAdminAllow() []netip.Prefix {
+	return []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8"), netip.MustParsePrefix("::1/128")}
 }
 
 // Delivery: sluice.delivery { ... }.

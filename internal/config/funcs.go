@@ -20,7 +20,7 @@ import (
 // installs them in recording mode and InstallRuntime in runtime mode; the
 // two must define the same names.
 var FuncNames = []string{
-	"node", "local_domains", "spool", "listen_smtp", "listen_http", "delivery",
+	"node", "local_domains", "spool", "listen_smtp", "listen_http", "listen_admin", "delivery",
 	"events", "lua_options", "stage_timeout", "stage", "lua", "builtin", "plugin",
 	"env", "read_file",
 }
@@ -46,6 +46,7 @@ func (ld *loader) install() {
 	set("spool", ld.spool)
 	set("listen_smtp", ld.listenSMTP)
 	set("listen_http", ld.listenHTTP)
+	set("listen_admin", ld.listenAdmin)
 	set("delivery", ld.delivery)
 	set("events", ld.events)
 	set("lua_options", ld.luaOptions)
@@ -357,6 +358,28 @@ func (ld *loader) listenHTTP(L *lua.LState) int {
 	ld.size(o, "max_request_size", &h.MaxRequestSize)
 	ld.duration(o, "request_timeout", &h.RequestTimeout)
 	ld.cfg.HTTP = append(ld.cfg.HTTP, h)
+	return 0
+}
+
+// sluice.listen_admin { addr = "127.0.0.1:9101", allow = { "127.0.0.1/32", "::1/128" } }
+func (ld *loader) listenAdmin(L *lua.LState) int {
+	const fn = "sluice.listen_admin"
+	ld.singleton(fn)
+	o := ld.s.CheckOpts(1, fn, "addr", "allow")
+	a := &AdminListener{Addr: ld.listenAddr(o, "addr")}
+	var allow []string
+	if o.Strings("allow", &allow) {
+		for i, s := range allow {
+			p, err := parsePrefix(s)
+			if err != nil {
+				o.Fail("allow", "item %d: %v", i+1, err)
+			}
+			a.Allow = append(a.Allow, p)
+		}
+	} else {
+		a.Allow = DefaultAdminAllow()
+	}
+	ld.cfg.Admin = a
 	return 0
 }
 

@@ -28,6 +28,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/sluice-mta/sluice/internal/spool"
 	"github.com/sluice-mta/sluice/pipeline"
 )
@@ -182,6 +184,11 @@ type Options struct {
 	// one) moves its cursor past the events without reading them.
 	WantEvents func() bool
 	Logger     *slog.Logger
+	// Metrics, when set, receives the exporter's metrics (per consumer:
+	// sluice_events_exported_total, sluice_event_export_errors_total,
+	// sluice_event_consumer_lag_events). Registering fails NewExporter
+	// when the registry already holds them.
+	Metrics prometheus.Registerer
 	// BatchSize is the most events read and written at once (1000).
 	BatchSize int
 	// RetryInitial and RetryMax bound the backoff of a failing consumer
@@ -209,6 +216,8 @@ type Exporter struct {
 	done chan struct{}
 
 	pruneFailing atomic.Bool
+
+	exported, failures *prometheus.CounterVec
 }
 
 // consumer is one sink or the on_event hooks, with its cursor.
@@ -279,7 +288,57 @@ func NewExporter(sp *spool.Spool, sinks []Sink, o Options) (*Exporter, error) {
 			e.cons[len(e.cons)-1].idle = func() bool { return !want() }
 		}
 	}
+	if err := e.register(o.Metrics); err != nil {
+		return nil, err
+	}
 	return e, nil
+}
+
+// register builds the exporter's metrics; with reg nil they are counted
+// but not exported.
+func (e *Exporter) register(reg prometheus.Registerer) error {
+	e.exported = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "sluice_events_exported_total",
+		Help: "Events handed over to a consumer (a sink or the on_event hooks) and acknowledged by it.",
+	}, []string{"consumer"})
+	e.failures = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "sluice_event_export_errors_total",
+		Help: "Failed export attempts per consumer; each is retried with backoff from the consumer's cursor.",
+	}, []string{"consumer"})
+	lag := prometheus.NewDesc("sluice_event_consumer_lag_events",
+		"Events in the outbox that a consumer has not taken yet.", []string{"consumer"}, nil)
+	for _, c := range e.cons {
+		e.exported.WithLabelValues(c.name)
+		e.failures.WithLabelValues(c.name)
+	}
+	if reg == nil {
+		return nil
+	}
+	for _, c := range []prometheus.Collector{e.exported, e.failures, lagCollector{e, lag}} {
+		if err := reg.Register(c); err != nil {
+			return fmt.Errorf("events: registering metrics: %w", err)
+		}
+	}
+	return nil
+}
+
+// lagCollector reports each consumer's lag at scrape time.
+type lagCollector struct {
+	e    *Exporter
+	desc *prometheus.Desc
+}
+
+func (l lagCollector) Describe(ch chan<- *prometheus.Desc) { ch <- l.desc }
+
+func (l lagCollector) Collect(ch chan<- prometheus.Metric) {
+	head := l.e.sp.OutboxHead()
+	for _, c := range l.e.cons {
+		lag := float64(0)
+		if n := c.next.Load(); head > n {
+			lag = float64(head - n)
+		}
+		ch <- prometheus.MustNewConstMetric(l.desc, prometheus.GaugeValue, lag, c.name)
+	}
 }
 
 // runHooks is the on_event consumer: the only one that decodes JSON.
@@ -410,6 +469,7 @@ func (e *Exporter) runConsumer(ctx context.Context, c *consumer) {
 			if ctx.Err() != nil {
 				return
 			}
+			e.failures.WithLabelValues(c.name).Inc()
 			if failingSince.IsZero() {
 				failingSince = time.Now()
 			}
@@ -473,6 +533,7 @@ func (e *Exporter) exportOnce(ctx context.Context, c *consumer) (int, error) {
 	n, err := c.write(ctx, evs)
 	if n > 0 {
 		c.next.Store(evs[n-1].Seq + 1)
+		e.exported.WithLabelValues(c.name).Add(float64(n))
 	}
 	if err != nil {
 		_ = e.saveCursor(c) // the events it did take (on_event at shutdown)

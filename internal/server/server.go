@@ -18,6 +18,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -25,6 +26,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/sluice-mta/sluice/internal/apikey"
 	"github.com/sluice-mta/sluice/internal/config"
 	"github.com/sluice-mta/sluice/internal/delivery"
@@ -32,6 +34,7 @@ import (
 	"github.com/sluice-mta/sluice/internal/events"
 	"github.com/sluice-mta/sluice/internal/httpapi"
 	"github.com/sluice-mta/sluice/internal/luahost"
+	"github.com/sluice-mta/sluice/internal/metrics"
 	"github.com/sluice-mta/sluice/internal/queue"
 	"github.com/sluice-mta/sluice/internal/relay"
 	"github.com/sluice-mta/sluice/internal/smtpsrc"
@@ -55,6 +58,7 @@ type Server struct {
 	file    *events.FileSink
 	keys    *apikey.Store
 	control *controlServer
+	metrics *prometheus.Registry // one per node; served by the admin listener
 	wg      sync.WaitGroup
 	errc    chan error
 
@@ -77,7 +81,7 @@ func New(cfg *config.Config, log *slog.Logger) (*Server, error) {
 	if log == nil {
 		log = slog.Default()
 	}
-	s := &Server{cfg: cfg, log: log, errc: make(chan error, 16)}
+	s := &Server{cfg: cfg, log: log, errc: make(chan error, 16), metrics: metrics.NewRegistry()}
 	if err := checkNode(cfg); err != nil {
 		return nil, err
 	}
@@ -307,7 +311,7 @@ func (s *Server) components() []component {
 			s.relay = relay.NewSpool(s.pipe, s.sp, s.q, relay.Options{Hostname: cfg.Hostname, Logger: s.log, DelayWarning: cfg.Delivery.DelayWarning})
 			s.q.SetBouncer(s.relay)
 			s.q.SetNotifier(s.relay)
-			return nil
+			return s.registerCoreMetrics()
 		},
 		stop: func(context.Context) error { return s.sp.Close() },
 	})
@@ -325,6 +329,7 @@ func (s *Server) components() []component {
 				OnEvent:    func(ctx context.Context, ev *pipeline.Event) { s.relay.Chain().Event(ctx, ev) },
 				WantEvents: func() bool { return s.relay.Chain().HasEventHooks() },
 				Logger:     s.log,
+				Metrics:    s.metrics,
 			})
 			if err != nil {
 				fs.Close()
@@ -440,6 +445,31 @@ func (s *Server) components() []component {
 			},
 		})
 	}
+	if a := cfg.Admin; a != nil {
+		var srv *http.Server // set by start, used by stop
+		cs = append(cs, component{name: "admin " + a.Addr,
+			start: func() error {
+				ln, err := net.Listen("tcp", a.Addr)
+				if err != nil {
+					return fmt.Errorf("admin listener %s: %w", a.Addr, err)
+				}
+				srv = &http.Server{
+					Handler:           metrics.Handler(s.metrics, a.Allow, s.readiness()),
+					ReadHeaderTimeout: 10 * time.Second,
+					ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
+				}
+				s.serve("admin "+a.Addr, func() error {
+					if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+						return err
+					}
+					return nil
+				})
+				s.log.Info("listening", "proto", "admin", "addr", ln.Addr().String())
+				return nil
+			},
+			stop: func(ctx context.Context) error { return srv.Shutdown(ctx) },
+		})
+	}
 	cs = append(cs, component{name: "control socket",
 		start: func() error {
 			c, err := listenControl(ControlSocket(cfg), s)
@@ -460,6 +490,47 @@ func (s *Server) components() []component {
 	})
 	return cs
 }
+
+// registerCoreMetrics registers the spool and queue gauges, read at
+// scrape time (no cost on the message path).
+func (s *Server) registerCoreMetrics() error {
+	gauge := func(name, help string, f func() float64) prometheus.Collector {
+		return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: help}, f)
+	}
+	for _, c := range []prometheus.Collector{
+		gauge("sluice_spool_size_bytes", "Bytes the spool's files take on disk.", func() float64 { return float64(s.sp.Size()) }),
+		gauge("sluice_spool_full", "1 while the spool refuses new mail (below its min_free reserve, or failed), else 0.", func() float64 {
+			if s.sp.Full() {
+				return 1
+			}
+			return 0
+		}),
+		gauge("sluice_queue_messages", "Messages with at least one recipient still queued.", func() float64 { return float64(s.q.Stats().Messages) }),
+		gauge("sluice_queue_ready_recipients", "Recipients due for a delivery attempt now.", func() float64 { return float64(s.q.Stats().Ready) }),
+		gauge("sluice_queue_waiting_recipients", "Recipients waiting for their next attempt (deferred).", func() float64 { return float64(s.q.Stats().Waiting) }),
+		gauge("sluice_delivery_active_workers", "Delivery workers busy now, all destinations.", func() float64 { return float64(s.q.Stats().Active) }),
+	} {
+		if err := s.metrics.Register(c); err != nil {
+			return fmt.Errorf("metrics: %w", err)
+		}
+	}
+	return nil
+}
+
+// readiness is what /readyz checks: the spool can take mail.
+func (s *Server) readiness() map[string]metrics.Check {
+	return map[string]metrics.Check{
+		"spool": func() error {
+			if s.sp.Full() {
+				return errors.New("the spool refuses new mail (below its min_free reserve, or failed; see the log)")
+			}
+			return nil
+		},
+	}
+}
+
+// Metrics is the node's registry, for tests and embedding.
+func (s *Server) Metrics() *prometheus.Registry { return s.metrics }
 
 func (s *Server) serve(name string, fn func() error) {
 	s.wg.Add(1)
@@ -600,6 +671,7 @@ func RestartNeeded(old, new *config.Config) []string {
 	}{
 		{"sluice.listen_smtp", old.SMTP, new.SMTP},
 		{"sluice.listen_http", old.HTTP, new.HTTP},
+		{"sluice.listen_admin", old.Admin, new.Admin},
 		{"sluice.spool", old.Spool, new.Spool},
 		{"sluice.delivery", old.Delivery, new.Delivery},
 		{"sluice.events", old.Events, new.Events},

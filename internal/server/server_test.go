@@ -1,14 +1,20 @@
 package server
 
 import (
+	"context"
 	"errors"
+	"io"
 	"log/slog"
+	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
 
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
 	"github.com/sluice-mta/sluice/internal/config"
 	"github.com/sluice-mta/sluice/internal/dnsx"
 	"github.com/sluice-mta/sluice/internal/relay"
@@ -151,4 +157,78 @@ sluice.stage_timeout("5s")
 	if got != "sluice.listen_smtp,sluice.spool" {
 		t.Fatalf("RestartNeeded = %q", got)
 	}
+}
+
+// TestAdminListener: /metrics is Prometheus text a parser reads, with the
+// spool, queue and event-consumer metrics; /readyz is ready while the
+// spool takes mail; an address outside the allow list gets 403.
+func TestAdminListener(t *testing.T) {
+	for _, tc := range []struct {
+		allow  string
+		status int
+	}{{`"127.0.0.1"`, 200}, {`"10.0.0.0/8"`, 403}} {
+		dir := t.TempDir()
+		addr := freeAddr(t)
+		cfg := load(t, `local sluice = require("sluice")
+sluice.spool { path = "`+dir+`/spool" }
+sluice.events { file = "`+dir+`/events.jsonl" }
+sluice.listen_smtp { addr = "127.0.0.1:0" }
+sluice.listen_admin { addr = "`+addr+`", allow = { `+tc.allow+` } }
+`)
+		s, err := New(cfg, slog.New(slog.DiscardHandler))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := s.Start(); err != nil {
+			t.Fatal(err)
+		}
+		get := func(path string) (int, string) {
+			res, err := http.Get("http://" + addr + path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer res.Body.Close()
+			b, _ := io.ReadAll(res.Body)
+			return res.StatusCode, string(b)
+		}
+		if code, body := get("/readyz"); code != tc.status {
+			t.Errorf("allow %s: /readyz %d %q, want %d", tc.allow, code, body, tc.status)
+		}
+		code, body := get("/metrics")
+		if code != tc.status {
+			t.Errorf("allow %s: /metrics %d, want %d", tc.allow, code, tc.status)
+		}
+		if code == 200 {
+			parser := expfmt.NewTextParser(model.UTF8Validation)
+			fams, err := parser.TextToMetricFamilies(strings.NewReader(body))
+			if err != nil {
+				t.Fatalf("/metrics does not parse: %v", err)
+			}
+			for _, name := range []string{"sluice_spool_size_bytes", "sluice_spool_full", "sluice_queue_messages",
+				"sluice_events_exported_total", "sluice_event_consumer_lag_events", "go_goroutines", "process_resident_memory_bytes"} {
+				if fams[name] == nil {
+					t.Errorf("/metrics has no %s", name)
+				}
+			}
+			if f := fams["sluice_spool_full"]; f != nil && f.Metric[0].GetGauge().GetValue() != 0 {
+				t.Errorf("sluice_spool_full = %v on an empty spool", f.Metric[0].GetGauge().GetValue())
+			}
+			if f := fams["sluice_spool_size_bytes"]; f != nil && f.Metric[0].GetGauge().GetValue() <= 0 {
+				t.Errorf("sluice_spool_size_bytes = %v", f.Metric[0].GetGauge().GetValue())
+			}
+		}
+		if err := s.Stop(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
 }
