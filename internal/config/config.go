@@ -264,7 +264,7 @@ func DefaultSMTPListener(addr string) SMTPListener {
 		WriteTimeout:   5 * time.Minute,
 		DataTimeout:    10 * time.Minute,
 		BareLineEnding: "reject",
-		MaxHops:        100,
+		MaxHops:        pipeline.DefaultMaxHops,
 
 		MaxConnectionsPerIP:    20,
 		MaxConnectionRatePerIP: 60,

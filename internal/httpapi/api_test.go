@@ -712,6 +712,7 @@ func TestRawMessage(t *testing.T) {
 		{"bad base64", "message_base64", map[string]any{"from": "a@example.com", "to": "b@dest.test", "message_base64": "%%%"}},
 		{"CRLF in envelope", "to[0]", map[string]any{"from": "a@example.com", "to": "b@dest.test\r\nRCPT TO:<x@y>", "message": "From: a@example.com\n\nx"}},
 		{"no recipients", "to", map[string]any{"from": "a@example.com", "message": "From: a@example.com\n\nx"}},
+		{"mail loop", "message", map[string]any{"from": "a@example.com", "to": "b@dest.test", "message": strings.Repeat("Received: from x by y; Mon, 02 Jan 2006 15:04:05 -0700\n", pipeline.DefaultMaxHops) + "From: a@example.com\n\nx"}},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			r := e.post("/v1/messages/raw", c.body)

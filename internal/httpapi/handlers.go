@@ -363,6 +363,11 @@ func (s *Server) rawItem(req *rawRequest, data *bytes.Buffer) (*item, *apiError)
 	if err != nil || parsed.Header.Len() == 0 {
 		return nil, badField(field, "the message has no valid header section (fields, then an empty line, then the body)")
 	}
+	// A mail loop: the message has passed as many MTAs as an SMTP
+	// listener accepts by default (RFC 5321 section 6.3).
+	if n := len(parsed.Header.Values("Received")); n >= pipeline.DefaultMaxHops {
+		return nil, badField(field, "the message carries %d Received fields (at most %d): a mail loop?", n, pipeline.DefaultMaxHops-1)
+	}
 	hfrom, err := gomail.ParseAddressList(parsed.Header.Get("From"))
 	if err != nil || len(hfrom) == 0 {
 		return nil, badField(field, "the message has no valid From header field")
