@@ -47,3 +47,4 @@ require (
 )
 
 replace github.com/emersion/go-smtp => ./internal/third_party/go-smtp
+replace github.com/yuin/gopher-lua => ./internal/third_party/gopher-lua

@@ -84,6 +84,7 @@ func New(log *slog.Logger) *State {
 		L.SetGlobal(name, lua.LNil)
 	}
 	s.installLimited()
+	s.SetLimits(Limits{})
 	L.SetGlobal("print", L.NewFunction(s.print))
 	s.Module = s.newModule()
 	L.SetGlobal("sluice", s.Module)
@@ -169,14 +170,26 @@ func (s *State) print(L *lua.LState) int {
 	if s.quiet {
 		return 0
 	}
+	// The line is cut at MaxString bytes: print(unpack(t)) of a few
+	// thousand 1 MiB strings would otherwise build gigabytes in one call.
+	limit := s.limits.maxString()
 	var b strings.Builder
-	for i := 1; i <= L.GetTop(); i++ {
+	cut := false
+	for i := 1; i <= L.GetTop() && !cut; i++ {
 		if i > 1 {
 			b.WriteByte('\t')
 		}
-		b.WriteString(L.ToStringMeta(L.Get(i)).String())
+		str := L.ToStringMeta(L.Get(i)).String()
+		if room := limit - b.Len(); len(str) > room {
+			str, cut = str[:max(room, 0)], true
+		}
+		b.WriteString(str)
 	}
-	s.log.Info(b.String(), "where", strings.TrimSuffix(s.Where(), ":"))
+	attrs := []any{"where", strings.TrimSuffix(s.Where(), ":")}
+	if cut {
+		attrs = append(attrs, "truncated_at", limit)
+	}
+	s.log.Info(b.String(), attrs...)
 	return 0
 }
 
