@@ -14,14 +14,18 @@
 // removed. require is replaced by a function that returns the `sluice`
 // module for "sluice" and fails for every other name. print goes to slog.
 // The string and table builtins whose cost is not bounded by their
-// arguments (pattern matching, string.rep, string.format, table.concat)
-// are replaced by versions that stop at the call's deadline and refuse
-// strings over Limits.MaxString (strlib.go).
+// arguments (pattern matching, string.rep, string.format, table.concat,
+// table.sort) are replaced by versions that stop at the call's deadline and
+// refuse strings over Limits.MaxString (strlib.go); the .. operator refuses
+// them too, through Sluice's patched gopher-lua
+// (internal/third_party/gopher-lua, LState.SetMaxStringLen). print cuts its
+// line at MaxString; sluice.log refuses huge fields tables.
 //
 // The sandbox protects the host from accidents and keeps scripts away from
-// files, processes and the network. It bounds each builtin call, not a
-// script's total memory: Lua code is trusted operator code, not untrusted
-// user input.
+// files, processes and the network. It bounds each step of a call (one
+// instruction or one builtin call), not a script's total memory: a loop
+// that keeps what it builds is stopped only by the deadline. Lua code is
+// trusted operator code, not untrusted user input.
 //
 // A State is not safe for concurrent use; internal/luahost pools them.
 package sandbox
