@@ -178,7 +178,8 @@ type Lua struct {
 	Timeout  time.Duration // per hook call; default 100ms
 	PoolSize int           // max idle states kept; default 2*GOMAXPROCS+8
 	// MaxString bounds a string a string/table builtin takes as a pattern
-	// subject or builds (gsub, rep, format, concat); default 1 MiB.
+	// subject or builds (gsub, rep, format, concat, the .. operator, a
+	// print line); default 1 MiB.
 	MaxString int64
 	// MaxHeader bounds a header field value handed to Lua (msg:header,
 	// msg:headers): longer values are cut to this many bytes; default 64 KiB.
