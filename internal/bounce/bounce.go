@@ -245,7 +245,7 @@ type compiled struct {
 	Rule
 	re    *regexp.Regexp
 	lits  [][]int // groups of ids in Classifier.idx: a match contains a literal of each group
-	class int    // index into Classifier.classes
+	class int     // index into Classifier.classes
 	hits  atomic.Uint64
 }
 

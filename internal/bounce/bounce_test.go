@@ -181,7 +181,7 @@ func TestRequiredLiterals(t *testing.T) {
 	for pat, want := range map[string]string{
 		`^550 5\.1\.1 `:                               "550 5.1.1 ",
 		`(?i)\bover ?quota\b`:                         "over & quota",
-		`(?i)RESOLVER\.ADR\.Recip(ient)?NotFound`:      "resolver.adr.recip & notfound",
+		`(?i)RESOLVER\.ADR\.Recip(ient)?NotFound`:     "resolver.adr.recip & notfound",
 		`(foo|bar)`:                                   "foo|bar",
 		`(?i)(Virus|malware)\b.*\b(detected|found)\b`: "virus|malware & detected|found",
 		`(fo|bar)`:                                    "",
