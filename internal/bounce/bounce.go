@@ -255,6 +255,7 @@ type Classifier struct {
 	rules   []*compiled
 	classes []string // every class that can be returned; Uncategorized last
 	uncat   int
+	expired int
 	idx     litIndex             // every rule's literals
 	counts  []prometheus.Counter // per class; nil until Register
 	noLit   bool                 // benchmarks: run every regexp
@@ -298,6 +299,7 @@ func Compile(files ...*RuleFile) (*Classifier, error) {
 		return nil, errors.Join(errs...)
 	}
 	c.uncat = classOf(Uncategorized)
+	c.expired = classOf(MessageExpired)
 	c.idx.build()
 	return c, nil
 }
@@ -339,8 +341,45 @@ var scratchPool = sync.Pool{New: func() any { return &scratch{buf: make([]byte, 
 // reply text (lines joined by CR LF or LF). It never fails: a reply no
 // rule matches is Uncategorized. It counts the result in the class's
 // metric and the rule's hit count. Safe for concurrent use; no allocation
-// in the common case.
+// in the common case (BenchmarkClassify).
 func (c *Classifier) Classify(code int, enhanced, text string) string {
+	return c.count(c.classify(code, enhanced, text))
+}
+
+// ClassifyResponse classifies an event's response; nil is Uncategorized.
+func (c *Classifier) ClassifyResponse(r *pipeline.Response) string {
+	return c.count(c.classifyResponse(r))
+}
+
+// ClassifyExpired classifies the last reply of a recipient whose queue
+// lifetime ran out (an expired event): the class of that reply when it
+// says more than "try later", else MessageExpired. So a recipient that
+// was deferred with "452 4.2.2 mailbox full" until it expired is
+// QuotaIssues, one deferred by greylisting or an unknown 4xx (or with no
+// reply at all) is MessageExpired.
+func (c *Classifier) ClassifyExpired(last *pipeline.Response) string {
+	i := c.classifyResponse(last)
+	if n := c.classes[i]; n == TransientFailure || n == Uncategorized {
+		i = c.expired
+	}
+	return c.count(i)
+}
+
+func (c *Classifier) count(class int) string {
+	if c.counts != nil {
+		c.counts[class].Inc()
+	}
+	return c.classes[class]
+}
+
+func (c *Classifier) classifyResponse(r *pipeline.Response) int {
+	if r == nil {
+		return c.uncat
+	}
+	return c.classify(r.Code, r.Enhanced, r.Text)
+}
+
+func (c *Classifier) classify(code int, enhanced, text string) int {
 	sc := scratchPool.Get().(*scratch)
 	line := appendLine(sc.buf[:0], code, enhanced, text)
 	n := len(line)
@@ -365,21 +404,7 @@ func (c *Classifier) Classify(code int, enhanced, text string) string {
 		sc.buf = full[:0]
 		scratchPool.Put(sc)
 	}
-	if c.counts != nil {
-		c.counts[class].Inc()
-	}
-	return c.classes[class]
-}
-
-// ClassifyResponse classifies an event's response; nil is Uncategorized.
-func (c *Classifier) ClassifyResponse(r *pipeline.Response) string {
-	if r == nil {
-		if c.counts != nil {
-			c.counts[c.uncat].Inc()
-		}
-		return Uncategorized
-	}
-	return c.Classify(r.Code, r.Enhanced, r.Text)
+	return class
 }
 
 // Line returns the line the rules are matched against, for tools and

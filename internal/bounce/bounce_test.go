@@ -378,3 +378,22 @@ func TestDefaultRulesUsePredefinedClasses(t *testing.T) {
 		}
 	}
 }
+
+func TestClassifyExpired(t *testing.T) {
+	c := Default()
+	for _, tc := range []struct {
+		last *pipeline.Response
+		want string
+	}{
+		{&pipeline.Response{Code: 452, Enhanced: "4.2.2", Text: "The email account that you tried to reach is over quota."}, QuotaIssues},
+		{&pipeline.Response{Code: 451, Enhanced: "4.4.3", Text: "DNS lookup failed"}, DNSFailure},
+		{&pipeline.Response{Code: 451, Enhanced: "4.4.1", Text: "connection refused"}, NoAnswerFromHost},
+		{&pipeline.Response{Code: 450, Enhanced: "4.2.0", Text: "Greylisted, try again later"}, MessageExpired},
+		{&pipeline.Response{Code: 421, Text: "closing"}, MessageExpired},
+		{nil, MessageExpired},
+	} {
+		if got := c.ClassifyExpired(tc.last); got != tc.want {
+			t.Errorf("ClassifyExpired(%+v) = %s, want %s", tc.last, got, tc.want)
+		}
+	}
+}
