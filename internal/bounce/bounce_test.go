@@ -397,3 +397,48 @@ func TestClassifyExpired(t *testing.T) {
 		}
 	}
 }
+
+// TestClassifyConcurrent: one classifier shared by goroutines (pooled
+// scratch buffers, atomic hit counts, metrics) gives each the same answers.
+func TestClassifyConcurrent(t *testing.T) {
+	c, err := Load(nil, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Register(prometheus.NewRegistry()); err != nil {
+		t.Fatal(err)
+	}
+	errs := make(chan string, 4*len(replies))
+	done := make(chan struct{})
+	for g := 0; g < 4; g++ {
+		go func(g int) {
+			defer func() { done <- struct{}{} }()
+			for i := range replies {
+				r := replies[(i+g*7)%len(replies)]
+				if got := c.Classify(r.code, r.enhanced, r.text); got != r.want {
+					errs <- r.provider + ": " + got + " != " + r.want
+				}
+			}
+		}(g)
+	}
+	for g := 0; g < 4; g++ {
+		<-done
+	}
+	close(errs)
+	for e := range errs {
+		t.Error(e)
+	}
+	var hits uint64
+	for _, h := range c.Hits() {
+		hits += h.Hits
+	}
+	unc := 0
+	for _, r := range replies {
+		if r.want == Uncategorized {
+			unc++
+		}
+	}
+	if want := uint64(4 * (len(replies) - unc)); hits != want {
+		t.Errorf("rule hits %d, want %d", hits, want)
+	}
+}
