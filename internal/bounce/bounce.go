@@ -65,7 +65,10 @@
 // regular expression it checks that the line contains one of the literals
 // any match must contain (taken from the parsed expression, like RE2's
 // prefilter); one pass over a lower-cased copy of the line finds every
-// rule's literals at once, so most rules cost a bit test. Go's regexp
+// rule's literals at once, so most rules cost a bit test. A rule that
+// cannot tell case apart runs, compiled with plain lower-case literals,
+// on the lower-cased line, which Go matches faster than case folding.
+// Lines with non-ASCII bytes skip both shortcuts. Go's regexp
 // has no RegexSet; a combined alternation would return the leftmost match,
 // not the first rule, and measured slower. Figures: BENCHMARKS.md.
 package bounce
@@ -244,8 +247,9 @@ func Load(paths []string, withDefault bool) (*Classifier, error) {
 type compiled struct {
 	Rule
 	re    *regexp.Regexp
-	lits  [][]int // groups of ids in Classifier.idx: a match contains a literal of each group
-	class int     // index into Classifier.classes
+	lower *regexp.Regexp // re for the lower-cased line, when re ignores case; else nil
+	lits  [][]int        // groups of ids in Classifier.idx: a match contains a literal of each group
+	class int            // index into Classifier.classes
 	hits  atomic.Uint64
 }
 
@@ -284,7 +288,7 @@ func Compile(files ...*RuleFile) (*Classifier, error) {
 				errs = append(errs, fmt.Errorf("bounce rules %s: class %s, rule %d %q: %w", r.File, r.Class, r.Index, r.Pattern, err))
 				continue
 			}
-			cr := &compiled{Rule: r, re: re, class: classOf(r.Class)}
+			cr := &compiled{Rule: r, re: re, lower: lowered(r.Pattern), class: classOf(r.Class)}
 			for _, g := range requiredLiterals(r.Pattern) {
 				ids := make([]int, len(g))
 				for i, l := range g {
@@ -394,7 +398,13 @@ func (c *Classifier) classify(code int, enhanced, text string) int {
 		if filter && !allGroups(sc.seen, r.lits) {
 			continue
 		}
-		if r.re.Match(line) {
+		var m bool
+		if filter && r.lower != nil {
+			m = r.lower.Match(lower)
+		} else {
+			m = r.re.Match(line)
+		}
+		if m {
 			r.hits.Add(1)
 			class = r.class
 			break
@@ -555,6 +565,75 @@ func minLen(s [][]byte) int {
 	}
 	return m
 }
+
+// lowered returns pattern compiled for matching the ASCII-lower-cased
+// line, or nil. It exists when the pattern cannot tell case apart on ASCII
+// (every letter literal is case-folded, every class holds both cases of
+// its ASCII letters): then it matches an ASCII line exactly when the
+// lowered pattern (plain lower-case literals, no folding, which Go's
+// matcher compares faster) matches the lower-cased line.
+func lowered(pattern string) *regexp.Regexp {
+	re, err := syntax.Parse(pattern, syntax.Perl)
+	if err != nil || !caseBlind(re) {
+		return nil
+	}
+	lowerLiterals(re)
+	l, err := regexp.Compile(re.String())
+	if err != nil {
+		return nil
+	}
+	return l
+}
+
+func caseBlind(re *syntax.Regexp) bool {
+	switch re.Op {
+	case syntax.OpLiteral:
+		for _, r := range re.Rune {
+			if r >= utf8.RuneSelf {
+				return false
+			}
+			if isLetter(r) && re.Flags&syntax.FoldCase == 0 {
+				return false
+			}
+		}
+	case syntax.OpCharClass:
+		in := func(c rune) bool {
+			for i := 0; i+1 < len(re.Rune); i += 2 {
+				if re.Rune[i] <= c && c <= re.Rune[i+1] {
+					return true
+				}
+			}
+			return false
+		}
+		for c := 'a'; c <= 'z'; c++ {
+			if in(c) != in(c-'a'+'A') {
+				return false
+			}
+		}
+	}
+	for _, sub := range re.Sub {
+		if !caseBlind(sub) {
+			return false
+		}
+	}
+	return true
+}
+
+func lowerLiterals(re *syntax.Regexp) {
+	if re.Op == syntax.OpLiteral {
+		for i, r := range re.Rune {
+			if 'A' <= r && r <= 'Z' {
+				re.Rune[i] = r + 'a' - 'A'
+			}
+		}
+		re.Flags &^= syntax.FoldCase
+	}
+	for _, sub := range re.Sub {
+		lowerLiterals(sub)
+	}
+}
+
+func isLetter(r rune) bool { return 'a' <= r && r <= 'z' || 'A' <= r && r <= 'Z' }
 
 // litIndex finds, in one pass over a line, which of a set of literals
 // (each at least minLiteral bytes) it contains: literals are bucketed by

@@ -3,6 +3,7 @@ package bounce
 import (
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 
@@ -440,5 +441,37 @@ func TestClassifyConcurrent(t *testing.T) {
 	}
 	if want := uint64(4 * (len(replies) - unc)); hits != want {
 		t.Errorf("rule hits %d, want %d", hits, want)
+	}
+}
+
+func TestLoweredOnlyWhenCaseBlind(t *testing.T) {
+	lines := []string{"550 5.1.1 No Such User", "550 5.1.1 no such user", "550 5.1.1 NO SUCH USER", "452 4.2.2 Mailbox FULL", "x_y Z"}
+	for pat, blind := range map[string]bool{
+		`(?i)no such user`:       true,
+		`(?i)\bmailbox\s+full\b`: true,
+		`(?i)[a-z]+ [A-Z]`:       true,
+		`^550 5\.1\.1 `:          true,
+		`no such user`:           false,
+		`(?i)no (?-i:Such) user`: false,
+		`[A-Z]+`:                 false,
+		`[^a-z]`:                 false,
+		`(?i)[^a-z]`:             true,
+		`(?i)straße`:             false,
+	} {
+		l := lowered(pat)
+		if (l != nil) != blind {
+			t.Errorf("lowered(%q) = %v, want case-blind %v", pat, l, blind)
+			continue
+		}
+		if l == nil {
+			continue
+		}
+		re := regexp.MustCompile(pat)
+		for _, line := range lines {
+			low, _ := appendLower(nil, []byte(line))
+			if re.MatchString(line) != l.Match(low) {
+				t.Errorf("%q on %q: original %v, lowered %v", pat, line, re.MatchString(line), l.Match(low))
+			}
+		}
 	}
 }
