@@ -19,10 +19,11 @@
 //
 // One table, rules, maps a class name to a list of regular expressions.
 // The predefined class names are those of KumoMTA (Classes); any other
-// name is a user-defined class and is used as given. The format has no
-// other table (domain templates belong to KumoMTA's traffic shaping
-// files, not to bounce rules); any other top-level key is an error, so a
-// shaping file given by mistake is reported instead of ignored.
+// name is a user-defined class and is used as given. That is the whole
+// format: KumoMTA's BounceClassifierFile has only rules (no domain
+// templates or other tables). One deliberate difference: KumoMTA ignores
+// other top-level keys, Parse refuses them, so a traffic shaping file
+// given by mistake is reported instead of loading as zero rules.
 //
 // Sluice's default rules (DefaultRules) are two files in this format,
 // written for Sluice: reply texts of the largest providers first, then
@@ -167,6 +168,9 @@ func Parse(name string, data []byte) (*RuleFile, error) {
 	}
 	if und := md.Undecoded(); len(und) > 0 {
 		return nil, fmt.Errorf("bounce rules %s: unknown key %q: a bounce rule file holds only a [rules] table of Class = [\"regex\", ...]", name, und[0].String())
+	}
+	if !md.IsDefined("rules") {
+		return nil, fmt.Errorf("bounce rules %s: no [rules] table (a bounce rule file is a [rules] table of Class = [\"regex\", ...])", name)
 	}
 	f := &RuleFile{Name: name}
 	// md.Keys is in file order, which decides which rule wins.

@@ -303,6 +303,7 @@ func TestParseErrors(t *testing.T) {
 	for name, src := range map[string]string{
 		"syntax.toml":  "[rules\nX = [\"a\"]\n",
 		"notlist.toml": "[rules]\nX = \"a\"\n",
+		"norules.toml": "# nothing\n",
 	} {
 		p := filepath.Join(dir, name)
 		if err := os.WriteFile(p, []byte(src), 0o644); err != nil {
