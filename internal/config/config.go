@@ -33,6 +33,7 @@ type Config struct {
 	Admin        *AdminListener // nil: no admin listener
 	Delivery     Delivery
 	Events       Events
+	Bounces      Bounces
 	Lua          Lua
 	Stages       []StageSpec
 	StageTimeout time.Duration // bound on each stage call; default 30s
@@ -165,6 +166,14 @@ type Events struct {
 	Kafka *Kafka // nil: events go to File only
 }
 
+// Bounces: sluice.bounces { rules = { "/etc/sluice/bounce.toml" },
+// default_rules = true }: how deferred, bounced and expired events get
+// their bounce_class (internal/bounce).
+type Bounces struct {
+	Rules        []string // rule files in KumoMTA's format, read in order before the defaults; relative to the config file
+	DefaultRules bool     // read Sluice's embedded default rules after Rules; default true
+}
+
 // Kafka: sluice.events { kafka = { brokers = {"127.0.0.1:9092"} } }.
 type Kafka struct {
 	Brokers     []string // host:port, at least one
@@ -229,6 +238,7 @@ func Defaults() *Config {
 	return &Config{
 		Spool:        Spool{Path: "./var/spool", MemtableMB: 64, MinFree: 100 << 20},
 		Events:       Events{File: "./var/events.jsonl"},
+		Bounces:      Bounces{DefaultRules: true},
 		Lua:          Lua{Timeout: 100 * time.Millisecond, MaxString: 1 << 20, MaxHeader: 64 << 10},
 		StageTimeout: 30 * time.Second,
 		Delivery: Delivery{

@@ -22,7 +22,7 @@ import (
 var FuncNames = []string{
 	"node", "local_domains", "spool", "listen_smtp", "listen_http", "listen_admin", "delivery",
 	"events", "lua_options", "stage_timeout", "stage", "lua", "builtin", "plugin",
-	"env", "read_file",
+	"env", "read_file", "bounces",
 }
 
 // loader records the configuration functions' calls into a Config.
@@ -49,6 +49,7 @@ func (ld *loader) install() {
 	set("listen_admin", ld.listenAdmin)
 	set("delivery", ld.delivery)
 	set("events", ld.events)
+	set("bounces", ld.bounces)
 	set("lua_options", ld.luaOptions)
 	set("stage_timeout", ld.stageTimeout)
 	set("stage", ld.stage)
@@ -478,6 +479,27 @@ func (ld *loader) events(L *lua.LState) int {
 			k.Fail("bounce_topic", "must not be empty")
 		}
 		ld.cfg.Events.Kafka = kc
+	}
+	return 0
+}
+
+// sluice.bounces { rules = { "/etc/sluice/bounce.toml" }, default_rules = true }
+func (ld *loader) bounces(L *lua.LState) int {
+	const fn = "sluice.bounces"
+	ld.singleton(fn)
+	o := ld.s.CheckOpts(1, fn, "rules", "default_rules")
+	var rules []string
+	if o.Strings("rules", &rules) {
+		for _, r := range rules {
+			if r == "" {
+				o.Fail("rules", "a rule file path must not be empty")
+			}
+			ld.cfg.Bounces.Rules = append(ld.cfg.Bounces.Rules, ld.resolve(r))
+		}
+	}
+	o.Bool("default_rules", &ld.cfg.Bounces.DefaultRules)
+	if len(ld.cfg.Bounces.Rules) == 0 && !ld.cfg.Bounces.DefaultRules {
+		o.Fail("default_rules", "is false and no rules are given: every bounce would be Uncategorized; give rules = { ... } or keep the default rules")
 	}
 	return 0
 }

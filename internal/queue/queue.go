@@ -24,6 +24,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/sluice-mta/sluice/internal/bounce"
 	"github.com/sluice-mta/sluice/internal/config"
 	"github.com/sluice-mta/sluice/internal/delivery"
 	"github.com/sluice-mta/sluice/internal/dsn"
@@ -111,8 +112,11 @@ type Options struct {
 	RetryFactor        float64
 	RetryJitter        float64
 	QueueLifetime      time.Duration
-	Logger             *slog.Logger
-	Now                func() time.Time // for tests; default time.Now
+	// Bounces sets bounce_class on deferred, bounced and expired events
+	// (docs/events.md); nil: bounce.Default(), the embedded rules.
+	Bounces *bounce.Classifier
+	Logger  *slog.Logger
+	Now     func() time.Time // for tests; default time.Now
 }
 
 // Queue is safe for concurrent use.
@@ -194,6 +198,9 @@ func New(sp *spool.Spool, d Dialer, o Options) *Queue {
 	}
 	if o.Logger == nil {
 		o.Logger = slog.Default()
+	}
+	if o.Bounces == nil {
+		o.Bounces = bounce.Default()
 	}
 	if o.Now == nil {
 		o.Now = time.Now
@@ -638,7 +645,7 @@ func (q *Queue) complete(it *item, res []delivery.Result, err error, remote *pip
 		case !pipeline.IsTemporary(rerr):
 			ev.Type = pipeline.EventBounced
 			ev.Response = pipeline.ResponseOf(rerr)
-			ev.BounceClass = "permanent"
+			ev.BounceClass = q.o.Bounces.ClassifyResponse(ev.Response)
 			b.DeleteRecipient(m.ID, r.Idx)
 			failed = append(failed, Failure{Recipient: r.Address, Reply: ev.Response, Err: rerr, Remote: remoteHost, Time: now})
 			notes = append(notes, dsn.Notice{Outcome: dsn.Failed, Rcpt: r, Err: rerr, Reply: ev.Response, Remote: remoteHost, Time: now})
@@ -646,7 +653,7 @@ func (q *Queue) complete(it *item, res []delivery.Result, err error, remote *pip
 		case now.Sub(m.Received) >= q.o.QueueLifetime:
 			ev.Type = pipeline.EventExpired
 			ev.Response = pipeline.ResponseOf(rerr)
-			ev.BounceClass = "expired"
+			ev.BounceClass = q.o.Bounces.ClassifyExpired(ev.Response)
 			b.DeleteRecipient(m.ID, r.Idx)
 			failed = append(failed, Failure{Recipient: r.Address, Expired: true, Reply: ev.Response, Err: rerr, Remote: remoteHost, Time: now})
 			notes = append(notes, dsn.Notice{Outcome: dsn.Failed, Rcpt: r, Err: rerr, Reply: ev.Response, Expired: true, Remote: remoteHost, Time: now})
@@ -654,6 +661,7 @@ func (q *Queue) complete(it *item, res []delivery.Result, err error, remote *pip
 		default:
 			ev.Type = pipeline.EventDeferred
 			ev.Response = pipeline.ResponseOf(rerr)
+			ev.BounceClass = q.o.Bounces.ClassifyResponse(ev.Response)
 			nr := *r
 			nr.Attempts = attempt
 			nr.NextAttempt = now.Add(q.backoff(attempt))

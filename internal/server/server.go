@@ -28,6 +28,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/sluice-mta/sluice/internal/apikey"
+	"github.com/sluice-mta/sluice/internal/bounce"
 	"github.com/sluice-mta/sluice/internal/config"
 	"github.com/sluice-mta/sluice/internal/delivery"
 	"github.com/sluice-mta/sluice/internal/dnsx"
@@ -130,6 +131,9 @@ func checkNode(cfg *config.Config) error {
 	if cfg.Events.Kafka != nil {
 		return fmt.Errorf("%s: sluice.events { kafka = ... }: the Kafka sink is not available in this version; remove the kafka key (events go to %s)", cfg.File, cfg.Events.File)
 	}
+	if _, err := loadBounces(cfg); err != nil {
+		return err
+	}
 	for _, l := range cfg.SMTP {
 		if err := smtpsrc.CheckListener(l); err != nil {
 			return fmt.Errorf("%s: %w", cfg.File, err)
@@ -141,6 +145,15 @@ func checkNode(cfg *config.Config) error {
 		}
 	}
 	return nil
+}
+
+// loadBounces compiles the bounce rules of sluice.bounces.
+func loadBounces(cfg *config.Config) (*bounce.Classifier, error) {
+	bc, err := bounce.Load(cfg.Bounces.Rules, cfg.Bounces.DefaultRules)
+	if err != nil {
+		return nil, fmt.Errorf("%s: sluice.bounces: %w", cfg.File, err)
+	}
+	return bc, nil
 }
 
 func resolver(cfg *config.Config) (*dnsx.Client, error) {
@@ -299,12 +312,19 @@ func (s *Server) components() []component {
 			}
 			d.Logger = s.log
 			d.Self = delivery.NewSelf(cfg)
+			bc, err := loadBounces(cfg)
+			if err != nil {
+				return err
+			}
+			if err := bc.Register(s.metrics); err != nil {
+				return err
+			}
 			s.q = queue.New(s.sp, dialer{d}, queue.Options{
 				MaxConnections: cfg.Delivery.MaxConnections, MaxPerDestination: cfg.Delivery.MaxPerDestination,
 				MaxMessagesPerConn: cfg.Delivery.MaxMessagesPerConn, IdleTimeout: cfg.Delivery.IdleTimeout,
 				RetryInitial: cfg.Delivery.RetryInitial, RetryMax: cfg.Delivery.RetryMax,
 				RetryFactor: cfg.Delivery.RetryFactor, RetryJitter: cfg.Delivery.RetryJitter,
-				QueueLifetime: cfg.Delivery.QueueLifetime, Logger: s.log,
+				QueueLifetime: cfg.Delivery.QueueLifetime, Logger: s.log, Bounces: bc,
 			})
 			// The relay is the transaction owner for every source, bounces
 			// included: they enter through it.
@@ -675,6 +695,7 @@ func RestartNeeded(old, new *config.Config) []string {
 		{"sluice.spool", old.Spool, new.Spool},
 		{"sluice.delivery", old.Delivery, new.Delivery},
 		{"sluice.events", old.Events, new.Events},
+		{"sluice.bounces", old.Bounces, new.Bounces},
 		{"sluice.node", [2]string{old.Node, old.Hostname}, [2]string{new.Node, new.Hostname}},
 	} {
 		if !reflect.DeepEqual(c.old, c.new) {
