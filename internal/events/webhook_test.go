@@ -21,6 +21,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	promtest "github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/sluice-mta/sluice/docs"
 	"github.com/sluice-mta/sluice/internal/spool"
 	"github.com/sluice-mta/sluice/internal/testutil"
 	"github.com/sluice-mta/sluice/pipeline"
@@ -429,4 +430,72 @@ func TestVerifySignatureRefusesTampering(t *testing.T) {
 	if testutil.VerifyWebhook(testSecret, h, body) == nil {
 		t.Error("changed id accepted")
 	}
+}
+
+// The schema's enum of event types is pipeline.EventTypes (the config's
+// `types` key is checked against the latter).
+func TestSchemaEventTypesMatchPipeline(t *testing.T) {
+	for _, typ := range pipeline.EventTypes {
+		js := fmt.Sprintf(`{"schema":1,"event_id":"01KAT6Z4M3N5J6WQ3S7E1V0R2B","type":%q,"time":"2026-11-23T19:40:00Z",
+			"message_id":"01KAT6Z4ABCDEF0123456789XY","recipient":"","sender":"","source":"smtp","tenant":"","queue":"",
+			"attempt":0,"bounce_class":"","tags":[],"metadata":{},"size":0,"node":"n"}`, typ)
+		if err := testutil.CheckEvent([]byte(js)); err != nil {
+			t.Errorf("type %q: %v", typ, err)
+		}
+	}
+	var sch struct {
+		Properties struct {
+			Type struct {
+				Enum []string `json:"enum"`
+			} `json:"type"`
+		} `json:"properties"`
+	}
+	if err := json.Unmarshal(docs.EventSchema, &sch); err != nil {
+		t.Fatal(err)
+	}
+	if fmt.Sprint(sch.Properties.Type.Enum) != fmt.Sprint(pipeline.EventTypes) {
+		t.Errorf("schema types %v, pipeline.EventTypes %v", sch.Properties.Type.Enum, pipeline.EventTypes)
+	}
+}
+
+// BenchmarkWebhook measures one endpoint's throughput over loopback: a
+// batch of 1000 events of 100 messages (10 each) per Write, to a receiver
+// that answers 204 at once, with the default concurrency (4).
+func BenchmarkWebhook(b *testing.B) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body)
+		w.WriteHeader(http.StatusNoContent)
+	})}
+	go srv.Serve(ln)
+	defer srv.Close()
+	wh, err := NewWebhook(WebhookOptions{Name: "bench", URL: "http://" + ln.Addr().String() + "/", Secret: testSecret,
+		DeadLetter: filepath.Join(b.TempDir(), "d.jsonl")})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer wh.Close()
+	batch := make([]Event, 1000)
+	now := time.Now().UTC().Format(time.RFC3339Nano)
+	for i := range batch {
+		msg := fmt.Sprintf("%026d", i%100)
+		batch[i] = Event{Type: pipeline.EventDelivered, MessageID: msg, JSON: []byte(fmt.Sprintf(
+			`{"schema":1,"event_id":"%026d","type":"delivered","time":%q,"message_id":%q,"recipient":"bob@example.org","sender":"app@example.com","source":"smtp","tenant":"","queue":"example.org","attempt":1,"response":{"code":250,"enhanced":"2.0.0","text":"OK"},"bounce_class":"","tags":[],"metadata":{},"size":2048,"node":"n"}`,
+			i, now, msg))}
+	}
+	b.ResetTimer()
+	var seq uint64
+	for range b.N {
+		for i := range batch {
+			seq++
+			batch[i].Seq = seq
+		}
+		if err := wh.Write(context.Background(), batch); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(float64(b.N*len(batch))/b.Elapsed().Seconds(), "events/s")
 }
