@@ -31,7 +31,7 @@ func EventSchema() (*jsonschema.Schema, error) {
 		c := jsonschema.NewCompiler()
 		c.DefaultDraft(jsonschema.Draft2020)
 		c.AssertFormat()
-		const url = "event.schema.json"
+		const url = "urn:sluice:event:1" // its $id
 		if err := c.AddResource(url, doc); err != nil {
 			schemaErr = fmt.Errorf("docs/event.schema.json: %w", err)
 			return
