@@ -15,6 +15,10 @@ const (
 	EventCancelled  = "cancelled"
 )
 
+// EventTypes lists every event type, in the order above.
+var EventTypes = []string{EventReceived, EventRejected, EventDeferred, EventDelivered, EventBounced,
+	EventExpired, EventDiscarded, EventSuppressed, EventCancelled}
+
 // EventSchema is the version in every event's "schema" field.
 const EventSchema = 1
 

@@ -164,6 +164,29 @@ type Delivery struct {
 type Events struct {
 	File  string // JSONL file; default "./var/events.jsonl"
 	Kafka *Kafka // nil: events go to File only
+	// Webhooks are the HTTP endpoints events are POSTed to, each a sink
+	// with its own cursor (sluice.events { webhooks = { {...} } }).
+	Webhooks []Webhook
+}
+
+// Webhook: one endpoint in sluice.events { webhooks = { { name = "billing",
+// url = "https://...", secret = sluice.env("WH_SECRET") } } }.
+type Webhook struct {
+	Name    string   // unique among the webhooks; the sink is "webhook:<name>"
+	URL     string   // http:// or https:// URL events are POSTed to
+	Secret  string   // Standard Webhooks secret: "whsec_" + base64 of >= 24 bytes
+	Types   []string // event types sent; empty: all
+	Tenants []string // tenants whose events are sent ("" for none); empty: all
+	// Timeout bounds one request; default 10s.
+	Timeout time.Duration
+	// DeadLetterAfter: a failed event older than this is written to
+	// DeadLetter instead of retried; default 24h.
+	DeadLetterAfter time.Duration
+	// DeadLetter is the dead-letter JSONL file; default
+	// "webhook-<name>.dead.jsonl" beside the events file.
+	DeadLetter string
+	// Concurrency bounds the requests in flight; default 4.
+	Concurrency int
 }
 
 // Bounces: sluice.bounces { rules = { "/etc/sluice/bounce.toml" },

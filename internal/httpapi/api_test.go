@@ -543,6 +543,9 @@ func TestAuthStage(t *testing.T) {
 	}
 	a := mustAccept(t, e.post("/v1/messages", msg))
 	h, _ := e.sp.History(a.ID)
+	for i := range h {
+		testutil.ValidateEventValue(t, &h[i])
+	}
 	if len(h) == 0 || h[0].Tenant != "acme-eu" {
 		t.Fatalf("events %+v, want tenant acme-eu from on_auth", h)
 	}
@@ -771,6 +774,9 @@ func TestBatch(t *testing.T) {
 	}
 	testutil.WaitFor(t, "2 deliveries", func() bool { return len(e.sink.Messages()) == 2 })
 	h, _ := e.sp.History(ba.Results[3].ID)
+	for i := range h {
+		testutil.ValidateEventValue(t, &h[i])
+	}
 	if len(h) == 0 || h[0].Metadata["n"] != "4" {
 		t.Errorf("history %+v", h)
 	}

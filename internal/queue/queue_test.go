@@ -129,6 +129,7 @@ func events(t *testing.T, sp *spool.Spool, id string) []string {
 	}
 	var out []string
 	for _, e := range h {
+		testutil.ValidateEventValue(t, &e)
 		out = append(out, e.Type+":"+e.Recipient)
 	}
 	return out
@@ -372,6 +373,7 @@ func TestEventsCarryTheReplyReceived(t *testing.T) {
 	})
 	got := map[string]*pipeline.Event{}
 	for i := range hist {
+		testutil.ValidateEventValue(t, &hist[i])
 		got[hist[i].Recipient] = &hist[i]
 	}
 	if e := got[`"odd user"@b.test`]; e == nil || e.Type != pipeline.EventDelivered ||
@@ -434,6 +436,7 @@ func TestQuotedAddressesReachAStrictHop(t *testing.T) {
 	}
 	h, _ := sp.History(m.ID)
 	for _, e := range h {
+		testutil.ValidateEventValue(t, &e)
 		if e.Type != pipeline.EventDelivered || e.Response.Text != "accepted as hop-1" {
 			t.Errorf("event %s %s %+v", e.Type, e.Recipient, e.Response)
 		}

@@ -343,6 +343,12 @@ func (s *Server) components() []component {
 			}
 			s.file = fs
 			s.sinks = []events.Sink{fs}
+			if err := s.startWebhooks(cfg); err != nil {
+				for _, sk := range s.sinks {
+					sk.Close()
+				}
+				return err
+			}
 			// on_event hooks run on the pipeline current at each batch: a
 			// consumer of their own, so they never slow a sink.
 			s.ex, err = events.NewExporter(s.sp, s.sinks, events.Options{
@@ -352,7 +358,9 @@ func (s *Server) components() []component {
 				Metrics:    s.metrics,
 			})
 			if err != nil {
-				fs.Close()
+				for _, sk := range s.sinks {
+					sk.Close()
+				}
 				return err
 			}
 			ctx, cancel := context.WithCancel(context.Background())
@@ -677,6 +685,38 @@ func (s *Server) Reload() (summary string, err error) {
 	}
 	s.log.Info("configuration reloaded", "config", cfg.File, "stages", len(cfg.Stages))
 	return summary, nil
+}
+
+// startWebhooks adds a sink per configured webhook to s.sinks, with the
+// shared dead-letter counter and request latency metrics.
+func (s *Server) startWebhooks(cfg *config.Config) error {
+	if len(cfg.Events.Webhooks) == 0 {
+		return nil
+	}
+	var reg prometheus.Registerer
+	if s.metrics != nil {
+		reg = s.metrics
+	}
+	dead, err := events.NewDeadLetterCounter(reg)
+	if err != nil {
+		return err
+	}
+	lat, err := events.NewWebhookLatency(reg)
+	if err != nil {
+		return err
+	}
+	for _, w := range cfg.Events.Webhooks {
+		wh, err := events.NewWebhook(events.WebhookOptions{
+			Name: w.Name, URL: w.URL, Secret: w.Secret, Types: w.Types, Tenants: w.Tenants,
+			Timeout: w.Timeout, DeadLetterAfter: w.DeadLetterAfter, DeadLetter: w.DeadLetter,
+			Concurrency: w.Concurrency, Logger: s.log, DeadLetters: dead, Latency: lat,
+		})
+		if err != nil {
+			return fmt.Errorf("%s: sluice.events: %w", cfg.File, err)
+		}
+		s.sinks = append(s.sinks, wh)
+	}
+	return nil
 }
 
 // RestartNeeded names the settings that differ between old and new and
