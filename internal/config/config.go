@@ -33,6 +33,7 @@ type Config struct {
 	Admin        *AdminListener // nil: no admin listener
 	Delivery     Delivery
 	Events       Events
+	Suppression  Suppression // sluice.suppression (suppression.go)
 	Lua          Lua
 	Stages       []StageSpec
 	StageTimeout time.Duration // bound on each stage call; default 30s
@@ -228,6 +229,7 @@ func Defaults() *Config {
 	return &Config{
 		Spool:        Spool{Path: "./var/spool", MemtableMB: 64, MinFree: 100 << 20},
 		Events:       Events{File: "./var/events.jsonl"},
+		Suppression:  DefaultSuppression(),
 		Lua:          Lua{Timeout: 100 * time.Millisecond, MaxString: 1 << 20, MaxHeader: 64 << 10},
 		StageTimeout: 30 * time.Second,
 		Delivery: Delivery{

@@ -23,6 +23,7 @@ var FuncNames = []string{
 	"node", "local_domains", "spool", "listen_smtp", "listen_http", "listen_admin", "delivery",
 	"events", "lua_options", "stage_timeout", "stage", "lua", "builtin", "plugin",
 	"env", "read_file",
+	"suppression",
 }
 
 // loader records the configuration functions' calls into a Config.
@@ -49,6 +50,7 @@ func (ld *loader) install() {
 	set("listen_admin", ld.listenAdmin)
 	set("delivery", ld.delivery)
 	set("events", ld.events)
+	set("suppression", ld.suppression)
 	set("lua_options", ld.luaOptions)
 	set("stage_timeout", ld.stageTimeout)
 	set("stage", ld.stage)
