@@ -228,13 +228,17 @@ func (s *Spool) ListSuppressions(tenant, cursor string, limit int) (*Suppression
 	return p, nil
 }
 
-// AddSuppression stores e (e.Address canonical; Created filled when
-// zero), replacing an entry of the same tenant and address, and records
-// a "suppression_added" event for it, in one synced batch. It returns
-// the entry it replaced, if any. Safe for concurrent use.
+// AddSuppression stores e (its Address made canonical, Created filled
+// when zero), replacing an entry of the same tenant and address, and
+// records a "suppression_added" event for it, in one synced batch. It
+// returns the entry it replaced, if any; an Address that is not an
+// address is CanonicalAddress's error. Safe for concurrent use.
 func (s *Spool) AddSuppression(e *Suppression) (prev *Suppression, err error) {
 	if strings.IndexByte(e.Tenant, 0) >= 0 {
 		return nil, ErrBadTenant
+	}
+	if e.Address, err = CanonicalAddress(e.Address); err != nil {
+		return nil, err
 	}
 	if e.Created.IsZero() {
 		e.Created = time.Now().UTC()

@@ -52,7 +52,10 @@ func TestSuppressionAddGetRemove(t *testing.T) {
 	defer s.Close()
 	s.SetSuppressionPolicy(SuppressionPolicy{Enabled: true, Classes: defaultClasses})
 
-	prev, err := s.AddSuppression(&Suppression{Tenant: "acme", Address: "Bob@example.org", Reason: "asked to stop", Source: SuppressionAPI})
+	if _, err := s.AddSuppression(&Suppression{Tenant: "acme", Address: "not an address", Source: SuppressionAPI}); err == nil {
+		t.Error("AddSuppression took a malformed address")
+	}
+	prev, err := s.AddSuppression(&Suppression{Tenant: "acme", Address: "Bob@EXAMPLE.org", Reason: "asked to stop", Source: SuppressionAPI})
 	if err != nil || prev != nil {
 		t.Fatalf("add: %v, %v", prev, err)
 	}
@@ -245,6 +248,17 @@ func TestSuppressionFedByBounces(t *testing.T) {
 	}
 	if len(types) != 3 || types[1] != pipeline.EventBounced || types[2] != pipeline.EventSuppressionAdded {
 		t.Errorf("history of the bounced message: %v; want received, bounced, suppression_added", types)
+	}
+
+	// The message's status still says bounced.
+	st, err := s.Status(first.MessageID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range st.Recipients {
+		if r.Address == "a@y.test" && r.State != StateBounced {
+			t.Errorf("status of the bounced recipient: %s; want bounced", r.State)
+		}
 	}
 
 	// A second hard bounce keeps the first entry and emits nothing.
