@@ -225,3 +225,31 @@ func TestMessageToSuppressedRecipient(t *testing.T) {
 		t.Errorf("after removal: %+v; want queued", a.Recipients)
 	}
 }
+
+// The OpenAPI document describes every suppression endpoint and the
+// "suppressed" recipient status.
+func TestSuppressionsOpenAPI(t *testing.T) {
+	var doc struct {
+		Paths      map[string]map[string]json.RawMessage `json:"paths"`
+		Components struct {
+			Schemas map[string]struct {
+				Properties map[string]struct {
+					Enum []string `json:"enum"`
+				} `json:"properties"`
+			} `json:"schemas"`
+		} `json:"components"`
+	}
+	if err := json.Unmarshal(openAPI, &doc); err != nil {
+		t.Fatal(err)
+	}
+	for path, methods := range map[string][]string{"/v1/suppressions": {"get", "post"}, "/v1/suppressions/{address}": {"get", "delete"}} {
+		for _, m := range methods {
+			if _, ok := doc.Paths[path][m]; !ok {
+				t.Errorf("openapi.json lacks %s %s", m, path)
+			}
+		}
+	}
+	if !strings.Contains(strings.Join(doc.Components.Schemas["RecipientResult"].Properties["status"].Enum, " "), "suppressed") {
+		t.Error("RecipientResult.status does not list suppressed")
+	}
+}
