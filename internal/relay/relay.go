@@ -19,7 +19,9 @@
 // that recipient, at on_route each refused recipient, and when the whole
 // message is refused after RCPT (on_message, bad data, spool failure)
 // each recipient not already refused. A transaction the client abandons
-// (RSET, QUIT, a hang-up) records nothing.
+// (RSET, QUIT, a hang-up) records nothing. A recipient refused because
+// it is on its tenant's suppression list records a "suppressed" event
+// instead of "rejected" (suppression.go).
 //
 // Each Txn runs on the pipeline that was current when it began: a reload
 // (Swap) lets transactions in flight finish on the old pipeline, which is
