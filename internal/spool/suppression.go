@@ -378,3 +378,10 @@ func SuppressionClass(ev *pipeline.Event) string {
 	}
 	return c
 }
+
+func init() {
+	// Intern the suppression event types like the others (cursor.go).
+	for _, t := range []string{pipeline.EventSuppressionAdded, pipeline.EventSuppressionRemoved} {
+		eventTypes[t] = t
+	}
+}
