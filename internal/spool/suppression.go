@@ -30,6 +30,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"hash/maphash"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -89,6 +90,74 @@ type SuppressionPolicy struct {
 type suppState struct {
 	policy atomic.Pointer[suppPolicy]
 	mu     sync.Mutex // serialises read-modify-write of entries
+	filter suppFilter
+}
+
+// suppFilter holds a 64-bit hash of every entry's key, so that the
+// common case at RCPT, an address not on the list, costs a map lookup
+// instead of a Pebble read (measured: BenchmarkSuppressed, a miss in a
+// list of 100,000 entries about 16 µs through Pebble). It only answers
+// "maybe listed": a hash present sends the lookup to Pebble, which
+// decides. Hashes are added before the batch that writes their entry
+// commits and are never removed (a removed entry costs a Pebble read
+// until the next start), so it has no false negatives whatever the
+// interleaving of adds, removals and the initial load. Memory: about 40
+// bytes per entry.
+type suppFilter struct {
+	mu     sync.RWMutex
+	set    map[uint64]struct{}
+	loaded atomic.Bool // the load scan finished: the set is complete
+	once   sync.Once
+}
+
+var suppSeed = maphash.MakeSeed()
+
+func (f *suppFilter) add(key []byte) {
+	h := maphash.Bytes(suppSeed, key)
+	f.mu.Lock()
+	if f.set == nil {
+		f.set = map[uint64]struct{}{}
+	}
+	f.set[h] = struct{}{}
+	f.mu.Unlock()
+}
+
+// may reports whether key may be on the list (always, until loaded).
+func (f *suppFilter) may(key []byte) bool {
+	if !f.loaded.Load() {
+		return true
+	}
+	h := maphash.Bytes(suppSeed, key)
+	f.mu.RLock()
+	_, ok := f.set[h]
+	f.mu.RUnlock()
+	return ok
+}
+
+// load adds every stored entry's key (once per spool). On a read error
+// the filter stays unloaded: every lookup goes to Pebble.
+func (s *Spool) loadSuppFilter() {
+	f := &s.supp.filter
+	f.once.Do(func() {
+		start := time.Now()
+		it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: []byte{kSuppression}, UpperBound: []byte{kSuppression + 1}})
+		if err != nil {
+			s.log.Warn("cannot load the suppression list filter; every lookup reads the spool", "err", err)
+			return
+		}
+		defer it.Close()
+		n := 0
+		for ok := it.First(); ok; ok = it.Next() {
+			f.add(it.Key())
+			n++
+		}
+		if err := it.Error(); err != nil {
+			s.log.Warn("cannot load the suppression list filter; every lookup reads the spool", "err", err)
+			return
+		}
+		f.loaded.Store(true)
+		s.log.Debug("suppression list filter loaded", "entries", n, "took", time.Since(start))
+	})
 }
 
 type suppPolicy struct {
@@ -97,9 +166,12 @@ type suppPolicy struct {
 }
 
 // SetSuppressionPolicy sets (or, on a configuration reload, replaces)
-// the suppression policy. Until it is called the list is disabled. Safe
-// for concurrent use.
+// the suppression policy. Until it is called the list is disabled. The
+// first call reads every entry's key into the in-memory filter (a scan
+// of the list; call it at start, before serving). Safe for concurrent
+// use.
 func (s *Spool) SetSuppressionPolicy(p SuppressionPolicy) {
+	s.loadSuppFilter()
 	sp := &suppPolicy{enabled: p.Enabled, classes: map[string]bool{}}
 	for _, c := range p.Classes {
 		sp.classes[c] = true
@@ -142,10 +214,17 @@ var ErrBadTenant = errors.New("spool: a tenant name cannot contain NUL")
 
 // Suppressed returns tenant's entry for addr (canonical, see
 // CanonicalAddress) when the list is enabled and holds it; nil
-// otherwise. It is one Pebble point read: the relay calls it for every
-// recipient. Safe for concurrent use.
+// otherwise. The relay calls it for every recipient: an address not on
+// the list is answered from the in-memory filter (suppFilter), one that
+// may be by a Pebble point read. Safe for concurrent use.
 func (s *Spool) Suppressed(tenant, addr string) (*Suppression, error) {
 	if s.suppPolicy() == nil {
+		return nil, nil
+	}
+	if strings.IndexByte(tenant, 0) >= 0 {
+		return nil, ErrBadTenant
+	}
+	if !s.supp.filter.may(suppKey(tenant, addr)) {
 		return nil, nil
 	}
 	return s.GetSuppression(tenant, addr)
@@ -252,8 +331,10 @@ func (s *Spool) AddSuppression(e *Suppression) (prev *Suppression, err error) {
 	if prev, err = s.GetSuppression(e.Tenant, e.Address); err != nil {
 		return nil, err
 	}
+	k := suppKey(e.Tenant, e.Address)
+	s.supp.filter.add(k) // before the commit: never a false negative
 	b := s.NewBatch()
-	_ = b.b.Set(suppKey(e.Tenant, e.Address), v, nil)
+	_ = b.b.Set(k, v, nil)
 	b.AddEvent(SuppressionEvent(pipeline.EventSuppressionAdded, e))
 	return prev, b.Commit(true)
 }
@@ -346,6 +427,7 @@ func (b *Batch) suppressBounces() {
 		if err != nil {
 			continue
 		}
+		b.s.supp.filter.add(k) // before the commit: never a false negative
 		_ = b.b.Set(k, v, nil)
 		sev := SuppressionEvent(pipeline.EventSuppressionAdded, e)
 		sev.Sender, sev.Response = ev.Sender, ev.Response

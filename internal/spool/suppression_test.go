@@ -291,6 +291,7 @@ func BenchmarkSuppressed(b *testing.B) {
 			e := &Suppression{Tenant: "acme", Address: fmt.Sprintf("user%06d@example.org", j), Source: SuppressionAPI, Reason: "test"}
 			v, _ := json.Marshal(e)
 			_ = bt.b.Set(suppKey(e.Tenant, e.Address), v, nil)
+			s.supp.filter.add(suppKey(e.Tenant, e.Address))
 		}
 		if err := bt.Commit(false); err != nil {
 			b.Fatal(err)
@@ -301,7 +302,8 @@ func BenchmarkSuppressed(b *testing.B) {
 	}
 	b.Run("miss", func(b *testing.B) {
 		for i := 0; i < b.N; i++ {
-			e, err := s.Suppressed("acme", fmt.Sprintf("other%06d@example.org", i%n))
+			// Interleaved with the entries, as a real miss is.
+			e, err := s.Suppressed("acme", fmt.Sprintf("user%06dx@example.org", (i*7919)%n))
 			if err != nil || e != nil {
 				b.Fatal(e, err)
 			}
@@ -309,8 +311,18 @@ func BenchmarkSuppressed(b *testing.B) {
 	})
 	b.Run("hit", func(b *testing.B) {
 		for i := 0; i < b.N; i++ {
-			e, err := s.Suppressed("acme", fmt.Sprintf("user%06d@example.org", i%n))
+			e, err := s.Suppressed("acme", fmt.Sprintf("user%06d@example.org", (i*7919)%n))
 			if err != nil || e == nil {
+				b.Fatal(e, err)
+			}
+		}
+	})
+	b.Run("miss-without-filter", func(b *testing.B) {
+		s.supp.filter.loaded.Store(false)
+		defer s.supp.filter.loaded.Store(true)
+		for i := 0; i < b.N; i++ {
+			e, err := s.Suppressed("acme", fmt.Sprintf("user%06dx@example.org", (i*7919)%n))
+			if err != nil || e != nil {
 				b.Fatal(e, err)
 			}
 		}
@@ -324,4 +336,46 @@ func BenchmarkSuppressed(b *testing.B) {
 			}
 		}
 	})
+}
+
+// Entries stored before a restart are found after it (the filter is
+// loaded from the spool), and a removed then re-added address is found.
+func TestSuppressionFilterAcrossRestart(t *testing.T) {
+	dir := t.TempDir()
+	s := open(t, dir)
+	for i := 0; i < 50; i++ {
+		if _, err := s.AddSuppression(&Suppression{Tenant: "acme", Address: fmt.Sprintf("u%d@x.test", i), Source: SuppressionAPI}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s = open(t, dir)
+	defer s.Close()
+	s.SetSuppressionPolicy(SuppressionPolicy{Enabled: true, Classes: defaultClasses})
+	if !s.supp.filter.loaded.Load() {
+		t.Fatal("the filter was not loaded")
+	}
+	for i := 0; i < 50; i++ {
+		if e, err := s.Suppressed("acme", fmt.Sprintf("u%d@x.test", i)); err != nil || e == nil {
+			t.Fatalf("u%d after restart: %v, %v", i, e, err)
+		}
+	}
+	if e, _ := s.Suppressed("acme", "u50@x.test"); e != nil {
+		t.Error("an address never added is suppressed")
+	}
+	if _, err := s.RemoveSuppression("acme", "u1@x.test", SuppressionAPI); err != nil {
+		t.Fatal(err)
+	}
+	if e, _ := s.Suppressed("acme", "u1@x.test"); e != nil {
+		t.Error("a removed address is still suppressed")
+	}
+	bounce(t, s, "acme", "u1@x.test", "InvalidRecipient", &pipeline.Response{Code: 550, Enhanced: "5.1.1", Text: "gone"})
+	bounce(t, s, "acme", "new@x.test", "InvalidRecipient", &pipeline.Response{Code: 550, Enhanced: "5.1.1", Text: "gone"})
+	for _, a := range []string{"u1@x.test", "new@x.test"} {
+		if e, _ := s.Suppressed("acme", a); e == nil || e.Source != SuppressionBounce {
+			t.Errorf("%s after a bounce: %+v; want suppressed by the bounce", a, e)
+		}
+	}
 }
