@@ -10,8 +10,10 @@ import (
 	"encoding/json"
 	"net/http"
 	"net/url"
+	"os"
 	"os/exec"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -300,5 +302,47 @@ func TestSuppressionEndToEnd(t *testing.T) {
 	}
 	if rm := tenantEvent(evs, pipeline.EventSuppressionRemoved, gone, ""); rm == nil || rm.Source != "cli" {
 		t.Errorf("suppression_removed for tenant \"\": %+v; want source cli", rm)
+	}
+}
+
+// A reload applies sluice.suppression: with enabled = false the list is
+// kept but no longer enforced.
+func TestSuppressionReload(t *testing.T) {
+	h := newSuppressionEnv(t)
+	h.start()
+	admin, _ := h.createKey("ops", "admin")
+	body, _ := json.Marshal(map[string]string{"address": "held@smart.test", "reason": "test"})
+	if r := h.do("POST", "/v1/suppressions?tenant=", admin, body, nil); r.status != http.StatusCreated {
+		t.Fatalf("POST: %s", r)
+	}
+	rcpt := func() string {
+		s := dialRaw(t, h.relay.smtp)
+		defer s.cmd("QUIT")
+		s.cmd("EHLO client.test")
+		s.cmd("MAIL FROM:<app@sender.test>")
+		return s.cmd("RCPT TO:<held@smart.test>")
+	}
+	if rep := rcpt(); !strings.HasPrefix(rep, "550 5.7.1 <held@smart.test>: recipient is on the suppression list of this relay (added by api on ") {
+		t.Fatalf("RCPT before the reload: %q", rep)
+	}
+	cfg, err := os.ReadFile(h.relay.cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg = bytes.Replace(cfg, []byte("sluice.suppression { enabled = true,"), []byte("sluice.suppression { enabled = false,"), 1)
+	if err := os.WriteFile(h.relay.cfg, cfg, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.relay.cmd.Process.Signal(syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	var rep string
+	waitFor(t, "RCPT accepted after the reload", func() bool {
+		rep = rcpt()
+		return strings.HasPrefix(rep, "250")
+	})
+	// The list itself is kept.
+	if r := h.do("GET", "/v1/suppressions/held@smart.test?tenant=", admin, nil, nil); r.status != http.StatusOK {
+		t.Errorf("GET after the reload: %s; want the entry kept", r)
 	}
 }
