@@ -13,6 +13,10 @@ const (
 	EventDiscarded  = "discarded"
 	EventSuppressed = "suppressed"
 	EventCancelled  = "cancelled"
+	// A recipient joined or left its tenant's suppression list (a hard
+	// bounce, the HTTP API or the CLI).
+	EventSuppressionAdded   = "suppression_added"
+	EventSuppressionRemoved = "suppression_removed"
 )
 
 // EventTypes lists every event type, in the order above.

@@ -34,6 +34,7 @@ type Config struct {
 	Delivery     Delivery
 	Events       Events
 	Bounces      Bounces
+	Suppression  Suppression // sluice.suppression (suppression.go)
 	Lua          Lua
 	Stages       []StageSpec
 	StageTimeout time.Duration // bound on each stage call; default 30s
@@ -262,6 +263,7 @@ func Defaults() *Config {
 		Spool:        Spool{Path: "./var/spool", MemtableMB: 64, MinFree: 100 << 20},
 		Events:       Events{File: "./var/events.jsonl"},
 		Bounces:      Bounces{DefaultRules: true},
+		Suppression:  DefaultSuppression(),
 		Lua:          Lua{Timeout: 100 * time.Millisecond, MaxString: 1 << 20, MaxHeader: 64 << 10},
 		StageTimeout: 30 * time.Second,
 		Delivery: Delivery{

@@ -25,7 +25,7 @@ import (
 var FuncNames = []string{
 	"node", "local_domains", "spool", "listen_smtp", "listen_http", "listen_admin", "delivery",
 	"events", "lua_options", "stage_timeout", "stage", "lua", "builtin", "plugin",
-	"env", "read_file", "bounces",
+	"env", "read_file", "bounces", "suppression",
 }
 
 // loader records the configuration functions' calls into a Config.
@@ -53,6 +53,7 @@ func (ld *loader) install() {
 	set("delivery", ld.delivery)
 	set("events", ld.events)
 	set("bounces", ld.bounces)
+	set("suppression", ld.suppression)
 	set("lua_options", ld.luaOptions)
 	set("stage_timeout", ld.stageTimeout)
 	set("stage", ld.stage)

@@ -19,7 +19,9 @@
 // that recipient, at on_route each refused recipient, and when the whole
 // message is refused after RCPT (on_message, bad data, spool failure)
 // each recipient not already refused. A transaction the client abandons
-// (RSET, QUIT, a hang-up) records nothing.
+// (RSET, QUIT, a hang-up) records nothing. A recipient refused because
+// it is on its tenant's suppression list records a "suppressed" event
+// instead of "rejected" (suppression.go).
 //
 // Each Txn runs on the pipeline that was current when it began: a reload
 // (Swap) lets transactions in flight finish on the old pipeline, which is
@@ -133,6 +135,7 @@ type Relay struct {
 	now      func() time.Time
 	// delayWarning is Options.DelayWarning (see Notify).
 	delayWarning time.Duration
+	supp         Suppressions // nil: no suppression list
 
 	// The gate keeps the store open while acceptances are in flight:
 	// Close refuses new ones and waits for the others.
@@ -156,6 +159,9 @@ type Options struct {
 	// warnings about it (see Notify): sluice.delivery's delay_warning.
 	// Zero sends no delay warnings.
 	DelayWarning time.Duration
+	// Suppressions, when set, is the suppression list enforced at RCPT
+	// (see Txn.RcptWith and suppression.go).
+	Suppressions Suppressions
 }
 
 // New builds a Relay running p on store.
@@ -170,7 +176,7 @@ func New(p *Pipeline, store Store, o Options) *Relay {
 		o.Now = time.Now
 	}
 	r := &Relay{store: store, log: o.Logger.With("component", "relay"), hostname: o.Hostname, now: o.Now,
-		delayWarning: o.DelayWarning}
+		delayWarning: o.DelayWarning, supp: o.Suppressions}
 	r.pipe.Store(p)
 	return r
 }

@@ -328,7 +328,9 @@ func (s *Server) components() []component {
 			})
 			// The relay is the transaction owner for every source, bounces
 			// included: they enter through it.
-			s.relay = relay.NewSpool(s.pipe, s.sp, s.q, relay.Options{Hostname: cfg.Hostname, Logger: s.log, DelayWarning: cfg.Delivery.DelayWarning})
+			s.sp.SetSuppressionPolicy(suppressionPolicy(cfg))
+			s.relay = relay.NewSpool(s.pipe, s.sp, s.q, relay.Options{Hostname: cfg.Hostname, Logger: s.log, DelayWarning: cfg.Delivery.DelayWarning,
+				Suppressions: s.sp})
 			s.q.SetBouncer(s.relay)
 			s.q.SetNotifier(s.relay)
 			return s.registerCoreMetrics()
@@ -674,6 +676,7 @@ func (s *Server) Reload() (summary string, err error) {
 		return "", err
 	}
 	s.relay.Swap(p)
+	s.sp.SetSuppressionPolicy(suppressionPolicy(cfg))
 	restart := RestartNeeded(s.cfg, cfg)
 	summary = fmt.Sprintf("reloaded %s: %d stage(s)", cfg.File, len(cfg.Stages))
 	if len(restart) > 0 {
@@ -753,4 +756,9 @@ func EnsureDirs(cfg *config.Config) error {
 		}
 	}
 	return nil
+}
+
+// suppressionPolicy is sluice.suppression as the spool takes it.
+func suppressionPolicy(cfg *config.Config) spool.SuppressionPolicy {
+	return spool.SuppressionPolicy{Enabled: cfg.Suppression.Enabled, Classes: cfg.Suppression.Classes}
 }

@@ -142,8 +142,8 @@ func (s *Spool) Status(msgID string) (*MessageStatus, error) {
 	pos := map[string]int{}
 	for i := range evs {
 		ev := &evs[i]
-		if ev.Recipient == "" {
-			continue
+		if ev.Recipient == "" || ev.Type == pipeline.EventSuppressionAdded || ev.Type == pipeline.EventSuppressionRemoved {
+			continue // a suppression list change is in the timeline, not a recipient state
 		}
 		j, ok := pos[ev.Recipient]
 		if !ok {

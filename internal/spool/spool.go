@@ -19,6 +19,7 @@
 //	n                   event seq floor: seqs below it are never assigned again
 //	h<msgid><eventid>   event history of a message, for status queries
 //	i<key>              an HTTP idempotency record (the stored answer), until it expires
+//	s<tenant>\x00<addr>  a suppression list entry (suppression.go)
 //
 // Durability contract: Commit(true) returns after an fsync; acceptance uses
 // it. Delivery outcomes commit without a sync: a crash can only roll back a
@@ -139,6 +140,8 @@ type Spool struct {
 	fail         atomic.Pointer[error]
 	deleted      atomic.Int64 // messages deleted since the last compaction
 	lastReclaim  atomic.Value // time.Time
+
+	supp suppState // the suppression list's policy (suppression.go)
 }
 
 // Open opens (creating if needed) the spool at path.
@@ -319,6 +322,7 @@ func (b *Batch) Empty() bool { return b.b.Empty() && len(b.events) == 0 }
 // Commit writes the batch; with sync it returns after an fsync shared with
 // concurrent committers. The batch cannot be reused.
 func (b *Batch) Commit(sync bool) error {
+	b.suppressBounces() // hard bounces join the suppression list atomically (suppression.go)
 	s := b.s
 	var first uint64
 	n := uint64(len(b.events))
