@@ -21,7 +21,7 @@ const (
 
 // EventTypes lists every event type, in the order above.
 var EventTypes = []string{EventReceived, EventRejected, EventDeferred, EventDelivered, EventBounced,
-	EventExpired, EventDiscarded, EventSuppressed, EventCancelled}
+	EventExpired, EventDiscarded, EventSuppressed, EventCancelled, EventSuppressionAdded, EventSuppressionRemoved}
 
 // EventSchema is the version in every event's "schema" field.
 const EventSchema = 1
