@@ -55,10 +55,6 @@ func (e *fullError) Unwrap() []error {
 // for it and for a write that failed with ENOSPC.
 var ErrFull error = &fullError{}
 
-// pebbleFatal is the panic value of pebbleLogger.Fatalf, recovered by
-// Spool.write.
-type pebbleFatal struct{ msg string }
-
 func isNoSpace(err error) bool {
 	return err != nil && (errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT) ||
 		strings.Contains(err.Error(), "no space left on device"))
@@ -75,11 +71,19 @@ type spaceState struct {
 	statErr bool // a statfs error was logged
 }
 
-// failedErr is set once Pebble reported a fatal error.
-type failedErr struct{ msg string }
+// failedErr is set once Pebble reported a fatal error (fatal) or a write
+// did not finish within the write timeout (not fatal: cleared once a write
+// succeeds again, see recoverWrites).
+type failedErr struct {
+	msg   string
+	fatal bool
+}
 
 func (e *failedErr) Error() string {
-	return "spool failed (restart the node once the cause is fixed): " + e.msg
+	if e.fatal {
+		return "spool failed (restart the node once the cause is fixed): " + e.msg
+	}
+	return "spool writes stalled (they resume on their own once the disk answers again): " + e.msg
 }
 func (e *failedErr) Unwrap() error { return pipeline.ErrSpoolFull }
 
@@ -90,40 +94,125 @@ func (s *Spool) failed() error {
 	return nil
 }
 
-func (s *Spool) markFailed(msg string) {
-	var err error = &failedErr{msg: msg}
+// markFailed stops spool writes: a fatal failure for good (until a
+// restart), a stall (write timeout) until recoverWrites sees a write
+// succeed again.
+func (s *Spool) markFailed(msg string, fatal bool) {
+	var err error = &failedErr{msg: msg, fatal: fatal}
+	if fatal {
+		if old := s.fail.Swap(&err); old == nil || !(*old).(*failedErr).fatal {
+			s.log.Error("spool: storage engine failed; refusing new mail (452 4.3.1) and spool writes until the node is restarted", "err", msg)
+		}
+		return
+	}
 	if s.fail.CompareAndSwap(nil, &err) {
-		s.log.Error("spool: storage error; refusing new mail and stopping spool writes until restart", "err", msg)
+		s.log.Error("spool: writes stalled; refusing new mail (452 4.3.1) until a write succeeds again", "err", msg)
 	}
 }
 
 // write runs one write to Pebble: an error comes back as an error (452
-// 4.3.1 when it is ENOSPC), and Pebble's Fatalf as an error too. A write
-// that does not finish within the spool's write timeout (a full or
+// 4.3.1 when it is ENOSPC), and Pebble's Fatalf as an error too (the
+// goroutine that called Fatalf is parked, see pebbleLogger.Fatalf). A
+// write that does not finish within the spool's write timeout (a full or
 // failing disk: Pebble then retries its flush without end and every
-// commit waits) fails the spool: this write and every later one return
+// commit waits) stalls the spool: this write and every later one return
 // an error at once (acceptance answers 452 4.3.1) instead of hanging the
-// callers; the node must be restarted once the disk is fixed. The stuck
-// write itself finishes, or not, in the background.
+// callers, until recoverWrites sees the stuck write finish and a synced
+// write succeed. The caller holds dbMu (read) and the spool is writable.
 func (s *Spool) write(f func() error) error {
 	if err := s.failed(); err != nil {
 		return err
 	}
-	if s.writeTimeout <= 0 {
-		return s.writeNow(f)
+	if s.readOnly.Load() {
+		return &fullError{cause: errReadOnly}
 	}
 	done := make(chan error, 1)
 	go func() { done <- s.writeNow(f) }()
-	t := time.NewTimer(s.writeTimeout)
-	defer t.Stop()
+	var timeout <-chan time.Time
+	if s.writeTimeout > 0 {
+		t := time.NewTimer(s.writeTimeout)
+		defer t.Stop()
+		timeout = t.C
+	}
 	select {
 	case err := <-done:
 		return err
-	case <-t.C:
-		s.markFailed(fmt.Sprintf("a write did not finish within %s (is the disk full or failing?)", s.writeTimeout))
+	case <-s.plog.fatal:
+		return s.fatalErr()
+	case <-timeout:
+		s.markFailed(fmt.Sprintf("a write did not finish within %s (is the disk full or failing?)", s.writeTimeout), false)
+		go s.recoverWrites(done)
 		return &fullError{cause: s.failed()}
 	}
 }
+
+// errReadOnly: the spool was opened read-only on a full filesystem.
+var errReadOnly = errors.New("the spool is read-only until its filesystem has room (free space below the reserve at start)")
+
+func (s *Spool) fatalErr() error {
+	err := s.failed()
+	if isNoSpace(errors.New(s.plog.fatalMsg())) {
+		s.setFull(true, "write failed: no space left on device")
+		return &fullError{cause: err}
+	}
+	return err
+}
+
+// recoverWrites runs after a write timed out: once the stuck write has
+// returned (Pebble got past whatever blocked it) it probes with a synced
+// empty write every recoverEvery, and clears the stall when one succeeds.
+// Only one runs at a time; a fatal error ends it.
+func (s *Spool) recoverWrites(stuck <-chan error) {
+	if !s.recovering.CompareAndSwap(false, true) {
+		return
+	}
+	defer s.recovering.Store(false)
+	select {
+	case <-stuck:
+	case <-s.plog.fatal:
+		return
+	case <-s.closing:
+		return
+	}
+	for {
+		p := s.fail.Load()
+		if p == nil {
+			return
+		}
+		if (*p).(*failedErr).fatal {
+			return
+		}
+		done := make(chan error, 1)
+		go func() { done <- s.writeNow(func() error { return s.db.LogData(nil, pebble.Sync) }) }()
+		t := time.NewTimer(s.writeTimeout)
+		select {
+		case err := <-done:
+			t.Stop()
+			if err == nil {
+				if s.fail.CompareAndSwap(p, nil) {
+					s.log.Info("spool: writes succeed again; accepting mail")
+				}
+				return
+			}
+		case <-t.C:
+			<-done // still stuck: wait for it before the next probe
+		case <-s.plog.fatal:
+			t.Stop()
+			return
+		case <-s.closing:
+			t.Stop()
+			return
+		}
+		select {
+		case <-time.After(recoverEvery):
+		case <-s.closing:
+			return
+		}
+	}
+}
+
+// recoverEvery is the pause between two write probes of recoverWrites.
+var recoverEvery = 5 * time.Second
 
 // apply writes b through write and closes b once Pebble is done with it:
 // after a write timeout the stuck Apply still holds b, so the caller must
@@ -133,28 +222,18 @@ func (s *Spool) apply(b *pebble.Batch, opts *pebble.WriteOptions) error {
 		b.Close()
 		return err
 	}
+	if s.readOnly.Load() {
+		b.Close()
+		return &fullError{cause: errReadOnly}
+	}
 	return s.write(func() error {
 		defer b.Close()
 		return s.db.Apply(b, opts)
 	})
 }
 
-func (s *Spool) writeNow(f func() error) (err error) {
-	defer func() {
-		if r := recover(); r != nil {
-			pf, ok := r.(pebbleFatal)
-			if !ok {
-				panic(r)
-			}
-			s.markFailed(pf.msg)
-			err = s.failed()
-			if isNoSpace(errors.New(pf.msg)) {
-				s.setFull(true, "write failed: no space left on device")
-				err = &fullError{cause: err}
-			}
-		}
-	}()
-	err = f()
+func (s *Spool) writeNow(f func() error) error {
+	err := f()
 	if isNoSpace(err) {
 		s.setFull(true, "write failed: no space left on device")
 		return &fullError{cause: err}
@@ -169,6 +248,9 @@ func (s *Spool) writeNow(f func() error) (err error) {
 func (s *Spool) CheckSpace() error {
 	if err := s.failed(); err != nil {
 		return err
+	}
+	if s.readOnly.Load() {
+		return &fullError{cause: errReadOnly}
 	}
 	if s.minFree < 0 {
 		return nil
@@ -219,21 +301,40 @@ func (s *Spool) setFull(full bool, why string) {
 	s.log.Info("spool: space available again; accepting mail", "avail_bytes", s.space.avail.Load(), "min_free", s.minFree)
 }
 
-// Full reports whether the spool refuses new mail for lack of space (or
-// because it failed): for a metric.
-func (s *Spool) Full() bool { return s.space.full.Load() || s.failed() != nil }
+// Full reports whether the spool refuses new mail for lack of space, or
+// because it is read-only or failed: for a metric (a gauge, 1 when true).
+// Safe for concurrent use.
+func (s *Spool) Full() bool {
+	return s.space.full.Load() || s.readOnly.Load() || s.failed() != nil
+}
 
 // Size returns the bytes the spool's database uses on disk (tables, WAL,
-// manifests): for a metric.
-func (s *Spool) Size() uint64 { return s.db.Metrics().DiskSpaceUsage() }
+// manifests, obsolete files not yet deleted), from Pebble's metrics
+// without touching the disk: for a gauge metric. Safe for concurrent use.
+func (s *Spool) Size() uint64 {
+	s.dbMu.RLock()
+	defer s.dbMu.RUnlock()
+	return s.db.Metrics().DiskSpaceUsage()
+}
+
+// FreeBytes returns the free space (bytes available to the relay's user)
+// of the spool's filesystem as last read by statfs (at most one second
+// old while mail is accepted), and the reserve below which acceptance is
+// refused (negative: no reserve): for gauge metrics. Safe for concurrent
+// use.
+func (s *Spool) FreeBytes() (avail uint64, reserve int64) {
+	return s.space.avail.Load(), s.minFree
+}
 
 // Reclaim compacts the message, recipient, event and history key ranges
 // if enough was deleted since the last time (or always, with force), so
 // the space of delivered messages comes back while the node runs instead
 // of at the next restart. It returns whether it compacted.
 func (s *Spool) Reclaim(ctx context.Context, force bool) (bool, error) {
+	s.dbMu.RLock()
+	defer s.dbMu.RUnlock()
 	n := s.deleted.Load()
-	if n == 0 || s.failed() != nil {
+	if n == 0 || s.failed() != nil || s.readOnly.Load() {
 		return false, nil
 	}
 	if !force && n < reclaimEvery && time.Since(s.lastReclaim.Load().(time.Time)) < reclaimAfter && !s.space.full.Load() {
@@ -241,13 +342,13 @@ func (s *Spool) Reclaim(ctx context.Context, force bool) (bool, error) {
 	}
 	s.deleted.Add(-n)
 	start := time.Now()
-	before := s.Size()
+	before := s.db.Metrics().DiskSpaceUsage()
 	err := s.write(func() error { return s.db.Compact(ctx, []byte{kBody}, []byte{kRcpt + 1}, false) })
 	s.lastReclaim.Store(time.Now())
 	if err != nil {
 		return false, fmt.Errorf("spool compaction: %w", err)
 	}
-	s.log.Debug("spool compacted", "deleted_messages", n, "bytes_before", before, "bytes_after", s.Size(), "took", time.Since(start))
+	s.log.Debug("spool compacted", "deleted_messages", n, "bytes_before", before, "bytes_after", s.db.Metrics().DiskSpaceUsage(), "took", time.Since(start))
 	return true, nil
 }
 
@@ -259,17 +360,29 @@ var (
 )
 
 // pebbleLogger sends Pebble's lines to slog: info at debug level, errors
-// rate-limited, and Fatalf as a panic that Spool.write recovers.
+// rate-limited, and Fatalf parks the calling goroutine (see Fatalf).
 type pebbleLogger struct {
 	l *slog.Logger
 
 	mu   sync.Mutex
 	last map[string]time.Time
 	drop map[string]int
+
+	fatalOnce sync.Once
+	fatal     chan struct{} // closed by the first Fatalf
+	msg       atomic.Pointer[string]
+	onFatal   atomic.Pointer[func(msg string)]
 }
 
 func newPebbleLogger(l *slog.Logger) *pebbleLogger {
-	return &pebbleLogger{l: l, last: map[string]time.Time{}, drop: map[string]int{}}
+	return &pebbleLogger{l: l, last: map[string]time.Time{}, drop: map[string]int{}, fatal: make(chan struct{})}
+}
+
+func (p *pebbleLogger) fatalMsg() string {
+	if m := p.msg.Load(); m != nil {
+		return *m
+	}
+	return ""
 }
 
 func (p *pebbleLogger) Infof(format string, args ...any) { p.l.Debug(fmt.Sprintf(format, args...)) }
@@ -296,10 +409,26 @@ func (p *pebbleLogger) Errorf(format string, args ...any) {
 	p.l.Error(fmt.Sprintf(format, args...))
 }
 
+// Fatalf is Pebble saying it cannot go on (a failed MANIFEST or WAL
+// write, a failed commit, corruption): it may be called on any goroutine,
+// a background flush or compaction included, often with DB.mu held.
+// Exiting would crash the relay; returning or panicking would run Pebble
+// on with inconsistent state (a recovered panic would also leave its
+// mutexes locked). So the first Fatalf fails the spool (onFatal: every
+// later write returns 452 4.3.1 at once, reads keep working as far as
+// they do not need what the parked goroutine holds), logs one line, and
+// every Fatalf parks its goroutine for the life of the process.
 func (p *pebbleLogger) Fatalf(format string, args ...any) {
 	msg := fmt.Sprintf(format, args...)
-	p.l.Error("pebble fatal error", "err", msg)
-	panic(pebbleFatal{msg: msg})
+	p.fatalOnce.Do(func() {
+		p.msg.Store(&msg)
+		p.l.Error("pebble fatal error; its goroutine is parked and the spool stops writing until restart", "err", msg)
+		if f := p.onFatal.Load(); f != nil {
+			(*f)(msg)
+		}
+		close(p.fatal)
+	})
+	select {} // park: see the doc comment
 }
 
 var _ pebble.Logger = (*pebbleLogger)(nil)

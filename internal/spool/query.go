@@ -102,6 +102,8 @@ type MessageStatus struct {
 // their first event. It returns ErrNotFound if nothing is known. Safe for
 // concurrent use.
 func (s *Spool) Status(msgID string) (*MessageStatus, error) {
+	s.dbMu.RLock()
+	defer s.dbMu.RUnlock()
 	snap := s.db.NewSnapshot()
 	defer snap.Close()
 
@@ -371,6 +373,8 @@ func (s *Spool) List(f ListFilter) (*Page, error) {
 		return page, nil
 	}
 
+	s.dbMu.RLock()
+	defer s.dbMu.RUnlock()
 	snap := s.db.NewSnapshot()
 	defer snap.Close()
 	it, err := snap.NewIter(&pebble.IterOptions{LowerBound: lower, UpperBound: upper})
