@@ -290,7 +290,7 @@ func (s *Spool) refreshSpaceLocked() {
 }
 
 func (s *Spool) setFull(full bool, why string) {
-	if s.space.full.Swap(full) == full {
+	if s.space.full.Swap(full) == full || !s.opened.Load() { // Open logs its own line
 		return
 	}
 	if full {

@@ -139,6 +139,7 @@ type Spool struct {
 	space        spaceState
 	fail         atomic.Pointer[error]
 	recovering   atomic.Bool   // recoverWrites runs
+	opened       atomic.Bool   // Open returned
 	readOnly     atomic.Bool   // opened read-only below the reserve; see waitForRoom
 	dbMu         sync.RWMutex  // read: db in use; write: db being switched
 	gen          int           // db switches, under dbMu
@@ -219,6 +220,10 @@ func Open(path string, o Options) (*Spool, error) {
 			return nil, fmt.Errorf("open spool %s: %w", path, err)
 		}
 		s.db = db
+		if s.space.full.Load() {
+			s.log.Warn("spool: full; refusing new mail (452 4.3.1) until there is room",
+				"avail_bytes", s.space.avail.Load(), "min_free", s.minFree)
+		}
 	}
 	// Resume the event sequence above every stored event, cursor and
 	// prune: it never restarts, even once the outbox is drained.
@@ -227,6 +232,7 @@ func Open(path string, o Options) (*Spool, error) {
 		lock.Close()
 		return nil, fmt.Errorf("open spool %s: %w", path, err)
 	}
+	s.opened.Store(true)
 	if s.readOnly.Load() {
 		s.bg.Add(1)
 		go s.waitForRoom()
