@@ -329,8 +329,8 @@ func (h countingHandler) Handle(ctx context.Context, r slog.Record) error {
 	return nil
 }
 func (h countingHandler) Enabled(context.Context, slog.Level) bool { return true }
-func (h countingHandler) WithAttrs([]slog.Attr) slog.Handler        { return h }
-func (h countingHandler) WithGroup(string) slog.Handler             { return h }
+func (h countingHandler) WithAttrs([]slog.Attr) slog.Handler       { return h }
+func (h countingHandler) WithGroup(string) slog.Handler            { return h }
 
 // TestBackgroundFatalDoesNotCrash makes a background flush fail to write
 // the MANIFEST (ENOSPC): Pebble calls Fatalf from its flush goroutine.
