@@ -326,15 +326,36 @@ func (s *Spool) FreeBytes() (avail uint64, reserve int64) {
 	return s.space.avail.Load(), s.minFree
 }
 
-// Reclaim compacts the message, recipient, event and history key ranges
-// if enough was deleted since the last time (or always, with force), so
-// the space of delivered messages comes back while the node runs instead
-// of at the next restart. It returns whether it compacted.
+// Reclaim gives the disk space of delivered messages back while the node
+// runs instead of at the next restart. Call it periodically (housekeeping
+// does, every 10 s). Two steps:
+//
+//   - when the live WAL holds walFlushAt bytes or more, it flushes the
+//     memtable (in the background): a message accepted and deleted within
+//     one memtable never reaches an sstable, and the WAL files behind the
+//     flushed memtable are deleted (recycling is off, see deleteNoRecycle).
+//     Without it the WAL grows to the memtable size (64 MiB by default)
+//     however little live mail there is.
+//   - when reclaimEvery messages were deleted since the last compaction,
+//     or reclaimAfter passed with any (or always, with force), it compacts
+//     the message, recipient, event and history key ranges, so the
+//     sstables holding delivered messages are rewritten without them.
+//
+// It returns whether it compacted. A read-only or failed spool does
+// nothing.
 func (s *Spool) Reclaim(ctx context.Context, force bool) (bool, error) {
 	s.dbMu.RLock()
 	defer s.dbMu.RUnlock()
+	if s.failed() != nil || s.readOnly.Load() {
+		return false, nil
+	}
+	if m := s.db.Metrics(); m.WAL.Size >= walFlushAt {
+		if err := s.write(func() error { _, err := s.db.AsyncFlush(); return err }); err != nil {
+			return false, fmt.Errorf("spool flush: %w", err)
+		}
+	}
 	n := s.deleted.Load()
-	if n == 0 || s.failed() != nil || s.readOnly.Load() {
+	if n == 0 {
 		return false, nil
 	}
 	if !force && n < reclaimEvery && time.Since(s.lastReclaim.Load().(time.Time)) < reclaimAfter && !s.space.full.Load() {
@@ -351,6 +372,10 @@ func (s *Spool) Reclaim(ctx context.Context, force bool) (bool, error) {
 	s.log.Debug("spool compacted", "deleted_messages", n, "bytes_before", before, "bytes_after", s.db.Metrics().DiskSpaceUsage(), "took", time.Since(start))
 	return true, nil
 }
+
+// walFlushAt is the live WAL size (bytes) above which Reclaim flushes the
+// memtable.
+var walFlushAt uint64 = 16 << 20
 
 // Compaction thresholds: after this many deleted messages, or after this
 // long with any.

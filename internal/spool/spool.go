@@ -220,7 +220,7 @@ func Open(path string, o Options) (*Spool, error) {
 			return nil, fmt.Errorf("open spool %s: %w", path, err)
 		}
 		s.db = db
-		if s.space.full.Load() {
+		if s.minFree >= 0 && s.space.full.Load() {
 			s.log.Warn("spool: full; refusing new mail (452 4.3.1) until there is room",
 				"avail_bytes", s.space.avail.Load(), "min_free", s.minFree)
 		}
@@ -248,6 +248,7 @@ func (s *Spool) openDB(readOnly bool) (*pebble.DB, error) {
 		Logger:       s.plog,
 		FS:           s.fs,
 		ReadOnly:     readOnly,
+		Cleaner:      deleteNoRecycle{},
 	}
 	if readOnly {
 		o.FS = noLockFS{s.fs} // the spool holds the lock
@@ -270,6 +271,21 @@ func (s *Spool) openDB(readOnly bool) (*pebble.DB, error) {
 		return nil, errors.New(s.plog.fatalMsg())
 	}
 }
+
+// deleteNoRecycle deletes obsolete files like Pebble's default cleaner,
+// and turns WAL recycling off: Pebble keeps up to three obsolete WAL files
+// for reuse, each as large as a memtable (64 MiB by default), which is
+// where the disk space of delivered mail stayed until a restart (issue
+// 14 item 7). Pebble disables recycling for a cleaner that "needs file
+// contents" (an unexported method): ArchiveCleaner, embedded one level
+// deeper, brings that method, and DeleteCleaner, one level up, the Clean
+// and String that win.
+type deleteNoRecycle struct {
+	pebble.DeleteCleaner
+	archiveMarker
+}
+
+type archiveMarker struct{ pebble.ArchiveCleaner }
 
 // noLockFS opens a read-only database without taking the directory lock,
 // which the spool already holds.
