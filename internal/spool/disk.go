@@ -24,12 +24,27 @@ import (
 //     reserve, so Pebble itself should never meet ENOSPC. Delivery
 //     outcomes, the event outbox and housekeeping do not check it: they
 //     write little and free space.
+//   - A write floor, a quarter of the reserve: below it every spool
+//     write (delivery outcomes and events too) is refused before it
+//     reaches Pebble, so that when another process eats the reserve
+//     Pebble does not meet ENOSPC on its WAL (a fatal error, below). The
+//     queue retries its outcomes; the spool writes again once there is
+//     room, without a restart.
 //   - Every write goes through Spool.write, which turns an error into a
-//     returned error and Pebble's Fatalf (a failed WAL write or sync in
-//     the commit path) into an error too, instead of a panic. After a
-//     Fatalf Pebble's commit pipeline cannot be trusted: the spool is
-//     "failed", every later write returns that error at once, and
-//     acceptance answers 452 until the node is restarted.
+//     returned error, and Pebble's Fatalf into an error too (see
+//     pebbleLogger.Fatalf: the goroutine that called it is parked, never
+//     exits the process). After a Fatalf Pebble's state cannot be trusted:
+//     the spool is "failed", every later write returns that error at
+//     once, and acceptance answers 452 until the node is restarted (the
+//     parked goroutine holds the database and its directory lock, so it
+//     cannot be reopened in the same process).
+//   - A write that does not finish within the write timeout stalls the
+//     spool (452 at once for every write) until a probe write succeeds
+//     again (recoverWrites): no restart needed.
+//   - Below the reserve at start the spool opens read-only (Pebble writes
+//     nothing then) and switches to writing on its own once the reserve is
+//     free (waitForRoom): the node starts and answers 452 4.3.1 / 507 on
+//     a full disk instead of failing to start.
 //   - Pebble's error lines are rate-limited (one per message text per
 //     10 s) so a full disk does not flood the log.
 
@@ -67,6 +82,7 @@ type spaceState struct {
 	mu      sync.Mutex
 	checked time.Time
 	full    atomic.Bool
+	floor   atomic.Bool // below the write floor (a quarter of the reserve)
 	avail   atomic.Uint64
 	statErr bool // a statfs error was logged
 }
@@ -126,6 +142,12 @@ func (s *Spool) write(f func() error) error {
 	if s.readOnly.Load() {
 		return &fullError{cause: errReadOnly}
 	}
+	if s.minFree > 0 {
+		s.refreshSpace()
+		if s.space.floor.Load() {
+			return &fullError{cause: errFloor}
+		}
+	}
 	done := make(chan error, 1)
 	go func() { done <- s.writeNow(f) }()
 	var timeout <-chan time.Time
@@ -145,6 +167,9 @@ func (s *Spool) write(f func() error) error {
 		return &fullError{cause: s.failed()}
 	}
 }
+
+// errFloor: the filesystem is below the write floor.
+var errFloor = errors.New("the filesystem is almost full (free space below a quarter of the reserve): spool writes are refused until there is room")
 
 // errReadOnly: the spool was opened read-only on a full filesystem.
 var errReadOnly = errors.New("the spool is read-only until its filesystem has room (free space below the reserve at start)")
@@ -255,16 +280,21 @@ func (s *Spool) CheckSpace() error {
 	if s.minFree < 0 {
 		return nil
 	}
+	s.refreshSpace()
+	if s.space.full.Load() {
+		return ErrFull
+	}
+	return nil
+}
+
+// refreshSpace reads the free space if the last reading is a second old.
+func (s *Spool) refreshSpace() {
 	s.space.mu.Lock()
 	if now := time.Now(); now.Sub(s.space.checked) >= time.Second {
 		s.space.checked = now
 		s.refreshSpaceLocked()
 	}
 	s.space.mu.Unlock()
-	if s.space.full.Load() {
-		return ErrFull
-	}
-	return nil
 }
 
 func (s *Spool) refreshSpaceLocked() {
@@ -279,6 +309,15 @@ func (s *Spool) refreshSpaceLocked() {
 	}
 	s.space.avail.Store(du.AvailBytes)
 	min := uint64(s.minFree)
+	below := du.AvailBytes < min/4
+	if s.space.floor.Swap(below) != below && s.opened.Load() {
+		if below {
+			s.log.Error("spool: filesystem almost full; refusing every spool write (delivery outcomes and events too) until there is room, so the storage engine never meets ENOSPC",
+				"avail_bytes", du.AvailBytes, "floor_bytes", min/4)
+		} else {
+			s.log.Info("spool: filesystem above the write floor again; spool writes resume", "avail_bytes", du.AvailBytes)
+		}
+	}
 	if s.space.full.Load() {
 		// Leave the full state with a margin, so it does not flap.
 		if du.AvailBytes >= min+min/10 {
