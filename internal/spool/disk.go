@@ -347,6 +347,14 @@ func (s *Spool) Full() bool {
 	return s.space.full.Load() || s.readOnly.Load() || s.failed() != nil
 }
 
+// Writable reports whether a spool write can succeed now: not read-only,
+// not failed or stalled, and above the write floor. A delivery attempt
+// whose outcome cannot be recorded is made again later (a duplicate), so
+// a caller may hold attempts while it is false. Safe for concurrent use.
+func (s *Spool) Writable() bool {
+	return !s.readOnly.Load() && s.failed() == nil && !s.space.floor.Load()
+}
+
 // Size returns the bytes the spool's database uses on disk (tables, WAL,
 // manifests, obsolete files not yet deleted), from Pebble's metrics
 // without touching the disk: for a gauge metric. Safe for concurrent use.

@@ -26,6 +26,24 @@
 // message is delivered again: at least once, never lost. The outbox reader
 // syncs the WAL before it reads, so an exported event always describes a
 // durable state.
+//
+// Disk space (disk.go): a full disk degrades service, it never crashes
+// the relay. Acceptance is refused with 452 4.3.1 (HTTP 507) below the
+// free-space reserve (Options.MinFree); every write is refused below a
+// write floor (a quarter of the reserve) so Pebble does not meet ENOSPC;
+// Pebble's Fatalf fails the spool and parks its goroutine instead of
+// exiting (a restart is then needed, and said in the log); a write stuck
+// past the write timeout stalls the spool until a probe write succeeds;
+// below the reserve at start the spool opens read-only and switches to
+// writing on its own once there is room. Reclaim gives the space of
+// delivered mail back while running (memtable flush past 16 MiB of WAL,
+// compaction of delivered ranges, no WAL recycling). Size, FreeBytes,
+// Full, ReadOnly and Writable are the numbers for metrics.
+//
+// Concurrency: every method is safe for concurrent use. Readers hold
+// dbMu (read) while they use the database; the switch from the read-only
+// to the writable database takes it for writing (with TryLock, so a
+// reader may hold it twice).
 package spool
 
 import (
