@@ -358,10 +358,17 @@ func (s *Spool) Writable() bool {
 // Size returns the bytes the spool's database uses on disk (tables, WAL,
 // manifests, obsolete files not yet deleted), from Pebble's metrics
 // without touching the disk: for a gauge metric. Safe for concurrent use.
+// After a Pebble fatal error it returns the last figure it read: the
+// parked goroutine may hold the mutex Pebble's metrics need.
 func (s *Spool) Size() uint64 {
+	if s.plog.msg.Load() != nil {
+		return s.lastSize.Load()
+	}
 	s.dbMu.RLock()
 	defer s.dbMu.RUnlock()
-	return s.db.Metrics().DiskSpaceUsage()
+	n := s.db.Metrics().DiskSpaceUsage()
+	s.lastSize.Store(n)
+	return n
 }
 
 // FreeBytes returns the free space (bytes available to the relay's user)

@@ -381,6 +381,21 @@ func TestBackgroundFatalDoesNotCrash(t *testing.T) {
 	if _, err := s.Body(kept); err != nil {
 		t.Fatalf("a read after the fatal error: %v", err)
 	}
+	// Nothing that a scrape or a status request calls may hang on what
+	// the parked goroutine holds.
+	for name, f := range map[string]func(){
+		"Size":   func() { s.Size() },
+		"Status": func() { _, _ = s.Status(kept) },
+		"List":   func() { _, _ = s.List(ListFilter{}) },
+	} {
+		done := make(chan struct{})
+		go func() { f(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			t.Fatalf("%s hangs after a fatal error", name)
+		}
+	}
 	for i := 0; i < 20; i++ {
 		_, _ = acceptSized(s, 1000)
 	}

@@ -158,6 +158,7 @@ type Spool struct {
 	fail         atomic.Pointer[error]
 	recovering   atomic.Bool   // recoverWrites runs
 	opened       atomic.Bool   // Open returned
+	lastSize     atomic.Uint64 // Size's last figure
 	readOnly     atomic.Bool   // opened read-only below the reserve; see waitForRoom
 	dbMu         sync.RWMutex  // read: db in use; write: db being switched
 	gen          int           // db switches, under dbMu
