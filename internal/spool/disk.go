@@ -497,6 +497,17 @@ func (p *pebbleLogger) Errorf(format string, args ...any) {
 // later write returns 452 4.3.1 at once, reads keep working as far as
 // they do not need what the parked goroutine holds), logs one line, and
 // every Fatalf parks its goroutine for the life of the process.
+//
+// The Fatalf calls of pebble v2.1.7 that a full or failing disk can reach:
+// "fatal commit error" (db.go, a WAL write or sync failed; the committing
+// goroutine, i.e. one of ours inside write), "MANIFEST flush/sync/set
+// current failed" (version_set.go, creating a database) and any error
+// while writing a version edit to the MANIFEST (version_set.go
+// logAndApply: after a flush or a compaction, in Pebble's background
+// goroutines, with DB.mu held), "could not update state for compaction"
+// (compaction.go) and data corruption found by a read (event.go). The
+// write floor keeps the first two away in practice; the others remain
+// possible (e.g. the disk filled between the check and a flush).
 func (p *pebbleLogger) Fatalf(format string, args ...any) {
 	msg := fmt.Sprintf(format, args...)
 	p.fatalOnce.Do(func() {

@@ -545,3 +545,58 @@ func TestStallRecovers(t *testing.T) {
 		t.Fatalf("acceptance after recovery: %v", err)
 	}
 }
+
+// TestWriteFloor: below a quarter of the reserve every spool write is
+// refused (452 4.3.1) before it reaches Pebble, and accepted again once
+// there is room, without a restart.
+func TestWriteFloor(t *testing.T) {
+	var avail atomic.Uint64
+	avail.Store(1 << 30)
+	var writes atomic.Int64
+	efs := errorfs.Wrap(vfs.NewMem(), errorfs.InjectorFunc(func(op errorfs.Op) error {
+		if op.Kind.ReadOrWrite() == errorfs.OpIsWrite {
+			writes.Add(1)
+		}
+		return nil
+	}))
+	s, err := Open("spool", Options{Node: "n1", FS: spaceFS{FS: efs, avail: &avail}, MinFree: 4 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	id, err := acceptSized(s, 1000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	expire := func() {
+		s.space.mu.Lock()
+		s.space.checked = time.Time{}
+		s.space.mu.Unlock()
+	}
+	avail.Store(512 << 10) // below 4 MiB / 4
+	expire()
+	before := writes.Load()
+	b := s.NewBatch()
+	b.DeleteRecipient(id, 0)
+	b.AddEvent(&pipeline.Event{Type: pipeline.EventDelivered, MessageID: id})
+	if err := b.Commit(false); pipeline.Reply(err).Code != 452 {
+		t.Fatalf("an outcome below the write floor: %v, want 452", err)
+	}
+	if err := s.SetCursor("x", 1); err == nil {
+		t.Fatal("a cursor write below the write floor succeeded")
+	}
+	if n := writes.Load() - before; n != 0 {
+		t.Fatalf("%d filesystem writes below the write floor", n)
+	}
+	if s.Writable() {
+		t.Fatal("Writable() below the write floor")
+	}
+	avail.Store(1 << 30)
+	expire()
+	if _, err := acceptSized(s, 1000); err != nil {
+		t.Fatalf("a write once there is room: %v", err)
+	}
+	if !s.Writable() {
+		t.Fatal("not Writable() once there is room")
+	}
+}
