@@ -22,12 +22,14 @@ import (
 	"math/rand/v2"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/sluice-mta/sluice/internal/bounce"
 	"github.com/sluice-mta/sluice/internal/config"
 	"github.com/sluice-mta/sluice/internal/delivery"
 	"github.com/sluice-mta/sluice/internal/dsn"
+	"github.com/sluice-mta/sluice/internal/logx"
 	"github.com/sluice-mta/sluice/internal/spool"
 	"github.com/sluice-mta/sluice/pipeline"
 )
@@ -134,6 +136,12 @@ type Queue struct {
 	wake   chan struct{}
 	wg     sync.WaitGroup
 
+	// spoolHeld is true while deliveries are held because the spool
+	// cannot record their outcomes (see holdForSpool); sample keeps
+	// per-message failures from flooding the log.
+	spoolHeld atomic.Bool
+	sample    *logx.Sampler
+
 	mu       sync.Mutex
 	stopping bool
 	dests    map[string]*dest
@@ -207,7 +215,7 @@ func New(sp *spool.Spool, d Dialer, o Options) *Queue {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	return &Queue{
-		o: o, sp: sp, dialer: d, log: o.Logger.With("component", "queue"),
+		o: o, sp: sp, dialer: d, log: o.Logger.With("component", "queue"), sample: logx.NewSampler(10 * time.Second),
 		ctx: ctx, cancel: cancel,
 		sem:   make(chan struct{}, o.MaxConnections),
 		wake:  make(chan struct{}, 1),
@@ -533,6 +541,13 @@ func (q *Queue) worker(d *dest) {
 			}
 			conn, sent = c, 0
 		}
+		if !q.sp.Writable() {
+			q.holdForSpool(it)
+			continue
+		}
+		if q.spoolHeld.Swap(false) {
+			q.log.Info("the spool records outcomes again; delivery resumes")
+		}
 		data, err := q.sp.Body(it.msg.meta.ID)
 		if err != nil {
 			q.log.Error("spooled message unreadable; will retry", "msgid", it.msg.meta.ID, "err", err)
@@ -561,6 +576,26 @@ func (q *Queue) retire(d *dest) {
 	q.mu.Lock()
 	d.active--
 	q.mu.Unlock()
+}
+
+// spoolHold is how long a delivery waits when the spool cannot record
+// outcomes before it is looked at again.
+const spoolHold = 5 * time.Second
+
+// holdForSpool puts it back, due in spoolHold, without an attempt: while
+// the spool cannot record outcomes (below its write floor, read-only or
+// failed: spool.Writable), a delivery made now could not be recorded and
+// would be made again later, a duplicate for the recipient. No attempt is
+// counted. The first hold of a stretch is logged.
+func (q *Queue) holdForSpool(it *item) {
+	if !q.spoolHeld.Swap(true) {
+		q.log.Warn("the spool cannot record delivery outcomes (disk full or spool failed); delivery is held until it can", "recheck_every", spoolHold)
+	}
+	q.mu.Lock()
+	it.due = q.o.Now().Add(spoolHold)
+	heap.Push(&q.waiting, it)
+	q.mu.Unlock()
+	q.kick()
 }
 
 func (q *Queue) requeue(it *item) {
@@ -698,7 +733,9 @@ func (q *Queue) complete(it *item, res []delivery.Result, err error, remote *pip
 	if cerr := b.Commit(false); cerr != nil {
 		// The outcome is lost but the spool still holds the recipients as
 		// they were: retry the whole item later.
-		q.log.Error("cannot record delivery outcome; will retry", "msgid", m.ID, "err", cerr)
+		if ok, n := q.sample.Allow("outcome"); ok {
+			q.log.Error("cannot record delivery outcome; will retry", "msgid", m.ID, "err", cerr, "similar_suppressed", n)
+		}
 		q.mu.Lock()
 		it.due = now.Add(q.o.RetryInitial)
 		heap.Push(&q.waiting, it)

@@ -36,6 +36,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/sluice-mta/sluice/internal/logx"
 	"github.com/sluice-mta/sluice/internal/queue"
 	"github.com/sluice-mta/sluice/internal/spool"
 	"github.com/sluice-mta/sluice/pipeline"
@@ -131,6 +132,7 @@ type Relay struct {
 	pipe     atomic.Pointer[Pipeline]
 	store    Store
 	log      *slog.Logger
+	sample   *logx.Sampler // refusal events that cannot be recorded
 	hostname string
 	now      func() time.Time
 	// delayWarning is Options.DelayWarning (see Notify).
@@ -176,6 +178,7 @@ func New(p *Pipeline, store Store, o Options) *Relay {
 		o.Now = time.Now
 	}
 	r := &Relay{store: store, log: o.Logger.With("component", "relay"), hostname: o.Hostname, now: o.Now,
+		sample:       logx.NewSampler(10 * time.Second),
 		delayWarning: o.DelayWarning, supp: o.Suppressions}
 	r.pipe.Store(p)
 	return r
@@ -255,7 +258,15 @@ func (r *Relay) record(evs ...*pipeline.Event) {
 	}
 	defer r.inflight.Done()
 	if err := r.store.Record(evs); err != nil {
-		r.log.Warn("cannot record rejected events", "msgid", evs[0].MessageID, "err", err)
+		r.recordFailed(err, evs[0].MessageID)
+	}
+}
+
+// recordFailed logs a failure to record refusal events, one line per 10 s
+// (a full spool would otherwise log one per refused message).
+func (r *Relay) recordFailed(err error, msgID string) {
+	if ok, n := r.sample.Allow("record"); ok {
+		r.log.Warn("cannot record rejected events", "msgid", msgID, "err", err, "similar_suppressed", n)
 	}
 }
 

@@ -408,7 +408,7 @@ func (r *Relay) commit(ctx context.Context, txns []*Txn, accs []*Accepted, o Com
 			}
 			if ctx.Err() == nil {
 				if rerr := r.store.Record(evs); rerr != nil {
-					r.log.Warn("cannot record rejected events", "err", rerr)
+					r.recordFailed(rerr, "")
 				}
 			}
 			return out

@@ -535,6 +535,16 @@ func (s *Server) registerCoreMetrics() error {
 			}
 			return 0
 		}),
+		gauge("sluice_spool_free_bytes", "Bytes free for the spool on its filesystem, as last measured by the spool's free-space check.", func() float64 {
+			avail, _ := s.sp.FreeBytes()
+			return float64(avail)
+		}),
+		gauge("sluice_spool_writable", "1 while the spool can record delivery outcomes and events (not read-only, failed or below its write floor), else 0; delivery is held while 0.", func() float64 {
+			if s.sp.Writable() {
+				return 1
+			}
+			return 0
+		}),
 		gauge("sluice_queue_messages", "Messages with at least one recipient still queued.", func() float64 { return float64(s.q.Stats().Messages) }),
 		gauge("sluice_queue_ready_recipients", "Recipients due for a delivery attempt now.", func() float64 { return float64(s.q.Stats().Ready) }),
 		gauge("sluice_queue_waiting_recipients", "Recipients waiting for their next attempt (deferred).", func() float64 { return float64(s.q.Stats().Waiting) }),

@@ -13,6 +13,7 @@ import (
 
 	"github.com/cockroachdb/pebble/v2"
 
+	"github.com/sluice-mta/sluice/internal/logx"
 	"github.com/sluice-mta/sluice/pipeline"
 )
 
@@ -441,11 +442,8 @@ var (
 // pebbleLogger sends Pebble's lines to slog: info at debug level, errors
 // rate-limited, and Fatalf parks the calling goroutine (see Fatalf).
 type pebbleLogger struct {
-	l *slog.Logger
-
-	mu   sync.Mutex
-	last map[string]time.Time
-	drop map[string]int
+	l      *slog.Logger
+	sample *logx.Sampler // one line per message text per 10 s
 
 	fatalOnce sync.Once
 	fatal     chan struct{} // closed by the first Fatalf
@@ -454,7 +452,7 @@ type pebbleLogger struct {
 }
 
 func newPebbleLogger(l *slog.Logger) *pebbleLogger {
-	return &pebbleLogger{l: l, last: map[string]time.Time{}, drop: map[string]int{}, fatal: make(chan struct{})}
+	return &pebbleLogger{l: l, sample: logx.NewSampler(10 * time.Second), fatal: make(chan struct{})}
 }
 
 func (p *pebbleLogger) fatalMsg() string {
@@ -467,20 +465,10 @@ func (p *pebbleLogger) fatalMsg() string {
 func (p *pebbleLogger) Infof(format string, args ...any) { p.l.Debug(fmt.Sprintf(format, args...)) }
 
 func (p *pebbleLogger) Errorf(format string, args ...any) {
-	p.mu.Lock()
-	now := time.Now()
-	if t, ok := p.last[format]; ok && now.Sub(t) < 10*time.Second {
-		p.drop[format]++
-		p.mu.Unlock()
+	ok, n := p.sample.Allow(format)
+	if !ok {
 		return
 	}
-	if len(p.last) > 256 {
-		clear(p.last)
-	}
-	p.last[format] = now
-	n := p.drop[format]
-	delete(p.drop, format)
-	p.mu.Unlock()
 	if n > 0 {
 		p.l.Error(fmt.Sprintf(format, args...), "similar_suppressed", n)
 		return
