@@ -511,6 +511,13 @@ func (q *Queue) worker(d *dest) {
 		if it == nil {
 			return
 		}
+		if !q.sp.Writable() {
+			q.holdForSpool(it)
+			continue
+		}
+		if q.spoolHeld.Swap(false) {
+			q.log.Info("the spool records outcomes again; delivery resumes")
+		}
 		if conn != nil && (!conn.Usable() || sent >= q.o.MaxMessagesPerConn) {
 			_ = conn.Close()
 			conn = nil
@@ -540,13 +547,6 @@ func (q *Queue) worker(d *dest) {
 				continue
 			}
 			conn, sent = c, 0
-		}
-		if !q.sp.Writable() {
-			q.holdForSpool(it)
-			continue
-		}
-		if q.spoolHeld.Swap(false) {
-			q.log.Info("the spool records outcomes again; delivery resumes")
 		}
 		data, err := q.sp.Body(it.msg.meta.ID)
 		if err != nil {

@@ -351,8 +351,13 @@ func (s *Spool) Full() bool {
 // Writable reports whether a spool write can succeed now: not read-only,
 // not failed or stalled, and above the write floor. A delivery attempt
 // whose outcome cannot be recorded is made again later (a duplicate), so
-// a caller may hold attempts while it is false. Safe for concurrent use.
+// a caller may hold attempts while it is false. It reads the free space
+// again when the last reading is a second old (a statfs at most once a
+// second). Safe for concurrent use.
 func (s *Spool) Writable() bool {
+	if s.minFree >= 0 {
+		s.refreshSpace()
+	}
 	return !s.readOnly.Load() && s.failed() == nil && !s.space.floor.Load()
 }
 
