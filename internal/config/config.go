@@ -111,6 +111,10 @@ type HTTPListener struct {
 	TLS            *TLS
 	MaxRequestSize int64         // bytes; default 30 MiB
 	RequestTimeout time.Duration // reading a whole request, header and body; default 1m
+	// MaxInflightBytes bounds the request bodies held in memory by all
+	// this listener's requests at once (default 256 MiB); past it a
+	// request gets 503 with Retry-After before its body is read.
+	MaxInflightBytes int64
 }
 
 // AdminListener: sluice.listen_admin { addr = "127.0.0.1:9101", allow = {...} }.
@@ -313,7 +317,7 @@ func DefaultSMTPListener(addr string) SMTPListener {
 // DefaultHTTPListener returns an HTTP listener with every limit at its
 // default.
 func DefaultHTTPListener(addr string) HTTPListener {
-	return HTTPListener{Addr: addr, MaxRequestSize: 30 << 20, RequestTimeout: time.Minute}
+	return HTTPListener{Addr: addr, MaxRequestSize: 30 << 20, RequestTimeout: time.Minute, MaxInflightBytes: 256 << 20}
 }
 
 // DefaultKafka returns the Kafka settings' defaults (topics); Brokers is

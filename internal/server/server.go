@@ -24,6 +24,7 @@ import (
 	"reflect"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -294,6 +295,13 @@ func (s *Server) components() []component {
 	cs = append(cs, component{name: "spool",
 		start: func() error {
 			var err error
+			if mf := minFree(cfg.Spool.MinFree); mf > 0 && mf < 2*int64(cfg.Spool.MemtableMB)<<20 {
+				// A WAL file is preallocated and a memtable flushed in steps
+				// of about the memtable's size: a smaller reserve can be
+				// overrun by one of them, and Pebble then meets ENOSPC.
+				s.log.Warn("spool: min_free is less than twice memtable_mb; one WAL preallocation or memtable flush can pass the reserve and fill the disk: raise min_free or lower memtable_mb",
+					"min_free", mf, "memtable_mb", cfg.Spool.MemtableMB)
+			}
 			s.sp, err = spool.Open(cfg.Spool.Path, spool.Options{MemtableMB: cfg.Spool.MemtableMB, Logger: s.log, Node: cfg.Node, MinFree: minFree(cfg.Spool.MinFree)})
 			if err != nil {
 				return err
@@ -524,11 +532,14 @@ func (s *Server) components() []component {
 // registerCoreMetrics registers the spool and queue gauges, read at
 // scrape time (no cost on the message path).
 func (s *Server) registerCoreMetrics() error {
+	cfg := s.cfg
 	gauge := func(name, help string, f func() float64) prometheus.Collector {
 		return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: help}, f)
 	}
 	for _, c := range []prometheus.Collector{
-		gauge("sluice_spool_size_bytes", "Bytes the spool's files take on disk.", func() float64 { return float64(s.sp.Size()) }),
+		gauge("sluice_spool_size_bytes", "Bytes the spool's directory takes on disk: allocated blocks, preallocated WAL space included (like du).", func() float64 {
+			return float64(dirBytes(cfg.Spool.Path))
+		}),
 		gauge("sluice_spool_full", "1 while the spool refuses new mail (below its min_free reserve, or failed), else 0.", func() float64 {
 			if s.sp.Full() {
 				return 1
@@ -555,6 +566,30 @@ func (s *Server) registerCoreMetrics() error {
 		}
 	}
 	return nil
+}
+
+// dirBytes is what the files directly in dir take on disk (allocated
+// blocks, like du; a file's size where the platform does not say). It
+// reads the directory at each call: for a metric scraped every few
+// seconds, not for a hot path.
+func dirBytes(dir string) uint64 {
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return 0
+	}
+	var n uint64
+	for _, e := range ents {
+		fi, err := e.Info()
+		if err != nil || fi.IsDir() {
+			continue
+		}
+		if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+			n += uint64(st.Blocks) * 512
+		} else {
+			n += uint64(fi.Size())
+		}
+	}
+	return n
 }
 
 // readiness is what /readyz checks: the spool can take mail.
