@@ -295,11 +295,12 @@ func (s *Server) components() []component {
 	cs = append(cs, component{name: "spool",
 		start: func() error {
 			var err error
-			if mf := minFree(cfg.Spool.MinFree); mf > 0 && mf < 2*int64(cfg.Spool.MemtableMB)<<20 {
-				// A WAL file is preallocated and a memtable flushed in steps
-				// of about the memtable's size: a smaller reserve can be
-				// overrun by one of them, and Pebble then meets ENOSPC.
-				s.log.Warn("spool: min_free is less than twice memtable_mb; one WAL preallocation or memtable flush can pass the reserve and fill the disk: raise min_free or lower memtable_mb",
+			if mf := minFree(cfg.Spool.MinFree); mf > 0 && mf < int64(cfg.Spool.MemtableMB)<<20*11/10 {
+				// Pebble preallocates each WAL file at 110% of the memtable
+				// size (pebble v2 DB.walPreallocateSize) and flushes a
+				// memtable at once: a smaller reserve can be overrun by one
+				// of them, and Pebble then meets ENOSPC.
+				s.log.Warn("spool: min_free is less than 110% of memtable_mb; one WAL preallocation or memtable flush can pass the reserve and fill the disk: raise min_free or lower memtable_mb",
 					"min_free", mf, "memtable_mb", cfg.Spool.MemtableMB)
 			}
 			s.sp, err = spool.Open(cfg.Spool.Path, spool.Options{MemtableMB: cfg.Spool.MemtableMB, Logger: s.log, Node: cfg.Node, MinFree: minFree(cfg.Spool.MinFree)})
