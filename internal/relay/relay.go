@@ -133,6 +133,7 @@ type Relay struct {
 	now      func() time.Time
 	// delayWarning is Options.DelayWarning (see Notify).
 	delayWarning time.Duration
+	admit        func() error
 
 	// The gate keeps the store open while acceptances are in flight:
 	// Close refuses new ones and waits for the others.
@@ -156,6 +157,11 @@ type Options struct {
 	// warnings about it (see Notify): sluice.delivery's delay_warning.
 	// Zero sends no delay warnings.
 	DelayWarning time.Duration
+	// Admit, when set, is consulted at each commit before the write: an
+	// error (a *pipeline.Error, e.g. the event backlog over budget)
+	// refuses the transaction with it. It must be cheap and safe for
+	// concurrent use.
+	Admit func() error
 }
 
 // New builds a Relay running p on store.
@@ -170,7 +176,7 @@ func New(p *Pipeline, store Store, o Options) *Relay {
 		o.Now = time.Now
 	}
 	r := &Relay{store: store, log: o.Logger.With("component", "relay"), hostname: o.Hostname, now: o.Now,
-		delayWarning: o.DelayWarning}
+		delayWarning: o.DelayWarning, admit: o.Admit}
 	r.pipe.Store(p)
 	return r
 }

@@ -24,6 +24,7 @@ import (
 	"reflect"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -66,6 +67,9 @@ type Server struct {
 	reloadMu sync.Mutex
 	exStop   context.CancelFunc
 	hkStop   func()
+	// backlog is the Kafka sink's backlog budget (nil: none); the relay
+	// consults it at each commit.
+	backlog atomic.Pointer[events.Backlog]
 }
 
 // component is one long-lived part of the node.
@@ -128,7 +132,9 @@ func checkNode(cfg *config.Config) error {
 		return fmt.Errorf("%s has no listener; add sluice.listen_smtp { addr = \"127.0.0.1:2525\" } or sluice.listen_http { ... }", cfg.File)
 	}
 	if cfg.Events.Kafka != nil {
-		return fmt.Errorf("%s: sluice.events { kafka = ... }: the Kafka sink is not available in this version; remove the kafka key (events go to %s)", cfg.File, cfg.Events.File)
+		if _, err := kafkaOptions(cfg, nil, nil); err != nil {
+			return err
+		}
 	}
 	for _, l := range cfg.SMTP {
 		if err := smtpsrc.CheckListener(l); err != nil {
@@ -308,7 +314,8 @@ func (s *Server) components() []component {
 			})
 			// The relay is the transaction owner for every source, bounces
 			// included: they enter through it.
-			s.relay = relay.NewSpool(s.pipe, s.sp, s.q, relay.Options{Hostname: cfg.Hostname, Logger: s.log, DelayWarning: cfg.Delivery.DelayWarning})
+			s.relay = relay.NewSpool(s.pipe, s.sp, s.q, relay.Options{Hostname: cfg.Hostname, Logger: s.log, DelayWarning: cfg.Delivery.DelayWarning,
+				Admit: func() error { return s.backlog.Load().Check() }})
 			s.q.SetBouncer(s.relay)
 			s.q.SetNotifier(s.relay)
 			return s.registerCoreMetrics()
@@ -323,6 +330,10 @@ func (s *Server) components() []component {
 			}
 			s.file = fs
 			s.sinks = []events.Sink{fs}
+			if err := s.startKafka(); err != nil {
+				fs.Close()
+				return err
+			}
 			// on_event hooks run on the pipeline current at each batch: a
 			// consumer of their own, so they never slow a sink.
 			s.ex, err = events.NewExporter(s.sp, s.sinks, events.Options{
@@ -332,10 +343,13 @@ func (s *Server) components() []component {
 				Metrics:    s.metrics,
 			})
 			if err != nil {
-				fs.Close()
+				for _, sk := range s.sinks {
+					sk.Close()
+				}
 				return err
 			}
 			ctx, cancel := context.WithCancel(context.Background())
+			s.watchBacklog(ctx)
 			go s.ex.Run(ctx)
 			s.exStop = cancel
 			return nil
