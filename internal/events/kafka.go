@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -272,7 +273,7 @@ func (s *KafkaSink) Write(ctx context.Context, batch []Event) error {
 				if permanent(werr) {
 					dead = append(dead, deadLetter{Topic: msgs[i].Topic, Event: msgs[i].Value, Reason: werr.Error()})
 				} else if transient == nil {
-					transient = fmt.Errorf("publishing to topic %s: %w%s", msgs[i].Topic, werr, hint(werr))
+					transient = fmt.Errorf("publishing to topic %s: %w%s", msgs[i].Topic, werr, hint(werr, s.o.SASL != nil))
 				}
 			}
 			if transient != nil {
@@ -290,7 +291,7 @@ func (s *KafkaSink) Write(ctx context.Context, batch []Event) error {
 			if ctx.Err() != nil {
 				return ctx.Err()
 			}
-			return fmt.Errorf("publishing %d records to %s: %w%s", len(msgs), strings.Join(s.o.Brokers, ","), err, hint(err))
+			return fmt.Errorf("publishing %d records to %s: %w%s", len(msgs), strings.Join(s.o.Brokers, ","), err, hint(err, s.o.SASL != nil))
 		}
 	}
 	if len(msgs) == len(s.msgs) {
@@ -320,10 +321,14 @@ func permanent(err error) bool {
 }
 
 // hint says what to do about a transient error an operator can fix.
-func hint(err error) string {
+func hint(err error, sasl bool) string {
 	switch {
 	case errors.Is(err, kafka.SASLAuthenticationFailed):
 		return " (check kafka.sasl username, password and mechanism; events are kept and retried)"
+	case sasl && (errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF)):
+		// Brokers close the connection on a failed SASL handshake, often
+		// before the client reads the error.
+		return " (the broker closed the connection: check kafka.sasl username, password and mechanism, and kafka.tls; events are kept and retried)"
 	case errors.Is(err, kafka.TopicAuthorizationFailed), errors.Is(err, kafka.ClusterAuthorizationFailed):
 		return " (grant this user WRITE on the topic; events are kept and retried)"
 	}
@@ -344,7 +349,7 @@ func (s *KafkaSink) missingTopics(ctx context.Context, msgs []kafka.Message) (re
 	c := &kafka.Client{Addr: s.w.Addr, Transport: s.w.Transport, Timeout: s.o.WriteTimeout}
 	md, err := c.Metadata(ctx, &kafka.MetadataRequest{Topics: names})
 	if err != nil {
-		return nil, nil, fmt.Errorf("asking the brokers which topics exist: %w%s", err, hint(err))
+		return nil, nil, fmt.Errorf("asking the brokers which topics exist: %w%s", err, hint(err, s.o.SASL != nil))
 	}
 	now := time.Now()
 	expired := map[string]bool{}
