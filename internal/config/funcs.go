@@ -708,6 +708,7 @@ func (ld *loader) kafkaMore(k *sandbox.Opts, kc *Kafka) {
 		if (kc.TLS.Cert == "") != (kc.TLS.Key == "") {
 			t.Fail("cert", "set both cert and key, or neither")
 		}
+		kc.TLS.CA, kc.TLS.Cert, kc.TLS.Key = ld.resolve(kc.TLS.CA), ld.resolve(kc.TLS.Cert), ld.resolve(kc.TLS.Key)
 	}
 	if a := k.Sub("sasl", "mechanism", "username", "password"); a != nil {
 		kc.SASL = &KafkaSASL{}

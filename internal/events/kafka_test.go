@@ -496,3 +496,40 @@ func TestKafkaTooLarge(t *testing.T) {
 		}
 	}
 }
+
+// TestBacklogCheck: Check refuses only with tempfail and only while the
+// backlog is over budget; Watch logs going over and coming back.
+func TestBacklogCheck(t *testing.T) {
+	var mu sync.Mutex
+	lag := uint64(0)
+	setLag := func(n uint64) { mu.Lock(); lag = n; mu.Unlock() }
+	logs := &logBuf{}
+	b := &Backlog{Max: 10, Tempfail: true, Sink: KafkaSinkName, Logger: slog.New(slog.NewTextHandler(logs, nil)),
+		Lag: func() uint64 { mu.Lock(); defer mu.Unlock(); return lag }}
+	if err := b.Check(); err != nil {
+		t.Errorf("empty backlog: %v", err)
+	}
+	setLag(10)
+	if err := b.Check(); err != nil {
+		t.Errorf("backlog at the budget: %v", err)
+	}
+	setLag(11)
+	if err := b.Check(); err != ErrBacklogFull {
+		t.Errorf("backlog over budget: %v, want ErrBacklogFull", err)
+	}
+	accept := &Backlog{Max: 10, Lag: b.Lag}
+	if err := accept.Check(); err != nil {
+		t.Errorf("on_backlog_full = accept refused: %v", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); b.Watch(ctx, time.Millisecond) }()
+	tu.WaitFor(t, "the over-budget error log", func() bool { return strings.Contains(logs.String(), "event backlog over budget") })
+	setLag(3)
+	tu.WaitFor(t, "the back-under-budget log", func() bool { return strings.Contains(logs.String(), "event backlog back under budget") })
+	cancel()
+	<-done
+	if n := strings.Count(logs.String(), "event backlog over budget"); n != 1 {
+		t.Errorf("%d over-budget lines in a few ms, want 1 (rate-limited)", n)
+	}
+}
