@@ -401,6 +401,12 @@ func TestKafkaWrongCredentials(t *testing.T) {
 	if n, _ := ex.Lag(KafkaSinkName); n != 20 {
 		t.Errorf("lag %d, want all 20 events kept", n)
 	}
+	if err := reg.Register(ex.AgeCollector()); err != nil {
+		t.Fatal(err)
+	}
+	if age := testutil.ToFloat64(ex.AgeCollector()); age <= 0 {
+		t.Errorf("sluice_event_consumer_lag_seconds = %v while the events wait, want > 0", age)
+	}
 	if testutil.ToFloat64(ks.dead.WithLabelValues(KafkaSinkName)) != 0 {
 		t.Error("events dead-lettered on an authentication failure")
 	}
@@ -409,6 +415,9 @@ func TestKafkaWrongCredentials(t *testing.T) {
 	ks2 := newKafkaSink(t, addr, dir, nil, log, func(o *KafkaOptions) { o.SASL = good })
 	ex2 := runExporter(t, sp, []Sink{ks2}, nil, log)
 	tu.WaitFor(t, "the events published with the right password", func() bool { n, _ := ex2.Lag(KafkaSinkName); return n == 0 })
+	if age := testutil.ToFloat64(ex2.AgeCollector()); age != 0 {
+		t.Errorf("sluice_event_consumer_lag_seconds = %v with nothing waiting, want 0", age)
+	}
 }
 
 // TestKafkaMissingTopic: a missing topic fails the batch with a clear

@@ -348,6 +348,14 @@ func (s *Server) components() []component {
 				}
 				return err
 			}
+			if s.metrics != nil {
+				if err := s.metrics.Register(s.ex.AgeCollector()); err != nil {
+					for _, sk := range s.sinks {
+						sk.Close()
+					}
+					return fmt.Errorf("events: registering metrics: %w", err)
+				}
+			}
 			ctx, cancel := context.WithCancel(context.Background())
 			s.watchBacklog(ctx)
 			go s.ex.Run(ctx)
