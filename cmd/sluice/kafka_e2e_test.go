@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -334,4 +335,37 @@ func TestKafkaBacklogTempfail(t *testing.T) {
 		return false
 	})
 	waitFor(t, "delivery unaffected by the Kafka outage", func() bool { return e.mx.count() >= 2 })
+}
+
+// TestKafkaBacklogTempfailHTTP: the same budget over HTTP answers 503
+// (unavailable, SMTP 451 4.3.0 in the body) with Retry-After.
+func TestKafkaBacklogTempfailHTTP(t *testing.T) {
+	h := newHTTPEnv(t)
+	src, err := os.ReadFile(h.relay.cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	events := fmt.Sprintf("sluice.events { file = %q }", h.relay.events)
+	if !strings.Contains(string(src), events) {
+		t.Fatalf("no %s in the HTTP test config", events)
+	}
+	cfg := strings.Replace(string(src), events, fmt.Sprintf(`sluice.events { file = %q, kafka = {
+  brokers = { %q }, max_backlog = 4, on_backlog_full = "tempfail",
+} }`, h.relay.events, freePort(t)), 1)
+	if err := os.WriteFile(h.relay.cfg, []byte(cfg), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	h.start()
+	key, _ := h.createKey("acme", "send")
+	var last httpResp
+	for i := 0; i < 20; i++ {
+		last = h.do("POST", "/v1/messages", key, []byte(fmt.Sprintf(`{"from":"app@sender.test","to":"u%d@smart.test","text":"x"}`, i)), nil)
+		if last.status != 200 && last.status != 202 {
+			break
+		}
+	}
+	e := last.apiError().Error
+	if last.status != 503 || e.Code != "unavailable" || e.SMTPCode != 451 || e.Enhanced != "4.3.0" || last.header.Get("Retry-After") == "" {
+		t.Fatalf("over budget: %s (Retry-After %q), want 503 unavailable 451 4.3.0", last, last.header.Get("Retry-After"))
+	}
 }
