@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -691,10 +692,19 @@ func (ld *loader) kafkaMore(k *sandbox.Opts, kc *Kafka) {
 			if !ok || ts == "" {
 				k.Fail("routes", "%s: want a topic name", typ)
 			}
+			if !knownEventType(typ) {
+				k.Fail("routes", "unknown event type %q (want one of %s)", typ, strings.Join(eventTypes, ", "))
+			}
 			kc.Routes[typ] = ts
 		}
 	}
-	k.Strings("types", &kc.Types)
+	if k.Strings("types", &kc.Types) {
+		for _, typ := range kc.Types {
+			if !knownEventType(typ) {
+				k.Fail("types", "unknown event type %q (want one of %s)", typ, strings.Join(eventTypes, ", "))
+			}
+		}
+	}
 	if k.String("acks", &kc.Acks) && kc.Acks != "all" && kc.Acks != "leader" {
 		k.Fail("acks", "want \"all\" or \"leader\", got %q", kc.Acks)
 	}
@@ -736,3 +746,11 @@ func (ld *loader) kafkaMore(k *sandbox.Opts, kc *Kafka) {
 		k.Fail("on_backlog_full", "want \"accept\" or \"tempfail\", got %q", kc.OnBacklogFull)
 	}
 }
+
+// eventTypes are the event types kafka.types and kafka.routes accept: the
+// pipeline's, and the suppression list's.
+var eventTypes = []string{pipeline.EventReceived, pipeline.EventRejected, pipeline.EventDeferred, pipeline.EventDelivered,
+	pipeline.EventBounced, pipeline.EventExpired, pipeline.EventDiscarded, pipeline.EventSuppressed, pipeline.EventCancelled,
+	"suppression_added", "suppression_removed"}
+
+func knownEventType(t string) bool { return slices.Contains(eventTypes, t) }

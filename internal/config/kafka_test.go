@@ -47,6 +47,8 @@ func TestKafkaKeyErrors(t *testing.T) {
 		`routes = { "x" }`:                                `routes`,
 		`max_backlog = -1`:                                `"kafka.max_backlog": must not be negative`,
 		`batch_timeout = "0s"`:                            `batch_timeout`,
+		`types = { "deliverd" }`:                          `unknown event type "deliverd"`,
+		`routes = { bounce = "b" }`:                       `unknown event type "bounce"`,
 		`partitions = 3`:                                  `unknown key`,
 	} {
 		_, err := Parse("p.lua", []byte(`local sluice = require("sluice")
