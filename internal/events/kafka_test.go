@@ -576,3 +576,47 @@ func TestKafkaLeaderChange(t *testing.T) {
 	tu.WaitFor(t, "all 300 events on the delivery topic", func() bool { return g.count(tDelivery) == 300 })
 	checkOrder(t, g.records(), tDelivery)
 }
+
+// TestKafkaTLSAndSASLPlain: a broker on TLS with SASL PLAIN; the sink
+// trusts it through kafka.tls.ca (a PEM file) and publishes. A sink
+// that does not trust the certificate fails with the TLS error and keeps
+// the events.
+func TestKafkaTLSAndSASLPlain(t *testing.T) {
+	dir := t.TempDir()
+	cert := tu.SelfSignedCert(t, "kafka.test", "127.0.0.1")
+	_, addr := startKafka(t, kfake.TLS(cert.TLS), kfake.EnableSASL(), kfake.Superuser("PLAIN", "sluice", "secret"),
+		kfake.SeedTopics(1, tDelivery, tBounce, tDeferred))
+	sp := openSpool(t, dir)
+	defer sp.Close()
+	commitKafkaEvents(t, sp, 0, 20)
+	logs := &logBuf{}
+	log := slog.New(slog.NewTextHandler(logs, nil))
+	mech, err := KafkaSASL("plain", "sluice", "secret")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Not trusted: the system roots do not know the self-signed CA.
+	untrusted, err := KafkaTLS("", "", "", "kafka.test", false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bad := newKafkaSink(t, addr, dir, nil, log, func(o *KafkaOptions) { o.TLS, o.SASL = untrusted, mech })
+	exBad := runExporter(t, sp, []Sink{bad}, nil, log)
+	tu.WaitFor(t, "the certificate error logged", func() bool { return strings.Contains(logs.String(), "certificate") })
+	if n, _ := exBad.Lag(KafkaSinkName); n != 20 {
+		t.Errorf("lag %d with an untrusted broker, want the 20 events kept", n)
+	}
+	trusted, err := KafkaTLS(cert.CertFile, "", "", "kafka.test", false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ks := newKafkaSink(t, addr, dir, nil, log, func(o *KafkaOptions) { o.TLS, o.SASL = trusted, mech })
+	ex := runExporter(t, sp, []Sink{ks}, nil, log)
+	tu.WaitFor(t, "the events published over TLS", func() bool { n, _ := ex.Lag(KafkaSinkName); return n == 0 })
+	if _, err := KafkaTLS(filepath.Join(dir, "nope.pem"), "", "", "", false); err == nil || !strings.Contains(err.Error(), "kafka.tls.ca") {
+		t.Errorf("a missing CA file: %v", err)
+	}
+	if _, err := KafkaSASL("gssapi", "u", "p"); err == nil {
+		t.Error("an unknown SASL mechanism was accepted")
+	}
+}
