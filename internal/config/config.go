@@ -183,7 +183,7 @@ type Kafka struct {
 	// MissingTopicWait: how long a topic may be missing before its
 	// events are dead-lettered; default 1m.
 	MissingTopicWait time.Duration
-	// BatchTimeout: the longest a partial batch waits; default 5ms.
+	// BatchTimeout: the longest a partial batch waits; default 1ms.
 	BatchTimeout time.Duration
 	// MaxMessageBytes: the largest record sent; default 1 MiB.
 	MaxMessageBytes int64
@@ -318,6 +318,6 @@ func DefaultHTTPListener(addr string) HTTPListener {
 // empty and required.
 func DefaultKafka() *Kafka {
 	return &Kafka{Topic: "sluice.delivery", BounceTopic: "sluice.bounce", Acks: "all",
-		MissingTopicWait: time.Minute, BatchTimeout: 5 * time.Millisecond, MaxMessageBytes: 1 << 20,
+		MissingTopicWait: time.Minute, BatchTimeout: time.Millisecond, MaxMessageBytes: 1 << 20,
 		OnBacklogFull: "accept"}
 }

@@ -67,7 +67,9 @@ type KafkaOptions struct {
 	// and is retried.
 	MissingTopicWait time.Duration
 	// BatchTimeout is the longest a partial batch waits for more records
-	// before it is sent (5 ms; kafka-go's own default, 1 s, is latency).
+	// before it is sent (1 ms: Write already hands over every event the
+	// exporter has, so waiting only adds latency; kafka-go's own default,
+	// 1 s, makes a synchronous writer crawl).
 	BatchTimeout time.Duration
 	// BatchSize is the most records per produce request and partition;
 	// match the exporter's batch (1000).
@@ -131,7 +133,7 @@ func NewKafka(o KafkaOptions) (*KafkaSink, error) {
 		o.MissingTopicWait = time.Minute
 	}
 	if o.BatchTimeout <= 0 {
-		o.BatchTimeout = 5 * time.Millisecond
+		o.BatchTimeout = time.Millisecond
 	}
 	if o.BatchSize <= 0 {
 		o.BatchSize = 1000
