@@ -188,7 +188,8 @@ type Kafka struct {
 	// MaxMessageBytes: the largest record sent; default 1 MiB.
 	MaxMessageBytes int64
 	// MaxBacklog: the events the sink may lag behind before
-	// OnBacklogFull applies; 0 (default) is no budget.
+	// OnBacklogFull applies; default 1,000,000 (about 500 MB of outbox);
+	// 0 is no budget (and no backlog warnings).
 	MaxBacklog int64
 	// OnBacklogFull: "accept" (default; logged loudly) or "tempfail"
 	// (new mail refused with 451 4.3.0 / HTTP 503 while over budget).
@@ -319,5 +320,5 @@ func DefaultHTTPListener(addr string) HTTPListener {
 func DefaultKafka() *Kafka {
 	return &Kafka{Topic: "sluice.delivery", BounceTopic: "sluice.bounce", Acks: "all",
 		MissingTopicWait: time.Minute, BatchTimeout: time.Millisecond, MaxMessageBytes: 1 << 20,
-		OnBacklogFull: "accept"}
+		MaxBacklog: 1_000_000, OnBacklogFull: "accept"}
 }
