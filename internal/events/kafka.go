@@ -109,8 +109,7 @@ type KafkaSink struct {
 	missing map[string]time.Time // topic → first seen missing
 	dead    *prometheus.CounterVec
 
-	msgs []kafka.Message
-	src  []int // msgs[i] publishes batch[src[i]]
+	msgs []kafka.Message // reused by Write
 }
 
 // NewKafka builds the Kafka sink; it does no I/O (the first Write
@@ -241,19 +240,12 @@ type deadLetter struct {
 // (records already acknowledged are then published again: consumers
 // dedupe on event_id).
 func (s *KafkaSink) Write(ctx context.Context, batch []Event) error {
-	s.msgs, s.src = s.msgs[:0], s.src[:0]
+	s.msgs = s.msgs[:0]
 	var dead []deadLetter
-	for i, e := range batch {
+	for _, e := range batch {
 		ts, h := s.topicsFor(e.Type)
 		for _, t := range ts {
-			m := kafka.Message{Topic: t, Key: []byte(e.MessageID), Value: e.JSON, Headers: h}
-			if size := recordSize(&m); size > s.o.MaxMessageBytes {
-				dead = append(dead, deadLetter{Topic: t, Event: e.JSON,
-					Reason: fmt.Sprintf("record of %d bytes is larger than max_message_bytes (%d)", size, s.o.MaxMessageBytes)})
-				continue
-			}
-			s.msgs = append(s.msgs, m)
-			s.src = append(s.src, i)
+			s.msgs = append(s.msgs, kafka.Message{Topic: t, Key: []byte(e.MessageID), Value: e.JSON, Headers: h})
 		}
 	}
 	msgs := s.msgs
@@ -263,23 +255,38 @@ func (s *KafkaSink) Write(ctx context.Context, batch []Event) error {
 			break
 		}
 		var werrs kafka.WriteErrors
+		var tooLarge kafka.MessageTooLargeError
 		switch {
+		case errors.As(err, &tooLarge):
+			// kafka-go's size check, before anything is sent (one record
+			// per call: O(n²) only if many records are too large): that
+			// record goes to the dead letters, the others are sent.
+			dead = append(dead, deadLetter{Topic: tooLarge.Message.Topic, Event: tooLarge.Message.Value,
+				Reason: fmt.Sprintf("record larger than max_message_bytes (%d)", s.o.MaxMessageBytes)})
+			msgs = tooLarge.Remaining
 		case errors.As(err, &werrs):
-			// Per record: a permanent refusal is dead-lettered, anything
-			// else fails the batch.
-			var transient error
+			// Per record: anything but a permanent refusal fails the
+			// batch. The broker refuses a whole produce batch when one
+			// record is too large, so records refused permanently are
+			// sent again one by one: only those refused alone are dead.
+			var refused []kafka.Message
 			for i, werr := range werrs {
 				if werr == nil {
 					continue
 				}
-				if permanent(werr) {
-					dead = append(dead, deadLetter{Topic: msgs[i].Topic, Event: msgs[i].Value, Reason: werr.Error()})
-				} else if transient == nil {
-					transient = fmt.Errorf("publishing to topic %s: %w%s", msgs[i].Topic, werr, hint(werr, s.o.SASL != nil))
+				if !permanent(werr) {
+					return fmt.Errorf("publishing to topic %s: %w%s", msgs[i].Topic, werr, hint(werr, s.o.SASL != nil))
 				}
+				refused = append(refused, msgs[i])
 			}
-			if transient != nil {
-				return transient
+			for _, m := range refused {
+				err := s.w.WriteMessages(ctx, m)
+				var one kafka.WriteErrors
+				if errors.As(err, &one) && len(one) == 1 && permanent(one[0]) {
+					dead = append(dead, deadLetter{Topic: m.Topic, Event: m.Value, Reason: one[0].Error()})
+				} else if err != nil {
+					return fmt.Errorf("publishing to topic %s: %w%s", m.Topic, err, hint(err, s.o.SASL != nil))
+				}
 			}
 			msgs = nil
 		case errors.Is(err, kafka.UnknownTopicOrPartition):
@@ -305,15 +312,6 @@ func (s *KafkaSink) Write(ctx context.Context, batch []Event) error {
 		}
 	}
 	return nil
-}
-
-// recordSize is the size kafka-go checks against BatchBytes, roughly.
-func recordSize(m *kafka.Message) int64 {
-	n := len(m.Key) + len(m.Value) + 64
-	for _, h := range m.Headers {
-		n += len(h.Key) + len(h.Value) + 8
-	}
-	return int64(n)
 }
 
 // permanent reports a broker's refusal of a record that no retry cures.

@@ -620,3 +620,32 @@ func TestKafkaTLSAndSASLPlain(t *testing.T) {
 		t.Error("an unknown SASL mechanism was accepted")
 	}
 }
+
+// TestKafkaBrokerRefusesTooLarge: the broker's message.max.bytes is
+// below the sink's max_message_bytes. The broker refuses the whole
+// produce batch holding the large record; the sink sends the refused
+// records again one by one, so only the large one is dead-lettered and
+// its neighbours on the partition are published.
+func TestKafkaBrokerRefusesTooLarge(t *testing.T) {
+	dir := t.TempDir()
+	_, addr := startKafka(t, kfake.BrokerConfigs(map[string]string{"message.max.bytes": "6000"}),
+		kfake.SeedTopics(1, tDelivery, tBounce, tDeferred))
+	sp := openSpool(t, dir)
+	defer sp.Close()
+	commitKafkaEvents(t, sp, 0, 5)
+	b := sp.NewBatch()
+	b.AddEvent(&pipeline.Event{Type: pipeline.EventDelivered, MessageID: "big", Attempt: 5,
+		Metadata: map[string]string{"blob": strings.Repeat("x", 8000)}})
+	if err := b.Commit(false); err != nil {
+		t.Fatal(err)
+	}
+	commitKafkaEvents(t, sp, 6, 10)
+	reg := prometheus.NewRegistry()
+	log := slog.New(slog.NewTextHandler(&logBuf{}, nil))
+	ks := newKafkaSink(t, addr, dir, reg, log, nil)
+	ex := runExporter(t, sp, []Sink{ks}, reg, log)
+	tu.WaitFor(t, "the outbox drained", func() bool { n, _ := ex.Lag(KafkaSinkName); return n == 0 })
+	checkDeadLetters(t, filepath.Join(dir, "dead.jsonl"), 1, "Message Size Too Large")
+	g := readGroup(t, addr, "broker-large", tDelivery)
+	tu.WaitFor(t, "the 9 other events on the delivery topic", func() bool { return g.count(tDelivery) == 9 })
+}
