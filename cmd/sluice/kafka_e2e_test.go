@@ -34,13 +34,18 @@ func kafkaBroker(t *testing.T) (*kfake.Cluster, string) {
 	return c, c.ListenAddrs()[0]
 }
 
-// newKafkaEnv is newEnv with the Kafka sink configured next to the file.
-func newKafkaEnv(t *testing.T, broker string) *env {
-	return newEnv(t, map[string]string{
+// newKafkaEnv is newEnv with the Kafka sink configured next to the file
+// (and the queue lifetime of more).
+func newKafkaEnv(t *testing.T, broker string, more map[string]string) *env {
+	o := map[string]string{
 		`sluice.events { file = "{{EVENTS}}" }`: fmt.Sprintf(`sluice.events { file = "{{EVENTS}}", kafka = {
   brokers = { %q }, topic = %q, bounce_topic = %q, batch_timeout = "2ms",
 } }`, broker, kDelivery, kBounce),
-	})
+	}
+	for k, v := range more {
+		o[k] = v
+	}
+	return newEnv(t, o)
 }
 
 // kRecord is one record a consumer group read.
@@ -195,11 +200,11 @@ func checkKafkaMatchesFile(t *testing.T, r *relayProc, g *kafkaGroup) []pipeline
 }
 
 // TestKafkaMixedOutcomes: delivered, deferred then delivered, bounced
-// (with its DSN) and rejected, read back by a consumer group from both
+// and expired (with their DSNs) and rejected, read back by a consumer group from both
 // topics: exactly the file's events by event_id, in order per message.
 func TestKafkaMixedOutcomes(t *testing.T) {
 	_, broker := kafkaBroker(t)
-	e := newKafkaEnv(t, broker)
+	e := newKafkaEnv(t, broker, map[string]string{"{{LIFETIME}}": "3s"})
 	var deferOnce sync.Once
 	e.smart.rcptReply = func(rcpt string) error {
 		var err error
@@ -210,11 +215,14 @@ func TestKafkaMixedOutcomes(t *testing.T) {
 		if strings.HasPrefix(rcpt, "gone@") {
 			return smtpErr(550, [3]int{5, 1, 1}, "no such user")
 		}
+		if strings.HasPrefix(rcpt, "full@") {
+			return smtpErr(452, [3]int{4, 2, 2}, "mailbox full")
+		}
 		return nil
 	}
 	e.relay.start()
 	g := readTopics(t, broker, "mixed")
-	if err := sendMail(e.relay.smtp, "app@sender.test", []string{"bob@mx.test", "carol@smart.test", "gone@mx.test"},
+	if err := sendMail(e.relay.smtp, "app@sender.test", []string{"bob@mx.test", "carol@smart.test", "gone@mx.test", "full@mx.test"},
 		msgData("app@sender.test", "bob@mx.test", "kafka-mixed")); err != nil {
 		t.Fatal(err)
 	}
@@ -224,7 +232,8 @@ func TestKafkaMixedOutcomes(t *testing.T) {
 	evs := e.relay.waitEvents("every outcome", func(evs []pipeline.Event) bool {
 		return countType(evs, "delivered", "bob@mx.test") == 1 && countType(evs, "deferred", "carol@smart.test") == 1 &&
 			countType(evs, "delivered", "carol@smart.test") == 1 && countType(evs, "bounced", "gone@mx.test") == 1 &&
-			countType(evs, "rejected", "loop@local.test") == 1 && countType(evs, "delivered", "app@sender.test") == 1 // the DSN
+			countType(evs, "rejected", "loop@local.test") == 1 && countType(evs, "expired", "full@mx.test") == 1 &&
+			countType(evs, "delivered", "app@sender.test") == 2 // the DSNs
 	})
 	_ = evs
 	evs = checkKafkaMatchesFile(t, e.relay, g)
@@ -242,7 +251,7 @@ func TestKafkaMixedOutcomes(t *testing.T) {
 // event of the file is on Kafka: duplicates possible, loss never.
 func TestKafkaKill9BetweenPublishAndCursor(t *testing.T) {
 	c, broker := kafkaBroker(t)
-	e := newKafkaEnv(t, broker)
+	e := newKafkaEnv(t, broker, nil)
 	e.relay.start()
 	g := readTopics(t, broker, "kill9")
 	accepted := map[int]bool{}
