@@ -3,7 +3,6 @@ package events
 import (
 	"context"
 	"log/slog"
-	"sync/atomic"
 	"time"
 
 	"github.com/sluice-mta/sluice/pipeline"
@@ -43,8 +42,6 @@ type Backlog struct {
 	Lag    func() uint64
 	Sink   string
 	Logger *slog.Logger
-
-	over atomic.Bool
 }
 
 // Check returns ErrBacklogFull while the backlog is over budget and
@@ -55,7 +52,6 @@ func (b *Backlog) Check() error {
 		return nil
 	}
 	if b.Lag() > b.Max {
-		b.over.Store(true)
 		return ErrBacklogFull
 	}
 	return nil
@@ -86,7 +82,6 @@ func (b *Backlog) Watch(ctx context.Context, interval time.Duration) {
 		}
 		lag := b.Lag()
 		over := lag > b.Max
-		b.over.Store(over)
 		action := "accepting mail on (on_backlog_full = \"accept\"); the outbox keeps growing"
 		if b.Tempfail {
 			action = "refusing new mail with 451 4.3.0 (on_backlog_full = \"tempfail\")"
@@ -105,6 +100,3 @@ func (b *Backlog) Watch(ctx context.Context, interval time.Duration) {
 		wasOver, lastLag = over, lag
 	}
 }
-
-// Over reports whether the backlog was over budget at the last check.
-func (b *Backlog) Over() bool { return b != nil && b.over.Load() }
