@@ -433,7 +433,7 @@ func TestKafkaMissingTopic(t *testing.T) {
 	reg := prometheus.NewRegistry()
 	logs := &logBuf{}
 	log := slog.New(slog.NewTextHandler(logs, nil))
-	ks := newKafkaSink(t, addr, dir, reg, log, func(o *KafkaOptions) { o.MissingTopicWait = 2 * time.Second })
+	ks := newKafkaSink(t, addr, dir, reg, log, func(o *KafkaOptions) { o.MissingTopicWait = 3 * time.Second })
 	ex := runExporter(t, sp, []Sink{ks}, reg, log)
 	tu.WaitFor(t, "the missing topic logged", func() bool {
 		return strings.Contains(logs.String(), "topic "+tBounce+" does not exist: create it")
