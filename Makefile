@@ -29,8 +29,10 @@ deps:
 test: deps build
 	$(GO) vet $(PKGS)
 	$(GO) test -race -count=1 -timeout 20m $(PKGS)
-	# the carried go-smtp copy is a module of its own (see its README)
+	# the carried go-smtp and gopher-lua copies are modules of their own
+	# (see their READMEs)
 	cd internal/third_party/go-smtp && $(GO) test -count=1 ./...
+	cd internal/third_party/gopher-lua && $(GO) test -count=1 .
 
 test-short: build
 	$(GO) test -short -count=1 $(PKGS)

@@ -13,7 +13,15 @@ const (
 	EventDiscarded  = "discarded"
 	EventSuppressed = "suppressed"
 	EventCancelled  = "cancelled"
+	// A recipient joined or left its tenant's suppression list (a hard
+	// bounce, the HTTP API or the CLI).
+	EventSuppressionAdded   = "suppression_added"
+	EventSuppressionRemoved = "suppression_removed"
 )
+
+// EventTypes lists every event type, in the order above.
+var EventTypes = []string{EventReceived, EventRejected, EventDeferred, EventDelivered, EventBounced,
+	EventExpired, EventDiscarded, EventSuppressed, EventCancelled, EventSuppressionAdded, EventSuppressionRemoved}
 
 // EventSchema is the version in every event's "schema" field.
 const EventSchema = 1

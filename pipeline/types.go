@@ -11,6 +11,11 @@ import (
 )
 
 // Source names where a message came from; it is copied into every event.
+// DefaultMaxHops is how many Received fields a message may carry before
+// it is refused as a mail loop (RFC 5321 section 6.3): the SMTP
+// listeners' default max_hops, and the HTTP raw endpoint's fixed limit.
+const DefaultMaxHops = 100
+
 const (
 	SourceSMTP = "smtp"
 	SourceHTTP = "http"

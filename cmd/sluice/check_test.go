@@ -93,6 +93,8 @@ sluice.events { file = "{{DIR}}/events/events.jsonl", kafka = { brokers = { "127
 })`, `on_route calls add_header; header edits are not allowed in on_route`, nil},
 		"unknown built-in": {listen + `sluice.stage("auth", sluice.builtin.auth { users = "users.txt" })`, `unknown built-in stage "auth"`, nil},
 		"no listener":      {``, "has no listener", nil},
+		"bad bounce rule": {listen + `sluice.bounces { rules = { "{{DIR}}/bounce.toml" } }`, "class SpamBlock, rule 1",
+			map[string]string{"bounce.toml": "[rules]\nSpamBlock = [ \"(?<=blocked) by\" ]\n"}},
 	} {
 		t.Run(name, func(t *testing.T) {
 			dir := t.TempDir()

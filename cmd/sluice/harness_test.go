@@ -280,7 +280,8 @@ func (r *relayProc) stop() {
 	r.cmd.Wait()
 }
 
-// events reads the JSONL events file.
+// readEvents reads the JSONL events file and validates each event against
+// docs/event.schema.json (a mismatch fails the test).
 func (r *relayProc) readEvents() []pipeline.Event {
 	f, err := os.Open(r.events)
 	if err != nil {
@@ -294,6 +295,11 @@ func (r *relayProc) readEvents() []pipeline.Event {
 		var ev pipeline.Event
 		if err := json.Unmarshal(sc.Bytes(), &ev); err != nil {
 			r.t.Fatalf("bad event line %q: %v", sc.Text(), err)
+		}
+		// Every event any e2e test reads is checked against the
+		// published schema.
+		if err := testutil.CheckEvent(sc.Bytes()); err != nil {
+			r.t.Fatalf("event does not match docs/event.schema.json: %v\nevent: %s", err, sc.Bytes())
 		}
 		out = append(out, ev)
 	}

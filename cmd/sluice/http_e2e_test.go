@@ -27,6 +27,7 @@ import (
 	"github.com/emersion/go-message/mail"
 
 	"github.com/sluice-mta/sluice/internal/dnsx/dnstest"
+	"github.com/sluice-mta/sluice/internal/testutil"
 	"github.com/sluice-mta/sluice/pipeline"
 )
 
@@ -301,6 +302,12 @@ func readEventsTolerant(path string) (evs []pipeline.Event, bad []string) {
 		var ev pipeline.Event
 		if err := json.Unmarshal(sc.Bytes(), &ev); err != nil {
 			bad = append(bad, sc.Text())
+			continue
+		}
+		if err := testutil.CheckEvent(sc.Bytes()); err != nil {
+			// A whole line that is not a schema-valid event is a bug,
+			// not a torn write: the caller fails on bad lines.
+			bad = append(bad, fmt.Sprintf("%s (does not match docs/event.schema.json: %v)", sc.Text(), err))
 			continue
 		}
 		evs = append(evs, ev)

@@ -1,6 +1,7 @@
 // Command sluice is the Sluice mail relay: `sluice serve -c pipeline.lua`
 // runs a node; `sluice check` validates a configuration; `sluice apikey`
-// manages HTTP API keys; `sluice send` submits a message over the HTTP API.
+// manages HTTP API keys; `sluice send` submits a message over the HTTP API;
+// `sluice suppression` manages a tenant's suppression list over it.
 //
 // Exit codes: 0 ok, 1 failure, 2 usage.
 package main
@@ -35,6 +36,7 @@ Usage:
                              exit 1 with the error if the new configuration does not validate
   sluice apikey  create|list|revoke ...   manage HTTP API keys
   sluice send    --url URL --key KEY --from A --to B ...   send via the HTTP API
+  sluice suppression list|add|remove ...   manage the tenant's suppression list via the HTTP API
   sluice version             print the version
 
 Run "sluice COMMAND -h" for a command's flags. Exit codes: 0 ok, 1 failure, 2 usage.
@@ -71,6 +73,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return runAPIKey(args[1:], stdout, stderr)
 	case "send":
 		return runSend(args[1:], stdout, stderr)
+	case "suppression":
+		return runSuppression(args[1:], stdout, stderr)
 	case "version", "--version", "-v":
 		v := version
 		if bi, ok := debug.ReadBuildInfo(); ok && v == "dev" {

@@ -33,6 +33,8 @@ type Config struct {
 	Admin        *AdminListener // nil: no admin listener
 	Delivery     Delivery
 	Events       Events
+	Bounces      Bounces
+	Suppression  Suppression // sluice.suppression (suppression.go)
 	Lua          Lua
 	Stages       []StageSpec
 	StageTimeout time.Duration // bound on each stage call; default 30s
@@ -163,6 +165,37 @@ type Delivery struct {
 type Events struct {
 	File  string // JSONL file; default "./var/events.jsonl"
 	Kafka *Kafka // nil: events go to File only
+	// Webhooks are the HTTP endpoints events are POSTed to, each a sink
+	// with its own cursor (sluice.events { webhooks = { {...} } }).
+	Webhooks []Webhook
+}
+
+// Webhook: one endpoint in sluice.events { webhooks = { { name = "billing",
+// url = "https://...", secret = sluice.env("WH_SECRET") } } }.
+type Webhook struct {
+	Name    string   // unique among the webhooks; the sink is "webhook:<name>"
+	URL     string   // http:// or https:// URL events are POSTed to
+	Secret  string   // Standard Webhooks secret: "whsec_" + base64 of >= 24 bytes
+	Types   []string // event types sent; empty: all
+	Tenants []string // tenants whose events are sent ("" for none); empty: all
+	// Timeout bounds one request; default 10s.
+	Timeout time.Duration
+	// DeadLetterAfter: a failed event older than this is written to
+	// DeadLetter instead of retried; default 24h.
+	DeadLetterAfter time.Duration
+	// DeadLetter is the dead-letter JSONL file; default
+	// "webhook-<name>.dead.jsonl" beside the events file.
+	DeadLetter string
+	// Concurrency bounds the requests in flight; default 4.
+	Concurrency int
+}
+
+// Bounces: sluice.bounces { rules = { "/etc/sluice/bounce.toml" },
+// default_rules = true }: how deferred, bounced and expired events get
+// their bounce_class (internal/bounce).
+type Bounces struct {
+	Rules        []string // rule files in KumoMTA's format, read in order before the defaults; relative to the config file
+	DefaultRules bool     // read Sluice's embedded default rules after Rules; default true
 }
 
 // Kafka: sluice.events { kafka = { brokers = {"127.0.0.1:9092"} } }.
@@ -213,7 +246,8 @@ type Lua struct {
 	Timeout  time.Duration // per hook call; default 100ms
 	PoolSize int           // max idle states kept; default 2*GOMAXPROCS+8
 	// MaxString bounds a string a string/table builtin takes as a pattern
-	// subject or builds (gsub, rep, format, concat); default 1 MiB.
+	// subject or builds (gsub, rep, format, concat, the .. operator, a
+	// print line); default 1 MiB.
 	MaxString int64
 	// MaxHeader bounds a header field value handed to Lua (msg:header,
 	// msg:headers): longer values are cut to this many bytes; default 64 KiB.
@@ -263,6 +297,8 @@ func Defaults() *Config {
 	return &Config{
 		Spool:        Spool{Path: "./var/spool", MemtableMB: 64, MinFree: 100 << 20},
 		Events:       Events{File: "./var/events.jsonl"},
+		Bounces:      Bounces{DefaultRules: true},
+		Suppression:  DefaultSuppression(),
 		Lua:          Lua{Timeout: 100 * time.Millisecond, MaxString: 1 << 20, MaxHeader: 64 << 10},
 		StageTimeout: 30 * time.Second,
 		Delivery: Delivery{
@@ -299,7 +335,7 @@ func DefaultSMTPListener(addr string) SMTPListener {
 		WriteTimeout:   5 * time.Minute,
 		DataTimeout:    10 * time.Minute,
 		BareLineEnding: "reject",
-		MaxHops:        100,
+		MaxHops:        pipeline.DefaultMaxHops,
 
 		MaxConnectionsPerIP:    20,
 		MaxConnectionRatePerIP: 60,

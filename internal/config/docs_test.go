@@ -39,7 +39,11 @@ func TestDocsExamples(t *testing.T) {
 			files[m[1]] = "stub\n"
 		}
 		for _, m := range regexp.MustCompile(`sluice\.env\("([^"]+)"\)`).FindAllStringSubmatch(code, -1) {
-			t.Setenv(m[1], "stub")
+			v := "stub"
+			if strings.HasSuffix(m[1], "WEBHOOK_SECRET") { // must be a whsec_ secret
+				v = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+			}
+			t.Setenv(m[1], v)
 		}
 		dir := testutil.TempFiles(t, files)
 		ran++

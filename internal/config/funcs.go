@@ -2,9 +2,11 @@ package config
 
 import (
 	"context"
+	"encoding/base64"
 	"fmt"
 	"net"
 	"net/netip"
+	"net/url"
 	"slices"
 	"strconv"
 	"strings"
@@ -23,7 +25,7 @@ import (
 var FuncNames = []string{
 	"node", "local_domains", "spool", "listen_smtp", "listen_http", "listen_admin", "delivery",
 	"events", "lua_options", "stage_timeout", "stage", "lua", "builtin", "plugin",
-	"env", "read_file",
+	"env", "read_file", "bounces", "suppression",
 }
 
 // loader records the configuration functions' calls into a Config.
@@ -50,6 +52,8 @@ func (ld *loader) install() {
 	set("listen_admin", ld.listenAdmin)
 	set("delivery", ld.delivery)
 	set("events", ld.events)
+	set("bounces", ld.bounces)
+	set("suppression", ld.suppression)
 	set("lua_options", ld.luaOptions)
 	set("stage_timeout", ld.stageTimeout)
 	set("stage", ld.stage)
@@ -458,7 +462,7 @@ func (ld *loader) delivery(L *lua.LState) int {
 func (ld *loader) events(L *lua.LState) int {
 	const fn = "sluice.events"
 	ld.singleton(fn)
-	o := ld.s.CheckOpts(1, fn, "file", "kafka")
+	o := ld.s.CheckOpts(1, fn, "file", "kafka", "webhooks")
 	if o.String("file", &ld.cfg.Events.File) && ld.cfg.Events.File == "" {
 		o.Fail("file", "must not be empty")
 	}
@@ -482,7 +486,76 @@ func (ld *loader) events(L *lua.LState) int {
 		ld.kafkaMore(k, kc)
 		ld.cfg.Events.Kafka = kc
 	}
+	ld.webhooks(o)
 	return 0
+}
+
+// sluice.bounces { rules = { "/etc/sluice/bounce.toml" }, default_rules = true }
+func (ld *loader) bounces(L *lua.LState) int {
+	const fn = "sluice.bounces"
+	ld.singleton(fn)
+	o := ld.s.CheckOpts(1, fn, "rules", "default_rules")
+	var rules []string
+	if o.Strings("rules", &rules) {
+		for _, r := range rules {
+			if r == "" {
+				o.Fail("rules", "a rule file path must not be empty")
+			}
+			ld.cfg.Bounces.Rules = append(ld.cfg.Bounces.Rules, ld.resolve(r))
+		}
+	}
+	o.Bool("default_rules", &ld.cfg.Bounces.DefaultRules)
+	if len(ld.cfg.Bounces.Rules) == 0 && !ld.cfg.Bounces.DefaultRules {
+		o.Fail("default_rules", "is false and no rules are given: every bounce would be Uncategorized; give rules = { ... } or keep the default rules")
+	}
+	return 0
+}
+
+// webhooks parses sluice.events { webhooks = { { name = ..., url = ... }, ... } }.
+func (ld *loader) webhooks(o *sandbox.Opts) {
+	seen := map[string]bool{}
+	for _, w := range o.List("webhooks", "name", "url", "secret", "types", "tenants", "timeout",
+		"dead_letter_after", "dead_letter", "concurrency") {
+		wh := Webhook{Timeout: 10 * time.Second, DeadLetterAfter: 24 * time.Hour, Concurrency: 4}
+		if !w.String("name", &wh.Name) || !validName(wh.Name) {
+			w.Fail("name", "is required: letters, digits, '.', '_' or '-', at most 64")
+		}
+		if seen[wh.Name] {
+			w.Fail("name", "%q names two webhooks; each needs its own name (it names its cursor)", wh.Name)
+		}
+		seen[wh.Name] = true
+		if !w.String("url", &wh.URL) {
+			w.Fail("url", "is required: the http:// or https:// URL to POST events to")
+		}
+		if u, err := url.Parse(wh.URL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			w.Fail("url", "want an absolute http:// or https:// URL")
+		}
+		if !w.String("secret", &wh.Secret) {
+			w.Fail("secret", `is required: "whsec_" and base64, e.g. secret = sluice.env("WH_SECRET")`)
+		}
+		b64, ok := strings.CutPrefix(wh.Secret, "whsec_")
+		if key, err := base64.StdEncoding.DecodeString(b64); !ok || err != nil || len(key) < 24 {
+			// Never the value in the message: it is a secret.
+			w.Fail("secret", `want "whsec_" followed by the base64 of at least 24 random bytes; make one with: echo "whsec_$(openssl rand -base64 32)"`)
+		}
+		if w.Strings("types", &wh.Types) {
+			for _, t := range wh.Types {
+				if !slices.Contains(pipeline.EventTypes, t) {
+					w.Fail("types", "unknown event type %q; known: %s", t, strings.Join(pipeline.EventTypes, ", "))
+				}
+			}
+		}
+		w.Strings("tenants", &wh.Tenants)
+		ld.duration(w, "timeout", &wh.Timeout)
+		ld.duration(w, "dead_letter_after", &wh.DeadLetterAfter)
+		if w.String("dead_letter", &wh.DeadLetter) && wh.DeadLetter == "" {
+			w.Fail("dead_letter", "must not be empty (leave it out for the default beside the events file)")
+		}
+		if w.Int("concurrency", &wh.Concurrency) && (wh.Concurrency < 1 || wh.Concurrency > 256) {
+			w.Fail("concurrency", "must be from 1 to 256")
+		}
+		ld.cfg.Events.Webhooks = append(ld.cfg.Events.Webhooks, wh)
+	}
 }
 
 // sluice.lua_options { timeout = "100ms", pool_size = 0, max_string = "1MiB", max_header = "64KiB" }

@@ -167,6 +167,15 @@ func (ld *loader) finish() error {
 	if cfg.Events.File, err = filepath.Abs(cfg.Events.File); err != nil {
 		return fmt.Errorf("%s: events file: %w", ld.file, err)
 	}
+	for i := range cfg.Events.Webhooks {
+		w := &cfg.Events.Webhooks[i]
+		if w.DeadLetter == "" {
+			w.DeadLetter = filepath.Join(filepath.Dir(cfg.Events.File), "webhook-"+w.Name+".dead.jsonl")
+		}
+		if w.DeadLetter, err = filepath.Abs(w.DeadLetter); err != nil {
+			return fmt.Errorf("%s: webhook %q dead-letter file: %w", ld.file, w.Name, err)
+		}
+	}
 	if cfg.Lua.PoolSize == 0 {
 		cfg.Lua.PoolSize = DefaultLuaPoolSize()
 	}

@@ -43,6 +43,9 @@ func (s *recSink) Write(ctx context.Context, b []Event) error {
 		if e.MessageID != msgID(e.Seq) || e.Type != evType(e.Seq) {
 			s.bad = append(s.bad, fmt.Sprintf("seq %d: %q %q", e.Seq, e.Type, e.MessageID))
 		}
+		if err := testutil.CheckEvent(e.JSON); err != nil {
+			s.bad = append(s.bad, fmt.Sprintf("seq %d does not match docs/event.schema.json: %v", e.Seq, err))
+		}
 		s.seqs = append(s.seqs, e.Seq)
 	}
 	return nil
@@ -77,13 +80,13 @@ func (s *recSink) checkExactly(t *testing.T, from, to uint64) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if len(s.bad) > 0 {
-		t.Errorf("sink %s: typed fields disagree with the JSON: %v", s.name, s.bad[:min(5, len(s.bad))])
+		t.Errorf("sink %s: typed fields disagree with the JSON, or the JSON with the schema: %v", s.name, s.bad[:min(5, len(s.bad))])
 	}
 }
 
 // Event n (its seq in a fresh spool, one event per commit) has a
-// predictable type and message id.
-func msgID(seq uint64) string { return fmt.Sprintf("m%d", seq) }
+// predictable type and message id (26 digits: a valid ULID).
+func msgID(seq uint64) string { return fmt.Sprintf("%026d", seq) }
 func evType(seq uint64) string {
 	if seq%3 == 0 {
 		return pipeline.EventBounced
@@ -93,7 +96,7 @@ func evType(seq uint64) string {
 
 func commitEvent(t testing.TB, sp *spool.Spool, seq uint64) {
 	b := sp.NewBatch()
-	b.AddEvent(&pipeline.Event{Type: evType(seq), MessageID: msgID(seq), Attempt: int(seq)})
+	b.AddEvent(&pipeline.Event{Type: evType(seq), MessageID: msgID(seq), Attempt: int(seq), Source: pipeline.SourceSMTP})
 	if err := b.Commit(false); err != nil {
 		t.Error(err)
 	}

@@ -37,7 +37,8 @@ func TestExportToFileInOrderAndHooks(t *testing.T) {
 
 	for i := 0; i < 1500; i++ { // more than one export batch
 		b := sp.NewBatch()
-		b.AddEvent(&pipeline.Event{Type: pipeline.EventDeferred, MessageID: "m1", Attempt: i})
+		b.AddEvent(&pipeline.Event{Type: pipeline.EventDeferred, MessageID: msgID(1), Attempt: i, Source: pipeline.SourceHTTP,
+			Response: &pipeline.Response{Code: 451, Enhanced: "4.3.0", Text: "try later"}})
 		if err := b.Commit(false); err != nil {
 			t.Fatal(err)
 		}
@@ -54,6 +55,7 @@ func TestExportToFileInOrderAndHooks(t *testing.T) {
 		if err := json.Unmarshal(sc.Bytes(), &ev); err != nil {
 			t.Fatalf("line %d: %v", n, err)
 		}
+		testutil.ValidateEvent(t, sc.Bytes())
 		if ev.Attempt != n || ev.Schema != 1 || ev.Node != "n" {
 			t.Fatalf("line %d out of order or incomplete: %+v", n, ev)
 		}

@@ -81,8 +81,10 @@ type KafkaOptions struct {
 	// WriteTimeout bounds one produce request (10 s).
 	WriteTimeout time.Duration
 	Logger       *slog.Logger
-	// Metrics, when set, receives sluice_event_dead_letters_total.
-	Metrics prometheus.Registerer
+	// DeadLetters is the shared sluice_event_dead_letters_total counter
+	// (NewDeadLetterCounter, built once per registry for every sink);
+	// nil: counted, not exported.
+	DeadLetters *prometheus.CounterVec
 }
 
 // KafkaSink publishes events to Kafka with kafka-go: record key = the
@@ -180,16 +182,11 @@ func NewKafka(o KafkaOptions) (*KafkaSink, error) {
 			MetadataTTL: 2 * time.Second,
 		},
 	}
-	s.dead = prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "sluice_event_dead_letters_total",
-		Help: "Events a sink could never publish (too large, a topic missing for too long), written to its dead-letter file instead.",
-	}, []string{"consumer"})
-	s.dead.WithLabelValues(KafkaSinkName)
-	if o.Metrics != nil {
-		if err := o.Metrics.Register(s.dead); err != nil {
-			return nil, fmt.Errorf("kafka sink: registering metrics: %w", err)
-		}
+	s.dead = o.DeadLetters
+	if s.dead == nil {
+		s.dead, _ = NewDeadLetterCounter(nil)
 	}
+	s.dead.WithLabelValues(KafkaSinkName)
 	return s, nil
 }
 
@@ -226,10 +223,11 @@ func (s *KafkaSink) topicsFor(typ string) ([]string, []kafka.Header) {
 	return ts, h
 }
 
-// deadLetter is one line of the dead-letter file.
+// deadLetter is one line of the dead-letter file: the fields of every
+// sink's dead letters (deadLine in deadletter.go) and the topic.
 type deadLetter struct {
-	Time   time.Time       `json:"time"`
-	Sink   string          `json:"sink"`
+	Time   time.Time       `json:"dead_at"`
+	Sink   string          `json:"consumer"`
 	Topic  string          `json:"topic"`
 	Reason string          `json:"reason"`
 	Event  json.RawMessage `json:"event"`

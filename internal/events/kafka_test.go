@@ -162,7 +162,14 @@ func newKafkaSink(t testing.TB, addr string, dir string, reg prometheus.Register
 	t.Helper()
 	o := KafkaOptions{Brokers: []string{addr}, Topic: tDelivery, BounceTopic: tBounce,
 		Routes: map[string]string{pipeline.EventDeferred: tDeferred}, DeadLetter: filepath.Join(dir, "dead.jsonl"),
-		Logger: log, Metrics: reg}
+		Logger: log}
+	if reg != nil {
+		dead, err := NewDeadLetterCounter(reg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		o.DeadLetters = dead
+	}
 	if mod != nil {
 		mod(&o)
 	}

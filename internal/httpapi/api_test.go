@@ -543,6 +543,9 @@ func TestAuthStage(t *testing.T) {
 	}
 	a := mustAccept(t, e.post("/v1/messages", msg))
 	h, _ := e.sp.History(a.ID)
+	for i := range h {
+		testutil.ValidateEventValue(t, &h[i])
+	}
 	if len(h) == 0 || h[0].Tenant != "acme-eu" {
 		t.Fatalf("events %+v, want tenant acme-eu from on_auth", h)
 	}
@@ -712,6 +715,7 @@ func TestRawMessage(t *testing.T) {
 		{"bad base64", "message_base64", map[string]any{"from": "a@example.com", "to": "b@dest.test", "message_base64": "%%%"}},
 		{"CRLF in envelope", "to[0]", map[string]any{"from": "a@example.com", "to": "b@dest.test\r\nRCPT TO:<x@y>", "message": "From: a@example.com\n\nx"}},
 		{"no recipients", "to", map[string]any{"from": "a@example.com", "message": "From: a@example.com\n\nx"}},
+		{"mail loop", "message", map[string]any{"from": "a@example.com", "to": "b@dest.test", "message": strings.Repeat("Received: from x by y; Mon, 02 Jan 2006 15:04:05 -0700\n", pipeline.DefaultMaxHops) + "From: a@example.com\n\nx"}},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			r := e.post("/v1/messages/raw", c.body)
@@ -770,6 +774,9 @@ func TestBatch(t *testing.T) {
 	}
 	testutil.WaitFor(t, "2 deliveries", func() bool { return len(e.sink.Messages()) == 2 })
 	h, _ := e.sp.History(ba.Results[3].ID)
+	for i := range h {
+		testutil.ValidateEventValue(t, &h[i])
+	}
 	if len(h) == 0 || h[0].Metadata["n"] != "4" {
 		t.Errorf("history %+v", h)
 	}

@@ -21,7 +21,7 @@ import (
 // every recipient was refused).
 type rcptAnswer struct {
 	Email    string `json:"email"`
-	Status   string `json:"status"` // queued, rejected, discarded
+	Status   string `json:"status"` // queued, rejected, suppressed, discarded
 	Code     int    `json:"code,omitempty"`
 	Enhanced string `json:"enhanced,omitempty"`
 	Message  string `json:"message,omitempty"`
@@ -93,7 +93,11 @@ func (s *Server) stage(ctx context.Context, sess *relay.Session, it *item) {
 	for i, addr := range it.rcpts {
 		if _, err := t.Rcpt(ctx, addr); err != nil {
 			rep := pipeline.Reply(err)
-			it.results[i] = rcptAnswer{Email: addr, Status: relay.StatusRejected, Code: rep.Code, Enhanced: rep.Enhanced.String(), Message: rep.Message}
+			status := relay.StatusRejected
+			if relay.IsSuppressed(err) {
+				status = relay.StatusSuppressed
+			}
+			it.results[i] = rcptAnswer{Email: addr, Status: status, Code: rep.Code, Enhanced: rep.Enhanced.String(), Message: rep.Message}
 			if first == nil {
 				first = err
 			}
@@ -160,7 +164,7 @@ func (it *item) failure() answer {
 func (it *item) reported() []rcptAnswer {
 	var out []rcptAnswer
 	for _, r := range it.results {
-		if r.Status != "" && (it.err == nil || r.Status == relay.StatusRejected) {
+		if r.Status != "" && (it.err == nil || r.Status == relay.StatusRejected || r.Status == relay.StatusSuppressed) {
 			out = append(out, r)
 		}
 	}
@@ -362,6 +366,11 @@ func (s *Server) rawItem(req *rawRequest, data *bytes.Buffer) (*item, *apiError)
 	parsed, err := pipeline.ParseMessage(nil, data.Bytes())
 	if err != nil || parsed.Header.Len() == 0 {
 		return nil, badField(field, "the message has no valid header section (fields, then an empty line, then the body)")
+	}
+	// A mail loop: the message has passed as many MTAs as an SMTP
+	// listener accepts by default (RFC 5321 section 6.3).
+	if n := len(parsed.Header.Values("Received")); n >= pipeline.DefaultMaxHops {
+		return nil, badField(field, "the message carries %d Received fields (at most %d): a mail loop?", n, pipeline.DefaultMaxHops-1)
 	}
 	hfrom, err := gomail.ParseAddressList(parsed.Header.Get("From"))
 	if err != nil || len(hfrom) == 0 {
@@ -599,8 +608,11 @@ func (s *Server) completeBatch(rec *idemRecord) ([]byte, error) {
 				ra.Status, accepted = relay.StatusQueued, true
 			case pipeline.EventDiscarded:
 				ra.Status, accepted = relay.StatusDiscarded, true
-			case pipeline.EventRejected:
+			case pipeline.EventRejected, pipeline.EventSuppressed:
 				ra.Status = relay.StatusRejected
+				if ev.Type == pipeline.EventSuppressed {
+					ra.Status = relay.StatusSuppressed
+				}
 				if ev.Response != nil {
 					ra.Code, ra.Enhanced, ra.Message = ev.Response.Code, ev.Response.Enhanced, ev.Response.Text
 				}

@@ -210,7 +210,8 @@ func newEnv(t testing.TB, o envOptions) *env {
 	} else {
 		e.q.Start()
 	}
-	e.relay = relay.NewSpool(relay.NewPipeline(chain, nil), sp, e.q, relay.Options{Logger: log, Hostname: "relay.test"})
+	sp.SetSuppressionPolicy(spool.SuppressionPolicy{Enabled: true, Classes: config.DefaultSuppression().Classes})
+	e.relay = relay.NewSpool(relay.NewPipeline(chain, nil), sp, e.q, relay.Options{Logger: log, Hostname: "relay.test", Suppressions: sp})
 	e.q.SetBouncer(e.relay)
 
 	e.keysPath = apikey.DefaultPath(filepath.Join(dir, "spool"))

@@ -13,6 +13,8 @@
 //	GET  /v1/messages/{id}     per-recipient state and event timeline
 //	GET  /v1/admin/keys        the tenant's API keys (admin scope)
 //	GET  /v1/admin/messages    messages still queued, filtered and paged (admin scope)
+//	GET/POST /v1/suppressions, GET/DELETE /v1/suppressions/{address}
+//	                           the tenant's suppression list (suppressions.go)
 //	GET  /v1/openapi.json      the OpenAPI 3 document
 //	GET  /healthz              liveness
 //
@@ -243,6 +245,8 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		if s.method(w, r, http.MethodGet) {
 			s.adminMessages(w, r)
 		}
+	case p == suppressionsPath || strings.HasPrefix(p, suppressionsPath+"/"):
+		s.suppressions(w, r)
 	case p == "/v1/openapi.json":
 		if s.method(w, r, http.MethodGet) {
 			w.Header().Set("Content-Type", "application/json")

@@ -1,7 +1,13 @@
 package luahost
 
 import (
+	"runtime"
+	"runtime/metrics"
+	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/sluice-mta/sluice/pipeline"
 )
@@ -109,5 +115,69 @@ func BenchmarkLuaOnMessageGsubHeader(b *testing.B) {
 		if _, err := h.OnMessage(bg, msg); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+// BenchmarkHookMemoryWorstCase measures how much memory one on_message
+// call with a 100 ms deadline can hold when it keeps what it builds until
+// the deadline stops it (the state is then discarded and the memory is
+// garbage). It reports the peak of the live heap during the call
+// (peak-MB/op, sampled every millisecond) and the bytes allocated
+// (alloc-MB/op). Each string is at most lua_options.max_string (1 MiB),
+// so the bound is memory bandwidth: about 300 MB on a 2-core test box.
+func BenchmarkHookMemoryWorstCase(b *testing.B) {
+	for _, c := range []struct{ name, body string }{
+		{"string.rep 1MiB kept", `local t = {} for i = 1, 1e9 do t[i] = string.rep("x", 2^20) end`},
+		{"concat 1MiB kept", `local s = string.rep("x", 2^20 - 10) local t = {} for i = 1, 1e9 do t[i] = s .. i end`},
+		{"upper 1MiB kept", `local s = string.rep("x", 2^20) local t = {} for i = 1, 1e9 do t[i] = s:upper() end`},
+		{"list of numbers", `local t = {} for i = 1, 1e9 do t[#t+1] = i end`},
+		{"list of tables", `local t = {} for i = 1, 1e9 do t[i] = {} end`},
+	} {
+		b.Run(c.name, func(b *testing.B) {
+			_, stages, _ := setup(b, map[string]string{
+				"pipeline.lua": "sluice.lua_options { timeout = \"100ms\" }\nsluice.stage('s', { on_message = function(msg)\n" + c.body + "\nend })\n",
+			})
+			h := stages["s"].(pipeline.MessageHook)
+			msg := testMsg(b)
+			var peakSum, allocSum uint64
+			for i := 0; i < b.N; i++ {
+				runtime.GC()
+				s := []metrics.Sample{{Name: "/gc/heap/allocs:bytes"}, {Name: "/memory/classes/heap/objects:bytes"}}
+				metrics.Read(s)
+				a0, base := s[0].Value.Uint64(), s[1].Value.Uint64()
+				var peak atomic.Uint64
+				done := make(chan struct{})
+				var wg sync.WaitGroup
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					ms := []metrics.Sample{{Name: "/memory/classes/heap/objects:bytes"}}
+					tk := time.NewTicker(time.Millisecond)
+					defer tk.Stop()
+					for {
+						select {
+						case <-done:
+							return
+						case <-tk.C:
+						}
+						metrics.Read(ms)
+						if v := ms[0].Value.Uint64(); v > base && v-base > peak.Load() {
+							peak.Store(v - base)
+						}
+					}
+				}()
+				_, err := h.OnMessage(bg, msg)
+				close(done)
+				wg.Wait()
+				if err == nil || !strings.Contains(err.Error(), "did not finish within") {
+					b.Fatalf("err = %v, want the deadline", err)
+				}
+				metrics.Read(s)
+				allocSum += s[0].Value.Uint64() - a0
+				peakSum += peak.Load()
+			}
+			b.ReportMetric(float64(peakSum)/float64(b.N)/(1<<20), "peak-MB/op")
+			b.ReportMetric(float64(allocSum)/float64(b.N)/(1<<20), "alloc-MB/op")
+		})
 	}
 }

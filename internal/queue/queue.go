@@ -22,11 +22,14 @@ import (
 	"math/rand/v2"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
+	"github.com/sluice-mta/sluice/internal/bounce"
 	"github.com/sluice-mta/sluice/internal/config"
 	"github.com/sluice-mta/sluice/internal/delivery"
 	"github.com/sluice-mta/sluice/internal/dsn"
+	"github.com/sluice-mta/sluice/internal/logx"
 	"github.com/sluice-mta/sluice/internal/spool"
 	"github.com/sluice-mta/sluice/pipeline"
 )
@@ -111,8 +114,11 @@ type Options struct {
 	RetryFactor        float64
 	RetryJitter        float64
 	QueueLifetime      time.Duration
-	Logger             *slog.Logger
-	Now                func() time.Time // for tests; default time.Now
+	// Bounces sets bounce_class on deferred, bounced and expired events
+	// (docs/events.md); nil: bounce.Default(), the embedded rules.
+	Bounces *bounce.Classifier
+	Logger  *slog.Logger
+	Now     func() time.Time // for tests; default time.Now
 }
 
 // Queue is safe for concurrent use.
@@ -129,6 +135,12 @@ type Queue struct {
 	sem    chan struct{}
 	wake   chan struct{}
 	wg     sync.WaitGroup
+
+	// spoolHeld is true while deliveries are held because the spool
+	// cannot record their outcomes (see holdForSpool); sample keeps
+	// per-message failures from flooding the log.
+	spoolHeld atomic.Bool
+	sample    *logx.Sampler
 
 	mu       sync.Mutex
 	stopping bool
@@ -195,12 +207,15 @@ func New(sp *spool.Spool, d Dialer, o Options) *Queue {
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
+	if o.Bounces == nil {
+		o.Bounces = bounce.Default()
+	}
 	if o.Now == nil {
 		o.Now = time.Now
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	return &Queue{
-		o: o, sp: sp, dialer: d, log: o.Logger.With("component", "queue"),
+		o: o, sp: sp, dialer: d, log: o.Logger.With("component", "queue"), sample: logx.NewSampler(10 * time.Second),
 		ctx: ctx, cancel: cancel,
 		sem:   make(chan struct{}, o.MaxConnections),
 		wake:  make(chan struct{}, 1),
@@ -496,6 +511,13 @@ func (q *Queue) worker(d *dest) {
 		if it == nil {
 			return
 		}
+		if !q.sp.Writable() {
+			q.holdForSpool(it)
+			continue
+		}
+		if q.spoolHeld.Swap(false) {
+			q.log.Info("the spool records outcomes again; delivery resumes")
+		}
 		if conn != nil && (!conn.Usable() || sent >= q.o.MaxMessagesPerConn) {
 			_ = conn.Close()
 			conn = nil
@@ -554,6 +576,26 @@ func (q *Queue) retire(d *dest) {
 	q.mu.Lock()
 	d.active--
 	q.mu.Unlock()
+}
+
+// spoolHold is how long a delivery waits when the spool cannot record
+// outcomes before it is looked at again.
+const spoolHold = 5 * time.Second
+
+// holdForSpool puts it back, due in spoolHold, without an attempt: while
+// the spool cannot record outcomes (below its write floor, read-only or
+// failed: spool.Writable), a delivery made now could not be recorded and
+// would be made again later, a duplicate for the recipient. No attempt is
+// counted. The first hold of a stretch is logged.
+func (q *Queue) holdForSpool(it *item) {
+	if !q.spoolHeld.Swap(true) {
+		q.log.Warn("the spool cannot record delivery outcomes (disk full or spool failed); delivery is held until it can", "recheck_every", spoolHold)
+	}
+	q.mu.Lock()
+	it.due = q.o.Now().Add(spoolHold)
+	heap.Push(&q.waiting, it)
+	q.mu.Unlock()
+	q.kick()
 }
 
 func (q *Queue) requeue(it *item) {
@@ -638,7 +680,7 @@ func (q *Queue) complete(it *item, res []delivery.Result, err error, remote *pip
 		case !pipeline.IsTemporary(rerr):
 			ev.Type = pipeline.EventBounced
 			ev.Response = pipeline.ResponseOf(rerr)
-			ev.BounceClass = "permanent"
+			ev.BounceClass = q.o.Bounces.ClassifyResponse(ev.Response)
 			b.DeleteRecipient(m.ID, r.Idx)
 			failed = append(failed, Failure{Recipient: r.Address, Reply: ev.Response, Err: rerr, Remote: remoteHost, Time: now})
 			notes = append(notes, dsn.Notice{Outcome: dsn.Failed, Rcpt: r, Err: rerr, Reply: ev.Response, Remote: remoteHost, Time: now})
@@ -646,7 +688,7 @@ func (q *Queue) complete(it *item, res []delivery.Result, err error, remote *pip
 		case now.Sub(m.Received) >= q.o.QueueLifetime:
 			ev.Type = pipeline.EventExpired
 			ev.Response = pipeline.ResponseOf(rerr)
-			ev.BounceClass = "expired"
+			ev.BounceClass = q.o.Bounces.ClassifyExpired(ev.Response)
 			b.DeleteRecipient(m.ID, r.Idx)
 			failed = append(failed, Failure{Recipient: r.Address, Expired: true, Reply: ev.Response, Err: rerr, Remote: remoteHost, Time: now})
 			notes = append(notes, dsn.Notice{Outcome: dsn.Failed, Rcpt: r, Err: rerr, Reply: ev.Response, Expired: true, Remote: remoteHost, Time: now})
@@ -654,6 +696,7 @@ func (q *Queue) complete(it *item, res []delivery.Result, err error, remote *pip
 		default:
 			ev.Type = pipeline.EventDeferred
 			ev.Response = pipeline.ResponseOf(rerr)
+			ev.BounceClass = q.o.Bounces.ClassifyResponse(ev.Response)
 			nr := *r
 			nr.Attempts = attempt
 			nr.NextAttempt = now.Add(q.backoff(attempt))
@@ -690,7 +733,9 @@ func (q *Queue) complete(it *item, res []delivery.Result, err error, remote *pip
 	if cerr := b.Commit(false); cerr != nil {
 		// The outcome is lost but the spool still holds the recipients as
 		// they were: retry the whole item later.
-		q.log.Error("cannot record delivery outcome; will retry", "msgid", m.ID, "err", cerr)
+		if ok, n := q.sample.Allow("outcome"); ok {
+			q.log.Error("cannot record delivery outcome; will retry", "msgid", m.ID, "err", cerr, "similar_suppressed", n)
+		}
 		q.mu.Lock()
 		it.due = now.Add(q.o.RetryInitial)
 		heap.Push(&q.waiting, it)

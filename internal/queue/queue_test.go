@@ -3,11 +3,14 @@ package queue
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/cockroachdb/pebble/v2/vfs"
 	"github.com/sluice-mta/sluice/internal/config"
 	"github.com/sluice-mta/sluice/internal/delivery"
 	"github.com/sluice-mta/sluice/internal/spool"
@@ -129,6 +132,7 @@ func events(t *testing.T, sp *spool.Spool, id string) []string {
 	}
 	var out []string
 	for _, e := range h {
+		testutil.ValidateEventValue(t, &e)
 		out = append(out, e.Type+":"+e.Recipient)
 	}
 	return out
@@ -372,6 +376,7 @@ func TestEventsCarryTheReplyReceived(t *testing.T) {
 	})
 	got := map[string]*pipeline.Event{}
 	for i := range hist {
+		testutil.ValidateEventValue(t, &hist[i])
 		got[hist[i].Recipient] = &hist[i]
 	}
 	if e := got[`"odd user"@b.test`]; e == nil || e.Type != pipeline.EventDelivered ||
@@ -434,6 +439,7 @@ func TestQuotedAddressesReachAStrictHop(t *testing.T) {
 	}
 	h, _ := sp.History(m.ID)
 	for _, e := range h {
+		testutil.ValidateEventValue(t, &e)
 		if e.Type != pipeline.EventDelivered || e.Response.Text != "accepted as hop-1" {
 			t.Errorf("event %s %s %+v", e.Type, e.Recipient, e.Response)
 		}
@@ -441,4 +447,78 @@ func TestQuotedAddressesReachAStrictHop(t *testing.T) {
 	if len(h) != 2 || h[0].Recipient != `"odd user"@dest.example` && h[1].Recipient != `"odd user"@dest.example` {
 		t.Errorf("events %+v", h)
 	}
+}
+
+// lowFS reports the free space avail holds, whatever the real filesystem.
+type lowFS struct {
+	vfs.FS
+	avail *atomic.Uint64
+}
+
+func (f lowFS) GetDiskUsage(string) (vfs.DiskUsage, error) {
+	a := f.avail.Load()
+	return vfs.DiskUsage{AvailBytes: a, TotalBytes: 1 << 40, UsedBytes: 1<<40 - a}, nil
+}
+
+// TestDeliveryHeldWhileSpoolCannotRecord: below the spool's write floor
+// no outcome could be recorded, so a delivery made then would be made
+// again later (a duplicate). The queue holds it instead, logs that once,
+// and delivers it exactly once when space returns.
+func TestDeliveryHeldWhileSpoolCannotRecord(t *testing.T) {
+	var avail atomic.Uint64
+	avail.Store(1 << 30)
+	var logs syncBuffer
+	log := slog.New(slog.NewTextHandler(&logs, nil))
+	sp, err := spool.Open("spool", spool.Options{FS: lowFS{FS: vfs.NewMem(), avail: &avail}, MinFree: 1 << 20, Logger: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sp.Close()
+	m, rs := put(t, sp, "sender@a.test", "ok@b.test")
+	avail.Store(1000) // below min_free/4: the write floor
+	testutil.WaitFor(t, "the spool below its write floor", func() bool { return !sp.Writable() })
+
+	fd := &fakeDialer{}
+	q := newQueue(sp, fd, fakeBouncer{}, Options{Logger: log, RetryInitial: 20 * time.Millisecond})
+	q.Start()
+	defer q.Stop(context.Background())
+	q.Enqueue(m, rs)
+	testutil.WaitFor(t, "the hold logged", func() bool { return strings.Contains(logs.String(), "delivery is held") })
+	fd.mu.Lock()
+	dials := fd.dials
+	fd.mu.Unlock()
+	if dials != 0 {
+		t.Fatalf("%d connections made while no outcome could be recorded", dials)
+	}
+
+	avail.Store(1 << 30)
+	testutil.WaitFor(t, "delivered once space returned", func() bool { return q.Stats().Messages == 0 })
+	fd.mu.Lock()
+	defer fd.mu.Unlock()
+	if len(fd.sent) != 1 {
+		t.Fatalf("sent %v; want exactly one delivery", fd.sent)
+	}
+	if got := strings.Join(events(t, sp, m.ID), " "); got != "delivered:ok@b.test" {
+		t.Errorf("events %q; want one delivered (the hold counts no attempt)", got)
+	}
+	if n := strings.Count(logs.String(), "delivery is held"); n != 1 {
+		t.Errorf("the hold logged %d times; want once per stretch", n)
+	}
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }

@@ -19,7 +19,9 @@
 // that recipient, at on_route each refused recipient, and when the whole
 // message is refused after RCPT (on_message, bad data, spool failure)
 // each recipient not already refused. A transaction the client abandons
-// (RSET, QUIT, a hang-up) records nothing.
+// (RSET, QUIT, a hang-up) records nothing. A recipient refused because
+// it is on its tenant's suppression list records a "suppressed" event
+// instead of "rejected" (suppression.go).
 //
 // Each Txn runs on the pipeline that was current when it began: a reload
 // (Swap) lets transactions in flight finish on the old pipeline, which is
@@ -34,6 +36,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/sluice-mta/sluice/internal/logx"
 	"github.com/sluice-mta/sluice/internal/queue"
 	"github.com/sluice-mta/sluice/internal/spool"
 	"github.com/sluice-mta/sluice/pipeline"
@@ -129,11 +132,13 @@ type Relay struct {
 	pipe     atomic.Pointer[Pipeline]
 	store    Store
 	log      *slog.Logger
+	sample   *logx.Sampler // refusal events that cannot be recorded
 	hostname string
 	now      func() time.Time
 	// delayWarning is Options.DelayWarning (see Notify).
 	delayWarning time.Duration
 	admit        func() error
+	supp         Suppressions // nil: no suppression list
 
 	// The gate keeps the store open while acceptances are in flight:
 	// Close refuses new ones and waits for the others.
@@ -162,6 +167,9 @@ type Options struct {
 	// refuses the transaction with it. It must be cheap and safe for
 	// concurrent use.
 	Admit func() error
+	// Suppressions, when set, is the suppression list enforced at RCPT
+	// (see Txn.RcptWith and suppression.go).
+	Suppressions Suppressions
 }
 
 // New builds a Relay running p on store.
@@ -176,7 +184,8 @@ func New(p *Pipeline, store Store, o Options) *Relay {
 		o.Now = time.Now
 	}
 	r := &Relay{store: store, log: o.Logger.With("component", "relay"), hostname: o.Hostname, now: o.Now,
-		delayWarning: o.DelayWarning, admit: o.Admit}
+		sample:       logx.NewSampler(10 * time.Second),
+		delayWarning: o.DelayWarning, supp: o.Suppressions, admit: o.Admit}
 	r.pipe.Store(p)
 	return r
 }
@@ -255,7 +264,15 @@ func (r *Relay) record(evs ...*pipeline.Event) {
 	}
 	defer r.inflight.Done()
 	if err := r.store.Record(evs); err != nil {
-		r.log.Warn("cannot record rejected events", "msgid", evs[0].MessageID, "err", err)
+		r.recordFailed(err, evs[0].MessageID)
+	}
+}
+
+// recordFailed logs a failure to record refusal events, one line per 10 s
+// (a full spool would otherwise log one per refused message).
+func (r *Relay) recordFailed(err error, msgID string) {
+	if ok, n := r.sample.Allow("record"); ok {
+		r.log.Warn("cannot record rejected events", "msgid", msgID, "err", err, "similar_suppressed", n)
 	}
 }
 

@@ -13,6 +13,7 @@ import (
 	"github.com/sluice-mta/sluice/internal/delivery"
 	"github.com/sluice-mta/sluice/internal/queue"
 	"github.com/sluice-mta/sluice/internal/spool"
+	"github.com/sluice-mta/sluice/internal/testutil"
 	"github.com/sluice-mta/sluice/pipeline"
 )
 
@@ -133,6 +134,7 @@ func eventTypes(t *testing.T, sp *spool.Spool, id string) string {
 	h, _ := sp.History(id)
 	var out []string
 	for _, e := range h {
+		testutil.ValidateEventValue(t, &e)
 		out = append(out, e.Type+":"+e.Recipient)
 	}
 	return strings.Join(out, " ")

@@ -162,7 +162,10 @@ func (t *Txn) Chain() *pipeline.Chain { return t.p.Chain }
 // Rcpt parses addr and runs on_rcpt (relay control included). A recipient
 // already accepted is accepted again without running the hooks
 // (dup true). On a refusal it records a "rejected" event for addr and
-// returns the error; the transaction goes on. An address that does not
+// returns the error; the transaction goes on. A recipient on the
+// suppression list of the session's tenant (Options.Suppressions) is
+// refused after on_rcpt with a *SuppressedError (550 5.7.1) and a
+// "suppressed" event instead. An address that does not
 // parse is a syntax error, not a recipient: it is logged, not recorded.
 func (t *Txn) Rcpt(ctx context.Context, addr string) (dup bool, err error) {
 	return t.RcptWith(ctx, addr, pipeline.RcptParams{})
@@ -194,6 +197,9 @@ func (t *Txn) RcptWith(ctx context.Context, addr string, params pipeline.RcptPar
 			t.refused(err, r.rejected(t.T, addr, err))
 		}
 		return false, err
+	}
+	if err := t.checkSuppressed(ctx, addr, rc); err != nil {
+		return false, err // logged and recorded ("suppressed")
 	}
 	t.T.Recipients = append(t.T.Recipients, rc)
 	return false, nil
@@ -412,7 +418,7 @@ func (r *Relay) commit(ctx context.Context, txns []*Txn, accs []*Accepted, o Com
 			}
 			if ctx.Err() == nil {
 				if rerr := r.store.Record(evs); rerr != nil {
-					r.log.Warn("cannot record rejected events", "err", rerr)
+					r.recordFailed(rerr, "")
 				}
 			}
 			return out

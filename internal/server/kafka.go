@@ -15,12 +15,12 @@ import (
 
 // kafkaOptions turns sluice.events { kafka = ... } into the sink's
 // options, reading the TLS files; it opens no connection.
-func kafkaOptions(cfg *config.Config, log *slog.Logger, reg prometheus.Registerer) (events.KafkaOptions, error) {
+func kafkaOptions(cfg *config.Config, log *slog.Logger, dead *prometheus.CounterVec) (events.KafkaOptions, error) {
 	k := cfg.Events.Kafka
 	o := events.KafkaOptions{
 		Brokers: k.Brokers, Topic: k.Topic, BounceTopic: k.BounceTopic, Routes: k.Routes, Types: k.Types,
 		Acks: k.Acks, DeadLetter: k.DeadLetter, MissingTopicWait: k.MissingTopicWait,
-		BatchTimeout: k.BatchTimeout, MaxMessageBytes: k.MaxMessageBytes, Logger: log, Metrics: reg,
+		BatchTimeout: k.BatchTimeout, MaxMessageBytes: k.MaxMessageBytes, Logger: log, DeadLetters: dead,
 	}
 	if o.DeadLetter == "" {
 		o.DeadLetter = filepath.Join(filepath.Dir(cfg.Events.File), "kafka-dead-letter.jsonl")
@@ -47,7 +47,7 @@ func (s *Server) startKafka() error {
 	if s.cfg.Events.Kafka == nil {
 		return nil
 	}
-	o, err := kafkaOptions(s.cfg, s.log, s.metrics)
+	o, err := kafkaOptions(s.cfg, s.log, s.deadLetters)
 	if err != nil {
 		return err
 	}

@@ -29,6 +29,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/sluice-mta/sluice/internal/apikey"
+	"github.com/sluice-mta/sluice/internal/bounce"
 	"github.com/sluice-mta/sluice/internal/config"
 	"github.com/sluice-mta/sluice/internal/delivery"
 	"github.com/sluice-mta/sluice/internal/dnsx"
@@ -60,6 +61,8 @@ type Server struct {
 	keys    *apikey.Store
 	control *controlServer
 	metrics *prometheus.Registry // one per node; served by the admin listener
+	// deadLetters is sluice_event_dead_letters_total, shared by the sinks.
+	deadLetters *prometheus.CounterVec
 	wg      sync.WaitGroup
 	errc    chan error
 
@@ -136,6 +139,9 @@ func checkNode(cfg *config.Config) error {
 			return err
 		}
 	}
+	if _, err := loadBounces(cfg); err != nil {
+		return err
+	}
 	for _, l := range cfg.SMTP {
 		if err := smtpsrc.CheckListener(l); err != nil {
 			return fmt.Errorf("%s: %w", cfg.File, err)
@@ -147,6 +153,15 @@ func checkNode(cfg *config.Config) error {
 		}
 	}
 	return nil
+}
+
+// loadBounces compiles the bounce rules of sluice.bounces.
+func loadBounces(cfg *config.Config) (*bounce.Classifier, error) {
+	bc, err := bounce.Load(cfg.Bounces.Rules, cfg.Bounces.DefaultRules)
+	if err != nil {
+		return nil, fmt.Errorf("%s: sluice.bounces: %w", cfg.File, err)
+	}
+	return bc, nil
 }
 
 func resolver(cfg *config.Config) (*dnsx.Client, error) {
@@ -305,17 +320,25 @@ func (s *Server) components() []component {
 			}
 			d.Logger = s.log
 			d.Self = delivery.NewSelf(cfg)
+			bc, err := loadBounces(cfg)
+			if err != nil {
+				return err
+			}
+			if err := bc.Register(s.metrics); err != nil {
+				return err
+			}
 			s.q = queue.New(s.sp, dialer{d}, queue.Options{
 				MaxConnections: cfg.Delivery.MaxConnections, MaxPerDestination: cfg.Delivery.MaxPerDestination,
 				MaxMessagesPerConn: cfg.Delivery.MaxMessagesPerConn, IdleTimeout: cfg.Delivery.IdleTimeout,
 				RetryInitial: cfg.Delivery.RetryInitial, RetryMax: cfg.Delivery.RetryMax,
 				RetryFactor: cfg.Delivery.RetryFactor, RetryJitter: cfg.Delivery.RetryJitter,
-				QueueLifetime: cfg.Delivery.QueueLifetime, Logger: s.log,
+				QueueLifetime: cfg.Delivery.QueueLifetime, Logger: s.log, Bounces: bc,
 			})
 			// The relay is the transaction owner for every source, bounces
 			// included: they enter through it.
+			s.sp.SetSuppressionPolicy(suppressionPolicy(cfg))
 			s.relay = relay.NewSpool(s.pipe, s.sp, s.q, relay.Options{Hostname: cfg.Hostname, Logger: s.log, DelayWarning: cfg.Delivery.DelayWarning,
-				Admit: func() error { return s.backlog.Load().Check() }})
+				Suppressions: s.sp, Admit: func() error { return s.backlog.Load().Check() }})
 			s.q.SetBouncer(s.relay)
 			s.q.SetNotifier(s.relay)
 			return s.registerCoreMetrics()
@@ -330,8 +353,19 @@ func (s *Server) components() []component {
 			}
 			s.file = fs
 			s.sinks = []events.Sink{fs}
+			// One dead-letter counter for every sink that dead-letters.
+			if s.deadLetters, err = events.NewDeadLetterCounter(s.metrics); err != nil {
+				fs.Close()
+				return err
+			}
 			if err := s.startKafka(); err != nil {
 				fs.Close()
+				return err
+			}
+			if err := s.startWebhooks(cfg); err != nil {
+				for _, sk := range s.sinks {
+					sk.Close()
+				}
 				return err
 			}
 			// on_event hooks run on the pipeline current at each batch: a
@@ -527,6 +561,16 @@ func (s *Server) registerCoreMetrics() error {
 			}
 			return 0
 		}),
+		gauge("sluice_spool_free_bytes", "Bytes free for the spool on its filesystem, as last measured by the spool's free-space check.", func() float64 {
+			avail, _ := s.sp.FreeBytes()
+			return float64(avail)
+		}),
+		gauge("sluice_spool_writable", "1 while the spool can record delivery outcomes and events (not read-only, failed or below its write floor), else 0; delivery is held while 0.", func() float64 {
+			if s.sp.Writable() {
+				return 1
+			}
+			return 0
+		}),
 		gauge("sluice_queue_messages", "Messages with at least one recipient still queued.", func() float64 { return float64(s.q.Stats().Messages) }),
 		gauge("sluice_queue_ready_recipients", "Recipients due for a delivery attempt now.", func() float64 { return float64(s.q.Stats().Ready) }),
 		gauge("sluice_queue_waiting_recipients", "Recipients waiting for their next attempt (deferred).", func() float64 { return float64(s.q.Stats().Waiting) }),
@@ -668,6 +712,7 @@ func (s *Server) Reload() (summary string, err error) {
 		return "", err
 	}
 	s.relay.Swap(p)
+	s.sp.SetSuppressionPolicy(suppressionPolicy(cfg))
 	restart := RestartNeeded(s.cfg, cfg)
 	summary = fmt.Sprintf("reloaded %s: %d stage(s)", cfg.File, len(cfg.Stages))
 	if len(restart) > 0 {
@@ -679,6 +724,35 @@ func (s *Server) Reload() (summary string, err error) {
 	}
 	s.log.Info("configuration reloaded", "config", cfg.File, "stages", len(cfg.Stages))
 	return summary, nil
+}
+
+// startWebhooks adds a sink per configured webhook to s.sinks, with the
+// shared dead-letter counter and request latency metrics.
+func (s *Server) startWebhooks(cfg *config.Config) error {
+	if len(cfg.Events.Webhooks) == 0 {
+		return nil
+	}
+	var reg prometheus.Registerer
+	if s.metrics != nil {
+		reg = s.metrics
+	}
+	dead := s.deadLetters
+	lat, err := events.NewWebhookLatency(reg)
+	if err != nil {
+		return err
+	}
+	for _, w := range cfg.Events.Webhooks {
+		wh, err := events.NewWebhook(events.WebhookOptions{
+			Name: w.Name, URL: w.URL, Secret: w.Secret, Types: w.Types, Tenants: w.Tenants,
+			Timeout: w.Timeout, DeadLetterAfter: w.DeadLetterAfter, DeadLetter: w.DeadLetter,
+			Concurrency: w.Concurrency, Logger: s.log, DeadLetters: dead, Latency: lat,
+		})
+		if err != nil {
+			return fmt.Errorf("%s: sluice.events: %w", cfg.File, err)
+		}
+		s.sinks = append(s.sinks, wh)
+	}
+	return nil
 }
 
 // RestartNeeded names the settings that differ between old and new and
@@ -697,6 +771,7 @@ func RestartNeeded(old, new *config.Config) []string {
 		{"sluice.spool", old.Spool, new.Spool},
 		{"sluice.delivery", old.Delivery, new.Delivery},
 		{"sluice.events", old.Events, new.Events},
+		{"sluice.bounces", old.Bounces, new.Bounces},
 		{"sluice.node", [2]string{old.Node, old.Hostname}, [2]string{new.Node, new.Hostname}},
 	} {
 		if !reflect.DeepEqual(c.old, c.new) {
@@ -714,4 +789,9 @@ func EnsureDirs(cfg *config.Config) error {
 		}
 	}
 	return nil
+}
+
+// suppressionPolicy is sluice.suppression as the spool takes it.
+func suppressionPolicy(cfg *config.Config) spool.SuppressionPolicy {
+	return spool.SuppressionPolicy{Enabled: cfg.Suppression.Enabled, Classes: cfg.Suppression.Classes}
 }

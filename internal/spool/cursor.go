@@ -29,6 +29,8 @@ var seqFloorKey = []byte{kSeqFloor}
 // Cursor returns the stored cursor of consumer name: the seq of the next
 // event it has not yet taken. ok is false when it has none.
 func (s *Spool) Cursor(name string) (next uint64, ok bool, err error) {
+	s.dbMu.RLock()
+	defer s.dbMu.RUnlock()
 	v, c, err := s.db.Get(cursorKey(name))
 	if errors.Is(err, pebble.ErrNotFound) {
 		return 0, false, nil
@@ -48,6 +50,8 @@ func (s *Spool) Cursor(name string) (next uint64, ok bool, err error) {
 // once), never forward, and never behind a prune that relied on it (the
 // prune is written after it, and the log replays in order).
 func (s *Spool) SetCursor(name string, next uint64) error {
+	s.dbMu.RLock()
+	defer s.dbMu.RUnlock()
 	return s.write(func() error {
 		return s.db.Set(cursorKey(name), binary.BigEndian.AppendUint64(nil, next), pebble.NoSync)
 	})
@@ -56,11 +60,15 @@ func (s *Spool) SetCursor(name string, next uint64) error {
 // DeleteCursor forgets consumer name's cursor (a consumer no longer
 // configured).
 func (s *Spool) DeleteCursor(name string) error {
+	s.dbMu.RLock()
+	defer s.dbMu.RUnlock()
 	return s.write(func() error { return s.db.Delete(cursorKey(name), pebble.NoSync) })
 }
 
 // Cursors returns every stored cursor by consumer name.
 func (s *Spool) Cursors() (map[string]uint64, error) {
+	s.dbMu.RLock()
+	defer s.dbMu.RUnlock()
 	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: []byte{kCursor}, UpperBound: []byte{kCursor + 1}})
 	if err != nil {
 		return nil, err
@@ -81,6 +89,8 @@ func (s *Spool) Cursors() (map[string]uint64, error) {
 // prune stopped, so it never scans its own tombstones. Call it with the
 // slowest cursor of the configured consumers.
 func (s *Spool) PruneOutbox(below uint64) (int, error) {
+	s.dbMu.RLock()
+	defer s.dbMu.RUnlock()
 	below = min(below, s.safeSeq())
 	s.pruneMu.Lock()
 	defer s.pruneMu.Unlock()

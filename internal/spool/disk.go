@@ -13,6 +13,7 @@ import (
 
 	"github.com/cockroachdb/pebble/v2"
 
+	"github.com/sluice-mta/sluice/internal/logx"
 	"github.com/sluice-mta/sluice/pipeline"
 )
 
@@ -24,12 +25,27 @@ import (
 //     reserve, so Pebble itself should never meet ENOSPC. Delivery
 //     outcomes, the event outbox and housekeeping do not check it: they
 //     write little and free space.
+//   - A write floor, a quarter of the reserve: below it every spool
+//     write (delivery outcomes and events too) is refused before it
+//     reaches Pebble, so that when another process eats the reserve
+//     Pebble does not meet ENOSPC on its WAL (a fatal error, below). The
+//     queue retries its outcomes; the spool writes again once there is
+//     room, without a restart.
 //   - Every write goes through Spool.write, which turns an error into a
-//     returned error and Pebble's Fatalf (a failed WAL write or sync in
-//     the commit path) into an error too, instead of a panic. After a
-//     Fatalf Pebble's commit pipeline cannot be trusted: the spool is
-//     "failed", every later write returns that error at once, and
-//     acceptance answers 452 until the node is restarted.
+//     returned error, and Pebble's Fatalf into an error too (see
+//     pebbleLogger.Fatalf: the goroutine that called it is parked, never
+//     exits the process). After a Fatalf Pebble's state cannot be trusted:
+//     the spool is "failed", every later write returns that error at
+//     once, and acceptance answers 452 until the node is restarted (the
+//     parked goroutine holds the database and its directory lock, so it
+//     cannot be reopened in the same process).
+//   - A write that does not finish within the write timeout stalls the
+//     spool (452 at once for every write) until a probe write succeeds
+//     again (recoverWrites): no restart needed.
+//   - Below the reserve at start the spool opens read-only (Pebble writes
+//     nothing then) and switches to writing on its own once the reserve is
+//     free (waitForRoom): the node starts and answers 452 4.3.1 / 507 on
+//     a full disk instead of failing to start.
 //   - Pebble's error lines are rate-limited (one per message text per
 //     10 s) so a full disk does not flood the log.
 
@@ -55,10 +71,6 @@ func (e *fullError) Unwrap() []error {
 // for it and for a write that failed with ENOSPC.
 var ErrFull error = &fullError{}
 
-// pebbleFatal is the panic value of pebbleLogger.Fatalf, recovered by
-// Spool.write.
-type pebbleFatal struct{ msg string }
-
 func isNoSpace(err error) bool {
 	return err != nil && (errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT) ||
 		strings.Contains(err.Error(), "no space left on device"))
@@ -71,15 +83,24 @@ type spaceState struct {
 	mu      sync.Mutex
 	checked time.Time
 	full    atomic.Bool
+	floor   atomic.Bool // below the write floor (a quarter of the reserve)
 	avail   atomic.Uint64
 	statErr bool // a statfs error was logged
 }
 
-// failedErr is set once Pebble reported a fatal error.
-type failedErr struct{ msg string }
+// failedErr is set once Pebble reported a fatal error (fatal) or a write
+// did not finish within the write timeout (not fatal: cleared once a write
+// succeeds again, see recoverWrites).
+type failedErr struct {
+	msg   string
+	fatal bool
+}
 
 func (e *failedErr) Error() string {
-	return "spool failed (restart the node once the cause is fixed): " + e.msg
+	if e.fatal {
+		return "spool failed (restart the node once the cause is fixed): " + e.msg
+	}
+	return "spool writes stalled (they resume on their own once the disk answers again): " + e.msg
 }
 func (e *failedErr) Unwrap() error { return pipeline.ErrSpoolFull }
 
@@ -90,40 +111,134 @@ func (s *Spool) failed() error {
 	return nil
 }
 
-func (s *Spool) markFailed(msg string) {
-	var err error = &failedErr{msg: msg}
+// markFailed stops spool writes: a fatal failure for good (until a
+// restart), a stall (write timeout) until recoverWrites sees a write
+// succeed again.
+func (s *Spool) markFailed(msg string, fatal bool) {
+	var err error = &failedErr{msg: msg, fatal: fatal}
+	if fatal {
+		if old := s.fail.Swap(&err); old == nil || !(*old).(*failedErr).fatal {
+			s.log.Error("spool: storage engine failed; refusing new mail (452 4.3.1) and spool writes until the node is restarted", "err", msg)
+		}
+		return
+	}
 	if s.fail.CompareAndSwap(nil, &err) {
-		s.log.Error("spool: storage error; refusing new mail and stopping spool writes until restart", "err", msg)
+		s.log.Error("spool: writes stalled; refusing new mail (452 4.3.1) until a write succeeds again", "err", msg)
 	}
 }
 
 // write runs one write to Pebble: an error comes back as an error (452
-// 4.3.1 when it is ENOSPC), and Pebble's Fatalf as an error too. A write
-// that does not finish within the spool's write timeout (a full or
+// 4.3.1 when it is ENOSPC), and Pebble's Fatalf as an error too (the
+// goroutine that called Fatalf is parked, see pebbleLogger.Fatalf). A
+// write that does not finish within the spool's write timeout (a full or
 // failing disk: Pebble then retries its flush without end and every
-// commit waits) fails the spool: this write and every later one return
+// commit waits) stalls the spool: this write and every later one return
 // an error at once (acceptance answers 452 4.3.1) instead of hanging the
-// callers; the node must be restarted once the disk is fixed. The stuck
-// write itself finishes, or not, in the background.
+// callers, until recoverWrites sees the stuck write finish and a synced
+// write succeed. The caller holds dbMu (read) and the spool is writable.
 func (s *Spool) write(f func() error) error {
 	if err := s.failed(); err != nil {
 		return err
 	}
-	if s.writeTimeout <= 0 {
-		return s.writeNow(f)
+	if s.readOnly.Load() {
+		return &fullError{cause: errReadOnly}
+	}
+	if s.minFree > 0 {
+		s.refreshSpace()
+		if s.space.floor.Load() {
+			return &fullError{cause: errFloor}
+		}
 	}
 	done := make(chan error, 1)
 	go func() { done <- s.writeNow(f) }()
-	t := time.NewTimer(s.writeTimeout)
-	defer t.Stop()
+	var timeout <-chan time.Time
+	if s.writeTimeout > 0 {
+		t := time.NewTimer(s.writeTimeout)
+		defer t.Stop()
+		timeout = t.C
+	}
 	select {
 	case err := <-done:
 		return err
-	case <-t.C:
-		s.markFailed(fmt.Sprintf("a write did not finish within %s (is the disk full or failing?)", s.writeTimeout))
+	case <-s.plog.fatal:
+		return s.fatalErr()
+	case <-timeout:
+		s.markFailed(fmt.Sprintf("a write did not finish within %s (is the disk full or failing?)", s.writeTimeout), false)
+		go s.recoverWrites(done)
 		return &fullError{cause: s.failed()}
 	}
 }
+
+// errFloor: the filesystem is below the write floor.
+var errFloor = errors.New("the filesystem is almost full (free space below a quarter of the reserve): spool writes are refused until there is room")
+
+// errReadOnly: the spool was opened read-only on a full filesystem.
+var errReadOnly = errors.New("the spool is read-only until its filesystem has room (free space below the reserve at start)")
+
+func (s *Spool) fatalErr() error {
+	err := s.failed()
+	if isNoSpace(errors.New(s.plog.fatalMsg())) {
+		s.setFull(true, "write failed: no space left on device")
+		return &fullError{cause: err}
+	}
+	return err
+}
+
+// recoverWrites runs after a write timed out: once the stuck write has
+// returned (Pebble got past whatever blocked it) it probes with a synced
+// empty write every recoverEvery, and clears the stall when one succeeds.
+// Only one runs at a time; a fatal error ends it.
+func (s *Spool) recoverWrites(stuck <-chan error) {
+	if !s.recovering.CompareAndSwap(false, true) {
+		return
+	}
+	defer s.recovering.Store(false)
+	select {
+	case <-stuck:
+	case <-s.plog.fatal:
+		return
+	case <-s.closing:
+		return
+	}
+	for {
+		p := s.fail.Load()
+		if p == nil {
+			return
+		}
+		if (*p).(*failedErr).fatal {
+			return
+		}
+		done := make(chan error, 1)
+		go func() { done <- s.writeNow(func() error { return s.db.LogData(nil, pebble.Sync) }) }()
+		t := time.NewTimer(s.writeTimeout)
+		select {
+		case err := <-done:
+			t.Stop()
+			if err == nil {
+				if s.fail.CompareAndSwap(p, nil) {
+					s.log.Info("spool: writes succeed again; accepting mail")
+				}
+				return
+			}
+		case <-t.C:
+			<-done // still stuck: wait for it before the next probe
+		case <-s.plog.fatal:
+			t.Stop()
+			return
+		case <-s.closing:
+			t.Stop()
+			return
+		}
+		select {
+		case <-time.After(recoverEvery):
+		case <-s.closing:
+			return
+		}
+	}
+}
+
+// recoverEvery is the pause between two write probes of recoverWrites.
+var recoverEvery = 5 * time.Second
 
 // apply writes b through write and closes b once Pebble is done with it:
 // after a write timeout the stuck Apply still holds b, so the caller must
@@ -133,28 +248,18 @@ func (s *Spool) apply(b *pebble.Batch, opts *pebble.WriteOptions) error {
 		b.Close()
 		return err
 	}
+	if s.readOnly.Load() {
+		b.Close()
+		return &fullError{cause: errReadOnly}
+	}
 	return s.write(func() error {
 		defer b.Close()
 		return s.db.Apply(b, opts)
 	})
 }
 
-func (s *Spool) writeNow(f func() error) (err error) {
-	defer func() {
-		if r := recover(); r != nil {
-			pf, ok := r.(pebbleFatal)
-			if !ok {
-				panic(r)
-			}
-			s.markFailed(pf.msg)
-			err = s.failed()
-			if isNoSpace(errors.New(pf.msg)) {
-				s.setFull(true, "write failed: no space left on device")
-				err = &fullError{cause: err}
-			}
-		}
-	}()
-	err = f()
+func (s *Spool) writeNow(f func() error) error {
+	err := f()
 	if isNoSpace(err) {
 		s.setFull(true, "write failed: no space left on device")
 		return &fullError{cause: err}
@@ -170,19 +275,27 @@ func (s *Spool) CheckSpace() error {
 	if err := s.failed(); err != nil {
 		return err
 	}
+	if s.readOnly.Load() {
+		return &fullError{cause: errReadOnly}
+	}
 	if s.minFree < 0 {
 		return nil
 	}
+	s.refreshSpace()
+	if s.space.full.Load() {
+		return ErrFull
+	}
+	return nil
+}
+
+// refreshSpace reads the free space if the last reading is a second old.
+func (s *Spool) refreshSpace() {
 	s.space.mu.Lock()
 	if now := time.Now(); now.Sub(s.space.checked) >= time.Second {
 		s.space.checked = now
 		s.refreshSpaceLocked()
 	}
 	s.space.mu.Unlock()
-	if s.space.full.Load() {
-		return ErrFull
-	}
-	return nil
 }
 
 func (s *Spool) refreshSpaceLocked() {
@@ -197,6 +310,15 @@ func (s *Spool) refreshSpaceLocked() {
 	}
 	s.space.avail.Store(du.AvailBytes)
 	min := uint64(s.minFree)
+	below := du.AvailBytes < min/4
+	if s.space.floor.Swap(below) != below && s.opened.Load() {
+		if below {
+			s.log.Error("spool: filesystem almost full; refusing every spool write (delivery outcomes and events too) until there is room, so the storage engine never meets ENOSPC",
+				"avail_bytes", du.AvailBytes, "floor_bytes", min/4)
+		} else {
+			s.log.Info("spool: filesystem above the write floor again; spool writes resume", "avail_bytes", du.AvailBytes)
+		}
+	}
 	if s.space.full.Load() {
 		// Leave the full state with a margin, so it does not flap.
 		if du.AvailBytes >= min+min/10 {
@@ -208,7 +330,7 @@ func (s *Spool) refreshSpaceLocked() {
 }
 
 func (s *Spool) setFull(full bool, why string) {
-	if s.space.full.Swap(full) == full {
+	if s.space.full.Swap(full) == full || !s.opened.Load() { // Open logs its own line
 		return
 	}
 	if full {
@@ -219,21 +341,81 @@ func (s *Spool) setFull(full bool, why string) {
 	s.log.Info("spool: space available again; accepting mail", "avail_bytes", s.space.avail.Load(), "min_free", s.minFree)
 }
 
-// Full reports whether the spool refuses new mail for lack of space (or
-// because it failed): for a metric.
-func (s *Spool) Full() bool { return s.space.full.Load() || s.failed() != nil }
+// Full reports whether the spool refuses new mail for lack of space, or
+// because it is read-only or failed: for a metric (a gauge, 1 when true).
+// Safe for concurrent use.
+func (s *Spool) Full() bool {
+	return s.space.full.Load() || s.readOnly.Load() || s.failed() != nil
+}
+
+// Writable reports whether a spool write can succeed now: not read-only,
+// not failed or stalled, and above the write floor. A delivery attempt
+// whose outcome cannot be recorded is made again later (a duplicate), so
+// a caller may hold attempts while it is false. It reads the free space
+// again when the last reading is a second old (a statfs at most once a
+// second). Safe for concurrent use.
+func (s *Spool) Writable() bool {
+	if s.minFree >= 0 {
+		s.refreshSpace()
+	}
+	return !s.readOnly.Load() && s.failed() == nil && !s.space.floor.Load()
+}
 
 // Size returns the bytes the spool's database uses on disk (tables, WAL,
-// manifests): for a metric.
-func (s *Spool) Size() uint64 { return s.db.Metrics().DiskSpaceUsage() }
+// manifests, obsolete files not yet deleted), from Pebble's metrics
+// without touching the disk: for a gauge metric. Safe for concurrent use.
+// After a Pebble fatal error it returns the last figure it read: the
+// parked goroutine may hold the mutex Pebble's metrics need.
+func (s *Spool) Size() uint64 {
+	if s.plog.msg.Load() != nil {
+		return s.lastSize.Load()
+	}
+	s.dbMu.RLock()
+	defer s.dbMu.RUnlock()
+	n := s.db.Metrics().DiskSpaceUsage()
+	s.lastSize.Store(n)
+	return n
+}
 
-// Reclaim compacts the message, recipient, event and history key ranges
-// if enough was deleted since the last time (or always, with force), so
-// the space of delivered messages comes back while the node runs instead
-// of at the next restart. It returns whether it compacted.
+// FreeBytes returns the free space (bytes available to the relay's user)
+// of the spool's filesystem as last read by statfs (at most one second
+// old while mail is accepted), and the reserve below which acceptance is
+// refused (negative: no reserve): for gauge metrics. Safe for concurrent
+// use.
+func (s *Spool) FreeBytes() (avail uint64, reserve int64) {
+	return s.space.avail.Load(), s.minFree
+}
+
+// Reclaim gives the disk space of delivered messages back while the node
+// runs instead of at the next restart. Call it periodically (housekeeping
+// does, every 10 s). Two steps:
+//
+//   - when the live WAL holds walFlushAt bytes or more, it flushes the
+//     memtable (in the background): a message accepted and deleted within
+//     one memtable never reaches an sstable, and the WAL files behind the
+//     flushed memtable are deleted (recycling is off, see deleteNoRecycle).
+//     Without it the WAL grows to the memtable size (64 MiB by default)
+//     however little live mail there is.
+//   - when reclaimEvery messages were deleted since the last compaction,
+//     or reclaimAfter passed with any (or always, with force), it compacts
+//     the message, recipient, event and history key ranges, so the
+//     sstables holding delivered messages are rewritten without them.
+//
+// It returns whether it compacted. A read-only or failed spool does
+// nothing.
 func (s *Spool) Reclaim(ctx context.Context, force bool) (bool, error) {
+	s.dbMu.RLock()
+	defer s.dbMu.RUnlock()
+	if s.failed() != nil || s.readOnly.Load() {
+		return false, nil
+	}
+	if m := s.db.Metrics(); m.WAL.Size >= walFlushAt {
+		if err := s.write(func() error { _, err := s.db.AsyncFlush(); return err }); err != nil {
+			return false, fmt.Errorf("spool flush: %w", err)
+		}
+	}
 	n := s.deleted.Load()
-	if n == 0 || s.failed() != nil {
+	if n == 0 {
 		return false, nil
 	}
 	if !force && n < reclaimEvery && time.Since(s.lastReclaim.Load().(time.Time)) < reclaimAfter && !s.space.full.Load() {
@@ -241,15 +423,19 @@ func (s *Spool) Reclaim(ctx context.Context, force bool) (bool, error) {
 	}
 	s.deleted.Add(-n)
 	start := time.Now()
-	before := s.Size()
+	before := s.db.Metrics().DiskSpaceUsage()
 	err := s.write(func() error { return s.db.Compact(ctx, []byte{kBody}, []byte{kRcpt + 1}, false) })
 	s.lastReclaim.Store(time.Now())
 	if err != nil {
 		return false, fmt.Errorf("spool compaction: %w", err)
 	}
-	s.log.Debug("spool compacted", "deleted_messages", n, "bytes_before", before, "bytes_after", s.Size(), "took", time.Since(start))
+	s.log.Debug("spool compacted", "deleted_messages", n, "bytes_before", before, "bytes_after", s.db.Metrics().DiskSpaceUsage(), "took", time.Since(start))
 	return true, nil
 }
+
+// walFlushAt is the live WAL size (bytes) above which Reclaim flushes the
+// memtable.
+var walFlushAt uint64 = 16 << 20
 
 // Compaction thresholds: after this many deleted messages, or after this
 // long with any.
@@ -259,36 +445,35 @@ var (
 )
 
 // pebbleLogger sends Pebble's lines to slog: info at debug level, errors
-// rate-limited, and Fatalf as a panic that Spool.write recovers.
+// rate-limited, and Fatalf parks the calling goroutine (see Fatalf).
 type pebbleLogger struct {
-	l *slog.Logger
+	l      *slog.Logger
+	sample *logx.Sampler // one line per message text per 10 s
 
-	mu   sync.Mutex
-	last map[string]time.Time
-	drop map[string]int
+	fatalOnce sync.Once
+	fatal     chan struct{} // closed by the first Fatalf
+	msg       atomic.Pointer[string]
+	onFatal   atomic.Pointer[func(msg string)]
 }
 
 func newPebbleLogger(l *slog.Logger) *pebbleLogger {
-	return &pebbleLogger{l: l, last: map[string]time.Time{}, drop: map[string]int{}}
+	return &pebbleLogger{l: l, sample: logx.NewSampler(10 * time.Second), fatal: make(chan struct{})}
+}
+
+func (p *pebbleLogger) fatalMsg() string {
+	if m := p.msg.Load(); m != nil {
+		return *m
+	}
+	return ""
 }
 
 func (p *pebbleLogger) Infof(format string, args ...any) { p.l.Debug(fmt.Sprintf(format, args...)) }
 
 func (p *pebbleLogger) Errorf(format string, args ...any) {
-	p.mu.Lock()
-	now := time.Now()
-	if t, ok := p.last[format]; ok && now.Sub(t) < 10*time.Second {
-		p.drop[format]++
-		p.mu.Unlock()
+	ok, n := p.sample.Allow(format)
+	if !ok {
 		return
 	}
-	if len(p.last) > 256 {
-		clear(p.last)
-	}
-	p.last[format] = now
-	n := p.drop[format]
-	delete(p.drop, format)
-	p.mu.Unlock()
 	if n > 0 {
 		p.l.Error(fmt.Sprintf(format, args...), "similar_suppressed", n)
 		return
@@ -296,10 +481,37 @@ func (p *pebbleLogger) Errorf(format string, args ...any) {
 	p.l.Error(fmt.Sprintf(format, args...))
 }
 
+// Fatalf is Pebble saying it cannot go on (a failed MANIFEST or WAL
+// write, a failed commit, corruption): it may be called on any goroutine,
+// a background flush or compaction included, often with DB.mu held.
+// Exiting would crash the relay; returning or panicking would run Pebble
+// on with inconsistent state (a recovered panic would also leave its
+// mutexes locked). So the first Fatalf fails the spool (onFatal: every
+// later write returns 452 4.3.1 at once, reads keep working as far as
+// they do not need what the parked goroutine holds), logs one line, and
+// every Fatalf parks its goroutine for the life of the process.
+//
+// The Fatalf calls of pebble v2.1.7 that a full or failing disk can reach:
+// "fatal commit error" (db.go, a WAL write or sync failed; the committing
+// goroutine, i.e. one of ours inside write), "MANIFEST flush/sync/set
+// current failed" (version_set.go, creating a database) and any error
+// while writing a version edit to the MANIFEST (version_set.go
+// logAndApply: after a flush or a compaction, in Pebble's background
+// goroutines, with DB.mu held), "could not update state for compaction"
+// (compaction.go) and data corruption found by a read (event.go). The
+// write floor keeps the first two away in practice; the others remain
+// possible (e.g. the disk filled between the check and a flush).
 func (p *pebbleLogger) Fatalf(format string, args ...any) {
 	msg := fmt.Sprintf(format, args...)
-	p.l.Error("pebble fatal error", "err", msg)
-	panic(pebbleFatal{msg: msg})
+	p.fatalOnce.Do(func() {
+		p.msg.Store(&msg)
+		p.l.Error("pebble fatal error; its goroutine is parked and the spool stops writing until restart", "err", msg)
+		if f := p.onFatal.Load(); f != nil {
+			(*f)(msg)
+		}
+		close(p.fatal)
+	})
+	select {} // park: see the doc comment
 }
 
 var _ pebble.Logger = (*pebbleLogger)(nil)

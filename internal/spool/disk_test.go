@@ -4,9 +4,11 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -309,5 +311,292 @@ func TestHungDiskFailsWrites(t *testing.T) {
 	}
 	if !s.Full() {
 		t.Fatal("the spool does not say it cannot take mail")
+	}
+}
+
+// countingHandler counts log records at info level or above whose
+// message contains sub.
+type countingHandler struct {
+	slog.Handler
+	n   *atomic.Int64
+	sub string
+}
+
+func (h countingHandler) Handle(ctx context.Context, r slog.Record) error {
+	if r.Level >= slog.LevelInfo && strings.Contains(r.Message, h.sub) {
+		h.n.Add(1)
+	}
+	return nil
+}
+func (h countingHandler) Enabled(context.Context, slog.Level) bool { return true }
+func (h countingHandler) WithAttrs([]slog.Attr) slog.Handler       { return h }
+func (h countingHandler) WithGroup(string) slog.Handler            { return h }
+
+// TestBackgroundFatalDoesNotCrash makes a background flush fail to write
+// the MANIFEST (ENOSPC): Pebble calls Fatalf from its flush goroutine.
+// The process must stay up, the spool must refuse writes with 452 4.3.1
+// at once, log the fatal error once, and reads keep working.
+func TestBackgroundFatalDoesNotCrash(t *testing.T) {
+	var on atomic.Bool
+	fs := errorfs.Wrap(vfs.NewMem(), errorfs.InjectorFunc(func(op errorfs.Op) error {
+		if on.Load() && op.Kind.ReadOrWrite() == errorfs.OpIsWrite && strings.Contains(op.Path, "MANIFEST") {
+			return &os.PathError{Op: "write", Path: op.Path, Err: syscall.ENOSPC}
+		}
+		return nil
+	}))
+	var fatals atomic.Int64
+	log := slog.New(countingHandler{Handler: slog.DiscardHandler, n: &fatals, sub: "fatal"})
+	s, err := Open("spool", Options{Node: "n1", FS: fs, MinFree: -1, Logger: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	kept, err := acceptSized(s, 1000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	on.Store(true)
+	// A flush writes an sstable then a MANIFEST edit, in Pebble's flush
+	// goroutine: that is where Fatalf fires.
+	go func() { _ = s.db.Flush() }()
+	select {
+	case <-s.plog.fatal:
+	case <-time.After(30 * time.Second):
+		t.Fatal("no Pebble fatal error after a MANIFEST write failed")
+	}
+	start := time.Now()
+	_, err = acceptSized(s, 1000)
+	if rep := pipeline.Reply(err); rep.Code != 452 || rep.Enhanced.String() != "4.3.1" {
+		t.Fatalf("write after the fatal error: %v, want 452 4.3.1", err)
+	}
+	if d := time.Since(start); d > 5*time.Second {
+		t.Fatalf("the write after the fatal error took %v", d)
+	}
+	if err := s.CheckSpace(); !errors.Is(err, pipeline.ErrSpoolFull) {
+		t.Fatalf("CheckSpace = %v, want ErrSpoolFull", err)
+	}
+	if !s.Full() {
+		t.Fatal("Full() = false after a fatal error")
+	}
+	if _, err := s.Body(kept); err != nil {
+		t.Fatalf("a read after the fatal error: %v", err)
+	}
+	// Nothing that a scrape or a status request calls may hang on what
+	// the parked goroutine holds.
+	for name, f := range map[string]func(){
+		"Size":   func() { s.Size() },
+		"Status": func() { _, _ = s.Status(kept) },
+		"List":   func() { _, _ = s.List(ListFilter{}) },
+	} {
+		done := make(chan struct{})
+		go func() { f(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			t.Fatalf("%s hangs after a fatal error", name)
+		}
+	}
+	for i := 0; i < 20; i++ {
+		_, _ = acceptSized(s, 1000)
+	}
+	if n := fatals.Load(); n != 1 {
+		t.Fatalf("%d log lines about the fatal error, want 1", n)
+	}
+}
+
+// spaceFS reports a free space set by the test.
+type spaceFS struct {
+	vfs.FS
+	avail *atomic.Uint64
+}
+
+func (f spaceFS) GetDiskUsage(string) (vfs.DiskUsage, error) {
+	a := f.avail.Load()
+	return vfs.DiskUsage{AvailBytes: a, TotalBytes: 1 << 40, UsedBytes: 1<<40 - a}, nil
+}
+
+// TestStartBelowReserve restarts a spool whose filesystem is below the
+// reserve: it opens read-only (queued mail readable, acceptance refused
+// with 452 4.3.1, one log line), and once space comes back it switches
+// to writing on its own: new mail is accepted and the old mail is there.
+func TestStartBelowReserve(t *testing.T) {
+	old := roomEvery
+	roomEvery = 20 * time.Millisecond
+	defer func() { roomEvery = old }()
+	var avail atomic.Uint64
+	avail.Store(1 << 30)
+	fs := spaceFS{FS: vfs.NewMem(), avail: &avail}
+	s, err := Open("spool", Options{Node: "n1", FS: fs, MinFree: 1 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ids []string
+	for i := 0; i < 50; i++ {
+		id, err := acceptSized(s, 5000)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, id)
+	}
+	// Close without the final flush of a clean shutdown is not possible
+	// here; the WAL is what a read-only open replays either way.
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	avail.Store(1000) // below the reserve
+	var lines atomic.Int64
+	log := slog.New(countingHandler{Handler: slog.DiscardHandler, n: &lines, sub: "spool"})
+	s, err = Open("spool", Options{Node: "n1", FS: fs, MinFree: 1 << 20, Logger: log})
+	if err != nil {
+		t.Fatalf("open below the reserve: %v", err)
+	}
+	defer s.Close()
+	if !s.ReadOnly() {
+		t.Fatal("not read-only below the reserve")
+	}
+	if err := s.CheckSpace(); pipeline.Reply(err).Code != 452 {
+		t.Fatalf("CheckSpace read-only = %v, want 452", err)
+	}
+	if _, err := acceptSized(s, 5000); pipeline.Reply(err).Code != 452 {
+		t.Fatalf("commit read-only = %v, want 452", err)
+	}
+	n := 0
+	if err := s.ScanRecipients(func(*Meta, *Recipient) error { n++; return nil }); err != nil || n != len(ids) {
+		t.Fatalf("ScanRecipients read-only: %d recipients, %v; want %d", n, err, len(ids))
+	}
+	if c, err := s.CollectOrphans(); c != 0 || err != nil {
+		t.Fatalf("CollectOrphans read-only = %d, %v", c, err)
+	}
+	staged := s.NewBatch() // staged on the read-only database
+	time.Sleep(10 * roomEvery)
+	if got := lines.Load(); got != 1 {
+		t.Fatalf("%d log lines while waiting for room, want 1", got)
+	}
+	if !s.ReadOnly() {
+		t.Fatal("switched to writing without room")
+	}
+
+	avail.Store(1 << 30)
+	deadline := time.Now().Add(30 * time.Second)
+	for s.ReadOnly() && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if s.ReadOnly() {
+		t.Fatal("still read-only 30 s after space came back")
+	}
+	if err := s.CheckSpace(); err != nil {
+		t.Fatalf("CheckSpace after the switch: %v", err)
+	}
+	if _, err := acceptSized(s, 5000); err != nil {
+		t.Fatalf("acceptance after the switch: %v", err)
+	}
+	staged.DeleteRecipient(ids[0], 0)
+	staged.DeleteMessage(ids[0])
+	if err := staged.Commit(true); err != nil {
+		t.Fatalf("a batch staged before the switch: %v", err)
+	}
+	for _, id := range ids[1:] {
+		if _, err := s.Body(id); err != nil {
+			t.Fatalf("message %s after the switch: %v", id, err)
+		}
+	}
+	if _, err := s.Body(ids[0]); err == nil {
+		t.Fatal("the batch staged before the switch was not applied")
+	}
+}
+
+// TestStallRecovers: after a write timeout (disk hung), the spool
+// accepts again on its own once the disk answers.
+func TestStallRecovers(t *testing.T) {
+	old := recoverEvery
+	recoverEvery = 20 * time.Millisecond
+	defer func() { recoverEvery = old }()
+	block := make(chan struct{})
+	var hang atomic.Bool
+	fs := errorfs.Wrap(vfs.NewMem(), errorfs.InjectorFunc(func(op errorfs.Op) error {
+		if hang.Load() && op.Kind.ReadOrWrite() == errorfs.OpIsWrite {
+			<-block
+		}
+		return nil
+	}))
+	s, err := Open("spool", Options{Node: "n1", FS: fs, MinFree: -1, WriteTimeout: 300 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	hang.Store(true)
+	if _, err := acceptSized(s, 1000); pipeline.Reply(err).Code != 452 {
+		t.Fatalf("hung write: %v, want 452", err)
+	}
+	if err := s.CheckSpace(); err == nil {
+		t.Fatal("CheckSpace accepts while writes are stalled")
+	}
+	hang.Store(false)
+	close(block)
+	deadline := time.Now().Add(30 * time.Second)
+	for s.CheckSpace() != nil && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if err := s.CheckSpace(); err != nil {
+		t.Fatalf("still refusing 30 s after the disk answered: %v", err)
+	}
+	if _, err := acceptSized(s, 1000); err != nil {
+		t.Fatalf("acceptance after recovery: %v", err)
+	}
+}
+
+// TestWriteFloor: below a quarter of the reserve every spool write is
+// refused (452 4.3.1) before it reaches Pebble, and accepted again once
+// there is room, without a restart.
+func TestWriteFloor(t *testing.T) {
+	var avail atomic.Uint64
+	avail.Store(1 << 30)
+	var writes atomic.Int64
+	efs := errorfs.Wrap(vfs.NewMem(), errorfs.InjectorFunc(func(op errorfs.Op) error {
+		if op.Kind.ReadOrWrite() == errorfs.OpIsWrite {
+			writes.Add(1)
+		}
+		return nil
+	}))
+	s, err := Open("spool", Options{Node: "n1", FS: spaceFS{FS: efs, avail: &avail}, MinFree: 4 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	id, err := acceptSized(s, 1000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	expire := func() {
+		s.space.mu.Lock()
+		s.space.checked = time.Time{}
+		s.space.mu.Unlock()
+	}
+	avail.Store(512 << 10) // below 4 MiB / 4
+	expire()
+	before := writes.Load()
+	b := s.NewBatch()
+	b.DeleteRecipient(id, 0)
+	b.AddEvent(&pipeline.Event{Type: pipeline.EventDelivered, MessageID: id})
+	if err := b.Commit(false); pipeline.Reply(err).Code != 452 {
+		t.Fatalf("an outcome below the write floor: %v, want 452", err)
+	}
+	if err := s.SetCursor("x", 1); err == nil {
+		t.Fatal("a cursor write below the write floor succeeded")
+	}
+	if n := writes.Load() - before; n != 0 {
+		t.Fatalf("%d filesystem writes below the write floor", n)
+	}
+	if s.Writable() {
+		t.Fatal("Writable() below the write floor")
+	}
+	avail.Store(1 << 30)
+	expire()
+	if _, err := acceptSized(s, 1000); err != nil {
+		t.Fatalf("a write once there is room: %v", err)
+	}
+	if !s.Writable() {
+		t.Fatal("not Writable() once there is room")
 	}
 }

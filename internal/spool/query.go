@@ -102,8 +102,10 @@ type MessageStatus struct {
 // their first event. It returns ErrNotFound if nothing is known. Safe for
 // concurrent use.
 func (s *Spool) Status(msgID string) (*MessageStatus, error) {
-	snap := s.db.NewSnapshot()
-	defer snap.Close()
+	s.dbMu.RLock()
+	defer s.dbMu.RUnlock()
+	snap, done := s.snapshot()
+	defer done()
 
 	meta, err := metaOf(snap, msgID)
 	if err != nil && !errors.Is(err, pebble.ErrNotFound) {
@@ -142,8 +144,8 @@ func (s *Spool) Status(msgID string) (*MessageStatus, error) {
 	pos := map[string]int{}
 	for i := range evs {
 		ev := &evs[i]
-		if ev.Recipient == "" {
-			continue
+		if ev.Recipient == "" || ev.Type == pipeline.EventSuppressionAdded || ev.Type == pipeline.EventSuppressionRemoved {
+			continue // a suppression list change is in the timeline, not a recipient state
 		}
 		j, ok := pos[ev.Recipient]
 		if !ok {
@@ -192,6 +194,18 @@ func queueOf(r *Recipient) string {
 		route = pipeline.MX()
 	}
 	return route.QueueName(r.Domain)
+}
+
+// snapshot returns a consistent view for a query and its release. After
+// a Pebble fatal error it is the database itself: nothing writes any
+// more, and NewSnapshot needs a mutex the parked goroutine may hold.
+// Call with dbMu held (read).
+func (s *Spool) snapshot() (pebble.Reader, func()) {
+	if s.plog.msg.Load() != nil {
+		return s.db, func() {}
+	}
+	snap := s.db.NewSnapshot()
+	return snap, func() { snap.Close() }
 }
 
 func metaOf(rd pebble.Reader, msgID string) (*Meta, error) {
@@ -371,8 +385,10 @@ func (s *Spool) List(f ListFilter) (*Page, error) {
 		return page, nil
 	}
 
-	snap := s.db.NewSnapshot()
-	defer snap.Close()
+	s.dbMu.RLock()
+	defer s.dbMu.RUnlock()
+	snap, done := s.snapshot()
+	defer done()
 	it, err := snap.NewIter(&pebble.IterOptions{LowerBound: lower, UpperBound: upper})
 	if err != nil {
 		return nil, err

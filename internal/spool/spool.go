@@ -19,6 +19,7 @@
 //	n                   event seq floor: seqs below it are never assigned again
 //	h<msgid><eventid>   event history of a message, for status queries
 //	i<key>              an HTTP idempotency record (the stored answer), until it expires
+//	s<tenant>\x00<addr>  a suppression list entry (suppression.go)
 //
 // Durability contract: Commit(true) returns after an fsync; acceptance uses
 // it. Delivery outcomes commit without a sync: a crash can only roll back a
@@ -26,6 +27,24 @@
 // message is delivered again: at least once, never lost. The outbox reader
 // syncs the WAL before it reads, so an exported event always describes a
 // durable state.
+//
+// Disk space (disk.go): a full disk degrades service, it never crashes
+// the relay. Acceptance is refused with 452 4.3.1 (HTTP 507) below the
+// free-space reserve (Options.MinFree); every write is refused below a
+// write floor (a quarter of the reserve) so Pebble does not meet ENOSPC;
+// Pebble's Fatalf fails the spool and parks its goroutine instead of
+// exiting (a restart is then needed, and said in the log); a write stuck
+// past the write timeout stalls the spool until a probe write succeeds;
+// below the reserve at start the spool opens read-only and switches to
+// writing on its own once there is room. Reclaim gives the space of
+// delivered mail back while running (memtable flush past 16 MiB of WAL,
+// compaction of delivered ranges, no WAL recycling). Size, FreeBytes,
+// Full, ReadOnly and Writable are the numbers for metrics.
+//
+// Concurrency: every method is safe for concurrent use. Readers hold
+// dbMu (read) while they use the database; the switch from the read-only
+// to the writable database takes it for writing (with TryLock, so a
+// reader may hold it twice).
 package spool
 
 import (
@@ -36,6 +55,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"sync"
 	"sync/atomic"
@@ -137,8 +157,21 @@ type Spool struct {
 	writeTimeout time.Duration
 	space        spaceState
 	fail         atomic.Pointer[error]
+	recovering   atomic.Bool   // recoverWrites runs
+	opened       atomic.Bool   // Open returned
+	lastSize     atomic.Uint64 // Size's last figure
+	readOnly     atomic.Bool   // opened read-only below the reserve; see waitForRoom
+	dbMu         sync.RWMutex  // read: db in use; write: db being switched
+	gen          int           // db switches, under dbMu
+	lock         *pebble.Lock  // the directory lock, held until Close
+	memtable     uint64        // Pebble memtable size, bytes
+	plog         *pebbleLogger // Pebble's logger; its Fatalf fails the spool
+	closing      chan struct{} // closed by Close
+	bg           sync.WaitGroup
 	deleted      atomic.Int64 // messages deleted since the last compaction
 	lastReclaim  atomic.Value // time.Time
+
+	supp suppState // the suppression list's policy (suppression.go)
 }
 
 // Open opens (creating if needed) the spool at path.
@@ -158,66 +191,218 @@ func Open(path string, o Options) (*Spool, error) {
 	if o.FS == nil {
 		o.FS = vfs.Default
 	}
-	popts := &pebble.Options{
-		MemTableSize: uint64(o.MemtableMB) << 20,
-		Logger:       newPebbleLogger(o.Logger.With("component", "pebble")),
-		FS:           o.FS,
-	}
-	db, err := openPebble(path, popts)
-	if err != nil {
-		if isNoSpace(err) {
-			return nil, fmt.Errorf("open spool %s: the filesystem is full (free some space and start again): %w", path, err)
-		}
-		return nil, fmt.Errorf("open spool %s: %w (is another sluice using it?)", path, err)
-	}
 	s := &Spool{
-		db: db, log: o.Logger, node: o.Node,
+		log: o.Logger, node: o.Node,
 		inflight: map[uint64]struct{}{},
 		notify:   make(chan struct{}, 1),
 		entropy:  ulid.Monotonic(rand.Reader, 0),
 		fs:       o.FS, path: path, minFree: o.MinFree, writeTimeout: o.WriteTimeout,
+		memtable: uint64(o.MemtableMB) << 20,
+		plog:     newPebbleLogger(o.Logger.With("component", "pebble")),
+		closing:  make(chan struct{}),
 	}
+	onFatal := func(msg string) { s.markFailed(msg, true) }
+	s.plog.onFatal.Store(&onFatal)
 	s.lastReclaim.Store(time.Now())
+	if err := o.FS.MkdirAll(path, 0o755); err != nil {
+		return nil, fmt.Errorf("open spool %s: %w", path, err)
+	}
+	// The directory lock is the spool's, for its whole life: the read-only
+	// and the writable database may then be open at once while switching.
+	lock, err := pebble.LockDirectory(path, o.FS)
+	if err != nil {
+		return nil, fmt.Errorf("open spool %s: %w (is another sluice using it?)", path, err)
+	}
+	s.lock = lock
 	s.space.mu.Lock()
 	s.space.checked = time.Now()
 	s.refreshSpaceLocked()
 	s.space.mu.Unlock()
+	if s.minFree >= 0 && s.space.full.Load() {
+		// Below the reserve at start: opening for writing may have to
+		// flush the WAL and write a MANIFEST, which a full disk turns
+		// into a Pebble fatal error. Open read-only (no write at all) and
+		// switch once there is room.
+		db, err := s.openDB(true)
+		if err == nil {
+			s.db = db
+			s.readOnly.Store(true)
+			s.log.Error("spool: free space below the reserve at start; opened read-only: new mail is refused (452 4.3.1, HTTP 507) until there is room, then the spool opens for writing on its own",
+				"path", path, "avail_bytes", s.space.avail.Load(), "min_free", s.minFree)
+		}
+		// Otherwise (no database yet): try to create it below.
+	}
+	if s.db == nil {
+		db, err := s.openDB(false)
+		if err != nil {
+			lock.Close()
+			if isNoSpace(err) {
+				return nil, fmt.Errorf("open spool %s: the filesystem is full (free some space and start again): %w", path, err)
+			}
+			return nil, fmt.Errorf("open spool %s: %w", path, err)
+		}
+		s.db = db
+		if s.minFree >= 0 && s.space.full.Load() {
+			s.log.Warn("spool: full; refusing new mail (452 4.3.1) until there is room",
+				"avail_bytes", s.space.avail.Load(), "min_free", s.minFree)
+		}
+	}
 	// Resume the event sequence above every stored event, cursor and
 	// prune: it never restarts, even once the outbox is drained.
 	if err := s.initSeq(); err != nil {
-		db.Close()
+		s.db.Close()
+		lock.Close()
 		return nil, fmt.Errorf("open spool %s: %w", path, err)
+	}
+	s.opened.Store(true)
+	if s.readOnly.Load() {
+		s.bg.Add(1)
+		go s.waitForRoom()
 	}
 	return s, nil
 }
 
-// openPebble opens the database; a Fatalf during Open is an error.
-func openPebble(path string, o *pebble.Options) (db *pebble.DB, err error) {
-	defer func() {
-		if r := recover(); r != nil {
-			pf, ok := r.(pebbleFatal)
-			if !ok {
-				panic(r)
-			}
-			db, err = nil, errors.New(pf.msg)
-		}
+// openDB opens the Pebble database, read-only or for writing. A Fatalf
+// during Open is an error (its goroutine stays parked).
+func (s *Spool) openDB(readOnly bool) (*pebble.DB, error) {
+	o := &pebble.Options{
+		MemTableSize: s.memtable,
+		Logger:       s.plog,
+		FS:           s.fs,
+		ReadOnly:     readOnly,
+		Cleaner:      deleteNoRecycle{},
+	}
+	if readOnly {
+		o.FS = noLockFS{s.fs} // the spool holds the lock
+	} else {
+		o.Lock = s.lock
+	}
+	type res struct {
+		db  *pebble.DB
+		err error
+	}
+	done := make(chan res, 1)
+	go func() {
+		db, err := pebble.Open(s.path, o)
+		done <- res{db, err}
 	}()
-	return pebble.Open(path, o)
+	select {
+	case r := <-done:
+		return r.db, r.err
+	case <-s.plog.fatal:
+		return nil, errors.New(s.plog.fatalMsg())
+	}
 }
 
-// Close closes the database after flushing the WAL.
-func (s *Spool) Close() (err error) {
-	_ = s.write(func() error { return s.db.LogData(nil, pebble.Sync) })
-	defer func() {
-		if r := recover(); r != nil {
-			pf, ok := r.(pebbleFatal)
-			if !ok {
-				panic(r)
-			}
-			err = errors.New(pf.msg)
+// deleteNoRecycle deletes obsolete files like Pebble's default cleaner,
+// and turns WAL recycling off: Pebble keeps up to three obsolete WAL files
+// for reuse, each as large as a memtable (64 MiB by default), which is
+// where the disk space of delivered mail stayed until a restart (issue
+// 14 item 7). Pebble disables recycling for a cleaner that "needs file
+// contents" (an unexported method): ArchiveCleaner, embedded one level
+// deeper, brings that method, and DeleteCleaner, one level up, the Clean
+// and String that win.
+type deleteNoRecycle struct {
+	pebble.DeleteCleaner
+	archiveMarker
+}
+
+type archiveMarker struct{ pebble.ArchiveCleaner }
+
+// noLockFS opens a read-only database without taking the directory lock,
+// which the spool already holds.
+type noLockFS struct{ vfs.FS }
+
+type nopCloser struct{}
+
+func (nopCloser) Close() error { return nil }
+
+func (noLockFS) Lock(string) (io.Closer, error) { return nopCloser{}, nil }
+
+// roomEvery is how often a read-only spool checks for free space.
+var roomEvery = 2 * time.Second
+
+// waitForRoom runs while the spool is read-only: once the filesystem has
+// the reserve free again it opens the database for writing next to the
+// read-only one, switches to it (readers hold dbMu, so the switch waits
+// for the running ones) and closes the read-only one. One log line a
+// minute at most while it waits.
+func (s *Spool) waitForRoom() {
+	defer s.bg.Done()
+	t := time.NewTicker(roomEvery)
+	defer t.Stop()
+	lastLog := time.Now()
+	for {
+		select {
+		case <-s.closing:
+			return
+		case <-t.C:
 		}
-	}()
-	return s.db.Close()
+		s.space.mu.Lock()
+		s.space.checked = time.Now()
+		s.refreshSpaceLocked()
+		s.space.mu.Unlock()
+		if s.space.full.Load() {
+			if time.Since(lastLog) >= time.Minute {
+				lastLog = time.Now()
+				s.log.Warn("spool: still read-only, waiting for free space; new mail is refused", "avail_bytes", s.space.avail.Load(), "min_free", s.minFree)
+			}
+			continue
+		}
+		db, err := s.openDB(false)
+		if err != nil {
+			if time.Since(lastLog) >= time.Minute {
+				lastLog = time.Now()
+				s.log.Error("spool: cannot open for writing yet; still read-only", "err", err)
+			}
+			if s.plog.msg.Load() != nil {
+				return // fatal: the lock is held by the parked open
+			}
+			continue
+		}
+		for !s.dbMu.TryLock() { // TryLock: readers may take dbMu twice
+			time.Sleep(time.Millisecond)
+		}
+		old := s.db
+		s.db = db
+		s.gen++
+		s.readOnly.Store(false)
+		s.dbMu.Unlock()
+		if err := old.Close(); err != nil {
+			s.log.Warn("spool: closing the read-only database", "err", err)
+		}
+		s.log.Info("spool: opened for writing; accepting mail", "avail_bytes", s.space.avail.Load(), "min_free", s.minFree)
+		return
+	}
+}
+
+// ReadOnly reports whether the spool was opened read-only (free space
+// below the reserve at start) and has not switched to writing yet.
+func (s *Spool) ReadOnly() bool { return s.readOnly.Load() }
+
+// Close closes the database after flushing the WAL. After a Pebble fatal
+// error it only releases what it can: the parked goroutine holds the
+// database.
+func (s *Spool) Close() (err error) {
+	close(s.closing)
+	s.bg.Wait()
+	s.dbMu.RLock()
+	defer s.dbMu.RUnlock()
+	if s.plog.msg.Load() != nil {
+		return errors.New("spool: not closed after a storage engine fatal error: " + s.plog.fatalMsg())
+	}
+	if !s.readOnly.Load() {
+		_ = s.write(func() error { return s.db.LogData(nil, pebble.Sync) })
+	}
+	if p := s.fail.Load(); p != nil {
+		// A stalled write may still hold the database: leave it.
+		return *p
+	}
+	err = s.db.Close()
+	if lerr := s.lock.Close(); err == nil {
+		err = lerr
+	}
+	return err
 }
 
 // NewID returns a new ULID: unique, lexically sortable by time.
@@ -253,10 +438,15 @@ type Batch struct {
 	b       *pebble.Batch
 	events  []*pipeline.Event
 	deleted int64 // messages deleted
+	gen     int   // the spool's db generation at NewBatch
 }
 
 // NewBatch starts a batch.
-func (s *Spool) NewBatch() *Batch { return &Batch{s: s, b: s.db.NewBatch()} }
+func (s *Spool) NewBatch() *Batch {
+	s.dbMu.RLock()
+	defer s.dbMu.RUnlock()
+	return &Batch{s: s, b: s.db.NewBatch(), gen: s.gen}
+}
 
 // PutMessage stores a message's metadata and bytes.
 func (b *Batch) PutMessage(m *Meta, data []byte) error {
@@ -319,6 +509,7 @@ func (b *Batch) Empty() bool { return b.b.Empty() && len(b.events) == 0 }
 // Commit writes the batch; with sync it returns after an fsync shared with
 // concurrent committers. The batch cannot be reused.
 func (b *Batch) Commit(sync bool) error {
+	b.suppressBounces() // hard bounces join the suppression list atomically (suppression.go)
 	s := b.s
 	var first uint64
 	n := uint64(len(b.events))
@@ -367,7 +558,16 @@ func (b *Batch) Commit(sync bool) error {
 	if sync {
 		opts = pebble.Sync
 	}
+	s.dbMu.RLock()
+	if b.gen != s.gen {
+		// Staged on the read-only database before the switch.
+		nb := s.db.NewBatch()
+		_ = nb.Apply(b.b, nil)
+		b.b.Close()
+		b.b = nb
+	}
 	err := s.apply(b.b, opts) // closes b.b
+	s.dbMu.RUnlock()
 	if err == nil && b.deleted > 0 {
 		s.deleted.Add(b.deleted)
 	}
@@ -413,6 +613,8 @@ func (s *Spool) safeSeq() uint64 {
 
 // Body returns a copy of a message's bytes.
 func (s *Spool) Body(msgID string) ([]byte, error) {
+	s.dbMu.RLock()
+	defer s.dbMu.RUnlock()
 	v, c, err := s.db.Get(bodyKey(msgID))
 	if err != nil {
 		if errors.Is(err, pebble.ErrNotFound) {
@@ -427,11 +629,17 @@ func (s *Spool) Body(msgID string) ([]byte, error) {
 
 // Meta returns a message's metadata (pebble.ErrNotFound if it is not in
 // the spool).
-func (s *Spool) Meta(msgID string) (*Meta, error) { return metaOf(s.db, msgID) }
+func (s *Spool) Meta(msgID string) (*Meta, error) {
+	s.dbMu.RLock()
+	defer s.dbMu.RUnlock()
+	return metaOf(s.db, msgID)
+}
 
 // ScanRecipients calls fn for every queued recipient with its message's
 // metadata, in message order. Used once at start to rebuild the queues.
 func (s *Spool) ScanRecipients(fn func(m *Meta, r *Recipient) error) error {
+	s.dbMu.RLock()
+	defer s.dbMu.RUnlock()
 	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: []byte{kRcpt}, UpperBound: []byte{kRcpt + 1}})
 	if err != nil {
 		return err
@@ -467,7 +675,11 @@ func (s *Spool) ScanRecipients(fn func(m *Meta, r *Recipient) error) error {
 }
 
 // History returns the stored events of a message, oldest first.
-func (s *Spool) History(msgID string) ([]pipeline.Event, error) { return historyOf(s.db, msgID) }
+func (s *Spool) History(msgID string) ([]pipeline.Event, error) {
+	s.dbMu.RLock()
+	defer s.dbMu.RUnlock()
+	return historyOf(s.db, msgID)
+}
 
 // OutboxEvent is an event read from the outbox: its sequence number, its
 // type and message id (read without decoding JSON) and its JSON object.
@@ -485,11 +697,13 @@ type OutboxEvent struct {
 // event below the last one returned can still be committing. Safe for
 // concurrent use by several readers.
 func (s *Spool) ReadOutbox(from uint64, limit int) ([]OutboxEvent, error) {
+	s.dbMu.RLock()
+	defer s.dbMu.RUnlock()
 	hi := s.safeSeq()
 	if hi <= from || limit <= 0 {
 		return nil, nil
 	}
-	if s.syncedBelow.Load() < hi {
+	if s.syncedBelow.Load() < hi && !s.readOnly.Load() { // read-only: all was on disk at open
 		if err := s.write(func() error { return s.db.LogData(nil, pebble.Sync) }); err != nil {
 			return nil, err
 		}
@@ -538,6 +752,8 @@ func (s *Spool) ReadOutbox(from uint64, limit int) ([]OutboxEvent, error) {
 // FirstOutboxSeq returns the seq of the oldest event still in the outbox,
 // or the next seq to be assigned when the outbox is empty.
 func (s *Spool) FirstOutboxSeq() (uint64, error) {
+	s.dbMu.RLock()
+	defer s.dbMu.RUnlock()
 	s.pruneMu.Lock()
 	low := s.outboxLow
 	s.pruneMu.Unlock()
@@ -558,6 +774,8 @@ func (s *Spool) FirstOutboxSeq() (uint64, error) {
 // one session). Readers start at their cursor, so they skip the deleted
 // keys without scanning them.
 func (s *Spool) AckOutbox(evs []OutboxEvent) error {
+	s.dbMu.RLock()
+	defer s.dbMu.RUnlock()
 	if len(evs) == 0 {
 		return nil
 	}
@@ -579,6 +797,8 @@ func (s *Spool) OutboxNotify() <-chan struct{} { return s.notify }
 
 // Sync makes every earlier write durable.
 func (s *Spool) Sync(ctx context.Context) error {
+	s.dbMu.RLock()
+	defer s.dbMu.RUnlock()
 	return s.write(func() error { return s.db.LogData(nil, pebble.Sync) })
 }
 
@@ -586,6 +806,8 @@ func (s *Spool) Sync(ctx context.Context) error {
 // Message ids are ULIDs, which sort by time, so this is one range
 // tombstone.
 func (s *Spool) PruneHistory(t time.Time) error {
+	s.dbMu.RLock()
+	defer s.dbMu.RUnlock()
 	var zero ulid.ULID
 	if err := zero.SetTime(ulid.Timestamp(t)); err != nil {
 		return err
@@ -617,6 +839,8 @@ func (b *Batch) PutIdempotency(key string, value []byte, expires time.Time) erro
 // GetIdempotency returns the stored value for key, if present and not
 // expired.
 func (s *Spool) GetIdempotency(key string, now time.Time) ([]byte, bool, error) {
+	s.dbMu.RLock()
+	defer s.dbMu.RUnlock()
 	v, c, err := s.db.Get(idemKey(key))
 	if errors.Is(err, pebble.ErrNotFound) {
 		return nil, false, nil
@@ -638,6 +862,8 @@ func (s *Spool) GetIdempotency(key string, now time.Time) ([]byte, bool, error) 
 // PruneIdempotency deletes expired idempotency records (a scan of all of
 // them; run it rarely, e.g. hourly).
 func (s *Spool) PruneIdempotency(now time.Time) (int, error) {
+	s.dbMu.RLock()
+	defer s.dbMu.RUnlock()
 	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: []byte{kIdem}, UpperBound: []byte{kIdem + 1}})
 	if err != nil {
 		return 0, err
@@ -661,8 +887,14 @@ func (s *Spool) PruneIdempotency(now time.Time) (int, error) {
 
 // CollectOrphans deletes messages that have no recipient left: what a
 // crash between a message's last outcome and its deletion leaves behind.
-// Run it at start, before the queues take new work.
+// Run it at start, before the queues take new work. A read-only spool
+// (see Open) collects nothing.
 func (s *Spool) CollectOrphans() (int, error) {
+	if s.readOnly.Load() {
+		return 0, nil // left for the next start
+	}
+	s.dbMu.RLock()
+	defer s.dbMu.RUnlock()
 	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: []byte{kMeta}, UpperBound: []byte{kMeta + 1}})
 	if err != nil {
 		return 0, err

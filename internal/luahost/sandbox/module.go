@@ -251,6 +251,11 @@ func (s *State) logAt(L *lua.LState, lvl slog.Level) int {
 	msg := L.ToStringMeta(L.Get(1)).String()
 	attrs := []slog.Attr{slog.String("where", strings.TrimSuffix(s.Where(), ":"))}
 	if t, ok := L.Get(2).(*lua.LTable); ok {
+		// One call must not render a table of millions of entries: the
+		// fields are refused past logMaxValues values or MaxString bytes.
+		if n, size := logSize(t, 0); n > logMaxValues || size > s.limits.maxString() {
+			s.Raise("sluice.log: fields too large (more than %d values or %d bytes); log a summary instead", logMaxValues, s.limits.maxString())
+		}
 		var keys []string
 		vals := map[string]any{}
 		t.ForEach(func(k, v lua.LValue) {
@@ -269,6 +274,32 @@ func (s *State) logAt(L *lua.LState, lvl slog.Level) int {
 	}
 	s.log.LogAttrs(context.Background(), lvl, msg, attrs...)
 	return 0
+}
+
+// logMaxValues bounds the number of values (at every depth) in the fields
+// table of one sluice.log call.
+const logMaxValues = 1000
+
+// logSize counts the values in t (nested tables included, up to depth 32)
+// and the bytes of its strings. It stops counting past logMaxValues.
+func logSize(t *lua.LTable, depth int) (n, size int) {
+	if depth > 32 {
+		return 0, 0
+	}
+	for k, v := t.Next(lua.LNil); k != lua.LNil && n <= logMaxValues; k, v = t.Next(k) {
+		n++
+		if ks, ok := k.(lua.LString); ok {
+			size += len(ks)
+		}
+		switch x := v.(type) {
+		case lua.LString:
+			size += len(x)
+		case *lua.LTable:
+			m, sz := logSize(x, depth+1)
+			n, size = n+m, size+sz
+		}
+	}
+	return n, size
 }
 
 func verdictIndex(L *lua.LState) int {

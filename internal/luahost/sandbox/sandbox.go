@@ -14,14 +14,18 @@
 // removed. require is replaced by a function that returns the `sluice`
 // module for "sluice" and fails for every other name. print goes to slog.
 // The string and table builtins whose cost is not bounded by their
-// arguments (pattern matching, string.rep, string.format, table.concat)
-// are replaced by versions that stop at the call's deadline and refuse
-// strings over Limits.MaxString (strlib.go).
+// arguments (pattern matching, string.rep, string.format, table.concat,
+// table.sort) are replaced by versions that stop at the call's deadline and
+// refuse strings over Limits.MaxString (strlib.go); the .. operator refuses
+// them too, through Sluice's patched gopher-lua
+// (internal/third_party/gopher-lua, LState.SetMaxStringLen). print cuts its
+// line at MaxString; sluice.log refuses huge fields tables.
 //
 // The sandbox protects the host from accidents and keeps scripts away from
-// files, processes and the network. It bounds each builtin call, not a
-// script's total memory: Lua code is trusted operator code, not untrusted
-// user input.
+// files, processes and the network. It bounds each step of a call (one
+// instruction or one builtin call), not a script's total memory: a loop
+// that keeps what it builds is stopped only by the deadline. Lua code is
+// trusted operator code, not untrusted user input.
 //
 // A State is not safe for concurrent use; internal/luahost pools them.
 package sandbox
@@ -84,6 +88,7 @@ func New(log *slog.Logger) *State {
 		L.SetGlobal(name, lua.LNil)
 	}
 	s.installLimited()
+	s.SetLimits(Limits{})
 	L.SetGlobal("print", L.NewFunction(s.print))
 	s.Module = s.newModule()
 	L.SetGlobal("sluice", s.Module)
@@ -169,14 +174,26 @@ func (s *State) print(L *lua.LState) int {
 	if s.quiet {
 		return 0
 	}
+	// The line is cut at MaxString bytes: print(unpack(t)) of a few
+	// thousand 1 MiB strings would otherwise build gigabytes in one call.
+	limit := s.limits.maxString()
 	var b strings.Builder
-	for i := 1; i <= L.GetTop(); i++ {
+	cut := false
+	for i := 1; i <= L.GetTop() && !cut; i++ {
 		if i > 1 {
 			b.WriteByte('\t')
 		}
-		b.WriteString(L.ToStringMeta(L.Get(i)).String())
+		str := L.ToStringMeta(L.Get(i)).String()
+		if room := limit - b.Len(); len(str) > room {
+			str, cut = str[:max(room, 0)], true
+		}
+		b.WriteString(str)
 	}
-	s.log.Info(b.String(), "where", strings.TrimSuffix(s.Where(), ":"))
+	attrs := []any{"where", strings.TrimSuffix(s.Where(), ":")}
+	if cut {
+		attrs = append(attrs, "truncated_at", limit)
+	}
+	s.log.Info(b.String(), attrs...)
 	return 0
 }
 

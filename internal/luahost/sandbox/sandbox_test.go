@@ -181,3 +181,55 @@ func TestHookNames(t *testing.T) {
 		t.Fatal("HookIndex")
 	}
 }
+
+// TestTableSort: the deadline-checking table.sort sorts like Lua's, with
+// and without a comparator, and fails on values < cannot compare.
+func TestTableSort(t *testing.T) {
+	s := New(nil)
+	defer s.Close()
+	v, err := run(t, s, `local t = {5, 3, 9, 1, 7, 3}
+table.sort(t)
+local u = {"pear", "apple", "fig"}
+table.sort(u, function(a, b) return a > b end)
+local e = {}
+table.sort(e)
+return table.concat(t, ",") .. ";" .. table.concat(u, ",") .. ";" .. #e`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := v.String(); got != "1,3,3,5,7,9;pear,fig,apple;0" {
+		t.Fatalf("got %q", got)
+	}
+	if _, err := run(t, s, `table.sort({1, "a", 2})`); err == nil || !strings.Contains(err.Error(), "attempt to compare") {
+		t.Fatalf("mixed sort: err = %v, want an attempt to compare error", err)
+	}
+}
+
+// TestPrintAndLogBounded: print cuts its line at MaxString and says so;
+// sluice.log refuses a fields table over 1000 values or MaxString bytes
+// and takes a small one.
+func TestPrintAndLogBounded(t *testing.T) {
+	var buf bytes.Buffer
+	s := New(slog.New(slog.NewTextHandler(&buf, nil)))
+	defer s.Close()
+	s.SetLimits(Limits{MaxString: 100})
+	if _, err := run(t, s, `print(string.rep("a", 60), string.rep("b", 60))`); err != nil {
+		t.Fatal(err)
+	}
+	out := buf.String()
+	// 60 a, a tab, then 39 of the 60 b: 100 bytes.
+	if !strings.Contains(out, "truncated_at=100") || !strings.Contains(out, strings.Repeat("b", 39)) || strings.Contains(out, strings.Repeat("b", 40)) {
+		t.Fatalf("print output %q: want the line cut at 100 bytes", out)
+	}
+	if _, err := run(t, s, `sluice.log.info("ok", { n = 1, list = {1, 2, 3} })`); err != nil {
+		t.Fatal(err)
+	}
+	for _, src := range []string{
+		`local t = {} for i = 1, 1001 do t[i] = i end sluice.log.info("x", { t = t })`,
+		`sluice.log.info("x", { a = string.rep("z", 60), b = string.rep("z", 60) })`,
+	} {
+		if _, err := run(t, s, src); err == nil || !strings.Contains(err.Error(), "sluice.log: fields too large") {
+			t.Fatalf("%s: err = %v, want fields too large", src, err)
+		}
+	}
+}

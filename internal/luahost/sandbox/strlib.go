@@ -2,6 +2,7 @@ package sandbox
 
 import (
 	"fmt"
+	"sort"
 	"strings"
 	"unsafe"
 
@@ -35,6 +36,15 @@ const MaxStringRep = DefaultMaxString
 //     than MaxString before building them; table.concat also checks the
 //     context while it measures. string.format refuses widths and
 //     precisions over two digits, as Lua does.
+//   - table.sort checks the context every 4096 comparisons: a table kept
+//     in a pooled state's globals can grow over many calls, and sorting
+//     millions of values is one Go call.
+//   - the concatenation operator (..) refuses results longer than
+//     MaxString before building them. One OP_CONCAT is a single VM
+//     instruction, so `s = s .. s` in a loop would otherwise build a string
+//     of hundreds of MB between two deadline checks. This needs Sluice's
+//     patched gopher-lua (internal/third_party/gopher-lua,
+//     LState.SetMaxStringLen).
 //
 // Each refusal is a Lua error naming the limit.
 type Limits struct {
@@ -50,8 +60,12 @@ func (l Limits) maxString() int {
 	return l.MaxString
 }
 
-// SetLimits sets the limits the string and table builtins apply from now on.
-func (s *State) SetLimits(l Limits) { s.limits = l }
+// SetLimits sets the limits the string and table builtins and the
+// concatenation operator apply from now on.
+func (s *State) SetLimits(l Limits) {
+	s.limits = l
+	s.L.SetMaxStringLen(l.maxString(), "lua_options.max_string")
+}
 
 // Limits returns the limits in force.
 func (s *State) Limits() Limits { return s.limits }
@@ -68,6 +82,7 @@ func (s *State) installLimited() {
 	}
 	if tbl, ok := L.GetGlobal("table").(*lua.LTable); ok {
 		tbl.RawSetString("concat", L.NewFunction(s.tableConcat))
+		tbl.RawSetString("sort", L.NewFunction(s.tableSort))
 	}
 }
 
@@ -495,4 +510,58 @@ func (s *State) tableConcat(L *lua.LState) int {
 	}
 	L.Push(lua.LString(b.String()))
 	return 1
+}
+
+// sorter sorts a copy of a table's list part for tableSort.
+type sorter struct {
+	L    *lua.LState
+	fn   *lua.LFunction // nil: the < operator
+	v    []lua.LValue
+	n    int
+	stop func() error // the call's ctx.Err, or nil
+}
+
+func (t *sorter) Len() int      { return len(t.v) }
+func (t *sorter) Swap(i, j int) { t.v[i], t.v[j] = t.v[j], t.v[i] }
+func (t *sorter) Less(i, j int) bool {
+	t.n++
+	if t.stop != nil && t.n&0xfff == 0 {
+		if err := t.stop(); err != nil {
+			// Unwinds out of sort.Sort; the table is left as it was.
+			t.L.RaiseError("table.sort: stopped at the call's deadline (%v)", err)
+		}
+	}
+	if t.fn == nil {
+		return t.L.LessThan(t.v[i], t.v[j])
+	}
+	t.L.Push(t.fn)
+	t.L.Push(t.v[i])
+	t.L.Push(t.v[j])
+	t.L.Call(2, 1)
+	r := lua.LVAsBool(t.L.Get(-1))
+	t.L.Pop(1)
+	return r
+}
+
+// tableSort is table.sort that stops at the call's deadline. It sorts
+// t[1..#t] (a copy, written back once sorted).
+func (s *State) tableSort(L *lua.LState) int {
+	tbl := L.CheckTable(1)
+	srt := &sorter{L: L}
+	if L.GetTop() >= 2 && L.Get(2) != lua.LNil {
+		srt.fn = L.CheckFunction(2)
+	}
+	if ctx := L.Context(); ctx != nil {
+		srt.stop = ctx.Err
+	}
+	n := tbl.Len()
+	srt.v = make([]lua.LValue, n)
+	for i := range srt.v {
+		srt.v[i] = tbl.RawGetInt(i + 1)
+	}
+	sort.Sort(srt)
+	for i, v := range srt.v {
+		tbl.RawSetInt(i+1, v)
+	}
+	return 0
 }
