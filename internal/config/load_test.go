@@ -128,7 +128,9 @@ sluice.stage("routing", {
 	if !reflect.DeepEqual(cfg.Delivery, wantD) {
 		t.Errorf("delivery\n got %+v\nwant %+v", cfg.Delivery, wantD)
 	}
-	if cfg.Events.File != filepath.Join(cwd, "events.jsonl") || !reflect.DeepEqual(cfg.Events.Kafka, &Kafka{Brokers: []string{"127.0.0.1:9092"}, Topic: "d", BounceTopic: "b"}) {
+	wantKafka := DefaultKafka()
+	wantKafka.Brokers, wantKafka.Topic, wantKafka.BounceTopic = []string{"127.0.0.1:9092"}, "d", "b"
+	if cfg.Events.File != filepath.Join(cwd, "events.jsonl") || !reflect.DeepEqual(cfg.Events.Kafka, wantKafka) {
 		t.Errorf("events %+v %+v", cfg.Events, cfg.Events.Kafka)
 	}
 	if cfg.Lua != (Lua{Timeout: 250 * time.Millisecond, PoolSize: 3, MaxString: 2 << 20, MaxHeader: 64 << 10}) || cfg.StageTimeout != 10*time.Second {

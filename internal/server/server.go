@@ -24,6 +24,7 @@ import (
 	"reflect"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -61,13 +62,18 @@ type Server struct {
 	keys    *apikey.Store
 	control *controlServer
 	metrics *prometheus.Registry // one per node; served by the admin listener
-	wg      sync.WaitGroup
-	errc    chan error
+	// deadLetters is sluice_event_dead_letters_total, shared by the sinks.
+	deadLetters *prometheus.CounterVec
+	wg          sync.WaitGroup
+	errc        chan error
 
 	started  []component // in start order
 	reloadMu sync.Mutex
 	exStop   context.CancelFunc
 	hkStop   func()
+	// backlog is the Kafka sink's backlog budget (nil: none); the relay
+	// consults it at each commit.
+	backlog atomic.Pointer[events.Backlog]
 }
 
 // component is one long-lived part of the node.
@@ -130,7 +136,9 @@ func checkNode(cfg *config.Config) error {
 		return fmt.Errorf("%s has no listener; add sluice.listen_smtp { addr = \"127.0.0.1:2525\" } or sluice.listen_http { ... }", cfg.File)
 	}
 	if cfg.Events.Kafka != nil {
-		return fmt.Errorf("%s: sluice.events { kafka = ... }: the Kafka sink is not available in this version; remove the kafka key (events go to %s)", cfg.File, cfg.Events.File)
+		if _, err := kafkaOptions(cfg, nil, nil); err != nil {
+			return err
+		}
 	}
 	if _, err := loadBounces(cfg); err != nil {
 		return err
@@ -339,7 +347,7 @@ func (s *Server) components() []component {
 			// included: they enter through it.
 			s.sp.SetSuppressionPolicy(suppressionPolicy(cfg))
 			s.relay = relay.NewSpool(s.pipe, s.sp, s.q, relay.Options{Hostname: cfg.Hostname, Logger: s.log, DelayWarning: cfg.Delivery.DelayWarning,
-				Suppressions: s.sp})
+				Suppressions: s.sp, Admit: func() error { return s.backlog.Load().Check() }})
 			s.q.SetBouncer(s.relay)
 			s.q.SetNotifier(s.relay)
 			return s.registerCoreMetrics()
@@ -354,6 +362,15 @@ func (s *Server) components() []component {
 			}
 			s.file = fs
 			s.sinks = []events.Sink{fs}
+			// One dead-letter counter for every sink that dead-letters.
+			if s.deadLetters, err = events.NewDeadLetterCounter(s.metrics); err != nil {
+				fs.Close()
+				return err
+			}
+			if err := s.startKafka(); err != nil {
+				fs.Close()
+				return err
+			}
 			if err := s.startWebhooks(cfg); err != nil {
 				for _, sk := range s.sinks {
 					sk.Close()
@@ -374,7 +391,16 @@ func (s *Server) components() []component {
 				}
 				return err
 			}
+			if s.metrics != nil {
+				if err := s.metrics.Register(s.ex.AgeCollector()); err != nil {
+					for _, sk := range s.sinks {
+						sk.Close()
+					}
+					return fmt.Errorf("events: registering metrics: %w", err)
+				}
+			}
 			ctx, cancel := context.WithCancel(context.Background())
+			s.watchBacklog(ctx)
 			go s.ex.Run(ctx)
 			s.exStop = cancel
 			return nil
@@ -746,10 +772,7 @@ func (s *Server) startWebhooks(cfg *config.Config) error {
 	if s.metrics != nil {
 		reg = s.metrics
 	}
-	dead, err := events.NewDeadLetterCounter(reg)
-	if err != nil {
-		return err
-	}
+	dead := s.deadLetters
 	lat, err := events.NewWebhookLatency(reg)
 	if err != nil {
 		return err
