@@ -120,7 +120,8 @@ func (g *kafkaGroup) ids(topic string) (map[string]bool, int) {
 	return ids, n
 }
 
-var bounceTypes = map[string]bool{"bounced": true, "expired": true, "rejected": true, "suppressed": true}
+var bounceTypes = map[string]bool{"bounced": true, "expired": true, "rejected": true, "suppressed": true,
+	"suppression_added": true, "suppression_removed": true}
 
 // checkKafkaMatchesFile waits until the delivery topic holds exactly the
 // events of the events file, and the bounce topic exactly its bounce
