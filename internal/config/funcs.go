@@ -478,11 +478,11 @@ func (ld *loader) events(L *lua.LState) int {
 				k.Fail("brokers", "%q is not host:port", b)
 			}
 		}
-		if k.String("topic", &kc.Topic) && kc.Topic == "" {
-			k.Fail("topic", "must not be empty")
+		if k.String("topic", &kc.Topic) && !validTopic(kc.Topic) {
+			k.Fail("topic", "%q is not a Kafka topic name (1 to 249 of a-z A-Z 0-9 . _ -, not \".\" or \"..\")", kc.Topic)
 		}
-		if k.String("bounce_topic", &kc.BounceTopic) && kc.BounceTopic == "" {
-			k.Fail("bounce_topic", "must not be empty")
+		if k.String("bounce_topic", &kc.BounceTopic) && !validTopic(kc.BounceTopic) {
+			k.Fail("bounce_topic", "%q is not a Kafka topic name (1 to 249 of a-z A-Z 0-9 . _ -, not \".\" or \"..\")", kc.BounceTopic)
 		}
 		ld.kafkaMore(k, kc)
 		ld.cfg.Events.Kafka = kc
@@ -752,6 +752,21 @@ func (ld *loader) plugin(L *lua.LState) int {
 	return ld.pushSpec(&StageSpec{Kind: StagePlugin, Plugin: p})
 }
 
+// validTopic reports whether t is a legal Kafka topic name (Kafka's
+// Topic.validate: 1 to 249 characters of [a-zA-Z0-9._-], not "." or "..").
+func validTopic(t string) bool {
+	if t == "" || len(t) > 249 || t == "." || t == ".." {
+		return false
+	}
+	for i := 0; i < len(t); i++ {
+		c := t[i]
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '.' || c == '_' || c == '-') {
+			return false
+		}
+	}
+	return true
+}
+
 // kafkaMore parses the Kafka sink's keys past brokers and topics.
 func (ld *loader) kafkaMore(k *sandbox.Opts, kc *Kafka) {
 	if v := k.Get("routes"); v != lua.LNil {
@@ -763,8 +778,8 @@ func (ld *loader) kafkaMore(k *sandbox.Opts, kc *Kafka) {
 		kc.Routes = map[string]string{}
 		for typ, t := range routes {
 			ts, ok := t.(string)
-			if !ok || ts == "" {
-				k.Fail("routes", "%s: want a topic name", typ)
+			if !ok || !validTopic(ts) {
+				k.Fail("routes", "%s: want a Kafka topic name (1 to 249 of a-z A-Z 0-9 . _ -, not \".\" or \"..\")", typ)
 			}
 			if !knownEventType(typ) {
 				k.Fail("routes", "unknown event type %q (want one of %s)", typ, strings.Join(eventTypes, ", "))

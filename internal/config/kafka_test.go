@@ -48,6 +48,9 @@ func TestKafkaKeyErrors(t *testing.T) {
 		`max_backlog = -1`:                                `"kafka.max_backlog": must not be negative`,
 		`batch_timeout = "0s"`:                            `batch_timeout`,
 		`types = { "deliverd" }`:                          `unknown event type "deliverd"`,
+		`topic = "bad topic!"`:                            `"bad topic!" is not a Kafka topic name`,
+		`bounce_topic = ".."`:                             `is not a Kafka topic name`,
+		`routes = { delivered = "a/b" }`:                  `want a Kafka topic name`,
 		`routes = { bounce = "b" }`:                       `unknown event type "bounce"`,
 		`partitions = 3`:                                  `unknown key`,
 	} {

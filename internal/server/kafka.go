@@ -56,6 +56,9 @@ func (s *Server) startKafka() error {
 		return err
 	}
 	s.sinks = append(s.sinks, ks)
+	if k := s.cfg.Events.Kafka; k.SASL != nil && k.SASL.Mechanism == "plain" && k.TLS == nil {
+		s.log.Warn("kafka: SASL plain without TLS sends the password in clear text; add kafka.tls = { ... } or use scram-sha-512")
+	}
 	s.log.Info("events published to Kafka", "brokers", o.Brokers, "topic", o.Topic, "bounce_topic", o.BounceTopic,
 		"dead_letter", o.DeadLetter)
 	return nil

@@ -628,6 +628,12 @@ func (s *Server) readiness() map[string]metrics.Check {
 			}
 			return nil
 		},
+		"events": func() error {
+			if err := s.backlog.Load().Check(); err != nil {
+				return fmt.Errorf("new mail is refused: the Kafka sink's backlog is over kafka.max_backlog (on_backlog_full = \"tempfail\"): %w", err)
+			}
+			return nil
+		},
 	}
 }
 
