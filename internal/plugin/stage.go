@@ -233,6 +233,9 @@ func (s *Stage) launch() (*instance, *stagev1.DescribeResponse, error) {
 	}
 	proto, err := client.Client()
 	if err != nil {
+		if client.Exited() {
+			return fail("start", fmt.Errorf("the plugin exited before completing its handshake (its stderr is in the log): %w", err))
+		}
 		return fail("start", err)
 	}
 	raw, err := proto.Dispense(sdk.PluginName)
@@ -263,6 +266,9 @@ func (s *Stage) launch() (*instance, *stagev1.DescribeResponse, error) {
 func statusErr(err error) error {
 	if st, ok := status.FromError(err); ok {
 		if st.Code() == codes.DeadlineExceeded {
+			if st.Message() == context.DeadlineExceeded.Error() {
+				return context.DeadlineExceeded
+			}
 			return fmt.Errorf("%s: %w", st.Message(), context.DeadlineExceeded)
 		}
 		return errors.New(st.Message())

@@ -23,7 +23,8 @@
 //
 // Optional methods: Configure (Configurer) receives the stage's
 // `config = {...}` table as JSON before any hook runs; Body (BodyNeeder)
-// says what on_message and on_route need of the message (default Full);
+// says what on_message and on_route need of the message (default Full;
+// asked after Configure);
 // Version (Versioner) is logged by Sluice.
 //
 // Concurrency: hooks are called concurrently, from many goroutines, up to the
@@ -148,22 +149,26 @@ func Serve(stage pipeline.Stage) {
 // NewServer returns the gRPC service for stage, for tests and for hosting
 // the service in a server of one's own; most plugins call Serve instead.
 func NewServer(stage pipeline.Stage) stagev1.StageServer {
-	s := &server{st: stage, body: stagev1.BodyNeed_BODY_NEED_FULL}
-	if b, ok := stage.(BodyNeeder); ok {
-		switch b.Body() {
-		case Envelope:
-			s.body = stagev1.BodyNeed_BODY_NEED_ENVELOPE
-		case Headers:
-			s.body = stagev1.BodyNeed_BODY_NEED_HEADERS
-		}
-	}
-	return s
+	return &server{st: stage}
 }
 
 type server struct {
 	stagev1.UnimplementedStageServer
-	st   pipeline.Stage
-	body stagev1.BodyNeed
+	st pipeline.Stage
+}
+
+// body asks the stage for its body need (after Configure, so the
+// configuration may decide).
+func (s *server) body() stagev1.BodyNeed {
+	if b, ok := s.st.(BodyNeeder); ok {
+		switch b.Body() {
+		case Envelope:
+			return stagev1.BodyNeed_BODY_NEED_ENVELOPE
+		case Headers:
+			return stagev1.BodyNeed_BODY_NEED_HEADERS
+		}
+	}
+	return stagev1.BodyNeed_BODY_NEED_FULL
 }
 
 func (s *server) Configure(_ context.Context, r *stagev1.ConfigureRequest) (*stagev1.ConfigureResponse, error) {
@@ -182,7 +187,7 @@ func (s *server) Configure(_ context.Context, r *stagev1.ConfigureRequest) (*sta
 }
 
 func (s *server) Describe(context.Context, *stagev1.DescribeRequest) (*stagev1.DescribeResponse, error) {
-	d := &stagev1.DescribeResponse{Name: s.st.Name(), Body: s.body, ProtocolMinor: ProtocolMinor}
+	d := &stagev1.DescribeResponse{Name: s.st.Name(), Body: s.body(), ProtocolMinor: ProtocolMinor}
 	if v, ok := s.st.(Versioner); ok {
 		d.Version = v.Version()
 	}
