@@ -408,3 +408,47 @@ func TestKill9LeavesNoPlugin(t *testing.T) {
 	cmd.Wait()
 	waitFor(t, "the plugin to die with its host", func() bool { return !alive(pid) })
 }
+
+// TestLargeMessages: bodies around gRPC's 4 MiB default and well above it
+// reach a full-body plugin whole (limits are raised on both sides).
+func TestLargeMessages(t *testing.T) {
+	s, _ := start(t, "ok", Options{Config: map[string]any{"body": "full"}})
+	for _, size := range []int{3_900_000, 4_100_000, 30_000_000} {
+		line := strings.Repeat("x", 998) + "\r\n"
+		body := strings.Repeat(line, size/len(line)+1)
+		txn := &pipeline.Txn{Conn: &pipeline.Conn{}, ID: "big"}
+		m, err := pipeline.ParseMessage(txn, []byte("Subject: big\r\n\r\n"+body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		v, err := s.OnMessage(context.Background(), m)
+		if err != nil {
+			t.Fatalf("%d bytes: %v", len(body), err)
+		}
+		if got, _ := header(v, "X-Body-Len"); got != strconv.Itoa(len(body)) {
+			t.Fatalf("%d bytes: the plugin saw %s", len(body), got)
+		}
+	}
+}
+
+// BenchmarkOnMessageHeaders: one on_message call to a plugin that reads
+// the header (no body) and adds header fields, through the real process
+// boundary.
+func BenchmarkOnMessageHeaders(b *testing.B) {
+	s, err := Start(Options{Name: "b", Cmd: faultyBin, Args: []string{"ok"}, Config: map[string]any{"body": "headers"},
+		Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer s.Close()
+	txn := &pipeline.Txn{Conn: &pipeline.Conn{ID: "c"}, ID: "m", Sender: "a@x.example"}
+	m, _ := pipeline.ParseMessage(txn, []byte("From: a@x.example\r\nTo: b@y.example\r\nSubject: hello\r\nMessage-ID: <1@x>\r\n\r\n"+strings.Repeat("body line\r\n", 2000)))
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			if _, err := s.OnMessage(context.Background(), m); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}

@@ -88,7 +88,9 @@ func (s *stage) OnMessage(ctx context.Context, msg *pipeline.Message) (pipeline.
 	v.Edits.AddHeader("X-Config", s.cfg.Tag)
 	v.Edits.AddHeader("X-Body-Len", strconv.Itoa(len(msg.Body)))
 	v.Edits.AddHeader("X-Subject-Seen", strings.ToUpper(msg.Header.Get("Subject")))
-	fmt.Fprintf(os.Stderr, "scored message %s\n", msg.ID)
+	if s.cfg.Tag != "" {
+		fmt.Fprintf(os.Stderr, "scored message %s\n", msg.ID)
+	}
 	return v, nil
 }
 
