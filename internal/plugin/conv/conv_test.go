@@ -34,7 +34,7 @@ func sampleTxn() *pipeline.Txn {
 		ID: "01HZ", Sender: `"odd sender"@origin.example`,
 		Params: pipeline.MailParams{Body: pipeline.Body8BitMIME, SMTPUTF8: true, Ret: "HDRS", EnvID: "e1"},
 		Recipients: []*pipeline.Recipient{{Address: "bob@dest.example", Local: "bob", Domain: "dest.example", Relay: true,
-			Route: &pipeline.Route{Kind: pipeline.RouteRelay, Host: "smart.example", Port: 587, TLS: pipeline.TLSRequired, AuthUser: "a", AuthPass: "p"},
+			Route:  &pipeline.Route{Kind: pipeline.RouteRelay, Host: "smart.example", Port: 587, TLS: pipeline.TLSRequired, AuthUser: "a", AuthPass: "p"},
 			Params: pipeline.RcptParams{Notify: []string{"FAILURE"}, ORCPT: "rfc822;bob@dest.example"}}},
 		Meta: map[string]string{"k": "v"}, Tags: []string{"t1"}, Received: time.Date(2026, 1, 2, 3, 4, 5, 6, time.UTC),
 		Scratch:     map[string]string{"spf": "pass"},
