@@ -75,7 +75,9 @@ type Options struct {
 	// HealthInterval is how often the plugin's health is checked. Default
 	// DefaultHealthInterval.
 	HealthInterval time.Duration
-	// RestartMin and RestartMax bound the backoff between restarts.
+	// RestartMin and RestartMax bound the backoff between restarts: the
+	// first restart in a minute is immediate, the next waits RestartMin,
+	// doubling up to RestartMax.
 	RestartMin, RestartMax time.Duration
 	// Logger receives the plugin's output and the supervisor's reports;
 	// nil means slog.Default(). The stage name is added.
@@ -447,8 +449,11 @@ func (s *Stage) backoff(now time.Time) (time.Duration, int) {
 	s.restarts = slices.DeleteFunc(s.restarts, func(t time.Time) bool { return now.Sub(t) > crashWindow })
 	s.restarts = append(s.restarts, now)
 	n := len(s.restarts)
+	if n == 1 {
+		return 0, n // the first failure in a while: restart at once
+	}
 	d := s.opts.RestartMin
-	for i := 1; i < n && d < s.opts.RestartMax; i++ {
+	for i := 2; i < n && d < s.opts.RestartMax; i++ {
 		d *= 2
 	}
 	return min(d, s.opts.RestartMax), n

@@ -150,7 +150,7 @@ func TestDescribeConfigAndBody(t *testing.T) {
 		{"envelope", "0", ""},
 	} {
 		t.Run(tt.body, func(t *testing.T) {
-			s, lb := start(t, "ok", Options{Config: map[string]any{"tag": "cfg-" + tt.body, "body": tt.body}})
+			s, lb := start(t, "ok", Options{Config: map[string]any{"tag": "cfg-" + tt.body, "body": tt.body}, Env: []string{"FAULTY_ENV=env-" + tt.body}})
 			if got := s.Hooks(); !slices.Equal(got, []string{"on_rcpt", "on_message"}) {
 				t.Fatalf("hooks %v", got)
 			}
@@ -163,6 +163,9 @@ func TestDescribeConfigAndBody(t *testing.T) {
 			}
 			if got, _ := header(v, "X-Config"); got != "cfg-"+tt.body {
 				t.Errorf("X-Config %q", got)
+			}
+			if got, _ := header(v, "X-Env"); got != "env-"+tt.body {
+				t.Errorf("X-Env %q", got)
 			}
 			if got, _ := header(v, "X-Body-Len"); got != tt.wantLen {
 				t.Errorf("X-Body-Len %q, want %q", got, tt.wantLen)

@@ -86,6 +86,7 @@ func (s *stage) OnMessage(ctx context.Context, msg *pipeline.Message) (pipeline.
 	var v pipeline.Verdict
 	v.Edits.AddHeader("X-Plugin-Pid", strconv.Itoa(os.Getpid()))
 	v.Edits.AddHeader("X-Config", s.cfg.Tag)
+	v.Edits.AddHeader("X-Env", os.Getenv("FAULTY_ENV"))
 	v.Edits.AddHeader("X-Body-Len", strconv.Itoa(len(msg.Body)))
 	v.Edits.AddHeader("X-Subject-Seen", strings.ToUpper(msg.Header.Get("Subject")))
 	if s.cfg.Tag != "" {
