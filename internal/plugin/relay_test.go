@@ -10,7 +10,9 @@ import (
 	"net/textproto"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -24,6 +26,11 @@ import (
 // stageOpts) and a route to a sink; it returns the SMTP address and the
 // sink.
 func startRelay(t *testing.T, stageOpts string) (string, *testutil.Sink) {
+	addr, sink, _ := startRelayServer(t, stageOpts)
+	return addr, sink
+}
+
+func startRelayServer(t *testing.T, stageOpts string) (string, *testutil.Sink, *server.Server) {
 	t.Helper()
 	dir := t.TempDir()
 	sink := testutil.StartSink(t, testutil.SinkOptions{})
@@ -56,7 +63,7 @@ sluice.stage("route", { on_route = function(msg, rcpt) return sluice.route.relay
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { srv.Stop(context.Background()) })
-	return addr, sink
+	return addr, sink, srv
 }
 
 func send(addr string, i int) error {
@@ -140,4 +147,56 @@ func TestRelayOnErrorReject(t *testing.T) {
 	if !errors.As(err, &te) || te.Code != 550 || !strings.HasPrefix(te.Msg, "5.7.1") {
 		t.Fatalf("want 550 5.7.1, got %v", err)
 	}
+}
+
+func pidOf(t *testing.T, data []byte) int {
+	t.Helper()
+	s := string(data)
+	i := strings.Index(s, "X-Plugin-Pid: ")
+	if i < 0 {
+		t.Fatalf("no X-Plugin-Pid in\n%s", s)
+	}
+	s = s[i+len("X-Plugin-Pid: "):]
+	pid, err := strconv.Atoi(s[:strings.Index(s, "\r\n")])
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pid
+}
+
+// TestRelayReload: a reload builds the pipeline again with a new plugin
+// process; the old one is stopped once its pipeline is retired.
+func TestRelayReload(t *testing.T) {
+	addr, sink, srv := startRelayServer(t, `args = { "ok" }`)
+	if err := send(addr, 1); err != nil {
+		t.Fatal(err)
+	}
+	waitSink(t, sink, 1)
+	old := pidOf(t, sink.Messages()[0].Data)
+	if _, err := srv.Reload(); err != nil {
+		t.Fatal(err)
+	}
+	if err := send(addr, 2); err != nil {
+		t.Fatal(err)
+	}
+	waitSink(t, sink, 2)
+	if now := pidOf(t, sink.Messages()[1].Data); now == old {
+		t.Fatalf("the same plugin process %d after a reload", now)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for syscall.Kill(old, 0) == nil && !zombie(old) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the old plugin process %d still runs", old)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func zombie(pid int) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return true
+	}
+	f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+1:]))
+	return len(f) > 0 && f[0] == "Z"
 }
