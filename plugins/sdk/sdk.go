@@ -32,7 +32,9 @@
 // carries the stage's per-call deadline in ctx.
 //
 // Failures: a hook that returns an error fails that call, and Sluice applies
-// the stage's on_error policy (tempfail, continue or reject). A panic is not
+// the stage's on_error policy (tempfail, continue or reject); an error that
+// is a *pipeline.Error (pipeline.Errorf) is instead the reply the stage
+// chose, as for an in-process stage. A panic is not
 // recovered: it ends the plugin process, Sluice applies on_error to the calls
 // in flight and restarts the plugin with backoff.
 //
@@ -46,6 +48,7 @@ package sdk
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 
@@ -221,9 +224,20 @@ func notImplemented(hook string) error {
 	return status.Errorf(codes.Unimplemented, "this plugin does not implement %s", hook)
 }
 
-// answer converts a hook's result to the reply.
+// answer converts a hook's result to the reply. A *pipeline.Error
+// returned as the error is the reply the stage chose, as it is for a stage
+// in the relay's process: it becomes a reject (5xx) or tempfail (4xx)
+// verdict, not a failure.
 func answer(v pipeline.Verdict, err error) (*stagev1.Verdict, error) {
 	if err != nil {
+		var pe *pipeline.Error
+		if errors.As(err, &pe) && pe.Code >= 400 && pe.Code <= 599 {
+			a := pipeline.Reject
+			if pe.Code < 500 {
+				a = pipeline.Tempfail
+			}
+			return conv.Verdict(pipeline.Verdict{Action: a, Code: pe.Code, Enhanced: pe.Enhanced, Text: pe.Message}), nil
+		}
 		return nil, status.Error(codes.Unknown, err.Error())
 	}
 	return conv.Verdict(v), nil
