@@ -455,3 +455,27 @@ func BenchmarkOnMessageHeaders(b *testing.B) {
 		}
 	})
 }
+
+// TestMaxInFlight: with max_in_flight = 1 and the one slot taken by a
+// hanging call, another call waits for the slot until its own deadline and
+// then follows on_error, without reaching the plugin.
+func TestMaxInFlight(t *testing.T) {
+	s, _ := start(t, "hang", Options{MaxInFlight: 1, Timeout: time.Minute})
+	done := make(chan error, 1)
+	go func() {
+		_, err := s.OnMessage(context.Background(), message(t, "first"))
+		done <- err
+	}()
+	waitFor(t, "the first call to hold the slot", func() bool { return len(s.sem) == 1 })
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	_, err := s.OnMessage(ctx, message(t, "second"))
+	if err == nil || !strings.Contains(err.Error(), "max_in_flight=1") || !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("second call: %v", err)
+	}
+	s.Close() // ends the hanging call
+	var ce *CallError
+	if err := <-done; !errors.As(err, &ce) {
+		t.Fatalf("first call after Close: %v", err)
+	}
+}
