@@ -74,9 +74,9 @@ sluice.listen_smtp { addr = "127.0.0.1:0" }
 		body, want string
 		files      map[string]string
 	}{
-		"kafka sink": {`sluice.listen_smtp { addr = "127.0.0.1:0" }
-sluice.events { file = "{{DIR}}/events/events.jsonl", kafka = { brokers = { "127.0.0.1:9092" } } }`,
-			"the Kafka sink is not available", nil},
+		"kafka CA file missing": {`sluice.listen_smtp { addr = "127.0.0.1:0" }
+sluice.events { file = "{{DIR}}/events/events.jsonl", kafka = { brokers = { "127.0.0.1:9092" }, tls = { ca = "{{DIR}}/nope-ca.pem" } } }`,
+			"kafka.tls.ca", nil},
 		"auth required": {`sluice.listen_smtp { addr = "127.0.0.1:0", auth = "required" }`, `auth = "required" is not supported yet`, nil},
 		"missing TLS files": {`sluice.listen_smtp { addr = "127.0.0.1:0", tls = { cert = "{{DIR}}/nope.pem", key = "{{DIR}}/nope.key" } }`,
 			"nope.pem", nil},

@@ -332,7 +332,24 @@ func (c *Classifier) Register(reg prometheus.Registerer) error {
 		counts[i] = vec.WithLabelValues(name)
 	}
 	c.counts = counts
-	return nil
+	return reg.Register(ruleHits{c, prometheus.NewDesc("sluice_bounce_rule_hits_total",
+		"Replies each classification rule matched first (file, class, 1-based position in the class's list); rules come from the loaded files, so the label set is bounded.",
+		[]string{"file", "class", "rule"}, nil)})
+}
+
+// ruleHits exports Hits at scrape time.
+type ruleHits struct {
+	c    *Classifier
+	desc *prometheus.Desc
+}
+
+func (r ruleHits) Describe(ch chan<- *prometheus.Desc) { ch <- r.desc }
+
+func (r ruleHits) Collect(ch chan<- prometheus.Metric) {
+	for _, h := range r.c.Hits() {
+		ch <- prometheus.MustNewConstMetric(r.desc, prometheus.CounterValue, float64(h.Hits),
+			h.File, h.Class, strconv.Itoa(h.Index))
+	}
 }
 
 // scratch is the per-call state, pooled.

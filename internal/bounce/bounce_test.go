@@ -352,6 +352,25 @@ func TestMetrics(t *testing.T) {
 	if hits != 3 {
 		t.Errorf("rule hits %d, want 3", hits)
 	}
+	// Per rule: one series per loaded rule, their sum the hits above.
+	if n := testutil.CollectAndCount(reg, "sluice_bounce_rule_hits_total"); n != len(c.rules) {
+		t.Errorf("%d rule series, want %d", n, len(c.rules))
+	}
+	fams, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sum float64
+	for _, f := range fams {
+		if f.GetName() == "sluice_bounce_rule_hits_total" {
+			for _, m := range f.Metric {
+				sum += m.GetCounter().GetValue()
+			}
+		}
+	}
+	if sum != 3 {
+		t.Errorf("sluice_bounce_rule_hits_total sums to %v, want 3", sum)
+	}
 	if err := c.Register(reg); err == nil {
 		t.Error("registering twice in one registry succeeded")
 	}

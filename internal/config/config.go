@@ -111,6 +111,10 @@ type HTTPListener struct {
 	TLS            *TLS
 	MaxRequestSize int64         // bytes; default 30 MiB
 	RequestTimeout time.Duration // reading a whole request, header and body; default 1m
+	// MaxInflightBytes bounds the request bodies held in memory by all
+	// this listener's requests at once (default 256 MiB); past it a
+	// request gets 503 with Retry-After before its body is read.
+	MaxInflightBytes int64
 }
 
 // AdminListener: sluice.listen_admin { addr = "127.0.0.1:9101", allow = {...} }.
@@ -202,7 +206,42 @@ type Bounces struct {
 type Kafka struct {
 	Brokers     []string // host:port, at least one
 	Topic       string   // every event; default "sluice.delivery"
-	BounceTopic string   // bounced, expired, rejected; default "sluice.bounce"
+	BounceTopic string   // bounced, expired, rejected, suppressed; default "sluice.bounce"
+	// Routes sends the events of a type to one more topic each.
+	Routes map[string]string
+	// Types, when not empty, limits the event types published.
+	Types []string
+	Acks  string // "all" (default) or "leader"
+	TLS   *KafkaTLS
+	SASL  *KafkaSASL
+	// DeadLetter is the JSONL file of events that can never be published;
+	// default "kafka-dead-letter.jsonl" beside Events.File.
+	DeadLetter string
+	// MissingTopicWait: how long a topic may be missing before its
+	// events are dead-lettered; default 1m.
+	MissingTopicWait time.Duration
+	// BatchTimeout: the longest a partial batch waits; default 1ms.
+	BatchTimeout time.Duration
+	// MaxMessageBytes: the largest record sent; default 1 MiB.
+	MaxMessageBytes int64
+	// MaxBacklog: the events the sink may lag behind before
+	// OnBacklogFull applies; default 1,000,000 (about 500 MB of outbox);
+	// 0 is no budget (and no backlog warnings).
+	MaxBacklog int64
+	// OnBacklogFull: "accept" (default; logged loudly) or "tempfail"
+	// (new mail refused with 451 4.3.0 / HTTP 503 while over budget).
+	OnBacklogFull string
+}
+
+// KafkaTLS: kafka = { tls = { ca = ..., cert = ..., key = ..., server_name = ..., insecure_skip_verify = false } }.
+type KafkaTLS struct {
+	CA, Cert, Key, ServerName string
+	InsecureSkipVerify        bool
+}
+
+// KafkaSASL: kafka = { sasl = { mechanism = "scram-sha-512", username = ..., password = ... } }.
+type KafkaSASL struct {
+	Mechanism, Username, Password string
 }
 
 // Lua: sluice.lua_options { timeout = "100ms", pool_size = 0,
@@ -317,11 +356,13 @@ func DefaultSMTPListener(addr string) SMTPListener {
 // DefaultHTTPListener returns an HTTP listener with every limit at its
 // default.
 func DefaultHTTPListener(addr string) HTTPListener {
-	return HTTPListener{Addr: addr, MaxRequestSize: 30 << 20, RequestTimeout: time.Minute}
+	return HTTPListener{Addr: addr, MaxRequestSize: 30 << 20, RequestTimeout: time.Minute, MaxInflightBytes: 256 << 20}
 }
 
 // DefaultKafka returns the Kafka settings' defaults (topics); Brokers is
 // empty and required.
 func DefaultKafka() *Kafka {
-	return &Kafka{Topic: "sluice.delivery", BounceTopic: "sluice.bounce"}
+	return &Kafka{Topic: "sluice.delivery", BounceTopic: "sluice.bounce", Acks: "all",
+		MissingTopicWait: time.Minute, BatchTimeout: time.Millisecond, MaxMessageBytes: 1 << 20,
+		MaxBacklog: 1_000_000, OnBacklogFull: "accept"}
 }

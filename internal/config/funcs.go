@@ -358,11 +358,12 @@ func parsePrefix(s string) (netip.Prefix, error) {
 // sluice.listen_http { addr = "127.0.0.1:8025", tls = {...}, max_request_size = "30MiB", request_timeout = "1m" }
 func (ld *loader) listenHTTP(L *lua.LState) int {
 	const fn = "sluice.listen_http"
-	o := ld.s.CheckOpts(1, fn, "addr", "tls", "max_request_size", "request_timeout")
+	o := ld.s.CheckOpts(1, fn, "addr", "tls", "max_request_size", "request_timeout", "max_inflight_bytes")
 	h := DefaultHTTPListener(ld.listenAddr(o, "addr"))
 	h.TLS = ld.tls(o, "tls")
 	ld.size(o, "max_request_size", &h.MaxRequestSize)
 	ld.duration(o, "request_timeout", &h.RequestTimeout)
+	ld.size(o, "max_inflight_bytes", &h.MaxInflightBytes)
 	ld.cfg.HTTP = append(ld.cfg.HTTP, h)
 	return 0
 }
@@ -467,7 +468,8 @@ func (ld *loader) events(L *lua.LState) int {
 	if o.String("file", &ld.cfg.Events.File) && ld.cfg.Events.File == "" {
 		o.Fail("file", "must not be empty")
 	}
-	if k := o.Sub("kafka", "brokers", "topic", "bounce_topic"); k != nil {
+	if k := o.Sub("kafka", "brokers", "topic", "bounce_topic", "routes", "types", "acks", "tls", "sasl", "dead_letter",
+		"missing_topic_wait", "batch_timeout", "max_message_bytes", "max_backlog", "on_backlog_full"); k != nil {
 		kc := DefaultKafka()
 		if !k.Strings("brokers", &kc.Brokers) || len(kc.Brokers) == 0 {
 			k.Fail("brokers", "is required: a list of host:port")
@@ -477,12 +479,13 @@ func (ld *loader) events(L *lua.LState) int {
 				k.Fail("brokers", "%q is not host:port", b)
 			}
 		}
-		if k.String("topic", &kc.Topic) && kc.Topic == "" {
-			k.Fail("topic", "must not be empty")
+		if k.String("topic", &kc.Topic) && !validTopic(kc.Topic) {
+			k.Fail("topic", "%q is not a Kafka topic name (1 to 249 of a-z A-Z 0-9 . _ -, not \".\" or \"..\")", kc.Topic)
 		}
-		if k.String("bounce_topic", &kc.BounceTopic) && kc.BounceTopic == "" {
-			k.Fail("bounce_topic", "must not be empty")
+		if k.String("bounce_topic", &kc.BounceTopic) && !validTopic(kc.BounceTopic) {
+			k.Fail("bounce_topic", "%q is not a Kafka topic name (1 to 249 of a-z A-Z 0-9 . _ -, not \".\" or \"..\")", kc.BounceTopic)
 		}
+		ld.kafkaMore(k, kc)
 		ld.cfg.Events.Kafka = kc
 	}
 	ld.webhooks(o)
@@ -795,3 +798,95 @@ func (ld *loader) plugin(L *lua.LState) int {
 	}
 	return ld.pushSpec(&StageSpec{Kind: StagePlugin, Plugin: p})
 }
+
+// validTopic reports whether t is a legal Kafka topic name (Kafka's
+// Topic.validate: 1 to 249 characters of [a-zA-Z0-9._-], not "." or "..").
+func validTopic(t string) bool {
+	if t == "" || len(t) > 249 || t == "." || t == ".." {
+		return false
+	}
+	for i := 0; i < len(t); i++ {
+		c := t[i]
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '.' || c == '_' || c == '-') {
+			return false
+		}
+	}
+	return true
+}
+
+// kafkaMore parses the Kafka sink's keys past brokers and topics.
+func (ld *loader) kafkaMore(k *sandbox.Opts, kc *Kafka) {
+	if v := k.Get("routes"); v != lua.LNil {
+		m, err := sandbox.ToGo(v)
+		routes, ok := m.(map[string]any)
+		if err != nil || !ok {
+			k.Fail("routes", "want a table of event type = \"topic\"")
+		}
+		kc.Routes = map[string]string{}
+		for typ, t := range routes {
+			ts, ok := t.(string)
+			if !ok || !validTopic(ts) {
+				k.Fail("routes", "%s: want a Kafka topic name (1 to 249 of a-z A-Z 0-9 . _ -, not \".\" or \"..\")", typ)
+			}
+			if !knownEventType(typ) {
+				k.Fail("routes", "unknown event type %q (want one of %s)", typ, strings.Join(eventTypes, ", "))
+			}
+			kc.Routes[typ] = ts
+		}
+	}
+	if k.Strings("types", &kc.Types) {
+		for _, typ := range kc.Types {
+			if !knownEventType(typ) {
+				k.Fail("types", "unknown event type %q (want one of %s)", typ, strings.Join(eventTypes, ", "))
+			}
+		}
+	}
+	if k.String("acks", &kc.Acks) && kc.Acks != "all" && kc.Acks != "leader" {
+		k.Fail("acks", "want \"all\" or \"leader\", got %q", kc.Acks)
+	}
+	if t := k.Sub("tls", "ca", "cert", "key", "server_name", "insecure_skip_verify"); t != nil {
+		kc.TLS = &KafkaTLS{}
+		t.String("ca", &kc.TLS.CA)
+		t.String("cert", &kc.TLS.Cert)
+		t.String("key", &kc.TLS.Key)
+		t.String("server_name", &kc.TLS.ServerName)
+		t.Bool("insecure_skip_verify", &kc.TLS.InsecureSkipVerify)
+		if (kc.TLS.Cert == "") != (kc.TLS.Key == "") {
+			t.Fail("cert", "set both cert and key, or neither")
+		}
+		kc.TLS.CA, kc.TLS.Cert, kc.TLS.Key = ld.resolve(kc.TLS.CA), ld.resolve(kc.TLS.Cert), ld.resolve(kc.TLS.Key)
+	}
+	if a := k.Sub("sasl", "mechanism", "username", "password"); a != nil {
+		kc.SASL = &KafkaSASL{}
+		a.String("mechanism", &kc.SASL.Mechanism)
+		switch kc.SASL.Mechanism {
+		case "plain", "scram-sha-256", "scram-sha-512":
+		default:
+			a.Fail("mechanism", "want \"plain\", \"scram-sha-256\" or \"scram-sha-512\", got %q", kc.SASL.Mechanism)
+		}
+		if !a.String("username", &kc.SASL.Username) || kc.SASL.Username == "" {
+			a.Fail("username", "is required")
+		}
+		a.String("password", &kc.SASL.Password)
+	}
+	if k.String("dead_letter", &kc.DeadLetter) && kc.DeadLetter == "" {
+		k.Fail("dead_letter", "must not be empty")
+	}
+	ld.duration(k, "missing_topic_wait", &kc.MissingTopicWait)
+	ld.duration(k, "batch_timeout", &kc.BatchTimeout)
+	ld.size(k, "max_message_bytes", &kc.MaxMessageBytes)
+	if k.Int64("max_backlog", &kc.MaxBacklog) && kc.MaxBacklog < 0 {
+		k.Fail("max_backlog", "must not be negative (0: no budget)")
+	}
+	if k.String("on_backlog_full", &kc.OnBacklogFull) && kc.OnBacklogFull != "accept" && kc.OnBacklogFull != "tempfail" {
+		k.Fail("on_backlog_full", "want \"accept\" or \"tempfail\", got %q", kc.OnBacklogFull)
+	}
+}
+
+// eventTypes are the event types kafka.types and kafka.routes accept: the
+// pipeline's, and the suppression list's.
+var eventTypes = []string{pipeline.EventReceived, pipeline.EventRejected, pipeline.EventDeferred, pipeline.EventDelivered,
+	pipeline.EventBounced, pipeline.EventExpired, pipeline.EventDiscarded, pipeline.EventSuppressed, pipeline.EventCancelled,
+	"suppression_added", "suppression_removed"}
+
+func knownEventType(t string) bool { return slices.Contains(eventTypes, t) }

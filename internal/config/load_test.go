@@ -112,7 +112,7 @@ sluice.stage("routing", {
 	if !reflect.DeepEqual(cfg.SMTP[1], want2) {
 		t.Errorf("smtp[1]\n got %+v\nwant %+v", cfg.SMTP[1], want2)
 	}
-	if len(cfg.HTTP) != 1 || !reflect.DeepEqual(cfg.HTTP[0], HTTPListener{Addr: "127.0.0.1:8025", MaxRequestSize: 1000, RequestTimeout: 15 * time.Second,
+	if len(cfg.HTTP) != 1 || !reflect.DeepEqual(cfg.HTTP[0], HTTPListener{Addr: "127.0.0.1:8025", MaxRequestSize: 1000, RequestTimeout: 15 * time.Second, MaxInflightBytes: 256 << 20,
 		TLS: &TLS{Cert: filepath.Join(dir, "h.pem"), Key: filepath.Join(dir, "h.key")}}) {
 		t.Errorf("http %+v", cfg.HTTP)
 	}
@@ -128,7 +128,9 @@ sluice.stage("routing", {
 	if !reflect.DeepEqual(cfg.Delivery, wantD) {
 		t.Errorf("delivery\n got %+v\nwant %+v", cfg.Delivery, wantD)
 	}
-	if cfg.Events.File != filepath.Join(cwd, "events.jsonl") || !reflect.DeepEqual(cfg.Events.Kafka, &Kafka{Brokers: []string{"127.0.0.1:9092"}, Topic: "d", BounceTopic: "b"}) {
+	wantKafka := DefaultKafka()
+	wantKafka.Brokers, wantKafka.Topic, wantKafka.BounceTopic = []string{"127.0.0.1:9092"}, "d", "b"
+	if cfg.Events.File != filepath.Join(cwd, "events.jsonl") || !reflect.DeepEqual(cfg.Events.Kafka, wantKafka) {
 		t.Errorf("events %+v %+v", cfg.Events, cfg.Events.Kafka)
 	}
 	if cfg.Lua != (Lua{Timeout: 250 * time.Millisecond, PoolSize: 3, MaxString: 2 << 20, MaxHeader: 64 << 10}) || cfg.StageTimeout != 10*time.Second {
@@ -203,7 +205,7 @@ func TestLoadDefaults(t *testing.T) {
 	}
 	// HTTP listener defaults.
 	cfg, err = Parse("p.lua", []byte(`sluice.listen_http { addr = "127.0.0.1:8025" }`))
-	if err != nil || !reflect.DeepEqual(cfg.HTTP, []HTTPListener{{Addr: "127.0.0.1:8025", MaxRequestSize: 30 << 20, RequestTimeout: time.Minute}}) {
+	if err != nil || !reflect.DeepEqual(cfg.HTTP, []HTTPListener{{Addr: "127.0.0.1:8025", MaxRequestSize: 30 << 20, RequestTimeout: time.Minute, MaxInflightBytes: 256 << 20}}) {
 		t.Fatalf("%+v %v", cfg.HTTP, err)
 	}
 	if cfg.Delivery.DelayWarning != 4*time.Hour {

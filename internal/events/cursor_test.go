@@ -487,8 +487,8 @@ func TestIdleOnEventConsumer(t *testing.T) {
 	for seq := uint64(1); seq <= 100; seq++ {
 		commitEvent(t, sp, seq)
 	}
-	testutil.WaitForWithin(t, 10*time.Second, "the sink to take every event", func() bool { return len(sink.got()) == 100 })
-	testutil.WaitForWithin(t, 10*time.Second, "the outbox pruned past the idle hooks consumer", func() bool {
+	testutil.WaitForWithin(t, 30*time.Second, "the sink to take every event", func() bool { return len(sink.got()) == 100 })
+	testutil.WaitForWithin(t, 30*time.Second, "the outbox pruned past the idle hooks consumer", func() bool {
 		first, _ := sp.FirstOutboxSeq()
 		return first == 101
 	})

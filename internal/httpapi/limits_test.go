@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/sluice-mta/sluice/internal/config"
+	"github.com/sluice-mta/sluice/internal/testutil"
 )
 
 // hostileBatch is n empty messages: {"messages":[{},{},...]}, the body
@@ -258,5 +259,36 @@ func BenchmarkCheckBody(b *testing.B) {
 				b.Fatal("slow path")
 			}
 		}
+	})
+}
+
+// TestInflightBodyBudget: a request whose body is being read holds its
+// share of max_inflight_bytes; another request past the budget gets 503
+// with Retry-After before its body is read, and once the first ends the
+// budget is free again.
+func TestInflightBodyBudget(t *testing.T) {
+	e := newEnv(t, envOptions{listener: config.HTTPListener{MaxInflightBytes: 20000}})
+	conn, err := net.Dial("tcp", strings.TrimPrefix(e.url, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	// 2 × 9000 + 4096 > 20000: this one request takes the whole budget
+	// while its body trickles in.
+	fmt.Fprintf(conn, "POST /v1/messages HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\nContent-Type: application/json\r\nContent-Length: 9000\r\n\r\n{", e.sendKey)
+	msg := map[string]any{"from": "app@example.com", "to": "b@dest.test", "subject": "s", "text": "x"}
+	testutil.WaitFor(t, "a second request refused with 503", func() bool {
+		r := e.post("/v1/messages", msg)
+		if r.Status == http.StatusAccepted {
+			return false // the first request's body was not being read yet
+		}
+		if r.Status != http.StatusServiceUnavailable || r.Header.Get("Retry-After") == "" || r.errorOf(t).Code != codeUnavailable {
+			t.Fatalf("past the budget: %d %s (Retry-After %q)", r.Status, r.Body, r.Header.Get("Retry-After"))
+		}
+		return true
+	})
+	conn.Close() // the first request ends: its reservation is released
+	testutil.WaitFor(t, "accepted once the budget is free", func() bool {
+		return e.post("/v1/messages", msg).Status == http.StatusAccepted
 	})
 }

@@ -49,10 +49,12 @@ import (
 
 	"github.com/sluice-mta/sluice/internal/apikey"
 	"github.com/sluice-mta/sluice/internal/config"
+	"github.com/sluice-mta/sluice/internal/logx"
 	"github.com/sluice-mta/sluice/internal/mailtext"
 	"github.com/sluice-mta/sluice/internal/relay"
 	"github.com/sluice-mta/sluice/internal/spool"
 	"github.com/sluice-mta/sluice/pipeline"
+	"golang.org/x/sync/semaphore"
 )
 
 //go:embed openapi.json
@@ -76,6 +78,10 @@ type Server struct {
 	hs    *http.Server
 	tls   *tls.Config
 	locks keyedMutex
+	// inflight bounds the request bodies in memory at once
+	// (MaxInflightBytes): see readBody.
+	inflight *semaphore.Weighted
+	sample   *logx.Sampler // refusals logged once per 10 s
 
 	startOnce sync.Once
 	stopOnce  sync.Once
@@ -111,6 +117,12 @@ func New(l config.HTTPListener, r *relay.Relay, sp *spool.Spool, keys *apikey.St
 	if s.max <= 0 {
 		s.max = config.DefaultHTTPListener(l.Addr).MaxRequestSize
 	}
+	if l.MaxInflightBytes <= 0 {
+		l.MaxInflightBytes = config.DefaultHTTPListener(l.Addr).MaxInflightBytes
+		s.l.MaxInflightBytes = l.MaxInflightBytes
+	}
+	s.inflight = semaphore.NewWeighted(l.MaxInflightBytes)
+	s.sample = logx.NewSampler(10 * time.Second)
 	// request_timeout bounds reading a whole request, header and body: a
 	// client sending its body at 1 byte/s is cut off then (408), instead
 	// of holding a connection and a handler for minutes.
@@ -219,6 +231,15 @@ func (s *Server) pruneLoop() {
 
 // ServeHTTP routes a request.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.Method == http.MethodPost {
+		rel := &bodyRelease{}
+		r = r.WithContext(context.WithValue(r.Context(), bodyReleaseKey{}, rel))
+		defer func() {
+			if rel.n > 0 {
+				s.inflight.Release(rel.n)
+			}
+		}()
+	}
 	p := r.URL.Path
 	switch {
 	case p == "/v1/messages":
@@ -373,7 +394,17 @@ func (s *Server) authenticate(r *http.Request, scopes ...string) (*apikey.Key, *
 
 // readBody checks the media type and reads the body (at most the
 // listener's MaxRequestSize) into a pooled buffer the caller puts back.
+//
+// Before reading it reserves twice the body's length (its Content-Length,
+// or MaxRequestSize when the length is not given: the buffer and what is
+// decoded from it) in the listener's in-flight budget (MaxInflightBytes),
+// released when the request's handler returns; past the budget the
+// request gets 503 with Retry-After and its body is never read. So many
+// large requests at once cannot take memory without bound.
 func (s *Server) readBody(w http.ResponseWriter, r *http.Request) (*bytes.Buffer, *apiError) {
+	if e := s.reserveBody(r); e != nil {
+		return nil, e
+	}
 	if ct := r.Header.Get("Content-Type"); ct != "application/json" {
 		mt, _, err := mime.ParseMediaType(ct)
 		if err != nil || mt != "application/json" {
@@ -401,6 +432,35 @@ func (s *Server) readBody(w http.ResponseWriter, r *http.Request) (*bytes.Buffer
 		return nil, errf(http.StatusBadRequest, codeInvalidJSON, "", "cannot read the request body")
 	}
 	return buf, nil
+}
+
+// bodyRelease releases a request's reservation in the in-flight budget;
+// ServeHTTP puts one in each request's context and calls it at the end.
+type bodyRelease struct{ n int64 }
+
+type bodyReleaseKey struct{}
+
+// reserveBody takes the request body's share of the in-flight budget.
+func (s *Server) reserveBody(r *http.Request) *apiError {
+	n := r.ContentLength
+	if n < 0 || n > s.max {
+		n = s.max
+	}
+	n = 2*n + 4096
+	n = min(n, s.l.MaxInflightBytes)
+	if !s.inflight.TryAcquire(n) {
+		if ok, n := s.sample.Allow("inflight"); ok {
+			s.log.Warn("request refused: the listener's request bodies in memory are at max_inflight_bytes", "remote", r.RemoteAddr,
+				"max_inflight_bytes", s.l.MaxInflightBytes, "similar_suppressed", n)
+		}
+		return errf(http.StatusServiceUnavailable, codeUnavailable, "", "the server holds as many request bodies as it may (max_inflight_bytes); try again shortly")
+	}
+	if rel, _ := r.Context().Value(bodyReleaseKey{}).(*bodyRelease); rel != nil {
+		rel.n += n
+	} else {
+		s.inflight.Release(n) // not through ServeHTTP (tests): nothing would release it
+	}
+	return nil
 }
 
 // openConn starts the request's relay session: on_connect, then on_auth

@@ -137,6 +137,7 @@ type Relay struct {
 	now      func() time.Time
 	// delayWarning is Options.DelayWarning (see Notify).
 	delayWarning time.Duration
+	admit        func() error
 	supp         Suppressions // nil: no suppression list
 
 	// The gate keeps the store open while acceptances are in flight:
@@ -161,6 +162,11 @@ type Options struct {
 	// warnings about it (see Notify): sluice.delivery's delay_warning.
 	// Zero sends no delay warnings.
 	DelayWarning time.Duration
+	// Admit, when set, is consulted at each commit before the write: an
+	// error (a *pipeline.Error, e.g. the event backlog over budget)
+	// refuses the transaction with it. It must be cheap and safe for
+	// concurrent use.
+	Admit func() error
 	// Suppressions, when set, is the suppression list enforced at RCPT
 	// (see Txn.RcptWith and suppression.go).
 	Suppressions Suppressions
@@ -179,7 +185,7 @@ func New(p *Pipeline, store Store, o Options) *Relay {
 	}
 	r := &Relay{store: store, log: o.Logger.With("component", "relay"), hostname: o.Hostname, now: o.Now,
 		sample:       logx.NewSampler(10 * time.Second),
-		delayWarning: o.DelayWarning, supp: o.Suppressions}
+		delayWarning: o.DelayWarning, supp: o.Suppressions, admit: o.Admit}
 	r.pipe.Store(p)
 	return r
 }

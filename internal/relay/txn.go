@@ -390,9 +390,19 @@ func (r *Relay) commit(ctx context.Context, txns []*Txn, accs []*Accepted, o Com
 		}
 	}
 	if len(write) > 0 {
-		if err := r.store.Commit(ctx, write, o.BeforeCommit); err != nil {
+		var err, refused error
+		if r.admit != nil {
+			refused = r.admit()
+			err = refused
+		}
+		if err == nil {
+			err = r.store.Commit(ctx, write, o.BeforeCommit)
+		}
+		if err != nil {
 			ferr := &pipeline.Error{Code: 451, Enhanced: pipeline.EnhancedCode{4, 3, 0}, Message: "Cannot store the message now, try again later", Cause: err}
-			if errors.Is(err, pipeline.ErrSpoolFull) {
+			if pe := (*pipeline.Error)(nil); refused != nil && errors.As(refused, &pe) {
+				ferr = pe // logged by whoever refused (rate-limited)
+			} else if errors.Is(err, pipeline.ErrSpoolFull) {
 				// The spool logs entering and leaving the full state once.
 				r.log.Debug("spool full; message refused", "msgid", accs[0].Msg.ID, "n", len(accs), "err", err)
 				ferr = &pipeline.Error{Code: 452, Enhanced: pipeline.ErrSpoolFull.Enhanced, Message: pipeline.ErrSpoolFull.Message, Cause: err}

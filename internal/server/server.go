@@ -24,6 +24,8 @@ import (
 	"reflect"
 	"strings"
 	"sync"
+	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -61,13 +63,18 @@ type Server struct {
 	keys    *apikey.Store
 	control *controlServer
 	metrics *prometheus.Registry // one per node; served by the admin listener
-	wg      sync.WaitGroup
-	errc    chan error
+	// deadLetters is sluice_event_dead_letters_total, shared by the sinks.
+	deadLetters *prometheus.CounterVec
+	wg          sync.WaitGroup
+	errc        chan error
 
 	started  []component // in start order
 	reloadMu sync.Mutex
 	exStop   context.CancelFunc
 	hkStop   func()
+	// backlog is the Kafka sink's backlog budget (nil: none); the relay
+	// consults it at each commit.
+	backlog atomic.Pointer[events.Backlog]
 }
 
 // component is one long-lived part of the node.
@@ -130,7 +137,9 @@ func checkNode(cfg *config.Config) error {
 		return fmt.Errorf("%s has no listener; add sluice.listen_smtp { addr = \"127.0.0.1:2525\" } or sluice.listen_http { ... }", cfg.File)
 	}
 	if cfg.Events.Kafka != nil {
-		return fmt.Errorf("%s: sluice.events { kafka = ... }: the Kafka sink is not available in this version; remove the kafka key (events go to %s)", cfg.File, cfg.Events.File)
+		if _, err := kafkaOptions(cfg, nil, nil); err != nil {
+			return err
+		}
 	}
 	if _, err := loadBounces(cfg); err != nil {
 		return err
@@ -297,6 +306,14 @@ func (s *Server) components() []component {
 	cs = append(cs, component{name: "spool",
 		start: func() error {
 			var err error
+			if mf := minFree(cfg.Spool.MinFree); mf > 0 && mf < int64(cfg.Spool.MemtableMB)<<20*11/10 {
+				// Pebble preallocates each WAL file at 110% of the memtable
+				// size (pebble v2 DB.walPreallocateSize) and flushes a
+				// memtable at once: a smaller reserve can be overrun by one
+				// of them, and Pebble then meets ENOSPC.
+				s.log.Warn("spool: min_free is less than 110% of memtable_mb; one WAL preallocation or memtable flush can pass the reserve and fill the disk: raise min_free or lower memtable_mb",
+					"min_free", mf, "memtable_mb", cfg.Spool.MemtableMB)
+			}
 			s.sp, err = spool.Open(cfg.Spool.Path, spool.Options{MemtableMB: cfg.Spool.MemtableMB, Logger: s.log, Node: cfg.Node, MinFree: minFree(cfg.Spool.MinFree)})
 			if err != nil {
 				return err
@@ -333,7 +350,7 @@ func (s *Server) components() []component {
 			// included: they enter through it.
 			s.sp.SetSuppressionPolicy(suppressionPolicy(cfg))
 			s.relay = relay.NewSpool(s.pipe, s.sp, s.q, relay.Options{Hostname: cfg.Hostname, Logger: s.log, DelayWarning: cfg.Delivery.DelayWarning,
-				Suppressions: s.sp})
+				Suppressions: s.sp, Admit: func() error { return s.backlog.Load().Check() }})
 			s.q.SetBouncer(s.relay)
 			s.q.SetNotifier(s.relay)
 			return s.registerCoreMetrics()
@@ -348,6 +365,15 @@ func (s *Server) components() []component {
 			}
 			s.file = fs
 			s.sinks = []events.Sink{fs}
+			// One dead-letter counter for every sink that dead-letters.
+			if s.deadLetters, err = events.NewDeadLetterCounter(s.metrics); err != nil {
+				fs.Close()
+				return err
+			}
+			if err := s.startKafka(); err != nil {
+				fs.Close()
+				return err
+			}
 			if err := s.startWebhooks(cfg); err != nil {
 				for _, sk := range s.sinks {
 					sk.Close()
@@ -368,7 +394,16 @@ func (s *Server) components() []component {
 				}
 				return err
 			}
+			if s.metrics != nil {
+				if err := s.metrics.Register(s.ex.AgeCollector()); err != nil {
+					for _, sk := range s.sinks {
+						sk.Close()
+					}
+					return fmt.Errorf("events: registering metrics: %w", err)
+				}
+			}
 			ctx, cancel := context.WithCancel(context.Background())
+			s.watchBacklog(ctx)
 			go s.ex.Run(ctx)
 			s.exStop = cancel
 			return nil
@@ -527,11 +562,14 @@ func (s *Server) components() []component {
 // registerCoreMetrics registers the spool and queue gauges, read at
 // scrape time (no cost on the message path).
 func (s *Server) registerCoreMetrics() error {
+	cfg := s.cfg
 	gauge := func(name, help string, f func() float64) prometheus.Collector {
 		return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: help}, f)
 	}
 	for _, c := range []prometheus.Collector{
-		gauge("sluice_spool_size_bytes", "Bytes the spool's files take on disk.", func() float64 { return float64(s.sp.Size()) }),
+		gauge("sluice_spool_size_bytes", "Bytes the spool's directory takes on disk: allocated blocks, preallocated WAL space included (like du).", func() float64 {
+			return float64(dirBytes(cfg.Spool.Path))
+		}),
 		gauge("sluice_spool_full", "1 while the spool refuses new mail (below its min_free reserve, or failed), else 0.", func() float64 {
 			if s.sp.Full() {
 				return 1
@@ -560,12 +598,42 @@ func (s *Server) registerCoreMetrics() error {
 	return nil
 }
 
+// dirBytes is what the files directly in dir take on disk (allocated
+// blocks, like du; a file's size where the platform does not say). It
+// reads the directory at each call: for a metric scraped every few
+// seconds, not for a hot path.
+func dirBytes(dir string) uint64 {
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return 0
+	}
+	var n uint64
+	for _, e := range ents {
+		fi, err := e.Info()
+		if err != nil || fi.IsDir() {
+			continue
+		}
+		if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+			n += uint64(st.Blocks) * 512
+		} else {
+			n += uint64(fi.Size())
+		}
+	}
+	return n
+}
+
 // readiness is what /readyz checks: the spool can take mail.
 func (s *Server) readiness() map[string]metrics.Check {
 	return map[string]metrics.Check{
 		"spool": func() error {
 			if s.sp.Full() {
 				return errors.New("the spool refuses new mail (below its min_free reserve, or failed; see the log)")
+			}
+			return nil
+		},
+		"events": func() error {
+			if err := s.backlog.Load().Check(); err != nil {
+				return fmt.Errorf("new mail is refused: the Kafka sink's backlog is over kafka.max_backlog (on_backlog_full = \"tempfail\"): %w", err)
 			}
 			return nil
 		},
@@ -713,10 +781,7 @@ func (s *Server) startWebhooks(cfg *config.Config) error {
 	if s.metrics != nil {
 		reg = s.metrics
 	}
-	dead, err := events.NewDeadLetterCounter(reg)
-	if err != nil {
-		return err
-	}
+	dead := s.deadLetters
 	lat, err := events.NewWebhookLatency(reg)
 	if err != nil {
 		return err

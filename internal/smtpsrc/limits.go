@@ -3,6 +3,7 @@ package smtpsrc
 import (
 	"log/slog"
 	"net/netip"
+	"strings"
 	"sync"
 	"time"
 )
@@ -39,6 +40,7 @@ const (
 	reasonPerIP   = "max_connections_per_ip"
 	reasonRateIP  = "max_connection_rate_per_ip"
 	reasonNoReply = "closed without reply" // suffix: the refusers were all busy
+	reasonBudget  = "max_inflight_bytes"   // a message: the in-flight byte budget
 )
 
 // admit counts a new connection from ip, or returns the limit it is over
@@ -96,8 +98,8 @@ func (a *anvil) sweepLocked(now time.Time) {
 // per reason, with the number refused) at the end of the second; no
 // refusal goes uncounted, including connections closed without a reply.
 type refusalLog struct {
-	log *slog.Logger
-	max int // MaxConnections, for the log line
+	log    *slog.Logger
+	limits map[string]string // reason → the limit that applied, for the log line
 
 	mu      sync.Mutex
 	pending map[string]*refusalCount
@@ -113,8 +115,10 @@ type refusalCount struct {
 
 const refusalLogEvery = time.Second
 
-func newRefusalLog(log *slog.Logger, max int) *refusalLog {
-	return &refusalLog{log: log, max: max, pending: make(map[string]*refusalCount)}
+// newRefusalLog logs refusals counted per reason; limits gives, per
+// reason, the limit that applied (shown as "limit").
+func newRefusalLog(log *slog.Logger, limits map[string]string) *refusalLog {
+	return &refusalLog{log: log, limits: limits, pending: make(map[string]*refusalCount)}
 }
 
 func (r *refusalLog) note(reason, addr string) {
@@ -148,8 +152,9 @@ func (r *refusalLog) flush() {
 func (r *refusalLog) flushLocked() {
 	r.last = time.Now()
 	for reason, c := range r.pending {
-		r.log.Warn("connections refused", "reason", reason, "refused", c.n,
-			"max_connections", r.max, "last_remote_addr", c.lastAddr)
+		base, _, _ := strings.Cut(reason, ", ")
+		r.log.Warn("refused at a listener limit", "reason", reason, "refused", c.n,
+			"limit", r.limits[base], "last_remote_addr", c.lastAddr)
 		delete(r.pending, reason)
 	}
 }

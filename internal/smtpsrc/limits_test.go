@@ -144,7 +144,7 @@ func TestRefusalLogAddsUp(t *testing.T) {
 			return true
 		})
 	}}
-	rl := newRefusalLog(slog.New(h), 10)
+	rl := newRefusalLog(slog.New(h), map[string]string{reasonBusy: "10"})
 	for i := 0; i < 1000; i++ {
 		reason := reasonPerIP
 		if i%3 == 0 {

@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -127,7 +128,12 @@ func New(l config.SMTPListener, rl *relay.Relay, log *slog.Logger, opts ...Optio
 	s.slots = make(chan struct{}, l.MaxConnections)
 	s.rejecters = make(chan struct{}, maxRejecters)
 	s.anvil = newAnvil(l.MaxConnectionsPerIP, l.MaxConnectionRatePerIP, l.ConnectionRateWindow)
-	s.refusals = newRefusalLog(s.log, l.MaxConnections)
+	s.refusals = newRefusalLog(s.log, map[string]string{
+		reasonBusy:   strconv.Itoa(l.MaxConnections),
+		reasonPerIP:  strconv.Itoa(l.MaxConnectionsPerIP),
+		reasonRateIP: fmt.Sprintf("%d per %s", l.MaxConnectionRatePerIP, l.ConnectionRateWindow),
+		reasonBudget: strconv.FormatInt(l.MaxInflightBytes, 10) + " bytes",
+	})
 	s.inflight.limit = l.MaxInflightBytes
 	return s, nil
 }

@@ -316,7 +316,7 @@ func (ss *session) dataReadFailed(txn *relay.Txn, err error) error {
 func (ss *session) overBudget(txn *relay.Txn, size int) error {
 	// The relay logs each refusal; this reason is counted, at most one
 	// line a second, so a flood of large messages does not flood the log.
-	ss.s.refusals.note("max_inflight_bytes reached", ss.conn.RemoteIP.String())
+	ss.s.refusals.note(reasonBudget, ss.conn.RemoteIP.String())
 	return ss.refuseData(txn, size, errInflightFull)
 }
 

@@ -86,7 +86,16 @@ type spaceState struct {
 	floor   atomic.Bool // below the write floor (a quarter of the reserve)
 	avail   atomic.Uint64
 	statErr bool // a statfs error was logged
+	// written counts the bytes of spool writes since the last reading of
+	// the free space: past recheckBytes the next check reads it again
+	// instead of waiting out the second, so a burst of acceptances cannot
+	// walk through the reserve between two readings.
+	written atomic.Int64
 }
+
+// recheckBytes is how many bytes may be written between two readings of
+// the free space: a sixteenth of the reserve, at least 256 KiB.
+func (s *Spool) recheckBytes() int64 { return max(s.minFree/16, 256<<10) }
 
 // failedErr is set once Pebble reported a fatal error (fatal) or a write
 // did not finish within the write timeout (not fatal: cleared once a write
@@ -252,6 +261,7 @@ func (s *Spool) apply(b *pebble.Batch, opts *pebble.WriteOptions) error {
 		b.Close()
 		return &fullError{cause: errReadOnly}
 	}
+	s.space.written.Add(int64(b.Len()))
 	return s.write(func() error {
 		defer b.Close()
 		return s.db.Apply(b, opts)
@@ -269,8 +279,9 @@ func (s *Spool) writeNow(f func() error) error {
 
 // CheckSpace returns ErrFull (452 4.3.1) while the filesystem of the spool
 // has less free space than the reserve, or the spool failed; nil
-// otherwise. It costs a statfs at most once a second; call it before
-// accepting a message.
+// otherwise. It costs a statfs at most once a second, or once per
+// sixteenth of the reserve written (so a burst cannot pass the reserve
+// between two readings); call it before accepting a message.
 func (s *Spool) CheckSpace() error {
 	if err := s.failed(); err != nil {
 		return err
@@ -288,11 +299,13 @@ func (s *Spool) CheckSpace() error {
 	return nil
 }
 
-// refreshSpace reads the free space if the last reading is a second old.
+// refreshSpace reads the free space if the last reading is a second old,
+// or recheckBytes were written since.
 func (s *Spool) refreshSpace() {
 	s.space.mu.Lock()
-	if now := time.Now(); now.Sub(s.space.checked) >= time.Second {
+	if now := time.Now(); now.Sub(s.space.checked) >= time.Second || s.space.written.Load() >= s.recheckBytes() {
 		s.space.checked = now
+		s.space.written.Store(0)
 		s.refreshSpaceLocked()
 	}
 	s.space.mu.Unlock()
@@ -309,6 +322,9 @@ func (s *Spool) refreshSpaceLocked() {
 		return
 	}
 	s.space.avail.Store(du.AvailBytes)
+	if s.minFree <= 0 { // no reserve: neither full nor below a floor
+		return
+	}
 	min := uint64(s.minFree)
 	below := du.AvailBytes < min/4
 	if s.space.floor.Swap(below) != below && s.opened.Load() {
@@ -355,10 +371,14 @@ func (s *Spool) Full() bool {
 // again when the last reading is a second old (a statfs at most once a
 // second). Safe for concurrent use.
 func (s *Spool) Writable() bool {
-	if s.minFree >= 0 {
-		s.refreshSpace()
+	if s.readOnly.Load() || s.failed() != nil {
+		return false
 	}
-	return !s.readOnly.Load() && s.failed() == nil && !s.space.floor.Load()
+	if s.minFree <= 0 { // no reserve, so no write floor either
+		return true
+	}
+	s.refreshSpace()
+	return !s.space.floor.Load()
 }
 
 // Size returns the bytes the spool's database uses on disk (tables, WAL,

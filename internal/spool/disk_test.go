@@ -600,3 +600,50 @@ func TestWriteFloor(t *testing.T) {
 		t.Fatal("not Writable() once there is room")
 	}
 }
+
+// TestBurstRereadsFreeSpace: a burst of acceptances within one second
+// cannot walk through the reserve: past a sixteenth of the reserve
+// written, the next check reads the free space again.
+func TestBurstRereadsFreeSpace(t *testing.T) {
+	var avail atomic.Uint64
+	avail.Store(1 << 30)
+	s, err := Open("spool", Options{Node: "n1", FS: spaceFS{FS: vfs.NewMem(), avail: &avail}, MinFree: 16 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if err := s.CheckSpace(); err != nil {
+		t.Fatal(err)
+	}
+	avail.Store(8 << 20) // the disk fills within the second (below the reserve, above the write floor)
+	if err := s.CheckSpace(); err != nil {
+		t.Fatalf("a check right after the last reading: %v (it should not read again yet)", err)
+	}
+	for written := 0; written < 1<<20+64<<10; written += 64 << 10 {
+		if _, err := acceptSized(s, 64<<10); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.CheckSpace(); !errors.Is(err, ErrFull) {
+		t.Fatalf("after 1 MiB written (a sixteenth of the reserve): %v, want ErrFull without waiting for the next second", err)
+	}
+}
+
+// TestNoReserveIsAlwaysWritable: with the reserve off (min_free = "0",
+// MinFree < 0) a nearly full filesystem is neither "full" nor below a
+// write floor, so delivery is never held for it.
+func TestNoReserveIsAlwaysWritable(t *testing.T) {
+	var avail atomic.Uint64
+	avail.Store(1000)
+	s, err := Open("spool", Options{Node: "n1", FS: spaceFS{FS: vfs.NewMem(), avail: &avail}, MinFree: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if !s.Writable() || s.Full() || s.CheckSpace() != nil {
+		t.Fatalf("reserve off: writable %v, full %v, check %v; want writable, not full", s.Writable(), s.Full(), s.CheckSpace())
+	}
+	if _, err := acceptSized(s, 5000); err != nil {
+		t.Fatal(err)
+	}
+}

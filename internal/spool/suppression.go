@@ -194,6 +194,12 @@ func CanonicalAddress(addr string) (string, error) {
 	if err != nil {
 		return "", err
 	}
+	// RFC 5321 section 4.5.3.1: a local part of at most 64 octets, a
+	// domain of at most 255. No such address can be delivered, so none is
+	// listed.
+	if len(local) > 64 || len(domain) > 255 {
+		return "", fmt.Errorf("the address is longer than RFC 5321 allows (local part at most 64 octets, domain at most 255)")
+	}
 	return pipeline.JoinAddress(local, domain), nil
 }
 

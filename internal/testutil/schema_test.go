@@ -29,6 +29,7 @@ func TestEventSchemaAcceptsValid(t *testing.T) {
 		func(m map[string]any) { m["response"].(map[string]any)["enhanced"] = "" },
 		func(m map[string]any) { m["tags"] = []any{}; m["metadata"] = map[string]any{} },
 		func(m map[string]any) { m["sender"] = ""; m["source"] = "dsn"; m["time"] = "2026-11-23T19:40:00Z" },
+		func(m map[string]any) { m["type"] = "suppression_added"; m["message_id"] = ""; m["source"] = "api" },
 	} {
 		js := modify(t, mod)
 		if err := CheckEvent(js); err != nil {
@@ -40,6 +41,7 @@ func TestEventSchemaAcceptsValid(t *testing.T) {
 func TestEventSchemaRefusesInvalid(t *testing.T) {
 	for name, mod := range map[string]func(m map[string]any){
 		"missing event_id":     func(m map[string]any) { delete(m, "event_id") },
+		"empty message_id":     func(m map[string]any) { m["message_id"] = "" },
 		"missing tags":         func(m map[string]any) { delete(m, "tags") },
 		"null tags":            func(m map[string]any) { m["tags"] = nil },
 		"null metadata":        func(m map[string]any) { m["metadata"] = nil },

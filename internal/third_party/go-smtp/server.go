@@ -202,7 +202,7 @@ func (s *Server) handleConn(c *Conn) error {
 			}
 
 			if neterr, ok := err.(net.Error); ok && neterr.Timeout() {
-				c.writeResponse(421, EnhancedCode{4, 4, 2}, "Idle timeout, closing connection") // sluice: reply texts
+				c.writeResponse(421, EnhancedCode{4, 4, 2}, "Timeout (idle, or the session time limit), closing connection") // sluice: reply texts
 				return nil
 			}
 
