@@ -7,7 +7,7 @@ BENCH   := bin/sluice-bench
 CONFIG  ?= pipeline.example.lua
 PKGS    := ./...
 
-.PHONY: all build run test test-short bench lint fmt vet clean deps
+.PHONY: all build run test test-short bench lint fmt vet clean deps proto proto-tools
 
 all: build
 
@@ -53,3 +53,16 @@ fmt:
 
 clean:
 	rm -rf bin var
+
+# The plugin protocol's generated Go code (committed; .ci/check-proto fails
+# when it is stale). protoc comes from Debian's protobuf-compiler; the Go
+# generators are pinned here.
+PROTOC_GEN_GO      := google.golang.org/protobuf/cmd/protoc-gen-go@v1.36.12
+PROTOC_GEN_GO_GRPC := google.golang.org/grpc/cmd/protoc-gen-go-grpc@v1.5.1
+
+proto-tools:
+	$(GO) install $(PROTOC_GEN_GO)
+	$(GO) install $(PROTOC_GEN_GO_GRPC)
+
+proto: proto-tools
+	plugins/proto/gen.sh

@@ -275,10 +275,14 @@ const (
 
 // PluginSpec: sluice.plugin { cmd = "./bin/x", args = {...}, on_error = "tempfail", timeout = "5s" }.
 type PluginSpec struct {
-	Cmd     string        // executable; a relative path with a slash resolves against the config file's directory
-	Args    []string      // extra arguments
-	OnError string        // OnErrorTempfail (default), OnErrorContinue or OnErrorReject
-	Timeout time.Duration // per hook call; 0 = the stage timeout only
+	Cmd         string         // executable; a relative path with a slash resolves against the config file's directory
+	Args        []string       // extra arguments
+	OnError     string         // OnErrorTempfail (default), OnErrorContinue or OnErrorReject
+	Timeout     time.Duration  // per hook call; 0 = the stage timeout only
+	Env         []string       // "K=V" added to the relay's environment, sorted by key
+	MaxInFlight int            // calls in flight at once; 0 = the plugin package's default (64)
+	Config      map[string]any // passed to the plugin at start, as JSON; nil when absent
+	Hooks       []string       // hooks the plugin must implement; empty = whatever it implements
 }
 
 // StageSpec is one sluice.stage(name, ...) call, in order.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/base64"
 	"fmt"
+	"maps"
 	"net"
 	"net/netip"
 	"net/url"
@@ -735,10 +736,13 @@ func unknownBuiltin(kind string, known []string) error {
 		kind, strings.Join(known, ", "))
 }
 
+// pluginHooks are the hooks the plugin protocol carries (no on_auth).
+var pluginHooks = []string{"on_connect", "on_helo", "on_mail", "on_rcpt", "on_message", "on_route", "on_event"}
+
 // sluice.plugin { cmd = "./bin/x", args = {...}, on_error = "tempfail", timeout = "5s" }
 func (ld *loader) plugin(L *lua.LState) int {
 	const fn = "sluice.plugin"
-	o := ld.s.CheckOpts(1, fn, "cmd", "args", "on_error", "timeout")
+	o := ld.s.CheckOpts(1, fn, "cmd", "args", "on_error", "timeout", "env", "max_in_flight", "config", "hooks")
 	p := &PluginSpec{OnError: OnErrorTempfail}
 	if !o.String("cmd", &p.Cmd) || p.Cmd == "" {
 		o.Fail("cmd", "is required")
@@ -749,6 +753,49 @@ func (ld *loader) plugin(L *lua.LState) int {
 	o.Strings("args", &p.Args)
 	ld.enum(o, "on_error", &p.OnError, OnErrorTempfail, OnErrorContinue, OnErrorReject)
 	ld.duration(o, "timeout", &p.Timeout)
+	if o.Int("max_in_flight", &p.MaxInFlight) && p.MaxInFlight < 1 {
+		o.Fail("max_in_flight", "must be at least 1")
+	}
+	pluginTable := func(key string) map[string]any {
+		v := o.Get(key)
+		if v == lua.LNil {
+			return nil
+		}
+		t, ok := v.(*lua.LTable)
+		if !ok {
+			o.Fail(key, "want a table of key = value, got %s", sandbox.Describe(v))
+		}
+		g, err := sandbox.ToGo(t)
+		if err != nil {
+			o.Fail(key, "%v", err)
+		}
+		switch m := g.(type) {
+		case map[string]any:
+			return m
+		case []any:
+			if len(m) > 0 {
+				o.Fail(key, "want a table of key = value, got a list")
+			}
+		}
+		return map[string]any{}
+	}
+	if env := pluginTable("env"); env != nil {
+		for _, k := range slices.Sorted(maps.Keys(env)) {
+			v, ok := env[k].(string)
+			if !ok || k == "" || strings.ContainsAny(k, "=\x00") || strings.ContainsRune(v, 0) {
+				o.Fail("env", "%q: want NAME = \"string value\" (no '=' or NUL in names)", k)
+			}
+			p.Env = append(p.Env, k+"="+v)
+		}
+	}
+	p.Config = pluginTable("config")
+	if o.Strings("hooks", &p.Hooks) {
+		for _, h := range p.Hooks {
+			if !slices.Contains(pluginHooks, h) {
+				o.Fail("hooks", "%q is not a plugin hook (want one of %s)", h, strings.Join(pluginHooks, ", "))
+			}
+		}
+	}
 	return ld.pushSpec(&StageSpec{Kind: StagePlugin, Plugin: p})
 }
 

@@ -38,6 +38,7 @@ import (
 	"github.com/sluice-mta/sluice/internal/httpapi"
 	"github.com/sluice-mta/sluice/internal/luahost"
 	"github.com/sluice-mta/sluice/internal/metrics"
+	"github.com/sluice-mta/sluice/internal/plugin"
 	"github.com/sluice-mta/sluice/internal/queue"
 	"github.com/sluice-mta/sluice/internal/relay"
 	"github.com/sluice-mta/sluice/internal/smtpsrc"
@@ -239,7 +240,9 @@ func buildStage(cfg *config.Config, spec config.StageSpec, host *luahost.Host, l
 		}
 		return st, nil
 	case config.StagePlugin:
-		return nil, fmt.Errorf("plugin stages are not available in this version of sluice")
+		p := spec.Plugin
+		return plugin.Start(plugin.Options{Name: spec.Name, Cmd: p.Cmd, Args: p.Args, Env: p.Env, Timeout: p.Timeout,
+			MaxInFlight: p.MaxInFlight, OnError: p.OnError, Config: p.Config, Hooks: p.Hooks, Logger: log})
 	}
 	return host.Stage(spec)
 }

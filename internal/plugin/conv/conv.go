@@ -1,0 +1,315 @@
+// Package conv converts between the plugin protocol's messages
+// (plugins/proto/stage/v1) and the Go types of package pipeline. The host
+// (internal/plugin) and the Go SDK (plugins/sdk) both use it, so the two
+// sides of the process boundary agree on every field. It is internal: plugin
+// authors see only pipeline types.
+package conv
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"net/netip"
+	"time"
+
+	"github.com/sluice-mta/sluice/pipeline"
+	stagev1 "github.com/sluice-mta/sluice/plugins/proto/stage/v1"
+)
+
+// Hook names, in the pipeline's (Lua) spelling, by protocol hook.
+var hookNames = map[stagev1.Hook]string{
+	stagev1.Hook_HOOK_ON_CONNECT: "on_connect",
+	stagev1.Hook_HOOK_ON_HELO:    "on_helo",
+	stagev1.Hook_HOOK_ON_MAIL:    "on_mail",
+	stagev1.Hook_HOOK_ON_RCPT:    "on_rcpt",
+	stagev1.Hook_HOOK_ON_MESSAGE: "on_message",
+	stagev1.Hook_HOOK_ON_ROUTE:   "on_route",
+	stagev1.Hook_HOOK_ON_EVENT:   "on_event",
+}
+
+// HookName returns the pipeline name of h ("on_rcpt"), or "" for an unknown
+// hook.
+func HookName(h stagev1.Hook) string { return hookNames[h] }
+
+// HookFromName returns the protocol hook of a pipeline hook name, or
+// HOOK_UNSPECIFIED.
+func HookFromName(name string) stagev1.Hook {
+	for h, n := range hookNames {
+		if n == name {
+			return h
+		}
+	}
+	return stagev1.Hook_HOOK_UNSPECIFIED
+}
+
+// Identity converts an identity; nil stays nil.
+func Identity(id *pipeline.Identity) *stagev1.Identity {
+	if id == nil {
+		return nil
+	}
+	return &stagev1.Identity{Name: id.Name, Tenant: id.Tenant, Method: id.Method, Scopes: id.Scopes, Senders: id.Senders}
+}
+
+// IdentityFrom is the inverse of Identity.
+func IdentityFrom(p *stagev1.Identity) *pipeline.Identity {
+	if p == nil {
+		return nil
+	}
+	return &pipeline.Identity{Name: p.Name, Tenant: p.Tenant, Method: p.Method, Scopes: p.Scopes, Senders: p.Senders}
+}
+
+// Conn converts a connection; nil stays nil.
+func Conn(c *pipeline.Conn) *stagev1.Conn {
+	if c == nil {
+		return nil
+	}
+	p := &stagev1.Conn{Id: c.ID, Source: c.Source, Listener: c.Listener, ServerName: c.ServerName,
+		RemotePort: uint32(c.RemotePort), Helo: c.HELO, Tls: c.TLS, Identity: Identity(c.Identity), RelayNetwork: c.RelayNetwork}
+	if c.RemoteIP.IsValid() {
+		p.RemoteIp = c.RemoteIP.String()
+	}
+	return p
+}
+
+// ConnFrom is the inverse of Conn. An unparsable remote_ip is left zero.
+func ConnFrom(p *stagev1.Conn) *pipeline.Conn {
+	if p == nil {
+		return nil
+	}
+	c := &pipeline.Conn{ID: p.Id, Source: p.Source, Listener: p.Listener, ServerName: p.ServerName,
+		RemotePort: uint16(p.RemotePort), HELO: p.Helo, TLS: p.Tls, Identity: IdentityFrom(p.Identity), RelayNetwork: p.RelayNetwork}
+	if p.RemoteIp != "" {
+		c.RemoteIP, _ = netip.ParseAddr(p.RemoteIp)
+	}
+	return c
+}
+
+// Route converts a route; nil stays nil.
+func Route(r *pipeline.Route) *stagev1.Route {
+	if r == nil {
+		return nil
+	}
+	return &stagev1.Route{Kind: r.Kind, Host: r.Host, Port: int32(r.Port), Tls: r.TLS, AuthUser: r.AuthUser, AuthPass: r.AuthPass}
+}
+
+// RouteFrom is the inverse of Route.
+func RouteFrom(p *stagev1.Route) *pipeline.Route {
+	if p == nil {
+		return nil
+	}
+	return &pipeline.Route{Kind: p.Kind, Host: p.Host, Port: int(p.Port), TLS: p.Tls, AuthUser: p.AuthUser, AuthPass: p.AuthPass}
+}
+
+// Recipient converts a recipient; nil stays nil.
+func Recipient(r *pipeline.Recipient) *stagev1.Recipient {
+	if r == nil {
+		return nil
+	}
+	return &stagev1.Recipient{Address: r.Address, Local: r.Local, Domain: r.Domain, Relay: r.Relay, Route: Route(r.Route),
+		Params: &stagev1.RcptParams{Notify: r.Params.Notify, Orcpt: r.Params.ORCPT}}
+}
+
+// RecipientFrom is the inverse of Recipient.
+func RecipientFrom(p *stagev1.Recipient) *pipeline.Recipient {
+	if p == nil {
+		return nil
+	}
+	r := &pipeline.Recipient{Address: p.Address, Local: p.Local, Domain: p.Domain, Relay: p.Relay, Route: RouteFrom(p.Route)}
+	if p.Params != nil {
+		r.Params = pipeline.RcptParams{Notify: p.Params.Notify, ORCPT: p.Params.Orcpt}
+	}
+	return r
+}
+
+func authResults(in []pipeline.AuthResult) []*stagev1.AuthResult {
+	if len(in) == 0 {
+		return nil
+	}
+	out := make([]*stagev1.AuthResult, len(in))
+	for i, a := range in {
+		out[i] = &stagev1.AuthResult{Method: a.Method, Result: a.Result, Reason: a.Reason, Props: a.Props}
+	}
+	return out
+}
+
+func authResultsFrom(in []*stagev1.AuthResult) []pipeline.AuthResult {
+	if len(in) == 0 {
+		return nil
+	}
+	out := make([]pipeline.AuthResult, len(in))
+	for i, a := range in {
+		out[i] = pipeline.AuthResult{Method: a.Method, Result: a.Result, Reason: a.Reason, Props: a.Props}
+	}
+	return out
+}
+
+// Txn converts a transaction with its connection; nil stays nil.
+func Txn(t *pipeline.Txn) *stagev1.Txn {
+	if t == nil {
+		return nil
+	}
+	p := &stagev1.Txn{Conn: Conn(t.Conn), Id: t.ID, Sender: t.Sender,
+		Params: &stagev1.MailParams{Body: t.Params.Body, Smtputf8: t.Params.SMTPUTF8, Ret: t.Params.Ret, Envid: t.Params.EnvID},
+		Meta:   t.Meta, Tags: t.Tags, Scratch: t.Scratch, AuthResults: authResults(t.AuthResults)}
+	if !t.Received.IsZero() {
+		p.ReceivedUnixNano = t.Received.UnixNano()
+	}
+	if len(t.Recipients) > 0 {
+		p.Recipients = make([]*stagev1.Recipient, len(t.Recipients))
+		for i, r := range t.Recipients {
+			p.Recipients[i] = Recipient(r)
+		}
+	}
+	return p
+}
+
+// TxnFrom is the inverse of Txn.
+func TxnFrom(p *stagev1.Txn) *pipeline.Txn {
+	if p == nil {
+		return nil
+	}
+	t := &pipeline.Txn{Conn: ConnFrom(p.Conn), ID: p.Id, Sender: p.Sender, Meta: p.Meta, Tags: p.Tags,
+		Scratch: p.Scratch, AuthResults: authResultsFrom(p.AuthResults)}
+	if t.Conn == nil {
+		t.Conn = &pipeline.Conn{}
+	}
+	if p.Params != nil {
+		t.Params = pipeline.MailParams{Body: p.Params.Body, SMTPUTF8: p.Params.Smtputf8, Ret: p.Params.Ret, EnvID: p.Params.Envid}
+	}
+	if p.ReceivedUnixNano != 0 {
+		t.Received = time.Unix(0, p.ReceivedUnixNano).UTC()
+	}
+	for _, r := range p.Recipients {
+		t.Recipients = append(t.Recipients, RecipientFrom(r))
+	}
+	return t
+}
+
+// Message converts a message, with its header when need is HEADERS or
+// FULL and its body when need is FULL. The body is not copied.
+func Message(m *pipeline.Message, need stagev1.BodyNeed) *stagev1.Message {
+	if m == nil {
+		return nil
+	}
+	p := &stagev1.Message{Txn: Txn(m.Txn)}
+	if need == stagev1.BodyNeed_BODY_NEED_ENVELOPE {
+		return p
+	}
+	p.HasHeader = true
+	p.Header = make([]*stagev1.HeaderField, 0, m.Header.Len())
+	for f := m.Header.Fields(); f.Next(); {
+		raw, err := f.Raw()
+		if err != nil {
+			raw = []byte(f.Key() + ": " + f.Value())
+		}
+		raw = bytes.TrimRight(raw, "\r\n")
+		p.Header = append(p.Header, &stagev1.HeaderField{Name: f.Key(), Value: f.Value(), Raw: raw})
+	}
+	if need == stagev1.BodyNeed_BODY_NEED_FULL {
+		p.HasBody = true
+		p.Body = m.Body
+	}
+	return p
+}
+
+// MessageFrom rebuilds a message: its header from the raw fields (so
+// folding and order survive), its body as sent (nil when not sent).
+func MessageFrom(p *stagev1.Message) (*pipeline.Message, error) {
+	if p == nil {
+		return nil, fmt.Errorf("no message")
+	}
+	txn := TxnFrom(p.Txn)
+	if txn == nil {
+		txn = &pipeline.Txn{Conn: &pipeline.Conn{}}
+	}
+	var buf bytes.Buffer
+	for _, f := range p.Header {
+		raw := f.Raw
+		if len(raw) == 0 {
+			raw = []byte(f.Name + ": " + f.Value)
+		}
+		buf.Write(raw)
+		buf.WriteString("\r\n")
+	}
+	buf.WriteString("\r\n")
+	buf.Write(p.Body)
+	return pipeline.ParseMessage(txn, buf.Bytes())
+}
+
+// Edits converts edits; empty edits become nil.
+func Edits(e *pipeline.Edits) *stagev1.Edits {
+	if e.Empty() {
+		return nil
+	}
+	p := &stagev1.Edits{Meta: e.Meta, Tags: e.Tags, Scratch: e.Scratch, AuthResults: authResults(e.AuthResults)}
+	for _, h := range e.Headers {
+		p.Headers = append(p.Headers, &stagev1.HeaderEdit{Op: h.Op, Name: h.Name, Value: h.Value})
+	}
+	return p
+}
+
+// EditsFrom is the inverse of Edits.
+func EditsFrom(p *stagev1.Edits) pipeline.Edits {
+	var e pipeline.Edits
+	if p == nil {
+		return e
+	}
+	e.Meta, e.Tags, e.Scratch, e.AuthResults = p.Meta, p.Tags, p.Scratch, authResultsFrom(p.AuthResults)
+	for _, h := range p.Headers {
+		e.Headers = append(e.Headers, pipeline.HeaderEdit{Op: h.Op, Name: h.Name, Value: h.Value})
+	}
+	return e
+}
+
+// Verdict converts a verdict.
+func Verdict(v pipeline.Verdict) *stagev1.Verdict {
+	p := &stagev1.Verdict{Action: stagev1.Action(v.Action), Code: int32(v.Code), Text: v.Text, Route: Route(v.Route), Edits: Edits(&v.Edits)}
+	if v.Enhanced != (pipeline.EnhancedCode{}) {
+		p.Enhanced = []int32{int32(v.Enhanced[0]), int32(v.Enhanced[1]), int32(v.Enhanced[2])}
+	}
+	return p
+}
+
+// VerdictFrom is the inverse of Verdict. It refuses an unknown action, an
+// enhanced code that is not three numbers, and a route that does not
+// validate: a plugin's bad answer is a stage failure, never guessed at.
+func VerdictFrom(p *stagev1.Verdict) (pipeline.Verdict, error) {
+	if p == nil {
+		return pipeline.Verdict{}, nil
+	}
+	if p.Action < stagev1.Action_ACTION_CONTINUE || p.Action > stagev1.Action_ACTION_DISCARD {
+		return pipeline.Verdict{}, fmt.Errorf("verdict: unknown action %d", p.Action)
+	}
+	v := pipeline.Verdict{Action: pipeline.Action(p.Action), Code: int(p.Code), Text: p.Text, Route: RouteFrom(p.Route), Edits: EditsFrom(p.Edits)}
+	switch len(p.Enhanced) {
+	case 0:
+	case 3:
+		v.Enhanced = pipeline.EnhancedCode{int(p.Enhanced[0]), int(p.Enhanced[1]), int(p.Enhanced[2])}
+	default:
+		return pipeline.Verdict{}, fmt.Errorf("verdict: enhanced code %v: want three numbers such as [5, 7, 1]", p.Enhanced)
+	}
+	if v.Route != nil {
+		if err := v.Route.Validate(); err != nil {
+			return pipeline.Verdict{}, fmt.Errorf("verdict: %w", err)
+		}
+	}
+	return v, nil
+}
+
+// Event converts an event to its public JSON form.
+func Event(ev *pipeline.Event) (*stagev1.EventRequest, error) {
+	b, err := json.Marshal(ev)
+	if err != nil {
+		return nil, err
+	}
+	return &stagev1.EventRequest{EventJson: b}, nil
+}
+
+// EventFrom is the inverse of Event.
+func EventFrom(p *stagev1.EventRequest) (*pipeline.Event, error) {
+	var ev pipeline.Event
+	if err := json.Unmarshal(p.EventJson, &ev); err != nil {
+		return nil, fmt.Errorf("event: %w", err)
+	}
+	return &ev, nil
+}

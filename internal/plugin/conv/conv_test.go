@@ -1,0 +1,146 @@
+package conv
+
+import (
+	"net/netip"
+	"reflect"
+	"testing"
+	"time"
+
+	"github.com/sluice-mta/sluice/pipeline"
+	stagev1 "github.com/sluice-mta/sluice/plugins/proto/stage/v1"
+	"google.golang.org/protobuf/proto"
+)
+
+// wire sends m through its binary encoding, as gRPC does.
+func wire[T proto.Message](t *testing.T, m T) T {
+	t.Helper()
+	b, err := proto.Marshal(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := m.ProtoReflect().New().Interface().(T)
+	if err := proto.Unmarshal(b, out); err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+func sampleTxn() *pipeline.Txn {
+	return &pipeline.Txn{
+		Conn: &pipeline.Conn{ID: "c1", Source: pipeline.SourceSMTP, Listener: "127.0.0.1:2525", ServerName: "mx.example",
+			RemoteIP: netip.MustParseAddr("2001:db8::1"), RemotePort: 40000, HELO: "client.example", TLS: "TLS1.3",
+			Identity:     &pipeline.Identity{Name: "u", Tenant: "t", Method: "smtp-auth", Scopes: []string{"send"}, Senders: []string{"x.example"}},
+			RelayNetwork: true},
+		ID: "01HZ", Sender: `"odd sender"@origin.example`,
+		Params: pipeline.MailParams{Body: pipeline.Body8BitMIME, SMTPUTF8: true, Ret: "HDRS", EnvID: "e1"},
+		Recipients: []*pipeline.Recipient{{Address: "bob@dest.example", Local: "bob", Domain: "dest.example", Relay: true,
+			Route:  &pipeline.Route{Kind: pipeline.RouteRelay, Host: "smart.example", Port: 587, TLS: pipeline.TLSRequired, AuthUser: "a", AuthPass: "p"},
+			Params: pipeline.RcptParams{Notify: []string{"FAILURE"}, ORCPT: "rfc822;bob@dest.example"}}},
+		Meta: map[string]string{"k": "v"}, Tags: []string{"t1"}, Received: time.Date(2026, 1, 2, 3, 4, 5, 6, time.UTC),
+		Scratch:     map[string]string{"spf": "pass"},
+		AuthResults: []pipeline.AuthResult{{Method: "spf", Result: "pass", Reason: "r", Props: []string{"smtp.mailfrom=origin.example"}}},
+	}
+}
+
+func TestTxnRoundTrip(t *testing.T) {
+	in := sampleTxn()
+	out := TxnFrom(wire(t, Txn(in)))
+	if !reflect.DeepEqual(in, out) {
+		t.Fatalf("round trip:\n in %+v\nout %+v", in, out)
+	}
+	if !reflect.DeepEqual(in.Conn, out.Conn) || !reflect.DeepEqual(in.Recipients[0], out.Recipients[0]) {
+		t.Fatalf("conn or recipient differ")
+	}
+	// No identity, no address: stays so.
+	c := &pipeline.Conn{ID: "x"}
+	if got := ConnFrom(wire(t, Conn(c))); !reflect.DeepEqual(c, got) {
+		t.Fatalf("bare conn: %+v", got)
+	}
+}
+
+func TestVerdictRoundTrip(t *testing.T) {
+	for _, v := range []pipeline.Verdict{
+		{},
+		pipeline.RejectVerdict(554, pipeline.EnhancedCode{5, 7, 1}, "spam score 9.1"),
+		pipeline.TempfailVerdict(0, pipeline.EnhancedCode{}, ""),
+		pipeline.DiscardVerdict("quiet"),
+		pipeline.RouteVerdict(&pipeline.Route{Kind: pipeline.RouteRelay, Host: "h", Port: 25}),
+		{Action: pipeline.Continue, Edits: pipeline.Edits{
+			Headers:     []pipeline.HeaderEdit{{Op: pipeline.HeaderAdd, Name: "X-Spam-Score", Value: "1.5"}, {Op: pipeline.HeaderRemove, Name: "X-Old"}},
+			Meta:        map[string]string{"a": "1", "gone": ""},
+			Tags:        []string{"scored"},
+			AuthResults: []pipeline.AuthResult{{Method: "dkim", Result: "pass"}},
+			Scratch:     map[string]string{"s": "1"},
+		}},
+	} {
+		got, err := VerdictFrom(wire(t, Verdict(v)))
+		if err != nil || !reflect.DeepEqual(got, v) {
+			t.Errorf("round trip of %+v: %+v %v", v, got, err)
+		}
+	}
+}
+
+func TestVerdictFromRefuses(t *testing.T) {
+	for _, p := range []*stagev1.Verdict{
+		{Action: 9},
+		{Action: stagev1.Action_ACTION_REJECT, Enhanced: []int32{5, 7}},
+		{Action: stagev1.Action_ACTION_ACCEPT, Route: &stagev1.Route{Kind: "carrier-pigeon"}},
+	} {
+		if _, err := VerdictFrom(p); err == nil {
+			t.Errorf("VerdictFrom(%v) accepted", p)
+		}
+	}
+}
+
+func TestMessageRoundTrip(t *testing.T) {
+	raw := "Received: from a\r\n by b; Mon, 1 Jan 2026 00:00:00 +0000\r\nSubject: hi\r\nX-A: 1\r\n\r\nbody line\r\n"
+	m, err := pipeline.ParseMessage(sampleTxn(), []byte(raw))
+	if err != nil {
+		t.Fatal(err)
+	}
+	full, err := MessageFrom(wire(t, Message(m, stagev1.BodyNeed_BODY_NEED_FULL)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := full.Bytes()
+	if string(b) != raw {
+		t.Fatalf("full message:\n%q\nwant\n%q", b, raw)
+	}
+	if !reflect.DeepEqual(full.Txn, m.Txn) {
+		t.Fatalf("txn differs")
+	}
+	hdr := wire(t, Message(m, stagev1.BodyNeed_BODY_NEED_HEADERS))
+	if !hdr.HasHeader || hdr.HasBody || len(hdr.Body) != 0 || len(hdr.Header) != 3 || hdr.Header[1].Name != "Subject" || hdr.Header[1].Value != "hi" {
+		t.Fatalf("headers only: %v", hdr)
+	}
+	env := wire(t, Message(m, stagev1.BodyNeed_BODY_NEED_ENVELOPE))
+	if env.HasHeader || env.HasBody || len(env.Header) != 0 || len(env.Body) != 0 || env.Txn.Id != "01HZ" {
+		t.Fatalf("envelope only: %v", env)
+	}
+}
+
+func TestEventRoundTrip(t *testing.T) {
+	ev := &pipeline.Event{Schema: 1, EventID: "e", Type: pipeline.EventDelivered, Time: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC),
+		MessageID: "m", Recipient: "r@x.example", Response: &pipeline.Response{Code: 250, Enhanced: "2.0.0", Text: "ok"},
+		Tags: []string{"a"}, Metadata: map[string]string{"k": "v"}, Size: 10}
+	p, err := Event(ev)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := EventFrom(wire(t, p))
+	if err != nil || !reflect.DeepEqual(got, ev) {
+		t.Fatalf("event: %+v %v", got, err)
+	}
+}
+
+func TestHookNames(t *testing.T) {
+	for h := range stagev1.Hook_name {
+		hk := stagev1.Hook(h)
+		if hk == stagev1.Hook_HOOK_UNSPECIFIED {
+			continue
+		}
+		if HookFromName(HookName(hk)) != hk {
+			t.Errorf("hook %v does not round trip", hk)
+		}
+	}
+}

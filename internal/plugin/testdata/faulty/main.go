@@ -1,0 +1,115 @@
+// Command faulty is a stage plugin for the host's tests. Its first argument
+// chooses how it behaves:
+//
+//	ok           serves on_rcpt (rejects reject@...) and on_message (adds
+//	             X-Plugin-Pid, X-Config and X-Body-Len)
+//	panic10      like ok, but panics on every 10th message
+//	hang         on_message never returns (health still answers)
+//	exit         exits with status 3 before the handshake
+//	nohandshake  never prints the handshake
+//	garbage      prints a line to stdout before the handshake
+//
+// The config key "body" ("envelope", "headers", "full") sets the body need;
+// "fail" makes Configure fail.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/sluice-mta/sluice/pipeline"
+	"github.com/sluice-mta/sluice/plugins/sdk"
+)
+
+type stage struct {
+	mode string
+	n    atomic.Int64
+	cfg  struct {
+		Body string `json:"body"`
+		Tag  string `json:"tag"`
+		Fail bool   `json:"fail"`
+	}
+}
+
+func (s *stage) Name() string    { return "faulty" }
+func (s *stage) Version() string { return "0.1" }
+
+func (s *stage) Configure(name string, raw json.RawMessage) error {
+	if err := json.Unmarshal(raw, &s.cfg); err != nil {
+		return err
+	}
+	if s.cfg.Fail {
+		return errors.New("config says fail")
+	}
+	return nil
+}
+
+func (s *stage) Body() sdk.Body {
+	switch s.cfg.Body {
+	case "envelope":
+		return sdk.Envelope
+	case "headers":
+		return sdk.Headers
+	}
+	return sdk.Full
+}
+
+func (s *stage) OnRcpt(ctx context.Context, txn *pipeline.Txn, r *pipeline.Recipient) (pipeline.Verdict, error) {
+	if r.Local == "reject" {
+		return pipeline.RejectVerdict(554, pipeline.EnhancedCode{5, 7, 9}, "no thanks"), nil
+	}
+	return pipeline.Verdict{}, nil
+}
+
+func (s *stage) OnMessage(ctx context.Context, msg *pipeline.Message) (pipeline.Verdict, error) {
+	n := s.n.Add(1)
+	switch s.mode {
+	case "panic10":
+		if n%10 == 0 {
+			panic(fmt.Sprintf("message %d", n))
+		}
+	case "hang":
+		for {
+			time.Sleep(time.Hour)
+		}
+	}
+	if msg.Header.Get("X-Fail") != "" {
+		return pipeline.Verdict{}, errors.New("asked to fail")
+	}
+	var v pipeline.Verdict
+	v.Edits.AddHeader("X-Plugin-Pid", strconv.Itoa(os.Getpid()))
+	v.Edits.AddHeader("X-Config", s.cfg.Tag)
+	v.Edits.AddHeader("X-Env", os.Getenv("FAULTY_ENV"))
+	v.Edits.AddHeader("X-Body-Len", strconv.Itoa(len(msg.Body)))
+	v.Edits.AddHeader("X-Subject-Seen", strings.ToUpper(msg.Header.Get("Subject")))
+	if s.cfg.Tag != "" {
+		fmt.Fprintf(os.Stderr, "scored message %s\n", msg.ID)
+	}
+	return v, nil
+}
+
+func main() {
+	mode := "ok"
+	if len(os.Args) > 1 {
+		mode = os.Args[1]
+	}
+	switch mode {
+	case "exit":
+		fmt.Fprintln(os.Stderr, "exiting at start")
+		os.Exit(3)
+	case "nohandshake":
+		for {
+			time.Sleep(time.Hour)
+		}
+	case "garbage":
+		fmt.Println("hello, this is not a handshake")
+	}
+	sdk.Serve(&stage{mode: mode})
+}

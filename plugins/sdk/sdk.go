@@ -1,0 +1,315 @@
+// Package sdk is the Go SDK for Sluice stage plugins: a program that Sluice
+// starts and supervises, and that runs as one stage of its pipeline in its
+// own process (a crash or a hang of the plugin cannot take the relay down).
+//
+// An author writes a type with a Name method and the hook methods it needs,
+// with the same signatures as package pipeline's hook interfaces
+// (pipeline.RcptHook's OnRcpt, pipeline.MessageHook's OnMessage, ...), and
+// calls Serve from main. The SDK finds the hooks by type assertion, tells
+// Sluice about them at start (Sluice calls no other hook), and hides the
+// handshake, gRPC and the conversions:
+//
+//	type scorer struct{ threshold float64 }
+//
+//	func (s *scorer) Name() string { return "scorer" }
+//
+//	func (s *scorer) OnMessage(ctx context.Context, msg *pipeline.Message) (pipeline.Verdict, error) {
+//		var v pipeline.Verdict
+//		v.Edits.AddHeader("X-Spam-Score", "1.0")
+//		return v, nil
+//	}
+//
+//	func main() { sdk.Serve(&scorer{}) }
+//
+// Optional methods: Configure (Configurer) receives the stage's
+// `config = {...}` table as JSON before any hook runs; Body (BodyNeeder)
+// says what on_message and on_route need of the message (default Full;
+// asked after Configure);
+// Version (Versioner) is logged by Sluice.
+//
+// Concurrency: hooks are called concurrently, from many goroutines, up to the
+// stage's max_in_flight; the stage must be safe for concurrent use. Each call
+// carries the stage's per-call deadline in ctx.
+//
+// Failures: a hook that returns an error fails that call, and Sluice applies
+// the stage's on_error policy (tempfail, continue or reject); an error that
+// is a *pipeline.Error (pipeline.Errorf) is instead the reply the stage
+// chose, as for an in-process stage. A panic is not
+// recovered: it ends the plugin process, Sluice applies on_error to the calls
+// in flight and restarts the plugin with backoff.
+//
+// Logging: write to stderr (log/slog's default logger does); Sluice copies
+// each line into its own structured log, tagged with the stage name. Do not
+// write to stdout before Serve: stdout carries the handshake.
+//
+// Messages of up to MaxMessageSize bytes cross the process boundary.
+package sdk
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/hashicorp/go-plugin"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/sluice-mta/sluice/internal/plugin/conv"
+	"github.com/sluice-mta/sluice/pipeline"
+	stagev1 "github.com/sluice-mta/sluice/plugins/proto/stage/v1"
+)
+
+// Protocol versions. The major version is in the handshake: a plugin built
+// for another major version is refused at start. The minor version is
+// reported by Describe and logged.
+const (
+	ProtocolMajor = 1
+	ProtocolMinor = 0
+)
+
+// PluginName is the name of the one plugin a stage plugin process serves
+// (the go-plugin plugin set key).
+const PluginName = "stage"
+
+// MaxMessageSize bounds one gRPC message in both directions, on both sides:
+// 128 MiB, room for the largest message Sluice accepts plus its envelope.
+// (gRPC's own default, 4 MiB, would fail any larger message.)
+const MaxMessageSize = 128 << 20
+
+// Handshake is the go-plugin handshake: the protocol major version and the
+// magic cookie SLUICE_PLUGIN=stage, which Sluice sets in the plugin's
+// environment. A plugin started by hand (without the cookie) says so and
+// exits.
+var Handshake = plugin.HandshakeConfig{
+	ProtocolVersion:  ProtocolMajor,
+	MagicCookieKey:   "SLUICE_PLUGIN",
+	MagicCookieValue: "stage",
+}
+
+// Body says what on_message and on_route receive of the message.
+type Body int
+
+const (
+	Envelope Body = iota // the transaction only
+	Headers              // the header fields, no body
+	Full                 // header and body
+)
+
+// BodyNeeder is implemented by stages that need less than the full message.
+type BodyNeeder interface {
+	Body() Body
+}
+
+// Configurer is implemented by stages that take configuration. Configure
+// is called once, before any hook, with the stage name given to
+// sluice.stage and the config table as a JSON object ({} when absent). An
+// error stops the stage from loading; its text is shown to the operator.
+type Configurer interface {
+	Configure(stageName string, config json.RawMessage) error
+}
+
+// Versioner is implemented by stages that report a version.
+type Versioner interface {
+	Version() string
+}
+
+// GRPCPlugin is the go-plugin glue of a stage plugin, on both sides: Impl
+// is the server (plugin side); GRPCClient returns a stagev1.StageClient
+// (host side).
+type GRPCPlugin struct {
+	plugin.NetRPCUnsupportedPlugin
+	Impl stagev1.StageServer
+}
+
+// GRPCServer registers the stage service.
+func (p *GRPCPlugin) GRPCServer(_ *plugin.GRPCBroker, s *grpc.Server) error {
+	stagev1.RegisterStageServer(s, p.Impl)
+	return nil
+}
+
+// GRPCClient returns a stagev1.StageClient.
+func (p *GRPCPlugin) GRPCClient(_ context.Context, _ *plugin.GRPCBroker, c *grpc.ClientConn) (any, error) {
+	return stagev1.NewStageClient(c), nil
+}
+
+// Serve serves stage until Sluice stops the plugin, then returns. It exits
+// the process with status 1 when not started by Sluice.
+func Serve(stage pipeline.Stage) {
+	plugin.Serve(&plugin.ServeConfig{
+		HandshakeConfig: Handshake,
+		Plugins:         plugin.PluginSet{PluginName: &GRPCPlugin{Impl: NewServer(stage)}},
+		GRPCServer: func(opts []grpc.ServerOption) *grpc.Server {
+			return grpc.NewServer(append(opts, grpc.MaxRecvMsgSize(MaxMessageSize), grpc.MaxSendMsgSize(MaxMessageSize))...)
+		},
+		Logger: hclog.New(&hclog.LoggerOptions{Name: "sdk", Output: os.Stderr, Level: hclog.Warn}),
+	})
+}
+
+// NewServer returns the gRPC service for stage, for tests and for hosting
+// the service in a server of one's own; most plugins call Serve instead.
+func NewServer(stage pipeline.Stage) stagev1.StageServer {
+	return &server{st: stage}
+}
+
+type server struct {
+	stagev1.UnimplementedStageServer
+	st pipeline.Stage
+}
+
+// body asks the stage for its body need (after Configure, so the
+// configuration may decide).
+func (s *server) body() stagev1.BodyNeed {
+	if b, ok := s.st.(BodyNeeder); ok {
+		switch b.Body() {
+		case Envelope:
+			return stagev1.BodyNeed_BODY_NEED_ENVELOPE
+		case Headers:
+			return stagev1.BodyNeed_BODY_NEED_HEADERS
+		}
+	}
+	return stagev1.BodyNeed_BODY_NEED_FULL
+}
+
+func (s *server) Configure(_ context.Context, r *stagev1.ConfigureRequest) (*stagev1.ConfigureResponse, error) {
+	c, ok := s.st.(Configurer)
+	if !ok {
+		return &stagev1.ConfigureResponse{}, nil
+	}
+	cfg := json.RawMessage(r.ConfigJson)
+	if len(cfg) == 0 {
+		cfg = json.RawMessage("{}")
+	}
+	if err := c.Configure(r.StageName, cfg); err != nil {
+		return nil, status.Error(codes.InvalidArgument, err.Error())
+	}
+	return &stagev1.ConfigureResponse{}, nil
+}
+
+func (s *server) Describe(context.Context, *stagev1.DescribeRequest) (*stagev1.DescribeResponse, error) {
+	d := &stagev1.DescribeResponse{Name: s.st.Name(), Body: s.body(), ProtocolMinor: ProtocolMinor}
+	if v, ok := s.st.(Versioner); ok {
+		d.Version = v.Version()
+	}
+	add := func(ok bool, h stagev1.Hook) {
+		if ok {
+			d.Hooks = append(d.Hooks, h)
+		}
+	}
+	_, ok := s.st.(pipeline.ConnectHook)
+	add(ok, stagev1.Hook_HOOK_ON_CONNECT)
+	_, ok = s.st.(pipeline.HeloHook)
+	add(ok, stagev1.Hook_HOOK_ON_HELO)
+	_, ok = s.st.(pipeline.MailHook)
+	add(ok, stagev1.Hook_HOOK_ON_MAIL)
+	_, ok = s.st.(pipeline.RcptHook)
+	add(ok, stagev1.Hook_HOOK_ON_RCPT)
+	_, ok = s.st.(pipeline.MessageHook)
+	add(ok, stagev1.Hook_HOOK_ON_MESSAGE)
+	_, ok = s.st.(pipeline.RouteHook)
+	add(ok, stagev1.Hook_HOOK_ON_ROUTE)
+	_, ok = s.st.(pipeline.EventHook)
+	add(ok, stagev1.Hook_HOOK_ON_EVENT)
+	return d, nil
+}
+
+func (s *server) Health(context.Context, *stagev1.HealthRequest) (*stagev1.HealthResponse, error) {
+	return &stagev1.HealthResponse{}, nil
+}
+
+func notImplemented(hook string) error {
+	return status.Errorf(codes.Unimplemented, "this plugin does not implement %s", hook)
+}
+
+// answer converts a hook's result to the reply. A *pipeline.Error
+// returned as the error is the reply the stage chose, as it is for a stage
+// in the relay's process: it becomes a reject (5xx) or tempfail (4xx)
+// verdict, not a failure.
+func answer(v pipeline.Verdict, err error) (*stagev1.Verdict, error) {
+	if err != nil {
+		var pe *pipeline.Error
+		if errors.As(err, &pe) && pe.Code >= 400 && pe.Code <= 599 {
+			a := pipeline.Reject
+			if pe.Code < 500 {
+				a = pipeline.Tempfail
+			}
+			return conv.Verdict(pipeline.Verdict{Action: a, Code: pe.Code, Enhanced: pe.Enhanced, Text: pe.Message}), nil
+		}
+		return nil, status.Error(codes.Unknown, err.Error())
+	}
+	return conv.Verdict(v), nil
+}
+
+func (s *server) OnConnect(ctx context.Context, r *stagev1.ConnectRequest) (*stagev1.Verdict, error) {
+	h, ok := s.st.(pipeline.ConnectHook)
+	if !ok {
+		return nil, notImplemented("on_connect")
+	}
+	return answer(h.OnConnect(ctx, conv.ConnFrom(r.Conn)))
+}
+
+func (s *server) OnHelo(ctx context.Context, r *stagev1.HeloRequest) (*stagev1.Verdict, error) {
+	h, ok := s.st.(pipeline.HeloHook)
+	if !ok {
+		return nil, notImplemented("on_helo")
+	}
+	return answer(h.OnHelo(ctx, conv.ConnFrom(r.Conn), r.Name))
+}
+
+func (s *server) OnMail(ctx context.Context, r *stagev1.MailRequest) (*stagev1.Verdict, error) {
+	h, ok := s.st.(pipeline.MailHook)
+	if !ok {
+		return nil, notImplemented("on_mail")
+	}
+	return answer(h.OnMail(ctx, conv.TxnFrom(r.Txn)))
+}
+
+func (s *server) OnRcpt(ctx context.Context, r *stagev1.RcptRequest) (*stagev1.Verdict, error) {
+	h, ok := s.st.(pipeline.RcptHook)
+	if !ok {
+		return nil, notImplemented("on_rcpt")
+	}
+	return answer(h.OnRcpt(ctx, conv.TxnFrom(r.Txn), conv.RecipientFrom(r.Rcpt)))
+}
+
+func (s *server) OnMessage(ctx context.Context, r *stagev1.MessageRequest) (*stagev1.Verdict, error) {
+	h, ok := s.st.(pipeline.MessageHook)
+	if !ok {
+		return nil, notImplemented("on_message")
+	}
+	msg, err := conv.MessageFrom(r.Message)
+	if err != nil {
+		return nil, status.Error(codes.InvalidArgument, err.Error())
+	}
+	return answer(h.OnMessage(ctx, msg))
+}
+
+func (s *server) OnRoute(ctx context.Context, r *stagev1.RouteRequest) (*stagev1.Verdict, error) {
+	h, ok := s.st.(pipeline.RouteHook)
+	if !ok {
+		return nil, notImplemented("on_route")
+	}
+	msg, err := conv.MessageFrom(r.Message)
+	if err != nil {
+		return nil, status.Error(codes.InvalidArgument, err.Error())
+	}
+	return answer(h.OnRoute(ctx, msg, conv.RecipientFrom(r.Rcpt)))
+}
+
+func (s *server) OnEvent(ctx context.Context, r *stagev1.EventRequest) (*stagev1.EventResponse, error) {
+	h, ok := s.st.(pipeline.EventHook)
+	if !ok {
+		return nil, notImplemented("on_event")
+	}
+	ev, err := conv.EventFrom(r)
+	if err != nil {
+		return nil, status.Error(codes.InvalidArgument, err.Error())
+	}
+	if err := h.OnEvent(ctx, ev); err != nil {
+		return nil, status.Error(codes.Unknown, fmt.Sprint(err))
+	}
+	return &stagev1.EventResponse{}, nil
+}
