@@ -1,0 +1,238 @@
+// Package scorerpy holds the tests of the Python example plugin scorer.py:
+// the same assertions as the Go scorer's (examples/plugins/scorer), against
+// a plugin that shares no code with Sluice but the .proto.
+//
+// The tests need Debian's python3-grpcio, python3-grpc-tools and
+// python3-protobuf for /usr/bin/python3 (`make deps` and .ci/run install
+// them). Without them the tests skip, saying so, unless
+// SLUICE_TEST_PYTHON=require (set by .ci/run), which makes them fail.
+package scorerpy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/smtp"
+	"net/textproto"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/sluice-mta/sluice/internal/config"
+	"github.com/sluice-mta/sluice/internal/server"
+	"github.com/sluice-mta/sluice/internal/testutil"
+)
+
+// python is the interpreter the example documents: Debian's, which sees
+// Debian's python3-grpcio (a pyenv or venv python3 on PATH does not).
+const python = "/usr/bin/python3"
+
+// needPython skips (or, under SLUICE_TEST_PYTHON=require, fails) the test
+// when python lacks the gRPC modules.
+func needPython(t *testing.T) {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("runs a Python plugin in a relay")
+	}
+	out, err := exec.Command(python, "-c", "import grpc, grpc_tools, google.protobuf").CombinedOutput()
+	if err == nil {
+		return
+	}
+	msg := fmt.Sprintf("SKIPPING the Python plugin example test: %s cannot import grpc (%v: %s); "+
+		"install Debian's python3-grpcio python3-grpc-tools python3-protobuf (make deps does it as root)",
+		python, err, strings.TrimSpace(string(out)))
+	if os.Getenv("SLUICE_TEST_PYTHON") == "require" {
+		t.Fatal(msg)
+	}
+	t.Skip(msg)
+}
+
+// genStubs generates the Python code of stage.proto into a temporary
+// directory, as a build step would, and returns the directory.
+func genStubs(t *testing.T) string {
+	t.Helper()
+	dir := t.TempDir()
+	protoDir, err := filepath.Abs("../../../plugins/proto/stage/v1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(python, "-m", "grpc_tools.protoc", "-I"+protoDir,
+		"--python_out="+dir, "--grpc_python_out="+dir, filepath.Join(protoDir, "stage.proto"))
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("grpc_tools.protoc: %v\n%s", err, out)
+	}
+	for _, f := range []string{"stage_pb2.py", "stage_pb2_grpc.py"} {
+		if _, err := os.Stat(filepath.Join(dir, f)); err != nil {
+			t.Fatalf("grpc_tools.protoc did not write %s: %v", f, err)
+		}
+	}
+	return dir
+}
+
+func script(t *testing.T) string {
+	t.Helper()
+	p, err := filepath.Abs("scorer.py")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+// TestScorerPyInRelay runs scorer.py as a stage of a real relay (SMTP in, a
+// sink as smarthost) and checks that its header reaches the sink, that its
+// rejection carries the code its config chose, and so that the config
+// reaches it.
+func TestScorerPyInRelay(t *testing.T) {
+	needPython(t)
+	stubs := genStubs(t)
+	dir := t.TempDir()
+	sink := testutil.StartSink(t, testutil.SinkOptions{})
+	addr := freeAddr(t)
+	src := fmt.Sprintf(`
+sluice.spool { path = %q }
+sluice.events { file = %q }
+sluice.listen_smtp { addr = %q, relay_networks = { "127.0.0.0/8" } }
+sluice.stage("scorer", sluice.plugin {
+  cmd = %q, args = { %q }, env = { PYTHONPATH = %q }, timeout = "5s", hooks = { "on_message" },
+  config = { threshold = 4, reject_code = 554, reject_enhanced = "5.7.9", reject_text = "Scored too high",
+             rules = { { pattern = "(?i)lottery", score = 3 }, { pattern = "(?i)winner", score = 2 } } },
+})
+sluice.stage("route", { on_route = function(msg, rcpt) return sluice.route.relay { host = "127.0.0.1", port = %d, tls = "none" } end })
+`, filepath.Join(dir, "spool"), filepath.Join(dir, "events.jsonl"), addr, python, script(t), stubs, sink.Port)
+	p := filepath.Join(dir, "pipeline.lua")
+	if err := os.WriteFile(p, []byte(src), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := config.Load(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	logs := &logBuffer{t: t}
+	srv, err := server.New(cfg, slog.New(slog.NewTextHandler(logs, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Stop(context.Background())
+
+	send := func(subject, body string) error {
+		msg := "From: a@origin.example\r\nTo: b@dest.example\r\nSubject: " + subject + "\r\n\r\n" + body + "\r\n"
+		return smtp.SendMail(addr, nil, "a@origin.example", []string{"b@dest.example"}, []byte(msg))
+	}
+	// 3 points: under the configured threshold of 4 (the default is 5, and
+	// the default rules do not know "lottery").
+	if err := send("Lottery news", "hello"); err != nil {
+		t.Fatalf("clean message: %v", err)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for len(sink.Messages()) == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("nothing reached the sink")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	got := string(sink.Messages()[0].Data)
+	if !strings.Contains(got, "X-Spam-Score: 3.0\r\n") {
+		t.Fatalf("no X-Spam-Score: 3.0 in the delivered message:\n%s", got)
+	}
+	// 5 points, from the subject and the body: rejected with the code the
+	// config chose.
+	err = send("Lottery news", "you are a WINNER")
+	var te *textproto.Error
+	if !errors.As(err, &te) || te.Code != 554 || !strings.Contains(te.Msg, "5.7.9 Scored too high (score 5.0, threshold 4.0)") {
+		t.Fatalf("spam: %v", err)
+	}
+	// The plugin's stderr reaches the relay's log, tagged.
+	if !logs.contains("configured stage=scorer threshold=4.0 rules=2") {
+		t.Errorf("the plugin's configured line is not in the relay's log")
+	}
+}
+
+// TestScorerPyCheck: `sluice check` (server.Validate) starts the Python
+// plugin, checks its Describe answer against the configured hooks and
+// reports a config the plugin refuses. The plugin runs without PYTHONPATH
+// here, so it generates its stubs itself (the path the docs' minimal
+// configuration takes).
+func TestScorerPyCheck(t *testing.T) {
+	needPython(t)
+	dir := t.TempDir()
+	for _, tt := range []struct{ opts, want string }{
+		{`hooks = { "on_message" }`, ""},
+		{`hooks = { "on_message", "on_rcpt" }`, "does not implement on_rcpt"},
+		{`config = { reject_code = 250 }`, "reject_code 250: want a 5xx code"},
+		{`config = { rules = { { pattern = "(", score = 1 } } }`, "rules[1]: missing ), unterminated subpattern"},
+		{`config = { threshold = "high" }`, "threshold 'high': want a number"},
+	} {
+		src := fmt.Sprintf("sluice.spool { path = %q }\nsluice.listen_smtp { addr = \"127.0.0.1:0\" }\nsluice.stage(\"scorer\", sluice.plugin { cmd = %q, args = { %q }, %s })\n",
+			filepath.Join(dir, "spool"), python, script(t), tt.opts)
+		p := filepath.Join(dir, "pipeline.lua")
+		if err := os.WriteFile(p, []byte(src), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		cfg, err := config.Load(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = server.Validate(cfg, nil)
+		switch {
+		case tt.want == "" && err != nil:
+			t.Errorf("%s: %v", tt.opts, err)
+		case tt.want != "" && (err == nil || !strings.Contains(err.Error(), tt.want)):
+			t.Errorf("%s: error %v, want %q", tt.opts, err, tt.want)
+		}
+	}
+}
+
+// TestScorerPyRefusesHandRun: started without the magic cookie, the plugin
+// says what it is and exits 1 without printing a handshake.
+func TestScorerPyRefusesHandRun(t *testing.T) {
+	needPython(t)
+	cmd := exec.Command(python, script(t))
+	cmd.Env = []string{"PATH=/usr/bin:/bin"}
+	var stdout, stderr strings.Builder
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err := cmd.Run()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != 1 || stdout.Len() != 0 || !strings.Contains(stderr.String(), "Sluice stage plugin") {
+		t.Fatalf("run by hand: %v, stdout %q, stderr %q", err, stdout.String(), stderr.String())
+	}
+}
+
+// logBuffer passes the relay's log to t.Log and keeps it for assertions.
+type logBuffer struct {
+	t   *testing.T
+	mu  sync.Mutex
+	buf strings.Builder
+}
+
+func (w *logBuffer) Write(p []byte) (int, error) {
+	w.t.Log(strings.TrimRight(string(p), "\n"))
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.buf.Write(p)
+	return len(p), nil
+}
+
+func (w *logBuffer) contains(s string) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return strings.Contains(w.buf.String(), s)
+}
