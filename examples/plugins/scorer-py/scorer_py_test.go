@@ -24,9 +24,13 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hashicorp/go-hclog"
+	goplugin "github.com/hashicorp/go-plugin"
 	"github.com/sluice-mta/sluice/internal/config"
 	"github.com/sluice-mta/sluice/internal/server"
 	"github.com/sluice-mta/sluice/internal/testutil"
+	stagev1 "github.com/sluice-mta/sluice/plugins/proto/stage/v1"
+	"github.com/sluice-mta/sluice/plugins/sdk"
 )
 
 // python is the interpreter the example documents: Debian's, which sees
@@ -235,4 +239,68 @@ func (w *logBuffer) contains(s string) bool {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	return strings.Contains(w.buf.String(), s)
+}
+
+// TestScorerPyHandshake drives scorer.py with go-plugin's own client, the
+// way Sluice starts it: the handshake is accepted, go-plugin's ping (the
+// grpc.health.v1 check of the service "plugin") answers, and Kill's
+// plugin.GRPCController/Shutdown makes the process exit by itself (status
+// 0; without the controller go-plugin would kill it with SIGKILL).
+func TestScorerPyHandshake(t *testing.T) {
+	needPython(t)
+	cmd := exec.Command(python, script(t))
+	cmd.Env = append(os.Environ(), "PYTHONPATH="+genStubs(t))
+	client := goplugin.NewClient(&goplugin.ClientConfig{
+		HandshakeConfig:  sdk.Handshake,
+		Plugins:          goplugin.PluginSet{sdk.PluginName: &sdk.GRPCPlugin{}},
+		Cmd:              cmd,
+		AllowedProtocols: []goplugin.Protocol{goplugin.ProtocolGRPC},
+		Logger:           hclog.NewNullLogger(),
+	})
+	defer client.Kill()
+	proto, err := client.Client()
+	if err != nil {
+		t.Fatalf("handshake: %v", err)
+	}
+	if got := client.NegotiatedVersion(); got != sdk.ProtocolMajor {
+		t.Errorf("negotiated protocol %d, want %d", got, sdk.ProtocolMajor)
+	}
+	if err := proto.Ping(); err != nil {
+		t.Fatalf("go-plugin ping (grpc.health.v1 Check of \"plugin\"): %v", err)
+	}
+	raw, err := proto.Dispense(sdk.PluginName)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rpc := raw.(stagev1.StageClient)
+	ctx := context.Background()
+	if _, err := rpc.Configure(ctx, &stagev1.ConfigureRequest{StageName: "t", ConfigJson: []byte(`{}`)}); err != nil {
+		t.Fatal(err)
+	}
+	// The built-in rules, the same as the Go scorer's: viagra 3, casino 2,
+	// act now 1.
+	v, err := rpc.OnMessage(ctx, &stagev1.MessageRequest{Message: &stagev1.Message{
+		Header: []*stagev1.HeaderField{{Name: "Subject", Value: "Cheap VIAGRA"}}, HasHeader: true,
+		Body: []byte("casino bonus, act now\r\n"), HasBody: true,
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v.Action != stagev1.Action_ACTION_REJECT || v.Code != 550 || fmt.Sprint(v.Enhanced) != "[5 7 1]" ||
+		v.Text != "Message looks like spam (score 6.0, threshold 5.0)" {
+		t.Errorf("default config, spam: %v", v)
+	}
+	// A 5 MB body: above gRPC's 4 MiB default, which both sides raise.
+	big := []byte(strings.Repeat("all quiet here\r\n", 5<<20/16))
+	v, err = rpc.OnMessage(ctx, &stagev1.MessageRequest{Message: &stagev1.Message{Body: big, HasBody: true, HasHeader: true}})
+	if err != nil {
+		t.Fatalf("5 MB message: %v", err)
+	}
+	if h := v.GetEdits().GetHeaders(); v.Action != stagev1.Action_ACTION_CONTINUE || len(h) != 1 || h[0].Name != "X-Spam-Score" || h[0].Value != "0.0" {
+		t.Errorf("5 MB clean message: %v", v)
+	}
+	client.Kill()
+	if !client.Exited() || cmd.ProcessState == nil || !cmd.ProcessState.Success() {
+		t.Errorf("after Kill: exited %v, state %v; want a clean exit on Shutdown", client.Exited(), cmd.ProcessState)
+	}
 }
