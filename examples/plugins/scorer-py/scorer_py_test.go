@@ -48,13 +48,13 @@ func needPython(t *testing.T) {
 	if err == nil {
 		return
 	}
-	msg := fmt.Sprintf("SKIPPING the Python plugin example test: %s cannot import grpc (%v: %s); "+
-		"install Debian's python3-grpcio python3-grpc-tools python3-protobuf (make deps does it as root)",
-		python, err, strings.TrimSpace(string(out)))
+	lines := strings.Split(strings.TrimSpace(string(out)), "\n")
+	msg := fmt.Sprintf("%s cannot import grpc (%v: %s); install Debian's python3-grpcio python3-grpc-tools python3-protobuf (make deps does it as root)",
+		python, err, lines[len(lines)-1])
 	if os.Getenv("SLUICE_TEST_PYTHON") == "require" {
-		t.Fatal(msg)
+		t.Fatal("SLUICE_TEST_PYTHON=require: " + msg)
 	}
-	t.Skip(msg)
+	t.Skip("SKIPPING the Python plugin example test: " + msg)
 }
 
 // genStubs generates the Python code of stage.proto into a temporary
