@@ -80,10 +80,10 @@ class ConfigError(ValueError):
     pass
 
 
-def _number(cfg, key, default):
+def _number(cfg, key, default, where="config"):
     v = cfg.get(key, default)
     if isinstance(v, bool) or not isinstance(v, (int, float)):
-        raise ConfigError(f"config: {key} {v!r}: want a number")
+        raise ConfigError(f"{where}: {key} {v!r}: want a number")
     return v
 
 
@@ -97,6 +97,8 @@ def parse_config(raw):
         raise ConfigError("config: want a table")
     threshold = float(_number(cfg, "threshold", 5.0))
     code = _number(cfg, "reject_code", 550)
+    if isinstance(code, float) and code.is_integer():
+        code = int(code)
     if not isinstance(code, int) or not 500 <= code <= 599:
         raise ConfigError(f"config: reject_code {code}: want a 5xx code")
     enh_text = cfg.get("reject_enhanced", "5.7.1")
@@ -111,7 +113,7 @@ def parse_config(raw):
         if not isinstance(r, dict):
             raise ConfigError(f"config: rules[{i}]: want {{ pattern = ..., score = ... }}")
         try:
-            rules.append((re.compile(str(r.get("pattern", ""))), float(_number(r, "score", 0))))
+            rules.append((re.compile(str(r.get("pattern", ""))), float(_number(r, "score", 0, f"config: rules[{i}]"))))
         except re.error as e:
             raise ConfigError(f"config: rules[{i}]: {e}") from None
     return {
