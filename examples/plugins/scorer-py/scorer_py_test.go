@@ -31,6 +31,7 @@ import (
 	"github.com/sluice-mta/sluice/internal/testutil"
 	stagev1 "github.com/sluice-mta/sluice/plugins/proto/stage/v1"
 	"github.com/sluice-mta/sluice/plugins/sdk"
+	"google.golang.org/grpc"
 )
 
 // python is the interpreter the example documents: Debian's, which sees
@@ -39,7 +40,7 @@ const python = "/usr/bin/python3"
 
 // needPython skips (or, under SLUICE_TEST_PYTHON=require, fails) the test
 // when python lacks the gRPC modules.
-func needPython(t *testing.T) {
+func needPython(t testing.TB) {
 	t.Helper()
 	if testing.Short() {
 		t.Skip("runs a Python plugin in a relay")
@@ -59,7 +60,7 @@ func needPython(t *testing.T) {
 
 // genStubs generates the Python code of stage.proto into a temporary
 // directory, as a build step would, and returns the directory.
-func genStubs(t *testing.T) string {
+func genStubs(t testing.TB) string {
 	t.Helper()
 	dir := t.TempDir()
 	protoDir, err := filepath.Abs("../../../plugins/proto/stage/v1")
@@ -79,7 +80,7 @@ func genStubs(t *testing.T) string {
 	return dir
 }
 
-func script(t *testing.T) string {
+func script(t testing.TB) string {
 	t.Helper()
 	p, err := filepath.Abs("scorer.py")
 	if err != nil {
@@ -247,32 +248,7 @@ func (w *logBuffer) contains(s string) bool {
 // plugin.GRPCController/Shutdown makes the process exit by itself (status
 // 0; without the controller go-plugin would kill it with SIGKILL).
 func TestScorerPyHandshake(t *testing.T) {
-	needPython(t)
-	cmd := exec.Command(python, script(t))
-	cmd.Env = append(os.Environ(), "PYTHONPATH="+genStubs(t))
-	client := goplugin.NewClient(&goplugin.ClientConfig{
-		HandshakeConfig:  sdk.Handshake,
-		Plugins:          goplugin.PluginSet{sdk.PluginName: &sdk.GRPCPlugin{}},
-		Cmd:              cmd,
-		AllowedProtocols: []goplugin.Protocol{goplugin.ProtocolGRPC},
-		Logger:           hclog.NewNullLogger(),
-	})
-	defer client.Kill()
-	proto, err := client.Client()
-	if err != nil {
-		t.Fatalf("handshake: %v", err)
-	}
-	if got := client.NegotiatedVersion(); got != sdk.ProtocolMajor {
-		t.Errorf("negotiated protocol %d, want %d", got, sdk.ProtocolMajor)
-	}
-	if err := proto.Ping(); err != nil {
-		t.Fatalf("go-plugin ping (grpc.health.v1 Check of \"plugin\"): %v", err)
-	}
-	raw, err := proto.Dispense(sdk.PluginName)
-	if err != nil {
-		t.Fatal(err)
-	}
-	rpc := raw.(stagev1.StageClient)
+	rpc, client, cmd := startPlugin(t)
 	ctx := context.Background()
 	if _, err := rpc.Configure(ctx, &stagev1.ConfigureRequest{StageName: "t", ConfigJson: []byte(`{}`)}); err != nil {
 		t.Fatal(err)
@@ -302,5 +278,62 @@ func TestScorerPyHandshake(t *testing.T) {
 	client.Kill()
 	if !client.Exited() || cmd.ProcessState == nil || !cmd.ProcessState.Success() {
 		t.Errorf("after Kill: exited %v, state %v; want a clean exit on Shutdown", client.Exited(), cmd.ProcessState)
+	}
+}
+
+// startPlugin starts scorer.py with go-plugin's client, as Sluice does, and
+// checks the handshake and go-plugin's ping. The plugin is killed at the end
+// of the test.
+func startPlugin(t testing.TB) (stagev1.StageClient, *goplugin.Client, *exec.Cmd) {
+	t.Helper()
+	needPython(t)
+	cmd := exec.Command(python, script(t))
+	cmd.Env = append(os.Environ(), "PYTHONPATH="+genStubs(t))
+	client := goplugin.NewClient(&goplugin.ClientConfig{
+		HandshakeConfig:  sdk.Handshake,
+		Plugins:          goplugin.PluginSet{sdk.PluginName: &sdk.GRPCPlugin{}},
+		Cmd:              cmd,
+		AllowedProtocols: []goplugin.Protocol{goplugin.ProtocolGRPC},
+		Logger:           hclog.NewNullLogger(),
+		GRPCDialOptions: []grpc.DialOption{grpc.WithDefaultCallOptions(
+			grpc.MaxCallRecvMsgSize(sdk.MaxMessageSize), grpc.MaxCallSendMsgSize(sdk.MaxMessageSize))},
+	})
+	t.Cleanup(client.Kill)
+	proto, err := client.Client()
+	if err != nil {
+		t.Fatalf("handshake: %v", err)
+	}
+	if got := client.NegotiatedVersion(); got != sdk.ProtocolMajor {
+		t.Errorf("negotiated protocol %d, want %d", got, sdk.ProtocolMajor)
+	}
+	if err := proto.Ping(); err != nil {
+		t.Fatalf("go-plugin ping (grpc.health.v1 Check of \"plugin\"): %v", err)
+	}
+	raw, err := proto.Dispense(sdk.PluginName)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return raw.(stagev1.StageClient), client, cmd
+}
+
+// BenchmarkScorerPyOnMessage measures one on_message call of the Python
+// plugin (a 2 KB message, header and body) from Go over go-plugin's gRPC
+// connection, the cost Sluice pays per message for this stage.
+func BenchmarkScorerPyOnMessage(b *testing.B) {
+	rpc, _, _ := startPlugin(b)
+	ctx := context.Background()
+	if _, err := rpc.Configure(ctx, &stagev1.ConfigureRequest{StageName: "b", ConfigJson: []byte(`{}`)}); err != nil {
+		b.Fatal(err)
+	}
+	req := &stagev1.MessageRequest{Message: &stagev1.Message{
+		Header: []*stagev1.HeaderField{{Name: "From", Value: "a@origin.example"}, {Name: "Subject", Value: "Quarterly report"}},
+		Body:   []byte(strings.Repeat("Nothing to see here, just the numbers.\r\n", 50)), HasHeader: true, HasBody: true,
+	}}
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		v, err := rpc.OnMessage(ctx, req)
+		if err != nil || v.Action != stagev1.Action_ACTION_CONTINUE {
+			b.Fatalf("OnMessage: %v %v", v, err)
+		}
 	}
 }
