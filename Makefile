@@ -25,6 +25,16 @@ run: build
 # with the race detector.
 deps:
 	$(GO) mod download
+	@# The Python example plugin's tests need Debian's gRPC for /usr/bin/python3:
+	@# installed here when we are root with apt-get, else its tests skip.
+	@/usr/bin/python3 -c 'import grpc, grpc_tools, google.protobuf' 2>/dev/null || \
+	  if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	    echo "deps: installing python3-grpcio python3-grpc-tools python3-protobuf (examples/plugins/scorer-py)"; \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3 python3-grpcio python3-grpc-tools python3-protobuf >/dev/null) || \
+	      echo "deps: WARNING: apt-get install failed: the Python plugin example's tests will be SKIPPED"; \
+	  else \
+	    echo "deps: WARNING: /usr/bin/python3 lacks grpc and we cannot apt-get install it (not root, or no apt): the Python plugin example's tests will be SKIPPED"; \
+	  fi
 
 test: deps build
 	$(GO) vet $(PKGS)
