@@ -31,26 +31,48 @@ func startRelay(t *testing.T, stageOpts string) (string, *testutil.Sink) {
 }
 
 func startRelayServer(t *testing.T, stageOpts string) (string, *testutil.Sink, *server.Server) {
+	e := startRelayEnv(t, stageOpts)
+	return e.addr, e.sink, e.srv
+}
+
+// relayEnv is a running relay with the test plugin.
+type relayEnv struct {
+	addr, admin string // SMTP and admin listeners
+	sink        *testutil.Sink
+	srv         *server.Server
+	write       func(stageOpts string) // writes the configuration again (for a reload)
+}
+
+func freeAddr(t *testing.T) string {
 	t.Helper()
-	dir := t.TempDir()
-	sink := testutil.StartSink(t, testutil.SinkOptions{})
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	addr := ln.Addr().String()
-	ln.Close()
-	src := fmt.Sprintf(`
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+func startRelayEnv(t *testing.T, stageOpts string) *relayEnv {
+	t.Helper()
+	dir := t.TempDir()
+	sink := testutil.StartSink(t, testutil.SinkOptions{})
+	addr, admin := freeAddr(t), freeAddr(t)
+	p := filepath.Join(dir, "pipeline.lua")
+	write := func(stageOpts string) {
+		src := fmt.Sprintf(`
 sluice.spool { path = %q }
 sluice.events { file = %q }
 sluice.listen_smtp { addr = %q, relay_networks = { "127.0.0.0/8" } }
+sluice.listen_admin { addr = %q }
 sluice.stage("faulty", sluice.plugin { cmd = %q, %s })
 sluice.stage("route", { on_route = function(msg, rcpt) return sluice.route.relay { host = "127.0.0.1", port = %d, tls = "none" } end })
-`, filepath.Join(dir, "spool"), filepath.Join(dir, "events.jsonl"), addr, plugin.FaultyBin(), stageOpts, sink.Port)
-	p := filepath.Join(dir, "pipeline.lua")
-	if err := os.WriteFile(p, []byte(src), 0o644); err != nil {
-		t.Fatal(err)
+`, filepath.Join(dir, "spool"), filepath.Join(dir, "events.jsonl"), addr, admin, plugin.FaultyBin(), stageOpts, sink.Port)
+		if err := os.WriteFile(p, []byte(src), 0o644); err != nil {
+			t.Fatal(err)
+		}
 	}
+	write(stageOpts)
 	cfg, err := config.Load(p)
 	if err != nil {
 		t.Fatal(err)
@@ -63,7 +85,7 @@ sluice.stage("route", { on_route = function(msg, rcpt) return sluice.route.relay
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { srv.Stop(context.Background()) })
-	return addr, sink, srv
+	return &relayEnv{addr: addr, admin: admin, sink: sink, srv: srv, write: write}
 }
 
 func send(addr string, i int) error {
@@ -164,24 +186,65 @@ func pidOf(t *testing.T, data []byte) int {
 	return pid
 }
 
-// TestRelayReload: a reload builds the pipeline again with a new plugin
-// process; the old one is stopped once its pipeline is retired.
+// TestRelayReload: a reload that keeps the plugin's command and config
+// keeps its process; one that changes its config starts a new process,
+// and the old one serves its call in flight to the end and then exits.
 func TestRelayReload(t *testing.T) {
-	addr, sink, srv := startRelayServer(t, `args = { "ok" }`)
-	if err := send(addr, 1); err != nil {
+	e := startRelayEnv(t, `args = { "ok" }, config = { tag = "a" }`)
+	if err := send(e.addr, 1); err != nil {
 		t.Fatal(err)
 	}
-	waitSink(t, sink, 1)
-	old := pidOf(t, sink.Messages()[0].Data)
-	if _, err := srv.Reload(); err != nil {
+	waitSink(t, e.sink, 1)
+	old := pidOf(t, e.sink.Messages()[0].Data)
+
+	// Unchanged (only a host-side setting differs): the same process.
+	e.write(`args = { "ok" }, config = { tag = "a" }, timeout = "20s"`)
+	if _, err := e.srv.Reload(); err != nil {
 		t.Fatal(err)
 	}
-	if err := send(addr, 2); err != nil {
+	if err := send(e.addr, 2); err != nil {
 		t.Fatal(err)
 	}
-	waitSink(t, sink, 2)
-	if now := pidOf(t, sink.Messages()[1].Data); now == old {
-		t.Fatalf("the same plugin process %d after a reload", now)
+	waitSink(t, e.sink, 2)
+	if now := pidOf(t, e.sink.Messages()[1].Data); now != old {
+		t.Fatalf("plugin process %d after a reload that kept its config, was %d", now, old)
+	}
+
+	// A call in flight on the old process while the config changes.
+	wait := filepath.Join(t.TempDir(), "go")
+	slow := make(chan error, 1)
+	go func() {
+		msg := "From: a@origin.example\r\nTo: b@dest.example\r\nX-Wait-File: " + wait + "\r\nSubject: slow\r\n\r\nslow\r\n"
+		slow <- smtp.SendMail(e.addr, nil, "a@origin.example", []string{"b@dest.example"}, []byte(msg))
+	}()
+	waitForFile(t, wait+".started")
+	e.write(`args = { "ok" }, config = { tag = "b" }`)
+	if _, err := e.srv.Reload(); err != nil {
+		t.Fatal(err)
+	}
+	if err := send(e.addr, 3); err != nil {
+		t.Fatal(err)
+	}
+	waitSink(t, e.sink, 3)
+	newer := pidOf(t, e.sink.Messages()[2].Data)
+	if newer == old {
+		t.Fatalf("the same plugin process %d after a reload that changed its config", newer)
+	}
+	if !strings.Contains(string(e.sink.Messages()[2].Data), "X-Config: b") {
+		t.Fatalf("the new process did not get the new config:\n%s", e.sink.Messages()[2].Data)
+	}
+	if zombie(old) {
+		t.Fatalf("the old plugin process %d exited with a call in flight", old)
+	}
+	if err := os.WriteFile(wait, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-slow; err != nil {
+		t.Fatalf("the message in flight during the reload: %v", err)
+	}
+	waitSink(t, e.sink, 4)
+	if got := pidOf(t, e.sink.Messages()[3].Data); got != old {
+		t.Fatalf("the call in flight was answered by process %d, want the old %d", got, old)
 	}
 	deadline := time.Now().Add(30 * time.Second)
 	for syscall.Kill(old, 0) == nil && !zombie(old) {
@@ -189,6 +252,23 @@ func TestRelayReload(t *testing.T) {
 			t.Fatalf("the old plugin process %d still runs", old)
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+	if syscall.Kill(newer, 0) != nil || zombie(newer) {
+		t.Fatalf("the new plugin process %d is gone", newer)
+	}
+}
+
+func waitForFile(t *testing.T, path string) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		if _, err := os.Stat(path); err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s never appeared", path)
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }
 
