@@ -61,12 +61,10 @@ type hookObs struct {
 	calls map[string]prometheus.Counter
 }
 
-// hooks is every hook the protocol carries.
-var allHooks = []string{"on_connect", "on_helo", "on_mail", "on_rcpt", "on_message", "on_route", "on_event"}
-
-func (m *Metrics) observers(stage string) map[string]*hookObs {
-	out := make(map[string]*hookObs, len(allHooks))
-	for _, h := range allHooks {
+// observers resolves the metric children of a stage's hooks.
+func (m *Metrics) observers(stage string, hooks []string) map[string]*hookObs {
+	out := make(map[string]*hookObs, len(hooks))
+	for _, h := range hooks {
 		o := &hookObs{dur: m.dur.WithLabelValues(stage, h), calls: map[string]prometheus.Counter{}}
 		for _, oc := range []string{outcomeOK, outcomeError, outcomeTimeout, outcomeUnavailable} {
 			o.calls[oc] = m.calls.WithLabelValues(stage, h, oc)

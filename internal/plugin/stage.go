@@ -222,7 +222,7 @@ func newStage(opts Options, g *group, release func(*group)) (*Stage, error) {
 		return nil, err
 	}
 	if opts.Metrics != nil {
-		s.obs = opts.Metrics.observers(opts.Name)
+		s.obs = opts.Metrics.observers(opts.Name, s.hooks)
 	}
 	return s, nil
 }
