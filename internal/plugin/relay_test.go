@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
+	"net/http"
 	"net/smtp"
 	"net/textproto"
 	"os"
@@ -279,4 +281,108 @@ func zombie(pid int) bool {
 	}
 	f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+1:]))
 	return len(f) > 0 && f[0] == "Z"
+}
+
+// TestRelayPluginMetricsAndReadiness: the node's registry has the
+// sluice_plugin_* metrics of its plugin stage, and /readyz turns 503
+// naming the stage once it has restarted 5 times within a minute.
+func TestRelayPluginMetricsAndReadiness(t *testing.T) {
+	e := startRelayEnv(t, `args = { "ok" }, instances = 2`)
+	ready := func() (int, string) {
+		t.Helper()
+		resp, err := http.Get("http://" + e.admin + "/readyz")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	if code, body := ready(); code != 200 {
+		t.Fatalf("/readyz %d %q before any crash", code, body)
+	}
+	sent := 0
+	// deliverOne sends until a message is accepted (a message that meets
+	// a dead process is refused with 451) and waits for it at the sink;
+	// it returns the process that added its header.
+	deliverOne := func() int {
+		t.Helper()
+		n := len(e.sink.Messages())
+		for {
+			sent++
+			err := send(e.addr, sent)
+			if err == nil {
+				break
+			}
+			var te *textproto.Error
+			if !errors.As(err, &te) || te.Code != 451 {
+				t.Fatalf("message %d: %v (want 250 or 451)", sent, err)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		waitSink(t, e.sink, n+1)
+		msgs := e.sink.Messages()
+		return pidOf(t, msgs[len(msgs)-1].Data)
+	}
+	pid := deliverOne()
+	killed := map[int]bool{}
+	for len(killed) < 5 {
+		if !killed[pid] {
+			killed[pid] = true
+			syscall.Kill(pid, syscall.SIGKILL)
+		}
+		// The call that meets the dead process restarts it, or goes to
+		// the other instance.
+		pid = deliverOne()
+	}
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		code, body := ready()
+		if code == 503 && strings.Contains(body, `plugin stage "faulty" is crash looping`) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("/readyz %d %q after 5 plugin crashes", code, body)
+		}
+		// A killed process is noticed by the next call to it or by the
+		// health check.
+		deliverOne()
+	}
+	mfs, err := e.srv.Metrics().Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]float64{}
+	for _, mf := range mfs {
+		if !strings.HasPrefix(mf.GetName(), "sluice_plugin_") {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			key := mf.GetName()
+			for _, l := range m.GetLabel() {
+				key += "," + l.GetName() + "=" + l.GetValue()
+			}
+			switch {
+			case m.Counter != nil:
+				got[key] = m.Counter.GetValue()
+			case m.Gauge != nil:
+				got[key] = m.Gauge.GetValue()
+			case m.Histogram != nil:
+				got[key] = float64(m.Histogram.GetSampleCount())
+			}
+		}
+	}
+	if got["sluice_plugin_restarts_total,stage=faulty"] < 5 {
+		t.Errorf("restarts %v, want at least 5 (%v)", got["sluice_plugin_restarts_total,stage=faulty"], got)
+	}
+	ok := got["sluice_plugin_calls_total,hook=on_message,outcome=ok,stage=faulty"]
+	if int(ok) != len(e.sink.Messages()) {
+		t.Errorf("%v ok on_message calls, %d messages delivered (%v)", ok, len(e.sink.Messages()), got)
+	}
+	if got["sluice_plugin_call_duration_seconds,hook=on_message,stage=faulty"] < ok {
+		t.Errorf("duration samples %v < ok calls %v", got["sluice_plugin_call_duration_seconds,hook=on_message,stage=faulty"], ok)
+	}
+	if up := got["sluice_plugin_up,stage=faulty"]; up < 0 || up > 2 {
+		t.Errorf("sluice_plugin_up %v, want 0..2", up)
+	}
 }
