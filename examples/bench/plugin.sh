@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Plugin stage cost, end to end: the bench relay (examples/bench/relay.lua)
-# without and with the example scorer plugin (examples/plugins/scorer: reads
-# the message, adds X-Spam-Score) as one more stage, alternated in one run
+# without and with a plugin stage, alternated in one run. PLUGIN=stamp (the
+# default; internal/plugin/testdata/stamp: asks for the header only, inspects
+# it and adds one field — the issue's performance target) or PLUGIN=scorer
+# (examples/plugins/scorer: reads the whole message, runs its regular
+# expressions, adds X-Spam-Score). Rounds alternate
 # (ROUNDS rounds of off, on), fresh spool per round. Per round: a 1,000
 # message warm-up, then SMTP SIZE B x SESSIONS sessions x N messages. Prints
 # sluice-bench's report, the relay's (and the plugin's) CPU per message, and
@@ -13,11 +16,15 @@ ROUNDS=${ROUNDS:-4}
 N=${N:-10000}
 SESSIONS=${SESSIONS:-20}
 SIZE=${SIZE:-2048}
+PLUGIN=${PLUGIN:-stamp}
 
 go build -o bin/sluice ./cmd/sluice
 go build -o bin/sluice-bench ./cmd/sluice-bench
-go build -o bin/scorer ./examples/plugins/scorer
-SCORER=$(pwd)/bin/scorer
+case $PLUGIN in
+  stamp) go build -o bin/stamp-plugin ./internal/plugin/testdata/stamp; PCMD=$(pwd)/bin/stamp-plugin; PCFG='{}' ;;
+  scorer) go build -o bin/scorer ./examples/plugins/scorer; PCMD=$(pwd)/bin/scorer; PCFG='{ threshold = 100 }' ;;
+  *) echo "PLUGIN=stamp or scorer" >&2; exit 2 ;;
+esac
 
 pid=
 W=
@@ -37,7 +44,7 @@ quantile() {
         prevle = les[i]; prevc = cs[i] } }'
 }
 
-echo "# plugin stage on/off — $(date -u +%FT%TZ) — $(nproc) cores, $(uname -m), $(go version | cut -d' ' -f3), load $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "# plugin stage ($PLUGIN) on/off — $(date -u +%FT%TZ) — $(nproc) cores, $(uname -m), $(go version | cut -d' ' -f3), load $(cut -d' ' -f1-3 /proc/loadavg)"
 for r in $(seq "$ROUNDS"); do
   for mode in off on; do
     W=$(mktemp -d /tmp/sluice-plugbench.XXXXXX)
@@ -45,7 +52,7 @@ for r in $(seq "$ROUNDS"); do
     echo 'sluice.listen_admin { addr = "127.0.0.1:9102" }' >> "$W/relay.lua"
     if [ "$mode" = on ]; then
       # The plugin stage goes before the routing stage: insert it after "stamp".
-      awk -v cmd="$SCORER" '/^sluice.stage\("routing"/ { print "sluice.stage(\"scorer\", sluice.plugin { cmd = \"" cmd "\", timeout = \"2s\", config = { threshold = 100 } })\n" } { print }' "$W/relay.lua" > "$W/r2" && mv "$W/r2" "$W/relay.lua"
+      awk -v cmd="$PCMD" -v cfg="$PCFG" '/^sluice.stage\("routing"/ { print "sluice.stage(\"plugin\", sluice.plugin { cmd = \"" cmd "\", timeout = \"2s\", config = " cfg " })\n" } { print }' "$W/relay.lua" > "$W/r2" && mv "$W/r2" "$W/relay.lua"
     fi
     bin/sluice serve -c "$W/relay.lua" -log-level warn 2> "$W/sluice.log" &
     pid=$!

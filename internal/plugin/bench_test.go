@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"os"
 	"slices"
 	"strings"
 	"sync"
@@ -48,7 +49,7 @@ func BenchmarkPluginOnMessage(b *testing.B) {
 			if err != nil {
 				b.Fatal(err)
 			}
-			s, err := Start(Options{Name: "stamp", Cmd: stampBin, Metrics: m, Logger: slog.New(slog.DiscardHandler)})
+			s, err := Start(Options{Name: "stamp", Cmd: stampBin, Env: []string{"STAMP_CPUPROFILE=" + os.Getenv("STAMP_CPUPROFILE")}, Metrics: m, Logger: slog.New(slog.DiscardHandler)})
 			if err != nil {
 				b.Fatal(err)
 			}

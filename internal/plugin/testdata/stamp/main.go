@@ -6,6 +6,11 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"os"
+	"runtime/pprof"
+	"strconv"
+	"strings"
+	"time"
 
 	"github.com/sluice-mta/sluice/pipeline"
 	"github.com/sluice-mta/sluice/plugins/sdk"
@@ -31,4 +36,16 @@ func (stage) OnMessage(ctx context.Context, msg *pipeline.Message) (pipeline.Ver
 	return v, nil
 }
 
-func main() { sdk.Serve(stage{}) }
+func main() {
+	// STAMP_CPUPROFILE=FILE,SECONDS profiles the plugin for that long
+	// (to see the plugin side of a benchmark).
+	if v := os.Getenv("STAMP_CPUPROFILE"); v != "" {
+		file, secs, _ := strings.Cut(v, ",")
+		n, _ := strconv.Atoi(secs)
+		f, err := os.Create(file)
+		if err == nil && pprof.StartCPUProfile(f) == nil {
+			time.AfterFunc(time.Duration(n)*time.Second, func() { pprof.StopCPUProfile(); f.Close() })
+		}
+	}
+	sdk.Serve(stage{})
+}
