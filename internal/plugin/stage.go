@@ -45,6 +45,9 @@ const (
 	// crashLoop restarts within crashWindow are reported as a crash loop.
 	crashLoop   = 5
 	crashWindow = time.Minute
+	// closeWait bounds Close's wait for calls in flight when the stage has
+	// no Timeout (the chain's stage_timeout bounds them anyway).
+	closeWait = 30 * time.Second
 )
 
 // Options configure a plugin stage. Name and Cmd are required.
@@ -392,16 +395,29 @@ func (s *Stage) PIDs() []int {
 // Up reports whether at least one instance is running.
 func (s *Stage) Up() bool { return s.g.live() > 0 }
 
-// Close waits for the stage's calls in flight, then releases its
-// processes: they are stopped (killed, and waited for) unless a Pool
-// shares them with a newer stage. It may be called more than once. A call
-// that begins after Close fails as if the plugin were down.
+// Close waits for the stage's calls in flight (at most its Timeout plus a
+// second, or closeWait without one), then releases its processes: they are
+// stopped (killed, and waited for) unless a Pool shares them with a newer
+// stage. It may be called more than once. A call that begins after Close
+// fails as if the plugin were down.
 func (s *Stage) Close() error {
 	if !s.closed.CompareAndSwap(false, true) {
 		return nil
 	}
+	wait := closeWait
+	if s.opts.Timeout > 0 {
+		wait = s.opts.Timeout + time.Second
+	}
+	t := time.NewTimer(wait)
+	defer t.Stop()
+drain:
 	for range cap(s.sem) { // every slot taken: no call in flight
-		s.sem <- struct{}{}
+		select {
+		case s.sem <- struct{}{}:
+		case <-t.C:
+			s.g.log.Warn("plugin stage closed with calls still in flight; they fail as the plugin stops", "waited", wait)
+			break drain
+		}
 	}
 	s.release(s.g)
 	return nil
