@@ -281,6 +281,7 @@ type PluginSpec struct {
 	Timeout     time.Duration  // per hook call; 0 = the stage timeout only
 	Env         []string       // "K=V" added to the relay's environment, sorted by key
 	MaxInFlight int            // calls in flight at once; 0 = the plugin package's default (64)
+	Instances   int            // plugin processes; 0 = 1
 	Config      map[string]any // passed to the plugin at start, as JSON; nil when absent
 	Hooks       []string       // hooks the plugin must implement; empty = whatever it implements
 }

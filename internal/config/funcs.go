@@ -742,7 +742,7 @@ var pluginHooks = []string{"on_connect", "on_helo", "on_mail", "on_rcpt", "on_me
 // sluice.plugin { cmd = "./bin/x", args = {...}, on_error = "tempfail", timeout = "5s" }
 func (ld *loader) plugin(L *lua.LState) int {
 	const fn = "sluice.plugin"
-	o := ld.s.CheckOpts(1, fn, "cmd", "args", "on_error", "timeout", "env", "max_in_flight", "config", "hooks")
+	o := ld.s.CheckOpts(1, fn, "cmd", "args", "on_error", "timeout", "env", "max_in_flight", "instances", "config", "hooks")
 	p := &PluginSpec{OnError: OnErrorTempfail}
 	if !o.String("cmd", &p.Cmd) || p.Cmd == "" {
 		o.Fail("cmd", "is required")
@@ -755,6 +755,9 @@ func (ld *loader) plugin(L *lua.LState) int {
 	ld.duration(o, "timeout", &p.Timeout)
 	if o.Int("max_in_flight", &p.MaxInFlight) && p.MaxInFlight < 1 {
 		o.Fail("max_in_flight", "must be at least 1")
+	}
+	if o.Int("instances", &p.Instances) && (p.Instances < 1 || p.Instances > 64) {
+		o.Fail("instances", "must be from 1 to 64")
 	}
 	pluginTable := func(key string) map[string]any {
 		v := o.Get(key)

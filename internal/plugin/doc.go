@@ -18,9 +18,14 @@
 // when Sluice dies (Pdeathsig), so a kill -9 of the relay leaves no plugin
 // behind.
 //
-// What it is not (yet): it runs one process per stage (no instances > 1),
-// a configuration reload starts new processes rather than keeping unchanged
-// ones, it exports no metrics and does not feed /readyz, and on_auth is not
-// part of the protocol. It is not a sandbox: a plugin runs with the relay's
-// user and rights.
+// Options.Instances processes serve one stage; each call goes to the least
+// busy running one. A Pool shares processes between the pipelines of
+// successive reloads: a stage whose identity (name, command, arguments,
+// environment, config, instances) is unchanged keeps its processes, which
+// stop with the last stage using them. Metrics (NewMetrics) count calls,
+// their durations, restarts and live instances; Pool.Check is the
+// readiness check (a crash loop, or no running instance).
+//
+// What it is not (yet): on_auth is not part of the protocol. It is not a
+// sandbox: a plugin runs with the relay's user and rights.
 package plugin

@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -44,11 +45,14 @@ const (
 	// crashLoop restarts within crashWindow are reported as a crash loop.
 	crashLoop   = 5
 	crashWindow = time.Minute
+	// closeWait bounds Close's wait for calls in flight when the stage has
+	// no Timeout (the chain's stage_timeout bounds them anyway).
+	closeWait = 30 * time.Second
 )
 
 // Options configure a plugin stage. Name and Cmd are required.
 type Options struct {
-	Name string   // the stage name; tags every log line
+	Name string   // the stage name; tags every log line and metric
 	Cmd  string   // the executable
 	Args []string // its arguments
 	// Env is added to the relay's environment for the plugin ("K=V").
@@ -56,9 +60,14 @@ type Options struct {
 	// Timeout bounds each hook call; 0 leaves only the chain's
 	// stage_timeout.
 	Timeout time.Duration
-	// MaxInFlight bounds the calls in flight to the plugin; a call waits
-	// for a slot within its deadline. Default DefaultMaxInFlight.
+	// MaxInFlight bounds the calls in flight to the stage (all instances
+	// together); a call waits for a slot within its deadline. Default
+	// DefaultMaxInFlight.
 	MaxInFlight int
+	// Instances is the number of plugin processes; each call goes to the
+	// least busy running one, so a crashed instance leaves the others
+	// serving. Default 1.
+	Instances int
 	// OnError is what a failed call yields: OnErrorTempfail (default, 451
 	// 4.3.0, or 451 4.4.5 on a deadline), OnErrorContinue (the stage is
 	// skipped) or OnErrorReject (550 5.7.1).
@@ -75,34 +84,64 @@ type Options struct {
 	// HealthInterval is how often the plugin's health is checked. Default
 	// DefaultHealthInterval.
 	HealthInterval time.Duration
-	// RestartMin and RestartMax bound the backoff between restarts: the
-	// first restart in a minute is immediate, the next waits RestartMin,
-	// doubling up to RestartMax.
+	// RestartMin and RestartMax bound the backoff between restarts of an
+	// instance: the first restart in a minute is immediate, the next waits
+	// RestartMin, doubling up to RestartMax.
 	RestartMin, RestartMax time.Duration
 	// Logger receives the plugin's output and the supervisor's reports;
 	// nil means slog.Default(). The stage name is added.
 	Logger *slog.Logger
+	// Metrics, when set, counts calls, their durations, restarts and live
+	// instances (see NewMetrics).
+	Metrics *Metrics
 }
 
-// Stage is a running plugin as a pipeline stage. Its type has every hook
-// method; Hooks lists those the plugin implements, and the chain calls only
-// those. It is safe for concurrent use.
+// Stage is a plugin as a pipeline stage: the host-side settings (deadline,
+// max_in_flight, on_error, hooks) over a group of plugin processes, which
+// a Pool may share with the stage of the next pipeline after a reload.
+// Its type has every hook method; Hooks lists those the plugin implements,
+// and the chain calls only those. It is safe for concurrent use.
 type Stage struct {
+	opts    Options
+	g       *group
+	hooks   []string
+	sem     chan struct{}
+	obs     map[string]*hookObs // nil without metrics
+	closed  atomic.Bool
+	release func(*group)
+}
+
+// group is the supervised processes of one plugin identity (stage name,
+// command, arguments, environment, config, instances).
+type group struct {
 	opts  Options
 	log   *slog.Logger
 	cfg   []byte
 	desc  *stagev1.DescribeResponse
-	hooks []string
-	sem   chan struct{}
+	slots []*slot
+	m     *Metrics
+	key   string
+	refs  int // guarded by Pool.mu
+	rr    atomic.Uint32
+
+	mu       sync.Mutex
+	closed   bool
+	restarts []time.Time // restarts of any instance, for crash loop reports
+	stop     chan struct{}
+	wg       sync.WaitGroup
+}
+
+// slot is one instance's place in a group: the running process, if any,
+// and its restart state.
+type slot struct {
+	g        *group
+	busy     atomic.Int32 // calls in flight
+	timeouts atomic.Int32 // consecutive call deadlines
 
 	mu         sync.Mutex
 	cur        *instance // nil while down
-	closed     bool
 	restarting bool
-	restarts   []time.Time // recent restarts, for backoff and crash loops
-	timeouts   int         // consecutive call deadlines
-	stop       chan struct{}
-	wg         sync.WaitGroup
+	restarts   []time.Time // this slot's recent restarts, for its backoff
 }
 
 type instance struct {
@@ -125,23 +164,40 @@ var (
 	_ pipeline.EventHook   = (*Stage)(nil)
 )
 
-// Start starts the plugin, configures it and asks what it implements. It
-// returns an error, with nothing left running, when the plugin cannot be
-// started, does not complete its handshake within StartTimeout, refuses its
-// configuration, or does not implement a hook of Options.Hooks.
+// Start starts the plugin's processes, configures them and asks what they
+// implement. It returns an error, with nothing left running, when the
+// plugin cannot be started, does not complete its handshake within
+// StartTimeout, refuses its configuration, or does not implement a hook of
+// Options.Hooks. The processes are the stage's own: Close stops them. Use
+// Pool.Start to share them across reloads.
 func Start(opts Options) (*Stage, error) {
+	opts, err := normalize(opts)
+	if err != nil {
+		return nil, err
+	}
+	g, err := startGroup(opts)
+	if err != nil {
+		return nil, err
+	}
+	return newStage(opts, g, func(g *group) { g.close() })
+}
+
+func normalize(opts Options) (Options, error) {
 	if opts.Name == "" || opts.Cmd == "" {
-		return nil, errors.New("plugin: a stage name and a command are required")
+		return opts, errors.New("plugin: a stage name and a command are required")
 	}
 	switch opts.OnError {
 	case "":
 		opts.OnError = OnErrorTempfail
 	case OnErrorTempfail, OnErrorContinue, OnErrorReject:
 	default:
-		return nil, fmt.Errorf("plugin: on_error %q: want tempfail, continue or reject", opts.OnError)
+		return opts, fmt.Errorf("plugin: on_error %q: want tempfail, continue or reject", opts.OnError)
 	}
 	if opts.MaxInFlight <= 0 {
 		opts.MaxInFlight = DefaultMaxInFlight
+	}
+	if opts.Instances <= 0 {
+		opts.Instances = 1
 	}
 	if opts.StartTimeout <= 0 {
 		opts.StartTimeout = DefaultStartTimeout
@@ -155,40 +211,64 @@ func Start(opts Options) (*Stage, error) {
 	if opts.RestartMax < opts.RestartMin {
 		opts.RestartMax = max(DefaultRestartMax, opts.RestartMin)
 	}
-	log := opts.Logger
-	if log == nil {
-		log = slog.Default()
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
 	}
-	s := &Stage{opts: opts, log: log.With("stage", opts.Name), sem: make(chan struct{}, opts.MaxInFlight), stop: make(chan struct{})}
+	return opts, nil
+}
+
+// newStage puts the host-side settings over g; on error g is released.
+func newStage(opts Options, g *group, release func(*group)) (*Stage, error) {
+	s := &Stage{opts: opts, g: g, sem: make(chan struct{}, opts.MaxInFlight), release: release}
+	if err := s.setHooks(g.desc); err != nil {
+		release(g)
+		return nil, err
+	}
+	if opts.Metrics != nil {
+		s.obs = opts.Metrics.observers(opts.Name, s.hooks)
+	}
+	return s, nil
+}
+
+// startGroup starts opts.Instances processes; all must start.
+func startGroup(opts Options) (*group, error) {
+	g := &group{opts: opts, log: opts.Logger.With("stage", opts.Name), m: opts.Metrics, stop: make(chan struct{})}
 	cfg := opts.Config
 	if cfg == nil {
 		cfg = map[string]any{}
 	}
 	var err error
-	if s.cfg, err = json.Marshal(cfg); err != nil {
+	if g.cfg, err = json.Marshal(cfg); err != nil {
 		return nil, fmt.Errorf("plugin: config: %w", err)
 	}
-	inst, desc, err := s.launch()
-	if err != nil {
-		return nil, err
+	for i := 0; i < opts.Instances; i++ {
+		inst, desc, err := g.launch()
+		if err != nil {
+			g.close()
+			return nil, err
+		}
+		if g.desc == nil {
+			if _, ok := stagev1.BodyNeed_name[int32(desc.Body)]; !ok {
+				inst.client.Kill()
+				g.close()
+				return nil, fmt.Errorf("plugin %s: describe: unknown body need %d", opts.Cmd, desc.Body)
+			}
+			g.desc = desc
+		}
+		sl := &slot{g: g}
+		g.slots = append(g.slots, sl)
+		sl.set(inst)
+		g.log.Info("plugin started", "cmd", opts.Cmd, "pid", inst.pid, "instance", i+1, "of", opts.Instances,
+			"plugin", desc.Name, "version", desc.Version,
+			"protocol", fmt.Sprintf("%d.%d", sdk.ProtocolMajor, desc.ProtocolMinor), "body", desc.Body.String())
 	}
-	if err := s.setHooks(desc); err != nil {
-		inst.client.Kill()
-		return nil, err
-	}
-	s.desc, s.cur = desc, inst
-	s.log.Info("plugin started", "cmd", opts.Cmd, "pid", inst.pid, "plugin", desc.Name, "version", desc.Version,
-		"protocol", fmt.Sprintf("%d.%d", sdk.ProtocolMajor, desc.ProtocolMinor), "hooks", s.hooks, "body", desc.Body.String())
-	s.wg.Add(1)
-	go s.watch()
-	return s, nil
+	g.wg.Add(1)
+	go g.watch()
+	return g, nil
 }
 
 // setHooks checks the Describe answer against Options.Hooks.
 func (s *Stage) setHooks(d *stagev1.DescribeResponse) error {
-	if _, ok := stagev1.BodyNeed_name[int32(d.Body)]; !ok {
-		return fmt.Errorf("plugin %s: describe: unknown body need %d", s.opts.Cmd, d.Body)
-	}
 	var have []string
 	for _, h := range d.Hooks {
 		n := conv.HookName(h)
@@ -211,9 +291,9 @@ func (s *Stage) setHooks(d *stagev1.DescribeResponse) error {
 }
 
 // launch starts one process and runs Configure and Describe.
-func (s *Stage) launch() (*instance, *stagev1.DescribeResponse, error) {
-	cmd := exec.Command(s.opts.Cmd, s.opts.Args...)
-	cmd.Env = append(os.Environ(), s.opts.Env...)
+func (g *group) launch() (*instance, *stagev1.DescribeResponse, error) {
+	cmd := exec.Command(g.opts.Cmd, g.opts.Args...)
+	cmd.Env = append(os.Environ(), g.opts.Env...)
 	setPdeathsig(cmd)
 	client := goplugin.NewClient(&goplugin.ClientConfig{
 		HandshakeConfig:  sdk.Handshake,
@@ -221,17 +301,17 @@ func (s *Stage) launch() (*instance, *stagev1.DescribeResponse, error) {
 		Cmd:              cmd,
 		SkipHostEnv:      true, // cmd.Env already has it, before Env so Env wins
 		AllowedProtocols: []goplugin.Protocol{goplugin.ProtocolGRPC},
-		StartTimeout:     s.opts.StartTimeout,
+		StartTimeout:     g.opts.StartTimeout,
 		Logger:           hclog.NewNullLogger(),
-		Stderr:           &lineLogger{log: s.log, stream: "stderr"},
-		SyncStderr:       &lineLogger{log: s.log, stream: "stderr"},
-		SyncStdout:       &lineLogger{log: s.log, stream: "stdout"},
+		Stderr:           &lineLogger{log: g.log, stream: "stderr"},
+		SyncStderr:       &lineLogger{log: g.log, stream: "stderr"},
+		SyncStdout:       &lineLogger{log: g.log, stream: "stdout"},
 		GRPCDialOptions: []grpc.DialOption{grpc.WithDefaultCallOptions(
 			grpc.MaxCallRecvMsgSize(sdk.MaxMessageSize), grpc.MaxCallSendMsgSize(sdk.MaxMessageSize))},
 	})
 	fail := func(what string, err error) (*instance, *stagev1.DescribeResponse, error) {
 		client.Kill()
-		return nil, nil, fmt.Errorf("plugin %s: %s: %w", s.opts.Cmd, what, err)
+		return nil, nil, fmt.Errorf("plugin %s: %s: %w", g.opts.Cmd, what, err)
 	}
 	proto, err := client.Client()
 	if err != nil {
@@ -248,9 +328,9 @@ func (s *Stage) launch() (*instance, *stagev1.DescribeResponse, error) {
 	if !ok {
 		return fail("start", fmt.Errorf("unexpected client type %T", raw))
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), s.opts.StartTimeout)
+	ctx, cancel := context.WithTimeout(context.Background(), g.opts.StartTimeout)
 	defer cancel()
-	if _, err := rpc.Configure(ctx, &stagev1.ConfigureRequest{StageName: s.opts.Name, ConfigJson: s.cfg}); err != nil {
+	if _, err := rpc.Configure(ctx, &stagev1.ConfigureRequest{StageName: g.opts.Name, ConfigJson: g.cfg}); err != nil {
 		return fail("configure", statusErr(err))
 	}
 	desc, err := rpc.Describe(ctx, &stagev1.DescribeRequest{})
@@ -288,44 +368,125 @@ func (s *Stage) Hooks() []string { return s.hooks }
 func (s *Stage) CallTimeout() time.Duration { return s.opts.Timeout }
 
 // Describe returns the plugin's answer to Describe at start.
-func (s *Stage) Describe() *stagev1.DescribeResponse { return s.desc }
+func (s *Stage) Describe() *stagev1.DescribeResponse { return s.g.desc }
 
-// PID returns the process id of the running plugin, or 0 while it is down.
+// PID returns the process id of the first running instance, or 0 while
+// none runs.
 func (s *Stage) PID() int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.cur == nil {
-		return 0
+	for _, p := range s.PIDs() {
+		if p != 0 {
+			return p
+		}
 	}
-	return s.cur.pid
+	return 0
 }
 
-// Up reports whether the plugin is running (not being restarted).
-func (s *Stage) Up() bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.cur != nil
+// PIDs returns the process id of each instance, 0 for one that is down.
+func (s *Stage) PIDs() []int {
+	out := make([]int, len(s.g.slots))
+	for i, sl := range s.g.slots {
+		if inst := sl.get(); inst != nil {
+			out[i] = inst.pid
+		}
+	}
+	return out
 }
 
-// Close stops supervision and kills the plugin, waiting for it to exit. It
-// may be called more than once.
+// Up reports whether at least one instance is running.
+func (s *Stage) Up() bool { return s.g.live() > 0 }
+
+// Close waits for the stage's calls in flight (at most its Timeout plus a
+// second, or closeWait without one), then releases its processes: they are
+// stopped (killed, and waited for) unless a Pool shares them with a newer
+// stage. It may be called more than once. A call that begins after Close
+// fails as if the plugin were down.
 func (s *Stage) Close() error {
-	s.mu.Lock()
-	if s.closed {
-		s.mu.Unlock()
+	if !s.closed.CompareAndSwap(false, true) {
 		return nil
 	}
-	s.closed = true
-	close(s.stop)
-	cur := s.cur
-	s.cur = nil
-	s.mu.Unlock()
-	s.wg.Wait()
-	if cur != nil {
-		cur.client.Kill()
+	wait := closeWait
+	if s.opts.Timeout > 0 {
+		wait = s.opts.Timeout + time.Second
 	}
-	s.log.Info("plugin stopped")
+	t := time.NewTimer(wait)
+	defer t.Stop()
+drain:
+	for range cap(s.sem) { // every slot taken: no call in flight
+		select {
+		case s.sem <- struct{}{}:
+		case <-t.C:
+			s.g.log.Warn("plugin stage closed with calls still in flight; they fail as the plugin stops", "waited", wait)
+			break drain
+		}
+	}
+	s.release(s.g)
 	return nil
+}
+
+// live counts the running instances.
+func (g *group) live() int {
+	n := 0
+	for _, sl := range g.slots {
+		if sl.get() != nil {
+			n++
+		}
+	}
+	return n
+}
+
+// check is the group's readiness: an error while it is crash looping or
+// has no running instance.
+func (g *group) check(now time.Time) error {
+	g.mu.Lock()
+	n := 0
+	for _, t := range g.restarts {
+		if now.Sub(t) <= crashWindow {
+			n++
+		}
+	}
+	g.mu.Unlock()
+	if n >= crashLoop {
+		return fmt.Errorf("plugin stage %q is crash looping: %d restarts in the last minute (its stderr is in the log)", g.opts.Name, n)
+	}
+	if g.live() == 0 {
+		return fmt.Errorf("plugin stage %q has no running instance (restarting; see the log)", g.opts.Name)
+	}
+	return nil
+}
+
+// close stops supervision and kills every instance, waiting for each to
+// exit. It may be called more than once.
+func (g *group) close() {
+	g.mu.Lock()
+	if g.closed {
+		g.mu.Unlock()
+		return
+	}
+	g.closed = true
+	close(g.stop)
+	g.mu.Unlock()
+	var insts []*instance
+	for _, sl := range g.slots {
+		sl.mu.Lock()
+		if sl.cur != nil {
+			insts = append(insts, sl.cur)
+		}
+		sl.setLocked(nil)
+		sl.mu.Unlock()
+	}
+	g.wg.Wait()
+	var wg sync.WaitGroup
+	for _, inst := range insts {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			inst.client.Kill()
+		}()
+	}
+	wg.Wait()
+	if len(g.slots) > 0 {
+		g.log.Info("plugin stopped", "instances", len(insts))
+	}
 }
 
 // CallError is a plugin call that failed: the plugin returned an error,
@@ -350,6 +511,14 @@ var errDown = errors.New("plugin is not running (restarting after a failure)")
 var ErrPluginFailed = pipeline.Verdict{Action: pipeline.Reject, Code: 550, Enhanced: pipeline.EnhancedCode{5, 7, 1},
 	Text: "Message refused: a policy check is unavailable"}
 
+// Call outcomes (the outcome label of sluice_plugin_calls_total).
+const (
+	outcomeOK          = "ok"          // the plugin answered
+	outcomeError       = "error"       // the plugin returned an error, or an answer we refuse
+	outcomeTimeout     = "timeout"     // the call's deadline passed (also waiting for a slot)
+	outcomeUnavailable = "unavailable" // no instance was running, or it crashed during the call
+)
+
 // invoke runs one call under the stage's deadline and concurrency bound,
 // and applies on_error to a failure.
 func (s *Stage) invoke(ctx context.Context, hook string, call func(context.Context, stagev1.StageClient) (*stagev1.Verdict, error)) (pipeline.Verdict, error) {
@@ -358,7 +527,7 @@ func (s *Stage) invoke(ctx context.Context, hook string, call func(context.Conte
 		ctx, cancel = context.WithTimeout(ctx, s.opts.Timeout)
 		defer cancel()
 	}
-	pv, err := s.do(ctx, call)
+	pv, err := s.do(ctx, hook, call)
 	if err == nil {
 		var v pipeline.Verdict
 		if v, err = conv.VerdictFrom(pv); err == nil {
@@ -368,45 +537,114 @@ func (s *Stage) invoke(ctx context.Context, hook string, call func(context.Conte
 	return s.onError(hook, err)
 }
 
-// do takes a slot, calls the running plugin and notes failures that call
-// for a restart.
-func (s *Stage) do(ctx context.Context, call func(context.Context, stagev1.StageClient) (*stagev1.Verdict, error)) (*stagev1.Verdict, error) {
+// do takes a slot, calls the least busy running instance, records the
+// call's metrics and notes failures that call for a restart.
+func (s *Stage) do(ctx context.Context, hook string, call func(context.Context, stagev1.StageClient) (*stagev1.Verdict, error)) (pv *stagev1.Verdict, err error) {
+	outcome := outcomeOK
+	if o := s.obs[hook]; o != nil {
+		t0 := time.Now()
+		defer func() {
+			o.dur.Observe(time.Since(t0).Seconds())
+			o.calls[outcome].Inc()
+		}()
+	}
+	if s.closed.Load() {
+		outcome = outcomeUnavailable
+		return nil, errDown
+	}
 	select {
 	case s.sem <- struct{}{}:
 	case <-ctx.Done():
+		outcome = outcomeTimeout
 		return nil, fmt.Errorf("waiting for one of max_in_flight=%d slots: %w", s.opts.MaxInFlight, ctx.Err())
 	}
 	defer func() { <-s.sem }()
-	s.mu.Lock()
-	inst := s.cur
-	s.mu.Unlock()
+	sl, inst := s.g.pick()
 	if inst == nil {
+		outcome = outcomeUnavailable
 		return nil, errDown
 	}
-	pv, err := call(ctx, inst.rpc)
+	sl.busy.Add(1)
+	pv, err = call(ctx, inst.rpc)
+	sl.busy.Add(-1)
 	if err != nil {
-		s.failed(inst, err)
+		code := status.Code(err)
+		switch {
+		case code == codes.DeadlineExceeded || ctx.Err() != nil:
+			outcome = outcomeTimeout
+		case code == codes.Unavailable || code == codes.Canceled || inst.client.Exited():
+			outcome = outcomeUnavailable
+		default:
+			outcome = outcomeError
+		}
+		sl.failed(inst, err)
 		return nil, statusErr(err)
 	}
-	s.mu.Lock()
-	s.timeouts = 0
-	s.mu.Unlock()
+	if sl.timeouts.Load() != 0 {
+		sl.timeouts.Store(0)
+	}
 	return pv, nil
 }
 
-// failed decides whether a failed call means the plugin is gone or hung.
-func (s *Stage) failed(inst *instance, err error) {
+// pick returns the least busy running instance, starting the scan at a
+// rotating index so that ties are spread; nil when none runs.
+func (g *group) pick() (*slot, *instance) {
+	n := len(g.slots)
+	if n == 1 {
+		sl := g.slots[0]
+		return sl, sl.get()
+	}
+	start := int(g.rr.Add(1))
+	var best *slot
+	var bestInst *instance
+	var bestBusy int32
+	for i := range n {
+		sl := g.slots[(start+i)%n]
+		inst := sl.get()
+		if inst == nil {
+			continue
+		}
+		if b := sl.busy.Load(); best == nil || b < bestBusy {
+			best, bestInst, bestBusy = sl, inst, b
+		}
+	}
+	return best, bestInst
+}
+
+func (sl *slot) get() *instance {
+	sl.mu.Lock()
+	defer sl.mu.Unlock()
+	return sl.cur
+}
+
+func (sl *slot) set(inst *instance) {
+	sl.mu.Lock()
+	defer sl.mu.Unlock()
+	sl.setLocked(inst)
+}
+
+// setLocked installs inst (nil: none) and keeps sluice_plugin_up in step.
+func (sl *slot) setLocked(inst *instance) {
+	was := sl.cur != nil
+	sl.cur = inst
+	if m := sl.g.m; m != nil && was != (inst != nil) {
+		if inst != nil {
+			m.up.WithLabelValues(sl.g.opts.Name).Inc()
+		} else {
+			m.up.WithLabelValues(sl.g.opts.Name).Dec()
+		}
+	}
+}
+
+// failed decides whether a failed call means the instance is gone or hung.
+func (sl *slot) failed(inst *instance, err error) {
 	code := status.Code(err)
 	switch {
 	case inst.client.Exited() || code == codes.Unavailable:
-		s.restart(inst, "plugin exited or closed its connection")
+		sl.restart(inst, "plugin exited or closed its connection")
 	case code == codes.DeadlineExceeded:
-		s.mu.Lock()
-		s.timeouts++
-		hung := s.timeouts >= hangLimit
-		s.mu.Unlock()
-		if hung {
-			s.restart(inst, fmt.Sprintf("%d calls in a row ran past their deadline", hangLimit))
+		if sl.timeouts.Add(1) >= hangLimit {
+			sl.restart(inst, fmt.Sprintf("%d calls in a row ran past their deadline", hangLimit))
 		}
 	}
 }
@@ -415,10 +653,10 @@ func (s *Stage) onError(hook string, err error) (pipeline.Verdict, error) {
 	ce := &CallError{Stage: s.opts.Name, Hook: hook, Err: err}
 	switch s.opts.OnError {
 	case OnErrorContinue:
-		s.log.Warn("plugin call failed; continuing (on_error = continue)", "hook", hook, "err", err)
+		s.g.log.Warn("plugin call failed; continuing (on_error = continue)", "hook", hook, "err", err)
 		return pipeline.Verdict{}, nil
 	case OnErrorReject:
-		s.log.Warn("plugin call failed; rejecting (on_error = reject)", "hook", hook, "err", err)
+		s.g.log.Warn("plugin call failed; rejecting (on_error = reject)", "hook", hook, "err", err)
 		return ErrPluginFailed, nil
 	}
 	return pipeline.Verdict{}, ce
@@ -426,113 +664,133 @@ func (s *Stage) onError(hook string, err error) (pipeline.Verdict, error) {
 
 // restart takes inst out of service and starts a replacement in the
 // background, unless that is already under way.
-func (s *Stage) restart(inst *instance, reason string) {
-	s.mu.Lock()
-	if s.closed || s.cur != inst || s.restarting {
-		s.mu.Unlock()
+func (sl *slot) restart(inst *instance, reason string) {
+	g := sl.g
+	g.mu.Lock()
+	if g.closed {
+		g.mu.Unlock()
 		return
 	}
-	s.cur = nil
-	s.restarting = true
-	s.timeouts = 0
-	s.wg.Add(1)
-	s.mu.Unlock()
-	s.log.Warn("plugin failed; restarting", "reason", reason, "pid", inst.pid)
-	go s.relaunch(inst)
+	sl.mu.Lock()
+	if sl.cur != inst || sl.restarting {
+		sl.mu.Unlock()
+		g.mu.Unlock()
+		return
+	}
+	sl.setLocked(nil)
+	sl.restarting = true
+	sl.timeouts.Store(0)
+	sl.mu.Unlock()
+	g.wg.Add(1)
+	g.mu.Unlock()
+	g.log.Warn("plugin failed; restarting", "reason", reason, "pid", inst.pid)
+	go sl.relaunch(inst)
 }
 
-// backoff returns the delay before the next restart and whether the
-// plugin is in a crash loop, from the restarts in the last crashWindow.
-func (s *Stage) backoff(now time.Time) (time.Duration, int) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.restarts = slices.DeleteFunc(s.restarts, func(t time.Time) bool { return now.Sub(t) > crashWindow })
-	s.restarts = append(s.restarts, now)
-	n := len(s.restarts)
-	if n == 1 {
-		return 0, n // the first failure in a while: restart at once
+// backoff records a restart and returns the delay before it and the
+// stage's restarts in the last crashWindow.
+func (sl *slot) backoff(now time.Time) (time.Duration, int) {
+	g := sl.g
+	old := func(t time.Time) bool { return now.Sub(t) > crashWindow }
+	g.mu.Lock()
+	g.restarts = append(slices.DeleteFunc(g.restarts, old), now)
+	total := len(g.restarts)
+	g.mu.Unlock()
+	if g.m != nil {
+		g.m.restarts.WithLabelValues(g.opts.Name).Inc()
 	}
-	d := s.opts.RestartMin
-	for i := 2; i < n && d < s.opts.RestartMax; i++ {
+	sl.mu.Lock()
+	defer sl.mu.Unlock()
+	sl.restarts = append(slices.DeleteFunc(sl.restarts, old), now)
+	n := len(sl.restarts)
+	if n == 1 {
+		return 0, total // the first failure in a while: restart at once
+	}
+	d := g.opts.RestartMin
+	for i := 2; i < n && d < g.opts.RestartMax; i++ {
 		d *= 2
 	}
-	return min(d, s.opts.RestartMax), n
+	return min(d, g.opts.RestartMax), total
 }
 
-func (s *Stage) relaunch(old *instance) {
-	defer s.wg.Done()
+func (sl *slot) relaunch(old *instance) {
+	g := sl.g
+	defer g.wg.Done()
 	old.client.Kill()
 	for {
-		d, n := s.backoff(time.Now())
+		d, n := sl.backoff(time.Now())
 		if n >= crashLoop {
-			s.log.Error("plugin is crash looping: restarting with backoff", "restarts_last_minute", n, "backoff", d)
+			g.log.Error("plugin is crash looping: restarting with backoff", "restarts_last_minute", n, "backoff", d)
 		}
 		t := time.NewTimer(d)
 		select {
-		case <-s.stop:
+		case <-g.stop:
 			t.Stop()
-			s.endRestart(nil)
+			sl.endRestart(nil)
 			return
 		case <-t.C:
 		}
-		inst, desc, err := s.launch()
+		inst, desc, err := g.launch()
 		if err != nil {
-			s.log.Error("plugin restart failed", "err", err)
+			g.log.Error("plugin restart failed", "err", err)
 			continue
 		}
-		if !slices.Equal(desc.Hooks, s.desc.Hooks) || desc.Body != s.desc.Body {
-			s.log.Warn("plugin describes other hooks or body need than at start; keeping those of the start until a reload",
+		if !slices.Equal(desc.Hooks, g.desc.Hooks) || desc.Body != g.desc.Body {
+			g.log.Warn("plugin describes other hooks or body need than at start; keeping those of the start until a reload",
 				"hooks_now", desc.Hooks, "body_now", desc.Body.String())
 		}
-		if !s.endRestart(inst) {
+		if !sl.endRestart(inst) {
 			inst.client.Kill()
 			return
 		}
-		s.log.Info("plugin restarted", "pid", inst.pid)
+		g.log.Info("plugin restarted", "pid", inst.pid)
 		return
 	}
 }
 
-// endRestart installs inst (nil: none) and reports false when the stage
+// endRestart installs inst (nil: none) and reports false when the group
 // was closed meanwhile.
-func (s *Stage) endRestart(inst *instance) bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.restarting = false
-	if s.closed {
+func (sl *slot) endRestart(inst *instance) bool {
+	g := sl.g
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	sl.mu.Lock()
+	defer sl.mu.Unlock()
+	sl.restarting = false
+	if g.closed {
 		return false
 	}
-	s.cur = inst
+	sl.setLocked(inst)
 	return true
 }
 
-// watch checks the plugin's health every HealthInterval and restarts a
-// plugin that exited or does not answer.
-func (s *Stage) watch() {
-	defer s.wg.Done()
-	t := time.NewTicker(s.opts.HealthInterval)
+// watch checks each instance's health every HealthInterval and restarts
+// one that exited or does not answer.
+func (g *group) watch() {
+	defer g.wg.Done()
+	t := time.NewTicker(g.opts.HealthInterval)
 	defer t.Stop()
 	for {
 		select {
-		case <-s.stop:
+		case <-g.stop:
 			return
 		case <-t.C:
 		}
-		s.mu.Lock()
-		inst := s.cur
-		s.mu.Unlock()
-		if inst == nil {
-			continue
-		}
-		if inst.client.Exited() {
-			s.restart(inst, "plugin exited")
-			continue
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), max(s.opts.HealthInterval/2, time.Second))
-		_, err := inst.rpc.Health(ctx, &stagev1.HealthRequest{})
-		cancel()
-		if err != nil {
-			s.restart(inst, "health check failed: "+statusErr(err).Error())
+		for _, sl := range g.slots {
+			inst := sl.get()
+			if inst == nil {
+				continue
+			}
+			if inst.client.Exited() {
+				sl.restart(inst, "plugin exited")
+				continue
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), max(g.opts.HealthInterval/2, time.Second))
+			_, err := inst.rpc.Health(ctx, &stagev1.HealthRequest{})
+			cancel()
+			if err != nil {
+				sl.restart(inst, "health check failed: "+statusErr(err).Error())
+			}
 		}
 	}
 }
@@ -569,14 +827,14 @@ func (s *Stage) OnRcpt(ctx context.Context, txn *pipeline.Txn, rcpt *pipeline.Re
 // only as far as the plugin's Describe asked.
 func (s *Stage) OnMessage(ctx context.Context, msg *pipeline.Message) (pipeline.Verdict, error) {
 	return s.invoke(ctx, "on_message", func(ctx context.Context, r stagev1.StageClient) (*stagev1.Verdict, error) {
-		return r.OnMessage(ctx, &stagev1.MessageRequest{Message: conv.Message(msg, s.desc.Body)})
+		return r.OnMessage(ctx, &stagev1.MessageRequest{Message: conv.Message(msg, s.g.desc.Body)})
 	})
 }
 
 // OnRoute implements pipeline.RouteHook.
 func (s *Stage) OnRoute(ctx context.Context, msg *pipeline.Message, rcpt *pipeline.Recipient) (pipeline.Verdict, error) {
 	return s.invoke(ctx, "on_route", func(ctx context.Context, r stagev1.StageClient) (*stagev1.Verdict, error) {
-		return r.OnRoute(ctx, &stagev1.RouteRequest{Message: conv.Message(msg, s.desc.Body), Rcpt: conv.Recipient(rcpt)})
+		return r.OnRoute(ctx, &stagev1.RouteRequest{Message: conv.Message(msg, s.g.desc.Body), Rcpt: conv.Recipient(rcpt)})
 	})
 }
 
@@ -593,7 +851,7 @@ func (s *Stage) OnEvent(ctx context.Context, ev *pipeline.Event) error {
 		ctx, cancel = context.WithTimeout(ctx, s.opts.Timeout)
 		defer cancel()
 	}
-	_, err = s.do(ctx, func(ctx context.Context, r stagev1.StageClient) (*stagev1.Verdict, error) {
+	_, err = s.do(ctx, "on_event", func(ctx context.Context, r stagev1.StageClient) (*stagev1.Verdict, error) {
 		_, err := r.OnEvent(ctx, req)
 		return nil, err
 	})

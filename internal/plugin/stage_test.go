@@ -21,7 +21,7 @@ import (
 	"github.com/sluice-mta/sluice/pipeline"
 )
 
-var faultyBin string
+var faultyBin, stampBin string
 
 func TestMain(m *testing.M) {
 	if os.Getenv("PLUGIN_TEST_HOST") != "" {
@@ -35,6 +35,11 @@ func TestMain(m *testing.M) {
 	out, err := exec.Command("go", "build", "-o", faultyBin, "./testdata/faulty").CombinedOutput()
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "building testdata/faulty: %v\n%s", err, out)
+		os.Exit(1)
+	}
+	stampBin = filepath.Join(dir, "stamp")
+	if out, err := exec.Command("go", "build", "-o", stampBin, "./testdata/stamp").CombinedOutput(); err != nil {
+		fmt.Fprintf(os.Stderr, "building testdata/stamp: %v\n%s", err, out)
 		os.Exit(1)
 	}
 	code := m.Run()

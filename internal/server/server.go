@@ -75,6 +75,9 @@ type Server struct {
 	// backlog is the Kafka sink's backlog budget (nil: none); the relay
 	// consults it at each commit.
 	backlog atomic.Pointer[events.Backlog]
+	// plugins shares plugin processes between the pipelines of reloads
+	// and feeds /readyz and the sluice_plugin_* metrics.
+	plugins *plugin.Pool
 }
 
 // component is one long-lived part of the node.
@@ -99,7 +102,12 @@ func New(cfg *config.Config, log *slog.Logger) (*Server, error) {
 		return nil, err
 	}
 	s.res = res
-	p, err := BuildPipeline(cfg, log, res)
+	pm, err := plugin.NewMetrics(s.metrics)
+	if err != nil {
+		return nil, err
+	}
+	s.plugins = plugin.NewPool(pm)
+	p, err := buildPipeline(cfg, log, res, s.plugins)
 	if err != nil {
 		return nil, err
 	}
@@ -178,6 +186,12 @@ func resolver(cfg *config.Config) (*dnsx.Client, error) {
 // provisioned and validated; Lua and inline stages from a new Lua host)
 // and compiles the chain. On error everything built is closed.
 func BuildPipeline(cfg *config.Config, log *slog.Logger, res dnsx.Resolver) (*relay.Pipeline, error) {
+	return buildPipeline(cfg, log, res, nil)
+}
+
+// buildPipeline is BuildPipeline with plugin stages taken from pool (nil:
+// each plugin stage starts its own processes).
+func buildPipeline(cfg *config.Config, log *slog.Logger, res dnsx.Resolver, pool *plugin.Pool) (*relay.Pipeline, error) {
 	host, err := luahost.NewHost(cfg, log)
 	if err != nil {
 		return nil, err
@@ -195,7 +209,7 @@ func BuildPipeline(cfg *config.Config, log *slog.Logger, res dnsx.Resolver) (*re
 	}
 	hostname := cfg.Hostname
 	for _, spec := range cfg.Stages {
-		st, err := buildStage(cfg, spec, host, log, res, hostname)
+		st, err := buildStage(cfg, spec, host, log, res, hostname, pool)
 		if err != nil {
 			closeAll()
 			return nil, fmt.Errorf("%s:%d: stage %q: %w", cfg.File, spec.Line, spec.Name, err)
@@ -214,7 +228,7 @@ func BuildPipeline(cfg *config.Config, log *slog.Logger, res dnsx.Resolver) (*re
 }
 
 // buildStage builds one stage and runs its lifecycle up to validation.
-func buildStage(cfg *config.Config, spec config.StageSpec, host *luahost.Host, log *slog.Logger, res dnsx.Resolver, hostname string) (pipeline.Stage, error) {
+func buildStage(cfg *config.Config, spec config.StageSpec, host *luahost.Host, log *slog.Logger, res dnsx.Resolver, hostname string, pool *plugin.Pool) (pipeline.Stage, error) {
 	switch spec.Kind {
 	case config.StageBuiltin:
 		f, ok := pipeline.Lookup(spec.Builtin)
@@ -241,8 +255,12 @@ func buildStage(cfg *config.Config, spec config.StageSpec, host *luahost.Host, l
 		return st, nil
 	case config.StagePlugin:
 		p := spec.Plugin
-		return plugin.Start(plugin.Options{Name: spec.Name, Cmd: p.Cmd, Args: p.Args, Env: p.Env, Timeout: p.Timeout,
-			MaxInFlight: p.MaxInFlight, OnError: p.OnError, Config: p.Config, Hooks: p.Hooks, Logger: log})
+		opts := plugin.Options{Name: spec.Name, Cmd: p.Cmd, Args: p.Args, Env: p.Env, Timeout: p.Timeout,
+			MaxInFlight: p.MaxInFlight, Instances: p.Instances, OnError: p.OnError, Config: p.Config, Hooks: p.Hooks, Logger: log}
+		if pool != nil {
+			return pool.Start(opts)
+		}
+		return plugin.Start(opts)
 	}
 	return host.Stage(spec)
 }
@@ -637,6 +655,12 @@ func (s *Server) readiness() map[string]metrics.Check {
 			}
 			return nil
 		},
+		"plugins": func() error {
+			if err := s.plugins.Check(); err != nil {
+				return fmt.Errorf("mail through these stages follows their on_error policy: %w", err)
+			}
+			return nil
+		},
 	}
 }
 
@@ -751,7 +775,7 @@ func (s *Server) Reload() (summary string, err error) {
 		s.log.Error("reload failed; the running pipeline keeps serving", "err", err)
 		return "", err
 	}
-	p, err := BuildPipeline(cfg, s.log, s.res)
+	p, err := buildPipeline(cfg, s.log, s.res, s.plugins)
 	if err != nil {
 		s.log.Error("reload failed; the running pipeline keeps serving", "err", err)
 		return "", err

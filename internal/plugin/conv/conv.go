@@ -222,18 +222,32 @@ func MessageFrom(p *stagev1.Message) (*pipeline.Message, error) {
 	if txn == nil {
 		txn = &pipeline.Txn{Conn: &pipeline.Conn{}}
 	}
-	var buf bytes.Buffer
+	n := 2
 	for _, f := range p.Header {
-		raw := f.Raw
-		if len(raw) == 0 {
-			raw = []byte(f.Name + ": " + f.Value)
-		}
-		buf.Write(raw)
-		buf.WriteString("\r\n")
+		n += len(f.Raw) + len(f.Name) + len(f.Value) + 4
 	}
-	buf.WriteString("\r\n")
-	buf.Write(p.Body)
-	return pipeline.ParseMessage(txn, buf.Bytes())
+	buf := make([]byte, 0, n)
+	for _, f := range p.Header {
+		if len(f.Raw) > 0 {
+			buf = append(buf, f.Raw...)
+		} else {
+			buf = append(append(append(buf, f.Name...), ": "...), f.Value...)
+		}
+		buf = append(buf, "\r\n"...)
+	}
+	buf = append(buf, "\r\n"...)
+	// The header alone is parsed; the body is used as received, not
+	// copied (it may be tens of megabytes).
+	m, err := pipeline.ParseMessage(txn, buf)
+	if err != nil {
+		return nil, err
+	}
+	if len(m.Body) == 0 {
+		m.Body = p.Body
+	} else if len(p.Body) > 0 { // fields ParseMessage did not take as a header are body
+		m.Body = append(m.Body, p.Body...)
+	}
+	return m, nil
 }
 
 // Edits converts edits; empty edits become nil.

@@ -9,6 +9,9 @@
 //	nohandshake  never prints the handshake
 //	garbage      prints a line to stdout before the handshake
 //
+// In every mode, a message with the header X-Wait-File: PATH makes
+// on_message create PATH.started and wait until PATH exists.
+//
 // The config key "body" ("envelope", "headers", "full") sets the body need;
 // "fail" makes Configure fail.
 package main
@@ -78,6 +81,17 @@ func (s *stage) OnMessage(ctx context.Context, msg *pipeline.Message) (pipeline.
 	case "hang":
 		for {
 			time.Sleep(time.Hour)
+		}
+	}
+	if f := msg.Header.Get("X-Wait-File"); f != "" {
+		if err := os.WriteFile(f+".started", []byte(strconv.Itoa(os.Getpid())), 0o644); err != nil {
+			return pipeline.Verdict{}, err
+		}
+		for {
+			if _, err := os.Stat(f); err == nil {
+				break
+			}
+			time.Sleep(10 * time.Millisecond)
 		}
 	}
 	if msg.Header.Get("X-Fail") != "" {

@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# Plugin stage cost, end to end: the bench relay (examples/bench/relay.lua)
+# without and with a plugin stage, alternated in one run. PLUGIN=stamp (the
+# default; internal/plugin/testdata/stamp: asks for the header only, inspects
+# it and adds one field — the issue's performance target) or PLUGIN=scorer
+# (examples/plugins/scorer: reads the whole message, runs its regular
+# expressions, adds X-Spam-Score). Rounds alternate
+# (ROUNDS rounds of off, on), fresh spool per round. Per round: a 1,000
+# message warm-up, then SMTP SIZE B x SESSIONS sessions x N messages. Prints
+# sluice-bench's report, the relay's (and the plugin's) CPU per message, and
+# in the "on" rounds the p50/p99 of sluice_plugin_call_duration_seconds
+# (from the admin listener, interpolated within its buckets).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+ROUNDS=${ROUNDS:-4}
+N=${N:-10000}
+SESSIONS=${SESSIONS:-20}
+SIZE=${SIZE:-2048}
+PLUGIN=${PLUGIN:-stamp}
+
+go build -o bin/sluice ./cmd/sluice
+go build -o bin/sluice-bench ./cmd/sluice-bench
+case $PLUGIN in
+  stamp) go build -o bin/stamp-plugin ./internal/plugin/testdata/stamp; PCMD=$(pwd)/bin/stamp-plugin; PCFG='{}' ;;
+  scorer) go build -o bin/scorer ./examples/plugins/scorer; PCMD=$(pwd)/bin/scorer; PCFG='{ threshold = 100 }' ;;
+  *) echo "PLUGIN=stamp or scorer" >&2; exit 2 ;;
+esac
+
+pid=
+W=
+trap '[ -n "$pid" ] && kill $pid 2>/dev/null; wait 2>/dev/null; [ -n "$W" ] && rm -rf "$W"' EXIT
+
+# cpu_ticks PID: user+sys clock ticks of a process.
+cpu_ticks() { awk '{print $14+$15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
+
+# quantile Q: the Q quantile of sluice_plugin_call_duration_seconds{hook="on_message"}
+# from the Prometheus text on stdin, in µs.
+quantile() {
+  awk -v q="$1" '/^sluice_plugin_call_duration_seconds_bucket.*hook="on_message"/ {
+      match($0, /le="[^"]*"/); le = substr($0, RSTART+4, RLENGTH-5); n++; les[n] = le; cs[n] = $NF }
+    END { total = cs[n]; want = q * total; prevle = 0; prevc = 0
+      for (i = 1; i <= n; i++) { if (cs[i] >= want) { if (les[i] == "+Inf") { print "> " prevle*1e6; exit }
+          printf "%.0f\n", (prevle + (les[i]-prevle) * (want-prevc) / (cs[i]-prevc)) * 1e6; exit }
+        prevle = les[i]; prevc = cs[i] } }'
+}
+
+echo "# plugin stage ($PLUGIN) on/off — $(date -u +%FT%TZ) — $(nproc) cores, $(uname -m), $(go version | cut -d' ' -f3), load $(cut -d' ' -f1-3 /proc/loadavg)"
+for r in $(seq "$ROUNDS"); do
+  for mode in off on; do
+    W=$(mktemp -d /tmp/sluice-plugbench.XXXXXX)
+    sed -e "s#{{SPOOL}}#$W/spool#" -e "s#{{EVENTS}}#$W/events.jsonl#" examples/bench/relay.lua > "$W/relay.lua"
+    echo 'sluice.listen_admin { addr = "127.0.0.1:9102" }' >> "$W/relay.lua"
+    if [ "$mode" = on ]; then
+      # The plugin stage goes before the routing stage: insert it after "stamp".
+      awk -v cmd="$PCMD" -v cfg="$PCFG" '/^sluice.stage\("routing"/ { print "sluice.stage(\"plugin\", sluice.plugin { cmd = \"" cmd "\", timeout = \"2s\", config = " cfg " })\n" } { print }' "$W/relay.lua" > "$W/r2" && mv "$W/r2" "$W/relay.lua"
+    fi
+    bin/sluice serve -c "$W/relay.lua" -log-level warn 2> "$W/sluice.log" &
+    pid=$!
+    for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/2605) 2>/dev/null && break; sleep 0.1; done
+    bin/sluice-bench smtp -target 127.0.0.1:2605 -sink 127.0.0.1:2602 -n 1000 -c "$SESSIONS" -size "$SIZE" > /dev/null
+    ppid=$(pgrep -P "$pid" || true)
+    c0=$(cpu_ticks "$pid"); p0=0; [ -n "$ppid" ] && p0=$(cpu_ticks "$ppid")
+    curl -s http://127.0.0.1:9102/metrics > "$W/m0"
+    out=$(bin/sluice-bench smtp -target 127.0.0.1:2605 -sink 127.0.0.1:2602 -n "$N" -c "$SESSIONS" -size "$SIZE" -timeout 300s)
+    c1=$(cpu_ticks "$pid"); p1=0; [ -n "$ppid" ] && p1=$(cpu_ticks "$ppid")
+    tck=$(getconf CLK_TCK)
+    echo "## round $r, plugin $mode"
+    echo "$out"
+    echo "relay CPU $(( (c1-c0) * 1000000 / tck / N )) µs/msg, plugin process CPU $(( (p1-p0) * 1000000 / tck / N )) µs/msg"
+    if [ "$mode" = on ]; then
+      # The histogram of the measured run only: the warm-up's counts subtracted.
+      curl -s http://127.0.0.1:9102/metrics > "$W/m1"
+      awk 'NR==FNR { if ($1 ~ /^sluice_plugin_call_duration_seconds_bucket/) base[$1] = $2; next }
+        $1 ~ /^sluice_plugin_call_duration_seconds_bucket/ { print $1, $2 - base[$1] }' "$W/m0" "$W/m1" > "$W/hist"
+      echo "plugin on_message call p50 $(quantile 0.5 < "$W/hist") µs, p99 $(quantile 0.99 < "$W/hist") µs"
+    fi
+    kill "$pid"; wait "$pid" || true; pid=
+    if grep -q . "$W/sluice.log"; then echo "relay warnings:"; cut -c1-200 "$W/sluice.log" | sort | uniq -c | sort -rn | head -5; fi
+    rm -rf "$W"; W=
+  done
+done

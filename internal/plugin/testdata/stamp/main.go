@@ -1,0 +1,51 @@
+// Command stamp is the benchmark plugin of the performance target:
+// it asks for the header only, inspects it at on_message (the Subject and
+// whether an X-Spam-Score is present) and adds one header field.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"os"
+	"runtime/pprof"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/sluice-mta/sluice/pipeline"
+	"github.com/sluice-mta/sluice/plugins/sdk"
+)
+
+type stage struct{}
+
+func (stage) Name() string                            { return "stamp" }
+func (stage) Version() string                         { return "0.1" }
+func (stage) Configure(string, json.RawMessage) error { return nil }
+func (stage) Body() sdk.Body                          { return sdk.Headers }
+
+func (stage) OnMessage(ctx context.Context, msg *pipeline.Message) (pipeline.Verdict, error) {
+	var v pipeline.Verdict
+	if msg.Header.Get("X-Spam-Score") != "" {
+		return v, nil
+	}
+	s := "checked"
+	if msg.Header.Get("Subject") == "" {
+		s = "no-subject"
+	}
+	v.Edits.AddHeader("X-Stamp", s)
+	return v, nil
+}
+
+func main() {
+	// STAMP_CPUPROFILE=FILE,SECONDS profiles the plugin for that long
+	// (to see the plugin side of a benchmark).
+	if v := os.Getenv("STAMP_CPUPROFILE"); v != "" {
+		file, secs, _ := strings.Cut(v, ",")
+		n, _ := strconv.Atoi(secs)
+		f, err := os.Create(file)
+		if err == nil && pprof.StartCPUProfile(f) == nil {
+			time.AfterFunc(time.Duration(n)*time.Second, func() { pprof.StopCPUProfile(); f.Close() })
+		}
+	}
+	sdk.Serve(stage{})
+}
