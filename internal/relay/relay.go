@@ -139,7 +139,7 @@ type Relay struct {
 	// delayWarning is Options.DelayWarning (see Notify).
 	delayWarning time.Duration
 	admit        func() error
-	supp         Suppressions // nil: no suppression list
+	supp         Suppressions  // nil: no suppression list
 	users        Verifier      // nil: no users file (senders.go)
 	guard        *auth.Guard   // nil: no brute-force limits
 	authSample   *logx.Sampler // failed authentications, per client address

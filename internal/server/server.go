@@ -31,6 +31,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/sluice-mta/sluice/internal/apikey"
 	"github.com/sluice-mta/sluice/internal/bounce"
+	"github.com/sluice-mta/sluice/internal/auth"
 	"github.com/sluice-mta/sluice/internal/config"
 	"github.com/sluice-mta/sluice/internal/delivery"
 	"github.com/sluice-mta/sluice/internal/dnsx"
@@ -349,8 +350,18 @@ func (s *Server) components() []component {
 			// The relay is the transaction owner for every source, bounces
 			// included: they enter through it.
 			s.sp.SetSuppressionPolicy(suppressionPolicy(cfg))
-			s.relay = relay.NewSpool(s.pipe, s.sp, s.q, relay.Options{Hostname: cfg.Hostname, Logger: s.log, DelayWarning: cfg.Delivery.DelayWarning,
-				Suppressions: s.sp, Admit: func() error { return s.backlog.Load().Check() }})
+			ro := relay.Options{Hostname: cfg.Hostname, Logger: s.log, DelayWarning: cfg.Delivery.DelayWarning,
+				Suppressions: s.sp, Admit: func() error { return s.backlog.Load().Check() },
+				Guard: auth.NewGuard(auth.GuardOptions{Free: cfg.Auth.LockoutAfter, Base: cfg.Auth.LockoutBase, Max: cfg.Auth.LockoutMax})}
+			if cfg.Auth.Users != "" {
+				users, err := auth.OpenUsers(cfg.Auth.Users, s.log)
+				if err != nil {
+					return err
+				}
+				ro.Users = users
+				s.log.Info("users file loaded", "path", users.Path(), "users", users.Len())
+			}
+			s.relay = relay.NewSpool(s.pipe, s.sp, s.q, ro)
 			s.q.SetBouncer(s.relay)
 			s.q.SetNotifier(s.relay)
 			return s.registerCoreMetrics()
