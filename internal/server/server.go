@@ -30,8 +30,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/sluice-mta/sluice/internal/apikey"
-	"github.com/sluice-mta/sluice/internal/bounce"
 	"github.com/sluice-mta/sluice/internal/auth"
+	"github.com/sluice-mta/sluice/internal/bounce"
 	"github.com/sluice-mta/sluice/internal/config"
 	"github.com/sluice-mta/sluice/internal/delivery"
 	"github.com/sluice-mta/sluice/internal/dnsx"
