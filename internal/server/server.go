@@ -150,6 +150,11 @@ func checkNode(cfg *config.Config) error {
 			return fmt.Errorf("%s: %w", cfg.File, err)
 		}
 	}
+	if cfg.Auth.Users != "" {
+		if _, err := auth.OpenUsers(cfg.Auth.Users, slog.New(slog.DiscardHandler)); err != nil {
+			return fmt.Errorf("%s: sluice.auth: %w", cfg.File, err)
+		}
+	}
 	for _, l := range cfg.HTTP {
 		if err := httpapi.CheckListener(l); err != nil {
 			return fmt.Errorf("%s: %w", cfg.File, err)
