@@ -200,3 +200,18 @@ func TestGuardBounded(t *testing.T) {
 		t.Fatalf("%d keys, want at most 100", n)
 	}
 }
+
+// BenchmarkVerify is the cost of one password check with HashParams (the
+// CPU time each AUTH attempt costs the server).
+func BenchmarkVerify(b *testing.B) {
+	h, err := Hash("correct horse battery")
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		if ok, _ := Verify("correct horse battery", h); !ok {
+			b.Fatal("no match")
+		}
+	}
+}

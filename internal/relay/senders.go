@@ -214,6 +214,3 @@ func (r *Relay) authFailed(c *pipeline.Conn, cr *pipeline.Credentials, reason st
 func (r *Relay) AuthFailed(c *pipeline.Conn, mechanism, user, reason string) {
 	r.authFailed(c, &pipeline.Credentials{Mechanism: mechanism, Username: user}, reason, 0)
 }
-
-// Guard returns the relay's brute-force guard (nil: none).
-func (r *Relay) Guard() *auth.Guard { return r.guard }
