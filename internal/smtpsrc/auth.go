@@ -29,10 +29,10 @@ import (
 const maxAuthFailures = 3
 
 var (
-	errEncryptionRequired = &smtp.SMTPError{Code: 538, EnhancedCode: smtp.EnhancedCode{5, 7, 11},
+	errEncryptionRequired = &pipeline.Error{Code: 538, Enhanced: pipeline.EnhancedCode{5, 7, 11},
 		Message: "Encryption required for requested authentication mechanism: use STARTTLS first"}
 	errAuthRequired = &pipeline.Error{Code: 530, Enhanced: pipeline.EnhancedCode{5, 7, 0}, Message: "Authentication required"}
-	errTooManyAuth  = &smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 7, 0},
+	errTooManyAuth  = &pipeline.Error{Code: 421, Enhanced: pipeline.EnhancedCode{4, 7, 0},
 		Message: "Too many failed authentication attempts, closing connection"}
 	errAuthzID = &pipeline.Error{Code: 535, Enhanced: pipeline.EnhancedCode{5, 7, 8},
 		Message: "Authentication credentials invalid: an authorization identity other than the user name is not supported"}
@@ -69,7 +69,7 @@ func (ss *session) Auth(mech string) (sasl.Server, error) {
 		return nil, smtp.ErrAuthUnsupported
 	}
 	if !ss.authOffered() {
-		return nil, errEncryptionRequired
+		return nil, smtpError(errEncryptionRequired)
 	}
 	if ss.s.draining.Load() {
 		return nil, smtpError(errShuttingDown)
@@ -105,7 +105,7 @@ func (ss *session) login(mech, user, pass string) error {
 func (ss *session) authFailed(err error) error {
 	ss.tc.authFails++
 	if ss.tc.authFails >= maxAuthFailures {
-		return errTooManyAuth
+		return smtpError(errTooManyAuth) // go-smtp closes after a 421 (our patch)
 	}
 	return smtpError(err)
 }
