@@ -818,7 +818,7 @@ func (s *Server) startWebhooks(cfg *config.Config) error {
 
 // RestartNeeded names the settings that differ between old and new and
 // that a reload cannot apply: listeners, the spool, delivery, events, the
-// node's names. The pipeline (stages, stage_timeout, local_domains,
+// node's names, sluice.auth (its users file is reread on change anyway). The pipeline (stages, stage_timeout, local_domains,
 // lua_options) reloads.
 func RestartNeeded(old, new *config.Config) []string {
 	var out []string
@@ -833,6 +833,7 @@ func RestartNeeded(old, new *config.Config) []string {
 		{"sluice.delivery", old.Delivery, new.Delivery},
 		{"sluice.events", old.Events, new.Events},
 		{"sluice.bounces", old.Bounces, new.Bounces},
+		{"sluice.auth", old.Auth, new.Auth},
 		{"sluice.node", [2]string{old.Node, old.Hostname}, [2]string{new.Node, new.Hostname}},
 	} {
 		if !reflect.DeepEqual(c.old, c.new) {
