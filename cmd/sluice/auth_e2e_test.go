@@ -2,11 +2,13 @@ package main
 
 import (
 	"bytes"
+	"net/smtp"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/sluice-mta/sluice/pipeline"
 )
@@ -44,7 +46,7 @@ func TestSMTPAuthE2E(t *testing.T) {
 		t.Fatal(err)
 	}
 	body := strings.Replace(string(cfg), "max_recipients = 5,", `max_recipients = 5, auth = "required",`, 1) + `
-sluice.auth { users = "users", lockout_after = 50 }
+sluice.auth { users = "users", lockout_after = 1000 }
 sluice.stage("lua-auth", {
   on_auth = function(conn, creds)
     if creds.username == "luke" and creds.password == "from-lua" then
@@ -106,6 +108,27 @@ sluice.stage("lua-auth", {
 	if tenants["received/tenant-a"] != 1 || tenants["received/tenant-b"] != 1 || tenants["rejected/tenant-a"] != 3 {
 		t.Errorf("events by type/tenant: %v\n%s", tenants, describeEvents(evs))
 	}
+	// A user added to the file while the node runs can log in within a
+	// second or so (the file is polled on use), without a reload.
+	line := hashLine(t, "carol", "carol-password-3", "--tenant", "tenant-c", "--sender", "tenant-c.example")
+	if err := os.WriteFile(filepath.Join(dir, "users"), []byte(users+line+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "carol can log in", func() bool {
+		c, err := smtp.Dial(e.relay.smtp)
+		if err != nil {
+			return false
+		}
+		defer c.Close()
+		// net/smtp sends PLAIN in clear text to 127.0.0.1 only. Each
+		// failure counts towards the address's lockout: poll slowly.
+		if c.Auth(smtp.PlainAuth("", "carol", "carol-password-3", "127.0.0.1")) != nil {
+			time.Sleep(200 * time.Millisecond)
+			return false
+		}
+		return true
+	})
+
 	logs := e.relay.logText()
 	if !strings.Contains(logs, "authentication failed") || !(strings.Contains(logs, "remote_ip=127.0.0.1") || strings.Contains(logs, `"remote_ip":"127.0.0.1"`)) {
 		t.Errorf("failed AUTH not logged with the client address:\n%s", logs)
