@@ -29,9 +29,6 @@ relay rereads the file within a second of a change.
                (alerts@example.com); repeat or comma-separate; default: any
 `
 
-// stdin is the password source (tests replace it).
-var stdin io.Reader = os.Stdin
-
 // runPasswd implements `sluice passwd`.
 func runPasswd(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("passwd", flag.ContinueOnError)
@@ -93,7 +90,7 @@ func runPasswd(args []string, stdout, stderr io.Writer) int {
 
 // readPassword prompts twice on a terminal, else reads one line.
 func readPassword(stderr io.Writer) (string, error) {
-	if f, ok := stdin.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
+	if f := os.Stdin; term.IsTerminal(int(f.Fd())) {
 		fmt.Fprint(stderr, "Password: ")
 		a, err := term.ReadPassword(int(f.Fd()))
 		fmt.Fprintln(stderr)
@@ -111,7 +108,7 @@ func readPassword(stderr io.Writer) (string, error) {
 		}
 		return checkPassword(string(a))
 	}
-	line, err := bufio.NewReader(stdin).ReadString('\n')
+	line, err := bufio.NewReader(os.Stdin).ReadString('\n')
 	if err != nil && !(errors.Is(err, io.EOF) && line != "") {
 		return "", fmt.Errorf("reading the password from standard input: %w", err)
 	}

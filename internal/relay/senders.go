@@ -175,6 +175,8 @@ func (s *Session) Login(ctx context.Context, cr *pipeline.Credentials) (*pipelin
 	if r.guard != nil {
 		r.guard.Succeed(cr.Username)
 	}
+	r.log.Info("authenticated", "source", s.Conn.Source, "conn", s.Conn.ID, "remote_ip", ip.String(),
+		"user", cr.Username, "mechanism", cr.Mechanism, "identity", id.Name, "tenant", id.Tenant, "method", id.Method)
 	return id, nil
 }
 
