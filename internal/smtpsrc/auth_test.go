@@ -5,6 +5,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"net"
+	netsmtp "net/smtp"
 	"slices"
 	"strings"
 	"testing"
@@ -13,6 +14,7 @@ import (
 	"github.com/sluice-mta/sluice/internal/auth"
 	"github.com/sluice-mta/sluice/internal/config"
 	"github.com/sluice-mta/sluice/internal/relay"
+	"github.com/sluice-mta/sluice/internal/testutil"
 	"github.com/sluice-mta/sluice/pipeline"
 )
 
@@ -205,5 +207,55 @@ func TestAuthGuardAcrossConnections(t *testing.T) {
 	r := c.cmd("AUTH PLAIN "+plain("alice", "alice-pw"), 454)
 	if !strings.HasPrefix(r.Text(), "4.7.0 ") {
 		t.Fatalf("locked out: %v", r)
+	}
+}
+
+// After STARTTLS a remote client is offered AUTH and may use it; its
+// identity then sets the tenant.
+func TestAuthAfterSTARTTLSRemote(t *testing.T) {
+	crt := testutil.SelfSignedCert(t, "mx.sluice.test", "127.0.0.1")
+	l := testListener()
+	l.Auth = "required"
+	l.TLS = &config.TLS{Cert: crt.CertFile, Key: crt.KeyFile}
+	sub := fixedSub()
+	addr := startAuthServer(t, l, "192.0.2.10", sub)
+	c, err := netsmtp.Dial(addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := c.Hello("client.test"); err != nil {
+		t.Fatal(err)
+	}
+	if ok, _ := c.Extension("AUTH"); ok {
+		t.Fatal("AUTH offered before STARTTLS to a remote client")
+	}
+	if err := c.StartTLS(crt.ClientTLS("mx.sluice.test")); err != nil {
+		t.Fatal(err)
+	}
+	if ok, mechs := c.Extension("AUTH"); !ok || mechs != "PLAIN LOGIN" {
+		t.Fatalf("AUTH after STARTTLS: %v %q", ok, mechs)
+	}
+	if err := c.Auth(netsmtp.PlainAuth("", "alice", "alice-pw", "127.0.0.1")); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Mail("a@acme.example"); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Rcpt("bob@local.test"); err != nil {
+		t.Fatal(err)
+	}
+	w, err := c.Data()
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.Write([]byte("From: a@acme.example\r\nSubject: tls\r\n\r\nhi\r\n"))
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	c.Quit()
+	m := sub.messages()
+	if len(m) != 1 || m[0].Conn.Identity == nil || m[0].Conn.Identity.Tenant != "acme" || m[0].Conn.TLS == "" {
+		t.Fatalf("messages %+v", m)
 	}
 }
