@@ -199,6 +199,9 @@ func (u *Users) loadLocked() error {
 	if err != nil {
 		return fmt.Errorf("auth: users file %s: %w", u.path, err)
 	}
+	if info.Mode().Perm()&0o004 != 0 {
+		u.log.Warn("users file is readable by every local user; its hashes can be attacked offline: chmod o-r it", "path", u.path, "mode", info.Mode().Perm().String())
+	}
 	u.info = info
 	u.users.Store(&m)
 	return nil
