@@ -77,7 +77,9 @@ sluice.listen_smtp { addr = "127.0.0.1:0" }
 		"kafka CA file missing": {`sluice.listen_smtp { addr = "127.0.0.1:0" }
 sluice.events { file = "{{DIR}}/events/events.jsonl", kafka = { brokers = { "127.0.0.1:9092" }, tls = { ca = "{{DIR}}/nope-ca.pem" } } }`,
 			"kafka.tls.ca", nil},
-		"auth required": {`sluice.listen_smtp { addr = "127.0.0.1:0", auth = "required" }`, `auth = "required" is not supported yet`, nil},
+		"users file missing": {listen + `sluice.auth { users = "{{DIR}}/nope-users" }`, `users file`, nil},
+		"users file malformed": {listen + `sluice.auth { users = "{{DIR}}/users" }`, `users: line 1`,
+			map[string]string{"users": "alice:acme:plaintext:\n"}},
 		"missing TLS files": {`sluice.listen_smtp { addr = "127.0.0.1:0", tls = { cert = "{{DIR}}/nope.pem", key = "{{DIR}}/nope.key" } }`,
 			"nope.pem", nil},
 		"HTTP TLS files": {listen + `sluice.listen_http { addr = "127.0.0.1:0", tls = { cert = "{{DIR}}/nope.pem", key = "{{DIR}}/nope.key" } }`,

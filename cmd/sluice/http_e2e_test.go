@@ -339,6 +339,11 @@ func TestHTTPEndToEnd(t *testing.T) {
 			t.Errorf("%s key: %s (WWW-Authenticate %q), want 401 unauthorized", name, r, r.header.Get("WWW-Authenticate"))
 		}
 	}
+	// Issue 17: a 401 leaves a trace with the client address (one line
+	// per address per 10 s: the three above make one).
+	if logs := h.relay.logText(); strings.Count(logs, "authentication failed") != 1 || !strings.Contains(logs, "source=http") && !strings.Contains(logs, `"source":"http"`) {
+		t.Errorf("401s not logged once with their source:\n%s", logs)
+	}
 
 	// The key is created after the server started: no restart needed.
 	key, keyID := h.createKey("acme", "send")

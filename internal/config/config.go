@@ -35,6 +35,7 @@ type Config struct {
 	Events       Events
 	Bounces      Bounces
 	Suppression  Suppression // sluice.suppression (suppression.go)
+	Auth         Auth        // sluice.auth (auth.go)
 	Lua          Lua
 	Stages       []StageSpec
 	StageTimeout time.Duration // bound on each stage call; default 30s
@@ -77,6 +78,7 @@ type SMTPListener struct {
 	TLS            *TLS           // enables STARTTLS (or implicit TLS)
 	ImplicitTLS    bool           // 465-style: TLS from the first byte; needs TLS
 	Auth           string         // "none" (default), "optional", "required"
+	AuthInsecure   bool           // offer AUTH before TLS to non-loopback clients too
 	RelayNetworks  []netip.Prefix // clients that may relay; default none
 	MaxMessageSize int64          // bytes; default 25 MiB
 	MaxRecipients  int            // per transaction; default 100
@@ -308,6 +310,7 @@ func Defaults() *Config {
 		Events:       Events{File: "./var/events.jsonl"},
 		Bounces:      Bounces{DefaultRules: true},
 		Suppression:  DefaultSuppression(),
+		Auth:         DefaultAuth(),
 		Lua:          Lua{Timeout: 100 * time.Millisecond, MaxString: 1 << 20, MaxHeader: 64 << 10},
 		StageTimeout: 30 * time.Second,
 		Delivery: Delivery{

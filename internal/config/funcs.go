@@ -26,7 +26,7 @@ import (
 var FuncNames = []string{
 	"node", "local_domains", "spool", "listen_smtp", "listen_http", "listen_admin", "delivery",
 	"events", "lua_options", "stage_timeout", "stage", "lua", "builtin", "plugin",
-	"env", "read_file", "bounces", "suppression",
+	"env", "read_file", "bounces", "suppression", "auth",
 }
 
 // loader records the configuration functions' calls into a Config.
@@ -55,6 +55,7 @@ func (ld *loader) install() {
 	set("events", ld.events)
 	set("bounces", ld.bounces)
 	set("suppression", ld.suppression)
+	set("auth", ld.auth)
 	set("lua_options", ld.luaOptions)
 	set("stage_timeout", ld.stageTimeout)
 	set("stage", ld.stage)
@@ -286,7 +287,7 @@ func (ld *loader) spool(L *lua.LState) int {
 // sluice.listen_smtp { addr = "127.0.0.1:2525", ... }
 func (ld *loader) listenSMTP(L *lua.LState) int {
 	const fn = "sluice.listen_smtp"
-	o := ld.s.CheckOpts(1, fn, "name", "addr", "hostname", "tls", "implicit_tls", "auth",
+	o := ld.s.CheckOpts(1, fn, "name", "addr", "hostname", "tls", "implicit_tls", "auth", "auth_insecure",
 		"relay_networks", "max_message_size", "max_recipients", "max_line_length",
 		"max_connections", "read_timeout", "write_timeout", "data_timeout", "bare_line_ending", "max_hops",
 		"max_connections_per_ip", "max_connection_rate_per_ip", "max_session_time", "max_inflight_bytes")
@@ -309,6 +310,7 @@ func (ld *loader) listenSMTP(L *lua.LState) int {
 		o.Fail("implicit_tls", "needs tls = { cert = ..., key = ... }")
 	}
 	ld.enum(o, "auth", &l.Auth, "none", "optional", "required")
+	o.Bool("auth_insecure", &l.AuthInsecure)
 	var nets []string
 	if o.Strings("relay_networks", &nets) {
 		for i, n := range nets {

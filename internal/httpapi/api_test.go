@@ -516,8 +516,18 @@ func TestAuth(t *testing.T) {
 	}
 	r = e.do("POST", "/v1/messages/raw", lim, map[string]any{"from": "a@example.com", "to": []string{"b@dest.test"},
 		"message": "From: ceo@evil.test\nSubject: x\n\nbody\n"})
-	if r.Status != 403 || r.errorOf(t).Code != codeSenderNotAllowed {
+	if r.Status != 403 || r.errorOf(t).Code != codeSenderNotAllowed || r.errorOf(t).Field != "message" {
 		t.Fatalf("raw with foreign header From: %d %s", r.Status, r.Body)
+	}
+	// Issue 17: exactly one From field with one mailbox.
+	for _, m := range []string{
+		"From: a@example.com\nFrom: ceo@evil.test\nSubject: x\n\nbody\n",
+		"From: a@example.com, ceo@evil.test\nSubject: x\n\nbody\n",
+	} {
+		r = e.do("POST", "/v1/messages/raw", lim, map[string]any{"from": "a@example.com", "to": []string{"b@dest.test"}, "message": m})
+		if r.Status != 403 || r.errorOf(t).Code != codeSenderNotAllowed || r.errorOf(t).Field != "message" {
+			t.Fatalf("raw %q: %d %s", m, r.Status, r.Body)
+		}
 	}
 }
 

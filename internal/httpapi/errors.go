@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"strconv"
 
+	"github.com/sluice-mta/sluice/internal/relay"
 	"github.com/sluice-mta/sluice/pipeline"
 )
 
@@ -103,7 +104,15 @@ func fromPipeline(err error) *apiError {
 	if errors.As(err, &pe) {
 		e.Stage = pe.Stage
 	}
+	var se *relay.SenderError
 	switch {
+	case errors.As(err, &se):
+		// The relay's sender rule (a stage changed the sender, or a
+		// composed From): 403 naming the field.
+		e.Status, e.Code, e.Field = http.StatusForbidden, codeSenderNotAllowed, "from"
+		if se.Field == relay.FieldFrom {
+			e.Field = "message"
+		}
 	case r.Code >= 500:
 		e.Status, e.Code = http.StatusUnprocessableEntity, codeRejected
 	case r.Code == 452 && r.Enhanced == pipeline.ErrSpoolFull.Enhanced:

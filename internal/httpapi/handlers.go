@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"net/http"
 	"strings"
 	"time"
@@ -39,9 +40,10 @@ type item struct {
 	rcpts []string // envelope recipients, without duplicates
 	tags  []string
 	meta  map[string]string
-	// authors are the header From addresses of a raw message, checked
-	// against the key's allowed sender domains with the envelope sender.
-	authors []string
+	// fromHeader are the From header field values of a raw message,
+	// checked by the relay's sender rule with the envelope sender.
+	fromHeader []string
+	rawField   string // "message" or "message_base64"
 	// build makes the message once the transaction exists; buf is the
 	// pooled buffer it may use (released after the relay committed).
 	build func(txn *pipeline.Txn, buf *bytes.Buffer) (*pipeline.Message, *apiError)
@@ -63,11 +65,16 @@ func (it *item) checkSenders(id *pipeline.Identity, field string) *apiError {
 	if e := checkSender(id, field, it.from); e != nil {
 		return e
 	}
-	for _, a := range it.authors {
-		if e := checkSender(id, "message", a); e != nil {
-			e.Message = "this API key may not send with From: " + a
-			return e
+	if it.rawField == "" {
+		return nil // composed: the relay checks the From it is given
+	}
+	if err := relay.CheckFromHeader(id, it.fromHeader); err != nil {
+		var se *relay.SenderError
+		msg := err.Error()
+		if errors.As(err, &se) {
+			msg = "this API key may not send with this From header: " + se.Err.Message
 		}
+		return errf(http.StatusForbidden, codeSenderNotAllowed, it.rawField, "%s", msg)
 	}
 	return nil
 }
@@ -372,17 +379,12 @@ func (s *Server) rawItem(req *rawRequest, data *bytes.Buffer) (*item, *apiError)
 	if n := len(parsed.Header.Values("Received")); n >= pipeline.DefaultMaxHops {
 		return nil, badField(field, "the message carries %d Received fields (at most %d): a mail loop?", n, pipeline.DefaultMaxHops-1)
 	}
-	hfrom, err := gomail.ParseAddressList(parsed.Header.Get("From"))
-	if err != nil || len(hfrom) == 0 {
+	if hfrom, err := gomail.ParseAddressList(parsed.Header.Get("From")); err != nil || len(hfrom) == 0 {
 		return nil, badField(field, "the message has no valid From header field")
-	}
-	var authors []string
-	for _, a := range hfrom {
-		authors = append(authors, a.Address)
 	}
 	host := s.host
 	return &item{
-		from: from, rcpts: rcpts, tags: req.Tags, meta: req.Metadata, authors: authors,
+		from: from, rcpts: rcpts, tags: req.Tags, meta: req.Metadata, fromHeader: parsed.Header.Values("From"), rawField: field,
 		build: func(txn *pipeline.Txn, _ *bytes.Buffer) (*pipeline.Message, *apiError) {
 			msg := parsed
 			msg.Txn = txn

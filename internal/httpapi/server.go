@@ -374,14 +374,17 @@ func putBuf(b *bytes.Buffer) {
 }
 
 // authenticate checks the bearer key and its scope. Any of scopes will do.
+// A missing or unknown key (401) is logged by the relay like a failed SMTP
+// AUTH: with the client address, at most one line per address per 10 s.
 func (s *Server) authenticate(r *http.Request, scopes ...string) (*apikey.Key, *apiError) {
 	h := r.Header.Get("Authorization")
 	if len(h) < 7 || !strings.EqualFold(h[:7], "Bearer ") {
+		s.authFailed(r, "missing bearer key")
 		return nil, errUnauthorized
 	}
 	k, err := s.keys.Authenticate(strings.TrimSpace(h[7:]))
 	if err != nil {
-		s.log.Debug("authentication failed", "remote", r.RemoteAddr, "err", err)
+		s.authFailed(r, err.Error())
 		return nil, errUnauthorized
 	}
 	for _, sc := range scopes {
@@ -390,6 +393,17 @@ func (s *Server) authenticate(r *http.Request, scopes ...string) (*apikey.Key, *
 		}
 	}
 	return nil, errf(http.StatusForbidden, codeForbidden, "", "this API key lacks the %q scope", scopes[0])
+}
+
+// authFailed logs a 401 through the relay's rate-limited failure log.
+func (s *Server) authFailed(r *http.Request, reason string) {
+	conn := &pipeline.Conn{Source: pipeline.SourceHTTP, Listener: s.l.Addr}
+	if ap, err := netip.ParseAddrPort(r.RemoteAddr); err == nil {
+		conn.RemoteIP, conn.RemotePort = ap.Addr().Unmap(), ap.Port()
+	}
+	if s.relay != nil {
+		s.relay.AuthFailed(conn, "APIKEY", "", reason)
+	}
 }
 
 // readBody checks the media type and reads the body (at most the
@@ -489,20 +503,13 @@ func (s *Server) openConn(ctx context.Context, r *http.Request, k *apikey.Key) (
 	return sess, nil
 }
 
-// checkSender enforces Identity.Senders for an address.
+// checkSender applies the relay's sender rule (relay.CheckEnvelopeSender)
+// to the envelope sender, reported as field.
 func checkSender(id *pipeline.Identity, field, addr string) *apiError {
-	if id == nil || len(id.Senders) == 0 {
-		return nil
+	if err := relay.CheckEnvelopeSender(id, addr); err != nil {
+		return errf(http.StatusForbidden, codeSenderNotAllowed, field, "this API key may not send from %q", addr)
 	}
-	_, domain, err := pipeline.SplitAddress(addr)
-	if err == nil {
-		for _, d := range id.Senders {
-			if strings.EqualFold(d, domain) {
-				return nil
-			}
-		}
-	}
-	return errf(http.StatusForbidden, codeSenderNotAllowed, field, "this API key may not send from %q", addr)
+	return nil
 }
 
 // ---- idempotency ----

@@ -36,6 +36,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/sluice-mta/sluice/internal/auth"
 	"github.com/sluice-mta/sluice/internal/logx"
 	"github.com/sluice-mta/sluice/internal/queue"
 	"github.com/sluice-mta/sluice/internal/spool"
@@ -138,7 +139,10 @@ type Relay struct {
 	// delayWarning is Options.DelayWarning (see Notify).
 	delayWarning time.Duration
 	admit        func() error
-	supp         Suppressions // nil: no suppression list
+	supp         Suppressions  // nil: no suppression list
+	users        Verifier      // nil: no users file (senders.go)
+	guard        *auth.Guard   // nil: no brute-force limits
+	authSample   *logx.Sampler // failed authentications, per client address
 
 	// The gate keeps the store open while acceptances are in flight:
 	// Close refuses new ones and waits for the others.
@@ -170,6 +174,12 @@ type Options struct {
 	// Suppressions, when set, is the suppression list enforced at RCPT
 	// (see Txn.RcptWith and suppression.go).
 	Suppressions Suppressions
+	// Users, when set, verifies user names and passwords (the users
+	// file) before on_auth runs (see Session.Login).
+	Users Verifier
+	// Guard, when set, limits failed authentications per client address
+	// and per user across sessions (see Session.Login).
+	Guard *auth.Guard
 }
 
 // New builds a Relay running p on store.
@@ -185,7 +195,8 @@ func New(p *Pipeline, store Store, o Options) *Relay {
 	}
 	r := &Relay{store: store, log: o.Logger.With("component", "relay"), hostname: o.Hostname, now: o.Now,
 		sample:       logx.NewSampler(10 * time.Second),
-		delayWarning: o.DelayWarning, supp: o.Suppressions, admit: o.Admit}
+		delayWarning: o.DelayWarning, supp: o.Suppressions, admit: o.Admit,
+		users: o.Users, guard: o.Guard, authSample: logx.NewSampler(10 * time.Second)}
 	r.pipe.Store(p)
 	return r
 }

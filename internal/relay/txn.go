@@ -126,7 +126,9 @@ func (s *Session) Begin(ctx context.Context, sender string, tags []string, meta 
 // sender is parsed by pipeline.ParseSender and kept in its canonical form
 // (quoting included). A sender that is not an address (501 5.1.7) or whose
 // local part could route (553 5.1.7) is a syntax error, not a refusal: it
-// is logged, not recorded, and on_mail does not run.
+// is logged, not recorded, and on_mail does not run. A sender the
+// session's identity may not use (senders.go) is refused with a
+// *SenderError (550 5.7.1) before on_mail, logged and recorded.
 func (s *Session) BeginWith(ctx context.Context, sender string, params pipeline.MailParams, tags []string, meta map[string]string) (*Txn, error) {
 	r := s.r
 	canon, err := pipeline.ParseSender(sender)
@@ -140,7 +142,13 @@ func (s *Session) BeginWith(ctx context.Context, sender string, params pipeline.
 	sender = canon
 	p := r.acquire()
 	txn := &pipeline.Txn{Conn: s.Conn, ID: r.store.NewID(), Sender: sender, Params: params, Received: r.now(), Tags: tags, Meta: meta}
-	if err := p.Chain.Mail(ctx, txn); err != nil {
+	// Sender authorization (senders.go) comes first: on_mail sees only
+	// senders the identity may use.
+	err = CheckEnvelopeSender(s.Conn.Identity, sender)
+	if err == nil {
+		err = p.Chain.Mail(ctx, txn)
+	}
+	if err != nil {
 		p.release()
 		if ctx.Err() == nil {
 			r.logRefusal("sender refused", s.Conn, err, "msgid", txn.ID, "from", sender)
@@ -321,10 +329,15 @@ func receiptOf(acc *Accepted) *Receipt {
 
 // Prepare runs the message through on_message and on_route without
 // committing (Relay.CommitBatch commits several at once). On error the
-// transaction has ended refused.
+// transaction has ended refused. A From header field the session's
+// identity may not use (senders.go) refuses the message first with a
+// *SenderError (550 5.7.1).
 func (t *Txn) Prepare(ctx context.Context, msg *pipeline.Message, o CommitOptions) (*Accepted, error) {
 	if len(t.T.Recipients) == 0 {
 		return nil, t.Refuse(ctx, len(msg.Body), errNoRecipients)
+	}
+	if err := CheckFromHeader(t.s.Conn.Identity, msg.Header.Values("From")); err != nil {
+		return nil, t.Refuse(ctx, len(msg.Body), err)
 	}
 	if !t.state.CompareAndSwap(txnOpen, txnBusy) {
 		return nil, errors.New("relay: transaction already ended")

@@ -30,6 +30,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/sluice-mta/sluice/internal/apikey"
+	"github.com/sluice-mta/sluice/internal/auth"
 	"github.com/sluice-mta/sluice/internal/bounce"
 	"github.com/sluice-mta/sluice/internal/config"
 	"github.com/sluice-mta/sluice/internal/delivery"
@@ -155,6 +156,11 @@ func checkNode(cfg *config.Config) error {
 	for _, l := range cfg.SMTP {
 		if err := smtpsrc.CheckListener(l); err != nil {
 			return fmt.Errorf("%s: %w", cfg.File, err)
+		}
+	}
+	if cfg.Auth.Users != "" {
+		if _, err := auth.OpenUsers(cfg.Auth.Users, slog.New(slog.DiscardHandler)); err != nil {
+			return fmt.Errorf("%s: sluice.auth: %w", cfg.File, err)
 		}
 	}
 	for _, l := range cfg.HTTP {
@@ -367,8 +373,18 @@ func (s *Server) components() []component {
 			// The relay is the transaction owner for every source, bounces
 			// included: they enter through it.
 			s.sp.SetSuppressionPolicy(suppressionPolicy(cfg))
-			s.relay = relay.NewSpool(s.pipe, s.sp, s.q, relay.Options{Hostname: cfg.Hostname, Logger: s.log, DelayWarning: cfg.Delivery.DelayWarning,
-				Suppressions: s.sp, Admit: func() error { return s.backlog.Load().Check() }})
+			ro := relay.Options{Hostname: cfg.Hostname, Logger: s.log, DelayWarning: cfg.Delivery.DelayWarning,
+				Suppressions: s.sp, Admit: func() error { return s.backlog.Load().Check() },
+				Guard: auth.NewGuard(auth.GuardOptions{Free: cfg.Auth.LockoutAfter, Base: cfg.Auth.LockoutBase, Max: cfg.Auth.LockoutMax})}
+			if cfg.Auth.Users != "" {
+				users, err := auth.OpenUsers(cfg.Auth.Users, s.log)
+				if err != nil {
+					return err
+				}
+				ro.Users = users
+				s.log.Info("users file loaded", "path", users.Path(), "users", users.Len())
+			}
+			s.relay = relay.NewSpool(s.pipe, s.sp, s.q, ro)
 			s.q.SetBouncer(s.relay)
 			s.q.SetNotifier(s.relay)
 			return s.registerCoreMetrics()
@@ -826,7 +842,7 @@ func (s *Server) startWebhooks(cfg *config.Config) error {
 
 // RestartNeeded names the settings that differ between old and new and
 // that a reload cannot apply: listeners, the spool, delivery, events, the
-// node's names. The pipeline (stages, stage_timeout, local_domains,
+// node's names, sluice.auth (its users file is reread on change anyway). The pipeline (stages, stage_timeout, local_domains,
 // lua_options) reloads.
 func RestartNeeded(old, new *config.Config) []string {
 	var out []string
@@ -841,6 +857,7 @@ func RestartNeeded(old, new *config.Config) []string {
 		{"sluice.delivery", old.Delivery, new.Delivery},
 		{"sluice.events", old.Events, new.Events},
 		{"sluice.bounces", old.Bounces, new.Bounces},
+		{"sluice.auth", old.Auth, new.Auth},
 		{"sluice.node", [2]string{old.Node, old.Hostname}, [2]string{new.Node, new.Hostname}},
 	} {
 		if !reflect.DeepEqual(c.old, c.new) {

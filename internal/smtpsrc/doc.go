@@ -13,8 +13,8 @@
 // the message durable before we answer 250, and logs.
 //
 // What it is not: it does not run the chain, spool, route or deliver
-// (internal/relay does), and it does not implement SMTP AUTH yet (an
-// AuthSession would call relay.Session.Auth).
+// (internal/relay does), and it does not check passwords: its AUTH PLAIN
+// and LOGIN (auth.go) hand the credentials to relay.Session.Login.
 //
 // # Hook points
 //

@@ -257,6 +257,7 @@ type trackedConn struct {
 	dataDeadline    time.Time // zero outside DATA/BDAT
 	expired         bool
 	busy            bool // inside a mail transaction (MAIL .. end of DATA/RSET)
+	authFails       int  // failed AUTH attempts (connection's goroutine only)
 
 	closeOnce sync.Once
 

@@ -121,6 +121,9 @@ func New(l config.SMTPListener, rl *relay.Relay, log *slog.Logger, opts ...Optio
 	srv.EnableSMTPUTF8 = true
 	srv.EnableDSN = true        // RFC 3461: NOTIFY, ORCPT, RET, ENVID travel with the message
 	srv.TLSConfig = s.tlsConfig // go-smtp offers STARTTLS only on clear-text connections
+	// AUTH's TLS rule (TLS, loopback, or auth_insecure) is applied by the
+	// session (auth.go), which answers 538 where go-smtp would say 523.
+	srv.AllowInsecureAuth = true
 	srv.ErrorLog = errorLog{s.log}
 	s.smtp = srv
 
@@ -157,13 +160,9 @@ func (s *Server) check() error {
 		return fmt.Errorf("smtp listener %s: bare_line_ending %q: want %q or %q", l.Name, l.BareLineEnding, BareReject, BareNormalize)
 	}
 	switch l.Auth {
-	case "", "none":
-	case "optional":
-		s.log.Warn("smtp listener: AUTH is not implemented yet; auth = \"optional\" serves without AUTH")
+	case "", "none", "optional", "required":
 	default:
-		// Fail closed: serving a listener configured to require AUTH
-		// without AUTH would silently accept unauthenticated mail.
-		return fmt.Errorf("smtp listener %s: auth = %q is not supported yet (SMTP AUTH is not implemented)", l.Name, l.Auth)
+		return fmt.Errorf("smtp listener %s: auth = %q: want \"none\", \"optional\" or \"required\"", l.Name, l.Auth)
 	}
 	if s.tlsConfig == nil && l.TLS != nil {
 		cert, err := tls.LoadX509KeyPair(l.TLS.Cert, l.TLS.Key)

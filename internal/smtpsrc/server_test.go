@@ -693,7 +693,7 @@ func TestNewValidates(t *testing.T) {
 	chain := newChain(t, pipeline.ChainOptions{})
 	for name, mod := range map[string]func(*config.SMTPListener){
 		"bare mode":         func(l *config.SMTPListener) { l.BareLineEnding = "fix" },
-		"auth required":     func(l *config.SMTPListener) { l.Auth = "required" },
+		"auth unknown":      func(l *config.SMTPListener) { l.Auth = "sometimes" },
 		"implicit, no tls":  func(l *config.SMTPListener) { l.ImplicitTLS = true },
 		"missing cert file": func(l *config.SMTPListener) { l.TLS = &config.TLS{Cert: "/nonexistent.pem", Key: "/nonexistent.key"} },
 	} {

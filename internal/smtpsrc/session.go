@@ -57,8 +57,8 @@ func (b backend) NewSession(c *smtp.Conn) (smtp.Session, error) {
 // and Logout may then run concurrently with it; txn is guarded by mu for
 // that reason. Logout may also come from Server.Close's goroutine.
 //
-// SMTP AUTH will be an AuthSession implementation on this type calling
-// relay.Session.Auth.
+// SMTP AUTH is its AuthSession implementation (auth.go), which calls
+// relay.Session.Login.
 type session struct {
 	s      *Server
 	sc     *smtp.Conn
@@ -116,6 +116,9 @@ func (ss *session) Mail(from string, opts *smtp.MailOptions) error {
 	}
 	if ss.poisoned.Load() {
 		return smtpError(errPoisoned)
+	}
+	if err := ss.checkAuthRequired(); err != nil {
+		return err
 	}
 	if h := ss.sc.Hostname(); h != ss.conn.HELO {
 		// A refused name is kept out of conn.HELO, so it is checked

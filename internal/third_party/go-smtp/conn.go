@@ -881,6 +881,11 @@ func (c *Conn) handleAuth(arg string) {
 		challenge, done, err := sasl.Next(response)
 		if err != nil {
 			c.writeError(454, EnhancedCode{4, 7, 0}, err)
+			// sluice: a 421 from the back end (too many failed attempts)
+			// announces the close (RFC 5321 section 3.8).
+			if se, ok := err.(*SMTPError); ok && se.Code == 421 {
+				c.Close()
+			}
 			return
 		}
 
