@@ -78,19 +78,9 @@ func runAPIKey(args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 	// Flags may come before or after the positional ID of revoke.
-	var pos []string
-	for {
-		if err := fs.Parse(args); err != nil {
-			if errors.Is(err, flag.ErrHelp) {
-				return 0
-			}
-			return 2
-		}
-		if fs.NArg() == 0 {
-			break
-		}
-		pos = append(pos, fs.Arg(0))
-		args = fs.Args()[1:]
+	pos, code, ok := parseInterspersed(fs, args)
+	if !ok {
+		return code
 	}
 
 	path, err := apikeyPath(*keysFile, *cfgPath)
@@ -234,4 +224,24 @@ func apikeyPath(keys, cfgPath string) (string, error) {
 		return "", err
 	}
 	return cfg.APIKeysFile(), nil
+}
+
+// parseInterspersed parses fs's flags wherever they stand among the
+// positional arguments (flag stops at the first one), and returns the
+// positional arguments in order. When parsing fails, ok is false and code
+// is the exit code: 0 for -h/--help (usage was printed), 2 otherwise.
+func parseInterspersed(fs *flag.FlagSet, args []string) (pos []string, code int, ok bool) {
+	for {
+		if err := fs.Parse(args); err != nil {
+			if errors.Is(err, flag.ErrHelp) {
+				return nil, 0, false
+			}
+			return nil, 2, false
+		}
+		if fs.NArg() == 0 {
+			return pos, 0, true
+		}
+		pos = append(pos, fs.Arg(0))
+		args = fs.Args()[1:]
+	}
 }

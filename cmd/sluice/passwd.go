@@ -37,19 +37,9 @@ func runPasswd(args []string, stdout, stderr io.Writer) int {
 	tenant := fs.String("tenant", "", "tenant")
 	var senders multiFlag
 	fs.Var(&senders, "sender", "allowed sender domain or address; repeatable")
-	var pos []string
-	for {
-		if err := fs.Parse(args); err != nil {
-			if errors.Is(err, flag.ErrHelp) {
-				return 0
-			}
-			return 2
-		}
-		if fs.NArg() == 0 {
-			break
-		}
-		pos = append(pos, fs.Arg(0))
-		args = fs.Args()[1:]
+	pos, code, ok := parseInterspersed(fs, args)
+	if !ok {
+		return code
 	}
 	if len(pos) != 1 {
 		fmt.Fprint(stderr, passwdUsage)

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -18,6 +17,7 @@ import (
 	"github.com/sluice-mta/sluice/internal/config"
 	"github.com/sluice-mta/sluice/internal/dnsx"
 	"github.com/sluice-mta/sluice/internal/relay"
+	"github.com/sluice-mta/sluice/internal/testutil"
 	"github.com/sluice-mta/sluice/pipeline"
 )
 
@@ -168,7 +168,7 @@ func TestAdminListener(t *testing.T) {
 		status int
 	}{{`"127.0.0.1"`, 200}, {`"10.0.0.0/8"`, 403}} {
 		dir := t.TempDir()
-		addr := freeAddr(t)
+		addr := testutil.FreeAddr(t)
 		cfg := load(t, `local sluice = require("sluice")
 sluice.spool { path = "`+dir+`/spool" }
 sluice.events { file = "`+dir+`/events.jsonl" }
@@ -221,14 +221,4 @@ sluice.listen_admin { addr = "`+addr+`", allow = { `+tc.allow+` } }
 			t.Fatal(err)
 		}
 	}
-}
-
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
 }

@@ -13,7 +13,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"net/smtp"
 	"net/textproto"
 	"os"
@@ -89,16 +88,6 @@ func script(t testing.TB) string {
 	return p
 }
 
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
-}
-
 // TestScorerPyInRelay runs scorer.py as a stage of a real relay (SMTP in, a
 // sink as smarthost) and checks that its header reaches the sink, that its
 // rejection carries the code its config chose, and so that the config
@@ -108,7 +97,7 @@ func TestScorerPyInRelay(t *testing.T) {
 	stubs := genStubs(t)
 	dir := t.TempDir()
 	sink := testutil.StartSink(t, testutil.SinkOptions{})
-	addr := freeAddr(t)
+	addr := testutil.FreeAddr(t)
 	src := fmt.Sprintf(`
 sluice.spool { path = %q }
 sluice.events { file = %q }

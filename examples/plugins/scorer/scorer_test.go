@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"net/smtp"
 	"net/textproto"
 	"os"
@@ -38,16 +37,6 @@ func TestScore(t *testing.T) {
 	}
 }
 
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
-}
-
 // TestScorerInRelay builds the plugin, runs it as a stage of a real relay
 // (SMTP in, a sink as smarthost) and checks that its header reaches the
 // sink, that its rejection carries the code its config chose, and so that
@@ -62,7 +51,7 @@ func TestScorerInRelay(t *testing.T) {
 		t.Fatalf("go build: %v\n%s", err, out)
 	}
 	sink := testutil.StartSink(t, testutil.SinkOptions{})
-	addr := freeAddr(t)
+	addr := testutil.FreeAddr(t)
 	src := fmt.Sprintf(`
 sluice.spool { path = %q }
 sluice.events { file = %q }
