@@ -69,7 +69,7 @@ import (
 // reported by Describe and logged.
 const (
 	ProtocolMajor = 1
-	ProtocolMinor = 0
+	ProtocolMinor = 1
 )
 
 // PluginName is the name of the one plugin a stage plugin process serves
@@ -137,12 +137,22 @@ func (p *GRPCPlugin) GRPCClient(_ context.Context, _ *plugin.GRPCBroker, c *grpc
 	return stagev1.NewStageClient(c), nil
 }
 
+// Option changes how Serve and NewServer serve a stage.
+type Option func(*server)
+
+// WithoutStreaming makes the plugin serve each hook call as its own unary
+// RPC only: Describe does not advertise the Calls stream (protocol 1.1),
+// and Sluice does not open it. Streaming, the default, costs less per
+// call (no new HTTP/2 stream and headers per call); this option exists for
+// comparisons and for plugins that must behave as protocol 1.0 ones.
+func WithoutStreaming() Option { return func(s *server) { s.noStream = true } }
+
 // Serve serves stage until Sluice stops the plugin, then returns. It exits
 // the process with status 1 when not started by Sluice.
-func Serve(stage pipeline.Stage) {
+func Serve(stage pipeline.Stage, opts ...Option) {
 	plugin.Serve(&plugin.ServeConfig{
 		HandshakeConfig: Handshake,
-		Plugins:         plugin.PluginSet{PluginName: &GRPCPlugin{Impl: NewServer(stage)}},
+		Plugins:         plugin.PluginSet{PluginName: &GRPCPlugin{Impl: NewServer(stage, opts...)}},
 		GRPCServer: func(opts []grpc.ServerOption) *grpc.Server {
 			// Stream workers reuse their goroutines (and their grown
 			// stacks) across calls instead of a new goroutine per call:
@@ -156,13 +166,18 @@ func Serve(stage pipeline.Stage) {
 
 // NewServer returns the gRPC service for stage, for tests and for hosting
 // the service in a server of one's own; most plugins call Serve instead.
-func NewServer(stage pipeline.Stage) stagev1.StageServer {
-	return &server{st: stage}
+func NewServer(stage pipeline.Stage, opts ...Option) stagev1.StageServer {
+	s := &server{st: stage}
+	for _, o := range opts {
+		o(s)
+	}
+	return s
 }
 
 type server struct {
 	stagev1.UnimplementedStageServer
-	st pipeline.Stage
+	st       pipeline.Stage
+	noStream bool
 }
 
 // body asks the stage for its body need (after Configure, so the
@@ -195,7 +210,7 @@ func (s *server) Configure(_ context.Context, r *stagev1.ConfigureRequest) (*sta
 }
 
 func (s *server) Describe(context.Context, *stagev1.DescribeRequest) (*stagev1.DescribeResponse, error) {
-	d := &stagev1.DescribeResponse{Name: s.st.Name(), Body: s.body(), ProtocolMinor: ProtocolMinor}
+	d := &stagev1.DescribeResponse{Name: s.st.Name(), Body: s.body(), ProtocolMinor: ProtocolMinor, Streaming: !s.noStream}
 	if v, ok := s.st.(Versioner); ok {
 		d.Version = v.Version()
 	}

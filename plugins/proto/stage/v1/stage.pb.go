@@ -336,6 +336,9 @@ type DescribeResponse struct {
 	Hooks         []Hook                 `protobuf:"varint,3,rep,packed,name=hooks,proto3,enum=sluice.stage.v1.Hook" json:"hooks,omitempty"`
 	Body          BodyNeed               `protobuf:"varint,4,opt,name=body,proto3,enum=sluice.stage.v1.BodyNeed" json:"body,omitempty"`
 	ProtocolMinor uint32                 `protobuf:"varint,5,opt,name=protocol_minor,json=protocolMinor,proto3" json:"protocol_minor,omitempty"` // the minor protocol version the plugin was built with
+	// streaming: the plugin serves Calls (protocol 1.1); Sluice then sends
+	// hook calls over it. False (and for plugins of protocol 1.0): unary RPCs.
+	Streaming     bool `protobuf:"varint,6,opt,name=streaming,proto3" json:"streaming,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -403,6 +406,13 @@ func (x *DescribeResponse) GetProtocolMinor() uint32 {
 		return x.ProtocolMinor
 	}
 	return 0
+}
+
+func (x *DescribeResponse) GetStreaming() bool {
+	if x != nil {
+		return x.Streaming
+	}
+	return false
 }
 
 type HealthRequest struct {
@@ -1880,6 +1890,360 @@ func (x *Verdict) GetEdits() *Edits {
 	return nil
 }
 
+// One hook call on the Calls stream.
+type CallRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// id names the call; its CallResponse carries it back. Sluice never has
+	// two calls with the same id in flight on one stream.
+	Id uint64 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	// The call's deadline as Unix time in nanoseconds; 0: none. It plays
+	// the part of the gRPC deadline of a unary call.
+	DeadlineUnixNano int64 `protobuf:"varint,2,opt,name=deadline_unix_nano,json=deadlineUnixNano,proto3" json:"deadline_unix_nano,omitempty"`
+	// cancel: the call with this id is abandoned (its deadline passed on
+	// Sluice's side); the plugin should cancel its context and may omit its
+	// response. A cancel request carries no call.
+	Cancel bool `protobuf:"varint,3,opt,name=cancel,proto3" json:"cancel,omitempty"`
+	// Types that are valid to be assigned to Call:
+	//
+	//	*CallRequest_Connect
+	//	*CallRequest_Helo
+	//	*CallRequest_Mail
+	//	*CallRequest_Rcpt
+	//	*CallRequest_Message
+	//	*CallRequest_Route
+	//	*CallRequest_Event
+	Call          isCallRequest_Call `protobuf_oneof:"call"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CallRequest) Reset() {
+	*x = CallRequest{}
+	mi := &file_plugins_proto_stage_v1_stage_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CallRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CallRequest) ProtoMessage() {}
+
+func (x *CallRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_plugins_proto_stage_v1_stage_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CallRequest.ProtoReflect.Descriptor instead.
+func (*CallRequest) Descriptor() ([]byte, []int) {
+	return file_plugins_proto_stage_v1_stage_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *CallRequest) GetId() uint64 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *CallRequest) GetDeadlineUnixNano() int64 {
+	if x != nil {
+		return x.DeadlineUnixNano
+	}
+	return 0
+}
+
+func (x *CallRequest) GetCancel() bool {
+	if x != nil {
+		return x.Cancel
+	}
+	return false
+}
+
+func (x *CallRequest) GetCall() isCallRequest_Call {
+	if x != nil {
+		return x.Call
+	}
+	return nil
+}
+
+func (x *CallRequest) GetConnect() *ConnectRequest {
+	if x != nil {
+		if x, ok := x.Call.(*CallRequest_Connect); ok {
+			return x.Connect
+		}
+	}
+	return nil
+}
+
+func (x *CallRequest) GetHelo() *HeloRequest {
+	if x != nil {
+		if x, ok := x.Call.(*CallRequest_Helo); ok {
+			return x.Helo
+		}
+	}
+	return nil
+}
+
+func (x *CallRequest) GetMail() *MailRequest {
+	if x != nil {
+		if x, ok := x.Call.(*CallRequest_Mail); ok {
+			return x.Mail
+		}
+	}
+	return nil
+}
+
+func (x *CallRequest) GetRcpt() *RcptRequest {
+	if x != nil {
+		if x, ok := x.Call.(*CallRequest_Rcpt); ok {
+			return x.Rcpt
+		}
+	}
+	return nil
+}
+
+func (x *CallRequest) GetMessage() *MessageRequest {
+	if x != nil {
+		if x, ok := x.Call.(*CallRequest_Message); ok {
+			return x.Message
+		}
+	}
+	return nil
+}
+
+func (x *CallRequest) GetRoute() *RouteRequest {
+	if x != nil {
+		if x, ok := x.Call.(*CallRequest_Route); ok {
+			return x.Route
+		}
+	}
+	return nil
+}
+
+func (x *CallRequest) GetEvent() *EventRequest {
+	if x != nil {
+		if x, ok := x.Call.(*CallRequest_Event); ok {
+			return x.Event
+		}
+	}
+	return nil
+}
+
+type isCallRequest_Call interface {
+	isCallRequest_Call()
+}
+
+type CallRequest_Connect struct {
+	Connect *ConnectRequest `protobuf:"bytes,10,opt,name=connect,proto3,oneof"`
+}
+
+type CallRequest_Helo struct {
+	Helo *HeloRequest `protobuf:"bytes,11,opt,name=helo,proto3,oneof"`
+}
+
+type CallRequest_Mail struct {
+	Mail *MailRequest `protobuf:"bytes,12,opt,name=mail,proto3,oneof"`
+}
+
+type CallRequest_Rcpt struct {
+	Rcpt *RcptRequest `protobuf:"bytes,13,opt,name=rcpt,proto3,oneof"`
+}
+
+type CallRequest_Message struct {
+	Message *MessageRequest `protobuf:"bytes,14,opt,name=message,proto3,oneof"`
+}
+
+type CallRequest_Route struct {
+	Route *RouteRequest `protobuf:"bytes,15,opt,name=route,proto3,oneof"`
+}
+
+type CallRequest_Event struct {
+	Event *EventRequest `protobuf:"bytes,16,opt,name=event,proto3,oneof"`
+}
+
+func (*CallRequest_Connect) isCallRequest_Call() {}
+
+func (*CallRequest_Helo) isCallRequest_Call() {}
+
+func (*CallRequest_Mail) isCallRequest_Call() {}
+
+func (*CallRequest_Rcpt) isCallRequest_Call() {}
+
+func (*CallRequest_Message) isCallRequest_Call() {}
+
+func (*CallRequest_Route) isCallRequest_Call() {}
+
+func (*CallRequest_Event) isCallRequest_Call() {}
+
+// The answer to one CallRequest.
+type CallResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Id    uint64                 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"` // the CallRequest's id
+	// Types that are valid to be assigned to Result:
+	//
+	//	*CallResponse_Verdict
+	//	*CallResponse_Event
+	//	*CallResponse_Error
+	Result        isCallResponse_Result `protobuf_oneof:"result"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CallResponse) Reset() {
+	*x = CallResponse{}
+	mi := &file_plugins_proto_stage_v1_stage_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CallResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CallResponse) ProtoMessage() {}
+
+func (x *CallResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_plugins_proto_stage_v1_stage_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CallResponse.ProtoReflect.Descriptor instead.
+func (*CallResponse) Descriptor() ([]byte, []int) {
+	return file_plugins_proto_stage_v1_stage_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *CallResponse) GetId() uint64 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *CallResponse) GetResult() isCallResponse_Result {
+	if x != nil {
+		return x.Result
+	}
+	return nil
+}
+
+func (x *CallResponse) GetVerdict() *Verdict {
+	if x != nil {
+		if x, ok := x.Result.(*CallResponse_Verdict); ok {
+			return x.Verdict
+		}
+	}
+	return nil
+}
+
+func (x *CallResponse) GetEvent() *EventResponse {
+	if x != nil {
+		if x, ok := x.Result.(*CallResponse_Event); ok {
+			return x.Event
+		}
+	}
+	return nil
+}
+
+func (x *CallResponse) GetError() *CallError {
+	if x != nil {
+		if x, ok := x.Result.(*CallResponse_Error); ok {
+			return x.Error
+		}
+	}
+	return nil
+}
+
+type isCallResponse_Result interface {
+	isCallResponse_Result()
+}
+
+type CallResponse_Verdict struct {
+	Verdict *Verdict `protobuf:"bytes,2,opt,name=verdict,proto3,oneof"` // the answer of an on_* hook but on_event
+}
+
+type CallResponse_Event struct {
+	Event *EventResponse `protobuf:"bytes,3,opt,name=event,proto3,oneof"` // the answer of on_event
+}
+
+type CallResponse_Error struct {
+	Error *CallError `protobuf:"bytes,4,opt,name=error,proto3,oneof"` // the call failed
+}
+
+func (*CallResponse_Verdict) isCallResponse_Result() {}
+
+func (*CallResponse_Event) isCallResponse_Result() {}
+
+func (*CallResponse_Error) isCallResponse_Result() {}
+
+// A failed call on the Calls stream: what a unary call's gRPC status says.
+type CallError struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Code          int32                  `protobuf:"varint,1,opt,name=code,proto3" json:"code,omitempty"`      // a gRPC status code (google.golang.org/grpc/codes), e.g. 2 = Unknown
+	Message       string                 `protobuf:"bytes,2,opt,name=message,proto3" json:"message,omitempty"` // the plugin's text
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CallError) Reset() {
+	*x = CallError{}
+	mi := &file_plugins_proto_stage_v1_stage_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CallError) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CallError) ProtoMessage() {}
+
+func (x *CallError) ProtoReflect() protoreflect.Message {
+	mi := &file_plugins_proto_stage_v1_stage_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CallError.ProtoReflect.Descriptor instead.
+func (*CallError) Descriptor() ([]byte, []int) {
+	return file_plugins_proto_stage_v1_stage_proto_rawDescGZIP(), []int{29}
+}
+
+func (x *CallError) GetCode() int32 {
+	if x != nil {
+		return x.Code
+	}
+	return 0
+}
+
+func (x *CallError) GetMessage() string {
+	if x != nil {
+		return x.Message
+	}
+	return ""
+}
+
 var File_plugins_proto_stage_v1_stage_proto protoreflect.FileDescriptor
 
 const file_plugins_proto_stage_v1_stage_proto_rawDesc = "" +
@@ -1891,13 +2255,14 @@ const file_plugins_proto_stage_v1_stage_proto_rawDesc = "" +
 	"\vconfig_json\x18\x02 \x01(\fR\n" +
 	"configJson\"\x13\n" +
 	"\x11ConfigureResponse\"\x11\n" +
-	"\x0fDescribeRequest\"\xc3\x01\n" +
+	"\x0fDescribeRequest\"\xe1\x01\n" +
 	"\x10DescribeResponse\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
 	"\aversion\x18\x02 \x01(\tR\aversion\x12+\n" +
 	"\x05hooks\x18\x03 \x03(\x0e2\x15.sluice.stage.v1.HookR\x05hooks\x12-\n" +
 	"\x04body\x18\x04 \x01(\x0e2\x19.sluice.stage.v1.BodyNeedR\x04body\x12%\n" +
-	"\x0eprotocol_minor\x18\x05 \x01(\rR\rprotocolMinor\"\x0f\n" +
+	"\x0eprotocol_minor\x18\x05 \x01(\rR\rprotocolMinor\x12\x1c\n" +
+	"\tstreaming\x18\x06 \x01(\bR\tstreaming\"\x0f\n" +
 	"\rHealthRequest\"\x10\n" +
 	"\x0eHealthResponse\"\x80\x01\n" +
 	"\bIdentity\x12\x12\n" +
@@ -2023,7 +2388,29 @@ const file_plugins_proto_stage_v1_stage_proto_rawDesc = "" +
 	"\benhanced\x18\x03 \x03(\x05R\benhanced\x12\x12\n" +
 	"\x04text\x18\x04 \x01(\tR\x04text\x12,\n" +
 	"\x05route\x18\x05 \x01(\v2\x16.sluice.stage.v1.RouteR\x05route\x12,\n" +
-	"\x05edits\x18\x06 \x01(\v2\x16.sluice.stage.v1.EditsR\x05edits*\xa2\x01\n" +
+	"\x05edits\x18\x06 \x01(\v2\x16.sluice.stage.v1.EditsR\x05edits\"\xef\x03\n" +
+	"\vCallRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\x04R\x02id\x12,\n" +
+	"\x12deadline_unix_nano\x18\x02 \x01(\x03R\x10deadlineUnixNano\x12\x16\n" +
+	"\x06cancel\x18\x03 \x01(\bR\x06cancel\x12;\n" +
+	"\aconnect\x18\n" +
+	" \x01(\v2\x1f.sluice.stage.v1.ConnectRequestH\x00R\aconnect\x122\n" +
+	"\x04helo\x18\v \x01(\v2\x1c.sluice.stage.v1.HeloRequestH\x00R\x04helo\x122\n" +
+	"\x04mail\x18\f \x01(\v2\x1c.sluice.stage.v1.MailRequestH\x00R\x04mail\x122\n" +
+	"\x04rcpt\x18\r \x01(\v2\x1c.sluice.stage.v1.RcptRequestH\x00R\x04rcpt\x12;\n" +
+	"\amessage\x18\x0e \x01(\v2\x1f.sluice.stage.v1.MessageRequestH\x00R\amessage\x125\n" +
+	"\x05route\x18\x0f \x01(\v2\x1d.sluice.stage.v1.RouteRequestH\x00R\x05route\x125\n" +
+	"\x05event\x18\x10 \x01(\v2\x1d.sluice.stage.v1.EventRequestH\x00R\x05eventB\x06\n" +
+	"\x04call\"\xca\x01\n" +
+	"\fCallResponse\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\x04R\x02id\x124\n" +
+	"\averdict\x18\x02 \x01(\v2\x18.sluice.stage.v1.VerdictH\x00R\averdict\x126\n" +
+	"\x05event\x18\x03 \x01(\v2\x1e.sluice.stage.v1.EventResponseH\x00R\x05event\x122\n" +
+	"\x05error\x18\x04 \x01(\v2\x1a.sluice.stage.v1.CallErrorH\x00R\x05errorB\b\n" +
+	"\x06result\"9\n" +
+	"\tCallError\x12\x12\n" +
+	"\x04code\x18\x01 \x01(\x05R\x04code\x12\x18\n" +
+	"\amessage\x18\x02 \x01(\tR\amessage*\xa2\x01\n" +
 	"\x04Hook\x12\x14\n" +
 	"\x10HOOK_UNSPECIFIED\x10\x00\x12\x13\n" +
 	"\x0fHOOK_ON_CONNECT\x10\x01\x12\x10\n" +
@@ -2042,7 +2429,7 @@ const file_plugins_proto_stage_v1_stage_proto_rawDesc = "" +
 	"\rACTION_ACCEPT\x10\x01\x12\x11\n" +
 	"\rACTION_REJECT\x10\x02\x12\x13\n" +
 	"\x0fACTION_TEMPFAIL\x10\x03\x12\x12\n" +
-	"\x0eACTION_DISCARD\x10\x042\xdb\x05\n" +
+	"\x0eACTION_DISCARD\x10\x042\xa5\x06\n" +
 	"\x05Stage\x12R\n" +
 	"\tConfigure\x12!.sluice.stage.v1.ConfigureRequest\x1a\".sluice.stage.v1.ConfigureResponse\x12O\n" +
 	"\bDescribe\x12 .sluice.stage.v1.DescribeRequest\x1a!.sluice.stage.v1.DescribeResponse\x12I\n" +
@@ -2053,7 +2440,8 @@ const file_plugins_proto_stage_v1_stage_proto_rawDesc = "" +
 	"\x06OnRcpt\x12\x1c.sluice.stage.v1.RcptRequest\x1a\x18.sluice.stage.v1.Verdict\x12F\n" +
 	"\tOnMessage\x12\x1f.sluice.stage.v1.MessageRequest\x1a\x18.sluice.stage.v1.Verdict\x12B\n" +
 	"\aOnRoute\x12\x1d.sluice.stage.v1.RouteRequest\x1a\x18.sluice.stage.v1.Verdict\x12H\n" +
-	"\aOnEvent\x12\x1d.sluice.stage.v1.EventRequest\x1a\x1e.sluice.stage.v1.EventResponseB=Z;github.com/sluice-mta/sluice/plugins/proto/stage/v1;stagev1b\x06proto3"
+	"\aOnEvent\x12\x1d.sluice.stage.v1.EventRequest\x1a\x1e.sluice.stage.v1.EventResponse\x12H\n" +
+	"\x05Calls\x12\x1c.sluice.stage.v1.CallRequest\x1a\x1d.sluice.stage.v1.CallResponse(\x010\x01B=Z;github.com/sluice-mta/sluice/plugins/proto/stage/v1;stagev1b\x06proto3"
 
 var (
 	file_plugins_proto_stage_v1_stage_proto_rawDescOnce sync.Once
@@ -2068,7 +2456,7 @@ func file_plugins_proto_stage_v1_stage_proto_rawDescGZIP() []byte {
 }
 
 var file_plugins_proto_stage_v1_stage_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_plugins_proto_stage_v1_stage_proto_msgTypes = make([]protoimpl.MessageInfo, 31)
+var file_plugins_proto_stage_v1_stage_proto_msgTypes = make([]protoimpl.MessageInfo, 34)
 var file_plugins_proto_stage_v1_stage_proto_goTypes = []any{
 	(Hook)(0),                 // 0: sluice.stage.v1.Hook
 	(BodyNeed)(0),             // 1: sluice.stage.v1.BodyNeed
@@ -2100,10 +2488,13 @@ var file_plugins_proto_stage_v1_stage_proto_goTypes = []any{
 	(*HeaderEdit)(nil),        // 27: sluice.stage.v1.HeaderEdit
 	(*Edits)(nil),             // 28: sluice.stage.v1.Edits
 	(*Verdict)(nil),           // 29: sluice.stage.v1.Verdict
-	nil,                       // 30: sluice.stage.v1.Txn.MetaEntry
-	nil,                       // 31: sluice.stage.v1.Txn.ScratchEntry
-	nil,                       // 32: sluice.stage.v1.Edits.MetaEntry
-	nil,                       // 33: sluice.stage.v1.Edits.ScratchEntry
+	(*CallRequest)(nil),       // 30: sluice.stage.v1.CallRequest
+	(*CallResponse)(nil),      // 31: sluice.stage.v1.CallResponse
+	(*CallError)(nil),         // 32: sluice.stage.v1.CallError
+	nil,                       // 33: sluice.stage.v1.Txn.MetaEntry
+	nil,                       // 34: sluice.stage.v1.Txn.ScratchEntry
+	nil,                       // 35: sluice.stage.v1.Edits.MetaEntry
+	nil,                       // 36: sluice.stage.v1.Edits.ScratchEntry
 }
 var file_plugins_proto_stage_v1_stage_proto_depIdxs = []int32{
 	0,  // 0: sluice.stage.v1.DescribeResponse.hooks:type_name -> sluice.stage.v1.Hook
@@ -2114,8 +2505,8 @@ var file_plugins_proto_stage_v1_stage_proto_depIdxs = []int32{
 	10, // 5: sluice.stage.v1.Txn.conn:type_name -> sluice.stage.v1.Conn
 	11, // 6: sluice.stage.v1.Txn.params:type_name -> sluice.stage.v1.MailParams
 	14, // 7: sluice.stage.v1.Txn.recipients:type_name -> sluice.stage.v1.Recipient
-	30, // 8: sluice.stage.v1.Txn.meta:type_name -> sluice.stage.v1.Txn.MetaEntry
-	31, // 9: sluice.stage.v1.Txn.scratch:type_name -> sluice.stage.v1.Txn.ScratchEntry
+	33, // 8: sluice.stage.v1.Txn.meta:type_name -> sluice.stage.v1.Txn.MetaEntry
+	34, // 9: sluice.stage.v1.Txn.scratch:type_name -> sluice.stage.v1.Txn.ScratchEntry
 	15, // 10: sluice.stage.v1.Txn.auth_results:type_name -> sluice.stage.v1.AuthResult
 	16, // 11: sluice.stage.v1.Message.txn:type_name -> sluice.stage.v1.Txn
 	17, // 12: sluice.stage.v1.Message.header:type_name -> sluice.stage.v1.HeaderField
@@ -2128,37 +2519,49 @@ var file_plugins_proto_stage_v1_stage_proto_depIdxs = []int32{
 	18, // 19: sluice.stage.v1.RouteRequest.message:type_name -> sluice.stage.v1.Message
 	14, // 20: sluice.stage.v1.RouteRequest.rcpt:type_name -> sluice.stage.v1.Recipient
 	27, // 21: sluice.stage.v1.Edits.headers:type_name -> sluice.stage.v1.HeaderEdit
-	32, // 22: sluice.stage.v1.Edits.meta:type_name -> sluice.stage.v1.Edits.MetaEntry
+	35, // 22: sluice.stage.v1.Edits.meta:type_name -> sluice.stage.v1.Edits.MetaEntry
 	15, // 23: sluice.stage.v1.Edits.auth_results:type_name -> sluice.stage.v1.AuthResult
-	33, // 24: sluice.stage.v1.Edits.scratch:type_name -> sluice.stage.v1.Edits.ScratchEntry
+	36, // 24: sluice.stage.v1.Edits.scratch:type_name -> sluice.stage.v1.Edits.ScratchEntry
 	2,  // 25: sluice.stage.v1.Verdict.action:type_name -> sluice.stage.v1.Action
 	13, // 26: sluice.stage.v1.Verdict.route:type_name -> sluice.stage.v1.Route
 	28, // 27: sluice.stage.v1.Verdict.edits:type_name -> sluice.stage.v1.Edits
-	3,  // 28: sluice.stage.v1.Stage.Configure:input_type -> sluice.stage.v1.ConfigureRequest
-	5,  // 29: sluice.stage.v1.Stage.Describe:input_type -> sluice.stage.v1.DescribeRequest
-	7,  // 30: sluice.stage.v1.Stage.Health:input_type -> sluice.stage.v1.HealthRequest
-	19, // 31: sluice.stage.v1.Stage.OnConnect:input_type -> sluice.stage.v1.ConnectRequest
-	20, // 32: sluice.stage.v1.Stage.OnHelo:input_type -> sluice.stage.v1.HeloRequest
-	21, // 33: sluice.stage.v1.Stage.OnMail:input_type -> sluice.stage.v1.MailRequest
-	22, // 34: sluice.stage.v1.Stage.OnRcpt:input_type -> sluice.stage.v1.RcptRequest
-	23, // 35: sluice.stage.v1.Stage.OnMessage:input_type -> sluice.stage.v1.MessageRequest
-	24, // 36: sluice.stage.v1.Stage.OnRoute:input_type -> sluice.stage.v1.RouteRequest
-	25, // 37: sluice.stage.v1.Stage.OnEvent:input_type -> sluice.stage.v1.EventRequest
-	4,  // 38: sluice.stage.v1.Stage.Configure:output_type -> sluice.stage.v1.ConfigureResponse
-	6,  // 39: sluice.stage.v1.Stage.Describe:output_type -> sluice.stage.v1.DescribeResponse
-	8,  // 40: sluice.stage.v1.Stage.Health:output_type -> sluice.stage.v1.HealthResponse
-	29, // 41: sluice.stage.v1.Stage.OnConnect:output_type -> sluice.stage.v1.Verdict
-	29, // 42: sluice.stage.v1.Stage.OnHelo:output_type -> sluice.stage.v1.Verdict
-	29, // 43: sluice.stage.v1.Stage.OnMail:output_type -> sluice.stage.v1.Verdict
-	29, // 44: sluice.stage.v1.Stage.OnRcpt:output_type -> sluice.stage.v1.Verdict
-	29, // 45: sluice.stage.v1.Stage.OnMessage:output_type -> sluice.stage.v1.Verdict
-	29, // 46: sluice.stage.v1.Stage.OnRoute:output_type -> sluice.stage.v1.Verdict
-	26, // 47: sluice.stage.v1.Stage.OnEvent:output_type -> sluice.stage.v1.EventResponse
-	38, // [38:48] is the sub-list for method output_type
-	28, // [28:38] is the sub-list for method input_type
-	28, // [28:28] is the sub-list for extension type_name
-	28, // [28:28] is the sub-list for extension extendee
-	0,  // [0:28] is the sub-list for field type_name
+	19, // 28: sluice.stage.v1.CallRequest.connect:type_name -> sluice.stage.v1.ConnectRequest
+	20, // 29: sluice.stage.v1.CallRequest.helo:type_name -> sluice.stage.v1.HeloRequest
+	21, // 30: sluice.stage.v1.CallRequest.mail:type_name -> sluice.stage.v1.MailRequest
+	22, // 31: sluice.stage.v1.CallRequest.rcpt:type_name -> sluice.stage.v1.RcptRequest
+	23, // 32: sluice.stage.v1.CallRequest.message:type_name -> sluice.stage.v1.MessageRequest
+	24, // 33: sluice.stage.v1.CallRequest.route:type_name -> sluice.stage.v1.RouteRequest
+	25, // 34: sluice.stage.v1.CallRequest.event:type_name -> sluice.stage.v1.EventRequest
+	29, // 35: sluice.stage.v1.CallResponse.verdict:type_name -> sluice.stage.v1.Verdict
+	26, // 36: sluice.stage.v1.CallResponse.event:type_name -> sluice.stage.v1.EventResponse
+	32, // 37: sluice.stage.v1.CallResponse.error:type_name -> sluice.stage.v1.CallError
+	3,  // 38: sluice.stage.v1.Stage.Configure:input_type -> sluice.stage.v1.ConfigureRequest
+	5,  // 39: sluice.stage.v1.Stage.Describe:input_type -> sluice.stage.v1.DescribeRequest
+	7,  // 40: sluice.stage.v1.Stage.Health:input_type -> sluice.stage.v1.HealthRequest
+	19, // 41: sluice.stage.v1.Stage.OnConnect:input_type -> sluice.stage.v1.ConnectRequest
+	20, // 42: sluice.stage.v1.Stage.OnHelo:input_type -> sluice.stage.v1.HeloRequest
+	21, // 43: sluice.stage.v1.Stage.OnMail:input_type -> sluice.stage.v1.MailRequest
+	22, // 44: sluice.stage.v1.Stage.OnRcpt:input_type -> sluice.stage.v1.RcptRequest
+	23, // 45: sluice.stage.v1.Stage.OnMessage:input_type -> sluice.stage.v1.MessageRequest
+	24, // 46: sluice.stage.v1.Stage.OnRoute:input_type -> sluice.stage.v1.RouteRequest
+	25, // 47: sluice.stage.v1.Stage.OnEvent:input_type -> sluice.stage.v1.EventRequest
+	30, // 48: sluice.stage.v1.Stage.Calls:input_type -> sluice.stage.v1.CallRequest
+	4,  // 49: sluice.stage.v1.Stage.Configure:output_type -> sluice.stage.v1.ConfigureResponse
+	6,  // 50: sluice.stage.v1.Stage.Describe:output_type -> sluice.stage.v1.DescribeResponse
+	8,  // 51: sluice.stage.v1.Stage.Health:output_type -> sluice.stage.v1.HealthResponse
+	29, // 52: sluice.stage.v1.Stage.OnConnect:output_type -> sluice.stage.v1.Verdict
+	29, // 53: sluice.stage.v1.Stage.OnHelo:output_type -> sluice.stage.v1.Verdict
+	29, // 54: sluice.stage.v1.Stage.OnMail:output_type -> sluice.stage.v1.Verdict
+	29, // 55: sluice.stage.v1.Stage.OnRcpt:output_type -> sluice.stage.v1.Verdict
+	29, // 56: sluice.stage.v1.Stage.OnMessage:output_type -> sluice.stage.v1.Verdict
+	29, // 57: sluice.stage.v1.Stage.OnRoute:output_type -> sluice.stage.v1.Verdict
+	26, // 58: sluice.stage.v1.Stage.OnEvent:output_type -> sluice.stage.v1.EventResponse
+	31, // 59: sluice.stage.v1.Stage.Calls:output_type -> sluice.stage.v1.CallResponse
+	49, // [49:60] is the sub-list for method output_type
+	38, // [38:49] is the sub-list for method input_type
+	38, // [38:38] is the sub-list for extension type_name
+	38, // [38:38] is the sub-list for extension extendee
+	0,  // [0:38] is the sub-list for field type_name
 }
 
 func init() { file_plugins_proto_stage_v1_stage_proto_init() }
@@ -2166,13 +2569,27 @@ func file_plugins_proto_stage_v1_stage_proto_init() {
 	if File_plugins_proto_stage_v1_stage_proto != nil {
 		return
 	}
+	file_plugins_proto_stage_v1_stage_proto_msgTypes[27].OneofWrappers = []any{
+		(*CallRequest_Connect)(nil),
+		(*CallRequest_Helo)(nil),
+		(*CallRequest_Mail)(nil),
+		(*CallRequest_Rcpt)(nil),
+		(*CallRequest_Message)(nil),
+		(*CallRequest_Route)(nil),
+		(*CallRequest_Event)(nil),
+	}
+	file_plugins_proto_stage_v1_stage_proto_msgTypes[28].OneofWrappers = []any{
+		(*CallResponse_Verdict)(nil),
+		(*CallResponse_Event)(nil),
+		(*CallResponse_Error)(nil),
+	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_plugins_proto_stage_v1_stage_proto_rawDesc), len(file_plugins_proto_stage_v1_stage_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   31,
+			NumMessages:   34,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

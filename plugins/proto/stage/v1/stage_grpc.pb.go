@@ -44,6 +44,7 @@ const (
 	Stage_OnMessage_FullMethodName = "/sluice.stage.v1.Stage/OnMessage"
 	Stage_OnRoute_FullMethodName   = "/sluice.stage.v1.Stage/OnRoute"
 	Stage_OnEvent_FullMethodName   = "/sluice.stage.v1.Stage/OnEvent"
+	Stage_Calls_FullMethodName     = "/sluice.stage.v1.Stage/Calls"
 )
 
 // StageClient is the client API for Stage service.
@@ -67,6 +68,16 @@ type StageClient interface {
 	OnRoute(ctx context.Context, in *RouteRequest, opts ...grpc.CallOption) (*Verdict, error)
 	// OnEvent observes an event after it is recorded; it cannot change it.
 	OnEvent(ctx context.Context, in *EventRequest, opts ...grpc.CallOption) (*EventResponse, error)
+	// Calls (protocol 1.1, optional) carries the hook calls over one
+	// long-lived bidirectional stream instead of one unary RPC each: Sluice
+	// opens it after Describe when DescribeResponse.streaming is set, sends
+	// each call as a CallRequest with an id of its choosing and matches the
+	// CallResponses, which may come in any order, by that id. Calls are
+	// concurrent: the plugin must not wait for one to finish before reading
+	// the next. Sluice still sends calls as unary RPCs when the stream
+	// breaks (until the plugin is restarted) and for large messages, so a
+	// plugin that streams must serve the unary hooks too.
+	Calls(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[CallRequest, CallResponse], error)
 }
 
 type stageClient struct {
@@ -177,6 +188,19 @@ func (c *stageClient) OnEvent(ctx context.Context, in *EventRequest, opts ...grp
 	return out, nil
 }
 
+func (c *stageClient) Calls(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[CallRequest, CallResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &Stage_ServiceDesc.Streams[0], Stage_Calls_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[CallRequest, CallResponse]{ClientStream: stream}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Stage_CallsClient = grpc.BidiStreamingClient[CallRequest, CallResponse]
+
 // StageServer is the server API for Stage service.
 // All implementations must embed UnimplementedStageServer
 // for forward compatibility.
@@ -198,6 +222,16 @@ type StageServer interface {
 	OnRoute(context.Context, *RouteRequest) (*Verdict, error)
 	// OnEvent observes an event after it is recorded; it cannot change it.
 	OnEvent(context.Context, *EventRequest) (*EventResponse, error)
+	// Calls (protocol 1.1, optional) carries the hook calls over one
+	// long-lived bidirectional stream instead of one unary RPC each: Sluice
+	// opens it after Describe when DescribeResponse.streaming is set, sends
+	// each call as a CallRequest with an id of its choosing and matches the
+	// CallResponses, which may come in any order, by that id. Calls are
+	// concurrent: the plugin must not wait for one to finish before reading
+	// the next. Sluice still sends calls as unary RPCs when the stream
+	// breaks (until the plugin is restarted) and for large messages, so a
+	// plugin that streams must serve the unary hooks too.
+	Calls(grpc.BidiStreamingServer[CallRequest, CallResponse]) error
 	mustEmbedUnimplementedStageServer()
 }
 
@@ -237,6 +271,9 @@ func (UnimplementedStageServer) OnRoute(context.Context, *RouteRequest) (*Verdic
 }
 func (UnimplementedStageServer) OnEvent(context.Context, *EventRequest) (*EventResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method OnEvent not implemented")
+}
+func (UnimplementedStageServer) Calls(grpc.BidiStreamingServer[CallRequest, CallResponse]) error {
+	return status.Errorf(codes.Unimplemented, "method Calls not implemented")
 }
 func (UnimplementedStageServer) mustEmbedUnimplementedStageServer() {}
 func (UnimplementedStageServer) testEmbeddedByValue()               {}
@@ -439,6 +476,13 @@ func _Stage_OnEvent_Handler(srv interface{}, ctx context.Context, dec func(inter
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Stage_Calls_Handler(srv interface{}, stream grpc.ServerStream) error {
+	return srv.(StageServer).Calls(&grpc.GenericServerStream[CallRequest, CallResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Stage_CallsServer = grpc.BidiStreamingServer[CallRequest, CallResponse]
+
 // Stage_ServiceDesc is the grpc.ServiceDesc for Stage service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -487,6 +531,13 @@ var Stage_ServiceDesc = grpc.ServiceDesc{
 			Handler:    _Stage_OnEvent_Handler,
 		},
 	},
-	Streams:  []grpc.StreamDesc{},
+	Streams: []grpc.StreamDesc{
+		{
+			StreamName:    "Calls",
+			Handler:       _Stage_Calls_Handler,
+			ServerStreams: true,
+			ClientStreams: true,
+		},
+	},
 	Metadata: "plugins/proto/stage/v1/stage.proto",
 }
