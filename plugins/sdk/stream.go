@@ -2,6 +2,7 @@ package sdk
 
 import (
 	"context"
+	"runtime"
 	"sync"
 	"time"
 
@@ -12,7 +13,9 @@ import (
 )
 
 // Calls serves hook calls over one bidirectional stream (protocol 1.1):
-// each CallRequest runs in its own goroutine with the request's deadline,
+// each CallRequest runs concurrently with the others (on one of a few
+// long-lived workers, whose grown stacks are reused, or on a goroutine of
+// its own when all are busy) with the request's deadline,
 // and its CallResponse is sent when it returns, in completion order. A
 // cancel request cancels the named call's context. Calls returns when
 // Sluice closes the stream; calls still running then are cancelled and
@@ -28,6 +31,15 @@ func (s *server) Calls(stream stagev1.Stage_CallsServer) error {
 		mu      sync.Mutex
 		cancels = map[uint64]context.CancelFunc{}
 	)
+	work := make(chan func())
+	defer close(work)
+	for range max(4, runtime.GOMAXPROCS(0)) {
+		go func() {
+			for f := range work {
+				f()
+			}
+		}()
+	}
 	defer func() {
 		sendMu.Lock()
 		done = true
@@ -61,7 +73,7 @@ func (s *server) Calls(stream stagev1.Stage_CallsServer) error {
 		mu.Lock()
 		cancels[req.Id] = cancel
 		mu.Unlock()
-		go func() {
+		run := func() {
 			resp := s.dispatch(ctx, req)
 			mu.Lock()
 			delete(cancels, req.Id)
@@ -72,7 +84,12 @@ func (s *server) Calls(stream stagev1.Stage_CallsServer) error {
 			if !done {
 				_ = stream.Send(resp) // an error ends the stream: Recv fails next
 			}
-		}()
+		}
+		select {
+		case work <- run:
+		default:
+			go run()
+		}
 	}
 }
 
