@@ -31,6 +31,12 @@
 // stage's max_in_flight; the stage must be safe for concurrent use. Each call
 // carries the stage's per-call deadline in ctx.
 //
+// Transport: the SDK advertises and serves the protocol's Calls stream
+// (protocol 1.1: Sluice multiplexes the hook calls over one long-lived
+// gRPC stream per process, cheaper per call than a unary RPC each) and the
+// unary hook RPCs, which Sluice uses for large messages and when the stream
+// is down. Serve(stage, WithoutStreaming()) serves the unary RPCs only.
+//
 // Failures: a hook that returns an error fails that call, and Sluice applies
 // the stage's on_error policy (tempfail, continue or reject); an error that
 // is a *pipeline.Error (pipeline.Errorf) is instead the reply the stage
