@@ -10,6 +10,11 @@
 # sluice-bench's report, the relay's (and the plugin's) CPU per message, and
 # in the "on" rounds the p50/p99 of sluice_plugin_call_duration_seconds
 # (from the admin listener, interpolated within its buckets).
+# MODES (default "off on") lists the modes of a round: off (no plugin stage),
+# on (the plugin, over its Calls stream: protocol 1.1, the SDK's default),
+# unary (the same plugin served with sdk.WithoutStreaming through its
+# STAMP_UNARY environment variable: one unary RPC per call, as a protocol 1.0 plugin;
+# stamp only), e.g. MODES="off on unary".
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROUNDS=${ROUNDS:-4}
@@ -17,6 +22,7 @@ N=${N:-10000}
 SESSIONS=${SESSIONS:-20}
 SIZE=${SIZE:-2048}
 PLUGIN=${PLUGIN:-stamp}
+MODES=${MODES:-off on}
 
 go build -o bin/sluice ./cmd/sluice
 go build -o bin/sluice-bench ./cmd/sluice-bench
@@ -46,13 +52,14 @@ quantile() {
 
 echo "# plugin stage ($PLUGIN) on/off — $(date -u +%FT%TZ) — $(nproc) cores, $(uname -m), $(go version | cut -d' ' -f3), load $(cut -d' ' -f1-3 /proc/loadavg)"
 for r in $(seq "$ROUNDS"); do
-  for mode in off on; do
+  for mode in $MODES; do
     W=$(mktemp -d /tmp/sluice-plugbench.XXXXXX)
     sed -e "s#{{SPOOL}}#$W/spool#" -e "s#{{EVENTS}}#$W/events.jsonl#" examples/bench/relay.lua > "$W/relay.lua"
     echo 'sluice.listen_admin { addr = "127.0.0.1:9102" }' >> "$W/relay.lua"
-    if [ "$mode" = on ]; then
+    if [ "$mode" != off ]; then
+      PENV='{}'; [ "$mode" = unary ] && PENV='{ STAMP_UNARY = "1" }'
       # The plugin stage goes before the routing stage: insert it after "stamp".
-      awk -v cmd="$PCMD" -v cfg="$PCFG" '/^sluice.stage\("routing"/ { print "sluice.stage(\"plugin\", sluice.plugin { cmd = \"" cmd "\", timeout = \"2s\", config = " cfg " })\n" } { print }' "$W/relay.lua" > "$W/r2" && mv "$W/r2" "$W/relay.lua"
+      awk -v cmd="$PCMD" -v cfg="$PCFG" -v env="$PENV" '/^sluice.stage\("routing"/ { print "sluice.stage(\"plugin\", sluice.plugin { cmd = \"" cmd "\", timeout = \"2s\", env = " env ", config = " cfg " })\n" } { print }' "$W/relay.lua" > "$W/r2" && mv "$W/r2" "$W/relay.lua"
     fi
     bin/sluice serve -c "$W/relay.lua" -log-level warn 2> "$W/sluice.log" &
     pid=$!
@@ -67,7 +74,7 @@ for r in $(seq "$ROUNDS"); do
     echo "## round $r, plugin $mode"
     echo "$out"
     echo "relay CPU $(( (c1-c0) * 1000000 / tck / N )) µs/msg, plugin process CPU $(( (p1-p0) * 1000000 / tck / N )) µs/msg"
-    if [ "$mode" = on ]; then
+    if [ "$mode" != off ]; then
       # The histogram of the measured run only: the warm-up's counts subtracted.
       curl -s http://127.0.0.1:9102/metrics > "$W/m1"
       awk 'NR==FNR { if ($1 ~ /^sluice_plugin_call_duration_seconds_bucket/) base[$1] = $2; next }

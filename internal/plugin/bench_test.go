@@ -37,19 +37,27 @@ func benchMessage(b *testing.B) *pipeline.Message {
 // the header and adds a field (testdata/stamp), through the host's Stage
 // with metrics on, as the chain makes it. Reports the p50 and p99 call
 // latency in µs besides ns/op; "serial" is one call at a time, "parallel"
-// GOMAXPROCS×4 goroutines (a loaded relay).
+// GOMAXPROCS×4 goroutines (a loaded relay). "stream" is the Calls stream
+// (protocol 1.1, the SDK's default), "unary" one RPC per call (the plugin
+// served with sdk.WithoutStreaming, as a protocol 1.0 plugin), both in
+// the same run.
 func BenchmarkPluginOnMessage(b *testing.B) {
-	for _, par := range []bool{false, true} {
-		name := "serial"
-		if par {
-			name = "parallel"
+	for _, c := range []struct {
+		name  string
+		unary bool
+		par   bool
+	}{{"stream/serial", false, false}, {"unary/serial", true, false}, {"stream/parallel", false, true}, {"unary/parallel", true, true}} {
+		par := c.par
+		env := []string{"STAMP_CPUPROFILE=" + os.Getenv("STAMP_CPUPROFILE")}
+		if c.unary {
+			env = append(env, "STAMP_UNARY=1")
 		}
-		b.Run(name, func(b *testing.B) {
+		b.Run(c.name, func(b *testing.B) {
 			m, err := NewMetrics(prometheus.NewRegistry())
 			if err != nil {
 				b.Fatal(err)
 			}
-			s, err := Start(Options{Name: "stamp", Cmd: stampBin, Env: []string{"STAMP_CPUPROFILE=" + os.Getenv("STAMP_CPUPROFILE")}, Metrics: m, Logger: slog.New(slog.DiscardHandler)})
+			s, err := Start(Options{Name: "stamp", Cmd: stampBin, Env: env, Metrics: m, Logger: slog.New(slog.DiscardHandler)})
 			if err != nil {
 				b.Fatal(err)
 			}

@@ -147,6 +147,7 @@ type slot struct {
 type instance struct {
 	client *goplugin.Client
 	rpc    stagev1.StageClient
+	mux    *mux // the Calls stream; nil when the plugin does not stream
 	pid    int
 }
 
@@ -249,7 +250,7 @@ func startGroup(opts Options) (*group, error) {
 		}
 		if g.desc == nil {
 			if _, ok := stagev1.BodyNeed_name[int32(desc.Body)]; !ok {
-				inst.client.Kill()
+				inst.kill()
 				g.close()
 				return nil, fmt.Errorf("plugin %s: describe: unknown body need %d", opts.Cmd, desc.Body)
 			}
@@ -340,6 +341,12 @@ func (g *group) launch() (*instance, *stagev1.DescribeResponse, error) {
 	inst := &instance{client: client, rpc: rpc}
 	if cmd.Process != nil {
 		inst.pid = cmd.Process.Pid
+	}
+	if desc.Streaming {
+		// A failure here leaves the unary RPCs, which work as well.
+		if inst.mux, err = openMux(rpc, g.log.With("pid", inst.pid)); err != nil {
+			g.log.Warn("plugin advertises the Calls stream but it cannot be opened; using unary calls", "pid", inst.pid, "err", err)
+		}
 	}
 	return inst, desc, nil
 }
@@ -480,7 +487,7 @@ func (g *group) close() {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			inst.client.Kill()
+			inst.kill()
 		}()
 	}
 	wg.Wait()
@@ -521,16 +528,16 @@ const (
 
 // invoke runs one call under the stage's deadline and concurrency bound,
 // and applies on_error to a failure.
-func (s *Stage) invoke(ctx context.Context, hook string, call func(context.Context, stagev1.StageClient) (*stagev1.Verdict, error)) (pipeline.Verdict, error) {
+func (s *Stage) invoke(ctx context.Context, hook string, req *stagev1.CallRequest) (pipeline.Verdict, error) {
 	if s.opts.Timeout > 0 {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, s.opts.Timeout)
 		defer cancel()
 	}
-	pv, err := s.do(ctx, hook, call)
+	r, err := s.do(ctx, hook, req)
 	if err == nil {
 		var v pipeline.Verdict
-		if v, err = conv.VerdictFrom(pv); err == nil {
+		if v, err = conv.VerdictFrom(r.GetVerdict()); err == nil {
 			return v, nil
 		}
 	}
@@ -539,7 +546,7 @@ func (s *Stage) invoke(ctx context.Context, hook string, call func(context.Conte
 
 // do takes a slot, calls the least busy running instance, records the
 // call's metrics and notes failures that call for a restart.
-func (s *Stage) do(ctx context.Context, hook string, call func(context.Context, stagev1.StageClient) (*stagev1.Verdict, error)) (pv *stagev1.Verdict, err error) {
+func (s *Stage) do(ctx context.Context, hook string, req *stagev1.CallRequest) (r *stagev1.CallResponse, err error) {
 	outcome := outcomeOK
 	if o := s.obs[hook]; o != nil {
 		t0 := time.Now()
@@ -565,14 +572,14 @@ func (s *Stage) do(ctx context.Context, hook string, call func(context.Context, 
 		return nil, errDown
 	}
 	sl.busy.Add(1)
-	pv, err = call(ctx, inst.rpc)
+	r, err = inst.call(ctx, req)
 	sl.busy.Add(-1)
 	if err != nil {
 		code := status.Code(err)
 		switch {
 		case code == codes.DeadlineExceeded || ctx.Err() != nil:
 			outcome = outcomeTimeout
-		case code == codes.Unavailable || code == codes.Canceled || inst.client.Exited():
+		case code == codes.Unavailable || code == codes.Canceled || code == codes.Aborted || inst.client.Exited():
 			outcome = outcomeUnavailable
 		default:
 			outcome = outcomeError
@@ -583,7 +590,7 @@ func (s *Stage) do(ctx context.Context, hook string, call func(context.Context, 
 	if sl.timeouts.Load() != 0 {
 		sl.timeouts.Store(0)
 	}
-	return pv, nil
+	return r, nil
 }
 
 // pick returns the least busy running instance, starting the scan at a
@@ -716,7 +723,7 @@ func (sl *slot) backoff(now time.Time) (time.Duration, int) {
 func (sl *slot) relaunch(old *instance) {
 	g := sl.g
 	defer g.wg.Done()
-	old.client.Kill()
+	old.kill()
 	for {
 		d, n := sl.backoff(time.Now())
 		if n >= crashLoop {
@@ -740,7 +747,7 @@ func (sl *slot) relaunch(old *instance) {
 				"hooks_now", desc.Hooks, "body_now", desc.Body.String())
 		}
 		if !sl.endRestart(inst) {
-			inst.client.Kill()
+			inst.kill()
 			return
 		}
 		g.log.Info("plugin restarted", "pid", inst.pid)
@@ -797,45 +804,39 @@ func (g *group) watch() {
 
 // OnConnect implements pipeline.ConnectHook.
 func (s *Stage) OnConnect(ctx context.Context, c *pipeline.Conn) (pipeline.Verdict, error) {
-	return s.invoke(ctx, "on_connect", func(ctx context.Context, r stagev1.StageClient) (*stagev1.Verdict, error) {
-		return r.OnConnect(ctx, &stagev1.ConnectRequest{Conn: conv.Conn(c)})
-	})
+	return s.invoke(ctx, "on_connect", &stagev1.CallRequest{Call: &stagev1.CallRequest_Connect{
+		Connect: &stagev1.ConnectRequest{Conn: conv.Conn(c)}}})
 }
 
 // OnHelo implements pipeline.HeloHook.
 func (s *Stage) OnHelo(ctx context.Context, c *pipeline.Conn, name string) (pipeline.Verdict, error) {
-	return s.invoke(ctx, "on_helo", func(ctx context.Context, r stagev1.StageClient) (*stagev1.Verdict, error) {
-		return r.OnHelo(ctx, &stagev1.HeloRequest{Conn: conv.Conn(c), Name: name})
-	})
+	return s.invoke(ctx, "on_helo", &stagev1.CallRequest{Call: &stagev1.CallRequest_Helo{
+		Helo: &stagev1.HeloRequest{Conn: conv.Conn(c), Name: name}}})
 }
 
 // OnMail implements pipeline.MailHook.
 func (s *Stage) OnMail(ctx context.Context, txn *pipeline.Txn) (pipeline.Verdict, error) {
-	return s.invoke(ctx, "on_mail", func(ctx context.Context, r stagev1.StageClient) (*stagev1.Verdict, error) {
-		return r.OnMail(ctx, &stagev1.MailRequest{Txn: conv.Txn(txn)})
-	})
+	return s.invoke(ctx, "on_mail", &stagev1.CallRequest{Call: &stagev1.CallRequest_Mail{
+		Mail: &stagev1.MailRequest{Txn: conv.Txn(txn)}}})
 }
 
 // OnRcpt implements pipeline.RcptHook.
 func (s *Stage) OnRcpt(ctx context.Context, txn *pipeline.Txn, rcpt *pipeline.Recipient) (pipeline.Verdict, error) {
-	return s.invoke(ctx, "on_rcpt", func(ctx context.Context, r stagev1.StageClient) (*stagev1.Verdict, error) {
-		return r.OnRcpt(ctx, &stagev1.RcptRequest{Txn: conv.Txn(txn), Rcpt: conv.Recipient(rcpt)})
-	})
+	return s.invoke(ctx, "on_rcpt", &stagev1.CallRequest{Call: &stagev1.CallRequest_Rcpt{
+		Rcpt: &stagev1.RcptRequest{Txn: conv.Txn(txn), Rcpt: conv.Recipient(rcpt)}}})
 }
 
 // OnMessage implements pipeline.MessageHook. The header and body are sent
 // only as far as the plugin's Describe asked.
 func (s *Stage) OnMessage(ctx context.Context, msg *pipeline.Message) (pipeline.Verdict, error) {
-	return s.invoke(ctx, "on_message", func(ctx context.Context, r stagev1.StageClient) (*stagev1.Verdict, error) {
-		return r.OnMessage(ctx, &stagev1.MessageRequest{Message: conv.Message(msg, s.g.desc.Body)})
-	})
+	return s.invoke(ctx, "on_message", &stagev1.CallRequest{Call: &stagev1.CallRequest_Message{
+		Message: &stagev1.MessageRequest{Message: conv.Message(msg, s.g.desc.Body)}}})
 }
 
 // OnRoute implements pipeline.RouteHook.
 func (s *Stage) OnRoute(ctx context.Context, msg *pipeline.Message, rcpt *pipeline.Recipient) (pipeline.Verdict, error) {
-	return s.invoke(ctx, "on_route", func(ctx context.Context, r stagev1.StageClient) (*stagev1.Verdict, error) {
-		return r.OnRoute(ctx, &stagev1.RouteRequest{Message: conv.Message(msg, s.g.desc.Body), Rcpt: conv.Recipient(rcpt)})
-	})
+	return s.invoke(ctx, "on_route", &stagev1.CallRequest{Call: &stagev1.CallRequest_Route{
+		Route: &stagev1.RouteRequest{Message: conv.Message(msg, s.g.desc.Body), Rcpt: conv.Recipient(rcpt)}}})
 }
 
 // OnEvent implements pipeline.EventHook. A failure is returned (and
@@ -851,10 +852,7 @@ func (s *Stage) OnEvent(ctx context.Context, ev *pipeline.Event) error {
 		ctx, cancel = context.WithTimeout(ctx, s.opts.Timeout)
 		defer cancel()
 	}
-	_, err = s.do(ctx, "on_event", func(ctx context.Context, r stagev1.StageClient) (*stagev1.Verdict, error) {
-		_, err := r.OnEvent(ctx, req)
-		return nil, err
-	})
+	_, err = s.do(ctx, "on_event", &stagev1.CallRequest{Call: &stagev1.CallRequest_Event{Event: req}})
 	if err != nil {
 		return &CallError{Stage: s.opts.Name, Hook: "on_event", Err: err}
 	}

@@ -31,6 +31,12 @@
 // stage's max_in_flight; the stage must be safe for concurrent use. Each call
 // carries the stage's per-call deadline in ctx.
 //
+// Transport: the SDK advertises and serves the protocol's Calls stream
+// (protocol 1.1: Sluice multiplexes the hook calls over one long-lived
+// gRPC stream per process, cheaper per call than a unary RPC each) and the
+// unary hook RPCs, which Sluice uses for large messages and when the stream
+// is down. Serve(stage, WithoutStreaming()) serves the unary RPCs only.
+//
 // Failures: a hook that returns an error fails that call, and Sluice applies
 // the stage's on_error policy (tempfail, continue or reject); an error that
 // is a *pipeline.Error (pipeline.Errorf) is instead the reply the stage
@@ -69,7 +75,7 @@ import (
 // reported by Describe and logged.
 const (
 	ProtocolMajor = 1
-	ProtocolMinor = 0
+	ProtocolMinor = 1
 )
 
 // PluginName is the name of the one plugin a stage plugin process serves
@@ -137,12 +143,22 @@ func (p *GRPCPlugin) GRPCClient(_ context.Context, _ *plugin.GRPCBroker, c *grpc
 	return stagev1.NewStageClient(c), nil
 }
 
+// Option changes how Serve and NewServer serve a stage.
+type Option func(*server)
+
+// WithoutStreaming makes the plugin serve each hook call as its own unary
+// RPC only: Describe does not advertise the Calls stream (protocol 1.1),
+// and Sluice does not open it. Streaming, the default, costs less per
+// call (no new HTTP/2 stream and headers per call); this option exists for
+// comparisons and for plugins that must behave as protocol 1.0 ones.
+func WithoutStreaming() Option { return func(s *server) { s.noStream = true } }
+
 // Serve serves stage until Sluice stops the plugin, then returns. It exits
 // the process with status 1 when not started by Sluice.
-func Serve(stage pipeline.Stage) {
+func Serve(stage pipeline.Stage, opts ...Option) {
 	plugin.Serve(&plugin.ServeConfig{
 		HandshakeConfig: Handshake,
-		Plugins:         plugin.PluginSet{PluginName: &GRPCPlugin{Impl: NewServer(stage)}},
+		Plugins:         plugin.PluginSet{PluginName: &GRPCPlugin{Impl: NewServer(stage, opts...)}},
 		GRPCServer: func(opts []grpc.ServerOption) *grpc.Server {
 			// Stream workers reuse their goroutines (and their grown
 			// stacks) across calls instead of a new goroutine per call:
@@ -156,13 +172,18 @@ func Serve(stage pipeline.Stage) {
 
 // NewServer returns the gRPC service for stage, for tests and for hosting
 // the service in a server of one's own; most plugins call Serve instead.
-func NewServer(stage pipeline.Stage) stagev1.StageServer {
-	return &server{st: stage}
+func NewServer(stage pipeline.Stage, opts ...Option) stagev1.StageServer {
+	s := &server{st: stage}
+	for _, o := range opts {
+		o(s)
+	}
+	return s
 }
 
 type server struct {
 	stagev1.UnimplementedStageServer
-	st pipeline.Stage
+	st       pipeline.Stage
+	noStream bool
 }
 
 // body asks the stage for its body need (after Configure, so the
@@ -195,7 +216,7 @@ func (s *server) Configure(_ context.Context, r *stagev1.ConfigureRequest) (*sta
 }
 
 func (s *server) Describe(context.Context, *stagev1.DescribeRequest) (*stagev1.DescribeResponse, error) {
-	d := &stagev1.DescribeResponse{Name: s.st.Name(), Body: s.body(), ProtocolMinor: ProtocolMinor}
+	d := &stagev1.DescribeResponse{Name: s.st.Name(), Body: s.body(), ProtocolMinor: ProtocolMinor, Streaming: !s.noStream}
 	if v, ok := s.st.(Versioner); ok {
 		d.Version = v.Version()
 	}

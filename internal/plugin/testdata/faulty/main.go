@@ -9,6 +9,9 @@
 //	nohandshake  never prints the handshake
 //	garbage      prints a line to stdout before the handshake
 //
+// With FAULTY_UNARY set in its environment it serves unary calls only
+// (sdk.WithoutStreaming).
+//
 // In every mode, a message with the header X-Wait-File: PATH makes
 // on_message create PATH.started and wait until PATH exists.
 //
@@ -125,5 +128,9 @@ func main() {
 	case "garbage":
 		fmt.Println("hello, this is not a handshake")
 	}
-	sdk.Serve(&stage{mode: mode})
+	var opts []sdk.Option
+	if os.Getenv("FAULTY_UNARY") != "" { // serve unary calls only (protocol 1.0 behaviour)
+		opts = append(opts, sdk.WithoutStreaming())
+	}
+	sdk.Serve(&stage{mode: mode}, opts...)
 }

@@ -47,5 +47,9 @@ func main() {
 			time.AfterFunc(time.Duration(n)*time.Second, func() { pprof.StopCPUProfile(); f.Close() })
 		}
 	}
-	sdk.Serve(stage{})
+	var opts []sdk.Option
+	if os.Getenv("STAMP_UNARY") != "" { // serve unary calls only (protocol 1.0 behaviour)
+		opts = append(opts, sdk.WithoutStreaming())
+	}
+	sdk.Serve(stage{}, opts...)
 }

@@ -1,0 +1,239 @@
+package plugin
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	stagev1 "github.com/sluice-mta/sluice/plugins/proto/stage/v1"
+)
+
+// streamBodyMax is the largest message body sent over the Calls stream; a
+// larger one goes as a unary call, so that it does not hold the stream's
+// send lock and flow-control window while smaller calls wait behind it.
+const streamBodyMax = 256 << 10
+
+// errStreamDown: the instance's Calls stream is broken; the call goes as a
+// unary RPC instead.
+var errStreamDown = errors.New("plugin call stream is down")
+
+// errMuxClosed: the instance is being stopped.
+var errMuxClosed = errors.New("plugin call stream closed")
+
+// mux carries one instance's hook calls over its Calls stream (protocol
+// 1.1): any number of callers send a CallRequest each (under sendMu) and
+// wait for the CallResponse with their id, which the receiving goroutine
+// hands over. Once the stream breaks it stays broken; the instance's calls
+// then go as unary RPCs until the instance is restarted (a new instance
+// opens a new stream).
+type mux struct {
+	stream stagev1.Stage_CallsClient
+	cancel context.CancelFunc
+	log    *slog.Logger
+
+	sendMu sync.Mutex // stream.Send is not safe for concurrent use
+
+	mu      sync.Mutex
+	next    uint64
+	pending map[uint64]chan *stagev1.CallResponse
+	err     error // non-nil once broken
+}
+
+// openMux opens rpc's Calls stream and starts receiving on it.
+func openMux(rpc stagev1.StageClient, log *slog.Logger) (*mux, error) {
+	ctx, cancel := context.WithCancel(context.Background())
+	st, err := rpc.Calls(ctx)
+	if err != nil {
+		cancel()
+		return nil, err
+	}
+	m := &mux{stream: st, cancel: cancel, log: log, pending: map[uint64]chan *stagev1.CallResponse{}}
+	go m.recv()
+	return m, nil
+}
+
+// close ends the stream (and so the receiving goroutine).
+func (m *mux) close() {
+	m.cancel()
+	m.fail(errMuxClosed)
+}
+
+func (m *mux) recv() {
+	for {
+		r, err := m.stream.Recv()
+		if err != nil {
+			m.fail(err)
+			return
+		}
+		m.mu.Lock()
+		ch := m.pending[r.Id]
+		delete(m.pending, r.Id)
+		m.mu.Unlock()
+		if ch != nil { // nil: the call's deadline passed, the late answer is dropped
+			ch <- r
+		}
+	}
+}
+
+// fail marks the stream broken and fails the calls waiting on it.
+func (m *mux) fail(err error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.err != nil {
+		return
+	}
+	m.err = err
+	for id, ch := range m.pending {
+		close(ch)
+		delete(m.pending, id)
+	}
+	m.cancel()
+	if !errors.Is(err, errMuxClosed) && status.Code(err) != codes.Canceled {
+		m.log.Warn("plugin call stream ended; calls go as unary RPCs until the plugin restarts", "err", err)
+	}
+}
+
+// brokenErr is what a call in flight gets when the stream breaks: the
+// connection's own status when it is gone (Unavailable: the plugin exited
+// and is restarted), else Aborted (the call is lost, the plugin lives on).
+func (m *mux) brokenErr() error {
+	m.mu.Lock()
+	err := m.err
+	m.mu.Unlock()
+	if status.Code(err) == codes.Unavailable {
+		return err
+	}
+	return status.Errorf(codes.Aborted, "plugin call stream ended during the call: %v", err)
+}
+
+// call sends req and waits for its answer or ctx's end. errStreamDown
+// means the stream was broken before the call was sent.
+func (m *mux) call(ctx context.Context, req *stagev1.CallRequest) (*stagev1.CallResponse, error) {
+	ch := make(chan *stagev1.CallResponse, 1)
+	m.mu.Lock()
+	if m.err != nil {
+		m.mu.Unlock()
+		return nil, errStreamDown
+	}
+	m.next++
+	id := m.next
+	m.pending[id] = ch
+	m.mu.Unlock()
+	req.Id = id
+	if dl, ok := ctx.Deadline(); ok {
+		req.DeadlineUnixNano = dl.UnixNano()
+	}
+	m.sendMu.Lock()
+	err := m.stream.Send(req)
+	m.sendMu.Unlock()
+	if err != nil {
+		m.forget(id)
+		// Send reports io.EOF for a stream that ended; Recv has its cause.
+		m.fail(err)
+		return nil, m.brokenErr()
+	}
+	select {
+	case r, ok := <-ch:
+		if !ok {
+			return nil, m.brokenErr()
+		}
+		return r, nil
+	case <-ctx.Done():
+		if m.forget(id) {
+			m.sendMu.Lock()
+			_ = m.stream.Send(&stagev1.CallRequest{Id: id, Cancel: true})
+			m.sendMu.Unlock()
+		}
+		return nil, status.FromContextError(ctx.Err()).Err()
+	}
+}
+
+// forget drops a pending call; false when it was already answered or
+// failed.
+func (m *mux) forget(id uint64) bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	_, ok := m.pending[id]
+	delete(m.pending, id)
+	return ok
+}
+
+// callUnary makes req as the matching unary RPC.
+func callUnary(ctx context.Context, rpc stagev1.StageClient, req *stagev1.CallRequest) (*stagev1.CallResponse, error) {
+	var v *stagev1.Verdict
+	var err error
+	switch c := req.Call.(type) {
+	case *stagev1.CallRequest_Connect:
+		v, err = rpc.OnConnect(ctx, c.Connect)
+	case *stagev1.CallRequest_Helo:
+		v, err = rpc.OnHelo(ctx, c.Helo)
+	case *stagev1.CallRequest_Mail:
+		v, err = rpc.OnMail(ctx, c.Mail)
+	case *stagev1.CallRequest_Rcpt:
+		v, err = rpc.OnRcpt(ctx, c.Rcpt)
+	case *stagev1.CallRequest_Message:
+		v, err = rpc.OnMessage(ctx, c.Message)
+	case *stagev1.CallRequest_Route:
+		v, err = rpc.OnRoute(ctx, c.Route)
+	case *stagev1.CallRequest_Event:
+		var e *stagev1.EventResponse
+		if e, err = rpc.OnEvent(ctx, c.Event); err != nil {
+			return nil, err
+		}
+		return &stagev1.CallResponse{Result: &stagev1.CallResponse_Event{Event: e}}, nil
+	default:
+		return nil, fmt.Errorf("unknown call %T", req.Call)
+	}
+	if err != nil {
+		return nil, err
+	}
+	return &stagev1.CallResponse{Result: &stagev1.CallResponse_Verdict{Verdict: v}}, nil
+}
+
+// bigBody reports whether req carries a body too large for the stream.
+func bigBody(req *stagev1.CallRequest) bool {
+	var msg *stagev1.Message
+	switch c := req.Call.(type) {
+	case *stagev1.CallRequest_Message:
+		msg = c.Message.GetMessage()
+	case *stagev1.CallRequest_Route:
+		msg = c.Route.GetMessage()
+	}
+	return len(msg.GetBody()) > streamBodyMax
+}
+
+// call makes one hook call on the instance: over its Calls stream when it
+// has one that works and the message is not large, else as a unary RPC.
+// A failure is a gRPC status error, as from a unary call.
+func (inst *instance) call(ctx context.Context, req *stagev1.CallRequest) (*stagev1.CallResponse, error) {
+	if m := inst.mux; m != nil && !bigBody(req) {
+		r, err := m.call(ctx, req)
+		if err != errStreamDown {
+			if err != nil {
+				return nil, err
+			}
+			if e := r.GetError(); e != nil {
+				code := codes.Code(e.Code)
+				if code == codes.OK {
+					code = codes.Unknown
+				}
+				return nil, status.Error(code, e.Message)
+			}
+			return r, nil
+		}
+	}
+	return callUnary(ctx, inst.rpc, req)
+}
+
+// kill ends the instance's stream and process, waiting for it to exit.
+func (inst *instance) kill() {
+	if inst.mux != nil {
+		inst.mux.close()
+	}
+	inst.client.Kill()
+}

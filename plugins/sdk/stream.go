@@ -1,0 +1,128 @@
+package sdk
+
+import (
+	"context"
+	"runtime"
+	"sync"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	stagev1 "github.com/sluice-mta/sluice/plugins/proto/stage/v1"
+)
+
+// Calls serves hook calls over one bidirectional stream (protocol 1.1):
+// each CallRequest runs concurrently with the others (on one of a few
+// long-lived workers, whose grown stacks are reused, or on a goroutine of
+// its own when all are busy) with the request's deadline,
+// and its CallResponse is sent when it returns, in completion order. A
+// cancel request cancels the named call's context. Calls returns when
+// Sluice closes the stream; calls still running then are cancelled and
+// their answers dropped.
+func (s *server) Calls(stream stagev1.Stage_CallsServer) error {
+	if s.noStream {
+		return status.Error(codes.Unimplemented, "this plugin serves unary calls only (sdk.WithoutStreaming)")
+	}
+	base := stream.Context()
+	var (
+		sendMu  sync.Mutex // stream.Send is not safe for concurrent use
+		done    bool       // guarded by sendMu: Calls returned, Send no more
+		mu      sync.Mutex
+		cancels = map[uint64]context.CancelFunc{}
+	)
+	work := make(chan func())
+	defer close(work)
+	for range max(4, runtime.GOMAXPROCS(0)) {
+		go func() {
+			for f := range work {
+				f()
+			}
+		}()
+	}
+	defer func() {
+		sendMu.Lock()
+		done = true
+		sendMu.Unlock()
+		mu.Lock()
+		for _, c := range cancels {
+			c()
+		}
+		mu.Unlock()
+	}()
+	for {
+		req, err := stream.Recv()
+		if err != nil {
+			return nil // Sluice closed the stream (or the connection)
+		}
+		if req.Cancel {
+			mu.Lock()
+			if c := cancels[req.Id]; c != nil {
+				c()
+			}
+			mu.Unlock()
+			continue
+		}
+		var ctx context.Context
+		var cancel context.CancelFunc
+		if req.DeadlineUnixNano != 0 {
+			ctx, cancel = context.WithDeadline(base, time.Unix(0, req.DeadlineUnixNano))
+		} else {
+			ctx, cancel = context.WithCancel(base)
+		}
+		mu.Lock()
+		cancels[req.Id] = cancel
+		mu.Unlock()
+		run := func() {
+			resp := s.dispatch(ctx, req)
+			mu.Lock()
+			delete(cancels, req.Id)
+			mu.Unlock()
+			cancel()
+			sendMu.Lock()
+			defer sendMu.Unlock()
+			if !done {
+				_ = stream.Send(resp) // an error ends the stream: Recv fails next
+			}
+		}
+		select {
+		case work <- run:
+		default:
+			go run()
+		}
+	}
+}
+
+// dispatch runs one call of the stream through the unary methods, so both
+// paths behave the same.
+func (s *server) dispatch(ctx context.Context, req *stagev1.CallRequest) *stagev1.CallResponse {
+	var v *stagev1.Verdict
+	var err error
+	switch c := req.Call.(type) {
+	case *stagev1.CallRequest_Connect:
+		v, err = s.OnConnect(ctx, c.Connect)
+	case *stagev1.CallRequest_Helo:
+		v, err = s.OnHelo(ctx, c.Helo)
+	case *stagev1.CallRequest_Mail:
+		v, err = s.OnMail(ctx, c.Mail)
+	case *stagev1.CallRequest_Rcpt:
+		v, err = s.OnRcpt(ctx, c.Rcpt)
+	case *stagev1.CallRequest_Message:
+		v, err = s.OnMessage(ctx, c.Message)
+	case *stagev1.CallRequest_Route:
+		v, err = s.OnRoute(ctx, c.Route)
+	case *stagev1.CallRequest_Event:
+		var e *stagev1.EventResponse
+		if e, err = s.OnEvent(ctx, c.Event); err == nil {
+			return &stagev1.CallResponse{Id: req.Id, Result: &stagev1.CallResponse_Event{Event: e}}
+		}
+	default:
+		err = status.Errorf(codes.Unimplemented, "unknown call %T (built for an older protocol?)", req.Call)
+	}
+	if err != nil {
+		st := status.Convert(err)
+		return &stagev1.CallResponse{Id: req.Id, Result: &stagev1.CallResponse_Error{
+			Error: &stagev1.CallError{Code: int32(st.Code()), Message: st.Message()}}}
+	}
+	return &stagev1.CallResponse{Id: req.Id, Result: &stagev1.CallResponse_Verdict{Verdict: v}}
+}
