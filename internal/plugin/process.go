@@ -133,7 +133,7 @@ func startError(err error, cmd *exec.Cmd, stderr *tailBuffer, startTimeout time.
 	case strings.HasPrefix(msg, "Unrecognized remote plugin message: "):
 		line, _, _ := strings.Cut(strings.TrimPrefix(msg, "Unrecognized remote plugin message: "), "\n")
 		if line == "" {
-			err = fmt.Errorf("the plugin exited or closed its stdout%s before completing its handshake: is it a Sluice plugin (sdk.Serve)?", exited)
+			err = fmt.Errorf("the plugin exited or closed its stdout%s before completing its handshake", exited)
 		} else {
 			err = fmt.Errorf("the plugin printed %q on stdout instead of its handshake: a plugin must print nothing on stdout before it serves", line)
 		}
@@ -146,7 +146,7 @@ func startError(err error, cmd *exec.Cmd, stderr *tailBuffer, startTimeout time.
 		return fmt.Errorf("%w; its last stderr output:\n%s", err, tail)
 	}
 	if exited != "" {
-		return fmt.Errorf("%w; it wrote nothing on stderr", err)
+		return fmt.Errorf("%w; it wrote nothing on stderr: is it a Sluice plugin (built with plugins/sdk, or following docs/plugins.md)?", err)
 	}
 	return err
 }
