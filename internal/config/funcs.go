@@ -752,6 +752,18 @@ func (ld *loader) plugin(L *lua.LState) int {
 	if strings.ContainsRune(p.Cmd, '/') {
 		p.Cmd = ld.resolve(p.Cmd)
 	}
+	// A bare string would be one argument; a list is what is meant (and
+	// what docs/plugins.md shows), so say so rather than guess.
+	for _, key := range []string{"args", "hooks"} {
+		switch v := o.Get(key).(type) {
+		case lua.LString:
+			o.Fail(key, "want a list of strings, e.g. %s = { %q }, got a string", key, string(v))
+		case *lua.LTable:
+			if k, _ := v.Next(lua.LNil); key == "hooks" && k == lua.LNil {
+				o.Fail(key, "is empty: list the hooks the plugin must serve, or leave hooks out to use every hook it implements")
+			}
+		}
+	}
 	o.Strings("args", &p.Args)
 	ld.enum(o, "on_error", &p.OnError, OnErrorTempfail, OnErrorContinue, OnErrorReject)
 	ld.duration(o, "timeout", &p.Timeout)

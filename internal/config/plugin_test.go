@@ -39,6 +39,9 @@ sluice.stage("bare", sluice.plugin { cmd = "spamd", config = {} })
 		{`sluice.plugin { cmd = "x", env = "A=1" }`, `key "env": want a table of key = value`},
 		{`sluice.plugin { cmd = "x", config = { 1, 2 } }`, `key "config": want a table of key = value, got a list`},
 		{`sluice.plugin { cmd = "x", hooks = { "on_auth" } }`, `key "hooks": "on_auth" is not a plugin hook`},
+		{`sluice.plugin { cmd = "x", hooks = {} }`, `key "hooks": is empty: list the hooks`},
+		{`sluice.plugin { cmd = "x", hooks = "on_mail" }`, `key "hooks": want a list of strings, e.g. hooks = { "on_mail" }, got a string`},
+		{`sluice.plugin { cmd = "x", args = "-v" }`, `key "args": want a list of strings, e.g. args = { "-v" }, got a string`},
 	} {
 		dir := testutil.TempFiles(t, map[string]string{"pipeline.lua": "sluice.listen_smtp { addr = ':25' }\nsluice.stage('p', " + tt.src + ")\n"})
 		_, err := Load(filepath.Join(dir, "pipeline.lua"))

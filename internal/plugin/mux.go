@@ -229,11 +229,3 @@ func (inst *instance) call(ctx context.Context, req *stagev1.CallRequest) (*stag
 	}
 	return callUnary(ctx, inst.rpc, req)
 }
-
-// kill ends the instance's stream and process, waiting for it to exit.
-func (inst *instance) kill() {
-	if inst.mux != nil {
-		inst.mux.close()
-	}
-	inst.client.Kill()
-}

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"os/exec"
@@ -137,6 +138,7 @@ type slot struct {
 	g        *group
 	busy     atomic.Int32 // calls in flight
 	timeouts atomic.Int32 // consecutive call deadlines
+	probing  atomic.Bool  // a probe (see probe) is running
 
 	mu         sync.Mutex
 	cur        *instance // nil while down
@@ -250,7 +252,7 @@ func startGroup(opts Options) (*group, error) {
 		}
 		if g.desc == nil {
 			if _, ok := stagev1.BodyNeed_name[int32(desc.Body)]; !ok {
-				inst.kill()
+				g.stopInstance(inst, true)
 				g.close()
 				return nil, fmt.Errorf("plugin %s: describe: unknown body need %d", opts.Cmd, desc.Body)
 			}
@@ -295,7 +297,9 @@ func (s *Stage) setHooks(d *stagev1.DescribeResponse) error {
 func (g *group) launch() (*instance, *stagev1.DescribeResponse, error) {
 	cmd := exec.Command(g.opts.Cmd, g.opts.Args...)
 	cmd.Env = append(os.Environ(), g.opts.Env...)
-	setPdeathsig(cmd)
+	setProcAttrs(cmd)
+	stderr := &tailBuffer{}
+	lim := newOutputLimiter()
 	client := goplugin.NewClient(&goplugin.ClientConfig{
 		HandshakeConfig:  sdk.Handshake,
 		Plugins:          goplugin.PluginSet{sdk.PluginName: &sdk.GRPCPlugin{}},
@@ -304,21 +308,22 @@ func (g *group) launch() (*instance, *stagev1.DescribeResponse, error) {
 		AllowedProtocols: []goplugin.Protocol{goplugin.ProtocolGRPC},
 		StartTimeout:     g.opts.StartTimeout,
 		Logger:           hclog.NewNullLogger(),
-		Stderr:           &lineLogger{log: g.log, stream: "stderr"},
-		SyncStderr:       &lineLogger{log: g.log, stream: "stderr"},
-		SyncStdout:       &lineLogger{log: g.log, stream: "stdout"},
+		Stderr:           io.MultiWriter(&lineLogger{log: g.log, stream: "stderr", lim: lim}, stderr),
+		SyncStderr:       &lineLogger{log: g.log, stream: "stderr", lim: lim},
+		SyncStdout:       &lineLogger{log: g.log, stream: "stdout", lim: lim},
 		GRPCDialOptions: []grpc.DialOption{grpc.WithDefaultCallOptions(
 			grpc.MaxCallRecvMsgSize(sdk.MaxMessageSize), grpc.MaxCallSendMsgSize(sdk.MaxMessageSize))},
 	})
 	fail := func(what string, err error) (*instance, *stagev1.DescribeResponse, error) {
-		client.Kill()
-		return nil, nil, fmt.Errorf("plugin %s: %s: %w", g.opts.Cmd, what, err)
+		pid := 0
+		if cmd.Process != nil {
+			pid = cmd.Process.Pid
+		}
+		stopProcess(g.log, client, pid, false)
+		return nil, nil, fmt.Errorf("plugin %s: %s: %w", g.opts.Cmd, what, startError(err, cmd, stderr, g.opts.StartTimeout))
 	}
 	proto, err := client.Client()
 	if err != nil {
-		if client.Exited() {
-			return fail("start", fmt.Errorf("the plugin exited before completing its handshake (its stderr is in the log): %w", err))
-		}
 		return fail("start", err)
 	}
 	raw, err := proto.Dispense(sdk.PluginName)
@@ -487,7 +492,7 @@ func (g *group) close() {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			inst.kill()
+			g.stopInstance(inst, true)
 		}()
 	}
 	wg.Wait()
@@ -644,11 +649,16 @@ func (sl *slot) setLocked(inst *instance) {
 }
 
 // failed decides whether a failed call means the instance is gone or hung.
+// UNAVAILABLE is also what a live plugin returns for "my backend is down":
+// it is a call failure, and the instance is restarted only when it also
+// fails a health check (a broken connection); see probe.
 func (sl *slot) failed(inst *instance, err error) {
 	code := status.Code(err)
 	switch {
-	case inst.client.Exited() || code == codes.Unavailable:
-		sl.restart(inst, "plugin exited or closed its connection")
+	case inst.client.Exited():
+		sl.restart(inst, "plugin exited")
+	case code == codes.Unavailable:
+		sl.probe(inst)
 	case code == codes.DeadlineExceeded:
 		if sl.timeouts.Add(1) >= hangLimit {
 			sl.restart(inst, fmt.Sprintf("%d calls in a row ran past their deadline", hangLimit))
@@ -723,7 +733,7 @@ func (sl *slot) backoff(now time.Time) (time.Duration, int) {
 func (sl *slot) relaunch(old *instance) {
 	g := sl.g
 	defer g.wg.Done()
-	old.kill()
+	g.stopInstance(old, false)
 	for {
 		d, n := sl.backoff(time.Now())
 		if n >= crashLoop {
@@ -747,7 +757,7 @@ func (sl *slot) relaunch(old *instance) {
 				"hooks_now", desc.Hooks, "body_now", desc.Body.String())
 		}
 		if !sl.endRestart(inst) {
-			inst.kill()
+			g.stopInstance(inst, true)
 			return
 		}
 		g.log.Info("plugin restarted", "pid", inst.pid)

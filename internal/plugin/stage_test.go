@@ -218,7 +218,7 @@ func TestStartFailures(t *testing.T) {
 		opts Options
 		want string
 	}{
-		{"exit", Options{}, "Failed to read any lines"},
+		{"exit", Options{}, "exiting at start"},
 		{"garbage", Options{}, "this is not a handshake"},
 		{"nohandshake", Options{StartTimeout: 300 * time.Millisecond}, "timeout"},
 		{"ok", Options{Config: map[string]any{"fail": true}}, "config says fail"},

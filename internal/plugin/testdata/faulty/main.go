@@ -8,6 +8,13 @@
 //	exit         exits with status 3 before the handshake
 //	nohandshake  never prints the handshake
 //	garbage      prints a line to stdout before the handshake
+//	unavailable  every hook call returns gRPC status UNAVAILABLE "tenant
+//	             database unreachable" (a live plugin whose backend is down)
+//	children     like ok, but first starts "sleep 1000" and writes its pid
+//	             to the file named by $FAULTY_CHILD_FILE
+//	stderrexit   writes 300 numbered lines to stderr, then exits 4
+//	longline     writes one 100 KiB line and 1000 short lines to stderr, then
+//	             serves like ok
 //
 // With FAULTY_UNARY set in its environment it serves unary calls only
 // (sdk.WithoutStreaming).
@@ -25,10 +32,17 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
+	"path"
 	"strconv"
 	"strings"
 	"sync/atomic"
 	"time"
+
+	"github.com/hashicorp/go-plugin"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/sluice-mta/sluice/pipeline"
 	"github.com/sluice-mta/sluice/plugins/sdk"
@@ -127,10 +141,55 @@ func main() {
 		}
 	case "garbage":
 		fmt.Println("hello, this is not a handshake")
+	case "stderrexit":
+		for i := 1; i <= 300; i++ {
+			fmt.Fprintf(os.Stderr, "stderr line %d\n", i)
+		}
+		fmt.Fprintln(os.Stderr, "fatal: cannot open /etc/faulty.conf")
+		os.Exit(4)
+	case "longline":
+		os.Stderr.WriteString(strings.Repeat("L", 100<<10) + "\n")
+		for i := 1; i <= 1000; i++ {
+			fmt.Fprintf(os.Stderr, "short line %d\n", i)
+		}
+	case "children":
+		child := exec.Command("sleep", "1000")
+		if err := child.Start(); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		if err := os.WriteFile(os.Getenv("FAULTY_CHILD_FILE"), []byte(strconv.Itoa(child.Process.Pid)), 0o644); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+	case "unavailable":
+		serveUnavailable(&stage{mode: mode})
+		return
 	}
 	var opts []sdk.Option
 	if os.Getenv("FAULTY_UNARY") != "" { // serve unary calls only (protocol 1.0 behaviour)
 		opts = append(opts, sdk.WithoutStreaming())
 	}
 	sdk.Serve(&stage{mode: mode}, opts...)
+}
+
+// serveUnavailable serves like sdk.Serve, but every hook call (any unary
+// call but Configure, Describe and Health) fails with UNAVAILABLE, as a
+// plugin in another language does when its database is down. (The Go
+// SDK turns a hook's error into UNKNOWN, so this takes an interceptor.)
+func serveUnavailable(st *stage) {
+	plugin.Serve(&plugin.ServeConfig{
+		HandshakeConfig: sdk.Handshake,
+		Plugins:         plugin.PluginSet{sdk.PluginName: &sdk.GRPCPlugin{Impl: sdk.NewServer(st)}},
+		GRPCServer: func(opts []grpc.ServerOption) *grpc.Server {
+			return grpc.NewServer(append(opts, grpc.UnaryInterceptor(
+				func(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+					switch path.Base(info.FullMethod) {
+					case "Configure", "Describe", "Health":
+						return h(ctx, req)
+					}
+					return nil, status.Error(codes.Unavailable, "tenant database unreachable")
+				}))...)
+		},
+	})
 }
