@@ -180,7 +180,9 @@ func main() {
 func serveUnavailable(st *stage) {
 	plugin.Serve(&plugin.ServeConfig{
 		HandshakeConfig: sdk.Handshake,
-		Plugins:         plugin.PluginSet{sdk.PluginName: &sdk.GRPCPlugin{Impl: sdk.NewServer(st)}},
+		// Unary calls only, as a plugin in another language without the
+		// Calls stream (the interceptor sees unary calls only).
+		Plugins: plugin.PluginSet{sdk.PluginName: &sdk.GRPCPlugin{Impl: sdk.NewServer(st, sdk.WithoutStreaming())}},
 		GRPCServer: func(opts []grpc.ServerOption) *grpc.Server {
 			return grpc.NewServer(append(opts, grpc.UnaryInterceptor(
 				func(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
