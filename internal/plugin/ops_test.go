@@ -53,15 +53,19 @@ func TestInstances(t *testing.T) {
 	for range 20 {
 		v, err := s.OnMessage(context.Background(), message(t, "x"))
 		if err != nil {
-			failed++ // the one call that meets the dead process, if the health check did not first
+			// A call that meets the dead process before the host noticed:
+			// one on the broken Calls stream, and at most one more that
+			// falls back to a unary RPC in the moment before the instance
+			// is marked failed.
+			failed++
 			continue
 		}
 		if p, _ := header(v, "X-Plugin-Pid"); p == strconv.Itoa(victim) {
 			t.Fatalf("a call answered by the killed process %d", victim)
 		}
 	}
-	if failed > 1 {
-		t.Fatalf("%d of 20 calls failed with one of three instances killed, want at most 1\n%s", failed, lb)
+	if failed > 2 {
+		t.Fatalf("%d of 20 calls failed with one of three instances killed, want at most 2\n%s", failed, lb)
 	}
 	waitFor(t, "the killed instance restarted", func() bool {
 		now := s.PIDs()
