@@ -56,6 +56,7 @@ func (ld *loader) install() {
 	set("bounces", ld.bounces)
 	set("suppression", ld.suppression)
 	set("auth", ld.auth)
+	set("tokens", ld.tokens)
 	set("lua_options", ld.luaOptions)
 	set("stage_timeout", ld.stageTimeout)
 	set("stage", ld.stage)

@@ -44,6 +44,7 @@ import (
 	"github.com/sluice-mta/sluice/internal/relay"
 	"github.com/sluice-mta/sluice/internal/smtpsrc"
 	"github.com/sluice-mta/sluice/internal/spool"
+	"github.com/sluice-mta/sluice/internal/token"
 	"github.com/sluice-mta/sluice/pipeline"
 )
 
@@ -62,6 +63,8 @@ type Server struct {
 	sinks   []events.Sink
 	file    *events.FileSink
 	keys    *apikey.Store
+	tokIss  *token.Issuer   // nil: no signing key (sluice.tokens)
+	tokVer  *token.Verifier // nil: tokens disabled
 	control *controlServer
 	metrics *prometheus.Registry // one per node; served by the admin listener
 	// deadLetters is sluice_event_dead_letters_total, shared by the sinks.
@@ -517,6 +520,11 @@ func (s *Server) components() []component {
 			start: func() error {
 				var err error
 				s.keys, err = apikey.Open(cfg.APIKeysFile())
+				if err != nil || !cfg.Tokens.Enabled() {
+					return err
+				}
+				t := cfg.Tokens
+				s.tokIss, s.tokVer, err = token.Load(t.SigningKey, t.PublicKeys, t.MaxLifetime, nil)
 				return err
 			},
 			stop: func(context.Context) error { return nil },
@@ -531,6 +539,7 @@ func (s *Server) components() []component {
 				if err != nil {
 					return fmt.Errorf("http listener %s: %w", l.Addr, err)
 				}
+				srv.UseTokens(s.tokIss, s.tokVer)
 				ln, err := net.Listen("tcp", l.Addr)
 				if err != nil {
 					return fmt.Errorf("http listener %s: %w", l.Addr, err)

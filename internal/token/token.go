@@ -426,3 +426,43 @@ func (v *Verifier) Verify(tok string) (*Claims, error) {
 	}
 	return &c, nil
 }
+
+// Load reads the key files of a node's configuration (sluice.tokens):
+// signingPath ("" for a verify-only node, whose Issuer is then nil) and
+// publicPaths. The signing key's public key is always accepted. The
+// Verifier consults revoker (may be nil).
+func Load(signingPath string, publicPaths []string, maxLifetime time.Duration, revoker Revoker) (*Issuer, *Verifier, error) {
+	var iss *Issuer
+	var pubs []*PublicKey
+	seen := map[string]bool{}
+	if signingPath != "" {
+		sk, err := LoadSigningKey(signingPath)
+		if err != nil {
+			return nil, nil, err
+		}
+		iss = NewIssuer(sk, maxLifetime)
+		pubs = append(pubs, sk.Public())
+		seen[sk.ID()] = true
+	}
+	for _, p := range publicPaths {
+		pk, err := LoadPublicKey(p)
+		if err != nil {
+			return nil, nil, err
+		}
+		if !seen[pk.ID()] {
+			seen[pk.ID()] = true
+			pubs = append(pubs, pk)
+		}
+	}
+	if len(pubs) == 0 {
+		return nil, nil, errors.New("token: no keys: give sluice.tokens a signing_key or public_keys")
+	}
+	v, err := NewVerifier(pubs, maxLifetime, revoker)
+	if err != nil {
+		return nil, nil, err
+	}
+	return iss, v, nil
+}
+
+// MaxLifetime returns the longest lifetime (exp − nbf) Verify accepts.
+func (v *Verifier) MaxLifetime() time.Duration { return v.max }
