@@ -466,3 +466,11 @@ func Load(signingPath string, publicPaths []string, maxLifetime time.Duration, r
 
 // MaxLifetime returns the longest lifetime (exp − nbf) Verify accepts.
 func (v *Verifier) MaxLifetime() time.Duration { return v.max }
+
+// WithClock returns a copy of the issuer that reads the time from now
+// (tests, and tools that mint tokens valid from a later time).
+func (i *Issuer) WithClock(now func() time.Time) *Issuer {
+	c := *i
+	c.now = now
+	return &c
+}
