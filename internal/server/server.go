@@ -153,6 +153,11 @@ func checkNode(cfg *config.Config) error {
 			return err
 		}
 	}
+	if t := cfg.Tokens; t.Enabled() {
+		if _, _, err := token.Load(t.SigningKey, t.PublicKeys, t.MaxLifetime, nil); err != nil {
+			return fmt.Errorf("sluice.tokens: %w", err)
+		}
+	}
 	if _, err := loadBounces(cfg); err != nil {
 		return err
 	}
