@@ -872,6 +872,7 @@ func RestartNeeded(old, new *config.Config) []string {
 		{"sluice.events", old.Events, new.Events},
 		{"sluice.bounces", old.Bounces, new.Bounces},
 		{"sluice.auth", old.Auth, new.Auth},
+		{"sluice.tokens", old.Tokens, new.Tokens},
 		{"sluice.node", [2]string{old.Node, old.Hostname}, [2]string{new.Node, new.Hostname}},
 	} {
 		if !reflect.DeepEqual(c.old, c.new) {
