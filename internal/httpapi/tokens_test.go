@@ -2,6 +2,7 @@ package httpapi
 
 import (
 	"encoding/base64"
+	"encoding/json"
 	"strings"
 	"testing"
 	"time"
@@ -188,6 +189,18 @@ func TestMintToken(t *testing.T) {
 	r.json(t, &ks)
 	if r.Status != 200 || len(ks.Keys) != 2 || ks.Keys[k.cur.ID()] != k.cur.Public().PASERK() || ks.Keys[k.old.ID()] == "" || ks.MaxLifetimeSeconds != 900 {
 		t.Fatalf("keys: %d %s", r.Status, r.Body)
+	}
+}
+
+func TestTokensOpenAPI(t *testing.T) {
+	var doc struct {
+		Paths map[string]map[string]any `json:"paths"`
+	}
+	if err := json.Unmarshal(openAPI, &doc); err != nil {
+		t.Fatal(err)
+	}
+	if doc.Paths[tokensPath]["post"] == nil || doc.Paths[KeysPath]["get"] == nil {
+		t.Fatal("openapi.json lacks the token endpoints")
 	}
 }
 
