@@ -161,3 +161,33 @@ func BenchmarkVerify(b *testing.B) {
 		}
 	}
 }
+
+// The PASERK k4 test vector for the all-zero key (paseto-standard/paserk,
+// test-vectors/k4.pid.json): key ids interoperate with other PASERK
+// implementations (an edge proxy in another language).
+func TestPASERKVector(t *testing.T) {
+	const (
+		pub    = "k4.public.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"
+		secret = "k4.secret.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA7aie8zrakLWKjqNAqbw1zZTIVdx3iQ6Y6wEihi1naKQ"
+		pid    = "k4.pid.S_XQmeEwHbbvRmiyfXfHYpLGjXGzjTRSDoT1YtTakWFE"
+	)
+	pk, err := ParsePublicKey(pub)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if pk.ID() != pid || pk.PASERK() != pub {
+		t.Fatalf("pid %s, paserk %s", pk.ID(), pk.PASERK())
+	}
+	sk, err := ParseSigningKey(secret)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The vector's secret key is the zero seed with its own public key
+	// (not the zero public key above).
+	if sk.PASERK() != secret || sk.Public().ID() != sk.ID() {
+		t.Fatalf("secret key round trip: %s", sk.PASERK())
+	}
+	if p, _ := ParsePublicKey(sk.Public().PASERK()); p == nil || p.ID() != sk.ID() {
+		t.Fatal("public key of the secret key")
+	}
+}
