@@ -495,6 +495,16 @@ func (s *Server) components() []component {
 			return nil
 		},
 	})
+	if t := cfg.Tokens; t.Enabled() {
+		cs = append(cs, component{name: "tokens",
+			start: func() error {
+				var err error
+				s.tokIss, s.tokVer, err = token.Load(t.SigningKey, t.PublicKeys, t.MaxLifetime, nil)
+				return err
+			},
+			stop: func(context.Context) error { return nil },
+		})
+	}
 	for _, l := range cfg.SMTP {
 		var srv *smtpsrc.Server // set by start, used by stop
 		cs = append(cs, component{name: "smtp " + l.Addr,
@@ -504,6 +514,7 @@ func (s *Server) components() []component {
 				if err != nil {
 					return fmt.Errorf("smtp listener %s: %w", l.Addr, err)
 				}
+				srv.UseTokens(s.tokVer)
 				ln, err := net.Listen("tcp", l.Addr)
 				if err != nil {
 					return fmt.Errorf("smtp listener %s: %w", l.Addr, err)
@@ -525,11 +536,6 @@ func (s *Server) components() []component {
 			start: func() error {
 				var err error
 				s.keys, err = apikey.Open(cfg.APIKeysFile())
-				if err != nil || !cfg.Tokens.Enabled() {
-					return err
-				}
-				t := cfg.Tokens
-				s.tokIss, s.tokVer, err = token.Load(t.SigningKey, t.PublicKeys, t.MaxLifetime, nil)
 				return err
 			},
 			stop: func(context.Context) error { return nil },
