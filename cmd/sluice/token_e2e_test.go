@@ -9,6 +9,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"net/smtp"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -31,7 +32,9 @@ func TestTokenEndToEnd(t *testing.T) {
 	}
 
 	h := newHTTPEnv(t)
-	cfg := mustRead(t, h.relay.cfg) + fmt.Sprintf("\nsluice.tokens { signing_key = %q, max_lifetime = \"10m\" }\n", filepath.Join(dir, "keys", "k1.secret"))
+	subAddr := freePort(t)
+	cfg := mustRead(t, h.relay.cfg) + fmt.Sprintf("\nsluice.tokens { signing_key = %q, max_lifetime = \"10m\" }\n", filepath.Join(dir, "keys", "k1.secret")) +
+		fmt.Sprintf("sluice.listen_smtp { name = \"submission\", addr = %q, auth = \"required\" }\n", subAddr)
 	if err := os.WriteFile(h.relay.cfg, []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -74,6 +77,18 @@ func TestTokenEndToEnd(t *testing.T) {
 		t.Fatalf("send with a CLI token: %s", r)
 	}
 	waitFor(t, "the smarthost got the CLI token's message", func() bool { return h.smart.count() == 2 })
+	// The same token over SMTP: AUTH OAUTHBEARER and XOAUTH2 on a
+	// submission listener (loopback, so AUTH is offered without TLS).
+	for _, mech := range []string{"OAUTHBEARER", "XOAUTH2"} {
+		if err := sendWithToken(subAddr, mech, minted.Token, "app@sender.test", "fn2@smart.test"); err != nil {
+			t.Fatalf("%s: %v", mech, err)
+		}
+	}
+	waitFor(t, "the smarthost got the SMTP token messages", func() bool { return h.smart.count() == 4 })
+	if err := sendWithToken(subAddr, "XOAUTH2", minted.Token[:len(minted.Token)-70]+strings.Repeat("A", 70), "app@sender.test", "x@smart.test"); err == nil ||
+		!strings.Contains(err.Error(), "535") {
+		t.Fatalf("bad token over XOAUTH2: %v", err)
+	}
 	// A tampered token is refused with its code.
 	bad := strings.TrimSpace(iout.String())
 	bad = bad[:20] + string(rune('A'+(bad[20]-'A'+1)%26)) + bad[21:]
@@ -89,4 +104,55 @@ func mustRead(t *testing.T, path string) string {
 		t.Fatal(err)
 	}
 	return string(b)
+}
+
+// sendWithToken submits one message after AUTH mech (OAUTHBEARER or
+// XOAUTH2) with tok, speaking SMTP line by line.
+func sendWithToken(addr, mech, tok, from, to string) error {
+	c, err := smtp.Dial(addr)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	if err := c.Hello("fn.test"); err != nil {
+		return err
+	}
+	var ir string
+	if mech == "OAUTHBEARER" {
+		ir = "n,a=fn,\x01auth=Bearer " + tok + "\x01\x01"
+	} else {
+		ir = "user=fn\x01auth=Bearer " + tok + "\x01\x01"
+	}
+	if err := c.Auth(rawAuth{mech, ir}); err != nil {
+		return err
+	}
+	if err := c.Mail(from); err != nil {
+		return err
+	}
+	if err := c.Rcpt(to); err != nil {
+		return err
+	}
+	w, err := c.Data()
+	if err != nil {
+		return err
+	}
+	if _, err := fmt.Fprintf(w, "From: %s\r\nTo: %s\r\nSubject: via %s\r\n\r\nhi\r\n", from, to, mech); err != nil {
+		return err
+	}
+	if err := w.Close(); err != nil {
+		return err
+	}
+	return c.Quit()
+}
+
+// rawAuth is a net/smtp Auth sending one initial response; a challenge
+// (an OAUTHBEARER error) is answered with ^A, as RFC 7628 section 3.2.3 says.
+type rawAuth struct{ mech, ir string }
+
+func (a rawAuth) Start(*smtp.ServerInfo) (string, []byte, error) { return a.mech, []byte(a.ir), nil }
+func (a rawAuth) Next(_ []byte, more bool) ([]byte, error) {
+	if more {
+		return []byte{1}, nil
+	}
+	return nil, nil
 }
