@@ -49,10 +49,10 @@ func (c *caller) Identity() *pipeline.Identity {
 }
 
 // credentials are what on_auth stages see: APIKEY with the key id, or
-// BEARER with the token id and the token.
+// BEARER with the token (and no user name).
 func (c *caller) credentials() *pipeline.Credentials {
 	if c.claims != nil {
-		return &pipeline.Credentials{Mechanism: "BEARER", Username: c.Key.ID, Token: c.raw}
+		return &pipeline.Credentials{Mechanism: "BEARER", Token: c.raw}
 	}
 	return &pipeline.Credentials{Mechanism: "APIKEY", Username: c.Key.ID}
 }
