@@ -33,9 +33,9 @@ func TestTokenEndToEnd(t *testing.T) {
 
 	h := newHTTPEnv(t)
 	subAddr := freePort(t)
-	cfg := mustRead(t, h.relay.cfg) + fmt.Sprintf("\nsluice.tokens { signing_key = %q, max_lifetime = \"10m\" }\n", filepath.Join(dir, "keys", "k1.secret")) +
-		fmt.Sprintf("sluice.listen_smtp { name = \"submission\", addr = %q, auth = \"required\" }\n", subAddr)
-	if err := os.WriteFile(h.relay.cfg, []byte(cfg), 0o644); err != nil {
+	cfg := mustRead(t, h.relay.cfg) + fmt.Sprintf("sluice.listen_smtp { name = \"submission\", addr = %q, auth = \"required\" }\n", subAddr)
+	first := cfg + fmt.Sprintf("sluice.tokens { signing_key = %q, max_lifetime = \"10m\" }\n", filepath.Join(dir, "keys", "k1.secret"))
+	if err := os.WriteFile(h.relay.cfg, []byte(first), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	h.start()
@@ -89,8 +89,44 @@ func TestTokenEndToEnd(t *testing.T) {
 		!strings.Contains(err.Error(), "535") {
 		t.Fatalf("bad token over XOAUTH2: %v", err)
 	}
+	// Rotation by `sluice reload`: k2 signs, k1 is still accepted; then
+	// k1 is retired and its tokens are refused.
+	if out, code := runBin(t, "token", "keygen", "--out", filepath.Join(dir, "keys", "k2")); code != 0 {
+		t.Fatalf("keygen k2: %s", out)
+	}
+	kid2 := ""
+	setTokens := func(line string) {
+		t.Helper()
+		body := cfg + line + "\n"
+		if err := os.WriteFile(h.relay.cfg, []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if out, code := runBin(t, "reload", "-c", h.relay.cfg); code != 0 || strings.Contains(out, "not applied") {
+			t.Fatalf("reload: exit %d\n%s", code, out)
+		}
+	}
+	setTokens(fmt.Sprintf("sluice.tokens { signing_key = %q, public_keys = { %q } }", filepath.Join(dir, "keys", "k2.secret"), filepath.Join(dir, "keys", "k1.public")))
+	oldTok := minted.Token
+	if r := h.do("POST", "/v1/messages", oldTok, msg, nil); r.status != 202 {
+		t.Fatalf("k1 token after the rotation: %s", r)
+	}
+	r = h.do("POST", "/v1/tokens", minter, []byte(`{}`), nil)
+	if err := json.Unmarshal(r.body, &minted); err != nil || r.status != 201 || minted.KeyID == kid {
+		t.Fatalf("mint after the rotation: %s", r)
+	}
+	kid2 = minted.KeyID
+	setTokens(fmt.Sprintf("sluice.tokens { signing_key = %q }", filepath.Join(dir, "keys", "k2.secret")))
+	if r := h.do("POST", "/v1/messages", oldTok, msg, nil); r.status != 401 || r.apiError().Error.Code != "token_unknown_key" {
+		t.Fatalf("k1 token after k1 was retired: %s", r)
+	}
+	if r := h.do("POST", "/v1/messages", minted.Token, msg, nil); r.status != 202 {
+		t.Fatalf("k2 token: %s", r)
+	}
+	if r := h.do("GET", "/.well-known/sluice-keys.json", "", nil, nil); !strings.Contains(string(r.body), kid2) || strings.Contains(string(r.body), kid) {
+		t.Fatalf("keys after the rotation: %s", r)
+	}
 	// A tampered token is refused with its code.
-	bad := strings.TrimSpace(iout.String())
+	bad := minted.Token // signed by k2, still listed
 	bad = bad[:20] + string(rune('A'+(bad[20]-'A'+1)%26)) + bad[21:]
 	if r := h.do("POST", "/v1/messages", bad, msg, nil); r.status != 401 || r.apiError().Error.Code != "token_invalid" {
 		t.Fatalf("tampered token: %s", r)

@@ -47,6 +47,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/sluice-mta/sluice/internal/apikey"
@@ -55,7 +56,6 @@ import (
 	"github.com/sluice-mta/sluice/internal/mailtext"
 	"github.com/sluice-mta/sluice/internal/relay"
 	"github.com/sluice-mta/sluice/internal/spool"
-	"github.com/sluice-mta/sluice/internal/token"
 	"github.com/sluice-mta/sluice/pipeline"
 	"golang.org/x/sync/semaphore"
 )
@@ -74,16 +74,15 @@ type Server struct {
 	relay *relay.Relay
 	sp    *spool.Spool
 	keys  *apikey.Store
-	// tokIss and tokVer are set by UseTokens (tokens.go); nil: no tokens.
-	tokIss *token.Issuer
-	tokVer *token.Verifier
-	host   string
-	log    *slog.Logger
-	max    int64
-	now    func() time.Time
-	hs     *http.Server
-	tls    *tls.Config
-	locks  keyedMutex
+	// toks is set by UseTokens (tokens.go); nil: no tokens.
+	toks  atomic.Pointer[tokenSet]
+	host  string
+	log   *slog.Logger
+	max   int64
+	now   func() time.Time
+	hs    *http.Server
+	tls   *tls.Config
+	locks keyedMutex
 	// inflight bounds the request bodies in memory at once
 	// (MaxInflightBytes): see readBody.
 	inflight *semaphore.Weighted

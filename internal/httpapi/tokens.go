@@ -79,20 +79,36 @@ func isToken(cred string) bool {
 	return len(cred) > 3 && cred[0] == 'v' && cred[1] >= '1' && cred[1] <= '9' && cred[2] == '.'
 }
 
+// tokenSet is what UseTokens installed.
+type tokenSet struct {
+	iss *token.Issuer
+	ver *token.Verifier
+}
+
 // UseTokens enables bearer tokens: v verifies them (nil: tokens are
 // refused, 401 token_invalid), iss mints them at POST /v1/tokens (nil:
-// 404). Call before Serve.
+// 404). It may be called at any time (a reload swaps the keys); requests
+// already past authentication keep the keys they started with.
 func (s *Server) UseTokens(iss *token.Issuer, v *token.Verifier) {
-	s.tokIss, s.tokVer = iss, v
+	s.toks.Store(&tokenSet{iss, v})
+}
+
+// tokens returns the installed issuer and verifier (either may be nil).
+func (s *Server) tokens() (*token.Issuer, *token.Verifier) {
+	if t := s.toks.Load(); t != nil {
+		return t.iss, t.ver
+	}
+	return nil, nil
 }
 
 // verifyToken checks a token and makes its caller.
 func (s *Server) verifyToken(r *http.Request, tok string) (*caller, *apiError) {
-	if s.tokVer == nil {
+	_, ver := s.tokens()
+	if ver == nil {
 		s.authFailed(r, "BEARER", "tokens are not enabled")
 		return nil, errf(http.StatusUnauthorized, codeTokenInvalid, "", "this server does not accept tokens (no sluice.tokens); use an API key")
 	}
-	c, err := s.tokVer.Verify(tok)
+	c, err := ver.Verify(tok)
 	if err != nil {
 		s.authFailed(r, "BEARER", err.Error())
 		code, msg := codeTokenInvalid, "the token is malformed, tampered with, or not a v4.public PASETO: mint a new one"
@@ -138,7 +154,8 @@ type tokenAnswer struct {
 // the key has: scopes a subset of the key's (send, admin), senders a
 // subset of the key's (when the key is restricted).
 func (s *Server) postToken(w http.ResponseWriter, r *http.Request) {
-	if s.tokIss == nil {
+	iss, _ := s.tokens()
+	if iss == nil {
 		s.fail(w, errf(http.StatusNotFound, codeNotFound, "", "this server issues no tokens: configure sluice.tokens with a signing_key"))
 		return
 	}
@@ -169,8 +186,8 @@ func (s *Server) postToken(w http.ResponseWriter, r *http.Request) {
 			s.fail(w, badField("lifetime", "want a positive duration like \"10m\" or \"90s\""))
 			return
 		}
-		if d > s.tokIss.MaxLifetime() {
-			s.fail(w, badField("lifetime", "at most %s (sluice.tokens max_lifetime)", s.tokIss.MaxLifetime()))
+		if d > iss.MaxLifetime() {
+			s.fail(w, badField("lifetime", "at most %s (sluice.tokens max_lifetime)", iss.MaxLifetime()))
 			return
 		}
 		o.TTL = d
@@ -209,7 +226,7 @@ func (s *Server) postToken(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	o.Senders = senders
-	tok, c, err := s.tokIss.Issue(o)
+	tok, c, err := iss.Issue(o)
 	if err != nil {
 		s.fail(w, badField("", "%s", strings.TrimPrefix(err.Error(), "token: ")))
 		return
@@ -233,13 +250,14 @@ type keySet struct {
 // publicKeys serves the verification keys; no authentication (they are
 // public). 404 without sluice.tokens.
 func (s *Server) publicKeys(w http.ResponseWriter, r *http.Request) {
-	if s.tokVer == nil {
+	_, ver := s.tokens()
+	if ver == nil {
 		s.fail(w, errNotFound)
 		return
 	}
 	ks := keySet{Version: "v4", Purpose: "public", Keys: map[string]string{},
-		MaxLifetimeSeconds: int64(s.tokVer.MaxLifetime() / time.Second)}
-	for _, k := range s.tokVer.Keys() {
+		MaxLifetimeSeconds: int64(ver.MaxLifetime() / time.Second)}
+	for _, k := range ver.Keys() {
 		ks.Keys[k.ID()] = k.PASERK()
 	}
 	b, _ := json.Marshal(ks)
