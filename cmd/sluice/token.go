@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/sluice-mta/sluice/internal/apikey"
 	"github.com/sluice-mta/sluice/internal/config"
 	"github.com/sluice-mta/sluice/internal/token"
 )
@@ -86,6 +87,10 @@ func runToken(args []string, stdout, stderr io.Writer) int {
 				code = 2
 			}
 			return code
+		}
+		if !apikey.ValidTenant(*tenant) {
+			fmt.Fprintf(stderr, "sluice token issue: tenant %q: use 1 to 64 letters, digits, '.', '_' or '-'\n", *tenant)
+			return 2
 		}
 		cfg, err := config.Load(*cfgPath)
 		if err != nil {

@@ -38,6 +38,9 @@ func TestTokenCommands(t *testing.T) {
 	if out, code := runBin(t, "token", "issue", "-c", cfg, "--tenant", "acme", "--ttl", "6m"); code != 2 || !strings.Contains(out, "max_lifetime") {
 		t.Fatalf("issue over max_lifetime: exit %d\n%s", code, out)
 	}
+	if out, code := runBin(t, "token", "issue", "-c", cfg, "--tenant", "a b"); code != 2 || !strings.Contains(out, "tenant") {
+		t.Fatalf("issue with a bad tenant: exit %d\n%s", code, out)
+	}
 	if out, code := runBin(t, "token", "issue", "-c", cfg); code != 2 {
 		t.Fatalf("issue without --tenant: exit %d\n%s", code, out)
 	}
