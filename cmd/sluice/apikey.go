@@ -16,7 +16,7 @@ import (
 )
 
 const apikeyUsage = `Usage:
-  sluice apikey create --tenant NAME [--scope send|admin]... [--name TEXT] [--sender DOMAIN]... [--json]
+  sluice apikey create --tenant NAME [--scope send|admin|tokens]... [--name TEXT] [--sender DOMAIN]... [--json]
   sluice apikey list [--tenant NAME] [--json]
   sluice apikey revoke ID
 
@@ -65,7 +65,7 @@ func runAPIKey(args []string, stdout, stderr io.Writer) int {
 	case "create":
 		tenant = fs.String("tenant", "", "tenant of the key (required)")
 		name = fs.String("name", "", "label")
-		fs.Var(&scopes, "scope", "scope: send (default) or admin; repeat or comma-separate for both")
+		fs.Var(&scopes, "scope", "scope: send (default), admin or tokens (mint tokens: POST /v1/tokens); repeat or comma-separate")
 		fs.Var(&senders, "sender", "allowed sender domain; repeatable (default: any)")
 	case "list":
 		tenant = fs.String("tenant", "", "only this tenant's keys")

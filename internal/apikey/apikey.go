@@ -49,6 +49,9 @@ import (
 const (
 	ScopeSend  = "send"  // submit messages, read their status
 	ScopeAdmin = "admin" // admin endpoints (GET /v1/admin/keys)
+	// ScopeTokens mints short-lived tokens (POST /v1/tokens), never with
+	// more scopes or senders than the key has.
+	ScopeTokens = "tokens"
 )
 
 // Prefix starts every token.
@@ -281,8 +284,8 @@ func (s *Store) Create(o CreateOptions) (token string, k Key, err error) {
 	}
 	var scopes []string
 	for _, sc := range o.Scopes {
-		if sc != ScopeSend && sc != ScopeAdmin {
-			return "", Key{}, fmt.Errorf("apikey: unknown scope %q (want %s or %s)", sc, ScopeSend, ScopeAdmin)
+		if sc != ScopeSend && sc != ScopeAdmin && sc != ScopeTokens {
+			return "", Key{}, fmt.Errorf("apikey: unknown scope %q (want %s, %s or %s)", sc, ScopeSend, ScopeAdmin, ScopeTokens)
 		}
 		if !slices.Contains(scopes, sc) {
 			scopes = append(scopes, sc)

@@ -36,6 +36,7 @@ type Config struct {
 	Bounces      Bounces
 	Suppression  Suppression // sluice.suppression (suppression.go)
 	Auth         Auth        // sluice.auth (auth.go)
+	Tokens       Tokens      // sluice.tokens (tokens.go)
 	Lua          Lua
 	Stages       []StageSpec
 	StageTimeout time.Duration // bound on each stage call; default 30s
@@ -311,6 +312,7 @@ func Defaults() *Config {
 		Bounces:      Bounces{DefaultRules: true},
 		Suppression:  DefaultSuppression(),
 		Auth:         DefaultAuth(),
+		Tokens:       DefaultTokens(),
 		Lua:          Lua{Timeout: 100 * time.Millisecond, MaxString: 1 << 20, MaxHeader: 64 << 10},
 		StageTimeout: 30 * time.Second,
 		Delivery: Delivery{

@@ -26,7 +26,7 @@ import (
 var FuncNames = []string{
 	"node", "local_domains", "spool", "listen_smtp", "listen_http", "listen_admin", "delivery",
 	"events", "lua_options", "stage_timeout", "stage", "lua", "builtin", "plugin",
-	"env", "read_file", "bounces", "suppression", "auth",
+	"env", "read_file", "bounces", "suppression", "auth", "tokens",
 }
 
 // loader records the configuration functions' calls into a Config.
@@ -56,6 +56,7 @@ func (ld *loader) install() {
 	set("bounces", ld.bounces)
 	set("suppression", ld.suppression)
 	set("auth", ld.auth)
+	set("tokens", ld.tokens)
 	set("lua_options", ld.luaOptions)
 	set("stage_timeout", ld.stageTimeout)
 	set("stage", ld.stage)

@@ -186,12 +186,15 @@ func (it *item) submitFailed(rc *relay.Receipt, err error) {
 }
 
 // sendOne runs one item through the pipeline and the relay.
-func (s *Server) sendOne(ctx context.Context, r *http.Request, k *apikey.Key, it *item, id *idem) answer {
+func (s *Server) sendOne(ctx context.Context, r *http.Request, k *caller, it *item, id *idem) answer {
 	sess, e := s.openConn(ctx, r, k)
 	if e != nil {
 		return errorAnswer(e, "", nil)
 	}
 	if e := it.checkSenders(sess.Conn.Identity, "from"); e != nil {
+		return errorAnswer(e, "", nil)
+	}
+	if e := k.checkRcpts(it, "to"); e != nil {
 		return errorAnswer(e, "", nil)
 	}
 	s.stage(ctx, sess, it)
@@ -242,7 +245,7 @@ func (s *Server) storeAnswer(id *idem, ans []byte, sync bool) {
 // sendRequest authenticates a send-scope request and decodes its JSON body
 // into v. When it fails it has answered the client and returns ok false;
 // otherwise the caller owns body and returns it with putBuf.
-func (s *Server) sendRequest(w http.ResponseWriter, r *http.Request, v any) (k *apikey.Key, body *bytes.Buffer, ok bool) {
+func (s *Server) sendRequest(w http.ResponseWriter, r *http.Request, v any) (k *caller, body *bytes.Buffer, ok bool) {
 	k, e := s.authenticate(r, apikey.ScopeSend)
 	if e == nil {
 		body, e = s.readBody(w, r)
@@ -499,7 +502,7 @@ func (s *Server) postBatch(w http.ResponseWriter, r *http.Request) {
 // record right after, without a sync of its own; if a crash loses it,
 // a replay completes the partial answer from the messages' event history,
 // which was committed in the same batch as the messages.
-func (s *Server) sendBatch(ctx context.Context, r *http.Request, k *apikey.Key, items []*item, id *idem) answer {
+func (s *Server) sendBatch(ctx context.Context, r *http.Request, k *caller, items []*item, id *idem) answer {
 	sess, e := s.openConn(ctx, r, k)
 	if e != nil {
 		return errorAnswer(e, "", nil)
@@ -520,6 +523,10 @@ func (s *Server) sendBatch(ctx context.Context, r *http.Request, k *apikey.Key, 
 			continue
 		}
 		if e := it.checkSenders(sess.Conn.Identity, idx("messages", i)+".from"); e != nil {
+			it.err = e
+			continue
+		}
+		if e := k.checkRcpts(it, idx("messages", i)+".to"); e != nil {
 			it.err = e
 			continue
 		}

@@ -22,6 +22,7 @@ import (
 	"github.com/sluice-mta/sluice/internal/relay"
 	"github.com/sluice-mta/sluice/internal/spool"
 	"github.com/sluice-mta/sluice/internal/testutil"
+	"github.com/sluice-mta/sluice/internal/token"
 	"github.com/sluice-mta/sluice/pipeline"
 )
 
@@ -165,6 +166,8 @@ type envOptions struct {
 	noDelivery  bool // stop the queue: measure acceptance only
 	quiet       bool
 	stageConfig func(*testStage)
+	tokIss      *token.Issuer // UseTokens (tokens_test.go)
+	tokVer      *token.Verifier
 }
 
 func testLogger(t testing.TB, quiet bool) *slog.Logger {
@@ -230,6 +233,7 @@ func newEnv(t testing.TB, o envOptions) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
+	e.srv.UseTokens(o.tokIss, o.tokVer)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)

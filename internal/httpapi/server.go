@@ -12,6 +12,8 @@
 //	POST /v1/messages/batch    up to 500 messages, one durable sync
 //	GET  /v1/messages/{id}     per-recipient state and event timeline
 //	GET  /v1/admin/keys        the tenant's API keys (admin scope)
+//	POST /v1/tokens            mint a short-lived token (tokens scope; tokens.go)
+//	GET  /.well-known/sluice-keys.json  the token verification keys
 //	GET  /v1/admin/messages    messages still queued, filtered and paged (admin scope)
 //	GET/POST /v1/suppressions, GET/DELETE /v1/suppressions/{address}
 //	                           the tenant's suppression list (suppressions.go)
@@ -45,6 +47,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/sluice-mta/sluice/internal/apikey"
@@ -71,6 +74,8 @@ type Server struct {
 	relay *relay.Relay
 	sp    *spool.Spool
 	keys  *apikey.Store
+	// toks is set by UseTokens (tokens.go); nil: no tokens.
+	toks  atomic.Pointer[tokenSet]
 	host  string
 	log   *slog.Logger
 	max   int64
@@ -258,6 +263,14 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		if s.method(w, r, http.MethodGet) {
 			s.getMessage(w, r, p[len("/v1/messages/"):])
 		}
+	case p == tokensPath:
+		if s.method(w, r, http.MethodPost) {
+			s.postToken(w, r)
+		}
+	case p == KeysPath:
+		if s.method(w, r, http.MethodGet) {
+			s.publicKeys(w, r)
+		}
 	case p == "/v1/admin/keys":
 		if s.method(w, r, http.MethodGet) {
 			s.adminKeys(w, r)
@@ -373,36 +386,48 @@ func putBuf(b *bytes.Buffer) {
 	}
 }
 
-// authenticate checks the bearer key and its scope. Any of scopes will do.
-// A missing or unknown key (401) is logged by the relay like a failed SMTP
-// AUTH: with the client address, at most one line per address per 10 s.
-func (s *Server) authenticate(r *http.Request, scopes ...string) (*apikey.Key, *apiError) {
+// authenticate checks the bearer credential (an API key, or a token when
+// sluice.tokens is configured: tokens.go) and its scope. Any of scopes
+// will do. A missing or unknown credential (401) is logged by the relay
+// like a failed SMTP AUTH: with the client address, at most one line per
+// address per 10 s.
+func (s *Server) authenticate(r *http.Request, scopes ...string) (*caller, *apiError) {
 	h := r.Header.Get("Authorization")
 	if len(h) < 7 || !strings.EqualFold(h[:7], "Bearer ") {
-		s.authFailed(r, "missing bearer key")
+		s.authFailed(r, "APIKEY", "missing bearer key")
 		return nil, errUnauthorized
 	}
-	k, err := s.keys.Authenticate(strings.TrimSpace(h[7:]))
-	if err != nil {
-		s.authFailed(r, err.Error())
-		return nil, errUnauthorized
+	cred := strings.TrimSpace(h[7:])
+	var c *caller
+	if isToken(cred) {
+		var e *apiError
+		if c, e = s.verifyToken(r, cred); e != nil {
+			return nil, e
+		}
+	} else {
+		k, err := s.keys.Authenticate(cred)
+		if err != nil {
+			s.authFailed(r, "APIKEY", err.Error())
+			return nil, errUnauthorized
+		}
+		c = &caller{Key: k}
 	}
 	for _, sc := range scopes {
-		if k.HasScope(sc) {
-			return k, nil
+		if c.HasScope(sc) {
+			return c, nil
 		}
 	}
-	return nil, errf(http.StatusForbidden, codeForbidden, "", "this API key lacks the %q scope", scopes[0])
+	return nil, errf(http.StatusForbidden, codeForbidden, "", "this %s lacks the %q scope", c.kind(), scopes[0])
 }
 
 // authFailed logs a 401 through the relay's rate-limited failure log.
-func (s *Server) authFailed(r *http.Request, reason string) {
+func (s *Server) authFailed(r *http.Request, mech, reason string) {
 	conn := &pipeline.Conn{Source: pipeline.SourceHTTP, Listener: s.l.Addr}
 	if ap, err := netip.ParseAddrPort(r.RemoteAddr); err == nil {
 		conn.RemoteIP, conn.RemotePort = ap.Addr().Unmap(), ap.Port()
 	}
 	if s.relay != nil {
-		s.relay.AuthFailed(conn, "APIKEY", "", reason)
+		s.relay.AuthFailed(conn, mech, "", reason)
 	}
 }
 
@@ -480,7 +505,7 @@ func (s *Server) reserveBody(r *http.Request) *apiError {
 // openConn starts the request's relay session: on_connect, then on_auth
 // with the key's identity (Session.Verified), then checks that the
 // resulting identity may send. The relay logs refusals.
-func (s *Server) openConn(ctx context.Context, r *http.Request, k *apikey.Key) (*relay.Session, *apiError) {
+func (s *Server) openConn(ctx context.Context, r *http.Request, k *caller) (*relay.Session, *apiError) {
 	conn := &pipeline.Conn{Source: pipeline.SourceHTTP, Listener: s.l.Addr, ServerName: s.host}
 	if ap, err := netip.ParseAddrPort(r.RemoteAddr); err == nil {
 		conn.RemoteIP, conn.RemotePort = ap.Addr().Unmap(), ap.Port()
@@ -492,8 +517,7 @@ func (s *Server) openConn(ctx context.Context, r *http.Request, k *apikey.Key) (
 	if err := sess.Connect(ctx); err != nil {
 		return nil, fromAccess(err)
 	}
-	cr := &pipeline.Credentials{Mechanism: "APIKEY", Username: k.ID}
-	id, err := sess.Verified(ctx, cr, k.Identity())
+	id, err := sess.Verified(ctx, k.credentials(), k.Identity())
 	if err != nil {
 		return nil, fromAccess(err)
 	}
@@ -541,7 +565,7 @@ func (id *idem) value(status int, ans []byte, pending []int) []byte {
 // it again (nothing is queued); the same key with another body is 422.
 // Only accepted (202) answers are stored, by run itself, in the spool
 // batch that commits the message.
-func (s *Server) idempotent(w http.ResponseWriter, r *http.Request, k *apikey.Key, body []byte, run func(*idem) answer) {
+func (s *Server) idempotent(w http.ResponseWriter, r *http.Request, k *caller, body []byte, run func(*idem) answer) {
 	ik := r.Header.Get("Idempotency-Key")
 	if ik == "" {
 		s.writeAnswer(w, run(nil))

@@ -122,7 +122,7 @@ func (s *Server) suppTenant(ctx context.Context, r *http.Request, allowed ...str
 	if err := sess.Connect(ctx); err != nil {
 		return "", fromAccess(err)
 	}
-	if _, err := sess.Verified(ctx, &pipeline.Credentials{Mechanism: "APIKEY", Username: k.ID}, k.Identity()); err != nil {
+	if _, err := sess.Verified(ctx, k.credentials(), k.Identity()); err != nil {
 		return "", fromAccess(err)
 	}
 	return conn.Tenant(), nil

@@ -44,6 +44,7 @@ import (
 	"github.com/sluice-mta/sluice/internal/relay"
 	"github.com/sluice-mta/sluice/internal/smtpsrc"
 	"github.com/sluice-mta/sluice/internal/spool"
+	"github.com/sluice-mta/sluice/internal/token"
 	"github.com/sluice-mta/sluice/pipeline"
 )
 
@@ -55,15 +56,20 @@ type Server struct {
 	pipe *relay.Pipeline // built by New, handed to the relay at Start
 	res  *dnsx.Client
 
-	sp      *spool.Spool
-	q       *queue.Queue
-	relay   *relay.Relay
-	ex      *events.Exporter
-	sinks   []events.Sink
-	file    *events.FileSink
-	keys    *apikey.Store
-	control *controlServer
-	metrics *prometheus.Registry // one per node; served by the admin listener
+	sp     *spool.Spool
+	q      *queue.Queue
+	relay  *relay.Relay
+	ex     *events.Exporter
+	sinks  []events.Sink
+	file   *events.FileSink
+	keys   *apikey.Store
+	tokIss *token.Issuer   // nil: no signing key (sluice.tokens)
+	tokVer *token.Verifier // nil: tokens disabled
+	// useTokens installs new token keys in each listener (Reload).
+	// Appended by the listeners' start, under reloadMu.
+	useTokens []func(*token.Issuer, *token.Verifier)
+	control   *controlServer
+	metrics   *prometheus.Registry // one per node; served by the admin listener
 	// deadLetters is sluice_event_dead_letters_total, shared by the sinks.
 	deadLetters *prometheus.CounterVec
 	wg          sync.WaitGroup
@@ -148,6 +154,11 @@ func checkNode(cfg *config.Config) error {
 	if cfg.Events.Kafka != nil {
 		if _, err := kafkaOptions(cfg, nil, nil); err != nil {
 			return err
+		}
+	}
+	if t := cfg.Tokens; t.Enabled() {
+		if _, _, err := token.Load(t.SigningKey, t.PublicKeys, t.MaxLifetime, nil); err != nil {
+			return fmt.Errorf("sluice.tokens: %w", err)
 		}
 	}
 	if _, err := loadBounces(cfg); err != nil {
@@ -487,6 +498,16 @@ func (s *Server) components() []component {
 			return nil
 		},
 	})
+	if t := cfg.Tokens; t.Enabled() {
+		cs = append(cs, component{name: "tokens",
+			start: func() error {
+				var err error
+				s.tokIss, s.tokVer, err = token.Load(t.SigningKey, t.PublicKeys, t.MaxLifetime, nil)
+				return err
+			},
+			stop: func(context.Context) error { return nil },
+		})
+	}
 	for _, l := range cfg.SMTP {
 		var srv *smtpsrc.Server // set by start, used by stop
 		cs = append(cs, component{name: "smtp " + l.Addr,
@@ -496,6 +517,8 @@ func (s *Server) components() []component {
 				if err != nil {
 					return fmt.Errorf("smtp listener %s: %w", l.Addr, err)
 				}
+				srv.UseTokens(s.tokVer)
+				s.onTokens(func(_ *token.Issuer, v *token.Verifier) { srv.UseTokens(v) })
 				ln, err := net.Listen("tcp", l.Addr)
 				if err != nil {
 					return fmt.Errorf("smtp listener %s: %w", l.Addr, err)
@@ -531,6 +554,8 @@ func (s *Server) components() []component {
 				if err != nil {
 					return fmt.Errorf("http listener %s: %w", l.Addr, err)
 				}
+				srv.UseTokens(s.tokIss, s.tokVer)
+				s.onTokens(srv.UseTokens)
 				ln, err := net.Listen("tcp", l.Addr)
 				if err != nil {
 					return fmt.Errorf("http listener %s: %w", l.Addr, err)
@@ -791,12 +816,29 @@ func (s *Server) Reload() (summary string, err error) {
 		s.log.Error("reload failed; the running pipeline keeps serving", "err", err)
 		return "", err
 	}
+	// sluice.tokens and its key files are read again: a rotated key
+	// takes effect without a restart.
+	var (
+		tokIss *token.Issuer
+		tokVer *token.Verifier
+	)
+	if t := cfg.Tokens; t.Enabled() {
+		if tokIss, tokVer, err = token.Load(t.SigningKey, t.PublicKeys, t.MaxLifetime, nil); err != nil {
+			err = fmt.Errorf("sluice.tokens: %w", err)
+			s.log.Error("reload failed; the running pipeline keeps serving", "err", err)
+			return "", err
+		}
+	}
 	p, err := buildPipeline(cfg, s.log, s.res, s.plugins)
 	if err != nil {
 		s.log.Error("reload failed; the running pipeline keeps serving", "err", err)
 		return "", err
 	}
 	s.relay.Swap(p)
+	s.tokIss, s.tokVer = tokIss, tokVer
+	for _, use := range s.useTokens {
+		use(tokIss, tokVer)
+	}
 	s.sp.SetSuppressionPolicy(suppressionPolicy(cfg))
 	restart := RestartNeeded(s.cfg, cfg)
 	summary = fmt.Sprintf("reloaded %s: %d stage(s)", cfg.File, len(cfg.Stages))
@@ -809,6 +851,13 @@ func (s *Server) Reload() (summary string, err error) {
 	}
 	s.log.Info("configuration reloaded", "config", cfg.File, "stages", len(cfg.Stages))
 	return summary, nil
+}
+
+// onTokens registers a listener's UseTokens for Reload.
+func (s *Server) onTokens(use func(*token.Issuer, *token.Verifier)) {
+	s.reloadMu.Lock()
+	s.useTokens = append(s.useTokens, use)
+	s.reloadMu.Unlock()
 }
 
 // startWebhooks adds a sink per configured webhook to s.sinks, with the

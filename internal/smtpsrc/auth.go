@@ -3,16 +3,20 @@ package smtpsrc
 import (
 	"errors"
 	"net/netip"
+	"strings"
 
 	"github.com/emersion/go-sasl"
 	"github.com/emersion/go-smtp"
 
 	"github.com/sluice-mta/sluice/internal/relay"
+	"github.com/sluice-mta/sluice/internal/token"
 	"github.com/sluice-mta/sluice/pipeline"
 )
 
 // SMTP AUTH (RFC 4954) with PLAIN (RFC 4616) and LOGIN
-// (draft-murchison-sasl-login), on listeners with auth = "optional" or
+// (draft-murchison-sasl-login), plus OAUTHBEARER (RFC 7628) and XOAUTH2
+// carrying Sluice's short-lived tokens when sluice.tokens is configured
+// (UseTokens), on listeners with auth = "optional" or
 // "required". The relay verifies the credentials (Session.Login: the
 // users file, then on_auth) and keeps the identity on the connection.
 //
@@ -60,6 +64,9 @@ func (ss *session) AuthMechanisms() []string {
 	if !ss.s.authEnabled() || !ss.authOffered() {
 		return nil
 	}
+	if ss.s.tokens.Load() != nil {
+		return []string{sasl.Plain, sasl.Login, sasl.OAuthBearer, mechXOAuth2}
+	}
 	return []string{sasl.Plain, sasl.Login}
 }
 
@@ -84,6 +91,21 @@ func (ss *session) Auth(mech string) (sasl.Server, error) {
 		}), nil
 	case sasl.Login:
 		return &loginServer{check: func(user, pass string) error { return ss.login(mech, user, pass) }}, nil
+	case sasl.OAuthBearer, mechXOAuth2:
+		if ss.s.tokens.Load() == nil {
+			break
+		}
+		if mech == mechXOAuth2 {
+			return &xoauth2Server{check: func(user, tok string) error { return ss.tokenLogin(mech, user, tok) }}, nil
+		}
+		ob := &oauthBearer{}
+		ob.Server = sasl.NewOAuthBearerServer(func(o sasl.OAuthBearerOptions) *sasl.OAuthBearerError {
+			if ob.err = ss.tokenLogin(mech, o.Username, o.Token); ob.err != nil {
+				return &sasl.OAuthBearerError{Status: "invalid_token", Schemes: "bearer"}
+			}
+			return nil
+		})
+		return ob, nil
 	}
 	return nil, smtp.ErrAuthUnknownMechanism
 }
@@ -151,4 +173,113 @@ func (a *loginServer) Next(resp []byte) (challenge []byte, done bool, err error)
 		return nil, true, a.check(a.user, string(resp))
 	}
 	return nil, true, errLoginSyntax
+}
+
+// ---- tokens: OAUTHBEARER (RFC 7628) and XOAUTH2 ----
+
+// mechXOAuth2 is Google's XOAUTH2 mechanism
+// (https://developers.google.com/gmail/imap/xoauth2-protocol).
+const mechXOAuth2 = "XOAUTH2"
+
+var (
+	errTokenRefused = &pipeline.Error{Code: 535, Enhanced: pipeline.EnhancedCode{5, 7, 8},
+		Message: "Authentication credentials invalid: the token is expired, not yet valid, signed by an unknown key or malformed; mint a new one"}
+	errTokenScope = &pipeline.Error{Code: 535, Enhanced: pipeline.EnhancedCode{5, 7, 8},
+		Message: "Authentication credentials invalid: the token lacks the send scope"}
+	// errTokenRcptCap: RFC 5321 section 4.5.3.1.10 (too many recipients).
+	errTokenRcptCap = &pipeline.Error{Code: 452, Enhanced: pipeline.EnhancedCode{4, 5, 3},
+		Message: "Too many recipients for this token (max_rcpts)"}
+)
+
+// UseTokens offers AUTH OAUTHBEARER and XOAUTH2 (with PLAIN and LOGIN,
+// under the same rules) and accepts Sluice's short-lived tokens through
+// them; v nil offers neither. Safe to call at any time.
+func (s *Server) UseTokens(v *token.Verifier) { s.tokens.Store(v) }
+
+// tokenLogin verifies a token presented by OAUTHBEARER or XOAUTH2: the
+// token's identity (method "token") goes through on_auth (a stage may
+// refuse or replace it) and stays on the connection; its max_rcpts caps
+// the recipients of each transaction (452 4.5.3). The user name the
+// client sends is only logged. A refused token counts as a failed attempt
+// and is logged with the reason.
+func (ss *session) tokenLogin(mech, user, tok string) error {
+	v := ss.s.tokens.Load()
+	if v == nil {
+		return ss.authFailed(errTokenRefused)
+	}
+	c, err := v.Verify(tok)
+	if err != nil {
+		ss.s.relay.AuthFailed(ss.conn, mech, user, err.Error())
+		return ss.authFailed(errTokenRefused)
+	}
+	if !c.HasScope(token.ScopeSend) {
+		ss.s.relay.AuthFailed(ss.conn, mech, user, "token lacks the send scope")
+		return ss.authFailed(errTokenScope)
+	}
+	id := &pipeline.Identity{Name: "tok_" + c.ID, Tenant: c.Tenant, Method: "token",
+		Scopes: c.Scopes, Senders: c.Senders}
+	cr := &pipeline.Credentials{Mechanism: mech, Username: user, Token: tok}
+	nid, err := ss.tc.rs.Verified(ss.ctx, cr, id)
+	if err != nil {
+		if relay.IsAuthFailure(err) {
+			return ss.authFailed(err)
+		}
+		return smtpError(err)
+	}
+	ss.conn.Identity = nid
+	ss.rcptCap = c.MaxRcpts
+	ss.s.log.Info("authenticated", "source", ss.conn.Source, "conn", ss.conn.ID, "remote_ip", ss.conn.RemoteIP.String(),
+		"user", user, "mechanism", mech, "identity", nid.Name, "tenant", nid.Tenant, "method", nid.Method, "kid", c.KeyID)
+	return nil
+}
+
+// oauthBearer is go-sasl's OAUTHBEARER server, whose failure (after the
+// RFC 7628 error challenge and the client's dummy response) is replaced
+// by the SMTP reply tokenLogin chose (535 5.7.8, or 421 on the last
+// attempt).
+type oauthBearer struct {
+	sasl.Server
+	err error
+}
+
+func (o *oauthBearer) Next(resp []byte) ([]byte, bool, error) {
+	ch, done, err := o.Server.Next(resp)
+	if err != nil && o.err != nil {
+		err = o.err
+	}
+	return ch, done, err
+}
+
+// xoauth2Server is the server side of XOAUTH2: one client response,
+// "user=" USER ^A "auth=Bearer " TOKEN ^A ^A. A refusal is answered
+// directly (535), without Google's JSON challenge round trip.
+type xoauth2Server struct {
+	check func(user, tok string) error
+	done  bool
+}
+
+var errXOAuth2Syntax = &pipeline.Error{Code: 501, Enhanced: pipeline.EnhancedCode{5, 5, 2},
+	Message: "Malformed XOAUTH2 response: want user=USER^Aauth=Bearer TOKEN^A^A"}
+
+func (a *xoauth2Server) Next(resp []byte) ([]byte, bool, error) {
+	if a.done {
+		return nil, true, smtpError(errXOAuth2Syntax)
+	}
+	if resp == nil {
+		return []byte{}, false, nil // no initial response: ask for it
+	}
+	a.done = true
+	var user, tok string
+	for _, f := range strings.Split(string(resp), "\x01") {
+		switch {
+		case strings.HasPrefix(f, "user="):
+			user = f[len("user="):]
+		case len(f) > len("auth=Bearer ") && strings.EqualFold(f[:len("auth=Bearer ")], "auth=Bearer "):
+			tok = f[len("auth=Bearer "):]
+		}
+	}
+	if tok == "" {
+		return nil, true, smtpError(errXOAuth2Syntax)
+	}
+	return nil, true, a.check(user, tok)
 }

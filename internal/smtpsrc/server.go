@@ -19,6 +19,7 @@ import (
 
 	"github.com/sluice-mta/sluice/internal/config"
 	"github.com/sluice-mta/sluice/internal/relay"
+	"github.com/sluice-mta/sluice/internal/token"
 	"github.com/sluice-mta/sluice/pipeline"
 )
 
@@ -55,6 +56,10 @@ type Server struct {
 	refusals *refusalLog // connection refusals, logged without a flood
 	inflight budget      // message bytes in memory (MaxInflightBytes)
 	closing  atomic.Bool // Shutdown or Close called
+
+	// tokens verifies AUTH OAUTHBEARER and XOAUTH2 (auth.go); nil: they
+	// are not offered.
+	tokens atomic.Pointer[token.Verifier]
 
 	// recoverPanics turns a panic while admitting a connection into a
 	// closed connection; tests switch it off to see the panic.

@@ -71,6 +71,7 @@ type session struct {
 	txn *relay.Txn // nil outside a transaction
 
 	declaredSize int64 // MAIL SIZE= of the current transaction (0: none)
+	rcptCap      int   // recipients per transaction of a token's max_rcpts (0: none; auth.go)
 
 	// poisoned is set when a message hid a bare CR from go-smtp: bytes
 	// read ahead of it may already sit in go-smtp's buffer, so no further
@@ -160,6 +161,9 @@ func (ss *session) Rcpt(to string, opts *smtp.RcptOptions) error {
 	}
 	if !txn.T.Params.SMTPUTF8 && !mailtext.IsASCII(to) {
 		return smtpError(errNeedSMTPUTF8)
+	}
+	if ss.rcptCap > 0 && len(txn.T.Recipients) >= ss.rcptCap {
+		return smtpError(errTokenRcptCap)
 	}
 	if _, err := txn.RcptWith(ss.ctx, to, rcptParams(opts)); err != nil {
 		return smtpError(err)
