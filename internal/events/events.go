@@ -223,6 +223,9 @@ type Exporter struct {
 // consumer is one sink or the on_event hooks, with its cursor.
 type consumer struct {
 	name string
+	// exported and failures are this consumer's series of
+	// sluice_events_exported_total and sluice_event_export_errors_total.
+	exported, failures prometheus.Counter
 	// write hands over a batch and returns how many of its events are
 	// done: a sink all or none, the on_event hooks those it ran before
 	// ctx ended.
@@ -308,8 +311,9 @@ func (e *Exporter) register(reg prometheus.Registerer) error {
 	lag := prometheus.NewDesc("sluice_event_consumer_lag_events",
 		"Events in the outbox that a consumer has not taken yet.", []string{"consumer"}, nil)
 	for _, c := range e.cons {
-		e.exported.WithLabelValues(c.name)
-		e.failures.WithLabelValues(c.name)
+		// Resolved once: a batch then costs an atomic add, not a label lookup.
+		c.exported = e.exported.WithLabelValues(c.name)
+		c.failures = e.failures.WithLabelValues(c.name)
 	}
 	if reg == nil {
 		return nil
@@ -469,7 +473,7 @@ func (e *Exporter) runConsumer(ctx context.Context, c *consumer) {
 			if ctx.Err() != nil {
 				return
 			}
-			e.failures.WithLabelValues(c.name).Inc()
+			c.failures.Inc()
 			if failingSince.IsZero() {
 				failingSince = time.Now()
 			}
@@ -533,7 +537,7 @@ func (e *Exporter) exportOnce(ctx context.Context, c *consumer) (int, error) {
 	n, err := c.write(ctx, evs)
 	if n > 0 {
 		c.next.Store(evs[n-1].Seq + 1)
-		e.exported.WithLabelValues(c.name).Add(float64(n))
+		c.exported.Add(float64(n))
 	}
 	if err != nil {
 		_ = e.saveCursor(c) // the events it did take (on_event at shutdown)
