@@ -21,10 +21,20 @@ run: build
 	mkdir -p var
 	./$(BIN) serve -c $(CONFIG)
 
-# Installs test prerequisites (none beyond Go today), then runs every test
-# with the race detector.
+# Installs test prerequisites (Debian's redis-server for the cluster tests,
+# Debian's python3 gRPC for the Python plugin example), then runs every
+# test with the race detector.
 deps:
 	$(GO) mod download
+	@# Cluster tests (token revocation, rate limits) start a real redis-server.
+	@command -v redis-server >/dev/null 2>&1 || \
+	  if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	    echo "deps: installing redis-server (cluster tests)"; \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null) || \
+	      echo "deps: WARNING: apt-get install redis-server failed: the cluster tests will be SKIPPED"; \
+	  else \
+	    echo "deps: WARNING: redis-server is missing and we cannot apt-get install it (not root, or no apt): the cluster tests will be SKIPPED"; \
+	  fi
 	@# The Python example plugin's tests need Debian's gRPC for /usr/bin/python3:
 	@# installed here when we are root with apt-get, else its tests skip.
 	@/usr/bin/python3 -c 'import grpc, grpc_tools, google.protobuf' 2>/dev/null || \

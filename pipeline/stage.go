@@ -5,6 +5,8 @@ import (
 	"errors"
 	"log/slog"
 	"time"
+
+	"github.com/redis/go-redis/v9"
 )
 
 // Stage is a named pipeline stage. It implements any subset of the hook
@@ -87,14 +89,30 @@ type Closer interface {
 
 // Env is what the host hands a stage at provision time: the shared parts
 // of the node a stage may use instead of building its own. Fields are
-// never nil when Provision is called. More shared clients (a Redis
-// connection declared once in the configuration, the metrics registry)
-// join here as they are introduced.
+// never nil when Provision is called, except Redis. More shared clients
+// (the metrics registry) join here as they are introduced.
 type Env struct {
 	Logger   *slog.Logger // already carries the stage's name
 	Resolver Resolver     // the node's DNS resolver (caching, TTL-aware)
 	Hostname string       // this node's host name (EHLO, Received, authserv-id)
 	Node     string       // this node's name in events
+	// Redis is the node's shared Redis (sluice.redis); nil when the
+	// configuration declares none, and a stage then keeps its state on
+	// this node (or refuses to validate if it cannot).
+	Redis *Redis
+}
+
+// Redis is the node's one Redis connection pool (sluice.redis). Client
+// is safe for concurrent use; stages must not Close it (the node does, on
+// shutdown, after the last transaction). Every key a stage writes starts
+// with Prefix (default "sluice:") followed by the stage's own namespace,
+// e.g. Prefix+"rl:"+key.
+type Redis struct {
+	Client redis.UniversalClient
+	Prefix string
+	// Timeout is sluice.redis's per-command timeout: a command that takes
+	// longer counts as Redis being unreachable.
+	Timeout time.Duration
 }
 
 // Resolver is the DNS a stage may use: TXT (SPF, DKIM, DMARC), MX and

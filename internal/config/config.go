@@ -37,6 +37,7 @@ type Config struct {
 	Suppression  Suppression // sluice.suppression (suppression.go)
 	Auth         Auth        // sluice.auth (auth.go)
 	Tokens       Tokens      // sluice.tokens (tokens.go)
+	Redis        *Redis      // sluice.redis (redis.go); nil: not configured
 	Lua          Lua
 	Stages       []StageSpec
 	StageTimeout time.Duration // bound on each stage call; default 30s
@@ -215,7 +216,7 @@ type Kafka struct {
 	// Types, when not empty, limits the event types published.
 	Types []string
 	Acks  string // "all" (default) or "leader"
-	TLS   *KafkaTLS
+	TLS   *ClientTLS
 	SASL  *KafkaSASL
 	// DeadLetter is the JSONL file of events that can never be published;
 	// default "kafka-dead-letter.jsonl" beside Events.File.
@@ -236,8 +237,10 @@ type Kafka struct {
 	OnBacklogFull string
 }
 
-// KafkaTLS: kafka = { tls = { ca = ..., cert = ..., key = ..., server_name = ..., insecure_skip_verify = false } }.
-type KafkaTLS struct {
+// ClientTLS is the TLS of a connection Sluice opens to a service (Kafka,
+// Redis): tls = { ca = ..., cert = ..., key = ..., server_name = ...,
+// insecure_skip_verify = false }. Paths are relative to the config file.
+type ClientTLS struct {
 	CA, Cert, Key, ServerName string
 	InsecureSkipVerify        bool
 }

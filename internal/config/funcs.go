@@ -57,6 +57,7 @@ func (ld *loader) install() {
 	set("suppression", ld.suppression)
 	set("auth", ld.auth)
 	set("tokens", ld.tokens)
+	set("redis", ld.redis)
 	set("lua_options", ld.luaOptions)
 	set("stage_timeout", ld.stageTimeout)
 	set("stage", ld.stage)
@@ -862,18 +863,7 @@ func (ld *loader) kafkaMore(k *sandbox.Opts, kc *Kafka) {
 	if k.String("acks", &kc.Acks) && kc.Acks != "all" && kc.Acks != "leader" {
 		k.Fail("acks", "want \"all\" or \"leader\", got %q", kc.Acks)
 	}
-	if t := k.Sub("tls", "ca", "cert", "key", "server_name", "insecure_skip_verify"); t != nil {
-		kc.TLS = &KafkaTLS{}
-		t.String("ca", &kc.TLS.CA)
-		t.String("cert", &kc.TLS.Cert)
-		t.String("key", &kc.TLS.Key)
-		t.String("server_name", &kc.TLS.ServerName)
-		t.Bool("insecure_skip_verify", &kc.TLS.InsecureSkipVerify)
-		if (kc.TLS.Cert == "") != (kc.TLS.Key == "") {
-			t.Fail("cert", "set both cert and key, or neither")
-		}
-		kc.TLS.CA, kc.TLS.Cert, kc.TLS.Key = ld.resolve(kc.TLS.CA), ld.resolve(kc.TLS.Cert), ld.resolve(kc.TLS.Key)
-	}
+	kc.TLS = ld.clientTLS(k, "tls")
 	if a := k.Sub("sasl", "mechanism", "username", "password"); a != nil {
 		kc.SASL = &KafkaSASL{}
 		a.String("mechanism", &kc.SASL.Mechanism)
@@ -908,3 +898,22 @@ var eventTypes = []string{pipeline.EventReceived, pipeline.EventRejected, pipeli
 	"suppression_added", "suppression_removed"}
 
 func knownEventType(t string) bool { return slices.Contains(eventTypes, t) }
+
+// clientTLS reads a ClientTLS table under key (nil when absent).
+func (ld *loader) clientTLS(o *sandbox.Opts, key string) *ClientTLS {
+	t := o.Sub(key, "ca", "cert", "key", "server_name", "insecure_skip_verify")
+	if t == nil {
+		return nil
+	}
+	c := &ClientTLS{}
+	t.String("ca", &c.CA)
+	t.String("cert", &c.Cert)
+	t.String("key", &c.Key)
+	t.String("server_name", &c.ServerName)
+	t.Bool("insecure_skip_verify", &c.InsecureSkipVerify)
+	if (c.Cert == "") != (c.Key == "") {
+		t.Fail("cert", "set both cert and key, or neither")
+	}
+	c.CA, c.Cert, c.Key = ld.resolve(c.CA), ld.resolve(c.Cert), ld.resolve(c.Key)
+	return c
+}

@@ -27,7 +27,7 @@ sluice.events { kafka = {
 	want := &Kafka{
 		Brokers: []string{"k1:9092", "k2:9093"}, Topic: "d", BounceTopic: "b",
 		Routes: map[string]string{"deferred": "def", "delivered": "ok"}, Types: []string{"delivered", "deferred"}, Acks: "leader",
-		TLS:        &KafkaTLS{CA: filepath.FromSlash("/etc/sluice/ca.pem"), Cert: "/abs/c.pem", Key: "/etc/sluice/k.pem", ServerName: "kafka.test", InsecureSkipVerify: true},
+		TLS:        &ClientTLS{CA: filepath.FromSlash("/etc/sluice/ca.pem"), Cert: "/abs/c.pem", Key: "/etc/sluice/k.pem", ServerName: "kafka.test", InsecureSkipVerify: true},
 		SASL:       &KafkaSASL{Mechanism: "scram-sha-256", Username: "u", Password: "p"},
 		DeadLetter: "/var/dead.jsonl", MissingTopicWait: 30 * time.Second, BatchTimeout: 2 * time.Millisecond,
 		MaxMessageBytes: 2 << 20, MaxBacklog: 1000, OnBacklogFull: "tempfail",

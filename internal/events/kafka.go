@@ -3,7 +3,6 @@ package events
 import (
 	"context"
 	"crypto/tls"
-	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -55,7 +54,7 @@ type KafkaOptions struct {
 	// Acks is "all" (the default: every in-sync replica has the record)
 	// or "leader".
 	Acks string
-	// TLS, when set, encrypts the connections (see KafkaTLS).
+	// TLS, when set, encrypts the connections (config.ClientTLS.Config builds it).
 	TLS *tls.Config
 	// SASL, when set, authenticates the connections (see KafkaSASL).
 	SASL sasl.Mechanism
@@ -423,35 +422,6 @@ func (s *KafkaSink) writeDead(dead []deadLetter) error {
 	s.log.Error("events that can never be published written to the dead-letter file",
 		"n", len(dead), "file", s.o.DeadLetter, "reason", dead[0].Reason, "topic", dead[0].Topic)
 	return nil
-}
-
-// KafkaTLS builds the TLS settings of kafka.tls: ca (PEM file; empty: the
-// system roots), cert and key (PEM files, both or neither: a client
-// certificate), serverName (empty: the broker's host) and
-// insecureSkipVerify (tests only).
-func KafkaTLS(ca, cert, key, serverName string, insecureSkipVerify bool) (*tls.Config, error) {
-	c := &tls.Config{MinVersion: tls.VersionTLS12, ServerName: serverName, InsecureSkipVerify: insecureSkipVerify}
-	if ca != "" {
-		pem, err := os.ReadFile(ca)
-		if err != nil {
-			return nil, fmt.Errorf("kafka.tls.ca: %w", err)
-		}
-		c.RootCAs = x509.NewCertPool()
-		if !c.RootCAs.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("kafka.tls.ca: %s holds no PEM certificate", ca)
-		}
-	}
-	if (cert == "") != (key == "") {
-		return nil, errors.New("kafka.tls: set both cert and key, or neither")
-	}
-	if cert != "" {
-		kp, err := tls.LoadX509KeyPair(cert, key)
-		if err != nil {
-			return nil, fmt.Errorf("kafka.tls.cert/key: %w", err)
-		}
-		c.Certificates = []tls.Certificate{kp}
-	}
-	return c, nil
 }
 
 // KafkaSASL builds the SASL mechanism of kafka.sasl: "plain",

@@ -21,6 +21,7 @@ import (
 	"github.com/segmentio/kafka-go"
 	"github.com/twmb/franz-go/pkg/kfake"
 
+	"github.com/sluice-mta/sluice/internal/config"
 	"github.com/sluice-mta/sluice/internal/spool"
 	tu "github.com/sluice-mta/sluice/internal/testutil"
 	"github.com/sluice-mta/sluice/pipeline"
@@ -603,7 +604,7 @@ func TestKafkaTLSAndSASLPlain(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Not trusted: the system roots do not know the self-signed CA.
-	untrusted, err := KafkaTLS("", "", "", "kafka.test", false)
+	untrusted, err := (&config.ClientTLS{ServerName: "kafka.test"}).Config("kafka.tls")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -613,14 +614,14 @@ func TestKafkaTLSAndSASLPlain(t *testing.T) {
 	if n, _ := exBad.Lag(KafkaSinkName); n != 20 {
 		t.Errorf("lag %d with an untrusted broker, want the 20 events kept", n)
 	}
-	trusted, err := KafkaTLS(cert.CertFile, "", "", "kafka.test", false)
+	trusted, err := (&config.ClientTLS{CA: cert.CertFile, ServerName: "kafka.test"}).Config("kafka.tls")
 	if err != nil {
 		t.Fatal(err)
 	}
 	ks := newKafkaSink(t, addr, dir, nil, log, func(o *KafkaOptions) { o.TLS, o.SASL = trusted, mech })
 	ex := runExporter(t, sp, []Sink{ks}, nil, log)
 	tu.WaitFor(t, "the events published over TLS", func() bool { n, _ := ex.Lag(KafkaSinkName); return n == 0 })
-	if _, err := KafkaTLS(filepath.Join(dir, "nope.pem"), "", "", "", false); err == nil || !strings.Contains(err.Error(), "kafka.tls.ca") {
+	if _, err := (&config.ClientTLS{CA: filepath.Join(dir, "nope.pem")}).Config("kafka.tls"); err == nil || !strings.Contains(err.Error(), "kafka.tls.ca") {
 		t.Errorf("a missing CA file: %v", err)
 	}
 	if _, err := KafkaSASL("gssapi", "u", "p"); err == nil {

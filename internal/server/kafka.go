@@ -26,7 +26,7 @@ func kafkaOptions(cfg *config.Config, log *slog.Logger, dead *prometheus.Counter
 		o.DeadLetter = filepath.Join(filepath.Dir(cfg.Events.File), "kafka-dead-letter.jsonl")
 	}
 	if t := k.TLS; t != nil {
-		c, err := events.KafkaTLS(t.CA, t.Cert, t.Key, t.ServerName, t.InsecureSkipVerify)
+		c, err := t.Config("kafka.tls")
 		if err != nil {
 			return o, fmt.Errorf("%s: sluice.events: %w", cfg.File, err)
 		}

@@ -85,6 +85,9 @@ type Server struct {
 	// plugins shares plugin processes between the pipelines of reloads
 	// and feeds /readyz and the sluice_plugin_* metrics.
 	plugins *plugin.Pool
+	// redis is sluice.redis's client (nil: not configured), shared by the
+	// stages of every pipeline and closed by Stop.
+	redis *pipeline.Redis
 }
 
 // component is one long-lived part of the node.
@@ -114,8 +117,12 @@ func New(cfg *config.Config, log *slog.Logger) (*Server, error) {
 		return nil, err
 	}
 	s.plugins = plugin.NewPool(pm)
-	p, err := buildPipeline(cfg, log, res, s.plugins)
+	if s.redis, err = NewRedis(cfg); err != nil {
+		return nil, err
+	}
+	p, err := buildPipeline(cfg, log, res, shared{pool: s.plugins, redis: s.redis})
 	if err != nil {
+		closeRedis(s.redis)
 		return nil, err
 	}
 	s.pipe = p
@@ -202,13 +209,25 @@ func resolver(cfg *config.Config) (*dnsx.Client, error) {
 // BuildPipeline builds cfg's stages (built-ins from the registry, then
 // provisioned and validated; Lua and inline stages from a new Lua host)
 // and compiles the chain. On error everything built is closed.
+// A Redis client for sluice.redis is made for the pipeline and closed with
+// it.
 func BuildPipeline(cfg *config.Config, log *slog.Logger, res dnsx.Resolver) (*relay.Pipeline, error) {
-	return buildPipeline(cfg, log, res, nil)
+	rds, err := NewRedis(cfg)
+	if err != nil {
+		return nil, err
+	}
+	return buildPipeline(cfg, log, res, shared{redis: rds, ownRedis: true})
 }
 
-// buildPipeline is BuildPipeline with plugin stages taken from pool (nil:
-// each plugin stage starts its own processes).
-func buildPipeline(cfg *config.Config, log *slog.Logger, res dnsx.Resolver, pool *plugin.Pool) (*relay.Pipeline, error) {
+// shared is what the pipelines of one node share.
+type shared struct {
+	pool     *plugin.Pool    // nil: each plugin stage starts its own processes
+	redis    *pipeline.Redis // nil: no sluice.redis
+	ownRedis bool            // close redis with the pipeline
+}
+
+// buildPipeline is BuildPipeline with the node's shared parts.
+func buildPipeline(cfg *config.Config, log *slog.Logger, res dnsx.Resolver, sh shared) (*relay.Pipeline, error) {
 	host, err := luahost.NewHost(cfg, log)
 	if err != nil {
 		return nil, err
@@ -223,10 +242,13 @@ func buildPipeline(cfg *config.Config, log *slog.Logger, res dnsx.Resolver, pool
 			}
 		}
 		host.Close()
+		if sh.ownRedis {
+			closeRedis(sh.redis)
+		}
 	}
 	hostname := cfg.Hostname
 	for _, spec := range cfg.Stages {
-		st, err := buildStage(cfg, spec, host, log, res, hostname, pool)
+		st, err := buildStage(cfg, spec, host, log, res, hostname, sh)
 		if err != nil {
 			closeAll()
 			return nil, fmt.Errorf("%s:%d: stage %q: %w", cfg.File, spec.Line, spec.Name, err)
@@ -245,7 +267,7 @@ func buildPipeline(cfg *config.Config, log *slog.Logger, res dnsx.Resolver, pool
 }
 
 // buildStage builds one stage and runs its lifecycle up to validation.
-func buildStage(cfg *config.Config, spec config.StageSpec, host *luahost.Host, log *slog.Logger, res dnsx.Resolver, hostname string, pool *plugin.Pool) (pipeline.Stage, error) {
+func buildStage(cfg *config.Config, spec config.StageSpec, host *luahost.Host, log *slog.Logger, res dnsx.Resolver, hostname string, sh shared) (pipeline.Stage, error) {
 	switch spec.Kind {
 	case config.StageBuiltin:
 		f, ok := pipeline.Lookup(spec.Builtin)
@@ -257,7 +279,7 @@ func buildStage(cfg *config.Config, spec config.StageSpec, host *luahost.Host, l
 			return nil, err
 		}
 		if p, ok := st.(pipeline.Provisioner); ok {
-			env := &pipeline.Env{Logger: log.With("stage", spec.Name), Resolver: txtResolver{res}, Hostname: hostname, Node: cfg.Node}
+			env := &pipeline.Env{Logger: log.With("stage", spec.Name), Resolver: txtResolver{res}, Hostname: hostname, Node: cfg.Node, Redis: sh.redis}
 			if err := p.Provision(env); err != nil {
 				closeStage(st)
 				return nil, err
@@ -274,8 +296,8 @@ func buildStage(cfg *config.Config, spec config.StageSpec, host *luahost.Host, l
 		p := spec.Plugin
 		opts := plugin.Options{Name: spec.Name, Cmd: p.Cmd, Args: p.Args, Env: p.Env, Timeout: p.Timeout,
 			MaxInFlight: p.MaxInFlight, Instances: p.Instances, OnError: p.OnError, Config: p.Config, Hooks: p.Hooks, Logger: log}
-		if pool != nil {
-			return pool.Start(opts)
+		if sh.pool != nil {
+			return sh.pool.Start(opts)
 		}
 		return plugin.Start(opts)
 	}
@@ -774,6 +796,8 @@ func (s *Server) Stop(ctx context.Context) error {
 	} else if s.pipe != nil {
 		relay.ClosePipeline(s.pipe)
 	}
+	closeRedis(s.redis)
+	s.redis = nil
 	return err
 }
 
@@ -829,7 +853,7 @@ func (s *Server) Reload() (summary string, err error) {
 			return "", err
 		}
 	}
-	p, err := buildPipeline(cfg, s.log, s.res, s.plugins)
+	p, err := buildPipeline(cfg, s.log, s.res, shared{pool: s.plugins, redis: s.redis})
 	if err != nil {
 		s.log.Error("reload failed; the running pipeline keeps serving", "err", err)
 		return "", err
@@ -891,7 +915,7 @@ func (s *Server) startWebhooks(cfg *config.Config) error {
 
 // RestartNeeded names the settings that differ between old and new and
 // that a reload cannot apply: listeners, the spool, delivery, events, the
-// node's names, sluice.auth (its users file is reread on change anyway). The pipeline (stages, stage_timeout, local_domains,
+// node's names, sluice.redis, sluice.auth (its users file is reread on change anyway). The pipeline (stages, stage_timeout, local_domains,
 // lua_options) reloads.
 func RestartNeeded(old, new *config.Config) []string {
 	var out []string
@@ -907,6 +931,7 @@ func RestartNeeded(old, new *config.Config) []string {
 		{"sluice.events", old.Events, new.Events},
 		{"sluice.bounces", old.Bounces, new.Bounces},
 		{"sluice.auth", old.Auth, new.Auth},
+		{"sluice.redis", old.Redis, new.Redis},
 		{"sluice.node", [2]string{old.Node, old.Hostname}, [2]string{new.Node, new.Hostname}},
 	} {
 		if !reflect.DeepEqual(c.old, c.new) {

@@ -1,0 +1,46 @@
+package server
+
+import (
+	"fmt"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/sluice-mta/sluice/internal/config"
+	"github.com/sluice-mta/sluice/pipeline"
+)
+
+// NewRedis builds the client of sluice.redis (nil, nil when the
+// configuration declares none). It does not connect: go-redis dials on
+// the first command, so a Redis that is down does not stop `check` or
+// `serve`; each user applies its own rule for an unreachable Redis.
+func NewRedis(cfg *config.Config) (*pipeline.Redis, error) {
+	r := cfg.Redis
+	if r == nil {
+		return nil, nil
+	}
+	o := &redis.Options{
+		Addr: r.Addr, Username: r.Username, Password: r.Password, DB: r.DB,
+		DialTimeout: r.DialTimeout, ReadTimeout: r.Timeout, WriteTimeout: r.Timeout,
+		PoolSize: r.PoolSize,
+		// One attempt: a caller on the SMTP path must not wait through
+		// go-redis's default three retries with backoff.
+		MaxRetries: -1,
+		// RESP3 hello and client-info commands are skipped: plain RESP2
+		// works with every Redis and Redis-compatible server.
+		Protocol: 2, DisableIdentity: true,
+	}
+	if r.TLS != nil {
+		t, err := r.TLS.Config("redis.tls")
+		if err != nil {
+			return nil, fmt.Errorf("%s: sluice.redis: %w", cfg.File, err)
+		}
+		o.TLSConfig = t
+	}
+	return &pipeline.Redis{Client: redis.NewClient(o), Prefix: r.KeyPrefix, Timeout: r.Timeout}, nil
+}
+
+func closeRedis(r *pipeline.Redis) {
+	if r != nil {
+		_ = r.Client.Close()
+	}
+}
