@@ -41,6 +41,7 @@ import (
 	"github.com/sluice-mta/sluice/internal/metrics"
 	"github.com/sluice-mta/sluice/internal/plugin"
 	"github.com/sluice-mta/sluice/internal/queue"
+	"github.com/sluice-mta/sluice/internal/ratelimit"
 	"github.com/sluice-mta/sluice/internal/relay"
 	"github.com/sluice-mta/sluice/internal/smtpsrc"
 	"github.com/sluice-mta/sluice/internal/spool"
@@ -88,6 +89,10 @@ type Server struct {
 	// redis is sluice.redis's client (nil: not configured), shared by the
 	// stages of every pipeline and closed by Stop.
 	redis *pipeline.Redis
+	// limits are the node's rate-limit stores (memory, and Redis on
+	// redis), shared by every stage and Lua state of every pipeline, so
+	// limits hold across reloads.
+	limits *pipeline.RateLimits
 }
 
 // component is one long-lived part of the node.
@@ -120,7 +125,13 @@ func New(cfg *config.Config, log *slog.Logger) (*Server, error) {
 	if s.redis, err = NewRedis(cfg); err != nil {
 		return nil, err
 	}
-	p, err := buildPipeline(cfg, log, res, shared{pool: s.plugins, redis: s.redis})
+	rm, err := ratelimit.NewMetrics(s.metrics)
+	if err != nil {
+		closeRedis(s.redis)
+		return nil, err
+	}
+	s.limits = ratelimit.NewNode(s.redis, rm, log)
+	p, err := buildPipeline(cfg, log, res, shared{pool: s.plugins, redis: s.redis, limits: s.limits})
 	if err != nil {
 		closeRedis(s.redis)
 		return nil, err
@@ -224,14 +235,25 @@ type shared struct {
 	pool     *plugin.Pool    // nil: each plugin stage starts its own processes
 	redis    *pipeline.Redis // nil: no sluice.redis
 	ownRedis bool            // close redis with the pipeline
+	// limits are the node's rate-limit stores; nil: the pipeline gets
+	// its own (BuildPipeline, for check and test).
+	limits *pipeline.RateLimits
 }
 
 // buildPipeline is BuildPipeline with the node's shared parts.
 func buildPipeline(cfg *config.Config, log *slog.Logger, res dnsx.Resolver, sh shared) (*relay.Pipeline, error) {
+	if sh.limits == nil {
+		rm, err := ratelimit.NewMetrics(nil)
+		if err != nil {
+			return nil, err
+		}
+		sh.limits = ratelimit.NewNode(sh.redis, rm, log)
+	}
 	host, err := luahost.NewHost(cfg, log)
 	if err != nil {
 		return nil, err
 	}
+	host.SetRateLimits(sh.limits)
 	var stages []pipeline.Stage
 	closeAll := func() {
 		for i := len(stages) - 1; i >= 0; i-- {
@@ -279,7 +301,7 @@ func buildStage(cfg *config.Config, spec config.StageSpec, host *luahost.Host, l
 			return nil, err
 		}
 		if p, ok := st.(pipeline.Provisioner); ok {
-			env := &pipeline.Env{Logger: log.With("stage", spec.Name), Resolver: txtResolver{res}, Hostname: hostname, Node: cfg.Node, Redis: sh.redis}
+			env := &pipeline.Env{Logger: log.With("stage", spec.Name), Resolver: txtResolver{res}, Hostname: hostname, Node: cfg.Node, Redis: sh.redis, RateLimits: sh.limits}
 			if err := p.Provision(env); err != nil {
 				closeStage(st)
 				return nil, err
@@ -853,7 +875,7 @@ func (s *Server) Reload() (summary string, err error) {
 			return "", err
 		}
 	}
-	p, err := buildPipeline(cfg, s.log, s.res, shared{pool: s.plugins, redis: s.redis})
+	p, err := buildPipeline(cfg, s.log, s.res, shared{pool: s.plugins, redis: s.redis, limits: s.limits})
 	if err != nil {
 		s.log.Error("reload failed; the running pipeline keeps serving", "err", err)
 		return "", err
