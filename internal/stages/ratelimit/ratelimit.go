@@ -61,6 +61,7 @@ var (
 	_ pipeline.HookLister  = (*Stage)(nil)
 	_ pipeline.Provisioner = (*Stage)(nil)
 	_ pipeline.Validator   = (*Stage)(nil)
+	_ pipeline.Bounded     = (*Stage)(nil)
 )
 
 // New is the stage's pipeline.Factory.
@@ -122,6 +123,20 @@ func (s *Stage) Validate() error {
 		s.store = s.env.RateLimits.Memory
 	}
 	return nil
+}
+
+// CallTimeout bounds every hook call (pipeline.Bounded), so the chain
+// does not start a timer per call: on Redis, sluice.redis's timeout
+// (Redis.Check applies it to the whole call, dial included); in memory a
+// check never waits, and 1 ms stands for that.
+func (s *Stage) CallTimeout() time.Duration {
+	if s.opts.store == "redis" && s.env != nil && s.env.Redis != nil && s.env.Redis.Timeout > 0 {
+		return s.env.Redis.Timeout
+	}
+	if s.opts.store == "redis" {
+		return 0
+	}
+	return time.Millisecond
 }
 
 // OnConnect charges count = "connections" limits.
