@@ -232,6 +232,19 @@ func TestPerRecipient(t *testing.T) {
 	wantRefused(t, err, 450, "domain_messages")
 }
 
+// TestConnections: 2 connections per hour per client IP: the third
+// connection is greeted with 421 4.7.1 naming the limit, and closed.
+func TestConnections(t *testing.T) {
+	n := startNode(t, `sluice.stage("limits", sluice.builtin.ratelimit { key = "client_ip", count = "connections", rate = "2/hour" })`, "", nil)
+	for i := 0; i < 2; i++ {
+		if _, err := send(t, n.smtp, "a@origin.example", "b@dest.example"); err != nil {
+			t.Fatalf("connection %d: %v", i+1, err)
+		}
+	}
+	_, err := smtp.Dial(n.smtp)
+	wantRefused(t, err, 421, "client_ip_connections")
+}
+
 // TestHTTP429: over the API the same refusal is 429 with Retry-After in
 // whole seconds (the refill time), and the JSON names the limit.
 func TestHTTP429(t *testing.T) {
