@@ -3,6 +3,7 @@ package ratelimit
 import (
 	"context"
 	"strconv"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -153,7 +154,7 @@ func redisStore(t testing.TB) (*Redis, *tu.Redis, *atomic.Int64) {
 	return NewRedis(&pipeline.Redis{Client: c, Prefix: "t:", Timeout: 2 * time.Second}), rs, &cmds
 }
 
-// countHook counts commands sent (a pipeline counts each command).
+// countHook counts round trips: a command, or a pipeline of them.
 type countHook struct{ n *atomic.Int64 }
 
 func (countHook) DialHook(next redis.DialHook) redis.DialHook { return next }
@@ -161,7 +162,7 @@ func (h countHook) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
 	return func(ctx context.Context, cmd redis.Cmder) error { h.n.Add(1); return next(ctx, cmd) }
 }
 func (h countHook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
-	return func(ctx context.Context, cmds []redis.Cmder) error { h.n.Add(int64(len(cmds))); return next(ctx, cmds) }
+	return func(ctx context.Context, cmds []redis.Cmder) error { h.n.Add(1); return next(ctx, cmds) }
 }
 
 // TestRedisGCRA: the script enforces the same boundary as memory, two
@@ -198,7 +199,7 @@ func TestRedisGCRA(t *testing.T) {
 		t.Fatal(err)
 	}
 	if n := cmds.Load(); n != 1 {
-		t.Errorf("three checks took %d commands, want 1", n)
+		t.Errorf("three checks took %d round trips, want 1", n)
 	}
 
 	// Recovery over a short window, on the server's clock.
@@ -215,6 +216,43 @@ func TestRedisGCRA(t *testing.T) {
 	if err := s.Check(context.Background(), three, out); err == nil {
 		t.Fatal("no error with Redis stopped")
 	}
+}
+
+// TestRedisConcurrent: 40 goroutines × 10 checks of one key limited to
+// 100 per hour: exactly 100 are allowed, however the calls were batched,
+// and the batches took no more round trips than there were calls.
+func TestRedisConcurrent(t *testing.T) {
+	s, _, cmds := redisStore(t)
+	r := pipeline.Rate{Limit: 100, Period: time.Hour}
+	check1(t, s, "warm", r, 1) // loads the script
+	cmds.Store(0)
+	var allowed atomic.Int64
+	var wg sync.WaitGroup
+	for g := 0; g < 40; g++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			out := make([]pipeline.RateResult, 2)
+			for i := 0; i < 10; i++ {
+				checks := []pipeline.RateCheck{{Key: "conc", Rate: r}, {Key: "other" + strconv.Itoa(g), Rate: r}}
+				if err := s.Check(context.Background(), checks, out); err != nil {
+					t.Error(err)
+					return
+				}
+				if out[0].Allowed && out[1].Allowed {
+					allowed.Add(1)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if n := allowed.Load(); n != 100 {
+		t.Fatalf("%d allowed, want exactly 100", n)
+	}
+	if n := cmds.Load(); n > 400 {
+		t.Fatalf("%d round trips for 400 calls", n)
+	}
+	t.Logf("400 calls in %d round trips", cmds.Load())
 }
 
 // BenchmarkMemoryCheck: one check of a limit that is never exceeded,
@@ -260,8 +298,9 @@ func BenchmarkNodeMemoryCheck(b *testing.B) {
 }
 
 // BenchmarkRedisCheck: one call of 1 and of 3 checks on a real
-// redis-server over loopback; cmds/op is the number of commands sent
-// (round trips) per call.
+// redis-server over loopback, one goroutine and 20; trips/op is the
+// number of round trips per call (below 1 when concurrent calls share a
+// pipeline).
 func BenchmarkRedisCheck(b *testing.B) {
 	for _, n := range []int{1, 3} {
 		b.Run(strconv.Itoa(n)+"keys", func(b *testing.B) {
@@ -280,7 +319,28 @@ func BenchmarkRedisCheck(b *testing.B) {
 					b.Fatal(err)
 				}
 			}
-			b.ReportMetric(float64(cmds.Load())/float64(b.N), "cmds/op")
+			b.ReportMetric(float64(cmds.Load())/float64(b.N), "trips/op")
 		})
 	}
+	b.Run("3keys-parallel20", func(b *testing.B) {
+		s, _, cmds := redisStore(b)
+		r := pipeline.Rate{Limit: 1 << 30, Period: time.Second}
+		_ = s.Check(context.Background(), []pipeline.RateCheck{{Key: "warm", Rate: r}}, make([]pipeline.RateResult, 1))
+		cmds.Store(0)
+		var g atomic.Int64
+		b.SetParallelism(10) // 20 goroutines on 2 cores, as 20 SMTP sessions
+		b.ResetTimer()
+		b.RunParallel(func(pb *testing.PB) {
+			id := strconv.Itoa(int(g.Add(1)))
+			checks := []pipeline.RateCheck{{Key: "a" + id, Rate: r}, {Key: "b" + id, Rate: r}, {Key: "c" + id, Rate: r}}
+			out := make([]pipeline.RateResult, 3)
+			for pb.Next() {
+				if err := s.Check(context.Background(), checks, out); err != nil {
+					b.Error(err)
+					return
+				}
+			}
+		})
+		b.ReportMetric(float64(cmds.Load())/float64(b.N), "trips/op")
+	})
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -52,14 +53,34 @@ return res
 var script = redis.NewScript(gcraScript)
 
 // Redis is a pipeline.RateStore on the node's Redis (sluice.redis): one
-// EVALSHA per Check whatever the number of checks (EVAL once more after
-// the server lost its script cache). Keys are Prefix + "rl:" + the
-// check's key. Safe for concurrent use.
+// EVALSHA per Check whatever the number of checks. Keys are Prefix +
+// "rl:" + the check's key. Safe for concurrent use.
+//
+// Calls from concurrent sessions are coalesced (group commit): while one
+// batch is in flight, the calls that arrive wait and then go together as
+// one pipeline, one write and one read for all of them. A lone call goes
+// at once. A call waits at most for the batch in flight and its own, each
+// bounded by sluice.redis's timeout.
 //
 // Redis Cluster is not supported: the keys of one Check would have to
 // share a hash slot.
 type Redis struct {
 	r *pipeline.Redis
+
+	mu      sync.Mutex
+	busy    bool    // a batch is in flight; its leader hands over when done
+	pending []*call // calls waiting for the next batch
+}
+
+// call is one Check waiting in a batch.
+type call struct {
+	keys []string
+	args []any
+	res  []int64
+	err  error
+	// wake gets true when this call is to lead the next batch, false
+	// when its result is ready.
+	wake chan bool
 }
 
 // NewRedis returns a store on r (which must not be nil).
@@ -68,23 +89,18 @@ func NewRedis(r *pipeline.Redis) *Redis { return &Redis{r: r} }
 // Check implements pipeline.RateStore. An error (Redis unreachable, a
 // timeout) leaves out undefined.
 func (s *Redis) Check(ctx context.Context, checks []pipeline.RateCheck, out []pipeline.RateResult) error {
-	keys := make([]string, len(checks))
-	args := make([]any, 0, 3*len(checks))
+	c := &call{keys: make([]string, len(checks)), args: make([]any, 0, 3*len(checks)), wake: make(chan bool, 1)}
 	for i := range checks {
-		c := &checks[i]
-		keys[i] = s.r.Prefix + "rl:" + c.Key
-		e, tol := gcra(c.Rate, 1000)
-		args = append(args, strconv.FormatInt(e, 10), strconv.FormatInt(tol, 10), strconv.FormatInt(cost(c), 10))
+		ck := &checks[i]
+		c.keys[i] = s.r.Prefix + "rl:" + ck.Key
+		e, tol := gcra(ck.Rate, 1000)
+		c.args = append(c.args, strconv.FormatInt(e, 10), strconv.FormatInt(tol, 10), strconv.FormatInt(cost(ck), 10))
 	}
-	if s.r.Timeout > 0 {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, s.r.Timeout)
-		defer cancel()
+	s.do(ctx, c)
+	if c.err != nil {
+		return c.err
 	}
-	res, err := script.Run(ctx, s.r.Client, keys, args...).Int64Slice()
-	if err != nil {
-		return err
-	}
+	res := c.res
 	if len(res) != 2*len(checks) {
 		return fmt.Errorf("ratelimit: redis script returned %d values for %d checks", len(res), len(checks))
 	}
@@ -100,6 +116,73 @@ func (s *Redis) Check(ctx context.Context, checks []pipeline.RateCheck, out []pi
 		out[i] = pipeline.RateResult{RetryAfter: ra}
 	}
 	return nil
+}
+
+// do runs c alone or in a batch; c.res and c.err are set when it
+// returns.
+func (s *Redis) do(ctx context.Context, c *call) {
+	s.mu.Lock()
+	s.pending = append(s.pending, c)
+	lead := !s.busy
+	s.busy = true
+	s.mu.Unlock()
+	if !lead && !<-c.wake {
+		return // a leader ran it
+	}
+	s.mu.Lock()
+	batch := s.pending
+	s.pending = nil
+	s.mu.Unlock()
+
+	if s.r.Timeout > 0 {
+		// The batch carries other sessions' calls: the leader's client
+		// going away must not fail them, so only the timeout bounds it.
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(context.WithoutCancel(ctx), s.r.Timeout)
+		defer cancel()
+	}
+	s.exec(ctx, batch)
+
+	s.mu.Lock()
+	if len(s.pending) > 0 {
+		s.pending[0].wake <- true // the next batch's leader
+	} else {
+		s.busy = false
+	}
+	s.mu.Unlock()
+	for _, b := range batch {
+		if b != c {
+			b.wake <- false
+		}
+	}
+}
+
+// exec runs a batch: one EVALSHA alone (EVAL after a NOSCRIPT), or a
+// pipeline of them (the script is loaded and the pipeline run again once
+// after a NOSCRIPT: the server restarted or flushed its scripts).
+func (s *Redis) exec(ctx context.Context, batch []*call) {
+	if len(batch) == 1 {
+		c := batch[0]
+		c.res, c.err = script.Run(ctx, s.r.Client, c.keys, c.args...).Int64Slice()
+		return
+	}
+	for try := 0; ; try++ {
+		pipe := s.r.Client.Pipeline()
+		cmds := make([]*redis.Cmd, len(batch))
+		for i, c := range batch {
+			cmds[i] = script.EvalSha(ctx, pipe, c.keys, c.args...)
+		}
+		_, err := pipe.Exec(ctx)
+		if try == 0 && err != nil && redis.HasErrorPrefix(err, "NOSCRIPT") {
+			if lerr := script.Load(ctx, s.r.Client).Err(); lerr == nil {
+				continue
+			}
+		}
+		for i, c := range batch {
+			c.res, c.err = cmds[i].Int64Slice()
+		}
+		return
+	}
 }
 
 var _ pipeline.RateStore = (*Redis)(nil)
