@@ -42,6 +42,7 @@ import (
 	"github.com/sluice-mta/sluice/internal/plugin"
 	"github.com/sluice-mta/sluice/internal/queue"
 	"github.com/sluice-mta/sluice/internal/relay"
+	"github.com/sluice-mta/sluice/internal/revoke"
 	"github.com/sluice-mta/sluice/internal/smtpsrc"
 	"github.com/sluice-mta/sluice/internal/spool"
 	"github.com/sluice-mta/sluice/internal/token"
@@ -88,6 +89,9 @@ type Server struct {
 	// redis is sluice.redis's client (nil: not configured), shared by the
 	// stages of every pipeline and closed by Stop.
 	redis *pipeline.Redis
+	// revoked is the token revocation list (nil without sluice.tokens at
+	// start; revocations.go).
+	revoked *revoke.List
 }
 
 // component is one long-lived part of the node.
@@ -523,11 +527,19 @@ func (s *Server) components() []component {
 	if t := cfg.Tokens; t.Enabled() {
 		cs = append(cs, component{name: "tokens",
 			start: func() error {
+				// Revocations load from the spool (and Redis) before
+				// any listener accepts (revocations.go).
+				if err := s.startRevocations(cfg); err != nil {
+					return err
+				}
 				var err error
-				s.tokIss, s.tokVer, err = token.Load(t.SigningKey, t.PublicKeys, t.MaxLifetime, nil)
+				s.tokIss, s.tokVer, err = token.Load(t.SigningKey, t.PublicKeys, t.MaxLifetime, s.revoker())
+				if err != nil {
+					s.revoked.Stop()
+				}
 				return err
 			},
-			stop: func(context.Context) error { return nil },
+			stop: func(context.Context) error { s.revoked.Stop(); return nil },
 		})
 	}
 	for _, l := range cfg.SMTP {
@@ -577,6 +589,7 @@ func (s *Server) components() []component {
 					return fmt.Errorf("http listener %s: %w", l.Addr, err)
 				}
 				srv.UseTokens(s.tokIss, s.tokVer)
+				srv.UseRevocations(s.revoked)
 				s.onTokens(srv.UseTokens)
 				ln, err := net.Listen("tcp", l.Addr)
 				if err != nil {
@@ -847,7 +860,7 @@ func (s *Server) Reload() (summary string, err error) {
 		tokVer *token.Verifier
 	)
 	if t := cfg.Tokens; t.Enabled() {
-		if tokIss, tokVer, err = token.Load(t.SigningKey, t.PublicKeys, t.MaxLifetime, nil); err != nil {
+		if tokIss, tokVer, err = token.Load(t.SigningKey, t.PublicKeys, t.MaxLifetime, s.revoker()); err != nil {
 			err = fmt.Errorf("sluice.tokens: %w", err)
 			s.log.Error("reload failed; the running pipeline keeps serving", "err", err)
 			return "", err
