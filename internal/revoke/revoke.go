@@ -117,6 +117,9 @@ type List struct {
 
 	stop context.CancelFunc
 	done chan struct{}
+	ps   *redis.PubSub // the channel's subscription (with Redis)
+	// subscriptions counts the (re)established subscriptions (tests).
+	subscriptions atomic.Int64
 }
 
 var _ token.Revoker = (*List)(nil)
@@ -294,7 +297,7 @@ func (l *List) revoke(ctx context.Context, r spool.Revocation, ev *pipeline.Even
 	l.pending[key(&r)] = r
 	l.mu.Unlock()
 	l.added.WithLabelValues(r.Kind, "local").Inc()
-	l.log.Info("token revoked", "kind", r.Kind, "tenant", r.Tenant, "jti", r.ID, "before", r.Before, "source", r.Source)
+	l.log.Info("token revoked", append(describe(r), "source", r.Source)...)
 	if l.o.Redis == nil {
 		l.mu.Lock()
 		delete(l.pending, key(&r))
@@ -304,7 +307,7 @@ func (l *List) revoke(ctx context.Context, r spool.Revocation, ev *pipeline.Even
 	if err := l.share(ctx, []spool.Revocation{r}); err != nil {
 		l.syncErr.Inc()
 		l.log.Warn("revocation applied on this node; Redis did not take it, the other nodes learn it when Redis answers again",
-			"tenant", r.Tenant, "jti", r.ID, "err", err)
+			append(describe(r), "err", err)...)
 		return nil
 	}
 	l.mu.Lock()
@@ -337,7 +340,7 @@ func (l *List) write(ctx context.Context, rs []spool.Revocation) error {
 			if r.Kind == spool.RevokeID {
 				p.ZAddGT(ctx, l.rkey("revoked:ids"), redis.Z{Score: float64(r.Expires.UnixMilli()), Member: r.Tenant + ":" + r.ID})
 			} else {
-				tenantMax.Run(ctx, p, []string{l.rkey("revoked:tenants")}, r.Tenant, r.Before.UnixMilli())
+				tenantMax.Eval(ctx, p, []string{l.rkey("revoked:tenants")}, r.Tenant, r.Before.UnixMilli())
 			}
 		}
 		return nil
@@ -455,7 +458,7 @@ func (l *List) learn(rs []spool.Revocation) error {
 	l.publish()
 	for _, r := range changed {
 		l.added.WithLabelValues(r.Kind, "remote").Inc()
-		l.log.Info("token revocation learned from another node", "kind", r.Kind, "tenant", r.Tenant, "jti", r.ID, "before", r.Before)
+		l.log.Info("token revocation learned from another node", describe(r)...)
 	}
 	if l.o.Spool != nil {
 		if err := l.o.Spool.PutRevocations(changed, nil); err != nil {
@@ -501,8 +504,9 @@ func (l *List) Start() {
 	}
 	var wg sync.WaitGroup
 	if l.o.Redis != nil {
+		l.ps = l.o.Redis.Client.Subscribe(ctx, l.rkey("revoked"))
 		wg.Add(1)
-		go func() { defer wg.Done(); l.subscribe(ctx) }()
+		go func() { defer wg.Done(); l.subscribe(ctx, l.ps) }()
 	}
 	wg.Add(1)
 	go func() { defer wg.Done(); l.loop(ctx) }()
@@ -513,6 +517,9 @@ func (l *List) Start() {
 func (l *List) Stop() {
 	if l != nil && l.stop != nil {
 		l.stop()
+		if l.ps != nil {
+			_ = l.ps.Close() // unblocks its Receive
+		}
 		<-l.done
 	}
 }
@@ -546,9 +553,7 @@ func (l *List) loop(ctx context.Context) {
 // subscribe receives the announcements of the other nodes. go-redis
 // reconnects and resubscribes by itself; each (re)subscription kicks a
 // full resync, since announcements sent meanwhile are lost.
-func (l *List) subscribe(ctx context.Context) {
-	ps := l.o.Redis.Client.Subscribe(ctx, l.rkey("revoked"))
-	defer ps.Close()
+func (l *List) subscribe(ctx context.Context, ps *redis.PubSub) {
 	backoff := 100 * time.Millisecond
 	for {
 		msg, err := ps.ReceiveTimeout(ctx, 30*time.Second)
@@ -576,6 +581,7 @@ func (l *List) subscribe(ctx context.Context) {
 		switch m := msg.(type) {
 		case *redis.Subscription:
 			if m.Kind == "subscribe" {
+				l.subscriptions.Add(1)
 				select {
 				case l.kick <- struct{}{}:
 				default:
@@ -601,4 +607,12 @@ func (l *List) subscribe(ctx context.Context) {
 func (l *List) allow(kind string) bool {
 	ok, _ := l.sample.Allow(kind)
 	return ok
+}
+
+// describe is r as log attributes.
+func describe(r spool.Revocation) []any {
+	if r.Kind == spool.RevokeID {
+		return []any{"kind", r.Kind, "tenant", r.Tenant, "jti", r.ID}
+	}
+	return []any{"kind", r.Kind, "tenant", r.Tenant, "before", r.Before}
 }
