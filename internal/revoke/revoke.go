@@ -208,6 +208,36 @@ func (l *List) merge(rs []spool.Revocation, now time.Time) []spool.Revocation {
 	return changed
 }
 
+// publishChanged stores a copy of the snapshot with changed applied
+// (a map copy instead of a rebuild from the entries). Called with mu
+// held.
+func (l *List) publishChanged(changed []spool.Revocation) {
+	if len(changed) == 0 {
+		return
+	}
+	old := l.snap.Load()
+	s := &snapshot{ids: old.ids, tenants: old.tenants}
+	var idsCopied, tenantsCopied bool
+	for _, r := range changed {
+		if r.Kind == spool.RevokeID {
+			if !idsCopied {
+				s.ids = make(map[idKey]time.Time, len(old.ids)+len(changed))
+				maps.Copy(s.ids, old.ids)
+				idsCopied = true
+			}
+			s.ids[idKey{r.Tenant, r.ID}] = r.Expires
+		} else {
+			if !tenantsCopied {
+				s.tenants = make(map[string]time.Time, len(old.tenants)+1)
+				maps.Copy(s.tenants, old.tenants)
+				tenantsCopied = true
+			}
+			s.tenants[r.Tenant] = r.Before
+		}
+	}
+	l.snap.Store(s)
+}
+
 // publish rebuilds the snapshot from the entries. Called with mu held.
 func (l *List) publish() {
 	s := &snapshot{ids: map[idKey]time.Time{}, tenants: map[string]time.Time{}}
@@ -291,9 +321,7 @@ func (l *List) revoke(ctx context.Context, r spool.Revocation, ev *pipeline.Even
 			return fmt.Errorf("revoke: storing in the spool: %w", err)
 		}
 	}
-	if len(l.merge([]spool.Revocation{r}, l.now())) > 0 {
-		l.publish()
-	}
+	l.publishChanged(l.merge([]spool.Revocation{r}, l.now()))
 	l.pending[key(&r)] = r
 	l.mu.Unlock()
 	l.added.WithLabelValues(r.Kind, "local").Inc()
@@ -455,7 +483,7 @@ func (l *List) learn(rs []spool.Revocation) error {
 	if len(changed) == 0 {
 		return nil
 	}
-	l.publish()
+	l.publishChanged(changed)
 	for _, r := range changed {
 		l.added.WithLabelValues(r.Kind, "remote").Inc()
 		l.log.Info("token revocation learned from another node", describe(r)...)
