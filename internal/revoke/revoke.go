@@ -43,6 +43,7 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -90,11 +91,12 @@ type Options struct {
 	Metrics prometheus.Registerer
 }
 
-type idKey struct{ tenant, id string }
-
 // snapshot is immutable once stored.
 type snapshot struct {
-	ids     map[idKey]time.Time  // → entry expiry
+	// ids maps a revoked jti to the tenants it was revoked for (almost
+	// always one): one string lookup per request, the tenant compared
+	// only on a hit.
+	ids     map[string][]string
 	tenants map[string]time.Time // → not before
 }
 
@@ -160,7 +162,7 @@ func New(o Options) (*List, error) {
 func (l *List) Revoked(c *token.Claims) bool {
 	s := l.snap.Load()
 	if len(s.ids) > 0 {
-		if _, ok := s.ids[idKey{c.Tenant, c.ID}]; ok {
+		if ts, ok := s.ids[c.ID]; ok && slices.Contains(ts, c.Tenant) {
 			return true
 		}
 	}
@@ -221,11 +223,12 @@ func (l *List) publishChanged(changed []spool.Revocation) {
 	for _, r := range changed {
 		if r.Kind == spool.RevokeID {
 			if !idsCopied {
-				s.ids = make(map[idKey]time.Time, len(old.ids)+len(changed))
+				s.ids = make(map[string][]string, len(old.ids)+len(changed))
 				maps.Copy(s.ids, old.ids)
 				idsCopied = true
 			}
-			s.ids[idKey{r.Tenant, r.ID}] = r.Expires
+			// A new slice: the old snapshot's may be read concurrently.
+			s.ids[r.ID] = append(slices.Clip(s.ids[r.ID]), r.Tenant)
 		} else {
 			if !tenantsCopied {
 				s.tenants = make(map[string]time.Time, len(old.tenants)+1)
@@ -240,10 +243,10 @@ func (l *List) publishChanged(changed []spool.Revocation) {
 
 // publish rebuilds the snapshot from the entries. Called with mu held.
 func (l *List) publish() {
-	s := &snapshot{ids: map[idKey]time.Time{}, tenants: map[string]time.Time{}}
+	s := &snapshot{ids: map[string][]string{}, tenants: map[string]time.Time{}}
 	for _, r := range l.entries {
 		if r.Kind == spool.RevokeID {
-			s.ids[idKey{r.Tenant, r.ID}] = r.Expires
+			s.ids[r.ID] = append(s.ids[r.ID], r.Tenant)
 		} else {
 			s.tenants[r.Tenant] = r.Before
 		}
