@@ -134,14 +134,8 @@ func (s *Server) revokeTenant(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, e)
 		return
 	}
-	body, e := s.readBody(w, r)
-	if e != nil {
-		s.fail(w, e)
-		return
-	}
-	defer putBuf(body)
 	var req revokeRequest
-	if e := decodeJSON(body.Bytes(), &req); e != nil {
+	if e := s.readJSON(w, r, &req); e != nil {
 		s.fail(w, e)
 		return
 	}
@@ -179,4 +173,15 @@ func revocationError(err error) *apiError {
 		return errf(http.StatusInsufficientStorage, codeUnavailable, "", "the spool's disk is full: the token was not revoked; retry")
 	}
 	return errf(http.StatusServiceUnavailable, codeUnavailable, "", "the revocation could not be stored: nothing was revoked; retry")
+}
+
+// readJSON reads the request body (readBody's limits) and decodes it
+// into v (decodeJSON's errors).
+func (s *Server) readJSON(w http.ResponseWriter, r *http.Request, v any) *apiError {
+	body, e := s.readBody(w, r)
+	if e != nil {
+		return e
+	}
+	defer putBuf(body)
+	return decodeJSON(body.Bytes(), v)
 }

@@ -111,10 +111,19 @@ func (s *Spool) Revocations() ([]Revocation, error) {
 // PruneRevocations deletes the id entries that expired before now and
 // returns how many.
 func (s *Spool) PruneRevocations(now time.Time) (int, error) {
+	return s.pruneRange([]byte{kRevocation, 'j'}, []byte{kRevocation, 'j' + 1}, func(v []byte) bool {
+		var r Revocation
+		return json.Unmarshal(v, &r) != nil || !now.Before(r.Expires)
+	})
+}
+
+// pruneRange deletes the records in [lo, hi) whose value expired says
+// is expired (or unreadable), in one unsynced batch, and returns how
+// many.
+func (s *Spool) pruneRange(lo, hi []byte, expired func(v []byte) bool) (int, error) {
 	s.dbMu.RLock()
 	defer s.dbMu.RUnlock()
-	lo := []byte{kRevocation, 'j'}
-	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: lo, UpperBound: []byte{kRevocation, 'j' + 1}})
+	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: lo, UpperBound: hi})
 	if err != nil {
 		return 0, err
 	}
@@ -122,8 +131,7 @@ func (s *Spool) PruneRevocations(now time.Time) (int, error) {
 	b := s.db.NewBatch()
 	n := 0
 	for ok := it.First(); ok; ok = it.Next() {
-		var r Revocation
-		if json.Unmarshal(it.Value(), &r) != nil || !now.Before(r.Expires) {
+		if expired(it.Value()) {
 			_ = b.Delete(bytes.Clone(it.Key()), nil)
 			n++
 		}
