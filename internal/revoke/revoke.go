@@ -284,7 +284,7 @@ func (l *List) RevokeID(ctx context.Context, tenant, id, source string) (spool.R
 	r := spool.Revocation{Kind: spool.RevokeID, Tenant: tenant, ID: id, Expires: now.Add(l.keep), Source: source, Created: now}
 	ev := &pipeline.Event{Type: pipeline.EventTokenRevoked, Tenant: tenant, Source: source,
 		Metadata: map[string]string{"token_id": id, "expires": r.Expires.Format(time.RFC3339)}}
-	return r, l.revoke(ctx, r, ev)
+	return l.revoke(ctx, r, ev)
 }
 
 // RevokeTenant refuses every token of tenant issued before before (zero:
@@ -313,15 +313,21 @@ func (l *List) RevokeTenant(ctx context.Context, tenant string, before time.Time
 	r := spool.Revocation{Kind: spool.RevokeTenant, Tenant: tenant, Before: before, Source: source, Created: now}
 	ev := &pipeline.Event{Type: pipeline.EventTokenRevoked, Tenant: tenant, Source: source,
 		Metadata: map[string]string{"before": before.Format(time.RFC3339)}}
-	return r, l.revoke(ctx, r, ev)
+	return l.revoke(ctx, r, ev)
 }
 
-func (l *List) revoke(ctx context.Context, r spool.Revocation, ev *pipeline.Event) error {
+// revoke stores, applies and shares r, and returns the entry in force
+// (for a tenant, the later of r and the tenant's current time).
+func (l *List) revoke(ctx context.Context, r spool.Revocation, ev *pipeline.Event) (spool.Revocation, error) {
 	l.mu.Lock()
+	if old, ok := l.entries[key(&r)]; ok && r.Kind == spool.RevokeTenant && !r.Before.After(old.Before) {
+		// The spool keeps the entry in force; the event records the request.
+		r.Before = old.Before
+	}
 	if l.o.Spool != nil {
 		if err := l.o.Spool.PutRevocations([]spool.Revocation{r}, ev); err != nil {
 			l.mu.Unlock()
-			return fmt.Errorf("revoke: storing in the spool: %w", err)
+			return spool.Revocation{}, fmt.Errorf("revoke: storing in the spool: %w", err)
 		}
 	}
 	l.publishChanged(l.merge([]spool.Revocation{r}, l.now()))
@@ -329,22 +335,18 @@ func (l *List) revoke(ctx context.Context, r spool.Revocation, ev *pipeline.Even
 	l.mu.Unlock()
 	l.added.WithLabelValues(r.Kind, "local").Inc()
 	l.log.Info("token revoked", append(describe(r), "source", r.Source)...)
-	if l.o.Redis == nil {
-		l.mu.Lock()
-		delete(l.pending, key(&r))
-		l.mu.Unlock()
-		return nil
-	}
-	if err := l.share(ctx, []spool.Revocation{r}); err != nil {
-		l.syncErr.Inc()
-		l.log.Warn("revocation applied on this node; Redis did not take it, the other nodes learn it when Redis answers again",
-			append(describe(r), "err", err)...)
-		return nil
+	if l.o.Redis != nil {
+		if err := l.share(ctx, []spool.Revocation{r}); err != nil {
+			l.syncErr.Inc()
+			l.log.Warn("revocation applied on this node; Redis did not take it, the other nodes learn it when Redis answers again",
+				append(describe(r), "err", err)...)
+			return r, nil
+		}
 	}
 	l.mu.Lock()
 	delete(l.pending, key(&r))
 	l.mu.Unlock()
-	return nil
+	return r, nil
 }
 
 // ---- Redis ----
@@ -486,19 +488,21 @@ func (l *List) learn(rs []spool.Revocation) error {
 	if len(changed) == 0 {
 		return nil
 	}
+	var err error
+	if l.o.Spool != nil {
+		// Stored first, so what a node refuses survives its restart;
+		// on a failure it still applies in memory (a restart before
+		// the next resync would forget it until then).
+		if err = l.o.Spool.PutRevocations(changed, nil); err != nil {
+			err = fmt.Errorf("revoke: storing in the spool: %w", err)
+		}
+	}
 	l.publishChanged(changed)
 	for _, r := range changed {
 		l.added.WithLabelValues(r.Kind, "remote").Inc()
 		l.log.Info("token revocation learned from another node", describe(r)...)
 	}
-	if l.o.Spool != nil {
-		if err := l.o.Spool.PutRevocations(changed, nil); err != nil {
-			// It applies in memory; a restart before the next
-			// resync would forget it until then.
-			return fmt.Errorf("revoke: storing in the spool: %w", err)
-		}
-	}
-	return nil
+	return err
 }
 
 // prune drops expired id entries from memory and the spool.

@@ -86,15 +86,16 @@ func TestRevokeByIDAndTenant(t *testing.T) {
 	if !l.Revoked(old) || l.Revoked(claims("beta", "t-new", now)) {
 		t.Fatalf("not-before: old revoked %v, new revoked %v", l.Revoked(old), l.Revoked(claims("beta", "t-new", now)))
 	}
-	// An earlier time does not lower it.
-	if _, err := l.RevokeTenant(ctx, "beta", now.Add(-time.Hour), SourceAPI); err != nil {
+	// An earlier time does not lower it, and the answer is the time in force.
+	rv, err := l.RevokeTenant(ctx, "beta", now.Add(-time.Hour), SourceAPI)
+	if err != nil {
 		t.Fatal(err)
 	}
-	if !l.Revoked(old) {
-		t.Fatal("an earlier not-before lowered the tenant's time")
+	if !l.Revoked(old) || !rv.Before.Equal(now.Add(-time.Minute)) {
+		t.Fatalf("an earlier not-before lowered the tenant's time (answer %s)", rv.Before)
 	}
 	// Rounded up to the second: a token minted in the same second is refused.
-	rv, err := l.RevokeTenant(ctx, "gamma", now.Add(300*time.Millisecond), SourceAPI)
+	rv, err = l.RevokeTenant(ctx, "gamma", now.Add(300*time.Millisecond), SourceAPI)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -146,8 +147,12 @@ func TestPersistedInSpool(t *testing.T) {
 	if _, err := l.RevokeTenant(ctx, "beta", time.Time{}, SourceAPI); err != nil {
 		t.Fatal(err)
 	}
+	// An earlier time later on must not weaken what the spool keeps.
+	if _, err := l.RevokeTenant(ctx, "beta", time.Now().Add(-time.Hour), SourceAPI); err != nil {
+		t.Fatal(err)
+	}
 	evs, err := sp.ReadOutbox(0, 10)
-	if err != nil || len(evs) != 2 {
+	if err != nil || len(evs) != 3 {
 		t.Fatalf("outbox: %d events, %v", len(evs), err)
 	}
 	for _, ev := range evs {
