@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	promtest "github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/redis/go-redis/v9"
 
 	"github.com/sluice-mta/sluice/internal/spool"
@@ -207,7 +209,8 @@ func TestSharedThroughRedis(t *testing.T) {
 	spB := openSpool(t, t.TempDir())
 	defer spB.Close()
 	a := newList(t, Options{Redis: redisClient(t, rd.Addr), Resync: time.Hour})
-	b := newList(t, Options{Redis: redisClient(t, rd.Addr), Spool: spB, Resync: time.Hour})
+	reg := prometheus.NewRegistry()
+	b := newList(t, Options{Redis: redisClient(t, rd.Addr), Spool: spB, Resync: time.Hour, Metrics: reg})
 	// Resync is an hour: what b learns here came through the channel.
 	testutil.WaitFor(t, "b subscribed", func() bool { return b.subscriptions.Load() > 0 })
 	if _, err := a.RevokeID(ctx, "acme", "tok1", SourceAPI); err != nil {
@@ -222,6 +225,12 @@ func TestSharedThroughRedis(t *testing.T) {
 	rs, err := spB.Revocations()
 	if err != nil || len(rs) != 2 {
 		t.Fatalf("b's spool: %+v, %v", rs, err)
+	}
+	if n := promtest.ToFloat64(b.added.WithLabelValues("id", "remote")) + promtest.ToFloat64(b.added.WithLabelValues("tenant", "remote")); n != 2 {
+		t.Fatalf("sluice_token_revocations_total{origin=remote} on b: %v", n)
+	}
+	if mfs, err := reg.Gather(); err != nil || len(mfs) != 2 {
+		t.Fatalf("b's metrics: %d families, %v", len(mfs), err)
 	}
 	if s := rd.Do("ZSCORE", "sluice:test:revoked:ids", "acme:tok1"); s == "$-1" {
 		t.Fatal("no id entry in Redis")
