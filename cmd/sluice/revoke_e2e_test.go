@@ -76,6 +76,13 @@ func TestRevocationAcrossNodes(t *testing.T) {
 		t.Fatalf("DELETE on A: %s", r)
 	}
 	waitFor(t, "node B refuses the token revoked on A", func() bool { return refusedOnB(tok1) })
+	// A reload installs a new verifier: it keeps the revocations.
+	if out, code := runBin(t, "reload", "-c", b.relay.cfg); code != 0 {
+		t.Fatalf("reload B: exit %d\n%s", code, out)
+	}
+	if !refusedOnB(tok1) {
+		t.Fatal("node B forgot the revocation at a reload")
+	}
 	if r := sendB(tok2); r.status != 202 {
 		t.Fatalf("another token of the tenant: %s", r)
 	}
