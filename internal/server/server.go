@@ -69,8 +69,11 @@ type Server struct {
 	// useTokens installs new token keys in each listener (Reload).
 	// Appended by the listeners' start, under reloadMu.
 	useTokens []func(*token.Issuer, *token.Verifier)
-	control   *controlServer
-	metrics   *prometheus.Registry // one per node; served by the admin listener
+	// revoked is the token revocation list (nil without sluice.tokens at
+	// start; revocations.go).
+	revoked *revoke.List
+	control *controlServer
+	metrics *prometheus.Registry // one per node; served by the admin listener
 	// deadLetters is sluice_event_dead_letters_total, shared by the sinks.
 	deadLetters *prometheus.CounterVec
 	wg          sync.WaitGroup
@@ -89,9 +92,6 @@ type Server struct {
 	// redis is sluice.redis's client (nil: not configured), shared by the
 	// stages of every pipeline and closed by Stop.
 	redis *pipeline.Redis
-	// revoked is the token revocation list (nil without sluice.tokens at
-	// start; revocations.go).
-	revoked *revoke.List
 }
 
 // component is one long-lived part of the node.
