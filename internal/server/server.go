@@ -43,6 +43,7 @@ import (
 	"github.com/sluice-mta/sluice/internal/queue"
 	"github.com/sluice-mta/sluice/internal/ratelimit"
 	"github.com/sluice-mta/sluice/internal/relay"
+	"github.com/sluice-mta/sluice/internal/revoke"
 	"github.com/sluice-mta/sluice/internal/smtpsrc"
 	"github.com/sluice-mta/sluice/internal/spool"
 	"github.com/sluice-mta/sluice/internal/token"
@@ -69,8 +70,11 @@ type Server struct {
 	// useTokens installs new token keys in each listener (Reload).
 	// Appended by the listeners' start, under reloadMu.
 	useTokens []func(*token.Issuer, *token.Verifier)
-	control   *controlServer
-	metrics   *prometheus.Registry // one per node; served by the admin listener
+	// revoked is the token revocation list (nil without sluice.tokens at
+	// start; revocations.go).
+	revoked *revoke.List
+	control *controlServer
+	metrics *prometheus.Registry // one per node; served by the admin listener
 	// deadLetters is sluice_event_dead_letters_total, shared by the sinks.
 	deadLetters *prometheus.CounterVec
 	wg          sync.WaitGroup
@@ -545,11 +549,19 @@ func (s *Server) components() []component {
 	if t := cfg.Tokens; t.Enabled() {
 		cs = append(cs, component{name: "tokens",
 			start: func() error {
+				// Revocations load from the spool (and Redis) before
+				// any listener accepts (revocations.go).
+				if err := s.startRevocations(cfg); err != nil {
+					return err
+				}
 				var err error
-				s.tokIss, s.tokVer, err = token.Load(t.SigningKey, t.PublicKeys, t.MaxLifetime, nil)
+				s.tokIss, s.tokVer, err = token.Load(t.SigningKey, t.PublicKeys, t.MaxLifetime, s.revoker())
+				if err != nil {
+					s.revoked.Stop()
+				}
 				return err
 			},
-			stop: func(context.Context) error { return nil },
+			stop: func(context.Context) error { s.revoked.Stop(); return nil },
 		})
 	}
 	for _, l := range cfg.SMTP {
@@ -599,6 +611,7 @@ func (s *Server) components() []component {
 					return fmt.Errorf("http listener %s: %w", l.Addr, err)
 				}
 				srv.UseTokens(s.tokIss, s.tokVer)
+				srv.UseRevocations(s.revoked)
 				s.onTokens(srv.UseTokens)
 				ln, err := net.Listen("tcp", l.Addr)
 				if err != nil {
@@ -869,7 +882,7 @@ func (s *Server) Reload() (summary string, err error) {
 		tokVer *token.Verifier
 	)
 	if t := cfg.Tokens; t.Enabled() {
-		if tokIss, tokVer, err = token.Load(t.SigningKey, t.PublicKeys, t.MaxLifetime, nil); err != nil {
+		if tokIss, tokVer, err = token.Load(t.SigningKey, t.PublicKeys, t.MaxLifetime, s.revoker()); err != nil {
 			err = fmt.Errorf("sluice.tokens: %w", err)
 			s.log.Error("reload failed; the running pipeline keeps serving", "err", err)
 			return "", err
