@@ -129,6 +129,9 @@ func New(cfg *config.Config, log *slog.Logger) (*Server, error) {
 	if s.redis, err = NewRedis(cfg); err != nil {
 		return nil, err
 	}
+	if s.redis != nil {
+		useRedisLogger(log)
+	}
 	rm, err := ratelimit.NewMetrics(s.metrics)
 	if err != nil {
 		closeRedis(s.redis)
