@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"fmt"
+	"io"
 	"net/netip"
 	"time"
 
@@ -297,14 +298,28 @@ func isFieldLine(line []byte) bool {
 func (m *Message) Bytes() ([]byte, error) {
 	var buf bytes.Buffer
 	buf.Grow(len(m.Body) + 1024)
-	if err := textproto.WriteHeader(&buf, m.Header); err != nil {
+	if _, err := m.WriteTo(&buf); err != nil {
 		return nil, err
 	}
-	if m.noBlank {
-		buf.Truncate(buf.Len() - 2) // the empty line WriteHeader ends with
-	}
-	buf.Write(m.Body)
 	return buf.Bytes(), nil
+}
+
+// WriteTo writes what Bytes returns to w without building a copy (a
+// signer hashes the message this way).
+func (m *Message) WriteTo(w io.Writer) (int64, error) {
+	var hdr bytes.Buffer
+	if err := textproto.WriteHeader(&hdr, m.Header); err != nil {
+		return 0, err
+	}
+	if m.noBlank {
+		hdr.Truncate(hdr.Len() - 2) // the empty line WriteHeader ends with
+	}
+	n, err := w.Write(hdr.Bytes())
+	if err != nil {
+		return int64(n), err
+	}
+	nb, err := w.Write(m.Body)
+	return int64(n + nb), err
 }
 
 // Route kinds. Later kinds (capture, hold, drop) get their own constants.

@@ -279,7 +279,8 @@ func buildStage(cfg *config.Config, spec config.StageSpec, host *luahost.Host, l
 			return nil, err
 		}
 		if p, ok := st.(pipeline.Provisioner); ok {
-			env := &pipeline.Env{Logger: log.With("stage", spec.Name), Resolver: txtResolver{res}, Hostname: hostname, Node: cfg.Node, Redis: sh.redis}
+			env := &pipeline.Env{Logger: log.With("stage", spec.Name), Resolver: stageResolver{res}, Hostname: hostname, Node: cfg.Node, Redis: sh.redis,
+				ConfigDir: configDir(cfg)}
 			if err := p.Provision(env); err != nil {
 				closeStage(st)
 				return nil, err
@@ -308,20 +309,6 @@ func closeStage(st pipeline.Stage) {
 	if c, ok := st.(pipeline.Closer); ok {
 		_ = c.Close()
 	}
-}
-
-// txtResolver adapts dnsx to pipeline.Resolver.
-type txtResolver struct{ r dnsx.Resolver }
-
-func (t txtResolver) LookupTXT(ctx context.Context, name string) ([]string, time.Duration, error) {
-	res, err := t.r.LookupTXT(ctx, name)
-	if dnsx.IsNotFound(err) || dnsx.IsNoData(err) {
-		return nil, 0, pipeline.ErrDNSNotFound
-	}
-	if err != nil {
-		return nil, 0, err
-	}
-	return res.Records, res.TTL, nil
 }
 
 // Chain returns the current compiled pipeline.
