@@ -35,6 +35,7 @@ require (
 
 require (
 	aidanwoods.dev/go-result v0.3.1 // indirect
+	blitiri.com.ar/go/spf v1.6.0 // indirect
 	github.com/DataDog/zstd v1.5.7 // indirect
 	github.com/RaduBerinde/axisds v0.1.0 // indirect
 	github.com/RaduBerinde/btreemap v0.0.0-20250419174037-3d62b7205d54 // indirect

@@ -279,7 +279,7 @@ func buildStage(cfg *config.Config, spec config.StageSpec, host *luahost.Host, l
 			return nil, err
 		}
 		if p, ok := st.(pipeline.Provisioner); ok {
-			env := &pipeline.Env{Logger: log.With("stage", spec.Name), Resolver: stageResolver{res}, Hostname: hostname, Node: cfg.Node, Redis: sh.redis,
+			env := &pipeline.Env{Logger: log.With("stage", spec.Name), Resolver: dnsx.ForStages(res), Hostname: hostname, Node: cfg.Node, Redis: sh.redis,
 				ConfigDir: configDir(cfg)}
 			if err := p.Provision(env); err != nil {
 				closeStage(st)
@@ -941,4 +941,12 @@ func EnsureDirs(cfg *config.Config) error {
 // suppressionPolicy is sluice.suppression as the spool takes it.
 func suppressionPolicy(cfg *config.Config) spool.SuppressionPolicy {
 	return spool.SuppressionPolicy{Enabled: cfg.Suppression.Enabled, Classes: cfg.Suppression.Classes}
+}
+
+// configDir is the directory relative paths in stage options start from.
+func configDir(cfg *config.Config) string {
+	if cfg.File == "" {
+		return ""
+	}
+	return filepath.Dir(cfg.File)
 }

@@ -1,26 +1,25 @@
-package server
+package dnsx
 
 import (
 	"context"
 	"net/netip"
-	"path/filepath"
 	"slices"
 	"time"
 
-	"github.com/sluice-mta/sluice/internal/config"
-	"github.com/sluice-mta/sluice/internal/dnsx"
 	"github.com/sluice-mta/sluice/pipeline"
 )
 
-// stageResolver adapts dnsx to pipeline.HostResolver: NXDOMAIN and NODATA
-// become pipeline.ErrDNSNotFound, every other error stays (temporary).
-type stageResolver struct{ r dnsx.Resolver }
+// ForStages adapts r to pipeline.HostResolver, the DNS stages get in
+// pipeline.Env: NXDOMAIN and NODATA become pipeline.ErrDNSNotFound, every
+// other error stays as it is (temporary). PTR lookups need a *Client (or
+// anything with its LookupPTR); with another Resolver they find nothing.
+func ForStages(r Resolver) pipeline.HostResolver { return stageResolver{r} }
 
-var _ pipeline.HostResolver = stageResolver{}
+type stageResolver struct{ r Resolver }
 
 // outcome maps a dnsx result to the pipeline's outcomes.
-func outcome[T any](res dnsx.Result[T], err error) ([]T, time.Duration, error) {
-	if dnsx.IsNotFound(err) || dnsx.IsNoData(err) {
+func outcome[T any](res Result[T], err error) ([]T, time.Duration, error) {
+	if IsNotFound(err) || IsNoData(err) {
 		return nil, 0, pipeline.ErrDNSNotFound
 	}
 	if err != nil {
@@ -42,7 +41,7 @@ func (t stageResolver) LookupMX(ctx context.Context, domain string) ([]string, t
 	if err != nil {
 		return nil, 0, err
 	}
-	slices.SortStableFunc(mxs, func(a, b dnsx.MX) int { return int(a.Pref) - int(b.Pref) })
+	slices.SortStableFunc(mxs, func(a, b MX) int { return int(a.Pref) - int(b.Pref) })
 	hosts := make([]string, 0, len(mxs))
 	for _, m := range mxs {
 		hosts = append(hosts, m.Host)
@@ -50,9 +49,9 @@ func (t stageResolver) LookupMX(ctx context.Context, domain string) ([]string, t
 	return hosts, ttl, nil
 }
 
-// ptrResolver is implemented by dnsx.Client (not part of dnsx.Resolver).
+// ptrResolver is implemented by Client (not part of Resolver).
 type ptrResolver interface {
-	LookupPTR(ctx context.Context, ip netip.Addr) (dnsx.Result[string], error)
+	LookupPTR(ctx context.Context, ip netip.Addr) (Result[string], error)
 }
 
 func (t stageResolver) LookupPTR(ctx context.Context, ip netip.Addr) ([]string, time.Duration, error) {
@@ -61,12 +60,4 @@ func (t stageResolver) LookupPTR(ctx context.Context, ip netip.Addr) ([]string, 
 		return nil, 0, pipeline.ErrDNSNotFound
 	}
 	return outcome(p.LookupPTR(ctx, ip))
-}
-
-// configDir is the directory relative paths in stage options start from.
-func configDir(cfg *config.Config) string {
-	if cfg.File == "" {
-		return ""
-	}
-	return filepath.Dir(cfg.File)
 }
