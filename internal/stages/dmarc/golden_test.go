@@ -221,4 +221,3 @@ func TestEnforce(t *testing.T) {
 		}
 	}
 }
-
