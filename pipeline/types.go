@@ -298,21 +298,30 @@ func isFieldLine(line []byte) bool {
 func (m *Message) Bytes() ([]byte, error) {
 	var buf bytes.Buffer
 	buf.Grow(len(m.Body) + 1024)
-	if _, err := m.WriteTo(&buf); err != nil {
+	if err := m.writeHeader(&buf); err != nil {
 		return nil, err
 	}
+	buf.Write(m.Body)
 	return buf.Bytes(), nil
+}
+
+// writeHeader writes the header section as Bytes does.
+func (m *Message) writeHeader(buf *bytes.Buffer) error {
+	if err := textproto.WriteHeader(buf, m.Header); err != nil {
+		return err
+	}
+	if m.noBlank {
+		buf.Truncate(buf.Len() - 2) // the empty line WriteHeader ends with
+	}
+	return nil
 }
 
 // WriteTo writes what Bytes returns to w without building a copy (a
 // signer hashes the message this way).
 func (m *Message) WriteTo(w io.Writer) (int64, error) {
 	var hdr bytes.Buffer
-	if err := textproto.WriteHeader(&hdr, m.Header); err != nil {
+	if err := m.writeHeader(&hdr); err != nil {
 		return 0, err
-	}
-	if m.noBlank {
-		hdr.Truncate(hdr.Len() - 2) // the empty line WriteHeader ends with
 	}
 	n, err := w.Write(hdr.Bytes())
 	if err != nil {
