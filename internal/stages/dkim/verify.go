@@ -9,6 +9,7 @@ import (
 
 	"github.com/emersion/go-message/textproto"
 	msgauth "github.com/emersion/go-msgauth/dkim"
+	"github.com/sluice-mta/sluice/internal/mailtext"
 	"github.com/sluice-mta/sluice/internal/stages/opts"
 	"github.com/sluice-mta/sluice/pipeline"
 )
@@ -113,7 +114,7 @@ func Verify(ctx context.Context, res pipeline.Resolver, h *textproto.Header, bod
 	}
 	verifs, err := msgauth.VerifyWithOptions(&buf, &msgauth.VerifyOptions{LookupTXT: lookup, MaxVerifications: len(accepted)})
 	if err != nil && !errors.Is(err, msgauth.ErrTooManySignatures) {
-		return append(out, pipeline.AuthResult{Method: "dkim", Result: "permerror", Reason: clean(err.Error())})
+		return append(out, pipeline.AuthResult{Method: "dkim", Result: "permerror", Reason: mailtext.AuthReason(err.Error())})
 	}
 	for i, vf := range verifs {
 		var tags map[string]string
@@ -130,7 +131,7 @@ func Verify(ctx context.Context, res pipeline.Resolver, h *textproto.Header, bod
 		default:
 			r, reason = "fail", vf.Err.Error()
 		}
-		out = append(out, result(r, clean(reason), tags))
+		out = append(out, result(r, mailtext.AuthReason(reason), tags))
 	}
 	return out
 }
@@ -139,13 +140,13 @@ func Verify(ctx context.Context, res pipeline.Resolver, h *textproto.Header, bod
 // characters of header.b (RFC 6008) to tell signatures apart.
 func result(r, reason string, tags map[string]string) pipeline.AuthResult {
 	a := pipeline.AuthResult{Method: "dkim", Result: r, Reason: reason}
-	if d := tags["d"]; d != "" && isPropValue(d) {
+	if d := mailtext.AuthPropValue(tags["d"]); d != "" {
 		a.Props = append(a.Props, "header.d="+strings.ToLower(d))
 	}
-	if s := tags["s"]; s != "" && isPropValue(s) {
+	if s := mailtext.AuthPropValue(tags["s"]); s != "" {
 		a.Props = append(a.Props, "header.s="+s)
 	}
-	if b := tags["b"]; len(b) >= 8 && isPropValue(b[:8]) {
+	if b := mailtext.AuthPropValue(tags["b"]); len(b) >= 8 {
 		a.Props = append(a.Props, "header.b="+b[:8])
 	}
 	return a
@@ -163,24 +164,4 @@ func parseTags(v string) map[string]string {
 		m[strings.TrimSpace(k)] = strings.Join(strings.Fields(val), "")
 	}
 	return m
-}
-
-func isPropValue(s string) bool {
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if c <= ' ' || c >= 0x7f || c == ';' || c == '(' || c == ')' || c == '"' || c == '\\' {
-			return false
-		}
-	}
-	return true
-}
-
-// clean makes s fit a reason="..." value.
-func clean(s string) string {
-	return strings.Map(func(r rune) rune {
-		if r < ' ' || r == ';' || r == 0x7f {
-			return ' '
-		}
-		return r
-	}, s)
 }

@@ -25,6 +25,7 @@ import (
 	msgdmarc "github.com/emersion/go-msgauth/dmarc"
 	"golang.org/x/net/publicsuffix"
 
+	"github.com/sluice-mta/sluice/internal/mailtext"
 	"github.com/sluice-mta/sluice/internal/stages/opts"
 	"github.com/sluice-mta/sluice/pipeline"
 )
@@ -139,7 +140,7 @@ func (s *Stage) Evaluate(ctx context.Context, msg *pipeline.Message) Result {
 		r.Result, r.Reason = "temperror", "policy lookup failed"
 		return r
 	case err != nil:
-		r.Result, r.Reason = "permerror", "policy record: "+clean(err.Error())
+		r.Result, r.Reason = "permerror", "policy record: "+mailtext.AuthReason(err.Error())
 		return r
 	}
 	r.Policy = string(rec.Policy)
@@ -234,13 +235,4 @@ func OrgDomain(domain string) string {
 		return d
 	}
 	return domain
-}
-
-func clean(s string) string {
-	return strings.Map(func(r rune) rune {
-		if r < ' ' || r == ';' || r == 0x7f {
-			return ' '
-		}
-		return r
-	}, s)
 }

@@ -24,6 +24,7 @@ import (
 
 	libspf "blitiri.com.ar/go/spf"
 
+	"github.com/sluice-mta/sluice/internal/mailtext"
 	"github.com/sluice-mta/sluice/internal/stages/opts"
 	"github.com/sluice-mta/sluice/pipeline"
 )
@@ -85,12 +86,12 @@ func (s *Stage) OnMail(ctx context.Context, txn *pipeline.Txn) (pipeline.Verdict
 	res, domain, err := Check(ctx, s.res, c.RemoteIP, c.HELO, txn.Sender)
 	a := pipeline.AuthResult{Method: "spf", Result: string(res)}
 	if txn.Sender != "" {
-		a.Props = []string{"smtp.mailfrom=" + propValue(txn.Sender)}
+		a.Props = []string{"smtp.mailfrom=" + mailtext.AuthPropValue(txn.Sender)}
 	} else {
-		a.Props = []string{"smtp.helo=" + propValue(c.HELO)}
+		a.Props = []string{"smtp.helo=" + mailtext.AuthPropValue(c.HELO)}
 	}
 	if err != nil && (res == libspf.PermError || res == libspf.TempError) {
-		a.Reason = reason(err)
+		a.Reason = mailtext.AuthReason(err.Error())
 	}
 	v.Edits.AuthResults = []pipeline.AuthResult{a}
 	v.Edits.SetScratch(ScratchResult, string(res))
@@ -168,23 +169,4 @@ func (a adapter) LookupAddr(ctx context.Context, addr string) ([]string, error) 
 		out = append(out, n+".")
 	}
 	return out, nil
-}
-
-// propValue makes s safe as an Authentication-Results property value.
-func propValue(s string) string {
-	return strings.Map(func(r rune) rune {
-		if r <= ' ' || r == ';' || r == '(' || r == ')' || r == '"' || r == '\\' || r == 0x7f {
-			return -1
-		}
-		return r
-	}, s)
-}
-
-func reason(err error) string {
-	return strings.Map(func(r rune) rune {
-		if r < ' ' || r == ';' || r == 0x7f {
-			return ' '
-		}
-		return r
-	}, err.Error())
 }
