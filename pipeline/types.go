@@ -294,6 +294,13 @@ func isFieldLine(line []byte) bool {
 	return i < len(line) && line[i] == ':'
 }
 
+// HeaderEnded reports whether the header section is ended by an empty
+// line, as RFC 5322 section 2.1 requires. It is false for a message that
+// came without one (fields followed directly by body text, or only body
+// text), which Bytes writes back as it came: a DKIM signer cannot sign
+// such a message, since verifiers cannot tell its header from its body.
+func (m *Message) HeaderEnded() bool { return !m.noBlank }
+
 // Bytes serialises the header and body as they will be spooled and sent.
 func (m *Message) Bytes() ([]byte, error) {
 	var buf bytes.Buffer

@@ -161,6 +161,15 @@ func (s *Signer) Keys() *dkim.Store { return s.keys }
 // per key of the chosen domain (see choose).
 func (s *Signer) Sign(ctx context.Context, msg *pipeline.Message) error {
 	keys, why := s.choose(msg)
+	if len(keys) > 0 && !msg.HeaderEnded() {
+		// No empty line ends the header: no verifier could find the
+		// header this would sign. Sent unsigned, as without this stage;
+		// refusing it would only make the client retry forever.
+		if ok, n := s.sampler.Allow("no header end"); ok {
+			s.log.Warn("sending unsigned: the message has no empty line after its header", "msgid", msg.ID, "suppressed", n)
+		}
+		return nil
+	}
 	if len(keys) == 0 {
 		if why != "" {
 			return s.failed(msg, why, nil)

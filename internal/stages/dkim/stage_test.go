@@ -176,6 +176,19 @@ func TestSignChoosesKeys(t *testing.T) {
 	if err != nil || msg.Header.Has("DKIM-Signature") {
 		t.Errorf("on_error=continue: %v, signed %v", err, msg.Header.Has("DKIM-Signature"))
 	}
+	// A message without an empty line after its header goes unsigned,
+	// byte for byte, instead of failing for ever.
+	ch, _ := pipeline.Compile([]pipeline.Stage{st}, pipeline.ChainOptions{})
+	for _, raw := range []string{"From: a@a.test\r\nbody text\r\n", "From: a@a.test\r\nSubject: x\r\n"} {
+		msg, _ = pipeline.ParseMessage(&pipeline.Txn{ID: "01T", Conn: &pipeline.Conn{Source: pipeline.SourceSMTP}}, []byte(raw))
+		if _, _, err := ch.Message(context.Background(), msg); err != nil {
+			t.Errorf("%q: %v", raw, err)
+		}
+		out, _ := msg.Bytes()
+		if signedToo := msg.Header.Has("DKIM-Signature"); signedToo != msg.HeaderEnded() {
+			t.Errorf("%q: signed %v, header ended %v:\n%s", raw, signedToo, msg.HeaderEnded(), out)
+		}
+	}
 }
 
 // TestVerifyCapAndLengthTag: only max_signatures signatures are looked
