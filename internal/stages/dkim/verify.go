@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"io"
 	"net"
 	"strings"
 
@@ -96,12 +97,12 @@ func Verify(ctx context.Context, res pipeline.Resolver, h *textproto.Header, bod
 	if len(accepted) == 0 {
 		return out
 	}
-	var buf bytes.Buffer
-	buf.Grow(len(body) + 2048)
-	if err := textproto.WriteHeader(&buf, hc); err != nil {
+	var hdr bytes.Buffer
+	if err := textproto.WriteHeader(&hdr, hc); err != nil {
 		return append(out, pipeline.AuthResult{Method: "dkim", Result: "permerror", Reason: "header cannot be written"})
 	}
-	buf.Write(body)
+	// The body is read in place, not copied: it may be megabytes.
+	msgReader := io.MultiReader(&hdr, bytes.NewReader(body))
 	lookup := func(name string) ([]string, error) {
 		txt, _, err := res.LookupTXT(ctx, name)
 		if errors.Is(err, pipeline.ErrDNSNotFound) {
@@ -112,7 +113,7 @@ func Verify(ctx context.Context, res pipeline.Resolver, h *textproto.Header, bod
 		}
 		return txt, nil
 	}
-	verifs, err := msgauth.VerifyWithOptions(&buf, &msgauth.VerifyOptions{LookupTXT: lookup, MaxVerifications: len(accepted)})
+	verifs, err := msgauth.VerifyWithOptions(msgReader, &msgauth.VerifyOptions{LookupTXT: lookup, MaxVerifications: len(accepted)})
 	if err != nil && !errors.Is(err, msgauth.ErrTooManySignatures) {
 		return append(out, pipeline.AuthResult{Method: "dkim", Result: "permerror", Reason: mailtext.AuthReason(err.Error())})
 	}
