@@ -27,7 +27,9 @@ sluice.stage("policy", {
 // fails and whose DMARC policy is reject is refused with 550 5.7.1 by
 // the Lua stage.
 func TestInboundAuthEndToEnd(t *testing.T) {
-	e := newEnv(t, nil)
+	// 127.0.0.1 is not a relay network here: mail from it arrives as at
+	// an MX (a relay network's mail is a submission and is not checked).
+	e := newEnv(t, map[string]string{"{{RELAYNETS}}": `"10.255.0.0/16"`})
 	e.dns.AddMX("local.test", 10, "mx1.mx.test")
 	e.dns.AddTXT("good.test", "v=spf1 ip4:127.0.0.1 -all")
 	e.dns.AddTXT("_dmarc.good.test", "v=DMARC1; p=reject")

@@ -30,9 +30,10 @@ const DefaultMaxSignatures = 5
 // signature. It never rejects: policy is the dmarc stage's or Lua's
 // (msg.auth.dkim). Safe for concurrent use.
 type Verifier struct {
-	name string
-	max  int
-	res  pipeline.Resolver
+	name     string
+	max      int
+	checkAll bool // also check submissions (Conn.Submission)
+	res      pipeline.Resolver
 }
 
 var (
@@ -40,11 +41,13 @@ var (
 	_ pipeline.Provisioner = (*Verifier)(nil)
 )
 
-// NewVerifier builds a dkim_verify stage (options: max_signatures).
+// NewVerifier builds a dkim_verify stage (options: max_signatures,
+// check_submissions).
 func NewVerifier(name string, m map[string]any) (pipeline.Stage, error) {
 	v := &Verifier{name: name, max: DefaultMaxSignatures}
 	o := opts.New("dkim_verify", m)
 	o.Int("max_signatures", &v.max, 1, 50)
+	o.Bool("check_submissions", &v.checkAll)
 	if err := o.Err(); err != nil {
 		return nil, err
 	}
@@ -60,9 +63,13 @@ func (v *Verifier) Provision(env *pipeline.Env) error {
 	return nil
 }
 
-// OnMessage verifies msg's signatures.
+// OnMessage verifies msg's signatures; mail our own clients submit
+// (pipeline.Conn.Submission) is skipped unless check_submissions is set.
 func (v *Verifier) OnMessage(ctx context.Context, msg *pipeline.Message) (pipeline.Verdict, error) {
 	var verd pipeline.Verdict
+	if msg.Conn.Submission() && !v.checkAll {
+		return verd, nil
+	}
 	verd.Edits.AuthResults = Verify(ctx, v.res, &msg.Header, msg.Body, v.max)
 	return verd, nil
 }

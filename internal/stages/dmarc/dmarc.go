@@ -44,8 +44,9 @@ const QuarantineTag = "dmarc-quarantine"
 
 // Stage is the dmarc stage (on_message). Safe for concurrent use.
 type Stage struct {
-	name    string
-	enforce bool
+	name     string
+	enforce  bool
+	checkAll bool // also check submissions (Conn.Submission)
 	res     pipeline.Resolver
 	rand    func() int // 0..99, for pct=
 }
@@ -55,11 +56,13 @@ var (
 	_ pipeline.Provisioner = (*Stage)(nil)
 )
 
-// New builds a dmarc stage. Option: enforce (default false).
+// New builds a dmarc stage. Options: enforce (default false),
+// check_submissions (default false).
 func New(name string, m map[string]any) (pipeline.Stage, error) {
 	s := &Stage{name: name, rand: func() int { return rand.IntN(100) }}
 	o := opts.New("dmarc", m)
 	o.Bool("enforce", &s.enforce)
+	o.Bool("check_submissions", &s.checkAll)
 	if err := o.Err(); err != nil {
 		return nil, err
 	}
@@ -84,10 +87,15 @@ type Result struct {
 	Reason      string
 }
 
-// OnMessage evaluates msg and records the result.
+// OnMessage evaluates msg and records the result; mail our own clients
+// submit (pipeline.Conn.Submission) is skipped unless check_submissions
+// is set: it is not signed yet, and its domain's policy would refuse it.
 func (s *Stage) OnMessage(ctx context.Context, msg *pipeline.Message) (pipeline.Verdict, error) {
-	r := s.Evaluate(ctx, msg)
 	var v pipeline.Verdict
+	if msg.Conn.Submission() && !s.checkAll {
+		return v, nil
+	}
+	r := s.Evaluate(ctx, msg)
 	a := pipeline.AuthResult{Method: "dmarc", Result: r.Result, Reason: r.Reason}
 	if r.Domain != "" {
 		a.Props = []string{"header.from=" + r.Domain}

@@ -221,3 +221,40 @@ func TestEnforce(t *testing.T) {
 		}
 	}
 }
+
+// TestSubmissionsSkipped: mail our own clients submit (authenticated, in
+// relay networks, HTTP, DSNs) is neither DKIM-verified nor judged by
+// DMARC, unless check_submissions is set: it is not signed yet and
+// p=reject would refuse it.
+func TestSubmissionsSkipped(t *testing.T) {
+	raw, err := os.ReadFile("testdata/dmarc-fail-reject.msg")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, env := loadZone(t, "testdata/dmarc-fail-reject.dns")
+	for _, c := range []struct {
+		conn *pipeline.Conn
+		opts map[string]any
+		want string
+	}{
+		{&pipeline.Conn{Source: pipeline.SourceSMTP, RemoteIP: env.ip, Identity: &pipeline.Identity{Name: "app"}}, map[string]any{"enforce": true}, ""},
+		{&pipeline.Conn{Source: pipeline.SourceSMTP, RemoteIP: env.ip, RelayNetwork: true}, map[string]any{"enforce": true}, ""},
+		{&pipeline.Conn{Source: pipeline.SourceDSN}, map[string]any{"enforce": true}, ""},
+		{&pipeline.Conn{Source: pipeline.SourceSMTP, RemoteIP: env.ip, Identity: &pipeline.Identity{Name: "app"}}, map[string]any{"check_submissions": true},
+			"mx.test; dmarc=fail reason=\"policy reject, disposition reject\" header.from=example.com"},
+	} {
+		ch := build(t, srv, c.opts)
+		txn := &pipeline.Txn{Conn: c.conn, ID: "01SUB", Sender: env.mailfrom}
+		if err := ch.Mail(context.Background(), txn); err != nil {
+			t.Fatal(err)
+		}
+		msg, _ := pipeline.ParseMessage(txn, raw)
+		if _, _, err := ch.Message(context.Background(), msg); err != nil {
+			t.Errorf("%+v: %v", c.conn, err)
+			continue
+		}
+		if got := msg.Header.Get("Authentication-Results"); got != c.want {
+			t.Errorf("%+v %v: %q, want %q", c.conn, c.opts, got, c.want)
+		}
+	}
+}

@@ -40,7 +40,7 @@ const (
 // Stage is the spf stage (on_mail). Safe for concurrent use.
 type Stage struct {
 	name     string
-	checkAll bool // also check authenticated clients
+	checkAll bool // also check submissions (Conn.Submission)
 	res      pipeline.HostResolver
 }
 
@@ -49,12 +49,12 @@ var (
 	_ pipeline.Provisioner = (*Stage)(nil)
 )
 
-// New builds an spf stage. Option: check_authenticated (default false:
-// mail from authenticated clients, our own users, is not checked).
+// New builds an spf stage. Option: check_submissions (default false: mail
+// our own clients submit, pipeline.Conn.Submission, is not checked).
 func New(name string, m map[string]any) (pipeline.Stage, error) {
 	s := &Stage{name: name}
 	o := opts.New("spf", m)
-	o.Bool("check_authenticated", &s.checkAll)
+	o.Bool("check_submissions", &s.checkAll)
 	if err := o.Err(); err != nil {
 		return nil, err
 	}
@@ -80,7 +80,7 @@ func (s *Stage) Provision(env *pipeline.Env) error {
 func (s *Stage) OnMail(ctx context.Context, txn *pipeline.Txn) (pipeline.Verdict, error) {
 	var v pipeline.Verdict
 	c := txn.Conn
-	if c == nil || c.Source != pipeline.SourceSMTP || !c.RemoteIP.IsValid() || c.Authenticated() && !s.checkAll {
+	if c == nil || c.Source != pipeline.SourceSMTP || !c.RemoteIP.IsValid() || c.Submission() && !s.checkAll {
 		return v, nil
 	}
 	res, domain, err := Check(ctx, s.res, c.RemoteIP, c.HELO, txn.Sender)

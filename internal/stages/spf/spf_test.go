@@ -56,10 +56,19 @@ func TestStage(t *testing.T) {
 		{smtp("192.0.2.7"), "a@nothing.example", "none smtp.mailfrom=a@nothing.example none nothing.example"},
 		{&pipeline.Conn{Source: pipeline.SourceSMTP, RemoteIP: netip.MustParseAddr("198.51.100.1"), Identity: &pipeline.Identity{Name: "u"}}, "a@example.com", "-"},
 		{&pipeline.Conn{Source: pipeline.SourceHTTP, RemoteIP: netip.MustParseAddr("198.51.100.1")}, "a@example.com", "-"},
+		{&pipeline.Conn{Source: pipeline.SourceSMTP, RemoteIP: netip.MustParseAddr("198.51.100.1"), RelayNetwork: true}, "a@example.com", "-"},
 	} {
 		if got := check(c.conn, c.sender); got != c.want {
 			t.Errorf("%v %q: %q, want %q", c.conn.RemoteIP, c.sender, got, c.want)
 		}
+	}
+	// check_submissions: an authenticated client is checked too.
+	all, _ := New("spf", map[string]any{"check_submissions": true})
+	all.(pipeline.Provisioner).Provision(&pipeline.Env{Resolver: dnsx.ForStages(cl)})
+	v, _ := all.(pipeline.MailHook).OnMail(context.Background(), &pipeline.Txn{Sender: "a@example.com",
+		Conn: &pipeline.Conn{Source: pipeline.SourceSMTP, RemoteIP: netip.MustParseAddr("198.51.100.1"), Identity: &pipeline.Identity{Name: "u"}}})
+	if len(v.Edits.AuthResults) != 1 || v.Edits.AuthResults[0].Result != "fail" {
+		t.Errorf("check_submissions: %+v", v.Edits.AuthResults)
 	}
 	if _, err := New("spf", map[string]any{"strict": true}); err == nil {
 		t.Error("unknown option accepted")
