@@ -47,8 +47,8 @@ type Stage struct {
 	name     string
 	enforce  bool
 	checkAll bool // also check submissions (Conn.Submission)
-	res     pipeline.Resolver
-	rand    func() int // 0..99, for pct=
+	res      pipeline.Resolver
+	rand     func() int // 0..99, for pct=
 }
 
 var (
