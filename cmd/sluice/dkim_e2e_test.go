@@ -127,3 +127,49 @@ func TestDKIMSignEndToEnd(t *testing.T) {
 		t.Errorf("DSN: dkimpy %q\n%s", res, dsn.Data)
 	}
 }
+
+// TestDKIMReloadRereadsKeys: replacing a key file and running `sluice
+// reload` makes the next message signed with the new key (the rotation
+// path that needs no restart).
+func TestDKIMReloadRereadsKeys(t *testing.T) {
+	testutil.NeedDKIMPy(t)
+	e := newEnv(t, nil)
+	dir := t.TempDir()
+	keys := filepath.Join(dir, "keys")
+	name, old := keygen(t, keys, "sender.test", "e1", "ed25519")
+	pairs := []string{}
+	for k, v := range e.vars {
+		pairs = append(pairs, k, v)
+	}
+	e.relay = newRelay(t, dir, strings.NewReplacer(pairs...).Replace(baseConfig)+`
+sluice.stage("dkim", sluice.builtin.dkim_sign { domain = "sender.test", selector = "e1", key = "keys/sender.test.e1.pem" })
+`)
+	e.relay.start()
+	send := func(n int, subject string) []byte {
+		t.Helper()
+		if err := sendMail(e.relay.smtp, "app@sender.test", []string{"bob@mx.test"}, msgData("app@sender.test", "bob@mx.test", subject)); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, "message "+subject, func() bool { return e.mx.count() == n })
+		return e.mx.messages()[n-1].Data
+	}
+	first := send(1, "before")
+	if res := testutil.DKIMPyVerify(t, first, map[string]string{name: old}); res[0] != "pass d=sender.test s=e1 a=ed25519-sha256" {
+		t.Fatalf("before the reload: %q", res)
+	}
+	var out, errb bytes.Buffer
+	if code := run([]string{"dkim", "keygen", "--domain", "sender.test", "--selector", "e1", "--algo", "ed25519", "--out", keys, "--force"}, &out, &errb); code != 0 {
+		t.Fatal(errb.String())
+	}
+	fresh := regexp.MustCompile(`(?m)^value:\s+(.+)$`).FindStringSubmatch(out.String())[1]
+	if o, code := runBin(t, "reload", "-c", e.relay.cfg); code != 0 {
+		t.Fatalf("reload: exit %d\n%s", code, o)
+	}
+	second := send(2, "after")
+	if res := testutil.DKIMPyVerify(t, second, map[string]string{name: fresh}); res[0] != "pass d=sender.test s=e1 a=ed25519-sha256" {
+		t.Errorf("after the reload, with the new record: %q", res)
+	}
+	if res := testutil.DKIMPyVerify(t, second, map[string]string{name: old}); !strings.HasPrefix(res[0], "fail ") {
+		t.Errorf("after the reload, with the old record: %q", res)
+	}
+}
