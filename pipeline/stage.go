@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 )
 
@@ -118,6 +119,13 @@ type Env struct {
 	// the working directory.
 	ConfigDir string
 	Node      string // this node's name in events
+	// Metrics is the node's metrics registry (internal/metrics, served by
+	// sluice.listen_admin); nil when the node serves none (sluice check):
+	// register nothing then. Stages are built again on every reload, so
+	// register a collector once per registry and reuse it
+	// (metrics.RegisterOnce); names start with sluice_, labels are
+	// bounded.
+	Metrics prometheus.Registerer
 	// Redis is the node's shared Redis (sluice.redis); nil when the
 	// configuration declares none, and a stage then keeps its state on
 	// this node (or refuses to validate if it cannot).

@@ -120,7 +120,7 @@ func New(cfg *config.Config, log *slog.Logger) (*Server, error) {
 	if s.redis, err = NewRedis(cfg); err != nil {
 		return nil, err
 	}
-	p, err := buildPipeline(cfg, log, res, shared{pool: s.plugins, redis: s.redis})
+	p, err := buildPipeline(cfg, log, res, shared{pool: s.plugins, redis: s.redis, metrics: s.registerer()})
 	if err != nil {
 		closeRedis(s.redis)
 		return nil, err
@@ -221,9 +221,10 @@ func BuildPipeline(cfg *config.Config, log *slog.Logger, res dnsx.Resolver) (*re
 
 // shared is what the pipelines of one node share.
 type shared struct {
-	pool     *plugin.Pool    // nil: each plugin stage starts its own processes
-	redis    *pipeline.Redis // nil: no sluice.redis
-	ownRedis bool            // close redis with the pipeline
+	pool     *plugin.Pool          // nil: each plugin stage starts its own processes
+	metrics  prometheus.Registerer // nil: stages register no metrics
+	redis    *pipeline.Redis       // nil: no sluice.redis
+	ownRedis bool                  // close redis with the pipeline
 }
 
 // buildPipeline is BuildPipeline with the node's shared parts.
@@ -280,7 +281,7 @@ func buildStage(cfg *config.Config, spec config.StageSpec, host *luahost.Host, l
 		}
 		if p, ok := st.(pipeline.Provisioner); ok {
 			env := &pipeline.Env{Logger: log.With("stage", spec.Name), Resolver: dnsx.ForStages(res), Hostname: hostname, Node: cfg.Node, Redis: sh.redis,
-				ConfigDir: configDir(cfg)}
+				ConfigDir: configDir(cfg), Metrics: sh.metrics}
 			if err := p.Provision(env); err != nil {
 				closeStage(st)
 				return nil, err
@@ -840,7 +841,7 @@ func (s *Server) Reload() (summary string, err error) {
 			return "", err
 		}
 	}
-	p, err := buildPipeline(cfg, s.log, s.res, shared{pool: s.plugins, redis: s.redis})
+	p, err := buildPipeline(cfg, s.log, s.res, shared{pool: s.plugins, redis: s.redis, metrics: s.registerer()})
 	if err != nil {
 		s.log.Error("reload failed; the running pipeline keeps serving", "err", err)
 		return "", err
@@ -949,4 +950,13 @@ func configDir(cfg *config.Config) string {
 		return ""
 	}
 	return filepath.Dir(cfg.File)
+}
+
+// registerer is the node's registry for stages, nil when there is none
+// (a nil *prometheus.Registry must not become a non-nil interface).
+func (s *Server) registerer() prometheus.Registerer {
+	if s.metrics == nil {
+		return nil
+	}
+	return s.metrics
 }

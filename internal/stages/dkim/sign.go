@@ -14,8 +14,10 @@ import (
 	"strings"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/sluice-mta/sluice/internal/dkim"
 	"github.com/sluice-mta/sluice/internal/logx"
+	"github.com/sluice-mta/sluice/internal/metrics"
 	"github.com/sluice-mta/sluice/internal/stages/opts"
 	"github.com/sluice-mta/sluice/pipeline"
 )
@@ -48,6 +50,8 @@ type Signer struct {
 	keys    *dkim.Store
 	log     *slog.Logger
 	sampler *logx.Sampler
+	signed  *prometheus.CounterVec // sluice_dkim_signatures_total{algo}
+	errs    *prometheus.CounterVec // sluice_dkim_sign_errors_total{reason}
 }
 
 var (
@@ -129,6 +133,19 @@ func (s *Signer) Name() string { return s.name }
 func (s *Signer) Provision(env *pipeline.Env) error {
 	s.log = env.Logger
 	s.sampler = logx.NewSampler(time.Minute)
+	var err error
+	if s.signed, err = metrics.RegisterOnce(env.Metrics, prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "sluice_dkim_signatures_total",
+		Help: "DKIM signatures made by dkim_sign stages, by key algorithm (rsa, ed25519).",
+	}, []string{"algo"})); err != nil {
+		return err
+	}
+	if s.errs, err = metrics.RegisterOnce(env.Metrics, prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "sluice_dkim_sign_errors_total",
+		Help: "Messages dkim_sign could not sign, by reason: no_key (a Lua-chosen domain or selector without a key), sign_failed, no_header_end (sent unsigned).",
+	}, []string{"reason"})); err != nil {
+		return err
+	}
 	specs := make([]dkim.KeySpec, len(s.specs))
 	for i, k := range s.specs {
 		if k.File != "" && !filepath.IsAbs(k.File) && env.ConfigDir != "" {
@@ -165,6 +182,7 @@ func (s *Signer) Sign(ctx context.Context, msg *pipeline.Message) error {
 		// No empty line ends the header: no verifier could find the
 		// header this would sign. Sent unsigned, as without this stage;
 		// refusing it would only make the client retry forever.
+		s.errs.WithLabelValues("no_header_end").Inc()
 		if ok, n := s.sampler.Allow("no header end"); ok {
 			s.log.Warn("sending unsigned: the message has no empty line after its header", "msgid", msg.ID, "suppressed", n)
 		}
@@ -172,13 +190,18 @@ func (s *Signer) Sign(ctx context.Context, msg *pipeline.Message) error {
 	}
 	if len(keys) == 0 {
 		if why != "" {
+			s.errs.WithLabelValues("no_key").Inc()
 			return s.failed(msg, why, nil)
 		}
 		return nil
 	}
 	fields, err := dkim.Sign(keys, &s.sign, &msg.Header, msg)
 	if err != nil {
+		s.errs.WithLabelValues("sign_failed").Inc()
 		return s.failed(msg, "signing failed", err)
+	}
+	for _, k := range keys {
+		s.signed.WithLabelValues(k.Algo).Inc()
 	}
 	// Prepend in reverse so the first key's signature ends on top.
 	for i := len(fields) - 1; i >= 0; i-- {

@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	promtest "github.com/prometheus/client_golang/prometheus/testutil"
+
 	"github.com/sluice-mta/sluice/internal/dkim"
 	"github.com/sluice-mta/sluice/pipeline"
 )
@@ -153,6 +155,9 @@ func TestSignChoosesKeys(t *testing.T) {
 	msg, err := signVia(t, st, nil)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if n := promtest.ToFloat64(st.(*Signer).signed.WithLabelValues(dkim.AlgoEd25519)); n != 1 {
+		t.Errorf("sluice_dkim_signatures_total{algo=ed25519} = %v, want 1", n)
 	}
 	if got := results(msg); got != "pass header.d=a.test header.s=r1; pass header.d=a.test header.s=e1" {
 		t.Errorf("default: %s", got)

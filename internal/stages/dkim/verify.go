@@ -10,7 +10,9 @@ import (
 
 	"github.com/emersion/go-message/textproto"
 	msgauth "github.com/emersion/go-msgauth/dkim"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/sluice-mta/sluice/internal/mailtext"
+	"github.com/sluice-mta/sluice/internal/metrics"
 	"github.com/sluice-mta/sluice/internal/stages/opts"
 	"github.com/sluice-mta/sluice/pipeline"
 )
@@ -34,6 +36,7 @@ type Verifier struct {
 	max      int
 	checkAll bool // also check submissions (Conn.Submission)
 	res      pipeline.Resolver
+	results  *prometheus.CounterVec // sluice_auth_results_total
 }
 
 var (
@@ -60,7 +63,9 @@ func (v *Verifier) Name() string { return v.name }
 // Provision takes the node's resolver.
 func (v *Verifier) Provision(env *pipeline.Env) error {
 	v.res = env.Resolver
-	return nil
+	var err error
+	v.results, err = metrics.AuthResults(env.Metrics)
+	return err
 }
 
 // OnMessage verifies msg's signatures; mail our own clients submit
@@ -71,6 +76,9 @@ func (v *Verifier) OnMessage(ctx context.Context, msg *pipeline.Message) (pipeli
 		return verd, nil
 	}
 	verd.Edits.AuthResults = Verify(ctx, v.res, &msg.Header, msg.Body, v.max)
+	for _, a := range verd.Edits.AuthResults {
+		v.results.WithLabelValues(a.Method, a.Result).Inc()
+	}
 	return verd, nil
 }
 

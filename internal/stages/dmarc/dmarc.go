@@ -23,9 +23,11 @@ import (
 	"strings"
 
 	msgdmarc "github.com/emersion/go-msgauth/dmarc"
+	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/net/publicsuffix"
 
 	"github.com/sluice-mta/sluice/internal/mailtext"
+	"github.com/sluice-mta/sluice/internal/metrics"
 	"github.com/sluice-mta/sluice/internal/stages/opts"
 	"github.com/sluice-mta/sluice/pipeline"
 )
@@ -48,7 +50,8 @@ type Stage struct {
 	enforce  bool
 	checkAll bool // also check submissions (Conn.Submission)
 	res      pipeline.Resolver
-	rand     func() int // 0..99, for pct=
+	rand     func() int             // 0..99, for pct=
+	results  *prometheus.CounterVec // sluice_auth_results_total
 }
 
 var (
@@ -75,7 +78,9 @@ func (s *Stage) Name() string { return s.name }
 // Provision takes the node's resolver.
 func (s *Stage) Provision(env *pipeline.Env) error {
 	s.res = env.Resolver
-	return nil
+	var err error
+	s.results, err = metrics.AuthResults(env.Metrics)
+	return err
 }
 
 // Result is a DMARC evaluation.
@@ -101,6 +106,7 @@ func (s *Stage) OnMessage(ctx context.Context, msg *pipeline.Message) (pipeline.
 		a.Props = []string{"header.from=" + r.Domain}
 	}
 	v.Edits.AuthResults = []pipeline.AuthResult{a}
+	s.results.WithLabelValues(a.Method, a.Result).Inc()
 	v.Edits.SetScratch(ScratchDomain, r.Domain)
 	v.Edits.SetScratch(ScratchPolicy, r.Policy)
 	v.Edits.SetScratch(ScratchDisposition, r.Disposition)

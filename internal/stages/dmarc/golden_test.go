@@ -11,6 +11,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	promtest "github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/sluice-mta/sluice/internal/metrics"
+
 	"github.com/sluice-mta/sluice/internal/dkim"
 	"github.com/sluice-mta/sluice/internal/dnsx"
 	"github.com/sluice-mta/sluice/internal/dnsx/dnstest"
@@ -88,11 +92,17 @@ func loadZone(t *testing.T, path string) (*dnstest.Server, envelope) {
 // with a dnsx client on srv.
 func build(t *testing.T, srv *dnstest.Server, dmarcOpts map[string]any) *pipeline.Chain {
 	t.Helper()
+	return buildWith(t, srv, dmarcOpts, nil)
+}
+
+// buildWith is build with a metrics registry.
+func buildWith(t *testing.T, srv *dnstest.Server, dmarcOpts map[string]any, reg prometheus.Registerer) *pipeline.Chain {
+	t.Helper()
 	cl, err := dnsx.New(dnsx.Options{Server: srv.Addr(), Timeout: 2 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
-	env := &pipeline.Env{Resolver: dnsx.ForStages(cl), Hostname: "mx.test"}
+	env := &pipeline.Env{Resolver: dnsx.ForStages(cl), Hostname: "mx.test", Metrics: reg}
 	var stages []pipeline.Stage
 	for _, k := range []struct {
 		kind string
@@ -255,6 +265,30 @@ func TestSubmissionsSkipped(t *testing.T) {
 		}
 		if got := msg.Header.Get("Authentication-Results"); got != c.want {
 			t.Errorf("%+v %v: %q, want %q", c.conn, c.opts, got, c.want)
+		}
+	}
+}
+
+// TestAuthResultsMetric: sluice_auth_results_total counts each stage's
+// result; building the stages again on the same registry (a reload)
+// keeps counting into the same series.
+func TestAuthResultsMetric(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	raw, err := os.ReadFile("testdata/dmarc-fail-reject.msg")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, env := loadZone(t, "testdata/dmarc-fail-reject.dns")
+	for i := 0; i < 2; i++ {
+		run(t, buildWith(t, srv, nil, reg), env, raw)
+	}
+	for _, c := range []struct{ method, result string }{{"spf", "fail"}, {"dkim", "none"}, {"dmarc", "fail"}} {
+		c2, err := metrics.AuthResults(reg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n := promtest.ToFloat64(c2.WithLabelValues(c.method, c.result)); n != 2 {
+			t.Errorf("%s=%s counted %v, want 2", c.method, c.result, n)
 		}
 	}
 }

@@ -24,7 +24,9 @@ import (
 
 	libspf "blitiri.com.ar/go/spf"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/sluice-mta/sluice/internal/mailtext"
+	"github.com/sluice-mta/sluice/internal/metrics"
 	"github.com/sluice-mta/sluice/internal/stages/opts"
 	"github.com/sluice-mta/sluice/pipeline"
 )
@@ -42,6 +44,7 @@ type Stage struct {
 	name     string
 	checkAll bool // also check submissions (Conn.Submission)
 	res      pipeline.HostResolver
+	results  *prometheus.CounterVec // sluice_auth_results_total
 }
 
 var (
@@ -72,7 +75,9 @@ func (s *Stage) Provision(env *pipeline.Env) error {
 		return fmt.Errorf("sluice.builtin.spf: the node's resolver cannot look up MX and address records")
 	}
 	s.res = hr
-	return nil
+	var err error
+	s.results, err = metrics.AuthResults(env.Metrics)
+	return err
 }
 
 // OnMail checks the client's address against the sender's domain (or,
@@ -94,6 +99,7 @@ func (s *Stage) OnMail(ctx context.Context, txn *pipeline.Txn) (pipeline.Verdict
 		a.Reason = mailtext.AuthReason(err.Error())
 	}
 	v.Edits.AuthResults = []pipeline.AuthResult{a}
+	s.results.WithLabelValues(a.Method, a.Result).Inc()
 	v.Edits.SetScratch(ScratchResult, string(res))
 	v.Edits.SetScratch(ScratchDomain, domain)
 	return v, nil
