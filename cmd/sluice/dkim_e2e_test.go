@@ -2,6 +2,8 @@ package main
 
 import (
 	"bytes"
+	"io"
+	"net/http"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -81,7 +83,9 @@ func TestDKIMSignEndToEnd(t *testing.T) {
 	for k, v := range e.vars {
 		pairs = append(pairs, k, v)
 	}
-	e.relay = newRelay(t, dir, strings.NewReplacer(pairs...).Replace(baseConfig)+dkimConfig)
+	admin := freePort(t)
+	e.relay = newRelay(t, dir, strings.NewReplacer(pairs...).Replace(baseConfig)+dkimConfig+
+		`sluice.listen_admin { addr = "`+admin+`" }`+"\n")
 	e.relay.start()
 
 	if err := sendMail(e.relay.smtp, "app@sender.test", []string{"bob@mx.test"}, msgData("App <app@sender.test>", "bob@mx.test", "dkim-1")); err != nil {
@@ -126,6 +130,31 @@ func TestDKIMSignEndToEnd(t *testing.T) {
 	if res := testutil.DKIMPyVerify(t, dsn.Data, recs); strings.Join(res, "\n") != "pass d=relay.e2e.test s=b1 a=rsa-sha256" {
 		t.Errorf("DSN: dkimpy %q\n%s", res, dsn.Data)
 	}
+	// The node's metrics count the signatures: RSA for the first and third
+	// messages (sender.test's two keys) and the DSN; Ed25519 for the
+	// first, the second (other.test) and the third.
+	resp, err := http.Get("http://" + admin + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, want := range []string{`sluice_dkim_signatures_total{algo="rsa"} 3`, `sluice_dkim_signatures_total{algo="ed25519"} 3`} {
+		if !strings.Contains(string(body), want+"\n") {
+			t.Errorf("metrics lack %q:\n%s", want, grepLines(string(body), "sluice_dkim"))
+		}
+	}
+}
+
+// grepLines returns the lines of s that contain sub.
+func grepLines(s, sub string) string {
+	var out []string
+	for _, l := range strings.Split(s, "\n") {
+		if strings.Contains(l, sub) {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
 }
 
 // TestDKIMReloadRereadsKeys: replacing a key file and running `sluice
