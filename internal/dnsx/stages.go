@@ -2,6 +2,8 @@ package dnsx
 
 import (
 	"context"
+	"errors"
+	"net"
 	"net/netip"
 	"slices"
 	"time"
@@ -60,4 +62,15 @@ func (t stageResolver) LookupPTR(ctx context.Context, ip netip.Addr) ([]string, 
 		return nil, 0, pipeline.ErrDNSNotFound
 	}
 	return outcome(p.LookupPTR(ctx, ip))
+}
+
+// NetError turns a pipeline resolver error for name into the
+// *net.DNSError that libraries written against net.Resolver classify
+// (blitiri.com.ar/go/spf, go-msgauth): pipeline.ErrDNSNotFound becomes
+// IsNotFound ("no record", a result), anything else IsTemporary.
+func NetError(name string, err error) error {
+	if errors.Is(err, pipeline.ErrDNSNotFound) {
+		return &net.DNSError{Err: "no such record", Name: name, IsNotFound: true}
+	}
+	return &net.DNSError{Err: "lookup failed", Name: name, IsTemporary: true}
 }

@@ -5,12 +5,12 @@ import (
 	"context"
 	"errors"
 	"io"
-	"net"
 	"strings"
 
 	"github.com/emersion/go-message/textproto"
 	msgauth "github.com/emersion/go-msgauth/dkim"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/sluice-mta/sluice/internal/dnsx"
 	"github.com/sluice-mta/sluice/internal/mailtext"
 	"github.com/sluice-mta/sluice/internal/metrics"
 	"github.com/sluice-mta/sluice/internal/stages/opts"
@@ -120,11 +120,8 @@ func Verify(ctx context.Context, res pipeline.Resolver, h *textproto.Header, bod
 	msgReader := io.MultiReader(&hdr, bytes.NewReader(body))
 	lookup := func(name string) ([]string, error) {
 		txt, _, err := res.LookupTXT(ctx, name)
-		if errors.Is(err, pipeline.ErrDNSNotFound) {
-			return nil, &net.DNSError{Err: "no key record", Name: name, IsNotFound: true}
-		}
 		if err != nil {
-			return nil, &net.DNSError{Err: "lookup failed", Name: name, IsTemporary: true}
+			return nil, dnsx.NetError(name, err)
 		}
 		return txt, nil
 	}

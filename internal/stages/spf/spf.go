@@ -16,7 +16,6 @@ package spf
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -25,6 +24,7 @@ import (
 	libspf "blitiri.com.ar/go/spf"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/sluice-mta/sluice/internal/dnsx"
 	"github.com/sluice-mta/sluice/internal/mailtext"
 	"github.com/sluice-mta/sluice/internal/metrics"
 	"github.com/sluice-mta/sluice/internal/stages/opts"
@@ -122,17 +122,10 @@ func Check(ctx context.Context, res pipeline.HostResolver, ip netip.Addr, helo, 
 // adapter gives the library the node's resolver (libspf.DNSResolver).
 type adapter struct{ r pipeline.HostResolver }
 
-func dnsErr(name string, err error) error {
-	if errors.Is(err, pipeline.ErrDNSNotFound) {
-		return &net.DNSError{Err: "no such record", Name: name, IsNotFound: true}
-	}
-	return &net.DNSError{Err: "lookup failed", Name: name, IsTemporary: true}
-}
-
 func (a adapter) LookupTXT(ctx context.Context, name string) ([]string, error) {
 	txt, _, err := a.r.LookupTXT(ctx, name)
 	if err != nil {
-		return nil, dnsErr(name, err)
+		return nil, dnsx.NetError(name, err)
 	}
 	return txt, nil
 }
@@ -140,7 +133,7 @@ func (a adapter) LookupTXT(ctx context.Context, name string) ([]string, error) {
 func (a adapter) LookupMX(ctx context.Context, name string) ([]*net.MX, error) {
 	hosts, _, err := a.r.LookupMX(ctx, name)
 	if err != nil {
-		return nil, dnsErr(name, err)
+		return nil, dnsx.NetError(name, err)
 	}
 	out := make([]*net.MX, 0, len(hosts))
 	for i, h := range hosts {
@@ -152,7 +145,7 @@ func (a adapter) LookupMX(ctx context.Context, name string) ([]*net.MX, error) {
 func (a adapter) LookupIPAddr(ctx context.Context, host string) ([]net.IPAddr, error) {
 	ips, _, err := a.r.LookupIP(ctx, host)
 	if err != nil {
-		return nil, dnsErr(host, err)
+		return nil, dnsx.NetError(host, err)
 	}
 	out := make([]net.IPAddr, 0, len(ips))
 	for _, ip := range ips {
@@ -168,7 +161,7 @@ func (a adapter) LookupAddr(ctx context.Context, addr string) ([]string, error) 
 	}
 	names, _, err := a.r.LookupPTR(ctx, ip)
 	if err != nil {
-		return nil, dnsErr(addr, err)
+		return nil, dnsx.NetError(addr, err)
 	}
 	out := make([]string, 0, len(names))
 	for _, n := range names {
