@@ -9,10 +9,9 @@ import (
 
 	"github.com/emersion/go-message/textproto"
 	msgauth "github.com/emersion/go-msgauth/dkim"
-	"github.com/prometheus/client_golang/prometheus"
 	"github.com/sluice-mta/sluice/internal/dnsx"
 	"github.com/sluice-mta/sluice/internal/mailtext"
-	"github.com/sluice-mta/sluice/internal/metrics"
+	"github.com/sluice-mta/sluice/internal/stages/inbound"
 	"github.com/sluice-mta/sluice/internal/stages/opts"
 	"github.com/sluice-mta/sluice/pipeline"
 )
@@ -32,11 +31,9 @@ const DefaultMaxSignatures = 5
 // signature. It never rejects: policy is the dmarc stage's or Lua's
 // (msg.auth.dkim). Safe for concurrent use.
 type Verifier struct {
-	name     string
-	max      int
-	checkAll bool // also check submissions (Conn.Submission)
-	res      pipeline.Resolver
-	results  *prometheus.CounterVec // sluice_auth_results_total
+	inbound.Base
+	max int
+	res pipeline.Resolver
 }
 
 var (
@@ -47,38 +44,30 @@ var (
 // NewVerifier builds a dkim_verify stage (options: max_signatures,
 // check_submissions).
 func NewVerifier(name string, m map[string]any) (pipeline.Stage, error) {
-	v := &Verifier{name: name, max: DefaultMaxSignatures}
 	o := opts.New("dkim_verify", m)
+	v := &Verifier{Base: inbound.NewBase(name, o), max: DefaultMaxSignatures}
 	o.Int("max_signatures", &v.max, 1, 50)
-	o.Bool("check_submissions", &v.checkAll)
 	if err := o.Err(); err != nil {
 		return nil, err
 	}
 	return v, nil
 }
 
-// Name implements pipeline.Stage.
-func (v *Verifier) Name() string { return v.name }
-
 // Provision takes the node's resolver.
 func (v *Verifier) Provision(env *pipeline.Env) error {
 	v.res = env.Resolver
-	var err error
-	v.results, err = metrics.AuthResults(env.Metrics)
-	return err
+	return v.ProvisionMetrics(env)
 }
 
 // OnMessage verifies msg's signatures; mail our own clients submit
 // (pipeline.Conn.Submission) is skipped unless check_submissions is set.
 func (v *Verifier) OnMessage(ctx context.Context, msg *pipeline.Message) (pipeline.Verdict, error) {
 	var verd pipeline.Verdict
-	if msg.Conn.Submission() && !v.checkAll {
+	if v.Skip(msg.Conn) {
 		return verd, nil
 	}
 	verd.Edits.AuthResults = Verify(ctx, v.res, &msg.Header, msg.Body, v.max)
-	for _, a := range verd.Edits.AuthResults {
-		v.results.WithLabelValues(a.Method, a.Result).Inc()
-	}
+	v.Count(verd.Edits.AuthResults)
 	return verd, nil
 }
 

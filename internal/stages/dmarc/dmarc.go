@@ -23,11 +23,10 @@ import (
 	"strings"
 
 	msgdmarc "github.com/emersion/go-msgauth/dmarc"
-	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/net/publicsuffix"
 
 	"github.com/sluice-mta/sluice/internal/mailtext"
-	"github.com/sluice-mta/sluice/internal/metrics"
+	"github.com/sluice-mta/sluice/internal/stages/inbound"
 	"github.com/sluice-mta/sluice/internal/stages/opts"
 	"github.com/sluice-mta/sluice/pipeline"
 )
@@ -46,12 +45,10 @@ const QuarantineTag = "dmarc-quarantine"
 
 // Stage is the dmarc stage (on_message). Safe for concurrent use.
 type Stage struct {
-	name     string
-	enforce  bool
-	checkAll bool // also check submissions (Conn.Submission)
-	res      pipeline.Resolver
-	rand     func() int             // 0..99, for pct=
-	results  *prometheus.CounterVec // sluice_auth_results_total
+	inbound.Base
+	enforce bool
+	res     pipeline.Resolver
+	rand    func() int // 0..99, for pct=
 }
 
 var (
@@ -62,25 +59,19 @@ var (
 // New builds a dmarc stage. Options: enforce (default false),
 // check_submissions (default false).
 func New(name string, m map[string]any) (pipeline.Stage, error) {
-	s := &Stage{name: name, rand: func() int { return rand.IntN(100) }}
 	o := opts.New("dmarc", m)
+	s := &Stage{Base: inbound.NewBase(name, o), rand: func() int { return rand.IntN(100) }}
 	o.Bool("enforce", &s.enforce)
-	o.Bool("check_submissions", &s.checkAll)
 	if err := o.Err(); err != nil {
 		return nil, err
 	}
 	return s, nil
 }
 
-// Name implements pipeline.Stage.
-func (s *Stage) Name() string { return s.name }
-
 // Provision takes the node's resolver.
 func (s *Stage) Provision(env *pipeline.Env) error {
 	s.res = env.Resolver
-	var err error
-	s.results, err = metrics.AuthResults(env.Metrics)
-	return err
+	return s.ProvisionMetrics(env)
 }
 
 // Result is a DMARC evaluation.
@@ -97,7 +88,7 @@ type Result struct {
 // is set: it is not signed yet, and its domain's policy would refuse it.
 func (s *Stage) OnMessage(ctx context.Context, msg *pipeline.Message) (pipeline.Verdict, error) {
 	var v pipeline.Verdict
-	if msg.Conn.Submission() && !s.checkAll {
+	if s.Skip(msg.Conn) {
 		return v, nil
 	}
 	r := s.Evaluate(ctx, msg)
@@ -106,7 +97,7 @@ func (s *Stage) OnMessage(ctx context.Context, msg *pipeline.Message) (pipeline.
 		a.Props = []string{"header.from=" + r.Domain}
 	}
 	v.Edits.AuthResults = []pipeline.AuthResult{a}
-	s.results.WithLabelValues(a.Method, a.Result).Inc()
+	s.Count(v.Edits.AuthResults)
 	v.Edits.SetScratch(ScratchDomain, r.Domain)
 	v.Edits.SetScratch(ScratchPolicy, r.Policy)
 	v.Edits.SetScratch(ScratchDisposition, r.Disposition)

@@ -23,10 +23,9 @@ import (
 
 	libspf "blitiri.com.ar/go/spf"
 
-	"github.com/prometheus/client_golang/prometheus"
 	"github.com/sluice-mta/sluice/internal/dnsx"
 	"github.com/sluice-mta/sluice/internal/mailtext"
-	"github.com/sluice-mta/sluice/internal/metrics"
+	"github.com/sluice-mta/sluice/internal/stages/inbound"
 	"github.com/sluice-mta/sluice/internal/stages/opts"
 	"github.com/sluice-mta/sluice/pipeline"
 )
@@ -41,10 +40,8 @@ const (
 
 // Stage is the spf stage (on_mail). Safe for concurrent use.
 type Stage struct {
-	name     string
-	checkAll bool // also check submissions (Conn.Submission)
-	res      pipeline.HostResolver
-	results  *prometheus.CounterVec // sluice_auth_results_total
+	inbound.Base
+	res pipeline.HostResolver
 }
 
 var (
@@ -55,17 +52,13 @@ var (
 // New builds an spf stage. Option: check_submissions (default false: mail
 // our own clients submit, pipeline.Conn.Submission, is not checked).
 func New(name string, m map[string]any) (pipeline.Stage, error) {
-	s := &Stage{name: name}
 	o := opts.New("spf", m)
-	o.Bool("check_submissions", &s.checkAll)
+	s := &Stage{Base: inbound.NewBase(name, o)}
 	if err := o.Err(); err != nil {
 		return nil, err
 	}
 	return s, nil
 }
-
-// Name implements pipeline.Stage.
-func (s *Stage) Name() string { return s.name }
 
 // Provision takes the node's resolver, which must answer MX, address and
 // PTR questions too (pipeline.HostResolver).
@@ -75,9 +68,7 @@ func (s *Stage) Provision(env *pipeline.Env) error {
 		return fmt.Errorf("sluice.builtin.spf: the node's resolver cannot look up MX and address records")
 	}
 	s.res = hr
-	var err error
-	s.results, err = metrics.AuthResults(env.Metrics)
-	return err
+	return s.ProvisionMetrics(env)
 }
 
 // OnMail checks the client's address against the sender's domain (or,
@@ -85,7 +76,7 @@ func (s *Stage) Provision(env *pipeline.Env) error {
 func (s *Stage) OnMail(ctx context.Context, txn *pipeline.Txn) (pipeline.Verdict, error) {
 	var v pipeline.Verdict
 	c := txn.Conn
-	if c == nil || c.Source != pipeline.SourceSMTP || !c.RemoteIP.IsValid() || c.Submission() && !s.checkAll {
+	if c == nil || c.Source != pipeline.SourceSMTP || !c.RemoteIP.IsValid() || s.Skip(c) {
 		return v, nil
 	}
 	res, domain, err := Check(ctx, s.res, c.RemoteIP, c.HELO, txn.Sender)
@@ -99,7 +90,7 @@ func (s *Stage) OnMail(ctx context.Context, txn *pipeline.Txn) (pipeline.Verdict
 		a.Reason = mailtext.AuthReason(err.Error())
 	}
 	v.Edits.AuthResults = []pipeline.AuthResult{a}
-	s.results.WithLabelValues(a.Method, a.Result).Inc()
+	s.Count(v.Edits.AuthResults)
 	v.Edits.SetScratch(ScratchResult, string(res))
 	v.Edits.SetScratch(ScratchDomain, domain)
 	return v, nil
