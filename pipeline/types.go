@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"fmt"
+	"io"
 	"net/netip"
 	"time"
 
@@ -293,18 +294,48 @@ func isFieldLine(line []byte) bool {
 	return i < len(line) && line[i] == ':'
 }
 
+// HeaderEnded reports whether the header section is ended by an empty
+// line, as RFC 5322 section 2.1 requires. It is false for a message that
+// came without one (fields followed directly by body text, or only body
+// text), which Bytes writes back as it came: a DKIM signer cannot sign
+// such a message, since verifiers cannot tell its header from its body.
+func (m *Message) HeaderEnded() bool { return !m.noBlank }
+
 // Bytes serialises the header and body as they will be spooled and sent.
 func (m *Message) Bytes() ([]byte, error) {
 	var buf bytes.Buffer
 	buf.Grow(len(m.Body) + 1024)
-	if err := textproto.WriteHeader(&buf, m.Header); err != nil {
+	if err := m.writeHeader(&buf); err != nil {
 		return nil, err
+	}
+	buf.Write(m.Body)
+	return buf.Bytes(), nil
+}
+
+// writeHeader writes the header section as Bytes does.
+func (m *Message) writeHeader(buf *bytes.Buffer) error {
+	if err := textproto.WriteHeader(buf, m.Header); err != nil {
+		return err
 	}
 	if m.noBlank {
 		buf.Truncate(buf.Len() - 2) // the empty line WriteHeader ends with
 	}
-	buf.Write(m.Body)
-	return buf.Bytes(), nil
+	return nil
+}
+
+// WriteTo writes what Bytes returns to w without building a copy (a
+// signer hashes the message this way).
+func (m *Message) WriteTo(w io.Writer) (int64, error) {
+	var hdr bytes.Buffer
+	if err := m.writeHeader(&hdr); err != nil {
+		return 0, err
+	}
+	n, err := w.Write(hdr.Bytes())
+	if err != nil {
+		return int64(n), err
+	}
+	nb, err := w.Write(m.Body)
+	return int64(n + nb), err
 }
 
 // Route kinds. Later kinds (capture, hold, drop) get their own constants.

@@ -39,6 +39,7 @@ Usage:
   sluice suppression list|add|remove ...   manage the tenant's suppression list via the HTTP API
   sluice passwd  USER [--tenant T] [--sender D]...   hash a password into a users file line (SMTP AUTH)
   sluice token   keygen|issue ...   make token signing keys; sign a short-lived token locally
+  sluice dkim    keygen --domain D --selector S [--algo rsa|ed25519] [--out DIR]   make a DKIM key; print its TXT record
   sluice version             print the version
 
 Run "sluice COMMAND -h" for a command's flags. Exit codes: 0 ok, 1 failure, 2 usage.
@@ -81,6 +82,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return runPasswd(args[1:], stdout, stderr)
 	case "token":
 		return runToken(args[1:], stdout, stderr)
+	case "dkim":
+		return runDKIM(args[1:], stdout, stderr)
 	case "version", "--version", "-v":
 		v := version
 		if bi, ok := debug.ReadBuildInfo(); ok && v == "dev" {

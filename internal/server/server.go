@@ -138,7 +138,7 @@ func New(cfg *config.Config, log *slog.Logger) (*Server, error) {
 		return nil, err
 	}
 	s.limits = ratelimit.NewNode(s.redis, rm, log)
-	p, err := buildPipeline(cfg, log, res, shared{pool: s.plugins, redis: s.redis, limits: s.limits})
+	p, err := buildPipeline(cfg, log, res, shared{pool: s.plugins, redis: s.redis, limits: s.limits, metrics: s.registerer()})
 	if err != nil {
 		closeRedis(s.redis)
 		return nil, err
@@ -239,9 +239,10 @@ func BuildPipeline(cfg *config.Config, log *slog.Logger, res dnsx.Resolver) (*re
 
 // shared is what the pipelines of one node share.
 type shared struct {
-	pool     *plugin.Pool    // nil: each plugin stage starts its own processes
-	redis    *pipeline.Redis // nil: no sluice.redis
-	ownRedis bool            // close redis with the pipeline
+	pool     *plugin.Pool          // nil: each plugin stage starts its own processes
+	metrics  prometheus.Registerer // nil: stages register no metrics
+	redis    *pipeline.Redis       // nil: no sluice.redis
+	ownRedis bool                  // close redis with the pipeline
 	// limits are the node's rate-limit stores; nil: the pipeline gets
 	// its own (BuildPipeline, for check and test).
 	limits *pipeline.RateLimits
@@ -308,7 +309,8 @@ func buildStage(cfg *config.Config, spec config.StageSpec, host *luahost.Host, l
 			return nil, err
 		}
 		if p, ok := st.(pipeline.Provisioner); ok {
-			env := &pipeline.Env{Logger: log.With("stage", spec.Name), Resolver: txtResolver{res}, Hostname: hostname, Node: cfg.Node, Redis: sh.redis, RateLimits: sh.limits}
+			env := &pipeline.Env{Logger: log.With("stage", spec.Name), Resolver: dnsx.ForStages(res), Hostname: hostname, Node: cfg.Node, Redis: sh.redis,
+				RateLimits: sh.limits, ConfigDir: configDir(cfg), Metrics: sh.metrics}
 			if err := p.Provision(env); err != nil {
 				closeStage(st)
 				return nil, err
@@ -337,20 +339,6 @@ func closeStage(st pipeline.Stage) {
 	if c, ok := st.(pipeline.Closer); ok {
 		_ = c.Close()
 	}
-}
-
-// txtResolver adapts dnsx to pipeline.Resolver.
-type txtResolver struct{ r dnsx.Resolver }
-
-func (t txtResolver) LookupTXT(ctx context.Context, name string) ([]string, time.Duration, error) {
-	res, err := t.r.LookupTXT(ctx, name)
-	if dnsx.IsNotFound(err) || dnsx.IsNoData(err) {
-		return nil, 0, pipeline.ErrDNSNotFound
-	}
-	if err != nil {
-		return nil, 0, err
-	}
-	return res.Records, res.TTL, nil
 }
 
 // Chain returns the current compiled pipeline.
@@ -891,7 +879,7 @@ func (s *Server) Reload() (summary string, err error) {
 			return "", err
 		}
 	}
-	p, err := buildPipeline(cfg, s.log, s.res, shared{pool: s.plugins, redis: s.redis, limits: s.limits})
+	p, err := buildPipeline(cfg, s.log, s.res, shared{pool: s.plugins, redis: s.redis, limits: s.limits, metrics: s.registerer()})
 	if err != nil {
 		s.log.Error("reload failed; the running pipeline keeps serving", "err", err)
 		return "", err
@@ -992,4 +980,21 @@ func EnsureDirs(cfg *config.Config) error {
 // suppressionPolicy is sluice.suppression as the spool takes it.
 func suppressionPolicy(cfg *config.Config) spool.SuppressionPolicy {
 	return spool.SuppressionPolicy{Enabled: cfg.Suppression.Enabled, Classes: cfg.Suppression.Classes}
+}
+
+// configDir is the directory relative paths in stage options start from.
+func configDir(cfg *config.Config) string {
+	if cfg.File == "" {
+		return ""
+	}
+	return filepath.Dir(cfg.File)
+}
+
+// registerer is the node's registry for stages, nil when there is none
+// (a nil *prometheus.Registry must not become a non-nil interface).
+func (s *Server) registerer() prometheus.Registerer {
+	if s.metrics == nil {
+		return nil
+	}
+	return s.metrics
 }
