@@ -312,7 +312,9 @@ func (g *group) launch() (*instance, *stagev1.DescribeResponse, error) {
 		SyncStderr:       &lineLogger{log: g.log, stream: "stderr", lim: lim},
 		SyncStdout:       &lineLogger{log: g.log, stream: "stdout", lim: lim},
 		GRPCDialOptions: []grpc.DialOption{grpc.WithDefaultCallOptions(
-			grpc.MaxCallRecvMsgSize(sdk.MaxMessageSize), grpc.MaxCallSendMsgSize(sdk.MaxMessageSize))},
+			grpc.MaxCallRecvMsgSize(sdk.MaxMessageSize), grpc.MaxCallSendMsgSize(sdk.MaxMessageSize)),
+			// Fixed windows: no bandwidth-estimator PINGs per call (see sdk.StreamWindow).
+			grpc.WithInitialWindowSize(sdk.StreamWindow), grpc.WithInitialConnWindowSize(sdk.ConnWindow)},
 	})
 	fail := func(what string, err error) (*instance, *stagev1.DescribeResponse, error) {
 		pid := 0
