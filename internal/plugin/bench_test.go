@@ -39,21 +39,25 @@ func benchMessage(b *testing.B) *pipeline.Message {
 // the header and adds a field (testdata/stamp), through the host's Stage
 // with metrics on, as the chain makes it. Reports the p50 and p99 call
 // latency in µs besides ns/op; "serial" is one call at a time, "parallel"
-// GOMAXPROCS×4 goroutines (a loaded relay). "stream" is the Calls stream
-// (protocol 1.1, the SDK's default), "unary" one RPC per call (the plugin
-// served with sdk.WithoutStreaming, as a protocol 1.0 plugin), both in
-// the same run.
+// GOMAXPROCS×4 goroutines (a loaded relay). "stream" is the SDK's default
+// (the Calls stream of protocol 1.1, the header as one block of protocol
+// 1.2), "unary" one RPC per call (sdk.WithoutStreaming, as a protocol 1.0
+// plugin), "fields" the stream with the header as one entry per field
+// (sdk.WithHeaderFields, as a protocol 1.1 plugin), all in the same run.
+// host-cpu-µs/op and plugin-cpu-µs/op are the CPU time of each process
+// per call (the host's includes the benchmark's own loop).
 func BenchmarkPluginOnMessage(b *testing.B) {
 	for _, c := range []struct {
-		name  string
-		unary bool
-		par   bool
-	}{{"stream/serial", false, false}, {"unary/serial", true, false}, {"stream/parallel", false, true}, {"unary/parallel", true, true}} {
+		name string
+		env  string // for the plugin: the transport or header form to use
+		par  bool
+	}{
+		{"stream/serial", "", false}, {"unary/serial", "STAMP_UNARY=1", false},
+		{"stream/parallel", "", true}, {"unary/parallel", "STAMP_UNARY=1", true},
+		{"fields/serial", "STAMP_FIELDS=1", false}, {"fields/parallel", "STAMP_FIELDS=1", true},
+	} {
 		par := c.par
-		env := []string{"STAMP_CPUPROFILE=" + os.Getenv("STAMP_CPUPROFILE")}
-		if c.unary {
-			env = append(env, "STAMP_UNARY=1")
-		}
+		env := []string{"STAMP_CPUPROFILE=" + os.Getenv("STAMP_CPUPROFILE"), c.env}
 		b.Run(c.name, func(b *testing.B) {
 			m, err := NewMetrics(prometheus.NewRegistry())
 			if err != nil {
