@@ -14,7 +14,9 @@
 # on (the plugin, over its Calls stream: protocol 1.1, the SDK's default),
 # unary (the same plugin served with sdk.WithoutStreaming through its
 # STAMP_UNARY environment variable: one unary RPC per call, as a protocol 1.0 plugin;
-# stamp only), e.g. MODES="off on unary".
+# stamp only), fields (the header as one entry per field, as a protocol 1.1
+# plugin: sdk.WithHeaderFields through STAMP_FIELDS; stamp only), e.g.
+# MODES="off on unary fields".
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROUNDS=${ROUNDS:-4}
@@ -57,7 +59,9 @@ for r in $(seq "$ROUNDS"); do
     sed -e "s#{{SPOOL}}#$W/spool#" -e "s#{{EVENTS}}#$W/events.jsonl#" examples/bench/relay.lua > "$W/relay.lua"
     echo 'sluice.listen_admin { addr = "127.0.0.1:9102" }' >> "$W/relay.lua"
     if [ "$mode" != off ]; then
-      PENV='{}'; [ "$mode" = unary ] && PENV='{ STAMP_UNARY = "1" }'
+      PENV='{}'
+      [ "$mode" = unary ] && PENV='{ STAMP_UNARY = "1" }'
+      [ "$mode" = fields ] && PENV='{ STAMP_FIELDS = "1" }'
       # The plugin stage goes before the routing stage: insert it after "stamp".
       awk -v cmd="$PCMD" -v cfg="$PCFG" -v env="$PENV" '/^sluice.stage\("routing"/ { print "sluice.stage(\"plugin\", sluice.plugin { cmd = \"" cmd "\", timeout = \"2s\", env = " env ", config = " cfg " })\n" } { print }' "$W/relay.lua" > "$W/r2" && mv "$W/r2" "$W/relay.lua"
     fi

@@ -16,7 +16,6 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 	goplugin "github.com/hashicorp/go-plugin"
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -314,10 +313,7 @@ func (g *group) launch() (*instance, *stagev1.DescribeResponse, error) {
 		Stderr:           io.MultiWriter(&lineLogger{log: g.log, stream: "stderr", lim: lim}, stderr),
 		SyncStderr:       &lineLogger{log: g.log, stream: "stderr", lim: lim},
 		SyncStdout:       &lineLogger{log: g.log, stream: "stdout", lim: lim},
-		GRPCDialOptions: []grpc.DialOption{grpc.WithDefaultCallOptions(
-			grpc.MaxCallRecvMsgSize(sdk.MaxMessageSize), grpc.MaxCallSendMsgSize(sdk.MaxMessageSize)),
-			// Fixed windows: no bandwidth-estimator PINGs per call (see sdk.StreamWindow).
-			grpc.WithInitialWindowSize(sdk.StreamWindow), grpc.WithInitialConnWindowSize(sdk.ConnWindow)},
+		GRPCDialOptions:  sdk.DialOptions(),
 	})
 	fail := func(what string, err error) (*instance, *stagev1.DescribeResponse, error) {
 		pid := 0

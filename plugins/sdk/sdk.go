@@ -195,9 +195,8 @@ func Serve(stage pipeline.Stage, opts ...Option) {
 			// Stream workers reuse their goroutines (and their grown
 			// stacks) across calls instead of a new goroutine per call:
 			// about a tenth of a small call's CPU in the plugin.
-			return grpc.NewServer(append(opts, grpc.MaxRecvMsgSize(MaxMessageSize), grpc.MaxSendMsgSize(MaxMessageSize),
-				grpc.InitialWindowSize(StreamWindow), grpc.InitialConnWindowSize(ConnWindow),
-				grpc.NumStreamWorkers(uint32(max(4, runtime.GOMAXPROCS(0)))))...)
+			opts = append(opts, serverOptions()...)
+			return grpc.NewServer(append(opts, grpc.NumStreamWorkers(uint32(max(4, runtime.GOMAXPROCS(0)))))...)
 		},
 		Logger: hclog.New(&hclog.LoggerOptions{Name: "sdk", Output: os.Stderr, Level: hclog.Warn}),
 	})
