@@ -106,7 +106,9 @@ const (
 // not set GOGC: a plugin's live heap is small (a few MB), so the default
 // of 100 collects every few hundred calls and the collector is about a
 // tenth of a small plugin's CPU; 400 trades a few MB of memory for most
-// of that. A GOGC (or GOMEMLIMIT) in the stage's env wins.
+// of that. The heap may grow to five times what is live (twice with the
+// default): a full-body plugin that holds several large messages at once
+// should set GOGC=100 or a GOMEMLIMIT in the stage's env, which wins.
 const DefaultGCPercent = 400
 
 // Handshake is the go-plugin handshake: the protocol major version and the
