@@ -35,6 +35,7 @@ type Config struct {
 	Events       Events
 	Bounces      Bounces
 	Suppression  Suppression // sluice.suppression (suppression.go)
+	Domains      Domains     // sluice.domains (domains.go)
 	Auth         Auth        // sluice.auth (auth.go)
 	Tokens       Tokens      // sluice.tokens (tokens.go)
 	Redis        *Redis      // sluice.redis (redis.go); nil: not configured
@@ -314,6 +315,7 @@ func Defaults() *Config {
 		Events:       Events{File: "./var/events.jsonl"},
 		Bounces:      Bounces{DefaultRules: true},
 		Suppression:  DefaultSuppression(),
+		Domains:      DefaultDomains(),
 		Auth:         DefaultAuth(),
 		Tokens:       DefaultTokens(),
 		Lua:          Lua{Timeout: 100 * time.Millisecond, MaxString: 1 << 20, MaxHeader: 64 << 10},

@@ -27,6 +27,7 @@ var FuncNames = []string{
 	"node", "local_domains", "spool", "listen_smtp", "listen_http", "listen_admin", "delivery",
 	"events", "lua_options", "stage_timeout", "stage", "lua", "builtin", "plugin",
 	"env", "read_file", "bounces", "suppression", "auth", "tokens", "redis",
+	"domains",
 }
 
 // loader records the configuration functions' calls into a Config.
@@ -58,6 +59,7 @@ func (ld *loader) install() {
 	set("auth", ld.auth)
 	set("tokens", ld.tokens)
 	set("redis", ld.redis)
+	set("domains", ld.domains)
 	set("lua_options", ld.luaOptions)
 	set("stage_timeout", ld.stageTimeout)
 	set("stage", ld.stage)

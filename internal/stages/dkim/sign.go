@@ -279,3 +279,15 @@ func (s *Signer) failed(msg *pipeline.Message, why string, err error) error {
 	}
 	return fmt.Errorf("dkim_sign: %s: %w", why, err)
 }
+
+// KeySpecs returns the keys a dkim_sign stage's options name (key file
+// paths as written, relative to the configuration file), for tools that
+// read the configuration without serving (`sluice dns records`). Errors
+// are the stage's option errors.
+func KeySpecs(opts map[string]any) ([]dkim.KeySpec, error) {
+	st, err := NewSigner("dkim_sign", opts)
+	if err != nil {
+		return nil, err
+	}
+	return st.(*Signer).specs, nil
+}
