@@ -20,12 +20,18 @@ const (
 	// A token was revoked, by id or for a whole tenant (the HTTP API or
 	// the CLI); one event, on the node that revoked it.
 	EventTokenRevoked = "token_revoked"
+	// A sending domain was registered, seen verified in DNS, or removed
+	// (the HTTP API or the CLI; docs/domains.md). recipient is empty;
+	// metadata.domain names it.
+	EventDomainAdded    = "domain_added"
+	EventDomainVerified = "domain_verified"
+	EventDomainRemoved  = "domain_removed"
 )
 
 // EventTypes lists every event type, in the order above.
 var EventTypes = []string{EventReceived, EventRejected, EventDeferred, EventDelivered, EventBounced,
 	EventExpired, EventDiscarded, EventSuppressed, EventCancelled, EventSuppressionAdded, EventSuppressionRemoved,
-	EventTokenRevoked}
+	EventTokenRevoked, EventDomainAdded, EventDomainVerified, EventDomainRemoved}
 
 // EventSchema is the version in every event's "schema" field.
 const EventSchema = 1

@@ -23,6 +23,7 @@ const (
 	codeSenderNotAllowed  = "sender_not_allowed"     // 403: from domain not allowed for the key
 	codeNotFound          = "not_found"              // 404
 	codeMethodNotAllowed  = "method_not_allowed"     // 405
+	codeConflict          = "conflict"               // 409: the resource exists already
 	codeRequestTimeout    = "request_timeout"        // 408: the body was not read in time
 	codeTooLarge          = "request_too_large"      // 413
 	codeUnsupportedType   = "unsupported_media_type" // 415

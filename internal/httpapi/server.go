@@ -17,6 +17,8 @@
 //	                           revoke tokens (tokens scope; revocations.go)
 //	GET  /.well-known/sluice-keys.json  the token verification keys
 //	GET  /v1/admin/messages    messages still queued, filtered and paged (admin scope)
+//	GET/POST /v1/domains, GET/DELETE /v1/domains/{domain}
+//	                           the tenant's sending domains (domains.go)
 //	GET/POST /v1/suppressions, GET/DELETE /v1/suppressions/{address}
 //	                           the tenant's suppression list (suppressions.go)
 //	GET  /v1/openapi.json      the OpenAPI 3 document
@@ -54,6 +56,7 @@ import (
 
 	"github.com/sluice-mta/sluice/internal/apikey"
 	"github.com/sluice-mta/sluice/internal/config"
+	"github.com/sluice-mta/sluice/internal/domains"
 	"github.com/sluice-mta/sluice/internal/logx"
 	"github.com/sluice-mta/sluice/internal/mailtext"
 	"github.com/sluice-mta/sluice/internal/relay"
@@ -81,13 +84,15 @@ type Server struct {
 	toks atomic.Pointer[tokenSet]
 	// revocations is set by UseRevocations (revocations.go); nil: none.
 	revocations atomic.Pointer[revoke.List]
-	host        string
-	log         *slog.Logger
-	max         int64
-	now         func() time.Time
-	hs          *http.Server
-	tls         *tls.Config
-	locks       keyedMutex
+	// domains is set by UseDomains (domains.go); nil: no domains API.
+	domains atomic.Pointer[domains.Registry]
+	host    string
+	log     *slog.Logger
+	max     int64
+	now     func() time.Time
+	hs      *http.Server
+	tls     *tls.Config
+	locks   keyedMutex
 	// inflight bounds the request bodies in memory at once
 	// (MaxInflightBytes): see readBody.
 	inflight *semaphore.Weighted
@@ -288,6 +293,8 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 	case p == suppressionsPath || strings.HasPrefix(p, suppressionsPath+"/"):
 		s.suppressions(w, r)
+	case p == domainsPath || strings.HasPrefix(p, domainsPath+"/"):
+		s.domainsAPI(w, r)
 	case p == "/v1/openapi.json":
 		if s.method(w, r, http.MethodGet) {
 			w.Header().Set("Content-Type", "application/json")
