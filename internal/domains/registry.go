@@ -31,7 +31,7 @@ type Registry struct {
 	now    func() time.Time
 	policy atomic.Pointer[config.Domains]
 
-	mu   sync.Mutex                            // serialises writes
+	mu   sync.Mutex                             // serialises writes
 	keys atomic.Pointer[map[string][]*dkim.Key] // active keys by domain
 
 	cmu   sync.Mutex
