@@ -40,6 +40,7 @@ Usage:
   sluice passwd  USER [--tenant T] [--sender D]...   hash a password into a users file line (SMTP AUTH)
   sluice token   keygen|issue ...   make token signing keys; sign a short-lived token locally
   sluice dkim    keygen --domain D --selector S [--algo rsa|ed25519] [--out DIR]   make a DKIM key; print its TXT record
+  sluice domain  add|show|verify|list|remove ...   manage the tenant's sending domains via the HTTP API
   sluice dns     records|check DOMAIN [-c FILE] [--resolver ADDR] [--json]   the DNS records a sending domain needs; check them
   sluice version             print the version
 
@@ -83,6 +84,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return runPasswd(args[1:], stdout, stderr)
 	case "token":
 		return runToken(args[1:], stdout, stderr)
+	case "domain":
+		return runDomain(args[1:], stdout, stderr)
 	case "dns":
 		return runDNS(args[1:], stdout, stderr)
 	case "dkim":

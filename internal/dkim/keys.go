@@ -182,7 +182,21 @@ func NormalizeDomain(d string) string {
 // replaces the whole table atomically, so a message is signed with the
 // keys of one table, old or new. The zero Store is empty and usable.
 type Store struct {
-	t atomic.Pointer[map[string][]*Key]
+	t        atomic.Pointer[map[string][]*Key]
+	fallback atomic.Pointer[func(domain string) []*Key]
+}
+
+// SetFallback makes Keys ask f for a domain the table has no key for:
+// the keys of sending domains registered through the HTTP API
+// (domains.Registry.Keys). f must be safe for concurrent use, fast (it
+// runs once per signed message) and return keys whose Domain is the
+// domain asked. nil removes it.
+func (s *Store) SetFallback(f func(domain string) []*Key) {
+	if f == nil {
+		s.fallback.Store(nil)
+		return
+	}
+	s.fallback.Store(&f)
 }
 
 // NewStore returns a Store holding keys.
@@ -203,14 +217,17 @@ func (s *Store) Swap(keys []*Key) {
 	s.t.Store(&m)
 }
 
-// Keys returns domain's keys, in configured order; nil when it has none.
-// The slice must not be modified.
+// Keys returns domain's keys, in configured order, else the fallback's
+// (SetFallback); nil when it has none. The slice must not be modified.
 func (s *Store) Keys(domain string) []*Key {
-	m := s.t.Load()
-	if m == nil {
-		return nil
+	var ks []*Key
+	if m := s.t.Load(); m != nil {
+		ks = (*m)[NormalizeDomain(domain)]
 	}
-	return (*m)[NormalizeDomain(domain)]
+	if f := s.fallback.Load(); len(ks) == 0 && f != nil && domain != "" {
+		ks = (*f)(domain)
+	}
+	return ks
 }
 
 // Domains lists the domains that have keys, sorted.

@@ -140,6 +140,7 @@ type Relay struct {
 	delayWarning time.Duration
 	admit        func() error
 	supp         Suppressions  // nil: no suppression list
+	domains      SenderDomains // nil: no sending domain rule
 	users        Verifier      // nil: no users file (senders.go)
 	guard        *auth.Guard   // nil: no brute-force limits
 	authSample   *logx.Sampler // failed authentications, per client address
@@ -174,6 +175,9 @@ type Options struct {
 	// Suppressions, when set, is the suppression list enforced at RCPT
 	// (see Txn.RcptWith and suppression.go).
 	Suppressions Suppressions
+	// Domains, when set, is the sending domain rule checked at MAIL after
+	// the sender rule (domains.go).
+	Domains SenderDomains
 	// Users, when set, verifies user names and passwords (the users
 	// file) before on_auth runs (see Session.Login).
 	Users Verifier
@@ -195,7 +199,7 @@ func New(p *Pipeline, store Store, o Options) *Relay {
 	}
 	r := &Relay{store: store, log: o.Logger.With("component", "relay"), hostname: o.Hostname, now: o.Now,
 		sample:       logx.NewSampler(10 * time.Second),
-		delayWarning: o.DelayWarning, supp: o.Suppressions, admit: o.Admit,
+		delayWarning: o.DelayWarning, supp: o.Suppressions, domains: o.Domains, admit: o.Admit,
 		users: o.Users, guard: o.Guard, authSample: logx.NewSampler(10 * time.Second)}
 	r.pipe.Store(p)
 	return r

@@ -146,6 +146,9 @@ func (s *Session) BeginWith(ctx context.Context, sender string, params pipeline.
 	// senders the identity may use.
 	err = CheckEnvelopeSender(s.Conn.Identity, sender)
 	if err == nil {
+		err = r.checkSenderDomain(ctx, s.Conn, sender)
+	}
+	if err == nil {
 		err = p.Chain.Mail(ctx, txn)
 	}
 	if err != nil {

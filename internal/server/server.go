@@ -35,6 +35,7 @@ import (
 	"github.com/sluice-mta/sluice/internal/config"
 	"github.com/sluice-mta/sluice/internal/delivery"
 	"github.com/sluice-mta/sluice/internal/dnsx"
+	"github.com/sluice-mta/sluice/internal/domains"
 	"github.com/sluice-mta/sluice/internal/events"
 	"github.com/sluice-mta/sluice/internal/httpapi"
 	"github.com/sluice-mta/sluice/internal/luahost"
@@ -56,7 +57,10 @@ type Server struct {
 	cfg  *config.Config
 	log  *slog.Logger
 	pipe *relay.Pipeline // built by New, handed to the relay at Start
-	res  *dnsx.Client
+	// domains is the registry of sending domains, opened with the spool
+	// (domains.go); nil before.
+	domains atomic.Pointer[domains.Registry]
+	res     *dnsx.Client
 
 	sp     *spool.Spool
 	q      *queue.Queue
@@ -138,7 +142,7 @@ func New(cfg *config.Config, log *slog.Logger) (*Server, error) {
 		return nil, err
 	}
 	s.limits = ratelimit.NewNode(s.redis, rm, log)
-	p, err := buildPipeline(cfg, log, res, shared{pool: s.plugins, redis: s.redis, limits: s.limits, metrics: s.registerer()})
+	p, err := buildPipeline(cfg, log, res, shared{pool: s.plugins, redis: s.redis, limits: s.limits, metrics: s.registerer(), onStages: s.useDomainKeys})
 	if err != nil {
 		closeRedis(s.redis)
 		return nil, err
@@ -246,6 +250,9 @@ type shared struct {
 	// limits are the node's rate-limit stores; nil: the pipeline gets
 	// its own (BuildPipeline, for check and test).
 	limits *pipeline.RateLimits
+	// onStages, when set, sees the built stages before the chain is
+	// compiled (the node hooks dkim_sign to registered domains' keys).
+	onStages func([]pipeline.Stage)
 }
 
 // buildPipeline is BuildPipeline with the node's shared parts.
@@ -284,6 +291,9 @@ func buildPipeline(cfg *config.Config, log *slog.Logger, res dnsx.Resolver, sh s
 			return nil, fmt.Errorf("%s:%d: stage %q: %w", cfg.File, spec.Line, spec.Name, err)
 		}
 		stages = append(stages, st)
+	}
+	if sh.onStages != nil {
+		sh.onStages(stages)
 	}
 	chain, err := pipeline.Compile(stages, pipeline.ChainOptions{
 		StageTimeout: cfg.StageTimeout, LocalDomains: cfg.LocalDomains, Logger: log, RecoverPanics: true,
@@ -423,8 +433,11 @@ func (s *Server) components() []component {
 			// The relay is the transaction owner for every source, bounces
 			// included: they enter through it.
 			s.sp.SetSuppressionPolicy(suppressionPolicy(cfg))
+			if err := s.openDomains(); err != nil {
+				return fmt.Errorf("spool: sending domains: %w", err)
+			}
 			ro := relay.Options{Hostname: cfg.Hostname, Logger: s.log, DelayWarning: cfg.Delivery.DelayWarning,
-				Suppressions: s.sp, Admit: func() error { return s.backlog.Load().Check() },
+				Suppressions: s.sp, Domains: s.domains.Load(), Admit: func() error { return s.backlog.Load().Check() },
 				Guard: auth.NewGuard(auth.GuardOptions{Free: cfg.Auth.LockoutAfter, Base: cfg.Auth.LockoutBase, Max: cfg.Auth.LockoutMax})}
 			if cfg.Auth.Users != "" {
 				users, err := auth.OpenUsers(cfg.Auth.Users, s.log)
@@ -603,6 +616,7 @@ func (s *Server) components() []component {
 				}
 				srv.UseTokens(s.tokIss, s.tokVer)
 				srv.UseRevocations(s.revoked)
+				srv.UseDomains(s.domains.Load())
 				s.onTokens(srv.UseTokens)
 				ln, err := net.Listen("tcp", l.Addr)
 				if err != nil {
@@ -879,7 +893,7 @@ func (s *Server) Reload() (summary string, err error) {
 			return "", err
 		}
 	}
-	p, err := buildPipeline(cfg, s.log, s.res, shared{pool: s.plugins, redis: s.redis, limits: s.limits, metrics: s.registerer()})
+	p, err := buildPipeline(cfg, s.log, s.res, shared{pool: s.plugins, redis: s.redis, limits: s.limits, metrics: s.registerer(), onStages: s.useDomainKeys})
 	if err != nil {
 		s.log.Error("reload failed; the running pipeline keeps serving", "err", err)
 		return "", err
@@ -890,6 +904,9 @@ func (s *Server) Reload() (summary string, err error) {
 		use(tokIss, tokVer)
 	}
 	s.sp.SetSuppressionPolicy(suppressionPolicy(cfg))
+	if reg := s.domains.Load(); reg != nil {
+		reg.SetPolicy(cfg.Domains)
+	}
 	restart := RestartNeeded(s.cfg, cfg)
 	summary = fmt.Sprintf("reloaded %s: %d stage(s)", cfg.File, len(cfg.Stages))
 	if len(restart) > 0 {

@@ -106,8 +106,10 @@ func NewSigner(name string, m map[string]any) (pipeline.Stage, error) {
 	if err := o.Err(); err != nil {
 		return nil, err
 	}
-	if len(s.specs) == 0 {
-		return nil, fmt.Errorf("sluice.builtin.dkim_sign: no keys: give domain, selector and key, or keys = { { domain =, selector =, key = }, ... }")
+	if len(s.specs) == 0 && !o.Has("keys") {
+		// keys = {} says "only the sending domains registered through
+		// the HTTP API" (docs/domains.md); no keys at all is a mistake.
+		return nil, fmt.Errorf("sluice.builtin.dkim_sign: no keys: give domain, selector and key, or keys = { { domain =, selector =, key = }, ... } (keys = {} signs only domains registered through /v1/domains)")
 	}
 	if s.sign.Headers != nil && !containsFold(s.sign.Headers, "From") {
 		s.sign.Headers = append([]string{"From"}, s.sign.Headers...)
