@@ -21,7 +21,7 @@ const (
 // wrong SPF record, the published one with the missing mechanisms added).
 type Status struct {
 	Record
-	State  string   `json:"state"`
+	State  string   `json:"state,omitempty"` // "" when not checked
 	Found  []string `json:"found,omitempty"` // the records of this kind published now
 	Detail string   `json:"detail,omitempty"`
 	Fix    string   `json:"fix,omitempty"`

@@ -1,6 +1,7 @@
 package httpapi
 
 import (
+	"encoding/json"
 	"net/http"
 	"testing"
 
@@ -168,5 +169,22 @@ func TestDomainsAPI(t *testing.T) {
 	}
 	if evs := outboxEvents(t, e.sp, pipeline.EventDomainRemoved); len(evs) != 1 {
 		t.Errorf("domain_removed events %+v", evs)
+	}
+}
+
+// The OpenAPI document describes every domains endpoint.
+func TestDomainsOpenAPI(t *testing.T) {
+	var doc struct {
+		Paths map[string]map[string]json.RawMessage `json:"paths"`
+	}
+	if err := json.Unmarshal(openAPI, &doc); err != nil {
+		t.Fatal(err)
+	}
+	for path, methods := range map[string][]string{"/v1/domains": {"get", "post"}, "/v1/domains/{domain}": {"get", "delete"}} {
+		for _, m := range methods {
+			if _, ok := doc.Paths[path][m]; !ok {
+				t.Errorf("openapi.json lacks %s %s", m, path)
+			}
+		}
 	}
 }
