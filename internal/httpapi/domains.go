@@ -106,6 +106,29 @@ func validDomain(d string) bool {
 	return true
 }
 
+// stringFields decodes a JSON object body whose fields are all strings
+// and among names: a body that is not an object is invalid_json (example
+// shows the expected shape), another field unknown_field, a value that is
+// not a string invalid_field. Absent fields are "".
+func stringFields(body []byte, example string, names ...string) (map[string]string, *apiError) {
+	var fields map[string]json.RawMessage
+	if err := json.Unmarshal(body, &fields); err != nil || fields == nil {
+		return nil, errf(http.StatusBadRequest, codeInvalidJSON, "", "the body must be a JSON object: %s", example)
+	}
+	out := make(map[string]string, len(names))
+	for name, v := range fields {
+		if !contains(names, name) {
+			return nil, errf(http.StatusBadRequest, codeUnknownField, name, "unknown field %q (want %s)", name, strings.Join(names, ", "))
+		}
+		var str string
+		if err := json.Unmarshal(v, &str); err != nil {
+			return nil, badField(name, "%s must be a string", name)
+		}
+		out[name] = str
+	}
+	return out, nil
+}
+
 func (s *Server) domainsFailed(w http.ResponseWriter, what string, err error) {
 	s.log.Error("sending domains: "+what, "err", err)
 	s.fail(w, errf(http.StatusServiceUnavailable, codeUnavailable, "", "cannot %s now, try again later", what))
@@ -124,22 +147,12 @@ func (s *Server) addDomain(reg *domains.Registry, w http.ResponseWriter, r *http
 		return
 	}
 	defer putBuf(buf)
-	var fields map[string]json.RawMessage
-	if err := json.Unmarshal(buf.Bytes(), &fields); err != nil || fields == nil {
-		s.fail(w, errf(http.StatusBadRequest, codeInvalidJSON, "", "the body must be a JSON object: {\"domain\": \"example.com\"}"))
+	f, e := stringFields(buf.Bytes(), `{"domain": "example.com"}`, "domain")
+	if e != nil {
+		s.fail(w, e)
 		return
 	}
-	var name string
-	for f, v := range fields {
-		if f != "domain" {
-			s.fail(w, errf(http.StatusBadRequest, codeUnknownField, f, "unknown field %q (want domain)", f))
-			return
-		}
-		if err := json.Unmarshal(v, &name); err != nil {
-			s.fail(w, badField("domain", "domain must be a string"))
-			return
-		}
-	}
+	name := f["domain"]
 	if name == "" {
 		s.fail(w, missingField("domain"))
 		return

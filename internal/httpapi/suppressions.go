@@ -234,30 +234,12 @@ func (s *Server) addSuppression(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	defer putBuf(buf)
-	var fields map[string]json.RawMessage
-	if err := json.Unmarshal(buf.Bytes(), &fields); err != nil || fields == nil {
-		s.fail(w, errf(http.StatusBadRequest, codeInvalidJSON, "", "the body must be a JSON object: {\"address\": \"...\", \"reason\": \"...\"}"))
+	f, e := stringFields(buf.Bytes(), `{"address": "...", "reason": "..."}`, "address", "reason", "source")
+	if e != nil {
+		s.fail(w, e)
 		return
 	}
-	var in struct{ address, reason, source string }
-	for name, v := range fields {
-		var dst *string
-		switch name {
-		case "address":
-			dst = &in.address
-		case "reason":
-			dst = &in.reason
-		case "source":
-			dst = &in.source
-		default:
-			s.fail(w, errf(http.StatusBadRequest, codeUnknownField, name, "unknown field %q (want address, reason, source)", name))
-			return
-		}
-		if err := json.Unmarshal(v, dst); err != nil {
-			s.fail(w, badField(name, "%s must be a string", name))
-			return
-		}
-	}
+	in := struct{ address, reason, source string }{f["address"], f["reason"], f["source"]}
 	addr, e := suppAddress("address", in.address)
 	if e != nil {
 		s.fail(w, e)
