@@ -141,6 +141,26 @@ func TestDomainsAPI(t *testing.T) {
 		t.Errorf("domain_added events %+v", evs)
 	}
 
+	// A cached check is reused for check_cache (60 s here) unless fresh:
+	// with the DMARC record gone, GET still shows the last check, and
+	// ?fresh=true sees it missing and the domain unverified again.
+	dns.Remove("_dmarc.example.com")
+	var cached domainAnswer
+	e.do("GET", "/v1/domains/example.com", e.sendKey, nil).json(t, &cached)
+	if cached.State != "verified" || !domains.OK(cached.Records) {
+		t.Errorf("cached check: %+v", cached)
+	}
+	if a := get(e.sendKey); a.State != "unverified" || a.Verified != nil {
+		t.Errorf("fresh check without DMARC: %+v", a)
+	}
+	dns.AddTXT("_dmarc.example.com", "v=DMARC1; p=quarantine")
+	if a := get(e.sendKey); a.State != "verified" {
+		t.Errorf("verified again: %+v", a)
+	}
+	if n := len(outboxEvents(t, e.sp, pipeline.EventDomainVerified)); n != 2 {
+		t.Errorf("%d domain_verified events, want 2 (verified, unverified, verified again)", n)
+	}
+
 	// Tenant scoped.
 	if r := e.do("GET", "/v1/domains/example.com", e.otherKey, nil); r.Status != http.StatusNotFound {
 		t.Errorf("other tenant GET: %d", r.Status)
