@@ -116,6 +116,17 @@ func TestDomainsEndToEnd(t *testing.T) {
 	if res := testutil.DKIMPyVerify(t, got, recs); strings.Join(res, "\n") != "pass d=brand.test s=sluice a=rsa-sha256" {
 		t.Errorf("dkimpy: %q\n%s", res, got)
 	}
+	// Another tenant may send From the domain (require_verified binds
+	// only the tenant that registered it) but is not signed with its key.
+	otherKey, _ := h.createKey("other")
+	body, _ := json.Marshal(map[string]any{"from": "spoof@brand.test", "to": []string{"eve@dest.test"}, "subject": "unsigned", "text": "hello"})
+	if r := h.do("POST", "/v1/messages", otherKey, body, nil); r.status != http.StatusAccepted {
+		t.Fatalf("other tenant: %s", r)
+	}
+	waitFor(t, "the other tenant's message", func() bool { return h.smart.count() == 2 })
+	if m := h.smart.messages()[1].Data; bytes.Contains(m, []byte("DKIM-Signature:")) {
+		t.Errorf("another tenant's mail was signed with the domain's key:\n%s", m)
+	}
 	h.relay.waitEvents("domain events", func(evs []pipeline.Event) bool {
 		n := 0
 		for _, ev := range evs {

@@ -192,3 +192,30 @@ func benchSign(b *testing.B, algo string) {
 // message (targets: 1 ms and 100 µs, issue 19).
 func BenchmarkSignRSA2048(b *testing.B) { benchSign(b, AlgoRSA) }
 func BenchmarkSignEd25519(b *testing.B) { benchSign(b, AlgoEd25519) }
+
+func TestForTenant(t *testing.T) {
+	any1, any2 := &Key{Selector: "a"}, &Key{Selector: "b"}
+	acme, other := &Key{Selector: "c", Tenant: "acme"}, &Key{Selector: "d", Tenant: "other"}
+	sel := func(ks []*Key) string {
+		s := ""
+		for _, k := range ks {
+			s += k.Selector
+		}
+		return s
+	}
+	for _, c := range []struct {
+		ks     []*Key
+		tenant string
+		want   string
+	}{
+		{[]*Key{any1, any2}, "acme", "ab"},
+		{[]*Key{any1, acme, other, any2}, "acme", "acb"},
+		{[]*Key{other, acme}, "acme", "c"},
+		{[]*Key{other, acme}, "", ""},
+		{nil, "acme", ""},
+	} {
+		if got := sel(ForTenant(c.ks, c.tenant)); got != c.want {
+			t.Errorf("ForTenant(%s, %q) = %s, want %s", sel(c.ks), c.tenant, got, c.want)
+		}
+	}
+}

@@ -48,6 +48,28 @@ type Key struct {
 	Algo     string // AlgoRSA or AlgoEd25519
 	Signer   crypto.Signer
 	File     string // where it was read from, for messages; "" if generated
+	// Tenant, when set, restricts the key to mail of that tenant: the
+	// key of a domain a tenant registered through the HTTP API must not
+	// sign another tenant's mail (ForTenant).
+	Tenant string
+}
+
+// ForTenant returns the keys of ks that may sign mail of tenant: those
+// without a Tenant and those of tenant. It returns ks itself when all
+// may (the common case, no allocation).
+func ForTenant(ks []*Key, tenant string) []*Key {
+	for i, k := range ks {
+		if k.Tenant != "" && k.Tenant != tenant {
+			out := append([]*Key{}, ks[:i]...)
+			for _, k := range ks[i+1:] {
+				if k.Tenant == "" || k.Tenant == tenant {
+					out = append(out, k)
+				}
+			}
+			return out
+		}
+	}
+	return ks
 }
 
 // KeySpec names a key file and the domain and selector it signs as.

@@ -93,7 +93,7 @@ func activeKeys(d *spool.Domain) ([]*dkim.Key, error) {
 		if err != nil {
 			return nil, fmt.Errorf("domain %s key %s: %w", d.Domain, k.Selector, err)
 		}
-		out = append(out, &dkim.Key{Domain: d.Domain, Selector: k.Selector, Algo: algo, Signer: signer})
+		out = append(out, &dkim.Key{Domain: d.Domain, Selector: k.Selector, Algo: algo, Signer: signer, Tenant: d.Tenant})
 	}
 	return out, nil
 }

@@ -228,9 +228,14 @@ func (s *Signer) choose(msg *pipeline.Message) (keys []*dkim.Key, why string) {
 			domain = fromDomain(msg)
 		}
 	}
-	keys = s.keys.Keys(domain)
+	tenant := ""
+	if msg.Conn != nil {
+		tenant = msg.Conn.Tenant()
+	}
+	// A registered domain's key signs only its tenant's mail.
+	keys = dkim.ForTenant(s.keys.Keys(domain), tenant)
 	if len(keys) == 0 && !explicit && s.deflt != "" {
-		keys = s.keys.Keys(s.deflt)
+		keys = dkim.ForTenant(s.keys.Keys(s.deflt), tenant)
 	}
 	if sel := msg.Scratch[ScratchSelector]; sel != "" {
 		var pick []*dkim.Key
