@@ -84,19 +84,20 @@ type Server struct {
 	toks atomic.Pointer[tokenSet]
 	// revocations is set by UseRevocations (revocations.go); nil: none.
 	revocations atomic.Pointer[revoke.List]
-	// domains is set by UseDomains (domains.go); nil: no domains API.
-	domains atomic.Pointer[domains.Registry]
-	host    string
-	log     *slog.Logger
-	max     int64
-	now     func() time.Time
-	hs      *http.Server
-	tls     *tls.Config
-	locks   keyedMutex
+	host        string
+	log         *slog.Logger
+	max         int64
+	now         func() time.Time
+	hs          *http.Server
+	tls         *tls.Config
+	locks       keyedMutex
 	// inflight bounds the request bodies in memory at once
 	// (MaxInflightBytes): see readBody.
 	inflight *semaphore.Weighted
 	sample   *logx.Sampler // refusals logged once per 10 s
+
+	// domains is set by UseDomains (domains.go); nil: no domains API.
+	domains atomic.Pointer[domains.Registry]
 
 	startOnce sync.Once
 	stopOnce  sync.Once
