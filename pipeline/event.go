@@ -17,11 +17,18 @@ const (
 	// bounce, the HTTP API or the CLI).
 	EventSuppressionAdded   = "suppression_added"
 	EventSuppressionRemoved = "suppression_removed"
+	// Outbound shaping changed for a site (and egress source): a reply
+	// that means "slow down" lowered its limits or suspended it, or the
+	// change ended (docs/shaping.md).
+	EventShapingThrottled = "shaping_throttled"
+	EventShapingSuspended = "shaping_suspended"
+	EventShapingResumed   = "shaping_resumed"
 )
 
 // EventTypes lists every event type, in the order above.
 var EventTypes = []string{EventReceived, EventRejected, EventDeferred, EventDelivered, EventBounced,
-	EventExpired, EventDiscarded, EventSuppressed, EventCancelled, EventSuppressionAdded, EventSuppressionRemoved}
+	EventExpired, EventDiscarded, EventSuppressed, EventCancelled, EventSuppressionAdded, EventSuppressionRemoved,
+	EventShapingThrottled, EventShapingSuspended, EventShapingResumed}
 
 // EventSchema is the version in every event's "schema" field.
 const EventSchema = 1
