@@ -133,7 +133,7 @@ type Options struct {
 	// MaxMessagesPerConn.
 	Shaper *shaping.Shaper
 	Logger *slog.Logger
-	Now     func() time.Time // for tests; default time.Now
+	Now    func() time.Time // for tests; default time.Now
 }
 
 // Queue is safe for concurrent use.

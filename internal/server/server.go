@@ -42,6 +42,7 @@ import (
 	"github.com/sluice-mta/sluice/internal/plugin"
 	"github.com/sluice-mta/sluice/internal/queue"
 	"github.com/sluice-mta/sluice/internal/relay"
+	"github.com/sluice-mta/sluice/internal/shaping"
 	"github.com/sluice-mta/sluice/internal/smtpsrc"
 	"github.com/sluice-mta/sluice/internal/spool"
 	"github.com/sluice-mta/sluice/internal/token"
@@ -58,6 +59,7 @@ type Server struct {
 
 	sp     *spool.Spool
 	q      *queue.Queue
+	shaper *shaping.Shaper // nil: no sluice.shaping or sluice.egress
 	relay  *relay.Relay
 	ex     *events.Exporter
 	sinks  []events.Sink
@@ -396,7 +398,10 @@ func (s *Server) components() []component {
 			if err := bc.Register(s.metrics); err != nil {
 				return err
 			}
-			s.q = queue.New(s.sp, dialer{d}, queue.Options{
+			if s.shaper, err = s.newShaper(cfg); err != nil {
+				return err
+			}
+			s.q = queue.New(s.sp, dialer{d}, queue.Options{Shaper: s.shaper,
 				MaxConnections: cfg.Delivery.MaxConnections, MaxPerDestination: cfg.Delivery.MaxPerDestination,
 				MaxMessagesPerConn: cfg.Delivery.MaxMessagesPerConn, IdleTimeout: cfg.Delivery.IdleTimeout,
 				RetryInitial: cfg.Delivery.RetryInitial, RetryMax: cfg.Delivery.RetryMax,
@@ -494,7 +499,13 @@ func (s *Server) components() []component {
 			s.q.Start()
 			return nil
 		},
-		stop: func(ctx context.Context) error { s.q.Stop(ctx); return nil },
+		stop: func(ctx context.Context) error {
+			s.q.Stop(ctx)
+			if s.shaper != nil {
+				s.shaper.Stop()
+			}
+			return nil
+		},
 	})
 	cs = append(cs, component{name: "housekeeping",
 		start: func() error {
