@@ -150,7 +150,9 @@ func TestShapingSiteLimits(t *testing.T) {
 			if sk.Conns() < n/5 {
 				t.Errorf("%d connections for %d messages at 5 per connection", sk.Conns(), n)
 			}
-			evs := r.readEvents()
+			evs := r.waitEvents("every delivered event", func(evs []pipeline.Event) bool {
+				return countType(evs, pipeline.EventDelivered, "") >= n
+			})
 			for _, d := range []string{"a.test", "b.test"} {
 				got := 0
 				for _, e := range evs {
