@@ -269,7 +269,7 @@ func (r *Rules) entry(file, name string, e *Entry, t map[string]any, provider bo
 			if !provider {
 				return fmt.Errorf("%s: match is only for [provider.\"name\"] blocks", where)
 			}
-			list, ok := v.([]map[string]any)
+			list, ok := tableList(v)
 			if !ok {
 				return fmt.Errorf("%s: match: want a list like [{MXSuffix = \".google.com\"}]", where)
 			}
@@ -302,7 +302,7 @@ func (r *Rules) entry(file, name string, e *Entry, t map[string]any, provider bo
 				e.Sources[sn] = p
 			}
 		case "automation":
-			list, ok := v.([]map[string]any)
+			list, ok := tableList(v)
 			if !ok {
 				return fmt.Errorf("%s: automation: want [[%q.automation]] tables", where, name)
 			}
@@ -387,6 +387,25 @@ func (r *Rules) param(where string, p *Params, k string, v any, provider bool) e
 		return fmt.Errorf("%s: unknown key %q", where, k)
 	}
 	return nil
+}
+
+// tableList reads an array of tables, written [[x]] or [{...}, {...}].
+func tableList(v any) ([]map[string]any, bool) {
+	switch l := v.(type) {
+	case []map[string]any:
+		return l, true
+	case []any:
+		out := make([]map[string]any, 0, len(l))
+		for _, x := range l {
+			m, ok := x.(map[string]any)
+			if !ok {
+				return nil, false
+			}
+			out = append(out, m)
+		}
+		return out, true
+	}
+	return nil, false
 }
 
 func positive(v any) (int, error) {

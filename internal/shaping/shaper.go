@@ -574,9 +574,6 @@ func (l *Lease) Wait(ctx context.Context, maxWait time.Duration) (time.Time, str
 	now := s.o.Now()
 	s.mu.Lock()
 	p := l.p
-	if len(p.overrides) > 0 {
-		p.rebuild(now)
-	}
 	if until, ok := s.susp[p.site]; ok && now.Before(until) {
 		s.mu.Unlock()
 		s.count(ReasonSuspended)
@@ -812,8 +809,14 @@ func (s *Shaper) event(typ, site, source string, a *Automation, act Action, r *p
 	if s.changes != nil {
 		s.changes.WithLabelValues(kind).Inc()
 	}
-	s.log.Info("shaping changed", "event", typ, "site", site, "egress_source", source, "action", act.Kind,
-		"config", act.Name, "until", until)
+	attrs := []any{"event", typ, "site", site, "egress_source", source, "action", act.Kind}
+	if act.Name != "" {
+		attrs = append(attrs, "config", act.Name)
+	}
+	if !until.IsZero() {
+		attrs = append(attrs, "until", until)
+	}
+	s.log.Info("shaping changed", attrs...)
 	return ev
 }
 
