@@ -26,7 +26,7 @@ import (
 var FuncNames = []string{
 	"node", "local_domains", "spool", "listen_smtp", "listen_http", "listen_admin", "delivery",
 	"events", "lua_options", "stage_timeout", "stage", "lua", "builtin", "plugin",
-	"env", "read_file", "bounces", "suppression", "auth", "tokens", "shaping", "egress",
+	"env", "read_file", "bounces", "suppression", "auth", "tokens", "redis", "shaping", "egress",
 }
 
 // loader records the configuration functions' calls into a Config.
