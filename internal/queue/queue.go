@@ -17,6 +17,7 @@ package queue
 import (
 	"container/heap"
 	"context"
+	"errors"
 	"log/slog"
 	"math"
 	"math/rand/v2"
@@ -623,7 +624,7 @@ func (q *Queue) worker(d *dest) {
 			c, err := q.dial(d, eg, lease != nil)
 			if err != nil {
 				if lease != nil {
-					lease.Observe([]*pipeline.Response{pipeline.ResponseOf(err)}, nil)
+					lease.Observe([]*pipeline.Response{replyOf(err)}, nil)
 				}
 				q.complete(it, nil, err, nil)
 				if pipeline.IsTemporary(err) {
@@ -697,18 +698,28 @@ func orDur(v, def time.Duration) time.Duration {
 func failures(res []delivery.Result, err error) []*pipeline.Response {
 	var out []*pipeline.Response
 	if err != nil {
-		out = append(out, pipeline.ResponseOf(err))
+		out = append(out, replyOf(err))
 	}
 	for _, r := range res {
 		if r.Err != nil {
-			if r.Reply != nil {
-				out = append(out, r.Reply)
-			} else {
-				out = append(out, pipeline.ResponseOf(r.Err))
-			}
+			out = append(out, replyOf(r.Err))
 		}
 	}
 	return out
+}
+
+// replyOf is the next hop's own reply in err (code, enhanced code, its
+// text alone), or the reply Sluice recorded for a local failure.
+func replyOf(err error) *pipeline.Response {
+	var re *delivery.ReplyError
+	if errors.As(err, &re) {
+		r := &pipeline.Response{Code: re.Code, Text: re.Text}
+		if re.Enhanced != (pipeline.EnhancedCode{}) {
+			r.Enhanced = re.Enhanced.String()
+		}
+		return r
+	}
+	return pipeline.ResponseOf(err)
 }
 
 // shapeHold puts it, and every item ready for d, back into the timer heap
