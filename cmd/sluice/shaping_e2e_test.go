@@ -252,7 +252,7 @@ duration = "6s"
 
 // TestEgressPools: the route picks pool A for pa.test and pool B for
 // pb.test; the sink sees A's messages from 127.0.0.2 and B's from
-// 127.0.0.3.
+// 127.0.0.3, each with its source's EHLO name.
 func TestEgressPools(t *testing.T) {
 	dns := dnstest.NewServer(t)
 	dns.AddMX("pa.test", 10, "mx.pool.test")
@@ -281,12 +281,12 @@ sluice.stage("pools", {
 	sendN(t, r, 6, func(i int) string { return fmt.Sprintf("u%d@%s", i, []string{"pa.test", "pb.test"}[i%2]) })
 	waitFor(t, "six messages at the sink", func() bool { return len(sk.Messages()) >= 6 })
 	for _, m := range sk.Messages() {
-		want := "127.0.0.3"
+		want, helo := "127.0.0.3", "mta3.shape.test"
 		if strings.HasSuffix(m.Rcpts[0], "@pa.test") {
-			want = "127.0.0.2"
+			want, helo = "127.0.0.2", "mta2.shape.test"
 		}
-		if m.ClientIP != want {
-			t.Errorf("%s came from %s, want %s", m.Rcpts[0], m.ClientIP, want)
+		if m.ClientIP != want || m.HELO != helo {
+			t.Errorf("%s came from %s (EHLO %s), want %s (%s)", m.Rcpts[0], m.ClientIP, m.HELO, want, helo)
 		}
 	}
 }

@@ -39,8 +39,10 @@ type SinkMessage struct {
 	Data  []byte
 	Opts  smtp.MailOptions
 	// ClientIP is the address the connection came from (the egress
-	// source); At is when the end of data arrived.
+	// source), HELO the name the client gave in EHLO; At is when the end
+	// of data arrived.
 	ClientIP string
+	HELO     string
 	At       time.Time
 }
 
@@ -243,7 +245,7 @@ func (ss *sinkSession) Data(r io.Reader) error {
 	if a, ok := ss.c.Conn().RemoteAddr().(*net.TCPAddr); ok {
 		ip = a.IP.String()
 	}
-	ss.s.msgs = append(ss.s.msgs, SinkMessage{From: ss.from, Rcpts: ss.rcpts, Data: b, Opts: ss.opts, ClientIP: ip, At: time.Now()})
+	ss.s.msgs = append(ss.s.msgs, SinkMessage{From: ss.from, Rcpts: ss.rcpts, Data: b, Opts: ss.opts, ClientIP: ip, HELO: ss.c.Hostname(), At: time.Now()})
 	ss.s.mu.Unlock()
 	return nil
 }
