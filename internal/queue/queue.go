@@ -333,27 +333,62 @@ func destKey(r *pipeline.Route, domain string) string {
 }
 
 // sitesOf looks up the shaping site of every MX recipient's domain
-// (nil without shaping). It may wait for DNS: call it without q.mu.
-func (q *Queue) sitesOf(rcpts []*spool.Recipient) map[string]string {
+// (nil without shaping). With cachedOnly it does not wait for DNS and
+// reports false when a site is not known yet; otherwise it may wait: call
+// it without q.mu.
+func (q *Queue) sitesOf(rcpts []*spool.Recipient, cachedOnly bool) (map[string]string, bool) {
 	if q.o.Shaper == nil {
-		return nil
+		return nil, true
 	}
 	sites := map[string]string{}
 	for _, r := range rcpts {
 		if r.Route != nil && r.Route.Kind != pipeline.RouteMX {
 			continue
 		}
-		if _, ok := sites[r.Domain]; !ok {
-			sites[r.Domain] = q.o.Shaper.Site(q.ctx, r.Domain)
+		if _, ok := sites[r.Domain]; ok {
+			continue
 		}
+		if cachedOnly {
+			site, ok := q.o.Shaper.CachedSite(r.Domain)
+			if !ok {
+				return nil, false
+			}
+			sites[r.Domain] = site
+			continue
+		}
+		sites[r.Domain] = q.o.Shaper.Site(q.ctx, r.Domain)
 	}
-	return sites
+	return sites, true
 }
 
 // Enqueue adds a spooled message's recipients (already committed) to the
 // queues. Recipients with a future NextAttempt wait in the timer heap.
+// With shaping, a recipient domain whose site is not known yet is looked
+// up in a goroutine of its own (owned by the queue, ended by Stop), so
+// that Enqueue never waits for DNS: it runs before the client's 250.
 func (q *Queue) Enqueue(m *spool.Meta, rcpts []*spool.Recipient) {
-	sites := q.sitesOf(rcpts)
+	sites, known := q.sitesOf(rcpts, true)
+	if !known {
+		q.mu.Lock()
+		stopping := q.stopping
+		if !stopping {
+			q.wg.Add(1)
+		}
+		q.mu.Unlock()
+		if stopping {
+			return // the spool keeps them; Load finds them at the next start
+		}
+		go func() {
+			defer q.wg.Done()
+			sites, _ := q.sitesOf(rcpts, false)
+			q.enqueue(m, rcpts, sites)
+		}()
+		return
+	}
+	q.enqueue(m, rcpts, sites)
+}
+
+func (q *Queue) enqueue(m *spool.Meta, rcpts []*spool.Recipient, sites map[string]string) {
 	now := q.o.Now()
 	q.mu.Lock()
 	defer q.mu.Unlock()

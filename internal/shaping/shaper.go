@@ -124,15 +124,17 @@ type Shaper struct {
 	log   *slog.Logger
 	rules *Rules
 
-	mu      sync.Mutex
-	sites   map[string]*siteInfo // domain → site
-	paths   map[string]*path     // site|source → state
-	susp    map[string]time.Time // site → suspended until (every source)
-	sources map[string]*sourceState
-	pools   map[string][]*sourceState
-	rr      map[string]int // pool → next source
-	timers  map[*time.Timer]struct{}
-	stopped bool
+	mu         sync.Mutex
+	sites      map[string]*siteInfo // domain → site
+	entries    map[string][]*Entry  // site → its rule entries, as last resolved
+	entrySites map[string]*siteInfo // shaping file domain → site (without entries)
+	paths      map[string]*path     // site|source → state
+	susp       map[string]time.Time // site → suspended until (every source)
+	sources    map[string]*sourceState
+	pools      map[string][]*sourceState
+	rr         map[string]int // pool → next source
+	timers     map[*time.Timer]struct{}
+	stopped    bool
 
 	changes  *prometheus.CounterVec
 	delayed  *prometheus.CounterVec
@@ -181,7 +183,7 @@ func New(o Options) (*Shaper, error) {
 		o.Rules = &Rules{Default: Entry{Name: "default", MXRollup: true}, Domains: map[string]*Entry{}}
 	}
 	s := &Shaper{o: o, log: o.Logger.With("component", "shaping"), rules: o.Rules,
-		sites: map[string]*siteInfo{}, paths: map[string]*path{}, susp: map[string]time.Time{},
+		sites: map[string]*siteInfo{}, entries: map[string][]*Entry{}, entrySites: map[string]*siteInfo{}, paths: map[string]*path{}, susp: map[string]time.Time{},
 		sources: map[string]*sourceState{}, pools: map[string][]*sourceState{}, rr: map[string]int{},
 		timers: map[*time.Timer]struct{}{}}
 	for _, src := range o.Sources {
@@ -253,8 +255,10 @@ func (s *Shaper) HasPool(pool string) bool {
 	return ok
 }
 
-// siteTTL bounds how long a domain's site is remembered.
+// siteTTL bounds how long a domain's site is remembered; past maxSites
+// remembered domains, the stale ones are dropped.
 const (
+	maxSites    = 100_000
 	siteTTLMin  = time.Minute
 	siteTTLMax  = time.Hour
 	siteTTLFail = 30 * time.Second
@@ -268,17 +272,41 @@ const (
 func (s *Shaper) Site(ctx context.Context, domain string) string {
 	domain = strings.ToLower(strings.TrimSuffix(domain, "."))
 	now := s.o.Now()
-	s.mu.Lock()
-	si := s.sites[domain]
-	s.mu.Unlock()
-	if si != nil && now.Before(si.expires) {
+	if si := s.cached(domain, now); si != nil {
 		return si.site
 	}
-	si = s.resolve(ctx, domain, now, true)
+	si := s.resolve(ctx, domain, now, true)
 	s.mu.Lock()
+	if len(s.sites) >= maxSites {
+		for d, x := range s.sites { // forget the stale ones
+			if !now.Before(x.expires) {
+				delete(s.sites, d)
+			}
+		}
+	}
 	s.sites[domain] = si
+	s.entries[si.site] = si.entries
 	s.mu.Unlock()
 	return si.site
+}
+
+// CachedSite returns the site of domain when it is known and fresh,
+// without waiting for DNS.
+func (s *Shaper) CachedSite(domain string) (string, bool) {
+	if si := s.cached(strings.ToLower(strings.TrimSuffix(domain, ".")), s.o.Now()); si != nil {
+		return si.site, true
+	}
+	return "", false
+}
+
+// cached is domain's remembered site if it is still fresh, else nil.
+func (s *Shaper) cached(domain string, now time.Time) *siteInfo {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if si := s.sites[domain]; si != nil && now.Before(si.expires) {
+		return si
+	}
+	return nil
 }
 
 // resolve names domain's site and finds its rule entries. withDomains
@@ -335,13 +363,15 @@ func (s *Shaper) resolve(ctx context.Context, domain string, now time.Time, with
 // any domain.
 func (s *Shaper) siteOfEntry(ctx context.Context, domain string, now time.Time) string {
 	s.mu.Lock()
-	si := s.sites[domain]
+	si := s.entrySites[domain]
 	s.mu.Unlock()
 	if si != nil && now.Before(si.expires) {
 		return si.site
 	}
 	si = s.resolve(ctx, domain, now, false)
-	// Not stored: the full resolve (with the other entries) stores it.
+	s.mu.Lock()
+	s.entrySites[domain] = si
+	s.mu.Unlock()
 	return si.site
 }
 
@@ -358,18 +388,12 @@ func allMatch(hosts, suffixes []string) bool {
 
 // pathLocked returns the state of site for source, building it from the
 // rules on first use. s.mu held.
-func (s *Shaper) pathLocked(site, source string, domain string) *path {
+func (s *Shaper) pathLocked(site, source string) *path {
 	key := site + "|" + source
 	if p := s.paths[key]; p != nil {
 		return p
 	}
-	var entries []*Entry
-	for _, si := range s.sites {
-		if si.site == site {
-			entries = si.entries
-			break
-		}
-	}
+	entries := s.entries[site]
 	if entries == nil {
 		entries = []*Entry{&s.rules.Default}
 	}
@@ -440,7 +464,7 @@ func (s *Shaper) PoolConnections(site, pool string) int {
 	defer s.mu.Unlock()
 	n := 0
 	for _, src := range s.pools[pool] {
-		n += intOr(s.pathLocked(site, src.Name, "").eff.ConnectionLimit, 1)
+		n += intOr(s.pathLocked(site, src.Name).eff.ConnectionLimit, 1)
 	}
 	return max(n, 1)
 }
@@ -495,7 +519,7 @@ func (s *Shaper) Acquire(site, pool string) (*Lease, time.Time, string, error) {
 	start := s.rr[pool]
 	for i := range srcs {
 		src := srcs[(start+i)%len(srcs)]
-		p := s.pathLocked(site, src.Name, "")
+		p := s.pathLocked(site, src.Name)
 		switch {
 		case now.Before(p.suspendedUntil):
 			later(p.suspendedUntil, ReasonSuspended)
