@@ -8,7 +8,8 @@
 #   shaped   bin/sluice with sluice.shaping on: a shaping file with a
 #            message rate that never binds (100000/s), so every message
 #            takes a lease and a limiter token but is never held
-# and prints one line per run. Compare medians from the same run only.
+# and prints one line per run, with the relay's CPU (user+sys) per
+# message. Compare medians from the same run only.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 BASE=${1:?usage: shaping.sh BASE_BIN [REPS]}
@@ -27,6 +28,8 @@ max_deliveries_per_connection = 1000
 max_message_rate = "100000/s,max_burst=1000"
 TOML
 
+cpu() { awk '{print $14 + $15}' "/proc/$1/stat"; } # clock ticks of user+sys
+
 run() { # name binary extra-config
   local name=$1 bin=$2 extra=$3
   rm -rf "$WORK/spool" "$WORK/events.jsonl"
@@ -40,17 +43,22 @@ run() { # name binary extra-config
   for sc in $SCENARIOS; do
     IFS=: read -r size sess n <<< "$sc"
     printf '%-7s %5s B x %2s x %6s: ' "$name" "$size" "$sess" "$n"
+    local t0; t0=$(cpu "$pid")
     bin/sluice-bench smtp -target 127.0.0.1:$SMTP_PORT -sink 127.0.0.1:$SINK_PORT -n "$n" -c "$sess" -size "$size" -timeout 300s 2>&1 | tr '\n' ' ' || true
-    echo
+    # relay CPU (user+sys) per message: steadier than msgs/s on a shared machine
+    echo "cpu_us_per_msg $(( ($(cpu "$pid") - t0) * 1000000 / $(getconf CLK_TCK) / n ))"
   done
   kill "$pid"; wait "$pid" 2>/dev/null || true; pid=""
 }
 
 echo "# shaping bench — $(date -u +%FT%TZ) — $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg)"
-for r in $(seq "$REPS"); do
-  run base "$BASE" ""
-  run new bin/sluice ""
-  run shaped bin/sluice "sluice.shaping { files = { \"$WORK/shaping.toml\" } }"
+SHAPED="sluice.shaping { files = { \"$WORK/shaping.toml\" } }"
+for r in $(seq "$REPS"); do # the order flips every round: position in a round must not favour one build
+  if (( r % 2 )); then
+    run base "$BASE" ""; run new bin/sluice ""; run shaped bin/sluice "$SHAPED"
+  else
+    run shaped bin/sluice "$SHAPED"; run new bin/sluice ""; run base "$BASE" ""
+  fi
 done
 if grep -q . "$WORK/sluice.log"; then
   echo "## relay warnings and errors during the runs"

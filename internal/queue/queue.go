@@ -443,7 +443,9 @@ func (q *Queue) newDest(k string, route *pipeline.Route, domain, site string) *d
 		d.site = site
 		d.max = q.o.Shaper.PoolConnections(site, route.Pool)
 	}
-	d.wake = make(chan struct{}, d.max)
+	// Room for every worker the site may ever have: a rule can raise the
+	// limit back after lowering it.
+	d.wake = make(chan struct{}, max(d.max, q.o.MaxPerDestination))
 	return d
 }
 
@@ -489,6 +491,11 @@ func (q *Queue) dispatch(d *dest) {
 	}
 	// Idle workers take one item each; start more (up to the limit) for
 	// the rest of a burst rather than leaving it to one worker.
+	if q.o.Shaper != nil {
+		// An adaptive rule may have lowered (or restored) the site's
+		// connection limit since the last dispatch.
+		d.max = q.o.Shaper.PoolConnections(d.site, d.route.Pool)
+	}
 	for len(d.ready) > d.idle+d.starting && d.active < d.max {
 		d.active++
 		d.starting++
