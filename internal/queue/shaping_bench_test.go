@@ -7,9 +7,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/sluice-mta/sluice/internal/dnsx"
-	"github.com/sluice-mta/sluice/internal/dnsx/dnstest"
-	"github.com/sluice-mta/sluice/internal/shaping"
 	"github.com/sluice-mta/sluice/internal/spool"
 	"github.com/sluice-mta/sluice/internal/testutil"
 	"github.com/sluice-mta/sluice/pipeline"
@@ -32,19 +29,7 @@ func BenchmarkDeliveryShaping(b *testing.B) {
 			defer sp.Close()
 			o := Options{MaxPerDestination: 10, MaxMessagesPerConn: 1000, IdleTimeout: time.Second, Logger: slog.New(slog.DiscardHandler)}
 			if on {
-				dns := dnstest.NewServer(b)
-				dns.AddMX("b.test", 10, "mx.b.test")
-				res, err := dnsx.New(dnsx.Options{Server: dns.Addr()})
-				if err != nil {
-					b.Fatal(err)
-				}
-				rules, err := shaping.Parse("bench.toml", []byte("[\"default\"]\nconnection_limit = 10\nmax_deliveries_per_connection = 1000\nmax_message_rate = \"10000000/s,max_burst=1000\"\n"))
-				if err != nil {
-					b.Fatal(err)
-				}
-				if o.Shaper, err = shaping.New(shaping.Options{Rules: rules, Resolver: res, Logger: o.Logger}); err != nil {
-					b.Fatal(err)
-				}
+				o.Shaper = newShaper(b, "[\"default\"]\nconnection_limit = 10\nmax_deliveries_per_connection = 1000\nmax_message_rate = \"10000000/s,max_burst=1000\"\n")
 				o.Shaper.Site(context.Background(), "b.test") // warm the site cache
 			}
 			type msg struct {

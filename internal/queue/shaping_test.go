@@ -18,20 +18,7 @@ import (
 // the first message goes and the others wait in the timer heap, without
 // a connection held open for them and without a failed attempt.
 func TestShapingHoldsWhatTheRateRefuses(t *testing.T) {
-	dns := dnstest.NewServer(t)
-	dns.AddMX("b.test", 10, "mx.b.test")
-	res, err := dnsx.New(dnsx.Options{Server: dns.Addr()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	rules, err := shaping.Parse("t.toml", []byte("[\"default\"]\nmax_message_rate = \"1/hour\"\n"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	sh, err := shaping.New(shaping.Options{Rules: rules, Resolver: res, Logger: slog.New(slog.DiscardHandler)})
-	if err != nil {
-		t.Fatal(err)
-	}
+	sh := newShaper(t, "[\"default\"]\nmax_message_rate = \"1/hour\"\n")
 	sp, err := spool.Open(t.TempDir(), spool.Options{})
 	if err != nil {
 		t.Fatal(err)
@@ -61,4 +48,26 @@ func TestShapingHoldsWhatTheRateRefuses(t *testing.T) {
 			}
 		}
 	}
+}
+
+// newShaper is a Shaper with the rules of a shaping file's text, whose
+// DNS (a server on loopback) gives b.test one MX host.
+func newShaper(tb testing.TB, toml string) *shaping.Shaper {
+	tb.Helper()
+	dns := dnstest.NewServer(tb)
+	dns.AddMX("b.test", 10, "mx.b.test")
+	res, err := dnsx.New(dnsx.Options{Server: dns.Addr()})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	rules, err := shaping.Parse("t.toml", []byte(toml))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	sh, err := shaping.New(shaping.Options{Rules: rules, Resolver: res, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(sh.Stop)
+	return sh
 }

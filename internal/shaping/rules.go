@@ -34,29 +34,24 @@ type Params struct {
 
 // merge overlays o's set values on p.
 func (p *Params) merge(o Params) {
-	if o.ConnectionLimit != nil {
-		p.ConnectionLimit = o.ConnectionLimit
-	}
-	if o.MaxDeliveriesPerConnection != nil {
-		p.MaxDeliveriesPerConnection = o.MaxDeliveriesPerConnection
-	}
-	if o.MaxMessageRate != nil {
-		p.MaxMessageRate = o.MaxMessageRate
-	}
+	over(&p.ConnectionLimit, o.ConnectionLimit)
+	over(&p.MaxDeliveriesPerConnection, o.MaxDeliveriesPerConnection)
+	over(&p.MaxMessageRate, o.MaxMessageRate)
+	over(&p.ConnectTimeout, o.ConnectTimeout)
+	over(&p.DataTimeout, o.DataTimeout)
+	over(&p.IdleTimeout, o.IdleTimeout)
 	for k, v := range o.Additional {
 		if p.Additional == nil {
 			p.Additional = map[string]Throttle{}
 		}
 		p.Additional[k] = v
 	}
-	if o.ConnectTimeout != nil {
-		p.ConnectTimeout = o.ConnectTimeout
-	}
-	if o.DataTimeout != nil {
-		p.DataTimeout = o.DataTimeout
-	}
-	if o.IdleTimeout != nil {
-		p.IdleTimeout = o.IdleTimeout
+}
+
+// over sets *dst to v when v is set.
+func over[T any](dst **T, v *T) {
+	if v != nil {
+		*dst = v
 	}
 }
 
