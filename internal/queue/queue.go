@@ -635,6 +635,10 @@ func (q *Queue) worker(d *dest) {
 			closeConn()
 		}
 		var eg delivery.Egress
+		if conn == nil && q.o.Shaper == nil && d.route.Pool != "" {
+			q.complete(it, nil, shaping.UnknownPool(d.route.Pool), nil) // no sluice.egress
+			continue
+		}
 		if conn == nil && q.o.Shaper != nil {
 			l, retry, reason, err := q.o.Shaper.Acquire(d.site, d.route.Pool)
 			if err != nil {

@@ -12,6 +12,7 @@ import (
 	"github.com/sluice-mta/sluice/internal/shaping"
 	"github.com/sluice-mta/sluice/internal/spool"
 	"github.com/sluice-mta/sluice/internal/testutil"
+	"github.com/sluice-mta/sluice/pipeline"
 )
 
 // TestShapingHoldsWhatTheRateRefuses: with a site rate of 1 per hour,
@@ -70,4 +71,31 @@ func newShaper(tb testing.TB, toml string) *shaping.Shaper {
 	}
 	tb.Cleanup(sh.Stop)
 	return sh
+}
+
+// TestUnknownPoolDefers: a route naming a pool that is not configured
+// (here: no sluice.egress at all) defers with 451 4.3.5 and never dials.
+func TestUnknownPoolDefers(t *testing.T) {
+	sp, err := spool.Open(t.TempDir(), spool.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sp.Close()
+	m, rs := put(t, sp, "s@a.test", "x@b.test")
+	rs[0].Route = &pipeline.Route{Kind: pipeline.RouteMX, Pool: "nope"}
+	fd := &fakeDialer{}
+	q := New(sp, fd, Options{RetryInitial: time.Hour, Logger: slog.New(slog.DiscardHandler)})
+	q.Start()
+	defer q.Stop(context.Background())
+	q.Enqueue(m, rs)
+	testutil.WaitFor(t, "deferred", func() bool { return len(events(t, sp, m.ID)) == 1 })
+	h, _ := sp.History(m.ID)
+	if e := h[0]; e.Type != pipeline.EventDeferred || e.Response.Code != 451 || e.Response.Enhanced != "4.3.5" || !strings.Contains(e.Response.Text, `"nope"`) {
+		t.Errorf("event %+v %+v", e, e.Response)
+	}
+	fd.mu.Lock()
+	defer fd.mu.Unlock()
+	if fd.dials != 0 {
+		t.Errorf("%d dials for an unknown pool", fd.dials)
+	}
 }

@@ -490,6 +490,13 @@ type Lease struct {
 // pool that does not exist.
 var ErrUnknownPool = errors.New("unknown egress pool")
 
+// UnknownPool is the error for a route naming an egress pool that is
+// not configured: 451 4.3.5, so the recipients are retried, not bounced.
+func UnknownPool(pool string) error {
+	return &pipeline.Error{Code: 451, Enhanced: pipeline.EnhancedCode{4, 3, 5},
+		Message: "route names egress pool " + strconv.Quote(pool) + ", which is not configured", Cause: ErrUnknownPool}
+}
+
 // Acquire reserves a connection to site on one source of pool, round
 // robin over the pool's sources, skipping those suspended for the site,
 // at their connection limit, or past their warm-up volume for the day.
@@ -502,8 +509,7 @@ func (s *Shaper) Acquire(site, pool string) (*Lease, time.Time, string, error) {
 	defer s.mu.Unlock()
 	srcs, ok := s.pools[pool]
 	if !ok {
-		return nil, time.Time{}, "", &pipeline.Error{Code: 451, Enhanced: pipeline.EnhancedCode{4, 3, 5},
-			Message: "route names egress pool " + strconv.Quote(pool) + ", which is not configured", Cause: ErrUnknownPool}
+		return nil, time.Time{}, "", UnknownPool(pool)
 	}
 	retry := time.Time{}
 	reason := ""
