@@ -1,7 +1,11 @@
 package config
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"net/netip"
+	"os"
+	"slices"
 	"time"
 
 	lua "github.com/yuin/gopher-lua"
@@ -20,6 +24,18 @@ type Shaping struct {
 	// Rules are the files as parsed at load, so that a bad file fails
 	// the load (and sluice check) with its file, entry and key.
 	Rules *shaping.Rules
+	// Digest is the SHA-256 of the files' contents, in order: a reload
+	// compares it to tell that the rules changed (they apply at restart).
+	Digest string
+}
+
+// Same reports whether s and o load the same files with the same
+// contents (nil for not configured).
+func (s *Shaping) Same(o *Shaping) bool {
+	if s == nil || o == nil {
+		return s == o
+	}
+	return s.Digest == o.Digest && slices.Equal(s.Files, o.Files)
 }
 
 // Egress: sluice.egress { sources = {...}, pools = {...}, default_pool = "" }.
@@ -49,6 +65,13 @@ func (ld *loader) shaping(L *lua.LState) int {
 		o.Fail("files", "%v", err)
 	}
 	sh.Rules = r
+	h := sha256.New()
+	for _, f := range sh.Files {
+		b, _ := os.ReadFile(f) // LoadFiles read it just now
+		h.Write(b)
+		h.Write([]byte{0})
+	}
+	sh.Digest = hex.EncodeToString(h.Sum(nil))
 	ld.cfg.Shaping = sh
 	return 0
 }

@@ -943,11 +943,15 @@ func RestartNeeded(old, new *config.Config) []string {
 		{"sluice.bounces", old.Bounces, new.Bounces},
 		{"sluice.auth", old.Auth, new.Auth},
 		{"sluice.redis", old.Redis, new.Redis},
+		{"sluice.egress", old.Egress, new.Egress},
 		{"sluice.node", [2]string{old.Node, old.Hostname}, [2]string{new.Node, new.Hostname}},
 	} {
 		if !reflect.DeepEqual(c.old, c.new) {
 			out = append(out, c.name)
 		}
+	}
+	if !old.Shaping.Same(new.Shaping) {
+		out = append(out, "sluice.shaping")
 	}
 	return out
 }
