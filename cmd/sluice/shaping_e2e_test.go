@@ -138,13 +138,16 @@ func TestShapingSiteLimits(t *testing.T) {
 			case tc.limit > 2 && peak <= 2:
 				t.Errorf("control: peak %d connections; the test cannot tell a limit of 2 from none", peak)
 			}
-			// Sends are spaced 100 ms apart: a window of one second
-			// holds 10, or 11 when the first and the last fall on its
-			// edges.
+			// The relay spaces sends 100 ms apart: a window of one
+			// second holds 10 of them, 11 when the first and the last
+			// fall on its edges. The sink sees each MAIL a little later
+			// than the relay let it go; on a loaded machine one can be
+			// 100 ms later than the next one, so one more is allowed.
+			// Without a rate the sink sees 35-40 in a second.
 			switch {
-			case tc.rate != "" && window > 11:
+			case tc.rate != "" && window > 12:
 				t.Errorf("the sink got %d transactions within one second; the site allows 10/s", window)
-			case tc.rate == "" && window <= 11:
+			case tc.rate == "" && window <= 12:
 				t.Errorf("control: at most %d transactions in a second without a rate; the test cannot tell 10/s from none", window)
 			}
 			if sk.Conns() < n/5 {
