@@ -172,7 +172,7 @@ func TestShapingSiteLimits(t *testing.T) {
 }
 
 // TestShapingAdaptive: after 20 messages the sink of site 1 answers
-// "421 4.7.0 Try again later"; the rule suspends site 1 for 6 s. While it
+// "421 4.7.0 Try again later"; the rule suspends site 1 for 10 s. While it
 // is suspended the sink sees no attempt, and site 2 delivers at once;
 // after the suspension site 1 gets the rest.
 func TestShapingAdaptive(t *testing.T) {
@@ -200,7 +200,7 @@ connection_limit = 2
 [["default".automation]]
 regex = '''^421 4\.7\.0 Try again later'''
 action = "Suspend"
-duration = "6s"
+duration = "10s"
 `
 	r := startShapingRelay(t, dns, sk1.Port, toml, "")
 	sendN(t, r, 30, func(i int) string { return fmt.Sprintf("u%d@s1.test", i) })
