@@ -98,6 +98,10 @@ type Automation struct {
 	Regex    []*regexp.Regexp
 	Actions  []Action
 	Duration time.Duration
+	// Threshold, when set ({Threshold = "N/period"}), fires the rule only
+	// at the Nth match within one period, per site and egress source;
+	// nil fires at every match ("Immediate").
+	Threshold *Throttle
 	// Where is "file:entry" of the rule, for events and logs.
 	Where string
 }
@@ -427,8 +431,21 @@ func parseAutomation(where string, m map[string]any) (a Automation, skip string,
 		if t != "Immediate" {
 			return a, "", fmt.Errorf("%s: trigger: want \"Immediate\" or {Threshold = \"N/period\"}", where)
 		}
+	case map[string]any:
+		spec, ok := t["Threshold"].(string)
+		if !ok || len(t) != 1 {
+			return a, "", fmt.Errorf("%s: trigger: want \"Immediate\" or {Threshold = \"N/period\"}", where)
+		}
+		th, err := ParseThrottle(spec)
+		if err != nil {
+			return a, "", fmt.Errorf("%s: trigger: %v", where, err)
+		}
+		if th.Quantity > maxThreshold {
+			return a, "", fmt.Errorf("%s: trigger: at most %d matches per period", where, maxThreshold)
+		}
+		a.Threshold = &th
 	default:
-		return a, fmt.Sprintf("%s: trigger %v is not supported (only Immediate); rule skipped", where, t), nil
+		return a, "", fmt.Errorf("%s: trigger: want \"Immediate\" or {Threshold = \"N/period\"}", where)
 	}
 	var res []string
 	switch v := m["regex"].(type) {
@@ -521,6 +538,9 @@ func parseAction(where string, x any) (Action, string, error) {
 	}
 	return Action{}, "", fmt.Errorf("%s: want \"Suspend\", \"SuspendSite\" or {SetConfig = {...}}", where)
 }
+
+// maxThreshold bounds a Threshold's quantity: the matches are kept.
+const maxThreshold = 1000
 
 // ParseDuration reads Go durations ("90m", "1h30m") and the human forms
 // of shaping files ("2 hours", "5 minutes", "3 days", "30s").

@@ -163,6 +163,7 @@ type path struct {
 	limiters          []*rate.Limiter
 	conns             int
 	suspendedUntil    time.Time
+	hits              map[int][]time.Time // automation index → recent matches (Threshold rules)
 }
 
 type override struct {
@@ -683,18 +684,35 @@ func (l *Lease) Observe(replies []*pipeline.Response, remote *pipeline.Remote) {
 		for i := range l.p.automation {
 			a := &l.p.automation[i]
 			if slices.ContainsFunc(a.Regex, func(re *regexp.Regexp) bool { return re.MatchString(text) }) {
-				l.s.apply(l.p, a, r, remote)
+				l.s.apply(l.p, i, a, r, remote)
 			}
 		}
 	}
 }
 
 // apply runs a matched rule's actions on p.
-func (s *Shaper) apply(p *path, a *Automation, r *pipeline.Response, remote *pipeline.Remote) {
+func (s *Shaper) apply(p *path, idx int, a *Automation, r *pipeline.Response, remote *pipeline.Remote) {
 	now := s.o.Now()
 	until := now.Add(a.Duration)
 	var evs []*pipeline.Event
 	s.mu.Lock()
+	if th := a.Threshold; th != nil {
+		// Fire at the Quantity-th match within one Period: keep the
+		// last Quantity match times.
+		if p.hits == nil {
+			p.hits = map[int][]time.Time{}
+		}
+		hits := append(p.hits[idx], now)
+		if len(hits) > th.Quantity {
+			hits = hits[len(hits)-th.Quantity:]
+		}
+		if len(hits) < th.Quantity || now.Sub(hits[0]) > th.Period {
+			p.hits[idx] = hits
+			s.mu.Unlock()
+			return
+		}
+		delete(p.hits, idx)
+	}
 	for _, act := range a.Actions {
 		switch act.Kind {
 		case ActionSuspend:

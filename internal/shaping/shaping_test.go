@@ -393,3 +393,34 @@ func BenchmarkLeaseWait(b *testing.B) {
 
 // fakeResolver answers nothing; the benchmark names its site itself.
 type fakeResolver struct{ dnsx.Resolver }
+
+// TestThresholdTrigger: a rule with {Threshold = "3/minute"} fires at the
+// third match within a minute, not before; matches older than the period
+// do not count.
+func TestThresholdTrigger(t *testing.T) {
+	now := time.Date(2026, 12, 1, 10, 0, 0, 0, time.UTC)
+	s, evs, _ := newShaper(t, `
+[["default".automation]]
+regex = 'RL0000'
+trigger = { Threshold = "3/minute" }
+action = "Suspend"
+duration = "1h"
+`, Options{Now: func() time.Time { return now }})
+	l, _, _, _ := s.Acquire("site", "")
+	defer l.Release()
+	hit := func() { l.Observe([]*pipeline.Response{{Code: 421, Text: "RL000010 slow down"}}, nil) }
+	hit()
+	now = now.Add(2 * time.Minute) // the first match is out of the window
+	hit()
+	hit()
+	if n := len(evs.list()); n != 0 {
+		t.Fatalf("%d events after 2 matches within the minute", n)
+	}
+	hit()
+	if e := evs.list(); len(e) != 1 || e[0].Type != pipeline.EventShapingSuspended {
+		t.Fatalf("after the third match within a minute: %v", e)
+	}
+	if _, err := Parse("t.toml", []byte("[[\"default\".automation]]\nregex = 'x'\naction = 'Suspend'\nduration = '1m'\ntrigger = { Threshold = 'often' }\n")); err == nil {
+		t.Error("a bad threshold was accepted")
+	}
+}
