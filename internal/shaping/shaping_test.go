@@ -51,8 +51,8 @@ func TestParseThrottle(t *testing.T) {
 }
 
 // TestExampleFile: the shipped shaping file parses with no warnings,
-// and KumoMTA's own default file (its keys that Sluice does not apply,
-// a Threshold trigger, a look-ahead regex) loads with warnings only.
+// and a piece of KumoMTA's own file (keys that Sluice does not apply,
+// a SetConfig of one of them, a look-ahead regex) loads with warnings only.
 func TestExampleFile(t *testing.T) {
 	r, err := LoadFiles("../../examples/shaping/shaping.toml")
 	if err != nil {
