@@ -169,8 +169,26 @@ func LoadFiles(paths ...string) (*Rules, error) {
 			return nil, err
 		}
 	}
-	sort.Slice(r.Providers, func(i, j int) bool { return r.Providers[i].Name < r.Providers[j].Name })
+	if err := r.finish(); err != nil {
+		return nil, err
+	}
 	return r, nil
+}
+
+// finish drops provider blocks that got no match from any file (a
+// later file may add settings to a provider an earlier one matched), with
+// a warning, and sorts the providers.
+func (r *Rules) finish() error {
+	sort.Slice(r.Providers, func(i, j int) bool { return r.Providers[i].Name < r.Providers[j].Name })
+	r.Providers = slices.DeleteFunc(r.Providers, func(p *Entry) bool {
+		if len(p.MXSuffixes) > 0 {
+			return false
+		}
+		// KumoMTA loads such a block too; it can never match a site.
+		r.Warnings = append(r.Warnings, fmt.Sprintf("shaping: provider %q has no match in any file (match = [{MXSuffix = \".example.net\"}]): it matches no site and its settings are unused", p.Name))
+		return true
+	})
+	return nil
 }
 
 // Parse reads one shaping file's text (name is for errors).
@@ -179,7 +197,9 @@ func Parse(name string, src []byte) (*Rules, error) {
 	if err := r.add(name, src); err != nil {
 		return nil, err
 	}
-	sort.Slice(r.Providers, func(i, j int) bool { return r.Providers[i].Name < r.Providers[j].Name })
+	if err := r.finish(); err != nil {
+		return nil, err
+	}
 	return r, nil
 }
 
@@ -219,9 +239,6 @@ func (r *Rules) add(file string, src []byte) error {
 				}
 				if err := r.entry(file, "provider."+pn, e, t, true); err != nil {
 					return err
-				}
-				if len(e.MXSuffixes) == 0 {
-					return fmt.Errorf("shaping: %s: provider %q: match is required (match = [{MXSuffix = \".example.net\"}])", file, pn)
 				}
 			}
 			continue
@@ -408,6 +425,13 @@ func tableList(v any) ([]map[string]any, bool) {
 }
 
 func positive(v any) (int, error) {
+	if str, ok := v.(string); ok { // KumoMTA's "local:5": limits are per node here anyway
+		n, err := strconv.ParseInt(strings.TrimPrefix(str, "local:"), 10, 64)
+		if err != nil {
+			return 0, fmt.Errorf("want a whole number of at least 1, got %q", str)
+		}
+		v = n
+	}
 	n, ok := v.(int64)
 	if !ok || n < 1 || n > 1<<31 {
 		return 0, fmt.Errorf("want a whole number of at least 1, got %v", v)

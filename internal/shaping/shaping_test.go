@@ -4,6 +4,7 @@ import (
 	"context"
 	"log/slog"
 	"net/netip"
+	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -88,12 +89,13 @@ trigger = "Immediate"
 action = "SuspendTenant"
 duration = "5 minutes"
 `
+	kumo += "\n[provider.\"gmail\"]\nconnection_limit = \"local:5\"\n" // no match anywhere: unused, a warning
 	r, err = Parse("kumo.toml", []byte(kumo))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(r.Warnings) != 4 || len(r.Domains["comcast.net"].Automation) != 0 {
-		t.Errorf("warnings %q", r.Warnings)
+	if len(r.Warnings) != 5 || len(r.Domains["comcast.net"].Automation) != 0 || len(r.Providers) != 0 {
+		t.Errorf("warnings %q, providers %v", r.Warnings, r.Providers)
 	}
 }
 
@@ -102,7 +104,6 @@ func TestParseErrors(t *testing.T) {
 		{`["default"]` + "\nconection_limit = 3", `["default"]: unknown key "conection_limit"`},
 		{`["default"]` + "\nconnection_limit = 0", `connection_limit: want a whole number of at least 1`},
 		{`["x.test"]` + "\nmax_message_rate = \"ten/s\"", `["x.test"]: max_message_rate: throttle "ten/s"`},
-		{`[provider."p"]` + "\nconnection_limit = 3", `provider "p": match is required`},
 		{`[["default".automation]]` + "\nregex = \"x\"\naction = \"Explode\"\nduration = \"1m\"", `unknown action "Explode"`},
 		{`[["default".automation]]` + "\nregex = \"x\"\naction = \"Suspend\"", `duration: want a positive duration`},
 		{`[["default".automation]]` + "\naction = \"Suspend\"\nduration = \"1m\"", `regex is required`},
@@ -422,5 +423,21 @@ duration = "1h"
 	}
 	if _, err := Parse("t.toml", []byte("[[\"default\".automation]]\nregex = 'x'\naction = 'Suspend'\nduration = '1m'\ntrigger = { Threshold = 'often' }\n")); err == nil {
 		t.Error("a bad threshold was accepted")
+	}
+}
+
+// TestLaterFileOverlays: a second file adds to a provider that the first
+// one matched, and overrides a value.
+func TestLaterFileOverlays(t *testing.T) {
+	dir := t.TempDir()
+	a, b := dir+"/a.toml", dir+"/b.toml"
+	os.WriteFile(a, []byte("[provider.\"big\"]\nmatch = [{MXSuffix = \".big.example\"}]\nconnection_limit = 5\n"), 0o644)
+	os.WriteFile(b, []byte("[provider.\"big\"]\nconnection_limit = 2\n[[provider.\"big\".automation]]\nregex = 'x'\naction = 'Suspend'\nduration = '1m'\n"), 0o644)
+	r, err := LoadFiles(a, b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(r.Providers) != 1 || *r.Providers[0].Params.ConnectionLimit != 2 || len(r.Providers[0].Automation) != 1 || len(r.Warnings) != 0 {
+		t.Errorf("providers %+v, warnings %q", r.Providers, r.Warnings)
 	}
 }
