@@ -44,6 +44,7 @@ import (
 	"github.com/sluice-mta/sluice/internal/ratelimit"
 	"github.com/sluice-mta/sluice/internal/relay"
 	"github.com/sluice-mta/sluice/internal/revoke"
+	"github.com/sluice-mta/sluice/internal/shaping"
 	"github.com/sluice-mta/sluice/internal/smtpsrc"
 	"github.com/sluice-mta/sluice/internal/spool"
 	"github.com/sluice-mta/sluice/internal/token"
@@ -60,6 +61,7 @@ type Server struct {
 
 	sp     *spool.Spool
 	q      *queue.Queue
+	shaper *shaping.Shaper // nil: no sluice.shaping or sluice.egress
 	relay  *relay.Relay
 	ex     *events.Exporter
 	sinks  []events.Sink
@@ -413,7 +415,10 @@ func (s *Server) components() []component {
 			if err := bc.Register(s.metrics); err != nil {
 				return err
 			}
-			s.q = queue.New(s.sp, dialer{d}, queue.Options{
+			if s.shaper, err = s.newShaper(cfg); err != nil {
+				return err
+			}
+			s.q = queue.New(s.sp, dialer{d}, queue.Options{Shaper: s.shaper,
 				MaxConnections: cfg.Delivery.MaxConnections, MaxPerDestination: cfg.Delivery.MaxPerDestination,
 				MaxMessagesPerConn: cfg.Delivery.MaxMessagesPerConn, IdleTimeout: cfg.Delivery.IdleTimeout,
 				RetryInitial: cfg.Delivery.RetryInitial, RetryMax: cfg.Delivery.RetryMax,
@@ -511,7 +516,13 @@ func (s *Server) components() []component {
 			s.q.Start()
 			return nil
 		},
-		stop: func(ctx context.Context) error { s.q.Stop(ctx); return nil },
+		stop: func(ctx context.Context) error {
+			s.q.Stop(ctx)
+			if s.shaper != nil {
+				s.shaper.Stop()
+			}
+			return nil
+		},
 	})
 	cs = append(cs, component{name: "housekeeping",
 		start: func() error {
@@ -958,11 +969,15 @@ func RestartNeeded(old, new *config.Config) []string {
 		{"sluice.bounces", old.Bounces, new.Bounces},
 		{"sluice.auth", old.Auth, new.Auth},
 		{"sluice.redis", old.Redis, new.Redis},
+		{"sluice.egress", old.Egress, new.Egress},
 		{"sluice.node", [2]string{old.Node, old.Hostname}, [2]string{new.Node, new.Hostname}},
 	} {
 		if !reflect.DeepEqual(c.old, c.new) {
 			out = append(out, c.name)
 		}
+	}
+	if !old.Shaping.Same(new.Shaping) {
+		out = append(out, "sluice.shaping")
 	}
 	return out
 }
