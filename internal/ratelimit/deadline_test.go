@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	promtest "github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/redis/go-redis/v9"
 
 	tu "github.com/sluice-mta/sluice/internal/testutil"
@@ -45,5 +46,36 @@ func TestRedisCallerDeadline(t *testing.T) {
 	cancel()
 	if err := s.Check(ctx, []pipeline.RateCheck{{Key: "k", Rate: r}}, make([]pipeline.RateResult, 1)); !errors.Is(err, context.Canceled) {
 		t.Errorf("cancelled caller: %v", err)
+	}
+}
+
+// TestNodeCallerGone: a check whose caller went away (context cancelled)
+// is not a store error in sluice_ratelimit_store_errors_total; one whose
+// deadline passed while Redis did not answer is.
+func TestNodeCallerGone(t *testing.T) {
+	c := redis.NewClient(&redis.Options{Addr: tu.Blackhole(t), MaxRetries: -1, Protocol: 2, DisableIdentity: true,
+		ReadTimeout: time.Minute, WriteTimeout: time.Minute})
+	t.Cleanup(func() { c.Close() })
+	m, err := NewMetrics(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := NewNode(&pipeline.Redis{Client: c, Prefix: "t:", Timeout: time.Minute}, m, nil).Redis
+	checks := []pipeline.RateCheck{{Key: "k", Rate: pipeline.Rate{Limit: 1, Period: time.Second}, Stage: "s", Limit: "l"}}
+	ctx, cancel := context.WithCancel(context.Background())
+	time.AfterFunc(20*time.Millisecond, cancel)
+	if err := s.Check(ctx, checks, make([]pipeline.RateResult, 1)); !errors.Is(err, context.Canceled) {
+		t.Fatalf("cancelled: %v", err)
+	}
+	if n := promtest.ToFloat64(m.errs.WithLabelValues("redis")); n != 0 {
+		t.Errorf("a cancelled caller counted %v store errors", n)
+	}
+	ctx, cancel = context.WithTimeout(context.Background(), 20*time.Millisecond)
+	defer cancel()
+	if err := s.Check(ctx, checks, make([]pipeline.RateResult, 1)); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("deadline: %v", err)
+	}
+	if n := promtest.ToFloat64(m.errs.WithLabelValues("redis")); n != 1 {
+		t.Errorf("a deadline passed without an answer: %v store errors, want 1", n)
 	}
 }
