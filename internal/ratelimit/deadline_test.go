@@ -19,9 +19,7 @@ import (
 // a client gone) stop waiting with their context's error, whether they
 // lead a batch or wait behind one; the store serves again afterwards.
 func TestRedisCallerDeadline(t *testing.T) {
-	c := redis.NewClient(&redis.Options{Addr: tu.Blackhole(t), MaxRetries: -1, Protocol: 2, DisableIdentity: true,
-		ReadTimeout: time.Minute, WriteTimeout: time.Minute})
-	t.Cleanup(func() { c.Close() })
+	c := hungRedis(t)
 	s := NewRedis(&pipeline.Redis{Client: c, Prefix: "t:", Timeout: time.Minute})
 	r := pipeline.Rate{Limit: 5, Period: time.Second}
 	var wg sync.WaitGroup
@@ -53,9 +51,7 @@ func TestRedisCallerDeadline(t *testing.T) {
 // is not a store error in sluice_ratelimit_store_errors_total; one whose
 // deadline passed while Redis did not answer is.
 func TestNodeCallerGone(t *testing.T) {
-	c := redis.NewClient(&redis.Options{Addr: tu.Blackhole(t), MaxRetries: -1, Protocol: 2, DisableIdentity: true,
-		ReadTimeout: time.Minute, WriteTimeout: time.Minute})
-	t.Cleanup(func() { c.Close() })
+	c := hungRedis(t)
 	m, err := NewMetrics(nil)
 	if err != nil {
 		t.Fatal(err)
@@ -78,4 +74,13 @@ func TestNodeCallerGone(t *testing.T) {
 	if n := promtest.ToFloat64(m.errs.WithLabelValues("redis")); n != 1 {
 		t.Errorf("a deadline passed without an answer: %v store errors, want 1", n)
 	}
+}
+
+// hungRedis is a client of a Redis that never answers (testutil.Blackhole),
+// with a minute for each read and write.
+func hungRedis(t *testing.T) *redis.Client {
+	c := redis.NewClient(&redis.Options{Addr: tu.Blackhole(t), MaxRetries: -1, Protocol: 2, DisableIdentity: true,
+		ReadTimeout: time.Minute, WriteTimeout: time.Minute})
+	t.Cleanup(func() { c.Close() })
+	return c
 }
