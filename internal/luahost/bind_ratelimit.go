@@ -26,6 +26,9 @@ func (h *Host) SetRateLimits(l *pipeline.RateLimits) { h.limits.Store(l) }
 // time to act on nil, message (fail open or closed) before its own
 // deadline stops it with 451 4.4.5.
 func checkContext(ctx context.Context) (context.Context, context.CancelFunc) {
+	if ctx == nil { // a state outside a call
+		return context.Background(), func() {}
+	}
 	dl, ok := ctx.Deadline()
 	if !ok {
 		return ctx, func() {}
