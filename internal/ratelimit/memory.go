@@ -96,6 +96,9 @@ func (m *Memory) shard(key string) *shard {
 
 func (m *Memory) one(c *pipeline.RateCheck, now int64) pipeline.RateResult {
 	e, tol := gcra(c.Rate, 1)
+	if over(cost(c), e, tol) {
+		return pipeline.RateResult{RetryAfter: -1}
+	}
 	inc := e * cost(c)
 	s := m.shard(c.Key)
 	s.mu.Lock()
@@ -104,12 +107,9 @@ func (m *Memory) one(c *pipeline.RateCheck, now int64) pipeline.RateResult {
 		tat = now
 	}
 	next := tat + inc
-	if over := next - now - tol; over > 0 {
+	if late := next - now - tol; late > 0 {
 		s.mu.Unlock()
-		if inc > tol {
-			return pipeline.RateResult{RetryAfter: -1}
-		}
-		return pipeline.RateResult{RetryAfter: time.Duration(over)}
+		return pipeline.RateResult{RetryAfter: time.Duration(late)}
 	}
 	s.m[c.Key] = next
 	if !seen && len(s.m) >= s.sweepAt {

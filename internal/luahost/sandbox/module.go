@@ -188,10 +188,13 @@ func (s *State) failVerdict(L *lua.LState, action pipeline.Action) int {
 		o := s.CheckOpts(4, fn, "retry_after")
 		var secs float64
 		if o.Float("retry_after", &secs) {
-			if secs <= 0 || secs > maxRetryAfter.Seconds() {
-				o.Fail("retry_after", "want seconds from 0 to %.0f, got %v", maxRetryAfter.Seconds(), secs)
+			if !(secs > 0) {
+				o.Fail("retry_after", "want seconds more than 0, got %v", secs)
 			}
-			v.RetryAfter = time.Duration(secs * float64(time.Second))
+			// Longer is sent as a week: a rate limit's wait (from
+			// sluice.ratelimit.check, periods up to 366 days) passed
+			// straight through must not fail the hook.
+			v.RetryAfter = time.Duration(min(secs, maxRetryAfter.Seconds()) * float64(time.Second))
 		}
 	}
 	L.Push(s.newVerdict(&Verdict{Verdict: v}))
