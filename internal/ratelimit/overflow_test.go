@@ -1,6 +1,8 @@
 package ratelimit
 
 import (
+	"context"
+	"strconv"
 	"testing"
 	"time"
 
@@ -47,5 +49,33 @@ func TestParseRateBounds(t *testing.T) {
 	}
 	if _, err := ParseRate("1/8760h"); err != nil {
 		t.Errorf("1/8760h: %v", err)
+	}
+}
+
+// TestMemoryBounded: distinct keys still within their period (a 1/day
+// limit) stop growing the store at its bound; the key being checked is
+// never the one evicted, and evictions are counted.
+func TestMemoryBounded(t *testing.T) {
+	m := NewMemoryMax(640)
+	r, err := ParseRate("1/day")
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := make([]pipeline.RateResult, 1)
+	for i := range 20_000 {
+		key := "k" + strconv.Itoa(i)
+		if err := m.Check(context.Background(), []pipeline.RateCheck{{Key: key, Rate: r}}, out); err != nil || !out[0].Allowed {
+			t.Fatalf("key %d: first use refused (%v, %+v)", i, err, out[0])
+		}
+		// the key just charged is still held: a second use is refused
+		if err := m.Check(context.Background(), []pipeline.RateCheck{{Key: key, Rate: r}}, out); err != nil || out[0].Allowed {
+			t.Fatalf("key %d: second use allowed right after the first", i)
+		}
+	}
+	if n := m.Len(); n > 640+shards {
+		t.Errorf("store holds %d keys, bound 640", n)
+	}
+	if m.Evicted() == 0 {
+		t.Error("no eviction counted")
 	}
 }
