@@ -71,28 +71,35 @@ sluice.listen_smtp { name = "submission", addr = %q, auth = "required",
 	})
 
 	host, port, _ := strings.Cut(remote, ":")
-	out, err := exec.Command("python3", "testdata/smtp_auth_tls.py", host, port, "alice", "alice-password-1").CombinedOutput()
-	if err != nil {
-		t.Fatalf("smtp_auth_tls.py: %v\n%s", err, out)
-	}
-	got := map[string]string{}
-	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
-		name, rest, _ := strings.Cut(line, " ")
-		got[name] = rest
-	}
-	for name, want := range map[string]string{
+	checkScriptSteps(t, "testdata/smtp_auth_tls.py", []string{host, port, "alice", "alice-password-1"}, map[string]string{
 		"offered-before-tls": "no",
 		"auth-before-tls":    "538 5.7.11 ",
 		"mail-before-auth":   "530 5.7.0 ",
 		"offered-after-tls":  "yes",
 		"auth-after-tls":     "235 2.0.0 ",
 		"mail-after-auth":    "250 ",
-	} {
-		if g, ok := got[name]; !ok || !strings.HasPrefix(g, want) {
-			t.Errorf("%s: got %q, want %q...", name, g, want)
+	})
+}
+
+// checkScriptSteps runs a Python script printing one "step reply" line per
+// step and checks that each step's reply starts with want[step].
+func checkScriptSteps(t *testing.T, script string, args []string, want map[string]string) {
+	t.Helper()
+	out, err := exec.Command("python3", append([]string{script}, args...)...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("%s: %v\n%s", script, err, out)
+	}
+	got := map[string]string{}
+	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+		name, rest, _ := strings.Cut(line, " ")
+		got[name] = rest
+	}
+	for name, w := range want {
+		if g, ok := got[name]; !ok || !strings.HasPrefix(g, w) {
+			t.Errorf("%s: got %q, want %q...", name, g, w)
 		}
 	}
 	if t.Failed() {
-		t.Logf("smtp_auth_tls.py output:\n%s", out)
+		t.Logf("%s output:\n%s", script, out)
 	}
 }
