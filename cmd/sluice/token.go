@@ -124,7 +124,10 @@ func runToken(args []string, stdout, stderr io.Writer) int {
 			fmt.Fprintf(stderr, "token %s for tenant %s, expires %s\n", c.ID, c.Tenant, c.Expires.Format(time.RFC3339))
 		}
 		return 0
+	case "help", "-h", "-help", "--help":
+		fmt.Fprint(stdout, tokenUsage)
+		return 0
 	}
-	fmt.Fprint(stderr, tokenUsage)
+	fmt.Fprintf(stderr, "sluice token: unknown subcommand %q\n\n%s", sub, tokenUsage)
 	return 2
 }

@@ -224,6 +224,9 @@ type shared struct {
 	pool     *plugin.Pool    // nil: each plugin stage starts its own processes
 	redis    *pipeline.Redis // nil: no sluice.redis
 	ownRedis bool            // close redis with the pipeline
+	// trace is the chain's observer (nil in production; see
+	// BuildTracedPipeline).
+	trace func(pipeline.TraceCall)
 }
 
 // buildPipeline is BuildPipeline with the node's shared parts.
@@ -257,7 +260,7 @@ func buildPipeline(cfg *config.Config, log *slog.Logger, res dnsx.Resolver, sh s
 	}
 	chain, err := pipeline.Compile(stages, pipeline.ChainOptions{
 		StageTimeout: cfg.StageTimeout, LocalDomains: cfg.LocalDomains, Logger: log, RecoverPanics: true,
-		AuthServID: hostname,
+		AuthServID: hostname, Trace: sh.trace,
 	})
 	if err != nil {
 		closeAll()
