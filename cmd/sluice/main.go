@@ -39,6 +39,7 @@ Usage:
                              and print each stage's verdict, the routes and the reply (nothing is spooled)
   sluice test    -c FILE --route ADDRESS   where would mail to ADDRESS go?
   sluice test-scripts DIR    run the Lua rule tests (*_test.lua) under DIR
+  sluice health  [-c FILE | --url URL] [--ready]   ask the running relay's admin listener /healthz (or /readyz)
   sluice version [--json]    print the version, commit and Go version
 
 Run "sluice COMMAND -h" for a command's flags. Exit codes: 0 ok, 1 failure, 2 usage.
@@ -87,6 +88,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return runTest(args[1:], stdout, stderr)
 	case "test-scripts":
 		return runTestScripts(args[1:], stdout, stderr)
+	case "health":
+		return runHealth(args[1:], stdout, stderr)
 	case "help", "-h", "-help", "--help":
 		fmt.Fprint(stdout, usage)
 		return 0

@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/json"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -15,7 +16,7 @@ func TestHelpExitsZero(t *testing.T) {
 		{}, {"serve"}, {"check"}, {"reload"}, {"test"}, {"test-scripts"}, {"version"},
 		{"apikey"}, {"apikey", "create"}, {"apikey", "list"}, {"apikey", "revoke"},
 		{"send"}, {"suppression"}, {"suppression", "list"}, {"suppression", "add"}, {"suppression", "remove"},
-		{"passwd"}, {"token"}, {"token", "keygen"}, {"token", "issue"},
+		{"passwd"}, {"health"}, {"token"}, {"token", "keygen"}, {"token", "issue"},
 	}
 	for _, cmd := range commands {
 		for _, h := range []string{"-h", "-help", "--help"} {
@@ -103,5 +104,49 @@ func TestTestScriptsCommand(t *testing.T) {
 	}
 	if _, code := runBin(t, "test-scripts"); code != 2 {
 		t.Errorf("no directory: exit %d, want 2", code)
+	}
+}
+
+// TestHealthCommand: `sluice health` asks a running relay's admin
+// listener: 200 from /healthz and /readyz (exit 0); a relay that is not
+// running (exit 1); a configuration without listen_admin (exit 1).
+func TestHealthCommand(t *testing.T) {
+	dir := t.TempDir()
+	admin := freePort(t)
+	r := newRelay(t, dir, `local sluice = require("sluice")
+sluice.spool { path = "{{SPOOL}}" }
+sluice.events { file = "{{EVENTS}}" }
+sluice.listen_smtp { addr = "{{SMTP}}" }
+sluice.listen_admin { addr = "`+admin+`" }
+`)
+	r.start()
+	var out string
+	var code int
+	waitFor(t, "the admin listener", func() bool {
+		out, code = runBin(t, "health", "-c", r.cfg)
+		return code == 0
+	})
+	if !strings.Contains(out, "/healthz: 200 OK") {
+		t.Errorf("health: %s", out)
+	}
+	if out, code := runBin(t, "health", "-c", r.cfg, "--ready"); code != 0 || !strings.Contains(out, "/readyz: 200 OK") {
+		t.Errorf("health --ready: exit %d\n%s", code, out)
+	}
+	if out, code := runBin(t, "health", "--url", "http://"+admin+"/healthz"); code != 0 {
+		t.Errorf("health --url: exit %d\n%s", code, out)
+	}
+	if out, code := runBin(t, "health", "--url", "http://"+admin+"/no-such-page"); code != 1 {
+		t.Errorf("health of a 404: exit %d, want 1\n%s", code, out)
+	}
+	r.stop()
+	if out, code := runBin(t, "health", "-c", r.cfg, "--timeout", "2s"); code != 1 {
+		t.Errorf("health of a stopped relay: exit %d, want 1\n%s", code, out)
+	}
+	noAdmin := filepath.Join(dir, "noadmin.lua")
+	os.WriteFile(noAdmin, []byte(`local sluice = require("sluice")
+sluice.listen_smtp { addr = "127.0.0.1:0" }
+`), 0o644)
+	if out, code := runBin(t, "health", "-c", noAdmin); code != 1 || !strings.Contains(out, "listen_admin") {
+		t.Errorf("health without listen_admin: exit %d\n%s", code, out)
 	}
 }
