@@ -20,7 +20,7 @@ func dryRunDir(t *testing.T) string {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	for _, f := range []string{"pipeline.lua", "message.eml"} {
+	for _, f := range []string{"pipeline.lua", "message.eml", "crash.eml", "later.eml"} {
 		b, err := os.ReadFile(filepath.Join("testdata", "dryrun", f))
 		if err != nil {
 			t.Fatal(err)
@@ -84,7 +84,9 @@ func checkGolden(t *testing.T, name, got string) {
 // Lua script stage, an inline Lua stage and a plugin stage, and compares
 // the traces with golden files: a message from a file with three
 // recipients (one refused at RCPT, one relayed to a partner, one local);
-// a sender refused at MAIL; the same run over HTTP; and --json.
+// a sender refused at MAIL; relay denied and a relay network; a refusal
+// over HTTP; a script error (the trace names it, the client gets a generic
+// 451); a tempfail at on_message; and --json.
 func TestDryRunTraceGolden(t *testing.T) {
 	dir := dryRunDir(t)
 	cases := []struct {
@@ -97,6 +99,8 @@ func TestDryRunTraceGolden(t *testing.T) {
 		{"relay_network.txt", []string{"--from", "a@ok.example", "--to", "x@eu.example.net", "--ip", "10.1.2.3", "--helo", "app.internal"}},
 		{"http.txt", []string{"--source", "http", "--auth", "key-1", "--from", "a@ok.example", "--to", "blocked@example.test"}},
 		{"message.json", []string{"--json", "message.eml"}},
+		{"stage_error.txt", []string{"crash.eml"}},
+		{"tempfail.txt", []string{"later.eml"}},
 	}
 	for _, c := range cases {
 		t.Run(c.golden, func(t *testing.T) {

@@ -326,20 +326,21 @@ func (r *Runner) Run(ctx context.Context, o Options) (*Trace, error) {
 		tr.Reply = ptr(reply("mail", err, "", http, false))
 		return tr, nil
 	}
-	var lastRefusal error
+	var firstRefusal error
 	for _, to := range o.To {
 		if _, err := txn.Rcpt(ctx, to); err != nil {
 			rp := reply("rcpt", err, "", http, false)
 			tr.Recipients = append(tr.Recipients, Recipient{Address: to, Status: relay.StatusRejected, Reply: &rp})
-			lastRefusal = err
+			if firstRefusal == nil {
+				firstRefusal = err
+			}
 		}
 	}
 	if len(txn.T.Recipients) == 0 {
+		// Every recipient refused: the HTTP API answers with the first
+		// refusal; an SMTP client has seen each one.
 		txn.Abort()
-		if lastRefusal == nil {
-			lastRefusal = pipeline.Errorf(554, pipeline.EnhancedCode{5, 5, 1}, "No valid recipients")
-		}
-		tr.Reply = ptr(reply("rcpt", lastRefusal, "", http, false))
+		tr.Reply = ptr(reply("rcpt", firstRefusal, "", http, false))
 		return tr, nil
 	}
 	msg, err := pipeline.ParseMessage(txn.T, o.Data)

@@ -18,6 +18,13 @@ sluice.stage("policy", {
     end
   end,
   on_message = function(msg)
+    if msg:header("Subject") == "crash" then
+      local t = nil
+      return t.field -- a script error: the client sees 451 4.3.0
+    end
+    if msg:header("Subject") == "later" then
+      return sluice.tempfail(451, "4.7.1", "Try again later")
+    end
     msg:set_meta("checked", "yes")
   end,
 })
