@@ -112,14 +112,7 @@ func TestTestScriptsCommand(t *testing.T) {
 // running (exit 1); a configuration without listen_admin (exit 1).
 func TestHealthCommand(t *testing.T) {
 	dir := t.TempDir()
-	admin := freePort(t)
-	r := newRelay(t, dir, `local sluice = require("sluice")
-sluice.spool { path = "{{SPOOL}}" }
-sluice.events { file = "{{EVENTS}}" }
-sluice.listen_smtp { addr = "{{SMTP}}" }
-sluice.listen_admin { addr = "`+admin+`" }
-`)
-	r.start()
+	r, admin := startAdminRelay(t, dir)
 	var out string
 	var code int
 	waitFor(t, "the admin listener", func() bool {
@@ -149,4 +142,19 @@ sluice.listen_smtp { addr = "127.0.0.1:0" }
 	if out, code := runBin(t, "health", "-c", noAdmin); code != 1 || !strings.Contains(out, "listen_admin") {
 		t.Errorf("health without listen_admin: exit %d\n%s", code, out)
 	}
+}
+
+// startAdminRelay starts a relay in dir with an admin listener on a free
+// port; it returns the relay and the admin address.
+func startAdminRelay(t *testing.T, dir string) (*relayProc, string) {
+	t.Helper()
+	admin := freePort(t)
+	r := newRelay(t, dir, `local sluice = require("sluice")
+sluice.spool { path = "{{SPOOL}}" }
+sluice.events { file = "{{EVENTS}}" }
+sluice.listen_smtp { addr = "{{SMTP}}" }
+sluice.listen_admin { addr = "`+admin+`" }
+`)
+	r.start()
+	return r, admin
 }

@@ -105,14 +105,7 @@ func TestDockerfileCommands(t *testing.T) {
 	// The health check against a relay whose admin listener is where
 	// the image's configuration puts it (port replaced by a free one).
 	dir := t.TempDir()
-	admin := freePort(t)
-	r := newRelay(t, dir, `local sluice = require("sluice")
-sluice.spool { path = "{{SPOOL}}" }
-sluice.events { file = "{{EVENTS}}" }
-sluice.listen_smtp { addr = "{{SMTP}}" }
-sluice.listen_admin { addr = "`+admin+`" }
-`)
-	r.start()
+	_, admin := startAdminRelay(t, dir)
 	args := append([]string{}, health[1:]...)
 	for i, a := range args {
 		args[i] = strings.Replace(a, "127.0.0.1:9101", admin, 1)

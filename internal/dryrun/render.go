@@ -3,7 +3,8 @@ package dryrun
 import (
 	"fmt"
 	"io"
-	"sort"
+	"maps"
+	"slices"
 	"strings"
 	"text/tabwriter"
 
@@ -159,23 +160,14 @@ func editsString(e *pipeline.Edits) string {
 	for _, t := range e.Tags {
 		fmt.Fprintf(&b, "; tag %s", t)
 	}
-	for _, k := range sortedKeys(e.Meta) {
+	for _, k := range slices.Sorted(maps.Keys(e.Meta)) {
 		fmt.Fprintf(&b, "; meta %s=%s", k, e.Meta[k])
 	}
-	for _, k := range sortedKeys(e.Scratch) {
+	for _, k := range slices.Sorted(maps.Keys(e.Scratch)) {
 		fmt.Fprintf(&b, "; scratch %s=%s", k, e.Scratch[k])
 	}
 	for _, a := range e.AuthResults {
 		fmt.Fprintf(&b, "; auth %s=%s", a.Method, a.Result)
 	}
 	return b.String()
-}
-
-func sortedKeys(m map[string]string) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	return keys
 }
