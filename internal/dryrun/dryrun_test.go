@@ -1,0 +1,165 @@
+package dryrun
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"net/netip"
+	"strings"
+	"testing"
+
+	"github.com/sluice-mta/sluice/internal/config"
+)
+
+const testConfig = `local sluice = require("sluice")
+sluice.local_domains { "example.test" }
+sluice.listen_smtp { addr = "127.0.0.1:0" }
+sluice.stage("gate", {
+  on_connect = function(conn)
+    if conn.ip == "192.0.2.66" then
+      return sluice.reject(554, "5.7.1", "Go away")
+    end
+  end,
+  on_auth = function(conn, creds)
+    if creds.username == "mallory" then
+      return sluice.reject(535, "5.7.8", "Not you")
+    end
+  end,
+})
+sluice.stage("routing", {
+  on_route = function(msg, rcpt)
+    if rcpt.local_part == "void" then
+      return sluice.discard("nobody reads it")
+    end
+    return sluice.route.relay {
+      host = "smtp.partner.example", port = 587, tls = "required",
+      auth = { user = "relay-user", pass = "s3cret" },
+    }
+  end,
+})
+`
+
+func newRunner(t *testing.T) *Runner {
+	t.Helper()
+	cfg, err := config.Parse("test.lua", []byte(testConfig))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := New(cfg, "", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(r.Close)
+	return r
+}
+
+// TestRelayPasswordIsRedacted: a relay route's password appears nowhere
+// in the trace, text or JSON.
+func TestRelayPasswordIsRedacted(t *testing.T) {
+	r := newRunner(t)
+	tr, err := r.Run(context.Background(), Options{From: "a@example.test", To: []string{"bob@example.test"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var text bytes.Buffer
+	if err := tr.WriteText(&text); err != nil {
+		t.Fatal(err)
+	}
+	js, _ := json.Marshal(tr)
+	for name, out := range map[string]string{"text": text.String(), "json": string(js)} {
+		if strings.Contains(out, "s3cret") {
+			t.Errorf("%s output shows the relay password:\n%s", name, out)
+		}
+	}
+	if len(tr.Recipients) != 1 || tr.Recipients[0].Route == nil || tr.Recipients[0].Route.AuthUser != "relay-user" || tr.Recipients[0].Route.AuthPass != "(redacted)" {
+		t.Errorf("recipients %+v", tr.Recipients)
+	}
+	if !strings.Contains(text.String(), "route relay smtp.partner.example:587 tls=required auth=relay-user") {
+		t.Errorf("text:\n%s", text.String())
+	}
+}
+
+// TestRefusalsBeforeMail: a refusal at on_connect or on_auth ends the run
+// at that step, with the SMTP reply and, over HTTP, the API's status.
+func TestRefusalsBeforeMail(t *testing.T) {
+	r := newRunner(t)
+	ctx := context.Background()
+	tests := []struct {
+		name             string
+		ip               string
+		o                Options
+		step             string
+		code, httpStatus int
+	}{
+		{"connect smtp", "192.0.2.66", Options{}, "connect", 554, 0},
+		{"connect http", "192.0.2.66", Options{Source: "http", Auth: "k1"}, "connect", 554, 403},
+		{"auth smtp", "192.0.2.1", Options{Auth: "mallory"}, "auth", 535, 0},
+		{"auth http", "192.0.2.1", Options{Source: "http", Auth: "mallory"}, "auth", 535, 401},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			o := tt.o
+			o.RemoteIP = netip.MustParseAddr(tt.ip)
+			o.From, o.To = "a@example.test", []string{"bob@example.test"}
+			tr, err := r.Run(ctx, o)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if tr.Reply == nil || tr.Reply.Step != tt.step || tr.Reply.Code != tt.code || tr.Reply.HTTPStatus != tt.httpStatus {
+				t.Errorf("reply %+v, want step %s code %d HTTP %d", tr.Reply, tt.step, tt.code, tt.httpStatus)
+			}
+			if len(tr.Calls) == 0 || tr.Calls[len(tr.Calls)-1].Verdict != "reject" {
+				t.Errorf("calls %+v", tr.Calls)
+			}
+			if tr.MessageID != "" || len(tr.Recipients) != 0 {
+				t.Errorf("a transaction began: %+v", tr)
+			}
+		})
+	}
+}
+
+// TestDiscardAtRoute: a recipient dropped at on_route is "discarded"
+// with a discarded event, and the message is still accepted.
+func TestDiscardAtRoute(t *testing.T) {
+	r := newRunner(t)
+	tr, err := r.Run(context.Background(), Options{From: "a@example.test", To: []string{"void@example.test", "bob@example.test"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]string{}
+	for _, rc := range tr.Recipients {
+		got[rc.Address] = rc.Status
+	}
+	if got["void@example.test"] != "discarded" || got["bob@example.test"] != "queued" || tr.Reply.Code != 250 {
+		t.Errorf("recipients %v reply %+v", got, tr.Reply)
+	}
+	var types []string
+	for _, ev := range tr.Events {
+		types = append(types, ev.Type+" "+ev.Recipient)
+	}
+	if strings.Join(types, ",") != "discarded void@example.test,received bob@example.test" {
+		t.Errorf("events %v", types)
+	}
+	rt, err := r.Route(context.Background(), "void@example.test", Options{})
+	if err != nil || len(rt.Recipients) != 1 || rt.Recipients[0].Status != "discarded" || rt.Reply != nil {
+		t.Errorf("route query of a discarded address: %+v %v", rt, err)
+	}
+}
+
+func TestBadOptions(t *testing.T) {
+	r := newRunner(t)
+	ctx := context.Background()
+	for name, o := range map[string]Options{
+		"http without identity": {Source: "http", To: []string{"a@example.test"}},
+		"unknown source":        {Source: "lmtp", To: []string{"a@example.test"}},
+		"no recipient":          {From: "a@example.test"},
+		"not a message":         {To: []string{"a@example.test"}, Data: []byte("no header here")},
+	} {
+		if _, err := r.Run(ctx, o); err == nil {
+			t.Errorf("%s: no error", name)
+		}
+	}
+	if _, err := r.Route(ctx, "not an address", Options{}); err == nil {
+		t.Error("route of a non-address: no error")
+	}
+}
