@@ -10,9 +10,10 @@
 // SMTP and HTTP sources use; only the relay's Store is replaced by one
 // that keeps what would be written in memory. So a dry run sees what a
 // real client would, with these differences, all documented in
-// docs/operating.md: the suppression list and the users file are not
-// consulted (--auth USER stands for a successful login as USER, and
-// on_auth stages still run and may refuse it), and nothing reaches the
+// docs/operating.md: the suppression list is not consulted, no password
+// is checked: --auth USER stands for a successful login as USER (with
+// the users file's tenant and allowed senders when it lists USER; on_auth
+// stages still run and may refuse or replace it), and nothing reaches the
 // spool, the queue or the event sinks.
 //
 // It is not a load or delivery test: no socket is opened except by
@@ -30,6 +31,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/sluice-mta/sluice/internal/auth"
 	"github.com/sluice-mta/sluice/internal/config"
 	"github.com/sluice-mta/sluice/internal/dnsx"
 	"github.com/sluice-mta/sluice/internal/httpapi"
@@ -138,6 +140,7 @@ type Client struct {
 	IP           string `json:"ip"`
 	HELO         string `json:"helo,omitempty"`
 	Identity     string `json:"identity,omitempty"`
+	Tenant       string `json:"tenant,omitempty"`
 	RelayNetwork bool   `json:"relay_network,omitempty"`
 }
 
@@ -307,7 +310,10 @@ func (r *Runner) Run(ctx context.Context, o Options) (*Trace, error) {
 	}
 	if o.Auth != "" {
 		cr := &pipeline.Credentials{Mechanism: "PLAIN", Username: o.Auth}
-		id := &pipeline.Identity{Name: o.Auth, Method: "smtp-auth"}
+		id, err := r.smtpIdentity(o.Auth)
+		if err != nil {
+			return nil, err
+		}
 		if http {
 			cr = &pipeline.Credentials{Mechanism: "APIKEY", Username: o.Auth}
 			id = &pipeline.Identity{Name: o.Auth, Method: "apikey", Scopes: []string{"send"}}
@@ -318,7 +324,7 @@ func (r *Runner) Run(ctx context.Context, o Options) (*Trace, error) {
 			return tr, nil
 		}
 		conn.Identity = nid
-		tr.Client.Identity = nid.Name
+		tr.Client.Identity, tr.Client.Tenant = nid.Name, nid.Tenant
 	}
 	txn, err := sess.Begin(ctx, o.From, nil, nil)
 	tr.MessageID = txn.ID()
@@ -380,6 +386,22 @@ func (r *Runner) Run(ctx context.Context, o Options) (*Trace, error) {
 		}
 	}
 	return tr, nil
+}
+
+// smtpIdentity is the identity of an SMTP client logged in as user: the
+// users file's (sluice.auth users: tenant, allowed senders) when it lists
+// user, else a bare one that on_auth stages may replace.
+func (r *Runner) smtpIdentity(user string) (*pipeline.Identity, error) {
+	if r.cfg.Auth.Users != "" {
+		users, err := auth.OpenUsers(r.cfg.Auth.Users, r.log)
+		if err != nil {
+			return nil, fmt.Errorf("sluice.auth: %w", err)
+		}
+		if u := users.Lookup(user); u != nil {
+			return u.Identity(), nil
+		}
+	}
+	return &pipeline.Identity{Name: user, Method: auth.MethodSMTPAuth}, nil
 }
 
 // conn is the simulated client's connection.

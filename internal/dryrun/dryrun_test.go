@@ -5,9 +5,12 @@ import (
 	"context"
 	"encoding/json"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
+	"github.com/sluice-mta/sluice/internal/auth"
 	"github.com/sluice-mta/sluice/internal/config"
 )
 
@@ -161,5 +164,46 @@ func TestBadOptions(t *testing.T) {
 	}
 	if _, err := r.Route(ctx, "not an address", Options{}); err == nil {
 		t.Error("route of a non-address: no error")
+	}
+}
+
+// TestAuthUsesTheUsersFile: --auth USER of a user in sluice.auth's users
+// file gets that user's tenant and allowed senders, so the sender rule
+// refuses a sender the user may not use, as a real login would.
+func TestAuthUsesTheUsersFile(t *testing.T) {
+	dir := t.TempDir()
+	h, err := auth.Hash("pw")
+	if err != nil {
+		t.Fatal(err)
+	}
+	users := filepath.Join(dir, "users")
+	if err := os.WriteFile(users, []byte((&auth.User{Name: "alice", Tenant: "acme", Hash: h, Senders: []string{"acme.example"}}).Line()+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := config.Parse(filepath.Join(dir, "test.lua"), []byte(testConfig+`sluice.auth { users = "users" }
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := New(cfg, "", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	ctx := context.Background()
+	tr, err := r.Run(ctx, Options{Auth: "alice", From: "x@other.example", To: []string{"bob@elsewhere.example"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if tr.Client.Tenant != "acme" || tr.Reply.Step != "mail" || tr.Reply.Code != 550 || tr.Reply.Enhanced != "5.7.1" {
+		t.Errorf("alice sending as x@other.example: client %+v reply %+v", tr.Client, tr.Reply)
+	}
+	tr, err = r.Run(ctx, Options{Auth: "alice", From: "x@acme.example", To: []string{"bob@elsewhere.example"}})
+	if err != nil || tr.Reply.Code != 250 {
+		t.Errorf("alice sending as x@acme.example (relay as an authenticated user): %+v %v", tr.Reply, err)
+	}
+	tr, err = r.Run(ctx, Options{Auth: "bob", From: "x@other.example", To: []string{"bob@elsewhere.example"}})
+	if err != nil || tr.Reply.Code != 250 || tr.Client.Tenant != "" {
+		t.Errorf("bob, not in the users file: %+v %+v %v", tr.Client, tr.Reply, err)
 	}
 }

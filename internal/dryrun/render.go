@@ -24,6 +24,9 @@ func (t *Trace) WriteText(w io.Writer) error {
 	}
 	if t.Client.Identity != "" {
 		client += ", authenticated as " + t.Client.Identity
+		if t.Client.Tenant != "" {
+			client += " (tenant " + t.Client.Tenant + ")"
+		}
 	}
 	fmt.Fprintln(w, client)
 	if t.MessageID != "" {
