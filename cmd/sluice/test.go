@@ -17,7 +17,7 @@ import (
 
 const testUsage = `Usage:
   sluice test -c FILE [--from A] [--to B]... [--ip IP] [--helo NAME] [--auth USER]
-              [--source smtp|http] [--resolver HOST:PORT] [--json] [FILE.eml|-]
+              [--listener NAME] [--source smtp|http] [--resolver HOST:PORT] [--json] [FILE.eml|-]
       run a message through every stage of FILE's pipeline (Lua, built-ins and
       plugins for real) without spooling or delivering it, and print each stage
       hook's verdict and edits, the route of each recipient, the events that
@@ -42,6 +42,7 @@ func runTest(args []string, stdout, stderr io.Writer) int {
 	fs.Var(&to, "to", "recipient; repeat or comma-separate (default: the message's To and Cc)")
 	ip := fs.String("ip", "127.0.0.1", "client IP address")
 	helo := fs.String("helo", "client.example", "EHLO name (SMTP)")
+	listener := fs.String("listener", "", "the SMTP listener (name or address) the client connects to; its relay_networks apply (default: the first)")
 	user := fs.String("auth", "", "authenticate as this user (SMTP) or API key id (HTTP)")
 	source := fs.String("source", "smtp", "source: smtp or http")
 	resolver := fs.String("resolver", "", "DNS resolver host:port for stages and MX lookups (default: sluice.delivery's resolver, else the system's)")
@@ -66,7 +67,7 @@ func runTest(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "sluice test:", err)
 		return 2
 	}
-	o := dryrun.Options{Source: *source, RemoteIP: addr.Unmap(), HELO: *helo, Auth: *user, From: *from, To: to}
+	o := dryrun.Options{Source: *source, Listener: *listener, RemoteIP: addr.Unmap(), HELO: *helo, Auth: *user, From: *from, To: to}
 	if len(pos) == 1 {
 		var data []byte
 		if pos[0] == "-" {

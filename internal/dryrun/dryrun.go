@@ -46,8 +46,12 @@ type Options struct {
 	// Source is pipeline.SourceSMTP (default) or pipeline.SourceHTTP.
 	Source string
 	// RemoteIP is the client's address; default 127.0.0.1. For SMTP it
-	// is checked against the first SMTP listener's relay_networks.
+	// is checked against the listener's relay_networks.
 	RemoteIP netip.Addr
+	// Listener names the SMTP listener the client connects to (its name
+	// or address): its relay_networks and hostname apply. Default: the
+	// first SMTP listener.
+	Listener string
 	// HELO is the name the SMTP client gives; default "client.example".
 	HELO string
 	// Auth, when set, makes the client authenticated as this user (SMTP
@@ -276,7 +280,10 @@ func (r *Runner) Run(ctx context.Context, o Options) (*Trace, error) {
 	}
 	store := &memStore{}
 	rl := relay.New(r.pipe, store, relay.Options{Hostname: r.cfg.Hostname, Logger: r.log, Now: o.Now})
-	conn := r.conn(o)
+	conn, err := r.conn(o)
+	if err != nil {
+		return nil, err
+	}
 	tr := &Trace{Config: r.cfg.File, Source: o.Source, Client: Client{IP: conn.RemoteIP.String(), RelayNetwork: conn.RelayNetwork}}
 	defer func() {
 		tr.Calls = r.rec.take()
@@ -404,15 +411,27 @@ func (r *Runner) smtpIdentity(user string) (*pipeline.Identity, error) {
 	return &pipeline.Identity{Name: user, Method: auth.MethodSMTPAuth}, nil
 }
 
-// conn is the simulated client's connection.
-func (r *Runner) conn(o Options) *pipeline.Conn {
+// conn is the simulated client's connection, on the SMTP listener
+// o.Listener names (its name or address; default the first).
+func (r *Runner) conn(o Options) (*pipeline.Conn, error) {
 	c := &pipeline.Conn{Source: o.Source, RemoteIP: o.RemoteIP, ServerName: r.cfg.Hostname, ID: "dryrun"}
-	if o.Source == pipeline.SourceSMTP && len(r.cfg.SMTP) > 0 {
-		l := r.cfg.SMTP[0]
-		c.Listener = l.Name
-		if c.Listener == "" {
-			c.Listener = l.Addr
+	if o.Source == pipeline.SourceHTTP {
+		if len(r.cfg.HTTP) > 0 {
+			c.Listener = r.cfg.HTTP[0].Addr
 		}
+		return c, nil
+	}
+	var names []string
+	for i, l := range r.cfg.SMTP {
+		name := l.Name
+		if name == "" {
+			name = l.Addr
+		}
+		names = append(names, name)
+		if o.Listener != "" && o.Listener != name && o.Listener != l.Addr || o.Listener == "" && i > 0 {
+			continue
+		}
+		c.Listener = name
 		if l.Hostname != "" {
 			c.ServerName = l.Hostname
 		}
@@ -421,11 +440,12 @@ func (r *Runner) conn(o Options) *pipeline.Conn {
 				c.RelayNetwork = true
 			}
 		}
+		return c, nil
 	}
-	if o.Source == pipeline.SourceHTTP && len(r.cfg.HTTP) > 0 {
-		c.Listener = r.cfg.HTTP[0].Addr
+	if o.Listener != "" {
+		return nil, fmt.Errorf("no SMTP listener named %q (have: %s)", o.Listener, strings.Join(names, ", "))
 	}
-	return c
+	return c, nil
 }
 
 // reply is the client's answer at step: the SMTP reply through the SMTP

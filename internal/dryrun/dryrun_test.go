@@ -207,3 +207,35 @@ func TestAuthUsesTheUsersFile(t *testing.T) {
 		t.Errorf("bob, not in the users file: %+v %+v %v", tr.Client, tr.Reply, err)
 	}
 }
+
+// TestListenerChoice: --listener picks the SMTP listener whose
+// relay_networks apply; an unknown name is an error naming the others.
+func TestListenerChoice(t *testing.T) {
+	cfg, err := config.Parse("two.lua", []byte(`local sluice = require("sluice")
+sluice.listen_smtp { addr = "127.0.0.1:0", name = "mx" }
+sluice.listen_smtp { addr = "127.0.0.1:1", name = "apps", relay_networks = { "10.0.0.0/8" }, hostname = "out.example.test" }
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := New(cfg, "", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	ctx := context.Background()
+	o := Options{RemoteIP: netip.MustParseAddr("10.1.2.3"), From: "a@x.example", To: []string{"b@elsewhere.example"}}
+	tr, err := r.Run(ctx, o)
+	if err != nil || tr.Reply.Code != 550 || tr.Client.RelayNetwork {
+		t.Errorf("on mx: %+v %+v %v", tr.Client, tr.Reply, err)
+	}
+	o.Listener = "apps"
+	tr, err = r.Run(ctx, o)
+	if err != nil || tr.Reply.Code != 250 || !tr.Client.RelayNetwork || !strings.Contains(strings.Join(tr.Added, "\n"), "by out.example.test") {
+		t.Errorf("on apps: %+v %+v %v %v", tr.Client, tr.Reply, tr.Added, err)
+	}
+	o.Listener = "nope"
+	if _, err := r.Run(ctx, o); err == nil || !strings.Contains(err.Error(), "mx, apps") {
+		t.Errorf("unknown listener: %v", err)
+	}
+}

@@ -25,7 +25,10 @@ func (r *Runner) Route(ctx context.Context, addr string, o Options) (*Trace, err
 	if err != nil {
 		return nil, fmt.Errorf("--route %q: %w", addr, err)
 	}
-	conn := r.conn(o)
+	conn, err := r.conn(o)
+	if err != nil {
+		return nil, err
+	}
 	if o.Auth != "" {
 		conn.Identity = &pipeline.Identity{Name: o.Auth}
 	}
