@@ -85,11 +85,12 @@ func TestVersionWithoutLdflags(t *testing.T) {
 	}
 }
 
-// TestTestScriptsCommand: the shipped scripts' Lua tests pass (exit 0); a
+// TestTestScriptsCommand: the Lua tests of the shipped scripts and of the
+// examples' scripts pass (exit 0); a
 // failing assertion is reported with its file:line and exit 1.
 func TestTestScriptsCommand(t *testing.T) {
-	out, code := runBin(t, "test-scripts", "../../scripts")
-	if code != 0 || !strings.Contains(out, "PASS:") {
+	out, code := runBin(t, "test-scripts", "../../scripts", "../../examples")
+	if code != 0 || !strings.Contains(out, "PASS:") || !strings.Contains(out, "examples/inbound-mx/senders_test.lua") {
 		t.Errorf("test-scripts scripts: exit %d\n%s", code, out)
 	}
 	out, code = runBin(t, "test-scripts", "../../internal/luatest/testdata/failing")
