@@ -42,9 +42,12 @@ sluice.stage("routing", {
 })
 `
 
-func newRunner(t *testing.T) *Runner {
+func newRunner(t *testing.T) *Runner { return runnerFor(t, "test.lua", testConfig) }
+
+// runnerFor builds a Runner for the configuration src, named file.
+func runnerFor(t *testing.T, file, src string) *Runner {
 	t.Helper()
-	cfg, err := config.Parse("test.lua", []byte(testConfig))
+	cfg, err := config.Parse(file, []byte(src))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -180,16 +183,8 @@ func TestAuthUsesTheUsersFile(t *testing.T) {
 	if err := os.WriteFile(users, []byte((&auth.User{Name: "alice", Tenant: "acme", Hash: h, Senders: []string{"acme.example"}}).Line()+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	cfg, err := config.Parse(filepath.Join(dir, "test.lua"), []byte(testConfig+`sluice.auth { users = "users" }
-`))
-	if err != nil {
-		t.Fatal(err)
-	}
-	r, err := New(cfg, "", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer r.Close()
+	r := runnerFor(t, filepath.Join(dir, "test.lua"), testConfig+`sluice.auth { users = "users" }
+`)
 	ctx := context.Background()
 	tr, err := r.Run(ctx, Options{Auth: "alice", From: "x@other.example", To: []string{"bob@elsewhere.example"}})
 	if err != nil {
@@ -211,18 +206,10 @@ func TestAuthUsesTheUsersFile(t *testing.T) {
 // TestListenerChoice: --listener picks the SMTP listener whose
 // relay_networks apply; an unknown name is an error naming the others.
 func TestListenerChoice(t *testing.T) {
-	cfg, err := config.Parse("two.lua", []byte(`local sluice = require("sluice")
+	r := runnerFor(t, "two.lua", `local sluice = require("sluice")
 sluice.listen_smtp { addr = "127.0.0.1:0", name = "mx" }
 sluice.listen_smtp { addr = "127.0.0.1:1", name = "apps", relay_networks = { "10.0.0.0/8" }, hostname = "out.example.test" }
-`))
-	if err != nil {
-		t.Fatal(err)
-	}
-	r, err := New(cfg, "", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer r.Close()
+`)
 	ctx := context.Background()
 	o := Options{RemoteIP: netip.MustParseAddr("10.1.2.3"), From: "a@x.example", To: []string{"b@elsewhere.example"}}
 	tr, err := r.Run(ctx, o)
