@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/sluice-mta/sluice/internal/dnsx/dnstest"
@@ -35,11 +36,26 @@ func dryRunDir(t *testing.T) string {
 			t.Fatal(err)
 		}
 	}
-	if out, err := exec.Command("go", "build", "-o", filepath.Join(dir, "stamp"), "../../internal/plugin/testdata/stamp").CombinedOutput(); err != nil {
-		t.Fatalf("building the stamp plugin: %v\n%s", err, out)
+	stampOnce.Do(func() {
+		stampBin = filepath.Join(filepath.Dir(binPath), "stamp")
+		stampOut, stampErr = exec.Command("go", "build", "-o", stampBin, "../../internal/plugin/testdata/stamp").CombinedOutput()
+	})
+	if stampErr != nil {
+		t.Fatalf("building the stamp plugin: %v\n%s", stampErr, stampOut)
+	}
+	if err := os.Symlink(stampBin, filepath.Join(dir, "stamp")); err != nil {
+		t.Fatal(err)
 	}
 	return dir
 }
+
+// The stamp test plugin, built once beside the sluice binary.
+var (
+	stampOnce sync.Once
+	stampBin  string
+	stampOut  []byte
+	stampErr  error
+)
 
 // runIn runs the binary in dir.
 func runIn(t *testing.T, dir string, args ...string) (stdout, stderr string, code int) {
