@@ -36,6 +36,9 @@ type ChainOptions struct {
 type TraceCall struct {
 	Stage string
 	Hook  string // "on_mail", "on_rcpt", ...
+	// MessageID is the transaction's message id from on_mail on (a DSN
+	// Sluice generates while committing a message has its own), else "".
+	MessageID string
 	// Recipient is the recipient's address at on_rcpt and on_route,
 	// else "".
 	Recipient string
@@ -133,7 +136,7 @@ func (c *Chain) HasEventHooks() bool { return len(c.event) > 0 }
 // call runs one stage hook with the stage timeout and panic recovery, and
 // normalises the outcome: a stage failure becomes an *Error (temporary,
 // generic text) carrying the cause for logs.
-func (c *Chain) call(ctx context.Context, st Stage, hook string, rcpt *Recipient, fn func(context.Context) (Verdict, error)) (v Verdict, err error) {
+func (c *Chain) call(ctx context.Context, st Stage, hook string, txn *Txn, rcpt *Recipient, fn func(context.Context) (Verdict, error)) (v Verdict, err error) {
 	if c.opts.StageTimeout > 0 && !c.bounded[st] {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, c.opts.StageTimeout)
@@ -151,6 +154,9 @@ func (c *Chain) call(ctx context.Context, st Stage, hook string, rcpt *Recipient
 	v, err = fn(ctx)
 	if c.opts.Trace != nil {
 		tc := TraceCall{Stage: st.Name(), Hook: hook, Verdict: v, Err: err}
+		if txn != nil {
+			tc.MessageID = txn.ID
+		}
 		if rcpt != nil {
 			tc.Recipient = rcpt.Address
 		}
@@ -214,7 +220,7 @@ func (c *Chain) edit(st Stage, hook string, v Verdict, txn *Txn, msg *Message) e
 func (c *Chain) Connect(ctx context.Context, conn *Conn) error {
 	for _, h := range c.connect {
 		st := h.(Stage)
-		v, err := c.call(ctx, st, "on_connect", nil, func(ctx context.Context) (Verdict, error) { return h.OnConnect(ctx, conn) })
+		v, err := c.call(ctx, st, "on_connect", nil, nil, func(ctx context.Context) (Verdict, error) { return h.OnConnect(ctx, conn) })
 		if err == nil {
 			err = c.edit(st, "on_connect", v, nil, nil)
 		}
@@ -229,7 +235,7 @@ func (c *Chain) Connect(ctx context.Context, conn *Conn) error {
 func (c *Chain) Helo(ctx context.Context, conn *Conn, name string) error {
 	for _, h := range c.helo {
 		st := h.(Stage)
-		v, err := c.call(ctx, st, "on_helo", nil, func(ctx context.Context) (Verdict, error) { return h.OnHelo(ctx, conn, name) })
+		v, err := c.call(ctx, st, "on_helo", nil, nil, func(ctx context.Context) (Verdict, error) { return h.OnHelo(ctx, conn, name) })
 		if err == nil {
 			err = c.edit(st, "on_helo", v, nil, nil)
 		}
@@ -246,7 +252,7 @@ func (c *Chain) Auth(ctx context.Context, conn *Conn, cr *Credentials) (*Identit
 	for _, h := range c.auth {
 		st := h.(Stage)
 		var id *Identity
-		v, err := c.call(ctx, st, "on_auth", nil, func(ctx context.Context) (Verdict, error) {
+		v, err := c.call(ctx, st, "on_auth", nil, nil, func(ctx context.Context) (Verdict, error) {
 			v, i, err := h.OnAuth(ctx, conn, cr)
 			id = i
 			return v, err
@@ -273,7 +279,7 @@ func (c *Chain) Auth(ctx context.Context, conn *Conn, cr *Credentials) (*Identit
 func (c *Chain) Mail(ctx context.Context, txn *Txn) error {
 	for _, h := range c.mail {
 		st := h.(Stage)
-		v, err := c.call(ctx, st, "on_mail", nil, func(ctx context.Context) (Verdict, error) { return h.OnMail(ctx, txn) })
+		v, err := c.call(ctx, st, "on_mail", txn, nil, func(ctx context.Context) (Verdict, error) { return h.OnMail(ctx, txn) })
 		if err == nil {
 			err = c.edit(st, "on_mail", v, txn, nil)
 		}
@@ -291,7 +297,7 @@ func (c *Chain) Mail(ctx context.Context, txn *Txn) error {
 func (c *Chain) Rcpt(ctx context.Context, txn *Txn, r *Recipient) error {
 	for _, h := range c.rcpt {
 		st := h.(Stage)
-		v, err := c.call(ctx, st, "on_rcpt", r, func(ctx context.Context) (Verdict, error) { return h.OnRcpt(ctx, txn, r) })
+		v, err := c.call(ctx, st, "on_rcpt", txn, r, func(ctx context.Context) (Verdict, error) { return h.OnRcpt(ctx, txn, r) })
 		if err == nil {
 			err = c.edit(st, "on_rcpt", v, txn, nil)
 		}
@@ -335,7 +341,7 @@ func (c *Chain) Message(ctx context.Context, msg *Message) (discard bool, reason
 	}()
 	for _, h := range c.message {
 		st := h.(Stage)
-		v, err := c.call(ctx, st, "on_message", nil, func(ctx context.Context) (Verdict, error) { return h.OnMessage(ctx, msg) })
+		v, err := c.call(ctx, st, "on_message", msg.Txn, nil, func(ctx context.Context) (Verdict, error) { return h.OnMessage(ctx, msg) })
 		if err == nil {
 			err = c.edit(st, "on_message", v, msg.Txn, msg)
 		}
@@ -364,7 +370,7 @@ func (c *Chain) Message(ctx context.Context, msg *Message) (discard bool, reason
 func (c *Chain) Route(ctx context.Context, msg *Message, r *Recipient) (route *Route, discard bool, err error) {
 	for _, h := range c.route {
 		st := h.(Stage)
-		v, err := c.call(ctx, st, "on_route", r, func(ctx context.Context) (Verdict, error) { return h.OnRoute(ctx, msg, r) })
+		v, err := c.call(ctx, st, "on_route", msg.Txn, r, func(ctx context.Context) (Verdict, error) { return h.OnRoute(ctx, msg, r) })
 		if err == nil {
 			err = c.edit(st, "on_route", v, msg.Txn, msg)
 		}
@@ -393,7 +399,7 @@ func (c *Chain) Route(ctx context.Context, msg *Message, r *Recipient) (route *R
 func (c *Chain) Event(ctx context.Context, ev *Event) {
 	for _, h := range c.event {
 		st := h.(Stage)
-		_, _ = c.call(ctx, st, "on_event", nil, func(ctx context.Context) (Verdict, error) { return Verdict{}, h.OnEvent(ctx, ev) })
+		_, _ = c.call(ctx, st, "on_event", nil, nil, func(ctx context.Context) (Verdict, error) { return Verdict{}, h.OnEvent(ctx, ev) })
 	}
 }
 
@@ -406,7 +412,7 @@ func (c *Chain) Verified(ctx context.Context, conn *Conn, cr *Credentials, id *I
 	for _, h := range c.auth {
 		st := h.(Stage)
 		var nid *Identity
-		v, err := c.call(ctx, st, "on_auth", nil, func(ctx context.Context) (Verdict, error) {
+		v, err := c.call(ctx, st, "on_auth", nil, nil, func(ctx context.Context) (Verdict, error) {
 			v, i, err := h.OnAuth(ctx, conn, cr)
 			nid = i
 			return v, err

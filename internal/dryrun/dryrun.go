@@ -84,6 +84,12 @@ type Call struct {
 	Edits     *pipeline.Edits `json:"edits,omitempty"`
 	// Error is the stage's own failure (the client sees a generic 451).
 	Error string `json:"error,omitempty"`
+	// DSN marks a call for the delivery status notification Sluice
+	// generated while committing the message (recipients refused at
+	// on_route): it enters the pipeline as a message of its own.
+	DSN bool `json:"dsn,omitempty"`
+
+	msgID string
 }
 
 // Reply is what the client would have seen at one step.
@@ -121,6 +127,7 @@ type Event struct {
 	Recipient string `json:"recipient,omitempty"`
 	Queue     string `json:"queue,omitempty"`
 	Code      int    `json:"code,omitempty"`
+	DSN       bool   `json:"dsn,omitempty"` // an event of the DSN (see Call.DSN)
 }
 
 // Trace is the outcome of a dry run.
@@ -157,7 +164,7 @@ type recorder struct {
 }
 
 func (r *recorder) trace(tc pipeline.TraceCall) {
-	c := Call{Stage: tc.Stage, Hook: tc.Hook, Recipient: tc.Recipient, Verdict: tc.Verdict.Action.String()}
+	c := Call{Stage: tc.Stage, Hook: tc.Hook, Recipient: tc.Recipient, Verdict: tc.Verdict.Action.String(), msgID: tc.MessageID}
 	v := tc.Verdict
 	if tc.Err != nil {
 		c.Verdict, c.Error = "error", tc.Err.Error()
@@ -287,8 +294,11 @@ func (r *Runner) Run(ctx context.Context, o Options) (*Trace, error) {
 	tr := &Trace{Config: r.cfg.File, Source: o.Source, Client: Client{IP: conn.RemoteIP.String(), RelayNetwork: conn.RelayNetwork}}
 	defer func() {
 		tr.Calls = r.rec.take()
+		for i, c := range tr.Calls {
+			tr.Calls[i].DSN = c.msgID != "" && c.msgID != tr.MessageID
+		}
 		for _, ev := range store.events {
-			e := Event{Type: ev.Type, Recipient: ev.Recipient, Queue: ev.Queue}
+			e := Event{Type: ev.Type, Recipient: ev.Recipient, Queue: ev.Queue, DSN: ev.MessageID != tr.MessageID}
 			if ev.Response != nil && ev.Type == pipeline.EventRejected {
 				e.Code = ev.Response.Code
 			}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -33,6 +34,9 @@ sluice.stage("routing", {
   on_route = function(msg, rcpt)
     if rcpt.local_part == "void" then
       return sluice.discard("nobody reads it")
+    end
+    if rcpt.local_part == "gone" then
+      return sluice.reject(550, "5.1.1", "No such user")
     end
     return sluice.route.relay {
       host = "smtp.partner.example", port = 587, tls = "required",
@@ -224,5 +228,33 @@ sluice.listen_smtp { addr = "127.0.0.1:1", name = "apps", relay_networks = { "10
 	o.Listener = "nope"
 	if _, err := r.Run(ctx, o); err == nil || !strings.Contains(err.Error(), "mx, apps") {
 		t.Errorf("unknown listener: %v", err)
+	}
+}
+
+// TestDSNIsMarked: a recipient refused at on_route gets a DSN, which runs
+// the pipeline as a message of its own: its calls and events are marked.
+func TestDSNIsMarked(t *testing.T) {
+	r := newRunner(t)
+	tr, err := r.Run(context.Background(), Options{From: "a@example.test", To: []string{"gone@example.test", "bob@example.test"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var calls, events []string
+	for _, c := range tr.Calls {
+		calls = append(calls, fmt.Sprintf("%s %s %v", c.Hook, c.Recipient, c.DSN))
+	}
+	for _, e := range tr.Events {
+		events = append(events, fmt.Sprintf("%s %s %v", e.Type, e.Recipient, e.DSN))
+	}
+	want := "on_connect  false,on_route gone@example.test false,on_route bob@example.test false,on_route a@example.test true"
+	if strings.Join(calls, ",") != want {
+		t.Errorf("calls\n%s\nwant\n%s", strings.Join(calls, ","), want)
+	}
+	want = "rejected gone@example.test false,received bob@example.test false,received a@example.test true"
+	if strings.Join(events, ",") != want {
+		t.Errorf("events\n%s\nwant\n%s", strings.Join(events, ","), want)
+	}
+	if tr.Reply.Code != 250 {
+		t.Errorf("reply %+v", tr.Reply)
 	}
 }

@@ -38,7 +38,11 @@ func (t *Trace) WriteText(w io.Writer) error {
 		fmt.Fprintln(tw, "  (no stage hook ran)")
 	}
 	for _, c := range t.Calls {
-		fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\n", c.Hook, c.Stage, c.Recipient, c.describe())
+		hook := c.Hook
+		if c.DSN {
+			hook = "(dsn) " + hook
+		}
+		fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\n", hook, c.Stage, c.Recipient, c.describe())
 	}
 	tw.Flush()
 	if len(t.Added) > 0 {
@@ -60,6 +64,9 @@ func (t *Trace) WriteText(w io.Writer) error {
 		fmt.Fprintln(w, "\nevents (not written):")
 		for _, e := range t.Events {
 			s := "  " + e.Type
+			if e.DSN {
+				s = "  (dsn) " + e.Type
+			}
 			if e.Recipient != "" {
 				s += " " + e.Recipient
 			}
