@@ -210,6 +210,8 @@ func redact(rt *pipeline.Route) *pipeline.Route {
 }
 
 // Runner is a configuration's pipeline built for dry runs. Close it.
+// Its Run and Route calls must not overlap: the trace of a call is what
+// the chain observed between its start and its end.
 type Runner struct {
 	cfg  *config.Config
 	res  *dnsx.Client
@@ -326,14 +328,13 @@ func (r *Runner) Run(ctx context.Context, o Options) (*Trace, error) {
 		}
 	}
 	if o.Auth != "" {
-		cr := &pipeline.Credentials{Mechanism: "PLAIN", Username: o.Auth}
-		id, err := r.smtpIdentity(o.Auth)
-		if err != nil {
-			return nil, err
-		}
-		if http {
-			cr = &pipeline.Credentials{Mechanism: "APIKEY", Username: o.Auth}
-			id = &pipeline.Identity{Name: o.Auth, Method: "apikey", Scopes: []string{"send"}}
+		cr := &pipeline.Credentials{Mechanism: "APIKEY", Username: o.Auth}
+		id := &pipeline.Identity{Name: o.Auth, Method: "apikey", Scopes: []string{"send"}}
+		if !http {
+			cr = &pipeline.Credentials{Mechanism: "PLAIN", Username: o.Auth}
+			if id, err = r.smtpIdentity(o.Auth); err != nil {
+				return nil, err
+			}
 		}
 		nid, err := sess.Verified(ctx, cr, id)
 		if err != nil {
