@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"time"
 )
 
 // EnhancedCode is an RFC 3463 enhanced status code such as {5, 7, 1}.
@@ -51,6 +52,9 @@ type Error struct {
 	Message  string       // client-safe text
 	Cause    error        // internal cause, for logs only
 	Stage    string       // stage that produced it, for logs and events
+	// RetryAfter is, for a 4xx, when the client may try again (from
+	// Verdict.RetryAfter); 0 = not known. Reply keeps it.
+	RetryAfter time.Duration
 }
 
 func (e *Error) Error() string {
@@ -104,7 +108,7 @@ func Reply(err error) Error {
 	}
 	var e *Error
 	if errors.As(err, &e) {
-		return Error{Code: e.Code, Enhanced: e.EnhancedOrDefault(), Message: e.Message}
+		return Error{Code: e.Code, Enhanced: e.EnhancedOrDefault(), Message: e.Message, RetryAfter: e.RetryAfter}
 	}
 	if errors.Is(err, context.DeadlineExceeded) {
 		return Error{Code: ErrStageTimeout.Code, Enhanced: ErrStageTimeout.Enhanced, Message: ErrStageTimeout.Message}

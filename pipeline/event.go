@@ -17,11 +17,15 @@ const (
 	// bounce, the HTTP API or the CLI).
 	EventSuppressionAdded   = "suppression_added"
 	EventSuppressionRemoved = "suppression_removed"
+	// A token was revoked, by id or for a whole tenant (the HTTP API or
+	// the CLI); one event, on the node that revoked it.
+	EventTokenRevoked = "token_revoked"
 )
 
 // EventTypes lists every event type, in the order above.
 var EventTypes = []string{EventReceived, EventRejected, EventDeferred, EventDelivered, EventBounced,
-	EventExpired, EventDiscarded, EventSuppressed, EventCancelled, EventSuppressionAdded, EventSuppressionRemoved}
+	EventExpired, EventDiscarded, EventSuppressed, EventCancelled, EventSuppressionAdded, EventSuppressionRemoved,
+	EventTokenRevoked}
 
 // EventSchema is the version in every event's "schema" field.
 const EventSchema = 1

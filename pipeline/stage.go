@@ -100,6 +100,10 @@ type Env struct {
 	// configuration declares none, and a stage then keeps its state on
 	// this node (or refuses to validate if it cannot).
 	Redis *Redis
+	// RateLimits are the node's rate-limit stores (memory, and Redis
+	// when sluice.redis is configured), shared across stages and
+	// reloads. Never nil.
+	RateLimits *RateLimits
 }
 
 // Redis is the node's one Redis connection pool (sluice.redis). Client

@@ -1,5 +1,7 @@
 package pipeline
 
+import "time"
+
 // Action is what a stage decided at a hook point.
 type Action int
 
@@ -40,6 +42,10 @@ type Verdict struct {
 	Enhanced EnhancedCode // Reject/Tempfail: zero = 5.7.1 / 4.7.1
 	Text     string       // Reject/Tempfail: client-visible text; Discard: reason
 	Route    *Route       // on_route Accept: where the recipient goes
+	// RetryAfter is, for Tempfail, when the client may try again (a rate
+	// limit's refill time); 0 = not known. HTTP sends it as Retry-After
+	// (whole seconds, rounded up); SMTP has no field for it.
+	RetryAfter time.Duration
 	// Edits are applied by the chain after the stage returns Continue,
 	// Accept or Discard (see Edits for which hook may make which edit).
 	Edits Edits
@@ -74,7 +80,7 @@ func (v Verdict) Err(stage string) *Error {
 		}
 		return e
 	case Tempfail:
-		e := &Error{Code: v.Code, Enhanced: v.Enhanced, Message: v.Text, Stage: stage}
+		e := &Error{Code: v.Code, Enhanced: v.Enhanced, Message: v.Text, Stage: stage, RetryAfter: v.RetryAfter}
 		if e.Code < 400 || e.Code > 499 {
 			e.Code = 451
 		}

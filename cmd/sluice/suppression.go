@@ -215,16 +215,8 @@ func (o *optString) Set(v string) error { o.set, o.v = true, v; return nil }
 func suppressionFlags(name string, out io.Writer) *suppFlags {
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	fs.SetOutput(out)
-	defURL := os.Getenv("SLUICE_URL")
-	if defURL == "" {
-		defURL = "http://127.0.0.1:8025"
-	}
-	f := &suppFlags{fs: fs}
-	f.url = fs.String("url", defURL, "base URL of the HTTP API (env SLUICE_URL)")
-	f.key = fs.String("key", "", "API key (default: env SLUICE_API_KEY)")
+	f := apiFlags(fs)
 	fs.Var(&f.tenant, "tenant", "work on the list of tenant `NAME` (a key with the admin scope); \"\" is mail without a tenant")
-	f.timeout = fs.Duration("timeout", 30*time.Second, "request timeout")
-	f.insecure = fs.Bool("insecure", false, "do not verify the server's TLS certificate")
 	f.limit = fs.Int("limit", 100, "list: most entries per page (1 to 1000)")
 	f.all = fs.Bool("all", false, "list: follow next_cursor through every page")
 	f.cursor = fs.String("cursor", "", "list: start at this next_cursor")
@@ -233,9 +225,27 @@ func suppressionFlags(name string, out io.Writer) *suppFlags {
 	return f
 }
 
+// apiFlags adds the flags of a command that talks to a running node's
+// HTTP API (--url, --key, --timeout, --insecure) to fs.
+func apiFlags(fs *flag.FlagSet) *suppFlags {
+	defURL := os.Getenv("SLUICE_URL")
+	if defURL == "" {
+		defURL = "http://127.0.0.1:8025"
+	}
+	f := &suppFlags{fs: fs}
+	f.url = fs.String("url", defURL, "base URL of the HTTP API (env SLUICE_URL)")
+	f.key = fs.String("key", "", "API key (default: env SLUICE_API_KEY)")
+	f.timeout = fs.Duration("timeout", 30*time.Second, "request timeout")
+	f.insecure = fs.Bool("insecure", false, "do not verify the server's TLS certificate")
+	return f
+}
+
+// suppClient sends the requests of a command to the HTTP API; prog
+// starts its error messages ("sluice suppression").
 type suppClient struct {
-	f  *suppFlags
-	tr *http.Transport
+	f    *suppFlags
+	tr   *http.Transport
+	prog string
 }
 
 func (f *suppFlags) client() *suppClient {
@@ -243,7 +253,7 @@ func (f *suppFlags) client() *suppClient {
 	if *f.insecure {
 		tr.TLSClientConfig = &tls.Config{InsecureSkipVerify: true}
 	}
-	return &suppClient{f: f, tr: tr}
+	return &suppClient{f: f, tr: tr, prog: "sluice suppression"}
 }
 
 func (c *suppClient) close() { c.tr.CloseIdleConnections() }
@@ -269,7 +279,7 @@ func (c *suppClient) do(stderr io.Writer, sub, method, path string, q url.Values
 	}
 	req, err := http.NewRequestWithContext(ctx, method, u, rd)
 	if err != nil {
-		fmt.Fprintf(stderr, "sluice suppression %s: --url %q: %v\n", sub, *c.f.url, err)
+		fmt.Fprintf(stderr, c.prog+" %s: --url %q: %v\n", sub, *c.f.url, err)
 		return nil, 2
 	}
 	if body != nil {
@@ -278,13 +288,13 @@ func (c *suppClient) do(stderr io.Writer, sub, method, path string, q url.Values
 	req.Header.Set("Authorization", "Bearer "+*c.f.key)
 	res, err := (&http.Client{Transport: c.tr}).Do(req)
 	if err != nil {
-		fmt.Fprintf(stderr, "sluice suppression %s: %v (is sluice serving the HTTP API at %s?)\n", sub, err, *c.f.url)
+		fmt.Fprintf(stderr, c.prog+" %s: %v (is sluice serving the HTTP API at %s?)\n", sub, err, *c.f.url)
 		return nil, 1
 	}
 	defer res.Body.Close()
 	ans, err := io.ReadAll(io.LimitReader(res.Body, 16<<20))
 	if err != nil {
-		fmt.Fprintf(stderr, "sluice suppression %s: %v\n", sub, err)
+		fmt.Fprintf(stderr, c.prog+" %s: %v\n", sub, err)
 		return nil, 1
 	}
 	if res.StatusCode/100 == 2 {
@@ -302,9 +312,9 @@ func (c *suppClient) do(stderr io.Writer, sub, method, path string, q url.Values
 		if eb.Error.Field != "" {
 			msg += " (field " + eb.Error.Field + ")"
 		}
-		fmt.Fprintf(stderr, "sluice suppression %s: %s: %s\n", sub, res.Status, msg)
+		fmt.Fprintf(stderr, c.prog+" %s: %s: %s\n", sub, res.Status, msg)
 	} else {
-		fmt.Fprintf(stderr, "sluice suppression %s: %s: %s\n", sub, res.Status, bytes.TrimSpace(ans))
+		fmt.Fprintf(stderr, c.prog+" %s: %s: %s\n", sub, res.Status, bytes.TrimSpace(ans))
 	}
 	return nil, 1
 }

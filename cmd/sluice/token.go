@@ -5,6 +5,8 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
 	"time"
@@ -22,6 +24,16 @@ const tokenUsage = `Usage:
                      [--max-rcpts N] [--ttl 10m] [--json]
       sign a token locally with the configuration's sluice.tokens signing_key
       (no server needed) and print it
+
+  sluice token revoke ID [--url URL] [--key KEY]
+  sluice token revoke --tenant T [--before TIME] [--url URL] [--key KEY]
+      revoke one token by id (the "id" POST /v1/tokens answered, the jti),
+      or every token of tenant T issued before TIME (RFC 3339 or a
+      duration ago like 10m; default now), on every node: through the
+      running node's HTTP API (DELETE /v1/tokens/ID, POST
+      /v1/tokens/revoke) with an API key with the tokens scope (--key or
+      SLUICE_API_KEY; --url or SLUICE_URL, default http://127.0.0.1:8025).
+      A key revokes only its own tenant's tokens.
 
 Tokens are PASETO v4.public; see docs/auth.md. --ttl defaults to 15m and may
 not exceed sluice.tokens max_lifetime.
@@ -124,10 +136,72 @@ func runToken(args []string, stdout, stderr io.Writer) int {
 			fmt.Fprintf(stderr, "token %s for tenant %s, expires %s\n", c.ID, c.Tenant, c.Expires.Format(time.RFC3339))
 		}
 		return 0
+	case "revoke":
+		return tokenRevoke(fs, args, stdout, stderr)
 	case "help", "-h", "-help", "--help":
 		fmt.Fprint(stdout, tokenUsage)
 		return 0
 	}
 	fmt.Fprintf(stderr, "sluice token: unknown subcommand %q\n\n%s", sub, tokenUsage)
 	return 2
+}
+
+// tokenRevoke implements `sluice token revoke`.
+func tokenRevoke(fs *flag.FlagSet, args []string, stdout, stderr io.Writer) int {
+	f := apiFlags(fs)
+	tenant := fs.String("tenant", "", "revoke every token of this tenant (the key's) issued before --before")
+	before := fs.String("before", "", "with --tenant: RFC 3339 time, or a duration ago like 10m (default now)")
+	pos, code, ok := parseInterspersed(fs, args)
+	if !ok {
+		return code
+	}
+	usageErr := func(format string, a ...any) int {
+		fmt.Fprintf(stderr, "sluice token revoke: "+format+"\n", a...)
+		return 2
+	}
+	switch {
+	case len(pos) == 1 && *tenant == "" && *before == "":
+	case len(pos) == 0 && *tenant != "":
+	default:
+		return usageErr("give a token ID, or --tenant T [--before TIME]")
+	}
+	if *f.key == "" {
+		*f.key = os.Getenv("SLUICE_API_KEY")
+	}
+	if *f.key == "" {
+		return usageErr("an API key with the tokens scope is required: --key or SLUICE_API_KEY")
+	}
+	c := f.client()
+	c.prog = "sluice token"
+	defer c.close()
+	q := url.Values{"source": {"cli"}}
+	if len(pos) == 1 {
+		if _, code := c.do(stderr, "revoke", http.MethodDelete, "/v1/tokens/"+url.PathEscape(pos[0]), q, nil); code != 0 {
+			return code
+		}
+		fmt.Fprintf(stdout, "revoked token %s\n", pos[0])
+		return 0
+	}
+	req := map[string]string{"tenant": *tenant}
+	if *before != "" {
+		if d, err := time.ParseDuration(*before); err == nil {
+			req["before"] = time.Now().Add(-d).UTC().Format(time.RFC3339)
+		} else if _, err := time.Parse(time.RFC3339, *before); err == nil {
+			req["before"] = *before
+		} else {
+			return usageErr("--before %q: want an RFC 3339 time or a duration like 10m", *before)
+		}
+	}
+	body, _ := json.Marshal(req)
+	ans, code := c.do(stderr, "revoke", http.MethodPost, "/v1/tokens/revoke", q, body)
+	if code != 0 {
+		return code
+	}
+	var a struct {
+		Tenant string    `json:"tenant"`
+		Before time.Time `json:"before"`
+	}
+	_ = json.Unmarshal(ans, &a)
+	fmt.Fprintf(stdout, "revoked every token of tenant %s issued before %s\n", a.Tenant, a.Before.Format(time.RFC3339))
+	return 0
 }

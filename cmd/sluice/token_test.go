@@ -59,3 +59,27 @@ func TestTokenCommands(t *testing.T) {
 		t.Fatalf("issue on a verify-only node: exit %d\n%s", code, out)
 	}
 }
+
+// sluice token revoke: usage errors exit 2 before any request; an
+// unreachable server exits 1 naming the URL.
+func TestTokenRevokeUsage(t *testing.T) {
+	t.Setenv("SLUICE_API_KEY", "")
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"token", "revoke"}, "give a token ID, or --tenant T"},
+		{[]string{"token", "revoke", "abc", "--tenant", "acme"}, "give a token ID, or --tenant T"},
+		{[]string{"token", "revoke", "abc", "--before", "10m"}, "give a token ID, or --tenant T"},
+		{[]string{"token", "revoke", "abc"}, "an API key with the tokens scope is required"},
+		{[]string{"token", "revoke", "--tenant", "acme", "--before", "yesterday", "--key", "sk_x"}, `--before "yesterday"`},
+	} {
+		if out, code := runBin(t, tc.args...); code != 2 || !strings.Contains(out, tc.want) {
+			t.Errorf("%v: exit %d\n%s", tc.args, code, out)
+		}
+	}
+	url := "http://" + freePort(t)
+	if out, code := runBin(t, "token", "revoke", "abc", "--key", "sk_x", "--url", url); code != 1 || !strings.Contains(out, "is sluice serving the HTTP API at "+url) {
+		t.Errorf("unreachable server: exit %d\n%s", code, out)
+	}
+}

@@ -26,7 +26,7 @@ import (
 var FuncNames = []string{
 	"node", "local_domains", "spool", "listen_smtp", "listen_http", "listen_admin", "delivery",
 	"events", "lua_options", "stage_timeout", "stage", "lua", "builtin", "plugin",
-	"env", "read_file", "bounces", "suppression", "auth", "tokens",
+	"env", "read_file", "bounces", "suppression", "auth", "tokens", "redis",
 }
 
 // loader records the configuration functions' calls into a Config.
@@ -898,10 +898,10 @@ func (ld *loader) kafkaMore(k *sandbox.Opts, kc *Kafka) {
 }
 
 // eventTypes are the event types kafka.types and kafka.routes accept: the
-// pipeline's, and the suppression list's.
+// pipeline's, the suppression list's and token revocations.
 var eventTypes = []string{pipeline.EventReceived, pipeline.EventRejected, pipeline.EventDeferred, pipeline.EventDelivered,
 	pipeline.EventBounced, pipeline.EventExpired, pipeline.EventDiscarded, pipeline.EventSuppressed, pipeline.EventCancelled,
-	"suppression_added", "suppression_removed"}
+	"suppression_added", "suppression_removed", pipeline.EventTokenRevoked}
 
 func knownEventType(t string) bool { return slices.Contains(eventTypes, t) }
 

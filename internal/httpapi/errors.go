@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/http"
 	"strconv"
+	"time"
 
 	"github.com/sluice-mta/sluice/internal/relay"
 	"github.com/sluice-mta/sluice/pipeline"
@@ -48,6 +49,9 @@ type apiError struct {
 	SMTPCode int    `json:"smtp_code,omitempty"`
 	Enhanced string `json:"enhanced,omitempty"`
 	Stage    string `json:"-"` // for logs only
+	// Retry is the Retry-After a stage asked for (a rate limit's refill
+	// time, pipeline.Verdict.RetryAfter); 0: the default for the status.
+	Retry time.Duration `json:"-"`
 }
 
 func (e *apiError) Error() string {
@@ -62,6 +66,12 @@ func (e *apiError) Error() string {
 func (e *apiError) retryAfter() string {
 	switch e.Status {
 	case http.StatusTooManyRequests:
+		if e.Retry > 0 {
+			// Whole seconds, rounded up (RFC 9110 section 10.2.3): a
+			// client that retries after 0.3 s rounded down would be
+			// refused again.
+			return strconv.FormatInt(int64((e.Retry+time.Second-1)/time.Second), 10)
+		}
 		return strconv.Itoa(retryAfterTempfail)
 	case http.StatusServiceUnavailable, http.StatusInsufficientStorage:
 		return strconv.Itoa(retryAfterUnavailable)
@@ -96,10 +106,11 @@ var (
 //	4xx, x.3.x     → 503 unavailable (the spool cannot take mail now)
 //	other 4xx      → 429 tempfail
 //
-// Both 4xx classes carry Retry-After.
+// Both 4xx classes carry Retry-After: for a 429, the stage's
+// Verdict.RetryAfter when it gave one (a rate limit), else 5 seconds.
 func fromPipeline(err error) *apiError {
 	r := pipeline.Reply(err)
-	e := &apiError{SMTPCode: r.Code, Enhanced: r.Enhanced.String(), Message: r.Message}
+	e := &apiError{SMTPCode: r.Code, Enhanced: r.Enhanced.String(), Message: r.Message, Retry: r.RetryAfter}
 	var pe *pipeline.Error
 	if errors.As(err, &pe) {
 		e.Stage = pe.Stage

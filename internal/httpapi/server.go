@@ -13,6 +13,8 @@
 //	GET  /v1/messages/{id}     per-recipient state and event timeline
 //	GET  /v1/admin/keys        the tenant's API keys (admin scope)
 //	POST /v1/tokens            mint a short-lived token (tokens scope; tokens.go)
+//	DELETE /v1/tokens/{id}, POST /v1/tokens/revoke
+//	                           revoke tokens (tokens scope; revocations.go)
 //	GET  /.well-known/sluice-keys.json  the token verification keys
 //	GET  /v1/admin/messages    messages still queued, filtered and paged (admin scope)
 //	GET/POST /v1/suppressions, GET/DELETE /v1/suppressions/{address}
@@ -55,6 +57,7 @@ import (
 	"github.com/sluice-mta/sluice/internal/logx"
 	"github.com/sluice-mta/sluice/internal/mailtext"
 	"github.com/sluice-mta/sluice/internal/relay"
+	"github.com/sluice-mta/sluice/internal/revoke"
 	"github.com/sluice-mta/sluice/internal/spool"
 	"github.com/sluice-mta/sluice/pipeline"
 	"golang.org/x/sync/semaphore"
@@ -75,14 +78,16 @@ type Server struct {
 	sp    *spool.Spool
 	keys  *apikey.Store
 	// toks is set by UseTokens (tokens.go); nil: no tokens.
-	toks  atomic.Pointer[tokenSet]
-	host  string
-	log   *slog.Logger
-	max   int64
-	now   func() time.Time
-	hs    *http.Server
-	tls   *tls.Config
-	locks keyedMutex
+	toks atomic.Pointer[tokenSet]
+	// revocations is set by UseRevocations (revocations.go); nil: none.
+	revocations atomic.Pointer[revoke.List]
+	host        string
+	log         *slog.Logger
+	max         int64
+	now         func() time.Time
+	hs          *http.Server
+	tls         *tls.Config
+	locks       keyedMutex
 	// inflight bounds the request bodies in memory at once
 	// (MaxInflightBytes): see readBody.
 	inflight *semaphore.Weighted
@@ -267,6 +272,8 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		if s.method(w, r, http.MethodPost) {
 			s.postToken(w, r)
 		}
+	case strings.HasPrefix(p, tokensPath+"/"):
+		s.tokenRevocation(w, r)
 	case p == KeysPath:
 		if s.method(w, r, http.MethodGet) {
 			s.publicKeys(w, r)

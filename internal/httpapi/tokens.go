@@ -168,14 +168,8 @@ func (s *Server) postToken(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, errf(http.StatusForbidden, codeForbidden, "", "a token cannot mint tokens; use an API key with the %q scope", apikey.ScopeTokens))
 		return
 	}
-	body, e := s.readBody(w, r)
-	if e != nil {
-		s.fail(w, e)
-		return
-	}
-	defer putBuf(body)
 	var req tokenRequest
-	if e := decodeJSON(body.Bytes(), &req); e != nil {
+	if e := s.readJSON(w, r, &req); e != nil {
 		s.fail(w, e)
 		return
 	}

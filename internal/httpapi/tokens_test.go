@@ -199,7 +199,8 @@ func TestTokensOpenAPI(t *testing.T) {
 	if err := json.Unmarshal(openAPI, &doc); err != nil {
 		t.Fatal(err)
 	}
-	if doc.Paths[tokensPath]["post"] == nil || doc.Paths[KeysPath]["get"] == nil {
+	if doc.Paths[tokensPath]["post"] == nil || doc.Paths[KeysPath]["get"] == nil ||
+		doc.Paths[revokePath]["post"] == nil || doc.Paths[tokensPath+"/{id}"]["delete"] == nil {
 		t.Fatal("openapi.json lacks the token endpoints")
 	}
 }

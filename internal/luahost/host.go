@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	lua "github.com/yuin/gopher-lua"
@@ -42,6 +43,10 @@ type Host struct {
 
 	mu     sync.Mutex
 	stages map[string]*Stage
+
+	// limits are the node's rate-limit stores (SetRateLimits), read by
+	// sluice.ratelimit.check at call time.
+	limits atomic.Pointer[pipeline.RateLimits]
 }
 
 // NewHost compiles the configuration program (for inline stages, from
@@ -184,6 +189,7 @@ func (h *Host) newState() (st *state, err error) {
 	sb := sandbox.New(h.log)
 	sb.SetLimits(sandbox.Limits{MaxString: int(orDefault(h.cfg.Lua.MaxString, config.Defaults().Lua.MaxString))})
 	st = newState(sb, len(h.specs))
+	h.installRateLimit(st)
 	st.maxHeader = int(orDefault(h.cfg.Lua.MaxHeader, config.Defaults().Lua.MaxHeader))
 	defer func() {
 		if err != nil {

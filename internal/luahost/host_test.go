@@ -29,6 +29,8 @@ func TestVerdicts(t *testing.T) {
 		{"reject defaults", `return sluice.reject()`, pipeline.Verdict{Action: pipeline.Reject}},
 		{"tempfail", `return sluice.tempfail(451, "4.7.1", "later")`, pipeline.TempfailVerdict(451, pipeline.EnhancedCode{4, 7, 1}, "later")},
 		{"tempfail code only", `return sluice.tempfail(421)`, pipeline.Verdict{Action: pipeline.Tempfail, Code: 421}},
+		{"tempfail retry_after", `return sluice.tempfail(450, "4.7.1", "slow", { retry_after = 2.5 })`,
+			pipeline.Verdict{Action: pipeline.Tempfail, Code: 450, Enhanced: pipeline.EnhancedCode{4, 7, 1}, Text: "slow", RetryAfter: 2500 * time.Millisecond}},
 		{"discard", `return sluice.discard("spam trap")`, pipeline.DiscardVerdict("spam trap")},
 		{"discard no reason", `return sluice.discard()`, pipeline.DiscardVerdict("")},
 	}
@@ -69,6 +71,9 @@ func TestVerdictArgumentErrors(t *testing.T) {
 		{`sluice.reject(550, "5.7.1", string.rep("x", 500))`, "longer than 400 bytes"},
 		{`sluice.tempfail(550)`, "sluice.tempfail: code must be a number from 400 to 499"},
 		{`sluice.tempfail(451, "5.7.1")`, "must start with 4"},
+		{`sluice.tempfail(451, "4.7.1", "x", { retry_after = 0 })`, "retry_after"},
+		{`sluice.tempfail(451, "4.7.1", "x", { retry_after = "soon" })`, "want a number"},
+		{`sluice.tempfail(451, "4.7.1", "x", { retry = 3 })`, `unknown key "retry"`},
 		{`sluice.discard({})`, "sluice.discard: text must be a string"},
 		{`sluice.accept{ nme = "x" }`, `sluice.accept: unknown key "nme"`},
 	}

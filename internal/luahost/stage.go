@@ -116,6 +116,7 @@ func (s *Stage) call(ctx context.Context, hook int, push func(st *state) int) (l
 		return lua.LNil, pipeline.Edits{}, nil
 	}
 	st.hook = hook
+	st.stage = s.name
 	cctx, cancel := s.h.deadline(ctx)
 	L := st.L
 	st.sb.SetLogger(s.log)

@@ -30,6 +30,7 @@ type state struct {
 	// asked for; Stage.call returns them with the verdict.
 	hook  int
 	edits pipeline.Edits
+	stage string // the current call's stage name (metrics of sluice.ratelimit.check)
 
 	maxHeader int // lua_options.max_header: longest header value handed to Lua
 }

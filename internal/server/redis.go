@@ -1,11 +1,15 @@
 package server
 
 import (
+	"context"
 	"fmt"
+	"log/slog"
+	"time"
 
 	"github.com/redis/go-redis/v9"
 
 	"github.com/sluice-mta/sluice/internal/config"
+	"github.com/sluice-mta/sluice/internal/logx"
 	"github.com/sluice-mta/sluice/pipeline"
 )
 
@@ -43,4 +47,26 @@ func closeRedis(r *pipeline.Redis) {
 	if r != nil {
 		_ = r.Client.Close()
 	}
+}
+
+// redisLogger sends go-redis's own messages (a failed dial, a pool
+// problem) to the node's structured log, one line per kind of message per
+// 10 s, instead of go-redis's default unstructured lines on stderr.
+type redisLogger struct {
+	log     *slog.Logger
+	sampler *logx.Sampler
+}
+
+func (l redisLogger) Printf(_ context.Context, format string, v ...any) {
+	ok, n := l.sampler.Allow(format)
+	if !ok {
+		return
+	}
+	l.log.Warn("redis client: "+fmt.Sprintf(format, v...), "similar_suppressed", n)
+}
+
+// useRedisLogger makes log go-redis's logger. go-redis has one logger per
+// process; the last node built sets it.
+func useRedisLogger(log *slog.Logger) {
+	redis.SetLogger(redisLogger{log: log.With("component", "redis"), sampler: logx.NewSampler(10 * time.Second)})
 }

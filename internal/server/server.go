@@ -41,7 +41,9 @@ import (
 	"github.com/sluice-mta/sluice/internal/metrics"
 	"github.com/sluice-mta/sluice/internal/plugin"
 	"github.com/sluice-mta/sluice/internal/queue"
+	"github.com/sluice-mta/sluice/internal/ratelimit"
 	"github.com/sluice-mta/sluice/internal/relay"
+	"github.com/sluice-mta/sluice/internal/revoke"
 	"github.com/sluice-mta/sluice/internal/smtpsrc"
 	"github.com/sluice-mta/sluice/internal/spool"
 	"github.com/sluice-mta/sluice/internal/token"
@@ -68,8 +70,11 @@ type Server struct {
 	// useTokens installs new token keys in each listener (Reload).
 	// Appended by the listeners' start, under reloadMu.
 	useTokens []func(*token.Issuer, *token.Verifier)
-	control   *controlServer
-	metrics   *prometheus.Registry // one per node; served by the admin listener
+	// revoked is the token revocation list (nil without sluice.tokens at
+	// start; revocations.go).
+	revoked *revoke.List
+	control *controlServer
+	metrics *prometheus.Registry // one per node; served by the admin listener
 	// deadLetters is sluice_event_dead_letters_total, shared by the sinks.
 	deadLetters *prometheus.CounterVec
 	wg          sync.WaitGroup
@@ -88,6 +93,10 @@ type Server struct {
 	// redis is sluice.redis's client (nil: not configured), shared by the
 	// stages of every pipeline and closed by Stop.
 	redis *pipeline.Redis
+	// limits are the node's rate-limit stores (memory, and Redis on
+	// redis), shared by every stage and Lua state of every pipeline, so
+	// limits hold across reloads.
+	limits *pipeline.RateLimits
 }
 
 // component is one long-lived part of the node.
@@ -120,7 +129,16 @@ func New(cfg *config.Config, log *slog.Logger) (*Server, error) {
 	if s.redis, err = NewRedis(cfg); err != nil {
 		return nil, err
 	}
-	p, err := buildPipeline(cfg, log, res, shared{pool: s.plugins, redis: s.redis})
+	if s.redis != nil {
+		useRedisLogger(log)
+	}
+	rm, err := ratelimit.NewMetrics(s.metrics)
+	if err != nil {
+		closeRedis(s.redis)
+		return nil, err
+	}
+	s.limits = ratelimit.NewNode(s.redis, rm, log)
+	p, err := buildPipeline(cfg, log, res, shared{pool: s.plugins, redis: s.redis, limits: s.limits})
 	if err != nil {
 		closeRedis(s.redis)
 		return nil, err
@@ -224,6 +242,9 @@ type shared struct {
 	pool     *plugin.Pool    // nil: each plugin stage starts its own processes
 	redis    *pipeline.Redis // nil: no sluice.redis
 	ownRedis bool            // close redis with the pipeline
+	// limits are the node's rate-limit stores; nil: the pipeline gets
+	// its own (BuildPipeline, for check and test).
+	limits *pipeline.RateLimits
 	// trace is the chain's observer (nil in production; see
 	// BuildTracedPipeline).
 	trace func(pipeline.TraceCall)
@@ -231,10 +252,18 @@ type shared struct {
 
 // buildPipeline is BuildPipeline with the node's shared parts.
 func buildPipeline(cfg *config.Config, log *slog.Logger, res dnsx.Resolver, sh shared) (*relay.Pipeline, error) {
+	if sh.limits == nil {
+		rm, err := ratelimit.NewMetrics(nil)
+		if err != nil {
+			return nil, err
+		}
+		sh.limits = ratelimit.NewNode(sh.redis, rm, log)
+	}
 	host, err := luahost.NewHost(cfg, log)
 	if err != nil {
 		return nil, err
 	}
+	host.SetRateLimits(sh.limits)
 	var stages []pipeline.Stage
 	closeAll := func() {
 		for i := len(stages) - 1; i >= 0; i-- {
@@ -282,7 +311,7 @@ func buildStage(cfg *config.Config, spec config.StageSpec, host *luahost.Host, l
 			return nil, err
 		}
 		if p, ok := st.(pipeline.Provisioner); ok {
-			env := &pipeline.Env{Logger: log.With("stage", spec.Name), Resolver: txtResolver{res}, Hostname: hostname, Node: cfg.Node, Redis: sh.redis}
+			env := &pipeline.Env{Logger: log.With("stage", spec.Name), Resolver: txtResolver{res}, Hostname: hostname, Node: cfg.Node, Redis: sh.redis, RateLimits: sh.limits}
 			if err := p.Provision(env); err != nil {
 				closeStage(st)
 				return nil, err
@@ -526,11 +555,19 @@ func (s *Server) components() []component {
 	if t := cfg.Tokens; t.Enabled() {
 		cs = append(cs, component{name: "tokens",
 			start: func() error {
+				// Revocations load from the spool (and Redis) before
+				// any listener accepts (revocations.go).
+				if err := s.startRevocations(cfg); err != nil {
+					return err
+				}
 				var err error
-				s.tokIss, s.tokVer, err = token.Load(t.SigningKey, t.PublicKeys, t.MaxLifetime, nil)
+				s.tokIss, s.tokVer, err = token.Load(t.SigningKey, t.PublicKeys, t.MaxLifetime, s.revoker())
+				if err != nil {
+					s.revoked.Stop()
+				}
 				return err
 			},
-			stop: func(context.Context) error { return nil },
+			stop: func(context.Context) error { s.revoked.Stop(); return nil },
 		})
 	}
 	for _, l := range cfg.SMTP {
@@ -580,6 +617,7 @@ func (s *Server) components() []component {
 					return fmt.Errorf("http listener %s: %w", l.Addr, err)
 				}
 				srv.UseTokens(s.tokIss, s.tokVer)
+				srv.UseRevocations(s.revoked)
 				s.onTokens(srv.UseTokens)
 				ln, err := net.Listen("tcp", l.Addr)
 				if err != nil {
@@ -850,13 +888,13 @@ func (s *Server) Reload() (summary string, err error) {
 		tokVer *token.Verifier
 	)
 	if t := cfg.Tokens; t.Enabled() {
-		if tokIss, tokVer, err = token.Load(t.SigningKey, t.PublicKeys, t.MaxLifetime, nil); err != nil {
+		if tokIss, tokVer, err = token.Load(t.SigningKey, t.PublicKeys, t.MaxLifetime, s.revoker()); err != nil {
 			err = fmt.Errorf("sluice.tokens: %w", err)
 			s.log.Error("reload failed; the running pipeline keeps serving", "err", err)
 			return "", err
 		}
 	}
-	p, err := buildPipeline(cfg, s.log, s.res, shared{pool: s.plugins, redis: s.redis})
+	p, err := buildPipeline(cfg, s.log, s.res, shared{pool: s.plugins, redis: s.redis, limits: s.limits})
 	if err != nil {
 		s.log.Error("reload failed; the running pipeline keeps serving", "err", err)
 		return "", err

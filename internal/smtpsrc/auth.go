@@ -4,6 +4,7 @@ import (
 	"errors"
 	"net/netip"
 	"strings"
+	"time"
 
 	"github.com/emersion/go-sasl"
 	"github.com/emersion/go-smtp"
@@ -184,6 +185,8 @@ const mechXOAuth2 = "XOAUTH2"
 var (
 	errTokenRefused = &pipeline.Error{Code: 535, Enhanced: pipeline.EnhancedCode{5, 7, 8},
 		Message: "Authentication credentials invalid: the token is expired, not yet valid, signed by an unknown key or malformed; mint a new one"}
+	errTokenRevoked = &pipeline.Error{Code: 535, Enhanced: pipeline.EnhancedCode{5, 7, 8},
+		Message: "Authentication credentials invalid: the token was revoked"}
 	errTokenScope = &pipeline.Error{Code: 535, Enhanced: pipeline.EnhancedCode{5, 7, 8},
 		Message: "Authentication credentials invalid: the token lacks the send scope"}
 	// errTokenRcptCap: RFC 5321 section 4.5.3.1.10 (too many recipients).
@@ -210,6 +213,9 @@ func (ss *session) tokenLogin(mech, user, tok string) error {
 	c, err := v.Verify(tok)
 	if err != nil {
 		ss.s.relay.AuthFailed(ss.conn, mech, user, err.Error())
+		if errors.Is(err, token.ErrRevoked) {
+			return ss.authFailed(errTokenRevoked)
+		}
 		return ss.authFailed(errTokenRefused)
 	}
 	if !c.HasScope(token.ScopeSend) {
@@ -228,6 +234,7 @@ func (ss *session) tokenLogin(mech, user, tok string) error {
 	}
 	ss.conn.Identity = nid
 	ss.rcptCap = c.MaxRcpts
+	ss.token = c
 	ss.s.log.Info("authenticated", "source", ss.conn.Source, "conn", ss.conn.ID, "remote_ip", ss.conn.RemoteIP.String(),
 		"user", user, "mechanism", mech, "identity", nid.Name, "tenant", nid.Tenant, "method", nid.Method, "kid", c.KeyID)
 	return nil
@@ -282,4 +289,38 @@ func (a *xoauth2Server) Next(resp []byte) ([]byte, bool, error) {
 		return nil, true, smtpError(errXOAuth2Syntax)
 	}
 	return nil, true, a.check(user, tok)
+}
+
+// checkToken runs at every MAIL of a session that authenticated with a
+// token: the session must not outlive the token, so its expiry and
+// revocation are checked again (token.Verifier.Check: a clock read and
+// two map lookups). A refusal is 530 5.7.0 (RFC 4954 section 6,
+// authentication required) saying why; AUTH cannot be repeated on the
+// connection, so the client reconnects with a new token.
+func (ss *session) checkToken() error {
+	c := ss.token
+	if c == nil {
+		return nil
+	}
+	v := ss.s.tokens.Load()
+	var err error
+	if v == nil {
+		err = errors.New("tokens are no longer accepted (sluice.tokens removed)")
+	} else {
+		err = v.Check(c)
+	}
+	if err == nil {
+		return nil
+	}
+	why := "is no longer accepted by this server"
+	switch {
+	case errors.Is(err, token.ErrExpired):
+		why = "expired at " + c.Expires.UTC().Format(time.RFC3339)
+	case errors.Is(err, token.ErrRevoked):
+		why = "was revoked"
+	}
+	ss.s.log.Info("token session refused at MAIL", "conn", ss.conn.ID, "remote_ip", ss.conn.RemoteIP.String(),
+		"tenant", c.Tenant, "jti", c.ID, "err", err)
+	return smtpError(&pipeline.Error{Code: 530, Enhanced: pipeline.EnhancedCode{5, 7, 0},
+		Message: "Authentication required: the token this session authenticated with " + why + "; reconnect and authenticate with a new token"})
 }

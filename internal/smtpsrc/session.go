@@ -14,6 +14,7 @@ import (
 
 	"github.com/sluice-mta/sluice/internal/mailtext"
 	"github.com/sluice-mta/sluice/internal/relay"
+	"github.com/sluice-mta/sluice/internal/token"
 	"github.com/sluice-mta/sluice/pipeline"
 )
 
@@ -72,6 +73,9 @@ type session struct {
 
 	declaredSize int64 // MAIL SIZE= of the current transaction (0: none)
 	rcptCap      int   // recipients per transaction of a token's max_rcpts (0: none; auth.go)
+	// token is the claims of the token the session authenticated with
+	// (nil: none); checked again at every MAIL (auth.go checkToken).
+	token *token.Claims
 
 	// poisoned is set when a message hid a bare CR from go-smtp: bytes
 	// read ahead of it may already sit in go-smtp's buffer, so no further
@@ -119,6 +123,9 @@ func (ss *session) Mail(from string, opts *smtp.MailOptions) error {
 		return smtpError(errPoisoned)
 	}
 	if err := ss.checkAuthRequired(); err != nil {
+		return err
+	}
+	if err := ss.checkToken(); err != nil {
 		return err
 	}
 	if h := ss.sc.Hostname(); h != ss.conn.HELO {

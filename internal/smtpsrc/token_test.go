@@ -11,6 +11,8 @@ import (
 	"github.com/sluice-mta/sluice/internal/auth"
 	"github.com/sluice-mta/sluice/internal/config"
 	"github.com/sluice-mta/sluice/internal/relay"
+	"github.com/sluice-mta/sluice/internal/revoke"
+	"github.com/sluice-mta/sluice/internal/testutil"
 	"github.com/sluice-mta/sluice/internal/token"
 	"github.com/sluice-mta/sluice/pipeline"
 )
@@ -148,4 +150,73 @@ func TestAuthTokensNotOffered(t *testing.T) {
 		t.Fatalf("OAUTHBEARER offered without tokens: %v", r)
 	}
 	c.cmd("AUTH XOAUTH2 "+xoauth2("fn", "v4.public.x"), 504)
+}
+
+// A session authenticated by a token does not outlive it: a revocation
+// (the node's real revocation list) or the token's expiry during the
+// session refuses the next MAIL with 530 5.7.0 saying why.
+func TestTokenCheckedAtMail(t *testing.T) {
+	k := token.GenerateKey()
+	iss := token.NewIssuer(k, 0)
+	tok, c, err := iss.Issue(token.IssueOptions{Tenant: "acme"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Valid for about 2 s more (plus the 5 s of clock skew tolerated).
+	short, _, err := iss.WithClock(func() time.Time { return time.Now().Add(-token.DefaultLifetime + 2*time.Second) }).
+		Issue(token.IssueOptions{Tenant: "acme"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	list, err := revoke.New(revoke.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	v, err := token.NewVerifier([]*token.PublicKey{k.Public()}, 0, list)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := testListener()
+	l.Auth = "required"
+	addr := startTokenServer(t, l, v, fixedSub())
+
+	s := dialReady(t, addr)
+	s.ehlo()
+	s.cmd("AUTH OAUTHBEARER "+oauthBearerResp("fn", tok), 235)
+	s.cmd("MAIL FROM:<app@acme.example>", 250)
+	s.cmd("RSET", 250)
+	if _, err := list.RevokeID(t.Context(), "acme", c.ID, revoke.SourceAPI); err != nil {
+		t.Fatal(err)
+	}
+	if r := s.cmd("MAIL FROM:<app@acme.example>", 530); !strings.HasPrefix(r.Text(), "5.7.0 ") || !strings.Contains(r.Text(), "was revoked") {
+		t.Fatalf("MAIL after the revocation: %v", r)
+	}
+	// A new session with the revoked token is refused at AUTH, saying so.
+	s2 := dialReady(t, addr)
+	s2.ehlo()
+	if r := s2.cmd("AUTH XOAUTH2 "+xoauth2("fn", tok), 535); !strings.HasPrefix(r.Text(), "5.7.8 ") || !strings.Contains(r.Text(), "revoked") {
+		t.Fatalf("AUTH with the revoked token: %v", r)
+	}
+
+	// Expiry during the session.
+	s3 := dialReady(t, addr)
+	s3.ehlo()
+	s3.cmd("AUTH XOAUTH2 "+xoauth2("fn", short), 235)
+	var last reply
+	testutil.WaitFor(t, "MAIL refused once the token expired", func() bool {
+		s3.write("MAIL FROM:<app@acme.example>\r\n")
+		var err error
+		if last, err = s3.read(); err != nil {
+			t.Fatal(err)
+		}
+		if last.Code == 250 {
+			s3.cmd("RSET", 250)
+			time.Sleep(200 * time.Millisecond)
+			return false
+		}
+		return true
+	})
+	if last.Code != 530 || !strings.HasPrefix(last.Text(), "5.7.0 ") || !strings.Contains(last.Text(), "expired at") {
+		t.Fatalf("MAIL after the expiry: %v", last)
+	}
 }

@@ -862,27 +862,10 @@ func (s *Spool) GetIdempotency(key string, now time.Time) ([]byte, bool, error) 
 // PruneIdempotency deletes expired idempotency records (a scan of all of
 // them; run it rarely, e.g. hourly).
 func (s *Spool) PruneIdempotency(now time.Time) (int, error) {
-	s.dbMu.RLock()
-	defer s.dbMu.RUnlock()
-	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: []byte{kIdem}, UpperBound: []byte{kIdem + 1}})
-	if err != nil {
-		return 0, err
-	}
-	defer it.Close()
-	b := s.db.NewBatch()
-	n := 0
-	for it.First(); it.Valid(); it.Next() {
+	return s.pruneRange([]byte{kIdem}, []byte{kIdem + 1}, func(v []byte) bool {
 		var rec idemRecord
-		if json.Unmarshal(it.Value(), &rec) != nil || !now.Before(rec.Expires) {
-			_ = b.Delete(bytes.Clone(it.Key()), nil)
-			n++
-		}
-	}
-	if err := it.Error(); err != nil {
-		b.Close()
-		return 0, err
-	}
-	return n, s.apply(b, pebble.NoSync) // apply owns b
+		return json.Unmarshal(v, &rec) != nil || !now.Before(rec.Expires)
+	})
 }
 
 // CollectOrphans deletes messages that have no recipient left: what a

@@ -430,18 +430,31 @@ func (v *Verifier) Verify(tok string) (*Claims, error) {
 			v.cache.put(tok, c, v.now())
 		}
 	}
-	now := v.now()
-	if !now.Before(c.Expires.Add(v.leeway)) {
-		return nil, fmt.Errorf("%w at %s", ErrExpired, c.Expires.Format(time.RFC3339))
-	}
-	if now.Add(v.leeway).Before(c.NotBefore) {
-		return nil, fmt.Errorf("%w before %s", ErrNotYetValid, c.NotBefore.Format(time.RFC3339))
-	}
-	if v.revoker != nil && v.revoker.Revoked(c) {
-		return nil, fmt.Errorf("%w: %s", ErrRevoked, c.ID)
+	if err := v.Check(c); err != nil {
+		return nil, err
 	}
 	cc := *c // callers may keep or change their copy
 	return &cc, nil
+}
+
+// Check checks the times (with DefaultLeeway of clock skew) and the
+// revocation of claims Verify returned earlier: a session that
+// authenticated with a token calls it again before each use (SMTP: at
+// every MAIL), so the token cannot outlive its expiry or a revocation.
+// Errors wrap ErrExpired, ErrNotYetValid or ErrRevoked. Safe for
+// concurrent use.
+func (v *Verifier) Check(c *Claims) error {
+	now := v.now()
+	if !now.Before(c.Expires.Add(v.leeway)) {
+		return fmt.Errorf("%w at %s", ErrExpired, c.Expires.Format(time.RFC3339))
+	}
+	if now.Add(v.leeway).Before(c.NotBefore) {
+		return fmt.Errorf("%w before %s", ErrNotYetValid, c.NotBefore.Format(time.RFC3339))
+	}
+	if v.revoker != nil && v.revoker.Revoked(c) {
+		return fmt.Errorf("%w: %s", ErrRevoked, c.ID)
+	}
+	return nil
 }
 
 // verify checks everything but times and revocation: version and purpose,

@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"sort"
 	"strings"
+	"time"
 
 	lua "github.com/yuin/gopher-lua"
 
@@ -51,6 +52,9 @@ const (
 	verdictMT = "sluice.verdict"
 	routeMT   = "sluice.route"
 )
+
+// maxRetryAfter bounds sluice.tempfail's retry_after (a week).
+const maxRetryAfter = 7 * 24 * time.Hour
 
 // maxReplyText bounds verdict texts: they end up in one SMTP reply line.
 const maxReplyText = 400
@@ -177,6 +181,18 @@ func (s *State) failVerdict(L *lua.LState, action pipeline.Action) int {
 	}
 	if t := L.Get(3); t != lua.LNil {
 		v.Text = s.replyText(fn, t)
+	}
+	if action == pipeline.Tempfail && L.Get(4) != lua.LNil {
+		// sluice.tempfail(code, enhanced, text, { retry_after = seconds }):
+		// HTTP's Retry-After (a limit from sluice.ratelimit.check).
+		o := s.CheckOpts(4, fn, "retry_after")
+		var secs float64
+		if o.Float("retry_after", &secs) {
+			if secs <= 0 || secs > maxRetryAfter.Seconds() {
+				o.Fail("retry_after", "want seconds from 0 to %.0f, got %v", maxRetryAfter.Seconds(), secs)
+			}
+			v.RetryAfter = time.Duration(secs * float64(time.Second))
+		}
 	}
 	L.Push(s.newVerdict(&Verdict{Verdict: v}))
 	return 1

@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# Rate-limit stage cost, end to end: the bench relay (examples/bench/relay.lua)
+# without the ratelimit stage (off), with it on the memory store (memory) and
+# on Redis (redis: a redis-server this script starts on 127.0.0.1:6391, no
+# persistence), alternated in one run: ROUNDS rounds of MODES, fresh spool
+# per round. The stage has three limits that never trip, so every message
+# pays the checks and none is refused: per client IP and per sender domain
+# (messages, checked together at MAIL FROM: one store call) and per
+# recipient domain (recipients, at RCPT TO: one store call).
+# Per round: a 1,000 message warm-up, then SMTP SIZE B x SESSIONS sessions x
+# N messages. Prints sluice-bench's report and the relay's (and Redis's) CPU
+# per message.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+ROUNDS=${ROUNDS:-3}
+N=${N:-10000}
+SESSIONS=${SESSIONS:-20}
+SIZE=${SIZE:-2048}
+MODES=${MODES:-off memory redis}
+RPORT=${RPORT:-6391}
+
+go build -o bin/sluice ./cmd/sluice
+go build -o bin/sluice-bench ./cmd/sluice-bench
+
+pid=
+rpid=
+W=
+RD=$(mktemp -d /tmp/sluice-rlbench-redis.XXXXXX)
+trap '[ -n "$pid" ] && kill $pid 2>/dev/null; [ -n "$rpid" ] && kill $rpid 2>/dev/null; wait 2>/dev/null; [ -n "$W" ] && rm -rf "$W"; rm -rf "$RD"' EXIT
+
+if [[ " $MODES " == *" redis "* ]]; then
+  redis-server --port "$RPORT" --bind 127.0.0.1 --dir "$RD" --save "" --appendonly no --daemonize no \
+    --protected-mode no --loglevel warning > "$RD/redis.log" 2>&1 &
+  rpid=$!
+  for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$RPORT) 2>/dev/null && break; sleep 0.1; done
+fi
+
+cpu_ticks() { awk '{print $14+$15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
+
+echo "# ratelimit stage off/memory/redis — $(date -u +%FT%TZ) — $(nproc) cores, $(uname -m), $(go version | cut -d' ' -f3), load $(cut -d' ' -f1-3 /proc/loadavg)"
+for r in $(seq "$ROUNDS"); do
+  for mode in $MODES; do
+    W=$(mktemp -d /tmp/sluice-rlbench.XXXXXX)
+    sed -e "s#{{SPOOL}}#$W/spool#" -e "s#{{EVENTS}}#$W/events.jsonl#" examples/bench/relay.lua > "$W/relay.lua"
+    if [ "$mode" != off ]; then
+      store=$mode
+      [ "$mode" = redis ] && echo "sluice.redis { addr = \"127.0.0.1:$RPORT\", key_prefix = \"bench$r:\" }" >> "$W/relay.lua"
+      # The stage goes before the routing stage.
+      awk -v store="$store" '/^sluice.stage\("routing"/ { print "sluice.stage(\"limits\", sluice.builtin.ratelimit { store = \"" store "\", limits = {\n  { key = \"client_ip\", rate = \"100000000/hour\" },\n  { key = \"sender_domain\", rate = \"100000000/hour\" },\n  { key = \"recipient_domain\", rate = \"100000000/hour\", count = \"recipients\" },\n} })\n" } { print }' "$W/relay.lua" > "$W/r2" && mv "$W/r2" "$W/relay.lua"
+    fi
+    bin/sluice serve -c "$W/relay.lua" -log-level warn 2> "$W/sluice.log" &
+    pid=$!
+    for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/2605) 2>/dev/null && break; sleep 0.1; done
+    bin/sluice-bench smtp -target 127.0.0.1:2605 -sink 127.0.0.1:2602 -n 1000 -c "$SESSIONS" -size "$SIZE" > /dev/null
+    c0=$(cpu_ticks "$pid"); r0=0; [ -n "$rpid" ] && r0=$(cpu_ticks "$rpid")
+    out=$(bin/sluice-bench smtp -target 127.0.0.1:2605 -sink 127.0.0.1:2602 -n "$N" -c "$SESSIONS" -size "$SIZE" -timeout 300s)
+    c1=$(cpu_ticks "$pid"); r1=0; [ -n "$rpid" ] && r1=$(cpu_ticks "$rpid")
+    tck=$(getconf CLK_TCK)
+    echo "## round $r, ratelimit $mode"
+    echo "$out"
+    echo "relay CPU $(( (c1-c0) * 1000000 / tck / N )) µs/msg, redis-server CPU $(( (r1-r0) * 1000000 / tck / N )) µs/msg"
+    kill "$pid"; wait "$pid" || true; pid=
+    if grep -q . "$W/sluice.log"; then echo "relay warnings:"; cut -c1-200 "$W/sluice.log" | sort | uniq -c | sort -rn | head -5; fi
+    rm -rf "$W"; W=
+  done
+done

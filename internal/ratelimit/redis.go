@@ -1,0 +1,188 @@
+package ratelimit
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/sluice-mta/sluice/pipeline"
+)
+
+// gcraScript decides several GCRA checks at once, all or nothing.
+// KEYS[i] is a check's key; ARGV holds three numbers per check: emission
+// interval and tolerance in microseconds, and the cost. The clock is the
+// server's (TIME), so every node agrees. It returns two integers per
+// check: 1 and the remaining count when allowed, 0 and the retry-after
+// in microseconds (-1: never) when not. Keys are charged only when every
+// check is allowed, and expire when their TAT passes (they are then the
+// same as absent). TATs are written with %d: tostring of a number near
+// 1.7e15 would give "1.7e+15" in Lua 5.1.
+const gcraScript = `
+if redis.replicate_commands then redis.replicate_commands() end
+local t = redis.call("TIME")
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local res, tats, ok = {}, {}, true
+for i, key in ipairs(KEYS) do
+  local e, tol, n = tonumber(ARGV[3*i-2]), tonumber(ARGV[3*i-1]), tonumber(ARGV[3*i])
+  local tat = tonumber(redis.call("GET", key) or now) or now
+  if tat < now then tat = now end
+  local nxt = tat + n * e
+  local over = nxt - now - tol
+  if over > 0 then
+    ok = false
+    res[2*i-1] = 0
+    if n * e > tol then res[2*i] = -1 else res[2*i] = over end
+  else
+    res[2*i-1] = 1
+    res[2*i] = math.floor((tol - (nxt - now)) / e)
+    tats[i] = nxt
+  end
+end
+if ok then
+  for i, key in ipairs(KEYS) do
+    redis.call("SET", key, string.format("%d", tats[i]), "PX", math.floor((tats[i] - now) / 1000) + 1)
+  end
+end
+return res
+`
+
+var script = redis.NewScript(gcraScript)
+
+// Redis is a pipeline.RateStore on the node's Redis (sluice.redis): one
+// EVALSHA per Check whatever the number of checks. Keys are Prefix +
+// "rl:" + the check's key. Safe for concurrent use.
+//
+// Calls from concurrent sessions are coalesced (group commit): while one
+// batch is in flight, the calls that arrive wait and then go together as
+// one pipeline, one write and one read for all of them. A lone call goes
+// at once. A call waits at most for the batch in flight and its own, each
+// bounded by sluice.redis's timeout.
+//
+// Redis Cluster is not supported: the keys of one Check would have to
+// share a hash slot.
+type Redis struct {
+	r *pipeline.Redis
+
+	mu      sync.Mutex
+	busy    bool    // a batch is in flight; its leader hands over when done
+	pending []*call // calls waiting for the next batch
+}
+
+// call is one Check waiting in a batch.
+type call struct {
+	keys []string
+	args []any
+	res  []int64
+	err  error
+	// wake gets true when this call is to lead the next batch, false
+	// when its result is ready.
+	wake chan bool
+}
+
+// NewRedis returns a store on r (which must not be nil).
+func NewRedis(r *pipeline.Redis) *Redis { return &Redis{r: r} }
+
+// Check implements pipeline.RateStore. An error (Redis unreachable, a
+// timeout) leaves out undefined.
+func (s *Redis) Check(ctx context.Context, checks []pipeline.RateCheck, out []pipeline.RateResult) error {
+	c := &call{keys: make([]string, len(checks)), args: make([]any, 0, 3*len(checks)), wake: make(chan bool, 1)}
+	for i := range checks {
+		ck := &checks[i]
+		c.keys[i] = s.r.Prefix + "rl:" + ck.Key
+		e, tol := gcra(ck.Rate, 1000)
+		c.args = append(c.args, strconv.FormatInt(e, 10), strconv.FormatInt(tol, 10), strconv.FormatInt(cost(ck), 10))
+	}
+	s.do(ctx, c)
+	if c.err != nil {
+		return c.err
+	}
+	res := c.res
+	if len(res) != 2*len(checks) {
+		return fmt.Errorf("ratelimit: redis script returned %d values for %d checks", len(res), len(checks))
+	}
+	for i := range checks {
+		if res[2*i] == 1 {
+			out[i] = pipeline.RateResult{Allowed: true, Remaining: int(res[2*i+1])}
+			continue
+		}
+		ra := time.Duration(res[2*i+1]) * time.Microsecond
+		if res[2*i+1] < 0 {
+			ra = -1
+		}
+		out[i] = pipeline.RateResult{RetryAfter: ra}
+	}
+	return nil
+}
+
+// do runs c alone or in a batch; c.res and c.err are set when it
+// returns.
+func (s *Redis) do(ctx context.Context, c *call) {
+	s.mu.Lock()
+	s.pending = append(s.pending, c)
+	lead := !s.busy
+	s.busy = true
+	s.mu.Unlock()
+	if !lead && !<-c.wake {
+		return // a leader ran it
+	}
+	s.mu.Lock()
+	batch := s.pending
+	s.pending = nil
+	s.mu.Unlock()
+
+	if s.r.Timeout > 0 {
+		// The batch carries other sessions' calls: the leader's client
+		// going away must not fail them, so only the timeout bounds it.
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(context.WithoutCancel(ctx), s.r.Timeout)
+		defer cancel()
+	}
+	s.exec(ctx, batch)
+
+	s.mu.Lock()
+	if len(s.pending) > 0 {
+		s.pending[0].wake <- true // the next batch's leader
+	} else {
+		s.busy = false
+	}
+	s.mu.Unlock()
+	for _, b := range batch {
+		if b != c {
+			b.wake <- false
+		}
+	}
+}
+
+// exec runs a batch: one EVALSHA alone (EVAL after a NOSCRIPT), or a
+// pipeline of them (the script is loaded and the pipeline run again once
+// after a NOSCRIPT: the server restarted or flushed its scripts).
+func (s *Redis) exec(ctx context.Context, batch []*call) {
+	if len(batch) == 1 {
+		c := batch[0]
+		c.res, c.err = script.Run(ctx, s.r.Client, c.keys, c.args...).Int64Slice()
+		return
+	}
+	for try := 0; ; try++ {
+		pipe := s.r.Client.Pipeline()
+		cmds := make([]*redis.Cmd, len(batch))
+		for i, c := range batch {
+			cmds[i] = script.EvalSha(ctx, pipe, c.keys, c.args...)
+		}
+		_, err := pipe.Exec(ctx)
+		if try == 0 && err != nil && redis.HasErrorPrefix(err, "NOSCRIPT") {
+			if lerr := script.Load(ctx, s.r.Client).Err(); lerr == nil {
+				continue
+			}
+		}
+		for i, c := range batch {
+			c.res, c.err = cmds[i].Int64Slice()
+		}
+		return
+	}
+}
+
+var _ pipeline.RateStore = (*Redis)(nil)

@@ -1,0 +1,261 @@
+// Package ratelimit is the `ratelimit` built-in stage: GCRA limits on
+// messages, recipients or connections per client IP, identity, tenant,
+// envelope sender domain or recipient domain, kept in the node's
+// rate-limit store (internal/ratelimit: memory, or Redis for a cluster).
+// A message over a limit is refused with 450 4.7.1 (SMTP; code = 451 to
+// change it) naming the limit, at the SMTP phase where the key is known,
+// and with HTTP 429 and Retry-After over the API. Options and examples:
+// docs/ratelimit.md.
+//
+//	sluice.stage("limits", sluice.builtin.ratelimit {
+//	  store = "redis", on_store_error = "allow",
+//	  limits = {
+//	    { key = "tenant", rate = "1000/hour", burst = 50 },
+//	    { key = "recipient_domain", rate = "20/second", count = "recipients" },
+//	  },
+//	})
+//
+// Phases: count = "connections" at on_connect (client_ip only; SMTP
+// answers 421 and closes); count = "messages" at on_mail, except for
+// recipient_domain, charged at on_rcpt once per message and domain;
+// count = "recipients" at on_rcpt, one per recipient. The limits of one
+// hook are checked in one store call (one Redis round trip), all or
+// nothing: a message refused by one limit does not use up the others.
+//
+// State survives a reload while a limit's stage name, limit name, rate
+// and burst are unchanged (they make its store key); a changed limit
+// starts afresh. A limit whose key is unknown for a message (no
+// identity, no tenant, the null sender <>) does not apply to it.
+package ratelimit
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"strings"
+	"time"
+
+	"github.com/sluice-mta/sluice/pipeline"
+)
+
+// Kind is the built-in stage kind.
+const Kind = "ratelimit"
+
+func init() { pipeline.Register(Kind, New) }
+
+// Stage is a ratelimit stage. Safe for concurrent use once provisioned.
+type Stage struct {
+	name  string
+	opts  *options
+	store pipeline.RateStore
+	env   *pipeline.Env
+
+	connect, mail, rcpt []*limit // limits by hook
+}
+
+var (
+	_ pipeline.Stage       = (*Stage)(nil)
+	_ pipeline.ConnectHook = (*Stage)(nil)
+	_ pipeline.MailHook    = (*Stage)(nil)
+	_ pipeline.RcptHook    = (*Stage)(nil)
+	_ pipeline.HookLister  = (*Stage)(nil)
+	_ pipeline.Provisioner = (*Stage)(nil)
+	_ pipeline.Validator   = (*Stage)(nil)
+	_ pipeline.Bounded     = (*Stage)(nil)
+)
+
+// New is the stage's pipeline.Factory.
+func New(name string, o map[string]any) (pipeline.Stage, error) {
+	op, err := parseOptions(name, o)
+	if err != nil {
+		return nil, err
+	}
+	s := &Stage{name: name, opts: op}
+	for _, l := range op.limits {
+		switch {
+		case l.count == CountConnections:
+			s.connect = append(s.connect, l)
+		case l.count == CountRecipients || l.key == KeyRecipientDomain:
+			s.rcpt = append(s.rcpt, l)
+		default:
+			s.mail = append(s.mail, l)
+		}
+	}
+	return s, nil
+}
+
+// Name implements pipeline.Stage.
+func (s *Stage) Name() string { return s.name }
+
+// Hooks lists the hooks some limit needs (pipeline.HookLister).
+func (s *Stage) Hooks() []string {
+	var h []string
+	if len(s.connect) > 0 {
+		h = append(h, "on_connect")
+	}
+	if len(s.mail) > 0 {
+		h = append(h, "on_mail")
+	}
+	if len(s.rcpt) > 0 {
+		h = append(h, "on_rcpt")
+	}
+	return h
+}
+
+// Provision takes the node's rate-limit stores.
+func (s *Stage) Provision(env *pipeline.Env) error {
+	s.env = env
+	return nil
+}
+
+// Validate checks that the store asked for exists.
+func (s *Stage) Validate() error {
+	if s.env == nil || s.env.RateLimits == nil {
+		return fmt.Errorf("ratelimit: not provisioned with the node's rate-limit stores")
+	}
+	switch s.opts.store {
+	case "redis":
+		if s.env.RateLimits.Redis == nil {
+			return fmt.Errorf("store: \"redis\" needs sluice.redis { addr = \"127.0.0.1:6379\" } in the configuration (or use store = \"memory\")")
+		}
+		s.store = s.env.RateLimits.Redis
+	default:
+		s.store = s.env.RateLimits.Memory
+	}
+	return nil
+}
+
+// CallTimeout bounds every hook call (pipeline.Bounded), so the chain
+// does not start a timer per call: on Redis, sluice.redis's timeout
+// (Redis.Check applies it to the whole call, dial included); in memory a
+// check never waits, and 1 ms stands for that.
+func (s *Stage) CallTimeout() time.Duration {
+	if s.opts.store == "redis" && s.env != nil && s.env.Redis != nil && s.env.Redis.Timeout > 0 {
+		return s.env.Redis.Timeout
+	}
+	if s.opts.store == "redis" {
+		return 0
+	}
+	return time.Millisecond
+}
+
+// OnConnect charges count = "connections" limits.
+func (s *Stage) OnConnect(ctx context.Context, c *pipeline.Conn) (pipeline.Verdict, error) {
+	return s.check(ctx, s.connect, c, nil, nil)
+}
+
+// OnMail charges count = "messages" limits of keys known at MAIL FROM.
+func (s *Stage) OnMail(ctx context.Context, txn *pipeline.Txn) (pipeline.Verdict, error) {
+	return s.check(ctx, s.mail, txn.Conn, txn, nil)
+}
+
+// OnRcpt charges count = "recipients" limits, and recipient_domain
+// message limits for the first recipient of each domain.
+func (s *Stage) OnRcpt(ctx context.Context, txn *pipeline.Txn, r *pipeline.Recipient) (pipeline.Verdict, error) {
+	return s.check(ctx, s.rcpt, txn.Conn, txn, r)
+}
+
+// maxChecks is the stack buffer size for one hook's checks.
+const maxChecks = 8
+
+func (s *Stage) check(ctx context.Context, limits []*limit, c *pipeline.Conn, txn *pipeline.Txn, r *pipeline.Recipient) (pipeline.Verdict, error) {
+	var (
+		cb   [maxChecks]pipeline.RateCheck
+		ob   [maxChecks]pipeline.RateResult
+		used [maxChecks]*limit
+	)
+	checks, out, which := cb[:0], ob[:0], used[:0]
+	for _, l := range limits {
+		v := keyValue(l, c, txn, r)
+		if v == "" {
+			continue
+		}
+		checks = append(checks, pipeline.RateCheck{Key: l.prefix + v, Rate: l.rate, N: 1, Stage: s.name, Limit: l.name})
+		out = append(out, pipeline.RateResult{})
+		which = append(which, l)
+	}
+	if len(checks) == 0 {
+		return pipeline.Verdict{}, nil
+	}
+	if err := s.store.Check(ctx, checks, out); err != nil {
+		// Counted and logged (rate-limited) by the node's store.
+		if s.opts.onError == OnErrorTempfail {
+			return pipeline.TempfailVerdict(451, pipeline.EnhancedCode{4, 3, 0},
+				"Rate limits cannot be checked now, try again later"), nil
+		}
+		return pipeline.Verdict{}, nil
+	}
+	var refused *limit
+	var retry time.Duration
+	for i := range out {
+		if !out[i].Allowed {
+			if refused == nil {
+				refused = which[i]
+			}
+			retry = max(retry, out[i].RetryAfter)
+		}
+	}
+	if refused == nil {
+		return pipeline.Verdict{}, nil
+	}
+	secs := int64((retry + time.Second - 1) / time.Second)
+	v := pipeline.TempfailVerdict(s.opts.code, pipeline.EnhancedCode{4, 7, 1},
+		fmt.Sprintf("Rate limit %s exceeded (%s), try again in %d s", refused.name, refused.text, secs))
+	v.RetryAfter = retry
+	return v, nil
+}
+
+// keyValue is the value a limit counts per for this event, or "" when it
+// does not apply.
+func keyValue(l *limit, c *pipeline.Conn, txn *pipeline.Txn, r *pipeline.Recipient) string {
+	switch l.key {
+	case KeyClientIP:
+		if c == nil || !c.RemoteIP.IsValid() {
+			return ""
+		}
+		return clientKey(c.RemoteIP)
+	case KeyIdentity:
+		if c == nil || c.Identity == nil || c.Identity.Name == "" {
+			return ""
+		}
+		return c.Identity.Method + ":" + c.Identity.Name
+	case KeyTenant:
+		if c == nil {
+			return ""
+		}
+		return c.Tenant()
+	case KeySenderDomain:
+		if txn == nil {
+			return ""
+		}
+		i := strings.LastIndexByte(txn.Sender, '@')
+		if i < 0 {
+			return "" // the null sender <>
+		}
+		return strings.ToLower(txn.Sender[i+1:])
+	case KeyRecipientDomain:
+		if r == nil {
+			return ""
+		}
+		if l.count == CountMessages && txn != nil {
+			for _, x := range txn.Recipients {
+				if x.Domain == r.Domain {
+					return "" // this message already counted for the domain
+				}
+			}
+		}
+		return r.Domain
+	}
+	return ""
+}
+
+// clientKey is an IPv4 address, or an IPv6 address's /64 (one host
+// usually holds a whole /64).
+func clientKey(a netip.Addr) string {
+	a = a.Unmap()
+	if a.Is6() {
+		p, _ := a.Prefix(64)
+		return p.String()
+	}
+	return a.String()
+}
