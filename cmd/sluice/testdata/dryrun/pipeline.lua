@@ -1,12 +1,15 @@
 -- The configuration of the `sluice test` golden traces (test_cmd_test.go):
--- a Lua script stage, an inline Lua stage and a plugin stage (the stamp
--- test plugin, built by the test into ./stamp).
+-- a built-in stage (ratelimit), a Lua script stage, an inline Lua stage and
+-- a plugin stage (the stamp test plugin, built by the test into ./stamp).
 local sluice = require("sluice")
 
 sluice.node { name = "test-1", hostname = "mx.example.test" }
 sluice.local_domains { "example.test" }
 sluice.listen_smtp { addr = "127.0.0.1:0", relay_networks = { "10.0.0.0/8" } }
 
+sluice.stage("limits", sluice.builtin.ratelimit {
+  limits = { { key = "recipient_domain", rate = "2/hour", burst = 2, count = "recipients" } },
+})
 sluice.stage("sender-policy", sluice.lua("../../../../scripts/sender_policy.lua"))
 sluice.stage("policy", {
   on_rcpt = function(txn, rcpt)
