@@ -17,7 +17,7 @@ func TestHelpExitsZero(t *testing.T) {
 		{}, {"serve"}, {"check"}, {"reload"}, {"test"}, {"test-scripts"}, {"version"},
 		{"apikey"}, {"apikey", "create"}, {"apikey", "list"}, {"apikey", "revoke"},
 		{"send"}, {"suppression"}, {"suppression", "list"}, {"suppression", "add"}, {"suppression", "remove"},
-		{"passwd"}, {"health"}, {"token"}, {"token", "keygen"}, {"token", "issue"},
+		{"passwd"}, {"health"}, {"token"}, {"token", "keygen"}, {"token", "issue"}, {"token", "revoke"},
 	}
 	for _, cmd := range commands {
 		forms := []string{"-h", "--help"}
