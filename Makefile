@@ -27,7 +27,8 @@ run: build
 	./$(BIN) serve -c $(CONFIG)
 
 # Installs test prerequisites (Debian's redis-server for the cluster tests,
-# Debian's python3 gRPC for the Python plugin example), then runs every
+# Debian's python3 gRPC for the Python plugin example, Debian's python3-dkim
+# for the DKIM interop tests), then runs every
 # test with the race detector.
 deps:
 	$(GO) mod download
@@ -49,6 +50,17 @@ deps:
 	      echo "deps: WARNING: apt-get install failed: the Python plugin example's tests will be SKIPPED"; \
 	  else \
 	    echo "deps: WARNING: /usr/bin/python3 lacks grpc and we cannot apt-get install it (not root, or no apt): the Python plugin example's tests will be SKIPPED"; \
+	  fi
+
+	@# DKIM tests check our signatures with an independent verifier: Debian's
+	@# python3-dkim (dkimpy) for /usr/bin/python3.
+	@/usr/bin/python3 -c 'import dkim' 2>/dev/null || \
+	  if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	    echo "deps: installing python3-dkim (DKIM interop tests)"; \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3 python3-dkim >/dev/null) || \
+	      echo "deps: WARNING: apt-get install python3-dkim failed: the DKIM interop tests will be SKIPPED"; \
+	  else \
+	    echo "deps: WARNING: /usr/bin/python3 lacks dkim and we cannot apt-get install it (not root, or no apt): the DKIM interop tests will be SKIPPED"; \
 	  fi
 
 test: deps build
@@ -89,10 +101,12 @@ clean:
 # generators are pinned here.
 PROTOC_GEN_GO      := google.golang.org/protobuf/cmd/protoc-gen-go@v1.36.12
 PROTOC_GEN_GO_GRPC := google.golang.org/grpc/cmd/protoc-gen-go-grpc@v1.5.1
+PROTOC_GEN_VTPROTO := github.com/planetscale/vtprotobuf/cmd/protoc-gen-go-vtproto@v0.6.1-0.20240319094008-0393e58bdf10
 
 proto-tools:
 	$(GO) install $(PROTOC_GEN_GO)
 	$(GO) install $(PROTOC_GEN_GO_GRPC)
+	$(GO) install $(PROTOC_GEN_VTPROTO)
 
 proto: proto-tools
 	plugins/proto/gen.sh

@@ -63,6 +63,7 @@ type Chain struct {
 	message []MessageHook
 	route   []RouteHook
 	event   []EventHook
+	sign    []SignHook
 	bounded map[Stage]bool // stages whose own deadline replaces StageTimeout
 }
 
@@ -119,6 +120,9 @@ func Compile(stages []Stage, opts ChainOptions) (*Chain, error) {
 		}
 		if h, ok := s.(EventHook); ok && has("on_event") {
 			c.event = append(c.event, h)
+		}
+		if h, ok := s.(SignHook); ok {
+			c.sign = append(c.sign, h)
 		}
 	}
 	return c, nil
@@ -322,23 +326,15 @@ func (c *Chain) Rcpt(ctx context.Context, txn *Txn, r *Recipient) error {
 
 // Message runs on_message. It first applies the header edits stages made
 // at on_mail and on_rcpt, and at the end writes the transaction's
-// authentication results as one Authentication-Results field. It returns
+// authentication results as one Authentication-Results field, then runs
+// the sign hooks (SignHook) over the final header and body. It returns
 // discard=true with the reason when a stage discarded the message (accept
-// and drop).
+// and drop): a discarded message is not signed.
 func (c *Chain) Message(ctx context.Context, msg *Message) (discard bool, reason string, err error) {
 	if len(msg.headerEdits) > 0 {
 		ApplyHeaderEdits(&msg.Header, msg.headerEdits)
 		msg.headerEdits = nil
 	}
-	defer func() {
-		if err == nil && !discard && len(msg.AuthResults) > 0 {
-			id := c.opts.AuthServID
-			if id == "" {
-				id = "localhost"
-			}
-			msg.Header.Add("Authentication-Results", AuthenticationResults(id, msg.AuthResults))
-		}
-	}()
 	for _, h := range c.message {
 		st := h.(Stage)
 		v, err := c.call(ctx, st, "on_message", msg.Txn, nil, func(ctx context.Context) (Verdict, error) { return h.OnMessage(ctx, msg) })
@@ -360,7 +356,27 @@ func (c *Chain) Message(ctx context.Context, msg *Message) (discard bool, reason
 		}
 		break
 	}
-	return false, "", nil
+	return false, "", c.finish(ctx, msg)
+}
+
+// finish writes the Authentication-Results field and runs the sign hooks,
+// in stage order: the last edits a message gets before it is spooled.
+func (c *Chain) finish(ctx context.Context, msg *Message) error {
+	if len(msg.AuthResults) > 0 {
+		id := c.opts.AuthServID
+		if id == "" {
+			id = "localhost"
+		}
+		msg.Header.Add("Authentication-Results", AuthenticationResults(id, msg.AuthResults))
+	}
+	for _, h := range c.sign {
+		st := h.(Stage)
+		_, err := c.call(ctx, st, "sign", msg.Txn, nil, func(ctx context.Context) (Verdict, error) { return Verdict{}, h.Sign(ctx, msg) })
+		if err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // Route runs on_route for one recipient and returns its route: the first

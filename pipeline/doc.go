@@ -9,7 +9,8 @@
 // Message, and call the Chain at each hook point. Stages (built-in Go, Lua,
 // and later plugin binaries) implement Stage plus any subset of the hook
 // interfaces (ConnectHook, HeloHook, AuthHook, MailHook, RcptHook,
-// MessageHook, RouteHook, EventHook); the Chain discovers which by type
+// MessageHook, RouteHook, EventHook, and SignHook: the sign step after
+// every on_message edit, for DKIM); the Chain discovers which by type
 // assertion once, when it is compiled, never per message.
 //
 // Goroutine safety: a Conn, Txn and Message belong to one session goroutine

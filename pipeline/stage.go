@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"net/netip"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 )
 
@@ -62,6 +64,23 @@ type EventHook interface {
 	OnEvent(ctx context.Context, ev *Event) error
 }
 
+// SignHook is implemented by stages that seal a message (DKIM signing).
+// The chain calls Sign once per message after every on_message stage has
+// run and its edits were applied, and after the Authentication-Results
+// field was written, so msg.Header and msg.Body are exactly what will be
+// spooled (Message.WriteTo); nothing edits the header after it. Sign
+// prepends its fields itself (msg.Header.AddRaw, which keeps a folded
+// value as is) and must prepend only: the fields below are what it signed.
+// Signers run in stage order, each seeing the fields the previous ones
+// added. It is not called for a discarded or refused message. An error is
+// a stage failure (a temporary failure unless it is an *Error); a stage
+// that prefers to send unsigned returns nil. Sign is called concurrently
+// for different messages. It is a Go-only hook: Lua and plugin stages
+// influence it through scratch values the signer reads.
+type SignHook interface {
+	Sign(ctx context.Context, msg *Message) error
+}
+
 // HookLister is implemented by stages whose type has every hook method but
 // that serve only some of them (a Lua table defines the hooks it wants, a
 // plugin declares its hooks at handshake). Compile registers only the
@@ -95,7 +114,18 @@ type Env struct {
 	Logger   *slog.Logger // already carries the stage's name
 	Resolver Resolver     // the node's DNS resolver (caching, TTL-aware)
 	Hostname string       // this node's host name (EHLO, Received, authserv-id)
-	Node     string       // this node's name in events
+	// ConfigDir is the directory of the configuration file: relative
+	// paths in a stage's options (key files) are relative to it. "" means
+	// the working directory.
+	ConfigDir string
+	Node      string // this node's name in events
+	// Metrics is the node's metrics registry (internal/metrics, served by
+	// sluice.listen_admin); nil when the node serves none (sluice check):
+	// register nothing then. Stages are built again on every reload, so
+	// register a collector once per registry and reuse it
+	// (metrics.RegisterOnce); names start with sluice_, labels are
+	// bounded.
+	Metrics prometheus.Registerer
 	// Redis is the node's shared Redis (sluice.redis); nil when the
 	// configuration declares none, and a stage then keeps its state on
 	// this node (or refuses to validate if it cannot).
@@ -125,6 +155,23 @@ type Redis struct {
 // temporary. TTLs are the records' remaining TTL.
 type Resolver interface {
 	LookupTXT(ctx context.Context, name string) ([]string, time.Duration, error)
+}
+
+// HostResolver is the rest of the node's DNS, for stages that need more
+// than TXT records (SPF's a, mx and ptr mechanisms, RFC 7208 section 5).
+// The node's Env.Resolver implements it; a stage that needs it asserts it
+// in Provision and fails to load without it. Outcomes are Resolver's: a
+// name without records of the type is ErrDNSNotFound, any other error is
+// temporary. Names come back lower-case without the trailing dot.
+type HostResolver interface {
+	Resolver
+	// LookupMX returns the exchanger host names of domain, most preferred
+	// first.
+	LookupMX(ctx context.Context, domain string) ([]string, time.Duration, error)
+	// LookupIP returns host's IPv4 and IPv6 addresses.
+	LookupIP(ctx context.Context, host string) ([]netip.Addr, time.Duration, error)
+	// LookupPTR returns the names of ip's PTR records.
+	LookupPTR(ctx context.Context, ip netip.Addr) ([]string, time.Duration, error)
 }
 
 // ErrDNSNotFound reports that a name has no records of the type asked

@@ -4,7 +4,9 @@ import (
 	"bufio"
 	"bytes"
 	"fmt"
+	"io"
 	"net/netip"
+	"strings"
 	"time"
 
 	"github.com/emersion/go-message/textproto"
@@ -293,18 +295,48 @@ func isFieldLine(line []byte) bool {
 	return i < len(line) && line[i] == ':'
 }
 
+// HeaderEnded reports whether the header section is ended by an empty
+// line, as RFC 5322 section 2.1 requires. It is false for a message that
+// came without one (fields followed directly by body text, or only body
+// text), which Bytes writes back as it came: a DKIM signer cannot sign
+// such a message, since verifiers cannot tell its header from its body.
+func (m *Message) HeaderEnded() bool { return !m.noBlank }
+
 // Bytes serialises the header and body as they will be spooled and sent.
 func (m *Message) Bytes() ([]byte, error) {
 	var buf bytes.Buffer
 	buf.Grow(len(m.Body) + 1024)
-	if err := textproto.WriteHeader(&buf, m.Header); err != nil {
+	if err := m.writeHeader(&buf); err != nil {
 		return nil, err
+	}
+	buf.Write(m.Body)
+	return buf.Bytes(), nil
+}
+
+// writeHeader writes the header section as Bytes does.
+func (m *Message) writeHeader(buf *bytes.Buffer) error {
+	if err := textproto.WriteHeader(buf, m.Header); err != nil {
+		return err
 	}
 	if m.noBlank {
 		buf.Truncate(buf.Len() - 2) // the empty line WriteHeader ends with
 	}
-	buf.Write(m.Body)
-	return buf.Bytes(), nil
+	return nil
+}
+
+// WriteTo writes what Bytes returns to w without building a copy (a
+// signer hashes the message this way).
+func (m *Message) WriteTo(w io.Writer) (int64, error) {
+	var hdr bytes.Buffer
+	if err := m.writeHeader(&hdr); err != nil {
+		return 0, err
+	}
+	n, err := w.Write(hdr.Bytes())
+	if err != nil {
+		return int64(n), err
+	}
+	nb, err := w.Write(m.Body)
+	return int64(n + nb), err
 }
 
 // Route kinds. Later kinds (capture, hold, drop) get their own constants.
@@ -329,6 +361,10 @@ type Route struct {
 	TLS      string `json:"tls,omitempty"`       // TLS policy; "" = delivery default
 	AuthUser string `json:"auth_user,omitempty"` // relay: optional SMTP AUTH PLAIN
 	AuthPass string `json:"auth_pass,omitempty"`
+	// Pool names the egress pool (sluice.egress) the recipient leaves
+	// from; "" is the default pool (or the host's own address when no
+	// egress is configured).
+	Pool string `json:"pool,omitempty"`
 }
 
 // MX is the default route: look up the recipient domain's MX hosts.
@@ -347,6 +383,9 @@ func (r *Route) Validate() error {
 		}
 	default:
 		return fmt.Errorf("unknown route kind %q (want mx or relay)", r.Kind)
+	}
+	if len(r.Pool) > 64 || strings.ContainsAny(r.Pool, " |\r\n") {
+		return fmt.Errorf("route pool %q: want a pool name of at most 64 characters without spaces", r.Pool)
 	}
 	switch r.TLS {
 	case "", TLSOpportunistic, TLSRequired, TLSNone:

@@ -35,6 +35,7 @@ Usage:
   sluice suppression list|add|remove ...   manage the tenant's suppression list via the HTTP API
   sluice passwd  USER [--tenant T] [--sender D]...   hash a password into a users file line (SMTP AUTH)
   sluice token   keygen|issue ...   make token signing keys; sign a short-lived token locally
+  sluice dkim    keygen --domain D --selector S [--algo rsa|ed25519] [--out DIR]   make a DKIM key; print its TXT record
   sluice test    -c FILE [--from A] [--to B]... [FILE.eml]   dry-run a message through the pipeline
                              and print each stage's verdict, the routes and the reply (nothing is spooled)
   sluice test    -c FILE --route ADDRESS   where would mail to ADDRESS go?
@@ -82,6 +83,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return runPasswd(args[1:], stdout, stderr)
 	case "token":
 		return runToken(args[1:], stdout, stderr)
+	case "dkim":
+		return runDKIM(args[1:], stdout, stderr)
 	case "version", "--version", "-v":
 		return runVersion(args[1:], stdout, stderr)
 	case "test":

@@ -18,6 +18,7 @@ func TestHelpExitsZero(t *testing.T) {
 		{"apikey"}, {"apikey", "create"}, {"apikey", "list"}, {"apikey", "revoke"},
 		{"send"}, {"suppression"}, {"suppression", "list"}, {"suppression", "add"}, {"suppression", "remove"},
 		{"passwd"}, {"health"}, {"token"}, {"token", "keygen"}, {"token", "issue"}, {"token", "revoke"},
+		{"dkim"}, {"dkim", "keygen"},
 	}
 	for _, cmd := range commands {
 		forms := []string{"-h", "--help"}

@@ -14,7 +14,12 @@
 # on (the plugin, over its Calls stream: protocol 1.1, the SDK's default),
 # unary (the same plugin served with sdk.WithoutStreaming through its
 # STAMP_UNARY environment variable: one unary RPC per call, as a protocol 1.0 plugin;
-# stamp only), e.g. MODES="off on unary".
+# stamp only), fields (the header as one entry per field, as a protocol 1.1
+# plugin: sdk.WithHeaderFields through STAMP_FIELDS; stamp only), e.g.
+# MODES="off on unary fields", procs1 (the plugin with GOMAXPROCS=1 in
+# its env). With OLD_SLUICE and OLD_STAMP (paths of a
+# relay and a stamp plugin built from an earlier commit), mode "old" runs
+# those, plugin on: before and after in one run.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROUNDS=${ROUNDS:-4}
@@ -56,12 +61,17 @@ for r in $(seq "$ROUNDS"); do
     W=$(mktemp -d /tmp/sluice-plugbench.XXXXXX)
     sed -e "s#{{SPOOL}}#$W/spool#" -e "s#{{EVENTS}}#$W/events.jsonl#" examples/bench/relay.lua > "$W/relay.lua"
     echo 'sluice.listen_admin { addr = "127.0.0.1:9102" }' >> "$W/relay.lua"
+    SLUICE=bin/sluice; MCMD=$PCMD
+    [ "$mode" = old ] && { SLUICE=${OLD_SLUICE:?mode old needs OLD_SLUICE}; MCMD=${OLD_STAMP:?mode old needs OLD_STAMP}; }
     if [ "$mode" != off ]; then
-      PENV='{}'; [ "$mode" = unary ] && PENV='{ STAMP_UNARY = "1" }'
+      PENV='{}'
+      [ "$mode" = unary ] && PENV='{ STAMP_UNARY = "1" }'
+      [ "$mode" = fields ] && PENV='{ STAMP_FIELDS = "1" }'
+      [ "$mode" = procs1 ] && PENV='{ GOMAXPROCS = "1" }'
       # The plugin stage goes before the routing stage: insert it after "stamp".
-      awk -v cmd="$PCMD" -v cfg="$PCFG" -v env="$PENV" '/^sluice.stage\("routing"/ { print "sluice.stage(\"plugin\", sluice.plugin { cmd = \"" cmd "\", timeout = \"2s\", env = " env ", config = " cfg " })\n" } { print }' "$W/relay.lua" > "$W/r2" && mv "$W/r2" "$W/relay.lua"
+      awk -v cmd="$MCMD" -v cfg="$PCFG" -v env="$PENV" '/^sluice.stage\("routing"/ { print "sluice.stage(\"plugin\", sluice.plugin { cmd = \"" cmd "\", timeout = \"2s\", env = " env ", config = " cfg " })\n" } { print }' "$W/relay.lua" > "$W/r2" && mv "$W/r2" "$W/relay.lua"
     fi
-    bin/sluice serve -c "$W/relay.lua" -log-level warn 2> "$W/sluice.log" &
+    "$SLUICE" serve -c "$W/relay.lua" -log-level warn 2> "$W/sluice.log" &
     pid=$!
     for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/2605) 2>/dev/null && break; sleep 0.1; done
     bin/sluice-bench smtp -target 127.0.0.1:2605 -sink 127.0.0.1:2602 -n 1000 -c "$SESSIONS" -size "$SIZE" > /dev/null

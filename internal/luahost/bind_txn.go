@@ -26,6 +26,7 @@ import (
 //	txn.sender      envelope sender ("" for the null sender <>)
 //	txn.recipients  list of accepted recipient addresses (a copy)
 //	txn.conn        the connection (see conn)
+//	txn.auth        authentication results so far, method → result (see bind_auth.go)
 //	msg.size        size in bytes of the header and body as they would be spooled now
 //
 // Methods (call with a colon):
@@ -71,6 +72,9 @@ func (st *state) txnIndex(L *lua.LState) int {
 			t.Append(lua.LString(r.Address))
 		}
 		L.Push(t)
+		return 1
+	case "auth":
+		L.Push(authTable(L, txn.AuthResults))
 		return 1
 	case "conn":
 		if txn.Conn == nil {

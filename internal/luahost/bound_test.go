@@ -130,17 +130,19 @@ func TestExpensiveBuiltinsAreBounded(t *testing.T) {
 // after it.
 func checkBounded(t *testing.T, timeout, elapsed, cpu time.Duration) {
 	t.Helper()
-	// 50 ms target, plus slack for a shared 2-core test box.
-	if elapsed > timeout+250*time.Millisecond {
+	// Not a speed measurement: the bound only tells "stopped near the
+	// deadline" from "ran the work to its end" (seconds of CPU for these
+	// cases), with room for a loaded 2-core box under the race detector.
+	if elapsed > timeout+2*time.Second {
 		t.Fatalf("answered after %v with a %v deadline", elapsed, timeout)
 	}
-	if cpu > timeout+400*time.Millisecond {
+	if cpu > timeout+3*time.Second {
 		t.Fatalf("used %v of CPU with a %v deadline", cpu, timeout)
 	}
 	// Back to idle: nothing keeps running after the answer.
 	cpu1 := cpuTime(t)
 	time.Sleep(200 * time.Millisecond)
-	if idle := cpuTime(t) - cpu1; idle > 60*time.Millisecond {
+	if idle := cpuTime(t) - cpu1; idle > 150*time.Millisecond {
 		t.Fatalf("%v of CPU in the 200ms after the answer: something still runs", idle)
 	}
 }

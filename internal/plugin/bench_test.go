@@ -1,11 +1,13 @@
 package plugin
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"log/slog"
 	"os"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -37,21 +39,27 @@ func benchMessage(b *testing.B) *pipeline.Message {
 // the header and adds a field (testdata/stamp), through the host's Stage
 // with metrics on, as the chain makes it. Reports the p50 and p99 call
 // latency in µs besides ns/op; "serial" is one call at a time, "parallel"
-// GOMAXPROCS×4 goroutines (a loaded relay). "stream" is the Calls stream
-// (protocol 1.1, the SDK's default), "unary" one RPC per call (the plugin
-// served with sdk.WithoutStreaming, as a protocol 1.0 plugin), both in
-// the same run.
+// GOMAXPROCS×4 goroutines (a loaded relay). "stream" is the SDK's default
+// (the Calls stream of protocol 1.1, the header as one block of protocol
+// 1.2), "unary" one RPC per call (sdk.WithoutStreaming, as a protocol 1.0
+// plugin), "fields" the stream with the header as one entry per field
+// (sdk.WithHeaderFields, as a protocol 1.1 plugin), "procs1" the default
+// with GOMAXPROCS=1 in the plugin's environment, all in the same run.
+// host-cpu-µs/op and plugin-cpu-µs/op are the CPU time of each process
+// per call (the host's includes the benchmark's own loop).
 func BenchmarkPluginOnMessage(b *testing.B) {
 	for _, c := range []struct {
-		name  string
-		unary bool
-		par   bool
-	}{{"stream/serial", false, false}, {"unary/serial", true, false}, {"stream/parallel", false, true}, {"unary/parallel", true, true}} {
+		name string
+		env  string // for the plugin: the transport or header form to use
+		par  bool
+	}{
+		{"stream/serial", "", false}, {"unary/serial", "STAMP_UNARY=1", false},
+		{"stream/parallel", "", true}, {"unary/parallel", "STAMP_UNARY=1", true},
+		{"fields/serial", "STAMP_FIELDS=1", false}, {"fields/parallel", "STAMP_FIELDS=1", true},
+		{"procs1/serial", "GOMAXPROCS=1", false}, {"procs1/parallel", "GOMAXPROCS=1", true},
+	} {
 		par := c.par
-		env := []string{"STAMP_CPUPROFILE=" + os.Getenv("STAMP_CPUPROFILE")}
-		if c.unary {
-			env = append(env, "STAMP_UNARY=1")
-		}
+		env := []string{"STAMP_CPUPROFILE=" + os.Getenv("STAMP_CPUPROFILE"), c.env}
 		b.Run(c.name, func(b *testing.B) {
 			m, err := NewMetrics(prometheus.NewRegistry())
 			if err != nil {
@@ -79,6 +87,7 @@ func BenchmarkPluginOnMessage(b *testing.B) {
 			var mu sync.Mutex
 			lat := make([]time.Duration, 0, b.N)
 			b.ReportAllocs()
+			h0, p0 := cpuTime(b, 0), cpuTime(b, s.PID())
 			b.ResetTimer()
 			if par {
 				b.SetParallelism(4)
@@ -97,9 +106,37 @@ func BenchmarkPluginOnMessage(b *testing.B) {
 				}
 			}
 			b.StopTimer()
+			// CPU per call on each side: on 2 busy cores, CPU is what a
+			// call takes off the relay's throughput.
+			b.ReportMetric(float64((cpuTime(b, 0)-h0).Microseconds())/float64(b.N), "host-cpu-µs/op")
+			b.ReportMetric(float64((cpuTime(b, s.PID())-p0).Microseconds())/float64(b.N), "plugin-cpu-µs/op")
 			slices.Sort(lat)
 			b.ReportMetric(float64(lat[len(lat)/2].Microseconds()), "p50-µs")
 			b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds()), "p99-µs")
 		})
 	}
 }
+
+// cpuTime is the user+system CPU time of process pid (0: this process)
+// from /proc (Linux; the benchmark skips elsewhere).
+func cpuTime(b *testing.B, pid int) time.Duration {
+	b.Helper()
+	p := "self"
+	if pid != 0 {
+		p = strconv.Itoa(pid)
+	}
+	data, err := os.ReadFile("/proc/" + p + "/stat")
+	if err != nil {
+		b.Skipf("no /proc: %v", err)
+	}
+	// Fields after the command name (which may hold spaces) in ")":
+	// utime and stime are fields 14 and 15 of the line, 12 and 13 here.
+	f := strings.Fields(string(data[bytes.LastIndexByte(data, ')')+1:]))
+	ut, _ := strconv.ParseInt(f[11], 10, 64)
+	st, _ := strconv.ParseInt(f[12], 10, 64)
+	return time.Duration(ut+st) * time.Second / clockTicks
+}
+
+// clockTicks is USER_HZ, the unit of /proc/PID/stat's times: 100 on
+// every Linux architecture Go supports.
+const clockTicks = 100

@@ -211,6 +211,10 @@ func bigBody(req *stagev1.CallRequest) bool {
 // has one that works and the message is not large, else as a unary RPC.
 // A failure is a gRPC status error, as from a unary call.
 func (inst *instance) call(ctx context.Context, req *stagev1.CallRequest) (*stagev1.CallResponse, error) {
+	req, err := inst.forInstance(req)
+	if err != nil {
+		return nil, status.Error(codes.Internal, err.Error())
+	}
 	if m := inst.mux; m != nil && !bigBody(req) {
 		r, err := m.call(ctx, req)
 		if err != errStreamDown {

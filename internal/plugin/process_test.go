@@ -1,6 +1,7 @@
 package plugin
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -30,15 +31,41 @@ func closeWithin(t *testing.T, s *Stage, bound time.Duration) {
 	}
 }
 
+// freeze stops process pid with SIGSTOP and waits until every thread of
+// it is stopped: the signal takes effect asynchronously, and a call made
+// at once could still be answered (a call takes well under a
+// millisecond).
+func freeze(t *testing.T, pid int) {
+	t.Helper()
+	if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "every thread of the plugin to stop", func() bool {
+		tasks, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+		if err != nil || len(tasks) == 0 {
+			return false
+		}
+		for _, task := range tasks {
+			b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/stat", pid, task.Name()))
+			if err != nil {
+				return false
+			}
+			f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+1:]))
+			if len(f) == 0 || f[0] != "T" {
+				return false
+			}
+		}
+		return true
+	})
+}
+
 // TestFrozenPluginRestarts: a SIGSTOPped plugin never answers go-plugin's
 // graceful shutdown; the supervisor must kill it, start a new process,
 // and Close must not hang on a frozen one either.
 func TestFrozenPluginRestarts(t *testing.T) {
 	s, lb := start(t, "ok", Options{HealthInterval: 50 * time.Millisecond, Timeout: 300 * time.Millisecond})
 	pid := s.PID()
-	if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
-		t.Fatal(err)
-	}
+	freeze(t, pid)
 	t.Cleanup(func() { syscall.Kill(pid, syscall.SIGKILL) })
 	// Calls meanwhile follow on_error (tempfail): a CallError.
 	_, err := s.OnMessage(context.Background(), message(t, "x"))
@@ -54,9 +81,7 @@ func TestFrozenPluginRestarts(t *testing.T) {
 	}
 	// Freeze the new one and close: Close kills it after the grace period.
 	pid2 := s.PID()
-	if err := syscall.Kill(pid2, syscall.SIGSTOP); err != nil {
-		t.Fatal(err)
-	}
+	freeze(t, pid2)
 	closeWithin(t, s, killGrace+reapWait+5*time.Second)
 	if alive(pid2) {
 		t.Fatalf("frozen plugin %d still alive after Close", pid2)

@@ -16,7 +16,6 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 	goplugin "github.com/hashicorp/go-plugin"
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -151,6 +150,9 @@ type instance struct {
 	rpc    stagev1.StageClient
 	mux    *mux // the Calls stream; nil when the plugin does not stream
 	pid    int
+	// headerBlock: the plugin reads the header as one block (protocol
+	// 1.2, DescribeResponse.header_block).
+	headerBlock bool
 }
 
 var (
@@ -311,8 +313,7 @@ func (g *group) launch() (*instance, *stagev1.DescribeResponse, error) {
 		Stderr:           io.MultiWriter(&lineLogger{log: g.log, stream: "stderr", lim: lim}, stderr),
 		SyncStderr:       &lineLogger{log: g.log, stream: "stderr", lim: lim},
 		SyncStdout:       &lineLogger{log: g.log, stream: "stdout", lim: lim},
-		GRPCDialOptions: []grpc.DialOption{grpc.WithDefaultCallOptions(
-			grpc.MaxCallRecvMsgSize(sdk.MaxMessageSize), grpc.MaxCallSendMsgSize(sdk.MaxMessageSize))},
+		GRPCDialOptions:  sdk.DialOptions(),
 	})
 	fail := func(what string, err error) (*instance, *stagev1.DescribeResponse, error) {
 		pid := 0
@@ -343,7 +344,7 @@ func (g *group) launch() (*instance, *stagev1.DescribeResponse, error) {
 	if err != nil {
 		return fail("describe", statusErr(err))
 	}
-	inst := &instance{client: client, rpc: rpc}
+	inst := &instance{client: client, rpc: rpc, headerBlock: desc.HeaderBlock}
 	if cmd.Process != nil {
 		inst.pid = cmd.Process.Pid
 	}
@@ -839,14 +840,24 @@ func (s *Stage) OnRcpt(ctx context.Context, txn *pipeline.Txn, rcpt *pipeline.Re
 // OnMessage implements pipeline.MessageHook. The header and body are sent
 // only as far as the plugin's Describe asked.
 func (s *Stage) OnMessage(ctx context.Context, msg *pipeline.Message) (pipeline.Verdict, error) {
+	m, done, err := s.message(msg)
+	if err != nil {
+		return s.onError("on_message", err)
+	}
+	defer done()
 	return s.invoke(ctx, "on_message", &stagev1.CallRequest{Call: &stagev1.CallRequest_Message{
-		Message: &stagev1.MessageRequest{Message: conv.Message(msg, s.g.desc.Body)}}})
+		Message: &stagev1.MessageRequest{Message: m}}})
 }
 
 // OnRoute implements pipeline.RouteHook.
 func (s *Stage) OnRoute(ctx context.Context, msg *pipeline.Message, rcpt *pipeline.Recipient) (pipeline.Verdict, error) {
+	m, done, err := s.message(msg)
+	if err != nil {
+		return s.onError("on_route", err)
+	}
+	defer done()
 	return s.invoke(ctx, "on_route", &stagev1.CallRequest{Call: &stagev1.CallRequest_Route{
-		Route: &stagev1.RouteRequest{Message: conv.Message(msg, s.g.desc.Body), Rcpt: conv.Recipient(rcpt)}}})
+		Route: &stagev1.RouteRequest{Message: m, Rcpt: conv.Recipient(rcpt)}}})
 }
 
 // OnEvent implements pipeline.EventHook. A failure is returned (and

@@ -44,6 +44,7 @@ import (
 	"github.com/sluice-mta/sluice/internal/ratelimit"
 	"github.com/sluice-mta/sluice/internal/relay"
 	"github.com/sluice-mta/sluice/internal/revoke"
+	"github.com/sluice-mta/sluice/internal/shaping"
 	"github.com/sluice-mta/sluice/internal/smtpsrc"
 	"github.com/sluice-mta/sluice/internal/spool"
 	"github.com/sluice-mta/sluice/internal/token"
@@ -60,6 +61,7 @@ type Server struct {
 
 	sp     *spool.Spool
 	q      *queue.Queue
+	shaper *shaping.Shaper // nil: no sluice.shaping or sluice.egress
 	relay  *relay.Relay
 	ex     *events.Exporter
 	sinks  []events.Sink
@@ -138,7 +140,7 @@ func New(cfg *config.Config, log *slog.Logger) (*Server, error) {
 		return nil, err
 	}
 	s.limits = ratelimit.NewNode(s.redis, rm, log)
-	p, err := buildPipeline(cfg, log, res, shared{pool: s.plugins, redis: s.redis, limits: s.limits})
+	p, err := buildPipeline(cfg, log, res, shared{pool: s.plugins, redis: s.redis, limits: s.limits, metrics: s.registerer()})
 	if err != nil {
 		closeRedis(s.redis)
 		return nil, err
@@ -239,9 +241,10 @@ func BuildPipeline(cfg *config.Config, log *slog.Logger, res dnsx.Resolver) (*re
 
 // shared is what the pipelines of one node share.
 type shared struct {
-	pool     *plugin.Pool    // nil: each plugin stage starts its own processes
-	redis    *pipeline.Redis // nil: no sluice.redis
-	ownRedis bool            // close redis with the pipeline
+	pool     *plugin.Pool          // nil: each plugin stage starts its own processes
+	metrics  prometheus.Registerer // nil: stages register no metrics
+	redis    *pipeline.Redis       // nil: no sluice.redis
+	ownRedis bool                  // close redis with the pipeline
 	// limits are the node's rate-limit stores; nil: the pipeline gets
 	// its own (BuildPipeline, for check and test).
 	limits *pipeline.RateLimits
@@ -311,7 +314,8 @@ func buildStage(cfg *config.Config, spec config.StageSpec, host *luahost.Host, l
 			return nil, err
 		}
 		if p, ok := st.(pipeline.Provisioner); ok {
-			env := &pipeline.Env{Logger: log.With("stage", spec.Name), Resolver: txtResolver{res}, Hostname: hostname, Node: cfg.Node, Redis: sh.redis, RateLimits: sh.limits}
+			env := &pipeline.Env{Logger: log.With("stage", spec.Name), Resolver: dnsx.ForStages(res), Hostname: hostname, Node: cfg.Node, Redis: sh.redis,
+				RateLimits: sh.limits, ConfigDir: configDir(cfg), Metrics: sh.metrics}
 			if err := p.Provision(env); err != nil {
 				closeStage(st)
 				return nil, err
@@ -340,20 +344,6 @@ func closeStage(st pipeline.Stage) {
 	if c, ok := st.(pipeline.Closer); ok {
 		_ = c.Close()
 	}
-}
-
-// txtResolver adapts dnsx to pipeline.Resolver.
-type txtResolver struct{ r dnsx.Resolver }
-
-func (t txtResolver) LookupTXT(ctx context.Context, name string) ([]string, time.Duration, error) {
-	res, err := t.r.LookupTXT(ctx, name)
-	if dnsx.IsNotFound(err) || dnsx.IsNoData(err) {
-		return nil, 0, pipeline.ErrDNSNotFound
-	}
-	if err != nil {
-		return nil, 0, err
-	}
-	return res.Records, res.TTL, nil
 }
 
 // Chain returns the current compiled pipeline.
@@ -428,7 +418,10 @@ func (s *Server) components() []component {
 			if err := bc.Register(s.metrics); err != nil {
 				return err
 			}
-			s.q = queue.New(s.sp, dialer{d}, queue.Options{
+			if s.shaper, err = s.newShaper(cfg); err != nil {
+				return err
+			}
+			s.q = queue.New(s.sp, dialer{d}, queue.Options{Shaper: s.shaper,
 				MaxConnections: cfg.Delivery.MaxConnections, MaxPerDestination: cfg.Delivery.MaxPerDestination,
 				MaxMessagesPerConn: cfg.Delivery.MaxMessagesPerConn, IdleTimeout: cfg.Delivery.IdleTimeout,
 				RetryInitial: cfg.Delivery.RetryInitial, RetryMax: cfg.Delivery.RetryMax,
@@ -526,7 +519,13 @@ func (s *Server) components() []component {
 			s.q.Start()
 			return nil
 		},
-		stop: func(ctx context.Context) error { s.q.Stop(ctx); return nil },
+		stop: func(ctx context.Context) error {
+			s.q.Stop(ctx)
+			if s.shaper != nil {
+				s.shaper.Stop()
+			}
+			return nil
+		},
 	})
 	cs = append(cs, component{name: "housekeeping",
 		start: func() error {
@@ -894,7 +893,7 @@ func (s *Server) Reload() (summary string, err error) {
 			return "", err
 		}
 	}
-	p, err := buildPipeline(cfg, s.log, s.res, shared{pool: s.plugins, redis: s.redis, limits: s.limits})
+	p, err := buildPipeline(cfg, s.log, s.res, shared{pool: s.plugins, redis: s.redis, limits: s.limits, metrics: s.registerer()})
 	if err != nil {
 		s.log.Error("reload failed; the running pipeline keeps serving", "err", err)
 		return "", err
@@ -973,11 +972,15 @@ func RestartNeeded(old, new *config.Config) []string {
 		{"sluice.bounces", old.Bounces, new.Bounces},
 		{"sluice.auth", old.Auth, new.Auth},
 		{"sluice.redis", old.Redis, new.Redis},
+		{"sluice.egress", old.Egress, new.Egress},
 		{"sluice.node", [2]string{old.Node, old.Hostname}, [2]string{new.Node, new.Hostname}},
 	} {
 		if !reflect.DeepEqual(c.old, c.new) {
 			out = append(out, c.name)
 		}
+	}
+	if !old.Shaping.Same(new.Shaping) {
+		out = append(out, "sluice.shaping")
 	}
 	return out
 }
@@ -995,4 +998,21 @@ func EnsureDirs(cfg *config.Config) error {
 // suppressionPolicy is sluice.suppression as the spool takes it.
 func suppressionPolicy(cfg *config.Config) spool.SuppressionPolicy {
 	return spool.SuppressionPolicy{Enabled: cfg.Suppression.Enabled, Classes: cfg.Suppression.Classes}
+}
+
+// configDir is the directory relative paths in stage options start from.
+func configDir(cfg *config.Config) string {
+	if cfg.File == "" {
+		return ""
+	}
+	return filepath.Dir(cfg.File)
+}
+
+// registerer is the node's registry for stages, nil when there is none
+// (a nil *prometheus.Registry must not become a non-nil interface).
+func (s *Server) registerer() prometheus.Registerer {
+	if s.metrics == nil {
+		return nil
+	}
+	return s.metrics
 }

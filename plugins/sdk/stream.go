@@ -29,7 +29,7 @@ func (s *server) Calls(stream stagev1.Stage_CallsServer) error {
 		sendMu  sync.Mutex // stream.Send is not safe for concurrent use
 		done    bool       // guarded by sendMu: Calls returned, Send no more
 		mu      sync.Mutex
-		cancels = map[uint64]context.CancelFunc{}
+		cancels = map[uint64]func(){}
 	)
 	work := make(chan func())
 	defer close(work)
@@ -63,13 +63,12 @@ func (s *server) Calls(stream stagev1.Stage_CallsServer) error {
 			mu.Unlock()
 			continue
 		}
-		var ctx context.Context
-		var cancel context.CancelFunc
+		var dl time.Time
 		if req.DeadlineUnixNano != 0 {
-			ctx, cancel = context.WithDeadline(base, time.Unix(0, req.DeadlineUnixNano))
-		} else {
-			ctx, cancel = context.WithCancel(base)
+			dl = time.Unix(0, req.DeadlineUnixNano)
 		}
+		ctx := newCallCtx(base, dl)
+		cancel := ctx.cancel
 		mu.Lock()
 		cancels[req.Id] = cancel
 		mu.Unlock()

@@ -1,8 +1,10 @@
 package conv
 
 import (
+	"bytes"
 	"net/netip"
 	"reflect"
+	"strings"
 	"testing"
 	"time"
 
@@ -142,5 +144,62 @@ func TestHookNames(t *testing.T) {
 		if HookFromName(HookName(hk)) != hk {
 			t.Errorf("hook %v does not round trip", hk)
 		}
+	}
+}
+
+// TestMessageBlockRoundTrip: the header as one block (protocol 1.2) comes
+// back byte for byte, folding and order kept, with or without the body;
+// HeaderFields turns the block into the fields Message sends.
+func TestMessageBlockRoundTrip(t *testing.T) {
+	raw := "Received: from a\r\n by b; Mon, 1 Jan 2026 00:00:00 +0000\r\nSubject: hi\r\nX-A: 1\r\n\r\nbody line\r\n"
+	m, err := pipeline.ParseMessage(sampleTxn(), []byte(raw))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var buf bytes.Buffer
+	p, err := MessageBlock(m, stagev1.BodyNeed_BODY_NEED_FULL, &buf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(p.Header) != 0 || string(p.HeaderBlock) != raw[:strings.Index(raw, "body line")] {
+		t.Fatalf("block %q, fields %v", p.HeaderBlock, p.Header)
+	}
+	full, err := MessageFrom(wire(t, p))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := full.Bytes(); string(b) != raw || !reflect.DeepEqual(full.Txn, m.Txn) {
+		t.Fatalf("full message:\n%q\nwant\n%q", b, raw)
+	}
+	hdr, err := MessageBlock(m, stagev1.BodyNeed_BODY_NEED_HEADERS, &buf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := MessageFrom(wire(t, hdr))
+	if err != nil || got.Header.Get("Subject") != "hi" || got.Header.Len() != 3 || len(got.Body) != 0 {
+		t.Fatalf("headers only: %v %v", got, err)
+	}
+	fields, err := HeaderFields(hdr.HeaderBlock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := Message(m, stagev1.BodyNeed_BODY_NEED_HEADERS).Header; !reflect.DeepEqual(fields, want) {
+		t.Fatalf("fields %v, want %v", fields, want)
+	}
+	if _, err := HeaderFields([]byte("X-A: 1\r\n\r\nnot a header\r\n")); err == nil {
+		t.Fatal("a block with a body is taken")
+	}
+	env, err := MessageBlock(m, stagev1.BodyNeed_BODY_NEED_ENVELOPE, &buf)
+	if err != nil || env.HasHeader || len(env.HeaderBlock) != 0 || len(env.Body) != 0 {
+		t.Fatalf("envelope only: %v %v", env, err)
+	}
+	// An empty header is the empty line alone, and comes back empty.
+	e, _ := pipeline.ParseMessage(sampleTxn(), []byte("\r\nbody\r\n"))
+	eb, err := MessageBlock(e, stagev1.BodyNeed_BODY_NEED_FULL, &buf)
+	if err != nil || string(eb.HeaderBlock) != "\r\n" {
+		t.Fatalf("empty header: %q %v", eb.HeaderBlock, err)
+	}
+	if back, err := MessageFrom(wire(t, eb)); err != nil || back.Header.Len() != 0 || string(back.Body) != "body\r\n" {
+		t.Fatalf("empty header back: %v %v", back, err)
 	}
 }

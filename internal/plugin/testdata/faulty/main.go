@@ -17,7 +17,10 @@
 //	             serves like ok
 //
 // With FAULTY_UNARY set in its environment it serves unary calls only
-// (sdk.WithoutStreaming).
+// (sdk.WithoutStreaming); with FAULTY_FIELDS, it takes the header as one
+// entry per field (sdk.WithHeaderFields, as a protocol 1.1 plugin). "ok"
+// reports the header it received as X-Header-Len (its length, written out)
+// and X-Header-Fields (the number of fields).
 //
 // In every mode, a message with the header X-Wait-File: PATH makes
 // on_message create PATH.started and wait until PATH exists.
@@ -27,6 +30,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -39,6 +43,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/emersion/go-message/textproto"
 	"github.com/hashicorp/go-plugin"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -120,6 +125,12 @@ func (s *stage) OnMessage(ctx context.Context, msg *pipeline.Message) (pipeline.
 	v.Edits.AddHeader("X-Env", os.Getenv("FAULTY_ENV"))
 	v.Edits.AddHeader("X-Body-Len", strconv.Itoa(len(msg.Body)))
 	v.Edits.AddHeader("X-Subject-Seen", strings.ToUpper(msg.Header.Get("Subject")))
+	var hb bytes.Buffer
+	if err := textproto.WriteHeader(&hb, msg.Header); err != nil {
+		return pipeline.Verdict{}, err
+	}
+	v.Edits.AddHeader("X-Header-Len", strconv.Itoa(hb.Len()))
+	v.Edits.AddHeader("X-Header-Fields", strconv.Itoa(msg.Header.Len()))
 	if s.cfg.Tag != "" {
 		fmt.Fprintf(os.Stderr, "scored message %s\n", msg.ID)
 	}
@@ -169,6 +180,9 @@ func main() {
 	var opts []sdk.Option
 	if os.Getenv("FAULTY_UNARY") != "" { // serve unary calls only (protocol 1.0 behaviour)
 		opts = append(opts, sdk.WithoutStreaming())
+	}
+	if os.Getenv("FAULTY_FIELDS") != "" { // the header as fields (protocol 1.1 behaviour)
+		opts = append(opts, sdk.WithHeaderFields())
 	}
 	sdk.Serve(&stage{mode: mode}, opts...)
 }

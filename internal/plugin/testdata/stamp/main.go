@@ -51,5 +51,8 @@ func main() {
 	if os.Getenv("STAMP_UNARY") != "" { // serve unary calls only (protocol 1.0 behaviour)
 		opts = append(opts, sdk.WithoutStreaming())
 	}
+	if os.Getenv("STAMP_FIELDS") != "" { // the header as fields (protocol 1.1 behaviour)
+		opts = append(opts, sdk.WithHeaderFields())
+	}
 	sdk.Serve(stage{}, opts...)
 }

@@ -1,0 +1,3 @@
+package server
+
+import _ "github.com/sluice-mta/sluice/internal/stages/dmarc" // dmarc
