@@ -755,6 +755,12 @@ func (ld *loader) plugin(L *lua.LState) int {
 	}
 	if strings.ContainsRune(p.Cmd, '/') {
 		p.Cmd = ld.resolve(p.Cmd)
+		if !strings.ContainsRune(p.Cmd, '/') {
+			// "./plugin" beside a config file named without a directory
+			// ("-c pipeline.lua"): filepath.Join dropped the "./", and a
+			// bare name would be looked up in $PATH instead.
+			p.Cmd = "./" + p.Cmd
+		}
 	}
 	// A bare string would be one argument; a list is what is meant (and
 	// what docs/plugins.md shows), so say so rather than guess.

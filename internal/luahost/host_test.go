@@ -222,9 +222,9 @@ sluice.stage("all", {
 	var traced []string
 	var mu sync.Mutex
 	ch, err := pipeline.Compile([]pipeline.Stage{stages["rcpt_only"], stages["policy"]}, pipeline.ChainOptions{
-		Trace: func(stage, hook string, v pipeline.Verdict, err error) {
+		Trace: func(tc pipeline.TraceCall) {
 			mu.Lock()
-			traced = append(traced, stage+"."+hook)
+			traced = append(traced, tc.Stage+"."+tc.Hook)
 			mu.Unlock()
 		},
 	})

@@ -248,6 +248,9 @@ type shared struct {
 	// limits are the node's rate-limit stores; nil: the pipeline gets
 	// its own (BuildPipeline, for check and test).
 	limits *pipeline.RateLimits
+	// trace is the chain's observer (nil in production; see
+	// BuildTracedPipeline).
+	trace func(pipeline.TraceCall)
 }
 
 // buildPipeline is BuildPipeline with the node's shared parts.
@@ -289,7 +292,7 @@ func buildPipeline(cfg *config.Config, log *slog.Logger, res dnsx.Resolver, sh s
 	}
 	chain, err := pipeline.Compile(stages, pipeline.ChainOptions{
 		StageTimeout: cfg.StageTimeout, LocalDomains: cfg.LocalDomains, Logger: log, RecoverPanics: true,
-		AuthServID: hostname,
+		AuthServID: hostname, Trace: sh.trace,
 	})
 	if err != nil {
 		closeAll()
