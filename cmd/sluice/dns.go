@@ -40,6 +40,10 @@ wrong or unknown, or a failure, 2 usage.
 
 // runDNS implements `sluice dns records|check`.
 func runDNS(args []string, stdout, stderr io.Writer) int {
+	if len(args) > 0 && isHelp(args[0]) {
+		fmt.Fprint(stdout, dnsUsage)
+		return 0
+	}
 	if len(args) == 0 || (args[0] != "records" && args[0] != "check") {
 		fmt.Fprint(stderr, dnsUsage)
 		return 2
@@ -161,3 +165,6 @@ func configKeys(cfg *config.Config, domain string) ([]domains.DKIMKey, error) {
 	}
 	return domains.KeysOf(keys, domain), nil
 }
+
+// isHelp reports whether a command's first word asks for its usage.
+func isHelp(a string) bool { return a == "-h" || a == "-help" || a == "--help" || a == "help" }

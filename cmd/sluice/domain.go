@@ -47,6 +47,12 @@ func runDomain(args []string, stdout, stderr io.Writer) int {
 		fs.Usage()
 		return 2
 	}
+	if isHelp(args[0]) {
+		fs.SetOutput(stdout)
+		fmt.Fprint(stdout, domainUsage)
+		fs.PrintDefaults()
+		return 0
+	}
 	sub := args[0]
 	pos, code, ok := parseInterspersed(fs, args[1:])
 	if !ok {

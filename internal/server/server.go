@@ -45,6 +45,7 @@ import (
 	"github.com/sluice-mta/sluice/internal/ratelimit"
 	"github.com/sluice-mta/sluice/internal/relay"
 	"github.com/sluice-mta/sluice/internal/revoke"
+	"github.com/sluice-mta/sluice/internal/shaping"
 	"github.com/sluice-mta/sluice/internal/smtpsrc"
 	"github.com/sluice-mta/sluice/internal/spool"
 	"github.com/sluice-mta/sluice/internal/token"
@@ -64,6 +65,7 @@ type Server struct {
 
 	sp     *spool.Spool
 	q      *queue.Queue
+	shaper *shaping.Shaper // nil: no sluice.shaping or sluice.egress
 	relay  *relay.Relay
 	ex     *events.Exporter
 	sinks  []events.Sink
@@ -250,6 +252,9 @@ type shared struct {
 	// limits are the node's rate-limit stores; nil: the pipeline gets
 	// its own (BuildPipeline, for check and test).
 	limits *pipeline.RateLimits
+	// trace is the chain's observer (nil in production; see
+	// BuildTracedPipeline).
+	trace func(pipeline.TraceCall)
 	// onStages, when set, sees the built stages before the chain is
 	// compiled (the node hooks dkim_sign to registered domains' keys).
 	onStages func([]pipeline.Stage)
@@ -297,7 +302,7 @@ func buildPipeline(cfg *config.Config, log *slog.Logger, res dnsx.Resolver, sh s
 	}
 	chain, err := pipeline.Compile(stages, pipeline.ChainOptions{
 		StageTimeout: cfg.StageTimeout, LocalDomains: cfg.LocalDomains, Logger: log, RecoverPanics: true,
-		AuthServID: hostname,
+		AuthServID: hostname, Trace: sh.trace,
 	})
 	if err != nil {
 		closeAll()
@@ -423,7 +428,10 @@ func (s *Server) components() []component {
 			if err := bc.Register(s.metrics); err != nil {
 				return err
 			}
-			s.q = queue.New(s.sp, dialer{d}, queue.Options{
+			if s.shaper, err = s.newShaper(cfg); err != nil {
+				return err
+			}
+			s.q = queue.New(s.sp, dialer{d}, queue.Options{Shaper: s.shaper,
 				MaxConnections: cfg.Delivery.MaxConnections, MaxPerDestination: cfg.Delivery.MaxPerDestination,
 				MaxMessagesPerConn: cfg.Delivery.MaxMessagesPerConn, IdleTimeout: cfg.Delivery.IdleTimeout,
 				RetryInitial: cfg.Delivery.RetryInitial, RetryMax: cfg.Delivery.RetryMax,
@@ -524,7 +532,13 @@ func (s *Server) components() []component {
 			s.q.Start()
 			return nil
 		},
-		stop: func(ctx context.Context) error { s.q.Stop(ctx); return nil },
+		stop: func(ctx context.Context) error {
+			s.q.Stop(ctx)
+			if s.shaper != nil {
+				s.shaper.Stop()
+			}
+			return nil
+		},
 	})
 	cs = append(cs, component{name: "housekeeping",
 		start: func() error {
@@ -975,11 +989,15 @@ func RestartNeeded(old, new *config.Config) []string {
 		{"sluice.bounces", old.Bounces, new.Bounces},
 		{"sluice.auth", old.Auth, new.Auth},
 		{"sluice.redis", old.Redis, new.Redis},
+		{"sluice.egress", old.Egress, new.Egress},
 		{"sluice.node", [2]string{old.Node, old.Hostname}, [2]string{new.Node, new.Hostname}},
 	} {
 		if !reflect.DeepEqual(c.old, c.new) {
 			out = append(out, c.name)
 		}
+	}
+	if !old.Shaping.Same(new.Shaping) {
+		out = append(out, "sluice.shaping")
 	}
 	return out
 }
