@@ -74,7 +74,7 @@ func runDNS(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "sluice dns:", err)
 		return 1
 	}
-	recs, err := domains.Records(domain, cfg.Domains, keys)
+	recs, err := domains.Records(domain, domains.PolicyOf(cfg), keys)
 	if err != nil {
 		fmt.Fprintln(stderr, "sluice dns:", err)
 		return 1

@@ -13,7 +13,8 @@ import (
 type Domains struct {
 	// SPFInclude is the name customers include in their SPF record
 	// ("include:_spf.relay.example"); SPFIPs are this node's egress
-	// addresses, published as ip4:/ip6: mechanisms. Neither set: no SPF
+	// addresses, published as ip4:/ip6: mechanisms. Neither set: the
+	// sluice.egress sources' addresses (domains.PolicyOf), else no SPF
 	// record is generated.
 	SPFInclude string
 	SPFIPs     []netip.Prefix

@@ -9,6 +9,7 @@ import (
 	"github.com/sluice-mta/sluice/internal/dkim"
 	"github.com/sluice-mta/sluice/internal/dnsx"
 	"github.com/sluice-mta/sluice/internal/dnsx/dnstest"
+	"github.com/sluice-mta/sluice/internal/shaping"
 )
 
 func TestMergeSPF(t *testing.T) {
@@ -78,5 +79,26 @@ func TestCheckStates(t *testing.T) {
 	}
 	if s := st[4]; s.State != Missing {
 		t.Errorf("return-path SPF (an MX only): %+v", s)
+	}
+}
+
+// TestPolicyOfEgress: without spf_include or spf_ips, SPF names the
+// egress sources' addresses; either key wins over them.
+func TestPolicyOfEgress(t *testing.T) {
+	cfg := config.Defaults()
+	cfg.Egress = &config.Egress{Sources: []shaping.Source{
+		{Name: "a", Address: netip.MustParseAddr("192.0.2.9")}, {Name: "sys"}, {Name: "b", Address: netip.MustParseAddr("2001:db8::9")},
+	}}
+	recs, err := Records("d.example", PolicyOf(cfg), nil)
+	if err != nil || recs[0].Kind != KindSPF || recs[0].Value != "v=spf1 ip4:192.0.2.9 ip6:2001:db8::9 ~all" {
+		t.Fatalf("%v %+v", err, recs)
+	}
+	cfg.Domains.SPFInclude = "_spf.relay.example"
+	if p := PolicyOf(cfg); len(p.SPFIPs) != 0 {
+		t.Errorf("spf_include set, egress addresses added: %v", p.SPFIPs)
+	}
+	cfg.Domains.SPFInclude, cfg.Egress = "", nil
+	if recs, _ := Records("d.example", PolicyOf(cfg), nil); recs[0].Kind != KindDMARC {
+		t.Errorf("no SPF source, records %+v", recs)
 	}
 }

@@ -14,6 +14,7 @@ package domains
 import (
 	"crypto"
 	"fmt"
+	"net/netip"
 	"sort"
 	"strings"
 
@@ -135,4 +136,21 @@ func zoneTXT(name, value string) string {
 		parts[i] = `"` + strings.ReplaceAll(strings.ReplaceAll(p, `\`, `\\`), `"`, `\"`) + `"`
 	}
 	return fmt.Sprintf("%s. %d IN TXT %s", name, ZoneTTL, strings.Join(parts, " "))
+}
+
+// PolicyOf returns cfg's sluice.domains policy, with SPFIPs taken from
+// the egress sources' addresses (sluice.egress) when sluice.domains names
+// neither spf_include nor spf_ips: the addresses this node sends from.
+func PolicyOf(cfg *config.Config) config.Domains {
+	p := cfg.Domains
+	if p.SPFInclude != "" || len(p.SPFIPs) > 0 || cfg.Egress == nil {
+		return p
+	}
+	for _, s := range cfg.Egress.Sources {
+		if s.Address.IsValid() {
+			a := s.Address.Unmap()
+			p.SPFIPs = append(p.SPFIPs, netip.PrefixFrom(a, a.BitLen()))
+		}
+	}
+	return p
 }

@@ -32,7 +32,7 @@ func (s *Server) domainKeys(domain string) []*dkim.Key {
 
 // openDomains builds the registry of sending domains from the spool.
 func (s *Server) openDomains() error {
-	reg, err := domains.NewRegistry(s.sp, s.res, s.cfg.Domains)
+	reg, err := domains.NewRegistry(s.sp, s.res, domains.PolicyOf(s.cfg))
 	if err != nil {
 		return err
 	}

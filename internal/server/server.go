@@ -919,7 +919,7 @@ func (s *Server) Reload() (summary string, err error) {
 	}
 	s.sp.SetSuppressionPolicy(suppressionPolicy(cfg))
 	if reg := s.domains.Load(); reg != nil {
-		reg.SetPolicy(cfg.Domains)
+		reg.SetPolicy(domains.PolicyOf(cfg))
 	}
 	restart := RestartNeeded(s.cfg, cfg)
 	summary = fmt.Sprintf("reloaded %s: %d stage(s)", cfg.File, len(cfg.Stages))
