@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"encoding/json"
 	"net/http"
-	"os/exec"
 	"strings"
 	"testing"
 	"time"
@@ -36,17 +35,7 @@ sluice.stage("routing", {
 // domainCLI runs `sluice domain ARGS` against the relay's API.
 func (h *httpEnv) domainCLI(key string, args ...string) (stdout, stderr string, code int) {
 	h.t.Helper()
-	cmd := exec.Command(binPath, append([]string{"domain"}, args...)...)
-	cmd.Env = append(cmd.Environ(), "SLUICE_URL="+h.base, "SLUICE_API_KEY="+key)
-	var o, e bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &o, &e
-	err := cmd.Run()
-	if ee, ok := err.(*exec.ExitError); ok {
-		code = ee.ExitCode()
-	} else if err != nil {
-		h.t.Fatal(err)
-	}
-	return o.String(), e.String(), code
+	return h.apiCLI(key, "domain", args...)
 }
 
 // TestDomainsEndToEnd, against the real binary: `sluice domain add`

@@ -64,7 +64,14 @@ func newSuppressionEnv(t *testing.T) *httpEnv {
 // suppCLI runs `sluice suppression ARGS` against the relay's API.
 func (h *httpEnv) suppCLI(key string, args ...string) (stdout, stderr string, code int) {
 	h.t.Helper()
-	cmd := exec.Command(binPath, append([]string{"suppression"}, args...)...)
+	return h.apiCLI(key, "suppression", args...)
+}
+
+// apiCLI runs `sluice COMMAND ARGS` with SLUICE_URL and SLUICE_API_KEY
+// set for the relay's API.
+func (h *httpEnv) apiCLI(key, command string, args ...string) (stdout, stderr string, code int) {
+	h.t.Helper()
+	cmd := exec.Command(binPath, append([]string{command}, args...)...)
 	cmd.Env = append(cmd.Environ(), "SLUICE_URL="+h.base, "SLUICE_API_KEY="+key)
 	var o, e bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &o, &e

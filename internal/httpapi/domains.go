@@ -106,6 +106,22 @@ func validDomain(d string) bool {
 	return true
 }
 
+// tenantFields authenticates a POST of the tenant-scoped APIs
+// (suppTenant) and decodes its body with stringFields.
+func (s *Server) tenantFields(w http.ResponseWriter, r *http.Request, example string, names ...string) (string, map[string]string, *apiError) {
+	tenant, e := s.suppTenant(r.Context(), r)
+	if e != nil {
+		return "", nil, e
+	}
+	buf, e := s.readBody(w, r)
+	if e != nil {
+		return "", nil, e
+	}
+	defer putBuf(buf)
+	f, e := stringFields(buf.Bytes(), example, names...)
+	return tenant, f, e
+}
+
 // stringFields decodes a JSON object body whose fields are all strings
 // and among names: a body that is not an object is invalid_json (example
 // shows the expected shape), another field unknown_field, a value that is
@@ -136,18 +152,7 @@ func (s *Server) domainsFailed(w http.ResponseWriter, what string, err error) {
 
 // POST /v1/domains {"domain": "example.com"}
 func (s *Server) addDomain(reg *domains.Registry, w http.ResponseWriter, r *http.Request) {
-	tenant, e := s.suppTenant(r.Context(), r)
-	if e != nil {
-		s.fail(w, e)
-		return
-	}
-	buf, e := s.readBody(w, r)
-	if e != nil {
-		s.fail(w, e)
-		return
-	}
-	defer putBuf(buf)
-	f, e := stringFields(buf.Bytes(), `{"domain": "example.com"}`, "domain")
+	tenant, f, e := s.tenantFields(w, r, `{"domain": "example.com"}`, "domain")
 	if e != nil {
 		s.fail(w, e)
 		return

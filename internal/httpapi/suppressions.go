@@ -223,18 +223,7 @@ func (s *Server) getSuppression(w http.ResponseWriter, r *http.Request, raw stri
 
 // POST /v1/suppressions {"address": ..., "reason": ..., "source": "api"|"cli"}
 func (s *Server) addSuppression(w http.ResponseWriter, r *http.Request) {
-	tenant, e := s.suppTenant(r.Context(), r)
-	if e != nil {
-		s.fail(w, e)
-		return
-	}
-	buf, e := s.readBody(w, r)
-	if e != nil {
-		s.fail(w, e)
-		return
-	}
-	defer putBuf(buf)
-	f, e := stringFields(buf.Bytes(), `{"address": "...", "reason": "..."}`, "address", "reason", "source")
+	tenant, f, e := s.tenantFields(w, r, `{"address": "...", "reason": "..."}`, "address", "reason", "source")
 	if e != nil {
 		s.fail(w, e)
 		return
