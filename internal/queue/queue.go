@@ -25,11 +25,13 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/sluice-mta/sluice/internal/bounce"
 	"github.com/sluice-mta/sluice/internal/config"
 	"github.com/sluice-mta/sluice/internal/delivery"
 	"github.com/sluice-mta/sluice/internal/dsn"
 	"github.com/sluice-mta/sluice/internal/logx"
+	"github.com/sluice-mta/sluice/internal/metrics"
 	"github.com/sluice-mta/sluice/internal/spool"
 	"github.com/sluice-mta/sluice/pipeline"
 )
@@ -119,6 +121,9 @@ type Options struct {
 	Bounces *bounce.Classifier
 	Logger  *slog.Logger
 	Now     func() time.Time // for tests; default time.Now
+	// Metrics, when set, counts attempts and recipient outcomes
+	// (metrics.go).
+	Metrics *metrics.Node
 }
 
 // Queue is safe for concurrent use.
@@ -141,6 +146,9 @@ type Queue struct {
 	// per-message failures from flooding the log.
 	spoolHeld atomic.Bool
 	sample    *logx.Sampler
+
+	// attemptOK and delivered are resolved metric children (metrics.go).
+	attemptOK, delivered prometheus.Counter
 
 	mu       sync.Mutex
 	stopping bool
@@ -214,7 +222,7 @@ func New(sp *spool.Spool, d Dialer, o Options) *Queue {
 		o.Now = time.Now
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	return &Queue{
+	q := &Queue{
 		o: o, sp: sp, dialer: d, log: o.Logger.With("component", "queue"), sample: logx.NewSampler(10 * time.Second),
 		ctx: ctx, cancel: cancel,
 		sem:   make(chan struct{}, o.MaxConnections),
@@ -222,6 +230,8 @@ func New(sp *spool.Spool, d Dialer, o Options) *Queue {
 		dests: map[string]*dest{},
 		msgs:  map[string]*message{},
 	}
+	q.resolveMetrics()
+	return q
 }
 
 // Load rebuilds the queues from the spool. Call it once, before Start.
@@ -535,6 +545,7 @@ func (q *Queue) worker(d *dest) {
 			}
 			c, err := q.dialer.Dial(q.ctx, d.route, d.domain)
 			if err != nil {
+				q.countAttempt("connect", 0)
 				q.complete(it, nil, err, nil)
 				if pipeline.IsTemporary(err) {
 					// The destination is down: defer what else is ready for
@@ -560,7 +571,9 @@ func (q *Queue) worker(d *dest) {
 			env.Rcpts[i] = delivery.Rcpt{Addr: r.Address, Params: r.Params}
 		}
 		remote := conn.Remote()
+		start := time.Now()
 		res, err := conn.Deliver(q.ctx, env, data)
+		q.countAttempt(attemptResult(err), time.Since(start))
 		sent++
 		q.complete(it, res, err, &remote)
 		if err != nil {
@@ -645,6 +658,8 @@ func (q *Queue) complete(it *item, res []delivery.Result, err error, remote *pip
 		notes  []dsn.Notice // every outcome, for the DSNs it may owe (Notifier)
 		retry  []*spool.Recipient
 		done   int
+		// outcomes are counted once committed (countOutcomes).
+		outcomes = make([]*pipeline.Event, 0, len(it.rcpts))
 	)
 	remoteHost := ""
 	if remote != nil {
@@ -715,6 +730,7 @@ func (q *Queue) complete(it *item, res []delivery.Result, err error, remote *pip
 				"attempt", attempt, "outcome", ev.Type, "err", rerr)
 		}
 		b.AddEvent(ev)
+		outcomes = append(outcomes, ev)
 	}
 
 	var (
@@ -748,6 +764,7 @@ func (q *Queue) complete(it *item, res []delivery.Result, err error, remote *pip
 	// message outlives every outcome batch of its recipients, so a crash
 	// can leave a message without recipients (collected at start), never a
 	// recipient without its message.
+	q.countOutcomes(outcomes)
 	q.mu.Lock()
 	it.msg.remaining -= done
 	last := done > 0 && it.msg.remaining == 0

@@ -75,6 +75,8 @@ type Server struct {
 	revoked *revoke.List
 	control *controlServer
 	metrics *prometheus.Registry // one per node; served by the admin listener
+	// node is the message-path metrics on metrics (metrics.Node).
+	node *metrics.Node
 	// deadLetters is sluice_event_dead_letters_total, shared by the sinks.
 	deadLetters *prometheus.CounterVec
 	wg          sync.WaitGroup
@@ -121,6 +123,9 @@ func New(cfg *config.Config, log *slog.Logger) (*Server, error) {
 		return nil, err
 	}
 	s.res = res
+	if s.node, err = metrics.NewNode(s.metrics); err != nil {
+		return nil, err
+	}
 	pm, err := plugin.NewMetrics(s.metrics)
 	if err != nil {
 		return nil, err
@@ -138,7 +143,7 @@ func New(cfg *config.Config, log *slog.Logger) (*Server, error) {
 		return nil, err
 	}
 	s.limits = ratelimit.NewNode(s.redis, rm, log)
-	p, err := buildPipeline(cfg, log, res, shared{pool: s.plugins, redis: s.redis, limits: s.limits, metrics: s.registerer()})
+	p, err := buildPipeline(cfg, log, res, shared{pool: s.plugins, redis: s.redis, limits: s.limits, metrics: s.registerer(), node: s.node})
 	if err != nil {
 		closeRedis(s.redis)
 		return nil, err
@@ -241,6 +246,7 @@ func BuildPipeline(cfg *config.Config, log *slog.Logger, res dnsx.Resolver) (*re
 type shared struct {
 	pool     *plugin.Pool          // nil: each plugin stage starts its own processes
 	metrics  prometheus.Registerer // nil: stages register no metrics
+	node     *metrics.Node         // nil: stage calls are not timed
 	redis    *pipeline.Redis       // nil: no sluice.redis
 	ownRedis bool                  // close redis with the pipeline
 	// limits are the node's rate-limit stores; nil: the pipeline gets
@@ -287,7 +293,7 @@ func buildPipeline(cfg *config.Config, log *slog.Logger, res dnsx.Resolver, sh s
 	}
 	chain, err := pipeline.Compile(stages, pipeline.ChainOptions{
 		StageTimeout: cfg.StageTimeout, LocalDomains: cfg.LocalDomains, Logger: log, RecoverPanics: true,
-		AuthServID: hostname,
+		AuthServID: hostname, StageTimer: stageTimer(sh.node),
 	})
 	if err != nil {
 		closeAll()
@@ -418,13 +424,13 @@ func (s *Server) components() []component {
 				MaxMessagesPerConn: cfg.Delivery.MaxMessagesPerConn, IdleTimeout: cfg.Delivery.IdleTimeout,
 				RetryInitial: cfg.Delivery.RetryInitial, RetryMax: cfg.Delivery.RetryMax,
 				RetryFactor: cfg.Delivery.RetryFactor, RetryJitter: cfg.Delivery.RetryJitter,
-				QueueLifetime: cfg.Delivery.QueueLifetime, Logger: s.log, Bounces: bc,
+				QueueLifetime: cfg.Delivery.QueueLifetime, Logger: s.log, Bounces: bc, Metrics: s.node,
 			})
 			// The relay is the transaction owner for every source, bounces
 			// included: they enter through it.
 			s.sp.SetSuppressionPolicy(suppressionPolicy(cfg))
 			ro := relay.Options{Hostname: cfg.Hostname, Logger: s.log, DelayWarning: cfg.Delivery.DelayWarning,
-				Suppressions: s.sp, Admit: func() error { return s.backlog.Load().Check() },
+				Suppressions: s.sp, Metrics: s.node, Admit: func() error { return s.backlog.Load().Check() },
 				Guard: auth.NewGuard(auth.GuardOptions{Free: cfg.Auth.LockoutAfter, Base: cfg.Auth.LockoutBase, Max: cfg.Auth.LockoutMax})}
 			if cfg.Auth.Users != "" {
 				users, err := auth.OpenUsers(cfg.Auth.Users, s.log)
@@ -696,6 +702,14 @@ func (s *Server) registerCoreMetrics() error {
 		gauge("sluice_queue_messages", "Messages with at least one recipient still queued.", func() float64 { return float64(s.q.Stats().Messages) }),
 		gauge("sluice_queue_ready_recipients", "Recipients due for a delivery attempt now.", func() float64 { return float64(s.q.Stats().Ready) }),
 		gauge("sluice_queue_waiting_recipients", "Recipients waiting for their next attempt (deferred).", func() float64 { return float64(s.q.Stats().Waiting) }),
+		gauge("sluice_queue_oldest_ready_seconds", "Age of the oldest message with a recipient due for delivery now (0: none).", func() float64 {
+			r, _ := s.q.Oldest(time.Now())
+			return r.Seconds()
+		}),
+		gauge("sluice_queue_oldest_waiting_seconds", "Age of the oldest message with a recipient waiting for a retry (0: none).", func() float64 {
+			_, w := s.q.Oldest(time.Now())
+			return w.Seconds()
+		}),
 		gauge("sluice_delivery_active_workers", "Delivery workers busy now, all destinations.", func() float64 { return float64(s.q.Stats().Active) }),
 	} {
 		if err := s.metrics.Register(c); err != nil {
@@ -879,7 +893,7 @@ func (s *Server) Reload() (summary string, err error) {
 			return "", err
 		}
 	}
-	p, err := buildPipeline(cfg, s.log, s.res, shared{pool: s.plugins, redis: s.redis, limits: s.limits, metrics: s.registerer()})
+	p, err := buildPipeline(cfg, s.log, s.res, shared{pool: s.plugins, redis: s.redis, limits: s.limits, metrics: s.registerer(), node: s.node})
 	if err != nil {
 		s.log.Error("reload failed; the running pipeline keeps serving", "err", err)
 		return "", err
@@ -988,6 +1002,15 @@ func configDir(cfg *config.Config) string {
 		return ""
 	}
 	return filepath.Dir(cfg.File)
+}
+
+// stageTimer is node's pipeline.ChainOptions.StageTimer (nil without
+// metrics: a nil func value, not a nil method value).
+func stageTimer(node *metrics.Node) func(stage, hook string) func(time.Duration, bool) {
+	if node == nil {
+		return nil
+	}
+	return node.StageTimer
 }
 
 // registerer is the node's registry for stages, nil when there is none
