@@ -159,6 +159,14 @@ func (c *Chain) call(ctx context.Context, st Stage, hook string, fn func(context
 		ctx, cancel = context.WithTimeout(ctx, c.opts.StageTimeout)
 		defer cancel()
 	}
+	// Deferred before the recovery, so it runs after it and sees the
+	// panic as a failure.
+	if c.timers != nil {
+		if t := c.timers[stageHook{st.Name(), hook}]; t != nil {
+			start := time.Now()
+			defer func() { t(time.Since(start), err != nil) }()
+		}
+	}
 	if c.opts.RecoverPanics {
 		defer func() {
 			if p := recover(); p != nil {
@@ -167,10 +175,6 @@ func (c *Chain) call(ctx context.Context, st Stage, hook string, fn func(context
 				err = c.failed(st, hook, err)
 			}
 		}()
-	}
-	if t := c.timers[stageHook{st.Name(), hook}]; t != nil {
-		start := time.Now()
-		defer func() { t(time.Since(start), err != nil) }()
 	}
 	v, err = fn(ctx)
 	if c.opts.Trace != nil {
