@@ -743,10 +743,19 @@ func dirBytes(dir string) uint64 {
 	return n
 }
 
-// readiness is what /readyz checks: the spool can take mail.
+// readiness is what /readyz checks: the spool can take mail (its
+// directory takes a new file, its filesystem is above the reserve, the
+// storage engine has not failed), the Kafka sink is within its backlog
+// budget, no plugin is crash-looping.
 func (s *Server) readiness() map[string]metrics.Check {
 	return map[string]metrics.Check{
 		"spool": func() error {
+			if err := probeSpoolDir(s.cfg.Spool.Path); err != nil {
+				return err
+			}
+			if err := s.sp.CheckSpace(); err != nil {
+				return fmt.Errorf("the spool refuses new mail: %w", err)
+			}
 			if s.sp.Full() {
 				return errors.New("the spool refuses new mail (below its min_free reserve, or failed; see the log)")
 			}
