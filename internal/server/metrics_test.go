@@ -2,10 +2,13 @@ package server
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
+	"os"
+	"regexp"
 	"strings"
 	"testing"
 
@@ -173,5 +176,53 @@ sluice.stage("policy", {
 	}
 	if n := len(sink.Messages()); n != 2 {
 		t.Errorf("the next hop got %d messages, want 2", n)
+	}
+	// Every sluice_ metric the node exports is documented.
+	doc, err := os.ReadFile("../../docs/metrics.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name := range fams {
+		if strings.HasPrefix(name, "sluice_") && !strings.Contains(string(doc), "`"+name+"`") {
+			t.Errorf("docs/metrics.md does not document %s", name)
+		}
+	}
+}
+
+// TestGrafanaDashboardNames: the example dashboard is valid JSON and
+// every sluice_ metric its queries use is one docs/metrics.md documents
+// (so a renamed metric breaks this test, not the operator's dashboard).
+func TestGrafanaDashboardNames(t *testing.T) {
+	raw, err := os.ReadFile("../../examples/grafana/sluice.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var dash struct {
+		Panels []struct {
+			Targets []struct{ Expr string } `json:"targets"`
+		} `json:"panels"`
+	}
+	if err := json.Unmarshal(raw, &dash); err != nil {
+		t.Fatalf("examples/grafana/sluice.json: %v", err)
+	}
+	doc, err := os.ReadFile("../../docs/metrics.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	re := regexp.MustCompile(`sluice_[a-z_]+`)
+	n := 0
+	for _, p := range dash.Panels {
+		for _, tg := range p.Targets {
+			for _, name := range re.FindAllString(tg.Expr, -1) {
+				n++
+				name = strings.TrimSuffix(name, "_bucket")
+				if !strings.Contains(string(doc), "`"+name+"`") {
+					t.Errorf("the dashboard uses %s, which docs/metrics.md does not document", name)
+				}
+			}
+		}
+	}
+	if n < 20 {
+		t.Errorf("the dashboard's queries name only %d metrics", n)
 	}
 }
