@@ -234,6 +234,8 @@ func newEnv(t testing.TB, o envOptions) *env {
 		t.Fatal(err)
 	}
 	e.srv.UseTokens(o.tokIss, o.tokVer)
+	// Every response of the suite is checked against openapi.json.
+	e.srv.hs.Handler = checkedHandler(t, e.srv.hs.Handler)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
