@@ -1,8 +1,11 @@
 package queue
 
 import (
+	"log/slog"
+	"strings"
 	"time"
 
+	"github.com/sluice-mta/sluice/internal/spool"
 	"github.com/sluice-mta/sluice/pipeline"
 )
 
@@ -82,4 +85,42 @@ func (q *Queue) Oldest(now time.Time) (ready, waiting time.Duration) {
 		waiting = age(it, waiting)
 	}
 	return ready, waiting
+}
+
+// logOutcome writes the one log line of a recipient's delivery outcome
+// (delivered, deferred, bounced, expired): message id, queue, recipient
+// domain (the full address only for failures and at debug level),
+// result, attempt, time since acceptance, the next hop's reply and bounce
+// class, and the error of a failure. All at info, so the log answers
+// "what happened to message X" without the event stream; run at
+// --log-level warn for fewer lines.
+func (q *Queue) logOutcome(ev *pipeline.Event, r *spool.Recipient, delay time.Duration, err error) {
+	if !q.log.Enabled(q.ctx, slog.LevelInfo) {
+		return
+	}
+	attrs := make([]slog.Attr, 0, 10)
+	attrs = append(attrs, slog.String("msgid", ev.MessageID), slog.String("queue", ev.Queue),
+		slog.String("rcpt_domain", domainOf(r.Address)), slog.String("result", ev.Type),
+		slog.Int("attempt", ev.Attempt), slog.Float64("delay_seconds", delay.Seconds()))
+	if ev.Response != nil {
+		attrs = append(attrs, slog.Int("code", ev.Response.Code), slog.String("enhanced", ev.Response.Enhanced))
+	}
+	if ev.BounceClass != "" {
+		attrs = append(attrs, slog.String("class", ev.BounceClass))
+	}
+	if err != nil {
+		attrs = append(attrs, slog.Any("err", err))
+	}
+	if err != nil || q.log.Enabled(q.ctx, slog.LevelDebug) {
+		attrs = append(attrs, slog.String("rcpt", r.Address))
+	}
+	q.log.LogAttrs(q.ctx, slog.LevelInfo, "delivery outcome", attrs...)
+}
+
+// domainOf is the domain of an address (after the last @), lower-cased.
+func domainOf(addr string) string {
+	if i := strings.LastIndexByte(addr, '@'); i >= 0 {
+		return strings.ToLower(addr[i+1:])
+	}
+	return ""
 }

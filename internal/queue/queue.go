@@ -725,10 +725,7 @@ func (q *Queue) complete(it *item, res []delivery.Result, err error, remote *pip
 			notes = append(notes, dsn.Notice{Outcome: dsn.Delayed, Rcpt: &nr, Err: rerr, Reply: ev.Response, Remote: remoteHost,
 				Time: now, RetryUntil: m.Received.Add(q.o.QueueLifetime)})
 		}
-		if rerr != nil {
-			q.log.Info("delivery failed", "msgid", m.ID, "rcpt", r.Address, "queue", it.dest.name,
-				"attempt", attempt, "outcome", ev.Type, "err", rerr)
-		}
+		q.logOutcome(ev, r, now.Sub(m.Received), rerr)
 		b.AddEvent(ev)
 		outcomes = append(outcomes, ev)
 	}

@@ -1,6 +1,7 @@
 package server
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -10,6 +11,7 @@ import (
 	"os"
 	"regexp"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/emersion/go-smtp"
@@ -93,7 +95,8 @@ sluice.stage("policy", {
   on_route = function(msg, rcpt) return sluice.route.relay { host = "127.0.0.1", port = %d, tls = "none" } end,
 })
 `, dir, dir, smtpAddr, admin, sink.Port))
-	s, err := New(cfg, slog.New(slog.DiscardHandler))
+	logs := &syncBuffer{}
+	s, err := New(cfg, slog.New(slog.NewJSONHandler(logs, nil)))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -177,6 +180,33 @@ sluice.stage("policy", {
 	if n := len(sink.Messages()); n != 2 {
 		t.Errorf("the next hop got %d messages, want 2", n)
 	}
+	// One log line per recipient outcome, with the recipient's domain.
+	got := map[string]int{}
+	for _, line := range strings.Split(logs.String(), "\n") {
+		var l struct {
+			Msg        string  `json:"msg"`
+			MsgID      string  `json:"msgid"`
+			Queue      string  `json:"queue"`
+			RcptDomain string  `json:"rcpt_domain"`
+			Result     string  `json:"result"`
+			Rcpt       string  `json:"rcpt"`
+			Attempt    int     `json:"attempt"`
+			Delay      float64 `json:"delay_seconds"`
+		}
+		if line == "" || json.Unmarshal([]byte(line), &l) != nil || l.Msg != "delivery outcome" {
+			continue
+		}
+		if l.MsgID == "" || l.Queue == "" || l.RcptDomain != "example.com" || l.Attempt != 1 || l.Delay <= 0 {
+			t.Errorf("outcome line lacks fields: %s", line)
+		}
+		if l.Result == "delivered" && l.Rcpt != "" {
+			t.Errorf("a delivered outcome logs the address at info: %s", line)
+		}
+		got[l.Result]++
+	}
+	if got["delivered"] != 2 || got["bounced"] != 1 || len(got) != 2 {
+		t.Errorf("outcome lines %v, want 2 delivered, 1 bounced", got)
+	}
 	// Every sluice_ metric the node exports is documented.
 	doc, err := os.ReadFile("../../docs/metrics.md")
 	if err != nil {
@@ -225,4 +255,22 @@ func TestGrafanaDashboardNames(t *testing.T) {
 	if n < 20 {
 		t.Errorf("the dashboard's queries name only %d metrics", n)
 	}
+}
+
+// syncBuffer is a bytes.Buffer safe for the node's concurrent loggers.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.String()
 }
