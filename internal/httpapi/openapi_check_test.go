@@ -62,7 +62,7 @@ func checkedHandler(t testing.TB, h http.Handler) http.Handler {
 			h.ServeHTTP(w, r)
 			return
 		}
-		cw := &captureWriter{ResponseWriter: w, status: http.StatusOK}
+		cw := &captureWriter{statusWriter: statusWriter{ResponseWriter: w, status: http.StatusOK}}
 		h.ServeHTTP(cw, r)
 		in := &openapi3filter.ResponseValidationInput{
 			RequestValidationInput: &openapi3filter.RequestValidationInput{Request: r, PathParams: params, Route: route,
@@ -78,36 +78,17 @@ func checkedHandler(t testing.TB, h http.Handler) http.Handler {
 	})
 }
 
-// captureWriter passes a response through and keeps a copy of its status
-// and body.
+// captureWriter passes a response through (statusWriter, accesslog.go)
+// and keeps a copy of its body.
 type captureWriter struct {
-	http.ResponseWriter
-	status int
-	wrote  bool
-	body   bytes.Buffer
-}
-
-func (c *captureWriter) WriteHeader(code int) {
-	if !c.wrote {
-		c.status, c.wrote = code, true
-	}
-	c.ResponseWriter.WriteHeader(code)
+	statusWriter
+	body bytes.Buffer
 }
 
 func (c *captureWriter) Write(p []byte) (int, error) {
-	c.wrote = true
 	c.body.Write(p)
-	return c.ResponseWriter.Write(p)
+	return c.statusWriter.Write(p)
 }
-
-func (c *captureWriter) Flush() {
-	if f, ok := c.ResponseWriter.(http.Flusher); ok {
-		f.Flush()
-	}
-}
-
-// Unwrap lets http.ResponseController reach the connection.
-func (c *captureWriter) Unwrap() http.ResponseWriter { return c.ResponseWriter }
 
 // TestOpenAPIDocument: the document is valid OpenAPI 3, names no fixed
 // server address, and its error code enum is exactly the codes the
