@@ -1,32 +1,18 @@
 package httpapi
 
 import (
-	"bytes"
 	"encoding/json"
 	"strings"
-	"sync"
 	"testing"
 
 	"github.com/sluice-mta/sluice/internal/config"
+	"github.com/sluice-mta/sluice/internal/testutil"
 )
 
-// lockedBuffer is a bytes.Buffer safe for the server's goroutines.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) lines(msg string) []map[string]any {
-	l.mu.Lock()
-	defer l.mu.Unlock()
+// logLines returns the JSON log lines of buf whose msg is msg.
+func logLines(buf *testutil.SyncBuffer, msg string) []map[string]any {
 	var out []map[string]any
-	for _, line := range strings.Split(l.b.String(), "\n") {
+	for _, line := range strings.Split(buf.String(), "\n") {
 		var m map[string]any
 		if json.Unmarshal([]byte(line), &m) == nil && m["msg"] == msg {
 			out = append(out, m)
@@ -40,13 +26,13 @@ func (l *lockedBuffer) lines(msg string) []map[string]any {
 // credential is logged; without it, none.
 func TestAccessLog(t *testing.T) {
 	for _, on := range []bool{true, false} {
-		logs := &lockedBuffer{}
+		logs := &testutil.SyncBuffer{}
 		e := newEnv(t, envOptions{noDelivery: true, logs: logs, listener: config.HTTPListener{AccessLog: on}})
 		mustAccept(t, e.post("/v1/messages", map[string]any{"from": "a@example.com", "to": "b@dest.test", "text": "x"}))
 		if r := e.do("GET", "/v1/messages/01ARZ3NDEKTSV4RRFFQ69G5FAV?recipient=secret@dest.test", e.sendKey, nil); r.Status != 404 {
 			t.Fatalf("unknown message: %d", r.Status)
 		}
-		lines := logs.lines("http request")
+		lines := logLines(logs, "http request")
 		if !on {
 			if len(lines) != 0 {
 				t.Errorf("access_log off: %d lines", len(lines))
@@ -67,7 +53,7 @@ func TestAccessLog(t *testing.T) {
 				t.Errorf("line %d: %v", i, l)
 			}
 		}
-		all := func() string { logs.mu.Lock(); defer logs.mu.Unlock(); return logs.b.String() }()
+		all := logs.String()
 		if strings.Contains(all, "secret@") || strings.Contains(all, e.sendKey) {
 			t.Error("the access log has the query or the API key")
 		}

@@ -1,7 +1,6 @@
 package server
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -11,7 +10,6 @@ import (
 	"os"
 	"regexp"
 	"strings"
-	"sync"
 	"testing"
 
 	"github.com/emersion/go-smtp"
@@ -95,7 +93,7 @@ sluice.stage("policy", {
   on_route = function(msg, rcpt) return sluice.route.relay { host = "127.0.0.1", port = %d, tls = "none" } end,
 })
 `, dir, dir, smtpAddr, admin, sink.Port))
-	logs := &syncBuffer{}
+	logs := &testutil.SyncBuffer{}
 	s, err := New(cfg, slog.New(slog.NewJSONHandler(logs, nil)))
 	if err != nil {
 		t.Fatal(err)
@@ -255,22 +253,4 @@ func TestGrafanaDashboardNames(t *testing.T) {
 	if n < 20 {
 		t.Errorf("the dashboard's queries name only %d metrics", n)
 	}
-}
-
-// syncBuffer is a bytes.Buffer safe for the node's concurrent loggers.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
 }

@@ -4,9 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
-	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -43,15 +41,7 @@ sluice.listen_admin { addr = "%s", allow = { "127.0.0.1" } }
 		t.Fatal(err)
 	}
 	defer s.Stop(context.Background())
-	get := func(path string) (int, string) {
-		res, err := http.Get("http://" + admin + path)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer res.Body.Close()
-		b, _ := io.ReadAll(res.Body)
-		return res.StatusCode, string(b)
-	}
+	get := func(path string) (int, string) { return testutil.HTTPGet(t, "http://"+admin+path) }
 	waitReady := func(what string, code int, says string) {
 		t.Helper()
 		var last string
