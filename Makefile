@@ -6,13 +6,18 @@ BIN     := bin/sluice
 BENCH   := bin/sluice-bench
 CONFIG  ?= pipeline.example.lua
 PKGS    := ./...
+# `sluice version` reports these (see cmd/sluice/version.go); override for
+# a release: make build VERSION=v1.2.0.
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+COMMIT  ?= $(shell git rev-parse HEAD 2>/dev/null)
+LDFLAGS := -X main.version=$(VERSION) -X main.commit=$(COMMIT)
 
-.PHONY: all build run test test-short bench lint fmt vet clean deps proto proto-tools
+.PHONY: all build run test test-short test-scripts bench lint fmt vet clean deps proto proto-tools
 
 all: build
 
 build:
-	$(GO) build -o $(BIN) ./cmd/sluice
+	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/sluice
 	$(GO) build -o $(BENCH) ./cmd/sluice-bench
 
 # Runs the relay with the example pipeline: SMTP on 127.0.0.1:2525, spool in
@@ -65,6 +70,11 @@ test: deps build
 	# (see their READMEs)
 	cd internal/third_party/go-smtp && $(GO) test -count=1 ./...
 	cd internal/third_party/gopher-lua && $(GO) test -count=1 .
+
+# The Lua rule tests of the shipped scripts (also run by `make test`,
+# through go test ./scripts).
+test-scripts: build
+	./$(BIN) test-scripts scripts
 
 test-short: build
 	$(GO) test -short -count=1 $(PKGS)

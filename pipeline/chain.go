@@ -18,8 +18,11 @@ type ChainOptions struct {
 	LocalDomains []string
 	// Logger receives stage failures; nil means slog.Default().
 	Logger *slog.Logger
-	// Trace, when set, is called after every stage call (dry runs, debug).
-	Trace func(stage, hook string, v Verdict, err error)
+	// Trace, when set, is called after every stage hook call, on the
+	// goroutine that made it, with the stage's own answer (before the
+	// chain applies its edits or maps a failure to a reply): `sluice test`
+	// prints it. Unset (nil), it costs one nil check per call.
+	Trace func(TraceCall)
 	// StageTimer, when set, is called once per stage and hook at Compile;
 	// the function it returns (nil: none) observes every call of that
 	// hook: its duration and whether the stage failed (error, timeout,
@@ -32,6 +35,22 @@ type ChainOptions struct {
 	// the chain writes (RFC 8601 section 2.5): this host's name. Default
 	// "localhost".
 	AuthServID string
+}
+
+// TraceCall is one stage hook call as ChainOptions.Trace sees it.
+type TraceCall struct {
+	Stage string
+	Hook  string // "on_mail", "on_rcpt", ...
+	// MessageID is the transaction's message id from on_mail on (a DSN
+	// Sluice generates while committing a message has its own), else "".
+	MessageID string
+	// Recipient is the recipient's address at on_rcpt and on_route,
+	// else "".
+	Recipient string
+	Verdict   Verdict
+	// Err is the stage's own failure (a timeout, a script error, a
+	// plugin crash), before the chain turns it into a reply.
+	Err error
 }
 
 // Chain is an ordered list of stages compiled once at config load into one
@@ -153,7 +172,7 @@ func (c *Chain) HasEventHooks() bool { return len(c.event) > 0 }
 // call runs one stage hook with the stage timeout and panic recovery, and
 // normalises the outcome: a stage failure becomes an *Error (temporary,
 // generic text) carrying the cause for logs.
-func (c *Chain) call(ctx context.Context, st Stage, hook string, fn func(context.Context) (Verdict, error)) (v Verdict, err error) {
+func (c *Chain) call(ctx context.Context, st Stage, hook string, txn *Txn, rcpt *Recipient, fn func(context.Context) (Verdict, error)) (v Verdict, err error) {
 	if c.opts.StageTimeout > 0 && !c.bounded[st] {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, c.opts.StageTimeout)
@@ -178,7 +197,14 @@ func (c *Chain) call(ctx context.Context, st Stage, hook string, fn func(context
 	}
 	v, err = fn(ctx)
 	if c.opts.Trace != nil {
-		c.opts.Trace(st.Name(), hook, v, err)
+		tc := TraceCall{Stage: st.Name(), Hook: hook, Verdict: v, Err: err}
+		if txn != nil {
+			tc.MessageID = txn.ID
+		}
+		if rcpt != nil {
+			tc.Recipient = rcpt.Address
+		}
+		c.opts.Trace(tc)
 	}
 	if err != nil {
 		return Verdict{}, c.failed(st, hook, err)
@@ -238,7 +264,7 @@ func (c *Chain) edit(st Stage, hook string, v Verdict, txn *Txn, msg *Message) e
 func (c *Chain) Connect(ctx context.Context, conn *Conn) error {
 	for _, h := range c.connect {
 		st := h.(Stage)
-		v, err := c.call(ctx, st, "on_connect", func(ctx context.Context) (Verdict, error) { return h.OnConnect(ctx, conn) })
+		v, err := c.call(ctx, st, "on_connect", nil, nil, func(ctx context.Context) (Verdict, error) { return h.OnConnect(ctx, conn) })
 		if err == nil {
 			err = c.edit(st, "on_connect", v, nil, nil)
 		}
@@ -253,7 +279,7 @@ func (c *Chain) Connect(ctx context.Context, conn *Conn) error {
 func (c *Chain) Helo(ctx context.Context, conn *Conn, name string) error {
 	for _, h := range c.helo {
 		st := h.(Stage)
-		v, err := c.call(ctx, st, "on_helo", func(ctx context.Context) (Verdict, error) { return h.OnHelo(ctx, conn, name) })
+		v, err := c.call(ctx, st, "on_helo", nil, nil, func(ctx context.Context) (Verdict, error) { return h.OnHelo(ctx, conn, name) })
 		if err == nil {
 			err = c.edit(st, "on_helo", v, nil, nil)
 		}
@@ -270,7 +296,7 @@ func (c *Chain) Auth(ctx context.Context, conn *Conn, cr *Credentials) (*Identit
 	for _, h := range c.auth {
 		st := h.(Stage)
 		var id *Identity
-		v, err := c.call(ctx, st, "on_auth", func(ctx context.Context) (Verdict, error) {
+		v, err := c.call(ctx, st, "on_auth", nil, nil, func(ctx context.Context) (Verdict, error) {
 			v, i, err := h.OnAuth(ctx, conn, cr)
 			id = i
 			return v, err
@@ -297,7 +323,7 @@ func (c *Chain) Auth(ctx context.Context, conn *Conn, cr *Credentials) (*Identit
 func (c *Chain) Mail(ctx context.Context, txn *Txn) error {
 	for _, h := range c.mail {
 		st := h.(Stage)
-		v, err := c.call(ctx, st, "on_mail", func(ctx context.Context) (Verdict, error) { return h.OnMail(ctx, txn) })
+		v, err := c.call(ctx, st, "on_mail", txn, nil, func(ctx context.Context) (Verdict, error) { return h.OnMail(ctx, txn) })
 		if err == nil {
 			err = c.edit(st, "on_mail", v, txn, nil)
 		}
@@ -315,7 +341,7 @@ func (c *Chain) Mail(ctx context.Context, txn *Txn) error {
 func (c *Chain) Rcpt(ctx context.Context, txn *Txn, r *Recipient) error {
 	for _, h := range c.rcpt {
 		st := h.(Stage)
-		v, err := c.call(ctx, st, "on_rcpt", func(ctx context.Context) (Verdict, error) { return h.OnRcpt(ctx, txn, r) })
+		v, err := c.call(ctx, st, "on_rcpt", txn, r, func(ctx context.Context) (Verdict, error) { return h.OnRcpt(ctx, txn, r) })
 		if err == nil {
 			err = c.edit(st, "on_rcpt", v, txn, nil)
 		}
@@ -351,7 +377,7 @@ func (c *Chain) Message(ctx context.Context, msg *Message) (discard bool, reason
 	}
 	for _, h := range c.message {
 		st := h.(Stage)
-		v, err := c.call(ctx, st, "on_message", func(ctx context.Context) (Verdict, error) { return h.OnMessage(ctx, msg) })
+		v, err := c.call(ctx, st, "on_message", msg.Txn, nil, func(ctx context.Context) (Verdict, error) { return h.OnMessage(ctx, msg) })
 		if err == nil {
 			err = c.edit(st, "on_message", v, msg.Txn, msg)
 		}
@@ -385,7 +411,7 @@ func (c *Chain) finish(ctx context.Context, msg *Message) error {
 	}
 	for _, h := range c.sign {
 		st := h.(Stage)
-		_, err := c.call(ctx, st, "sign", func(ctx context.Context) (Verdict, error) { return Verdict{}, h.Sign(ctx, msg) })
+		_, err := c.call(ctx, st, "sign", msg.Txn, nil, func(ctx context.Context) (Verdict, error) { return Verdict{}, h.Sign(ctx, msg) })
 		if err != nil {
 			return err
 		}
@@ -400,7 +426,7 @@ func (c *Chain) finish(ctx context.Context, msg *Message) error {
 func (c *Chain) Route(ctx context.Context, msg *Message, r *Recipient) (route *Route, discard bool, err error) {
 	for _, h := range c.route {
 		st := h.(Stage)
-		v, err := c.call(ctx, st, "on_route", func(ctx context.Context) (Verdict, error) { return h.OnRoute(ctx, msg, r) })
+		v, err := c.call(ctx, st, "on_route", msg.Txn, r, func(ctx context.Context) (Verdict, error) { return h.OnRoute(ctx, msg, r) })
 		if err == nil {
 			err = c.edit(st, "on_route", v, msg.Txn, msg)
 		}
@@ -429,7 +455,7 @@ func (c *Chain) Route(ctx context.Context, msg *Message, r *Recipient) (route *R
 func (c *Chain) Event(ctx context.Context, ev *Event) {
 	for _, h := range c.event {
 		st := h.(Stage)
-		_, _ = c.call(ctx, st, "on_event", func(ctx context.Context) (Verdict, error) { return Verdict{}, h.OnEvent(ctx, ev) })
+		_, _ = c.call(ctx, st, "on_event", nil, nil, func(ctx context.Context) (Verdict, error) { return Verdict{}, h.OnEvent(ctx, ev) })
 	}
 }
 
@@ -442,7 +468,7 @@ func (c *Chain) Verified(ctx context.Context, conn *Conn, cr *Credentials, id *I
 	for _, h := range c.auth {
 		st := h.(Stage)
 		var nid *Identity
-		v, err := c.call(ctx, st, "on_auth", func(ctx context.Context) (Verdict, error) {
+		v, err := c.call(ctx, st, "on_auth", nil, nil, func(ctx context.Context) (Verdict, error) {
 			v, i, err := h.OnAuth(ctx, conn, cr)
 			nid = i
 			return v, err

@@ -20,12 +20,18 @@ const (
 	// A token was revoked, by id or for a whole tenant (the HTTP API or
 	// the CLI); one event, on the node that revoked it.
 	EventTokenRevoked = "token_revoked"
+	// Outbound shaping changed for a site (and egress source): a reply
+	// that means "slow down" lowered its limits or suspended it, or the
+	// change ended (docs/shaping.md).
+	EventShapingThrottled = "shaping_throttled"
+	EventShapingSuspended = "shaping_suspended"
+	EventShapingResumed   = "shaping_resumed"
 )
 
 // EventTypes lists every event type, in the order above.
 var EventTypes = []string{EventReceived, EventRejected, EventDeferred, EventDelivered, EventBounced,
 	EventExpired, EventDiscarded, EventSuppressed, EventCancelled, EventSuppressionAdded, EventSuppressionRemoved,
-	EventTokenRevoked}
+	EventTokenRevoked, EventShapingThrottled, EventShapingSuspended, EventShapingResumed}
 
 // EventSchema is the version in every event's "schema" field.
 const EventSchema = 1

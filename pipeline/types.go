@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net/netip"
+	"strings"
 	"time"
 
 	"github.com/emersion/go-message/textproto"
@@ -360,6 +361,10 @@ type Route struct {
 	TLS      string `json:"tls,omitempty"`       // TLS policy; "" = delivery default
 	AuthUser string `json:"auth_user,omitempty"` // relay: optional SMTP AUTH PLAIN
 	AuthPass string `json:"auth_pass,omitempty"`
+	// Pool names the egress pool (sluice.egress) the recipient leaves
+	// from; "" is the default pool (or the host's own address when no
+	// egress is configured).
+	Pool string `json:"pool,omitempty"`
 }
 
 // MX is the default route: look up the recipient domain's MX hosts.
@@ -378,6 +383,9 @@ func (r *Route) Validate() error {
 		}
 	default:
 		return fmt.Errorf("unknown route kind %q (want mx or relay)", r.Kind)
+	}
+	if len(r.Pool) > 64 || strings.ContainsAny(r.Pool, " |\r\n") {
+		return fmt.Errorf("route pool %q: want a pool name of at most 64 characters without spaces", r.Pool)
 	}
 	switch r.TLS {
 	case "", TLSOpportunistic, TLSRequired, TLSNone:

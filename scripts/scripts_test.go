@@ -8,11 +8,13 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/sluice-mta/sluice/internal/config"
 	"github.com/sluice-mta/sluice/internal/luahost"
+	"github.com/sluice-mta/sluice/internal/luatest"
 	"github.com/sluice-mta/sluice/pipeline"
 )
 
@@ -109,5 +111,33 @@ func TestRouteByDomain(t *testing.T) {
 		if rt.Kind != want[i].kind || rt.Host != want[i].host || rt.Port != want[i].port {
 			t.Errorf("%s: route %+v, want %+v", r.Address, rt, want[i])
 		}
+	}
+}
+
+// TestShippedScriptsLuaTests runs the Lua rule tests beside the shipped
+// scripts (*_test.lua, the way `sluice test-scripts scripts` does), so
+// `make test` covers them.
+func TestShippedScriptsLuaTests(t *testing.T) {
+	var out strings.Builder
+	sum, err := luatest.Run(context.Background(), []string{"."}, luatest.Options{Out: &out})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Log("\n" + out.String())
+	if sum.Failed > 0 {
+		t.Fatalf("%d of %d Lua tests failed:\n%s", sum.Failed, sum.Tests, out.String())
+	}
+	// Every shipped script has a test file, and each file has tests.
+	scripts, _ := filepath.Glob("*.lua")
+	for _, s := range scripts {
+		if strings.HasSuffix(s, "_test.lua") {
+			continue
+		}
+		if _, err := os.Stat(strings.TrimSuffix(s, ".lua") + "_test.lua"); err != nil {
+			t.Errorf("%s has no Lua test file: %v", s, err)
+		}
+	}
+	if sum.Files < 2 || sum.Tests < 10 {
+		t.Errorf("ran %d tests in %d files; the shipped tests have more", sum.Tests, sum.Files)
 	}
 }

@@ -70,7 +70,7 @@ func runAPIKey(args []string, stdout, stderr io.Writer) int {
 	case "list":
 		tenant = fs.String("tenant", "", "only this tenant's keys")
 	case "revoke":
-	case "help", "-h", "--help":
+	case "help", "-h", "-help", "--help":
 		fmt.Fprint(stdout, apikeyUsage)
 		return 0
 	default:

@@ -34,6 +34,10 @@ Refer to the key file from sluice.builtin.dkim_sign (docs/dkim.md).
 
 // runDKIM implements `sluice dkim`.
 func runDKIM(args []string, stdout, stderr io.Writer) int {
+	if len(args) > 0 && (args[0] == "help" || args[0] == "-h" || args[0] == "-help" || args[0] == "--help") {
+		fmt.Fprint(stdout, dkimUsage)
+		return 0
+	}
 	if len(args) == 0 || args[0] != "keygen" {
 		fmt.Fprint(stderr, dkimUsage)
 		return 2

@@ -15,7 +15,6 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
-	"runtime/debug"
 	"runtime/pprof"
 	"syscall"
 	"time"
@@ -23,9 +22,6 @@ import (
 	"github.com/sluice-mta/sluice/internal/config"
 	"github.com/sluice-mta/sluice/internal/server"
 )
-
-// version is set at build time with -ldflags "-X main.version=...".
-var version = "dev"
 
 const usage = `sluice — a programmable mail relay
 
@@ -40,7 +36,12 @@ Usage:
   sluice passwd  USER [--tenant T] [--sender D]...   hash a password into a users file line (SMTP AUTH)
   sluice token   keygen|issue ...   make token signing keys; sign a short-lived token locally
   sluice dkim    keygen --domain D --selector S [--algo rsa|ed25519] [--out DIR]   make a DKIM key; print its TXT record
-  sluice version             print the version
+  sluice test    -c FILE [--from A] [--to B]... [FILE.eml]   dry-run a message through the pipeline
+                             and print each stage's verdict, the routes and the reply (nothing is spooled)
+  sluice test    -c FILE --route ADDRESS   where would mail to ADDRESS go?
+  sluice test-scripts DIR    run the Lua rule tests (*_test.lua) under DIR
+  sluice health  [-c FILE | --url URL] [--ready]   ask the running relay's admin listener /healthz (or /readyz)
+  sluice version [--json]    print the version, commit and Go version
 
 Run "sluice COMMAND -h" for a command's flags. Exit codes: 0 ok, 1 failure, 2 usage.
 `
@@ -85,13 +86,14 @@ func run(args []string, stdout, stderr io.Writer) int {
 	case "dkim":
 		return runDKIM(args[1:], stdout, stderr)
 	case "version", "--version", "-v":
-		v := version
-		if bi, ok := debug.ReadBuildInfo(); ok && v == "dev" {
-			v = "dev (" + bi.GoVersion + ")"
-		}
-		fmt.Fprintln(stdout, "sluice", v)
-		return 0
-	case "help", "-h", "--help":
+		return runVersion(args[1:], stdout, stderr)
+	case "test":
+		return runTest(args[1:], stdout, stderr)
+	case "test-scripts":
+		return runTestScripts(args[1:], stdout, stderr)
+	case "health":
+		return runHealth(args[1:], stdout, stderr)
+	case "help", "-h", "-help", "--help":
 		fmt.Fprint(stdout, usage)
 		return 0
 	}
@@ -168,7 +170,7 @@ func runServe(args []string, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "sluice serve:", err)
 		return 1
 	}
-	log.Info("sluice started", "version", version, "config", cfg.File, "node", cfg.Node, "stages", len(cfg.Stages))
+	log.Info("sluice started", "version", version, "commit", versionInfo().Commit, "config", cfg.File, "node", cfg.Node, "stages", len(cfg.Stages))
 
 	code := 0
 wait:

@@ -138,8 +138,11 @@ func runToken(args []string, stdout, stderr io.Writer) int {
 		return 0
 	case "revoke":
 		return tokenRevoke(fs, args, stdout, stderr)
+	case "help", "-h", "-help", "--help":
+		fmt.Fprint(stdout, tokenUsage)
+		return 0
 	}
-	fmt.Fprint(stderr, tokenUsage)
+	fmt.Fprintf(stderr, "sluice token: unknown subcommand %q\n\n%s", sub, tokenUsage)
 	return 2
 }
 

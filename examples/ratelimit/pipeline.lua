@@ -34,7 +34,8 @@ sluice.stage("campaigns", {
     if campaign == nil then return end
     local ok, retry = sluice.ratelimit.check("campaign:" .. (msg.conn.tenant or "") .. ":" .. campaign, "100/hour")
     if ok == false then
-      return sluice.tempfail(450, "4.7.1", "Campaign " .. campaign .. " is over its rate, try again in " .. math.ceil(retry) .. " s")
+      return sluice.tempfail(450, "4.7.1", "Campaign " .. campaign .. " is over its rate, try again in " .. math.ceil(retry) .. " s",
+        { retry_after = retry }) -- HTTP 429 with Retry-After
     end
   end,
 })

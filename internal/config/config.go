@@ -38,6 +38,8 @@ type Config struct {
 	Auth         Auth        // sluice.auth (auth.go)
 	Tokens       Tokens      // sluice.tokens (tokens.go)
 	Redis        *Redis      // sluice.redis (redis.go); nil: not configured
+	Shaping      *Shaping    // sluice.shaping (shaping.go); nil: not configured
+	Egress       *Egress     // sluice.egress (shaping.go); nil: not configured
 	Lua          Lua
 	Stages       []StageSpec
 	StageTimeout time.Duration // bound on each stage call; default 30s

@@ -38,6 +38,9 @@ func TestDocsExamples(t *testing.T) {
 		for _, m := range regexp.MustCompile(`sluice\.read_file\("([^"]+)"\)`).FindAllStringSubmatch(code, -1) {
 			files[m[1]] = "stub\n"
 		}
+		for _, m := range regexp.MustCompile(`"([^"]+\.toml)"`).FindAllStringSubmatch(code, -1) {
+			files[m[1]] = "" // shaping files: an empty one is valid
+		}
 		for _, m := range regexp.MustCompile(`sluice\.env\("([^"]+)"\)`).FindAllStringSubmatch(code, -1) {
 			v := "stub"
 			if strings.HasSuffix(m[1], "WEBHOOK_SECRET") { // must be a whsec_ secret

@@ -26,7 +26,7 @@ import (
 var FuncNames = []string{
 	"node", "local_domains", "spool", "listen_smtp", "listen_http", "listen_admin", "delivery",
 	"events", "lua_options", "stage_timeout", "stage", "lua", "builtin", "plugin",
-	"env", "read_file", "bounces", "suppression", "auth", "tokens", "redis",
+	"env", "read_file", "bounces", "suppression", "auth", "tokens", "redis", "shaping", "egress",
 }
 
 // loader records the configuration functions' calls into a Config.
@@ -58,6 +58,8 @@ func (ld *loader) install() {
 	set("auth", ld.auth)
 	set("tokens", ld.tokens)
 	set("redis", ld.redis)
+	set("shaping", ld.shaping)
+	set("egress", ld.egress)
 	set("lua_options", ld.luaOptions)
 	set("stage_timeout", ld.stageTimeout)
 	set("stage", ld.stage)
@@ -754,6 +756,12 @@ func (ld *loader) plugin(L *lua.LState) int {
 	}
 	if strings.ContainsRune(p.Cmd, '/') {
 		p.Cmd = ld.resolve(p.Cmd)
+		if !strings.ContainsRune(p.Cmd, '/') {
+			// "./plugin" beside a config file named without a directory
+			// ("-c pipeline.lua"): filepath.Join dropped the "./", and a
+			// bare name would be looked up in $PATH instead.
+			p.Cmd = "./" + p.Cmd
+		}
 	}
 	// A bare string would be one argument; a list is what is meant (and
 	// what docs/plugins.md shows), so say so rather than guess.
@@ -893,10 +901,8 @@ func (ld *loader) kafkaMore(k *sandbox.Opts, kc *Kafka) {
 }
 
 // eventTypes are the event types kafka.types and kafka.routes accept: the
-// pipeline's, the suppression list's and token revocations.
-var eventTypes = []string{pipeline.EventReceived, pipeline.EventRejected, pipeline.EventDeferred, pipeline.EventDelivered,
-	pipeline.EventBounced, pipeline.EventExpired, pipeline.EventDiscarded, pipeline.EventSuppressed, pipeline.EventCancelled,
-	"suppression_added", "suppression_removed", pipeline.EventTokenRevoked}
+// pipeline's, the suppression list's and shaping's.
+var eventTypes = pipeline.EventTypes
 
 func knownEventType(t string) bool { return slices.Contains(eventTypes, t) }
 

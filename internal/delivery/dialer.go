@@ -13,6 +13,7 @@ import (
 	"slices"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/sluice-mta/sluice/internal/config"
 	"github.com/sluice-mta/sluice/internal/dnsx"
@@ -197,6 +198,27 @@ func where(a Attempt) string {
 // over TLS, or in clear text to a loopback address. A server that lacks
 // AUTH PLAIN or rejects the credentials fails the address temporarily.
 func (d *Dialer) Dial(ctx context.Context, route *pipeline.Route, domain string) (*Session, error) {
+	return d.DialFrom(ctx, route, domain, Egress{})
+}
+
+// Egress is where a Dial leaves from and how long it may take: an egress
+// source's local address and EHLO name, and a site's timeouts. Zero
+// values keep the Dialer's own (the system's choice of address,
+// Dialer.Hostname, Config's timeouts).
+type Egress struct {
+	// Source is the local address to connect from (port 0). An address
+	// the host does not have fails every attempt with 451 4.4.1.
+	Source netip.Addr
+	// HELO is the EHLO name for this source.
+	HELO string
+	// ConnectTimeout and DataTimeout replace Config's for this Dial and
+	// the Session it returns.
+	ConnectTimeout, DataTimeout time.Duration
+}
+
+// DialFrom is Dial from an egress source (see Egress), with the same
+// results and errors.
+func (d *Dialer) DialFrom(ctx context.Context, route *pipeline.Route, domain string, eg Egress) (*Session, error) {
 	if route == nil {
 		route = pipeline.MX()
 	}
@@ -236,7 +258,7 @@ outer:
 				break outer
 			}
 			tried++
-			s, err := d.attempt(ctx, t.host, ip, port, policy, route)
+			s, err := d.attempt(ctx, t.host, ip, port, policy, route, &eg)
 			if err == nil {
 				return s, nil
 			}
@@ -459,20 +481,23 @@ func (r *retryClear) Unwrap() error { return r.err }
 
 // attempt connects to one address; an opportunistic TLS failure gets a
 // second connection in clear text.
-func (d *Dialer) attempt(ctx context.Context, host string, ip netip.Addr, port int, policy string, route *pipeline.Route) (*Session, error) {
-	s, err := d.connect(ctx, host, ip, port, policy, route, true)
+func (d *Dialer) attempt(ctx context.Context, host string, ip netip.Addr, port int, policy string, route *pipeline.Route, eg *Egress) (*Session, error) {
+	s, err := d.connect(ctx, host, ip, port, policy, route, eg, true)
 	var rc *retryClear
 	if errors.As(err, &rc) {
-		return d.connect(ctx, host, ip, port, policy, route, false)
+		return d.connect(ctx, host, ip, port, policy, route, eg, false)
 	}
 	return s, err
 }
 
-func (d *Dialer) connect(ctx context.Context, host string, ip netip.Addr, port int, policy string, route *pipeline.Route, tryTLS bool) (_ *Session, err error) {
-	connectTimeout := orDefault(d.Config.ConnectTimeout, defaults.ConnectTimeout)
+func (d *Dialer) connect(ctx context.Context, host string, ip netip.Addr, port int, policy string, route *pipeline.Route, eg *Egress, tryTLS bool) (_ *Session, err error) {
+	connectTimeout := orDefault(eg.ConnectTimeout, orDefault(d.Config.ConnectTimeout, defaults.ConnectTimeout))
 	dial := d.DialContext
-	if dial == nil {
+	if dial == nil || eg.Source.IsValid() {
 		var nd net.Dialer
+		if eg.Source.IsValid() {
+			nd.LocalAddr = &net.TCPAddr{IP: eg.Source.AsSlice()}
+		}
 		dial = nd.DialContext
 	}
 	dctx, cancel := context.WithTimeout(ctx, connectTimeout)
@@ -485,7 +510,7 @@ func (d *Dialer) connect(ctx context.Context, host string, ip netip.Addr, port i
 
 	s := newSession(conn, pipeline.Remote{Host: host, IP: ip.String()},
 		orDefault(d.Config.CommandTimeout, defaults.CommandTimeout),
-		orDefault(d.Config.DataTimeout, defaults.DataTimeout))
+		orDefault(eg.DataTimeout, orDefault(d.Config.DataTimeout, defaults.DataTimeout)))
 	stop := s.watch(ctx)
 	defer stop()
 	defer func() {
@@ -494,7 +519,7 @@ func (d *Dialer) connect(ctx context.Context, host string, ip netip.Addr, port i
 		}
 	}()
 
-	helo := d.helo()
+	helo := orDefault(eg.HELO, d.helo())
 	if err := s.greet(ctx); err != nil {
 		return nil, err
 	}

@@ -72,7 +72,7 @@ func (it *item) checkSenders(id *pipeline.Identity, field string) *apiError {
 		var se *relay.SenderError
 		msg := err.Error()
 		if errors.As(err, &se) {
-			msg = "this API key may not send with this From header: " + se.Err.Message
+			msg = credential(id) + " may not send with this From header: " + se.Err.Message
 		}
 		return errf(http.StatusForbidden, codeSenderNotAllowed, it.rawField, "%s", msg)
 	}

@@ -118,7 +118,11 @@ func (s *Server) revokeID(w http.ResponseWriter, r *http.Request, id string) {
 		s.fail(w, badField("id", "a token id (the jti, the \"id\" of POST /v1/tokens) is 1 to 128 characters of unpadded base64url"))
 		return
 	}
-	if _, err := l.RevokeID(r.Context(), k.Tenant, id, source); err != nil {
+	if _, err := l.RevokeID(r.Context(), k.Tenant, id, source); errors.Is(err, revoke.ErrTooMany) {
+		s.fail(w, errf(http.StatusTooManyRequests, codeTempfail, "id",
+			"this node already holds %d revoked token ids: revoke the tenant's tokens by time instead (POST /v1/tokens/revoke)", revoke.MaxIDs))
+		return
+	} else if err != nil {
 		s.log.Error("token revocation failed", "tenant", k.Tenant, "jti", id, "err", err)
 		s.fail(w, revocationError(err))
 		return

@@ -541,9 +541,17 @@ func (s *Server) openConn(ctx context.Context, r *http.Request, k *caller) (*rel
 // to the envelope sender, reported as field.
 func checkSender(id *pipeline.Identity, field, addr string) *apiError {
 	if err := relay.CheckEnvelopeSender(id, addr); err != nil {
-		return errf(http.StatusForbidden, codeSenderNotAllowed, field, "this API key may not send from %q", addr)
+		return errf(http.StatusForbidden, codeSenderNotAllowed, field, "%s may not send from %q", credential(id), addr)
 	}
 	return nil
+}
+
+// credential names what the caller authenticated with, for error messages.
+func credential(id *pipeline.Identity) string {
+	if id != nil && id.Method == "token" {
+		return "this token"
+	}
+	return "this API key"
 }
 
 // ---- idempotency ----

@@ -1,6 +1,7 @@
 package luahost
 
 import (
+	"context"
 	"strconv"
 	"time"
 
@@ -19,6 +20,21 @@ const maxRateKey = 256
 // for sluice.ratelimit.check. Call it before the stages serve; without
 // it, sluice.ratelimit.check returns nil and an error message.
 func (h *Host) SetRateLimits(l *pipeline.RateLimits) { h.limits.Store(l) }
+
+// checkContext bounds one store call to three quarters of the time the
+// hook has left, so that when Redis is slow or down the script still has
+// time to act on nil, message (fail open or closed) before its own
+// deadline stops it with 451 4.4.5.
+func checkContext(ctx context.Context) (context.Context, context.CancelFunc) {
+	if ctx == nil { // a state outside a call
+		return context.Background(), func() {}
+	}
+	dl, ok := ctx.Deadline()
+	if !ok {
+		return ctx, func() {}
+	}
+	return context.WithTimeout(ctx, time.Until(dl)*3/4)
+}
 
 // installRateLimit adds sluice.ratelimit to a state's module.
 func (h *Host) installRateLimit(st *state) {
@@ -82,7 +98,10 @@ func (h *Host) rateCheck(st *state, L *lua.LState) int {
 		Rate: rate, N: n, Stage: st.stage, Limit: fn,
 	}}
 	var out [1]pipeline.RateResult
-	if err := store.Check(L.Context(), checks[:], out[:]); err != nil {
+	ctx, cancel := checkContext(L.Context())
+	err = store.Check(ctx, checks[:], out[:])
+	cancel()
+	if err != nil {
 		L.Push(lua.LNil)
 		L.Push(lua.LString(fn + ": the rate-limit store cannot answer: " + err.Error()))
 		return 2

@@ -31,6 +31,8 @@ func TestVerdicts(t *testing.T) {
 		{"tempfail code only", `return sluice.tempfail(421)`, pipeline.Verdict{Action: pipeline.Tempfail, Code: 421}},
 		{"tempfail retry_after", `return sluice.tempfail(450, "4.7.1", "slow", { retry_after = 2.5 })`,
 			pipeline.Verdict{Action: pipeline.Tempfail, Code: 450, Enhanced: pipeline.EnhancedCode{4, 7, 1}, Text: "slow", RetryAfter: 2500 * time.Millisecond}},
+		{"tempfail retry_after over a week", `return sluice.tempfail(450, "4.7.1", "slow", { retry_after = 14 * 86400 })`,
+			pipeline.Verdict{Action: pipeline.Tempfail, Code: 450, Enhanced: pipeline.EnhancedCode{4, 7, 1}, Text: "slow", RetryAfter: 7 * 24 * time.Hour}},
 		{"discard", `return sluice.discard("spam trap")`, pipeline.DiscardVerdict("spam trap")},
 		{"discard no reason", `return sluice.discard()`, pipeline.DiscardVerdict("")},
 	}
@@ -220,9 +222,9 @@ sluice.stage("all", {
 	var traced []string
 	var mu sync.Mutex
 	ch, err := pipeline.Compile([]pipeline.Stage{stages["rcpt_only"], stages["policy"]}, pipeline.ChainOptions{
-		Trace: func(stage, hook string, v pipeline.Verdict, err error) {
+		Trace: func(tc pipeline.TraceCall) {
 			mu.Lock()
-			traced = append(traced, stage+"."+hook)
+			traced = append(traced, tc.Stage+"."+tc.Hook)
 			mu.Unlock()
 		},
 	})

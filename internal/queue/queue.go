@@ -17,6 +17,7 @@ package queue
 import (
 	"container/heap"
 	"context"
+	"errors"
 	"log/slog"
 	"math"
 	"math/rand/v2"
@@ -32,6 +33,7 @@ import (
 	"github.com/sluice-mta/sluice/internal/dsn"
 	"github.com/sluice-mta/sluice/internal/logx"
 	"github.com/sluice-mta/sluice/internal/metrics"
+	"github.com/sluice-mta/sluice/internal/shaping"
 	"github.com/sluice-mta/sluice/internal/spool"
 	"github.com/sluice-mta/sluice/pipeline"
 )
@@ -62,6 +64,13 @@ type Conn interface {
 // Dialer opens a Conn for a route. For MX routes it resolves domain.
 type Dialer interface {
 	Dial(ctx context.Context, route *pipeline.Route, domain string) (Conn, error)
+}
+
+// EgressDialer is a Dialer that can connect from an egress source (with a
+// site's timeouts); the queue uses it when shaping is on. A Dialer
+// without it always connects from the host's own address.
+type EgressDialer interface {
+	DialFrom(ctx context.Context, route *pipeline.Route, domain string, eg delivery.Egress) (Conn, error)
 }
 
 // Failure is one recipient that bounced or expired, for the DSN.
@@ -119,8 +128,15 @@ type Options struct {
 	// Bounces sets bounce_class on deferred, bounced and expired events
 	// (docs/events.md); nil: bounce.Default(), the embedded rules.
 	Bounces *bounce.Classifier
-	Logger  *slog.Logger
-	Now     func() time.Time // for tests; default time.Now
+	// Shaper, when set, turns on outbound shaping (docs/shaping.md): MX
+	// recipients are queued per site (the recipient domains with the same
+	// MX hosts) and route pool, and each connection and message follows
+	// the site's limits for the egress source it leaves from. nil keeps
+	// one queue per recipient domain with MaxPerDestination and
+	// MaxMessagesPerConn.
+	Shaper *shaping.Shaper
+	Logger *slog.Logger
+	Now    func() time.Time // for tests; default time.Now
 	// Metrics, when set, counts attempts and recipient outcomes
 	// (metrics.go).
 	Metrics *metrics.Node
@@ -175,6 +191,8 @@ type dest struct {
 	name     string // queue name in events
 	route    *pipeline.Route
 	domain   string
+	site     string // shaping on: the site (MX routes) or queue name
+	max      int    // workers at most
 	ready    []*item
 	active   int
 	idle     int
@@ -310,17 +328,77 @@ func (q *Queue) Stats() Stats {
 	return s
 }
 
+// destKey is the queue of a recipient: its route's queue name for domain
+// (with shaping, its site for MX routes), TLS policy, credentials, port
+// and egress pool.
 func destKey(r *pipeline.Route, domain string) string {
 	k := r.Kind + "|" + r.QueueName(domain) + "|" + r.TLS + "|" + r.AuthUser
 	if r.Kind == pipeline.RouteMX && r.Port != 0 {
 		k += "|" + strconv.Itoa(r.Port)
 	}
+	if r.Pool != "" {
+		k += "|" + r.Pool
+	}
 	return k
+}
+
+// sitesOf looks up the shaping site of every MX recipient's domain
+// (nil without shaping). With cachedOnly it does not wait for DNS and
+// reports false when a site is not known yet; otherwise it may wait: call
+// it without q.mu.
+func (q *Queue) sitesOf(rcpts []*spool.Recipient, cachedOnly bool) (map[string]string, bool) {
+	if q.o.Shaper == nil {
+		return nil, true
+	}
+	sites := map[string]string{}
+	for _, r := range rcpts {
+		if r.Route != nil && r.Route.Kind != pipeline.RouteMX {
+			continue
+		}
+		if _, ok := sites[r.Domain]; ok {
+			continue
+		}
+		if cachedOnly {
+			site, ok := q.o.Shaper.CachedSite(r.Domain)
+			if !ok {
+				return nil, false
+			}
+			sites[r.Domain] = site
+			continue
+		}
+		sites[r.Domain] = q.o.Shaper.Site(q.ctx, r.Domain)
+	}
+	return sites, true
 }
 
 // Enqueue adds a spooled message's recipients (already committed) to the
 // queues. Recipients with a future NextAttempt wait in the timer heap.
+// With shaping, a recipient domain whose site is not known yet is looked
+// up in a goroutine of its own (owned by the queue, ended by Stop), so
+// that Enqueue never waits for DNS: it runs before the client's 250.
 func (q *Queue) Enqueue(m *spool.Meta, rcpts []*spool.Recipient) {
+	sites, known := q.sitesOf(rcpts, true)
+	if !known {
+		q.mu.Lock()
+		stopping := q.stopping
+		if !stopping {
+			q.wg.Add(1)
+		}
+		q.mu.Unlock()
+		if stopping {
+			return // the spool keeps them; Load finds them at the next start
+		}
+		go func() {
+			defer q.wg.Done()
+			sites, _ := q.sitesOf(rcpts, false)
+			q.enqueue(m, rcpts, sites)
+		}()
+		return
+	}
+	q.enqueue(m, rcpts, sites)
+}
+
+func (q *Queue) enqueue(m *spool.Meta, rcpts []*spool.Recipient, sites map[string]string) {
 	now := q.o.Now()
 	q.mu.Lock()
 	defer q.mu.Unlock()
@@ -337,13 +415,16 @@ func (q *Queue) Enqueue(m *spool.Meta, rcpts []*spool.Recipient) {
 		if route == nil {
 			route = pipeline.MX()
 		}
+		site, shaped := sites[r.Domain]
 		k := destKey(route, r.Domain)
+		if shaped {
+			k = destKey(route, site)
+		}
 		it := groups[k]
 		if it == nil {
 			d := q.dests[k]
 			if d == nil {
-				d = &dest{key: k, name: route.QueueName(r.Domain), route: route, domain: r.Domain,
-					wake: make(chan struct{}, q.o.MaxPerDestination)}
+				d = q.newDest(k, route, r.Domain, site)
 				q.dests[k] = d
 			}
 			it = &item{msg: msg, dest: d, due: r.NextAttempt}
@@ -358,6 +439,24 @@ func (q *Queue) Enqueue(m *spool.Meta, rcpts []*spool.Recipient) {
 	for _, it := range order {
 		q.schedule(it, now)
 	}
+}
+
+// newDest makes the queue of a destination. With shaping its workers
+// are bounded by the connection limits of its site on its pool's
+// sources; otherwise by MaxPerDestination. q.mu held.
+func (q *Queue) newDest(k string, route *pipeline.Route, domain, site string) *dest {
+	d := &dest{key: k, name: route.QueueName(domain), route: route, domain: domain, max: q.o.MaxPerDestination}
+	if q.o.Shaper != nil {
+		if site == "" {
+			site = route.QueueName(domain)
+		}
+		d.site = site
+		d.max = q.o.Shaper.PoolConnections(site, route.Pool)
+	}
+	// Room for every worker the site may ever have: a rule can raise the
+	// limit back after lowering it.
+	d.wake = make(chan struct{}, max(d.max, q.o.MaxPerDestination))
+	return d
 }
 
 // schedule puts an item in its destination's ready list or the timer heap.
@@ -402,7 +501,12 @@ func (q *Queue) dispatch(d *dest) {
 	}
 	// Idle workers take one item each; start more (up to the limit) for
 	// the rest of a burst rather than leaving it to one worker.
-	for len(d.ready) > d.idle+d.starting && d.active < q.o.MaxPerDestination {
+	if q.o.Shaper != nil {
+		// An adaptive rule may have lowered (or restored) the site's
+		// connection limit since the last dispatch.
+		d.max = q.o.Shaper.PoolConnections(d.site, d.route.Pool)
+	}
+	for len(d.ready) > d.idle+d.starting && d.active < d.max {
 		d.active++
 		d.starting++
 		q.wg.Add(1)
@@ -458,8 +562,8 @@ func (q *Queue) timerLoop() {
 // take returns the next ready item of d. With an open connection it waits
 // up to IdleTimeout for one; without, it returns nil at once when d is
 // empty. When it returns nil the worker has been retired (active--).
-func (q *Queue) take(d *dest, haveConn, first bool) *item {
-	deadline := time.Now().Add(q.o.IdleTimeout)
+func (q *Queue) take(d *dest, haveConn, first bool, idle time.Duration) *item {
+	deadline := time.Now().Add(idle)
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	if first {
@@ -501,23 +605,32 @@ func (q *Queue) take(d *dest, haveConn, first bool) *item {
 func (q *Queue) worker(d *dest) {
 	defer q.wg.Done()
 	var (
-		conn Conn
-		sent int
-		held bool
+		conn  Conn
+		sent  int
+		held  bool
+		lease *shaping.Lease // shaping on and conn open
 	)
-	release := func() {
+	closeConn := func() {
 		if conn != nil {
 			_ = conn.Close()
 			conn = nil
 		}
+		if lease != nil {
+			lease.Release()
+			lease = nil
+		}
+	}
+	release := func() {
+		closeConn()
 		if held {
 			<-q.sem
 			held = false
 		}
 	}
 	defer release()
+	idle, maxPer := q.o.IdleTimeout, q.o.MaxMessagesPerConn
 	for first := true; ; first = false {
-		it := q.take(d, conn != nil, first)
+		it := q.take(d, conn != nil, first, idle)
 		if it == nil {
 			return
 		}
@@ -528,9 +641,30 @@ func (q *Queue) worker(d *dest) {
 		if q.spoolHeld.Swap(false) {
 			q.log.Info("the spool records outcomes again; delivery resumes")
 		}
-		if conn != nil && (!conn.Usable() || sent >= q.o.MaxMessagesPerConn) {
-			_ = conn.Close()
-			conn = nil
+		if conn != nil && (!conn.Usable() || sent >= maxPer) {
+			closeConn()
+		}
+		var eg delivery.Egress
+		if conn == nil && q.o.Shaper == nil && d.route.Pool != "" {
+			q.complete(it, nil, shaping.UnknownPool(d.route.Pool), nil) // no sluice.egress
+			continue
+		}
+		if conn == nil && q.o.Shaper != nil {
+			l, retry, reason, err := q.o.Shaper.Acquire(d.site, d.route.Pool)
+			if err != nil {
+				q.complete(it, nil, err, nil)
+				continue
+			}
+			if l == nil {
+				q.shapeHold(d, it, retry, reason)
+				q.retire(d)
+				return
+			}
+			lease = l
+			var ci time.Duration
+			eg.ConnectTimeout, eg.DataTimeout, ci = l.Timeouts()
+			eg.Source, eg.HELO = l.Source.Address, l.Source.HELO
+			idle, maxPer = orDur(ci, q.o.IdleTimeout), l.MaxPerConnection()
 		}
 		if conn == nil {
 			if !held {
@@ -543,9 +677,12 @@ func (q *Queue) worker(d *dest) {
 					return
 				}
 			}
-			c, err := q.dialer.Dial(q.ctx, d.route, d.domain)
+			c, err := q.dial(d, eg, lease != nil)
 			if err != nil {
 				q.countAttempt("connect", 0)
+				if lease != nil {
+					lease.Observe([]*pipeline.Response{replyOf(err)}, nil)
+				}
 				q.complete(it, nil, err, nil)
 				if pipeline.IsTemporary(err) {
 					// The destination is down: defer what else is ready for
@@ -570,17 +707,98 @@ func (q *Queue) worker(d *dest) {
 		for i, r := range it.rcpts {
 			env.Rcpts[i] = delivery.Rcpt{Addr: r.Address, Params: r.Params}
 		}
+		if lease != nil {
+			retry, reason, werr := lease.Wait(q.ctx, idle)
+			if werr != nil { // stopping
+				q.requeue(it)
+				q.retire(d)
+				return
+			}
+			if !retry.IsZero() {
+				closeConn()
+				q.shapeHold(d, it, retry, reason)
+				q.retire(d)
+				return
+			}
+		}
 		remote := conn.Remote()
 		start := time.Now()
 		res, err := conn.Deliver(q.ctx, env, data)
 		q.countAttempt(attemptResult(err), time.Since(start))
 		sent++
+		if lease != nil {
+			lease.Observe(failures(res, err), &remote)
+		}
 		q.complete(it, res, err, &remote)
 		if err != nil {
-			_ = conn.Close()
-			conn = nil
+			closeConn()
 		}
 	}
+}
+
+// dial opens a connection for d, from eg's source when shaping is on and
+// the dialer can.
+func (q *Queue) dial(d *dest, eg delivery.Egress, shaped bool) (Conn, error) {
+	if ed, ok := q.dialer.(EgressDialer); ok && shaped {
+		return ed.DialFrom(q.ctx, d.route, d.domain, eg)
+	}
+	return q.dialer.Dial(q.ctx, d.route, d.domain)
+}
+
+func orDur(v, def time.Duration) time.Duration {
+	if v == 0 {
+		return def
+	}
+	return v
+}
+
+// failures lists the replies of an attempt that were failures, for the
+// shaping rules.
+func failures(res []delivery.Result, err error) []*pipeline.Response {
+	var out []*pipeline.Response
+	if err != nil {
+		out = append(out, replyOf(err))
+	}
+	for _, r := range res {
+		if r.Err != nil {
+			out = append(out, replyOf(r.Err))
+		}
+	}
+	return out
+}
+
+// replyOf is the next hop's own reply in err (code, enhanced code, its
+// text alone), or the reply Sluice recorded for a local failure.
+func replyOf(err error) *pipeline.Response {
+	var re *delivery.ReplyError
+	if errors.As(err, &re) {
+		r := &pipeline.Response{Code: re.Code, Text: re.Text}
+		if re.Enhanced != (pipeline.EnhancedCode{}) {
+			r.Enhanced = re.Enhanced.String()
+		}
+		return r
+	}
+	return pipeline.ResponseOf(err)
+}
+
+// shapeHold puts it, and every item ready for d, back into the timer heap
+// until retry: shaping holds d (the site is suspended, its rate or the
+// source's warm-up volume is used up, or its connections are taken). No
+// attempt is counted and no event written: the shaping change has its own
+// event. The first hold of a site is logged per reason, sampled.
+func (q *Queue) shapeHold(d *dest, it *item, retry time.Time, reason string) {
+	if ok, n := q.sample.Allow("shaping:" + reason); ok {
+		q.log.Info("delivery held by shaping", "site", d.site, "pool", d.route.Pool, "reason", reason, "until", retry, "similar_suppressed", n)
+	}
+	q.mu.Lock()
+	items := append([]*item{it}, d.ready...)
+	d.ready = nil
+	for _, x := range items {
+		x.due = retry
+		heap.Push(&q.waiting, x)
+	}
+	q.mu.Unlock()
+	q.kick()
 }
 
 // retire ends a worker that took no item (shutdown while waiting for a
@@ -640,6 +858,15 @@ func (q *Queue) backoff(n int) time.Duration {
 	return time.Duration(d)
 }
 
+// rcptQueue is the queue name of r in events: its route's, for its own
+// domain (a site's queue holds several domains).
+func rcptQueue(r *spool.Recipient) string {
+	if r.Route == nil {
+		return r.Domain
+	}
+	return r.Route.QueueName(r.Domain)
+}
+
 func (q *Queue) event(typ string, m *spool.Meta, r *spool.Recipient, queueName string, attempt int) *pipeline.Event {
 	return &pipeline.Event{
 		Type: typ, MessageID: m.ID, Recipient: r.Address, Sender: m.Sender, Source: m.Source,
@@ -676,7 +903,7 @@ func (q *Queue) complete(it *item, res []delivery.Result, err error, remote *pip
 			rerr, reply, hopDSN = res[i].Err, res[i].Reply, res[i].DSN
 		}
 		attempt := r.Attempts + 1
-		ev := q.event("", m, r, it.dest.name, attempt)
+		ev := q.event("", m, r, rcptQueue(r), attempt)
 		if remote != nil && remote.Host != "" {
 			rm := *remote
 			ev.Remote = &rm

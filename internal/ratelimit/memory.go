@@ -4,6 +4,7 @@ import (
 	"context"
 	"hash/maphash"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/sluice-mta/sluice/pipeline"
@@ -14,6 +15,9 @@ const (
 	// minSweep is the smallest map size at which a shard looks for idle
 	// keys; after a sweep the next one waits until the map doubles.
 	minSweep = 256
+	// DefaultMaxKeys bounds the keys a Memory store holds (about 120 bytes
+	// each: 1,000,000 keys is about 120 MB).
+	DefaultMaxKeys = 1_000_000
 )
 
 // Memory is a pipeline.RateStore in this process: 64 shards, each a
@@ -21,13 +25,21 @@ const (
 // A key whose TAT has passed is idle (the same as absent); a shard drops
 // its idle keys when it has doubled in size since its last sweep, so
 // memory follows the number of keys active within their period, at an
-// amortised O(1) per new key and with no goroutine. Safe for concurrent
-// use; the zero value is not usable (NewMemory).
+// amortised O(1) per new key and with no goroutine.
+//
+// Memory is bounded: past DefaultMaxKeys keys still within their period
+// (many distinct forged sender domains at an MX, say), a shard forgets
+// arbitrary keys down to 15/16 of its share, and those keys start afresh:
+// the store fails open for them rather than grow without bound. Evicted
+// counts them. Safe for concurrent use; the zero value is not usable
+// (NewMemory).
 type Memory struct {
-	seed  maphash.Seed
-	start time.Time
-	now   func() time.Duration // since start; tests move it
-	sh    [shards]shard
+	seed     maphash.Seed
+	start    time.Time
+	now      func() time.Duration // since start; tests move it
+	shardCap int                  // keys per shard before eviction
+	evicted  atomic.Uint64
+	sh       [shards]shard
 }
 
 type shard struct {
@@ -37,9 +49,13 @@ type shard struct {
 	_       [40]byte // keep shards on separate cache lines
 }
 
-// NewMemory returns an empty store.
-func NewMemory() *Memory {
-	m := &Memory{seed: maphash.MakeSeed(), start: time.Now()}
+// NewMemory returns an empty store holding at most DefaultMaxKeys keys.
+func NewMemory() *Memory { return NewMemoryMax(DefaultMaxKeys) }
+
+// NewMemoryMax returns an empty store holding at most about maxKeys keys
+// (rounded up to a multiple of 64).
+func NewMemoryMax(maxKeys int) *Memory {
+	m := &Memory{seed: maphash.MakeSeed(), start: time.Now(), shardCap: max((maxKeys+shards-1)/shards, 1)}
 	m.now = func() time.Duration { return time.Since(m.start) }
 	for i := range m.sh {
 		m.sh[i].m = map[string]int64{}
@@ -60,6 +76,10 @@ func (m *Memory) Len() int {
 	}
 	return n
 }
+
+// Evicted returns how many keys were forgotten because the store was
+// full (their limits started afresh).
+func (m *Memory) Evicted() uint64 { return m.evicted.Load() }
 
 // Check implements pipeline.RateStore. It never fails. The checks are not
 // one atomic step across shards: each is decided and charged under its
@@ -96,6 +116,9 @@ func (m *Memory) shard(key string) *shard {
 
 func (m *Memory) one(c *pipeline.RateCheck, now int64) pipeline.RateResult {
 	e, tol := gcra(c.Rate, 1)
+	if over(cost(c), e, tol) {
+		return pipeline.RateResult{RetryAfter: -1}
+	}
 	inc := e * cost(c)
 	s := m.shard(c.Key)
 	s.mu.Lock()
@@ -104,12 +127,9 @@ func (m *Memory) one(c *pipeline.RateCheck, now int64) pipeline.RateResult {
 		tat = now
 	}
 	next := tat + inc
-	if over := next - now - tol; over > 0 {
+	if late := next - now - tol; late > 0 {
 		s.mu.Unlock()
-		if inc > tol {
-			return pipeline.RateResult{RetryAfter: -1}
-		}
-		return pipeline.RateResult{RetryAfter: time.Duration(over)}
+		return pipeline.RateResult{RetryAfter: time.Duration(late)}
 	}
 	s.m[c.Key] = next
 	if !seen && len(s.m) >= s.sweepAt {
@@ -119,6 +139,20 @@ func (m *Memory) one(c *pipeline.RateCheck, now int64) pipeline.RateResult {
 			}
 		}
 		s.sweepAt = max(2*len(s.m), minSweep)
+	}
+	if len(s.m) > m.shardCap {
+		keep := max(m.shardCap*15/16, 1)
+		var n uint64
+		for k := range s.m { // map order: arbitrary keys go
+			if len(s.m) <= keep {
+				break
+			}
+			if k != c.Key {
+				delete(s.m, k)
+				n++
+			}
+		}
+		m.evicted.Add(n)
 	}
 	s.mu.Unlock()
 	return pipeline.RateResult{Allowed: true, Remaining: int((tol - (next - now)) / e)}

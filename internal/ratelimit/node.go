@@ -2,6 +2,7 @@ package ratelimit
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"sync"
 	"time"
@@ -104,6 +105,11 @@ func (c *counted) counter(st, limit string) *[3]prometheus.Counter {
 
 func (c *counted) Check(ctx context.Context, checks []pipeline.RateCheck, out []pipeline.RateResult) error {
 	err := c.store.Check(ctx, checks, out)
+	if err != nil && errors.Is(ctx.Err(), context.Canceled) {
+		// The caller went away (the client closed its connection): not
+		// the store's failure, so neither counted nor logged as one.
+		return err
+	}
 	if err != nil {
 		c.errs.Inc()
 		if ok, n := c.sample.Allow("store"); ok {

@@ -59,8 +59,10 @@ var script = redis.NewScript(gcraScript)
 // Calls from concurrent sessions are coalesced (group commit): while one
 // batch is in flight, the calls that arrive wait and then go together as
 // one pipeline, one write and one read for all of them. A lone call goes
-// at once. A call waits at most for the batch in flight and its own, each
-// bounded by sluice.redis's timeout.
+// at once. A batch is bounded by sluice.redis's timeout, so a call waits
+// at most for the batch in flight and its own; a caller whose context
+// ends first stops waiting then (and its call is dropped if its batch has
+// not been sent yet), so a Lua hook's deadline is kept.
 //
 // Redis Cluster is not supported: the keys of one Check would have to
 // share a hash slot.
@@ -68,39 +70,39 @@ type Redis struct {
 	r *pipeline.Redis
 
 	mu      sync.Mutex
-	busy    bool    // a batch is in flight; its leader hands over when done
+	busy    bool    // a goroutine is running batches (loop)
 	pending []*call // calls waiting for the next batch
 }
 
-// call is one Check waiting in a batch.
+// call is one Check waiting in a batch. res and err are written by the
+// batch goroutine before done is closed; a caller that stopped waiting
+// never reads them.
 type call struct {
+	ctx  context.Context
 	keys []string
 	args []any
 	res  []int64
 	err  error
-	// wake gets true when this call is to lead the next batch, false
-	// when its result is ready.
-	wake chan bool
+	done chan struct{}
 }
 
 // NewRedis returns a store on r (which must not be nil).
 func NewRedis(r *pipeline.Redis) *Redis { return &Redis{r: r} }
 
 // Check implements pipeline.RateStore. An error (Redis unreachable, a
-// timeout) leaves out undefined.
+// timeout, ctx ending first) leaves out undefined.
 func (s *Redis) Check(ctx context.Context, checks []pipeline.RateCheck, out []pipeline.RateResult) error {
-	c := &call{keys: make([]string, len(checks)), args: make([]any, 0, 3*len(checks)), wake: make(chan bool, 1)}
+	c := &call{ctx: ctx, keys: make([]string, len(checks)), args: make([]any, 0, 3*len(checks)), done: make(chan struct{})}
 	for i := range checks {
 		ck := &checks[i]
 		c.keys[i] = s.r.Prefix + "rl:" + ck.Key
 		e, tol := gcra(ck.Rate, 1000)
 		c.args = append(c.args, strconv.FormatInt(e, 10), strconv.FormatInt(tol, 10), strconv.FormatInt(cost(ck), 10))
 	}
-	s.do(ctx, c)
-	if c.err != nil {
-		return c.err
+	res, err := s.do(ctx, c)
+	if err != nil {
+		return err
 	}
-	res := c.res
 	if len(res) != 2*len(checks) {
 		return fmt.Errorf("ratelimit: redis script returned %d values for %d checks", len(res), len(checks))
 	}
@@ -118,41 +120,58 @@ func (s *Redis) Check(ctx context.Context, checks []pipeline.RateCheck, out []pi
 	return nil
 }
 
-// do runs c alone or in a batch; c.res and c.err are set when it
-// returns.
-func (s *Redis) do(ctx context.Context, c *call) {
+// do queues c for the next batch and waits for its result or for ctx to
+// end.
+func (s *Redis) do(ctx context.Context, c *call) ([]int64, error) {
 	s.mu.Lock()
 	s.pending = append(s.pending, c)
-	lead := !s.busy
+	start := !s.busy
 	s.busy = true
 	s.mu.Unlock()
-	if !lead && !<-c.wake {
-		return // a leader ran it
+	if start {
+		go s.loop()
 	}
-	s.mu.Lock()
-	batch := s.pending
-	s.pending = nil
-	s.mu.Unlock()
+	select {
+	case <-c.done:
+		return c.res, c.err
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
 
-	if s.r.Timeout > 0 {
-		// The batch carries other sessions' calls: the leader's client
-		// going away must not fail them, so only the timeout bounds it.
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(context.WithoutCancel(ctx), s.r.Timeout)
-		defer cancel()
-	}
-	s.exec(ctx, batch)
-
-	s.mu.Lock()
-	if len(s.pending) > 0 {
-		s.pending[0].wake <- true // the next batch's leader
-	} else {
-		s.busy = false
-	}
-	s.mu.Unlock()
-	for _, b := range batch {
-		if b != c {
-			b.wake <- false
+// loop runs batches until none is pending. Only the other sessions'
+// calls share a batch, so no caller's context bounds it: the timeout
+// does.
+func (s *Redis) loop() {
+	for {
+		s.mu.Lock()
+		batch := s.pending
+		s.pending = nil
+		if len(batch) == 0 {
+			s.busy = false
+			s.mu.Unlock()
+			return
+		}
+		s.mu.Unlock()
+		live := make([]*call, 0, len(batch))
+		for _, c := range batch {
+			if err := c.ctx.Err(); err != nil {
+				c.err = err // its caller has gone: not sent, not charged
+				close(c.done)
+				continue
+			}
+			live = append(live, c)
+		}
+		if len(live) > 0 {
+			ctx, cancel := context.Background(), context.CancelFunc(func() {})
+			if s.r.Timeout > 0 {
+				ctx, cancel = context.WithTimeout(ctx, s.r.Timeout)
+			}
+			s.exec(ctx, live)
+			cancel()
+			for _, c := range live {
+				close(c.done)
+			}
 		}
 	}
 }

@@ -68,6 +68,15 @@ const (
 	SourceCLI = "cli" // sluice token revoke (through the HTTP API)
 )
 
+// MaxIDs bounds the token ids a node holds as revoked (each is kept for
+// the tokens' max_lifetime): past it RevokeID is ErrTooMany, so that a
+// key with the tokens scope cannot grow every node's list, and the Redis
+// resync, without bound. Revoking a tenant's tokens by time has no bound.
+const MaxIDs = 100_000
+
+// ErrTooMany is returned by RevokeID when MaxIDs ids are held.
+var ErrTooMany = errors.New("revoke: too many revoked token ids are held; revoke the tenant's tokens by time instead")
+
 // ErrFuture is returned for a tenant "not before" time in the future.
 var ErrFuture = errors.New("revoke: the time is in the future")
 
@@ -114,6 +123,7 @@ type List struct {
 	log     *slog.Logger
 	sample  *logx.Sampler
 	kick    chan struct{}
+	maxIDs  int // MaxIDs; tests lower it
 	added   *prometheus.CounterVec
 	syncErr prometheus.Counter
 
@@ -138,7 +148,7 @@ func New(o Options) (*List, error) {
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
-	l := &List{entries: map[string]spool.Revocation{}, pending: map[string]spool.Revocation{}, o: o,
+	l := &List{maxIDs: MaxIDs, entries: map[string]spool.Revocation{}, pending: map[string]spool.Revocation{}, o: o,
 		keep: o.MaxLifetime + token.DefaultLeeway, now: time.Now, log: o.Logger.With("component", "revoke"),
 		sample: logx.NewSampler(time.Minute), kick: make(chan struct{}, 1)}
 	l.snap.Store(&snapshot{})
@@ -320,6 +330,10 @@ func (l *List) RevokeTenant(ctx context.Context, tenant string, before time.Time
 // (for a tenant, the later of r and the tenant's current time).
 func (l *List) revoke(ctx context.Context, r spool.Revocation, ev *pipeline.Event) (spool.Revocation, error) {
 	l.mu.Lock()
+	if _, seen := l.entries[key(&r)]; r.Kind == spool.RevokeID && !seen && len(l.entries) >= l.maxIDs {
+		l.mu.Unlock()
+		return spool.Revocation{}, ErrTooMany
+	}
 	if old, ok := l.entries[key(&r)]; ok && r.Kind == spool.RevokeTenant && !r.Before.After(old.Before) {
 		// The spool keeps the entry in force; the event records the request.
 		r.Before = old.Before

@@ -304,3 +304,29 @@ func BenchmarkRevoked(b *testing.B) {
 		}
 	}
 }
+
+// TestRevokeIDBounded: past the bound on held ids, RevokeID refuses with
+// ErrTooMany (nothing stored); an id already held and a tenant time are
+// still accepted.
+func TestRevokeIDBounded(t *testing.T) {
+	ctx := context.Background()
+	l := newList(t, Options{})
+	l.maxIDs = 3
+	for _, id := range []string{"a", "b", "c"} {
+		if _, err := l.RevokeID(ctx, "acme", id, SourceAPI); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := l.RevokeID(ctx, "acme", "d", SourceAPI); !errors.Is(err, ErrTooMany) {
+		t.Fatalf("fourth id: %v, want ErrTooMany", err)
+	}
+	if l.Revoked(claims("acme", "d", time.Now())) {
+		t.Fatal("the refused id was revoked")
+	}
+	if _, err := l.RevokeID(ctx, "acme", "b", SourceAPI); err != nil {
+		t.Fatalf("an id already held: %v", err)
+	}
+	if _, err := l.RevokeTenant(ctx, "acme", time.Time{}, SourceAPI); err != nil {
+		t.Fatalf("tenant revocation at the bound: %v", err)
+	}
+}

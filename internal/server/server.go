@@ -44,6 +44,7 @@ import (
 	"github.com/sluice-mta/sluice/internal/ratelimit"
 	"github.com/sluice-mta/sluice/internal/relay"
 	"github.com/sluice-mta/sluice/internal/revoke"
+	"github.com/sluice-mta/sluice/internal/shaping"
 	"github.com/sluice-mta/sluice/internal/smtpsrc"
 	"github.com/sluice-mta/sluice/internal/spool"
 	"github.com/sluice-mta/sluice/internal/token"
@@ -60,6 +61,7 @@ type Server struct {
 
 	sp     *spool.Spool
 	q      *queue.Queue
+	shaper *shaping.Shaper // nil: no sluice.shaping or sluice.egress
 	relay  *relay.Relay
 	ex     *events.Exporter
 	sinks  []events.Sink
@@ -252,6 +254,9 @@ type shared struct {
 	// limits are the node's rate-limit stores; nil: the pipeline gets
 	// its own (BuildPipeline, for check and test).
 	limits *pipeline.RateLimits
+	// trace is the chain's observer (nil in production; see
+	// BuildTracedPipeline).
+	trace func(pipeline.TraceCall)
 }
 
 // buildPipeline is BuildPipeline with the node's shared parts.
@@ -293,7 +298,7 @@ func buildPipeline(cfg *config.Config, log *slog.Logger, res dnsx.Resolver, sh s
 	}
 	chain, err := pipeline.Compile(stages, pipeline.ChainOptions{
 		StageTimeout: cfg.StageTimeout, LocalDomains: cfg.LocalDomains, Logger: log, RecoverPanics: true,
-		AuthServID: hostname, StageTimer: stageTimer(sh.node),
+		AuthServID: hostname, Trace: sh.trace, StageTimer: stageTimer(sh.node),
 	})
 	if err != nil {
 		closeAll()
@@ -419,7 +424,10 @@ func (s *Server) components() []component {
 			if err := bc.Register(s.metrics); err != nil {
 				return err
 			}
-			s.q = queue.New(s.sp, dialer{d}, queue.Options{
+			if s.shaper, err = s.newShaper(cfg); err != nil {
+				return err
+			}
+			s.q = queue.New(s.sp, dialer{d}, queue.Options{Shaper: s.shaper,
 				MaxConnections: cfg.Delivery.MaxConnections, MaxPerDestination: cfg.Delivery.MaxPerDestination,
 				MaxMessagesPerConn: cfg.Delivery.MaxMessagesPerConn, IdleTimeout: cfg.Delivery.IdleTimeout,
 				RetryInitial: cfg.Delivery.RetryInitial, RetryMax: cfg.Delivery.RetryMax,
@@ -517,7 +525,13 @@ func (s *Server) components() []component {
 			s.q.Start()
 			return nil
 		},
-		stop: func(ctx context.Context) error { s.q.Stop(ctx); return nil },
+		stop: func(ctx context.Context) error {
+			s.q.Stop(ctx)
+			if s.shaper != nil {
+				s.shaper.Stop()
+			}
+			return nil
+		},
 	})
 	cs = append(cs, component{name: "housekeeping",
 		start: func() error {
@@ -981,11 +995,15 @@ func RestartNeeded(old, new *config.Config) []string {
 		{"sluice.bounces", old.Bounces, new.Bounces},
 		{"sluice.auth", old.Auth, new.Auth},
 		{"sluice.redis", old.Redis, new.Redis},
+		{"sluice.egress", old.Egress, new.Egress},
 		{"sluice.node", [2]string{old.Node, old.Hostname}, [2]string{new.Node, new.Hostname}},
 	} {
 		if !reflect.DeepEqual(c.old, c.new) {
 			out = append(out, c.name)
 		}
+	}
+	if !old.Shaping.Same(new.Shaping) {
+		out = append(out, "sluice.shaping")
 	}
 	return out
 }

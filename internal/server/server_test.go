@@ -155,6 +155,21 @@ sluice.stage_timeout("5s")
 	if got != "sluice.listen_smtp,sluice.spool" {
 		t.Fatalf("RestartNeeded = %q", got)
 	}
+	// Shaping: the same file with other contents needs a restart too.
+	dir := t.TempDir()
+	toml := filepath.Join(dir, "shaping.toml")
+	cfgText := `sluice.shaping { files = { "` + toml + `" } }
+sluice.egress { sources = { { name = "a", address = "127.0.0.2" } } }`
+	os.WriteFile(toml, []byte("[\"default\"]\nconnection_limit = 2\n"), 0o644)
+	c := load(t, cfgText)
+	if got := RestartNeeded(c, load(t, cfgText)); len(got) != 0 {
+		t.Errorf("same shaping: RestartNeeded = %q", got)
+	}
+	os.WriteFile(toml, []byte("[\"default\"]\nconnection_limit = 3\n"), 0o644)
+	d := load(t, strings.Replace(cfgText, "127.0.0.2", "127.0.0.3", 1))
+	if got := strings.Join(RestartNeeded(c, d), ","); got != "sluice.egress,sluice.shaping" {
+		t.Errorf("changed shaping file and egress: RestartNeeded = %q", got)
+	}
 }
 
 // TestAdminListener: /metrics is Prometheus text a parser reads, with the

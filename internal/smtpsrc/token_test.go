@@ -220,3 +220,48 @@ func TestTokenCheckedAtMail(t *testing.T) {
 		t.Fatalf("MAIL after the expiry: %v", last)
 	}
 }
+
+// A token naming many sender domains is several kilobytes once in an
+// OAUTHBEARER or XOAUTH2 response, past the 1000-octet command line: it
+// is accepted as an initial response and after 334 (AUTH lines may be up
+// to 12288 octets), and a response past that gets 500 5.5.6 rather than
+// no reply.
+func TestAuthLongToken(t *testing.T) {
+	k := token.GenerateKey()
+	senders := make([]string, 40)
+	for i := range senders {
+		senders[i] = "d" + strings.Repeat("x", 30) + string(rune('a'+i%26)) + string(rune('a'+i/26)) + ".example"
+	}
+	long, _, err := token.NewIssuer(k, 0).Issue(token.IssueOptions{Tenant: "acme", Senders: senders})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := len("AUTH OAUTHBEARER " + oauthBearerResp("fn", long)); n < 2000 || n > 12000 {
+		t.Fatalf("the AUTH line is %d octets; the test wants 2000 to 12000", n)
+	}
+	v, err := token.NewVerifier([]*token.PublicKey{k.Public()}, 0, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := testListener()
+	l.Auth = "required"
+	addr := startTokenServer(t, l, v, fixedSub())
+
+	c1 := dialReady(t, addr)
+	c1.ehlo()
+	c1.cmd("AUTH OAUTHBEARER "+oauthBearerResp("fn", long), 235)
+	c1.cmd("MAIL FROM:<app@"+senders[39]+">", 250)
+
+	c2 := dialReady(t, addr)
+	c2.ehlo()
+	c2.cmd("AUTH XOAUTH2", 334)
+	c2.cmd(xoauth2("fn", long), 235)
+
+	c3 := dialReady(t, addr)
+	c3.ehlo()
+	c3.cmd("AUTH XOAUTH2", 334)
+	if r := c3.cmd(strings.Repeat("A", 13000), 500); !strings.HasPrefix(r.Text(), "5.5.6 ") {
+		t.Fatalf("an over-long AUTH response: %v", r)
+	}
+	c3.cmd("NOOP", 250)
+}

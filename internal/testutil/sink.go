@@ -38,6 +38,12 @@ type SinkMessage struct {
 	Rcpts []string
 	Data  []byte
 	Opts  smtp.MailOptions
+	// ClientIP is the address the connection came from (the egress
+	// source), HELO the name the client gave in EHLO; At is when the end
+	// of data arrived.
+	ClientIP string
+	HELO     string
+	At       time.Time
 }
 
 // Sink is an in-process go-smtp server, the next hop of tests that deliver
@@ -65,6 +71,8 @@ type Sink struct {
 	done  chan struct{} // closed when Serve returned
 	stop  sync.Once
 	conns atomic.Int32
+	open  atomic.Int32 // connections open now
+	peak  atomic.Int32 // most connections open at once
 	mu    sync.Mutex
 	msgs  []SinkMessage
 }
@@ -102,7 +110,7 @@ func StartSink(t testing.TB, o SinkOptions) *Sink {
 	s.done = make(chan struct{})
 	go func() {
 		defer close(s.done)
-		_ = srv.Serve(countingListener{ln, &s.conns})
+		_ = srv.Serve(countingListener{ln, s})
 	}()
 	t.Cleanup(s.Close)
 	return s
@@ -128,17 +136,43 @@ func (s *Sink) Messages() []SinkMessage {
 // Conns returns how many TCP connections the sink accepted.
 func (s *Sink) Conns() int { return int(s.conns.Load()) }
 
+// OpenConns returns how many connections are open now.
+func (s *Sink) OpenConns() int { return int(s.open.Load()) }
+
+// PeakConns returns the most connections that were open at once.
+func (s *Sink) PeakConns() int { return int(s.peak.Load()) }
+
 type countingListener struct {
 	net.Listener
-	n *atomic.Int32
+	s *Sink
 }
 
 func (l countingListener) Accept() (net.Conn, error) {
 	c, err := l.Listener.Accept()
 	if err == nil {
-		l.n.Add(1)
+		l.s.conns.Add(1)
+		n := l.s.open.Add(1)
+		for {
+			p := l.s.peak.Load()
+			if n <= p || l.s.peak.CompareAndSwap(p, n) {
+				break
+			}
+		}
+		c = &countedConn{Conn: c, open: &l.s.open}
 	}
 	return c, err
+}
+
+// countedConn takes itself off the open count when closed (once).
+type countedConn struct {
+	net.Conn
+	open *atomic.Int32
+	once sync.Once
+}
+
+func (c *countedConn) Close() error {
+	c.once.Do(func() { c.open.Add(-1) })
+	return c.Conn.Close()
 }
 
 type sinkSession struct {
@@ -207,7 +241,11 @@ func (ss *sinkSession) Data(r io.Reader) error {
 		return err
 	}
 	ss.s.mu.Lock()
-	ss.s.msgs = append(ss.s.msgs, SinkMessage{From: ss.from, Rcpts: ss.rcpts, Data: b, Opts: ss.opts})
+	ip := ""
+	if a, ok := ss.c.Conn().RemoteAddr().(*net.TCPAddr); ok {
+		ip = a.IP.String()
+	}
+	ss.s.msgs = append(ss.s.msgs, SinkMessage{From: ss.from, Rcpts: ss.rcpts, Data: b, Opts: ss.opts, ClientIP: ip, HELO: ss.c.Hostname(), At: time.Now()})
 	ss.s.mu.Unlock()
 	return nil
 }

@@ -471,7 +471,10 @@ func (v *Verifier) verify(tok string) (*Claims, error) {
 	rest := tok[len(Prefix):]
 	dot := strings.IndexByte(rest, '.')
 	if dot < 0 {
-		return nil, fmt.Errorf("%w: no footer with a key id", ErrUnknownKey)
+		// Malformed rather than signed by a retired key: every token
+		// Sluice issues has a footer, and token_unknown_key would send
+		// the operator looking at the key rotation.
+		return nil, fmt.Errorf("%w: no footer with a key id", ErrInvalid)
 	}
 	fb, err := base64.RawURLEncoding.DecodeString(rest[dot+1:])
 	if err != nil {

@@ -58,6 +58,8 @@ func TestVerifyErrors(t *testing.T) {
 		{"local purpose", "v4.local." + raw[2], t0, ErrWrongPurpose},
 		{"v2", "v2.public." + raw[2], t0, ErrWrongPurpose},
 		{"garbage", "hello", t0, ErrInvalid},
+		{"no footer", strings.Join(raw[:3], "."), t0, ErrInvalid},
+		{"garbage after the prefix", "v4.public.!!!!", t0, ErrInvalid},
 		{"revoked", revoked, t0, ErrRevoked},
 	}
 	for _, tc := range cases {

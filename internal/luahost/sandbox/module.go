@@ -188,10 +188,13 @@ func (s *State) failVerdict(L *lua.LState, action pipeline.Action) int {
 		o := s.CheckOpts(4, fn, "retry_after")
 		var secs float64
 		if o.Float("retry_after", &secs) {
-			if secs <= 0 || secs > maxRetryAfter.Seconds() {
-				o.Fail("retry_after", "want seconds from 0 to %.0f, got %v", maxRetryAfter.Seconds(), secs)
+			if !(secs > 0) {
+				o.Fail("retry_after", "want seconds more than 0, got %v", secs)
 			}
-			v.RetryAfter = time.Duration(secs * float64(time.Second))
+			// Longer is sent as a week: a rate limit's wait (from
+			// sluice.ratelimit.check, periods up to 366 days) passed
+			// straight through must not fail the hook.
+			v.RetryAfter = time.Duration(min(secs, maxRetryAfter.Seconds()) * float64(time.Second))
 		}
 	}
 	L.Push(s.newVerdict(&Verdict{Verdict: v}))
@@ -226,9 +229,10 @@ func (s *State) discard(L *lua.LState) int {
 func (s *State) routeMX(L *lua.LState) int {
 	r := pipeline.MX()
 	if L.Get(1) != lua.LNil {
-		o := s.CheckOpts(1, "sluice.route.mx", "port", "tls")
+		o := s.CheckOpts(1, "sluice.route.mx", "port", "tls", "pool")
 		o.Int("port", &r.Port)
 		o.String("tls", &r.TLS)
+		o.String("pool", &r.Pool)
 	}
 	if err := r.Validate(); err != nil {
 		s.Raise("sluice.route.mx: %v", err)
@@ -239,13 +243,14 @@ func (s *State) routeMX(L *lua.LState) int {
 
 // sluice.route.relay{host=, port=, tls=, auth={user=, pass=}}
 func (s *State) routeRelay(L *lua.LState) int {
-	o := s.CheckOpts(1, "sluice.route.relay", "host", "port", "tls", "auth")
+	o := s.CheckOpts(1, "sluice.route.relay", "host", "port", "tls", "auth", "pool")
 	r := &pipeline.Route{Kind: pipeline.RouteRelay}
 	if !o.String("host", &r.Host) || r.Host == "" {
 		o.Fail("host", "is required")
 	}
 	o.Int("port", &r.Port)
 	o.String("tls", &r.TLS)
+	o.String("pool", &r.Pool)
 	if a := o.Sub("auth", "user", "pass"); a != nil {
 		if !a.String("user", &r.AuthUser) || r.AuthUser == "" {
 			a.Fail("user", "is required")
@@ -388,6 +393,8 @@ func routeIndex(L *lua.LState) int {
 		L.Push(lua.LString(r.TLS))
 	case "auth_user":
 		L.Push(lua.LString(r.AuthUser))
+	case "pool":
+		L.Push(lua.LString(r.Pool))
 	default:
 		L.Push(lua.LNil)
 	}

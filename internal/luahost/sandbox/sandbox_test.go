@@ -233,3 +233,24 @@ func TestPrintAndLogBounded(t *testing.T) {
 		}
 	}
 }
+
+// TestRoutePool: sluice.route.mx and relay take an egress pool, readable
+// as route.pool; a pool name with a space is refused.
+func TestRoutePool(t *testing.T) {
+	s := New(nil)
+	defer s.Close()
+	v, err := run(t, s, `return sluice.route.mx { pool = "bulk" }`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r, ok := ToRoute(v); !ok || r.Pool != "bulk" || r.Kind != "mx" {
+		t.Fatalf("route %v", v)
+	}
+	v, err = run(t, s, `return sluice.route.relay { host = "smart.example", pool = "A" }.pool`)
+	if err != nil || v.String() != "A" {
+		t.Fatalf("relay pool %v %v", v, err)
+	}
+	if _, err := run(t, s, `return sluice.route.mx { pool = "a b" }`); err == nil || !strings.Contains(err.Error(), "pool") {
+		t.Fatalf("bad pool: %v", err)
+	}
+}

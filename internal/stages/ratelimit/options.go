@@ -94,7 +94,10 @@ func parseOptions(stage string, o map[string]any) (*options, error) {
 	if v, ok := o["limits"]; ok {
 		list, ok := v.([]any)
 		if !ok {
-			return nil, fmt.Errorf("limits: want a list of tables like { key = \"tenant\", rate = \"1000/hour\" }, got %T", v)
+			if _, one := v.(map[string]any); one {
+				return nil, fmt.Errorf("limits: want a list of tables, got one table with named fields; wrap it: limits = { { key = \"tenant\", rate = \"1000/hour\" } }")
+			}
+			return nil, fmt.Errorf("limits: want a list of tables like { { key = \"tenant\", rate = \"1000/hour\" } }, got %v", v)
 		}
 		for i, x := range list {
 			m, ok := x.(map[string]any)
@@ -145,9 +148,13 @@ func parseLimit(where string, m map[string]any, known []string) (*limit, error) 
 	if l.count == CountConnections && l.key != KeyClientIP {
 		return nil, fmt.Errorf("%scount: \"connections\" is counted at connect, where only client_ip is known; use count = \"messages\" for key %q", where, l.key)
 	}
-	rs, ok := m["rate"].(string)
+	rv, ok := m["rate"]
 	if !ok {
 		return nil, fmt.Errorf("%srate: required, a string like \"100/minute\"", where)
+	}
+	rs, ok := rv.(string)
+	if !ok {
+		return nil, fmt.Errorf("%srate: want a string like \"100/minute\", got %v", where, rv)
 	}
 	if l.rate, err = rl.ParseRate(rs); err != nil {
 		return nil, fmt.Errorf("%srate: %w", where, err)

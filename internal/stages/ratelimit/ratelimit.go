@@ -35,6 +35,8 @@ import (
 	"strings"
 	"time"
 
+	"golang.org/x/net/idna"
+
 	"github.com/sluice-mta/sluice/pipeline"
 )
 
@@ -232,21 +234,39 @@ func keyValue(l *limit, c *pipeline.Conn, txn *pipeline.Txn, r *pipeline.Recipie
 		if i < 0 {
 			return "" // the null sender <>
 		}
-		return strings.ToLower(txn.Sender[i+1:])
+		return domainKey(txn.Sender[i+1:])
 	case KeyRecipientDomain:
 		if r == nil {
 			return ""
 		}
+		d := domainKey(r.Domain)
 		if l.count == CountMessages && txn != nil {
 			for _, x := range txn.Recipients {
-				if x.Domain == r.Domain {
+				if x.Domain == r.Domain || domainKey(x.Domain) == d {
 					return "" // this message already counted for the domain
 				}
 			}
 		}
-		return r.Domain
+		return d
 	}
 	return ""
+}
+
+// domainKey is the one key of a domain however it is written: lower case,
+// and an internationalised domain (RFC 6531) as its A-labels
+// (bücher.example and XN--BCHER-KVA.example are one key), so that
+// alternating the two forms does not double a limit. A name IDNA refuses
+// stays as given, in lower case.
+func domainKey(d string) string {
+	for i := 0; i < len(d); i++ {
+		if d[i] >= 0x80 {
+			if a, err := idna.Lookup.ToASCII(d); err == nil {
+				return strings.ToLower(a)
+			}
+			break
+		}
+	}
+	return strings.ToLower(d)
 }
 
 // clientKey is an IPv4 address, or an IPv6 address's /64 (one host

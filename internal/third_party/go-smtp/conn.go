@@ -899,7 +899,17 @@ func (c *Conn) handleAuth(arg string) {
 		}
 		c.writeResponse(334, NoEnhancedCode, encoded)
 
-		encoded, err = c.readLine()
+		encoded, err = c.readSASLResponse()
+		if err == ErrTooLongLine || err == errLineNeverEnds {
+			// sluice: a response longer than authLineLimit is answered
+			// (500 5.5.6, RFC 4954) instead of being left without a reply
+			// while the session waits for the next command.
+			c.writeResponse(500, EnhancedCode{5, 5, 6}, "Authentication Exchange line is too long")
+			if err == errLineNeverEnds {
+				c.Close()
+			}
+			return
+		}
 		if err != nil {
 			return // TODO: error handling
 		}
@@ -1358,7 +1368,21 @@ func (c *Conn) writeError(code int, enhCode EnhancedCode, err error) {
 }
 
 // Reads a line of input
-func (c *Conn) readLine() (string, error) {
+func (c *Conn) readLine() (string, error) { return c.readLineOf(false) }
+
+// sluice: readSASLResponse reads a client response of an AUTH exchange,
+// bounded by authLineLimit rather than Server.MaxLineLength.
+func (c *Conn) readSASLResponse() (string, error) { return c.readLineOf(true) }
+
+// sluice: authLineLimit bounds an AUTH command line and each client
+// response of the exchange, CRLF included, in place of MaxLineLength when
+// that is smaller: tokens carried by OAUTHBEARER (RFC 7628) and XOAUTH2
+// run to several kilobytes once base64-encoded, past the 1000-octet
+// command line of RFC 5321 section 4.5.3.1.4 (a token naming a handful of
+// sender domains already passes it). 12 KiB holds a token with dozens.
+const authLineLimit = 12288
+
+func (c *Conn) readLineOf(sasl bool) (string, error) {
 	if c.writeFailed.Load() { // sluice: see writeResponse
 		return "", net.ErrClosed
 	}
@@ -1369,7 +1393,7 @@ func (c *Conn) readLine() (string, error) {
 	}
 
 	// sluice: bound the line here rather than in the byte stream.
-	return c.readLimitedLine()
+	return c.readLimitedLine(sasl)
 }
 
 // sluice: readLimitedLine reads one command line of at most
@@ -1378,8 +1402,14 @@ func (c *Conn) readLine() (string, error) {
 // and ErrTooLongLine returned, so the next command is read in step; a line
 // that goes on for more than maxDiscardedLine octets beyond the limit
 // returns errLineNeverEnds (the connection is then closed).
-func (c *Conn) readLimitedLine() (string, error) {
+//
+// An AUTH command line, and a SASL response line (sasl), may be up to
+// authLineLimit octets long whatever MaxLineLength says.
+func (c *Conn) readLimitedLine(sasl bool) (string, error) {
 	limit := c.server.MaxLineLength
+	if limit > 0 && limit < authLineLimit {
+		limit = authLineLimit // checked against MaxLineLength below
+	}
 	var line []byte
 	tooLong, discarded := false, 0
 	for {
@@ -1405,6 +1435,9 @@ func (c *Conn) readLimitedLine() (string, error) {
 		break
 	}
 	if tooLong {
+		return "", ErrTooLongLine
+	}
+	if m := c.server.MaxLineLength; m > 0 && len(line) > m && !sasl && !isAuthCommand(line) {
 		return "", ErrTooLongLine
 	}
 	line = bytes.TrimSuffix(line, []byte{'\n'})
@@ -1445,5 +1478,10 @@ func (c *Conn) reset() {
 // sluice: how much of an over-long command line is read and discarded
 // before the connection is given up.
 const maxDiscardedLine = 64 << 10
+
+// sluice: isAuthCommand reports whether line is an AUTH command.
+func isAuthCommand(line []byte) bool {
+	return len(line) > 5 && bytes.EqualFold(line[:5], []byte("AUTH "))
+}
 
 var errLineNeverEnds = errors.New("smtp: command line without end")

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"io"
@@ -1876,5 +1877,58 @@ func TestServer_writeTimeoutEndsSession(t *testing.T) {
 		if time.Now().After(deadline) {
 			t.Fatal("the server still reads commands 10 s after its replies stopped being read")
 		}
+	}
+}
+
+// sluice: an AUTH command line and the responses of the exchange may be
+// longer than MaxLineLength (tokens in OAUTHBEARER and XOAUTH2 run to
+// kilobytes), up to 12288 octets; a longer response is answered 500 5.5.6
+// instead of being left without a reply. Other commands keep the limit.
+func TestServer_authLongLine(t *testing.T) {
+	_, s, c, scanner, _ := testServerEhlo(t)
+	defer s.Close()
+	defer c.Close()
+	long := base64.StdEncoding.EncodeToString([]byte("\x00username\x00" + strings.Repeat("p", 3*s.MaxLineLength)))
+
+	io.WriteString(c, "NOOP "+strings.Repeat("x", s.MaxLineLength)+"\r\n")
+	scanner.Scan()
+	if !strings.HasPrefix(scanner.Text(), "500 5.5.2 ") {
+		t.Fatal("a long NOOP:", scanner.Text())
+	}
+	// Read to the end and handed to the mechanism, which refuses the password.
+	io.WriteString(c, "AUTH PLAIN "+long+"\r\n")
+	scanner.Scan()
+	if r := scanner.Text(); strings.HasPrefix(r, "500 ") || strings.HasPrefix(r, "235 ") {
+		t.Fatal("a long AUTH initial response:", r)
+	}
+	io.WriteString(c, "AUTH PLAIN\r\n")
+	scanner.Scan()
+	if scanner.Text() != "334 " {
+		t.Fatal("AUTH PLAIN:", scanner.Text())
+	}
+	io.WriteString(c, long+"\r\n")
+	scanner.Scan()
+	if r := scanner.Text(); strings.HasPrefix(r, "500 ") || strings.HasPrefix(r, "235 ") {
+		t.Fatal("a long AUTH response:", r)
+	}
+	io.WriteString(c, "AUTH PLAIN\r\n")
+	scanner.Scan()
+	if scanner.Text() != "334 " {
+		t.Fatal("AUTH PLAIN:", scanner.Text())
+	}
+	io.WriteString(c, strings.Repeat("A", 13000)+"\r\nNOOP\r\n")
+	scanner.Scan()
+	if scanner.Text() != "500 5.5.6 Authentication Exchange line is too long" {
+		t.Fatal("an over-long AUTH response:", scanner.Text())
+	}
+	scanner.Scan()
+	if !strings.HasPrefix(scanner.Text(), "250 ") {
+		t.Fatal("the command after an over-long AUTH response:", scanner.Text())
+	}
+	// The exchange is over: a correct short login still works.
+	io.WriteString(c, "AUTH PLAIN AHVzZXJuYW1lAHBhc3N3b3Jk\r\n")
+	scanner.Scan()
+	if !strings.HasPrefix(scanner.Text(), "235 ") {
+		t.Fatal("AUTH after the refusals:", scanner.Text())
 	}
 }
