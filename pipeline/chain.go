@@ -23,6 +23,11 @@ type ChainOptions struct {
 	// chain applies its edits or maps a failure to a reply): `sluice test`
 	// prints it. Unset (nil), it costs one nil check per call.
 	Trace func(TraceCall)
+	// StageTimer, when set, is called once per stage and hook at Compile;
+	// the function it returns (nil: none) observes every call of that
+	// hook: its duration and whether the stage failed (error, timeout,
+	// panic) rather than answered. It must be safe for concurrent use.
+	StageTimer func(stage, hook string) func(d time.Duration, failed bool)
 	// RecoverPanics turns a panicking stage into a temporary failure.
 	// Tests switch it off to see the panic.
 	RecoverPanics bool
@@ -65,6 +70,24 @@ type Chain struct {
 	event   []EventHook
 	sign    []SignHook
 	bounded map[Stage]bool // stages whose own deadline replaces StageTimeout
+	timers  map[stageHook]func(time.Duration, bool)
+}
+
+// stageHook keys timers by stage name (unique in a chain): a stage's
+// dynamic type need not be hashable.
+type stageHook struct{ stage, hook string }
+
+// addTimer resolves opts.StageTimer for one hook of s (Compile).
+func (c *Chain) addTimer(s Stage, hook string) {
+	if c.opts.StageTimer == nil {
+		return
+	}
+	if f := c.opts.StageTimer(s.Name(), hook); f != nil {
+		if c.timers == nil {
+			c.timers = map[stageHook]func(time.Duration, bool){}
+		}
+		c.timers[stageHook{s.Name(), hook}] = f
+	}
 }
 
 // Compile builds a Chain. Stage names must be unique and non-empty.
@@ -99,30 +122,39 @@ func Compile(stages []Stage, opts ChainOptions) (*Chain, error) {
 		}
 		if h, ok := s.(ConnectHook); ok && has("on_connect") {
 			c.connect = append(c.connect, h)
+			c.addTimer(s, "on_connect")
 		}
 		if h, ok := s.(HeloHook); ok && has("on_helo") {
 			c.helo = append(c.helo, h)
+			c.addTimer(s, "on_helo")
 		}
 		if h, ok := s.(AuthHook); ok && has("on_auth") {
 			c.auth = append(c.auth, h)
+			c.addTimer(s, "on_auth")
 		}
 		if h, ok := s.(MailHook); ok && has("on_mail") {
 			c.mail = append(c.mail, h)
+			c.addTimer(s, "on_mail")
 		}
 		if h, ok := s.(RcptHook); ok && has("on_rcpt") {
 			c.rcpt = append(c.rcpt, h)
+			c.addTimer(s, "on_rcpt")
 		}
 		if h, ok := s.(MessageHook); ok && has("on_message") {
 			c.message = append(c.message, h)
+			c.addTimer(s, "on_message")
 		}
 		if h, ok := s.(RouteHook); ok && has("on_route") {
 			c.route = append(c.route, h)
+			c.addTimer(s, "on_route")
 		}
 		if h, ok := s.(EventHook); ok && has("on_event") {
 			c.event = append(c.event, h)
+			c.addTimer(s, "on_event")
 		}
 		if h, ok := s.(SignHook); ok {
 			c.sign = append(c.sign, h)
+			c.addTimer(s, "sign")
 		}
 	}
 	return c, nil
@@ -145,6 +177,14 @@ func (c *Chain) call(ctx context.Context, st Stage, hook string, txn *Txn, rcpt 
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, c.opts.StageTimeout)
 		defer cancel()
+	}
+	// Deferred before the recovery, so it runs after it and sees the
+	// panic as a failure.
+	if c.timers != nil {
+		if t := c.timers[stageHook{st.Name(), hook}]; t != nil {
+			start := time.Now()
+			defer func() { t(time.Since(start), err != nil) }()
+		}
 	}
 	if c.opts.RecoverPanics {
 		defer func() {

@@ -122,6 +122,9 @@ type HTTPListener struct {
 	// this listener's requests at once (default 256 MiB); past it a
 	// request gets 503 with Retry-After before its body is read.
 	MaxInflightBytes int64
+	// AccessLog logs one line per HTTP request (method, path, status,
+	// bytes, duration, client address); default off.
+	AccessLog bool
 }
 
 // AdminListener: sluice.listen_admin { addr = "127.0.0.1:9101", allow = {...} }.

@@ -366,8 +366,9 @@ func parsePrefix(s string) (netip.Prefix, error) {
 // sluice.listen_http { addr = "127.0.0.1:8025", tls = {...}, max_request_size = "30MiB", request_timeout = "1m" }
 func (ld *loader) listenHTTP(L *lua.LState) int {
 	const fn = "sluice.listen_http"
-	o := ld.s.CheckOpts(1, fn, "addr", "tls", "max_request_size", "request_timeout", "max_inflight_bytes")
+	o := ld.s.CheckOpts(1, fn, "addr", "tls", "max_request_size", "request_timeout", "max_inflight_bytes", "access_log")
 	h := DefaultHTTPListener(ld.listenAddr(o, "addr"))
+	o.Bool("access_log", &h.AccessLog)
 	h.TLS = ld.tls(o, "tls")
 	ld.size(o, "max_request_size", &h.MaxRequestSize)
 	ld.duration(o, "request_timeout", &h.RequestTimeout)

@@ -168,6 +168,7 @@ type envOptions struct {
 	stageConfig func(*testStage)
 	tokIss      *token.Issuer // UseTokens (tokens_test.go)
 	tokVer      *token.Verifier
+	logs        io.Writer // when set, the server logs JSON lines here (info and up)
 }
 
 func testLogger(t testing.TB, quiet bool) *slog.Logger {
@@ -187,6 +188,9 @@ func (w testWriter) Write(p []byte) (int, error) {
 func newEnv(t testing.TB, o envOptions) *env {
 	t.Helper()
 	log := testLogger(t, o.quiet)
+	if o.logs != nil {
+		log = slog.New(slog.NewJSONHandler(o.logs, nil))
+	}
 	dir := t.TempDir()
 	sp, err := spool.Open(filepath.Join(dir, "spool"), spool.Options{Logger: log, Node: "test-node", MemtableMB: 64})
 	if err != nil {
@@ -234,6 +238,8 @@ func newEnv(t testing.TB, o envOptions) *env {
 		t.Fatal(err)
 	}
 	e.srv.UseTokens(o.tokIss, o.tokVer)
+	// Every response of the suite is checked against openapi.json.
+	e.srv.hs.Handler = checkedHandler(t, e.srv.hs.Handler)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)

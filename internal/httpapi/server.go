@@ -164,6 +164,9 @@ func New(l config.HTTPListener, r *relay.Relay, sp *spool.Spool, keys *apikey.St
 		MaxHeaderBytes:    64 << 10,
 		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
 	}
+	if l.AccessLog {
+		s.hs.Handler = accessLog(s.log.With("access_log", true), s)
+	}
 	return s, nil
 }
 

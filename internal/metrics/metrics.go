@@ -15,9 +15,11 @@ package metrics
 
 import (
 	"fmt"
+	"maps"
 	"net"
 	"net/http"
 	"net/netip"
+	"slices"
 	"strings"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -41,7 +43,8 @@ type Check func() error
 //
 //	GET /metrics  the registry in the Prometheus text format
 //	GET /healthz  200 "ok" while the process serves HTTP (liveness)
-//	GET /readyz   200 "ready", or 503 with one line per failing check
+//	GET /readyz   200 "ready", or 503 with one line per failing check,
+//	              "name: reason", in the order of the names
 //
 // ready may be nil. The handler is safe for concurrent use.
 func Handler(reg *prometheus.Registry, allow []netip.Prefix, ready map[string]Check) http.Handler {
@@ -50,10 +53,11 @@ func Handler(reg *prometheus.Registry, allow []netip.Prefix, ready map[string]Ch
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		text(w, http.StatusOK, "ok\n")
 	})
+	names := slices.Sorted(maps.Keys(ready)) // failing checks in a stable order
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
 		var b strings.Builder
-		for name, c := range ready {
-			if err := c(); err != nil {
+		for _, name := range names {
+			if err := ready[name](); err != nil {
 				fmt.Fprintf(&b, "%s: %v\n", name, err)
 			}
 		}

@@ -26,11 +26,13 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/sluice-mta/sluice/internal/bounce"
 	"github.com/sluice-mta/sluice/internal/config"
 	"github.com/sluice-mta/sluice/internal/delivery"
 	"github.com/sluice-mta/sluice/internal/dsn"
 	"github.com/sluice-mta/sluice/internal/logx"
+	"github.com/sluice-mta/sluice/internal/metrics"
 	"github.com/sluice-mta/sluice/internal/shaping"
 	"github.com/sluice-mta/sluice/internal/spool"
 	"github.com/sluice-mta/sluice/pipeline"
@@ -135,6 +137,9 @@ type Options struct {
 	Shaper *shaping.Shaper
 	Logger *slog.Logger
 	Now    func() time.Time // for tests; default time.Now
+	// Metrics, when set, counts attempts and recipient outcomes
+	// (metrics.go).
+	Metrics *metrics.Node
 }
 
 // Queue is safe for concurrent use.
@@ -157,6 +162,9 @@ type Queue struct {
 	// per-message failures from flooding the log.
 	spoolHeld atomic.Bool
 	sample    *logx.Sampler
+
+	// attemptOK and delivered are resolved metric children (metrics.go).
+	attemptOK, delivered prometheus.Counter
 
 	mu       sync.Mutex
 	stopping bool
@@ -232,7 +240,7 @@ func New(sp *spool.Spool, d Dialer, o Options) *Queue {
 		o.Now = time.Now
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	return &Queue{
+	q := &Queue{
 		o: o, sp: sp, dialer: d, log: o.Logger.With("component", "queue"), sample: logx.NewSampler(10 * time.Second),
 		ctx: ctx, cancel: cancel,
 		sem:   make(chan struct{}, o.MaxConnections),
@@ -240,6 +248,8 @@ func New(sp *spool.Spool, d Dialer, o Options) *Queue {
 		dests: map[string]*dest{},
 		msgs:  map[string]*message{},
 	}
+	q.resolveMetrics()
+	return q
 }
 
 // Load rebuilds the queues from the spool. Call it once, before Start.
@@ -669,6 +679,7 @@ func (q *Queue) worker(d *dest) {
 			}
 			c, err := q.dial(d, eg, lease != nil)
 			if err != nil {
+				q.countAttempt("connect", 0)
 				if lease != nil {
 					lease.Observe([]*pipeline.Response{replyOf(err)}, nil)
 				}
@@ -711,7 +722,9 @@ func (q *Queue) worker(d *dest) {
 			}
 		}
 		remote := conn.Remote()
+		start := time.Now()
 		res, err := conn.Deliver(q.ctx, env, data)
+		q.countAttempt(attemptResult(err), time.Since(start))
 		sent++
 		if lease != nil {
 			lease.Observe(failures(res, err), &remote)
@@ -872,6 +885,8 @@ func (q *Queue) complete(it *item, res []delivery.Result, err error, remote *pip
 		notes  []dsn.Notice // every outcome, for the DSNs it may owe (Notifier)
 		retry  []*spool.Recipient
 		done   int
+		// outcomes are counted once committed (countOutcomes).
+		outcomes = make([]*pipeline.Event, 0, len(it.rcpts))
 	)
 	remoteHost := ""
 	if remote != nil {
@@ -937,11 +952,9 @@ func (q *Queue) complete(it *item, res []delivery.Result, err error, remote *pip
 			notes = append(notes, dsn.Notice{Outcome: dsn.Delayed, Rcpt: &nr, Err: rerr, Reply: ev.Response, Remote: remoteHost,
 				Time: now, RetryUntil: m.Received.Add(q.o.QueueLifetime)})
 		}
-		if rerr != nil {
-			q.log.Info("delivery failed", "msgid", m.ID, "rcpt", r.Address, "queue", it.dest.name,
-				"attempt", attempt, "outcome", ev.Type, "err", rerr)
-		}
+		q.logOutcome(ev, r, now.Sub(m.Received), rerr)
 		b.AddEvent(ev)
+		outcomes = append(outcomes, ev)
 	}
 
 	var (
@@ -975,6 +988,7 @@ func (q *Queue) complete(it *item, res []delivery.Result, err error, remote *pip
 	// message outlives every outcome batch of its recipients, so a crash
 	// can leave a message without recipients (collected at start), never a
 	// recipient without its message.
+	q.countOutcomes(outcomes)
 	q.mu.Lock()
 	it.msg.remaining -= done
 	last := done > 0 && it.msg.remaining == 0

@@ -38,6 +38,7 @@ import (
 
 	"github.com/sluice-mta/sluice/internal/auth"
 	"github.com/sluice-mta/sluice/internal/logx"
+	"github.com/sluice-mta/sluice/internal/metrics"
 	"github.com/sluice-mta/sluice/internal/queue"
 	"github.com/sluice-mta/sluice/internal/spool"
 	"github.com/sluice-mta/sluice/pipeline"
@@ -144,6 +145,7 @@ type Relay struct {
 	users        Verifier      // nil: no users file (senders.go)
 	guard        *auth.Guard   // nil: no brute-force limits
 	authSample   *logx.Sampler // failed authentications, per client address
+	metrics      *metrics.Node // nil: none
 
 	// The gate keeps the store open while acceptances are in flight:
 	// Close refuses new ones and waits for the others.
@@ -184,6 +186,11 @@ type Options struct {
 	// Guard, when set, limits failed authentications per client address
 	// and per user across sessions (see Session.Login).
 	Guard *auth.Guard
+	// Metrics, when set, counts accepted and refused messages and times
+	// spool commits (sluice_messages_accepted_total, sluice_refusals_total,
+	// sluice_spool_commit_duration_seconds). Sources read it through
+	// Relay.Metrics.
+	Metrics *metrics.Node
 }
 
 // New builds a Relay running p on store.
@@ -200,7 +207,7 @@ func New(p *Pipeline, store Store, o Options) *Relay {
 	r := &Relay{store: store, log: o.Logger.With("component", "relay"), hostname: o.Hostname, now: o.Now,
 		sample:       logx.NewSampler(10 * time.Second),
 		delayWarning: o.DelayWarning, supp: o.Suppressions, domains: o.Domains, admit: o.Admit,
-		users: o.Users, guard: o.Guard, authSample: logx.NewSampler(10 * time.Second)}
+		users: o.Users, guard: o.Guard, authSample: logx.NewSampler(10 * time.Second), metrics: o.Metrics}
 	r.pipe.Store(p)
 	return r
 }
@@ -240,6 +247,9 @@ func (r *Relay) acquire() *Pipeline {
 		p.release()
 	}
 }
+
+// Metrics returns Options.Metrics (nil: none).
+func (r *Relay) Metrics() *metrics.Node { return r.metrics }
 
 // NewID returns a new id from the store (ULID, strictly increasing).
 func (r *Relay) NewID() string { return r.store.NewID() }
@@ -301,6 +311,7 @@ func (r *Relay) logRefusal(msg string, conn *pipeline.Conn, err error, attrs ...
 		level = slog.LevelWarn
 	}
 	rep := pipeline.Reply(err)
+	r.countRefusal(msg, conn, pe, rep.Code)
 	attrs = append(attrs, "source", conn.Source, "conn", conn.ID, "remote_ip", conn.RemoteIP.String(),
 		"code", rep.Code, "enhanced", rep.Enhanced.String(), "text", rep.Message)
 	if conn.Listener != "" {
@@ -313,6 +324,34 @@ func (r *Relay) logRefusal(msg string, conn *pipeline.Conn, err error, attrs ...
 		attrs = append(attrs, "err", err)
 	}
 	r.log.Log(context.Background(), level, msg, attrs...)
+}
+
+// countRefusal counts one refusal in sluice_refusals_total. The phase
+// comes from logRefusal's fixed message texts.
+func (r *Relay) countRefusal(msg string, conn *pipeline.Conn, pe *pipeline.Error, code int) {
+	if r.metrics == nil {
+		return
+	}
+	var phase string
+	switch msg {
+	case "connection refused":
+		phase = "connect"
+	case "helo refused":
+		phase = "helo"
+	case "authentication refused", "identity refused":
+		phase = "auth"
+	case "sender refused":
+		phase = "mail"
+	case "recipient refused", "recipient suppressed":
+		phase = "rcpt"
+	default:
+		phase = "message"
+	}
+	stage := ""
+	if pe != nil {
+		stage = pe.Stage
+	}
+	r.metrics.Refused.WithLabelValues(conn.Source, conn.Listener, phase, stage, metrics.Status(code)).Inc()
 }
 
 // ClosePipeline retires the current pipeline at shutdown: it is closed

@@ -5,6 +5,9 @@ import (
 	"errors"
 	"log/slog"
 	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/sluice-mta/sluice/internal/mailtext"
 	"github.com/sluice-mta/sluice/pipeline"
@@ -20,6 +23,20 @@ type Session struct {
 	// bounce: a session of Sluice's own DSNs. Their temporary refusals
 	// are not recorded: such a bounce is sent anyway (see Relay.bounce).
 	bounce bool
+	// accepted is this session's child of sluice_messages_accepted_total,
+	// resolved at its first accepted message (nil: not yet, or no metrics).
+	accepted prometheus.Counter
+}
+
+// countAccepted counts one accepted message of this session.
+func (s *Session) countAccepted() {
+	if s.r.metrics == nil {
+		return
+	}
+	if s.accepted == nil {
+		s.accepted = s.r.metrics.Accepted.WithLabelValues(s.Conn.Source, s.Conn.Listener)
+	}
+	s.accepted.Inc()
 }
 
 // record writes refusal events for this session.
@@ -412,7 +429,11 @@ func (r *Relay) commit(ctx context.Context, txns []*Txn, accs []*Accepted, o Com
 			err = refused
 		}
 		if err == nil {
+			start := time.Now()
 			err = r.store.Commit(ctx, write, o.BeforeCommit)
+			if r.metrics != nil {
+				r.metrics.SpoolCommitSeconds.Observe(time.Since(start).Seconds())
+			}
 		}
 		if err != nil {
 			ferr := &pipeline.Error{Code: 451, Enhanced: pipeline.EnhancedCode{4, 3, 0}, Message: "Cannot store the message now, try again later", Cause: err}
@@ -430,6 +451,9 @@ func (r *Relay) commit(ctx context.Context, txns []*Txn, accs []*Accepted, o Com
 				out[i].Err = ferr
 				if i < len(txns) {
 					evs = append(evs, txns[i].rejectAll(ferr)...)
+					if ctx.Err() == nil {
+						r.countRefusal("message refused", txns[i].s.Conn, ferr, ferr.Code)
+					}
 				}
 			}
 			if ctx.Err() == nil {
@@ -443,6 +467,9 @@ func (r *Relay) commit(ctx context.Context, txns []*Txn, accs []*Accepted, o Com
 	logged := r.log.Enabled(ctx, slog.LevelInfo)
 	for i, a := range accs {
 		out[i].Receipt = a.Receipt
+		if i < len(txns) && a.Receipt != nil && (a.Receipt.Queued > 0 || a.Receipt.Discarded) {
+			txns[i].s.countAccepted()
+		}
 		if !logged {
 			continue
 		}

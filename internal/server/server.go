@@ -81,6 +81,8 @@ type Server struct {
 	revoked *revoke.List
 	control *controlServer
 	metrics *prometheus.Registry // one per node; served by the admin listener
+	// node is the message-path metrics on metrics (metrics.Node).
+	node *metrics.Node
 	// deadLetters is sluice_event_dead_letters_total, shared by the sinks.
 	deadLetters *prometheus.CounterVec
 	wg          sync.WaitGroup
@@ -127,6 +129,9 @@ func New(cfg *config.Config, log *slog.Logger) (*Server, error) {
 		return nil, err
 	}
 	s.res = res
+	if s.node, err = metrics.NewNode(s.metrics); err != nil {
+		return nil, err
+	}
 	pm, err := plugin.NewMetrics(s.metrics)
 	if err != nil {
 		return nil, err
@@ -144,7 +149,7 @@ func New(cfg *config.Config, log *slog.Logger) (*Server, error) {
 		return nil, err
 	}
 	s.limits = ratelimit.NewNode(s.redis, rm, log)
-	p, err := buildPipeline(cfg, log, res, shared{pool: s.plugins, redis: s.redis, limits: s.limits, metrics: s.registerer(), onStages: s.useDomainKeys})
+	p, err := buildPipeline(cfg, log, res, shared{pool: s.plugins, redis: s.redis, limits: s.limits, metrics: s.registerer(), node: s.node, onStages: s.useDomainKeys})
 	if err != nil {
 		closeRedis(s.redis)
 		return nil, err
@@ -247,6 +252,7 @@ func BuildPipeline(cfg *config.Config, log *slog.Logger, res dnsx.Resolver) (*re
 type shared struct {
 	pool     *plugin.Pool          // nil: each plugin stage starts its own processes
 	metrics  prometheus.Registerer // nil: stages register no metrics
+	node     *metrics.Node         // nil: stage calls are not timed
 	redis    *pipeline.Redis       // nil: no sluice.redis
 	ownRedis bool                  // close redis with the pipeline
 	// limits are the node's rate-limit stores; nil: the pipeline gets
@@ -302,7 +308,7 @@ func buildPipeline(cfg *config.Config, log *slog.Logger, res dnsx.Resolver, sh s
 	}
 	chain, err := pipeline.Compile(stages, pipeline.ChainOptions{
 		StageTimeout: cfg.StageTimeout, LocalDomains: cfg.LocalDomains, Logger: log, RecoverPanics: true,
-		AuthServID: hostname, Trace: sh.trace,
+		AuthServID: hostname, Trace: sh.trace, StageTimer: stageTimer(sh.node),
 	})
 	if err != nil {
 		closeAll()
@@ -436,7 +442,7 @@ func (s *Server) components() []component {
 				MaxMessagesPerConn: cfg.Delivery.MaxMessagesPerConn, IdleTimeout: cfg.Delivery.IdleTimeout,
 				RetryInitial: cfg.Delivery.RetryInitial, RetryMax: cfg.Delivery.RetryMax,
 				RetryFactor: cfg.Delivery.RetryFactor, RetryJitter: cfg.Delivery.RetryJitter,
-				QueueLifetime: cfg.Delivery.QueueLifetime, Logger: s.log, Bounces: bc,
+				QueueLifetime: cfg.Delivery.QueueLifetime, Logger: s.log, Bounces: bc, Metrics: s.node,
 			})
 			// The relay is the transaction owner for every source, bounces
 			// included: they enter through it.
@@ -445,7 +451,7 @@ func (s *Server) components() []component {
 				return fmt.Errorf("spool: sending domains: %w", err)
 			}
 			ro := relay.Options{Hostname: cfg.Hostname, Logger: s.log, DelayWarning: cfg.Delivery.DelayWarning,
-				Suppressions: s.sp, Domains: s.domains.Load(), Admit: func() error { return s.backlog.Load().Check() },
+				Suppressions: s.sp, Domains: s.domains.Load(), Metrics: s.node, Admit: func() error { return s.backlog.Load().Check() },
 				Guard: auth.NewGuard(auth.GuardOptions{Free: cfg.Auth.LockoutAfter, Base: cfg.Auth.LockoutBase, Max: cfg.Auth.LockoutMax})}
 			if cfg.Auth.Users != "" {
 				users, err := auth.OpenUsers(cfg.Auth.Users, s.log)
@@ -724,6 +730,14 @@ func (s *Server) registerCoreMetrics() error {
 		gauge("sluice_queue_messages", "Messages with at least one recipient still queued.", func() float64 { return float64(s.q.Stats().Messages) }),
 		gauge("sluice_queue_ready_recipients", "Recipients due for a delivery attempt now.", func() float64 { return float64(s.q.Stats().Ready) }),
 		gauge("sluice_queue_waiting_recipients", "Recipients waiting for their next attempt (deferred).", func() float64 { return float64(s.q.Stats().Waiting) }),
+		gauge("sluice_queue_oldest_ready_seconds", "Age of the oldest message with a recipient due for delivery now (0: none).", func() float64 {
+			r, _ := s.q.Oldest(time.Now())
+			return r.Seconds()
+		}),
+		gauge("sluice_queue_oldest_waiting_seconds", "Age of the oldest message with a recipient waiting for a retry (0: none).", func() float64 {
+			_, w := s.q.Oldest(time.Now())
+			return w.Seconds()
+		}),
 		gauge("sluice_delivery_active_workers", "Delivery workers busy now, all destinations.", func() float64 { return float64(s.q.Stats().Active) }),
 	} {
 		if err := s.metrics.Register(c); err != nil {
@@ -757,10 +771,19 @@ func dirBytes(dir string) uint64 {
 	return n
 }
 
-// readiness is what /readyz checks: the spool can take mail.
+// readiness is what /readyz checks: the spool can take mail (its
+// directory takes a new file, its filesystem is above the reserve, the
+// storage engine has not failed), the Kafka sink is within its backlog
+// budget, no plugin is crash-looping.
 func (s *Server) readiness() map[string]metrics.Check {
 	return map[string]metrics.Check{
 		"spool": func() error {
+			if err := probeSpoolDir(s.cfg.Spool.Path); err != nil {
+				return err
+			}
+			if err := s.sp.CheckSpace(); err != nil {
+				return fmt.Errorf("the spool refuses new mail: %w", err)
+			}
 			if s.sp.Full() {
 				return errors.New("the spool refuses new mail (below its min_free reserve, or failed; see the log)")
 			}
@@ -907,7 +930,7 @@ func (s *Server) Reload() (summary string, err error) {
 			return "", err
 		}
 	}
-	p, err := buildPipeline(cfg, s.log, s.res, shared{pool: s.plugins, redis: s.redis, limits: s.limits, metrics: s.registerer(), onStages: s.useDomainKeys})
+	p, err := buildPipeline(cfg, s.log, s.res, shared{pool: s.plugins, redis: s.redis, limits: s.limits, metrics: s.registerer(), node: s.node, onStages: s.useDomainKeys})
 	if err != nil {
 		s.log.Error("reload failed; the running pipeline keeps serving", "err", err)
 		return "", err
@@ -1023,6 +1046,15 @@ func configDir(cfg *config.Config) string {
 		return ""
 	}
 	return filepath.Dir(cfg.File)
+}
+
+// stageTimer is node's pipeline.ChainOptions.StageTimer (nil without
+// metrics: a nil func value, not a nil method value).
+func stageTimer(node *metrics.Node) func(stage, hook string) func(time.Duration, bool) {
+	if node == nil {
+		return nil
+	}
+	return node.StageTimer
 }
 
 // registerer is the node's registry for stages, nil when there is none

@@ -3,9 +3,7 @@ package server
 import (
 	"context"
 	"errors"
-	"io"
 	"log/slog"
-	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -197,15 +195,7 @@ sluice.listen_admin { addr = "`+addr+`", allow = { `+tc.allow+` } }
 		if err := s.Start(); err != nil {
 			t.Fatal(err)
 		}
-		get := func(path string) (int, string) {
-			res, err := http.Get("http://" + addr + path)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer res.Body.Close()
-			b, _ := io.ReadAll(res.Body)
-			return res.StatusCode, string(b)
-		}
+		get := func(path string) (int, string) { return testutil.HTTPGet(t, "http://"+addr+path) }
 		if code, body := get("/readyz"); code != tc.status {
 			t.Errorf("allow %s: /readyz %d %q, want %d", tc.allow, code, body, tc.status)
 		}

@@ -15,6 +15,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/emersion/go-smtp"
 
 	"github.com/sluice-mta/sluice/internal/config"
@@ -70,6 +72,12 @@ type Server struct {
 	conns map[*trackedConn]struct{}
 
 	wg sync.WaitGroup // accept loop, admissions, refusals
+
+	// connections and sessions are this listener's children of
+	// sluice_smtp_connections_total and sluice_smtp_sessions (nil: the
+	// relay has no metrics).
+	connections prometheus.Counter
+	sessions    prometheus.Gauge
 }
 
 // Option configures a Server.
@@ -101,6 +109,10 @@ func New(l config.SMTPListener, rl *relay.Relay, log *slog.Logger, opts ...Optio
 		o(s)
 	}
 	s.log = log.With("listener", l.Name)
+	if m := rl.Metrics(); m != nil {
+		s.connections = m.Connections.WithLabelValues(l.Name)
+		s.sessions = m.Sessions.WithLabelValues(l.Name)
+	}
 
 	if err := s.check(); err != nil {
 		return nil, err
@@ -386,6 +398,10 @@ func (s *Server) track(c net.Conn) *trackedConn {
 	s.mu.Lock()
 	s.conns[tc] = struct{}{}
 	s.mu.Unlock()
+	if s.connections != nil {
+		s.connections.Inc()
+		s.sessions.Inc()
+	}
 	if s.draining.Load() {
 		tc.kickIfIdle()
 	}
@@ -397,6 +413,9 @@ func (s *Server) untrack(c *trackedConn) {
 	s.mu.Lock()
 	delete(s.conns, c)
 	s.mu.Unlock()
+	if s.sessions != nil {
+		s.sessions.Dec()
+	}
 	if !c.pc.RelayNetwork {
 		s.anvil.release(c.pc.RemoteIP)
 	}
