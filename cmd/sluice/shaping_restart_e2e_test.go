@@ -2,11 +2,14 @@ package main
 
 import (
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 
+	gosmtp "github.com/emersion/go-smtp"
 	"github.com/sluice-mta/sluice/internal/dnsx/dnstest"
 	"github.com/sluice-mta/sluice/internal/testutil"
 	"github.com/sluice-mta/sluice/pipeline"
@@ -50,5 +53,72 @@ func TestShapingHeldMessagesSurviveKill9(t *testing.T) {
 	}
 	if seen["x@nomx.test"] != 1 {
 		t.Errorf("x@nomx.test delivered %d times", seen["x@nomx.test"])
+	}
+}
+
+// TestShapingBlocklistSuspendsOneSource: the pool has two egress sources;
+// the site answers "451 4.7.1 ... blocklisted" to every transaction from
+// 127.0.0.2. The Suspend rule stops that source for the site only: the
+// sink sees one refused transaction from 127.0.0.2, and every message,
+// including the deferred one, is delivered from 127.0.0.3. Before the fix
+// found by the newcomer review, the worker whose source was suspended
+// held every message of the pool for the suspension (1 hour) although
+// 127.0.0.3 was free.
+func TestShapingBlocklistSuspendsOneSource(t *testing.T) {
+	dns := dnstest.NewServer(t)
+	dns.AddMX("bl.test", 10, "mx.bl.test")
+	dns.AddA("mx.bl.test", "127.0.0.4")
+	sk, _ := sinkPair(t, testutil.SinkOptions{})
+	var refused, accepted, other atomic.Int32
+	sk.OnData = func(c *gosmtp.Conn, rd io.Reader) error {
+		_, _ = io.Copy(io.Discard, rd)
+		switch ip, _, _ := strings.Cut(c.Conn().RemoteAddr().String(), ":"); ip {
+		case "127.0.0.2":
+			refused.Add(1)
+			return &gosmtp.SMTPError{Code: 451, EnhancedCode: gosmtp.EnhancedCode{4, 7, 1}, Message: "Your IP 127.0.0.2 is blocklisted"}
+		case "127.0.0.3":
+			accepted.Add(1)
+		default:
+			other.Add(1)
+		}
+		return nil
+	}
+	extra := `
+sluice.egress {
+  sources = {
+    { name = "ip2", address = "127.0.0.2", helo = "mta2.shape.test" },
+    { name = "ip3", address = "127.0.0.3", helo = "mta3.shape.test" },
+  },
+  pools = { { name = "all", sources = { "ip2", "ip3" } } },
+  default_pool = "all",
+}
+`
+	toml := `
+["default"]
+connection_limit = 1
+[["default".automation]]
+regex = '''(?i)blocklisted'''
+action = "Suspend"
+duration = "1h"
+`
+	r := startShapingRelay(t, dns, sk.Port, toml, extra)
+	sendN(t, r, 10, func(i int) string { return fmt.Sprintf("u%d@bl.test", i) })
+	evs := r.waitEvents("ten delivered events", func(evs []pipeline.Event) bool {
+		return countType(evs, pipeline.EventDelivered, "") >= 10
+	})
+	if a, o := accepted.Load(), other.Load(); a != 10 || o != 0 {
+		t.Errorf("%d transactions accepted from 127.0.0.3 and %d from elsewhere, want 10 and 0", a, o)
+	}
+	if n := refused.Load(); n != 1 {
+		t.Errorf("%d transactions from 127.0.0.2; the first refusal suspends it", n)
+	}
+	var susp []pipeline.Event
+	for _, e := range evs {
+		if e.Type == pipeline.EventShapingSuspended {
+			susp = append(susp, e)
+		}
+	}
+	if len(susp) != 1 || susp[0].Metadata["egress_source"] != "ip2" || susp[0].Metadata["action"] != "Suspend" {
+		t.Errorf("suspended events %+v, want one for ip2", susp)
 	}
 }

@@ -741,6 +741,17 @@ func (q *Queue) worker(d *dest) {
 			}
 			if !retry.IsZero() {
 				closeConn()
+				if reason != shaping.ReasonRate {
+					// The lease's source is suspended for the site, over
+					// a lowered connection limit or out of warm-up volume:
+					// that holds this source, not the pool. Acquire (which
+					// checks all three) picks another source, or holds the
+					// destination until one is free. Holding it here until
+					// this source's retry kept every message of the pool
+					// waiting while other sources were free.
+					q.requeue(it)
+					continue
+				}
 				q.shapeHold(d, it, retry, reason)
 				q.retire(d)
 				return
