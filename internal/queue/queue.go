@@ -168,9 +168,13 @@ type Queue struct {
 
 	mu       sync.Mutex
 	stopping bool
-	dests    map[string]*dest
-	msgs     map[string]*message
-	waiting  itemHeap
+	// lookups holds messages whose recipient domains' sites are not known
+	// yet, for at most maxSiteLookups goroutines (lookupWorkers) to name.
+	lookups       []pendingLookup
+	lookupWorkers int
+	dests         map[string]*dest
+	msgs          map[string]*message
+	waiting       itemHeap
 }
 
 type message struct {
@@ -371,31 +375,63 @@ func (q *Queue) sitesOf(rcpts []*spool.Recipient, cachedOnly bool) (map[string]s
 	return sites, true
 }
 
+// maxSiteLookups bounds the goroutines that look up the sites of
+// recipient domains not known yet (shaping on): a burst of mail to many
+// new domains queues here instead of starting a goroutine per message.
+// The shaper shares one lookup among callers asking for the same domain.
+const maxSiteLookups = 64
+
+type pendingLookup struct {
+	m     *spool.Meta
+	rcpts []*spool.Recipient
+}
+
 // Enqueue adds a spooled message's recipients (already committed) to the
 // queues. Recipients with a future NextAttempt wait in the timer heap.
-// With shaping, a recipient domain whose site is not known yet is looked
-// up in a goroutine of its own (owned by the queue, ended by Stop), so
-// that Enqueue never waits for DNS: it runs before the client's 250.
+// With shaping, a message with a recipient domain whose site is not known
+// yet waits for one of at most maxSiteLookups lookup goroutines (owned by
+// the queue, ended by Stop), so that Enqueue never waits for DNS: it runs
+// before the client's 250.
 func (q *Queue) Enqueue(m *spool.Meta, rcpts []*spool.Recipient) {
 	sites, known := q.sitesOf(rcpts, true)
-	if !known {
-		q.mu.Lock()
-		stopping := q.stopping
-		if !stopping {
-			q.wg.Add(1)
-		}
-		q.mu.Unlock()
-		if stopping {
-			return // the spool keeps them; Load finds them at the next start
-		}
-		go func() {
-			defer q.wg.Done()
-			sites, _ := q.sitesOf(rcpts, false)
-			q.enqueue(m, rcpts, sites)
-		}()
+	if known {
+		q.enqueue(m, rcpts, sites)
 		return
 	}
-	q.enqueue(m, rcpts, sites)
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.stopping {
+		return // the spool keeps them; Load finds them at the next start
+	}
+	q.lookups = append(q.lookups, pendingLookup{m, rcpts})
+	if q.lookupWorkers < maxSiteLookups {
+		q.lookupWorkers++
+		q.wg.Add(1)
+		go q.lookupLoop()
+	}
+}
+
+// lookupLoop names the sites of waiting messages and queues them, until
+// none waits or the queue stops (the spool keeps the rest for Load).
+func (q *Queue) lookupLoop() {
+	defer q.wg.Done()
+	for {
+		q.mu.Lock()
+		if len(q.lookups) == 0 || q.stopping {
+			q.lookupWorkers--
+			q.mu.Unlock()
+			return
+		}
+		p := q.lookups[0]
+		q.lookups[0] = pendingLookup{}
+		q.lookups = q.lookups[1:]
+		if len(q.lookups) == 0 {
+			q.lookups = nil
+		}
+		q.mu.Unlock()
+		sites, _ := q.sitesOf(p.rcpts, false)
+		q.enqueue(p.m, p.rcpts, sites)
+	}
 }
 
 func (q *Queue) enqueue(m *spool.Meta, rcpts []*spool.Recipient, sites map[string]string) {
@@ -716,6 +752,17 @@ func (q *Queue) worker(d *dest) {
 			}
 			if !retry.IsZero() {
 				closeConn()
+				if reason != shaping.ReasonRate {
+					// The lease's source is suspended for the site, over
+					// a lowered connection limit or out of warm-up volume:
+					// that holds this source, not the pool. Acquire (which
+					// checks all three) picks another source, or holds the
+					// destination until one is free. Holding it here until
+					// this source's retry kept every message of the pool
+					// waiting while other sources were free.
+					q.requeue(it)
+					continue
+				}
 				q.shapeHold(d, it, retry, reason)
 				q.retire(d)
 				return

@@ -1,9 +1,11 @@
 package shaping
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"regexp"
+	"regexp/syntax"
 	"slices"
 	"sort"
 	"strconv"
@@ -387,6 +389,9 @@ func (r *Rules) param(where string, p *Params, k string, v any, provider bool) e
 		if err != nil {
 			return fmt.Errorf("%s: %s: %v", where, k, err)
 		}
+		if d <= 0 { // "-5s" or "0s" is a mistake, not "no timeout"
+			return fmt.Errorf("%s: %s: want a positive duration like \"30s\", got %q", where, k, s)
+		}
 		switch k {
 		case "connect_timeout":
 			p.ConnectTimeout = &d
@@ -489,8 +494,15 @@ func parseAutomation(where string, m map[string]any) (a Automation, skip string,
 	for _, s := range res {
 		re, err := regexp.Compile(s)
 		if err != nil {
-			// KumoMTA's regexes may use look-around, which Go's RE2 lacks.
-			return a, fmt.Sprintf("%s: regex %q cannot be compiled by Go (RE2 has no look-around): %v; rule skipped", where, s, err), nil
+			// KumoMTA's regexes may use look-around or back-references,
+			// which Go's RE2 lacks: such a rule is skipped. Any other
+			// error is a mistake in the file ("(abc"), not a rule written
+			// for another engine: it must not pass silently.
+			var se *syntax.Error
+			if errors.As(err, &se) && (se.Code == syntax.ErrInvalidPerlOp || se.Code == syntax.ErrInvalidEscape) {
+				return a, fmt.Sprintf("%s: regex %q cannot be compiled by Go (RE2 has no look-around or back-references): %v; rule skipped", where, s, err), nil
+			}
+			return a, "", fmt.Errorf("%s: regex %q: %v", where, s, err)
 		}
 		a.Regex = append(a.Regex, re)
 	}

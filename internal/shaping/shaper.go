@@ -36,6 +36,8 @@ import (
 	"sync"
 	"time"
 
+	"golang.org/x/sync/singleflight"
+
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/time/rate"
 
@@ -124,6 +126,9 @@ type Shaper struct {
 	log   *slog.Logger
 	rules *Rules
 
+	// lookup shares one MX lookup among concurrent callers of Site for
+	// the same domain (a burst of mail to a new domain asks once).
+	lookup     singleflight.Group
 	mu         sync.Mutex
 	sites      map[string]*siteInfo // domain → site
 	entries    map[string][]*Entry  // site → its rule entries, as last resolved
@@ -276,7 +281,17 @@ func (s *Shaper) Site(ctx context.Context, domain string) string {
 	if si := s.cached(domain, now); si != nil {
 		return si.site
 	}
-	si := s.resolve(ctx, domain, now, true)
+	v, _, _ := s.lookup.Do(domain, func() (any, error) {
+		if si := s.cached(domain, now); si != nil { // a call that just ended stored it
+			return si, nil
+		}
+		return s.store(domain, s.resolve(ctx, domain, now, true), now), nil
+	})
+	return v.(*siteInfo).site
+}
+
+// store remembers si as domain's site and returns it.
+func (s *Shaper) store(domain string, si *siteInfo, now time.Time) *siteInfo {
 	s.mu.Lock()
 	if len(s.sites) >= maxSites {
 		for d, x := range s.sites { // forget the stale ones
@@ -288,7 +303,7 @@ func (s *Shaper) Site(ctx context.Context, domain string) string {
 	s.sites[domain] = si
 	s.entries[si.site] = si.entries
 	s.mu.Unlock()
-	return si.site
+	return si
 }
 
 // CachedSite returns the site of domain when it is known and fresh,

@@ -109,6 +109,12 @@ func TestParseErrors(t *testing.T) {
 		{`[["default".automation]]` + "\naction = \"Suspend\"\nduration = \"1m\"", `regex is required`},
 		{`["default"]` + "\nidle_timeout = \"soon\"", `idle_timeout: "soon" is not a duration`},
 		{`["default"`, `shaping: bad.toml:`},
+		// found by the newcomer review: a broken regex and a negative
+		// timeout passed `sluice check` (the rule was skipped, the
+		// timeout was taken as is)
+		{`[["default".automation]]` + "\nregex = \"(abc\"\naction = \"Suspend\"\nduration = \"1m\"", `automation[1]: regex "(abc": error parsing regexp: missing closing )`},
+		{`["default"]` + "\nidle_timeout = \"-5s\"", `idle_timeout: want a positive duration`},
+		{`["default"]` + "\nconnect_timeout = \"0s\"", `connect_timeout: want a positive duration`},
 	} {
 		_, err := Parse("bad.toml", []byte(tc.src))
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
