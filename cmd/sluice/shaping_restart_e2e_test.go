@@ -65,9 +65,7 @@ func TestShapingHeldMessagesSurviveKill9(t *testing.T) {
 // held every message of the pool for the suspension (1 hour) although
 // 127.0.0.3 was free.
 func TestShapingBlocklistSuspendsOneSource(t *testing.T) {
-	dns := dnstest.NewServer(t)
-	dns.AddMX("bl.test", 10, "mx.bl.test")
-	dns.AddA("mx.bl.test", "127.0.0.4")
+	dns := oneMXSite(t, "bl.test")
 	sk, _ := sinkPair(t, testutil.SinkOptions{})
 	var refused, accepted, other atomic.Int32
 	sk.OnData = func(c *gosmtp.Conn, rd io.Reader) error {
@@ -83,16 +81,6 @@ func TestShapingBlocklistSuspendsOneSource(t *testing.T) {
 		}
 		return nil
 	}
-	extra := `
-sluice.egress {
-  sources = {
-    { name = "ip2", address = "127.0.0.2", helo = "mta2.shape.test" },
-    { name = "ip3", address = "127.0.0.3", helo = "mta3.shape.test" },
-  },
-  pools = { { name = "all", sources = { "ip2", "ip3" } } },
-  default_pool = "all",
-}
-`
 	toml := `
 ["default"]
 connection_limit = 1
@@ -101,7 +89,7 @@ regex = '''(?i)blocklisted'''
 action = "Suspend"
 duration = "1h"
 `
-	r := startShapingRelay(t, dns, sk.Port, toml, extra)
+	r := startShapingRelay(t, dns, sk.Port, toml, twoSourcePool)
 	sendN(t, r, 10, func(i int) string { return fmt.Sprintf("u%d@bl.test", i) })
 	evs := r.waitEvents("ten delivered events", func(evs []pipeline.Event) bool {
 		return countType(evs, pipeline.EventDelivered, "") >= 10

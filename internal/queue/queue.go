@@ -686,7 +686,7 @@ func (q *Queue) worker(d *dest) {
 			continue
 		}
 		if conn == nil && q.o.Shaper != nil {
-			l, retry, reason, err := q.o.Shaper.Acquire(d.site, d.route.Pool)
+			l, retry, reason, err := q.o.Shaper.Acquire(d.site, d.route.Pool, q.o.IdleTimeout)
 			if err != nil {
 				q.complete(it, nil, err, nil)
 				continue
@@ -744,28 +744,25 @@ func (q *Queue) worker(d *dest) {
 			env.Rcpts[i] = delivery.Rcpt{Addr: r.Address, Params: r.Params}
 		}
 		if lease != nil {
-			retry, reason, werr := lease.Wait(q.ctx, idle)
+			retry, _, werr := lease.Wait(q.ctx, idle)
 			if werr != nil { // stopping
 				q.requeue(it)
 				q.retire(d)
 				return
 			}
 			if !retry.IsZero() {
+				// The lease's source is suspended for the site, over a
+				// lowered connection limit, out of warm-up volume or its
+				// rate's next turn is past the idle timeout: that holds
+				// this source, not the pool. Acquire (which checks all
+				// four, with the same idle timeout) picks another source,
+				// or holds the destination until the earliest time one is
+				// free. Holding it here until this source's retry kept
+				// every message of the pool waiting while other sources
+				// were free.
 				closeConn()
-				if reason != shaping.ReasonRate {
-					// The lease's source is suspended for the site, over
-					// a lowered connection limit or out of warm-up volume:
-					// that holds this source, not the pool. Acquire (which
-					// checks all three) picks another source, or holds the
-					// destination until one is free. Holding it here until
-					// this source's retry kept every message of the pool
-					// waiting while other sources were free.
-					q.requeue(it)
-					continue
-				}
-				q.shapeHold(d, it, retry, reason)
-				q.retire(d)
-				return
+				q.requeue(it)
+				continue
 			}
 		}
 		remote := conn.Remote()

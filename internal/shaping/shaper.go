@@ -515,11 +515,17 @@ func UnknownPool(pool string) error {
 
 // Acquire reserves a connection to site on one source of pool, round
 // robin over the pool's sources, skipping those suspended for the site,
-// at their connection limit, or past their warm-up volume for the day.
-// When none can take it, it returns a nil Lease and when to try again
-// (and the reason, for the caller's log). The error is a 451 4.3.5 for a
-// pool that does not exist.
-func (s *Shaper) Acquire(site, pool string) (*Lease, time.Time, string, error) {
+// at their connection limit, past their warm-up volume for the day, or
+// whose message rates would hold the next message longer than the idle
+// timeout (the site's idle_timeout, else maxWait: pass the connection
+// idle timeout the caller gives Lease.Wait, so that Wait does not refuse
+// a source Acquire chose). Of the sources left, the first (round robin)
+// whose rates let a message go now is taken, else the one whose turn
+// comes soonest. The rates are looked at, not used: Wait takes the turn.
+// When no source can take the connection, it returns a nil Lease and the
+// earliest time one of the sources may (and that source's reason, for the
+// caller's log). The error is a 451 4.3.5 for a pool that does not exist.
+func (s *Shaper) Acquire(site, pool string, maxWait time.Duration) (*Lease, time.Time, string, error) {
 	now := s.o.Now()
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -539,24 +545,59 @@ func (s *Shaper) Acquire(site, pool string) (*Lease, time.Time, string, error) {
 		return nil, until, ReasonSuspended, nil
 	}
 	start := s.rr[pool]
+	pick, pickDelay := -1, time.Duration(0)
 	for i := range srcs {
 		src := srcs[(start+i)%len(srcs)]
 		p := s.pathLocked(site, src.Name)
 		switch {
 		case now.Before(p.suspendedUntil):
 			later(p.suspendedUntil, ReasonSuspended)
+			continue
 		case p.conns >= intOr(p.eff.ConnectionLimit, 1):
 			later(now.Add(250*time.Millisecond), ReasonConnections)
+			continue
 		case src.warmupLeft(now) == 0:
 			later(nextUTCDay(now), ReasonWarmup)
-		default:
-			p.conns++
-			s.rr[pool] = (start + i + 1) % len(srcs)
-			return &Lease{s: s, p: p, Source: src.Source}, time.Time{}, "", nil
+			continue
+		}
+		delay := p.rateDelay(now)
+		bound := maxWait
+		if p.eff.IdleTimeout != nil && *p.eff.IdleTimeout > 0 {
+			bound = *p.eff.IdleTimeout
+		}
+		if delay > bound {
+			later(now.Add(delay), ReasonRate)
+			continue
+		}
+		if pick < 0 || delay < pickDelay {
+			pick, pickDelay = i, delay
+		}
+		if delay == 0 {
+			break
 		}
 	}
-	s.count(reason)
-	return nil, retry, reason, nil
+	if pick < 0 {
+		s.count(reason)
+		return nil, retry, reason, nil
+	}
+	src := srcs[(start+pick)%len(srcs)]
+	p := s.pathLocked(site, src.Name)
+	p.conns++
+	s.rr[pool] = (start + pick + 1) % len(srcs)
+	return &Lease{s: s, p: p, Source: src.Source}, time.Time{}, "", nil
+}
+
+// rateDelay is how long the next message on p would wait for its turn
+// under every message rate, without taking the turn. s.mu held.
+func (p *path) rateDelay(now time.Time) time.Duration {
+	var delay time.Duration
+	for _, lim := range p.limiters {
+		if tok := lim.TokensAt(now); tok < 1 {
+			secs := (1 - tok) / float64(lim.Limit())
+			delay = max(delay, time.Duration(math.Ceil(secs*float64(time.Second))))
+		}
+	}
+	return delay
 }
 
 func nextUTCDay(now time.Time) time.Time {

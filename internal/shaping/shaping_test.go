@@ -226,15 +226,15 @@ duration = "300ms"
 	if s.PoolConnections("site", "P") != 2 {
 		t.Fatalf("pool connections %d, want 2", s.PoolConnections("site", "P"))
 	}
-	l1, _, _, err := s.Acquire("site", "P")
-	l2, _, _, _ := s.Acquire("site", "P")
+	l1, _, _, err := s.Acquire("site", "P", time.Second)
+	l2, _, _, _ := s.Acquire("site", "P", time.Second)
 	if err != nil || l1 == nil || l2 == nil || l1.Source.Name == l2.Source.Name {
 		t.Fatalf("two leases from two sources: %v %v %v", l1, l2, err)
 	}
-	if l, retry, why, _ := s.Acquire("site", "P"); l != nil || why != ReasonConnections || retry.IsZero() {
+	if l, retry, why, _ := s.Acquire("site", "P", time.Second); l != nil || why != ReasonConnections || retry.IsZero() {
 		t.Fatalf("third lease: %v %v %q", l, retry, why)
 	}
-	if _, _, _, err := s.Acquire("site", "nope"); err == nil || pipeline.Reply(err).Code != 451 {
+	if _, _, _, err := s.Acquire("site", "nope", time.Second); err == nil || pipeline.Reply(err).Code != 451 {
 		t.Errorf("unknown pool: %v", err)
 	}
 	blocked := l1.Source.Name
@@ -245,7 +245,7 @@ duration = "300ms"
 	l1.Release()
 	l2.Release()
 	for i := 0; i < 3; i++ { // only the other source, round robin or not
-		l, _, why, _ := s.Acquire("site", "P")
+		l, _, why, _ := s.Acquire("site", "P", time.Second)
 		if l == nil || l.Source.Name == blocked {
 			t.Fatalf("acquire %d while %s is suspended: %v %q", i, blocked, l, why)
 		}
@@ -257,11 +257,11 @@ duration = "300ms"
 		e[1].Type != pipeline.EventShapingResumed || e[1].Metadata["egress_source"] != blocked {
 		t.Errorf("events %+v %+v", e[0], e[1])
 	}
-	l, _, _, _ := s.Acquire("site", "P")
+	l, _, _, _ := s.Acquire("site", "P", time.Second)
 	l.Observe([]*pipeline.Response{{Code: 421, Enhanced: "4.7.0", Text: "Go away"}}, nil)
 	l.Observe([]*pipeline.Response{{Code: 421, Enhanced: "4.7.0", Text: "Go away"}}, nil) // extends, no second event
 	l.Release()
-	if l, _, why, _ := s.Acquire("site", "P"); l != nil || why != ReasonSuspended {
+	if l, _, why, _ := s.Acquire("site", "P", time.Second); l != nil || why != ReasonSuspended {
 		t.Fatalf("acquire on a suspended site: %v %q", l, why)
 	}
 	tu.WaitFor(t, "site resumed", func() bool { return len(evs.list()) == 4 })
@@ -270,7 +270,7 @@ duration = "300ms"
 		e[3].Type != pipeline.EventShapingResumed {
 		t.Errorf("events %+v %+v", e[2], e[3])
 	}
-	if l, _, _, _ := s.Acquire("site", "P"); l == nil {
+	if l, _, _, _ := s.Acquire("site", "P", time.Second); l == nil {
 		t.Error("no lease after the site resumed")
 	}
 	for _, ev := range e {
@@ -301,7 +301,7 @@ regex = 'rate limited'
 action = [{SetConfig = {name = "max_message_rate", value = "1/hour"}}, {SetConfig = {name = "max_deliveries_per_connection", value = 2}}]
 duration = "400ms"
 `, Options{})
-	l, _, _, _ := s.Acquire("site", "")
+	l, _, _, _ := s.Acquire("site", "", time.Second)
 	ctx := context.Background()
 	for i := 0; i < 3; i++ {
 		if retry, why, err := l.Wait(ctx, time.Second); !retry.IsZero() || err != nil {
@@ -350,7 +350,7 @@ func TestWarmup(t *testing.T) {
 	now := start.Add(12 * time.Hour)
 	s, _, _ := newShaper(t, "", Options{Sources: []Source{{Name: "new", Warmup: w}}, Pools: map[string][]string{"P": {"new"}},
 		Now: func() time.Time { return now }})
-	l, _, _, _ := s.Acquire("site", "P")
+	l, _, _, _ := s.Acquire("site", "P", time.Second)
 	for i := 0; i < 3; i++ {
 		if retry, _, _ := l.Wait(context.Background(), time.Second); !retry.IsZero() {
 			t.Fatalf("message %d of 3: held until %v", i+1, retry)
@@ -361,11 +361,11 @@ func TestWarmup(t *testing.T) {
 		t.Errorf("fourth message: %q until %v", why, retry)
 	}
 	l.Release()
-	if l, retry, why, _ := s.Acquire("other", "P"); l != nil || why != ReasonWarmup || !retry.Equal(start.Add(24*time.Hour)) {
+	if l, retry, why, _ := s.Acquire("other", "P", time.Second); l != nil || why != ReasonWarmup || !retry.Equal(start.Add(24*time.Hour)) {
 		t.Errorf("acquire past the day's volume: %v %q %v", l, why, retry)
 	}
 	now = start.Add(36 * time.Hour)
-	if l, _, _, _ := s.Acquire("other", "P"); l == nil {
+	if l, _, _, _ := s.Acquire("other", "P", time.Second); l == nil {
 		t.Error("no lease on the next day")
 	}
 }
@@ -386,7 +386,7 @@ func TestNewErrors(t *testing.T) {
 //	go test -run '^$' -bench LeaseWait -count 5 ./internal/shaping
 func BenchmarkLeaseWait(b *testing.B) {
 	s, _, _ := newShaper(b, "[\"default\"]\nmax_message_rate = \"1000000000/s,max_burst=1000\"\n", Options{Resolver: fakeResolver{}})
-	l, _, _, _ := s.Acquire("site", "")
+	l, _, _, _ := s.Acquire("site", "", time.Second)
 	ctx := context.Background()
 	b.ReportAllocs()
 	b.ResetTimer()
@@ -413,7 +413,7 @@ trigger = { Threshold = "3/minute" }
 action = "Suspend"
 duration = "1h"
 `, Options{Now: func() time.Time { return now }})
-	l, _, _, _ := s.Acquire("site", "")
+	l, _, _, _ := s.Acquire("site", "", time.Second)
 	defer l.Release()
 	hit := func() { l.Observe([]*pipeline.Response{{Code: 421, Text: "RL000010 slow down"}}, nil) }
 	hit()
