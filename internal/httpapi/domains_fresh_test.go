@@ -17,21 +17,9 @@ import (
 // domain verified at the next ?fresh=true check (sluice domain verify),
 // not an hour later.
 func TestDomainsFreshPastResolverCache(t *testing.T) {
-	e := newEnv(t, envOptions{noDelivery: true})
-	dns := dnstest.NewServer(t)
+	e, dns, _ := newDomainsEnv(t, 0)
 	dns.SetTTL(3600)
 	dns.SetNegativeTTL(300)
-	res, err := dnsx.New(dnsx.Options{Server: dns.Addr()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	pol := config.DefaultDomains()
-	pol.SPFInclude = "_spf.relay.test"
-	reg, err := domains.NewRegistry(e.sp, res, pol)
-	if err != nil {
-		t.Fatal(err)
-	}
-	e.srv.UseDomains(reg)
 	r := e.do("POST", "/v1/domains", e.sendKey, map[string]any{"domain": "example.com"})
 	if r.Status != http.StatusCreated {
 		t.Fatalf("POST: %d %s", r.Status, r.Body)
@@ -78,4 +66,25 @@ func TestDomainsFreshPastResolverCache(t *testing.T) {
 		t.Errorf("after the fix: domain %s, dkim %s (%s), dmarc %s (%s)", state,
 			got[domains.KindDKIM].State, got[domains.KindDKIM].Detail, got[domains.KindDMARC].State, got[domains.KindDMARC].Detail)
 	}
+}
+
+// newDomainsEnv is an API env whose domains registry asks a loopback DNS
+// server (SPF include _spf.relay.test) through a resolver with the given
+// dnsx cache size (0 the default cache, -1 none), and the registry.
+func newDomainsEnv(t *testing.T, cacheSize int) (*env, *dnstest.Server, *domains.Registry) {
+	t.Helper()
+	e := newEnv(t, envOptions{noDelivery: true})
+	dns := dnstest.NewServer(t)
+	res, err := dnsx.New(dnsx.Options{Server: dns.Addr(), CacheSize: cacheSize})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pol := config.DefaultDomains()
+	pol.SPFInclude = "_spf.relay.test"
+	reg, err := domains.NewRegistry(e.sp, res, pol)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.srv.UseDomains(reg)
+	return e, dns, reg
 }
