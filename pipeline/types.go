@@ -223,14 +223,19 @@ type Message struct {
 // and Bytes writes the message back byte for byte (plus the fields stages
 // add). A message with fields and no body gains the empty line that ends
 // its header. An mbox "From " line at the very start is mbox framing, not
-// part of the message (RFC 4155): it is dropped, and the header fields
+// part of the message (RFC 4155): it is dropped (unless it is a field,
+// "From : ..."), and the header fields
 // after it are the header (our Received field above it would leave it in
 // the middle of the header, where a strict parser ends the header and
 // loses every field below). ParseMessage does not fail today; the error
 // is kept for data that is truly unusable.
 func ParseMessage(txn *Txn, data []byte) (*Message, error) {
 	if bytes.HasPrefix(data, []byte("From ")) {
-		if i := bytes.IndexByte(data, '\n'); i >= 0 {
+		// "From : a@example.com" (space before the colon, RFC 5322
+		// section 4.5.3's obsolete syntax) is the From field, not mbox
+		// framing: dropping it lost the message's author, unsigned by
+		// dkim_sign and unseen by dmarc (a p=reject bypass).
+		if i := bytes.IndexByte(data, '\n'); i >= 0 && !isFieldLine(data[:i+1]) {
 			data = data[i+1:]
 		}
 	}

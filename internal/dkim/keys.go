@@ -108,11 +108,15 @@ func Load(specs []KeySpec) ([]*Key, error) {
 }
 
 // ParsePrivateKey parses a PEM private key (see Load) and reports its
-// algorithm.
+// algorithm. A file with more than one PEM block is an error.
 func ParsePrivateKey(pemData []byte) (crypto.Signer, string, error) {
-	b, _ := pem.Decode(pemData)
+	b, rest := pem.Decode(pemData)
 	if b == nil {
 		return nil, "", errors.New("not a PEM file (want a PRIVATE KEY or RSA PRIVATE KEY block)")
+	}
+	if next, _ := pem.Decode(rest); next != nil {
+		// Two keys concatenated: signing with the first would be a guess.
+		return nil, "", errors.New("several PEM blocks: want one private key per file")
 	}
 	var k any
 	var err error

@@ -406,7 +406,7 @@ func addrOf(rr dns.RR) (netip.Addr, bool) {
 // an outcome. conv picks the records of the asked type out of the answer.
 func lookup[T any](ctx context.Context, c *Client, name string, qtype uint16, conv func(dns.RR) (T, bool)) (Result[T], error) {
 	key := cacheKey{name, qtype}
-	if e, ttl, ok := c.cached(key); ok {
+	if e, ttl, ok := c.cached(key); ok && !isFresh(ctx) {
 		if e.err != nil {
 			return Result[T]{}, e.err
 		}

@@ -133,16 +133,21 @@ func checkSPF(st *Status, txts []string) {
 }
 
 // mergeSPF adds to have the mechanisms of want that it lacks, before its
-// all or redirect= term.
+// all or redirect= term. A mechanism after all is lacking: it is never
+// evaluated (RFC 7208 section 5.1). Names compare case-insensitively and
+// without a trailing dot.
 func mergeSPF(have, want string) string {
 	terms := strings.Fields(have)
 	present := map[string]bool{}
 	for _, t := range terms {
-		present[strings.ToLower(strings.TrimLeft(t, "+"))] = true
+		if strings.EqualFold(strings.TrimLeft(t, "+-~?"), "all") {
+			break
+		}
+		present[spfTermKey(strings.TrimLeft(t, "+"))] = true
 	}
 	var add []string
 	for _, t := range strings.Fields(want)[1:] {
-		if !strings.HasSuffix(t, "all") && !present[strings.ToLower(t)] {
+		if !strings.HasSuffix(t, "all") && !present[spfTermKey(t)] {
 			add = append(add, t)
 		}
 	}
@@ -159,6 +164,13 @@ func mergeSPF(have, want string) string {
 	}
 	out := append(append(append([]string{}, terms[:at]...), add...), terms[at:]...)
 	return strings.Join(out, " ")
+}
+
+// spfTermKey is an SPF term as mergeSPF compares it: lower case, without
+// a trailing dot on its domain (RFC 7208 section 7.1's domain-end allows
+// one).
+func spfTermKey(t string) string {
+	return strings.TrimSuffix(strings.ToLower(t), ".")
 }
 
 // checkDKIM: a key record whose p= is ours (whitespace ignored, RFC 6376

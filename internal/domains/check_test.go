@@ -19,6 +19,10 @@ func TestMergeSPF(t *testing.T) {
 		{"v=spf1 mx redirect=_spf.example", "v=spf1 ip4:192.0.2.1 ~all", "v=spf1 mx ip4:192.0.2.1 redirect=_spf.example"},
 		{"v=spf1 mx", "v=spf1 include:a.example ip6:2001:db8::1 ~all", "v=spf1 mx include:a.example ip6:2001:db8::1"},
 		{"v=spf1 +include:a.example ?all", "v=spf1 include:a.example ~all", "v=spf1 +include:a.example ?all"},
+		// the same include with a trailing dot, in another case
+		{"v=spf1 include:A.example. -all", "v=spf1 include:a.example ~all", "v=spf1 include:A.example. -all"},
+		// after all a mechanism is never evaluated (RFC 7208 section 5.1)
+		{"v=spf1 mx ?all include:a.example", "v=spf1 include:a.example ~all", "v=spf1 mx include:a.example ?all include:a.example"},
 	} {
 		if got := mergeSPF(c.have, c.want); got != c.out {
 			t.Errorf("mergeSPF(%q, %q) = %q, want %q", c.have, c.want, got, c.out)

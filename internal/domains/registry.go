@@ -209,7 +209,8 @@ func (r *Registry) Records(d *spool.Domain) ([]Record, error) {
 }
 
 // Check checks d's records in DNS, reusing a check younger than
-// Policy.CheckCache unless fresh. When the outcome changes d's verified
+// Policy.CheckCache unless fresh; a fresh check also asks DNS past the
+// resolver's cache (dnsx.Fresh). When the outcome changes d's verified
 // state it is persisted (with a domain_verified event when it becomes
 // verified) and d is updated.
 func (r *Registry) Check(ctx context.Context, d *spool.Domain, fresh bool) ([]Status, error) {
@@ -225,6 +226,10 @@ func (r *Registry) Check(ctx context.Context, d *spool.Domain, fresh bool) ([]St
 	recs, err := r.Records(d)
 	if err != nil {
 		return nil, err
+	}
+	if fresh {
+		// Past the resolver's cache too: the operator just fixed a record.
+		ctx = dnsx.Fresh(ctx)
 	}
 	st := Check(ctx, r.res, recs)
 	r.cmu.Lock()

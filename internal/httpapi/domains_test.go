@@ -5,10 +5,7 @@ import (
 	"net/http"
 	"testing"
 
-	"github.com/sluice-mta/sluice/internal/config"
 	"github.com/sluice-mta/sluice/internal/dkim"
-	"github.com/sluice-mta/sluice/internal/dnsx"
-	"github.com/sluice-mta/sluice/internal/dnsx/dnstest"
 	"github.com/sluice-mta/sluice/internal/domains"
 	"github.com/sluice-mta/sluice/pipeline"
 )
@@ -20,19 +17,7 @@ import (
 // domain_verified event); the domain is the tenant's alone; DELETE stops
 // its key from signing.
 func TestDomainsAPI(t *testing.T) {
-	e := newEnv(t, envOptions{noDelivery: true})
-	dns := dnstest.NewServer(t)
-	res, err := dnsx.New(dnsx.Options{Server: dns.Addr(), CacheSize: -1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	pol := config.DefaultDomains()
-	pol.SPFInclude = "_spf.relay.test"
-	reg, err := domains.NewRegistry(e.sp, res, pol)
-	if err != nil {
-		t.Fatal(err)
-	}
-	e.srv.UseDomains(reg)
+	e, dns, reg := newDomainsEnv(t, -1)
 
 	for _, c := range []struct {
 		body  any

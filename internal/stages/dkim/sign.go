@@ -86,6 +86,13 @@ func NewSigner(name string, m map[string]any) (pipeline.Stage, error) {
 	if s.sign.Oversign == nil && o.Has("oversign") {
 		s.sign.Oversign = []string{}
 	}
+	for key, names := range map[string][]string{"headers": s.sign.Headers, "oversign": s.sign.Oversign} {
+		for _, n := range names {
+			if !isFieldName(n) {
+				o.Fail(key, "%q is not a header field name (printable ASCII without spaces or ':', RFC 5322 section 3.6.8)", n)
+			}
+		}
+	}
 	c := "relaxed/relaxed"
 	if o.String("canonicalization", &c) {
 		hc, bc, ok := strings.Cut(c, "/")
@@ -116,6 +123,21 @@ func NewSigner(name string, m map[string]any) (pipeline.Stage, error) {
 	}
 	s.bounce, s.deflt = dkim.NormalizeDomain(s.bounce), dkim.NormalizeDomain(s.deflt)
 	return s, nil
+}
+
+// isFieldName reports whether n is an RFC 5322 field-name (1*ftext,
+// section 3.6.8): written into h= as is, a space or a colon would make the
+// DKIM-Signature field malformed or name another field.
+func isFieldName(n string) bool {
+	if n == "" {
+		return false
+	}
+	for i := 0; i < len(n); i++ {
+		if c := n[i]; c < 33 || c > 126 || c == ':' {
+			return false
+		}
+	}
+	return true
 }
 
 func containsFold(l []string, s string) bool {

@@ -59,6 +59,9 @@ func TestSignerOptions(t *testing.T) {
 		{map[string]any{"keys": []any{map[string]any{"domain": "a.test", "selector": "s", "file": "k"}}}, "unknown option file"},
 		{map[string]any{"keys": "k"}, "keys: want a list of tables"},
 		{map[string]any{"domain": "a.test", "selector": "s", "key": "k", "expiration": "soon"}, "expiration"},
+		{map[string]any{"domain": "a.test", "selector": "s", "key": "k", "oversign": []any{"Fr om"}}, `oversign: "Fr om" is not a header field name`},
+		{map[string]any{"domain": "a.test", "selector": "s", "key": "k", "headers": []any{"Subject", "From:"}}, `headers: "From:" is not a header field name`},
+		{map[string]any{"domain": "a.test", "selector": "s", "key": "k", "headers": []any{""}}, `headers: "" is not a header field name`},
 	} {
 		_, err := NewSigner("dkim", c.opts)
 		if err == nil || !strings.Contains(err.Error(), c.want) {

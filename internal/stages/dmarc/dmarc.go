@@ -141,6 +141,9 @@ func (s *Stage) Evaluate(ctx context.Context, msg *pipeline.Message) Result {
 	case errors.Is(err, msgdmarc.ErrNoPolicy):
 		r.Result = "none"
 		return r
+	case errors.Is(err, errSeveralRecords):
+		r.Result, r.Reason = "none", "several DMARC records"
+		return r
 	case msgdmarc.IsTempFail(err):
 		r.Result, r.Reason = "temperror", "policy lookup failed"
 		return r
@@ -171,9 +174,17 @@ func (s *Stage) Evaluate(ctx context.Context, msg *pipeline.Message) Result {
 	return r
 }
 
+// errSeveralRecords: _dmarc.DOMAIN holds more than one v=DMARC1 record.
+// RFC 7489 section 6.6.3 step 5: policy discovery ends there and DMARC is
+// not applied (no fallback to the organizational domain either). The
+// library would take the first record, in whatever order DNS returned
+// them.
+var errSeveralRecords = errors.New("dmarc: several DMARC records")
+
 // lookup asks for _dmarc.domain through the node's resolver.
 func (s *Stage) lookup(ctx context.Context, domain string) (*msgdmarc.Record, error) {
-	return msgdmarc.LookupWithOptions(domain, &msgdmarc.LookupOptions{LookupTXT: func(name string) ([]string, error) {
+	several := false
+	rec, err := msgdmarc.LookupWithOptions(domain, &msgdmarc.LookupOptions{LookupTXT: func(name string) ([]string, error) {
 		txt, _, err := s.res.LookupTXT(ctx, name)
 		if errors.Is(err, pipeline.ErrDNSNotFound) {
 			return nil, nil // no record: ErrNoPolicy
@@ -181,8 +192,29 @@ func (s *Stage) lookup(ctx context.Context, domain string) (*msgdmarc.Record, er
 		if err != nil {
 			return nil, tempErr{err}
 		}
+		n := 0
+		for _, t := range txt {
+			if isDMARC1(t) {
+				n++
+			}
+		}
+		if n > 1 {
+			several = true
+			return nil, nil
+		}
 		return txt, nil
 	}})
+	if several {
+		return nil, errSeveralRecords
+	}
+	return rec, err
+}
+
+// isDMARC1 reports whether a TXT record starts with the v=DMARC1 tag
+// (RFC 7489 section 6.6.3 step 4; other records are discarded).
+func isDMARC1(t string) bool {
+	rest, ok := strings.CutPrefix(t, "v=DMARC1")
+	return ok && (rest == "" || rest[0] == ';' || rest[0] == ' ' || rest[0] == '\t')
 }
 
 // tempErr is a net.Error whose Temporary is true, as the library expects.
