@@ -757,6 +757,11 @@ func (s *Spool) FirstOutboxSeq() (uint64, error) {
 	s.pruneMu.Lock()
 	low := s.outboxLow
 	s.pruneMu.Unlock()
+	// The safe sequence is read before the iterator is opened: events
+	// committed after the iterator's snapshot then have a sequence at
+	// least this one. Read after, it could pass events committed in
+	// between, and a new consumer would start past them.
+	safe := s.safeSeq()
 	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: eventKey(low), UpperBound: []byte{kEvent + 1}})
 	if err != nil {
 		return 0, err
@@ -765,7 +770,7 @@ func (s *Spool) FirstOutboxSeq() (uint64, error) {
 	if it.First() {
 		return binary.BigEndian.Uint64(it.Key()[1:]), nil
 	}
-	return s.safeSeq(), it.Error()
+	return safe, it.Error()
 }
 
 // AckOutbox deletes exported events. It writes point deletions, not a
