@@ -1,6 +1,9 @@
 package main
 
 import (
+	"github.com/sluice-mta/sluice/internal/httpapi"
+	"github.com/sluice-mta/sluice/internal/queue"
+
 	"bytes"
 	"encoding/json"
 	"flag"
@@ -81,11 +84,8 @@ func runQueue(args []string, stdout, stderr io.Writer) int {
 	if sub == "show" && (*limit < 1 || *limit > 1000) {
 		return usageErr("--limit must be from 1 to 1000")
 	}
-	if *f.key == "" {
-		*f.key = os.Getenv("SLUICE_API_KEY")
-	}
-	if *f.key == "" {
-		return usageErr("an API key is required: --key or SLUICE_API_KEY")
+	if !f.haveKey() {
+		return usageErr("an API key with the admin scope is required: --key or SLUICE_API_KEY")
 	}
 	c := f.client()
 	c.prog = "sluice queue"
@@ -95,13 +95,7 @@ func runQueue(args []string, stdout, stderr io.Writer) int {
 		if code != 0 {
 			return code
 		}
-		var a struct {
-			Queue      string `json:"queue"`
-			MessageID  string `json:"message_id"`
-			Paused     *bool  `json:"paused"`
-			Changed    *bool  `json:"changed"`
-			Recipients *int   `json:"recipients"`
-		}
+		var a httpapi.QueueAction
 		if err := json.Unmarshal(ans, &a); err != nil {
 			fmt.Fprintf(stderr, "sluice queue %s: the API answered something unexpected: %v\n", sub, err)
 			return 1
@@ -143,15 +137,7 @@ func runQueue(args []string, stdout, stderr io.Writer) int {
 			return 0
 		}
 		var l struct {
-			Queues []struct {
-				Name        string             `json:"name"`
-				Ready       int                `json:"ready"`
-				Waiting     int                `json:"waiting"`
-				Paused      bool               `json:"paused"`
-				Oldest      time.Time          `json:"oldest"`
-				NextAttempt *time.Time         `json:"next_attempt"`
-				LastError   *pipeline.Response `json:"last_error"`
-			} `json:"queues"`
+			Queues []queue.QueueInfo `json:"queues"`
 		}
 		if err := json.Unmarshal(ans, &l); err != nil {
 			fmt.Fprintf(stderr, "sluice queue list: the API answered something unexpected: %v\n", err)
@@ -248,4 +234,13 @@ func replyText(r *pipeline.Response) string {
 		return "-"
 	}
 	return fmt.Sprintf("%d %s %s", r.Code, r.Enhanced, r.Text)
+}
+
+// haveKey reports whether --key, or else SLUICE_API_KEY (copied into
+// it), gives an API key.
+func (f *suppFlags) haveKey() bool {
+	if *f.key == "" {
+		*f.key = os.Getenv("SLUICE_API_KEY")
+	}
+	return *f.key != ""
 }

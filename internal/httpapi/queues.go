@@ -31,7 +31,10 @@ type queuesAnswer struct {
 	Queues []queue.QueueInfo `json:"queues"`
 }
 
-type queueActionAnswer struct {
+// QueueAction is the answer of a queue control POST (sluice queue reads
+// it too): the queue or message acted on, and for pause and resume the
+// state now and whether it changed, for a retry the recipients moved.
+type QueueAction struct {
 	Queue      string `json:"queue,omitempty"`
 	MessageID  string `json:"message_id,omitempty"`
 	Paused     *bool  `json:"paused,omitempty"`
@@ -133,7 +136,7 @@ func (s *Server) queueAction(w http.ResponseWriter, r *http.Request, name, actio
 			return
 		}
 	}
-	a := queueActionAnswer{Queue: name}
+	a := QueueAction{Queue: name}
 	var err error
 	switch action {
 	case "retry":
@@ -167,7 +170,7 @@ func (s *Server) messageRetry(w http.ResponseWriter, r *http.Request, id string)
 		return
 	}
 	s.logAdminEvent(err, "retry", id, k.ID)
-	s.writeJSON(w, http.StatusOK, queueActionAnswer{MessageID: id, Recipients: &n})
+	s.writeJSON(w, http.StatusOK, QueueAction{MessageID: id, Recipients: &n})
 }
 
 // logAdminEvent logs a failure to record an admin action's event; the

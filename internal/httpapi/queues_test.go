@@ -47,7 +47,7 @@ func TestQueuePauseListResume(t *testing.T) {
 		t.Fatalf("pause with a send key: %d %s", r.Status, r.Body)
 	}
 	r := e.do(http.MethodPost, qp+"/pause", e.adminKey, nil)
-	var act queueActionAnswer
+	var act QueueAction
 	r.json(t, &act)
 	if r.Status != http.StatusOK || act.Paused == nil || !*act.Paused || !*act.Changed || act.Queue != name {
 		t.Fatalf("pause: %d %s", r.Status, r.Body)
@@ -165,7 +165,7 @@ func TestQueueRetryNow(t *testing.T) {
 
 	// One message.
 	r := e.do(http.MethodPost, "/v1/messages/"+a.ID+"/retry", e.adminKey, nil)
-	var act queueActionAnswer
+	var act QueueAction
 	r.json(t, &act)
 	if r.Status != http.StatusOK || act.Recipients == nil || *act.Recipients != 1 || act.MessageID != a.ID {
 		t.Fatalf("retry message: %d %s", r.Status, r.Body)
