@@ -164,6 +164,10 @@ func (s *Server) messageRetry(w http.ResponseWriter, r *http.Request, id string)
 		s.fail(w, e)
 		return
 	}
+	if !validULID(id) {
+		s.fail(w, badField("id", "%q is not a message id (a ULID)", id))
+		return
+	}
 	n, queued, err := q.RetryMessage(id, k.ID)
 	if !queued {
 		s.fail(w, errf(http.StatusNotFound, codeNotFound, "id", "message %s is not queued on this node", id))

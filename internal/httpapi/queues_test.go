@@ -183,6 +183,10 @@ func TestQueueRetryNow(t *testing.T) {
 		t.Fatalf("retry of a delivered message: %d %s", r.Status, r.Body)
 	}
 
+	if r := e.do(http.MethodPost, "/v1/messages/not-an-id/retry", e.adminKey, nil); r.Status != http.StatusBadRequest || r.errorOf(t).Field != "id" {
+		t.Fatalf("retry of a bad id: %d %s", r.Status, r.Body)
+	}
+
 	// Everything (postqueue -f).
 	r = e.do(http.MethodPost, "/v1/queues/retry", e.adminKey, nil)
 	r.json(t, &act)
