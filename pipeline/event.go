@@ -32,13 +32,20 @@ const (
 	EventDomainAdded    = "domain_added"
 	EventDomainVerified = "domain_verified"
 	EventDomainRemoved  = "domain_removed"
+	// An operator paused, resumed or retried a queue or a message through
+	// the admin API (docs/operating.md#queue-control); metadata.by is the
+	// API key id.
+	EventQueuePaused  = "queue_paused"
+	EventQueueResumed = "queue_resumed"
+	EventQueueRetried = "queue_retried"
 )
 
 // EventTypes lists every event type, in the order above.
 var EventTypes = []string{EventReceived, EventRejected, EventDeferred, EventDelivered, EventBounced,
 	EventExpired, EventDiscarded, EventSuppressed, EventCancelled, EventSuppressionAdded, EventSuppressionRemoved,
 	EventTokenRevoked, EventShapingThrottled, EventShapingSuspended, EventShapingResumed,
-	EventDomainAdded, EventDomainVerified, EventDomainRemoved}
+	EventDomainAdded, EventDomainVerified, EventDomainRemoved,
+	EventQueuePaused, EventQueueResumed, EventQueueRetried}
 
 // EventSchema is the version in every event's "schema" field.
 const EventSchema = 1

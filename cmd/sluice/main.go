@@ -33,6 +33,7 @@ Usage:
   sluice apikey  create|list|revoke ...   manage HTTP API keys
   sluice send    --url URL --key KEY --from A --to B ...   send via the HTTP API
   sluice suppression list|add|remove ...   manage the tenant's suppression list via the HTTP API
+  sluice queue   list|show|retry|flush|pause|resume ...   steer the delivery queues via the HTTP API (admin key)
   sluice passwd  USER [--tenant T] [--sender D]...   hash a password into a users file line (SMTP AUTH)
   sluice token   keygen|issue ...   make token signing keys; sign a short-lived token locally
   sluice dkim    keygen --domain D --selector S [--algo rsa|ed25519] [--out DIR]   make a DKIM key; print its TXT record
@@ -81,6 +82,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return runSend(args[1:], stdout, stderr)
 	case "suppression":
 		return runSuppression(args[1:], stdout, stderr)
+	case "queue":
+		return runQueue(args[1:], stdout, stderr)
 	case "passwd":
 		return runPasswd(args[1:], stdout, stderr)
 	case "token":

@@ -130,6 +130,11 @@ func (s *Server) adminMessages(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, e)
 		return
 	}
+	s.listMessages(w, f)
+}
+
+// listMessages answers a page of the spool listing f.
+func (s *Server) listMessages(w http.ResponseWriter, f spool.ListFilter) {
 	p, err := s.sp.List(f)
 	if errors.Is(err, spool.ErrBadCursor) {
 		s.fail(w, badField("cursor", "cursor is not a next_cursor of this listing"))

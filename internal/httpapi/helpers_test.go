@@ -168,7 +168,8 @@ type envOptions struct {
 	stageConfig func(*testStage)
 	tokIss      *token.Issuer // UseTokens (tokens_test.go)
 	tokVer      *token.Verifier
-	logs        io.Writer // when set, the server logs JSON lines here (info and up)
+	logs        io.Writer     // when set, the server logs JSON lines here (info and up)
+	retryFirst  time.Duration // the queue's first backoff; default 100 ms
 }
 
 func testLogger(t testing.TB, quiet bool) *slog.Logger {
@@ -208,7 +209,10 @@ func newEnv(t testing.TB, o envOptions) *env {
 	}
 	d := delivery.NewDialer(config.Delivery{Hostname: "relay.test", ConnectTimeout: 5 * time.Second,
 		CommandTimeout: 10 * time.Second, DataTimeout: 10 * time.Second}, nil)
-	e.q = queue.New(sp, dialer{d}, queue.Options{Logger: log, RetryInitial: 100 * time.Millisecond, RetryJitter: 0})
+	if o.retryFirst == 0 {
+		o.retryFirst = 100 * time.Millisecond
+	}
+	e.q = queue.New(sp, dialer{d}, queue.Options{Logger: log, RetryInitial: o.retryFirst, RetryJitter: 0})
 	if _, err := e.q.Load(); err != nil {
 		t.Fatal(err)
 	}

@@ -59,6 +59,7 @@ import (
 	"github.com/sluice-mta/sluice/internal/domains"
 	"github.com/sluice-mta/sluice/internal/logx"
 	"github.com/sluice-mta/sluice/internal/mailtext"
+	"github.com/sluice-mta/sluice/internal/queue"
 	"github.com/sluice-mta/sluice/internal/relay"
 	"github.com/sluice-mta/sluice/internal/revoke"
 	"github.com/sluice-mta/sluice/internal/spool"
@@ -98,6 +99,8 @@ type Server struct {
 
 	// domains is set by UseDomains (domains.go); nil: no domains API.
 	domains atomic.Pointer[domains.Registry]
+	// queue is set by UseQueue (queues.go); nil: no queue control.
+	queue atomic.Pointer[queue.Queue]
 
 	startOnce sync.Once
 	stopOnce  sync.Once
@@ -273,6 +276,12 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		if s.method(w, r, http.MethodPost) {
 			s.postBatch(w, r)
 		}
+	case strings.HasPrefix(p, "/v1/messages/") && strings.HasSuffix(p, "/retry") && strings.Count(p, "/") == 4:
+		if s.method(w, r, http.MethodPost) {
+			s.messageRetry(w, r, strings.TrimSuffix(p[len("/v1/messages/"):], "/retry"))
+		}
+	case p == queuesPath || strings.HasPrefix(p, queuesPath+"/"):
+		s.queuesAPI(w, r)
 	case strings.HasPrefix(p, "/v1/messages/") && !strings.Contains(p[len("/v1/messages/"):], "/"):
 		if s.method(w, r, http.MethodGet) {
 			s.getMessage(w, r, p[len("/v1/messages/"):])

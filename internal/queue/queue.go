@@ -175,6 +175,8 @@ type Queue struct {
 	dests         map[string]*dest
 	msgs          map[string]*message
 	waiting       itemHeap
+	// pausedSet holds the paused queue names (control.go).
+	pausedSet map[string]bool
 }
 
 type message struct {
@@ -526,7 +528,7 @@ func (q *Queue) live(d *dest) *dest {
 
 // dispatch wakes an idle worker of d or starts a new one. q.mu held.
 func (q *Queue) dispatch(d *dest) {
-	if q.stopping {
+	if q.stopping || q.paused(d) {
 		return
 	}
 	if d.idle > 0 {
@@ -610,7 +612,7 @@ func (q *Queue) take(d *dest, haveConn, first bool, idle time.Duration) *item {
 			d.active--
 			return nil
 		}
-		if len(d.ready) > 0 {
+		if len(d.ready) > 0 && !q.paused(d) {
 			it := d.ready[0]
 			d.ready[0] = nil
 			d.ready = d.ready[1:]

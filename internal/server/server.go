@@ -637,6 +637,7 @@ func (s *Server) components() []component {
 				srv.UseTokens(s.tokIss, s.tokVer)
 				srv.UseRevocations(s.revoked)
 				srv.UseDomains(s.domains.Load())
+				srv.UseQueue(s.q)
 				s.onTokens(srv.UseTokens)
 				ln, err := net.Listen("tcp", l.Addr)
 				if err != nil {

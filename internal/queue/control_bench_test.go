@@ -1,0 +1,43 @@
+package queue
+
+import (
+	"fmt"
+	"log/slog"
+	"testing"
+	"time"
+
+	"github.com/sluice-mta/sluice/internal/spool"
+	"github.com/sluice-mta/sluice/pipeline"
+)
+
+// BenchmarkQueuesListing: Queues() over n deferred recipients in 100
+// domains (one waiting item each, in the timer heap); ns/op is one whole
+// listing, which walks every waiting item under the queue's lock.
+//
+//	go test -run '^$' -bench QueuesListing -benchtime 20x ./internal/queue
+func BenchmarkQueuesListing(b *testing.B) {
+	for _, n := range []int{10_000, 100_000} {
+		b.Run(fmt.Sprint(n), func(b *testing.B) {
+			sp, err := spool.Open(b.TempDir(), spool.Options{})
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer sp.Close()
+			q := New(sp, &fakeDialer{}, Options{Logger: slog.New(slog.DiscardHandler)})
+			due := time.Now().Add(time.Hour)
+			reply := &pipeline.Response{Code: 451, Enhanced: "4.7.1", Text: "later"}
+			for i := 0; i < n; i++ {
+				d := fmt.Sprintf("d%d.test", i%100)
+				m := &spool.Meta{ID: sp.NewID(), Sender: "s@a.test", Received: time.Now(), Size: 4}
+				q.Enqueue(m, []*spool.Recipient{{MsgID: m.ID, Address: "r@" + d, Domain: d, Route: pipeline.MX(),
+					Attempts: 1, NextAttempt: due, LastReply: reply}})
+			}
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				if qs := q.Queues(); len(qs) != 100 || qs[0].Waiting != n/100 {
+					b.Fatalf("listing: %d queues, first %+v", len(qs), qs[0])
+				}
+			}
+		})
+	}
+}
