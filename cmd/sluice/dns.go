@@ -167,4 +167,28 @@ func configKeys(cfg *config.Config, domain string) ([]domains.DKIMKey, error) {
 }
 
 // isHelp reports whether a command's first word asks for its usage.
+// parseSubcommand parses `sluice CMD SUB [flags and operands]` for the
+// commands with subcommands: no arguments prints usage to stderr (exit
+// 2), a help word prints it to stdout (exit 0); otherwise it returns the
+// subcommand and the operands, flags parsed wherever they stand. ok
+// false means return code.
+func parseSubcommand(fs *flag.FlagSet, args []string, usage string, stdout, stderr io.Writer) (sub string, pos []string, code int, ok bool) {
+	fs.Usage = func() {
+		fmt.Fprint(fs.Output(), usage)
+		fs.PrintDefaults()
+	}
+	if len(args) == 0 {
+		fs.SetOutput(stderr)
+		fs.Usage()
+		return "", nil, 2, false
+	}
+	if isHelp(args[0]) {
+		fs.SetOutput(stdout)
+		fs.Usage()
+		return "", nil, 0, false
+	}
+	pos, code, ok = parseInterspersed(fs, args[1:])
+	return args[0], pos, code, ok
+}
+
 func isHelp(a string) bool { return a == "-h" || a == "-help" || a == "--help" || a == "help" }

@@ -39,22 +39,7 @@ func runDomain(args []string, stdout, stderr io.Writer) int {
 	f := apiFlags(fs)
 	fs.Var(&f.tenant, "tenant", "work on the domains of tenant `NAME` (a key with the admin scope)")
 	asJSON := fs.Bool("json", false, "print the API's JSON answer")
-	fs.Usage = func() {
-		fmt.Fprint(stderr, domainUsage)
-		fs.PrintDefaults()
-	}
-	if len(args) == 0 {
-		fs.Usage()
-		return 2
-	}
-	if isHelp(args[0]) {
-		fs.SetOutput(stdout)
-		fmt.Fprint(stdout, domainUsage)
-		fs.PrintDefaults()
-		return 0
-	}
-	sub := args[0]
-	pos, code, ok := parseInterspersed(fs, args[1:])
+	sub, pos, code, ok := parseSubcommand(fs, args, domainUsage, stdout, stderr)
 	if !ok {
 		return code
 	}

@@ -49,22 +49,7 @@ func runQueue(args []string, stdout, stderr io.Writer) int {
 	all := fs.Bool("all", false, "show: follow next_cursor through every page")
 	cursor := fs.String("cursor", "", "show: start at this next_cursor")
 	message := fs.String("message", "", "retry: the message `ID` to retry instead of a queue")
-	fs.Usage = func() {
-		fmt.Fprint(stderr, queueUsage)
-		fs.PrintDefaults()
-	}
-	if len(args) == 0 {
-		fs.Usage()
-		return 2
-	}
-	if isHelp(args[0]) {
-		fs.SetOutput(stdout)
-		fmt.Fprint(stdout, queueUsage)
-		fs.PrintDefaults()
-		return 0
-	}
-	sub := args[0]
-	pos, code, ok := parseInterspersed(fs, args[1:])
+	sub, pos, code, ok := parseSubcommand(fs, args, queueUsage, stdout, stderr)
 	if !ok {
 		return code
 	}
