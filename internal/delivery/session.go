@@ -130,7 +130,14 @@ func (s *Session) Close() error {
 		s.raw.SetDeadline(time.Now().Add(min(s.cmdTimeout, 10*time.Second)))
 		if _, err := s.bw.WriteString("QUIT\r\n"); err == nil {
 			if err := s.bw.Flush(); err == nil {
-				_, _ = readReply(s.br)
+				if _, err := readReply(s.br); err == nil {
+					// Wait (briefly) for the server to close first: until
+					// it has, it still counts this connection against our
+					// connection limit for its site (shaping), and a new
+					// connection opened at once would exceed it.
+					s.raw.SetDeadline(time.Now().Add(250 * time.Millisecond))
+					_, _ = s.br.ReadByte()
+				}
 			}
 		}
 	}
