@@ -12,7 +12,6 @@ import (
 	"net/http"
 	"net/url"
 	"os"
-	"strconv"
 	"text/tabwriter"
 	"time"
 
@@ -148,20 +147,11 @@ func runQueue(args []string, stdout, stderr io.Writer) int {
 		return 0
 	}
 	// show
-	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
-	if !*asJSON {
-		fmt.Fprintln(tw, "ID\tRECEIVED\tSENDER\tRECIPIENT\tSTATE\tATTEMPTS\tNEXT ATTEMPT\tLAST REPLY")
-	}
-	next := *cursor
-	for {
-		q := url.Values{"limit": {strconv.Itoa(*limit)}}
-		if next != "" {
-			q.Set("cursor", next)
-		}
-		ans, code := c.do(stderr, sub, http.MethodGet, "/v1/queues/"+url.PathEscape(pos[0])+"/messages", q, nil)
-		if code != 0 {
-			return code
-		}
+	return listPages(c, stdout, stderr, listing{
+		cmd: "sluice queue", sub: sub, path: "/v1/queues/" + url.PathEscape(pos[0]) + "/messages", limit: *limit,
+		cursor: *cursor, all: *all, asJSON: *asJSON, noun: "messages",
+		header: "ID\tRECEIVED\tSENDER\tRECIPIENT\tSTATE\tATTEMPTS\tNEXT ATTEMPT\tLAST REPLY",
+	}, func(ans []byte, tw io.Writer) (string, error) {
 		var page struct {
 			Messages []struct {
 				ID         string    `json:"id"`
@@ -178,39 +168,24 @@ func runQueue(args []string, stdout, stderr io.Writer) int {
 			NextCursor string `json:"next_cursor"`
 		}
 		if err := json.Unmarshal(ans, &page); err != nil {
-			fmt.Fprintf(stderr, "sluice queue show: the API answered something unexpected: %v\n", err)
-			return 1
+			return "", err
 		}
-		if *asJSON {
-			fmt.Fprintf(stdout, "%s\n", bytes.TrimSpace(ans))
-		} else {
-			for _, m := range page.Messages {
-				for _, r := range m.Recipients {
-					na := "-"
-					if r.NextAttempt != nil {
-						na = r.NextAttempt.UTC().Format(time.RFC3339)
-					}
-					sender := m.Sender
-					if sender == "" {
-						sender = "<>"
-					}
-					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\n", m.ID, m.Received.UTC().Format(time.RFC3339), sender,
-						r.Email, r.State, r.Attempts, na, replyText(r.Response))
+		for _, m := range page.Messages {
+			for _, r := range m.Recipients {
+				na := "-"
+				if r.NextAttempt != nil {
+					na = r.NextAttempt.UTC().Format(time.RFC3339)
 				}
+				sender := m.Sender
+				if sender == "" {
+					sender = "<>"
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\n", m.ID, m.Received.UTC().Format(time.RFC3339), sender,
+					r.Email, r.State, r.Attempts, na, replyText(r.Response))
 			}
 		}
-		next = page.NextCursor
-		if next == "" || !*all {
-			break
-		}
-	}
-	if !*asJSON {
-		tw.Flush()
-		if next != "" {
-			fmt.Fprintf(stderr, "more messages: --cursor %s (or --all)\n", next)
-		}
-	}
-	return 0
+		return page.NextCursor, nil
+	})
 }
 
 // replyText is an SMTP reply on one line, or "-".

@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -111,44 +112,75 @@ func runSuppression(args []string, stdout, stderr io.Writer) int {
 		return printEntry(stdout, ans, "removed")
 	}
 	// list
-	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
-	if !*asJSON {
-		fmt.Fprintln(tw, "ADDRESS\tSOURCE\tCLASS\tCREATED\tREASON")
-	}
-	next := *cursor
-	for {
-		q := url.Values{"limit": {fmt.Sprint(*limit)}}
-		if next != "" {
-			q.Set("cursor", next)
-		}
-		ans, code := c.do(stderr, sub, http.MethodGet, "/v1/suppressions", q, nil)
-		if code != 0 {
-			return code
-		}
+	return listPages(c, stdout, stderr, listing{
+		cmd: "sluice suppression", sub: sub, path: "/v1/suppressions", limit: *limit, cursor: *cursor, all: *all, asJSON: *asJSON,
+		noun: "entries", header: "ADDRESS\tSOURCE\tCLASS\tCREATED\tREASON",
+	}, func(ans []byte, tw io.Writer) (string, error) {
 		var page struct {
 			Suppressions []suppEntry `json:"suppressions"`
 			NextCursor   string      `json:"next_cursor"`
 		}
 		if err := json.Unmarshal(ans, &page); err != nil {
-			fmt.Fprintf(stderr, "sluice suppression list: the API answered something that is not a list: %v\n", err)
-			return 1
+			return "", err
 		}
-		if *asJSON {
+		for _, e := range page.Suppressions {
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", e.Address, e.Source, dash(e.Class), e.Created.UTC().Format(time.RFC3339), dash(e.Reason))
+		}
+		return page.NextCursor, nil
+	})
+}
+
+// listing is one paged list command: GET path with limit and cursor.
+type listing struct {
+	cmd, sub, path string // "sluice suppression", "list", the API path
+	limit          int
+	cursor         string // where to start ("" : the first page)
+	all, asJSON    bool   // follow next_cursor; print the API's JSON answers
+	noun, header   string // "entries"; the table's tab-separated header line
+}
+
+// listPages fetches a listing page by page (every page with all, else
+// one). Each answer is printed as JSON, or handed to row, which writes
+// table rows to tw and returns the page's next_cursor. A cursor left
+// over is named on stderr. It returns the command's exit code.
+func listPages(c *suppClient, stdout, stderr io.Writer, l listing, row func(ans []byte, tw io.Writer) (string, error)) int {
+	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+	if !l.asJSON {
+		fmt.Fprintln(tw, l.header)
+	}
+	next := l.cursor
+	for {
+		q := url.Values{"limit": {strconv.Itoa(l.limit)}}
+		if next != "" {
+			q.Set("cursor", next)
+		}
+		ans, code := c.do(stderr, l.sub, http.MethodGet, l.path, q, nil)
+		if code != 0 {
+			return code
+		}
+		var page struct {
+			NextCursor string `json:"next_cursor"`
+		}
+		var err error
+		if l.asJSON {
+			err = json.Unmarshal(ans, &page)
 			fmt.Fprintf(stdout, "%s\n", bytes.TrimSpace(ans))
 		} else {
-			for _, e := range page.Suppressions {
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", e.Address, e.Source, dash(e.Class), e.Created.UTC().Format(time.RFC3339), dash(e.Reason))
-			}
+			page.NextCursor, err = row(ans, tw)
+		}
+		if err != nil {
+			fmt.Fprintf(stderr, "%s %s: the API answered something that is not a list: %v\n", l.cmd, l.sub, err)
+			return 1
 		}
 		next = page.NextCursor
-		if next == "" || !*all {
+		if next == "" || !l.all {
 			break
 		}
 	}
-	if !*asJSON {
+	if !l.asJSON {
 		tw.Flush()
 		if next != "" {
-			fmt.Fprintf(stderr, "more entries: --cursor %s (or --all)\n", next)
+			fmt.Fprintf(stderr, "more %s: --cursor %s (or --all)\n", l.noun, next)
 		}
 	}
 	return 0
