@@ -5,11 +5,16 @@
 # persistence), alternated in one run: ROUNDS rounds of MODES, fresh spool
 # per round. The stage has three limits that never trip, so every message
 # pays the checks and none is refused: per client IP and per sender domain
-# (messages, checked together at MAIL FROM: one store call) and per
-# recipient domain (recipients, at RCPT TO: one store call).
+# (messages) and per recipient domain (recipients), all three in one store
+# call at RCPT TO (builds before 2026-11-30 13:00 UTC made two: MAIL FROM's
+# limits at MAIL FROM).
 # Per round: a 1,000 message warm-up, then SMTP SIZE B x SESSIONS sessions x
 # N messages. Prints sluice-bench's report and the relay's (and Redis's) CPU
 # per message.
+#
+# A/B against another build: BASE_BIN=/path/to/old/sluice and modes with a
+# "-base" suffix (MODES="redis-base redis off") run that binary with the
+# same configuration, in the same rounds.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROUNDS=${ROUNDS:-3}
@@ -28,7 +33,7 @@ W=
 RD=$(mktemp -d /tmp/sluice-rlbench-redis.XXXXXX)
 trap '[ -n "$pid" ] && kill $pid 2>/dev/null; [ -n "$rpid" ] && kill $rpid 2>/dev/null; wait 2>/dev/null; [ -n "$W" ] && rm -rf "$W"; rm -rf "$RD"' EXIT
 
-if [[ " $MODES " == *" redis "* ]]; then
+if [[ " $MODES " == *" redis"* ]]; then
   redis-server --port "$RPORT" --bind 127.0.0.1 --dir "$RD" --save "" --appendonly no --daemonize no \
     --protected-mode no --loglevel warning > "$RD/redis.log" 2>&1 &
   rpid=$!
@@ -42,13 +47,15 @@ for r in $(seq "$ROUNDS"); do
   for mode in $MODES; do
     W=$(mktemp -d /tmp/sluice-rlbench.XXXXXX)
     sed -e "s#{{SPOOL}}#$W/spool#" -e "s#{{EVENTS}}#$W/events.jsonl#" examples/bench/relay.lua > "$W/relay.lua"
-    if [ "$mode" != off ]; then
-      store=$mode
-      [ "$mode" = redis ] && echo "sluice.redis { addr = \"127.0.0.1:$RPORT\", key_prefix = \"bench$r:\" }" >> "$W/relay.lua"
+    bin=bin/sluice
+    store=${mode%-base}
+    if [ "$store" != "$mode" ]; then bin=${BASE_BIN:?set BASE_BIN for $mode}; fi
+    if [ "$store" != off ]; then
+      [ "$store" = redis ] && echo "sluice.redis { addr = \"127.0.0.1:$RPORT\", key_prefix = \"bench$r:\" }" >> "$W/relay.lua"
       # The stage goes before the routing stage.
       awk -v store="$store" '/^sluice.stage\("routing"/ { print "sluice.stage(\"limits\", sluice.builtin.ratelimit { store = \"" store "\", limits = {\n  { key = \"client_ip\", rate = \"100000000/hour\" },\n  { key = \"sender_domain\", rate = \"100000000/hour\" },\n  { key = \"recipient_domain\", rate = \"100000000/hour\", count = \"recipients\" },\n} })\n" } { print }' "$W/relay.lua" > "$W/r2" && mv "$W/r2" "$W/relay.lua"
     fi
-    bin/sluice serve -c "$W/relay.lua" -log-level warn 2> "$W/sluice.log" &
+    "$bin" serve -c "$W/relay.lua" -log-level warn 2> "$W/sluice.log" &
     pid=$!
     for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/2605) 2>/dev/null && break; sleep 0.1; done
     bin/sluice-bench smtp -target 127.0.0.1:2605 -sink 127.0.0.1:2602 -n 1000 -c "$SESSIONS" -size "$SIZE" > /dev/null
