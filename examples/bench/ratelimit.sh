@@ -23,6 +23,15 @@ SESSIONS=${SESSIONS:-20}
 SIZE=${SIZE:-2048}
 MODES=${MODES:-off memory redis}
 RPORT=${RPORT:-6391}
+# The relay's SMTP and HTTP ports and the sink's (relay.lua's 2605, 8025
+# and 2602 by default): set them when another benchmark holds those.
+PORT=${PORT:-2605}
+HPORT=${HPORT:-8025}
+SPORT=${SPORT:-2602}
+
+for p in "$PORT" "$HPORT" "$SPORT" "$RPORT"; do
+  if (exec 3<>/dev/tcp/127.0.0.1/$p) 2>/dev/null; then echo "127.0.0.1:$p is in use (another benchmark?): set PORT, HPORT, SPORT, RPORT" >&2; exit 1; fi
+done
 
 go build -o bin/sluice ./cmd/sluice
 go build -o bin/sluice-bench ./cmd/sluice-bench
@@ -46,7 +55,8 @@ echo "# ratelimit stage off/memory/redis — $(date -u +%FT%TZ) — $(nproc) cor
 for r in $(seq "$ROUNDS"); do
   for mode in $MODES; do
     W=$(mktemp -d /tmp/sluice-rlbench.XXXXXX)
-    sed -e "s#{{SPOOL}}#$W/spool#" -e "s#{{EVENTS}}#$W/events.jsonl#" examples/bench/relay.lua > "$W/relay.lua"
+    sed -e "s#{{SPOOL}}#$W/spool#" -e "s#{{EVENTS}}#$W/events.jsonl#" \
+      -e "s#127.0.0.1:2605#127.0.0.1:$PORT#" -e "s#127.0.0.1:8025#127.0.0.1:$HPORT#" -e "s#port = 2602,#port = $SPORT,#" examples/bench/relay.lua > "$W/relay.lua"
     bin=bin/sluice
     store=${mode%-base}
     if [ "$store" != "$mode" ]; then bin=${BASE_BIN:?set BASE_BIN for $mode}; fi
@@ -57,10 +67,10 @@ for r in $(seq "$ROUNDS"); do
     fi
     "$bin" serve -c "$W/relay.lua" -log-level warn 2> "$W/sluice.log" &
     pid=$!
-    for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/2605) 2>/dev/null && break; sleep 0.1; done
-    bin/sluice-bench smtp -target 127.0.0.1:2605 -sink 127.0.0.1:2602 -n 1000 -c "$SESSIONS" -size "$SIZE" > /dev/null
+    for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$PORT) 2>/dev/null && break; sleep 0.1; done
+    bin/sluice-bench smtp -target 127.0.0.1:$PORT -sink 127.0.0.1:$SPORT -n 1000 -c "$SESSIONS" -size "$SIZE" > /dev/null
     c0=$(cpu_ticks "$pid"); r0=0; [ -n "$rpid" ] && r0=$(cpu_ticks "$rpid")
-    out=$(bin/sluice-bench smtp -target 127.0.0.1:2605 -sink 127.0.0.1:2602 -n "$N" -c "$SESSIONS" -size "$SIZE" -timeout 300s)
+    out=$(bin/sluice-bench smtp -target 127.0.0.1:$PORT -sink 127.0.0.1:$SPORT -n "$N" -c "$SESSIONS" -size "$SIZE" -timeout 300s)
     c1=$(cpu_ticks "$pid"); r1=0; [ -n "$rpid" ] && r1=$(cpu_ticks "$rpid")
     tck=$(getconf CLK_TCK)
     echo "## round $r, ratelimit $mode"
