@@ -232,7 +232,20 @@ func runCheck(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, err)
 		return 1
 	}
-	fmt.Fprintf(stdout, "%s: ok (%d SMTP listener(s), %d HTTP listener(s), %d stage(s))\n", cfg.File, len(cfg.SMTP), len(cfg.HTTP), len(cfg.Stages))
+	// What loads but is not applied (serve logs the same at start), so an
+	// operator sees it before deploying; not an error: exit 0.
+	var warnings []string
+	if cfg.Shaping != nil && cfg.Shaping.Rules != nil {
+		warnings = cfg.Shaping.Rules.Warnings
+	}
+	for _, w := range warnings {
+		fmt.Fprintln(stderr, "warning:", w)
+	}
+	fmt.Fprintf(stdout, "%s: ok (%d SMTP listener(s), %d HTTP listener(s), %d stage(s))", cfg.File, len(cfg.SMTP), len(cfg.HTTP), len(cfg.Stages))
+	if len(warnings) > 0 {
+		fmt.Fprintf(stdout, ", %d warning(s)", len(warnings))
+	}
+	fmt.Fprintln(stdout)
 	return 0
 }
 
