@@ -1,10 +1,6 @@
 package ratelimit_test
 
-import (
-	"net/http"
-	"strconv"
-	"testing"
-)
+import "testing"
 
 // TestHTTP429Deferred: with a per-recipient limit in the same stage, the
 // tenant limit is checked with the recipient (one store call per
@@ -14,18 +10,7 @@ func TestHTTP429Deferred(t *testing.T) {
   { key = "tenant", rate = "2/hour" },
   { key = "recipient_domain", rate = "100/hour", count = "recipients" },
 } })`, "", nil)
-	for i := 0; i < 2; i++ {
-		if st, _, body := post(t, n); st != http.StatusAccepted {
-			t.Fatalf("request %d: %d %s", i+1, st, body)
-		}
-	}
-	st, h, body := post(t, n)
-	if st != http.StatusTooManyRequests {
-		t.Fatalf("3rd request: %d %s, want 429", st, body)
-	}
-	if ra, err := strconv.Atoi(h.Get("Retry-After")); err != nil || ra < 1790 || ra > 1800 {
-		t.Fatalf("Retry-After %q, want about 1800", h.Get("Retry-After"))
-	}
+	third429(t, n)
 	// Per limit: the third request's recipient domain check is allowed by
 	// its own limit (and not charged: the call is all or nothing).
 	if a, r := counter(t, n.srv, "sluice_ratelimit_checks_total", "allowed"), counter(t, n.srv, "sluice_ratelimit_checks_total", "refused"); a != 5 || r != 1 {
