@@ -137,12 +137,12 @@ type Shaper struct {
 	// pathSweepAt is the size of paths at which pathLocked next forgets
 	// idle paths (sweep.go).
 	pathSweepAt int
-	susp       map[string]time.Time // site → suspended until (every source)
-	sources    map[string]*sourceState
-	pools      map[string][]*sourceState
-	rr         map[string]int // pool → next source
-	timers     map[*time.Timer]struct{}
-	stopped    bool
+	susp        map[string]time.Time // site → suspended until (every source)
+	sources     map[string]*sourceState
+	pools       map[string][]*sourceState
+	rr          map[string]int // pool → next source
+	timers      map[*time.Timer]struct{}
+	stopped     bool
 
 	changes  *prometheus.CounterVec
 	delayed  *prometheus.CounterVec
