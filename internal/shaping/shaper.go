@@ -134,15 +134,15 @@ type Shaper struct {
 	entries    map[string][]*Entry  // site → its rule entries, as last resolved
 	entrySites map[string]*siteInfo // shaping file domain → site (without entries)
 	paths      map[string]*path     // site|source → state
+	susp       map[string]time.Time // site → suspended until (every source)
+	sources    map[string]*sourceState
+	pools      map[string][]*sourceState
+	rr         map[string]int // pool → next source
+	timers     map[*time.Timer]struct{}
+	stopped    bool
 	// pathSweepAt is the size of paths at which pathLocked next forgets
 	// idle paths (sweep.go).
 	pathSweepAt int
-	susp        map[string]time.Time // site → suspended until (every source)
-	sources     map[string]*sourceState
-	pools       map[string][]*sourceState
-	rr          map[string]int // pool → next source
-	timers      map[*time.Timer]struct{}
-	stopped     bool
 
 	changes  *prometheus.CounterVec
 	delayed  *prometheus.CounterVec
