@@ -38,6 +38,8 @@ type Registry struct {
 
 	cmu   sync.Mutex
 	cache map[string]cachedCheck
+
+	kick chan struct{} // a rotation was requested (Kicks)
 }
 
 type cachedCheck struct {
@@ -48,7 +50,7 @@ type cachedCheck struct {
 // NewRegistry loads the registered domains' keys from sp. res is the
 // resolver checks go through (the node's).
 func NewRegistry(sp *spool.Spool, res dnsx.Resolver, p config.Domains) (*Registry, error) {
-	r := &Registry{sp: sp, res: res, now: time.Now, cache: map[string]cachedCheck{}}
+	r := &Registry{sp: sp, res: res, now: time.Now, cache: map[string]cachedCheck{}, kick: make(chan struct{}, 1)}
 	r.SetPolicy(p)
 	if err := r.reloadKeys(); err != nil {
 		return nil, err

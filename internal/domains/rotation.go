@@ -133,8 +133,19 @@ func (r *Registry) RequestRotation(tenant, domain string) (*spool.Domain, error)
 		return d, ErrRotating
 	}
 	d.RotateRequested = r.now().UTC()
-	return d, r.sp.PutDomain(d, nil)
+	if err := r.sp.PutDomain(d, nil); err != nil {
+		return nil, err
+	}
+	select {
+	case r.kick <- struct{}{}:
+	default:
+	}
+	return d, nil
 }
+
+// Kicks receives after RequestRotation, so the rotation job can run at
+// once rather than at its next tick.
+func (r *Registry) Kicks() <-chan struct{} { return r.kick }
 
 // Rotate runs one pass of the rotation over every registered domain at
 // time now and returns the first error (the other domains are still
