@@ -2,7 +2,6 @@ package main
 
 import (
 	"bytes"
-	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -32,28 +31,10 @@ type updateServer struct {
 
 func newUpdateServer(t *testing.T, zone, key, secret string) *updateServer {
 	s := &updateServer{t: t, zone: dns.Fqdn(zone), key: dns.Fqdn(key)}
-	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	l, err := net.Listen("tcp", pc.LocalAddr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	s.addr = pc.LocalAddr().String()
-	secrets := map[string]string{s.key: secret}
-	accept := func(dns.Header) dns.MsgAcceptAction { return dns.MsgAccept } // UPDATE too
-	var started sync.WaitGroup
-	for _, srv := range []*dns.Server{
-		{PacketConn: pc, Handler: dns.HandlerFunc(s.serve), TsigSecret: secrets, MsgAcceptFunc: accept},
-		{Listener: l, Handler: dns.HandlerFunc(s.serve), TsigSecret: secrets, MsgAcceptFunc: accept},
-	} {
-		started.Add(1)
-		srv.NotifyStartedFunc = started.Done
-		go srv.ActivateAndServe()
-		t.Cleanup(func() { srv.Shutdown() })
-	}
-	started.Wait()
+	s.addr = serveDNS(t, dns.HandlerFunc(s.serve), func(srv *dns.Server) {
+		srv.TsigSecret = map[string]string{s.key: secret}
+		srv.MsgAcceptFunc = func(dns.Header) dns.MsgAcceptAction { return dns.MsgAccept } // UPDATE too
+	})
 	return s
 }
 

@@ -5,6 +5,7 @@ import (
 	"net"
 	"net/http"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -17,24 +18,12 @@ import (
 	"github.com/sluice-mta/sluice/pipeline"
 )
 
-const rotationConfig = `
-local sluice = require("sluice")
-sluice.node { name = "rotation-e2e-1", hostname = "relay.e2e.test" }
-sluice.spool { path = "{{SPOOL}}" }
-sluice.events { file = "{{EVENTS}}" }
-sluice.listen_smtp { addr = "{{SMTP}}" }
-sluice.listen_http { addr = "{{HTTP}}" }
-sluice.delivery { resolver = "{{DNS}}", port = {{MXPORT}}, idle_timeout = "1s" }
-sluice.domains { spf_include = "_spf.relay.e2e.test" }
+// rotationConfig is domainsConfig with the DNS listener and a rotation
+// schedule shortened to seconds (every = "0": rotations on request).
+var rotationConfig = strings.Replace(domainsConfig, `sluice.domains { spf_include = "_spf.relay.e2e.test", require_verified = true }`,
+	`sluice.domains { spf_include = "_spf.relay.e2e.test" }
 sluice.dns_server { listen = "{{DNSLISTEN}}", zone = "dkim.relay.e2e.test", ns = { "ns1.relay.e2e.test" }, ttl = "1s", selectors = { "s1", "s2" } }
-sluice.dkim_rotation { every = "0", overlap = "2s", remove_after = "1h", check_every = "100ms" }
-sluice.stage("dkim", sluice.builtin.dkim_sign { keys = {} })
-sluice.stage("routing", {
-  on_route = function(msg, rcpt)
-    return sluice.route.relay { host = "127.0.0.1", port = {{SMARTPORT}}, tls = "none" }
-  end,
-})
-`
+sluice.dkim_rotation { every = "0", overlap = "2s", remove_after = "1h", check_every = "100ms" }`, 1)
 
 // recursor is a recursive resolver on loopback for the test: it answers
 // from the customer's zone (a dnstest server) and, when follow is on,
@@ -49,6 +38,14 @@ type recursor struct {
 
 func newRecursor(t *testing.T, customer, sluice, zone string) *recursor {
 	r := &recursor{customer: customer, sluice: sluice, zone: dns.Fqdn(zone)}
+	r.addr = serveDNS(t, r, nil)
+	return r
+}
+
+// serveDNS serves h over UDP and TCP on one 127.0.0.1 port until the test
+// ends and returns the address; setup, when set, adjusts each server.
+func serveDNS(t *testing.T, h dns.Handler, setup func(*dns.Server)) string {
+	t.Helper()
 	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -57,12 +54,18 @@ func newRecursor(t *testing.T, customer, sluice, zone string) *recursor {
 	if err != nil {
 		t.Fatal(err)
 	}
-	r.addr = pc.LocalAddr().String()
-	for _, srv := range []*dns.Server{{PacketConn: pc, Handler: r}, {Listener: l, Handler: r}} {
+	var started sync.WaitGroup
+	for _, srv := range []*dns.Server{{PacketConn: pc, Handler: h}, {Listener: l, Handler: h}} {
+		if setup != nil {
+			setup(srv)
+		}
+		started.Add(1)
+		srv.NotifyStartedFunc = started.Done
 		go srv.ActivateAndServe()
 		t.Cleanup(func() { srv.Shutdown() })
 	}
-	return r
+	started.Wait()
+	return pc.LocalAddr().String()
 }
 
 func (r *recursor) ServeDNS(w dns.ResponseWriter, req *dns.Msg) {

@@ -201,13 +201,18 @@ func (s *Server) addDomain(reg *domains.Registry, w http.ResponseWriter, r *http
 		s.domainsFailed(w, "register the domain", err)
 		return
 	}
+	s.log.Info("sending domain registered", "tenant", tenant, "domain", name)
+	s.writeRecords(reg, w, http.StatusCreated, d)
+}
+
+// writeRecords answers d with the records it must publish, unchecked.
+func (s *Server) writeRecords(reg *domains.Registry, w http.ResponseWriter, status int, d *spool.Domain) {
 	recs, err := reg.Records(d)
 	if err != nil {
 		s.domainsFailed(w, "build the records", err)
 		return
 	}
-	s.log.Info("sending domain registered", "tenant", tenant, "domain", name)
-	s.writeJSON(w, http.StatusCreated, domainOf(d, unchecked(recs)))
+	s.writeJSON(w, status, domainOf(d, unchecked(recs)))
 }
 
 // GET /v1/domains
@@ -312,11 +317,6 @@ func (s *Server) rotateDomain(reg *domains.Registry, w http.ResponseWriter, r *h
 		s.fail(w, errf(http.StatusNotFound, codeNotFound, "domain", "%s is not a registered domain", name))
 		return
 	}
-	recs, err := reg.Records(d)
-	if err != nil {
-		s.domainsFailed(w, "build the records", err)
-		return
-	}
 	s.log.Info("dkim key rotation requested", "tenant", tenant, "domain", d.Domain)
-	s.writeJSON(w, http.StatusAccepted, domainOf(d, unchecked(recs)))
+	s.writeRecords(reg, w, http.StatusAccepted, d)
 }

@@ -65,7 +65,7 @@ type Server struct {
 	// (domains.go); rotation the current sluice.dkim_rotation.
 	static   atomic.Pointer[staticZone]
 	rotation atomic.Pointer[config.DKIMRotation]
-	res     *dnsx.Client
+	res      *dnsx.Client
 
 	sp     *spool.Spool
 	q      *queue.Queue
