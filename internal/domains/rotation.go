@@ -60,7 +60,8 @@ func (v *ZoneView) Serial() uint32 {
 	return v.serial
 }
 
-// Lookup returns the TXT value published at SELECTOR.LABEL: found false
+// Lookup returns the TXT value published at SELECTOR.LABEL (both lower
+// case): found false
 // when there is none, labelExists whether LABEL is a registered domain's
 // (the name then exists, without records).
 func (v *ZoneView) Lookup(label, selector string) (txt string, found, labelExists bool) {
@@ -80,8 +81,9 @@ func (v *ZoneView) Lookup(label, selector string) (txt string, found, labelExist
 func (v *ZoneView) add(d *spool.Domain) error {
 	sels := map[string]string{}
 	for _, k := range d.Keys {
+		sel := strings.ToLower(k.Selector) // DNS names compare case-insensitively
 		if k.State == spool.KeyRevoked {
-			sels[k.Selector] = RevokedValue(k.Algo)
+			sels[sel] = RevokedValue(k.Algo)
 			continue
 		}
 		signer, _, err := dkim.ParsePrivateKey([]byte(k.PrivateKey))
@@ -92,7 +94,7 @@ func (v *ZoneView) add(d *spool.Domain) error {
 		if err != nil {
 			return fmt.Errorf("domain %s key %s: %w", d.Domain, k.Selector, err)
 		}
-		sels[k.Selector] = val
+		sels[sel] = val
 	}
 	v.byLabel[ZoneLabel(d.Domain)] = sels
 	return nil

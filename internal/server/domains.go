@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"log/slog"
+	"strings"
 	"time"
 
 	"github.com/sluice-mta/sluice/internal/config"
@@ -77,7 +78,7 @@ func newStaticZone(stages []pipeline.Stage, log *slog.Logger) *staticZone {
 				if z.byLabel[l] == nil {
 					z.byLabel[l] = map[string]string{}
 				}
-				z.byLabel[l][k.Selector] = v
+				z.byLabel[l][strings.ToLower(k.Selector)] = v
 			}
 		}
 	}
