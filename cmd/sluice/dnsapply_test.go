@@ -180,6 +180,14 @@ sluice.stage("dkim", sluice.builtin.dkim_sign { keys = { { domain = "example.com
 	}
 	withKey := []string{"--zone", "example.com", "--tsig-name", "sluice-key", "--tsig-secret", secret}
 
+	// With sluice.dns_server, `dns records` lists the key as a CNAME.
+	var rout, rerr bytes.Buffer
+	if code := run([]string{"dns", "records", "example.com", "-c", cfg}, &rout, &rerr); code != 0 ||
+		!strings.Contains(rout.String(), "; dkim_cname\ns7._domainkey.example.com. 3600 IN CNAME s7.example-com.dkim.relay.example.\n") ||
+		strings.Contains(rout.String(), "IN TXT \"v=DKIM1") {
+		t.Errorf("dns records: exit %d\n%s%s", code, rout.String(), rerr.String())
+	}
+
 	// Failures first: the zone is unchanged by them.
 	bad := "d3JvbmctdHNpZy1zZWNyZXQtd3Jvbmctd3Jvbmctd3Jvbmc="
 	for _, c := range []struct {
