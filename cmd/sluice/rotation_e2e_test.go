@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/json"
+	"io"
 	"net"
 	"net/http"
 	"strings"
@@ -23,7 +24,8 @@ import (
 var rotationConfig = strings.Replace(domainsConfig, `sluice.domains { spf_include = "_spf.relay.e2e.test", require_verified = true }`,
 	`sluice.domains { spf_include = "_spf.relay.e2e.test" }
 sluice.dns_server { listen = "{{DNSLISTEN}}", zone = "dkim.relay.e2e.test", ns = { "ns1.relay.e2e.test" }, ttl = "1s", selectors = { "s1", "s2" } }
-sluice.dkim_rotation { every = "0", overlap = "2s", remove_after = "1h", check_every = "100ms" }`, 1)
+sluice.dkim_rotation { every = "0", overlap = "2s", remove_after = "1h", check_every = "100ms" }
+sluice.listen_admin { addr = "{{ADMIN}}" }`, 1)
 
 // recursor is a recursive resolver on loopback for the test: it answers
 // from the customer's zone (a dnstest server) and, when follow is on,
@@ -158,8 +160,8 @@ func TestRotationEndToEnd(t *testing.T) {
 	const zone = "dkim.relay.e2e.test"
 	dnsListen := udpTCPPort(t)
 	rec := newRecursor(t, h.dns.Addr(), dnsListen, zone)
-	httpAddr := freePort(t)
-	cfg := strings.NewReplacer("{{HTTP}}", httpAddr, "{{DNS}}", rec.addr, "{{MXPORT}}", h.mx.port(),
+	httpAddr, admin := freePort(t), freePort(t)
+	cfg := strings.NewReplacer("{{HTTP}}", httpAddr, "{{ADMIN}}", admin, "{{DNS}}", rec.addr, "{{MXPORT}}", h.mx.port(),
 		"{{SMARTPORT}}", h.smart.port(), "{{DNSLISTEN}}", dnsListen).Replace(rotationConfig)
 	h.relay = newRelay(t, t.TempDir(), cfg)
 	h.base = "http://" + httpAddr
@@ -255,6 +257,21 @@ func TestRotationEndToEnd(t *testing.T) {
 	out, _, _ = h.domainCLI(key, "show", "brand.test")
 	if !strings.Contains(out, "key s2        pending") || !strings.Contains(out, "key s1        active") {
 		t.Errorf("show while pending:\n%s", out)
+	}
+	// The metrics show the waiting key and the listener's answers.
+	resp, err := http.Get("http://" + admin + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, want := range []string{`sluice_dkim_keys{state="pending"} 1`, `sluice_dkim_keys{state="active"} 1`, `sluice_dkim_keys{state="revoked"} 0`} {
+		if !strings.Contains(string(body), want+"\n") {
+			t.Errorf("metrics lack %q:\n%s", want, grepLines(string(body), "sluice_d"))
+		}
+	}
+	if !strings.Contains(string(body), `sluice_dns_queries_total{rcode="NOERROR"} `) || !strings.Contains(string(body), "sluice_dkim_pending_key_age_seconds ") {
+		t.Errorf("metrics:\n%s", grepLines(string(body), "sluice_d"))
 	}
 	m2 := send(2)
 	if got := verify(m2); got != "pass d=brand.test s=s1 a=rsa-sha256" {

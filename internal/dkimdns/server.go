@@ -48,6 +48,9 @@ type Options struct {
 	Hostmaster string        // SOA RNAME, e.g. "hostmaster.relay.example"
 	TTL        time.Duration // TTL of every record and the SOA MINIMUM
 	Logger     *slog.Logger
+	// OnAnswer, when set, is called with the rcode of every answer sent
+	// (for a metric); it must be fast and safe for concurrent use.
+	OnAnswer func(rcode int)
 }
 
 // Server answers DNS queries for one zone. Build it with New, start it
@@ -59,6 +62,7 @@ type Server struct {
 	ttl    uint32
 	src    Zone
 	log    *slog.Logger
+	onAns  func(int)
 	udp    *dns.Server
 	tcp    *dns.Server
 	addr   string
@@ -68,7 +72,7 @@ type Server struct {
 // New returns a server for o.Zone that reads keys from src.
 func New(o Options, src Zone) *Server {
 	s := &Server{zone: dns.Fqdn(strings.ToLower(o.Zone)), rname: dns.Fqdn(strings.ToLower(o.Hostmaster)),
-		ttl: uint32(o.TTL / time.Second), src: src, log: o.Logger}
+		ttl: uint32(o.TTL / time.Second), src: src, log: o.Logger, onAns: o.OnAnswer}
 	if s.log == nil {
 		s.log = slog.Default()
 	}
@@ -145,6 +149,9 @@ func (s *Server) ServeDNS(w dns.ResponseWriter, req *dns.Msg) {
 		size = max(int(o.UDPSize()), dns.MinMsgSize)
 	}
 	resp.Truncate(size)
+	if s.onAns != nil {
+		s.onAns(resp.Rcode)
+	}
 	if err := w.WriteMsg(resp); err != nil {
 		s.log.Debug("dns listener: writing an answer", "err", err)
 	}

@@ -85,7 +85,7 @@ func (r *Registry) reloadKeys() error {
 		return err
 	}
 	m := map[string][]*dkim.Key{}
-	v := &ZoneView{byLabel: map[string]map[string]string{}}
+	v := &ZoneView{byLabel: map[string]map[string]string{}, states: map[string]int{}}
 	for _, d := range all {
 		ks, err := activeKeys(&d)
 		if err != nil {

@@ -49,6 +49,26 @@ var ErrRotating = errors.New("a rotation is already under way")
 type ZoneView struct {
 	serial  uint32
 	byLabel map[string]map[string]string
+	states  map[string]int // keys by state
+	pending time.Time      // since when the oldest pending key waits; zero: none
+}
+
+// KeyStates returns how many keys of registered domains are in state
+// (spool.KeyPending, ...): for metrics.
+func (v *ZoneView) KeyStates(state string) int {
+	if v == nil {
+		return 0
+	}
+	return v.states[state]
+}
+
+// OldestPending is when the longest-waiting pending key was published,
+// zero when no key is pending.
+func (v *ZoneView) OldestPending() time.Time {
+	if v == nil {
+		return time.Time{}
+	}
+	return v.pending
 }
 
 // Serial is the zone's SOA serial: it grows with every change of the
@@ -81,6 +101,10 @@ func (v *ZoneView) Lookup(label, selector string) (txt string, found, labelExist
 func (v *ZoneView) add(d *spool.Domain) error {
 	sels := map[string]string{}
 	for _, k := range d.Keys {
+		v.states[k.State]++
+		if since := k.StateSince(); k.State == spool.KeyPending && (v.pending.IsZero() || since.Before(v.pending)) {
+			v.pending = since
+		}
 		sel := strings.ToLower(k.Selector) // DNS names compare case-insensitively
 		if k.State == spool.KeyRevoked {
 			sels[sel] = RevokedValue(k.Algo)

@@ -2,14 +2,19 @@ package server
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"strings"
 	"time"
+
+	"github.com/miekg/dns"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/sluice-mta/sluice/internal/config"
 	"github.com/sluice-mta/sluice/internal/dkim"
 	"github.com/sluice-mta/sluice/internal/dkimdns"
 	"github.com/sluice-mta/sluice/internal/domains"
+	"github.com/sluice-mta/sluice/internal/spool"
 	"github.com/sluice-mta/sluice/pipeline"
 )
 
@@ -118,7 +123,12 @@ func (z nodeZone) Serial() uint32 {
 // startDNS starts the DNS listener of cfg.DNSServer and the rotation job
 // (rotation.go in internal/domains); stop ends both.
 func (s *Server) startDNS(d *config.DNSServer) (stop func(), err error) {
-	srv := dkimdns.New(dkimdns.Options{Zone: d.Zone, NS: d.NS, Hostmaster: d.Hostmaster, TTL: d.TTL, Logger: s.log}, nodeZone{s})
+	queries, err := s.dnsMetrics()
+	if err != nil {
+		return nil, err
+	}
+	srv := dkimdns.New(dkimdns.Options{Zone: d.Zone, NS: d.NS, Hostmaster: d.Hostmaster, TTL: d.TTL, Logger: s.log,
+		OnAnswer: func(rcode int) { queries.WithLabelValues(dns.RcodeToString[rcode]).Inc() }}, nodeZone{s})
 	if err := srv.Listen(d.Listen); err != nil {
 		return nil, err
 	}
@@ -158,4 +168,38 @@ func (s *Server) rotateLoop(ctx context.Context, d *config.DNSServer) {
 		}
 		t.Stop()
 	}
+}
+
+// dnsMetrics registers the DNS listener's and the rotation's metrics
+// (docs/metrics.md) and returns the query counter.
+func (s *Server) dnsMetrics() (*prometheus.CounterVec, error) {
+	queries := prometheus.NewCounterVec(prometheus.CounterOpts{Name: "sluice_dns_queries_total",
+		Help: "Queries the DNS listener (sluice.dns_server) answered, by rcode (NOERROR, NXDOMAIN, REFUSED, ...)."}, []string{"rcode"})
+	cs := []prometheus.Collector{queries,
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "sluice_dkim_pending_key_age_seconds",
+			Help: "How long the oldest pending DKIM key of a registered domain has waited to become active (check resolvers, TTL); 0 when none waits."},
+			func() float64 {
+				if reg := s.domains.Load(); reg != nil {
+					if p := reg.View().OldestPending(); !p.IsZero() {
+						return time.Since(p).Seconds()
+					}
+				}
+				return 0
+			})}
+	for _, st := range []string{spool.KeyPending, spool.KeyActive, spool.KeyRetired, spool.KeyRevoked} {
+		cs = append(cs, prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "sluice_dkim_keys",
+			Help: "DKIM keys of registered domains, by rotation state.", ConstLabels: prometheus.Labels{"state": st}},
+			func() float64 {
+				if reg := s.domains.Load(); reg != nil {
+					return float64(reg.View().KeyStates(st))
+				}
+				return 0
+			}))
+	}
+	for _, c := range cs {
+		if err := s.metrics.Register(c); err != nil {
+			return nil, fmt.Errorf("dns listener metrics: %w", err)
+		}
+	}
+	return queries, nil
 }
