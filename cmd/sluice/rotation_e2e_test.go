@@ -160,15 +160,8 @@ func TestRotationEndToEnd(t *testing.T) {
 	const zone = "dkim.relay.e2e.test"
 	dnsListen := udpTCPPort(t)
 	rec := newRecursor(t, h.dns.Addr(), dnsListen, zone)
-	httpAddr, admin := freePort(t), freePort(t)
-	cfg := strings.NewReplacer("{{HTTP}}", httpAddr, "{{ADMIN}}", admin, "{{DNS}}", rec.addr, "{{MXPORT}}", h.mx.port(),
-		"{{SMARTPORT}}", h.smart.port(), "{{DNSLISTEN}}", dnsListen).Replace(rotationConfig)
-	h.relay = newRelay(t, t.TempDir(), cfg)
-	h.base = "http://" + httpAddr
-	h.client = &http.Client{Timeout: 30 * time.Second}
-	t.Cleanup(h.client.CloseIdleConnections)
-	h.start()
-	key, _ := h.createKey("acme")
+	admin := freePort(t)
+	key := h.startWith(rotationConfig, rec.addr, "{{ADMIN}}", admin, "{{DNSLISTEN}}", dnsListen)
 
 	out, errs, code := h.domainCLI(key, "add", "brand.test", "--json")
 	if code != 0 {
