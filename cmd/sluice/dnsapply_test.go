@@ -152,7 +152,8 @@ func (s *updateServer) serve(w dns.ResponseWriter, req *dns.Msg) {
 // afterwards (a wrong SPF record merged, the site's other TXT record
 // kept, a stale DKIM TXT replaced by the CNAME to sluice.dns_server's
 // zone); a second run says "nothing to change" and sends no update; a
-// wrong secret, no key and a wrong zone give clear errors.
+// wrong secret, no key, a zone the server does not hold and records
+// outside the zone give clear errors.
 func TestDNSApply(t *testing.T) {
 	dir := t.TempDir()
 	key, err := dkim.Generate(dkim.AlgoEd25519)
@@ -197,6 +198,7 @@ sluice.stage("dkim", sluice.builtin.dkim_sign { keys = { { domain = "example.com
 	}{
 		{[]string{"--zone", "example.com", "--tsig-name", "sluice-key", "--tsig-secret", bad}, "BADSIG", 1},
 		{[]string{"--zone", "example.com"}, "REFUSED", 1},
+		{[]string{"--zone", "com", "--tsig-name", "sluice-key", "--tsig-secret", secret}, "NOTAUTH: the server is not authoritative for com", 1},
 		{[]string{"--zone", "other.example", "--tsig-name", "sluice-key", "--tsig-secret", secret}, "not in zone other.example", 1},
 		{[]string{"--zone", "example.com", "--tsig-name", "sluice-key", "--tsig-secret", "not base64!"}, "not base64", 2},
 		{[]string{"--zone", "example.com", "--tsig-algo", "md5"}, "--tsig-algo", 2},
