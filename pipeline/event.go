@@ -32,6 +32,15 @@ const (
 	EventDomainAdded    = "domain_added"
 	EventDomainVerified = "domain_verified"
 	EventDomainRemoved  = "domain_removed"
+	// A registered domain's DKIM key rotation moved a step
+	// (docs/rotation.md): a new key was published as pending, it became
+	// the signing key (the old one retired), a retired key was revoked
+	// (empty p=), a revoked key was removed. metadata.domain and
+	// metadata.selector name the key.
+	EventDKIMKeyPending = "dkim_key_pending"
+	EventDKIMKeyActive  = "dkim_key_active"
+	EventDKIMKeyRevoked = "dkim_key_revoked"
+	EventDKIMKeyRemoved = "dkim_key_removed"
 	// An operator paused, resumed or retried a queue or a message through
 	// the admin API (docs/operating.md#queue-control); metadata.by is the
 	// API key id.
@@ -45,6 +54,7 @@ var EventTypes = []string{EventReceived, EventRejected, EventDeferred, EventDeli
 	EventExpired, EventDiscarded, EventSuppressed, EventCancelled, EventSuppressionAdded, EventSuppressionRemoved,
 	EventTokenRevoked, EventShapingThrottled, EventShapingSuspended, EventShapingResumed,
 	EventDomainAdded, EventDomainVerified, EventDomainRemoved,
+	EventDKIMKeyPending, EventDKIMKeyActive, EventDKIMKeyRevoked, EventDKIMKeyRemoved,
 	EventQueuePaused, EventQueueResumed, EventQueueRetried}
 
 // EventSchema is the version in every event's "schema" field.

@@ -61,7 +61,11 @@ type Server struct {
 	// domains is the registry of sending domains, opened with the spool
 	// (domains.go); nil before.
 	domains atomic.Pointer[domains.Registry]
-	res     *dnsx.Client
+	// static is the configured dkim_sign keys the DNS listener publishes
+	// (domains.go); rotation the current sluice.dkim_rotation.
+	static   atomic.Pointer[staticZone]
+	rotation atomic.Pointer[config.DKIMRotation]
+	res      *dnsx.Client
 
 	sp     *spool.Spool
 	q      *queue.Queue
@@ -570,6 +574,19 @@ func (s *Server) components() []component {
 			return nil
 		},
 	})
+	if d := cfg.DNSServer; d != nil {
+		var stop func()
+		cs = append(cs, component{name: "dns " + d.Listen,
+			start: func() error {
+				rc := cfg.DKIMRotation
+				s.rotation.Store(&rc)
+				var err error
+				stop, err = s.startDNS(d)
+				return err
+			},
+			stop: func(context.Context) error { stop(); return nil },
+		})
+	}
 	if t := cfg.Tokens; t.Enabled() {
 		cs = append(cs, component{name: "tokens",
 			start: func() error {
@@ -945,6 +962,10 @@ func (s *Server) Reload() (summary string, err error) {
 	if reg := s.domains.Load(); reg != nil {
 		reg.SetPolicy(domains.PolicyOf(cfg))
 	}
+	if cfg.DNSServer != nil && s.rotation.Load() != nil {
+		rc := cfg.DKIMRotation
+		s.rotation.Store(&rc)
+	}
 	restart := RestartNeeded(s.cfg, cfg)
 	summary = fmt.Sprintf("reloaded %s: %d stage(s)", cfg.File, len(cfg.Stages))
 	if len(restart) > 0 {
@@ -1014,6 +1035,7 @@ func RestartNeeded(old, new *config.Config) []string {
 		{"sluice.auth", old.Auth, new.Auth},
 		{"sluice.redis", old.Redis, new.Redis},
 		{"sluice.egress", old.Egress, new.Egress},
+		{"sluice.dns_server", old.DNSServer, new.DNSServer},
 		{"sluice.node", [2]string{old.Node, old.Hostname}, [2]string{new.Node, new.Hostname}},
 	} {
 		if !reflect.DeepEqual(c.old, c.new) {
