@@ -16,7 +16,9 @@
 # STAMP_UNARY environment variable: one unary RPC per call, as a protocol 1.0 plugin;
 # stamp only), fields (the header as one entry per field, as a protocol 1.1
 # plugin: sdk.WithHeaderFields through STAMP_FIELDS; stamp only), e.g.
-# MODES="off on unary fields", procs1 (the plugin with GOMAXPROCS=1 in
+# MODES="off on unary fields", goprocs (the plugin served with
+# sdk.WithMaxProcs(0), Go's GOMAXPROCS instead of the SDK's 1, through its
+# STAMP_GOPROCS environment variable; stamp only), procs2 (GOMAXPROCS=2 in
 # its env). With OLD_SLUICE and OLD_STAMP (paths of a
 # relay and a stamp plugin built from an earlier commit), mode "old" runs
 # those, plugin on: before and after in one run.
@@ -67,7 +69,8 @@ for r in $(seq "$ROUNDS"); do
       PENV='{}'
       [ "$mode" = unary ] && PENV='{ STAMP_UNARY = "1" }'
       [ "$mode" = fields ] && PENV='{ STAMP_FIELDS = "1" }'
-      [ "$mode" = procs1 ] && PENV='{ GOMAXPROCS = "1" }'
+      [ "$mode" = goprocs ] && PENV='{ STAMP_GOPROCS = "1" }'
+      [ "$mode" = procs2 ] && PENV='{ GOMAXPROCS = "2" }'
       # The plugin stage goes before the routing stage: insert it after "stamp".
       awk -v cmd="$MCMD" -v cfg="$PCFG" -v env="$PENV" '/^sluice.stage\("routing"/ { print "sluice.stage(\"plugin\", sluice.plugin { cmd = \"" cmd "\", timeout = \"2s\", env = " env ", config = " cfg " })\n" } { print }' "$W/relay.lua" > "$W/r2" && mv "$W/r2" "$W/relay.lua"
     fi

@@ -43,8 +43,9 @@ func benchMessage(b *testing.B) *pipeline.Message {
 // (the Calls stream of protocol 1.1, the header as one block of protocol
 // 1.2), "unary" one RPC per call (sdk.WithoutStreaming, as a protocol 1.0
 // plugin), "fields" the stream with the header as one entry per field
-// (sdk.WithHeaderFields, as a protocol 1.1 plugin), "procs1" the default
-// with GOMAXPROCS=1 in the plugin's environment, all in the same run.
+// (sdk.WithHeaderFields, as a protocol 1.1 plugin), "goprocs" the default
+// served with sdk.WithMaxProcs(0) (Go's GOMAXPROCS, one per core, instead
+// of the SDK's 1), all in the same run.
 // host-cpu-µs/op and plugin-cpu-µs/op are the CPU time of each process
 // per call (the host's includes the benchmark's own loop).
 func BenchmarkPluginOnMessage(b *testing.B) {
@@ -56,7 +57,7 @@ func BenchmarkPluginOnMessage(b *testing.B) {
 		{"stream/serial", "", false}, {"unary/serial", "STAMP_UNARY=1", false},
 		{"stream/parallel", "", true}, {"unary/parallel", "STAMP_UNARY=1", true},
 		{"fields/serial", "STAMP_FIELDS=1", false}, {"fields/parallel", "STAMP_FIELDS=1", true},
-		{"procs1/serial", "GOMAXPROCS=1", false}, {"procs1/parallel", "GOMAXPROCS=1", true},
+		{"goprocs/serial", "STAMP_GOPROCS=1", false}, {"goprocs/parallel", "STAMP_GOPROCS=1", true},
 	} {
 		par := c.par
 		env := []string{"STAMP_CPUPROFILE=" + os.Getenv("STAMP_CPUPROFILE"), c.env}
