@@ -30,6 +30,17 @@ SESSIONS=${SESSIONS:-20}
 SIZE=${SIZE:-2048}
 PLUGIN=${PLUGIN:-stamp}
 MODES=${MODES:-off on}
+# Ports (relay SMTP, sink, relay HTTP, admin): not relay.lua's defaults, so
+# that this bench does not meet another one running on the machine.
+PORT=${PORT:-2815}
+SINK=${SINK:-2812}
+HTTP=${HTTP:-8225}
+ADMIN=${ADMIN:-9202}
+for p in $PORT $SINK $HTTP $ADMIN; do
+  if (exec 3<>/dev/tcp/127.0.0.1/$p) 2>/dev/null; then
+    echo "port $p is in use (another bench?): set PORT, SINK, HTTP, ADMIN" >&2; exit 2
+  fi
+done
 
 go build -o bin/sluice ./cmd/sluice
 go build -o bin/sluice-bench ./cmd/sluice-bench
@@ -61,8 +72,9 @@ echo "# plugin stage ($PLUGIN) on/off — $(date -u +%FT%TZ) — $(nproc) cores,
 for r in $(seq "$ROUNDS"); do
   for mode in $MODES; do
     W=$(mktemp -d /tmp/sluice-plugbench.XXXXXX)
-    sed -e "s#{{SPOOL}}#$W/spool#" -e "s#{{EVENTS}}#$W/events.jsonl#" examples/bench/relay.lua > "$W/relay.lua"
-    echo 'sluice.listen_admin { addr = "127.0.0.1:9102" }' >> "$W/relay.lua"
+    sed -e "s#{{SPOOL}}#$W/spool#" -e "s#{{EVENTS}}#$W/events.jsonl#" -e "s#127.0.0.1:2605#127.0.0.1:$PORT#" \
+      -e "s#127.0.0.1:8025#127.0.0.1:$HTTP#" -e "s#port = 2602#port = $SINK#" examples/bench/relay.lua > "$W/relay.lua"
+    echo "sluice.listen_admin { addr = \"127.0.0.1:$ADMIN\" }" >> "$W/relay.lua"
     SLUICE=bin/sluice; MCMD=$PCMD
     [ "$mode" = old ] && { SLUICE=${OLD_SLUICE:?mode old needs OLD_SLUICE}; MCMD=${OLD_STAMP:?mode old needs OLD_STAMP}; }
     if [ "$mode" != off ]; then
@@ -76,12 +88,12 @@ for r in $(seq "$ROUNDS"); do
     fi
     "$SLUICE" serve -c "$W/relay.lua" -log-level warn 2> "$W/sluice.log" &
     pid=$!
-    for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/2605) 2>/dev/null && break; sleep 0.1; done
-    bin/sluice-bench smtp -target 127.0.0.1:2605 -sink 127.0.0.1:2602 -n 1000 -c "$SESSIONS" -size "$SIZE" > /dev/null
+    for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$PORT) 2>/dev/null && break; sleep 0.1; done
+    bin/sluice-bench smtp -target 127.0.0.1:$PORT -sink 127.0.0.1:$SINK -n 1000 -c "$SESSIONS" -size "$SIZE" > /dev/null
     ppid=$(pgrep -P "$pid" || true)
     c0=$(cpu_ticks "$pid"); p0=0; [ -n "$ppid" ] && p0=$(cpu_ticks "$ppid")
-    curl -s http://127.0.0.1:9102/metrics > "$W/m0"
-    out=$(bin/sluice-bench smtp -target 127.0.0.1:2605 -sink 127.0.0.1:2602 -n "$N" -c "$SESSIONS" -size "$SIZE" -timeout 300s)
+    curl -s http://127.0.0.1:$ADMIN/metrics > "$W/m0"
+    out=$(bin/sluice-bench smtp -target 127.0.0.1:$PORT -sink 127.0.0.1:$SINK -n "$N" -c "$SESSIONS" -size "$SIZE" -timeout 300s)
     c1=$(cpu_ticks "$pid"); p1=0; [ -n "$ppid" ] && p1=$(cpu_ticks "$ppid")
     tck=$(getconf CLK_TCK)
     echo "## round $r, plugin $mode"
@@ -89,7 +101,7 @@ for r in $(seq "$ROUNDS"); do
     echo "relay CPU $(( (c1-c0) * 1000000 / tck / N )) µs/msg, plugin process CPU $(( (p1-p0) * 1000000 / tck / N )) µs/msg"
     if [ "$mode" != off ]; then
       # The histogram of the measured run only: the warm-up's counts subtracted.
-      curl -s http://127.0.0.1:9102/metrics > "$W/m1"
+      curl -s http://127.0.0.1:$ADMIN/metrics > "$W/m1"
       awk 'NR==FNR { if ($1 ~ /^sluice_plugin_call_duration_seconds_bucket/) base[$1] = $2; next }
         $1 ~ /^sluice_plugin_call_duration_seconds_bucket/ { print $1, $2 - base[$1] }' "$W/m0" "$W/m1" > "$W/hist"
       echo "plugin on_message call p50 $(quantile 0.5 < "$W/hist") µs, p99 $(quantile 0.99 < "$W/hist") µs"
