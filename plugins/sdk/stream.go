@@ -9,6 +9,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/sluice-mta/sluice/internal/plugin/conv"
 	stagev1 "github.com/sluice-mta/sluice/plugins/proto/stage/v1"
 )
 
@@ -93,35 +94,14 @@ func (s *server) Calls(stream stagev1.Stage_CallsServer) error {
 }
 
 // dispatch runs one call of the stream through the unary methods, so both
-// paths behave the same.
+// paths behave the same; a failure is answered as a CallError.
 func (s *server) dispatch(ctx context.Context, req *stagev1.CallRequest) *stagev1.CallResponse {
-	var v *stagev1.Verdict
-	var err error
-	switch c := req.Call.(type) {
-	case *stagev1.CallRequest_Connect:
-		v, err = s.OnConnect(ctx, c.Connect)
-	case *stagev1.CallRequest_Helo:
-		v, err = s.OnHelo(ctx, c.Helo)
-	case *stagev1.CallRequest_Mail:
-		v, err = s.OnMail(ctx, c.Mail)
-	case *stagev1.CallRequest_Rcpt:
-		v, err = s.OnRcpt(ctx, c.Rcpt)
-	case *stagev1.CallRequest_Message:
-		v, err = s.OnMessage(ctx, c.Message)
-	case *stagev1.CallRequest_Route:
-		v, err = s.OnRoute(ctx, c.Route)
-	case *stagev1.CallRequest_Event:
-		var e *stagev1.EventResponse
-		if e, err = s.OnEvent(ctx, c.Event); err == nil {
-			return &stagev1.CallResponse{Id: req.Id, Result: &stagev1.CallResponse_Event{Event: e}}
-		}
-	default:
-		err = status.Errorf(codes.Unimplemented, "unknown call %T (built for an older protocol?)", req.Call)
-	}
+	r, err := conv.Call(ctx, s, req)
 	if err != nil {
 		st := status.Convert(err)
-		return &stagev1.CallResponse{Id: req.Id, Result: &stagev1.CallResponse_Error{
+		r = &stagev1.CallResponse{Result: &stagev1.CallResponse_Error{
 			Error: &stagev1.CallError{Code: int32(st.Code()), Message: st.Message()}}}
 	}
-	return &stagev1.CallResponse{Id: req.Id, Result: &stagev1.CallResponse_Verdict{Verdict: v}}
+	r.Id = req.Id
+	return r
 }
