@@ -2,7 +2,6 @@ package sdk
 
 import (
 	"context"
-	"runtime"
 	"sync"
 	"time"
 
@@ -13,10 +12,18 @@ import (
 	stagev1 "github.com/sluice-mta/sluice/plugins/proto/stage/v1"
 )
 
+// maxWorkers bounds the workers of one Calls stream. Sluice sends at most
+// the stage's max_in_flight calls at once (64 by default), so the workers
+// grow to the concurrency the stage sees. A goroutine per call starts on a
+// small stack and grows it (a copy) during the call: 5% of a small call's
+// CPU with 8 calls in flight.
+const maxWorkers = 256
+
 // Calls serves hook calls over one bidirectional stream (protocol 1.1):
-// each CallRequest runs concurrently with the others (on one of a few
-// long-lived workers, whose grown stacks are reused, or on a goroutine of
-// its own when all are busy) with the request's deadline,
+// each CallRequest runs concurrently with the others, on one of the
+// stream's workers (long-lived goroutines, whose grown stacks are reused:
+// a new one starts when all are busy, up to maxWorkers, past which a call
+// gets a goroutine of its own), with the request's deadline,
 // and its CallResponse is sent when it returns, in completion order. A
 // cancel request cancels the named call's context. Calls returns when
 // Sluice closes the stream; calls still running then are cancelled and
@@ -34,12 +41,11 @@ func (s *server) Calls(stream stagev1.Stage_CallsServer) error {
 	)
 	work := make(chan func())
 	defer close(work)
-	for range max(4, runtime.GOMAXPROCS(0)) {
-		go func() {
-			for f := range work {
-				f()
-			}
-		}()
+	workers := 0 // only this goroutine starts them
+	worker := func(f func()) {
+		for ; f != nil; f = <-work {
+			f()
+		}
 	}
 	defer func() {
 		sendMu.Lock()
@@ -88,7 +94,12 @@ func (s *server) Calls(stream stagev1.Stage_CallsServer) error {
 		select {
 		case work <- run:
 		default:
-			go run()
+			if workers < maxWorkers {
+				workers++
+				go worker(run)
+			} else {
+				go run()
+			}
 		}
 	}
 }
