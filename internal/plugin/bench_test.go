@@ -47,7 +47,8 @@ func benchMessage(b *testing.B) *pipeline.Message {
 // served with sdk.WithMaxProcs(0) (Go's GOMAXPROCS, one per core, instead
 // of the SDK's 1), all in the same run.
 // host-cpu-µs/op and plugin-cpu-µs/op are the CPU time of each process
-// per call (the host's includes the benchmark's own loop).
+// per call (the host's includes the benchmark's own loop), host-cs/op and
+// plugin-cs/op its threads' context switches per call.
 func BenchmarkPluginOnMessage(b *testing.B) {
 	for _, c := range []struct {
 		name string
@@ -89,6 +90,7 @@ func BenchmarkPluginOnMessage(b *testing.B) {
 			lat := make([]time.Duration, 0, b.N)
 			b.ReportAllocs()
 			h0, p0 := cpuTime(b, 0), cpuTime(b, s.PID())
+			hs0, ps0 := switches(b, 0), switches(b, s.PID())
 			b.ResetTimer()
 			if par {
 				b.SetParallelism(4)
@@ -111,6 +113,11 @@ func BenchmarkPluginOnMessage(b *testing.B) {
 			// call takes off the relay's throughput.
 			b.ReportMetric(float64((cpuTime(b, 0)-h0).Microseconds())/float64(b.N), "host-cpu-µs/op")
 			b.ReportMetric(float64((cpuTime(b, s.PID())-p0).Microseconds())/float64(b.N), "plugin-cpu-µs/op")
+			// Context switches per call: each is a thread that slept and
+			// was woken (or was preempted), the cost a process boundary
+			// adds besides the bytes.
+			b.ReportMetric(float64(switches(b, 0)-hs0)/float64(b.N), "host-cs/op")
+			b.ReportMetric(float64(switches(b, s.PID())-ps0)/float64(b.N), "plugin-cs/op")
 			slices.Sort(lat)
 			b.ReportMetric(float64(lat[len(lat)/2].Microseconds()), "p50-µs")
 			b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds()), "p99-µs")
@@ -136,6 +143,34 @@ func cpuTime(b *testing.B, pid int) time.Duration {
 	ut, _ := strconv.ParseInt(f[11], 10, 64)
 	st, _ := strconv.ParseInt(f[12], 10, 64)
 	return time.Duration(ut+st) * time.Second / clockTicks
+}
+
+// switches is the number of context switches, voluntary and not, of all
+// the threads of process pid (0: this process) from /proc (Linux).
+func switches(b *testing.B, pid int) int64 {
+	b.Helper()
+	p := "self"
+	if pid != 0 {
+		p = strconv.Itoa(pid)
+	}
+	tasks, err := os.ReadDir("/proc/" + p + "/task")
+	if err != nil {
+		b.Skipf("no /proc: %v", err)
+	}
+	var n int64
+	for _, t := range tasks {
+		data, err := os.ReadFile("/proc/" + p + "/task/" + t.Name() + "/status")
+		if err != nil {
+			continue // the thread exited
+		}
+		for _, line := range strings.Split(string(data), "\n") {
+			if k, v, ok := strings.Cut(line, ":"); ok && strings.HasSuffix(k, "ctxt_switches") {
+				c, _ := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
+				n += c
+			}
+		}
+	}
+	return n
 }
 
 // clockTicks is USER_HZ, the unit of /proc/PID/stat's times: 100 on
