@@ -125,15 +125,19 @@ func BenchmarkPluginOnMessage(b *testing.B) {
 	}
 }
 
+// procDir is the /proc directory of process pid (0: this process).
+func procDir(pid int) string {
+	if pid == 0 {
+		return "/proc/self"
+	}
+	return "/proc/" + strconv.Itoa(pid)
+}
+
 // cpuTime is the user+system CPU time of process pid (0: this process)
 // from /proc (Linux; the benchmark skips elsewhere).
 func cpuTime(b *testing.B, pid int) time.Duration {
 	b.Helper()
-	p := "self"
-	if pid != 0 {
-		p = strconv.Itoa(pid)
-	}
-	data, err := os.ReadFile("/proc/" + p + "/stat")
+	data, err := os.ReadFile(procDir(pid) + "/stat")
 	if err != nil {
 		b.Skipf("no /proc: %v", err)
 	}
@@ -149,17 +153,13 @@ func cpuTime(b *testing.B, pid int) time.Duration {
 // the threads of process pid (0: this process) from /proc (Linux).
 func switches(b *testing.B, pid int) int64 {
 	b.Helper()
-	p := "self"
-	if pid != 0 {
-		p = strconv.Itoa(pid)
-	}
-	tasks, err := os.ReadDir("/proc/" + p + "/task")
+	tasks, err := os.ReadDir(procDir(pid) + "/task")
 	if err != nil {
 		b.Skipf("no /proc: %v", err)
 	}
 	var n int64
 	for _, t := range tasks {
-		data, err := os.ReadFile("/proc/" + p + "/task/" + t.Name() + "/status")
+		data, err := os.ReadFile(procDir(pid) + "/task/" + t.Name() + "/status")
 		if err != nil {
 			continue // the thread exited
 		}

@@ -274,7 +274,7 @@ func MessageFrom(p *stagev1.Message) (*pipeline.Message, error) {
 		txn = &pipeline.Txn{Conn: &pipeline.Conn{}}
 	}
 	if len(p.HeaderBlock) > 0 {
-		if h, ok := parseBlock(p.HeaderBlock); ok {
+		if h, ok := pipeline.ParseHeaderBlock(p.HeaderBlock); ok {
 			return addBody(&pipeline.Message{Txn: txn, Header: h}, p.Body), nil
 		}
 		m, err := pipeline.ParseMessage(txn, p.HeaderBlock)
@@ -304,64 +304,6 @@ func MessageFrom(p *stagev1.Message) (*pipeline.Message, error) {
 		return nil, err
 	}
 	return addBody(m, p.Body), nil
-}
-
-// parseBlock parses a header block as Sluice writes it (each field a
-// name, optional spaces or tabs, a colon and a value, continued on lines
-// that start with a space or a tab, every line ended by CRLF, and the
-// empty line last) into the header that pipeline.ParseMessage would
-// return for it, field for field, in place: each field's raw bytes are
-// the block's, not a copy, and no line is read through a buffer (about
-// half of ParseMessage's cost, which copies the block and then each line).
-// ok is false for anything else; the caller then parses the block with
-// ParseMessage, which knows every tolerated defect.
-func parseBlock(block []byte) (h textproto.Header, ok bool) {
-	var starts [32]int
-	fields := starts[:0] // where each field starts, then where the last ends
-	pos := 0
-	for {
-		nl := bytes.IndexByte(block[pos:], '\n')
-		if nl < 1 || block[pos+nl-1] != '\r' {
-			return h, false
-		}
-		line := block[pos : pos+nl+1]
-		switch {
-		case len(line) == 2: // the empty line: last
-			if pos+2 != len(block) || len(fields) == 0 {
-				return h, false
-			}
-			fields = append(fields, pos)
-			for i := len(fields) - 1; i > 0; i-- { // AddRaw prepends
-				h.AddRaw(block[fields[i-1]:fields[i]])
-			}
-			return h, true
-		case line[0] == ' ' || line[0] == '\t':
-			if pos == 0 {
-				return h, false
-			}
-		case fieldName(line):
-			fields = append(fields, pos)
-		default:
-			return h, false
-		}
-		pos += nl + 1
-	}
-}
-
-// fieldName reports whether line starts with a field name (printable
-// ASCII other than ':'), optional spaces or tabs, and a colon.
-func fieldName(line []byte) bool {
-	i := 0
-	for i < len(line) && line[i] > ' ' && line[i] < 0x7f && line[i] != ':' {
-		i++
-	}
-	if i == 0 {
-		return false
-	}
-	for i < len(line) && (line[i] == ' ' || line[i] == '\t') {
-		i++
-	}
-	return i < len(line) && line[i] == ':'
 }
 
 // addBody gives m, parsed from the header alone, the body that was sent
