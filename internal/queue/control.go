@@ -133,7 +133,6 @@ func (q *Queue) Queues() []QueueInfo {
 	return out
 }
 
-
 // Target selects the recipients a control action applies to: those of
 // message MessageID (when set) that match Filter. Filter.Queue matches
 // the queue's control name (a site with shaping) or the recipient's

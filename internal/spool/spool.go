@@ -444,7 +444,7 @@ type Batch struct {
 	deleted int64 // messages deleted
 	// noSuppress: bounces here do not join the suppression list (control.go).
 	noSuppress bool
-	gen     int   // the spool's db generation at NewBatch
+	gen        int // the spool's db generation at NewBatch
 }
 
 // NewBatch starts a batch.
