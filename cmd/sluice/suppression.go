@@ -132,7 +132,7 @@ func runSuppression(args []string, stdout, stderr io.Writer) int {
 
 // listing is one paged list command: GET path with limit and cursor.
 type listing struct {
-	cmd, sub, path string // "sluice suppression", "list", the API path
+	cmd, sub, path string     // "sluice suppression", "list", the API path
 	query          url.Values // more query parameters (filters); nil: none
 	limit          int
 	cursor         string // where to start ("" : the first page)

@@ -941,6 +941,7 @@ func (s *Server) Reload() (summary string, err error) {
 	for _, use := range s.useTokens {
 		use(tokIss, tokVer)
 	}
+	cfg.ApplyLogging(s.log)
 	s.sp.SetSuppressionPolicy(suppressionPolicy(cfg))
 	if reg := s.domains.Load(); reg != nil {
 		reg.SetPolicy(domains.PolicyOf(cfg))

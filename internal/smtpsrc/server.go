@@ -108,7 +108,7 @@ func New(l config.SMTPListener, rl *relay.Relay, log *slog.Logger, opts ...Optio
 	for _, o := range opts {
 		o(s)
 	}
-	s.log = log.With("listener", l.Name)
+	s.log = log.With("component", "smtp", "listener", l.Name)
 	if m := rl.Metrics(); m != nil {
 		s.connections = m.Connections.WithLabelValues(l.Name)
 		s.sessions = m.Sessions.WithLabelValues(l.Name)
