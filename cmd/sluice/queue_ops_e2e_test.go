@@ -3,36 +3,12 @@ package main
 import (
 	"encoding/json"
 	"fmt"
-	"net/http"
 	"strings"
 	"testing"
-	"time"
 
-	"github.com/sluice-mta/sluice/internal/dnsx/dnstest"
 	"github.com/sluice-mta/sluice/internal/queue"
 	"github.com/sluice-mta/sluice/pipeline"
 )
-
-// queueOpsConfig relays smart.test to the smarthost sink and delivers
-// everything else by MX (sender.test's MX is the mx sink, where the DSNs
-// go), with a first backoff of an hour.
-const queueOpsConfig = `
-local sluice = require("sluice")
-sluice.node { name = "queue-ops-1", hostname = "relay.e2e.test" }
-sluice.spool { path = "{{SPOOL}}" }
-sluice.events { file = "{{EVENTS}}" }
-sluice.listen_smtp { addr = "{{SMTP}}" }
-sluice.listen_http { addr = "{{HTTP}}" }
-sluice.delivery { resolver = "{{DNS}}", port = {{MXPORT}}, retry = { initial = "1h", max = "1h", jitter = 0 }, idle_timeout = "1s" }
-sluice.stage("routing", {
-  on_route = function(msg, rcpt)
-    if rcpt.domain == "smart.test" then
-      return sluice.route.relay { host = "127.0.0.1", port = {{SMARTPORT}}, tls = "none" }
-    end
-    return sluice.route.mx()
-  end,
-})
-`
 
 // TestQueueOpsEndToEnd is issue 20's queue control test, against the
 // real binary and its CLI: 100 messages deferred by the smarthost, the
@@ -43,27 +19,9 @@ sluice.stage("routing", {
 // and retry the held one → 90; every admin action is an event naming the
 // key, and the bounced events name it too.
 func TestQueueOpsEndToEnd(t *testing.T) {
-	h := &httpEnv{t: t, dns: dnstest.NewServer(t), mx: newSink(t), smart: newSink(t)}
-	h.dns.AddMX("sender.test", 10, "mx1.sender.test")
-	h.dns.AddA("mx1.sender.test", "127.0.0.1")
-	httpAddr := freePort(t)
-	cfg := strings.NewReplacer("{{HTTP}}", httpAddr, "{{DNS}}", h.dns.Addr(), "{{MXPORT}}", h.mx.port(),
-		"{{SMARTPORT}}", h.smart.port()).Replace(queueOpsConfig)
-	h.relay = newRelay(t, t.TempDir(), cfg)
-	h.base = "http://" + httpAddr
-	h.client = &http.Client{Timeout: 30 * time.Second}
-	t.Cleanup(h.client.CloseIdleConnections)
-	h.start()
-	key, keyID := h.createKey("acme", "send", "admin")
+	h, key, keyID := newQueueEnv(t)
 	name := "relay:127.0.0.1:" + h.smart.port()
-	cli := func(args ...string) string {
-		t.Helper()
-		out, errs, code := h.apiCLI(key, "queue", args...)
-		if code != 0 {
-			t.Fatalf("sluice queue %v: exit %d\n%s%s", args, code, out, errs)
-		}
-		return out
-	}
+	cli := func(args ...string) string { t.Helper(); return h.queueCLI(key, args...) }
 	queueInfo := func() queue.QueueInfo {
 		var l struct{ Queues []queue.QueueInfo }
 		if err := json.Unmarshal([]byte(cli("list", "--json")), &l); err != nil {

@@ -438,16 +438,7 @@ func (q *Queue) extract(from int, t Target) []*item {
 			split(it)
 		}
 		if len(out) > n {
-			kept := q.waiting[:0]
-			for _, it := range q.waiting {
-				if len(it.rcpts) > 0 {
-					kept = append(kept, it)
-				}
-			}
-			for i := len(kept); i < len(q.waiting); i++ {
-				q.waiting[i] = nil
-			}
-			q.waiting = kept
+			q.waiting = nonEmpty(q.waiting)
 			for i, it := range q.waiting {
 				it.index = i
 			}
@@ -461,14 +452,7 @@ func (q *Queue) extract(from int, t Target) []*item {
 				split(it)
 			}
 			if len(out) > n {
-				kept := d.ready[:0]
-				for _, it := range d.ready {
-					if len(it.rcpts) > 0 {
-						kept = append(kept, it)
-					}
-				}
-				clear(d.ready[len(kept):])
-				d.ready = kept
+				d.ready = nonEmpty(d.ready)
 			}
 		}
 	}
@@ -481,6 +465,19 @@ func (q *Queue) extract(from int, t Target) []*item {
 		}
 	}
 	return out
+}
+
+// nonEmpty drops the items left without recipients from items, in
+// place, keeping the order.
+func nonEmpty(items []*item) []*item {
+	kept := items[:0]
+	for _, it := range items {
+		if len(it.rcpts) > 0 {
+			kept = append(kept, it)
+		}
+	}
+	clear(items[len(kept):])
+	return kept
 }
 
 // adminEvent adds to b the event of an admin action: the target's queue

@@ -1,27 +1,18 @@
 package smtpsrc
 
 import (
-	"bytes"
 	"log/slog"
 	"net"
 	"strings"
-	"sync"
 	"testing"
 
 	promtest "github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/sluice-mta/sluice/internal/metrics"
 	"github.com/sluice-mta/sluice/internal/relay"
+	"github.com/sluice-mta/sluice/internal/testutil"
 	"github.com/sluice-mta/sluice/pipeline"
 )
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) { s.mu.Lock(); defer s.mu.Unlock(); return s.b.Write(p) }
-func (s *syncBuffer) String() string              { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
 
 // TestProtocolRefusalsCounted: the refusals go-smtp answers itself (a
 // line too long, a recipient past max_recipients, an unknown command)
@@ -33,7 +24,7 @@ func TestProtocolRefusalsCounted(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var logs syncBuffer
+	var logs testutil.SyncBuffer
 	log := slog.New(slog.NewTextHandler(&logs, nil))
 	rl := relay.New(relay.NewPipeline(newChain(t, pipeline.ChainOptions{}), nil), fixedSub(),
 		relay.Options{Logger: log, Hostname: "relay.test", Metrics: node})

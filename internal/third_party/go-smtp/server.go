@@ -45,9 +45,9 @@ type Server struct {
 	// long, a command unknown or malformed, too many recipients, too many
 	// errors, an AUTH response line too long. code, enhCode and text are
 	// the reply's.
-	OnRefusal func(c *Conn, code int, enhCode EnhancedCode, text string)
-	ReadTimeout       time.Duration
-	WriteTimeout      time.Duration
+	OnRefusal    func(c *Conn, code int, enhCode EnhancedCode, text string)
+	ReadTimeout  time.Duration
+	WriteTimeout time.Duration
 
 	// Advertise SMTPUTF8 (RFC 6531) capability.
 	// Should be used only if backend supports it.
