@@ -89,6 +89,9 @@ func TestControlHoldReleasePersist(t *testing.T) {
 	if n, err := q.Hold(Target{Filter: spool.ListFilter{RcptDomain: "X.test"}}, "key1"); n != 2 || err != nil {
 		t.Fatalf("Hold moved %d (%v), want 2", n, err)
 	}
+	if st := q.Stats(); st.Held != 2 {
+		t.Fatalf("stats: %+v", st)
+	}
 	if _, err := q.Pause("y.test", "key1"); err != nil {
 		t.Fatal(err)
 	}

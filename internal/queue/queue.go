@@ -328,6 +328,8 @@ func (q *Queue) Stop(ctx context.Context) {
 // Stats is a snapshot for logs and tests.
 type Stats struct {
 	Messages, Ready, Waiting, Active int
+	// Held is the recipients an operator holds (control.go).
+	Held int
 }
 
 // Stats returns counts of queued messages, ready and waiting items, and
@@ -339,6 +341,9 @@ func (q *Queue) Stats() Stats {
 	for _, d := range q.dests {
 		s.Ready += len(d.ready)
 		s.Active += d.active
+	}
+	for it := range q.held {
+		s.Held += len(it.rcpts)
 	}
 	return s
 }
