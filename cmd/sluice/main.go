@@ -34,7 +34,8 @@ Usage:
   sluice apikey  create|list|revoke ...   manage HTTP API keys
   sluice send    --url URL --key KEY --from A --to B ...   send via the HTTP API
   sluice suppression list|add|remove ...   manage the tenant's suppression list via the HTTP API
-  sluice queue   list|show|retry|flush|pause|resume ...   steer the delivery queues via the HTTP API (admin key)
+  sluice queue   [list|show|retry|flush|bounce|cancel|hold|release|pause|resume ...]   see and steer the
+                 delivery queues via the HTTP API (admin key); no subcommand: a mailq-style listing
   sluice passwd  USER [--tenant T] [--sender D]...   hash a password into a users file line (SMTP AUTH)
   sluice token   keygen|issue ...   make token signing keys; sign a short-lived token locally
   sluice dkim    keygen --domain D --selector S [--algo rsa|ed25519] [--out DIR]   make a DKIM key; print its TXT record
