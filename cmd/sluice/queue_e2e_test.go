@@ -45,15 +45,15 @@ func (h *httpEnv) queueCLI(key string, args ...string) string {
 	return out
 }
 
-// newQueueEnv starts a relay on queueConfig and returns it with an API
-// key with the admin scope and its id.
-func newQueueEnv(t *testing.T) (h *httpEnv, key, keyID string) {
+// newQueueEnv starts a relay on queueConfig (with extra appended) and
+// returns it with an API key with the admin scope and its id.
+func newQueueEnv(t *testing.T, extra string) (h *httpEnv, key, keyID string) {
 	h = &httpEnv{t: t, dns: dnstest.NewServer(t), mx: newSink(t), smart: newSink(t)}
 	h.dns.AddMX("sender.test", 10, "mx1.sender.test")
 	h.dns.AddA("mx1.sender.test", "127.0.0.1")
 	httpAddr := freePort(t)
 	cfg := strings.NewReplacer("{{HTTP}}", httpAddr, "{{DNS}}", h.dns.Addr(), "{{MXPORT}}", h.mx.port(),
-		"{{SMARTPORT}}", h.smart.port()).Replace(queueConfig)
+		"{{SMARTPORT}}", h.smart.port()).Replace(queueConfig+extra)
 	h.relay = newRelay(t, t.TempDir(), cfg)
 	h.base = "http://" + httpAddr
 	h.client = &http.Client{Timeout: 30 * time.Second}
@@ -77,7 +77,7 @@ type cliQueue struct {
 // an hour of backoff is delivered at once after `sluice queue flush`; the
 // events file records each action with the admin key's id.
 func TestQueueCLIEndToEnd(t *testing.T) {
-	h, key, keyID := newQueueEnv(t)
+	h, key, keyID := newQueueEnv(t, "")
 	name := "relay:127.0.0.1:" + h.smart.port()
 	cli := func(args ...string) string { t.Helper(); return h.queueCLI(key, args...) }
 	queues := func() map[string]cliQueue {

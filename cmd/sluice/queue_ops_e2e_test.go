@@ -19,7 +19,7 @@ import (
 // and retry the held one → 90; every admin action is an event naming the
 // key, and the bounced events name it too.
 func TestQueueOpsEndToEnd(t *testing.T) {
-	h, key, keyID := newQueueEnv(t)
+	h, key, keyID := newQueueEnv(t, "")
 	name := "relay:127.0.0.1:" + h.smart.port()
 	cli := func(args ...string) string { t.Helper(); return h.queueCLI(key, args...) }
 	queueInfo := func() queue.QueueInfo {

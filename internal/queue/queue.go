@@ -1003,9 +1003,10 @@ func (q *Queue) complete(it *item, res []delivery.Result, err error, remote *pip
 		case !pipeline.IsTemporary(rerr):
 			ev.Type = pipeline.EventBounced
 			ev.Response = pipeline.ResponseOf(rerr)
-			ev.BounceClass = q.o.Bounces.ClassifyResponse(ev.Response)
 			if rerr == errAdminBounce {
-				ev.BounceClass = bounce.PolicyRelated
+				ev.BounceClass = bounce.PolicyRelated // an operator's, not the reply's
+			} else {
+				ev.BounceClass = q.o.Bounces.ClassifyResponse(ev.Response)
 			}
 			b.DeleteRecipient(m.ID, r.Idx)
 			failed = append(failed, Failure{Recipient: r.Address, Reply: ev.Response, Err: rerr, Remote: remoteHost, Time: now})
