@@ -53,7 +53,7 @@ func newQueueEnv(t *testing.T, extra string) (h *httpEnv, key, keyID string) {
 	h.dns.AddA("mx1.sender.test", "127.0.0.1")
 	httpAddr := freePort(t)
 	cfg := strings.NewReplacer("{{HTTP}}", httpAddr, "{{DNS}}", h.dns.Addr(), "{{MXPORT}}", h.mx.port(),
-		"{{SMARTPORT}}", h.smart.port()).Replace(queueConfig+extra)
+		"{{SMARTPORT}}", h.smart.port()).Replace(queueConfig + extra)
 	h.relay = newRelay(t, t.TempDir(), cfg)
 	h.base = "http://" + httpAddr
 	h.client = &http.Client{Timeout: 30 * time.Second}
