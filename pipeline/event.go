@@ -47,6 +47,15 @@ const (
 	EventQueuePaused  = "queue_paused"
 	EventQueueResumed = "queue_resumed"
 	EventQueueRetried = "queue_retried"
+	// An operator bounced, cancelled, held or released queued recipients
+	// (one message, a queue or everything matching a filter);
+	// metadata.by is the API key id, metadata.recipients how many. The
+	// recipients' own bounced or cancelled events name the key in
+	// metadata.admin_by.
+	EventQueueBounced   = "queue_bounced"
+	EventQueueCancelled = "queue_cancelled"
+	EventQueueHeld      = "queue_held"
+	EventQueueReleased  = "queue_released"
 )
 
 // EventTypes lists every event type, in the order above.
@@ -55,7 +64,8 @@ var EventTypes = []string{EventReceived, EventRejected, EventDeferred, EventDeli
 	EventTokenRevoked, EventShapingThrottled, EventShapingSuspended, EventShapingResumed,
 	EventDomainAdded, EventDomainVerified, EventDomainRemoved,
 	EventDKIMKeyPending, EventDKIMKeyActive, EventDKIMKeyRevoked, EventDKIMKeyRemoved,
-	EventQueuePaused, EventQueueResumed, EventQueueRetried}
+	EventQueuePaused, EventQueueResumed, EventQueueRetried,
+	EventQueueBounced, EventQueueCancelled, EventQueueHeld, EventQueueReleased}
 
 // EventSchema is the version in every event's "schema" field.
 const EventSchema = 1
