@@ -41,6 +41,7 @@ type Config struct {
 	Redis        *Redis      // sluice.redis (redis.go); nil: not configured
 	Shaping      *Shaping    // sluice.shaping (shaping.go); nil: not configured
 	Egress       *Egress     // sluice.egress (shaping.go); nil: not configured
+	Tracking     *Tracking   // sluice.tracking (tracking.go); nil: not configured
 	Lua          Lua
 	Stages       []StageSpec
 	StageTimeout time.Duration // bound on each stage call; default 30s

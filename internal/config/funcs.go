@@ -27,7 +27,7 @@ var FuncNames = []string{
 	"node", "local_domains", "spool", "listen_smtp", "listen_http", "listen_admin", "delivery",
 	"events", "lua_options", "stage_timeout", "stage", "lua", "builtin", "plugin",
 	"env", "read_file", "bounces", "suppression", "auth", "tokens", "redis", "shaping", "egress",
-	"domains",
+	"domains", "tracking",
 }
 
 // loader records the configuration functions' calls into a Config.
@@ -62,6 +62,7 @@ func (ld *loader) install() {
 	set("shaping", ld.shaping)
 	set("egress", ld.egress)
 	set("domains", ld.domains)
+	set("tracking", ld.tracking)
 	set("lua_options", ld.luaOptions)
 	set("stage_timeout", ld.stageTimeout)
 	set("stage", ld.stage)

@@ -63,6 +63,10 @@ func (c *compiled) hostTenant(host string) (string, bool) {
 // tenant than the host's gets 404, as does any other path.
 func (t *Tracker) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	c := t.opts.Load()
+	if t.sp.Load() == nil {
+		http.Error(w, "not ready", http.StatusServiceUnavailable)
+		return
+	}
 	hostTenant, ok := c.hostTenant(r.Host)
 	rest, isT := strings.CutPrefix(r.URL.Path, "/t/")
 	if !ok || !isT || len(rest) < 3 || rest[1] != '/' {
@@ -129,20 +133,20 @@ func (t *Tracker) engaged(c *compiled, r *http.Request, l *Link, typ string) {
 	key := ""
 	if !c.EveryEvent {
 		key = typ + "\x00" + l.Tenant + "\x00" + l.MessageID + "\x00" + l.Recipient + "\x00" + l.URL + "\x00" + strconv.FormatBool(machine)
-		if !t.seen.first(key) {
+		if !t.seen.Load().first(key) {
 			return
 		}
 	}
 	ev := &pipeline.Event{Type: typ, MessageID: l.MessageID, Recipient: l.Recipient, Tenant: l.Tenant, Source: SourceTracking,
 		Engagement: &pipeline.Engagement{URL: l.URL, UserAgent: class, Machine: machine, MachineReason: reason}}
-	b := t.sp.NewBatch()
+	b := t.sp.Load().NewBatch()
 	b.AddEvent(ev)
 	// Not synced: an engagement event is lost only if the machine (not
 	// the process) goes down within moments of writing it.
 	if err := b.Commit(false); err != nil {
 		t.log.Error("cannot record an engagement event", "type", typ, "msgid", l.MessageID, "err", err)
 		if key != "" {
-			t.seen.forget(key)
+			t.seen.Load().forget(key)
 		}
 	}
 }
@@ -201,14 +205,15 @@ func (t *Tracker) unsubscribe(w http.ResponseWriter, r *http.Request, l *Link) {
 		http.Error(w, "send List-Unsubscribe=One-Click (RFC 8058) as application/x-www-form-urlencoded", http.StatusBadRequest)
 		return
 	}
-	prev, err := t.sp.GetSuppression(l.Tenant, l.Recipient)
+	sp := t.sp.Load()
+	prev, err := sp.GetSuppression(l.Tenant, l.Recipient)
 	if err == nil && prev == nil {
 		// A one-click POST comes from the mailbox provider's servers by
 		// design (RFC 8058): it is never flagged machine.
 		class, _, _ := classify(r, l.Accepted, t.now(), -1)
 		ev := &pipeline.Event{Type: pipeline.EventUnsubscribed, MessageID: l.MessageID, Recipient: l.Recipient, Tenant: l.Tenant,
 			Source: SourceTracking, Engagement: &pipeline.Engagement{UserAgent: class, Method: method}}
-		_, err = t.sp.AddSuppression(&spool.Suppression{Tenant: l.Tenant, Address: l.Recipient, Reason: "unsubscribed (" + method + ")",
+		_, err = sp.AddSuppression(&spool.Suppression{Tenant: l.Tenant, Address: l.Recipient, Reason: "unsubscribed (" + method + ")",
 			Source: spool.SuppressionUnsubscribe, MessageID: l.MessageID}, ev)
 	}
 	if err != nil {

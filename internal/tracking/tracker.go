@@ -69,10 +69,10 @@ type Options struct {
 // time (a reload). Safe for concurrent use.
 type Tracker struct {
 	opts   atomic.Pointer[compiled]
-	sp     *spool.Spool
+	sp     atomic.Pointer[spool.Spool]
 	log    *slog.Logger
 	now    func() time.Time
-	seen   *dedupe
+	seen   atomic.Pointer[dedupe]
 	sample *logx.Sampler
 }
 
@@ -84,22 +84,51 @@ type compiled struct {
 
 var _ pipeline.BodyRewriter = (*Tracker)(nil)
 
-// New builds a Tracker that writes events and suppressions to sp.
+// New builds a Tracker that writes events and suppressions to sp. sp
+// may be nil and given later with UseSpool (before ServeHTTP is used);
+// Rewrite does not need it.
 func New(o Options, sp *spool.Spool, log *slog.Logger) (*Tracker, error) {
 	if log == nil {
 		log = slog.Default()
 	}
-	t := &Tracker{sp: sp, log: log.With("component", "tracking"), now: time.Now, sample: logx.NewSampler(time.Minute)}
+	t := &Tracker{log: log.With("component", "tracking"), now: time.Now, sample: logx.NewSampler(time.Minute)}
 	if err := t.Configure(o); err != nil {
 		return nil, err
 	}
+	t.UseSpool(sp)
 	return t, nil
 }
 
-// Configure validates o and makes it the options in force.
+// UseSpool sets the spool that receives events and suppressions.
+func (t *Tracker) UseSpool(sp *spool.Spool) {
+	if sp != nil {
+		t.sp.Store(sp)
+	}
+}
+
+// Configure validates o and makes it the options in force (a reload:
+// links signed by keys still in the ring keep working).
 func (t *Tracker) Configure(o Options) error {
+	c, err := compile(o)
+	if err != nil {
+		return err
+	}
+	if d := t.seen.Load(); d == nil || d.max != c.DedupeEntries {
+		t.seen.Store(newDedupe(c.DedupeEntries))
+	}
+	t.opts.Store(c)
+	return nil
+}
+
+// Check reports what Configure would refuse in o.
+func Check(o Options) error {
+	_, err := compile(o)
+	return err
+}
+
+func compile(o Options) (*compiled, error) {
 	if o.Keys == nil {
-		return errors.New("tracking: a keyring is required")
+		return nil, errors.New("tracking: a keyring is required")
 	}
 	if o.MachineWindow == 0 {
 		o.MachineWindow = 10 * time.Second
@@ -125,20 +154,16 @@ func (t *Tracker) Configure(o Options) error {
 		return nil
 	}
 	if err := check("", &c.Default); err != nil {
-		return err
+		return nil, err
 	}
 	c.Tenants = make(map[string]Policy, len(o.Tenants))
 	for name, p := range o.Tenants {
 		if err := check(name, &p); err != nil {
-			return err
+			return nil, err
 		}
 		c.Tenants[name] = p
 	}
-	if t.seen == nil || t.seen.max != o.DedupeEntries {
-		t.seen = newDedupe(o.DedupeEntries)
-	}
-	t.opts.Store(c)
-	return nil
+	return c, nil
 }
 
 func (c *compiled) policy(tenant string) Policy {
