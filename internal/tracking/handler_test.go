@@ -2,6 +2,7 @@ package tracking
 
 import (
 	"encoding/json"
+	"runtime"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -15,7 +16,7 @@ import (
 )
 
 type env struct {
-	t   *testing.T
+	t   testing.TB
 	tr  *Tracker
 	sp  *spool.Spool
 	srv *httptest.Server
@@ -24,7 +25,14 @@ type env struct {
 
 const browserUA = "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0"
 
-func newEnv(t *testing.T, o Options) *env {
+func newEnv(t *testing.T, o Options) *env { return newEnvT(t, o) }
+
+// newEnvB is newEnv for benchmarks.
+func newEnvB(b *testing.B) *env { return newEnvT(b, Options{}) }
+
+func runtimeProcs() int { return runtime.GOMAXPROCS(0) }
+
+func newEnvT(t testing.TB, o Options) *env {
 	sp, err := spool.Open(t.TempDir(), spool.Options{})
 	if err != nil {
 		t.Fatal(err)

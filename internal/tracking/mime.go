@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"bytes"
 	"encoding/base64"
-	"io"
 	"mime"
 	"mime/quotedprintable"
 	"strings"
@@ -98,8 +97,7 @@ func decode(cte string, body []byte) ([]byte, bool) {
 	case "", "7bit", "8bit", "binary":
 		return body, true
 	case "quoted-printable":
-		b, err := io.ReadAll(quotedprintable.NewReader(bytes.NewReader(body)))
-		return b, err == nil
+		return decodeQP(make([]byte, 0, len(body)), body), true
 	case "base64":
 		clean := make([]byte, 0, len(body))
 		for _, c := range body {
@@ -139,6 +137,61 @@ func encode(cte string, b []byte) ([]byte, string) {
 		}
 	}
 	return b, cte
+}
+
+// decodeQP appends the quoted-printable body src, decoded, to dst (RFC
+// 2045 section 6.7): "=XX" is a byte, "=" at the end of a line (after
+// optional white space) is a soft line break, white space at the end of
+// a line is transport padding and dropped. Like mail readers (and
+// unlike mime/quotedprintable, which is also several times slower) it
+// is lenient: an "=" that starts neither is kept as it is.
+func decodeQP(dst, src []byte) []byte {
+	for len(src) > 0 {
+		line := src
+		next := []byte(nil)
+		hard := false
+		if i := bytes.IndexByte(src, '\n'); i >= 0 {
+			line, next, hard = src[:i], src[i+1:], true
+			line = bytes.TrimSuffix(line, []byte("\r"))
+		}
+		line = bytes.TrimRight(line, " \t")
+		soft := bytes.HasSuffix(line, []byte("="))
+		if soft {
+			line = line[:len(line)-1]
+		}
+		for len(line) > 0 {
+			i := bytes.IndexByte(line, '=')
+			if i < 0 {
+				dst = append(dst, line...)
+				break
+			}
+			dst = append(dst, line[:i]...)
+			if i+2 < len(line) && hexVal(line[i+1]) >= 0 && hexVal(line[i+2]) >= 0 {
+				dst = append(dst, byte(hexVal(line[i+1])<<4|hexVal(line[i+2])))
+				line = line[i+3:]
+				continue
+			}
+			dst = append(dst, '=')
+			line = line[i+1:]
+		}
+		if hard && !soft {
+			dst = append(dst, '\r', '\n')
+		}
+		src = next
+	}
+	return dst
+}
+
+func hexVal(c byte) int {
+	switch {
+	case c >= '0' && c <= '9':
+		return int(c - '0')
+	case c >= 'A' && c <= 'F':
+		return int(c - 'A' + 10)
+	case c >= 'a' && c <= 'f':
+		return int(c - 'a' + 10)
+	}
+	return -1
 }
 
 func qp(b []byte) []byte {
