@@ -59,14 +59,7 @@ func (ld *loader) tracking(L *lua.LState) int {
 		o.Fail("signing_key", "is required: a file with at least 32 bytes of secret (head -c 32 /dev/urandom | base64 > FILE)")
 	}
 	t.SigningKey = ld.resolve(t.SigningKey)
-	if o.Strings("verify_keys", &t.VerifyKeys) {
-		for i, p := range t.VerifyKeys {
-			if p == "" {
-				o.Fail("verify_keys", "entry %d is empty", i+1)
-			}
-			t.VerifyKeys[i] = ld.resolve(p)
-		}
-	}
+	ld.paths(o, "verify_keys", &t.VerifyKeys)
 	trackingPolicy(o, &t.Default)
 	seen := map[string]bool{}
 	for _, s := range o.List("tenants", append([]string{"name"}, trackingPolicyKeys...)...) {
@@ -91,6 +84,22 @@ func (ld *loader) tracking(L *lua.LState) int {
 	}
 	ld.cfg.Tracking = t
 	return 0
+}
+
+// paths sets *dst from the list of file paths under key, each resolved
+// against the configuration file's directory; an empty entry is an
+// error.
+func (ld *loader) paths(o *sandbox.Opts, key string, dst *[]string) bool {
+	if !o.Strings(key, dst) {
+		return false
+	}
+	for i, p := range *dst {
+		if p == "" {
+			o.Fail(key, "entry %d is empty", i+1)
+		}
+		(*dst)[i] = ld.resolve(p)
+	}
+	return true
 }
 
 func trackingPolicy(o *sandbox.Opts, p *TrackingPolicy) {
