@@ -2,11 +2,11 @@ package tracking
 
 import (
 	"encoding/json"
-	"runtime"
 	"io"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"runtime"
 	"strings"
 	"testing"
 	"time"

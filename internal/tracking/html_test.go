@@ -142,7 +142,7 @@ func TestLinkRules(t *testing.T) {
 // the end.
 func TestPixelPlacement(t *testing.T) {
 	for in, want := range map[string]string{
-		"<html><body>x</body></html>": "<html><body>x" + testPixel + "</body></html>",
+		"<html><body>x</body></html>":  "<html><body>x" + testPixel + "</body></html>",
 		"<html><body>x</BODY ></html>": "<html><body>x" + testPixel + "</BODY ></html>",
 		"<html>x</html>":               "<html>x" + testPixel + "</html>",
 		"<h1>Invoice #1234</h1>":       "<h1>Invoice #1234</h1>" + testPixel,

@@ -27,11 +27,11 @@ func FuzzDecodeQP(f *testing.F) {
 
 func TestDecodeQPLenient(t *testing.T) {
 	for in, want := range map[string]string{
-		"a=3Db=\r\nc\r\n":    "a=bc\r\n",
-		"soft= \t\r\nnext":   "softnext",
-		"pad  \r\nx":         "pad\r\nx",
-		"bad=zz=4":           "bad=zz=4",
-		"lf only=\nx\ny":     "lf onlyx\r\ny",
+		"a=3Db=\r\nc\r\n":     "a=bc\r\n",
+		"soft= \t\r\nnext":    "softnext",
+		"pad  \r\nx":          "pad\r\nx",
+		"bad=zz=4":            "bad=zz=4",
+		"lf only=\nx\ny":      "lf onlyx\r\ny",
 		"=E2=9C=93 done=\r\n": "\xe2\x9c\x93 done",
 	} {
 		if got := string(decodeQP(nil, []byte(in))); got != want {
