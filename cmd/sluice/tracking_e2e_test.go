@@ -186,3 +186,44 @@ func TestOneClickUnsubscribe(t *testing.T) {
 		t.Fatalf("/healthz on the tracking host: %d, want 404", resp.StatusCode)
 	}
 }
+
+// TestTrackingKeyRotationReload: rotating the signing key with `sluice
+// reload` (the old key kept in verify_keys) keeps the links of mail
+// already sent working; once the old key is dropped they answer 404.
+func TestTrackingKeyRotationReload(t *testing.T) {
+	h := newTrackingEnv(t)
+	key, _ := h.createKey("acme", "send")
+	payload := `{"to":"user@example.com","from":"system@myapp.com","subject":"x","html":"<h1>x</h1>","track_opens":true}`
+	if r := h.do("POST", "/v1/messages", key, []byte(payload), nil); r.status != http.StatusAccepted {
+		t.Fatalf("POST: %s", r)
+	}
+	msg := h.delivered(1)
+	i := bytes.Index(msg.Data, []byte("\r\n\r\n"))
+	body, _ := io.ReadAll(quotedprintable.NewReader(bytes.NewReader(msg.Data[i+4:])))
+	m := pixelRe.FindSubmatch(body)
+	if m == nil {
+		t.Fatalf("no pixel:\n%s", msg.Data)
+	}
+	old := string(m[1])
+	reload := func(from, to string) {
+		t.Helper()
+		b, _ := os.ReadFile(h.relay.cfg)
+		if err := os.WriteFile(h.relay.cfg, []byte(strings.Replace(string(b), from, to, 1)), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if out, code := runBin(t, "reload", "-c", h.relay.cfg); code != 0 {
+			t.Fatalf("sluice reload: exit %d, %q", code, out)
+		}
+	}
+	if err := os.WriteFile(filepath.Join(h.relay.dir, "track2.key"), []byte("YW5vdGhlci10cmFja2luZy1rZXktb2YtMzItYnl0ZXMhIQ==\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	reload(`signing_key = "track.key",`, `signing_key = "track2.key", verify_keys = { "track.key" },`)
+	if resp := h.fetchTracking("GET", old, ""); resp.StatusCode != 200 {
+		t.Fatalf("the old link after the rotation: %d", resp.StatusCode)
+	}
+	reload(`verify_keys = { "track.key" },`, ``)
+	if resp := h.fetchTracking("GET", old, ""); resp.StatusCode != http.StatusNotFound {
+		t.Fatalf("the old link after its key was dropped: %d", resp.StatusCode)
+	}
+}
