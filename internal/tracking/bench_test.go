@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"sort"
 	"strings"
 	"sync"
@@ -172,4 +173,34 @@ func BenchmarkEndpoints(b *testing.B) {
 			}
 		})
 	}
+}
+
+// BenchmarkHandler: the tracking handler alone (verify the token,
+// classify, dedupe, answer), without the network and the HTTP server:
+// the server-side share of BenchmarkEndpoints/repeat.
+func BenchmarkHandler(b *testing.B) {
+	e := newEnvB(b)
+	kr := e.tr.opts.Load().Keys
+	l := sample
+	click := httptest.NewRequest("GET", "/t/c/"+kr.Sign(&l), nil)
+	l.Kind, l.URL = KindOpen, ""
+	open := httptest.NewRequest("GET", "/t/o/"+kr.Sign(&l), nil)
+	for _, r := range []*http.Request{click, open} {
+		r.Host = "t.acme.test"
+		r.Header.Set("User-Agent", browserUA)
+	}
+	cpu := cpuTime()
+	i := 0
+	for b.Loop() {
+		w := httptest.NewRecorder()
+		r := click
+		if i++; i%2 == 0 {
+			r = open
+		}
+		e.tr.ServeHTTP(w, r)
+		if w.Code != 200 && w.Code != 302 {
+			b.Fatal(w.Code)
+		}
+	}
+	reportCPU(b, cpu)
 }
