@@ -28,25 +28,34 @@ const maxUnsubscribeBody = 4096
 // requests to ServeHTTP and nothing else (the API is not served on
 // tracking hosts).
 func (t *Tracker) Owns(r *http.Request) bool {
-	_, ok := t.opts.Load().hostTenant(r.Host)
+	_, ok := t.opts.Load().hostKey(r.Host)
 	return ok
 }
 
-// hostTenant returns the tenant whose tracking host is host (with or
-// without a port).
-func (c *compiled) hostTenant(host string) (string, bool) {
+// hostKey returns the configured tracking host that host (a Host
+// header, with or without a port) names.
+func (c *compiled) hostKey(host string) (string, bool) {
 	if len(c.hosts) == 0 {
 		return "", false
 	}
 	h := strings.ToLower(host)
-	if tenant, ok := c.hosts[h]; ok {
-		return tenant, true
+	if _, ok := c.hosts[h]; ok {
+		return h, true
 	}
 	if name, _, err := net.SplitHostPort(h); err == nil {
-		tenant, ok := c.hosts[name]
-		return tenant, ok
+		if _, ok := c.hosts[name]; ok {
+			return name, true
+		}
 	}
 	return "", false
+}
+
+// servedOn reports whether tenant's links belong on the tracking host
+// hk: its own base_url's host, or the default one for a tenant without
+// a policy of its own.
+func (c *compiled) servedOn(tenant, hk string) bool {
+	b := c.policy(tenant).BaseURL
+	return b != "" && strings.TrimPrefix(strings.TrimPrefix(b, "https://"), "http://") == hk
 }
 
 // ServeHTTP serves the tracking endpoints of a tracking host:
@@ -67,7 +76,7 @@ func (t *Tracker) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "not ready", http.StatusServiceUnavailable)
 		return
 	}
-	hostTenant, ok := c.hostTenant(r.Host)
+	hk, ok := c.hostKey(r.Host)
 	rest, isT := strings.CutPrefix(r.URL.Path, "/t/")
 	if !ok || !isT || len(rest) < 3 || rest[1] != '/' {
 		notFound(w)
@@ -75,7 +84,7 @@ func (t *Tracker) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	kind := rest[0]
 	l, err := c.Keys.Verify(kind, rest[2:])
-	if err != nil || l.Tenant != hostTenant {
+	if err != nil || !c.servedOn(l.Tenant, hk) {
 		notFound(w)
 		return
 	}

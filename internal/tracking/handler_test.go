@@ -274,3 +274,24 @@ func TestUnsubscribe(t *testing.T) {
 		t.Fatalf("a second unsubscribe made events: %d", n)
 	}
 }
+
+// TestDefaultHost: tenants without a policy of their own share the
+// default tracking host; a listed tenant's links are not served there.
+func TestDefaultHost(t *testing.T) {
+	e := newEnv(t, Options{Default: Policy{BaseURL: "https://t.relay.test"}, Tenants: map[string]Policy{"globex": {BaseURL: "https://t.globex.test"}}})
+	kr := e.tr.opts.Load().Keys
+	sign := func(tenant string) string {
+		l := sample
+		l.Tenant = tenant
+		return "/t/c/" + kr.Sign(&l)
+	}
+	if resp := e.do("GET", "t.relay.test", sign("acme"), browserUA, ""); resp.StatusCode != http.StatusFound {
+		t.Fatalf("an unlisted tenant on the default host: %d", resp.StatusCode)
+	}
+	if resp := e.do("GET", "t.relay.test", sign("globex"), browserUA, ""); resp.StatusCode != http.StatusNotFound {
+		t.Fatalf("a listed tenant's link on the default host: %d", resp.StatusCode)
+	}
+	if resp := e.do("GET", "t.globex.test", sign("globex"), browserUA, ""); resp.StatusCode != http.StatusFound {
+		t.Fatalf("globex on its host: %d", resp.StatusCode)
+	}
+}

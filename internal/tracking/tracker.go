@@ -79,7 +79,7 @@ type Tracker struct {
 // compiled are Options with the hosts indexed.
 type compiled struct {
 	Options
-	hosts map[string]string // lower-case host[:port] of a BaseURL -> tenant
+	hosts map[string]string // lower-case host[:port] of a BaseURL -> tenant ("" for the default)
 }
 
 var _ pipeline.BodyRewriter = (*Tracker)(nil)
