@@ -35,6 +35,10 @@ type ChainOptions struct {
 	// the chain writes (RFC 8601 section 2.5): this host's name. Default
 	// "localhost".
 	AuthServID string
+	// Rewriter, when set, rewrites each accepted message's body before
+	// the Authentication-Results field and the sign hooks (BodyRewriter):
+	// link and open tracking.
+	Rewriter BodyRewriter
 }
 
 // TraceCall is one stage hook call as ChainOptions.Trace sees it.
@@ -402,6 +406,12 @@ func (c *Chain) Message(ctx context.Context, msg *Message) (discard bool, reason
 // finish writes the Authentication-Results field and runs the sign hooks,
 // in stage order: the last edits a message gets before it is spooled.
 func (c *Chain) finish(ctx context.Context, msg *Message) error {
+	if c.opts.Rewriter != nil {
+		if err := c.opts.Rewriter.Rewrite(ctx, msg); err != nil {
+			c.log.Error("cannot rewrite the message for tracking", "msgid", msg.ID, "err", err)
+			return &Error{Code: 451, Enhanced: EnhancedCode{4, 3, 0}, Message: "cannot prepare the message for tracking; try again later", Cause: err}
+		}
+	}
 	if len(msg.AuthResults) > 0 {
 		id := c.opts.AuthServID
 		if id == "" {

@@ -63,12 +63,16 @@ type Edits struct {
 	// transaction read them (an SPF result for DMARC), they are neither
 	// persisted nor copied into events. An empty value deletes the key.
 	Scratch map[string]string `json:"scratch,omitempty"`
+	// Track asks for engagement tracking of this message (msg:track in
+	// Lua; docs/tracking.md): its set fields override what earlier stages
+	// or the request asked. Allowed where header edits are.
+	Track *Track `json:"track,omitempty"`
 }
 
 // Empty reports whether e asks for nothing.
 func (e *Edits) Empty() bool {
 	return e == nil || len(e.Headers) == 0 && len(e.Meta) == 0 && len(e.Tags) == 0 &&
-		len(e.AuthResults) == 0 && len(e.Scratch) == 0
+		len(e.AuthResults) == 0 && len(e.Scratch) == 0 && e.Track == nil
 }
 
 // AddHeader records a field to prepend.
@@ -112,6 +116,7 @@ const (
 	EditTags        = "tag"
 	EditAuthResults = "authentication result"
 	EditScratch     = "scratch"
+	EditTrack       = "tracking"
 )
 
 // Permitted reports whether hook (a Lua hook name such as "on_route") may
@@ -156,6 +161,8 @@ func (e *Edits) check(hook string) string {
 		return EditAuthResults
 	case len(e.Scratch) > 0 && !Permitted(hook, EditScratch):
 		return EditScratch
+	case e.Track != nil && !Permitted(hook, EditTrack):
+		return EditTrack
 	}
 	return ""
 }
@@ -265,6 +272,9 @@ func ApplyEdits(stage, hook string, e *Edits, txn *Txn, msg *Message) error {
 		}
 	}
 	txn.AuthResults = append(txn.AuthResults, e.AuthResults...)
+	if e.Track != nil {
+		txn.Track = txn.Track.Merge(e.Track)
+	}
 	if len(e.Headers) > 0 {
 		if msg == nil {
 			txn.headerEdits = append(txn.headerEdits, e.Headers...)

@@ -56,6 +56,14 @@ const (
 	EventQueueCancelled = "queue_cancelled"
 	EventQueueHeld      = "queue_held"
 	EventQueueReleased  = "queue_released"
+
+	// Engagement (docs/tracking.md): a recipient's mail client fetched
+	// the open pixel, followed a tracked link, or unsubscribed (RFC 8058
+	// one-click or the confirmation page). engagement carries the URL,
+	// the user-agent class and whether a machine did it.
+	EventOpened       = "opened"
+	EventClicked      = "clicked"
+	EventUnsubscribed = "unsubscribed"
 )
 
 // EventTypes lists every event type, in the order above.
@@ -65,7 +73,8 @@ var EventTypes = []string{EventReceived, EventRejected, EventDeferred, EventDeli
 	EventDomainAdded, EventDomainVerified, EventDomainRemoved,
 	EventDKIMKeyPending, EventDKIMKeyActive, EventDKIMKeyRevoked, EventDKIMKeyRemoved,
 	EventQueuePaused, EventQueueResumed, EventQueueRetried,
-	EventQueueBounced, EventQueueCancelled, EventQueueHeld, EventQueueReleased}
+	EventQueueBounced, EventQueueCancelled, EventQueueHeld, EventQueueReleased,
+	EventOpened, EventClicked, EventUnsubscribed}
 
 // EventSchema is the version in every event's "schema" field.
 const EventSchema = 1
@@ -106,6 +115,38 @@ type Event struct {
 	Metadata    map[string]string `json:"metadata"`
 	Size        int               `json:"size"`
 	Node        string            `json:"node"`
+	// Engagement is set on opened, clicked and unsubscribed events only.
+	Engagement *Engagement `json:"engagement,omitempty"`
+}
+
+// User-agent classes of an engagement event (Engagement.UserAgent).
+const (
+	AgentBrowser = "browser" // a person's browser or mail client
+	AgentProxy   = "proxy"   // an image proxy that fetches for the reader (Gmail, Apple Mail Privacy Protection)
+	AgentScanner = "scanner" // a link scanner or security gateway
+	AgentBot     = "bot"     // another automated client (curl, a crawler)
+	AgentUnknown = "unknown" // no User-Agent
+)
+
+// Engagement is what an opened, clicked or unsubscribed event records
+// of the request that caused it. The client's address and full
+// User-Agent string are not recorded (docs/tracking.md, privacy).
+type Engagement struct {
+	// URL is the original link of a clicked event ("" otherwise).
+	URL string `json:"url,omitempty"`
+	// UserAgent is the client's class: AgentBrowser, AgentProxy,
+	// AgentScanner, AgentBot or AgentUnknown.
+	UserAgent string `json:"user_agent"`
+	// Machine is true when the request looks automated (a privacy proxy
+	// that fetches every image, a scanner that clicks every link);
+	// MachineReason says why: "proxy_user_agent", "scanner_user_agent",
+	// "bot_user_agent", "head_request", "too_soon" (within the tenant's
+	// machine_window of the message's acceptance), "no_user_agent".
+	Machine       bool   `json:"machine"`
+	MachineReason string `json:"machine_reason,omitempty"`
+	// Method is "one-click" (RFC 8058 POST) or "page" (the confirmation
+	// page) for an unsubscribed event.
+	Method string `json:"method,omitempty"`
 }
 
 // ResponseOf converts an error into the Response recorded in an event.

@@ -169,6 +169,11 @@ type Txn struct {
 	// from stages; the chain writes them as one Authentication-Results
 	// field after on_message.
 	AuthResults []AuthResult
+	// Track is what the submission (HTTP track_opens, track_clicks,
+	// list_unsubscribe) and stages (Edits.Track) asked for engagement
+	// tracking; nil: nothing asked, the tenant's defaults apply. Read by
+	// the chain's BodyRewriter; not persisted.
+	Track *Track
 
 	// headerEdits made before the content arrived (on_mail, on_rcpt);
 	// applied when Chain.Message starts.
@@ -200,7 +205,8 @@ func (t *Txn) AddTag(tag string) {
 // Message is a transaction with its content, as seen by on_message and
 // on_route. Header is mutable (fields added by stages are prepended, as
 // trace fields are); Body is the bytes after the header section, CRLF-
-// terminated lines, never modified by the pipeline. Header may be empty:
+// terminated lines, never modified by stages: only the chain's
+// BodyRewriter (link tracking) replaces it, before the sign hooks. Header may be empty:
 // ParseMessage accepts messages whose header section is missing or not
 // ended by an empty line, and Bytes then writes them back as they came.
 type Message struct {

@@ -44,6 +44,7 @@ type Config struct {
 	Shaping      *Shaping     // sluice.shaping (shaping.go); nil: not configured
 	Egress       *Egress      // sluice.egress (shaping.go); nil: not configured
 	Logging      Logging      // sluice.logging (logging.go)
+	Tracking     *Tracking    // sluice.tracking (tracking.go); nil: not configured
 	Lua          Lua
 	Stages       []StageSpec
 	StageTimeout time.Duration // bound on each stage call; default 30s

@@ -27,7 +27,7 @@ var FuncNames = []string{
 	"node", "local_domains", "spool", "listen_smtp", "listen_http", "listen_admin", "delivery",
 	"events", "lua_options", "stage_timeout", "stage", "lua", "builtin", "plugin",
 	"env", "read_file", "bounces", "suppression", "auth", "tokens", "redis", "shaping", "egress",
-	"domains", "dns_server", "dkim_rotation", "logging",
+	"domains", "dns_server", "dkim_rotation", "logging", "tracking",
 }
 
 // loader records the configuration functions' calls into a Config.
@@ -67,6 +67,7 @@ func (ld *loader) install() {
 	set("dns_server", ld.dnsServer)
 	set("dkim_rotation", ld.dkimRotation)
 	set("logging", ld.logging)
+	set("tracking", ld.tracking)
 	set("lua_options", ld.luaOptions)
 	set("stage_timeout", ld.stageTimeout)
 	set("stage", ld.stage)

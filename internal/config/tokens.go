@@ -43,14 +43,7 @@ func (ld *loader) tokens(L *lua.LState) int {
 		}
 		t.SigningKey = ld.resolve(t.SigningKey)
 	}
-	if o.Strings("public_keys", &t.PublicKeys) {
-		for i, p := range t.PublicKeys {
-			if p == "" {
-				o.Fail("public_keys", "entry %d is empty", i+1)
-			}
-			t.PublicKeys[i] = ld.resolve(p)
-		}
-	}
+	ld.paths(o, "public_keys", &t.PublicKeys)
 	ld.duration(o, "max_lifetime", &t.MaxLifetime)
 	if t.MaxLifetime > 24*time.Hour {
 		o.Fail("max_lifetime", "must be at most 24h (tokens are meant to be short-lived; use an API key for long-lived access)")

@@ -1,6 +1,7 @@
 package httpapi
 
 import (
+	"bytes"
 	"unicode/utf8"
 	"unsafe"
 )
@@ -370,9 +371,46 @@ func (p *fastParser) message(m *messageRequest) bool {
 				return false
 			}
 			m.Metadata, ok = p.stringMap()
+		case "track_opens":
+			if !once(&seen, 1<<12) {
+				return false
+			}
+			m.TrackOpens, ok = p.boolean()
+		case "track_clicks":
+			if !once(&seen, 1<<13) {
+				return false
+			}
+			m.TrackClicks, ok = p.boolean()
+		case "list_unsubscribe":
+			if !once(&seen, 1<<14) {
+				return false
+			}
+			m.ListUnsubscribe, ok = p.boolean()
 		}
 		return ok
 	})
+}
+
+var (
+	boolTrue  = true
+	boolFalse = false
+)
+
+// boolean reads true or false (after white space); null and anything
+// else make the fast path give up.
+func (p *fastParser) boolean() (*bool, bool) {
+	p.ws()
+	switch {
+	case bytes.HasPrefix(p.b[p.i:], []byte("true")):
+		p.i += 4
+		v := boolTrue
+		return &v, true
+	case bytes.HasPrefix(p.b[p.i:], []byte("false")):
+		p.i += 5
+		v := boolFalse
+		return &v, true
+	}
+	return nil, false
 }
 
 func (p *fastParser) attachment(a *attachment) bool {

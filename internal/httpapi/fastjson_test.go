@@ -23,6 +23,9 @@ func stdDecode(body []byte, v any) error {
 
 var fastSeeds = []string{
 	`{}`,
+	`{"to":"user@example.com","from":"system@myapp.com","subject":"Your Invoice","html":"<h1>Invoice #1234</h1>","track_opens":true}`,
+	`{"from":"a@b.test","to":"c@d.test","track_opens":false,"track_clicks": true ,"list_unsubscribe":null,"track_opens":true}`,
+	`{"messages":[{"from":"a@b.test","to":"c@d.test","track_clicks":fals}]}`,
 	` {"from":"a@b.test","to":"c@d.test","subject":"hi","text":"x\ny\"z\\\/\b\f\r\t\u00e9\u20ac\u0000"} `,
 	`{"from":"a@b.test","to":["c@d.test","e@f.test"],"cc":[],"bcc":"g@h.test","reply_to":["r@s.test"],"html":"<p>\u003cb\u003e</p>"}`,
 	`{"from":"a@b.test","to":"c@d.test","headers":{"X-A":"1","X-B":"2","X-A":"3"},"metadata":{},"tags":["a","b"]}`,

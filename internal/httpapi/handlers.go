@@ -284,6 +284,7 @@ func (s *Server) composedItem(v *validMessage) *item {
 	return &item{
 		from: canonicalAddr(v.from.Addr), rcpts: v.rcpts, tags: v.req.Tags, meta: v.req.Metadata,
 		build: func(txn *pipeline.Txn, buf *bytes.Buffer) (*pipeline.Message, *apiError) {
+			txn.Track = v.req.track().Merge(txn.Track) // stages (on_mail, on_rcpt) win over the request
 			h, off, err := compose(buf, v, txn.ID, s.host, txn.Received)
 			if err != nil {
 				s.log.Error("cannot compose message", "msgid", txn.ID, "err", err)

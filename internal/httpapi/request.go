@@ -94,6 +94,19 @@ type messageRequest struct {
 	Attachments []attachment      `json:"attachments"`
 	Tags        []string          `json:"tags"`
 	Metadata    map[string]string `json:"metadata"`
+	// Engagement tracking (docs/tracking.md): nil leaves the tenant's
+	// default; false opts this message out whatever the default.
+	TrackOpens      *bool `json:"track_opens"`
+	TrackClicks     *bool `json:"track_clicks"`
+	ListUnsubscribe *bool `json:"list_unsubscribe"`
+}
+
+// track is the message's tracking request, or nil when it asks nothing.
+func (m *messageRequest) track() *pipeline.Track {
+	if m.TrackOpens == nil && m.TrackClicks == nil && m.ListUnsubscribe == nil {
+		return nil
+	}
+	return &pipeline.Track{Opens: m.TrackOpens, Clicks: m.TrackClicks, Unsubscribe: m.ListUnsubscribe}
 }
 
 type attachment struct {

@@ -101,6 +101,8 @@ type Server struct {
 	domains atomic.Pointer[domains.Registry]
 	// queue is set by UseQueue (queues.go); nil: no queue control.
 	queue atomic.Pointer[queue.Queue]
+	// tracking is set by UseTracking (tracking.go); nil: no tracking hosts.
+	tracking atomic.Pointer[trackingHolder]
 
 	startOnce sync.Once
 	stopOnce  sync.Once
@@ -253,6 +255,9 @@ func (s *Server) pruneLoop() {
 
 // ServeHTTP routes a request.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if s.serveTracking(w, r) {
+		return
+	}
 	if r.Method == http.MethodPost {
 		rel := &bodyRelease{}
 		r = r.WithContext(context.WithValue(r.Context(), bodyReleaseKey{}, rel))

@@ -46,6 +46,8 @@ import (
 //	                     applied when the message arrives, before on_message)
 //	msg:set_header(n, v) remove every n field, then prepend one
 //	msg:remove_header(n) remove every n field; returns how many there were
+//	msg:track{opens=, clicks=, unsubscribe=}
+//	                     engagement tracking for this message (bind_track.go)
 func (st *state) txnIndex(L *lua.LState) int {
 	ud := L.CheckUserData(1)
 	var txn *pipeline.Txn
@@ -129,6 +131,7 @@ func (st *state) txnMethod(name string) *lua.LFunction {
 			"scratch":         st.L.NewFunction(st.scratch),
 			"set_scratch":     st.L.NewFunction(st.setScratch),
 			"add_auth_result": st.L.NewFunction(st.addAuthResult),
+			"track":           st.L.NewFunction(st.track),
 		}
 	}
 	return st.txnMethods[name]

@@ -17,6 +17,7 @@ var editMethods = map[string]string{
 	"tag":             pipeline.EditTags,
 	"add_auth_result": pipeline.EditAuthResults,
 	"set_scratch":     pipeline.EditScratch,
+	"track":           pipeline.EditTrack,
 }
 
 // checkEdits refuses, when the configuration loads, a hook function that

@@ -49,6 +49,7 @@ import (
 	"github.com/sluice-mta/sluice/internal/smtpsrc"
 	"github.com/sluice-mta/sluice/internal/spool"
 	"github.com/sluice-mta/sluice/internal/token"
+	"github.com/sluice-mta/sluice/internal/tracking"
 	"github.com/sluice-mta/sluice/pipeline"
 )
 
@@ -109,6 +110,9 @@ type Server struct {
 	// redis), shared by every stage and Lua state of every pipeline, so
 	// limits hold across reloads.
 	limits *pipeline.RateLimits
+	// tracker is the engagement tracker (sluice.tracking), shared by
+	// every pipeline and HTTP listener; nil without the section.
+	tracker *tracking.Tracker
 }
 
 // component is one long-lived part of the node.
@@ -153,7 +157,11 @@ func New(cfg *config.Config, log *slog.Logger) (*Server, error) {
 		return nil, err
 	}
 	s.limits = ratelimit.NewNode(s.redis, rm, log)
-	p, err := buildPipeline(cfg, log, res, shared{pool: s.plugins, redis: s.redis, limits: s.limits, metrics: s.registerer(), node: s.node, onStages: s.useDomainKeys})
+	if s.tracker, err = newTracker(cfg, log); err != nil {
+		closeRedis(s.redis)
+		return nil, err
+	}
+	p, err := buildPipeline(cfg, log, res, shared{pool: s.plugins, redis: s.redis, limits: s.limits, metrics: s.registerer(), node: s.node, onStages: s.useDomainKeys, tracker: s.tracker})
 	if err != nil {
 		closeRedis(s.redis)
 		return nil, err
@@ -268,6 +276,9 @@ type shared struct {
 	// onStages, when set, sees the built stages before the chain is
 	// compiled (the node hooks dkim_sign to registered domains' keys).
 	onStages func([]pipeline.Stage)
+	// tracker rewrites messages for tracking before signing; nil: the
+	// pipeline builds its own from sluice.tracking (check and test).
+	tracker *tracking.Tracker
 }
 
 // buildPipeline is BuildPipeline with the node's shared parts.
@@ -278,6 +289,16 @@ func buildPipeline(cfg *config.Config, log *slog.Logger, res dnsx.Resolver, sh s
 			return nil, err
 		}
 		sh.limits = ratelimit.NewNode(sh.redis, rm, log)
+	}
+	if sh.tracker == nil {
+		var err error
+		if sh.tracker, err = newTracker(cfg, log); err != nil {
+			return nil, err
+		}
+	}
+	var rewriter pipeline.BodyRewriter
+	if sh.tracker != nil {
+		rewriter = sh.tracker
 	}
 	host, err := luahost.NewHost(cfg, log)
 	if err != nil {
@@ -312,7 +333,7 @@ func buildPipeline(cfg *config.Config, log *slog.Logger, res dnsx.Resolver, sh s
 	}
 	chain, err := pipeline.Compile(stages, pipeline.ChainOptions{
 		StageTimeout: cfg.StageTimeout, LocalDomains: cfg.LocalDomains, Logger: log, RecoverPanics: true,
-		AuthServID: hostname, Trace: sh.trace, StageTimer: stageTimer(sh.node),
+		AuthServID: hostname, Trace: sh.trace, StageTimer: stageTimer(sh.node), Rewriter: rewriter,
 	})
 	if err != nil {
 		closeAll()
@@ -466,6 +487,9 @@ func (s *Server) components() []component {
 				s.log.Info("users file loaded", "path", users.Path(), "users", users.Len())
 			}
 			s.relay = relay.NewSpool(s.pipe, s.sp, s.q, ro)
+			if s.tracker != nil {
+				s.tracker.UseSpool(s.sp)
+			}
 			s.q.SetBouncer(s.relay)
 			s.q.SetNotifier(s.relay)
 			return s.registerCoreMetrics()
@@ -655,6 +679,9 @@ func (s *Server) components() []component {
 				srv.UseRevocations(s.revoked)
 				srv.UseDomains(s.domains.Load())
 				srv.UseQueue(s.q)
+				if s.tracker != nil {
+					srv.UseTracking(s.tracker)
+				}
 				s.onTokens(srv.UseTokens)
 				ln, err := net.Listen("tcp", l.Addr)
 				if err != nil {
@@ -949,10 +976,27 @@ func (s *Server) Reload() (summary string, err error) {
 			return "", err
 		}
 	}
-	p, err := buildPipeline(cfg, s.log, s.res, shared{pool: s.plugins, redis: s.redis, limits: s.limits, metrics: s.registerer(), node: s.node, onStages: s.useDomainKeys})
+	// sluice.tracking's keys and hosts are read again (key rotation);
+	// turning tracking on or off needs a restart (RestartNeeded).
+	var trackOpts *tracking.Options
+	if s.tracker != nil && cfg.Tracking.Enabled() {
+		o, err := trackingOptions(cfg.Tracking)
+		if err == nil {
+			err = tracking.Check(o)
+		}
+		if err != nil {
+			s.log.Error("reload failed; the running pipeline keeps serving", "err", err)
+			return "", err
+		}
+		trackOpts = &o
+	}
+	p, err := buildPipeline(cfg, s.log, s.res, shared{pool: s.plugins, redis: s.redis, limits: s.limits, metrics: s.registerer(), node: s.node, onStages: s.useDomainKeys, tracker: s.tracker})
 	if err != nil {
 		s.log.Error("reload failed; the running pipeline keeps serving", "err", err)
 		return "", err
+	}
+	if trackOpts != nil {
+		_ = s.tracker.Configure(*trackOpts) // checked above
 	}
 	s.relay.Swap(p)
 	s.tokIss, s.tokVer = tokIss, tokVer
@@ -1046,6 +1090,9 @@ func RestartNeeded(old, new *config.Config) []string {
 	}
 	if !old.Shaping.Same(new.Shaping) {
 		out = append(out, "sluice.shaping")
+	}
+	if old.Tracking.Enabled() != new.Tracking.Enabled() {
+		out = append(out, "sluice.tracking (turned on or off)")
 	}
 	return out
 }

@@ -48,6 +48,9 @@ const (
 	SuppressionBounce = "bounce" // a hard bounce of a suppressing class
 	SuppressionAPI    = "api"    // POST /v1/suppressions
 	SuppressionCLI    = "cli"    // sluice suppression add (through the API)
+	// SuppressionUnsubscribe: the recipient unsubscribed through a
+	// tracking link (RFC 8058 one-click or the confirmation page).
+	SuppressionUnsubscribe = "unsubscribe"
 )
 
 // MaxSuppressionLimit bounds one page of ListSuppressions;
@@ -317,8 +320,10 @@ func (s *Spool) ListSuppressions(tenant, cursor string, limit int) (*Suppression
 // when zero), replacing an entry of the same tenant and address, and
 // records a "suppression_added" event for it, in one synced batch. It
 // returns the entry it replaced, if any; an Address that is not an
-// address is CanonicalAddress's error. Safe for concurrent use.
-func (s *Spool) AddSuppression(e *Suppression) (prev *Suppression, err error) {
+// address is CanonicalAddress's error. The events in also (an
+// unsubscribed event) are written in the same batch. Safe for concurrent
+// use.
+func (s *Spool) AddSuppression(e *Suppression, also ...*pipeline.Event) (prev *Suppression, err error) {
 	if strings.IndexByte(e.Tenant, 0) >= 0 {
 		return nil, ErrBadTenant
 	}
@@ -342,6 +347,9 @@ func (s *Spool) AddSuppression(e *Suppression) (prev *Suppression, err error) {
 	b := s.NewBatch()
 	_ = b.b.Set(k, v, nil)
 	b.AddEvent(SuppressionEvent(pipeline.EventSuppressionAdded, e))
+	for _, ev := range also {
+		b.AddEvent(ev)
+	}
 	return prev, b.Commit(true)
 }
 
