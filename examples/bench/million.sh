@@ -1,0 +1,127 @@
+#!/usr/bin/env bash
+# A million queued (issue 21): N recipients queued for a destination that is
+# down, measured on the real binary.
+#
+#   examples/bench/million.sh                 # N=1000000, one destination
+#   N=20000 examples/bench/million.sh         # CI-size
+#   DESTS=10000 N=50000 examples/bench/million.sh   # 10,000 destinations, ~5 each
+#
+# Steps and figures (one line each, "key value"):
+#   1. start sluice (examples/bench/million.lua), acceptance probe on an empty
+#      queue: PROBES x PROBE_N messages (sluice-bench smtp, 2 KB x 20 sessions)
+#   2. fill: N messages of SIZE bytes, one recipient each, to the down
+#      destination; wait until each has had its one failed attempt
+#   3. RSS with N queued (VmRSS, and the Go heap from /metrics), per recipient
+#   4. acceptance probe again with N queued (same PROBES x PROBE_N)
+#   5. restart: SIGTERM, start again; restart time = exec -> SMTP port open
+#      (the listeners start after the queues are rebuilt); RSS after restart
+#   6. drain: start a sink at the destination, `sluice queue flush`; drain
+#      time and rate until the sink has every queued message
+# Needs bin/sluice and bin/sluice-bench (make build). WORK=dir keeps the spool.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+N=${N:-1000000}
+SIZE=${SIZE:-1024}
+DESTS=${DESTS:-1}
+C=${C:-20}
+PROBE_N=${PROBE_N:-20000}
+PROBES=${PROBES:-3}
+KEEP=${KEEP:-}
+WORK=${WORK:-$(mktemp -d /tmp/sluice-million.XXXXXX)}
+pid= sinkpid=
+cleanup() {
+  [ -n "$sinkpid" ] && kill "$sinkpid" 2>/dev/null && wait "$sinkpid" 2>/dev/null
+  [ -n "$pid" ] && kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null
+  [ -z "$KEEP" ] && rm -rf "$WORK"
+  true
+}
+trap cleanup EXIT
+
+sed -e "s#{{SPOOL}}#$WORK/spool#" -e "s#{{EVENTS}}#$WORK/events.jsonl#" -e "s#{{DESTS}}#$DESTS#" \
+  examples/bench/million.lua > "$WORK/million.lua"
+# The metrics endpoint for the Go heap figures.
+echo 'sluice.listen_admin { addr = "127.0.0.1:9108" }' >> "$WORK/million.lua"
+
+say() { printf '%-28s %s\n' "$1" "$2"; }
+now() { date +%s.%N; }
+rss_kb() { awk '/^VmRSS/ {print $2}' "/proc/$pid/status"; }
+heap_mb() { curl -fsS http://127.0.0.1:9108/metrics 2>/dev/null | awk '/^go_memstats_heap_inuse_bytes / {printf "%.0f", $2/1048576}'; }
+wait_port() { for _ in $(seq 6000); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.01; done; return 1; }
+since() { echo "$1 $(now)" | awk '{printf "%.2f", $2-$1}'; }
+start() { # sets pid; prints the seconds from exec to both ports open
+  local t0; t0=$(now)
+  bin/sluice serve -c "$WORK/million.lua" -log-level warn > /dev/null 2>> "$WORK/sluice.log" &
+  pid=$!
+  wait_port 2605 && wait_port 8025 || { echo "sluice did not start" >&2; cat "$WORK/sluice.log" >&2; exit 1; }
+  say "$1" "$(since "$t0")"
+}
+stop() { local t0; t0=$(now); kill "$pid"; wait "$pid" || true; pid=; say stop_s "$(since "$t0")"; }
+# queued: recipients ready + waiting over every queue (sluice queue list --json).
+queued() { bin/sluice queue list --json 2>/dev/null | jq '[.queues[] | (.ready + .waiting)] | add // 0'; }
+waiting() { bin/sluice queue list --json 2>/dev/null | jq '[.queues[] | .waiting] | add // 0'; }
+probe() { # acceptance msgs/s of PROBES runs, space-separated
+  local out=""
+  for _ in $(seq "$PROBES"); do
+    r=$(bin/sluice-bench smtp -target 127.0.0.1:2605 -sink "" -n "$PROBE_N" -c 20 -size 2048 -json -timeout 600s | jq -r .accepted_per_sec)
+    out="$out ${r%.*}"
+  done
+  echo "$out"
+}
+settle() { # wait until every queued recipient has had its failed attempt
+  local want=$1
+  for _ in $(seq 3600); do
+    w=$(waiting); [ "${w:-0}" -ge "$want" ] && return 0; sleep 1
+  done
+  echo "settle: only ${w:-0} of $want waiting" >&2; return 1
+}
+
+say "# sluice million" "$(date -u +%FT%TZ) N=$N SIZE=$SIZE DESTS=$DESTS, $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg)"
+start start_s
+export SLUICE_URL=http://127.0.0.1:8025
+SLUICE_API_KEY=$(bin/sluice apikey create --tenant bench --scope send,admin -c "$WORK/million.lua" 2>/dev/null)
+export SLUICE_API_KEY
+sleep 2
+say rss_empty_mb "$(( $(rss_kb) / 1024 )) (heap $(heap_mb) MB)"
+say accept_empty_msgs_s "$(probe)"
+base=$(( PROBES * PROBE_N ))
+settle "$base"
+
+t0=$(now)
+bin/sluice-bench smtp -target 127.0.0.1:2605 -sink "" -n "$N" -c "$C" -size "$SIZE" -timeout 7200s > "$WORK/fill.txt" || { cat "$WORK/fill.txt"; exit 1; }
+say fill_s "$(since "$t0") ($(awk '/accepted/ {print; exit}' "$WORK/fill.txt"))"
+total=$(( base + N ))
+settle "$total"
+say settled_s "$(since "$t0")"
+sleep 5
+rss=$(rss_kb)
+say rss_queued_mb "$(( rss / 1024 )) (heap $(heap_mb) MB) for $total queued"
+say rss_per_rcpt_bytes "$(( rss * 1024 / total ))"
+say accept_queued_msgs_s "$(probe)"
+total=$(( total + base ))
+settle "$total"
+say spool_du_mb "$(du -sm "$WORK/spool" | cut -f1)"
+
+stop
+start restart_s
+say queued_after_restart "$(queued) (want $total)"
+sleep 5
+rss=$(rss_kb)
+say rss_restarted_mb "$(( rss / 1024 )) (heap $(heap_mb) MB), $(( rss * 1024 / total )) B/rcpt"
+
+listen=127.0.0.1:2602; [ "$DESTS" -gt 1 ] && listen=0.0.0.0:2602
+bin/sluice-bench sink -listen "$listen" > "$WORK/sink.txt" &
+sinkpid=$!
+wait_port 2602
+t0=$(now)
+bin/sluice queue flush > /dev/null
+for _ in $(seq 36000); do
+  q=$(queued); [ "${q:-1}" -eq 0 ] && break; sleep 1
+done
+dt=$(since "$t0")
+say drain_s "$dt ($(echo "$total $dt" | awk '{printf "%.0f", $1/$2}') msgs/s; queue left: $q)"
+say rss_drained_mb "$(( $(rss_kb) / 1024 )) (heap $(heap_mb) MB)"
+if grep -q . "$WORK/sluice.log"; then
+  echo "## relay warnings and errors"
+  cut -c1-300 "$WORK/sluice.log" | sort | uniq -c | sort -rn | head -10
+fi
