@@ -17,7 +17,8 @@
 #      (the listeners start after the queues are rebuilt); RSS after restart
 #   6. drain: start a sink at the destination, `sluice queue flush`; drain
 #      time and rate until the sink has every queued message
-# Needs bin/sluice and bin/sluice-bench (make build). WORK=dir keeps the spool.
+# Needs bin/sluice-bench and bin/sluice (make build; SLUICE=path for another
+# build). WORK=dir KEEP=1 keeps the spool, e.g. to restart another build on it.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -29,6 +30,8 @@ PROBE_N=${PROBE_N:-20000}
 PROBES=${PROBES:-3}
 KEEP=${KEEP:-}
 WORK=${WORK:-$(mktemp -d /tmp/sluice-million.XXXXXX)}
+mkdir -p "$WORK"
+SLUICE=${SLUICE:-bin/sluice}   # the binary under test
 pid= sinkpid=
 cleanup() {
   [ -n "$sinkpid" ] && kill "$sinkpid" 2>/dev/null && wait "$sinkpid" 2>/dev/null
@@ -51,15 +54,15 @@ wait_port() { for _ in $(seq 6000); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/
 since() { echo "$1 $(now)" | awk '{printf "%.2f", $2-$1}'; }
 start() { # sets pid; prints the seconds from exec to both ports open
   local t0; t0=$(now)
-  bin/sluice serve -c "$WORK/million.lua" -log-level warn > /dev/null 2>> "$WORK/sluice.log" &
+  "$SLUICE" serve -c "$WORK/million.lua" -log-level warn > /dev/null 2>> "$WORK/sluice.log" &
   pid=$!
   wait_port 2605 && wait_port 8025 || { echo "sluice did not start" >&2; cat "$WORK/sluice.log" >&2; exit 1; }
   say "$1" "$(since "$t0")"
 }
 stop() { local t0; t0=$(now); kill "$pid"; wait "$pid" || true; pid=; say stop_s "$(since "$t0")"; }
 # queued: recipients ready + waiting over every queue (sluice queue list --json).
-queued() { bin/sluice queue list --json 2>/dev/null | jq '[.queues[] | (.ready + .waiting)] | add // 0'; }
-waiting() { bin/sluice queue list --json 2>/dev/null | jq '[.queues[] | .waiting] | add // 0'; }
+queued() { "$SLUICE" queue list --json 2>/dev/null | jq '[.queues[] | (.ready + .waiting)] | add // 0'; }
+waiting() { "$SLUICE" queue list --json 2>/dev/null | jq '[.queues[] | .waiting] | add // 0'; }
 probe() { # acceptance msgs/s of PROBES runs, space-separated
   local out=""
   for _ in $(seq "$PROBES"); do
@@ -79,7 +82,7 @@ settle() { # wait until every queued recipient has had its failed attempt
 say "# sluice million" "$(date -u +%FT%TZ) N=$N SIZE=$SIZE DESTS=$DESTS, $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg)"
 start start_s
 export SLUICE_URL=http://127.0.0.1:8025
-SLUICE_API_KEY=$(bin/sluice apikey create --tenant bench --scope send,admin -c "$WORK/million.lua" 2>/dev/null)
+SLUICE_API_KEY=$("$SLUICE" apikey create --tenant bench --scope send,admin -c "$WORK/million.lua" 2>/dev/null)
 export SLUICE_API_KEY
 sleep 2
 say rss_empty_mb "$(( $(rss_kb) / 1024 )) (heap $(heap_mb) MB)"
@@ -114,7 +117,7 @@ bin/sluice-bench sink -listen "$listen" > "$WORK/sink.txt" &
 sinkpid=$!
 wait_port 2602
 t0=$(now)
-bin/sluice queue flush > /dev/null
+"$SLUICE" queue flush > /dev/null
 for _ in $(seq 36000); do
   q=$(queued); [ "${q:-1}" -eq 0 ] && break; sleep 1
 done
