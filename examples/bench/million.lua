@@ -1,7 +1,7 @@
 -- A million queued (examples/bench/million.sh): every recipient is relayed
 -- to a destination that is down until the script starts a sink there.
--- {{DESTS}} = 1: one queue, relay:127.0.0.1:2602. {{DESTS}} = K > 1: K
--- queues, relay:127.0.X.Y:2602, picked at random per message (the sink
+-- {{DESTS}} = 1: one queue, relay:127.0.0.1:{{SINK_PORT}}. {{DESTS}} = K > 1: K
+-- queues, relay:127.0.X.Y:{{SINK_PORT}}, picked at random per message (the sink
 -- then listens on every loopback address).
 local sluice = require("sluice")
 
@@ -10,11 +10,12 @@ sluice.spool { path = "{{SPOOL}}" }
 sluice.events { file = "{{EVENTS}}" }
 
 sluice.listen_smtp {
-  addr = "127.0.0.1:2605",
+  addr = "127.0.0.1:{{SMTP_PORT}}",
   relay_networks = { "127.0.0.1/32" },
   max_connections = 2000,
 }
-sluice.listen_http { addr = "127.0.0.1:8025" }
+sluice.listen_http { addr = "127.0.0.1:{{HTTP_PORT}}" }
+sluice.listen_admin { addr = "127.0.0.1:{{ADMIN_PORT}}" }
 
 sluice.delivery {
   max_per_destination = 20,
@@ -29,10 +30,10 @@ local dests = {{DESTS}}
 sluice.stage("routing", {
   on_route = function(msg, rcpt)
     if dests <= 1 then
-      return sluice.route.relay { host = "127.0.0.1", port = 2602, tls = "none" }
+      return sluice.route.relay { host = "127.0.0.1", port = {{SINK_PORT}}, tls = "none" }
     end
     local n = math.random(dests) - 1
     local host = string.format("127.0.%d.%d", 1 + math.floor(n / 250), 1 + n % 250)
-    return sluice.route.relay { host = host, port = 2602, tls = "none" }
+    return sluice.route.relay { host = host, port = {{SINK_PORT}}, tls = "none" }
   end,
 })

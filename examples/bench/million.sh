@@ -29,6 +29,8 @@ C=${C:-20}
 PROBE_N=${PROBE_N:-20000}
 PROBES=${PROBES:-3}
 KEEP=${KEEP:-}
+# Ports of its own, so that it can run beside make bench (2605/8025/2602) and other benchmarks.
+SMTP_PORT=${SMTP_PORT:-3725} HTTP_PORT=${HTTP_PORT:-8725} ADMIN_PORT=${ADMIN_PORT:-9725} SINK_PORT=${SINK_PORT:-3722}
 WORK=${WORK:-$(mktemp -d /tmp/sluice-million.XXXXXX)}
 mkdir -p "$WORK"
 SLUICE=${SLUICE:-bin/sluice}   # the binary under test
@@ -42,31 +44,36 @@ cleanup() {
 trap cleanup EXIT
 
 sed -e "s#{{SPOOL}}#$WORK/spool#" -e "s#{{EVENTS}}#$WORK/events.jsonl#" -e "s#{{DESTS}}#$DESTS#" \
+  -e "s#{{SMTP_PORT}}#$SMTP_PORT#" -e "s#{{HTTP_PORT}}#$HTTP_PORT#" -e "s#{{ADMIN_PORT}}#$ADMIN_PORT#" -e "s#{{SINK_PORT}}#$SINK_PORT#" \
   examples/bench/million.lua > "$WORK/million.lua"
-# The metrics endpoint for the Go heap figures.
-echo 'sluice.listen_admin { addr = "127.0.0.1:9108" }' >> "$WORK/million.lua"
 
 say() { printf '%-28s %s\n' "$1" "$2"; }
 now() { date +%s.%N; }
 rss_kb() { awk '/^VmRSS/ {print $2}' "/proc/$pid/status"; }
-heap_mb() { curl -fsS http://127.0.0.1:9108/metrics 2>/dev/null | awk '/^go_memstats_heap_inuse_bytes / {printf "%.0f", $2/1048576}'; }
+heap_mb() { curl -fsS http://127.0.0.1:$ADMIN_PORT/metrics 2>/dev/null | awk '/^go_memstats_heap_inuse_bytes / {printf "%.0f", $2/1048576}'; }
 wait_port() { for _ in $(seq 6000); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.01; done; return 1; }
 since() { echo "$1 $(now)" | awk '{printf "%.2f", $2-$1}'; }
 start() { # sets pid; prints the seconds from exec to both ports open
   local t0; t0=$(now)
   "$SLUICE" serve -c "$WORK/million.lua" -log-level warn > /dev/null 2>> "$WORK/sluice.log" &
   pid=$!
-  wait_port 2605 && wait_port 8025 || { echo "sluice did not start" >&2; cat "$WORK/sluice.log" >&2; exit 1; }
+  wait_port "$SMTP_PORT" && wait_port "$HTTP_PORT" && kill -0 "$pid" 2>/dev/null || { echo "sluice did not start" >&2; cat "$WORK/sluice.log" >&2; exit 1; }
   say "$1" "$(since "$t0")"
 }
 stop() { local t0; t0=$(now); kill "$pid"; wait "$pid" || true; pid=; say stop_s "$(since "$t0")"; }
 # queued: recipients ready + waiting over every queue (sluice queue list --json).
 queued() { "$SLUICE" queue list --json 2>/dev/null | jq '[.queues[] | (.ready + .waiting)] | add // 0'; }
 waiting() { "$SLUICE" queue list --json 2>/dev/null | jq '[.queues[] | .waiting] | add // 0'; }
+# Every run of sluice-bench appends its count of accepted messages to
+# $WORK/accepted: the queue must then hold their sum (a message refused with
+# a 4xx under load is not queued).
+accepted() { awk '{n += $1} END {print n + 0}' "$WORK/accepted"; }
 probe() { # acceptance msgs/s of PROBES runs, space-separated
-  local out=""
+  local out="" j
   for _ in $(seq "$PROBES"); do
-    r=$(bin/sluice-bench smtp -target 127.0.0.1:2605 -sink "" -n "$PROBE_N" -c 20 -size 2048 -json -timeout 600s | jq -r .accepted_per_sec)
+    j=$(bin/sluice-bench smtp -target "127.0.0.1:$SMTP_PORT" -sink "" -n "$PROBE_N" -c 20 -size 2048 -json -timeout 600s || true)
+    jq -r .accepted <<< "$j" >> "$WORK/accepted"
+    r=$(jq -r .accepted_per_sec <<< "$j")
     out="$out ${r%.*}"
   done
   echo "$out"
@@ -81,19 +88,19 @@ settle() { # wait until every queued recipient has had its failed attempt
 
 say "# sluice million" "$(date -u +%FT%TZ) N=$N SIZE=$SIZE DESTS=$DESTS, $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg)"
 start start_s
-export SLUICE_URL=http://127.0.0.1:8025
+export SLUICE_URL=http://127.0.0.1:$HTTP_PORT
 SLUICE_API_KEY=$("$SLUICE" apikey create --tenant bench --scope send,admin -c "$WORK/million.lua" 2>/dev/null)
 export SLUICE_API_KEY
 sleep 2
 say rss_empty_mb "$(( $(rss_kb) / 1024 )) (heap $(heap_mb) MB)"
 say accept_empty_msgs_s "$(probe)"
-base=$(( PROBES * PROBE_N ))
-settle "$base"
+settle "$(accepted)"
 
 t0=$(now)
-bin/sluice-bench smtp -target 127.0.0.1:2605 -sink "" -n "$N" -c "$C" -size "$SIZE" -timeout 7200s > "$WORK/fill.txt" || { cat "$WORK/fill.txt"; exit 1; }
-say fill_s "$(since "$t0") ($(awk '/accepted/ {print; exit}' "$WORK/fill.txt"))"
-total=$(( base + N ))
+bin/sluice-bench smtp -target "127.0.0.1:$SMTP_PORT" -sink "" -n "$N" -c "$C" -size "$SIZE" -timeout 7200s -json > "$WORK/fill.json" || true
+jq -r .accepted "$WORK/fill.json" >> "$WORK/accepted"
+say fill_s "$(since "$t0") ($(jq -r '"\(.accepted) of \(.n) accepted, \(.accepted_per_sec | floor) msgs/s"' "$WORK/fill.json"))"
+total=$(accepted)
 settle "$total"
 say settled_s "$(since "$t0")"
 sleep 5
@@ -101,7 +108,7 @@ rss=$(rss_kb)
 say rss_queued_mb "$(( rss / 1024 )) (heap $(heap_mb) MB) for $total queued"
 say rss_per_rcpt_bytes "$(( rss * 1024 / total ))"
 say accept_queued_msgs_s "$(probe)"
-total=$(( total + base ))
+total=$(accepted)
 settle "$total"
 say spool_du_mb "$(du -sm "$WORK/spool" | cut -f1)"
 
@@ -112,10 +119,10 @@ sleep 5
 rss=$(rss_kb)
 say rss_restarted_mb "$(( rss / 1024 )) (heap $(heap_mb) MB), $(( rss * 1024 / total )) B/rcpt"
 
-listen=127.0.0.1:2602; [ "$DESTS" -gt 1 ] && listen=0.0.0.0:2602
+listen=127.0.0.1:$SINK_PORT; [ "$DESTS" -gt 1 ] && listen=0.0.0.0:$SINK_PORT
 bin/sluice-bench sink -listen "$listen" > "$WORK/sink.txt" &
 sinkpid=$!
-wait_port 2602
+wait_port "$SINK_PORT"
 t0=$(now)
 "$SLUICE" queue flush > /dev/null
 for _ in $(seq 36000); do

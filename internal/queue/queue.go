@@ -204,6 +204,26 @@ type dest struct {
 	idle     int
 	starting int // workers started that have not taken their first item
 	wake     chan struct{}
+	// lastReply is the last reply recorded for a recipient of d, shared
+	// by its recipients deferred with an equal one (share).
+	lastReply *pipeline.Response
+}
+
+// share makes r hold d's route and last reply when its own are equal to
+// them, so that many recipients queued for one destination hold one copy
+// of each (issue 21: a million queued for a destination that is down).
+// Nothing changes a Route or Response in place. q.mu held.
+func (d *dest) share(r *spool.Recipient) {
+	if r.Route != nil && r.Route != d.route && *r.Route == *d.route {
+		r.Route = d.route
+	}
+	if lr := r.LastReply; lr != nil && lr != d.lastReply {
+		if d.lastReply != nil && *lr == *d.lastReply {
+			r.LastReply = d.lastReply
+		} else {
+			d.lastReply = lr
+		}
+	}
 }
 
 // New creates a queue; call Load, then Start. Limits, timeouts and retry
@@ -472,6 +492,7 @@ func (q *Queue) enqueue(m *spool.Meta, rcpts []*spool.Recipient, sites map[strin
 		if r.NextAttempt.After(it.due) {
 			it.due = r.NextAttempt
 		}
+		it.dest.share(r)
 		it.rcpts = append(it.rcpts, r)
 	}
 	for _, it := range order {
@@ -1055,6 +1076,9 @@ func (q *Queue) complete(it *item, res []delivery.Result, err error, remote *pip
 	if len(retry) > 0 {
 		nit := &item{msg: it.msg, dest: it.dest, rcpts: retry, due: retry[0].NextAttempt}
 		q.mu.Lock()
+		for _, r := range retry {
+			it.dest.share(r)
+		}
 		q.schedule(nit, now)
 		q.mu.Unlock()
 	}

@@ -1,0 +1,166 @@
+package queue
+
+import (
+	"fmt"
+	"log/slog"
+	"runtime"
+	"testing"
+	"time"
+
+	"github.com/sluice-mta/sluice/internal/spool"
+	"github.com/sluice-mta/sluice/pipeline"
+)
+
+// spoolQueued writes n deferred recipients into sp as a relay leaves them
+// after a failed attempt to a destination that is down: messages of one
+// to three recipients (every fifth has more than one), spread over dests
+// relay destinations and as many recipient domains, each with its own
+// route, reply and next attempt (in one to two hours) as decoded from
+// the spool. It returns the message ids with their recipient counts.
+func spoolQueued(tb testing.TB, sp *spool.Spool, n, dests int) map[string]int {
+	tb.Helper()
+	now := time.Now()
+	want := map[string]int{}
+	b := sp.NewBatch()
+	for i := 0; i < n; {
+		m := &spool.Meta{ID: sp.NewID(), Sender: "bulk@sender.test", Source: "smtp", Received: now, Size: 1024}
+		_ = b.PutMessage(m, []byte("Subject: x\r\n\r\nbody\r\n"))
+		k := 1
+		if i%5 == 0 {
+			k = 1 + i%3
+		}
+		for j := 0; j < k && i < n; j, i = j+1, i+1 {
+			d := i % dests
+			dom := fmt.Sprintf("d%d.test", d)
+			_ = b.PutRecipient(&spool.Recipient{MsgID: m.ID, Idx: j, Address: fmt.Sprintf("user%d@%s", i, dom), Domain: dom,
+				Route:    &pipeline.Route{Kind: pipeline.RouteRelay, Host: fmt.Sprintf("10.0.%d.%d", d/250, d%250), Port: 2602, TLS: "none"},
+				Attempts: 1, NextAttempt: now.Add(time.Hour + time.Duration(i%3600)*time.Second),
+				LastReply: &pipeline.Response{Code: 451, Enhanced: "4.4.1", Text: "dial tcp 10.0.0.1:2602: connect: connection refused"}})
+			want[m.ID]++
+		}
+		if len(want)%2000 == 0 {
+			if err := b.Commit(false); err != nil {
+				tb.Fatal(err)
+			}
+			b = sp.NewBatch()
+		}
+	}
+	if err := b.Commit(true); err != nil {
+		tb.Fatal(err)
+	}
+	return want
+}
+
+// indexed counts the recipients the queue holds per message id: in the
+// timer heap and in every destination's ready list.
+func indexed(q *Queue) (map[string]int, map[string]bool) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	got := map[string]int{}
+	seen := map[string]bool{}
+	add := func(it *item) {
+		for _, r := range it.rcpts {
+			got[it.msg.meta.ID]++
+			seen[fmt.Sprintf("%s/%d", it.msg.meta.ID, r.Idx)] = true
+		}
+	}
+	for _, it := range q.waiting {
+		add(it)
+	}
+	for _, d := range q.dests {
+		for _, it := range d.ready {
+			add(it)
+		}
+	}
+	return got, seen
+}
+
+// TestLoadRebuildsEveryQueuedRecipient: a restart with 20,000 recipients
+// queued (issue 21's million, at CI size) puts every one of them back,
+// once, under its own message and destination.
+func TestLoadRebuildsEveryQueuedRecipient(t *testing.T) {
+	const n, dests = 20_000, 300
+	sp, err := spool.Open(t.TempDir(), spool.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sp.Close()
+	want := spoolQueued(t, sp, n, dests)
+
+	q := New(sp, &fakeDialer{}, Options{Logger: slog.New(slog.DiscardHandler)})
+	got, err := q.Load()
+	if err != nil || got != n {
+		t.Fatalf("Load = %d, %v; want %d recipients", got, err, n)
+	}
+	byMsg, seen := indexed(q)
+	if len(seen) != n {
+		t.Errorf("%d distinct recipients indexed, want %d", len(seen), n)
+	}
+	if len(byMsg) != len(want) {
+		t.Errorf("%d messages indexed, want %d", len(byMsg), len(want))
+	}
+	for id, k := range want {
+		if byMsg[id] != k {
+			t.Fatalf("message %s: %d recipients indexed, want %d", id, byMsg[id], k)
+		}
+	}
+	if s := q.Stats(); s.Messages != len(want) || s.Waiting == 0 || s.Ready != 0 {
+		t.Errorf("stats %+v, want %d messages all waiting", s, len(want))
+	}
+	total := 0
+	qs := q.Queues()
+	for _, qi := range qs {
+		total += qi.Waiting + qi.Ready
+		if qi.LastError == nil || qi.LastError.Code != 451 || qi.NextAttempt == nil {
+			t.Fatalf("queue %+v: want its last error and next attempt", qi)
+		}
+	}
+	if total != n || len(qs) != dests {
+		t.Errorf("queue listing: %d recipients in %d queues, want %d in %d", total, len(qs), n, dests)
+	}
+}
+
+// BenchmarkQueuedMemory reports the Go heap the queue's index takes per
+// queued recipient after a restart (Load) with n recipients deferred for
+// one destination that is down ("B/rcpt": live heap after a GC, the
+// spool's own caches excluded by measuring the spool open before Load).
+//
+//	go test -run '^$' -bench QueuedMemory -benchtime 1x ./internal/queue
+func BenchmarkQueuedMemory(b *testing.B) {
+	for _, tc := range []struct{ n, dests int }{{100_000, 1}, {100_000, 10_000}} {
+		b.Run(fmt.Sprintf("n=%d/dests=%d", tc.n, tc.dests), func(b *testing.B) {
+			dir := b.TempDir()
+			sp, err := spool.Open(dir, spool.Options{})
+			if err != nil {
+				b.Fatal(err)
+			}
+			spoolQueued(b, sp, tc.n, tc.dests)
+			// Reopen, as a restart does: the memtable's flushes are then
+			// over before the heap is measured.
+			if err := sp.Close(); err != nil {
+				b.Fatal(err)
+			}
+			if sp, err = spool.Open(dir, spool.Options{}); err != nil {
+				b.Fatal(err)
+			}
+			defer sp.Close()
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				var before, after runtime.MemStats
+				runtime.GC()
+				runtime.ReadMemStats(&before)
+				q := New(sp, &fakeDialer{}, Options{Logger: slog.New(slog.DiscardHandler)})
+				start := time.Now()
+				if got, err := q.Load(); err != nil || got != tc.n {
+					b.Fatalf("Load = %d, %v", got, err)
+				}
+				load := time.Since(start)
+				runtime.GC()
+				runtime.ReadMemStats(&after)
+				b.ReportMetric(float64(after.HeapAlloc-before.HeapAlloc)/float64(tc.n), "B/rcpt")
+				b.ReportMetric(float64(load.Nanoseconds())/float64(tc.n), "ns-load/rcpt")
+				runtime.KeepAlive(q)
+			}
+		})
+	}
+}
