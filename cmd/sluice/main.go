@@ -16,6 +16,7 @@ import (
 	"os"
 	"os/signal"
 	"runtime/pprof"
+	"runtime/trace"
 	"syscall"
 	"time"
 
@@ -133,6 +134,7 @@ func runServe(args []string, stderr io.Writer) int {
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn, error")
 	grace := fs.Duration("shutdown-grace", 30*time.Second, "how long to let sessions and deliveries finish on SIGTERM")
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile to this file until shutdown (for performance work)")
+	traceFile := fs.String("trace", "", "write an execution trace (go tool trace) to this file until shutdown (for latency work; large: tens of MB per second under load)")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return 0
@@ -174,6 +176,18 @@ func runServe(args []string, stderr io.Writer) int {
 			return 1
 		}
 		defer func() { pprof.StopCPUProfile(); f.Close() }()
+	}
+	if *traceFile != "" {
+		f, err := os.Create(*traceFile)
+		if err != nil {
+			fmt.Fprintln(stderr, "sluice serve:", err)
+			return 1
+		}
+		if err := trace.Start(f); err != nil {
+			fmt.Fprintln(stderr, "sluice serve:", err)
+			return 1
+		}
+		defer func() { trace.Stop(); f.Close() }()
 	}
 	if err := srv.Start(); err != nil {
 		fmt.Fprintln(stderr, "sluice serve:", err)
