@@ -1,9 +1,12 @@
 package queue
 
 import (
+	"context"
 	"fmt"
 	"log/slog"
+	"os"
 	"runtime"
+	"runtime/pprof"
 	"syscall"
 	"testing"
 	"time"
@@ -174,5 +177,53 @@ func BenchmarkQueuedMemory(b *testing.B) {
 				runtime.KeepAlive(q)
 			}
 		})
+	}
+}
+
+// BenchmarkQueuedMemoryLive is BenchmarkQueuedMemory on the live path:
+// n messages accepted (committed, then Enqueue as the relay does) for a
+// destination that refuses connections, measured once each has had its
+// failed attempt and waits in the timer heap.
+//
+//	go test -run '^$' -bench QueuedMemoryLive -benchtime 1x ./internal/queue
+func BenchmarkQueuedMemoryLive(b *testing.B) {
+	const n = 100_000
+	for i := 0; i < b.N; i++ {
+		sp, err := spool.Open(b.TempDir(), spool.Options{})
+		if err != nil {
+			b.Fatal(err)
+		}
+		down := &pipeline.Error{Code: 421, Enhanced: pipeline.EnhancedCode{4, 4, 1}, Message: "connect: connection refused"}
+		q := New(sp, &fakeDialer{dialErr: down}, Options{Logger: slog.New(slog.DiscardHandler), RetryInitial: time.Hour, RetryMax: time.Hour})
+		q.Start()
+		var before, after runtime.MemStats
+		runtime.GC()
+		runtime.ReadMemStats(&before)
+		now := time.Now()
+		for j := 0; j < n; j++ {
+			m := &spool.Meta{ID: sp.NewID(), Sender: fmt.Sprintf("bulk%d@sender.test", j%10), Source: "smtp", Received: now, Size: 1024}
+			r := &spool.Recipient{MsgID: m.ID, Address: fmt.Sprintf("user%d@sink.test", j), Domain: "sink.test",
+				Route: &pipeline.Route{Kind: pipeline.RouteRelay, Host: "127.0.0.1", Port: 2602, TLS: "none"}}
+			bt := sp.NewBatch()
+			_ = bt.PutMessage(m, []byte("Subject: x\r\n\r\nbody\r\n"))
+			_ = bt.PutRecipient(r)
+			if err := bt.Commit(false); err != nil {
+				b.Fatal(err)
+			}
+			q.Enqueue(m, []*spool.Recipient{r})
+		}
+		for q.Stats().Waiting < n {
+			time.Sleep(50 * time.Millisecond)
+		}
+		runtime.GC()
+		runtime.ReadMemStats(&after)
+		b.ReportMetric(float64(after.HeapAlloc-before.HeapAlloc)/n, "B/rcpt")
+		if f := os.Getenv("QUEUED_HEAP_PROFILE"); f != "" { // what the heap holds now
+			w, _ := os.Create(f)
+			_ = pprof.WriteHeapProfile(w)
+			w.Close()
+		}
+		q.Stop(context.Background())
+		sp.Close()
 	}
 }
