@@ -126,6 +126,21 @@ func newLogger(w io.Writer, format, level string) (*slog.Logger, error) {
 	return nil, fmt.Errorf("--log-format %q: want text or json", format)
 }
 
+// startCapture creates path and starts a capture into it (a CPU profile
+// or an execution trace); the function it returns stops the capture and
+// closes the file.
+func startCapture(path string, start func(io.Writer) error, stop func()) (func(), error) {
+	f, err := os.Create(path)
+	if err != nil {
+		return nil, err
+	}
+	if err := start(f); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return func() { stop(); f.Close() }, nil
+}
+
 func runServe(args []string, stderr io.Writer) int {
 	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
 	fs.SetOutput(stderr)
@@ -165,29 +180,20 @@ func runServe(args []string, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "sluice serve:", err)
 		return 1
 	}
-	if *cpuProfile != "" {
-		f, err := os.Create(*cpuProfile)
+	for _, c := range []struct {
+		path  string
+		start func(io.Writer) error
+		stop  func()
+	}{{*cpuProfile, pprof.StartCPUProfile, pprof.StopCPUProfile}, {*traceFile, trace.Start, trace.Stop}} {
+		if c.path == "" {
+			continue
+		}
+		stop, err := startCapture(c.path, c.start, c.stop)
 		if err != nil {
 			fmt.Fprintln(stderr, "sluice serve:", err)
 			return 1
 		}
-		if err := pprof.StartCPUProfile(f); err != nil {
-			fmt.Fprintln(stderr, "sluice serve:", err)
-			return 1
-		}
-		defer func() { pprof.StopCPUProfile(); f.Close() }()
-	}
-	if *traceFile != "" {
-		f, err := os.Create(*traceFile)
-		if err != nil {
-			fmt.Fprintln(stderr, "sluice serve:", err)
-			return 1
-		}
-		if err := trace.Start(f); err != nil {
-			fmt.Fprintln(stderr, "sluice serve:", err)
-			return 1
-		}
-		defer func() { trace.Stop(); f.Close() }()
+		defer stop()
 	}
 	if err := srv.Start(); err != nil {
 		fmt.Fprintln(stderr, "sluice serve:", err)

@@ -662,7 +662,6 @@ func (s *Spool) ScanRecipients(fn func(m *Meta, r *Recipient) error) error {
 	var (
 		cur     *Meta
 		skipped []byte // the id of a message whose metadata is missing or corrupt
-		mkey    []byte
 	)
 	for it.First(); it.Valid(); it.Next() {
 		k := it.Key()
@@ -675,8 +674,7 @@ func (s *Spool) ScanRecipients(fn func(m *Meta, r *Recipient) error) error {
 			continue
 		}
 		if cur == nil || cur.ID != string(idb) {
-			mkey = append(append(mkey[:0], kMeta), idb...)
-			m, err := s.scanMeta(mit, mkey)
+			m, err := metaAt(mit, string(idb))
 			if err != nil {
 				s.log.Error("spool: recipient without message metadata; skipping", "msgid", string(idb), "err", err)
 				skipped = append(skipped[:0], idb...)
@@ -700,22 +698,6 @@ func (s *Spool) ScanRecipients(fn func(m *Meta, r *Recipient) error) error {
 		return err
 	}
 	return it.Error()
-}
-
-// scanMeta decodes the metadata at key, moving mit forward to it (keys
-// are asked for in ascending order, so the seeks only go forward).
-func (s *Spool) scanMeta(mit *pebble.Iterator, key []byte) (*Meta, error) {
-	if !mit.SeekGE(key) || !bytes.Equal(mit.Key(), key) {
-		if err := mit.Error(); err != nil {
-			return nil, err
-		}
-		return nil, pebble.ErrNotFound
-	}
-	var m Meta
-	if err := json.Unmarshal(mit.Value(), &m); err != nil {
-		return nil, fmt.Errorf("corrupt metadata: %w", err)
-	}
-	return &m, nil
 }
 
 // History returns the stored events of a message, oldest first.
