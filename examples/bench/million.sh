@@ -14,7 +14,8 @@
 #   3. RSS with N queued (VmRSS, and the Go heap from /metrics), per recipient
 #   4. acceptance probe again with N queued (same PROBES x PROBE_N)
 #   5. restart: SIGTERM, start again; restart time = exec -> SMTP port open
-#      (the listeners start after the queues are rebuilt); RSS after restart
+#      (the listeners start after the queues are rebuilt); RSS after restart.
+#      RESTART_ALSO="other builds" restarts each of them on the spool first.
 #   6. drain: start a sink at the destination, `sluice queue flush`; drain
 #      time and rate until the sink has every queued message
 # Needs bin/sluice-bench and bin/sluice (make build; SLUICE=path for another
@@ -58,10 +59,21 @@ start() { # sets pid; prints the seconds from exec to both ports open
   "$SLUICE" serve -c "$WORK/million.lua" -log-level warn > /dev/null 2>> "$WORK/sluice.log" &
   pid=$!
   wait_port "$SMTP_PORT" && wait_port "$HTTP_PORT" && kill -0 "$pid" 2>/dev/null || { echo "sluice did not start" >&2; cat "$WORK/sluice.log" >&2; exit 1; }
-  say "$1" "$(since "$t0")"
+  say "$1" "$(since "$t0") s wall, $(awk '{printf "%.1f", ($14+$15)/100}' "/proc/$pid/stat") s CPU"
 }
 stop() { local t0; t0=$(now); kill "$pid"; wait "$pid" || true; pid=; say stop_s "$(since "$t0")"; }
+restart_with() { # stop, start binary $1 on the same spool: restart time, RSS
+  local keep=$SLUICE
+  SLUICE=$1
+  stop
+  start "restart_s ($(basename "$1"))"
+  sleep 5
+  local r; r=$(rss_kb)
+  say "rss_restarted_mb ($(basename "$1"))" "$(( r / 1024 )) (heap $(heap_mb) MB), $(( r * 1024 / total )) B/rcpt, queued $(queued) of $total"
+  SLUICE=$keep
+}
 # queued: recipients ready + waiting over every queue (sluice queue list --json).
+in_queue() { curl -fsS "http://127.0.0.1:$ADMIN_PORT/metrics" 2>/dev/null | awk '/^sluice_queue_messages / {print $2 + 0}'; }
 queued() { "$SLUICE" queue list --json 2>/dev/null | jq '[.queues[] | (.ready + .waiting)] | add // 0'; }
 waiting() { "$SLUICE" queue list --json 2>/dev/null | jq '[.queues[] | .waiting] | add // 0'; }
 # Every run of sluice-bench appends its count of accepted messages to
@@ -112,12 +124,10 @@ total=$(accepted)
 settle "$total"
 say spool_du_mb "$(du -sm "$WORK/spool" | cut -f1)"
 
-stop
-start restart_s
-say queued_after_restart "$(queued) (want $total)"
-sleep 5
-rss=$(rss_kb)
-say rss_restarted_mb "$(( rss / 1024 )) (heap $(heap_mb) MB), $(( rss * 1024 / total )) B/rcpt"
+# RESTART_ALSO="bin ...": restart each of these builds on the same spool
+# first (same-run comparison of restart time and memory), then $SLUICE.
+for b in ${RESTART_ALSO:-}; do restart_with "$b"; done
+restart_with "$SLUICE"
 
 listen=127.0.0.1:$SINK_PORT; [ "$DESTS" -gt 1 ] && listen=0.0.0.0:$SINK_PORT
 bin/sluice-bench sink -listen "$listen" > "$WORK/sink.txt" &
@@ -125,11 +135,15 @@ sinkpid=$!
 wait_port "$SINK_PORT"
 t0=$(now)
 "$SLUICE" queue flush > /dev/null
+# Drained: no message left with a recipient to deliver (the gauge counts a
+# recipient until its outcome is recorded; the queue listing does not show
+# the ones a worker has taken).
 for _ in $(seq 36000); do
-  q=$(queued); [ "${q:-1}" -eq 0 ] && break; sleep 1
+  q=$(in_queue); [ "${q:-1}" -eq 0 ] && break; sleep 1
 done
 dt=$(since "$t0")
-say drain_s "$dt ($(echo "$total $dt" | awk '{printf "%.0f", $1/$2}') msgs/s; queue left: $q)"
+kill -INT "$sinkpid"; wait "$sinkpid" 2>/dev/null; sinkpid=
+say drain_s "$dt ($(echo "$total $dt" | awk '{printf "%.0f", $1/$2}') msgs/s; messages left: $q; the sink got $(awk '/^total/ {print $2}' "$WORK/sink.txt"))"
 say rss_drained_mb "$(( $(rss_kb) / 1024 )) (heap $(heap_mb) MB)"
 if grep -q . "$WORK/sluice.log"; then
   echo "## relay warnings and errors"
