@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/sluice-mta/sluice/internal/spool"
+	"github.com/sluice-mta/sluice/internal/testutil"
 	"github.com/sluice-mta/sluice/pipeline"
 )
 
@@ -225,5 +226,48 @@ func BenchmarkQueuedMemoryLive(b *testing.B) {
 		}
 		q.Stop(context.Background())
 		sp.Close()
+	}
+}
+
+// TestManyDestinationsFewConnections: with more destinations than
+// connection slots, a worker whose destination has nothing left gives its
+// slot up to a destination waiting for one instead of idling IdleTimeout
+// (here an hour) on it, and no destination gets a worker per message
+// while every slot is taken. Without that, 30 destinations over 2 slots
+// stalled after the first two (issue 21's 10,000 destinations drained at
+// about 60 messages/s).
+func TestManyDestinationsFewConnections(t *testing.T) {
+	const dests, per = 30, 3
+	sp, err := spool.Open(t.TempDir(), spool.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sp.Close()
+	fd := &fakeDialer{}
+	q := newQueue(sp, fd, fakeBouncer{}, Options{MaxConnections: 2, MaxPerDestination: 5, IdleTimeout: time.Hour})
+	q.Start()
+	defer q.Stop(context.Background())
+	peakWorkers := 0
+	for d := 0; d < dests; d++ {
+		for i := 0; i < per; i++ {
+			m, rs := put(t, sp, "s@a.test", fmt.Sprintf("r%d@d%d.test", i, d))
+			q.Enqueue(m, rs)
+			peakWorkers = max(peakWorkers, q.Stats().Active)
+		}
+	}
+	testutil.WaitFor(t, "every message delivered", func() bool {
+		peakWorkers = max(peakWorkers, q.Stats().Active)
+		return q.Stats().Messages == 0
+	})
+	fd.mu.Lock()
+	defer fd.mu.Unlock()
+	if len(fd.sent) != dests*per || fd.maxConns > 2 {
+		t.Errorf("delivered %d of %d, %d connections at once (limit 2)", len(fd.sent), dests*per, fd.maxConns)
+	}
+	// One worker per destination at the most while the slots are taken
+	// (a destination's first worker may still be starting when the next
+	// message for it comes), plus the two holding slots.
+	if peakWorkers > dests+2 {
+		t.Errorf("%d workers at once for %d destinations over 2 slots", peakWorkers, dests)
 	}
 }

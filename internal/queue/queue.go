@@ -155,7 +155,11 @@ type Queue struct {
 	cancel context.CancelFunc
 	sem    chan struct{}
 	wake   chan struct{}
-	wg     sync.WaitGroup
+	// slotWaiters counts workers waiting for a connection slot (sem);
+	// yield wakes one idle worker so that it gives its slot up (take).
+	slotWaiters atomic.Int32
+	yield       chan struct{}
+	wg          sync.WaitGroup
 
 	// spoolHeld is true while deliveries are held because the spool
 	// cannot record their outcomes (see holdForSpool); sample keeps
@@ -271,6 +275,7 @@ func New(sp *spool.Spool, d Dialer, o Options) *Queue {
 		ctx: ctx, cancel: cancel,
 		sem:   make(chan struct{}, o.MaxConnections),
 		wake:  make(chan struct{}, 1),
+		yield: make(chan struct{}, 1),
 		dests: map[string]*dest{},
 		msgs:  map[string]*message{},
 	}
@@ -565,7 +570,11 @@ func (q *Queue) dispatch(d *dest) {
 		// connection limit since the last dispatch.
 		d.max = q.o.Shaper.PoolConnections(d.site, d.route.Pool)
 	}
-	for len(d.ready) > d.idle+d.starting && d.active < d.max {
+	// While every connection slot is taken, a destination that has a
+	// worker gets no more: its worker delivers the rest over its
+	// connection, instead of a worker per message each waiting for a slot
+	// (10,000 destinations made 60,000 such goroutines).
+	for len(d.ready) > d.idle+d.starting && d.active < d.max && (d.active == 0 || len(q.sem) < cap(q.sem)) {
 		d.active++
 		d.starting++
 		q.wg.Add(1)
@@ -640,7 +649,12 @@ func (q *Queue) take(d *dest, haveConn, first bool, idle time.Duration) *item {
 			return it
 		}
 		wait := time.Until(deadline)
-		if !haveConn || wait <= 0 {
+		// An idle connection gives its slot up at once when a worker of
+		// another destination waits for one: with thousands of
+		// destinations and few messages each, idling IdleTimeout on every
+		// slot held the others back (issue 21: 10,000 destinations drained
+		// at about 60 messages/s).
+		if !haveConn || wait <= 0 || q.slotWaiters.Load() > 0 {
 			d.active--
 			if d.active == 0 && d.idle == 0 && len(d.ready) == 0 && q.dests[d.key] == d {
 				delete(q.dests, d.key) // forget idle destinations
@@ -653,6 +667,7 @@ func (q *Queue) take(d *dest, haveConn, first bool, idle time.Duration) *item {
 		select {
 		case <-d.wake:
 		case <-t.C:
+		case <-q.yield:
 		case <-q.ctx.Done():
 		}
 		t.Stop()
@@ -727,14 +742,12 @@ func (q *Queue) worker(d *dest) {
 		}
 		if conn == nil {
 			if !held {
-				select {
-				case q.sem <- struct{}{}:
-					held = true
-				case <-q.ctx.Done():
+				if !q.acquireSlot() {
 					q.requeue(it)
 					q.retire(d)
 					return
 				}
+				held = true
 			}
 			c, err := q.dial(d, eg, lease != nil)
 			if err != nil {
@@ -800,6 +813,29 @@ func (q *Queue) worker(d *dest) {
 		if err != nil {
 			closeConn()
 		}
+	}
+}
+
+// acquireSlot takes a connection slot, waiting for one when all
+// MaxConnections are in use (and then waking an idle worker to give its
+// slot up). It reports false when the queue stops first.
+func (q *Queue) acquireSlot() bool {
+	select {
+	case q.sem <- struct{}{}:
+		return true
+	default:
+	}
+	q.slotWaiters.Add(1)
+	defer q.slotWaiters.Add(-1)
+	select {
+	case q.yield <- struct{}{}:
+	default:
+	}
+	select {
+	case q.sem <- struct{}{}:
+		return true
+	case <-q.ctx.Done():
+		return false
 	}
 }
 
