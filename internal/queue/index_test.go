@@ -101,6 +101,21 @@ func TestLoadRebuildsEveryQueuedRecipient(t *testing.T) {
 	if len(seen) != n {
 		t.Errorf("%d distinct recipients indexed, want %d", len(seen), n)
 	}
+	// Equal routes and last replies are one value each in memory.
+	routes, replies := map[*pipeline.Route]bool{}, map[*pipeline.Response]bool{}
+	q.mu.Lock()
+	for _, it := range q.waiting {
+		for _, r := range it.rcpts {
+			routes[r.Route], replies[r.LastReply] = true, true
+			if r.MsgID != it.msg.meta.ID {
+				t.Fatalf("recipient %s/%d of message %s", r.MsgID, r.Idx, it.msg.meta.ID)
+			}
+		}
+	}
+	q.mu.Unlock()
+	if len(routes) != dests || len(replies) != 1 {
+		t.Errorf("%d route values for %d destinations, %d reply values for one reply", len(routes), dests, len(replies))
+	}
 	if len(byMsg) != len(want) {
 		t.Errorf("%d messages indexed, want %d", len(byMsg), len(want))
 	}

@@ -646,6 +646,11 @@ func (q *Queue) take(d *dest, haveConn, first bool, idle time.Duration) *item {
 			it := d.ready[0]
 			d.ready[0] = nil
 			d.ready = d.ready[1:]
+			if len(d.ready) > 0 {
+				// More workers for the rest once connection slots are
+				// free again (dispatch holds back while they are not).
+				q.dispatch(d)
+			}
 			return it
 		}
 		wait := time.Until(deadline)
