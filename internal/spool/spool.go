@@ -689,6 +689,9 @@ func (s *Spool) ScanRecipients(fn func(m *Meta, r *Recipient) error) error {
 			continue
 		}
 		r.MsgID, r.Idx = cur.ID, idx
+		if cur.ID != string(idb) { // metadata naming another id: the key wins
+			r.MsgID = string(idb)
+		}
 		in.recipient(&r)
 		if err := fn(cur, &r); err != nil {
 			return err
