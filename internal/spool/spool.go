@@ -675,6 +675,9 @@ func (s *Spool) ScanRecipients(fn func(m *Meta, r *Recipient) error) error {
 		}
 		if cur == nil || cur.ID != string(idb) {
 			m, err := metaAt(mit, string(idb))
+			if errors.Is(err, pebble.ErrNotFound) {
+				err = errors.New("no metadata in the spool") // not Pebble's stack trace
+			}
 			if err != nil {
 				s.log.Error("spool: recipient without message metadata; skipping", "msgid", string(idb), "err", err)
 				skipped = append(skipped[:0], idb...)
