@@ -16,6 +16,7 @@ import (
 	"os"
 	"os/signal"
 	"runtime/pprof"
+	"runtime/trace"
 	"syscall"
 	"time"
 
@@ -133,6 +134,21 @@ func newLogger(w io.Writer, format, level string) (*slog.Logger, error) {
 	return slog.New(h), nil
 }
 
+// startCapture creates path and starts a capture into it (a CPU profile
+// or an execution trace); the function it returns stops the capture and
+// closes the file.
+func startCapture(path string, start func(io.Writer) error, stop func()) (func(), error) {
+	f, err := os.Create(path)
+	if err != nil {
+		return nil, err
+	}
+	if err := start(f); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return func() { stop(); f.Close() }, nil
+}
+
 func runServe(args []string, stderr io.Writer) int {
 	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
 	fs.SetOutput(stderr)
@@ -141,6 +157,7 @@ func runServe(args []string, stderr io.Writer) int {
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn, error (wins over sluice.logging's level)")
 	grace := fs.Duration("shutdown-grace", 30*time.Second, "how long to let sessions and deliveries finish on SIGTERM")
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile to this file until shutdown (for performance work)")
+	traceFile := fs.String("trace", "", "write an execution trace (go tool trace) to this file until shutdown (for latency work; large: tens of MB per second under load)")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return 0
@@ -177,17 +194,20 @@ func runServe(args []string, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "sluice serve:", err)
 		return 1
 	}
-	if *cpuProfile != "" {
-		f, err := os.Create(*cpuProfile)
+	for _, c := range []struct {
+		path  string
+		start func(io.Writer) error
+		stop  func()
+	}{{*cpuProfile, pprof.StartCPUProfile, pprof.StopCPUProfile}, {*traceFile, trace.Start, trace.Stop}} {
+		if c.path == "" {
+			continue
+		}
+		stop, err := startCapture(c.path, c.start, c.stop)
 		if err != nil {
 			fmt.Fprintln(stderr, "sluice serve:", err)
 			return 1
 		}
-		if err := pprof.StartCPUProfile(f); err != nil {
-			fmt.Fprintln(stderr, "sluice serve:", err)
-			return 1
-		}
-		defer func() { pprof.StopCPUProfile(); f.Close() }()
+		defer stop()
 	}
 	if err := srv.Start(); err != nil {
 		fmt.Fprintln(stderr, "sluice serve:", err)

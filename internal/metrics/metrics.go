@@ -29,9 +29,15 @@ import (
 
 // NewRegistry returns a registry holding the Go runtime and process
 // collectors. Safe for concurrent use, like every prometheus.Registry.
+// Besides the default go_* metrics it exports the runtime's scheduler
+// latency histogram (go_sched_latencies_seconds: how long goroutines
+// waited for a CPU once runnable, the first thing to look at when
+// acceptance latency grows under load) and its GC metrics (go_gc_*: pauses,
+// cycles, heap goal).
 func NewRegistry() *prometheus.Registry {
 	r := prometheus.NewRegistry()
-	r.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	r.MustRegister(collectors.NewGoCollector(collectors.WithGoCollectorRuntimeMetrics(collectors.MetricsScheduler, collectors.MetricsGC)),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return r
 }
 

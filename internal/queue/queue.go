@@ -155,7 +155,11 @@ type Queue struct {
 	cancel context.CancelFunc
 	sem    chan struct{}
 	wake   chan struct{}
-	wg     sync.WaitGroup
+	// slotWaiters counts workers waiting for a connection slot (sem);
+	// yield wakes one idle worker so that it gives its slot up (take).
+	slotWaiters atomic.Int32
+	yield       chan struct{}
+	wg          sync.WaitGroup
 
 	// spoolHeld is true while deliveries are held because the spool
 	// cannot record their outcomes (see holdForSpool); sample keeps
@@ -210,6 +214,26 @@ type dest struct {
 	idle     int
 	starting int // workers started that have not taken their first item
 	wake     chan struct{}
+	// lastReply is the last reply recorded for a recipient of d, shared
+	// by its recipients deferred with an equal one (share).
+	lastReply *pipeline.Response
+}
+
+// share makes r hold d's route and last reply when its own are equal to
+// them, so that many recipients queued for one destination hold one copy
+// of each (issue 21: a million queued for a destination that is down).
+// Nothing changes a Route or Response in place. q.mu held.
+func (d *dest) share(r *spool.Recipient) {
+	if r.Route != nil && r.Route != d.route && *r.Route == *d.route {
+		r.Route = d.route
+	}
+	if lr := r.LastReply; lr != nil && lr != d.lastReply {
+		if d.lastReply != nil && *lr == *d.lastReply {
+			r.LastReply = d.lastReply
+		} else {
+			d.lastReply = lr
+		}
+	}
 }
 
 // New creates a queue; call Load, then Start. Limits, timeouts and retry
@@ -257,6 +281,7 @@ func New(sp *spool.Spool, d Dialer, o Options) *Queue {
 		ctx: ctx, cancel: cancel,
 		sem:   make(chan struct{}, o.MaxConnections),
 		wake:  make(chan struct{}, 1),
+		yield: make(chan struct{}, 1),
 		dests: map[string]*dest{},
 		msgs:  map[string]*message{},
 	}
@@ -490,6 +515,7 @@ func (q *Queue) enqueue(m *spool.Meta, rcpts []*spool.Recipient, sites map[strin
 		if r.NextAttempt.After(it.due) {
 			it.due = r.NextAttempt
 		}
+		it.dest.share(r)
 		it.rcpts = append(it.rcpts, r)
 	}
 	for _, it := range order {
@@ -562,7 +588,11 @@ func (q *Queue) dispatch(d *dest) {
 		// connection limit since the last dispatch.
 		d.max = q.o.Shaper.PoolConnections(d.site, d.route.Pool)
 	}
-	for len(d.ready) > d.idle+d.starting && d.active < d.max {
+	// While every connection slot is taken, a destination that has a
+	// worker gets no more: its worker delivers the rest over its
+	// connection, instead of a worker per message each waiting for a slot
+	// (10,000 destinations made 60,000 such goroutines).
+	for len(d.ready) > d.idle+d.starting && d.active < d.max && (d.active == 0 || len(q.sem) < cap(q.sem)) {
 		d.active++
 		d.starting++
 		q.wg.Add(1)
@@ -634,10 +664,20 @@ func (q *Queue) take(d *dest, haveConn, first bool, idle time.Duration) *item {
 			it := d.ready[0]
 			d.ready[0] = nil
 			d.ready = d.ready[1:]
+			if len(d.ready) > 0 {
+				// More workers for the rest once connection slots are
+				// free again (dispatch holds back while they are not).
+				q.dispatch(d)
+			}
 			return it
 		}
 		wait := time.Until(deadline)
-		if !haveConn || wait <= 0 {
+		// An idle connection gives its slot up at once when a worker of
+		// another destination waits for one: with thousands of
+		// destinations and few messages each, idling IdleTimeout on every
+		// slot held the others back (issue 21: 10,000 destinations drained
+		// at about 60 messages/s).
+		if !haveConn || wait <= 0 || q.slotWaiters.Load() > 0 {
 			d.active--
 			if d.active == 0 && d.idle == 0 && len(d.ready) == 0 && q.dests[d.key] == d {
 				delete(q.dests, d.key) // forget idle destinations
@@ -650,6 +690,7 @@ func (q *Queue) take(d *dest, haveConn, first bool, idle time.Duration) *item {
 		select {
 		case <-d.wake:
 		case <-t.C:
+		case <-q.yield:
 		case <-q.ctx.Done():
 		}
 		t.Stop()
@@ -724,14 +765,12 @@ func (q *Queue) worker(d *dest) {
 		}
 		if conn == nil {
 			if !held {
-				select {
-				case q.sem <- struct{}{}:
-					held = true
-				case <-q.ctx.Done():
+				if !q.acquireSlot() {
 					q.requeue(it)
 					q.retire(d)
 					return
 				}
+				held = true
 			}
 			c, err := q.dial(d, eg, lease != nil)
 			if err != nil {
@@ -797,6 +836,29 @@ func (q *Queue) worker(d *dest) {
 		if err != nil {
 			closeConn()
 		}
+	}
+}
+
+// acquireSlot takes a connection slot, waiting for one when all
+// MaxConnections are in use (and then waking an idle worker to give its
+// slot up). It reports false when the queue stops first.
+func (q *Queue) acquireSlot() bool {
+	select {
+	case q.sem <- struct{}{}:
+		return true
+	default:
+	}
+	q.slotWaiters.Add(1)
+	defer q.slotWaiters.Add(-1)
+	select {
+	case q.yield <- struct{}{}:
+	default:
+	}
+	select {
+	case q.sem <- struct{}{}:
+		return true
+	case <-q.ctx.Done():
+		return false
 	}
 }
 
@@ -1097,6 +1159,9 @@ func (q *Queue) complete(it *item, res []delivery.Result, err error, remote *pip
 	if len(retry) > 0 {
 		nit := &item{msg: it.msg, dest: it.dest, rcpts: retry, due: retry[0].NextAttempt}
 		q.mu.Lock()
+		for _, r := range retry {
+			it.dest.share(r)
+		}
 		q.schedule(nit, now)
 		q.mu.Unlock()
 	}

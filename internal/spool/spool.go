@@ -643,6 +643,14 @@ func (s *Spool) Meta(msgID string) (*Meta, error) {
 
 // ScanRecipients calls fn for every queued recipient with its message's
 // metadata, in message order. Used once at start to rebuild the queues.
+//
+// It reads the metadata beside the recipients with a second iterator
+// (one forward pass over each key range, not a point read per message),
+// and the values it hands out share memory where they are equal: a
+// message's recipients share its id string, and equal routes, last
+// replies, recipient domains and senders are one value each (see
+// interner). The callback must not modify a recipient's Route or
+// LastReply in place (replace the pointer instead).
 func (s *Spool) ScanRecipients(fn func(m *Meta, r *Recipient) error) error {
 	s.dbMu.RLock()
 	defer s.dbMu.RUnlock()
@@ -651,31 +659,55 @@ func (s *Spool) ScanRecipients(fn func(m *Meta, r *Recipient) error) error {
 		return err
 	}
 	defer it.Close()
-	var cur *Meta
+	mit, err := s.db.NewIter(&pebble.IterOptions{LowerBound: []byte{kMeta}, UpperBound: []byte{kMeta + 1}})
+	if err != nil {
+		return err
+	}
+	defer mit.Close()
+	in := newInterner()
+	var (
+		cur     *Meta
+		skipped []byte // the id of a message whose metadata is missing or corrupt
+	)
 	for it.First(); it.Valid(); it.Next() {
 		k := it.Key()
 		if len(k) < 4 {
 			continue
 		}
-		id := string(k[1 : len(k)-2])
+		idb := k[1 : len(k)-2]
 		idx := int(binary.BigEndian.Uint16(k[len(k)-2:]))
-		if cur == nil || cur.ID != id {
-			m, err := s.Meta(id)
+		if skipped != nil && bytes.Equal(idb, skipped) {
+			continue
+		}
+		if cur == nil || cur.ID != string(idb) {
+			m, err := metaAt(mit, string(idb))
+			if errors.Is(err, pebble.ErrNotFound) {
+				err = errors.New("no metadata in the spool") // not Pebble's stack trace
+			}
 			if err != nil {
-				s.log.Error("spool: recipient without message metadata; skipping", "msgid", id, "err", err)
+				s.log.Error("spool: recipient without message metadata; skipping", "msgid", string(idb), "err", err)
+				skipped = append(skipped[:0], idb...)
 				continue
 			}
-			cur = m
+			in.meta(m)
+			cur, skipped = m, nil
 		}
 		var r Recipient
 		if err := json.Unmarshal(it.Value(), &r); err != nil {
-			s.log.Error("spool: corrupt recipient record; skipping", "msgid", id, "idx", idx, "err", err)
+			s.log.Error("spool: corrupt recipient record; skipping", "msgid", cur.ID, "idx", idx, "err", err)
 			continue
 		}
-		r.MsgID, r.Idx = id, idx
+		r.MsgID, r.Idx = cur.ID, idx
+		if cur.ID != string(idb) { // metadata naming another id: the key wins
+			r.MsgID = string(idb)
+		}
+		in.recipient(&r)
 		if err := fn(cur, &r); err != nil {
 			return err
 		}
+	}
+	if err := mit.Error(); err != nil {
+		return err
 	}
 	return it.Error()
 }
