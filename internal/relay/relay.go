@@ -125,10 +125,10 @@ type Accepted struct {
 	// (with the empty line that ends it when the message has one), Body
 	// is Msg.Body. Neither may change until the commit returns.
 	Head, Body []byte
-	Meta    *spool.Meta
-	Rcpts   []*spool.Recipient
-	Events  []*pipeline.Event
-	Receipt *Receipt
+	Meta       *spool.Meta
+	Rcpts      []*spool.Recipient
+	Events     []*pipeline.Event
+	Receipt    *Receipt
 	// Bounce is a DSN (itself accepted through the pipeline) for
 	// recipients refused at on_route, written with the message.
 	Bounce *Accepted
