@@ -12,7 +12,7 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 COMMIT  ?= $(shell git rev-parse HEAD 2>/dev/null)
 LDFLAGS := -X main.version=$(VERSION) -X main.commit=$(COMMIT)
 
-.PHONY: all build run test test-short test-scripts bench lint fmt vet clean deps proto proto-tools
+.PHONY: all build run test test-short test-scripts bench bench-postfix lint fmt vet clean deps proto proto-tools
 
 all: build
 
@@ -80,9 +80,16 @@ test-short: build
 	$(GO) test -short -count=1 $(PKGS)
 
 # End-to-end relay benchmark: load generator -> sluice (Lua stage, fsync) ->
-# sink, all on loopback. See BENCHMARKS.md. N and C can be overridden.
+# sink, all on loopback. See BENCHMARKS.md. First Sluice side by side with
+# Postfix through ../shared/bench (when Postfix is installed and this runs as
+# root; otherwise it says so), then Sluice alone with bin/sluice-bench.
 bench: build
+	./examples/bench/sidebyside.sh
 	./examples/bench/run.sh
+
+# Only the side-by-side run against Postfix (SIDE_SCENARIOS, SIDE_REPS).
+bench-postfix: build
+	./examples/bench/sidebyside.sh
 
 lint: vet
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi

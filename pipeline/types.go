@@ -324,6 +324,16 @@ func (m *Message) Bytes() ([]byte, error) {
 	return buf.Bytes(), nil
 }
 
+// HeaderBytes returns the header section as Bytes writes it (Bytes is
+// HeaderBytes followed by Body), without copying the body.
+func (m *Message) HeaderBytes() ([]byte, error) {
+	var buf bytes.Buffer
+	if err := m.writeHeader(&buf); err != nil {
+		return nil, err
+	}
+	return buf.Bytes(), nil
+}
+
 // writeHeader writes the header section as Bytes does.
 func (m *Message) writeHeader(buf *bytes.Buffer) error {
 	if err := textproto.WriteHeader(buf, m.Header); err != nil {

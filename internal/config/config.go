@@ -114,6 +114,11 @@ type SMTPListener struct {
 	// listener's transactions at once (default 256 MiB); a DATA/BDAT
 	// past it gets 452 4.3.1.
 	MaxInflightBytes int64
+	// SpillThreshold is how much of a message is received in memory
+	// (default 1 MiB); the rest goes to a temporary file next to the
+	// spool while it arrives, and the message is read back in one piece
+	// only after its end of data, to be checked and committed.
+	SpillThreshold int64
 }
 
 // HTTPListener: sluice.listen_http { addr = "127.0.0.1:8025", tls = {...} }.
@@ -371,6 +376,7 @@ func DefaultSMTPListener(addr string) SMTPListener {
 		ConnectionRateWindow:   time.Minute,
 		MaxSessionTime:         30 * time.Minute,
 		MaxInflightBytes:       256 << 20,
+		SpillThreshold:         1 << 20,
 	}
 }
 

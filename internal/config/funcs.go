@@ -302,7 +302,7 @@ func (ld *loader) listenSMTP(L *lua.LState) int {
 	o := ld.s.CheckOpts(1, fn, "name", "addr", "hostname", "tls", "implicit_tls", "auth", "auth_insecure",
 		"relay_networks", "max_message_size", "max_recipients", "max_line_length",
 		"max_connections", "read_timeout", "write_timeout", "data_timeout", "bare_line_ending", "max_hops",
-		"max_connections_per_ip", "max_connection_rate_per_ip", "max_session_time", "max_inflight_bytes")
+		"max_connections_per_ip", "max_connection_rate_per_ip", "max_session_time", "max_inflight_bytes", "spill_threshold")
 	l := DefaultSMTPListener(ld.listenAddr(o, "addr"))
 	if o.String("name", &l.Name) {
 		if !validName(l.Name) {
@@ -346,6 +346,7 @@ func (ld *loader) listenSMTP(L *lua.LState) int {
 	ld.rate(o, "max_connection_rate_per_ip", &l.MaxConnectionRatePerIP, &l.ConnectionRateWindow)
 	ld.duration(o, "max_session_time", &l.MaxSessionTime)
 	ld.size(o, "max_inflight_bytes", &l.MaxInflightBytes)
+	ld.size(o, "spill_threshold", &l.SpillThreshold)
 	ld.cfg.SMTP = append(ld.cfg.SMTP, l)
 	return 0
 }

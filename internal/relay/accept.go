@@ -24,16 +24,17 @@ func (r *Relay) prepare(ctx context.Context, chain *pipeline.Chain, msg *pipelin
 	if err != nil {
 		return nil, nil, err
 	}
-	data, err := msg.Bytes()
+	head, err := msg.HeaderBytes()
 	if err != nil {
 		return nil, nil, &pipeline.Error{Code: 554, Enhanced: pipeline.EnhancedCode{5, 6, 0}, Message: "Message cannot be serialised", Cause: err}
 	}
-	acc = &Accepted{Msg: msg, Data: data, Receipt: &Receipt{MessageID: msg.ID}}
+	acc = &Accepted{Msg: msg, Head: head, Body: msg.Body, Receipt: &Receipt{MessageID: msg.ID}}
+	size := acc.Size()
 	rc := acc.Receipt
 	if discard {
 		rc.Discarded = true
 		for _, rcpt := range msg.Recipients {
-			ev := r.event(pipeline.EventDiscarded, msg, rcpt.Address, len(data))
+			ev := r.event(pipeline.EventDiscarded, msg, rcpt.Address, size)
 			ev.Response = &pipeline.Response{Code: 250, Enhanced: "2.0.0", Text: reason}
 			acc.Events = append(acc.Events, ev)
 			rc.Recipients = append(rc.Recipients, RcptResult{Address: rcpt.Address, Status: StatusDiscarded})
@@ -54,7 +55,7 @@ func (r *Relay) prepare(ctx context.Context, chain *pipeline.Chain, msg *pipelin
 			if firstErr == nil {
 				firstErr = &rep
 			}
-			ev := r.event(pipeline.EventRejected, msg, rcpt.Address, len(data))
+			ev := r.event(pipeline.EventRejected, msg, rcpt.Address, size)
 			ev.Response = pipeline.ResponseOf(err)
 			evs = append(evs, ev)
 			rc.Recipients = append(rc.Recipients, RcptResult{Address: rcpt.Address, Status: StatusRejected, Err: &rep})
@@ -65,12 +66,12 @@ func (r *Relay) prepare(ctx context.Context, chain *pipeline.Chain, msg *pipelin
 				tempErr = err
 			}
 		case drop:
-			evs = append(evs, r.event(pipeline.EventDiscarded, msg, rcpt.Address, len(data)))
+			evs = append(evs, r.event(pipeline.EventDiscarded, msg, rcpt.Address, size))
 			rc.Recipients = append(rc.Recipients, RcptResult{Address: rcpt.Address, Status: StatusDiscarded})
 		default:
 			rcpt.Route = route
 			acc.Rcpts = append(acc.Rcpts, &spool.Recipient{MsgID: msg.ID, Idx: i, Address: rcpt.Address, Domain: rcpt.Domain, Route: route, Params: rcpt.Params})
-			ev := r.event(pipeline.EventReceived, msg, rcpt.Address, len(data))
+			ev := r.event(pipeline.EventReceived, msg, rcpt.Address, size)
 			ev.Queue = route.QueueName(rcpt.Domain)
 			evs = append(evs, ev)
 			rc.Recipients = append(rc.Recipients, RcptResult{Address: rcpt.Address, Status: StatusQueued})
@@ -102,7 +103,7 @@ func (r *Relay) prepare(ctx context.Context, chain *pipeline.Chain, msg *pipelin
 	if len(acc.Rcpts) > 0 {
 		acc.Meta = &spool.Meta{
 			ID: msg.ID, Source: msg.Conn.Source, Sender: msg.Sender, Tenant: msg.Conn.Tenant(), Identity: identity,
-			Tags: msg.Tags, Meta: msg.Meta, Received: msg.Received, Size: len(data), Params: msg.Params,
+			Tags: msg.Tags, Meta: msg.Meta, Received: msg.Received, Size: size, Params: msg.Params,
 		}
 	}
 	acc.Events = evs
@@ -111,9 +112,9 @@ func (r *Relay) prepare(ctx context.Context, chain *pipeline.Chain, msg *pipelin
 		// front door and commits with the message.
 		m := acc.Meta
 		if m == nil {
-			m = &spool.Meta{ID: msg.ID, Source: msg.Conn.Source, Sender: msg.Sender, Tenant: msg.Conn.Tenant(), Received: msg.Received, Size: len(data), Params: msg.Params}
+			m = &spool.Meta{ID: msg.ID, Source: msg.Conn.Source, Sender: msg.Sender, Tenant: msg.Conn.Tenant(), Received: msg.Received, Size: size, Params: msg.Params}
 		}
-		if b := r.notify(ctx, nil, m, func() ([]byte, error) { return data, nil }, refused); b != nil {
+		if b := r.notify(ctx, nil, m, func() ([]byte, error) { return acc.Bytes(), nil }, refused); b != nil {
 			acc.Bounce = b
 		}
 	}

@@ -319,6 +319,6 @@ func (r *Relay) bounceFailed(ctx context.Context, conn *pipeline.Conn, id string
 	rc := &spool.Recipient{MsgID: id, Idx: 0, Address: m.Sender, Domain: domain, Route: route}
 	ev := &pipeline.Event{Type: pipeline.EventReceived, MessageID: id, Recipient: m.Sender, Source: pipeline.SourceDSN,
 		Tenant: m.Tenant, Queue: route.QueueName(domain), Metadata: bm.Meta, Size: len(out)}
-	return &Accepted{Data: out, Meta: bm, Rcpts: []*spool.Recipient{rc}, Events: []*pipeline.Event{ev},
+	return &Accepted{Body: out, Meta: bm, Rcpts: []*spool.Recipient{rc}, Events: []*pipeline.Event{ev},
 		Receipt: &Receipt{MessageID: id, Queued: 1}}
 }

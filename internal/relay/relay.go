@@ -118,15 +118,28 @@ type BeforeCommit func(b *spool.Batch, acc *Accepted) error
 // written: its bytes, metadata, routed recipients and the events that
 // record its acceptance.
 type Accepted struct {
-	Msg     *pipeline.Message
-	Data    []byte
-	Meta    *spool.Meta
-	Rcpts   []*spool.Recipient
-	Events  []*pipeline.Event
-	Receipt *Receipt
+	Msg *pipeline.Message
+	// Head and Body are the message as it is spooled, in two parts so
+	// that the body is written from where it was received without a copy
+	// of the whole message: Head is the header section after on_message
+	// (with the empty line that ends it when the message has one), Body
+	// is Msg.Body. Neither may change until the commit returns.
+	Head, Body []byte
+	Meta       *spool.Meta
+	Rcpts      []*spool.Recipient
+	Events     []*pipeline.Event
+	Receipt    *Receipt
 	// Bounce is a DSN (itself accepted through the pipeline) for
 	// recipients refused at on_route, written with the message.
 	Bounce *Accepted
+}
+
+// Size is the size of the message as spooled, in octets.
+func (a *Accepted) Size() int { return len(a.Head) + len(a.Body) }
+
+// Bytes returns the message as spooled (a copy: header and body).
+func (a *Accepted) Bytes() []byte {
+	return append(append(make([]byte, 0, a.Size()), a.Head...), a.Body...)
 }
 
 // Relay is safe for concurrent use.

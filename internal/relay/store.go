@@ -77,7 +77,7 @@ func (s *SpoolStore) Record(evs []*pipeline.Event) error {
 // its DSN) to b.
 func Stage(b *spool.Batch, a *Accepted) error {
 	if a.Meta != nil && len(a.Rcpts) > 0 {
-		if err := b.PutMessage(a.Meta, a.Data); err != nil {
+		if err := b.PutMessageParts(a.Meta, a.Head, a.Body); err != nil {
 			return fmt.Errorf("spool: %w", err)
 		}
 		for _, r := range a.Rcpts {

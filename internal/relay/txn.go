@@ -476,7 +476,7 @@ func (r *Relay) commit(ctx context.Context, txns []*Txn, accs []*Accepted, o Com
 		t := txns[i]
 		c := t.s.Conn
 		attrs := []any{"source", c.Source, "conn", c.ID, "msgid", t.T.ID, "from", t.T.Sender, "rcpts", len(t.T.Recipients),
-			"queued", a.Receipt.Queued, "discarded", a.Receipt.Discarded, "size", len(a.Data), "remote_ip", c.RemoteIP.String()}
+			"queued", a.Receipt.Queued, "discarded", a.Receipt.Discarded, "size", a.Size(), "remote_ip", c.RemoteIP.String()}
 		if c.Listener != "" {
 			attrs = append(attrs, "listener", c.Listener)
 		}

@@ -634,7 +634,7 @@ func (s *Server) components() []component {
 		cs = append(cs, component{name: "smtp " + l.Addr,
 			start: func() error {
 				var err error
-				srv, err = smtpsrc.New(l, s.relay, s.log)
+				srv, err = smtpsrc.New(l, s.relay, s.log, smtpsrc.WithSpillDir(cfg.Spool.Path))
 				if err != nil {
 					return fmt.Errorf("smtp listener %s: %w", l.Addr, err)
 				}

@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sluice-mta/sluice/internal/relay"
+	"github.com/sluice-mta/sluice/internal/spool"
 	"github.com/sluice-mta/sluice/pipeline"
 )
 
@@ -34,16 +36,45 @@ func BenchmarkSessionPipelined(b *testing.B) {
 // BenchmarkSessionPipelined50K is the same with a 50 KB message, where
 // go-smtp's byte-at-a-time data reader dominates.
 func BenchmarkSessionPipelined50K(b *testing.B) {
+	benchmarkSession(b, message50K)
+}
+
+// message50K is a 50 KB message with 78-character lines.
+var message50K = func() string {
 	var sb strings.Builder
 	sb.WriteString("Subject: big\r\n\r\n")
 	for sb.Len() < 50*1024 {
 		sb.WriteString(strings.Repeat("y", 76) + "\r\n")
 	}
-	benchmarkSession(b, sb.String())
+	return sb.String()
+}()
+
+// BenchmarkSessionSpooled is BenchmarkSessionPipelined with the
+// production store: every message is committed to a Pebble spool with a
+// synced write before its 250 (no delivery queue). One session, so every
+// commit is its own fsync: the per-message cost of the acceptance path.
+func BenchmarkSessionSpooled(b *testing.B) {
+	for _, tc := range []struct {
+		name, msg string
+	}{{"2K", message2K}, {"50K", message50K}} {
+		b.Run(tc.name, func(b *testing.B) {
+			sp, err := spool.Open(b.TempDir(), spool.Options{Logger: testLogger()})
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer sp.Close()
+			runSession(b, &relay.SpoolStore{Spool: sp}, tc.msg)
+		})
+	}
 }
 
 func benchmarkSession(b *testing.B, msg string) {
-	sub := &fakeSub{discard: true}
+	runSession(b, &fakeSub{discard: true}, msg)
+}
+
+// runSession sends msg b.N times over one pipelining session into a
+// server whose relay stores with sub.
+func runSession(b *testing.B, sub relay.Store, msg string) {
 	ts := startServer(b, testListener(), newChain(b, pipeline.ChainOptions{}), sub)
 	c := dialReady(b, ts.addr)
 	c.ehlo()

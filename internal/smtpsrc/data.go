@@ -3,7 +3,9 @@ package smtpsrc
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"io"
+	"os"
 	"sync"
 
 	"github.com/sluice-mta/sluice/pipeline"
@@ -182,4 +184,74 @@ func tooBig(buf []byte, limit int64, err error) error {
 		return pipeline.ErrTooBig
 	}
 	return err
+}
+
+// errSpill is receiveData's failure when the temporary file of a large
+// message cannot be created, written or read (452 4.3.1).
+var errSpill = errors.New("smtpsrc: spilling a large message to disk")
+
+// receiveData is readData for a message that may be large: it reads up to
+// spillAt bytes into buf as readData does; past that it writes what it
+// has and the rest of the message to an unlinked temporary file in dir,
+// through buf, so a session holds at most about spillAt bytes while the
+// message arrives, however long that takes. After the end of data it
+// charges b with the message's size and reads the file back into one
+// buffer of exactly that size (not from the pool), which it returns; buf
+// goes back to the pool. Errors are readData's, and errSpill (wrapping
+// the cause) when the file fails. spillAt <= 0 means never spill.
+func receiveData(buf []byte, r io.Reader, limit, hint int64, b *budget, spillAt int64, dir string) (data []byte, charged int64, err error) {
+	if spillAt <= 0 || (limit > 0 && limit <= spillAt) {
+		return readData(buf, r, limit, hint, b)
+	}
+	if hint > spillAt {
+		hint = spillAt // sized for the part held in memory only
+	}
+	lr := &io.LimitedReader{R: r, N: spillAt}
+	data, charged, err = readData(buf, lr, 0, hint, b)
+	if err != nil || lr.N > 0 {
+		return data, charged, err // the end of data came first
+	}
+	f, err := os.CreateTemp(dir, "sluice-smtp-*.tmp")
+	if err != nil {
+		return data, charged, fmt.Errorf("%w: %v", errSpill, err)
+	}
+	os.Remove(f.Name()) // anonymous from now on: nothing outlives a crash
+	defer f.Close()
+	scratch := data[:cap(data)]
+	size := int64(len(data))
+	if _, err := f.Write(data); err != nil {
+		return data, charged, fmt.Errorf("%w: %v", errSpill, err)
+	}
+	for {
+		n, rerr := r.Read(scratch)
+		if n > 0 {
+			size += int64(n)
+			if limit > 0 && size > limit {
+				return data, charged, pipeline.ErrTooBig
+			}
+			if _, err := f.Write(scratch[:n]); err != nil {
+				return data, charged, fmt.Errorf("%w: %v", errSpill, err)
+			}
+		}
+		if rerr == io.EOF {
+			break
+		}
+		if rerr != nil {
+			return data, charged, rerr
+		}
+	}
+	// The whole message, in memory for the checks and the commit.
+	b.release(charged)
+	charged = 0
+	putBuf(data)
+	data = nil
+	if !b.reserve(size) {
+		return nil, 0, errOverBudget
+	}
+	charged = size
+	data = make([]byte, size)
+	if _, err := f.ReadAt(data, 0); err != nil {
+		return data, charged, fmt.Errorf("%w: %v", errSpill, err)
+	}
+	return data, charged, nil
 }

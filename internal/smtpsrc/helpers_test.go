@@ -2,7 +2,6 @@ package smtpsrc
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -72,7 +71,7 @@ func (f *fakeSub) Commit(ctx context.Context, accs []*relay.Accepted, before rel
 		return nil
 	}
 	for _, a := range accs {
-		s := submitted{ID: a.Msg.ID, Sender: a.Msg.Sender, Conn: *a.Msg.Conn, Data: bytes.Clone(a.Data), Params: a.Msg.Params}
+		s := submitted{ID: a.Msg.ID, Sender: a.Msg.Sender, Conn: *a.Msg.Conn, Data: a.Bytes(), Params: a.Msg.Params}
 		for _, r := range a.Msg.Recipients {
 			s.Rcpts = append(s.Rcpts, r.Address)
 			s.RcptP = append(s.RcptP, r.Params)

@@ -44,6 +44,7 @@ type Server struct {
 	hostname  string
 	tlsConfig *tls.Config // nil: no STARTTLS, no implicit TLS
 	normalize bool        // BareLineEnding == "normalize"
+	spillDir  string      // temporary files of large messages (WithSpillDir)
 
 	smtp *smtp.Server
 
@@ -86,6 +87,13 @@ type Server struct {
 // Option configures a Server.
 type Option func(*Server)
 
+// WithSpillDir sets the directory for the temporary files of messages
+// larger than the listener's SpillThreshold (default os.TempDir()). The
+// serve command uses the spool's directory: same filesystem, same free
+// space reserve. Each file is unlinked as soon as it is created, so none
+// is left behind by a crash.
+func WithSpillDir(dir string) Option { return func(s *Server) { s.spillDir = dir } }
+
 // WithTLSConfig sets the TLS configuration for STARTTLS or implicit TLS,
 // instead of loading l.TLS's files (e.g. for certificate reloading).
 func WithTLSConfig(cfg *tls.Config) Option { return func(s *Server) { s.tlsConfig = cfg } }
@@ -110,6 +118,9 @@ func New(l config.SMTPListener, rl *relay.Relay, log *slog.Logger, opts ...Optio
 	}
 	for _, o := range opts {
 		o(s)
+	}
+	if s.spillDir == "" {
+		s.spillDir = os.TempDir()
 	}
 	s.log = log.With("component", "smtp", "listener", l.Name)
 	if m := rl.Metrics(); m != nil {
@@ -243,6 +254,9 @@ func withDefaults(l config.SMTPListener) config.SMTPListener {
 	}
 	if l.MaxInflightBytes <= 0 {
 		l.MaxInflightBytes = d.MaxInflightBytes
+	}
+	if l.SpillThreshold <= 0 {
+		l.SpillThreshold = d.SpillThreshold
 	}
 	return l
 }

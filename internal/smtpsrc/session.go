@@ -191,16 +191,18 @@ func (ss *session) Data(r io.Reader) error {
 	defer ss.tc.endData()
 	defer ss.tc.dotCR.Store(false) // a hidden bare CR belongs to this message only
 
-	// The message is held in memory until it is committed: its buffer is
-	// charged to the listener's in-flight budget (MaxInflightBytes) as it
-	// grows, and refused with 452 4.3.1 when the budget cannot take it.
+	// The message is received in memory up to SpillThreshold, the rest
+	// into an unlinked temporary file; after the end of data it is held
+	// in memory until it is committed. Its buffers are charged to the
+	// listener's in-flight budget (MaxInflightBytes) as they grow, and it
+	// is refused with 452 4.3.1 when the budget cannot take it.
 	ss.mu.Lock()
 	hint := ss.declaredSize
 	ss.mu.Unlock()
 	if hint > s.l.MaxMessageSize {
 		hint = 0 // go-smtp refused it at MAIL; never size a buffer by it
 	}
-	raw, charged, err := readData(getBuf(), r, s.l.MaxMessageSize, hint, &s.inflight)
+	raw, charged, err := receiveData(getBuf(), r, s.l.MaxMessageSize, hint, &s.inflight, s.l.SpillThreshold, s.spillDir)
 	defer func() { s.inflight.release(charged); putBuf(raw) }()
 	if err != nil {
 		return ss.dataReadFailed(txn, err)
@@ -294,6 +296,9 @@ func (ss *session) dataReadFailed(txn *relay.Txn, err error) error {
 	switch {
 	case errors.Is(err, errOverBudget):
 		return ss.overBudget(txn, -1)
+	case errors.Is(err, errSpill):
+		s.log.Error("cannot spill a large message to disk; refused with 452", "conn", ss.conn.ID, "msgid", txn.ID(), "dir", s.spillDir, "err", err)
+		return ss.refuseData(txn, -1, pipeline.ErrSpoolFull)
 	case errors.Is(err, smtp.ErrDataTooLarge) || errors.Is(err, pipeline.ErrTooBig):
 		return ss.refuseData(txn, -1, pipeline.ErrTooBig)
 	case errors.Is(err, smtp.ErrDataReset):

@@ -455,14 +455,29 @@ func (s *Spool) NewBatch() *Batch {
 }
 
 // PutMessage stores a message's metadata and bytes.
-func (b *Batch) PutMessage(m *Meta, data []byte) error {
+func (b *Batch) PutMessage(m *Meta, data []byte) error { return b.PutMessageParts(m, data) }
+
+// PutMessageParts is PutMessage for a message in parts (its header
+// section and its body): they are copied into the batch once, with no
+// copy of the whole message in between.
+func (b *Batch) PutMessageParts(m *Meta, parts ...[]byte) error {
 	v, err := json.Marshal(m)
 	if err != nil {
 		return err
 	}
 	_ = b.b.Set(metaKey(m.ID), v, nil)
-	_ = b.b.Set(bodyKey(m.ID), data, nil)
-	return nil
+	key := bodyKey(m.ID)
+	n := 0
+	for _, p := range parts {
+		n += len(p)
+	}
+	op := b.b.SetDeferred(len(key), n)
+	copy(op.Key, key)
+	v = op.Value[:0]
+	for _, p := range parts {
+		v = append(v, p...)
+	}
+	return op.Finish()
 }
 
 // PutRecipient stores (or replaces) a queued recipient.

@@ -84,6 +84,14 @@ func (c *Conn) init() {
 		Closer: c.conn,
 	}
 
+	if !c.server.LMTP {
+		// sluice: replies are flushed before every read from the
+		// connection (see writeResponse). Not with LMTP, whose DATA
+		// reads the connection in a goroutine of its own while replies
+		// are written.
+		rwc.Reader = &flushingReader{c: c, r: rwc.Reader}
+	}
+
 	if c.server.Debug != nil {
 		rwc = struct {
 			io.Reader
@@ -1354,22 +1362,57 @@ func (c *Conn) writeResponse(code int, enhCode EnhancedCode, text ...string) {
 	// transform each single line with \n, into separate lines
 	text = strings.Split(strings.Join(text, "\n"), "\n")
 
+	// sluice: the reply goes into the connection's write buffer, which is
+	// flushed at once unless the client has already sent more (a
+	// pipelining client, RFC 2920): then it is flushed together with the
+	// next replies, before the server next reads from the connection
+	// (flushingReader) — one write for a group of commands instead of one
+	// per reply. Replies that precede a close or a TLS handshake (220,
+	// 221, 421) are always flushed at once, and so is every reply with LMTP.
+	w := c.text.W
 	lastLineIndex := len(text) - 1
 	for i := 0; i < lastLineIndex; i++ {
-		c.text.PrintfLine("%d-%v", code, text[i])
+		fmt.Fprintf(w, "%d-%v\r\n", code, text[i])
 	}
-	var err error
 	if enhCode == NoEnhancedCode {
-		err = c.text.PrintfLine("%d %v", code, text[lastLineIndex])
+		fmt.Fprintf(w, "%d %v\r\n", code, text[lastLineIndex])
 	} else {
-		err = c.text.PrintfLine("%d %v.%v.%v %v", code, enhCode[0], enhCode[1], enhCode[2], text[lastLineIndex])
+		fmt.Fprintf(w, "%d %v.%v.%v %v\r\n", code, enhCode[0], enhCode[1], enhCode[2], text[lastLineIndex])
 	}
-	// sluice: a reply that cannot be written ends the session (the
-	// command loop and readLine check writeFailed); closing the
-	// connection also ends a data transfer in progress.
+	if c.server.LMTP || code == 220 || code == 221 || code == 421 || c.text.R.Buffered() == 0 {
+		c.flushReplies()
+	}
+}
+
+// sluice: flushReplies writes the buffered replies to the connection. A
+// reply that cannot be written ends the session (the command loop and
+// readLine check writeFailed); closing the connection also ends a data
+// transfer in progress. Called from the connection's goroutine only.
+func (c *Conn) flushReplies() error {
+	w := c.text.W
+	if w.Buffered() == 0 {
+		return nil
+	}
+	err := w.Flush()
 	if err != nil && !c.writeFailed.Swap(true) {
 		c.conn.Close()
 	}
+	return err
+}
+
+// sluice: flushingReader flushes the replies still buffered before each
+// read from the connection, so a client never waits for a reply the
+// server holds while the server waits for the client.
+type flushingReader struct {
+	c *Conn
+	r io.Reader
+}
+
+func (f *flushingReader) Read(b []byte) (int, error) {
+	if err := f.c.flushReplies(); err != nil {
+		return 0, err
+	}
+	return f.r.Read(b)
 }
 
 func (c *Conn) writeError(code int, enhCode EnhancedCode, err error) {

@@ -2,6 +2,7 @@ package smtp
 
 import (
 	"bufio"
+	"bytes"
 	"fmt"
 	"io"
 )
@@ -68,6 +69,17 @@ func newDataReader(c *Conn) *dataReader {
 	return dr
 }
 
+// Read unstuffs the message data into b and returns io.EOF after the
+// end-of-data line.
+//
+// sluice: block-wise reading. Upstream took every byte with ReadByte and
+// ran it through the state machine below (about 9 ns a byte: 450 µs of CPU
+// for a 50 KB message). This version runs the same state machine over the
+// bytes already buffered in r.r (Peek, then Discard what was used), and in
+// the middle of a line copies everything up to the next CR with one
+// IndexByte and copy. Its output, the bytes it consumes and its errors are
+// those of the byte-at-a-time version (TestDataReaderMatchesByteWise
+// compares them on random input, split at random points).
 func (r *dataReader) Read(b []byte) (n int, err error) {
 	if r.limited {
 		if r.n <= 0 {
@@ -83,59 +95,71 @@ func (r *dataReader) Read(b []byte) (n int, err error) {
 
 	// Run data through a simple state machine to
 	// elide leading dots and detect End-of-Data (<CR><LF>.<CR><LF>) line.
-	const (
-		stateBeginLine = iota // beginning of line; initial state; must be zero
-		stateDot              // read . at beginning of line
-		stateDotCR            // read .\r at beginning of line
-		stateCR               // read \r (possibly at end of line)
-		stateData             // reading data in middle of line
-		stateEOF              // reached .\r\n end marker line
-	)
 	for n < len(b) && r.state != stateEOF {
-		var c byte
-		c, err = r.r.ReadByte()
-		if err != nil {
-			if err == io.EOF {
-				err = io.ErrUnexpectedEOF
-			}
-			break
-		}
-		switch r.state {
-		case stateBeginLine:
-			if c == '.' {
-				r.state = stateDot
-				continue
-			}
-			if c == '\r' {
-				r.state = stateCR
+		if r.r.Buffered() == 0 {
+			// Fill the buffer (one read from the connection), as ReadByte
+			// would.
+			if _, err = r.r.Peek(1); err != nil {
+				if err == io.EOF {
+					err = io.ErrUnexpectedEOF
+				}
 				break
 			}
-			r.state = stateData
-		case stateDot:
-			if c == '\r' {
-				r.state = stateDotCR
-				continue
-			}
-			r.state = stateData
-		case stateDotCR:
-			if c == '\n' {
-				r.state = stateEOF
-				continue
-			}
-			r.state = stateData
-		case stateCR:
-			if c == '\n' {
-				r.state = stateBeginLine
-				break
-			}
-			r.state = stateData
-		case stateData:
-			if c == '\r' {
-				r.state = stateCR
-			}
 		}
-		b[n] = c
-		n++
+		in, _ := r.r.Peek(r.r.Buffered())
+		i := 0
+		for i < len(in) && n < len(b) && r.state != stateEOF {
+			if r.state == stateData {
+				// In the middle of a line only a CR changes the state:
+				// copy up to and including the next one at once.
+				chunk := in[i:]
+				if room := len(b) - n; len(chunk) > room {
+					chunk = chunk[:room]
+				}
+				if j := bytes.IndexByte(chunk, '\r'); j >= 0 {
+					chunk = chunk[:j+1]
+					r.state = stateCR
+				}
+				n += copy(b[n:], chunk)
+				i += len(chunk)
+				continue
+			}
+			c := in[i]
+			i++
+			switch r.state {
+			case stateBeginLine:
+				if c == '.' {
+					r.state = stateDot
+					continue
+				}
+				if c == '\r' {
+					r.state = stateCR
+					break
+				}
+				r.state = stateData
+			case stateDot:
+				if c == '\r' {
+					r.state = stateDotCR
+					continue
+				}
+				r.state = stateData
+			case stateDotCR:
+				if c == '\n' {
+					r.state = stateEOF
+					continue
+				}
+				r.state = stateData
+			case stateCR:
+				if c == '\n' {
+					r.state = stateBeginLine
+					break
+				}
+				r.state = stateData
+			}
+			b[n] = c
+			n++
+		}
+		r.r.Discard(i)
 	}
 	if err == nil && r.state == stateEOF {
 		err = io.EOF
@@ -146,3 +170,13 @@ func (r *dataReader) Read(b []byte) (n int, err error) {
 	}
 	return
 }
+
+// The states of dataReader.
+const (
+	stateBeginLine = iota // beginning of line; initial state; must be zero
+	stateDot              // read . at beginning of line
+	stateDotCR            // read .\r at beginning of line
+	stateCR               // read \r (possibly at end of line)
+	stateData             // reading data in middle of line
+	stateEOF              // reached .\r\n end marker line
+)

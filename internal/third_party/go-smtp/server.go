@@ -162,6 +162,7 @@ func (s *Server) handleConn(c *Conn) error {
 	s.locker.Unlock()
 
 	defer func() {
+		c.flushReplies() // sluice: replies held for a pipelining client
 		c.Close()
 
 		s.locker.Lock()
