@@ -34,6 +34,7 @@ func TestReplyTableMatchesCode(t *testing.T) {
 		"pipeline.ErrBareLineEnding":   pipeline.ErrBareLineEnding,
 		"pipeline.ErrInternal":         pipeline.ErrInternal,
 		"pipeline.ErrStageTimeout":     pipeline.ErrStageTimeout,
+		"pipeline.ErrSpoolFull":        pipeline.ErrSpoolFull,
 	}
 	b, err := os.ReadFile("../../docs/replies.md")
 	if err != nil {
