@@ -38,6 +38,9 @@ const (
 	EventQueuePaused  = "queue_paused"
 	EventQueueResumed = "queue_resumed"
 	EventQueueRetried = "queue_retried"
+	// A captured message was dropped from its tenant's sandbox inbox by
+	// the retention limits (docs/sandbox.md); response.text says which.
+	EventSandboxDropped = "sandbox_dropped"
 )
 
 // EventTypes lists every event type, in the order above.
@@ -45,7 +48,7 @@ var EventTypes = []string{EventReceived, EventRejected, EventDeferred, EventDeli
 	EventExpired, EventDiscarded, EventSuppressed, EventCancelled, EventSuppressionAdded, EventSuppressionRemoved,
 	EventTokenRevoked, EventShapingThrottled, EventShapingSuspended, EventShapingResumed,
 	EventDomainAdded, EventDomainVerified, EventDomainRemoved,
-	EventQueuePaused, EventQueueResumed, EventQueueRetried}
+	EventQueuePaused, EventQueueResumed, EventQueueRetried, EventSandboxDropped}
 
 // EventSchema is the version in every event's "schema" field.
 const EventSchema = 1

@@ -41,6 +41,7 @@ type Config struct {
 	Redis        *Redis      // sluice.redis (redis.go); nil: not configured
 	Shaping      *Shaping    // sluice.shaping (shaping.go); nil: not configured
 	Egress       *Egress     // sluice.egress (shaping.go); nil: not configured
+	Sandbox      *Sandbox    // sluice.sandbox (sandbox.go); nil: not configured
 	Lua          Lua
 	Stages       []StageSpec
 	StageTimeout time.Duration // bound on each stage call; default 30s
@@ -110,6 +111,10 @@ type SMTPListener struct {
 	// listener's transactions at once (default 256 MiB); a DATA/BDAT
 	// past it gets 452 4.3.1.
 	MaxInflightBytes int64
+	// Sandbox names a tenant: every message accepted on this listener is
+	// captured into that tenant's sandbox inbox (docs/sandbox.md).
+	// Needs sluice.sandbox.
+	Sandbox string
 }
 
 // HTTPListener: sluice.listen_http { addr = "127.0.0.1:8025", tls = {...} }.
