@@ -366,7 +366,7 @@ func (s *Store) DeleteAll(tenant string) (int, error) {
 		s.mu.Unlock()
 		return 0, nil
 	}
-	es := t.entries
+	es := append([]*entry(nil), t.entries...)
 	s.unindex(es)
 	s.mu.Unlock()
 	return len(es), s.deleteKeys(es)
