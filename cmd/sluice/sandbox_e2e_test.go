@@ -128,7 +128,7 @@ type sbSummary struct {
 	Subject     string   `json:"subject"`
 	To          []string `json:"to"`
 	Recipients  []string `json:"recipients"`
-	Attachments int      `json:"attachments"`
+	Attachments int      `json:"attachment_count"`
 }
 
 type sbPage struct {

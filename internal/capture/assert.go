@@ -13,8 +13,8 @@ import (
 	"sync"
 	"time"
 
-	msgauth "github.com/emersion/go-msgauth/dkim"
 	"github.com/emersion/go-message/mail"
+	msgauth "github.com/emersion/go-msgauth/dkim"
 )
 
 // Check is one declarative assertion about a captured message

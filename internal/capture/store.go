@@ -90,7 +90,7 @@ type Summary struct {
 	HeaderID    string   `json:"message_id_header,omitempty"`
 	Tags        []string `json:"tags"`
 	Size        int      `json:"size"`
-	Attachments int      `json:"attachments"`
+	Attachments int      `json:"attachment_count"`
 	Source      string   `json:"source,omitempty"`
 }
 

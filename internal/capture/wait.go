@@ -137,3 +137,10 @@ func (s *Store) Subscribe(tenant string, f Filter, buf int) (<-chan *Summary, fu
 	}
 	return w.ch, func() { s.hub.remove(w) }
 }
+
+// Waiters returns how many waits and streams are registered for tenant.
+func (s *Store) Waiters(tenant string) int {
+	s.hub.mu.Lock()
+	defer s.hub.mu.Unlock()
+	return len(s.hub.waiters[tenant])
+}
