@@ -29,12 +29,13 @@
 //
 //	s<tenant>\x00<id>   summary (JSON Summary)
 //	b<id>               the message's bytes as delivered
-//	t<id>               searchable text: subject and text part, lower case
+//	t<tenant>\x00<id>   searchable text: subject and text part, lower case
 //
 // The summaries are also kept in memory (an index per tenant, oldest
-// first), loaded at Open: list, search by address, subject, tag and time
-// never touch the disk; a search by text reads the text of the messages
-// that pass the other filters, newest first, until the page is full.
+// first, and by exact address), loaded at Open: list, search by address,
+// subject, tag and time never touch the disk; a search by text scans the
+// tenant's text range newest first (one sequential read), until the page
+// is full.
 //
 // Concurrency: every method is safe for concurrent use.
 package capture
@@ -101,6 +102,7 @@ type entry struct {
 	from    string // lower case: header From and envelope sender, "\n"-joined
 	to      string // lower case: To, Cc and envelope recipients, "\n"-joined
 	subject string // lower case
+	removed bool   // deleted; still in byAddr until pruned (s.mu)
 }
 
 // tenantIndex is one tenant's inbox in memory, oldest first.
@@ -144,6 +146,10 @@ type Store struct {
 	mu      sync.RWMutex
 	tenants map[string]*tenantIndex
 	byID    map[string]*entry
+	// byAddr indexes entries by each lower-cased To, Cc and envelope
+	// recipient address, per tenant ("tenant\x00addr"); removed entries
+	// are pruned when the address is next looked up.
+	byAddr map[string][]*entry
 
 	entropyMu sync.Mutex
 	entropy   *ulid.MonotonicEntropy
@@ -174,7 +180,7 @@ func Open(dir string, o Options) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("sandbox store %s: %w (is another sluice using it?)", dir, err)
 	}
-	s := &Store{o: o, db: db, log: log, tenants: map[string]*tenantIndex{}, byID: map[string]*entry{},
+	s := &Store{o: o, db: db, log: log, tenants: map[string]*tenantIndex{}, byID: map[string]*entry{}, byAddr: map[string][]*entry{},
 		entropy: ulid.Monotonic(rand.Reader, 0), hub: newHub(), stop: make(chan struct{}), done: make(chan struct{})}
 	if s.sim, err = newSimulator(o.Simulate); err != nil {
 		db.Close()
@@ -240,6 +246,16 @@ func (s *Store) index(sm *Summary) *entry {
 	t.entries = append(t.entries, e)
 	t.bytes += int64(sm.Size)
 	s.byID[sm.ID] = e
+	seen := map[string]bool{}
+	for _, l := range [][]string{sm.To, sm.Cc, sm.Recipients} {
+		for _, a := range l {
+			k := sm.Tenant + "\x00" + strings.ToLower(a)
+			if !seen[k] {
+				seen[k] = true
+				s.byAddr[k] = append(s.byAddr[k], e)
+			}
+		}
+	}
 	return e
 }
 
@@ -257,7 +273,13 @@ func summaryKey(tenant, id string) []byte {
 	return append(k, id...)
 }
 func bodyKey(id string) []byte { return append([]byte{kBody}, id...) }
-func textKey(id string) []byte { return append([]byte{kText}, id...) }
+func textKey(tenant, id string) []byte {
+	k := make([]byte, 0, 2+len(tenant)+len(id))
+	k = append(k, kText)
+	k = append(k, tenant...)
+	k = append(k, 0)
+	return append(k, id...)
+}
 
 // Put captures data into tenant's inbox for the given envelope and
 // returns its summary, once written and synced. It then wakes the
@@ -288,7 +310,7 @@ func (s *Store) Put(tenant, msgID, sender string, rcpts []string, data []byte) (
 	b := s.db.NewBatch()
 	_ = b.Set(summaryKey(tenant, sm.ID), v, nil)
 	_ = b.Set(bodyKey(sm.ID), data, nil)
-	_ = b.Set(textKey(sm.ID), []byte(text), nil)
+	_ = b.Set(textKey(tenant, sm.ID), []byte(text), nil)
 	if err := b.Commit(pebble.Sync); err != nil {
 		b.Close()
 		return nil, fmt.Errorf("sandbox store: %w", err)
@@ -381,6 +403,7 @@ func (s *Store) unindex(es []*entry) {
 	for _, e := range es {
 		gone[e] = true
 		delete(s.byID, e.s.ID)
+		e.removed = true
 	}
 	t := s.tenants[es[0].s.Tenant]
 	if t == nil {
@@ -409,6 +432,26 @@ func (s *Store) unindex(es []*entry) {
 	if len(t.entries) == 0 {
 		delete(s.tenants, es[0].s.Tenant)
 	}
+	for _, e := range es {
+		for _, l := range [][]string{e.s.To, e.s.Cc, e.s.Recipients} {
+			for _, a := range l {
+				k := e.s.Tenant + "\x00" + strings.ToLower(a)
+				list := s.byAddr[k]
+				kept := list[:0]
+				for _, x := range list {
+					if !x.removed {
+						kept = append(kept, x)
+					}
+				}
+				clear(list[len(kept):])
+				if len(kept) == 0 {
+					delete(s.byAddr, k)
+				} else {
+					s.byAddr[k] = kept
+				}
+			}
+		}
+	}
 }
 
 func (s *Store) deleteKeys(es []*entry) error {
@@ -417,7 +460,7 @@ func (s *Store) deleteKeys(es []*entry) error {
 	for _, e := range es {
 		_ = b.Delete(summaryKey(e.s.Tenant, e.s.ID), nil)
 		_ = b.Delete(bodyKey(e.s.ID), nil)
-		_ = b.Delete(textKey(e.s.ID), nil)
+		_ = b.Delete(textKey(e.s.Tenant, e.s.ID), nil)
 	}
 	if err := b.Commit(pebble.NoSync); err != nil {
 		return fmt.Errorf("sandbox store: %w", err)

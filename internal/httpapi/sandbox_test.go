@@ -9,7 +9,10 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"path/filepath"
+	"runtime"
+	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -242,5 +245,55 @@ func waitForWaiters(t *testing.T, st *capture.Store, tenant string, n int) {
 			t.Fatalf("%d waiters, want %d", st.Waiters(tenant), n)
 		}
 		time.Sleep(time.Millisecond)
+	}
+}
+
+// BenchmarkSandboxWaits1000 holds 1,000 concurrent GET /v1/sandbox/wait
+// requests over real loopback connections and reports the memory they
+// hold: heap and stacks of the whole process, so the client side (its
+// connections and goroutines) is counted too — an upper bound for the
+// server's share.
+func BenchmarkSandboxWaits1000(b *testing.B) {
+	e := newEnv(b, envOptions{quiet: true})
+	st, err := capture.Open(filepath.Join(b.TempDir(), "sandbox"), capture.Options{Logger: testLogger(b, true)})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer st.Close()
+	e.srv.UseSandbox(st)
+	tr := &http.Transport{MaxIdleConnsPerHost: 2000, MaxConnsPerHost: 0}
+	client := &http.Client{Transport: tr, Timeout: time.Minute}
+	defer tr.CloseIdleConnections()
+	for i := 0; i < b.N; i++ {
+		runtime.GC()
+		var before, after runtime.MemStats
+		runtime.ReadMemStats(&before)
+		ctx, cancel := context.WithCancel(context.Background())
+		var wg sync.WaitGroup
+		for j := 0; j < 1000; j++ {
+			wg.Add(1)
+			go func(j int) {
+				defer wg.Done()
+				req, _ := http.NewRequestWithContext(ctx, "GET", e.url+"/v1/sandbox/wait?timeout=60s&to=user"+strconv.Itoa(j)+"@", nil)
+				req.Header.Set("Authorization", "Bearer "+e.sendKey)
+				if resp, err := client.Do(req); err == nil {
+					resp.Body.Close()
+				}
+			}(j)
+		}
+		deadline := time.Now().Add(time.Minute)
+		for st.Waiters("acme") < 1000 {
+			if time.Now().After(deadline) {
+				b.Fatalf("%d waiters", st.Waiters("acme"))
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+		runtime.GC()
+		runtime.ReadMemStats(&after)
+		used := float64((after.HeapInuse + after.StackInuse) - (before.HeapInuse + before.StackInuse))
+		b.ReportMetric(used/1000, "B/wait")
+		b.ReportMetric(used/(1<<20), "MiB/1000waits")
+		cancel()
+		wg.Wait()
 	}
 }
