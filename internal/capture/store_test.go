@@ -7,7 +7,6 @@ import (
 	"io"
 	"log/slog"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -15,6 +14,7 @@ import (
 
 	"github.com/sluice-mta/sluice/internal/config"
 	"github.com/sluice-mta/sluice/internal/delivery"
+	"github.com/sluice-mta/sluice/internal/testutil"
 	"github.com/sluice-mta/sluice/pipeline"
 )
 
@@ -193,7 +193,7 @@ func TestWaitAndSubscribe(t *testing.T) {
 		}
 		return sm
 	}
-	mustPut("other", "news", "carol@dest.test", "code 12")  // another tenant
+	mustPut("other", "news", "carol@dest.test", "code 12") // another tenant
 	mustPut("acme", "other", "carol@dest.test", "code 13") // text does not match
 	want := mustPut("acme", "news", "carol@dest.test", "your code 12")
 	if sm := <-got; sm.ID != want.ID {
@@ -279,25 +279,20 @@ func BenchmarkWaiters1000(b *testing.B) {
 	s := open(b, b.TempDir(), Options{})
 	defer s.Close()
 	for i := 0; i < b.N; i++ {
-		runtime.GC()
-		var before, after runtime.MemStats
-		runtime.ReadMemStats(&before)
 		ctx, cancel := context.WithCancel(context.Background())
 		var wg sync.WaitGroup
-		for j := 0; j < 1000; j++ {
-			wg.Add(1)
-			go func(j int) {
-				defer wg.Done()
-				_, _ = s.Wait(ctx, "acme", Filter{To: fmt.Sprintf("user%d@", j), Subject: "welcome"})
-			}(j)
-		}
-		for s.Waiters("acme") < 1000 {
-			time.Sleep(time.Millisecond)
-		}
-		runtime.ReadMemStats(&after)
-		used := (after.HeapInuse + after.StackInuse) - (before.HeapInuse + before.StackInuse)
-		b.ReportMetric(float64(used)/1000, "B/wait")
-		b.ReportMetric(float64(used)/(1<<20), "MiB/1000waits")
+		testutil.ReportHeld(b, 1000, func() {
+			for j := 0; j < 1000; j++ {
+				wg.Add(1)
+				go func(j int) {
+					defer wg.Done()
+					_, _ = s.Wait(ctx, "acme", Filter{To: fmt.Sprintf("user%d@", j), Subject: "welcome"})
+				}(j)
+			}
+			for s.Waiters("acme") < 1000 {
+				time.Sleep(time.Millisecond)
+			}
+		})
 		cancel()
 		wg.Wait()
 	}

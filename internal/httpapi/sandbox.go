@@ -202,10 +202,32 @@ func (s *Server) sandboxMessage(w http.ResponseWriter, r *http.Request, st *capt
 	}
 	sm, ok := st.Get(tenant, id)
 	if !ok {
-		s.fail(w, errf(http.StatusNotFound, codeNotFound, "", "no captured message %q in this sandbox", id))
+		s.fail(w, noCapture(id))
 		return "", nil, false
 	}
 	return tenant, sm, true
+}
+
+// sandboxBytes finds tenant's message id with its bytes, or answers.
+func (s *Server) sandboxBytes(w http.ResponseWriter, r *http.Request, st *capture.Store, id string) (*capture.Summary, []byte, bool) {
+	tenant, sm, ok := s.sandboxMessage(w, r, st, id)
+	if !ok {
+		return nil, nil, false
+	}
+	raw, found, err := st.Raw(tenant, id)
+	if err != nil {
+		s.sandboxFailed(w, "read the message", err)
+		return nil, nil, false
+	}
+	if !found {
+		s.fail(w, noCapture(id))
+		return nil, nil, false
+	}
+	return sm, raw, true
+}
+
+func noCapture(id string) *apiError {
+	return errf(http.StatusNotFound, codeNotFound, "", "no captured message %q in this sandbox", id)
 }
 
 type sandboxMessage struct {
@@ -215,17 +237,8 @@ type sandboxMessage struct {
 
 // GET /v1/sandbox/messages/{id}
 func (s *Server) sandboxGet(w http.ResponseWriter, r *http.Request, st *capture.Store, id string) {
-	tenant, sm, ok := s.sandboxMessage(w, r, st, id)
+	sm, raw, ok := s.sandboxBytes(w, r, st, id)
 	if !ok {
-		return
-	}
-	raw, found, err := st.Raw(tenant, id)
-	if err != nil {
-		s.sandboxFailed(w, "read the message", err)
-		return
-	}
-	if !found {
-		s.fail(w, errf(http.StatusNotFound, codeNotFound, "", "no captured message %q in this sandbox", id))
 		return
 	}
 	s.writeJSON(w, http.StatusOK, sandboxMessage{Summary: sm, Parsed: capture.Parse(raw)})
@@ -244,7 +257,7 @@ func (s *Server) sandboxDelete(w http.ResponseWriter, r *http.Request, st *captu
 		return
 	}
 	if !ok {
-		s.fail(w, errf(http.StatusNotFound, codeNotFound, "", "no captured message %q in this sandbox", id))
+		s.fail(w, noCapture(id))
 		return
 	}
 	s.writeJSON(w, http.StatusOK, map[string]int{"deleted": 1})
@@ -252,17 +265,8 @@ func (s *Server) sandboxDelete(w http.ResponseWriter, r *http.Request, st *captu
 
 // GET /v1/sandbox/messages/{id}/raw
 func (s *Server) sandboxRaw(w http.ResponseWriter, r *http.Request, st *capture.Store, id string) {
-	tenant, _, ok := s.sandboxMessage(w, r, st, id)
+	_, raw, ok := s.sandboxBytes(w, r, st, id)
 	if !ok {
-		return
-	}
-	raw, found, err := st.Raw(tenant, id)
-	if err != nil {
-		s.sandboxFailed(w, "read the message", err)
-		return
-	}
-	if !found {
-		s.fail(w, errf(http.StatusNotFound, codeNotFound, "", "no captured message %q in this sandbox", id))
 		return
 	}
 	w.Header().Set("Content-Type", "message/rfc822")
@@ -298,7 +302,7 @@ type assertAnswer struct {
 
 // POST /v1/sandbox/messages/{id}/assert
 func (s *Server) sandboxAssert(w http.ResponseWriter, r *http.Request, st *capture.Store, id string) {
-	tenant, sm, ok := s.sandboxMessage(w, r, st, id)
+	sm, raw, ok := s.sandboxBytes(w, r, st, id)
 	if !ok {
 		return
 	}
@@ -328,15 +332,6 @@ func (s *Server) sandboxAssert(w http.ResponseWriter, r *http.Request, st *captu
 			s.fail(w, badField(fmt.Sprintf("checks[%d].%s", i, field), "%s", msg))
 			return
 		}
-	}
-	raw, found, err := st.Raw(tenant, id)
-	if err != nil {
-		s.sandboxFailed(w, "read the message", err)
-		return
-	}
-	if !found {
-		s.fail(w, errf(http.StatusNotFound, codeNotFound, "", "no captured message %q in this sandbox", id))
-		return
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), time.Minute)
 	defer cancel()

@@ -9,7 +9,6 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"path/filepath"
-	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -20,6 +19,7 @@ import (
 
 	"github.com/sluice-mta/sluice/internal/capture"
 	"github.com/sluice-mta/sluice/internal/config"
+	"github.com/sluice-mta/sluice/internal/testutil"
 )
 
 func init() {
@@ -265,34 +265,28 @@ func BenchmarkSandboxWaits1000(b *testing.B) {
 	client := &http.Client{Transport: tr, Timeout: time.Minute}
 	defer tr.CloseIdleConnections()
 	for i := 0; i < b.N; i++ {
-		runtime.GC()
-		var before, after runtime.MemStats
-		runtime.ReadMemStats(&before)
 		ctx, cancel := context.WithCancel(context.Background())
 		var wg sync.WaitGroup
-		for j := 0; j < 1000; j++ {
-			wg.Add(1)
-			go func(j int) {
-				defer wg.Done()
-				req, _ := http.NewRequestWithContext(ctx, "GET", e.url+"/v1/sandbox/wait?timeout=60s&to=user"+strconv.Itoa(j)+"@", nil)
-				req.Header.Set("Authorization", "Bearer "+e.sendKey)
-				if resp, err := client.Do(req); err == nil {
-					resp.Body.Close()
-				}
-			}(j)
-		}
-		deadline := time.Now().Add(time.Minute)
-		for st.Waiters("acme") < 1000 {
-			if time.Now().After(deadline) {
-				b.Fatalf("%d waiters", st.Waiters("acme"))
+		testutil.ReportHeld(b, 1000, func() {
+			for j := 0; j < 1000; j++ {
+				wg.Add(1)
+				go func(j int) {
+					defer wg.Done()
+					req, _ := http.NewRequestWithContext(ctx, "GET", e.url+"/v1/sandbox/wait?timeout=60s&to=user"+strconv.Itoa(j)+"@", nil)
+					req.Header.Set("Authorization", "Bearer "+e.sendKey)
+					if resp, err := client.Do(req); err == nil {
+						resp.Body.Close()
+					}
+				}(j)
 			}
-			time.Sleep(5 * time.Millisecond)
-		}
-		runtime.GC()
-		runtime.ReadMemStats(&after)
-		used := float64((after.HeapInuse + after.StackInuse) - (before.HeapInuse + before.StackInuse))
-		b.ReportMetric(used/1000, "B/wait")
-		b.ReportMetric(used/(1<<20), "MiB/1000waits")
+			deadline := time.Now().Add(time.Minute)
+			for st.Waiters("acme") < 1000 {
+				if time.Now().After(deadline) {
+					b.Fatalf("%d waiters", st.Waiters("acme"))
+				}
+				time.Sleep(5 * time.Millisecond)
+			}
+		})
 		cancel()
 		wg.Wait()
 	}
