@@ -41,6 +41,10 @@ const (
 	// A captured message was dropped from its tenant's sandbox inbox by
 	// the retention limits (docs/sandbox.md); response.text says which.
 	EventSandboxDropped = "sandbox_dropped"
+	// The recipient complained about a message (marked it as spam): a
+	// sandbox's simulated recipient (docs/sandbox.md). The recipient
+	// joins the tenant's suppression list.
+	EventComplained = "complained"
 )
 
 // EventTypes lists every event type, in the order above.
@@ -48,7 +52,7 @@ var EventTypes = []string{EventReceived, EventRejected, EventDeferred, EventDeli
 	EventExpired, EventDiscarded, EventSuppressed, EventCancelled, EventSuppressionAdded, EventSuppressionRemoved,
 	EventTokenRevoked, EventShapingThrottled, EventShapingSuspended, EventShapingResumed,
 	EventDomainAdded, EventDomainVerified, EventDomainRemoved,
-	EventQueuePaused, EventQueueResumed, EventQueueRetried, EventSandboxDropped}
+	EventQueuePaused, EventQueueResumed, EventQueueRetried, EventSandboxDropped, EventComplained}
 
 // EventSchema is the version in every event's "schema" field.
 const EventSchema = 1

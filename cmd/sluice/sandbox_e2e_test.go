@@ -55,6 +55,8 @@ sluice.sandbox {
   simulate = {
     { match = "bounce@sim.test", reply = "550 5.1.1 No such user" },
     { match = "flaky@sim.test", reply = "452 4.2.2 Mailbox full", times = 2 },
+    { match = "complain@sim.test", complaint = true },
+    { match = "ooo@sim.test", auto_reply = "I am away until Monday." },
   },
 }
 sluice.stage("dkim", sluice.builtin.dkim_sign {
@@ -345,6 +347,28 @@ func TestSandboxEndToEnd(t *testing.T) {
 		evs = e.relay.readEvents()
 		if n := countType(evs, pipeline.EventDeferred, "flaky@sim.test"); n != 2 {
 			t.Fatalf("%d deferred events for flaky, want 2:\n%s", n, describeEvents(evs))
+		}
+	})
+
+	t.Run("simulated complaint and out-of-office", func(t *testing.T) {
+		bouncer, _ := e.createKey("bouncer")
+		id := e.send(bouncer, map[string]any{"from": "app@sender.test", "to": "complain@sim.test", "subject": "spammy", "text": "x"})
+		evs := e.relay.waitEvents("the complaint", func(evs []pipeline.Event) bool {
+			return countType(evs, pipeline.EventComplained, "complain@sim.test") == 1
+		})
+		for _, ev := range evs {
+			if ev.Type == pipeline.EventComplained && (ev.MessageID != id || ev.Tenant != "bouncer") {
+				t.Fatalf("complained event: %+v", ev)
+			}
+		}
+		if r := e.do("GET", "/v1/suppressions/complain@sim.test", bouncer, nil, nil); r.status != 200 || !strings.Contains(string(r.body), `"source":"complaint"`) {
+			t.Fatalf("suppression entry: %s", r)
+		}
+		e.send(bouncer, map[string]any{"from": "app@sender.test", "to": "ooo@sim.test", "subject": "meeting", "text": "x"})
+		ar := e.wait(bouncer, "to=app@sender.test&subject=Automatic+reply:+meeting")
+		r := e.do("GET", "/v1/sandbox/messages/"+ar.ID, bouncer, nil, nil)
+		if !strings.Contains(string(r.body), "I am away until Monday.") || !strings.Contains(string(r.body), "auto-replied") {
+			t.Fatalf("auto-reply: %s", r)
 		}
 	})
 

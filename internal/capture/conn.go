@@ -73,16 +73,19 @@ func (c *Conn) Deliver(ctx context.Context, env *delivery.Envelope, data []byte)
 	res := make([]delivery.Result, len(env.Rcpts))
 	var (
 		accepted []string
+		after    []*simRule // the accepted recipients' rules (nil: none)
 		wait     time.Duration
 	)
 	for i, r := range env.Rcpts {
-		err, delay := c.s.sim.match(c.tenant, r.Addr).outcome(r.Attempt)
+		rule := c.s.sim.match(c.tenant, r.Addr)
+		err, delay := rule.outcome(r.Attempt)
 		wait = max(wait, delay)
 		if err != nil {
 			res[i] = delivery.Result{Err: err, Reply: pipeline.ResponseOf(err)}
 			continue
 		}
 		accepted = append(accepted, r.Addr)
+		after = append(after, rule)
 	}
 	if wait > 0 {
 		t := time.NewTimer(wait)
@@ -102,6 +105,11 @@ func (c *Conn) Deliver(ctx context.Context, env *delivery.Envelope, data []byte)
 		c.s.log.Error("cannot capture a message; its recipients are deferred", "msgid", env.MsgID, "tenant", c.tenant, "err", err)
 		c.broken = true
 		return nil, &pipeline.Error{Code: 451, Enhanced: pipeline.EnhancedCode{4, 3, 0}, Message: "sandbox store write failed", Cause: err}
+	}
+	for i, rule := range after {
+		if rule != nil {
+			c.s.afterAccept(rule, c.tenant, env, accepted[i], sm)
+		}
 	}
 	ok := &pipeline.Response{Code: 250, Enhanced: "2.0.0", Text: "captured as " + sm.ID}
 	for i := range res {

@@ -91,3 +91,48 @@ func (r *simRule) outcome(attempt int) (error, time.Duration) {
 	cause := &delivery.ReplyError{Remote: simRemote, Command: "RCPT", Code: r.Code, Enhanced: r.enhanced, Text: text}
 	return &pipeline.Error{Code: r.Code, Enhanced: enh, Message: text, Cause: cause}, r.Delay
 }
+
+// complaintDelay is how long after its capture a simulated complaint is
+// recorded: after the delivery's own outcome, as a real one would be.
+const complaintDelay = time.Second
+
+// afterAccept runs what a rule does once its recipient accepted the
+// message captured as sm: an out-of-office reply to the envelope sender
+// (captured into the same inbox, from the null sender, RFC 3834), and a
+// complaint (recorded through Options.Complain a second later).
+func (s *Store) afterAccept(r *simRule, tenant string, env *delivery.Envelope, rcpt string, sm *Summary) {
+	if r.AutoReply != "" && env.From != "" {
+		msg := "From: <" + rcpt + ">\r\nTo: <" + env.From + ">\r\nSubject: Automatic reply: " + oneLine(sm.Subject) +
+			"\r\nAuto-Submitted: auto-replied\r\n"
+		if sm.HeaderID != "" {
+			msg += "In-Reply-To: <" + sm.HeaderID + ">\r\nReferences: <" + sm.HeaderID + ">\r\n"
+		}
+		msg += "Date: " + s.o.Now().Format(time.RFC1123Z) + "\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n" + r.AutoReply + "\r\n"
+		if _, err := s.Put(tenant, "", "", []string{env.From}, []byte(msg)); err != nil {
+			s.log.Warn("cannot capture a simulated auto-reply", "tenant", tenant, "rcpt", rcpt, "err", err)
+		}
+	}
+	if r.Complaint && s.o.Complain != nil && env.MsgID != "" {
+		s.later.Add(1)
+		go func() {
+			defer s.later.Done()
+			t := time.NewTimer(complaintDelay)
+			defer t.Stop()
+			select {
+			case <-t.C:
+			case <-s.stop:
+			}
+			s.o.Complain(env.MsgID, rcpt)
+		}()
+	}
+}
+
+// oneLine keeps s to one header line.
+func oneLine(s string) string {
+	return strings.Map(func(r rune) rune {
+		if r == '\r' || r == '\n' {
+			return ' '
+		}
+		return r
+	}, s)
+}

@@ -129,6 +129,11 @@ type Options struct {
 	// MessageInfo returns the tenant-independent facts of a spooled
 	// message a capture records (tags, source); nil: none.
 	MessageInfo func(msgID string) (tags []string, source string)
+	// Complain records a simulated complaint by rcpt about the spooled
+	// message msgID (a "complained" event, a suppression entry); called
+	// about a second after the capture, on a goroutine the store owns.
+	// nil: complaint rules do nothing.
+	Complain func(msgID, rcpt string)
 	// LookupTXT resolves TXT records for the DKIM assertion; nil: the
 	// system resolver.
 	LookupTXT func(ctx context.Context, name string) ([]string, error)
@@ -163,6 +168,8 @@ type Store struct {
 
 	stop chan struct{}
 	done chan struct{}
+	// later runs delayed work (complaints) until Close.
+	later sync.WaitGroup
 }
 
 // Open opens (creating if needed) the capture store in dir, loads its
@@ -203,6 +210,7 @@ func Open(dir string, o Options) (*Store, error) {
 func (s *Store) Close() error {
 	close(s.stop)
 	<-s.done
+	s.later.Wait()
 	s.hub.close()
 	return s.db.Close()
 }

@@ -314,3 +314,29 @@ func BenchmarkPut(b *testing.B) {
 		}
 	})
 }
+
+func TestAutoReplyAndComplaint(t *testing.T) {
+	complained := make(chan string, 1)
+	s := open(t, t.TempDir(), Options{Simulate: []config.SimulateRule{
+		{Match: "ooo@sim.test", AutoReply: "Away until Monday."},
+		{Match: "angry@sim.test", Complaint: true},
+	}, Complain: func(msgID, rcpt string) { complained <- msgID + " " + rcpt }})
+	c := &Conn{s: s, tenant: "acme"}
+	env := &delivery.Envelope{From: "app@sender.test", MsgID: "m1", Rcpts: []delivery.Rcpt{{Addr: "ooo@sim.test", Attempt: 1}, {Addr: "angry@sim.test", Attempt: 1}}}
+	res, err := c.Deliver(context.Background(), env, []byte("Message-ID: <x1@sender.test>\r\nSubject: Lunch\r\n\r\nhi\r\n"))
+	if err != nil || res[0].Err != nil || res[1].Err != nil {
+		t.Fatalf("%+v %v", res, err)
+	}
+	p, _ := s.Search("acme", Filter{To: "app@sender.test"}, 0, 10)
+	if p.Total != 1 || p.Messages[0].Subject != "Automatic reply: Lunch" || p.Messages[0].Sender != "" {
+		t.Fatalf("auto-reply: %+v", p.Messages)
+	}
+	raw, _, _ := s.Raw("acme", p.Messages[0].ID)
+	if !strings.Contains(string(raw), "In-Reply-To: <x1@sender.test>") || !strings.Contains(string(raw), "Away until Monday.") {
+		t.Fatalf("auto-reply bytes: %s", raw)
+	}
+	if got := <-complained; got != "m1 angry@sim.test" {
+		t.Fatalf("complaint: %q", got)
+	}
+	s.Close()
+}

@@ -60,6 +60,14 @@ type SimulateRule struct {
 	Times int
 	// Delay is how long the simulated server takes to answer.
 	Delay time.Duration
+	// Complaint: once accepted, the recipient complains about the
+	// message (a "complained" event; the address joins the tenant's
+	// suppression list).
+	Complaint bool
+	// AutoReply, when set, is the text of an out-of-office reply the
+	// recipient sends back to the envelope sender once accepted (captured
+	// into the same inbox).
+	AutoReply string
 }
 
 // DefaultSandboxRetention returns the retention defaults.
@@ -108,7 +116,7 @@ func (ld *loader) sandbox(L *lua.LState) int {
 			}
 		}
 	}
-	for _, so := range o.List("simulate", "tenant", "match", "reply", "times", "delay") {
+	for _, so := range o.List("simulate", "tenant", "match", "reply", "times", "delay", "complaint", "auto_reply") {
 		var r SimulateRule
 		if so.String("tenant", &r.Tenant) && !validTenantName(r.Tenant) {
 			so.Fail("tenant", "%q is not a tenant name", r.Tenant)
@@ -131,8 +139,15 @@ func (ld *loader) sandbox(L *lua.LState) int {
 			so.Fail("times", "must not be negative")
 		}
 		ld.durationOrZero(so, "delay", &r.Delay)
-		if r.Code == 0 && r.Delay == 0 {
-			so.Fail("reply", "give a reply (\"550 5.1.1 No such user\"), a delay, or both")
+		so.Bool("complaint", &r.Complaint)
+		if so.String("auto_reply", &r.AutoReply) && (r.AutoReply == "" || len(r.AutoReply) > 10000) {
+			so.Fail("auto_reply", "want the reply's text, 1 to 10000 bytes")
+		}
+		if r.Code == 0 && r.Delay == 0 && !r.Complaint && r.AutoReply == "" {
+			so.Fail("reply", "give a reply (\"550 5.1.1 No such user\"), a delay, complaint = true or an auto_reply")
+		}
+		if r.Code >= 400 && (r.Complaint || r.AutoReply != "") && r.Times == 0 {
+			so.Fail("complaint", "a recipient that never accepts cannot complain or auto-reply; give times = N or drop the reply")
 		}
 		sb.Simulate = append(sb.Simulate, r)
 	}

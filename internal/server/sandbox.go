@@ -7,6 +7,7 @@ import (
 	"github.com/sluice-mta/sluice/internal/capture"
 	"github.com/sluice-mta/sluice/internal/config"
 	"github.com/sluice-mta/sluice/internal/dnsx"
+	"github.com/sluice-mta/sluice/internal/spool"
 	"github.com/sluice-mta/sluice/pipeline"
 )
 
@@ -45,6 +46,7 @@ func (s *Server) openSandbox(cfg *config.Config) (*capture.Store, error) {
 			}
 			return m.Tags, m.Source
 		},
+		Complain: s.complain,
 		LookupTXT: func(ctx context.Context, name string) ([]string, error) {
 			r, err := s.res.LookupTXT(ctx, name)
 			if err != nil {
@@ -93,5 +95,33 @@ func sandboxRouter(cfg *config.Config) func(c *pipeline.Conn) (string, bool) {
 			}
 		}
 		return "", false
+	}
+}
+
+// complain records a simulated complaint by rcpt about message msgID: a
+// "complained" event and a suppression entry (source "complaint") of
+// the message's tenant.
+func (s *Server) complain(msgID, rcpt string) {
+	m, err := s.sp.Meta(msgID)
+	if err != nil {
+		// Settled messages are deleted from the spool; the history is
+		// kept for status queries.
+		evs, herr := s.sp.History(msgID)
+		if herr != nil || len(evs) == 0 {
+			s.log.Warn("simulated complaint: message unknown", "msgid", msgID, "rcpt", rcpt)
+			return
+		}
+		ev := evs[0]
+		m = &spool.Meta{ID: msgID, Sender: ev.Sender, Tenant: ev.Tenant, Source: ev.Source, Tags: ev.Tags, Meta: ev.Metadata}
+	}
+	b := s.sp.NewBatch()
+	b.AddEvent(&pipeline.Event{Type: pipeline.EventComplained, MessageID: msgID, Recipient: rcpt, Sender: m.Sender, Source: m.Source,
+		Tenant: m.Tenant, Queue: "sandbox:" + m.Tenant, Tags: m.Tags, Metadata: map[string]string{"feedback_type": "abuse", "simulated": "true"}})
+	if err := b.Commit(false); err != nil {
+		s.log.Warn("simulated complaint: cannot record the event", "msgid", msgID, "err", err)
+	}
+	if _, err := s.sp.AddSuppression(&spool.Suppression{Tenant: m.Tenant, Address: rcpt, Reason: "complaint (simulated feedback report)",
+		Source: spool.SuppressionComplaint, MessageID: msgID}); err != nil {
+		s.log.Warn("simulated complaint: cannot add the suppression entry", "msgid", msgID, "rcpt", rcpt, "err", err)
 	}
 }

@@ -48,6 +48,9 @@ const (
 	SuppressionBounce = "bounce" // a hard bounce of a suppressing class
 	SuppressionAPI    = "api"    // POST /v1/suppressions
 	SuppressionCLI    = "cli"    // sluice suppression add (through the API)
+	// SuppressionComplaint: the recipient complained (a sandbox's
+	// simulated complaint, docs/sandbox.md).
+	SuppressionComplaint = "complaint"
 )
 
 // MaxSuppressionLimit bounds one page of ListSuppressions;
