@@ -108,7 +108,9 @@ func (s *Store) afterAccept(r *simRule, tenant string, env *delivery.Envelope, r
 			msg += "In-Reply-To: <" + sm.HeaderID + ">\r\nReferences: <" + sm.HeaderID + ">\r\n"
 		}
 		msg += "Date: " + s.o.Now().Format(time.RFC1123Z) + "\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n" + r.AutoReply + "\r\n"
-		if _, err := s.Put(tenant, "", "", []string{env.From}, []byte(msg)); err != nil {
+		// Filed under the message it answers: its timeline, and a valid
+		// message_id on a retention event.
+		if _, err := s.Put(tenant, env.MsgID, "", []string{env.From}, []byte(msg)); err != nil {
 			s.log.Warn("cannot capture a simulated auto-reply", "tenant", tenant, "rcpt", rcpt, "err", err)
 		}
 	}
