@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -293,5 +294,59 @@ func BenchmarkSandboxWaits1000(b *testing.B) {
 		})
 		cancel()
 		wg.Wait()
+	}
+}
+
+// The Mailpit-compatible paths answer in Mailpit's shapes, tenant-scoped.
+func TestSandboxMailpitPaths(t *testing.T) {
+	e, st, a, o := sandboxEnv(t)
+	var list struct {
+		Total, Count int
+		Messages     []struct {
+			ID, Subject, MessageID string
+			From                   struct{ Address string }
+			Attachments            int
+		}
+	}
+	r := e.do("GET", "/sandbox/api/v1/messages", e.sendKey, nil)
+	r.json(t, &list)
+	if r.Status != 200 || list.Total != 1 || list.Messages[0].ID != a.ID || list.Messages[0].From.Address != "app@sender.test" ||
+		list.Messages[0].MessageID != "m1@sender.test" || list.Messages[0].Attachments != 1 {
+		t.Fatalf("list: %d %s", r.Status, r.Body)
+	}
+	for q, want := range map[string]int{`to:bob@dest.test`: 1, `subject:"Welcome héllo"`: 1, `4242`: 1, `to:nobody@dest.test`: 0, `subject:Other`: 0} {
+		r := e.do("GET", "/sandbox/api/v1/search?query="+url.QueryEscape(q), e.sendKey, nil)
+		r.json(t, &list)
+		if r.Status != 200 || list.Count != want {
+			t.Errorf("search %s: %d %s, want %d", q, r.Status, r.Body, want)
+		}
+	}
+	var m struct {
+		ID, Text, HTML string
+		From           struct{ Name, Address string }
+		Attachments    []struct {
+			FileName string
+			Size     int
+		}
+	}
+	r = e.do("GET", "/sandbox/api/v1/message/"+a.ID, e.sendKey, nil)
+	r.json(t, &m)
+	if r.Status != 200 || m.From.Name != "App" || m.Text != "your code is 4242" || len(m.Attachments) != 1 || m.Attachments[0].FileName != "a.pdf" {
+		t.Fatalf("message: %d %s", r.Status, r.Body)
+	}
+	if r := e.do("GET", "/sandbox/api/v1/message/"+o.ID, e.sendKey, nil); r.Status != 404 {
+		t.Fatalf("another tenant's message: %d %s", r.Status, r.Body)
+	}
+	if r := e.do("GET", "/sandbox/api/v1/message/"+a.ID+"/raw", e.sendKey, nil); r.Status != 200 || string(r.Body) != sandboxMsg {
+		t.Fatalf("raw: %d", r.Status)
+	}
+	if r := e.do("DELETE", "/sandbox/api/v1/messages", e.sendKey, nil); r.Status != 200 || string(r.Body) != "ok" {
+		t.Fatalf("delete: %d %s", r.Status, r.Body)
+	}
+	if _, ok := st.Get("acme", a.ID); ok {
+		t.Fatal("not deleted")
+	}
+	if _, ok := st.Get("other", o.ID); !ok {
+		t.Fatal("another tenant's message was deleted")
 	}
 }

@@ -23,6 +23,7 @@
 //	                           the tenant's suppression list (suppressions.go)
 //	/v1/sandbox/...            the tenant's sandbox inbox: list, get, wait,
 //	                           stream, assert, delete (sandbox.go)
+//	/sandbox/api/v1/...        the same, in Mailpit's API shapes (mailpit.go)
 //	GET  /v1/openapi.json      the OpenAPI 3 document
 //	GET  /healthz              liveness
 //
@@ -313,6 +314,8 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		s.suppressions(w, r)
 	case strings.HasPrefix(p, sandboxPath+"/"):
 		s.sandboxAPI(w, r)
+	case strings.HasPrefix(p, mailpitPath+"/"):
+		s.mailpitAPI(w, r)
 	case p == domainsPath || strings.HasPrefix(p, domainsPath+"/"):
 		s.domainsAPI(w, r)
 	case p == "/v1/openapi.json":
