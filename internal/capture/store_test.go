@@ -279,22 +279,9 @@ func BenchmarkWaiters1000(b *testing.B) {
 	s := open(b, b.TempDir(), Options{})
 	defer s.Close()
 	for i := 0; i < b.N; i++ {
-		ctx, cancel := context.WithCancel(context.Background())
-		var wg sync.WaitGroup
-		testutil.ReportHeld(b, 1000, func() {
-			for j := 0; j < 1000; j++ {
-				wg.Add(1)
-				go func(j int) {
-					defer wg.Done()
-					_, _ = s.Wait(ctx, "acme", Filter{To: fmt.Sprintf("user%d@", j), Subject: "welcome"})
-				}(j)
-			}
-			for s.Waiters("acme") < 1000 {
-				time.Sleep(time.Millisecond)
-			}
-		})
-		cancel()
-		wg.Wait()
+		testutil.ReportHeldWaits(b, 1000, func(ctx context.Context, j int) {
+			_, _ = s.Wait(ctx, "acme", Filter{To: fmt.Sprintf("user%d@", j), Subject: "welcome"})
+		}, func() bool { return s.Waiters("acme") == 1000 })
 	}
 }
 

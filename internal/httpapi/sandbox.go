@@ -107,6 +107,17 @@ func (s *Server) sandboxAPI(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
+// sandboxQuery authenticates r and reads its tenant and search filter;
+// extra are the query parameters allowed besides the filter's.
+func (s *Server) sandboxQuery(r *http.Request, extra ...string) (string, capture.Filter, *apiError) {
+	tenant, e := s.suppTenant(r.Context(), r, append(extra, filterParams...)...)
+	if e != nil {
+		return "", capture.Filter{}, e
+	}
+	f, e := filterOf(r)
+	return tenant, f, e
+}
+
 // filterOf reads the search filter from the query.
 func filterOf(r *http.Request) (capture.Filter, *apiError) {
 	q := r.URL.Query()
@@ -137,12 +148,7 @@ type sandboxPage struct {
 
 // GET /v1/sandbox/messages
 func (s *Server) sandboxList(w http.ResponseWriter, r *http.Request, st *capture.Store) {
-	tenant, e := s.suppTenant(r.Context(), r, append([]string{"start", "limit"}, filterParams...)...)
-	if e != nil {
-		s.fail(w, e)
-		return
-	}
-	f, e := filterOf(r)
+	tenant, f, e := s.sandboxQuery(r, "start", "limit")
 	if e != nil {
 		s.fail(w, e)
 		return
@@ -365,12 +371,7 @@ func waitTimeout(r *http.Request) (time.Duration, *apiError) {
 
 // GET /v1/sandbox/wait
 func (s *Server) sandboxWait(w http.ResponseWriter, r *http.Request, st *capture.Store) {
-	tenant, e := s.suppTenant(r.Context(), r, append([]string{"timeout"}, filterParams...)...)
-	if e != nil {
-		s.fail(w, e)
-		return
-	}
-	f, e := filterOf(r)
+	tenant, f, e := s.sandboxQuery(r, "timeout")
 	if e != nil {
 		s.fail(w, e)
 		return
@@ -401,12 +402,7 @@ func (s *Server) sandboxWait(w http.ResponseWriter, r *http.Request, st *capture
 // captured message matching the filter, a comment every 15 s to keep
 // proxies from closing the stream.
 func (s *Server) sandboxStream(w http.ResponseWriter, r *http.Request, st *capture.Store) {
-	tenant, e := s.suppTenant(r.Context(), r, filterParams...)
-	if e != nil {
-		s.fail(w, e)
-		return
-	}
-	f, e := filterOf(r)
+	tenant, f, e := s.sandboxQuery(r)
 	if e != nil {
 		s.fail(w, e)
 		return

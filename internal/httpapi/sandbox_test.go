@@ -12,7 +12,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -270,30 +269,13 @@ func BenchmarkSandboxWaits1000(b *testing.B) {
 	client := &http.Client{Transport: tr, Timeout: time.Minute}
 	defer tr.CloseIdleConnections()
 	for i := 0; i < b.N; i++ {
-		ctx, cancel := context.WithCancel(context.Background())
-		var wg sync.WaitGroup
-		testutil.ReportHeld(b, 1000, func() {
-			for j := 0; j < 1000; j++ {
-				wg.Add(1)
-				go func(j int) {
-					defer wg.Done()
-					req, _ := http.NewRequestWithContext(ctx, "GET", raw.URL+"/v1/sandbox/wait?timeout=60s&to=user"+strconv.Itoa(j)+"@", nil)
-					req.Header.Set("Authorization", "Bearer "+e.sendKey)
-					if resp, err := client.Do(req); err == nil {
-						resp.Body.Close()
-					}
-				}(j)
+		testutil.ReportHeldWaits(b, 1000, func(ctx context.Context, j int) {
+			req, _ := http.NewRequestWithContext(ctx, "GET", raw.URL+"/v1/sandbox/wait?timeout=60s&to=user"+strconv.Itoa(j)+"@", nil)
+			req.Header.Set("Authorization", "Bearer "+e.sendKey)
+			if resp, err := client.Do(req); err == nil {
+				resp.Body.Close()
 			}
-			deadline := time.Now().Add(time.Minute)
-			for st.Waiters("acme") < 1000 {
-				if time.Now().After(deadline) {
-					b.Fatalf("%d waiters", st.Waiters("acme"))
-				}
-				time.Sleep(5 * time.Millisecond)
-			}
-		})
-		cancel()
-		wg.Wait()
+		}, func() bool { return st.Waiters("acme") == 1000 })
 	}
 }
 
