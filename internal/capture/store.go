@@ -339,7 +339,7 @@ func (s *Store) Put(tenant, msgID, sender string, rcpts []string, data []byte) (
 	e := s.index(sm)
 	s.mu.Unlock()
 	s.hub.publish(e, text)
-	s.enforce(tenant, "")
+	s.enforce(tenant)
 	return sm, nil
 }
 
@@ -489,7 +489,7 @@ func (s *Store) deleteKeys(es []*entry) error {
 
 // enforce drops tenant's oldest messages past the retention limits (all
 // tenants when tenant is ""), each with a sandbox_dropped event.
-func (s *Store) enforce(tenant, _ string) {
+func (s *Store) enforce(tenant string) {
 	r := s.o.Retention
 	cutoff := time.Time{}
 	if r.Age > 0 {
@@ -580,7 +580,7 @@ func (s *Store) sweepLoop() {
 		case <-st.C:
 			s.syncWAL()
 		case <-t.C:
-			s.enforce("", "")
+			s.enforce("")
 		}
 	}
 }

@@ -86,7 +86,7 @@ func TestRetentionDropsOldestWithEvents(t *testing.T) {
 	}
 	// Age: an hour later everything goes, with an event each.
 	now = now.Add(2 * time.Hour)
-	s.enforce("", "")
+	s.enforce("")
 	if p, _ := s.Search("acme", Filter{}, 0, 10); p.Total != 0 {
 		t.Fatalf("after the age limit: %d", p.Total)
 	}
