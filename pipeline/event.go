@@ -32,12 +32,30 @@ const (
 	EventDomainAdded    = "domain_added"
 	EventDomainVerified = "domain_verified"
 	EventDomainRemoved  = "domain_removed"
+	// A registered domain's DKIM key rotation moved a step
+	// (docs/rotation.md): a new key was published as pending, it became
+	// the signing key (the old one retired), a retired key was revoked
+	// (empty p=), a revoked key was removed. metadata.domain and
+	// metadata.selector name the key.
+	EventDKIMKeyPending = "dkim_key_pending"
+	EventDKIMKeyActive  = "dkim_key_active"
+	EventDKIMKeyRevoked = "dkim_key_revoked"
+	EventDKIMKeyRemoved = "dkim_key_removed"
 	// An operator paused, resumed or retried a queue or a message through
 	// the admin API (docs/operating.md#queue-control); metadata.by is the
 	// API key id.
 	EventQueuePaused  = "queue_paused"
 	EventQueueResumed = "queue_resumed"
 	EventQueueRetried = "queue_retried"
+	// An operator bounced, cancelled, held or released queued recipients
+	// (one message, a queue or everything matching a filter);
+	// metadata.by is the API key id, metadata.recipients how many. The
+	// recipients' own bounced or cancelled events name the key in
+	// metadata.admin_by.
+	EventQueueBounced   = "queue_bounced"
+	EventQueueCancelled = "queue_cancelled"
+	EventQueueHeld      = "queue_held"
+	EventQueueReleased  = "queue_released"
 	// A captured message was dropped from its tenant's sandbox inbox by
 	// the retention limits (docs/sandbox.md); response.text says which.
 	EventSandboxDropped = "sandbox_dropped"
@@ -52,7 +70,9 @@ var EventTypes = []string{EventReceived, EventRejected, EventDeferred, EventDeli
 	EventExpired, EventDiscarded, EventSuppressed, EventCancelled, EventSuppressionAdded, EventSuppressionRemoved,
 	EventTokenRevoked, EventShapingThrottled, EventShapingSuspended, EventShapingResumed,
 	EventDomainAdded, EventDomainVerified, EventDomainRemoved,
-	EventQueuePaused, EventQueueResumed, EventQueueRetried, EventSandboxDropped, EventComplained}
+	EventDKIMKeyPending, EventDKIMKeyActive, EventDKIMKeyRevoked, EventDKIMKeyRemoved,
+	EventQueuePaused, EventQueueResumed, EventQueueRetried,
+	EventQueueBounced, EventQueueCancelled, EventQueueHeld, EventQueueReleased, EventSandboxDropped, EventComplained}
 
 // EventSchema is the version in every event's "schema" field.
 const EventSchema = 1

@@ -18,13 +18,15 @@ import (
 
 const dnsUsage = `Usage: sluice dns records DOMAIN [-c FILE] [--json]
        sluice dns check DOMAIN [-c FILE] [--resolver ADDR] [--json]
+       sluice dns apply DOMAIN --server HOST:PORT --zone ZONE [--tsig-name N --tsig-secret B64] (sluice dns apply -h)
 
 records prints the DNS records DOMAIN must publish for mail this relay
 sends for it (docs/domains.md): SPF (sluice.domains spf_include /
 spf_ips), one DKIM TXT per key of DOMAIN in the dkim_sign stages of the
 configuration, DMARC (_dmarc), and the return-path MX when
 sluice.domains return_path_mx is set. --json prints them as a JSON array
-(kind, type, name, value, zone) for a DNS provider's API.
+(kind, type, name, value, zone) for a DNS provider's API. With
+sluice.dns_server the DKIM records are CNAMEs to its zone (docs/rotation.md).
 
 check looks each record up and reports it verified (ok), missing, wrong
 or unknown (no DNS answer), with the record to publish as the fix.
@@ -44,9 +46,16 @@ func runDNS(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprint(stdout, dnsUsage)
 		return 0
 	}
-	if len(args) == 0 || (args[0] != "records" && args[0] != "check") {
+	if len(args) == 0 || (args[0] != "records" && args[0] != "check" && args[0] != "apply") {
 		fmt.Fprint(stderr, dnsUsage)
 		return 2
+	}
+	if args[0] == "apply" {
+		if len(args) > 1 && isHelp(args[1]) {
+			fmt.Fprint(stdout, dnsApplyUsage)
+			return 0
+		}
+		return runDNSApply(args[1:], stdout, stderr)
 	}
 	sub := args[0]
 	fset := flag.NewFlagSet("dns "+sub, flag.ContinueOnError)
@@ -64,23 +73,9 @@ func runDNS(args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 	domain := dkim.NormalizeDomain(pos[0])
-	cfg, err := config.Load(*cfgPath)
-	if err != nil {
-		fmt.Fprintln(stderr, err)
-		return 1
-	}
-	keys, err := configKeys(cfg, domain)
-	if err != nil {
-		fmt.Fprintln(stderr, "sluice dns:", err)
-		return 1
-	}
-	recs, err := domains.Records(domain, domains.PolicyOf(cfg), keys)
-	if err != nil {
-		fmt.Fprintln(stderr, "sluice dns:", err)
-		return 1
-	}
-	if len(keys) == 0 {
-		fmt.Fprintf(stderr, "sluice dns: note: no dkim_sign key for %s in %s (sluice dkim keygen; docs/dkim.md)\n", domain, cfg.File)
+	recs, cfg, code := configRecords(*cfgPath, domain, stderr)
+	if code != 0 {
+		return code
 	}
 	if sub == "records" {
 		if *asJSON {

@@ -20,12 +20,14 @@ const domainUsage = `Usage:
   sluice domain verify DOMAIN [--json] [flags]
   sluice domain list   [--json] [flags]
   sluice domain remove DOMAIN [flags]
+  sluice domain rotate DOMAIN [--json] [flags]
 
 Manages the sending domains of the API key's tenant through the HTTP API
 (/v1/domains, docs/domains.md). add registers DOMAIN (a DKIM key is made
 for it) and prints the records to publish; show prints each record as
 verified, missing or wrong with the fix (a check at most check_cache
-old); verify checks DNS now. Exit status 0 on success (verify: DOMAIN is
+old); verify checks DNS now; rotate starts a DKIM key rotation behind
+the delegated selectors (needs sluice.dns_server; docs/rotation.md). Exit status 0 on success (verify: DOMAIN is
 verified), 1 when the API refused or failed, or verify found a record
 missing or wrong, 2 on a usage error.
 
@@ -45,7 +47,7 @@ func runDomain(args []string, stdout, stderr io.Writer) int {
 	}
 	switch {
 	case sub == "list" && len(pos) == 0:
-	case (sub == "add" || sub == "show" || sub == "verify" || sub == "remove") && len(pos) == 1:
+	case (sub == "add" || sub == "show" || sub == "verify" || sub == "remove" || sub == "rotate") && len(pos) == 1:
 	default:
 		fs.Usage()
 		return 2
@@ -69,6 +71,8 @@ func runDomain(args []string, stdout, stderr io.Writer) int {
 		ans, code = c.do(stderr, sub, http.MethodGet, "/v1/domains/"+url.PathEscape(pos[0]), nil, nil)
 	case "verify":
 		ans, code = c.do(stderr, sub, http.MethodGet, "/v1/domains/"+url.PathEscape(pos[0]), url.Values{"fresh": {"true"}}, nil)
+	case "rotate":
+		ans, code = c.do(stderr, sub, http.MethodPost, "/v1/domains/"+url.PathEscape(pos[0])+"/rotate", nil, []byte("{}"))
 	case "remove":
 		ans, code = c.do(stderr, sub, http.MethodDelete, "/v1/domains/"+url.PathEscape(pos[0]), nil, nil)
 	case "list":
@@ -110,6 +114,12 @@ type domainView struct {
 	State    string           `json:"state"`
 	Verified *time.Time       `json:"verified"`
 	Records  []domains.Status `json:"records"`
+	Keys     []struct {
+		Selector string    `json:"selector"`
+		Algo     string    `json:"algo"`
+		State    string    `json:"state"`
+		Since    time.Time `json:"since"`
+	} `json:"keys"`
 }
 
 func printDomain(w io.Writer, d domainView, sub string) {
@@ -129,5 +139,8 @@ func printDomain(w io.Writer, d domainView, sub string) {
 		if r.Fix != "" && r.Fix != r.Zone {
 			fmt.Fprintf(w, "            fix: %s\n", r.Fix)
 		}
+	}
+	for _, k := range d.Keys {
+		fmt.Fprintf(w, "  key %-9s %-8s %-7s since %s\n", k.Selector, k.State, k.Algo, k.Since.UTC().Format(time.RFC3339))
 	}
 }

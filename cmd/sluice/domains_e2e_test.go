@@ -38,6 +38,22 @@ func (h *httpEnv) domainCLI(key string, args ...string) (stdout, stderr string, 
 	return h.apiCLI(key, "domain", args...)
 }
 
+// startWith starts the relay of cfg, its {{HTTP}}, {{DNS}} (resolver),
+// {{MXPORT}}, {{SMARTPORT}} and the extra placeholder/value pairs
+// filled, and returns an API key of tenant acme.
+func (h *httpEnv) startWith(cfg, resolver string, extra ...string) string {
+	h.t.Helper()
+	httpAddr := freePort(h.t)
+	pairs := append([]string{"{{HTTP}}", httpAddr, "{{DNS}}", resolver, "{{MXPORT}}", h.mx.port(), "{{SMARTPORT}}", h.smart.port()}, extra...)
+	h.relay = newRelay(h.t, h.t.TempDir(), strings.NewReplacer(pairs...).Replace(cfg))
+	h.base = "http://" + httpAddr
+	h.client = &http.Client{Timeout: 30 * time.Second}
+	h.t.Cleanup(h.client.CloseIdleConnections)
+	h.start()
+	key, _ := h.createKey("acme")
+	return key
+}
+
 // TestDomainsEndToEnd, against the real binary: `sluice domain add`
 // registers a domain and prints its records; with require_verified the
 // tenant may not send from it (HTTP 403 naming "from") until the records
@@ -48,15 +64,7 @@ func (h *httpEnv) domainCLI(key string, args ...string) (stdout, stderr string, 
 func TestDomainsEndToEnd(t *testing.T) {
 	testutil.NeedDKIMPy(t)
 	h := &httpEnv{t: t, dns: dnstest.NewServer(t), mx: newSink(t), smart: newSink(t)}
-	httpAddr := freePort(t)
-	cfg := strings.NewReplacer("{{HTTP}}", httpAddr, "{{DNS}}", h.dns.Addr(), "{{MXPORT}}", h.mx.port(),
-		"{{SMARTPORT}}", h.smart.port()).Replace(domainsConfig)
-	h.relay = newRelay(t, t.TempDir(), cfg)
-	h.base = "http://" + httpAddr
-	h.client = &http.Client{Timeout: 30 * time.Second}
-	t.Cleanup(h.client.CloseIdleConnections)
-	h.start()
-	key, _ := h.createKey("acme")
+	key := h.startWith(domainsConfig, h.dns.Addr())
 
 	out, errs, code := h.domainCLI(key, "add", "brand.test")
 	if code != 0 || !strings.Contains(out, "brand.test: unverified") || !strings.Contains(out, "sluice._domainkey.brand.test. 3600 IN TXT") {

@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/sluice-mta/sluice/internal/config"
+	"github.com/sluice-mta/sluice/internal/logx"
 	"github.com/sluice-mta/sluice/internal/server"
 )
 
@@ -33,7 +34,8 @@ Usage:
   sluice apikey  create|list|revoke ...   manage HTTP API keys
   sluice send    --url URL --key KEY --from A --to B ...   send via the HTTP API
   sluice suppression list|add|remove ...   manage the tenant's suppression list via the HTTP API
-  sluice queue   list|show|retry|flush|pause|resume ...   steer the delivery queues via the HTTP API (admin key)
+  sluice queue   [list|show|retry|flush|bounce|cancel|hold|release|pause|resume ...]   see and steer the
+                 delivery queues via the HTTP API (admin key); no subcommand: a mailq-style listing
   sluice passwd  USER [--tenant T] [--sender D]...   hash a password into a users file line (SMTP AUTH)
   sluice token   keygen|issue ...   make token signing keys; sign a short-lived token locally
   sluice dkim    keygen --domain D --selector S [--algo rsa|ed25519] [--out DIR]   make a DKIM key; print its TXT record
@@ -115,14 +117,20 @@ func newLogger(w io.Writer, format, level string) (*slog.Logger, error) {
 	if err := lv.UnmarshalText([]byte(level)); err != nil {
 		return nil, fmt.Errorf("--log-level %q: want debug, info, warn or error", level)
 	}
-	opts := &slog.HandlerOptions{Level: lv}
+	// The inner handler takes every level: the logx wrapper decides, per
+	// subsystem (sluice.logging).
+	opts := &slog.HandlerOptions{Level: slog.LevelDebug}
+	var h slog.Handler
 	switch format {
 	case "text":
-		return slog.New(slog.NewTextHandler(w, opts)), nil
+		h = slog.NewTextHandler(w, opts)
 	case "json":
-		return slog.New(slog.NewJSONHandler(w, opts)), nil
+		h = slog.NewJSONHandler(w, opts)
+	default:
+		return nil, fmt.Errorf("--log-format %q: want text or json", format)
 	}
-	return nil, fmt.Errorf("--log-format %q: want text or json", format)
+	h, _ = logx.NewHandler(h, lv)
+	return slog.New(h), nil
 }
 
 func runServe(args []string, stderr io.Writer) int {
@@ -130,7 +138,7 @@ func runServe(args []string, stderr io.Writer) int {
 	fs.SetOutput(stderr)
 	cfgPath := fs.String("c", "pipeline.lua", "configuration file")
 	logFormat := fs.String("log-format", "text", "log format: text or json")
-	logLevel := fs.String("log-level", "info", "log level: debug, info, warn, error")
+	logLevel := fs.String("log-level", "info", "log level: debug, info, warn, error (wins over sluice.logging's level)")
 	grace := fs.Duration("shutdown-grace", 30*time.Second, "how long to let sessions and deliveries finish on SIGTERM")
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile to this file until shutdown (for performance work)")
 	if err := fs.Parse(args); err != nil {
@@ -152,6 +160,12 @@ func runServe(args []string, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "sluice serve:", err)
 		return 1
 	}
+	fs.Visit(func(f *flag.Flag) {
+		if f.Name == "log-level" {
+			logx.Of(log).Pin() // the command line wins over sluice.logging's level
+		}
+	})
+	cfg.ApplyLogging(log)
 	// Validate (the same checks as `sluice check`) before anything is
 	// created on disk.
 	srv, err := server.New(cfg, log)
@@ -232,7 +246,20 @@ func runCheck(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, err)
 		return 1
 	}
-	fmt.Fprintf(stdout, "%s: ok (%d SMTP listener(s), %d HTTP listener(s), %d stage(s))\n", cfg.File, len(cfg.SMTP), len(cfg.HTTP), len(cfg.Stages))
+	// What loads but is not applied (serve logs the same at start), so an
+	// operator sees it before deploying; not an error: exit 0.
+	var warnings []string
+	if cfg.Shaping != nil && cfg.Shaping.Rules != nil {
+		warnings = cfg.Shaping.Rules.Warnings
+	}
+	for _, w := range warnings {
+		fmt.Fprintln(stderr, "warning:", w)
+	}
+	fmt.Fprintf(stdout, "%s: ok (%d SMTP listener(s), %d HTTP listener(s), %d stage(s))", cfg.File, len(cfg.SMTP), len(cfg.HTTP), len(cfg.Stages))
+	if len(warnings) > 0 {
+		fmt.Fprintf(stdout, ", %d warning(s)", len(warnings))
+	}
+	fmt.Fprintln(stdout)
 	return 0
 }
 

@@ -12,9 +12,10 @@ import (
 	"github.com/sluice-mta/sluice/pipeline"
 )
 
-// queueConfig relays everything to the smarthost sink, with a first
-// backoff of an hour: a deferred recipient is delivered within the test
-// only when retried by hand.
+// queueConfig relays smart.test to the smarthost sink and delivers
+// everything else by MX (sender.test's MX is the mx sink, where DSNs go),
+// with a first backoff of an hour: a deferred recipient is delivered
+// within a test only when retried by hand.
 const queueConfig = `
 local sluice = require("sluice")
 sluice.node { name = "queue-e2e-1", hostname = "relay.e2e.test" }
@@ -22,13 +23,45 @@ sluice.spool { path = "{{SPOOL}}" }
 sluice.events { file = "{{EVENTS}}" }
 sluice.listen_smtp { addr = "{{SMTP}}" }
 sluice.listen_http { addr = "{{HTTP}}" }
-sluice.delivery { resolver = "{{DNS}}", retry = { initial = "1h", max = "1h", jitter = 0 }, idle_timeout = "1s" }
+sluice.delivery { resolver = "{{DNS}}", port = {{MXPORT}}, retry = { initial = "1h", max = "1h", jitter = 0 }, idle_timeout = "1s" }
 sluice.stage("routing", {
   on_route = function(msg, rcpt)
-    return sluice.route.relay { host = "127.0.0.1", port = {{SMARTPORT}}, tls = "none" }
+    if rcpt.domain == "smart.test" then
+      return sluice.route.relay { host = "127.0.0.1", port = {{SMARTPORT}}, tls = "none" }
+    end
+    return sluice.route.mx()
   end,
 })
 `
+
+// queueCLI runs `sluice queue ARGS` with key; a non-zero exit fails the
+// test.
+func (h *httpEnv) queueCLI(key string, args ...string) string {
+	h.t.Helper()
+	out, errs, code := h.apiCLI(key, "queue", args...)
+	if code != 0 {
+		h.t.Fatalf("sluice queue %v: exit %d\n%s%s", args, code, out, errs)
+	}
+	return out
+}
+
+// newQueueEnv starts a relay on queueConfig (with extra appended) and
+// returns it with an API key with the admin scope and its id.
+func newQueueEnv(t *testing.T, extra string) (h *httpEnv, key, keyID string) {
+	h = &httpEnv{t: t, dns: dnstest.NewServer(t), mx: newSink(t), smart: newSink(t)}
+	h.dns.AddMX("sender.test", 10, "mx1.sender.test")
+	h.dns.AddA("mx1.sender.test", "127.0.0.1")
+	httpAddr := freePort(t)
+	cfg := strings.NewReplacer("{{HTTP}}", httpAddr, "{{DNS}}", h.dns.Addr(), "{{MXPORT}}", h.mx.port(),
+		"{{SMARTPORT}}", h.smart.port()).Replace(queueConfig + extra)
+	h.relay = newRelay(t, t.TempDir(), cfg)
+	h.base = "http://" + httpAddr
+	h.client = &http.Client{Timeout: 30 * time.Second}
+	t.Cleanup(h.client.CloseIdleConnections)
+	h.start()
+	key, keyID = h.createKey("acme", "send", "admin")
+	return h, key, keyID
+}
 
 type cliQueue struct {
 	Name        string     `json:"name"`
@@ -44,24 +77,9 @@ type cliQueue struct {
 // an hour of backoff is delivered at once after `sluice queue flush`; the
 // events file records each action with the admin key's id.
 func TestQueueCLIEndToEnd(t *testing.T) {
-	h := &httpEnv{t: t, dns: dnstest.NewServer(t), mx: newSink(t), smart: newSink(t)}
-	httpAddr := freePort(t)
-	cfg := strings.NewReplacer("{{HTTP}}", httpAddr, "{{DNS}}", h.dns.Addr(), "{{SMARTPORT}}", h.smart.port()).Replace(queueConfig)
-	h.relay = newRelay(t, t.TempDir(), cfg)
-	h.base = "http://" + httpAddr
-	h.client = &http.Client{Timeout: 30 * time.Second}
-	t.Cleanup(h.client.CloseIdleConnections)
-	h.start()
-	key, keyID := h.createKey("acme", "send", "admin")
+	h, key, keyID := newQueueEnv(t, "")
 	name := "relay:127.0.0.1:" + h.smart.port()
-	cli := func(args ...string) string {
-		t.Helper()
-		out, errs, code := h.apiCLI(key, "queue", args...)
-		if code != 0 {
-			t.Fatalf("sluice queue %v: exit %d\n%s%s", args, code, out, errs)
-		}
-		return out
-	}
+	cli := func(args ...string) string { t.Helper(); return h.queueCLI(key, args...) }
 	queues := func() map[string]cliQueue {
 		var l struct{ Queues []cliQueue }
 		if err := json.Unmarshal([]byte(cli("list", "--json")), &l); err != nil {

@@ -132,7 +132,8 @@ func runSuppression(args []string, stdout, stderr io.Writer) int {
 
 // listing is one paged list command: GET path with limit and cursor.
 type listing struct {
-	cmd, sub, path string // "sluice suppression", "list", the API path
+	cmd, sub, path string     // "sluice suppression", "list", the API path
+	query          url.Values // more query parameters (filters); nil: none
 	limit          int
 	cursor         string // where to start ("" : the first page)
 	all, asJSON    bool   // follow next_cursor; print the API's JSON answers
@@ -151,6 +152,9 @@ func listPages(c *suppClient, stdout, stderr io.Writer, l listing, row func(ans 
 	next := l.cursor
 	for {
 		q := url.Values{"limit": {strconv.Itoa(l.limit)}}
+		for k, v := range l.query {
+			q[k] = v
+		}
 		if next != "" {
 			q.Set("cursor", next)
 		}
@@ -249,12 +253,18 @@ func suppressionFlags(name string, out io.Writer) *suppFlags {
 	fs.SetOutput(out)
 	f := apiFlags(fs)
 	fs.Var(&f.tenant, "tenant", "work on the list of tenant `NAME` (a key with the admin scope); \"\" is mail without a tenant")
-	f.limit = fs.Int("limit", 100, "list: most entries per page (1 to 1000)")
-	f.all = fs.Bool("all", false, "list: follow next_cursor through every page")
-	f.cursor = fs.String("cursor", "", "list: start at this next_cursor")
-	f.asJSON = fs.Bool("json", false, "list: print the API's JSON answers (one per page)")
+	f.listFlags("list: ")
 	f.reason = fs.String("reason", "", "add: why the address is suppressed")
 	return f
+}
+
+// listFlags adds the paging flags of a listing (--limit, --all, --cursor,
+// --json); each usage starts with which.
+func (f *suppFlags) listFlags(which string) {
+	f.limit = f.fs.Int("limit", 100, which+"most entries per page (1 to 1000)")
+	f.all = f.fs.Bool("all", false, which+"follow next_cursor through every page")
+	f.cursor = f.fs.String("cursor", "", which+"start at this next_cursor")
+	f.asJSON = f.fs.Bool("json", false, which+"print the API's JSON answers (one per page)")
 }
 
 // apiFlags adds the flags of a command that talks to a running node's

@@ -16,7 +16,9 @@
 # STAMP_UNARY environment variable: one unary RPC per call, as a protocol 1.0 plugin;
 # stamp only), fields (the header as one entry per field, as a protocol 1.1
 # plugin: sdk.WithHeaderFields through STAMP_FIELDS; stamp only), e.g.
-# MODES="off on unary fields", procs1 (the plugin with GOMAXPROCS=1 in
+# MODES="off on unary fields", goprocs (the plugin served with
+# sdk.WithMaxProcs(0), Go's GOMAXPROCS instead of the SDK's 1, through its
+# STAMP_GOPROCS environment variable; stamp only), procs2 (GOMAXPROCS=2 in
 # its env). With OLD_SLUICE and OLD_STAMP (paths of a
 # relay and a stamp plugin built from an earlier commit), mode "old" runs
 # those, plugin on: before and after in one run.
@@ -28,6 +30,17 @@ SESSIONS=${SESSIONS:-20}
 SIZE=${SIZE:-2048}
 PLUGIN=${PLUGIN:-stamp}
 MODES=${MODES:-off on}
+# Ports (relay SMTP, sink, relay HTTP, admin): not relay.lua's defaults, so
+# that this bench does not meet another one running on the machine.
+PORT=${PORT:-2815}
+SINK=${SINK:-2812}
+HTTP=${HTTP:-8225}
+ADMIN=${ADMIN:-9202}
+for p in $PORT $SINK $HTTP $ADMIN; do
+  if (exec 3<>/dev/tcp/127.0.0.1/$p) 2>/dev/null; then
+    echo "port $p is in use (another bench?): set PORT, SINK, HTTP, ADMIN" >&2; exit 2
+  fi
+done
 
 go build -o bin/sluice ./cmd/sluice
 go build -o bin/sluice-bench ./cmd/sluice-bench
@@ -59,26 +72,28 @@ echo "# plugin stage ($PLUGIN) on/off — $(date -u +%FT%TZ) — $(nproc) cores,
 for r in $(seq "$ROUNDS"); do
   for mode in $MODES; do
     W=$(mktemp -d /tmp/sluice-plugbench.XXXXXX)
-    sed -e "s#{{SPOOL}}#$W/spool#" -e "s#{{EVENTS}}#$W/events.jsonl#" examples/bench/relay.lua > "$W/relay.lua"
-    echo 'sluice.listen_admin { addr = "127.0.0.1:9102" }' >> "$W/relay.lua"
+    sed -e "s#{{SPOOL}}#$W/spool#" -e "s#{{EVENTS}}#$W/events.jsonl#" -e "s#127.0.0.1:2605#127.0.0.1:$PORT#" \
+      -e "s#127.0.0.1:8025#127.0.0.1:$HTTP#" -e "s#port = 2602#port = $SINK#" examples/bench/relay.lua > "$W/relay.lua"
+    echo "sluice.listen_admin { addr = \"127.0.0.1:$ADMIN\" }" >> "$W/relay.lua"
     SLUICE=bin/sluice; MCMD=$PCMD
     [ "$mode" = old ] && { SLUICE=${OLD_SLUICE:?mode old needs OLD_SLUICE}; MCMD=${OLD_STAMP:?mode old needs OLD_STAMP}; }
     if [ "$mode" != off ]; then
       PENV='{}'
       [ "$mode" = unary ] && PENV='{ STAMP_UNARY = "1" }'
       [ "$mode" = fields ] && PENV='{ STAMP_FIELDS = "1" }'
-      [ "$mode" = procs1 ] && PENV='{ GOMAXPROCS = "1" }'
+      [ "$mode" = goprocs ] && PENV='{ STAMP_GOPROCS = "1" }'
+      [ "$mode" = procs2 ] && PENV='{ GOMAXPROCS = "2" }'
       # The plugin stage goes before the routing stage: insert it after "stamp".
       awk -v cmd="$MCMD" -v cfg="$PCFG" -v env="$PENV" '/^sluice.stage\("routing"/ { print "sluice.stage(\"plugin\", sluice.plugin { cmd = \"" cmd "\", timeout = \"2s\", env = " env ", config = " cfg " })\n" } { print }' "$W/relay.lua" > "$W/r2" && mv "$W/r2" "$W/relay.lua"
     fi
     "$SLUICE" serve -c "$W/relay.lua" -log-level warn 2> "$W/sluice.log" &
     pid=$!
-    for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/2605) 2>/dev/null && break; sleep 0.1; done
-    bin/sluice-bench smtp -target 127.0.0.1:2605 -sink 127.0.0.1:2602 -n 1000 -c "$SESSIONS" -size "$SIZE" > /dev/null
+    for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$PORT) 2>/dev/null && break; sleep 0.1; done
+    bin/sluice-bench smtp -target 127.0.0.1:$PORT -sink 127.0.0.1:$SINK -n 1000 -c "$SESSIONS" -size "$SIZE" > /dev/null
     ppid=$(pgrep -P "$pid" || true)
     c0=$(cpu_ticks "$pid"); p0=0; [ -n "$ppid" ] && p0=$(cpu_ticks "$ppid")
-    curl -s http://127.0.0.1:9102/metrics > "$W/m0"
-    out=$(bin/sluice-bench smtp -target 127.0.0.1:2605 -sink 127.0.0.1:2602 -n "$N" -c "$SESSIONS" -size "$SIZE" -timeout 300s)
+    curl -s http://127.0.0.1:$ADMIN/metrics > "$W/m0"
+    out=$(bin/sluice-bench smtp -target 127.0.0.1:$PORT -sink 127.0.0.1:$SINK -n "$N" -c "$SESSIONS" -size "$SIZE" -timeout 300s)
     c1=$(cpu_ticks "$pid"); p1=0; [ -n "$ppid" ] && p1=$(cpu_ticks "$ppid")
     tck=$(getconf CLK_TCK)
     echo "## round $r, plugin $mode"
@@ -86,7 +101,7 @@ for r in $(seq "$ROUNDS"); do
     echo "relay CPU $(( (c1-c0) * 1000000 / tck / N )) µs/msg, plugin process CPU $(( (p1-p0) * 1000000 / tck / N )) µs/msg"
     if [ "$mode" != off ]; then
       # The histogram of the measured run only: the warm-up's counts subtracted.
-      curl -s http://127.0.0.1:9102/metrics > "$W/m1"
+      curl -s http://127.0.0.1:$ADMIN/metrics > "$W/m1"
       awk 'NR==FNR { if ($1 ~ /^sluice_plugin_call_duration_seconds_bucket/) base[$1] = $2; next }
         $1 ~ /^sluice_plugin_call_duration_seconds_bucket/ { print $1, $2 - base[$1] }' "$W/m0" "$W/m1" > "$W/hist"
       echo "plugin on_message call p50 $(quantile 0.5 < "$W/hist") µs, p99 $(quantile 0.99 < "$W/hist") µs"

@@ -5,11 +5,16 @@
 # persistence), alternated in one run: ROUNDS rounds of MODES, fresh spool
 # per round. The stage has three limits that never trip, so every message
 # pays the checks and none is refused: per client IP and per sender domain
-# (messages, checked together at MAIL FROM: one store call) and per
-# recipient domain (recipients, at RCPT TO: one store call).
+# (messages) and per recipient domain (recipients), all three in one store
+# call at RCPT TO (builds before 2026-11-30 13:00 UTC made two: MAIL FROM's
+# limits at MAIL FROM).
 # Per round: a 1,000 message warm-up, then SMTP SIZE B x SESSIONS sessions x
 # N messages. Prints sluice-bench's report and the relay's (and Redis's) CPU
 # per message.
+#
+# A/B against another build: BASE_BIN=/path/to/old/sluice and modes with a
+# "-base" suffix (MODES="redis-base redis off") run that binary with the
+# same configuration, in the same rounds.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROUNDS=${ROUNDS:-3}
@@ -18,6 +23,15 @@ SESSIONS=${SESSIONS:-20}
 SIZE=${SIZE:-2048}
 MODES=${MODES:-off memory redis}
 RPORT=${RPORT:-6391}
+# The relay's SMTP and HTTP ports and the sink's (relay.lua's 2605, 8025
+# and 2602 by default): set them when another benchmark holds those.
+PORT=${PORT:-2605}
+HPORT=${HPORT:-8025}
+SPORT=${SPORT:-2602}
+
+for p in "$PORT" "$HPORT" "$SPORT" "$RPORT"; do
+  if (exec 3<>/dev/tcp/127.0.0.1/$p) 2>/dev/null; then echo "127.0.0.1:$p is in use (another benchmark?): set PORT, HPORT, SPORT, RPORT" >&2; exit 1; fi
+done
 
 go build -o bin/sluice ./cmd/sluice
 go build -o bin/sluice-bench ./cmd/sluice-bench
@@ -28,7 +42,7 @@ W=
 RD=$(mktemp -d /tmp/sluice-rlbench-redis.XXXXXX)
 trap '[ -n "$pid" ] && kill $pid 2>/dev/null; [ -n "$rpid" ] && kill $rpid 2>/dev/null; wait 2>/dev/null; [ -n "$W" ] && rm -rf "$W"; rm -rf "$RD"' EXIT
 
-if [[ " $MODES " == *" redis "* ]]; then
+if [[ " $MODES " == *" redis"* ]]; then
   redis-server --port "$RPORT" --bind 127.0.0.1 --dir "$RD" --save "" --appendonly no --daemonize no \
     --protected-mode no --loglevel warning > "$RD/redis.log" 2>&1 &
   rpid=$!
@@ -41,19 +55,22 @@ echo "# ratelimit stage off/memory/redis — $(date -u +%FT%TZ) — $(nproc) cor
 for r in $(seq "$ROUNDS"); do
   for mode in $MODES; do
     W=$(mktemp -d /tmp/sluice-rlbench.XXXXXX)
-    sed -e "s#{{SPOOL}}#$W/spool#" -e "s#{{EVENTS}}#$W/events.jsonl#" examples/bench/relay.lua > "$W/relay.lua"
-    if [ "$mode" != off ]; then
-      store=$mode
-      [ "$mode" = redis ] && echo "sluice.redis { addr = \"127.0.0.1:$RPORT\", key_prefix = \"bench$r:\" }" >> "$W/relay.lua"
+    sed -e "s#{{SPOOL}}#$W/spool#" -e "s#{{EVENTS}}#$W/events.jsonl#" \
+      -e "s#127.0.0.1:2605#127.0.0.1:$PORT#" -e "s#127.0.0.1:8025#127.0.0.1:$HPORT#" -e "s#port = 2602,#port = $SPORT,#" examples/bench/relay.lua > "$W/relay.lua"
+    bin=bin/sluice
+    store=${mode%-base}
+    if [ "$store" != "$mode" ]; then bin=${BASE_BIN:?set BASE_BIN for $mode}; fi
+    if [ "$store" != off ]; then
+      [ "$store" = redis ] && echo "sluice.redis { addr = \"127.0.0.1:$RPORT\", key_prefix = \"bench$r:\" }" >> "$W/relay.lua"
       # The stage goes before the routing stage.
       awk -v store="$store" '/^sluice.stage\("routing"/ { print "sluice.stage(\"limits\", sluice.builtin.ratelimit { store = \"" store "\", limits = {\n  { key = \"client_ip\", rate = \"100000000/hour\" },\n  { key = \"sender_domain\", rate = \"100000000/hour\" },\n  { key = \"recipient_domain\", rate = \"100000000/hour\", count = \"recipients\" },\n} })\n" } { print }' "$W/relay.lua" > "$W/r2" && mv "$W/r2" "$W/relay.lua"
     fi
-    bin/sluice serve -c "$W/relay.lua" -log-level warn 2> "$W/sluice.log" &
+    "$bin" serve -c "$W/relay.lua" -log-level warn 2> "$W/sluice.log" &
     pid=$!
-    for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/2605) 2>/dev/null && break; sleep 0.1; done
-    bin/sluice-bench smtp -target 127.0.0.1:2605 -sink 127.0.0.1:2602 -n 1000 -c "$SESSIONS" -size "$SIZE" > /dev/null
+    for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$PORT) 2>/dev/null && break; sleep 0.1; done
+    bin/sluice-bench smtp -target 127.0.0.1:$PORT -sink 127.0.0.1:$SPORT -n 1000 -c "$SESSIONS" -size "$SIZE" > /dev/null
     c0=$(cpu_ticks "$pid"); r0=0; [ -n "$rpid" ] && r0=$(cpu_ticks "$rpid")
-    out=$(bin/sluice-bench smtp -target 127.0.0.1:2605 -sink 127.0.0.1:2602 -n "$N" -c "$SESSIONS" -size "$SIZE" -timeout 300s)
+    out=$(bin/sluice-bench smtp -target 127.0.0.1:$PORT -sink 127.0.0.1:$SPORT -n "$N" -c "$SESSIONS" -size "$SIZE" -timeout 300s)
     c1=$(cpu_ticks "$pid"); r1=0; [ -n "$rpid" ] && r1=$(cpu_ticks "$rpid")
     tck=$(getconf CLK_TCK)
     echo "## round $r, ratelimit $mode"

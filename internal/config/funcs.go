@@ -27,7 +27,7 @@ var FuncNames = []string{
 	"node", "local_domains", "spool", "listen_smtp", "listen_http", "listen_admin", "delivery",
 	"events", "lua_options", "stage_timeout", "stage", "lua", "builtin", "plugin",
 	"env", "read_file", "bounces", "suppression", "auth", "tokens", "redis", "shaping", "egress",
-	"domains", "sandbox",
+	"domains", "dns_server", "dkim_rotation", "logging", "sandbox",
 }
 
 // loader records the configuration functions' calls into a Config.
@@ -40,6 +40,8 @@ type loader struct {
 	addrs  map[string]int // listener address → line
 	names  map[string]int // SMTP listener name → line
 	stages map[string]int // stage name → line
+
+	rotationLine int // line of sluice.dkim_rotation, 0 if not called
 }
 
 func (ld *loader) install() {
@@ -62,6 +64,9 @@ func (ld *loader) install() {
 	set("shaping", ld.shaping)
 	set("egress", ld.egress)
 	set("domains", ld.domains)
+	set("dns_server", ld.dnsServer)
+	set("dkim_rotation", ld.dkimRotation)
+	set("logging", ld.logging)
 	set("sandbox", ld.sandbox)
 	set("lua_options", ld.luaOptions)
 	set("stage_timeout", ld.stageTimeout)

@@ -176,6 +176,10 @@ func (ld *loader) finish() error {
 			return fmt.Errorf("%s: webhook %q dead-letter file: %w", ld.file, w.Name, err)
 		}
 	}
+	if ld.rotationLine > 0 && cfg.DNSServer == nil {
+		return fmt.Errorf("%s:%d: sluice.dkim_rotation: needs sluice.dns_server (keys rotate behind the CNAMEs to its zone; docs/rotation.md)",
+			ld.file, ld.rotationLine)
+	}
 	if cfg.Lua.PoolSize == 0 {
 		cfg.Lua.PoolSize = DefaultLuaPoolSize()
 	}

@@ -50,6 +50,10 @@ func Check(ctx context.Context, r dnsx.Resolver, recs []Record) []Status {
 
 func checkOne(ctx context.Context, r dnsx.Resolver, rec Record) Status {
 	st := Status{Record: rec}
+	if rec.Type == "CNAME" {
+		checkCNAME(ctx, r, &st)
+		return st
+	}
 	if rec.Type == "MX" {
 		res, err := r.LookupMX(ctx, rec.Name)
 		if lookupFailed(&st, err) {
@@ -79,6 +83,37 @@ func checkOne(ctx context.Context, r dnsx.Resolver, rec Record) Status {
 		checkDMARC(&st, res.Records)
 	}
 	return st
+}
+
+// checkCNAME: the name is an alias of the record's target. Another
+// record there (a DKIM TXT published before delegation) is wrong: a CNAME
+// cannot sit beside other data (RFC 1034 section 3.6.2), remove it.
+func checkCNAME(ctx context.Context, r dnsx.Resolver, st *Status) {
+	cr, ok := r.(dnsx.CNAMEResolver)
+	if !ok {
+		st.State, st.Detail = Unknown, "the resolver cannot look CNAME records up"
+		return
+	}
+	res, err := cr.LookupCNAME(ctx, st.Name)
+	if err != nil && dnsx.IsNoData(err) {
+		// The name exists without a CNAME: say what is there.
+		if txt, terr := r.LookupTXT(ctx, st.Name); terr == nil {
+			st.State, st.Found, st.Fix = Wrong, txt.Records, st.Zone
+			st.Detail = "TXT records are published at " + st.Name + ": remove them and publish the CNAME"
+			return
+		}
+	}
+	if lookupFailed(st, err) {
+		return
+	}
+	st.Found = res.Records
+	for _, t := range res.Records {
+		if t == st.Value {
+			st.State = Verified
+			return
+		}
+	}
+	st.State, st.Detail, st.Fix = Wrong, "the CNAME points elsewhere, not to "+st.Value, st.Zone
 }
 
 // lookupFailed sets Missing or Unknown for a failed lookup.

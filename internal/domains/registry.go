@@ -31,11 +31,15 @@ type Registry struct {
 	now    func() time.Time
 	policy atomic.Pointer[config.Domains]
 
-	mu   sync.Mutex                             // serialises writes
-	keys atomic.Pointer[map[string][]*dkim.Key] // active keys by domain
+	mu    sync.Mutex                             // serialises writes
+	keys  atomic.Pointer[map[string][]*dkim.Key] // active keys by domain
+	view  atomic.Pointer[ZoneView]               // published keys, for the DNS listener
+	deleg atomic.Pointer[config.DNSServer]       // nil: DKIM records are TXT records
 
 	cmu   sync.Mutex
 	cache map[string]cachedCheck
+
+	kick chan struct{} // a rotation was requested (Kicks)
 }
 
 type cachedCheck struct {
@@ -46,7 +50,7 @@ type cachedCheck struct {
 // NewRegistry loads the registered domains' keys from sp. res is the
 // resolver checks go through (the node's).
 func NewRegistry(sp *spool.Spool, res dnsx.Resolver, p config.Domains) (*Registry, error) {
-	r := &Registry{sp: sp, res: res, now: time.Now, cache: map[string]cachedCheck{}}
+	r := &Registry{sp: sp, res: res, now: time.Now, cache: map[string]cachedCheck{}, kick: make(chan struct{}, 1)}
 	r.SetPolicy(p)
 	if err := r.reloadKeys(); err != nil {
 		return nil, err
@@ -66,22 +70,41 @@ func (r *Registry) SetPolicy(p config.Domains) {
 // Policy returns the current policy.
 func (r *Registry) Policy() config.Domains { return *r.policy.Load() }
 
+// SetDelegation makes the DKIM records of registered domains CNAMEs to
+// the DNS listener's zone (d's selectors), and new domains' first key
+// use d's first selector. nil: TXT records (the default). Set it before
+// the registry serves; the listener cannot change without a restart.
+func (r *Registry) SetDelegation(d *config.DNSServer) { r.deleg.Store(d) }
+
+// Delegation returns what SetDelegation set.
+func (r *Registry) Delegation() *config.DNSServer { return r.deleg.Load() }
+
 func (r *Registry) reloadKeys() error {
 	all, err := r.sp.ListDomains()
 	if err != nil {
 		return err
 	}
 	m := map[string][]*dkim.Key{}
+	v := &ZoneView{byLabel: map[string]map[string]string{}, states: map[string]int{}}
 	for _, d := range all {
 		ks, err := activeKeys(&d)
 		if err != nil {
 			return err
 		}
 		m[d.Domain] = ks
+		if err := v.add(&d); err != nil {
+			return err
+		}
 	}
 	r.keys.Store(&m)
+	v.serial = nextSerial(r.view.Load(), r.now())
+	r.view.Store(v)
 	return nil
 }
+
+// View returns the keys registered domains publish, for the DNS
+// listener: replaced whole on every change, safe for concurrent use.
+func (r *Registry) View() *ZoneView { return r.view.Load() }
 
 func activeKeys(d *spool.Domain) ([]*dkim.Key, error) {
 	var out []*dkim.Key
@@ -136,8 +159,12 @@ func (r *Registry) Add(tenant, domain string) (*spool.Domain, error) {
 		return nil, ErrTaken
 	}
 	now := r.now().UTC()
+	sel := p.DKIMSelector
+	if dl := r.deleg.Load(); dl != nil {
+		sel = dl.Selectors[0]
+	}
 	d := &spool.Domain{Domain: domain, Tenant: tenant, Created: now, Keys: []spool.DomainKey{{
-		Selector: p.DKIMSelector, Algo: p.DKIMAlgo, State: spool.KeyActive, PrivateKey: string(pemData), Created: now,
+		Selector: sel, Algo: p.DKIMAlgo, State: spool.KeyActive, PrivateKey: string(pemData), Created: now, Since: now,
 	}}}
 	if err := r.sp.PutDomain(d, event(pipeline.EventDomainAdded, d)); err != nil {
 		return nil, err
@@ -205,7 +232,11 @@ func (r *Registry) Records(d *spool.Domain) ([]Record, error) {
 		}
 		keys = append(keys, DKIMKey{Selector: k.Selector, Signer: signer})
 	}
-	return Records(d.Domain, r.Policy(), keys)
+	dl := r.deleg.Load()
+	if dl == nil {
+		return Records(d.Domain, r.Policy(), keys)
+	}
+	return DelegatedRecords(d.Domain, r.Policy(), dl, dl.Selectors, keys)
 }
 
 // Check checks d's records in DNS, reusing a check younger than

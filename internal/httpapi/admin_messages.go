@@ -43,12 +43,14 @@ type listAnswer struct {
 }
 
 // listParams are the query parameters of GET /v1/admin/messages.
-var listParams = map[string]bool{"queue": true, "state": true, "sender": true, "rcpt_domain": true,
-	"tenant": true, "before": true, "after": true, "cursor": true, "limit": true}
+var listParams = map[string]bool{"queue": true, "state": true, "sender": true, "rcpt_domain": true, "rcpt": true,
+	"tenant": true, "before": true, "after": true, "older_than": true, "younger_than": true, "cursor": true, "limit": true}
 
-// listFilter parses the listing's query parameters. An empty value is an
-// absent parameter, except tenant, where it selects mail without a tenant.
-func listFilter(q url.Values) (spool.ListFilter, *apiError) {
+// listFilter parses the listing's query parameters (the queue control
+// actions take the same filters). An empty value is an absent parameter,
+// except tenant, where it selects mail without a tenant. older_than and
+// younger_than are durations before now.
+func listFilter(q url.Values, now time.Time) (spool.ListFilter, *apiError) {
 	var f spool.ListFilter
 	for name, vs := range q {
 		if !listParams[name] {
@@ -63,9 +65,9 @@ func listFilter(q url.Values) (spool.ListFilter, *apiError) {
 		return f, badField("queue", "queue is not a queue name")
 	}
 	switch f.State = q.Get("state"); f.State {
-	case "", spool.StateQueued, spool.StateDeferred:
+	case "", spool.StateQueued, spool.StateDeferred, spool.StateHeld:
 	default:
-		return f, badField("state", "state must be %q or %q", spool.StateQueued, spool.StateDeferred)
+		return f, badField("state", "state must be %q, %q or %q", spool.StateQueued, spool.StateDeferred, spool.StateHeld)
 	}
 	switch v := q.Get("sender"); v {
 	case "":
@@ -83,6 +85,12 @@ func listFilter(q url.Values) (spool.ListFilter, *apiError) {
 		}
 		f.RcptDomain = v
 	}
+	if v := q.Get("rcpt"); v != "" {
+		if _, _, err := pipeline.SplitAddress(v); err != nil || len(v) > 320 {
+			return f, badField("rcpt", "rcpt must be an address")
+		}
+		f.Recipient = v
+	}
 	if q.Has("tenant") {
 		v := q.Get("tenant")
 		if len(v) > 64 || strings.ContainsAny(v, " \t\r\n") {
@@ -99,6 +107,26 @@ func listFilter(q url.Values) (spool.ListFilter, *apiError) {
 			if err != nil {
 				return f, badField(p.name, "%s must be an RFC 3339 time, e.g. 2026-11-22T10:00:00Z", p.name)
 			}
+			*p.t = t
+		}
+	}
+	// older_than: received before now-D, so it narrows before; younger_than
+	// narrows after.
+	for _, p := range []struct {
+		name  string
+		t     *time.Time
+		older bool
+	}{{"older_than", &f.Before, true}, {"younger_than", &f.After, false}} {
+		v := q.Get(p.name)
+		if v == "" {
+			continue
+		}
+		d, err := time.ParseDuration(v)
+		if err != nil || d < 0 {
+			return f, badField(p.name, "%s must be a duration, e.g. 90m or 48h", p.name)
+		}
+		t := now.Add(-d)
+		if p.t.IsZero() || p.older && t.Before(*p.t) || !p.older && t.After(*p.t) {
 			*p.t = t
 		}
 	}
@@ -125,7 +153,7 @@ func (s *Server) adminMessages(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, e)
 		return
 	}
-	f, e := listFilter(r.URL.Query())
+	f, e := listFilter(r.URL.Query(), s.now())
 	if e != nil {
 		s.fail(w, e)
 		return

@@ -19,6 +19,8 @@ import (
 //	GET    /v1/domains/{domain}        the domain and each record verified / missing / wrong with its fix
 //	                                   (?fresh=true skips the check cache)
 //	DELETE /v1/domains/{domain}        200 with the removed domain, or 404
+//	POST   /v1/domains/{domain}/rotate 202: a DKIM key rotation starts (409 if one is under way;
+//	                                   404 without sluice.dns_server)
 //
 // Scoped to one tenant like the suppression list (suppTenant). Without a
 // registry (UseDomains) every request is 404.
@@ -37,10 +39,22 @@ type domainAnswer struct {
 	Verified *time.Time       `json:"verified,omitempty"`
 	Created  time.Time        `json:"created"`
 	Records  []domains.Status `json:"records"`
+	Keys     []keyAnswer      `json:"keys"`
+}
+
+// keyAnswer is one DKIM key of a domain, without its private half.
+type keyAnswer struct {
+	Selector string    `json:"selector"`
+	Algo     string    `json:"algo"`
+	State    string    `json:"state"` // pending, active, retired, revoked
+	Since    time.Time `json:"since"`
 }
 
 func domainOf(d *spool.Domain, st []domains.Status) domainAnswer {
-	a := domainAnswer{Domain: d.Domain, Tenant: d.Tenant, State: "unverified", Created: d.Created.UTC(), Records: st}
+	a := domainAnswer{Domain: d.Domain, Tenant: d.Tenant, State: "unverified", Created: d.Created.UTC(), Records: st, Keys: []keyAnswer{}}
+	for _, k := range d.Keys {
+		a.Keys = append(a.Keys, keyAnswer{Selector: k.Selector, Algo: k.Algo, State: k.State, Since: k.StateSince().UTC()})
+	}
 	if !d.Verified.IsZero() {
 		v := d.Verified.UTC()
 		a.State, a.Verified = "verified", &v
@@ -76,6 +90,14 @@ func (s *Server) domainsAPI(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	name := dkim.NormalizeDomain(strings.TrimPrefix(p, domainsPath+"/"))
+	if n, ok := strings.CutSuffix(name, "/rotate"); ok {
+		if r.Method != http.MethodPost {
+			s.notAllowed(w, "POST")
+			return
+		}
+		s.rotateDomain(reg, w, r, n)
+		return
+	}
 	switch r.Method {
 	case http.MethodGet, http.MethodHead:
 		s.getDomain(reg, w, r, name)
@@ -179,13 +201,18 @@ func (s *Server) addDomain(reg *domains.Registry, w http.ResponseWriter, r *http
 		s.domainsFailed(w, "register the domain", err)
 		return
 	}
+	s.log.Info("sending domain registered", "tenant", tenant, "domain", name)
+	s.writeRecords(reg, w, http.StatusCreated, d)
+}
+
+// writeRecords answers d with the records it must publish, unchecked.
+func (s *Server) writeRecords(reg *domains.Registry, w http.ResponseWriter, status int, d *spool.Domain) {
 	recs, err := reg.Records(d)
 	if err != nil {
 		s.domainsFailed(w, "build the records", err)
 		return
 	}
-	s.log.Info("sending domain registered", "tenant", tenant, "domain", name)
-	s.writeJSON(w, http.StatusCreated, domainOf(d, unchecked(recs)))
+	s.writeJSON(w, status, domainOf(d, unchecked(recs)))
 }
 
 // GET /v1/domains
@@ -265,4 +292,31 @@ func (s *Server) removeDomain(reg *domains.Registry, w http.ResponseWriter, r *h
 	}
 	s.log.Info("sending domain removed", "tenant", tenant, "domain", d.Domain)
 	s.writeJSON(w, http.StatusOK, domainOf(d, nil))
+}
+
+// POST /v1/domains/{domain}/rotate
+func (s *Server) rotateDomain(reg *domains.Registry, w http.ResponseWriter, r *http.Request, name string) {
+	tenant, e := s.suppTenant(r.Context(), r)
+	if e != nil {
+		s.fail(w, e)
+		return
+	}
+	if reg.Delegation() == nil {
+		s.fail(w, errf(http.StatusNotFound, codeNotFound, "", "key rotation needs sluice.dns_server on this node (docs/rotation.md)"))
+		return
+	}
+	d, err := reg.RequestRotation(tenant, name)
+	switch {
+	case errors.Is(err, domains.ErrRotating):
+		s.fail(w, errf(http.StatusConflict, codeConflict, "domain", "a key rotation of %s is already under way: GET %s/%s shows its keys", name, domainsPath, name))
+		return
+	case err != nil:
+		s.domainsFailed(w, "request the rotation", err)
+		return
+	case d == nil:
+		s.fail(w, errf(http.StatusNotFound, codeNotFound, "domain", "%s is not a registered domain", name))
+		return
+	}
+	s.log.Info("dkim key rotation requested", "tenant", tenant, "domain", d.Domain)
+	s.writeRecords(reg, w, http.StatusAccepted, d)
 }

@@ -185,7 +185,7 @@ func TestDomainsOpenAPI(t *testing.T) {
 	if err := json.Unmarshal(openAPI, &doc); err != nil {
 		t.Fatal(err)
 	}
-	for path, methods := range map[string][]string{"/v1/domains": {"get", "post"}, "/v1/domains/{domain}": {"get", "delete"}} {
+	for path, methods := range map[string][]string{"/v1/domains": {"get", "post"}, "/v1/domains/{domain}": {"get", "delete"}, "/v1/domains/{domain}/rotate": {"post"}} {
 		for _, m := range methods {
 			if _, ok := doc.Paths[path][m]; !ok {
 				t.Errorf("openapi.json lacks %s %s", m, path)

@@ -2,7 +2,10 @@ package httpapi
 
 import (
 	"net/http"
+	"net/url"
 	"strings"
+
+	"errors"
 
 	"github.com/sluice-mta/sluice/internal/apikey"
 	"github.com/sluice-mta/sluice/internal/queue"
@@ -10,16 +13,18 @@ import (
 
 // Queue control (docs/http-api.md#queue-control), admin scope:
 //
-//	GET  /v1/queues                  the queues: ready and waiting recipients, oldest, next attempt, last error
-//	GET  /v1/queues/{q}/messages     the queue's messages, paged (as GET /v1/admin/messages?queue=q)
-//	POST /v1/queues/{q}/retry        make its waiting recipients ready now, ignoring backoff
-//	POST /v1/queues/{q}/pause        stop delivery attempts to it; mail stays queued
-//	POST /v1/queues/{q}/resume       end the pause
-//	POST /v1/queues/retry            retry every queue (postqueue -f)
-//	POST /v1/messages/{id}/retry     retry one message's waiting recipients now
+//	GET  /v1/queues                     the queues: ready, waiting and held recipients, oldest, next attempt, last error
+//	GET  /v1/queues/{q}/messages        the queue's messages, paged (as GET /v1/admin/messages?queue=q, same filters)
+//	POST /v1/queues/{q}/{action}        retry, bounce, cancel, hold or release the queue's recipients (filters narrow it)
+//	POST /v1/queues/{q}/pause           stop delivery attempts to it; mail stays queued
+//	POST /v1/queues/{q}/resume          end the pause
+//	POST /v1/queues/{action}            the action on every queue's recipients matching the filters
+//	                                    (retry alone is postqueue -f; bounce and cancel need a filter or all=true)
+//	POST /v1/messages/{id}/{action}     the action on one message's recipients (filters narrow it)
 //
 // Every POST records an event (queue_paused, queue_resumed,
-// queue_retried) with metadata.by = the API key id.
+// queue_retried, queue_bounced, queue_cancelled, queue_held,
+// queue_released) with metadata.by = the API key id.
 
 const queuesPath = "/v1/queues"
 
@@ -32,11 +37,13 @@ type queuesAnswer struct {
 }
 
 // QueueAction is the answer of a queue control POST (sluice queue reads
-// it too): the queue or message acted on, and for pause and resume the
-// state now and whether it changed, for a retry the recipients moved.
+// it too): the queue or message acted on, the action, and for pause and
+// resume the state now and whether it changed, for the other actions the
+// recipients acted on.
 type QueueAction struct {
 	Queue      string `json:"queue,omitempty"`
 	MessageID  string `json:"message_id,omitempty"`
+	Action     string `json:"action"`
 	Paused     *bool  `json:"paused,omitempty"`
 	Changed    *bool  `json:"changed,omitempty"`
 	Recipients *int   `json:"recipients,omitempty"`
@@ -55,6 +62,13 @@ func (s *Server) queueCaller(r *http.Request) (*caller, *queue.Queue, *apiError)
 	return k, q, nil
 }
 
+// queueActions are the actions on queued recipients; each takes the
+// listing's filters.
+var queueActions = map[string]func(*queue.Queue, queue.Target, string) (int, error){
+	"retry": (*queue.Queue).Retry, "bounce": (*queue.Queue).Bounce, "cancel": (*queue.Queue).Cancel,
+	"hold": (*queue.Queue).Hold, "release": (*queue.Queue).Release,
+}
+
 // queuesAPI routes /v1/queues and /v1/queues/{q}/....
 func (s *Server) queuesAPI(w http.ResponseWriter, r *http.Request) {
 	p := r.URL.Path
@@ -70,13 +84,13 @@ func (s *Server) queuesAPI(w http.ResponseWriter, r *http.Request) {
 		s.writeJSON(w, http.StatusOK, queuesAnswer{Queues: q.Queues()})
 		return
 	}
-	if p == queuesPath+"/retry" {
+	rest := strings.TrimPrefix(p, queuesPath+"/")
+	if queueActions[rest] != nil {
 		if s.method(w, r, http.MethodPost) {
-			s.queueAction(w, r, "", "retry")
+			s.queueAction(w, r, "", "", rest)
 		}
 		return
 	}
-	rest := strings.TrimPrefix(p, queuesPath+"/")
 	i := strings.LastIndexByte(rest, '/')
 	if i <= 0 {
 		s.writeAnswer(w, errorAnswer(errNotFound, "", nil))
@@ -87,14 +101,18 @@ func (s *Server) queuesAPI(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, badField("queue", "%q is not a queue name", name))
 		return
 	}
-	switch action {
-	case "messages":
+	switch {
+	case action == "messages":
 		if s.method(w, r, http.MethodGet) {
 			s.queueMessages(w, r, name)
 		}
-	case "retry", "pause", "resume":
+	case action == "pause" || action == "resume":
 		if s.method(w, r, http.MethodPost) {
-			s.queueAction(w, r, name, action)
+			s.queuePause(w, r, name, action)
+		}
+	case queueActions[action] != nil:
+		if s.method(w, r, http.MethodPost) {
+			s.queueAction(w, r, name, "", action)
 		}
 	default:
 		s.writeAnswer(w, errorAnswer(errNotFound, "", nil))
@@ -107,14 +125,12 @@ func (s *Server) queueMessages(w http.ResponseWriter, r *http.Request, name stri
 		return
 	}
 	v := r.URL.Query()
-	for n := range v {
-		if n != "cursor" && n != "limit" && n != "state" {
-			s.fail(w, errf(http.StatusBadRequest, codeUnknownField, n, "unknown parameter %q", n))
-			return
-		}
+	if v.Has("queue") {
+		s.fail(w, errf(http.StatusBadRequest, codeUnknownField, "queue", "unknown parameter %q (the queue is in the path)", "queue"))
+		return
 	}
 	v.Set("queue", name)
-	f, e := listFilter(v)
+	f, e := listFilter(v, s.now())
 	if e != nil {
 		s.fail(w, e)
 		return
@@ -122,65 +138,106 @@ func (s *Server) queueMessages(w http.ResponseWriter, r *http.Request, name stri
 	s.listMessages(w, f)
 }
 
-// queueAction pauses, resumes or retries the queue name ("" with retry:
-// every queue).
-func (s *Server) queueAction(w http.ResponseWriter, r *http.Request, name, action string) {
+// actionTarget parses the filters of a queue action: those of the
+// listing without queue (the path names it), cursor and limit, plus
+// all=true, which bounce and cancel of every queue need when no filter
+// is given.
+func (s *Server) actionTarget(v url.Values, name, msgID, action string) (queue.Target, *apiError) {
+	all := v.Get("all")
+	switch all {
+	case "", "true":
+	default:
+		return queue.Target{}, badField("all", "all must be true")
+	}
+	v.Del("all")
+	for _, n := range []string{"queue", "cursor", "limit"} {
+		if v.Has(n) {
+			return queue.Target{}, errf(http.StatusBadRequest, codeUnknownField, n, "unknown parameter %q", n)
+		}
+	}
+	filtered := len(v) > 0
+	f, e := listFilter(v, s.now())
+	if e != nil {
+		return queue.Target{}, e
+	}
+	f.Queue = name
+	if (action == "bounce" || action == "cancel") && name == "" && msgID == "" && !filtered && all != "true" {
+		return queue.Target{}, badField("all", "%s of every queued recipient needs a filter, or all=true", action)
+	}
+	return queue.Target{MessageID: msgID, Filter: f}, nil
+}
+
+// queueAction applies action to the recipients of the queue name ("":
+// every queue) or of message msgID, narrowed by the query's filters.
+func (s *Server) queueAction(w http.ResponseWriter, r *http.Request, name, msgID, action string) {
 	k, q, e := s.queueCaller(r)
 	if e != nil {
 		s.fail(w, e)
 		return
 	}
-	if len(r.URL.Query()) > 0 {
-		for n := range r.URL.Query() {
-			s.fail(w, errf(http.StatusBadRequest, codeUnknownField, n, "unknown parameter %q", n))
-			return
-		}
+	if msgID != "" && !validULID(msgID) {
+		s.fail(w, badField("id", "%q is not a message id (a ULID)", msgID))
+		return
 	}
-	a := QueueAction{Queue: name}
-	var err error
-	switch action {
-	case "retry":
-		var n int
-		n, err = q.RetryQueue(name, k.ID)
-		a.Recipients = &n
-	case "pause", "resume":
-		var changed bool
-		if action == "pause" {
-			changed, err = q.Pause(name, k.ID)
-		} else {
-			changed, err = q.Resume(name, k.ID)
-		}
-		paused := action == "pause"
-		a.Paused, a.Changed = &paused, &changed
+	t, e := s.actionTarget(r.URL.Query(), name, msgID, action)
+	if e != nil {
+		s.fail(w, e)
+		return
 	}
+	n, err := queueActions[action](q, t, k.ID)
+	if errors.Is(err, queue.ErrNotQueued) {
+		s.fail(w, errf(http.StatusNotFound, codeNotFound, "id", "message %s is not queued on this node", msgID))
+		return
+	}
+	target := name
+	if msgID != "" {
+		target = msgID
+	}
+	if err != nil && (action == "hold" || action == "release") {
+		// Nothing changed: the hold is written with its event.
+		s.log.Error("queue action failed", "action", action, "target", target, "by", k.ID, "err", err)
+		s.fail(w, errf(http.StatusServiceUnavailable, codeUnavailable, "", "cannot record the %s now, try again later", action))
+		return
+	}
+	s.logAdminEvent(err, action, target, k.ID)
+	s.writeJSON(w, http.StatusOK, QueueAction{Queue: name, MessageID: msgID, Action: action, Recipients: &n})
+}
+
+// queuePause pauses or resumes the queue name.
+func (s *Server) queuePause(w http.ResponseWriter, r *http.Request, name, action string) {
+	k, q, e := s.queueCaller(r)
+	if e != nil {
+		s.fail(w, e)
+		return
+	}
+	for n := range r.URL.Query() {
+		s.fail(w, errf(http.StatusBadRequest, codeUnknownField, n, "unknown parameter %q", n))
+		return
+	}
+	var (
+		changed bool
+		err     error
+	)
+	if action == "pause" {
+		changed, err = q.Pause(name, k.ID)
+	} else {
+		changed, err = q.Resume(name, k.ID)
+	}
+	paused := action == "pause"
 	s.logAdminEvent(err, action, name, k.ID)
-	s.writeJSON(w, http.StatusOK, a)
+	s.writeJSON(w, http.StatusOK, QueueAction{Queue: name, Action: action, Paused: &paused, Changed: &changed})
 }
 
-// messageRetry handles POST /v1/messages/{id}/retry.
-func (s *Server) messageRetry(w http.ResponseWriter, r *http.Request, id string) {
-	k, q, e := s.queueCaller(r)
-	if e != nil {
-		s.fail(w, e)
-		return
-	}
-	if !validULID(id) {
-		s.fail(w, badField("id", "%q is not a message id (a ULID)", id))
-		return
-	}
-	n, queued, err := q.RetryMessage(id, k.ID)
-	if !queued {
-		s.fail(w, errf(http.StatusNotFound, codeNotFound, "id", "message %s is not queued on this node", id))
-		return
-	}
-	s.logAdminEvent(err, "retry", id, k.ID)
-	s.writeJSON(w, http.StatusOK, QueueAction{MessageID: id, Recipients: &n})
+// messageAction handles POST /v1/messages/{id}/{action}.
+func (s *Server) messageAction(w http.ResponseWriter, r *http.Request, id, action string) {
+	s.queueAction(w, r, "", id, action)
 }
 
-// logAdminEvent logs a failure to record an admin action's event; the
-// action itself applied.
+// logAdminEvent logs a failure to record an admin action's event or an
+// outcome; the action applied (for bounce and cancel, to the recipients
+// whose outcome was recorded).
 func (s *Server) logAdminEvent(err error, action, target, by string) {
 	if err != nil {
-		s.log.Error("queue action applied but its event could not be recorded", "action", action, "target", target, "by", by, "err", err)
+		s.log.Error("queue action applied but not all of it could be recorded", "action", action, "target", target, "by", by, "err", err)
 	}
 }

@@ -96,7 +96,7 @@ func TestQueuePauseListResume(t *testing.T) {
 	if len(ids) != n {
 		t.Fatalf("listed %d messages, want %d: %v", len(ids), n, ids)
 	}
-	if r := e.do(http.MethodGet, qp+"/messages?sender=x@y.z", e.adminKey, nil); r.Status != http.StatusBadRequest || r.errorOf(t).Field != "sender" {
+	if r := e.do(http.MethodGet, qp+"/messages?subject=x", e.adminKey, nil); r.Status != http.StatusBadRequest || r.errorOf(t).Field != "subject" {
 		t.Fatalf("unknown parameter: %d %s", r.Status, r.Body)
 	}
 

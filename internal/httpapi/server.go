@@ -282,9 +282,10 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		if s.method(w, r, http.MethodPost) {
 			s.postBatch(w, r)
 		}
-	case strings.HasPrefix(p, "/v1/messages/") && strings.HasSuffix(p, "/retry") && strings.Count(p, "/") == 4:
+	case strings.HasPrefix(p, "/v1/messages/") && strings.Count(p, "/") == 4 && queueActions[p[strings.LastIndexByte(p, '/')+1:]] != nil:
 		if s.method(w, r, http.MethodPost) {
-			s.messageRetry(w, r, strings.TrimSuffix(p[len("/v1/messages/"):], "/retry"))
+			i := strings.LastIndexByte(p, '/')
+			s.messageAction(w, r, p[len("/v1/messages/"):i], p[i+1:])
 		}
 	case p == queuesPath || strings.HasPrefix(p, queuesPath+"/"):
 		s.queuesAPI(w, r)

@@ -265,7 +265,9 @@ func TestAdminMessages(t *testing.T) {
 		{"rcpt_domain=a@b.test", "rcpt_domain", codeInvalidField},
 		{"rcpt_domain=a..b", "rcpt_domain", codeInvalidField},
 		{"state=queued&state=deferred", "state", codeInvalidField},
-		{"rcpt=x@y.test", "rcpt", codeUnknownField},
+		{"subject=x", "subject", codeUnknownField},
+		{"rcpt=nobody", "rcpt", codeInvalidField},
+		{"older_than=2d", "older_than", codeInvalidField},
 	}
 	for _, c := range bad {
 		t.Run("bad "+c.query, func(t *testing.T) {

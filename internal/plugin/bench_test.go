@@ -43,10 +43,12 @@ func benchMessage(b *testing.B) *pipeline.Message {
 // (the Calls stream of protocol 1.1, the header as one block of protocol
 // 1.2), "unary" one RPC per call (sdk.WithoutStreaming, as a protocol 1.0
 // plugin), "fields" the stream with the header as one entry per field
-// (sdk.WithHeaderFields, as a protocol 1.1 plugin), "procs1" the default
-// with GOMAXPROCS=1 in the plugin's environment, all in the same run.
+// (sdk.WithHeaderFields, as a protocol 1.1 plugin), "goprocs" the default
+// served with sdk.WithMaxProcs(0) (Go's GOMAXPROCS, one per core, instead
+// of the SDK's 1), all in the same run.
 // host-cpu-µs/op and plugin-cpu-µs/op are the CPU time of each process
-// per call (the host's includes the benchmark's own loop).
+// per call (the host's includes the benchmark's own loop), host-cs/op and
+// plugin-cs/op its threads' context switches per call.
 func BenchmarkPluginOnMessage(b *testing.B) {
 	for _, c := range []struct {
 		name string
@@ -56,7 +58,7 @@ func BenchmarkPluginOnMessage(b *testing.B) {
 		{"stream/serial", "", false}, {"unary/serial", "STAMP_UNARY=1", false},
 		{"stream/parallel", "", true}, {"unary/parallel", "STAMP_UNARY=1", true},
 		{"fields/serial", "STAMP_FIELDS=1", false}, {"fields/parallel", "STAMP_FIELDS=1", true},
-		{"procs1/serial", "GOMAXPROCS=1", false}, {"procs1/parallel", "GOMAXPROCS=1", true},
+		{"goprocs/serial", "STAMP_GOPROCS=1", false}, {"goprocs/parallel", "STAMP_GOPROCS=1", true},
 	} {
 		par := c.par
 		env := []string{"STAMP_CPUPROFILE=" + os.Getenv("STAMP_CPUPROFILE"), c.env}
@@ -88,6 +90,7 @@ func BenchmarkPluginOnMessage(b *testing.B) {
 			lat := make([]time.Duration, 0, b.N)
 			b.ReportAllocs()
 			h0, p0 := cpuTime(b, 0), cpuTime(b, s.PID())
+			hs0, ps0 := switches(b, 0), switches(b, s.PID())
 			b.ResetTimer()
 			if par {
 				b.SetParallelism(4)
@@ -110,6 +113,11 @@ func BenchmarkPluginOnMessage(b *testing.B) {
 			// call takes off the relay's throughput.
 			b.ReportMetric(float64((cpuTime(b, 0)-h0).Microseconds())/float64(b.N), "host-cpu-µs/op")
 			b.ReportMetric(float64((cpuTime(b, s.PID())-p0).Microseconds())/float64(b.N), "plugin-cpu-µs/op")
+			// Context switches per call: each is a thread that slept and
+			// was woken (or was preempted), the cost a process boundary
+			// adds besides the bytes.
+			b.ReportMetric(float64(switches(b, 0)-hs0)/float64(b.N), "host-cs/op")
+			b.ReportMetric(float64(switches(b, s.PID())-ps0)/float64(b.N), "plugin-cs/op")
 			slices.Sort(lat)
 			b.ReportMetric(float64(lat[len(lat)/2].Microseconds()), "p50-µs")
 			b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds()), "p99-µs")
@@ -117,15 +125,19 @@ func BenchmarkPluginOnMessage(b *testing.B) {
 	}
 }
 
+// procDir is the /proc directory of process pid (0: this process).
+func procDir(pid int) string {
+	if pid == 0 {
+		return "/proc/self"
+	}
+	return "/proc/" + strconv.Itoa(pid)
+}
+
 // cpuTime is the user+system CPU time of process pid (0: this process)
 // from /proc (Linux; the benchmark skips elsewhere).
 func cpuTime(b *testing.B, pid int) time.Duration {
 	b.Helper()
-	p := "self"
-	if pid != 0 {
-		p = strconv.Itoa(pid)
-	}
-	data, err := os.ReadFile("/proc/" + p + "/stat")
+	data, err := os.ReadFile(procDir(pid) + "/stat")
 	if err != nil {
 		b.Skipf("no /proc: %v", err)
 	}
@@ -135,6 +147,30 @@ func cpuTime(b *testing.B, pid int) time.Duration {
 	ut, _ := strconv.ParseInt(f[11], 10, 64)
 	st, _ := strconv.ParseInt(f[12], 10, 64)
 	return time.Duration(ut+st) * time.Second / clockTicks
+}
+
+// switches is the number of context switches, voluntary and not, of all
+// the threads of process pid (0: this process) from /proc (Linux).
+func switches(b *testing.B, pid int) int64 {
+	b.Helper()
+	tasks, err := os.ReadDir(procDir(pid) + "/task")
+	if err != nil {
+		b.Skipf("no /proc: %v", err)
+	}
+	var n int64
+	for _, t := range tasks {
+		data, err := os.ReadFile(procDir(pid) + "/task/" + t.Name() + "/status")
+		if err != nil {
+			continue // the thread exited
+		}
+		for _, line := range strings.Split(string(data), "\n") {
+			if k, v, ok := strings.Cut(line, ":"); ok && strings.HasSuffix(k, "ctxt_switches") {
+				c, _ := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
+				n += c
+			}
+		}
+	}
+	return n
 }
 
 // clockTicks is USER_HZ, the unit of /proc/PID/stat's times: 100 on

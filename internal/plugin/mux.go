@@ -3,13 +3,13 @@ package plugin
 import (
 	"context"
 	"errors"
-	"fmt"
 	"log/slog"
 	"sync"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/sluice-mta/sluice/internal/plugin/conv"
 	stagev1 "github.com/sluice-mta/sluice/plugins/proto/stage/v1"
 )
 
@@ -165,34 +165,39 @@ func (m *mux) forget(id uint64) bool {
 
 // callUnary makes req as the matching unary RPC.
 func callUnary(ctx context.Context, rpc stagev1.StageClient, req *stagev1.CallRequest) (*stagev1.CallResponse, error) {
-	var v *stagev1.Verdict
-	var err error
-	switch c := req.Call.(type) {
-	case *stagev1.CallRequest_Connect:
-		v, err = rpc.OnConnect(ctx, c.Connect)
-	case *stagev1.CallRequest_Helo:
-		v, err = rpc.OnHelo(ctx, c.Helo)
-	case *stagev1.CallRequest_Mail:
-		v, err = rpc.OnMail(ctx, c.Mail)
-	case *stagev1.CallRequest_Rcpt:
-		v, err = rpc.OnRcpt(ctx, c.Rcpt)
-	case *stagev1.CallRequest_Message:
-		v, err = rpc.OnMessage(ctx, c.Message)
-	case *stagev1.CallRequest_Route:
-		v, err = rpc.OnRoute(ctx, c.Route)
-	case *stagev1.CallRequest_Event:
-		var e *stagev1.EventResponse
-		if e, err = rpc.OnEvent(ctx, c.Event); err != nil {
-			return nil, err
-		}
-		return &stagev1.CallResponse{Result: &stagev1.CallResponse_Event{Event: e}}, nil
-	default:
-		return nil, fmt.Errorf("unknown call %T", req.Call)
-	}
-	if err != nil {
-		return nil, err
-	}
-	return &stagev1.CallResponse{Result: &stagev1.CallResponse_Verdict{Verdict: v}}, nil
+	return conv.Call(ctx, unary{rpc}, req)
+}
+
+// unary is a plugin's client with the hook methods' server signatures
+// (conv.Hooks), for conv.Call.
+type unary struct{ c stagev1.StageClient }
+
+func (u unary) OnConnect(ctx context.Context, r *stagev1.ConnectRequest) (*stagev1.Verdict, error) {
+	return u.c.OnConnect(ctx, r)
+}
+
+func (u unary) OnHelo(ctx context.Context, r *stagev1.HeloRequest) (*stagev1.Verdict, error) {
+	return u.c.OnHelo(ctx, r)
+}
+
+func (u unary) OnMail(ctx context.Context, r *stagev1.MailRequest) (*stagev1.Verdict, error) {
+	return u.c.OnMail(ctx, r)
+}
+
+func (u unary) OnRcpt(ctx context.Context, r *stagev1.RcptRequest) (*stagev1.Verdict, error) {
+	return u.c.OnRcpt(ctx, r)
+}
+
+func (u unary) OnMessage(ctx context.Context, r *stagev1.MessageRequest) (*stagev1.Verdict, error) {
+	return u.c.OnMessage(ctx, r)
+}
+
+func (u unary) OnRoute(ctx context.Context, r *stagev1.RouteRequest) (*stagev1.Verdict, error) {
+	return u.c.OnRoute(ctx, r)
+}
+
+func (u unary) OnEvent(ctx context.Context, r *stagev1.EventRequest) (*stagev1.EventResponse, error) {
+	return u.c.OnEvent(ctx, r)
 }
 
 // bigBody reports whether req carries a body too large for the stream.

@@ -1,21 +1,34 @@
 package queue
 
 // Queue control for operators (docs/operating.md#queue-control): list the
-// destination queues, retry waiting recipients now, pause and resume a
-// destination. Each admin action records an event naming who did it.
+// destination queues; retry waiting recipients now; bounce (with a DSN)
+// or cancel (silently) queued recipients; hold them (no attempt until
+// released) and release them; pause and resume a destination. Actions
+// apply to one message or to every recipient matching a filter
+// (Target). Each records events naming who did it.
 //
 // A queue is named as the listing shows it: the site with shaping on (its
 // MX routes' queues hold every domain of the site), otherwise the route's
 // queue name for the recipient domain (the "queue" of events). Several
 // internal destinations (other TLS policy, pool or port) with one name
-// are one queue here.
+// are one queue here. A filter's Queue matches either name.
 //
-// Concurrency: every method takes q.mu; the listing walks the timer heap
-// under it (O(waiting items)), which is fine for tens of thousands of
-// waiting items and not tuned for millions.
+// Durability: a pause is recorded in the spool (spool.Batch.SetPaused)
+// and a hold in the recipient's record (spool.Recipient.Held), each in
+// the batch of its event, so both survive a restart.
+//
+// Concurrency: every method takes q.mu; the listing and the actions walk
+// the timer heap, the ready lists and the held items under it (O(queued
+// items): about 0.1 s per million), during which no delivery is
+// scheduled. A recipient a worker is delivering at that moment (or whose
+// shaping site is being looked up) is not in those lists: an action does
+// not touch it (repeat the action once its attempt ended).
 
 import (
 	"container/heap"
+	"errors"
+	"maps"
+	"net/url"
 	"sort"
 	"strconv"
 	"time"
@@ -29,9 +42,11 @@ type QueueInfo struct {
 	Name string `json:"name"`
 	// Ready recipients wait for a connection; Waiting recipients wait
 	// for their next attempt (backoff, shaping or a full spool).
-	Ready   int  `json:"ready"`
-	Waiting int  `json:"waiting"`
-	Paused  bool `json:"paused"`
+	Ready   int `json:"ready"`
+	Waiting int `json:"waiting"`
+	// Held recipients wait for an operator's release.
+	Held   int  `json:"held"`
+	Paused bool `json:"paused"`
 	// Oldest is when the oldest queued message was received.
 	Oldest time.Time `json:"oldest"`
 	// NextAttempt is the earliest due time of a waiting recipient; nil
@@ -100,6 +115,11 @@ func (q *Queue) Queues() []QueueInfo {
 			}
 		}
 	}
+	for it := range q.held {
+		qi := get(it.dest)
+		qi.Held += len(it.rcpts)
+		oldest(qi, it)
+	}
 	for n := range q.pausedSet {
 		if by[n] == nil {
 			by[n] = &QueueInfo{Name: n, Paused: true}
@@ -113,13 +133,48 @@ func (q *Queue) Queues() []QueueInfo {
 	return out
 }
 
+// Target selects the recipients a control action applies to: those of
+// message MessageID (when set) that match Filter. Filter.Queue matches
+// the queue's control name (a site with shaping) or the recipient's
+// route queue name; Filter.Cursor and Filter.Limit are ignored. The zero
+// Target selects every queued recipient.
+type Target struct {
+	MessageID string
+	Filter    spool.ListFilter
+}
+
+// ErrNotQueued is returned for a Target naming a message that has no
+// recipient queued on this node.
+var ErrNotQueued = errors.New("queue: message not queued on this node")
+
+// The replies recorded for an operator's bounce (the DSN's diagnostic,
+// RFC 3464 section 2.3.6) and cancel. complete tells them from delivery
+// errors by identity.
+var (
+	errAdminBounce = &pipeline.Error{Code: 550, Enhanced: pipeline.EnhancedCode{5, 0, 0}, Message: "Returned to the sender by the mail administrator"}
+	errCancelled   = &pipeline.Error{Code: 550, Enhanced: pipeline.EnhancedCode{5, 0, 0}, Message: "Cancelled by the mail administrator"}
+)
+
+// AdminByKey is the metadata key naming the operator (API key id) on the
+// bounced and cancelled events of an admin action; the queue_* events
+// name it in metadata.by.
+const AdminByKey = "admin_by"
+
+// withAdmin is a copy of a message's metadata naming the operator.
+func withAdmin(meta map[string]string, by string) map[string]string {
+	out := make(map[string]string, len(meta)+1)
+	maps.Copy(out, meta)
+	out[AdminByKey] = by
+	return out
+}
+
 // Pause stops delivery attempts to the queue name (workers finish the
 // attempt they are making); its recipients stay queued and the spool
 // keeps them. A name with nothing queued may be paused: mail queued for
-// it later waits too. Pausing is not persisted: a restart resumes every
-// queue. by is the API key id recorded in the queue_paused event. It
-// reports whether the queue was not paused already; err is a failure to
-// record the event (the pause applies anyway).
+// it later waits too. The pause is recorded in the spool with its
+// queue_paused event (metadata.by: by, the API key id), so it outlasts a
+// restart. It reports whether the queue was not paused already; err is
+// a failure to record it (the pause applies anyway, until a restart).
 func (q *Queue) Pause(name, by string) (bool, error) {
 	q.mu.Lock()
 	if q.pausedSet == nil {
@@ -128,7 +183,10 @@ func (q *Queue) Pause(name, by string) (bool, error) {
 	changed := !q.pausedSet[name]
 	q.pausedSet[name] = true
 	q.mu.Unlock()
-	return changed, q.adminEvent(pipeline.EventQueuePaused, name, "", by, 0)
+	b := q.sp.NewBatch()
+	b.SetPaused(name, true)
+	q.adminEvent(b, pipeline.EventQueuePaused, Target{Filter: spool.ListFilter{Queue: name}}, by, -1)
+	return changed, b.Commit(false)
 }
 
 // Resume ends a pause of the queue name and dispatches what is ready.
@@ -143,58 +201,47 @@ func (q *Queue) Resume(name, by string) (bool, error) {
 		}
 	}
 	q.mu.Unlock()
-	return changed, q.adminEvent(pipeline.EventQueueResumed, name, "", by, 0)
+	b := q.sp.NewBatch()
+	b.SetPaused(name, false)
+	q.adminEvent(b, pipeline.EventQueueResumed, Target{Filter: spool.ListFilter{Queue: name}}, by, -1)
+	return changed, b.Commit(false)
+}
+
+// loadPaused reads the paused queues from the spool (Load).
+func (q *Queue) loadPaused() error {
+	names, err := q.sp.PausedQueues()
+	if err != nil {
+		return err
+	}
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	for _, n := range names {
+		if q.pausedSet == nil {
+			q.pausedSet = map[string]bool{}
+		}
+		q.pausedSet[n] = true
+	}
+	return nil
 }
 
 // RetryQueue makes every waiting recipient of the queue name (every
-// queue when name is "", what `postqueue -f` does) ready now, ignoring
-// its backoff; a paused queue's recipients become ready but wait for
-// Resume. It returns how many recipients it moved; by and err as for
-// Pause.
+// queue when name is "", what `postqueue -f` does) ready now; see Retry.
 func (q *Queue) RetryQueue(name, by string) (int, error) {
-	n := q.retryWhere(func(it *item) bool { return name == "" || ctlName(it.dest) == name })
-	return n, q.adminEvent(pipeline.EventQueueRetried, name, "", by, n)
+	return q.Retry(Target{Filter: spool.ListFilter{Queue: name}}, by)
 }
 
-// RetryMessage makes the waiting recipients of message id ready now. It
-// returns how many it moved and whether the message is queued at all;
-// by and err as for Pause.
-func (q *Queue) RetryMessage(id, by string) (int, bool, error) {
+// Retry makes the waiting (deferred) recipients selected by t ready now,
+// ignoring their backoff; a paused queue's recipients become ready but
+// wait for Resume, and held recipients stay held. It returns how many
+// recipients it moved; it records a queue_retried event naming by (the
+// API key id); err is ErrNotQueued, or a failure to record the event
+// (the retry applies anyway).
+func (q *Queue) Retry(t Target, by string) (int, error) {
+	if err := q.checkTarget(t); err != nil {
+		return 0, err
+	}
 	q.mu.Lock()
-	_, queued := q.msgs[id]
-	q.mu.Unlock()
-	if !queued {
-		return 0, false, nil
-	}
-	n := q.retryWhere(func(it *item) bool { return it.msg.meta.ID == id })
-	return n, true, q.adminEvent(pipeline.EventQueueRetried, "", id, by, n)
-}
-
-// retryWhere moves the waiting items matching ok to their queues' ready
-// lists and returns the recipients moved.
-func (q *Queue) retryWhere(ok func(*item) bool) int {
-	q.mu.Lock()
-	defer q.mu.Unlock()
-	var moved []*item
-	kept := q.waiting[:0]
-	for _, it := range q.waiting {
-		if ok(it) {
-			moved = append(moved, it)
-		} else {
-			kept = append(kept, it)
-		}
-	}
-	if len(moved) == 0 {
-		return 0
-	}
-	for i := len(kept); i < len(q.waiting); i++ {
-		q.waiting[i] = nil
-	}
-	q.waiting = kept
-	for i, it := range q.waiting {
-		it.index = i
-	}
-	heap.Init(&q.waiting)
+	moved := q.extract(fromWaiting, t)
 	now := q.o.Now()
 	n := 0
 	for _, it := range moved {
@@ -202,20 +249,278 @@ func (q *Queue) retryWhere(ok func(*item) bool) int {
 		it.due = now
 		q.schedule(it, now)
 	}
+	q.mu.Unlock()
 	q.kick()
-	return n
+	b := q.sp.NewBatch()
+	q.adminEvent(b, pipeline.EventQueueRetried, t, by, n)
+	return n, b.Commit(false)
 }
 
-// adminEvent records an admin action: the queue name, the message id for
-// a message, the API key id in metadata.by, and the recipients it moved
-// for a retry.
-func (q *Queue) adminEvent(typ, name, msgID, by string, n int) error {
-	ev := &pipeline.Event{Type: typ, Queue: name, MessageID: msgID, Source: spool.SuppressionAPI,
-		Metadata: map[string]string{"by": by}}
-	if typ == pipeline.EventQueueRetried {
-		ev.Metadata["recipients"] = strconv.Itoa(n)
+// Bounce returns the queued recipients selected by t (waiting, ready or
+// held) to their senders: each gets a bounced event (bounce_class
+// PolicyRelated, metadata.admin_by = by) and the sender the DSN a
+// permanent failure gets (550 5.0.0, through the same Notifier or
+// Bouncer), unless the sender is null; the addresses do not join the
+// suppression list. One queue_bounced event names the action. It returns
+// how many recipients it bounced; err is ErrNotQueued, or the first
+// failure to record an outcome (those recipients stay queued).
+func (q *Queue) Bounce(t Target, by string) (int, error) {
+	return q.settle(t, by, errAdminBounce, pipeline.EventQueueBounced)
+}
+
+// Cancel drops the queued recipients selected by t without a DSN: each
+// gets a cancelled event (metadata.admin_by = by), then one
+// queue_cancelled event names the action. Results as for Bounce.
+func (q *Queue) Cancel(t Target, by string) (int, error) {
+	return q.settle(t, by, errCancelled, pipeline.EventQueueCancelled)
+}
+
+func (q *Queue) settle(t Target, by string, why error, typ string) (int, error) {
+	if err := q.checkTarget(t); err != nil {
+		return 0, err
+	}
+	q.mu.Lock()
+	items := q.extract(fromWaiting|fromReady|fromHeld, t)
+	q.mu.Unlock()
+	n := 0
+	var first error
+	for _, it := range items {
+		it.by = by
+		if err := q.complete(it, nil, why, nil); err != nil {
+			it.by = ""
+			q.mu.Lock()
+			q.place(it, q.o.Now())
+			q.mu.Unlock()
+			if first == nil {
+				first = err
+			}
+			continue
+		}
+		n += len(it.rcpts)
 	}
 	b := q.sp.NewBatch()
+	q.adminEvent(b, typ, t, by, n)
+	if err := b.Commit(false); first == nil {
+		first = err
+	}
+	return n, first
+}
+
+// Hold holds the waiting and ready recipients selected by t: the queue
+// makes no attempt for them until Release, whatever their backoff or a
+// retry; they still expire at the queue lifetime only once released
+// (their next attempt decides). The hold is written into each
+// recipient's spool record with a queue_held event naming by, in one
+// batch, so it survives a restart. It returns how many recipients it
+// held; err is ErrNotQueued or a failure to record the hold (then nothing
+// is held).
+func (q *Queue) Hold(t Target, by string) (int, error) {
+	return q.setHeld(t, by, true)
+}
+
+// Release ends the hold of the held recipients selected by t: each goes
+// back to its queue, due at its next attempt as it was before the hold
+// (now if that is past; Retry makes it now). One queue_released event.
+// Results as for Hold.
+func (q *Queue) Release(t Target, by string) (int, error) {
+	return q.setHeld(t, by, false)
+}
+
+func (q *Queue) setHeld(t Target, by string, hold bool) (int, error) {
+	if err := q.checkTarget(t); err != nil {
+		return 0, err
+	}
+	from, typ := fromHeld, pipeline.EventQueueReleased
+	if hold {
+		from, typ = fromWaiting|fromReady, pipeline.EventQueueHeld
+	}
+	q.mu.Lock()
+	items := q.extract(from, t)
+	q.mu.Unlock()
+	b := q.sp.NewBatch()
+	changed := make([][]*spool.Recipient, len(items))
+	n := 0
+	for i, it := range items {
+		changed[i] = make([]*spool.Recipient, len(it.rcpts))
+		for j, r := range it.rcpts {
+			nr := *r
+			nr.Held = hold
+			_ = b.PutRecipient(&nr)
+			changed[i][j] = &nr
+		}
+		n += len(it.rcpts)
+	}
+	q.adminEvent(b, typ, t, by, n)
+	err := b.Commit(false)
+	now := q.o.Now()
+	q.mu.Lock()
+	for i, it := range items {
+		if err == nil {
+			it.rcpts = changed[i]
+		}
+		q.place(it, now)
+	}
+	q.mu.Unlock()
+	if err != nil {
+		return 0, err
+	}
+	return n, nil
+}
+
+// checkTarget returns ErrNotQueued for a message id the queue does not
+// hold.
+func (q *Queue) checkTarget(t Target) error {
+	if t.MessageID == "" {
+		return nil
+	}
+	q.mu.Lock()
+	_, ok := q.msgs[t.MessageID]
+	q.mu.Unlock()
+	if !ok {
+		return ErrNotQueued
+	}
+	return nil
+}
+
+// place puts an item back: held recipients (an item holds only held
+// recipients or none) among the held items, others scheduled. q.mu held.
+func (q *Queue) place(it *item, now time.Time) {
+	if len(it.rcpts) > 0 && it.rcpts[0].Held {
+		if q.held == nil {
+			q.held = map[*item]struct{}{}
+		}
+		q.held[it] = struct{}{}
+		return
+	}
+	q.schedule(it, now)
+}
+
+// Where extract looks for recipients.
+const (
+	fromWaiting = 1 << iota // the timer heap
+	fromReady               // the destinations' ready lists
+	fromHeld                // the held items
+)
+
+// extract takes the recipients selected by t out of the places in from
+// and returns them as items (one per item they were in, with its
+// message, destination and due time); what did not match stays where it
+// was. q.mu held.
+func (q *Queue) extract(from int, t Target) []*item {
+	f := t.Filter
+	queue := f.Queue
+	f.Queue = ""
+	byMeta := f.Sender != nil || f.Tenant != nil || !f.After.IsZero() || !f.Before.IsZero()
+	var out []*item
+	// split moves it's matching recipients into a new item in out.
+	split := func(it *item) {
+		if t.MessageID != "" && it.msg.meta.ID != t.MessageID || byMeta && !f.MatchMeta(it.msg.meta) {
+			return
+		}
+		site := queue == "" || ctlName(it.dest) == queue
+		var took, kept []*spool.Recipient
+		for _, r := range it.rcpts {
+			if (site || rcptQueue(r) == queue) && f.MatchRecipient(r) {
+				took = append(took, r)
+			} else {
+				kept = append(kept, r)
+			}
+		}
+		if len(took) == 0 {
+			return
+		}
+		it.rcpts = kept
+		out = append(out, &item{msg: it.msg, dest: it.dest, rcpts: took, due: it.due})
+	}
+	if from&fromWaiting != 0 {
+		n := len(out)
+		for _, it := range q.waiting {
+			split(it)
+		}
+		if len(out) > n {
+			q.waiting = nonEmpty(q.waiting)
+			for i, it := range q.waiting {
+				it.index = i
+			}
+			heap.Init(&q.waiting)
+		}
+	}
+	if from&fromReady != 0 {
+		for _, d := range q.dests {
+			n := len(out)
+			for _, it := range d.ready {
+				split(it)
+			}
+			if len(out) > n {
+				d.ready = nonEmpty(d.ready)
+			}
+		}
+	}
+	if from&fromHeld != 0 {
+		for it := range q.held {
+			split(it)
+			if len(it.rcpts) == 0 {
+				delete(q.held, it)
+			}
+		}
+	}
+	return out
+}
+
+// nonEmpty drops the items left without recipients from items, in
+// place, keeping the order.
+func nonEmpty(items []*item) []*item {
+	kept := items[:0]
+	for _, it := range items {
+		if len(it.rcpts) > 0 {
+			kept = append(kept, it)
+		}
+	}
+	clear(items[len(kept):])
+	return kept
+}
+
+// adminEvent adds to b the event of an admin action: the target's queue
+// and message id, the API key id in metadata.by, the filter (as query
+// parameters, docs/http-api.md) in metadata.filter when it has more than
+// a queue, and the recipients acted on when n >= 0.
+func (q *Queue) adminEvent(b *spool.Batch, typ string, t Target, by string, n int) {
+	ev := &pipeline.Event{Type: typ, Queue: t.Filter.Queue, MessageID: t.MessageID, Source: spool.SuppressionAPI,
+		Metadata: map[string]string{"by": by}}
+	if n >= 0 {
+		ev.Metadata["recipients"] = strconv.Itoa(n)
+	}
+	if s := FilterString(t.Filter); s != "" {
+		ev.Metadata["filter"] = s
+	}
 	b.AddEvent(ev)
-	return b.Commit(false)
+}
+
+// FilterString is f's fields other than Queue, Cursor and Limit as URL
+// query parameters (those of GET /v1/admin/messages), "" when none is
+// set.
+func FilterString(f spool.ListFilter) string {
+	v := url.Values{}
+	if f.Sender != nil {
+		s := *f.Sender
+		if s == "" {
+			s = "<>"
+		}
+		v.Set("sender", s)
+	}
+	if f.Tenant != nil {
+		v.Set("tenant", *f.Tenant)
+	}
+	for k, s := range map[string]string{"state": f.State, "rcpt_domain": f.RcptDomain, "rcpt": f.Recipient} {
+		if s != "" {
+			v.Set(k, s)
+		}
+	}
+	if !f.After.IsZero() {
+		v.Set("after", f.After.UTC().Format(time.RFC3339Nano))
+	}
+	if !f.Before.IsZero() {
+		v.Set("before", f.Before.UTC().Format(time.RFC3339Nano))
+	}
+	return v.Encode()
 }

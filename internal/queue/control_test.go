@@ -2,6 +2,7 @@ package queue
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"testing"
 	"time"
@@ -48,8 +49,8 @@ func TestControlShapedSite(t *testing.T) {
 	if qs := q.Queues(); qs[0].Ready != 2 || qs[0].Waiting != 0 || !qs[0].Paused {
 		t.Fatalf("paused and retried: %+v", qs)
 	}
-	if n, ok, _ := q.RetryMessage("01KB2T0A5V0W9X8Y7Z6A5B4C3D", "key1"); ok || n != 0 {
-		t.Fatalf("RetryMessage of an unknown id: %d %v", n, ok)
+	if n, err := q.Retry(Target{MessageID: "01KB2T0A5V0W9X8Y7Z6A5B4C3D"}, "key1"); !errors.Is(err, ErrNotQueued) || n != 0 {
+		t.Fatalf("Retry of an unknown id: %d %v", n, err)
 	}
 	if changed, _ := q.Resume(site, "key1"); !changed {
 		t.Fatal("Resume: not changed")

@@ -177,6 +177,9 @@ type Queue struct {
 	waiting       itemHeap
 	// pausedSet holds the paused queue names (control.go).
 	pausedSet map[string]bool
+	// held holds the items an operator holds (control.go): in no ready
+	// list and not in the timer heap.
+	held map[*item]struct{}
 }
 
 type message struct {
@@ -190,6 +193,9 @@ type item struct {
 	rcpts []*spool.Recipient
 	due   time.Time
 	index int // in the heap
+	// by is the API key id of an operator who bounces or cancels the
+	// item's recipients (control.go); "" for a delivery attempt.
+	by string
 }
 
 type dest struct {
@@ -281,6 +287,9 @@ func (q *Queue) Load() (int, error) {
 		return nil
 	})
 	flush()
+	if err == nil {
+		err = q.loadPaused()
+	}
 	return n, err
 }
 
@@ -319,6 +328,8 @@ func (q *Queue) Stop(ctx context.Context) {
 // Stats is a snapshot for logs and tests.
 type Stats struct {
 	Messages, Ready, Waiting, Active int
+	// Held is the recipients an operator holds (control.go).
+	Held int
 }
 
 // Stats returns counts of queued messages, ready and waiting items, and
@@ -330,6 +341,9 @@ func (q *Queue) Stats() Stats {
 	for _, d := range q.dests {
 		s.Ready += len(d.ready)
 		s.Active += d.active
+	}
+	for it := range q.held {
+		s.Held += len(it.rcpts)
 	}
 	return s
 }
@@ -458,7 +472,11 @@ func (q *Queue) enqueue(m *spool.Meta, rcpts []*spool.Recipient, sites map[strin
 		if shaped {
 			k = destKey(route, site)
 		}
-		it := groups[k]
+		gk := k
+		if r.Held {
+			gk += "|held" // held recipients make an item of their own
+		}
+		it := groups[gk]
 		if it == nil {
 			d := q.dests[k]
 			if d == nil {
@@ -466,7 +484,7 @@ func (q *Queue) enqueue(m *spool.Meta, rcpts []*spool.Recipient, sites map[strin
 				q.dests[k] = d
 			}
 			it = &item{msg: msg, dest: d, due: r.NextAttempt}
-			groups[k] = it
+			groups[gk] = it
 			order = append(order, it)
 		}
 		if r.NextAttempt.After(it.due) {
@@ -475,7 +493,7 @@ func (q *Queue) enqueue(m *spool.Meta, rcpts []*spool.Recipient, sites map[strin
 		it.rcpts = append(it.rcpts, r)
 	}
 	for _, it := range order {
-		q.schedule(it, now)
+		q.place(it, now)
 	}
 }
 
@@ -921,11 +939,17 @@ func (q *Queue) event(typ string, m *spool.Meta, r *spool.Recipient, queueName s
 }
 
 // complete records the outcome of one attempt for an item. res may be nil
-// (then err applies to every recipient).
-func (q *Queue) complete(it *item, res []delivery.Result, err error, remote *pipeline.Remote) {
+// (then err applies to every recipient). An operator's bounce or cancel
+// (it.by set, control.go) comes here too, with errAdminBounce or
+// errCancelled and no attempt: then a failure to commit is returned, and
+// the caller puts the item back; otherwise the item is retried later.
+func (q *Queue) complete(it *item, res []delivery.Result, err error, remote *pipeline.Remote) error {
 	now := q.o.Now()
 	m := it.msg.meta
 	b := q.sp.NewBatch()
+	if it.by != "" {
+		b.NoSuppression()
+	}
 	var (
 		failed []Failure
 		notes  []dsn.Notice // every outcome, for the DSNs it may owe (Notifier)
@@ -949,12 +973,23 @@ func (q *Queue) complete(it *item, res []delivery.Result, err error, remote *pip
 			rerr, reply, hopDSN = res[i].Err, res[i].Reply, res[i].DSN
 		}
 		attempt := r.Attempts + 1
+		if it.by != "" {
+			attempt = r.Attempts // no attempt made
+		}
 		ev := q.event("", m, r, rcptQueue(r), attempt)
+		if it.by != "" {
+			ev.Metadata = withAdmin(m.Meta, it.by)
+		}
 		if remote != nil && remote.Host != "" {
 			rm := *remote
 			ev.Remote = &rm
 		}
 		switch {
+		case rerr == errCancelled:
+			ev.Type = pipeline.EventCancelled
+			ev.Response = pipeline.ResponseOf(rerr)
+			b.DeleteRecipient(m.ID, r.Idx)
+			done++
 		case rerr == nil:
 			ev.Type = pipeline.EventDelivered
 			// The next hop's own reply to the end of data.
@@ -968,7 +1003,11 @@ func (q *Queue) complete(it *item, res []delivery.Result, err error, remote *pip
 		case !pipeline.IsTemporary(rerr):
 			ev.Type = pipeline.EventBounced
 			ev.Response = pipeline.ResponseOf(rerr)
-			ev.BounceClass = q.o.Bounces.ClassifyResponse(ev.Response)
+			if rerr == errAdminBounce {
+				ev.BounceClass = bounce.PolicyRelated // an operator's, not the reply's
+			} else {
+				ev.BounceClass = q.o.Bounces.ClassifyResponse(ev.Response)
+			}
 			b.DeleteRecipient(m.ID, r.Idx)
 			failed = append(failed, Failure{Recipient: r.Address, Reply: ev.Response, Err: rerr, Remote: remoteHost, Time: now})
 			notes = append(notes, dsn.Notice{Outcome: dsn.Failed, Rcpt: r, Err: rerr, Reply: ev.Response, Remote: remoteHost, Time: now})
@@ -1022,12 +1061,15 @@ func (q *Queue) complete(it *item, res []delivery.Result, err error, remote *pip
 		if ok, n := q.sample.Allow("outcome"); ok {
 			q.log.Error("cannot record delivery outcome; will retry", "msgid", m.ID, "err", cerr, "similar_suppressed", n)
 		}
+		if it.by != "" {
+			return cerr
+		}
 		q.mu.Lock()
 		it.due = now.Add(q.o.RetryInitial)
 		heap.Push(&q.waiting, it)
 		q.mu.Unlock()
 		q.kick()
-		return
+		return cerr
 	}
 	// Count settled recipients only once their outcome is committed, and
 	// delete the message in a later batch: WAL order then guarantees the
@@ -1058,6 +1100,7 @@ func (q *Queue) complete(it *item, res []delivery.Result, err error, remote *pip
 		q.schedule(nit, now)
 		q.mu.Unlock()
 	}
+	return nil
 }
 
 // makeBounce builds the DSN for failed recipients of m and adds it to b.

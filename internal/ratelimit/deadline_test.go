@@ -47,16 +47,18 @@ func TestRedisCallerDeadline(t *testing.T) {
 	}
 }
 
-// TestNodeCallerGone: a check whose caller went away (context cancelled)
-// is not a store error in sluice_ratelimit_store_errors_total; one whose
-// deadline passed while Redis did not answer is.
+// TestNodeCallerGone: a check whose caller went away (context cancelled;
+// with no deadline it runs its call itself and returns when the store's
+// timeout ends it) is not a store error in
+// sluice_ratelimit_store_errors_total; one whose deadline passed while
+// Redis did not answer is.
 func TestNodeCallerGone(t *testing.T) {
-	c := hungRedis(t)
+	c := hungRedisFor(t, 300*time.Millisecond) // as sluice.redis's timeout sets the client's
 	m, err := NewMetrics(nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := NewNode(&pipeline.Redis{Client: c, Prefix: "t:", Timeout: time.Minute}, m, nil).Redis
+	s := NewNode(&pipeline.Redis{Client: c, Prefix: "t:", Timeout: 300 * time.Millisecond}, m, nil).Redis
 	checks := []pipeline.RateCheck{{Key: "k", Rate: pipeline.Rate{Limit: 1, Period: time.Second}, Stage: "s", Limit: "l"}}
 	ctx, cancel := context.WithCancel(context.Background())
 	time.AfterFunc(20*time.Millisecond, cancel)
@@ -78,9 +80,12 @@ func TestNodeCallerGone(t *testing.T) {
 
 // hungRedis is a client of a Redis that never answers (testutil.Blackhole),
 // with a minute for each read and write.
-func hungRedis(t *testing.T) *redis.Client {
+func hungRedis(t *testing.T) *redis.Client { return hungRedisFor(t, time.Minute) }
+
+// hungRedisFor is hungRedis with d for each read and write.
+func hungRedisFor(t *testing.T, d time.Duration) *redis.Client {
 	c := redis.NewClient(&redis.Options{Addr: tu.Blackhole(t), MaxRetries: -1, Protocol: 2, DisableIdentity: true,
-		ReadTimeout: time.Minute, WriteTimeout: time.Minute})
+		ReadTimeout: d, WriteTimeout: d})
 	t.Cleanup(func() { c.Close() })
 	return c
 }

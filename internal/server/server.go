@@ -62,7 +62,11 @@ type Server struct {
 	// domains is the registry of sending domains, opened with the spool
 	// (domains.go); nil before.
 	domains atomic.Pointer[domains.Registry]
-	res     *dnsx.Client
+	// static is the configured dkim_sign keys the DNS listener publishes
+	// (domains.go); rotation the current sluice.dkim_rotation.
+	static   atomic.Pointer[staticZone]
+	rotation atomic.Pointer[config.DKIMRotation]
+	res      *dnsx.Client
 
 	sp     *spool.Spool
 	q      *queue.Queue
@@ -588,6 +592,19 @@ func (s *Server) components() []component {
 			return nil
 		},
 	})
+	if d := cfg.DNSServer; d != nil {
+		var stop func()
+		cs = append(cs, component{name: "dns " + d.Listen,
+			start: func() error {
+				rc := cfg.DKIMRotation
+				s.rotation.Store(&rc)
+				var err error
+				stop, err = s.startDNS(d)
+				return err
+			},
+			stop: func(context.Context) error { stop(); return nil },
+		})
+	}
 	if t := cfg.Tokens; t.Enabled() {
 		cs = append(cs, component{name: "tokens",
 			start: func() error {
@@ -750,6 +767,7 @@ func (s *Server) registerCoreMetrics() error {
 		gauge("sluice_queue_messages", "Messages with at least one recipient still queued.", func() float64 { return float64(s.q.Stats().Messages) }),
 		gauge("sluice_queue_ready_recipients", "Recipients due for a delivery attempt now.", func() float64 { return float64(s.q.Stats().Ready) }),
 		gauge("sluice_queue_waiting_recipients", "Recipients waiting for their next attempt (deferred).", func() float64 { return float64(s.q.Stats().Waiting) }),
+		gauge("sluice_queue_held_recipients", "Recipients held by an operator (no attempt until released).", func() float64 { return float64(s.q.Stats().Held) }),
 		gauge("sluice_queue_oldest_ready_seconds", "Age of the oldest message with a recipient due for delivery now (0: none).", func() float64 {
 			r, _ := s.q.Oldest(time.Now())
 			return r.Seconds()
@@ -960,9 +978,14 @@ func (s *Server) Reload() (summary string, err error) {
 	for _, use := range s.useTokens {
 		use(tokIss, tokVer)
 	}
+	cfg.ApplyLogging(s.log)
 	s.sp.SetSuppressionPolicy(suppressionPolicy(cfg))
 	if reg := s.domains.Load(); reg != nil {
 		reg.SetPolicy(domains.PolicyOf(cfg))
+	}
+	if cfg.DNSServer != nil && s.rotation.Load() != nil {
+		rc := cfg.DKIMRotation
+		s.rotation.Store(&rc)
 	}
 	restart := RestartNeeded(s.cfg, cfg)
 	summary = fmt.Sprintf("reloaded %s: %d stage(s)", cfg.File, len(cfg.Stages))
@@ -1033,6 +1056,7 @@ func RestartNeeded(old, new *config.Config) []string {
 		{"sluice.auth", old.Auth, new.Auth},
 		{"sluice.redis", old.Redis, new.Redis},
 		{"sluice.egress", old.Egress, new.Egress},
+		{"sluice.dns_server", old.DNSServer, new.DNSServer},
 		{"sluice.sandbox", old.Sandbox, new.Sandbox},
 		{"sluice.node", [2]string{old.Node, old.Hostname}, [2]string{new.Node, new.Hostname}},
 	} {

@@ -140,6 +140,9 @@ type Shaper struct {
 	rr         map[string]int // pool → next source
 	timers     map[*time.Timer]struct{}
 	stopped    bool
+	// pathSweepAt is the size of paths at which pathLocked next forgets
+	// idle paths (sweep.go).
+	pathSweepAt int
 
 	changes  *prometheus.CounterVec
 	delayed  *prometheus.CounterVec
@@ -191,7 +194,7 @@ func New(o Options) (*Shaper, error) {
 	s := &Shaper{o: o, log: o.Logger.With("component", "shaping"), rules: o.Rules,
 		sites: map[string]*siteInfo{}, entries: map[string][]*Entry{}, entrySites: map[string]*siteInfo{}, paths: map[string]*path{}, susp: map[string]time.Time{},
 		sources: map[string]*sourceState{}, pools: map[string][]*sourceState{}, rr: map[string]int{},
-		timers: map[*time.Timer]struct{}{}}
+		timers: map[*time.Timer]struct{}{}, pathSweepAt: minPathSweep}
 	for _, src := range o.Sources {
 		s.sources[src.Name] = &sourceState{Source: src}
 	}
@@ -409,6 +412,9 @@ func (s *Shaper) pathLocked(site, source string) *path {
 	if p := s.paths[key]; p != nil {
 		return p
 	}
+	if len(s.paths) >= s.pathSweepAt {
+		s.sweepPathsLocked(s.o.Now())
+	}
 	entries := s.entries[site]
 	if entries == nil {
 		entries = []*Entry{&s.rules.Default}
@@ -500,6 +506,12 @@ type Lease struct {
 	s      *Shaper
 	p      *path
 	Source Source
+	// pre is the turn Acquire took for the connection's first message
+	// (one reservation per message rate, and one message of the source's
+	// warm-up volume when preWarm): Wait uses it, Release gives it back
+	// when it was not used. s.mu guards both.
+	pre     []*rate.Reservation
+	preWarm bool
 }
 
 // ErrUnknownPool is the Cause of Acquire's error for a route naming a
@@ -521,7 +533,12 @@ func UnknownPool(pool string) error {
 // idle timeout the caller gives Lease.Wait, so that Wait does not refuse
 // a source Acquire chose). Of the sources left, the first (round robin)
 // whose rates let a message go now is taken, else the one whose turn
-// comes soonest. The rates are looked at, not used: Wait takes the turn.
+// comes soonest. The lease holds that turn (and one message of the
+// source's warm-up volume) for the connection's first message, which Wait
+// then uses: a second connection asked for at once sees the turn taken,
+// so no connection is opened that could not send within the idle timeout
+// (docs/shaping.md, "Connections and idle time"). Release gives an unused
+// turn back.
 // When no source can take the connection, it returns a nil Lease and the
 // earliest time one of the sources may (and that source's reason, for the
 // caller's log). The error is a 451 4.3.5 for a pool that does not exist.
@@ -584,7 +601,30 @@ func (s *Shaper) Acquire(site, pool string, maxWait time.Duration) (*Lease, time
 	p := s.pathLocked(site, src.Name)
 	p.conns++
 	s.rr[pool] = (start + pick + 1) % len(srcs)
-	return &Lease{s: s, p: p, Source: src.Source}, time.Time{}, "", nil
+	l := &Lease{s: s, p: p, Source: src.Source}
+	for _, lim := range p.limiters {
+		l.pre = append(l.pre, lim.ReserveN(now, 1))
+	}
+	if src.Warmup != nil && src.warmupLeft(now) > 0 {
+		src.sent++
+		l.preWarm = true
+	}
+	return l, time.Time{}, "", nil
+}
+
+// unprepay gives back the turn Acquire took and Wait did not use. s.mu
+// held.
+func (l *Lease) unprepay(now time.Time) {
+	for _, r := range l.pre {
+		r.CancelAt(now)
+	}
+	l.pre = nil
+	if l.preWarm {
+		l.preWarm = false
+		if src := l.s.sources[l.p.source]; src != nil && src.sent > 0 {
+			src.sent--
+		}
+	}
 }
 
 // rateDelay is how long the next message on p would wait for its turn
@@ -656,50 +696,53 @@ func (l *Lease) Timeouts() (connect, data, idle time.Duration) {
 // or the rate would hold the message longer than maxWait, it returns
 // when to try again instead, and the caller closes the connection and
 // puts the message back; the reason is one of the Reason constants. ctx ends the wait early (ctx.Err()).
+//
+// sluice_shaping_delayed_total counts a message that Wait holds on its
+// connection (reason "rate"); when Wait sends the caller away, it does
+// not count: the caller asks Acquire again, which counts the hold once if
+// no source can take the message.
 func (l *Lease) Wait(ctx context.Context, maxWait time.Duration) (time.Time, string, error) {
 	s := l.s
 	now := s.o.Now()
 	s.mu.Lock()
 	p := l.p
-	if until, ok := s.susp[p.site]; ok && now.Before(until) {
+	back := func(t time.Time, why string) (time.Time, string, error) {
+		l.unprepay(now)
 		s.mu.Unlock()
-		s.count(ReasonSuspended)
-		return until, ReasonSuspended, nil
+		return t, why, nil
+	}
+	if until, ok := s.susp[p.site]; ok && now.Before(until) {
+		return back(until, ReasonSuspended)
 	}
 	if now.Before(p.suspendedUntil) {
-		s.mu.Unlock()
-		s.count(ReasonSuspended)
-		return p.suspendedUntil, ReasonSuspended, nil
+		return back(p.suspendedUntil, ReasonSuspended)
 	}
 	if p.conns > intOr(p.eff.ConnectionLimit, 1) {
-		s.mu.Unlock()
-		s.count(ReasonConnections)
-		return now.Add(250 * time.Millisecond), ReasonConnections, nil
+		return back(now.Add(250*time.Millisecond), ReasonConnections)
 	}
 	src := s.sources[p.source]
-	if src != nil && src.warmupLeft(now) == 0 {
-		s.mu.Unlock()
-		s.count(ReasonWarmup)
-		return nextUTCDay(now), ReasonWarmup, nil
+	if !l.preWarm && src != nil && src.warmupLeft(now) == 0 {
+		return back(nextUTCDay(now), ReasonWarmup)
 	}
 	var delay time.Duration
-	rs := make([]*rate.Reservation, 0, len(p.limiters))
-	for _, lim := range p.limiters {
-		r := lim.ReserveN(now, 1)
-		rs = append(rs, r)
+	rs := l.pre
+	if rs == nil {
+		rs = make([]*rate.Reservation, 0, len(p.limiters))
+		for _, lim := range p.limiters {
+			rs = append(rs, lim.ReserveN(now, 1))
+		}
+	}
+	for _, r := range rs {
 		delay = max(delay, r.DelayFrom(now))
 	}
+	l.pre = rs
 	if delay > maxWait {
-		for _, r := range rs {
-			r.CancelAt(now)
-		}
-		s.mu.Unlock()
-		s.count(ReasonRate)
-		return now.Add(delay), ReasonRate, nil
+		return back(now.Add(delay), ReasonRate)
 	}
-	if src != nil && src.Warmup != nil {
+	if !l.preWarm && src != nil && src.Warmup != nil {
 		src.sent++
 	}
+	l.pre, l.preWarm = nil, false
 	s.mu.Unlock()
 	if delay > 0 {
 		s.count(ReasonRate)
@@ -714,9 +757,11 @@ func (l *Lease) Wait(ctx context.Context, maxWait time.Duration) (time.Time, str
 	return time.Time{}, "", nil
 }
 
-// Release gives the connection back. Call it once.
+// Release gives the connection back, and the turn Acquire took for it
+// when no message used it (the dial failed). Call it once.
 func (l *Lease) Release() {
 	l.s.mu.Lock()
+	l.unprepay(l.s.o.Now())
 	l.p.conns--
 	l.s.mu.Unlock()
 }
@@ -754,15 +799,24 @@ func (s *Shaper) apply(p *path, idx int, a *Automation, r *pipeline.Response, re
 	s.mu.Lock()
 	if th := a.Threshold; th != nil {
 		// Fire at the Quantity-th match within one Period: keep the
-		// last Quantity match times.
+		// match times of the last Period (at most Quantity of them, in
+		// place: the slice never grows past Quantity), and forget them
+		// when the rule fires; the sweep of idle paths drops those that
+		// have aged out (sweep.go).
 		if p.hits == nil {
 			p.hits = map[int][]time.Time{}
 		}
-		hits := append(p.hits[idx], now)
-		if len(hits) > th.Quantity {
-			hits = hits[len(hits)-th.Quantity:]
+		hits := p.hits[idx]
+		drop := 0
+		for drop < len(hits) && now.Sub(hits[drop]) > th.Period {
+			drop++
 		}
-		if len(hits) < th.Quantity || now.Sub(hits[0]) > th.Period {
+		if drop > 0 || len(hits) == th.Quantity {
+			drop = max(drop, len(hits)+1-th.Quantity)
+			hits = hits[:copy(hits, hits[drop:])]
+		}
+		hits = append(hits, now)
+		if len(hits) < th.Quantity {
 			p.hits[idx] = hits
 			s.mu.Unlock()
 			return

@@ -78,6 +78,9 @@ type Server struct {
 	// relay has no metrics).
 	connections prometheus.Counter
 	sessions    prometheus.Gauge
+	// protoRefused counts the refusals go-smtp answers itself (nil: no
+	// metrics; refusals.go).
+	protoRefused *protocolRefusals
 }
 
 // Option configures a Server.
@@ -108,11 +111,12 @@ func New(l config.SMTPListener, rl *relay.Relay, log *slog.Logger, opts ...Optio
 	for _, o := range opts {
 		o(s)
 	}
-	s.log = log.With("listener", l.Name)
+	s.log = log.With("component", "smtp", "listener", l.Name)
 	if m := rl.Metrics(); m != nil {
 		s.connections = m.Connections.WithLabelValues(l.Name)
 		s.sessions = m.Sessions.WithLabelValues(l.Name)
 	}
+	s.protoRefused = newProtocolRefusals(rl.Metrics(), l.Name)
 
 	if err := s.check(); err != nil {
 		return nil, err
@@ -142,6 +146,7 @@ func New(l config.SMTPListener, rl *relay.Relay, log *slog.Logger, opts ...Optio
 	// session (auth.go), which answers 538 where go-smtp would say 523.
 	srv.AllowInsecureAuth = true
 	srv.ErrorLog = errorLog{s.log}
+	srv.OnRefusal = s.protocolRefusal
 	s.smtp = srv
 
 	s.baseCtx, s.cancel = context.WithCancel(context.Background())

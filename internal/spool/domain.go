@@ -26,13 +26,15 @@ import (
 
 const kDomain = 'd'
 
-// DKIM key states of a registered domain. Only KeyActive exists today;
-// rotation (issue 19 item 5) adds a pending key beside the active one,
-// then revokes the old one (an empty p= is published), without changing
-// this layout.
+// DKIM key states of a registered domain (docs/rotation.md): a rotation
+// publishes a new key as pending, makes it active once resolvers see it
+// (the old active key becomes retired: published, no longer signing),
+// revokes the retired key after the overlap (an empty p= is published),
+// and finally drops the revoked key from Keys.
 const (
 	KeyPending = "pending" // published, not yet signing
 	KeyActive  = "active"  // signing
+	KeyRetired = "retired" // published, no longer signing (mail in flight still verifies)
 	KeyRevoked = "revoked" // no longer signing; published with an empty p=
 )
 
@@ -45,6 +47,9 @@ type Domain struct {
 	// Verified is when every record was last seen published as needed;
 	// zero while not (yet) verified.
 	Verified time.Time `json:"verified,omitzero"`
+	// RotateRequested is set by a manual rotation request (POST
+	// /v1/domains/{d}/rotate) that the rotation job has not started yet.
+	RotateRequested time.Time `json:"rotate_requested,omitzero"`
 }
 
 // DomainKey is one DKIM key of a registered domain. PrivateKey is the
@@ -56,6 +61,17 @@ type DomainKey struct {
 	State      string    `json:"state"`
 	PrivateKey string    `json:"private_key"`
 	Created    time.Time `json:"created"`
+	// Since is when the key entered State (zero on keys stored before
+	// rotation existed: Created stands in).
+	Since time.Time `json:"since,omitzero"`
+}
+
+// StateSince is when k entered its state: Since, else Created.
+func (k *DomainKey) StateSince() time.Time {
+	if k.Since.IsZero() {
+		return k.Created
+	}
+	return k.Since
 }
 
 func domainKey(name string) []byte { return append([]byte{kDomain}, name...) }

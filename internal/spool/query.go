@@ -26,6 +26,7 @@ import (
 const (
 	StateQueued     = "queued"
 	StateDeferred   = "deferred"
+	StateHeld       = "held"
 	StateDelivered  = "delivered"
 	StateBounced    = "bounced"
 	StateExpired    = "expired"
@@ -182,6 +183,9 @@ func (s *Spool) Status(msgID string) (*MessageStatus, error) {
 }
 
 func liveState(r *Recipient) string {
+	if r.Held {
+		return StateHeld
+	}
 	if r.Attempts > 0 {
 		return StateDeferred
 	}
@@ -300,8 +304,9 @@ type ListFilter struct {
 	// Queue is a delivery queue name (Route.QueueName): a domain, or
 	// "relay:host:port".
 	Queue string
-	// State is StateQueued (never attempted) or StateDeferred (attempted
-	// at least once).
+	// State is StateQueued (never attempted), StateDeferred (attempted
+	// at least once) or StateHeld (held by an operator, whether attempted
+	// or not).
 	State string
 	// Sender selects one envelope sender: the local part compared
 	// exactly, the domain without regard to case. A pointer to "" selects
@@ -309,6 +314,9 @@ type ListFilter struct {
 	Sender *string
 	// RcptDomain selects recipients in one domain (any case).
 	RcptDomain string
+	// Recipient selects one recipient address: the local part compared
+	// exactly, the domain without regard to case.
+	Recipient string
 	// Tenant selects one tenant; a pointer to "" selects messages without
 	// one (unauthenticated SMTP).
 	Tenant *string
@@ -349,8 +357,8 @@ type Page struct {
 // different snapshots, so a message that finishes between two calls is
 // simply absent from the later page, and none is listed twice.
 func (s *Spool) List(f ListFilter) (*Page, error) {
-	if f.State != "" && f.State != StateQueued && f.State != StateDeferred {
-		return nil, fmt.Errorf("spool: list state %q: want %q or %q", f.State, StateQueued, StateDeferred)
+	if err := f.Check(); err != nil {
+		return nil, err
 	}
 	limit := f.Limit
 	if limit <= 0 {
@@ -401,7 +409,6 @@ func (s *Spool) List(f ListFilter) (*Page, error) {
 	defer mit.Close()
 
 	byMessage := f.Sender != nil || f.Tenant != nil || !f.After.IsZero() || !f.Before.IsZero()
-	rcptDomain := strings.TrimSuffix(f.RcptDomain, ".")
 	examined, lastExamined := 0, ""
 	valid := it.First()
 	for valid {
@@ -432,7 +439,7 @@ func (s *Spool) List(f ListFilter) (*Page, error) {
 			}
 			return metaErr == nil
 		}
-		skip := byMessage && (!loadMeta() || !f.matchMessage(meta))
+		skip := byMessage && (!loadMeta() || !f.MatchMeta(meta))
 		for ; valid && !skip; valid = it.Next() {
 			k := it.Key()
 			if len(k) != 1+ulid.EncodedSize+2 || string(k[1:1+ulid.EncodedSize]) != id {
@@ -444,12 +451,10 @@ func (s *Spool) List(f ListFilter) (*Page, error) {
 				continue
 			}
 			r.MsgID, r.Idx = id, int(binary.BigEndian.Uint16(k[len(k)-2:]))
-			q := queueOf(&r)
-			state := liveState(&r)
-			if f.Queue != "" && q != f.Queue || f.State != "" && state != f.State ||
-				rcptDomain != "" && !strings.EqualFold(r.Domain, rcptDomain) {
+			if !f.MatchRecipient(&r) {
 				continue
 			}
+			q, state := queueOf(&r), liveState(&r)
 			if !loadMeta() {
 				skip = true
 				break
@@ -472,7 +477,32 @@ func (s *Spool) List(f ListFilter) (*Page, error) {
 	return page, nil
 }
 
-func (f *ListFilter) matchMessage(m *Meta) bool {
+// Check validates f's state: "", StateQueued, StateDeferred or
+// StateHeld.
+func (f *ListFilter) Check() error {
+	switch f.State {
+	case "", StateQueued, StateDeferred, StateHeld:
+		return nil
+	}
+	return fmt.Errorf("spool: list state %q: want %q, %q or %q", f.State, StateQueued, StateDeferred, StateHeld)
+}
+
+// MatchRecipient reports whether a live recipient record matches f's
+// recipient fields: Queue (its route's queue name), State, RcptDomain
+// and Recipient. The queue's control actions use it with MatchMeta.
+func (f *ListFilter) MatchRecipient(r *Recipient) bool {
+	if f.Queue != "" && queueOf(r) != f.Queue || f.State != "" && liveState(r) != f.State {
+		return false
+	}
+	if f.RcptDomain != "" && !strings.EqualFold(r.Domain, strings.TrimSuffix(f.RcptDomain, ".")) {
+		return false
+	}
+	return f.Recipient == "" || sameAddress(r.Address, f.Recipient)
+}
+
+// MatchMeta reports whether a message matches f's message fields:
+// Tenant, Sender, After and Before.
+func (f *ListFilter) MatchMeta(m *Meta) bool {
 	if f.Tenant != nil && m.Tenant != *f.Tenant {
 		return false
 	}

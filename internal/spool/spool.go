@@ -20,6 +20,7 @@
 //	h<msgid><eventid>   event history of a message, for status queries
 //	i<key>              an HTTP idempotency record (the stored answer), until it expires
 //	s<tenant>\x00<addr>  a suppression list entry (suppression.go)
+//	p<queue>            a paused delivery queue (control.go)
 //
 // Durability contract: Commit(true) returns after an fsync; acceptance uses
 // it. Delivery outcomes commit without a sync: a crash can only roll back a
@@ -109,6 +110,9 @@ type Recipient struct {
 	// outcome batch, so it survives a restart; keep it when rewriting the
 	// recipient (the queue copies the whole struct).
 	Warned time.Time `json:"warned,omitempty"`
+	// Held is true while an operator holds the recipient (queue control,
+	// control.go): the queue makes no attempt until it is released.
+	Held bool `json:"held,omitempty"`
 }
 
 // Options configures Open.
@@ -438,7 +442,9 @@ type Batch struct {
 	b       *pebble.Batch
 	events  []*pipeline.Event
 	deleted int64 // messages deleted
-	gen     int   // the spool's db generation at NewBatch
+	// noSuppress: bounces here do not join the suppression list (control.go).
+	noSuppress bool
+	gen        int // the spool's db generation at NewBatch
 }
 
 // NewBatch starts a batch.

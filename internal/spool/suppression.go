@@ -390,7 +390,7 @@ func SuppressionEvent(typ string, e *Suppression) *pipeline.Event {
 // held back by the list.
 func (b *Batch) suppressBounces() {
 	p := b.s.suppPolicy()
-	if p == nil {
+	if p == nil || b.noSuppress {
 		return
 	}
 	var seen map[string]bool

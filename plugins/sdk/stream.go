@@ -2,20 +2,28 @@ package sdk
 
 import (
 	"context"
-	"runtime"
 	"sync"
 	"time"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/sluice-mta/sluice/internal/plugin/conv"
 	stagev1 "github.com/sluice-mta/sluice/plugins/proto/stage/v1"
 )
 
+// maxWorkers bounds the workers of one Calls stream. Sluice sends at most
+// the stage's max_in_flight calls at once (64 by default), so the workers
+// grow to the concurrency the stage sees. A goroutine per call starts on a
+// small stack and grows it (a copy) during the call: 5% of a small call's
+// CPU with 8 calls in flight.
+const maxWorkers = 256
+
 // Calls serves hook calls over one bidirectional stream (protocol 1.1):
-// each CallRequest runs concurrently with the others (on one of a few
-// long-lived workers, whose grown stacks are reused, or on a goroutine of
-// its own when all are busy) with the request's deadline,
+// each CallRequest runs concurrently with the others, on one of the
+// stream's workers (long-lived goroutines, whose grown stacks are reused:
+// a new one starts when all are busy, up to maxWorkers, past which a call
+// gets a goroutine of its own), with the request's deadline,
 // and its CallResponse is sent when it returns, in completion order. A
 // cancel request cancels the named call's context. Calls returns when
 // Sluice closes the stream; calls still running then are cancelled and
@@ -33,12 +41,11 @@ func (s *server) Calls(stream stagev1.Stage_CallsServer) error {
 	)
 	work := make(chan func())
 	defer close(work)
-	for range max(4, runtime.GOMAXPROCS(0)) {
-		go func() {
-			for f := range work {
-				f()
-			}
-		}()
+	workers := 0 // only this goroutine starts them
+	worker := func(f func()) {
+		for ; f != nil; f = <-work {
+			f()
+		}
 	}
 	defer func() {
 		sendMu.Lock()
@@ -87,41 +94,25 @@ func (s *server) Calls(stream stagev1.Stage_CallsServer) error {
 		select {
 		case work <- run:
 		default:
-			go run()
+			if workers < maxWorkers {
+				workers++
+				go worker(run)
+			} else {
+				go run()
+			}
 		}
 	}
 }
 
 // dispatch runs one call of the stream through the unary methods, so both
-// paths behave the same.
+// paths behave the same; a failure is answered as a CallError.
 func (s *server) dispatch(ctx context.Context, req *stagev1.CallRequest) *stagev1.CallResponse {
-	var v *stagev1.Verdict
-	var err error
-	switch c := req.Call.(type) {
-	case *stagev1.CallRequest_Connect:
-		v, err = s.OnConnect(ctx, c.Connect)
-	case *stagev1.CallRequest_Helo:
-		v, err = s.OnHelo(ctx, c.Helo)
-	case *stagev1.CallRequest_Mail:
-		v, err = s.OnMail(ctx, c.Mail)
-	case *stagev1.CallRequest_Rcpt:
-		v, err = s.OnRcpt(ctx, c.Rcpt)
-	case *stagev1.CallRequest_Message:
-		v, err = s.OnMessage(ctx, c.Message)
-	case *stagev1.CallRequest_Route:
-		v, err = s.OnRoute(ctx, c.Route)
-	case *stagev1.CallRequest_Event:
-		var e *stagev1.EventResponse
-		if e, err = s.OnEvent(ctx, c.Event); err == nil {
-			return &stagev1.CallResponse{Id: req.Id, Result: &stagev1.CallResponse_Event{Event: e}}
-		}
-	default:
-		err = status.Errorf(codes.Unimplemented, "unknown call %T (built for an older protocol?)", req.Call)
-	}
+	r, err := conv.Call(ctx, s, req)
 	if err != nil {
 		st := status.Convert(err)
-		return &stagev1.CallResponse{Id: req.Id, Result: &stagev1.CallResponse_Error{
+		r = &stagev1.CallResponse{Result: &stagev1.CallResponse_Error{
 			Error: &stagev1.CallError{Code: int32(st.Code()), Message: st.Message()}}}
 	}
-	return &stagev1.CallResponse{Id: req.Id, Result: &stagev1.CallResponse_Verdict{Verdict: v}}
+	r.Id = req.Id
+	return r
 }

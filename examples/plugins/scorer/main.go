@@ -144,4 +144,8 @@ func (s *Scorer) OnMessage(ctx context.Context, msg *pipeline.Message) (pipeline
 	return v, nil
 }
 
-func main() { sdk.Serve(&Scorer{}) }
+// The scorer runs its expressions over whole messages: CPU-heavy hooks,
+// so it keeps Go's GOMAXPROCS (one per core) rather than the SDK's 1,
+// which suits plugins that mostly wait (docs/plugins.md, "Tuning a Go
+// plugin").
+func main() { sdk.Serve(&Scorer{}, sdk.WithMaxProcs(0)) }

@@ -274,6 +274,9 @@ func MessageFrom(p *stagev1.Message) (*pipeline.Message, error) {
 		txn = &pipeline.Txn{Conn: &pipeline.Conn{}}
 	}
 	if len(p.HeaderBlock) > 0 {
+		if h, ok := pipeline.ParseHeaderBlock(p.HeaderBlock); ok {
+			return addBody(&pipeline.Message{Txn: txn, Header: h}, p.Body), nil
+		}
 		m, err := pipeline.ParseMessage(txn, p.HeaderBlock)
 		if err != nil {
 			return nil, err

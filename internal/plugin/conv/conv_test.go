@@ -203,3 +203,27 @@ func TestMessageBlockRoundTrip(t *testing.T) {
 		t.Fatalf("empty header back: %v %v", back, err)
 	}
 }
+
+func BenchmarkMessageFromBlock(b *testing.B) {
+	raw := "Received: from client.example (client.example [192.0.2.1]) by relay.example with ESMTP id abc;\r\n Mon, 30 Nov 2026 08:00:00 +0000\r\n" +
+		"From: Alice <alice@origin.example>\r\nTo: Bob <bob@dest.example>\r\nSubject: quarterly report\r\n" +
+		"Date: Mon, 30 Nov 2026 08:00:00 +0000\r\nMessage-ID: <1234@origin.example>\r\nMIME-Version: 1.0\r\n" +
+		"Content-Type: text/plain; charset=utf-8\r\nX-Mailer: bench\r\nX-A: 1\r\nX-B: 2\r\nX-C: 3\r\n\r\n"
+	p := &stagev1.Message{Txn: Txn(sampleTxn()), HasHeader: true, HeaderBlock: []byte(raw)}
+	b.Run("ParseHeaderBlock", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			if _, err := MessageFrom(p); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("ParseMessage", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			if _, err := pipeline.ParseMessage(TxnFrom(p.Txn), p.HeaderBlock); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}

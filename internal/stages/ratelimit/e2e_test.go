@@ -248,19 +248,7 @@ func TestConnections(t *testing.T) {
 // whole seconds (the refill time), and the JSON names the limit.
 func TestHTTP429(t *testing.T) {
 	n := startNode(t, `sluice.stage("limits", sluice.builtin.ratelimit { limits = { { key = "tenant", rate = "2/hour" } } })`, "", nil)
-	for i := 0; i < 2; i++ {
-		if st, _, body := post(t, n); st != http.StatusAccepted {
-			t.Fatalf("request %d: %d %s", i+1, st, body)
-		}
-	}
-	st, h, body := post(t, n)
-	if st != http.StatusTooManyRequests {
-		t.Fatalf("3rd request: %d %s, want 429", st, body)
-	}
-	ra, err := strconv.Atoi(h.Get("Retry-After"))
-	if err != nil || ra < 1790 || ra > 1800 {
-		t.Fatalf("Retry-After %q, want about 1800 (half an hour)", h.Get("Retry-After"))
-	}
+	body := third429(t, n)
 	var e struct {
 		Error struct {
 			Code     string `json:"code"`
@@ -275,6 +263,27 @@ func TestHTTP429(t *testing.T) {
 	if e.Error.Code != "tempfail" || e.Error.SMTPCode != 450 || e.Error.Enhanced != "4.7.1" || !strings.Contains(e.Error.Message, "Rate limit tenant exceeded") {
 		t.Fatalf("error %+v", e.Error)
 	}
+}
+
+// third429 posts three messages to n, whose tenant is allowed 2 an hour:
+// two are accepted, the third gets 429 with Retry-After about half an
+// hour (the refill time). It returns the third's body.
+func third429(t *testing.T, n *node) []byte {
+	t.Helper()
+	for i := 0; i < 2; i++ {
+		if st, _, body := post(t, n); st != http.StatusAccepted {
+			t.Fatalf("request %d: %d %s", i+1, st, body)
+		}
+	}
+	st, h, body := post(t, n)
+	if st != http.StatusTooManyRequests {
+		t.Fatalf("3rd request: %d %s, want 429", st, body)
+	}
+	ra, err := strconv.Atoi(h.Get("Retry-After"))
+	if err != nil || ra < 1790 || ra > 1800 {
+		t.Fatalf("Retry-After %q, want about 1800 (half an hour)", h.Get("Retry-After"))
+	}
+	return body
 }
 
 func post(t *testing.T, n *node) (int, http.Header, []byte) {

@@ -18,9 +18,12 @@
 // Phases: count = "connections" at on_connect (client_ip only; SMTP
 // answers 421 and closes); count = "messages" at on_mail, except for
 // recipient_domain, charged at on_rcpt once per message and domain;
-// count = "recipients" at on_rcpt, one per recipient. The limits of one
-// hook are checked in one store call (one Redis round trip), all or
-// nothing: a message refused by one limit does not use up the others.
+// count = "recipients" at on_rcpt, one per recipient. When a stage has
+// limits of both phases, its on_mail limits are checked at the message's
+// first on_rcpt, in the same store call as that recipient's limits, so a
+// one-recipient message costs one store call (one Redis round trip), not
+// two. The limits of one call are decided all or nothing: a message
+// refused by one limit does not use up the others.
 //
 // State survives a reload while a limit's stage name, limit name, rate
 // and burst are unchanged (they make its store key); a changed limit
@@ -53,6 +56,13 @@ type Stage struct {
 	env   *pipeline.Env
 
 	connect, mail, rcpt []*limit // limits by hook
+	// deferMail: the on_mail limits ride with the first on_rcpt call
+	// (the stage has limits of both). markKey is the txn.Scratch key that
+	// says they have been checked for this transaction; mark is the
+	// (read-only, shared) edit that sets it.
+	deferMail bool
+	markKey   string
+	mark      map[string]string
 }
 
 var (
@@ -83,6 +93,11 @@ func New(name string, o map[string]any) (pipeline.Stage, error) {
 			s.mail = append(s.mail, l)
 		}
 	}
+	if len(s.mail) > 0 && len(s.rcpt) > 0 {
+		s.deferMail = true
+		s.markKey = "sluice.ratelimit." + name
+		s.mark = map[string]string{s.markKey: "1"}
+	}
 	return s, nil
 }
 
@@ -95,7 +110,7 @@ func (s *Stage) Hooks() []string {
 	if len(s.connect) > 0 {
 		h = append(h, "on_connect")
 	}
-	if len(s.mail) > 0 {
+	if len(s.mail) > 0 && !s.deferMail {
 		h = append(h, "on_mail")
 	}
 	if len(s.rcpt) > 0 {
@@ -143,38 +158,57 @@ func (s *Stage) CallTimeout() time.Duration {
 
 // OnConnect charges count = "connections" limits.
 func (s *Stage) OnConnect(ctx context.Context, c *pipeline.Conn) (pipeline.Verdict, error) {
-	return s.check(ctx, s.connect, c, nil, nil)
+	return s.check(ctx, s.connect, nil, c, nil, nil)
 }
 
-// OnMail charges count = "messages" limits of keys known at MAIL FROM.
+// OnMail charges count = "messages" limits of keys known at MAIL FROM,
+// unless the stage also has on_rcpt limits: then OnRcpt checks them.
 func (s *Stage) OnMail(ctx context.Context, txn *pipeline.Txn) (pipeline.Verdict, error) {
-	return s.check(ctx, s.mail, txn.Conn, txn, nil)
+	if s.deferMail {
+		return pipeline.Verdict{}, nil
+	}
+	return s.check(ctx, s.mail, nil, txn.Conn, txn, nil)
 }
 
 // OnRcpt charges count = "recipients" limits, and recipient_domain
-// message limits for the first recipient of each domain.
+// message limits for the first recipient of each domain. Until a
+// recipient has passed it, it also charges the message limits of keys
+// known at MAIL FROM (when the stage defers them), in the same store
+// call: a message refused by them is refused at each RCPT TO, and is
+// charged once, with the first recipient this stage lets through.
 func (s *Stage) OnRcpt(ctx context.Context, txn *pipeline.Txn, r *pipeline.Recipient) (pipeline.Verdict, error) {
-	return s.check(ctx, s.rcpt, txn.Conn, txn, r)
+	if !s.deferMail || txn.Scratch[s.markKey] != "" {
+		return s.check(ctx, s.rcpt, nil, txn.Conn, txn, r)
+	}
+	v, err := s.check(ctx, s.mail, s.rcpt, txn.Conn, txn, r)
+	if err == nil && v.Action == pipeline.Continue {
+		v.Edits.Scratch = s.mark // charged (or failed open): not again for this message
+	}
+	return v, err
 }
 
 // maxChecks is the stack buffer size for one hook's checks.
 const maxChecks = 8
 
-func (s *Stage) check(ctx context.Context, limits []*limit, c *pipeline.Conn, txn *pipeline.Txn, r *pipeline.Recipient) (pipeline.Verdict, error) {
+// check charges the limits of a and b that apply to this event in one
+// store call.
+func (s *Stage) check(ctx context.Context, a, b []*limit, c *pipeline.Conn, txn *pipeline.Txn, r *pipeline.Recipient) (pipeline.Verdict, error) {
 	var (
 		cb   [maxChecks]pipeline.RateCheck
 		ob   [maxChecks]pipeline.RateResult
 		used [maxChecks]*limit
 	)
 	checks, out, which := cb[:0], ob[:0], used[:0]
-	for _, l := range limits {
-		v := keyValue(l, c, txn, r)
-		if v == "" {
-			continue
+	for _, limits := range [2][]*limit{a, b} {
+		for _, l := range limits {
+			v := keyValue(l, c, txn, r)
+			if v == "" {
+				continue
+			}
+			checks = append(checks, pipeline.RateCheck{Key: l.prefix + v, Rate: l.rate, N: 1, Stage: s.name, Limit: l.name})
+			out = append(out, pipeline.RateResult{})
+			which = append(which, l)
 		}
-		checks = append(checks, pipeline.RateCheck{Key: l.prefix + v, Rate: l.rate, N: 1, Stage: s.name, Limit: l.name})
-		out = append(out, pipeline.RateResult{})
-		which = append(which, l)
 	}
 	if len(checks) == 0 {
 		return pipeline.Verdict{}, nil

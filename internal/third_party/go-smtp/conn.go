@@ -222,12 +222,22 @@ func (c *Conn) authAllowed() bool {
 // protocolError writes errors responses and closes the connection once too many
 // have occurred.
 func (c *Conn) protocolError(code int, ec EnhancedCode, msg string) {
+	c.refused(code, ec, msg)
 	c.writeResponse(code, ec, msg)
 
 	c.errCount++
 	if c.errCount > errThreshold {
+		c.refused(421, EnhancedCode{4, 7, 0}, "Too many errors, closing connection")
 		c.writeResponse(421, EnhancedCode{4, 7, 0}, "Too many errors, closing connection") // sluice: 421 announces the close
 		c.Close()
+	}
+}
+
+// sluice: refused reports a refusal go-smtp answers itself to
+// Server.OnRefusal.
+func (c *Conn) refused(code int, ec EnhancedCode, msg string) {
+	if f := c.server.OnRefusal; f != nil {
+		f(c, code, ec, msg)
 	}
 }
 
@@ -714,7 +724,9 @@ func (c *Conn) handleRcpt(arg string) {
 	}
 
 	if c.server.MaxRecipients > 0 && len(c.recipients) >= c.server.MaxRecipients {
-		c.writeResponse(452, EnhancedCode{4, 5, 3}, fmt.Sprintf("Maximum limit of %v recipients reached", c.server.MaxRecipients))
+		msg := fmt.Sprintf("Maximum limit of %v recipients reached", c.server.MaxRecipients)
+		c.refused(452, EnhancedCode{4, 5, 3}, msg) // sluice
+		c.writeResponse(452, EnhancedCode{4, 5, 3}, msg)
 		return
 	}
 
@@ -904,6 +916,7 @@ func (c *Conn) handleAuth(arg string) {
 			// sluice: a response longer than authLineLimit is answered
 			// (500 5.5.6, RFC 4954) instead of being left without a reply
 			// while the session waits for the next command.
+			c.refused(500, EnhancedCode{5, 5, 6}, "Authentication Exchange line is too long")
 			c.writeResponse(500, EnhancedCode{5, 5, 6}, "Authentication Exchange line is too long")
 			if err == errLineNeverEnds {
 				c.Close()

@@ -38,8 +38,16 @@ type Server struct {
 	AllowInsecureAuth bool
 	Debug             io.Writer
 	ErrorLog          Logger
-	ReadTimeout       time.Duration
-	WriteTimeout      time.Duration
+
+	// sluice: OnRefusal, when set, is called (in the connection's
+	// goroutine, before the reply is written) for each refusal go-smtp
+	// answers itself, which the backend never sees: a command line too
+	// long, a command unknown or malformed, too many recipients, too many
+	// errors, an AUTH response line too long. code, enhCode and text are
+	// the reply's.
+	OnRefusal    func(c *Conn, code int, enhCode EnhancedCode, text string)
+	ReadTimeout  time.Duration
+	WriteTimeout time.Duration
 
 	// Advertise SMTPUTF8 (RFC 6531) capability.
 	// Should be used only if backend supports it.
@@ -197,6 +205,7 @@ func (s *Server) handleConn(c *Conn) error {
 				continue
 			}
 			if err == errLineNeverEnds { // sluice
+				c.refused(500, EnhancedCode{5, 5, 2}, "Line too long, closing connection")
 				c.writeResponse(500, EnhancedCode{5, 5, 2}, "Line too long, closing connection")
 				return nil
 			}

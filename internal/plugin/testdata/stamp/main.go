@@ -6,7 +6,9 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"os"
+	"runtime"
 	"runtime/pprof"
 	"strconv"
 	"strings"
@@ -19,7 +21,7 @@ import (
 type stage struct{}
 
 func (stage) Name() string                            { return "stamp" }
-func (stage) Version() string                         { return "0.1" }
+func (stage) Version() string                         { return fmt.Sprintf("0.1 (GOMAXPROCS %d)", runtime.GOMAXPROCS(0)) }
 func (stage) Configure(string, json.RawMessage) error { return nil }
 func (stage) Body() sdk.Body                          { return sdk.Headers }
 
@@ -53,6 +55,9 @@ func main() {
 	}
 	if os.Getenv("STAMP_FIELDS") != "" { // the header as fields (protocol 1.1 behaviour)
 		opts = append(opts, sdk.WithHeaderFields())
+	}
+	if os.Getenv("STAMP_GOPROCS") != "" { // Go's GOMAXPROCS, not the SDK's default of 1
+		opts = append(opts, sdk.WithMaxProcs(0))
 	}
 	sdk.Serve(stage{}, opts...)
 }

@@ -1,0 +1,72 @@
+package smtpsrc
+
+import (
+	"log/slog"
+	"net"
+	"strings"
+	"testing"
+
+	promtest "github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/sluice-mta/sluice/internal/metrics"
+	"github.com/sluice-mta/sluice/internal/relay"
+	"github.com/sluice-mta/sluice/internal/testutil"
+	"github.com/sluice-mta/sluice/pipeline"
+)
+
+// TestProtocolRefusalsCounted: the refusals go-smtp answers itself (a
+// line too long, a recipient past max_recipients, an unknown command)
+// are each logged once with their reply and counted in
+// sluice_refusals_total{phase="protocol"}; a refusal by the relay (a
+// relay-denied recipient) is logged once by the relay, not here.
+func TestProtocolRefusalsCounted(t *testing.T) {
+	node, err := metrics.NewNode(metrics.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var logs testutil.SyncBuffer
+	log := slog.New(slog.NewTextHandler(&logs, nil))
+	rl := relay.New(relay.NewPipeline(newChain(t, pipeline.ChainOptions{}), nil), fixedSub(),
+		relay.Options{Logger: log, Hostname: "relay.test", Metrics: node})
+	l := testListener()
+	l.MaxRecipients = 2
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.Addr = ln.Addr().String()
+	srv, err := New(l, rl, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv.Serve(ln)
+	defer srv.Close()
+
+	c := dialReady(t, l.Addr)
+	c.ehlo()
+	c.cmd("NOOP "+strings.Repeat("x", 2000), 500)
+	c.cmd("MAIL FROM:<a@example.com>", 250)
+	c.cmd("RCPT TO:<x@local.test>", 250)
+	c.cmd("RCPT TO:<y@local.test>", 250)
+	c.cmd("RCPT TO:<z@local.test>", 452)
+	c.cmd("RCPT TO:<r@elsewhere.test>", 452) // still over the limit: go-smtp again
+	c.cmd("FROB", 500)
+	c.cmd("QUIT", 221)
+
+	count := func(status string) float64 {
+		return promtest.ToFloat64(node.Refused.WithLabelValues(pipeline.SourceSMTP, "test", "protocol", "", status))
+	}
+	if n4, n5 := count("4xx"), count("5xx"); n4 != 2 || n5 != 2 {
+		t.Errorf("protocol refusals counted: 4xx %v, 5xx %v; want 2 and 2", n4, n5)
+	}
+	out := logs.String()
+	if n := strings.Count(out, `msg="command refused"`); n != 4 {
+		t.Errorf("%d command refused lines, want 4:\n%s", n, out)
+	}
+	for _, want := range []string{`code=500 enhanced=5.5.2 text="Line too long"`, `code=452 enhanced=4.5.3 text="Maximum limit of 2 recipients reached"`,
+		`text="Syntax errors, FROB command unrecognized"`, "component=smtp listener=test", "remote_ip=127.0.0.1"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("log lacks %q:\n%s", want, out)
+		}
+	}
+}
