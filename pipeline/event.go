@@ -64,6 +64,13 @@ const (
 	EventOpened       = "opened"
 	EventClicked      = "clicked"
 	EventUnsubscribed = "unsubscribed"
+	// A captured message was dropped from its tenant's sandbox inbox by
+	// the retention limits (docs/sandbox.md); response.text says which.
+	EventSandboxDropped = "sandbox_dropped"
+	// The recipient complained about a message (marked it as spam): a
+	// sandbox's simulated recipient (docs/sandbox.md). The recipient
+	// joins the tenant's suppression list.
+	EventComplained = "complained"
 )
 
 // EventTypes lists every event type, in the order above.
@@ -74,7 +81,8 @@ var EventTypes = []string{EventReceived, EventRejected, EventDeferred, EventDeli
 	EventDKIMKeyPending, EventDKIMKeyActive, EventDKIMKeyRevoked, EventDKIMKeyRemoved,
 	EventQueuePaused, EventQueueResumed, EventQueueRetried,
 	EventQueueBounced, EventQueueCancelled, EventQueueHeld, EventQueueReleased,
-	EventOpened, EventClicked, EventUnsubscribed}
+	EventOpened, EventClicked, EventUnsubscribed,
+	EventSandboxDropped, EventComplained}
 
 // EventSchema is the version in every event's "schema" field.
 const EventSchema = 1

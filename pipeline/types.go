@@ -360,10 +360,15 @@ func (m *Message) WriteTo(w io.Writer) (int64, error) {
 	return int64(n + nb), err
 }
 
-// Route kinds. Later kinds (capture, hold, drop) get their own constants.
+// Route kinds. Later kinds (hold, drop) get their own constants.
 const (
 	RouteMX    = "mx"
 	RouteRelay = "relay"
+	// RouteCapture keeps the recipient's copy in its tenant's sandbox
+	// inbox (internal/capture, docs/sandbox.md) instead of sending it:
+	// the delivery attempt, its events and outcomes are those of a real
+	// one, but nothing leaves the machine.
+	RouteCapture = "capture"
 )
 
 // TLS policies for delivery.
@@ -386,7 +391,14 @@ type Route struct {
 	// from; "" is the default pool (or the host's own address when no
 	// egress is configured).
 	Pool string `json:"pool,omitempty"`
+	// Tenant is the sandbox inbox of a capture route; "" is filled with
+	// the message's tenant when the message is accepted.
+	Tenant string `json:"tenant,omitempty"`
 }
+
+// Capture is a capture route into tenant's sandbox inbox ("": the
+// message's tenant).
+func Capture(tenant string) *Route { return &Route{Kind: RouteCapture, Tenant: tenant} }
 
 // MX is the default route: look up the recipient domain's MX hosts.
 func MX() *Route { return &Route{Kind: RouteMX} }
@@ -402,8 +414,12 @@ func (r *Route) Validate() error {
 		if r.Port < 0 || r.Port > 65535 {
 			return fmt.Errorf("relay route: port %d out of range", r.Port)
 		}
+	case RouteCapture:
+		if len(r.Tenant) > 64 || strings.ContainsAny(r.Tenant, " |\x00\r\n") {
+			return fmt.Errorf("capture route: tenant %q: want a tenant name of at most 64 characters without spaces", r.Tenant)
+		}
 	default:
-		return fmt.Errorf("unknown route kind %q (want mx or relay)", r.Kind)
+		return fmt.Errorf("unknown route kind %q (want mx, relay or capture)", r.Kind)
 	}
 	if len(r.Pool) > 64 || strings.ContainsAny(r.Pool, " |\r\n") {
 		return fmt.Errorf("route pool %q: want a pool name of at most 64 characters without spaces", r.Pool)
@@ -417,9 +433,13 @@ func (r *Route) Validate() error {
 }
 
 // QueueName is the delivery queue a recipient on this route joins: its
-// domain for MX routes, "relay:host:port" for relays. Recipients in one
-// queue share connections and concurrency limits.
+// domain for MX routes, "relay:host:port" for relays, "sandbox:TENANT"
+// for captures. Recipients in one queue share connections and
+// concurrency limits.
 func (r *Route) QueueName(domain string) string {
+	if r.Kind == RouteCapture {
+		return "sandbox:" + r.Tenant
+	}
 	if r.Kind == RouteRelay {
 		port := r.Port
 		if port == 0 {

@@ -45,6 +45,7 @@ type Config struct {
 	Egress       *Egress      // sluice.egress (shaping.go); nil: not configured
 	Logging      Logging      // sluice.logging (logging.go)
 	Tracking     *Tracking    // sluice.tracking (tracking.go); nil: not configured
+	Sandbox      *Sandbox     // sluice.sandbox (sandbox.go); nil: not configured
 	Lua          Lua
 	Stages       []StageSpec
 	StageTimeout time.Duration // bound on each stage call; default 30s
@@ -119,6 +120,11 @@ type SMTPListener struct {
 	// spool while it arrives, and the message is read back in one piece
 	// only after its end of data, to be checked and committed.
 	SpillThreshold int64
+
+	// Sandbox names a tenant: every message accepted on this listener is
+	// captured into that tenant's sandbox inbox (docs/sandbox.md).
+	// Needs sluice.sandbox.
+	Sandbox string
 }
 
 // HTTPListener: sluice.listen_http { addr = "127.0.0.1:8025", tls = {...} }.

@@ -27,7 +27,7 @@ var FuncNames = []string{
 	"node", "local_domains", "spool", "listen_smtp", "listen_http", "listen_admin", "delivery",
 	"events", "lua_options", "stage_timeout", "stage", "lua", "builtin", "plugin",
 	"env", "read_file", "bounces", "suppression", "auth", "tokens", "redis", "shaping", "egress",
-	"domains", "dns_server", "dkim_rotation", "logging", "tracking",
+	"domains", "dns_server", "dkim_rotation", "logging", "tracking", "sandbox",
 }
 
 // loader records the configuration functions' calls into a Config.
@@ -68,6 +68,7 @@ func (ld *loader) install() {
 	set("dkim_rotation", ld.dkimRotation)
 	set("logging", ld.logging)
 	set("tracking", ld.tracking)
+	set("sandbox", ld.sandbox)
 	set("lua_options", ld.luaOptions)
 	set("stage_timeout", ld.stageTimeout)
 	set("stage", ld.stage)
@@ -302,7 +303,7 @@ func (ld *loader) listenSMTP(L *lua.LState) int {
 	o := ld.s.CheckOpts(1, fn, "name", "addr", "hostname", "tls", "implicit_tls", "auth", "auth_insecure",
 		"relay_networks", "max_message_size", "max_recipients", "max_line_length",
 		"max_connections", "read_timeout", "write_timeout", "data_timeout", "bare_line_ending", "max_hops",
-		"max_connections_per_ip", "max_connection_rate_per_ip", "max_session_time", "max_inflight_bytes", "spill_threshold")
+		"max_connections_per_ip", "max_connection_rate_per_ip", "max_session_time", "max_inflight_bytes", "spill_threshold", "sandbox")
 	l := DefaultSMTPListener(ld.listenAddr(o, "addr"))
 	if o.String("name", &l.Name) {
 		if !validName(l.Name) {
@@ -347,6 +348,9 @@ func (ld *loader) listenSMTP(L *lua.LState) int {
 	ld.duration(o, "max_session_time", &l.MaxSessionTime)
 	ld.size(o, "max_inflight_bytes", &l.MaxInflightBytes)
 	ld.size(o, "spill_threshold", &l.SpillThreshold)
+	if o.String("sandbox", &l.Sandbox) && !validTenantName(l.Sandbox) {
+		o.Fail("sandbox", "%q is not a tenant name (1 to 64 letters, digits, '.', '_' or '-')", l.Sandbox)
+	}
 	ld.cfg.SMTP = append(ld.cfg.SMTP, l)
 	return 0
 }

@@ -21,12 +21,18 @@ type Envelope struct {
 	From   string // "" is the null sender <>
 	Params pipeline.MailParams
 	Rcpts  []Rcpt
+	// MsgID is the spooled message's id; it is not sent (a capture
+	// delivery files the copy under it).
+	MsgID string
 }
 
 // Rcpt is one envelope recipient.
 type Rcpt struct {
 	Addr   string
 	Params pipeline.RcptParams
+	// Attempt is this delivery attempt's number for the recipient, from
+	// 1; not sent (a capture delivery's simulated replies count on it).
+	Attempt int
 }
 
 // Result is the outcome of a Deliver for one recipient.

@@ -25,6 +25,7 @@ const (
 	codeMethodNotAllowed  = "method_not_allowed"     // 405
 	codeConflict          = "conflict"               // 409: the resource exists already
 	codeRequestTimeout    = "request_timeout"        // 408: the body was not read in time
+	codeWaitTimeout       = "wait_timeout"           // 408: no sandbox message matched in time
 	codeTooLarge          = "request_too_large"      // 413
 	codeUnsupportedType   = "unsupported_media_type" // 415
 	codeRejected          = "rejected"               // 422: a stage refused (SMTP 5xx)

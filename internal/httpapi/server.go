@@ -21,6 +21,9 @@
 //	                           the tenant's sending domains (domains.go)
 //	GET/POST /v1/suppressions, GET/DELETE /v1/suppressions/{address}
 //	                           the tenant's suppression list (suppressions.go)
+//	/v1/sandbox/...            the tenant's sandbox inbox: list, get, wait,
+//	                           stream, assert, delete (sandbox.go)
+//	/sandbox/api/v1/...        the same, in Mailpit's API shapes (mailpit.go)
 //	GET  /v1/openapi.json      the OpenAPI 3 document
 //	GET  /healthz              liveness
 //
@@ -55,6 +58,7 @@ import (
 	"time"
 
 	"github.com/sluice-mta/sluice/internal/apikey"
+	"github.com/sluice-mta/sluice/internal/capture"
 	"github.com/sluice-mta/sluice/internal/config"
 	"github.com/sluice-mta/sluice/internal/domains"
 	"github.com/sluice-mta/sluice/internal/logx"
@@ -103,6 +107,8 @@ type Server struct {
 	queue atomic.Pointer[queue.Queue]
 	// tracking is set by UseTracking (tracking.go); nil: no tracking hosts.
 	tracking atomic.Pointer[trackingHolder]
+	// sandbox is set by UseSandbox (sandbox.go); nil: no sandbox API.
+	sandbox atomic.Pointer[capture.Store]
 
 	startOnce sync.Once
 	stopOnce  sync.Once
@@ -312,6 +318,10 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 	case p == suppressionsPath || strings.HasPrefix(p, suppressionsPath+"/"):
 		s.suppressions(w, r)
+	case strings.HasPrefix(p, sandboxPath+"/"):
+		s.sandboxAPI(w, r)
+	case strings.HasPrefix(p, mailpitPath+"/"):
+		s.mailpitAPI(w, r)
 	case p == domainsPath || strings.HasPrefix(p, domainsPath+"/"):
 		s.domainsAPI(w, r)
 	case p == "/v1/openapi.json":

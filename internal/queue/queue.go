@@ -798,9 +798,9 @@ func (q *Queue) worker(d *dest) {
 			continue
 		}
 		env := &delivery.Envelope{From: it.msg.meta.Sender, Params: it.msg.meta.Params,
-			Rcpts: make([]delivery.Rcpt, len(it.rcpts))}
+			Rcpts: make([]delivery.Rcpt, len(it.rcpts)), MsgID: it.msg.meta.ID}
 		for i, r := range it.rcpts {
-			env.Rcpts[i] = delivery.Rcpt{Addr: r.Address, Params: r.Params}
+			env.Rcpts[i] = delivery.Rcpt{Addr: r.Address, Params: r.Params, Attempt: r.Attempts + 1}
 		}
 		if lease != nil {
 			retry, _, werr := lease.Wait(q.ctx, idle)

@@ -69,6 +69,7 @@ func (r *Relay) prepare(ctx context.Context, chain *pipeline.Chain, msg *pipelin
 			evs = append(evs, r.event(pipeline.EventDiscarded, msg, rcpt.Address, size))
 			rc.Recipients = append(rc.Recipients, RcptResult{Address: rcpt.Address, Status: StatusDiscarded})
 		default:
+			route = r.captureRoute(msg.Conn, route)
 			rcpt.Route = route
 			acc.Rcpts = append(acc.Rcpts, &spool.Recipient{MsgID: msg.ID, Idx: i, Address: rcpt.Address, Domain: rcpt.Domain, Route: route, Params: rcpt.Params})
 			ev := r.event(pipeline.EventReceived, msg, rcpt.Address, size)
@@ -119,4 +120,21 @@ func (r *Relay) prepare(ctx context.Context, chain *pipeline.Chain, msg *pipelin
 		}
 	}
 	return acc, evs, nil
+}
+
+// captureRoute is route with the sandbox applied: a connection whose mail
+// is captured (Options.Sandbox) goes to its inbox, and a capture route
+// without a tenant gets the message's.
+func (r *Relay) captureRoute(c *pipeline.Conn, route *pipeline.Route) *pipeline.Route {
+	if r.sandbox != nil {
+		if t, ok := r.sandbox(c); ok {
+			return pipeline.Capture(t)
+		}
+	}
+	if route.Kind == pipeline.RouteCapture && route.Tenant == "" {
+		nr := *route
+		nr.Tenant = c.Tenant()
+		return &nr
+	}
+	return route
 }

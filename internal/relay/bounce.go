@@ -163,7 +163,33 @@ func (r *Relay) notify(ctx context.Context, b *spool.Batch, m *spool.Meta, body 
 	}
 	rep := dsn.Report{ReportingMTA: r.hostname, Sender: m.Sender, MessageID: m.ID, EnvelopeID: m.Params.EnvID,
 		Arrival: m.Received, Header: data, ReturnFull: strings.EqualFold(m.Params.Ret, "FULL"), Recipients: rcpts}
-	return r.bounce(ctx, m, rep)
+	acc := r.bounce(ctx, m, rep)
+	for i := range notes {
+		if rt := notes[i].Rcpt; rt != nil && rt.Route != nil && rt.Route.Kind == pipeline.RouteCapture {
+			// A report about captured mail is captured too: nothing
+			// about a sandbox leaves the machine.
+			captureAccepted(acc, rt.Route.Tenant)
+			break
+		}
+	}
+	return acc
+}
+
+// captureAccepted routes every recipient of acc (nil: none) to tenant's
+// sandbox inbox.
+func captureAccepted(acc *Accepted, tenant string) {
+	if acc == nil {
+		return
+	}
+	route := pipeline.Capture(tenant)
+	for _, rc := range acc.Rcpts {
+		rc.Route = route
+	}
+	for _, ev := range acc.Events {
+		if ev.Type == pipeline.EventReceived {
+			ev.Queue = route.QueueName("")
+		}
+	}
 }
 
 // warningDue is the delay-warning policy for one deferred recipient at t.

@@ -159,6 +159,7 @@ type Relay struct {
 	guard        *auth.Guard   // nil: no brute-force limits
 	authSample   *logx.Sampler // failed authentications, per client address
 	metrics      *metrics.Node // nil: none
+	sandbox      func(c *pipeline.Conn) (string, bool)
 
 	// The gate keeps the store open while acceptances are in flight:
 	// Close refuses new ones and waits for the others.
@@ -204,6 +205,11 @@ type Options struct {
 	// sluice_spool_commit_duration_seconds). Sources read it through
 	// Relay.Metrics.
 	Metrics *metrics.Node
+	// Sandbox, when set, names the sandbox inbox a connection's mail is
+	// captured into (a sandbox tenant, a sandbox SMTP listener): every
+	// recipient it accepts is routed there, whatever on_route chose
+	// (docs/sandbox.md). ok false: routes stand.
+	Sandbox func(c *pipeline.Conn) (tenant string, ok bool)
 }
 
 // New builds a Relay running p on store.
@@ -220,7 +226,7 @@ func New(p *Pipeline, store Store, o Options) *Relay {
 	r := &Relay{store: store, log: o.Logger.With("component", "relay"), hostname: o.Hostname, now: o.Now,
 		sample:       logx.NewSampler(10 * time.Second),
 		delayWarning: o.DelayWarning, supp: o.Suppressions, domains: o.Domains, admit: o.Admit,
-		users: o.Users, guard: o.Guard, authSample: logx.NewSampler(10 * time.Second), metrics: o.Metrics}
+		users: o.Users, guard: o.Guard, authSample: logx.NewSampler(10 * time.Second), metrics: o.Metrics, sandbox: o.Sandbox}
 	r.pipe.Store(p)
 	return r
 }

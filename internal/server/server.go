@@ -32,6 +32,7 @@ import (
 	"github.com/sluice-mta/sluice/internal/apikey"
 	"github.com/sluice-mta/sluice/internal/auth"
 	"github.com/sluice-mta/sluice/internal/bounce"
+	"github.com/sluice-mta/sluice/internal/capture"
 	"github.com/sluice-mta/sluice/internal/config"
 	"github.com/sluice-mta/sluice/internal/delivery"
 	"github.com/sluice-mta/sluice/internal/dnsx"
@@ -84,6 +85,9 @@ type Server struct {
 	// revoked is the token revocation list (nil without sluice.tokens at
 	// start; revocations.go).
 	revoked *revoke.List
+	// sandbox is the capture store of sluice.sandbox (sandbox.go); nil
+	// without it.
+	sandbox *capture.Store
 	control *controlServer
 	metrics *prometheus.Registry // one per node; served by the admin listener
 	// node is the message-path metrics on metrics (metrics.Node).
@@ -210,6 +214,9 @@ func checkNode(cfg *config.Config) error {
 		}
 	}
 	if _, err := loadBounces(cfg); err != nil {
+		return err
+	}
+	if err := checkSandbox(cfg); err != nil {
 		return err
 	}
 	for _, l := range cfg.SMTP {
@@ -462,7 +469,10 @@ func (s *Server) components() []component {
 			if s.shaper, err = s.newShaper(cfg); err != nil {
 				return err
 			}
-			s.q = queue.New(s.sp, dialer{d}, queue.Options{Shaper: s.shaper,
+			if s.sandbox, err = s.openSandbox(cfg); err != nil {
+				return err
+			}
+			s.q = queue.New(s.sp, capture.Dialer{Next: dialer{d}, Store: s.sandbox}, queue.Options{Shaper: s.shaper,
 				MaxConnections: cfg.Delivery.MaxConnections, MaxPerDestination: cfg.Delivery.MaxPerDestination,
 				MaxMessagesPerConn: cfg.Delivery.MaxMessagesPerConn, IdleTimeout: cfg.Delivery.IdleTimeout,
 				RetryInitial: cfg.Delivery.RetryInitial, RetryMax: cfg.Delivery.RetryMax,
@@ -477,7 +487,8 @@ func (s *Server) components() []component {
 			}
 			ro := relay.Options{Hostname: cfg.Hostname, Logger: s.log, DelayWarning: cfg.Delivery.DelayWarning,
 				Suppressions: s.sp, Domains: s.domains.Load(), Metrics: s.node, Admit: func() error { return s.backlog.Load().Check() },
-				Guard: auth.NewGuard(auth.GuardOptions{Free: cfg.Auth.LockoutAfter, Base: cfg.Auth.LockoutBase, Max: cfg.Auth.LockoutMax})}
+				Guard:   auth.NewGuard(auth.GuardOptions{Free: cfg.Auth.LockoutAfter, Base: cfg.Auth.LockoutBase, Max: cfg.Auth.LockoutMax}),
+				Sandbox: sandboxRouter(cfg)}
 			if cfg.Auth.Users != "" {
 				users, err := auth.OpenUsers(cfg.Auth.Users, s.log)
 				if err != nil {
@@ -494,7 +505,14 @@ func (s *Server) components() []component {
 			s.q.SetNotifier(s.relay)
 			return s.registerCoreMetrics()
 		},
-		stop: func(context.Context) error { return s.sp.Close() },
+		stop: func(context.Context) error {
+			if s.sandbox != nil {
+				if err := s.sandbox.Close(); err != nil {
+					s.log.Warn("closing the sandbox store", "err", err)
+				}
+			}
+			return s.sp.Close()
+		},
 	})
 	cs = append(cs, component{name: "events",
 		start: func() error {
@@ -682,6 +700,7 @@ func (s *Server) components() []component {
 				if s.tracker != nil {
 					srv.UseTracking(s.tracker)
 				}
+				srv.UseSandbox(s.sandbox)
 				s.onTokens(srv.UseTokens)
 				ln, err := net.Listen("tcp", l.Addr)
 				if err != nil {
@@ -1082,6 +1101,7 @@ func RestartNeeded(old, new *config.Config) []string {
 		{"sluice.redis", old.Redis, new.Redis},
 		{"sluice.egress", old.Egress, new.Egress},
 		{"sluice.dns_server", old.DNSServer, new.DNSServer},
+		{"sluice.sandbox", old.Sandbox, new.Sandbox},
 		{"sluice.node", [2]string{old.Node, old.Hostname}, [2]string{new.Node, new.Hostname}},
 	} {
 		if !reflect.DeepEqual(c.old, c.new) {

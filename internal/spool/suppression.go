@@ -51,6 +51,9 @@ const (
 	// SuppressionUnsubscribe: the recipient unsubscribed through a
 	// tracking link (RFC 8058 one-click or the confirmation page).
 	SuppressionUnsubscribe = "unsubscribe"
+	// SuppressionComplaint: the recipient complained (a sandbox's
+	// simulated complaint, docs/sandbox.md).
+	SuppressionComplaint = "complaint"
 )
 
 // MaxSuppressionLimit bounds one page of ListSuppressions;

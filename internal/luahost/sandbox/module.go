@@ -80,6 +80,7 @@ func (s *State) newModule() *lua.LTable {
 	route := L.NewTable()
 	route.RawSetString("mx", L.NewFunction(s.routeMX))
 	route.RawSetString("relay", L.NewFunction(s.routeRelay))
+	route.RawSetString("capture", L.NewFunction(s.routeCapture))
 	s.Strict(route, "sluice.route")
 	mod.RawSetString("route", route)
 
@@ -264,6 +265,21 @@ func (s *State) routeRelay(L *lua.LState) int {
 	return 1
 }
 
+// sluice.route.capture([{tenant=}]): keep the recipient's copy in a
+// sandbox inbox (the message's tenant's unless tenant is given).
+func (s *State) routeCapture(L *lua.LState) int {
+	r := pipeline.Capture("")
+	if L.Get(1) != lua.LNil {
+		o := s.CheckOpts(1, "sluice.route.capture", "tenant")
+		o.String("tenant", &r.Tenant)
+	}
+	if err := r.Validate(); err != nil {
+		s.Raise("sluice.route.capture: %v", err)
+	}
+	L.Push(s.NewRoute(r))
+	return 1
+}
+
 // sluice.log.LEVEL(msg [, fields])
 func (s *State) logAt(L *lua.LState, lvl slog.Level) int {
 	if s.quiet || !s.log.Enabled(context.Background(), lvl) {
@@ -395,6 +411,8 @@ func routeIndex(L *lua.LState) int {
 		L.Push(lua.LString(r.AuthUser))
 	case "pool":
 		L.Push(lua.LString(r.Pool))
+	case "tenant":
+		L.Push(lua.LString(r.Tenant))
 	default:
 		L.Push(lua.LNil)
 	}

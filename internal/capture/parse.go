@@ -1,0 +1,211 @@
+package capture
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
+	"io"
+	"mime"
+	"net/textproto"
+	"strings"
+
+	"github.com/emersion/go-message"
+	_ "github.com/emersion/go-message/charset" // decode non-UTF-8 parts
+	"github.com/emersion/go-message/mail"
+)
+
+// maxPartBytes bounds one decoded text or HTML part kept for answers and
+// search (bytes); the rest is cut.
+const maxPartBytes = 4 << 20
+
+// Attachment is one attachment (or inline part that is not the text or
+// HTML body) of a captured message.
+type Attachment struct {
+	PartID      string `json:"part_id"`
+	Filename    string `json:"filename"`
+	ContentType string `json:"content_type"`
+	Size        int    `json:"size"`
+	SHA256      string `json:"sha256"`
+	Inline      bool   `json:"inline"`
+}
+
+// Parsed is a captured message as parts.
+type Parsed struct {
+	Headers     map[string][]string `json:"headers"`
+	Text        string              `json:"text"`
+	HTML        string              `json:"html"`
+	Attachments []Attachment        `json:"attachments"`
+	// HasText and HasHTML report a text/plain or text/html body part.
+	HasText bool `json:"-"`
+	HasHTML bool `json:"-"`
+	// Err is set when the message could not be parsed as MIME past some
+	// point; what was read before is kept.
+	Err string `json:"parse_error,omitempty"`
+}
+
+// Parse reads data (an RFC 5322 message) into its parts: headers
+// (decoded), the first text/plain and text/html bodies (decoded to UTF-8,
+// at most 4 MiB each) and every other leaf part as an attachment with its
+// size and SHA-256 (of the decoded content). It never fails: a message it
+// cannot read as MIME gets Err and what was read before.
+func Parse(data []byte) *Parsed {
+	p := &Parsed{Headers: map[string][]string{}, Attachments: []Attachment{}}
+	e, err := message.Read(bytes.NewReader(data))
+	if e == nil {
+		p.Err = errString(err)
+		return p
+	}
+	if err != nil && !message.IsUnknownCharset(err) && !message.IsUnknownEncoding(err) {
+		p.Err = err.Error()
+	}
+	fields := e.Header.Fields()
+	for fields.Next() {
+		v, err := fields.Text()
+		if err != nil {
+			v = fields.Value()
+		}
+		k := textproto.CanonicalMIMEHeaderKey(fields.Key())
+		p.Headers[k] = append(p.Headers[k], v)
+	}
+	n := 0
+	walkErr := e.Walk(func(path []int, part *message.Entity, err error) error {
+		if err != nil && !message.IsUnknownCharset(err) && !message.IsUnknownEncoding(err) {
+			return err
+		}
+		if part.MultipartReader() != nil {
+			return nil
+		}
+		n++
+		ct, params, _ := part.Header.ContentType()
+		if ct == "" {
+			ct = "text/plain"
+		}
+		disp, dparams, _ := mime.ParseMediaType(part.Header.Get("Content-Disposition"))
+		body, rerr := io.ReadAll(io.LimitReader(part.Body, 64<<20))
+		if rerr != nil && p.Err == "" {
+			p.Err = rerr.Error()
+		}
+		isAttachment := disp == "attachment" || dparams["filename"] != "" || params["name"] != ""
+		switch {
+		case ct == "text/plain" && !isAttachment && !p.HasText:
+			p.HasText, p.Text = true, clip(body)
+		case ct == "text/html" && !isAttachment && !p.HasHTML:
+			p.HasHTML, p.HTML = true, clip(body)
+		default:
+			sum := sha256.Sum256(body)
+			name := dparams["filename"]
+			if name == "" {
+				name = params["name"]
+			}
+			if dec, derr := new(mime.WordDecoder).DecodeHeader(name); derr == nil {
+				name = dec
+			}
+			p.Attachments = append(p.Attachments, Attachment{PartID: partID(path), Filename: name, ContentType: ct,
+				Size: len(body), SHA256: hex.EncodeToString(sum[:]), Inline: disp == "inline"})
+		}
+		return nil
+	})
+	if walkErr != nil && p.Err == "" {
+		p.Err = walkErr.Error()
+	}
+	return p
+}
+
+func errString(err error) string {
+	if err == nil {
+		return "not a message"
+	}
+	return err.Error()
+}
+
+func clip(b []byte) string {
+	if len(b) > maxPartBytes {
+		b = b[:maxPartBytes]
+	}
+	return string(b)
+}
+
+// partID names a part by its position ("1.2"), as IMAP does.
+func partID(path []int) string {
+	if len(path) == 0 {
+		return "1"
+	}
+	var sb strings.Builder
+	for i, n := range path {
+		if i > 0 {
+			sb.WriteByte('.')
+		}
+		sb.WriteString(itoa(n + 1))
+	}
+	return sb.String()
+}
+
+func itoa(n int) string {
+	if n < 10 {
+		return string(rune('0' + n))
+	}
+	return itoa(n/10) + string(rune('0'+n%10))
+}
+
+// summaryFields are what a summary records of the header and body.
+type summaryFields struct {
+	from, subject, messageID string
+	to, cc                   []string
+	text                     string
+	attachments              int
+}
+
+func parseSummary(data []byte) summaryFields {
+	p := Parse(data)
+	h := mail.HeaderFromMap(p.Headers)
+	var f summaryFields
+	if l, err := h.AddressList("From"); err == nil && len(l) > 0 {
+		f.from = l[0].Address
+	} else if len(p.Headers["From"]) > 0 {
+		f.from = p.Headers["From"][0]
+	}
+	f.to = addresses(h, "To")
+	f.cc = addresses(h, "Cc")
+	if len(p.Headers["Subject"]) > 0 {
+		f.subject = p.Headers["Subject"][0]
+	}
+	if len(p.Headers["Message-Id"]) > 0 {
+		f.messageID = strings.Trim(strings.TrimSpace(p.Headers["Message-Id"][0]), "<>")
+	}
+	f.text = p.Text
+	if !p.HasText && p.HasHTML {
+		f.text = stripTags(p.HTML)
+	}
+	f.attachments = len(p.Attachments)
+	return f
+}
+
+func addresses(h mail.Header, key string) []string {
+	l, err := h.AddressList(key)
+	if err != nil {
+		return nil
+	}
+	out := make([]string, 0, len(l))
+	for _, a := range l {
+		out = append(out, a.Address)
+	}
+	return out
+}
+
+// stripTags is a rough HTML-to-text for search: it drops tags.
+func stripTags(s string) string {
+	var sb strings.Builder
+	in := false
+	for _, r := range s {
+		switch {
+		case r == '<':
+			in = true
+		case r == '>':
+			in = false
+			sb.WriteByte(' ')
+		case !in:
+			sb.WriteRune(r)
+		}
+	}
+	return sb.String()
+}

@@ -1,0 +1,611 @@
+// Package capture is Sluice's sandbox: mail routed to a capture route
+// (sluice.route.capture, a sandbox tenant, a sandbox SMTP listener) is
+// delivered into its tenant's inbox here instead of to the world. The
+// capture happens at delivery time, after every stage (signed, rewritten,
+// routed) and through the queue's normal outcome handling: a Conn
+// (conn.go) stands in for an SMTP session and answers each recipient
+// with an accepted reply or the reply a simulated recipient rule gives
+// (simulate.go), so events, bounce classes, DSNs, suppression, Kafka
+// records and webhooks are exactly those of real mail.
+//
+// What it is not: a mail server for the captured mail's recipients, or
+// an archive. Each tenant's inbox is bounded by retention limits (count,
+// bytes, age); the oldest messages are dropped past them, each with a
+// "sandbox_dropped" event.
+//
+// Storage: its own Pebble database in its own directory (default
+// "sandbox" beside the spool), not the spool's. The spool is the queue's
+// source of truth, scanned from remembered cursors and kept small by
+// deleting delivered mail; captured mail is the opposite (kept until
+// retention drops it, read by search and by tests). A separate database
+// keeps retention's deletes and the inbox's reads out of the queue's
+// scans and compactions, gives it a small memtable of its own, and lets
+// an operator wipe every sandbox by deleting one directory. The cost: a
+// capture and its delivery outcome are two writes in two databases, so a
+// crash between them captures the message again at the retry, or (the
+// capture store syncs every 100 ms, see Put) loses the captures of the
+// last 100 ms.
+//
+// Key layout:
+//
+//	s<tenant>\x00<id>   summary (JSON Summary)
+//	b<id>               the message's bytes as delivered
+//	t<tenant>\x00<id>   searchable text: subject and text part, lower case
+//
+// The summaries are also kept in memory (an index per tenant, oldest
+// first, and by exact address), loaded at Open: list, search by address,
+// subject, tag and time never touch the disk; a search by text scans the
+// tenant's text range newest first (one sequential read), until the page
+// is full.
+//
+// Concurrency: every method is safe for concurrent use.
+package capture
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"sort"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/cockroachdb/pebble/v2"
+	"github.com/oklog/ulid/v2"
+
+	"github.com/sluice-mta/sluice/internal/config"
+	"github.com/sluice-mta/sluice/pipeline"
+)
+
+const (
+	kSummary = 's'
+	kBody    = 'b'
+	kText    = 't'
+)
+
+// EventSandboxDropped is the type of the event recorded for each
+// captured message retention drops.
+const EventSandboxDropped = pipeline.EventSandboxDropped
+
+// Summary describes one captured message.
+type Summary struct {
+	ID     string `json:"id"`
+	Tenant string `json:"tenant"`
+	// MessageID is the spooled message's id: its events and status
+	// (GET /v1/messages/{id}) are under it.
+	MessageID string    `json:"message_id"`
+	Created   time.Time `json:"created"`
+	// Sender and Recipients are the envelope (MAIL FROM, RCPT TO) of the
+	// capture delivery: the recipients it accepted.
+	Sender     string   `json:"sender"`
+	Recipients []string `json:"recipients"`
+	// From, To, Cc and Subject are from the header (addresses only).
+	From        string   `json:"from"`
+	To          []string `json:"to"`
+	Cc          []string `json:"cc"`
+	Subject     string   `json:"subject"`
+	HeaderID    string   `json:"message_id_header,omitempty"`
+	Tags        []string `json:"tags"`
+	Size        int      `json:"size"`
+	Attachments int      `json:"attachment_count"`
+	Source      string   `json:"source,omitempty"`
+}
+
+// entry is a summary in the in-memory index, with lower-cased fields
+// for matching.
+type entry struct {
+	s       *Summary
+	from    string // lower case: header From and envelope sender, "\n"-joined
+	to      string // lower case: To, Cc and envelope recipients, "\n"-joined
+	subject string // lower case
+	removed bool   // deleted; still in byAddr until pruned (s.mu)
+}
+
+// tenantIndex is one tenant's inbox in memory, oldest first.
+type tenantIndex struct {
+	entries []*entry
+	bytes   int64
+}
+
+// Options configures Open.
+type Options struct {
+	Retention config.SandboxRetention
+	// Simulate are the simulated recipient rules (simulate.go).
+	Simulate []config.SimulateRule
+	// LinksAllow are the hosts the links assertion may fetch.
+	LinksAllow []string
+	// Record writes events (retention drops) to the event outbox; nil:
+	// none are written.
+	Record func(evs []*pipeline.Event) error
+	// History returns the event timeline of a spooled message; nil:
+	// timelines are empty.
+	History func(msgID string) ([]pipeline.Event, error)
+	// MessageInfo returns the tenant-independent facts of a spooled
+	// message a capture records (tags, source); nil: none.
+	MessageInfo func(msgID string) (tags []string, source string)
+	// Complain records a simulated complaint by rcpt about the spooled
+	// message msgID (a "complained" event, a suppression entry); called
+	// about a second after the capture, on a goroutine the store owns.
+	// nil: complaint rules do nothing.
+	Complain func(msgID, rcpt string)
+	// LookupTXT resolves TXT records for the DKIM assertion; nil: the
+	// system resolver.
+	LookupTXT func(ctx context.Context, name string) ([]string, error)
+	Logger    *slog.Logger
+	Now       func() time.Time
+	// MemtableMB is Pebble's memtable size; default 8.
+	MemtableMB int
+}
+
+// Store is the sandbox's capture store.
+type Store struct {
+	o   Options
+	db  *pebble.DB
+	log *slog.Logger
+	sim *simulator
+
+	mu      sync.RWMutex
+	tenants map[string]*tenantIndex
+	byID    map[string]*entry
+	// byAddr indexes entries by each lower-cased To, Cc and envelope
+	// recipient address, per tenant ("tenant\x00addr"); removed entries
+	// are pruned when the address is next looked up.
+	byAddr map[string][]*entry
+
+	entropyMu sync.Mutex
+	entropy   *ulid.MonotonicEntropy
+
+	hub *hub
+
+	// dirty: a capture was written since the last WAL sync (syncLoop).
+	dirty atomic.Bool
+
+	stop chan struct{}
+	done chan struct{}
+	// later runs delayed work (complaints) until Close.
+	later sync.WaitGroup
+}
+
+// Open opens (creating if needed) the capture store in dir, loads its
+// index, and starts the age sweep (every minute). Close stops it.
+func Open(dir string, o Options) (*Store, error) {
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	if o.MemtableMB <= 0 {
+		o.MemtableMB = 8
+	}
+	if err := os.MkdirAll(dir, 0o750); err != nil {
+		return nil, fmt.Errorf("sandbox store %s: %w", dir, err)
+	}
+	log := o.Logger.With("component", "sandbox")
+	db, err := pebble.Open(dir, &pebble.Options{MemTableSize: uint64(o.MemtableMB) << 20, Logger: pebbleLog{log}})
+	if err != nil {
+		return nil, fmt.Errorf("sandbox store %s: %w (is another sluice using it?)", dir, err)
+	}
+	s := &Store{o: o, db: db, log: log, tenants: map[string]*tenantIndex{}, byID: map[string]*entry{}, byAddr: map[string][]*entry{},
+		entropy: ulid.Monotonic(rand.Reader, 0), hub: newHub(), stop: make(chan struct{}), done: make(chan struct{})}
+	if s.sim, err = newSimulator(o.Simulate); err != nil {
+		db.Close()
+		return nil, err
+	}
+	if err := s.load(); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("sandbox store %s: %w", dir, err)
+	}
+	go s.sweepLoop()
+	return s, nil
+}
+
+// Close stops the age sweep and closes the database; waits end with 503.
+func (s *Store) Close() error {
+	close(s.stop)
+	<-s.done
+	s.later.Wait()
+	s.hub.close()
+	return s.db.Close()
+}
+
+// load reads every summary into the index.
+func (s *Store) load() error {
+	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: []byte{kSummary}, UpperBound: []byte{kSummary + 1}})
+	if err != nil {
+		return err
+	}
+	defer it.Close()
+	n := 0
+	for it.First(); it.Valid(); it.Next() {
+		var sm Summary
+		if err := json.Unmarshal(it.Value(), &sm); err != nil {
+			s.log.Error("corrupt captured message summary; skipped", "key", string(it.Key()), "err", err)
+			continue
+		}
+		s.index(&sm)
+		n++
+	}
+	if err := it.Error(); err != nil {
+		return err
+	}
+	// Keys sort by tenant then id; each tenant's slice must be by id.
+	for _, t := range s.tenants {
+		sort.Slice(t.entries, func(i, j int) bool { return t.entries[i].s.ID < t.entries[j].s.ID })
+	}
+	if n > 0 {
+		s.log.Info("sandbox store opened", "messages", n, "tenants", len(s.tenants))
+	}
+	return nil
+}
+
+// index adds sm to the in-memory index (s.mu held or not yet shared).
+func (s *Store) index(sm *Summary) *entry {
+	e := &entry{s: sm,
+		from:    strings.ToLower(sm.From + "\n" + sm.Sender),
+		to:      strings.ToLower(strings.Join(sm.To, "\n") + "\n" + strings.Join(sm.Cc, "\n") + "\n" + strings.Join(sm.Recipients, "\n")),
+		subject: strings.ToLower(sm.Subject)}
+	t := s.tenants[sm.Tenant]
+	if t == nil {
+		t = &tenantIndex{}
+		s.tenants[sm.Tenant] = t
+	}
+	t.entries = append(t.entries, e)
+	t.bytes += int64(sm.Size)
+	s.byID[sm.ID] = e
+	seen := map[string]bool{}
+	for _, l := range [][]string{sm.To, sm.Cc, sm.Recipients} {
+		for _, a := range l {
+			k := sm.Tenant + "\x00" + strings.ToLower(a)
+			if !seen[k] {
+				seen[k] = true
+				s.byAddr[k] = append(s.byAddr[k], e)
+			}
+		}
+	}
+	return e
+}
+
+func (s *Store) newID() string {
+	s.entropyMu.Lock()
+	defer s.entropyMu.Unlock()
+	return ulid.MustNew(ulid.Timestamp(s.o.Now()), s.entropy).String()
+}
+
+func summaryKey(tenant, id string) []byte {
+	k := make([]byte, 0, 2+len(tenant)+len(id))
+	k = append(k, kSummary)
+	k = append(k, tenant...)
+	k = append(k, 0)
+	return append(k, id...)
+}
+func bodyKey(id string) []byte { return append([]byte{kBody}, id...) }
+func textKey(tenant, id string) []byte {
+	k := make([]byte, 0, 2+len(tenant)+len(id))
+	k = append(k, kText)
+	k = append(k, tenant...)
+	k = append(k, 0)
+	return append(k, id...)
+}
+
+// Put captures data into tenant's inbox for the given envelope and
+// returns its summary once written. It then wakes the tenant's waiters
+// and applies the retention limits.
+//
+// The write is not synced: the WAL is synced every 100 ms (syncEvery)
+// when something was captured. A capture is test mail, and an fsync per
+// capture doubled its CPU cost; a crash can lose the captures of the
+// last 100 ms while the spool records them delivered.
+func (s *Store) Put(tenant, msgID, sender string, rcpts []string, data []byte) (*Summary, error) {
+	p := parseSummary(data)
+	sm := &Summary{ID: s.newID(), Tenant: tenant, MessageID: msgID, Created: s.o.Now().UTC(), Sender: sender,
+		Recipients: rcpts, From: p.from, To: p.to, Cc: p.cc, Subject: p.subject, HeaderID: p.messageID,
+		Size: len(data), Attachments: p.attachments, Tags: []string{}}
+	if s.o.MessageInfo != nil && msgID != "" {
+		tags, src := s.o.MessageInfo(msgID)
+		if tags != nil {
+			sm.Tags = tags
+		}
+		sm.Source = src
+	}
+	if sm.To == nil {
+		sm.To = []string{}
+	}
+	if sm.Cc == nil {
+		sm.Cc = []string{}
+	}
+	v, err := json.Marshal(sm)
+	if err != nil {
+		return nil, err
+	}
+	text := strings.ToLower(sm.Subject + "\n" + p.text)
+	b := s.db.NewBatch()
+	_ = b.Set(summaryKey(tenant, sm.ID), v, nil)
+	_ = b.Set(bodyKey(sm.ID), data, nil)
+	_ = b.Set(textKey(tenant, sm.ID), []byte(text), nil)
+	if err := b.Commit(pebble.NoSync); err != nil {
+		b.Close()
+		return nil, fmt.Errorf("sandbox store: %w", err)
+	}
+	b.Close()
+	s.dirty.Store(true)
+	s.mu.Lock()
+	e := s.index(sm)
+	s.mu.Unlock()
+	s.hub.publish(e, text)
+	s.enforce(tenant)
+	return sm, nil
+}
+
+// Get returns a captured message's summary (tenant's only).
+func (s *Store) Get(tenant, id string) (*Summary, bool) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	e := s.byID[id]
+	if e == nil || e.s.Tenant != tenant {
+		return nil, false
+	}
+	return e.s, true
+}
+
+// Raw returns a captured message's bytes (tenant's only).
+func (s *Store) Raw(tenant, id string) ([]byte, bool, error) {
+	if _, ok := s.Get(tenant, id); !ok {
+		return nil, false, nil
+	}
+	v, c, err := s.db.Get(bodyKey(id))
+	if errors.Is(err, pebble.ErrNotFound) {
+		return nil, false, nil
+	}
+	if err != nil {
+		return nil, false, err
+	}
+	out := bytes.Clone(v)
+	c.Close()
+	return out, true, nil
+}
+
+// Events returns the event timeline of a captured message's spooled
+// message, oldest first.
+func (s *Store) Events(sm *Summary) ([]pipeline.Event, error) {
+	if s.o.History == nil || sm.MessageID == "" {
+		return []pipeline.Event{}, nil
+	}
+	evs, err := s.o.History(sm.MessageID)
+	if evs == nil {
+		evs = []pipeline.Event{}
+	}
+	return evs, err
+}
+
+// Delete removes one captured message of tenant; false when there is
+// none.
+func (s *Store) Delete(tenant, id string) (bool, error) {
+	s.mu.Lock()
+	e := s.byID[id]
+	if e == nil || e.s.Tenant != tenant {
+		s.mu.Unlock()
+		return false, nil
+	}
+	s.unindex([]*entry{e})
+	s.mu.Unlock()
+	return true, s.deleteKeys([]*entry{e})
+}
+
+// DeleteAll removes every captured message of tenant and returns how
+// many.
+func (s *Store) DeleteAll(tenant string) (int, error) {
+	s.mu.Lock()
+	t := s.tenants[tenant]
+	if t == nil {
+		s.mu.Unlock()
+		return 0, nil
+	}
+	es := append([]*entry(nil), t.entries...)
+	s.unindex(es)
+	s.mu.Unlock()
+	return len(es), s.deleteKeys(es)
+}
+
+// unindex removes es (of one tenant) from the index; s.mu held.
+func (s *Store) unindex(es []*entry) {
+	if len(es) == 0 {
+		return
+	}
+	gone := make(map[*entry]bool, len(es))
+	for _, e := range es {
+		gone[e] = true
+		delete(s.byID, e.s.ID)
+		e.removed = true
+	}
+	t := s.tenants[es[0].s.Tenant]
+	if t == nil {
+		return
+	}
+	// Retention drops the oldest: a prefix, cut without copying.
+	i := 0
+	for i < len(t.entries) && gone[t.entries[i]] {
+		t.bytes -= int64(t.entries[i].s.Size)
+		t.entries[i] = nil
+		i++
+	}
+	t.entries = t.entries[i:]
+	if len(gone) > i {
+		kept := t.entries[:0]
+		for _, e := range t.entries {
+			if gone[e] {
+				t.bytes -= int64(e.s.Size)
+				continue
+			}
+			kept = append(kept, e)
+		}
+		clear(t.entries[len(kept):])
+		t.entries = kept
+	}
+	if len(t.entries) == 0 {
+		delete(s.tenants, es[0].s.Tenant)
+	}
+	for _, e := range es {
+		for _, l := range [][]string{e.s.To, e.s.Cc, e.s.Recipients} {
+			for _, a := range l {
+				k := e.s.Tenant + "\x00" + strings.ToLower(a)
+				list := s.byAddr[k]
+				kept := list[:0]
+				for _, x := range list {
+					if !x.removed {
+						kept = append(kept, x)
+					}
+				}
+				clear(list[len(kept):])
+				if len(kept) == 0 {
+					delete(s.byAddr, k)
+				} else {
+					s.byAddr[k] = kept
+				}
+			}
+		}
+	}
+}
+
+func (s *Store) deleteKeys(es []*entry) error {
+	b := s.db.NewBatch()
+	defer b.Close()
+	for _, e := range es {
+		_ = b.Delete(summaryKey(e.s.Tenant, e.s.ID), nil)
+		_ = b.Delete(bodyKey(e.s.ID), nil)
+		_ = b.Delete(textKey(e.s.Tenant, e.s.ID), nil)
+	}
+	if err := b.Commit(pebble.NoSync); err != nil {
+		return fmt.Errorf("sandbox store: %w", err)
+	}
+	return nil
+}
+
+// enforce drops tenant's oldest messages past the retention limits (all
+// tenants when tenant is ""), each with a sandbox_dropped event.
+func (s *Store) enforce(tenant string) {
+	r := s.o.Retention
+	cutoff := time.Time{}
+	if r.Age > 0 {
+		cutoff = s.o.Now().Add(-r.Age)
+	}
+	type drop struct {
+		e      *entry
+		reason string
+	}
+	var drops []drop
+	s.mu.Lock()
+	for name, t := range s.tenants {
+		if tenant != "" && name != tenant {
+			continue
+		}
+		n, size := len(t.entries), t.bytes
+		for i := 0; i < len(t.entries); i++ {
+			e := t.entries[i]
+			var reason string
+			switch {
+			case r.Messages > 0 && n > r.Messages:
+				reason = fmt.Sprintf("sandbox retention: more than %d messages", r.Messages)
+			case r.Bytes > 0 && size > r.Bytes:
+				reason = fmt.Sprintf("sandbox retention: more than %d bytes", r.Bytes)
+			case !cutoff.IsZero() && e.s.Created.Before(cutoff):
+				reason = fmt.Sprintf("sandbox retention: older than %s", r.Age)
+			}
+			if reason == "" {
+				break
+			}
+			drops = append(drops, drop{e, reason})
+			n--
+			size -= int64(e.s.Size)
+		}
+	}
+	if len(drops) == 0 {
+		s.mu.Unlock()
+		return
+	}
+	byTenant := map[string][]*entry{}
+	for _, d := range drops {
+		byTenant[d.e.s.Tenant] = append(byTenant[d.e.s.Tenant], d.e)
+	}
+	all := make([]*entry, 0, len(drops))
+	for _, es := range byTenant {
+		s.unindex(es)
+		all = append(all, es...)
+	}
+	s.mu.Unlock()
+	if err := s.deleteKeys(all); err != nil {
+		s.log.Warn("cannot delete captured messages past retention; they are dropped from the inbox and deleted at the next restart's sweep", "err", err)
+	}
+	if s.o.Record == nil {
+		return
+	}
+	evs := make([]*pipeline.Event, 0, len(drops))
+	for _, d := range drops {
+		sm := d.e.s
+		rcpt := ""
+		if len(sm.Recipients) > 0 {
+			rcpt = sm.Recipients[0]
+		}
+		evs = append(evs, &pipeline.Event{Type: EventSandboxDropped, MessageID: sm.MessageID, Recipient: rcpt, Sender: sm.Sender,
+			Source: sm.Source, Tenant: sm.Tenant, Queue: "sandbox:" + sm.Tenant, Tags: sm.Tags, Size: sm.Size,
+			Response: &pipeline.Response{Code: 250, Enhanced: "2.0.0", Text: d.reason + "; captured message " + sm.ID + " dropped"}})
+	}
+	if err := s.o.Record(evs); err != nil {
+		s.log.Warn("cannot record sandbox retention events", "n", len(evs), "err", err)
+	}
+}
+
+// syncEvery is how often captures are synced to disk (see Put).
+const syncEvery = 100 * time.Millisecond
+
+// sweepLoop syncs the WAL every syncEvery when something was captured,
+// and applies the age limit every minute.
+func (s *Store) sweepLoop() {
+	defer close(s.done)
+	t := time.NewTicker(time.Minute)
+	defer t.Stop()
+	st := time.NewTicker(syncEvery)
+	defer st.Stop()
+	for {
+		select {
+		case <-s.stop:
+			s.syncWAL()
+			return
+		case <-st.C:
+			s.syncWAL()
+		case <-t.C:
+			s.enforce("")
+		}
+	}
+}
+
+func (s *Store) syncWAL() {
+	if !s.dirty.Swap(false) {
+		return
+	}
+	if err := s.db.LogData(nil, pebble.Sync); err != nil {
+		s.dirty.Store(true)
+		s.log.Warn("cannot sync the sandbox store", "err", err)
+	}
+}
+
+// pebbleLog sends Pebble's lines to slog; a Fatalf parks its goroutine
+// (Pebble's state cannot be trusted after it), as the spool's does.
+type pebbleLog struct{ l *slog.Logger }
+
+func (p pebbleLog) Infof(format string, args ...any) {
+	p.l.Debug("pebble: " + fmt.Sprintf(format, args...))
+}
+func (p pebbleLog) Errorf(format string, args ...any) {
+	p.l.Error("pebble: " + fmt.Sprintf(format, args...))
+}
+func (p pebbleLog) Fatalf(format string, args ...any) {
+	p.l.Error("pebble fatal error; the sandbox store stops (restart to recover): " + fmt.Sprintf(format, args...))
+	select {}
+}
