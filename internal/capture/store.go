@@ -298,10 +298,10 @@ func textKey(tenant, id string) []byte {
 // returns its summary once written. It then wakes the tenant's waiters
 // and applies the retention limits.
 //
-// The write is not synced: the WAL is synced every 100 ms (syncEvery)
-// when something was captured. A capture is test mail, and an fsync per
-// capture doubled its CPU cost; a crash can lose the captures of the
-// last 100 ms while the spool records them delivered.
+// The write is synced before Put returns: a capture is the message's
+// delivery, and the queue records the recipient delivered once Put has
+// returned, so a crash right after must not lose it. Concurrent Puts
+// share one fsync (Pebble's commit pipeline groups synced commits).
 func (s *Store) Put(tenant, msgID, sender string, rcpts []string, data []byte) (*Summary, error) {
 	p := parseSummary(data)
 	sm := &Summary{ID: s.newID(), Tenant: tenant, MessageID: msgID, Created: s.o.Now().UTC(), Sender: sender,
@@ -329,7 +329,7 @@ func (s *Store) Put(tenant, msgID, sender string, rcpts []string, data []byte) (
 	_ = b.Set(summaryKey(tenant, sm.ID), v, nil)
 	_ = b.Set(bodyKey(sm.ID), data, nil)
 	_ = b.Set(textKey(tenant, sm.ID), []byte(text), nil)
-	if err := b.Commit(pebble.NoSync); err != nil {
+	if err := b.Commit(pebble.Sync); err != nil {
 		b.Close()
 		return nil, fmt.Errorf("sandbox store: %w", err)
 	}
