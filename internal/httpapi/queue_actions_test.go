@@ -51,6 +51,10 @@ func TestQueueActionsHTTP(t *testing.T) {
 		t.Fatalf("queue: %+v", qi)
 	}
 	act("/v1/queues/bounce", http.StatusBadRequest, 0)
+	// An empty parameter is an absent filter: it must not stand for the
+	// filter that bounce and cancel of every queue need.
+	act("/v1/queues/cancel?sender=", http.StatusBadRequest, 0)
+	act("/v1/queues/bounce?rcpt_domain=&older_than=", http.StatusBadRequest, 0)
 	act("/v1/queues/cancel?all=yes", http.StatusBadRequest, 0)
 	act("/v1/queues/cancel?older_than=soon", http.StatusBadRequest, 0)
 	act(qp+"/cancel?cursor=x", http.StatusBadRequest, 0)

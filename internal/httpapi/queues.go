@@ -155,11 +155,14 @@ func (s *Server) actionTarget(v url.Values, name, msgID, action string) (queue.T
 			return queue.Target{}, errf(http.StatusBadRequest, codeUnknownField, n, "unknown parameter %q", n)
 		}
 	}
-	filtered := len(v) > 0
 	f, e := listFilter(v, s.now())
 	if e != nil {
 		return queue.Target{}, e
 	}
+	// From the parsed filter, not the query: an empty parameter (sender=)
+	// is an absent filter and must not pass for one.
+	filtered := f.State != "" || f.Sender != nil || f.RcptDomain != "" || f.Recipient != "" ||
+		f.Tenant != nil || !f.After.IsZero() || !f.Before.IsZero()
 	f.Queue = name
 	if (action == "bounce" || action == "cancel") && name == "" && msgID == "" && !filtered && all != "true" {
 		return queue.Target{}, badField("all", "%s of every queued recipient needs a filter, or all=true", action)
