@@ -70,3 +70,56 @@ func TestProtocolRefusalsCounted(t *testing.T) {
 		}
 	}
 }
+
+// TestMalformedCommandsCounted: the other refusals go-smtp answers by
+// itself — an address that does not parse, a command out of sequence, a
+// declared SIZE over the limit, a parameter it does not know — are
+// counted and logged once too (they were answered but neither counted
+// nor logged).
+func TestMalformedCommandsCounted(t *testing.T) {
+	node, err := metrics.NewNode(metrics.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var logs testutil.SyncBuffer
+	log := slog.New(slog.NewTextHandler(&logs, nil))
+	rl := relay.New(relay.NewPipeline(newChain(t, pipeline.ChainOptions{}), nil), fixedSub(),
+		relay.Options{Logger: log, Hostname: "relay.test", Metrics: node})
+	l := testListener()
+	l.MaxMessageSize = 1000
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.Addr = ln.Addr().String()
+	srv, err := New(l, rl, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv.Serve(ln)
+	defer srv.Close()
+
+	c := dialReady(t, l.Addr)
+	c.ehlo()
+	c.cmd("RCPT TO:<x@local.test>", 503)
+	c.cmd("MAIL FROM:<bad", 501)
+	c.cmd("MAIL FROM:<a@example.com> SIZE=5000", 552)
+	c.cmd("MAIL FROM:<a@example.com> FROB=1", 555)
+	c.cmd("MAIL FROM:<a@example.com>", 250)
+	c.cmd("RCPT TO:<bad", 501)
+	c.cmd("QUIT", 221)
+
+	n5 := promtest.ToFloat64(node.Refused.WithLabelValues(pipeline.SourceSMTP, "test", "protocol", "", "5xx"))
+	if n5 != 5 {
+		t.Errorf("protocol refusals counted: 5xx %v, want 5", n5)
+	}
+	out := logs.String()
+	if n := strings.Count(out, `msg="command refused"`); n != 5 {
+		t.Errorf("%d command refused lines, want 5:\n%s", n, out)
+	}
+	for _, want := range []string{`code=501 enhanced=5.1.3 text="Bad recipient address syntax"`, `code=552 enhanced=5.3.4 text="Max message size exceeded"`} {
+		if !strings.Contains(out, want) {
+			t.Errorf("log lacks %q:\n%s", want, out)
+		}
+	}
+}
