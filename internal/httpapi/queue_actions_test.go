@@ -58,6 +58,9 @@ func TestQueueActionsHTTP(t *testing.T) {
 	act("/v1/queues/cancel?all=yes", http.StatusBadRequest, 0)
 	act("/v1/queues/cancel?older_than=soon", http.StatusBadRequest, 0)
 	act(qp+"/cancel?cursor=x", http.StatusBadRequest, 0)
+	// A name no queue can have is refused, not paused and kept for ever.
+	act("/v1/queues/a%00b/pause", http.StatusBadRequest, 0)
+	act("/v1/queues/x%C3%28/pause", http.StatusBadRequest, 0)
 	act("/v1/messages/01KB2T0A5V0W9X8Y7Z6A5B4C3D/bounce", http.StatusNotFound, 0)
 	act(qp+"/cancel?rcpt_domain=drop.test", http.StatusOK, 2)
 	act("/v1/queues/release?state=held", http.StatusOK, 1)
