@@ -110,6 +110,8 @@ func runQueue(args []string, stdout, stderr io.Writer) int {
 			return usageErr("name a QUEUE, a --message or a filter (see sluice queue -h)")
 		}
 	case (sub == "pause" || sub == "resume") && len(pos) == 1 && !filtered && *message == "":
+	case (sub == "pause" || sub == "resume") && len(pos) == 0:
+		return usageErr("name the QUEUE (sluice queue list shows them)")
 	case sub == "list" || sub == "flush" || sub == "mailq" || sub == "show" || action || sub == "pause" || sub == "resume":
 		return usageErr("wrong arguments %q (see sluice queue -h)", pos)
 	default:

@@ -46,9 +46,20 @@ func runTestScripts(args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	if sum.Failed > 0 {
-		fmt.Fprintf(stdout, "FAIL: %d of %d tests failed in %d file(s)\n", sum.Failed, sum.Tests, sum.Files)
+		fmt.Fprintln(stdout, failText(sum))
 		return 1
 	}
 	fmt.Fprintf(stdout, "PASS: %d tests in %d file(s)\n", sum.Tests, sum.Files)
 	return 0
+}
+
+// failText is the last line of a run that did not pass: the failed tests
+// out of those run, and the files that did not load apart (none of their
+// tests ran, so they are not counted as tests).
+func failText(sum luatest.Summary) string {
+	s := fmt.Sprintf("FAIL: %d of %d tests failed", sum.Failed-sum.Broken, sum.Tests)
+	if sum.Broken > 0 {
+		s += fmt.Sprintf(", %d file(s) did not load", sum.Broken)
+	}
+	return s + fmt.Sprintf(" in %d file(s)", sum.Files)
 }

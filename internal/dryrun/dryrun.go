@@ -492,9 +492,14 @@ func (o *Options) fill() error {
 		o.Now = time.Now
 	}
 	if o.Data != nil {
+		if len(o.Data) == 0 {
+			return errors.New("message: the message is empty")
+		}
 		m, err := mail.ReadMessage(strings.NewReader(string(o.Data)))
 		if err != nil {
-			return fmt.Errorf("message: %w", err)
+			// The error quotes the offending line, which may be any
+			// bytes of any length: print a quoted start of it.
+			return fmt.Errorf("message: not an RFC 5322 message: %.120q", err.Error())
 		}
 		if o.From == "" {
 			if a, err := mail.ParseAddress(m.Header.Get("From")); err == nil {

@@ -6,6 +6,7 @@ import (
 	"sort"
 	"strings"
 
+	"github.com/sluice-mta/sluice/internal/dnsx"
 	"github.com/sluice-mta/sluice/internal/relay"
 	"github.com/sluice-mta/sluice/pipeline"
 )
@@ -55,6 +56,9 @@ func (r *Runner) Route(ctx context.Context, addr string, o Options) (*Trace, err
 		if route.Kind == pipeline.RouteMX {
 			if res, err := r.res.LookupMX(ctx, strings.TrimSuffix(rc.Domain, ".")); err != nil {
 				out.MXErr = err.Error()
+			} else if dnsx.IsNullMX(res.Records) {
+				// As the delivery dialer decides it (internal/delivery).
+				out.MXErr = "null MX (RFC 7505): the domain accepts no mail; delivery bounces at once with 556 5.1.10"
 			} else {
 				for _, m := range res.Records {
 					out.MX = append(out.MX, MXHost{Host: m.Host, Pref: m.Pref})

@@ -61,7 +61,7 @@ func listFilter(q url.Values, now time.Time) (spool.ListFilter, *apiError) {
 		}
 	}
 	f.Queue = q.Get("queue")
-	if len(f.Queue) > 300 || strings.ContainsAny(f.Queue, " \t\r\n") {
+	if !validQueueName(f.Queue) {
 		return f, badField("queue", "queue is not a queue name")
 	}
 	switch f.State = q.Get("state"); f.State {

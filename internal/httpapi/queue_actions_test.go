@@ -51,9 +51,16 @@ func TestQueueActionsHTTP(t *testing.T) {
 		t.Fatalf("queue: %+v", qi)
 	}
 	act("/v1/queues/bounce", http.StatusBadRequest, 0)
+	// An empty parameter is an absent filter: it must not stand for the
+	// filter that bounce and cancel of every queue need.
+	act("/v1/queues/cancel?sender=", http.StatusBadRequest, 0)
+	act("/v1/queues/bounce?rcpt_domain=&older_than=", http.StatusBadRequest, 0)
 	act("/v1/queues/cancel?all=yes", http.StatusBadRequest, 0)
 	act("/v1/queues/cancel?older_than=soon", http.StatusBadRequest, 0)
 	act(qp+"/cancel?cursor=x", http.StatusBadRequest, 0)
+	// A name no queue can have is refused, not paused and kept for ever.
+	act("/v1/queues/a%00b/pause", http.StatusBadRequest, 0)
+	act("/v1/queues/x%C3%28/pause", http.StatusBadRequest, 0)
 	act("/v1/messages/01KB2T0A5V0W9X8Y7Z6A5B4C3D/bounce", http.StatusNotFound, 0)
 	act(qp+"/cancel?rcpt_domain=drop.test", http.StatusOK, 2)
 	act("/v1/queues/release?state=held", http.StatusOK, 1)

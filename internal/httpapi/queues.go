@@ -4,6 +4,8 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
+	"unicode"
+	"unicode/utf8"
 
 	"errors"
 
@@ -97,7 +99,7 @@ func (s *Server) queuesAPI(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	name, action := rest[:i], rest[i+1:]
-	if len(name) > 300 || strings.ContainsAny(name, " \t\r\n/") {
+	if !validQueueName(name) || strings.Contains(name, "/") {
 		s.fail(w, badField("queue", "%q is not a queue name", name))
 		return
 	}
@@ -155,11 +157,14 @@ func (s *Server) actionTarget(v url.Values, name, msgID, action string) (queue.T
 			return queue.Target{}, errf(http.StatusBadRequest, codeUnknownField, n, "unknown parameter %q", n)
 		}
 	}
-	filtered := len(v) > 0
 	f, e := listFilter(v, s.now())
 	if e != nil {
 		return queue.Target{}, e
 	}
+	// From the parsed filter, not the query: an empty parameter (sender=)
+	// is an absent filter and must not pass for one.
+	filtered := f.State != "" || f.Sender != nil || f.RcptDomain != "" || f.Recipient != "" ||
+		f.Tenant != nil || !f.After.IsZero() || !f.Before.IsZero()
 	f.Queue = name
 	if (action == "bounce" || action == "cancel") && name == "" && msgID == "" && !filtered && all != "true" {
 		return queue.Target{}, badField("all", "%s of every queued recipient needs a filter, or all=true", action)
@@ -240,4 +245,13 @@ func (s *Server) logAdminEvent(err error, action, target, by string) {
 	if err != nil {
 		s.log.Error("queue action applied but not all of it could be recorded", "action", action, "target", target, "by", by, "err", err)
 	}
+}
+
+// validQueueName reports whether name can be a queue name: a domain,
+// relay:host:port or a site, at most 300 bytes of UTF-8 without spaces
+// or control characters (a pause of any other name would be kept in the
+// spool and listed for ever).
+func validQueueName(name string) bool {
+	return len(name) <= 300 && utf8.ValidString(name) &&
+		!strings.ContainsFunc(name, func(r rune) bool { return unicode.IsSpace(r) || unicode.IsControl(r) })
 }

@@ -60,7 +60,14 @@ type Options struct {
 
 // Summary counts what Run ran.
 type Summary struct {
-	Files, Tests, Failed int
+	// Files is the number of test files found; Tests the tests run.
+	Files, Tests int
+	// Failed counts the tests that failed plus the files that did not
+	// load (Broken), so Failed > 0 means the run did not pass.
+	Failed int
+	// Broken counts the files that did not load (a syntax error, an
+	// error at the top level, no test_* function): no test of theirs ran.
+	Broken int
 }
 
 // Run finds every *_test.lua under each path (a directory, searched
@@ -107,6 +114,9 @@ func Run(ctx context.Context, paths []string, o Options) (Summary, error) {
 		n, failed := runFile(ctx, f, o)
 		sum.Tests += n
 		sum.Failed += failed
+		if n == 0 && failed > 0 {
+			sum.Broken++
+		}
 	}
 	return sum, nil
 }

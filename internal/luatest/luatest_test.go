@@ -2,6 +2,8 @@ package luatest
 
 import (
 	"context"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -62,5 +64,19 @@ func TestRunFilterAndErrors(t *testing.T) {
 	}
 	if _, err := Run(context.Background(), []string{t.TempDir()}, Options{Out: &out}); err == nil || !strings.Contains(err.Error(), "no *_test.lua") {
 		t.Errorf("a directory without tests: %v", err)
+	}
+}
+
+// A file that does not load is counted apart from the tests: with one
+// passing test and one broken file, no test failed, one file is broken,
+// and the run does not pass.
+func TestBrokenFileIsNotATest(t *testing.T) {
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, "a_test.lua"), []byte("local t = require(\"sluice.test\")\nfunction test_ok() t.eq(1, 1) end\n"), 0o644)
+	os.WriteFile(filepath.Join(dir, "b_test.lua"), []byte("function test_x(\n"), 0o644)
+	var out strings.Builder
+	sum, err := Run(context.Background(), []string{dir}, Options{Out: &out})
+	if err != nil || sum != (Summary{Files: 2, Tests: 1, Failed: 1, Broken: 1}) {
+		t.Errorf("summary %+v %v\n%s", sum, err, out.String())
 	}
 }

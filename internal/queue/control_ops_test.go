@@ -245,3 +245,39 @@ func TestControlBounceCancelFilters(t *testing.T) {
 }
 
 func ptr(s string) *string { return &s }
+
+// TestPauseAppliesAtLoad: a recipient that is due at a restart, in a
+// queue paused before it, gets no attempt: Load knows the pauses before
+// it queues the recipients (it started workers for them first, and a
+// kill -9 during a paused incident sent the mail at the restart).
+func TestPauseAppliesAtLoad(t *testing.T) {
+	sp, err := spool.Open(t.TempDir(), spool.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sp.Close()
+	_, rs := putDeferred(t, sp, "s@a.test", "", time.Now(), "a@x.test")
+	b := sp.NewBatch()
+	rs[0].NextAttempt = time.Now().Add(-time.Minute) // due
+	_ = b.PutRecipient(rs[0])
+	b.SetPaused("x.test", true)
+	if err := b.Commit(true); err != nil {
+		t.Fatal(err)
+	}
+	fd := &fakeDialer{}
+	q := New(sp, fd, Options{IdleTimeout: 50 * time.Millisecond, Logger: slog.New(slog.DiscardHandler)})
+	if _, err := q.Load(); err != nil {
+		t.Fatal(err)
+	}
+	if st := q.Stats(); st.Active != 0 {
+		t.Fatalf("a worker started for a paused queue at Load: %+v", st)
+	}
+	q.Start()
+	q.Stop(context.Background())
+	if got := sentTo(fd); len(got) != 0 {
+		t.Fatalf("delivered to a paused queue after a restart: %v", got)
+	}
+	if qs := q.Queues(); len(qs) != 1 || !qs[0].Paused || qs[0].Ready != 1 {
+		t.Fatalf("queues: %+v", qs)
+	}
+}

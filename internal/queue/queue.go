@@ -302,6 +302,11 @@ func (q *Queue) Load() (int, error) {
 		}
 		batch = nil
 	}
+	// The pauses first: Enqueue dispatches what is due at once, and a
+	// paused queue's recipients must wait.
+	if err := q.loadPaused(); err != nil {
+		return 0, err
+	}
 	err := q.sp.ScanRecipients(func(m *spool.Meta, r *spool.Recipient) error {
 		if cur == nil || cur.ID != m.ID {
 			flush()
@@ -312,9 +317,6 @@ func (q *Queue) Load() (int, error) {
 		return nil
 	})
 	flush()
-	if err == nil {
-		err = q.loadPaused()
-	}
 	return n, err
 }
 

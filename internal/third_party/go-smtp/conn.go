@@ -130,16 +130,16 @@ func (c *Conn) handle(cmd string, arg string) {
 	switch cmd {
 	case "SEND", "SOML", "SAML", "EXPN", "HELP", "TURN":
 		// These commands are not implemented in any state
-		c.writeResponse(502, EnhancedCode{5, 5, 1}, fmt.Sprintf("%v command not implemented", cmd))
+		c.refuse(502, EnhancedCode{5, 5, 1}, fmt.Sprintf("%v command not implemented", cmd))
 	case "HELO", "EHLO", "LHLO":
 		lmtp := cmd == "LHLO"
 		enhanced := lmtp || cmd == "EHLO"
 		if c.server.LMTP && !lmtp {
-			c.writeResponse(500, EnhancedCode{5, 5, 1}, "This is a LMTP server, use LHLO")
+			c.refuse(500, EnhancedCode{5, 5, 1}, "This is a LMTP server, use LHLO")
 			return
 		}
 		if !c.server.LMTP && lmtp {
-			c.writeResponse(500, EnhancedCode{5, 5, 1}, "This is not a LMTP server")
+			c.refuse(500, EnhancedCode{5, 5, 1}, "This is not a LMTP server")
 			return
 		}
 		c.handleGreet(enhanced, arg)
@@ -241,7 +241,16 @@ func (c *Conn) protocolError(code int, ec EnhancedCode, msg string) {
 	}
 }
 
-// sluice: refused reports a refusal go-smtp answers itself to
+// sluice: refuse answers a refusal go-smtp decides itself (a malformed or
+// out-of-sequence command, a parameter it does not take, a declared SIZE
+// over the limit) and reports it to Server.OnRefusal, so that it is
+// logged and counted once like every other refusal.
+func (c *Conn) refuse(code int, ec EnhancedCode, msg string) {
+	c.refused(code, ec, msg)
+	c.writeResponse(code, ec, msg)
+}
+
+// sluice: refused reports (only) a refusal go-smtp answers itself to
 // Server.OnRefusal.
 func (c *Conn) refused(code int, ec EnhancedCode, msg string) {
 	if f := c.server.OnRefusal; f != nil {
@@ -253,7 +262,7 @@ func (c *Conn) refused(code int, ec EnhancedCode, msg string) {
 func (c *Conn) handleGreet(enhanced bool, arg string) {
 	domain, err := parseHelloArgument(arg)
 	if err != nil {
-		c.writeResponse(501, EnhancedCode{5, 5, 2}, "Domain/address argument required for HELO")
+		c.refuse(501, EnhancedCode{5, 5, 2}, "Domain/address argument required for HELO")
 		return
 	}
 	// c.helo is populated before NewSession so
@@ -348,23 +357,23 @@ func (c *Conn) handleGreet(enhanced bool, arg string) {
 // READY state -> waiting for MAIL
 func (c *Conn) handleMail(arg string) {
 	if c.helo == "" {
-		c.writeResponse(503, EnhancedCode{5, 5, 1}, "Send EHLO or HELO first") // sluice: 503 bad sequence (RFC 5321 4.2.4)
+		c.refuse(503, EnhancedCode{5, 5, 1}, "Send EHLO or HELO first") // sluice: 503 bad sequence (RFC 5321 4.2.4)
 		return
 	}
 	if c.bdatPipe != nil {
-		c.writeResponse(503, EnhancedCode{5, 5, 1}, "MAIL not allowed during message transfer") // sluice: 503 bad sequence
+		c.refuse(503, EnhancedCode{5, 5, 1}, "MAIL not allowed during message transfer") // sluice: 503 bad sequence
 		return
 	}
 	if c.fromReceived {
 		// sluice: 503 bad sequence: a MAIL inside a transaction (RFC
 		// 5321 4.1.4: the client must RSET first); upstream replaced it.
-		c.writeResponse(503, EnhancedCode{5, 5, 1}, "Nested MAIL command")
+		c.refuse(503, EnhancedCode{5, 5, 1}, "Nested MAIL command")
 		return
 	}
 
 	arg, ok := cutPrefixFold(arg, "FROM:")
 	if !ok {
-		c.writeResponse(501, EnhancedCode{5, 5, 2}, "Syntax: MAIL FROM:<address>") // sluice: reply texts
+		c.refuse(501, EnhancedCode{5, 5, 2}, "Syntax: MAIL FROM:<address>") // sluice: reply texts
 		return
 	}
 
@@ -372,12 +381,12 @@ func (c *Conn) handleMail(arg string) {
 	from, err := p.parseReversePath()
 	if err != nil {
 		// sluice: an address that does not parse: X.1.7 (RFC 3463).
-		c.writeResponse(501, EnhancedCode{5, 1, 7}, "Bad sender address syntax")
+		c.refuse(501, EnhancedCode{5, 1, 7}, "Bad sender address syntax")
 		return
 	}
 	args, err := parseArgs(p.s)
 	if err != nil {
-		c.writeResponse(501, EnhancedCode{5, 5, 4}, "Unable to parse MAIL ESMTP parameters")
+		c.refuse(501, EnhancedCode{5, 5, 4}, "Unable to parse MAIL ESMTP parameters")
 		return
 	}
 
@@ -391,25 +400,25 @@ func (c *Conn) handleMail(arg string) {
 		case "SIZE":
 			size, err := strconv.ParseUint(value, 10, 32)
 			if err != nil {
-				c.writeResponse(501, EnhancedCode{5, 5, 4}, "Unable to parse SIZE as an integer")
+				c.refuse(501, EnhancedCode{5, 5, 4}, "Unable to parse SIZE as an integer")
 				return
 			}
 
 			if c.server.MaxMessageBytes > 0 && int64(size) > c.server.MaxMessageBytes {
-				c.writeResponse(552, EnhancedCode{5, 3, 4}, "Max message size exceeded")
+				c.refuse(552, EnhancedCode{5, 3, 4}, "Max message size exceeded")
 				return
 			}
 
 			opts.Size = int64(size)
 		case "SMTPUTF8":
 			if !c.server.EnableSMTPUTF8 {
-				c.writeResponse(504, EnhancedCode{5, 5, 4}, "SMTPUTF8 is not implemented")
+				c.refuse(504, EnhancedCode{5, 5, 4}, "SMTPUTF8 is not implemented")
 				return
 			}
 			opts.UTF8 = true
 		case "REQUIRETLS":
 			if !c.server.EnableREQUIRETLS {
-				c.writeResponse(504, EnhancedCode{5, 5, 4}, "REQUIRETLS is not implemented")
+				c.refuse(504, EnhancedCode{5, 5, 4}, "REQUIRETLS is not implemented")
 				return
 			}
 			opts.RequireTLS = true
@@ -418,20 +427,20 @@ func (c *Conn) handleMail(arg string) {
 			switch BodyType(value) {
 			case BodyBinaryMIME:
 				if !c.server.EnableBINARYMIME {
-					c.writeResponse(504, EnhancedCode{5, 5, 4}, "BINARYMIME is not implemented")
+					c.refuse(504, EnhancedCode{5, 5, 4}, "BINARYMIME is not implemented")
 					return
 				}
 				c.binarymime = true
 			case Body7Bit, Body8BitMIME:
 				// This space is intentionally left blank
 			default:
-				c.writeResponse(501, EnhancedCode{5, 5, 4}, "Unknown BODY value")
+				c.refuse(501, EnhancedCode{5, 5, 4}, "Unknown BODY value")
 				return
 			}
 			opts.Body = BodyType(value)
 		case "RET":
 			if !c.server.EnableDSN {
-				c.writeResponse(504, EnhancedCode{5, 5, 4}, "RET is not implemented")
+				c.refuse(504, EnhancedCode{5, 5, 4}, "RET is not implemented")
 				return
 			}
 			value = strings.ToUpper(value)
@@ -439,25 +448,25 @@ func (c *Conn) handleMail(arg string) {
 			case DSNReturnFull, DSNReturnHeaders:
 				// This space is intentionally left blank
 			default:
-				c.writeResponse(501, EnhancedCode{5, 5, 4}, "Unknown RET value")
+				c.refuse(501, EnhancedCode{5, 5, 4}, "Unknown RET value")
 				return
 			}
 			opts.Return = DSNReturn(value)
 		case "ENVID":
 			if !c.server.EnableDSN {
-				c.writeResponse(504, EnhancedCode{5, 5, 4}, "ENVID is not implemented")
+				c.refuse(504, EnhancedCode{5, 5, 4}, "ENVID is not implemented")
 				return
 			}
 			value, err := decodeXtext(value)
 			if err != nil || value == "" || !isPrintableASCII(value) {
-				c.writeResponse(501, EnhancedCode{5, 5, 4}, "Malformed ENVID parameter value")
+				c.refuse(501, EnhancedCode{5, 5, 4}, "Malformed ENVID parameter value")
 				return
 			}
 			opts.EnvelopeID = value
 		case "AUTH":
 			value, err := decodeXtext(value)
 			if err != nil || value == "" {
-				c.writeResponse(500, EnhancedCode{5, 5, 4}, "Malformed AUTH parameter value")
+				c.refuse(500, EnhancedCode{5, 5, 4}, "Malformed AUTH parameter value")
 				return
 			}
 			if value == "<>" {
@@ -466,13 +475,13 @@ func (c *Conn) handleMail(arg string) {
 				p := parser{s: value}
 				value, err = p.parseMailbox()
 				if err != nil || p.s != "" {
-					c.writeResponse(500, EnhancedCode{5, 5, 4}, "Malformed AUTH parameter mailbox")
+					c.refuse(500, EnhancedCode{5, 5, 4}, "Malformed AUTH parameter mailbox")
 					return
 				}
 			}
 			opts.Auth = &value
 		default:
-			c.writeResponse(555, EnhancedCode{5, 5, 4}, "Unknown MAIL FROM argument") // sluice: 555 (RFC 5321 4.1.1.11)
+			c.refuse(555, EnhancedCode{5, 5, 4}, "Unknown MAIL FROM argument") // sluice: 555 (RFC 5321 4.1.1.11)
 			return
 		}
 	}
@@ -709,17 +718,17 @@ func isPrintableASCII(val string) bool {
 // MAIL state -> waiting for RCPTs followed by DATA
 func (c *Conn) handleRcpt(arg string) {
 	if !c.fromReceived {
-		c.writeResponse(503, EnhancedCode{5, 5, 1}, "Send MAIL first") // sluice: 503 bad sequence
+		c.refuse(503, EnhancedCode{5, 5, 1}, "Send MAIL first") // sluice: 503 bad sequence
 		return
 	}
 	if c.bdatPipe != nil {
-		c.writeResponse(503, EnhancedCode{5, 5, 1}, "RCPT not allowed during message transfer") // sluice: 503 bad sequence
+		c.refuse(503, EnhancedCode{5, 5, 1}, "RCPT not allowed during message transfer") // sluice: 503 bad sequence
 		return
 	}
 
 	arg, ok := cutPrefixFold(arg, "TO:")
 	if !ok {
-		c.writeResponse(501, EnhancedCode{5, 5, 2}, "Syntax: RCPT TO:<address>") // sluice: reply texts
+		c.refuse(501, EnhancedCode{5, 5, 2}, "Syntax: RCPT TO:<address>") // sluice: reply texts
 		return
 	}
 
@@ -727,7 +736,7 @@ func (c *Conn) handleRcpt(arg string) {
 	recipient, err := p.parsePath()
 	if err != nil {
 		// sluice: an address that does not parse: X.1.3 (RFC 3463).
-		c.writeResponse(501, EnhancedCode{5, 1, 3}, "Bad recipient address syntax")
+		c.refuse(501, EnhancedCode{5, 1, 3}, "Bad recipient address syntax")
 		return
 	}
 
@@ -740,7 +749,7 @@ func (c *Conn) handleRcpt(arg string) {
 
 	args, err := parseArgs(p.s)
 	if err != nil {
-		c.writeResponse(501, EnhancedCode{5, 5, 4}, "Unable to parse RCPT ESMTP parameters")
+		c.refuse(501, EnhancedCode{5, 5, 4}, "Unable to parse RCPT ESMTP parameters")
 		return
 	}
 
@@ -750,7 +759,7 @@ func (c *Conn) handleRcpt(arg string) {
 		switch key {
 		case "NOTIFY":
 			if !c.server.EnableDSN {
-				c.writeResponse(504, EnhancedCode{5, 5, 4}, "NOTIFY is not implemented")
+				c.refuse(504, EnhancedCode{5, 5, 4}, "NOTIFY is not implemented")
 				return
 			}
 			notify := []DSNNotify{}
@@ -758,68 +767,68 @@ func (c *Conn) handleRcpt(arg string) {
 				notify = append(notify, DSNNotify(strings.ToUpper(val)))
 			}
 			if err := checkNotifySet(notify); err != nil {
-				c.writeResponse(501, EnhancedCode{5, 5, 4}, "Malformed NOTIFY parameter value")
+				c.refuse(501, EnhancedCode{5, 5, 4}, "Malformed NOTIFY parameter value")
 				return
 			}
 			opts.Notify = notify
 		case "ORCPT":
 			if !c.server.EnableDSN {
-				c.writeResponse(504, EnhancedCode{5, 5, 4}, "ORCPT is not implemented")
+				c.refuse(504, EnhancedCode{5, 5, 4}, "ORCPT is not implemented")
 				return
 			}
 			aType, aAddr, err := decodeTypedAddress(value)
 			if err != nil || aAddr == "" {
-				c.writeResponse(501, EnhancedCode{5, 5, 4}, "Malformed ORCPT parameter value")
+				c.refuse(501, EnhancedCode{5, 5, 4}, "Malformed ORCPT parameter value")
 				return
 			}
 			opts.OriginalRecipientType = aType
 			opts.OriginalRecipient = aAddr
 		case "RRVS":
 			if !c.server.EnableRRVS {
-				c.writeResponse(504, EnhancedCode{5, 5, 4}, "RRVS is not implemented")
+				c.refuse(504, EnhancedCode{5, 5, 4}, "RRVS is not implemented")
 				return
 			}
 			value, _, _ = strings.Cut(value, ";") // discard the no-support action
 			rrvsTime, err := time.Parse(time.RFC3339, value)
 			if err != nil {
-				c.writeResponse(501, EnhancedCode{5, 5, 4}, "Malformed RRVS parameter value")
+				c.refuse(501, EnhancedCode{5, 5, 4}, "Malformed RRVS parameter value")
 				return
 			}
 			opts.RequireRecipientValidSince = rrvsTime
 		case "BY":
 			if !c.server.EnableDELIVERBY {
-				c.writeResponse(504, EnhancedCode{5, 5, 4}, "DELIVERBY is not implemented")
+				c.refuse(504, EnhancedCode{5, 5, 4}, "DELIVERBY is not implemented")
 				return
 			}
 			deliverBy := parseDeliverByArgument(value)
 			if deliverBy == nil {
-				c.writeResponse(501, EnhancedCode{5, 5, 4}, "Malformed BY parameter value")
+				c.refuse(501, EnhancedCode{5, 5, 4}, "Malformed BY parameter value")
 				return
 			}
 			if c.server.MinimumDeliverByTime != 0 &&
 				deliverBy.Mode == DeliverByReturn &&
 				deliverBy.Time < c.server.MinimumDeliverByTime {
-				c.writeResponse(501, EnhancedCode{5, 5, 4}, "BY parameter is below server minimum")
+				c.refuse(501, EnhancedCode{5, 5, 4}, "BY parameter is below server minimum")
 				return
 			}
 			opts.DeliverBy = deliverBy
 		case "MT-PRIORITY":
 			if !c.server.EnableMTPRIORITY {
-				c.writeResponse(504, EnhancedCode{5, 5, 4}, "MT-PRIORITY is not implemented")
+				c.refuse(504, EnhancedCode{5, 5, 4}, "MT-PRIORITY is not implemented")
 				return
 			}
 			mtPriority, err := strconv.Atoi(value)
 			if err != nil {
-				c.writeResponse(501, EnhancedCode{5, 5, 4}, "Malformed MT-PRIORITY parameter value")
+				c.refuse(501, EnhancedCode{5, 5, 4}, "Malformed MT-PRIORITY parameter value")
 				return
 			}
 			if mtPriority < -9 || mtPriority > 9 {
-				c.writeResponse(501, EnhancedCode{5, 5, 4}, "MT-PRIORITY is outside valid range")
+				c.refuse(501, EnhancedCode{5, 5, 4}, "MT-PRIORITY is outside valid range")
 				return
 			}
 			opts.MTPriority = &mtPriority
 		default:
-			c.writeResponse(555, EnhancedCode{5, 5, 4}, "Unknown RCPT TO argument") // sluice: 555 (RFC 5321 4.1.1.11)
+			c.refuse(555, EnhancedCode{5, 5, 4}, "Unknown RCPT TO argument") // sluice: 555 (RFC 5321 4.1.1.11)
 			return
 		}
 	}
@@ -858,22 +867,22 @@ func checkNotifySet(values []DSNNotify) error {
 
 func (c *Conn) handleAuth(arg string) {
 	if c.helo == "" {
-		c.writeResponse(503, EnhancedCode{5, 5, 1}, "Send EHLO or HELO first") // sluice: 503 bad sequence (RFC 5321 4.2.4)
+		c.refuse(503, EnhancedCode{5, 5, 1}, "Send EHLO or HELO first") // sluice: 503 bad sequence (RFC 5321 4.2.4)
 		return
 	}
 	if c.didAuth {
-		c.writeResponse(503, EnhancedCode{5, 5, 1}, "Already authenticated")
+		c.refuse(503, EnhancedCode{5, 5, 1}, "Already authenticated")
 		return
 	}
 
 	parts := strings.Fields(arg)
 	if len(parts) == 0 {
-		c.writeResponse(502, EnhancedCode{5, 5, 4}, "Missing parameter")
+		c.refuse(502, EnhancedCode{5, 5, 4}, "Missing parameter")
 		return
 	}
 
 	if !c.authAllowed() {
-		c.writeResponse(523, EnhancedCode{5, 7, 10}, "TLS is required")
+		c.refuse(523, EnhancedCode{5, 7, 10}, "TLS is required")
 		return
 	}
 
@@ -885,7 +894,7 @@ func (c *Conn) handleAuth(arg string) {
 		var err error
 		ir, err = decodeSASLResponse(parts[1])
 		if err != nil {
-			c.writeResponse(454, EnhancedCode{4, 7, 0}, "Invalid base64 data")
+			c.refuse(454, EnhancedCode{4, 7, 0}, "Invalid base64 data")
 			return
 		}
 	}
@@ -937,13 +946,13 @@ func (c *Conn) handleAuth(arg string) {
 
 		if encoded == "*" {
 			// https://tools.ietf.org/html/rfc4954#page-4
-			c.writeResponse(501, EnhancedCode{5, 0, 0}, "Negotiation cancelled")
+			c.refuse(501, EnhancedCode{5, 0, 0}, "Negotiation cancelled")
 			return
 		}
 
 		response, err = decodeSASLResponse(encoded)
 		if err != nil {
-			c.writeResponse(454, EnhancedCode{4, 7, 0}, "Invalid base64 data")
+			c.refuse(454, EnhancedCode{4, 7, 0}, "Invalid base64 data")
 			return
 		}
 	}
@@ -975,12 +984,12 @@ func (c *Conn) auth(mech string) (sasl.Server, error) {
 
 func (c *Conn) handleStartTLS() {
 	if _, isTLS := c.TLSConnectionState(); isTLS {
-		c.writeResponse(502, EnhancedCode{5, 5, 1}, "Already running in TLS")
+		c.refuse(502, EnhancedCode{5, 5, 1}, "Already running in TLS")
 		return
 	}
 
 	if c.server.TLSConfig == nil {
-		c.writeResponse(502, EnhancedCode{5, 5, 1}, "TLS not supported")
+		c.refuse(502, EnhancedCode{5, 5, 1}, "TLS not supported")
 		return
 	}
 
@@ -1013,20 +1022,20 @@ func (c *Conn) handleStartTLS() {
 // DATA
 func (c *Conn) handleData(arg string) {
 	if arg != "" {
-		c.writeResponse(501, EnhancedCode{5, 5, 4}, "DATA command should not have any arguments")
+		c.refuse(501, EnhancedCode{5, 5, 4}, "DATA command should not have any arguments")
 		return
 	}
 	if c.bdatPipe != nil {
-		c.writeResponse(503, EnhancedCode{5, 5, 1}, "DATA not allowed during message transfer") // sluice: 503 bad sequence
+		c.refuse(503, EnhancedCode{5, 5, 1}, "DATA not allowed during message transfer") // sluice: 503 bad sequence
 		return
 	}
 	if c.binarymime {
-		c.writeResponse(503, EnhancedCode{5, 5, 1}, "DATA not allowed for BINARYMIME messages, use BDAT") // sluice: 503 bad sequence
+		c.refuse(503, EnhancedCode{5, 5, 1}, "DATA not allowed for BINARYMIME messages, use BDAT") // sluice: 503 bad sequence
 		return
 	}
 
 	if !c.fromReceived || len(c.recipients) == 0 {
-		c.writeResponse(503, EnhancedCode{5, 5, 1}, "Send RCPT first") // sluice: 503 bad sequence
+		c.refuse(503, EnhancedCode{5, 5, 1}, "Send RCPT first") // sluice: 503 bad sequence
 		return
 	}
 
@@ -1050,18 +1059,18 @@ func (c *Conn) handleData(arg string) {
 func (c *Conn) handleBdat(arg string) {
 	args := strings.Fields(arg)
 	if len(args) == 0 {
-		c.writeResponse(501, EnhancedCode{5, 5, 4}, "Missing chunk size argument")
+		c.refuse(501, EnhancedCode{5, 5, 4}, "Missing chunk size argument")
 		return
 	}
 	if len(args) > 2 {
-		c.writeResponse(501, EnhancedCode{5, 5, 4}, "Too many arguments")
+		c.refuse(501, EnhancedCode{5, 5, 4}, "Too many arguments")
 		return
 	}
 
 	last := false
 	if len(args) == 2 {
 		if !strings.EqualFold(args[1], "LAST") {
-			c.writeResponse(501, EnhancedCode{5, 5, 4}, "Unknown BDAT argument")
+			c.refuse(501, EnhancedCode{5, 5, 4}, "Unknown BDAT argument")
 			return
 		}
 		last = true
@@ -1070,19 +1079,19 @@ func (c *Conn) handleBdat(arg string) {
 	// ParseUint instead of Atoi so we will not accept negative values.
 	size, err := strconv.ParseUint(args[0], 10, 32)
 	if err != nil {
-		c.writeResponse(501, EnhancedCode{5, 5, 4}, "Malformed size argument")
+		c.refuse(501, EnhancedCode{5, 5, 4}, "Malformed size argument")
 		return
 	}
 
 	if !c.fromReceived || len(c.recipients) == 0 {
-		c.writeResponse(503, EnhancedCode{5, 5, 1}, "Send RCPT first") // sluice: 503 bad sequence
+		c.refuse(503, EnhancedCode{5, 5, 1}, "Send RCPT first") // sluice: 503 bad sequence
 		// The chunk follows the command even when the command is rejected.
 		io.Copy(ioutil.Discard, io.LimitReader(c.text.R, int64(size)))
 		return
 	}
 
 	if c.server.MaxMessageBytes != 0 && c.bytesReceived+int64(size) > c.server.MaxMessageBytes {
-		c.writeResponse(552, EnhancedCode{5, 3, 4}, "Max message size exceeded")
+		c.refuse(552, EnhancedCode{5, 3, 4}, "Max message size exceeded")
 
 		// Discard chunk itself without passing it to backend.
 		io.Copy(ioutil.Discard, io.LimitReader(c.text.R, int64(size)))
