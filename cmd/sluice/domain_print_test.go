@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"strings"
 	"testing"
 )
 
@@ -13,5 +14,17 @@ func TestPrintDomainRemove(t *testing.T) {
 	printDomain(&b, domainView{Domain: "shop.example", State: "unverified"}, "remove")
 	if got, want := b.String(), "shop.example: removed\n"; got != want {
 		t.Errorf("remove printed %q, want %q", got, want)
+	}
+}
+
+// TestDNSBadDomainSaysWhy: `sluice dns records|check` with an operand
+// that is not a domain name says so (not only the usage text), exit 2.
+func TestDNSBadDomainSaysWhy(t *testing.T) {
+	for _, sub := range []string{"records", "check"} {
+		var out, errb bytes.Buffer
+		code := run([]string{"dns", sub, "bad domain", "-c", "/nonexistent.lua"}, &out, &errb)
+		if want := `sluice dns ` + sub + `: "bad domain" is not a domain name`; code != 2 || !strings.Contains(errb.String(), want) {
+			t.Errorf("dns %s: exit %d, stderr lacks %q:\n%s", sub, code, want, errb.String())
+		}
 	}
 }
