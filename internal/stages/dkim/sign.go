@@ -193,7 +193,11 @@ func (s *Signer) Provision(env *pipeline.Env) error {
 func (s *Signer) Validate() error {
 	for opt, d := range map[string]string{"bounce_domain": s.bounce, "default_domain": s.deflt} {
 		if d != "" && len(s.keys.Keys(d)) == 0 {
-			return fmt.Errorf("sluice.builtin.dkim_sign: %s %q has no key (keys are for %s)", opt, d, strings.Join(s.keys.Domains(), ", "))
+			have := s.keys.Domains()
+			if len(have) == 0 {
+				return fmt.Errorf("sluice.builtin.dkim_sign: %s %q has no key: keys lists none (give it one in keys)", opt, d)
+			}
+			return fmt.Errorf("sluice.builtin.dkim_sign: %s %q has no key (keys are for %s)", opt, d, strings.Join(have, ", "))
 		}
 	}
 	return nil

@@ -89,6 +89,15 @@ func TestSignerOptions(t *testing.T) {
 	if err := st.(pipeline.Validator).Validate(); err == nil || !strings.Contains(err.Error(), "b.test") {
 		t.Errorf("bounce_domain without a key: %v", err)
 	}
+	// With keys = {} the error says no key is configured, rather than
+	// ending in "keys are for )".
+	st, _ = NewSigner("dkim", map[string]any{"keys": []any{}, "bounce_domain": "b.test"})
+	if err := st.(pipeline.Provisioner).Provision(env(dir, nil)); err != nil {
+		t.Fatal(err)
+	}
+	if err := st.(pipeline.Validator).Validate(); err == nil || !strings.Contains(err.Error(), `bounce_domain "b.test" has no key: keys lists none`) {
+		t.Errorf("bounce_domain with keys = {}: %v", err)
+	}
 }
 
 // scratchStage sets scratch values at on_message, as a Lua stage would.
