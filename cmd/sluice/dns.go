@@ -68,8 +68,12 @@ func runDNS(args []string, stdout, stderr io.Writer) int {
 	if !ok {
 		return code
 	}
-	if len(pos) != 1 || !validLabel(dkim.NormalizeDomain(pos[0]), false) {
+	if len(pos) != 1 {
 		fmt.Fprint(stderr, dnsUsage)
+		return 2
+	}
+	if !validLabel(dkim.NormalizeDomain(pos[0]), false) {
+		fmt.Fprintf(stderr, "sluice dns %s: %q is not a domain name (letters, digits, '-', '.'; example.com)\n", sub, pos[0])
 		return 2
 	}
 	domain := dkim.NormalizeDomain(pos[0])

@@ -123,10 +123,11 @@ type domainView struct {
 }
 
 func printDomain(w io.Writer, d domainView, sub string) {
-	fmt.Fprintf(w, "%s: %s\n", d.Domain, d.State)
 	if sub == "remove" {
+		fmt.Fprintf(w, "%s: removed\n", d.Domain)
 		return
 	}
+	fmt.Fprintf(w, "%s: %s\n", d.Domain, d.State)
 	for _, r := range d.Records {
 		state := r.State
 		if state == "" {

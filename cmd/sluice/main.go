@@ -45,8 +45,10 @@ Usage:
   sluice test    -c FILE --route ADDRESS   where would mail to ADDRESS go?
   sluice test-scripts DIR    run the Lua rule tests (*_test.lua) under DIR
   sluice health  [-c FILE | --url URL] [--ready]   ask the running relay's admin listener /healthz (or /readyz)
-  sluice domain  add|show|verify|list|remove ...   manage the tenant's sending domains via the HTTP API
-  sluice dns     records|check DOMAIN [-c FILE] [--resolver ADDR] [--json]   the DNS records a sending domain needs; check them
+  sluice domain  add|show|verify|list|remove|rotate ...   manage the tenant's sending domains via the HTTP API;
+                 rotate their DKIM keys
+  sluice dns     records|check|apply DOMAIN [-c FILE] ...   the DNS records a sending domain needs; check them;
+                 write them to your DNS server (RFC 2136 + TSIG)
   sluice version [--json]    print the version, commit and Go version
 
 Run "sluice COMMAND -h" for a command's flags. Exit codes: 0 ok, 1 failure, 2 usage.

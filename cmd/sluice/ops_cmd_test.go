@@ -12,6 +12,24 @@ import (
 // TestHelpExitsZero: -h and --help (and -help for the commands) exit 0
 // for every command and subcommand, serve included, and print a usage
 // text.
+// TestTopUsageNamesSubcommands: `sluice help` lists every subcommand of
+// the commands whose subcommands it spells out, so an operator finds
+// `dns apply` and `domain rotate` without reading the docs first.
+func TestTopUsageNamesSubcommands(t *testing.T) {
+	out, code := runBin(t, "help")
+	if code != 0 {
+		t.Fatalf("sluice help: exit %d\n%s", code, out)
+	}
+	for _, want := range []string{
+		"sluice domain  add|show|verify|list|remove|rotate ",
+		"sluice dns     records|check|apply ",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("sluice help does not list %q:\n%s", want, out)
+		}
+	}
+}
+
 func TestHelpExitsZero(t *testing.T) {
 	commands := [][]string{
 		{}, {"serve"}, {"check"}, {"reload"}, {"test"}, {"test-scripts"}, {"version"},
@@ -19,8 +37,8 @@ func TestHelpExitsZero(t *testing.T) {
 		{"send"}, {"suppression"}, {"suppression", "list"}, {"suppression", "add"}, {"suppression", "remove"},
 		{"passwd"}, {"health"}, {"token"}, {"token", "keygen"}, {"token", "issue"}, {"token", "revoke"},
 		{"dkim"}, {"dkim", "keygen"},
-		{"dns"}, {"dns", "records"}, {"dns", "check"},
-		{"domain"}, {"domain", "add"}, {"domain", "show"}, {"domain", "verify"}, {"domain", "list"}, {"domain", "remove"},
+		{"dns"}, {"dns", "records"}, {"dns", "check"}, {"dns", "apply"},
+		{"domain"}, {"domain", "add"}, {"domain", "show"}, {"domain", "verify"}, {"domain", "list"}, {"domain", "remove"}, {"domain", "rotate"},
 	}
 	for _, cmd := range commands {
 		forms := []string{"-h", "--help"}

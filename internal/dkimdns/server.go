@@ -184,7 +184,8 @@ func (s *Server) Answer(req *dns.Msg) *dns.Msg {
 	}
 	q := req.Question[0]
 	name := strings.ToLower(q.Name)
-	if q.Qclass != dns.ClassINET && q.Qclass != dns.ClassANY || !dns.IsSubDomain(s.zone, name) {
+	if q.Qclass != dns.ClassINET && q.Qclass != dns.ClassANY || !dns.IsSubDomain(s.zone, name) ||
+		q.Qtype == dns.TypeAXFR || q.Qtype == dns.TypeIXFR { // no zone transfers (RFC 5936 section 4.2)
 		resp.Rcode = dns.RcodeRefused
 		return resp
 	}

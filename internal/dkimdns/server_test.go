@@ -177,6 +177,18 @@ func TestNotAQuery(t *testing.T) {
 	}
 }
 
+// TestZoneTransferRefused: AXFR and IXFR are REFUSED (RFC 5936 section
+// 4.2): the listener transfers nothing, and an empty NOERROR answer
+// would read to a secondary as a broken transfer rather than a refusal.
+func TestZoneTransferRefused(t *testing.T) {
+	s, _ := start(t)
+	for _, qt := range []uint16{dns.TypeAXFR, dns.TypeIXFR} {
+		if r := ask(t, s.Addr(), "tcp", "dkim.relay.test", qt, 0); r.Rcode != dns.RcodeRefused || len(r.Answer) != 0 {
+			t.Errorf("%s: rcode %s, %d answer(s); want REFUSED", dns.TypeToString[qt], dns.RcodeToString[r.Rcode], len(r.Answer))
+		}
+	}
+}
+
 // BenchmarkAnswer: building the answer to one TXT query for an RSA-2048
 // key (what the listener does per query, without the socket).
 func BenchmarkAnswer(b *testing.B) {

@@ -46,6 +46,9 @@ type Signer struct {
 	bounce  string // domain whose keys sign DSNs; "" = the DSN's From domain
 	deflt   string // domain for mail whose From domain has no key
 	onError string // "tempfail" or "continue"
+	// signReceived (sign_received): also sign mail received as an MX,
+	// not only what this node's own clients submit (Conn.Submission).
+	signReceived bool
 
 	keys    *dkim.Store
 	log     *slog.Logger
@@ -107,6 +110,7 @@ func NewSigner(name string, m map[string]any) (pipeline.Stage, error) {
 	o.Duration("expiration", &s.sign.Expiration)
 	o.String("bounce_domain", &s.bounce)
 	o.String("default_domain", &s.deflt)
+	o.Bool("sign_received", &s.signReceived)
 	if o.String("on_error", &s.onError) && s.onError != "tempfail" && s.onError != "continue" {
 		o.Fail("on_error", "want \"tempfail\" or \"continue\", got %q", s.onError)
 	}
@@ -189,7 +193,11 @@ func (s *Signer) Provision(env *pipeline.Env) error {
 func (s *Signer) Validate() error {
 	for opt, d := range map[string]string{"bounce_domain": s.bounce, "default_domain": s.deflt} {
 		if d != "" && len(s.keys.Keys(d)) == 0 {
-			return fmt.Errorf("sluice.builtin.dkim_sign: %s %q has no key (keys are for %s)", opt, d, strings.Join(s.keys.Domains(), ", "))
+			have := s.keys.Domains()
+			if len(have) == 0 {
+				return fmt.Errorf("sluice.builtin.dkim_sign: %s %q has no key: keys lists none (give it one in keys)", opt, d)
+			}
+			return fmt.Errorf("sluice.builtin.dkim_sign: %s %q has no key (keys are for %s)", opt, d, strings.Join(have, ", "))
 		}
 	}
 	return nil
@@ -236,12 +244,18 @@ func (s *Signer) Sign(ctx context.Context, msg *pipeline.Message) error {
 
 // choose picks the keys for msg: the Lua override (scratch dkim.domain,
 // dkim.selector), else bounce_domain for DSNs, else the From domain, else
-// default_domain. No keys and why == "" means "leave unsigned".
+// default_domain. No keys and why == "" means "leave unsigned". Mail
+// received as an MX (not a submission, pipeline.Conn.Submission) is left
+// unsigned without sign_received or a Lua override: whoever connects to
+// the MX must not get any From of ours signed.
 func (s *Signer) choose(msg *pipeline.Message) (keys []*dkim.Key, why string) {
 	if v := msg.Scratch[ScratchSkip]; v == "yes" || v == "true" || v == "1" {
 		return nil, ""
 	}
 	domain, explicit := msg.Scratch[ScratchDomain], true
+	if domain == "" && !s.signReceived && msg.Conn != nil && !msg.Conn.Submission() {
+		return nil, ""
+	}
 	if domain == "" {
 		explicit = false
 		if msg.Conn != nil && msg.Conn.Source == pipeline.SourceDSN && s.bounce != "" {

@@ -89,6 +89,15 @@ func TestSignerOptions(t *testing.T) {
 	if err := st.(pipeline.Validator).Validate(); err == nil || !strings.Contains(err.Error(), "b.test") {
 		t.Errorf("bounce_domain without a key: %v", err)
 	}
+	// With keys = {} the error says no key is configured, rather than
+	// ending in "keys are for )".
+	st, _ = NewSigner("dkim", map[string]any{"keys": []any{}, "bounce_domain": "b.test"})
+	if err := st.(pipeline.Provisioner).Provision(env(dir, nil)); err != nil {
+		t.Fatal(err)
+	}
+	if err := st.(pipeline.Validator).Validate(); err == nil || !strings.Contains(err.Error(), `bounce_domain "b.test" has no key: keys lists none`) {
+		t.Errorf("bounce_domain with keys = {}: %v", err)
+	}
 }
 
 // scratchStage sets scratch values at on_message, as a Lua stage would.
@@ -105,15 +114,27 @@ func (s scratchStage) OnMessage(context.Context, *pipeline.Message) (pipeline.Ve
 
 const raw = "From: a@a.test\r\nTo: b@x.test\r\nSubject: s\r\n\r\nbody\r\n"
 
-// signVia runs a chain [dkim_sign, scratch] over raw and returns the
-// message and the chain's error.
+// submitter is a connection from a client in relay_networks: mail this
+// node sends, which dkim_sign signs.
+func submitter() *pipeline.Conn {
+	return &pipeline.Conn{Source: pipeline.SourceSMTP, RelayNetwork: true}
+}
+
+// signVia runs a chain [dkim_sign, scratch] over raw, submitted by a
+// relay_networks client, and returns the message and the chain's error.
 func signVia(t *testing.T, signer pipeline.Stage, scratch map[string]string) (*pipeline.Message, error) {
+	t.Helper()
+	return signViaConn(t, signer, submitter(), scratch)
+}
+
+// signViaConn is signVia for mail that arrived on conn.
+func signViaConn(t *testing.T, signer pipeline.Stage, conn *pipeline.Conn, scratch map[string]string) (*pipeline.Message, error) {
 	t.Helper()
 	ch, err := pipeline.Compile([]pipeline.Stage{signer, scratchStage(scratch)}, pipeline.ChainOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	msg, _ := pipeline.ParseMessage(&pipeline.Txn{ID: "01T", Conn: &pipeline.Conn{Source: pipeline.SourceSMTP}}, []byte(raw))
+	msg, _ := pipeline.ParseMessage(&pipeline.Txn{ID: "01T", Conn: conn}, []byte(raw))
 	_, _, err = ch.Message(context.Background(), msg)
 	return msg, err
 }
@@ -180,6 +201,20 @@ func TestSignChoosesKeys(t *testing.T) {
 	if rep := pipeline.Reply(err); err == nil || !rep.Temporary() {
 		t.Errorf("override without a key: %v, want a temporary failure", err)
 	}
+	// Mail received as an MX (an unauthenticated client outside
+	// relay_networks) is not signed: anyone could otherwise get any From
+	// of a.test signed by sending it here. A Lua choice (dkim.domain) or
+	// sign_received = true signs it.
+	mx := &pipeline.Conn{Source: pipeline.SourceSMTP}
+	if msg, err = signViaConn(t, st, mx, nil); err != nil || msg.Header.Has("DKIM-Signature") {
+		t.Errorf("received as an MX: %v, signed %v", err, msg.Header.Has("DKIM-Signature"))
+	}
+	if msg, _ = signViaConn(t, st, mx, map[string]string{ScratchDomain: "b.test"}); results(msg) != "pass header.d=b.test header.s=e1" {
+		t.Errorf("received as an MX, dkim.domain set in Lua: %s", results(msg))
+	}
+	if msg, _ = signViaConn(t, mk(map[string]any{"sign_received": true}), mx, nil); !msg.Header.Has("DKIM-Signature") {
+		t.Error("received as an MX with sign_received = true: not signed")
+	}
 	msg, err = signVia(t, mk(map[string]any{"on_error": "continue"}), map[string]string{ScratchDomain: "c.test"})
 	if err != nil || msg.Header.Has("DKIM-Signature") {
 		t.Errorf("on_error=continue: %v, signed %v", err, msg.Header.Has("DKIM-Signature"))
@@ -188,7 +223,7 @@ func TestSignChoosesKeys(t *testing.T) {
 	// byte for byte, instead of failing for ever.
 	ch, _ := pipeline.Compile([]pipeline.Stage{st}, pipeline.ChainOptions{})
 	for _, raw := range []string{"From: a@a.test\r\nbody text\r\n", "From: a@a.test\r\nSubject: x\r\n"} {
-		msg, _ = pipeline.ParseMessage(&pipeline.Txn{ID: "01T", Conn: &pipeline.Conn{Source: pipeline.SourceSMTP}}, []byte(raw))
+		msg, _ = pipeline.ParseMessage(&pipeline.Txn{ID: "01T", Conn: submitter()}, []byte(raw))
 		if _, _, err := ch.Message(context.Background(), msg); err != nil {
 			t.Errorf("%q: %v", raw, err)
 		}
