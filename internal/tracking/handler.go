@@ -219,17 +219,16 @@ func (t *Tracker) unsubscribe(w http.ResponseWriter, r *http.Request, l *Link) {
 		http.Error(w, "send List-Unsubscribe=One-Click (RFC 8058) as application/x-www-form-urlencoded or multipart/form-data", http.StatusBadRequest)
 		return
 	}
-	sp := t.sp.Load()
-	prev, err := sp.GetSuppression(l.Tenant, l.Recipient)
-	if err == nil && prev == nil {
-		// A one-click POST comes from the mailbox provider's servers by
-		// design (RFC 8058): it is never flagged machine.
-		class, _, _ := classify(r, l.Accepted, t.now(), -1)
-		ev := &pipeline.Event{Type: pipeline.EventUnsubscribed, MessageID: l.MessageID, Recipient: l.Recipient, Tenant: l.Tenant,
-			Source: SourceTracking, Engagement: &pipeline.Engagement{UserAgent: class, Method: method}}
-		_, err = sp.AddSuppression(&spool.Suppression{Tenant: l.Tenant, Address: l.Recipient, Reason: "unsubscribed (" + method + ")",
-			Source: spool.SuppressionUnsubscribe, MessageID: l.MessageID}, ev)
-	}
+	// A one-click POST comes from the mailbox provider's servers by
+	// design (RFC 8058): it is never flagged machine.
+	class, _, _ := classify(r, l.Accepted, t.now(), -1)
+	ev := &pipeline.Event{Type: pipeline.EventUnsubscribed, MessageID: l.MessageID, Recipient: l.Recipient, Tenant: l.Tenant,
+		Source: SourceTracking, Engagement: &pipeline.Engagement{UserAgent: class, Method: method}}
+	// If absent, in one step: of concurrent POSTs (retries, a double
+	// click) one adds the entry and its events; an address already
+	// listed (a hard bounce, an earlier unsubscribe) keeps its entry.
+	_, err := t.sp.Load().AddSuppressionIfAbsent(&spool.Suppression{Tenant: l.Tenant, Address: l.Recipient, Reason: "unsubscribed (" + method + ")",
+		Source: spool.SuppressionUnsubscribe, MessageID: l.MessageID}, ev)
 	if err != nil {
 		t.log.Error("cannot record an unsubscribe", "msgid", l.MessageID, "err", err)
 		http.Error(w, "cannot record the unsubscribe now; try again later", http.StatusServiceUnavailable)
