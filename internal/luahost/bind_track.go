@@ -16,8 +16,12 @@ import (
 // nothing.
 func (st *state) track(L *lua.LState) int {
 	st.self(L, "track")
-	st.mayEdit("msg:track", pipeline.EditTrack)
-	o := st.sb.CheckOpts(2, "msg:track", "opens", "clicks", "unsubscribe")
+	name := "msg:track" // errors name the call as the script wrote it
+	if ud, ok := L.Get(1).(*lua.LUserData); ok && ud.Metatable == st.txnMT {
+		name = "txn:track"
+	}
+	st.mayEdit(name, pipeline.EditTrack)
+	o := st.sb.CheckOpts(2, name, "opens", "clicks", "unsubscribe")
 	var t pipeline.Track
 	for key, dst := range map[string]**bool{"opens": &t.Opens, "clicks": &t.Clicks, "unsubscribe": &t.Unsubscribe} {
 		var b bool

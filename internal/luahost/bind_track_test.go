@@ -34,6 +34,12 @@ func TestTrackRefused(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), `"open"`) {
 		t.Fatalf("err %v, want an unknown key error naming open", err)
 	}
+	// txn:track in on_rcpt: the error names the call as written.
+	st, _, _ = inline(t, `on_rcpt = function(txn, rcpt) txn:track { click = true } end`)
+	_, err = rcptHook(t, st).OnRcpt(bg, testTxn(), rcpt(t, "a@example.org"))
+	if err == nil || !strings.Contains(err.Error(), `txn:track: unknown key "click"`) {
+		t.Fatalf("err %v, want txn:track naming click", err)
+	}
 	err = newHostErr(t, "local sluice = require('sluice')\nsluice.stage('routing', {\n  on_route = function(msg, rcpt)\n    msg:track { opens = true }\n  end,\n})\n")
 	wantErrContains(t, err, "pipeline.lua:4", "on_route calls track; tracking edits are not allowed in on_route")
 }

@@ -327,6 +327,20 @@ func (s *Spool) ListSuppressions(tenant, cursor string, limit int) (*Suppression
 // unsubscribed event) are written in the same batch. Safe for concurrent
 // use.
 func (s *Spool) AddSuppression(e *Suppression, also ...*pipeline.Event) (prev *Suppression, err error) {
+	return s.addSuppression(e, false, also)
+}
+
+// AddSuppressionIfAbsent is AddSuppression when tenant has no entry for
+// e.Address, and does nothing (no write, no event) when it has one,
+// which it returns: the check and the write are one step, so of
+// concurrent calls for one address (a provider retrying a one-click
+// unsubscribe) exactly one adds the entry and records its events. Safe
+// for concurrent use.
+func (s *Spool) AddSuppressionIfAbsent(e *Suppression, also ...*pipeline.Event) (prev *Suppression, err error) {
+	return s.addSuppression(e, true, also)
+}
+
+func (s *Spool) addSuppression(e *Suppression, ifAbsent bool, also []*pipeline.Event) (prev *Suppression, err error) {
 	if strings.IndexByte(e.Tenant, 0) >= 0 {
 		return nil, ErrBadTenant
 	}
@@ -344,6 +358,9 @@ func (s *Spool) AddSuppression(e *Suppression, also ...*pipeline.Event) (prev *S
 	defer s.supp.mu.Unlock()
 	if prev, err = s.GetSuppression(e.Tenant, e.Address); err != nil {
 		return nil, err
+	}
+	if ifAbsent && prev != nil {
+		return prev, nil
 	}
 	k := suppKey(e.Tenant, e.Address)
 	s.supp.filter.add(k) // before the commit: never a false negative

@@ -1,8 +1,11 @@
 package tracking
 
 import (
+	"errors"
 	"html/template"
 	"io"
+	"mime"
+	"mime/multipart"
 	"net"
 	"net/http"
 	"net/url"
@@ -196,35 +199,36 @@ func (t *Tracker) unsubscribe(w http.ResponseWriter, r *http.Request, l *Link) {
 		http.Error(w, "use GET or POST", http.StatusMethodNotAllowed)
 		return
 	}
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxUnsubscribeBody))
-	if err != nil {
-		http.Error(w, "the request body is too large", http.StatusRequestEntityTooLarge)
+	form, status := unsubscribeForm(w, r)
+	if status != 0 {
+		msg := "send List-Unsubscribe=One-Click (RFC 8058) as application/x-www-form-urlencoded or multipart/form-data"
+		if status == http.StatusRequestEntityTooLarge {
+			msg = "the request body is too large"
+		}
+		http.Error(w, msg, status)
 		return
 	}
-	form, err := url.ParseQuery(string(body))
 	method := ""
 	switch {
-	case err != nil:
 	case form.Get("List-Unsubscribe") == "One-Click":
 		method = "one-click"
 	case form.Get("confirm") == "yes":
 		method = "page"
 	}
 	if method == "" {
-		http.Error(w, "send List-Unsubscribe=One-Click (RFC 8058) as application/x-www-form-urlencoded", http.StatusBadRequest)
+		http.Error(w, "send List-Unsubscribe=One-Click (RFC 8058) as application/x-www-form-urlencoded or multipart/form-data", http.StatusBadRequest)
 		return
 	}
-	sp := t.sp.Load()
-	prev, err := sp.GetSuppression(l.Tenant, l.Recipient)
-	if err == nil && prev == nil {
-		// A one-click POST comes from the mailbox provider's servers by
-		// design (RFC 8058): it is never flagged machine.
-		class, _, _ := classify(r, l.Accepted, t.now(), -1)
-		ev := &pipeline.Event{Type: pipeline.EventUnsubscribed, MessageID: l.MessageID, Recipient: l.Recipient, Tenant: l.Tenant,
-			Source: SourceTracking, Engagement: &pipeline.Engagement{UserAgent: class, Method: method}}
-		_, err = sp.AddSuppression(&spool.Suppression{Tenant: l.Tenant, Address: l.Recipient, Reason: "unsubscribed (" + method + ")",
-			Source: spool.SuppressionUnsubscribe, MessageID: l.MessageID}, ev)
-	}
+	// A one-click POST comes from the mailbox provider's servers by
+	// design (RFC 8058): it is never flagged machine.
+	class, _, _ := classify(r, l.Accepted, t.now(), -1)
+	ev := &pipeline.Event{Type: pipeline.EventUnsubscribed, MessageID: l.MessageID, Recipient: l.Recipient, Tenant: l.Tenant,
+		Source: SourceTracking, Engagement: &pipeline.Engagement{UserAgent: class, Method: method}}
+	// If absent, in one step: of concurrent POSTs (retries, a double
+	// click) one adds the entry and its events; an address already
+	// listed (a hard bounce, an earlier unsubscribe) keeps its entry.
+	_, err := t.sp.Load().AddSuppressionIfAbsent(&spool.Suppression{Tenant: l.Tenant, Address: l.Recipient, Reason: "unsubscribed (" + method + ")",
+		Source: spool.SuppressionUnsubscribe, MessageID: l.MessageID}, ev)
 	if err != nil {
 		t.log.Error("cannot record an unsubscribe", "msgid", l.MessageID, "err", err)
 		http.Error(w, "cannot record the unsubscribe now; try again later", http.StatusServiceUnavailable)
@@ -234,4 +238,53 @@ func (t *Tracker) unsubscribe(w http.ResponseWriter, r *http.Request, l *Link) {
 	page.Done = true
 	w.Header().Set("Content-Type", "text/html; charset=utf-8")
 	_ = unsubPage.Execute(w, page)
+}
+
+// unsubscribeForm reads the fields of an unsubscribe POST (at most
+// maxUnsubscribeBody bytes). RFC 8058 section 3.1: the mailbox provider
+// SHOULD send multipart/form-data (RFC 7578) and MAY send
+// application/x-www-form-urlencoded; any other body is read as the
+// latter. A non-zero status is the error to answer: 413 for a body too
+// large, 400 for one that does not parse.
+func unsubscribeForm(w http.ResponseWriter, r *http.Request) (url.Values, int) {
+	body := http.MaxBytesReader(w, r.Body, maxUnsubscribeBody)
+	if mt, params, err := mime.ParseMediaType(r.Header.Get("Content-Type")); err == nil && mt == "multipart/form-data" {
+		if params["boundary"] == "" {
+			return nil, http.StatusBadRequest
+		}
+		form := url.Values{}
+		mr := multipart.NewReader(body, params["boundary"])
+		for {
+			p, err := mr.NextPart()
+			if err == io.EOF {
+				return form, 0
+			}
+			var tooLarge *http.MaxBytesError
+			if errors.As(err, &tooLarge) {
+				return nil, http.StatusRequestEntityTooLarge
+			}
+			if err != nil {
+				return nil, http.StatusBadRequest
+			}
+			v, err := io.ReadAll(p)
+			if errors.As(err, &tooLarge) {
+				return nil, http.StatusRequestEntityTooLarge
+			}
+			if err != nil {
+				return nil, http.StatusBadRequest
+			}
+			if name := p.FormName(); name != "" && p.FileName() == "" {
+				form.Add(name, string(v))
+			}
+		}
+	}
+	b, err := io.ReadAll(body)
+	if err != nil {
+		return nil, http.StatusRequestEntityTooLarge
+	}
+	form, err := url.ParseQuery(string(b))
+	if err != nil {
+		return nil, http.StatusBadRequest
+	}
+	return form, 0
 }

@@ -145,8 +145,14 @@ func compile(o Options) (*compiled, error) {
 		if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" || (u.Path != "" && u.Path != "/") || u.RawQuery != "" || u.User != nil {
 			return fmt.Errorf("tracking: base_url %q: want https://HOST (a scheme and a host name, no path)", p.BaseURL)
 		}
-		p.BaseURL = u.Scheme + "://" + strings.ToLower(u.Host)
+		// A default port is dropped: browsers leave it out of the Host
+		// header (RFC 9110 section 7.2), so "https://t.acme.example:443"
+		// must route requests for "t.acme.example".
 		h := strings.ToLower(u.Host)
+		if port := u.Port(); port == "443" && u.Scheme == "https" || port == "80" && u.Scheme == "http" {
+			h = strings.TrimSuffix(h, ":"+port)
+		}
+		p.BaseURL = u.Scheme + "://" + h
 		if other, dup := c.hosts[h]; dup && other != tenant {
 			return fmt.Errorf("tracking: host %s is the tracking host of two tenants (%q and %q)", h, other, tenant)
 		}
