@@ -356,13 +356,20 @@ func TestSandboxEndToEnd(t *testing.T) {
 		evs := e.relay.waitEvents("the complaint", func(evs []pipeline.Event) bool {
 			return countType(evs, pipeline.EventComplained, "complain@sim.test") == 1
 		})
+		complained := ""
 		for _, ev := range evs {
-			if ev.Type == pipeline.EventComplained && (ev.MessageID != id || ev.Tenant != "bouncer") {
-				t.Fatalf("complained event: %+v", ev)
+			if ev.Type == pipeline.EventComplained && ev.Recipient == "complain@sim.test" {
+				if ev.MessageID != id || ev.Tenant != "bouncer" {
+					t.Fatalf("complained event: %+v", ev)
+				}
+				complained = ev.EventID
 			}
 		}
-		if r := e.do("GET", "/v1/suppressions/complain@sim.test", bouncer, nil, nil); r.status != 200 || !strings.Contains(string(r.body), `"source":"complaint"`) {
-			t.Fatalf("suppression entry: %s", r)
+		// The entry names the event that caused it, as a bounce's does
+		// (docs/http-api.md: event_id).
+		if r := e.do("GET", "/v1/suppressions/complain@sim.test", bouncer, nil, nil); r.status != 200 || !strings.Contains(string(r.body), `"source":"complaint"`) ||
+			complained == "" || !strings.Contains(string(r.body), `"event_id":"`+complained+`"`) {
+			t.Fatalf("suppression entry (want event_id %q): %s", complained, r)
 		}
 		e.send(bouncer, map[string]any{"from": "app@sender.test", "to": "ooo@sim.test", "subject": "meeting", "text": "x"})
 		ar := e.wait(bouncer, "to=app@sender.test&subject=Automatic+reply:+meeting")

@@ -506,8 +506,25 @@ func (s *Store) enforce(tenant string) {
 			continue
 		}
 		n, size := len(t.entries), t.bytes
+		// A message larger than the byte limit by itself can never fit:
+		// it is dropped alone rather than evicting every older message
+		// first to make room it would not find.
+		alone := map[*entry]bool{}
+		if r.Bytes > 0 {
+			for _, e := range t.entries {
+				if int64(e.s.Size) > r.Bytes {
+					alone[e] = true
+					drops = append(drops, drop{e, fmt.Sprintf("sandbox retention: larger than %d bytes", r.Bytes)})
+					n--
+					size -= int64(e.s.Size)
+				}
+			}
+		}
 		for i := 0; i < len(t.entries); i++ {
 			e := t.entries[i]
+			if alone[e] {
+				continue
+			}
 			var reason string
 			switch {
 			case r.Messages > 0 && n > r.Messages:

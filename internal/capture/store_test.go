@@ -327,3 +327,20 @@ func TestAutoReplyAndComplaint(t *testing.T) {
 	}
 	s.Close()
 }
+
+// A message larger than retention.bytes by itself is dropped alone: the
+// smaller, older messages it could never make room for stay in the inbox.
+func TestBytesRetentionOversizedMessageDropsOnlyItself(t *testing.T) {
+	rec := &recorder{}
+	s := open(t, t.TempDir(), Options{Retention: config.SandboxRetention{Bytes: 250}, Record: rec.record})
+	defer s.Close()
+	for _, body := range []string{strings.Repeat("x", 20), strings.Repeat("y", 20), strings.Repeat("z", 400)} {
+		if _, err := s.Put("t", "", "a@b.test", []string{"c@d.test"}, msg("s", "c@d.test", body)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	p, _ := s.Search("t", Filter{}, 0, 10)
+	if p.Total != 2 || len(rec.events()) != 1 {
+		t.Fatalf("total %d (want the 2 small messages kept), events %+v", p.Total, rec.events())
+	}
+}

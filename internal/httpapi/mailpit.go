@@ -1,6 +1,8 @@
 package httpapi
 
 import (
+	"encoding/json"
+	"io"
 	"net/http"
 	"strconv"
 	"strings"
@@ -20,7 +22,7 @@ import (
 //	                                                 to:, from:, subject:, tag: and words (text)
 //	GET    /sandbox/api/v1/message/{ID}              one message: text, HTML, attachments
 //	GET    /sandbox/api/v1/message/{ID}/raw          the bytes
-//	DELETE /sandbox/api/v1/messages                  delete all of the tenant's
+//	DELETE /sandbox/api/v1/messages                  delete all of the tenant's; body {"IDs": [...]}: only those
 //
 // Shapes follow Mailpit's (PascalCase fields); what Sluice has no notion
 // of (Read, Snippet, Bcc, Inline) is given empty. Tenancy and scopes are
@@ -163,7 +165,36 @@ func (s *Server) mailpitAPI(w http.ResponseWriter, r *http.Request) {
 			s.fail(w, e)
 			return
 		}
-		if _, err := st.DeleteAll(tenant); err != nil {
+		// Mailpit's optional body {"IDs": [...]} names the messages to
+		// delete; without it (or with no IDs) every message goes.
+		var req struct {
+			IDs []string `json:"IDs"`
+		}
+		if r.ContentLength != 0 {
+			buf, e := s.readBody(w, r)
+			if e != nil {
+				s.fail(w, e)
+				return
+			}
+			dec := json.NewDecoder(buf)
+			dec.DisallowUnknownFields()
+			err := dec.Decode(&req)
+			putBuf(buf)
+			if err != nil && err != io.EOF {
+				s.fail(w, jsonError(err))
+				return
+			}
+		}
+		var err error
+		if len(req.IDs) == 0 {
+			_, err = st.DeleteAll(tenant)
+		}
+		for _, id := range req.IDs {
+			if _, err = st.Delete(tenant, id); err != nil {
+				break
+			}
+		}
+		if err != nil {
 			s.sandboxFailed(w, "delete the sandbox's messages", err)
 			return
 		}

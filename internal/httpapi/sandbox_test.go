@@ -322,6 +322,16 @@ func TestSandboxMailpitPaths(t *testing.T) {
 	if r := e.do("GET", "/sandbox/api/v1/message/"+a.ID+"/raw", e.sendKey, nil); r.Status != 200 || string(r.Body) != sandboxMsg {
 		t.Fatalf("raw: %d", r.Status)
 	}
+	// Mailpit's body {"IDs": [...]} deletes only those messages.
+	if r := e.do("DELETE", "/sandbox/api/v1/messages", e.sendKey, map[string]any{"IDs": []string{"01NOSUCHMESSAGE0000000000", o.ID}}); r.Status != 200 || string(r.Body) != "ok" {
+		t.Fatalf("delete by IDs: %d %s", r.Status, r.Body)
+	}
+	if _, ok := st.Get("acme", a.ID); !ok {
+		t.Fatal("a delete naming other IDs deleted every message")
+	}
+	if r := e.do("DELETE", "/sandbox/api/v1/messages", e.sendKey, `{"IDs": 5}`); r.Status != 400 || !strings.Contains(string(r.Body), "IDs") {
+		t.Fatalf("bad IDs: %d %s", r.Status, r.Body)
+	}
 	if r := e.do("DELETE", "/sandbox/api/v1/messages", e.sendKey, nil); r.Status != 200 || string(r.Body) != "ok" {
 		t.Fatalf("delete: %d %s", r.Status, r.Body)
 	}

@@ -114,14 +114,18 @@ func (s *Server) complain(msgID, rcpt string) {
 		ev := evs[0]
 		m = &spool.Meta{ID: msgID, Sender: ev.Sender, Tenant: ev.Tenant, Source: ev.Source, Tags: ev.Tags, Meta: ev.Metadata}
 	}
+	// The entry names the complained event as a bounce's names its
+	// bounced event; the id is set here so it is known before Commit.
+	ev := &pipeline.Event{EventID: s.sp.NewID(), Type: pipeline.EventComplained, MessageID: msgID, Recipient: rcpt, Sender: m.Sender, Source: m.Source,
+		Tenant: m.Tenant, Queue: "sandbox:" + m.Tenant, Tags: m.Tags, Metadata: map[string]string{"feedback_type": "abuse", "simulated": "true"}}
 	b := s.sp.NewBatch()
-	b.AddEvent(&pipeline.Event{Type: pipeline.EventComplained, MessageID: msgID, Recipient: rcpt, Sender: m.Sender, Source: m.Source,
-		Tenant: m.Tenant, Queue: "sandbox:" + m.Tenant, Tags: m.Tags, Metadata: map[string]string{"feedback_type": "abuse", "simulated": "true"}})
+	b.AddEvent(ev)
 	if err := b.Commit(false); err != nil {
 		s.log.Warn("simulated complaint: cannot record the event", "msgid", msgID, "err", err)
+		ev.EventID = ""
 	}
 	if _, err := s.sp.AddSuppression(&spool.Suppression{Tenant: m.Tenant, Address: rcpt, Reason: "complaint (simulated feedback report)",
-		Source: spool.SuppressionComplaint, MessageID: msgID}); err != nil {
+		Source: spool.SuppressionComplaint, EventID: ev.EventID, MessageID: msgID}); err != nil {
 		s.log.Warn("simulated complaint: cannot add the suppression entry", "msgid", msgID, "rcpt", rcpt, "err", err)
 	}
 }
