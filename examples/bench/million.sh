@@ -7,7 +7,7 @@
 #   DESTS=10000 N=50000 examples/bench/million.sh   # 10,000 destinations, ~5 each
 #
 # Steps and figures (one line each, "key value"):
-#   1. start sluice (examples/bench/million.lua), acceptance probe on an empty
+#   1. start sluice (examples/bench/million.lua.in, a template), acceptance probe on an empty
 #      queue: PROBES x PROBE_N messages (sluice-bench smtp, 2 KB x 20 sessions)
 #   2. fill: N messages of SIZE bytes, one recipient each, to the down
 #      destination; wait until each has had its one failed attempt
@@ -46,7 +46,7 @@ trap cleanup EXIT
 
 sed -e "s#{{SPOOL}}#$WORK/spool#" -e "s#{{EVENTS}}#$WORK/events.jsonl#" -e "s#{{DESTS}}#$DESTS#" \
   -e "s#{{SMTP_PORT}}#$SMTP_PORT#" -e "s#{{HTTP_PORT}}#$HTTP_PORT#" -e "s#{{ADMIN_PORT}}#$ADMIN_PORT#" -e "s#{{SINK_PORT}}#$SINK_PORT#" \
-  examples/bench/million.lua > "$WORK/million.lua"
+  examples/bench/million.lua.in > "$WORK/million.lua"
 
 say() { printf '%-28s %s\n' "$1" "$2"; }
 now() { date +%s.%N; }
