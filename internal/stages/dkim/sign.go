@@ -219,7 +219,7 @@ func (s *Signer) Sign(ctx context.Context, msg *pipeline.Message) error {
 		}
 		return nil
 	}
-	fields, err := dkim.Sign(keys, &s.sign, &msg.Header, msg)
+	fields, err := dkim.Sign(keys, &s.sign, &msg.Header, msg.Body)
 	if err != nil {
 		s.errs.WithLabelValues("sign_failed").Inc()
 		return s.failed(msg, "signing failed", err)
