@@ -67,6 +67,30 @@ func canon(c string) msgauth.Canonicalization {
 // o's lists as many times as it occurs (none if absent), and each
 // over-signed field once more. From is always included.
 func (o *Options) HeaderKeys(h *textproto.Header) []string {
+	return o.headerKeys(fieldsOf(h))
+}
+
+// field is one header field: its name and its bytes as written.
+type field struct {
+	name string
+	raw  []byte
+}
+
+// fieldsOf lists h's fields top to bottom, raw as textproto.WriteHeader
+// writes them (a field without raw bytes fails there too: raw is nil).
+func fieldsOf(h *textproto.Header) []field {
+	fs := make([]field, 0, h.Len())
+	for it := h.Fields(); it.Next(); {
+		raw, _ := it.Raw()
+		fs = append(fs, field{it.Key(), raw})
+	}
+	return fs
+}
+
+// headerKeys is HeaderKeys over fs. A header has a few dozen fields and
+// the lists a few dozen names: comparing names case-insensitively in
+// place costs less than maps of lower-cased copies.
+func (o *Options) headerKeys(fs []field) []string {
 	headers, over := o.Headers, o.Oversign
 	if headers == nil {
 		headers = DefaultHeaders
@@ -74,34 +98,46 @@ func (o *Options) HeaderKeys(h *textproto.Header) []string {
 	if over == nil {
 		over = DefaultOversign
 	}
-	isOver := make(map[string]bool, len(over))
-	for _, k := range over {
-		isOver[strings.ToLower(k)] = true
-	}
-	seen := map[string]bool{}
-	var keys []string
-	add := func(k string) {
-		lk := strings.ToLower(k)
-		if seen[lk] {
+	keys := make([]string, 0, 16)
+	add := func(k string, done []string) {
+		if containsFold(done, k) {
 			return
 		}
-		seen[lk] = true
-		n := len(h.Values(k))
-		if isOver[lk] {
+		n := 0
+		for i := range fs {
+			if strings.EqualFold(fs[i].name, k) {
+				n++
+			}
+		}
+		if containsFold(over, k) {
 			n++
 		}
 		for i := 0; i < n; i++ {
 			keys = append(keys, k)
 		}
 	}
-	add("From")
-	for _, k := range headers {
-		add(k)
+	add("From", nil)
+	for i, k := range headers {
+		if !strings.EqualFold(k, "From") {
+			add(k, headers[:i])
+		}
 	}
-	for _, k := range over {
-		add(k)
+	for i, k := range over {
+		if !strings.EqualFold(k, "From") && !containsFold(headers, k) {
+			add(k, over[:i])
+		}
 	}
 	return keys
+}
+
+// containsFold reports whether l holds s, ignoring ASCII case.
+func containsFold(l []string, s string) bool {
+	for _, x := range l {
+		if strings.EqualFold(x, s) {
+			return true
+		}
+	}
+	return false
 }
 
 // Sign computes one DKIM-Signature field per key (in order) over the
@@ -121,11 +157,12 @@ func Sign(keys []*Key, o *Options, h *textproto.Header, body []byte) ([]string, 
 		return nil, nil
 	}
 	hc, bc := canon(o.HeaderCanon), canon(o.BodyCanon)
-	hk := o.HeaderKeys(h)
+	fs := fieldsOf(h)
+	hk := o.headerKeys(fs)
 	// The body hash is the same for every key.
 	bh := bodyHash(body, bc == msgauth.CanonicalizationRelaxed)
 	// The canonical signed header fields, in h= order, are too.
-	signedHdr, err := canonicalHeader(h, hk, hc == msgauth.CanonicalizationRelaxed)
+	signedHdr, err := canonicalHeader(fs, hk, hc == msgauth.CanonicalizationRelaxed)
 	if err != nil {
 		return nil, fmt.Errorf("dkim: %w", err)
 	}
@@ -221,26 +258,32 @@ func signOne(k *Key, hk []string, c string, bh string, signedHdr []byte, relaxed
 // in h= order; the n-th occurrence of a name in hk picks the n-th field of
 // that name from the bottom, and a name listed more often than present
 // (over-signing) picks nothing (RFC 6376 section 5.4.2).
-func canonicalHeader(h *textproto.Header, hk []string, relaxed bool) ([]byte, error) {
+func canonicalHeader(fs []field, hk []string, relaxed bool) ([]byte, error) {
 	out := make([]byte, 0, 1024)
-	picked := make(map[string]int, len(hk))
-	var fields [][]byte
-	for _, k := range hk {
-		lk := strings.ToLower(k)
-		n := picked[lk]
-		picked[lk] = n + 1
-		fields = fields[:0]
-		for fs := h.FieldsByKey(k); fs.Next(); {
-			raw, err := fs.Raw()
-			if err != nil {
-				return nil, err
+	for i, k := range hk {
+		n := 0 // earlier occurrences of k in h=
+		for _, e := range hk[:i] {
+			if strings.EqualFold(e, k) {
+				n++
 			}
-			fields = append(fields, raw)
 		}
-		if n >= len(fields) {
+		var raw []byte
+		found := false
+		for j := len(fs) - 1; j >= 0; j-- {
+			if strings.EqualFold(fs[j].name, k) {
+				if n == 0 {
+					raw, found = fs[j].raw, true
+					break
+				}
+				n--
+			}
+		}
+		if !found {
 			continue
 		}
-		raw := fields[len(fields)-1-n]
+		if raw == nil {
+			return nil, fmt.Errorf("header field %s cannot be written", k)
+		}
 		if relaxed {
 			out = relaxedField(out, raw, true)
 		} else {
