@@ -1,8 +1,9 @@
 // Package dkim holds the DKIM built-in stages: dkim_sign (RFC 6376 and
 // RFC 8463 signatures on mail Sluice sends, including the DSNs it
 // generates) and dkim_verify (checking the signatures of mail received as
-// an MX). Keys, signing and record text live in internal/dkim; the
-// cryptography is emersion/go-msgauth's.
+// an MX). Keys, signing and record text live in internal/dkim; signing
+// hashes there directly (Go's crypto signs), verifying is
+// emersion/go-msgauth's.
 package dkim
 
 import (
