@@ -9,8 +9,10 @@ import (
 	"crypto/sha256"
 	"encoding/base64"
 	"fmt"
+	stdtextproto "net/textproto"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/emersion/go-message/textproto"
@@ -42,6 +44,47 @@ type Options struct {
 	HeaderCanon, BodyCanon string
 	// Expiration, when positive, sets x= that long after signing.
 	Expiration time.Duration
+
+	// plan is the lists deduplicated, made on first use: set the lists
+	// before signing, and do not copy Options after.
+	plan atomic.Pointer[headerPlan]
+}
+
+// headerPlan is Options' lists as h= is built from them: each name once
+// (From first, then Headers, then Oversign) with whether it is
+// over-signed, and an index by canonical MIME key, the form textproto
+// keeps field names in.
+type headerPlan struct {
+	names []string
+	over  []bool
+	index map[string]int
+}
+
+func (o *Options) getPlan() *headerPlan {
+	if p := o.plan.Load(); p != nil {
+		return p
+	}
+	headers, over := o.Headers, o.Oversign
+	if headers == nil {
+		headers = DefaultHeaders
+	}
+	if over == nil {
+		over = DefaultOversign
+	}
+	p := &headerPlan{index: map[string]int{}}
+	for _, l := range [][]string{{"From"}, headers, over} {
+		for _, k := range l {
+			ck := stdtextproto.CanonicalMIMEHeaderKey(k)
+			if _, dup := p.index[ck]; dup {
+				continue
+			}
+			p.index[ck] = len(p.names)
+			p.names = append(p.names, k)
+			p.over = append(p.over, containsFold(over, k))
+		}
+	}
+	o.plan.Store(p)
+	return p
 }
 
 // Check validates o's canonicalizations.
@@ -87,44 +130,29 @@ func fieldsOf(h *textproto.Header) []field {
 	return fs
 }
 
-// headerKeys is HeaderKeys over fs. A header has a few dozen fields and
-// the lists a few dozen names: comparing names case-insensitively in
-// place costs less than maps of lower-cased copies.
+// headerKeys is HeaderKeys over fs: one map lookup per field.
 func (o *Options) headerKeys(fs []field) []string {
-	headers, over := o.Headers, o.Oversign
-	if headers == nil {
-		headers = DefaultHeaders
+	p := o.getPlan()
+	var countBuf [64]int
+	counts := countBuf[:0]
+	if len(p.names) <= len(countBuf) {
+		counts = countBuf[:len(p.names)]
+	} else {
+		counts = make([]int, len(p.names))
 	}
-	if over == nil {
-		over = DefaultOversign
+	for i := range fs {
+		if j, ok := p.index[fs[i].name]; ok { // textproto keeps names canonical
+			counts[j]++
+		}
 	}
 	keys := make([]string, 0, 16)
-	add := func(k string, done []string) {
-		if containsFold(done, k) {
-			return
-		}
-		n := 0
-		for i := range fs {
-			if strings.EqualFold(fs[i].name, k) {
-				n++
-			}
-		}
-		if containsFold(over, k) {
+	for j, k := range p.names {
+		n := counts[j]
+		if p.over[j] {
 			n++
 		}
-		for i := 0; i < n; i++ {
+		for ; n > 0; n-- {
 			keys = append(keys, k)
-		}
-	}
-	add("From", nil)
-	for i, k := range headers {
-		if !strings.EqualFold(k, "From") {
-			add(k, headers[:i])
-		}
-	}
-	for i, k := range over {
-		if !strings.EqualFold(k, "From") && !containsFold(headers, k) {
-			add(k, over[:i])
 		}
 	}
 	return keys
