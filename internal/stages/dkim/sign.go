@@ -1,8 +1,9 @@
 // Package dkim holds the DKIM built-in stages: dkim_sign (RFC 6376 and
 // RFC 8463 signatures on mail Sluice sends, including the DSNs it
 // generates) and dkim_verify (checking the signatures of mail received as
-// an MX). Keys, signing and record text live in internal/dkim; the
-// cryptography is emersion/go-msgauth's.
+// an MX). Keys, signing and record text live in internal/dkim; signing
+// hashes there directly (Go's crypto signs), verifying is
+// emersion/go-msgauth's.
 package dkim
 
 import (
@@ -227,7 +228,7 @@ func (s *Signer) Sign(ctx context.Context, msg *pipeline.Message) error {
 		}
 		return nil
 	}
-	fields, err := dkim.Sign(keys, &s.sign, &msg.Header, msg)
+	fields, err := dkim.Sign(keys, &s.sign, &msg.Header, msg.Body)
 	if err != nil {
 		s.errs.WithLabelValues("sign_failed").Inc()
 		return s.failed(msg, "signing failed", err)

@@ -245,7 +245,7 @@ func TestVerifyCapAndLengthTag(t *testing.T) {
 	}
 	msg, _ := pipeline.ParseMessage(&pipeline.Txn{}, []byte(raw))
 	for i := 0; i < 4; i++ {
-		fields, err := dkim.Sign(keys, &dkim.Options{}, &msg.Header, msg)
+		fields, err := dkim.Sign(keys, &dkim.Options{}, &msg.Header, msg.Body)
 		if err != nil {
 			t.Fatal(err)
 		}
