@@ -1,8 +1,16 @@
 // Package dkim holds Sluice's DKIM signing keys (RFC 6376, RFC 8463) and
 // signs messages with them: key files are read once into a Store, looked
 // up by signing domain (and selector), and swapped whole when they change.
-// The cryptography and canonicalization are emersion/go-msgauth's; this
-// package adds the key table, key generation and the DNS record text.
+// Verification is emersion/go-msgauth's. Signing is written here (sign.go)
+// on Go's crypto: go-msgauth's Signer streams the message through an
+// io.Pipe and a goroutine per key, re-parses the header it was given and
+// builds the field with maps and fmt, which was about 17% of the relay's
+// CPU at 2 KB per message; Sign hashes the body once for all keys and
+// signs the header fields already parsed. TestSignMatchesGoMsgauth keeps
+// its body hash and header list equal to go-msgauth's on awkward input,
+// and go-msgauth's verifier (and dkimpy in the interop tests) checks every
+// signature. This package also holds the key table, key generation and
+// the DNS record text.
 //
 // A Store is the unit later parts plug into: the dkim_sign stage builds
 // one from its configuration (a reload builds a new stage and so re-reads

@@ -183,6 +183,11 @@ func decodeJSON(body []byte, v any) *apiError {
 		}
 	}
 	if err != nil {
+		if _, ok := v.(*batchRequest); ok {
+			if e := batchItemError(body); e != nil {
+				return e
+			}
+		}
 		return jsonError(err)
 	}
 	if rest := body[used:]; len(bytes.TrimSpace(rest)) != 0 {
@@ -668,4 +673,38 @@ func normalizeRaw(dst, data []byte) ([]byte, *apiError) {
 		dst = append(dst, '\r', '\n')
 	}
 	return dst, nil
+}
+
+// batchItemError finds which item of a batch body failed to decode and
+// answers with its field prefixed by messages[i]. (encoding/json names
+// the field of an item without its index); nil when the items decode one
+// by one (the error is then outside them). Only on the error path.
+func batchItemError(body []byte) *apiError {
+	var raw struct {
+		Messages []json.RawMessage `json:"messages"`
+	}
+	if json.Unmarshal(body, &raw) != nil {
+		return nil
+	}
+	for i, item := range raw.Messages {
+		dec := json.NewDecoder(bytes.NewReader(item))
+		dec.DisallowUnknownFields()
+		var m messageRequest
+		err := dec.Decode(&m)
+		if err == nil {
+			continue
+		}
+		e := jsonError(err)
+		prefix := fmt.Sprintf("messages[%d]", i)
+		switch {
+		case e.Field != "":
+			e.Message = strings.Replace(e.Message, e.Field, prefix+"."+e.Field, 1)
+			e.Field = prefix + "." + e.Field
+		default:
+			e.Field = prefix
+			e.Message = prefix + ": " + e.Message
+		}
+		return e
+	}
+	return nil
 }
