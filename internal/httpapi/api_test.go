@@ -1033,3 +1033,28 @@ func TestTLSAndHTTP2(t *testing.T) {
 }
 
 func configListener(max int64) config.HTTPListener { return config.HTTPListener{MaxRequestSize: max} }
+
+// TestBatchItemDecodeErrorNamesIndex: a type mismatch or an unknown field
+// in one batch item is a 400 whose field names the item's index
+// (messages[i].field), as for the items' other errors (docs/http-api.md).
+func TestBatchItemDecodeErrorNamesIndex(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	good := map[string]any{"from": "a@example.com", "to": "b@dest.test", "subject": "s", "text": "t"}
+	cases := []struct {
+		bad   map[string]any
+		field string
+	}{
+		{map[string]any{"from": "a@example.com", "to": "b@dest.test", "subject": "s", "track_opens": "yes"}, "messages[2].track_opens"},
+		{map[string]any{"from": "a@example.com", "to": "b@dest.test", "subject": "s", "track_open": true}, "messages[2].track_open"},
+		{map[string]any{"from": "a@example.com", "to": "b@dest.test", "subject": 7}, "messages[2].subject"},
+	}
+	for _, c := range cases {
+		r := e.post("/v1/messages/batch", map[string]any{"messages": []any{good, good, c.bad}})
+		if r.Status != 400 {
+			t.Fatalf("%v: %d %s", c.bad, r.Status, r.Body)
+		}
+		if got := r.errorOf(t); got.Field != c.field || !strings.Contains(got.Message, "messages[2]") {
+			t.Errorf("%v: field %q message %q, want field %q", c.bad, got.Field, got.Message, c.field)
+		}
+	}
+}
