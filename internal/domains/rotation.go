@@ -43,6 +43,17 @@ import (
 // is under way (a pending key exists, or a request is queued).
 var ErrRotating = errors.New("a rotation is already under way")
 
+// ErrNotRotating is CancelRotation's answer when no rotation of the
+// domain is under way (no pending key, no queued request).
+var ErrNotRotating = errors.New("no rotation is under way")
+
+// Reasons in the metadata of a dkim_key_removed event for a pending key
+// dropped before it signed (docs/events.md).
+const (
+	ReasonSelectorUnconfigured = "selector_unconfigured" // its selector left sluice.dns_server.selectors
+	ReasonCancelled            = "cancelled"             // CancelRotation
+)
+
 // ZoneView is the DKIM key records of the registered domains as the DNS
 // listener serves them: by zone label (ZoneLabel) and selector. It is
 // immutable.
@@ -169,6 +180,46 @@ func (r *Registry) RequestRotation(tenant, domain string) (*spool.Domain, error)
 	return d, nil
 }
 
+// CancelRotation abandons the rotation of tenant's domain under way: the
+// pending key is removed (unpublished, with a dkim_key_removed event whose
+// reason is "cancelled") and a queued request is dropped. The active key
+// keeps signing. It returns the domain as it is now, nil when tenant has
+// no such domain, ErrNotRotating when no rotation is under way.
+func (r *Registry) CancelRotation(tenant, domain string) (*spool.Domain, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	d, err := r.Get(tenant, domain)
+	if err != nil || d == nil {
+		return nil, err
+	}
+	i := slices.IndexFunc(d.Keys, func(k spool.DomainKey) bool { return k.State == spool.KeyPending })
+	if i < 0 && d.RotateRequested.IsZero() {
+		return d, ErrNotRotating
+	}
+	d.RotateRequested = time.Time{}
+	if i < 0 {
+		return d, r.sp.PutDomain(d, nil)
+	}
+	return d, r.dropPendingLocked(d, i, ReasonCancelled)
+}
+
+// dropPendingLocked removes d's pending key d.Keys[i] with a
+// dkim_key_removed event carrying reason, persists d and republishes the
+// zone. The caller holds r.mu.
+func (r *Registry) dropPendingLocked(d *spool.Domain, i int, reason string) error {
+	k := d.Keys[i]
+	d.Keys = slices.Delete(d.Keys, i, i+1)
+	ev := &pipeline.Event{Type: pipeline.EventDKIMKeyRemoved, Source: spool.SuppressionAPI, Tenant: d.Tenant,
+		Metadata: map[string]string{"domain": d.Domain, "selector": k.Selector, "reason": reason}}
+	if err := r.sp.PutDomain(d, ev); err != nil {
+		return err
+	}
+	r.cmu.Lock()
+	delete(r.cache, d.Domain) // the records to publish changed
+	r.cmu.Unlock()
+	return r.reloadKeys()
+}
+
 // Kicks receives after RequestRotation, so the rotation job can run at
 // once rather than at its next tick.
 func (r *Registry) Kicks() <-chan struct{} { return r.kick }
@@ -203,6 +254,14 @@ func (r *Registry) rotateOne(ctx context.Context, rot *Rotation, d *spool.Domain
 	now := r.now().UTC()
 	for _, k := range d.Keys {
 		switch {
+		case k.State == spool.KeyPending && !slices.ContainsFunc(rot.DNS.Selectors, func(s string) bool { return strings.EqualFold(s, k.Selector) }):
+			// The operator changed sluice.dns_server.selectors: the
+			// listener no longer serves this key and the customer's
+			// CNAMEs do not name it, so it could never become active.
+			if err := r.abandon(d.Domain, k.Selector, rot.Logger); err != nil {
+				return err
+			}
+			return nil // a later pass may start a rotation under the new selectors
 		case k.State == spool.KeyRevoked && !now.Before(k.StateSince().Add(rot.RemoveAfter)):
 			if err := r.transition(d.Domain, k.Selector, k.State, now, nil); err != nil {
 				return err
@@ -238,6 +297,25 @@ func (r *Registry) rotateOne(ctx context.Context, rot *Rotation, d *spool.Domain
 		}
 	}
 	return r.maybeStart(rot, d, now)
+}
+
+// abandon removes domain's pending key under sel (still pending: re-read
+// under the lock) because its selector is no longer configured.
+func (r *Registry) abandon(domain, sel string, log *slog.Logger) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	d, err := r.sp.GetDomain(domain)
+	if err != nil || d == nil {
+		return err
+	}
+	i := slices.IndexFunc(d.Keys, func(k spool.DomainKey) bool { return k.Selector == sel && k.State == spool.KeyPending })
+	if i < 0 {
+		return nil
+	}
+	if log != nil {
+		log.Warn("dkim rotation: pending key abandoned, its selector is no longer in sluice.dns_server.selectors", "domain", domain, "selector", sel)
+	}
+	return r.dropPendingLocked(d, i, ReasonSelectorUnconfigured)
 }
 
 // maybeStart begins a rotation of d when one is due (requested, or the
