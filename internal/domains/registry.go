@@ -33,10 +33,11 @@ type Registry struct {
 	now    func() time.Time
 	policy atomic.Pointer[config.Domains]
 
-	mu    sync.Mutex                             // serialises writes
-	keys  atomic.Pointer[map[string][]*dkim.Key] // active keys by domain
-	view  atomic.Pointer[ZoneView]               // published keys, for the DNS listener
-	deleg atomic.Pointer[config.DNSServer]       // nil: DKIM records are TXT records
+	mu        sync.Mutex                             // serialises writes
+	keys      atomic.Pointer[map[string][]*dkim.Key] // active keys by domain
+	view      atomic.Pointer[ZoneView]               // published keys, for the DNS listener
+	deleg     atomic.Pointer[config.DNSServer]       // nil: DKIM records are TXT records
+	nodeNames atomic.Pointer[[]string]               // SetNodeNames
 
 	cmu   sync.Mutex
 	cache map[string]cachedCheck
@@ -136,9 +137,13 @@ func (r *Registry) Keys(domain string) []*dkim.Key {
 
 // Add registers domain for tenant with one new DKIM key (the policy's
 // selector and algorithm), records a domain_added event, and returns it.
-// ErrExists / ErrTaken when it is registered already.
+// ErrExists / ErrTaken when it is registered already, a
+// *NotRegistrableError when it cannot be (Registrable).
 func (r *Registry) Add(tenant, domain string) (*spool.Domain, error) {
 	domain = dkim.NormalizeDomain(domain)
+	if err := r.Registrable(domain); err != nil {
+		return nil, err
+	}
 	p := r.Policy()
 	signer, err := dkim.Generate(p.DKIMAlgo)
 	if err != nil {

@@ -195,7 +195,11 @@ func (s *Server) addDomain(reg *domains.Registry, w http.ResponseWriter, r *http
 		return
 	}
 	d, err := reg.Add(tenant, name)
+	var notReg *domains.NotRegistrableError
 	switch {
+	case errors.As(err, &notReg):
+		s.fail(w, badField("domain", "%s", notReg.Why))
+		return
 	case errors.Is(err, domains.ErrExists):
 		s.fail(w, errf(http.StatusConflict, codeConflict, "domain", "%s is registered already: GET %s/%s", name, domainsPath, name))
 		return

@@ -27,6 +27,8 @@ func TestDomainsAPI(t *testing.T) {
 		{map[string]any{}, "domain"},
 		{map[string]any{"domain": "no_such..name"}, "domain"},
 		{map[string]any{"domain": "localhost"}, "domain"},
+		{map[string]any{"domain": "co.uk"}, "domain"},     // a public suffix
+		{map[string]any{"domain": "192.0.2.1"}, "domain"}, // an IP literal
 		{map[string]any{"domain": 7}, "domain"},
 		{map[string]any{"domain": "example.com", "selector": "x"}, "selector"},
 	} {
