@@ -258,16 +258,16 @@ func (r *Registry) rotateOne(ctx context.Context, rot *Rotation, d *spool.Domain
 			// The operator changed sluice.dns_server.selectors: the
 			// listener no longer serves this key and the customer's
 			// CNAMEs do not name it, so it could never become active.
-			if err := r.abandon(d.Domain, k.Selector, rot.Logger); err != nil {
+			if err := r.abandon(d, k.Selector, rot.Logger); err != nil {
 				return err
 			}
 			return nil // a later pass may start a rotation under the new selectors
 		case k.State == spool.KeyRevoked && !now.Before(k.StateSince().Add(rot.RemoveAfter)):
-			if err := r.transition(d.Domain, k.Selector, k.State, now, nil); err != nil {
+			if err := r.transition(d, k.Selector, k.State, now, nil); err != nil {
 				return err
 			}
 		case k.State == spool.KeyRetired && !now.Before(k.StateSince().Add(rot.Overlap)):
-			if err := r.transition(d.Domain, k.Selector, k.State, now, nil); err != nil {
+			if err := r.transition(d, k.Selector, k.State, now, nil); err != nil {
 				return err
 			}
 		case k.State == spool.KeyPending && !now.Before(k.StateSince().Add(rot.DNS.TTL)):
@@ -291,7 +291,7 @@ func (r *Registry) rotateOne(ctx context.Context, rot *Rotation, d *spool.Domain
 				}
 				continue
 			}
-			if err := r.transition(d.Domain, k.Selector, k.State, now, nil); err != nil {
+			if err := r.transition(d, k.Selector, k.State, now, nil); err != nil {
 				return err
 			}
 		}
@@ -299,15 +299,16 @@ func (r *Registry) rotateOne(ctx context.Context, rot *Rotation, d *spool.Domain
 	return r.maybeStart(rot, d, now)
 }
 
-// abandon removes domain's pending key under sel (still pending: re-read
+// abandon removes seen's pending key under sel (still pending: re-read
 // under the lock) because its selector is no longer configured.
-func (r *Registry) abandon(domain, sel string, log *slog.Logger) error {
+func (r *Registry) abandon(seen *spool.Domain, sel string, log *slog.Logger) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	d, err := r.sp.GetDomain(domain)
+	d, err := r.current(seen)
 	if err != nil || d == nil {
 		return err
 	}
+	domain := d.Domain
 	i := slices.IndexFunc(d.Keys, func(k spool.DomainKey) bool { return k.Selector == sel && k.State == spool.KeyPending })
 	if i < 0 {
 		return nil
@@ -355,7 +356,7 @@ func (r *Registry) maybeStart(rot *Rotation, d *spool.Domain, now time.Time) err
 		return err
 	}
 	nk := &spool.DomainKey{Selector: sel, Algo: algo, State: spool.KeyPending, PrivateKey: string(pemData), Created: now, Since: now}
-	return r.transition(d.Domain, sel, "", now, nk)
+	return r.transition(d, sel, "", now, nk)
 }
 
 // nextSelector is the selector after the active key's in sels (the first
@@ -379,11 +380,14 @@ func nextSelector(sels []string, active *spool.DomainKey, keys []spool.DomainKey
 // under sel, seen in state from, moves on (revoked → removed, retired →
 // revoked, pending → active with the active key retired); with from ""
 // nk is added as pending (replacing a revoked key under its selector).
-// A domain removed or changed meanwhile is left alone.
-func (r *Registry) transition(domain, sel, from string, now time.Time, nk *spool.DomainKey) error {
+// seen is the domain as the pass read it. A domain removed or changed
+// meanwhile is left alone, and so is one removed and registered again
+// (another Created): it does not inherit the old registration's queued
+// rotation or key steps.
+func (r *Registry) transition(seen *spool.Domain, sel, from string, now time.Time, nk *spool.DomainKey) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	d, err := r.sp.GetDomain(domain)
+	d, err := r.current(seen)
 	if err != nil || d == nil {
 		return err
 	}
@@ -427,6 +431,16 @@ func (r *Registry) transition(domain, sel, from string, now time.Time, nk *spool
 		return err
 	}
 	return r.reloadKeys()
+}
+
+// current re-reads seen under r.mu: nil when it was removed, or removed
+// and registered again since (by name and Created time).
+func (r *Registry) current(seen *spool.Domain) (*spool.Domain, error) {
+	d, err := r.sp.GetDomain(seen.Domain)
+	if err != nil || d == nil || !d.Created.Equal(seen.Created) {
+		return nil, err
+	}
+	return d, nil
 }
 
 // CheckPublished asks every DNS server of resolvers (host:port, with

@@ -302,3 +302,55 @@ func TestRotationSelectorsChanged(t *testing.T) {
 	}
 	step(map[string]string{"k1": "active"})
 }
+
+// TestRotationReRegistered: a domain removed and registered again while
+// a rotation pass runs does not inherit the old registration's queued
+// rotation (transition compares the Created time, not only the name).
+func TestRotationReRegistered(t *testing.T) {
+	sp, err := spool.Open(filepath.Join(t.TempDir(), "spool"), spool.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pol := config.DefaultDomains()
+	pol.DKIMAlgo = dkim.AlgoEd25519
+	dnsCfg := &config.DNSServer{Zone: "dkim.relay.test", Selectors: []string{"s1", "s2"}, TTL: 5 * time.Minute}
+	r, err := NewRegistry(sp, nil, pol)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.SetDelegation(dnsCfg)
+	now := time.Date(2026, 11, 30, 12, 0, 0, 0, time.UTC)
+	r.now = func() time.Time { return now }
+	if _, err := r.Add("acme", "shop.example"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.RequestRotation("acme", "shop.example"); err != nil {
+		t.Fatal(err)
+	}
+	// The pass has listed the domain when it reads the clock: remove and
+	// register it again there, a minute later.
+	swap := true
+	r.now = func() time.Time {
+		if swap {
+			swap = false
+			if _, err := r.Remove("acme", "shop.example"); err != nil {
+				t.Fatal(err)
+			}
+			now = now.Add(time.Minute)
+			if _, err := r.Add("acme", "shop.example"); err != nil {
+				t.Fatal(err)
+			}
+		}
+		return now
+	}
+	rot := &Rotation{DKIMRotation: config.DKIMRotation{Overlap: time.Hour, RemoveAfter: time.Hour}, DNS: dnsCfg}
+	if err := r.Rotate(context.Background(), rot); err != nil {
+		t.Fatal(err)
+	}
+	if swap {
+		t.Fatal("the clock was not read during the pass")
+	}
+	if got := keyStates(t, r, "shop.example"); !same(got, map[string]string{"s1": "active"}) {
+		t.Errorf("the new registration inherited the rotation: keys %v", got)
+	}
+}
