@@ -201,23 +201,55 @@ func countEvents(t *testing.T, sp *spool.Spool, typ string) int {
 // removedReasons returns the reason metadata of shop.example's
 // dkim_key_removed events, in order.
 func removedReasons(t *testing.T, sp *spool.Spool) []string {
+	var out []string
+	for _, ev := range outboxEvents(t, sp, pipeline.EventDKIMKeyRemoved) {
+		out = append(out, ev.Metadata["selector"]+":"+ev.Metadata["reason"])
+	}
+	return out
+}
+
+// outboxEvents returns the events of type typ in sp's outbox, each
+// validated against the event schema.
+func outboxEvents(t *testing.T, sp *spool.Spool, typ string) []pipeline.Event {
 	t.Helper()
 	evs, err := sp.ReadOutbox(0, 1000)
 	if err != nil {
 		t.Fatal(err)
 	}
-	var out []string
+	var out []pipeline.Event
 	for _, e := range evs {
 		var ev pipeline.Event
 		if err := json.Unmarshal(e.JSON, &ev); err != nil {
 			t.Fatal(err)
 		}
-		if ev.Type == pipeline.EventDKIMKeyRemoved {
+		if ev.Type == typ {
 			testutil.ValidateEvent(t, e.JSON)
-			out = append(out, ev.Metadata["selector"]+":"+ev.Metadata["reason"])
+			out = append(out, ev)
 		}
 	}
 	return out
+}
+
+// shopRegistry is a registry on a new spool, delegating to dnsCfg, with
+// the clock *now and shop.example registered by tenant acme.
+func shopRegistry(t *testing.T, dnsCfg *config.DNSServer, now *time.Time) (*Registry, *spool.Spool) {
+	t.Helper()
+	sp, err := spool.Open(filepath.Join(t.TempDir(), "spool"), spool.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pol := config.DefaultDomains()
+	pol.DKIMAlgo = dkim.AlgoEd25519
+	r, err := NewRegistry(sp, nil, pol)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.SetDelegation(dnsCfg)
+	r.now = func() time.Time { return *now }
+	if _, err := r.Add("acme", "shop.example"); err != nil {
+		t.Fatal(err)
+	}
+	return r, sp
 }
 
 // TestRotationSelectorsChanged: a key pending under a selector the
@@ -226,23 +258,9 @@ func removedReasons(t *testing.T, sp *spool.Spool) []string {
 // the new selectors instead of answering 409 forever; CancelRotation
 // drops a pending key on request.
 func TestRotationSelectorsChanged(t *testing.T) {
-	sp, err := spool.Open(filepath.Join(t.TempDir(), "spool"), spool.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	pol := config.DefaultDomains()
-	pol.DKIMAlgo = dkim.AlgoEd25519
 	dnsCfg := &config.DNSServer{Zone: "dkim.relay.test", Selectors: []string{"k1", "k2"}, TTL: 5 * time.Minute}
-	r, err := NewRegistry(sp, nil, pol)
-	if err != nil {
-		t.Fatal(err)
-	}
-	r.SetDelegation(dnsCfg)
 	now := time.Date(2026, 11, 30, 12, 0, 0, 0, time.UTC)
-	r.now = func() time.Time { return now }
-	if _, err := r.Add("acme", "shop.example"); err != nil {
-		t.Fatal(err)
-	}
+	r, sp := shopRegistry(t, dnsCfg, &now)
 	rot := &Rotation{DKIMRotation: config.DKIMRotation{Overlap: time.Hour, RemoveAfter: time.Hour}, DNS: dnsCfg,
 		Published: func(context.Context, string, string) error { return errors.New("not visible") }}
 	step := func(want map[string]string) {
@@ -307,23 +325,9 @@ func TestRotationSelectorsChanged(t *testing.T) {
 // a rotation pass runs does not inherit the old registration's queued
 // rotation (transition compares the Created time, not only the name).
 func TestRotationReRegistered(t *testing.T) {
-	sp, err := spool.Open(filepath.Join(t.TempDir(), "spool"), spool.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	pol := config.DefaultDomains()
-	pol.DKIMAlgo = dkim.AlgoEd25519
 	dnsCfg := &config.DNSServer{Zone: "dkim.relay.test", Selectors: []string{"s1", "s2"}, TTL: 5 * time.Minute}
-	r, err := NewRegistry(sp, nil, pol)
-	if err != nil {
-		t.Fatal(err)
-	}
-	r.SetDelegation(dnsCfg)
 	now := time.Date(2026, 11, 30, 12, 0, 0, 0, time.UTC)
-	r.now = func() time.Time { return now }
-	if _, err := r.Add("acme", "shop.example"); err != nil {
-		t.Fatal(err)
-	}
+	r, _ := shopRegistry(t, dnsCfg, &now)
 	if _, err := r.RequestRotation("acme", "shop.example"); err != nil {
 		t.Fatal(err)
 	}
