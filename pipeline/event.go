@@ -26,12 +26,14 @@ const (
 	EventShapingThrottled = "shaping_throttled"
 	EventShapingSuspended = "shaping_suspended"
 	EventShapingResumed   = "shaping_resumed"
-	// A sending domain was registered, seen verified in DNS, or removed
-	// (the HTTP API or the CLI; docs/domains.md). recipient is empty;
-	// metadata.domain names it.
-	EventDomainAdded    = "domain_added"
-	EventDomainVerified = "domain_verified"
-	EventDomainRemoved  = "domain_removed"
+	// A sending domain was registered, seen verified in DNS, lost its
+	// verified status (a record signing or sending needs is missing or
+	// wrong: metadata.records), or removed (the HTTP API or the CLI;
+	// docs/domains.md). recipient is empty; metadata.domain names it.
+	EventDomainAdded      = "domain_added"
+	EventDomainVerified   = "domain_verified"
+	EventDomainUnverified = "domain_unverified"
+	EventDomainRemoved    = "domain_removed"
 	// A registered domain's DKIM key rotation moved a step
 	// (docs/rotation.md): a new key was published as pending, it became
 	// the signing key (the old one retired), a retired key was revoked
@@ -77,7 +79,7 @@ const (
 var EventTypes = []string{EventReceived, EventRejected, EventDeferred, EventDelivered, EventBounced,
 	EventExpired, EventDiscarded, EventSuppressed, EventCancelled, EventSuppressionAdded, EventSuppressionRemoved,
 	EventTokenRevoked, EventShapingThrottled, EventShapingSuspended, EventShapingResumed,
-	EventDomainAdded, EventDomainVerified, EventDomainRemoved,
+	EventDomainAdded, EventDomainVerified, EventDomainUnverified, EventDomainRemoved,
 	EventDKIMKeyPending, EventDKIMKeyActive, EventDKIMKeyRevoked, EventDKIMKeyRemoved,
 	EventQueuePaused, EventQueueResumed, EventQueueRetried,
 	EventQueueBounced, EventQueueCancelled, EventQueueHeld, EventQueueReleased,

@@ -20,14 +20,16 @@ const domainUsage = `Usage:
   sluice domain verify DOMAIN [--json] [flags]
   sluice domain list   [--json] [flags]
   sluice domain remove DOMAIN [flags]
-  sluice domain rotate DOMAIN [--json] [flags]
+  sluice domain rotate [--cancel] DOMAIN [--json] [flags]
 
 Manages the sending domains of the API key's tenant through the HTTP API
 (/v1/domains, docs/domains.md). add registers DOMAIN (a DKIM key is made
 for it) and prints the records to publish; show prints each record as
 verified, missing or wrong with the fix (a check at most check_cache
 old); verify checks DNS now; rotate starts a DKIM key rotation behind
-the delegated selectors (needs sluice.dns_server; docs/rotation.md). Exit status 0 on success (verify: DOMAIN is
+the delegated selectors (needs sluice.dns_server; docs/rotation.md);
+rotate --cancel cancels the rotation under way (its pending key is
+removed, the active key keeps signing). Exit status 0 on success (verify: DOMAIN is
 verified), 1 when the API refused or failed, or verify found a record
 missing or wrong, 2 on a usage error.
 
@@ -41,11 +43,15 @@ func runDomain(args []string, stdout, stderr io.Writer) int {
 	f := apiFlags(fs)
 	fs.Var(&f.tenant, "tenant", "work on the domains of tenant `NAME` (a key with the admin scope)")
 	asJSON := fs.Bool("json", false, "print the API's JSON answer")
+	cancel := fs.Bool("cancel", false, "rotate: cancel the rotation under way instead of starting one")
 	sub, pos, code, ok := parseSubcommand(fs, args, domainUsage, stdout, stderr)
 	if !ok {
 		return code
 	}
 	switch {
+	case *cancel && sub != "rotate":
+		fmt.Fprintf(stderr, "sluice domain %s: --cancel goes with rotate only\n", sub)
+		return 2
 	case sub == "list" && len(pos) == 0:
 	case (sub == "add" || sub == "show" || sub == "verify" || sub == "remove" || sub == "rotate") && len(pos) == 1:
 	default:
@@ -72,6 +78,10 @@ func runDomain(args []string, stdout, stderr io.Writer) int {
 	case "verify":
 		ans, code = c.do(stderr, sub, http.MethodGet, "/v1/domains/"+url.PathEscape(pos[0]), url.Values{"fresh": {"true"}}, nil)
 	case "rotate":
+		if *cancel {
+			ans, code = c.do(stderr, sub, http.MethodDelete, "/v1/domains/"+url.PathEscape(pos[0])+"/rotate", nil, nil)
+			break
+		}
 		ans, code = c.do(stderr, sub, http.MethodPost, "/v1/domains/"+url.PathEscape(pos[0])+"/rotate", nil, []byte("{}"))
 	case "remove":
 		ans, code = c.do(stderr, sub, http.MethodDelete, "/v1/domains/"+url.PathEscape(pos[0]), nil, nil)

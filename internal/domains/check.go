@@ -2,6 +2,7 @@ package domains
 
 import (
 	"context"
+	"slices"
 	"strings"
 
 	"github.com/sluice-mta/sluice/internal/dkim"
@@ -227,7 +228,7 @@ func checkDKIM(st *Status, txts []string) {
 func checkDMARC(st *Status, txts []string) {
 	var rec []string
 	for _, t := range txts {
-		if hasVersion(t, "v=DMARC1") {
+		if isDMARC1(t) {
 			rec = append(rec, t)
 		}
 	}
@@ -237,11 +238,33 @@ func checkDMARC(st *Status, txts []string) {
 		st.State, st.Detail, st.Fix = Missing, "no v=DMARC1 record at "+st.Name, st.Zone
 	case len(rec) > 1:
 		st.State, st.Detail, st.Fix = Wrong, "several v=DMARC1 records (RFC 7489 section 6.6.3: none applies); publish one", st.Zone
-	case tag(rec[0], "p") == "":
-		st.State, st.Detail, st.Fix = Wrong, "the v=DMARC1 record has no p= policy", st.Zone
+	case !slices.Contains([]string{"none", "quarantine", "reject"}, strings.ToLower(tagFold(rec[0], "p"))):
+		st.State, st.Detail, st.Fix = Wrong, "the v=DMARC1 record has no p= policy (none, quarantine or reject)", st.Zone
 	default:
 		st.State = Verified
 	}
+}
+
+// isDMARC1: the first tag is v, its name in any case, with the value
+// exactly DMARC1 (RFC 7489 sections 6.3 and 6.4: tag names and keyword
+// values are case-insensitive ABNF strings, the version is %x44 %x4d %x41
+// %x52 %x43 %x31 and "MUST match precisely").
+func isDMARC1(t string) bool {
+	first, _, _ := strings.Cut(t, ";")
+	k, v, ok := strings.Cut(first, "=")
+	return ok && strings.EqualFold(strings.TrimSpace(k), "v") && strings.TrimSpace(v) == "DMARC1"
+}
+
+// tagFold is tag with the name compared case-insensitively (DMARC; DKIM
+// tag names are case-sensitive, RFC 6376 section 3.2).
+func tagFold(list, name string) string {
+	for _, kv := range strings.Split(list, ";") {
+		k, v, ok := strings.Cut(kv, "=")
+		if ok && strings.EqualFold(strings.TrimSpace(k), name) {
+			return strings.Join(strings.Fields(v), "")
+		}
+	}
+	return ""
 }
 
 // tag returns the value of tag name in a tag=value; list (RFC 6376

@@ -75,7 +75,7 @@ func TestCheckStates(t *testing.T) {
 	srv.Remove("_dmarc.d.example")
 	srv.AddTXT("_dmarc.d.example", "v=DMARC1; rua=mailto:x@d.example")
 	st = Check(context.Background(), res, recs)
-	if s := st[2]; s.State != Wrong || s.Detail != "the v=DMARC1 record has no p= policy" {
+	if s := st[2]; s.State != Wrong || s.Detail != "the v=DMARC1 record has no p= policy (none, quarantine or reject)" {
 		t.Errorf("dmarc without p=: %+v", s)
 	}
 	if s := st[3]; s.State != Wrong || s.Fix != recs[3].Zone || len(s.Found) != 1 || s.Found[0] != "mx.elsewhere.example" {
@@ -104,5 +104,22 @@ func TestPolicyOfEgress(t *testing.T) {
 	cfg.Domains.SPFInclude, cfg.Egress = "", nil
 	if recs, _ := Records("d.example", PolicyOf(cfg), nil); recs[0].Kind != KindDMARC {
 		t.Errorf("no SPF source, records %+v", recs)
+	}
+}
+
+// TestCheckDMARCCase: RFC 7489 section 6.4 tag names and keyword values
+// are case-insensitive, the DMARC1 version is not.
+func TestCheckDMARCCase(t *testing.T) {
+	for rec, want := range map[string]string{
+		"V=DMARC1; P=REJECT":          Verified,
+		"v = DMARC1 ; p = Quarantine": Verified,
+		"v=DMARC1; p=bogus":           Wrong,
+		"v=dmarc1; p=reject":          Missing, // not a DMARC record
+	} {
+		st := Status{Record: Record{Kind: KindDMARC, Name: "_dmarc.d.example"}}
+		checkDMARC(&st, []string{rec})
+		if st.State != want {
+			t.Errorf("%q: %s (%s), want %s", rec, st.State, st.Detail, want)
+		}
 	}
 }

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -31,10 +33,11 @@ type Registry struct {
 	now    func() time.Time
 	policy atomic.Pointer[config.Domains]
 
-	mu    sync.Mutex                             // serialises writes
-	keys  atomic.Pointer[map[string][]*dkim.Key] // active keys by domain
-	view  atomic.Pointer[ZoneView]               // published keys, for the DNS listener
-	deleg atomic.Pointer[config.DNSServer]       // nil: DKIM records are TXT records
+	mu        sync.Mutex                             // serialises writes
+	keys      atomic.Pointer[map[string][]*dkim.Key] // active keys by domain
+	view      atomic.Pointer[ZoneView]               // published keys, for the DNS listener
+	deleg     atomic.Pointer[config.DNSServer]       // nil: DKIM records are TXT records
+	nodeNames atomic.Pointer[[]string]               // SetNodeNames
 
 	cmu   sync.Mutex
 	cache map[string]cachedCheck
@@ -134,9 +137,13 @@ func (r *Registry) Keys(domain string) []*dkim.Key {
 
 // Add registers domain for tenant with one new DKIM key (the policy's
 // selector and algorithm), records a domain_added event, and returns it.
-// ErrExists / ErrTaken when it is registered already.
+// ErrExists / ErrTaken when it is registered already, a
+// *NotRegistrableError when it cannot be (Registrable).
 func (r *Registry) Add(tenant, domain string) (*spool.Domain, error) {
 	domain = dkim.NormalizeDomain(domain)
+	if err := r.Registrable(domain); err != nil {
+		return nil, err
+	}
 	p := r.Policy()
 	signer, err := dkim.Generate(p.DKIMAlgo)
 	if err != nil {
@@ -267,7 +274,11 @@ func (r *Registry) Check(ctx context.Context, d *spool.Domain, fresh bool) ([]St
 	r.cache[d.Domain] = cachedCheck{at: now, st: st}
 	r.cmu.Unlock()
 	ok := OK(st)
-	if ok == !d.Verified.IsZero() || hasUnknown(st) {
+	var lost []string
+	if !ok && !d.Verified.IsZero() {
+		lost = failing(d, st)
+	}
+	if hasUnknown(st) || !(ok && d.Verified.IsZero() || len(lost) > 0) {
 		return st, nil
 	}
 	r.mu.Lock()
@@ -278,16 +289,46 @@ func (r *Registry) Check(ctx context.Context, d *spool.Domain, fresh bool) ([]St
 	}
 	var ev *pipeline.Event
 	if ok {
-		cur.Verified = now.UTC()
+		cur.Verified, cur.Unverified, cur.UnverifiedWhy = now.UTC(), time.Time{}, ""
 		ev = event(pipeline.EventDomainVerified, cur)
 	} else {
-		cur.Verified = time.Time{}
+		cur.Verified, cur.Unverified, cur.UnverifiedWhy = time.Time{}, now.UTC(), strings.Join(lost, "; ")
+		ev = event(pipeline.EventDomainUnverified, cur)
+		ev.Metadata["records"] = cur.UnverifiedWhy
 	}
 	if err := r.sp.PutDomain(cur, ev); err != nil {
 		return st, err
 	}
 	*d = *cur
 	return st, nil
+}
+
+// failing describes the records of st that d's signing or sending needs
+// and that are missing or wrong ("spf example.com: missing"): SPF, the
+// return-path records and the DKIM records of the active and pending
+// keys. A retired key's record or the DMARC record going missing does
+// not cost a verified domain its status (it is shown by GET, not
+// enforced).
+func failing(d *spool.Domain, st []Status) []string {
+	var out []string
+	for _, s := range st {
+		if s.State != Missing && s.State != Wrong {
+			continue
+		}
+		switch s.Kind {
+		case KindSPF, KindReturnPath, KindReturnPathSPF:
+		case KindDKIM, KindDKIMCNAME:
+			if !slices.ContainsFunc(d.Keys, func(k spool.DomainKey) bool {
+				return strings.EqualFold(k.Selector, s.Selector) && (k.State == spool.KeyActive || k.State == spool.KeyPending)
+			}) {
+				continue
+			}
+		default:
+			continue
+		}
+		out = append(out, s.Kind+" "+s.Name+": "+s.State)
+	}
+	return out
 }
 
 func hasUnknown(st []Status) bool {
@@ -312,6 +353,10 @@ func (r *Registry) SenderRefusal(tenant, domain string) (string, error) {
 	d, err := r.Get(tenant, domain)
 	if err != nil || d == nil || !d.Verified.IsZero() {
 		return "", err
+	}
+	if !d.Unverified.IsZero() {
+		return fmt.Sprintf("sender domain %s was verified but is no longer since %s (%s): fix the DNS records, then run `sluice domain verify %s`",
+			d.Domain, d.Unverified.UTC().Format(time.RFC3339), d.UnverifiedWhy, d.Domain), nil
 	}
 	return fmt.Sprintf("sender domain %s is not verified yet (GET /v1/domains/%s)", d.Domain, d.Domain), nil
 }

@@ -43,6 +43,17 @@ import (
 // is under way (a pending key exists, or a request is queued).
 var ErrRotating = errors.New("a rotation is already under way")
 
+// ErrNotRotating is CancelRotation's answer when no rotation of the
+// domain is under way (no pending key, no queued request).
+var ErrNotRotating = errors.New("no rotation is under way")
+
+// Reasons in the metadata of a dkim_key_removed event for a pending key
+// dropped before it signed (docs/events.md).
+const (
+	ReasonSelectorUnconfigured = "selector_unconfigured" // its selector left sluice.dns_server.selectors
+	ReasonCancelled            = "cancelled"             // CancelRotation
+)
+
 // ZoneView is the DKIM key records of the registered domains as the DNS
 // listener serves them: by zone label (ZoneLabel) and selector. It is
 // immutable.
@@ -169,6 +180,46 @@ func (r *Registry) RequestRotation(tenant, domain string) (*spool.Domain, error)
 	return d, nil
 }
 
+// CancelRotation abandons the rotation of tenant's domain under way: the
+// pending key is removed (unpublished, with a dkim_key_removed event whose
+// reason is "cancelled") and a queued request is dropped. The active key
+// keeps signing. It returns the domain as it is now, nil when tenant has
+// no such domain, ErrNotRotating when no rotation is under way.
+func (r *Registry) CancelRotation(tenant, domain string) (*spool.Domain, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	d, err := r.Get(tenant, domain)
+	if err != nil || d == nil {
+		return nil, err
+	}
+	i := slices.IndexFunc(d.Keys, func(k spool.DomainKey) bool { return k.State == spool.KeyPending })
+	if i < 0 && d.RotateRequested.IsZero() {
+		return d, ErrNotRotating
+	}
+	d.RotateRequested = time.Time{}
+	if i < 0 {
+		return d, r.sp.PutDomain(d, nil)
+	}
+	return d, r.dropPendingLocked(d, i, ReasonCancelled)
+}
+
+// dropPendingLocked removes d's pending key d.Keys[i] with a
+// dkim_key_removed event carrying reason, persists d and republishes the
+// zone. The caller holds r.mu.
+func (r *Registry) dropPendingLocked(d *spool.Domain, i int, reason string) error {
+	k := d.Keys[i]
+	d.Keys = slices.Delete(d.Keys, i, i+1)
+	ev := &pipeline.Event{Type: pipeline.EventDKIMKeyRemoved, Source: spool.SuppressionAPI, Tenant: d.Tenant,
+		Metadata: map[string]string{"domain": d.Domain, "selector": k.Selector, "reason": reason}}
+	if err := r.sp.PutDomain(d, ev); err != nil {
+		return err
+	}
+	r.cmu.Lock()
+	delete(r.cache, d.Domain) // the records to publish changed
+	r.cmu.Unlock()
+	return r.reloadKeys()
+}
+
 // Kicks receives after RequestRotation, so the rotation job can run at
 // once rather than at its next tick.
 func (r *Registry) Kicks() <-chan struct{} { return r.kick }
@@ -203,12 +254,20 @@ func (r *Registry) rotateOne(ctx context.Context, rot *Rotation, d *spool.Domain
 	now := r.now().UTC()
 	for _, k := range d.Keys {
 		switch {
+		case k.State == spool.KeyPending && !slices.ContainsFunc(rot.DNS.Selectors, func(s string) bool { return strings.EqualFold(s, k.Selector) }):
+			// The operator changed sluice.dns_server.selectors: the
+			// listener no longer serves this key and the customer's
+			// CNAMEs do not name it, so it could never become active.
+			if err := r.abandon(d, k.Selector, rot.Logger); err != nil {
+				return err
+			}
+			return nil // a later pass may start a rotation under the new selectors
 		case k.State == spool.KeyRevoked && !now.Before(k.StateSince().Add(rot.RemoveAfter)):
-			if err := r.transition(d.Domain, k.Selector, k.State, now, nil); err != nil {
+			if err := r.transition(d, k.Selector, k.State, now, nil); err != nil {
 				return err
 			}
 		case k.State == spool.KeyRetired && !now.Before(k.StateSince().Add(rot.Overlap)):
-			if err := r.transition(d.Domain, k.Selector, k.State, now, nil); err != nil {
+			if err := r.transition(d, k.Selector, k.State, now, nil); err != nil {
 				return err
 			}
 		case k.State == spool.KeyPending && !now.Before(k.StateSince().Add(rot.DNS.TTL)):
@@ -232,12 +291,32 @@ func (r *Registry) rotateOne(ctx context.Context, rot *Rotation, d *spool.Domain
 				}
 				continue
 			}
-			if err := r.transition(d.Domain, k.Selector, k.State, now, nil); err != nil {
+			if err := r.transition(d, k.Selector, k.State, now, nil); err != nil {
 				return err
 			}
 		}
 	}
 	return r.maybeStart(rot, d, now)
+}
+
+// abandon removes seen's pending key under sel (still pending: re-read
+// under the lock) because its selector is no longer configured.
+func (r *Registry) abandon(seen *spool.Domain, sel string, log *slog.Logger) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	d, err := r.current(seen)
+	if err != nil || d == nil {
+		return err
+	}
+	domain := d.Domain
+	i := slices.IndexFunc(d.Keys, func(k spool.DomainKey) bool { return k.Selector == sel && k.State == spool.KeyPending })
+	if i < 0 {
+		return nil
+	}
+	if log != nil {
+		log.Warn("dkim rotation: pending key abandoned, its selector is no longer in sluice.dns_server.selectors", "domain", domain, "selector", sel)
+	}
+	return r.dropPendingLocked(d, i, ReasonSelectorUnconfigured)
 }
 
 // maybeStart begins a rotation of d when one is due (requested, or the
@@ -277,7 +356,7 @@ func (r *Registry) maybeStart(rot *Rotation, d *spool.Domain, now time.Time) err
 		return err
 	}
 	nk := &spool.DomainKey{Selector: sel, Algo: algo, State: spool.KeyPending, PrivateKey: string(pemData), Created: now, Since: now}
-	return r.transition(d.Domain, sel, "", now, nk)
+	return r.transition(d, sel, "", now, nk)
 }
 
 // nextSelector is the selector after the active key's in sels (the first
@@ -301,11 +380,14 @@ func nextSelector(sels []string, active *spool.DomainKey, keys []spool.DomainKey
 // under sel, seen in state from, moves on (revoked → removed, retired →
 // revoked, pending → active with the active key retired); with from ""
 // nk is added as pending (replacing a revoked key under its selector).
-// A domain removed or changed meanwhile is left alone.
-func (r *Registry) transition(domain, sel, from string, now time.Time, nk *spool.DomainKey) error {
+// seen is the domain as the pass read it. A domain removed or changed
+// meanwhile is left alone, and so is one removed and registered again
+// (another Created): it does not inherit the old registration's queued
+// rotation or key steps.
+func (r *Registry) transition(seen *spool.Domain, sel, from string, now time.Time, nk *spool.DomainKey) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	d, err := r.sp.GetDomain(domain)
+	d, err := r.current(seen)
 	if err != nil || d == nil {
 		return err
 	}
@@ -349,6 +431,16 @@ func (r *Registry) transition(domain, sel, from string, now time.Time, nk *spool
 		return err
 	}
 	return r.reloadKeys()
+}
+
+// current re-reads seen under r.mu: nil when it was removed, or removed
+// and registered again since (by name and Created time).
+func (r *Registry) current(seen *spool.Domain) (*spool.Domain, error) {
+	d, err := r.sp.GetDomain(seen.Domain)
+	if err != nil || d == nil || !d.Created.Equal(seen.Created) {
+		return nil, err
+	}
+	return d, nil
 }
 
 // CheckPublished asks every DNS server of resolvers (host:port, with

@@ -197,3 +197,164 @@ func countEvents(t *testing.T, sp *spool.Spool, typ string) int {
 	}
 	return n
 }
+
+// removedReasons returns the reason metadata of shop.example's
+// dkim_key_removed events, in order.
+func removedReasons(t *testing.T, sp *spool.Spool) []string {
+	var out []string
+	for _, ev := range outboxEvents(t, sp, pipeline.EventDKIMKeyRemoved) {
+		out = append(out, ev.Metadata["selector"]+":"+ev.Metadata["reason"])
+	}
+	return out
+}
+
+// outboxEvents returns the events of type typ in sp's outbox, each
+// validated against the event schema.
+func outboxEvents(t *testing.T, sp *spool.Spool, typ string) []pipeline.Event {
+	t.Helper()
+	evs, err := sp.ReadOutbox(0, 1000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []pipeline.Event
+	for _, e := range evs {
+		var ev pipeline.Event
+		if err := json.Unmarshal(e.JSON, &ev); err != nil {
+			t.Fatal(err)
+		}
+		if ev.Type == typ {
+			testutil.ValidateEvent(t, e.JSON)
+			out = append(out, ev)
+		}
+	}
+	return out
+}
+
+// shopRegistry is a registry on a new spool, delegating to dnsCfg, with
+// the clock *now and shop.example registered by tenant acme.
+func shopRegistry(t *testing.T, dnsCfg *config.DNSServer, now *time.Time) (*Registry, *spool.Spool) {
+	t.Helper()
+	sp, err := spool.Open(filepath.Join(t.TempDir(), "spool"), spool.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pol := config.DefaultDomains()
+	pol.DKIMAlgo = dkim.AlgoEd25519
+	r, err := NewRegistry(sp, nil, pol)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.SetDelegation(dnsCfg)
+	r.now = func() time.Time { return *now }
+	if _, err := r.Add("acme", "shop.example"); err != nil {
+		t.Fatal(err)
+	}
+	return r, sp
+}
+
+// TestRotationSelectorsChanged: a key pending under a selector the
+// operator removed from sluice.dns_server.selectors is abandoned at the
+// next pass (with a dkim_key_removed event), so rotation carries on under
+// the new selectors instead of answering 409 forever; CancelRotation
+// drops a pending key on request.
+func TestRotationSelectorsChanged(t *testing.T) {
+	dnsCfg := &config.DNSServer{Zone: "dkim.relay.test", Selectors: []string{"k1", "k2"}, TTL: 5 * time.Minute}
+	now := time.Date(2026, 11, 30, 12, 0, 0, 0, time.UTC)
+	r, sp := shopRegistry(t, dnsCfg, &now)
+	rot := &Rotation{DKIMRotation: config.DKIMRotation{Overlap: time.Hour, RemoveAfter: time.Hour}, DNS: dnsCfg,
+		Published: func(context.Context, string, string) error { return errors.New("not visible") }}
+	step := func(want map[string]string) {
+		t.Helper()
+		if err := r.Rotate(context.Background(), rot); err != nil {
+			t.Fatal(err)
+		}
+		if got := keyStates(t, r, "shop.example"); !same(got, want) {
+			t.Fatalf("keys %v, want %v", got, want)
+		}
+	}
+	if _, err := r.RequestRotation("acme", "shop.example"); err != nil {
+		t.Fatal(err)
+	}
+	step(map[string]string{"k1": "active", "k2": "pending"})
+
+	// The operator renames the selectors (and restarts the node).
+	dnsCfg.Selectors = []string{"s1", "s2", "s3"}
+	now = now.Add(time.Hour)
+	step(map[string]string{"k1": "active"})
+	if got := removedReasons(t, sp); len(got) != 1 || got[0] != "k2:selector_unconfigured" {
+		t.Errorf("dkim_key_removed events %v", got)
+	}
+	if _, found, _ := r.View().Lookup("shop-example", "k2"); found {
+		t.Error("the abandoned key is still published")
+	}
+	if _, err := r.RequestRotation("acme", "shop.example"); err != nil {
+		t.Fatalf("rotate after the selectors changed: %v", err)
+	}
+	step(map[string]string{"k1": "active", "s1": "pending"})
+
+	// Cancel: the pending key goes, the active one keeps signing.
+	if d, err := r.CancelRotation("other", "shop.example"); d != nil || err != nil {
+		t.Errorf("another tenant cancelled: %v %v", d, err)
+	}
+	if _, err := r.CancelRotation("acme", "shop.example"); err != nil {
+		t.Fatal(err)
+	}
+	if got := keyStates(t, r, "shop.example"); !same(got, map[string]string{"k1": "active"}) {
+		t.Errorf("after cancel: %v", got)
+	}
+	if _, err := r.CancelRotation("acme", "shop.example"); !errors.Is(err, ErrNotRotating) {
+		t.Errorf("second cancel: %v", err)
+	}
+	if got := removedReasons(t, sp); len(got) != 2 || got[1] != "s1:cancelled" {
+		t.Errorf("dkim_key_removed events %v", got)
+	}
+	if ks := r.Keys("shop.example"); len(ks) != 1 || ks[0].Selector != "k1" {
+		t.Errorf("signing keys %+v", ks)
+	}
+	// A queued request (no key yet) is cancelled too.
+	if _, err := r.RequestRotation("acme", "shop.example"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.CancelRotation("acme", "shop.example"); err != nil {
+		t.Fatal(err)
+	}
+	step(map[string]string{"k1": "active"})
+}
+
+// TestRotationReRegistered: a domain removed and registered again while
+// a rotation pass runs does not inherit the old registration's queued
+// rotation (transition compares the Created time, not only the name).
+func TestRotationReRegistered(t *testing.T) {
+	dnsCfg := &config.DNSServer{Zone: "dkim.relay.test", Selectors: []string{"s1", "s2"}, TTL: 5 * time.Minute}
+	now := time.Date(2026, 11, 30, 12, 0, 0, 0, time.UTC)
+	r, _ := shopRegistry(t, dnsCfg, &now)
+	if _, err := r.RequestRotation("acme", "shop.example"); err != nil {
+		t.Fatal(err)
+	}
+	// The pass has listed the domain when it reads the clock: remove and
+	// register it again there, a minute later.
+	swap := true
+	r.now = func() time.Time {
+		if swap {
+			swap = false
+			if _, err := r.Remove("acme", "shop.example"); err != nil {
+				t.Fatal(err)
+			}
+			now = now.Add(time.Minute)
+			if _, err := r.Add("acme", "shop.example"); err != nil {
+				t.Fatal(err)
+			}
+		}
+		return now
+	}
+	rot := &Rotation{DKIMRotation: config.DKIMRotation{Overlap: time.Hour, RemoveAfter: time.Hour}, DNS: dnsCfg}
+	if err := r.Rotate(context.Background(), rot); err != nil {
+		t.Fatal(err)
+	}
+	if swap {
+		t.Fatal("the clock was not read during the pass")
+	}
+	if got := keyStates(t, r, "shop.example"); !same(got, map[string]string{"s1": "active"}) {
+		t.Errorf("the new registration inherited the rotation: keys %v", got)
+	}
+}

@@ -21,6 +21,8 @@ import (
 //	DELETE /v1/domains/{domain}        200 with the removed domain, or 404
 //	POST   /v1/domains/{domain}/rotate 202: a DKIM key rotation starts (409 if one is under way;
 //	                                   404 without sluice.dns_server)
+//	DELETE /v1/domains/{domain}/rotate 200: the rotation under way is cancelled, its pending key
+//	                                   removed (409 if none is under way)
 //
 // Scoped to one tenant like the suppression list (suppTenant). Without a
 // registry (UseDomains) every request is 404.
@@ -91,11 +93,14 @@ func (s *Server) domainsAPI(w http.ResponseWriter, r *http.Request) {
 	}
 	name := dkim.NormalizeDomain(strings.TrimPrefix(p, domainsPath+"/"))
 	if n, ok := strings.CutSuffix(name, "/rotate"); ok {
-		if r.Method != http.MethodPost {
-			s.notAllowed(w, "POST")
-			return
+		switch r.Method {
+		case http.MethodPost:
+			s.rotateDomain(reg, w, r, n)
+		case http.MethodDelete:
+			s.cancelRotation(reg, w, r, n)
+		default:
+			s.notAllowed(w, "POST, DELETE")
 		}
-		s.rotateDomain(reg, w, r, n)
 		return
 	}
 	switch r.Method {
@@ -190,7 +195,11 @@ func (s *Server) addDomain(reg *domains.Registry, w http.ResponseWriter, r *http
 		return
 	}
 	d, err := reg.Add(tenant, name)
+	var notReg *domains.NotRegistrableError
 	switch {
+	case errors.As(err, &notReg):
+		s.fail(w, badField("domain", "%s", notReg.Why))
+		return
 	case errors.Is(err, domains.ErrExists):
 		s.fail(w, errf(http.StatusConflict, codeConflict, "domain", "%s is registered already: GET %s/%s", name, domainsPath, name))
 		return
@@ -294,15 +303,47 @@ func (s *Server) removeDomain(reg *domains.Registry, w http.ResponseWriter, r *h
 	s.writeJSON(w, http.StatusOK, domainOf(d, nil))
 }
 
-// POST /v1/domains/{domain}/rotate
-func (s *Server) rotateDomain(reg *domains.Registry, w http.ResponseWriter, r *http.Request, name string) {
+// rotationTenant is the tenant of a /rotate request; ok false after
+// answering (bad key, or no DNS listener).
+func (s *Server) rotationTenant(reg *domains.Registry, w http.ResponseWriter, r *http.Request) (tenant string, ok bool) {
 	tenant, e := s.suppTenant(r.Context(), r)
 	if e != nil {
 		s.fail(w, e)
-		return
+		return "", false
 	}
 	if reg.Delegation() == nil {
 		s.fail(w, errf(http.StatusNotFound, codeNotFound, "", "key rotation needs sluice.dns_server on this node (docs/rotation.md)"))
+		return "", false
+	}
+	return tenant, true
+}
+
+// DELETE /v1/domains/{domain}/rotate
+func (s *Server) cancelRotation(reg *domains.Registry, w http.ResponseWriter, r *http.Request, name string) {
+	tenant, ok := s.rotationTenant(reg, w, r)
+	if !ok {
+		return
+	}
+	d, err := reg.CancelRotation(tenant, name)
+	switch {
+	case errors.Is(err, domains.ErrNotRotating):
+		s.fail(w, errf(http.StatusConflict, codeConflict, "domain", "no key rotation of %s is under way", name))
+		return
+	case err != nil:
+		s.domainsFailed(w, "cancel the rotation", err)
+		return
+	case d == nil:
+		s.fail(w, errf(http.StatusNotFound, codeNotFound, "domain", "%s is not a registered domain", name))
+		return
+	}
+	s.log.Info("dkim key rotation cancelled", "tenant", tenant, "domain", d.Domain)
+	s.writeRecords(reg, w, http.StatusOK, d)
+}
+
+// POST /v1/domains/{domain}/rotate
+func (s *Server) rotateDomain(reg *domains.Registry, w http.ResponseWriter, r *http.Request, name string) {
+	tenant, ok := s.rotationTenant(reg, w, r)
+	if !ok {
 		return
 	}
 	d, err := reg.RequestRotation(tenant, name)

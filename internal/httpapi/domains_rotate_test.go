@@ -83,4 +83,22 @@ func TestDomainsDelegated(t *testing.T) {
 	if r := e.do("GET", "/v1/domains/my-shop.example/rotate", e.sendKey, nil); r.Status != http.StatusMethodNotAllowed {
 		t.Errorf("GET rotate: %d", r.Status)
 	}
+
+	// DELETE cancels the rotation under way (here a request not started
+	// yet); then there is none to cancel, and POST is accepted again.
+	if r := e.do("DELETE", "/v1/domains/my-shop.example/rotate", e.otherKey, nil); r.Status != http.StatusNotFound {
+		t.Errorf("cancel by another tenant: %d %s", r.Status, r.Body)
+	}
+	if r := e.do("DELETE", "/v1/domains/my-shop.example/rotate", e.sendKey, nil); r.Status != http.StatusOK {
+		t.Fatalf("cancel: %d %s", r.Status, r.Body)
+	}
+	if d, _ := reg.Get("acme", "my-shop.example"); d == nil || !d.RotateRequested.IsZero() {
+		t.Errorf("the request is still stored: %+v", d)
+	}
+	if r := e.do("DELETE", "/v1/domains/my-shop.example/rotate", e.sendKey, nil); r.Status != http.StatusConflict || r.errorOf(t).Field != "domain" {
+		t.Errorf("cancel again: %d %s", r.Status, r.Body)
+	}
+	if r := e.do("POST", "/v1/domains/my-shop.example/rotate", e.sendKey, nil); r.Status != http.StatusAccepted {
+		t.Errorf("rotate after cancel: %d %s", r.Status, r.Body)
+	}
 }

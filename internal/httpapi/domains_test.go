@@ -3,6 +3,7 @@ package httpapi
 import (
 	"encoding/json"
 	"net/http"
+	"strings"
 	"testing"
 
 	"github.com/sluice-mta/sluice/internal/dkim"
@@ -26,6 +27,8 @@ func TestDomainsAPI(t *testing.T) {
 		{map[string]any{}, "domain"},
 		{map[string]any{"domain": "no_such..name"}, "domain"},
 		{map[string]any{"domain": "localhost"}, "domain"},
+		{map[string]any{"domain": "co.uk"}, "domain"},     // a public suffix
+		{map[string]any{"domain": "192.0.2.1"}, "domain"}, // an IP literal
 		{map[string]any{"domain": 7}, "domain"},
 		{map[string]any{"domain": "example.com", "selector": "x"}, "selector"},
 	} {
@@ -127,18 +130,21 @@ func TestDomainsAPI(t *testing.T) {
 	}
 
 	// A cached check is reused for check_cache (60 s here) unless fresh:
-	// with the DMARC record gone, GET still shows the last check, and
+	// with the SPF record gone, GET still shows the last check, and
 	// ?fresh=true sees it missing and the domain unverified again.
-	dns.Remove("_dmarc.example.com")
+	dns.Remove("example.com")
 	var cached domainAnswer
 	e.do("GET", "/v1/domains/example.com", e.sendKey, nil).json(t, &cached)
 	if cached.State != "verified" || !domains.OK(cached.Records) {
 		t.Errorf("cached check: %+v", cached)
 	}
 	if a := get(e.sendKey); a.State != "unverified" || a.Verified != nil {
-		t.Errorf("fresh check without DMARC: %+v", a)
+		t.Errorf("fresh check without SPF: %+v", a)
 	}
-	dns.AddTXT("_dmarc.example.com", "v=DMARC1; p=quarantine")
+	if evs := outboxEvents(t, e.sp, pipeline.EventDomainUnverified); len(evs) != 1 || !strings.Contains(evs[0].Metadata["records"], "spf example.com: missing") {
+		t.Errorf("domain_unverified events %+v", evs)
+	}
+	dns.AddTXT("example.com", recs[domains.KindSPF].Value)
 	if a := get(e.sendKey); a.State != "verified" {
 		t.Errorf("verified again: %+v", a)
 	}

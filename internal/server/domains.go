@@ -52,6 +52,7 @@ func (s *Server) openDomains() error {
 		return err
 	}
 	reg.SetDelegation(s.cfg.DNSServer)
+	reg.SetNodeNames(s.cfg.Hostname)
 	s.domains.Store(reg)
 	return nil
 }

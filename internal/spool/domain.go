@@ -47,6 +47,12 @@ type Domain struct {
 	// Verified is when every record was last seen published as needed;
 	// zero while not (yet) verified.
 	Verified time.Time `json:"verified,omitzero"`
+	// Unverified is when a verified domain lost that status (a record
+	// that signing or sending needs went missing or wrong), zero
+	// otherwise; UnverifiedWhy says which records. Both are cleared when
+	// it is verified again.
+	Unverified    time.Time `json:"unverified,omitzero"`
+	UnverifiedWhy string    `json:"unverified_why,omitempty"`
 	// RotateRequested is set by a manual rotation request (POST
 	// /v1/domains/{d}/rotate) that the rotation job has not started yet.
 	RotateRequested time.Time `json:"rotate_requested,omitzero"`

@@ -193,16 +193,19 @@ func (s *Stage) lookup(ctx context.Context, domain string) (*msgdmarc.Record, er
 			return nil, tempErr{err}
 		}
 		n := 0
+		out := make([]string, 0, len(txt))
 		for _, t := range txt {
-			if isDMARC1(t) {
+			if norm, ok := normalizeDMARC1(t); ok {
 				n++
+				t = norm
 			}
+			out = append(out, t)
 		}
 		if n > 1 {
 			several = true
 			return nil, nil
 		}
-		return txt, nil
+		return out, nil
 	}})
 	if several {
 		return nil, errSeveralRecords
@@ -210,11 +213,38 @@ func (s *Stage) lookup(ctx context.Context, domain string) (*msgdmarc.Record, er
 	return rec, err
 }
 
-// isDMARC1 reports whether a TXT record starts with the v=DMARC1 tag
-// (RFC 7489 section 6.6.3 step 4; other records are discarded).
-func isDMARC1(t string) bool {
-	rest, ok := strings.CutPrefix(t, "v=DMARC1")
-	return ok && (rest == "" || rest[0] == ';' || rest[0] == ' ' || rest[0] == '\t')
+// caseInsensitive are the tags whose values RFC 7489 section 6.4 defines
+// with ABNF quoted strings ("reject", "r", "afrf"...), which are
+// case-insensitive (RFC 5234 section 2.3).
+var caseInsensitive = map[string]bool{"p": true, "sp": true, "adkim": true, "aspf": true, "fo": true, "rf": true}
+
+// normalizeDMARC1 reports whether a TXT record is a DMARC record: its
+// first tag is v (the name in any case, spaces allowed around '=') with
+// the value exactly "DMARC1" (RFC 7489 section 6.4: dmarc-version is
+// %x44 %x4d %x41 %x52 %x43 %x31, case-sensitive; section 6.3: "MUST
+// match precisely"); other records are discarded (section 6.6.3 step 4).
+// For a DMARC record it also returns it with tag names, and the values
+// of the tags in caseInsensitive, in lower case, as the library expects:
+// "V=DMARC1; P=REJECT" is "v=DMARC1; p=reject". Other values (rua=
+// URIs, pct=) are kept as they are.
+func normalizeDMARC1(t string) (string, bool) {
+	parts := strings.Split(t, ";")
+	k, v, ok := strings.Cut(parts[0], "=")
+	if !ok || !strings.EqualFold(strings.TrimSpace(k), "v") || strings.TrimSpace(v) != "DMARC1" {
+		return "", false
+	}
+	for i, p := range parts {
+		k, v, ok := strings.Cut(p, "=")
+		if !ok {
+			continue // empty, or malformed: the library judges it
+		}
+		k = strings.ToLower(strings.TrimSpace(k))
+		if caseInsensitive[k] {
+			v = strings.ToLower(v)
+		}
+		parts[i] = k + "=" + v
+	}
+	return strings.Join(parts, ";"), true
 }
 
 // tempErr is a net.Error whose Temporary is true, as the library expects.
