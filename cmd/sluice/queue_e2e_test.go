@@ -113,7 +113,7 @@ func TestQueueCLIEndToEnd(t *testing.T) {
 	if h.smart.count() != 0 {
 		t.Fatalf("the paused destination got %d messages", h.smart.count())
 	}
-	if _, errs, code := h.apiCLI(key, "queue", "pause"); code != 2 || !strings.Contains(errs, "wrong arguments") {
+	if _, errs, code := h.apiCLI(key, "queue", "pause"); code != 2 || !strings.Contains(errs, "name the QUEUE") {
 		t.Errorf("pause without a queue: exit %d %s", code, errs)
 	}
 	cli("resume", name)
