@@ -186,12 +186,7 @@ func freePort(t testing.TB) string {
 	portsMu.Lock()
 	defer portsMu.Unlock()
 	for i := 0; i < 100; i++ {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		addr := ln.Addr().String()
-		ln.Close()
+		addr := testutil.FreeAddr(t)
 		if !ports[addr] {
 			ports[addr] = true
 			return addr
