@@ -235,6 +235,9 @@ func cmpOr[T comparable](v, def T) T {
 // them.
 func (c *Cache) Get(ctx context.Context, domain string) (*Policy, error) {
 	c.init()
+	if c.Resolver == nil {
+		return nil, errors.New("mta-sts: no DNS resolver")
+	}
 	domain = strings.ToLower(strings.TrimSuffix(domain, "."))
 	now := c.now()
 	c.mu.Lock()
