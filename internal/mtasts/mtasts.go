@@ -28,6 +28,7 @@ import (
 	"time"
 
 	"github.com/sluice-mta/sluice/internal/dnsx"
+	"golang.org/x/sync/singleflight"
 )
 
 // Modes of a policy (RFC 8461 section 5).
@@ -178,6 +179,7 @@ type Cache struct {
 
 	once   sync.Once
 	client *http.Client
+	flight singleflight.Group
 	mu     sync.Mutex
 	cache  map[string]*Policy
 }
@@ -230,7 +232,8 @@ func cmpOr[T comparable](v, def T) T {
 //     cached: nil, with an error describing why (nil error when the
 //     domain simply has no policy).
 //
-// A non-nil error with a nil policy means "deliver as without MTA-STS";
+// Concurrent Gets that need the same fetch share it (and the first
+// caller's ctx). A non-nil error with a nil policy means "deliver as without MTA-STS";
 // callers log it. Mode none policies are returned too; callers ignore
 // them.
 func (c *Cache) Get(ctx context.Context, domain string) (*Policy, error) {
@@ -259,13 +262,20 @@ func (c *Cache) Get(ctx context.Context, domain string) (*Policy, error) {
 	if cached != nil && cached.ID == id {
 		return cached, nil
 	}
-	p, err := c.fetch(ctx, domain)
+	// Concurrent Gets for the same domain and id share one fetch.
+	v, err, _ := c.flight.Do(domain+" "+id, func() (any, error) {
+		p, err := c.fetch(ctx, domain)
+		if err != nil {
+			return nil, err
+		}
+		p.ID, p.Fetched = id, now
+		c.store(domain, p, now)
+		return p, nil
+	})
 	if err != nil {
 		return cached, err
 	}
-	p.ID, p.Fetched = id, now
-	c.store(domain, p, now)
-	return p, nil
+	return v.(*Policy), nil
 }
 
 var errNoRecord = errors.New("no v=STSv1 TXT record")

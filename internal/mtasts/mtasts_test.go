@@ -3,6 +3,7 @@ package mtasts_test
 import (
 	"context"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -201,5 +202,27 @@ func BenchmarkGetCached(b *testing.B) {
 	}
 	if https.Hits() != 1 {
 		b.Fatalf("fetched %d times", https.Hits())
+	}
+}
+
+// TestConcurrentGets runs Gets for one domain at once (run it with -race):
+// each gets the policy, and afterwards it is cached.
+func TestConcurrentGets(t *testing.T) {
+	e := newEnv(t, enforce)
+	e.dns.AddTXT("_mta-sts.example.test", "v=STSv1; id=one")
+	var wg sync.WaitGroup
+	for range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if p, err := e.cache.Get(context.Background(), "example.test"); p == nil || err != nil {
+				t.Errorf("Get = %+v, %v", p, err)
+			}
+		}()
+	}
+	wg.Wait()
+	hits := e.https.Hits()
+	if p, _ := e.cache.Get(context.Background(), "example.test"); p == nil || e.https.Hits() != hits {
+		t.Fatalf("policy not cached after concurrent Gets: hits %d, then %d", hits, e.https.Hits())
 	}
 }
