@@ -101,6 +101,21 @@ type Remote struct {
 	Host string `json:"host"`
 	IP   string `json:"ip"`
 	TLS  string `json:"tls"`
+	// TLSCipher is the negotiated cipher suite (crypto/tls name), "" in
+	// clear text.
+	TLSCipher string `json:"tls_cipher,omitempty"`
+	// TLSPolicy is the TLS policy that applied to the attempt: "none",
+	// "opportunistic", "required" or "mta-sts" (an MTA-STS policy in
+	// enforce mode, RFC 8461).
+	TLSPolicy string `json:"tls_policy,omitempty"`
+	// TLSValidated is true when the server's certificate was verified
+	// for Host against the trusted roots (whether or not the policy
+	// required it).
+	TLSValidated bool `json:"tls_validated,omitempty"`
+	// MTASTSFailure, for a recipient domain whose MTA-STS policy is in
+	// testing mode, says why the delivery would have been refused under
+	// enforce (RFC 8461 section 5); "" when it would not.
+	MTASTSFailure string `json:"mta_sts_failure,omitempty"`
 }
 
 // Event is one state change of one recipient. Its JSON form is the public

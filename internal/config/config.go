@@ -162,7 +162,8 @@ type Delivery struct {
 	Resolver           string        // DNS server host:port; default: first nameserver of /etc/resolv.conf
 	Port               int           // SMTP port for MX deliveries; default 25 (tests use another)
 	TLS                string        // default TLS policy for MX routes: opportunistic
-	TLSSkipVerify      bool          // do not verify certificates (opportunistic TLS never verifies)
+	TLSSkipVerify      bool          // do not verify certificates (opportunistic TLS never verifies; MTA-STS always does)
+	NoMTASTS           bool          // mta_sts = false: ignore recipient domains' MTA-STS policies (RFC 8461); default: apply them
 	MaxConnections     int           // all destinations; default 200
 	MaxPerDestination  int           // per queue; default 10
 	MaxMessagesPerConn int           // messages over one connection; default 100

@@ -414,7 +414,7 @@ func (ld *loader) listenAdmin(L *lua.LState) int {
 func (ld *loader) delivery(L *lua.LState) int {
 	const fn = "sluice.delivery"
 	ld.singleton(fn)
-	o := ld.s.CheckOpts(1, fn, "hostname", "resolver", "port", "tls", "tls_skip_verify",
+	o := ld.s.CheckOpts(1, fn, "hostname", "resolver", "port", "tls", "tls_skip_verify", "mta_sts",
 		"max_connections", "max_per_destination", "max_messages_per_conn",
 		"connect_timeout", "command_timeout", "data_timeout", "idle_timeout", "retry", "queue_lifetime", "delay_warning",
 		"own_names", "own_addresses")
@@ -439,6 +439,9 @@ func (ld *loader) delivery(L *lua.LState) int {
 	}
 	ld.enum(o, "tls", &d.TLS, pipeline.TLSOpportunistic, pipeline.TLSRequired, pipeline.TLSNone)
 	o.Bool("tls_skip_verify", &d.TLSSkipVerify)
+	if on := true; o.Bool("mta_sts", &on) {
+		d.NoMTASTS = !on
+	}
 	ld.positive(o, "max_connections", &d.MaxConnections)
 	ld.positive(o, "max_per_destination", &d.MaxPerDestination)
 	ld.positive(o, "max_messages_per_conn", &d.MaxMessagesPerConn)

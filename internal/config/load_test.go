@@ -48,7 +48,7 @@ sluice.listen_smtp { addr = "127.0.0.1:2587", max_message_size = 1000 }
 sluice.listen_http { addr = "127.0.0.1:8025", max_request_size = "1KB", request_timeout = "15s", tls = { cert = "h.pem", key = "h.key" } }
 sluice.delivery {
   hostname = "out.example.test", resolver = "127.0.0.1", port = 2526, tls = "required",
-  tls_skip_verify = true, max_connections = 5, max_per_destination = 2, max_messages_per_conn = 7,
+  tls_skip_verify = true, mta_sts = false, max_connections = 5, max_per_destination = 2, max_messages_per_conn = 7,
   connect_timeout = "3s", command_timeout = "4s", data_timeout = "5s", idle_timeout = "6s",
   retry = { initial = "10s", max = "10m", factor = 3, jitter = 0.1 }, queue_lifetime = "2d", delay_warning = "90m",
   own_names = { "MX1.Example.test.", "mx2.example.test" }, own_addresses = { "203.0.113.7", "198.51.100.0/28" }, }
@@ -117,7 +117,7 @@ sluice.stage("routing", {
 		t.Errorf("http %+v", cfg.HTTP)
 	}
 	wantD := Delivery{
-		Hostname: "out.example.test", Resolver: "127.0.0.1:53", Port: 2526, TLS: "required", TLSSkipVerify: true,
+		Hostname: "out.example.test", Resolver: "127.0.0.1:53", Port: 2526, TLS: "required", TLSSkipVerify: true, NoMTASTS: true,
 		MaxConnections: 5, MaxPerDestination: 2, MaxMessagesPerConn: 7,
 		ConnectTimeout: 3 * time.Second, CommandTimeout: 4 * time.Second, DataTimeout: 5 * time.Second, IdleTimeout: 6 * time.Second,
 		RetryInitial: 10 * time.Second, RetryMax: 10 * time.Minute, RetryFactor: 3, RetryJitter: 0.1, QueueLifetime: 48 * time.Hour,

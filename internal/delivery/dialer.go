@@ -17,6 +17,7 @@ import (
 
 	"github.com/sluice-mta/sluice/internal/config"
 	"github.com/sluice-mta/sluice/internal/dnsx"
+	"github.com/sluice-mta/sluice/internal/mtasts"
 	"github.com/sluice-mta/sluice/pipeline"
 )
 
@@ -60,7 +61,15 @@ type Dialer struct {
 	// Self tells which MX hosts are this node (NewSelf); nil means none
 	// is. See Dial for what happens to them.
 	Self *Self
+	// MTASTS, when set, applies recipient domains' MTA-STS policies
+	// (RFC 8461) to MX routes whose TLS policy is not "none"; see Dial.
+	// Its RootCAs should be the same as TLSConfig's.
+	MTASTS *mtasts.Cache
 }
+
+// tlsMTASTS is the policy of an attempt under an MTA-STS policy in
+// enforce mode: "required", with the certificate always verified.
+const tlsMTASTS = "mta-sts"
 
 // NewDialer returns a Dialer for cfg and r with the EHLO name taken from
 // cfg.Hostname.
@@ -194,6 +203,23 @@ func where(a Attempt) string {
 //     address fails temporarily and the next one is tried;
 //   - none: never STARTTLS.
 //
+// MTA-STS (RFC 8461), when Dialer.MTASTS is set, for MX routes whose TLS
+// policy is not none and a recipient domain that is a name: the domain's
+// policy is looked up (cached; see mtasts.Cache.Get; a lookup or fetch
+// failure without a cached policy means no policy, logged at Warn).
+//   - enforce: only the MX hosts matching the policy's mx patterns are
+//     tried (none matching: 451 4.7.5 at once), each with STARTTLS
+//     required and the certificate verified for the MX host name against
+//     TLSConfig.RootCAs, even with Config.TLSSkipVerify; a failure is
+//     that address's temporary failure (4.7.10 STARTTLS not offered,
+//     4.7.5 certificate or handshake), its message prefixed
+//     "MTA-STS (enforce):"; the Session's Remote().TLSPolicy is "mta-sts";
+//   - testing: delivery as without the policy, but the first reason it
+//     would have failed under enforce (an MX host not in the policy, no
+//     TLS, a certificate not valid for the host) is in the Session's
+//     Remote().MTASTSFailure;
+//   - none, or no policy: as without MTA-STS.
+//
 // AUTH PLAIN is used when route.AuthUser is set; credentials are only sent
 // over TLS, or in clear text to a loopback address. A server that lacks
 // AUTH PLAIN or rejects the credentials fails the address temporarily.
@@ -237,6 +263,15 @@ func (d *Dialer) DialFrom(ctx context.Context, route *pipeline.Route, domain str
 	if err != nil {
 		return nil, err
 	}
+	sts := d.stsPolicy(ctx, route, domain, policy)
+	if sts != nil && sts.Mode == mtasts.ModeEnforce {
+		targets = slices.DeleteFunc(targets, func(t target) bool { return !sts.Match(t.host) })
+		if len(targets) == 0 {
+			return nil, pipeline.Errorf(451, pipeline.EnhancedCode{4, 7, 5},
+				"MTA-STS (enforce): no MX host of %s matches its policy (id %s)", strings.ToLower(strings.TrimSuffix(domain, ".")), sts.ID)
+		}
+		policy = tlsMTASTS
+	}
 	max := orDefault(d.MaxAddresses, defaultMaxAddresses)
 	var attempts []Attempt
 	tried := 0
@@ -260,7 +295,14 @@ outer:
 			tried++
 			s, err := d.attempt(ctx, t.host, ip, port, policy, route, &eg)
 			if err == nil {
+				if sts != nil && sts.Mode == mtasts.ModeTesting {
+					s.remote.MTASTSFailure = stsTestingFailure(sts, t.host, s.remote)
+				}
 				return s, nil
+			}
+			var pe *pipeline.Error
+			if policy == tlsMTASTS && errors.As(err, &pe) {
+				err = &pipeline.Error{Code: pe.Code, Enhanced: pe.Enhanced, Message: "MTA-STS (enforce): " + pe.Message, Cause: pe}
 			}
 			attempts = append(attempts, Attempt{Host: t.host, IP: ip.String(), Err: err})
 			if d.Logger != nil {
@@ -273,6 +315,39 @@ outer:
 		}
 	}
 	return nil, summarize(route, domain, attempts, ctx)
+}
+
+// stsPolicy is the MTA-STS policy that applies to a Dial, or nil (see
+// Dial).
+func (d *Dialer) stsPolicy(ctx context.Context, route *pipeline.Route, domain, policy string) *mtasts.Policy {
+	if d.MTASTS == nil || route.Kind != pipeline.RouteMX || policy == pipeline.TLSNone {
+		return nil
+	}
+	if _, lit := parseLiteral(domain); lit {
+		return nil
+	}
+	p, err := d.MTASTS.Get(ctx, domain)
+	if err != nil && d.Logger != nil {
+		d.Logger.Warn("MTA-STS policy lookup failed", "domain", domain, "cached", p != nil, "err", err)
+	}
+	if p == nil || p.Mode == mtasts.ModeNone {
+		return nil
+	}
+	return p
+}
+
+// stsTestingFailure says why a session to host would have failed under
+// an MTA-STS policy in enforce mode, or "".
+func stsTestingFailure(p *mtasts.Policy, host string, r pipeline.Remote) string {
+	switch {
+	case !p.Match(host):
+		return fmt.Sprintf("MX host %s does not match the policy (id %s)", host, p.ID)
+	case r.TLS == "":
+		return "no TLS"
+	case !r.TLSValidated:
+		return "certificate not valid for " + host
+	}
+	return ""
 }
 
 // targets lists the hosts to try, in order, without this node (Self) or
@@ -519,6 +594,8 @@ func (d *Dialer) connect(ctx context.Context, host string, ip netip.Addr, port i
 		}
 	}()
 
+	s.remote.TLSPolicy = policy
+	required := policy == pipeline.TLSRequired || policy == tlsMTASTS
 	helo := orDefault(eg.HELO, d.helo())
 	if err := s.greet(ctx); err != nil {
 		return nil, err
@@ -528,7 +605,7 @@ func (d *Dialer) connect(ctx context.Context, host string, ip netip.Addr, port i
 	}
 	if policy != pipeline.TLSNone && tryTLS {
 		if _, offered := s.ext["STARTTLS"]; !offered {
-			if policy == pipeline.TLSRequired {
+			if required {
 				return nil, pipeline.Errorf(451, pipeline.EnhancedCode{4, 7, 10},
 					"STARTTLS not offered, and the TLS policy requires it")
 			}
@@ -541,17 +618,17 @@ func (d *Dialer) connect(ctx context.Context, host string, ip netip.Addr, port i
 					return nil, err
 				}
 			case errors.As(err, &refused):
-				if policy == pipeline.TLSRequired {
+				if required {
 					return nil, &pipeline.Error{Code: 451, Enhanced: pipeline.EnhancedCode{4, 7, 10},
 						Message: "STARTTLS refused, and the TLS policy requires it: " + refused.e.Message, Cause: refused.e.Cause}
 				}
-			case policy == pipeline.TLSRequired:
+			case required:
 				return nil, err
 			default:
 				return nil, &retryClear{err}
 			}
 		}
-	} else if policy == pipeline.TLSRequired {
+	} else if required {
 		// tryTLS is only false for opportunistic retries; be safe anyway.
 		return nil, pipeline.Errorf(451, pipeline.EnhancedCode{4, 7, 10}, "TLS required")
 	}
@@ -581,7 +658,7 @@ func (d *Dialer) tlsConfig(host, policy string) *tls.Config {
 	} else {
 		cfg.ServerName = host
 	}
-	if policy == pipeline.TLSOpportunistic || d.Config.TLSSkipVerify {
+	if policy == pipeline.TLSOpportunistic || d.Config.TLSSkipVerify && policy != tlsMTASTS {
 		cfg.InsecureSkipVerify = true
 	}
 	return cfg

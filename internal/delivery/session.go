@@ -269,7 +269,10 @@ func (s *Session) startTLS(ctx context.Context, cfg *tls.Config) error {
 			Cause:   err})
 	}
 	s.setConn(tc)
-	s.remote.TLS = tlsVersion(tc.ConnectionState().Version)
+	cs := tc.ConnectionState()
+	s.remote.TLS = tlsVersion(cs.Version)
+	s.remote.TLSCipher = tls.CipherSuiteName(cs.CipherSuite)
+	s.remote.TLSValidated = !cfg.InsecureSkipVerify || verifyPeer(cs, cfg) == nil
 	s.ext = nil
 	return nil
 }
@@ -700,4 +703,21 @@ func (s *Session) maxSize() (int64, bool) {
 func isTimeout(err error) bool {
 	var ne net.Error
 	return errors.As(err, &ne) && ne.Timeout()
+}
+
+// verifyPeer verifies the server's certificate chain for cfg.ServerName
+// against cfg.RootCAs (nil: the system pool), as crypto/tls does when
+// InsecureSkipVerify is false: it tells whether an opportunistic session
+// was in fact validated.
+func verifyPeer(cs tls.ConnectionState, cfg *tls.Config) error {
+	if len(cs.PeerCertificates) == 0 {
+		return errors.New("no certificate")
+	}
+	inter := x509.NewCertPool()
+	for _, c := range cs.PeerCertificates[1:] {
+		inter.AddCert(c)
+	}
+	_, err := cs.PeerCertificates[0].Verify(x509.VerifyOptions{
+		DNSName: cfg.ServerName, Roots: cfg.RootCAs, Intermediates: inter})
+	return err
 }

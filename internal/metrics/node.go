@@ -42,6 +42,11 @@ type Node struct {
 	// transactions to a next hop (ok, temporary, permanent) and connection
 	// failures (connect).
 	Attempts *prometheus.CounterVec
+	// TLSAttempts is sluice_delivery_tls_total{policy, validated}:
+	// delivery transactions by the TLS policy of their connection (none,
+	// opportunistic, required, mta-sts) and whether its certificate was
+	// verified ("true", "false").
+	TLSAttempts *prometheus.CounterVec
 	// AttemptSeconds is sluice_delivery_attempt_duration_seconds: one
 	// delivery transaction on an open connection, MAIL to the end of data.
 	AttemptSeconds prometheus.Histogram
@@ -85,6 +90,8 @@ func NewNode(reg prometheus.Registerer) (*Node, error) {
 		Help: "Recipient delivery outcomes (delivered, deferred, bounced, expired), by bounce class."}, []string{"outcome", "class"})).(*prometheus.CounterVec)
 	n.Attempts = reg1(prometheus.NewCounterVec(prometheus.CounterOpts{Name: "sluice_delivery_attempts_total",
 		Help: "Delivery transactions to next hops by result (ok, temporary, permanent), and connection failures (connect)."}, []string{"result"})).(*prometheus.CounterVec)
+	n.TLSAttempts = reg1(prometheus.NewCounterVec(prometheus.CounterOpts{Name: "sluice_delivery_tls_total",
+		Help: "Delivery transactions by the TLS policy of their connection (none, opportunistic, required, mta-sts) and whether the certificate was verified."}, []string{"policy", "validated"})).(*prometheus.CounterVec)
 	n.AttemptSeconds = reg1(prometheus.NewHistogram(prometheus.HistogramOpts{Name: "sluice_delivery_attempt_duration_seconds",
 		Help: "Time of one delivery transaction on an open connection, MAIL FROM to the reply to the end of data.", Buckets: latencyBuckets})).(prometheus.Histogram)
 	n.SpoolCommitSeconds = reg1(prometheus.NewHistogram(prometheus.HistogramOpts{Name: "sluice_spool_commit_duration_seconds",

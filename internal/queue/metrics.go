@@ -2,6 +2,7 @@ package queue
 
 import (
 	"log/slog"
+	"strconv"
 	"strings"
 	"time"
 
@@ -35,6 +36,14 @@ func (q *Queue) countAttempt(result string, d time.Duration) {
 	}
 	if d > 0 {
 		m.AttemptSeconds.Observe(d.Seconds())
+	}
+}
+
+// countTLS counts one delivery transaction in sluice_delivery_tls_total
+// by its connection's TLS policy.
+func (q *Queue) countTLS(r *pipeline.Remote) {
+	if m := q.o.Metrics; m != nil && m.TLSAttempts != nil && r.TLSPolicy != "" {
+		m.TLSAttempts.WithLabelValues(r.TLSPolicy, strconv.FormatBool(r.TLSValidated)).Inc()
 	}
 }
 

@@ -830,6 +830,7 @@ func (q *Queue) worker(d *dest) {
 		start := time.Now()
 		res, err := conn.Deliver(q.ctx, env, data)
 		q.countAttempt(attemptResult(err), time.Since(start))
+		q.countTLS(&remote)
 		sent++
 		if lease != nil {
 			lease.Observe(failures(res, err), &remote)

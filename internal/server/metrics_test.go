@@ -162,6 +162,7 @@ sluice.stage("policy", {
 		{"sluice_delivery_recipients_total", []string{"class=", "outcome=delivered"}, 2},
 		{"sluice_delivery_recipients_total", []string{"class=InvalidRecipient", "outcome=bounced"}, 1},
 		{"sluice_delivery_attempts_total", []string{"result=ok"}, 3},
+		{"sluice_delivery_tls_total", []string{"policy=none", "validated=false"}, 3},
 		{"sluice_delivery_attempt_duration_seconds", nil, 3},
 		{"sluice_spool_commit_duration_seconds", nil, 3},
 		// on_rcpt ran for 5 recipients, on_route for the 3 accepted.

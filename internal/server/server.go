@@ -41,6 +41,7 @@ import (
 	"github.com/sluice-mta/sluice/internal/httpapi"
 	"github.com/sluice-mta/sluice/internal/luahost"
 	"github.com/sluice-mta/sluice/internal/metrics"
+	"github.com/sluice-mta/sluice/internal/mtasts"
 	"github.com/sluice-mta/sluice/internal/plugin"
 	"github.com/sluice-mta/sluice/internal/queue"
 	"github.com/sluice-mta/sluice/internal/ratelimit"
@@ -459,6 +460,9 @@ func (s *Server) components() []component {
 			}
 			d.Logger = s.log
 			d.Self = delivery.NewSelf(cfg)
+			if !cfg.Delivery.NoMTASTS {
+				d.MTASTS = &mtasts.Cache{Resolver: s.res}
+			}
 			bc, err := loadBounces(cfg)
 			if err != nil {
 				return err

@@ -26,6 +26,11 @@ func TestEventSchemaAcceptsValid(t *testing.T) {
 		func(m map[string]any) { m["type"] = "expired"; m["bounce_class"] = "expired" },
 		func(m map[string]any) { m["remote"].(map[string]any)["ip"] = "2001:db8::1" },
 		func(m map[string]any) { m["remote"].(map[string]any)["ip"] = "" },
+		func(m map[string]any) {
+			r := m["remote"].(map[string]any)
+			r["tls_cipher"], r["tls_policy"], r["tls_validated"] = "TLS_AES_128_GCM_SHA256", "mta-sts", true
+			r["mta_sts_failure"] = "no TLS"
+		},
 		func(m map[string]any) { m["response"].(map[string]any)["enhanced"] = "" },
 		func(m map[string]any) { m["tags"] = []any{}; m["metadata"] = map[string]any{} },
 		func(m map[string]any) { m["sender"] = ""; m["source"] = "dsn"; m["time"] = "2026-11-23T19:40:00Z" },
@@ -57,6 +62,7 @@ func TestEventSchemaRefusesInvalid(t *testing.T) {
 		"enhanced malformed":   func(m map[string]any) { m["response"].(map[string]any)["enhanced"] = "5.1" },
 		"response extra field": func(m map[string]any) { m["response"].(map[string]any)["x"] = "" },
 		"remote without tls":   func(m map[string]any) { delete(m["remote"].(map[string]any), "tls") },
+		"unknown tls_policy":   func(m map[string]any) { m["remote"].(map[string]any)["tls_policy"] = "dane" },
 		"remote ip not an IP":  func(m map[string]any) { m["remote"].(map[string]any)["ip"] = "mx1" },
 		"bounce_class spaces":  func(m map[string]any) { m["bounce_class"] = "hard bounce" },
 		"metadata non-string":  func(m map[string]any) { m["metadata"] = map[string]any{"n": 1} },

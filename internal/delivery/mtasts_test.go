@@ -1,0 +1,125 @@
+package delivery_test
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"net"
+	"strings"
+	"testing"
+
+	"github.com/sluice-mta/sluice/internal/mtasts"
+	"github.com/sluice-mta/sluice/internal/mtasts/ststest"
+	"github.com/sluice-mta/sluice/internal/testutil"
+	"github.com/sluice-mta/sluice/pipeline"
+)
+
+// TestMTASTS delivers to sinks with and without valid certificates under
+// MTA-STS policies served over HTTPS on loopback.
+func TestMTASTS(t *testing.T) {
+	good := testutil.SelfSignedCert(t, "mx.good.test", "mx.stale.test")
+	wrong := testutil.SelfSignedCert(t, "other.test")
+	goodSink := newSink(t, testutil.SinkOptions{IP: "127.0.0.2", TLS: good.TLS})
+	wrongSink := newSink(t, testutil.SinkOptions{IP: "127.0.0.3", Port: goodSink.Port, TLS: wrong.TLS})
+	plainSink := newSink(t, testutil.SinkOptions{IP: "127.0.0.4", Port: goodSink.Port})
+	e := newEnv(t, goodSink.Port)
+	roots := x509.NewCertPool()
+	roots.AddCert(good.Leaf)
+	roots.AddCert(wrong.Leaf)
+	e.D.TLSConfig = &tls.Config{RootCAs: roots}
+
+	policy := func(mode, mx string) string {
+		return "version: STSv1\nmode: " + mode + "\nmx: " + mx + "\nmax_age: 86400\n"
+	}
+	servers := map[string]*ststest.Server{}
+	for domain, body := range map[string]string{
+		"good.test":    policy("enforce", "mx.good.test"),
+		"wrong.test":   policy("enforce", "*.wrong.test"),
+		"plain.test":   policy("enforce", "mx.plain.test"),
+		"nomatch.test": policy("enforce", "mx.elsewhere.test"),
+		"testing.test": policy("testing", "mx.testing.test"),
+		"stale.test":   policy("enforce", "mx.stale.test"),
+	} {
+		servers["mta-sts."+domain] = ststest.StartServer(t, body, "mta-sts."+domain)
+		roots.AddCert(servers["mta-sts."+domain].Cert.Leaf)
+		e.DNS.AddTXT("_mta-sts."+domain, "v=STSv1; id=1")
+	}
+	for domain, ip := range map[string]string{"good.test": "127.0.0.2", "wrong.test": "127.0.0.3",
+		"plain.test": "127.0.0.4", "nomatch.test": "127.0.0.2", "testing.test": "127.0.0.3", "stale.test": "127.0.0.3"} {
+		e.DNS.AddMX(domain, 10, "mx."+domain)
+		e.DNS.AddA("mx."+domain, ip)
+	}
+	e.D.MTASTS = &mtasts.Cache{Resolver: e.D.Resolver, RootCAs: roots,
+		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			host, _, _ := net.SplitHostPort(addr)
+			return servers[host].Dial(ctx, network, addr)
+		}}
+	ctx := context.Background()
+	send := func(t *testing.T, domain string) pipeline.Remote {
+		t.Helper()
+		s := dial(t, e, pipeline.MX(), domain)
+		per, err := s.Send(ctx, "a@sender.test", []string{"b@" + domain}, message(300))
+		if err != nil || per[0] != nil {
+			t.Fatalf("Send = %v, %v", per, err)
+		}
+		return s.Remote()
+	}
+	deferred := func(t *testing.T, domain, enh, reason string) {
+		t.Helper()
+		_, err := e.D.Dial(ctx, pipeline.MX(), domain)
+		pe := wantPE(t, err, 451, enh)
+		if !strings.Contains(pe.Message, "MTA-STS (enforce)") || !strings.Contains(pe.Message, reason) {
+			t.Fatalf("message %q does not give MTA-STS and %q as the reason", pe.Message, reason)
+		}
+	}
+
+	t.Run("enforce, valid certificate: delivered", func(t *testing.T) {
+		r := send(t, "good.test")
+		if r.TLSPolicy != "mta-sts" || !r.TLSValidated || r.TLS == "" || r.TLSCipher == "" || r.MTASTSFailure != "" {
+			t.Fatalf("Remote() = %+v", r)
+		}
+		if n := len(goodSink.Messages()); n != 1 {
+			t.Fatalf("sink got %d messages", n)
+		}
+	})
+	t.Run("enforce, certificate for another name: deferred", func(t *testing.T) {
+		deferred(t, "wrong.test", "4.7.5", "certificate is not valid for this host name")
+	})
+	t.Run("enforce, no STARTTLS: deferred", func(t *testing.T) {
+		deferred(t, "plain.test", "4.7.10", "STARTTLS not offered")
+	})
+	t.Run("enforce, no MX host matches: deferred", func(t *testing.T) {
+		deferred(t, "nomatch.test", "4.7.5", "no MX host of nomatch.test matches")
+	})
+	if len(wrongSink.Messages())+len(plainSink.Messages()) != 0 || len(goodSink.Messages()) != 1 {
+		t.Fatal("a sink got mail an enforced policy refused")
+	}
+	t.Run("testing mode: delivered, failure recorded", func(t *testing.T) {
+		r := send(t, "testing.test")
+		if r.TLSPolicy != "opportunistic" || r.TLSValidated || !strings.Contains(r.MTASTSFailure, "certificate not valid for mx.testing.test") {
+			t.Fatalf("Remote() = %+v", r)
+		}
+		if n := len(wrongSink.Messages()); n != 1 {
+			t.Fatalf("sink got %d messages", n)
+		}
+	})
+	t.Run("no policy: opportunistic, not validated", func(t *testing.T) {
+		e.DNS.AddMX("nopolicy.test", 10, "mx.nopolicy.test")
+		e.DNS.AddA("mx.nopolicy.test", "127.0.0.3")
+		r := send(t, "nopolicy.test")
+		if r.TLSPolicy != "opportunistic" || r.TLSValidated || r.MTASTSFailure != "" {
+			t.Fatalf("Remote() = %+v", r)
+		}
+	})
+	t.Run("stale policy enforced when the refresh fails", func(t *testing.T) {
+		deferred(t, "stale.test", "4.7.5", "certificate")
+		hits := servers["mta-sts.stale.test"].Hits()
+		e.DNS.Remove("_mta-sts.stale.test")
+		e.DNS.AddTXT("_mta-sts.stale.test", "v=STSv1; id=2")
+		servers["mta-sts.stale.test"].Set("", 503)
+		deferred(t, "stale.test", "4.7.5", "certificate")
+		if got := servers["mta-sts.stale.test"].Hits(); got <= hits {
+			t.Fatalf("policy not refetched after the id changed (hits %d, before %d)", got, hits)
+		}
+	})
+}

@@ -1,0 +1,228 @@
+package mtasts_test
+
+import (
+	"context"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/sluice-mta/sluice/internal/dnsx"
+	"github.com/sluice-mta/sluice/internal/dnsx/dnstest"
+	"github.com/sluice-mta/sluice/internal/mtasts"
+	"github.com/sluice-mta/sluice/internal/mtasts/ststest"
+)
+
+const enforce = "version: STSv1\r\nmode: enforce\r\nmx: mx1.example.test\r\nmx: *.mx.example.test\r\nmax_age: 86400\r\n"
+
+func TestParse(t *testing.T) {
+	p, err := mtasts.Parse([]byte(enforce))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.Mode != mtasts.ModeEnforce || p.MaxAge != 86400*time.Second || len(p.MX) != 2 {
+		t.Fatalf("got %+v", p)
+	}
+	bad := map[string]string{
+		"version": "version: STSv2\nmode: enforce\nmx: a\nmax_age: 1\n",
+		"mode":    "version: STSv1\nmode: strict\nmx: a\nmax_age: 1\n",
+		"max_age": "version: STSv1\nmode: enforce\nmx: a\nmax_age: -1\n",
+		"no mx":   "version: STSv1\nmode: enforce\nmax_age: 1\n",
+		"colon":   "version: STSv1\ngarbage\n",
+	}
+	for field, body := range bad {
+		if _, err := mtasts.Parse([]byte(body)); err == nil || !strings.Contains(err.Error(), field) {
+			t.Errorf("%s: err %v, want one naming %q", field, err, field)
+		}
+	}
+	if p, err := mtasts.Parse([]byte("version: STSv1\nmode: none\nmax_age: 99999999999\n")); err == nil {
+		t.Errorf("11-digit max_age accepted: %+v", p)
+	}
+	if p, err := mtasts.Parse([]byte("version: STSv1\nmode: none\nmax_age: 999999999\n")); err != nil || p.MaxAge != mtasts.MaxMaxAge {
+		t.Errorf("max_age not capped: %+v %v", p, err)
+	}
+}
+
+func TestMatch(t *testing.T) {
+	p, _ := mtasts.Parse([]byte(enforce))
+	for host, want := range map[string]bool{
+		"mx1.example.test":     true,
+		"MX1.Example.Test.":    true,
+		"a.mx.example.test":    true,
+		"a.b.mx.example.test":  false,
+		"mx.example.test":      false,
+		"mx2.example.test":     false,
+		"evilmx1.example.test": false,
+	} {
+		if got := p.Match(host); got != want {
+			t.Errorf("Match(%q) = %v, want %v", host, got, want)
+		}
+	}
+}
+
+func TestParseTXT(t *testing.T) {
+	if id, err := mtasts.ParseTXT("v=STSv1; id=20160831085700Z;"); err != nil || id != "20160831085700Z" {
+		t.Fatalf("got %q %v", id, err)
+	}
+	for _, txt := range []string{"v=STSv2; id=1", "v=STSv1;", "v=STSv1; id=a-b", "v=STSv1; id=" + strings.Repeat("a", 33)} {
+		if _, err := mtasts.ParseTXT(txt); err == nil {
+			t.Errorf("%q accepted", txt)
+		}
+	}
+}
+
+type env struct {
+	dns   *dnstest.Server
+	https *ststest.Server
+	cache *mtasts.Cache
+	now   time.Time
+}
+
+func newEnv(t *testing.T, body string) *env {
+	e := &env{dns: dnstest.NewServer(t), now: time.Now()}
+	e.https = ststest.StartServer(t, body, "mta-sts.example.test")
+	r, err := dnsx.New(dnsx.Options{Server: e.dns.Addr(), CacheSize: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.cache = &mtasts.Cache{Resolver: r, RootCAs: e.https.Cert.Pool, DialContext: e.https.Dial,
+		Now: func() time.Time { return e.now }}
+	return e
+}
+
+func TestGetCachesAndRefreshes(t *testing.T) {
+	e := newEnv(t, enforce)
+	ctx := context.Background()
+	if p, err := e.cache.Get(ctx, "example.test"); p != nil || err != nil {
+		t.Fatalf("no TXT record: got %+v %v, want no policy", p, err)
+	}
+	e.dns.AddTXT("_mta-sts.example.test", "v=STSv1; id=one")
+	p, err := e.cache.Get(ctx, "example.test")
+	if err != nil || p == nil || p.Mode != mtasts.ModeEnforce || p.ID != "one" {
+		t.Fatalf("got %+v %v", p, err)
+	}
+	if p, err := e.cache.Get(ctx, "Example.Test."); err != nil || p == nil || e.https.Hits() != 1 {
+		t.Fatalf("cached lookup fetched again: hits %d, %+v %v", e.https.Hits(), p, err)
+	}
+	// The id changes: refetch.
+	e.dns.Remove("_mta-sts.example.test")
+	e.dns.AddTXT("_mta-sts.example.test", "v=STSv1; id=two")
+	e.https.Set(strings.Replace(enforce, "enforce", "testing", 1), 200)
+	if p, err := e.cache.Get(ctx, "example.test"); err != nil || p.Mode != mtasts.ModeTesting || e.https.Hits() != 2 {
+		t.Fatalf("after id change: hits %d, %+v %v", e.https.Hits(), p, err)
+	}
+	// The id changes again but the fetch fails: the cached policy stays
+	// (RFC 8461 section 5.1), and the error says why.
+	e.dns.Remove("_mta-sts.example.test")
+	e.dns.AddTXT("_mta-sts.example.test", "v=STSv1; id=three")
+	e.https.Set("", 500)
+	if p, err := e.cache.Get(ctx, "example.test"); err == nil || p == nil || p.Mode != mtasts.ModeTesting || p.ID != "two" {
+		t.Fatalf("stale policy not kept: %+v %v", p, err)
+	}
+	// The TXT record disappears: the cached policy still applies until it expires.
+	e.dns.Remove("_mta-sts.example.test")
+	if p, _ := e.cache.Get(ctx, "example.test"); p == nil {
+		t.Fatal("cached policy dropped when the TXT record went away")
+	}
+	e.now = e.now.Add(86401 * time.Second)
+	if p, err := e.cache.Get(ctx, "example.test"); p != nil || err != nil {
+		t.Fatalf("expired policy used: %+v %v", p, err)
+	}
+}
+
+func TestFetchFailures(t *testing.T) {
+	ctx := context.Background()
+	for name, tc := range map[string]struct {
+		body   string
+		status int
+		names  []string
+		want   string
+	}{
+		"wrong certificate name": {enforce, 200, []string{"other.example.test"}, "certificate"},
+		"redirect":               {enforce, 302, nil, "status 302"},
+		"not found":              {enforce, 404, nil, "status 404"},
+		"too large":              {enforce + strings.Repeat("x: y\n", mtasts.MaxBody/5+1), 200, nil, "larger than"},
+		"bad policy":             {"version: STSv1\n", 200, nil, "mode"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			e := newEnv(t, tc.body)
+			if tc.names != nil {
+				e.https = ststest.StartServer(t, tc.body, tc.names...)
+				e.cache.RootCAs, e.cache.DialContext = e.https.Cert.Pool, e.https.Dial
+			}
+			e.https.Set(tc.body, tc.status)
+			e.dns.AddTXT("_mta-sts.example.test", "v=STSv1; id=one")
+			p, err := e.cache.Get(ctx, "example.test")
+			if p != nil || err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("got %+v, err %v; want no policy and an error with %q", p, err, tc.want)
+			}
+		})
+	}
+}
+
+func TestMaxEntries(t *testing.T) {
+	e := newEnv(t, enforce)
+	e.cache.MaxEntries = 2
+	e.https = ststest.StartServer(t, enforce, "mta-sts.a.test", "mta-sts.b.test", "mta-sts.c.test")
+	e.cache.RootCAs, e.cache.DialContext = e.https.Cert.Pool, e.https.Dial
+	for _, d := range []string{"a.test", "b.test", "c.test"} {
+		e.dns.AddTXT("_mta-sts."+d, "v=STSv1; id=one")
+		if p, err := e.cache.Get(context.Background(), d); p == nil || err != nil {
+			t.Fatalf("%s: %+v %v", d, p, err)
+		}
+	}
+	if n := e.cache.Len(); n != 2 {
+		t.Fatalf("cache holds %d, want 2", n)
+	}
+}
+
+// BenchmarkGetCached is the cost Dial pays per connection for a domain
+// whose policy is cached: a TXT lookup answered by dnsx's cache and a map
+// read.
+func BenchmarkGetCached(b *testing.B) {
+	dns := dnstest.NewServer(b)
+	https := ststest.StartServer(b, enforce, "mta-sts.example.test")
+	r, err := dnsx.New(dnsx.Options{Server: dns.Addr()})
+	if err != nil {
+		b.Fatal(err)
+	}
+	dns.SetTTL(3600)
+	dns.AddTXT("_mta-sts.example.test", "v=STSv1; id=one")
+	c := &mtasts.Cache{Resolver: r, RootCAs: https.Cert.Pool, DialContext: https.Dial}
+	ctx := context.Background()
+	if p, err := c.Get(ctx, "example.test"); p == nil || err != nil {
+		b.Fatal(p, err)
+	}
+	b.ReportAllocs()
+	b.ResetTimer()
+	for b.Loop() {
+		if p, _ := c.Get(ctx, "example.test"); p == nil {
+			b.Fatal("no policy")
+		}
+	}
+	if https.Hits() != 1 {
+		b.Fatalf("fetched %d times", https.Hits())
+	}
+}
+
+// TestConcurrentGets runs Gets for one domain at once (run it with -race):
+// each gets the policy, and afterwards it is cached.
+func TestConcurrentGets(t *testing.T) {
+	e := newEnv(t, enforce)
+	e.dns.AddTXT("_mta-sts.example.test", "v=STSv1; id=one")
+	var wg sync.WaitGroup
+	for range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if p, err := e.cache.Get(context.Background(), "example.test"); p == nil || err != nil {
+				t.Errorf("Get = %+v, %v", p, err)
+			}
+		}()
+	}
+	wg.Wait()
+	hits := e.https.Hits()
+	if p, _ := e.cache.Get(context.Background(), "example.test"); p == nil || e.https.Hits() != hits {
+		t.Fatalf("policy not cached after concurrent Gets: hits %d, then %d", hits, e.https.Hits())
+	}
+}
