@@ -221,24 +221,35 @@ func TestControlBounceCancelFilters(t *testing.T) {
 	if p, _ := sp.List(spool.ListFilter{}); len(p.Messages) != 2 || p.Messages[0].ID != young.ID || p.Messages[1].ID != other.ID {
 		t.Fatalf("left: %+v", p.Messages)
 	}
-	var got []string
-	for _, ev := range adminEvents(t, sp) {
-		switch ev.Type {
-		case pipeline.EventBounced:
-			if ev.BounceClass != "PolicyRelated" || ev.Response == nil || ev.Response.Code != 550 || ev.Attempt != 1 {
-				t.Errorf("bounced event: %+v", ev)
+	collect := func() []string {
+		var got []string
+		for _, ev := range adminEvents(t, sp) {
+			switch ev.Type {
+			case pipeline.EventBounced:
+				if ev.BounceClass != "PolicyRelated" || ev.Response == nil || ev.Response.Code != 550 || ev.Attempt != 1 {
+					t.Errorf("bounced event: %+v", ev)
+				}
+				got = append(got, ev.Type+":"+ev.Recipient+":"+ev.Metadata[AdminByKey])
+			case pipeline.EventCancelled:
+				got = append(got, ev.Type+":"+ev.Recipient+":"+ev.Metadata[AdminByKey])
+			case pipeline.EventQueueBounced, pipeline.EventQueueCancelled:
+				got = append(got, ev.Type+":"+ev.Metadata["by"]+":"+ev.Metadata["recipients"]+":"+ev.Metadata["filter"])
 			}
-			got = append(got, ev.Type+":"+ev.Recipient+":"+ev.Metadata[AdminByKey])
-		case pipeline.EventCancelled:
-			got = append(got, ev.Type+":"+ev.Recipient+":"+ev.Metadata[AdminByKey])
-		case pipeline.EventQueueBounced, pipeline.EventQueueCancelled:
-			got = append(got, ev.Type+":"+ev.Metadata["by"]+":"+ev.Metadata["recipients"]+":"+ev.Metadata["filter"])
 		}
+		return got
 	}
 	want := []string{"bounced:r2@x.test:k-bounce", "queue_bounced:k-bounce:1:rcpt=r2%40x.test",
 		"bounced:r5@x.test:k-bounce", "queue_bounced:k-bounce:1:rcpt=r5%40x.test",
 		"cancelled:r1@x.test:k-cancel", "queue_cancelled:k-cancel:1:before=" + url.QueryEscape(older.Before.UTC().Format(time.RFC3339Nano)) + "&sender=old%40A.TEST&tenant=acme",
 		"queue_cancelled:k:0:tenant=nobody"}
+	// The outbox shows an event once the commit pipeline has published its
+	// sequence number, which may trail the action's return: poll.
+	var got []string
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		if got = collect(); slices.Equal(got, want) || time.Now().After(deadline) {
+			break
+		}
+	}
 	if !slices.Equal(got, want) {
 		t.Fatalf("events:\n got %q\nwant %q", got, want)
 	}
