@@ -152,9 +152,8 @@ func splitQuery(q string) []string {
 
 // mailpitAPI routes /sandbox/api/v1/...
 func (s *Server) mailpitAPI(w http.ResponseWriter, r *http.Request) {
-	st := s.sandbox.Load()
+	st := s.sandboxStore(w)
 	if st == nil {
-		s.fail(w, errf(http.StatusNotFound, codeNotFound, "", "the sandbox is not configured on this node (sluice.sandbox)"))
 		return
 	}
 	rest := strings.TrimPrefix(r.URL.Path, mailpitPath)

@@ -47,13 +47,23 @@ const (
 // 404).
 func (s *Server) UseSandbox(st *capture.Store) { s.sandbox.Store(st) }
 
+// sandboxStore is the capture store, or nil after answering 404 when the
+// sandbox is not configured (both the sandbox and the Mailpit-compatible
+// paths start with it).
+func (s *Server) sandboxStore(w http.ResponseWriter) *capture.Store {
+	st := s.sandbox.Load()
+	if st == nil {
+		s.fail(w, errf(http.StatusNotFound, codeNotFound, "", "the sandbox is not configured on this node (sluice.sandbox)"))
+	}
+	return st
+}
+
 var filterParams = []string{"to", "from", "subject", "text", "tag", "since", "until"}
 
 // sandboxAPI routes /v1/sandbox/...
 func (s *Server) sandboxAPI(w http.ResponseWriter, r *http.Request) {
-	st := s.sandbox.Load()
+	st := s.sandboxStore(w)
 	if st == nil {
-		s.fail(w, errf(http.StatusNotFound, codeNotFound, "", "the sandbox is not configured on this node (sluice.sandbox)"))
 		return
 	}
 	rest := strings.TrimPrefix(r.URL.Path, sandboxPath)
