@@ -50,9 +50,7 @@ func (h *httpEnv) startWith(cfg, resolver string, extra ...string) string {
 	h.client = &http.Client{Timeout: 30 * time.Second}
 	h.t.Cleanup(h.client.CloseIdleConnections)
 	h.start()
-	key, _ := h.createKey("acme")
-	h.waitKeyStatus(key, 404, 5*time.Second) // the server rereads the key file within a second
-	return key
+	return h.createLiveKey("acme")
 }
 
 // TestDomainsEndToEnd, against the real binary: `sluice domain add`
@@ -116,8 +114,7 @@ func TestDomainsEndToEnd(t *testing.T) {
 	}
 	// Another tenant may send From the domain (require_verified binds
 	// only the tenant that registered it) but is not signed with its key.
-	otherKey, _ := h.createKey("other")
-	h.waitKeyStatus(otherKey, 404, 5*time.Second)
+	otherKey := h.createLiveKey("other")
 	body, _ := json.Marshal(map[string]any{"from": "spoof@brand.test", "to": []string{"eve@dest.test"}, "subject": "unsigned", "text": "hello"})
 	if r := h.do("POST", "/v1/messages", otherKey, body, nil); r.status != http.StatusAccepted {
 		t.Fatalf("other tenant: %s", r)

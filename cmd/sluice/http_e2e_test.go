@@ -162,6 +162,16 @@ func (h *httpEnv) createKey(tenant string, scopes ...string) (token, id string) 
 	return k.Key, k.ID
 }
 
+// createLiveKey is createKey for a running node: it returns once the
+// server accepts the key (the node rereads the key file within a second,
+// so a key used at once can get 401).
+func (h *httpEnv) createLiveKey(tenant string, scopes ...string) string {
+	h.t.Helper()
+	key, _ := h.createKey(tenant, scopes...)
+	h.waitKeyStatus(key, 404, 5*time.Second)
+	return key
+}
+
 type httpResp struct {
 	status int
 	header http.Header

@@ -179,12 +179,9 @@ func (e *sandboxEnv) assert(key, id string, checks string) (bool, []map[string]a
 
 func TestSandboxEndToEnd(t *testing.T) {
 	e := newSandboxEnv(t)
-	acme, _ := e.createKey("acme")
-	e.waitKeyStatus(acme, 404, 5*time.Second) // the server rereads the key file within a second
-	beta, _ := e.createKey("beta")
-	e.waitKeyStatus(beta, 404, 5*time.Second) // the server rereads the key file within a second
-	admin, _ := e.createKey("ops", "admin")
-	e.waitKeyStatus(admin, 404, 5*time.Second) // the server rereads the key file within a second
+	acme := e.createLiveKey("acme")
+	beta := e.createLiveKey("beta")
+	admin := e.createLiveKey("ops", "admin")
 
 	t.Run("tenants see only their own mail", func(t *testing.T) {
 		e.send(acme, map[string]any{"from": "app@sender.test", "to": "shared@dest.test", "subject": "for acme", "text": "hello acme"})
@@ -230,8 +227,7 @@ func TestSandboxEndToEnd(t *testing.T) {
 	})
 
 	t.Run("wait", func(t *testing.T) {
-		waiter, _ := e.createKey("waiter")
-		e.waitKeyStatus(waiter, 404, 5*time.Second) // the server rereads the key file within a second
+		waiter := e.createLiveKey("waiter")
 		got := make(chan httpResp, 1)
 		wrote := make(chan struct{})
 		go func() {
@@ -266,8 +262,7 @@ func TestSandboxEndToEnd(t *testing.T) {
 	})
 
 	t.Run("assertions", func(t *testing.T) {
-		signer, _ := e.createKey("signer")
-		e.waitKeyStatus(signer, 404, 5*time.Second) // the server rereads the key file within a second
+		signer := e.createLiveKey("signer")
 		good := e.links.URL + "/ok"
 		e.send(signer, map[string]any{"from": "app@sender.test", "to": "check@dest.test", "subject": "signed",
 			"text": "visit " + good, "html": `<p><a href="` + good + `">go</a></p>`,
@@ -312,8 +307,7 @@ func TestSandboxEndToEnd(t *testing.T) {
 	})
 
 	t.Run("simulated recipients", func(t *testing.T) {
-		bouncer, _ := e.createKey("bouncer")
-		e.waitKeyStatus(bouncer, 404, 5*time.Second) // the server rereads the key file within a second
+		bouncer := e.createLiveKey("bouncer")
 		id := e.send(bouncer, map[string]any{"from": "app@sender.test", "to": "bounce@sim.test", "subject": "to bounce", "text": "x"})
 		evs := e.relay.waitEvents("the simulated bounce", func(evs []pipeline.Event) bool {
 			return countType(evs, pipeline.EventBounced, "bounce@sim.test") == 1
@@ -357,8 +351,7 @@ func TestSandboxEndToEnd(t *testing.T) {
 	})
 
 	t.Run("simulated complaint and out-of-office", func(t *testing.T) {
-		bouncer, _ := e.createKey("bouncer")
-		e.waitKeyStatus(bouncer, 404, 5*time.Second) // the server rereads the key file within a second
+		bouncer := e.createLiveKey("bouncer")
 		id := e.send(bouncer, map[string]any{"from": "app@sender.test", "to": "complain@sim.test", "subject": "spammy", "text": "x"})
 		evs := e.relay.waitEvents("the complaint", func(evs []pipeline.Event) bool {
 			return countType(evs, pipeline.EventComplained, "complain@sim.test") == 1
@@ -387,8 +380,7 @@ func TestSandboxEndToEnd(t *testing.T) {
 	})
 
 	t.Run("retention", func(t *testing.T) {
-		keeper, _ := e.createKey("keeper")
-		e.waitKeyStatus(keeper, 404, 5*time.Second) // the server rereads the key file within a second
+		keeper := e.createLiveKey("keeper")
 		for i := 1; i <= 7; i++ {
 			e.send(keeper, map[string]any{"from": "app@sender.test", "to": "keep@dest.test", "subject": fmt.Sprintf("k%d", i), "text": "x"})
 			e.wait(keeper, fmt.Sprintf("subject=k%d", i))
