@@ -105,8 +105,9 @@ type Remote struct {
 	// clear text.
 	TLSCipher string `json:"tls_cipher,omitempty"`
 	// TLSPolicy is the TLS policy that applied to the attempt: "none",
-	// "opportunistic", "required" or "mta-sts" (an MTA-STS policy in
-	// enforce mode, RFC 8461).
+	// "opportunistic", "required", "verify", "mta-sts" (an MTA-STS
+	// policy in enforce mode, RFC 8461) or "dane" (DNSSEC-authenticated
+	// TLSA records, RFC 7672).
 	TLSPolicy string `json:"tls_policy,omitempty"`
 	// TLSValidated is true when the server's certificate was verified
 	// for Host against the trusted roots (whether or not the policy
@@ -116,6 +117,15 @@ type Remote struct {
 	// testing mode, says why the delivery would have been refused under
 	// enforce (RFC 8461 section 5); "" when it would not.
 	MTASTSFailure string `json:"mta_sts_failure,omitempty"`
+	// TLSFailure is the RFC 8460 section 4.3 result type of a TLS policy
+	// check that failed on this attempt ("starttls-not-supported",
+	// "certificate-host-mismatch", "certificate-not-trusted",
+	// "certificate-expired", "validation-failure", "tlsa-invalid",
+	// "dnssec-invalid", "dane-required", "sts-policy-invalid",
+	// "sts-webpki-invalid", ...): set on the deferral an enforced DANE,
+	// MTA-STS, verify or required policy caused, and on a delivery an
+	// MTA-STS policy in testing mode would have refused; "" otherwise.
+	TLSFailure string `json:"tls_failure,omitempty"`
 }
 
 // Event is one state change of one recipient. Its JSON form is the public

@@ -371,12 +371,24 @@ const (
 	RouteCapture = "capture"
 )
 
-// TLS policies for delivery.
+// TLS policies for delivery (docs/delivery.md "TLS policies"). A
+// destination's DANE or MTA-STS policy applies on top of opportunistic,
+// required and verify for MX routes.
 const (
 	TLSOpportunistic = "opportunistic" // STARTTLS when offered, clear text otherwise
 	TLSRequired      = "required"      // defer when STARTTLS is not offered or fails
 	TLSNone          = "none"          // never STARTTLS
+	// TLSVerify: STARTTLS required and the certificate verified against
+	// the trusted roots for the host name; defer otherwise.
+	TLSVerify = "verify"
+	// TLSDANEOrMTASTS (MX routes only): deliver only under the
+	// destination's DANE (RFC 7672) or MTA-STS enforce (RFC 8461)
+	// policy, validated; defer when it publishes neither.
+	TLSDANEOrMTASTS = "dane-or-mta-sts"
 )
+
+// TLSPolicies lists the route TLS policies, for validation messages.
+var TLSPolicies = []string{TLSOpportunistic, TLSRequired, TLSVerify, TLSDANEOrMTASTS, TLSNone}
 
 // Route says where a recipient goes. The zero Route is invalid; use MX() or
 // a relay route.
@@ -425,9 +437,13 @@ func (r *Route) Validate() error {
 		return fmt.Errorf("route pool %q: want a pool name of at most 64 characters without spaces", r.Pool)
 	}
 	switch r.TLS {
-	case "", TLSOpportunistic, TLSRequired, TLSNone:
+	case "", TLSOpportunistic, TLSRequired, TLSVerify, TLSNone:
+	case TLSDANEOrMTASTS:
+		if r.Kind == RouteRelay {
+			return fmt.Errorf("route tls %q applies to mx routes only (a relay publishes no MTA-STS policy); use %q for a relay", r.TLS, TLSVerify)
+		}
 	default:
-		return fmt.Errorf("route tls %q: want opportunistic, required or none", r.TLS)
+		return fmt.Errorf("route tls %q: want one of %s", r.TLS, strings.Join(TLSPolicies, ", "))
 	}
 	return nil
 }

@@ -414,7 +414,7 @@ func (ld *loader) listenAdmin(L *lua.LState) int {
 func (ld *loader) delivery(L *lua.LState) int {
 	const fn = "sluice.delivery"
 	ld.singleton(fn)
-	o := ld.s.CheckOpts(1, fn, "hostname", "resolver", "port", "tls", "tls_skip_verify", "mta_sts",
+	o := ld.s.CheckOpts(1, fn, "hostname", "resolver", "port", "tls", "tls_skip_verify", "mta_sts", "dane",
 		"max_connections", "max_per_destination", "max_messages_per_conn",
 		"connect_timeout", "command_timeout", "data_timeout", "idle_timeout", "retry", "queue_lifetime", "delay_warning",
 		"own_names", "own_addresses")
@@ -437,11 +437,12 @@ func (ld *loader) delivery(L *lua.LState) int {
 	if o.Int("port", &d.Port) && (d.Port <= 0 || d.Port > 65535) {
 		o.Fail("port", "must be from 1 to 65535, got %d", d.Port)
 	}
-	ld.enum(o, "tls", &d.TLS, pipeline.TLSOpportunistic, pipeline.TLSRequired, pipeline.TLSNone)
+	ld.enum(o, "tls", &d.TLS, pipeline.TLSPolicies...)
 	o.Bool("tls_skip_verify", &d.TLSSkipVerify)
 	if on := true; o.Bool("mta_sts", &on) {
 		d.NoMTASTS = !on
 	}
+	o.Bool("dane", &d.DANE)
 	ld.positive(o, "max_connections", &d.MaxConnections)
 	ld.positive(o, "max_per_destination", &d.MaxPerDestination)
 	ld.positive(o, "max_messages_per_conn", &d.MaxMessagesPerConn)

@@ -278,7 +278,7 @@ func TestLoadErrors(t *testing.T) {
 		{"bad CIDR bits", "sluice.listen_smtp { addr = ':25', relay_networks = { '10.0.0.0/33' } }", `"10.0.0.0/33" is not a CIDR prefix`},
 		{"bad auth", "sluice.listen_smtp { addr = ':25', auth = 'yes' }", `key "auth": "yes" is not one of none, optional, required`},
 		{"bad bare_line_ending", "sluice.listen_smtp { addr = ':25', bare_line_ending = 'fix' }", `key "bare_line_ending": "fix" is not one of reject, normalize`},
-		{"bad delivery tls", "sluice.delivery { tls = 'always' }", `key "tls": "always" is not one of opportunistic, required, none`},
+		{"bad delivery tls", "sluice.delivery { tls = 'always' }", `key "tls": "always" is not one of opportunistic, required, verify, dane-or-mta-sts, none`},
 		{"missing addr", "sluice.listen_smtp { hostname = 'x' }", `sluice.listen_smtp: key "addr": is required`},
 		{"bad addr", "sluice.listen_smtp { addr = 'localhost' }", `key "addr": "localhost" is not host:port`},
 		{"bad port", "sluice.listen_smtp { addr = ':99999' }", `key "addr": ":99999": port must be a number from 0 to 65535`},

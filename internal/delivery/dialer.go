@@ -65,6 +65,13 @@ type Dialer struct {
 	// (RFC 8461) to MX routes whose TLS policy is not "none"; see Dial.
 	// Its RootCAs should be the same as TLSConfig's.
 	MTASTS *mtasts.Cache
+	// DANE applies MX hosts' DNSSEC-authenticated TLSA records (RFC
+	// 7672) to MX routes whose TLS policy is not "none"; see Dial. It
+	// needs a Resolver that implements dnsx.TLSAResolver and reports
+	// authenticated answers (dnsx.Options.DNSSEC, a trusted validating
+	// resolver); otherwise no answer is authenticated and DANE never
+	// applies.
+	DANE bool
 }
 
 // tlsMTASTS is the policy of an attempt under an MTA-STS policy in
@@ -105,6 +112,9 @@ type target struct {
 	addrs []netip.Addr
 	// implicit: the recipient domain itself, used as its own MX.
 	implicit bool
+	// secure: the MX RRset that named host was DNSSEC-authenticated
+	// (always for the implicit MX); addrsSecure: so were addrs.
+	secure, addrsSecure bool
 }
 
 // Attempt is one host or address that Dial tried and the reason it failed.
@@ -253,6 +263,9 @@ func (d *Dialer) DialFrom(ctx context.Context, route *pipeline.Route, domain str
 			Message: "invalid route", Cause: err}
 	}
 	policy := orDefault(orDefault(route.TLS, d.Config.TLS), defaults.TLS)
+	if policy == pipeline.TLSDANEOrMTASTS && route.Kind != pipeline.RouteMX {
+		policy = pipeline.TLSVerify // the MX default; a relay has neither
+	}
 	port := route.Port
 	if port == 0 && route.Kind == pipeline.RouteMX {
 		port = d.Config.Port
@@ -265,21 +278,26 @@ func (d *Dialer) DialFrom(ctx context.Context, route *pipeline.Route, domain str
 	}
 	sts := d.stsPolicy(ctx, route, domain, policy)
 	if sts != nil && sts.Mode == mtasts.ModeEnforce {
+		first := ""
+		if len(targets) > 0 {
+			first = targets[0].host
+		}
 		targets = slices.DeleteFunc(targets, func(t target) bool { return !sts.Match(t.host) })
 		if len(targets) == 0 {
-			return nil, pipeline.Errorf(451, pipeline.EnhancedCode{4, 7, 5},
-				"MTA-STS (enforce): no MX host of %s matches its policy (id %s)", strings.ToLower(strings.TrimSuffix(domain, ".")), sts.ID)
+			return nil, &tlsFailure{result: resultValidation, policy: tlsMTASTS, host: first, err: pipeline.Errorf(451, pipeline.EnhancedCode{4, 7, 5},
+				"MTA-STS (enforce): no MX host of %s matches its policy (id %s)", strings.ToLower(strings.TrimSuffix(domain, ".")), sts.ID)}
 		}
 		policy = tlsMTASTS
 	}
+	tr, dane := d.daneResolver(route, domain, policy)
 	max := orDefault(d.MaxAddresses, defaultMaxAddresses)
 	var attempts []Attempt
 	tried := 0
 outer:
 	for _, t := range targets {
-		addrs := t.addrs
+		addrs, secure := t.addrs, t.addrsSecure
 		if addrs == nil {
-			addrs, err = d.resolve(ctx, route, t)
+			addrs, secure, err = d.resolve(ctx, route, t)
 			if err != nil {
 				attempts = append(attempts, Attempt{Host: t.host, Err: err})
 				if ctx.Err() != nil {
@@ -288,22 +306,37 @@ outer:
 				continue
 			}
 		}
+		tpolicy, st := policy, (*daneState)(nil)
+		if dane && t.secure && secure {
+			if st, err = lookupDANE(ctx, tr, t.host, port); err != nil {
+				f := err.(*tlsFailure)
+				f.host = t.host
+				attempts = append(attempts, Attempt{Host: t.host, Err: f})
+				continue
+			}
+			if st != nil {
+				tpolicy = tlsDANE
+			}
+		}
+		if tpolicy == pipeline.TLSDANEOrMTASTS {
+			attempts = append(attempts, Attempt{Host: t.host, Err: &tlsFailure{result: resultDANERequired, policy: tpolicy, host: t.host,
+				err: pipeline.Errorf(451, pipeline.EnhancedCode{4, 7, 5}, "TLS policy dane-or-mta-sts: %s has no DNSSEC-authenticated TLSA records and %s no MTA-STS policy in enforce mode",
+					t.host, strings.ToLower(strings.TrimSuffix(domain, ".")))}})
+			continue
+		}
 		for _, ip := range addrs {
 			if tried >= max {
 				break outer
 			}
 			tried++
-			s, err := d.attempt(ctx, t.host, ip, port, policy, route, &eg)
+			s, err := d.attempt(ctx, t.host, ip, port, tpolicy, st, route, &eg)
 			if err == nil {
-				if sts != nil && sts.Mode == mtasts.ModeTesting {
-					s.remote.MTASTSFailure = stsTestingFailure(sts, t.host, s.remote)
+				if sts != nil && sts.Mode == mtasts.ModeTesting && tpolicy != tlsDANE {
+					s.remote.MTASTSFailure, s.remote.TLSFailure = stsTestingFailure(sts, t.host, s.remote)
 				}
 				return s, nil
 			}
-			var pe *pipeline.Error
-			if policy == tlsMTASTS && errors.As(err, &pe) {
-				err = &pipeline.Error{Code: pe.Code, Enhanced: pe.Enhanced, Message: "MTA-STS (enforce): " + pe.Message, Cause: pe}
-			}
+			err = policyFailure(err, tpolicy, t.host, ip.String())
 			attempts = append(attempts, Attempt{Host: t.host, IP: ip.String(), Err: err})
 			if d.Logger != nil {
 				d.Logger.Debug("delivery attempt failed", "domain", domain, "route", route.Kind,
@@ -337,17 +370,60 @@ func (d *Dialer) stsPolicy(ctx context.Context, route *pipeline.Route, domain, p
 }
 
 // stsTestingFailure says why a session to host would have failed under
-// an MTA-STS policy in enforce mode, or "".
-func stsTestingFailure(p *mtasts.Policy, host string, r pipeline.Remote) string {
+// an MTA-STS policy in enforce mode, and the RFC 8460 result type, or
+// "", "".
+func stsTestingFailure(p *mtasts.Policy, host string, r pipeline.Remote) (reason, result string) {
 	switch {
 	case !p.Match(host):
-		return fmt.Sprintf("MX host %s does not match the policy (id %s)", host, p.ID)
+		return fmt.Sprintf("MX host %s does not match the policy (id %s)", host, p.ID), resultValidation
 	case r.TLS == "":
-		return "no TLS"
+		return "no TLS", resultSTARTTLS
 	case !r.TLSValidated:
-		return "certificate not valid for " + host
+		return "certificate not valid for " + host, resultValidation
 	}
-	return ""
+	return "", ""
+}
+
+// daneResolver says whether DANE applies to a Dial (see Dial), and the
+// resolver for its TLSA lookups.
+func (d *Dialer) daneResolver(route *pipeline.Route, domain, policy string) (dnsx.TLSAResolver, bool) {
+	if !d.DANE || route.Kind != pipeline.RouteMX || policy == pipeline.TLSNone {
+		return nil, false
+	}
+	if _, lit := parseLiteral(domain); lit {
+		return nil, false
+	}
+	tr, ok := d.Resolver.(dnsx.TLSAResolver)
+	return tr, ok
+}
+
+// policyFailure gives a failed attempt under an enforcing policy (DANE,
+// MTA-STS, verify, required) its reason prefix and, when TLS was the
+// cause, the *tlsFailure that carries the RFC 8460 result type.
+func policyFailure(err error, policy, host, ip string) error {
+	var pe *pipeline.Error
+	if !errors.As(err, &pe) {
+		return err
+	}
+	switch policy {
+	case tlsMTASTS:
+		pe = &pipeline.Error{Code: pe.Code, Enhanced: pe.Enhanced, Message: "MTA-STS (enforce): " + pe.Message, Cause: pe}
+	case tlsDANE:
+		msg := pe.Message
+		var dm *daneMismatch
+		if errors.As(err, &dm) {
+			msg = "TLS handshake failed: " + dm.Error()
+		}
+		pe = &pipeline.Error{Code: pe.Code, Enhanced: pe.Enhanced, Message: "DANE: " + msg, Cause: pe}
+	case pipeline.TLSRequired, pipeline.TLSVerify:
+	default:
+		return err
+	}
+	r := tlsResult(pe)
+	if r == "" {
+		return pe
+	}
+	return &tlsFailure{result: r, policy: policy, host: host, ip: ip, err: pe}
 }
 
 // targets lists the hosts to try, in order, without this node (Self) or
@@ -381,13 +457,13 @@ func (d *Dialer) targets(ctx context.Context, route *pipeline.Route, domain stri
 	// A "." among other MX records breaks RFC 7505 section 3; skip it.
 	mxs := slices.DeleteFunc(res.Records, func(m dnsx.MX) bool { return m.Host == "." || m.Host == "" })
 	if len(mxs) == 0 {
-		t := target{host: strings.ToLower(strings.TrimSuffix(domain, ".")), implicit: true}
+		t := target{host: strings.ToLower(strings.TrimSuffix(domain, ".")), implicit: true, secure: true}
 		if d.Self != nil {
-			if addrs, err := d.resolve(ctx, route, t); err == nil {
+			if addrs, secure, err := d.resolve(ctx, route, t); err == nil {
 				if slices.ContainsFunc(addrs, func(ip netip.Addr) bool { return d.Self.IsAddr(ip, port) }) {
 					return nil, loopError(domain)
 				}
-				t.addrs = addrs
+				t.addrs, t.addrsSecure = addrs, secure
 			}
 		}
 		return []target{t}, nil
@@ -399,7 +475,7 @@ func (d *Dialer) targets(ctx context.Context, route *pipeline.Route, domain stri
 		if slices.ContainsFunc(ts, func(t target) bool { return t.host == m.Host }) {
 			continue
 		}
-		ts = append(ts, target{host: m.Host, pref: m.Pref})
+		ts = append(ts, target{host: m.Host, pref: m.Pref, secure: res.Authenticated})
 	}
 	return d.beforeSelf(ctx, route, domain, port, ts)
 }
@@ -419,11 +495,11 @@ func (d *Dialer) beforeSelf(ctx context.Context, route *pipeline.Route, domain s
 	for k := range ts {
 		self := d.Self.IsName(ts[k].host)
 		if !self {
-			addrs, err := d.resolve(ctx, route, ts[k])
+			addrs, secure, err := d.resolve(ctx, route, ts[k])
 			if err != nil {
 				continue
 			}
-			ts[k].addrs = addrs
+			ts[k].addrs, ts[k].addrsSecure = addrs, secure
 			self = slices.ContainsFunc(addrs, func(ip netip.Addr) bool { return d.Self.IsAddr(ip, port) })
 		}
 		if !self {
@@ -465,14 +541,21 @@ func parseLiteral(s string) (netip.Addr, bool) {
 // resolve looks up a target's addresses and classifies the failure: a
 // relay's is always temporary (a broken smarthost setting must not bounce
 // mail), an MX host's or the implicit MX's is permanent unless DNS failed
-// temporarily.
-func (d *Dialer) resolve(ctx context.Context, route *pipeline.Route, t target) ([]netip.Addr, error) {
+// temporarily. It also reports whether the addresses were
+// DNSSEC-authenticated.
+func (d *Dialer) resolve(ctx context.Context, route *pipeline.Route, t target) ([]netip.Addr, bool, error) {
+	addrs, err := d.resolveAddrs(ctx, route, t)
+	return addrs.Records, addrs.Authenticated, err
+}
+
+func (d *Dialer) resolveAddrs(ctx context.Context, route *pipeline.Route, t target) (dnsx.Result[netip.Addr], error) {
+	var none dnsx.Result[netip.Addr]
 	if d.Resolver == nil {
-		return nil, &pipeline.Error{Code: 451, Enhanced: pipeline.EnhancedCode{4, 3, 5}, Message: "no DNS resolver configured"}
+		return none, &pipeline.Error{Code: 451, Enhanced: pipeline.EnhancedCode{4, 3, 5}, Message: "no DNS resolver configured"}
 	}
 	res, err := d.Resolver.LookupHost(ctx, t.host)
 	if err == nil && len(res.Records) > 0 {
-		return res.Records, nil
+		return res, nil
 	}
 	if errors.Is(err, dnsx.ErrNoData) {
 		err = nil // the name exists without addresses
@@ -487,21 +570,21 @@ func (d *Dialer) resolve(ctx context.Context, route *pipeline.Route, t target) (
 		if !pe.Temporary() {
 			pe = &pipeline.Error{Code: 451, Enhanced: pipeline.EnhancedCode{4, 4, 3}, Message: pe.Message, Cause: pe.Cause}
 		}
-		return nil, pe
+		return none, pe
 	case relay:
-		return nil, &pipeline.Error{Code: 451, Enhanced: pipeline.EnhancedCode{4, 4, 4},
+		return none, &pipeline.Error{Code: 451, Enhanced: pipeline.EnhancedCode{4, 4, 4},
 			Message: fmt.Sprintf("relay host %s has no address", t.host)}
 	case t.implicit:
 		e := pipeline.Errorf(550, pipeline.EnhancedCode{5, 4, 4}, "%s has no MX or address records", t.host)
 		if pe != nil {
 			e.Cause = pe // NXDOMAIN after the MX lookup said NODATA
 		}
-		return nil, e
+		return none, e
 	case pe != nil:
-		return nil, &pipeline.Error{Code: 550, Enhanced: pipeline.EnhancedCode{5, 4, 4},
+		return none, &pipeline.Error{Code: 550, Enhanced: pipeline.EnhancedCode{5, 4, 4},
 			Message: fmt.Sprintf("MX host %s does not exist", t.host), Cause: pe}
 	}
-	return nil, pipeline.Errorf(550, pipeline.EnhancedCode{5, 4, 4}, "MX host %s has no address", t.host)
+	return none, pipeline.Errorf(550, pipeline.EnhancedCode{5, 4, 4}, "MX host %s has no address", t.host)
 }
 
 // dnsFailure is the SMTP meaning of a failed DNS lookup of name, before
@@ -556,16 +639,18 @@ func (r *retryClear) Unwrap() error { return r.err }
 
 // attempt connects to one address; an opportunistic TLS failure gets a
 // second connection in clear text.
-func (d *Dialer) attempt(ctx context.Context, host string, ip netip.Addr, port int, policy string, route *pipeline.Route, eg *Egress) (*Session, error) {
-	s, err := d.connect(ctx, host, ip, port, policy, route, eg, true)
+func (d *Dialer) attempt(ctx context.Context, host string, ip netip.Addr, port int, policy string, dane *daneState, route *pipeline.Route, eg *Egress) (*Session, error) {
+	s, err := d.connect(ctx, host, ip, port, policy, dane, route, eg, true)
 	var rc *retryClear
 	if errors.As(err, &rc) {
-		return d.connect(ctx, host, ip, port, policy, route, eg, false)
+		return d.connect(ctx, host, ip, port, policy, dane, route, eg, false)
 	}
 	return s, err
 }
 
-func (d *Dialer) connect(ctx context.Context, host string, ip netip.Addr, port int, policy string, route *pipeline.Route, eg *Egress, tryTLS bool) (_ *Session, err error) {
+// connect makes one connection; dane is the host's DANE state when
+// policy is "dane".
+func (d *Dialer) connect(ctx context.Context, host string, ip netip.Addr, port int, policy string, dane *daneState, route *pipeline.Route, eg *Egress, tryTLS bool) (_ *Session, err error) {
 	connectTimeout := orDefault(eg.ConnectTimeout, orDefault(d.Config.ConnectTimeout, defaults.ConnectTimeout))
 	dial := d.DialContext
 	if dial == nil || eg.Source.IsValid() {
@@ -595,7 +680,7 @@ func (d *Dialer) connect(ctx context.Context, host string, ip netip.Addr, port i
 	}()
 
 	s.remote.TLSPolicy = policy
-	required := policy == pipeline.TLSRequired || policy == tlsMTASTS
+	required := policy != pipeline.TLSOpportunistic && policy != pipeline.TLSNone
 	helo := orDefault(eg.HELO, d.helo())
 	if err := s.greet(ctx); err != nil {
 		return nil, err
@@ -610,10 +695,17 @@ func (d *Dialer) connect(ctx context.Context, host string, ip netip.Addr, port i
 					"STARTTLS not offered, and the TLS policy requires it")
 			}
 		} else {
-			err := s.startTLS(ctx, d.tlsConfig(host, policy))
+			cfg := d.tlsConfig(host, policy)
+			if dane != nil {
+				daneTLS(cfg, dane, host)
+			}
+			err := s.startTLS(ctx, cfg)
 			var refused *tlsRefused
 			switch {
 			case err == nil:
+				if dane != nil && !dane.unusable {
+					s.remote.TLSValidated = true // VerifyConnection matched a record
+				}
 				if err := s.hello(ctx, helo); err != nil {
 					return nil, err
 				}
@@ -658,7 +750,7 @@ func (d *Dialer) tlsConfig(host, policy string) *tls.Config {
 	} else {
 		cfg.ServerName = host
 	}
-	if policy == pipeline.TLSOpportunistic || d.Config.TLSSkipVerify && policy != tlsMTASTS {
+	if policy == pipeline.TLSOpportunistic || d.Config.TLSSkipVerify && policy == pipeline.TLSRequired {
 		cfg.InsecureSkipVerify = true
 	}
 	return cfg

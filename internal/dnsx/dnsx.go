@@ -32,8 +32,24 @@
 // capped by Options.MaxNegativeTTL, not at all without an SOA); temporary
 // failures are never cached.
 //
-// This package is not a general-purpose resolver: it does no DNSSEC
-// validation and knows only the record types above.
+// This package is not a general-purpose resolver: it knows only the record
+// types above and TLSA (LookupTLSA, for DANE).
+//
+// # DNSSEC
+//
+// The Client does not validate DNSSEC signatures itself. With
+// Options.DNSSEC it sets the AD bit in its queries (RFC 6840 section 5.7,
+// which asks a validating resolver to report whether it validated the
+// answer without the bulk of RRSIG records that DO would bring) and reports
+// the AD bit of each answer as Result.Authenticated. That bit is only as
+// trustworthy as the path to the resolver: set DNSSEC only for a
+// validating resolver on loopback or another channel an attacker cannot
+// forge (RFC 6698 section 4.1, RFC 7672 section 2.1), the usual set-up
+// for DANE (a local unbound, knot-resolver or BIND). Validation in process
+// would need the root trust anchor, its rollovers, a chain of DNSKEY and
+// DS lookups per zone and negative proofs (NSEC, NSEC3); it is a resolver's
+// job, not worth its code and latency here. Without Options.DNSSEC,
+// Authenticated is always false.
 package dnsx
 
 import (
@@ -78,6 +94,11 @@ type Result[T any] struct {
 	// answer sits in the cache. Zero means "use once, do not cache" (a TTL
 	// of 0, or an address literal that did not come from DNS).
 	TTL time.Duration
+	// Authenticated is true when the resolver said it validated the
+	// answer with DNSSEC (the AD bit, RFC 4035 section 3.2.3), and only
+	// with Options.DNSSEC; see the package documentation on DNSSEC. For
+	// LookupHost it holds when every answer that had records did.
+	Authenticated bool
 }
 
 // Resolver is the DNS that Sluice needs. Implementations must be safe for
@@ -192,6 +213,10 @@ type Options struct {
 	MaxNegativeTTL time.Duration
 	// Now is the clock used for cache expiry; nil means time.Now.
 	Now func() time.Time
+	// DNSSEC sets the AD bit in queries and reports the answers' AD bit
+	// as Result.Authenticated. Set it only when Server is a trusted,
+	// validating resolver (see the package documentation on DNSSEC).
+	DNSSEC bool
 }
 
 // Defaults for zero Options.
@@ -219,6 +244,7 @@ type Client struct {
 	maxTTL   time.Duration
 	maxNeg   time.Duration
 	now      func() time.Time
+	dnssec   bool
 	udp      *dns.Client
 	tcp      *dns.Client
 
@@ -239,6 +265,7 @@ type cacheKey struct {
 type cacheEntry struct {
 	expires time.Time
 	records any
+	ad      bool
 	err     error
 }
 
@@ -272,6 +299,7 @@ func New(opts Options) (*Client, error) {
 		maxTTL:   cmpOr(opts.MaxTTL, defaultMaxTTL),
 		maxNeg:   cmpOr(opts.MaxNegativeTTL, defaultMaxNegativeTTL),
 		now:      opts.Now,
+		dnssec:   opts.DNSSEC,
 		cacheMax: opts.CacheSize,
 	}
 	if c.now == nil {
@@ -365,7 +393,7 @@ func (c *Client) LookupHost(ctx context.Context, host string) (Result[netip.Addr
 	a.res, a.err = lookup(ctx, c, name, dns.TypeA, addrOf)
 	<-done
 
-	var out Result[netip.Addr]
+	out := Result[netip.Addr]{Authenticated: true}
 	for _, x := range []answer{a, aaaa} {
 		if x.err != nil {
 			continue
@@ -374,6 +402,7 @@ func (c *Client) LookupHost(ctx context.Context, host string) (Result[netip.Addr
 			out.TTL = x.res.TTL
 		}
 		out.Records = append(out.Records, x.res.Records...)
+		out.Authenticated = out.Authenticated && x.res.Authenticated
 	}
 	if len(out.Records) > 0 {
 		return out, nil
@@ -410,7 +439,7 @@ func lookup[T any](ctx context.Context, c *Client, name string, qtype uint16, co
 		if e.err != nil {
 			return Result[T]{}, e.err
 		}
-		return Result[T]{Records: slices.Clone(e.records.([]T)), TTL: ttl}, nil
+		return Result[T]{Records: slices.Clone(e.records.([]T)), TTL: ttl, Authenticated: e.ad}, nil
 	}
 	resp, err := c.query(ctx, name, qtype)
 	if err != nil {
@@ -464,8 +493,9 @@ func lookup[T any](ctx context.Context, c *Client, name string, qtype uint16, co
 		c.store(key, cacheEntry{err: err}, c.negativeTTL(resp))
 		return Result[T]{}, err
 	}
-	c.store(key, cacheEntry{records: slices.Clone(recs)}, ttl)
-	return Result[T]{Records: recs, TTL: ttl}, nil
+	ad := c.dnssec && resp.AuthenticatedData
+	c.store(key, cacheEntry{records: slices.Clone(recs), ad: ad}, ttl)
+	return Result[T]{Records: recs, TTL: ttl, Authenticated: ad}, nil
 }
 
 // rrTTL is rr's TTL; values with the top bit set count as zero (RFC 2181
@@ -499,6 +529,7 @@ func (c *Client) query(ctx context.Context, name string, qtype uint16) (*dns.Msg
 	m := new(dns.Msg)
 	m.SetQuestion(name, qtype)
 	m.RecursionDesired = true
+	m.AuthenticatedData = c.dnssec
 	m.SetEdns0(ednsSize, false)
 
 	fail := func(reason string, err error) error {

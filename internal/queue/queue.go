@@ -780,12 +780,15 @@ func (q *Queue) worker(d *dest) {
 				if lease != nil {
 					lease.Observe([]*pipeline.Response{replyOf(err)}, nil)
 				}
-				q.complete(it, nil, err, nil)
+				// A TLS policy's refusal names its host and RFC 8460
+				// result in the events (remote.tls_failure).
+				tlsRemote := delivery.TLSRemote(err)
+				q.complete(it, nil, err, tlsRemote)
 				if pipeline.IsTemporary(err) {
 					// The destination is down: defer what else is ready for
 					// it now rather than dialing once per message.
 					for _, other := range q.drain(d) {
-						q.complete(other, nil, err, nil)
+						q.complete(other, nil, err, tlsRemote)
 					}
 				}
 				release()

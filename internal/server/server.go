@@ -248,7 +248,7 @@ func loadBounces(cfg *config.Config) (*bounce.Classifier, error) {
 }
 
 func resolver(cfg *config.Config) (*dnsx.Client, error) {
-	res, err := dnsx.New(dnsx.Options{Server: cfg.Delivery.Resolver})
+	res, err := dnsx.New(dnsx.Options{Server: cfg.Delivery.Resolver, DNSSEC: cfg.Delivery.DANE})
 	if err != nil {
 		return nil, fmt.Errorf("%s: sluice.delivery { resolver = ... }: %w", cfg.File, err)
 	}
@@ -463,6 +463,7 @@ func (s *Server) components() []component {
 			if !cfg.Delivery.NoMTASTS {
 				d.MTASTS = &mtasts.Cache{Resolver: s.res}
 			}
+			d.DANE = cfg.Delivery.DANE
 			bc, err := loadBounces(cfg)
 			if err != nil {
 				return err

@@ -15,6 +15,12 @@
 // client's advertised buffer (512 bytes without EDNS0) are truncated with
 // the TC bit, so clients must retry over TCP as real resolvers require.
 //
+// The server plays a validating resolver for DNSSEC tests: names marked
+// with SetSecure get answers with the AD bit set (RFC 4035 section
+// 3.2.3) when the query asked for it (AD or DO set); every name on a
+// CNAME chain must be secure for the answer to be. No signatures are
+// served.
+//
 // Records are served with TTL 0 unless SetTTL says otherwise, so a caching
 // client sees changes made in the middle of a test. All methods are safe to
 // call from any goroutine while the server runs; the server stops when the
@@ -48,6 +54,7 @@ type Server struct {
 	records  map[string][]dns.RR // by lower-case FQDN
 	servfail map[string]bool
 	drop     map[string]bool
+	secure   map[string]bool
 }
 
 // NewServer starts a server on 127.0.0.1 (UDP and TCP, same port) and
@@ -59,6 +66,7 @@ func NewServer(t testing.TB) *Server {
 		records:  make(map[string][]dns.RR),
 		servfail: make(map[string]bool),
 		drop:     make(map[string]bool),
+		secure:   make(map[string]bool),
 	}
 	pc, l, err := listenPair()
 	if err != nil {
@@ -195,6 +203,29 @@ func (s *Server) AddCNAME(name, target string) {
 	s.add(&dns.CNAME{Hdr: s.hdr(name, dns.TypeCNAME), Target: dns.Fqdn(strings.ToLower(target))})
 }
 
+// AddTLSA adds a TLSA record for the TLS service at host and TCP port
+// (owner _PORT._tcp.HOST) with association data data.
+func (s *Server) AddTLSA(host string, port int, usage, selector, matching uint8, data []byte) {
+	name := fmt.Sprintf("_%d._tcp.%s", port, host)
+	s.add(&dns.TLSA{Hdr: s.hdr(name, dns.TypeTLSA), Usage: usage, Selector: selector,
+		MatchingType: matching, Certificate: fmt.Sprintf("%x", data)})
+}
+
+// SetSecure marks names as DNSSEC-validated (secure) or not: answers
+// about them carry the AD bit when the query asked for it.
+func (s *Server) SetSecure(secure bool, names ...string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, n := range names {
+		n = dns.Fqdn(strings.ToLower(n))
+		if secure {
+			s.secure[n] = true
+		} else {
+			delete(s.secure, n)
+		}
+	}
+}
+
 // SetServfail makes every query for name (any type) answer SERVFAIL.
 func (s *Server) SetServfail(name string) {
 	s.mu.Lock()
@@ -244,6 +275,16 @@ func (s *Server) serve(w dns.ResponseWriter, req *dns.Msg) {
 	s.answerLocked(m, name, q.Qtype)
 	if (m.Rcode == dns.RcodeNameError || m.Rcode == dns.RcodeSuccess) && !hasType(m.Answer, q.Qtype) {
 		m.Ns = append(m.Ns, s.soaLocked(name))
+	}
+	if m.Rcode == dns.RcodeNameError || m.Rcode == dns.RcodeSuccess {
+		do := req.IsEdns0() != nil && req.IsEdns0().Do()
+		ad := (req.AuthenticatedData || do) && s.secure[name]
+		for _, rr := range m.Answer {
+			if cn, ok := rr.(*dns.CNAME); ok && !s.secure[strings.ToLower(cn.Target)] {
+				ad = false
+			}
+		}
+		m.AuthenticatedData = ad
 	}
 	s.mu.Unlock()
 
