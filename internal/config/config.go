@@ -164,11 +164,7 @@ type Delivery struct {
 	TLS                string        // default TLS policy for MX routes: opportunistic
 	TLSSkipVerify      bool          // do not verify certificates (opportunistic TLS never verifies; MTA-STS always does)
 	NoMTASTS           bool          // mta_sts = false: ignore recipient domains' MTA-STS policies (RFC 8461); default: apply them
-	// DANE (dane = true) applies MX hosts' DNSSEC-authenticated TLSA
-	// records (RFC 7672), trusting the AD bit of Resolver's answers:
-	// set it only when Resolver is a validating resolver reached over a
-	// trusted path (loopback). Default false.
-	DANE bool
+	DANE               bool          // dane = true: apply MX hosts' DNSSEC-authenticated TLSA records (RFC 7672), trusting Resolver's AD bit (a validating resolver on a trusted path only); default false
 	MaxConnections     int           // all destinations; default 200
 	MaxPerDestination  int           // per queue; default 10
 	MaxMessagesPerConn int           // messages over one connection; default 100

@@ -262,15 +262,7 @@ func (d *Dialer) DialFrom(ctx context.Context, route *pipeline.Route, domain str
 		return nil, &pipeline.Error{Code: 451, Enhanced: pipeline.EnhancedCode{4, 3, 5},
 			Message: "invalid route", Cause: err}
 	}
-	policy := orDefault(orDefault(route.TLS, d.Config.TLS), defaults.TLS)
-	if policy == pipeline.TLSDANEOrMTASTS && route.Kind != pipeline.RouteMX {
-		policy = pipeline.TLSVerify // the MX default; a relay has neither
-	}
-	port := route.Port
-	if port == 0 && route.Kind == pipeline.RouteMX {
-		port = d.Config.Port
-	}
-	port = orDefault(port, defaults.Port)
+	policy, port := d.policyPort(route)
 
 	targets, err := d.targets(ctx, route, domain, port)
 	if err != nil {
@@ -289,7 +281,7 @@ func (d *Dialer) DialFrom(ctx context.Context, route *pipeline.Route, domain str
 		}
 		policy = tlsMTASTS
 	}
-	tr, dane := d.daneResolver(route, domain, policy)
+	tr := d.daneResolver(route, domain, policy)
 	max := orDefault(d.MaxAddresses, defaultMaxAddresses)
 	var attempts []Attempt
 	tried := 0
@@ -306,22 +298,9 @@ outer:
 				continue
 			}
 		}
-		tpolicy, st := policy, (*daneState)(nil)
-		if dane && t.secure && secure {
-			if st, err = lookupDANE(ctx, tr, t.host, port); err != nil {
-				f := err.(*tlsFailure)
-				f.host = t.host
-				attempts = append(attempts, Attempt{Host: t.host, Err: f})
-				continue
-			}
-			if st != nil {
-				tpolicy = tlsDANE
-			}
-		}
-		if tpolicy == pipeline.TLSDANEOrMTASTS {
-			attempts = append(attempts, Attempt{Host: t.host, Err: &tlsFailure{result: resultDANERequired, policy: tpolicy, host: t.host,
-				err: pipeline.Errorf(451, pipeline.EnhancedCode{4, 7, 5}, "TLS policy dane-or-mta-sts: %s has no DNSSEC-authenticated TLSA records and %s no MTA-STS policy in enforce mode",
-					t.host, strings.ToLower(strings.TrimSuffix(domain, ".")))}})
+		tpolicy, st, err := d.hostPolicy(ctx, tr, t, secure, policy, domain, port)
+		if err != nil {
+			attempts = append(attempts, Attempt{Host: t.host, Err: err})
 			continue
 		}
 		for _, ip := range addrs {
@@ -384,17 +363,58 @@ func stsTestingFailure(p *mtasts.Policy, host string, r pipeline.Remote) (reason
 	return "", ""
 }
 
-// daneResolver says whether DANE applies to a Dial (see Dial), and the
-// resolver for its TLSA lookups.
-func (d *Dialer) daneResolver(route *pipeline.Route, domain, policy string) (dnsx.TLSAResolver, bool) {
+// policyPort is a route's TLS policy (route.TLS, else Config.TLS, else
+// opportunistic; dane-or-mta-sts is verify for a relay) and port.
+func (d *Dialer) policyPort(route *pipeline.Route) (string, int) {
+	policy := orDefault(orDefault(route.TLS, d.Config.TLS), defaults.TLS)
+	if policy == pipeline.TLSDANEOrMTASTS && route.Kind != pipeline.RouteMX {
+		policy = pipeline.TLSVerify // the MX default; a relay has neither
+	}
+	port := route.Port
+	if port == 0 && route.Kind == pipeline.RouteMX {
+		port = d.Config.Port
+	}
+	return policy, orDefault(port, defaults.Port)
+}
+
+// daneResolver is the resolver for a Dial's TLSA lookups, or nil when
+// DANE does not apply to it (see Dial).
+func (d *Dialer) daneResolver(route *pipeline.Route, domain, policy string) dnsx.TLSAResolver {
 	if !d.DANE || route.Kind != pipeline.RouteMX || policy == pipeline.TLSNone {
-		return nil, false
+		return nil
 	}
 	if _, lit := parseLiteral(domain); lit {
-		return nil, false
+		return nil
 	}
-	tr, ok := d.Resolver.(dnsx.TLSAResolver)
-	return tr, ok
+	tr, _ := d.Resolver.(dnsx.TLSAResolver)
+	return tr
+}
+
+// hostPolicy is the TLS policy of the attempts to MX host t, whose
+// addresses were DNSSEC-authenticated when secure: "dane" with the
+// host's DANE state when tr is set, the MX and address answers were
+// authenticated and so is a TLSA RRset (RFC 7672 section 2.2); else
+// policy. An error (a *tlsFailure) means the host is not to be tried: its
+// TLSA lookup failed, or policy is dane-or-mta-sts and DANE does not
+// apply.
+func (d *Dialer) hostPolicy(ctx context.Context, tr dnsx.TLSAResolver, t target, secure bool, policy, domain string, port int) (string, *daneState, error) {
+	if tr != nil && t.secure && secure {
+		st, err := lookupDANE(ctx, tr, t.host, port)
+		if err != nil {
+			f := err.(*tlsFailure)
+			f.host = t.host
+			return tlsDANE, nil, f
+		}
+		if st != nil {
+			return tlsDANE, st, nil
+		}
+	}
+	if policy == pipeline.TLSDANEOrMTASTS {
+		return policy, nil, &tlsFailure{result: resultDANERequired, policy: policy, host: t.host,
+			err: pipeline.Errorf(451, pipeline.EnhancedCode{4, 7, 5}, "TLS policy dane-or-mta-sts: %s has no DNSSEC-authenticated TLSA records and %s no MTA-STS policy in enforce mode",
+				t.host, strings.ToLower(strings.TrimSuffix(domain, ".")))}
+	}
+	return policy, nil, nil
 }
 
 // policyFailure gives a failed attempt under an enforcing policy (DANE,

@@ -33,8 +33,10 @@ import (
 
 	"github.com/sluice-mta/sluice/internal/auth"
 	"github.com/sluice-mta/sluice/internal/config"
+	"github.com/sluice-mta/sluice/internal/delivery"
 	"github.com/sluice-mta/sluice/internal/dnsx"
 	"github.com/sluice-mta/sluice/internal/httpapi"
+	"github.com/sluice-mta/sluice/internal/mtasts"
 	"github.com/sluice-mta/sluice/internal/relay"
 	"github.com/sluice-mta/sluice/internal/server"
 	"github.com/sluice-mta/sluice/internal/smtpsrc"
@@ -113,6 +115,10 @@ type Recipient struct {
 	// MX is the answer to the MX lookup of an MX route (Route only).
 	MX    []MXHost `json:"mx,omitempty"`
 	MXErr string   `json:"mx_error,omitempty"`
+	// TLS is the TLS policy delivery would apply (MX and relay routes,
+	// Route only): the route's, the domain's MTA-STS policy, each
+	// host's DANE records.
+	TLS *delivery.TLSPlan `json:"tls,omitempty"`
 }
 
 // MXHost is one MX record, as DNS sent it.
@@ -215,6 +221,7 @@ func redact(rt *pipeline.Route) *pipeline.Route {
 type Runner struct {
 	cfg  *config.Config
 	res  *dnsx.Client
+	dial *delivery.Dialer
 	pipe *relay.Pipeline
 	rec  *recorder
 	log  *slog.Logger
@@ -239,7 +246,12 @@ func New(cfg *config.Config, resolver string, log *slog.Logger) (*Runner, error)
 	if err != nil {
 		return nil, err
 	}
-	return &Runner{cfg: cfg, res: res, pipe: p, rec: rec, log: log}, nil
+	d := delivery.NewDialer(cfg.Delivery, res)
+	if !cfg.Delivery.NoMTASTS {
+		d.MTASTS = &mtasts.Cache{Resolver: res}
+	}
+	d.DANE = cfg.Delivery.DANE
+	return &Runner{cfg: cfg, res: res, dial: d, pipe: p, rec: rec, log: log}, nil
 }
 
 // Close stops the pipeline's stages (plugin processes included).

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"text/tabwriter"
 
+	"github.com/sluice-mta/sluice/internal/delivery"
 	"github.com/sluice-mta/sluice/pipeline"
 )
 
@@ -123,6 +124,9 @@ func (r Recipient) describe() string {
 	if r.MXErr != "" {
 		parts = append(parts, "MX lookup: "+r.MXErr)
 	}
+	if r.TLS != nil {
+		parts = append(parts, tlsString(r.TLS))
+	}
 	return strings.Join(parts, ", ")
 }
 
@@ -180,4 +184,29 @@ func editsString(e *pipeline.Edits) string {
 		fmt.Fprintf(&b, "; auth %s=%s", a.Method, a.Result)
 	}
 	return b.String()
+}
+
+// tlsString renders a TLS plan on one line: "TLS opportunistic; MTA-STS
+// enforce id 1 mx mx.example.com; mx.example.com: dane [3 1 1 ab12...]".
+func tlsString(p *delivery.TLSPlan) string {
+	s := "TLS " + p.Policy
+	if m := p.MTASTS; m != nil {
+		s += fmt.Sprintf("; MTA-STS %s id %s mx %s max_age %ds", m.Mode, m.ID, strings.Join(m.MX, " "), m.MaxAgeSeconds)
+	}
+	if p.Error != "" {
+		s += "; " + p.Error
+	}
+	for _, h := range p.Hosts {
+		s += "; " + h.Host + ": "
+		if h.Policy != "" {
+			s += h.Policy
+		}
+		if len(h.TLSA) > 0 {
+			s += " [" + strings.Join(h.TLSA, ", ") + "]"
+		}
+		if h.Note != "" {
+			s += " (" + h.Note + ")"
+		}
+	}
+	return s
 }

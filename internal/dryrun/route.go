@@ -66,6 +66,9 @@ func (r *Runner) Route(ctx context.Context, addr string, o Options) (*Trace, err
 				sort.SliceStable(out.MX, func(i, j int) bool { return out.MX[i].Pref < out.MX[j].Pref })
 			}
 		}
+		if route.Kind == pipeline.RouteMX || route.Kind == pipeline.RouteRelay {
+			out.TLS = r.dial.TLSPlan(ctx, route, strings.TrimSuffix(rc.Domain, "."))
+		}
 	}
 	tr.Recipients = []Recipient{out}
 	return tr, nil
