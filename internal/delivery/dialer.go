@@ -202,7 +202,8 @@ func where(a Attempt) string {
 // whole Dial, and each connect is bounded by Config.ConnectTimeout and each
 // command by Config.CommandTimeout.
 //
-// TLS policy is route.TLS, else Config.TLS, else opportunistic:
+// TLS policy is route.TLS, else Config.TLS, else opportunistic
+// (docs/delivery.md "TLS policies"):
 //   - opportunistic: STARTTLS when offered, without verifying the
 //     certificate (as MTAs do: an unverified channel still beats clear
 //     text); if the handshake fails, reconnect to the same address and
@@ -211,7 +212,32 @@ func where(a Attempt) string {
 //     certificate verified against TLSConfig.RootCAs (or the system pool)
 //     for the host name, unless Config.TLSSkipVerify; otherwise that
 //     address fails temporarily and the next one is tried;
-//   - none: never STARTTLS.
+//   - verify: as required, and the certificate is always verified;
+//   - dane-or-mta-sts (MX routes; verify for a relay route that gets it
+//     from Config.TLS): only hosts under DANE or an MTA-STS policy in
+//     enforce mode are tried; any other host fails at once with 451 4.7.5
+//     (RFC 8460 result "dane-required");
+//   - none: never STARTTLS, and neither DANE nor MTA-STS.
+//
+// A failure a TLS policy caused is recorded with its RFC 8460 result
+// type; TLSRemote extracts it from Dial's error for the event's
+// remote.tls_failure.
+//
+// DANE (RFC 7672), when Dialer.DANE is set, for MX routes whose TLS
+// policy is not none and a recipient domain that is a name: an MX host
+// whose MX records and address records were DNSSEC-authenticated
+// (dnsx.Result.Authenticated) has its TLSA records looked up at
+// _PORT._tcp.HOST. Authenticated records with a usable one (DANE-TA(2),
+// DANE-EE(3)) make the host's policy "dane": STARTTLS required, the
+// chain matched against the records (see verifyDANE), whatever
+// Config.TLSSkipVerify says; authenticated records none of which is
+// usable make TLS required without authentication. A TLSA lookup that
+// fails temporarily fails the host (451 4.7.5, "dnssec-invalid"), since
+// an attacker may be hiding the records; an answer that is not
+// authenticated, or no records, leaves the host to the other policies.
+// DANE takes precedence over MTA-STS for the hosts it covers. Messages
+// of DANE failures are prefixed "DANE:"; the Session's
+// Remote().TLSPolicy is "dane" and TLSValidated true on a match.
 //
 // MTA-STS (RFC 8461), when Dialer.MTASTS is set, for MX routes whose TLS
 // policy is not none and a recipient domain that is a name: the domain's
