@@ -177,7 +177,9 @@ func TestRouteErrors(t *testing.T) {
 	tests := []struct{ ret, want string }{
 		{`sluice.route.relay{ host = "h", prot = 25 }`, `sluice.route.relay: unknown key "prot"`},
 		{`sluice.route.relay{ port = 25 }`, `sluice.route.relay: key "host": is required`},
-		{`sluice.route.relay{ host = "h", tls = "maybe" }`, `route tls "maybe"`},
+		{`sluice.route.relay{ host = "h", tls = "maybe" }`, `route tls "maybe": want one of opportunistic, required, verify, dane-or-mta-sts, none`},
+		{`sluice.route.relay{ host = "h", tls = "dane-or-mta-sts" }`, `applies to mx routes only`},
+		{`sluice.route.mx{ tls = "strict" }`, `sluice.route.mx: route tls "strict": want one of`},
 		{`sluice.route.relay{ host = "h", port = 70000 }`, "port 70000 out of range"},
 		{`sluice.route.relay{ host = "h", port = "25" }`, `key "port": want an integer, got string`},
 		{`sluice.route.relay{ host = "h", auth = { user = "u", password = "p" } }`, `unknown key "auth.password"`},
