@@ -8,6 +8,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/sluice-mta/sluice/internal/delivery"
 	"github.com/sluice-mta/sluice/internal/mtasts"
 	"github.com/sluice-mta/sluice/internal/mtasts/ststest"
 	"github.com/sluice-mta/sluice/internal/testutil"
@@ -64,12 +65,15 @@ func TestMTASTS(t *testing.T) {
 		}
 		return s.Remote()
 	}
-	deferred := func(t *testing.T, domain, enh, reason string) {
+	deferred := func(t *testing.T, domain, enh, reason, result string) {
 		t.Helper()
 		_, err := e.D.Dial(ctx, pipeline.MX(), domain)
 		pe := wantPE(t, err, 451, enh)
 		if !strings.Contains(pe.Message, "MTA-STS (enforce)") || !strings.Contains(pe.Message, reason) {
 			t.Fatalf("message %q does not give MTA-STS and %q as the reason", pe.Message, reason)
+		}
+		if r := delivery.TLSRemote(err); r == nil || r.TLSPolicy != "mta-sts" || r.TLSFailure != result || r.Host != "mx."+domain {
+			t.Fatalf("TLSRemote = %+v, want mta-sts, tls_failure %q", r, result)
 		}
 	}
 
@@ -83,20 +87,20 @@ func TestMTASTS(t *testing.T) {
 		}
 	})
 	t.Run("enforce, certificate for another name: deferred", func(t *testing.T) {
-		deferred(t, "wrong.test", "4.7.5", "certificate is not valid for this host name")
+		deferred(t, "wrong.test", "4.7.5", "certificate is not valid for this host name", "certificate-host-mismatch")
 	})
 	t.Run("enforce, no STARTTLS: deferred", func(t *testing.T) {
-		deferred(t, "plain.test", "4.7.10", "STARTTLS not offered")
+		deferred(t, "plain.test", "4.7.10", "STARTTLS not offered", "starttls-not-supported")
 	})
 	t.Run("enforce, no MX host matches: deferred", func(t *testing.T) {
-		deferred(t, "nomatch.test", "4.7.5", "no MX host of nomatch.test matches")
+		deferred(t, "nomatch.test", "4.7.5", "no MX host of nomatch.test matches", "validation-failure")
 	})
 	if len(wrongSink.Messages())+len(plainSink.Messages()) != 0 || len(goodSink.Messages()) != 1 {
 		t.Fatal("a sink got mail an enforced policy refused")
 	}
 	t.Run("testing mode: delivered, failure recorded", func(t *testing.T) {
 		r := send(t, "testing.test")
-		if r.TLSPolicy != "opportunistic" || r.TLSValidated || !strings.Contains(r.MTASTSFailure, "certificate not valid for mx.testing.test") {
+		if r.TLSPolicy != "opportunistic" || r.TLSValidated || !strings.Contains(r.MTASTSFailure, "certificate not valid for mx.testing.test") || r.TLSFailure != "validation-failure" {
 			t.Fatalf("Remote() = %+v", r)
 		}
 		if n := len(wrongSink.Messages()); n != 1 {
@@ -112,12 +116,12 @@ func TestMTASTS(t *testing.T) {
 		}
 	})
 	t.Run("stale policy enforced when the refresh fails", func(t *testing.T) {
-		deferred(t, "stale.test", "4.7.5", "certificate")
+		deferred(t, "stale.test", "4.7.5", "certificate", "certificate-host-mismatch")
 		hits := servers["mta-sts.stale.test"].Hits()
 		e.DNS.Remove("_mta-sts.stale.test")
 		e.DNS.AddTXT("_mta-sts.stale.test", "v=STSv1; id=2")
 		servers["mta-sts.stale.test"].Set("", 503)
-		deferred(t, "stale.test", "4.7.5", "certificate")
+		deferred(t, "stale.test", "4.7.5", "certificate", "certificate-host-mismatch")
 		if got := servers["mta-sts.stale.test"].Hits(); got <= hits {
 			t.Fatalf("policy not refetched after the id changed (hits %d, before %d)", got, hits)
 		}
