@@ -749,9 +749,6 @@ func (d *Dialer) connect(ctx context.Context, host string, ip netip.Addr, port i
 			var refused *tlsRefused
 			switch {
 			case err == nil:
-				if dane != nil && !dane.unusable {
-					s.remote.TLSValidated = true // VerifyConnection matched a record
-				}
 				if err := s.hello(ctx, helo); err != nil {
 					return nil, err
 				}

@@ -272,7 +272,9 @@ func (s *Session) startTLS(ctx context.Context, cfg *tls.Config) error {
 	cs := tc.ConnectionState()
 	s.remote.TLS = tlsVersion(cs.Version)
 	s.remote.TLSCipher = tls.CipherSuiteName(cs.CipherSuite)
-	s.remote.TLSValidated = !cfg.InsecureSkipVerify || verifyPeer(cs, cfg) == nil
+	// A VerifyConnection (DANE's TLSA match, see daneTLS) that passed
+	// validated the peer in its own way.
+	s.remote.TLSValidated = !cfg.InsecureSkipVerify || cfg.VerifyConnection != nil || verifyPeer(cs, cfg) == nil
 	s.ext = nil
 	return nil
 }
