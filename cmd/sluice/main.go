@@ -274,6 +274,9 @@ func runCheck(args []string, stdout, stderr io.Writer) int {
 	if cfg.Shaping != nil && cfg.Shaping.Rules != nil {
 		warnings = cfg.Shaping.Rules.Warnings
 	}
+	if w := cfg.Delivery.DANEWarning(); w != "" {
+		warnings = append(warnings, w)
+	}
 	for _, w := range warnings {
 		fmt.Fprintln(stderr, "warning:", w)
 	}

@@ -464,6 +464,9 @@ func (s *Server) components() []component {
 				d.MTASTS = &mtasts.Cache{Resolver: s.res}
 			}
 			d.DANE = cfg.Delivery.DANE
+			if w := cfg.Delivery.DANEWarning(); w != "" {
+				s.log.Warn(w)
+			}
 			bc, err := loadBounces(cfg)
 			if err != nil {
 				return err
