@@ -240,6 +240,16 @@ type Egress struct {
 	// ConnectTimeout and DataTimeout replace Config's for this Dial and
 	// the Session it returns.
 	ConnectTimeout, DataTimeout time.Duration
+	// RequireTLS is for a message sent with REQUIRETLS (RFC 8689): a
+	// session is returned only to a next hop that qualifies (validated
+	// TLS, REQUIRETLS offered; see requiretls.go); any other address
+	// fails with 550 5.7.30.
+	RequireTLS bool
+	// IgnoreTLSPolicy is for a message with "TLS-Required: No" (RFC 8689
+	// section 5) and without REQUIRETLS: the recipient domain's MTA-STS
+	// policy is not applied (delivery as for a domain without one); the
+	// route's own TLS policy still is.
+	IgnoreTLSPolicy bool
 }
 
 // DialFrom is Dial from an egress source (see Egress), with the same
@@ -263,7 +273,10 @@ func (d *Dialer) DialFrom(ctx context.Context, route *pipeline.Route, domain str
 	if err != nil {
 		return nil, err
 	}
-	sts := d.stsPolicy(ctx, route, domain, policy)
+	var sts *mtasts.Policy
+	if !eg.IgnoreTLSPolicy || eg.RequireTLS {
+		sts = d.stsPolicy(ctx, route, domain, policy)
+	}
 	if sts != nil && sts.Mode == mtasts.ModeEnforce {
 		targets = slices.DeleteFunc(targets, func(t target) bool { return !sts.Match(t.host) })
 		if len(targets) == 0 {
@@ -294,6 +307,12 @@ outer:
 			}
 			tried++
 			s, err := d.attempt(ctx, t.host, ip, port, policy, route, &eg)
+			if err == nil && eg.RequireTLS {
+				if e := s.requireTLSRefusal(); e != nil {
+					s.Close()
+					s, err = nil, e
+				}
+			}
 			if err == nil {
 				if sts != nil && sts.Mode == mtasts.ModeTesting {
 					s.remote.MTASTSFailure = stsTestingFailure(sts, t.host, s.remote)
@@ -595,6 +614,7 @@ func (d *Dialer) connect(ctx context.Context, host string, ip netip.Addr, port i
 	}()
 
 	s.remote.TLSPolicy = policy
+	s.routeKind = route.Kind
 	required := policy == pipeline.TLSRequired || policy == tlsMTASTS
 	helo := orDefault(eg.HELO, d.helo())
 	if err := s.greet(ctx); err != nil {

@@ -31,6 +31,7 @@ type Session struct {
 	bw   *bufio.Writer
 
 	remote     pipeline.Remote
+	routeKind  string // the route's Kind (requireTLSRefusal)
 	ext        map[string]string
 	pipelining bool
 	cmdTimeout time.Duration
@@ -469,6 +470,11 @@ func (s *Session) Deliver(ctx context.Context, env *Envelope, data []byte) (resu
 			"remote server does not support 8BITMIME, needed for this message's 8-bit content (not converted to 7 bit)"))
 		return finish(), nil
 	}
+	requireTLS, refusal := s.requireTLSParam(env)
+	if refusal != nil {
+		fillAll(refusal)
+		return finish(), nil
+	}
 	if max, ok := s.maxSize(); ok && int64(len(data)) > max {
 		fillAll(pipeline.Errorf(552, pipeline.EnhancedCode{5, 3, 4},
 			"message size %d exceeds the remote server's limit of %d bytes", len(data), max))
@@ -510,6 +516,7 @@ func (s *Session) Deliver(ctx context.Context, env *Envelope, data []byte) (resu
 	if utf8 {
 		mail.WriteString(" SMTPUTF8")
 	}
+	mail.WriteString(requireTLS)
 	if dsn {
 		mail.WriteString(dsnMailParams(env.Params))
 	}
