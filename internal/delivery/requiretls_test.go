@@ -4,9 +4,12 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"io"
 	"net"
 	"strings"
 	"testing"
+
+	"github.com/emersion/go-smtp"
 
 	"github.com/sluice-mta/sluice/internal/delivery"
 	"github.com/sluice-mta/sluice/internal/mtasts"
@@ -141,5 +144,47 @@ func TestREQUIRETLS(t *testing.T) {
 	})
 	if len(noRTSink.Messages()) != 0 {
 		t.Fatal("a hop without REQUIRETLS got a REQUIRETLS message")
+	}
+}
+
+// BenchmarkDeliverREQUIRETLS2KB: one 2 KB message per Deliver over one
+// TLS session (relay route, tls = "required", a sink that offers
+// REQUIRETLS), without and with REQUIRETLS: the flag's cost per message.
+func BenchmarkDeliverREQUIRETLS2KB(b *testing.B) {
+	cert := testutil.SelfSignedCert(b, "relay.test")
+	sk := newSink(b, testutil.SinkOptions{TLS: cert.TLS, RequireTLS: true})
+	sk.OnData = func(_ *smtp.Conn, r io.Reader) error {
+		_, err := io.Copy(io.Discard, r)
+		return err
+	}
+	e := newEnv(b, sk.Port)
+	e.D.TLSConfig = &tls.Config{RootCAs: cert.Pool}
+	e.DNS.AddA("relay.test", sk.IP)
+	route := &pipeline.Route{Kind: pipeline.RouteRelay, Host: "relay.test", Port: sk.Port, TLS: pipeline.TLSRequired}
+	data := message(2048)
+	ctx := context.Background()
+	for _, requireTLS := range []bool{false, true} {
+		name := "plain"
+		if requireTLS {
+			name = "requiretls"
+		}
+		b.Run(name, func(b *testing.B) {
+			s, err := e.D.DialFrom(ctx, route, "example.test", delivery.Egress{RequireTLS: requireTLS})
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer s.Close()
+			env := &delivery.Envelope{From: "app@sender.test", Params: pipeline.MailParams{RequireTLS: requireTLS},
+				Rcpts: []delivery.Rcpt{{Addr: "bob@example.test"}}}
+			b.SetBytes(int64(len(data)))
+			b.ReportAllocs()
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				res, err := s.Deliver(ctx, env, data)
+				if err != nil || res[0].Err != nil {
+					b.Fatalf("Deliver = %v, %v", res, err)
+				}
+			}
+		})
 	}
 }
