@@ -12,7 +12,8 @@ import (
 // the null sender) is dialled with Egress.RequireTLS: Dial keeps a
 // session only when the next hop qualifies (requireTLSRefusal is nil),
 // otherwise that address fails with 550 5.7.30 "REQUIRETLS support
-// required" and the next address or MX host is tried. The usual summary
+// required" (5.7.10 when there was no TLS at all) and the next address or
+// MX host is tried. The usual summary
 // then applies: when every attempt failed permanently (no host
 // qualified) the recipients bounce with 5.7.30; when some failed
 // temporarily (a host down, an MTA-STS certificate that did not verify,
@@ -55,13 +56,16 @@ const tlsVerify = "verify"
 const tlsDANE = "dane"
 
 // requireTLSRefusal says why this session's next hop may not receive a
-// REQUIRETLS message (550 5.7.30), or nil when it may. See above.
+// REQUIRETLS message, or nil when it may. See above. The codes are those
+// RFC 8689 section 4.2.1 suggests: 5.7.10 "Encryption Needed" when no TLS
+// session could be had, 5.7.30 "REQUIRETLS support required" otherwise.
 func (s *Session) requireTLSRefusal() *pipeline.Error {
 	r := s.remote
 	var why string
 	switch {
 	case r.TLS == "":
-		why = "no TLS with " + r.Host
+		return &pipeline.Error{Code: 550, Enhanced: pipeline.EnhancedCode{5, 7, 10},
+			Message: "REQUIRETLS: encryption needed, no TLS with " + r.Host}
 	case !r.TLSValidated:
 		why = "the certificate of " + r.Host + " was not verified"
 	case !s.validatingPolicy():

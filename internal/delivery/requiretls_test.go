@@ -26,6 +26,7 @@ func TestREQUIRETLS(t *testing.T) {
 	rtSink := newSink(t, testutil.SinkOptions{IP: "127.0.0.2", TLS: cert.TLS, RequireTLS: true})
 	noRTSink := newSink(t, testutil.SinkOptions{IP: "127.0.0.3", Port: rtSink.Port, TLS: cert.TLS})
 	wrongSink := newSink(t, testutil.SinkOptions{IP: "127.0.0.4", Port: rtSink.Port, TLS: other.TLS, RequireTLS: true})
+	plainSink := newSink(t, testutil.SinkOptions{IP: "127.0.0.5", Port: rtSink.Port, RequireTLS: true})
 	e := newEnv(t, rtSink.Port)
 	roots := x509.NewCertPool()
 	roots.AddCert(cert.Leaf)
@@ -39,7 +40,7 @@ func TestREQUIRETLS(t *testing.T) {
 		e.DNS.AddTXT("_mta-sts."+domain, "v=STSv1; id=1")
 	}
 	for domain, ip := range map[string]string{"rt.test": "127.0.0.2", "nort.test": "127.0.0.3",
-		"nopolicy.test": "127.0.0.2", "optional.test": "127.0.0.4"} {
+		"nopolicy.test": "127.0.0.2", "optional.test": "127.0.0.4", "plain.test": "127.0.0.5"} {
 		e.DNS.AddMX(domain, 10, "mx."+domain)
 		e.DNS.AddA("mx."+domain, ip)
 	}
@@ -70,6 +71,12 @@ func TestREQUIRETLS(t *testing.T) {
 			t.Fatalf("message %q: want REQUIRETLS support required and %q", pe.Message, reason)
 		}
 	}
+	t.Run("no TLS at all: 5.7.10", func(t *testing.T) {
+		_, err := e.D.DialFrom(ctx, pipeline.MX(), "plain.test", rt)
+		if pe := wantPE(t, err, 550, "5.7.10"); !strings.Contains(pe.Message, "encryption needed, no TLS with mx.plain.test") {
+			t.Fatalf("message %q", pe.Message)
+		}
+	})
 
 	t.Run("MTA-STS enforce, hop offers REQUIRETLS: delivered with it", func(t *testing.T) {
 		s, err := e.D.DialFrom(ctx, pipeline.MX(), "rt.test", rt)
@@ -142,7 +149,7 @@ func TestREQUIRETLS(t *testing.T) {
 		_, err = e.D.DialFrom(ctx, pipeline.MX(), "optional.test", delivery.Egress{IgnoreTLSPolicy: true, RequireTLS: true})
 		wantPE(t, err, 451, "4.7.5")
 	})
-	if len(noRTSink.Messages()) != 0 {
+	if len(noRTSink.Messages())+len(plainSink.Messages()) != 0 {
 		t.Fatal("a hop without REQUIRETLS got a REQUIRETLS message")
 	}
 }
