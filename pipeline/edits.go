@@ -67,12 +67,16 @@ type Edits struct {
 	// Lua; docs/tracking.md): its set fields override what earlier stages
 	// or the request asked. Allowed where header edits are.
 	Track *Track `json:"track,omitempty"`
+	// RequireTLS sets or clears the message's REQUIRETLS flag (RFC 8689,
+	// MailParams.RequireTLS; txn:set_require_tls in Lua). Allowed where
+	// header edits are.
+	RequireTLS *bool `json:"require_tls,omitempty"`
 }
 
 // Empty reports whether e asks for nothing.
 func (e *Edits) Empty() bool {
 	return e == nil || len(e.Headers) == 0 && len(e.Meta) == 0 && len(e.Tags) == 0 &&
-		len(e.AuthResults) == 0 && len(e.Scratch) == 0 && e.Track == nil
+		len(e.AuthResults) == 0 && len(e.Scratch) == 0 && e.Track == nil && e.RequireTLS == nil
 }
 
 // AddHeader records a field to prepend.
@@ -117,6 +121,7 @@ const (
 	EditAuthResults = "authentication result"
 	EditScratch     = "scratch"
 	EditTrack       = "tracking"
+	EditRequireTLS  = "REQUIRETLS"
 )
 
 // Permitted reports whether hook (a Lua hook name such as "on_route") may
@@ -163,6 +168,8 @@ func (e *Edits) check(hook string) string {
 		return EditScratch
 	case e.Track != nil && !Permitted(hook, EditTrack):
 		return EditTrack
+	case e.RequireTLS != nil && !Permitted(hook, EditRequireTLS):
+		return EditRequireTLS
 	}
 	return ""
 }
@@ -274,6 +281,9 @@ func ApplyEdits(stage, hook string, e *Edits, txn *Txn, msg *Message) error {
 	txn.AuthResults = append(txn.AuthResults, e.AuthResults...)
 	if e.Track != nil {
 		txn.Track = txn.Track.Merge(e.Track)
+	}
+	if e.RequireTLS != nil {
+		txn.Params.RequireTLS = *e.RequireTLS
 	}
 	if len(e.Headers) > 0 {
 		if msg == nil {

@@ -150,6 +150,10 @@ type Event struct {
 	Metadata    map[string]string `json:"metadata"`
 	Size        int               `json:"size"`
 	Node        string            `json:"node"`
+	// RequireTLS is true for a message sent with REQUIRETLS (RFC 8689):
+	// it is delivered only over TLS that a policy validated, to a next
+	// hop that offers REQUIRETLS, or bounced (docs/delivery.md).
+	RequireTLS bool `json:"require_tls,omitempty"`
 	// Engagement is set on opened, clicked and unsubscribed events only.
 	Engagement *Engagement `json:"engagement,omitempty"`
 }

@@ -133,6 +133,18 @@ type MailParams struct {
 	SMTPUTF8 bool   `json:"smtputf8,omitempty"` // the envelope or header needs SMTPUTF8
 	Ret      string `json:"ret,omitempty"`      // DSN: "FULL" or "HDRS", "" (not given: headers)
 	EnvID    string `json:"envid,omitempty"`    // DSN: the envelope id, as given (xtext decoded)
+	// RequireTLS is the REQUIRETLS MAIL FROM parameter (RFC 8689): the
+	// message may only leave over TLS whose certificate a policy
+	// validated, to a next hop that offers REQUIRETLS itself (see
+	// docs/delivery.md "REQUIRETLS"). Set by the SMTP client (only on a
+	// TLS session), the HTTP API's "require_tls" or a stage's edit.
+	RequireTLS bool `json:"requiretls,omitempty"`
+	// TLSOptional is not a MAIL parameter: it records, when the message
+	// is accepted, that its header has "TLS-Required: No" (RFC 8689
+	// section 5): the recipient domain's MTA-STS (and DANE) policy is
+	// not enforced on its delivery. Ignored when RequireTLS is set, which
+	// takes precedence.
+	TLSOptional bool `json:"tls_optional,omitempty"`
 }
 
 // DSN NOTIFY values (RFC 3461 section 4.1).

@@ -125,6 +125,12 @@ type SMTPListener struct {
 	// captured into that tenant's sandbox inbox (docs/sandbox.md).
 	// Needs sluice.sandbox.
 	Sandbox string
+
+	// DisableRequireTLS stops the listener offering REQUIRETLS (RFC
+	// 8689) on TLS sessions; config key requiretls = false. By default
+	// it is offered (only after STARTTLS or on implicit TLS) and a
+	// message sent with it is delivered only over validated TLS.
+	DisableRequireTLS bool
 }
 
 // HTTPListener: sluice.listen_http { addr = "127.0.0.1:8025", tls = {...} }.

@@ -303,7 +303,7 @@ func (ld *loader) listenSMTP(L *lua.LState) int {
 	o := ld.s.CheckOpts(1, fn, "name", "addr", "hostname", "tls", "implicit_tls", "auth", "auth_insecure",
 		"relay_networks", "max_message_size", "max_recipients", "max_line_length",
 		"max_connections", "read_timeout", "write_timeout", "data_timeout", "bare_line_ending", "max_hops",
-		"max_connections_per_ip", "max_connection_rate_per_ip", "max_session_time", "max_inflight_bytes", "spill_threshold", "sandbox")
+		"max_connections_per_ip", "max_connection_rate_per_ip", "max_session_time", "max_inflight_bytes", "spill_threshold", "sandbox", "requiretls")
 	l := DefaultSMTPListener(ld.listenAddr(o, "addr"))
 	if o.String("name", &l.Name) {
 		if !validName(l.Name) {
@@ -350,6 +350,10 @@ func (ld *loader) listenSMTP(L *lua.LState) int {
 	ld.size(o, "spill_threshold", &l.SpillThreshold)
 	if o.String("sandbox", &l.Sandbox) && !validTenantName(l.Sandbox) {
 		o.Fail("sandbox", "%q is not a tenant name (1 to 64 letters, digits, '.', '_' or '-')", l.Sandbox)
+	}
+	requireTLS := true
+	if o.Bool("requiretls", &requireTLS) {
+		l.DisableRequireTLS = !requireTLS
 	}
 	ld.cfg.SMTP = append(ld.cfg.SMTP, l)
 	return 0

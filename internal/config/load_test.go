@@ -42,7 +42,7 @@ sluice.listen_smtp {
   tls = { cert = "certs/c.pem", key = "/abs/k.pem" }, implicit_tls = true,
   auth = "required", relay_networks = { "127.0.0.1/32", "::1/128", "10.1.2.3/8", "192.0.2.1", "::ffff:192.0.2.2" },
   max_message_size = "10MiB", max_recipients = 50, max_line_length = 2000, max_connections = 10,
-  read_timeout = "1m", write_timeout = "2m", data_timeout = "1d", bare_line_ending = "normalize", max_hops = 30, max_connections_per_ip = 5, max_connection_rate_per_ip = "30/10s", max_session_time = "10m", max_inflight_bytes = "64MiB", spill_threshold = "2MiB",
+  read_timeout = "1m", write_timeout = "2m", data_timeout = "1d", bare_line_ending = "normalize", max_hops = 30, max_connections_per_ip = 5, max_connection_rate_per_ip = "30/10s", max_session_time = "10m", max_inflight_bytes = "64MiB", spill_threshold = "2MiB", requiretls = false,
 }
 sluice.listen_smtp { addr = "127.0.0.1:2587", max_message_size = 1000 }
 sluice.listen_http { addr = "127.0.0.1:8025", max_request_size = "1KB", request_timeout = "15s", tls = { cert = "h.pem", key = "h.key" } }
@@ -102,6 +102,7 @@ sluice.stage("routing", {
 		BareLineEnding: "normalize", MaxHops: 30,
 		MaxConnectionsPerIP: 5, MaxConnectionRatePerIP: 30, ConnectionRateWindow: 10 * time.Second,
 		MaxSessionTime: 10 * time.Minute, MaxInflightBytes: 64 << 20, SpillThreshold: 2 << 20,
+		DisableRequireTLS: true,
 	}
 	if !reflect.DeepEqual(cfg.SMTP[0], want) {
 		t.Errorf("smtp[0]\n got %+v\nwant %+v", cfg.SMTP[0], want)

@@ -75,6 +75,7 @@ var Rules = []Rule{
 	{"local", "SMTPUTF8 needed (the message asked for it, or a non-ASCII address), the hop does not offer it", "553 5.6.7", "permanent", "bounced (RFC 6531 section 3.5: no downgrade); a non-ASCII recipient fails alone, the message's own need fails all"},
 	{"local", "8-bit content, the hop does not offer 8BITMIME", "554 5.6.3", "permanent", "bounced (RFC 6152 section 3); Sluice does not convert to 7 bit, see docs/delivery.md"},
 	{"local", "message larger than the hop's SIZE", "552 5.3.4", "permanent", "bounced, nothing sent"},
+	{"local", "REQUIRETLS message (RFC 8689), the hop does not qualify: no TLS, certificate not verified, no validating policy, or no REQUIRETLS offered", "550 5.7.30 (550 5.7.10 when no TLS at all)", "permanent", "nothing sent to that host; the next address or MX host is tried; bounced when none qualifies, deferred while another failed temporarily (docs/delivery.md#requiretls-rfc-8689)"},
 	{"local", "all addresses failed", "the chosen attempt's own: a permanent one only when every attempt failed permanently, else the last temporary one (4xx kept, e.g. 421)", "as code", "deferred or bounced"},
 }
 

@@ -276,6 +276,17 @@ type Egress struct {
 	// ConnectTimeout and DataTimeout replace Config's for this Dial and
 	// the Session it returns.
 	ConnectTimeout, DataTimeout time.Duration
+	// RequireTLS is for a message sent with REQUIRETLS (RFC 8689): a
+	// session is returned only to a next hop that qualifies (validated
+	// TLS, REQUIRETLS offered; see requiretls.go); any other address
+	// fails with 550 5.7.30.
+	RequireTLS bool
+	// IgnoreTLSPolicy is for a message with "TLS-Required: No" (RFC 8689
+	// section 5) and without REQUIRETLS: the recipient domain's MTA-STS
+	// policy and DANE are not applied (delivery as for a domain without
+	// either); the
+	// route's own TLS policy still is.
+	IgnoreTLSPolicy bool
 }
 
 // DialFrom is Dial from an egress source (see Egress), with the same
@@ -294,7 +305,10 @@ func (d *Dialer) DialFrom(ctx context.Context, route *pipeline.Route, domain str
 	if err != nil {
 		return nil, err
 	}
-	sts := d.stsPolicy(ctx, route, domain, policy)
+	var sts *mtasts.Policy
+	if !eg.IgnoreTLSPolicy || eg.RequireTLS {
+		sts = d.stsPolicy(ctx, route, domain, policy)
+	}
 	if sts != nil && sts.Mode == mtasts.ModeEnforce {
 		first := ""
 		if len(targets) > 0 {
@@ -307,7 +321,10 @@ func (d *Dialer) DialFrom(ctx context.Context, route *pipeline.Route, domain str
 		}
 		policy = tlsMTASTS
 	}
-	tr := d.daneResolver(route, domain, policy)
+	var tr dnsx.TLSAResolver
+	if !eg.IgnoreTLSPolicy || eg.RequireTLS {
+		tr = d.daneResolver(route, domain, policy)
+	}
 	max := orDefault(d.MaxAddresses, defaultMaxAddresses)
 	var attempts []Attempt
 	tried := 0
@@ -335,6 +352,12 @@ outer:
 			}
 			tried++
 			s, err := d.attempt(ctx, t.host, ip, port, tpolicy, st, route, &eg)
+			if err == nil && eg.RequireTLS {
+				if e := s.requireTLSRefusal(); e != nil {
+					s.Close()
+					s, err = nil, e
+				}
+			}
 			if err == nil {
 				if sts != nil && sts.Mode == mtasts.ModeTesting && tpolicy != tlsDANE {
 					s.remote.MTASTSFailure, s.remote.TLSFailure = stsTestingFailure(sts, t.host, s.remote)
@@ -726,6 +749,7 @@ func (d *Dialer) connect(ctx context.Context, host string, ip netip.Addr, port i
 	}()
 
 	s.remote.TLSPolicy = policy
+	s.routeKind = route.Kind
 	required := policy != pipeline.TLSOpportunistic && policy != pipeline.TLSNone
 	helo := orDefault(eg.HELO, d.helo())
 	if err := s.greet(ctx); err != nil {

@@ -31,6 +31,7 @@ type Session struct {
 	bw   *bufio.Writer
 
 	remote     pipeline.Remote
+	routeKind  string // the route's Kind (requireTLSRefusal)
 	ext        map[string]string
 	pipelining bool
 	cmdTimeout time.Duration
@@ -394,6 +395,11 @@ func (s *Session) Send(ctx context.Context, from string, rcpts []string, data []
 //     encoded) go only to a server that offers DSN; to others nothing.
 //   - SIZE is declared when offered; a message over the server's limit
 //     fails every recipient with 552 5.3.4, without a round trip.
+//   - REQUIRETLS (RFC 8689, env.Params.RequireTLS) is sent only over a
+//     session that qualifies (validated TLS under a policy, REQUIRETLS
+//     offered; requiretls.go); over any other every recipient fails with
+//     550 5.7.30 and nothing is sent, except for the null sender (a DSN),
+//     which goes without it.
 //
 // Recipients are also failed locally when an address holds control
 // characters or angle brackets (553 5.1.3 / 553 5.1.7).
@@ -471,6 +477,11 @@ func (s *Session) Deliver(ctx context.Context, env *Envelope, data []byte) (resu
 			"remote server does not support 8BITMIME, needed for this message's 8-bit content (not converted to 7 bit)"))
 		return finish(), nil
 	}
+	requireTLS, refusal := s.requireTLSParam(env)
+	if refusal != nil {
+		fillAll(refusal)
+		return finish(), nil
+	}
 	if max, ok := s.maxSize(); ok && int64(len(data)) > max {
 		fillAll(pipeline.Errorf(552, pipeline.EnhancedCode{5, 3, 4},
 			"message size %d exceeds the remote server's limit of %d bytes", len(data), max))
@@ -512,6 +523,7 @@ func (s *Session) Deliver(ctx context.Context, env *Envelope, data []byte) (resu
 	if utf8 {
 		mail.WriteString(" SMTPUTF8")
 	}
+	mail.WriteString(requireTLS)
 	if dsn {
 		mail.WriteString(dsnMailParams(env.Params))
 	}

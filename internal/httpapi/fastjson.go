@@ -386,6 +386,15 @@ func (p *fastParser) message(m *messageRequest) bool {
 				return false
 			}
 			m.ListUnsubscribe, ok = p.boolean()
+		case "require_tls":
+			if !once(&seen, 1<<15) {
+				return false
+			}
+			var b *bool
+			b, ok = p.boolean()
+			if ok {
+				m.RequireTLS = *b
+			}
 		}
 		return ok
 	})

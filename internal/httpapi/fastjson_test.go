@@ -48,6 +48,9 @@ var fastSeeds = []string{
 	`{"messages":[{"from":"a","x":1}]}`,
 	`{"from":"a",}`,
 	`{"text":"\u12G4"}`,
+	`{"from":"a@b.test","to":"c@d.test","require_tls":true,"require_tls":false}`,
+	`{"require_tls":null}`,
+	`{"require_tls":"yes"}`,
 }
 
 func FuzzFastDecode(f *testing.F) {

@@ -40,6 +40,9 @@ type item struct {
 	rcpts []string // envelope recipients, without duplicates
 	tags  []string
 	meta  map[string]string
+	// params are the MAIL FROM parameters the request asked for
+	// (require_tls); on_mail sees them.
+	params pipeline.MailParams
 	// fromHeader are the From header field values of a raw message,
 	// checked by the relay's sender rule with the envelope sender.
 	fromHeader []string
@@ -89,7 +92,7 @@ func (it *item) release() {
 // per recipient (the relay records it); with none left, the item fails
 // with the first recipient's refusal.
 func (s *Server) stage(ctx context.Context, sess *relay.Session, it *item) {
-	t, err := sess.Begin(ctx, it.from, it.tags, it.meta)
+	t, err := sess.BeginWith(ctx, it.from, it.params, it.tags, it.meta)
 	it.txn, it.id = t, t.ID()
 	if err != nil {
 		it.err = fromPipeline(err)
@@ -283,6 +286,7 @@ func (s *Server) postMessage(w http.ResponseWriter, r *http.Request) {
 func (s *Server) composedItem(v *validMessage) *item {
 	return &item{
 		from: canonicalAddr(v.from.Addr), rcpts: v.rcpts, tags: v.req.Tags, meta: v.req.Metadata,
+		params: pipeline.MailParams{RequireTLS: v.req.RequireTLS},
 		build: func(txn *pipeline.Txn, buf *bytes.Buffer) (*pipeline.Message, *apiError) {
 			txn.Track = v.req.track().Merge(txn.Track) // stages (on_mail, on_rcpt) win over the request
 			h, off, err := compose(buf, v, txn.ID, s.host, txn.Received)
@@ -389,6 +393,7 @@ func (s *Server) rawItem(req *rawRequest, data *bytes.Buffer) (*item, *apiError)
 	host := s.host
 	return &item{
 		from: from, rcpts: rcpts, tags: req.Tags, meta: req.Metadata, fromHeader: parsed.Header.Values("From"), rawField: field,
+		params: pipeline.MailParams{RequireTLS: req.RequireTLS},
 		build: func(txn *pipeline.Txn, _ *bytes.Buffer) (*pipeline.Message, *apiError) {
 			msg := parsed
 			msg.Txn = txn

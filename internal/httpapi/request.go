@@ -99,6 +99,10 @@ type messageRequest struct {
 	TrackOpens      *bool `json:"track_opens"`
 	TrackClicks     *bool `json:"track_clicks"`
 	ListUnsubscribe *bool `json:"list_unsubscribe"`
+	// RequireTLS sends the message with REQUIRETLS (RFC 8689): delivered
+	// only over TLS that a policy validated, or bounced
+	// (docs/delivery.md). Stages see it and may change it.
+	RequireTLS bool `json:"require_tls"`
 }
 
 // track is the message's tracking request, or nil when it asks nothing.
@@ -125,6 +129,7 @@ type rawRequest struct {
 	MessageBase64 *string           `json:"message_base64"`
 	Tags          []string          `json:"tags"`
 	Metadata      map[string]string `json:"metadata"`
+	RequireTLS    bool              `json:"require_tls"` // as messageRequest's
 }
 
 // batchRequest is the body of POST /v1/messages/batch.

@@ -28,6 +28,9 @@ import (
 //	txn.conn        the connection (see conn)
 //	txn.auth        authentication results so far, method → result (see bind_auth.go)
 //	msg.size        size in bytes of the header and body as they would be spooled now
+//	txn.require_tls true when the message carries REQUIRETLS (RFC 8689):
+//	                the client's MAIL parameter, the HTTP request's
+//	                require_tls, or a set_require_tls edit (this call's own too)
 //
 // Methods (call with a colon):
 //
@@ -46,6 +49,8 @@ import (
 //	                     applied when the message arrives, before on_message)
 //	msg:set_header(n, v) remove every n field, then prepend one
 //	msg:remove_header(n) remove every n field; returns how many there were
+//	txn:set_require_tls(b) set (true) or clear (false) REQUIRETLS for the message:
+//	                     it is then delivered only over validated TLS (docs/delivery.md)
 //	msg:track{opens=, clicks=, unsubscribe=}
 //	                     engagement tracking for this message (bind_track.go)
 func (st *state) txnIndex(L *lua.LState) int {
@@ -77,6 +82,13 @@ func (st *state) txnIndex(L *lua.LState) int {
 		return 1
 	case "auth":
 		L.Push(authTable(L, txn.AuthResults))
+		return 1
+	case "require_tls":
+		v := txn.Params.RequireTLS
+		if st.edits.RequireTLS != nil {
+			v = *st.edits.RequireTLS
+		}
+		L.Push(lua.LBool(v))
 		return 1
 	case "conn":
 		if txn.Conn == nil {
@@ -132,6 +144,7 @@ func (st *state) txnMethod(name string) *lua.LFunction {
 			"set_scratch":     st.L.NewFunction(st.setScratch),
 			"add_auth_result": st.L.NewFunction(st.addAuthResult),
 			"track":           st.L.NewFunction(st.track),
+			"set_require_tls": st.L.NewFunction(st.setRequireTLS),
 		}
 	}
 	return st.txnMethods[name]
@@ -450,4 +463,18 @@ func describeArg(v lua.LValue) string {
 		return "a function"
 	}
 	return v.Type().String()
+}
+
+// txn:set_require_tls(b) (also msg:): records a pipeline.Edits.RequireTLS,
+// allowed where header edits are (not at on_route). b must be a boolean.
+func (st *state) setRequireTLS(L *lua.LState) int {
+	st.self(L, "set_require_tls")
+	st.mayEdit("set_require_tls", pipeline.EditRequireTLS)
+	v, ok := L.Get(2).(lua.LBool)
+	if !ok {
+		st.sb.Raise("set_require_tls: want a boolean, got %s", L.Get(2).Type())
+	}
+	b := bool(v)
+	st.edits.RequireTLS = &b
+	return 0
 }

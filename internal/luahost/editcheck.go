@@ -18,6 +18,7 @@ var editMethods = map[string]string{
 	"add_auth_result": pipeline.EditAuthResults,
 	"set_scratch":     pipeline.EditScratch,
 	"track":           pipeline.EditTrack,
+	"set_require_tls": pipeline.EditRequireTLS,
 }
 
 // checkEdits refuses, when the configuration loads, a hook function that

@@ -208,6 +208,7 @@ type dest struct {
 	route    *pipeline.Route
 	domain   string
 	site     string // shaping on: the site (MX routes) or queue name
+	tls      tlsNeed // REQUIRETLS or TLS-Required: No (requiretls.go)
 	max      int    // workers at most
 	ready    []*item
 	active   int
@@ -499,6 +500,8 @@ func (q *Queue) enqueue(m *spool.Meta, rcpts []*spool.Recipient, sites map[strin
 		if shaped {
 			k = destKey(route, site)
 		}
+		need := tlsNeedOf(m)
+		k += need.key()
 		gk := k
 		if r.Held {
 			gk += "|held" // held recipients make an item of their own
@@ -508,6 +511,7 @@ func (q *Queue) enqueue(m *spool.Meta, rcpts []*spool.Recipient, sites map[strin
 			d := q.dests[k]
 			if d == nil {
 				d = q.newDest(k, route, r.Domain, site)
+				d.tls = need
 				q.dests[k] = d
 			}
 			it = &item{msg: msg, dest: d, due: r.NextAttempt}
@@ -743,7 +747,7 @@ func (q *Queue) worker(d *dest) {
 		if conn != nil && (!conn.Usable() || sent >= maxPer) {
 			closeConn()
 		}
-		var eg delivery.Egress
+		eg := d.tls.egress()
 		if conn == nil && q.o.Shaper == nil && d.route.Pool != "" {
 			q.complete(it, nil, shaping.UnknownPool(d.route.Pool), nil) // no sluice.egress
 			continue
@@ -871,7 +875,7 @@ func (q *Queue) acquireSlot() bool {
 // dial opens a connection for d, from eg's source when shaping is on and
 // the dialer can.
 func (q *Queue) dial(d *dest, eg delivery.Egress, shaped bool) (Conn, error) {
-	if ed, ok := q.dialer.(EgressDialer); ok && shaped {
+	if ed, ok := q.dialer.(EgressDialer); ok && (shaped || d.tls != tlsAny) {
 		return ed.DialFrom(q.ctx, d.route, d.domain, eg)
 	}
 	return q.dialer.Dial(q.ctx, d.route, d.domain)
@@ -1003,6 +1007,7 @@ func (q *Queue) event(typ string, m *spool.Meta, r *spool.Recipient, queueName s
 	return &pipeline.Event{
 		Type: typ, MessageID: m.ID, Recipient: r.Address, Sender: m.Sender, Source: m.Source,
 		Tenant: m.Tenant, Queue: queueName, Attempt: attempt, Tags: m.Tags, Metadata: m.Meta, Size: m.Size,
+		RequireTLS: m.Params.RequireTLS,
 	}
 }
 

@@ -12,6 +12,7 @@ func (r *Relay) event(typ string, msg *pipeline.Message, rcpt string, size int) 
 	return &pipeline.Event{
 		Type: typ, MessageID: msg.ID, Recipient: rcpt, Sender: msg.Sender, Source: msg.Conn.Source,
 		Tenant: msg.Conn.Tenant(), Tags: msg.Tags, Metadata: msg.Meta, Size: size,
+		RequireTLS: msg.Params.RequireTLS,
 	}
 }
 
@@ -24,6 +25,9 @@ func (r *Relay) prepare(ctx context.Context, chain *pipeline.Chain, msg *pipelin
 	if err != nil {
 		return nil, nil, err
 	}
+	// RFC 8689 section 5: "TLS-Required: No" relaxes the recipient's
+	// TLS policy, unless the message also has REQUIRETLS (which wins).
+	msg.Params.TLSOptional = !msg.Params.RequireTLS && tlsRequiredNo(msg)
 	head, err := msg.HeaderBytes()
 	if err != nil {
 		return nil, nil, &pipeline.Error{Code: 554, Enhanced: pipeline.EnhancedCode{5, 6, 0}, Message: "Message cannot be serialised", Cause: err}

@@ -162,7 +162,10 @@ func (r *Relay) notify(ctx context.Context, b *spool.Batch, m *spool.Meta, body 
 		}
 	}
 	rep := dsn.Report{ReportingMTA: r.hostname, Sender: m.Sender, MessageID: m.ID, EnvelopeID: m.Params.EnvID,
-		Arrival: m.Received, Header: data, ReturnFull: strings.EqualFold(m.Params.Ret, "FULL"), Recipients: rcpts}
+		Arrival: m.Received, Header: data, Recipients: rcpts,
+		// RFC 8689 section 5: a report about a REQUIRETLS message
+		// returns the header only, as if RET=HDRS, whatever RET said.
+		ReturnFull: strings.EqualFold(m.Params.Ret, "FULL") && !m.Params.RequireTLS}
 	acc := r.bounce(ctx, m, rep)
 	for i := range notes {
 		if rt := notes[i].Rcpt; rt != nil && rt.Route != nil && rt.Route.Kind == pipeline.RouteCapture {
@@ -273,7 +276,10 @@ func (r *Relay) bounce(ctx context.Context, m *spool.Meta, rep dsn.Report) *Acce
 	// The DSN's own MAIL FROM parameters: 8BITMIME when it carries 8-bit
 	// text (a diagnostic, returned headers), SMTPUTF8 when the original
 	// needed it (the returned header may be UTF-8) or the address is.
-	params := pipeline.MailParams{SMTPUTF8: m.Params.SMTPUTF8 || !mailtext.IsASCII(m.Sender)}
+	// A report about a REQUIRETLS message requires TLS too (RFC 8689
+	// section 5; it returns headers only, see ReturnFull above).
+	params := pipeline.MailParams{SMTPUTF8: m.Params.SMTPUTF8 || !mailtext.IsASCII(m.Sender),
+		RequireTLS: m.Params.RequireTLS}
 	if mailtext.Has8Bit(out) {
 		params.Body = pipeline.Body8BitMIME
 	}
@@ -344,7 +350,7 @@ func (r *Relay) bounceFailed(ctx context.Context, conn *pipeline.Conn, id string
 		Received: r.now(), Size: len(out), Meta: meta, Params: params}
 	rc := &spool.Recipient{MsgID: id, Idx: 0, Address: m.Sender, Domain: domain, Route: route}
 	ev := &pipeline.Event{Type: pipeline.EventReceived, MessageID: id, Recipient: m.Sender, Source: pipeline.SourceDSN,
-		Tenant: m.Tenant, Queue: route.QueueName(domain), Metadata: bm.Meta, Size: len(out)}
+		Tenant: m.Tenant, Queue: route.QueueName(domain), Metadata: bm.Meta, Size: len(out), RequireTLS: params.RequireTLS}
 	return &Accepted{Body: out, Meta: bm, Rcpts: []*spool.Recipient{rc}, Events: []*pipeline.Event{ev},
 		Receipt: &Receipt{MessageID: id, Queued: 1}}
 }

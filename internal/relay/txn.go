@@ -494,7 +494,7 @@ func (r *Relay) commit(ctx context.Context, txns []*Txn, accs []*Accepted, o Com
 // rejected is the "rejected" event of rcpt ("" for the transaction).
 func (r *Relay) rejected(txn *pipeline.Txn, rcpt string, err error) *pipeline.Event {
 	ev := &pipeline.Event{Type: pipeline.EventRejected, MessageID: txn.ID, Recipient: rcpt, Sender: txn.Sender,
-		Response: pipeline.ResponseOf(err), Tags: txn.Tags, Metadata: txn.Meta}
+		Response: pipeline.ResponseOf(err), Tags: txn.Tags, Metadata: txn.Meta, RequireTLS: txn.Params.RequireTLS}
 	if txn.Conn != nil {
 		ev.Source, ev.Tenant = txn.Conn.Source, txn.Conn.Tenant()
 	}

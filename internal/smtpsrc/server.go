@@ -152,6 +152,9 @@ func New(l config.SMTPListener, rl *relay.Relay, log *slog.Logger, opts ...Optio
 	srv.WriteTimeout = l.WriteTimeout
 	srv.EnableSMTPUTF8 = true
 	srv.EnableDSN = true        // RFC 3461: NOTIFY, ORCPT, RET, ENVID travel with the message
+	// RFC 8689: offered on TLS sessions only; the MAIL parameter in
+	// clear text is refused (530 5.7.10) by our go-smtp copy.
+	srv.EnableREQUIRETLS = !l.DisableRequireTLS
 	srv.TLSConfig = s.tlsConfig // go-smtp offers STARTTLS only on clear-text connections
 	// AUTH's TLS rule (TLS, loopback, or auth_insecure) is applied by the
 	// session (auth.go), which answers 538 where go-smtp would say 523.

@@ -269,7 +269,8 @@ func mailParams(o *smtp.MailOptions) pipeline.MailParams {
 	if o == nil {
 		return pipeline.MailParams{}
 	}
-	return pipeline.MailParams{Body: string(o.Body), SMTPUTF8: o.UTF8, Ret: string(o.Return), EnvID: o.EnvelopeID}
+	return pipeline.MailParams{Body: string(o.Body), SMTPUTF8: o.UTF8, Ret: string(o.Return), EnvID: o.EnvelopeID,
+		RequireTLS: o.RequireTLS}
 }
 
 // rcptParams are the RCPT TO parameters of RFC 3461. go-smtp has checked

@@ -27,6 +27,9 @@ type SinkOptions struct {
 	AuthUser, AuthPass string
 	MaxMessageBytes    int64 // SIZE limit; 0 is go-smtp's default
 	SMTPUTF8           bool  // advertise SMTPUTF8
+	// RequireTLS advertises REQUIRETLS (RFC 8689) after STARTTLS; the
+	// MAIL parameter shows in SinkMessage.Opts.RequireTLS.
+	RequireTLS bool
 	// Timeout is the server's read and write timeout; default 1 minute.
 	Timeout time.Duration
 }
@@ -97,6 +100,7 @@ func StartSink(t testing.TB, o SinkOptions) *Sink {
 	srv.AllowInsecureAuth = true // AUTH over clear text on loopback
 	srv.MaxMessageBytes = o.MaxMessageBytes
 	srv.EnableSMTPUTF8 = o.SMTPUTF8
+	srv.EnableREQUIRETLS = o.RequireTLS
 	srv.ReadTimeout = o.Timeout
 	srv.WriteTimeout = o.Timeout
 	srv.ErrorLog = log.New(io.Discard, "", 0)

@@ -421,6 +421,13 @@ func (c *Conn) handleMail(arg string) {
 				c.refuse(504, EnhancedCode{5, 5, 4}, "REQUIRETLS is not implemented")
 				return
 			}
+			// sluice: RFC 8689 section 2: REQUIRETLS is offered, and may
+			// be used, only on a TLS session. 530 as RFC 3207 answers a
+			// command that needs TLS first; 5.7.10 "Encryption needed".
+			if _, isTLS := c.TLSConnectionState(); !isTLS {
+				c.refuse(530, EnhancedCode{5, 7, 10}, "REQUIRETLS needs a TLS session: issue STARTTLS first")
+				return
+			}
 			opts.RequireTLS = true
 		case "BODY":
 			value = strings.ToUpper(value)
