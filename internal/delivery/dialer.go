@@ -284,8 +284,7 @@ type Egress struct {
 	// IgnoreTLSPolicy is for a message with "TLS-Required: No" (RFC 8689
 	// section 5) and without REQUIRETLS: the recipient domain's MTA-STS
 	// policy and DANE are not applied (delivery as for a domain without
-	// either); the
-	// route's own TLS policy still is.
+	// either); the route's own TLS policy still is.
 	IgnoreTLSPolicy bool
 }
 

@@ -207,9 +207,9 @@ type dest struct {
 	name     string // queue name in events
 	route    *pipeline.Route
 	domain   string
-	site     string // shaping on: the site (MX routes) or queue name
+	site     string  // shaping on: the site (MX routes) or queue name
 	tls      tlsNeed // REQUIRETLS or TLS-Required: No (requiretls.go)
-	max      int    // workers at most
+	max      int     // workers at most
 	ready    []*item
 	active   int
 	idle     int

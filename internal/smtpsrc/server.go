@@ -151,7 +151,7 @@ func New(l config.SMTPListener, rl *relay.Relay, log *slog.Logger, opts ...Optio
 	srv.ReadTimeout = l.ReadTimeout
 	srv.WriteTimeout = l.WriteTimeout
 	srv.EnableSMTPUTF8 = true
-	srv.EnableDSN = true        // RFC 3461: NOTIFY, ORCPT, RET, ENVID travel with the message
+	srv.EnableDSN = true // RFC 3461: NOTIFY, ORCPT, RET, ENVID travel with the message
 	// RFC 8689: offered on TLS sessions only; the MAIL parameter in
 	// clear text is refused (530 5.7.10) by our go-smtp copy.
 	srv.EnableREQUIRETLS = !l.DisableRequireTLS
