@@ -73,6 +73,11 @@ const (
 	// sandbox's simulated recipient (docs/sandbox.md). The recipient
 	// joins the tenant's suppression list.
 	EventComplained = "complained"
+	// A TLS report (RFC 8460) another MTA sent us was received
+	// (docs/tls-reporting.md#inbound): metadata carries its organization,
+	// report_id, policy_domains and the successful and failed session
+	// counts.
+	EventTLSReport = "tls_report"
 )
 
 // EventTypes lists every event type, in the order above.
@@ -84,7 +89,7 @@ var EventTypes = []string{EventReceived, EventRejected, EventDeferred, EventDeli
 	EventQueuePaused, EventQueueResumed, EventQueueRetried,
 	EventQueueBounced, EventQueueCancelled, EventQueueHeld, EventQueueReleased,
 	EventOpened, EventClicked, EventUnsubscribed,
-	EventSandboxDropped, EventComplained}
+	EventSandboxDropped, EventComplained, EventTLSReport}
 
 // EventSchema is the version in every event's "schema" field.
 const EventSchema = 1
@@ -116,6 +121,12 @@ type Remote struct {
 	// testing mode, says why the delivery would have been refused under
 	// enforce (RFC 8461 section 5); "" when it would not.
 	MTASTSFailure string `json:"mta_sts_failure,omitempty"`
+	// TLSFailure is the RFC 8460 result type (section 4.3) of the TLS
+	// policy check that failed for this attempt, e.g.
+	// "certificate-host-mismatch", "starttls-not-supported",
+	// "validation-failure"; "" when none failed. For an MTA-STS policy
+	// in testing mode the session still delivered.
+	TLSFailure string `json:"tls_failure,omitempty"`
 }
 
 // Event is one state change of one recipient. Its JSON form is the public

@@ -18,6 +18,7 @@ import (
 	"github.com/sluice-mta/sluice/internal/config"
 	"github.com/sluice-mta/sluice/internal/dnsx"
 	"github.com/sluice-mta/sluice/internal/mtasts"
+	"github.com/sluice-mta/sluice/internal/tlsrpt"
 	"github.com/sluice-mta/sluice/pipeline"
 )
 
@@ -65,6 +66,17 @@ type Dialer struct {
 	// (RFC 8461) to MX routes whose TLS policy is not "none"; see Dial.
 	// Its RootCAs should be the same as TLSConfig's.
 	MTASTS *mtasts.Cache
+	// TLSReport, when set, is called with the outcome of each TLS policy
+	// evaluation of a Dial (RFC 8460 sessions, for internal/tlsrpt), for
+	// MX routes whose TLS policy is not none and recipient domains that
+	// are names: each connection attempt under an MTA-STS policy that
+	// got past the greeting (success, or the TLS failure that ended it),
+	// each session established without a policy (no-policy-found), a
+	// policy that could not be fetched (once per Dial), and an enforce
+	// policy no MX host matches. Connection failures before TLS are not
+	// policy evaluations and are not reported. It is called from the
+	// Dial's goroutine and must not block.
+	TLSReport func(tlsrpt.Session)
 }
 
 // tlsMTASTS is the policy of an attempt under an MTA-STS policy in
@@ -240,6 +252,10 @@ type Egress struct {
 	// ConnectTimeout and DataTimeout replace Config's for this Dial and
 	// the Session it returns.
 	ConnectTimeout, DataTimeout time.Duration
+
+	// local is the local address of the Dial's latest connection (set by
+	// connect on DialFrom's copy), for TLS reports of failed attempts.
+	local net.Addr
 }
 
 // DialFrom is Dial from an egress source (see Egress), with the same
@@ -263,10 +279,14 @@ func (d *Dialer) DialFrom(ctx context.Context, route *pipeline.Route, domain str
 	if err != nil {
 		return nil, err
 	}
-	sts := d.stsPolicy(ctx, route, domain, policy)
+	sts, rep := d.stsPolicy(ctx, route, domain, policy)
 	if sts != nil && sts.Mode == mtasts.ModeEnforce {
-		targets = slices.DeleteFunc(targets, func(t target) bool { return !sts.Match(t.host) })
+		all := targets
+		targets = slices.DeleteFunc(slices.Clone(targets), func(t target) bool { return !sts.Match(t.host) })
 		if len(targets) == 0 {
+			if len(all) > 0 {
+				rep.fail(all[0].host, "", "", tlsrpt.ResultValidationFailure, "no MX host matches the MTA-STS policy")
+			}
 			return nil, pipeline.Errorf(451, pipeline.EnhancedCode{4, 7, 5},
 				"MTA-STS (enforce): no MX host of %s matches its policy (id %s)", strings.ToLower(strings.TrimSuffix(domain, ".")), sts.ID)
 		}
@@ -297,10 +317,17 @@ outer:
 			if err == nil {
 				if sts != nil && sts.Mode == mtasts.ModeTesting {
 					s.remote.MTASTSFailure = stsTestingFailure(sts, t.host, s.remote)
+					if s.remote.MTASTSFailure != "" {
+						s.remote.TLSFailure = stsTestingResult(sts, t.host, s)
+					}
 				}
+				rep.session(t.host, s)
 				return s, nil
 			}
 			var pe *pipeline.Error
+			if policy == tlsMTASTS {
+				rep.failed(t.host, ip.String(), eg.local, err)
+			}
 			if policy == tlsMTASTS && errors.As(err, &pe) {
 				err = &pipeline.Error{Code: pe.Code, Enhanced: pe.Enhanced, Message: "MTA-STS (enforce): " + pe.Message, Cause: pe}
 			}
@@ -318,22 +345,98 @@ outer:
 }
 
 // stsPolicy is the MTA-STS policy that applies to a Dial, or nil (see
-// Dial).
-func (d *Dialer) stsPolicy(ctx context.Context, route *pipeline.Route, domain, policy string) *mtasts.Policy {
-	if d.MTASTS == nil || route.Kind != pipeline.RouteMX || policy == pipeline.TLSNone {
-		return nil
+// Dial), and the Dial's TLS reporter (nil when Dialer.TLSReport is not
+// set or no policy is evaluated).
+func (d *Dialer) stsPolicy(ctx context.Context, route *pipeline.Route, domain, policy string) (*mtasts.Policy, *tlsReporter) {
+	if route.Kind != pipeline.RouteMX || policy == pipeline.TLSNone {
+		return nil, nil
 	}
 	if _, lit := parseLiteral(domain); lit {
-		return nil
+		return nil, nil
+	}
+	var rep *tlsReporter
+	if d.TLSReport != nil {
+		rep = &tlsReporter{f: d.TLSReport, base: tlsrpt.Session{Domain: domain, Type: tlsrpt.PolicyNotFound}}
+	}
+	if d.MTASTS == nil {
+		return nil, rep
 	}
 	p, err := d.MTASTS.Get(ctx, domain)
 	if err != nil && d.Logger != nil {
 		d.Logger.Warn("MTA-STS policy lookup failed", "domain", domain, "cached", p != nil, "err", err)
 	}
-	if p == nil || p.Mode == mtasts.ModeNone {
-		return nil
+	if p == nil && err != nil && rep != nil {
+		rep.base.Type = tlsrpt.PolicySTS
+		rep.fail("", "", "", tlsrpt.FetchResult(err), "")
+		return nil, nil // the Dial goes on without a policy; its sessions are not counted again
 	}
-	return p
+	if p == nil || p.Mode == mtasts.ModeNone {
+		return nil, rep
+	}
+	if rep != nil {
+		rep.base.Type, rep.base.Policy, rep.base.PolicyMX = tlsrpt.PolicySTS, tlsrpt.PolicyString(p), p.MX
+	}
+	return p, rep
+}
+
+// tlsReporter reports the TLS policy sessions of one Dial
+// (Dialer.TLSReport). Its methods do nothing on a nil receiver.
+type tlsReporter struct {
+	f    func(tlsrpt.Session)
+	base tlsrpt.Session // domain and policy
+}
+
+// fail reports one session (result "" is a success).
+func (r *tlsReporter) fail(host, ip, local, result, detail string) {
+	if r == nil {
+		return
+	}
+	s := r.base
+	s.MXHost, s.ReceivingIP, s.SendingIP, s.Result, s.Detail = host, ip, local, result, detail
+	r.f(s)
+}
+
+// session reports an established session: a success, or the failure an
+// MTA-STS policy in testing mode saw (Remote().TLSFailure).
+func (r *tlsReporter) session(host string, s *Session) {
+	if r == nil {
+		return
+	}
+	local := ""
+	if a, ok := s.raw.LocalAddr().(*net.TCPAddr); ok {
+		local = a.IP.String()
+	}
+	r.fail(host, s.remote.IP, local, s.remote.TLSFailure, s.remote.MTASTSFailure)
+}
+
+// failed reports an attempt under an enforced policy that failed: a TLS
+// failure is reported with its result type, others (connection refused,
+// a 4xx greeting) are not policy evaluations.
+func (r *tlsReporter) failed(host, ip string, local net.Addr, err error) {
+	var pe *pipeline.Error
+	if r == nil || !errors.As(err, &pe) || pe.Enhanced != (pipeline.EnhancedCode{4, 7, 10}) && pe.Enhanced != (pipeline.EnhancedCode{4, 7, 5}) {
+		return
+	}
+	sip := ""
+	if a, ok := local.(*net.TCPAddr); ok {
+		sip = a.IP.String()
+	}
+	result := tlsrpt.ResultOf(pe.Cause)
+	if pe.Enhanced[2] == 10 {
+		result = tlsrpt.ResultSTARTTLSNotSupported
+	}
+	r.fail(host, ip, sip, result, pe.Message)
+}
+
+// stsTestingResult is the result type of stsTestingFailure's reason.
+func stsTestingResult(p *mtasts.Policy, host string, s *Session) string {
+	switch {
+	case !p.Match(host):
+		return tlsrpt.ResultValidationFailure
+	case s.remote.TLS == "":
+		return tlsrpt.ResultSTARTTLSNotSupported
+	}
+	return tlsrpt.ResultOf(s.verifyErr)
 }
 
 // stsTestingFailure says why a session to host would have failed under
@@ -582,6 +685,7 @@ func (d *Dialer) connect(ctx context.Context, host string, ip netip.Addr, port i
 		return nil, &pipeline.Error{Code: 451, Enhanced: pipeline.EnhancedCode{4, 4, 1},
 			Message: "cannot connect: " + dialReason(ctx, err), Cause: err}
 	}
+	eg.local = conn.LocalAddr()
 
 	s := newSession(conn, pipeline.Remote{Host: host, IP: ip.String()},
 		orDefault(d.Config.CommandTimeout, defaults.CommandTimeout),

@@ -39,6 +39,9 @@ type Session struct {
 	broken   error // why the connection cannot be used any more
 	closed   bool
 	messages int
+	// verifyErr is why the certificate of an unverified (opportunistic)
+	// TLS session did not verify; TLS reporting classifies it.
+	verifyErr error
 }
 
 func newSession(conn net.Conn, remote pipeline.Remote, cmdTimeout, dataTimeout time.Duration) *Session {
@@ -272,7 +275,11 @@ func (s *Session) startTLS(ctx context.Context, cfg *tls.Config) error {
 	cs := tc.ConnectionState()
 	s.remote.TLS = tlsVersion(cs.Version)
 	s.remote.TLSCipher = tls.CipherSuiteName(cs.CipherSuite)
-	s.remote.TLSValidated = !cfg.InsecureSkipVerify || verifyPeer(cs, cfg) == nil
+	s.remote.TLSValidated = true
+	if cfg.InsecureSkipVerify {
+		s.verifyErr = verifyPeer(cs, cfg)
+		s.remote.TLSValidated = s.verifyErr == nil
+	}
 	s.ext = nil
 	return nil
 }
