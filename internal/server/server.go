@@ -118,6 +118,8 @@ type Server struct {
 	// tracker is the engagement tracker (sluice.tracking), shared by
 	// every pipeline and HTTP listener; nil without the section.
 	tracker *tracking.Tracker
+	// tlsrpt is TLS reporting (tlsrpt.go), built with the spool.
+	tlsrpt *tlsReporting
 }
 
 // component is one long-lived part of the node.
@@ -463,6 +465,9 @@ func (s *Server) components() []component {
 			if !cfg.Delivery.NoMTASTS {
 				d.MTASTS = &mtasts.Cache{Resolver: s.res}
 			}
+			if s.tlsrpt, err = s.newTLSReporting(cfg, d); err != nil {
+				return err
+			}
 			bc, err := loadBounces(cfg)
 			if err != nil {
 				return err
@@ -492,7 +497,7 @@ func (s *Server) components() []component {
 			ro := relay.Options{Hostname: cfg.Hostname, Logger: s.log, DelayWarning: cfg.Delivery.DelayWarning,
 				Suppressions: s.sp, Domains: s.domains.Load(), Metrics: s.node, Admit: func() error { return s.backlog.Load().Check() },
 				Guard:   auth.NewGuard(auth.GuardOptions{Free: cfg.Auth.LockoutAfter, Base: cfg.Auth.LockoutBase, Max: cfg.Auth.LockoutMax}),
-				Sandbox: sandboxRouter(cfg)}
+				Sandbox: sandboxRouter(cfg), Inspect: s.tlsrpt.inbound.Inspect}
 			if cfg.Auth.Users != "" {
 				users, err := auth.OpenUsers(cfg.Auth.Users, s.log)
 				if err != nil {
@@ -510,6 +515,13 @@ func (s *Server) components() []component {
 			return s.registerCoreMetrics()
 		},
 		stop: func(context.Context) error {
+			if s.tlsrpt != nil && s.tlsrpt.rec != nil {
+				// The sessions of the last deliveries, before the spool
+				// closes.
+				if err := s.tlsrpt.rec.Flush(); err != nil {
+					s.log.Warn("tls reporting: saving the counts", "err", err)
+				}
+			}
 			if s.sandbox != nil {
 				if err := s.sandbox.Close(); err != nil {
 					s.log.Warn("closing the sandbox store", "err", err)
@@ -616,6 +628,17 @@ func (s *Server) components() []component {
 			defer cancel()
 			if !s.relay.Close(wctx) {
 				s.log.Warn("submissions still running after shutdown; closing the spool anyway")
+			}
+			return nil
+		},
+	})
+	// After the relay: it stops first, so a report being queued is not
+	// cut off by the relay closing.
+	cs = append(cs, component{name: "tls reporting",
+		start: func() error { s.tlsrpt.start(); return nil },
+		stop: func(context.Context) error {
+			if s.tlsrpt.stop != nil {
+				s.tlsrpt.stop()
 			}
 			return nil
 		},
