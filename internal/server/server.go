@@ -724,6 +724,9 @@ func (s *Server) components() []component {
 				srv.UseRevocations(s.revoked)
 				srv.UseDomains(s.domains.Load())
 				srv.UseQueue(s.q)
+				if s.tlsrpt.rec != nil {
+					srv.UseTLSReports(tlsReportsAPI{s.tlsrpt})
+				}
 				if s.tracker != nil {
 					srv.UseTracking(s.tracker)
 				}
