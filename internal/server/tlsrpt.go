@@ -105,7 +105,7 @@ func (s *Server) submitReport(ctx context.Context, from string, to []string, msg
 // (httpapi.TLSReports).
 type tlsReportsAPI struct{ t *tlsReporting }
 
-func (a tlsReportsAPI) Domains(day string) []string { return a.t.rec.Domains(day) }
+func (a tlsReportsAPI) Domains(day string) []string  { return a.t.rec.Domains(day) }
 func (a tlsReportsAPI) Sent(day, domain string) bool { return a.t.rec.Sent(day, domain) }
 func (a tlsReportsAPI) Report(day, domain string) (*tlsrpt.Report, error) {
 	return a.t.rec.Report(day, domain, a.t.reporter.Meta)

@@ -319,8 +319,8 @@ func TestInbound(t *testing.T) {
 // TestParseTXT checks rua parsing.
 func TestParseTXT(t *testing.T) {
 	for txt, want := range map[string]string{
-		"v=TLSRPTv1; rua=mailto:a@b.example":                          "mailto:a@b.example",
-		"v=TLSRPTv1;rua=https://r.example/x, mailto:c@d.example":      "https://r.example/x mailto:c@d.example",
+		"v=TLSRPTv1; rua=mailto:a@b.example":                           "mailto:a@b.example",
+		"v=TLSRPTv1;rua=https://r.example/x, mailto:c@d.example":       "https://r.example/x mailto:c@d.example",
 		"v=TLSRPTv1; rua=http://insecure.example/, mailto:c@d.example": "mailto:c@d.example",
 		"v=TLSRPTv1; rua=ftp://x.example/":                             "",
 		"v=STSv1; id=1":                                                "",
