@@ -37,8 +37,8 @@ Usage:
   sluice suppression list|add|remove ...   manage the tenant's suppression list via the HTTP API
   sluice queue   [list|show|retry|flush|bounce|cancel|hold|release|pause|resume ...]   see and steer the
                  delivery queues via the HTTP API (admin key); no subcommand: a mailq-style listing
-  sluice tlsrpt report [--day D] [--domain D] [--json]   a day's SMTP TLS reports (RFC 8460) via the
-                 HTTP API (admin key)
+  sluice tlsrpt report|send [--day D] ...   see a day's SMTP TLS reports (RFC 8460), or send them now,
+                 via the HTTP API (admin key)
   sluice passwd  USER [--tenant T] [--sender D]...   hash a password into a users file line (SMTP AUTH)
   sluice token   keygen|issue ...   make token signing keys; sign a short-lived token locally
   sluice dkim    keygen --domain D --selector S [--algo rsa|ed25519] [--out DIR]   make a DKIM key; print its TXT record

@@ -15,14 +15,17 @@ import (
 
 const tlsrptUsage = `Usage:
   sluice tlsrpt report [--day YYYY-MM-DD] [--domain DOMAIN] [--json] [flags]
+  sluice tlsrpt send   [--day YYYY-MM-DD] [flags]
 
 Prints the SMTP TLS reports (RFC 8460) of a running node for a UTC day, as
 they stand, through its HTTP API (/v1/admin/tls-reports) with an API key
 that has the admin scope: one line per policy domain and policy type
 (successful and failed sessions, failure result types), or with --json
 the API's answer, whose reports are in the RFC's JSON format, exactly as
-they are (or will be) sent. --day defaults to yesterday (UTC); today's
-counts are partial. See docs/tls-reporting.md. Exit status 0 on success,
+they are (or will be) sent. send delivers the day's reports not delivered
+yet to each domain's rua now (/v1/admin/tls-reports/send), as the daily
+schedule does at send_at for the day before. --day defaults to yesterday
+(UTC); today's counts are partial. See docs/tls-reporting.md. Exit status 0 on success,
 1 when the API refused or failed, 2 on a usage error.
 
 Flags:
@@ -44,8 +47,11 @@ func runTLSRPT(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "sluice tlsrpt %s: "+format+"\n", append([]any{sub}, a...)...)
 		return 2
 	}
-	if sub != "report" {
-		return usageErr("unknown subcommand (want report)")
+	if sub != "report" && sub != "send" {
+		return usageErr("unknown subcommand (want report or send)")
+	}
+	if sub == "send" && (*domain != "" || *asJSON) {
+		return usageErr("--domain and --json are report's flags")
 	}
 	if len(pos) > 0 {
 		return usageErr("unexpected arguments %q", pos)
@@ -67,6 +73,22 @@ func runTLSRPT(args []string, stdout, stderr io.Writer) int {
 	}
 	if *domain != "" {
 		q.Set("domain", *domain)
+	}
+	if sub == "send" {
+		ans, code := c.do(stderr, sub, http.MethodPost, "/v1/admin/tls-reports/send", q, nil)
+		if code != 0 {
+			return code
+		}
+		var a struct {
+			Day  string `json:"day"`
+			Sent int    `json:"sent"`
+		}
+		if err := json.Unmarshal(ans, &a); err != nil {
+			fmt.Fprintf(stderr, "sluice tlsrpt send: unreadable answer: %v\n", err)
+			return 1
+		}
+		fmt.Fprintf(stdout, "%d report(s) for %s sent\n", a.Sent, a.Day)
+		return 0
 	}
 	ans, code := c.do(stderr, sub, http.MethodGet, "/v1/admin/tls-reports", q, nil)
 	if code != 0 {

@@ -318,7 +318,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		if s.method(w, r, http.MethodGet) {
 			s.adminMessages(w, r)
 		}
-	case p == tlsReportsPath:
+	case p == tlsReportsPath || p == tlsReportsPath+"/send":
 		s.tlsReportsAPI(w, r)
 	case p == suppressionsPath || strings.HasPrefix(p, suppressionsPath+"/"):
 		s.suppressions(w, r)

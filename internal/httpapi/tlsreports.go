@@ -1,6 +1,7 @@
 package httpapi
 
 import (
+	"context"
 	"net/http"
 	"net/url"
 	"strings"
@@ -11,7 +12,8 @@ import (
 )
 
 // tlsReportsPath serves the node's TLS reports (RFC 8460) as they stand:
-// GET ?day=YYYY-MM-DD[&domain=D]. Scope: admin.
+// GET ?day=YYYY-MM-DD[&domain=D]; POST tlsReportsPath+"/send?day=D"
+// sends that day's reports now. Scope: admin.
 const tlsReportsPath = "/v1/admin/tls-reports"
 
 // TLSReports is what the TLS reports endpoint reads: the node's
@@ -24,6 +26,9 @@ type TLSReports interface {
 	Report(day, domain string) (*tlsrpt.Report, error)
 	// Sent reports whether day's report for domain was delivered.
 	Sent(day, domain string) bool
+	// Send delivers day's reports not delivered yet to their rua now
+	// and returns how many went out (tlsrpt.Reporter.SendDay).
+	Send(ctx context.Context, day string) (int, error)
 }
 
 type tlsReportsHolder struct{ r TLSReports }
@@ -45,7 +50,8 @@ type tlsReportEntry struct {
 }
 
 func (s *Server) tlsReportsAPI(w http.ResponseWriter, r *http.Request) {
-	if !s.method(w, r, http.MethodGet) {
+	send := r.URL.Path == tlsReportsPath+"/send"
+	if send && !s.method(w, r, http.MethodPost) || !send && !s.method(w, r, http.MethodGet) {
 		return
 	}
 	if _, e := s.authenticate(r, apikey.ScopeAdmin); e != nil {
@@ -58,7 +64,11 @@ func (s *Server) tlsReportsAPI(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	q := r.URL.Query()
-	if e := onlyParams(q, "day", "domain"); e != nil {
+	allowed := []string{"day", "domain"}
+	if send {
+		allowed = allowed[:1]
+	}
+	if e := onlyParams(q, allowed...); e != nil {
 		s.fail(w, e)
 		return
 	}
@@ -67,6 +77,19 @@ func (s *Server) tlsReportsAPI(w http.ResponseWriter, r *http.Request) {
 		day = s.now().UTC().AddDate(0, 0, -1).Format(time.DateOnly)
 	} else if _, err := tlsrpt.Day(day); err != nil {
 		s.fail(w, badField("day", "day must be a UTC date YYYY-MM-DD, got %q", day))
+		return
+	}
+	if send {
+		n, err := h.r.Send(r.Context(), day)
+		if err != nil {
+			s.log.Warn("sending TLS reports", "day", day, "err", err)
+			s.fail(w, errf(http.StatusServiceUnavailable, codeUnavailable, "", "cannot send the reports now: %v", err))
+			return
+		}
+		s.writeJSON(w, http.StatusOK, struct {
+			Day  string `json:"day"`
+			Sent int    `json:"sent"`
+		}{day, n})
 		return
 	}
 	domains := h.r.Domains(day)

@@ -1,6 +1,7 @@
 package httpapi
 
 import (
+	"context"
 	"encoding/json"
 	"testing"
 	"time"
@@ -11,8 +12,9 @@ import (
 
 type recorderReports struct{ r *tlsrpt.Recorder }
 
-func (a recorderReports) Domains(day string) []string  { return a.r.Domains(day) }
-func (a recorderReports) Sent(day, domain string) bool { return a.r.Sent(day, domain) }
+func (a recorderReports) Domains(day string) []string                       { return a.r.Domains(day) }
+func (a recorderReports) Sent(day, domain string) bool                      { return a.r.Sent(day, domain) }
+func (a recorderReports) Send(ctx context.Context, day string) (int, error) { return 0, nil }
 func (a recorderReports) Report(day, domain string) (*tlsrpt.Report, error) {
 	return a.r.Report(day, domain, tlsrpt.Meta{Organization: "Relay Test", Contact: "postmaster@relay.test", Hostname: "relay.test"})
 }
@@ -65,6 +67,12 @@ func TestTLSReportsAPI(t *testing.T) {
 	}
 	if r := e.do("GET", "/v1/admin/tls-reports?dya=2026-11-29", e.adminKey, nil); r.Status != 400 || r.errorOf(t).Code != codeUnknownField {
 		t.Fatalf("unknown parameter: %d %s", r.Status, r.Body)
+	}
+	if r := e.do("POST", "/v1/admin/tls-reports/send?day=2026-11-29", e.adminKey, nil); r.Status != 200 {
+		t.Fatalf("send: %d %s", r.Status, r.Body)
+	}
+	if r := e.do("POST", "/v1/admin/tls-reports/send?domain=a.test", e.adminKey, nil); r.Status != 400 {
+		t.Fatalf("send with a domain: %d %s", r.Status, r.Body)
 	}
 	if r := e.do("GET", "/v1/admin/tls-reports", e.sendKey, nil); r.Status != 403 {
 		t.Fatalf("send key: %d %s", r.Status, r.Body)

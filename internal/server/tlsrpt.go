@@ -107,6 +107,9 @@ type tlsReportsAPI struct{ t *tlsReporting }
 
 func (a tlsReportsAPI) Domains(day string) []string  { return a.t.rec.Domains(day) }
 func (a tlsReportsAPI) Sent(day, domain string) bool { return a.t.rec.Sent(day, domain) }
+func (a tlsReportsAPI) Send(ctx context.Context, day string) (int, error) {
+	return a.t.reporter.SendDay(ctx, day)
+}
 func (a tlsReportsAPI) Report(day, domain string) (*tlsrpt.Report, error) {
 	return a.t.rec.Report(day, domain, a.t.reporter.Meta)
 }
