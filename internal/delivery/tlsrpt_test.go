@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
-	"net"
 	"net/http"
 	"slices"
 	"testing"
@@ -35,38 +34,23 @@ func TestTLSReportDay(t *testing.T) {
 	roots.AddCert(wrong.Leaf)
 	e.D.TLSConfig = &tls.Config{RootCAs: roots}
 
-	policy := func(mode, mx string) string {
-		return "version: STSv1\nmode: " + mode + "\nmx: " + mx + "\nmax_age: 86400\n"
-	}
-	servers := map[string]*ststest.Server{}
-	for domain, body := range map[string]string{
+	policy := stsPolicy
+	servers := serveSTS(t, e, roots, map[string]string{
 		"good.test":    policy("enforce", "mx.good.test"),
 		"mixed.test":   policy("enforce", "*.mixed.test"),
 		"nomatch.test": policy("enforce", "mx.elsewhere.test"),
 		"testing.test": policy("testing", "mx.testing.test"),
 		"broken.test":  "",
-	} {
-		servers["mta-sts."+domain] = ststest.StartServer(t, body, "mta-sts."+domain)
-		roots.AddCert(servers["mta-sts."+domain].Cert.Leaf)
-		e.DNS.AddTXT("_mta-sts."+domain, "v=STSv1; id=1")
-	}
+	})
 	servers["mta-sts.broken.test"].Set("", http.StatusNotFound)
 	// mixed.test: a host with a certificate for another name (preferred)
-	// and one without STARTTLS, then a good one.
+	// and one without STARTTLS.
 	e.DNS.AddMX("mixed.test", 10, "a.mixed.test")
 	e.DNS.AddMX("mixed.test", 20, "b.mixed.test")
 	e.DNS.AddA("a.mixed.test", "127.0.0.3")
 	e.DNS.AddA("b.mixed.test", "127.0.0.4")
-	for domain, ip := range map[string]string{"good.test": "127.0.0.2", "nomatch.test": "127.0.0.2",
-		"testing.test": "127.0.0.3", "nopolicy.test": "127.0.0.2", "broken.test": "127.0.0.2"} {
-		e.DNS.AddMX(domain, 10, "mx."+domain)
-		e.DNS.AddA("mx."+domain, ip)
-	}
-	e.D.MTASTS = &mtasts.Cache{Resolver: e.D.Resolver, RootCAs: roots,
-		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
-			host, _, _ := net.SplitHostPort(addr)
-			return servers[host].Dial(ctx, network, addr)
-		}}
+	addMX(e, map[string]string{"good.test": "127.0.0.2", "nomatch.test": "127.0.0.2",
+		"testing.test": "127.0.0.3", "nopolicy.test": "127.0.0.2", "broken.test": "127.0.0.2"})
 	day := time.Date(2026, 11, 29, 12, 0, 0, 0, time.UTC)
 	rec := tlsrpt.NewRecorder(tlsrpt.Options{Now: func() time.Time { return day }})
 	e.D.TLSReport = func(s tlsrpt.Session) { s.Time = day; rec.Record(s) }

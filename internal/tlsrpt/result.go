@@ -34,13 +34,9 @@ func ResultOf(err error) string {
 // sts-policy-invalid, anything else (HTTP status, timeout, DNS)
 // sts-policy-fetch-error.
 func FetchResult(err error) string {
-	var (
-		host    x509.HostnameError
-		unknown x509.UnknownAuthorityError
-		invalid x509.CertificateInvalidError
-	)
+	var invalid x509.CertificateInvalidError
 	switch {
-	case errors.As(err, &host), errors.As(err, &unknown), errors.As(err, &invalid):
+	case ResultOf(err) != ResultValidationFailure, errors.As(err, &invalid):
 		return ResultSTSWebPKIInvalid
 	case strings.HasPrefix(err.Error(), "mta-sts policy:"), strings.HasPrefix(err.Error(), "mta-sts TXT record:"):
 		return ResultSTSPolicyInvalid
