@@ -2,28 +2,17 @@ package delivery_test
 
 import (
 	"context"
-	"crypto/tls"
-	"crypto/x509"
 	"strings"
 	"testing"
 
-	"github.com/sluice-mta/sluice/internal/testutil"
 	"github.com/sluice-mta/sluice/pipeline"
 )
 
 // TestMTASTS delivers to sinks with and without valid certificates under
 // MTA-STS policies served over HTTPS on loopback.
 func TestMTASTS(t *testing.T) {
-	good := testutil.SelfSignedCert(t, "mx.good.test", "mx.stale.test")
-	wrong := testutil.SelfSignedCert(t, "other.test")
-	goodSink := newSink(t, testutil.SinkOptions{IP: "127.0.0.2", TLS: good.TLS})
-	wrongSink := newSink(t, testutil.SinkOptions{IP: "127.0.0.3", Port: goodSink.Port, TLS: wrong.TLS})
-	plainSink := newSink(t, testutil.SinkOptions{IP: "127.0.0.4", Port: goodSink.Port})
-	e := newEnv(t, goodSink.Port)
-	roots := x509.NewCertPool()
-	roots.AddCert(good.Leaf)
-	roots.AddCert(wrong.Leaf)
-	e.D.TLSConfig = &tls.Config{RootCAs: roots}
+	ss := newSTSSinks(t, "mx.good.test", "mx.stale.test")
+	e, roots, goodSink, wrongSink, plainSink := ss.e, ss.roots, ss.good, ss.wrong, ss.plain
 
 	policy := stsPolicy
 	servers := serveSTS(t, e, roots, map[string]string{

@@ -2,12 +2,14 @@ package delivery_test
 
 import (
 	"context"
+	"crypto/tls"
 	"crypto/x509"
 	"net"
 	"testing"
 
 	"github.com/sluice-mta/sluice/internal/mtasts"
 	"github.com/sluice-mta/sluice/internal/mtasts/ststest"
+	"github.com/sluice-mta/sluice/internal/testutil"
 )
 
 // stsPolicy is an MTA-STS policy body with one mx pattern.
@@ -41,4 +43,30 @@ func addMX(e *env, ips map[string]string) {
 		e.DNS.AddMX(domain, 10, "mx."+domain)
 		e.DNS.AddA("mx."+domain, ip)
 	}
+}
+
+// stsSinks are three sinks on one port and an env whose Dialer trusts
+// their certificates: good (127.0.0.2) has a certificate for the names
+// newSTSSinks got, wrong (127.0.0.3) one for other.test, plain
+// (127.0.0.4) offers no STARTTLS. roots is the Dialer's pool (serveSTS
+// adds the policy servers' certificates to it).
+type stsSinks struct {
+	e                  *env
+	roots              *x509.CertPool
+	good, wrong, plain *testutil.Sink
+}
+
+func newSTSSinks(t *testing.T, goodNames ...string) *stsSinks {
+	t.Helper()
+	good := testutil.SelfSignedCert(t, goodNames...)
+	wrong := testutil.SelfSignedCert(t, "other.test")
+	s := &stsSinks{roots: x509.NewCertPool()}
+	s.good = newSink(t, testutil.SinkOptions{IP: "127.0.0.2", TLS: good.TLS})
+	s.wrong = newSink(t, testutil.SinkOptions{IP: "127.0.0.3", Port: s.good.Port, TLS: wrong.TLS})
+	s.plain = newSink(t, testutil.SinkOptions{IP: "127.0.0.4", Port: s.good.Port})
+	s.e = newEnv(t, s.good.Port)
+	s.roots.AddCert(good.Leaf)
+	s.roots.AddCert(wrong.Leaf)
+	s.e.D.TLSConfig = &tls.Config{RootCAs: s.roots}
+	return s
 }

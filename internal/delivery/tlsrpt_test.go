@@ -3,7 +3,6 @@ package delivery_test
 import (
 	"context"
 	"crypto/tls"
-	"crypto/x509"
 	"net/http"
 	"slices"
 	"testing"
@@ -23,16 +22,8 @@ import (
 // checks each domain's aggregate report: counts, result types, and the
 // RFC 8460 schema.
 func TestTLSReportDay(t *testing.T) {
-	good := testutil.SelfSignedCert(t, "mx.good.test", "mx.nopolicy.test")
-	wrong := testutil.SelfSignedCert(t, "other.test")
-	goodSink := newSink(t, testutil.SinkOptions{IP: "127.0.0.2", TLS: good.TLS})
-	wrongSink := newSink(t, testutil.SinkOptions{IP: "127.0.0.3", Port: goodSink.Port, TLS: wrong.TLS})
-	newSink(t, testutil.SinkOptions{IP: "127.0.0.4", Port: goodSink.Port}) // no STARTTLS
-	e := newEnv(t, goodSink.Port)
-	roots := x509.NewCertPool()
-	roots.AddCert(good.Leaf)
-	roots.AddCert(wrong.Leaf)
-	e.D.TLSConfig = &tls.Config{RootCAs: roots}
+	ss := newSTSSinks(t, "mx.good.test", "mx.nopolicy.test")
+	e, roots, wrongSink := ss.e, ss.roots, ss.wrong
 
 	policy := stsPolicy
 	servers := serveSTS(t, e, roots, map[string]string{
