@@ -47,6 +47,10 @@ func record(r *tlsrpt.Recorder) {
 	r.Record(tlsrpt.Session{Time: day, Domain: "example.test", Type: tlsrpt.PolicyNotFound, MXHost: "mx.example.test"})
 }
 
+func openSpoolB(b *testing.B) (*spool.Spool, error) {
+	return spool.Open(b.TempDir(), spool.Options{})
+}
+
 func openSpool(t *testing.T, dir string) *spool.Spool {
 	t.Helper()
 	sp, err := spool.Open(dir, spool.Options{})
