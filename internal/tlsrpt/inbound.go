@@ -158,7 +158,9 @@ type Inbound struct {
 // first recipient.
 func (in *Inbound) Inspect(msg *pipeline.Message) *pipeline.Event {
 	ct := msg.Header.Get("Content-Type")
-	if !in.addressed(msg) && !looksLikeReport(ct) {
+	// Most mail is neither addressed to us nor typed as a report: two
+	// cheap checks before any parsing.
+	if !in.addressed(msg) && (!containsFold(ct, "tlsrpt") || !looksLikeReport(ct)) {
 		return nil
 	}
 	rep, err := ParseMessage(ct, msg.Header.Get("Content-Transfer-Encoding"), msg.Body)
@@ -210,4 +212,15 @@ func looksLikeReport(ct string) bool {
 		return false
 	}
 	return mt == MediaType || mt == MediaTypeJSON || mt == "multipart/report" && strings.EqualFold(params["report-type"], "tlsrpt")
+}
+
+// containsFold reports whether s contains sub (ASCII, lower case) in
+// any case.
+func containsFold(s, sub string) bool {
+	for i := 0; i+len(sub) <= len(s); i++ {
+		if strings.EqualFold(s[i:i+len(sub)], sub) {
+			return true
+		}
+	}
+	return false
 }

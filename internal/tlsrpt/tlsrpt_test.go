@@ -335,3 +335,43 @@ func TestParseTXT(t *testing.T) {
 		}
 	}
 }
+
+// TestReporterRun starts the daily schedule at 01:30 UTC (past send_at):
+// the previous day's report goes out at once, to an https: rua.
+func TestReporterRun(t *testing.T) {
+	got := make(chan []byte, 1)
+	srv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		got <- b
+	}))
+	defer srv.Close()
+	dns := dnstest.NewServer(t)
+	res, err := dnsx.New(dnsx.Options{Server: dns.Addr(), Timeout: 2 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dns.AddTXT("_smtp._tls.example.test", "v=TLSRPTv1; rua="+srv.URL+"/r")
+	r := tlsrpt.NewRecorder(tlsrpt.Options{})
+	record(r)
+	p := &tlsrpt.Reporter{Recorder: r, Meta: meta, SendAt: time.Hour,
+		Now:    func() time.Time { return time.Date(2026, 11, 30, 1, 30, 0, 0, time.UTC) },
+		Sender: &tlsrpt.Sender{Resolver: res, Client: srv.Client(), Submitter: "mx.sluice.test"}}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { p.Run(ctx); close(done) }()
+	js := gunzip(t, <-got)
+	// The mark follows the POST's answer.
+	for deadline := time.Now().Add(10 * time.Second); !r.Sent("2026-11-29", "example.test") && time.Now().Before(deadline); {
+		time.Sleep(5 * time.Millisecond)
+	}
+	cancel()
+	<-done
+	tlsrpttest.Validate(t, js)
+	var rep tlsrpt.Report
+	if err := json.Unmarshal(js, &rep); err != nil || rep.DateRange.Start != time.Date(2026, 11, 29, 0, 0, 0, 0, time.UTC) {
+		t.Fatalf("report %s (%v)", js, err)
+	}
+	if !r.Sent("2026-11-29", "example.test") {
+		t.Fatal("not marked sent")
+	}
+}
