@@ -4,7 +4,11 @@ import (
 	"bytes"
 	"compress/gzip"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
+	"errors"
+	"fmt"
 	"io"
 	"mime"
 	"mime/multipart"
@@ -373,5 +377,29 @@ func TestReporterRun(t *testing.T) {
 	}
 	if !r.Sent("2026-11-29", "example.test") {
 		t.Fatal("not marked sent")
+	}
+}
+
+// TestResultOf maps verification errors (as crypto/tls wraps them) to
+// result types.
+func TestResultOf(t *testing.T) {
+	wrap := func(err error) error { return fmt.Errorf("handshake: %w", &tls.CertificateVerificationError{Err: err}) }
+	for _, c := range []struct {
+		err       error
+		want, sts string
+	}{
+		{wrap(x509.HostnameError{Host: "mx.test"}), tlsrpt.ResultCertHostMismatch, tlsrpt.ResultSTSWebPKIInvalid},
+		{wrap(x509.CertificateInvalidError{Reason: x509.Expired}), tlsrpt.ResultCertExpired, tlsrpt.ResultSTSWebPKIInvalid},
+		{wrap(x509.UnknownAuthorityError{}), tlsrpt.ResultCertNotTrusted, tlsrpt.ResultSTSWebPKIInvalid},
+		{wrap(x509.CertificateInvalidError{Reason: x509.NotAuthorizedToSign}), tlsrpt.ResultValidationFailure, tlsrpt.ResultSTSWebPKIInvalid},
+		{errors.New("mta-sts policy: version \"\", want STSv1"), tlsrpt.ResultValidationFailure, tlsrpt.ResultSTSPolicyInvalid},
+		{errors.New("mta-sts policy fetch: https://mta-sts.x.test/.well-known/mta-sts.txt: HTTP status 404"), tlsrpt.ResultValidationFailure, tlsrpt.ResultSTSPolicyFetchError},
+	} {
+		if got := tlsrpt.ResultOf(c.err); got != c.want {
+			t.Errorf("ResultOf(%v) = %s, want %s", c.err, got, c.want)
+		}
+		if got := tlsrpt.FetchResult(c.err); got != c.sts {
+			t.Errorf("FetchResult(%v) = %s, want %s", c.err, got, c.sts)
+		}
 	}
 }
