@@ -74,7 +74,7 @@ const (
 	// joins the tenant's suppression list.
 	EventComplained = "complained"
 	// A TLS report (RFC 8460) another MTA sent us was received
-	// (docs/tls-reporting.md#inbound): metadata carries its organization,
+	// (docs/tls-reporting.md#inbound-reports): metadata carries its organization,
 	// report_id, policy_domains and the successful and failed session
 	// counts.
 	EventTLSReport = "tls_report"

@@ -34,19 +34,21 @@ type Config struct {
 	Delivery     Delivery
 	Events       Events
 	Bounces      Bounces
-	Suppression  Suppression   // sluice.suppression (suppression.go)
-	Domains      Domains       // sluice.domains (domains.go)
-	DNSServer    *DNSServer    // sluice.dns_server (dnsserver.go); nil: not configured
-	DKIMRotation DKIMRotation  // sluice.dkim_rotation (dnsserver.go)
-	Auth         Auth          // sluice.auth (auth.go)
-	Tokens       Tokens        // sluice.tokens (tokens.go)
-	Redis        *Redis        // sluice.redis (redis.go); nil: not configured
-	Shaping      *Shaping      // sluice.shaping (shaping.go); nil: not configured
-	Egress       *Egress       // sluice.egress (shaping.go); nil: not configured
-	Logging      Logging       // sluice.logging (logging.go)
-	Tracking     *Tracking     // sluice.tracking (tracking.go); nil: not configured
-	Sandbox      *Sandbox      // sluice.sandbox (sandbox.go); nil: not configured
-	TLSReporting *TLSReporting // sluice.tls_reporting (tlsreporting.go); nil: not configured
+	Suppression  Suppression  // sluice.suppression (suppression.go)
+	Domains      Domains      // sluice.domains (domains.go)
+	DNSServer    *DNSServer   // sluice.dns_server (dnsserver.go); nil: not configured
+	DKIMRotation DKIMRotation // sluice.dkim_rotation (dnsserver.go)
+	Auth         Auth         // sluice.auth (auth.go)
+	Tokens       Tokens       // sluice.tokens (tokens.go)
+	Redis        *Redis       // sluice.redis (redis.go); nil: not configured
+	Shaping      *Shaping     // sluice.shaping (shaping.go); nil: not configured
+	Egress       *Egress      // sluice.egress (shaping.go); nil: not configured
+	Logging      Logging      // sluice.logging (logging.go)
+	Tracking     *Tracking    // sluice.tracking (tracking.go); nil: not configured
+	Sandbox      *Sandbox     // sluice.sandbox (sandbox.go); nil: not configured
+	// TLSReporting is sluice.tls_reporting (tlsreporting.go); nil: not
+	// configured.
+	TLSReporting *TLSReporting
 	Lua          Lua
 	Stages       []StageSpec
 	StageTimeout time.Duration // bound on each stage call; default 30s
