@@ -73,6 +73,11 @@ const (
 	// sandbox's simulated recipient (docs/sandbox.md). The recipient
 	// joins the tenant's suppression list.
 	EventComplained = "complained"
+	// A TLS report (RFC 8460) another MTA sent us was received
+	// (docs/tls-reporting.md#inbound-reports): metadata carries its organization,
+	// report_id, policy_domains and the successful and failed session
+	// counts.
+	EventTLSReport = "tls_report"
 )
 
 // EventTypes lists every event type, in the order above.
@@ -84,7 +89,7 @@ var EventTypes = []string{EventReceived, EventRejected, EventDeferred, EventDeli
 	EventQueuePaused, EventQueueResumed, EventQueueRetried,
 	EventQueueBounced, EventQueueCancelled, EventQueueHeld, EventQueueReleased,
 	EventOpened, EventClicked, EventUnsubscribed,
-	EventSandboxDropped, EventComplained}
+	EventSandboxDropped, EventComplained, EventTLSReport}
 
 // EventSchema is the version in every event's "schema" field.
 const EventSchema = 1

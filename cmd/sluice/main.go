@@ -37,6 +37,8 @@ Usage:
   sluice suppression list|add|remove ...   manage the tenant's suppression list via the HTTP API
   sluice queue   [list|show|retry|flush|bounce|cancel|hold|release|pause|resume ...]   see and steer the
                  delivery queues via the HTTP API (admin key); no subcommand: a mailq-style listing
+  sluice tlsrpt report|send [--day D] ...   see a day's SMTP TLS reports (RFC 8460), or send them now,
+                 via the HTTP API (admin key)
   sluice passwd  USER [--tenant T] [--sender D]...   hash a password into a users file line (SMTP AUTH)
   sluice token   keygen|issue ...   make token signing keys; sign a short-lived token locally
   sluice dkim    keygen --domain D --selector S [--algo rsa|ed25519] [--out DIR]   make a DKIM key; print its TXT record
@@ -89,6 +91,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return runSuppression(args[1:], stdout, stderr)
 	case "queue":
 		return runQueue(args[1:], stdout, stderr)
+	case "tlsrpt":
+		return runTLSRPT(args[1:], stdout, stderr)
 	case "passwd":
 		return runPasswd(args[1:], stdout, stderr)
 	case "token":

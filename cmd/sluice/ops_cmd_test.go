@@ -23,6 +23,7 @@ func TestTopUsageNamesSubcommands(t *testing.T) {
 	for _, want := range []string{
 		"sluice domain  add|show|verify|list|remove|rotate ",
 		"sluice dns     records|check|apply ",
+		"sluice tlsrpt report|send ",
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("sluice help does not list %q:\n%s", want, out)
@@ -39,6 +40,7 @@ func TestHelpExitsZero(t *testing.T) {
 		{"dkim"}, {"dkim", "keygen"},
 		{"dns"}, {"dns", "records"}, {"dns", "check"}, {"dns", "apply"},
 		{"domain"}, {"domain", "add"}, {"domain", "show"}, {"domain", "verify"}, {"domain", "list"}, {"domain", "remove"}, {"domain", "rotate"},
+		{"tlsrpt"}, {"tlsrpt", "report"}, {"tlsrpt", "send"},
 	}
 	for _, cmd := range commands {
 		forms := []string{"-h", "--help"}

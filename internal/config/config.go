@@ -46,6 +46,9 @@ type Config struct {
 	Logging      Logging      // sluice.logging (logging.go)
 	Tracking     *Tracking    // sluice.tracking (tracking.go); nil: not configured
 	Sandbox      *Sandbox     // sluice.sandbox (sandbox.go); nil: not configured
+	// TLSReporting is sluice.tls_reporting (tlsreporting.go); nil: not
+	// configured.
+	TLSReporting *TLSReporting
 	Lua          Lua
 	Stages       []StageSpec
 	StageTimeout time.Duration // bound on each stage call; default 30s

@@ -28,6 +28,7 @@ var FuncNames = []string{
 	"events", "lua_options", "stage_timeout", "stage", "lua", "builtin", "plugin",
 	"env", "read_file", "bounces", "suppression", "auth", "tokens", "redis", "shaping", "egress",
 	"domains", "dns_server", "dkim_rotation", "logging", "tracking", "sandbox",
+	"tls_reporting",
 }
 
 // loader records the configuration functions' calls into a Config.
@@ -69,6 +70,7 @@ func (ld *loader) install() {
 	set("logging", ld.logging)
 	set("tracking", ld.tracking)
 	set("sandbox", ld.sandbox)
+	set("tls_reporting", ld.tlsReporting)
 	set("lua_options", ld.luaOptions)
 	set("stage_timeout", ld.stageTimeout)
 	set("stage", ld.stage)

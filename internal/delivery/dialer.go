@@ -1,6 +1,7 @@
 package delivery
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -18,6 +19,7 @@ import (
 	"github.com/sluice-mta/sluice/internal/config"
 	"github.com/sluice-mta/sluice/internal/dnsx"
 	"github.com/sluice-mta/sluice/internal/mtasts"
+	"github.com/sluice-mta/sluice/internal/tlsrpt"
 	"github.com/sluice-mta/sluice/pipeline"
 )
 
@@ -72,6 +74,17 @@ type Dialer struct {
 	// resolver); otherwise no answer is authenticated and DANE never
 	// applies.
 	DANE bool
+	// TLSReport, when set, is called with the outcome of each TLS policy
+	// evaluation of a Dial (RFC 8460 sessions, for internal/tlsrpt), for
+	// MX routes whose TLS policy is not none and recipient domains that
+	// are names: each connection attempt under an MTA-STS or DANE policy that
+	// got past the greeting (success, or the TLS failure that ended it),
+	// each session established without a policy (no-policy-found), a
+	// policy that could not be fetched (once per Dial), and an enforce
+	// policy no MX host matches. Connection failures before TLS are not
+	// policy evaluations and are not reported. It is called from the
+	// Dial's goroutine and must not block.
+	TLSReport func(tlsrpt.Session)
 }
 
 // tlsMTASTS is the policy of an attempt under an MTA-STS policy in
@@ -286,6 +299,10 @@ type Egress struct {
 	// policy and DANE are not applied (delivery as for a domain without
 	// either); the route's own TLS policy still is.
 	IgnoreTLSPolicy bool
+
+	// local is the local address of the Dial's latest connection (set by
+	// connect on DialFrom's copy), for TLS reports of failed attempts.
+	local net.Addr
 }
 
 // DialFrom is Dial from an egress source (see Egress), with the same
@@ -304,9 +321,12 @@ func (d *Dialer) DialFrom(ctx context.Context, route *pipeline.Route, domain str
 	if err != nil {
 		return nil, err
 	}
-	var sts *mtasts.Policy
+	var (
+		sts *mtasts.Policy
+		rep *tlsReporter
+	)
 	if !eg.IgnoreTLSPolicy || eg.RequireTLS {
-		sts = d.stsPolicy(ctx, route, domain, policy)
+		sts, rep = d.stsPolicy(ctx, route, domain, policy)
 	}
 	if sts != nil && sts.Mode == mtasts.ModeEnforce {
 		first := ""
@@ -315,6 +335,7 @@ func (d *Dialer) DialFrom(ctx context.Context, route *pipeline.Route, domain str
 		}
 		targets = slices.DeleteFunc(targets, func(t target) bool { return !sts.Match(t.host) })
 		if len(targets) == 0 {
+			rep.fail(first, "", "", resultValidation, "no MX host matches the MTA-STS policy")
 			return nil, &tlsFailure{result: resultValidation, policy: tlsMTASTS, host: first, err: pipeline.Errorf(451, pipeline.EnhancedCode{4, 7, 5},
 				"MTA-STS (enforce): no MX host of %s matches its policy (id %s)", strings.ToLower(strings.TrimSuffix(domain, ".")), sts.ID)}
 		}
@@ -342,6 +363,7 @@ outer:
 		}
 		tpolicy, st, err := d.hostPolicy(ctx, tr, t, secure, policy, domain, port)
 		if err != nil {
+			rep.at(tpolicy, st).failed(t.host, "", nil, err)
 			attempts = append(attempts, Attempt{Host: t.host, Err: err})
 			continue
 		}
@@ -359,11 +381,13 @@ outer:
 			}
 			if err == nil {
 				if sts != nil && sts.Mode == mtasts.ModeTesting && tpolicy != tlsDANE {
-					s.remote.MTASTSFailure, s.remote.TLSFailure = stsTestingFailure(sts, t.host, s.remote)
+					s.remote.MTASTSFailure, s.remote.TLSFailure = stsTestingFailure(sts, t.host, s)
 				}
+				rep.at(tpolicy, st).session(t.host, s)
 				return s, nil
 			}
 			err = policyFailure(err, tpolicy, t.host, ip.String())
+			rep.at(tpolicy, st).failed(t.host, ip.String(), eg.local, err)
 			attempts = append(attempts, Attempt{Host: t.host, IP: ip.String(), Err: err})
 			if d.Logger != nil {
 				d.Logger.Debug("delivery attempt failed", "domain", domain, "route", route.Kind,
@@ -378,35 +402,120 @@ outer:
 }
 
 // stsPolicy is the MTA-STS policy that applies to a Dial, or nil (see
-// Dial).
-func (d *Dialer) stsPolicy(ctx context.Context, route *pipeline.Route, domain, policy string) *mtasts.Policy {
-	if d.MTASTS == nil || route.Kind != pipeline.RouteMX || policy == pipeline.TLSNone {
-		return nil
+// Dial), and the Dial's TLS reporter (nil when Dialer.TLSReport is not
+// set or no policy is evaluated).
+func (d *Dialer) stsPolicy(ctx context.Context, route *pipeline.Route, domain, policy string) (*mtasts.Policy, *tlsReporter) {
+	return d.stsPolicyReport(ctx, route, domain, policy, d.TLSReport)
+}
+
+// stsPolicyReport is stsPolicy reporting to report (nil: no reports, as
+// for TLSPlan).
+func (d *Dialer) stsPolicyReport(ctx context.Context, route *pipeline.Route, domain, policy string, report func(tlsrpt.Session)) (*mtasts.Policy, *tlsReporter) {
+	if route.Kind != pipeline.RouteMX || policy == pipeline.TLSNone {
+		return nil, nil
 	}
 	if _, lit := parseLiteral(domain); lit {
-		return nil
+		return nil, nil
+	}
+	var rep *tlsReporter
+	if report != nil {
+		rep = &tlsReporter{f: report, base: tlsrpt.Session{Domain: domain, Type: tlsrpt.PolicyNotFound}}
+	}
+	if d.MTASTS == nil {
+		return nil, rep
 	}
 	p, err := d.MTASTS.Get(ctx, domain)
 	if err != nil && d.Logger != nil {
 		d.Logger.Warn("MTA-STS policy lookup failed", "domain", domain, "cached", p != nil, "err", err)
 	}
-	if p == nil || p.Mode == mtasts.ModeNone {
-		return nil
+	if p == nil && err != nil && rep != nil {
+		rep.base.Type = tlsrpt.PolicySTS
+		rep.fail("", "", "", tlsrpt.FetchResult(err), "")
+		return nil, nil // the Dial goes on without a policy; its sessions are not counted again
 	}
-	return p
+	if p == nil || p.Mode == mtasts.ModeNone {
+		return nil, rep
+	}
+	if rep != nil {
+		rep.base.Type, rep.base.Policy, rep.base.PolicyMX = tlsrpt.PolicySTS, tlsrpt.PolicyString(p), p.MX
+	}
+	return p, rep
+}
+
+// tlsReporter reports the TLS policy sessions of one Dial
+// (Dialer.TLSReport). Its methods do nothing on a nil receiver.
+type tlsReporter struct {
+	f    func(tlsrpt.Session)
+	base tlsrpt.Session // domain and policy
+}
+
+// fail reports one session (result "" is a success).
+func (r *tlsReporter) fail(host, ip, local, result, detail string) {
+	if r == nil {
+		return
+	}
+	s := r.base
+	s.MXHost, s.ReceivingIP, s.SendingIP, s.Result, s.Detail = host, ip, local, result, detail
+	r.f(s)
+}
+
+// session reports an established session: a success, or the failure an
+// MTA-STS policy in testing mode saw (Remote().TLSFailure).
+func (r *tlsReporter) session(host string, s *Session) {
+	if r == nil {
+		return
+	}
+	local := ""
+	if a, ok := s.raw.LocalAddr().(*net.TCPAddr); ok {
+		local = a.IP.String()
+	}
+	r.fail(host, s.remote.IP, local, s.remote.TLSFailure, s.remote.MTASTSFailure)
+}
+
+// at is the reporter for attempts to a host under policy tpolicy: DANE
+// (RFC 8460 policy type "tlsa", the host's TLSA records as the policy
+// string) takes precedence over the domain's MTA-STS policy.
+func (r *tlsReporter) at(tpolicy string, st *daneState) *tlsReporter {
+	if r == nil || tpolicy != tlsDANE {
+		return r
+	}
+	c := *r
+	c.base.Type, c.base.Policy, c.base.PolicyMX = tlsrpt.PolicyTLSA, nil, nil
+	if st != nil {
+		for _, t := range st.tlsa {
+			c.base.Policy = append(c.base.Policy, t.String())
+		}
+	}
+	return &c
+}
+
+// failed reports an attempt that a TLS policy check failed (err carries
+// a *tlsFailure, see policyFailure); other failures (connection refused,
+// a 4xx greeting) are not policy evaluations and are not reported.
+func (r *tlsReporter) failed(host, ip string, local net.Addr, err error) {
+	var f *tlsFailure
+	if r == nil || !errors.As(err, &f) {
+		return
+	}
+	sip := ""
+	if a, ok := local.(*net.TCPAddr); ok {
+		sip = a.IP.String()
+	}
+	r.fail(host, ip, sip, f.result, f.err.Message)
 }
 
 // stsTestingFailure says why a session to host would have failed under
 // an MTA-STS policy in enforce mode, and the RFC 8460 result type, or
 // "", "".
-func stsTestingFailure(p *mtasts.Policy, host string, r pipeline.Remote) (reason, result string) {
+func stsTestingFailure(p *mtasts.Policy, host string, s *Session) (reason, result string) {
+	r := s.remote
 	switch {
 	case !p.Match(host):
 		return fmt.Sprintf("MX host %s does not match the policy (id %s)", host, p.ID), resultValidation
 	case r.TLS == "":
 		return "no TLS", resultSTARTTLS
 	case !r.TLSValidated:
-		return "certificate not valid for " + host, resultValidation
+		return "certificate not valid for " + host, cmp.Or(tlsResult(s.verifyErr), resultValidation)
 	}
 	return "", ""
 }
@@ -735,6 +844,7 @@ func (d *Dialer) connect(ctx context.Context, host string, ip netip.Addr, port i
 		return nil, &pipeline.Error{Code: 451, Enhanced: pipeline.EnhancedCode{4, 4, 1},
 			Message: "cannot connect: " + dialReason(ctx, err), Cause: err}
 	}
+	eg.local = conn.LocalAddr()
 
 	s := newSession(conn, pipeline.Remote{Host: host, IP: ip.String()},
 		orDefault(d.Config.CommandTimeout, defaults.CommandTimeout),

@@ -2,59 +2,30 @@ package delivery_test
 
 import (
 	"context"
-	"crypto/tls"
-	"crypto/x509"
-	"net"
 	"strings"
 	"testing"
 
 	"github.com/sluice-mta/sluice/internal/delivery"
-	"github.com/sluice-mta/sluice/internal/mtasts"
-	"github.com/sluice-mta/sluice/internal/mtasts/ststest"
-	"github.com/sluice-mta/sluice/internal/testutil"
 	"github.com/sluice-mta/sluice/pipeline"
 )
 
 // TestMTASTS delivers to sinks with and without valid certificates under
 // MTA-STS policies served over HTTPS on loopback.
 func TestMTASTS(t *testing.T) {
-	good := testutil.SelfSignedCert(t, "mx.good.test", "mx.stale.test")
-	wrong := testutil.SelfSignedCert(t, "other.test")
-	goodSink := newSink(t, testutil.SinkOptions{IP: "127.0.0.2", TLS: good.TLS})
-	wrongSink := newSink(t, testutil.SinkOptions{IP: "127.0.0.3", Port: goodSink.Port, TLS: wrong.TLS})
-	plainSink := newSink(t, testutil.SinkOptions{IP: "127.0.0.4", Port: goodSink.Port})
-	e := newEnv(t, goodSink.Port)
-	roots := x509.NewCertPool()
-	roots.AddCert(good.Leaf)
-	roots.AddCert(wrong.Leaf)
-	e.D.TLSConfig = &tls.Config{RootCAs: roots}
+	ss := newSTSSinks(t, "mx.good.test", "mx.stale.test")
+	e, roots, goodSink, wrongSink, plainSink := ss.e, ss.roots, ss.good, ss.wrong, ss.plain
 
-	policy := func(mode, mx string) string {
-		return "version: STSv1\nmode: " + mode + "\nmx: " + mx + "\nmax_age: 86400\n"
-	}
-	servers := map[string]*ststest.Server{}
-	for domain, body := range map[string]string{
+	policy := stsPolicy
+	servers := serveSTS(t, e, roots, map[string]string{
 		"good.test":    policy("enforce", "mx.good.test"),
 		"wrong.test":   policy("enforce", "*.wrong.test"),
 		"plain.test":   policy("enforce", "mx.plain.test"),
 		"nomatch.test": policy("enforce", "mx.elsewhere.test"),
 		"testing.test": policy("testing", "mx.testing.test"),
 		"stale.test":   policy("enforce", "mx.stale.test"),
-	} {
-		servers["mta-sts."+domain] = ststest.StartServer(t, body, "mta-sts."+domain)
-		roots.AddCert(servers["mta-sts."+domain].Cert.Leaf)
-		e.DNS.AddTXT("_mta-sts."+domain, "v=STSv1; id=1")
-	}
-	for domain, ip := range map[string]string{"good.test": "127.0.0.2", "wrong.test": "127.0.0.3",
-		"plain.test": "127.0.0.4", "nomatch.test": "127.0.0.2", "testing.test": "127.0.0.3", "stale.test": "127.0.0.3"} {
-		e.DNS.AddMX(domain, 10, "mx."+domain)
-		e.DNS.AddA("mx."+domain, ip)
-	}
-	e.D.MTASTS = &mtasts.Cache{Resolver: e.D.Resolver, RootCAs: roots,
-		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
-			host, _, _ := net.SplitHostPort(addr)
-			return servers[host].Dial(ctx, network, addr)
-		}}
+	})
+	addMX(e, map[string]string{"good.test": "127.0.0.2", "wrong.test": "127.0.0.3",
+		"plain.test": "127.0.0.4", "nomatch.test": "127.0.0.2", "testing.test": "127.0.0.3", "stale.test": "127.0.0.3"})
 	ctx := context.Background()
 	send := func(t *testing.T, domain string) pipeline.Remote {
 		t.Helper()

@@ -40,6 +40,9 @@ type Session struct {
 	broken   error // why the connection cannot be used any more
 	closed   bool
 	messages int
+	// verifyErr is why the certificate of an unverified (opportunistic)
+	// TLS session did not verify; TLS reporting classifies it.
+	verifyErr error
 }
 
 func newSession(conn net.Conn, remote pipeline.Remote, cmdTimeout, dataTimeout time.Duration) *Session {
@@ -275,7 +278,11 @@ func (s *Session) startTLS(ctx context.Context, cfg *tls.Config) error {
 	s.remote.TLSCipher = tls.CipherSuiteName(cs.CipherSuite)
 	// A VerifyConnection (DANE's TLSA match, see daneTLS) that passed
 	// validated the peer in its own way.
-	s.remote.TLSValidated = !cfg.InsecureSkipVerify || cfg.VerifyConnection != nil || verifyPeer(cs, cfg) == nil
+	s.remote.TLSValidated = true
+	if cfg.InsecureSkipVerify && cfg.VerifyConnection == nil {
+		s.verifyErr = verifyPeer(cs, cfg)
+		s.remote.TLSValidated = s.verifyErr == nil
+	}
 	s.ext = nil
 	return nil
 }

@@ -60,7 +60,7 @@ func (d *Dialer) TLSPlan(ctx context.Context, route *pipeline.Route, domain stri
 		plan.Error = err.Error()
 		return plan
 	}
-	sts := d.stsPolicy(ctx, route, domain, policy)
+	sts, _ := d.stsPolicyReport(ctx, route, domain, policy, nil)
 	if sts != nil {
 		plan.MTASTS = &STSPlan{ID: sts.ID, Mode: sts.Mode, MX: sts.MX, MaxAgeSeconds: int64(sts.MaxAge.Seconds())}
 		if sts.Mode == mtasts.ModeEnforce {

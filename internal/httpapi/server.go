@@ -103,6 +103,8 @@ type Server struct {
 
 	// domains is set by UseDomains (domains.go); nil: no domains API.
 	domains atomic.Pointer[domains.Registry]
+	// tlsReports is set by UseTLSReports (tlsreports.go); nil: 404.
+	tlsReports atomic.Pointer[tlsReportsHolder]
 	// queue is set by UseQueue (queues.go); nil: no queue control.
 	queue atomic.Pointer[queue.Queue]
 	// tracking is set by UseTracking (tracking.go); nil: no tracking hosts.
@@ -316,6 +318,8 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		if s.method(w, r, http.MethodGet) {
 			s.adminMessages(w, r)
 		}
+	case p == tlsReportsPath || p == tlsReportsPath+"/send":
+		s.tlsReportsAPI(w, r)
 	case p == suppressionsPath || strings.HasPrefix(p, suppressionsPath+"/"):
 		s.suppressions(w, r)
 	case strings.HasPrefix(p, sandboxPath+"/"):

@@ -111,6 +111,12 @@ func (r *Relay) prepare(ctx context.Context, chain *pipeline.Chain, msg *pipelin
 			Tags: msg.Tags, Meta: msg.Meta, Received: msg.Received, Size: size, Params: msg.Params,
 		}
 	}
+	if r.inspect != nil {
+		if ev := r.inspect(msg); ev != nil {
+			ev.Size = size
+			evs = append(evs, ev)
+		}
+	}
 	acc.Events = evs
 	if o.OneReply && len(refused) > 0 && msg.Sender != "" {
 		// The DSN for recipients refused at on_route enters through the

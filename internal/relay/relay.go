@@ -160,6 +160,7 @@ type Relay struct {
 	authSample   *logx.Sampler // failed authentications, per client address
 	metrics      *metrics.Node // nil: none
 	sandbox      func(c *pipeline.Conn) (string, bool)
+	inspect      func(msg *pipeline.Message) *pipeline.Event
 
 	// The gate keeps the store open while acceptances are in flight:
 	// Close refuses new ones and waits for the others.
@@ -210,6 +211,13 @@ type Options struct {
 	// recipient it accepts is routed there, whatever on_route chose
 	// (docs/sandbox.md). ok false: routes stand.
 	Sandbox func(c *pipeline.Conn) (tenant string, ok bool)
+	// Inspect, when set, sees each message the relay accepts (after
+	// on_message and on_route, discarded recipients included); an event
+	// it returns is recorded with the message, in the same write
+	// (internal/tlsrpt: a received TLS report becomes a tls_report
+	// event). It runs on the accepting goroutine: it must be cheap for
+	// ordinary mail and safe for concurrent use.
+	Inspect func(msg *pipeline.Message) *pipeline.Event
 }
 
 // New builds a Relay running p on store.
@@ -226,7 +234,8 @@ func New(p *Pipeline, store Store, o Options) *Relay {
 	r := &Relay{store: store, log: o.Logger.With("component", "relay"), hostname: o.Hostname, now: o.Now,
 		sample:       logx.NewSampler(10 * time.Second),
 		delayWarning: o.DelayWarning, supp: o.Suppressions, domains: o.Domains, admit: o.Admit,
-		users: o.Users, guard: o.Guard, authSample: logx.NewSampler(10 * time.Second), metrics: o.Metrics, sandbox: o.Sandbox}
+		users: o.Users, guard: o.Guard, authSample: logx.NewSampler(10 * time.Second), metrics: o.Metrics, sandbox: o.Sandbox,
+		inspect: o.Inspect}
 	r.pipe.Store(p)
 	return r
 }

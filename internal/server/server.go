@@ -118,6 +118,8 @@ type Server struct {
 	// tracker is the engagement tracker (sluice.tracking), shared by
 	// every pipeline and HTTP listener; nil without the section.
 	tracker *tracking.Tracker
+	// tlsrpt is TLS reporting (tlsrpt.go), built with the spool.
+	tlsrpt *tlsReporting
 }
 
 // component is one long-lived part of the node.
@@ -467,6 +469,9 @@ func (s *Server) components() []component {
 			if w := cfg.Delivery.DANEWarning(); w != "" {
 				s.log.Warn(w)
 			}
+			if s.tlsrpt, err = s.newTLSReporting(cfg, d); err != nil {
+				return err
+			}
 			bc, err := loadBounces(cfg)
 			if err != nil {
 				return err
@@ -496,7 +501,7 @@ func (s *Server) components() []component {
 			ro := relay.Options{Hostname: cfg.Hostname, Logger: s.log, DelayWarning: cfg.Delivery.DelayWarning,
 				Suppressions: s.sp, Domains: s.domains.Load(), Metrics: s.node, Admit: func() error { return s.backlog.Load().Check() },
 				Guard:   auth.NewGuard(auth.GuardOptions{Free: cfg.Auth.LockoutAfter, Base: cfg.Auth.LockoutBase, Max: cfg.Auth.LockoutMax}),
-				Sandbox: sandboxRouter(cfg)}
+				Sandbox: sandboxRouter(cfg), Inspect: s.tlsrpt.inbound.Inspect}
 			if cfg.Auth.Users != "" {
 				users, err := auth.OpenUsers(cfg.Auth.Users, s.log)
 				if err != nil {
@@ -514,6 +519,13 @@ func (s *Server) components() []component {
 			return s.registerCoreMetrics()
 		},
 		stop: func(context.Context) error {
+			if s.tlsrpt != nil && s.tlsrpt.rec != nil {
+				// The sessions of the last deliveries, before the spool
+				// closes.
+				if err := s.tlsrpt.rec.Flush(); err != nil {
+					s.log.Warn("tls reporting: saving the counts", "err", err)
+				}
+			}
 			if s.sandbox != nil {
 				if err := s.sandbox.Close(); err != nil {
 					s.log.Warn("closing the sandbox store", "err", err)
@@ -624,6 +636,17 @@ func (s *Server) components() []component {
 			return nil
 		},
 	})
+	// After the relay: it stops first, so a report being queued is not
+	// cut off by the relay closing.
+	cs = append(cs, component{name: "tls reporting",
+		start: func() error { s.tlsrpt.start(); return nil },
+		stop: func(context.Context) error {
+			if s.tlsrpt.stop != nil {
+				s.tlsrpt.stop()
+			}
+			return nil
+		},
+	})
 	if d := cfg.DNSServer; d != nil {
 		var stop func()
 		cs = append(cs, component{name: "dns " + d.Listen,
@@ -705,6 +728,9 @@ func (s *Server) components() []component {
 				srv.UseRevocations(s.revoked)
 				srv.UseDomains(s.domains.Load())
 				srv.UseQueue(s.q)
+				if s.tlsrpt.rec != nil {
+					srv.UseTLSReports(tlsReportsAPI{s.tlsrpt})
+				}
 				if s.tracker != nil {
 					srv.UseTracking(s.tracker)
 				}
