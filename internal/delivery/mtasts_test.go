@@ -71,7 +71,7 @@ func TestMTASTS(t *testing.T) {
 	}
 	t.Run("testing mode: delivered, failure recorded", func(t *testing.T) {
 		r := send(t, "testing.test")
-		if r.TLSPolicy != "opportunistic" || r.TLSValidated || !strings.Contains(r.MTASTSFailure, "certificate not valid for mx.testing.test") || r.TLSFailure != "validation-failure" {
+		if r.TLSPolicy != "opportunistic" || r.TLSValidated || !strings.Contains(r.MTASTSFailure, "certificate not valid for mx.testing.test") || r.TLSFailure != "certificate-host-mismatch" {
 			t.Fatalf("Remote() = %+v", r)
 		}
 		if n := len(wrongSink.Messages()); n != 1 {
