@@ -12,6 +12,9 @@
 # N messages. Prints sluice-bench's report and the relay's (and Redis's) CPU
 # per message.
 #
+# PROF=DIR writes each relay's CPU profile (serve -cpuprofile) to
+# DIR/MODE-ROUND.pprof, for go tool pprof.
+#
 # A/B against another build: BASE_BIN=/path/to/old/sluice and modes with a
 # "-base" suffix (MODES="redis-base redis off") run that binary with the
 # same configuration, in the same rounds.
@@ -65,7 +68,8 @@ for r in $(seq "$ROUNDS"); do
       # The stage goes before the routing stage.
       awk -v store="$store" '/^sluice.stage\("routing"/ { print "sluice.stage(\"limits\", sluice.builtin.ratelimit { store = \"" store "\", limits = {\n  { key = \"client_ip\", rate = \"100000000/hour\" },\n  { key = \"sender_domain\", rate = \"100000000/hour\" },\n  { key = \"recipient_domain\", rate = \"100000000/hour\", count = \"recipients\" },\n} })\n" } { print }' "$W/relay.lua" > "$W/r2" && mv "$W/r2" "$W/relay.lua"
     fi
-    "$bin" serve -c "$W/relay.lua" -log-level warn 2> "$W/sluice.log" &
+    prof=(); [ -n "${PROF:-}" ] && prof=(-cpuprofile "$PROF/$mode-$r.pprof")
+    "$bin" serve -c "$W/relay.lua" -log-level warn "${prof[@]}" 2> "$W/sluice.log" &
     pid=$!
     for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$PORT) 2>/dev/null && break; sleep 0.1; done
     bin/sluice-bench smtp -target 127.0.0.1:$PORT -sink 127.0.0.1:$SPORT -n 1000 -c "$SESSIONS" -size "$SIZE" > /dev/null
