@@ -161,3 +161,16 @@ func TestRedisTake(t *testing.T) {
 		t.Fatalf("%d left pending", len(s.pending))
 	}
 }
+
+// TestRedisNoChecks: a call without checks answers at once, without a
+// round trip (MGET of no keys would be an error).
+func TestRedisNoChecks(t *testing.T) {
+	s, _, cmds := redisStore(t)
+	cmds.Store(0)
+	if err := s.Check(context.Background(), nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	if n := cmds.Load(); n != 0 {
+		t.Fatalf("%d round trips for no checks", n)
+	}
+}

@@ -127,6 +127,9 @@ func NewRedis(r *pipeline.Redis) *Redis { return &Redis{r: r} }
 // Check implements pipeline.RateStore. An error (Redis unreachable, a
 // timeout, ctx ending first) leaves out undefined.
 func (s *Redis) Check(ctx context.Context, checks []pipeline.RateCheck, out []pipeline.RateResult) error {
+	if len(checks) == 0 {
+		return nil
+	}
 	res, err := s.do(ctx, s.newCall(ctx, checks))
 	if err != nil {
 		return err
