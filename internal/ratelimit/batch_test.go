@@ -136,8 +136,8 @@ func TestRedisConcurrentMixed(t *testing.T) {
 	t.Logf("%d calls in %d round trips", goroutines*each, cmds.Load())
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.busy || len(s.pending) != 0 {
-		t.Fatalf("store not idle after the calls: busy %v, %d pending", s.busy, len(s.pending))
+	if s.runners != 0 || len(s.pending) != 0 {
+		t.Fatalf("store not idle after the calls: %d runners, %d pending", s.runners, len(s.pending))
 	}
 }
 

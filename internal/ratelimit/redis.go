@@ -72,6 +72,10 @@ return res
 
 var script = redis.NewScript(gcraScript)
 
+// maxRunners is the number of batches in flight at once: a call that
+// finds fewer goes at once, the others wait and go together.
+const maxRunners = 1
+
 // maxBatchKeys bounds the keys of one script run (the calls waiting
 // beyond it go in the next): MGET takes them as Lua arguments, and one
 // run blocks the Redis server while it lasts.
@@ -98,7 +102,7 @@ type Redis struct {
 	r *pipeline.Redis
 
 	mu      sync.Mutex
-	busy    bool    // a batch is in flight, or a caller or loop is about to send one
+	runners int     // batches in flight, or callers and loops about to send one: at most maxRunners
 	pending []*call // calls waiting for the next batch
 }
 
@@ -181,29 +185,29 @@ func results(res []int64, out []pipeline.RateResult) {
 func (s *Redis) do(ctx context.Context, c *call) ([]int64, error) {
 	c.inline = s.inline(ctx)
 	s.mu.Lock()
-	if !s.busy && c.inline {
-		s.busy = true
+	if s.runners < maxRunners && c.inline {
+		s.runners++
 		s.mu.Unlock()
-		return s.lead(c, true)
+		return s.lead(c)
 	}
 	c.done = make(chan struct{}, 1)
 	s.pending = append(s.pending, c)
-	if !s.busy {
-		s.busy = true
+	if s.runners == 0 {
+		s.runners++
 		go s.loop()
 	}
 	s.mu.Unlock()
 	select {
 	case <-c.done:
 		if c.lead { // written before the signal
-			return s.lead(c, false)
+			return s.lead(c)
 		}
 		return c.res, c.err
 	case <-ctx.Done():
 		s.mu.Lock()
 		if c.lead {
 			// Handed the next batch as ctx ended: a batch goroutine
-			// runs it (and drops this call, its caller gone).
+			// runs the pending calls instead (this one is not sent).
 			go s.loop()
 		}
 		c.gone = true
@@ -212,18 +216,11 @@ func (s *Redis) do(ctx context.Context, c *call) ([]int64, error) {
 	}
 }
 
-// lead runs a batch on the caller's goroutine: c alone plus the calls
-// pending (first, c is not queued), or the pending batch handed to c (c
-// is its first call). Then it hands what is pending to the next runner.
-func (s *Redis) lead(c *call, first bool) ([]int64, error) {
+// lead runs a batch on the caller's goroutine, c (not queued) and the
+// calls pending, then hands what is pending to the next runner.
+func (s *Redis) lead(c *call) ([]int64, error) {
 	s.mu.Lock()
-	var batch []*call
-	if first {
-		batch = append(make([]*call, 0, 1+len(s.pending)), c)
-		batch = s.take(batch, len(c.keys))
-	} else {
-		batch = s.take(nil, 0)
-	}
+	batch := s.take(append(make([]*call, 0, 1+len(s.pending)), c), len(c.keys))
 	s.mu.Unlock()
 	s.run(batch)
 	s.mu.Lock()
@@ -253,19 +250,21 @@ func (s *Redis) take(batch []*call, keys int) []*call {
 	return batch
 }
 
-// next hands the pending calls to a runner, or marks the store idle. The
-// runner is the first waiting caller that may run a batch (moved to the
-// front of the queue, so it is in the batch it runs), else a batch
-// goroutine. s.mu is held.
+// next hands the pending calls to a runner, or ends this runner's turn
+// when none is pending. The runner is the first waiting caller that may
+// run a batch (taken out of the queue: it sends its call with the
+// others, see lead), else a batch goroutine. s.mu is held.
 func (s *Redis) next() {
 	if len(s.pending) == 0 {
-		s.busy = false
+		s.runners--
 		return
 	}
 	for i, p := range s.pending {
 		if p.inline && !p.gone {
-			copy(s.pending[1:i+1], s.pending[:i])
-			s.pending[0] = p
+			last := len(s.pending) - 1
+			copy(s.pending[i:], s.pending[i+1:])
+			s.pending[last] = nil
+			s.pending = s.pending[:last]
 			p.lead = true
 			signal(p)
 			return
@@ -304,7 +303,7 @@ func (s *Redis) loop() {
 		s.mu.Lock()
 		batch := s.take(nil, 0)
 		if len(batch) == 0 {
-			s.busy = false
+			s.runners--
 			s.mu.Unlock()
 			return
 		}
