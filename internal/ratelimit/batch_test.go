@@ -2,15 +2,9 @@ package ratelimit
 
 import (
 	"context"
-	"strconv"
-	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
-	"github.com/redis/go-redis/v9"
-
-	tu "github.com/sluice-mta/sluice/internal/testutil"
 	"github.com/sluice-mta/sluice/pipeline"
 )
 
@@ -82,62 +76,6 @@ func TestRedisBatchError(t *testing.T) {
 		if c.err == nil || c.res != nil {
 			t.Errorf("call %d: res %v err %v, want an error", i, c.res, c.err)
 		}
-	}
-}
-
-// TestRedisConcurrentMixed: callers that may run batches themselves (no
-// deadline) and callers that may not (a deadline before the store's
-// timeout, as a Lua hook's) share one key limited to 100 per hour: 100
-// are allowed in all, every caller gets an answer, and the calls took
-// fewer round trips than calls, in batches of at most maxBatchKeys keys.
-func TestRedisConcurrentMixed(t *testing.T) {
-	rs := tu.StartRedis(t)
-	c := redis.NewClient(&redis.Options{Addr: rs.Addr, MaxRetries: -1, Protocol: 2, DisableIdentity: true})
-	t.Cleanup(func() { c.Close() })
-	var cmds atomic.Int64
-	c.AddHook(countHook{&cmds})
-	s := NewRedis(&pipeline.Redis{Client: c, Prefix: "t:", Timeout: time.Minute})
-	r := pipeline.Rate{Limit: 100, Period: time.Hour}
-	check1(t, s, "warm", r, 1) // loads the script
-	cmds.Store(0)
-	const goroutines, each = 40, 10
-	var allowed atomic.Int64
-	var wg sync.WaitGroup
-	for g := 0; g < goroutines; g++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			ctx := context.Background()
-			if g%2 == 1 {
-				var cancel context.CancelFunc
-				ctx, cancel = context.WithTimeout(ctx, 50*time.Second) // before the store's minute
-				defer cancel()
-			}
-			out := make([]pipeline.RateResult, 2)
-			for i := 0; i < each; i++ {
-				checks := []pipeline.RateCheck{{Key: "mixed", Rate: r}, {Key: "own" + strconv.Itoa(g), Rate: r}}
-				if err := s.Check(ctx, checks, out); err != nil {
-					t.Error(err)
-					return
-				}
-				if out[0].Allowed && out[1].Allowed {
-					allowed.Add(1)
-				}
-			}
-		}()
-	}
-	wg.Wait()
-	if n := allowed.Load(); n != 100 {
-		t.Fatalf("%d allowed, want exactly 100", n)
-	}
-	if n := cmds.Load(); n >= goroutines*each {
-		t.Fatalf("%d round trips for %d calls", n, goroutines*each)
-	}
-	t.Logf("%d calls in %d round trips", goroutines*each, cmds.Load())
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.runners != 0 || len(s.pending) != 0 {
-		t.Fatalf("store not idle after the calls: %d runners, %d pending", s.runners, len(s.pending))
 	}
 }
 
