@@ -73,7 +73,9 @@ return res
 var script = redis.NewScript(gcraScript)
 
 // maxRunners is the number of batches in flight at once: a call that
-// finds fewer goes at once, the others wait and go together.
+// finds fewer goes at once, the others wait and go together. Two cost
+// as much CPU per message as one in the SMTP benchmark, with 40% more
+// round trips and no lower latency (BENCHMARKS.md, issue 18).
 const maxRunners = 1
 
 // maxBatchKeys bounds the keys of one script run (the calls waiting
@@ -81,16 +83,18 @@ const maxRunners = 1
 // run blocks the Redis server while it lasts.
 const maxBatchKeys = 256
 
-// Redis is a pipeline.RateStore on the node's Redis (sluice.redis): one
-// EVALSHA per Check whatever the number of checks. Keys are Prefix +
-// "rl:" + the check's key. Safe for concurrent use.
+// Redis is a pipeline.RateStore on the node's Redis (sluice.redis): at
+// most one EVALSHA per Check whatever the number of checks (concurrent
+// Checks share one). Keys are Prefix + "rl:" + the check's key. Safe for
+// concurrent use.
 //
 // Calls from concurrent sessions are coalesced (group commit): while one
 // batch is in flight, the calls that arrive wait and then go together as
 // one EVALSHA, one write and one read for all of them, each call still
 // all or nothing. A lone call goes at once. A batch is bounded by
 // sluice.redis's timeout, so a call waits at most for the batch in
-// flight and its own; a caller whose deadline comes first stops waiting
+// flight and its own (and, when more than maxBatchKeys keys wait, the
+// batches queued before it); a caller whose deadline comes first stops waiting
 // then (and its call is dropped if its batch has not been sent yet), so
 // a Lua hook's deadline is kept. A caller with no such deadline runs its
 // batch on its own goroutine (see do): a cancelled caller then returns
