@@ -112,3 +112,33 @@ func TestRedisNoChecks(t *testing.T) {
 		t.Fatalf("%d round trips for no checks", n)
 	}
 }
+
+// TestRedisScriptFlushed: after the server lost its scripts (a restart,
+// SCRIPT FLUSH) a batch still runs (EVAL after the NOSCRIPT reply), and
+// the script is cached again for the next one.
+func TestRedisScriptFlushed(t *testing.T) {
+	s, _, cmds := redisStore(t)
+	ctx := context.Background()
+	r := pipeline.Rate{Limit: 2, Period: time.Hour}
+	check1(t, s, "a", r, 1)
+	if err := s.r.Client.ScriptFlush(ctx).Err(); err != nil {
+		t.Fatal(err)
+	}
+	calls := []*call{s.newCall(ctx, []pipeline.RateCheck{{Key: "a", Rate: r}}), s.newCall(ctx, []pipeline.RateCheck{{Key: "a", Rate: r}})}
+	s.exec(ctx, calls)
+	out := make([]pipeline.RateResult, 1)
+	for i, c := range calls {
+		if c.err != nil {
+			t.Fatalf("call %d after SCRIPT FLUSH: %v", i, c.err)
+		}
+		results(c.res, out)
+		if out[0].Allowed != (i == 0) {
+			t.Errorf("call %d: %+v, want allowed only for the first (the second of 2)", i, out[0])
+		}
+	}
+	cmds.Store(0)
+	check1(t, s, "b", r, 1)
+	if n := cmds.Load(); n != 1 {
+		t.Errorf("the check after took %d commands, want 1 (EVALSHA of the cached script)", n)
+	}
+}
