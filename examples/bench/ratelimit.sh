@@ -9,8 +9,11 @@
 # call at RCPT TO (builds before 2026-11-30 13:00 UTC made two: MAIL FROM's
 # limits at MAIL FROM).
 # Per round: a 1,000 message warm-up, then SMTP SIZE B x SESSIONS sessions x
-# N messages. Prints sluice-bench's report and the relay's (and Redis's) CPU
-# per message.
+# N messages. Prints sluice-bench's report, the relay's (and Redis's) CPU
+# per message and the scripts Redis ran per 1,000 messages.
+#
+# PROF=DIR writes each relay's CPU profile (serve -cpuprofile) to
+# DIR/MODE-ROUND.pprof, for go tool pprof.
 #
 # A/B against another build: BASE_BIN=/path/to/old/sluice and modes with a
 # "-base" suffix (MODES="redis-base redis off") run that binary with the
@@ -49,6 +52,14 @@ if [[ " $MODES " == *" redis"* ]]; then
   for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$RPORT) 2>/dev/null && break; sleep 0.1; done
 fi
 
+# Scripts Redis ran (EVALSHA and EVAL): one per round trip (builds before
+# 2026-11-30 16:00 UTC: one per call, a batch being a pipeline of them).
+redis_calls() {
+  [ -n "$rpid" ] || { echo 0; return; }
+  redis-cli -p "$RPORT" info commandstats 2>/dev/null | tr -d '\r' |
+    awk -F'[=,:]' '/^cmdstat_(evalsha|eval):/ { n += $3 } END { print n + 0 }'
+}
+
 cpu_ticks() { awk '{print $14+$15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
 
 echo "# ratelimit stage off/memory/redis — $(date -u +%FT%TZ) — $(nproc) cores, $(uname -m), $(go version | cut -d' ' -f3), load $(cut -d' ' -f1-3 /proc/loadavg)"
@@ -65,17 +76,18 @@ for r in $(seq "$ROUNDS"); do
       # The stage goes before the routing stage.
       awk -v store="$store" '/^sluice.stage\("routing"/ { print "sluice.stage(\"limits\", sluice.builtin.ratelimit { store = \"" store "\", limits = {\n  { key = \"client_ip\", rate = \"100000000/hour\" },\n  { key = \"sender_domain\", rate = \"100000000/hour\" },\n  { key = \"recipient_domain\", rate = \"100000000/hour\", count = \"recipients\" },\n} })\n" } { print }' "$W/relay.lua" > "$W/r2" && mv "$W/r2" "$W/relay.lua"
     fi
-    "$bin" serve -c "$W/relay.lua" -log-level warn 2> "$W/sluice.log" &
+    prof=(); [ -n "${PROF:-}" ] && prof=(-cpuprofile "$PROF/$mode-$r.pprof")
+    "$bin" serve -c "$W/relay.lua" -log-level warn "${prof[@]}" 2> "$W/sluice.log" &
     pid=$!
     for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$PORT) 2>/dev/null && break; sleep 0.1; done
     bin/sluice-bench smtp -target 127.0.0.1:$PORT -sink 127.0.0.1:$SPORT -n 1000 -c "$SESSIONS" -size "$SIZE" > /dev/null
-    c0=$(cpu_ticks "$pid"); r0=0; [ -n "$rpid" ] && r0=$(cpu_ticks "$rpid")
+    c0=$(cpu_ticks "$pid"); r0=0; [ -n "$rpid" ] && r0=$(cpu_ticks "$rpid"); k0=$(redis_calls)
     out=$(bin/sluice-bench smtp -target 127.0.0.1:$PORT -sink 127.0.0.1:$SPORT -n "$N" -c "$SESSIONS" -size "$SIZE" -timeout 300s)
-    c1=$(cpu_ticks "$pid"); r1=0; [ -n "$rpid" ] && r1=$(cpu_ticks "$rpid")
+    c1=$(cpu_ticks "$pid"); r1=0; [ -n "$rpid" ] && r1=$(cpu_ticks "$rpid"); k1=$(redis_calls)
     tck=$(getconf CLK_TCK)
     echo "## round $r, ratelimit $mode"
     echo "$out"
-    echo "relay CPU $(( (c1-c0) * 1000000 / tck / N )) µs/msg, redis-server CPU $(( (r1-r0) * 1000000 / tck / N )) µs/msg"
+    echo "relay CPU $(( (c1-c0) * 1000000 / tck / N )) µs/msg, redis-server CPU $(( (r1-r0) * 1000000 / tck / N )) µs/msg, Redis scripts run $(( (k1-k0) * 1000 / N )) per 1,000 msgs"
     kill "$pid"; wait "$pid" || true; pid=
     if grep -q . "$W/sluice.log"; then echo "relay warnings:"; cut -c1-200 "$W/sluice.log" | sort | uniq -c | sort -rn | head -5; fi
     rm -rf "$W"; W=

@@ -220,9 +220,13 @@ func TestRedisGCRA(t *testing.T) {
 
 // TestRedisConcurrent: 40 goroutines × 10 checks of one key limited to
 // 100 per hour: exactly 100 are allowed, however the calls were batched,
-// and the batches took no more round trips than there were calls.
+// and the batches took fewer round trips than there were calls; then
+// the store is idle. Half the goroutines may run batches themselves (no
+// deadline), half may not (a deadline before the store's timeout, as a
+// Lua hook's).
 func TestRedisConcurrent(t *testing.T) {
 	s, _, cmds := redisStore(t)
+	s.r.Timeout = time.Minute
 	r := pipeline.Rate{Limit: 100, Period: time.Hour}
 	check1(t, s, "warm", r, 1) // loads the script
 	cmds.Store(0)
@@ -232,10 +236,16 @@ func TestRedisConcurrent(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			ctx := context.Background()
+			if g%2 == 1 {
+				var cancel context.CancelFunc
+				ctx, cancel = context.WithTimeout(ctx, 50*time.Second) // before the store's minute
+				defer cancel()
+			}
 			out := make([]pipeline.RateResult, 2)
 			for i := 0; i < 10; i++ {
 				checks := []pipeline.RateCheck{{Key: "conc", Rate: r}, {Key: "other" + strconv.Itoa(g), Rate: r}}
-				if err := s.Check(context.Background(), checks, out); err != nil {
+				if err := s.Check(ctx, checks, out); err != nil {
 					t.Error(err)
 					return
 				}
@@ -249,10 +259,15 @@ func TestRedisConcurrent(t *testing.T) {
 	if n := allowed.Load(); n != 100 {
 		t.Fatalf("%d allowed, want exactly 100", n)
 	}
-	if n := cmds.Load(); n > 400 {
+	if n := cmds.Load(); n >= 400 {
 		t.Fatalf("%d round trips for 400 calls", n)
 	}
 	t.Logf("400 calls in %d round trips", cmds.Load())
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.runners != 0 || len(s.pending) != 0 {
+		t.Fatalf("store not idle after the calls: %d runners, %d pending", s.runners, len(s.pending))
+	}
 }
 
 // BenchmarkMemoryCheck: one check of a limit that is never exceeded,
