@@ -225,20 +225,41 @@ func (s *Store) searchText(tenant string, f Filter, start, limit int) (*Page, er
 			texts.close()
 		}
 	}()
-	for _, c := range cands {
+	var held map[*entry]bool // from a scan, once seeks are too many
+	seeks := 0
+	for i, c := range cands {
 		if len(p.Messages) >= limit {
 			break
 		}
 		if !c.sure {
-			if texts == nil {
+			var ok bool
+			switch {
+			case held != nil:
+				ok = held[c.e]
+			case seeks == maxTextSeeks:
+				rest := make(map[string]*entry, len(cands)-i)
+				for _, c := range cands[i:] {
+					if !c.sure {
+						rest[c.e.s.ID] = c.e
+					}
+				}
 				var err error
-				if texts, err = s.newTextReader(tenant); err != nil {
+				if held, err = s.scanTexts(tenant, rest, f.terms); err != nil {
 					return nil, err
 				}
-			}
-			ok, err := texts.holds(c.e.s.ID, f.terms)
-			if err != nil {
-				return nil, err
+				ok = held[c.e]
+			default:
+				seeks++
+				if texts == nil {
+					var err error
+					if texts, err = s.newTextReader(tenant); err != nil {
+						return nil, err
+					}
+				}
+				var err error
+				if ok, err = texts.holds(c.e.s.ID, f.terms); err != nil {
+					return nil, err
+				}
 			}
 			if !ok {
 				continue
@@ -252,6 +273,36 @@ func (s *Store) searchText(tenant string, f Filter, start, limit int) (*Page, er
 	}
 	p.Count = len(p.Messages)
 	return p, nil
+}
+
+// maxTextSeeks: a search reads at most this many texts one by one; past
+// that it reads the tenant's whole text range once (sequential reads
+// beat many seeks).
+var maxTextSeeks = 256
+
+// scanTexts reads every stored text of tenant and returns which of es
+// (by id) hold every term.
+func (s *Store) scanTexts(tenant string, es map[string]*entry, terms []string) (map[*entry]bool, error) {
+	r, err := s.newTextReader(tenant)
+	if err != nil {
+		return nil, err
+	}
+	defer r.close()
+	held := map[*entry]bool{}
+	for ok := r.it.First(); ok; ok = r.it.Next() {
+		e := es[string(r.it.Key()[len(r.prefix):])]
+		if e == nil {
+			continue
+		}
+		v, err := r.it.ValueAndErr()
+		if err != nil {
+			return nil, err
+		}
+		if holdsTerms(v, terms) {
+			held[e] = true
+		}
+	}
+	return held, r.it.Error()
 }
 
 // textReader reads the stored searchable texts of one tenant through

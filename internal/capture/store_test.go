@@ -372,6 +372,7 @@ func BenchmarkPut(b *testing.B) {
 	data := msg("order 1", "bob@dest.test", strings.Repeat("lorem ipsum dolor sit amet consectetur ", 50))
 	b.SetBytes(int64(len(data)))
 	b.ReportAllocs()
+	c0 := processCPU()
 	b.RunParallel(func(pb *testing.PB) {
 		for pb.Next() {
 			if _, err := s.Put("acme", "", "app@sender.test", []string{"bob@dest.test"}, data); err != nil {
@@ -379,6 +380,7 @@ func BenchmarkPut(b *testing.B) {
 			}
 		}
 	})
+	b.ReportMetric(float64(processCPU()-c0)/float64(b.N), "cpu-ns/op")
 }
 
 func TestAutoReplyAndComplaint(t *testing.T) {

@@ -52,7 +52,7 @@ const maxWord = 64
 type posting struct {
 	data []byte
 	last uint64 // the last sequence number appended
-	n    int    // how many are listed, dead ones included
+	n    int32  // how many are listed, dead ones included
 }
 
 func (p *posting) add(seq uint64) bool {
@@ -197,8 +197,29 @@ func emitWord(w string, fn func(string, bool)) {
 func (t *tenantIndex) addWords(e *entry, text string) {
 	wi := &t.words
 	long := false
+	// A message repeats many of its words: a small set of the words seen
+	// (in the CPU cache) skips the tenant's map for repeats.
+	var seenH [512]uint32
+	var seenW [512]string
+	used := 0
 	forWords(text, func(w string, cut bool) {
 		long = long || cut
+		if used < len(seenH)*3/4 {
+			h := uint32(2166136261)
+			for i := 0; i < len(w); i++ {
+				h = (h ^ uint32(w[i])) * 16777619
+			}
+			h |= 1
+			i := h % uint32(len(seenH))
+			for seenH[i] != 0 && (seenH[i] != h || seenW[i] != w) {
+				i = (i + 1) % uint32(len(seenH))
+			}
+			if seenH[i] != 0 {
+				return
+			}
+			seenH[i], seenW[i] = h, w
+			used++
+		}
 		if wi.lists[wi.word(w)].add(e.seq) {
 			e.postings++
 		}
@@ -243,10 +264,10 @@ func (t *tenantIndex) removedWords(es []*entry) {
 			end = int(old.starts[id+1]) - 1
 		}
 		wi.lists[wi.word(string(old.vocab[w:end]))] = q
-		wi.postings += q.n
+		wi.postings += int(q.n)
 	}
 	wi.longDocs = keep(&old.longDocs)
-	wi.postings += wi.longDocs.n
+	wi.postings += int(wi.longDocs.n)
 }
 
 // seqBits is a set of sequence numbers from base.
@@ -377,7 +398,7 @@ func (t *tenantIndex) matchTerm(term string, base, end uint64) (sure, maybe seqB
 		n := 0
 		t.words.find(tok, prefix, suffix, func(id int32) {
 			ids = append(ids, id)
-			n += t.words.lists[id].n
+			n += int(t.words.lists[id].n)
 		})
 		var b seqBits
 		if n > unselective*len(t.entries)+1024 {
