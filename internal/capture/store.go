@@ -355,9 +355,10 @@ func (s *Store) Put(tenant, msgID, sender string, rcpts []string, data []byte) (
 	}
 	b.Close()
 	s.dirty.Store(true)
+	words := splitWords(text)
 	s.mu.Lock()
 	e := s.index(sm)
-	s.tenants[tenant].addWords(e, text)
+	s.tenants[tenant].addSplit(e, words)
 	s.mu.Unlock()
 	s.hub.publish(e, tb)
 	s.enforce(tenant)

@@ -350,6 +350,15 @@ func BenchmarkSearch100k(b *testing.B) {
 			}
 		})
 	}
+	// The heap the word index holds: the heap with it, less without.
+	s.mu.Lock()
+	words := s.tenants["acme"].words
+	s.tenants["acme"].words = wordIndex{}
+	s.mu.Unlock()
+	runtime.GC()
+	var m2 runtime.MemStats
+	runtime.ReadMemStats(&m2)
+	b.Logf("heap held by the word index: %.1f MiB (%d words)", float64(int64(m1.HeapAlloc)-int64(m2.HeapAlloc))/(1<<20), len(words.lists))
 }
 
 // BenchmarkWaiters1000 reports the memory 1,000 concurrent Wait calls

@@ -195,15 +195,26 @@ func emitWord(w string, fn func(string, bool)) {
 // addWords lists e under each word of text; s.mu held, e the tenant's
 // newest entry.
 func (t *tenantIndex) addWords(e *entry, text string) {
-	wi := &t.words
-	long := false
+	t.addSplit(e, splitWords(text))
+}
+
+// splitText is a text cut into its words, most repeats dropped.
+type splitText struct {
+	words []string // slices of the text
+	long  bool     // a word was longer than maxWord
+}
+
+// splitWords cuts text into its words; it needs no lock (Put calls it
+// before taking s.mu).
+func splitWords(text string) splitText {
+	var st splitText
 	// A message repeats many of its words: a small set of the words seen
-	// (in the CPU cache) skips the tenant's map for repeats.
+	// drops the repeats before they reach the tenant's map.
 	var seenH [512]uint32
 	var seenW [512]string
 	used := 0
 	forWords(text, func(w string, cut bool) {
-		long = long || cut
+		st.long = st.long || cut
 		if used < len(seenH)*3/4 {
 			h := uint32(2166136261)
 			for i := 0; i < len(w); i++ {
@@ -220,11 +231,21 @@ func (t *tenantIndex) addWords(e *entry, text string) {
 			seenH[i], seenW[i] = h, w
 			used++
 		}
+		st.words = append(st.words, w)
+	})
+	return st
+}
+
+// addSplit lists e under each of st's words; s.mu held, e the tenant's
+// newest entry.
+func (t *tenantIndex) addSplit(e *entry, st splitText) {
+	wi := &t.words
+	for _, w := range st.words {
 		if wi.lists[wi.word(w)].add(e.seq) {
 			e.postings++
 		}
-	})
-	if long && wi.longDocs.add(e.seq) {
+	}
+	if st.long && wi.longDocs.add(e.seq) {
 		e.postings++
 	}
 	wi.postings += e.postings
