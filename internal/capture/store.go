@@ -22,9 +22,8 @@
 // scans and compactions, gives it a small memtable of its own, and lets
 // an operator wipe every sandbox by deleting one directory. The cost: a
 // capture and its delivery outcome are two writes in two databases, so a
-// crash between them captures the message again at the retry, or (the
-// capture store syncs every 100 ms, see Put) loses the captures of the
-// last 100 ms.
+// crash between them captures the message again at the retry (a capture
+// is synced before Put returns, so none is lost).
 //
 // Key layout:
 //
@@ -54,7 +53,6 @@ import (
 	"sort"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/cockroachdb/pebble/v2"
@@ -170,9 +168,6 @@ type Store struct {
 	entropy   *ulid.MonotonicEntropy
 
 	hub *hub
-
-	// dirty: a capture was written since the last WAL sync (syncLoop).
-	dirty atomic.Bool
 
 	stop chan struct{}
 	done chan struct{}
@@ -354,7 +349,6 @@ func (s *Store) Put(tenant, msgID, sender string, rcpts []string, data []byte) (
 		return nil, fmt.Errorf("sandbox store: %w", err)
 	}
 	b.Close()
-	s.dirty.Store(true)
 	words := splitWords(text)
 	s.mu.Lock()
 	e := s.index(sm)
@@ -609,37 +603,18 @@ func (s *Store) enforce(tenant string) {
 	}
 }
 
-// syncEvery is how often captures are synced to disk (see Put).
-const syncEvery = 100 * time.Millisecond
-
-// sweepLoop syncs the WAL every syncEvery when something was captured,
-// and applies the age limit every minute.
+// sweepLoop applies the age limit every minute.
 func (s *Store) sweepLoop() {
 	defer close(s.done)
 	t := time.NewTicker(time.Minute)
 	defer t.Stop()
-	st := time.NewTicker(syncEvery)
-	defer st.Stop()
 	for {
 		select {
 		case <-s.stop:
-			s.syncWAL()
 			return
-		case <-st.C:
-			s.syncWAL()
 		case <-t.C:
 			s.enforce("")
 		}
-	}
-}
-
-func (s *Store) syncWAL() {
-	if !s.dirty.Swap(false) {
-		return
-	}
-	if err := s.db.LogData(nil, pebble.Sync); err != nil {
-		s.dirty.Store(true)
-		s.log.Warn("cannot sync the sandbox store", "err", err)
 	}
 }
 

@@ -207,7 +207,7 @@ type splitText struct {
 // splitWords cuts text into its words; it needs no lock (Put calls it
 // before taking s.mu).
 func splitWords(text string) splitText {
-	var st splitText
+	st := splitText{words: make([]string, 0, 256)}
 	// A message repeats many of its words: a small set of the words seen
 	// drops the repeats before they reach the tenant's map.
 	var seenH [512]uint32
