@@ -311,14 +311,14 @@ func BenchmarkSearch100k(b *testing.B) {
 	if err := s.Close(); err != nil {
 		b.Fatal(err)
 	}
-	t0 := time.Now()
+	t0, c0 := time.Now(), processCPU()
 	s = open(b, dir, Options{Retention: config.SandboxRetention{}})
 	defer s.Close()
-	reopen := time.Since(t0)
+	reopen, reopenCPU := time.Since(t0), processCPU()-c0
 	runtime.GC()
 	runtime.ReadMemStats(&m1)
-	b.Logf("word index: %d words, %d postings, %.1f MiB of posting lists; heap with the store open %.1f MiB; reopen (summaries and word index rebuilt) %v",
-		len(wi.lists), wi.postings, float64(pb)/(1<<20), float64(m1.HeapAlloc)/(1<<20), reopen)
+	b.Logf("word index: %d words, %d postings, %.1f MiB of posting lists; heap with the store open %.1f MiB; reopen (summaries and word index rebuilt) %v, %v of CPU",
+		len(wi.lists), wi.postings, float64(pb)/(1<<20), float64(m1.HeapAlloc)/(1<<20), reopen, reopenCPU)
 	for _, c := range []struct {
 		name  string
 		f     Filter

@@ -345,3 +345,21 @@ func TestWordIndexConcurrent(t *testing.T) {
 		}
 	}
 }
+
+// TestSummaryCountsUnhashedAttachments: the summary's parse skips the
+// attachments' hashes but counts them, and finds the text after them.
+func TestSummaryCountsUnhashedAttachments(t *testing.T) {
+	data := []byte("From: a@s.test\r\nTo: b@d.test\r\nSubject: files\r\nMIME-Version: 1.0\r\n" +
+		"Content-Type: multipart/mixed; boundary=XX\r\n\r\n" +
+		"--XX\r\nContent-Type: application/pdf\r\nContent-Disposition: attachment; filename=a.pdf\r\n\r\n%PDF-1.4 data\r\n" +
+		"--XX\r\nContent-Type: text/plain\r\n\r\nthe body text\r\n" +
+		"--XX\r\nContent-Type: image/png; name=b.png\r\n\r\nPNGDATA\r\n--XX--\r\n")
+	f := parseSummary(data)
+	if f.attachments != 2 || !strings.Contains(f.text, "the body text") || f.subject != "files" {
+		t.Fatalf("summary: %+v", f)
+	}
+	full := Parse(data)
+	if len(full.Attachments) != 2 || full.Attachments[0].SHA256 == "" || full.Attachments[0].Size != len("%PDF-1.4 data") {
+		t.Fatalf("Parse: %+v", full.Attachments)
+	}
+}
