@@ -5,6 +5,7 @@
 # MODE "capture": sluice captures every message into a sandbox inbox
 # (sluice.route.capture) and the run ends when the inbox holds all N.
 # Same relay config otherwise (one Lua stage, fsync before each 250).
+# SLUICE=path runs another sluice binary (A/B of two builds).
 # Prints the end-to-end wall time and the relay process's CPU seconds
 # (user+sys, from /proc) so CPU per message can be compared in one run.
 set -euo pipefail
@@ -25,10 +26,10 @@ sluice.sandbox { retention = { messages = 100000 } }
 sluice.stage("stamp", { on_message = function(msg) msg:add_header("X-Bench", "1") end })
 sluice.stage("routing", { on_route = function(msg, rcpt) return $ROUTE end })
 LUA
-bin/sluice serve -c "$WORK/relay.lua" -log-level warn 2> "$WORK/sluice.log" &
+"${SLUICE:-bin/sluice}" serve -c "$WORK/relay.lua" -log-level warn 2> "$WORK/sluice.log" &
 pid=$!
 for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/2615) 2>/dev/null && break; sleep 0.1; done
-KEY=$(bin/sluice apikey create --tenant bench --scope send -c "$WORK/relay.lua")
+KEY=$("${SLUICE:-bin/sluice}" apikey create --tenant bench --scope send -c "$WORK/relay.lua")
 cpu() { awk '{print ($14+$15)/100}' /proc/$pid/stat; }
 start_cpu=$(cpu); start=$(date +%s.%N)
 if [ "$MODE" = capture ]; then

@@ -48,7 +48,11 @@ type Parsed struct {
 // at most 4 MiB each) and every other leaf part as an attachment with its
 // size and SHA-256 (of the decoded content). It never fails: a message it
 // cannot read as MIME gets Err and what was read before.
-func Parse(data []byte) *Parsed {
+func Parse(data []byte) *Parsed { return parse(data, true) }
+
+// parse is Parse; without hashes, attachments are counted and sized but
+// not hashed (a capture's summary needs only their number).
+func parse(data []byte, hashes bool) *Parsed {
 	p := &Parsed{Headers: map[string][]string{}, Attachments: []Attachment{}}
 	e, err := message.Read(bytes.NewReader(data))
 	if e == nil {
@@ -81,18 +85,32 @@ func Parse(data []byte) *Parsed {
 			ct = "text/plain"
 		}
 		disp, dparams, _ := mime.ParseMediaType(part.Header.Get("Content-Disposition"))
-		body, rerr := io.ReadAll(io.LimitReader(part.Body, 64<<20))
+		isAttachment := disp == "attachment" || dparams["filename"] != "" || params["name"] != ""
+		wanted := hashes || !isAttachment && (ct == "text/plain" && !p.HasText || ct == "text/html" && !p.HasHTML)
+		var body []byte
+		var size int64
+		var rerr error
+		if wanted {
+			body, rerr = io.ReadAll(io.LimitReader(part.Body, 64<<20))
+			size = int64(len(body))
+		} else {
+			// Sized, not kept.
+			size, rerr = io.Copy(io.Discard, io.LimitReader(part.Body, 64<<20))
+		}
 		if rerr != nil && p.Err == "" {
 			p.Err = rerr.Error()
 		}
-		isAttachment := disp == "attachment" || dparams["filename"] != "" || params["name"] != ""
 		switch {
 		case ct == "text/plain" && !isAttachment && !p.HasText:
 			p.HasText, p.Text = true, clip(body)
 		case ct == "text/html" && !isAttachment && !p.HasHTML:
 			p.HasHTML, p.HTML = true, clip(body)
 		default:
-			sum := sha256.Sum256(body)
+			sha := ""
+			if hashes {
+				sum := sha256.Sum256(body)
+				sha = hex.EncodeToString(sum[:])
+			}
 			name := dparams["filename"]
 			if name == "" {
 				name = params["name"]
@@ -101,7 +119,7 @@ func Parse(data []byte) *Parsed {
 				name = dec
 			}
 			p.Attachments = append(p.Attachments, Attachment{PartID: partID(path), Filename: name, ContentType: ct,
-				Size: len(body), SHA256: hex.EncodeToString(sum[:]), Inline: disp == "inline"})
+				Size: int(size), SHA256: sha, Inline: disp == "inline"})
 		}
 		return nil
 	})
@@ -156,7 +174,7 @@ type summaryFields struct {
 }
 
 func parseSummary(data []byte) summaryFields {
-	p := Parse(data)
+	p := parse(data, false)
 	h := mail.HeaderFromMap(p.Headers)
 	var f summaryFields
 	if l, err := h.AddressList("From"); err == nil && len(l) > 0 {

@@ -9,21 +9,71 @@ import (
 )
 
 // Filter selects captured messages. Every field set must match: To,
-// From, Subject and Text are case-insensitive substrings (To of the To,
-// Cc and envelope recipients, or, when it is a whole address
-// local@domain.tld, one of them exactly; From of the From field and envelope
-// sender; Text of the subject and the text part, or the HTML part's text
-// when there is no text part); Tag is one tag, exactly; Since and Until
-// bound the capture time (Since inclusive, Until exclusive).
+// From and Subject are case-insensitive substrings (To of the To, Cc and
+// envelope recipients, or, when it is a whole address local@domain.tld,
+// one of them exactly; From of the From field and envelope sender); Text
+// is a list of terms, each a case-insensitive substring of the searchable
+// text (the subject and the text part, or the HTML part's text when there
+// is no text part) — see TextTerms; Tag is one tag, exactly; Since and
+// Until bound the capture time (Since inclusive, Until exclusive).
 type Filter struct {
 	To, From, Subject, Text, Tag string
 	Since, Until                 time.Time
+
+	terms []string // Text's terms, set by lower
 }
 
-// lower returns f with its substrings in lower case.
+// lower returns f with its substrings in lower case and Text split into
+// terms.
 func (f Filter) lower() Filter {
 	f.To, f.From, f.Subject, f.Text = strings.ToLower(f.To), strings.ToLower(f.From), strings.ToLower(f.Subject), strings.ToLower(f.Text)
+	f.terms = TextTerms(f.Text)
 	return f
+}
+
+// TextTerms splits a Text filter into its terms: words separated by
+// spaces, each of which must be in the text (in any order, as Mailpit's
+// search does), and double-quoted phrases, each of which must be in the
+// text as written ("order 1234" matches "Your order 1234 has shipped",
+// not "order 51234" nor "1234 order"). Empty terms are dropped; an
+// unterminated quote runs to the end.
+func TextTerms(text string) []string {
+	var terms []string
+	for len(text) > 0 {
+		text = strings.TrimLeft(text, " ")
+		if text == "" {
+			break
+		}
+		var term string
+		if text[0] == '"' {
+			i := strings.IndexByte(text[1:], '"')
+			if i < 0 {
+				term, text = text[1:], ""
+			} else {
+				term, text = text[1:1+i], text[2+i:]
+			}
+		} else {
+			i := strings.IndexByte(text, ' ')
+			if i < 0 {
+				i = len(text)
+			}
+			term, text = text[:i], text[i:]
+		}
+		if term != "" {
+			terms = append(terms, term)
+		}
+	}
+	return terms
+}
+
+// holdsTerms reports whether text holds every term.
+func holdsTerms(text []byte, terms []string) bool {
+	for _, t := range terms {
+		if !bytes.Contains(text, []byte(t)) {
+			return false
+		}
+	}
+	return true
 }
 
 // matchIndexed reports whether e passes every filter but Text; f is
@@ -82,7 +132,7 @@ type Page struct {
 // searchable text newest first, stopping once the page is full.
 func (s *Store) Search(tenant string, f Filter, start, limit int) (*Page, error) {
 	f = f.lower()
-	if f.Text != "" {
+	if len(f.terms) > 0 {
 		return s.searchText(tenant, f, start, limit)
 	}
 	p := &Page{Start: start, Messages: []*Summary{}}
@@ -116,49 +166,201 @@ func isAddress(a string) bool {
 	return i > 0 && i < len(a)-1 && strings.IndexByte(a[i:], '.') > 0 && !strings.ContainsAny(a, " \t\n")
 }
 
-// searchText scans tenant's searchable texts from the newest, checking
-// the text first and the other filters only for the texts that hold it.
+// searchText answers a search with a Text filter from the word index
+// (words.go): the messages the index says hold the text are matches; the
+// texts of those it says may hold it are read, newest first, until the
+// page is full. Total is counted when no text had to be read, else -1.
 func (s *Store) searchText(tenant string, f Filter, start, limit int) (*Page, error) {
-	p := &Page{Total: -1, Start: start, Messages: []*Summary{}}
-	exact := ""
-	if isAddress(f.To) {
-		exact, f.To = f.To, ""
+	p := &Page{Start: start, Messages: []*Summary{}}
+	type cand struct {
+		e    *entry
+		sure bool
 	}
+	var cands []cand
+	s.mu.RLock()
+	t := s.tenants[tenant]
+	if t == nil {
+		s.mu.RUnlock()
+		return p, nil
+	}
+	m := t.matchText(f.terms)
+	list := t.entries
+	if isAddress(f.To) {
+		list = s.byAddr[tenant+"\x00"+f.To]
+		f.To = ""
+	}
+	unsure := false
+	for i := len(list) - 1; i >= 0; i-- {
+		e := list[i]
+		sure := m.sure.has(e.seq)
+		if !sure && !m.maybe.has(e.seq) || !f.matchIndexed(e) {
+			continue
+		}
+		if !unsure && sure {
+			// Every match so far is known: count, keep the page.
+			if p.Total >= start && len(p.Messages) < limit {
+				p.Messages = append(p.Messages, e.s)
+			}
+			p.Total++
+			continue
+		}
+		unsure = true
+		cands = append(cands, cand{e, sure})
+	}
+	s.mu.RUnlock()
+	if !unsure {
+		p.Count = len(p.Messages)
+		return p, nil
+	}
+	// Some candidates must be checked against their texts: go on from
+	// where the known matches ended.
+	skipped := p.Total
+	if skipped > start {
+		skipped = start
+	}
+	p.Total = -1
+	var texts *textReader
+	defer func() {
+		if texts != nil {
+			texts.close()
+		}
+	}()
+	var held map[*entry]bool // from a scan, once seeks are too many
+	seeks := 0
+	for i, c := range cands {
+		if len(p.Messages) >= limit {
+			break
+		}
+		if !c.sure {
+			var ok bool
+			switch {
+			case held != nil:
+				ok = held[c.e]
+			case seeks == maxTextSeeks:
+				rest := make(map[string]*entry, len(cands)-i)
+				for _, c := range cands[i:] {
+					if !c.sure {
+						rest[c.e.s.ID] = c.e
+					}
+				}
+				var err error
+				if held, err = s.scanTexts(tenant, rest, f.terms); err != nil {
+					return nil, err
+				}
+				ok = held[c.e]
+			default:
+				seeks++
+				if texts == nil {
+					var err error
+					if texts, err = s.newTextReader(tenant); err != nil {
+						return nil, err
+					}
+				}
+				var err error
+				if ok, err = texts.holds(c.e.s.ID, f.terms); err != nil {
+					return nil, err
+				}
+			}
+			if !ok {
+				continue
+			}
+		}
+		if skipped < start {
+			skipped++
+			continue
+		}
+		p.Messages = append(p.Messages, c.e.s)
+	}
+	p.Count = len(p.Messages)
+	return p, nil
+}
+
+// maxTextSeeks: a search reads at most this many texts one by one; past
+// that it reads the tenant's whole text range once (sequential reads
+// beat many seeks).
+var maxTextSeeks = 256
+
+// scanTexts reads every stored text of tenant and returns which of es
+// (by id) hold every term.
+func (s *Store) scanTexts(tenant string, es map[string]*entry, terms []string) (map[*entry]bool, error) {
+	r, err := s.newTextReader(tenant)
+	if err != nil {
+		return nil, err
+	}
+	defer r.close()
+	held := map[*entry]bool{}
+	for ok := r.it.First(); ok; ok = r.it.Next() {
+		e := es[string(r.it.Key()[len(r.prefix):])]
+		if e == nil {
+			continue
+		}
+		v, err := r.it.ValueAndErr()
+		if err != nil {
+			return nil, err
+		}
+		if holdsTerms(v, terms) {
+			held[e] = true
+		}
+	}
+	return held, r.it.Error()
+}
+
+// textReader reads the stored searchable texts of one tenant through
+// one iterator, for many lookups.
+type textReader struct {
+	it     *pebble.Iterator
+	prefix []byte
+	key    []byte
+}
+
+func (s *Store) newTextReader(tenant string) (*textReader, error) {
 	prefix := textKey(tenant, "")
 	upper := append(bytes.Clone(prefix[:len(prefix)-1]), 1)
 	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: prefix, UpperBound: upper})
 	if err != nil {
 		return nil, err
 	}
+	return &textReader{it: it, prefix: prefix}, nil
+}
+
+// holds reports whether the text of message id holds every term (false
+// when it is gone).
+func (r *textReader) holds(id string, terms []string) (bool, error) {
+	r.key = append(append(r.key[:0], r.prefix...), id...)
+	if !r.it.SeekGE(r.key) || !bytes.Equal(r.it.Key(), r.key) {
+		return false, r.it.Error()
+	}
+	v, err := r.it.ValueAndErr()
+	if err != nil {
+		return false, err
+	}
+	return holdsTerms(v, terms), nil
+}
+
+func (r *textReader) close() { r.it.Close() }
+
+// loadWords reads every stored text into its tenant's word index (at
+// Open, before the store is shared): one sequential read of the text
+// range, in key order, so each tenant's postings are appended by seq.
+func (s *Store) loadWords() error {
+	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: []byte{kText}, UpperBound: []byte{kText + 1}})
+	if err != nil {
+		return err
+	}
 	defer it.Close()
-	needle := []byte(f.Text)
-	skipped := 0
-	for ok := it.Last(); ok; ok = it.Prev() {
-		if !bytes.Contains(it.Value(), needle) {
+	for it.First(); it.Valid(); it.Next() {
+		k := it.Key()[1:]
+		i := bytes.IndexByte(k, 0)
+		if i < 0 {
 			continue
 		}
-		id := string(it.Key()[len(prefix):])
-		s.mu.RLock()
-		e := s.byID[id]
-		match := e != nil && f.matchIndexed(e) && (exact == "" || e.hasAddr(exact))
-		s.mu.RUnlock()
-		if !match {
+		e := s.byID[string(k[i+1:])]
+		if e == nil || e.s.Tenant != string(k[:i]) {
 			continue
 		}
-		if skipped < start {
-			skipped++
-			continue
-		}
-		p.Messages = append(p.Messages, e.s)
-		if len(p.Messages) == limit {
-			break
-		}
+		s.tenants[e.s.Tenant].addWords(e, string(it.Value()))
 	}
-	if err := it.Error(); err != nil {
-		return nil, err
-	}
-	p.Count = len(p.Messages)
-	return p, nil
+	return it.Error()
 }
 
 // hasAddr reports whether a (lower case) is one of e's To, Cc or

@@ -22,9 +22,8 @@
 // scans and compactions, gives it a small memtable of its own, and lets
 // an operator wipe every sandbox by deleting one directory. The cost: a
 // capture and its delivery outcome are two writes in two databases, so a
-// crash between them captures the message again at the retry, or (the
-// capture store syncs every 100 ms, see Put) loses the captures of the
-// last 100 ms.
+// crash between them captures the message again at the retry (a capture
+// is synced before Put returns, so none is lost).
 //
 // Key layout:
 //
@@ -34,9 +33,10 @@
 //
 // The summaries are also kept in memory (an index per tenant, oldest
 // first, and by exact address), loaded at Open: list, search by address,
-// subject, tag and time never touch the disk; a search by text scans the
-// tenant's text range newest first (one sequential read), until the page
-// is full.
+// subject, tag and time never touch the disk. So is an inverted index of
+// the texts' words (words.go), built from the text range at Open: a
+// search by one word is answered from it; a phrase reads the texts of the
+// messages holding all its words, newest first, until the page is full.
 //
 // Concurrency: every method is safe for concurrent use.
 package capture
@@ -53,7 +53,6 @@ import (
 	"sort"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/cockroachdb/pebble/v2"
@@ -105,12 +104,19 @@ type entry struct {
 	to      string // lower case: To, Cc and envelope recipients, "\n"-joined
 	subject string // lower case
 	removed bool   // deleted; still in byAddr until pruned (s.mu)
+	// seq numbers the tenant's entries in index order (words.go);
+	// postings is how many word postings list it.
+	seq      uint64
+	postings int
 }
 
 // tenantIndex is one tenant's inbox in memory, oldest first.
 type tenantIndex struct {
 	entries []*entry
 	bytes   int64
+	// nextSeq is the next entry's seq; words indexes the entries' texts.
+	nextSeq uint64
+	words   wordIndex
 }
 
 // Options configures Open.
@@ -163,9 +169,6 @@ type Store struct {
 
 	hub *hub
 
-	// dirty: a capture was written since the last WAL sync (syncLoop).
-	dirty atomic.Bool
-
 	stop chan struct{}
 	done chan struct{}
 	// later runs delayed work (complaints) until Close.
@@ -215,7 +218,8 @@ func (s *Store) Close() error {
 	return s.db.Close()
 }
 
-// load reads every summary into the index.
+// load reads every summary into the index, then every text into the
+// word index.
 func (s *Store) load() error {
 	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: []byte{kSummary}, UpperBound: []byte{kSummary + 1}})
 	if err != nil {
@@ -235,9 +239,17 @@ func (s *Store) load() error {
 	if err := it.Error(); err != nil {
 		return err
 	}
-	// Keys sort by tenant then id; each tenant's slice must be by id.
+	// Keys sort by tenant then id; each tenant's slice must be by id,
+	// and numbered in that order.
 	for _, t := range s.tenants {
 		sort.Slice(t.entries, func(i, j int) bool { return t.entries[i].s.ID < t.entries[j].s.ID })
+		for i, e := range t.entries {
+			e.seq = uint64(i)
+		}
+		t.nextSeq = uint64(len(t.entries))
+	}
+	if err := s.loadWords(); err != nil {
+		return err
 	}
 	if n > 0 {
 		s.log.Info("sandbox store opened", "messages", n, "tenants", len(s.tenants))
@@ -256,6 +268,8 @@ func (s *Store) index(sm *Summary) *entry {
 		t = &tenantIndex{}
 		s.tenants[sm.Tenant] = t
 	}
+	e.seq = t.nextSeq
+	t.nextSeq++
 	t.entries = append(t.entries, e)
 	t.bytes += int64(sm.Size)
 	s.byID[sm.ID] = e
@@ -325,20 +339,22 @@ func (s *Store) Put(tenant, msgID, sender string, rcpts []string, data []byte) (
 		return nil, err
 	}
 	text := strings.ToLower(sm.Subject + "\n" + p.text)
+	tb := []byte(text)
 	b := s.db.NewBatch()
 	_ = b.Set(summaryKey(tenant, sm.ID), v, nil)
 	_ = b.Set(bodyKey(sm.ID), data, nil)
-	_ = b.Set(textKey(tenant, sm.ID), []byte(text), nil)
+	_ = b.Set(textKey(tenant, sm.ID), tb, nil)
 	if err := b.Commit(pebble.Sync); err != nil {
 		b.Close()
 		return nil, fmt.Errorf("sandbox store: %w", err)
 	}
 	b.Close()
-	s.dirty.Store(true)
+	words := splitWords(text)
 	s.mu.Lock()
 	e := s.index(sm)
+	s.tenants[tenant].addSplit(e, words)
 	s.mu.Unlock()
-	s.hub.publish(e, text)
+	s.hub.publish(e, tb)
 	s.enforce(tenant)
 	return sm, nil
 }
@@ -450,6 +466,8 @@ func (s *Store) unindex(es []*entry) {
 	}
 	if len(t.entries) == 0 {
 		delete(s.tenants, es[0].s.Tenant)
+	} else {
+		t.removedWords(es)
 	}
 	for _, e := range es {
 		for _, l := range [][]string{e.s.To, e.s.Cc, e.s.Recipients} {
@@ -510,8 +528,15 @@ func (s *Store) enforce(tenant string) {
 		// it is dropped alone rather than evicting every older message
 		// first to make room it would not find.
 		alone := map[*entry]bool{}
+		// After a capture (tenant set) only the newest can be alone: the
+		// others were checked when they came. The minute sweep checks
+		// every message (a limit lowered at a restart).
+		check := t.entries
+		if tenant != "" && len(check) > 0 {
+			check = check[len(check)-1:]
+		}
 		if r.Bytes > 0 {
-			for _, e := range t.entries {
+			for _, e := range check {
 				if int64(e.s.Size) > r.Bytes {
 					alone[e] = true
 					drops = append(drops, drop{e, fmt.Sprintf("sandbox retention: larger than %d bytes", r.Bytes)})
@@ -578,37 +603,18 @@ func (s *Store) enforce(tenant string) {
 	}
 }
 
-// syncEvery is how often captures are synced to disk (see Put).
-const syncEvery = 100 * time.Millisecond
-
-// sweepLoop syncs the WAL every syncEvery when something was captured,
-// and applies the age limit every minute.
+// sweepLoop applies the age limit every minute.
 func (s *Store) sweepLoop() {
 	defer close(s.done)
 	t := time.NewTicker(time.Minute)
 	defer t.Stop()
-	st := time.NewTicker(syncEvery)
-	defer st.Stop()
 	for {
 		select {
 		case <-s.stop:
-			s.syncWAL()
 			return
-		case <-st.C:
-			s.syncWAL()
 		case <-t.C:
 			s.enforce("")
 		}
-	}
-}
-
-func (s *Store) syncWAL() {
-	if !s.dirty.Swap(false) {
-		return
-	}
-	if err := s.db.LogData(nil, pebble.Sync); err != nil {
-		s.dirty.Store(true)
-		s.log.Warn("cannot sync the sandbox store", "err", err)
 	}
 }
 

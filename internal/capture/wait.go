@@ -3,7 +3,6 @@ package capture
 import (
 	"context"
 	"errors"
-	"strings"
 	"sync"
 )
 
@@ -60,11 +59,11 @@ func (h *hub) remove(w *waiter) {
 
 // publish offers e (with its lower-cased searchable text) to its
 // tenant's waiters. It never blocks.
-func (h *hub) publish(e *entry, text string) {
+func (h *hub) publish(e *entry, text []byte) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	for w := range h.waiters[e.s.Tenant] {
-		if !w.f.matchIndexed(e) || w.f.Text != "" && !strings.Contains(text, w.f.Text) {
+		if !w.f.matchIndexed(e) || !holdsTerms(text, w.f.terms) {
 			continue
 		}
 		select {

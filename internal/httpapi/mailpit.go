@@ -103,7 +103,8 @@ func mpSummaryOf(sm *capture.Summary) mpSummary {
 }
 
 // mailpitQuery turns Mailpit's search query into a filter: to:, from:,
-// subject:, tag: (quoted values allowed), other words are text.
+// subject:, tag: (quoted values allowed); other words are text terms,
+// each to be found, and a quoted phrase one term (capture.TextTerms).
 func mailpitQuery(q string) capture.Filter {
 	var f capture.Filter
 	var words []string
@@ -119,6 +120,9 @@ func mailpitQuery(q string) capture.Filter {
 		case ok && k == "tag":
 			f.Tag = v
 		default:
+			if strings.Contains(tok, " ") {
+				tok = `"` + tok + `"`
+			}
 			words = append(words, tok)
 		}
 	}
