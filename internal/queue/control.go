@@ -86,7 +86,7 @@ func (q *Queue) Queues() []QueueInfo {
 		return qi
 	}
 	oldest := func(qi *QueueInfo, it *item) {
-		if r := it.msg.meta.Received; qi.Oldest.IsZero() || r.Before(qi.Oldest) {
+		if r := time.Unix(0, it.msg.received); qi.Oldest.IsZero() || r.Before(qi.Oldest) {
 			qi.Oldest = r
 		}
 	}
@@ -96,28 +96,28 @@ func (q *Queue) Queues() []QueueInfo {
 		}
 		qi := get(d)
 		for _, it := range d.ready {
-			qi.Ready += len(it.rcpts)
+			qi.Ready += it.count()
 			oldest(qi, it)
 		}
 	}
-	lastDue := map[string]time.Time{}
+	lastDue := map[string]int64{}
 	for _, it := range q.waiting {
 		qi := get(it.dest)
-		qi.Waiting += len(it.rcpts)
+		qi.Waiting += it.count()
 		oldest(qi, it)
-		if qi.NextAttempt == nil || it.due.Before(*qi.NextAttempt) {
-			due := it.due
+		if qi.NextAttempt == nil || it.due < qi.NextAttempt.UnixNano() {
+			due := it.dueTime()
 			qi.NextAttempt = &due
 		}
-		for _, r := range it.rcpts {
-			if r.LastReply != nil && !it.due.Before(lastDue[qi.Name]) {
-				lastDue[qi.Name], qi.LastError = it.due, r.LastReply
-			}
+		// A waiting item is compact: its destination's last reply stands
+		// for its recipients' (they share it when equal, dest.share).
+		if lr := it.dest.lastReply; lr != nil && it.due >= lastDue[qi.Name] {
+			lastDue[qi.Name], qi.LastError = it.due, lr
 		}
 	}
 	for it := range q.held {
 		qi := get(it.dest)
-		qi.Held += len(it.rcpts)
+		qi.Held += it.count()
 		oldest(qi, it)
 	}
 	for n := range q.pausedSet {
@@ -245,8 +245,8 @@ func (q *Queue) Retry(t Target, by string) (int, error) {
 	now := q.o.Now()
 	n := 0
 	for _, it := range moved {
-		n += len(it.rcpts)
-		it.due = now
+		n += it.count()
+		it.due = now.UnixNano()
 		q.schedule(it, now)
 	}
 	q.mu.Unlock()
@@ -285,6 +285,13 @@ func (q *Queue) settle(t Target, by string, why error, typ string) (int, error) 
 	n := 0
 	var first error
 	for _, it := range items {
+		if err := q.hydrate(it); err != nil {
+			q.unreadable(it, err)
+			if first == nil {
+				first = err
+			}
+			continue
+		}
 		it.by = by
 		if err := q.complete(it, nil, why, nil); err != nil {
 			it.by = ""
@@ -341,6 +348,16 @@ func (q *Queue) setHeld(t Target, by string, hold bool) (int, error) {
 	changed := make([][]*spool.Recipient, len(items))
 	n := 0
 	for i, it := range items {
+		if err := q.hydrate(it); err != nil {
+			// Put them all back as they were: nothing is held.
+			q.mu.Lock()
+			for _, it := range items {
+				q.place(it, q.o.Now())
+			}
+			q.mu.Unlock()
+			b.Discard()
+			return 0, err
+		}
 		changed[i] = make([]*spool.Recipient, len(it.rcpts))
 		for j, r := range it.rcpts {
 			nr := *r
@@ -356,7 +373,7 @@ func (q *Queue) setHeld(t Target, by string, hold bool) (int, error) {
 	q.mu.Lock()
 	for i, it := range items {
 		if err == nil {
-			it.rcpts = changed[i]
+			it.rcpts, it.held = changed[i], hold
 		}
 		q.place(it, now)
 	}
@@ -385,10 +402,11 @@ func (q *Queue) checkTarget(t Target) error {
 // place puts an item back: held recipients (an item holds only held
 // recipients or none) among the held items, others scheduled. q.mu held.
 func (q *Queue) place(it *item, now time.Time) {
-	if len(it.rcpts) > 0 && it.rcpts[0].Held {
+	if it.held {
 		if q.held == nil {
 			q.held = map[*item]struct{}{}
 		}
+		it.compact()
 		q.held[it] = struct{}{}
 		return
 	}
@@ -410,14 +428,37 @@ func (q *Queue) extract(from int, t Target) []*item {
 	f := t.Filter
 	queue := f.Queue
 	f.Queue = ""
-	byMeta := f.Sender != nil || f.Tenant != nil || !f.After.IsZero() || !f.Before.IsZero()
+	// Sender, tenant and the recipient fields are in the spool, not in a
+	// compact item: matching them reads the item back (hydrate) under
+	// q.mu, a point read per message. A message id, the queue's own name
+	// and the reception time need no read.
+	byMeta := f.Sender != nil || f.Tenant != nil
+	byRcpt := f.State != "" || f.RcptDomain != "" || f.Recipient != ""
 	var out []*item
 	// split moves it's matching recipients into a new item in out.
 	split := func(it *item) {
-		if t.MessageID != "" && it.msg.meta.ID != t.MessageID || byMeta && !f.MatchMeta(it.msg.meta) {
+		if t.MessageID != "" && it.msg.id != t.MessageID {
+			return
+		}
+		if recv := time.Unix(0, it.msg.received); !f.After.IsZero() && recv.Before(f.After) || !f.Before.IsZero() && !recv.Before(f.Before) {
 			return
 		}
 		site := queue == "" || ctlName(it.dest) == queue
+		if it.loaded == nil && site && !byMeta && !byRcpt {
+			out = append(out, &item{msg: it.msg, dest: it.dest, idxs: it.idxs, due: it.due, held: it.held})
+			it.idxs = nil
+			return
+		}
+		if it.loaded == nil {
+			if err := q.hydrate(it); err != nil {
+				q.log.Warn("queue control: cannot read queued recipients from the spool; left as they are", "msgid", it.msg.id, "err", err)
+				return
+			}
+			defer it.compact()
+		}
+		if byMeta && !f.MatchMeta(it.meta) {
+			return
+		}
 		var took, kept []*spool.Recipient
 		for _, r := range it.rcpts {
 			if (site || rcptQueue(r) == queue) && f.MatchRecipient(r) {
@@ -430,7 +471,7 @@ func (q *Queue) extract(from int, t Target) []*item {
 			return
 		}
 		it.rcpts = kept
-		out = append(out, &item{msg: it.msg, dest: it.dest, rcpts: took, due: it.due})
+		out = append(out, &item{msg: it.msg, dest: it.dest, loaded: &loaded{meta: it.meta, rcpts: took}, due: it.due, held: it.held})
 	}
 	if from&fromWaiting != 0 {
 		n := len(out)
@@ -440,7 +481,7 @@ func (q *Queue) extract(from int, t Target) []*item {
 		if len(out) > n {
 			q.waiting = nonEmpty(q.waiting)
 			for i, it := range q.waiting {
-				it.index = i
+				it.index = int32(i)
 			}
 			heap.Init(&q.waiting)
 		}
@@ -459,7 +500,7 @@ func (q *Queue) extract(from int, t Target) []*item {
 	if from&fromHeld != 0 {
 		for it := range q.held {
 			split(it)
-			if len(it.rcpts) == 0 {
+			if it.count() == 0 {
 				delete(q.held, it)
 			}
 		}
@@ -472,7 +513,7 @@ func (q *Queue) extract(from int, t Target) []*item {
 func nonEmpty(items []*item) []*item {
 	kept := items[:0]
 	for _, it := range items {
-		if len(it.rcpts) > 0 {
+		if it.count() > 0 {
 			kept = append(kept, it)
 		}
 	}
