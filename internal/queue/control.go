@@ -240,8 +240,8 @@ func (q *Queue) Retry(t Target, by string) (int, error) {
 	if err := q.checkTarget(t); err != nil {
 		return 0, err
 	}
-	q.mu.Lock()
 	moved := q.extract(fromWaiting, t)
+	q.mu.Lock()
 	now := q.o.Now()
 	n := 0
 	for _, it := range moved {
@@ -279,9 +279,7 @@ func (q *Queue) settle(t Target, by string, why error, typ string) (int, error) 
 	if err := q.checkTarget(t); err != nil {
 		return 0, err
 	}
-	q.mu.Lock()
 	items := q.extract(fromWaiting|fromReady|fromHeld, t)
-	q.mu.Unlock()
 	n := 0
 	var first error
 	for _, it := range items {
@@ -341,9 +339,7 @@ func (q *Queue) setHeld(t Target, by string, hold bool) (int, error) {
 	if hold {
 		from, typ = fromWaiting|fromReady, pipeline.EventQueueHeld
 	}
-	q.mu.Lock()
 	items := q.extract(from, t)
-	q.mu.Unlock()
 	b := q.sp.NewBatch()
 	changed := make([][]*spool.Recipient, len(items))
 	n := 0
@@ -423,50 +419,158 @@ const (
 // extract takes the recipients selected by t out of the places in from
 // and returns them as items (one per item they were in, with its
 // message, destination and due time); what did not match stays where it
-// was. q.mu held.
+// was. It takes q.mu (call it without).
+//
+// Sender, tenant and the recipient fields are in the spool, not in a
+// compact item: when t filters on them, the compact candidates are read
+// back first without q.mu (readBack), so that deliveries and Enqueue do
+// not wait for those reads; an item that changed meanwhile is read again
+// under q.mu. A message id, a queue's own name and the reception time
+// need no read.
 func (q *Queue) extract(from int, t Target) []*item {
+	var pre map[*item]readBack
+	if needsRead(t) {
+		pre = q.readBack(from, t)
+	}
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.extractLocked(from, t, pre)
+}
+
+// needsRead reports whether t filters on what only the spool holds.
+func needsRead(t Target) bool {
+	f := t.Filter
+	return f.Sender != nil || f.Tenant != nil || f.State != "" || f.RcptDomain != "" || f.Recipient != ""
+}
+
+// readBack is a compact item's recipients as read by Queue.readBack:
+// ld nil when none matched. idxs is the item's idxs when read: compact
+// makes a new slice, so the same slice means the same recipients.
+type readBack struct {
+	idxs []uint16
+	ld   *loaded
+}
+
+// preMatch is the part of t's match that a compact item answers: its
+// message id, reception time and (site) whether its queue's control
+// name is t's queue. q.mu held.
+func preMatch(it *item, t Target) (ok, site bool) {
+	f := &t.Filter
+	if t.MessageID != "" && it.msg.id != t.MessageID {
+		return false, false
+	}
+	if recv := time.Unix(0, it.msg.received); !f.After.IsZero() && recv.Before(f.After) || !f.Before.IsZero() && !recv.Before(f.Before) {
+		return false, false
+	}
+	return true, f.Queue == "" || ctlName(it.dest) == f.Queue
+}
+
+// matching splits rcpts into those t selects and the others; site as
+// from preMatch, m the message's metadata.
+func matching(t Target, site bool, m *spool.Meta, rcpts []*spool.Recipient) (took, kept []*spool.Recipient) {
 	f := t.Filter
 	queue := f.Queue
 	f.Queue = ""
-	// Sender, tenant and the recipient fields are in the spool, not in a
-	// compact item: matching them reads the item back (hydrate) under
-	// q.mu, a point read per message. A message id, the queue's own name
-	// and the reception time need no read.
-	byMeta := f.Sender != nil || f.Tenant != nil
-	byRcpt := f.State != "" || f.RcptDomain != "" || f.Recipient != ""
+	if (f.Sender != nil || f.Tenant != nil) && !f.MatchMeta(m) {
+		return nil, rcpts
+	}
+	for _, r := range rcpts {
+		if (site || rcptQueue(r) == queue) && f.MatchRecipient(r) {
+			took = append(took, r)
+		} else {
+			kept = append(kept, r)
+		}
+	}
+	return took, kept
+}
+
+// readBack reads the compact items in from that t may select back from
+// the spool, without q.mu, and matches them; it keeps the recipients of
+// those with a match only.
+func (q *Queue) readBack(from int, t Target) map[*item]readBack {
+	type cand struct {
+		it   *item
+		idxs []uint16
+		site bool
+	}
+	var cands []cand
+	q.mu.Lock()
+	q.walk(from, func(it *item) {
+		if ok, site := preMatch(it, t); ok && it.loaded == nil {
+			cands = append(cands, cand{it, it.idxs, site})
+		}
+	})
+	q.mu.Unlock()
+	pre := make(map[*item]readBack, len(cands))
+	for _, c := range cands {
+		m, rs, err := q.sp.Queued(c.it.msg.id, c.idxs)
+		if err != nil {
+			continue // read again (and logged) under q.mu
+		}
+		rb := readBack{idxs: c.idxs}
+		if took, _ := matching(t, c.site, m, rs); len(took) > 0 {
+			rb.ld = &loaded{meta: m, rcpts: rs}
+		}
+		pre[c.it] = rb
+	}
+	return pre
+}
+
+// walk calls fn for every item in the places in from. q.mu held.
+func (q *Queue) walk(from int, fn func(*item)) {
+	if from&fromWaiting != 0 {
+		for _, it := range q.waiting {
+			fn(it)
+		}
+	}
+	if from&fromReady != 0 {
+		for _, d := range q.dests {
+			for _, it := range d.ready {
+				fn(it)
+			}
+		}
+	}
+	if from&fromHeld != 0 {
+		for it := range q.held {
+			fn(it)
+		}
+	}
+}
+
+// sameSlice reports whether a and b are one slice.
+func sameSlice(a, b []uint16) bool {
+	return len(a) == len(b) && (len(a) == 0 || &a[0] == &b[0])
+}
+
+// extractLocked is extract with q.mu held and the compact items read
+// back (pre; nil when t needs no read).
+func (q *Queue) extractLocked(from int, t Target, pre map[*item]readBack) []*item {
+	read := needsRead(t)
 	var out []*item
 	// split moves it's matching recipients into a new item in out.
 	split := func(it *item) {
-		if t.MessageID != "" && it.msg.id != t.MessageID {
+		ok, site := preMatch(it, t)
+		if !ok {
 			return
 		}
-		if recv := time.Unix(0, it.msg.received); !f.After.IsZero() && recv.Before(f.After) || !f.Before.IsZero() && !recv.Before(f.Before) {
-			return
-		}
-		site := queue == "" || ctlName(it.dest) == queue
-		if it.loaded == nil && site && !byMeta && !byRcpt {
+		if it.loaded == nil && site && !read {
 			out = append(out, &item{msg: it.msg, dest: it.dest, idxs: it.idxs, due: it.due, held: it.held})
 			it.idxs = nil
 			return
 		}
 		if it.loaded == nil {
-			if err := q.hydrate(it); err != nil {
+			if rb, ok := pre[it]; ok && sameSlice(rb.idxs, it.idxs) {
+				if rb.ld == nil {
+					return // read back: no match
+				}
+				it.loaded, it.idxs = rb.ld, nil
+			} else if err := q.hydrate(it); err != nil {
 				q.log.Warn("queue control: cannot read queued recipients from the spool; left as they are", "msgid", it.msg.id, "err", err)
 				return
 			}
 			defer it.compact()
 		}
-		if byMeta && !f.MatchMeta(it.meta) {
-			return
-		}
-		var took, kept []*spool.Recipient
-		for _, r := range it.rcpts {
-			if (site || rcptQueue(r) == queue) && f.MatchRecipient(r) {
-				took = append(took, r)
-			} else {
-				kept = append(kept, r)
-			}
-		}
+		took, kept := matching(t, site, it.meta, it.rcpts)
 		if len(took) == 0 {
 			return
 		}
