@@ -17,7 +17,7 @@ func waitingCompact(q *Queue) (int, bool) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	for _, it := range q.waiting {
-		if it.loaded != nil || len(it.idxs) == 0 {
+		if it.loaded != nil || it.count() == 0 {
 			return len(q.waiting), false
 		}
 	}

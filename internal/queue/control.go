@@ -20,9 +20,13 @@ package queue
 // Concurrency: every method takes q.mu; the listing and the actions walk
 // the timer heap, the ready lists and the held items under it (O(queued
 // items): about 0.1 s per million), during which no delivery is
-// scheduled. A recipient a worker is delivering at that moment (or whose
-// shaping site is being looked up) is not in those lists: an action does
-// not touch it (repeat the action once its attempt ended).
+// scheduled. Waiting items are compact (queue.go, item): an action whose
+// filter names the sender, tenant or a recipient field first reads the
+// candidates back from the spool without q.mu (extract; a point read per
+// message, a few microseconds each). A recipient a worker is delivering
+// at that moment (or whose shaping site is being looked up) is not in
+// those lists: an action does not touch it (repeat the action once its
+// attempt ended).
 
 import (
 	"container/heap"
@@ -444,11 +448,10 @@ func needsRead(t Target) bool {
 }
 
 // readBack is a compact item's recipients as read by Queue.readBack:
-// ld nil when none matched. idxs is the item's idxs when read: compact
-// makes a new slice, so the same slice means the same recipients.
+// ld nil when none matched; ref is the item's idxRef when read.
 type readBack struct {
-	idxs []uint16
-	ld   *loaded
+	ref idxRef
+	ld  *loaded
 }
 
 // preMatch is the part of t's match that a compact item answers: its
@@ -490,6 +493,7 @@ func matching(t Target, site bool, m *spool.Meta, rcpts []*spool.Recipient) (too
 func (q *Queue) readBack(from int, t Target) map[*item]readBack {
 	type cand struct {
 		it   *item
+		ref  idxRef
 		idxs []uint16
 		site bool
 	}
@@ -497,7 +501,7 @@ func (q *Queue) readBack(from int, t Target) map[*item]readBack {
 	q.mu.Lock()
 	q.walk(from, func(it *item) {
 		if ok, site := preMatch(it, t); ok && it.loaded == nil {
-			cands = append(cands, cand{it, it.idxs, site})
+			cands = append(cands, cand{it, it.ref(), it.indexes(), site})
 		}
 	})
 	q.mu.Unlock()
@@ -507,7 +511,7 @@ func (q *Queue) readBack(from int, t Target) map[*item]readBack {
 		if err != nil {
 			continue // read again (and logged) under q.mu
 		}
-		rb := readBack{idxs: c.idxs}
+		rb := readBack{ref: c.ref}
 		if took, _ := matching(t, c.site, m, rs); len(took) > 0 {
 			rb.ld = &loaded{meta: m, rcpts: rs}
 		}
@@ -537,11 +541,6 @@ func (q *Queue) walk(from int, fn func(*item)) {
 	}
 }
 
-// sameSlice reports whether a and b are one slice.
-func sameSlice(a, b []uint16) bool {
-	return len(a) == len(b) && (len(a) == 0 || &a[0] == &b[0])
-}
-
 // extractLocked is extract with q.mu held and the compact items read
 // back (pre; nil when t needs no read).
 func (q *Queue) extractLocked(from int, t Target, pre map[*item]readBack) []*item {
@@ -554,16 +553,18 @@ func (q *Queue) extractLocked(from int, t Target, pre map[*item]readBack) []*ite
 			return
 		}
 		if it.loaded == nil && site && !read {
-			out = append(out, &item{msg: it.msg, dest: it.dest, idxs: it.idxs, due: it.due, held: it.held})
-			it.idxs = nil
+			moved := &item{msg: it.msg, dest: it.dest, due: it.due, held: it.held}
+			moved.setRef(it.ref())
+			it.setRef(idxRef{})
+			out = append(out, moved)
 			return
 		}
 		if it.loaded == nil {
-			if rb, ok := pre[it]; ok && sameSlice(rb.idxs, it.idxs) {
+			if rb, ok := pre[it]; ok && rb.ref == it.ref() {
 				if rb.ld == nil {
 					return // read back: no match
 				}
-				it.loaded, it.idxs = rb.ld, nil
+				it.load(rb.ld)
 			} else if err := q.hydrate(it); err != nil {
 				q.log.Warn("queue control: cannot read queued recipients from the spool; left as they are", "msgid", it.msg.id, "err", err)
 				return

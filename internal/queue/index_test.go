@@ -64,7 +64,7 @@ func indexed(q *Queue) (map[string]int, map[string]bool) {
 	got := map[string]int{}
 	seen := map[string]bool{}
 	add := func(it *item) {
-		idxs := it.idxs
+		idxs := it.indexes()
 		if it.loaded != nil {
 			idxs = nil
 			for _, r := range it.rcpts {
@@ -112,7 +112,7 @@ func TestLoadRebuildsEveryQueuedRecipient(t *testing.T) {
 	// recipients; the queue keeps indexes.
 	q.mu.Lock()
 	for _, it := range q.waiting {
-		if it.loaded != nil || len(it.idxs) == 0 {
+		if it.loaded != nil || it.count() == 0 {
 			q.mu.Unlock()
 			t.Fatalf("waiting item of message %s holds its recipients (%+v)", it.msg.id, it.loaded)
 		}

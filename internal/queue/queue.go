@@ -201,9 +201,9 @@ type message struct {
 // together in one transaction.
 //
 // An item waiting (in the timer heap, among the held items, or at the
-// back of a long ready list) is compact: loaded is nil and idxs holds
-// its recipients' indexes, about 100 bytes of heap per recipient with
-// its message; the metadata and recipients stay in the spool, which
+// back of a long ready list) is compact: loaded is nil and it keeps
+// its recipients' indexes (indexes), 48 bytes and about 100 more per
+// message; the metadata and recipients stay in the spool, which
 // holds them as they are (every change to a recipient is committed
 // before its item is placed again). hydrate reads them back when the
 // item is taken for delivery or a control action needs them (issue 21:
@@ -214,13 +214,45 @@ type item struct {
 	msg  *message
 	dest *dest
 	*loaded
-	idxs []uint16 // compact: the recipients' indexes; nil when loaded
-	due  int64    // Unix nanoseconds
+	// more holds a compact item's recipient indexes when it has several
+	// (a new slice at each compact: see idxRef); one is the index of a
+	// compact item's single recipient (single).
+	more *[]uint16
+	due  int64 // Unix nanoseconds
 	// index is the item's position in the timer heap.
-	index int32
+	index  int32
+	one    uint16
+	single bool
 	// held: an operator holds the item's recipients (control.go); an item
 	// holds only held recipients or none.
 	held bool
+}
+
+// idxRef identifies a compact item's recipient indexes: equal refs of
+// one item mean it was not compacted again in between (so the same
+// recipients, as the spool holds them).
+type idxRef struct {
+	more   *[]uint16
+	one    uint16
+	single bool
+}
+
+func (it *item) ref() idxRef { return idxRef{it.more, it.one, it.single} }
+
+// indexes is a compact item's recipient indexes.
+func (it *item) indexes() []uint16 {
+	switch {
+	case it.single:
+		return []uint16{it.one}
+	case it.more != nil:
+		return *it.more
+	}
+	return nil
+}
+
+// setRef makes it compact with r's indexes.
+func (it *item) setRef(r idxRef) {
+	it.loaded, it.more, it.one, it.single = nil, r.more, r.one, r.single
 }
 
 // loaded is an item's message metadata and recipients as read from the
@@ -235,10 +267,15 @@ type loaded struct {
 
 // count is how many recipients it holds.
 func (it *item) count() int {
-	if it.loaded != nil {
+	switch {
+	case it.loaded != nil:
 		return len(it.rcpts)
+	case it.single:
+		return 1
+	case it.more != nil:
+		return len(*it.more)
 	}
-	return len(it.idxs)
+	return 0
 }
 
 // compact drops a loaded item's metadata and recipients, keeping their
@@ -247,11 +284,19 @@ func (it *item) compact() {
 	if it.loaded == nil {
 		return
 	}
-	idxs := make([]uint16, len(it.rcpts))
-	for i, r := range it.rcpts {
-		idxs[i] = uint16(r.Idx)
+	var r idxRef
+	switch n := len(it.rcpts); n {
+	case 0:
+	case 1:
+		r.one, r.single = uint16(it.rcpts[0].Idx), true
+	default:
+		idxs := make([]uint16, n)
+		for i, rc := range it.rcpts {
+			idxs[i] = uint16(rc.Idx)
+		}
+		r.more = &idxs
 	}
-	it.idxs, it.loaded = idxs, nil
+	it.setRef(r)
 }
 
 // dueTime is when it is due, as a time.Time.
@@ -265,12 +310,18 @@ func (q *Queue) hydrate(it *item) error {
 	if it.loaded != nil {
 		return nil
 	}
-	m, rs, err := q.sp.Queued(it.msg.id, it.idxs)
+	m, rs, err := q.sp.Queued(it.msg.id, it.indexes())
 	if err != nil {
 		return err
 	}
-	it.loaded, it.idxs = &loaded{meta: m, rcpts: rs}, nil
+	it.load(&loaded{meta: m, rcpts: rs})
 	return nil
+}
+
+// load makes it hold ld.
+func (it *item) load(ld *loaded) {
+	it.setRef(idxRef{})
+	it.loaded = ld
 }
 
 // unreadable handles an item whose recipients could not be read back
