@@ -22,6 +22,7 @@ import (
 
 	"github.com/sluice-mta/sluice/internal/config"
 	"github.com/sluice-mta/sluice/internal/logx"
+	"github.com/sluice-mta/sluice/internal/memlimit"
 	"github.com/sluice-mta/sluice/internal/server"
 )
 
@@ -178,6 +179,9 @@ func runServe(args []string, stderr io.Writer) int {
 		return 2
 	}
 	slog.SetDefault(log)
+	if limit, cg := memlimit.Set(); limit > 0 {
+		log.Info("Go soft memory limit set from the cgroup memory limit (set GOMEMLIMIT to choose another)", "limit_bytes", limit, "cgroup_limit_bytes", cg)
+	}
 	cfg, err := config.Load(*cfgPath)
 	if err != nil {
 		fmt.Fprintln(stderr, "sluice serve:", err)

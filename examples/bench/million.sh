@@ -11,7 +11,8 @@
 #      queue: PROBES x PROBE_N messages (sluice-bench smtp, 2 KB x 20 sessions)
 #   2. fill: N messages of SIZE bytes, one recipient each, to the down
 #      destination; wait until each has had its one failed attempt
-#   3. RSS with N queued (VmRSS, and the Go heap from /metrics), per recipient
+#   3. RSS with N queued (VmRSS, and the Go heap from /metrics: in use, and
+#      live after the last collection), per recipient
 #   4. acceptance probe again with N queued (same PROBES x PROBE_N)
 #   5. restart: SIGTERM, start again; restart time = exec -> SMTP port open
 #      (the listeners start after the queues are rebuilt); RSS after restart.
@@ -51,7 +52,9 @@ sed -e "s#{{SPOOL}}#$WORK/spool#" -e "s#{{EVENTS}}#$WORK/events.jsonl#" -e "s#{{
 say() { printf '%-28s %s\n' "$1" "$2"; }
 now() { date +%s.%N; }
 rss_kb() { awk '/^VmRSS/ {print $2}' "/proc/$pid/status"; }
-heap_mb() { curl -fsS http://127.0.0.1:$ADMIN_PORT/metrics 2>/dev/null | awk '/^go_memstats_heap_inuse_bytes / {printf "%.0f", $2/1048576}'; }
+# heap_mb: the Go heap in use (live data and garbage not collected yet) and
+# the live heap after the last collection.
+heap_mb() { curl -fsS http://127.0.0.1:$ADMIN_PORT/metrics 2>/dev/null | awk '/^go_memstats_heap_inuse_bytes / {u = $2} /^go_gc_heap_live_bytes / {l = $2} END {printf "in use %.0f, live %.0f", u/1048576, l/1048576}'; }
 wait_port() { for _ in $(seq 6000); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.01; done; return 1; }
 since() { echo "$1 $(now)" | awk '{printf "%.2f", $2-$1}'; }
 start() { # sets pid; prints the seconds from exec to both ports open

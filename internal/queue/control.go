@@ -20,9 +20,13 @@ package queue
 // Concurrency: every method takes q.mu; the listing and the actions walk
 // the timer heap, the ready lists and the held items under it (O(queued
 // items): about 0.1 s per million), during which no delivery is
-// scheduled. A recipient a worker is delivering at that moment (or whose
-// shaping site is being looked up) is not in those lists: an action does
-// not touch it (repeat the action once its attempt ended).
+// scheduled. Waiting items are compact (queue.go, item): an action whose
+// filter names the sender, tenant or a recipient field first reads the
+// candidates back from the spool without q.mu (extract; a point read per
+// message, a few microseconds each). A recipient a worker is delivering
+// at that moment (or whose shaping site is being looked up) is not in
+// those lists: an action does not touch it (repeat the action once its
+// attempt ended).
 
 import (
 	"container/heap"
@@ -86,7 +90,7 @@ func (q *Queue) Queues() []QueueInfo {
 		return qi
 	}
 	oldest := func(qi *QueueInfo, it *item) {
-		if r := it.msg.meta.Received; qi.Oldest.IsZero() || r.Before(qi.Oldest) {
+		if r := time.Unix(0, it.msg.received); qi.Oldest.IsZero() || r.Before(qi.Oldest) {
 			qi.Oldest = r
 		}
 	}
@@ -96,28 +100,28 @@ func (q *Queue) Queues() []QueueInfo {
 		}
 		qi := get(d)
 		for _, it := range d.ready {
-			qi.Ready += len(it.rcpts)
+			qi.Ready += it.count()
 			oldest(qi, it)
 		}
 	}
-	lastDue := map[string]time.Time{}
+	lastDue := map[string]int64{}
 	for _, it := range q.waiting {
 		qi := get(it.dest)
-		qi.Waiting += len(it.rcpts)
+		qi.Waiting += it.count()
 		oldest(qi, it)
-		if qi.NextAttempt == nil || it.due.Before(*qi.NextAttempt) {
-			due := it.due
+		if qi.NextAttempt == nil || it.due < qi.NextAttempt.UnixNano() {
+			due := it.dueTime()
 			qi.NextAttempt = &due
 		}
-		for _, r := range it.rcpts {
-			if r.LastReply != nil && !it.due.Before(lastDue[qi.Name]) {
-				lastDue[qi.Name], qi.LastError = it.due, r.LastReply
-			}
+		// A waiting item is compact: its destination's last reply stands
+		// for its recipients' (they share it when equal, dest.share).
+		if lr := it.dest.lastReply; lr != nil && it.due >= lastDue[qi.Name] {
+			lastDue[qi.Name], qi.LastError = it.due, lr
 		}
 	}
 	for it := range q.held {
 		qi := get(it.dest)
-		qi.Held += len(it.rcpts)
+		qi.Held += it.count()
 		oldest(qi, it)
 	}
 	for n := range q.pausedSet {
@@ -240,13 +244,13 @@ func (q *Queue) Retry(t Target, by string) (int, error) {
 	if err := q.checkTarget(t); err != nil {
 		return 0, err
 	}
-	q.mu.Lock()
 	moved := q.extract(fromWaiting, t)
+	q.mu.Lock()
 	now := q.o.Now()
 	n := 0
 	for _, it := range moved {
-		n += len(it.rcpts)
-		it.due = now
+		n += it.count()
+		it.due = now.UnixNano()
 		q.schedule(it, now)
 	}
 	q.mu.Unlock()
@@ -279,12 +283,17 @@ func (q *Queue) settle(t Target, by string, why error, typ string) (int, error) 
 	if err := q.checkTarget(t); err != nil {
 		return 0, err
 	}
-	q.mu.Lock()
 	items := q.extract(fromWaiting|fromReady|fromHeld, t)
-	q.mu.Unlock()
 	n := 0
 	var first error
 	for _, it := range items {
+		if err := q.hydrate(it); err != nil {
+			q.unreadable(it, err)
+			if first == nil {
+				first = err
+			}
+			continue
+		}
 		it.by = by
 		if err := q.complete(it, nil, why, nil); err != nil {
 			it.by = ""
@@ -334,13 +343,21 @@ func (q *Queue) setHeld(t Target, by string, hold bool) (int, error) {
 	if hold {
 		from, typ = fromWaiting|fromReady, pipeline.EventQueueHeld
 	}
-	q.mu.Lock()
 	items := q.extract(from, t)
-	q.mu.Unlock()
 	b := q.sp.NewBatch()
 	changed := make([][]*spool.Recipient, len(items))
 	n := 0
 	for i, it := range items {
+		if err := q.hydrate(it); err != nil {
+			// Put them all back as they were: nothing is held.
+			q.mu.Lock()
+			for _, it := range items {
+				q.place(it, q.o.Now())
+			}
+			q.mu.Unlock()
+			b.Discard()
+			return 0, err
+		}
 		changed[i] = make([]*spool.Recipient, len(it.rcpts))
 		for j, r := range it.rcpts {
 			nr := *r
@@ -356,7 +373,7 @@ func (q *Queue) setHeld(t Target, by string, hold bool) (int, error) {
 	q.mu.Lock()
 	for i, it := range items {
 		if err == nil {
-			it.rcpts = changed[i]
+			it.rcpts, it.held = changed[i], hold
 		}
 		q.place(it, now)
 	}
@@ -385,10 +402,11 @@ func (q *Queue) checkTarget(t Target) error {
 // place puts an item back: held recipients (an item holds only held
 // recipients or none) among the held items, others scheduled. q.mu held.
 func (q *Queue) place(it *item, now time.Time) {
-	if len(it.rcpts) > 0 && it.rcpts[0].Held {
+	if it.held {
 		if q.held == nil {
 			q.held = map[*item]struct{}{}
 		}
+		it.compact()
 		q.held[it] = struct{}{}
 		return
 	}
@@ -405,32 +423,160 @@ const (
 // extract takes the recipients selected by t out of the places in from
 // and returns them as items (one per item they were in, with its
 // message, destination and due time); what did not match stays where it
-// was. q.mu held.
+// was. It takes q.mu (call it without).
+//
+// Sender, tenant and the recipient fields are in the spool, not in a
+// compact item: when t filters on them, the compact candidates are read
+// back first without q.mu (readBack), so that deliveries and Enqueue do
+// not wait for those reads; an item that changed meanwhile is read again
+// under q.mu. A message id, a queue's own name and the reception time
+// need no read.
 func (q *Queue) extract(from int, t Target) []*item {
+	var pre map[*item]readBack
+	if needsRead(t) {
+		pre = q.readBack(from, t)
+	}
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.extractLocked(from, t, pre)
+}
+
+// needsRead reports whether t filters on what only the spool holds.
+func needsRead(t Target) bool {
+	f := t.Filter
+	return f.Sender != nil || f.Tenant != nil || f.State != "" || f.RcptDomain != "" || f.Recipient != ""
+}
+
+// readBack is a compact item's recipients as read by Queue.readBack:
+// ld nil when none matched; ref is the item's idxRef when read.
+type readBack struct {
+	ref idxRef
+	ld  *loaded
+}
+
+// preMatch is the part of t's match that a compact item answers: its
+// message id, reception time and (site) whether its queue's control
+// name is t's queue. q.mu held.
+func preMatch(it *item, t Target) (ok, site bool) {
+	f := &t.Filter
+	if t.MessageID != "" && it.msg.id != t.MessageID {
+		return false, false
+	}
+	if recv := time.Unix(0, it.msg.received); !f.After.IsZero() && recv.Before(f.After) || !f.Before.IsZero() && !recv.Before(f.Before) {
+		return false, false
+	}
+	return true, f.Queue == "" || ctlName(it.dest) == f.Queue
+}
+
+// matching splits rcpts into those t selects and the others; site as
+// from preMatch, m the message's metadata.
+func matching(t Target, site bool, m *spool.Meta, rcpts []*spool.Recipient) (took, kept []*spool.Recipient) {
 	f := t.Filter
 	queue := f.Queue
 	f.Queue = ""
-	byMeta := f.Sender != nil || f.Tenant != nil || !f.After.IsZero() || !f.Before.IsZero()
+	if (f.Sender != nil || f.Tenant != nil) && !f.MatchMeta(m) {
+		return nil, rcpts
+	}
+	for _, r := range rcpts {
+		if (site || rcptQueue(r) == queue) && f.MatchRecipient(r) {
+			took = append(took, r)
+		} else {
+			kept = append(kept, r)
+		}
+	}
+	return took, kept
+}
+
+// readBack reads the compact items in from that t may select back from
+// the spool, without q.mu, and matches them; it keeps the recipients of
+// those with a match only.
+func (q *Queue) readBack(from int, t Target) map[*item]readBack {
+	type cand struct {
+		it   *item
+		ref  idxRef
+		idxs []uint16
+		site bool
+	}
+	var cands []cand
+	q.mu.Lock()
+	q.walk(from, func(it *item) {
+		if ok, site := preMatch(it, t); ok && it.loaded == nil {
+			cands = append(cands, cand{it, it.ref(), it.indexes(), site})
+		}
+	})
+	q.mu.Unlock()
+	pre := make(map[*item]readBack, len(cands))
+	for _, c := range cands {
+		m, rs, err := q.sp.Queued(c.it.msg.id, c.idxs)
+		if err != nil {
+			continue // read again (and logged) under q.mu
+		}
+		rb := readBack{ref: c.ref}
+		if took, _ := matching(t, c.site, m, rs); len(took) > 0 {
+			rb.ld = &loaded{meta: m, rcpts: rs}
+		}
+		pre[c.it] = rb
+	}
+	return pre
+}
+
+// walk calls fn for every item in the places in from. q.mu held.
+func (q *Queue) walk(from int, fn func(*item)) {
+	if from&fromWaiting != 0 {
+		for _, it := range q.waiting {
+			fn(it)
+		}
+	}
+	if from&fromReady != 0 {
+		for _, d := range q.dests {
+			for _, it := range d.ready {
+				fn(it)
+			}
+		}
+	}
+	if from&fromHeld != 0 {
+		for it := range q.held {
+			fn(it)
+		}
+	}
+}
+
+// extractLocked is extract with q.mu held and the compact items read
+// back (pre; nil when t needs no read).
+func (q *Queue) extractLocked(from int, t Target, pre map[*item]readBack) []*item {
+	read := needsRead(t)
 	var out []*item
 	// split moves it's matching recipients into a new item in out.
 	split := func(it *item) {
-		if t.MessageID != "" && it.msg.meta.ID != t.MessageID || byMeta && !f.MatchMeta(it.msg.meta) {
+		ok, site := preMatch(it, t)
+		if !ok {
 			return
 		}
-		site := queue == "" || ctlName(it.dest) == queue
-		var took, kept []*spool.Recipient
-		for _, r := range it.rcpts {
-			if (site || rcptQueue(r) == queue) && f.MatchRecipient(r) {
-				took = append(took, r)
-			} else {
-				kept = append(kept, r)
-			}
+		if it.loaded == nil && site && !read {
+			moved := &item{msg: it.msg, dest: it.dest, due: it.due, held: it.held}
+			moved.setRef(it.ref())
+			it.setRef(idxRef{})
+			out = append(out, moved)
+			return
 		}
+		if it.loaded == nil {
+			if rb, ok := pre[it]; ok && rb.ref == it.ref() {
+				if rb.ld == nil {
+					return // read back: no match
+				}
+				it.load(rb.ld)
+			} else if err := q.hydrate(it); err != nil {
+				q.log.Warn("queue control: cannot read queued recipients from the spool; left as they are", "msgid", it.msg.id, "err", err)
+				return
+			}
+			defer it.compact()
+		}
+		took, kept := matching(t, site, it.meta, it.rcpts)
 		if len(took) == 0 {
 			return
 		}
 		it.rcpts = kept
-		out = append(out, &item{msg: it.msg, dest: it.dest, rcpts: took, due: it.due})
+		out = append(out, &item{msg: it.msg, dest: it.dest, loaded: &loaded{meta: it.meta, rcpts: took}, due: it.due, held: it.held})
 	}
 	if from&fromWaiting != 0 {
 		n := len(out)
@@ -440,7 +586,7 @@ func (q *Queue) extract(from int, t Target) []*item {
 		if len(out) > n {
 			q.waiting = nonEmpty(q.waiting)
 			for i, it := range q.waiting {
-				it.index = i
+				it.index = int32(i)
 			}
 			heap.Init(&q.waiting)
 		}
@@ -459,7 +605,7 @@ func (q *Queue) extract(from int, t Target) []*item {
 	if from&fromHeld != 0 {
 		for it := range q.held {
 			split(it)
-			if len(it.rcpts) == 0 {
+			if it.count() == 0 {
 				delete(q.held, it)
 			}
 		}
@@ -472,7 +618,7 @@ func (q *Queue) extract(from int, t Target) []*item {
 func nonEmpty(items []*item) []*item {
 	kept := items[:0]
 	for _, it := range items {
-		if len(it.rcpts) > 0 {
+		if it.count() > 0 {
 			kept = append(kept, it)
 		}
 	}

@@ -68,7 +68,9 @@ func BenchmarkControlWalk(b *testing.B) {
 }
 
 // deferredQueue is a queue (not started) holding n deferred recipients,
-// one per message, in 100 domains, due in an hour.
+// one per message, in 100 domains, due in an hour, each in the spool too
+// (waiting items are compact: a filter on the sender or a recipient field
+// reads them back).
 func deferredQueue(b *testing.B, n int) *Queue {
 	sp, err := spool.Open(b.TempDir(), spool.Options{})
 	if err != nil {
@@ -78,11 +80,21 @@ func deferredQueue(b *testing.B, n int) *Queue {
 	q := New(sp, &fakeDialer{}, Options{Logger: slog.New(slog.DiscardHandler)})
 	due := time.Now().Add(time.Hour)
 	reply := &pipeline.Response{Code: 451, Enhanced: "4.7.1", Text: "later"}
+	bt := sp.NewBatch()
 	for i := 0; i < n; i++ {
 		d := fmt.Sprintf("d%d.test", i%100)
 		m := &spool.Meta{ID: sp.NewID(), Sender: "s@a.test", Received: time.Now(), Size: 4}
-		q.Enqueue(m, []*spool.Recipient{{MsgID: m.ID, Address: "r@" + d, Domain: d, Route: pipeline.MX(),
-			Attempts: 1, NextAttempt: due, LastReply: reply}})
+		r := &spool.Recipient{MsgID: m.ID, Address: "r@" + d, Domain: d, Route: pipeline.MX(),
+			Attempts: 1, NextAttempt: due, LastReply: reply}
+		_ = bt.PutMessage(m, []byte("x"))
+		_ = bt.PutRecipient(r)
+		if i%5000 == 4999 || i == n-1 {
+			if err := bt.Commit(false); err != nil {
+				b.Fatal(err)
+			}
+			bt = sp.NewBatch()
+		}
+		q.Enqueue(m, []*spool.Recipient{r})
 	}
 	return q
 }

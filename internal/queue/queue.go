@@ -186,20 +186,172 @@ type Queue struct {
 	held map[*item]struct{}
 }
 
+// message is what the queue keeps of a queued message while any of its
+// recipients is queued: its id, when it was received (the listing's
+// oldest message and the After/Before filters) and how many of its
+// recipients are not settled yet. Its metadata is in the spool; an item
+// about to be delivered reads it back (hydrate).
 type message struct {
-	meta      *spool.Meta
+	id        string
+	received  int64 // Unix nanoseconds
 	remaining int
 }
 
+// item is some recipients of one message for one destination, attempted
+// together in one transaction.
+//
+// An item waiting (in the timer heap, among the held items, or at the
+// back of a long ready list) is compact: loaded is nil and it keeps
+// its recipients' indexes (indexes), 48 bytes and about 100 more per
+// message; the metadata and recipients stay in the spool, which
+// holds them as they are (every change to a recipient is committed
+// before its item is placed again). hydrate reads them back when the
+// item is taken for delivery or a control action needs them (issue 21:
+// a million queued recipients kept about 530 bytes each in memory
+// with the spool's Meta and Recipient). A compact item's rcpts, meta and
+// by must not be read (they are loaded's); count works either way.
 type item struct {
-	msg   *message
-	dest  *dest
+	msg  *message
+	dest *dest
+	*loaded
+	// more holds a compact item's recipient indexes when it has several
+	// (a new slice at each compact: see idxRef); one is the index of a
+	// compact item's single recipient (single).
+	more *[]uint16
+	due  int64 // Unix nanoseconds
+	// index is the item's position in the timer heap.
+	index  int32
+	one    uint16
+	single bool
+	// held: an operator holds the item's recipients (control.go); an item
+	// holds only held recipients or none.
+	held bool
+}
+
+// idxRef identifies a compact item's recipient indexes: equal refs of
+// one item mean it was not compacted again in between (so the same
+// recipients, as the spool holds them).
+type idxRef struct {
+	more   *[]uint16
+	one    uint16
+	single bool
+}
+
+func (it *item) ref() idxRef { return idxRef{it.more, it.one, it.single} }
+
+// indexes is a compact item's recipient indexes.
+func (it *item) indexes() []uint16 {
+	switch {
+	case it.single:
+		return []uint16{it.one}
+	case it.more != nil:
+		return *it.more
+	}
+	return nil
+}
+
+// setRef makes it compact with r's indexes.
+func (it *item) setRef(r idxRef) {
+	it.loaded, it.more, it.one, it.single = nil, r.more, r.one, r.single
+}
+
+// loaded is an item's message metadata and recipients as read from the
+// spool (or handed to Enqueue).
+type loaded struct {
+	meta  *spool.Meta
 	rcpts []*spool.Recipient
-	due   time.Time
-	index int // in the heap
 	// by is the API key id of an operator who bounces or cancels the
 	// item's recipients (control.go); "" for a delivery attempt.
 	by string
+}
+
+// count is how many recipients it holds.
+func (it *item) count() int {
+	switch {
+	case it.loaded != nil:
+		return len(it.rcpts)
+	case it.single:
+		return 1
+	case it.more != nil:
+		return len(*it.more)
+	}
+	return 0
+}
+
+// compact drops a loaded item's metadata and recipients, keeping their
+// indexes (the spool holds them as they are). q.mu held, or it owned.
+func (it *item) compact() {
+	if it.loaded == nil {
+		return
+	}
+	var r idxRef
+	switch n := len(it.rcpts); n {
+	case 0:
+	case 1:
+		r.one, r.single = uint16(it.rcpts[0].Idx), true
+	default:
+		idxs := make([]uint16, n)
+		for i, rc := range it.rcpts {
+			idxs[i] = uint16(rc.Idx)
+		}
+		r.more = &idxs
+	}
+	it.setRef(r)
+}
+
+// dueTime is when it is due, as a time.Time.
+func (it *item) dueTime() time.Time { return time.Unix(0, it.due) }
+
+// hydrate reads a compact item's metadata and recipients back from the
+// spool (see item); a loaded item is left as it is. The error wraps
+// spool.ErrNotQueued when the spool lost them. Call it with q.mu held or
+// on an item the caller owns (taken out of every list).
+func (q *Queue) hydrate(it *item) error {
+	if it.loaded != nil {
+		return nil
+	}
+	m, rs, err := q.sp.Queued(it.msg.id, it.indexes())
+	if err != nil {
+		return err
+	}
+	it.load(&loaded{meta: m, rcpts: rs})
+	return nil
+}
+
+// load makes it hold ld.
+func (it *item) load(ld *loaded) {
+	it.setRef(idxRef{})
+	it.loaded = ld
+}
+
+// unreadable handles an item whose recipients could not be read back
+// from the spool (hydrate's err), which is taken out of every list:
+// missing records are dropped (nothing can deliver them; the spool's
+// start-up scan skips them the same way), other errors retried after
+// RetryInitial.
+func (q *Queue) unreadable(it *item, err error) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if errors.Is(err, spool.ErrNotQueued) {
+		q.log.Error("queued recipients missing from the spool; dropped", "msgid", it.msg.id, "recipients", it.count(), "err", err)
+		it.msg.remaining -= it.count()
+		if it.msg.remaining <= 0 && q.msgs[it.msg.id] == it.msg {
+			delete(q.msgs, it.msg.id)
+		}
+		return
+	}
+	if ok, n := q.sample.Allow("unreadable"); ok {
+		q.log.Error("cannot read queued recipients from the spool; will retry", "msgid", it.msg.id, "err", err, "similar_suppressed", n)
+	}
+	it.due = q.o.Now().Add(q.o.RetryInitial).UnixNano()
+	q.wait(it)
+	q.kick()
+}
+
+// wait puts it, compact, into the timer heap. q.mu held.
+func (q *Queue) wait(it *item) {
+	it.compact()
+	heap.Push(&q.waiting, it)
 }
 
 type dest struct {
@@ -371,7 +523,7 @@ func (q *Queue) Stats() Stats {
 		s.Active += d.active
 	}
 	for it := range q.held {
-		s.Held += len(it.rcpts)
+		s.Held += it.count()
 	}
 	return s
 }
@@ -484,8 +636,8 @@ func (q *Queue) enqueue(m *spool.Meta, rcpts []*spool.Recipient, sites map[strin
 	defer q.mu.Unlock()
 	msg := q.msgs[m.ID]
 	if msg == nil {
-		msg = &message{meta: m}
-		q.msgs[m.ID] = msg
+		msg = &message{id: m.ID, received: m.Received.UnixNano()}
+		q.msgs[msg.id] = msg
 	}
 	msg.remaining += len(rcpts)
 	groups := map[string]*item{}
@@ -514,12 +666,12 @@ func (q *Queue) enqueue(m *spool.Meta, rcpts []*spool.Recipient, sites map[strin
 				d.tls = need
 				q.dests[k] = d
 			}
-			it = &item{msg: msg, dest: d, due: r.NextAttempt}
+			it = &item{msg: msg, dest: d, loaded: &loaded{meta: m}, due: r.NextAttempt.UnixNano(), held: r.Held}
 			groups[gk] = it
 			order = append(order, it)
 		}
-		if r.NextAttempt.After(it.due) {
-			it.due = r.NextAttempt
+		if due := r.NextAttempt.UnixNano(); due > it.due {
+			it.due = due
 		}
 		it.dest.share(r)
 		it.rcpts = append(it.rcpts, r)
@@ -547,11 +699,18 @@ func (q *Queue) newDest(k string, route *pipeline.Route, domain, site string) *d
 	return d
 }
 
+// readyLoaded is how many items of a destination's ready list stay
+// loaded (see item): those behind them are compact, so that a paused
+// queue, or a burst larger than its workers take, does not hold every
+// message's metadata in memory. Items at the front go out at once
+// without a read back from the spool.
+const readyLoaded = 256
+
 // schedule puts an item in its destination's ready list or the timer heap.
 // Called with q.mu held.
 func (q *Queue) schedule(it *item, now time.Time) {
-	if it.due.After(now) {
-		heap.Push(&q.waiting, it)
+	if it.due > now.UnixNano() {
+		q.wait(it)
 		if q.waiting[0] == it {
 			q.kick()
 		}
@@ -559,6 +718,9 @@ func (q *Queue) schedule(it *item, now time.Time) {
 	}
 	d := q.live(it.dest)
 	it.dest = d
+	if len(d.ready) >= readyLoaded {
+		it.compact()
+	}
 	d.ready = append(d.ready, it)
 	q.dispatch(d)
 }
@@ -623,8 +785,8 @@ func (q *Queue) timerLoop() {
 			q.mu.Unlock()
 			return
 		}
-		now := q.o.Now()
-		for len(q.waiting) > 0 && !q.waiting[0].due.After(now) {
+		now := q.o.Now().UnixNano()
+		for len(q.waiting) > 0 && q.waiting[0].due <= now {
 			it := heap.Pop(&q.waiting).(*item)
 			it.dest = q.live(it.dest)
 			it.dest.ready = append(it.dest.ready, it)
@@ -632,7 +794,7 @@ func (q *Queue) timerLoop() {
 		}
 		wait := time.Hour
 		if len(q.waiting) > 0 {
-			wait = q.waiting[0].due.Sub(now)
+			wait = time.Duration(q.waiting[0].due - now)
 		}
 		q.mu.Unlock()
 		if !t.Stop() {
@@ -800,14 +962,18 @@ func (q *Queue) worker(d *dest) {
 			}
 			conn, sent = c, 0
 		}
-		data, err := q.sp.Body(it.msg.meta.ID)
+		if err := q.hydrate(it); err != nil {
+			q.unreadable(it, err)
+			continue
+		}
+		data, err := q.sp.Body(it.meta.ID)
 		if err != nil {
-			q.log.Error("spooled message unreadable; will retry", "msgid", it.msg.meta.ID, "err", err)
+			q.log.Error("spooled message unreadable; will retry", "msgid", it.meta.ID, "err", err)
 			q.complete(it, nil, &pipeline.Error{Code: 451, Enhanced: pipeline.EnhancedCode{4, 3, 0}, Message: "spool read failed", Cause: err}, nil)
 			continue
 		}
-		env := &delivery.Envelope{From: it.msg.meta.Sender, Params: it.msg.meta.Params,
-			Rcpts: make([]delivery.Rcpt, len(it.rcpts)), MsgID: it.msg.meta.ID}
+		env := &delivery.Envelope{From: it.meta.Sender, Params: it.meta.Params,
+			Rcpts: make([]delivery.Rcpt, len(it.rcpts)), MsgID: it.meta.ID}
 		for i, r := range it.rcpts {
 			env.Rcpts[i] = delivery.Rcpt{Addr: r.Address, Params: r.Params, Attempt: r.Attempts + 1}
 		}
@@ -930,8 +1096,8 @@ func (q *Queue) shapeHold(d *dest, it *item, retry time.Time, reason string) {
 	items := append([]*item{it}, d.ready...)
 	d.ready = nil
 	for _, x := range items {
-		x.due = retry
-		heap.Push(&q.waiting, x)
+		x.due = retry.UnixNano()
+		q.wait(x)
 	}
 	q.mu.Unlock()
 	q.kick()
@@ -959,8 +1125,8 @@ func (q *Queue) holdForSpool(it *item) {
 		q.log.Warn("the spool cannot record delivery outcomes (disk full or spool failed); delivery is held until it can", "recheck_every", spoolHold)
 	}
 	q.mu.Lock()
-	it.due = q.o.Now().Add(spoolHold)
-	heap.Push(&q.waiting, it)
+	it.due = q.o.Now().Add(spoolHold).UnixNano()
+	q.wait(it)
 	q.mu.Unlock()
 	q.kick()
 }
@@ -1017,8 +1183,14 @@ func (q *Queue) event(typ string, m *spool.Meta, r *spool.Recipient, queueName s
 // errCancelled and no attempt: then a failure to commit is returned, and
 // the caller puts the item back; otherwise the item is retried later.
 func (q *Queue) complete(it *item, res []delivery.Result, err error, remote *pipeline.Remote) error {
+	// An operator's action (settle) hands loaded items, so only a
+	// delivery attempt's item can fail here.
+	if herr := q.hydrate(it); herr != nil {
+		q.unreadable(it, herr)
+		return herr
+	}
 	now := q.o.Now()
-	m := it.msg.meta
+	m := it.meta
 	b := q.sp.NewBatch()
 	if it.by != "" {
 		b.NoSuppression()
@@ -1138,8 +1310,8 @@ func (q *Queue) complete(it *item, res []delivery.Result, err error, remote *pip
 			return cerr
 		}
 		q.mu.Lock()
-		it.due = now.Add(q.o.RetryInitial)
-		heap.Push(&q.waiting, it)
+		it.due = now.Add(q.o.RetryInitial).UnixNano()
+		q.wait(it)
 		q.mu.Unlock()
 		q.kick()
 		return cerr
@@ -1168,7 +1340,7 @@ func (q *Queue) complete(it *item, res []delivery.Result, err error, remote *pip
 		q.Enqueue(bMeta, bRcpts)
 	}
 	if len(retry) > 0 {
-		nit := &item{msg: it.msg, dest: it.dest, rcpts: retry, due: retry[0].NextAttempt}
+		nit := &item{msg: it.msg, dest: it.dest, loaded: &loaded{meta: m, rcpts: retry}, due: retry[0].NextAttempt.UnixNano()}
 		q.mu.Lock()
 		for _, r := range retry {
 			it.dest.share(r)
@@ -1195,14 +1367,14 @@ func (q *Queue) makeBounce(b *spool.Batch, m *spool.Meta, failed []Failure) (*sp
 type itemHeap []*item
 
 func (h itemHeap) Len() int           { return len(h) }
-func (h itemHeap) Less(i, j int) bool { return h[i].due.Before(h[j].due) }
+func (h itemHeap) Less(i, j int) bool { return h[i].due < h[j].due }
 func (h itemHeap) Swap(i, j int) {
 	h[i], h[j] = h[j], h[i]
-	h[i].index, h[j].index = i, j
+	h[i].index, h[j].index = int32(i), int32(j)
 }
 func (h *itemHeap) Push(x any) {
 	it := x.(*item)
-	it.index = len(*h)
+	it.index = int32(len(*h))
 	*h = append(*h, it)
 }
 func (h *itemHeap) Pop() any {

@@ -274,7 +274,7 @@ func TestForgottenDestinationIsReused(t *testing.T) {
 	forgotten := &dest{key: "k", wake: make(chan struct{}, 1)}
 	current := &dest{key: "k", wake: make(chan struct{}, 1)}
 	q.dests["k"] = current
-	it := &item{dest: forgotten, msg: &message{meta: &spool.Meta{ID: "m"}}}
+	it := &item{dest: forgotten, msg: &message{id: "m"}}
 	q.schedule(it, time.Now())
 	if len(current.ready) != 1 || len(forgotten.ready) != 0 || it.dest != current {
 		t.Fatalf("item joined the forgotten destination (current %d, forgotten %d)", len(current.ready), len(forgotten.ready))

@@ -967,3 +967,46 @@ func (s *Spool) CollectOrphans() (int, error) {
 	}
 	return n, b.Commit(true)
 }
+
+// ErrNotQueued is returned by Queued for a message whose metadata, or
+// one of whose recipients, is not in the spool.
+var ErrNotQueued = errors.New("spool: not queued")
+
+// Queued reads back a queued message's metadata and the recipients
+// with the given indexes, in that order: the queue keeps only those
+// indexes in memory for recipients waiting for their next attempt (issue
+// 21: a million queued) and reads the rest here when they become due.
+// One point read for the metadata and one per recipient. The error wraps
+// ErrNotQueued when a record is missing (the caller drops those
+// recipients: nothing can deliver them), or is a read or decoding
+// failure. Safe for concurrent use.
+func (s *Spool) Queued(msgID string, idxs []uint16) (*Meta, []*Recipient, error) {
+	s.dbMu.RLock()
+	defer s.dbMu.RUnlock()
+	m, err := metaOf(s.db, msgID)
+	if errors.Is(err, pebble.ErrNotFound) {
+		return nil, nil, fmt.Errorf("message %s: no metadata: %w", msgID, ErrNotQueued)
+	}
+	if err != nil {
+		return nil, nil, err
+	}
+	rs := make([]*Recipient, len(idxs))
+	for i, idx := range idxs {
+		v, c, err := s.db.Get(rcptKey(msgID, int(idx)))
+		if errors.Is(err, pebble.ErrNotFound) {
+			return nil, nil, fmt.Errorf("message %s: no recipient %d: %w", msgID, idx, ErrNotQueued)
+		}
+		if err != nil {
+			return nil, nil, err
+		}
+		r := new(Recipient)
+		err = json.Unmarshal(v, r)
+		c.Close()
+		if err != nil {
+			return nil, nil, fmt.Errorf("message %s: corrupt recipient %d: %w", msgID, idx, err)
+		}
+		r.MsgID, r.Idx = msgID, int(idx)
+		rs[i] = r
+	}
+	return m, rs, nil
+}
