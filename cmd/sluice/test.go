@@ -26,7 +26,8 @@ const testUsage = `Usage:
       default to its From and To/Cc fields.
   sluice test -c FILE --route ADDRESS [--from A] [--resolver HOST:PORT] [--json]
       where would mail to ADDRESS go? Runs on_route only, and looks up the MX
-      hosts of an MX route.
+      hosts of an MX route and the TLS policy that would apply (the route's,
+      the domain's MTA-STS policy, each host's DANE TLSA records).
 
 Exit codes: 0 the run completed (whatever the pipeline decided; see the
 reply), 1 the configuration or the message could not be loaded, 2 usage.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
+	"crypto/sha512"
 	"crypto/tls"
 	"crypto/x509"
 	"net"
@@ -97,6 +98,10 @@ func TestDANE(t *testing.T) {
 	tlsa(e, mx, 3, 1, ee.Leaf.RawSubjectPublicKeyInfo, true)
 	mx = mxTo(e, "ee-cert.test", "127.0.0.2", true)
 	tlsa(e, mx, 3, 0, ee.Leaf.Raw, true)
+	mx = mxTo(e, "ee-512.test", "127.0.0.2", true)
+	sum512 := sha512.Sum512(ee.Leaf.RawSubjectPublicKeyInfo)
+	e.DNS.AddTLSA(mx, port, 3, 1, 2, sum512[:])
+	e.DNS.SetSecure(true, "_"+strconv.Itoa(port)+"._tcp."+mx)
 	mx = mxTo(e, "ta.test", "127.0.0.3", true)
 	tlsa(e, mx, 2, 0, ca.Leaf.Raw, true)
 	mx = mxTo(e, "ta-name.test", "127.0.0.4", true)
@@ -113,7 +118,7 @@ func TestDANE(t *testing.T) {
 	mx = mxTo(e, "unusable.test", "127.0.0.2", true)
 	tlsa(e, mx, 0, 1, random, true)
 
-	for _, domain := range []string{"ee.test", "ee-cert.test", "ta.test"} {
+	for _, domain := range []string{"ee.test", "ee-cert.test", "ee-512.test", "ta.test"} {
 		t.Run("match "+domain, func(t *testing.T) {
 			r := sendTo(t, e, pipeline.MX(), domain)
 			if r.TLSPolicy != "dane" || !r.TLSValidated || r.TLS == "" || r.TLSFailure != "" {
@@ -121,8 +126,8 @@ func TestDANE(t *testing.T) {
 			}
 		})
 	}
-	if len(eeSink.Messages()) != 2 || len(taSink.Messages()) != 1 {
-		t.Fatalf("sinks got %d and %d messages, want 2 and 1", len(eeSink.Messages()), len(taSink.Messages()))
+	if len(eeSink.Messages()) != 3 || len(taSink.Messages()) != 1 {
+		t.Fatalf("sinks got %d and %d messages, want 3 and 1", len(eeSink.Messages()), len(taSink.Messages()))
 	}
 	t.Run("mismatch defers", func(t *testing.T) {
 		deferredTLS(t, e, pipeline.MX(), "mismatch.test", "4.7.5", "DANE: TLS handshake failed: certificate matches no TLSA record of mx.mismatch.test (3 1 1 ", "tlsa-invalid")
@@ -136,8 +141,8 @@ func TestDANE(t *testing.T) {
 	t.Run("TLSA lookup failure defers", func(t *testing.T) {
 		deferredTLS(t, e, pipeline.MX(), "servfail.test", "4.7.5", "DANE: TLSA lookup for mx.servfail.test failed", "dnssec-invalid")
 	})
-	if n := len(eeSink.Messages()); n != 2 {
-		t.Fatalf("sink got %d messages after deferrals, want 2", n)
+	if n := len(eeSink.Messages()); n != 3 {
+		t.Fatalf("sink got %d messages after deferrals, want 3", n)
 	}
 	for _, domain := range []string{"unauth.test", "insecure-mx.test"} {
 		t.Run("unauthenticated: ignored "+domain, func(t *testing.T) {

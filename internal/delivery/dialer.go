@@ -582,9 +582,11 @@ func policyFailure(err error, policy, host, ip string) error {
 	if !errors.As(err, &pe) {
 		return err
 	}
+	out := err
 	switch policy {
 	case tlsMTASTS:
 		pe = &pipeline.Error{Code: pe.Code, Enhanced: pe.Enhanced, Message: "MTA-STS (enforce): " + pe.Message, Cause: pe}
+		out = pe
 	case tlsDANE:
 		msg := pe.Message
 		var dm *daneMismatch
@@ -592,13 +594,14 @@ func policyFailure(err error, policy, host, ip string) error {
 			msg = "TLS handshake failed: " + dm.Error()
 		}
 		pe = &pipeline.Error{Code: pe.Code, Enhanced: pe.Enhanced, Message: "DANE: " + msg, Cause: pe}
+		out = pe
 	case pipeline.TLSRequired, pipeline.TLSVerify:
 	default:
 		return err
 	}
 	r := tlsResult(pe)
 	if r == "" {
-		return pe
+		return out
 	}
 	return &tlsFailure{result: r, policy: policy, host: host, ip: ip, err: pe}
 }

@@ -25,10 +25,7 @@ type CA struct {
 // an hour.
 func NewCA(t testing.TB, name string) *CA {
 	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
+	key := newKey(t)
 	tmpl := &x509.Certificate{
 		SerialNumber:          serialNumber(t),
 		Subject:               pkix.Name{CommonName: name},
@@ -38,14 +35,7 @@ func NewCA(t testing.TB, name string) *CA {
 		BasicConstraintsValid: true,
 		IsCA:                  true,
 	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	leaf, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, leaf := sign(t, tmpl, tmpl, key, key)
 	c := &Cert{Leaf: leaf, Pool: x509.NewCertPool()}
 	c.Pool.AddCert(leaf)
 	return &CA{Cert: c, key: key}
@@ -57,10 +47,7 @@ func NewCA(t testing.TB, name string) *CA {
 // certificate. CertFile and KeyFile are not written.
 func (ca *CA) Issue(t testing.TB, hosts ...string) *Cert {
 	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
+	key := newKey(t)
 	tmpl := &x509.Certificate{
 		SerialNumber: serialNumber(t),
 		Subject:      pkix.Name{CommonName: hosts[0]},
@@ -69,6 +56,27 @@ func (ca *CA) Issue(t testing.TB, hosts ...string) *Cert {
 		KeyUsage:     x509.KeyUsageDigitalSignature,
 		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
 	}
+	addHosts(tmpl, hosts)
+	der, leaf := sign(t, tmpl, ca.Leaf, ca.key, key)
+	return &Cert{
+		TLS: &tls.Config{Certificates: []tls.Certificate{{Certificate: [][]byte{der, ca.Leaf.Raw},
+			PrivateKey: key, Leaf: leaf}}},
+		Pool: ca.Pool,
+		Leaf: leaf,
+	}
+}
+
+func newKey(t testing.TB) *ecdsa.PrivateKey {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return key
+}
+
+// addHosts puts hosts (DNS names or IP addresses) in tmpl's subject
+// alternative names.
+func addHosts(tmpl *x509.Certificate, hosts []string) {
 	for _, h := range hosts {
 		if ip := net.ParseIP(h); ip != nil {
 			tmpl.IPAddresses = append(tmpl.IPAddresses, ip)
@@ -76,7 +84,12 @@ func (ca *CA) Issue(t testing.TB, hosts ...string) *Cert {
 			tmpl.DNSNames = append(tmpl.DNSNames, h)
 		}
 	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.Leaf, &key.PublicKey, ca.key)
+}
+
+// sign makes the certificate of tmpl for key, signed by parent's
+// parentKey, and parses it.
+func sign(t testing.TB, tmpl, parent *x509.Certificate, parentKey, key *ecdsa.PrivateKey) ([]byte, *x509.Certificate) {
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, parent, &key.PublicKey, parentKey)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -84,12 +97,7 @@ func (ca *CA) Issue(t testing.TB, hosts ...string) *Cert {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &Cert{
-		TLS: &tls.Config{Certificates: []tls.Certificate{{Certificate: [][]byte{der, ca.Leaf.Raw},
-			PrivateKey: key, Leaf: leaf}}},
-		Pool: ca.Pool,
-		Leaf: leaf,
-	}
+	return der, leaf
 }
 
 func serialNumber(t testing.TB) *big.Int {
