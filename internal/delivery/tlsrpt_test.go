@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"net/http"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -144,5 +145,54 @@ func TestTLSFailureTestingMode(t *testing.T) {
 	s := dial(t, e, pipeline.MX(), "t.test")
 	if r := s.Remote(); r.TLSFailure != tlsrpt.ResultCertNotTrusted && r.TLSFailure != tlsrpt.ResultCertHostMismatch {
 		t.Fatalf("Remote() = %+v, want a certificate result type in TLSFailure", r)
+	}
+}
+
+// TestTLSReportDANE checks that sessions under DANE are reported with
+// policy type "tlsa" and the host's TLSA records as the policy string
+// (not as no-policy-found), and that a TLSA mismatch is a tlsa-invalid
+// failure.
+func TestTLSReportDANE(t *testing.T) {
+	ee := testutil.SelfSignedCert(t, "unrelated.example")
+	sink := newSink(t, testutil.SinkOptions{IP: "127.0.0.2", TLS: ee.TLS})
+	e := daneEnv(t, sink.Port)
+	mx := mxTo(e, "dane.test", "127.0.0.2", true)
+	tlsa(e, mx, 3, 1, ee.Leaf.RawSubjectPublicKeyInfo, true)
+	mx = mxTo(e, "bad.test", "127.0.0.2", true)
+	tlsa(e, mx, 3, 1, []byte("not the key"), true)
+
+	day := time.Date(2026, 11, 29, 12, 0, 0, 0, time.UTC)
+	rec := tlsrpt.NewRecorder(tlsrpt.Options{Now: func() time.Time { return day }})
+	e.D.TLSReport = func(s tlsrpt.Session) { s.Time = day; rec.Record(s) }
+
+	for range 2 {
+		if r := sendTo(t, e, pipeline.MX(), "dane.test"); r.TLSPolicy != "dane" {
+			t.Fatalf("Remote() = %+v", r)
+		}
+	}
+	deferredTLS(t, e, pipeline.MX(), "bad.test", "4.7.5", "matches no TLSA record", "tlsa-invalid")
+
+	meta := tlsrpt.Meta{Organization: "Sluice Test", Contact: "postmaster@sluice.test", Hostname: "sluice.test"}
+	for domain, w := range map[string]struct {
+		ok, fail int64
+		result   string
+	}{"dane.test": {2, 0, ""}, "bad.test": {0, 1, tlsrpt.ResultTLSAInvalid}} {
+		rep, err := rec.Report("2026-11-29", domain, meta)
+		if err != nil || rep == nil {
+			t.Fatalf("%s: Report = %v, %v", domain, rep, err)
+		}
+		js, _ := rep.Marshal(true)
+		tlsrpttest.Validate(t, js)
+		if len(rep.Policies) != 1 {
+			t.Fatalf("%s: %d policies, want 1:\n%s", domain, len(rep.Policies), js)
+		}
+		p := rep.Policies[0]
+		if p.Policy.Type != tlsrpt.PolicyTLSA || len(p.Policy.String) != 1 || !strings.HasPrefix(p.Policy.String[0], "3 1 1 ") ||
+			p.Summary.Successful != w.ok || p.Summary.Failure != w.fail {
+			t.Errorf("%s: report\n%s", domain, js)
+		}
+		if w.result != "" && (len(p.FailureDetails) != 1 || p.FailureDetails[0].ResultType != w.result) {
+			t.Errorf("%s: failure details %+v, want %s", domain, p.FailureDetails, w.result)
+		}
 	}
 }
