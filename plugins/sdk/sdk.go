@@ -61,6 +61,7 @@ import (
 	"os"
 	"runtime"
 	"runtime/debug"
+	"slices"
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/go-plugin"
@@ -270,7 +271,7 @@ func (s *server) Configure(_ context.Context, r *stagev1.ConfigureRequest) (*sta
 	if !ok {
 		return &stagev1.ConfigureResponse{}, nil
 	}
-	cfg := json.RawMessage(r.ConfigJson)
+	cfg := json.RawMessage(slices.Clip(r.ConfigJson)) // may point into the decoder's buffer (Codec)
 	if len(cfg) == 0 {
 		cfg = json.RawMessage("{}")
 	}
