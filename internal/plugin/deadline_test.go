@@ -2,8 +2,10 @@ package plugin
 
 import (
 	"context"
+	"log/slog"
 	"os"
 	"path/filepath"
+	"strconv"
 	"testing"
 	"time"
 
@@ -105,5 +107,66 @@ func TestStageDeadlineOverStream(t *testing.T) {
 	v, err := s.OnMessage(context.Background(), message(t, "x"))
 	if err != nil || v.Action != pipeline.Continue {
 		t.Fatalf("after the deadline: %v %v", v, err)
+	}
+}
+
+// fakeCalls is a Calls stream whose requests go to sent and whose answers
+// come from answers (a closed answers ends the stream).
+type fakeCalls struct {
+	stagev1.Stage_CallsClient // not called
+	sent                      chan *stagev1.CallRequest
+	answers                   chan *stagev1.CallResponse
+}
+
+func (f *fakeCalls) Send(r *stagev1.CallRequest) error { f.sent <- r; return nil }
+
+func (f *fakeCalls) Recv() (*stagev1.CallResponse, error) {
+	r, ok := <-f.answers
+	if !ok {
+		return nil, context.Canceled
+	}
+	return r, nil
+}
+
+// TestMuxAnswersTogether: answers that come in one CallResponse (protocol
+// 1.3, CallResponse.more) each reach the call waiting for them; one for
+// no call waiting is dropped.
+func TestMuxAnswersTogether(t *testing.T) {
+	f := &fakeCalls{sent: make(chan *stagev1.CallRequest, 8), answers: make(chan *stagev1.CallResponse)}
+	m := &mux{stream: f, cancel: func() {}, log: slog.New(slog.DiscardHandler), pending: map[uint64]chan *stagev1.CallResponse{}}
+	go m.recv()
+	defer close(f.answers)
+	type result struct {
+		id  uint64
+		r   *stagev1.CallResponse
+		err error
+	}
+	results := make(chan result, 3)
+	for range 3 {
+		req := messageCall(message(t, "x"))
+		go func() {
+			r, err := m.call(context.Background(), time.Time{}, req)
+			results <- result{req.Id, r, err}
+		}()
+	}
+	for range 3 {
+		<-f.sent
+	}
+	verdict := func(id uint64) *stagev1.CallResponse {
+		return &stagev1.CallResponse{Id: id, Result: &stagev1.CallResponse_Verdict{Verdict: &stagev1.Verdict{Text: strconv.FormatUint(id, 10)}}}
+	}
+	first := verdict(2)
+	first.More = []*stagev1.CallResponse{verdict(3), verdict(99), verdict(1)}
+	f.answers <- first
+	for range 3 {
+		res := <-results
+		if res.err != nil || res.r.Id != res.id || res.r.GetVerdict().GetText() != strconv.FormatUint(res.id, 10) || len(res.r.More) != 0 {
+			t.Fatalf("call %d: %v %v", res.id, res.r, res.err)
+		}
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if len(m.pending) != 0 {
+		t.Fatalf("%d calls still pending", len(m.pending))
 	}
 }

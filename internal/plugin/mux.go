@@ -96,13 +96,24 @@ func (m *mux) recv() {
 			m.fail(err)
 			return
 		}
-		m.mu.Lock()
-		ch := m.pending[r.Id]
-		delete(m.pending, r.Id)
-		m.mu.Unlock()
-		if ch != nil { // nil: the call's deadline passed, the late answer is dropped
-			ch <- r
+		more := r.More // protocol 1.3: answers sent together
+		r.More = nil
+		m.deliver(r)
+		for _, x := range more {
+			m.deliver(x)
 		}
+	}
+}
+
+// deliver hands an answer to the call waiting for it; an answer no call
+// waits for (its deadline passed, or an id never sent) is dropped.
+func (m *mux) deliver(r *stagev1.CallResponse) {
+	m.mu.Lock()
+	ch := m.pending[r.Id]
+	delete(m.pending, r.Id)
+	m.mu.Unlock()
+	if ch != nil {
+		ch <- r
 	}
 }
 

@@ -337,7 +337,7 @@ func (g *group) launch() (*instance, *stagev1.DescribeResponse, error) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), g.opts.StartTimeout)
 	defer cancel()
-	if _, err := rpc.Configure(ctx, &stagev1.ConfigureRequest{StageName: g.opts.Name, ConfigJson: g.cfg}); err != nil {
+	if _, err := rpc.Configure(ctx, &stagev1.ConfigureRequest{StageName: g.opts.Name, ConfigJson: g.cfg, BatchAnswers: true}); err != nil {
 		return fail("configure", statusErr(err))
 	}
 	desc, err := rpc.Describe(ctx, &stagev1.DescribeRequest{})

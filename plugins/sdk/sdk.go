@@ -62,6 +62,7 @@ import (
 	"runtime"
 	"runtime/debug"
 	"slices"
+	"sync/atomic"
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/go-plugin"
@@ -79,7 +80,7 @@ import (
 // reported by Describe and logged.
 const (
 	ProtocolMajor = 1
-	ProtocolMinor = 2
+	ProtocolMinor = 3
 )
 
 // PluginName is the name of the one plugin a stage plugin process serves
@@ -250,6 +251,9 @@ type server struct {
 	noStream bool
 	fields   bool // header as fields, not as a block
 	maxProcs int  // GOMAXPROCS for Serve to set; 0: Go's default
+	// batch: Sluice reads CallResponse.more (ConfigureRequest.batch_answers,
+	// protocol 1.3), so the Calls stream may send answers together.
+	batch atomic.Bool
 }
 
 // body asks the stage for its body need (after Configure, so the
@@ -267,6 +271,7 @@ func (s *server) body() stagev1.BodyNeed {
 }
 
 func (s *server) Configure(_ context.Context, r *stagev1.ConfigureRequest) (*stagev1.ConfigureResponse, error) {
+	s.batch.Store(r.BatchAnswers)
 	c, ok := s.st.(Configurer)
 	if !ok {
 		return &stagev1.ConfigureResponse{}, nil
