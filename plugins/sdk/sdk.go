@@ -37,7 +37,9 @@
 // unary hook RPCs, which Sluice uses for large messages and when the stream
 // is down. Serve(stage, WithoutStreaming()) serves the unary RPCs only.
 // It asks for the header as one block (protocol 1.2), parsed once into
-// msg.Header, rather than one protocol message per field.
+// msg.Header, rather than one protocol message per field. When Sluice
+// reads them (protocol 1.3), answers that complete together go back in one
+// stream message.
 //
 // Failures: a hook that returns an error fails that call, and Sluice applies
 // the stage's on_error policy (tempfail, continue or reject); an error that

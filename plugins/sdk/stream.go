@@ -25,7 +25,9 @@ const maxWorkers = 256
 // stream's workers (long-lived goroutines, whose grown stacks are reused:
 // a new one starts when all are busy, up to maxWorkers, past which a call
 // gets a goroutine of its own), with the request's deadline,
-// and its CallResponse is sent when it returns, in completion order. A
+// and its CallResponse is sent when it returns, in completion order
+// (several in one message when Sluice set batch_answers, protocol 1.3:
+// see answerBatcher). A
 // cancel request cancels the named call's context. Calls returns when
 // Sluice closes the stream; calls still running then are cancelled and
 // their answers dropped.
