@@ -5,6 +5,8 @@ import (
 	"sort"
 	"strings"
 
+	stdtextproto "net/textproto"
+
 	"github.com/emersion/go-message/textproto"
 )
 
@@ -300,14 +302,49 @@ func ApplyHeaderEdits(h *textproto.Header, edits []HeaderEdit) {
 	for _, e := range edits {
 		switch e.Op {
 		case HeaderAdd:
-			h.Add(e.Name, e.Value)
+			addField(h, e.Name, e.Value)
 		case HeaderSet:
 			h.Del(e.Name)
-			h.Add(e.Name, e.Value)
+			addField(h, e.Name, e.Value)
 		case HeaderRemove:
 			h.Del(e.Name)
 		}
 	}
+}
+
+// addField adds the field name: value to h. A field that fits on one
+// line (no folding) is added with the bytes textproto.WriteHeader would
+// write for it, so that they are made once rather than at every write of
+// the header (the spool's, a plugin's header block, delivery): about 2 µs
+// per field and write. Anything else goes to h.Add, which folds and
+// checks it when the header is written.
+func addField(h *textproto.Header, name, value string) {
+	k := stdtextproto.CanonicalMIMEHeaderKey(name)
+	if !oneLineField(k, value) {
+		h.Add(name, value)
+		return
+	}
+	b := make([]byte, 0, len(k)+len(value)+4)
+	h.AddRaw(append(append(append(append(b, k...), ": "...), value...), "\r\n"...))
+}
+
+// oneLineField reports whether k: v is written as "k: v\r\n" by
+// textproto.WriteHeader (no folding: shorter than its 76 preferred
+// characters) and reads back as v: k is a valid field name, v has no line
+// breaks and no blanks at either end (AddRaw trims them).
+func oneLineField(k, v string) bool {
+	if k == "" || len(k)+2+len(v) > 70 {
+		return false
+	}
+	for i := 0; i < len(k); i++ {
+		if c := k[i]; c < '!' || c > '~' || c == ':' {
+			return false
+		}
+	}
+	if v != "" && (v[0] == ' ' || v[0] == '\t' || v[len(v)-1] == ' ' || v[len(v)-1] == '\t') {
+		return false
+	}
+	return !strings.ContainsAny(v, "\r\n")
 }
 
 // AuthenticationResults formats results as the value of one

@@ -89,11 +89,16 @@ for r in $(seq "$ROUNDS"); do
     "$SLUICE" serve -c "$W/relay.lua" -log-level warn 2> "$W/sluice.log" &
     pid=$!
     for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$PORT) 2>/dev/null && break; sleep 0.1; done
-    bin/sluice-bench smtp -target 127.0.0.1:$PORT -sink 127.0.0.1:$SINK -n 1000 -c "$SESSIONS" -size "$SIZE" > /dev/null
+    # A warm-up that loses a message (seen under a load average of 20)
+    # is reported, not fatal: the measured run's report tells.
+    if ! warm=$(bin/sluice-bench smtp -target 127.0.0.1:$PORT -sink 127.0.0.1:$SINK -n 1000 -c "$SESSIONS" -size "$SIZE" 2>&1); then
+      echo "warm-up ($mode) failed:"; echo "$warm" | grep -Ev '^ *(latency|end-to-end)' | sed 's/^/  /'
+    fi
     ppid=$(pgrep -P "$pid" || true)
     c0=$(cpu_ticks "$pid"); p0=0; [ -n "$ppid" ] && p0=$(cpu_ticks "$ppid")
     curl -s http://127.0.0.1:$ADMIN/metrics > "$W/m0"
-    out=$(bin/sluice-bench smtp -target 127.0.0.1:$PORT -sink 127.0.0.1:$SINK -n "$N" -c "$SESSIONS" -size "$SIZE" -timeout 300s)
+    out=$(bin/sluice-bench smtp -target 127.0.0.1:$PORT -sink 127.0.0.1:$SINK -n "$N" -c "$SESSIONS" -size "$SIZE" -timeout 300s 2>&1) || out="$out
+RUN FAILED (its figures below do not count)"
     c1=$(cpu_ticks "$pid"); p1=0; [ -n "$ppid" ] && p1=$(cpu_ticks "$ppid")
     tck=$(getconf CLK_TCK)
     echo "## round $r, plugin $mode"

@@ -14,6 +14,7 @@ import (
 	"github.com/emersion/go-message/textproto"
 
 	"github.com/sluice-mta/sluice/pipeline"
+	"github.com/sluice-mta/sluice/plugins/sdk"
 )
 
 // foldedMessage has a folded field, a repeated one and a body.
@@ -78,7 +79,7 @@ func TestHeaderForms(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			s, _ := start(t, "ok", Options{Env: tt.env, Config: map[string]any{"body": tt.body}})
 			d := s.Describe()
-			if d.HeaderBlock != tt.block || d.Streaming != tt.streaming || d.ProtocolMinor != 2 {
+			if d.HeaderBlock != tt.block || d.Streaming != tt.streaming || d.ProtocolMinor != sdk.ProtocolMinor {
 				t.Fatalf("describe: header_block %v streaming %v minor %d", d.HeaderBlock, d.Streaming, d.ProtocolMinor)
 			}
 			checkHeaderSeen(t, s, tt.wantBody)

@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"slices"
 	"sync"
+	"time"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -25,12 +27,25 @@ var errStreamDown = errors.New("plugin call stream is down")
 // errMuxClosed: the instance is being stopped.
 var errMuxClosed = errors.New("plugin call stream closed")
 
+// expired is what a call's channel receives when the stage's deadline
+// for it passed (see mux.sweep); compared by address.
+var expired = &stagev1.CallResponse{}
+
+// replyChans recycles the one-slot channels calls wait on. A channel goes
+// back only once it is known to be empty and unreachable from the mux.
+var replyChans = sync.Pool{New: func() any { return make(chan *stagev1.CallResponse, 1) }}
+
 // mux carries one instance's hook calls over its Calls stream (protocol
 // 1.1): any number of callers send a CallRequest each (under sendMu) and
 // wait for the CallResponse with their id, which the receiving goroutine
 // hands over. Once the stream breaks it stays broken; the instance's calls
 // then go as unary RPCs until the instance is restarted (a new instance
 // opens a new stream).
+//
+// The stage's per-call deadlines are kept by one timer per stream rather
+// than a context.WithTimeout (a context and a runtime timer) per call:
+// deadlines queues them in order, and the timer, armed for the earliest,
+// expires the calls still waiting when it fires (sweep).
 type mux struct {
 	stream stagev1.Stage_CallsClient
 	cancel context.CancelFunc
@@ -42,6 +57,17 @@ type mux struct {
 	next    uint64
 	pending map[uint64]chan *stagev1.CallResponse
 	err     error // non-nil once broken
+	// deadlines: the calls with a stage deadline, earliest first; answered
+	// calls stay until swept or compacted away (see addDeadline).
+	deadlines []callDeadline
+	timer     *time.Timer // runs sweep; nil until the first deadline
+	armed     time.Time   // what timer is set for; zero when stopped
+}
+
+// callDeadline is one call's stage deadline in mux.deadlines.
+type callDeadline struct {
+	at time.Time
+	id uint64
 }
 
 // openMux opens rpc's Calls stream and starts receiving on it.
@@ -70,13 +96,24 @@ func (m *mux) recv() {
 			m.fail(err)
 			return
 		}
-		m.mu.Lock()
-		ch := m.pending[r.Id]
-		delete(m.pending, r.Id)
-		m.mu.Unlock()
-		if ch != nil { // nil: the call's deadline passed, the late answer is dropped
-			ch <- r
+		more := r.More // protocol 1.3: answers sent together
+		r.More = nil
+		m.deliver(r)
+		for _, x := range more {
+			m.deliver(x)
 		}
+	}
+}
+
+// deliver hands an answer to the call waiting for it; an answer no call
+// waits for (its deadline passed, or an id never sent) is dropped.
+func (m *mux) deliver(r *stagev1.CallResponse) {
+	m.mu.Lock()
+	ch := m.pending[r.Id]
+	delete(m.pending, r.Id)
+	m.mu.Unlock()
+	if ch != nil {
+		ch <- r
 	}
 }
 
@@ -91,6 +128,10 @@ func (m *mux) fail(err error) {
 	for id, ch := range m.pending {
 		close(ch)
 		delete(m.pending, id)
+	}
+	m.deadlines = nil
+	if m.timer != nil {
+		m.timer.Stop()
 	}
 	m.cancel()
 	if !errors.Is(err, errMuxClosed) && status.Code(err) != codes.Canceled {
@@ -111,23 +152,31 @@ func (m *mux) brokenErr() error {
 	return status.Errorf(codes.Aborted, "plugin call stream ended during the call: %v", err)
 }
 
-// call sends req and waits for its answer or ctx's end. errStreamDown
-// means the stream was broken before the call was sent.
-func (m *mux) call(ctx context.Context, req *stagev1.CallRequest) (*stagev1.CallResponse, error) {
-	ch := make(chan *stagev1.CallResponse, 1)
+// call sends req and waits for its answer, ctx's end or the deadline dl
+// (zero: none but ctx's). errStreamDown means the stream was broken
+// before the call was sent.
+func (m *mux) call(ctx context.Context, dl time.Time, req *stagev1.CallRequest) (*stagev1.CallResponse, error) {
+	if cdl, ok := ctx.Deadline(); ok && (dl.IsZero() || !cdl.After(dl)) {
+		dl = time.Time{} // ctx ends first: its own timer does
+		req.DeadlineUnixNano = cdl.UnixNano()
+	} else if !dl.IsZero() {
+		req.DeadlineUnixNano = dl.UnixNano()
+	}
+	ch := replyChans.Get().(chan *stagev1.CallResponse)
 	m.mu.Lock()
 	if m.err != nil {
 		m.mu.Unlock()
+		replyChans.Put(ch)
 		return nil, errStreamDown
 	}
 	m.next++
 	id := m.next
 	m.pending[id] = ch
+	if !dl.IsZero() {
+		m.addDeadline(dl, id)
+	}
 	m.mu.Unlock()
 	req.Id = id
-	if dl, ok := ctx.Deadline(); ok {
-		req.DeadlineUnixNano = dl.UnixNano()
-	}
 	m.sendMu.Lock()
 	err := m.stream.Send(req)
 	m.sendMu.Unlock()
@@ -142,14 +191,77 @@ func (m *mux) call(ctx context.Context, req *stagev1.CallRequest) (*stagev1.Call
 		if !ok {
 			return nil, m.brokenErr()
 		}
+		replyChans.Put(ch) // its one sender has sent
+		if r == expired {
+			m.sendCancel(id)
+			return nil, status.FromContextError(context.DeadlineExceeded).Err()
+		}
 		return r, nil
 	case <-ctx.Done():
 		if m.forget(id) {
-			m.sendMu.Lock()
-			_ = m.stream.Send(&stagev1.CallRequest{Id: id, Cancel: true})
-			m.sendMu.Unlock()
+			replyChans.Put(ch) // no one will send on it now
+			m.sendCancel(id)
 		}
 		return nil, status.FromContextError(ctx.Err()).Err()
+	}
+}
+
+// sendCancel tells the plugin that the call id was abandoned.
+func (m *mux) sendCancel(id uint64) {
+	m.sendMu.Lock()
+	_ = m.stream.Send(&stagev1.CallRequest{Id: id, Cancel: true})
+	m.sendMu.Unlock()
+}
+
+// addDeadline queues call id's deadline at and keeps the timer armed for
+// the earliest one. The stage's deadlines are nearly always later than
+// those queued before, so the insertion is at (or near) the end. Entries
+// of answered calls are dropped when the timer sweeps them or, so that a
+// long deadline cannot make the queue grow with the call rate, when they
+// outnumber the calls waiting. m.mu is held.
+func (m *mux) addDeadline(at time.Time, id uint64) {
+	if len(m.deadlines) > 2*len(m.pending)+64 {
+		m.deadlines = slices.DeleteFunc(m.deadlines, func(d callDeadline) bool { return m.pending[d.id] == nil })
+	}
+	i := len(m.deadlines)
+	for i > 0 && m.deadlines[i-1].at.After(at) {
+		i--
+	}
+	m.deadlines = slices.Insert(m.deadlines, i, callDeadline{at, id})
+	if m.armed.IsZero() || at.Before(m.armed) {
+		m.arm(at)
+	}
+}
+
+// arm sets the timer for at. m.mu is held.
+func (m *mux) arm(at time.Time) {
+	m.armed = at
+	if m.timer == nil {
+		m.timer = time.AfterFunc(time.Until(at), m.sweep)
+		return
+	}
+	m.timer.Reset(time.Until(at))
+}
+
+// sweep runs when the timer fires: every call still waiting whose
+// deadline has passed gets expired; the timer is re-armed for the next
+// deadline.
+func (m *mux) sweep() {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.armed = time.Time{}
+	now := time.Now()
+	n := 0
+	for ; n < len(m.deadlines) && !m.deadlines[n].at.After(now); n++ {
+		id := m.deadlines[n].id
+		if ch := m.pending[id]; ch != nil {
+			delete(m.pending, id)
+			ch <- expired // the one send: the call's entry is gone
+		}
+	}
+	m.deadlines = slices.Delete(m.deadlines, 0, n)
+	if len(m.deadlines) > 0 && m.err == nil {
+		m.arm(m.deadlines[0].at)
 	}
 }
 
@@ -215,13 +327,14 @@ func bigBody(req *stagev1.CallRequest) bool {
 // call makes one hook call on the instance: over its Calls stream when it
 // has one that works and the message is not large, else as a unary RPC.
 // A failure is a gRPC status error, as from a unary call.
-func (inst *instance) call(ctx context.Context, req *stagev1.CallRequest) (*stagev1.CallResponse, error) {
+// dl is the stage's deadline for the call (zero: none but ctx's).
+func (inst *instance) call(ctx context.Context, dl time.Time, req *stagev1.CallRequest) (*stagev1.CallResponse, error) {
 	req, err := inst.forInstance(req)
 	if err != nil {
 		return nil, status.Error(codes.Internal, err.Error())
 	}
 	if m := inst.mux; m != nil && !bigBody(req) {
-		r, err := m.call(ctx, req)
+		r, err := m.call(ctx, dl, req)
 		if err != errStreamDown {
 			if err != nil {
 				return nil, err
@@ -235,6 +348,11 @@ func (inst *instance) call(ctx context.Context, req *stagev1.CallRequest) (*stag
 			}
 			return r, nil
 		}
+	}
+	if !dl.IsZero() {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithDeadline(ctx, dl)
+		defer cancel()
 	}
 	return callUnary(ctx, inst.rpc, req)
 }

@@ -337,7 +337,7 @@ func (g *group) launch() (*instance, *stagev1.DescribeResponse, error) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), g.opts.StartTimeout)
 	defer cancel()
-	if _, err := rpc.Configure(ctx, &stagev1.ConfigureRequest{StageName: g.opts.Name, ConfigJson: g.cfg}); err != nil {
+	if _, err := rpc.Configure(ctx, &stagev1.ConfigureRequest{StageName: g.opts.Name, ConfigJson: g.cfg, BatchAnswers: true}); err != nil {
 		return fail("configure", statusErr(err))
 	}
 	desc, err := rpc.Describe(ctx, &stagev1.DescribeRequest{})
@@ -535,12 +535,7 @@ const (
 // invoke runs one call under the stage's deadline and concurrency bound,
 // and applies on_error to a failure.
 func (s *Stage) invoke(ctx context.Context, hook string, req *stagev1.CallRequest) (pipeline.Verdict, error) {
-	if s.opts.Timeout > 0 {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, s.opts.Timeout)
-		defer cancel()
-	}
-	r, err := s.do(ctx, hook, req)
+	r, err := s.do(ctx, s.deadline(), hook, req)
 	if err == nil {
 		var v pipeline.Verdict
 		if v, err = conv.VerdictFrom(r.GetVerdict()); err == nil {
@@ -550,9 +545,21 @@ func (s *Stage) invoke(ctx context.Context, hook string, req *stagev1.CallReques
 	return s.onError(hook, err)
 }
 
+// deadline is the stage's deadline for a call starting now (Timeout from
+// now); zero without a Timeout. It is not put on the call's context: the
+// Calls stream keeps the deadlines of all its calls with one timer, where
+// a context.WithTimeout would arm a timer per call (see mux).
+func (s *Stage) deadline() time.Time {
+	if s.opts.Timeout <= 0 {
+		return time.Time{}
+	}
+	return time.Now().Add(s.opts.Timeout)
+}
+
 // do takes a slot, calls the least busy running instance, records the
-// call's metrics and notes failures that call for a restart.
-func (s *Stage) do(ctx context.Context, hook string, req *stagev1.CallRequest) (r *stagev1.CallResponse, err error) {
+// call's metrics and notes failures that call for a restart. The call
+// ends by ctx or by dl (zero: no deadline but ctx's), whichever is first.
+func (s *Stage) do(ctx context.Context, dl time.Time, hook string, req *stagev1.CallRequest) (r *stagev1.CallResponse, err error) {
 	outcome := outcomeOK
 	if o := s.obs[hook]; o != nil {
 		t0 := time.Now()
@@ -565,11 +572,9 @@ func (s *Stage) do(ctx context.Context, hook string, req *stagev1.CallRequest) (
 		outcome = outcomeUnavailable
 		return nil, errDown
 	}
-	select {
-	case s.sem <- struct{}{}:
-	case <-ctx.Done():
+	if err := s.acquire(ctx, dl); err != nil {
 		outcome = outcomeTimeout
-		return nil, fmt.Errorf("waiting for one of max_in_flight=%d slots: %w", s.opts.MaxInFlight, ctx.Err())
+		return nil, err
 	}
 	defer func() { <-s.sem }()
 	sl, inst := s.g.pick()
@@ -578,12 +583,12 @@ func (s *Stage) do(ctx context.Context, hook string, req *stagev1.CallRequest) (
 		return nil, errDown
 	}
 	sl.busy.Add(1)
-	r, err = inst.call(ctx, req)
+	r, err = inst.call(ctx, dl, req)
 	sl.busy.Add(-1)
 	if err != nil {
 		code := status.Code(err)
 		switch {
-		case code == codes.DeadlineExceeded || ctx.Err() != nil:
+		case code == codes.DeadlineExceeded || ctx.Err() != nil || (!dl.IsZero() && !time.Now().Before(dl)):
 			outcome = outcomeTimeout
 		case code == codes.Unavailable || code == codes.Canceled || code == codes.Aborted || inst.client.Exited():
 			outcome = outcomeUnavailable
@@ -597,6 +602,28 @@ func (s *Stage) do(ctx context.Context, hook string, req *stagev1.CallRequest) (
 		sl.timeouts.Store(0)
 	}
 	return r, nil
+}
+
+// acquire takes one of the max_in_flight slots, waiting for one until
+// ctx ends or dl (zero: none) passes. A timer is armed only when the
+// call has to wait.
+func (s *Stage) acquire(ctx context.Context, dl time.Time) error {
+	select {
+	case s.sem <- struct{}{}:
+		return nil
+	default:
+	}
+	if !dl.IsZero() {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithDeadline(ctx, dl)
+		defer cancel()
+	}
+	select {
+	case s.sem <- struct{}{}:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("waiting for one of max_in_flight=%d slots: %w", s.opts.MaxInFlight, ctx.Err())
+	}
 }
 
 // pick returns the least busy running instance, starting the scan at a
@@ -868,12 +895,7 @@ func (s *Stage) OnEvent(ctx context.Context, ev *pipeline.Event) error {
 	if err != nil {
 		return &CallError{Stage: s.opts.Name, Hook: "on_event", Err: err}
 	}
-	if s.opts.Timeout > 0 {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, s.opts.Timeout)
-		defer cancel()
-	}
-	_, err = s.do(ctx, "on_event", &stagev1.CallRequest{Call: &stagev1.CallRequest_Event{Event: req}})
+	_, err = s.do(ctx, s.deadline(), "on_event", &stagev1.CallRequest{Call: &stagev1.CallRequest_Event{Event: req}})
 	if err != nil {
 		return &CallError{Stage: s.opts.Name, Hook: "on_event", Err: err}
 	}

@@ -11,5 +11,5 @@ export PATH="$HOME/go/bin:$(go env GOPATH)/bin:$PATH"
 protoc -I . \
   --go_out="$out" --go_opt=module=github.com/sluice-mta/sluice \
   --go-grpc_out="$out" --go-grpc_opt=module=github.com/sluice-mta/sluice \
-  --go-vtproto_out="$out" --go-vtproto_opt=module=github.com/sluice-mta/sluice,features=marshal+unmarshal+size \
+  --go-vtproto_out="$out" --go-vtproto_opt=module=github.com/sluice-mta/sluice,features=marshal+unmarshal+unmarshal_unsafe+size \
   plugins/proto/stage/v1/stage.proto

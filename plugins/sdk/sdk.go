@@ -37,7 +37,9 @@
 // unary hook RPCs, which Sluice uses for large messages and when the stream
 // is down. Serve(stage, WithoutStreaming()) serves the unary RPCs only.
 // It asks for the header as one block (protocol 1.2), parsed once into
-// msg.Header, rather than one protocol message per field.
+// msg.Header, rather than one protocol message per field. When Sluice
+// reads them (protocol 1.3), answers that complete together go back in one
+// stream message.
 //
 // Failures: a hook that returns an error fails that call, and Sluice applies
 // the stage's on_error policy (tempfail, continue or reject); an error that
@@ -61,6 +63,8 @@ import (
 	"os"
 	"runtime"
 	"runtime/debug"
+	"slices"
+	"sync/atomic"
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/go-plugin"
@@ -78,7 +82,7 @@ import (
 // reported by Describe and logged.
 const (
 	ProtocolMajor = 1
-	ProtocolMinor = 2
+	ProtocolMinor = 3
 )
 
 // PluginName is the name of the one plugin a stage plugin process serves
@@ -249,6 +253,9 @@ type server struct {
 	noStream bool
 	fields   bool // header as fields, not as a block
 	maxProcs int  // GOMAXPROCS for Serve to set; 0: Go's default
+	// batch: Sluice reads CallResponse.more (ConfigureRequest.batch_answers,
+	// protocol 1.3), so the Calls stream may send answers together.
+	batch atomic.Bool
 }
 
 // body asks the stage for its body need (after Configure, so the
@@ -266,11 +273,12 @@ func (s *server) body() stagev1.BodyNeed {
 }
 
 func (s *server) Configure(_ context.Context, r *stagev1.ConfigureRequest) (*stagev1.ConfigureResponse, error) {
+	s.batch.Store(r.BatchAnswers)
 	c, ok := s.st.(Configurer)
 	if !ok {
 		return &stagev1.ConfigureResponse{}, nil
 	}
-	cfg := json.RawMessage(r.ConfigJson)
+	cfg := json.RawMessage(slices.Clip(r.ConfigJson)) // may point into the decoder's buffer (Codec)
 	if len(cfg) == 0 {
 		cfg = json.RawMessage("{}")
 	}

@@ -2,6 +2,7 @@ package sdk
 
 import (
 	"context"
+	"runtime"
 	"sync"
 	"time"
 
@@ -24,7 +25,9 @@ const maxWorkers = 256
 // stream's workers (long-lived goroutines, whose grown stacks are reused:
 // a new one starts when all are busy, up to maxWorkers, past which a call
 // gets a goroutine of its own), with the request's deadline,
-// and its CallResponse is sent when it returns, in completion order. A
+// and its CallResponse is sent when it returns, in completion order
+// (several in one message when Sluice set batch_answers, protocol 1.3:
+// see answerBatcher). A
 // cancel request cancels the named call's context. Calls returns when
 // Sluice closes the stream; calls still running then are cancelled and
 // their answers dropped.
@@ -46,6 +49,19 @@ func (s *server) Calls(stream stagev1.Stage_CallsServer) error {
 		for ; f != nil; f = <-work {
 			f()
 		}
+	}
+	send := func(resp *stagev1.CallResponse) {
+		sendMu.Lock()
+		defer sendMu.Unlock()
+		if !done {
+			_ = stream.Send(resp) // an error ends the stream: Recv fails next
+		}
+	}
+	answer := send
+	if s.batch.Load() {
+		b := newAnswerBatcher(send)
+		defer b.close()
+		answer = b.add
 	}
 	defer func() {
 		sendMu.Lock()
@@ -85,11 +101,7 @@ func (s *server) Calls(stream stagev1.Stage_CallsServer) error {
 			delete(cancels, req.Id)
 			mu.Unlock()
 			cancel()
-			sendMu.Lock()
-			defer sendMu.Unlock()
-			if !done {
-				_ = stream.Send(resp) // an error ends the stream: Recv fails next
-			}
+			answer(resp)
 		}
 		select {
 		case work <- run:
@@ -100,6 +112,76 @@ func (s *server) Calls(stream stagev1.Stage_CallsServer) error {
 			} else {
 				go run()
 			}
+		}
+	}
+}
+
+// maxBatch bounds the answers sent in one CallResponse.
+const maxBatch = 64
+
+// answerBatcher sends the answers of one Calls stream when Sluice reads
+// CallResponse.more (protocol 1.3): the answers that complete while one
+// is being sent go together in the next CallResponse, the first carrying
+// the others in more, instead of one gRPC message each. It never waits
+// for an answer to come: an answer that finds the sender idle is sent at
+// once, alone.
+type answerBatcher struct {
+	send func(*stagev1.CallResponse)
+
+	mu     sync.Mutex
+	queue  []*stagev1.CallResponse
+	closed bool
+	kick   chan struct{} // one slot: there are answers to send
+}
+
+func newAnswerBatcher(send func(*stagev1.CallResponse)) *answerBatcher {
+	b := &answerBatcher{send: send, kick: make(chan struct{}, 1)}
+	go b.run()
+	return b
+}
+
+// add queues an answer; after close it is dropped (the stream is over).
+func (b *answerBatcher) add(r *stagev1.CallResponse) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.closed {
+		return
+	}
+	b.queue = append(b.queue, r)
+	select {
+	case b.kick <- struct{}{}:
+	default: // the sender is already due to take the queue
+	}
+}
+
+// close stops the sender.
+func (b *answerBatcher) close() {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if !b.closed {
+		b.closed = true
+		close(b.kick)
+	}
+}
+
+func (b *answerBatcher) run() {
+	for range b.kick {
+		// Let the goroutines that are ready to run (other calls about to
+		// answer, the stream's reader) go first, so that their answers
+		// join this message: without this, on one processor the sender
+		// runs right after each answer and sends it alone.
+		runtime.Gosched()
+		b.mu.Lock()
+		q := b.queue
+		b.queue = nil
+		b.mu.Unlock()
+		for len(q) > 0 {
+			n := min(len(q), maxBatch)
+			first := q[0]
+			first.More = q[1:n] // Send encodes before it returns
+			b.send(first)
+			first.More = nil
+			q = q[n:]
 		}
 	}
 }

@@ -3,6 +3,9 @@ package sdk
 import (
 	"context"
 	"net"
+	"slices"
+	"strconv"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -119,5 +122,88 @@ func TestWithoutStreaming(t *testing.T) {
 	}
 	if v, err := c.OnMessage(context.Background(), msgCall(1, "x").GetMessage()); err != nil || len(v.GetEdits().GetHeaders()) != 1 {
 		t.Fatalf("unary call: %v %v", v, err)
+	}
+}
+
+// TestAnswerBatcher: answers that complete while one is being sent go
+// together in the next CallResponse (the first carrying the others in
+// more), in completion order; an answer that finds the sender idle goes
+// alone; after close, answers are dropped.
+func TestAnswerBatcher(t *testing.T) {
+	sent := make(chan []uint64, 10)
+	release := make(chan struct{})
+	var sends atomic.Int32
+	b := newAnswerBatcher(func(r *stagev1.CallResponse) {
+		if sends.Add(1) == 1 {
+			<-release // hold the first send while more answers complete
+		}
+		ids := []uint64{r.Id}
+		for _, x := range r.More {
+			ids = append(ids, x.Id)
+		}
+		sent <- ids
+	})
+	b.add(&stagev1.CallResponse{Id: 1})
+	for sends.Load() == 0 { // the sender has taken answer 1 and is sending it
+		time.Sleep(time.Millisecond)
+	}
+	for id := uint64(2); id <= 4; id++ {
+		b.add(&stagev1.CallResponse{Id: id})
+	}
+	close(release)
+	if ids := <-sent; !slices.Equal(ids, []uint64{1}) {
+		t.Fatalf("first message: answers %v, want [1]", ids)
+	}
+	if ids := <-sent; !slices.Equal(ids, []uint64{2, 3, 4}) {
+		t.Fatalf("second message: answers %v, want [2 3 4] in one", ids)
+	}
+	b.close()
+	b.add(&stagev1.CallResponse{Id: 99})
+	b.close()
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if len(b.queue) != 0 {
+		t.Fatal("an answer was queued after close")
+	}
+}
+
+// TestCallsStreamBatchAnswers: with batch_answers (protocol 1.3) every
+// call is answered exactly once, in a message of its own or in another's
+// more; without it (an older Sluice) no answer carries more.
+func TestCallsStreamBatchAnswers(t *testing.T) {
+	for _, batch := range []bool{true, false} {
+		c := dial(t, NewServer(blocker{}))
+		if _, err := c.Configure(context.Background(), &stagev1.ConfigureRequest{StageName: "b", BatchAnswers: batch}); err != nil {
+			t.Fatal(err)
+		}
+		st, err := c.Calls(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		const n = 200
+		for id := uint64(1); id <= n; id++ {
+			if err := st.Send(msgCall(id, strconv.FormatUint(id, 10))); err != nil {
+				t.Fatal(err)
+			}
+		}
+		seen := map[uint64]bool{}
+		for len(seen) < n {
+			r, err := st.Recv()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !batch && len(r.More) > 0 {
+				t.Fatalf("answers batched without batch_answers: %d in one", 1+len(r.More))
+			}
+			more := r.More
+			r.More = nil
+			for _, a := range append([]*stagev1.CallResponse{r}, more...) {
+				h := a.GetVerdict().GetEdits().GetHeaders()
+				if seen[a.Id] || len(h) != 1 || h[0].Value != strconv.FormatUint(a.Id, 10) || len(a.More) != 0 {
+					t.Fatalf("batch %v: answer %v (seen before: %v)", batch, a, seen[a.Id])
+				}
+				seen[a.Id] = true
+			}
+		}
 	}
 }

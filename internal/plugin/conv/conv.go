@@ -10,6 +10,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/netip"
+	"slices"
 	"time"
 
 	"github.com/emersion/go-message/textproto"
@@ -273,6 +274,11 @@ func MessageFrom(p *stagev1.Message) (*pipeline.Message, error) {
 	if txn == nil {
 		txn = &pipeline.Txn{Conn: &pipeline.Conn{}}
 	}
+	// The decoder may leave these pointing into the one buffer the whole
+	// request was decoded from (sdk.Codec): clipped, an append to the
+	// message's body (addBody's, or a hook's) copies instead of writing
+	// over the fields that follow in that buffer.
+	p.HeaderBlock, p.Body = slices.Clip(p.HeaderBlock), slices.Clip(p.Body)
 	if len(p.HeaderBlock) > 0 {
 		if h, ok := pipeline.ParseHeaderBlock(p.HeaderBlock); ok {
 			return addBody(&pipeline.Message{Txn: txn, Header: h}, p.Body), nil

@@ -227,3 +227,23 @@ func BenchmarkMessageFromBlock(b *testing.B) {
 		}
 	})
 }
+
+// TestMessageFromSharedBuffer: a decoded request's header block and body
+// may be slices of one buffer (sdk.Codec decodes without copying), the
+// block's capacity reaching over the body. Joining the lines of the block
+// that are not header fields with the body must not write over the body.
+func TestMessageFromSharedBuffer(t *testing.T) {
+	const wire = "Subject: hi\r\nnot a field\r\n" + "other fields" + "BODY-AFTER\r\n"
+	buf := []byte(wire)
+	block, body := buf[:26], buf[38:] // the block's capacity covers "other fields"
+	m, err := MessageFrom(&stagev1.Message{HasHeader: true, HeaderBlock: block, HasBody: true, Body: body})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := string(m.Body); got != "not a field\r\nBODY-AFTER\r\n" {
+		t.Fatalf("body %q", got)
+	}
+	if got := string(buf); got != wire {
+		t.Fatalf("the decoded buffer was written over: %q", got)
+	}
+}

@@ -209,9 +209,13 @@ func (Action) EnumDescriptor() ([]byte, []int) {
 }
 
 type ConfigureRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	StageName     string                 `protobuf:"bytes,1,opt,name=stage_name,json=stageName,proto3" json:"stage_name,omitempty"`    // the name given to sluice.stage
-	ConfigJson    []byte                 `protobuf:"bytes,2,opt,name=config_json,json=configJson,proto3" json:"config_json,omitempty"` // the config table as a JSON object ("{}" when absent)
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	StageName  string                 `protobuf:"bytes,1,opt,name=stage_name,json=stageName,proto3" json:"stage_name,omitempty"`    // the name given to sluice.stage
+	ConfigJson []byte                 `protobuf:"bytes,2,opt,name=config_json,json=configJson,proto3" json:"config_json,omitempty"` // the config table as a JSON object ("{}" when absent)
+	// Protocol 1.3: Sluice reads CallResponse.more, so the plugin may send
+	// the answers of several calls of the Calls stream in one CallResponse.
+	// Absent (older Sluice): one answer per CallResponse.
+	BatchAnswers  bool `protobuf:"varint,3,opt,name=batch_answers,json=batchAnswers,proto3" json:"batch_answers,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -258,6 +262,13 @@ func (x *ConfigureRequest) GetConfigJson() []byte {
 		return x.ConfigJson
 	}
 	return nil
+}
+
+func (x *ConfigureRequest) GetBatchAnswers() bool {
+	if x != nil {
+		return x.BatchAnswers
+	}
+	return false
 }
 
 type ConfigureResponse struct {
@@ -2122,7 +2133,12 @@ type CallResponse struct {
 	//	*CallResponse_Verdict
 	//	*CallResponse_Event
 	//	*CallResponse_Error
-	Result        isCallResponse_Result `protobuf_oneof:"result"`
+	Result isCallResponse_Result `protobuf_oneof:"result"`
+	// Protocol 1.3, only when ConfigureRequest.batch_answers was set: the
+	// answers of further calls, sent in the same message (each with its own
+	// id and result; their own "more" is empty). It saves the per-message
+	// work of gRPC on both sides when calls complete together.
+	More          []*CallResponse `protobuf:"bytes,5,rep,name=more,proto3" json:"more,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2194,6 +2210,13 @@ func (x *CallResponse) GetError() *CallError {
 		if x, ok := x.Result.(*CallResponse_Error); ok {
 			return x.Error
 		}
+	}
+	return nil
+}
+
+func (x *CallResponse) GetMore() []*CallResponse {
+	if x != nil {
+		return x.More
 	}
 	return nil
 }
@@ -2277,12 +2300,13 @@ var File_plugins_proto_stage_v1_stage_proto protoreflect.FileDescriptor
 
 const file_plugins_proto_stage_v1_stage_proto_rawDesc = "" +
 	"\n" +
-	"\"plugins/proto/stage/v1/stage.proto\x12\x0fsluice.stage.v1\"R\n" +
+	"\"plugins/proto/stage/v1/stage.proto\x12\x0fsluice.stage.v1\"w\n" +
 	"\x10ConfigureRequest\x12\x1d\n" +
 	"\n" +
 	"stage_name\x18\x01 \x01(\tR\tstageName\x12\x1f\n" +
 	"\vconfig_json\x18\x02 \x01(\fR\n" +
-	"configJson\"\x13\n" +
+	"configJson\x12#\n" +
+	"\rbatch_answers\x18\x03 \x01(\bR\fbatchAnswers\"\x13\n" +
 	"\x11ConfigureResponse\"\x11\n" +
 	"\x0fDescribeRequest\"\x84\x02\n" +
 	"\x10DescribeResponse\x12\x12\n" +
@@ -2432,12 +2456,13 @@ const file_plugins_proto_stage_v1_stage_proto_rawDesc = "" +
 	"\amessage\x18\x0e \x01(\v2\x1f.sluice.stage.v1.MessageRequestH\x00R\amessage\x125\n" +
 	"\x05route\x18\x0f \x01(\v2\x1d.sluice.stage.v1.RouteRequestH\x00R\x05route\x125\n" +
 	"\x05event\x18\x10 \x01(\v2\x1d.sluice.stage.v1.EventRequestH\x00R\x05eventB\x06\n" +
-	"\x04call\"\xca\x01\n" +
+	"\x04call\"\xfd\x01\n" +
 	"\fCallResponse\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x124\n" +
 	"\averdict\x18\x02 \x01(\v2\x18.sluice.stage.v1.VerdictH\x00R\averdict\x126\n" +
 	"\x05event\x18\x03 \x01(\v2\x1e.sluice.stage.v1.EventResponseH\x00R\x05event\x122\n" +
-	"\x05error\x18\x04 \x01(\v2\x1a.sluice.stage.v1.CallErrorH\x00R\x05errorB\b\n" +
+	"\x05error\x18\x04 \x01(\v2\x1a.sluice.stage.v1.CallErrorH\x00R\x05error\x121\n" +
+	"\x04more\x18\x05 \x03(\v2\x1d.sluice.stage.v1.CallResponseR\x04moreB\b\n" +
 	"\x06result\"9\n" +
 	"\tCallError\x12\x12\n" +
 	"\x04code\x18\x01 \x01(\x05R\x04code\x12\x18\n" +
@@ -2566,33 +2591,34 @@ var file_plugins_proto_stage_v1_stage_proto_depIdxs = []int32{
 	29, // 35: sluice.stage.v1.CallResponse.verdict:type_name -> sluice.stage.v1.Verdict
 	26, // 36: sluice.stage.v1.CallResponse.event:type_name -> sluice.stage.v1.EventResponse
 	32, // 37: sluice.stage.v1.CallResponse.error:type_name -> sluice.stage.v1.CallError
-	3,  // 38: sluice.stage.v1.Stage.Configure:input_type -> sluice.stage.v1.ConfigureRequest
-	5,  // 39: sluice.stage.v1.Stage.Describe:input_type -> sluice.stage.v1.DescribeRequest
-	7,  // 40: sluice.stage.v1.Stage.Health:input_type -> sluice.stage.v1.HealthRequest
-	19, // 41: sluice.stage.v1.Stage.OnConnect:input_type -> sluice.stage.v1.ConnectRequest
-	20, // 42: sluice.stage.v1.Stage.OnHelo:input_type -> sluice.stage.v1.HeloRequest
-	21, // 43: sluice.stage.v1.Stage.OnMail:input_type -> sluice.stage.v1.MailRequest
-	22, // 44: sluice.stage.v1.Stage.OnRcpt:input_type -> sluice.stage.v1.RcptRequest
-	23, // 45: sluice.stage.v1.Stage.OnMessage:input_type -> sluice.stage.v1.MessageRequest
-	24, // 46: sluice.stage.v1.Stage.OnRoute:input_type -> sluice.stage.v1.RouteRequest
-	25, // 47: sluice.stage.v1.Stage.OnEvent:input_type -> sluice.stage.v1.EventRequest
-	30, // 48: sluice.stage.v1.Stage.Calls:input_type -> sluice.stage.v1.CallRequest
-	4,  // 49: sluice.stage.v1.Stage.Configure:output_type -> sluice.stage.v1.ConfigureResponse
-	6,  // 50: sluice.stage.v1.Stage.Describe:output_type -> sluice.stage.v1.DescribeResponse
-	8,  // 51: sluice.stage.v1.Stage.Health:output_type -> sluice.stage.v1.HealthResponse
-	29, // 52: sluice.stage.v1.Stage.OnConnect:output_type -> sluice.stage.v1.Verdict
-	29, // 53: sluice.stage.v1.Stage.OnHelo:output_type -> sluice.stage.v1.Verdict
-	29, // 54: sluice.stage.v1.Stage.OnMail:output_type -> sluice.stage.v1.Verdict
-	29, // 55: sluice.stage.v1.Stage.OnRcpt:output_type -> sluice.stage.v1.Verdict
-	29, // 56: sluice.stage.v1.Stage.OnMessage:output_type -> sluice.stage.v1.Verdict
-	29, // 57: sluice.stage.v1.Stage.OnRoute:output_type -> sluice.stage.v1.Verdict
-	26, // 58: sluice.stage.v1.Stage.OnEvent:output_type -> sluice.stage.v1.EventResponse
-	31, // 59: sluice.stage.v1.Stage.Calls:output_type -> sluice.stage.v1.CallResponse
-	49, // [49:60] is the sub-list for method output_type
-	38, // [38:49] is the sub-list for method input_type
-	38, // [38:38] is the sub-list for extension type_name
-	38, // [38:38] is the sub-list for extension extendee
-	0,  // [0:38] is the sub-list for field type_name
+	31, // 38: sluice.stage.v1.CallResponse.more:type_name -> sluice.stage.v1.CallResponse
+	3,  // 39: sluice.stage.v1.Stage.Configure:input_type -> sluice.stage.v1.ConfigureRequest
+	5,  // 40: sluice.stage.v1.Stage.Describe:input_type -> sluice.stage.v1.DescribeRequest
+	7,  // 41: sluice.stage.v1.Stage.Health:input_type -> sluice.stage.v1.HealthRequest
+	19, // 42: sluice.stage.v1.Stage.OnConnect:input_type -> sluice.stage.v1.ConnectRequest
+	20, // 43: sluice.stage.v1.Stage.OnHelo:input_type -> sluice.stage.v1.HeloRequest
+	21, // 44: sluice.stage.v1.Stage.OnMail:input_type -> sluice.stage.v1.MailRequest
+	22, // 45: sluice.stage.v1.Stage.OnRcpt:input_type -> sluice.stage.v1.RcptRequest
+	23, // 46: sluice.stage.v1.Stage.OnMessage:input_type -> sluice.stage.v1.MessageRequest
+	24, // 47: sluice.stage.v1.Stage.OnRoute:input_type -> sluice.stage.v1.RouteRequest
+	25, // 48: sluice.stage.v1.Stage.OnEvent:input_type -> sluice.stage.v1.EventRequest
+	30, // 49: sluice.stage.v1.Stage.Calls:input_type -> sluice.stage.v1.CallRequest
+	4,  // 50: sluice.stage.v1.Stage.Configure:output_type -> sluice.stage.v1.ConfigureResponse
+	6,  // 51: sluice.stage.v1.Stage.Describe:output_type -> sluice.stage.v1.DescribeResponse
+	8,  // 52: sluice.stage.v1.Stage.Health:output_type -> sluice.stage.v1.HealthResponse
+	29, // 53: sluice.stage.v1.Stage.OnConnect:output_type -> sluice.stage.v1.Verdict
+	29, // 54: sluice.stage.v1.Stage.OnHelo:output_type -> sluice.stage.v1.Verdict
+	29, // 55: sluice.stage.v1.Stage.OnMail:output_type -> sluice.stage.v1.Verdict
+	29, // 56: sluice.stage.v1.Stage.OnRcpt:output_type -> sluice.stage.v1.Verdict
+	29, // 57: sluice.stage.v1.Stage.OnMessage:output_type -> sluice.stage.v1.Verdict
+	29, // 58: sluice.stage.v1.Stage.OnRoute:output_type -> sluice.stage.v1.Verdict
+	26, // 59: sluice.stage.v1.Stage.OnEvent:output_type -> sluice.stage.v1.EventResponse
+	31, // 60: sluice.stage.v1.Stage.Calls:output_type -> sluice.stage.v1.CallResponse
+	50, // [50:61] is the sub-list for method output_type
+	39, // [39:50] is the sub-list for method input_type
+	39, // [39:39] is the sub-list for extension type_name
+	39, // [39:39] is the sub-list for extension extendee
+	0,  // [0:39] is the sub-list for field type_name
 }
 
 func init() { file_plugins_proto_stage_v1_stage_proto_init() }
