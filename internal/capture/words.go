@@ -3,7 +3,6 @@ package capture
 import (
 	"bytes"
 	"encoding/binary"
-	"math/bits"
 	"sort"
 	"strings"
 	"unicode"
@@ -16,18 +15,18 @@ import (
 // from the index instead of every text of the tenant.
 //
 // A word is a maximal run of letters and digits (Unicode); everything
-// else separates words. Text keeps its substring semantics: the index
-// only narrows the candidates.
+// else separates words. Each term of a Text filter (TextTerms) keeps its
+// substring semantics: the index only narrows the candidates.
 //
-//   - A Text filter that is one word (letters and digits only) matches
-//     exactly the messages holding a word that contains it: the index
-//     answers alone, with no disk read, and Search counts Total.
-//   - A Text filter with separators ("order 123", "a@b.test") is a
-//     phrase: each of its words must be in the message (the first as the
-//     end of a word, the last as the start of one, the middle ones
-//     whole). The messages holding all of them are candidates, and each
-//     candidate's text is read to check the phrase itself, newest first
-//     until the page is full (Total is -1).
+//   - A term that is one word (letters and digits only) is in exactly
+//     the messages holding a word that contains it: the index answers
+//     alone, with no disk read, and Search counts Total.
+//   - A term with separators ("order 123", "a@b.test") is a phrase: each
+//     of its words must be in the message (the first as the end of a
+//     word, the last as the start of one, the middle ones whole). The
+//     messages holding all of them are candidates, and each candidate's
+//     text is read to check the phrase itself, newest first until the
+//     page is full (Total is -1).
 //
 // The index lives in memory, per tenant, next to the summaries; it is
 // built from the stored texts at Open (one sequential read of the text
@@ -35,7 +34,10 @@ import (
 // words under the store's lock in the same step that lists it, a delete
 // or retention drop unlists the message at once and its postings are
 // skipped from then on, and are reclaimed when dead postings outnumber
-// live ones (a rewrite of the tenant's lists, under the lock).
+// live ones (a rewrite of the tenant's lists, under the lock: captures
+// and searches of every tenant wait for it, about as long as decoding
+// the tenant's lists once; with retention dropping the oldest, once per
+// inbox's worth of captures).
 //
 // Memory: a posting is a delta-encoded varint of the message's sequence
 // number, about one or two bytes per distinct word per message, plus
@@ -330,14 +332,6 @@ func (b seqBits) or(o seqBits) {
 
 func (b seqBits) clone() seqBits {
 	return seqBits{base: b.base, w: append([]uint64(nil), b.w...)}
-}
-
-func (b seqBits) count() int {
-	n := 0
-	for _, x := range b.w {
-		n += bits.OnesCount64(x)
-	}
-	return n
 }
 
 // seqSet returns the sequence numbers of t's live entries.
