@@ -113,14 +113,15 @@ func (wi *wordIndex) word(w string) int32 {
 }
 
 // find calls fn with the id of each word containing frag (prefix: that
-// starts with it; suffix: that ends with it; both: that is it).
-func (wi *wordIndex) find(frag string, prefix, suffix bool, fn func(id int32)) {
+// starts with it; suffix: that ends with it; both: that is it), until fn
+// returns false.
+func (wi *wordIndex) find(frag string, prefix, suffix bool, fn func(id int32) bool) {
 	if len(wi.vocab) == 0 {
 		return
 	}
 	if prefix && suffix {
 		if id, ok := wi.ids[frag]; ok {
-			fn(id)
+			_ = fn(id)
 		}
 		return
 	}
@@ -142,7 +143,9 @@ func (wi *wordIndex) find(frag string, prefix, suffix bool, fn func(id int32)) {
 		}
 		// The word holding at: the last that starts at or before it.
 		id := int32(sort.Search(len(wi.starts), func(j int) bool { return int(wi.starts[j]) > at }) - 1)
-		fn(id)
+		if !fn(id) {
+			return
+		}
 		// Go on after that word's end.
 		end := len(wi.vocab) - 1
 		if int(id)+1 < len(wi.starts) {
@@ -359,6 +362,9 @@ type textMatch struct {
 // candidate.
 const unselective = 3
 
+// unselectiveMin is added to that bound (tests lower it).
+var unselectiveMin = 1024
+
 // matchText looks terms (lower case, at least one) up in t's word
 // index; s.mu held (read).
 func (t *tenantIndex) matchText(terms []string) textMatch {
@@ -411,12 +417,14 @@ func (t *tenantIndex) matchTerm(term string, base, end uint64) (sure, maybe seqB
 		suffix := len(toks) > 1 && i < len(toks)-1
 		var ids []int32
 		n := 0
-		t.words.find(tok, prefix, suffix, func(id int32) {
+		limit := unselective*len(t.entries) + unselectiveMin
+		t.words.find(tok, prefix, suffix, func(id int32) bool {
 			ids = append(ids, id)
 			n += int(t.words.lists[id].n)
+			return n <= limit
 		})
 		var b seqBits
-		if n > unselective*len(t.entries)+1024 {
+		if n > limit {
 			b = all()
 			oneWord = false
 		} else {
