@@ -331,6 +331,7 @@ func BenchmarkSearch100k(b *testing.B) {
 		{"text-word-one", Filter{Text: "customer77777"}, 0},
 		{"text-word-none", Filter{Text: "nosuchword"}, 0},
 		{"text-fragment-many", Filter{Text: "rde"}, 0},
+		{"text-letter", Filter{Text: "e"}, 0},
 		{"text-words-many", Filter{Text: "your order"}, 0},
 		{"text-words-one", Filter{Text: "order 77777"}, 0},
 		{"text-words-none", Filter{Text: "no such words"}, 0},

@@ -3,7 +3,6 @@ package capture
 import (
 	"bytes"
 	"encoding/binary"
-	"math/bits"
 	"sort"
 	"strings"
 	"unicode"
@@ -16,18 +15,18 @@ import (
 // from the index instead of every text of the tenant.
 //
 // A word is a maximal run of letters and digits (Unicode); everything
-// else separates words. Text keeps its substring semantics: the index
-// only narrows the candidates.
+// else separates words. Each term of a Text filter (TextTerms) keeps its
+// substring semantics: the index only narrows the candidates.
 //
-//   - A Text filter that is one word (letters and digits only) matches
-//     exactly the messages holding a word that contains it: the index
-//     answers alone, with no disk read, and Search counts Total.
-//   - A Text filter with separators ("order 123", "a@b.test") is a
-//     phrase: each of its words must be in the message (the first as the
-//     end of a word, the last as the start of one, the middle ones
-//     whole). The messages holding all of them are candidates, and each
-//     candidate's text is read to check the phrase itself, newest first
-//     until the page is full (Total is -1).
+//   - A term that is one word (letters and digits only) is in exactly
+//     the messages holding a word that contains it: the index answers
+//     alone, with no disk read, and Search counts Total.
+//   - A term with separators ("order 123", "a@b.test") is a phrase: each
+//     of its words must be in the message (the first as the end of a
+//     word, the last as the start of one, the middle ones whole). The
+//     messages holding all of them are candidates, and each candidate's
+//     text is read to check the phrase itself, newest first until the
+//     page is full (Total is -1).
 //
 // The index lives in memory, per tenant, next to the summaries; it is
 // built from the stored texts at Open (one sequential read of the text
@@ -35,7 +34,10 @@ import (
 // words under the store's lock in the same step that lists it, a delete
 // or retention drop unlists the message at once and its postings are
 // skipped from then on, and are reclaimed when dead postings outnumber
-// live ones (a rewrite of the tenant's lists, under the lock).
+// live ones (a rewrite of the tenant's lists, under the lock: captures
+// and searches of every tenant wait for it, about as long as decoding
+// the tenant's lists once; with retention dropping the oldest, once per
+// inbox's worth of captures).
 //
 // Memory: a posting is a delta-encoded varint of the message's sequence
 // number, about one or two bytes per distinct word per message, plus
@@ -111,14 +113,15 @@ func (wi *wordIndex) word(w string) int32 {
 }
 
 // find calls fn with the id of each word containing frag (prefix: that
-// starts with it; suffix: that ends with it; both: that is it).
-func (wi *wordIndex) find(frag string, prefix, suffix bool, fn func(id int32)) {
+// starts with it; suffix: that ends with it; both: that is it), until fn
+// returns false.
+func (wi *wordIndex) find(frag string, prefix, suffix bool, fn func(id int32) bool) {
 	if len(wi.vocab) == 0 {
 		return
 	}
 	if prefix && suffix {
 		if id, ok := wi.ids[frag]; ok {
-			fn(id)
+			_ = fn(id)
 		}
 		return
 	}
@@ -140,7 +143,9 @@ func (wi *wordIndex) find(frag string, prefix, suffix bool, fn func(id int32)) {
 		}
 		// The word holding at: the last that starts at or before it.
 		id := int32(sort.Search(len(wi.starts), func(j int) bool { return int(wi.starts[j]) > at }) - 1)
-		fn(id)
+		if !fn(id) {
+			return
+		}
 		// Go on after that word's end.
 		end := len(wi.vocab) - 1
 		if int(id)+1 < len(wi.starts) {
@@ -332,14 +337,6 @@ func (b seqBits) clone() seqBits {
 	return seqBits{base: b.base, w: append([]uint64(nil), b.w...)}
 }
 
-func (b seqBits) count() int {
-	n := 0
-	for _, x := range b.w {
-		n += bits.OnesCount64(x)
-	}
-	return n
-}
-
 // seqSet returns the sequence numbers of t's live entries.
 func (t *tenantIndex) seqSet() seqBits {
 	if len(t.entries) == 0 {
@@ -364,6 +361,9 @@ type textMatch struct {
 // would cost about what checking the texts does); every message is its
 // candidate.
 const unselective = 3
+
+// unselectiveMin is added to that bound (tests lower it).
+var unselectiveMin = 1024
 
 // matchText looks terms (lower case, at least one) up in t's word
 // index; s.mu held (read).
@@ -417,12 +417,14 @@ func (t *tenantIndex) matchTerm(term string, base, end uint64) (sure, maybe seqB
 		suffix := len(toks) > 1 && i < len(toks)-1
 		var ids []int32
 		n := 0
-		t.words.find(tok, prefix, suffix, func(id int32) {
+		limit := unselective*len(t.entries) + unselectiveMin
+		t.words.find(tok, prefix, suffix, func(id int32) bool {
 			ids = append(ids, id)
 			n += int(t.words.lists[id].n)
+			return n <= limit
 		})
 		var b seqBits
-		if n > unselective*len(t.entries)+1024 {
+		if n > limit {
 			b = all()
 			oneWord = false
 		} else {

@@ -137,11 +137,15 @@ func TestWordIndexMatchesScan(t *testing.T) {
 			if r.IntN(3) == 0 {
 				start = r.IntN(len(want) + 2)
 			}
-			// Texts read one by one, and (past one seek) in one scan.
+			// Texts read one by one, and (past one seek) in one scan;
+			// words looked up, and (past a few postings) not.
 			for _, seeks := range []int{256, 1} {
 				maxTextSeeks = seeks
+				if seeks == 1 {
+					unselectiveMin = -len(texts)
+				}
 				p, err := s.Search("acme", f, start, limit)
-				maxTextSeeks = 256
+				maxTextSeeks, unselectiveMin = 256, 1024
 				if err != nil {
 					t.Fatal(err)
 				}
