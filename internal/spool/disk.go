@@ -136,6 +136,9 @@ func (s *Spool) markFailed(msg string, fatal bool) {
 	}
 }
 
+// errClosed is what a write after Close returns.
+var errClosed = errors.New("spool: closed")
+
 // write runs one write to Pebble: an error comes back as an error (452
 // 4.3.1 when it is ENOSPC), and Pebble's Fatalf as an error too (the
 // goroutine that called Fatalf is parked, see pebbleLogger.Fatalf). A
@@ -146,6 +149,9 @@ func (s *Spool) markFailed(msg string, fatal bool) {
 // callers, until recoverWrites sees the stuck write finish and a synced
 // write succeed. The caller holds dbMu (read) and the spool is writable.
 func (s *Spool) write(f func() error) error {
+	if s.closed.Load() {
+		return errClosed
+	}
 	if err := s.failed(); err != nil {
 		return err
 	}

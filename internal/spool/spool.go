@@ -165,7 +165,8 @@ type Spool struct {
 	opened       atomic.Bool   // Open returned
 	lastSize     atomic.Uint64 // Size's last figure
 	readOnly     atomic.Bool   // opened read-only below the reserve; see waitForRoom
-	dbMu         sync.RWMutex  // read: db in use; write: db being switched
+	dbMu         sync.RWMutex  // read: db in use; write: db being switched or closed
+	closed       atomic.Bool   // Close closed the database: writes fail with errClosed
 	gen          int           // db switches, under dbMu
 	lock         *pebble.Lock  // the directory lock, held until Close
 	memtable     uint64        // Pebble memtable size, bytes
@@ -391,17 +392,26 @@ func (s *Spool) Close() (err error) {
 	close(s.closing)
 	s.bg.Wait()
 	s.dbMu.RLock()
-	defer s.dbMu.RUnlock()
 	if s.plog.msg.Load() != nil {
+		s.dbMu.RUnlock()
 		return errors.New("spool: not closed after a storage engine fatal error: " + s.plog.fatalMsg())
 	}
 	if !s.readOnly.Load() {
 		_ = s.write(func() error { return s.db.LogData(nil, pebble.Sync) })
 	}
+	s.dbMu.RUnlock()
 	if p := s.fail.Load(); p != nil {
 		// A stalled write may still hold the database: leave it.
 		return *p
 	}
+	// No write may reach the database once it is closed (a consumer
+	// still saving its cursor gets errClosed, not Pebble's panic): wait
+	// for the writes in progress, then mark the spool closed.
+	for !s.dbMu.TryLock() { // TryLock: readers may take dbMu twice
+		time.Sleep(time.Millisecond)
+	}
+	defer s.dbMu.Unlock()
+	s.closed.Store(true)
 	err = s.db.Close()
 	if lerr := s.lock.Close(); err == nil {
 		err = lerr
