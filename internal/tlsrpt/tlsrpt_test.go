@@ -256,6 +256,12 @@ func TestSendHTTPSAndMailto(t *testing.T) {
 		ev.Metadata["organization"] != "Sluice Test" || ev.Metadata["policy_domains"] != "example.test" || ev.Recipient != "tlsrpt@example.test" {
 		t.Fatalf("event %+v", ev)
 	}
+	// The same message on its way out (our own report, queued through
+	// the relay as source tlsrpt) is not a report sent to us.
+	pm.Conn = &pipeline.Conn{Source: tlsrpt.Source}
+	if ev := (&tlsrpt.Inbound{}).Inspect(pm); ev != nil {
+		t.Fatalf("our own outgoing report recorded as a received one: %+v", ev)
+	}
 	// The spool fills these when it records the event.
 	ev.Schema, ev.EventID, ev.Time, ev.Node, ev.Tags = pipeline.EventSchema, "01JDEF0123456789ABCDEFGHJM", day, "n1", []string{}
 	testutil.ValidateEventValue(t, ev)
