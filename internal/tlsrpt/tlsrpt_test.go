@@ -214,6 +214,11 @@ func TestSendHTTPSAndMailto(t *testing.T) {
 	if m.Header.Get("TLS-Report-Domain") != "example.test" || m.Header.Get("TLS-Report-Submitter") != "mx.sluice.test" {
 		t.Errorf("header %v", m.Header)
 	}
+	// RFC 8460 section 3: a report is delivered despite TLS failures,
+	// so it asks that the domain's TLS policies not block it.
+	if m.Header.Get("TLS-Required") != "No" {
+		t.Errorf("TLS-Required %q, want No", m.Header.Get("TLS-Required"))
+	}
 	if !strings.Contains(m.Header.Get("Subject"), "Report Domain: example.test") {
 		t.Errorf("Subject %q", m.Header.Get("Subject"))
 	}
