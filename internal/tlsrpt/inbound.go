@@ -113,6 +113,11 @@ func ParseJSON(js []byte) (*Report, error) {
 	case rep.DateRange.Start.IsZero() || rep.DateRange.End.IsZero():
 		return nil, errors.New("tlsrpt: report has no date-range")
 	}
+	for _, p := range rep.Policies {
+		if p.Summary.Successful < 0 || p.Summary.Failure < 0 {
+			return nil, errors.New("tlsrpt: report has a negative session count")
+		}
+	}
 	return &rep, nil
 }
 

@@ -311,6 +311,17 @@ func TestInbound(t *testing.T) {
 	if ev := in.Inspect(msg("x@us.test", "text/plain", js)); ev != nil {
 		t.Fatalf("text/plain to another address taken as a report: %+v", ev)
 	}
+	neg := `{"organization-name":"x","report-id":"y","date-range":{"start-datetime":"2026-01-01T00:00:00Z","end-datetime":"2026-01-01T23:59:59Z"},` +
+		`"policies":[{"summary":{"total-successful-session-count":1,"total-failure-session-count":-5}}]}`
+	if ev := in.Inspect(msg("x@us.test", "application/tlsrpt+json", neg)); ev != nil {
+		t.Fatalf("a report with a negative count accepted: %+v", ev)
+	}
+	// Counts near the int64 limit saturate rather than wrap negative.
+	big := `{"organization-name":"x","report-id":"y","date-range":{"start-datetime":"2026-01-01T00:00:00Z","end-datetime":"2026-01-01T23:59:59Z"},` +
+		`"policies":[{"summary":{"total-successful-session-count":9223372036854775807}},{"summary":{"total-successful-session-count":9223372036854775807}}]}`
+	if ev := in.Inspect(msg("x@us.test", "application/tlsrpt+json", big)); ev == nil || ev.Metadata["successful"] != "9223372036854775807" {
+		t.Fatalf("a report with huge counts: %+v", ev)
+	}
 	if ev := in.Inspect(msg("x@us.test", "application/tlsrpt+json", `{"organization-name":"x"}`)); ev != nil {
 		t.Fatalf("a report without report-id accepted: %+v", ev)
 	}
