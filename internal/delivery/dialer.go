@@ -460,7 +460,11 @@ func (r *tlsReporter) fail(host, ip, local, result, detail string) {
 }
 
 // session reports an established session: a success, or the failure an
-// MTA-STS policy in testing mode saw (Remote().TLSFailure).
+// MTA-STS policy in testing mode saw (Remote().TLSFailure). A session
+// without TLS (no policy, opportunistic TLS: STARTTLS not offered,
+// refused, or a handshake that failed before a clear-text retry) is a
+// starttls-not-supported failure: RFC 8460 section 4.4 counts as
+// successful only "successfully negotiated TLS-enabled connections".
 func (r *tlsReporter) session(host string, s *Session) {
 	if r == nil {
 		return
@@ -469,7 +473,11 @@ func (r *tlsReporter) session(host string, s *Session) {
 	if a, ok := s.raw.LocalAddr().(*net.TCPAddr); ok {
 		local = a.IP.String()
 	}
-	r.fail(host, s.remote.IP, local, s.remote.TLSFailure, s.remote.MTASTSFailure)
+	result, detail := s.remote.TLSFailure, s.remote.MTASTSFailure
+	if result == "" && s.remote.TLS == "" {
+		result, detail = resultSTARTTLS, "delivered without TLS (opportunistic: STARTTLS not offered or failed)"
+	}
+	r.fail(host, s.remote.IP, local, result, detail)
 }
 
 // at is the reporter for attempts to a host under policy tpolicy: DANE
