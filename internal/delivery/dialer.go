@@ -345,6 +345,16 @@ func (d *Dialer) DialFrom(ctx context.Context, route *pipeline.Route, domain str
 	if !eg.IgnoreTLSPolicy || eg.RequireTLS {
 		tr = d.daneResolver(route, domain, policy)
 	}
+	if policy == pipeline.TLSDANEOrMTASTS && eg.IgnoreTLSPolicy && !eg.RequireTLS {
+		// Say why, rather than "H has no DNSSEC-authenticated TLSA
+		// records" of a host whose records were not looked at.
+		first := ""
+		if len(targets) > 0 {
+			first = targets[0].host
+		}
+		return nil, &tlsFailure{result: resultDANERequired, policy: policy, host: first, err: pipeline.Errorf(451, pipeline.EnhancedCode{4, 7, 5},
+			"TLS policy dane-or-mta-sts: the message has TLS-Required: No, which sets aside the DANE and MTA-STS policies the route requires")}
+	}
 	max := orDefault(d.MaxAddresses, defaultMaxAddresses)
 	var attempts []Attempt
 	tried := 0
