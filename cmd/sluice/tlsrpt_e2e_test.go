@@ -26,7 +26,8 @@ sluice.tls_reporting {
 `
 
 // TestTLSReportingEndToEnd, against the real binary: MX deliveries to a
-// domain without MTA-STS are counted (no-policy-found); the counts
+// domain without MTA-STS, in clear text, are counted (no-policy-found,
+// starttls-not-supported); the counts
 // outlast a restart; `sluice tlsrpt report` shows the RFC 8460 report;
 // `sluice tlsrpt send` queues it through the relay to the mailto: rua
 // of the domain's _smtp._tls record, and the sink gets a
@@ -74,8 +75,11 @@ func TestTLSReportingEndToEnd(t *testing.T) {
 		return &rep
 	}
 	rep := report()
-	if len(rep.Policies) != 1 || rep.Policies[0].Policy.Type != tlsrpt.PolicyNotFound || rep.Policies[0].Summary.Successful != 1 ||
-		rep.OrganizationName != "Relay E2E" {
+	// The sink offers no STARTTLS: a clear-text session is not a
+	// successful one (RFC 8460 section 4.4), but starttls-not-supported.
+	if len(rep.Policies) != 1 || rep.Policies[0].Policy.Type != tlsrpt.PolicyNotFound || rep.Policies[0].Summary.Successful != 0 ||
+		rep.Policies[0].Summary.Failure != 1 || len(rep.Policies[0].FailureDetails) != 1 ||
+		rep.Policies[0].FailureDetails[0].ResultType != tlsrpt.ResultSTARTTLSNotSupported || rep.OrganizationName != "Relay E2E" {
 		t.Fatalf("report after a restart: %+v", rep)
 	}
 	if out, errs, code := h.apiCLI(key, "tlsrpt", "report", "--day", day); code != 0 || !strings.Contains(out, "example.test") || !strings.Contains(out, "no-policy-found") {
@@ -99,7 +103,7 @@ func TestTLSReportingEndToEnd(t *testing.T) {
 	}
 	mt, params, _ := mime.ParseMediaType(m.Header.Get("Content-Type"))
 	if mt != "multipart/report" || params["report-type"] != "tlsrpt" || m.Header.Get("TLS-Report-Domain") != "example.test" ||
-		m.Header.Get("TLS-Report-Submitter") != "relay.e2e.test" {
+		m.Header.Get("TLS-Report-Submitter") != "relay.e2e.test" || m.Header.Get("TLS-Required") != "No" {
 		t.Fatalf("report header %v", m.Header)
 	}
 	mr := multipart.NewReader(m.Body, params["boundary"])
@@ -128,8 +132,8 @@ func TestTLSReportingEndToEnd(t *testing.T) {
 		return findEvent(evs, pipeline.EventTLSReport, "tlsrpt@relay.e2e.test") != nil
 	})
 	ev := findEvent(evs, pipeline.EventTLSReport, "tlsrpt@relay.e2e.test")
-	if ev.Metadata["organization"] != "Relay E2E" || ev.Metadata["policy_domains"] != "example.test" || ev.Metadata["successful"] != "1" ||
-		ev.Metadata["failed"] != "0" || ev.Source != "http" {
+	if ev.Metadata["organization"] != "Relay E2E" || ev.Metadata["policy_domains"] != "example.test" || ev.Metadata["successful"] != "0" ||
+		ev.Metadata["failed"] != "1" || ev.Source != "http" {
 		t.Fatalf("tls_report event %+v", ev)
 	}
 	// The report message itself is in the events with source tlsrpt.
@@ -139,5 +143,10 @@ func TestTLSReportingEndToEnd(t *testing.T) {
 	}
 	if !found {
 		t.Fatalf("no received event with source tlsrpt for the report:\n%s", describeEvents(evs))
+	}
+	// Our own outgoing report is not a report sent to us: no tls_report
+	// event for its way out to the rua.
+	if ev := findEvent(evs, pipeline.EventTLSReport, "tlsrpt@reports.test"); ev != nil {
+		t.Fatalf("the report we sent recorded as received: %+v", ev)
 	}
 }

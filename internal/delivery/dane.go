@@ -46,15 +46,32 @@ type daneState struct {
 
 // usableTLSA keeps the records RFC 7672 section 3.1 lets SMTP use:
 // DANE-TA(2) and DANE-EE(3); PKIX-TA(0) and PKIX-EE(1) are unusable
-// (section 3.1.3), as are unknown selectors and matching types.
+// (section 3.1.3), as are unknown selectors and matching types, and
+// malformed records: a SHA-256 (SHA-512) digest that is not 32 (64)
+// bytes long (RFC 6698 section 2.1.3), empty full data. Such a record
+// can match no certificate; counted as usable, it alone would defer the
+// domain's mail for good (Postfix, too, treats it as unusable).
 func usableTLSA(rs []dnsx.TLSA) []dnsx.TLSA {
 	var out []dnsx.TLSA
 	for _, r := range rs {
-		if (r.Usage == 2 || r.Usage == 3) && r.Selector <= 1 && r.MatchingType <= 2 {
+		if (r.Usage == 2 || r.Usage == 3) && r.Selector <= 1 && wellFormedTLSA(r) {
 			out = append(out, r)
 		}
 	}
 	return out
+}
+
+// wellFormedTLSA reports whether r's data fits its matching type.
+func wellFormedTLSA(r dnsx.TLSA) bool {
+	switch r.MatchingType {
+	case 0:
+		return len(r.Data) > 0
+	case 1:
+		return len(r.Data) == sha256.Size
+	case 2:
+		return len(r.Data) == sha512.Size
+	}
+	return false
 }
 
 // LookupDANE returns the DANE state of an MX host reached at port: the

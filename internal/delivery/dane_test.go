@@ -117,6 +117,11 @@ func TestDANE(t *testing.T) {
 	e.DNS.SetServfail("_" + strconv.Itoa(port) + "._tcp." + mx)
 	mx = mxTo(e, "unusable.test", "127.0.0.2", true)
 	tlsa(e, mx, 0, 1, random, true)
+	// Malformed (RFC 7671 section 4.1): a SHA-256 digest of 2 bytes can
+	// match nothing; it is unusable, not a record that defers forever.
+	mx = mxTo(e, "malformed.test", "127.0.0.2", true)
+	e.DNS.AddTLSA(mx, port, 3, 1, 1, []byte{0xab, 0xcd})
+	e.DNS.SetSecure(true, "_"+strconv.Itoa(port)+"._tcp."+mx)
 
 	for _, domain := range []string{"ee.test", "ee-cert.test", "ee-512.test", "ta.test"} {
 		t.Run("match "+domain, func(t *testing.T) {
@@ -152,12 +157,14 @@ func TestDANE(t *testing.T) {
 			}
 		})
 	}
-	t.Run("only unusable records: TLS without authentication", func(t *testing.T) {
-		r := sendTo(t, e, pipeline.MX(), "unusable.test")
-		if r.TLSPolicy != "dane" || r.TLSValidated || r.TLS == "" {
-			t.Fatalf("Remote() = %+v", r)
-		}
-	})
+	for _, domain := range []string{"unusable.test", "malformed.test"} {
+		t.Run("only unusable records: TLS without authentication "+domain, func(t *testing.T) {
+			r := sendTo(t, e, pipeline.MX(), domain)
+			if r.TLSPolicy != "dane" || r.TLSValidated || r.TLS == "" {
+				t.Fatalf("Remote() = %+v", r)
+			}
+		})
+	}
 	t.Run("route tls none: no DANE", func(t *testing.T) {
 		r := sendTo(t, e, &pipeline.Route{Kind: pipeline.RouteMX, TLS: "none"}, "mismatch.test")
 		if r.TLSPolicy != "none" || r.TLS != "" {

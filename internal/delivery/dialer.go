@@ -345,6 +345,16 @@ func (d *Dialer) DialFrom(ctx context.Context, route *pipeline.Route, domain str
 	if !eg.IgnoreTLSPolicy || eg.RequireTLS {
 		tr = d.daneResolver(route, domain, policy)
 	}
+	if policy == pipeline.TLSDANEOrMTASTS && eg.IgnoreTLSPolicy && !eg.RequireTLS {
+		// Say why, rather than "H has no DNSSEC-authenticated TLSA
+		// records" of a host whose records were not looked at.
+		first := ""
+		if len(targets) > 0 {
+			first = targets[0].host
+		}
+		return nil, &tlsFailure{result: resultDANERequired, policy: policy, host: first, err: pipeline.Errorf(451, pipeline.EnhancedCode{4, 7, 5},
+			"TLS policy dane-or-mta-sts: the message has TLS-Required: No, which sets aside the DANE and MTA-STS policies the route requires")}
+	}
 	max := orDefault(d.MaxAddresses, defaultMaxAddresses)
 	var attempts []Attempt
 	tried := 0
@@ -460,7 +470,11 @@ func (r *tlsReporter) fail(host, ip, local, result, detail string) {
 }
 
 // session reports an established session: a success, or the failure an
-// MTA-STS policy in testing mode saw (Remote().TLSFailure).
+// MTA-STS policy in testing mode saw (Remote().TLSFailure). A session
+// without TLS (no policy, opportunistic TLS: STARTTLS not offered,
+// refused, or a handshake that failed before a clear-text retry) is a
+// starttls-not-supported failure: RFC 8460 section 4.4 counts as
+// successful only "successfully negotiated TLS-enabled connections".
 func (r *tlsReporter) session(host string, s *Session) {
 	if r == nil {
 		return
@@ -469,7 +483,11 @@ func (r *tlsReporter) session(host string, s *Session) {
 	if a, ok := s.raw.LocalAddr().(*net.TCPAddr); ok {
 		local = a.IP.String()
 	}
-	r.fail(host, s.remote.IP, local, s.remote.TLSFailure, s.remote.MTASTSFailure)
+	result, detail := s.remote.TLSFailure, s.remote.MTASTSFailure
+	if result == "" && s.remote.TLS == "" {
+		result, detail = resultSTARTTLS, "delivered without TLS (opportunistic: STARTTLS not offered or failed)"
+	}
+	r.fail(host, s.remote.IP, local, result, detail)
 }
 
 // at is the reporter for attempts to a host under policy tpolicy: DANE

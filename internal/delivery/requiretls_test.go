@@ -148,6 +148,12 @@ func TestREQUIRETLS(t *testing.T) {
 		// REQUIRETLS wins over TLS-Required: No.
 		_, err = e.D.DialFrom(ctx, pipeline.MX(), "optional.test", delivery.Egress{IgnoreTLSPolicy: true, RequireTLS: true})
 		wantPE(t, err, 451, "4.7.5")
+		// A route that demands DANE or MTA-STS cannot honour TLS-Required:
+		// No; the deferral says so, not that the domain has no policy.
+		_, err = e.D.DialFrom(ctx, &pipeline.Route{Kind: pipeline.RouteMX, TLS: pipeline.TLSDANEOrMTASTS}, "optional.test", delivery.Egress{IgnoreTLSPolicy: true})
+		if pe := wantPE(t, err, 451, "4.7.5"); !strings.Contains(pe.Message, "TLS-Required: No") {
+			t.Fatalf("deferral %q does not name TLS-Required: No", pe.Message)
+		}
 	})
 	if len(noRTSink.Messages())+len(plainSink.Messages()) != 0 {
 		t.Fatal("a hop without REQUIRETLS got a REQUIRETLS message")

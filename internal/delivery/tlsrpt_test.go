@@ -196,3 +196,29 @@ func TestTLSReportDANE(t *testing.T) {
 		}
 	}
 }
+
+// TestTLSReportClearText checks that a session without TLS to a domain
+// without a policy is not counted as successful (RFC 8460 section 4.4:
+// successful sessions are "successfully negotiated TLS-enabled
+// connections"), but as a starttls-not-supported failure.
+func TestTLSReportClearText(t *testing.T) {
+	sink := newSink(t, testutil.SinkOptions{IP: "127.0.0.3"}) // no STARTTLS
+	e := newEnv(t, sink.Port)
+	addMX(e, map[string]string{"plain.test": "127.0.0.3"})
+	day := time.Date(2026, 11, 29, 12, 0, 0, 0, time.UTC)
+	rec := tlsrpt.NewRecorder(tlsrpt.Options{Now: func() time.Time { return day }})
+	e.D.TLSReport = func(s tlsrpt.Session) { s.Time = day; rec.Record(s) }
+	s := dial(t, e, pipeline.MX(), "plain.test")
+	if per, err := s.Send(context.Background(), "a@sender.test", []string{"b@plain.test"}, message(300)); err != nil || per[0] != nil {
+		t.Fatalf("Send = %v, %v", per, err)
+	}
+	rep, err := rec.Report("2026-11-29", "plain.test", tlsrpt.Meta{Organization: "o", Contact: "c", Hostname: "h"})
+	if err != nil || rep == nil || len(rep.Policies) != 1 {
+		t.Fatalf("Report = %+v, %v", rep, err)
+	}
+	p := rep.Policies[0]
+	if p.Policy.Type != tlsrpt.PolicyNotFound || p.Summary.Successful != 0 || p.Summary.Failure != 1 ||
+		len(p.FailureDetails) != 1 || p.FailureDetails[0].ResultType != tlsrpt.ResultSTARTTLSNotSupported {
+		t.Fatalf("report of a clear-text session: %+v", p)
+	}
+}

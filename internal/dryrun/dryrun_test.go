@@ -13,6 +13,7 @@ import (
 
 	"github.com/sluice-mta/sluice/internal/auth"
 	"github.com/sluice-mta/sluice/internal/config"
+	"github.com/sluice-mta/sluice/internal/delivery"
 )
 
 const testConfig = `local sluice = require("sluice")
@@ -256,5 +257,17 @@ func TestDSNIsMarked(t *testing.T) {
 	}
 	if tr.Reply.Code != 250 {
 		t.Errorf("reply %+v", tr.Reply)
+	}
+}
+
+// TestTLSStringHostNotTried checks the --route line of a host that is
+// not tried: its reason, without an empty policy in front of it.
+func TestTLSStringHostNotTried(t *testing.T) {
+	p := &delivery.TLSPlan{Policy: "dane-or-mta-sts", Hosts: []delivery.HostTLS{
+		{Host: "mx.example.net", Note: "TLS policy dane-or-mta-sts: mx.example.net has no DNSSEC-authenticated TLSA records: not tried"},
+		{Host: "mx2.example.net", Policy: "dane", TLSA: []string{"3 1 1 ab"}}}}
+	want := "TLS dane-or-mta-sts; mx.example.net: TLS policy dane-or-mta-sts: mx.example.net has no DNSSEC-authenticated TLSA records: not tried; mx2.example.net: dane [3 1 1 ab]"
+	if got := tlsString(p); got != want {
+		t.Errorf("tlsString =\n%q, want\n%q", got, want)
 	}
 }

@@ -198,9 +198,12 @@ func tlsString(p *delivery.TLSPlan) string {
 	}
 	for _, h := range p.Hosts {
 		s += "; " + h.Host + ": "
-		if h.Policy != "" {
-			s += h.Policy
+		if h.Policy == "" {
+			// Not tried: the note says why ("...: not tried").
+			s += h.Note
+			continue
 		}
+		s += h.Policy
 		if len(h.TLSA) > 0 {
 			s += " [" + strings.Join(h.TLSA, ", ") + "]"
 		}

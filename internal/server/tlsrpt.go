@@ -15,7 +15,7 @@ import (
 
 // SourceTLSRPT is the source of the report messages Sluice sends
 // (docs/tls-reporting.md).
-const SourceTLSRPT = "tlsrpt"
+const SourceTLSRPT = tlsrpt.Source
 
 // tlsReporting is the node's TLS reporting (RFC 8460): the recorder the
 // Dialer feeds, the daily reporter, and the inbound recogniser.

@@ -53,6 +53,8 @@ func TestREQUIRETLSInbound(t *testing.T) {
 		if !offers(r) {
 			t.Fatalf("REQUIRETLS not offered after STARTTLS: %v", r.Lines)
 		}
+		// The parameter has no value (RFC 8689 section 4).
+		c.cmd("MAIL FROM:<a@local.test> REQUIRETLS=NO", 501)
 		c.cmd("MAIL FROM:<a@local.test> REQUIRETLS", 250)
 		c.cmd("RCPT TO:<bob@local.test>", 250)
 		c.cmd("DATA", 354)

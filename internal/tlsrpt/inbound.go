@@ -113,6 +113,11 @@ func ParseJSON(js []byte) (*Report, error) {
 	case rep.DateRange.Start.IsZero() || rep.DateRange.End.IsZero():
 		return nil, errors.New("tlsrpt: report has no date-range")
 	}
+	for _, p := range rep.Policies {
+		if p.Summary.Successful < 0 || p.Summary.Failure < 0 {
+			return nil, errors.New("tlsrpt: report has a negative session count")
+		}
+	}
 	return &rep, nil
 }
 
@@ -139,6 +144,11 @@ func newlineStripper(b []byte) io.Reader {
 	}, string(b)))
 }
 
+// Source is the pipeline source of the report messages this node sends
+// itself (pipeline.Conn.Source): Inspect never takes them for reports
+// sent to us.
+const Source = "tlsrpt"
+
 // Inbound recognises reports sent to this node (Inspect).
 type Inbound struct {
 	// Addresses, when not empty, are the recipients whose mail is parsed
@@ -157,6 +167,11 @@ type Inbound struct {
 // successful and failed (session counts, decimal); recipient is the
 // first recipient.
 func (in *Inbound) Inspect(msg *pipeline.Message) *pipeline.Event {
+	// Our own outgoing reports (to other domains' rua) pass through the
+	// relay too: they are not reports about our domains.
+	if msg.Conn != nil && msg.Conn.Source == Source {
+		return nil
+	}
 	ct := msg.Header.Get("Content-Type")
 	// Most mail is neither addressed to us nor typed as a report: two
 	// cheap checks before any parsing.

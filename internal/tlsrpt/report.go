@@ -22,6 +22,7 @@ package tlsrpt
 import (
 	"encoding/json"
 	"fmt"
+	"math"
 	"time"
 )
 
@@ -112,10 +113,19 @@ type FailureDetail struct {
 func (r *Report) Totals() Summary {
 	var s Summary
 	for _, p := range r.Policies {
-		s.Successful += p.Summary.Successful
-		s.Failure += p.Summary.Failure
+		s.Successful = addSat(s.Successful, p.Summary.Successful)
+		s.Failure = addSat(s.Failure, p.Summary.Failure)
 	}
 	return s
+}
+
+// addSat is a+b for non-negative counts, at most math.MaxInt64: a
+// received report's counts are not ours to trust.
+func addSat(a, b int64) int64 {
+	if b > math.MaxInt64-a {
+		return math.MaxInt64
+	}
+	return a + b
 }
 
 // Day is the UTC day d names ("2006-01-02"), as the start of the day.

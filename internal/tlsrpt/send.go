@@ -109,7 +109,10 @@ func Filename(submitter, domain string, rep *Report) string {
 // BuildMessage is the report as a message (section 5.3): a
 // multipart/report; report-type="tlsrpt" with a text/plain part and the
 // gzip report as an application/tlsrpt+gzip attachment, with the
-// TLS-Report-Domain and TLS-Report-Submitter header fields. CRLF line
+// TLS-Report-Domain and TLS-Report-Submitter header fields, and
+// "TLS-Required: No" (RFC 8689 section 5) so that the recipient
+// domain's own failing MTA-STS or DANE policy does not hold its report
+// back (RFC 8460 section 3). CRLF line
 // endings; base64 wrapped at 76 columns.
 func BuildMessage(from string, to []string, submitter, domain string, rep *Report, gz []byte, now time.Time) []byte {
 	var rnd [12]byte
@@ -125,6 +128,11 @@ func BuildMessage(from string, to []string, submitter, domain string, rep *Repor
 	h("TLS-Report-Domain", domain)
 	h("TLS-Report-Submitter", submitter)
 	h("Auto-Submitted", "auto-generated")
+	// Section 3: "Sending MTAs MUST deliver reports despite any
+	// TLS-related failures": the domain whose TLS is broken is the one
+	// that needs the report. RFC 8689 section 5's field asks that the
+	// recipient's MTA-STS and DANE policies not block it.
+	h("TLS-Required", "No")
 	h("MIME-Version", "1.0")
 	h("Content-Type", `multipart/report; report-type="tlsrpt"; boundary="`+boundary+`"`)
 	b.WriteString("\r\n")

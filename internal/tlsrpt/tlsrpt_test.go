@@ -214,6 +214,11 @@ func TestSendHTTPSAndMailto(t *testing.T) {
 	if m.Header.Get("TLS-Report-Domain") != "example.test" || m.Header.Get("TLS-Report-Submitter") != "mx.sluice.test" {
 		t.Errorf("header %v", m.Header)
 	}
+	// RFC 8460 section 3: a report is delivered despite TLS failures,
+	// so it asks that the domain's TLS policies not block it.
+	if m.Header.Get("TLS-Required") != "No" {
+		t.Errorf("TLS-Required %q, want No", m.Header.Get("TLS-Required"))
+	}
 	if !strings.Contains(m.Header.Get("Subject"), "Report Domain: example.test") {
 		t.Errorf("Subject %q", m.Header.Get("Subject"))
 	}
@@ -255,6 +260,12 @@ func TestSendHTTPSAndMailto(t *testing.T) {
 	if ev.Type != "tls_report" || ev.Metadata["successful"] != "6" || ev.Metadata["failed"] != "2" ||
 		ev.Metadata["organization"] != "Sluice Test" || ev.Metadata["policy_domains"] != "example.test" || ev.Recipient != "tlsrpt@example.test" {
 		t.Fatalf("event %+v", ev)
+	}
+	// The same message on its way out (our own report, queued through
+	// the relay as source tlsrpt) is not a report sent to us.
+	pm.Conn = &pipeline.Conn{Source: tlsrpt.Source}
+	if ev := (&tlsrpt.Inbound{}).Inspect(pm); ev != nil {
+		t.Fatalf("our own outgoing report recorded as a received one: %+v", ev)
 	}
 	// The spool fills these when it records the event.
 	ev.Schema, ev.EventID, ev.Time, ev.Node, ev.Tags = pipeline.EventSchema, "01JDEF0123456789ABCDEFGHJM", day, "n1", []string{}
@@ -299,6 +310,17 @@ func TestInbound(t *testing.T) {
 	}
 	if ev := in.Inspect(msg("x@us.test", "text/plain", js)); ev != nil {
 		t.Fatalf("text/plain to another address taken as a report: %+v", ev)
+	}
+	neg := `{"organization-name":"x","report-id":"y","date-range":{"start-datetime":"2026-01-01T00:00:00Z","end-datetime":"2026-01-01T23:59:59Z"},` +
+		`"policies":[{"summary":{"total-successful-session-count":1,"total-failure-session-count":-5}}]}`
+	if ev := in.Inspect(msg("x@us.test", "application/tlsrpt+json", neg)); ev != nil {
+		t.Fatalf("a report with a negative count accepted: %+v", ev)
+	}
+	// Counts near the int64 limit saturate rather than wrap negative.
+	big := `{"organization-name":"x","report-id":"y","date-range":{"start-datetime":"2026-01-01T00:00:00Z","end-datetime":"2026-01-01T23:59:59Z"},` +
+		`"policies":[{"summary":{"total-successful-session-count":9223372036854775807}},{"summary":{"total-successful-session-count":9223372036854775807}}]}`
+	if ev := in.Inspect(msg("x@us.test", "application/tlsrpt+json", big)); ev == nil || ev.Metadata["successful"] != "9223372036854775807" {
+		t.Fatalf("a report with huge counts: %+v", ev)
 	}
 	if ev := in.Inspect(msg("x@us.test", "application/tlsrpt+json", `{"organization-name":"x"}`)); ev != nil {
 		t.Fatalf("a report without report-id accepted: %+v", ev)

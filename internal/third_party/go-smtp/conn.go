@@ -421,6 +421,12 @@ func (c *Conn) handleMail(arg string) {
 				c.refuse(504, EnhancedCode{5, 5, 4}, "REQUIRETLS is not implemented")
 				return
 			}
+			// sluice: RFC 8689 section 4: the parameter has no value;
+			// "REQUIRETLS=NO" must not be taken for a request.
+			if value != "" {
+				c.refuse(501, EnhancedCode{5, 5, 4}, "REQUIRETLS takes no value")
+				return
+			}
 			// sluice: RFC 8689 section 2: REQUIRETLS is offered, and may
 			// be used, only on a TLS session. 530 as RFC 3207 answers a
 			// command that needs TLS first; 5.7.10 "Encryption needed".
