@@ -167,3 +167,19 @@ func TestControlFilterReadsCompactItemsBack(t *testing.T) {
 		t.Fatalf("listing after the release: %+v", qs)
 	}
 }
+
+// nanos keeps the zero time (a recipient never attempted) before every
+// other time and gives it back as the zero time; other times round-trip.
+func TestNanos(t *testing.T) {
+	now := time.Now()
+	if n := nanos(time.Time{}); n >= nanos(time.Unix(0, 0)) || n >= nanos(now) || !timeOf(n).IsZero() {
+		t.Errorf("zero time: %d, back %v", n, timeOf(n))
+	}
+	if got := timeOf(nanos(now)); !got.Equal(now) {
+		t.Errorf("round trip of %v: %v", now, got)
+	}
+	far := time.Date(3000, 1, 1, 0, 0, 0, 0, time.UTC)
+	if nanos(far) <= nanos(now) {
+		t.Errorf("year 3000 (%d) not after now (%d)", nanos(far), nanos(now))
+	}
+}

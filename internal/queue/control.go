@@ -90,7 +90,7 @@ func (q *Queue) Queues() []QueueInfo {
 		return qi
 	}
 	oldest := func(qi *QueueInfo, it *item) {
-		if r := time.Unix(0, it.msg.received); qi.Oldest.IsZero() || r.Before(qi.Oldest) {
+		if r := timeOf(it.msg.received); qi.Oldest.IsZero() || r.Before(qi.Oldest) {
 			qi.Oldest = r
 		}
 	}
@@ -109,7 +109,7 @@ func (q *Queue) Queues() []QueueInfo {
 		qi := get(it.dest)
 		qi.Waiting += it.count()
 		oldest(qi, it)
-		if qi.NextAttempt == nil || it.due < qi.NextAttempt.UnixNano() {
+		if qi.NextAttempt == nil || it.due < nanos(*qi.NextAttempt) {
 			due := it.dueTime()
 			qi.NextAttempt = &due
 		}
@@ -462,7 +462,7 @@ func preMatch(it *item, t Target) (ok, site bool) {
 	if t.MessageID != "" && it.msg.id != t.MessageID {
 		return false, false
 	}
-	if recv := time.Unix(0, it.msg.received); !f.After.IsZero() && recv.Before(f.After) || !f.Before.IsZero() && !recv.Before(f.Before) {
+	if recv := timeOf(it.msg.received); !f.After.IsZero() && recv.Before(f.After) || !f.Before.IsZero() && !recv.Before(f.Before) {
 		return false, false
 	}
 	return true, f.Queue == "" || ctlName(it.dest) == f.Queue
