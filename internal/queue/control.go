@@ -33,8 +33,10 @@ import (
 	"errors"
 	"maps"
 	"net/url"
+	"slices"
 	"sort"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/sluice-mta/sluice/internal/spool"
@@ -505,18 +507,24 @@ func (q *Queue) readBack(from int, t Target) map[*item]readBack {
 		}
 	})
 	q.mu.Unlock()
+	// In the spool's key order, read in one pass (spool.QueuedMany).
+	slices.SortFunc(cands, func(a, b cand) int { return strings.Compare(a.it.msg.id, b.it.msg.id) })
+	ids, idxs := make([]string, len(cands)), make([][]uint16, len(cands))
+	for i, c := range cands {
+		ids[i], idxs[i] = c.it.msg.id, c.idxs
+	}
 	pre := make(map[*item]readBack, len(cands))
-	for _, c := range cands {
-		m, rs, err := q.sp.Queued(c.it.msg.id, c.idxs)
+	_ = q.sp.QueuedMany(ids, idxs, func(i int, m *spool.Meta, rs []*spool.Recipient, err error) {
 		if err != nil {
-			continue // read again (and logged) under q.mu
+			return // read again (and logged) under q.mu
 		}
+		c := cands[i]
 		rb := readBack{ref: c.ref}
 		if took, _ := matching(t, c.site, m, rs); len(took) > 0 {
 			rb.ld = &loaded{meta: m, rcpts: rs}
 		}
 		pre[c.it] = rb
-	}
+	})
 	return pre
 }
 
