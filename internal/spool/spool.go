@@ -669,16 +669,11 @@ func (s *Spool) Meta(msgID string) (*Meta, error) {
 func (s *Spool) ScanRecipients(fn func(m *Meta, r *Recipient) error) error {
 	s.dbMu.RLock()
 	defer s.dbMu.RUnlock()
-	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: []byte{kRcpt}, UpperBound: []byte{kRcpt + 1}})
+	mit, it, closeIters, err := s.queueIters()
 	if err != nil {
 		return err
 	}
-	defer it.Close()
-	mit, err := s.db.NewIter(&pebble.IterOptions{LowerBound: []byte{kMeta}, UpperBound: []byte{kMeta + 1}})
-	if err != nil {
-		return err
-	}
-	defer mit.Close()
+	defer closeIters()
 	in := newInterner()
 	var (
 		cur     *Meta
@@ -999,13 +994,11 @@ func (s *Spool) Queued(msgID string, idxs []uint16) (*Meta, []*Recipient, error)
 		if err != nil {
 			return nil, nil, err
 		}
-		r := new(Recipient)
-		err = json.Unmarshal(v, r)
+		r, err := queuedRecipient(v, msgID, idx)
 		c.Close()
 		if err != nil {
-			return nil, nil, fmt.Errorf("message %s: corrupt recipient %d: %w", msgID, idx, err)
+			return nil, nil, err
 		}
-		r.MsgID, r.Idx = msgID, int(idx)
 		rs[i] = r
 	}
 	return m, rs, nil
@@ -1030,21 +1023,41 @@ func (s *Spool) QueuedMany(ids []string, idxs [][]uint16, fn func(i int, m *Meta
 func (s *Spool) queuedChunk(ids []string, idxs [][]uint16, lo, hi int, fn func(int, *Meta, []*Recipient, error)) error {
 	s.dbMu.RLock()
 	defer s.dbMu.RUnlock()
-	mit, err := s.db.NewIter(&pebble.IterOptions{LowerBound: []byte{kMeta}, UpperBound: []byte{kMeta + 1}})
+	mit, rit, closeIters, err := s.queueIters()
 	if err != nil {
 		return err
 	}
-	defer mit.Close()
-	rit, err := s.db.NewIter(&pebble.IterOptions{LowerBound: []byte{kRcpt}, UpperBound: []byte{kRcpt + 1}})
-	if err != nil {
-		return err
-	}
-	defer rit.Close()
+	defer closeIters()
 	for i := lo; i < hi; i++ {
 		m, rs, err := queuedAt(mit, rit, ids[i], idxs[i])
 		fn(i, m, rs, err)
 	}
 	return nil
+}
+
+// queueIters opens iterators over the metadata and the recipient key
+// ranges; s.dbMu read-held.
+func (s *Spool) queueIters() (mit, rit *pebble.Iterator, closeIters func(), err error) {
+	mit, err = s.db.NewIter(&pebble.IterOptions{LowerBound: []byte{kMeta}, UpperBound: []byte{kMeta + 1}})
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	rit, err = s.db.NewIter(&pebble.IterOptions{LowerBound: []byte{kRcpt}, UpperBound: []byte{kRcpt + 1}})
+	if err != nil {
+		mit.Close()
+		return nil, nil, nil, err
+	}
+	return mit, rit, func() { mit.Close(); rit.Close() }, nil
+}
+
+// queuedRecipient decodes recipient idx of msgID, stored as v.
+func queuedRecipient(v []byte, msgID string, idx uint16) (*Recipient, error) {
+	r := new(Recipient)
+	if err := json.Unmarshal(v, r); err != nil {
+		return nil, fmt.Errorf("message %s: corrupt recipient %d: %w", msgID, idx, err)
+	}
+	r.MsgID, r.Idx = msgID, int(idx)
+	return r, nil
 }
 
 // queuedAt is Queued through iterators over the metadata and recipient
@@ -1066,11 +1079,10 @@ func queuedAt(mit, rit *pebble.Iterator, msgID string, idxs []uint16) (*Meta, []
 			}
 			return nil, nil, fmt.Errorf("message %s: no recipient %d: %w", msgID, idx, ErrNotQueued)
 		}
-		r := new(Recipient)
-		if err := json.Unmarshal(rit.Value(), r); err != nil {
-			return nil, nil, fmt.Errorf("message %s: corrupt recipient %d: %w", msgID, idx, err)
+		r, err := queuedRecipient(rit.Value(), msgID, idx)
+		if err != nil {
+			return nil, nil, err
 		}
-		r.MsgID, r.Idx = msgID, int(idx)
 		rs[i] = r
 	}
 	return m, rs, nil
