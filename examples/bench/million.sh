@@ -27,6 +27,7 @@ cd "$(dirname "$0")/../.."
 N=${N:-1000000}
 SIZE=${SIZE:-1024}
 DESTS=${DESTS:-1}
+MEMTABLE_MB=${MEMTABLE_MB:-64}   # sluice.spool memtable_mb (outside the Go heap, in the RSS)
 C=${C:-20}
 PROBE_N=${PROBE_N:-20000}
 PROBES=${PROBES:-3}
@@ -45,7 +46,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-sed -e "s#{{SPOOL}}#$WORK/spool#" -e "s#{{EVENTS}}#$WORK/events.jsonl#" -e "s#{{DESTS}}#$DESTS#" \
+sed -e "s#{{SPOOL}}#$WORK/spool#" -e "s#{{EVENTS}}#$WORK/events.jsonl#" -e "s#{{DESTS}}#$DESTS#" -e "s#{{MEMTABLE_MB}}#$MEMTABLE_MB#" \
   -e "s#{{SMTP_PORT}}#$SMTP_PORT#" -e "s#{{HTTP_PORT}}#$HTTP_PORT#" -e "s#{{ADMIN_PORT}}#$ADMIN_PORT#" -e "s#{{SINK_PORT}}#$SINK_PORT#" \
   examples/bench/million.lua.in > "$WORK/million.lua"
 
@@ -101,7 +102,7 @@ settle() { # wait until every queued recipient has had its failed attempt
   echo "settle: only ${w:-0} of $want waiting" >&2; return 1
 }
 
-say "# sluice million" "$(date -u +%FT%TZ) N=$N SIZE=$SIZE DESTS=$DESTS, $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg)"
+say "# sluice million" "$(date -u +%FT%TZ) N=$N SIZE=$SIZE DESTS=$DESTS MEMTABLE_MB=$MEMTABLE_MB, $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg)"
 start start_s
 export SLUICE_URL=http://127.0.0.1:$HTTP_PORT
 SLUICE_API_KEY=$("$SLUICE" apikey create --tenant bench --scope send,admin -c "$WORK/million.lua" 2>/dev/null)

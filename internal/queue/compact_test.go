@@ -11,6 +11,17 @@ import (
 	"github.com/sluice-mta/sluice/pipeline"
 )
 
+// openSpool opens a spool in a test directory, closed at the end.
+func openSpool(t *testing.T) *spool.Spool {
+	t.Helper()
+	sp, err := spool.Open(t.TempDir(), spool.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { sp.Close() })
+	return sp
+}
+
 // waitingCompact reports how many items wait in the timer heap and
 // whether every one of them is compact (holds no metadata or recipient).
 func waitingCompact(q *Queue) (int, bool) {
@@ -30,11 +41,7 @@ func waitingCompact(q *Queue) (int, bool) {
 // recipients back from the spool: the envelope carries the sender, the
 // addresses and the RCPT parameters as spooled, and the attempt counts.
 func TestDeferredItemIsCompactThenDelivered(t *testing.T) {
-	sp, err := spool.Open(t.TempDir(), spool.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sp.Close()
+	sp := openSpool(t)
 	fd := &fakeDialer{dialErr: &pipeline.Error{Code: 421, Enhanced: pipeline.EnhancedCode{4, 4, 1}, Message: "connection refused"}}
 	q := New(sp, fd, Options{Logger: slog.New(slog.DiscardHandler), RetryInitial: time.Hour, RetryMax: time.Hour})
 	q.Start()
@@ -91,11 +98,7 @@ func TestDeferredItemIsCompactThenDelivered(t *testing.T) {
 // the spool no longer has (nothing can deliver it) is dropped when it is
 // due, with the message, not retried for ever nor delivered empty.
 func TestCompactItemMissingFromSpoolIsDropped(t *testing.T) {
-	sp, err := spool.Open(t.TempDir(), spool.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sp.Close()
+	sp := openSpool(t)
 	fd := &fakeDialer{}
 	q := New(sp, fd, Options{Logger: slog.New(slog.DiscardHandler)})
 	q.Start()
@@ -131,11 +134,7 @@ func TestCompactItemMissingFromSpoolIsDropped(t *testing.T) {
 // holds, takes only the matching recipients of a message, and leaves the
 // rest compact.
 func TestControlFilterReadsCompactItemsBack(t *testing.T) {
-	sp, err := spool.Open(t.TempDir(), spool.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sp.Close()
+	sp := openSpool(t)
 	q := New(sp, &fakeDialer{}, Options{Logger: slog.New(slog.DiscardHandler)})
 	due := time.Now().Add(time.Hour)
 	for _, s := range []string{"a@x.test", "b@x.test", "a@x.test"} {
@@ -166,5 +165,21 @@ func TestControlFilterReadsCompactItemsBack(t *testing.T) {
 	}
 	if qs := q.Queues(); len(qs) != 1 || qs[0].Waiting != 6 || qs[0].Held != 0 {
 		t.Fatalf("listing after the release: %+v", qs)
+	}
+}
+
+// nanos keeps the zero time (a recipient never attempted) before every
+// other time and gives it back as the zero time; other times round-trip.
+func TestNanos(t *testing.T) {
+	now := time.Now()
+	if n := nanos(time.Time{}); n >= nanos(time.Unix(0, 0)) || n >= nanos(now) || !timeOf(n).IsZero() {
+		t.Errorf("zero time: %d, back %v", n, timeOf(n))
+	}
+	if got := timeOf(nanos(now)); !got.Equal(now) {
+		t.Errorf("round trip of %v: %v", now, got)
+	}
+	far := time.Date(3000, 1, 1, 0, 0, 0, 0, time.UTC)
+	if nanos(far) <= nanos(now) {
+		t.Errorf("year 3000 (%d) not after now (%d)", nanos(far), nanos(now))
 	}
 }

@@ -33,8 +33,10 @@ import (
 	"errors"
 	"maps"
 	"net/url"
+	"slices"
 	"sort"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/sluice-mta/sluice/internal/spool"
@@ -90,7 +92,7 @@ func (q *Queue) Queues() []QueueInfo {
 		return qi
 	}
 	oldest := func(qi *QueueInfo, it *item) {
-		if r := time.Unix(0, it.msg.received); qi.Oldest.IsZero() || r.Before(qi.Oldest) {
+		if r := timeOf(it.msg.received); qi.Oldest.IsZero() || r.Before(qi.Oldest) {
 			qi.Oldest = r
 		}
 	}
@@ -109,7 +111,7 @@ func (q *Queue) Queues() []QueueInfo {
 		qi := get(it.dest)
 		qi.Waiting += it.count()
 		oldest(qi, it)
-		if qi.NextAttempt == nil || it.due < qi.NextAttempt.UnixNano() {
+		if qi.NextAttempt == nil || it.due < nanos(*qi.NextAttempt) {
 			due := it.dueTime()
 			qi.NextAttempt = &due
 		}
@@ -462,7 +464,7 @@ func preMatch(it *item, t Target) (ok, site bool) {
 	if t.MessageID != "" && it.msg.id != t.MessageID {
 		return false, false
 	}
-	if recv := time.Unix(0, it.msg.received); !f.After.IsZero() && recv.Before(f.After) || !f.Before.IsZero() && !recv.Before(f.Before) {
+	if recv := timeOf(it.msg.received); !f.After.IsZero() && recv.Before(f.After) || !f.Before.IsZero() && !recv.Before(f.Before) {
 		return false, false
 	}
 	return true, f.Queue == "" || ctlName(it.dest) == f.Queue
@@ -505,18 +507,24 @@ func (q *Queue) readBack(from int, t Target) map[*item]readBack {
 		}
 	})
 	q.mu.Unlock()
+	// In the spool's key order, read in one pass (spool.QueuedMany).
+	slices.SortFunc(cands, func(a, b cand) int { return strings.Compare(a.it.msg.id, b.it.msg.id) })
+	ids, idxs := make([]string, len(cands)), make([][]uint16, len(cands))
+	for i, c := range cands {
+		ids[i], idxs[i] = c.it.msg.id, c.idxs
+	}
 	pre := make(map[*item]readBack, len(cands))
-	for _, c := range cands {
-		m, rs, err := q.sp.Queued(c.it.msg.id, c.idxs)
+	_ = q.sp.QueuedMany(ids, idxs, func(i int, m *spool.Meta, rs []*spool.Recipient, err error) {
 		if err != nil {
-			continue // read again (and logged) under q.mu
+			return // read again (and logged) under q.mu
 		}
+		c := cands[i]
 		rb := readBack{ref: c.ref}
 		if took, _ := matching(t, c.site, m, rs); len(took) > 0 {
 			rb.ld = &loaded{meta: m, rcpts: rs}
 		}
 		pre[c.it] = rb
-	}
+	})
 	return pre
 }
 

@@ -80,7 +80,7 @@ func (q *Queue) Oldest(now time.Time) (ready, waiting time.Duration) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	age := func(it *item, cur time.Duration) time.Duration {
-		if a := now.Sub(time.Unix(0, it.msg.received)); a > cur {
+		if a := now.Sub(timeOf(it.msg.received)); a > cur {
 			return a
 		}
 		return cur

@@ -193,7 +193,7 @@ type Queue struct {
 // about to be delivered reads it back (hydrate).
 type message struct {
 	id        string
-	received  int64 // Unix nanoseconds
+	received  int64 // Unix nanoseconds (nanos)
 	remaining int
 }
 
@@ -218,7 +218,7 @@ type item struct {
 	// (a new slice at each compact: see idxRef); one is the index of a
 	// compact item's single recipient (single).
 	more *[]uint16
-	due  int64 // Unix nanoseconds
+	due  int64 // Unix nanoseconds (nanos)
 	// index is the item's position in the timer heap.
 	index  int32
 	one    uint16
@@ -300,7 +300,31 @@ func (it *item) compact() {
 }
 
 // dueTime is when it is due, as a time.Time.
-func (it *item) dueTime() time.Time { return time.Unix(0, it.due) }
+func (it *item) dueTime() time.Time { return timeOf(it.due) }
+
+// nanos is t in Unix nanoseconds, as the queue keeps times: the zero
+// time (a recipient never attempted) is math.MinInt64, before any other
+// (time.Time.UnixNano leaves it undefined), and times past what int64
+// nanoseconds hold (the year 2262) are math.MaxInt64.
+func nanos(t time.Time) int64 {
+	switch {
+	case t.IsZero():
+		return math.MinInt64
+	case t.Year() >= 2262:
+		return math.MaxInt64
+	case t.Year() < 1678:
+		return math.MinInt64 + 1
+	}
+	return t.UnixNano()
+}
+
+// timeOf is nanos's inverse: math.MinInt64 is the zero time.
+func timeOf(ns int64) time.Time {
+	if ns == math.MinInt64 {
+		return time.Time{}
+	}
+	return time.Unix(0, ns)
+}
 
 // hydrate reads a compact item's metadata and recipients back from the
 // spool (see item); a loaded item is left as it is. The error wraps
@@ -636,7 +660,7 @@ func (q *Queue) enqueue(m *spool.Meta, rcpts []*spool.Recipient, sites map[strin
 	defer q.mu.Unlock()
 	msg := q.msgs[m.ID]
 	if msg == nil {
-		msg = &message{id: m.ID, received: m.Received.UnixNano()}
+		msg = &message{id: m.ID, received: nanos(m.Received)}
 		q.msgs[msg.id] = msg
 	}
 	msg.remaining += len(rcpts)
@@ -666,11 +690,11 @@ func (q *Queue) enqueue(m *spool.Meta, rcpts []*spool.Recipient, sites map[strin
 				d.tls = need
 				q.dests[k] = d
 			}
-			it = &item{msg: msg, dest: d, loaded: &loaded{meta: m}, due: r.NextAttempt.UnixNano(), held: r.Held}
+			it = &item{msg: msg, dest: d, loaded: &loaded{meta: m}, due: nanos(r.NextAttempt), held: r.Held}
 			groups[gk] = it
 			order = append(order, it)
 		}
-		if due := r.NextAttempt.UnixNano(); due > it.due {
+		if due := nanos(r.NextAttempt); due > it.due {
 			it.due = due
 		}
 		it.dest.share(r)
@@ -1096,7 +1120,7 @@ func (q *Queue) shapeHold(d *dest, it *item, retry time.Time, reason string) {
 	items := append([]*item{it}, d.ready...)
 	d.ready = nil
 	for _, x := range items {
-		x.due = retry.UnixNano()
+		x.due = nanos(retry)
 		q.wait(x)
 	}
 	q.mu.Unlock()
@@ -1340,7 +1364,7 @@ func (q *Queue) complete(it *item, res []delivery.Result, err error, remote *pip
 		q.Enqueue(bMeta, bRcpts)
 	}
 	if len(retry) > 0 {
-		nit := &item{msg: it.msg, dest: it.dest, loaded: &loaded{meta: m, rcpts: retry}, due: retry[0].NextAttempt.UnixNano()}
+		nit := &item{msg: it.msg, dest: it.dest, loaded: &loaded{meta: m, rcpts: retry}, due: nanos(retry[0].NextAttempt)}
 		q.mu.Lock()
 		for _, r := range retry {
 			it.dest.share(r)
