@@ -24,6 +24,12 @@ type Envelope struct {
 	// MsgID is the spooled message's id; it is not sent (a capture
 	// delivery files the copy under it).
 	MsgID string
+	// OwnReport marks a delivery status notification this relay
+	// generated (spool source "dsn"): with the null sender and
+	// REQUIRETLS it may go without REQUIRETLS to a hop that does not
+	// qualify (see requiretls.go). A client's null-sender message does
+	// not get that exemption.
+	OwnReport bool
 }
 
 // Rcpt is one envelope recipient.

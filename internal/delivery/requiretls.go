@@ -39,8 +39,9 @@ import (
 // Deliver checks the same again (a reused session, a Dialer that did not
 // get Egress.RequireTLS) and sends " REQUIRETLS" on MAIL FROM.
 //
-// The null sender: a non-delivery report about a REQUIRETLS message
-// carries RequireTLS too (internal/relay), and goes with REQUIRETLS to a
+// The null sender: a non-delivery report this relay generated about a
+// REQUIRETLS message (Envelope.OwnReport) carries RequireTLS too
+// (internal/relay), and goes with REQUIRETLS to a
 // next hop that qualifies; to one that does not it goes without, as RFC
 // 8689 section 5 says such a report should not be discarded for that (it
 // returns headers only: RET=FULL is ignored for REQUIRETLS messages).
@@ -91,8 +92,8 @@ func (s *Session) validatingPolicy() bool {
 // requireTLSParam is what Deliver adds to MAIL FROM for env: " REQUIRETLS"
 // when the message requires TLS and the session qualifies. A message with
 // a sender that requires TLS over a session that does not qualify gets
-// the refusal for every recipient; the null sender goes without (see
-// above).
+// the refusal for every recipient; a report of our own (null sender,
+// Envelope.OwnReport) goes without (see above).
 func (s *Session) requireTLSParam(env *Envelope) (string, *pipeline.Error) {
 	if !env.Params.RequireTLS {
 		return "", nil
@@ -101,7 +102,7 @@ func (s *Session) requireTLSParam(env *Envelope) (string, *pipeline.Error) {
 	switch {
 	case e == nil:
 		return " REQUIRETLS", nil
-	case env.From == "":
+	case env.From == "" && env.OwnReport:
 		return "", nil
 	}
 	return "", e

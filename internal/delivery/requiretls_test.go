@@ -118,9 +118,16 @@ func TestREQUIRETLS(t *testing.T) {
 		if len(rtSink.Messages()) != before {
 			t.Fatal("the sink got the message")
 		}
-		// The null sender (a DSN about a REQUIRETLS message) goes without
-		// (RFC 8689 section 5: not discarded for that).
-		if err := deliver(t, s, envelope("", "b@nopolicy.test")); err != nil {
+		// A client's message from the null sender gets no exemption.
+		wantPE(t, deliver(t, s, envelope("", "b@nopolicy.test")), 550, "5.7.30")
+		if len(rtSink.Messages()) != before {
+			t.Fatal("the sink got a client's null-sender REQUIRETLS message")
+		}
+		// A DSN of our own about a REQUIRETLS message goes without (RFC
+		// 8689 section 5: not discarded for that).
+		dsn := envelope("", "b@nopolicy.test")
+		dsn.OwnReport = true
+		if err := deliver(t, s, dsn); err != nil {
 			t.Fatal(err)
 		}
 		msgs := rtSink.Messages()

@@ -996,7 +996,7 @@ func (q *Queue) worker(d *dest) {
 			q.complete(it, nil, &pipeline.Error{Code: 451, Enhanced: pipeline.EnhancedCode{4, 3, 0}, Message: "spool read failed", Cause: err}, nil)
 			continue
 		}
-		env := &delivery.Envelope{From: it.meta.Sender, Params: it.meta.Params,
+		env := &delivery.Envelope{From: it.meta.Sender, Params: it.meta.Params, OwnReport: it.meta.Source == pipeline.SourceDSN,
 			Rcpts: make([]delivery.Rcpt, len(it.rcpts)), MsgID: it.meta.ID}
 		for i, r := range it.rcpts {
 			env.Rcpts[i] = delivery.Rcpt{Addr: r.Address, Params: r.Params, Attempt: r.Attempts + 1}

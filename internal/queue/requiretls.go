@@ -3,6 +3,7 @@ package queue
 import (
 	"github.com/sluice-mta/sluice/internal/delivery"
 	"github.com/sluice-mta/sluice/internal/spool"
+	"github.com/sluice-mta/sluice/pipeline"
 )
 
 // tlsNeed is what a message asks of the TLS of its delivery (RFC 8689).
@@ -15,8 +16,9 @@ type tlsNeed uint8
 
 const (
 	tlsAny tlsNeed = iota
-	// tlsRequired: REQUIRETLS with a sender (delivery.Egress.RequireTLS).
-	// A DSN (null sender) about a REQUIRETLS message is not: it is sent
+	// tlsRequired: REQUIRETLS (delivery.Egress.RequireTLS), except on a
+	// DSN this relay generated (null sender, source "dsn") about a
+	// REQUIRETLS message: it is sent
 	// with REQUIRETLS where the hop qualifies, else without (see
 	// internal/delivery/requiretls.go).
 	tlsRequired
@@ -27,7 +29,7 @@ const (
 
 func tlsNeedOf(m *spool.Meta) tlsNeed {
 	switch {
-	case m.Params.RequireTLS && m.Sender != "":
+	case m.Params.RequireTLS && !(m.Sender == "" && m.Source == pipeline.SourceDSN):
 		return tlsRequired
 	case m.Params.TLSOptional && !m.Params.RequireTLS:
 		return tlsOptional

@@ -46,8 +46,8 @@ func TestREQUIRETLSDestinations(t *testing.T) {
 	q.Start()
 	defer q.Stop(context.Background())
 
-	putWith := func(sender, rcpt string, p pipeline.MailParams) {
-		m := &spool.Meta{ID: sp.NewID(), Sender: sender, Source: "smtp", Received: time.Now(), Size: 4, Params: p}
+	putWith := func(sender, source, rcpt string, p pipeline.MailParams) {
+		m := &spool.Meta{ID: sp.NewID(), Sender: sender, Source: source, Received: time.Now(), Size: 4, Params: p}
 		b := sp.NewBatch()
 		_ = b.PutMessage(m, []byte("data"))
 		r := &spool.Recipient{MsgID: m.ID, Address: rcpt, Domain: "b.test", Route: pipeline.MX()}
@@ -59,16 +59,17 @@ func TestREQUIRETLSDestinations(t *testing.T) {
 	}
 	// One at a time, so that a connection left open would be reused.
 	for i, c := range []struct {
-		sender string
-		p      pipeline.MailParams
+		sender, source string
+		p              pipeline.MailParams
 	}{
-		{"a@a.test", pipeline.MailParams{}},
-		{"a@a.test", pipeline.MailParams{RequireTLS: true}},
-		{"", pipeline.MailParams{RequireTLS: true}},
-		{"a@a.test", pipeline.MailParams{TLSOptional: true}},
-		{"a@a.test", pipeline.MailParams{RequireTLS: true, TLSOptional: true}},
+		{"a@a.test", "smtp", pipeline.MailParams{}},
+		{"a@a.test", "smtp", pipeline.MailParams{RequireTLS: true}},
+		{"", "dsn", pipeline.MailParams{RequireTLS: true}},
+		{"a@a.test", "smtp", pipeline.MailParams{TLSOptional: true}},
+		{"a@a.test", "smtp", pipeline.MailParams{RequireTLS: true, TLSOptional: true}},
+		{"", "smtp", pipeline.MailParams{RequireTLS: true}}, // a client's null sender: no exemption
 	} {
-		putWith(c.sender, "r"+string(rune('0'+i))+"@b.test", c.p)
+		putWith(c.sender, c.source, "r"+string(rune('0'+i))+"@b.test", c.p)
 		testutil.WaitFor(t, "delivered", func() bool { return q.Stats().Messages == 0 })
 	}
 	d.mu.Lock()
@@ -78,8 +79,11 @@ func TestREQUIRETLSDestinations(t *testing.T) {
 		t.Fatalf("dials %+v, want %+v (one per kind, the open ones reused)", d.egs, want)
 	}
 	for i, env := range d.envs {
-		if env.Params.RequireTLS != (i == 1 || i == 2 || i == 4) {
+		if env.Params.RequireTLS != (i == 1 || i == 2 || i == 4 || i == 5) {
 			t.Fatalf("message %d: Params %+v", i, env.Params)
+		}
+		if env.OwnReport != (i == 2) {
+			t.Fatalf("message %d: OwnReport %v: only a DSN of our own is exempt from REQUIRETLS", i, env.OwnReport)
 		}
 	}
 }
