@@ -2,6 +2,7 @@ package mtasts_test
 
 import (
 	"context"
+	"errors"
 	"strings"
 	"sync"
 	"testing"
@@ -224,5 +225,47 @@ func TestConcurrentGets(t *testing.T) {
 	hits := e.https.Hits()
 	if p, _ := e.cache.Get(context.Background(), "example.test"); p == nil || e.https.Hits() != hits {
 		t.Fatalf("policy not cached after concurrent Gets: hits %d, then %d", hits, e.https.Hits())
+	}
+}
+
+// TestColdGetsShareOneFetch: Gets for one domain with nothing cached, all
+// at once (the DNS server holds the TXT query until every Get has joined),
+// make one TXT query and one HTTPS fetch; a Get whose ctx is cancelled
+// meanwhile returns its ctx error without failing the others.
+func TestColdGetsShareOneFetch(t *testing.T) {
+	e := newEnv(t, enforce)
+	e.dns.AddTXT("_mta-sts.example.test", "v=STSv1; id=one")
+	release := e.dns.Hold()
+	const n = 8
+	var wg sync.WaitGroup
+	for range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if p, err := e.cache.Get(context.Background(), "example.test"); p == nil || err != nil || p.ID != "one" {
+				t.Errorf("Get = %+v, %v", p, err)
+			}
+		}()
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	gaveUp := make(chan error, 1)
+	go func() {
+		p, err := e.cache.Get(ctx, "example.test")
+		if p != nil {
+			t.Errorf("cancelled Get returned a policy: %+v", p)
+		}
+		gaveUp <- err
+	}()
+	for e.cache.Waiting("example.test") != n+1 {
+		time.Sleep(time.Millisecond)
+	}
+	cancel()
+	if err := <-gaveUp; !errors.Is(err, context.Canceled) {
+		t.Fatalf("cancelled Get: err %v, want context.Canceled", err)
+	}
+	release()
+	wg.Wait()
+	if q, h := e.dns.Queries(), e.https.Hits(); q != 1 || h != 1 {
+		t.Fatalf("%d TXT queries and %d fetches, want 1 and 1", q, h)
 	}
 }
