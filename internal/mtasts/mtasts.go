@@ -165,6 +165,9 @@ type Cache struct {
 	// mta-sts.DOMAIN (section 3.3).
 	RootCAs *x509.CertPool
 	// DialContext opens the TCP connection to the policy host; nil means
+	// looking the host's addresses up through Resolver (the relay's
+	// configured DNS, not the system's) and dialling each in turn with a
+	// net.Dialer.
 	// a net.Dialer. Tests use it to reach a loopback server; it does not
 	// change the name the certificate is verified for.
 	DialContext func(ctx context.Context, network, addr string) (net.Conn, error)
@@ -193,9 +196,13 @@ func (c *Cache) now() time.Time {
 
 func (c *Cache) init() {
 	c.once.Do(func() {
+		dial := c.DialContext
+		if dial == nil {
+			dial = c.dialResolved
+		}
 		tr := &http.Transport{
 			Proxy:               nil,
-			DialContext:         c.DialContext,
+			DialContext:         dial,
 			TLSClientConfig:     &tls.Config{RootCAs: c.RootCAs, MinVersion: tls.VersionTLS12},
 			TLSHandshakeTimeout: 10 * time.Second,
 			MaxIdleConns:        16,
@@ -339,6 +346,32 @@ func (c *Cache) lookupID(ctx context.Context, domain string) (string, error) {
 		return "", perr
 	}
 	return "", errNoRecord
+}
+
+// dialResolved connects to addr ("host:port") after looking host up
+// through c.Resolver, trying its addresses in the order given (IPv4
+// first); the error is the first address's.
+func (c *Cache) dialResolved(ctx context.Context, network, addr string) (net.Conn, error) {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return nil, err
+	}
+	res, err := c.Resolver.LookupHost(ctx, host)
+	if err != nil {
+		return nil, err
+	}
+	var d net.Dialer
+	var first error
+	for _, ip := range res.Records {
+		conn, err := d.DialContext(ctx, network, net.JoinHostPort(ip.String(), port))
+		if err == nil {
+			return conn, nil
+		}
+		if first == nil {
+			first = err
+		}
+	}
+	return nil, first
 }
 
 // fetch GETs and parses the policy of domain.
