@@ -264,8 +264,11 @@ func TestColdGetsShareOneFetch(t *testing.T) {
 		}
 		gaveUp <- err
 	}()
-	for e.cache.Waiting("example.test") != n+1 {
-		time.Sleep(time.Millisecond)
+	// A generous bound on an asynchronous outcome, not a speed assertion.
+	for deadline := time.Now().Add(30 * time.Second); e.cache.Waiting("example.test") != n+1; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the Gets did not all join one query in flight")
+		}
 	}
 	cancel()
 	if err := <-gaveUp; !errors.Is(err, context.Canceled) {
