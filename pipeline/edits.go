@@ -70,8 +70,8 @@ type Edits struct {
 	// or the request asked. Allowed where header edits are.
 	Track *Track `json:"track,omitempty"`
 	// RequireTLS sets or clears the message's REQUIRETLS flag (RFC 8689,
-	// MailParams.RequireTLS; txn:set_require_tls in Lua). Allowed where
-	// header edits are.
+	// MailParams.RequireTLS; txn:set_require_tls in Lua, Edits.require_tls
+	// in the plugin protocol). Allowed where header edits are.
 	RequireTLS *bool `json:"require_tls,omitempty"`
 }
 
@@ -111,6 +111,11 @@ func (e *Edits) SetScratch(k, v string) {
 	}
 	e.Scratch[k] = v
 }
+
+// SetRequireTLS records setting (true) or clearing (false) the message's
+// REQUIRETLS flag (RFC 8689; Edits.RequireTLS, txn:set_require_tls in
+// Lua). Allowed in on_mail, on_rcpt and on_message.
+func (e *Edits) SetRequireTLS(on bool) { e.RequireTLS = &on }
 
 // AddTag records a tag to add.
 func (e *Edits) AddTag(t string) { e.Tags = append(e.Tags, t) }

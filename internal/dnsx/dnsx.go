@@ -66,6 +66,8 @@ import (
 
 	"github.com/miekg/dns"
 	"golang.org/x/net/idna"
+
+	"github.com/sluice-mta/sluice/internal/flight"
 )
 
 // MX is one mail exchanger of a domain. Host is lower-case without the
@@ -237,7 +239,10 @@ const maxChain = 8
 
 // Client is a Resolver backed by github.com/miekg/dns. It is safe for
 // concurrent use. Construct it with New. Concurrent lookups of the same
-// name and type are not merged: each one that misses the cache queries.
+// name and type that miss the cache are merged into one query (so the
+// first deliveries to a new destination ask once, not once per
+// session); each caller still waits under its own ctx, and one that
+// gives up does not end the query for the others.
 type Client struct {
 	server   string
 	attempts int
@@ -251,6 +256,24 @@ type Client struct {
 	cacheMax int
 	mu       sync.Mutex
 	cache    map[cacheKey]cacheEntry
+
+	flight flight.Group[flightKey, answer]
+}
+
+// flightKey identifies a query in flight; Fresh lookups do not share a
+// query with cached ones (the latter may answer from the cache).
+type flightKey struct {
+	cacheKey
+	fresh bool
+}
+
+// answer is the outcome of one query, shared by the lookups merged into
+// it: records (a []T, not to be mutated) or err.
+type answer struct {
+	records any
+	ttl     time.Duration
+	ad      bool
+	err     error
 }
 
 var _ Resolver = (*Client)(nil)
@@ -433,24 +456,50 @@ func addrOf(rr dns.RR) (netip.Addr, bool) {
 
 // lookup asks one question through the cache and turns the response into
 // an outcome. conv picks the records of the asked type out of the answer.
+// Lookups that miss the cache at the same time share one query.
 func lookup[T any](ctx context.Context, c *Client, name string, qtype uint16, conv func(dns.RR) (T, bool)) (Result[T], error) {
 	key := cacheKey{name, qtype}
-	if e, ttl, ok := c.cached(key); ok && !isFresh(ctx) {
-		if e.err != nil {
-			return Result[T]{}, e.err
+	fresh := isFresh(ctx)
+	if !fresh {
+		if e, ttl, ok := c.cached(key); ok {
+			if e.err != nil {
+				return Result[T]{}, e.err
+			}
+			return Result[T]{Records: slices.Clone(e.records.([]T)), TTL: ttl, Authenticated: e.ad}, nil
 		}
-		return Result[T]{Records: slices.Clone(e.records.([]T)), TTL: ttl, Authenticated: e.ad}, nil
 	}
+	a, err := c.flight.Do(ctx, flightKey{key, fresh}, func(ctx context.Context) (answer, error) {
+		if !fresh {
+			// A query that just ended may have filled the cache
+			// between our miss and this call.
+			if e, ttl, ok := c.cached(key); ok {
+				return answer{records: e.records, ttl: ttl, ad: e.ad, err: e.err}, nil
+			}
+		}
+		return resolve(ctx, c, name, qtype, conv), nil
+	})
+	if err != nil { // ctx ended while waiting
+		return Result[T]{}, c.ctxError(name, qtype, err)
+	}
+	if a.err != nil {
+		return Result[T]{}, a.err
+	}
+	return Result[T]{Records: slices.Clone(a.records.([]T)), TTL: a.ttl, Authenticated: a.ad}, nil
+}
+
+// resolve queries the server, caches the outcome and returns it.
+func resolve[T any](ctx context.Context, c *Client, name string, qtype uint16, conv func(dns.RR) (T, bool)) answer {
+	key := cacheKey{name, qtype}
 	resp, err := c.query(ctx, name, qtype)
 	if err != nil {
-		return Result[T]{}, err
+		return answer{err: err}
 	}
 	typ := dns.TypeToString[qtype]
 	qname := strings.TrimSuffix(name, ".")
 	if resp.Rcode == dns.RcodeNameError {
 		err := fmt.Errorf("%w: %s %s", ErrNotFound, qname, typ)
 		c.store(key, cacheEntry{err: err}, c.negativeTTL(resp))
-		return Result[T]{}, err
+		return answer{err: err}
 	}
 
 	// Follow the CNAME chain from name (RFC 1034 section 3.6.2): records
@@ -491,11 +540,11 @@ func lookup[T any](ctx context.Context, c *Client, name string, qtype uint16, co
 	if len(recs) == 0 {
 		err := fmt.Errorf("%w: %s %s", ErrNoData, qname, typ)
 		c.store(key, cacheEntry{err: err}, c.negativeTTL(resp))
-		return Result[T]{}, err
+		return answer{err: err}
 	}
 	ad := c.dnssec && resp.AuthenticatedData
-	c.store(key, cacheEntry{records: slices.Clone(recs), ad: ad}, ttl)
-	return Result[T]{Records: recs, TTL: ttl, Authenticated: ad}, nil
+	c.store(key, cacheEntry{records: recs, ad: ad}, ttl)
+	return answer{records: recs, ttl: ttl, ad: ad}
 }
 
 // rrTTL is rr's TTL; values with the top bit set count as zero (RFC 2181
@@ -532,10 +581,7 @@ func (c *Client) query(ctx context.Context, name string, qtype uint16) (*dns.Msg
 	m.AuthenticatedData = c.dnssec
 	m.SetEdns0(ednsSize, false)
 
-	fail := func(reason string, err error) error {
-		return &TemporaryError{Name: strings.TrimSuffix(name, "."), Type: dns.TypeToString[qtype],
-			Server: c.server, Reason: reason, Err: err}
-	}
+	fail := func(reason string, err error) error { return c.tempError(name, qtype, reason, err) }
 	var (
 		resp *dns.Msg
 		err  error
@@ -552,14 +598,8 @@ func (c *Client) query(ctx context.Context, name string, qtype uint16) (*dns.Msg
 	if err == nil && resp.Truncated {
 		resp, _, err = c.tcp.ExchangeContext(ctx, m, c.server)
 	}
-	switch {
-	case err == nil:
-	case errors.Is(err, context.Canceled):
-		return nil, fail("cancelled", err)
-	case isTimeout(err) || errors.Is(err, context.DeadlineExceeded):
-		return nil, fail("timeout", err)
-	default:
-		return nil, fail("network error", err)
+	if err != nil {
+		return nil, c.ctxError(name, qtype, err)
 	}
 	if resp.Id != m.Id || len(resp.Question) > 1 || (len(resp.Question) == 1 &&
 		(resp.Question[0].Qtype != qtype || !strings.EqualFold(resp.Question[0].Name, name))) {
@@ -574,6 +614,24 @@ func (c *Client) query(ctx context.Context, name string, qtype uint16) (*dns.Msg
 		rcode = fmt.Sprintf("rcode %d", resp.Rcode)
 	}
 	return nil, fail(rcode, nil)
+}
+
+// tempError is a *TemporaryError for a query of name and qtype.
+func (c *Client) tempError(name string, qtype uint16, reason string, err error) error {
+	return &TemporaryError{Name: strings.TrimSuffix(name, "."), Type: dns.TypeToString[qtype],
+		Server: c.server, Reason: reason, Err: err}
+}
+
+// ctxError is the *TemporaryError for an exchange (or a wait for one)
+// that failed with err: "cancelled", "timeout" or "network error".
+func (c *Client) ctxError(name string, qtype uint16, err error) error {
+	switch {
+	case errors.Is(err, context.Canceled):
+		return c.tempError(name, qtype, "cancelled", err)
+	case isTimeout(err) || errors.Is(err, context.DeadlineExceeded):
+		return c.tempError(name, qtype, "timeout", err)
+	}
+	return c.tempError(name, qtype, "network error", err)
 }
 
 func isTimeout(err error) bool {

@@ -547,3 +547,52 @@ func TestServerFromResolvConf(t *testing.T) {
 		t.Fatalf("New(::1) = %v, %v; want [::1]:53", c.Server(), err)
 	}
 }
+
+// TestConcurrentMissesShareOneQuery: lookups of one name and type that
+// miss the cache at once send one query (the server holds it until all
+// have joined); one whose ctx is cancelled meanwhile gets a "cancelled"
+// TemporaryError, and the query still answers the others. The cache is
+// off, so only the merging can keep the count at one.
+func TestConcurrentMissesShareOneQuery(t *testing.T) {
+	srv := dnstest.NewServer(t)
+	srv.AddTXT("_mta-sts.example.test", "v=STSv1; id=one")
+	c, err := dnsx.New(dnsx.Options{Server: srv.Addr(), CacheSize: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	release := srv.Hold()
+	const n = 8
+	var wg sync.WaitGroup
+	for range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			res, err := c.LookupTXT(context.Background(), "_mta-sts.example.test")
+			if err != nil || len(res.Records) != 1 || res.Records[0] != "v=STSv1; id=one" {
+				t.Errorf("LookupTXT = %+v, %v", res, err)
+			}
+		}()
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	gaveUp := make(chan error, 1)
+	go func() {
+		_, err := c.LookupTXT(ctx, "_mta-sts.example.test")
+		gaveUp <- err
+	}()
+	// A generous bound on an asynchronous outcome, not a speed assertion.
+	for deadline := time.Now().Add(30 * time.Second); c.WaitingTXT("_mta-sts.example.test") != n+1; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the lookups did not all join one query in flight")
+		}
+	}
+	cancel()
+	var te *dnsx.TemporaryError
+	if err := <-gaveUp; !errors.As(err, &te) || te.Reason != "cancelled" || !errors.Is(err, context.Canceled) {
+		t.Fatalf("cancelled lookup: err %v, want a cancelled TemporaryError", err)
+	}
+	release()
+	wg.Wait()
+	if q := srv.Queries(); q != 1 {
+		t.Fatalf("server got %d queries, want 1", q)
+	}
+}

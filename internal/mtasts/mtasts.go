@@ -28,7 +28,7 @@ import (
 	"time"
 
 	"github.com/sluice-mta/sluice/internal/dnsx"
-	"golang.org/x/sync/singleflight"
+	"github.com/sluice-mta/sluice/internal/flight"
 )
 
 // Modes of a policy (RFC 8461 section 5).
@@ -165,6 +165,9 @@ type Cache struct {
 	// mta-sts.DOMAIN (section 3.3).
 	RootCAs *x509.CertPool
 	// DialContext opens the TCP connection to the policy host; nil means
+	// looking the host's addresses up through Resolver (the relay's
+	// configured DNS, not the system's) and dialling each in turn with a
+	// net.Dialer.
 	// a net.Dialer. Tests use it to reach a loopback server; it does not
 	// change the name the certificate is verified for.
 	DialContext func(ctx context.Context, network, addr string) (net.Conn, error)
@@ -179,7 +182,7 @@ type Cache struct {
 
 	once   sync.Once
 	client *http.Client
-	flight singleflight.Group
+	flight flight.Group[string, result]
 	mu     sync.Mutex
 	cache  map[string]*Policy
 }
@@ -193,9 +196,13 @@ func (c *Cache) now() time.Time {
 
 func (c *Cache) init() {
 	c.once.Do(func() {
+		dial := c.DialContext
+		if dial == nil {
+			dial = c.dialResolved
+		}
 		tr := &http.Transport{
 			Proxy:               nil,
-			DialContext:         c.DialContext,
+			DialContext:         dial,
 			TLSClientConfig:     &tls.Config{RootCAs: c.RootCAs, MinVersion: tls.VersionTLS12},
 			TLSHandshakeTimeout: 10 * time.Second,
 			MaxIdleConns:        16,
@@ -232,8 +239,11 @@ func cmpOr[T comparable](v, def T) T {
 //     cached: nil, with an error describing why (nil error when the
 //     domain simply has no policy).
 //
-// Concurrent Gets that need the same fetch share it (and the first
-// caller's ctx). A non-nil error with a nil policy means "deliver as without MTA-STS";
+// Concurrent Gets for a domain without a usable cached policy (none, an
+// expired one, or a new id in the TXT record) share one TXT lookup and one
+// fetch; each waits under its own ctx, and one that gives up (its ctx
+// error is returned, with the cached policy if any) does not end the
+// fetch for the others. A non-nil error with a nil policy means "deliver as without MTA-STS";
 // callers log it. Mode none policies are returned too; callers ignore
 // them.
 func (c *Cache) Get(ctx context.Context, domain string) (*Policy, error) {
@@ -242,13 +252,47 @@ func (c *Cache) Get(ctx context.Context, domain string) (*Policy, error) {
 		return nil, errors.New("mta-sts: no DNS resolver")
 	}
 	domain = strings.ToLower(strings.TrimSuffix(domain, "."))
-	now := c.now()
-	c.mu.Lock()
-	cached := c.cache[domain]
-	c.mu.Unlock()
-	if cached != nil && !now.Before(cached.Fetched.Add(cached.MaxAge)) {
-		cached = nil
+	// The warm path: a live policy whose id is still the TXT record's
+	// (or the record cannot be read) needs no fetch.
+	cached := c.live(domain)
+	if cached != nil {
+		id, err := c.lookupID(ctx, domain)
+		if err != nil || cached.ID == id {
+			return cached, nil
+		}
 	}
+	r, err := c.flight.Do(ctx, domain, func(ctx context.Context) (result, error) {
+		p, err := c.resolve(ctx, domain)
+		return result{p, err}, nil
+	})
+	if err != nil { // ctx ended while waiting
+		return cached, err
+	}
+	return r.p, r.err
+}
+
+// result is what one resolve returned, shared by the Gets merged into it.
+type result struct {
+	p   *Policy
+	err error
+}
+
+// live is the cached, unexpired policy of domain, or nil.
+func (c *Cache) live(domain string) *Policy {
+	c.mu.Lock()
+	p := c.cache[domain]
+	c.mu.Unlock()
+	if p != nil && !c.now().Before(p.Fetched.Add(p.MaxAge)) {
+		return nil
+	}
+	return p
+}
+
+// resolve is Get without the warm path: it reads the TXT record and
+// fetches the policy when the id is new.
+func (c *Cache) resolve(ctx context.Context, domain string) (*Policy, error) {
+	now := c.now()
+	cached := c.live(domain)
 	id, err := c.lookupID(ctx, domain)
 	if err != nil {
 		if cached != nil {
@@ -262,20 +306,13 @@ func (c *Cache) Get(ctx context.Context, domain string) (*Policy, error) {
 	if cached != nil && cached.ID == id {
 		return cached, nil
 	}
-	// Concurrent Gets for the same domain and id share one fetch.
-	v, err, _ := c.flight.Do(domain+" "+id, func() (any, error) {
-		p, err := c.fetch(ctx, domain)
-		if err != nil {
-			return nil, err
-		}
-		p.ID, p.Fetched = id, now
-		c.store(domain, p, now)
-		return p, nil
-	})
+	p, err := c.fetch(ctx, domain)
 	if err != nil {
 		return cached, err
 	}
-	return v.(*Policy), nil
+	p.ID, p.Fetched = id, now
+	c.store(domain, p, now)
+	return p, nil
 }
 
 var errNoRecord = errors.New("no v=STSv1 TXT record")
@@ -309,6 +346,32 @@ func (c *Cache) lookupID(ctx context.Context, domain string) (string, error) {
 		return "", perr
 	}
 	return "", errNoRecord
+}
+
+// dialResolved connects to addr ("host:port") after looking host up
+// through c.Resolver, trying its addresses in the order given (IPv4
+// first); the error is the first address's.
+func (c *Cache) dialResolved(ctx context.Context, network, addr string) (net.Conn, error) {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return nil, err
+	}
+	res, err := c.Resolver.LookupHost(ctx, host)
+	if err != nil {
+		return nil, err
+	}
+	var d net.Dialer
+	var first error
+	for _, ip := range res.Records {
+		conn, err := d.DialContext(ctx, network, net.JoinHostPort(ip.String(), port))
+		if err == nil {
+			return conn, nil
+		}
+		if first == nil {
+			first = err
+		}
+	}
+	return nil, first
 }
 
 // fetch GETs and parses the policy of domain.

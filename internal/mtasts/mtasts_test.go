@@ -2,8 +2,16 @@ package mtasts_test
 
 import (
 	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log"
+	"math/rand/v2"
+	"net"
+	"net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -11,6 +19,7 @@ import (
 	"github.com/sluice-mta/sluice/internal/dnsx/dnstest"
 	"github.com/sluice-mta/sluice/internal/mtasts"
 	"github.com/sluice-mta/sluice/internal/mtasts/ststest"
+	"github.com/sluice-mta/sluice/internal/testutil"
 )
 
 const enforce = "version: STSv1\r\nmode: enforce\r\nmx: mx1.example.test\r\nmx: *.mx.example.test\r\nmax_age: 86400\r\n"
@@ -224,5 +233,84 @@ func TestConcurrentGets(t *testing.T) {
 	hits := e.https.Hits()
 	if p, _ := e.cache.Get(context.Background(), "example.test"); p == nil || e.https.Hits() != hits {
 		t.Fatalf("policy not cached after concurrent Gets: hits %d, then %d", hits, e.https.Hits())
+	}
+}
+
+// TestColdGetsShareOneFetch: Gets for one domain with nothing cached, all
+// at once (the DNS server holds the TXT query until every Get has joined),
+// make one TXT query and one HTTPS fetch; a Get whose ctx is cancelled
+// meanwhile returns its ctx error without failing the others.
+func TestColdGetsShareOneFetch(t *testing.T) {
+	e := newEnv(t, enforce)
+	e.dns.AddTXT("_mta-sts.example.test", "v=STSv1; id=one")
+	release := e.dns.Hold()
+	const n = 8
+	var wg sync.WaitGroup
+	for range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if p, err := e.cache.Get(context.Background(), "example.test"); p == nil || err != nil || p.ID != "one" {
+				t.Errorf("Get = %+v, %v", p, err)
+			}
+		}()
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	gaveUp := make(chan error, 1)
+	go func() {
+		p, err := e.cache.Get(ctx, "example.test")
+		if p != nil {
+			t.Errorf("cancelled Get returned a policy: %+v", p)
+		}
+		gaveUp <- err
+	}()
+	// A generous bound on an asynchronous outcome, not a speed assertion.
+	for deadline := time.Now().Add(30 * time.Second); e.cache.Waiting("example.test") != n+1; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the Gets did not all join one query in flight")
+		}
+	}
+	cancel()
+	if err := <-gaveUp; !errors.Is(err, context.Canceled) {
+		t.Fatalf("cancelled Get: err %v, want context.Canceled", err)
+	}
+	release()
+	wg.Wait()
+	if q, h := e.dns.Queries(), e.https.Hits(); q != 1 || h != 1 {
+		t.Fatalf("%d TXT queries and %d fetches, want 1 and 1", q, h)
+	}
+}
+
+// TestFetchUsesResolver: without DialContext the policy host's address
+// comes from the Cache's Resolver (the loopback DNS server here, which the
+// system resolver knows nothing of), on port 443 of a random loopback
+// address.
+func TestFetchUsesResolver(t *testing.T) {
+	ip := fmt.Sprintf("127.%d.%d.%d", 1+rand.IntN(250), 1+rand.IntN(250), 1+rand.IntN(250))
+	ln, err := net.Listen("tcp", ip+":443")
+	if err != nil {
+		t.Skipf("needs %s:443: %v", ip, err)
+	}
+	cert := testutil.SelfSignedCert(t, "mta-sts.example.test")
+	var hits atomic.Int64
+	srv := &http.Server{TLSConfig: cert.TLS, ErrorLog: log.New(io.Discard, "", 0),
+		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			hits.Add(1)
+			w.Header().Set("Content-Type", "text/plain")
+			io.WriteString(w, enforce)
+		})}
+	go srv.ServeTLS(ln, "", "")
+	t.Cleanup(func() { srv.Close() })
+
+	dns := dnstest.NewServer(t)
+	dns.AddTXT("_mta-sts.example.test", "v=STSv1; id=one")
+	dns.AddA("mta-sts.example.test", ip)
+	r, err := dnsx.New(dnsx.Options{Server: dns.Addr()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := &mtasts.Cache{Resolver: r, RootCAs: cert.Pool}
+	if p, err := c.Get(context.Background(), "example.test"); p == nil || err != nil || p.Mode != mtasts.ModeEnforce || hits.Load() != 1 {
+		t.Fatalf("Get = %+v, %v (server hits %d)", p, err, hits.Load())
 	}
 }

@@ -484,3 +484,43 @@ func TestMaxInFlight(t *testing.T) {
 		t.Fatalf("first call after Close: %v", err)
 	}
 }
+
+// TestRequireTLS: a plugin stage (protocol 1.4) sees the message's
+// REQUIRETLS flag and sets or clears it with an edit that the chain
+// applies to the transaction, over the Calls stream and over unary calls.
+func TestRequireTLS(t *testing.T) {
+	for _, transport := range []struct{ name, env string }{{"stream", ""}, {"unary", "FAULTY_UNARY=1"}} {
+		t.Run(transport.name, func(t *testing.T) {
+			s, lb := start(t, "ok", Options{Env: []string{transport.env}})
+			chain, err := pipeline.Compile([]pipeline.Stage{s}, pipeline.ChainOptions{LocalDomains: []string{"x.example"}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, tc := range []struct {
+				have bool
+				set  string // X-Set-RequireTLS, "" for none
+				want bool
+			}{{false, "", false}, {true, "", true}, {false, "true", true}, {true, "false", false}} {
+				txn := &pipeline.Txn{Conn: &pipeline.Conn{ID: "c"}, ID: "m1", Sender: "a@x.example"}
+				txn.Params.RequireTLS = tc.have
+				raw := "Subject: s\r\n"
+				if tc.set != "" {
+					raw += "X-Set-RequireTLS: " + tc.set + "\r\n"
+				}
+				m, err := pipeline.ParseMessage(txn, []byte(raw+"\r\nbody\r\n"))
+				if err != nil {
+					t.Fatal(err)
+				}
+				if discard, _, err := chain.Message(context.Background(), m); err != nil || discard {
+					t.Fatalf("Message: %v %v\n%s", discard, err, lb)
+				}
+				if got := m.Header.Get("X-RequireTLS-Seen"); got != strconv.FormatBool(tc.have) {
+					t.Errorf("have %v, set %q: plugin saw REQUIRETLS %q", tc.have, tc.set, got)
+				}
+				if m.Txn.Params.RequireTLS != tc.want {
+					t.Errorf("have %v, set %q: REQUIRETLS %v after the stage, want %v", tc.have, tc.set, m.Txn.Params.RequireTLS, tc.want)
+				}
+			}
+		})
+	}
+}

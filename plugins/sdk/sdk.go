@@ -41,6 +41,14 @@
 // reads them (protocol 1.3), answers that complete together go back in one
 // stream message.
 //
+// REQUIRETLS (RFC 8689, protocol 1.4): a hook sees whether the message
+// carries it in txn.Params.RequireTLS (msg.Txn.Params.RequireTLS at
+// on_message and on_route) and sets or clears it with
+// Verdict.Edits.SetRequireTLS, in on_mail, on_rcpt and on_message, as a
+// Lua stage does with txn:set_require_tls. Sluice then delivers the
+// message only over validated TLS to a next hop that offers REQUIRETLS,
+// or bounces it (docs/delivery.md).
+//
 // Failures: a hook that returns an error fails that call, and Sluice applies
 // the stage's on_error policy (tempfail, continue or reject); an error that
 // is a *pipeline.Error (pipeline.Errorf) is instead the reply the stage
@@ -82,7 +90,7 @@ import (
 // reported by Describe and logged.
 const (
 	ProtocolMajor = 1
-	ProtocolMinor = 3
+	ProtocolMinor = 4
 )
 
 // PluginName is the name of the one plugin a stage plugin process serves

@@ -55,6 +55,7 @@ type Server struct {
 	servfail map[string]bool
 	drop     map[string]bool
 	secure   map[string]bool
+	hold     chan struct{} // non-nil: queries wait for it to close
 }
 
 // NewServer starts a server on 127.0.0.1 (UDP and TCP, same port) and
@@ -251,8 +252,38 @@ func (s *Server) Remove(name string) {
 	delete(s.drop, n)
 }
 
+// Hold makes queries wait, unanswered, until the returned release is
+// called (it is also called when the test ends). Queries still count in
+// Queries while they wait. Tests use it to have several lookups in flight
+// at once.
+func (s *Server) Hold() (release func()) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	ch := make(chan struct{})
+	s.hold = ch
+	var once sync.Once
+	release = func() {
+		once.Do(func() {
+			s.mu.Lock()
+			if s.hold == ch {
+				s.hold = nil
+			}
+			s.mu.Unlock()
+			close(ch)
+		})
+	}
+	s.t.Cleanup(release)
+	return release
+}
+
 func (s *Server) serve(w dns.ResponseWriter, req *dns.Msg) {
 	s.queries.Add(1)
+	s.mu.Lock()
+	hold := s.hold
+	s.mu.Unlock()
+	if hold != nil {
+		<-hold
+	}
 	if len(req.Question) != 1 {
 		m := new(dns.Msg)
 		m.SetRcode(req, dns.RcodeFormatError)

@@ -152,8 +152,9 @@ func Txn(t *pipeline.Txn) *stagev1.Txn {
 		return nil
 	}
 	p := &stagev1.Txn{Conn: Conn(t.Conn), Id: t.ID, Sender: t.Sender,
-		Params: &stagev1.MailParams{Body: t.Params.Body, Smtputf8: t.Params.SMTPUTF8, Ret: t.Params.Ret, Envid: t.Params.EnvID},
-		Meta:   t.Meta, Tags: t.Tags, Scratch: t.Scratch, AuthResults: authResults(t.AuthResults)}
+		Params: &stagev1.MailParams{Body: t.Params.Body, Smtputf8: t.Params.SMTPUTF8, Ret: t.Params.Ret, Envid: t.Params.EnvID,
+			RequireTls: t.Params.RequireTLS},
+		Meta: t.Meta, Tags: t.Tags, Scratch: t.Scratch, AuthResults: authResults(t.AuthResults)}
 	if !t.Received.IsZero() {
 		p.ReceivedUnixNano = t.Received.UnixNano()
 	}
@@ -177,7 +178,8 @@ func TxnFrom(p *stagev1.Txn) *pipeline.Txn {
 		t.Conn = &pipeline.Conn{}
 	}
 	if p.Params != nil {
-		t.Params = pipeline.MailParams{Body: p.Params.Body, SMTPUTF8: p.Params.Smtputf8, Ret: p.Params.Ret, EnvID: p.Params.Envid}
+		t.Params = pipeline.MailParams{Body: p.Params.Body, SMTPUTF8: p.Params.Smtputf8, Ret: p.Params.Ret, EnvID: p.Params.Envid,
+			RequireTLS: p.Params.RequireTls}
 	}
 	if p.ReceivedUnixNano != 0 {
 		t.Received = time.Unix(0, p.ReceivedUnixNano).UTC()
@@ -328,7 +330,8 @@ func Edits(e *pipeline.Edits) *stagev1.Edits {
 	if e.Empty() {
 		return nil
 	}
-	p := &stagev1.Edits{Meta: e.Meta, Tags: e.Tags, Scratch: e.Scratch, AuthResults: authResults(e.AuthResults)}
+	p := &stagev1.Edits{Meta: e.Meta, Tags: e.Tags, Scratch: e.Scratch, AuthResults: authResults(e.AuthResults),
+		RequireTls: e.RequireTLS}
 	for _, h := range e.Headers {
 		p.Headers = append(p.Headers, &stagev1.HeaderEdit{Op: h.Op, Name: h.Name, Value: h.Value})
 	}
@@ -342,6 +345,7 @@ func EditsFrom(p *stagev1.Edits) pipeline.Edits {
 		return e
 	}
 	e.Meta, e.Tags, e.Scratch, e.AuthResults = p.Meta, p.Tags, p.Scratch, authResultsFrom(p.AuthResults)
+	e.RequireTLS = p.RequireTls
 	for _, h := range p.Headers {
 		e.Headers = append(e.Headers, pipeline.HeaderEdit{Op: h.Op, Name: h.Name, Value: h.Value})
 	}

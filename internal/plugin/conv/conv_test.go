@@ -34,7 +34,7 @@ func sampleTxn() *pipeline.Txn {
 			Identity:     &pipeline.Identity{Name: "u", Tenant: "t", Method: "smtp-auth", Scopes: []string{"send"}, Senders: []string{"x.example"}},
 			RelayNetwork: true},
 		ID: "01HZ", Sender: `"odd sender"@origin.example`,
-		Params: pipeline.MailParams{Body: pipeline.Body8BitMIME, SMTPUTF8: true, Ret: "HDRS", EnvID: "e1"},
+		Params: pipeline.MailParams{Body: pipeline.Body8BitMIME, SMTPUTF8: true, Ret: "HDRS", EnvID: "e1", RequireTLS: true},
 		Recipients: []*pipeline.Recipient{{Address: "bob@dest.example", Local: "bob", Domain: "dest.example", Relay: true,
 			Route:  &pipeline.Route{Kind: pipeline.RouteRelay, Host: "smart.example", Port: 587, TLS: pipeline.TLSRequired, AuthUser: "a", AuthPass: "p"},
 			Params: pipeline.RcptParams{Notify: []string{"FAILURE"}, ORCPT: "rfc822;bob@dest.example"}}},
@@ -73,7 +73,9 @@ func TestVerdictRoundTrip(t *testing.T) {
 			Tags:        []string{"scored"},
 			AuthResults: []pipeline.AuthResult{{Method: "dkim", Result: "pass"}},
 			Scratch:     map[string]string{"s": "1"},
+			RequireTLS:  ptr(true),
 		}},
+		{Action: pipeline.Continue, Edits: pipeline.Edits{RequireTLS: ptr(false)}}, // clearing is an edit too
 	} {
 		got, err := VerdictFrom(wire(t, Verdict(v)))
 		if err != nil || !reflect.DeepEqual(got, v) {
@@ -81,6 +83,8 @@ func TestVerdictRoundTrip(t *testing.T) {
 		}
 	}
 }
+
+func ptr[T any](v T) *T { return &v }
 
 func TestVerdictFromRefuses(t *testing.T) {
 	for _, p := range []*stagev1.Verdict{

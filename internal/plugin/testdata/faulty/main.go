@@ -25,6 +25,10 @@
 // In every mode, a message with the header X-Wait-File: PATH makes
 // on_message create PATH.started and wait until PATH exists.
 //
+// "ok" reports whether the message carries REQUIRETLS as X-RequireTLS-Seen
+// ("true" or "false"), and a header X-Set-RequireTLS: true or false makes
+// on_message set or clear it (protocol 1.4).
+//
 // The config key "body" ("envelope", "headers", "full") sets the body need;
 // "fail" makes Configure fail.
 package main
@@ -131,6 +135,14 @@ func (s *stage) OnMessage(ctx context.Context, msg *pipeline.Message) (pipeline.
 	}
 	v.Edits.AddHeader("X-Header-Len", strconv.Itoa(hb.Len()))
 	v.Edits.AddHeader("X-Header-Fields", strconv.Itoa(msg.Header.Len()))
+	v.Edits.AddHeader("X-RequireTLS-Seen", strconv.FormatBool(msg.Txn.Params.RequireTLS))
+	if set := msg.Header.Get("X-Set-RequireTLS"); set != "" {
+		on, err := strconv.ParseBool(set)
+		if err != nil {
+			return pipeline.Verdict{}, err
+		}
+		v.Edits.SetRequireTLS(on)
+	}
 	if s.cfg.Tag != "" {
 		fmt.Fprintf(os.Stderr, "scored message %s\n", msg.ID)
 	}

@@ -1,0 +1,67 @@
+package flight_test
+
+import (
+	"context"
+	"errors"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"testing"
+
+	"github.com/sluice-mta/sluice/internal/flight"
+)
+
+// TestDoMerges: callers that overlap share one call; one whose ctx ends
+// returns its ctx error while the call goes on for the others; a later
+// Do calls fn again.
+func TestDoMerges(t *testing.T) {
+	var g flight.Group[string, int]
+	var calls atomic.Int64
+	gate := make(chan struct{})
+	fn := func(ctx context.Context) (int, error) {
+		calls.Add(1)
+		<-gate
+		if err := ctx.Err(); err != nil {
+			return 0, err // would mean a caller's cancellation reached the call
+		}
+		return 42, nil
+	}
+	const n = 5
+	var wg sync.WaitGroup
+	for range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if v, err := g.Do(context.Background(), "k", fn); v != 42 || err != nil {
+				t.Errorf("Do = %d, %v", v, err)
+			}
+		}()
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	gaveUp := make(chan error, 1)
+	go func() {
+		_, err := g.Do(ctx, "k", fn)
+		gaveUp <- err
+	}()
+	for g.Waiting("k") != n+1 {
+		runtime.Gosched()
+	}
+	cancel()
+	if err := <-gaveUp; !errors.Is(err, context.Canceled) {
+		t.Fatalf("cancelled caller: err %v, want context.Canceled", err)
+	}
+	if w := g.Waiting("k"); w != n {
+		t.Fatalf("Waiting after one gave up = %d, want %d", w, n)
+	}
+	close(gate)
+	wg.Wait()
+	if c := calls.Load(); c != 1 {
+		t.Fatalf("fn called %d times, want 1", c)
+	}
+	if g.Waiting("k") != 0 {
+		t.Fatal("call not forgotten after it ended")
+	}
+	if v, err := g.Do(context.Background(), "k", fn); v != 42 || err != nil || calls.Load() != 2 {
+		t.Fatalf("later Do = %d, %v, calls %d; want a new call", v, err, calls.Load())
+	}
+}
