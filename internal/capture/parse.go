@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
+	"html"
 	"io"
 	"mime"
 	"net/textproto"
@@ -210,7 +211,9 @@ func addresses(h mail.Header, key string) []string {
 	return out
 }
 
-// stripTags is a rough HTML-to-text for search: it drops tags.
+// stripTags is a rough HTML-to-text for search: it drops tags, then
+// decodes character references (&amp;, &eacute;, &#8217;), a no-break
+// space as a space (a phrase is searched with spaces).
 func stripTags(s string) string {
 	var sb strings.Builder
 	in := false
@@ -225,5 +228,5 @@ func stripTags(s string) string {
 			sb.WriteRune(r)
 		}
 	}
-	return sb.String()
+	return strings.ReplaceAll(html.UnescapeString(sb.String()), "\u00a0", " ")
 }

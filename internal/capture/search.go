@@ -27,8 +27,26 @@ type Filter struct {
 // terms.
 func (f Filter) lower() Filter {
 	f.To, f.From, f.Subject, f.Text = strings.ToLower(f.To), strings.ToLower(f.From), strings.ToLower(f.Subject), strings.ToLower(f.Text)
-	f.terms = TextTerms(f.Text)
+	f.terms = uniqueTerms(TextTerms(f.Text))
 	return f
+}
+
+// uniqueTerms drops the repeats of terms (in place; the first of each
+// kept, in order): a term found once is found, so a repeat changes no
+// result but costs an index lookup and a check of every candidate text.
+func uniqueTerms(terms []string) []string {
+	if len(terms) < 2 {
+		return terms
+	}
+	seen := make(map[string]struct{}, len(terms))
+	out := terms[:0]
+	for _, t := range terms {
+		if _, ok := seen[t]; !ok {
+			seen[t] = struct{}{}
+			out = append(out, t)
+		}
+	}
+	return out
 }
 
 // TextTerms splits a Text filter into its terms: words separated by

@@ -401,7 +401,7 @@ func (s *Store) Events(sm *Summary) ([]pipeline.Event, error) {
 }
 
 // Delete removes one captured message of tenant; false when there is
-// none.
+// none. The delete is synced to disk before it returns.
 func (s *Store) Delete(tenant, id string) (bool, error) {
 	s.mu.Lock()
 	e := s.byID[id]
@@ -411,11 +411,11 @@ func (s *Store) Delete(tenant, id string) (bool, error) {
 	}
 	s.unindex([]*entry{e})
 	s.mu.Unlock()
-	return true, s.deleteKeys([]*entry{e})
+	return true, s.deleteKeys([]*entry{e}, pebble.Sync)
 }
 
 // DeleteAll removes every captured message of tenant and returns how
-// many.
+// many. The delete is synced to disk before it returns.
 func (s *Store) DeleteAll(tenant string) (int, error) {
 	s.mu.Lock()
 	t := s.tenants[tenant]
@@ -426,7 +426,7 @@ func (s *Store) DeleteAll(tenant string) (int, error) {
 	es := append([]*entry(nil), t.entries...)
 	s.unindex(es)
 	s.mu.Unlock()
-	return len(es), s.deleteKeys(es)
+	return len(es), s.deleteKeys(es, pebble.Sync)
 }
 
 // unindex removes es (of one tenant) from the index; s.mu held.
@@ -491,7 +491,12 @@ func (s *Store) unindex(es []*entry) {
 	}
 }
 
-func (s *Store) deleteKeys(es []*entry) error {
+// deleteKeys deletes es's keys. Delete and DeleteAll sync (a delete the
+// API answered must not come back after a crash); retention does not
+// (the next capture's synced commit persists its deletes, and a drop
+// lost to a crash is redone after the restart, by the minute sweep or
+// the tenant's next capture).
+func (s *Store) deleteKeys(es []*entry, sync *pebble.WriteOptions) error {
 	b := s.db.NewBatch()
 	defer b.Close()
 	for _, e := range es {
@@ -499,7 +504,7 @@ func (s *Store) deleteKeys(es []*entry) error {
 		_ = b.Delete(bodyKey(e.s.ID), nil)
 		_ = b.Delete(textKey(e.s.Tenant, e.s.ID), nil)
 	}
-	if err := b.Commit(pebble.NoSync); err != nil {
+	if err := b.Commit(sync); err != nil {
 		return fmt.Errorf("sandbox store: %w", err)
 	}
 	return nil
@@ -581,7 +586,7 @@ func (s *Store) enforce(tenant string) {
 		all = append(all, es...)
 	}
 	s.mu.Unlock()
-	if err := s.deleteKeys(all); err != nil {
+	if err := s.deleteKeys(all, pebble.NoSync); err != nil {
 		s.log.Warn("cannot delete captured messages past retention; they are dropped from the inbox and deleted at the next restart's sweep", "err", err)
 	}
 	if s.o.Record == nil {

@@ -333,6 +333,15 @@ func (b seqBits) or(o seqBits) {
 	}
 }
 
+func (b seqBits) empty() bool {
+	for _, w := range b.w {
+		if w != 0 {
+			return false
+		}
+	}
+	return true
+}
+
 func (b seqBits) clone() seqBits {
 	return seqBits{base: b.base, w: append([]uint64(nil), b.w...)}
 }
@@ -383,10 +392,15 @@ func (t *tenantIndex) matchText(terms []string) textMatch {
 		maybe.or(long)
 		if i == 0 {
 			m.sure, m.maybe = sure, maybe
-			continue
+		} else {
+			m.sure.and(sure)
+			m.maybe.and(maybe)
 		}
-		m.sure.and(sure)
-		m.maybe.and(maybe)
+		if m.maybe.empty() {
+			// No message can hold every term (sure is a subset of
+			// maybe): the other terms' lookups would change nothing.
+			break
+		}
 	}
 	return m
 }
