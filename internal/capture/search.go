@@ -49,6 +49,16 @@ func uniqueTerms(terms []string) []string {
 	return out
 }
 
+// MaxTerms is the most distinct text terms a search, wait or stream
+// filter may hold: each term is looked up in the word index on its own,
+// so an unbounded list would let one request take seconds of CPU. The
+// HTTP API refuses more with a 400 naming "text" (or "query").
+const MaxTerms = 64
+
+// TooManyTerms reports whether text holds more than MaxTerms distinct
+// terms (see TextTerms).
+func TooManyTerms(text string) bool { return len(uniqueTerms(TextTerms(text))) > MaxTerms }
+
 // TextTerms splits a Text filter into its terms: words separated by
 // spaces, each of which must be in the text (in any order, as Mailpit's
 // search does), and double-quoted phrases, each of which must be in the

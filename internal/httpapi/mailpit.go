@@ -225,6 +225,10 @@ func (s *Server) mailpitAPI(w http.ResponseWriter, r *http.Request) {
 		var f capture.Filter
 		if rest == "/search" {
 			f = mailpitQuery(q.Get("query"))
+			if capture.TooManyTerms(f.Text) {
+				s.fail(w, badField("query", "query may hold at most %d distinct text terms", capture.MaxTerms))
+				return
+			}
 		}
 		p, err := st.Search(tenant, f, max(start, 0), limit)
 		if err != nil {

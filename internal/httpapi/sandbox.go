@@ -146,6 +146,9 @@ func filterOf(r *http.Request) (capture.Filter, *apiError) {
 		}
 		*p.dst = t
 	}
+	if capture.TooManyTerms(f.Text) {
+		return f, badField("text", "text may hold at most %d distinct terms", capture.MaxTerms)
+	}
 	return f, nil
 }
 

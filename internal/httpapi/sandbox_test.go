@@ -157,6 +157,19 @@ func TestSandboxAPI(t *testing.T) {
 	if r := e.do("GET", "/v1/sandbox/messages?since=yesterday", e.sendKey, nil); r.Status != 400 || r.errorOf(t).Field != "since" {
 		t.Fatalf("bad since: %d %s", r.Status, r.Body)
 	}
+	var many []string
+	for i := range capture.MaxTerms + 1 {
+		many = append(many, "w"+strconv.Itoa(i))
+	}
+	if r := e.do("GET", "/v1/sandbox/messages?text="+url.QueryEscape(strings.Join(many, " ")), e.sendKey, nil); r.Status != 400 || r.errorOf(t).Field != "text" {
+		t.Fatalf("%d distinct terms: %d %s", len(many), r.Status, r.Body)
+	}
+	if r := e.do("GET", "/v1/sandbox/messages?text="+url.QueryEscape(strings.Repeat("w1 ", 1000)), e.sendKey, nil); r.Status != 200 {
+		t.Fatalf("one term repeated: %d %s", r.Status, r.Body)
+	}
+	if r := e.do("GET", "/sandbox/api/v1/search?query="+url.QueryEscape(strings.Join(many, " ")), e.sendKey, nil); r.Status != 400 || r.errorOf(t).Field != "query" {
+		t.Fatalf("Mailpit search with %d distinct terms: %d %s", len(many), r.Status, r.Body)
+	}
 	if r := e.do("GET", "/v1/sandbox/messages?color=red", e.sendKey, nil); r.Status != 400 || r.errorOf(t).Field != "color" {
 		t.Fatalf("unknown parameter: %d %s", r.Status, r.Body)
 	}
