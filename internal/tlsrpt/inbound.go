@@ -152,10 +152,12 @@ const Source = "tlsrpt"
 // Inbound recognises reports sent to this node (Inspect).
 type Inbound struct {
 	// Addresses, when not empty, are the recipients whose mail is parsed
-	// as a report whatever its type (lower case). Mail to others is
-	// parsed only when its top-level type says it is a report
+	// as a report whatever its type (case-insensitive); mail to other
+	// recipients is never taken for a report (a relay passes other
+	// parties' reports on, and those are not about our domains). When
+	// empty, mail is parsed when its top-level type says it is a report
 	// (multipart/report; report-type=tlsrpt, application/tlsrpt+gzip or
-	// +json).
+	// +json), whoever it is addressed to.
 	Addresses []string
 	Now       func() time.Time
 }
@@ -175,7 +177,11 @@ func (in *Inbound) Inspect(msg *pipeline.Message) *pipeline.Event {
 	ct := msg.Header.Get("Content-Type")
 	// Most mail is neither addressed to us nor typed as a report: two
 	// cheap checks before any parsing.
-	if !in.addressed(msg) && (!containsFold(ct, "tlsrpt") || !looksLikeReport(ct)) {
+	if len(in.Addresses) > 0 {
+		if !in.addressed(msg) {
+			return nil
+		}
+	} else if !containsFold(ct, "tlsrpt") || !looksLikeReport(ct) {
 		return nil
 	}
 	rep, err := ParseMessage(ct, msg.Header.Get("Content-Transfer-Encoding"), msg.Body)

@@ -304,25 +304,35 @@ func TestInbound(t *testing.T) {
 		}
 		return m
 	}
-	in := &tlsrpt.Inbound{Addresses: []string{"tlsrpt@us.test"}}
+	// Without inbound addresses, the content type decides.
+	in := &tlsrpt.Inbound{}
 	if ev := in.Inspect(msg("x@us.test", "application/tlsrpt+json", js)); ev == nil || ev.Metadata["failed"] != "303" || ev.Metadata["report_id"] != "5065427c-23d3-47ca-b6e0-946ea0e8c4be" {
 		t.Fatalf("a bare application/tlsrpt+json message: %+v", ev)
 	}
 	if ev := in.Inspect(msg("x@us.test", "text/plain", js)); ev != nil {
-		t.Fatalf("text/plain to another address taken as a report: %+v", ev)
+		t.Fatalf("text/plain taken as a report: %+v", ev)
+	}
+	// With inbound addresses, only mail to them: a report relayed to
+	// someone else (a customer's own report on its way out) is not ours.
+	if ev := (&tlsrpt.Inbound{Addresses: []string{"tlsrpt@us.test"}}).Inspect(msg("tlsrpt@them.test", "application/tlsrpt+json", js)); ev != nil {
+		t.Fatalf("a report addressed elsewhere taken for ours: %+v", ev)
+	}
+	in = &tlsrpt.Inbound{Addresses: []string{"tlsrpt@us.test"}}
+	if ev := in.Inspect(msg("tlsrpt@us.test", "application/tlsrpt+json", js)); ev == nil {
+		t.Fatal("a report to the inbound address not taken")
 	}
 	neg := `{"organization-name":"x","report-id":"y","date-range":{"start-datetime":"2026-01-01T00:00:00Z","end-datetime":"2026-01-01T23:59:59Z"},` +
 		`"policies":[{"summary":{"total-successful-session-count":1,"total-failure-session-count":-5}}]}`
-	if ev := in.Inspect(msg("x@us.test", "application/tlsrpt+json", neg)); ev != nil {
+	if ev := in.Inspect(msg("tlsrpt@us.test", "application/tlsrpt+json", neg)); ev != nil {
 		t.Fatalf("a report with a negative count accepted: %+v", ev)
 	}
 	// Counts near the int64 limit saturate rather than wrap negative.
 	big := `{"organization-name":"x","report-id":"y","date-range":{"start-datetime":"2026-01-01T00:00:00Z","end-datetime":"2026-01-01T23:59:59Z"},` +
 		`"policies":[{"summary":{"total-successful-session-count":9223372036854775807}},{"summary":{"total-successful-session-count":9223372036854775807}}]}`
-	if ev := in.Inspect(msg("x@us.test", "application/tlsrpt+json", big)); ev == nil || ev.Metadata["successful"] != "9223372036854775807" {
+	if ev := in.Inspect(msg("tlsrpt@us.test", "application/tlsrpt+json", big)); ev == nil || ev.Metadata["successful"] != "9223372036854775807" {
 		t.Fatalf("a report with huge counts: %+v", ev)
 	}
-	if ev := in.Inspect(msg("x@us.test", "application/tlsrpt+json", `{"organization-name":"x"}`)); ev != nil {
+	if ev := in.Inspect(msg("tlsrpt@us.test", "application/tlsrpt+json", `{"organization-name":"x"}`)); ev != nil {
 		t.Fatalf("a report without report-id accepted: %+v", ev)
 	}
 	// Addressed to the reporting address: a multipart/mixed with a
