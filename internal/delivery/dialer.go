@@ -297,7 +297,8 @@ type Egress struct {
 	// IgnoreTLSPolicy is for a message with "TLS-Required: No" (RFC 8689
 	// section 5) and without REQUIRETLS: the recipient domain's MTA-STS
 	// policy and DANE are not applied (delivery as for a domain without
-	// either); the route's own TLS policy still is.
+	// either); the route's own TLS policy still is, and under
+	// dane-or-mta-sts such a Dial fails at once with 550 5.7.1.
 	IgnoreTLSPolicy bool
 
 	// local is the local address of the Dial's latest connection (set by
@@ -347,12 +348,17 @@ func (d *Dialer) DialFrom(ctx context.Context, route *pipeline.Route, domain str
 	}
 	if policy == pipeline.TLSDANEOrMTASTS && eg.IgnoreTLSPolicy && !eg.RequireTLS {
 		// Say why, rather than "H has no DNSSEC-authenticated TLSA
-		// records" of a host whose records were not looked at.
+		// records" of a host whose records were not looked at. No retry
+		// can succeed (the header and the route do not change), so the
+		// failure is permanent: 5.7.1 (RFC 3463 "delivery not
+		// authorized, message refused"), the relay's own policy refusing
+		// the message; not 5.7.5 (no cryptographic check failed) nor
+		// 5.7.30 (REQUIRETLS was not asked for, RFC 8689 section 5).
 		first := ""
 		if len(targets) > 0 {
 			first = targets[0].host
 		}
-		return nil, &tlsFailure{result: resultDANERequired, policy: policy, host: first, err: pipeline.Errorf(451, pipeline.EnhancedCode{4, 7, 5},
+		return nil, &tlsFailure{result: resultDANERequired, policy: policy, host: first, err: pipeline.Errorf(550, pipeline.EnhancedCode{5, 7, 1},
 			"TLS policy dane-or-mta-sts: the message has TLS-Required: No, which sets aside the DANE and MTA-STS policies the route requires")}
 	}
 	max := orDefault(d.MaxAddresses, defaultMaxAddresses)

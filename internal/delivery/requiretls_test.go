@@ -11,6 +11,7 @@ import (
 
 	"github.com/emersion/go-smtp"
 
+	"github.com/sluice-mta/sluice/internal/bounce"
 	"github.com/sluice-mta/sluice/internal/delivery"
 	"github.com/sluice-mta/sluice/internal/mtasts"
 	"github.com/sluice-mta/sluice/internal/mtasts/ststest"
@@ -156,10 +157,15 @@ func TestREQUIRETLS(t *testing.T) {
 		_, err = e.D.DialFrom(ctx, pipeline.MX(), "optional.test", delivery.Egress{IgnoreTLSPolicy: true, RequireTLS: true})
 		wantPE(t, err, 451, "4.7.5")
 		// A route that demands DANE or MTA-STS cannot honour TLS-Required:
-		// No; the deferral says so, not that the domain has no policy.
+		// No, now or on any retry: a permanent failure that says so (not
+		// that the domain has no policy), classed PolicyRelated.
 		_, err = e.D.DialFrom(ctx, &pipeline.Route{Kind: pipeline.RouteMX, TLS: pipeline.TLSDANEOrMTASTS}, "optional.test", delivery.Egress{IgnoreTLSPolicy: true})
-		if pe := wantPE(t, err, 451, "4.7.5"); !strings.Contains(pe.Message, "TLS-Required: No") {
-			t.Fatalf("deferral %q does not name TLS-Required: No", pe.Message)
+		pe := wantPE(t, err, 550, "5.7.1")
+		if !strings.Contains(pe.Message, "TLS-Required: No") || !strings.Contains(pe.Message, "dane-or-mta-sts") {
+			t.Fatalf("failure %q does not name TLS-Required: No and the route's policy", pe.Message)
+		}
+		if c := bounce.Default().Classify(pe.Code, pe.EnhancedOrDefault().String(), pe.Message); c != bounce.PolicyRelated {
+			t.Fatalf("bounce class %s, want %s", c, bounce.PolicyRelated)
 		}
 	})
 	if len(noRTSink.Messages())+len(plainSink.Messages()) != 0 {

@@ -68,7 +68,12 @@ func TestTLSReportDay(t *testing.T) {
 	deliver("good.test", 3)
 	deliver("nopolicy.test", 2)
 	deliver("testing.test", 2) // delivered, certificate for another name
-	deliver("broken.test", 1)  // delivered without a policy: fetch error
+	deliver("broken.test", 3)  // delivered without a policy: fetch error
+	// The failed fetch is remembered (mtasts.DefaultFailureTTL): one
+	// request, yet every session counts as a fetch error.
+	if n := servers["mta-sts.broken.test"].Hits(); n != 1 {
+		t.Fatalf("broken.test: policy fetched %d times, want 1", n)
+	}
 	refused("nomatch.test", 2)
 	refused("mixed.test", 1) // two attempts: host mismatch, then no STARTTLS
 	if n := len(wrongSink.Messages()); n != 2 {
@@ -86,7 +91,7 @@ func TestTLSReportDay(t *testing.T) {
 		"good.test":     {tlsrpt.PolicySTS, 3, 0, nil, 4},
 		"nopolicy.test": {tlsrpt.PolicyNotFound, 2, 0, nil, 0},
 		"testing.test":  {tlsrpt.PolicySTS, 0, 2, []string{tlsrpt.ResultCertHostMismatch}, 4},
-		"broken.test":   {tlsrpt.PolicySTS, 0, 1, []string{tlsrpt.ResultSTSPolicyFetchError}, 0},
+		"broken.test":   {tlsrpt.PolicySTS, 0, 3, []string{tlsrpt.ResultSTSPolicyFetchError}, 0},
 		"nomatch.test":  {tlsrpt.PolicySTS, 0, 2, []string{tlsrpt.ResultValidationFailure}, 4},
 		"mixed.test":    {tlsrpt.PolicySTS, 0, 2, []string{tlsrpt.ResultCertHostMismatch, tlsrpt.ResultSTARTTLSNotSupported}, 4},
 	} {

@@ -51,6 +51,8 @@ const (
 	DefaultTimeout = 30 * time.Second
 	// DefaultMaxEntries is Cache.MaxEntries when it is 0.
 	DefaultMaxEntries = 10000
+	// DefaultFailureTTL is Cache.FailureTTL when it is 0.
+	DefaultFailureTTL = 5 * time.Minute
 )
 
 // Policy is a parsed MTA-STS policy.
@@ -177,6 +179,13 @@ type Cache struct {
 	// expired entries are dropped first, then arbitrary ones. Default
 	// DefaultMaxEntries.
 	MaxEntries int
+	// FailureTTL is how long a failed policy fetch is remembered
+	// (the negative cache): for that long, Gets for the domain return
+	// the failure again (with the cached policy, if one is still in
+	// force) without a TXT lookup or fetch. Default DefaultFailureTTL; a
+	// negative value turns the negative cache off. (A fetch is not
+	// ended by the Gets waiting for it giving up, only by Timeout.)
+	FailureTTL time.Duration
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
 
@@ -185,6 +194,13 @@ type Cache struct {
 	flight flight.Group[string, result]
 	mu     sync.Mutex
 	cache  map[string]*Policy
+	failed map[string]failure // guarded by mu
+}
+
+// failure is a remembered failed fetch.
+type failure struct {
+	err   error
+	until time.Time
 }
 
 func (c *Cache) now() time.Time {
@@ -216,6 +232,7 @@ func (c *Cache) init() {
 			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
 		}
 		c.cache = make(map[string]*Policy)
+		c.failed = make(map[string]failure)
 	})
 }
 
@@ -237,7 +254,11 @@ func cmpOr[T comparable](v, def T) T {
 //     error;
 //   - no TXT record and nothing cached, or a failed fetch with nothing
 //     cached: nil, with an error describing why (nil error when the
-//     domain simply has no policy).
+//     domain simply has no policy);
+//   - for FailureTTL (default 5 minutes) after a failed fetch, a Get that
+//     would fetch again returns the same error (and the cached policy, if
+//     one is still in force) at once: no TXT lookup, no fetch. A fetch
+//     that succeeds ends this early.
 //
 // Concurrent Gets for a domain without a usable cached policy (none, an
 // expired one, or a new id in the TXT record) share one TXT lookup and one
@@ -260,6 +281,9 @@ func (c *Cache) Get(ctx context.Context, domain string) (*Policy, error) {
 		if err != nil || cached.ID == id {
 			return cached, nil
 		}
+	}
+	if err := c.failure(domain); err != nil {
+		return cached, err
 	}
 	r, err := c.flight.Do(ctx, domain, func(ctx context.Context) (result, error) {
 		p, err := c.resolve(ctx, domain)
@@ -308,11 +332,35 @@ func (c *Cache) resolve(ctx context.Context, domain string) (*Policy, error) {
 	}
 	p, err := c.fetch(ctx, domain)
 	if err != nil {
+		c.storeFailure(domain, err, now)
 		return cached, err
 	}
 	p.ID, p.Fetched = id, now
 	c.store(domain, p, now)
 	return p, nil
+}
+
+// failure is the error of domain's remembered failed fetch, or nil.
+func (c *Cache) failure(domain string) error {
+	c.mu.Lock()
+	f, ok := c.failed[domain]
+	c.mu.Unlock()
+	if !ok || !c.now().Before(f.until) {
+		return nil
+	}
+	return f.err
+}
+
+// storeFailure remembers err as domain's failed fetch for FailureTTL.
+func (c *Cache) storeFailure(domain string, err error, now time.Time) {
+	ttl := cmpOr(c.FailureTTL, DefaultFailureTTL)
+	if ttl < 0 {
+		return
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	makeRoom(c.failed, domain, cmpOr(c.MaxEntries, DefaultMaxEntries), func(f failure) bool { return !now.Before(f.until) })
+	c.failed[domain] = failure{err: err, until: now.Add(ttl)}
 }
 
 var errNoRecord = errors.New("no v=STSv1 TXT record")
@@ -405,20 +453,28 @@ func (c *Cache) fetch(ctx context.Context, domain string) (*Policy, error) {
 func (c *Cache) store(domain string, p *Policy, now time.Time) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if _, ok := c.cache[domain]; !ok && len(c.cache) >= cmpOr(c.MaxEntries, DefaultMaxEntries) {
-		for d, e := range c.cache {
-			if !now.Before(e.Fetched.Add(e.MaxAge)) {
-				delete(c.cache, d)
-			}
-		}
-		for d := range c.cache {
-			if len(c.cache) < cmpOr(c.MaxEntries, DefaultMaxEntries) {
-				break
-			}
-			delete(c.cache, d)
+	delete(c.failed, domain)
+	makeRoom(c.cache, domain, cmpOr(c.MaxEntries, DefaultMaxEntries), func(e *Policy) bool { return !now.Before(e.Fetched.Add(e.MaxAge)) })
+	c.cache[domain] = p
+}
+
+// makeRoom makes room in m for key when it is not there and m has max
+// entries: it drops the expired entries, then arbitrary ones.
+func makeRoom[V any](m map[string]V, key string, max int, expired func(V) bool) {
+	if _, ok := m[key]; ok || len(m) < max {
+		return
+	}
+	for k, v := range m {
+		if expired(v) {
+			delete(m, k)
 		}
 	}
-	c.cache[domain] = p
+	for k := range m {
+		if len(m) < max {
+			break
+		}
+		delete(m, k)
+	}
 }
 
 // Len is how many policies are cached.

@@ -169,6 +169,68 @@ func TestFetchFailures(t *testing.T) {
 	}
 }
 
+// TestFailedFetchRemembered: a failed fetch is remembered for FailureTTL
+// (no TXT lookup, no HTTPS request, the same error), with or without a
+// cached policy in force, and forgotten after it or on a success.
+func TestFailedFetchRemembered(t *testing.T) {
+	ctx := context.Background()
+	e := newEnv(t, "garbage")
+	e.dns.AddTXT("_mta-sts.example.test", "v=STSv1; id=one")
+	p, err := e.cache.Get(ctx, "example.test")
+	if p != nil || err == nil || e.https.Hits() != 1 {
+		t.Fatalf("got %+v %v, hits %d; want no policy, an error, one fetch", p, err, e.https.Hits())
+	}
+	queries := e.dns.Queries()
+	for range 3 {
+		p2, err2 := e.cache.Get(ctx, "Example.Test.")
+		if p2 != nil || err2 != err {
+			t.Fatalf("within FailureTTL: got %+v %v, want the remembered error %v", p2, err2, err)
+		}
+	}
+	if e.https.Hits() != 1 || e.dns.Queries() != queries {
+		t.Fatalf("within FailureTTL: %d fetches, %d TXT lookups; want 1 and none", e.https.Hits(), e.dns.Queries()-queries)
+	}
+	// FailureTTL passes: fetch again (still failing), then once fixed,
+	// after another FailureTTL, the policy is fetched and cached.
+	e.now = e.now.Add(mtasts.DefaultFailureTTL)
+	if p, err := e.cache.Get(ctx, "example.test"); p != nil || err == nil || e.https.Hits() != 2 {
+		t.Fatalf("after FailureTTL: got %+v %v, hits %d; want a second failed fetch", p, err, e.https.Hits())
+	}
+	e.https.Set(enforce, 200)
+	if _, err := e.cache.Get(ctx, "example.test"); err == nil || e.https.Hits() != 2 {
+		t.Fatalf("fixed server fetched within FailureTTL: %v, hits %d", err, e.https.Hits())
+	}
+	e.now = e.now.Add(mtasts.DefaultFailureTTL)
+	if p, err := e.cache.Get(ctx, "example.test"); p == nil || err != nil || e.https.Hits() != 3 {
+		t.Fatalf("after the fix: got %+v %v, hits %d", p, err, e.https.Hits())
+	}
+	// A cached policy in force, a new id, a failed refresh: the policy
+	// stays (RFC 8461 section 5.1) with the error, remembered too.
+	e.dns.Remove("_mta-sts.example.test")
+	e.dns.AddTXT("_mta-sts.example.test", "v=STSv1; id=two")
+	e.https.Set("", 500)
+	for i := range 3 {
+		if p, err := e.cache.Get(ctx, "example.test"); p == nil || p.ID != "one" || err == nil || !strings.Contains(err.Error(), "status 500") {
+			t.Fatalf("Get %d after a failed refresh: got %+v %v, want policy one and the error", i, p, err)
+		}
+	}
+	if e.https.Hits() != 4 {
+		t.Fatalf("failed refresh: %d fetches, want 4", e.https.Hits())
+	}
+	// A negative FailureTTL turns the negative cache off.
+	e = newEnv(t, "garbage")
+	e.cache.FailureTTL = -1
+	e.dns.AddTXT("_mta-sts.example.test", "v=STSv1; id=one")
+	for range 2 {
+		if _, err := e.cache.Get(ctx, "example.test"); err == nil {
+			t.Fatal("no error from a failed fetch")
+		}
+	}
+	if e.https.Hits() != 2 {
+		t.Fatalf("FailureTTL -1: %d fetches, want 2", e.https.Hits())
+	}
+}
+
 func TestMaxEntries(t *testing.T) {
 	e := newEnv(t, enforce)
 	e.cache.MaxEntries = 2
