@@ -867,22 +867,21 @@ func (s *Stage) OnRcpt(ctx context.Context, txn *pipeline.Txn, rcpt *pipeline.Re
 // OnMessage implements pipeline.MessageHook. The header and body are sent
 // only as far as the plugin's Describe asked.
 func (s *Stage) OnMessage(ctx context.Context, msg *pipeline.Message) (pipeline.Verdict, error) {
-	m, done, err := s.message(msg)
+	m, c, err := s.message(msg)
 	if err != nil {
 		return s.onError("on_message", err)
 	}
-	defer done()
-	return s.invoke(ctx, "on_message", &stagev1.CallRequest{Call: &stagev1.CallRequest_Message{
-		Message: &stagev1.MessageRequest{Message: m}}})
+	defer c.release()
+	return s.invoke(ctx, "on_message", c.onMessage(m))
 }
 
 // OnRoute implements pipeline.RouteHook.
 func (s *Stage) OnRoute(ctx context.Context, msg *pipeline.Message, rcpt *pipeline.Recipient) (pipeline.Verdict, error) {
-	m, done, err := s.message(msg)
+	m, c, err := s.message(msg)
 	if err != nil {
 		return s.onError("on_route", err)
 	}
-	defer done()
+	defer c.release()
 	return s.invoke(ctx, "on_route", &stagev1.CallRequest{Call: &stagev1.CallRequest_Route{
 		Route: &stagev1.RouteRequest{Message: m, Rcpt: conv.Recipient(rcpt)}}})
 }

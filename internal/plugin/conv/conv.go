@@ -66,7 +66,12 @@ func Conn(c *pipeline.Conn) *stagev1.Conn {
 	if c == nil {
 		return nil
 	}
-	p := &stagev1.Conn{Id: c.ID, Source: c.Source, Listener: c.Listener, ServerName: c.ServerName,
+	return connTo(new(stagev1.Conn), c)
+}
+
+// connTo is Conn into p (not nil), which is overwritten.
+func connTo(p *stagev1.Conn, c *pipeline.Conn) *stagev1.Conn {
+	*p = stagev1.Conn{Id: c.ID, Source: c.Source, Listener: c.Listener, ServerName: c.ServerName,
 		RemotePort: uint32(c.RemotePort), Helo: c.HELO, Tls: c.TLS, Identity: Identity(c.Identity), RelayNetwork: c.RelayNetwork}
 	if c.RemoteIP.IsValid() {
 		p.RemoteIp = c.RemoteIP.String()
@@ -151,10 +156,31 @@ func Txn(t *pipeline.Txn) *stagev1.Txn {
 	if t == nil {
 		return nil
 	}
-	p := &stagev1.Txn{Conn: Conn(t.Conn), Id: t.ID, Sender: t.Sender,
-		Params: &stagev1.MailParams{Body: t.Params.Body, Smtputf8: t.Params.SMTPUTF8, Ret: t.Params.Ret, Envid: t.Params.EnvID,
-			RequireTls: t.Params.RequireTLS},
+	return TxnTo(new(TxnParts), t)
+}
+
+// TxnParts is where TxnTo builds a transaction: the message and the
+// parts it points to, allocated (or pooled) as one.
+type TxnParts struct {
+	Txn    stagev1.Txn
+	Conn   stagev1.Conn
+	Params stagev1.MailParams
+}
+
+// TxnTo is Txn built in into (not nil), whose previous contents are
+// overwritten; the result is &into.Txn, or nil for a nil t.
+func TxnTo(into *TxnParts, t *pipeline.Txn) *stagev1.Txn {
+	if t == nil {
+		return nil
+	}
+	into.Params = stagev1.MailParams{Body: t.Params.Body, Smtputf8: t.Params.SMTPUTF8, Ret: t.Params.Ret, Envid: t.Params.EnvID,
+		RequireTls: t.Params.RequireTLS}
+	p := &into.Txn
+	*p = stagev1.Txn{Id: t.ID, Sender: t.Sender, Params: &into.Params,
 		Meta: t.Meta, Tags: t.Tags, Scratch: t.Scratch, AuthResults: authResults(t.AuthResults)}
+	if t.Conn != nil {
+		p.Conn = connTo(&into.Conn, t.Conn)
+	}
 	if !t.Received.IsZero() {
 		p.ReceivedUnixNano = t.Received.UnixNano()
 	}
@@ -245,10 +271,24 @@ func HeaderFields(block []byte) ([]*stagev1.HeaderField, error) {
 // One block costs a fraction of one entry (three strings) per field to
 // build, encode and decode.
 func MessageBlock(m *pipeline.Message, need stagev1.BodyNeed, buf *bytes.Buffer) (*stagev1.Message, error) {
+	return MessageBlockTo(new(MessageParts), m, need, buf)
+}
+
+// MessageParts is where MessageBlockTo builds a message.
+type MessageParts struct {
+	Message stagev1.Message
+	TxnParts
+}
+
+// MessageBlockTo is MessageBlock built in into (not nil), whose previous
+// contents are overwritten: one allocation (or none, into being pooled)
+// instead of four.
+func MessageBlockTo(into *MessageParts, m *pipeline.Message, need stagev1.BodyNeed, buf *bytes.Buffer) (*stagev1.Message, error) {
 	if m == nil {
 		return nil, nil
 	}
-	p := &stagev1.Message{Txn: Txn(m.Txn)}
+	p := &into.Message
+	*p = stagev1.Message{Txn: TxnTo(&into.TxnParts, m.Txn)}
 	if need == stagev1.BodyNeed_BODY_NEED_ENVELOPE {
 		return p, nil
 	}

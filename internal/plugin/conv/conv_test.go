@@ -251,3 +251,33 @@ func TestMessageFromSharedBuffer(t *testing.T) {
 		t.Fatalf("the decoded buffer was written over: %q", got)
 	}
 }
+
+// TestMessageBlockToReuse: MessageBlockTo into parts that held another
+// message gives what MessageBlock gives, nothing left of the first (the
+// stage pools the parts across calls).
+func TestMessageBlockToReuse(t *testing.T) {
+	first, err := pipeline.ParseMessage(sampleTxn(), []byte("Subject: one\r\nX-A: 1\r\n\r\nbody\r\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	second, err := pipeline.ParseMessage(&pipeline.Txn{ID: "t2"}, []byte("Subject: two\r\n\r\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var parts MessageParts
+	var buf bytes.Buffer
+	if _, err := MessageBlockTo(&parts, first, stagev1.BodyNeed_BODY_NEED_FULL, &buf); err != nil {
+		t.Fatal(err)
+	}
+	got, err := MessageBlockTo(&parts, second, stagev1.BodyNeed_BODY_NEED_HEADERS, &buf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, err := MessageBlock(second, stagev1.BodyNeed_BODY_NEED_HEADERS, new(bytes.Buffer))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !proto.Equal(got, want) || got.Txn.Conn != nil || got.Txn.Sender != "" {
+		t.Fatalf("reused parts: got %v, want %v", got, want)
+	}
+}
