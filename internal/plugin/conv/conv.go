@@ -370,8 +370,14 @@ func Edits(e *pipeline.Edits) *stagev1.Edits {
 	if e.Empty() {
 		return nil
 	}
-	p := &stagev1.Edits{Meta: e.Meta, Tags: e.Tags, Scratch: e.Scratch, AuthResults: authResults(e.AuthResults),
-		RequireTls: e.RequireTLS}
+	p := &stagev1.Edits{Meta: e.Meta, Tags: e.Tags, Scratch: e.Scratch, AuthResults: authResults(e.AuthResults)}
+	switch {
+	case e.RequireTLS == nil:
+	case *e.RequireTLS:
+		p.RequireTls = stagev1.FlagEdit_FLAG_SET
+	default:
+		p.RequireTls = stagev1.FlagEdit_FLAG_CLEAR
+	}
 	for _, h := range e.Headers {
 		p.Headers = append(p.Headers, &stagev1.HeaderEdit{Op: h.Op, Name: h.Name, Value: h.Value})
 	}
@@ -385,7 +391,13 @@ func EditsFrom(p *stagev1.Edits) pipeline.Edits {
 		return e
 	}
 	e.Meta, e.Tags, e.Scratch, e.AuthResults = p.Meta, p.Tags, p.Scratch, authResultsFrom(p.AuthResults)
-	e.RequireTLS = p.RequireTls
+	switch p.RequireTls {
+	case stagev1.FlagEdit_FLAG_SET:
+		e.RequireTLS = new(bool)
+		*e.RequireTLS = true
+	case stagev1.FlagEdit_FLAG_CLEAR:
+		e.RequireTLS = new(bool)
+	}
 	for _, h := range p.Headers {
 		e.Headers = append(e.Headers, pipeline.HeaderEdit{Op: h.Op, Name: h.Name, Value: h.Value})
 	}

@@ -211,6 +211,56 @@ func (Action) EnumDescriptor() ([]byte, []int) {
 	return file_plugins_proto_stage_v1_stage_proto_rawDescGZIP(), []int{2}
 }
 
+// FlagEdit changes a message flag (Edits.require_tls).
+type FlagEdit int32
+
+const (
+	FlagEdit_FLAG_UNCHANGED FlagEdit = 0
+	FlagEdit_FLAG_SET       FlagEdit = 1
+	FlagEdit_FLAG_CLEAR     FlagEdit = 2
+)
+
+// Enum value maps for FlagEdit.
+var (
+	FlagEdit_name = map[int32]string{
+		0: "FLAG_UNCHANGED",
+		1: "FLAG_SET",
+		2: "FLAG_CLEAR",
+	}
+	FlagEdit_value = map[string]int32{
+		"FLAG_UNCHANGED": 0,
+		"FLAG_SET":       1,
+		"FLAG_CLEAR":     2,
+	}
+)
+
+func (x FlagEdit) Enum() *FlagEdit {
+	p := new(FlagEdit)
+	*p = x
+	return p
+}
+
+func (x FlagEdit) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (FlagEdit) Descriptor() protoreflect.EnumDescriptor {
+	return file_plugins_proto_stage_v1_stage_proto_enumTypes[3].Descriptor()
+}
+
+func (FlagEdit) Type() protoreflect.EnumType {
+	return &file_plugins_proto_stage_v1_stage_proto_enumTypes[3]
+}
+
+func (x FlagEdit) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use FlagEdit.Descriptor instead.
+func (FlagEdit) EnumDescriptor() ([]byte, []int) {
+	return file_plugins_proto_stage_v1_stage_proto_rawDescGZIP(), []int{3}
+}
+
 type ConfigureRequest struct {
 	state      protoimpl.MessageState `protogen:"open.v1"`
 	StageName  string                 `protobuf:"bytes,1,opt,name=stage_name,json=stageName,proto3" json:"stage_name,omitempty"`    // the name given to sluice.stage
@@ -1790,11 +1840,13 @@ type Edits struct {
 	Tags        []string               `protobuf:"bytes,3,rep,name=tags,proto3" json:"tags,omitempty"`
 	AuthResults []*AuthResult          `protobuf:"bytes,4,rep,name=auth_results,json=authResults,proto3" json:"auth_results,omitempty"`
 	Scratch     map[string]string      `protobuf:"bytes,5,rep,name=scratch,proto3" json:"scratch,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
-	// require_tls (protocol 1.4; pipeline.Edits.RequireTLS): when present,
-	// sets (true) or clears (false) the message's REQUIRETLS flag; absent
-	// leaves it as it is. Allowed where header edits are (on_mail, on_rcpt,
-	// on_message).
-	RequireTls    *bool `protobuf:"varint,6,opt,name=require_tls,json=requireTls,proto3,oneof" json:"require_tls,omitempty"`
+	// require_tls (protocol 1.4; pipeline.Edits.RequireTLS): FLAG_SET sets
+	// and FLAG_CLEAR clears the message's REQUIRETLS flag; FLAG_UNCHANGED
+	// (the default, what a plugin that never sets it sends) leaves it as it
+	// is. Allowed where header edits are (on_mail, on_rcpt, on_message). An
+	// enum, not "optional bool": the protoc of Debian's Python gRPC tools
+	// (3.5) refuses proto3 optional fields.
+	RequireTls    FlagEdit `protobuf:"varint,6,opt,name=require_tls,json=requireTls,proto3,enum=sluice.stage.v1.FlagEdit" json:"require_tls,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1864,11 +1916,11 @@ func (x *Edits) GetScratch() map[string]string {
 	return nil
 }
 
-func (x *Edits) GetRequireTls() bool {
-	if x != nil && x.RequireTls != nil {
-		return *x.RequireTls
+func (x *Edits) GetRequireTls() FlagEdit {
+	if x != nil {
+		return x.RequireTls
 	}
-	return false
+	return FlagEdit_FLAG_UNCHANGED
 }
 
 // pipeline.Verdict
@@ -2452,22 +2504,21 @@ const file_plugins_proto_stage_v1_stage_proto_rawDesc = "" +
 	"HeaderEdit\x12\x0e\n" +
 	"\x02op\x18\x01 \x01(\tR\x02op\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x14\n" +
-	"\x05value\x18\x03 \x01(\tR\x05value\"\xb2\x03\n" +
+	"\x05value\x18\x03 \x01(\tR\x05value\"\xb8\x03\n" +
 	"\x05Edits\x125\n" +
 	"\aheaders\x18\x01 \x03(\v2\x1b.sluice.stage.v1.HeaderEditR\aheaders\x124\n" +
 	"\x04meta\x18\x02 \x03(\v2 .sluice.stage.v1.Edits.MetaEntryR\x04meta\x12\x12\n" +
 	"\x04tags\x18\x03 \x03(\tR\x04tags\x12>\n" +
 	"\fauth_results\x18\x04 \x03(\v2\x1b.sluice.stage.v1.AuthResultR\vauthResults\x12=\n" +
-	"\ascratch\x18\x05 \x03(\v2#.sluice.stage.v1.Edits.ScratchEntryR\ascratch\x12$\n" +
-	"\vrequire_tls\x18\x06 \x01(\bH\x00R\n" +
-	"requireTls\x88\x01\x01\x1a7\n" +
+	"\ascratch\x18\x05 \x03(\v2#.sluice.stage.v1.Edits.ScratchEntryR\ascratch\x12:\n" +
+	"\vrequire_tls\x18\x06 \x01(\x0e2\x19.sluice.stage.v1.FlagEditR\n" +
+	"requireTls\x1a7\n" +
 	"\tMetaEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a:\n" +
 	"\fScratchEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01B\x0e\n" +
-	"\f_require_tls\"\xda\x01\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xda\x01\n" +
 	"\aVerdict\x12/\n" +
 	"\x06action\x18\x01 \x01(\x0e2\x17.sluice.stage.v1.ActionR\x06action\x12\x12\n" +
 	"\x04code\x18\x02 \x01(\x05R\x04code\x12\x1a\n" +
@@ -2516,7 +2567,12 @@ const file_plugins_proto_stage_v1_stage_proto_rawDesc = "" +
 	"\rACTION_ACCEPT\x10\x01\x12\x11\n" +
 	"\rACTION_REJECT\x10\x02\x12\x13\n" +
 	"\x0fACTION_TEMPFAIL\x10\x03\x12\x12\n" +
-	"\x0eACTION_DISCARD\x10\x042\xa5\x06\n" +
+	"\x0eACTION_DISCARD\x10\x04*<\n" +
+	"\bFlagEdit\x12\x12\n" +
+	"\x0eFLAG_UNCHANGED\x10\x00\x12\f\n" +
+	"\bFLAG_SET\x10\x01\x12\x0e\n" +
+	"\n" +
+	"FLAG_CLEAR\x10\x022\xa5\x06\n" +
 	"\x05Stage\x12R\n" +
 	"\tConfigure\x12!.sluice.stage.v1.ConfigureRequest\x1a\".sluice.stage.v1.ConfigureResponse\x12O\n" +
 	"\bDescribe\x12 .sluice.stage.v1.DescribeRequest\x1a!.sluice.stage.v1.DescribeResponse\x12I\n" +
@@ -2542,114 +2598,116 @@ func file_plugins_proto_stage_v1_stage_proto_rawDescGZIP() []byte {
 	return file_plugins_proto_stage_v1_stage_proto_rawDescData
 }
 
-var file_plugins_proto_stage_v1_stage_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
+var file_plugins_proto_stage_v1_stage_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
 var file_plugins_proto_stage_v1_stage_proto_msgTypes = make([]protoimpl.MessageInfo, 34)
 var file_plugins_proto_stage_v1_stage_proto_goTypes = []any{
 	(Hook)(0),                 // 0: sluice.stage.v1.Hook
 	(BodyNeed)(0),             // 1: sluice.stage.v1.BodyNeed
 	(Action)(0),               // 2: sluice.stage.v1.Action
-	(*ConfigureRequest)(nil),  // 3: sluice.stage.v1.ConfigureRequest
-	(*ConfigureResponse)(nil), // 4: sluice.stage.v1.ConfigureResponse
-	(*DescribeRequest)(nil),   // 5: sluice.stage.v1.DescribeRequest
-	(*DescribeResponse)(nil),  // 6: sluice.stage.v1.DescribeResponse
-	(*HealthRequest)(nil),     // 7: sluice.stage.v1.HealthRequest
-	(*HealthResponse)(nil),    // 8: sluice.stage.v1.HealthResponse
-	(*Identity)(nil),          // 9: sluice.stage.v1.Identity
-	(*Conn)(nil),              // 10: sluice.stage.v1.Conn
-	(*MailParams)(nil),        // 11: sluice.stage.v1.MailParams
-	(*RcptParams)(nil),        // 12: sluice.stage.v1.RcptParams
-	(*Route)(nil),             // 13: sluice.stage.v1.Route
-	(*Recipient)(nil),         // 14: sluice.stage.v1.Recipient
-	(*AuthResult)(nil),        // 15: sluice.stage.v1.AuthResult
-	(*Txn)(nil),               // 16: sluice.stage.v1.Txn
-	(*HeaderField)(nil),       // 17: sluice.stage.v1.HeaderField
-	(*Message)(nil),           // 18: sluice.stage.v1.Message
-	(*ConnectRequest)(nil),    // 19: sluice.stage.v1.ConnectRequest
-	(*HeloRequest)(nil),       // 20: sluice.stage.v1.HeloRequest
-	(*MailRequest)(nil),       // 21: sluice.stage.v1.MailRequest
-	(*RcptRequest)(nil),       // 22: sluice.stage.v1.RcptRequest
-	(*MessageRequest)(nil),    // 23: sluice.stage.v1.MessageRequest
-	(*RouteRequest)(nil),      // 24: sluice.stage.v1.RouteRequest
-	(*EventRequest)(nil),      // 25: sluice.stage.v1.EventRequest
-	(*EventResponse)(nil),     // 26: sluice.stage.v1.EventResponse
-	(*HeaderEdit)(nil),        // 27: sluice.stage.v1.HeaderEdit
-	(*Edits)(nil),             // 28: sluice.stage.v1.Edits
-	(*Verdict)(nil),           // 29: sluice.stage.v1.Verdict
-	(*CallRequest)(nil),       // 30: sluice.stage.v1.CallRequest
-	(*CallResponse)(nil),      // 31: sluice.stage.v1.CallResponse
-	(*CallError)(nil),         // 32: sluice.stage.v1.CallError
-	nil,                       // 33: sluice.stage.v1.Txn.MetaEntry
-	nil,                       // 34: sluice.stage.v1.Txn.ScratchEntry
-	nil,                       // 35: sluice.stage.v1.Edits.MetaEntry
-	nil,                       // 36: sluice.stage.v1.Edits.ScratchEntry
+	(FlagEdit)(0),             // 3: sluice.stage.v1.FlagEdit
+	(*ConfigureRequest)(nil),  // 4: sluice.stage.v1.ConfigureRequest
+	(*ConfigureResponse)(nil), // 5: sluice.stage.v1.ConfigureResponse
+	(*DescribeRequest)(nil),   // 6: sluice.stage.v1.DescribeRequest
+	(*DescribeResponse)(nil),  // 7: sluice.stage.v1.DescribeResponse
+	(*HealthRequest)(nil),     // 8: sluice.stage.v1.HealthRequest
+	(*HealthResponse)(nil),    // 9: sluice.stage.v1.HealthResponse
+	(*Identity)(nil),          // 10: sluice.stage.v1.Identity
+	(*Conn)(nil),              // 11: sluice.stage.v1.Conn
+	(*MailParams)(nil),        // 12: sluice.stage.v1.MailParams
+	(*RcptParams)(nil),        // 13: sluice.stage.v1.RcptParams
+	(*Route)(nil),             // 14: sluice.stage.v1.Route
+	(*Recipient)(nil),         // 15: sluice.stage.v1.Recipient
+	(*AuthResult)(nil),        // 16: sluice.stage.v1.AuthResult
+	(*Txn)(nil),               // 17: sluice.stage.v1.Txn
+	(*HeaderField)(nil),       // 18: sluice.stage.v1.HeaderField
+	(*Message)(nil),           // 19: sluice.stage.v1.Message
+	(*ConnectRequest)(nil),    // 20: sluice.stage.v1.ConnectRequest
+	(*HeloRequest)(nil),       // 21: sluice.stage.v1.HeloRequest
+	(*MailRequest)(nil),       // 22: sluice.stage.v1.MailRequest
+	(*RcptRequest)(nil),       // 23: sluice.stage.v1.RcptRequest
+	(*MessageRequest)(nil),    // 24: sluice.stage.v1.MessageRequest
+	(*RouteRequest)(nil),      // 25: sluice.stage.v1.RouteRequest
+	(*EventRequest)(nil),      // 26: sluice.stage.v1.EventRequest
+	(*EventResponse)(nil),     // 27: sluice.stage.v1.EventResponse
+	(*HeaderEdit)(nil),        // 28: sluice.stage.v1.HeaderEdit
+	(*Edits)(nil),             // 29: sluice.stage.v1.Edits
+	(*Verdict)(nil),           // 30: sluice.stage.v1.Verdict
+	(*CallRequest)(nil),       // 31: sluice.stage.v1.CallRequest
+	(*CallResponse)(nil),      // 32: sluice.stage.v1.CallResponse
+	(*CallError)(nil),         // 33: sluice.stage.v1.CallError
+	nil,                       // 34: sluice.stage.v1.Txn.MetaEntry
+	nil,                       // 35: sluice.stage.v1.Txn.ScratchEntry
+	nil,                       // 36: sluice.stage.v1.Edits.MetaEntry
+	nil,                       // 37: sluice.stage.v1.Edits.ScratchEntry
 }
 var file_plugins_proto_stage_v1_stage_proto_depIdxs = []int32{
 	0,  // 0: sluice.stage.v1.DescribeResponse.hooks:type_name -> sluice.stage.v1.Hook
 	1,  // 1: sluice.stage.v1.DescribeResponse.body:type_name -> sluice.stage.v1.BodyNeed
-	9,  // 2: sluice.stage.v1.Conn.identity:type_name -> sluice.stage.v1.Identity
-	13, // 3: sluice.stage.v1.Recipient.route:type_name -> sluice.stage.v1.Route
-	12, // 4: sluice.stage.v1.Recipient.params:type_name -> sluice.stage.v1.RcptParams
-	10, // 5: sluice.stage.v1.Txn.conn:type_name -> sluice.stage.v1.Conn
-	11, // 6: sluice.stage.v1.Txn.params:type_name -> sluice.stage.v1.MailParams
-	14, // 7: sluice.stage.v1.Txn.recipients:type_name -> sluice.stage.v1.Recipient
-	33, // 8: sluice.stage.v1.Txn.meta:type_name -> sluice.stage.v1.Txn.MetaEntry
-	34, // 9: sluice.stage.v1.Txn.scratch:type_name -> sluice.stage.v1.Txn.ScratchEntry
-	15, // 10: sluice.stage.v1.Txn.auth_results:type_name -> sluice.stage.v1.AuthResult
-	16, // 11: sluice.stage.v1.Message.txn:type_name -> sluice.stage.v1.Txn
-	17, // 12: sluice.stage.v1.Message.header:type_name -> sluice.stage.v1.HeaderField
-	10, // 13: sluice.stage.v1.ConnectRequest.conn:type_name -> sluice.stage.v1.Conn
-	10, // 14: sluice.stage.v1.HeloRequest.conn:type_name -> sluice.stage.v1.Conn
-	16, // 15: sluice.stage.v1.MailRequest.txn:type_name -> sluice.stage.v1.Txn
-	16, // 16: sluice.stage.v1.RcptRequest.txn:type_name -> sluice.stage.v1.Txn
-	14, // 17: sluice.stage.v1.RcptRequest.rcpt:type_name -> sluice.stage.v1.Recipient
-	18, // 18: sluice.stage.v1.MessageRequest.message:type_name -> sluice.stage.v1.Message
-	18, // 19: sluice.stage.v1.RouteRequest.message:type_name -> sluice.stage.v1.Message
-	14, // 20: sluice.stage.v1.RouteRequest.rcpt:type_name -> sluice.stage.v1.Recipient
-	27, // 21: sluice.stage.v1.Edits.headers:type_name -> sluice.stage.v1.HeaderEdit
-	35, // 22: sluice.stage.v1.Edits.meta:type_name -> sluice.stage.v1.Edits.MetaEntry
-	15, // 23: sluice.stage.v1.Edits.auth_results:type_name -> sluice.stage.v1.AuthResult
-	36, // 24: sluice.stage.v1.Edits.scratch:type_name -> sluice.stage.v1.Edits.ScratchEntry
-	2,  // 25: sluice.stage.v1.Verdict.action:type_name -> sluice.stage.v1.Action
-	13, // 26: sluice.stage.v1.Verdict.route:type_name -> sluice.stage.v1.Route
-	28, // 27: sluice.stage.v1.Verdict.edits:type_name -> sluice.stage.v1.Edits
-	19, // 28: sluice.stage.v1.CallRequest.connect:type_name -> sluice.stage.v1.ConnectRequest
-	20, // 29: sluice.stage.v1.CallRequest.helo:type_name -> sluice.stage.v1.HeloRequest
-	21, // 30: sluice.stage.v1.CallRequest.mail:type_name -> sluice.stage.v1.MailRequest
-	22, // 31: sluice.stage.v1.CallRequest.rcpt:type_name -> sluice.stage.v1.RcptRequest
-	23, // 32: sluice.stage.v1.CallRequest.message:type_name -> sluice.stage.v1.MessageRequest
-	24, // 33: sluice.stage.v1.CallRequest.route:type_name -> sluice.stage.v1.RouteRequest
-	25, // 34: sluice.stage.v1.CallRequest.event:type_name -> sluice.stage.v1.EventRequest
-	29, // 35: sluice.stage.v1.CallResponse.verdict:type_name -> sluice.stage.v1.Verdict
-	26, // 36: sluice.stage.v1.CallResponse.event:type_name -> sluice.stage.v1.EventResponse
-	32, // 37: sluice.stage.v1.CallResponse.error:type_name -> sluice.stage.v1.CallError
-	31, // 38: sluice.stage.v1.CallResponse.more:type_name -> sluice.stage.v1.CallResponse
-	3,  // 39: sluice.stage.v1.Stage.Configure:input_type -> sluice.stage.v1.ConfigureRequest
-	5,  // 40: sluice.stage.v1.Stage.Describe:input_type -> sluice.stage.v1.DescribeRequest
-	7,  // 41: sluice.stage.v1.Stage.Health:input_type -> sluice.stage.v1.HealthRequest
-	19, // 42: sluice.stage.v1.Stage.OnConnect:input_type -> sluice.stage.v1.ConnectRequest
-	20, // 43: sluice.stage.v1.Stage.OnHelo:input_type -> sluice.stage.v1.HeloRequest
-	21, // 44: sluice.stage.v1.Stage.OnMail:input_type -> sluice.stage.v1.MailRequest
-	22, // 45: sluice.stage.v1.Stage.OnRcpt:input_type -> sluice.stage.v1.RcptRequest
-	23, // 46: sluice.stage.v1.Stage.OnMessage:input_type -> sluice.stage.v1.MessageRequest
-	24, // 47: sluice.stage.v1.Stage.OnRoute:input_type -> sluice.stage.v1.RouteRequest
-	25, // 48: sluice.stage.v1.Stage.OnEvent:input_type -> sluice.stage.v1.EventRequest
-	30, // 49: sluice.stage.v1.Stage.Calls:input_type -> sluice.stage.v1.CallRequest
-	4,  // 50: sluice.stage.v1.Stage.Configure:output_type -> sluice.stage.v1.ConfigureResponse
-	6,  // 51: sluice.stage.v1.Stage.Describe:output_type -> sluice.stage.v1.DescribeResponse
-	8,  // 52: sluice.stage.v1.Stage.Health:output_type -> sluice.stage.v1.HealthResponse
-	29, // 53: sluice.stage.v1.Stage.OnConnect:output_type -> sluice.stage.v1.Verdict
-	29, // 54: sluice.stage.v1.Stage.OnHelo:output_type -> sluice.stage.v1.Verdict
-	29, // 55: sluice.stage.v1.Stage.OnMail:output_type -> sluice.stage.v1.Verdict
-	29, // 56: sluice.stage.v1.Stage.OnRcpt:output_type -> sluice.stage.v1.Verdict
-	29, // 57: sluice.stage.v1.Stage.OnMessage:output_type -> sluice.stage.v1.Verdict
-	29, // 58: sluice.stage.v1.Stage.OnRoute:output_type -> sluice.stage.v1.Verdict
-	26, // 59: sluice.stage.v1.Stage.OnEvent:output_type -> sluice.stage.v1.EventResponse
-	31, // 60: sluice.stage.v1.Stage.Calls:output_type -> sluice.stage.v1.CallResponse
-	50, // [50:61] is the sub-list for method output_type
-	39, // [39:50] is the sub-list for method input_type
-	39, // [39:39] is the sub-list for extension type_name
-	39, // [39:39] is the sub-list for extension extendee
-	0,  // [0:39] is the sub-list for field type_name
+	10, // 2: sluice.stage.v1.Conn.identity:type_name -> sluice.stage.v1.Identity
+	14, // 3: sluice.stage.v1.Recipient.route:type_name -> sluice.stage.v1.Route
+	13, // 4: sluice.stage.v1.Recipient.params:type_name -> sluice.stage.v1.RcptParams
+	11, // 5: sluice.stage.v1.Txn.conn:type_name -> sluice.stage.v1.Conn
+	12, // 6: sluice.stage.v1.Txn.params:type_name -> sluice.stage.v1.MailParams
+	15, // 7: sluice.stage.v1.Txn.recipients:type_name -> sluice.stage.v1.Recipient
+	34, // 8: sluice.stage.v1.Txn.meta:type_name -> sluice.stage.v1.Txn.MetaEntry
+	35, // 9: sluice.stage.v1.Txn.scratch:type_name -> sluice.stage.v1.Txn.ScratchEntry
+	16, // 10: sluice.stage.v1.Txn.auth_results:type_name -> sluice.stage.v1.AuthResult
+	17, // 11: sluice.stage.v1.Message.txn:type_name -> sluice.stage.v1.Txn
+	18, // 12: sluice.stage.v1.Message.header:type_name -> sluice.stage.v1.HeaderField
+	11, // 13: sluice.stage.v1.ConnectRequest.conn:type_name -> sluice.stage.v1.Conn
+	11, // 14: sluice.stage.v1.HeloRequest.conn:type_name -> sluice.stage.v1.Conn
+	17, // 15: sluice.stage.v1.MailRequest.txn:type_name -> sluice.stage.v1.Txn
+	17, // 16: sluice.stage.v1.RcptRequest.txn:type_name -> sluice.stage.v1.Txn
+	15, // 17: sluice.stage.v1.RcptRequest.rcpt:type_name -> sluice.stage.v1.Recipient
+	19, // 18: sluice.stage.v1.MessageRequest.message:type_name -> sluice.stage.v1.Message
+	19, // 19: sluice.stage.v1.RouteRequest.message:type_name -> sluice.stage.v1.Message
+	15, // 20: sluice.stage.v1.RouteRequest.rcpt:type_name -> sluice.stage.v1.Recipient
+	28, // 21: sluice.stage.v1.Edits.headers:type_name -> sluice.stage.v1.HeaderEdit
+	36, // 22: sluice.stage.v1.Edits.meta:type_name -> sluice.stage.v1.Edits.MetaEntry
+	16, // 23: sluice.stage.v1.Edits.auth_results:type_name -> sluice.stage.v1.AuthResult
+	37, // 24: sluice.stage.v1.Edits.scratch:type_name -> sluice.stage.v1.Edits.ScratchEntry
+	3,  // 25: sluice.stage.v1.Edits.require_tls:type_name -> sluice.stage.v1.FlagEdit
+	2,  // 26: sluice.stage.v1.Verdict.action:type_name -> sluice.stage.v1.Action
+	14, // 27: sluice.stage.v1.Verdict.route:type_name -> sluice.stage.v1.Route
+	29, // 28: sluice.stage.v1.Verdict.edits:type_name -> sluice.stage.v1.Edits
+	20, // 29: sluice.stage.v1.CallRequest.connect:type_name -> sluice.stage.v1.ConnectRequest
+	21, // 30: sluice.stage.v1.CallRequest.helo:type_name -> sluice.stage.v1.HeloRequest
+	22, // 31: sluice.stage.v1.CallRequest.mail:type_name -> sluice.stage.v1.MailRequest
+	23, // 32: sluice.stage.v1.CallRequest.rcpt:type_name -> sluice.stage.v1.RcptRequest
+	24, // 33: sluice.stage.v1.CallRequest.message:type_name -> sluice.stage.v1.MessageRequest
+	25, // 34: sluice.stage.v1.CallRequest.route:type_name -> sluice.stage.v1.RouteRequest
+	26, // 35: sluice.stage.v1.CallRequest.event:type_name -> sluice.stage.v1.EventRequest
+	30, // 36: sluice.stage.v1.CallResponse.verdict:type_name -> sluice.stage.v1.Verdict
+	27, // 37: sluice.stage.v1.CallResponse.event:type_name -> sluice.stage.v1.EventResponse
+	33, // 38: sluice.stage.v1.CallResponse.error:type_name -> sluice.stage.v1.CallError
+	32, // 39: sluice.stage.v1.CallResponse.more:type_name -> sluice.stage.v1.CallResponse
+	4,  // 40: sluice.stage.v1.Stage.Configure:input_type -> sluice.stage.v1.ConfigureRequest
+	6,  // 41: sluice.stage.v1.Stage.Describe:input_type -> sluice.stage.v1.DescribeRequest
+	8,  // 42: sluice.stage.v1.Stage.Health:input_type -> sluice.stage.v1.HealthRequest
+	20, // 43: sluice.stage.v1.Stage.OnConnect:input_type -> sluice.stage.v1.ConnectRequest
+	21, // 44: sluice.stage.v1.Stage.OnHelo:input_type -> sluice.stage.v1.HeloRequest
+	22, // 45: sluice.stage.v1.Stage.OnMail:input_type -> sluice.stage.v1.MailRequest
+	23, // 46: sluice.stage.v1.Stage.OnRcpt:input_type -> sluice.stage.v1.RcptRequest
+	24, // 47: sluice.stage.v1.Stage.OnMessage:input_type -> sluice.stage.v1.MessageRequest
+	25, // 48: sluice.stage.v1.Stage.OnRoute:input_type -> sluice.stage.v1.RouteRequest
+	26, // 49: sluice.stage.v1.Stage.OnEvent:input_type -> sluice.stage.v1.EventRequest
+	31, // 50: sluice.stage.v1.Stage.Calls:input_type -> sluice.stage.v1.CallRequest
+	5,  // 51: sluice.stage.v1.Stage.Configure:output_type -> sluice.stage.v1.ConfigureResponse
+	7,  // 52: sluice.stage.v1.Stage.Describe:output_type -> sluice.stage.v1.DescribeResponse
+	9,  // 53: sluice.stage.v1.Stage.Health:output_type -> sluice.stage.v1.HealthResponse
+	30, // 54: sluice.stage.v1.Stage.OnConnect:output_type -> sluice.stage.v1.Verdict
+	30, // 55: sluice.stage.v1.Stage.OnHelo:output_type -> sluice.stage.v1.Verdict
+	30, // 56: sluice.stage.v1.Stage.OnMail:output_type -> sluice.stage.v1.Verdict
+	30, // 57: sluice.stage.v1.Stage.OnRcpt:output_type -> sluice.stage.v1.Verdict
+	30, // 58: sluice.stage.v1.Stage.OnMessage:output_type -> sluice.stage.v1.Verdict
+	30, // 59: sluice.stage.v1.Stage.OnRoute:output_type -> sluice.stage.v1.Verdict
+	27, // 60: sluice.stage.v1.Stage.OnEvent:output_type -> sluice.stage.v1.EventResponse
+	32, // 61: sluice.stage.v1.Stage.Calls:output_type -> sluice.stage.v1.CallResponse
+	51, // [51:62] is the sub-list for method output_type
+	40, // [40:51] is the sub-list for method input_type
+	40, // [40:40] is the sub-list for extension type_name
+	40, // [40:40] is the sub-list for extension extendee
+	0,  // [0:40] is the sub-list for field type_name
 }
 
 func init() { file_plugins_proto_stage_v1_stage_proto_init() }
@@ -2657,7 +2715,6 @@ func file_plugins_proto_stage_v1_stage_proto_init() {
 	if File_plugins_proto_stage_v1_stage_proto != nil {
 		return
 	}
-	file_plugins_proto_stage_v1_stage_proto_msgTypes[25].OneofWrappers = []any{}
 	file_plugins_proto_stage_v1_stage_proto_msgTypes[27].OneofWrappers = []any{
 		(*CallRequest_Connect)(nil),
 		(*CallRequest_Helo)(nil),
@@ -2677,7 +2734,7 @@ func file_plugins_proto_stage_v1_stage_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_plugins_proto_stage_v1_stage_proto_rawDesc), len(file_plugins_proto_stage_v1_stage_proto_rawDesc)),
-			NumEnums:      3,
+			NumEnums:      4,
 			NumMessages:   34,
 			NumExtensions: 0,
 			NumServices:   1,

@@ -1556,13 +1556,8 @@ func (m *Edits) MarshalToSizedBufferVT(dAtA []byte) (int, error) {
 		i -= len(m.unknownFields)
 		copy(dAtA[i:], m.unknownFields)
 	}
-	if m.RequireTls != nil {
-		i--
-		if *m.RequireTls {
-			dAtA[i] = 1
-		} else {
-			dAtA[i] = 0
-		}
+	if m.RequireTls != 0 {
+		i = protohelpers.EncodeVarint(dAtA, i, uint64(m.RequireTls))
 		i--
 		dAtA[i] = 0x30
 	}
@@ -2754,8 +2749,8 @@ func (m *Edits) SizeVT() (n int) {
 			n += mapEntrySize + 1 + protohelpers.SizeOfVarint(uint64(mapEntrySize))
 		}
 	}
-	if m.RequireTls != nil {
-		n += 2
+	if m.RequireTls != 0 {
+		n += 1 + protohelpers.SizeOfVarint(uint64(m.RequireTls))
 	}
 	n += len(m.unknownFields)
 	return n
@@ -7345,7 +7340,7 @@ func (m *Edits) UnmarshalVT(dAtA []byte) error {
 			if wireType != 0 {
 				return fmt.Errorf("proto: wrong wireType = %d for field RequireTls", wireType)
 			}
-			var v int
+			m.RequireTls = 0
 			for shift := uint(0); ; shift += 7 {
 				if shift >= 64 {
 					return protohelpers.ErrIntOverflow
@@ -7355,13 +7350,11 @@ func (m *Edits) UnmarshalVT(dAtA []byte) error {
 				}
 				b := dAtA[iNdEx]
 				iNdEx++
-				v |= int(b&0x7F) << shift
+				m.RequireTls |= FlagEdit(b&0x7F) << shift
 				if b < 0x80 {
 					break
 				}
 			}
-			b := bool(v != 0)
-			m.RequireTls = &b
 		default:
 			iNdEx = preIndex
 			skippy, err := protohelpers.Skip(dAtA[iNdEx:])
@@ -12911,7 +12904,7 @@ func (m *Edits) UnmarshalVTUnsafe(dAtA []byte) error {
 			if wireType != 0 {
 				return fmt.Errorf("proto: wrong wireType = %d for field RequireTls", wireType)
 			}
-			var v int
+			m.RequireTls = 0
 			for shift := uint(0); ; shift += 7 {
 				if shift >= 64 {
 					return protohelpers.ErrIntOverflow
@@ -12921,13 +12914,11 @@ func (m *Edits) UnmarshalVTUnsafe(dAtA []byte) error {
 				}
 				b := dAtA[iNdEx]
 				iNdEx++
-				v |= int(b&0x7F) << shift
+				m.RequireTls |= FlagEdit(b&0x7F) << shift
 				if b < 0x80 {
 					break
 				}
 			}
-			b := bool(v != 0)
-			m.RequireTls = &b
 		default:
 			iNdEx = preIndex
 			skippy, err := protohelpers.Skip(dAtA[iNdEx:])
