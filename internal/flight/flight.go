@@ -18,6 +18,9 @@ package flight
 
 import (
 	"context"
+	"errors"
+	"fmt"
+	"runtime/debug"
 	"sync"
 )
 
@@ -29,10 +32,12 @@ type Group[K comparable, V any] struct {
 }
 
 type call[V any] struct {
-	done    chan struct{}
-	val     V
-	err     error
-	waiters int // callers waiting on done; guarded by Group.mu
+	done chan struct{}
+	val  V
+	err  error
+	// panicked is set when fn panicked; read after done is closed.
+	panicked *PanicError
+	waiters  int // callers waiting on done; guarded by Group.mu
 }
 
 // Do returns the result of fn for key: if a call for key is in flight,
@@ -44,7 +49,15 @@ type call[V any] struct {
 // business.
 //
 // If ctx ends first, Do returns the zero V and context.Cause(ctx); the
-// call goes on for the other callers. fn must not panic.
+// call goes on for the other callers.
+//
+// If fn panics, every caller waiting for it panics with a *PanicError
+// holding the value and fn's stack (so a recover in a caller, such as a
+// server's per-session one, still catches it, as it did when the caller
+// ran fn itself), and the call is forgotten; with no caller left waiting,
+// the panic goes on in fn's goroutine (and ends the program, as any
+// unrecovered panic does). If fn calls runtime.Goexit, the waiting callers
+// get ErrGoexit.
 func (g *Group[K, V]) Do(ctx context.Context, key K, fn func(context.Context) (V, error)) (V, error) {
 	g.mu.Lock()
 	if g.calls == nil {
@@ -61,6 +74,9 @@ func (g *Group[K, V]) Do(ctx context.Context, key K, fn func(context.Context) (V
 
 	select {
 	case <-c.done:
+		if c.panicked != nil {
+			panic(c.panicked)
+		}
 		return c.val, c.err
 	case <-ctx.Done():
 		g.mu.Lock()
@@ -72,12 +88,48 @@ func (g *Group[K, V]) Do(ctx context.Context, key K, fn func(context.Context) (V
 }
 
 func (g *Group[K, V]) run(ctx context.Context, key K, c *call[V], fn func(context.Context) (V, error)) {
+	returned := false
+	defer func() {
+		var rethrow any
+		if !returned {
+			if v := recover(); v != nil {
+				c.panicked = &PanicError{Value: v, Stack: debug.Stack()}
+				rethrow = v
+			} else {
+				c.err = ErrGoexit
+			}
+		}
+		g.mu.Lock()
+		delete(g.calls, key)
+		alone := c.waiters == 0
+		g.mu.Unlock()
+		close(c.done)
+		if rethrow != nil && alone {
+			panic(rethrow)
+		}
+	}()
 	c.val, c.err = fn(ctx)
-	g.mu.Lock()
-	delete(g.calls, key)
-	g.mu.Unlock()
-	close(c.done)
+	returned = true
 }
+
+// PanicError is what the callers of a call whose fn panicked panic with.
+type PanicError struct {
+	Value any    // what fn panicked with
+	Stack []byte // fn's goroutine's stack when it panicked
+}
+
+func (p *PanicError) Error() string {
+	return fmt.Sprintf("flight: shared call panicked: %v\n\n%s", p.Value, p.Stack)
+}
+
+// Unwrap is Value when it is an error.
+func (p *PanicError) Unwrap() error {
+	err, _ := p.Value.(error)
+	return err
+}
+
+// ErrGoexit is the error of a call whose fn called runtime.Goexit.
+var ErrGoexit = errors.New("flight: shared call ended by runtime.Goexit")
 
 // Waiting is how many callers are waiting for the call for key now; 0
 // when none is in flight.

@@ -65,3 +65,50 @@ func TestDoMerges(t *testing.T) {
 		t.Fatalf("later Do = %d, %v, calls %d; want a new call", v, err, calls.Load())
 	}
 }
+
+// A panicking fn reaches every waiting caller as a panic in its own
+// goroutine (where its recover can catch it), and the key is free again;
+// before, the panic ended the program from fn's goroutine.
+func TestDoPanicReachesCallers(t *testing.T) {
+	var g flight.Group[string, int]
+	gate := make(chan struct{})
+	fn := func(context.Context) (int, error) {
+		<-gate
+		panic("boom")
+	}
+	const n = 4
+	got := make(chan any, n)
+	for range n {
+		go func() {
+			defer func() { got <- recover() }()
+			g.Do(context.Background(), "k", fn)
+		}()
+	}
+	for g.Waiting("k") != n {
+		runtime.Gosched()
+	}
+	close(gate)
+	for range n {
+		v := <-got
+		pe, ok := v.(*flight.PanicError)
+		if !ok || pe.Value != "boom" || len(pe.Stack) == 0 {
+			t.Fatalf("caller recovered %#v, want a *flight.PanicError for boom", v)
+		}
+	}
+	if v, err := g.Do(context.Background(), "k", func(context.Context) (int, error) { return 7, nil }); v != 7 || err != nil {
+		t.Fatalf("Do after the panic = %d, %v", v, err)
+	}
+}
+
+// A fn that calls runtime.Goexit ends the call with ErrGoexit rather than
+// leaving its callers (and every later caller for the key) waiting.
+func TestDoGoexit(t *testing.T) {
+	var g flight.Group[string, int]
+	_, err := g.Do(context.Background(), "k", func(context.Context) (int, error) {
+		runtime.Goexit()
+		return 0, nil
+	})
+	if !errors.Is(err, flight.ErrGoexit) {
+		t.Fatalf("err %v, want ErrGoexit", err)
+	}
+}
