@@ -203,6 +203,21 @@ type tlsFailure struct {
 	result, policy string
 	host, ip       string
 	err            *pipeline.Error
+	// message: the refusal is about the message (its TLS-Required: No
+	// under dane-or-mta-sts), not the next hop (see RefusesMessage).
+	message bool
+}
+
+// RefusesMessage reports whether err, from Dial or DialFrom, refused the
+// message rather than failed to reach a qualifying next hop: a
+// dane-or-mta-sts route and a message with "TLS-Required: No" (550
+// 5.7.1), refused before any connection. Such an error says nothing about
+// the destination: the queue does not feed it to the shaping rules (a
+// rule for a site's "550 5.7.1" blocklisting reply must not suspend the
+// site for it).
+func RefusesMessage(err error) bool {
+	var f *tlsFailure
+	return errors.As(err, &f) && f.message
 }
 
 func (f *tlsFailure) Error() string { return f.err.Error() }

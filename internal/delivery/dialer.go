@@ -358,7 +358,7 @@ func (d *Dialer) DialFrom(ctx context.Context, route *pipeline.Route, domain str
 		if len(targets) > 0 {
 			first = targets[0].host
 		}
-		return nil, &tlsFailure{result: resultDANERequired, policy: policy, host: first, err: pipeline.Errorf(550, pipeline.EnhancedCode{5, 7, 1},
+		return nil, &tlsFailure{result: resultDANERequired, policy: policy, host: first, message: true, err: pipeline.Errorf(550, pipeline.EnhancedCode{5, 7, 1},
 			"TLS policy dane-or-mta-sts: the message has TLS-Required: No, which sets aside the DANE and MTA-STS policies the route requires")}
 	}
 	max := orDefault(d.MaxAddresses, defaultMaxAddresses)

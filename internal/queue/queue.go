@@ -967,7 +967,9 @@ func (q *Queue) worker(d *dest) {
 			c, err := q.dial(d, eg, lease != nil)
 			if err != nil {
 				q.countAttempt("connect", 0)
-				if lease != nil {
+				if lease != nil && !delivery.RefusesMessage(err) {
+					// (A refusal of the message itself says nothing
+					// about the site: no shaping rule may act on it.)
 					lease.Observe([]*pipeline.Response{replyOf(err)}, nil)
 				}
 				// A TLS policy's refusal names its host and RFC 8460
