@@ -148,6 +148,38 @@ func TestREQUIRETLSEndToEnd(t *testing.T) {
 			t.Fatalf("the DSN returned more than the header (RET=FULL must be ignored):\n%s", data)
 		}
 	})
+	t.Run("SMTP: a client's null-sender REQUIRETLS message is held to it", func(t *testing.T) {
+		// Only DSNs this relay generated (above: delivered in clear text
+		// to the sender's MX) may go without REQUIRETLS; a client's
+		// MAIL FROM:<> REQUIRETLS may not.
+		c, err := gosmtp.DialStartTLS(h.relay.smtp, cert.ClientTLS("127.0.0.1"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		if err := c.Mail("", &gosmtp.MailOptions{RequireTLS: true}); err != nil {
+			t.Fatal(err)
+		}
+		if err := c.Rcpt("n@nort.test", nil); err != nil {
+			t.Fatal(err)
+		}
+		w, err := c.Data()
+		if err != nil {
+			t.Fatal(err)
+		}
+		fmt.Fprint(w, "From: <>\r\nTo: n@nort.test\r\nSubject: null\r\n\r\nconfidential body\r\n")
+		if err := w.Close(); err != nil {
+			t.Fatal(err)
+		}
+		c.Quit()
+		ev := event(pipeline.EventBounced, "n@nort.test")
+		if !ev.RequireTLS || ev.Response == nil || ev.Response.Enhanced != "5.7.30" {
+			t.Fatalf("bounced event %+v response %+v", ev, ev.Response)
+		}
+		if len(noRT.Messages()) != 0 {
+			t.Fatal("the hop without REQUIRETLS got a client's null-sender REQUIRETLS message")
+		}
+	})
 	t.Run("SMTP: without REQUIRETLS the same hop gets it", func(t *testing.T) {
 		send("c@nort.test", false)
 		if ev := event(pipeline.EventDelivered, "c@nort.test"); ev.RequireTLS {
