@@ -48,8 +48,9 @@ type call[V any] struct {
 // returns, so a later Do calls fn again: caching results is the caller's
 // business.
 //
-// If ctx ends first, Do returns the zero V and context.Cause(ctx); the
-// call goes on for the other callers.
+// If ctx has ended already, Do returns the zero V and context.Cause(ctx)
+// without starting or joining a call. If it ends while Do waits, Do
+// returns the same; the call goes on for the other callers.
 //
 // If fn panics, every caller waiting for it panics with a *PanicError
 // holding the value and fn's stack (so a recover in a caller, such as a
@@ -59,6 +60,12 @@ type call[V any] struct {
 // unrecovered panic does). If fn calls runtime.Goexit, the waiting callers
 // get ErrGoexit.
 func (g *Group[K, V]) Do(ctx context.Context, key K, fn func(context.Context) (V, error)) (V, error) {
+	if ctx.Err() != nil {
+		// Neither start a call nobody will wait for nor let the select
+		// below pick a result over the ended ctx.
+		var zero V
+		return zero, context.Cause(ctx)
+	}
 	g.mu.Lock()
 	if g.calls == nil {
 		g.calls = make(map[K]*call[V])

@@ -112,3 +112,32 @@ func TestDoGoexit(t *testing.T) {
 		t.Fatalf("err %v, want ErrGoexit", err)
 	}
 }
+
+// A caller whose ctx has already ended gets its ctx error and starts no
+// call: before, it started fn (a DNS query, a policy fetch) that nobody
+// waited for, and when fn was quick the select could return fn's result
+// to a cancelled caller (dnsx's "context cancelled" test failed about 1
+// run in 200 under -race). Here a later caller must get a call of its
+// own, not join the one the cancelled caller would have left behind.
+func TestDoEndedCtxStartsNothing(t *testing.T) {
+	var g flight.Group[string, int]
+	gate, gate2 := make(chan struct{}), make(chan struct{})
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if _, err := g.Do(ctx, "k", func(context.Context) (int, error) { <-gate; return 42, nil }); !errors.Is(err, context.Canceled) {
+		t.Fatalf("Do with an ended ctx: err %v, want context.Canceled", err)
+	}
+	got := make(chan int, 1)
+	go func() {
+		v, _ := g.Do(context.Background(), "k", func(context.Context) (int, error) { <-gate2; return 7, nil })
+		got <- v
+	}()
+	for g.Waiting("k") != 1 {
+		runtime.Gosched()
+	}
+	close(gate)
+	close(gate2)
+	if v := <-got; v != 7 {
+		t.Fatalf("later Do = %d, want 7 from its own call (it joined the call of a caller that had already given up)", v)
+	}
+}
