@@ -8,8 +8,8 @@ import (
 
 // REQUIRETLS (RFC 8689) on delivery.
 //
-// A message whose MailParams.RequireTLS is set (and whose sender is not
-// the null sender) is dialled with Egress.RequireTLS: Dial keeps a
+// A message whose MailParams.RequireTLS is set (other than a report of
+// our own, see below) is dialled with Egress.RequireTLS: Dial keeps a
 // session only when the next hop qualifies (requireTLSRefusal is nil),
 // otherwise that address fails with 550 5.7.30 "REQUIRETLS support
 // required" (5.7.10 when there was no TLS at all) and the next address or
