@@ -292,21 +292,18 @@ func (s *Store) newID() string {
 	return ulid.MustNew(ulid.Timestamp(s.o.Now()), s.entropy).String()
 }
 
-func summaryKey(tenant, id string) []byte {
+// tenantKey is kind, tenant, 0, id.
+func tenantKey(kind byte, tenant, id string) []byte {
 	k := make([]byte, 0, 2+len(tenant)+len(id))
-	k = append(k, kSummary)
+	k = append(k, kind)
 	k = append(k, tenant...)
 	k = append(k, 0)
 	return append(k, id...)
 }
-func bodyKey(id string) []byte { return append([]byte{kBody}, id...) }
-func textKey(tenant, id string) []byte {
-	k := make([]byte, 0, 2+len(tenant)+len(id))
-	k = append(k, kText)
-	k = append(k, tenant...)
-	k = append(k, 0)
-	return append(k, id...)
-}
+
+func summaryKey(tenant, id string) []byte { return tenantKey(kSummary, tenant, id) }
+func bodyKey(id string) []byte            { return append([]byte{kBody}, id...) }
+func textKey(tenant, id string) []byte    { return tenantKey(kText, tenant, id) }
 
 // Put captures data into tenant's inbox for the given envelope and
 // returns its summary once written. It then wakes the tenant's waiters
