@@ -147,12 +147,16 @@ func (wi *wordIndex) find(frag string, prefix, suffix bool, fn func(id int32) bo
 			return
 		}
 		// Go on after that word's end.
-		end := len(wi.vocab) - 1
-		if int(id)+1 < len(wi.starts) {
-			end = int(wi.starts[id+1]) - 1
-		}
-		from = end
+		from = wi.end(int(id))
 	}
+}
+
+// end returns where word id ends in vocab (at its trailing 0 byte).
+func (wi *wordIndex) end(id int) int {
+	if id+1 < len(wi.starts) {
+		return int(wi.starts[id+1]) - 1
+	}
+	return len(wi.vocab) - 1
 }
 
 // forWords calls fn with each word of text (lower case): a slice of
@@ -285,11 +289,7 @@ func (t *tenantIndex) removedWords(es []*entry) {
 		if q.n == 0 {
 			continue
 		}
-		end := len(old.vocab) - 1
-		if id+1 < len(old.starts) {
-			end = int(old.starts[id+1]) - 1
-		}
-		wi.lists[wi.word(string(old.vocab[w:end]))] = q
+		wi.lists[wi.word(string(old.vocab[w:old.end(id)]))] = q
 		wi.postings += int(q.n)
 	}
 	wi.longDocs = keep(&old.longDocs)
