@@ -2,6 +2,7 @@ package capture
 
 import (
 	"bytes"
+	"slices"
 	"strings"
 	"time"
 
@@ -122,17 +123,8 @@ func (f *Filter) matchIndexed(e *entry) bool {
 	if f.Subject != "" && !strings.Contains(e.subject, f.Subject) {
 		return false
 	}
-	if f.Tag != "" {
-		found := false
-		for _, t := range e.s.Tags {
-			if t == f.Tag {
-				found = true
-				break
-			}
-		}
-		if !found {
-			return false
-		}
+	if f.Tag != "" && !slices.Contains(e.s.Tags, f.Tag) {
+		return false
 	}
 	if !f.Since.IsZero() && e.s.Created.Before(f.Since) {
 		return false
