@@ -160,7 +160,7 @@ func (s *Store) Search(tenant string, f Filter, start, limit int) (*Page, error)
 	defer s.mu.RUnlock()
 	var list []*entry
 	if isAddress(f.To) {
-		list = s.byAddr[tenant+"\x00"+f.To]
+		list = s.byAddr[addrKey(tenant, f.To)]
 		f.To = ""
 	} else if t := s.tenants[tenant]; t != nil {
 		list = t.entries
@@ -206,7 +206,7 @@ func (s *Store) searchText(tenant string, f Filter, start, limit int) (*Page, er
 	m := t.matchText(f.terms)
 	list := t.entries
 	if isAddress(f.To) {
-		list = s.byAddr[tenant+"\x00"+f.To]
+		list = s.byAddr[addrKey(tenant, f.To)]
 		f.To = ""
 	}
 	unsure := false

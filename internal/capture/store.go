@@ -276,7 +276,7 @@ func (s *Store) index(sm *Summary) *entry {
 	seen := map[string]bool{}
 	for _, l := range [][]string{sm.To, sm.Cc, sm.Recipients} {
 		for _, a := range l {
-			k := sm.Tenant + "\x00" + strings.ToLower(a)
+			k := addrKey(sm.Tenant, strings.ToLower(a))
 			if !seen[k] {
 				seen[k] = true
 				s.byAddr[k] = append(s.byAddr[k], e)
@@ -285,6 +285,9 @@ func (s *Store) index(sm *Summary) *entry {
 	}
 	return e
 }
+
+// addrKey is the key of tenant's address a (lower case) in byAddr.
+func addrKey(tenant, a string) string { return tenant + "\x00" + a }
 
 func (s *Store) newID() string {
 	s.entropyMu.Lock()
@@ -469,7 +472,7 @@ func (s *Store) unindex(es []*entry) {
 	for _, e := range es {
 		for _, l := range [][]string{e.s.To, e.s.Cc, e.s.Recipients} {
 			for _, a := range l {
-				k := e.s.Tenant + "\x00" + strings.ToLower(a)
+				k := addrKey(e.s.Tenant, strings.ToLower(a))
 				list := s.byAddr[k]
 				kept := list[:0]
 				for _, x := range list {
