@@ -20,6 +20,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime/debug"
+	"slices"
 	"strconv"
 	"strings"
 )
@@ -75,21 +76,12 @@ func cgroupLimit(procCgroup, root string) int64 {
 		switch {
 		case parts[0] == "0" && parts[1] == "": // cgroup v2
 			walkUp(filepath.Join(root, parts[2]), root, "memory.max", lower)
-		case hasController(parts[1], "memory"): // cgroup v1
+		case slices.Contains(strings.Split(parts[1], ","), "memory"): // cgroup v1
 			base := filepath.Join(root, "memory")
 			walkUp(filepath.Join(base, parts[2]), base, "memory.limit_in_bytes", lower)
 		}
 	}
 	return best
-}
-
-func hasController(list, name string) bool {
-	for _, c := range strings.Split(list, ",") {
-		if c == name {
-			return true
-		}
-	}
-	return false
 }
 
 // noLimitV1 is about what cgroup v1 reports for no limit (the largest

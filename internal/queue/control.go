@@ -624,14 +624,7 @@ func (q *Queue) extractLocked(from int, t Target, pre map[*item]readBack) []*ite
 // nonEmpty drops the items left without recipients from items, in
 // place, keeping the order.
 func nonEmpty(items []*item) []*item {
-	kept := items[:0]
-	for _, it := range items {
-		if it.count() > 0 {
-			kept = append(kept, it)
-		}
-	}
-	clear(items[len(kept):])
-	return kept
+	return slices.DeleteFunc(items, func(it *item) bool { return it.count() == 0 })
 }
 
 // adminEvent adds to b the event of an admin action: the target's queue

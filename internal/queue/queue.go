@@ -664,6 +664,7 @@ func (q *Queue) enqueue(m *spool.Meta, rcpts []*spool.Recipient, sites map[strin
 		q.msgs[msg.id] = msg
 	}
 	msg.remaining += len(rcpts)
+	need := tlsNeedOf(m) // the message's, the same for each recipient
 	groups := map[string]*item{}
 	var order []*item
 	for _, r := range rcpts {
@@ -676,7 +677,6 @@ func (q *Queue) enqueue(m *spool.Meta, rcpts []*spool.Recipient, sites map[strin
 		if shaped {
 			k = destKey(route, site)
 		}
-		need := tlsNeedOf(m)
 		k += need.key()
 		gk := k
 		if r.Held {

@@ -3,6 +3,7 @@ package ratelimit
 import (
 	"context"
 	"fmt"
+	"slices"
 	"sync"
 	"time"
 
@@ -265,10 +266,7 @@ func (s *Redis) next() {
 	}
 	for i, p := range s.pending {
 		if p.inline && !p.gone {
-			last := len(s.pending) - 1
-			copy(s.pending[i:], s.pending[i+1:])
-			s.pending[last] = nil
-			s.pending = s.pending[:last]
+			s.pending = slices.Delete(s.pending, i, i+1) // clears the freed slot
 			p.lead = true
 			signal(p)
 			return

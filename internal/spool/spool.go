@@ -941,16 +941,11 @@ func (s *Spool) CollectOrphans() (int, error) {
 	}
 	s.dbMu.RLock()
 	defer s.dbMu.RUnlock()
-	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: []byte{kMeta}, UpperBound: []byte{kMeta + 1}})
+	it, rit, closeIters, err := s.queueIters()
 	if err != nil {
 		return 0, err
 	}
-	defer it.Close()
-	rit, err := s.db.NewIter(&pebble.IterOptions{LowerBound: []byte{kRcpt}, UpperBound: []byte{kRcpt + 1}})
-	if err != nil {
-		return 0, err
-	}
-	defer rit.Close()
+	defer closeIters()
 	b := s.NewBatch()
 	n := 0
 	for it.First(); it.Valid(); it.Next() {
