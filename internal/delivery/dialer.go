@@ -336,8 +336,8 @@ func (d *Dialer) DialFrom(ctx context.Context, route *pipeline.Route, domain str
 		}
 		targets = slices.DeleteFunc(targets, func(t target) bool { return !sts.Match(t.host) })
 		if len(targets) == 0 {
-			rep.fail(first, "", "", resultValidation, "no MX host matches the MTA-STS policy")
-			return nil, &tlsFailure{result: resultValidation, policy: tlsMTASTS, host: first, err: pipeline.Errorf(451, pipeline.EnhancedCode{4, 7, 5},
+			rep.fail(first, "", "", tlsrpt.ResultValidationFailure, "no MX host matches the MTA-STS policy")
+			return nil, &tlsFailure{result: tlsrpt.ResultValidationFailure, policy: tlsMTASTS, host: first, err: pipeline.Errorf(451, pipeline.EnhancedCode{4, 7, 5},
 				"MTA-STS (enforce): no MX host of %s matches its policy (id %s)", strings.ToLower(strings.TrimSuffix(domain, ".")), sts.ID)}
 		}
 		policy = tlsMTASTS
@@ -358,7 +358,7 @@ func (d *Dialer) DialFrom(ctx context.Context, route *pipeline.Route, domain str
 		if len(targets) > 0 {
 			first = targets[0].host
 		}
-		return nil, &tlsFailure{result: resultDANERequired, policy: policy, host: first, message: true, err: pipeline.Errorf(550, pipeline.EnhancedCode{5, 7, 1},
+		return nil, &tlsFailure{result: tlsrpt.ResultDANERequired, policy: policy, host: first, message: true, err: pipeline.Errorf(550, pipeline.EnhancedCode{5, 7, 1},
 			"TLS policy dane-or-mta-sts: the message has TLS-Required: No, which sets aside the DANE and MTA-STS policies the route requires")}
 	}
 	max := orDefault(d.MaxAddresses, defaultMaxAddresses)
@@ -491,7 +491,7 @@ func (r *tlsReporter) session(host string, s *Session) {
 	}
 	result, detail := s.remote.TLSFailure, s.remote.MTASTSFailure
 	if result == "" && s.remote.TLS == "" {
-		result, detail = resultSTARTTLS, "delivered without TLS (opportunistic: STARTTLS not offered or failed)"
+		result, detail = tlsrpt.ResultSTARTTLSNotSupported, "delivered without TLS (opportunistic: STARTTLS not offered or failed)"
 	}
 	r.fail(host, s.remote.IP, local, result, detail)
 }
@@ -535,11 +535,11 @@ func stsTestingFailure(p *mtasts.Policy, host string, s *Session) (reason, resul
 	r := s.remote
 	switch {
 	case !p.Match(host):
-		return fmt.Sprintf("MX host %s does not match the policy (id %s)", host, p.ID), resultValidation
+		return fmt.Sprintf("MX host %s does not match the policy (id %s)", host, p.ID), tlsrpt.ResultValidationFailure
 	case r.TLS == "":
-		return "no TLS", resultSTARTTLS
+		return "no TLS", tlsrpt.ResultSTARTTLSNotSupported
 	case !r.TLSValidated:
-		return "certificate not valid for " + host, cmp.Or(tlsResult(s.verifyErr), resultValidation)
+		return "certificate not valid for " + host, cmp.Or(tlsResult(s.verifyErr), tlsrpt.ResultValidationFailure)
 	}
 	return "", ""
 }
@@ -591,7 +591,7 @@ func (d *Dialer) hostPolicy(ctx context.Context, tr dnsx.TLSAResolver, t target,
 		}
 	}
 	if policy == pipeline.TLSDANEOrMTASTS {
-		return policy, nil, &tlsFailure{result: resultDANERequired, policy: policy, host: t.host,
+		return policy, nil, &tlsFailure{result: tlsrpt.ResultDANERequired, policy: policy, host: t.host,
 			err: pipeline.Errorf(451, pipeline.EnhancedCode{4, 7, 5}, "TLS policy dane-or-mta-sts: %s has no DNSSEC-authenticated TLSA records and %s no MTA-STS policy in enforce mode",
 				t.host, strings.ToLower(strings.TrimSuffix(domain, ".")))}
 	}
