@@ -485,15 +485,11 @@ func (r *tlsReporter) session(host string, s *Session) {
 	if r == nil {
 		return
 	}
-	local := ""
-	if a, ok := s.raw.LocalAddr().(*net.TCPAddr); ok {
-		local = a.IP.String()
-	}
 	result, detail := s.remote.TLSFailure, s.remote.MTASTSFailure
 	if result == "" && s.remote.TLS == "" {
 		result, detail = tlsrpt.ResultSTARTTLSNotSupported, "delivered without TLS (opportunistic: STARTTLS not offered or failed)"
 	}
-	r.fail(host, s.remote.IP, local, result, detail)
+	r.fail(host, s.remote.IP, localIP(s.raw.LocalAddr()), result, detail)
 }
 
 // at is the reporter for attempts to a host under policy tpolicy: DANE
@@ -521,11 +517,15 @@ func (r *tlsReporter) failed(host, ip string, local net.Addr, err error) {
 	if r == nil || !errors.As(err, &f) {
 		return
 	}
-	sip := ""
-	if a, ok := local.(*net.TCPAddr); ok {
-		sip = a.IP.String()
+	r.fail(host, ip, localIP(local), f.result, f.err.Message)
+}
+
+// localIP is the IP of a TCP address (the sending IP of a report), or "".
+func localIP(a net.Addr) string {
+	if a, ok := a.(*net.TCPAddr); ok {
+		return a.IP.String()
 	}
-	r.fail(host, ip, sip, f.result, f.err.Message)
+	return ""
 }
 
 // stsTestingFailure says why a session to host would have failed under
