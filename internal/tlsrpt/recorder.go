@@ -1,6 +1,7 @@
 package tlsrpt
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -121,18 +122,10 @@ func NewRecorder(o Options) *Recorder {
 	if o.Now == nil {
 		o.Now = time.Now
 	}
-	o.MaxPolicies = cmpOr(o.MaxPolicies, DefaultMaxPolicies)
-	o.MaxDetails = cmpOr(o.MaxDetails, DefaultMaxDetails)
-	o.KeepDays = cmpOr(o.KeepDays, DefaultKeepDays)
+	o.MaxPolicies = cmp.Or(o.MaxPolicies, DefaultMaxPolicies)
+	o.MaxDetails = cmp.Or(o.MaxDetails, DefaultMaxDetails)
+	o.KeepDays = cmp.Or(o.KeepDays, DefaultKeepDays)
 	return &Recorder{o: o, rows: map[string]*row{}, sent: map[string]time.Time{}, dirty: map[string]bool{}}
-}
-
-func cmpOr[T comparable](v, def T) T {
-	var zero T
-	if v == zero {
-		return def
-	}
-	return v
 }
 
 // Load reads the Store's rows (replacing what is in memory). Call it
