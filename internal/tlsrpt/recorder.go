@@ -100,7 +100,9 @@ type row struct {
 	dirty   bool
 }
 
-func (r *row) key() string { return "a/" + r.Day + "/" + r.Domain + "/" + r.Type }
+// rowKey is the key of the (day, domain, policy type) row, in memory and
+// in the Store.
+func rowKey(day, domain, typ string) string { return "a/" + day + "/" + domain + "/" + typ }
 
 // Recorder aggregates Sessions. It is safe for concurrent use; Record
 // takes one mutex and never does I/O.
@@ -169,7 +171,7 @@ func (r *Recorder) Record(s Session) {
 	}
 	day := s.Time.UTC().Format(time.DateOnly)
 	dom := strings.ToLower(strings.TrimSuffix(s.Domain, "."))
-	k := "a/" + day + "/" + dom + "/" + s.Type
+	k := rowKey(day, dom, s.Type)
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	rw := r.rows[k]
@@ -352,7 +354,7 @@ func (r *Recorder) Report(day, domain string, m Meta) (*Report, error) {
 		ReportID: start.Format("20060102T150405Z") + "_" + domain + "@" + m.Hostname}
 	r.mu.Lock()
 	for _, typ := range []string{PolicySTS, PolicyTLSA, PolicyNotFound} {
-		rw := r.rows["a/"+day+"/"+domain+"/"+typ]
+		rw := r.rows[rowKey(day, domain, typ)]
 		if rw == nil {
 			continue
 		}
