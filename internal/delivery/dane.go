@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/sluice-mta/sluice/internal/dnsx"
+	"github.com/sluice-mta/sluice/internal/tlsrpt"
 	"github.com/sluice-mta/sluice/pipeline"
 )
 
@@ -20,19 +21,6 @@ import (
 // authenticated TLSA records (RFC 7672): STARTTLS required, the
 // certificate matched against the records.
 const tlsDANE = "dane"
-
-// RFC 8460 section 4.3 result types that Dial reports in
-// pipeline.Remote.TLSFailure.
-const (
-	resultSTARTTLS     = "starttls-not-supported"
-	resultHostMismatch = "certificate-host-mismatch"
-	resultNotTrusted   = "certificate-not-trusted"
-	resultExpired      = "certificate-expired"
-	resultValidation   = "validation-failure"
-	resultTLSAInvalid  = "tlsa-invalid"
-	resultDNSSEC       = "dnssec-invalid"
-	resultDANERequired = "dane-required"
-)
 
 // daneState is what DNSSEC says about one MX host (RFC 7672 section 2.2).
 type daneState struct {
@@ -88,7 +76,7 @@ func lookupDANE(ctx context.Context, r dnsx.TLSAResolver, host string, port int)
 	case dnsx.IsNoData(err) || dnsx.IsNotFound(err):
 		return nil, nil
 	case err != nil:
-		return nil, &tlsFailure{result: resultDNSSEC, policy: tlsDANE, err: &pipeline.Error{Code: 451,
+		return nil, &tlsFailure{result: tlsrpt.ResultDNSSECInvalid, policy: tlsDANE, err: &pipeline.Error{Code: 451,
 			Enhanced: pipeline.EnhancedCode{4, 7, 5}, Message: "DANE: TLSA lookup for " + host + " failed", Cause: err}}
 	case !res.Authenticated:
 		return nil, nil
@@ -223,9 +211,10 @@ func RefusesMessage(err error) bool {
 func (f *tlsFailure) Error() string { return f.err.Error() }
 func (f *tlsFailure) Unwrap() error { return f.err }
 
-// tlsResult is the RFC 8460 result type of an attempt that failed under
-// an enforcing TLS policy, from its error: "" when TLS was not the
-// cause (a refused connection, a 421 greeting).
+// tlsResult is the RFC 8460 result type (tlsrpt.Result*) of an attempt
+// that failed under an enforcing TLS policy, from its error: "" when TLS
+// was not the cause (a refused connection, a 421 greeting). Certificate
+// verification errors are tlsrpt.ResultOf's.
 func tlsResult(err error) string {
 	var (
 		dm       *daneMismatch
@@ -238,21 +227,15 @@ func tlsResult(err error) string {
 	case errors.As(err, &dm) && dm.nameErr != nil:
 		return tlsResult(dm.nameErr)
 	case errors.As(err, &dm):
-		return resultTLSAInvalid
-	case errors.As(err, &hostname):
-		return resultHostMismatch
-	case errors.As(err, &unknown):
-		return resultNotTrusted
-	case errors.As(err, &invalid) && invalid.Reason == x509.Expired:
-		return resultExpired
-	case errors.As(err, &invalid):
-		return resultValidation
+		return tlsrpt.ResultTLSAInvalid
+	case errors.As(err, &hostname), errors.As(err, &unknown), errors.As(err, &invalid):
+		return tlsrpt.ResultOf(err)
 	case !errors.As(err, &pe):
 		return ""
 	case pe.Enhanced == pipeline.EnhancedCode{4, 7, 10}:
-		return resultSTARTTLS
+		return tlsrpt.ResultSTARTTLSNotSupported
 	case pe.Enhanced == pipeline.EnhancedCode{4, 7, 5}:
-		return resultValidation
+		return tlsrpt.ResultValidationFailure
 	}
 	return ""
 }

@@ -336,8 +336,8 @@ func (d *Dialer) DialFrom(ctx context.Context, route *pipeline.Route, domain str
 		}
 		targets = slices.DeleteFunc(targets, func(t target) bool { return !sts.Match(t.host) })
 		if len(targets) == 0 {
-			rep.fail(first, "", "", resultValidation, "no MX host matches the MTA-STS policy")
-			return nil, &tlsFailure{result: resultValidation, policy: tlsMTASTS, host: first, err: pipeline.Errorf(451, pipeline.EnhancedCode{4, 7, 5},
+			rep.fail(first, "", "", tlsrpt.ResultValidationFailure, "no MX host matches the MTA-STS policy")
+			return nil, &tlsFailure{result: tlsrpt.ResultValidationFailure, policy: tlsMTASTS, host: first, err: pipeline.Errorf(451, pipeline.EnhancedCode{4, 7, 5},
 				"MTA-STS (enforce): no MX host of %s matches its policy (id %s)", strings.ToLower(strings.TrimSuffix(domain, ".")), sts.ID)}
 		}
 		policy = tlsMTASTS
@@ -358,7 +358,7 @@ func (d *Dialer) DialFrom(ctx context.Context, route *pipeline.Route, domain str
 		if len(targets) > 0 {
 			first = targets[0].host
 		}
-		return nil, &tlsFailure{result: resultDANERequired, policy: policy, host: first, message: true, err: pipeline.Errorf(550, pipeline.EnhancedCode{5, 7, 1},
+		return nil, &tlsFailure{result: tlsrpt.ResultDANERequired, policy: policy, host: first, message: true, err: pipeline.Errorf(550, pipeline.EnhancedCode{5, 7, 1},
 			"TLS policy dane-or-mta-sts: the message has TLS-Required: No, which sets aside the DANE and MTA-STS policies the route requires")}
 	}
 	max := orDefault(d.MaxAddresses, defaultMaxAddresses)
@@ -485,15 +485,11 @@ func (r *tlsReporter) session(host string, s *Session) {
 	if r == nil {
 		return
 	}
-	local := ""
-	if a, ok := s.raw.LocalAddr().(*net.TCPAddr); ok {
-		local = a.IP.String()
-	}
 	result, detail := s.remote.TLSFailure, s.remote.MTASTSFailure
 	if result == "" && s.remote.TLS == "" {
-		result, detail = resultSTARTTLS, "delivered without TLS (opportunistic: STARTTLS not offered or failed)"
+		result, detail = tlsrpt.ResultSTARTTLSNotSupported, "delivered without TLS (opportunistic: STARTTLS not offered or failed)"
 	}
-	r.fail(host, s.remote.IP, local, result, detail)
+	r.fail(host, s.remote.IP, localIP(s.raw.LocalAddr()), result, detail)
 }
 
 // at is the reporter for attempts to a host under policy tpolicy: DANE
@@ -521,11 +517,15 @@ func (r *tlsReporter) failed(host, ip string, local net.Addr, err error) {
 	if r == nil || !errors.As(err, &f) {
 		return
 	}
-	sip := ""
-	if a, ok := local.(*net.TCPAddr); ok {
-		sip = a.IP.String()
+	r.fail(host, ip, localIP(local), f.result, f.err.Message)
+}
+
+// localIP is the IP of a TCP address (the sending IP of a report), or "".
+func localIP(a net.Addr) string {
+	if a, ok := a.(*net.TCPAddr); ok {
+		return a.IP.String()
 	}
-	r.fail(host, ip, sip, f.result, f.err.Message)
+	return ""
 }
 
 // stsTestingFailure says why a session to host would have failed under
@@ -535,11 +535,11 @@ func stsTestingFailure(p *mtasts.Policy, host string, s *Session) (reason, resul
 	r := s.remote
 	switch {
 	case !p.Match(host):
-		return fmt.Sprintf("MX host %s does not match the policy (id %s)", host, p.ID), resultValidation
+		return fmt.Sprintf("MX host %s does not match the policy (id %s)", host, p.ID), tlsrpt.ResultValidationFailure
 	case r.TLS == "":
-		return "no TLS", resultSTARTTLS
+		return "no TLS", tlsrpt.ResultSTARTTLSNotSupported
 	case !r.TLSValidated:
-		return "certificate not valid for " + host, cmp.Or(tlsResult(s.verifyErr), resultValidation)
+		return "certificate not valid for " + host, cmp.Or(tlsResult(s.verifyErr), tlsrpt.ResultValidationFailure)
 	}
 	return "", ""
 }
@@ -591,7 +591,7 @@ func (d *Dialer) hostPolicy(ctx context.Context, tr dnsx.TLSAResolver, t target,
 		}
 	}
 	if policy == pipeline.TLSDANEOrMTASTS {
-		return policy, nil, &tlsFailure{result: resultDANERequired, policy: policy, host: t.host,
+		return policy, nil, &tlsFailure{result: tlsrpt.ResultDANERequired, policy: policy, host: t.host,
 			err: pipeline.Errorf(451, pipeline.EnhancedCode{4, 7, 5}, "TLS policy dane-or-mta-sts: %s has no DNSSEC-authenticated TLSA records and %s no MTA-STS policy in enforce mode",
 				t.host, strings.ToLower(strings.TrimSuffix(domain, ".")))}
 	}

@@ -13,6 +13,7 @@
 package mtasts
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -227,21 +228,13 @@ func (c *Cache) init() {
 		}
 		c.client = &http.Client{
 			Transport: tr,
-			Timeout:   cmpOr(c.Timeout, DefaultTimeout),
+			Timeout:   cmp.Or(c.Timeout, DefaultTimeout),
 			// RFC 8461 section 3.3: senders MUST NOT follow redirects.
 			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
 		}
 		c.cache = make(map[string]*Policy)
 		c.failed = make(map[string]failure)
 	})
-}
-
-func cmpOr[T comparable](v, def T) T {
-	var zero T
-	if v == zero {
-		return def
-	}
-	return v
 }
 
 // Get returns the policy that applies to mail for domain, or nil when
@@ -353,13 +346,13 @@ func (c *Cache) failure(domain string) error {
 
 // storeFailure remembers err as domain's failed fetch for FailureTTL.
 func (c *Cache) storeFailure(domain string, err error, now time.Time) {
-	ttl := cmpOr(c.FailureTTL, DefaultFailureTTL)
+	ttl := cmp.Or(c.FailureTTL, DefaultFailureTTL)
 	if ttl < 0 {
 		return
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	makeRoom(c.failed, domain, cmpOr(c.MaxEntries, DefaultMaxEntries), func(f failure) bool { return !now.Before(f.until) })
+	makeRoom(c.failed, domain, cmp.Or(c.MaxEntries, DefaultMaxEntries), func(f failure) bool { return !now.Before(f.until) })
 	c.failed[domain] = failure{err: err, until: now.Add(ttl)}
 }
 
@@ -454,7 +447,7 @@ func (c *Cache) store(domain string, p *Policy, now time.Time) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	delete(c.failed, domain)
-	makeRoom(c.cache, domain, cmpOr(c.MaxEntries, DefaultMaxEntries), func(e *Policy) bool { return !now.Before(e.Fetched.Add(e.MaxAge)) })
+	makeRoom(c.cache, domain, cmp.Or(c.MaxEntries, DefaultMaxEntries), func(e *Policy) bool { return !now.Before(e.Fetched.Add(e.MaxAge)) })
 	c.cache[domain] = p
 }
 

@@ -1,6 +1,7 @@
 package tlsrpt
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -99,7 +100,9 @@ type row struct {
 	dirty   bool
 }
 
-func (r *row) key() string { return "a/" + r.Day + "/" + r.Domain + "/" + r.Type }
+// rowKey is the key of the (day, domain, policy type) row, in memory and
+// in the Store.
+func rowKey(day, domain, typ string) string { return "a/" + day + "/" + domain + "/" + typ }
 
 // Recorder aggregates Sessions. It is safe for concurrent use; Record
 // takes one mutex and never does I/O.
@@ -121,18 +124,10 @@ func NewRecorder(o Options) *Recorder {
 	if o.Now == nil {
 		o.Now = time.Now
 	}
-	o.MaxPolicies = cmpOr(o.MaxPolicies, DefaultMaxPolicies)
-	o.MaxDetails = cmpOr(o.MaxDetails, DefaultMaxDetails)
-	o.KeepDays = cmpOr(o.KeepDays, DefaultKeepDays)
+	o.MaxPolicies = cmp.Or(o.MaxPolicies, DefaultMaxPolicies)
+	o.MaxDetails = cmp.Or(o.MaxDetails, DefaultMaxDetails)
+	o.KeepDays = cmp.Or(o.KeepDays, DefaultKeepDays)
 	return &Recorder{o: o, rows: map[string]*row{}, sent: map[string]time.Time{}, dirty: map[string]bool{}}
-}
-
-func cmpOr[T comparable](v, def T) T {
-	var zero T
-	if v == zero {
-		return def
-	}
-	return v
 }
 
 // Load reads the Store's rows (replacing what is in memory). Call it
@@ -176,7 +171,7 @@ func (r *Recorder) Record(s Session) {
 	}
 	day := s.Time.UTC().Format(time.DateOnly)
 	dom := strings.ToLower(strings.TrimSuffix(s.Domain, "."))
-	k := "a/" + day + "/" + dom + "/" + s.Type
+	k := rowKey(day, dom, s.Type)
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	rw := r.rows[k]
@@ -359,7 +354,7 @@ func (r *Recorder) Report(day, domain string, m Meta) (*Report, error) {
 		ReportID: start.Format("20060102T150405Z") + "_" + domain + "@" + m.Hostname}
 	r.mu.Lock()
 	for _, typ := range []string{PolicySTS, PolicyTLSA, PolicyNotFound} {
-		rw := r.rows["a/"+day+"/"+domain+"/"+typ]
+		rw := r.rows[rowKey(day, domain, typ)]
 		if rw == nil {
 			continue
 		}

@@ -1,6 +1,7 @@
 package tlsrpt
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"log/slog"
@@ -79,7 +80,7 @@ func (p *Reporter) SendDay(ctx context.Context, day string) (int, error) {
 // when SendAt has passed and they are not sent yet; reports that failed
 // are tried again every hour until the day is over) until ctx ends.
 func (p *Reporter) Run(ctx context.Context) {
-	at := cmpOr(p.SendAt, time.Hour)
+	at := cmp.Or(p.SendAt, time.Hour)
 	for {
 		now := p.now().UTC()
 		today := now.Truncate(24 * time.Hour)

@@ -2,6 +2,7 @@ package tlsrpt
 
 import (
 	"bytes"
+	"cmp"
 	"compress/gzip"
 	"context"
 	"crypto/rand"
@@ -258,7 +259,7 @@ func (s *Sender) client() *http.Client {
 // post POSTs gz to u (section 5.4), retrying a failure (a network error,
 // a status other than 2xx) Retries times with a doubling delay.
 func (s *Sender) post(ctx context.Context, u string, gz []byte) error {
-	delay := cmpOr(s.RetryDelay, time.Minute)
+	delay := cmp.Or(s.RetryDelay, time.Minute)
 	retries := s.Retries
 	if retries == 0 {
 		retries = 2
