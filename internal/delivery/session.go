@@ -405,8 +405,8 @@ func (s *Session) Send(ctx context.Context, from string, rcpts []string, data []
 //   - REQUIRETLS (RFC 8689, env.Params.RequireTLS) is sent only over a
 //     session that qualifies (validated TLS under a policy, REQUIRETLS
 //     offered; requiretls.go); over any other every recipient fails with
-//     550 5.7.30 and nothing is sent, except for the null sender (a DSN),
-//     which goes without it.
+//     550 5.7.30 and nothing is sent, except for a DSN this relay
+//     generated (null sender, env.OwnReport), which goes without it.
 //
 // Recipients are also failed locally when an address holds control
 // characters or angle brackets (553 5.1.3 / 553 5.1.7).
