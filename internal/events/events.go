@@ -450,11 +450,18 @@ func (e *Exporter) loadCursors() error {
 	return nil
 }
 
+// failureLogEvery is how often a consumer that keeps failing with the
+// same error logs it again (the first failure and a changed error are
+// logged at once).
+const failureLogEvery = 30 * time.Second
+
 func (e *Exporter) runConsumer(ctx context.Context, c *consumer) {
 	tick := time.NewTicker(e.o.Poll)
 	defer tick.Stop()
 	backoff := e.o.RetryInitial
-	var failingSince, last time.Time
+	var failingSince, last, logged time.Time
+	var failed int     // attempts failed since failingSince
+	var lastErr string // the error last logged
 	for {
 		if e.o.Linger > 0 {
 			// Let a burst of commits gather into one batch.
@@ -474,11 +481,21 @@ func (e *Exporter) runConsumer(ctx context.Context, c *consumer) {
 				return
 			}
 			c.failures.Inc()
+			now := time.Now()
 			if failingSince.IsZero() {
-				failingSince = time.Now()
+				failingSince = now
 			}
+			failed++
 			d := jitter(backoff)
-			e.log.Error("event export failed; retrying", "consumer", c.name, "err", err, "retry_in", d)
+			// A sink that stays down fails every few seconds: log the
+			// first failure, a changed error, and then once per
+			// failureLogEvery, so an outage does not flood the log
+			// (the failures counter has every attempt).
+			if msg := err.Error(); failed == 1 || msg != lastErr || now.Sub(logged) >= failureLogEvery {
+				e.log.Error("event export failed; retrying", "consumer", c.name, "err", err, "retry_in", d,
+					"failed_attempts", failed, "failing_for", now.Sub(failingSince).Round(time.Millisecond))
+				logged, lastErr = now, msg
+			}
 			select {
 			case <-time.After(d):
 			case <-ctx.Done():
@@ -488,8 +505,9 @@ func (e *Exporter) runConsumer(ctx context.Context, c *consumer) {
 			continue
 		}
 		if !failingSince.IsZero() {
-			e.log.Info("event export resumed", "consumer", c.name, "failed_for", time.Since(failingSince).Round(time.Millisecond))
-			failingSince = time.Time{}
+			e.log.Info("event export resumed", "consumer", c.name, "failed_for", time.Since(failingSince).Round(time.Millisecond),
+				"failed_attempts", failed)
+			failingSince, failed, lastErr = time.Time{}, 0, ""
 		}
 		backoff = e.o.RetryInitial
 		if n == e.o.BatchSize {
