@@ -87,6 +87,43 @@ func (r *Registry) reloadKeys() error {
 	if err != nil {
 		return err
 	}
+	return r.install(all)
+}
+
+// commitDomain stores d (or, with remove, deletes it) with ev, and makes
+// the signers and the DNS listener's zone see the change before ev can
+// reach an event consumer: a consumer that reads dkim_key_active finds the
+// next message signed with the new key. The change is installed in memory
+// first; when the write fails, what the spool holds is installed again.
+// The caller holds r.mu.
+func (r *Registry) commitDomain(d *spool.Domain, remove bool, ev *pipeline.Event) error {
+	all, err := r.sp.ListDomains()
+	if err != nil {
+		return err
+	}
+	all = slices.DeleteFunc(all, func(o spool.Domain) bool { return o.Domain == d.Domain })
+	if !remove {
+		all = append(all, *d)
+	}
+	if err := r.install(all); err != nil {
+		return err
+	}
+	if remove {
+		err = r.sp.DeleteDomain(d.Domain, ev)
+	} else {
+		err = r.sp.PutDomain(d, ev)
+	}
+	if err != nil {
+		if rerr := r.reloadKeys(); rerr != nil {
+			return errors.Join(err, rerr)
+		}
+		return err
+	}
+	return nil
+}
+
+// install makes all the domains the signers and the DNS listener see.
+func (r *Registry) install(all []spool.Domain) error {
 	m := map[string][]*dkim.Key{}
 	v := &ZoneView{byLabel: map[string]map[string]string{}, states: map[string]int{}}
 	for _, d := range all {
@@ -173,10 +210,10 @@ func (r *Registry) Add(tenant, domain string) (*spool.Domain, error) {
 	d := &spool.Domain{Domain: domain, Tenant: tenant, Created: now, Keys: []spool.DomainKey{{
 		Selector: sel, Algo: p.DKIMAlgo, State: spool.KeyActive, PrivateKey: string(pemData), Created: now, Since: now,
 	}}}
-	if err := r.sp.PutDomain(d, event(pipeline.EventDomainAdded, d)); err != nil {
+	if err := r.commitDomain(d, false, event(pipeline.EventDomainAdded, d)); err != nil {
 		return nil, err
 	}
-	return d, r.reloadKeys()
+	return d, nil
 }
 
 func event(typ string, d *spool.Domain) *pipeline.Event {
@@ -217,13 +254,13 @@ func (r *Registry) Remove(tenant, domain string) (*spool.Domain, error) {
 	if err != nil || d == nil {
 		return nil, err
 	}
-	if err := r.sp.DeleteDomain(d.Domain, event(pipeline.EventDomainRemoved, d)); err != nil {
+	if err := r.commitDomain(d, true, event(pipeline.EventDomainRemoved, d)); err != nil {
 		return nil, err
 	}
 	r.cmu.Lock()
 	delete(r.cache, d.Domain)
 	r.cmu.Unlock()
-	return d, r.reloadKeys()
+	return d, nil
 }
 
 // Records returns what d must publish under the current policy.

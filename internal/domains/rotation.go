@@ -211,13 +211,13 @@ func (r *Registry) dropPendingLocked(d *spool.Domain, i int, reason string) erro
 	d.Keys = slices.Delete(d.Keys, i, i+1)
 	ev := &pipeline.Event{Type: pipeline.EventDKIMKeyRemoved, Source: spool.SuppressionAPI, Tenant: d.Tenant,
 		Metadata: map[string]string{"domain": d.Domain, "selector": k.Selector, "reason": reason}}
-	if err := r.sp.PutDomain(d, ev); err != nil {
+	if err := r.commitDomain(d, false, ev); err != nil {
 		return err
 	}
 	r.cmu.Lock()
 	delete(r.cache, d.Domain) // the records to publish changed
 	r.cmu.Unlock()
-	return r.reloadKeys()
+	return nil
 }
 
 // Kicks receives after RequestRotation, so the rotation job can run at
@@ -427,10 +427,7 @@ func (r *Registry) transition(seen *spool.Domain, sel, from string, now time.Tim
 		return nil
 	}
 	ev := &pipeline.Event{Type: typ, Source: spool.SuppressionAPI, Tenant: d.Tenant, Metadata: meta}
-	if err := r.sp.PutDomain(d, ev); err != nil {
-		return err
-	}
-	return r.reloadKeys()
+	return r.commitDomain(d, false, ev)
 }
 
 // current re-reads seen under r.mu: nil when it was removed, or removed
