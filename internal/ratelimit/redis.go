@@ -139,8 +139,8 @@ type Redis struct {
 type call struct {
 	ctx     context.Context
 	items   []item
-	leasing bool // an item may be held from a lease
-	inline  bool // the caller may run a batch itself (Redis.inline)
+	leasing bool    // an item may be held from a lease
+	inline  bool    // the caller may run a batch itself (Redis.inline)
 	res     []int64 // three integers per item sent (not held), in order
 	err     error
 	// done (buffered, 1) is signalled once the result is in, or when
