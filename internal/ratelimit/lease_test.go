@@ -44,7 +44,7 @@ func TestLeaseSize(t *testing.T) {
 // client, counting its round trips and recording the scripts' ARGV after
 // a warm-up, with lease (0: the default) and a node clock the test moves
 // (leases expire only when it does).
-func leaseNode(t *testing.T, rs *tu.Redis, lease int) *Redis {
+func leaseNode(t *testing.T, rs *tu.Redis, lease int) *testNode {
 	c := redis.NewClient(&redis.Options{Addr: rs.Addr, MaxRetries: -1, Protocol: 2, DisableIdentity: true})
 	t.Cleanup(func() { c.Close() })
 	h := &argsHook{}
@@ -56,15 +56,15 @@ func leaseNode(t *testing.T, rs *tu.Redis, lease int) *Redis {
 		t.Fatalf("warm-up: %+v", res)
 	}
 	h.reset()
-	hooks[s] = h
-	clocks[s] = &now
-	return s
+	return &testNode{Redis: s, hook: h, clock: &now}
 }
 
-var (
-	hooks  = map[*Redis]*argsHook{}
-	clocks = map[*Redis]*atomic.Int64{}
-)
+// testNode is a store with its client's hook and its lease clock.
+type testNode struct {
+	*Redis
+	hook  *argsHook
+	clock *atomic.Int64
+}
 
 // argsHook counts a client's round trips and keeps the ARGV of each
 // script run (EVALSHA or EVAL: the arguments after the keys).
@@ -128,7 +128,7 @@ func TestRedisLease(t *testing.T) {
 		{lease: 1, trips: 1000, held: 0, ask: 1},
 	} {
 		s := leaseNode(t, rs, c.lease)
-		h := hooks[s]
+		h := s.hook
 		key := "lease" + strconv.Itoa(c.lease)
 		for i := 0; i < 1000; i++ {
 			if res := check1(t, s, key, fast, 1); !res.Allowed || res.Remaining < 900_000 {
@@ -165,7 +165,7 @@ func TestRedisLeaseSlowKey(t *testing.T) {
 			t.Fatalf("check %d refused", i+1)
 		}
 	}
-	if n := hooks[s].trips(); n != 20 {
+	if n := s.hook.trips(); n != 20 {
 		t.Errorf("%d round trips for 20 checks of a slow key, want 20", n)
 	}
 	if n := s.Held(); n != 0 {
@@ -183,17 +183,17 @@ func TestRedisLeaseExpiry(t *testing.T) {
 	if n := s.Held(); n != 31 {
 		t.Fatalf("%d held after the first check, want 31", n)
 	}
-	clocks[s].Add(int64(LeaseTTL) - 1)
+	s.clock.Add(int64(LeaseTTL) - 1)
 	check1(t, s, "exp", fast, 1)
-	if n, h := hooks[s].trips(), s.Held(); n != 1 || h != 30 {
+	if n, h := s.hook.trips(), s.Held(); n != 1 || h != 30 {
 		t.Fatalf("before expiry: %d round trips, %d held; want 1 and 30", n, h)
 	}
-	clocks[s].Add(1)
+	s.clock.Add(1)
 	if n := s.Held(); n != 0 {
 		t.Fatalf("%d held after LeaseTTL", n)
 	}
 	check1(t, s, "exp", fast, 1)
-	if n, h := hooks[s].trips(), s.Held(); n != 2 || h != 31 {
+	if n, h := s.hook.trips(), s.Held(); n != 2 || h != 31 {
 		t.Fatalf("after expiry: %d round trips, %d held; want 2 and 31 (a new lease, the old one gone)", n, h)
 	}
 }
@@ -262,10 +262,10 @@ func TestRedisLeaseCluster(t *testing.T) {
 		t.Fatal(err)
 	}
 	t0 := tat0 - 32*1000
-	hooks[a].reset()
+	a.hook.reset()
 	var admitted atomic.Int64
 	var wg sync.WaitGroup
-	for _, s := range []*Redis{a, b} {
+	for _, s := range []*testNode{a, b} {
 		for g := 0; g < 20; g++ {
 			wg.Add(1)
 			go func() {
@@ -309,12 +309,12 @@ func TestRedisLeaseCluster(t *testing.T) {
 	if charged != 1+10_000+held {
 		t.Errorf("Redis charged %d events; the nodes admitted %d and hold %d", charged, 1+10_000, held)
 	}
-	trips := hooks[a].trips() + hooks[b].trips()
+	trips := a.hook.trips() + b.hook.trips()
 	t.Logf("10,000 checks on 2 nodes in %d round trips; %d events held at the end", trips, held)
 	if trips > 2*(5000/32+2) {
 		t.Errorf("%d round trips for 10,000 checks with leases of 32", trips)
 	}
-	for _, s := range []*Redis{a, b} {
+	for _, s := range []*testNode{a, b} {
 		s.mu.Lock()
 		if s.runners != 0 || len(s.pending) != 0 {
 			t.Errorf("store not idle after the calls: %d runners, %d pending", s.runners, len(s.pending))
