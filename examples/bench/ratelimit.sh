@@ -88,7 +88,10 @@ for r in $(seq "$ROUNDS"); do
     for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$PORT) 2>/dev/null && break; sleep 0.1; done
     bin/sluice-bench smtp -target 127.0.0.1:$PORT -sink 127.0.0.1:$SPORT -n 1000 -c "$SESSIONS" -size "$SIZE" > /dev/null
     c0=$(cpu_ticks "$pid"); r0=0; [ -n "$rpid" ] && r0=$(cpu_ticks "$rpid"); k0=$(redis_calls)
-    out=$(bin/sluice-bench smtp -target 127.0.0.1:$PORT -sink 127.0.0.1:$SPORT -n "$N" -c "$SESSIONS" -size "$SIZE" -timeout 300s)
+    # A failed run (a message not accepted) is reported with its errors
+    # line and the relay's warnings, and the rounds go on.
+    out=$(bin/sluice-bench smtp -target 127.0.0.1:$PORT -sink 127.0.0.1:$SPORT -n "$N" -c "$SESSIONS" -size "$SIZE" -timeout 300s 2>&1) || out="$out
+(this run FAILED)"
     c1=$(cpu_ticks "$pid"); r1=0; [ -n "$rpid" ] && r1=$(cpu_ticks "$rpid"); k1=$(redis_calls)
     tck=$(getconf CLK_TCK)
     echo "## round $r, ratelimit $mode"
