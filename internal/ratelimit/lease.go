@@ -78,6 +78,10 @@ func (s *Redis) hold(c *call) bool {
 			continue
 		}
 		l := s.leases[it.key]
+		if l != nil && l.expires <= now && l.avail > 0 {
+			s.lose(l.avail)
+			l.avail = 0
+		}
 		if l != nil && l.expires > now && l.avail >= it.n {
 			l.avail -= it.n
 			it.held, it.remaining = true, l.avail+l.remote
@@ -131,6 +135,10 @@ func (s *Redis) settle(c *call) {
 		if granted <= it.n {
 			continue
 		}
+		extra := granted - it.n
+		if s.leasedEvents != nil {
+			s.leasedEvents.Add(float64(extra))
+		}
 		l := s.leases[it.key]
 		if l == nil {
 			if len(s.leases) >= s.sweepAt {
@@ -138,14 +146,16 @@ func (s *Redis) settle(c *call) {
 				s.sweepAt = max(2*len(s.leases), minSweep)
 			}
 			if len(s.leases) >= maxLeaseKeys {
-				continue // full: the rest is lost (hold asks for no more lease meanwhile)
+				s.lose(extra) // full (hold asks for no more leases meanwhile)
+				continue
 			}
 			l = &lease{}
 			s.leases[it.key] = l
 		} else if l.expires <= now {
+			s.lose(l.avail)
 			l.avail = 0
 		}
-		l.avail += granted - it.n
+		l.avail += extra
 		l.expires = now + int64(LeaseTTL)
 		l.remote = remote
 	}
@@ -162,6 +172,8 @@ func (s *Redis) unhold(c *call, now int64) {
 		}
 		if l := s.leases[it.key]; l != nil && l.expires > now {
 			l.avail += it.n
+		} else {
+			s.lose(it.n)
 		}
 	}
 }
@@ -178,8 +190,17 @@ func (s *Redis) release(c *call) {
 func (s *Redis) sweep(now int64) {
 	for k, l := range s.leases {
 		if l.expires <= now {
+			s.lose(l.avail)
 			delete(s.leases, k)
 		}
+	}
+}
+
+// lose counts n leased events that expired unspent (Redis counted them).
+// s.lmu is held.
+func (s *Redis) lose(n int64) {
+	if s.lostEvents != nil && n > 0 {
+		s.lostEvents.Add(float64(n))
 	}
 }
 

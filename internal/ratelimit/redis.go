@@ -7,6 +7,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 
 	"github.com/sluice-mta/sluice/pipeline"
@@ -131,6 +132,10 @@ type Redis struct {
 	sweepAt   int               // len(leases) at which settle drops expired leases
 	fullSweep int64             // when hold may sweep a full map next
 	now       func() int64      // the node's clock for leases, in ns; tests move it
+	// leasedEvents and lostEvents count the events leased beyond the
+	// checks' costs and those that expired unspent
+	// (sluice_ratelimit_lease_events_total); nil: not counted.
+	leasedEvents, lostEvents prometheus.Counter
 }
 
 // call is one Check. res and err are written by the goroutine that runs
