@@ -94,8 +94,8 @@ const maxBatchKeys = 256
 // of the Check. Keys are Prefix + "rl:" + the check's key. Safe for
 // concurrent use.
 //
-// Leases (lease.go): a key whose rate allows more than 40 events a
-// second is charged in Redis for up to leaseSize events at once, and the
+// Leases (lease.go): a key whose rate allows 40 events a second or
+// more is charged in Redis for up to leaseSize events at once, and the
 // node spends the rest locally for up to LeaseTTL. A Check whose keys
 // all have enough leased is answered at once, all or nothing; otherwise
 // its keys that have are taken locally and the others go to Redis in one
@@ -127,7 +127,7 @@ type Redis struct {
 	runners int     // batches in flight, or callers and loops about to send one: at most maxRunners
 	pending []*call // calls waiting for the next batch
 
-	lmu       sync.Mutex
+	lmu       sync.Mutex // after mu when both are held
 	leases    map[string]*lease // by Redis key
 	sweepAt   int               // len(leases) at which settle drops expired leases
 	fullSweep int64             // when hold may sweep a full map next
