@@ -127,7 +127,7 @@ type Redis struct {
 	runners int     // batches in flight, or callers and loops about to send one: at most maxRunners
 	pending []*call // calls waiting for the next batch
 
-	lmu       sync.Mutex // after mu when both are held
+	lmu       sync.Mutex        // after mu when both are held
 	leases    map[string]*lease // by Redis key
 	sweepAt   int               // len(leases) at which settle drops expired leases
 	fullSweep int64             // when hold may sweep a full map next
