@@ -14,13 +14,12 @@ import (
 // cost is under-admission: events leased and not spent before the lease
 // expires are lost (at most L per key per node per LeaseTTL).
 const (
-	// DefaultLease is the largest lease when sluice.redis sets no
-	// ratelimit_lease: 32 events turn the benchmark's 0.24 round trips
+	// DefaultLease is the largest lease when pipeline.Redis.RateLease is
+	// 0 (sluice.redis's ratelimit_lease defaults to the same; it takes 1
+	// to 1000): 32 events turn the benchmark's 0.24 round trips
 	// per message (20 sessions, 3 keys) into about 0.01, and hold at most
 	// 50 ms of a fast key's rate (leaseWindow).
 	DefaultLease = 32
-	// MaxLease bounds ratelimit_lease.
-	MaxLease = 1000
 	// leaseWindow sizes a key's lease: the events the key's rate allows
 	// in 50 ms, so that a lease is a small part of a second of the limit
 	// and slow keys (under 40 events per second) get no lease at all.
