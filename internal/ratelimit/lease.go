@@ -16,8 +16,8 @@ import (
 const (
 	// DefaultLease is the largest lease when pipeline.Redis.RateLease is
 	// 0 (sluice.redis's ratelimit_lease defaults to the same; it takes 1
-	// to 1000): 32 events turn the benchmark's 0.24 round trips
-	// per message (20 sessions, 3 keys) into about 0.01, and hold at most
+	// to 1000): 32 events turn the benchmark's 0.23 round trips
+	// per message (20 sessions, 3 keys) into 0.031, and hold at most
 	// 50 ms of a fast key's rate (leaseWindow).
 	DefaultLease = 32
 	// leaseWindow sizes a key's lease: the events the key's rate allows
