@@ -147,6 +147,11 @@ type Redis struct {
 	// Timeout is sluice.redis's per-command timeout: a command that takes
 	// longer counts as Redis being unreachable.
 	Timeout time.Duration
+	// RateLease is sluice.redis's ratelimit_lease: the most events the
+	// Redis rate-limit store leases for a key in one round trip, to spend
+	// on this node without one (docs/ratelimit.md). 0 means the default
+	// (32); 1 turns leasing off.
+	RateLease int
 }
 
 // Resolver is the DNS a stage may use: TXT (SPF, DKIM, DMARC), MX and

@@ -18,6 +18,10 @@
 # A/B against another build: BASE_BIN=/path/to/old/sluice and modes with a
 # "-base" suffix (MODES="redis-base redis off") run that binary with the
 # same configuration, in the same rounds.
+#
+# Mode redis-lease1 is redis with sluice.redis's ratelimit_lease = 1 (no
+# leases: every message's checks go to Redis, as builds before
+# 2026-11-30 19:00 UTC did): MODES="off redis-lease1 redis".
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROUNDS=${ROUNDS:-3}
@@ -71,8 +75,10 @@ for r in $(seq "$ROUNDS"); do
     bin=bin/sluice
     store=${mode%-base}
     if [ "$store" != "$mode" ]; then bin=${BASE_BIN:?set BASE_BIN for $mode}; fi
+    lease=
+    if [ "$store" = redis-lease1 ]; then store=redis; lease=", ratelimit_lease = 1"; fi
     if [ "$store" != off ]; then
-      [ "$store" = redis ] && echo "sluice.redis { addr = \"127.0.0.1:$RPORT\", key_prefix = \"bench$r:\" }" >> "$W/relay.lua"
+      [ "$store" = redis ] && echo "sluice.redis { addr = \"127.0.0.1:$RPORT\", key_prefix = \"bench$r$mode:\"$lease }" >> "$W/relay.lua"
       # The stage goes before the routing stage.
       awk -v store="$store" '/^sluice.stage\("routing"/ { print "sluice.stage(\"limits\", sluice.builtin.ratelimit { store = \"" store "\", limits = {\n  { key = \"client_ip\", rate = \"100000000/hour\" },\n  { key = \"sender_domain\", rate = \"100000000/hour\" },\n  { key = \"recipient_domain\", rate = \"100000000/hour\", count = \"recipients\" },\n} })\n" } { print }' "$W/relay.lua" > "$W/r2" && mv "$W/r2" "$W/relay.lua"
     fi
@@ -82,7 +88,10 @@ for r in $(seq "$ROUNDS"); do
     for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$PORT) 2>/dev/null && break; sleep 0.1; done
     bin/sluice-bench smtp -target 127.0.0.1:$PORT -sink 127.0.0.1:$SPORT -n 1000 -c "$SESSIONS" -size "$SIZE" > /dev/null
     c0=$(cpu_ticks "$pid"); r0=0; [ -n "$rpid" ] && r0=$(cpu_ticks "$rpid"); k0=$(redis_calls)
-    out=$(bin/sluice-bench smtp -target 127.0.0.1:$PORT -sink 127.0.0.1:$SPORT -n "$N" -c "$SESSIONS" -size "$SIZE" -timeout 300s)
+    # A failed run (a message not accepted) is reported with its errors
+    # line and the relay's warnings, and the rounds go on.
+    out=$(bin/sluice-bench smtp -target 127.0.0.1:$PORT -sink 127.0.0.1:$SPORT -n "$N" -c "$SESSIONS" -size "$SIZE" -timeout 300s 2>&1) || out="$out
+(this run FAILED)"
     c1=$(cpu_ticks "$pid"); r1=0; [ -n "$rpid" ] && r1=$(cpu_ticks "$rpid"); k1=$(redis_calls)
     tck=$(getconf CLK_TCK)
     echo "## round $r, ratelimit $mode"

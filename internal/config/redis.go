@@ -38,16 +38,22 @@ type Redis struct {
 	// KeyPrefix starts every key Sluice writes, so that several clusters
 	// can share one Redis. Default "sluice:".
 	KeyPrefix string
+	// RateLimitLease is the most events the Redis rate-limit store charges
+	// a key for in one round trip, to spend on this node without one
+	// (docs/ratelimit.md, "Leases"). Default 32; 1 turns leasing off;
+	// at most 1000.
+	RateLimitLease int
 }
 
 // sluice.redis { addr = "127.0.0.1:6379", username = "", password = sluice.env("REDIS_PASSWORD"),
-// db = 0, tls = {...}, dial_timeout = "1s", timeout = "500ms", pool_size = 0, key_prefix = "sluice:" }
+// db = 0, tls = {...}, dial_timeout = "1s", timeout = "500ms", pool_size = 0, key_prefix = "sluice:",
+// ratelimit_lease = 32 }
 func (ld *loader) redis(L *lua.LState) int {
 	const fn = "sluice.redis"
 	ld.singleton(fn)
 	o := ld.s.CheckOpts(1, fn, "addr", "username", "password", "db", "tls", "dial_timeout", "timeout",
-		"pool_size", "key_prefix")
-	r := &Redis{DialTimeout: time.Second, Timeout: 500 * time.Millisecond, KeyPrefix: "sluice:"}
+		"pool_size", "key_prefix", "ratelimit_lease")
+	r := &Redis{DialTimeout: time.Second, Timeout: 500 * time.Millisecond, KeyPrefix: "sluice:", RateLimitLease: 32}
 	if !o.String("addr", &r.Addr) {
 		o.Fail("addr", "is required (host:port of the Redis server, e.g. \"127.0.0.1:6379\")")
 	}
@@ -67,6 +73,9 @@ func (ld *loader) redis(L *lua.LState) int {
 	}
 	if o.String("key_prefix", &r.KeyPrefix) && strings.ContainsAny(r.KeyPrefix, " \r\n") {
 		o.Fail("key_prefix", "must not contain spaces or line breaks")
+	}
+	if o.Int("ratelimit_lease", &r.RateLimitLease) && (r.RateLimitLease < 1 || r.RateLimitLease > 1000) {
+		o.Fail("ratelimit_lease", "must be from 1 (no lease: every event checked in Redis) to 1000")
 	}
 	ld.cfg.Redis = r
 	return 0

@@ -41,8 +41,8 @@ func TestRedisBatchCalls(t *testing.T) {
 		if c.err != nil {
 			t.Fatalf("call %d: %v", i, c.err)
 		}
-		out := make([]pipeline.RateResult, len(c.keys))
-		results(c.res, out)
+		out := make([]pipeline.RateResult, len(c.items))
+		c.results(out)
 		for j := range out {
 			w := want[i][j]
 			if out[j].Allowed != w.Allowed || out[j].Remaining != w.Remaining || (w.RetryAfter == -1) != (out[j].RetryAfter == -1) {
@@ -83,16 +83,16 @@ func TestRedisBatchError(t *testing.T) {
 // maxBatchKeys keys, and at least one call whatever its size.
 func TestRedisTake(t *testing.T) {
 	s := NewRedis(&pipeline.Redis{})
-	mk := func(n int) *call { return &call{keys: make([]string, n)} }
+	mk := func(n int) *call { return &call{ctx: context.Background(), items: make([]item, n)} }
 	big, a, b, c := mk(maxBatchKeys+1), mk(maxBatchKeys-10), mk(10), mk(1)
 	s.pending = []*call{big, a, b, c}
-	if got := s.take(nil, 0); len(got) != 1 || got[0] != big {
+	if got := s.take(nil); len(got) != 1 || got[0] != big {
 		t.Fatalf("first batch: %d calls, want the oversized call alone", len(got))
 	}
-	if got := s.take(nil, 0); len(got) != 2 || got[0] != a || got[1] != b {
+	if got := s.take(nil); len(got) != 2 || got[0] != a || got[1] != b {
 		t.Fatalf("second batch: %d calls, want a and b", len(got))
 	}
-	if got := s.take([]*call{mk(1)}, 1); len(got) != 2 || got[1] != c {
+	if got := s.take([]*call{mk(1)}); len(got) != 2 || got[1] != c {
 		t.Fatalf("third batch: %d calls, want the leader's and c", len(got))
 	}
 	if len(s.pending) != 0 {
@@ -131,7 +131,7 @@ func TestRedisScriptFlushed(t *testing.T) {
 		if c.err != nil {
 			t.Fatalf("call %d after SCRIPT FLUSH: %v", i, c.err)
 		}
-		results(c.res, out)
+		c.results(out)
 		if out[0].Allowed != (i == 0) {
 			t.Errorf("call %d: %+v, want allowed only for the first (the second of 2)", i, out[0])
 		}

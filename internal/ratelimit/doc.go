@@ -22,7 +22,10 @@
 // message checking several keys (tenant, sender domain, client IP) needs.
 // The script is GCRA as redis_rate implements it, for several keys at
 // once, all or nothing, timed by the Redis server's clock so every node
-// agrees.
+// agrees. For fast keys it charges a lease of several events at once,
+// which the node then spends without a round trip (lease.go): never more
+// than the limit, at the cost of leased events lost when a lease expires
+// unspent.
 //
 // What it is not: the stage (which keys, which SMTP phase, which reply)
 // or the outbound shaping of deliveries (internal/delivery).

@@ -17,12 +17,14 @@ import (
 //
 //	sluice_ratelimit_checks_total{stage, limit, store, result}  result: allowed, refused, error
 //	sluice_ratelimit_store_errors_total{store}                  a store could not answer
+//	sluice_ratelimit_lease_events_total{result}                 result: leased, lost (Redis leases)
 //
 // stage and limit come from the configuration (RateCheck.Stage and
 // Limit), store is "memory" or "redis": every label is bounded.
 type Metrics struct {
 	checks *prometheus.CounterVec
 	errs   *prometheus.CounterVec
+	lease  *prometheus.CounterVec
 }
 
 // NewMetrics registers the counters on reg (nil: a private registry, for
@@ -40,8 +42,12 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 			Name: "sluice_ratelimit_store_errors_total",
 			Help: "Rate-limit store calls that failed (Redis unreachable or timed out), by store.",
 		}, []string{"store"}),
+		lease: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "sluice_ratelimit_lease_events_total",
+			Help: "Rate-limit events this node leased from Redis beyond what the checks needed (leased), and leased events that expired unspent (lost).",
+		}, []string{"result"}),
 	}
-	for _, c := range []prometheus.Collector{m.checks, m.errs} {
+	for _, c := range []prometheus.Collector{m.checks, m.errs, m.lease} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}
@@ -58,7 +64,9 @@ func NewNode(r *pipeline.Redis, m *Metrics, log *slog.Logger) *pipeline.RateLimi
 	}
 	rl := &pipeline.RateLimits{Memory: newCounted("memory", NewMemory(), m, log)}
 	if r != nil {
-		rl.Redis = newCounted("redis", NewRedis(r), m, log)
+		rs := NewRedis(r)
+		rs.leasedEvents, rs.lostEvents = m.lease.WithLabelValues("leased"), m.lease.WithLabelValues("lost")
+		rl.Redis = newCounted("redis", rs, m, log)
 	}
 	return rl
 }

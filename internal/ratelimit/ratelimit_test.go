@@ -236,12 +236,8 @@ func TestRedisConcurrent(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			ctx := context.Background()
-			if g%2 == 1 {
-				var cancel context.CancelFunc
-				ctx, cancel = context.WithTimeout(ctx, 50*time.Second) // before the store's minute
-				defer cancel()
-			}
+			ctx, cancel := sessionCtx(g)
+			defer cancel()
 			out := make([]pipeline.RateResult, 2)
 			for i := 0; i < 10; i++ {
 				checks := []pipeline.RateCheck{{Key: "conc", Rate: r}, {Key: "other" + strconv.Itoa(g), Rate: r}}
@@ -268,6 +264,16 @@ func TestRedisConcurrent(t *testing.T) {
 	if s.runners != 0 || len(s.pending) != 0 {
 		t.Fatalf("store not idle after the calls: %d runners, %d pending", s.runners, len(s.pending))
 	}
+}
+
+// sessionCtx is the context of concurrent test caller g: none for even
+// g (it may run batches itself, as an SMTP session), a deadline before
+// the store's minute for odd g (as a Lua hook's: it never runs one).
+func sessionCtx(g int) (context.Context, context.CancelFunc) {
+	if g%2 == 1 {
+		return context.WithTimeout(context.Background(), 50*time.Second)
+	}
+	return context.Background(), func() {}
 }
 
 // BenchmarkMemoryCheck: one check of a limit that is never exceeded,
@@ -314,58 +320,64 @@ func BenchmarkNodeMemoryCheck(b *testing.B) {
 
 // BenchmarkRedisCheck: one call of 1 and of 3 checks on a real
 // redis-server over loopback (without its fsync per write), one goroutine
-// and 20; trips/op is the number of round trips per call (below 1 when
-// concurrent calls share a pipeline), client-cpu-µs/op and
-// redis-cpu-µs/op the CPU of this process and of the redis-server per
-// call.
+// and 20, without leases (lease1: every call goes to Redis) and with the
+// default (lease32: the rate allows leases of 32); trips/op is the number
+// of round trips per call (below 1 when concurrent calls share a script
+// run or leases answer them), client-cpu-µs/op and redis-cpu-µs/op the
+// CPU of this process and of the redis-server per call.
 func BenchmarkRedisCheck(b *testing.B) {
-	for _, n := range []int{1, 3} {
-		b.Run(strconv.Itoa(n)+"keys", func(b *testing.B) {
+	for _, lease := range []int{1, DefaultLease} {
+		sfx := "-lease" + strconv.Itoa(lease)
+		for _, n := range []int{1, 3} {
+			b.Run(strconv.Itoa(n)+"keys"+sfx, func(b *testing.B) {
+				s, _, cmds := redisStore(b)
+				s.lease = lease
+				quietRedis(b, s.r.Client)
+				r := pipeline.Rate{Limit: 1 << 30, Period: time.Second}
+				checks := make([]pipeline.RateCheck, n)
+				out := make([]pipeline.RateResult, n)
+				for i := range checks {
+					checks[i] = pipeline.RateCheck{Key: "bench" + strconv.Itoa(i), Rate: r}
+				}
+				_ = s.Check(context.Background(), checks, out) // loads the script
+				cmds.Store(0)
+				b.ReportAllocs()
+				b.ResetTimer()
+				cpu := startCPU(b, s.r.Client)
+				for i := 0; i < b.N; i++ {
+					if err := s.Check(context.Background(), checks, out); err != nil {
+						b.Fatal(err)
+					}
+				}
+				cpu.report(b)
+				b.ReportMetric(float64(cmds.Load())/float64(b.N), "trips/op")
+			})
+		}
+		b.Run("3keys-parallel20"+sfx, func(b *testing.B) {
 			s, _, cmds := redisStore(b)
+			s.lease = lease
 			quietRedis(b, s.r.Client)
 			r := pipeline.Rate{Limit: 1 << 30, Period: time.Second}
-			checks := make([]pipeline.RateCheck, n)
-			out := make([]pipeline.RateResult, n)
-			for i := range checks {
-				checks[i] = pipeline.RateCheck{Key: "bench" + strconv.Itoa(i), Rate: r}
-			}
-			_ = s.Check(context.Background(), checks, out) // loads the script
+			_ = s.Check(context.Background(), []pipeline.RateCheck{{Key: "warm", Rate: r}}, make([]pipeline.RateResult, 1))
 			cmds.Store(0)
+			var g atomic.Int64
+			b.SetParallelism(10) // 20 goroutines on 2 cores, as 20 SMTP sessions
 			b.ReportAllocs()
 			b.ResetTimer()
 			cpu := startCPU(b, s.r.Client)
-			for i := 0; i < b.N; i++ {
-				if err := s.Check(context.Background(), checks, out); err != nil {
-					b.Fatal(err)
+			b.RunParallel(func(pb *testing.PB) {
+				id := strconv.Itoa(int(g.Add(1)))
+				checks := []pipeline.RateCheck{{Key: "a" + id, Rate: r}, {Key: "b" + id, Rate: r}, {Key: "c" + id, Rate: r}}
+				out := make([]pipeline.RateResult, 3)
+				for pb.Next() {
+					if err := s.Check(context.Background(), checks, out); err != nil {
+						b.Error(err)
+						return
+					}
 				}
-			}
+			})
 			cpu.report(b)
 			b.ReportMetric(float64(cmds.Load())/float64(b.N), "trips/op")
 		})
 	}
-	b.Run("3keys-parallel20", func(b *testing.B) {
-		s, _, cmds := redisStore(b)
-		quietRedis(b, s.r.Client)
-		r := pipeline.Rate{Limit: 1 << 30, Period: time.Second}
-		_ = s.Check(context.Background(), []pipeline.RateCheck{{Key: "warm", Rate: r}}, make([]pipeline.RateResult, 1))
-		cmds.Store(0)
-		var g atomic.Int64
-		b.SetParallelism(10) // 20 goroutines on 2 cores, as 20 SMTP sessions
-		b.ReportAllocs()
-		b.ResetTimer()
-		cpu := startCPU(b, s.r.Client)
-		b.RunParallel(func(pb *testing.PB) {
-			id := strconv.Itoa(int(g.Add(1)))
-			checks := []pipeline.RateCheck{{Key: "a" + id, Rate: r}, {Key: "b" + id, Rate: r}, {Key: "c" + id, Rate: r}}
-			out := make([]pipeline.RateResult, 3)
-			for pb.Next() {
-				if err := s.Check(context.Background(), checks, out); err != nil {
-					b.Error(err)
-					return
-				}
-			}
-		})
-		cpu.report(b)
-		b.ReportMetric(float64(cmds.Load())/float64(b.N), "trips/op")
-	})
 }

@@ -40,7 +40,7 @@ func NewRedis(cfg *config.Config) (*pipeline.Redis, error) {
 		}
 		o.TLSConfig = t
 	}
-	return &pipeline.Redis{Client: redis.NewClient(o), Prefix: r.KeyPrefix, Timeout: r.Timeout}, nil
+	return &pipeline.Redis{Client: redis.NewClient(o), Prefix: r.KeyPrefix, Timeout: r.Timeout, RateLease: r.RateLimitLease}, nil
 }
 
 func closeRedis(r *pipeline.Redis) {
