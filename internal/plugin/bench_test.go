@@ -45,7 +45,9 @@ func benchMessage(b *testing.B) *pipeline.Message {
 // plugin), "fields" the stream with the header as one entry per field
 // (sdk.WithHeaderFields, as a protocol 1.1 plugin), "goprocs" the default
 // served with sdk.WithMaxProcs(0) (Go's GOMAXPROCS, one per core, instead
-// of the SDK's 1), all in the same run.
+// of the SDK's 1), "parsed" the default with the header parsed into
+// msg.Header for the hook (as for a plugin without sdk.HeaderReader), all
+// in the same run.
 // host-cpu-µs/op and plugin-cpu-µs/op are the CPU time of each process
 // per call (the host's includes the benchmark's own loop), host-cs/op and
 // plugin-cs/op its threads' context switches per call.
@@ -59,6 +61,7 @@ func BenchmarkPluginOnMessage(b *testing.B) {
 		{"stream/parallel", "", true}, {"unary/parallel", "STAMP_UNARY=1", true},
 		{"fields/serial", "STAMP_FIELDS=1", false}, {"fields/parallel", "STAMP_FIELDS=1", true},
 		{"goprocs/serial", "STAMP_GOPROCS=1", false}, {"goprocs/parallel", "STAMP_GOPROCS=1", true},
+		{"parsed/serial", "STAMP_PARSED=1", false}, {"parsed/parallel", "STAMP_PARSED=1", true},
 	} {
 		par := c.par
 		env := []string{"STAMP_CPUPROFILE=" + os.Getenv("STAMP_CPUPROFILE"), c.env}
