@@ -222,6 +222,14 @@ func BenchmarkMessageFromBlock(b *testing.B) {
 			}
 		}
 	})
+	b.Run("Unparsed", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			if _, err := MessageFromUnparsed(p); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
 	b.Run("ParseMessage", func(b *testing.B) {
 		b.ReportAllocs()
 		for b.Loop() {
@@ -280,4 +288,52 @@ func TestMessageBlockToReuse(t *testing.T) {
 	if !proto.Equal(got, want) || got.Txn.Conn != nil || got.Txn.Sender != "" {
 		t.Fatalf("reused parts: got %v, want %v", got, want)
 	}
+}
+
+// TestMessageFromUnparsed: a well-formed block stays unparsed and reads
+// and writes as MessageFrom's parsed message; a block that is not well
+// formed, or a header sent as fields, is parsed as MessageFrom does.
+func TestMessageFromUnparsed(t *testing.T) {
+	for _, tc := range []struct {
+		block    string
+		unparsed bool
+	}{
+		{"Subject: hi\r\n there\r\nX-A: 1\r\nx-a: 2\r\n\r\n", true},
+		{"Subject: hi\r\nnot a field\r\n", false},
+	} {
+		p := &stagev1.Message{Txn: Txn(sampleTxn()), HasHeader: true, HeaderBlock: []byte(tc.block), HasBody: true, Body: []byte("body\r\n")}
+		want, err := MessageFrom(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := MessageFromUnparsed(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got.HeaderUnparsed() != tc.unparsed || got.Txn.ID != want.Txn.ID {
+			t.Errorf("%q: unparsed %v, want %v", tc.block, got.HeaderUnparsed(), tc.unparsed)
+		}
+		for _, k := range []string{"subject", "X-A", "X-Missing"} {
+			if g, w := got.HeaderValue(k), want.Header.Get(k); g != w {
+				t.Errorf("%q: HeaderValue(%q) = %q, want %q", tc.block, k, g, w)
+			}
+		}
+		gb, _ := got.Bytes()
+		wb, _ := want.Bytes()
+		if string(gb) != string(wb) {
+			t.Errorf("%q: Bytes %q, want %q", tc.block, gb, wb)
+		}
+	}
+	fields := Message(must(pipeline.ParseMessage(sampleTxn(), []byte("Subject: f\r\n\r\n"))), stagev1.BodyNeed_BODY_NEED_HEADERS)
+	m, err := MessageFromUnparsed(fields)
+	if err != nil || m.HeaderUnparsed() || m.Header.Get("Subject") != "f" {
+		t.Fatalf("header as fields: %v %v", m, err)
+	}
+}
+
+func must[T any](v T, err error) T {
+	if err != nil {
+		panic(err)
+	}
+	return v
 }
