@@ -2,11 +2,14 @@ package conv
 
 import (
 	"bytes"
+	"fmt"
 	"net/netip"
 	"reflect"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/emersion/go-message/textproto"
 
 	"github.com/sluice-mta/sluice/pipeline"
 	stagev1 "github.com/sluice-mta/sluice/plugins/proto/stage/v1"
@@ -336,4 +339,36 @@ func must[T any](v T, err error) T {
 		panic(err)
 	}
 	return v
+}
+
+// BenchmarkMessageBlock: the header block of a call (the relay's side),
+// for a received message with the relay's Received field added (Add: it
+// is formatted, and folded, at every write) or stored as written.
+func BenchmarkMessageBlock(b *testing.B) {
+	raw := "From: Alice <alice@origin.example>\r\nTo: Bob <bob@dest.example>\r\nSubject: quarterly report\r\n" +
+		"Date: Mon, 30 Nov 2026 08:00:00 +0000\r\nMessage-ID: <1234@origin.example>\r\nMIME-Version: 1.0\r\n" +
+		"Content-Type: text/plain; charset=utf-8\r\nX-Mailer: bench\r\nX-A: 1\r\nX-B: 2\r\nX-C: 3\r\n\r\nbody\r\n"
+	const received = "from client.example (client.example [192.0.2.1]) by relay.example with ESMTP id 01JDXYZABCDEFGHJKMNPQRSTVW; Mon, 30 Nov 2026 08:00:00 +0000"
+	for _, asWritten := range []bool{false, true} {
+		m := must(pipeline.ParseMessage(sampleTxn(), []byte(raw)))
+		if asWritten {
+			var h textproto.Header
+			h.Add("Received", received)
+			f := h.Fields()
+			f.Next()
+			m.Header.AddRaw(must(f.Raw()))
+		} else {
+			m.Header.Add("Received", received)
+		}
+		b.Run(fmt.Sprint("received-as-written=", asWritten), func(b *testing.B) {
+			var parts MessageParts
+			var buf bytes.Buffer
+			b.ReportAllocs()
+			for b.Loop() {
+				if _, err := MessageBlockTo(&parts, m, stagev1.BodyNeed_BODY_NEED_HEADERS, &buf); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
 }
