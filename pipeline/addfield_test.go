@@ -24,6 +24,13 @@ func TestApplyHeaderEditsWritesAsAdd(t *testing.T) {
 		{"X-Empty", "", true},
 		{"X-Utf8", "héllo wörld", true},
 		{"X-Long", long, false},
+		{"Received", "from client.example (client.example [192.0.2.1]) by relay.example with ESMTP id 01JDXYZABCDEFGHJKMNPQRSTVW; Mon, 30 Nov 2026 08:00:00 +0000", false},
+		{"X-Long-Word", strings.Repeat("x", 200), false},
+		{"X-Long-Blanks", strings.Repeat("ab  ", 40), false},
+		{"X-Long-Tabs", strings.Repeat("ab\t", 60), false},
+		{"X-Long-Lead", " " + long, false},
+		{"Bad Name", long, false},
+		{"X-Long-Break", long + "\r\n" + long, false},
 		{"X-Lead", " padded", false},
 		{"X-Trail", "padded\t", false},
 		{"X-Break", "a\r\nb", false},
@@ -61,5 +68,33 @@ func TestApplyHeaderEditsWritesAsAdd(t *testing.T) {
 	var b bytes.Buffer
 	if err := textproto.WriteHeader(&b, h); err != nil || b.String() != "X-A: 3\r\n\r\n" {
 		t.Fatalf("set: %q %v", b.String(), err)
+	}
+}
+
+// TestAddHeaderFieldFormatsOnce: a folded field (the relay's Received)
+// added with AddHeaderField is stored as written: writing the header
+// formats nothing again (no allocation of its own), where h.Add's is formatted at
+// every write.
+func TestAddHeaderFieldFormatsOnce(t *testing.T) {
+	const received = "from client.example (client.example [192.0.2.1]) by relay.example with ESMTP id 01JDXYZABCDEFGHJKMNPQRSTVW; Mon, 30 Nov 2026 08:00:00 +0000"
+	var stored, added textproto.Header
+	AddHeaderField(&stored, "Received", received)
+	added.Add("Received", received)
+	var buf bytes.Buffer
+	buf.Grow(4096)
+	write := func(h textproto.Header) float64 {
+		return testing.AllocsPerRun(20, func() {
+			buf.Reset()
+			if err := textproto.WriteHeader(&buf, h); err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+	base := write(textproto.Header{}) // WriteHeader's own (the final CRLF)
+	if n := write(stored); n != base {
+		t.Errorf("writing the stored field: %v allocations, want %v (as for no field)", n, base)
+	}
+	if n := write(added); n <= base {
+		t.Error("writing h.Add's field allocated nothing: the test no longer tells the two apart")
 	}
 }

@@ -19,31 +19,47 @@ import (
 func ParseHeaderBlock(block []byte) (h textproto.Header, ok bool) {
 	var starts [32]int
 	fields := starts[:0] // where each field starts, then where the last ends
-	pos := 0
+	fields, ok = scanHeaderBlock(block, fields, true)
+	if !ok {
+		return h, false
+	}
+	for i := len(fields) - 1; i > 0; i-- { // AddRaw prepends
+		h.AddRaw(block[fields[i-1]:fields[i]])
+	}
+	return h, true
+}
+
+// scanHeaderBlock reports whether block is a header block as
+// ParseHeaderBlock takes it; with record, it appends to fields where each
+// field starts and then where the last one ends.
+func scanHeaderBlock(block []byte, fields []int, record bool) (_ []int, ok bool) {
+	pos, n := 0, 0
 	for {
 		nl := bytes.IndexByte(block[pos:], '\n')
 		if nl < 1 || block[pos+nl-1] != '\r' {
-			return h, false
+			return fields, false
 		}
 		line := block[pos : pos+nl+1]
 		switch {
 		case len(line) == 2: // the empty line: last
-			if pos+2 != len(block) || len(fields) == 0 {
-				return h, false
+			if pos+2 != len(block) || n == 0 {
+				return fields, false
 			}
-			fields = append(fields, pos)
-			for i := len(fields) - 1; i > 0; i-- { // AddRaw prepends
-				h.AddRaw(block[fields[i-1]:fields[i]])
+			if record {
+				fields = append(fields, pos)
 			}
-			return h, true
+			return fields, true
 		case line[0] == ' ' || line[0] == '\t':
 			if pos == 0 {
-				return h, false
+				return fields, false
 			}
 		case isFieldLine(line):
-			fields = append(fields, pos)
+			n++
+			if record {
+				fields = append(fields, pos)
+			}
 		default:
-			return h, false
+			return fields, false
 		}
 		pos += nl + 1
 	}

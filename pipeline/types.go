@@ -230,6 +230,9 @@ type Message struct {
 	// line (the body follows the fields directly, or there are no
 	// fields): Bytes writes none either.
 	noBlank bool
+	// unparsed: the header block NewMessageUnparsed was given, until
+	// ParseHeader parses it into Header (rawheader.go).
+	unparsed []byte
 }
 
 // ParseMessage splits raw RFC 5322 data into header and body. data must use
@@ -348,6 +351,11 @@ func (m *Message) HeaderBytes() ([]byte, error) {
 
 // writeHeader writes the header section as Bytes does.
 func (m *Message) writeHeader(buf *bytes.Buffer) error {
+	if m.unparsed != nil && m.Header.Len() == 0 {
+		buf.Write(m.unparsed) // what writing its parsed form would write
+		return nil
+	}
+	m.ParseHeader()
 	if err := textproto.WriteHeader(buf, m.Header); err != nil {
 		return err
 	}

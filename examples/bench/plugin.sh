@@ -19,7 +19,10 @@
 # MODES="off on unary fields", goprocs (the plugin served with
 # sdk.WithMaxProcs(0), Go's GOMAXPROCS instead of the SDK's 1, through its
 # STAMP_GOPROCS environment variable; stamp only), procs2 (GOMAXPROCS=2 in
-# its env). With OLD_SLUICE and OLD_STAMP (paths of a
+# its env), parsed (the header parsed into msg.Header for the hook, as for a
+# plugin without sdk.HeaderReader, through STAMP_PARSED; stamp only), sysmon
+# (GODEBUG=schedtrace=2147483647 in its env: the Go runtime's sysmon never
+# sleeps deeply; docs/plugins.md, "CPU of a Go plugin"). With OLD_SLUICE and OLD_STAMP (paths of a
 # relay and a stamp plugin built from an earlier commit), mode "old" runs
 # those, plugin on: before and after in one run.
 set -euo pipefail
@@ -83,6 +86,8 @@ for r in $(seq "$ROUNDS"); do
       [ "$mode" = fields ] && PENV='{ STAMP_FIELDS = "1" }'
       [ "$mode" = goprocs ] && PENV='{ STAMP_GOPROCS = "1" }'
       [ "$mode" = procs2 ] && PENV='{ GOMAXPROCS = "2" }'
+      [ "$mode" = parsed ] && PENV='{ STAMP_PARSED = "1" }'
+      [ "$mode" = sysmon ] && PENV='{ GODEBUG = "schedtrace=2147483647" }'
       # The plugin stage goes before the routing stage: insert it after "stamp".
       awk -v cmd="$MCMD" -v cfg="$PCFG" -v env="$PENV" '/^sluice.stage\("routing"/ { print "sluice.stage(\"plugin\", sluice.plugin { cmd = \"" cmd "\", timeout = \"2s\", env = " env ", config = " cfg " })\n" } { print }' "$W/relay.lua" > "$W/r2" && mv "$W/r2" "$W/relay.lua"
     fi

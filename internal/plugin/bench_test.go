@@ -45,7 +45,11 @@ func benchMessage(b *testing.B) *pipeline.Message {
 // plugin), "fields" the stream with the header as one entry per field
 // (sdk.WithHeaderFields, as a protocol 1.1 plugin), "goprocs" the default
 // served with sdk.WithMaxProcs(0) (Go's GOMAXPROCS, one per core, instead
-// of the SDK's 1), all in the same run.
+// of the SDK's 1), "parsed" the default with the header parsed into
+// msg.Header for the hook (as for a plugin without sdk.HeaderReader), all
+// in the same run; "sysmon" the default with GODEBUG=schedtrace set so
+// that the Go runtime's sysmon thread never sleeps deeply (docs/plugins.md,
+// "CPU of a Go plugin").
 // host-cpu-µs/op and plugin-cpu-µs/op are the CPU time of each process
 // per call (the host's includes the benchmark's own loop), host-cs/op and
 // plugin-cs/op its threads' context switches per call.
@@ -59,6 +63,8 @@ func BenchmarkPluginOnMessage(b *testing.B) {
 		{"stream/parallel", "", true}, {"unary/parallel", "STAMP_UNARY=1", true},
 		{"fields/serial", "STAMP_FIELDS=1", false}, {"fields/parallel", "STAMP_FIELDS=1", true},
 		{"goprocs/serial", "STAMP_GOPROCS=1", false}, {"goprocs/parallel", "STAMP_GOPROCS=1", true},
+		{"parsed/serial", "STAMP_PARSED=1", false}, {"parsed/parallel", "STAMP_PARSED=1", true},
+		{"sysmon/serial", sysmonAwake, false}, {"sysmon/parallel", sysmonAwake, true},
 	} {
 		par := c.par
 		env := []string{"STAMP_CPUPROFILE=" + os.Getenv("STAMP_CPUPROFILE"), c.env}
@@ -126,6 +132,10 @@ func BenchmarkPluginOnMessage(b *testing.B) {
 		})
 	}
 }
+
+// sysmonAwake keeps the plugin runtime's sysmon thread from its deep
+// sleep (see docs/plugins.md): a schedule trace every 2^31-1 ms.
+const sysmonAwake = "GODEBUG=schedtrace=2147483647"
 
 // procDir is the /proc directory of process pid (0: this process).
 func procDir(pid int) string {

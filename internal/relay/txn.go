@@ -308,7 +308,8 @@ func (t *Txn) received(msg *pipeline.Message) {
 	if len(t.T.Recipients) == 1 {
 		tr.For = t.T.Recipients[0].Address
 	}
-	msg.Header.Add("Received", mailtext.Received(tr))
+	// Formatted (and folded) once, not at every write of the header.
+	pipeline.AddHeaderField(&msg.Header, "Received", mailtext.Received(tr))
 }
 
 // Commit accepts the message: the Received field, on_message, on_route,

@@ -131,9 +131,13 @@ func (s *Scorer) Score(subject string, body []byte) float64 {
 	return sum
 }
 
+// UnparsedHeader implements sdk.HeaderReader: OnMessage reads one header
+// field by name (msg.HeaderValue), so the SDK need not parse the header.
+func (s *Scorer) UnparsedHeader() bool { return true }
+
 // OnMessage implements pipeline.MessageHook.
 func (s *Scorer) OnMessage(ctx context.Context, msg *pipeline.Message) (pipeline.Verdict, error) {
-	score := s.Score(msg.Header.Get("Subject"), msg.Body)
+	score := s.Score(msg.HeaderValue("Subject"), msg.Body)
 	if score >= s.cfg.Threshold {
 		return pipeline.RejectVerdict(s.cfg.RejectCode, s.enh,
 			fmt.Sprintf("%s (score %.1f, threshold %.1f)", s.cfg.RejectText, score, s.cfg.Threshold)), nil

@@ -309,6 +309,20 @@ func MessageBlockTo(into *MessageParts, m *pipeline.Message, need stagev1.BodyNe
 // when not sent). The header block is parsed in place, not copied: m's
 // header refers to p's bytes.
 func MessageFrom(p *stagev1.Message) (*pipeline.Message, error) {
+	return messageFrom(p, false)
+}
+
+// MessageFromUnparsed is MessageFrom for hooks that read the header
+// through Message.HeaderValue (or parse it themselves with
+// Message.ParseHeader): a well-formed header block is kept unparsed
+// (pipeline.NewMessageUnparsed), which costs no allocation per field; a
+// header sent as fields, or a block that is not well formed, is parsed as
+// MessageFrom parses it.
+func MessageFromUnparsed(p *stagev1.Message) (*pipeline.Message, error) {
+	return messageFrom(p, true)
+}
+
+func messageFrom(p *stagev1.Message, unparsed bool) (*pipeline.Message, error) {
 	if p == nil {
 		return nil, fmt.Errorf("no message")
 	}
@@ -322,6 +336,11 @@ func MessageFrom(p *stagev1.Message) (*pipeline.Message, error) {
 	// over the fields that follow in that buffer.
 	p.HeaderBlock, p.Body = slices.Clip(p.HeaderBlock), slices.Clip(p.Body)
 	if len(p.HeaderBlock) > 0 {
+		if unparsed {
+			if m, ok := pipeline.NewMessageUnparsed(txn, p.HeaderBlock, p.Body); ok {
+				return m, nil
+			}
+		}
 		if h, ok := pipeline.ParseHeaderBlock(p.HeaderBlock); ok {
 			return addBody(&pipeline.Message{Txn: txn, Header: h}, p.Body), nil
 		}

@@ -2,11 +2,14 @@ package conv
 
 import (
 	"bytes"
+	"fmt"
 	"net/netip"
 	"reflect"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/emersion/go-message/textproto"
 
 	"github.com/sluice-mta/sluice/pipeline"
 	stagev1 "github.com/sluice-mta/sluice/plugins/proto/stage/v1"
@@ -222,6 +225,14 @@ func BenchmarkMessageFromBlock(b *testing.B) {
 			}
 		}
 	})
+	b.Run("Unparsed", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			if _, err := MessageFromUnparsed(p); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
 	b.Run("ParseMessage", func(b *testing.B) {
 		b.ReportAllocs()
 		for b.Loop() {
@@ -279,5 +290,85 @@ func TestMessageBlockToReuse(t *testing.T) {
 	}
 	if !proto.Equal(got, want) || got.Txn.Conn != nil || got.Txn.Sender != "" {
 		t.Fatalf("reused parts: got %v, want %v", got, want)
+	}
+}
+
+// TestMessageFromUnparsed: a well-formed block stays unparsed and reads
+// and writes as MessageFrom's parsed message; a block that is not well
+// formed, or a header sent as fields, is parsed as MessageFrom does.
+func TestMessageFromUnparsed(t *testing.T) {
+	for _, tc := range []struct {
+		block    string
+		unparsed bool
+	}{
+		{"Subject: hi\r\n there\r\nX-A: 1\r\nx-a: 2\r\n\r\n", true},
+		{"Subject: hi\r\nnot a field\r\n", false},
+	} {
+		p := &stagev1.Message{Txn: Txn(sampleTxn()), HasHeader: true, HeaderBlock: []byte(tc.block), HasBody: true, Body: []byte("body\r\n")}
+		want, err := MessageFrom(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := MessageFromUnparsed(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got.HeaderUnparsed() != tc.unparsed || got.Txn.ID != want.Txn.ID {
+			t.Errorf("%q: unparsed %v, want %v", tc.block, got.HeaderUnparsed(), tc.unparsed)
+		}
+		for _, k := range []string{"subject", "X-A", "X-Missing"} {
+			if g, w := got.HeaderValue(k), want.Header.Get(k); g != w {
+				t.Errorf("%q: HeaderValue(%q) = %q, want %q", tc.block, k, g, w)
+			}
+		}
+		gb, _ := got.Bytes()
+		wb, _ := want.Bytes()
+		if string(gb) != string(wb) {
+			t.Errorf("%q: Bytes %q, want %q", tc.block, gb, wb)
+		}
+	}
+	fields := Message(must(pipeline.ParseMessage(sampleTxn(), []byte("Subject: f\r\n\r\n"))), stagev1.BodyNeed_BODY_NEED_HEADERS)
+	m, err := MessageFromUnparsed(fields)
+	if err != nil || m.HeaderUnparsed() || m.Header.Get("Subject") != "f" {
+		t.Fatalf("header as fields: %v %v", m, err)
+	}
+}
+
+func must[T any](v T, err error) T {
+	if err != nil {
+		panic(err)
+	}
+	return v
+}
+
+// BenchmarkMessageBlock: the header block of a call (the relay's side),
+// for a received message with the relay's Received field added (Add: it
+// is formatted, and folded, at every write) or stored as written.
+func BenchmarkMessageBlock(b *testing.B) {
+	raw := "From: Alice <alice@origin.example>\r\nTo: Bob <bob@dest.example>\r\nSubject: quarterly report\r\n" +
+		"Date: Mon, 30 Nov 2026 08:00:00 +0000\r\nMessage-ID: <1234@origin.example>\r\nMIME-Version: 1.0\r\n" +
+		"Content-Type: text/plain; charset=utf-8\r\nX-Mailer: bench\r\nX-A: 1\r\nX-B: 2\r\nX-C: 3\r\n\r\nbody\r\n"
+	const received = "from client.example (client.example [192.0.2.1]) by relay.example with ESMTP id 01JDXYZABCDEFGHJKMNPQRSTVW; Mon, 30 Nov 2026 08:00:00 +0000"
+	for _, asWritten := range []bool{false, true} {
+		m := must(pipeline.ParseMessage(sampleTxn(), []byte(raw)))
+		if asWritten {
+			var h textproto.Header
+			h.Add("Received", received)
+			f := h.Fields()
+			f.Next()
+			m.Header.AddRaw(must(f.Raw()))
+		} else {
+			m.Header.Add("Received", received)
+		}
+		b.Run(fmt.Sprint("received-as-written=", asWritten), func(b *testing.B) {
+			var parts MessageParts
+			var buf bytes.Buffer
+			b.ReportAllocs()
+			for b.Loop() {
+				if _, err := MessageBlockTo(&parts, m, stagev1.BodyNeed_BODY_NEED_HEADERS, &buf); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
 	}
 }

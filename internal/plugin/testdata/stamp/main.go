@@ -1,6 +1,7 @@
 // Command stamp is the benchmark plugin of the performance target:
 // it asks for the header only, inspects it at on_message (the Subject and
-// whether an X-Spam-Score is present) and adds one header field.
+// whether an X-Spam-Score is present, read with msg.HeaderValue from the
+// header left unparsed: sdk.HeaderReader) and adds one header field.
 package main
 
 import (
@@ -18,20 +19,26 @@ import (
 	"github.com/sluice-mta/sluice/plugins/sdk"
 )
 
-type stage struct{}
+// stage: parsed (STAMP_PARSED, for comparisons) has the SDK parse the
+// header into msg.Header, as a plugin without UnparsedHeader gets it.
+type stage struct{ parsed bool }
 
 func (stage) Name() string                            { return "stamp" }
 func (stage) Version() string                         { return fmt.Sprintf("0.1 (GOMAXPROCS %d)", runtime.GOMAXPROCS(0)) }
 func (stage) Configure(string, json.RawMessage) error { return nil }
 func (stage) Body() sdk.Body                          { return sdk.Headers }
 
+// UnparsedHeader: the hook reads two fields by name (msg.HeaderValue), so
+// the header need not be parsed.
+func (s stage) UnparsedHeader() bool { return !s.parsed }
+
 func (stage) OnMessage(ctx context.Context, msg *pipeline.Message) (pipeline.Verdict, error) {
 	var v pipeline.Verdict
-	if msg.Header.Get("X-Spam-Score") != "" {
+	if msg.HeaderValue("X-Spam-Score") != "" {
 		return v, nil
 	}
 	s := "checked"
-	if msg.Header.Get("Subject") == "" {
+	if msg.HeaderValue("Subject") == "" {
 		s = "no-subject"
 	}
 	v.Edits.AddHeader("X-Stamp", s)
@@ -59,5 +66,5 @@ func main() {
 	if os.Getenv("STAMP_GOPROCS") != "" { // Go's GOMAXPROCS, not the SDK's default of 1
 		opts = append(opts, sdk.WithMaxProcs(0))
 	}
-	sdk.Serve(stage{}, opts...)
+	sdk.Serve(stage{parsed: os.Getenv("STAMP_PARSED") != ""}, opts...)
 }
