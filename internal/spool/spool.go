@@ -161,25 +161,26 @@ type Spool struct {
 	writeTimeout time.Duration
 	space        spaceState
 	fail         atomic.Pointer[error]
-	recovering   atomic.Bool    // recoverWrites runs
-	opened       atomic.Bool    // Open returned
-	lastSize     atomic.Uint64  // Size's last figure
-	readOnly     atomic.Bool    // opened read-only below the reserve; see waitForRoom
-	dbMu         sync.RWMutex   // read: db in use; write: db being switched or closed
-	closed       atomic.Bool    // Close closed the database: writes fail with errClosed
-	gen          int            // db switches, under dbMu
-	lock         *pebble.Lock   // the directory lock, held until Close
-	memtable     uint64         // Pebble memtable size, bytes
-	plog         *pebbleLogger  // Pebble's logger; its Fatalf fails the spool
-	closing      chan struct{}  // closed by Close
-	writeq       chan *writeReq // to a waiting writer goroutine (writers.go)
-	idleWriters  atomic.Int32   // writer goroutines waiting on writeq
+	recovering   atomic.Bool   // recoverWrites runs
+	opened       atomic.Bool   // Open returned
+	lastSize     atomic.Uint64 // Size's last figure
+	readOnly     atomic.Bool   // opened read-only below the reserve; see waitForRoom
+	dbMu         sync.RWMutex  // read: db in use; write: db being switched or closed
+	closed       atomic.Bool   // Close closed the database: writes fail with errClosed
+	gen          int           // db switches, under dbMu
+	lock         *pebble.Lock  // the directory lock, held until Close
+	memtable     uint64        // Pebble memtable size, bytes
+	plog         *pebbleLogger // Pebble's logger; its Fatalf fails the spool
+	closing      chan struct{} // closed by Close
 	bg           sync.WaitGroup
-	deleted      atomic.Int64  // messages deleted since the last compaction
-	commits      atomic.Uint64 // batches committed (Commits)
-	lastReclaim  atomic.Value  // time.Time
+	deleted      atomic.Int64 // messages deleted since the last compaction
+	lastReclaim  atomic.Value // time.Time
 
 	supp suppState // the suppression list's policy (suppression.go)
+
+	writeq      chan *writeReq // to a waiting writer goroutine (writers.go)
+	idleWriters atomic.Int32   // writer goroutines waiting on writeq
+	commits     atomic.Uint64  // batches committed (Commits)
 }
 
 // Open opens (creating if needed) the spool at path.
