@@ -182,6 +182,12 @@ func runServe(args []string, stderr io.Writer) int {
 	if limit, cg := memlimit.Set(); limit > 0 {
 		log.Info("Go soft memory limit set from the cgroup memory limit (set GOMEMLIMIT to choose another)", "limit_bytes", limit, "cgroup_limit_bytes", cg)
 	}
+	// At least 64 MiB allocated between two collections while the live
+	// heap is small (memlimit.Floor; GOGC set in the environment wins).
+	if stopFloor, ok := memlimit.Floor(memlimit.DefaultGCFloor); ok {
+		defer stopFloor()
+		log.Debug("GC floor on (set GOGC to turn it off)", "floor_bytes", memlimit.DefaultGCFloor)
+	}
 	cfg, err := config.Load(*cfgPath)
 	if err != nil {
 		fmt.Fprintln(stderr, "sluice serve:", err)

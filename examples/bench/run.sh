@@ -10,28 +10,42 @@ cd "$(dirname "$0")/../.."
 SCENARIOS=${SCENARIOS:-"2048:20:10000 2048:1:2000 51200:20:3000 51200:1:1000"}
 # HTTP: CLIENTS:MESSAGES:BATCH (BATCH 0 = POST /v1/messages, N = /v1/messages/batch of N)
 HTTP_SCENARIOS=${HTTP_SCENARIOS:-"64:20000:0 16:40000:100"}
+# SLUICE: the relay binary to run (an A/B swaps it); SERVE_FLAGS: extra
+# flags for `sluice serve`, e.g. "-cpuprofile /tmp/cpu.pb" or "-trace /tmp/t.out".
+SLUICE=${SLUICE:-bin/sluice}
+SERVE_FLAGS=${SERVE_FLAGS:-}
 WORK=$(mktemp -d /tmp/sluice-bench.XXXXXX)
 trap 'kill $pid 2>/dev/null; wait $pid 2>/dev/null; rm -rf "$WORK"' EXIT
 
 sed -e "s#{{SPOOL}}#$WORK/spool#" -e "s#{{EVENTS}}#$WORK/events.jsonl#" examples/bench/relay.lua > "$WORK/relay.lua"
-bin/sluice serve -c "$WORK/relay.lua" -log-level warn 2> "$WORK/sluice.log" &
+"$SLUICE" serve -c "$WORK/relay.lua" -log-level warn $SERVE_FLAGS 2> "$WORK/sluice.log" &
 pid=$!
 for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/2605) 2>/dev/null && break; sleep 0.1; done
 
-KEY=$(bin/sluice apikey create --tenant bench --scope send -c "$WORK/relay.lua")
+KEY=$("$SLUICE" apikey create --tenant bench --scope send -c "$WORK/relay.lua")
 
 echo "# sluice make bench — $(date -u +%FT%TZ) — $(nproc) cores, $(uname -m), $(go version | cut -d' ' -f3)"
 bin/sluice-bench smtp -target 127.0.0.1:2605 -sink 127.0.0.1:2602 -n 1000 -c 20 -size 2048 > /dev/null  # warm-up
+# relay CPU (user+system clock ticks) from /proc, for CPU per message
+ticks() { awk '{print $14+$15}' "/proc/$pid/stat" 2>/dev/null || echo 0; }
+cpu_per_msg() { # start_ticks messages
+  awk -v a="$1" -v b="$(ticks)" -v n="$2" -v hz="$(getconf CLK_TCK)" \
+    'BEGIN{printf "relay CPU: %.0f us/msg (load %s)\n", (b-a)/hz*1e6/n, "'"$(cut -d' ' -f1 /proc/loadavg)"'"}'
+}
 for sc in $SCENARIOS; do
   IFS=: read -r size sess n <<< "$sc"
   echo "## ${size} B x ${sess} session(s) x ${n} messages"
+  t0=$(ticks)
   bin/sluice-bench smtp -target 127.0.0.1:2605 -sink 127.0.0.1:2602 -n "$n" -c "$sess" -size "$size" -timeout 300s || echo "(run failed)"
+  cpu_per_msg "$t0" "$n"
 done
 
 for sc in $HTTP_SCENARIOS; do
   IFS=: read -r clients n batch <<< "$sc"
   echo "## HTTP 2 KB JSON x ${clients} keep-alive client(s) x ${n} messages, batch=${batch}"
+  t0=$(ticks)
   bin/sluice-bench http -target http://127.0.0.1:8025 -key "$KEY" -sink 127.0.0.1:2602 -n "$n" -c "$clients" -size 2048 -batch "$batch" -timeout 300s || echo "(run failed)"
+  cpu_per_msg "$t0" "$n"
 done
 
 # Anything the relay warned about during the runs (a refused message is

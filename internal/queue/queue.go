@@ -1326,6 +1326,18 @@ func (q *Queue) complete(it *item, res []delivery.Result, err error, remote *pip
 		bMeta, bRcpts = q.makeBounce(b, m, failed)
 	}
 
+	// When this item settles the message's last unsettled recipients (the
+	// usual case: one destination), the message is deleted in the same
+	// batch as their outcomes: one commit instead of two, and the batch is
+	// atomic, so a crash still never leaves a recipient without its
+	// message. Only enqueue adds to remaining, and only for a new message,
+	// so nothing can raise it before the commit below.
+	q.mu.Lock()
+	whole := done > 0 && it.msg.remaining == done
+	q.mu.Unlock()
+	if whole {
+		b.DeleteMessage(m.ID)
+	}
 	if cerr := b.Commit(false); cerr != nil {
 		// The outcome is lost but the spool still holds the recipients as
 		// they were: retry the whole item later.
@@ -1342,11 +1354,12 @@ func (q *Queue) complete(it *item, res []delivery.Result, err error, remote *pip
 		q.kick()
 		return cerr
 	}
-	// Count settled recipients only once their outcome is committed, and
-	// delete the message in a later batch: WAL order then guarantees the
-	// message outlives every outcome batch of its recipients, so a crash
-	// can leave a message without recipients (collected at start), never a
-	// recipient without its message.
+	// Count settled recipients only once their outcome is committed. When
+	// other items of the message settled at the same time (whole was
+	// false), the last of them deletes the message in a later batch: WAL
+	// order then guarantees the message outlives every outcome batch of its
+	// recipients, so a crash can leave a message without recipients
+	// (collected at start), never a recipient without its message.
 	q.countOutcomes(outcomes)
 	q.mu.Lock()
 	it.msg.remaining -= done
@@ -1355,7 +1368,7 @@ func (q *Queue) complete(it *item, res []delivery.Result, err error, remote *pip
 		delete(q.msgs, m.ID)
 	}
 	q.mu.Unlock()
-	if last {
+	if last && !whole {
 		db := q.sp.NewBatch()
 		db.DeleteMessage(m.ID)
 		if err := db.Commit(false); err != nil {

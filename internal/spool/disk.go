@@ -164,8 +164,7 @@ func (s *Spool) write(f func() error) error {
 			return &fullError{cause: errFloor}
 		}
 	}
-	done := make(chan error, 1)
-	go func() { done <- s.writeNow(f) }()
+	r := s.startWrite(f) // on a writer goroutine (writers.go)
 	var timeout <-chan time.Time
 	if s.writeTimeout > 0 {
 		t := time.NewTimer(s.writeTimeout)
@@ -173,13 +172,14 @@ func (s *Spool) write(f func() error) error {
 		timeout = t.C
 	}
 	select {
-	case err := <-done:
+	case err := <-r.done:
+		endWrite(r)
 		return err
 	case <-s.plog.fatal:
 		return s.fatalErr()
 	case <-timeout:
 		s.markFailed(fmt.Sprintf("a write did not finish within %s (is the disk full or failing?)", s.writeTimeout), false)
-		go s.recoverWrites(done)
+		go s.recoverWrites(r.done)
 		return &fullError{cause: s.failed()}
 	}
 }

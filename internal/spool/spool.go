@@ -177,6 +177,10 @@ type Spool struct {
 	lastReclaim  atomic.Value // time.Time
 
 	supp suppState // the suppression list's policy (suppression.go)
+
+	writeq      chan *writeReq // to a waiting writer goroutine (writers.go)
+	idleWriters atomic.Int32   // writer goroutines waiting on writeq
+	commits     atomic.Uint64  // batches committed (Commits)
 }
 
 // Open opens (creating if needed) the spool at path.
@@ -205,6 +209,7 @@ func Open(path string, o Options) (*Spool, error) {
 		memtable: uint64(o.MemtableMB) << 20,
 		plog:     newPebbleLogger(o.Logger.With("component", "pebble")),
 		closing:  make(chan struct{}),
+		writeq:   make(chan *writeReq),
 	}
 	onFatal := func(msg string) { s.markFailed(msg, true) }
 	s.plog.onFatal.Store(&onFatal)
@@ -537,6 +542,11 @@ func (b *Batch) Discard() { b.b.Close() }
 // Empty reports whether the batch holds nothing.
 func (b *Batch) Empty() bool { return b.b.Empty() && len(b.events) == 0 }
 
+// Commits returns how many batches Batch.Commit wrote since Open: each is
+// a Pebble commit (a WAL record; a synced one also an fdatasync unless it
+// shares one). Safe for concurrent use.
+func (s *Spool) Commits() uint64 { return s.commits.Load() }
+
 // Commit writes the batch; with sync it returns after an fsync shared with
 // concurrent committers. The batch cannot be reused.
 func (b *Batch) Commit(sync bool) error {
@@ -599,8 +609,11 @@ func (b *Batch) Commit(sync bool) error {
 	}
 	err := s.apply(b.b, opts) // closes b.b
 	s.dbMu.RUnlock()
-	if err == nil && b.deleted > 0 {
-		s.deleted.Add(b.deleted)
+	if err == nil {
+		s.commits.Add(1)
+		if b.deleted > 0 {
+			s.deleted.Add(b.deleted)
+		}
 	}
 	if n > 0 {
 		s.release(first, n)

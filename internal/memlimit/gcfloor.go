@@ -1,0 +1,98 @@
+package memlimit
+
+import (
+	"os"
+	"runtime"
+	"runtime/debug"
+	"runtime/metrics"
+	"sync/atomic"
+)
+
+// DefaultGCFloor is the floor `sluice serve` sets (see Floor): 64 MiB.
+const DefaultGCFloor = 64 << 20
+
+// Floor makes the garbage collector let at least floor bytes be allocated
+// between two collections, however small the live heap, unless the GOGC
+// environment variable is set (the operator's choice wins) or floor is 0.
+// It reports whether it started; stop ends it (the GC percentage it set
+// stays until the next debug.SetGCPercent).
+//
+// Why: with GOGC=100 the collector runs each time the program has
+// allocated as much as its live heap. An idle queue keeps the relay's
+// live heap at about 7 MB while acceptance allocates about 30 KB per
+// message, so at 6,000 messages a second it collected about 25 times a
+// second: each collection stops the world twice, takes a quarter of the
+// CPU for its marking and makes allocating goroutines (the requests being
+// answered) assist it, a cost and a latency that every request in flight
+// pays (issue 21, HTTP tail latency). After each collection Floor sets
+// the GC percentage to max(100, 100*floor/live): with a small live heap
+// the heap may then grow by floor before the next collection; once the
+// live heap passes floor (a large queue) it is GOGC=100 as before. The
+// soft memory limit (Set, GOMEMLIMIT) still applies: near it the
+// collector runs sooner. Memory cost: up to floor more heap while the
+// live heap is small.
+//
+// It runs after each collection (a finalizer on a sentinel object, which
+// runs on the runtime's finalizer goroutine) and costs one
+// runtime/metrics read per collection.
+func Floor(floor uint64) (stop func(), started bool) {
+	_, env := os.LookupEnv("GOGC")
+	return floorUnlessEnv(floor, env)
+}
+
+func floorUnlessEnv(floor uint64, gogcSet bool) (stop func(), started bool) {
+	if gogcSet || floor == 0 {
+		return func() {}, false
+	}
+	f := &gcFloor{floor: floor, pct: 100}
+	f.sample = []metrics.Sample{{Name: "/gc/heap/live:bytes"}}
+	f.arm()
+	return func() { f.stopped.Store(true) }, true
+}
+
+type gcFloor struct {
+	floor   uint64
+	pct     int // the GC percentage last set
+	sample  []metrics.Sample
+	stopped atomic.Bool
+}
+
+// sentinel is allocated once per collection cycle; it has a pointer so it
+// is never one of the tiny allocations that share a block (a finalizer on
+// those may never run).
+type sentinel struct{ _ *gcFloor }
+
+func (f *gcFloor) arm() {
+	runtime.SetFinalizer(&sentinel{}, func(*sentinel) {
+		if f.stopped.Load() {
+			return
+		}
+		f.adjust()
+		f.arm()
+	})
+}
+
+// adjust sets the GC percentage for the live heap the last collection
+// left. It changes it only when it moves by more than an eighth, so a
+// steady heap does not reset it after every collection.
+func (f *gcFloor) adjust() {
+	metrics.Read(f.sample)
+	if f.sample[0].Value.Kind() != metrics.KindUint64 {
+		return
+	}
+	pct := gcPercentFor(f.sample[0].Value.Uint64(), f.floor)
+	if d := pct - f.pct; d > f.pct/8 || -d > f.pct/8 {
+		debug.SetGCPercent(pct)
+		f.pct = pct
+	}
+}
+
+// gcPercentFor is the GC percentage that lets floor bytes be allocated
+// above a live heap of live bytes, at least 100 (the default) and at most
+// 10,000.
+func gcPercentFor(live, floor uint64) int {
+	if live == 0 {
+		live = 1 << 20
+	}
+	return int(min(max(100, floor*100/live), 10000))
+}
