@@ -210,8 +210,15 @@ func (s *Store) searchText(tenant string, f Filter, start, limit int) (*Page, er
 		f.To = ""
 	}
 	unsure := false
+	// Phrases are checked for adjacency (refine) newest first until the
+	// candidates are enough for the page, with some to spare for those
+	// whose separators differ; older candidates are left unrefined.
+	refined := 0
 	for i := len(list) - 1; i >= 0; i-- {
 		e := list[i]
+		if refined < start+limit+64 {
+			m.refine(t, e.seq)
+		}
 		sure := m.sure.has(e.seq)
 		if !sure && !m.maybe.has(e.seq) || !f.matchIndexed(e) {
 			continue
@@ -226,6 +233,9 @@ func (s *Store) searchText(tenant string, f Filter, start, limit int) (*Page, er
 		}
 		unsure = true
 		cands = append(cands, cand{e, sure})
+		if e.seq >= m.lo {
+			refined++
+		}
 	}
 	s.mu.RUnlock()
 	if !unsure {

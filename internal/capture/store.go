@@ -36,7 +36,8 @@
 // subject, tag and time never touch the disk. So is an inverted index of
 // the texts' words (words.go), built from the text range at Open: a
 // search by one word is answered from it; a phrase reads the texts of the
-// messages holding all its words, newest first, until the page is full.
+// messages holding all its words side by side (the index keeps the
+// words' positions), newest first, until the page is full.
 //
 // Concurrency: every method is safe for concurrent use.
 package capture
