@@ -216,12 +216,14 @@ func (s *Store) searchText(tenant string, f Filter, start, limit int) (*Page, er
 	refined := 0
 	for i := len(list) - 1; i >= 0; i-- {
 		e := list[i]
-		if refined < start+limit+64 {
-			m.refine(t, e.seq)
-		}
 		sure := m.sure.has(e.seq)
 		if !sure && !m.maybe.has(e.seq) || !f.matchIndexed(e) {
 			continue
+		}
+		if !sure && refined < start+limit+64 {
+			if m.refine(t, e.seq); !m.maybe.has(e.seq) {
+				continue
+			}
 		}
 		if !unsure && sure {
 			// Every match so far is known: count, keep the page.

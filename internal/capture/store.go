@@ -27,7 +27,7 @@
 //
 // Key layout:
 //
-//	s<tenant>\x00<id>   summary (JSON Summary)
+//	s<tenant>\x00<id>   summary (binary, summary_codec.go; JSON before)
 //	b<id>               the message's bytes as delivered
 //	t<tenant>\x00<id>   searchable text: subject and text part, lower case
 //
@@ -46,7 +46,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -229,12 +228,12 @@ func (s *Store) load() error {
 	defer it.Close()
 	n := 0
 	for it.First(); it.Valid(); it.Next() {
-		var sm Summary
-		if err := json.Unmarshal(it.Value(), &sm); err != nil {
+		sm, err := decodeSummary(it.Value())
+		if err != nil {
 			s.log.Error("corrupt captured message summary; skipped", "key", string(it.Key()), "err", err)
 			continue
 		}
-		s.index(&sm)
+		s.index(sm)
 		n++
 	}
 	if err := it.Error(); err != nil {
@@ -335,10 +334,7 @@ func (s *Store) Put(tenant, msgID, sender string, rcpts []string, data []byte) (
 	if sm.Cc == nil {
 		sm.Cc = []string{}
 	}
-	v, err := json.Marshal(sm)
-	if err != nil {
-		return nil, err
-	}
+	v := encodeSummary(make([]byte, 0, 256), sm)
 	text := strings.ToLower(sm.Subject + "\n" + p.text)
 	tb := []byte(text)
 	b := s.db.NewBatch()

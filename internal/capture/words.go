@@ -521,7 +521,7 @@ func (t *tenantIndex) matchText(terms []string) textMatch {
 }
 
 // refine checks the phrases' adjacency (adjacentRun) for the messages
-// from seq down, and a window below (twice the last), clearing from
+// from seq down, and a window below (four times the last), clearing from
 // maybe the messages that cannot hold them; t is the tenant m was made
 // from, s.mu held (read) since matchText.
 func (m *textMatch) refine(t *tenantIndex, seq uint64) {
@@ -529,7 +529,7 @@ func (m *textMatch) refine(t *tenantIndex, seq uint64) {
 		return
 	}
 	hi := m.lo
-	w := max(2*(m.maybe.base+uint64(len(m.maybe.w))*64-hi), refineWindow)
+	w := max(4*(m.maybe.base+uint64(len(m.maybe.w))*64-hi), refineWindow)
 	lo := m.maybe.base
 	if hi >= lo+w {
 		lo = hi - w
