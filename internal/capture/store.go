@@ -50,6 +50,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -316,18 +317,32 @@ func textKey(tenant, id string) []byte    { return tenantKey(kText, tenant, id) 
 // delivery, and the queue records the recipient delivered once Put has
 // returned, so a crash right after must not lose it. Concurrent Puts
 // share one fsync (Pebble's commit pipeline groups synced commits).
+//
+// The spooled message msgID's tags and source are read through
+// Options.MessageInfo; see PutInfo.
 func (s *Store) Put(tenant, msgID, sender string, rcpts []string, data []byte) (*Summary, error) {
+	return s.put(tenant, msgID, sender, rcpts, data, nil, "")
+}
+
+// PutInfo is Put with the spooled message's tags and source given (a
+// capture delivery has them in its envelope): Options.MessageInfo is
+// not called. source "" is Put.
+func (s *Store) PutInfo(tenant, msgID, sender string, rcpts []string, data []byte, tags []string, source string) (*Summary, error) {
+	return s.put(tenant, msgID, sender, rcpts, data, tags, source)
+}
+
+func (s *Store) put(tenant, msgID, sender string, rcpts []string, data []byte, tags []string, source string) (*Summary, error) {
 	p := parseSummary(data)
 	sm := &Summary{ID: s.newID(), Tenant: tenant, MessageID: msgID, Created: s.o.Now().UTC(), Sender: sender,
 		Recipients: rcpts, From: p.from, To: p.to, Cc: p.cc, Subject: p.subject, HeaderID: p.messageID,
 		Size: len(data), Attachments: p.attachments, Tags: []string{}}
-	if s.o.MessageInfo != nil && msgID != "" {
-		tags, src := s.o.MessageInfo(msgID)
-		if tags != nil {
-			sm.Tags = tags
-		}
-		sm.Source = src
+	if source == "" && s.o.MessageInfo != nil && msgID != "" {
+		tags, source = s.o.MessageInfo(msgID)
 	}
+	if tags != nil {
+		sm.Tags = slices.Clone(tags)
+	}
+	sm.Source = source
 	if sm.To == nil {
 		sm.To = []string{}
 	}
