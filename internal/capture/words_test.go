@@ -447,3 +447,20 @@ func TestPhraseNeedsAdjacentWords(t *testing.T) {
 	defer s.Close()
 	check("reopened")
 }
+
+// BenchmarkSplitWords: cutting one 2 KB message's text (benchMessage)
+// into its words and positions, the part of indexing done before the
+// store's lock.
+func BenchmarkSplitWords(b *testing.B) {
+	r := rand.New(rand.NewPCG(3, 4))
+	texts := make([]string, 100)
+	for i := range texts {
+		_, data := benchMessage(r, i)
+		p := parseSummary(data)
+		texts[i] = strings.ToLower(p.subject + "\n" + p.text)
+	}
+	b.ReportAllocs()
+	for i := 0; i < b.N; i++ {
+		_ = splitWords(texts[i%len(texts)])
+	}
+}
