@@ -105,17 +105,10 @@ func (d *summaryDecoder) uvarint() uint64 {
 	return x
 }
 
+// varint reads a binary.AppendVarint value: a zigzag uvarint.
 func (d *summaryDecoder) varint() int64 {
-	if d.err != nil {
-		return 0
-	}
-	x, n := binary.Varint(d.b)
-	if n <= 0 {
-		d.err = errSummaryShort
-		return 0
-	}
-	d.b = d.b[n:]
-	return x
+	x := d.uvarint()
+	return int64(x>>1) ^ -int64(x&1)
 }
 
 func (d *summaryDecoder) string() string {

@@ -20,6 +20,11 @@ func TestSummaryCodec(t *testing.T) {
 	if err != nil || !reflect.DeepEqual(got, sm) {
 		t.Fatalf("binary round trip: %+v %v, want %+v", got, err, sm)
 	}
+	neg := *sm
+	neg.Created = time.Unix(-5, -7).UTC() // before 1970: a negative varint
+	if got, err := decodeSummary(encodeSummary(nil, &neg)); err != nil || !got.Created.Equal(neg.Created) {
+		t.Fatalf("negative time: %v %v", got, err)
+	}
 	j, _ := json.Marshal(sm)
 	if got, err := decodeSummary(j); err != nil || !reflect.DeepEqual(got, sm) {
 		t.Fatalf("JSON: %+v %v", got, err)
