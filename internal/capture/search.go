@@ -210,20 +210,11 @@ func (s *Store) searchText(tenant string, f Filter, start, limit int) (*Page, er
 		f.To = ""
 	}
 	unsure := false
-	// Phrases are checked for adjacency (refine) newest first until the
-	// candidates are enough for the page, with some to spare for those
-	// whose separators differ; older candidates are left unrefined.
-	refined := 0
 	for i := len(list) - 1; i >= 0; i-- {
 		e := list[i]
 		sure := m.sure.has(e.seq)
 		if !sure && !m.maybe.has(e.seq) || !f.matchIndexed(e) {
 			continue
-		}
-		if !sure && refined < start+limit+64 {
-			if m.refine(t, e.seq); !m.maybe.has(e.seq) {
-				continue
-			}
 		}
 		if !unsure && sure {
 			// Every match so far is known: count, keep the page.
@@ -235,9 +226,28 @@ func (s *Store) searchText(tenant string, f Filter, start, limit int) (*Page, er
 		}
 		unsure = true
 		cands = append(cands, cand{e, sure})
-		if e.seq >= m.lo {
-			refined++
+	}
+	// Phrases: past a few candidates (reading those few texts costs
+	// less), their words' adjacency is checked (refine) newest first
+	// until the candidates left are enough for the page, with some to
+	// spare for those whose separators differ; older candidates are
+	// left unrefined.
+	if len(m.runs) > 0 && len(cands) > refineAbove {
+		kept, n := cands[:0], 0
+		for j, c := range cands {
+			if n >= start+limit+64 {
+				kept = append(kept, cands[j:]...)
+				break
+			}
+			if !c.sure {
+				if m.refine(t, c.e.seq); !m.maybe.has(c.e.seq) {
+					continue
+				}
+			}
+			kept = append(kept, c)
+			n++
 		}
+		cands = kept
 	}
 	s.mu.RUnlock()
 	if !unsure {

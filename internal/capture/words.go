@@ -460,9 +460,10 @@ func (t *tenantIndex) seqSet() seqBits {
 // text must be read to know; a superset of sure).
 //
 // The phrases' adjacency check (adjacentRun) is left to refine: a search
-// refines maybe newest first, as far as its page needs (a phrase of
-// words in every message costs the positions of the few thousand newest
-// messages, not of all); below lo nothing is refined yet.
+// with many candidates refines maybe newest first, as far as its page
+// needs (a phrase of words in every message costs the positions of the
+// few thousand newest messages, not of all); below lo nothing is refined
+// yet.
 type textMatch struct {
 	sure, maybe seqBits
 	long        seqBits   // messages with a long word: never refined away
@@ -548,6 +549,11 @@ func (m *textMatch) refine(t *tenantIndex, seq uint64) {
 // refineWindow is the fewest messages refine checks at a time (tests
 // lower it).
 var refineWindow uint64 = 2048
+
+// refineAbove: a search whose phrase leaves at most this many candidates
+// (after the other filters) reads their texts without refining (tests
+// lower it).
+var refineAbove = 64
 
 // refineAll refines every message (tests).
 func (m *textMatch) refineAll(t *tenantIndex) {

@@ -147,10 +147,10 @@ func TestWordIndexMatchesScan(t *testing.T) {
 					unselectiveMin = -len(texts)
 				}
 				if pass == 2 {
-					refineWindow = 4
+					refineWindow, refineAbove = 4, 0
 				}
 				p, err := s.Search("acme", f, start, limit)
-				maxTextSeeks, unselectiveMin, refineWindow = 256, 1024, 2048
+				maxTextSeeks, unselectiveMin, refineWindow, refineAbove = 256, 1024, 2048, 64
 				if err != nil {
 					t.Fatal(err)
 				}
