@@ -464,3 +464,31 @@ func BenchmarkSplitWords(b *testing.B) {
 		_ = splitWords(texts[i%len(texts)])
 	}
 }
+
+// TestSplitWordsPositions: every distinct word once, with each of its
+// positions in order, also past the small set's capacity (a map takes
+// over after 384 distinct words).
+func TestSplitWordsPositions(t *testing.T) {
+	r := rand.New(rand.NewPCG(5, 6))
+	var words []string
+	for i := 0; i < 3000; i++ {
+		words = append(words, fmt.Sprintf("w%d", r.IntN(1200)))
+	}
+	st := splitWords(strings.Join(words, " , "))
+	want := map[string][]uint32{}
+	var order []string
+	for p, w := range words {
+		if want[w] == nil {
+			order = append(order, w)
+		}
+		want[w] = append(want[w], uint32(p))
+	}
+	if !slices.Equal(st.words, order) {
+		t.Fatalf("%d words, want %d in first-seen order", len(st.words), len(order))
+	}
+	for j, w := range st.words {
+		if got := st.pos[st.at[j]:st.at[j+1]]; !slices.Equal(got, want[w]) {
+			t.Fatalf("%s at %v, want %v", w, got, want[w])
+		}
+	}
+}
