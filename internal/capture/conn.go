@@ -100,7 +100,7 @@ func (c *Conn) Deliver(ctx context.Context, env *delivery.Envelope, data []byte)
 	if len(accepted) == 0 {
 		return res, nil
 	}
-	sm, err := c.s.Put(c.tenant, env.MsgID, env.From, accepted, data)
+	sm, err := c.s.PutInfo(c.tenant, env.MsgID, env.From, accepted, data, env.Tags, env.Source)
 	if err != nil {
 		c.s.log.Error("cannot capture a message; its recipients are deferred", "msgid", env.MsgID, "tenant", c.tenant, "err", err)
 		c.broken = true

@@ -174,8 +174,19 @@ type summaryFields struct {
 	attachments              int
 }
 
+// parseSummary reads what a summary records of data: a message of one
+// text/plain part that needs no decoding (most test and transactional
+// mail sent as plain text) through quickParse, anything else through
+// the MIME parser (parse), with the same result.
 func parseSummary(data []byte) summaryFields {
-	p := parse(data, false)
+	p, ok := quickParse(data)
+	if !ok {
+		p = parse(data, false)
+	}
+	return summaryOf(p)
+}
+
+func summaryOf(p *Parsed) summaryFields {
 	h := mail.HeaderFromMap(p.Headers)
 	var f summaryFields
 	if l, err := h.AddressList("From"); err == nil && len(l) > 0 {

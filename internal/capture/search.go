@@ -227,6 +227,28 @@ func (s *Store) searchText(tenant string, f Filter, start, limit int) (*Page, er
 		unsure = true
 		cands = append(cands, cand{e, sure})
 	}
+	// Phrases: past a few candidates (reading those few texts costs
+	// less), their words' adjacency is checked (refine) newest first
+	// until the candidates left are enough for the page, with some to
+	// spare for those whose separators differ; older candidates are
+	// left unrefined.
+	if len(m.runs) > 0 && len(cands) > refineAbove {
+		kept, n := cands[:0], 0
+		for j, c := range cands {
+			if n >= start+limit+64 {
+				kept = append(kept, cands[j:]...)
+				break
+			}
+			if !c.sure {
+				if m.refine(t, c.e.seq); !m.maybe.has(c.e.seq) {
+					continue
+				}
+			}
+			kept = append(kept, c)
+			n++
+		}
+		cands = kept
+	}
 	s.mu.RUnlock()
 	if !unsure {
 		p.Count = len(p.Messages)

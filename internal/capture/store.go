@@ -27,7 +27,7 @@
 //
 // Key layout:
 //
-//	s<tenant>\x00<id>   summary (JSON Summary)
+//	s<tenant>\x00<id>   summary (binary, summary_codec.go; JSON before)
 //	b<id>               the message's bytes as delivered
 //	t<tenant>\x00<id>   searchable text: subject and text part, lower case
 //
@@ -36,7 +36,8 @@
 // subject, tag and time never touch the disk. So is an inverted index of
 // the texts' words (words.go), built from the text range at Open: a
 // search by one word is answered from it; a phrase reads the texts of the
-// messages holding all its words, newest first, until the page is full.
+// messages holding all its words side by side (the index keeps the
+// words' positions), newest first, until the page is full.
 //
 // Concurrency: every method is safe for concurrent use.
 package capture
@@ -45,11 +46,11 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"os"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -228,12 +229,12 @@ func (s *Store) load() error {
 	defer it.Close()
 	n := 0
 	for it.First(); it.Valid(); it.Next() {
-		var sm Summary
-		if err := json.Unmarshal(it.Value(), &sm); err != nil {
+		sm, err := decodeSummary(it.Value())
+		if err != nil {
 			s.log.Error("corrupt captured message summary; skipped", "key", string(it.Key()), "err", err)
 			continue
 		}
-		s.index(&sm)
+		s.index(sm)
 		n++
 	}
 	if err := it.Error(); err != nil {
@@ -316,28 +317,39 @@ func textKey(tenant, id string) []byte    { return tenantKey(kText, tenant, id) 
 // delivery, and the queue records the recipient delivered once Put has
 // returned, so a crash right after must not lose it. Concurrent Puts
 // share one fsync (Pebble's commit pipeline groups synced commits).
+//
+// The spooled message msgID's tags and source are read through
+// Options.MessageInfo; see PutInfo.
 func (s *Store) Put(tenant, msgID, sender string, rcpts []string, data []byte) (*Summary, error) {
+	return s.put(tenant, msgID, sender, rcpts, data, nil, "")
+}
+
+// PutInfo is Put with the spooled message's tags and source given (a
+// capture delivery has them in its envelope): Options.MessageInfo is
+// not called. source "" is Put.
+func (s *Store) PutInfo(tenant, msgID, sender string, rcpts []string, data []byte, tags []string, source string) (*Summary, error) {
+	return s.put(tenant, msgID, sender, rcpts, data, tags, source)
+}
+
+func (s *Store) put(tenant, msgID, sender string, rcpts []string, data []byte, tags []string, source string) (*Summary, error) {
 	p := parseSummary(data)
 	sm := &Summary{ID: s.newID(), Tenant: tenant, MessageID: msgID, Created: s.o.Now().UTC(), Sender: sender,
 		Recipients: rcpts, From: p.from, To: p.to, Cc: p.cc, Subject: p.subject, HeaderID: p.messageID,
 		Size: len(data), Attachments: p.attachments, Tags: []string{}}
-	if s.o.MessageInfo != nil && msgID != "" {
-		tags, src := s.o.MessageInfo(msgID)
-		if tags != nil {
-			sm.Tags = tags
-		}
-		sm.Source = src
+	if source == "" && s.o.MessageInfo != nil && msgID != "" {
+		tags, source = s.o.MessageInfo(msgID)
 	}
+	if tags != nil {
+		sm.Tags = slices.Clone(tags)
+	}
+	sm.Source = source
 	if sm.To == nil {
 		sm.To = []string{}
 	}
 	if sm.Cc == nil {
 		sm.Cc = []string{}
 	}
-	v, err := json.Marshal(sm)
-	if err != nil {
-		return nil, err
-	}
+	v := encodeSummary(make([]byte, 0, 256), sm)
 	text := strings.ToLower(sm.Subject + "\n" + p.text)
 	tb := []byte(text)
 	b := s.db.NewBatch()

@@ -3,6 +3,7 @@ package capture
 import (
 	"bytes"
 	"encoding/binary"
+	"slices"
 	"sort"
 	"strings"
 	"unicode"
@@ -23,10 +24,14 @@ import (
 //     alone, with no disk read, and Search counts Total.
 //   - A term with separators ("order 123", "a@b.test") is a phrase: each
 //     of its words must be in the message (the first as the end of a
-//     word, the last as the start of one, the middle ones whole). The
-//     messages holding all of them are candidates, and each candidate's
-//     text is read to check the phrase itself, newest first until the
-//     page is full (Total is -1).
+//     word, the last as the start of one, the middle ones whole), and
+//     side by side: the postings hold each word's positions in the
+//     text, so the candidates are the messages where the phrase's words
+//     follow one another (adjacent). Each candidate's text is read to
+//     check the phrase itself (the separators between the words may
+//     differ), newest first until the page is full (Total is -1). A
+//     phrase whose words are everywhere but never side by side reads
+//     no text.
 //
 // The index lives in memory, per tenant, next to the summaries; it is
 // built from the stored texts at Open (one sequential read of the text
@@ -40,8 +45,9 @@ import (
 // inbox's worth of captures).
 //
 // Memory: a posting is a delta-encoded varint of the message's sequence
-// number, about one or two bytes per distinct word per message, plus
-// each distinct word once per tenant.
+// number and its positions' length, and each occurrence's position as a
+// delta-encoded varint: about three bytes per distinct word per message
+// plus one per repeat, and each distinct word once per tenant.
 
 // maxWord bounds an indexed word (bytes, cut at a rune boundary). A
 // message with a longer word is indexed with the word's first maxWord
@@ -50,32 +56,85 @@ import (
 const maxWord = 64
 
 // posting is the sorted list of the sequence numbers of a tenant's
-// messages holding one word: uvarint deltas, the first from 0.
+// messages holding one word, each with the word's positions in the
+// message's text: per message, the uvarint delta of its sequence number
+// (the first from 0), the uvarint length in bytes of its positions, and
+// the positions (word numbers in the text, from 0) as uvarint deltas,
+// the first from 0. A search by words skips the positions by their
+// length; a phrase reads them (adjacent, words.go's phrase check).
 type posting struct {
 	data []byte
 	last uint64 // the last sequence number appended
 	n    int32  // how many are listed, dead ones included
 }
 
-func (p *posting) add(seq uint64) bool {
+// add lists seq (greater than the last listed) with the word's positions
+// pos (ascending); false when seq is already the last listed.
+func (p *posting) add(seq uint64, pos []uint32) bool {
 	if p.n > 0 && p.last == seq {
 		return false
 	}
+	n, prev := 0, uint32(0)
+	for _, x := range pos {
+		n += uvarintLen(uint64(x - prev))
+		prev = x
+	}
 	p.data = binary.AppendUvarint(p.data, seq-p.last)
+	p.data = binary.AppendUvarint(p.data, uint64(n))
+	prev = 0
+	for _, x := range pos {
+		p.data = binary.AppendUvarint(p.data, uint64(x-prev))
+		prev = x
+	}
 	p.last = seq
 	p.n++
 	return true
 }
 
+// addRaw lists seq with positions already encoded (as each gives them).
+func (p *posting) addRaw(seq uint64, pos []byte) {
+	p.data = binary.AppendUvarint(p.data, seq-p.last)
+	p.data = binary.AppendUvarint(p.data, uint64(len(pos)))
+	p.data = append(p.data, pos...)
+	p.last = seq
+	p.n++
+}
+
+// uvarintLen is the length of x as a uvarint.
+func uvarintLen(x uint64) int {
+	n := 1
+	for x >= 0x80 {
+		x >>= 7
+		n++
+	}
+	return n
+}
+
 // each calls fn with every sequence number listed, ascending.
 func (p *posting) each(fn func(seq uint64)) {
+	p.eachPos(func(seq uint64, _ []byte) { fn(seq) })
+}
+
+// eachPos calls fn with every sequence number listed, ascending, and the
+// word's encoded positions in that message (see nextPos).
+func (p *posting) eachPos(fn func(seq uint64, pos []byte)) {
 	var seq uint64
 	for b := p.data; len(b) > 0; {
 		d, n := binary.Uvarint(b)
 		b = b[n:]
+		l, n := binary.Uvarint(b)
+		b = b[n:]
 		seq += d
-		fn(seq)
+		fn(seq, b[:l])
+		b = b[l:]
 	}
+}
+
+// nextPos decodes the next position of an encoded list after prev (0
+// before the first) and returns it with the rest of the list.
+func nextPos(b []byte, prev uint32) (uint32, []byte) {
+	d, n := binary.Uvarint(b)
+	return prev + uint32(d), b[n:]
 }
 
 // wordIndex is one tenant's word index; guarded by Store.mu.
@@ -207,41 +266,72 @@ func (t *tenantIndex) addWords(e *entry, text string) {
 	t.addSplit(e, splitWords(text))
 }
 
-// splitText is a text cut into its words, most repeats dropped.
+// splitText is a text cut into its distinct words, with where each is.
 type splitText struct {
-	words []string // slices of the text
-	long  bool     // a word was longer than maxWord
+	words []string // slices of the text, in the order they first appear
+	// pos holds each word's positions (word numbers in the text, from
+	// 0), ascending: word j's are pos[at[j]:at[j+1]].
+	pos  []uint32
+	at   []int32
+	long bool // a word was longer than maxWord
 }
 
 // splitWords cuts text into its words; it needs no lock (Put calls it
 // before taking s.mu).
 func splitWords(text string) splitText {
 	st := splitText{words: make([]string, 0, 256)}
-	// A message repeats many of its words: a small set of the words seen
-	// drops the repeats before they reach the tenant's map.
+	// A message repeats many of its words: a small open-addressed set of
+	// the words seen numbers them without a map for most messages (a map
+	// takes over for the rest once it is 3/4 full).
 	var seenH [512]uint32
-	var seenW [512]string
-	used := 0
+	var seenJ [512]int32
+	var more map[string]int32
+	occ := make([]int32, 0, 512) // the word number of each position
 	forWords(text, func(w string, cut bool) {
 		st.long = st.long || cut
-		if used < len(seenH)*3/4 {
-			h := uint32(2166136261)
-			for i := 0; i < len(w); i++ {
-				h = (h ^ uint32(w[i])) * 16777619
-			}
-			h |= 1
-			i := h % uint32(len(seenH))
-			for seenH[i] != 0 && (seenH[i] != h || seenW[i] != w) {
-				i = (i + 1) % uint32(len(seenH))
-			}
-			if seenH[i] != 0 {
-				return
-			}
-			seenH[i], seenW[i] = h, w
-			used++
+		h := uint32(2166136261)
+		for i := 0; i < len(w); i++ {
+			h = (h ^ uint32(w[i])) * 16777619
 		}
+		h |= 1
+		i := h % uint32(len(seenH))
+		for seenH[i] != 0 && (seenH[i] != h || st.words[seenJ[i]] != w) {
+			i = (i + 1) % uint32(len(seenH))
+		}
+		if seenH[i] != 0 {
+			occ = append(occ, seenJ[i])
+			return
+		}
+		if j, ok := more[w]; ok {
+			occ = append(occ, j)
+			return
+		}
+		j := int32(len(st.words))
 		st.words = append(st.words, w)
+		occ = append(occ, j)
+		if len(st.words) <= len(seenH)*3/4 {
+			seenH[i], seenJ[i] = h, j
+			return
+		}
+		if more == nil {
+			more = map[string]int32{}
+		}
+		more[w] = j
 	})
+	// Group the positions by word (a counting sort, in text order).
+	st.at = make([]int32, len(st.words)+1)
+	for _, j := range occ {
+		st.at[j+1]++
+	}
+	for j := 1; j < len(st.at); j++ {
+		st.at[j] += st.at[j-1]
+	}
+	st.pos = make([]uint32, len(occ))
+	fill := append([]int32(nil), st.at[:len(st.words)]...)
+	for p, j := range occ {
+		st.pos[fill[j]] = uint32(p)
+		fill[j]++
+	}
 	return st
 }
 
@@ -249,12 +339,12 @@ func splitWords(text string) splitText {
 // newest entry.
 func (t *tenantIndex) addSplit(e *entry, st splitText) {
 	wi := &t.words
-	for _, w := range st.words {
-		if wi.lists[wi.word(w)].add(e.seq) {
+	for j, w := range st.words {
+		if wi.lists[wi.word(w)].add(e.seq, st.pos[st.at[j]:st.at[j+1]]) {
 			e.postings++
 		}
 	}
-	if st.long && wi.longDocs.add(e.seq) {
+	if st.long && wi.longDocs.add(e.seq, nil) {
 		e.postings++
 	}
 	wi.postings += e.postings
@@ -274,9 +364,9 @@ func (t *tenantIndex) removedWords(es []*entry) {
 	live := t.seqSet()
 	keep := func(p *posting) posting {
 		var q posting
-		p.each(func(seq uint64) {
+		p.eachPos(func(seq uint64, pos []byte) {
 			if live.has(seq) {
-				q.add(seq)
+				q.addRaw(seq, pos)
 			}
 		})
 		q.data = q.data[:len(q.data):len(q.data)]
@@ -310,6 +400,13 @@ func (b seqBits) set(seq uint64) {
 	if seq >= b.base && seq-b.base < uint64(len(b.w))*64 {
 		i := seq - b.base
 		b.w[i/64] |= 1 << (i % 64)
+	}
+}
+
+func (b seqBits) clear(seq uint64) {
+	if seq >= b.base && seq-b.base < uint64(len(b.w))*64 {
+		i := seq - b.base
+		b.w[i/64] &^= 1 << (i % 64)
 	}
 }
 
@@ -361,8 +458,18 @@ func (t *tenantIndex) seqSet() seqBits {
 // textMatch is what the word index says about a Text filter: the
 // messages that surely match it (sure) and those that may (maybe: their
 // text must be read to know; a superset of sure).
+//
+// The phrases' adjacency check (adjacentRun) is left to refine: a search
+// with many candidates refines maybe newest first, as far as its page
+// needs (a phrase of words in every message costs the positions of the
+// few thousand newest messages, not of all); below lo nothing is refined
+// yet.
 type textMatch struct {
 	sure, maybe seqBits
+	long        seqBits   // messages with a long word: never refined away
+	runs        [][]int32 // the phrases' runs of looked-up tokens, flat: the words each token may be
+	runLen      []int     // how many tokens each run has
+	lo          uint64
 }
 
 // unselective: a word of a Text filter whose lists hold more postings
@@ -375,21 +482,26 @@ const unselective = 3
 var unselectiveMin = 1024
 
 // matchText looks terms (lower case, at least one) up in t's word
-// index; s.mu held (read).
+// index; s.mu held (read). The phrases' adjacency is not checked yet:
+// see refine.
 func (t *tenantIndex) matchText(terms []string) textMatch {
 	var m textMatch
 	if len(t.entries) == 0 {
 		return m
 	}
 	base, end := t.entries[0].seq, t.nextSeq
-	long := newSeqBits(base, end)
-	t.words.longDocs.each(long.set)
+	m.long = newSeqBits(base, end)
+	t.words.longDocs.each(m.long.set)
 	for i, term := range terms {
-		sure, maybe := t.matchTerm(term, base, end)
+		sure, maybe, runs := t.matchTerm(term, base, end)
+		for _, r := range runs {
+			m.runs = append(m.runs, r...)
+			m.runLen = append(m.runLen, len(r))
+		}
 		if sure.w == nil {
 			sure = newSeqBits(base, end)
 		}
-		maybe.or(long)
+		maybe.or(m.long)
 		if i == 0 {
 			m.sure, m.maybe = sure, maybe
 		} else {
@@ -402,12 +514,59 @@ func (t *tenantIndex) matchText(terms []string) textMatch {
 			break
 		}
 	}
+	m.lo = end
+	if len(m.runs) == 0 || len(m.maybe.w) > 1<<26 { // keys need seq-base < 2^32
+		m.lo = base
+	}
 	return m
 }
 
+// refine checks the phrases' adjacency (adjacentRun) for the messages
+// from seq down, and a window below (four times the last), clearing from
+// maybe the messages that cannot hold them; t is the tenant m was made
+// from, s.mu held (read) since matchText.
+func (m *textMatch) refine(t *tenantIndex, seq uint64) {
+	if seq >= m.lo {
+		return
+	}
+	hi := m.lo
+	w := max(4*(m.maybe.base+uint64(len(m.maybe.w))*64-hi), refineWindow)
+	lo := m.maybe.base
+	if hi >= lo+w {
+		lo = hi - w
+	}
+	lo = min(lo, seq)
+	m.lo = lo
+	for i, at := 0, 0; i < len(m.runLen); i++ {
+		run := m.runs[at : at+m.runLen[i]]
+		at += m.runLen[i]
+		if !t.adjacentRun(run, m, lo, hi) {
+			return
+		}
+	}
+}
+
+// refineWindow is the fewest messages refine checks at a time (tests
+// lower it).
+var refineWindow uint64 = 2048
+
+// refineAbove: a search whose phrase leaves at most this many candidates
+// (after the other filters) reads their texts without refining (tests
+// lower it).
+var refineAbove = 64
+
+// refineAll refines every message (tests).
+func (m *textMatch) refineAll(t *tenantIndex) {
+	for m.lo > m.maybe.base {
+		m.refine(t, m.maybe.base)
+	}
+}
+
 // matchTerm returns the messages that surely hold term (nil w: none
-// known) and those that may (long words aside).
-func (t *tenantIndex) matchTerm(term string, base, end uint64) (sure, maybe seqBits) {
+// known) and those that may (long words aside), and for a phrase the
+// runs of its looked-up tokens whose words must be side by side (see
+// adjacentRun).
+func (t *tenantIndex) matchTerm(term string, base, end uint64) (sure, maybe seqBits, runs [][][]int32) {
 	var toks []string
 	forWords(term, func(w string, cut bool) { toks = append(toks, w) })
 	all := func() seqBits {
@@ -419,11 +578,13 @@ func (t *tenantIndex) matchTerm(term string, base, end uint64) (sure, maybe seqB
 	}
 	if len(toks) == 0 {
 		// Only separators: no word to look up.
-		return seqBits{}, all()
+		return seqBits{}, all(), nil
 	}
 	// A term that is one word (not cut) is in exactly the messages
 	// holding a word that contains it.
 	oneWord := len(toks) == 1 && toks[0] == term
+	// The words each token of a phrase may be (nil: not looked up).
+	tokIDs := make([][]int32, len(toks))
 	for i, tok := range toks {
 		// In a phrase, the first word is the end of a word of the text,
 		// the last the start of one, the middle ones whole.
@@ -446,6 +607,10 @@ func (t *tenantIndex) matchTerm(term string, base, end uint64) (sure, maybe seqB
 			for _, id := range ids {
 				t.words.lists[id].each(b.set)
 			}
+			tokIDs[i] = ids
+			if ids == nil {
+				tokIDs[i] = []int32{}
+			}
 		}
 		if maybe.w == nil {
 			maybe = b
@@ -454,7 +619,103 @@ func (t *tenantIndex) matchTerm(term string, base, end uint64) (sure, maybe seqB
 		}
 	}
 	if oneWord {
-		return maybe, maybe.clone()
+		return maybe, maybe.clone(), nil
 	}
-	return seqBits{}, maybe
+	// The runs of consecutive looked-up tokens.
+	for i := 0; i < len(tokIDs); {
+		j := i
+		for j < len(tokIDs) && tokIDs[j] != nil {
+			j++
+		}
+		if j-i > 1 {
+			runs = append(runs, tokIDs[i:j])
+		}
+		i = j + 1
+	}
+	return seqBits{}, maybe, runs
+}
+
+// adjacentRun clears from m.maybe the messages in [lo, hi) where the
+// words of a phrase's run of tokens are not side by side: run[k] are the
+// words token k may be, and a message keeps its place only if, at some
+// position p, a word of each token k is at p+k (the words' positions in
+// the postings). The texts of the messages left are still read (the
+// separators between the words may differ from the phrase's); the texts
+// of those cleared cannot hold the phrase and are not read. Messages
+// with a long word (m.long) are left. False when no message in [lo, hi)
+// is left.
+func (t *tenantIndex) adjacentRun(run [][]int32, m *textMatch, lo, hi uint64) bool {
+	maybe := m.maybe
+	// Start from the token with the fewest postings; keys are
+	// (seq-base)<<32 | where the run would start.
+	order := make([]int, len(run))
+	count := make([]int, len(run))
+	for k, ids := range run {
+		order[k] = k
+		for _, id := range ids {
+			count[k] += int(t.words.lists[id].n)
+		}
+	}
+	sort.Slice(order, func(a, b int) bool { return count[order[a]] < count[order[b]] })
+	base := maybe.base
+	var keys, next []uint64
+	for n, k := range order {
+		next = next[:0]
+		for _, id := range run[k] {
+			t.words.lists[id].eachPos(func(seq uint64, pos []byte) {
+				if seq < lo || seq >= hi || !maybe.has(seq) || m.long.has(seq) {
+					return
+				}
+				var p uint32
+				for len(pos) > 0 {
+					p, pos = nextPos(pos, p)
+					if p >= uint32(k) {
+						next = append(next, (seq-base)<<32|uint64(p-uint32(k)))
+					}
+				}
+			})
+		}
+		if len(run[k]) > 1 {
+			slices.Sort(next)
+		}
+		if n == 0 {
+			keys, next = next, nil
+		} else {
+			keys = intersectSorted(keys, next)
+		}
+		// Only the messages with a start left stay candidates.
+		for seq := lo; seq < hi; seq++ {
+			if !m.long.has(seq) {
+				maybe.clear(seq)
+			}
+		}
+		for _, key := range keys {
+			maybe.set(base + key>>32)
+		}
+		if len(keys) == 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// intersectSorted keeps in a (ascending) the values also in b
+// (ascending), in place.
+func intersectSorted(a, b []uint64) []uint64 {
+	out := a[:0]
+	for i, j := 0, 0; i < len(a) && j < len(b); {
+		switch {
+		case a[i] < b[j]:
+			i++
+		case a[i] > b[j]:
+			j++
+		default:
+			if len(out) == 0 || out[len(out)-1] != a[i] {
+				out = append(out, a[i])
+			}
+			i++
+			j++
+		}
+	}
+	return out
 }

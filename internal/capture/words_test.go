@@ -138,14 +138,19 @@ func TestWordIndexMatchesScan(t *testing.T) {
 				start = r.IntN(len(want) + 2)
 			}
 			// Texts read one by one, and (past one seek) in one scan;
-			// words looked up, and (past a few postings) not.
-			for _, seeks := range []int{256, 1} {
+			// words looked up, and (past a few postings) not; phrases
+			// checked for adjacency in one window, and in windows of 4
+			// messages (older candidates left unrefined).
+			for pass, seeks := range []int{256, 1, 256} {
 				maxTextSeeks = seeks
-				if seeks == 1 {
+				if pass == 1 {
 					unselectiveMin = -len(texts)
 				}
+				if pass == 2 {
+					refineWindow, refineAbove = 4, 0
+				}
 				p, err := s.Search("acme", f, start, limit)
-				maxTextSeeks, unselectiveMin = 256, 1024
+				maxTextSeeks, unselectiveMin, refineWindow, refineAbove = 256, 1024, 2048, 64
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -365,5 +370,125 @@ func TestSummaryCountsUnhashedAttachments(t *testing.T) {
 	full := Parse(data)
 	if len(full.Attachments) != 2 || full.Attachments[0].SHA256 == "" || full.Attachments[0].Size != len("%PDF-1.4 data") {
 		t.Fatalf("Parse: %+v", full.Attachments)
+	}
+}
+
+// TestPhraseNeedsAdjacentWords: a quoted phrase whose words are in every
+// message but side by side in none is answered from the words' positions
+// in the index, with no text to read (every text was read before), also
+// for tokens that are fragments of several words, for a phrase of three,
+// after a rewrite of the lists and after a restart; the messages that do
+// hold the phrase are still found.
+func TestPhraseNeedsAdjacentWords(t *testing.T) {
+	dir := t.TempDir()
+	o := Options{Retention: config.SandboxRetention{Messages: 40}}
+	s := open(t, dir, o)
+	var hold []string
+	for i := 0; i < 5000; i++ {
+		body := fmt.Sprintf("Thank you for buying a gidget and a widget, order %d. Thanks again, widget team.", i)
+		if i%7 == 0 {
+			body += " Our widget thanks you."
+		}
+		sm, err := s.Put("acme", "", "a@s.test", []string{"b@d.test"}, msg("receipt", "b@d.test", body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if i%7 == 0 && i >= 5000-40 {
+			hold = append([]string{sm.ID}, hold...)
+		}
+	}
+	check := func(stage string) {
+		t.Helper()
+		s.mu.RLock()
+		ti := s.tenants["acme"]
+		for _, c := range []struct {
+			terms []string
+			maybe int
+		}{
+			{[]string{"widget thank"}, len(hold)},
+			{[]string{"idget than"}, len(hold)},
+			{[]string{"our widget thank"}, len(hold)},
+			{[]string{"gidget thank"}, 0},
+			{[]string{"thank widget"}, 0},
+			{[]string{"a widget thank"}, 0},
+			{[]string{"widget team"}, 40},
+		} {
+			m := ti.matchText(c.terms)
+			m.refineAll(ti)
+			n := 0
+			for _, e := range ti.entries {
+				if m.maybe.has(e.seq) {
+					n++
+				}
+			}
+			if n != c.maybe {
+				s.mu.RUnlock()
+				t.Fatalf("%s: %q: %d messages left to read, want %d", stage, c.terms, n, c.maybe)
+			}
+		}
+		s.mu.RUnlock()
+		p, err := s.Search("acme", Filter{Text: `"widget thank"`}, 0, 100)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got []string
+		for _, m := range p.Messages {
+			got = append(got, m.ID)
+		}
+		if !slices.Equal(got, hold) {
+			t.Fatalf("%s: found %v, want %v", stage, got, hold)
+		}
+	}
+	check("captured")
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s = open(t, dir, o)
+	defer s.Close()
+	check("reopened")
+}
+
+// BenchmarkSplitWords: cutting one 2 KB message's text (benchMessage)
+// into its words and positions, the part of indexing done before the
+// store's lock.
+func BenchmarkSplitWords(b *testing.B) {
+	r := rand.New(rand.NewPCG(3, 4))
+	texts := make([]string, 100)
+	for i := range texts {
+		_, data := benchMessage(r, i)
+		p := parseSummary(data)
+		texts[i] = strings.ToLower(p.subject + "\n" + p.text)
+	}
+	b.ReportAllocs()
+	for i := 0; i < b.N; i++ {
+		_ = splitWords(texts[i%len(texts)])
+	}
+}
+
+// TestSplitWordsPositions: every distinct word once, with each of its
+// positions in order, also past the small set's capacity (a map takes
+// over after 384 distinct words).
+func TestSplitWordsPositions(t *testing.T) {
+	r := rand.New(rand.NewPCG(5, 6))
+	var words []string
+	for i := 0; i < 3000; i++ {
+		words = append(words, fmt.Sprintf("w%d", r.IntN(1200)))
+	}
+	st := splitWords(strings.Join(words, " , "))
+	want := map[string][]uint32{}
+	var order []string
+	for p, w := range words {
+		if want[w] == nil {
+			order = append(order, w)
+		}
+		want[w] = append(want[w], uint32(p))
+	}
+	if !slices.Equal(st.words, order) {
+		t.Fatalf("%d words, want %d in first-seen order", len(st.words), len(order))
+	}
+	for j, w := range st.words {
+		if got := st.pos[st.at[j]:st.at[j+1]]; !slices.Equal(got, want[w]) {
+			t.Fatalf("%s at %v, want %v", w, got, want[w])
+		}
 	}
 }

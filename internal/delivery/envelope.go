@@ -30,6 +30,11 @@ type Envelope struct {
 	// qualify (see requiretls.go). A client's null-sender message does
 	// not get that exemption.
 	OwnReport bool
+	// Tags and Source are the spooled message's (pipeline.Meta); not
+	// sent (a capture delivery records them, and need not read the
+	// spool for them). Source "" when the caller does not know them.
+	Tags   []string
+	Source string
 }
 
 // Rcpt is one envelope recipient.

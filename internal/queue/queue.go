@@ -999,7 +999,7 @@ func (q *Queue) worker(d *dest) {
 			continue
 		}
 		env := &delivery.Envelope{From: it.meta.Sender, Params: it.meta.Params, OwnReport: it.meta.Source == pipeline.SourceDSN,
-			Rcpts: make([]delivery.Rcpt, len(it.rcpts)), MsgID: it.meta.ID}
+			Rcpts: make([]delivery.Rcpt, len(it.rcpts)), MsgID: it.meta.ID, Tags: it.meta.Tags, Source: it.meta.Source}
 		for i, r := range it.rcpts {
 			env.Rcpts[i] = delivery.Rcpt{Addr: r.Address, Params: r.Params, Attempt: r.Attempts + 1}
 		}
