@@ -417,7 +417,7 @@ func (c *Chain) finish(ctx context.Context, msg *Message) error {
 		if id == "" {
 			id = "localhost"
 		}
-		msg.Header.Add("Authentication-Results", AuthenticationResults(id, msg.AuthResults))
+		addField(&msg.Header, "Authentication-Results", AuthenticationResults(id, msg.AuthResults)) // formatted once
 	}
 	for _, h := range c.sign {
 		st := h.(Stage)

@@ -221,6 +221,10 @@ func (t *Txn) AddTag(tag string) {
 // BodyRewriter (link tracking) replaces it, before the sign hooks. Header may be empty:
 // ParseMessage accepts messages whose header section is missing or not
 // ended by an empty line, and Bytes then writes them back as they came.
+// In a Go plugin whose stage implements sdk.HeaderReader the header is
+// left unparsed (NewMessageUnparsed): Header is empty until ParseHeader,
+// and HeaderValue reads fields from the block; HeaderValue works on every
+// message.
 type Message struct {
 	*Txn
 	Header textproto.Header

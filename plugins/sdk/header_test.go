@@ -3,13 +3,8 @@ package sdk
 import (
 	"context"
 	"fmt"
-	"net"
 	"strings"
 	"testing"
-
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
-	"google.golang.org/grpc/test/bufconn"
 
 	"github.com/sluice-mta/sluice/pipeline"
 	stagev1 "github.com/sluice-mta/sluice/plugins/proto/stage/v1"
@@ -38,25 +33,6 @@ func (h headerEcho) OnMessage(_ context.Context, msg *pipeline.Message) (pipelin
 	return v, nil
 }
 
-// dialCodec serves srv over an in-memory connection with the options and
-// codec Serve and Sluice use (decoding in place: the header block points
-// into the buffer of its request).
-func dialCodec(t *testing.T, srv stagev1.StageServer) stagev1.StageClient {
-	t.Helper()
-	lis := bufconn.Listen(1 << 20)
-	gs := grpc.NewServer(serverOptions()...)
-	stagev1.RegisterStageServer(gs, srv)
-	go gs.Serve(lis)
-	t.Cleanup(gs.Stop)
-	cc, err := grpc.NewClient("passthrough:///buf", append(DialOptions(), grpc.WithTransportCredentials(insecure.NewCredentials()),
-		grpc.WithContextDialer(func(context.Context, string) (net.Conn, error) { return lis.Dial() }))...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cc.Close() })
-	return stagev1.NewStageClient(cc)
-}
-
 func blockCall(id uint64, subject string) *stagev1.CallRequest {
 	block := "X-Dup: a\r\nsUbJeCt: " + subject + "\r\n\tfolded\r\nx-dup: b\r\nSubject: second\r\n\r\n"
 	return &stagev1.CallRequest{Id: id, Call: &stagev1.CallRequest_Message{Message: &stagev1.MessageRequest{
@@ -78,7 +54,9 @@ func edits(r *stagev1.CallResponse) map[string]string {
 // A header sent as fields is parsed either way.
 func TestUnparsedHeader(t *testing.T) {
 	for _, st := range []headerEcho{{unparsed: true}, {unparsed: false}, {unparsed: true, full: true}} {
-		c := dialCodec(t, NewServer(st))
+		// The options and codec Serve and Sluice use: the request is
+		// decoded in place, the header block pointing into its buffer.
+		c := dialWith(t, NewServer(st), serverOptions(), DialOptions())
 		if _, err := c.Configure(context.Background(), &stagev1.ConfigureRequest{StageName: "echo", BatchAnswers: true}); err != nil {
 			t.Fatal(err)
 		}

@@ -36,14 +36,19 @@ func (blocker) OnMessage(ctx context.Context, msg *pipeline.Message) (pipeline.V
 
 // dial serves srv over an in-memory gRPC connection.
 func dial(t *testing.T, srv stagev1.StageServer) stagev1.StageClient {
+	return dialWith(t, srv, nil, nil)
+}
+
+// dialWith is dial with server and dial options.
+func dialWith(t *testing.T, srv stagev1.StageServer, sopts []grpc.ServerOption, dopts []grpc.DialOption) stagev1.StageClient {
 	t.Helper()
 	lis := bufconn.Listen(1 << 20)
-	gs := grpc.NewServer()
+	gs := grpc.NewServer(sopts...)
 	stagev1.RegisterStageServer(gs, srv)
 	go gs.Serve(lis)
 	t.Cleanup(gs.Stop)
-	cc, err := grpc.NewClient("passthrough:///buf", grpc.WithTransportCredentials(insecure.NewCredentials()),
-		grpc.WithContextDialer(func(context.Context, string) (net.Conn, error) { return lis.Dial() }))
+	cc, err := grpc.NewClient("passthrough:///buf", append(dopts, grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithContextDialer(func(context.Context, string) (net.Conn, error) { return lis.Dial() }))...)
 	if err != nil {
 		t.Fatal(err)
 	}
