@@ -1,0 +1,177 @@
+package ratelimit
+
+import (
+	"context"
+	"math/rand/v2"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	tu "github.com/sluice-mta/sluice/internal/testutil"
+	"github.com/sluice-mta/sluice/pipeline"
+)
+
+// heldFor is the events s holds leased and unexpired for key (the
+// store's key, without the "t:rl:" prefix).
+func heldFor(s *Redis, key string) int64 {
+	s.lmu.Lock()
+	defer s.lmu.Unlock()
+	if l := s.leases["t:rl:"+key]; l != nil && l.expires > s.now() {
+		return l.avail
+	}
+	return 0
+}
+
+// TestRedisLeaseMixedConservation: two nodes, 20 sessions each, checks
+// of one to three of four fast keys with costs of 1 to 3 (as a Lua
+// hook's count), a fifth of them also checking a key that is full (so
+// the whole call is refused while its other keys may have been taken
+// from leases). No call with the full key is allowed, and for every key
+// Redis charged exactly what the nodes admitted plus what they still
+// hold: nothing leaked (charged and neither admitted nor held) and
+// nothing spent twice (admitted beyond what was charged). The nodes'
+// lease clocks stand still, so no lease expires. Each key is first
+// charged 100,000 events (100 s of its rate), so its TAT stays ahead of
+// the server's clock and gives the count charged.
+func TestRedisLeaseMixedConservation(t *testing.T) {
+	rs := tu.StartRedis(t)
+	a, b := leaseNode(t, rs, 0), leaseNode(t, rs, 0)
+	ctx := context.Background()
+	keys := []string{"m0", "m1", "m2", "m3"}
+	const prime = 100_000
+	t0 := map[string]int64{}
+	for _, k := range keys {
+		out := make([]pipeline.RateResult, 1)
+		if err := a.Check(ctx, []pipeline.RateCheck{{Key: k, Rate: fast, N: prime}}, out); err != nil || !out[0].Allowed {
+			t.Fatalf("priming %s: %+v %v", k, out[0], err)
+		}
+		tat, err := a.r.Client.Get(ctx, "t:rl:"+k).Int64()
+		if err != nil {
+			t.Fatal(err)
+		}
+		t0[k] = tat - prime*1000
+	}
+	one := pipeline.Rate{Limit: 1, Period: time.Hour}
+	check1(t, a, "full", one, 1)
+
+	var admitted [4]atomic.Int64
+	var wrong atomic.Int64
+	var wg sync.WaitGroup
+	for ni, s := range []*testNode{a, b} {
+		for g := 0; g < 20; g++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				rnd := rand.New(rand.NewPCG(uint64(ni), uint64(g)))
+				ctx, cancel := sessionCtx(g)
+				defer cancel()
+				out := make([]pipeline.RateResult, 5)
+				for i := 0; i < 150; i++ {
+					var checks []pipeline.RateCheck
+					var idx []int
+					for _, k := range rnd.Perm(4)[:1+rnd.IntN(3)] {
+						checks = append(checks, pipeline.RateCheck{Key: keys[k], Rate: fast, N: 1 + rnd.IntN(3)})
+						idx = append(idx, k)
+					}
+					full := rnd.IntN(5) == 0
+					if full {
+						checks = append(checks, pipeline.RateCheck{Key: "full", Rate: one})
+					}
+					if err := s.Check(ctx, checks, out); err != nil {
+						t.Error(err)
+						return
+					}
+					all := true
+					for j := range checks {
+						all = all && out[j].Allowed
+					}
+					if all == full {
+						wrong.Add(1)
+						continue
+					}
+					if all {
+						for j, k := range idx {
+							admitted[k].Add(int64(checks[j].N))
+						}
+					}
+				}
+			}()
+		}
+	}
+	wg.Wait()
+	if n := wrong.Load(); n != 0 {
+		t.Fatalf("%d calls decided wrongly (a call with the full key allowed, or one without it refused)", n)
+	}
+	tm, err := a.r.Client.Time(ctx).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, k := range keys {
+		tat, err := a.r.Client.Get(ctx, "t:rl:"+k).Int64()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if tat <= tm.UnixMicro() {
+			t.Fatalf("%s: the TAT fell behind the server's clock (the test took over 100 s)", k)
+		}
+		charged := (tat-t0[k])/1000 - prime
+		held := heldFor(a.Redis, k) + heldFor(b.Redis, k)
+		if charged != admitted[i].Load()+held {
+			t.Errorf("%s: Redis charged %d events; the nodes admitted %d and hold %d", k, charged, admitted[i].Load(), held)
+		}
+	}
+}
+
+// TestRedisLeaseKeyCap: with maxLeaseKeys keys holding a lease, a new
+// key is checked without one (its script run asks for its cost only and
+// nothing is held for it), and once the leases expire the next new key
+// gets one again (the full map is swept).
+func TestRedisLeaseKeyCap(t *testing.T) {
+	if testing.Short() {
+		t.Skip("fills 100,000 leases")
+	}
+	rs := tu.StartRedis(t)
+	s := leaseNode(t, rs, 0)
+	ctx := context.Background()
+	const per = 250
+	checks := make([]pipeline.RateCheck, per)
+	out := make([]pipeline.RateResult, per)
+	for i := 0; i < maxLeaseKeys/per; i++ {
+		for j := range checks {
+			checks[j] = pipeline.RateCheck{Key: "cap" + strconv.Itoa(i*per+j), Rate: fast}
+		}
+		if err := s.Check(ctx, checks, out); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s.lmu.Lock()
+	n := len(s.leases)
+	s.lmu.Unlock()
+	if n != maxLeaseKeys {
+		t.Fatalf("%d leases after %d keys, want %d", n, maxLeaseKeys, maxLeaseKeys)
+	}
+	s.hook.reset()
+	if res := check1(t, s, "new", fast, 1); !res.Allowed {
+		t.Fatalf("a new key past the cap: %+v", res)
+	}
+	if argv := s.hook.argv; len(argv) != 1 || argv[0][4] != int64(1) {
+		t.Fatalf("a new key past the cap asked Redis for %v, want its cost only (1)", argv)
+	}
+	if h := heldFor(s.Redis, "new"); h != 0 {
+		t.Fatalf("%d held for a key past the cap", h)
+	}
+	s.clock.Add(int64(LeaseTTL))
+	s.hook.reset()
+	check1(t, s, "newer", fast, 1)
+	if h := heldFor(s.Redis, "newer"); h != 31 {
+		t.Fatalf("%d held for a new key once the leases expired, want 31", h)
+	}
+	s.lmu.Lock()
+	n = len(s.leases)
+	s.lmu.Unlock()
+	if n != 1 {
+		t.Errorf("%d leases after the sweep, want 1", n)
+	}
+}
