@@ -175,3 +175,38 @@ func TestRedisLeaseKeyCap(t *testing.T) {
 		t.Errorf("%d leases after the sweep, want 1", n)
 	}
 }
+
+// TestRedisLeaseBatchRoom: two calls of one key in one batch, with room
+// in Redis for both but not for a whole lease besides: both are allowed
+// (the lease takes what is left after them), rather than the first
+// leasing all the room and the second being refused while the node holds
+// events leased for that very key. The key allows 40 events a second
+// with a burst of 8 (leases of 2) and has 6 charged: room for 2, and a
+// third only after 25 ms.
+func TestRedisLeaseBatchRoom(t *testing.T) {
+	rs := tu.StartRedis(t)
+	s := leaseNode(t, rs, 0)
+	ctx := context.Background()
+	r := pipeline.Rate{Limit: 40, Period: time.Second, Burst: 8}
+	if l := leaseSize(r, DefaultLease); l != 2 {
+		t.Fatalf("lease of %v: %d, want 2", r, l)
+	}
+	out := make([]pipeline.RateResult, 1)
+	if err := s.Check(ctx, []pipeline.RateCheck{{Key: "room", Rate: r, N: 6}}, out); err != nil || !out[0].Allowed {
+		t.Fatalf("charging 6: %+v %v", out[0], err)
+	}
+	calls := []*call{
+		s.newCall(ctx, []pipeline.RateCheck{{Key: "room", Rate: r}}),
+		s.newCall(ctx, []pipeline.RateCheck{{Key: "room", Rate: r}}),
+	}
+	s.exec(ctx, calls)
+	for i, c := range calls {
+		if c.err != nil {
+			t.Fatal(c.err)
+		}
+		c.results(out)
+		if !out[0].Allowed {
+			t.Errorf("call %d of the batch refused (%+v) with room for both; the node holds %d leased for the key", i+1, out[0], heldFor(s.Redis, "room"))
+		}
+	}
+}
