@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	promtest "github.com/prometheus/client_golang/prometheus/testutil"
 	tu "github.com/sluice-mta/sluice/internal/testutil"
 	"github.com/sluice-mta/sluice/pipeline"
 )
@@ -208,5 +209,46 @@ func TestRedisLeaseBatchRoom(t *testing.T) {
 		if !out[0].Allowed {
 			t.Errorf("call %d of the batch refused (%+v) with room for both; the node holds %d leased for the key", i+1, out[0], heldFor(s.Redis, "room"))
 		}
+	}
+}
+
+// TestRedisLeaseExpiresInFlight: a call takes an event from a lease,
+// the lease expires while its round trip is in flight, and Redis refuses
+// the call's other key: the event does not go back to the expired lease
+// (it is lost, as the lease's other events), and the next check of the
+// key takes a new lease from Redis.
+func TestRedisLeaseExpiresInFlight(t *testing.T) {
+	rs := tu.StartRedis(t)
+	s := leaseNode(t, rs, 0)
+	m, err := NewMetrics(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.leasedEvents, s.lostEvents = m.lease.WithLabelValues("leased"), m.lease.WithLabelValues("lost")
+	ctx := context.Background()
+	one := pipeline.Rate{Limit: 1, Period: time.Hour}
+	check1(t, s, "fl", fast, 1)
+	check1(t, s, "full", one, 1)
+	c := s.newCall(ctx, []pipeline.RateCheck{{Key: "fl", Rate: fast}, {Key: "full", Rate: one}})
+	if s.hold(c) || !c.items[0].held {
+		t.Fatal("the leased key was not taken from its lease")
+	}
+	s.clock.Add(int64(LeaseTTL))
+	s.exec(ctx, []*call{c})
+	out := make([]pipeline.RateResult, 2)
+	c.results(out)
+	if c.err != nil || out[1].Allowed {
+		t.Fatalf("the full key: %+v %v, want refused", out[1], c.err)
+	}
+	if h := s.Held(); h != 0 {
+		t.Fatalf("%d held after the lease expired", h)
+	}
+	s.hook.reset()
+	check1(t, s, "fl", fast, 1)
+	if n, h := s.hook.trips(), heldFor(s.Redis, "fl"); n != 1 || h != 31 {
+		t.Fatalf("after expiry: %d round trips, %d held; want 1 and 31", n, h)
+	}
+	if lost := promtest.ToFloat64(s.lostEvents); lost != 31 {
+		t.Errorf("%v events counted lost, want 31 (30 left in the lease, 1 taken back after it expired)", lost)
 	}
 }
