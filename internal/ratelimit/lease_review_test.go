@@ -252,3 +252,41 @@ func TestRedisLeaseExpiresInFlight(t *testing.T) {
 		t.Errorf("%v events counted lost, want 31 (30 left in the lease, 1 taken back after it expired)", lost)
 	}
 }
+
+// TestRedisLeaseRestart: Redis restarts (its keys kept, its scripts
+// gone) while the node holds a lease. A call that takes an event from
+// the lease and needs Redis for a full key runs the script again (EVAL
+// after NOSCRIPT), is refused as before the restart, and gives the event
+// back; the lease is then spent to its end and the next check leases
+// again.
+func TestRedisLeaseRestart(t *testing.T) {
+	rs := tu.StartRedis(t)
+	s := leaseNode(t, rs, 0)
+	ctx := context.Background()
+	one := pipeline.Rate{Limit: 1, Period: time.Hour}
+	check1(t, s, "rr", fast, 1)
+	check1(t, s, "full", one, 1)
+	rs.Stop()
+	rs.Start()
+	out := make([]pipeline.RateResult, 2)
+	if err := s.Check(ctx, []pipeline.RateCheck{{Key: "rr", Rate: fast}, {Key: "full", Rate: one}}, out); err != nil {
+		t.Fatalf("after the restart: %v", err)
+	}
+	if !out[0].Allowed || out[1].Allowed {
+		t.Fatalf("after the restart: %+v, want the full key still refused", out)
+	}
+	if h := heldFor(s.Redis, "rr"); h != 31 {
+		t.Fatalf("%d held after the refused call, want 31 (its event back)", h)
+	}
+	s.hook.reset()
+	for i := 0; i < 31; i++ {
+		check1(t, s, "rr", fast, 1)
+	}
+	if n := s.hook.trips(); n != 0 {
+		t.Fatalf("%d round trips spending the lease", n)
+	}
+	check1(t, s, "rr", fast, 1)
+	if n, h := s.hook.trips(), heldFor(s.Redis, "rr"); n != 1 || h != 31 {
+		t.Errorf("past the lease: %d round trips, %d held; want 1 and 31", n, h)
+	}
+}
