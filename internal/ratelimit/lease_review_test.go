@@ -218,13 +218,7 @@ func TestRedisLeaseBatchRoom(t *testing.T) {
 // (it is lost, as the lease's other events), and the next check of the
 // key takes a new lease from Redis.
 func TestRedisLeaseExpiresInFlight(t *testing.T) {
-	rs := tu.StartRedis(t)
-	s := leaseNode(t, rs, 0)
-	m, err := NewMetrics(nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	s.leasedEvents, s.lostEvents = m.lease.WithLabelValues("leased"), m.lease.WithLabelValues("lost")
+	s := countedLeaseNode(t)
 	ctx := context.Background()
 	one := pipeline.Rate{Limit: 1, Period: time.Hour}
 	check1(t, s, "fl", fast, 1)
@@ -289,4 +283,16 @@ func TestRedisLeaseRestart(t *testing.T) {
 	if n, h := s.hook.trips(), heldFor(s.Redis, "rr"); n != 1 || h != 31 {
 		t.Errorf("past the lease: %d round trips, %d held; want 1 and 31", n, h)
 	}
+}
+
+// countedLeaseNode is leaseNode with the default lease on a Redis of its
+// own, counting its leased and lost events.
+func countedLeaseNode(t *testing.T) *testNode {
+	s := leaseNode(t, tu.StartRedis(t), 0)
+	m, err := NewMetrics(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.leasedEvents, s.lostEvents = m.lease.WithLabelValues("leased"), m.lease.WithLabelValues("lost")
+	return s
 }

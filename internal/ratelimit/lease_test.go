@@ -178,13 +178,7 @@ func TestRedisLeaseSlowKey(t *testing.T) {
 // events are lost: Redis counted them, and the metric counts them) and
 // the next check asks Redis again.
 func TestRedisLeaseExpiry(t *testing.T) {
-	rs := tu.StartRedis(t)
-	s := leaseNode(t, rs, 0)
-	m, err := NewMetrics(nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	s.leasedEvents, s.lostEvents = m.lease.WithLabelValues("leased"), m.lease.WithLabelValues("lost")
+	s := countedLeaseNode(t)
 	check1(t, s, "exp", fast, 1)
 	if n := s.Held(); n != 31 {
 		t.Fatalf("%d held after the first check, want 31", n)
