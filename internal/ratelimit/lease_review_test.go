@@ -36,9 +36,27 @@ func heldFor(s *Redis, key string) int64 {
 // lease clocks stand still, so no lease expires. Each key is first
 // charged 100,000 events (100 s of its rate), so its TAT stays ahead of
 // the server's clock and gives the count charged.
-func TestRedisLeaseMixedConservation(t *testing.T) {
+func TestRedisLeaseMixedConservation(t *testing.T) { mixedConservation(t, false) }
+
+// TestRedisLeaseMixedExpiry: the same with the nodes' lease clocks
+// moving a quarter of LeaseTTL at a time while the sessions run, so that
+// leases expire between a check's hold and its round trip's end, and
+// are dropped, renewed and swept concurrently: over all keys, Redis
+// charged exactly what the nodes admitted, plus what their leases still
+// count (expired or not), plus what sluice_ratelimit_lease_events_total
+// counted lost.
+func TestRedisLeaseMixedExpiry(t *testing.T) { mixedConservation(t, true) }
+
+func mixedConservation(t *testing.T, expire bool) {
 	rs := tu.StartRedis(t)
 	a, b := leaseNode(t, rs, 0), leaseNode(t, rs, 0)
+	m, err := NewMetrics(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range []*testNode{a, b} {
+		s.leasedEvents, s.lostEvents = m.lease.WithLabelValues("leased"), m.lease.WithLabelValues("lost")
+	}
 	ctx := context.Background()
 	keys := []string{"m0", "m1", "m2", "m3"}
 	const prime = 100_000
@@ -101,7 +119,23 @@ func TestRedisLeaseMixedConservation(t *testing.T) {
 			}()
 		}
 	}
+	stop := make(chan struct{})
+	ticked := make(chan struct{})
+	go func() {
+		defer close(ticked)
+		for expire {
+			select {
+			case <-stop:
+				return
+			case <-time.After(time.Millisecond):
+				a.clock.Add(int64(LeaseTTL / 4))
+				b.clock.Add(int64(LeaseTTL / 4))
+			}
+		}
+	}()
 	wg.Wait()
+	close(stop)
+	<-ticked
 	if n := wrong.Load(); n != 0 {
 		t.Fatalf("%d calls decided wrongly (a call with the full key allowed, or one without it refused)", n)
 	}
@@ -109,6 +143,7 @@ func TestRedisLeaseMixedConservation(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	var charged, admittedAll, leased int64
 	for i, k := range keys {
 		tat, err := a.r.Client.Get(ctx, "t:rl:"+k).Int64()
 		if err != nil {
@@ -117,12 +152,35 @@ func TestRedisLeaseMixedConservation(t *testing.T) {
 		if tat <= tm.UnixMicro() {
 			t.Fatalf("%s: the TAT fell behind the server's clock (the test took over 100 s)", k)
 		}
-		charged := (tat-t0[k])/1000 - prime
+		c := (tat-t0[k])/1000 - prime
 		held := heldFor(a.Redis, k) + heldFor(b.Redis, k)
-		if charged != admitted[i].Load()+held {
-			t.Errorf("%s: Redis charged %d events; the nodes admitted %d and hold %d", k, charged, admitted[i].Load(), held)
+		if !expire && c != admitted[i].Load()+held {
+			t.Errorf("%s: Redis charged %d events; the nodes admitted %d and hold %d", k, c, admitted[i].Load(), held)
+		}
+		charged += c
+		admittedAll += admitted[i].Load()
+		for _, s := range []*testNode{a, b} {
+			leased += leaseCount(s.Redis, k)
 		}
 	}
+	lost := int64(promtest.ToFloat64(a.lostEvents))
+	t.Logf("charged %d, admitted %d, in leases %d, lost %d", charged, admittedAll, leased, lost)
+	if charged != admittedAll+leased+lost {
+		t.Errorf("Redis charged %d events; the nodes admitted %d, their leases count %d and %d were counted lost", charged, admittedAll, leased, lost)
+	}
+	if expire && lost == 0 {
+		t.Error("no lease expired: the test did not test expiry")
+	}
+}
+
+// leaseCount is what s's lease of key counts, expired or not.
+func leaseCount(s *Redis, key string) int64 {
+	s.lmu.Lock()
+	defer s.lmu.Unlock()
+	if l := s.leases["t:rl:"+key]; l != nil {
+		return l.avail
+	}
+	return 0
 }
 
 // TestRedisLeaseKeyCap: with maxLeaseKeys keys holding a lease, a new
