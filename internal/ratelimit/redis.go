@@ -161,7 +161,8 @@ type call struct {
 type item struct {
 	key       string // the Redis key
 	e, tol, n int64  // emission interval and tolerance (µs), cost
-	lease     int64  // the most events to charge Redis for: n, or the key's lease when larger
+	lease     int64  // the most events to charge Redis for: n, or the key's lease when larger (hold may lower it)
+	most      int64  // the key's largest lease: lease before hold lowered it
 	held      bool   // taken from the node's lease (not sent); set before the call is sent
 	remaining int64  // when held: the Remaining to report
 }
@@ -205,7 +206,7 @@ func (s *Redis) newCall(ctx context.Context, checks []pipeline.RateCheck) *call 
 		if s.lease > 1 {
 			l = max(n, leaseSize(ck.Rate, s.lease))
 		}
-		c.items[i] = item{key: s.r.Prefix + "rl:" + ck.Key, e: e, tol: tol, n: n, lease: l}
+		c.items[i] = item{key: s.r.Prefix + "rl:" + ck.Key, e: e, tol: tol, n: n, lease: l, most: l}
 		c.leasing = c.leasing || l > n
 	}
 	return c
