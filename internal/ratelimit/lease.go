@@ -53,10 +53,28 @@ func leaseSize(r pipeline.Rate, most int) int64 {
 }
 
 // lease is a key's allowance on this node. Guarded by Redis.lmu.
+//
+// Its size adapts to how fast the node spends the key: a lease that
+// expires with events unspent halves the next (down to 1: no lease),
+// and a key the node needs Redis for again within a lease's lifetime
+// doubles it (up to the key's leaseSize). A node sending a key less than
+// once a second so stops charging Redis a whole lease per message (with
+// many such nodes, what they lost could use up the key's whole rate).
 type lease struct {
 	avail   int64 // events leased and not spent
 	expires int64 // node clock (Redis.now); avail is void from then on
 	remote  int64 // the Remaining Redis gave with the lease
+	size    int64 // the most to ask for the key's next lease (≥ 1)
+}
+
+// expire drops l's unspent events once it has expired (Redis counted
+// them) and halves the next lease. s.lmu is held.
+func (s *Redis) expire(l *lease) {
+	if l.avail > 0 {
+		s.lose(l.avail)
+		l.avail = 0
+		l.size = max(l.size/2, 1)
+	}
 }
 
 // hold takes, for each check of c not yet taken and not yet held, its
@@ -77,9 +95,8 @@ func (s *Redis) hold(c *call) bool {
 			continue
 		}
 		l := s.leases[it.key]
-		if l != nil && l.expires <= now && l.avail > 0 {
-			s.lose(l.avail)
-			l.avail = 0
+		if l != nil && l.expires <= now {
+			s.expire(l)
 		}
 		if l != nil && l.expires > now && l.avail >= it.n {
 			l.avail -= it.n
@@ -87,6 +104,9 @@ func (s *Redis) hold(c *call) bool {
 			continue
 		}
 		all = false
+		if l != nil {
+			it.lease = max(it.n, min(it.lease, l.size))
+		}
 		if l == nil && len(s.leases) >= maxLeaseKeys {
 			if now >= s.fullSweep { // at most one sweep per LeaseTTL while full
 				s.sweep(now)
@@ -131,14 +151,14 @@ func (s *Redis) settle(c *call) {
 		}
 		granted, remote := c.res[3*j+2], c.res[3*j+1]
 		j++
-		if granted <= it.n {
+		l := s.leases[it.key]
+		if granted <= it.n && l == nil {
 			continue
 		}
 		extra := granted - it.n
-		if s.leasedEvents != nil {
+		if s.leasedEvents != nil && extra > 0 {
 			s.leasedEvents.Add(float64(extra))
 		}
-		l := s.leases[it.key]
 		if l == nil {
 			if len(s.leases) >= s.sweepAt {
 				s.sweep(now)
@@ -148,11 +168,14 @@ func (s *Redis) settle(c *call) {
 				s.lose(extra) // full (hold asks for no more leases meanwhile)
 				continue
 			}
-			l = &lease{}
+			l = &lease{size: it.lease}
 			s.leases[it.key] = l
 		} else if l.expires <= now {
-			s.lose(l.avail)
-			l.avail = 0
+			s.expire(l)
+		} else {
+			// Redis again within the lease's lifetime: the node spends
+			// the key faster than its lease lasts.
+			l.size = min(2*l.size, it.most)
 		}
 		l.avail += extra
 		l.expires = now + int64(LeaseTTL)

@@ -161,7 +161,8 @@ type call struct {
 type item struct {
 	key       string // the Redis key
 	e, tol, n int64  // emission interval and tolerance (µs), cost
-	lease     int64  // the most events to charge Redis for: n, or the key's lease when larger
+	lease     int64  // the most events to charge Redis for: n, or the key's lease when larger (hold may lower it)
+	most      int64  // the key's largest lease: lease before hold lowered it
 	held      bool   // taken from the node's lease (not sent); set before the call is sent
 	remaining int64  // when held: the Remaining to report
 }
@@ -205,7 +206,7 @@ func (s *Redis) newCall(ctx context.Context, checks []pipeline.RateCheck) *call 
 		if s.lease > 1 {
 			l = max(n, leaseSize(ck.Rate, s.lease))
 		}
-		c.items[i] = item{key: s.r.Prefix + "rl:" + ck.Key, e: e, tol: tol, n: n, lease: l}
+		c.items[i] = item{key: s.r.Prefix + "rl:" + ck.Key, e: e, tol: tol, n: n, lease: l, most: l}
 		c.leasing = c.leasing || l > n
 	}
 	return c
@@ -435,15 +436,38 @@ func (s *Redis) run(batch []*call) {
 // exec runs a batch as one EVALSHA (EVAL after a NOSCRIPT: the server
 // restarted or flushed its scripts) of the checks not held, gives each
 // call its part of the reply, or the error, and settles the leases
-// (settle). A key is leased once per batch: a later check of a key an
-// earlier one asked a lease for asks for its cost only.
+// (settle). A key is leased once per batch, by its last check in the
+// batch: the checks before it ask for their costs only and are charged
+// first, so a lease that takes all the room left never refuses another
+// check of the same batch.
 func (s *Redis) exec(ctx context.Context, batch []*call) {
 	nk := 0
 	for _, c := range batch {
 		nk += c.unsent()
 	}
+	// most[j] is what the j-th check sent may be charged, decided from
+	// the last check back.
+	most := make([]int64, nk)
+	var asked []string // keys whose lease a later check of the batch asks for
+	for ci, j := len(batch)-1, nk-1; ci >= 0; ci-- {
+		c := batch[ci]
+		for i := len(c.items) - 1; i >= 0; i-- {
+			it := &c.items[i]
+			if it.held {
+				continue
+			}
+			most[j] = it.lease
+			if it.lease > it.n {
+				if slices.Contains(asked, it.key) {
+					most[j] = it.n
+				} else {
+					asked = append(asked, it.key)
+				}
+			}
+			j--
+		}
+	}
 	keys, args := make([]string, 0, nk), make([]any, 0, len(batch)+4*nk)
-	var asked []string // keys a lease was asked for in this batch
 	for _, c := range batch {
 		args = append(args, c.unsent())
 		for i := range c.items {
@@ -451,16 +475,8 @@ func (s *Redis) exec(ctx context.Context, batch []*call) {
 			if it.held {
 				continue
 			}
-			m := it.lease
-			if m > it.n {
-				if slices.Contains(asked, it.key) {
-					m = it.n
-				} else {
-					asked = append(asked, it.key)
-				}
-			}
+			args = append(args, it.e, it.tol, it.n, most[len(keys)])
 			keys = append(keys, it.key)
-			args = append(args, it.e, it.tol, it.n, m)
 		}
 	}
 	var res []int64
