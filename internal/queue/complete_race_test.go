@@ -1,0 +1,170 @@
+package queue
+
+import (
+	"context"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/sluice-mta/sluice/internal/delivery"
+	"github.com/sluice-mta/sluice/internal/spool"
+	"github.com/sluice-mta/sluice/internal/testutil"
+	"github.com/sluice-mta/sluice/pipeline"
+)
+
+// gateDialer holds every first attempt of a recipient until the test
+// releases it (arrived, then a token on release), so that deliveries to
+// two destinations can be made to settle at the same moment. fail gives a
+// recipient's first reply (nil: accepted); later attempts are accepted
+// at once.
+type gateDialer struct {
+	arrived chan string
+	release chan struct{}
+	mu      sync.Mutex
+	fail    map[string]error
+	tried   map[string]bool
+}
+
+func newGateDialer() *gateDialer {
+	return &gateDialer{arrived: make(chan string, 16), release: make(chan struct{}, 16), fail: map[string]error{}, tried: map[string]bool{}}
+}
+
+func (g *gateDialer) Dial(context.Context, *pipeline.Route, string) (Conn, error) {
+	return gateConn{g}, nil
+}
+
+type gateConn struct{ g *gateDialer }
+
+func (c gateConn) Deliver(ctx context.Context, env *delivery.Envelope, _ []byte) ([]delivery.Result, error) {
+	g := c.g
+	out := make([]delivery.Result, len(env.Rcpts))
+	for i, rc := range env.Rcpts {
+		g.mu.Lock()
+		first := !g.tried[rc.Addr]
+		g.tried[rc.Addr] = true
+		err := g.fail[rc.Addr]
+		g.mu.Unlock()
+		if first {
+			g.arrived <- rc.Addr
+			<-g.release
+			out[i].Err = err
+		}
+		out[i].Reply = pipeline.ResponseOf(out[i].Err)
+	}
+	return out, nil
+}
+func (gateConn) Remote() pipeline.Remote { return pipeline.Remote{Host: "mx.test", IP: "127.0.0.1"} }
+func (gateConn) Usable() bool            { return true }
+func (gateConn) Close() error            { return nil }
+
+func queuedRecipients(t *testing.T, sp *spool.Spool) int {
+	t.Helper()
+	n := 0
+	if err := sp.ScanRecipients(func(*spool.Meta, *spool.Recipient) error { n++; return nil }); err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+func sortedEvents(t *testing.T, sp *spool.Spool, id string) string {
+	evs := events(t, sp, id)
+	slices.Sort(evs)
+	return strings.Join(evs, " ")
+}
+
+// TestTwoDestinationsSettleTogether (issue 21 review): a message's
+// recipients on two destinations settle at the same moment, many times.
+// Exactly one of the two deletes the message (neither thinks it is the
+// last too early: a message with a deferred recipient keeps its body;
+// neither fails to: every settled message is gone from the spool).
+func TestTwoDestinationsSettleTogether(t *testing.T) {
+	sp, err := spool.Open(t.TempDir(), spool.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sp.Close()
+	g := newGateDialer()
+	q := newQueue(sp, g, fakeBouncer{}, Options{RetryInitial: time.Millisecond, RetryMax: time.Millisecond})
+	q.Start()
+	defer q.Stop(context.Background())
+	for round := 0; round < 40; round++ {
+		a, b := "a"+strings.Repeat("x", round)+"@a.test", "b"+strings.Repeat("x", round)+"@b.test"
+		deferB := round%2 == 1
+		if deferB {
+			g.mu.Lock()
+			g.fail[b] = temp
+			g.mu.Unlock()
+		}
+		m, rs := put(t, sp, "", a, b)
+		q.Enqueue(m, rs)
+		<-g.arrived
+		<-g.arrived
+		g.release <- struct{}{}
+		g.release <- struct{}{}
+		testutil.WaitFor(t, "the message settled", func() bool { return q.Stats().Messages == 0 })
+		if _, err := sp.Body(m.ID); err == nil {
+			t.Fatalf("round %d: message still spooled after both destinations settled", round)
+		}
+		want := "delivered:" + a + " delivered:" + b
+		if deferB {
+			want = "deferred:" + b + " " + want
+		}
+		if got := sortedEvents(t, sp, m.ID); !strings.Contains(got, "delivered:"+a) || !strings.Contains(got, "delivered:"+b) {
+			t.Fatalf("round %d: events %q, want %q", round, got, want)
+		}
+	}
+	if n := queuedRecipients(t, sp); n != 0 {
+		t.Fatalf("%d recipients left in the spool", n)
+	}
+}
+
+// TestCancelRacesCompletion (issue 21 review): an operator cancels a
+// message while its recipient on another destination is being delivered
+// and settles. Whichever settles last deletes the message; the spool
+// ends with neither recipient nor message, and the events say delivered
+// and cancelled.
+func TestCancelRacesCompletion(t *testing.T) {
+	sp, err := spool.Open(t.TempDir(), spool.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sp.Close()
+	g := newGateDialer()
+	q := newQueue(sp, g, fakeBouncer{}, Options{})
+	q.Start()
+	defer q.Stop(context.Background())
+	for round := 0; round < 40; round++ {
+		a, b := "a"+strings.Repeat("y", round)+"@a.test", "b"+strings.Repeat("y", round)+"@b.test"
+		m, rs := put(t, sp, "", a, b)
+		rs[1].NextAttempt = time.Now().Add(time.Hour) // b waits
+		bt := sp.NewBatch()
+		_ = bt.PutRecipient(rs[1])
+		if err := bt.Commit(false); err != nil {
+			t.Fatal(err)
+		}
+		q.Enqueue(m, rs)
+		<-g.arrived // a in flight
+		var wg sync.WaitGroup
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if n, err := q.Cancel(Target{MessageID: m.ID}, "op"); err != nil && n != 0 {
+				t.Errorf("cancel: %d, %v", n, err)
+			}
+		}()
+		g.release <- struct{}{}
+		wg.Wait()
+		testutil.WaitFor(t, "the message settled", func() bool { return q.Stats().Messages == 0 })
+		if _, err := sp.Body(m.ID); err == nil {
+			t.Fatalf("round %d: message still spooled after delivery and cancel", round)
+		}
+		if got := sortedEvents(t, sp, m.ID); !strings.Contains(got, "delivered:"+a) || !strings.Contains(got, "cancelled:"+b) {
+			t.Fatalf("round %d: events %q", round, got)
+		}
+	}
+	if n := queuedRecipients(t, sp); n != 0 {
+		t.Fatalf("%d recipients left in the spool", n)
+	}
+}
