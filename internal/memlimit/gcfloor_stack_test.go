@@ -1,0 +1,54 @@
+package memlimit
+
+import (
+	"runtime"
+	"runtime/debug"
+	"runtime/metrics"
+	"sync"
+	"testing"
+)
+
+// deepStack parks on stop with about n KiB of frames on its stack.
+func deepStack(n int, stop <-chan struct{}) byte {
+	var buf [1024]byte
+	buf[n%len(buf)] = byte(n)
+	if n == 0 {
+		<-stop
+		return buf[0]
+	}
+	return deepStack(n-1, stop) + buf[n%len(buf)]
+}
+
+// TestFloorCountsStacks (issue 21 review): the collector's headroom
+// above the live heap is GOGC% of the live heap plus goroutine stacks
+// plus globals, so a GC percentage computed from the live heap alone
+// gave a relay with many connections (large stacks, small live heap)
+// many times the floor between collections (here about 700 MiB instead
+// of 16). The headroom the floor sets is at most the floor, or GOGC=100's
+// when that is larger.
+func TestFloorCountsStacks(t *testing.T) {
+	defer debug.SetGCPercent(currentGCPercent())
+	const floor = 16 << 20
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for i := 0; i < 400; i++ { // about 400 × 128 KiB of stacks
+		wg.Add(1)
+		go func() { defer wg.Done(); deepStack(80, stop) }()
+	}
+	defer func() { close(stop); wg.Wait() }()
+	f := newGCFloor(floor)
+	runtime.GC()
+	runtime.GC() // the stacks were scanned by a whole cycle
+	f.adjust()
+	s := []metrics.Sample{{Name: "/gc/heap/goal:bytes"}, {Name: "/gc/heap/live:bytes"}, {Name: "/gc/scan/stack:bytes"}, {Name: "/gc/scan/globals:bytes"}}
+	metrics.Read(s)
+	goal, live, stacks, globals := s[0].Value.Uint64(), s[1].Value.Uint64(), s[2].Value.Uint64(), s[3].Value.Uint64()
+	if stacks < floor {
+		t.Fatalf("only %d bytes of stacks scanned: the test does not make the case", stacks)
+	}
+	headroom, allowed := goal-live, max(uint64(floor), live+stacks+globals)
+	if headroom > allowed+allowed/4 {
+		t.Errorf("heap goal %d MiB over a live heap of %d MiB (stacks %d MiB): %d MiB between collections, want at most about %d (GC percent %d)",
+			goal>>20, live>>20, stacks>>20, headroom>>20, allowed>>20, f.pct)
+	}
+}
