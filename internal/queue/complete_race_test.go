@@ -168,3 +168,56 @@ func TestCancelRacesCompletion(t *testing.T) {
 		t.Fatalf("%d recipients left in the spool", n)
 	}
 }
+
+// TestHoldReleaseRetryRaceCompletion (issue 21 review): hold, release and
+// retry of a message race the completion of its recipient on another
+// destination. The waiting recipient is then retried and delivered, and
+// the last of the two to settle deletes the message: nothing is left.
+func TestHoldReleaseRetryRaceCompletion(t *testing.T) {
+	sp, err := spool.Open(t.TempDir(), spool.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sp.Close()
+	g := newGateDialer()
+	q := newQueue(sp, g, fakeBouncer{}, Options{})
+	q.Start()
+	defer q.Stop(context.Background())
+	for round := 0; round < 30; round++ {
+		a, b := "a"+strings.Repeat("z", round)+"@a.test", "b"+strings.Repeat("z", round)+"@b.test"
+		m, rs := put(t, sp, "", a, b)
+		rs[1].NextAttempt = time.Now().Add(time.Hour) // b waits
+		bt := sp.NewBatch()
+		_ = bt.PutRecipient(rs[1])
+		if err := bt.Commit(false); err != nil {
+			t.Fatal(err)
+		}
+		q.Enqueue(m, rs)
+		<-g.arrived // a in flight
+		var wg sync.WaitGroup
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			tg := Target{MessageID: m.ID}
+			_, _ = q.Hold(tg, "op")
+			_, _ = q.Release(tg, "op")
+			if _, err := q.Retry(tg, "op"); err != nil {
+				t.Errorf("retry: %v", err)
+			}
+		}()
+		g.release <- struct{}{}
+		wg.Wait()
+		<-g.arrived // b, retried
+		g.release <- struct{}{}
+		testutil.WaitFor(t, "the message settled", func() bool { return q.Stats().Messages == 0 })
+		if _, err := sp.Body(m.ID); err == nil {
+			t.Fatalf("round %d: message still spooled after both recipients were delivered", round)
+		}
+		if got := sortedEvents(t, sp, m.ID); !strings.Contains(got, "delivered:"+a) || !strings.Contains(got, "delivered:"+b) {
+			t.Fatalf("round %d: events %q", round, got)
+		}
+	}
+	if n := queuedRecipients(t, sp); n != 0 {
+		t.Fatalf("%d recipients left in the spool", n)
+	}
+}
