@@ -80,8 +80,8 @@ func (f *gcFloor) arm() {
 
 // adjust sets the GC percentage for the live heap, goroutine stacks and
 // globals the last collection saw. It changes it only when it moves by
-// more than an eighth, so a steady heap does not reset it after every
-// collection.
+// more than an eighth (or back to 100), so a steady heap does not reset
+// it after every collection.
 //
 // The collector lets (live heap + stacks + globals) × GC percent / 100 be
 // allocated above the live heap before the next collection (the Go
@@ -98,7 +98,9 @@ func (f *gcFloor) adjust() {
 		base += s.Value.Uint64()
 	}
 	pct := gcPercentFor(base, f.floor)
-	if d := pct - f.pct; d > f.pct/8 || -d > f.pct/8 {
+	// Back to exactly 100 once the base passes the floor (a change within
+	// the eighth would otherwise leave up to 112).
+	if d := pct - f.pct; d > f.pct/8 || -d > f.pct/8 || pct == 100 && f.pct != 100 {
 		debug.SetGCPercent(pct)
 		f.pct = pct
 	}

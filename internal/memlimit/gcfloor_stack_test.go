@@ -52,3 +52,18 @@ func TestFloorCountsStacks(t *testing.T) {
 			goal>>20, live>>20, stacks>>20, headroom>>20, allowed>>20, f.pct)
 	}
 }
+
+// TestFloorReturnsToDefault (issue 21 review): once the base passes the
+// floor the GC percentage goes back to exactly 100 (GOGC's default, as
+// documented), even from a percentage within the hysteresis of it.
+func TestFloorReturnsToDefault(t *testing.T) {
+	defer debug.SetGCPercent(currentGCPercent())
+	f := newGCFloor(1) // every base is above a 1-byte floor
+	f.pct = 110
+	debug.SetGCPercent(110)
+	runtime.GC()
+	f.adjust()
+	if f.pct != 100 || currentGCPercent() != 100 {
+		t.Errorf("GC percent %d (floor's %d) with the base above the floor, want 100", currentGCPercent(), f.pct)
+	}
+}
