@@ -64,14 +64,7 @@ func TestWritesRacingHungTimeout(t *testing.T) {
 	recoverEvery = 10 * time.Millisecond
 	defer func() { recoverEvery = old }()
 	before := runtime.NumGoroutine()
-	block := make(chan struct{})
-	var hang atomic.Bool
-	fs := errorfs.Wrap(vfs.NewMem(), errorfs.InjectorFunc(func(op errorfs.Op) error {
-		if hang.Load() && op.Kind.ReadOrWrite() == errorfs.OpIsWrite {
-			<-block
-		}
-		return nil
-	}))
+	fs, hang, block := hangingFS()
 	s, err := Open("spool", Options{Node: "n1", FS: fs, MinFree: -1, WriteTimeout: 200 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
@@ -112,4 +105,17 @@ func TestWritesRacingHungTimeout(t *testing.T) {
 		t.Fatal(err)
 	}
 	testutil.WaitFor(t, "every goroutine of the spool ended", func() bool { return runtime.NumGoroutine() <= before })
+}
+
+// hangingFS is an in-memory filesystem whose writes block, while hang is
+// set, until block is closed.
+func hangingFS() (fs vfs.FS, hang *atomic.Bool, block chan struct{}) {
+	hang, block = new(atomic.Bool), make(chan struct{})
+	fs = errorfs.Wrap(vfs.NewMem(), errorfs.InjectorFunc(func(op errorfs.Op) error {
+		if hang.Load() && op.Kind.ReadOrWrite() == errorfs.OpIsWrite {
+			<-block
+		}
+		return nil
+	}))
+	return fs, hang, block
 }
