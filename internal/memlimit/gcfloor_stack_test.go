@@ -67,3 +67,27 @@ func TestFloorReturnsToDefault(t *testing.T) {
 		t.Errorf("GC percent %d (floor's %d) with the base above the floor, want 100", currentGCPercent(), f.pct)
 	}
 }
+
+// TestFloorYieldsToMemoryLimit (issue 21 review): with a soft memory
+// limit below live heap + floor (a small cgroup limit, Set), the heap
+// goal is the limit's, not the floor's: the floor never lets the heap
+// grow past the limit.
+func TestFloorYieldsToMemoryLimit(t *testing.T) {
+	defer debug.SetGCPercent(currentGCPercent())
+	defer debug.SetMemoryLimit(debug.SetMemoryLimit(-1))
+	s := []metrics.Sample{{Name: "/gc/heap/goal:bytes"}, {Name: "/memory/classes/total:bytes"}}
+	runtime.GC()
+	metrics.Read(s)
+	limit := s[1].Value.Uint64() + 8<<20 // far below the 256 MiB floor's headroom
+	debug.SetMemoryLimit(int64(limit))
+	f := newGCFloor(256 << 20)
+	runtime.GC()
+	f.adjust()
+	if f.pct <= 100 {
+		t.Fatalf("GC percent %d: the floor did not raise it, the test does not make the case", f.pct)
+	}
+	metrics.Read(s)
+	if goal := s[0].Value.Uint64(); goal > limit {
+		t.Errorf("heap goal %d MiB above the soft memory limit %d MiB with the floor on", goal>>20, limit>>20)
+	}
+}
