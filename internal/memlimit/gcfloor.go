@@ -25,12 +25,13 @@ const DefaultGCFloor = 64 << 20
 // CPU for its marking and makes allocating goroutines (the requests being
 // answered) assist it, a cost and a latency that every request in flight
 // pays (issue 21, HTTP tail latency). After each collection Floor sets
-// the GC percentage to max(100, 100*floor/live): with a small live heap
-// the heap may then grow by floor before the next collection; once the
-// live heap passes floor (a large queue) it is GOGC=100 as before. The
-// soft memory limit (Set, GOMEMLIMIT) still applies: near it the
-// collector runs sooner. Memory cost: up to floor more heap while the
-// live heap is small.
+// the GC percentage to max(100, 100*floor/base), base being the live
+// heap plus goroutine stacks plus globals (what the runtime's heap goal
+// scales with, see adjust): with a small base the heap may then grow by
+// floor before the next collection; once the base passes floor (a large
+// queue, many connections) it is GOGC=100 as before. The soft memory
+// limit (Set, GOMEMLIMIT) still applies: near it the collector runs
+// sooner. Memory cost: up to floor more heap while the base is small.
 //
 // It runs after each collection (a finalizer on a sentinel object, which
 // runs on the runtime's finalizer goroutine) and costs one
@@ -44,8 +45,7 @@ func floorUnlessEnv(floor uint64, gogcSet bool) (stop func(), started bool) {
 	if gogcSet || floor == 0 {
 		return func() {}, false
 	}
-	f := &gcFloor{floor: floor, pct: 100}
-	f.sample = []metrics.Sample{{Name: "/gc/heap/live:bytes"}}
+	f := newGCFloor(floor)
 	f.arm()
 	return func() { f.stopped.Store(true) }, true
 }
@@ -55,6 +55,12 @@ type gcFloor struct {
 	pct     int // the GC percentage last set
 	sample  []metrics.Sample
 	stopped atomic.Bool
+}
+
+func newGCFloor(floor uint64) *gcFloor {
+	return &gcFloor{floor: floor, pct: 100, sample: []metrics.Sample{
+		{Name: "/gc/heap/live:bytes"}, {Name: "/gc/scan/stack:bytes"}, {Name: "/gc/scan/globals:bytes"},
+	}}
 }
 
 // sentinel is allocated once per collection cycle; it has a pointer so it
@@ -72,24 +78,37 @@ func (f *gcFloor) arm() {
 	})
 }
 
-// adjust sets the GC percentage for the live heap the last collection
-// left. It changes it only when it moves by more than an eighth, so a
-// steady heap does not reset it after every collection.
+// adjust sets the GC percentage for the live heap, goroutine stacks and
+// globals the last collection saw. It changes it only when it moves by
+// more than an eighth (or back to 100), so a steady heap does not reset
+// it after every collection.
+//
+// The collector lets (live heap + stacks + globals) × GC percent / 100 be
+// allocated above the live heap before the next collection (the Go
+// runtime's heap goal), so the base is all three: a relay with thousands
+// of connections has tens of MiB of stacks over a live heap of a few,
+// and a percentage from the live heap alone gave it many times the floor.
 func (f *gcFloor) adjust() {
 	metrics.Read(f.sample)
-	if f.sample[0].Value.Kind() != metrics.KindUint64 {
-		return
+	var base uint64
+	for _, s := range f.sample {
+		if s.Value.Kind() != metrics.KindUint64 {
+			return
+		}
+		base += s.Value.Uint64()
 	}
-	pct := gcPercentFor(f.sample[0].Value.Uint64(), f.floor)
-	if d := pct - f.pct; d > f.pct/8 || -d > f.pct/8 {
+	pct := gcPercentFor(base, f.floor)
+	// Back to exactly 100 once the base passes the floor (a change within
+	// the eighth would otherwise leave up to 112).
+	if d := pct - f.pct; d > f.pct/8 || -d > f.pct/8 || pct == 100 && f.pct != 100 {
 		debug.SetGCPercent(pct)
 		f.pct = pct
 	}
 }
 
 // gcPercentFor is the GC percentage that lets floor bytes be allocated
-// above a live heap of live bytes, at least 100 (the default) and at most
-// 10,000.
+// between collections over live bytes of live heap, stacks and globals,
+// at least 100 (the default) and at most 10,000.
 func gcPercentFor(live, floor uint64) int {
 	if live == 0 {
 		live = 1 << 20

@@ -280,14 +280,7 @@ func dirSize(t testing.TB, dir string) int64 {
 // retrying a flush on a full disk) fails after the write timeout instead
 // of hanging its caller, and later writes fail at once with 452 4.3.1.
 func TestHungDiskFailsWrites(t *testing.T) {
-	block := make(chan struct{})
-	var hang atomic.Bool
-	fs := errorfs.Wrap(vfs.NewMem(), errorfs.InjectorFunc(func(op errorfs.Op) error {
-		if hang.Load() && op.Kind.ReadOrWrite() == errorfs.OpIsWrite {
-			<-block
-		}
-		return nil
-	}))
+	fs, hang, block := hangingFS()
 	s, err := Open("spool", Options{Node: "n1", FS: fs, MinFree: -1, WriteTimeout: 300 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
@@ -512,14 +505,7 @@ func TestStallRecovers(t *testing.T) {
 	old := recoverEvery
 	recoverEvery = 20 * time.Millisecond
 	defer func() { recoverEvery = old }()
-	block := make(chan struct{})
-	var hang atomic.Bool
-	fs := errorfs.Wrap(vfs.NewMem(), errorfs.InjectorFunc(func(op errorfs.Op) error {
-		if hang.Load() && op.Kind.ReadOrWrite() == errorfs.OpIsWrite {
-			<-block
-		}
-		return nil
-	}))
+	fs, hang, block := hangingFS()
 	s, err := Open("spool", Options{Node: "n1", FS: fs, MinFree: -1, WriteTimeout: 300 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
