@@ -268,10 +268,14 @@ func (s *Spool) apply(b *pebble.Batch, opts *pebble.WriteOptions) error {
 		return &fullError{cause: errReadOnly}
 	}
 	s.space.written.Add(int64(b.Len()))
-	return s.write(func() error {
+	err := s.write(func() error {
 		defer b.Close()
 		return s.db.Apply(b, opts)
 	})
+	if err == nil && !opts.Sync {
+		s.unsynced.Store(true) // syncLagging syncs it within Options.SyncLag
+	}
+	return err
 }
 
 func (s *Spool) writeNow(f func() error) error {

@@ -50,6 +50,7 @@ package spool
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/binary"
@@ -132,7 +133,18 @@ type Options struct {
 	// WriteTimeout bounds one spool write (see write); 0 means the
 	// default, 60 s; negative, no bound.
 	WriteTimeout time.Duration
+	// SyncLag bounds how long a write committed without fsync (delivery
+	// outcomes, cursors) stays only in the process's memory: Pebble keeps
+	// a partly filled WAL block until the next synced commit, so after a
+	// kill -9 of a relay that is only draining its queue, deliveries
+	// older than that would be made again. 0 means DefaultSyncLag;
+	// negative, no background sync.
+	SyncLag time.Duration
 }
+
+// DefaultSyncLag is Options.SyncLag's default: at most five background
+// fsyncs a second, only while unsynced writes wait.
+const DefaultSyncLag = 200 * time.Millisecond
 
 // Spool is safe for concurrent use.
 type Spool struct {
@@ -173,6 +185,7 @@ type Spool struct {
 	plog         *pebbleLogger // Pebble's logger; its Fatalf fails the spool
 	closing      chan struct{} // closed by Close
 	bg           sync.WaitGroup
+	unsynced     atomic.Bool  // a write committed without fsync since the last background sync
 	deleted      atomic.Int64 // messages deleted since the last compaction
 	lastReclaim  atomic.Value // time.Time
 
@@ -268,6 +281,10 @@ func Open(path string, o Options) (*Spool, error) {
 	if s.readOnly.Load() {
 		s.bg.Add(1)
 		go s.waitForRoom()
+	}
+	if lag := cmp.Or(o.SyncLag, DefaultSyncLag); lag > 0 {
+		s.bg.Add(1)
+		go s.syncLagging(lag)
 	}
 	return s, nil
 }
@@ -383,6 +400,29 @@ func (s *Spool) waitForRoom() {
 		}
 		s.log.Info("spool: opened for writing; accepting mail", "avail_bytes", s.space.avail.Load(), "min_free", s.minFree)
 		return
+	}
+}
+
+// syncLagging syncs the WAL every lag while writes committed without
+// fsync wait (see Options.SyncLag): a process crash then loses at most
+// lag of delivery outcomes, and so re-delivers at most that much beyond
+// the deliveries in flight (at-least-once either way).
+func (s *Spool) syncLagging(lag time.Duration) {
+	defer s.bg.Done()
+	t := time.NewTicker(lag)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.closing:
+			return
+		case <-t.C:
+		}
+		if !s.unsynced.Swap(false) || s.readOnly.Load() {
+			continue
+		}
+		if err := s.Sync(context.Background()); err != nil {
+			s.unsynced.Store(true) // try again; the write path logs and counts failures
+		}
 	}
 }
 
