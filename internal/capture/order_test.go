@@ -28,18 +28,7 @@ func TestConcurrentCapturesKeepOrderAcrossRestart(t *testing.T) {
 		}()
 	}
 	wg.Wait()
-	ids := func(f Filter) []string {
-		t.Helper()
-		p, err := s.Search("acme", f, 0, 1000)
-		if err != nil {
-			t.Fatal(err)
-		}
-		var out []string
-		for _, m := range p.Messages {
-			out = append(out, m.ID)
-		}
-		return out
-	}
+	ids := func(f Filter) []string { return searchIDs(t, s, "acme", f, 1000) }
 	before := ids(Filter{})
 	if newestFirst := slices.IsSortedFunc(before, func(a, b string) int { return strings.Compare(b, a) }); len(before) != 320 || !newestFirst {
 		t.Fatalf("%d messages; newest first by id: %v", len(before), newestFirst)
@@ -55,4 +44,19 @@ func TestConcurrentCapturesKeepOrderAcrossRestart(t *testing.T) {
 	if after := ids(Filter{}); !slices.Equal(after, before) {
 		t.Fatalf("order changed across the restart")
 	}
+}
+
+// searchIDs returns the ids of the first page (of limit) of tenant's
+// messages matching f.
+func searchIDs(t *testing.T, s *Store, tenant string, f Filter, limit int) []string {
+	t.Helper()
+	p, err := s.Search(tenant, f, 0, limit)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, m := range p.Messages {
+		out = append(out, m.ID)
+	}
+	return out
 }
