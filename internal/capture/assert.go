@@ -13,7 +13,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/emersion/go-message/mail"
 	msgauth "github.com/emersion/go-msgauth/dkim"
 )
 
@@ -166,8 +165,7 @@ func aligned(a, b string) bool {
 }
 
 func dmarcResult(p *Parsed, sender string, vs []*msgauth.Verification) Result {
-	h := mail.HeaderFromMap(p.Headers)
-	from, err := h.AddressList("From")
+	from, err := p.Addresses("From")
 	if err != nil || len(from) != 1 {
 		return Result{Reason: "the message needs exactly one From address"}
 	}

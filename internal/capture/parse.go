@@ -42,6 +42,39 @@ type Parsed struct {
 	// Err is set when the message could not be parsed as MIME past some
 	// point; what was read before is kept.
 	Err string `json:"parse_error,omitempty"`
+	// addrs holds the From, To and Cc fields as written (unfolded, RFC
+	// 2047 words not decoded): an encoded display name may decode to a
+	// comma or a quote, so addresses are read from these (Addresses).
+	addrs map[string][]string
+}
+
+// Addresses returns the addresses of the From, To or Cc field (key in
+// canonical form; the first field of that name), read as the mail
+// parser reads the field as written (display names decoded per RFC
+// 2047 within each address). A field that does not parse as written
+// is read from its decoded text (Headers), as before; the error is
+// that parse's.
+func (p *Parsed) Addresses(key string) ([]*mail.Address, error) {
+	if raw := p.addrs[key]; len(raw) > 0 {
+		h := mail.HeaderFromMap(map[string][]string{key: raw})
+		if l, err := h.AddressList(key); err == nil {
+			return l, nil
+		}
+	}
+	h := mail.HeaderFromMap(p.Headers)
+	return h.AddressList(key)
+}
+
+// keepAddr records the value v as written of field key when it is one
+// Addresses reads.
+func (p *Parsed) keepAddr(key, v string) {
+	switch key {
+	case "From", "To", "Cc":
+		if p.addrs == nil {
+			p.addrs = map[string][]string{}
+		}
+		p.addrs[key] = append(p.addrs[key], v)
+	}
 }
 
 // Parse reads data (an RFC 5322 message) into its parts: headers
@@ -70,6 +103,7 @@ func parse(data []byte, hashes bool) *Parsed {
 			v = fields.Value()
 		}
 		k := textproto.CanonicalMIMEHeaderKey(fields.Key())
+		p.keepAddr(k, fields.Value())
 		p.Headers[k] = append(p.Headers[k], v)
 	}
 	n := 0
@@ -187,15 +221,14 @@ func parseSummary(data []byte) summaryFields {
 }
 
 func summaryOf(p *Parsed) summaryFields {
-	h := mail.HeaderFromMap(p.Headers)
 	var f summaryFields
-	if l, err := h.AddressList("From"); err == nil && len(l) > 0 {
+	if l, err := p.Addresses("From"); err == nil && len(l) > 0 {
 		f.from = l[0].Address
 	} else if len(p.Headers["From"]) > 0 {
 		f.from = p.Headers["From"][0]
 	}
-	f.to = addresses(h, "To")
-	f.cc = addresses(h, "Cc")
+	f.to = addresses(p, "To")
+	f.cc = addresses(p, "Cc")
 	if len(p.Headers["Subject"]) > 0 {
 		f.subject = p.Headers["Subject"][0]
 	}
@@ -210,8 +243,8 @@ func summaryOf(p *Parsed) summaryFields {
 	return f
 }
 
-func addresses(h mail.Header, key string) []string {
-	l, err := h.AddressList(key)
+func addresses(p *Parsed, key string) []string {
+	l, err := p.Addresses(key)
 	if err != nil {
 		return nil
 	}

@@ -74,6 +74,7 @@ func quickParse(data []byte) (p *Parsed, ok bool) {
 		case "Content-Disposition":
 			return nil, false
 		default:
+			p.keepAddr(name, v)
 			if dec, err := summaryWords.DecodeHeader(v); err == nil {
 				v = dec
 			}

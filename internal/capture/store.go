@@ -167,6 +167,16 @@ type Store struct {
 
 	entropyMu sync.Mutex
 	entropy   *ulid.MonotonicEntropy
+	// Captures are indexed in the order of their ids, the order Open
+	// lists them in after a restart: newID hands out tickets (ticket,
+	// under entropyMu) and a capture indexes on its turn (turn, under
+	// mu; turnCond waits on mu), after every capture with an earlier id
+	// has been indexed or has failed. Without it, concurrent captures
+	// committed out of id order were listed in one order until a
+	// restart and in another after.
+	ticket   uint64
+	turn     uint64
+	turnCond *sync.Cond
 
 	hub *hub
 
@@ -198,6 +208,7 @@ func Open(dir string, o Options) (*Store, error) {
 	}
 	s := &Store{o: o, db: db, log: log, tenants: map[string]*tenantIndex{}, byID: map[string]*entry{}, byAddr: map[string][]*entry{},
 		entropy: ulid.Monotonic(rand.Reader, 0), hub: newHub(), stop: make(chan struct{}), done: make(chan struct{})}
+	s.turnCond = sync.NewCond(&s.mu)
 	if s.sim, err = newSimulator(o.Simulate); err != nil {
 		db.Close()
 		return nil, err
@@ -290,10 +301,28 @@ func (s *Store) index(sm *Summary) *entry {
 // addrKey is the key of tenant's address a (lower case) in byAddr.
 func addrKey(tenant, a string) string { return tenant + "\x00" + a }
 
-func (s *Store) newID() string {
+// newID returns a new capture id, ascending, and its ticket: the caller
+// must call takeTurn(ticket) then endTurn once, whether it indexes the
+// capture or not, or later captures wait forever.
+func (s *Store) newID() (string, uint64) {
 	s.entropyMu.Lock()
 	defer s.entropyMu.Unlock()
-	return ulid.MustNew(ulid.Timestamp(s.o.Now()), s.entropy).String()
+	s.ticket++
+	return ulid.MustNew(ulid.Timestamp(s.o.Now()), s.entropy).String(), s.ticket - 1
+}
+
+// takeTurn waits until every capture with an earlier ticket has ended
+// its turn; s.mu held (released while waiting).
+func (s *Store) takeTurn(ticket uint64) {
+	for s.turn != ticket {
+		s.turnCond.Wait()
+	}
+}
+
+// endTurn lets the next ticket's capture index; s.mu held.
+func (s *Store) endTurn() {
+	s.turn++
+	s.turnCond.Broadcast()
 }
 
 // tenantKey is kind, tenant, 0, id.
@@ -333,7 +362,7 @@ func (s *Store) PutInfo(tenant, msgID, sender string, rcpts []string, data []byt
 
 func (s *Store) put(tenant, msgID, sender string, rcpts []string, data []byte, tags []string, source string) (*Summary, error) {
 	p := parseSummary(data)
-	sm := &Summary{ID: s.newID(), Tenant: tenant, MessageID: msgID, Created: s.o.Now().UTC(), Sender: sender,
+	sm := &Summary{Tenant: tenant, MessageID: msgID, Created: s.o.Now().UTC(), Sender: sender,
 		Recipients: rcpts, From: p.from, To: p.to, Cc: p.cc, Subject: p.subject, HeaderID: p.messageID,
 		Size: len(data), Attachments: p.attachments, Tags: []string{}}
 	if source == "" && s.o.MessageInfo != nil && msgID != "" {
@@ -349,6 +378,9 @@ func (s *Store) put(tenant, msgID, sender string, rcpts []string, data []byte, t
 	if sm.Cc == nil {
 		sm.Cc = []string{}
 	}
+	// From here every path takes its turn (newID).
+	var ticket uint64
+	sm.ID, ticket = s.newID()
 	v := encodeSummary(make([]byte, 0, 256), sm)
 	text := strings.ToLower(sm.Subject + "\n" + p.text)
 	tb := []byte(text)
@@ -358,13 +390,19 @@ func (s *Store) put(tenant, msgID, sender string, rcpts []string, data []byte, t
 	_ = b.Set(textKey(tenant, sm.ID), tb, nil)
 	if err := b.Commit(pebble.Sync); err != nil {
 		b.Close()
+		s.mu.Lock()
+		s.takeTurn(ticket)
+		s.endTurn()
+		s.mu.Unlock()
 		return nil, fmt.Errorf("sandbox store: %w", err)
 	}
 	b.Close()
 	words := splitWords(text)
 	s.mu.Lock()
+	s.takeTurn(ticket)
 	e := s.index(sm)
 	s.tenants[tenant].addSplit(e, words)
+	s.endTurn()
 	s.mu.Unlock()
 	s.hub.publish(e, tb)
 	s.enforce(tenant)

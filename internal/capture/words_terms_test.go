@@ -22,17 +22,7 @@ func TestFilterDropsRepeatedTerms(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	ids := func(text string) []string {
-		p, err := s.Search("acme", Filter{Text: text}, 0, 100)
-		if err != nil {
-			t.Fatal(err)
-		}
-		var out []string
-		for _, m := range p.Messages {
-			out = append(out, m.ID)
-		}
-		return out
-	}
+	ids := func(text string) []string { return searchIDs(t, s, "acme", Filter{Text: text}, 100) }
 	once, many := ids(`ord "order 1"`), ids(strings.Repeat(`ord "order 1" `, 1000))
 	if len(once) != 11 || !slices.Equal(once, many) {
 		t.Fatalf("once: %d messages, repeated: %d; want the same 11", len(once), len(many))

@@ -272,10 +272,10 @@ func (s *Server) mailpitMessage(w http.ResponseWriter, r *http.Request, st *capt
 	m := mpMessage{ID: sm.ID, MessageID: sm.HeaderID, From: &mpAddress{Address: sm.From}, To: mpAddrs(sm.To), Cc: mpAddrs(sm.Cc),
 		Bcc: []mpAddress{}, ReplyTo: []mpAddress{}, ReturnPath: sm.Sender, Subject: sm.Subject, Date: sm.Created, Tags: sm.Tags,
 		Text: p.Text, HTML: p.HTML, Size: sm.Size, Inline: []mpAttachment{}, Attachments: []mpAttachment{}}
-	h := mail.HeaderFromMap(p.Headers)
-	if l, err := h.AddressList("From"); err == nil && len(l) > 0 {
+	if l, err := p.Addresses("From"); err == nil && len(l) > 0 {
 		m.From = &mpAddress{Name: l[0].Name, Address: l[0].Address}
 	}
+	h := mail.HeaderFromMap(p.Headers)
 	if d, err := h.Date(); err == nil {
 		m.Date = d
 	}
