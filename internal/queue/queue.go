@@ -214,7 +214,7 @@ type item struct {
 	// more holds a compact item's recipient indexes when it has several
 	// (a new slice at each compact: see idxRef); one is the index of a
 	// compact item's single recipient (single).
-	more *[]uint16
+	more   *[]uint16
 	due    int64 // Unix nanoseconds (nanos)
 	one    uint16
 	single bool
