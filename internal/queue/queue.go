@@ -466,7 +466,7 @@ func (q *Queue) Load() (int, error) {
 	)
 	flush := func() {
 		if cur != nil && len(batch) > 0 {
-			q.Enqueue(cur, batch)
+			q.add(cur, batch, true)
 		}
 		batch = nil
 	}
@@ -475,7 +475,9 @@ func (q *Queue) Load() (int, error) {
 	if err := q.loadPaused(); err != nil {
 		return 0, err
 	}
-	err := q.sp.ScanRecipients(func(m *spool.Meta, r *spool.Recipient) error {
+	// The brief scan decodes only what an item keeps: the items are
+	// compact from the start, and an attempt reads its recipients back.
+	err := q.sp.ScanQueued(func(m *spool.Meta, r *spool.Recipient) error {
 		if cur == nil || cur.ID != m.ID {
 			flush()
 			cur = m
@@ -595,6 +597,7 @@ const maxSiteLookups = 64
 type pendingLookup struct {
 	m     *spool.Meta
 	rcpts []*spool.Recipient
+	brief bool
 }
 
 // Enqueue adds a spooled message's recipients (already committed) to the
@@ -604,9 +607,16 @@ type pendingLookup struct {
 // the queue, ended by Stop), so that Enqueue never waits for DNS: it runs
 // before the client's 250.
 func (q *Queue) Enqueue(m *spool.Meta, rcpts []*spool.Recipient) {
+	q.add(m, rcpts, false)
+}
+
+// add is Enqueue; brief: m and rcpts are as spool.ScanQueued fills them,
+// so the items are compact at once (they are read back in full before
+// an attempt).
+func (q *Queue) add(m *spool.Meta, rcpts []*spool.Recipient, brief bool) {
 	sites, known := q.sitesOf(rcpts, true)
 	if known {
-		q.enqueue(m, rcpts, sites)
+		q.enqueue(m, rcpts, sites, brief)
 		return
 	}
 	q.mu.Lock()
@@ -614,7 +624,7 @@ func (q *Queue) Enqueue(m *spool.Meta, rcpts []*spool.Recipient) {
 	if q.stopping {
 		return // the spool keeps them; Load finds them at the next start
 	}
-	q.lookups = append(q.lookups, pendingLookup{m, rcpts})
+	q.lookups = append(q.lookups, pendingLookup{m, rcpts, brief})
 	if q.lookupWorkers < maxSiteLookups {
 		q.lookupWorkers++
 		q.wg.Add(1)
@@ -641,11 +651,11 @@ func (q *Queue) lookupLoop() {
 		}
 		q.mu.Unlock()
 		sites, _ := q.sitesOf(p.rcpts, false)
-		q.enqueue(p.m, p.rcpts, sites)
+		q.enqueue(p.m, p.rcpts, sites, p.brief)
 	}
 }
 
-func (q *Queue) enqueue(m *spool.Meta, rcpts []*spool.Recipient, sites map[string]string) {
+func (q *Queue) enqueue(m *spool.Meta, rcpts []*spool.Recipient, sites map[string]string, brief bool) {
 	now := q.o.Now()
 	q.mu.Lock()
 	defer q.mu.Unlock()
@@ -691,6 +701,9 @@ func (q *Queue) enqueue(m *spool.Meta, rcpts []*spool.Recipient, sites map[strin
 		it.rcpts = append(it.rcpts, r)
 	}
 	for _, it := range order {
+		if brief {
+			it.compact()
+		}
 		q.place(it, now)
 	}
 }
