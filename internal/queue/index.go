@@ -101,14 +101,7 @@ func (s *msgSlab) lookup(id string) (msgRef, bool) {
 // add stores a new message (id not present: see lookup) with no
 // recipient counted yet.
 func (s *msgSlab) add(id string, received int64) msgRef {
-	var slot uint32
-	if n := len(s.free); n > 0 {
-		slot = s.free[n-1]
-		s.free = s.free[:n-1]
-	} else {
-		s.recs = append(s.recs, msgRec{})
-		slot = uint32(len(s.recs) - 1)
-	}
+	slot := allocSlot(&s.recs, &s.free)
 	r := &s.recs[slot]
 	*r = msgRec{received: received, gen: r.gen + 1, live: true}
 	if r.gen == 0 { // wrapped: 0 is the zero msgRef's
@@ -174,6 +167,19 @@ func (s *msgSlab) remove(ref msgRef) {
 	s.n--
 }
 
+// allocSlot takes a slot of *slots from the free list, or a new one at
+// the end; the slot holds what its last user left (or the zero value).
+func allocSlot[T any](slots *[]T, free *[]uint32) uint32 {
+	if n := len(*free); n > 0 {
+		slot := (*free)[n-1]
+		*free = (*free)[:n-1]
+		return slot
+	}
+	var zero T
+	*slots = append(*slots, zero)
+	return uint32(len(*slots) - 1)
+}
+
 // len is how many messages are queued.
 func (s *msgSlab) len() int { return s.n }
 
@@ -196,13 +202,7 @@ type destSlot struct {
 func (t *destTable) ref(d *dest) uint32 {
 	slot, ok := t.byKey[d.key]
 	if !ok {
-		if n := len(t.free); n > 0 {
-			slot = t.free[n-1]
-			t.free = t.free[:n-1]
-		} else {
-			t.slots = append(t.slots, destSlot{})
-			slot = uint32(len(t.slots) - 1)
-		}
+		slot = allocSlot(&t.slots, &t.free)
 		if t.byKey == nil {
 			t.byKey = map[string]uint32{}
 		}
