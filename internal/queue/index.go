@@ -28,13 +28,15 @@ package queue
 // Nothing here is safe for concurrent use: the Queue's mu guards it all.
 
 import (
+	"maps"
+
 	"github.com/oklog/ulid/v2"
 )
 
-// msgRef names a message of a msgSlab: its slot and the slot's
-// generation when the message got it. A slot is reused once its
-// message is settled; a ref held past that no longer resolves (get
-// returns nil) instead of naming the slot's next message. The zero
+// msgRef names a message of a msgSlab: its slot and its generation (a
+// number the slab gives each message it adds, in turn). A slot is reused
+// once its message is settled; a ref held past that no longer resolves
+// (get returns nil) instead of naming the slot's next message. The zero
 // msgRef names no message.
 type msgRef struct{ slot, gen uint32 }
 
@@ -61,6 +63,11 @@ type msgSlab struct {
 	byOdd  map[string]uint32
 	oddIDs map[uint32]string
 	n      int
+	// gen is the generation of the last message added.
+	gen uint32
+	// peak is the most messages byID held since it was made: Go's maps
+	// do not shrink, so remove makes it anew once it holds a quarter.
+	peak int
 }
 
 // ulidKey is id's binary ULID when id is a canonical one (26 characters
@@ -103,10 +110,10 @@ func (s *msgSlab) lookup(id string) (msgRef, bool) {
 func (s *msgSlab) add(id string, received int64) msgRef {
 	slot := allocSlot(&s.recs, &s.free)
 	r := &s.recs[slot]
-	*r = msgRec{received: received, gen: r.gen + 1, live: true}
-	if r.gen == 0 { // wrapped: 0 is the zero msgRef's
-		r.gen = 1
+	if s.gen++; s.gen == 0 { // wrapped: 0 is the zero msgRef's
+		s.gen = 1
 	}
+	*r = msgRec{received: received, gen: s.gen, live: true}
 	if k, ok := ulidKey(id); ok {
 		r.key = k
 		if s.byID == nil {
@@ -121,6 +128,7 @@ func (s *msgSlab) add(id string, received int64) msgRef {
 		s.byOdd[id], s.oddIDs[slot] = slot, id
 	}
 	s.n++
+	s.peak = max(s.peak, len(s.byID))
 	return msgRef{slot, r.gen}
 }
 
@@ -165,7 +173,20 @@ func (s *msgSlab) remove(ref msgRef) {
 	r.live, r.odd, r.key = false, false, [16]byte{}
 	s.free = append(s.free, ref.slot)
 	s.n--
+	switch {
+	case s.n == 0:
+		// Drained: give the memory of a large queue back.
+		*s = msgSlab{gen: s.gen}
+	case s.peak >= shrinkMin && len(s.byID) < s.peak/4:
+		m := make(map[[16]byte]uint32, len(s.byID))
+		maps.Copy(m, s.byID)
+		s.byID, s.peak = m, len(m)
+	}
 }
+
+// shrinkMin is the size below which the index's maps and slices are not
+// made smaller when they empty.
+const shrinkMin = 4096
 
 // allocSlot takes a slot of *slots from the free list, or a new one at
 // the end; the slot holds what its last user left (or the zero value).
@@ -250,12 +271,16 @@ func (h *waitHeap) push(r waitRec) int {
 }
 
 // pop removes and returns the record due first; h must not be empty.
+// The slice is made smaller once a quarter of it is used.
 func (h *waitHeap) pop() waitRec {
 	old := *h
 	n := len(old) - 1
 	top := old[0]
 	old[0] = old[n]
 	*h = old[:n]
+	if c := cap(old); c >= shrinkMin && n < c/4 {
+		*h = append(make(waitHeap, 0, 2*n), old[:n]...)
+	}
 	h.down(0)
 	return top
 }

@@ -120,3 +120,40 @@ func TestDestTableFreesSlots(t *testing.T) {
 		t.Fatal("freed slot not reused")
 	}
 }
+
+// TestIndexShrinksWhenDrained: once a large queue is settled the slab,
+// its map and the heap give their memory back, and a ref from before
+// does not resolve to a message added after.
+func TestIndexShrinksWhenDrained(t *testing.T) {
+	const n = 20_000
+	var s msgSlab
+	var h waitHeap
+	refs := make([]msgRef, n)
+	for i := range refs {
+		refs[i] = s.add(ulid.Make().String(), int64(i))
+		h.push(waitRec{due: int64(n - i), msg: refs[i]})
+	}
+	for _, r := range refs[:n-n/8] {
+		s.remove(r)
+		h.pop()
+	}
+	if s.peak > n/4 {
+		t.Errorf("map of %d messages not made anew (peak %d)", len(s.byID), s.peak)
+	}
+	if cap(h) >= n/2 {
+		t.Errorf("heap of %d records keeps capacity %d", len(h), cap(h))
+	}
+	for _, r := range refs[n-n/8:] {
+		if s.get(r) == nil {
+			t.Fatal("a queued message was lost when the map was made anew")
+		}
+		s.remove(r)
+	}
+	if len(s.recs) != 0 || s.byID != nil || s.len() != 0 {
+		t.Errorf("drained slab keeps %d slots", len(s.recs))
+	}
+	r := s.add(ulid.Make().String(), 0)
+	if r.slot != refs[0].slot || s.get(refs[0]) != nil {
+		t.Fatal("a ref from before the slab emptied resolves to a new message")
+	}
+}
