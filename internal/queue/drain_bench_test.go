@@ -3,7 +3,6 @@ package queue
 import (
 	"context"
 	"log/slog"
-	"runtime"
 	"testing"
 	"time"
 
@@ -15,9 +14,7 @@ import (
 // delivered to a destination that accepts everything (fakeDialer); the
 // CPU per delivered recipient of the whole process ("cpu-ns/rcpt": the
 // queue, the spool's reads of compact items, the outcome commits; no
-// network), the wall time ("ns/rcpt", load-dependent) and the live heap
-// left once all are delivered, against before Load ("drained-B/rcpt":
-// what the queue keeps of a large queue it drained).
+// network) and the wall time ("ns/rcpt", load-dependent).
 //
 //	go test -run '^$' -bench DrainQueued -benchtime 1x ./internal/queue
 func BenchmarkDrainQueued(b *testing.B) {
@@ -30,9 +27,6 @@ func BenchmarkDrainQueued(b *testing.B) {
 		}
 		spoolQueued(b, sp, n, 1)
 		fd := &fakeDialer{}
-		var before, after runtime.MemStats
-		runtime.GC()
-		runtime.ReadMemStats(&before)
 		q := New(sp, fd, Options{Logger: slog.New(slog.DiscardHandler)})
 		if got, err := q.Load(); err != nil || got != n {
 			b.Fatalf("Load = %d, %v", got, err)
@@ -50,11 +44,7 @@ func BenchmarkDrainQueued(b *testing.B) {
 		b.StopTimer()
 		b.ReportMetric(float64(wall.Nanoseconds())/n, "ns/rcpt")
 		b.ReportMetric(float64(cpu.Nanoseconds())/n, "cpu-ns/rcpt")
-		runtime.GC()
-		runtime.ReadMemStats(&after)
-		b.ReportMetric((float64(after.HeapAlloc)-float64(before.HeapAlloc))/n, "drained-B/rcpt")
 		q.Stop(context.Background())
-		runtime.KeepAlive(q)
 		sp.Close()
 	}
 }
