@@ -23,12 +23,14 @@ func openSpool(t *testing.T) *spool.Spool {
 }
 
 // waitingCompact reports how many items wait in the timer heap and
-// whether every one of them is compact (holds no metadata or recipient).
+// whether every one of them holds recipients (a record is compact by
+// construction: it has no pointer) of a queued message.
 func waitingCompact(q *Queue) (int, bool) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	for _, it := range q.waiting {
-		if it.loaded != nil || it.count() == 0 {
+	for i := range q.waiting {
+		r := &q.waiting[i]
+		if q.recCount(r) == 0 || q.msgs.get(r.msg) == nil {
 			return len(q.waiting), false
 		}
 	}

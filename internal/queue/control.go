@@ -29,7 +29,6 @@ package queue
 // attempt ended).
 
 import (
-	"container/heap"
 	"errors"
 	"maps"
 	"net/url"
@@ -91,8 +90,8 @@ func (q *Queue) Queues() []QueueInfo {
 		}
 		return qi
 	}
-	oldest := func(qi *QueueInfo, it *item) {
-		if r := timeOf(it.msg.received); qi.Oldest.IsZero() || r.Before(qi.Oldest) {
+	oldest := func(qi *QueueInfo, msg msgRef) {
+		if r := timeOf(q.received(msg)); qi.Oldest.IsZero() || r.Before(qi.Oldest) {
 			qi.Oldest = r
 		}
 	}
@@ -103,28 +102,30 @@ func (q *Queue) Queues() []QueueInfo {
 		qi := get(d)
 		for _, it := range d.ready {
 			qi.Ready += it.count()
-			oldest(qi, it)
+			oldest(qi, it.msg)
 		}
 	}
 	lastDue := map[string]int64{}
-	for _, it := range q.waiting {
-		qi := get(it.dest)
-		qi.Waiting += it.count()
-		oldest(qi, it)
-		if qi.NextAttempt == nil || it.due < nanos(*qi.NextAttempt) {
-			due := it.dueTime()
+	for i := range q.waiting {
+		r := &q.waiting[i]
+		d := q.destTab.at(r.dest)
+		qi := get(d)
+		qi.Waiting += q.recCount(r)
+		oldest(qi, r.msg)
+		if qi.NextAttempt == nil || r.due < nanos(*qi.NextAttempt) {
+			due := timeOf(r.due)
 			qi.NextAttempt = &due
 		}
 		// A waiting item is compact: its destination's last reply stands
 		// for its recipients' (they share it when equal, dest.share).
-		if lr := it.dest.lastReply; lr != nil && it.due >= lastDue[qi.Name] {
-			lastDue[qi.Name], qi.LastError = it.due, lr
+		if lr := d.lastReply; lr != nil && r.due >= lastDue[qi.Name] {
+			lastDue[qi.Name], qi.LastError = r.due, lr
 		}
 	}
 	for it := range q.held {
 		qi := get(it.dest)
 		qi.Held += it.count()
-		oldest(qi, it)
+		oldest(qi, it.msg)
 	}
 	for n := range q.pausedSet {
 		if by[n] == nil {
@@ -393,7 +394,7 @@ func (q *Queue) checkTarget(t Target) error {
 		return nil
 	}
 	q.mu.Lock()
-	_, ok := q.msgs[t.MessageID]
+	_, ok := q.msgs.lookup(t.MessageID)
 	q.mu.Unlock()
 	if !ok {
 		return ErrNotQueued
@@ -434,7 +435,7 @@ const (
 // under q.mu. A message id, a queue's own name and the reception time
 // need no read.
 func (q *Queue) extract(from int, t Target) []*item {
-	var pre map[*item]readBack
+	var pre map[rbKey]readBack
 	if needsRead(t) {
 		pre = q.readBack(from, t)
 	}
@@ -456,18 +457,44 @@ type readBack struct {
 	ld  *loaded
 }
 
-// preMatch is the part of t's match that a compact item answers: its
-// message id, reception time and (site) whether its queue's control
-// name is t's queue. q.mu held.
-func preMatch(it *item, t Target) (ok, site bool) {
-	f := &t.Filter
-	if t.MessageID != "" && it.msg.id != t.MessageID {
+// rbKey names a compact item for readBack: its message and recipient
+// indexes (a recipient is in one item at a time).
+type rbKey struct {
+	msg msgRef
+	ref idxRef
+}
+
+// matcher is a Target with its message id looked up, for preMatch.
+type matcher struct {
+	t    Target
+	want msgRef // t.MessageID's message, when t names one
+	none bool   // t names a message that is not queued
+}
+
+// matcher resolves t. q.mu held.
+func (q *Queue) matcher(t Target) *matcher {
+	m := &matcher{t: t}
+	if t.MessageID != "" {
+		var found bool
+		m.want, found = q.msgs.lookup(t.MessageID)
+		m.none = !found
+	}
+	return m
+}
+
+// preMatch is the part of mt's match that a compact item answers (msg,
+// its message; d, its destination): its message id, reception time and
+// (site) whether its queue's control name is the target's queue. q.mu
+// held.
+func (q *Queue) preMatch(mt *matcher, msg msgRef, d *dest) (ok, site bool) {
+	f := &mt.t.Filter
+	if mt.none || mt.t.MessageID != "" && mt.want != msg {
 		return false, false
 	}
-	if recv := timeOf(it.msg.received); !f.After.IsZero() && recv.Before(f.After) || !f.Before.IsZero() && !recv.Before(f.Before) {
+	if recv := timeOf(q.received(msg)); !f.After.IsZero() && recv.Before(f.After) || !f.Before.IsZero() && !recv.Before(f.Before) {
 		return false, false
 	}
-	return true, f.Queue == "" || ctlName(it.dest) == f.Queue
+	return true, f.Queue == "" || ctlName(d) == f.Queue
 }
 
 // matching splits rcpts into those t selects and the others; site as
@@ -492,7 +519,7 @@ func matching(t Target, site bool, m *spool.Meta, rcpts []*spool.Recipient) (too
 // readBack reads the compact items in from that t may select back from
 // the spool, without q.mu, and matches them; it keeps the recipients of
 // those with a match only.
-func (q *Queue) readBack(from int, t Target) map[*item]readBack {
+func (q *Queue) readBack(from int, t Target) map[rbKey]readBack {
 	type cand struct {
 		it   *item
 		ref  idxRef
@@ -501,19 +528,19 @@ func (q *Queue) readBack(from int, t Target) map[*item]readBack {
 	}
 	var cands []cand
 	q.mu.Lock()
-	q.walk(from, func(it *item) {
-		if ok, site := preMatch(it, t); ok && it.loaded == nil {
+	q.walk(from, t, func(it *item, site bool) {
+		if it.loaded == nil {
 			cands = append(cands, cand{it, it.ref(), it.indexes(), site})
 		}
 	})
 	q.mu.Unlock()
 	// In the spool's key order, read in one pass (spool.QueuedMany).
-	slices.SortFunc(cands, func(a, b cand) int { return strings.Compare(a.it.msg.id, b.it.msg.id) })
+	slices.SortFunc(cands, func(a, b cand) int { return strings.Compare(a.it.id, b.it.id) })
 	ids, idxs := make([]string, len(cands)), make([][]uint16, len(cands))
 	for i, c := range cands {
-		ids[i], idxs[i] = c.it.msg.id, c.idxs
+		ids[i], idxs[i] = c.it.id, c.idxs
 	}
-	pre := make(map[*item]readBack, len(cands))
+	pre := make(map[rbKey]readBack, len(cands))
 	_ = q.sp.QueuedMany(ids, idxs, func(i int, m *spool.Meta, rs []*spool.Recipient, err error) {
 		if err != nil {
 			return // read again (and logged) under q.mu
@@ -523,58 +550,70 @@ func (q *Queue) readBack(from int, t Target) map[*item]readBack {
 		if took, _ := matching(t, c.site, m, rs); len(took) > 0 {
 			rb.ld = &loaded{meta: m, rcpts: rs}
 		}
-		pre[c.it] = rb
+		pre[rbKey{c.it.msg, c.ref}] = rb
 	})
 	return pre
 }
 
-// walk calls fn for every item in the places in from. q.mu held.
-func (q *Queue) walk(from int, fn func(*item)) {
+// walk calls fn for every item in the places in from that t may select
+// (preMatch; site as it says), those of the timer heap as views (see
+// Queue.view). q.mu held.
+func (q *Queue) walk(from int, t Target, fn func(it *item, site bool)) {
+	mt := q.matcher(t)
+	each := func(it *item) {
+		if ok, site := q.preMatch(mt, it.msg, it.dest); ok {
+			fn(it, site)
+		}
+	}
 	if from&fromWaiting != 0 {
-		for _, it := range q.waiting {
-			fn(it)
+		for i := range q.waiting {
+			r := &q.waiting[i]
+			if ok, site := q.preMatch(mt, r.msg, q.destTab.at(r.dest)); ok {
+				fn(q.view(r), site)
+			}
 		}
 	}
 	if from&fromReady != 0 {
 		for _, d := range q.dests {
 			for _, it := range d.ready {
-				fn(it)
+				each(it)
 			}
 		}
 	}
 	if from&fromHeld != 0 {
 		for it := range q.held {
-			fn(it)
+			each(it)
 		}
 	}
 }
 
 // extractLocked is extract with q.mu held and the compact items read
 // back (pre; nil when t needs no read).
-func (q *Queue) extractLocked(from int, t Target, pre map[*item]readBack) []*item {
+func (q *Queue) extractLocked(from int, t Target, pre map[rbKey]readBack) []*item {
 	read := needsRead(t)
+	mt := q.matcher(t)
 	var out []*item
 	// split moves it's matching recipients into a new item in out.
 	split := func(it *item) {
-		ok, site := preMatch(it, t)
+		ok, site := q.preMatch(mt, it.msg, it.dest)
 		if !ok {
 			return
 		}
 		if it.loaded == nil && site && !read {
-			moved := &item{msg: it.msg, dest: it.dest, due: it.due, held: it.held}
+			moved := &item{msg: it.msg, id: it.id, dest: it.dest, due: it.due, held: it.held}
 			moved.setRef(it.ref())
 			it.setRef(idxRef{})
 			out = append(out, moved)
 			return
 		}
 		if it.loaded == nil {
-			if rb, ok := pre[it]; ok && rb.ref == it.ref() {
+			if rb, ok := pre[rbKey{it.msg, it.ref()}]; ok && rb.ref == it.ref() {
 				if rb.ld == nil {
 					return // read back: no match
 				}
 				it.load(rb.ld)
 			} else if err := q.hydrate(it); err != nil {
-				q.log.Warn("queue control: cannot read queued recipients from the spool; left as they are", "msgid", it.msg.id, "err", err)
+				q.log.Warn("queue control: cannot read queued recipients from the spool; left as they are", "msgid", it.id, "err", err)
 				return
 			}
 			defer it.compact()
@@ -584,20 +623,26 @@ func (q *Queue) extractLocked(from int, t Target, pre map[*item]readBack) []*ite
 			return
 		}
 		it.rcpts = kept
-		out = append(out, &item{msg: it.msg, dest: it.dest, loaded: &loaded{meta: it.meta, rcpts: took}, due: it.due, held: it.held})
+		out = append(out, &item{msg: it.msg, id: it.id, dest: it.dest, loaded: &loaded{meta: it.meta, rcpts: took}, due: it.due, held: it.held})
 	}
 	if from&fromWaiting != 0 {
-		n := len(out)
-		for _, it := range q.waiting {
-			split(it)
-		}
-		if len(out) > n {
-			q.waiting = nonEmpty(q.waiting)
-			for i, it := range q.waiting {
-				it.index = int32(i)
+		// A record t may select leaves the heap as an item, and what
+		// split leaves of it goes back as a record.
+		kept := q.waiting[:0]
+		for _, r := range q.waiting {
+			if ok, _ := q.preMatch(mt, r.msg, q.destTab.at(r.dest)); !ok {
+				kept = append(kept, r)
+				continue
 			}
-			heap.Init(&q.waiting)
+			it := q.unpark(r)
+			split(it)
+			if it.count() > 0 {
+				kept = append(kept, q.park(it))
+			}
 		}
+		clear(q.waiting[len(kept):])
+		q.waiting = kept
+		q.waiting.init()
 	}
 	if from&fromReady != 0 {
 		for _, d := range q.dests {

@@ -72,12 +72,12 @@ func indexed(q *Queue) (map[string]int, map[string]bool) {
 			}
 		}
 		for _, idx := range idxs {
-			got[it.msg.id]++
-			seen[fmt.Sprintf("%s/%d", it.msg.id, idx)] = true
+			got[it.id]++
+			seen[fmt.Sprintf("%s/%d", it.id, idx)] = true
 		}
 	}
-	for _, it := range q.waiting {
-		add(it)
+	for i := range q.waiting {
+		add(q.view(&q.waiting[i]))
 	}
 	for _, d := range q.dests {
 		for _, it := range d.ready {
@@ -110,14 +110,9 @@ func TestLoadRebuildsEveryQueuedRecipient(t *testing.T) {
 	}
 	// Waiting items are compact: the spool keeps their metadata and
 	// recipients; the queue keeps indexes.
-	q.mu.Lock()
-	for _, it := range q.waiting {
-		if it.loaded != nil || it.count() == 0 {
-			q.mu.Unlock()
-			t.Fatalf("waiting item of message %s holds its recipients (%+v)", it.msg.id, it.loaded)
-		}
+	if n, ok := waitingCompact(q); n == 0 || !ok {
+		t.Fatalf("%d waiting records, all with recipients of a queued message: %v", n, ok)
 	}
-	q.mu.Unlock()
 	if len(byMsg) != len(want) {
 		t.Errorf("%d messages indexed, want %d", len(byMsg), len(want))
 	}

@@ -79,19 +79,19 @@ func (q *Queue) resolveMetrics() {
 func (q *Queue) Oldest(now time.Time) (ready, waiting time.Duration) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	age := func(it *item, cur time.Duration) time.Duration {
-		if a := now.Sub(timeOf(it.msg.received)); a > cur {
+	age := func(msg msgRef, cur time.Duration) time.Duration {
+		if a := now.Sub(timeOf(q.received(msg))); a > cur {
 			return a
 		}
 		return cur
 	}
 	for _, d := range q.dests {
 		for _, it := range d.ready {
-			ready = age(it, ready)
+			ready = age(it.msg, ready)
 		}
 	}
-	for _, it := range q.waiting {
-		waiting = age(it, waiting)
+	for i := range q.waiting {
+		waiting = age(q.waiting[i].msg, waiting)
 	}
 	return ready, waiting
 }

@@ -15,7 +15,6 @@
 package queue
 
 import (
-	"container/heap"
 	"context"
 	"errors"
 	"log/slog"
@@ -177,8 +176,15 @@ type Queue struct {
 	lookups       []pendingLookup
 	lookupWorkers int
 	dests         map[string]*dest
-	msgs          map[string]*message
-	waiting       itemHeap
+	// msgs, waiting, destTab and more are the index of waiting
+	// recipients, which the garbage collector does not scan (index.go).
+	msgs    msgSlab
+	waiting waitHeap
+	destTab destTable
+	// more holds the recipient indexes of waiting records with several
+	// (waitRec.more); moreSeq numbers them.
+	more    map[uint32]*[]uint16
+	moreSeq uint32
 	// pausedSet holds the paused queue names (control.go).
 	pausedSet map[string]bool
 	// held holds the items an operator holds (control.go): in no ready
@@ -186,24 +192,13 @@ type Queue struct {
 	held map[*item]struct{}
 }
 
-// message is what the queue keeps of a queued message while any of its
-// recipients is queued: its id, when it was received (the listing's
-// oldest message and the After/Before filters) and how many of its
-// recipients are not settled yet. Its metadata is in the spool; an item
-// about to be delivered reads it back (hydrate).
-type message struct {
-	id        string
-	received  int64 // Unix nanoseconds (nanos)
-	remaining int
-}
-
 // item is some recipients of one message for one destination, attempted
 // together in one transaction.
 //
-// An item waiting (in the timer heap, among the held items, or at the
-// back of a long ready list) is compact: loaded is nil and it keeps
-// its recipients' indexes (indexes), 48 bytes and about 100 more per
-// message; the metadata and recipients stay in the spool, which
+// An item waiting (among the held items, or at the back of a long ready
+// list) is compact: loaded is nil and it keeps its recipients' indexes
+// (indexes); in the timer heap it is a pointer-free waitRec (index.go).
+// The metadata and recipients stay in the spool, which
 // holds them as they are (every change to a recipient is committed
 // before its item is placed again). hydrate reads them back when the
 // item is taken for delivery or a control action needs them (issue 21:
@@ -211,16 +206,16 @@ type message struct {
 // with the spool's Meta and Recipient). A compact item's rcpts, meta and
 // by must not be read (they are loaded's); count works either way.
 type item struct {
-	msg  *message
+	msg msgRef
+	// id is the message id (msg's, kept here for reads without q.mu).
+	id   string
 	dest *dest
 	*loaded
 	// more holds a compact item's recipient indexes when it has several
 	// (a new slice at each compact: see idxRef); one is the index of a
 	// compact item's single recipient (single).
-	more *[]uint16
-	due  int64 // Unix nanoseconds (nanos)
-	// index is the item's position in the timer heap.
-	index  int32
+	more   *[]uint16
+	due    int64 // Unix nanoseconds (nanos)
 	one    uint16
 	single bool
 	// held: an operator holds the item's recipients (control.go); an item
@@ -334,7 +329,7 @@ func (q *Queue) hydrate(it *item) error {
 	if it.loaded != nil {
 		return nil
 	}
-	m, rs, err := q.sp.Queued(it.msg.id, it.indexes())
+	m, rs, err := q.sp.Queued(it.id, it.indexes())
 	if err != nil {
 		return err
 	}
@@ -357,25 +352,22 @@ func (q *Queue) unreadable(it *item, err error) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	if errors.Is(err, spool.ErrNotQueued) {
-		q.log.Error("queued recipients missing from the spool; dropped", "msgid", it.msg.id, "recipients", it.count(), "err", err)
-		it.msg.remaining -= it.count()
-		if it.msg.remaining <= 0 && q.msgs[it.msg.id] == it.msg {
-			delete(q.msgs, it.msg.id)
-		}
+		q.log.Error("queued recipients missing from the spool; dropped", "msgid", it.id, "recipients", it.count(), "err", err)
+		q.settled(it.msg, it.count())
 		return
 	}
 	if ok, n := q.sample.Allow("unreadable"); ok {
-		q.log.Error("cannot read queued recipients from the spool; will retry", "msgid", it.msg.id, "err", err, "similar_suppressed", n)
+		q.log.Error("cannot read queued recipients from the spool; will retry", "msgid", it.id, "err", err, "similar_suppressed", n)
 	}
 	it.due = q.o.Now().Add(q.o.RetryInitial).UnixNano()
 	q.wait(it)
 	q.kick()
 }
 
-// wait puts it, compact, into the timer heap. q.mu held.
-func (q *Queue) wait(it *item) {
-	it.compact()
-	heap.Push(&q.waiting, it)
+// wait puts it, compact, into the timer heap and returns its position
+// there (0: due first). q.mu held.
+func (q *Queue) wait(it *item) int {
+	return q.waiting.push(q.park(it))
 }
 
 type dest struct {
@@ -460,7 +452,6 @@ func New(sp *spool.Spool, d Dialer, o Options) *Queue {
 		wake:  make(chan struct{}, 1),
 		yield: make(chan struct{}, 1),
 		dests: map[string]*dest{},
-		msgs:  map[string]*message{},
 	}
 	q.resolveMetrics()
 	return q
@@ -475,7 +466,7 @@ func (q *Queue) Load() (int, error) {
 	)
 	flush := func() {
 		if cur != nil && len(batch) > 0 {
-			q.Enqueue(cur, batch)
+			q.add(cur, batch, true)
 		}
 		batch = nil
 	}
@@ -484,7 +475,9 @@ func (q *Queue) Load() (int, error) {
 	if err := q.loadPaused(); err != nil {
 		return 0, err
 	}
-	err := q.sp.ScanRecipients(func(m *spool.Meta, r *spool.Recipient) error {
+	// The brief scan decodes only what an item keeps: the items are
+	// compact from the start, and an attempt reads its recipients back.
+	err := q.sp.ScanQueued(func(m *spool.Meta, r *spool.Recipient) error {
 		if cur == nil || cur.ID != m.ID {
 			flush()
 			cur = m
@@ -541,7 +534,7 @@ type Stats struct {
 func (q *Queue) Stats() Stats {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	s := Stats{Messages: len(q.msgs), Waiting: len(q.waiting)}
+	s := Stats{Messages: q.msgs.len(), Waiting: len(q.waiting)}
 	for _, d := range q.dests {
 		s.Ready += len(d.ready)
 		s.Active += d.active
@@ -604,6 +597,7 @@ const maxSiteLookups = 64
 type pendingLookup struct {
 	m     *spool.Meta
 	rcpts []*spool.Recipient
+	brief bool
 }
 
 // Enqueue adds a spooled message's recipients (already committed) to the
@@ -613,9 +607,16 @@ type pendingLookup struct {
 // the queue, ended by Stop), so that Enqueue never waits for DNS: it runs
 // before the client's 250.
 func (q *Queue) Enqueue(m *spool.Meta, rcpts []*spool.Recipient) {
+	q.add(m, rcpts, false)
+}
+
+// add is Enqueue; brief: m and rcpts are as spool.ScanQueued fills them,
+// so the items are compact at once (they are read back in full before
+// an attempt).
+func (q *Queue) add(m *spool.Meta, rcpts []*spool.Recipient, brief bool) {
 	sites, known := q.sitesOf(rcpts, true)
 	if known {
-		q.enqueue(m, rcpts, sites)
+		q.enqueue(m, rcpts, sites, brief)
 		return
 	}
 	q.mu.Lock()
@@ -623,7 +624,7 @@ func (q *Queue) Enqueue(m *spool.Meta, rcpts []*spool.Recipient) {
 	if q.stopping {
 		return // the spool keeps them; Load finds them at the next start
 	}
-	q.lookups = append(q.lookups, pendingLookup{m, rcpts})
+	q.lookups = append(q.lookups, pendingLookup{m, rcpts, brief})
 	if q.lookupWorkers < maxSiteLookups {
 		q.lookupWorkers++
 		q.wg.Add(1)
@@ -650,20 +651,19 @@ func (q *Queue) lookupLoop() {
 		}
 		q.mu.Unlock()
 		sites, _ := q.sitesOf(p.rcpts, false)
-		q.enqueue(p.m, p.rcpts, sites)
+		q.enqueue(p.m, p.rcpts, sites, p.brief)
 	}
 }
 
-func (q *Queue) enqueue(m *spool.Meta, rcpts []*spool.Recipient, sites map[string]string) {
+func (q *Queue) enqueue(m *spool.Meta, rcpts []*spool.Recipient, sites map[string]string, brief bool) {
 	now := q.o.Now()
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	msg := q.msgs[m.ID]
-	if msg == nil {
-		msg = &message{id: m.ID, received: nanos(m.Received)}
-		q.msgs[msg.id] = msg
+	msg, ok := q.msgs.lookup(m.ID)
+	if !ok {
+		msg = q.msgs.add(m.ID, nanos(m.Received))
 	}
-	msg.remaining += len(rcpts)
+	q.msgs.get(msg).remaining += int32(len(rcpts))
 	need := tlsNeedOf(m) // the message's, the same for each recipient
 	groups := map[string]*item{}
 	var order []*item
@@ -690,7 +690,7 @@ func (q *Queue) enqueue(m *spool.Meta, rcpts []*spool.Recipient, sites map[strin
 				d.tls = need
 				q.dests[k] = d
 			}
-			it = &item{msg: msg, dest: d, loaded: &loaded{meta: m}, due: nanos(r.NextAttempt), held: r.Held}
+			it = &item{msg: msg, id: m.ID, dest: d, loaded: &loaded{meta: m}, due: nanos(r.NextAttempt), held: r.Held}
 			groups[gk] = it
 			order = append(order, it)
 		}
@@ -701,6 +701,9 @@ func (q *Queue) enqueue(m *spool.Meta, rcpts []*spool.Recipient, sites map[strin
 		it.rcpts = append(it.rcpts, r)
 	}
 	for _, it := range order {
+		if brief {
+			it.compact()
+		}
 		q.place(it, now)
 	}
 }
@@ -734,8 +737,7 @@ const readyLoaded = 256
 // Called with q.mu held.
 func (q *Queue) schedule(it *item, now time.Time) {
 	if it.due > now.UnixNano() {
-		q.wait(it)
-		if q.waiting[0] == it {
+		if q.wait(it) == 0 {
 			q.kick()
 		}
 		return
@@ -811,7 +813,7 @@ func (q *Queue) timerLoop() {
 		}
 		now := q.o.Now().UnixNano()
 		for len(q.waiting) > 0 && q.waiting[0].due <= now {
-			it := heap.Pop(&q.waiting).(*item)
+			it := q.unpark(q.waiting.pop())
 			it.dest = q.live(it.dest)
 			it.dest.ready = append(it.dest.ready, it)
 			q.dispatch(it.dest)
@@ -1362,11 +1364,7 @@ func (q *Queue) complete(it *item, res []delivery.Result, err error, remote *pip
 	// (collected at start), never a recipient without its message.
 	q.countOutcomes(outcomes)
 	q.mu.Lock()
-	it.msg.remaining -= done
-	last := done > 0 && it.msg.remaining == 0
-	if last {
-		delete(q.msgs, m.ID)
-	}
+	last := q.settled(it.msg, done)
 	q.mu.Unlock()
 	if last && !whole {
 		db := q.sp.NewBatch()
@@ -1379,7 +1377,7 @@ func (q *Queue) complete(it *item, res []delivery.Result, err error, remote *pip
 		q.Enqueue(bMeta, bRcpts)
 	}
 	if len(retry) > 0 {
-		nit := &item{msg: it.msg, dest: it.dest, loaded: &loaded{meta: m, rcpts: retry}, due: nanos(retry[0].NextAttempt)}
+		nit := &item{msg: it.msg, id: it.id, dest: it.dest, loaded: &loaded{meta: m, rcpts: retry}, due: nanos(retry[0].NextAttempt)}
 		q.mu.Lock()
 		for _, r := range retry {
 			it.dest.share(r)
@@ -1401,26 +1399,4 @@ func (q *Queue) makeBounce(b *spool.Batch, m *spool.Meta, failed []Failure) (*sp
 		data = nil
 	}
 	return q.bounce.Bounce(q.ctx, b, m, data, failed)
-}
-
-type itemHeap []*item
-
-func (h itemHeap) Len() int           { return len(h) }
-func (h itemHeap) Less(i, j int) bool { return h[i].due < h[j].due }
-func (h itemHeap) Swap(i, j int) {
-	h[i], h[j] = h[j], h[i]
-	h[i].index, h[j].index = int32(i), int32(j)
-}
-func (h *itemHeap) Push(x any) {
-	it := x.(*item)
-	it.index = int32(len(*h))
-	*h = append(*h, it)
-}
-func (h *itemHeap) Pop() any {
-	old := *h
-	n := len(old)
-	it := old[n-1]
-	old[n-1] = nil
-	*h = old[:n-1]
-	return it
 }

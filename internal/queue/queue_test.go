@@ -274,14 +274,14 @@ func TestForgottenDestinationIsReused(t *testing.T) {
 	forgotten := &dest{key: "k", wake: make(chan struct{}, 1)}
 	current := &dest{key: "k", wake: make(chan struct{}, 1)}
 	q.dests["k"] = current
-	it := &item{dest: forgotten, msg: &message{id: "m"}}
+	it := &item{dest: forgotten, msg: q.msgs.add("m", 0), id: "m"}
 	q.schedule(it, time.Now())
 	if len(current.ready) != 1 || len(forgotten.ready) != 0 || it.dest != current {
 		t.Fatalf("item joined the forgotten destination (current %d, forgotten %d)", len(current.ready), len(forgotten.ready))
 	}
 	// With no destination registered, the item's own becomes the one.
 	delete(q.dests, "k")
-	it2 := &item{dest: forgotten, msg: it.msg}
+	it2 := &item{dest: forgotten, msg: it.msg, id: it.id}
 	q.schedule(it2, time.Now())
 	if q.dests["k"] != forgotten || len(forgotten.ready) != 1 {
 		t.Fatal("a returning destination was not registered again")

@@ -16,11 +16,16 @@ type interner struct {
 	strs    map[string]string
 	routes  map[pipeline.Route]*pipeline.Route
 	replies map[pipeline.Response]*pipeline.Response
+	// By their JSON encoding, for ScanQueued (brief.go).
+	rawRoutes  map[string]*pipeline.Route
+	rawReplies map[string]*pipeline.Response
+	rawParams  map[string]pipeline.MailParams
 }
 
 func newInterner() *interner {
 	return &interner{strs: map[string]string{}, routes: map[pipeline.Route]*pipeline.Route{},
-		replies: map[pipeline.Response]*pipeline.Response{}}
+		replies: map[pipeline.Response]*pipeline.Response{}, rawRoutes: map[string]*pipeline.Route{},
+		rawReplies: map[string]*pipeline.Response{}, rawParams: map[string]pipeline.MailParams{}}
 }
 
 func (in *interner) str(s string) string {

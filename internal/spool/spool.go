@@ -730,6 +730,11 @@ func (s *Spool) Meta(msgID string) (*Meta, error) {
 // interner). The callback must not modify a recipient's Route or
 // LastReply in place (replace the pointer instead).
 func (s *Spool) ScanRecipients(fn func(m *Meta, r *Recipient) error) error {
+	return s.scanRecipients(false, fn)
+}
+
+// scanRecipients is ScanRecipients, or ScanQueued when brief.
+func (s *Spool) scanRecipients(brief bool, fn func(m *Meta, r *Recipient) error) error {
 	s.dbMu.RLock()
 	defer s.dbMu.RUnlock()
 	mit, it, closeIters, err := s.queueIters()
@@ -753,7 +758,12 @@ func (s *Spool) ScanRecipients(fn func(m *Meta, r *Recipient) error) error {
 			continue
 		}
 		if cur == nil || cur.ID != string(idb) {
-			m, err := metaAt(mit, string(idb))
+			var m *Meta
+			if brief {
+				m, err = briefMetaAt(mit, string(idb), in)
+			} else {
+				m, err = metaAt(mit, string(idb))
+			}
 			if errors.Is(err, pebble.ErrNotFound) {
 				err = errors.New("no metadata in the spool") // not Pebble's stack trace
 			}
@@ -766,7 +776,12 @@ func (s *Spool) ScanRecipients(fn func(m *Meta, r *Recipient) error) error {
 			cur, skipped = m, nil
 		}
 		var r Recipient
-		if err := json.Unmarshal(it.Value(), &r); err != nil {
+		if brief {
+			err = in.briefRecipient(it.Value(), &r)
+		} else {
+			err = json.Unmarshal(it.Value(), &r)
+		}
+		if err != nil {
 			s.log.Error("spool: corrupt recipient record; skipping", "msgid", cur.ID, "idx", idx, "err", err)
 			continue
 		}
