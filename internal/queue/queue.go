@@ -1335,7 +1335,8 @@ func (q *Queue) complete(it *item, res []delivery.Result, err error, remote *pip
 	// message. Only enqueue adds to remaining, and only for a new message,
 	// so nothing can raise it before the commit below.
 	q.mu.Lock()
-	whole := done > 0 && it.msg.remaining == done
+	mr := q.msgs.get(it.msg)
+	whole := done > 0 && mr != nil && mr.remaining == int32(done)
 	q.mu.Unlock()
 	if whole {
 		b.DeleteMessage(m.ID)
