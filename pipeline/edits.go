@@ -182,12 +182,16 @@ func (e *Edits) check(hook string) string {
 	return ""
 }
 
-// validate checks the values of e: header names are RFC 5322 field names,
-// no value carries CR, LF or NUL.
+// validate checks the values of e: header names are RFC 5322 field names
+// (of at most maxEditFieldName characters when added or set), no value
+// carries CR, LF or NUL.
 func (e *Edits) validate() error {
 	for _, h := range e.Headers {
 		if !validFieldName(h.Name) {
 			return fmt.Errorf("invalid header field name %q", h.Name)
+		}
+		if h.Op != HeaderRemove && len(h.Name) > maxEditFieldName {
+			return fmt.Errorf("header field name %.40q... too long: %d characters, at most %d", h.Name, len(h.Name), maxEditFieldName)
 		}
 		switch h.Op {
 		case HeaderAdd, HeaderSet, HeaderRemove:
@@ -427,3 +431,9 @@ func sortedKeys(m map[string]string) []string {
 	sort.Strings(out)
 	return out
 }
+
+// maxEditFieldName is the longest field name a header edit may add or set:
+// go-message's textproto cannot write a field of a longer name and a
+// non-empty value (its folding finds no room on the first line and
+// panics, formatHeaderField in v0.18).
+const maxEditFieldName = 73
