@@ -183,15 +183,15 @@ func (e *Edits) check(hook string) string {
 }
 
 // validate checks the values of e: header names are RFC 5322 field names
-// (of at most maxEditFieldName characters when added or set), no value
+// (of at most MaxEditFieldName characters when added or set), no value
 // carries CR, LF or NUL.
 func (e *Edits) validate() error {
 	for _, h := range e.Headers {
 		if !validFieldName(h.Name) {
 			return fmt.Errorf("invalid header field name %q", h.Name)
 		}
-		if h.Op != HeaderRemove && len(h.Name) > maxEditFieldName {
-			return fmt.Errorf("header field name %.40q... too long: %d characters, at most %d", h.Name, len(h.Name), maxEditFieldName)
+		if h.Op != HeaderRemove && len(h.Name) > MaxEditFieldName {
+			return fmt.Errorf("header field name %.40q... too long: %d characters, at most %d", h.Name, len(h.Name), MaxEditFieldName)
 		}
 		switch h.Op {
 		case HeaderAdd, HeaderSet, HeaderRemove:
@@ -432,8 +432,9 @@ func sortedKeys(m map[string]string) []string {
 	return out
 }
 
-// maxEditFieldName is the longest field name a header edit may add or set:
+// MaxEditFieldName is the longest field name a header edit may add or set
+// (ApplyEdits refuses a longer one; removing takes any name):
 // go-message's textproto cannot write a field of a longer name and a
 // non-empty value (its folding finds no room on the first line and
 // panics, formatHeaderField in v0.18).
-const maxEditFieldName = 73
+const MaxEditFieldName = 73

@@ -16,7 +16,7 @@ import (
 // removal takes any name.
 func TestHeaderEditLongName(t *testing.T) {
 	for _, op := range []string{HeaderAdd, HeaderSet} {
-		for _, n := range []int{maxEditFieldName + 1, maxEditFieldName + 2, 200, 1000} {
+		for _, n := range []int{MaxEditFieldName + 1, MaxEditFieldName + 2, 200, 1000} {
 			name := "X-" + strings.Repeat("n", n-2)
 			for _, value := range []string{"0", " ", "a b", strings.Repeat("v ", 100)} {
 				msg := &Message{Txn: &Txn{}}
@@ -40,7 +40,7 @@ func TestHeaderEditLongName(t *testing.T) {
 		}
 	}
 	// The longest accepted name is written, with any value.
-	name := "X-" + strings.Repeat("n", maxEditFieldName-2)
+	name := "X-" + strings.Repeat("n", MaxEditFieldName-2)
 	for _, value := range []string{"", "0", " ", " a", "a b", strings.Repeat("v ", 100), strings.Repeat("w", 2000)} {
 		msg := &Message{Txn: &Txn{}}
 		if err := ApplyEdits("s", "on_message", &Edits{Headers: []HeaderEdit{{Op: HeaderAdd, Name: name, Value: value}}}, msg.Txn, msg); err != nil {

@@ -147,6 +147,8 @@ func TestMessageErrors(t *testing.T) {
 		{`msg:add_header("X-Evil\r\nBcc", "a")`, `add_header: invalid header field name "X-Evil\r\nBcc"`},
 		{`msg:add_header("Bad Name", "a")`, "invalid header field name"},
 		{`msg:add_header("Bad:Name", "a")`, "invalid header field name"},
+		{`msg:add_header("X-" .. string.rep("n", 72), "0")`, "add_header: header field name X-nnnnnnnn... too long: 74 characters, at most 73"},
+		{`msg:set_header(string.rep("n", 100), "0")`, "set_header: header field name nnnnnnnnnn... too long: 100 characters, at most 73"},
 		{`msg:add_header("", "a")`, "add_header: argument 1 must be a non-empty string"},
 		{`msg:add_header("X-A")`, "add_header: the value must be a string, got nil"},
 		{`msg:set_header("X-A", "a\rb")`, "set_header: the value of X-A must not contain CR"},
