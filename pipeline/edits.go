@@ -364,7 +364,7 @@ func foldedField(k, v string) ([]byte, bool) {
 	}
 	raw, err := f.Raw()
 	if err != nil || len(raw) < len(k)+3 || string(raw[:len(k)+1]) != k+":" || !bytes.HasSuffix(raw, []byte("\r\n")) ||
-		unfold(raw[len(k)+1:]) != v {
+		!readsBack(raw, v) {
 		return nil, false
 	}
 	return raw, true
