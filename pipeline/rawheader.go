@@ -87,7 +87,12 @@ type fieldCopy struct {
 // For a parsed header it is Header.Get. For an unparsed one
 // (NewMessageUnparsed) it reads the block without parsing it and without
 // allocating, unless the field is folded over several lines; fields added
-// to Header before ParseHeader are seen first.
+// to Header before ParseHeader are seen first (Header.Del and Set before
+// ParseHeader remove nothing of the block). The value of a field on one
+// line points into the block (see NewMessageUnparsed): a caller that keeps
+// it after the block may be released keeps a copy (strings.Clone). Safe
+// for concurrent use with other lookups, unless fields were added to
+// Header before ParseHeader (the lookup then calls it).
 func (m *Message) HeaderValue(key string) string {
 	if m.unparsed == nil || m.Header.Len() > 0 {
 		m.ParseHeader() // nothing to do unless fields were added on top
