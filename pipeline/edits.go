@@ -184,7 +184,7 @@ func (e *Edits) check(hook string) string {
 
 // validate checks the values of e: header names are RFC 5322 field names
 // (of at most MaxEditFieldName characters when added or set), no value
-// carries CR, LF or NUL.
+// carries CR, LF or NUL, or has more than MaxEditFieldValue bytes.
 func (e *Edits) validate() error {
 	for _, h := range e.Headers {
 		if !validFieldName(h.Name) {
@@ -192,6 +192,9 @@ func (e *Edits) validate() error {
 		}
 		if h.Op != HeaderRemove && len(h.Name) > MaxEditFieldName {
 			return fmt.Errorf("header field name %.40q... too long: %d characters, at most %d", h.Name, len(h.Name), MaxEditFieldName)
+		}
+		if h.Op != HeaderRemove && len(h.Value) > MaxEditFieldValue {
+			return fmt.Errorf("the value of header field %s is too long: %d bytes, at most %d", h.Name, len(h.Value), MaxEditFieldValue)
 		}
 		switch h.Op {
 		case HeaderAdd, HeaderSet, HeaderRemove:
@@ -438,3 +441,10 @@ func sortedKeys(m map[string]string) []string {
 // non-empty value (its folding finds no room on the first line and
 // panics, formatHeaderField in v0.18).
 const MaxEditFieldName = 73
+
+// MaxEditFieldValue is the longest value, in bytes, a header edit may add
+// or set (ApplyEdits refuses a longer one): go-message folds a field in
+// time that grows with the square of its length (about 10 ms for 64 KiB,
+// 8 s for 1.6 MB on the development machine), when AddHeaderField adds
+// it and, for a field it leaves to h.Add, at every write of the header.
+const MaxEditFieldValue = 64 << 10

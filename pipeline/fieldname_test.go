@@ -59,3 +59,26 @@ func TestHeaderEditLongName(t *testing.T) {
 		t.Errorf("remove of a long name: %v, still there: %v", err, msg.Header.Has(long))
 	}
 }
+
+// TestHeaderEditLongValue: a header edit's value is at most
+// MaxEditFieldValue bytes (go-message folds a field in time that grows
+// with the square of its length: seconds for a megabyte, at every write
+// of the header for a field that goes to h.Add); a longer one is refused
+// with an error naming the field, the longest is added.
+func TestHeaderEditLongValue(t *testing.T) {
+	for _, op := range []string{HeaderAdd, HeaderSet} {
+		msg := &Message{Txn: &Txn{}}
+		v := strings.Repeat("ab ", MaxEditFieldValue/3+1)
+		err := ApplyEdits("s", "on_message", &Edits{Headers: []HeaderEdit{{Op: op, Name: "X-Big", Value: v}}}, msg.Txn, msg)
+		if err == nil || !strings.Contains(err.Error(), "X-Big") || !strings.Contains(err.Error(), "too long") {
+			t.Errorf("%s of a %d-byte value: err %v, want it refused as too long", op, len(v), err)
+		}
+		if msg.Header.Len() != 0 {
+			t.Errorf("%s: refused edit applied", op)
+		}
+		v = v[:MaxEditFieldValue]
+		if err := ApplyEdits("s", "on_message", &Edits{Headers: []HeaderEdit{{Op: op, Name: "X-Big", Value: v}}}, msg.Txn, msg); err != nil {
+			t.Errorf("%s of a %d-byte value: %v", op, len(v), err)
+		}
+	}
+}
