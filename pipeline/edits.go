@@ -224,15 +224,21 @@ func (e *Edits) validate() error {
 }
 
 // Validate checks an authentication result: method and result are RFC
-// 8601 keywords, reason and properties carry no CR, LF, NUL or ';'.
+// 8601 keywords, reason and properties carry no CR, LF, NUL or ';' and
+// have at most MaxEditFieldValue bytes together.
 func (a AuthResult) Validate() error {
 	if !isToken(a.Method) || !isToken(a.Result) {
 		return fmt.Errorf("authentication result %q=%q: method and result must be RFC 8601 keywords (letters, digits, '-', '_', '.')", a.Method, a.Result)
 	}
+	n := 0
 	for _, p := range append([]string{a.Reason}, a.Props...) {
 		if strings.ContainsAny(p, "\r\n\x00;") {
 			return fmt.Errorf("authentication result %s: reason and properties must not contain CR, LF, NUL or ';'", a.Method)
 		}
+		n += len(p)
+	}
+	if n > MaxEditFieldValue { // they go into one field, folded as an edit's (MaxEditFieldValue)
+		return fmt.Errorf("authentication result %s: reason and properties too long: %d bytes, at most %d", a.Method, n, MaxEditFieldValue)
 	}
 	return nil
 }

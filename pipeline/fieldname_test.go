@@ -82,3 +82,21 @@ func TestHeaderEditLongValue(t *testing.T) {
 		}
 	}
 }
+
+// TestAuthResultLongReason: an authentication result's reason and
+// properties together are at most MaxEditFieldValue bytes: they become
+// the Authentication-Results field, folded as any other.
+func TestAuthResultLongReason(t *testing.T) {
+	long := strings.Repeat("ab ", MaxEditFieldValue/3+1)
+	for _, a := range []AuthResult{
+		{Method: "x", Result: "pass", Reason: long},
+		{Method: "x", Result: "pass", Props: []string{long[:MaxEditFieldValue/2], long[:MaxEditFieldValue/2+1]}},
+	} {
+		if err := a.Validate(); err == nil || !strings.Contains(err.Error(), "too long") {
+			t.Errorf("reason %d bytes, props %d: err %v, want too long", len(a.Reason), len(a.Props), err)
+		}
+	}
+	if err := (AuthResult{Method: "x", Result: "pass", Reason: long[:MaxEditFieldValue/2]}).Validate(); err != nil {
+		t.Error(err)
+	}
+}
