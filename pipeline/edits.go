@@ -182,12 +182,19 @@ func (e *Edits) check(hook string) string {
 	return ""
 }
 
-// validate checks the values of e: header names are RFC 5322 field names,
-// no value carries CR, LF or NUL.
+// validate checks the values of e: header names are RFC 5322 field names
+// (of at most MaxEditFieldName characters when added or set), no value
+// carries CR, LF or NUL, or has more than MaxEditFieldValue bytes.
 func (e *Edits) validate() error {
 	for _, h := range e.Headers {
 		if !validFieldName(h.Name) {
 			return fmt.Errorf("invalid header field name %q", h.Name)
+		}
+		if h.Op != HeaderRemove && len(h.Name) > MaxEditFieldName {
+			return fmt.Errorf("header field name %.40q... too long: %d characters, at most %d", h.Name, len(h.Name), MaxEditFieldName)
+		}
+		if h.Op != HeaderRemove && len(h.Value) > MaxEditFieldValue {
+			return fmt.Errorf("the value of header field %s is too long: %d bytes, at most %d", h.Name, len(h.Value), MaxEditFieldValue)
 		}
 		switch h.Op {
 		case HeaderAdd, HeaderSet, HeaderRemove:
@@ -217,15 +224,21 @@ func (e *Edits) validate() error {
 }
 
 // Validate checks an authentication result: method and result are RFC
-// 8601 keywords, reason and properties carry no CR, LF, NUL or ';'.
+// 8601 keywords, reason and properties carry no CR, LF, NUL or ';' and
+// have at most MaxEditFieldValue bytes together.
 func (a AuthResult) Validate() error {
 	if !isToken(a.Method) || !isToken(a.Result) {
 		return fmt.Errorf("authentication result %q=%q: method and result must be RFC 8601 keywords (letters, digits, '-', '_', '.')", a.Method, a.Result)
 	}
+	n := 0
 	for _, p := range append([]string{a.Reason}, a.Props...) {
 		if strings.ContainsAny(p, "\r\n\x00;") {
 			return fmt.Errorf("authentication result %s: reason and properties must not contain CR, LF, NUL or ';'", a.Method)
 		}
+		n += len(p)
+	}
+	if n > MaxEditFieldValue { // they go into one field, folded as an edit's (MaxEditFieldValue)
+		return fmt.Errorf("authentication result %s: reason and properties too long: %d bytes, at most %d", a.Method, n, MaxEditFieldValue)
 	}
 	return nil
 }
@@ -360,7 +373,7 @@ func foldedField(k, v string) ([]byte, bool) {
 	}
 	raw, err := f.Raw()
 	if err != nil || len(raw) < len(k)+3 || string(raw[:len(k)+1]) != k+":" || !bytes.HasSuffix(raw, []byte("\r\n")) ||
-		unfold(raw[len(k)+1:]) != v {
+		!readsBack(raw, v) {
 		return nil, false
 	}
 	return raw, true
@@ -427,3 +440,17 @@ func sortedKeys(m map[string]string) []string {
 	sort.Strings(out)
 	return out
 }
+
+// MaxEditFieldName is the longest field name a header edit may add or set
+// (ApplyEdits refuses a longer one; removing takes any name):
+// go-message's textproto cannot write a field of a longer name and a
+// non-empty value (its folding finds no room on the first line and
+// panics, formatHeaderField in v0.18).
+const MaxEditFieldName = 73
+
+// MaxEditFieldValue is the longest value, in bytes, a header edit may add
+// or set (ApplyEdits refuses a longer one): go-message folds a field in
+// time that grows with the square of its length (about 10 ms for 64 KiB,
+// 8 s for 1.6 MB on the development machine), when AddHeaderField adds
+// it and, for a field it leaves to h.Add, at every write of the header.
+const MaxEditFieldValue = 64 << 10

@@ -47,10 +47,14 @@ func (m *Message) ParseHeader() {
 	}
 	// Fields added before parsing: m.Header lists them top to bottom;
 	// each AddRaw (or Add) prepends, so add them bottom first.
+	// A field's raw bytes are copied only when they read back as its
+	// value: those of a field added with Add are formatted from it, and
+	// may not (blanks at its ends, runs of blanks at a fold); such a field
+	// is added again with Add, which writes the same bytes.
 	var added []fieldCopy
 	for f := m.Header.Fields(); f.Next(); {
 		raw, err := f.Raw()
-		if err != nil {
+		if err != nil || !readsBack(raw, f.Value()) {
 			raw = nil
 		}
 		added = append(added, fieldCopy{f.Key(), f.Value(), raw})
@@ -65,6 +69,13 @@ func (m *Message) ParseHeader() {
 	m.Header, m.unparsed = h, nil
 }
 
+// readsBack reports whether the field raw ("name: value" and CRLF, maybe
+// folded) gives value once added with AddRaw (which unfolds and trims it).
+func readsBack(raw []byte, value string) bool {
+	colon := bytes.IndexByte(raw, ':')
+	return colon >= 0 && unfold(raw[colon+1:]) == value
+}
+
 type fieldCopy struct {
 	key, value string
 	raw        []byte
@@ -76,7 +87,12 @@ type fieldCopy struct {
 // For a parsed header it is Header.Get. For an unparsed one
 // (NewMessageUnparsed) it reads the block without parsing it and without
 // allocating, unless the field is folded over several lines; fields added
-// to Header before ParseHeader are seen first.
+// to Header before ParseHeader are seen first (Header.Del and Set before
+// ParseHeader remove nothing of the block). The value of a field on one
+// line points into the block (see NewMessageUnparsed): a caller that keeps
+// it after the block may be released keeps a copy (strings.Clone). Safe
+// for concurrent use with other lookups, unless fields were added to
+// Header before ParseHeader (the lookup then calls it).
 func (m *Message) HeaderValue(key string) string {
 	if m.unparsed == nil || m.Header.Len() > 0 {
 		m.ParseHeader() // nothing to do unless fields were added on top

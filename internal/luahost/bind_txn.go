@@ -385,14 +385,18 @@ func (st *state) headers(L *lua.LState) int {
 }
 
 // fieldArgs checks a header field name and value: the name is printable
-// US-ASCII without ':' (RFC 5322 field-name), the value has no CR, LF or
-// NUL (folding is done when the header is written).
+// US-ASCII without ':' (RFC 5322 field-name) of at most
+// pipeline.MaxEditFieldName characters, the value has no CR, LF or
+// NUL and at most pipeline.MaxEditFieldValue bytes (folding is done when the header is written).
 func (st *state) fieldArgs(L *lua.LState, method string) (string, string) {
 	name := st.keyArg(L, method, 2)
 	for i := 0; i < len(name); i++ {
 		if c := name[i]; c <= ' ' || c >= 0x7f || c == ':' {
 			st.sb.Raise("%s: invalid header field name %q", method, name)
 		}
+	}
+	if len(name) > pipeline.MaxEditFieldName { // a field go-message cannot write
+		st.sb.Raise("%s: header field name %.10s... too long: %d characters, at most %d", method, name, len(name), pipeline.MaxEditFieldName)
 	}
 	v := L.Get(3)
 	var value string
@@ -406,6 +410,9 @@ func (st *state) fieldArgs(L *lua.LState, method string) (string, string) {
 	}
 	if strings.ContainsAny(value, "\r\n\x00") {
 		st.sb.Raise("%s: the value of %s must not contain CR, LF or NUL", method, name)
+	}
+	if len(value) > pipeline.MaxEditFieldValue {
+		st.sb.Raise("%s: the value of %s is too long: %d bytes, at most %d", method, name, len(value), pipeline.MaxEditFieldValue)
 	}
 	return name, value
 }
