@@ -271,7 +271,7 @@ func jsonMembers(data []byte, fn func(key, val []byte) error) error {
 				return errors.New("invalid JSON: ':' expected")
 			}
 			vs := skipSpace(data, i+1)
-			ve, ok := scanValue(data, vs, 0)
+			ve, ok := scanValue(data, vs, 1) // inside the record's object
 			if !ok {
 				return errors.New("invalid JSON value")
 			}
@@ -322,20 +322,25 @@ func skipSpace(data []byte, i int) int {
 	return i
 }
 
-// maxDepth bounds the nesting scanValue follows (encoding/json's limit).
+// maxDepth bounds the nesting scanValue follows: encoding/json's limit
+// on the objects and arrays open at once, the record's own included.
 const maxDepth = 10000
 
 // scanValue returns the end of the JSON value at data[i:], and whether it
 // is valid (strings as scanString checks them; numbers and literals as
-// RFC 8259 writes them).
+// RFC 8259 writes them; depth objects and arrays are open around it, at
+// most maxDepth with its own).
 func scanValue(data []byte, i, depth int) (int, bool) {
-	if i >= len(data) || depth > maxDepth {
+	if i >= len(data) {
 		return i, false
 	}
 	switch c := data[i]; {
 	case c == '"':
 		return scanString(data, i)
 	case c == '{' || c == '[':
+		if depth+1 > maxDepth {
+			return i, false
+		}
 		closing := byte('}')
 		if c == '[' {
 			closing = ']'
