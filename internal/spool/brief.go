@@ -59,9 +59,9 @@ func (in *interner) briefMeta(v []byte, m *Meta) error {
 		case fold(key, "tenant"), fold(key, "identity"):
 			return briefKind(val, '"')
 		case fold(key, "tags"):
-			return briefKind(val, '[')
+			return briefStrings(val)
 		case fold(key, "meta"):
-			return briefKind(val, '{')
+			return briefStringMap(val)
 		case fold(key, "size"):
 			return briefInt(val)
 		case fold(key, "id"):
@@ -106,7 +106,7 @@ func (in *interner) briefRecipient(v []byte, r *Recipient) error {
 		case fold(key, "addr"), fold(key, "warned"):
 			return briefKind(val, '"')
 		case fold(key, "params"):
-			return briefKind(val, '{')
+			return briefRcptParams(val)
 		case fold(key, "attempts"):
 			return briefInt(val)
 		case fold(key, "domain"):
@@ -142,11 +142,11 @@ func (in *interner) briefRecipient(v []byte, r *Recipient) error {
 	return err
 }
 
-// briefKind checks the kind of the value val of a field the brief
-// decoders do not fill (its first byte: '"' string, '[' array, '{'
+// briefKind checks the kind of the value val of a string field the
+// brief decoders do not fill (its first byte: '"' string, '[' array, '{'
 // object; null fits any): a value of another kind is left to
 // encoding/json (errBriefFallback), which rejects the record as a full
-// decode does. What is inside an array or an object is not checked.
+// decode does.
 func briefKind(val []byte, kind byte) error {
 	if len(val) > 0 && (val[0] == kind || val[0] == 'n') {
 		return nil
@@ -174,6 +174,66 @@ func briefInt(val []byte) error {
 		}
 	}
 	return nil
+}
+
+// briefStrings checks that val (valid JSON) decodes into a []string:
+// null, or an array of strings and nulls; anything else is left to
+// encoding/json (errBriefFallback).
+func briefStrings(val []byte) error {
+	if string(val) == "null" {
+		return nil
+	}
+	if val[0] != '[' {
+		return errBriefFallback
+	}
+	i := skipSpace(val, 1)
+	if val[i] == ']' {
+		return nil
+	}
+	for {
+		e, ok := scanValue(val, i, 1)
+		if !ok {
+			return errBriefFallback
+		}
+		if val[i] != '"' && string(val[i:e]) != "null" {
+			return errBriefFallback
+		}
+		if i = skipSpace(val, e); val[i] == ']' {
+			return nil
+		}
+		i = skipSpace(val, i+1) // past ','
+	}
+}
+
+// briefStringMap checks that val (valid JSON) decodes into a
+// map[string]string: null, or an object of strings and nulls.
+func briefStringMap(val []byte) error {
+	if string(val) == "null" {
+		return nil
+	}
+	return jsonMembers(val, func(_, v []byte) error {
+		if v[0] != '"' && string(v) != "null" {
+			return errBriefFallback
+		}
+		return nil
+	})
+}
+
+// briefRcptParams checks that val (valid JSON) decodes into a
+// pipeline.RcptParams.
+func briefRcptParams(val []byte) error {
+	if string(val) == "null" {
+		return nil
+	}
+	return jsonMembers(val, func(k, v []byte) error {
+		switch {
+		case fold(k, "notify"):
+			return briefStrings(v)
+		case fold(k, "orcpt"):
+			return briefKind(v, '"')
+		}
+		return nil
+	})
 }
 
 // briefShared decodes the JSON object val into *p, one value per distinct

@@ -38,6 +38,9 @@ func TestBriefMatchesFullDecodeEdgeCases(t *testing.T) {
 		`{"domain":"a.test","addr":null,"warned":null,"params":null,"attempts":null}`,
 		`{"domain":"a.test","warned":false}`,
 		`{"domain":"a.test","params":[]}`,
+		`{"domain":"a.test","params":{"notify":"NEVER"}}`,
+		`{"domain":"a.test","params":{"notify":["NEVER"],"orcpt":1}}`,
+		`{"domain":"a.test","params":{"notify":["NEVER"],"orcpt":"rfc822;a@b"}}`,
 		`{"domain":"a.test","Route":{"kind":"mx"},"rOUTE":{"host":"h"}}`,
 		` null `,
 	}
@@ -71,6 +74,10 @@ func TestBriefMatchesFullDecodeEdgeCases(t *testing.T) {
 		`{"id":"x","size":12,"tenant":"t","identity":null,"tags":["a"],"meta":{"k":"v"}}`,
 		`{"id":"x","tenant":1}`,
 		`{"id":"x","meta":[]}`,
+		`{"id":"x","tags":[1]}`,
+		`{"id":"x","tags":["a",null]}`,
+		`{"id":"x","meta":{"k":1}}`,
+		`{"id":"x","meta":{"k":"v"},"meta":{"k":["v"]}}`,
 		`{"id":"x","params":{"smtputf8":"yes"}}`,
 		`{"id":"x","received":1.5e9}`,
 	}
