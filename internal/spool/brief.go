@@ -53,8 +53,17 @@ func briefMetaAt(it *pebble.Iterator, id string, in *interner) (*Meta, error) {
 
 // briefMeta decodes v's ID, Source, Sender, Received and Params into m.
 func (in *interner) briefMeta(v []byte, m *Meta) error {
+	var params bool
 	err := jsonMembers(v, func(key, val []byte) error {
 		switch {
+		case fold(key, "tenant"), fold(key, "identity"):
+			return briefKind(val, '"')
+		case fold(key, "tags"):
+			return briefStrings(val)
+		case fold(key, "meta"):
+			return briefStringMap(val)
+		case fold(key, "size"):
+			return briefInt(val)
 		case fold(key, "id"):
 			return in.briefString(val, &m.ID, false)
 		case fold(key, "source"):
@@ -64,6 +73,10 @@ func (in *interner) briefMeta(v []byte, m *Meta) error {
 		case fold(key, "received"):
 			return m.Received.UnmarshalJSON(val)
 		case fold(key, "params"):
+			if params { // encoding/json merges a repeated object
+				return errBriefFallback
+			}
+			params = true
 			p, ok := in.rawParams[string(val)]
 			if !ok {
 				if err := json.Unmarshal(val, &p); err != nil {
@@ -87,15 +100,30 @@ func (in *interner) briefMeta(v []byte, m *Meta) error {
 // briefRecipient decodes v's Domain, Route, NextAttempt, LastReply and
 // Held into r.
 func (in *interner) briefRecipient(v []byte, r *Recipient) error {
+	var route, last bool
 	err := jsonMembers(v, func(key, val []byte) error {
 		switch {
+		case fold(key, "addr"), fold(key, "warned"):
+			return briefKind(val, '"')
+		case fold(key, "params"):
+			return briefRcptParams(val)
+		case fold(key, "attempts"):
+			return briefInt(val)
 		case fold(key, "domain"):
 			return in.briefString(val, &r.Domain, true)
 		case fold(key, "route"):
+			if route && r.Route != nil { // encoding/json decodes a repeat into the first
+				return errBriefFallback
+			}
+			route = true
 			return briefShared(in.rawRoutes, val, &r.Route)
 		case fold(key, "next"):
 			return r.NextAttempt.UnmarshalJSON(val)
 		case fold(key, "last"):
+			if last && r.LastReply != nil {
+				return errBriefFallback
+			}
+			last = true
 			return briefShared(in.rawReplies, val, &r.LastReply)
 		case fold(key, "held"):
 			switch string(val) {
@@ -112,6 +140,100 @@ func (in *interner) briefRecipient(v []byte, r *Recipient) error {
 		return json.Unmarshal(v, r)
 	}
 	return err
+}
+
+// briefKind checks the kind of the value val of a string field the
+// brief decoders do not fill (its first byte: '"' string, '[' array, '{'
+// object; null fits any): a value of another kind is left to
+// encoding/json (errBriefFallback), which rejects the record as a full
+// decode does.
+func briefKind(val []byte, kind byte) error {
+	if len(val) > 0 && (val[0] == kind || val[0] == 'n') {
+		return nil
+	}
+	return errBriefFallback
+}
+
+// briefInt is briefKind for an int field: null or digits with an
+// optional minus sign, short enough not to overflow; anything else
+// (a fraction, an exponent) is left to encoding/json.
+func briefInt(val []byte) error {
+	if string(val) == "null" {
+		return nil
+	}
+	d := val
+	if len(d) > 0 && d[0] == '-' {
+		d = d[1:]
+	}
+	if len(d) == 0 || len(d) > 18 {
+		return errBriefFallback
+	}
+	for _, c := range d {
+		if c < '0' || c > '9' {
+			return errBriefFallback
+		}
+	}
+	return nil
+}
+
+// briefStrings checks that val (valid JSON) decodes into a []string:
+// null, or an array of strings and nulls; anything else is left to
+// encoding/json (errBriefFallback).
+func briefStrings(val []byte) error {
+	if string(val) == "null" {
+		return nil
+	}
+	if val[0] != '[' {
+		return errBriefFallback
+	}
+	i := skipSpace(val, 1)
+	if val[i] == ']' {
+		return nil
+	}
+	for {
+		e, ok := scanValue(val, i, 1)
+		if !ok {
+			return errBriefFallback
+		}
+		if val[i] != '"' && string(val[i:e]) != "null" {
+			return errBriefFallback
+		}
+		if i = skipSpace(val, e); val[i] == ']' {
+			return nil
+		}
+		i = skipSpace(val, i+1) // past ','
+	}
+}
+
+// briefStringMap checks that val (valid JSON) decodes into a
+// map[string]string: null, or an object of strings and nulls.
+func briefStringMap(val []byte) error {
+	if string(val) == "null" {
+		return nil
+	}
+	return jsonMembers(val, func(_, v []byte) error {
+		if v[0] != '"' && string(v) != "null" {
+			return errBriefFallback
+		}
+		return nil
+	})
+}
+
+// briefRcptParams checks that val (valid JSON) decodes into a
+// pipeline.RcptParams.
+func briefRcptParams(val []byte) error {
+	if string(val) == "null" {
+		return nil
+	}
+	return jsonMembers(val, func(k, v []byte) error {
+		switch {
+		case fold(k, "notify"):
+			return briefStrings(v)
+		case fold(k, "orcpt"):
+			return briefKind(v, '"')
+		}
+		return nil
+	})
 }
 
 // briefShared decodes the JSON object val into *p, one value per distinct
@@ -178,10 +300,13 @@ func fold(key []byte, name string) bool {
 // is valid JSON as a whole (one object, whitespace around it). It returns
 // errBriefFallback, after checking data as a whole, when a key has an
 // escape or a non-ASCII byte (fold could not match it as encoding/json
-// does); fn's first error stops it.
+// does), and when data is null; fn's first error stops it.
 func jsonMembers(data []byte, fn func(key, val []byte) error) error {
 	var fallback bool
 	i := skipSpace(data, 0)
+	if e, ok := literal(data, i, "null"); ok && skipSpace(data, e) == len(data) {
+		return errBriefFallback // encoding/json decodes a null record as a zero one
+	}
 	if i >= len(data) || data[i] != '{' {
 		return errors.New("not a JSON object")
 	}
@@ -206,7 +331,7 @@ func jsonMembers(data []byte, fn func(key, val []byte) error) error {
 				return errors.New("invalid JSON: ':' expected")
 			}
 			vs := skipSpace(data, i+1)
-			ve, ok := scanValue(data, vs, 0)
+			ve, ok := scanValue(data, vs, 1) // inside the record's object
 			if !ok {
 				return errors.New("invalid JSON value")
 			}
@@ -257,20 +382,25 @@ func skipSpace(data []byte, i int) int {
 	return i
 }
 
-// maxDepth bounds the nesting scanValue follows (encoding/json's limit).
+// maxDepth bounds the nesting scanValue follows: encoding/json's limit
+// on the objects and arrays open at once, the record's own included.
 const maxDepth = 10000
 
 // scanValue returns the end of the JSON value at data[i:], and whether it
 // is valid (strings as scanString checks them; numbers and literals as
-// RFC 8259 writes them).
+// RFC 8259 writes them; depth objects and arrays are open around it, at
+// most maxDepth with its own).
 func scanValue(data []byte, i, depth int) (int, bool) {
-	if i >= len(data) || depth > maxDepth {
+	if i >= len(data) {
 		return i, false
 	}
 	switch c := data[i]; {
 	case c == '"':
 		return scanString(data, i)
 	case c == '{' || c == '[':
+		if depth+1 > maxDepth {
+			return i, false
+		}
 		closing := byte('}')
 		if c == '[' {
 			closing = ']'

@@ -772,6 +772,12 @@ func (s *Spool) scanRecipients(brief bool, fn func(m *Meta, r *Recipient) error)
 				skipped = append(skipped[:0], idb...)
 				continue
 			}
+			if m.ID != string(idb) {
+				// Metadata naming another id: the key wins (the queue finds
+				// the message's body and recipients by it).
+				s.log.Warn("spool: message metadata names another id; using its key's", "msgid", string(idb), "meta_id", m.ID)
+				m.ID = string(idb)
+			}
 			in.meta(m)
 			cur, skipped = m, nil
 		}
@@ -786,9 +792,6 @@ func (s *Spool) scanRecipients(brief bool, fn func(m *Meta, r *Recipient) error)
 			continue
 		}
 		r.MsgID, r.Idx = cur.ID, idx
-		if cur.ID != string(idb) { // metadata naming another id: the key wins
-			r.MsgID = string(idb)
-		}
 		in.recipient(&r)
 		if err := fn(cur, &r); err != nil {
 			return err
