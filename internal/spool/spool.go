@@ -1054,7 +1054,38 @@ var ErrNotQueued = errors.New("spool: not queued")
 func (s *Spool) Queued(msgID string, idxs []uint16) (*Meta, []*Recipient, error) {
 	s.dbMu.RLock()
 	defer s.dbMu.RUnlock()
-	m, err := metaOf(s.db, msgID)
+	return queued(pointReader{s.db}, msgID, idxs)
+}
+
+// queuedReader reads the records Queued needs: point reads (pointReader)
+// or seeks of iterators over the key ranges (iterReader, for QueuedMany).
+// value returns pebble.ErrNotFound for a missing key.
+type queuedReader interface {
+	meta(msgID string) (*Meta, error)
+	value(k []byte) ([]byte, io.Closer, error)
+}
+
+type pointReader struct{ db *pebble.DB }
+
+func (r pointReader) meta(msgID string) (*Meta, error)          { return metaOf(r.db, msgID) }
+func (r pointReader) value(k []byte) ([]byte, io.Closer, error) { return r.db.Get(k) }
+
+type iterReader struct{ mit, rit *pebble.Iterator }
+
+func (r *iterReader) meta(msgID string) (*Meta, error) { return metaAt(r.mit, msgID) }
+func (r *iterReader) value(k []byte) ([]byte, io.Closer, error) {
+	if !r.rit.SeekGE(k) || !bytes.Equal(r.rit.Key(), k) {
+		if err := r.rit.Error(); err != nil {
+			return nil, nil, err
+		}
+		return nil, nil, pebble.ErrNotFound
+	}
+	return r.rit.Value(), nopCloser{}, nil
+}
+
+// queued is Queued through rd.
+func queued(rd queuedReader, msgID string, idxs []uint16) (*Meta, []*Recipient, error) {
+	m, err := rd.meta(msgID)
 	if errors.Is(err, pebble.ErrNotFound) {
 		return nil, nil, fmt.Errorf("message %s: no metadata: %w", msgID, ErrNotQueued)
 	}
@@ -1063,7 +1094,7 @@ func (s *Spool) Queued(msgID string, idxs []uint16) (*Meta, []*Recipient, error)
 	}
 	rs := make([]*Recipient, len(idxs))
 	for i, idx := range idxs {
-		v, c, err := s.db.Get(rcptKey(msgID, int(idx)))
+		v, c, err := rd.value(rcptKey(msgID, int(idx)))
 		if errors.Is(err, pebble.ErrNotFound) {
 			return nil, nil, fmt.Errorf("message %s: no recipient %d: %w", msgID, idx, ErrNotQueued)
 		}
@@ -1104,8 +1135,9 @@ func (s *Spool) queuedChunk(ids []string, idxs [][]uint16, lo, hi int, fn func(i
 		return err
 	}
 	defer closeIters()
+	rd := &iterReader{mit, rit}
 	for i := lo; i < hi; i++ {
-		m, rs, err := queuedAt(mit, rit, ids[i], idxs[i])
+		m, rs, err := queued(rd, ids[i], idxs[i])
 		fn(i, m, rs, err)
 	}
 	return nil
@@ -1134,32 +1166,4 @@ func queuedRecipient(v []byte, msgID string, idx uint16) (*Recipient, error) {
 	}
 	r.MsgID, r.Idx = msgID, int(idx)
 	return r, nil
-}
-
-// queuedAt is Queued through iterators over the metadata and recipient
-// key ranges.
-func queuedAt(mit, rit *pebble.Iterator, msgID string, idxs []uint16) (*Meta, []*Recipient, error) {
-	m, err := metaAt(mit, msgID)
-	if errors.Is(err, pebble.ErrNotFound) {
-		return nil, nil, fmt.Errorf("message %s: no metadata: %w", msgID, ErrNotQueued)
-	}
-	if err != nil {
-		return nil, nil, err
-	}
-	rs := make([]*Recipient, len(idxs))
-	for i, idx := range idxs {
-		k := rcptKey(msgID, int(idx))
-		if !rit.SeekGE(k) || !bytes.Equal(rit.Key(), k) {
-			if err := rit.Error(); err != nil {
-				return nil, nil, err
-			}
-			return nil, nil, fmt.Errorf("message %s: no recipient %d: %w", msgID, idx, ErrNotQueued)
-		}
-		r, err := queuedRecipient(rit.Value(), msgID, idx)
-		if err != nil {
-			return nil, nil, err
-		}
-		rs[i] = r
-	}
-	return m, rs, nil
 }
