@@ -272,7 +272,7 @@ func (s *Spool) apply(b *pebble.Batch, opts *pebble.WriteOptions) error {
 		defer b.Close()
 		return s.db.Apply(b, opts)
 	})
-	if err == nil && !opts.Sync {
+	if err == nil && !opts.Sync && !s.unsynced.Load() {
 		s.unsynced.Store(true) // syncLagging syncs it within Options.SyncLag
 	}
 	return err
