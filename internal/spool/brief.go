@@ -2,7 +2,11 @@ package spool
 
 // The queue's start-up scan decodes only what its index keeps (issue 21:
 // restarting with a million queued recipients spent about two thirds of
-// its CPU in encoding/json decoding every field of every record).
+// its CPU in encoding/json decoding every field of every record). Why by
+// hand: decoding into a minimal struct with encoding/json saved little
+// (BenchmarkBriefDecode: 10–32 µs a record pair against 11–16 for the
+// full decode; this reader 2.6–3.4 µs, BENCHMARKS.md "Issue 21 item 3: a
+// pointer-free index"); faster drop-in JSON libraries were not measured.
 
 import (
 	"bytes"
