@@ -1,7 +1,6 @@
 package pipeline
 
 import (
-	"bytes"
 	"fmt"
 	"sort"
 	"strings"
@@ -184,7 +183,9 @@ func (e *Edits) check(hook string) string {
 
 // validate checks the values of e: header names are RFC 5322 field names
 // (of at most MaxEditFieldName characters when added or set), no value
-// carries CR, LF or NUL, or has more than MaxEditFieldValue bytes.
+// carries CR, LF or NUL, or has more than MaxEditFieldValue bytes, and an
+// added or set value can be folded into lines of at most 998 characters
+// (CheckFold).
 func (e *Edits) validate() error {
 	for _, h := range e.Headers {
 		if !validFieldName(h.Name) {
@@ -203,6 +204,11 @@ func (e *Edits) validate() error {
 		}
 		if strings.ContainsAny(h.Value, "\r\n\x00") {
 			return fmt.Errorf("the value of header field %s contains CR, LF or NUL", h.Name)
+		}
+		if h.Op != HeaderRemove {
+			if err := CheckFold(h.Name, h.Value); err != nil {
+				return err
+			}
 		}
 	}
 	for k, v := range e.Meta {
@@ -331,52 +337,32 @@ func ApplyHeaderEdits(h *textproto.Header, edits []HeaderEdit) {
 	}
 }
 
-// AddHeaderField adds the field name: value on top of h, as h.Add does
-// (the same bytes when the header is written, the same value read back),
-// but formatted once: h.Add stores the name and value and formats (and
-// folds) them again at every write of the header (the spool's, a
-// plugin's header block, delivery), about 2 µs per field and write for
-// a one-line field and 3 to 4 for a folded one such as Received. A value
-// that would not read back as given once folded (runs of blanks or tabs
-// where a line is folded), or that h.Add would refuse to write (line
-// breaks, a bad name), goes to h.Add as it is. Not safe for concurrent
-// use with other uses of h.
+// AddHeaderField adds the field name: value on top of h, formatted once
+// (FoldField: trimmed of blanks at both ends, folded at its own blanks in
+// linear time) and stored with AddRaw, so writing the header (the
+// spool's, a plugin's header block, delivery, the DKIM signer's hash)
+// copies those bytes and formats nothing again. A value FoldField cannot
+// fold within 998-character lines (a run of more than 997 characters
+// without a blank) is written with a space inserted every 400 bytes of
+// such a run (runs of blanks cut to 400): for the relay's own fields, such
+// as Received, which must not be lost; header edits refuse such values
+// before (ApplyEdits, CheckFold). A bad name or a value with line breaks
+// goes to h.Add as it is (writing the header then fails, as it would for
+// h.Add). Not safe for concurrent use with other uses of h.
 func AddHeaderField(h *textproto.Header, name, value string) { addField(h, name, value) }
 
 // addField is AddHeaderField.
 func addField(h *textproto.Header, name, value string) {
 	k := stdtextproto.CanonicalMIMEHeaderKey(name)
-	if !oneLineField(k, value) {
-		if raw, ok := foldedField(k, value); ok {
-			h.AddRaw(raw)
-		} else {
-			h.Add(name, value)
-		}
+	raw, err := FoldField(k, value)
+	if _, ok := err.(*FoldError); ok {
+		raw, err = FoldField(k, relaxFold(value))
+	}
+	if err != nil {
+		h.Add(name, value)
 		return
 	}
-	b := make([]byte, 0, len(k)+len(value)+4)
-	h.AddRaw(append(append(append(append(b, k...), ": "...), value...), "\r\n"...))
-}
-
-// foldedField returns the bytes textproto.WriteHeader writes for the
-// field k: v (k canonical), folded as it folds them, and whether they
-// read back as v (AddRaw unfolds them) and the field may be written.
-func foldedField(k, v string) ([]byte, bool) {
-	if strings.ContainsAny(v, "\r\n") || !isFieldName(k) {
-		return nil, false
-	}
-	var t textproto.Header
-	t.Add(k, v)
-	f := t.Fields()
-	if !f.Next() {
-		return nil, false
-	}
-	raw, err := f.Raw()
-	if err != nil || len(raw) < len(k)+3 || string(raw[:len(k)+1]) != k+":" || !bytes.HasSuffix(raw, []byte("\r\n")) ||
-		!readsBack(raw, v) {
-		return nil, false
-	}
-	return raw, true
+	h.AddRaw(raw)
 }
 
 // isFieldName reports whether k is a field name textproto.WriteHeader
@@ -391,20 +377,6 @@ func isFieldName(k string) bool {
 		}
 	}
 	return true
-}
-
-// oneLineField reports whether k: v is written as "k: v\r\n" by
-// textproto.WriteHeader (no folding: shorter than its 76 preferred
-// characters) and reads back as v: k is a valid field name, v has no line
-// breaks and no blanks at either end (AddRaw trims them).
-func oneLineField(k, v string) bool {
-	if !isFieldName(k) || len(k)+2+len(v) > 70 {
-		return false
-	}
-	if v != "" && (v[0] == ' ' || v[0] == '\t' || v[len(v)-1] == ' ' || v[len(v)-1] == '\t') {
-		return false
-	}
-	return !strings.ContainsAny(v, "\r\n")
 }
 
 // AuthenticationResults formats results as the value of one
@@ -449,8 +421,12 @@ func sortedKeys(m map[string]string) []string {
 const MaxEditFieldName = 73
 
 // MaxEditFieldValue is the longest value, in bytes, a header edit may add
-// or set (ApplyEdits refuses a longer one): go-message folds a field in
-// time that grows with the square of its length (about 10 ms for 64 KiB,
-// 8 s for 1.6 MB on the development machine), when AddHeaderField adds
-// it and, for a field it leaves to h.Add, at every write of the header.
+// or set (ApplyEdits and the Lua functions refuse a longer one), and the
+// longest Authentication-Results value the chain writes. Folding is linear
+// (FoldField: about 5 ms a megabyte), so the cap is not for time but for
+// what the field becomes: one field of the header, held in memory with
+// the message at every stage and written into every copy of it, and cut
+// short by receivers (Postfix keeps at most header_size_limit, 102,400
+// bytes by default, of a field and drops the rest, which breaks a DKIM
+// signature over it). 64 KiB is far above any real field.
 const MaxEditFieldValue = 64 << 10
