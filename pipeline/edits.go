@@ -230,8 +230,10 @@ func (e *Edits) validate() error {
 }
 
 // Validate checks an authentication result: method and result are RFC
-// 8601 keywords, reason and properties carry no CR, LF, NUL or ';' and
-// have at most MaxEditFieldValue bytes together.
+// 8601 keywords of at most MaxAuthResultWord bytes, reason and properties
+// carry no CR, LF, NUL or ';', have at most MaxEditFieldValue bytes
+// together and no run of more than MaxAuthResultWord bytes without a space
+// or tab.
 func (a AuthResult) Validate() error {
 	if !isToken(a.Method) || !isToken(a.Result) {
 		return fmt.Errorf("authentication result %q=%q: method and result must be RFC 8601 keywords (letters, digits, '-', '_', '.')", a.Method, a.Result)
@@ -242,9 +244,15 @@ func (a AuthResult) Validate() error {
 			return fmt.Errorf("authentication result %s: reason and properties must not contain CR, LF, NUL or ';'", a.Method)
 		}
 		n += len(p)
+		if w, at := longestWord(p); w > MaxAuthResultWord {
+			return fmt.Errorf("authentication result %s: %.20q... has %d characters without a space or tab from byte %d, at most %d (they must fit on one header line)", a.Method, p[at:], w, at, MaxAuthResultWord)
+		}
 	}
-	if n > MaxEditFieldValue { // they go into one field, folded as an edit's (MaxEditFieldValue)
+	if n > MaxEditFieldValue { // they go into one field (MaxEditFieldValue)
 		return fmt.Errorf("authentication result %s: reason and properties too long: %d bytes, at most %d", a.Method, n, MaxEditFieldValue)
+	}
+	if len(a.Method)+len(a.Result) > MaxAuthResultWord {
+		return fmt.Errorf("authentication result %.20s...: method and result too long: %d bytes, at most %d", a.Method, len(a.Method)+len(a.Result), MaxAuthResultWord)
 	}
 	return nil
 }
@@ -288,6 +296,11 @@ func ApplyEdits(stage, hook string, e *Edits, txn *Txn, msg *Message) error {
 	}
 	if err := e.validate(); err != nil {
 		return fmt.Errorf("stage %q %s: %w", stage, hook, err)
+	}
+	if len(e.AuthResults) > 0 {
+		if n := len(AuthenticationResults("", txn.AuthResults)) + len(AuthenticationResults("", e.AuthResults)); n > MaxEditFieldValue {
+			return fmt.Errorf("stage %q %s: authentication results: the Authentication-Results field would hold %d bytes of results, at most %d (MaxEditFieldValue)", stage, hook, n, MaxEditFieldValue)
+		}
 	}
 	for _, k := range sortedKeys(e.Meta) {
 		txn.SetMeta(k, e.Meta[k])
@@ -382,6 +395,10 @@ func isFieldName(k string) bool {
 // AuthenticationResults formats results as the value of one
 // Authentication-Results field (RFC 8601 section 2.2) for authserv-id id:
 // "id; spf=pass smtp.mailfrom=example.com; dkim=pass header.d=example.com".
+// A reason is written as reason="..." with its double quotes made single;
+// in reasons and properties every run of spaces and tabs is written as
+// one space, so the field folds at single spaces only and reads back as
+// written (FoldField; AuthResult.Validate bounds the runs between).
 func AuthenticationResults(id string, results []AuthResult) string {
 	var b strings.Builder
 	b.WriteString(id)
@@ -392,16 +409,57 @@ func AuthenticationResults(id string, results []AuthResult) string {
 		b.WriteString(r.Result)
 		if r.Reason != "" {
 			b.WriteString(` reason="`)
-			b.WriteString(strings.ReplaceAll(r.Reason, `"`, `'`))
+			writeWords(&b, strings.ReplaceAll(r.Reason, `"`, `'`), false)
 			b.WriteByte('"')
 		}
 		for _, p := range r.Props {
-			b.WriteByte(' ')
-			b.WriteString(p)
+			writeWords(&b, p, true)
 		}
 	}
 	return b.String()
 }
+
+// writeWords writes the words of s (split at spaces and tabs) separated
+// by one space, with one before the first when lead is set.
+func writeWords(b *strings.Builder, s string, lead bool) {
+	for s != "" {
+		s = strings.TrimLeft(s, " \t")
+		i := strings.IndexAny(s, " \t")
+		if i < 0 {
+			i = len(s)
+		}
+		if i > 0 {
+			if lead {
+				b.WriteByte(' ')
+			}
+			b.WriteString(s[:i])
+			lead = true
+		}
+		s = s[i:]
+	}
+}
+
+// longestWord returns the length of the longest run of s without a space
+// or tab, and where it starts.
+func longestWord(s string) (n, at int) {
+	start := 0
+	for i := 0; i <= len(s); i++ {
+		if i == len(s) || s[i] == ' ' || s[i] == '\t' {
+			if i-start > n {
+				n, at = i-start, start
+			}
+			start = i + 1
+		}
+	}
+	return n, at
+}
+
+// MaxAuthResultWord is the longest run without a space or tab, in bytes,
+// that the reason and each property of an authentication result may hold
+// (AuthResult.Validate): with reason="...", the ';' after it and the blank
+// that starts a folded line it stays within a 998-character line (RFC
+// 5322 section 2.1.1), so the Authentication-Results field always folds.
+const MaxAuthResultWord = 900
 
 // sortedKeys returns m's keys in order (deterministic application).
 func sortedKeys(m map[string]string) []string {

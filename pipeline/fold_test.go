@@ -302,3 +302,66 @@ func TestHeaderEditUnfoldable(t *testing.T) {
 		t.Error(err)
 	}
 }
+
+// TestAuthenticationResultsFolds: the Authentication-Results field of
+// many long results folds at single spaces only (runs of blanks in
+// reasons and properties are written as one space), in lines of at most
+// 998, and reads back as formatted; a word longer than MaxAuthResultWord
+// is refused, and so is a stage's result that would take the field past
+// MaxEditFieldValue.
+func TestAuthenticationResultsFolds(t *testing.T) {
+	word := strings.Repeat("b", MaxAuthResultWord)
+	rs := []AuthResult{
+		{Method: "spf", Result: "pass", Props: []string{"smtp.mailfrom=example.com"}},
+		{Method: "x-long", Result: "pass", Reason: word + " \t  " + word + "\t", Props: []string{"x.y=" + word[4:], " a  b "}},
+		{Method: "x-words", Result: "fail", Reason: strings.Repeat("some  reason\t", 300)},
+	}
+	for _, r := range rs {
+		if err := r.Validate(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	v := AuthenticationResults("relay.example", rs)
+	if strings.Contains(v, "  ") || strings.Contains(v, "\t") {
+		t.Fatalf("blank runs left in %q", v)
+	}
+	if !strings.Contains(v, `; x-long=pass reason="`+word+" "+word+`" x.y=`+word[4:]+" a b;") {
+		t.Errorf("x-long written as %.200q", v)
+	}
+	raw, err := FoldField("Authentication-Results", v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkFolded(t, raw, "Authentication-Results", v)
+	if n := bytes.Count(raw, []byte("\r\n")); n < 50 {
+		t.Errorf("%d lines: not folded", n)
+	}
+	msg := &Message{Txn: &Txn{AuthResults: rs}}
+	c := &Chain{opts: ChainOptions{AuthServID: "relay.example"}}
+	if err := c.finish(t.Context(), msg); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := msg.Header.Raw("Authentication-Results"); !bytes.Equal(got, raw) {
+		t.Errorf("the chain wrote %.100q, want %.100q", got, raw)
+	}
+
+	for _, a := range []AuthResult{
+		{Method: "x", Result: "pass", Reason: "a " + word + "c"},
+		{Method: "x", Result: "pass", Props: []string{"header.b=" + word}},
+		{Method: strings.Repeat("m", MaxAuthResultWord), Result: "pass"},
+	} {
+		if err := a.Validate(); err == nil || !strings.Contains(err.Error(), "at most") {
+			t.Errorf("%.30v: err %v, want it refused", a, err)
+		}
+	}
+	// The stages' results together: the one that would pass the cap is refused.
+	txn := &Txn{}
+	big := AuthResult{Method: "x", Result: "pass", Reason: strings.TrimSpace(strings.Repeat("word ", 60<<10/5))}
+	if err := ApplyEdits("a", "on_message", &Edits{AuthResults: []AuthResult{big}}, txn, nil); err != nil {
+		t.Fatal(err)
+	}
+	err = ApplyEdits("b", "on_message", &Edits{AuthResults: []AuthResult{big}}, txn, nil)
+	if err == nil || !strings.Contains(err.Error(), `stage "b"`) || !strings.Contains(err.Error(), "Authentication-Results") || len(txn.AuthResults) != 1 {
+		t.Errorf("err %v, %d results, want the second refused", err, len(txn.AuthResults))
+	}
+}
