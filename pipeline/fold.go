@@ -81,9 +81,9 @@ func (e *FoldError) Error() string {
 
 // FoldField returns the header field "name: value" as Sluice writes the
 // fields it adds, CRLF included: value trimmed of spaces and tabs at both
-// ends, folded as the package comment above says (in time linear in its
-// length), name written as given. The bytes are for textproto.Header.
-// AddRaw; a value read back from them (AddRaw, go-message's ReadHeader)
+// ends, folded as the comment at the top of this file says (in time
+// linear in its length), name written as given. The bytes are for
+// textproto.Header.AddRaw; a value read back from them (AddRaw, go-message's ReadHeader)
 // is the trimmed value, unless folding had to fall back to a tab or a run
 // of blanks (point 2 above). Errors: a name that is not printable
 // US-ASCII without ':' (RFC 5322 section 3.6.8), a value with CR or LF,
