@@ -1,7 +1,6 @@
 package pipeline
 
 import (
-	"bytes"
 	"fmt"
 	"sort"
 	"strings"
@@ -184,7 +183,9 @@ func (e *Edits) check(hook string) string {
 
 // validate checks the values of e: header names are RFC 5322 field names
 // (of at most MaxEditFieldName characters when added or set), no value
-// carries CR, LF or NUL, or has more than MaxEditFieldValue bytes.
+// carries CR, LF or NUL, or has more than MaxEditFieldValue bytes, and an
+// added or set value can be folded into lines of at most 998 characters
+// (CheckFold).
 func (e *Edits) validate() error {
 	for _, h := range e.Headers {
 		if !validFieldName(h.Name) {
@@ -203,6 +204,11 @@ func (e *Edits) validate() error {
 		}
 		if strings.ContainsAny(h.Value, "\r\n\x00") {
 			return fmt.Errorf("the value of header field %s contains CR, LF or NUL", h.Name)
+		}
+		if h.Op != HeaderRemove {
+			if err := CheckFold(h.Name, h.Value); err != nil {
+				return err
+			}
 		}
 	}
 	for k, v := range e.Meta {
@@ -224,8 +230,10 @@ func (e *Edits) validate() error {
 }
 
 // Validate checks an authentication result: method and result are RFC
-// 8601 keywords, reason and properties carry no CR, LF, NUL or ';' and
-// have at most MaxEditFieldValue bytes together.
+// 8601 keywords of at most MaxAuthResultWord bytes, reason and properties
+// carry no CR, LF, NUL or ';', have at most MaxEditFieldValue bytes
+// together and no run of more than MaxAuthResultWord bytes without a space
+// or tab.
 func (a AuthResult) Validate() error {
 	if !isToken(a.Method) || !isToken(a.Result) {
 		return fmt.Errorf("authentication result %q=%q: method and result must be RFC 8601 keywords (letters, digits, '-', '_', '.')", a.Method, a.Result)
@@ -236,9 +244,15 @@ func (a AuthResult) Validate() error {
 			return fmt.Errorf("authentication result %s: reason and properties must not contain CR, LF, NUL or ';'", a.Method)
 		}
 		n += len(p)
+		if w, at := longestWord(p); w > MaxAuthResultWord {
+			return fmt.Errorf("authentication result %s: %.20q... has %d characters without a space or tab from byte %d, at most %d (they must fit on one header line)", a.Method, p[at:], w, at, MaxAuthResultWord)
+		}
 	}
-	if n > MaxEditFieldValue { // they go into one field, folded as an edit's (MaxEditFieldValue)
+	if n > MaxEditFieldValue { // they go into one field (MaxEditFieldValue)
 		return fmt.Errorf("authentication result %s: reason and properties too long: %d bytes, at most %d", a.Method, n, MaxEditFieldValue)
+	}
+	if len(a.Method)+len(a.Result) > MaxAuthResultWord {
+		return fmt.Errorf("authentication result %.20s...: method and result too long: %d bytes, at most %d", a.Method, len(a.Method)+len(a.Result), MaxAuthResultWord)
 	}
 	return nil
 }
@@ -282,6 +296,11 @@ func ApplyEdits(stage, hook string, e *Edits, txn *Txn, msg *Message) error {
 	}
 	if err := e.validate(); err != nil {
 		return fmt.Errorf("stage %q %s: %w", stage, hook, err)
+	}
+	if len(e.AuthResults) > 0 {
+		if n := len(AuthenticationResults("", txn.AuthResults)) + len(AuthenticationResults("", e.AuthResults)); n > MaxEditFieldValue {
+			return fmt.Errorf("stage %q %s: authentication results: the Authentication-Results field would hold %d bytes of results, at most %d (MaxEditFieldValue)", stage, hook, n, MaxEditFieldValue)
+		}
 	}
 	for _, k := range sortedKeys(e.Meta) {
 		txn.SetMeta(k, e.Meta[k])
@@ -331,52 +350,32 @@ func ApplyHeaderEdits(h *textproto.Header, edits []HeaderEdit) {
 	}
 }
 
-// AddHeaderField adds the field name: value on top of h, as h.Add does
-// (the same bytes when the header is written, the same value read back),
-// but formatted once: h.Add stores the name and value and formats (and
-// folds) them again at every write of the header (the spool's, a
-// plugin's header block, delivery), about 2 µs per field and write for
-// a one-line field and 3 to 4 for a folded one such as Received. A value
-// that would not read back as given once folded (runs of blanks or tabs
-// where a line is folded), or that h.Add would refuse to write (line
-// breaks, a bad name), goes to h.Add as it is. Not safe for concurrent
-// use with other uses of h.
+// AddHeaderField adds the field name: value on top of h, formatted once
+// (FoldField: trimmed of blanks at both ends, folded at its own blanks in
+// linear time) and stored with AddRaw, so writing the header (the
+// spool's, a plugin's header block, delivery, the DKIM signer's hash)
+// copies those bytes and formats nothing again. A value FoldField cannot
+// fold within 998-character lines (a run of more than 997 characters
+// without a blank) is written with a space inserted every 400 bytes of
+// such a run (runs of blanks cut to 400): for the relay's own fields, such
+// as Received, which must not be lost; header edits refuse such values
+// before (ApplyEdits, CheckFold). A bad name or a value with line breaks
+// goes to h.Add as it is (writing the header then fails, as it would for
+// h.Add). Not safe for concurrent use with other uses of h.
 func AddHeaderField(h *textproto.Header, name, value string) { addField(h, name, value) }
 
 // addField is AddHeaderField.
 func addField(h *textproto.Header, name, value string) {
 	k := stdtextproto.CanonicalMIMEHeaderKey(name)
-	if !oneLineField(k, value) {
-		if raw, ok := foldedField(k, value); ok {
-			h.AddRaw(raw)
-		} else {
-			h.Add(name, value)
-		}
+	raw, err := FoldField(k, value)
+	if _, ok := err.(*FoldError); ok {
+		raw, err = FoldField(k, relaxFold(value))
+	}
+	if err != nil {
+		h.Add(name, value)
 		return
 	}
-	b := make([]byte, 0, len(k)+len(value)+4)
-	h.AddRaw(append(append(append(append(b, k...), ": "...), value...), "\r\n"...))
-}
-
-// foldedField returns the bytes textproto.WriteHeader writes for the
-// field k: v (k canonical), folded as it folds them, and whether they
-// read back as v (AddRaw unfolds them) and the field may be written.
-func foldedField(k, v string) ([]byte, bool) {
-	if strings.ContainsAny(v, "\r\n") || !isFieldName(k) {
-		return nil, false
-	}
-	var t textproto.Header
-	t.Add(k, v)
-	f := t.Fields()
-	if !f.Next() {
-		return nil, false
-	}
-	raw, err := f.Raw()
-	if err != nil || len(raw) < len(k)+3 || string(raw[:len(k)+1]) != k+":" || !bytes.HasSuffix(raw, []byte("\r\n")) ||
-		!readsBack(raw, v) {
-		return nil, false
-	}
-	return raw, true
+	h.AddRaw(raw)
 }
 
 // isFieldName reports whether k is a field name textproto.WriteHeader
@@ -393,23 +392,13 @@ func isFieldName(k string) bool {
 	return true
 }
 
-// oneLineField reports whether k: v is written as "k: v\r\n" by
-// textproto.WriteHeader (no folding: shorter than its 76 preferred
-// characters) and reads back as v: k is a valid field name, v has no line
-// breaks and no blanks at either end (AddRaw trims them).
-func oneLineField(k, v string) bool {
-	if !isFieldName(k) || len(k)+2+len(v) > 70 {
-		return false
-	}
-	if v != "" && (v[0] == ' ' || v[0] == '\t' || v[len(v)-1] == ' ' || v[len(v)-1] == '\t') {
-		return false
-	}
-	return !strings.ContainsAny(v, "\r\n")
-}
-
 // AuthenticationResults formats results as the value of one
 // Authentication-Results field (RFC 8601 section 2.2) for authserv-id id:
 // "id; spf=pass smtp.mailfrom=example.com; dkim=pass header.d=example.com".
+// A reason is written as reason="..." with its double quotes made single;
+// in reasons and properties every run of spaces and tabs is written as
+// one space, so the field folds at single spaces only and reads back as
+// written (FoldField; AuthResult.Validate bounds the runs between).
 func AuthenticationResults(id string, results []AuthResult) string {
 	var b strings.Builder
 	b.WriteString(id)
@@ -420,16 +409,57 @@ func AuthenticationResults(id string, results []AuthResult) string {
 		b.WriteString(r.Result)
 		if r.Reason != "" {
 			b.WriteString(` reason="`)
-			b.WriteString(strings.ReplaceAll(r.Reason, `"`, `'`))
+			writeWords(&b, strings.ReplaceAll(r.Reason, `"`, `'`), false)
 			b.WriteByte('"')
 		}
 		for _, p := range r.Props {
-			b.WriteByte(' ')
-			b.WriteString(p)
+			writeWords(&b, p, true)
 		}
 	}
 	return b.String()
 }
+
+// writeWords writes the words of s (split at spaces and tabs) separated
+// by one space, with one before the first when lead is set.
+func writeWords(b *strings.Builder, s string, lead bool) {
+	for s != "" {
+		s = strings.TrimLeft(s, " \t")
+		i := strings.IndexAny(s, " \t")
+		if i < 0 {
+			i = len(s)
+		}
+		if i > 0 {
+			if lead {
+				b.WriteByte(' ')
+			}
+			b.WriteString(s[:i])
+			lead = true
+		}
+		s = s[i:]
+	}
+}
+
+// longestWord returns the length of the longest run of s without a space
+// or tab, and where it starts.
+func longestWord(s string) (n, at int) {
+	start := 0
+	for i := 0; i <= len(s); i++ {
+		if i == len(s) || s[i] == ' ' || s[i] == '\t' {
+			if i-start > n {
+				n, at = i-start, start
+			}
+			start = i + 1
+		}
+	}
+	return n, at
+}
+
+// MaxAuthResultWord is the longest run without a space or tab, in bytes,
+// that the reason and each property of an authentication result may hold
+// (AuthResult.Validate): with reason="...", the ';' after it and the blank
+// that starts a folded line it stays within a 998-character line (RFC
+// 5322 section 2.1.1), so the Authentication-Results field always folds.
+const MaxAuthResultWord = 900
 
 // sortedKeys returns m's keys in order (deterministic application).
 func sortedKeys(m map[string]string) []string {
@@ -449,8 +479,12 @@ func sortedKeys(m map[string]string) []string {
 const MaxEditFieldName = 73
 
 // MaxEditFieldValue is the longest value, in bytes, a header edit may add
-// or set (ApplyEdits refuses a longer one): go-message folds a field in
-// time that grows with the square of its length (about 10 ms for 64 KiB,
-// 8 s for 1.6 MB on the development machine), when AddHeaderField adds
-// it and, for a field it leaves to h.Add, at every write of the header.
+// or set (ApplyEdits and the Lua functions refuse a longer one), and the
+// longest Authentication-Results value the chain writes. Folding is linear
+// (FoldField: about 5 ms a megabyte), so the cap is not for time but for
+// what the field becomes: one field of the header, held in memory with
+// the message at every stage and written into every copy of it, and cut
+// short by receivers (Postfix keeps at most header_size_limit, 102,400
+// bytes by default, of a field and drops the rest, which breaks a DKIM
+// signature over it). 64 KiB is far above any real field.
 const MaxEditFieldValue = 64 << 10

@@ -387,7 +387,9 @@ func (st *state) headers(L *lua.LState) int {
 // fieldArgs checks a header field name and value: the name is printable
 // US-ASCII without ':' (RFC 5322 field-name) of at most
 // pipeline.MaxEditFieldName characters, the value has no CR, LF or
-// NUL and at most pipeline.MaxEditFieldValue bytes (folding is done when the header is written).
+// NUL, at most pipeline.MaxEditFieldValue bytes and folds into lines of
+// at most 998 characters (pipeline.CheckFold; it is folded when the edit
+// is applied).
 func (st *state) fieldArgs(L *lua.LState, method string) (string, string) {
 	name := st.keyArg(L, method, 2)
 	for i := 0; i < len(name); i++ {
@@ -413,6 +415,9 @@ func (st *state) fieldArgs(L *lua.LState, method string) (string, string) {
 	}
 	if len(value) > pipeline.MaxEditFieldValue {
 		st.sb.Raise("%s: the value of %s is too long: %d bytes, at most %d", method, name, len(value), pipeline.MaxEditFieldValue)
+	}
+	if err := pipeline.CheckFold(name, value); err != nil {
+		st.sb.Raise("%s: %s", method, err.Error())
 	}
 	return name, value
 }

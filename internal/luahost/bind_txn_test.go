@@ -149,6 +149,8 @@ func TestMessageErrors(t *testing.T) {
 		{`msg:add_header("Bad:Name", "a")`, "invalid header field name"},
 		{`msg:add_header("X-" .. string.rep("n", 72), "0")`, "add_header: header field name X-nnnnnnnn... too long: 74 characters, at most 73"},
 		{`msg:add_header("X-Big", string.rep("ab ", 30000))`, "add_header: the value of X-Big is too long: 90000 bytes, at most 65536"},
+		{`msg:add_header("X-Token", "t=" .. string.rep("A", 1200))`, "add_header: the value of header field X-Token cannot be folded into lines of at most 998 characters (RFC 5322 section 2.1.1): the 1202 characters without a space or tab from byte 0 do not fit on one line"},
+		{`msg:set_header("X-Token", "a " .. string.rep("A", 998))`, "set_header: the value of header field X-Token cannot be folded"},
 		{`msg:set_header(string.rep("n", 100), "0")`, "set_header: header field name nnnnnnnnnn... too long: 100 characters, at most 73"},
 		{`msg:add_header("", "a")`, "add_header: argument 1 must be a non-empty string"},
 		{`msg:add_header("X-A")`, "add_header: the value must be a string, got nil"},
