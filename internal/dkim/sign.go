@@ -248,6 +248,10 @@ func signOne(k *Key, hk []string, c string, bh string, signedHdr []byte, relaxed
 		f.WriteString(" ")
 		f.WriteString(tv[0])
 		f.WriteString("=")
+		if tv[0] == "h" && 3+len(tv[0])+len(tv[1]) > 75 {
+			line = writeFoldedList(&f, hk, 2+len(tv[0]))
+			continue
+		}
 		f.WriteString(tv[1])
 		f.WriteString(";")
 		line += 3 + len(tv[0]) + len(tv[1])
@@ -280,6 +284,32 @@ func signOne(k *Key, hk []string, c string, bh string, signedHdr []byte, relaxed
 	f.WriteString(b)
 	f.WriteString("\r\n")
 	return f.String(), nil
+}
+
+// writeFoldedList writes names joined by ':' and a final ';' as the
+// value of a tag that starts col characters into its line, folding after
+// a colon (RFC 6376 section 3.5: FWS may surround the colons of h=) so
+// that each line stays within 78 characters (RFC 5322 section 2.1.1; a
+// name longer than that gets a line of its own). It returns the length
+// of the last line. Without it a
+// message with many signed fields (hundreds of To fields) made an h=
+// line longer than the 998 characters RFC 5322 allows.
+func writeFoldedList(f *strings.Builder, names []string, col int) int {
+	for i, k := range names {
+		n := len(k) + 1 // the ':' or ';' after it
+		if i > 0 && col+n > 78 {
+			f.WriteString("\r\n ")
+			col = 1
+		}
+		f.WriteString(k)
+		if i < len(names)-1 {
+			f.WriteByte(':')
+		} else {
+			f.WriteByte(';')
+		}
+		col += n
+	}
+	return col
 }
 
 // canonicalHeader is the fields hk names, canonicalized and concatenated
