@@ -31,7 +31,7 @@ type HeaderEdit struct {
 type AuthResult struct {
 	Method string   `json:"method"`           // "spf", "dkim", "dmarc", ...
 	Result string   `json:"result"`           // "pass", "fail", "none", ...
-	Reason string   `json:"reason,omitempty"` // free text, written as reason="..."
+	Reason string   `json:"reason,omitempty"` // free text, written as reason="..." (" made ', \ made /)
 	Props  []string `json:"props,omitempty"`  // "ptype.property=value"
 }
 
@@ -395,7 +395,9 @@ func isFieldName(k string) bool {
 // AuthenticationResults formats results as the value of one
 // Authentication-Results field (RFC 8601 section 2.2) for authserv-id id:
 // "id; spf=pass smtp.mailfrom=example.com; dkim=pass header.d=example.com".
-// A reason is written as reason="..." with its double quotes made single;
+// A reason is written as reason="..." with its double quotes made single
+// and its backslashes made '/' (a '\' would quote the character after
+// it, the closing quote among them, RFC 5322 section 3.2.4);
 // in reasons and properties every run of spaces and tabs is written as
 // one space, so the field folds at single spaces only and reads back as
 // written (FoldField; AuthResult.Validate bounds the runs between).
@@ -409,7 +411,7 @@ func AuthenticationResults(id string, results []AuthResult) string {
 		b.WriteString(r.Result)
 		if r.Reason != "" {
 			b.WriteString(` reason="`)
-			writeWords(&b, strings.ReplaceAll(r.Reason, `"`, `'`), false)
+			writeWords(&b, reasonQuote.Replace(r.Reason), false)
 			b.WriteByte('"')
 		}
 		for _, p := range r.Props {
@@ -418,6 +420,10 @@ func AuthenticationResults(id string, results []AuthResult) string {
 	}
 	return b.String()
 }
+
+// reasonQuote makes a reason fit between double quotes without quoted
+// pairs, keeping its length (AuthResult.Validate bounds its words).
+var reasonQuote = strings.NewReplacer(`"`, `'`, `\`, `/`)
 
 // writeWords writes the words of s (split at spaces and tabs) separated
 // by one space, with one before the first when lead is set.
