@@ -22,24 +22,10 @@ func TestAuthenticationResultsReasonQuoted(t *testing.T) {
 		}
 	}
 	v := AuthenticationResults("relay.example", rs)
-	// Scan the quoted-strings as RFC 5322 section 3.2.4 reads them.
-	var results []string
-	start, quoted := 0, false
-	for i := 0; i < len(v); i++ {
-		switch c := v[i]; {
-		case quoted && c == '\\':
-			i++ // quoted-pair
-		case c == '"':
-			quoted = !quoted
-		case !quoted && c == ';':
-			results = append(results, strings.TrimSpace(v[start:i]))
-			start = i + 1
-		}
-	}
-	if quoted {
+	results, ok := splitResults(v)
+	if !ok {
 		t.Fatalf("unterminated quoted-string in %q", v)
 	}
-	results = append(results, strings.TrimSpace(v[start:]))
 	if len(results) != 4 || !strings.HasPrefix(results[3], "dmarc=pass") {
 		t.Fatalf("read as %d parts %q from %q", len(results), results, v)
 	}
@@ -51,4 +37,53 @@ func TestAuthenticationResultsReasonQuoted(t *testing.T) {
 	if _, err := FoldField("Authentication-Results", AuthenticationResults("relay.example", []AuthResult{r})); err != nil {
 		t.Errorf("a reason of %d backslashes: %v", MaxAuthResultWord, err)
 	}
+}
+
+// splitResults splits an Authentication-Results value at the ';' outside
+// quoted-strings, reading quoted-pairs as RFC 5322 section 3.2.4 does; ok
+// is false for an unterminated quoted-string.
+func splitResults(v string) (parts []string, ok bool) {
+	start, quoted := 0, false
+	for i := 0; i < len(v); i++ {
+		switch c := v[i]; {
+		case quoted && c == '\\':
+			i++ // quoted-pair
+		case c == '"':
+			quoted = !quoted
+		case !quoted && c == ';':
+			parts = append(parts, strings.TrimSpace(v[start:i]))
+			start = i + 1
+		}
+	}
+	return append(parts, strings.TrimSpace(v[start:])), !quoted
+}
+
+// FuzzAuthenticationResults: results Validate takes make a field that
+// FoldField folds (no relaxFold needed), that go-message reads back
+// exactly, and whose quoted reasons end where they should (one part per
+// result after the authserv-id).
+func FuzzAuthenticationResults(f *testing.F) {
+	f.Add("dkim", "fail", `x\`, "header.d=a.example", 1)
+	f.Add("spf", "pass", "", "smtp.mailfrom=a.example", 40)
+	f.Add("dmarc", "none", `a "quoted" \reason`, "  a  b  ", 200)
+	f.Fuzz(func(t *testing.T, method, result, reason, prop string, repeat int) {
+		if repeat > 0 && repeat < 300 && len(reason) < 64 {
+			reason = strings.Repeat(reason, repeat)
+		}
+		r := AuthResult{Method: method, Result: result, Reason: reason, Props: []string{prop}}
+		if r.Validate() != nil || strings.ContainsAny(prop, `"\`) {
+			return // properties are written as given (their form is the stage's)
+		}
+		rs := []AuthResult{r, {Method: "x-last", Result: "pass"}}
+		v := AuthenticationResults("relay.example", rs)
+		parts, ok := splitResults(v)
+		if !ok || len(parts) != 3 || parts[2] != "x-last=pass" {
+			t.Fatalf("%q read as %q (terminated %v)", v, parts, ok)
+		}
+		raw, err := FoldField("Authentication-Results", v)
+		if err != nil {
+			t.Fatal(err)
+		}
+		checkFolded(t, raw, "Authentication-Results", v)
+	})
 }
