@@ -43,10 +43,8 @@
 package capture
 
 import (
-	"bytes"
 	"context"
 	"crypto/rand"
-	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -202,7 +200,10 @@ func Open(dir string, o Options) (*Store, error) {
 		return nil, fmt.Errorf("sandbox store %s: %w", dir, err)
 	}
 	log := o.Logger.With("component", "sandbox")
-	db, err := pebble.Open(dir, &pebble.Options{MemTableSize: uint64(o.MemtableMB) << 20, Logger: pebbleLog{log}})
+	po := &pebble.Options{MemTableSize: uint64(o.MemtableMB) << 20, Logger: pebbleLog{log}}
+	// Bodies and texts are packed before the commit (packed.go).
+	po.ApplyCompressionSettings(func() pebble.DBCompressionSettings { return pebble.DBCompressionNone })
+	db, err := pebble.Open(dir, po)
 	if err != nil {
 		return nil, fmt.Errorf("sandbox store %s: %w (is another sluice using it?)", dir, err)
 	}
@@ -227,6 +228,7 @@ func (s *Store) Close() error {
 	<-s.done
 	s.later.Wait()
 	s.hub.close()
+	s.logMetrics()
 	return s.db.Close()
 }
 
@@ -386,8 +388,8 @@ func (s *Store) put(tenant, msgID, sender string, rcpts []string, data []byte, t
 	tb := []byte(text)
 	b := s.db.NewBatch()
 	_ = b.Set(summaryKey(tenant, sm.ID), v, nil)
-	_ = b.Set(bodyKey(sm.ID), data, nil)
-	_ = b.Set(textKey(tenant, sm.ID), tb, nil)
+	_ = b.Set(bodyZKey(sm.ID), pack(data), nil)
+	_ = b.Set(textZKey(tenant, sm.ID), pack(tb), nil)
 	if err := b.Commit(pebble.Sync); err != nil {
 		b.Close()
 		s.mu.Lock()
@@ -425,16 +427,7 @@ func (s *Store) Raw(tenant, id string) ([]byte, bool, error) {
 	if _, ok := s.Get(tenant, id); !ok {
 		return nil, false, nil
 	}
-	v, c, err := s.db.Get(bodyKey(id))
-	if errors.Is(err, pebble.ErrNotFound) {
-		return nil, false, nil
-	}
-	if err != nil {
-		return nil, false, err
-	}
-	out := bytes.Clone(v)
-	c.Close()
-	return out, true, nil
+	return s.body(id)
 }
 
 // Events returns the event timeline of a captured message's spooled
@@ -553,6 +546,8 @@ func (s *Store) deleteKeys(es []*entry, sync *pebble.WriteOptions) error {
 		_ = b.Delete(summaryKey(e.s.Tenant, e.s.ID), nil)
 		_ = b.Delete(bodyKey(e.s.ID), nil)
 		_ = b.Delete(textKey(e.s.Tenant, e.s.ID), nil)
+		_ = b.Delete(bodyZKey(e.s.ID), nil)
+		_ = b.Delete(textZKey(e.s.Tenant, e.s.ID), nil)
 	}
 	if err := b.Commit(sync); err != nil {
 		return fmt.Errorf("sandbox store: %w", err)
