@@ -43,11 +43,11 @@
 package capture
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"fmt"
 	"log/slog"
-	"os"
 	"slices"
 	"sort"
 	"strings"
@@ -55,6 +55,7 @@ import (
 	"time"
 
 	"github.com/cockroachdb/pebble/v2"
+	"github.com/cockroachdb/pebble/v2/vfs"
 	"github.com/oklog/ulid/v2"
 
 	"github.com/sluice-mta/sluice/internal/config"
@@ -146,6 +147,13 @@ type Options struct {
 	Now       func() time.Time
 	// MemtableMB is Pebble's memtable size; default 8.
 	MemtableMB int
+	// SyncLag bounds how long a capture stays written to the operating
+	// system but not synced to disk (walsync.go): 0 means
+	// DefaultSyncLag; negative, every capture group is synced before
+	// Put returns.
+	SyncLag time.Duration
+	// FS replaces the filesystem (tests); nil: the operating system's.
+	FS vfs.FS
 }
 
 // Store is the sandbox's capture store.
@@ -177,9 +185,13 @@ type Store struct {
 	turnCond *sync.Cond
 
 	hub *hub
+	// lag is the filesystem whose log syncs syncLoop does (nil: SyncLag
+	// negative, Pebble syncs each commit).
+	lag *lagFS
 
 	stop chan struct{}
-	done chan struct{}
+	// bg counts the background loops (age sweep, log sync).
+	bg sync.WaitGroup
 	// later runs delayed work (complaints) until Close.
 	later sync.WaitGroup
 }
@@ -196,11 +208,20 @@ func Open(dir string, o Options) (*Store, error) {
 	if o.MemtableMB <= 0 {
 		o.MemtableMB = 8
 	}
-	if err := os.MkdirAll(dir, 0o750); err != nil {
+	fs := o.FS
+	if fs == nil {
+		fs = vfs.Default
+	}
+	if err := fs.MkdirAll(dir, 0o750); err != nil {
 		return nil, fmt.Errorf("sandbox store %s: %w", dir, err)
 	}
 	log := o.Logger.With("component", "sandbox")
-	po := &pebble.Options{MemTableSize: uint64(o.MemtableMB) << 20, Logger: pebbleLog{log}}
+	po := &pebble.Options{MemTableSize: uint64(o.MemtableMB) << 20, Logger: pebbleLog{log}, FS: fs}
+	var lag *lagFS
+	if o.SyncLag >= 0 {
+		lag = newLagFS(fs)
+		po.FS = lag
+	}
 	// Bodies and texts are packed before the commit (packed.go).
 	po.ApplyCompressionSettings(func() pebble.DBCompressionSettings { return pebble.DBCompressionNone })
 	db, err := pebble.Open(dir, po)
@@ -208,7 +229,7 @@ func Open(dir string, o Options) (*Store, error) {
 		return nil, fmt.Errorf("sandbox store %s: %w (is another sluice using it?)", dir, err)
 	}
 	s := &Store{o: o, db: db, log: log, tenants: map[string]*tenantIndex{}, byID: map[string]*entry{}, byAddr: map[string][]*entry{},
-		entropy: ulid.Monotonic(rand.Reader, 0), hub: newHub(), stop: make(chan struct{}), done: make(chan struct{})}
+		entropy: ulid.Monotonic(rand.Reader, 0), hub: newHub(), lag: lag, stop: make(chan struct{})}
 	s.turnCond = sync.NewCond(&s.mu)
 	if s.sim, err = newSimulator(o.Simulate); err != nil {
 		db.Close()
@@ -218,14 +239,19 @@ func Open(dir string, o Options) (*Store, error) {
 		db.Close()
 		return nil, fmt.Errorf("sandbox store %s: %w", dir, err)
 	}
+	s.bg.Add(1)
 	go s.sweepLoop()
+	if lag != nil {
+		s.bg.Add(1)
+		go s.syncLoop(cmp.Or(o.SyncLag, DefaultSyncLag), s.stop)
+	}
 	return s, nil
 }
 
 // Close stops the age sweep and closes the database; waits end with 503.
 func (s *Store) Close() error {
 	close(s.stop)
-	<-s.done
+	s.bg.Wait()
 	s.later.Wait()
 	s.hub.close()
 	s.logMetrics()
@@ -344,10 +370,14 @@ func textKey(tenant, id string) []byte    { return tenantKey(kText, tenant, id) 
 // returns its summary once written. It then wakes the tenant's waiters
 // and applies the retention limits.
 //
-// The write is synced before Put returns: a capture is the message's
-// delivery, and the queue records the recipient delivered once Put has
-// returned, so a crash right after must not lose it. Concurrent Puts
-// share one fsync (Pebble's commit pipeline groups synced commits).
+// The write is in the operating system before Put returns (its
+// write-ahead log record written; synced to disk within
+// Options.SyncLag, or before Put returns when SyncLag is negative): a
+// capture is the message's delivery, and the queue records the
+// recipient delivered once Put has returned, so a kill -9 right after
+// must not lose it (walsync.go says what a power failure can lose).
+// Concurrent Puts share one log write (Pebble's commit pipeline groups
+// synced commits).
 //
 // The spooled message msgID's tags and source are read through
 // Options.MessageInfo; see PutInfo.
@@ -552,6 +582,13 @@ func (s *Store) deleteKeys(es []*entry, sync *pebble.WriteOptions) error {
 	if err := b.Commit(sync); err != nil {
 		return fmt.Errorf("sandbox store: %w", err)
 	}
+	if sync.Sync {
+		// The commit reached the operating system; a delete is synced
+		// to disk before it is answered (walsync.go).
+		if err := s.syncWAL(); err != nil {
+			return fmt.Errorf("sandbox store: %w", err)
+		}
+	}
 	return nil
 }
 
@@ -655,7 +692,7 @@ func (s *Store) enforce(tenant string) {
 
 // sweepLoop applies the age limit every minute.
 func (s *Store) sweepLoop() {
-	defer close(s.done)
+	defer s.bg.Done()
 	t := time.NewTicker(time.Minute)
 	defer t.Stop()
 	for {
