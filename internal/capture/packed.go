@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"sync"
 
 	"github.com/cockroachdb/pebble/v2"
 	"github.com/klauspost/compress/s2"
@@ -25,8 +26,24 @@ const (
 func bodyZKey(id string) []byte         { return append([]byte{kBodyZ}, id...) }
 func textZKey(tenant, id string) []byte { return tenantKey(kTextZ, tenant, id) }
 
-// pack compresses a body or text for the store.
-func pack(v []byte) []byte { return s2.Encode(nil, v) }
+// packBufs holds the buffers setPacked compresses into (the batch
+// copies the value, so a buffer is free again once Set returns).
+var packBufs = sync.Pool{New: func() any { return new([]byte) }}
+
+// setPacked sets key to v compressed, in b.
+func setPacked(b *pebble.Batch, key, v []byte) {
+	n := s2.MaxEncodedLen(len(v))
+	if n < 0 { // too large to compress (over 4 GiB): never stored anyway
+		_ = b.Set(key, s2.Encode(nil, v), nil)
+		return
+	}
+	bp := packBufs.Get().(*[]byte)
+	if cap(*bp) < n {
+		*bp = make([]byte, n)
+	}
+	_ = b.Set(key, s2.Encode((*bp)[:n], v), nil)
+	packBufs.Put(bp)
+}
 
 // unpack decompresses a value pack made.
 func unpack(v []byte) ([]byte, error) {

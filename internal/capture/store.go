@@ -418,8 +418,8 @@ func (s *Store) put(tenant, msgID, sender string, rcpts []string, data []byte, t
 	tb := []byte(text)
 	b := s.db.NewBatch()
 	_ = b.Set(summaryKey(tenant, sm.ID), v, nil)
-	_ = b.Set(bodyZKey(sm.ID), pack(data), nil)
-	_ = b.Set(textZKey(tenant, sm.ID), pack(tb), nil)
+	setPacked(b, bodyZKey(sm.ID), data)
+	setPacked(b, textZKey(tenant, sm.ID), tb)
 	if err := b.Commit(pebble.Sync); err != nil {
 		b.Close()
 		s.mu.Lock()
