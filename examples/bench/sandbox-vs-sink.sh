@@ -8,8 +8,10 @@
 # SLUICE=path runs another sluice binary (A/B of two builds); SERVE_FLAGS
 # adds flags to `sluice serve` (e.g. "-cpuprofile /tmp/cpu.pb"); STRACE=FILE
 # counts the relay's fsyncs (strace -c) during the run into FILE.
-# Prints the end-to-end wall time and the relay process's CPU seconds
-# (user+sys, from /proc) so CPU per message can be compared in one run.
+# Prints the end-to-end wall time, the relay process's CPU seconds
+# (user+sys, from /proc) and sluice-bench's (the client, and in "sink" mode
+# the sink too: the receiving end a capture does in the relay), so CPU per
+# message can be compared in one run, and the relay's disk writes.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 MODE=${1:?sink or capture}; N=${2:-5000}; C=${3:-20}; SIZE=${4:-2048}
@@ -37,14 +39,15 @@ wbytes() { awk '/^write_bytes/ {print $2}' /proc/$pid/io; }
 start_cpu=$(cpu); start_wb=$(wbytes); start=$(date +%s.%N)
 if [ -n "${STRACE:-}" ]; then strace -f -c -e trace=fsync,fdatasync,sync_file_range -o "$STRACE" -p $pid 2>/dev/null & spid=$!; fi
 if [ "$MODE" = capture ]; then
-  bin/sluice-bench smtp -target 127.0.0.1:2615 -sink "" -n "$N" -c "$C" -size "$SIZE" -timeout 300s > "$WORK/report"
+  /usr/bin/time -f "%U %S" -o "$WORK/bench.cpu" bin/sluice-bench smtp -target 127.0.0.1:2615 -sink "" -n "$N" -c "$C" -size "$SIZE" -timeout 300s > "$WORK/report"
   until [ "$(curl -s -H "Authorization: Bearer $KEY" 'http://127.0.0.1:8035/v1/sandbox/messages?limit=1' | sed -n 's/.*"total":\([0-9]*\).*/\1/p')" = "$N" ]; do sleep 0.05; done
 else
-  bin/sluice-bench smtp -target 127.0.0.1:2615 -sink 127.0.0.1:2612 -n "$N" -c "$C" -size "$SIZE" -timeout 300s > "$WORK/report"
+  /usr/bin/time -f "%U %S" -o "$WORK/bench.cpu" bin/sluice-bench smtp -target 127.0.0.1:2615 -sink 127.0.0.1:2612 -n "$N" -c "$C" -size "$SIZE" -timeout 300s > "$WORK/report"
 fi
 end=$(date +%s.%N); end_cpu=$(cpu); end_wb=$(wbytes)
 if [ -n "${STRACE:-}" ]; then kill -INT $spid; wait $spid 2>/dev/null || true; fi
 awk -v m="$MODE" -v n="$N" -v w="$(echo "$end - $start" | bc)" -v c="$(echo "$end_cpu - $start_cpu" | bc)" \
   -v wb="$((end_wb - start_wb))" \
-  'BEGIN { printf "%s: %d msgs end to end in %.2f s (%.0f msgs/s); relay CPU %.2f s = %.0f us/msg; disk writes %.1f KB/msg\n", m, n, w, n/w, c, c*1e6/n, wb/1024/n }'
+  -v b="$(awk '{print $1+$2}' "$WORK/bench.cpu")" \
+  'BEGIN { printf "%s: %d msgs end to end in %.2f s (%.0f msgs/s); relay CPU %.2f s = %.0f us/msg; client%s CPU %.0f us/msg; both %.0f us/msg; disk writes %.1f KB/msg\n", m, n, w, n/w, c, c*1e6/n, (m == "sink" ? " and sink" : ""), b*1e6/n, (c+b)*1e6/n, wb/1024/n }'
 grep -i "accepted\|p99" "$WORK/report" | head -3
