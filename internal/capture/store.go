@@ -23,13 +23,23 @@
 // an operator wipe every sandbox by deleting one directory. The cost: a
 // capture and its delivery outcome are two writes in two databases, so a
 // crash between them captures the message again at the retry (a capture
-// is synced before Put returns, so none is lost).
+// is in the operating system before Put returns, so a process crash
+// loses none; it is synced to disk within Options.SyncLag, so a power
+// failure can lose the last SyncLag of them: walsync.go).
 //
 // Key layout:
 //
 //	s<tenant>\x00<id>   summary (binary, summary_codec.go; JSON before)
-//	b<id>               the message's bytes as delivered
-//	t<tenant>\x00<id>   searchable text: subject and text part, lower case
+//	c<id>               the message's bytes as delivered, S2-compressed
+//	u<tenant>\x00<id>   searchable text: subject and text part, lower case,
+//	                    S2-compressed
+//	b<id>, t<tenant>\x00<id>
+//	                    the same two uncompressed (stores written before;
+//	                    read, never written: packed.go)
+//
+// The values are compressed before the commit (a quarter of the bytes in
+// the write-ahead log, the memtable, flushes and compactions for ordinary
+// mail), so the tables are written without Pebble's block compression.
 //
 // The summaries are also kept in memory (an index per tenant, oldest
 // first, and by exact address), loaded at Open: list, search by address,
