@@ -338,10 +338,7 @@ func (s *Store) scanTexts(tenant string, es map[string]*entry, terms []string) (
 			if e == nil {
 				continue
 			}
-			v, err := r.it.ValueAndErr()
-			if err == nil {
-				v, err = valueText(kind, v)
-			}
+			v, err := r.value(kind)
 			if err != nil {
 				return nil, err
 			}
@@ -383,16 +380,22 @@ func (r *textReader) holds(id string, terms []string) (bool, error) {
 			}
 			continue
 		}
-		v, err := r.it.ValueAndErr()
-		if err == nil {
-			v, err = valueText(kind, v)
-		}
+		v, err := r.value(kind)
 		if err != nil {
 			return false, err
 		}
 		return holdsTerms(v, terms), nil
 	}
 	return false, nil
+}
+
+// value is the text at the iterator, of a key of kind (kText, kTextZ).
+func (r *textReader) value(kind byte) ([]byte, error) {
+	v, err := r.it.ValueAndErr()
+	if err != nil {
+		return nil, err
+	}
+	return valueText(kind, v)
 }
 
 func (r *textReader) close() { r.it.Close() }

@@ -1,10 +1,8 @@
 package capture
 
 import (
-	"bufio"
 	"fmt"
 	"os"
-	"os/exec"
 	"strings"
 	"sync"
 	"testing"
@@ -51,17 +49,7 @@ func TestCaptureSurvivesKill(t *testing.T) {
 		select {}
 	}
 	dir := t.TempDir()
-	cmd := exec.Command(os.Args[0], "-test.run=^TestCaptureSurvivesKill$", "-test.count=1")
-	cmd.Env = append(os.Environ(), "SLUICE_CAPTURE_KILL_DIR="+dir)
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd.Stderr = os.Stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	r := bufio.NewReader(out)
+	cmd, r := startChild(t, "TestCaptureSurvivesKill", "SLUICE_CAPTURE_KILL_DIR="+dir)
 	var ids []string
 	for len(ids) < n {
 		line, err := r.ReadString('\n')
