@@ -424,7 +424,7 @@ func (s *Store) put(tenant, msgID, sender string, rcpts []string, data []byte, t
 	var ticket uint64
 	sm.ID, ticket = s.newID()
 	v := encodeSummary(make([]byte, 0, 256), sm)
-	text := strings.ToLower(sm.Subject + "\n" + p.text)
+	text := lowerJoin(sm.Subject, p.text)
 	tb := []byte(text)
 	b := s.db.NewBatch()
 	_ = b.Set(summaryKey(tenant, sm.ID), v, nil)
