@@ -110,3 +110,13 @@ func lowerJoin(subject, text string) string {
 	}
 	return b.String()
 }
+
+// kindSpans is the store's pebble.SpanPolicyFunc: the default policy,
+// in spans that end where the key kind (the first byte) changes, so no
+// table Pebble writes holds two kinds.
+func kindSpans(start []byte) (pebble.SpanPolicy, []byte, error) {
+	if len(start) == 0 || start[0] == 0xff {
+		return pebble.SpanPolicy{}, nil, nil
+	}
+	return pebble.SpanPolicy{}, []byte{start[0] + 1}, nil
+}

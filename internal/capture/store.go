@@ -234,6 +234,11 @@ func Open(dir string, o Options) (*Store, error) {
 	}
 	// Bodies and texts are packed before the commit (packed.go).
 	po.ApplyCompressionSettings(func() pebble.DBCompressionSettings { return pebble.DBCompressionNone })
+	// A flush writes one table per key kind: each kind's keys ascend
+	// (ids are ULIDs), so a growing single-tenant store's tables do not
+	// overlap and leave level 0 without rewriting (no compaction until
+	// retention deletes old keys).
+	po.Experimental.SpanPolicyFunc = kindSpans
 	db, err := pebble.Open(dir, po)
 	if err != nil {
 		return nil, fmt.Errorf("sandbox store %s: %w (is another sluice using it?)", dir, err)
