@@ -40,6 +40,9 @@
 // The values are compressed before the commit (a quarter of the bytes in
 // the write-ahead log, the memtable, flushes and compactions for ordinary
 // mail), so the tables are written without Pebble's block compression.
+// Tables are cut where the key kind changes (kindSpans): each kind's keys
+// ascend with the ids, so while the store grows the tables of successive
+// flushes do not overlap and leave level 0 without being rewritten.
 //
 // The summaries are also kept in memory (an index per tenant, oldest
 // first, and by exact address), loaded at Open: list, search by address,
