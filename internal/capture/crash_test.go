@@ -41,17 +41,8 @@ func TestDeleteSurvivesCrash(t *testing.T) {
 	if err := s.Close(); err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(os.Args[0], "-test.run=^TestDeleteSurvivesCrash$", "-test.count=1")
-	cmd.Env = append(os.Environ(), "SLUICE_CAPTURE_CRASH_DIR="+dir, "SLUICE_CAPTURE_CRASH_ID="+ids[0])
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd.Stderr = os.Stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	line, _ := bufio.NewReader(out).ReadString('\n')
+	cmd, out := startChild(t, "TestDeleteSurvivesCrash", "SLUICE_CAPTURE_CRASH_DIR="+dir, "SLUICE_CAPTURE_CRASH_ID="+ids[0])
+	line, _ := out.ReadString('\n')
 	_ = cmd.Process.Kill() // SIGKILL: no Close, no flush
 	_ = cmd.Wait()
 	if strings.TrimSpace(line) != "deleted" {
@@ -71,4 +62,21 @@ func TestDeleteSurvivesCrash(t *testing.T) {
 	if p, _ := s.Search("acme", Filter{Text: "hello"}, 0, 10); p.Total != 1 {
 		t.Errorf("a text search finds %d messages, want 1", p.Total)
 	}
+}
+
+// startChild runs this test binary's test name in a child process with
+// env added, and returns it and its standard output.
+func startChild(t *testing.T, name string, env ...string) (*exec.Cmd, *bufio.Reader) {
+	t.Helper()
+	cmd := exec.Command(os.Args[0], "-test.run=^"+name+"$", "-test.count=1")
+	cmd.Env = append(os.Environ(), env...)
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	return cmd, bufio.NewReader(out)
 }

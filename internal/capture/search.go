@@ -331,78 +331,120 @@ func (s *Store) scanTexts(tenant string, es map[string]*entry, terms []string) (
 	}
 	defer r.close()
 	held := map[*entry]bool{}
-	for ok := r.it.First(); ok; ok = r.it.Next() {
-		e := es[string(r.it.Key()[len(r.prefix):])]
-		if e == nil {
-			continue
+	for _, kind := range []byte{kText, kTextZ} {
+		prefix := tenantKey(kind, tenant, "")
+		for ok := r.it.SeekGE(prefix); ok && bytes.HasPrefix(r.it.Key(), prefix); ok = r.it.Next() {
+			e := es[string(r.it.Key()[len(prefix):])]
+			if e == nil {
+				continue
+			}
+			v, err := r.value(kind)
+			if err != nil {
+				return nil, err
+			}
+			if holdsTerms(v, terms) {
+				held[e] = true
+			}
 		}
-		v, err := r.it.ValueAndErr()
-		if err != nil {
+		if err := r.it.Error(); err != nil {
 			return nil, err
 		}
-		if holdsTerms(v, terms) {
-			held[e] = true
-		}
 	}
-	return held, r.it.Error()
+	return held, nil
 }
 
-// textReader reads the stored searchable texts of one tenant through
-// one iterator, for many lookups.
+// textReader reads the stored searchable texts (packed or not,
+// packed.go) of one tenant through one iterator, for many lookups.
 type textReader struct {
 	it     *pebble.Iterator
-	prefix []byte
+	tenant string
 	key    []byte
 }
 
 func (s *Store) newTextReader(tenant string) (*textReader, error) {
-	prefix := textKey(tenant, "")
-	upper := append(bytes.Clone(prefix[:len(prefix)-1]), 1)
-	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: prefix, UpperBound: upper})
+	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: []byte{kText}, UpperBound: []byte{kTextZ + 1}})
 	if err != nil {
 		return nil, err
 	}
-	return &textReader{it: it, prefix: prefix}, nil
+	return &textReader{it: it, tenant: tenant}, nil
 }
 
 // holds reports whether the text of message id holds every term (false
 // when it is gone).
 func (r *textReader) holds(id string, terms []string) (bool, error) {
-	r.key = append(append(r.key[:0], r.prefix...), id...)
-	if !r.it.SeekGE(r.key) || !bytes.Equal(r.it.Key(), r.key) {
-		return false, r.it.Error()
+	for _, kind := range []byte{kTextZ, kText} {
+		r.key = append(append(append(append(r.key[:0], kind), r.tenant...), 0), id...)
+		if !r.it.SeekGE(r.key) || !bytes.Equal(r.it.Key(), r.key) {
+			if err := r.it.Error(); err != nil {
+				return false, err
+			}
+			continue
+		}
+		v, err := r.value(kind)
+		if err != nil {
+			return false, err
+		}
+		return holdsTerms(v, terms), nil
 	}
+	return false, nil
+}
+
+// value is the text at the iterator, of a key of kind (kText, kTextZ).
+func (r *textReader) value(kind byte) ([]byte, error) {
 	v, err := r.it.ValueAndErr()
 	if err != nil {
-		return false, err
+		return nil, err
 	}
-	return holdsTerms(v, terms), nil
+	return valueText(kind, v)
 }
 
 func (r *textReader) close() { r.it.Close() }
 
 // loadWords reads every stored text into its tenant's word index (at
 // Open, before the store is shared): one sequential read of the text
-// range, in key order, so each tenant's postings are appended by seq.
+// ranges, packed and not (an older store's), merged in key order, so
+// each tenant's postings are appended by seq.
 func (s *Store) loadWords() error {
-	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: []byte{kText}, UpperBound: []byte{kText + 1}})
-	if err != nil {
-		return err
+	var its [2]*pebble.Iterator
+	for i, kind := range []byte{kText, kTextZ} {
+		it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: []byte{kind}, UpperBound: []byte{kind + 1}})
+		if err != nil {
+			if i == 1 {
+				its[0].Close()
+			}
+			return err
+		}
+		defer it.Close()
+		its[i] = it
+		it.First()
 	}
-	defer it.Close()
-	for it.First(); it.Valid(); it.Next() {
+	for {
+		// The next of the two by tenant and id (the key past its kind).
+		i := 0
+		switch {
+		case !its[0].Valid() && !its[1].Valid():
+			if err := its[0].Error(); err != nil {
+				return err
+			}
+			return its[1].Error()
+		case !its[0].Valid():
+			i = 1
+		case its[1].Valid() && bytes.Compare(its[1].Key()[1:], its[0].Key()[1:]) < 0:
+			i = 1
+		}
+		it := its[i]
 		k := it.Key()[1:]
-		i := bytes.IndexByte(k, 0)
-		if i < 0 {
-			continue
+		if j := bytes.IndexByte(k, 0); j >= 0 {
+			if e := s.byID[string(k[j+1:])]; e != nil && e.s.Tenant == string(k[:j]) {
+				if v, err := valueText(it.Key()[0], it.Value()); err != nil {
+					s.log.Error("corrupt captured message text; not searchable by its words", "id", e.s.ID, "err", err)
+				} else {
+					s.tenants[e.s.Tenant].addWords(e, string(v))
+				}
+			}
 		}
-		e := s.byID[string(k[i+1:])]
-		if e == nil || e.s.Tenant != string(k[:i]) {
-			continue
-		}
-		s.tenants[e.s.Tenant].addWords(e, string(it.Value()))
+		it.Next()
 	}
-	return it.Error()
 }
 
 // hasAddr reports whether a (lower case) is one of e's To, Cc or

@@ -23,13 +23,26 @@
 // an operator wipe every sandbox by deleting one directory. The cost: a
 // capture and its delivery outcome are two writes in two databases, so a
 // crash between them captures the message again at the retry (a capture
-// is synced before Put returns, so none is lost).
+// is in the operating system before Put returns, so a process crash
+// loses none; it is synced to disk within Options.SyncLag, so a power
+// failure can lose the last SyncLag of them: walsync.go).
 //
 // Key layout:
 //
 //	s<tenant>\x00<id>   summary (binary, summary_codec.go; JSON before)
-//	b<id>               the message's bytes as delivered
-//	t<tenant>\x00<id>   searchable text: subject and text part, lower case
+//	c<id>               the message's bytes as delivered, S2-compressed
+//	u<tenant>\x00<id>   searchable text: subject and text part, lower case,
+//	                    S2-compressed
+//	b<id>, t<tenant>\x00<id>
+//	                    the same two uncompressed (stores written before;
+//	                    read, never written: packed.go)
+//
+// The values are compressed before the commit (a quarter of the bytes in
+// the write-ahead log, the memtable, flushes and compactions for ordinary
+// mail), so the tables are written without Pebble's block compression.
+// Tables are cut where the key kind changes (kindSpans): each kind's keys
+// ascend with the ids, so while the store grows the tables of successive
+// flushes do not overlap and leave level 0 without being rewritten.
 //
 // The summaries are also kept in memory (an index per tenant, oldest
 // first, and by exact address), loaded at Open: list, search by address,
@@ -43,13 +56,11 @@
 package capture
 
 import (
-	"bytes"
+	"cmp"
 	"context"
 	"crypto/rand"
-	"errors"
 	"fmt"
 	"log/slog"
-	"os"
 	"slices"
 	"sort"
 	"strings"
@@ -57,6 +68,7 @@ import (
 	"time"
 
 	"github.com/cockroachdb/pebble/v2"
+	"github.com/cockroachdb/pebble/v2/vfs"
 	"github.com/oklog/ulid/v2"
 
 	"github.com/sluice-mta/sluice/internal/config"
@@ -148,6 +160,13 @@ type Options struct {
 	Now       func() time.Time
 	// MemtableMB is Pebble's memtable size; default 8.
 	MemtableMB int
+	// SyncLag bounds how long a capture stays written to the operating
+	// system but not synced to disk (walsync.go): 0 means
+	// DefaultSyncLag; negative, every capture group is synced before
+	// Put returns.
+	SyncLag time.Duration
+	// FS replaces the filesystem (tests); nil: the operating system's.
+	FS vfs.FS
 }
 
 // Store is the sandbox's capture store.
@@ -179,9 +198,13 @@ type Store struct {
 	turnCond *sync.Cond
 
 	hub *hub
+	// lag is the filesystem whose log syncs syncLoop does (nil: SyncLag
+	// negative, Pebble syncs each commit).
+	lag *lagFS
 
 	stop chan struct{}
-	done chan struct{}
+	// bg counts the background loops (age sweep, log sync).
+	bg sync.WaitGroup
 	// later runs delayed work (complaints) until Close.
 	later sync.WaitGroup
 }
@@ -198,16 +221,33 @@ func Open(dir string, o Options) (*Store, error) {
 	if o.MemtableMB <= 0 {
 		o.MemtableMB = 8
 	}
-	if err := os.MkdirAll(dir, 0o750); err != nil {
+	fs := o.FS
+	if fs == nil {
+		fs = vfs.Default
+	}
+	if err := fs.MkdirAll(dir, 0o750); err != nil {
 		return nil, fmt.Errorf("sandbox store %s: %w", dir, err)
 	}
 	log := o.Logger.With("component", "sandbox")
-	db, err := pebble.Open(dir, &pebble.Options{MemTableSize: uint64(o.MemtableMB) << 20, Logger: pebbleLog{log}})
+	po := &pebble.Options{MemTableSize: uint64(o.MemtableMB) << 20, Logger: pebbleLog{log}, FS: fs}
+	var lag *lagFS
+	if o.SyncLag >= 0 {
+		lag = newLagFS(fs)
+		po.FS = lag
+	}
+	// Bodies and texts are packed before the commit (packed.go).
+	po.ApplyCompressionSettings(func() pebble.DBCompressionSettings { return pebble.DBCompressionNone })
+	// A flush writes one table per key kind: each kind's keys ascend
+	// (ids are ULIDs), so a growing single-tenant store's tables do not
+	// overlap and leave level 0 without rewriting (no compaction until
+	// retention deletes old keys).
+	po.Experimental.SpanPolicyFunc = kindSpans
+	db, err := pebble.Open(dir, po)
 	if err != nil {
 		return nil, fmt.Errorf("sandbox store %s: %w (is another sluice using it?)", dir, err)
 	}
 	s := &Store{o: o, db: db, log: log, tenants: map[string]*tenantIndex{}, byID: map[string]*entry{}, byAddr: map[string][]*entry{},
-		entropy: ulid.Monotonic(rand.Reader, 0), hub: newHub(), stop: make(chan struct{}), done: make(chan struct{})}
+		entropy: ulid.Monotonic(rand.Reader, 0), hub: newHub(), lag: lag, stop: make(chan struct{})}
 	s.turnCond = sync.NewCond(&s.mu)
 	if s.sim, err = newSimulator(o.Simulate); err != nil {
 		db.Close()
@@ -217,16 +257,22 @@ func Open(dir string, o Options) (*Store, error) {
 		db.Close()
 		return nil, fmt.Errorf("sandbox store %s: %w", dir, err)
 	}
+	s.bg.Add(1)
 	go s.sweepLoop()
+	if lag != nil {
+		s.bg.Add(1)
+		go s.syncLoop(cmp.Or(o.SyncLag, DefaultSyncLag), s.stop)
+	}
 	return s, nil
 }
 
 // Close stops the age sweep and closes the database; waits end with 503.
 func (s *Store) Close() error {
 	close(s.stop)
-	<-s.done
+	s.bg.Wait()
 	s.later.Wait()
 	s.hub.close()
+	s.logMetrics()
 	return s.db.Close()
 }
 
@@ -342,10 +388,14 @@ func textKey(tenant, id string) []byte    { return tenantKey(kText, tenant, id) 
 // returns its summary once written. It then wakes the tenant's waiters
 // and applies the retention limits.
 //
-// The write is synced before Put returns: a capture is the message's
-// delivery, and the queue records the recipient delivered once Put has
-// returned, so a crash right after must not lose it. Concurrent Puts
-// share one fsync (Pebble's commit pipeline groups synced commits).
+// The write is in the operating system before Put returns (its
+// write-ahead log record written; synced to disk within
+// Options.SyncLag, or before Put returns when SyncLag is negative): a
+// capture is the message's delivery, and the queue records the
+// recipient delivered once Put has returned, so a kill -9 right after
+// must not lose it (walsync.go says what a power failure can lose).
+// Concurrent Puts share one log write (Pebble's commit pipeline groups
+// synced commits).
 //
 // The spooled message msgID's tags and source are read through
 // Options.MessageInfo; see PutInfo.
@@ -382,12 +432,12 @@ func (s *Store) put(tenant, msgID, sender string, rcpts []string, data []byte, t
 	var ticket uint64
 	sm.ID, ticket = s.newID()
 	v := encodeSummary(make([]byte, 0, 256), sm)
-	text := strings.ToLower(sm.Subject + "\n" + p.text)
+	text := lowerJoin(sm.Subject, p.text)
 	tb := []byte(text)
 	b := s.db.NewBatch()
 	_ = b.Set(summaryKey(tenant, sm.ID), v, nil)
-	_ = b.Set(bodyKey(sm.ID), data, nil)
-	_ = b.Set(textKey(tenant, sm.ID), tb, nil)
+	setPacked(b, bodyZKey(sm.ID), data)
+	setPacked(b, textZKey(tenant, sm.ID), tb)
 	if err := b.Commit(pebble.Sync); err != nil {
 		b.Close()
 		s.mu.Lock()
@@ -425,16 +475,7 @@ func (s *Store) Raw(tenant, id string) ([]byte, bool, error) {
 	if _, ok := s.Get(tenant, id); !ok {
 		return nil, false, nil
 	}
-	v, c, err := s.db.Get(bodyKey(id))
-	if errors.Is(err, pebble.ErrNotFound) {
-		return nil, false, nil
-	}
-	if err != nil {
-		return nil, false, err
-	}
-	out := bytes.Clone(v)
-	c.Close()
-	return out, true, nil
+	return s.body(id)
 }
 
 // Events returns the event timeline of a captured message's spooled
@@ -553,9 +594,18 @@ func (s *Store) deleteKeys(es []*entry, sync *pebble.WriteOptions) error {
 		_ = b.Delete(summaryKey(e.s.Tenant, e.s.ID), nil)
 		_ = b.Delete(bodyKey(e.s.ID), nil)
 		_ = b.Delete(textKey(e.s.Tenant, e.s.ID), nil)
+		_ = b.Delete(bodyZKey(e.s.ID), nil)
+		_ = b.Delete(textZKey(e.s.Tenant, e.s.ID), nil)
 	}
 	if err := b.Commit(sync); err != nil {
 		return fmt.Errorf("sandbox store: %w", err)
+	}
+	if sync.Sync {
+		// The commit reached the operating system; a delete is synced
+		// to disk before it is answered (walsync.go).
+		if err := s.syncWAL(); err != nil {
+			return fmt.Errorf("sandbox store: %w", err)
+		}
 	}
 	return nil
 }
@@ -660,7 +710,7 @@ func (s *Store) enforce(tenant string) {
 
 // sweepLoop applies the age limit every minute.
 func (s *Store) sweepLoop() {
-	defer close(s.done)
+	defer s.bg.Done()
 	t := time.NewTicker(time.Minute)
 	defer t.Stop()
 	for {

@@ -34,7 +34,11 @@ func scanSearch(t *testing.T, s *Store, tenant string, f Filter) []string {
 		if !f.matchIndexed(e) || exact != "" && !e.hasAddr(exact) {
 			continue
 		}
-		v, c, err := s.db.Get(textKey(tenant, e.s.ID))
+		zv, c, err := s.db.Get(textZKey(tenant, e.s.ID))
+		if err != nil {
+			t.Fatal(err)
+		}
+		v, err := unpack(zv)
 		if err != nil {
 			t.Fatal(err)
 		}
