@@ -411,6 +411,9 @@ func (s *Store) PutInfo(tenant, msgID, sender string, rcpts []string, data []byt
 }
 
 func (s *Store) put(tenant, msgID, sender string, rcpts []string, data []byte, tags []string, source string) (*Summary, error) {
+	if err := s.syncErr(); err != nil {
+		return nil, err // the disk lost writes (walsync.go)
+	}
 	p := parseSummary(data)
 	sm := &Summary{Tenant: tenant, MessageID: msgID, Created: s.o.Now().UTC(), Sender: sender,
 		Recipients: rcpts, From: p.from, To: p.to, Cc: p.cc, Subject: p.subject, HeaderID: p.messageID,

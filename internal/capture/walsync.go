@@ -2,6 +2,7 @@ package capture
 
 import (
 	"errors"
+	"fmt"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -43,6 +44,22 @@ type lagFS struct {
 	vfs.FS
 	mu   sync.Mutex
 	open map[*lagFile]struct{}
+	// failed holds the first error of a background sync. Once set, Put
+	// returns it before committing, so the capture's recipients are
+	// deferred instead of more captures being answered on a disk that
+	// lost writes (after a failed fsync Linux may drop the dirty pages,
+	// so a retry proves nothing). Sticky until the store is reopened.
+	// (The log files' Sync does not return it: Pebble treats a failed
+	// commit as fatal.)
+	failed atomic.Pointer[error]
+}
+
+// err is the sticky sync error, or nil.
+func (fs *lagFS) err() error {
+	if p := fs.failed.Load(); p != nil {
+		return *p
+	}
+	return nil
 }
 
 const walCategory vfs.DiskWriteCategory = "pebble-wal"
@@ -119,6 +136,8 @@ func (f *lagFile) syncNow() error {
 	}
 	if err := f.File.SyncData(); err != nil {
 		f.unsynced.Store(true)
+		err = fmt.Errorf("sandbox store: syncing the write-ahead log: %w", err)
+		f.fs.failed.CompareAndSwap(nil, &err)
 		return err
 	}
 	return nil
@@ -149,9 +168,18 @@ func (s *Store) syncLoop(lag time.Duration, stop <-chan struct{}) {
 		case <-t.C:
 		}
 		if err := s.lag.syncAll(); err != nil {
-			s.log.Error("cannot sync the sandbox store's write-ahead log; retrying", "err", err)
+			s.log.Error("cannot sync the sandbox store's write-ahead log: captures are refused (their recipients deferred) until the relay is restarted; check the disk", "err", err)
+			return
 		}
 	}
+}
+
+// syncErr is the sticky error of a failed background sync, or nil.
+func (s *Store) syncErr() error {
+	if s.lag == nil {
+		return nil
+	}
+	return s.lag.err()
 }
 
 // syncWAL makes every write committed so far durable (Delete and

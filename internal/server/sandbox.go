@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"fmt"
+	"time"
 
 	"github.com/sluice-mta/sluice/internal/capture"
 	"github.com/sluice-mta/sluice/internal/config"
@@ -31,6 +32,7 @@ func (s *Server) openSandbox(cfg *config.Config) (*capture.Store, error) {
 	}
 	st, err := capture.Open(cfg.SandboxPath(), capture.Options{
 		Retention: sb.Retention, Simulate: sb.Simulate, LinksAllow: sb.LinksAllow, Logger: s.log,
+		SyncLag: captureSyncLag(sb.SyncLag),
 		Record: func(evs []*pipeline.Event) error {
 			b := s.sp.NewBatch()
 			for _, ev := range evs {
@@ -128,4 +130,13 @@ func (s *Server) complain(msgID, rcpt string) {
 		Source: spool.SuppressionComplaint, EventID: ev.EventID, MessageID: msgID}); err != nil {
 		s.log.Warn("simulated complaint: cannot add the suppression entry", "msgid", msgID, "rcpt", rcpt, "err", err)
 	}
+}
+
+// captureSyncLag is capture.Options.SyncLag for sluice.sandbox's
+// sync_lag: 0 there (sync every capture group) is negative here.
+func captureSyncLag(d time.Duration) time.Duration {
+	if d <= 0 {
+		return -1
+	}
+	return d
 }
