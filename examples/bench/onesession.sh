@@ -20,12 +20,14 @@
 #   SERVE_FLAGS (extra `sluice serve` flags, e.g. "-cpuprofile /tmp/cpu.pb": one run),
 #   WARMUP (messages sent over 20 sessions before the run, 500; e.g. enough to make
 #   the WAL rotate a few times with a small memtable), RELAY_LUA (the config template,
-#   examples/bench/relay.lua; {{SPOOL}} and {{EVENTS}} are filled in).
+#   examples/bench/relay.lua; {{SPOOL}} and {{EVENTS}} are filled in), SESSIONS (1: the
+#   measured run's smtp-source -s; 20 gives the side-by-side's 2 KB x 20 scenario).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 N=${N:-3000}
 WARMUP=${WARMUP:-500}
+SESSIONS=${SESSIONS:-1}
 RELAY_LUA=${RELAY_LUA:-examples/bench/relay.lua}
 ROUNDS=${ROUNDS:-3}
 [ "$#" -gt 0 ] || set -- "sluice=bin/sluice"
@@ -42,7 +44,7 @@ one() {
   env "$@" unshare -n bash -c '
     set -u
     ip link set lo up
-    name=$1 bin=$2 w=$3 n=$4 warm=$5
+    name=$1 bin=$2 w=$3 n=$4 warm=$5 sess=$6
     smtp-sink -u nobody -c 127.0.0.1:2602 1000 > /dev/null 2>&1 &
     sink=$!
     "$bin" serve -c "$w/relay.lua" -log-level warn ${SERVE_FLAGS:-} 2> "$w/sluice.log" &
@@ -57,7 +59,7 @@ one() {
       sleep 0.2
     fi
     t0=$(ticks); s0=$EPOCHREALTIME
-    smtp-source -d -s 1 -m "$n" -l 2048 -f a@example.com -t b@example.org 127.0.0.1:2605
+    smtp-source -d -s "$sess" -m "$n" -l 2048 -f a@example.com -t b@example.org 127.0.0.1:2605
     s1=$EPOCHREALTIME
     sleep 0.3 # the last deliveries and their outcomes
     t1=$(ticks)
@@ -73,11 +75,11 @@ one() {
     kill $sink; wait $sink 2>/dev/null
     grep -q . "$w/sluice.log" && { echo "  relay log:"; head -5 "$w/sluice.log"; }
     exit 0
-  ' _ "$name" "$bin" "$w" "$N" "$WARMUP"
+  ' _ "$name" "$bin" "$w" "$N" "$WARMUP" "$SESSIONS"
   rm -rf "$w"
 }
 
-echo "# one session, 2 KB, smtp-source -d -s 1 — $(date -u +%FT%TZ) — $(nproc) cores — N=$N ROUNDS=$ROUNDS"
+echo "# 2 KB, smtp-source -d -s $SESSIONS — $(date -u +%FT%TZ) — $(nproc) cores — N=$N ROUNDS=$ROUNDS"
 for ((r = 1; r <= ROUNDS; r++)); do
   for v in "$@"; do
     name=${v%%=*}; rest=${v#*=}

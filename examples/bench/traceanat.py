@@ -13,8 +13,8 @@ wait each):
   * the time the session spent in each state (running, runnable: waiting for a CPU,
     in system calls, waiting), and the waits by kind: its commits (Spool.write), the
     client's turns (network reads), others;
-  * the write-ahead log's fdatasync calls (Pebble's LogWriter.flushLoop goroutines):
-    count, mean, median and 90th percentile;
+  * the write-ahead log's fdatasync calls (Pebble's LogWriter.flushLoop goroutines)
+    made while that session ran: count, mean, median and 90th percentile;
   * each commit wait split into: before the fdatasync that ended it started (the hand-
     off to the writer goroutine, Pebble's commit pipeline, the WAL write), the fdatasync
     itself, and after it (the wake-ups back to the session).
@@ -100,8 +100,9 @@ def main():
         for (t, _, to, _, st), nxt in zip(e, e[1:]):
             if to == 'Syscall' and any('Fdatasync' in s for s in st):
                 syncs.append((t, nxt[0]))
-    syncs.sort()
-    print('WAL fdatasync: ' + stats([b - a for a, b in syncs]))
+    # Only the syncs while the session ran (not a warm-up's before it).
+    syncs = sorted(s for s in syncs if evs[0][0] <= s[0] <= evs[-1][0])
+    print('WAL fdatasync while the session ran: ' + stats([b - a for a, b in syncs]))
 
     starts = [s for s, _ in syncs]
     before, during, after = [], [], []
