@@ -7,7 +7,7 @@
 #   events file) -> smtp-sink (Postfix's tools, as ../shared/bench uses them)
 #
 # Each run gets a private network namespace (unshare -n: fixed ports, no clash with
-# other runs on the machine), a fresh spool, a 500-message warm-up, then N messages.
+# other runs on the machine), a fresh spool, a warm-up (WARMUP), then N messages.
 # It prints, per run: msgs/s (until smtp-source has every 250), the relay's CPU per
 # message (user+system from /proc/PID/stat) and the load average; with PERF=1 also the
 # relay's context switches and system calls per message (perf stat on syscall
