@@ -71,6 +71,8 @@ type Config struct {
 type Spool struct {
 	Path       string // default "./var/spool"
 	MemtableMB int    // Pebble memtable size; default 64
+	// WALRecycling reuses obsolete WAL files (spool.Options.WALRecycling); default false.
+	WALRecycling bool
 	// MinFree is the free space kept in reserve on the spool's filesystem:
 	// below it new mail is refused with 452 4.3.1 (HTTP 507). Default
 	// 100 MB; 0 disables the check.
