@@ -29,8 +29,14 @@ func bodyZKey(id string) []byte         { return append([]byte{kBodyZ}, id...) }
 func textZKey(tenant, id string) []byte { return tenantKey(kTextZ, tenant, id) }
 
 // packBufs holds the buffers setPacked compresses into (the batch
-// copies the value, so a buffer is free again once Set returns).
+// copies the value, so a buffer is free again once Set returns), of at
+// most maxPooledPack bytes.
 var packBufs = sync.Pool{New: func() any { return new([]byte) }}
+
+// maxPooledPack is the largest buffer packBufs keeps (1 MiB). A pooled
+// buffer that every capture takes and gives back is never freed, so a
+// larger message's buffer is left to the garbage collector.
+const maxPooledPack = 1 << 20
 
 // setPacked sets key to v compressed, in b.
 func setPacked(b *pebble.Batch, key, v []byte) {
@@ -44,7 +50,9 @@ func setPacked(b *pebble.Batch, key, v []byte) {
 		*bp = make([]byte, n)
 	}
 	_ = b.Set(key, s2.Encode((*bp)[:n], v), nil)
-	packBufs.Put(bp)
+	if cap(*bp) <= maxPooledPack {
+		packBufs.Put(bp)
+	}
 }
 
 // unpack decompresses a value pack made.

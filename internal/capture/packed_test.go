@@ -120,3 +120,19 @@ func TestLowerJoin(t *testing.T) {
 		}
 	}
 }
+
+// A large message's compression buffer is not pooled: a pooled buffer
+// taken and given back by every later capture stays alive for good, so
+// one 50 MB message would pin tens of MB per processor for the life of
+// the relay.
+func TestPackDoesNotPoolLargeBuffers(t *testing.T) {
+	b := new(pebble.Batch)
+	setPacked(b, []byte("k"), bytes.Repeat([]byte("0123456789abcdef"), 1<<19)) // 8 MiB
+	for range 4 {
+		bp := packBufs.Get().(*[]byte)
+		if cap(*bp) > maxPooledPack {
+			t.Fatalf("a %d-byte buffer is back in the pool (at most %d)", cap(*bp), maxPooledPack)
+		}
+		defer packBufs.Put(bp)
+	}
+}

@@ -35,7 +35,8 @@ type Sandbox struct {
 	// system but not synced to disk (a power failure can lose captures
 	// that young; a kill -9 cannot). Default 200ms; 0: every group of
 	// concurrent captures is synced before the queue records it
-	// delivered (about 100-150 µs more CPU per capture).
+	// delivered (about 100-150 µs more CPU per capture). Otherwise 1ms
+	// to 1 minute.
 	SyncLag time.Duration
 }
 
@@ -99,8 +100,15 @@ func (ld *loader) sandbox(L *lua.LState) int {
 	ld.singleton(fn)
 	o := ld.s.CheckOpts(1, fn, "path", "tenants", "retention", "links_allow", "simulate", "sync_lag")
 	sb := &Sandbox{Retention: DefaultSandboxRetention(), SyncLag: DefaultSandboxSyncLag}
-	if ld.durationOrZero(o, "sync_lag", &sb.SyncLag) && sb.SyncLag > time.Minute {
-		o.Fail("sync_lag", "%v is longer than a minute: captures would stay that long at risk of a power failure (0: sync every capture group)", sb.SyncLag)
+	if ld.durationOrZero(o, "sync_lag", &sb.SyncLag) {
+		switch {
+		case sb.SyncLag > time.Minute:
+			o.Fail("sync_lag", "%v is longer than a minute: captures would stay that long at risk of a power failure (0: sync every capture group)", sb.SyncLag)
+		case sb.SyncLag > 0 && sb.SyncLag < time.Millisecond:
+			// The background sync ticks every sync_lag: shorter would
+			// spin a core while the relay is idle.
+			o.Fail("sync_lag", "%v is shorter than 1ms (0: sync every capture group)", sb.SyncLag)
+		}
 	}
 	if o.String("path", &sb.Path) && sb.Path == "" {
 		o.Fail("path", "must not be empty")

@@ -50,7 +50,7 @@ sluice.sandbox {
 	if err != nil || cfg.Sandbox.Retention != DefaultSandboxRetention() || cfg.Sandbox.SyncLag != DefaultSandboxSyncLag {
 		t.Fatalf("defaults: %+v %v", cfg.Sandbox, err)
 	}
-	for src, want := range map[string]time.Duration{`sync_lag = "0s"`: 0, `sync_lag = "50ms"`: 50 * time.Millisecond} {
+	for src, want := range map[string]time.Duration{`sync_lag = "0s"`: 0, `sync_lag = "50ms"`: 50 * time.Millisecond, `sync_lag = "1ms"`: time.Millisecond} {
 		cfg, err = Parse("pipeline.lua", []byte(`sluice.sandbox { `+src+` }`))
 		if err != nil || cfg.Sandbox.SyncLag != want {
 			t.Errorf("%s: %v %v, want %v", src, cfg, err, want)
@@ -73,6 +73,8 @@ func TestSandboxConfigErrors(t *testing.T) {
 		`sluice.sandbox { } sluice.sandbox { }`:                                      `called twice`,
 		`sluice.sandbox { sync_lag = "2m" }`:                                         `key "sync_lag": 2m0s is longer than a minute`,
 		`sluice.sandbox { sync_lag = "-1s" }`:                                        `key "sync_lag"`,
+		`sluice.sandbox { sync_lag = "1ns" }`:                                        `key "sync_lag": 1ns is shorter than 1ms`,
+		`sluice.sandbox { sync_lag = "999us" }`:                                      `key "sync_lag": 999µs is shorter than 1ms`,
 		`sluice.listen_smtp { addr = ":25", sandbox = "a b" }`:                       `key "sandbox": "a b" is not a tenant name`,
 	} {
 		_, err := Parse("pipeline.lua", []byte(src))
