@@ -244,7 +244,11 @@ func Open(dir string, o Options) (*Store, error) {
 	po.Experimental.SpanPolicyFunc = kindSpans
 	db, err := pebble.Open(dir, po)
 	if err != nil {
-		return nil, fmt.Errorf("sandbox store %s: %w (is another sluice using it?)", dir, err)
+		hint := ""
+		if strings.Contains(err.Error(), "lock") {
+			hint = " (is another sluice using it?)"
+		}
+		return nil, fmt.Errorf("sandbox store %s: %w%s", dir, err, hint)
 	}
 	s := &Store{o: o, db: db, log: log, tenants: map[string]*tenantIndex{}, byID: map[string]*entry{}, byAddr: map[string][]*entry{},
 		entropy: ulid.Monotonic(rand.Reader, 0), hub: newHub(), lag: lag, stop: make(chan struct{})}

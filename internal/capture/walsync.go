@@ -189,5 +189,8 @@ func (s *Store) syncWAL() error {
 	if s.lag == nil {
 		return nil // each commit was synced
 	}
+	if err := s.lag.err(); err != nil {
+		return err // a failed sync is not retried: the disk lost writes
+	}
 	return s.lag.syncAll()
 }

@@ -72,4 +72,13 @@ func TestFailedLagSyncRefusesCaptures(t *testing.T) {
 	case <-time.After(30 * time.Second):
 		t.Fatal("a capture after a failed sync hangs")
 	}
+	// A delete is answered only once synced: after the failure it is
+	// refused too, although the disk now syncs again.
+	page, err := s.Search("acme", Filter{}, 0, 10)
+	if err != nil || len(page.Messages) == 0 {
+		t.Fatalf("no capture listed: %v", err)
+	}
+	if _, err := s.Delete("acme", page.Messages[0].ID); !errors.Is(err, errDiskGone) {
+		t.Errorf("delete after a failed sync: %v, want %v", err, errDiskGone)
+	}
 }
