@@ -270,6 +270,18 @@ func (h *waitHeap) push(r waitRec) int {
 	return h.up(len(*h) - 1)
 }
 
+// shrunk is rs, or a copy of it in a smaller array once a quarter of
+// its array is used (a million released or taken out of a list).
+func shrunk[T any](rs []T) []T {
+	if c := cap(rs); c >= shrinkMin && len(rs) < c/4 {
+		if len(rs) == 0 {
+			return nil
+		}
+		return append(make([]T, 0, 2*len(rs)), rs...)
+	}
+	return rs
+}
+
 // pop removes and returns the record due first; h must not be empty.
 // The slice is made smaller once a quarter of it is used.
 func (h *waitHeap) pop() waitRec {

@@ -187,17 +187,18 @@ type Queue struct {
 	moreSeq uint32
 	// pausedSet holds the paused queue names (control.go).
 	pausedSet map[string]bool
-	// held holds the items an operator holds (control.go): in no ready
-	// list and not in the timer heap.
-	held map[*item]struct{}
+	// held holds the items an operator holds (control.go), in no ready
+	// list and not in the timer heap: compact records in no order, which
+	// the garbage collector does not scan (index.go; a paused million).
+	held []waitRec
 }
 
 // item is some recipients of one message for one destination, attempted
 // together in one transaction.
 //
-// An item waiting (among the held items, or at the back of a long ready
-// list) is compact: loaded is nil and it keeps its recipients' indexes
-// (indexes); in the timer heap it is a pointer-free waitRec (index.go).
+// An item waiting (at the back of a long ready list) is compact: loaded
+// is nil and it keeps its recipients' indexes (indexes); in the timer
+// heap and among the held items it is a pointer-free waitRec (index.go).
 // The metadata and recipients stay in the spool, which
 // holds them as they are (every change to a recipient is committed
 // before its item is placed again). hydrate reads them back when the
@@ -539,8 +540,8 @@ func (q *Queue) Stats() Stats {
 		s.Ready += len(d.ready)
 		s.Active += d.active
 	}
-	for it := range q.held {
-		s.Held += it.count()
+	for i := range q.held {
+		s.Held += q.recCount(&q.held[i])
 	}
 	return s
 }
