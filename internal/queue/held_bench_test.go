@@ -17,7 +17,10 @@ import (
 // live heap per recipient after a GC ("B/rcpt", the spool open before
 // Load excluded) and the CPU of the whole process per forced collection
 // per recipient ("gc-cpu-ns/rcpt"), what a soft memory limit close to
-// the live heap costs per cycle (see BenchmarkQueuedGC).
+// the live heap costs per cycle (see BenchmarkQueuedGC). "held" holds
+// them live, so its heap counts the spool's memtable of the hold's batch
+// too; "held-restart" loads them held, as after a restart (the index
+// only).
 //
 //	go test -run '^$' -bench HeldGC -benchtime 1x ./internal/queue
 func BenchmarkHeldGC(b *testing.B) {
@@ -31,9 +34,12 @@ func BenchmarkHeldGC(b *testing.B) {
 	if err := sp.Close(); err != nil {
 		b.Fatal(err)
 	}
-	for _, place := range []string{"waiting", "held", "ready"} {
+	for _, place := range []string{"waiting", "held", "held-restart", "ready"} {
 		b.Run(place, func(b *testing.B) {
 			for i := 0; i < b.N; i++ {
+				if place == "held-restart" {
+					holdAll(b, dir, n)
+				}
 				sp, err := spool.Open(dir, spool.Options{})
 				if err != nil {
 					b.Fatal(err)
@@ -81,7 +87,7 @@ func BenchmarkHeldGC(b *testing.B) {
 				// Undo the hold, so that the next run starts from the same
 				// spool (a pause is left: ready runs last, and its next
 				// iteration pauses again).
-				if place == "held" {
+				if place == "held" || place == "held-restart" {
 					if got, err := q.Release(Target{}, "bench"); err != nil || got != n {
 						b.Fatalf("Release = %d, %v", got, err)
 					}
@@ -89,5 +95,23 @@ func BenchmarkHeldGC(b *testing.B) {
 				q.Stop(context.Background())
 			}
 		})
+	}
+}
+
+// holdAll holds the n recipients of the spool in dir, as `sluice queue
+// hold` does, and closes it.
+func holdAll(b *testing.B, dir string, n int) {
+	sp, err := spool.Open(dir, spool.Options{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer sp.Close()
+	q := New(sp, &fakeDialer{}, Options{Logger: slog.New(slog.DiscardHandler)})
+	defer q.Stop(context.Background())
+	if _, err := q.Load(); err != nil {
+		b.Fatal(err)
+	}
+	if got, err := q.Hold(Target{}, "bench"); err != nil || got != n {
+		b.Fatalf("Hold = %d, %v", got, err)
 	}
 }
