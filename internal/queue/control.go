@@ -96,13 +96,17 @@ func (q *Queue) Queues() []QueueInfo {
 		}
 	}
 	for _, d := range q.dests {
-		if len(d.ready) == 0 {
+		if readyLen(d) == 0 {
 			continue
 		}
 		qi := get(d)
 		for _, it := range d.ready {
 			qi.Ready += it.count()
 			oldest(qi, it.msg)
+		}
+		for i := range d.back {
+			qi.Ready += q.recCount(&d.back[i])
+			oldest(qi, d.back[i].msg)
 		}
 	}
 	lastDue := map[string]int64{}
@@ -204,7 +208,7 @@ func (q *Queue) Resume(name, by string) (bool, error) {
 	changed := q.pausedSet[name]
 	delete(q.pausedSet, name)
 	for _, d := range q.dests {
-		if ctlName(d) == name && len(d.ready) > 0 {
+		if ctlName(d) == name && readyLen(d) > 0 {
 			q.dispatch(d)
 		}
 	}
@@ -578,6 +582,7 @@ func (q *Queue) walk(from int, t Target, fn func(it *item, site bool)) {
 			for _, it := range d.ready {
 				each(it)
 			}
+			recs(d.back)
 		}
 	}
 	if from&fromHeld != 0 {
@@ -655,6 +660,7 @@ func (q *Queue) extractLocked(from int, t Target, pre map[rbKey]readBack) []*ite
 			if len(out) > n {
 				d.ready = nonEmpty(d.ready)
 			}
+			d.back = recs(d.back, false)
 		}
 	}
 	if from&fromHeld != 0 {

@@ -2,13 +2,16 @@ package queue
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/sluice-mta/sluice/internal/spool"
 	"github.com/sluice-mta/sluice/internal/testutil"
+	"github.com/sluice-mta/sluice/pipeline"
 )
 
 // heldIndex reports how many held records the queue keeps, how many
@@ -109,5 +112,83 @@ func TestHeldCompactAcrossRestart(t *testing.T) {
 	defer q2.mu.Unlock()
 	if len(q2.held) != 0 || len(q2.destTab.byKey) != 0 || len(q2.more) != 0 {
 		t.Fatalf("index left: %d held, %d destination slots, %d recipient lists", len(q2.held), len(q2.destTab.byKey), len(q2.more))
+	}
+}
+
+// TestLongReadyListBackIsCompactAndInOrder: behind readyLoaded items a
+// paused queue's ready list keeps compact records (dest.back); they are
+// counted and listed, an operator's hold and cancel take them out of
+// it, and once the queue resumes one worker delivers the rest in the
+// order they were queued, the held one only after its release.
+func TestLongReadyListBackIsCompactAndInOrder(t *testing.T) {
+	sp := openSpool(t)
+	fd := &fakeDialer{}
+	q := New(sp, fd, Options{Logger: slog.New(slog.DiscardHandler), MaxPerDestination: 1})
+	q.Start()
+	defer q.Stop(context.Background())
+	if _, err := q.Pause("x.test", "k"); err != nil {
+		t.Fatal(err)
+	}
+	const n = readyLoaded + 50
+	var ids, want []string
+	for i := 0; i < n; i++ {
+		rc := []string{fmt.Sprintf("r%d@x.test", i)}
+		if i%7 == 0 {
+			rc = append(rc, fmt.Sprintf("r%db@x.test", i))
+		}
+		m, rs := put(t, sp, "s@src.test", rc...)
+		q.Enqueue(m, rs)
+		ids = append(ids, m.ID)
+		want = append(want, rc...)
+	}
+	q.mu.Lock()
+	d := q.dests[destKey(pipeline.MX(), "x.test")]
+	front, back := len(d.ready), len(d.back)
+	q.mu.Unlock()
+	if front != readyLoaded || back != n-readyLoaded {
+		t.Fatalf("ready list: %d items and %d records behind; want %d and %d", front, back, readyLoaded, n-readyLoaded)
+	}
+	if qs := q.Queues(); len(qs) != 1 || qs[0].Ready != len(want) || !qs[0].Paused {
+		t.Fatalf("listing: %+v, want %d ready", qs, len(want))
+	}
+	// Hold one message at the back (two recipients) and cancel a
+	// recipient of another one there.
+	hi := (readyLoaded/7 + 2) * 7 // a message with two recipients at the back
+	heldID, cancelled := ids[hi], fmt.Sprintf("r%d@x.test", readyLoaded+20)
+	if got, err := q.Hold(Target{MessageID: heldID}, "k"); got != 2 || err != nil {
+		t.Fatalf("Hold = %d, %v", got, err)
+	}
+	if got, err := q.Cancel(Target{Filter: spool.ListFilter{Recipient: cancelled}}, "k"); got != 1 || err != nil {
+		t.Fatalf("Cancel = %d, %v", got, err)
+	}
+	if s := q.Stats(); s.Ready != n-2 || s.Held != 2 {
+		t.Fatalf("stats %+v, want %d items ready and 2 held", s, n-2)
+	}
+	var heldRcpts []string
+	want = slices.DeleteFunc(want, func(a string) bool {
+		if strings.HasPrefix(a, fmt.Sprintf("r%d", hi)) {
+			heldRcpts = append(heldRcpts, a)
+			return true
+		}
+		return a == cancelled
+	})
+	if _, err := q.Resume("x.test", "k"); err != nil {
+		t.Fatal(err)
+	}
+	testutil.WaitFor(t, "all but the held delivered", func() bool { return q.Stats().Messages == 1 })
+	if got, err := q.Release(Target{}, "k"); got != 2 || err != nil {
+		t.Fatalf("Release = %d, %v", got, err)
+	}
+	testutil.WaitFor(t, "the held delivered", func() bool { return q.Stats().Messages == 0 })
+	fd.mu.Lock()
+	sent := slices.Clone(fd.sent)
+	fd.mu.Unlock()
+	if want = append(want, heldRcpts...); !slices.Equal(sent, want) {
+		t.Fatalf("sent in another order or not all:\n got %v\nwant %v", sent, want)
+	}
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if len(d.back) != 0 || len(q.destTab.byKey) != 0 || len(q.more) != 0 {
+		t.Fatalf("index left: %d records behind, %d destination slots, %d recipient lists", len(d.back), len(q.destTab.byKey), len(q.more))
 	}
 }
