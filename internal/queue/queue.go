@@ -196,9 +196,10 @@ type Queue struct {
 // item is some recipients of one message for one destination, attempted
 // together in one transaction.
 //
-// An item waiting (at the back of a long ready list) is compact: loaded
-// is nil and it keeps its recipients' indexes (indexes); in the timer
-// heap and among the held items it is a pointer-free waitRec (index.go).
+// An item waiting is a pointer-free waitRec (index.go) in the timer
+// heap, among the held items and at the back of a long ready list
+// (dest.back); taken out of them it is compact: loaded is nil and it
+// keeps its recipients' indexes (indexes).
 // The metadata and recipients stay in the spool, which
 // holds them as they are (every change to a recipient is committed
 // before its item is placed again). hydrate reads them back when the
