@@ -14,6 +14,9 @@
 #   3. RSS with N queued (VmRSS, and the Go heap from /metrics: in use, and
 #      live after the last collection), per recipient
 #   4. acceptance probe again with N queued (same PROBES x PROBE_N)
+#   4b. HOLD=1: hold every queued recipient (`sluice queue hold --state
+#      deferred`, as postsuper -h ALL), time it, RSS and heap with them held;
+#      the restarts below then load them held; released before the drain
 #   5. restart: SIGTERM, start again; restart time = exec -> SMTP port open
 #      (the listeners start after the queues are rebuilt); RSS after restart.
 #      RESTART_ALSO="other builds" restarts each of them on the spool first.
@@ -32,6 +35,7 @@ C=${C:-20}
 PROBE_N=${PROBE_N:-20000}
 PROBES=${PROBES:-3}
 KEEP=${KEEP:-}
+HOLD=${HOLD:-}
 # Ports of its own, so that it can run beside make bench (2605/8025/2602) and other benchmarks.
 SMTP_PORT=${SMTP_PORT:-3725} HTTP_PORT=${HTTP_PORT:-8725} ADMIN_PORT=${ADMIN_PORT:-9725} SINK_PORT=${SINK_PORT:-3722}
 WORK=${WORK:-$(mktemp -d /tmp/sluice-million.XXXXXX)}
@@ -76,9 +80,9 @@ restart_with() { # stop, start binary $1 on the same spool: restart time, RSS
   say "rss_restarted_mb ($(basename "$1"))" "$(( r / 1024 )) (heap $(heap_mb) MB), $(( r * 1024 / total )) B/rcpt, queued $(queued) of $total"
   SLUICE=$keep
 }
-# queued: recipients ready + waiting over every queue (sluice queue list --json).
+# queued: recipients ready + waiting + held over every queue (sluice queue list --json).
 in_queue() { curl -fsS "http://127.0.0.1:$ADMIN_PORT/metrics" 2>/dev/null | awk '/^sluice_queue_messages / {print $2 + 0}'; }
-queued() { "$SLUICE" queue list --json 2>/dev/null | jq '[.queues[] | (.ready + .waiting)] | add // 0'; }
+queued() { "$SLUICE" queue list --json 2>/dev/null | jq '[.queues[] | (.ready + .waiting + .held)] | add // 0'; }
 waiting() { "$SLUICE" queue list --json 2>/dev/null | jq '[.queues[] | .waiting] | add // 0'; }
 # Every run of sluice-bench appends its count of accepted messages to
 # $WORK/accepted: the queue must then hold their sum (a message refused with
@@ -127,6 +131,14 @@ say accept_queued_msgs_s "$(probe)"
 total=$(accepted)
 settle "$total"
 say spool_du_mb "$(du -sm "$WORK/spool" | cut -f1)"
+if [ -n "$HOLD" ]; then
+  t0=$(now)
+  held=$("$SLUICE" queue hold --state deferred)
+  say hold_s "$(since "$t0") ($held)"
+  sleep 5
+  r=$(rss_kb)
+  say rss_held_mb "$(( r / 1024 )) (heap $(heap_mb) MB), $(( r * 1024 / total )) B/rcpt"
+fi
 
 # RESTART_ALSO="bin ...": restart each of these builds on the same spool
 # first (same-run comparison of restart time and memory), then $SLUICE.
@@ -138,6 +150,7 @@ bin/sluice-bench sink -listen "$listen" > "$WORK/sink.txt" &
 sinkpid=$!
 wait_port "$SINK_PORT"
 t0=$(now)
+[ -n "$HOLD" ] && say release "$("$SLUICE" queue release --state held)"
 "$SLUICE" queue flush > /dev/null
 # Drained: no message left with a recipient to deliver (the gauge counts a
 # recipient until its outcome is recorded; the queue listing does not show

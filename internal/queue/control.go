@@ -96,13 +96,17 @@ func (q *Queue) Queues() []QueueInfo {
 		}
 	}
 	for _, d := range q.dests {
-		if len(d.ready) == 0 {
+		if readyLen(d) == 0 {
 			continue
 		}
 		qi := get(d)
 		for _, it := range d.ready {
 			qi.Ready += it.count()
 			oldest(qi, it.msg)
+		}
+		for i := range d.back {
+			qi.Ready += q.recCount(&d.back[i])
+			oldest(qi, d.back[i].msg)
 		}
 	}
 	lastDue := map[string]int64{}
@@ -122,10 +126,11 @@ func (q *Queue) Queues() []QueueInfo {
 			lastDue[qi.Name], qi.LastError = r.due, lr
 		}
 	}
-	for it := range q.held {
-		qi := get(it.dest)
-		qi.Held += it.count()
-		oldest(qi, it.msg)
+	for i := range q.held {
+		r := &q.held[i]
+		qi := get(q.destTab.at(r.dest))
+		qi.Held += q.recCount(r)
+		oldest(qi, r.msg)
 	}
 	for n := range q.pausedSet {
 		if by[n] == nil {
@@ -203,7 +208,7 @@ func (q *Queue) Resume(name, by string) (bool, error) {
 	changed := q.pausedSet[name]
 	delete(q.pausedSet, name)
 	for _, d := range q.dests {
-		if ctlName(d) == name && len(d.ready) > 0 {
+		if ctlName(d) == name && readyLen(d) > 0 {
 			q.dispatch(d)
 		}
 	}
@@ -406,11 +411,7 @@ func (q *Queue) checkTarget(t Target) error {
 // recipients or none) among the held items, others scheduled. q.mu held.
 func (q *Queue) place(it *item, now time.Time) {
 	if it.held {
-		if q.held == nil {
-			q.held = map[*item]struct{}{}
-		}
-		it.compact()
-		q.held[it] = struct{}{}
+		q.held = append(q.held, q.park(it))
 		return
 	}
 	q.schedule(it, now)
@@ -565,25 +566,27 @@ func (q *Queue) walk(from int, t Target, fn func(it *item, site bool)) {
 			fn(it, site)
 		}
 	}
-	if from&fromWaiting != 0 {
-		for i := range q.waiting {
-			r := &q.waiting[i]
+	recs := func(rs []waitRec) {
+		for i := range rs {
+			r := &rs[i]
 			if ok, site := q.preMatch(mt, r.msg, q.destTab.at(r.dest)); ok {
 				fn(q.view(r), site)
 			}
 		}
+	}
+	if from&fromWaiting != 0 {
+		recs(q.waiting)
 	}
 	if from&fromReady != 0 {
 		for _, d := range q.dests {
 			for _, it := range d.ready {
 				each(it)
 			}
+			recs(d.back)
 		}
 	}
 	if from&fromHeld != 0 {
-		for it := range q.held {
-			each(it)
-		}
+		recs(q.held)
 	}
 }
 
@@ -625,23 +628,27 @@ func (q *Queue) extractLocked(from int, t Target, pre map[rbKey]readBack) []*ite
 		it.rcpts = kept
 		out = append(out, &item{msg: it.msg, id: it.id, dest: it.dest, loaded: &loaded{meta: it.meta, rcpts: took}, due: it.due, held: it.held})
 	}
-	if from&fromWaiting != 0 {
-		// A record t may select leaves the heap as an item, and what
-		// split leaves of it goes back as a record.
-		kept := q.waiting[:0]
-		for _, r := range q.waiting {
+	// A record t may select leaves its list as an item, and what split
+	// leaves of it goes back as a record.
+	recs := func(rs []waitRec, held bool) []waitRec {
+		kept := rs[:0]
+		for _, r := range rs {
 			if ok, _ := q.preMatch(mt, r.msg, q.destTab.at(r.dest)); !ok {
 				kept = append(kept, r)
 				continue
 			}
 			it := q.unpark(r)
+			it.held = held
 			split(it)
 			if it.count() > 0 {
 				kept = append(kept, q.park(it))
 			}
 		}
-		clear(q.waiting[len(kept):])
-		q.waiting = kept
+		clear(rs[len(kept):])
+		return shrunk(kept)
+	}
+	if from&fromWaiting != 0 {
+		q.waiting = recs(q.waiting, false)
 		q.waiting.init()
 	}
 	if from&fromReady != 0 {
@@ -653,15 +660,11 @@ func (q *Queue) extractLocked(from int, t Target, pre map[rbKey]readBack) []*ite
 			if len(out) > n {
 				d.ready = nonEmpty(d.ready)
 			}
+			d.back = recs(d.back, false)
 		}
 	}
 	if from&fromHeld != 0 {
-		for it := range q.held {
-			split(it)
-			if it.count() == 0 {
-				delete(q.held, it)
-			}
-		}
+		q.held = recs(q.held, true)
 	}
 	return out
 }

@@ -21,6 +21,11 @@ package queue
 //   - destinations are referenced by a small integer into destTable (a
 //     few thousand pointers at most).
 //
+// The held items (control.go) and the back of a long ready list (behind
+// readyLoaded items: a paused queue, a burst) are waitRec values too,
+// in a plain slice (held, in no order) and a queue (dest.back, in
+// order).
+//
 // An item leaves the heap as a compact *item (unpark) when it becomes
 // due or an operator's action takes it; the hot path (accept, deliver at
 // once, the loaded front of a ready list) never enters the heap.
@@ -270,6 +275,18 @@ func (h *waitHeap) push(r waitRec) int {
 	return h.up(len(*h) - 1)
 }
 
+// shrunk is rs, or a copy of it in a smaller array once a quarter of
+// its array is used (a million released or taken out of a list).
+func shrunk[T any](rs []T) []T {
+	if c := cap(rs); c >= shrinkMin && len(rs) < c/4 {
+		if len(rs) == 0 {
+			return nil
+		}
+		return append(make([]T, 0, 2*len(rs)), rs...)
+	}
+	return rs
+}
+
 // pop removes and returns the record due first; h must not be empty.
 // The slice is made smaller once a quarter of it is used.
 func (h *waitHeap) pop() waitRec {
@@ -356,6 +373,49 @@ func (q *Queue) unpark(r waitRec) *item {
 		delete(q.more, r.more)
 	}
 	return it
+}
+
+// pushReady appends it to d's ready list: as an item while fewer than
+// readyLoaded are ready, behind them as a compact record (d.back). q.mu
+// held.
+func (q *Queue) pushReady(d *dest, it *item) {
+	it.dest = d
+	if len(d.ready) < readyLoaded && len(d.back) == 0 {
+		d.ready = append(d.ready, it)
+		return
+	}
+	d.back = append(d.back, q.park(it))
+}
+
+// readyLen is how many items are ready for d. q.mu held.
+func readyLen(d *dest) int { return len(d.ready) + len(d.back) }
+
+// refill moves records from the back of d's ready list to its front
+// until readyLoaded items are there or the back is empty. q.mu held.
+func (q *Queue) refill(d *dest) {
+	for len(d.ready) < readyLoaded && len(d.back) > 0 {
+		it := q.unpark(d.back[0])
+		d.back[0] = waitRec{}
+		d.back = d.back[1:]
+		it.dest = d
+		d.ready = append(d.ready, it)
+	}
+	if len(d.back) == 0 {
+		d.back = nil // the array of a drained million
+	}
+}
+
+// takeReady empties d's ready list and returns its items in order. q.mu
+// held.
+func (q *Queue) takeReady(d *dest) []*item {
+	out := d.ready
+	for _, r := range d.back {
+		it := q.unpark(r)
+		it.dest = d
+		out = append(out, it)
+	}
+	d.ready, d.back = nil, nil
+	return out
 }
 
 // count is how many recipients r holds. q.mu held.

@@ -89,6 +89,9 @@ func (q *Queue) Oldest(now time.Time) (ready, waiting time.Duration) {
 		for _, it := range d.ready {
 			ready = age(it.msg, ready)
 		}
+		for i := range d.back {
+			ready = age(d.back[i].msg, ready)
+		}
 	}
 	for i := range q.waiting {
 		waiting = age(q.waiting[i].msg, waiting)

@@ -187,17 +187,19 @@ type Queue struct {
 	moreSeq uint32
 	// pausedSet holds the paused queue names (control.go).
 	pausedSet map[string]bool
-	// held holds the items an operator holds (control.go): in no ready
-	// list and not in the timer heap.
-	held map[*item]struct{}
+	// held holds the items an operator holds (control.go), in no ready
+	// list and not in the timer heap: compact records in no order, which
+	// the garbage collector does not scan (index.go; a paused million).
+	held []waitRec
 }
 
 // item is some recipients of one message for one destination, attempted
 // together in one transaction.
 //
-// An item waiting (among the held items, or at the back of a long ready
-// list) is compact: loaded is nil and it keeps its recipients' indexes
-// (indexes); in the timer heap it is a pointer-free waitRec (index.go).
+// An item waiting is a pointer-free waitRec (index.go) in the timer
+// heap, among the held items and at the back of a long ready list
+// (dest.back); taken out of them it is compact: loaded is nil and it
+// keeps its recipients' indexes (indexes).
 // The metadata and recipients stay in the spool, which
 // holds them as they are (every change to a recipient is committed
 // before its item is placed again). hydrate reads them back when the
@@ -371,14 +373,17 @@ func (q *Queue) wait(it *item) int {
 }
 
 type dest struct {
-	key      string
-	name     string // queue name in events
-	route    *pipeline.Route
-	domain   string
-	site     string  // shaping on: the site (MX routes) or queue name
-	tls      tlsNeed // REQUIRETLS or TLS-Required: No (requiretls.go)
-	max      int     // workers at most
-	ready    []*item
+	key    string
+	name   string // queue name in events
+	route  *pipeline.Route
+	domain string
+	site   string  // shaping on: the site (MX routes) or queue name
+	tls    tlsNeed // REQUIRETLS or TLS-Required: No (requiretls.go)
+	max    int     // workers at most
+	ready  []*item
+	// back is the rest of the ready list, behind ready, once readyLoaded
+	// items are in ready: compact records, in order (index.go).
+	back     []waitRec
 	active   int
 	idle     int
 	starting int // workers started that have not taken their first item
@@ -536,11 +541,11 @@ func (q *Queue) Stats() Stats {
 	defer q.mu.Unlock()
 	s := Stats{Messages: q.msgs.len(), Waiting: len(q.waiting)}
 	for _, d := range q.dests {
-		s.Ready += len(d.ready)
+		s.Ready += readyLen(d)
 		s.Active += d.active
 	}
-	for it := range q.held {
-		s.Held += it.count()
+	for i := range q.held {
+		s.Held += q.recCount(&q.held[i])
 	}
 	return s
 }
@@ -743,11 +748,7 @@ func (q *Queue) schedule(it *item, now time.Time) {
 		return
 	}
 	d := q.live(it.dest)
-	it.dest = d
-	if len(d.ready) >= readyLoaded {
-		it.compact()
-	}
-	d.ready = append(d.ready, it)
+	q.pushReady(d, it)
 	q.dispatch(d)
 }
 
@@ -786,7 +787,7 @@ func (q *Queue) dispatch(d *dest) {
 	// worker gets no more: its worker delivers the rest over its
 	// connection, instead of a worker per message each waiting for a slot
 	// (10,000 destinations made 60,000 such goroutines).
-	for len(d.ready) > d.idle+d.starting && d.active < d.max && (d.active == 0 || len(q.sem) < cap(q.sem)) {
+	for readyLen(d) > d.idle+d.starting && d.active < d.max && (d.active == 0 || len(q.sem) < cap(q.sem)) {
 		d.active++
 		d.starting++
 		q.wg.Add(1)
@@ -814,9 +815,9 @@ func (q *Queue) timerLoop() {
 		now := q.o.Now().UnixNano()
 		for len(q.waiting) > 0 && q.waiting[0].due <= now {
 			it := q.unpark(q.waiting.pop())
-			it.dest = q.live(it.dest)
-			it.dest.ready = append(it.dest.ready, it)
-			q.dispatch(it.dest)
+			d := q.live(it.dest)
+			q.pushReady(d, it)
+			q.dispatch(d)
 		}
 		wait := time.Hour
 		if len(q.waiting) > 0 {
@@ -854,11 +855,14 @@ func (q *Queue) take(d *dest, haveConn, first bool, idle time.Duration) *item {
 			d.active--
 			return nil
 		}
+		if !q.paused(d) {
+			q.refill(d)
+		}
 		if len(d.ready) > 0 && !q.paused(d) {
 			it := d.ready[0]
 			d.ready[0] = nil
 			d.ready = d.ready[1:]
-			if len(d.ready) > 0 {
+			if readyLen(d) > 0 {
 				// More workers for the rest once connection slots are
 				// free again (dispatch holds back while they are not).
 				q.dispatch(d)
@@ -873,7 +877,7 @@ func (q *Queue) take(d *dest, haveConn, first bool, idle time.Duration) *item {
 		// at about 60 messages/s).
 		if !haveConn || wait <= 0 || q.slotWaiters.Load() > 0 {
 			d.active--
-			if d.active == 0 && d.idle == 0 && len(d.ready) == 0 && q.dests[d.key] == d {
+			if d.active == 0 && d.idle == 0 && readyLen(d) == 0 && q.dests[d.key] == d {
 				delete(q.dests, d.key) // forget idle destinations
 			}
 			return nil
@@ -1121,8 +1125,7 @@ func (q *Queue) shapeHold(d *dest, it *item, retry time.Time, reason string) {
 		q.log.Info("delivery held by shaping", "site", d.site, "pool", d.route.Pool, "reason", reason, "until", retry, "similar_suppressed", n)
 	}
 	q.mu.Lock()
-	items := append([]*item{it}, d.ready...)
-	d.ready = nil
+	items := append([]*item{it}, q.takeReady(d)...)
 	for _, x := range items {
 		x.due = nanos(retry)
 		q.wait(x)
@@ -1168,9 +1171,7 @@ func (q *Queue) requeue(it *item) {
 func (q *Queue) drain(d *dest) []*item {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	out := d.ready
-	d.ready = nil
-	return out
+	return q.takeReady(d)
 }
 
 // backoff returns the delay before attempt n+1 after n failed attempts.
