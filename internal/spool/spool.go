@@ -136,10 +136,14 @@ type Options struct {
 	// appending to fresh files: a sync then needs no filesystem journal
 	// commit for the file's new size, which made one SMTP session about
 	// 30% faster (10% less CPU per message) in BENCHMARKS.md "Issue 21:
-	// one session". The cost is disk: up to three memtables (192 MiB at
-	// the default memtable_mb) stay allocated, holding delivered mail
-	// until overwritten, which is why it is off by default (issue 14
-	// item 7). sluice.spool { wal_recycling = true }.
+	// one session". The cost is disk: up to three obsolete WAL files,
+	// each allocated at 110% of the memtable size (about 211 MiB at the
+	// default memtable_mb), stay allocated on top of the live WAL,
+	// holding delivered mail until overwritten, which is why it is off by
+	// default (issue 14 item 7). Pebble deletes them when it opens the
+	// database for writing; a read-only open (below the reserve at start)
+	// keeps them, so they count against MinFree after a crash.
+	// sluice.spool { wal_recycling = true }.
 	WALRecycling bool
 	// WriteTimeout bounds one spool write (see write); 0 means the
 	// default, 60 s; negative, no bound.
