@@ -80,7 +80,7 @@ func rqTally(t *testing.T, q *Queue, when string) (ready, waiting, held int) {
 	if lr != ready || lw != waiting || lh != held {
 		t.Fatalf("%s: listing %d/%d/%d ready/waiting/held, index %d/%d/%d", when, lr, lw, lh, ready, waiting, held)
 	}
-	if s := q.Stats(); s.Held != held || s.Ready != items || s.Messages != msgs {
+	if s := q.Stats(); s.Held != held || s.Ready != items || s.Messages != msgs || s.ReadyRecipients != ready || s.WaitingRecipients != waiting {
 		t.Fatalf("%s: stats %+v; index %d held, %d ready items, %d messages", when, s, held, items, msgs)
 	}
 	return ready, waiting, held
