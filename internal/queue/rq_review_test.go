@@ -299,3 +299,51 @@ func TestRQOperatorChurnDuringDelivery(t *testing.T) {
 		t.Fatalf("index left: %d held, %d destination slots, %d recipient lists", len(q.held), len(q.destTab.byKey), len(q.more))
 	}
 }
+
+// TestRQDownDestinationDrainsTheBack: a paused queue with a long ready
+// list (front and back) resumes onto a destination that refuses to
+// connect: the worker defers everything ready, the back included, in
+// one pass; counts agree, and once the destination is up a retry
+// delivers each recipient once.
+func TestRQDownDestinationDrainsTheBack(t *testing.T) {
+	sp := openSpool(t)
+	fd := &fakeDialer{dialErr: temp}
+	q := New(sp, fd, Options{Logger: slog.New(slog.DiscardHandler), MaxPerDestination: 1, RetryInitial: time.Hour, RetryMax: time.Hour})
+	q.Start()
+	defer q.Stop(context.Background())
+	if _, err := q.Pause("x.test", "k"); err != nil {
+		t.Fatal(err)
+	}
+	const n = 2*readyLoaded + 30
+	for i := 0; i < n; i++ {
+		m, rs := put(t, sp, "s@src.test", fmt.Sprintf("r%d@x.test", i), fmt.Sprintf("r%db@x.test", i))
+		q.Enqueue(m, rs)
+	}
+	if r, _, _ := rqTally(t, q, "paused"); r != 2*n {
+		t.Fatalf("ready %d", r)
+	}
+	if _, err := q.Resume("x.test", "k"); err != nil {
+		t.Fatal(err)
+	}
+	testutil.WaitFor(t, "all deferred", func() bool { s := q.Stats(); return s.Waiting == n && s.Active == 0 })
+	if r, w, h := rqTally(t, q, "deferred"); r != 0 || w != 2*n || h != 0 {
+		t.Fatalf("deferred: %d/%d/%d", r, w, h)
+	}
+	fd.mu.Lock()
+	fd.dialErr = nil
+	dials := fd.dials
+	fd.mu.Unlock()
+	if dials != 1 {
+		t.Fatalf("%d dials for a down destination, want 1", dials)
+	}
+	if got, err := q.RetryQueue("x.test", "k"); got != 2*n || err != nil {
+		t.Fatalf("RetryQueue = %d, %v", got, err)
+	}
+	testutil.WaitFor(t, "all delivered", func() bool { return q.Stats().Messages == 0 })
+	fd.mu.Lock()
+	sent := len(fd.sent)
+	fd.mu.Unlock()
+	if sent != 2*n {
+		t.Fatalf("sent %d, want %d", sent, 2*n)
+	}
+}
