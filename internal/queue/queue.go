@@ -349,7 +349,8 @@ func (it *item) load(ld *loaded) {
 // from the spool (hydrate's err), which is taken out of every list:
 // missing records are dropped (nothing can deliver them; the spool's
 // start-up scan skips them the same way), other errors retried after
-// RetryInitial.
+// RetryInitial; a held item (an operator's bounce or cancel of held
+// recipients) goes back among the held ones, as the spool has it.
 func (q *Queue) unreadable(it *item, err error) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
@@ -360,6 +361,10 @@ func (q *Queue) unreadable(it *item, err error) {
 	}
 	if ok, n := q.sample.Allow("unreadable"); ok {
 		q.log.Error("cannot read queued recipients from the spool; will retry", "msgid", it.id, "err", err, "similar_suppressed", n)
+	}
+	if it.held {
+		q.place(it, q.o.Now())
+		return
 	}
 	it.due = q.o.Now().Add(q.o.RetryInitial).UnixNano()
 	q.wait(it)

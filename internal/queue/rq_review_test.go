@@ -347,3 +347,28 @@ func TestRQDownDestinationDrainsTheBack(t *testing.T) {
 		t.Fatalf("sent %d, want %d", sent, 2*n)
 	}
 }
+
+// TestRQUnreadableHeldStaysHeld: a held item that an operator's bounce
+// or cancel takes out of the held records but cannot read back from the
+// spool (a read error, not a missing record) goes back among the held
+// records, not into the timer heap: the spool still says Held, and an
+// item in the heap would be attempted at its due time without a release.
+func TestRQUnreadableHeldStaysHeld(t *testing.T) {
+	sp := openSpool(t)
+	fd := &fakeDialer{}
+	q := New(sp, fd, Options{Logger: slog.New(slog.DiscardHandler), RetryInitial: time.Millisecond})
+	m, rs := put(t, sp, "s@src.test", "a@x.test", "b@x.test")
+	q.Enqueue(m, rs)
+	if got, err := q.Hold(Target{}, "k"); got != 2 || err != nil {
+		t.Fatalf("Hold = %d, %v", got, err)
+	}
+	// What settle does with an item whose hydrate failed.
+	items := q.extract(fromHeld, Target{})
+	if len(items) != 1 {
+		t.Fatalf("%d items extracted", len(items))
+	}
+	q.unreadable(items[0], fmt.Errorf("spool read: %w", context.DeadlineExceeded))
+	if _, w, h := rqTally(t, q, "after the unreadable item"); h != 2 || w != 0 {
+		t.Fatalf("after the unreadable item: %d waiting, %d held; want 0, 2", w, h)
+	}
+}
