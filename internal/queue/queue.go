@@ -349,7 +349,8 @@ func (it *item) load(ld *loaded) {
 // from the spool (hydrate's err), which is taken out of every list:
 // missing records are dropped (nothing can deliver them; the spool's
 // start-up scan skips them the same way), other errors retried after
-// RetryInitial.
+// RetryInitial; a held item (an operator's bounce or cancel of held
+// recipients) goes back among the held ones, as the spool has it.
 func (q *Queue) unreadable(it *item, err error) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
@@ -360,6 +361,10 @@ func (q *Queue) unreadable(it *item, err error) {
 	}
 	if ok, n := q.sample.Allow("unreadable"); ok {
 		q.log.Error("cannot read queued recipients from the spool; will retry", "msgid", it.id, "err", err, "similar_suppressed", n)
+	}
+	if it.held {
+		q.place(it, q.o.Now())
+		return
 	}
 	it.due = q.o.Now().Add(q.o.RetryInitial).UnixNano()
 	q.wait(it)
@@ -527,15 +532,23 @@ func (q *Queue) Stop(ctx context.Context) {
 	q.cancel()
 }
 
-// Stats is a snapshot for logs and tests.
+// Stats is a snapshot for logs, metrics and tests.
 type Stats struct {
+	// Ready and Waiting count items (a message's recipients for one
+	// destination, attempted together), not recipients.
 	Messages, Ready, Waiting, Active int
 	// Held is the recipients an operator holds (control.go).
 	Held int
+	// ReadyRecipients and WaitingRecipients are the recipients of the
+	// Ready and Waiting items, as Queues counts them (the
+	// sluice_queue_*_recipients gauges).
+	ReadyRecipients, WaitingRecipients int
 }
 
-// Stats returns counts of queued messages, ready and waiting items, and
-// active workers.
+// Stats returns counts of queued messages, ready and waiting items and
+// their recipients, held recipients and active workers. It walks every
+// queued item under the queue's lock (as Oldest): for a scrape every few
+// seconds, not for a hot path.
 func (q *Queue) Stats() Stats {
 	q.mu.Lock()
 	defer q.mu.Unlock()
@@ -543,6 +556,15 @@ func (q *Queue) Stats() Stats {
 	for _, d := range q.dests {
 		s.Ready += readyLen(d)
 		s.Active += d.active
+		for _, it := range d.ready {
+			s.ReadyRecipients += it.count()
+		}
+		for i := range d.back {
+			s.ReadyRecipients += q.recCount(&d.back[i])
+		}
+	}
+	for i := range q.waiting {
+		s.WaitingRecipients += q.recCount(&q.waiting[i])
 	}
 	for i := range q.held {
 		s.Held += q.recCount(&q.held[i])

@@ -826,8 +826,8 @@ func (s *Server) registerCoreMetrics() error {
 			return 0
 		}),
 		gauge("sluice_queue_messages", "Messages with at least one recipient still queued.", func() float64 { return float64(s.q.Stats().Messages) }),
-		gauge("sluice_queue_ready_recipients", "Recipients due for a delivery attempt now.", func() float64 { return float64(s.q.Stats().Ready) }),
-		gauge("sluice_queue_waiting_recipients", "Recipients waiting for their next attempt (deferred).", func() float64 { return float64(s.q.Stats().Waiting) }),
+		gauge("sluice_queue_ready_recipients", "Recipients due for a delivery attempt now.", func() float64 { return float64(s.q.Stats().ReadyRecipients) }),
+		gauge("sluice_queue_waiting_recipients", "Recipients waiting for their next attempt (deferred).", func() float64 { return float64(s.q.Stats().WaitingRecipients) }),
 		gauge("sluice_queue_held_recipients", "Recipients held by an operator (no attempt until released).", func() float64 { return float64(s.q.Stats().Held) }),
 		gauge("sluice_queue_oldest_ready_seconds", "Age of the oldest message with a recipient due for delivery now (0: none).", func() float64 {
 			r, _ := s.q.Oldest(time.Now())
