@@ -478,10 +478,13 @@ func sortedKeys(m map[string]string) []string {
 }
 
 // MaxEditFieldName is the longest field name a header edit may add or set
-// (ApplyEdits refuses a longer one; removing takes any name):
-// go-message's textproto cannot write a field of a longer name and a
-// non-empty value (its folding finds no room on the first line and
-// panics, formatHeaderField in v0.18).
+// (ApplyEdits refuses a longer one; removing takes any name). Sluice's
+// own folding (FoldField) writes longer names, but the header travels on
+// to plugins and other software, and go-message's textproto, which Go
+// plugins and many Go MTAs use, panics writing a field of a longer name
+// and a non-empty value (its folding finds no room on the first line,
+// formatHeaderField in v0.18): the limit keeps every header Sluice
+// passes on writable by them.
 const MaxEditFieldName = 73
 
 // MaxEditFieldValue is the longest value, in bytes, a header edit may add
