@@ -31,6 +31,7 @@ ROUNDS=${ROUNDS:-4}
 N=${N:-10000}
 SESSIONS=${SESSIONS:-20}
 SIZE=${SIZE:-2048}
+SERVE_FLAGS=${SERVE_FLAGS:-}
 PLUGIN=${PLUGIN:-stamp}
 MODES=${MODES:-off on}
 # Ports (relay SMTP, sink, relay HTTP, admin): not relay.lua's defaults, so
@@ -91,7 +92,10 @@ for r in $(seq "$ROUNDS"); do
       # The plugin stage goes before the routing stage: insert it after "stamp".
       awk -v cmd="$MCMD" -v cfg="$PCFG" -v env="$PENV" '/^sluice.stage\("routing"/ { print "sluice.stage(\"plugin\", sluice.plugin { cmd = \"" cmd "\", timeout = \"2s\", env = " env ", config = " cfg " })\n" } { print }' "$W/relay.lua" > "$W/r2" && mv "$W/r2" "$W/relay.lua"
     fi
-    "$SLUICE" serve -c "$W/relay.lua" -log-level warn 2> "$W/sluice.log" &
+    # SERVE_FLAGS: extra flags for `sluice serve`; %MODE% in them becomes the
+    # mode (SERVE_FLAGS="-cpuprofile /tmp/cpu.%MODE%.pb").
+    # shellcheck disable=SC2086
+    "$SLUICE" serve -c "$W/relay.lua" -log-level warn ${SERVE_FLAGS//%MODE%/$mode} 2> "$W/sluice.log" &
     pid=$!
     for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$PORT) 2>/dev/null && break; sleep 0.1; done
     # A warm-up that loses a message (seen under a load average of 20)
