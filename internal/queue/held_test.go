@@ -108,10 +108,17 @@ func TestHeldCompactAcrossRestart(t *testing.T) {
 	if want := []string{"a1@x.test", "a3@y.test", "b1@x.test", "c1@y.test", "c2@y.test"}; !slices.Equal(sent, want) {
 		t.Fatalf("sent %v, want %v", sent, want)
 	}
-	q2.mu.Lock()
-	defer q2.mu.Unlock()
-	if len(q2.held) != 0 || len(q2.destTab.byKey) != 0 || len(q2.more) != 0 {
-		t.Fatalf("index left: %d held, %d destination slots, %d recipient lists", len(q2.held), len(q2.destTab.byKey), len(q2.more))
+	assertIndexEmpty(t, q2)
+}
+
+// assertIndexEmpty fails t unless q's index holds no held record, no
+// destination slot and no recipient list (everything settled).
+func assertIndexEmpty(t *testing.T, q *Queue) {
+	t.Helper()
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if len(q.held) != 0 || len(q.destTab.byKey) != 0 || len(q.more) != 0 {
+		t.Fatalf("index left: %d held, %d destination slots, %d recipient lists", len(q.held), len(q.destTab.byKey), len(q.more))
 	}
 }
 

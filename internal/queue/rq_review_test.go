@@ -293,11 +293,7 @@ func TestRQOperatorChurnDuringDelivery(t *testing.T) {
 			t.Errorf("%s delivered %d times", a, got[a])
 		}
 	}
-	q.mu.Lock()
-	defer q.mu.Unlock()
-	if len(q.held) != 0 || len(q.destTab.byKey) != 0 || len(q.more) != 0 {
-		t.Fatalf("index left: %d held, %d destination slots, %d recipient lists", len(q.held), len(q.destTab.byKey), len(q.more))
-	}
+	assertIndexEmpty(t, q)
 }
 
 // TestRQDownDestinationDrainsTheBack: a paused queue with a long ready
