@@ -24,7 +24,9 @@
 # (GODEBUG=schedtrace=2147483647 in its env: the Go runtime's sysmon never
 # sleeps deeply; docs/plugins.md, "CPU of a Go plugin"). With OLD_SLUICE and OLD_STAMP (paths of a
 # relay and a stamp plugin built from an earlier commit), mode "old" runs
-# those, plugin on: before and after in one run.
+# those, plugin on: before and after in one run. SERVE_FLAGS adds flags to
+# `sluice serve`, %MODE% in them becoming the mode (per-mode CPU profiles:
+# SERVE_FLAGS="-cpuprofile /tmp/cpu.%MODE%.pb").
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROUNDS=${ROUNDS:-4}
@@ -92,8 +94,6 @@ for r in $(seq "$ROUNDS"); do
       # The plugin stage goes before the routing stage: insert it after "stamp".
       awk -v cmd="$MCMD" -v cfg="$PCFG" -v env="$PENV" '/^sluice.stage\("routing"/ { print "sluice.stage(\"plugin\", sluice.plugin { cmd = \"" cmd "\", timeout = \"2s\", env = " env ", config = " cfg " })\n" } { print }' "$W/relay.lua" > "$W/r2" && mv "$W/r2" "$W/relay.lua"
     fi
-    # SERVE_FLAGS: extra flags for `sluice serve`; %MODE% in them becomes the
-    # mode (SERVE_FLAGS="-cpuprofile /tmp/cpu.%MODE%.pb").
     # shellcheck disable=SC2086
     "$SLUICE" serve -c "$W/relay.lua" -log-level warn ${SERVE_FLAGS//%MODE%/$mode} 2> "$W/sluice.log" &
     pid=$!

@@ -256,6 +256,7 @@ func TestLoadErrors(t *testing.T) {
 		{"non-positive", "sluice.listen_smtp { addr = ':25', max_connections = 0 }", `key "max_connections": must be larger than zero, got 0`},
 		{"negative pool", "sluice.lua_options { pool_size = -1 }", `key "pool_size": must not be negative`},
 		{"bad memtable", "sluice.spool { memtable_mb = 0 }", `key "memtable_mb": must be larger than zero`},
+		{"wal_recycling not a boolean", "sluice.spool { wal_recycling = 'yes' }", `key "wal_recycling": want true or false, got string`},
 		{"empty spool path", "sluice.spool { path = '' }", `key "path": must not be empty`},
 		// durations
 		{"bad duration", "sluice.listen_smtp { addr = ':25', read_timeout = '5x' }", `sluice.listen_smtp: key "read_timeout": invalid duration "5x"`},
