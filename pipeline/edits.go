@@ -257,6 +257,8 @@ func (a AuthResult) Validate() error {
 	return nil
 }
 
+// validFieldName reports whether s is an RFC 5322 field name, one
+// textproto.WriteHeader writes: printable US-ASCII other than ':'.
 func validFieldName(s string) bool {
 	if s == "" {
 		return false
@@ -376,20 +378,6 @@ func addField(h *textproto.Header, name, value string) {
 		return
 	}
 	h.AddRaw(raw)
-}
-
-// isFieldName reports whether k is a field name textproto.WriteHeader
-// writes: printable US-ASCII other than ':'.
-func isFieldName(k string) bool {
-	if k == "" {
-		return false
-	}
-	for i := 0; i < len(k); i++ {
-		if c := k[i]; c < '!' || c > '~' || c == ':' {
-			return false
-		}
-	}
-	return true
 }
 
 // AuthenticationResults formats results as the value of one

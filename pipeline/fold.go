@@ -89,7 +89,7 @@ func (e *FoldError) Error() string {
 // US-ASCII without ':' (RFC 5322 section 3.6.8), a value with CR or LF,
 // or a *FoldError.
 func FoldField(name, value string) ([]byte, error) {
-	if !isFieldName(name) {
+	if !validFieldName(name) {
 		return nil, fmt.Errorf("invalid header field name %q", name)
 	}
 	if i := strings.IndexAny(value, "\r\n"); i >= 0 {
