@@ -5,7 +5,8 @@
 // delivery, DSNs) and cannot drift apart.
 //
 // Not here: MIME (emersion/go-message does that) and header folding
-// (go-message folds when it writes a header).
+// (pipeline.FoldField folds the fields Sluice adds; the HTTP API's
+// composer folds the message it builds).
 package mailtext
 
 import (
