@@ -41,15 +41,12 @@ var errBriefFallback = errors.New("spool: record needs a full decode")
 
 // briefMetaAt is metaAt decoding what ScanQueued fills.
 func briefMetaAt(it *pebble.Iterator, id string, in *interner) (*Meta, error) {
-	k := metaKey(id)
-	if !it.SeekGE(k) || !bytes.Equal(it.Key(), k) {
-		if err := it.Error(); err != nil {
-			return nil, err
-		}
-		return nil, pebble.ErrNotFound
+	v, err := valueAt(it, metaKey(id))
+	if err != nil {
+		return nil, err
 	}
 	m := new(Meta)
-	if err := in.briefMeta(it.Value(), m); err != nil {
+	if err := in.briefMeta(v, m); err != nil {
 		return nil, errors.New("corrupt metadata: " + err.Error())
 	}
 	return m, nil

@@ -1094,13 +1094,11 @@ type iterReader struct{ mit, rit *pebble.Iterator }
 
 func (r *iterReader) meta(msgID string) (*Meta, error) { return metaAt(r.mit, msgID) }
 func (r *iterReader) value(k []byte) ([]byte, io.Closer, error) {
-	if !r.rit.SeekGE(k) || !bytes.Equal(r.rit.Key(), k) {
-		if err := r.rit.Error(); err != nil {
-			return nil, nil, err
-		}
-		return nil, nil, pebble.ErrNotFound
+	v, err := valueAt(r.rit, k)
+	if err != nil {
+		return nil, nil, err
 	}
-	return r.rit.Value(), nopCloser{}, nil
+	return v, nopCloser{}, nil
 }
 
 // queued is Queued through rd.
