@@ -41,15 +41,12 @@ var errBriefFallback = errors.New("spool: record needs a full decode")
 
 // briefMetaAt is metaAt decoding what ScanQueued fills.
 func briefMetaAt(it *pebble.Iterator, id string, in *interner) (*Meta, error) {
-	k := metaKey(id)
-	if !it.SeekGE(k) || !bytes.Equal(it.Key(), k) {
-		if err := it.Error(); err != nil {
-			return nil, err
-		}
-		return nil, pebble.ErrNotFound
+	v, err := valueAt(it, metaKey(id))
+	if err != nil {
+		return nil, err
 	}
 	m := new(Meta)
-	if err := in.briefMeta(it.Value(), m); err != nil {
+	if err := in.briefMeta(v, m); err != nil {
 		return nil, errors.New("corrupt metadata: " + err.Error())
 	}
 	return m, nil
@@ -102,9 +99,8 @@ func (in *interner) briefMeta(v []byte, m *Meta) error {
 }
 
 // briefRecipient decodes v's Domain, Route, NextAttempt, LastReply and
-// Held into r.
+// Held into r, which is zero.
 func (in *interner) briefRecipient(v []byte, r *Recipient) error {
-	var route, last bool
 	err := jsonMembers(v, func(key, val []byte) error {
 		switch {
 		case fold(key, "addr"), fold(key, "warned"):
@@ -116,18 +112,16 @@ func (in *interner) briefRecipient(v []byte, r *Recipient) error {
 		case fold(key, "domain"):
 			return in.briefString(val, &r.Domain, true)
 		case fold(key, "route"):
-			if route && r.Route != nil { // encoding/json decodes a repeat into the first
+			if r.Route != nil { // a repeat: encoding/json decodes it into the first
 				return errBriefFallback
 			}
-			route = true
 			return briefShared(in.rawRoutes, val, &r.Route)
 		case fold(key, "next"):
 			return r.NextAttempt.UnmarshalJSON(val)
 		case fold(key, "last"):
-			if last && r.LastReply != nil {
+			if r.LastReply != nil {
 				return errBriefFallback
 			}
-			last = true
 			return briefShared(in.rawReplies, val, &r.LastReply)
 		case fold(key, "held"):
 			switch string(val) {

@@ -530,18 +530,27 @@ func sameAddress(a, b string) bool {
 // metaAt reads message metadata through an iterator over the metadata
 // range; List seeks it forward only, which Pebble does cheaply.
 func metaAt(it *pebble.Iterator, id string) (*Meta, error) {
-	k := metaKey(id)
+	v, err := valueAt(it, metaKey(id))
+	if err != nil {
+		return nil, err
+	}
+	var m Meta
+	if err := json.Unmarshal(v, &m); err != nil {
+		return nil, fmt.Errorf("corrupt metadata: %w", err)
+	}
+	return &m, nil
+}
+
+// valueAt seeks it to the key k and returns its value (valid until it
+// moves), or pebble.ErrNotFound when k is not there.
+func valueAt(it *pebble.Iterator, k []byte) ([]byte, error) {
 	if !it.SeekGE(k) || !bytes.Equal(it.Key(), k) {
 		if err := it.Error(); err != nil {
 			return nil, err
 		}
 		return nil, pebble.ErrNotFound
 	}
-	var m Meta
-	if err := json.Unmarshal(it.Value(), &m); err != nil {
-		return nil, fmt.Errorf("corrupt metadata: %w", err)
-	}
-	return &m, nil
+	return it.Value(), nil
 }
 
 // idAt returns the smallest (or, with top, the largest) id of time t; ok

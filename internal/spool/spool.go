@@ -148,8 +148,9 @@ type Options struct {
 	// WriteTimeout bounds one spool write (see write); 0 means the
 	// default, 60 s; negative, no bound.
 	WriteTimeout time.Duration
-	// SyncLag bounds how long a write committed without fsync (delivery
-	// outcomes, cursors) stays only in the process's memory: Pebble keeps
+	// SyncLag bounds how long a batch committed without fsync (delivery
+	// outcomes, outbox prunes; SetCursor's writes are not counted, a
+	// cursor may roll back) stays only in the process's memory: Pebble keeps
 	// a partly filled WAL block until the next synced commit, so after a
 	// kill -9 of a relay that is only draining its queue, deliveries
 	// older than that would be made again. 0 means DefaultSyncLag;
@@ -1094,13 +1095,11 @@ type iterReader struct{ mit, rit *pebble.Iterator }
 
 func (r *iterReader) meta(msgID string) (*Meta, error) { return metaAt(r.mit, msgID) }
 func (r *iterReader) value(k []byte) ([]byte, io.Closer, error) {
-	if !r.rit.SeekGE(k) || !bytes.Equal(r.rit.Key(), k) {
-		if err := r.rit.Error(); err != nil {
-			return nil, nil, err
-		}
-		return nil, nil, pebble.ErrNotFound
+	v, err := valueAt(r.rit, k)
+	if err != nil {
+		return nil, nil, err
 	}
-	return r.rit.Value(), nopCloser{}, nil
+	return v, nopCloser{}, nil
 }
 
 // queued is Queued through rd.
