@@ -296,9 +296,6 @@ func (it *item) compact() {
 	it.setRef(r)
 }
 
-// dueTime is when it is due, as a time.Time.
-func (it *item) dueTime() time.Time { return timeOf(it.due) }
-
 // nanos is t in Unix nanoseconds, as the queue keeps times: the zero
 // time (a recipient never attempted) is math.MinInt64, before any other
 // (time.Time.UnixNano leaves it undefined), and times past what int64
