@@ -294,10 +294,7 @@ func (h *waitHeap) pop() waitRec {
 	n := len(old) - 1
 	top := old[0]
 	old[0] = old[n]
-	*h = old[:n]
-	if c := cap(old); c >= shrinkMin && n < c/4 {
-		*h = append(make(waitHeap, 0, 2*n), old[:n]...)
-	}
+	*h = shrunk(old[:n])
 	h.down(0)
 	return top
 }
