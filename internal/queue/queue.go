@@ -833,10 +833,7 @@ func (q *Queue) timerLoop() {
 		}
 		now := q.o.Now().UnixNano()
 		for len(q.waiting) > 0 && q.waiting[0].due <= now {
-			it := q.unpark(q.waiting.pop())
-			d := q.live(it.dest)
-			q.pushReady(d, it)
-			q.dispatch(d)
+			q.dispatch(q.readyRec(q.waiting.pop()))
 		}
 		wait := time.Hour
 		if len(q.waiting) > 0 {
