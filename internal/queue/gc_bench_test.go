@@ -32,12 +32,7 @@ func BenchmarkQueuedGC(b *testing.B) {
 	runtime.GC()
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
-		cpu0 := cpuTime()
-		for j := 0; j < cycles; j++ {
-			runtime.GC()
-		}
-		cpu := cpuTime() - cpu0
-		b.ReportMetric(float64(cpu.Nanoseconds())/cycles/n, "gc-cpu-ns/rcpt")
+		reportGCCPU(b, n, cycles)
 	}
 	runtime.KeepAlive(q)
 }

@@ -77,13 +77,8 @@ func BenchmarkHeldGC(b *testing.B) {
 				}
 				runtime.GC()
 				runtime.ReadMemStats(&after)
-				cpu0 := cpuTime()
-				for j := 0; j < cycles; j++ {
-					runtime.GC()
-				}
-				cpu := cpuTime() - cpu0
 				b.ReportMetric((float64(after.HeapAlloc)-float64(before.HeapAlloc))/n, "B/rcpt")
-				b.ReportMetric(float64(cpu.Nanoseconds())/cycles/n, "gc-cpu-ns/rcpt")
+				reportGCCPU(b, n, cycles)
 				runtime.KeepAlive(q)
 				// Undo the hold, so that the next run starts from the same
 				// spool (a pause is left: ready runs last, and its next

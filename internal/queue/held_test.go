@@ -199,3 +199,46 @@ func TestLongReadyListBackIsCompactAndInOrder(t *testing.T) {
 		t.Fatalf("index left: %d records behind, %d destination slots, %d recipient lists", len(d.back), len(q.destTab.byKey), len(q.more))
 	}
 }
+
+// TestReadyRecMovesDueRecords: records the timer takes from the heap
+// fill a destination's ready list as items up to readyLoaded and go
+// behind it as the records they are, in due order, with their
+// recipients, the live destination and no index entry left once the
+// list is taken.
+func TestReadyRecMovesDueRecords(t *testing.T) {
+	q := New(nil, &fakeDialer{}, Options{Logger: slog.New(slog.DiscardHandler)})
+	stale, live := &dest{key: "k"}, &dest{key: "k"}
+	q.dests["k"] = live
+	const n = readyLoaded + 10
+	q.mu.Lock()
+	for i := 0; i < n; i++ {
+		msg := q.msgs.add(fmt.Sprintf("m%d", i), 0)
+		it := &item{msg: msg, dest: stale, due: int64(i + 1), one: uint16(i)}
+		if i%3 == 0 {
+			it.more = &[]uint16{1, 2}
+		} else {
+			it.single = true
+		}
+		q.waiting.push(q.park(it))
+	}
+	for len(q.waiting) > 0 {
+		if d := q.readyRec(q.waiting.pop()); d != live {
+			t.Fatalf("readyRec to %p, want the live destination %p", d, live)
+		}
+	}
+	if len(live.ready) != readyLoaded || len(live.back) != n-readyLoaded {
+		t.Fatalf("ready list: %d items and %d records behind", len(live.ready), len(live.back))
+	}
+	items := q.takeReady(live)
+	q.mu.Unlock()
+	for i, it := range items {
+		want := 1
+		if i%3 == 0 {
+			want = 2
+		}
+		if it.due != int64(i+1) || it.dest != live || it.count() != want || it.id != fmt.Sprintf("m%d", i) {
+			t.Fatalf("item %d: due %d, dest %p, %d recipients, id %q", i, it.due, it.dest, it.count(), it.id)
+		}
+	}
+	assertIndexEmpty(t, q)
+}

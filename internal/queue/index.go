@@ -27,8 +27,10 @@ package queue
 // order).
 //
 // An item leaves the heap as a compact *item (unpark) when it becomes
-// due or an operator's action takes it; the hot path (accept, deliver at
-// once, the loaded front of a ready list) never enters the heap.
+// due (or, behind a long ready list, moves to dest.back as the record
+// it is: readyRec) or an operator's action takes it; the hot path
+// (accept, deliver at once, the loaded front of a ready list) never
+// enters the heap.
 //
 // Nothing here is safe for concurrent use: the Queue's mu guards it all.
 
@@ -294,10 +296,7 @@ func (h *waitHeap) pop() waitRec {
 	n := len(old) - 1
 	top := old[0]
 	old[0] = old[n]
-	*h = old[:n]
-	if c := cap(old); c >= shrinkMin && n < c/4 {
-		*h = append(make(waitHeap, 0, 2*n), old[:n]...)
-	}
+	*h = shrunk(old[:n])
 	h.down(0)
 	return top
 }
@@ -385,6 +384,24 @@ func (q *Queue) pushReady(d *dest, it *item) {
 		return
 	}
 	d.back = append(d.back, q.park(it))
+}
+
+// readyRec appends the record r, taken from the timer heap, to its
+// destination's ready list (the live one, Queue.live) and returns that
+// destination: as an item, or behind the loaded items as the record it
+// is (pushReady's rule) without unparking and parking it again. q.mu
+// held.
+func (q *Queue) readyRec(r waitRec) *dest {
+	d := q.live(q.destTab.at(r.dest))
+	if len(d.ready) < readyLoaded && len(d.back) == 0 {
+		it := q.unpark(r)
+		it.dest = d
+		d.ready = append(d.ready, it)
+		return d
+	}
+	q.destTab.slots[r.dest].d = d // as park's destTable.ref
+	d.back = append(d.back, r)
+	return d
 }
 
 // readyLen is how many items are ready for d. q.mu held.

@@ -144,6 +144,17 @@ func cpuTime() time.Duration {
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
+// reportGCCPU forces cycles collections and reports the CPU of the whole
+// process per collection per recipient of n ("gc-cpu-ns/rcpt").
+func reportGCCPU(b *testing.B, n, cycles int) {
+	cpu0 := cpuTime()
+	for range cycles {
+		runtime.GC()
+	}
+	cpu := cpuTime() - cpu0
+	b.ReportMetric(float64(cpu.Nanoseconds())/float64(cycles)/float64(n), "gc-cpu-ns/rcpt")
+}
+
 // BenchmarkQueuedMemory reports the Go heap the queue's index takes per
 // queued recipient after a restart (Load) with n recipients deferred for
 // one destination that is down ("B/rcpt": live heap after a GC, the

@@ -296,9 +296,6 @@ func (it *item) compact() {
 	it.setRef(r)
 }
 
-// dueTime is when it is due, as a time.Time.
-func (it *item) dueTime() time.Time { return timeOf(it.due) }
-
 // nanos is t in Unix nanoseconds, as the queue keeps times: the zero
 // time (a recipient never attempted) is math.MinInt64, before any other
 // (time.Time.UnixNano leaves it undefined), and times past what int64
@@ -836,10 +833,7 @@ func (q *Queue) timerLoop() {
 		}
 		now := q.o.Now().UnixNano()
 		for len(q.waiting) > 0 && q.waiting[0].due <= now {
-			it := q.unpark(q.waiting.pop())
-			d := q.live(it.dest)
-			q.pushReady(d, it)
-			q.dispatch(d)
+			q.dispatch(q.readyRec(q.waiting.pop()))
 		}
 		wait := time.Hour
 		if len(q.waiting) > 0 {
