@@ -805,6 +805,9 @@ func (s *Server) registerCoreMetrics() error {
 	gauge := func(name, help string, f func() float64) prometheus.Collector {
 		return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: help}, f)
 	}
+	// The queue gauges share one Stats per scrape: Stats walks the queue's
+	// waiting and held records under its lock (about 1 ms per million).
+	stats := scrapeStats(s.q.Stats, time.Now)
 	for _, c := range []prometheus.Collector{
 		gauge("sluice_spool_size_bytes", "Bytes the spool's directory takes on disk: allocated blocks, preallocated WAL space included (like du).", func() float64 {
 			return float64(dirBytes(cfg.Spool.Path))
@@ -825,10 +828,10 @@ func (s *Server) registerCoreMetrics() error {
 			}
 			return 0
 		}),
-		gauge("sluice_queue_messages", "Messages with at least one recipient still queued.", func() float64 { return float64(s.q.Stats().Messages) }),
-		gauge("sluice_queue_ready_recipients", "Recipients due for a delivery attempt now.", func() float64 { return float64(s.q.Stats().ReadyRecipients) }),
-		gauge("sluice_queue_waiting_recipients", "Recipients waiting for their next attempt (deferred).", func() float64 { return float64(s.q.Stats().WaitingRecipients) }),
-		gauge("sluice_queue_held_recipients", "Recipients held by an operator (no attempt until released).", func() float64 { return float64(s.q.Stats().Held) }),
+		gauge("sluice_queue_messages", "Messages with at least one recipient still queued.", func() float64 { return float64(stats().Messages) }),
+		gauge("sluice_queue_ready_recipients", "Recipients due for a delivery attempt now.", func() float64 { return float64(stats().ReadyRecipients) }),
+		gauge("sluice_queue_waiting_recipients", "Recipients waiting for their next attempt (deferred).", func() float64 { return float64(stats().WaitingRecipients) }),
+		gauge("sluice_queue_held_recipients", "Recipients held by an operator (no attempt until released).", func() float64 { return float64(stats().Held) }),
 		gauge("sluice_queue_oldest_ready_seconds", "Age of the oldest message with a recipient due for delivery now (0: none).", func() float64 {
 			r, _ := s.q.Oldest(time.Now())
 			return r.Seconds()
@@ -837,7 +840,7 @@ func (s *Server) registerCoreMetrics() error {
 			_, w := s.q.Oldest(time.Now())
 			return w.Seconds()
 		}),
-		gauge("sluice_delivery_active_workers", "Delivery workers busy now, all destinations.", func() float64 { return float64(s.q.Stats().Active) }),
+		gauge("sluice_delivery_active_workers", "Delivery workers busy now, all destinations.", func() float64 { return float64(stats().Active) }),
 	} {
 		if err := s.metrics.Register(c); err != nil {
 			return fmt.Errorf("metrics: %w", err)
@@ -845,6 +848,29 @@ func (s *Server) registerCoreMetrics() error {
 	}
 	return nil
 }
+
+// scrapeStats returns get, memoised for scrapeStatsFor: the gauges of one
+// scrape, read one after the other, share one call. Safe for concurrent
+// use.
+func scrapeStats(get func() queue.Stats, clock func() time.Time) func() queue.Stats {
+	var (
+		mu   sync.Mutex
+		at   time.Time
+		last queue.Stats
+	)
+	return func() queue.Stats {
+		mu.Lock()
+		defer mu.Unlock()
+		if now := clock(); at.IsZero() || now.Sub(at) > scrapeStatsFor {
+			last, at = get(), now
+		}
+		return last
+	}
+}
+
+// scrapeStatsFor is how long scrapeStats reuses a Stats: well within one
+// scrape, well below any scrape interval.
+const scrapeStatsFor = 200 * time.Millisecond
 
 // dirBytes is what the files directly in dir take on disk (allocated
 // blocks, like du; a file's size where the platform does not say). It
