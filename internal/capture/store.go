@@ -265,7 +265,7 @@ func Open(dir string, o Options) (*Store, error) {
 	go s.sweepLoop()
 	if lag != nil {
 		s.bg.Add(1)
-		go s.syncLoop(cmp.Or(o.SyncLag, DefaultSyncLag), s.stop)
+		go s.syncLoop(cmp.Or(o.SyncLag, DefaultSyncLag))
 	}
 	return s, nil
 }
