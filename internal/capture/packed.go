@@ -79,16 +79,19 @@ func (s *Store) get(key []byte) ([]byte, bool, error) {
 }
 
 // body reads captured message id's bytes, packed or (an older store's)
-// as they are.
+// as they are. A packed value is decompressed from Pebble's buffer, not
+// from a copy.
 func (s *Store) body(id string) ([]byte, bool, error) {
-	v, ok, err := s.get(bodyZKey(id))
-	if err != nil || ok {
-		if ok {
-			v, err = unpack(v)
-		}
-		return v, ok && err == nil, err
+	v, c, err := s.db.Get(bodyZKey(id))
+	if errors.Is(err, pebble.ErrNotFound) {
+		return s.get(bodyKey(id))
 	}
-	return s.get(bodyKey(id))
+	if err != nil {
+		return nil, false, err
+	}
+	defer c.Close()
+	out, err := unpack(v)
+	return out, err == nil, err
 }
 
 // valueText returns the searchable text of a kText or kTextZ value.
