@@ -411,10 +411,7 @@ func (s *Store) loadWords() error {
 	for i, kind := range []byte{kText, kTextZ} {
 		it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: []byte{kind}, UpperBound: []byte{kind + 1}})
 		if err != nil {
-			if i == 1 {
-				its[0].Close()
-			}
-			return err
+			return err // its[0], if open, is closed by its defer
 		}
 		defer it.Close()
 		its[i] = it
