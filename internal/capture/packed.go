@@ -55,9 +55,10 @@ func setPacked(b *pebble.Batch, key, v []byte) {
 	}
 }
 
-// unpack decompresses a value pack made.
-func unpack(v []byte) ([]byte, error) {
-	out, err := s2.Decode(nil, v)
+// unpack decompresses a value setPacked made, into dst when it is large
+// enough.
+func unpack(dst, v []byte) ([]byte, error) {
+	out, err := s2.Decode(dst, v)
 	if err != nil {
 		return nil, fmt.Errorf("sandbox store: corrupt packed value: %w", err)
 	}
@@ -79,24 +80,33 @@ func (s *Store) get(key []byte) ([]byte, bool, error) {
 }
 
 // body reads captured message id's bytes, packed or (an older store's)
-// as they are.
+// as they are. A packed value is decompressed from Pebble's buffer, not
+// from a copy.
 func (s *Store) body(id string) ([]byte, bool, error) {
-	v, ok, err := s.get(bodyZKey(id))
-	if err != nil || ok {
-		if ok {
-			v, err = unpack(v)
-		}
-		return v, ok && err == nil, err
+	v, c, err := s.db.Get(bodyZKey(id))
+	if errors.Is(err, pebble.ErrNotFound) {
+		return s.get(bodyKey(id))
 	}
-	return s.get(bodyKey(id))
+	if err != nil {
+		return nil, false, err
+	}
+	defer c.Close()
+	out, err := unpack(nil, v)
+	return out, err == nil, err
 }
 
-// valueText returns the searchable text of a kText or kTextZ value.
-func valueText(kind byte, v []byte) ([]byte, error) {
-	if kind == kTextZ {
-		return unpack(v)
+// valueText returns the searchable text of a kText or kTextZ value, v
+// itself or decompressed into *buf (reused: the text is valid until the
+// next call with buf).
+func valueText(buf *[]byte, kind byte, v []byte) ([]byte, error) {
+	if kind != kTextZ {
+		return v, nil
 	}
-	return v, nil
+	out, err := unpack(*buf, v)
+	if err == nil {
+		*buf = out
+	}
+	return out, err
 }
 
 // lowerJoin is strings.ToLower(subject + "\n" + text), the searchable

@@ -26,7 +26,7 @@ func unpackOne(t *testing.T, s *Store, tenant, id string) {
 		old, packed []byte
 		v           []byte
 	}{{bodyKey(id), bodyZKey(id), body}, {textKey(tenant, id), textZKey(tenant, id), text}} {
-		v, err := unpack(kv.v)
+		v, err := unpack(nil, kv.v)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -56,13 +56,22 @@ type Parsed struct {
 // that parse's.
 func (p *Parsed) Addresses(key string) ([]*mail.Address, error) {
 	if raw := p.addrs[key]; len(raw) > 0 {
-		h := mail.HeaderFromMap(map[string][]string{key: raw})
-		if l, err := h.AddressList(key); err == nil {
+		if l, err := firstAddressList(raw); err == nil {
 			return l, nil
 		}
 	}
-	h := mail.HeaderFromMap(p.Headers)
-	return h.AddressList(key)
+	return firstAddressList(p.Headers[key])
+}
+
+// firstAddressList is mail.Header.AddressList of a field whose values
+// are vs: the first value's addresses; none when it is absent or empty.
+// (Building a mail.Header for it would copy and sort every field, for
+// each of From, To and Cc of every capture.)
+func firstAddressList(vs []string) ([]*mail.Address, error) {
+	if len(vs) == 0 || vs[0] == "" {
+		return nil, nil
+	}
+	return mail.ParseAddressList(vs[0])
 }
 
 // keepAddr records the value v as written of field key when it is one

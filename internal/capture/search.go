@@ -359,6 +359,7 @@ type textReader struct {
 	it     *pebble.Iterator
 	tenant string
 	key    []byte
+	buf    []byte // the texts are decompressed into (value)
 }
 
 func (s *Store) newTextReader(tenant string) (*textReader, error) {
@@ -389,13 +390,14 @@ func (r *textReader) holds(id string, terms []string) (bool, error) {
 	return false, nil
 }
 
-// value is the text at the iterator, of a key of kind (kText, kTextZ).
+// value is the text at the iterator, of a key of kind (kText, kTextZ),
+// valid until the next call.
 func (r *textReader) value(kind byte) ([]byte, error) {
 	v, err := r.it.ValueAndErr()
 	if err != nil {
 		return nil, err
 	}
-	return valueText(kind, v)
+	return valueText(&r.buf, kind, v)
 }
 
 func (r *textReader) close() { r.it.Close() }
@@ -409,15 +411,13 @@ func (s *Store) loadWords() error {
 	for i, kind := range []byte{kText, kTextZ} {
 		it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: []byte{kind}, UpperBound: []byte{kind + 1}})
 		if err != nil {
-			if i == 1 {
-				its[0].Close()
-			}
-			return err
+			return err // its[0], if open, is closed by its defer
 		}
 		defer it.Close()
 		its[i] = it
 		it.First()
 	}
+	var buf []byte // the packed texts are decompressed into
 	for {
 		// The next of the two by tenant and id (the key past its kind).
 		i := 0
@@ -436,7 +436,7 @@ func (s *Store) loadWords() error {
 		k := it.Key()[1:]
 		if j := bytes.IndexByte(k, 0); j >= 0 {
 			if e := s.byID[string(k[j+1:])]; e != nil && e.s.Tenant == string(k[:j]) {
-				if v, err := valueText(it.Key()[0], it.Value()); err != nil {
+				if v, err := valueText(&buf, it.Key()[0], it.Value()); err != nil {
 					s.log.Error("corrupt captured message text; not searchable by its words", "id", e.s.ID, "err", err)
 				} else {
 					s.tenants[e.s.Tenant].addWords(e, string(v))

@@ -265,7 +265,7 @@ func Open(dir string, o Options) (*Store, error) {
 	go s.sweepLoop()
 	if lag != nil {
 		s.bg.Add(1)
-		go s.syncLoop(cmp.Or(o.SyncLag, DefaultSyncLag), s.stop)
+		go s.syncLoop(cmp.Or(o.SyncLag, DefaultSyncLag))
 	}
 	return s, nil
 }
@@ -404,17 +404,13 @@ func textKey(tenant, id string) []byte    { return tenantKey(kText, tenant, id) 
 // The spooled message msgID's tags and source are read through
 // Options.MessageInfo; see PutInfo.
 func (s *Store) Put(tenant, msgID, sender string, rcpts []string, data []byte) (*Summary, error) {
-	return s.put(tenant, msgID, sender, rcpts, data, nil, "")
+	return s.PutInfo(tenant, msgID, sender, rcpts, data, nil, "")
 }
 
 // PutInfo is Put with the spooled message's tags and source given (a
 // capture delivery has them in its envelope): Options.MessageInfo is
 // not called. source "" is Put.
 func (s *Store) PutInfo(tenant, msgID, sender string, rcpts []string, data []byte, tags []string, source string) (*Summary, error) {
-	return s.put(tenant, msgID, sender, rcpts, data, tags, source)
-}
-
-func (s *Store) put(tenant, msgID, sender string, rcpts []string, data []byte, tags []string, source string) (*Summary, error) {
 	if err := s.syncErr(); err != nil {
 		return nil, err // the disk lost writes (walsync.go)
 	}

@@ -156,14 +156,14 @@ func (f *lagFile) Close() error {
 }
 
 // syncLoop syncs the write-ahead log every lag while it holds unsynced
-// writes, until stop is closed.
-func (s *Store) syncLoop(lag time.Duration, stop <-chan struct{}) {
+// writes, until Close.
+func (s *Store) syncLoop(lag time.Duration) {
 	defer s.bg.Done()
 	t := time.NewTicker(lag)
 	defer t.Stop()
 	for {
 		select {
-		case <-stop:
+		case <-s.stop:
 			return
 		case <-t.C:
 		}

@@ -318,19 +318,21 @@ func splitWords(text string) splitText {
 		}
 		more[w] = j
 	})
-	// Group the positions by word (a counting sort, in text order).
+	// Group the positions by word (a counting sort): at[j] counts word
+	// j's positions, then sums them to the end of its range, which the
+	// positions, placed from the last back, move down to its start.
 	st.at = make([]int32, len(st.words)+1)
 	for _, j := range occ {
-		st.at[j+1]++
+		st.at[j]++
 	}
 	for j := 1; j < len(st.at); j++ {
 		st.at[j] += st.at[j-1]
 	}
 	st.pos = make([]uint32, len(occ))
-	fill := append([]int32(nil), st.at[:len(st.words)]...)
-	for p, j := range occ {
-		st.pos[fill[j]] = uint32(p)
-		fill[j]++
+	for p := len(occ) - 1; p >= 0; p-- {
+		j := occ[p]
+		st.at[j]--
+		st.pos[st.at[j]] = uint32(p)
 	}
 	return st
 }

@@ -38,7 +38,7 @@ func scanSearch(t *testing.T, s *Store, tenant string, f Filter) []string {
 		if err != nil {
 			t.Fatal(err)
 		}
-		v, err := unpack(zv)
+		v, err := unpack(nil, zv)
 		if err != nil {
 			t.Fatal(err)
 		}
