@@ -8,12 +8,15 @@ import (
 	"time"
 
 	"github.com/cockroachdb/pebble/v2/vfs"
+
+	"github.com/sluice-mta/sluice/internal/config"
 )
 
-// DefaultSyncLag is Options.SyncLag's default: the capture store's
-// write-ahead log is synced to disk at most five times a second, and
-// only while captures wait to be synced.
-const DefaultSyncLag = 200 * time.Millisecond
+// DefaultSyncLag is Options.SyncLag's default, sluice.sandbox's
+// sync_lag default: the capture store's write-ahead log is synced to
+// disk at most five times a second, and only while captures wait to be
+// synced.
+const DefaultSyncLag = config.DefaultSandboxSyncLag
 
 // Durability of a capture (Options.SyncLag > 0, the default).
 //
