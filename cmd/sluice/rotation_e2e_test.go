@@ -3,7 +3,6 @@ package main
 import (
 	"encoding/json"
 	"io"
-	"net"
 	"net/http"
 	"strings"
 	"sync"
@@ -48,11 +47,7 @@ func newRecursor(t *testing.T, customer, sluice, zone string) *recursor {
 // ends and returns the address; setup, when set, adjusts each server.
 func serveDNS(t *testing.T, h dns.Handler, setup func(*dns.Server)) string {
 	t.Helper()
-	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	l, err := net.Listen("tcp", pc.LocalAddr().String())
+	pc, l, err := dnstest.ListenPair()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -106,21 +101,14 @@ func (r *recursor) ServeDNS(w dns.ResponseWriter, req *dns.Msg) {
 // udpTCPPort returns a 127.0.0.1 address whose port was free for both
 // UDP and TCP.
 func udpTCPPort(t *testing.T) string {
-	for range 20 {
-		pc, err := net.ListenPacket("udp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		l, err := net.Listen("tcp", pc.LocalAddr().String())
-		addr := pc.LocalAddr().String()
-		pc.Close()
-		if err == nil {
-			l.Close()
-			return addr
-		}
+	t.Helper()
+	pc, l, err := dnstest.ListenPair()
+	if err != nil {
+		t.Fatal(err)
 	}
-	t.Fatal("no port free for both UDP and TCP")
-	return ""
+	pc.Close()
+	l.Close()
+	return pc.LocalAddr().String()
 }
 
 // sluiceTXT asks Sluice's DNS listener directly for the TXT record at

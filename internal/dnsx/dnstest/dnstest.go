@@ -69,7 +69,7 @@ func NewServer(t testing.TB) *Server {
 		drop:     make(map[string]bool),
 		secure:   make(map[string]bool),
 	}
-	pc, l, err := listenPair()
+	pc, l, err := ListenPair()
 	if err != nil {
 		t.Fatalf("dnstest: %v", err)
 	}
@@ -95,8 +95,10 @@ func NewServer(t testing.TB) *Server {
 	return s
 }
 
-// listenPair finds a port free for both UDP and TCP on 127.0.0.1.
-func listenPair() (net.PacketConn, net.Listener, error) {
+// ListenPair binds one 127.0.0.1 port for both UDP and TCP, trying up to
+// 20 ports the kernel picks (a UDP port's TCP twin may be taken). The
+// caller owns and closes both sockets.
+func ListenPair() (net.PacketConn, net.Listener, error) {
 	var lastErr error
 	for i := 0; i < 20; i++ {
 		pc, err := net.ListenPacket("udp", "127.0.0.1:0")
