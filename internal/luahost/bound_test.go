@@ -107,10 +107,20 @@ func TestExpensiveBuiltinsAreBounded(t *testing.T) {
 			_ = h
 			st := stages["s"].(pipeline.MessageHook)
 			msg := hugeHeaderMsg(t)
-			cpu0, start := cpuTime(t), time.Now()
-			_, err := st.OnMessage(bg, msg)
-			elapsed, cpu := time.Since(start), cpuTime(t)-cpu0
-			t.Logf("err=%v elapsed=%v cpu=%v", err, elapsed, cpu)
+			var err error
+			var elapsed, cpu time.Duration
+			for attempt := 1; ; attempt++ {
+				cpu0, start := cpuTime(t), time.Now()
+				_, err = st.OnMessage(bg, msg)
+				elapsed, cpu = time.Since(start), cpuTime(t)-cpu0
+				t.Logf("err=%v elapsed=%v cpu=%v", err, elapsed, cpu)
+				// A tight case whose deadline passed while the process
+				// used under half of it was starved by a loaded machine,
+				// not slowed by the script: run it again (at most twice).
+				if !c.tight || attempt == 3 || err == nil || !strings.Contains(err.Error(), "deadline") || cpu >= timeout/2 {
+					break
+				}
+			}
 			if c.wantErr != "" {
 				wantErrContains(t, err, c.wantErr)
 			}
