@@ -1,0 +1,86 @@
+package capture
+
+import (
+	"math/rand/v2"
+	"slices"
+	"strings"
+	"testing"
+)
+
+// refWords is the reference for searchText's words: forWords over
+// strings.ToLower(subject+"\n"+body), each distinct word with its
+// positions, in first-seen order.
+func refWords(text string) (words []string, pos map[string][]uint32, long bool) {
+	pos = map[string][]uint32{}
+	p := uint32(0)
+	forWords(text, func(w string, cut bool) {
+		long = long || cut
+		if pos[w] == nil {
+			words = append(words, w)
+		}
+		pos[w] = append(pos[w], p)
+		p++
+	})
+	return words, pos, long
+}
+
+func checkSearchText(t *testing.T, st *searchText, want string) {
+	t.Helper()
+	if string(st.text) != want {
+		t.Fatalf("text %q, want %q", st.text, want)
+	}
+	words, pos, long := refWords(want)
+	var got []string
+	for j := range st.words() {
+		got = append(got, string(st.word(j)))
+		if w := string(st.word(j)); !slices.Equal(st.positions(j), pos[w]) {
+			t.Fatalf("%q: word %q at %v, want %v", want, w, st.positions(j), pos[w])
+		}
+	}
+	if !slices.Equal(got, words) || st.long != long {
+		t.Fatalf("%q: words %q long %v, want %q long %v", want, got, st.long, words, long)
+	}
+}
+
+// TestSearchText: a capture's searchable text is
+// strings.ToLower(subject + "\n" + body) (Unicode's lower case, invalid
+// UTF-8 as U+FFFD), and its words and their positions are forWords's,
+// for hand-picked and random texts: capitals, non-ASCII letters and
+// digits, invalid bytes, words past maxWord (cut at a rune boundary),
+// and more distinct words than the small set holds. A pooled searchText
+// reused by the next text keeps nothing of the last.
+func TestSearchText(t *testing.T) {
+	for _, c := range [][2]string{{"", ""}, {"Order 7", "Thank YOU\r\nfor it."}, {"Grüße ÄÖÜ", "ÉTÉ İstanbul"},
+		{"ASCII", "then ẞ"}, {"Ǆ", "\xff bad"}, {"s", strings.Repeat("Ab", 40) + " é" + strings.Repeat("é", 40)},
+		{"x", strings.Repeat("abcdefgh", 9) + " " + strings.Repeat("abcdefgh", 9) + "z"}} {
+		st := newSearchText(c[0], []byte(c[1]))
+		checkSearchText(t, st, strings.ToLower(c[0]+"\n"+c[1]))
+		st.release()
+	}
+	r := rand.New(rand.NewPCG(23, 4))
+	pieces := []string{"a", "B", "zz", "Order", "ORDER", "order", "42", "é", "É", "ß", "İ", "日本", "٣", "\xff", "\xc3", " ", " ", ", ", "\r\n", ".", "-", "@",
+		strings.Repeat("x", 63), strings.Repeat("y", 64), strings.Repeat("Q", 70), strings.Repeat("é", 40)}
+	for i := 0; i < 3000; i++ {
+		var b strings.Builder
+		n := r.IntN(40)
+		if i%100 == 0 {
+			n = 3000 // past the small set
+		}
+		for range n {
+			if i%100 == 0 {
+				b.WriteString("w" + strings.Repeat("k", r.IntN(3)) + string(rune('a'+r.IntN(26))) + string(rune('0'+r.IntN(10))) + string(rune('a'+r.IntN(26))) + " ")
+				continue
+			}
+			b.WriteString(pieces[r.IntN(len(pieces))])
+		}
+		subject := pieces[r.IntN(len(pieces))] + pieces[r.IntN(len(pieces))]
+		st := newSearchText(subject, []byte(b.String()))
+		want := strings.ToLower(subject + "\n" + b.String())
+		checkSearchText(t, st, want)
+		st.release()
+		// A stored text (lower case already) splits the same.
+		st = wordsOf([]byte(want))
+		checkSearchText(t, st, want)
+		st.release()
+	}
+}
