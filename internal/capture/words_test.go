@@ -451,4 +451,3 @@ func TestPhraseNeedsAdjacentWords(t *testing.T) {
 	defer s.Close()
 	check("reopened")
 }
-
