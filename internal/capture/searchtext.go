@@ -118,6 +118,20 @@ var byteClass = func() (c [256]byte) {
 	return c
 }()
 
+// wordLower is an ASCII letter's or digit's lower case, 0 for any
+// other byte.
+var wordLower = func() (l [256]byte) {
+	for i, c := range byteClass {
+		switch c {
+		case 1:
+			l[i] = byte(i)
+		case 2:
+			l[i] = byte(i) + 'a' - 'A'
+		}
+	}
+	return l
+}()
+
 // split finds st.text's words; with lower, it also lower-cases the
 // text, and returns false (st left to be split again) at the first
 // byte that is not ASCII.
@@ -167,16 +181,28 @@ func (st *searchText) split(lower bool) bool {
 	start := -1
 	for i := 0; i < len(text); {
 		c := text[i]
-		word := false
+		word := true
 		size := 1
 		switch byteClass[c] {
-		case 1:
-			word = true
-		case 2:
+		case 0:
+			word = false
+		case 1, 2:
+			// The rest of a run of ASCII letters and digits.
+			j := i
 			if lower {
-				text[i] = c + 'a' - 'A'
+				for ; j < len(text); j++ {
+					l := wordLower[text[j]]
+					if l == 0 {
+						break
+					}
+					text[j] = l
+				}
+			} else {
+				for j < len(text) && wordLower[text[j]] != 0 {
+					j++
+				}
 			}
-			word = true
+			size = j - i
 		case 3:
 			if lower {
 				return false
