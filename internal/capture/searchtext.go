@@ -145,13 +145,9 @@ func (st *searchText) split(lower bool) bool {
 	var more map[string]int32
 	text := st.text
 	emit := func(start, end int) {
-		if end-start > maxWord {
-			st.long = true
-			end = start + maxWord
-			for end > start && !utf8.RuneStart(text[end]) {
-				end--
-			}
-		}
+		n, cut := cutWord(text[start:end])
+		st.long = st.long || cut
+		end = start + n
 		w := text[start:end]
 		h := wordHash(w)
 		i := h % uint32(len(seenH))
@@ -178,6 +174,18 @@ func (st *searchText) split(lower bool) bool {
 		}
 		more[string(w)] = j
 	}
+	if !scanWords(text, lower, emit) {
+		return false
+	}
+	st.group()
+	return true
+}
+
+// scanWords calls emit with where each word of text starts and ends
+// (uncut: see cutWord). With lower, it lower-cases text's ASCII letters
+// as it goes, and stops at the first byte that is not ASCII, returning
+// false (text is then partly lower-cased).
+func scanWords(text []byte, lower bool, emit func(start, end int)) bool {
 	start := -1
 	for i := 0; i < len(text); {
 		c := text[i]
@@ -224,8 +232,20 @@ func (st *searchText) split(lower bool) bool {
 	if start >= 0 {
 		emit(start, len(text))
 	}
-	st.group()
 	return true
+}
+
+// cutWord returns how many bytes of word w are indexed: at most
+// maxWord, cut at a rune boundary; cut reports that w is longer.
+func cutWord[T string | []byte](w T) (n int, cut bool) {
+	if len(w) <= maxWord {
+		return len(w), false
+	}
+	n = maxWord
+	for n > 0 && !utf8.RuneStart(w[n]) {
+		n--
+	}
+	return n, true
 }
 
 // group sorts st.occ's positions by word (a counting sort) into pos

@@ -5,22 +5,47 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"unicode"
+	"unicode/utf8"
 )
 
-// refWords is the reference for searchText's words: forWords over
-// strings.ToLower(subject+"\n"+body), each distinct word with its
+// refWords is the reference for searchText's words, written apart
+// from it: the maximal runs of Unicode letters and digits of
+// strings.ToLower(subject+"\n"+body) (an invalid byte separates), each
+// cut to maxWord bytes at a rune boundary; each distinct word with its
 // positions, in first-seen order.
 func refWords(text string) (words []string, pos map[string][]uint32, long bool) {
 	pos = map[string][]uint32{}
 	p := uint32(0)
-	forWords(text, func(w string, cut bool) {
-		long = long || cut
+	add := func(w string) {
+		if len(w) > maxWord {
+			long = true
+			n := maxWord
+			for !utf8.RuneStart(w[n]) {
+				n--
+			}
+			w = w[:n]
+		}
 		if pos[w] == nil {
 			words = append(words, w)
 		}
 		pos[w] = append(pos[w], p)
 		p++
-	})
+	}
+	start := -1
+	for i, r := range text {
+		if unicode.IsLetter(r) || unicode.IsDigit(r) {
+			if start < 0 {
+				start = i
+			}
+		} else if start >= 0 {
+			add(text[start:i])
+			start = -1
+		}
+	}
+	if start >= 0 {
+		add(text[start:])
+	}
 	return words, pos, long
 }
 

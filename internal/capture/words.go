@@ -5,8 +5,6 @@ import (
 	"encoding/binary"
 	"slices"
 	"sort"
-	"unicode"
-	"unicode/utf8"
 )
 
 // The word index: per tenant, an inverted index from each word of the
@@ -220,43 +218,10 @@ func (wi *wordIndex) end(id int) int {
 // forWords calls fn with each word of text (lower case): a slice of
 // text, cut to maxWord, and whether it was cut.
 func forWords(text string, fn func(w string, cut bool)) {
-	start := -1
-	for i := 0; i < len(text); {
-		c := text[i]
-		size := 1
-		word := false
-		if c < utf8.RuneSelf {
-			word = 'a' <= c && c <= 'z' || '0' <= c && c <= '9' || 'A' <= c && c <= 'Z'
-		} else {
-			var r rune
-			r, size = utf8.DecodeRuneInString(text[i:])
-			word = unicode.IsLetter(r) || unicode.IsDigit(r)
-		}
-		if word {
-			if start < 0 {
-				start = i
-			}
-		} else if start >= 0 {
-			emitWord(text[start:i], fn)
-			start = -1
-		}
-		i += size
-	}
-	if start >= 0 {
-		emitWord(text[start:], fn)
-	}
-}
-
-func emitWord(w string, fn func(string, bool)) {
-	if len(w) <= maxWord {
-		fn(w, false)
-		return
-	}
-	n := maxWord
-	for n > 0 && !utf8.RuneStart(w[n]) {
-		n--
-	}
-	fn(w[:n], true)
+	scanWords([]byte(text), false, func(start, end int) {
+		n, cut := cutWord(text[start:end])
+		fn(text[start:start+n], cut)
+	})
 }
 
 // addWords lists e under each word of text (lower case); s.mu held, e
