@@ -41,8 +41,9 @@ type searchText struct {
 
 var searchTexts = sync.Pool{New: func() any { return new(searchText) }}
 
-// maxPooledText is the largest text buffer release keeps (256 KiB): a
-// pooled buffer lives as long as the process.
+// maxPooledText is the largest buffer release keeps (256 KiB: the text,
+// or the words' positions): a pooled buffer lives as long as the
+// process, so a large message's are left to the garbage collector.
 const maxPooledText = 256 << 10
 
 // newSearchText makes the searchable text of a message with the given
@@ -73,9 +74,6 @@ func newSearchText(subject string, body []byte) *searchText {
 // text is not copied and must not change until release.
 func wordsOf(text []byte) *searchText {
 	st := searchTexts.Get().(*searchText)
-	if st.own {
-		st.text = nil // keep the pooled buffer out of the caller's text
-	}
 	st.text, st.own = text, false
 	st.split(false)
 	return st
@@ -86,7 +84,7 @@ func (st *searchText) release() {
 	if !st.own || cap(st.text) > maxPooledText {
 		st.text = nil
 	}
-	if cap(st.occ) > maxPooledText {
+	if 4*cap(st.occ) > maxPooledText {
 		*st = searchText{text: st.text, own: st.own}
 	}
 	searchTexts.Put(st)

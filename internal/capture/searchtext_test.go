@@ -109,3 +109,34 @@ func TestSearchText(t *testing.T) {
 		st.release()
 	}
 }
+
+// A large message's buffers are not pooled (they would live as long as
+// the process), and a stored text given to wordsOf is never kept by the
+// pool (the next capture would write into the caller's buffer).
+func TestSearchTextPoolKeepsNoLargeOrForeignBuffer(t *testing.T) {
+	checkPool := func(stored []byte) {
+		t.Helper()
+		for range 4 {
+			st := searchTexts.Get().(*searchText)
+			defer searchTexts.Put(st)
+			if cap(st.text) > maxPooledText || 4*cap(st.occ) > maxPooledText || 4*cap(st.pos) > maxPooledText {
+				t.Fatalf("a pooled searchText holds %d text bytes, %d positions", cap(st.text), cap(st.pos))
+			}
+			if stored != nil && cap(st.text) > 0 && &st.text[:1][0] == &stored[0] {
+				t.Fatal("the pool kept the caller's stored text")
+			}
+		}
+	}
+	newSearchText("s", []byte(strings.Repeat("word ", 200000))).release() // 1 MB, 200,000 positions
+	checkPool(nil)
+	newSearchText("s", []byte(strings.Repeat("w", 300000))).release() // 300 KB, one word
+	checkPool(nil)
+	stored := []byte("stored text")
+	wordsOf(stored).release()
+	checkPool(stored)
+	st := newSearchText("Subject", []byte("Body"))
+	if &stored[0] == &st.text[0] || string(stored) != "stored text" {
+		t.Fatal("a capture wrote into a stored text")
+	}
+	st.release()
+}
