@@ -4,9 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
-	"strings"
 	"sync"
-	"unicode/utf8"
 
 	"github.com/cockroachdb/pebble/v2"
 	"github.com/klauspost/compress/s2"
@@ -107,26 +105,6 @@ func valueText(buf *[]byte, kind byte, v []byte) ([]byte, error) {
 		*buf = out
 	}
 	return out, err
-}
-
-// lowerJoin is strings.ToLower(subject + "\n" + text), the searchable
-// text, in one pass and one allocation when both are ASCII.
-func lowerJoin(subject, text string) string {
-	var b strings.Builder
-	b.Grow(len(subject) + 1 + len(text))
-	for _, part := range [...]string{subject, "\n", text} {
-		for i := 0; i < len(part); i++ {
-			c := part[i]
-			if c >= utf8.RuneSelf {
-				return strings.ToLower(subject + "\n" + text)
-			}
-			if 'A' <= c && c <= 'Z' {
-				c += 'a' - 'A'
-			}
-			b.WriteByte(c)
-		}
-	}
-	return b.String()
 }
 
 // kindSpans is the store's pebble.SpanPolicyFunc: the default policy,

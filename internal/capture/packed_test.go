@@ -2,7 +2,6 @@ package capture
 
 import (
 	"bytes"
-	"strings"
 	"testing"
 
 	"github.com/cockroachdb/pebble/v2"
@@ -110,14 +109,6 @@ func TestPackedAndOlderValues(t *testing.T) {
 	defer it.Close()
 	for it.First(); it.Valid(); it.Next() {
 		t.Errorf("key %q left after delete all", it.Key())
-	}
-}
-
-func TestLowerJoin(t *testing.T) {
-	for _, c := range [][2]string{{"", ""}, {"Order 7", "Thank YOU\r\nfor it."}, {"Grüße ÄÖÜ", "ÉTÉ İstanbul"}, {"ASCII", "then ẞ"}, {"Ǆ", "\xff bad"}} {
-		if got, want := lowerJoin(c[0], c[1]), strings.ToLower(c[0]+"\n"+c[1]); got != want {
-			t.Errorf("lowerJoin(%q, %q) = %q, want %q", c[0], c[1], got, want)
-		}
 	}
 }
 

@@ -213,8 +213,10 @@ func itoa(n int) string {
 type summaryFields struct {
 	from, subject, messageID string
 	to, cc                   []string
-	text                     string
-	attachments              int
+	// text is the text part (or the HTML part's text when there is no
+	// text part); quickParse's is a slice of the message.
+	text        []byte
+	attachments int
 }
 
 // parseSummary reads what a summary records of data: a message of one
@@ -222,46 +224,126 @@ type summaryFields struct {
 // mail sent as plain text) through quickParse, anything else through
 // the MIME parser (parse), with the same result.
 func parseSummary(data []byte) summaryFields {
-	p, ok := quickParse(data)
-	if !ok {
-		p = parse(data, false)
+	if f, ok := quickParse(data); ok {
+		return f
 	}
-	return summaryOf(p)
+	return summaryOf(parse(data, false))
 }
 
 func summaryOf(p *Parsed) summaryFields {
-	var f summaryFields
-	if l, err := p.Addresses("From"); err == nil && len(l) > 0 {
-		f.from = l[0].Address
-	} else if len(p.Headers["From"]) > 0 {
-		f.from = p.Headers["From"][0]
+	var h summaryHead
+	for k, n := range summaryFieldNames[:hContentType] {
+		if vs := p.Headers[n]; len(vs) > 0 {
+			h.has[k], h.dec[k] = true, vs[0]
+			if raw := p.addrs[n]; len(raw) > 0 {
+				h.raw[k] = raw[0]
+			}
+		}
 	}
-	f.to = addresses(p, "To")
-	f.cc = addresses(p, "Cc")
-	if len(p.Headers["Subject"]) > 0 {
-		f.subject = p.Headers["Subject"][0]
-	}
-	if len(p.Headers["Message-Id"]) > 0 {
-		f.messageID = strings.Trim(strings.TrimSpace(p.Headers["Message-Id"][0]), "<>")
-	}
-	f.text = p.Text
+	f := h.fields()
+	f.text = []byte(p.Text)
 	if !p.HasText && p.HasHTML {
-		f.text = stripTags(p.HTML)
+		f.text = []byte(stripTags(p.HTML))
 	}
 	f.attachments = len(p.Attachments)
 	return f
 }
 
-func addresses(p *Parsed, key string) []string {
-	l, err := p.Addresses(key)
+// summaryHead holds the first value of each field a summary reads (by
+// hFrom … hMessageID): as written (raw: unfolded, RFC 2047 words not
+// decoded; From, To and Cc) and decoded (dec), and whether it is there.
+type summaryHead struct {
+	has      [hContentType]bool
+	raw, dec [hContentType]string
+}
+
+// fields is the summary's From (the first address, or the decoded
+// field when it has none), To, Cc, Subject and Message-Id (without its
+// angle brackets).
+func (h *summaryHead) fields() summaryFields {
+	var f summaryFields
+	if l, err := h.addresses(hFrom); err == nil && len(l) > 0 {
+		f.from = l[0]
+	} else if h.has[hFrom] {
+		f.from = h.dec[hFrom]
+	}
+	f.to, _ = h.addresses(hTo)
+	f.cc, _ = h.addresses(hCc)
+	f.subject = h.dec[hSubject]
+	if h.has[hMessageID] {
+		f.messageID = strings.Trim(strings.TrimSpace(h.dec[hMessageID]), "<>")
+	}
+	return f
+}
+
+// addresses is Parsed.Addresses(field k) as addresses only (never nil
+// without an error): the field as written, or decoded when that does
+// not parse. A field of plain addresses (simpleAddrs) skips the mail
+// parser.
+func (h *summaryHead) addresses(k int) ([]string, error) {
+	if !h.has[k] {
+		return []string{}, nil
+	}
+	if l, ok := simpleAddrs(h.raw[k]); ok {
+		return l, nil
+	}
+	l, err := firstAddressList([]string{h.raw[k]})
 	if err != nil {
-		return nil
+		l, err = firstAddressList([]string{h.dec[k]})
+	}
+	if err != nil {
+		return nil, err
 	}
 	out := make([]string, 0, len(l))
 	for _, a := range l {
 		out = append(out, a.Address)
 	}
-	return out
+	return out, nil
+}
+
+// simpleAddrs reads a field of plain addresses ("a@b.test",
+// "<a@b.test>", comma-separated) as mail.ParseAddressList would, without
+// it: ok is false for anything else (a display name, a comment, a
+// quoted local part, a domain literal, an odd character), which is left
+// to the mail parser.
+func simpleAddrs(v string) (l []string, ok bool) {
+	for {
+		item, rest, more := strings.Cut(v, ",")
+		item = strings.Trim(item, " \t")
+		if len(item) > 2 && item[0] == '<' && item[len(item)-1] == '>' {
+			item = item[1 : len(item)-1]
+		}
+		local, domain, found := strings.Cut(item, "@")
+		if !found || !dotAtom(local) || !dotAtom(domain) {
+			return nil, false
+		}
+		if l == nil {
+			l = make([]string, 0, 1+strings.Count(rest, ","))
+		}
+		l = append(l, item)
+		if !more {
+			return l, true
+		}
+		v = rest
+	}
+}
+
+// dotAtom reports whether s is letters, digits and "._+-", not empty,
+// without a leading, trailing or doubled dot.
+func dotAtom(s string) bool {
+	if s == "" || s[0] == '.' || s[len(s)-1] == '.' {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9', c == '_', c == '+', c == '-':
+		case c == '.' && s[i-1] != '.':
+		default:
+			return false
+		}
+	}
+	return true
 }
 
 // stripTags is a rough HTML-to-text for search: it drops tags, then

@@ -10,31 +10,31 @@ import (
 	"github.com/emersion/go-message"
 )
 
-// quickParse is parse(data, false) for the common message a summary is
-// made of about 30 µs faster: one text/plain part (no Content-Type, or
-// text/plain without a name, in UTF-8 or US-ASCII), in 7bit, 8bit or
-// binary, with no Content-Disposition. It reads the header fields a
-// summary needs (From, To, Cc, Subject, Message-Id) exactly as
-// go-message does (fields unfolded and trimmed, RFC 2047 words
-// decoded), skips the others, and takes the body as the text. ok is
-// false for any other message, or a header it is not sure to read as
-// go-message would (malformed lines, no blank line, above 64 KiB):
-// parse reads those.
-func quickParse(data []byte) (p *Parsed, ok bool) {
+// quickParse is parseSummary's reading of the common message a summary
+// is made of, about 30 µs faster than the MIME parser: one text/plain
+// part (no Content-Type, or text/plain without a name, in UTF-8 or
+// US-ASCII), in 7bit, 8bit or binary, with no Content-Disposition. It
+// reads the header fields a summary needs (the first From, To, Cc,
+// Subject and Message-Id) exactly as go-message does (fields unfolded
+// and trimmed, RFC 2047 words decoded), skips the others, and takes the
+// body as the text (a slice of data, not a copy). ok is false for any
+// other message, or a header it is not sure to read as go-message would
+// (malformed lines, no blank line, above 64 KiB): parse reads those.
+func quickParse(data []byte) (f summaryFields, ok bool) {
 	if len(data) > 0 && (data[0] == ' ' || data[0] == '\t') {
-		return nil, false
+		return f, false
 	}
-	p = &Parsed{Headers: map[string][]string{}, Attachments: []Attachment{}}
+	var h summaryHead
 	var ctype, cte string
 	nCtype, nCTE := 0, 0
 	rest := data
 	for {
 		if len(data)-len(rest) > 64<<10 {
-			return nil, false
+			return f, false
 		}
 		line, next, found := cutLine(rest)
 		if !found {
-			return nil, false // no blank line: the header runs to the end
+			return f, false // no blank line: the header runs to the end
 		}
 		if len(line) == 0 {
 			rest = next // the blank line ending the header
@@ -46,79 +46,104 @@ func quickParse(data []byte) (p *Parsed, ok bool) {
 		for len(rest) > 0 && (rest[0] == ' ' || rest[0] == '\t') {
 			_, next, found = cutLine(rest)
 			if !found {
-				return nil, false
+				return f, false
 			}
 			field = data[len(data)-len(rest)-len(field) : len(data)-len(next)]
 			rest = next
 		}
 		i := bytes.IndexByte(field, ':')
 		if i < 0 {
-			return nil, false
+			return f, false
 		}
 		key := trimSpaceTab(field[:i])
 		for _, c := range key {
 			if c < 33 || c > 126 || c == ':' {
-				return nil, false
+				return f, false
 			}
 		}
-		name := summaryHeader(key)
-		if name == "" {
-			continue
-		}
-		v := unfold(field[i+1:])
-		switch name {
-		case "Content-Type":
-			ctype, nCtype = v, nCtype+1
-		case "Content-Transfer-Encoding":
-			cte, nCTE = v, nCTE+1
-		case "Content-Disposition":
-			return nil, false
-		default:
-			p.keepAddr(name, v)
+		k := summaryField(key)
+		switch {
+		case k < 0:
+		case k == hContentType:
+			ctype, nCtype = unfold(field[i+1:]), nCtype+1
+		case k == hCTE:
+			cte, nCTE = unfold(field[i+1:]), nCTE+1
+		case k == hContentDisposition:
+			return f, false
+		case !h.has[k]:
+			v := unfold(field[i+1:])
+			h.has[k], h.raw[k], h.dec[k] = true, v, v
 			if dec, err := summaryWords.DecodeHeader(v); err == nil {
-				v = dec
+				h.dec[k] = dec
 			}
-			p.Headers[name] = append(p.Headers[name], v)
 		}
 	}
 	if nCtype > 1 || nCTE > 1 {
-		return nil, false
+		return f, false
 	}
 	switch strings.ToLower(cte) {
 	case "", "7bit", "8bit", "binary":
 	default:
-		return nil, false
+		return f, false
 	}
-	if ctype != "" {
-		t, params, err := mime.ParseMediaType(ctype)
-		if err != nil || t != "text/plain" {
-			return nil, false
-		}
-		for k, v := range params {
-			switch {
-			case k == "name":
-				return nil, false
-			case k == "charset" && !strings.EqualFold(v, "utf-8") && !strings.EqualFold(v, "us-ascii"):
-				return nil, false
-			}
-		}
+	if !plainText(ctype) {
+		return f, false
 	}
 	if len(rest) > 64<<20 {
 		rest = rest[:64<<20] // as parse reads a part
 	}
-	p.HasText, p.Text = true, clip(rest)
-	return p, true
+	f = h.fields()
+	f.text = rest[:min(len(rest), maxPartBytes)]
+	return f, true
 }
 
-// summaryHeader returns the canonical name of key when a summary (or
-// quickParse) reads that field, else "".
-func summaryHeader(key []byte) string {
-	for _, n := range [...]string{"From", "To", "Cc", "Subject", "Message-Id", "Content-Type", "Content-Transfer-Encoding", "Content-Disposition"} {
-		if len(key) == len(n) && strings.EqualFold(string(key), n) {
-			return n
+// plainText reports whether a Content-Type value ("" when there is
+// none) is text/plain without a name, in UTF-8 or US-ASCII.
+func plainText(ctype string) bool {
+	for _, c := range [...]string{"", "text/plain", "text/plain; charset=us-ascii", "text/plain; charset=utf-8"} {
+		if strings.EqualFold(ctype, c) {
+			return true
 		}
 	}
-	return ""
+	t, params, err := mime.ParseMediaType(ctype)
+	if err != nil || t != "text/plain" {
+		return false
+	}
+	for k, v := range params {
+		switch {
+		case k == "name":
+			return false
+		case k == "charset" && !strings.EqualFold(v, "utf-8") && !strings.EqualFold(v, "us-ascii"):
+			return false
+		}
+	}
+	return true
+}
+
+// The header fields quickParse reads: the first five are a summary's
+// (summaryHead's indexes).
+const (
+	hFrom = iota
+	hTo
+	hCc
+	hSubject
+	hMessageID
+	hContentType
+	hCTE
+	hContentDisposition
+)
+
+var summaryFieldNames = [...]string{"From", "To", "Cc", "Subject", "Message-Id", "Content-Type", "Content-Transfer-Encoding", "Content-Disposition"}
+
+// summaryField returns the index of the field named key (any case) that
+// quickParse reads, or -1.
+func summaryField(key []byte) int {
+	for i, n := range summaryFieldNames {
+		if len(key) == len(n) && strings.EqualFold(string(key), n) {
+			return i
+		}
+	}
+	return -1
 }
 
 // cutLine returns the line at the start of b without its line ending

@@ -2,7 +2,9 @@ package capture
 
 import (
 	"math/rand/v2"
+	"net/mail"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -19,7 +21,7 @@ func TestQuickParseMatchesParse(t *testing.T) {
 		if !ok {
 			return false
 		}
-		if got, want := summaryOf(q), summaryOf(parse(data, false)); !reflect.DeepEqual(got, want) {
+		if got, want := q, summaryOf(parse(data, false)); !reflect.DeepEqual(got, want) {
 			t.Fatalf("%q:\nquick  %+v\nparser %+v", data, got, want)
 		}
 		return true
@@ -99,16 +101,59 @@ func BenchmarkParseSummary(b *testing.B) {
 		strings.Repeat("abcdefghij klmnopqrst uvwxyzabcd efghijklmn opqrstuvwx yzabcdefgh ijklmnop\r\n", 22))
 	for _, c := range []struct {
 		name string
-		fn   func([]byte) *Parsed
+		fn   func([]byte) summaryFields
 	}{
-		{"quick", func(d []byte) *Parsed { p, _ := quickParse(d); return p }},
-		{"parser", func(d []byte) *Parsed { return parse(d, false) }},
+		{"quick", func(d []byte) summaryFields { f, _ := quickParse(d); return f }},
+		{"parser", func(d []byte) summaryFields { return summaryOf(parse(d, false)) }},
 	} {
 		b.Run(c.name, func(b *testing.B) {
 			b.ReportAllocs()
 			for i := 0; i < b.N; i++ {
-				_ = summaryOf(c.fn(data))
+				_ = c.fn(data)
 			}
 		})
+	}
+}
+
+// TestSimpleAddrsMatchesMailParser: every field simpleAddrs reads gives
+// the addresses mail.ParseAddressList gives (random fields from pieces
+// of plain and not-so-plain addresses); it reads the plain ones.
+func TestSimpleAddrsMatchesMailParser(t *testing.T) {
+	pieces := []string{"a", "B", "x.y", "o'n", "_", "+", "-", "9", ".", "..", "@", "@", "<", ">", ",", ", ", " ", "\t", "\"q\"", "(c)", "[1.2.3.4]", "=?", "é", "!", "#", "*", ":", ";"}
+	r := rand.New(rand.NewPCG(23, 9))
+	read := 0
+	for i := 0; i < 200000; i++ {
+		var b strings.Builder
+		for n := 1 + r.IntN(8); n > 0; n-- {
+			b.WriteString(pieces[r.IntN(len(pieces))])
+		}
+		v := b.String()
+		got, ok := simpleAddrs(v)
+		if !ok {
+			continue
+		}
+		read++
+		l, err := mail.ParseAddressList(v)
+		if err != nil {
+			t.Fatalf("%q: simpleAddrs read %q, the mail parser fails: %v", v, got, err)
+		}
+		var want []string
+		for _, a := range l {
+			if a.Name != "" {
+				t.Fatalf("%q: simpleAddrs read %q, the mail parser finds a name %q", v, got, a.Name)
+			}
+			want = append(want, a.Address)
+		}
+		if !slices.Equal(got, want) {
+			t.Fatalf("%q: simpleAddrs %q, mail parser %q", v, got, want)
+		}
+	}
+	for _, v := range []string{"a@b.test", "<a@b.test>", "a@b.test, <c.d+e@f-g.test>", " a_b@c.test\t"} {
+		if _, ok := simpleAddrs(v); !ok {
+			t.Errorf("%q: not read", v)
+		}
+	}
+	if read < 100 {
+		t.Fatalf("simpleAddrs read %d random fields", read)
 	}
 }

@@ -439,7 +439,7 @@ func (s *Store) loadWords() error {
 				if v, err := valueText(&buf, it.Key()[0], it.Value()); err != nil {
 					s.log.Error("corrupt captured message text; not searchable by its words", "id", e.s.ID, "err", err)
 				} else {
-					s.tenants[e.s.Tenant].addWords(e, string(v))
+					s.tenants[e.s.Tenant].addWords(e, v)
 				}
 			}
 		}

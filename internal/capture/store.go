@@ -435,12 +435,12 @@ func (s *Store) PutInfo(tenant, msgID, sender string, rcpts []string, data []byt
 	var ticket uint64
 	sm.ID, ticket = s.newID()
 	v := encodeSummary(make([]byte, 0, 256), sm)
-	text := lowerJoin(sm.Subject, p.text)
-	tb := []byte(text)
+	st := newSearchText(sm.Subject, p.text)
+	defer st.release()
 	b := s.db.NewBatch()
 	_ = b.Set(summaryKey(tenant, sm.ID), v, nil)
 	setPacked(b, bodyZKey(sm.ID), data)
-	setPacked(b, textZKey(tenant, sm.ID), tb)
+	setPacked(b, textZKey(tenant, sm.ID), st.text)
 	if err := b.Commit(pebble.Sync); err != nil {
 		b.Close()
 		s.mu.Lock()
@@ -450,14 +450,13 @@ func (s *Store) PutInfo(tenant, msgID, sender string, rcpts []string, data []byt
 		return nil, fmt.Errorf("sandbox store: %w", err)
 	}
 	b.Close()
-	words := splitWords(text)
 	s.mu.Lock()
 	s.takeTurn(ticket)
 	e := s.index(sm)
-	s.tenants[tenant].addSplit(e, words)
+	s.tenants[tenant].addSplit(e, st)
 	s.endTurn()
 	s.mu.Unlock()
-	s.hub.publish(e, tb)
+	s.hub.publish(e, st.text)
 	s.enforce(tenant)
 	return sm, nil
 }

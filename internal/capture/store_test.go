@@ -378,11 +378,10 @@ func BenchmarkWaiters1000(b *testing.B) {
 	}
 }
 
-// BenchmarkPut: one capture of a 2 KB message (parse, index, synced
-// write) — the CPU a capture delivery adds over the queue's own work.
 // BenchmarkPut: captures of a small plain message from GOMAXPROCS
 // goroutines, with the log synced per commit group (SyncLag negative)
-// and lagged (the default).
+// and lagged (the default). BenchmarkCaptureSteps splits one capture
+// into its steps.
 func BenchmarkPut(b *testing.B) {
 	for _, c := range []struct {
 		name string

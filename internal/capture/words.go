@@ -5,9 +5,6 @@ import (
 	"encoding/binary"
 	"slices"
 	"sort"
-	"strings"
-	"unicode"
-	"unicode/utf8"
 )
 
 // The word index: per tenant, an inverted index from each word of the
@@ -154,9 +151,9 @@ type wordIndex struct {
 	dead     int // of those, postings of removed messages
 }
 
-// word returns the id of w, adding it.
-func (wi *wordIndex) word(w string) int32 {
-	if id, ok := wi.ids[w]; ok {
+// word returns the id of w, adding it (a copy of w).
+func (wi *wordIndex) word(w []byte) int32 {
+	if id, ok := wi.ids[string(w)]; ok {
 		return id
 	}
 	if wi.ids == nil {
@@ -164,7 +161,7 @@ func (wi *wordIndex) word(w string) int32 {
 		wi.vocab = []byte{0}
 	}
 	id := int32(len(wi.lists))
-	wi.ids[strings.Clone(w)] = id
+	wi.ids[string(w)] = id
 	wi.lists = append(wi.lists, posting{})
 	wi.starts = append(wi.starts, int32(len(wi.vocab)))
 	wi.vocab = append(append(wi.vocab, w...), 0)
@@ -221,128 +218,26 @@ func (wi *wordIndex) end(id int) int {
 // forWords calls fn with each word of text (lower case): a slice of
 // text, cut to maxWord, and whether it was cut.
 func forWords(text string, fn func(w string, cut bool)) {
-	start := -1
-	for i := 0; i < len(text); {
-		c := text[i]
-		size := 1
-		word := false
-		if c < utf8.RuneSelf {
-			word = 'a' <= c && c <= 'z' || '0' <= c && c <= '9' || 'A' <= c && c <= 'Z'
-		} else {
-			var r rune
-			r, size = utf8.DecodeRuneInString(text[i:])
-			word = unicode.IsLetter(r) || unicode.IsDigit(r)
-		}
-		if word {
-			if start < 0 {
-				start = i
-			}
-		} else if start >= 0 {
-			emitWord(text[start:i], fn)
-			start = -1
-		}
-		i += size
-	}
-	if start >= 0 {
-		emitWord(text[start:], fn)
-	}
-}
-
-func emitWord(w string, fn func(string, bool)) {
-	if len(w) <= maxWord {
-		fn(w, false)
-		return
-	}
-	n := maxWord
-	for n > 0 && !utf8.RuneStart(w[n]) {
-		n--
-	}
-	fn(w[:n], true)
-}
-
-// addWords lists e under each word of text; s.mu held, e the tenant's
-// newest entry.
-func (t *tenantIndex) addWords(e *entry, text string) {
-	t.addSplit(e, splitWords(text))
-}
-
-// splitText is a text cut into its distinct words, with where each is.
-type splitText struct {
-	words []string // slices of the text, in the order they first appear
-	// pos holds each word's positions (word numbers in the text, from
-	// 0), ascending: word j's are pos[at[j]:at[j+1]].
-	pos  []uint32
-	at   []int32
-	long bool // a word was longer than maxWord
-}
-
-// splitWords cuts text into its words; it needs no lock (Put calls it
-// before taking s.mu).
-func splitWords(text string) splitText {
-	st := splitText{words: make([]string, 0, 256)}
-	// A message repeats many of its words: a small open-addressed set of
-	// the words seen numbers them without a map for most messages (a map
-	// takes over for the rest once it is 3/4 full).
-	var seenH [512]uint32
-	var seenJ [512]int32
-	var more map[string]int32
-	occ := make([]int32, 0, 512) // the word number of each position
-	forWords(text, func(w string, cut bool) {
-		st.long = st.long || cut
-		h := uint32(2166136261)
-		for i := 0; i < len(w); i++ {
-			h = (h ^ uint32(w[i])) * 16777619
-		}
-		h |= 1
-		i := h % uint32(len(seenH))
-		for seenH[i] != 0 && (seenH[i] != h || st.words[seenJ[i]] != w) {
-			i = (i + 1) % uint32(len(seenH))
-		}
-		if seenH[i] != 0 {
-			occ = append(occ, seenJ[i])
-			return
-		}
-		if j, ok := more[w]; ok {
-			occ = append(occ, j)
-			return
-		}
-		j := int32(len(st.words))
-		st.words = append(st.words, w)
-		occ = append(occ, j)
-		if len(st.words) <= len(seenH)*3/4 {
-			seenH[i], seenJ[i] = h, j
-			return
-		}
-		if more == nil {
-			more = map[string]int32{}
-		}
-		more[w] = j
+	scanWords([]byte(text), false, func(start, end int) {
+		n, cut := cutWord(text[start:end])
+		fn(text[start:start+n], cut)
 	})
-	// Group the positions by word (a counting sort): at[j] counts word
-	// j's positions, then sums them to the end of its range, which the
-	// positions, placed from the last back, move down to its start.
-	st.at = make([]int32, len(st.words)+1)
-	for _, j := range occ {
-		st.at[j]++
-	}
-	for j := 1; j < len(st.at); j++ {
-		st.at[j] += st.at[j-1]
-	}
-	st.pos = make([]uint32, len(occ))
-	for p := len(occ) - 1; p >= 0; p-- {
-		j := occ[p]
-		st.at[j]--
-		st.pos[st.at[j]] = uint32(p)
-	}
-	return st
+}
+
+// addWords lists e under each word of text (lower case); s.mu held, e
+// the tenant's newest entry.
+func (t *tenantIndex) addWords(e *entry, text []byte) {
+	st := wordsOf(text)
+	t.addSplit(e, st)
+	st.release()
 }
 
 // addSplit lists e under each of st's words; s.mu held, e the tenant's
 // newest entry.
-func (t *tenantIndex) addSplit(e *entry, st splitText) {
+func (t *tenantIndex) addSplit(e *entry, st *searchText) {
 	wi := &t.words
-	for j, w := range st.words {
-		if wi.lists[wi.word(w)].add(e.seq, st.pos[st.at[j]:st.at[j+1]]) {
+	for j := range st.words() {
+		if wi.lists[wi.word(st.word(j))].add(e.seq, st.positions(j)) {
 			e.postings++
 		}
 	}
@@ -381,7 +276,7 @@ func (t *tenantIndex) removedWords(es []*entry) {
 		if q.n == 0 {
 			continue
 		}
-		wi.lists[wi.word(string(old.vocab[w:old.end(id)]))] = q
+		wi.lists[wi.word(old.vocab[w:old.end(id)])] = q
 		wi.postings += int(q.n)
 	}
 	wi.longDocs = keep(&old.longDocs)

@@ -280,19 +280,19 @@ func BenchmarkIndexWords(b *testing.B) {
 	for i := range texts {
 		_, data := benchMessage(r, 200000+i)
 		p := parseSummary(data)
-		texts[i] = strings.ToLower(p.subject + "\n" + p.text)
+		texts[i] = strings.ToLower(p.subject + "\n" + string(p.text))
 	}
 	t := &tenantIndex{}
 	add := func(k int, text string) {
 		e := &entry{seq: t.nextSeq}
 		t.nextSeq++
 		t.entries = append(t.entries, e)
-		t.addWords(e, text)
+		t.addWords(e, []byte(text))
 	}
 	for k := 0; k < 100000; k++ {
 		_, data := benchMessage(r, k)
 		p := parseSummary(data)
-		add(k, strings.ToLower(p.subject+"\n"+p.text))
+		add(k, strings.ToLower(p.subject+"\n"+string(p.text)))
 	}
 	b.ReportAllocs()
 	b.ResetTimer()
@@ -368,7 +368,7 @@ func TestSummaryCountsUnhashedAttachments(t *testing.T) {
 		"--XX\r\nContent-Type: text/plain\r\n\r\nthe body text\r\n" +
 		"--XX\r\nContent-Type: image/png; name=b.png\r\n\r\nPNGDATA\r\n--XX--\r\n")
 	f := parseSummary(data)
-	if f.attachments != 2 || !strings.Contains(f.text, "the body text") || f.subject != "files" {
+	if f.attachments != 2 || !strings.Contains(string(f.text), "the body text") || f.subject != "files" {
 		t.Fatalf("summary: %+v", f)
 	}
 	full := Parse(data)
@@ -450,49 +450,4 @@ func TestPhraseNeedsAdjacentWords(t *testing.T) {
 	s = open(t, dir, o)
 	defer s.Close()
 	check("reopened")
-}
-
-// BenchmarkSplitWords: cutting one 2 KB message's text (benchMessage)
-// into its words and positions, the part of indexing done before the
-// store's lock.
-func BenchmarkSplitWords(b *testing.B) {
-	r := rand.New(rand.NewPCG(3, 4))
-	texts := make([]string, 100)
-	for i := range texts {
-		_, data := benchMessage(r, i)
-		p := parseSummary(data)
-		texts[i] = strings.ToLower(p.subject + "\n" + p.text)
-	}
-	b.ReportAllocs()
-	for i := 0; i < b.N; i++ {
-		_ = splitWords(texts[i%len(texts)])
-	}
-}
-
-// TestSplitWordsPositions: every distinct word once, with each of its
-// positions in order, also past the small set's capacity (a map takes
-// over after 384 distinct words).
-func TestSplitWordsPositions(t *testing.T) {
-	r := rand.New(rand.NewPCG(5, 6))
-	var words []string
-	for i := 0; i < 3000; i++ {
-		words = append(words, fmt.Sprintf("w%d", r.IntN(1200)))
-	}
-	st := splitWords(strings.Join(words, " , "))
-	want := map[string][]uint32{}
-	var order []string
-	for p, w := range words {
-		if want[w] == nil {
-			order = append(order, w)
-		}
-		want[w] = append(want[w], uint32(p))
-	}
-	if !slices.Equal(st.words, order) {
-		t.Fatalf("%d words, want %d in first-seen order", len(st.words), len(order))
-	}
-	for j, w := range st.words {
-		if got := st.pos[st.at[j]:st.at[j+1]]; !slices.Equal(got, want[w]) {
-			t.Fatalf("%s at %v, want %v", w, got, want[w])
-		}
-	}
 }
