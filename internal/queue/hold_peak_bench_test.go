@@ -21,7 +21,8 @@ import (
 // heap's peak above what it held before the hold ("peak-heap-MB",
 // sampled every 2 ms), the process's peak resident memory during the
 // hold ("peak-rss-MB", VmHWM after resetting it through
-// /proc/self/clear_refs; 0 where that is not possible), and the bytes
+// /proc/self/clear_refs, and "rss-before-MB", right after the reset;
+// not reported where that is not possible), and the bytes
 // allocated per recipient. "state" filters on the recipient state, as
 // examples/bench/million.sh does (every record is read back); "all"
 // needs no read. Each iteration releases them again.
@@ -51,6 +52,7 @@ func BenchmarkHoldPeak(b *testing.B) {
 				runtime.GC()
 				base := heapObjects()
 				rssReset := os.WriteFile("/proc/self/clear_refs", []byte("5"), 0) == nil
+				rss0 := vmHWM()
 				var ms0, ms1 runtime.MemStats
 				runtime.ReadMemStats(&ms0)
 				stop := samplePeak()
@@ -65,6 +67,7 @@ func BenchmarkHoldPeak(b *testing.B) {
 				b.ReportMetric(float64(peak-base)/1e6, "peak-heap-MB")
 				if rssReset {
 					b.ReportMetric(float64(vmHWM())/1e6, "peak-rss-MB")
+					b.ReportMetric(float64(rss0)/1e6, "rss-before-MB")
 				}
 				b.ReportMetric(float64(ms1.TotalAlloc-ms0.TotalAlloc)/n, "alloc-B/rcpt")
 				b.ReportMetric(wall.Seconds(), "hold-s")
