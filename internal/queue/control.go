@@ -305,8 +305,10 @@ func (q *Queue) settle(t Target, by string, why error, typ string) (int, error) 
 	n := 0
 	var unread error // the first item that could not be read back
 	left, err := q.inSteps(fromWaiting|fromReady|fromHeld, t, func(items []*item, _ bool) error {
+		errs := q.hydrateMany(items)
 		for i, it := range items {
-			if err := q.hydrate(it); err != nil {
+			if errs != nil && errs[i] != nil {
+				err := errs[i]
 				q.unreadable(it, err)
 				if unread == nil {
 					unread = err
@@ -378,13 +380,13 @@ func (q *Queue) setHeld(t Target, by string, hold bool) (int, error) {
 		b := q.sp.NewBatch()
 		changed := make([][]*spool.Recipient, len(items))
 		k := 0
+		if errs := q.hydrateMany(items); errs != nil {
+			// Put the step back as it was: none of it is held.
+			b.Discard()
+			q.putBack(items)
+			return errs[slices.IndexFunc(errs, func(err error) bool { return err != nil })]
+		}
 		for i, it := range items {
-			if err := q.hydrate(it); err != nil {
-				// Put the step back as it was: none of it is held.
-				b.Discard()
-				q.putBack(items)
-				return err
-			}
 			changed[i] = make([]*spool.Recipient, len(it.rcpts))
 			for j, r := range it.rcpts {
 				nr := *r

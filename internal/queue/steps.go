@@ -21,6 +21,10 @@ package queue
 
 import (
 	"fmt"
+	"slices"
+	"strings"
+
+	"github.com/sluice-mta/sluice/internal/spool"
 )
 
 // StepRecipients is about how many recipients a queue-wide control
@@ -101,6 +105,48 @@ func (q *Queue) inSteps(from int, t Target, step func(items []*item, last bool) 
 		}
 	}
 	return 0, nil
+}
+
+// hydrateMany reads the compact items of a step (owned by the caller)
+// back from the spool in the spool's key order, in one pass
+// (spool.QueuedMany): a point read each (hydrate) costs several times
+// more once the step's own writes have been flushed. It returns the
+// error of each item's read (nil for all when every one was read or
+// loaded already).
+func (q *Queue) hydrateMany(items []*item) []error {
+	var todo []int
+	for i, it := range items {
+		if it.loaded == nil {
+			todo = append(todo, i)
+		}
+	}
+	slices.SortFunc(todo, func(a, b int) int { return strings.Compare(items[a].id, items[b].id) })
+	ids, idxs := make([]string, len(todo)), make([][]uint16, len(todo))
+	for k, i := range todo {
+		ids[k], idxs[k] = items[i].id, items[i].indexes()
+	}
+	var errs []error
+	fail := func(i int, err error) {
+		if errs == nil {
+			errs = make([]error, len(items))
+		}
+		errs[i] = err
+	}
+	err := q.sp.QueuedMany(ids, idxs, func(k int, m *spool.Meta, rs []*spool.Recipient, err error) {
+		if err != nil {
+			fail(todo[k], err)
+			return
+		}
+		items[todo[k]].load(&loaded{meta: m, rcpts: rs})
+	})
+	if err != nil {
+		for _, i := range todo {
+			if items[i].loaded == nil {
+				fail(i, err)
+			}
+		}
+	}
+	return errs
 }
 
 // IncompleteError is the error of a Hold, Release, Bounce or Cancel that
