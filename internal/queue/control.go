@@ -23,7 +23,8 @@ package queue
 // scheduled. An action on many recipients works in steps of about
 // StepRecipients (steps.go), each taking q.mu for its own walk, so
 // deliveries go on between steps; it acts on the recipients of the
-// messages queued when it began. Waiting items are compact (queue.go, item): an action whose
+// messages queued when it began. Waiting items are compact (queue.go,
+// item): an action whose
 // filter names the sender, tenant or a recipient field first reads the
 // candidates back from the spool without q.mu (extract; a point read per
 // message, a few microseconds each). A recipient a worker is delivering

@@ -3,16 +3,12 @@ package queue
 import (
 	"context"
 	"log/slog"
-	"os"
 	"runtime"
-	"runtime/metrics"
-	"strconv"
-	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/sluice-mta/sluice/internal/spool"
+	"github.com/sluice-mta/sluice/internal/testutil"
 )
 
 // BenchmarkHoldPeak measures what a queue-wide hold of n recipients
@@ -50,12 +46,12 @@ func BenchmarkHoldPeak(b *testing.B) {
 		b.Run(sel, func(b *testing.B) {
 			for i := 0; i < b.N; i++ {
 				runtime.GC()
-				base := heapObjects()
-				rssReset := os.WriteFile("/proc/self/clear_refs", []byte("5"), 0) == nil
-				rss0 := vmHWM()
+				base := testutil.HeapObjects()
+				rssReset := testutil.ResetPeakRSS()
+				rss0 := testutil.PeakRSS()
 				var ms0, ms1 runtime.MemStats
 				runtime.ReadMemStats(&ms0)
-				stop := samplePeak()
+				stop := testutil.SamplePeakHeap()
 				start := time.Now()
 				got, err := q.Hold(t, "bench")
 				wall := time.Since(start)
@@ -66,7 +62,7 @@ func BenchmarkHoldPeak(b *testing.B) {
 				}
 				b.ReportMetric(float64(peak-base)/1e6, "peak-heap-MB")
 				if rssReset {
-					b.ReportMetric(float64(vmHWM())/1e6, "peak-rss-MB")
+					b.ReportMetric(float64(testutil.PeakRSS())/1e6, "peak-rss-MB")
 					b.ReportMetric(float64(rss0)/1e6, "rss-before-MB")
 				}
 				b.ReportMetric(float64(ms1.TotalAlloc-ms0.TotalAlloc)/n, "alloc-B/rcpt")
@@ -77,64 +73,4 @@ func BenchmarkHoldPeak(b *testing.B) {
 			}
 		})
 	}
-}
-
-// heapObjects is the Go heap's bytes in objects (live and not yet
-// collected).
-func heapObjects() uint64 {
-	s := []metrics.Sample{{Name: "/memory/classes/heap/objects:bytes"}}
-	metrics.Read(s)
-	return s[0].Value.Uint64()
-}
-
-// samplePeak samples heapObjects every 2 ms until the returned function
-// is called, which returns the highest value seen.
-func samplePeak() func() uint64 {
-	var (
-		mu   sync.Mutex
-		peak = heapObjects()
-		done = make(chan struct{})
-		wg   sync.WaitGroup
-	)
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		tk := time.NewTicker(2 * time.Millisecond)
-		defer tk.Stop()
-		for {
-			select {
-			case <-done:
-				return
-			case <-tk.C:
-				v := heapObjects()
-				mu.Lock()
-				peak = max(peak, v)
-				mu.Unlock()
-			}
-		}
-	}()
-	return func() uint64 {
-		close(done)
-		wg.Wait()
-		v := heapObjects()
-		mu.Lock()
-		defer mu.Unlock()
-		return max(peak, v)
-	}
-}
-
-// vmHWM is the process's peak resident memory in bytes (VmHWM), 0 when
-// it cannot be read.
-func vmHWM() uint64 {
-	b, err := os.ReadFile("/proc/self/status")
-	if err != nil {
-		return 0
-	}
-	for _, l := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(l, "VmHWM:"); ok {
-			kb, _ := strconv.ParseUint(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
-			return kb * 1024
-		}
-	}
-	return 0
 }

@@ -143,6 +143,22 @@ func TestControlInStepsActsOnAll(t *testing.T) {
 	}
 }
 
+// fillingSpool opens a spool in memory with a reserve of 1 MiB on a
+// filesystem with avail bytes free (1 GiB at first): below a quarter of
+// the reserve (avail.Store(1000)) every write is refused.
+func fillingSpool(t *testing.T) (*spool.Spool, *atomic.Uint64) {
+	t.Helper()
+	avail := new(atomic.Uint64)
+	avail.Store(1 << 30)
+	sp, err := spool.Open("spool", spool.Options{FS: lowFS{FS: vfs.NewMem(), avail: avail}, MinFree: 1 << 20,
+		Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { sp.Close() })
+	return sp, avail
+}
+
 // TestHoldStopsAtAStepTheSpoolRefuses: the spool's filesystem fills up
 // after the second step of a hold (below the write floor every write is
 // refused). The hold stops there with an IncompleteError counting what
@@ -150,17 +166,10 @@ func TestControlInStepsActsOnAll(t *testing.T) {
 // index and in the spool alike, and so after a restart. Once there is
 // room again, the same hold holds the rest.
 func TestHoldStopsAtAStepTheSpoolRefuses(t *testing.T) {
-	var avail atomic.Uint64
-	avail.Store(1 << 30)
 	// A write refreshes the free space once 256 KiB were written since
 	// the last reading (spool.recheckBytes): a step of 1,500 recipients
 	// is larger, so its batch reads the free space before it is written.
-	sp, err := spool.Open("spool", spool.Options{FS: lowFS{FS: vfs.NewMem(), avail: &avail}, MinFree: 1 << 20,
-		Logger: slog.New(slog.DiscardHandler)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sp.Close()
+	sp, avail := fillingSpool(t)
 	const total = 6000
 	spoolQueued(t, sp, total, 3)
 	o := Options{Logger: slog.New(slog.DiscardHandler)}
@@ -226,14 +235,7 @@ func TestHoldStopsAtAStepTheSpoolRefuses(t *testing.T) {
 // spool and the index, the rest is queued in both, and it says how many
 // it cancelled.
 func TestCancelStopsWhenTheSpoolRefuses(t *testing.T) {
-	var avail atomic.Uint64
-	avail.Store(1 << 30)
-	sp, err := spool.Open("spool", spool.Options{FS: lowFS{FS: vfs.NewMem(), avail: &avail}, MinFree: 1 << 20,
-		Logger: slog.New(slog.DiscardHandler)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sp.Close()
+	sp, avail := fillingSpool(t)
 	const total = 3000
 	spoolQueued(t, sp, total, 2)
 	q := New(sp, &fakeDialer{}, Options{Logger: slog.New(slog.DiscardHandler)})
