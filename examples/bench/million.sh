@@ -15,8 +15,9 @@
 #      live after the last collection), per recipient
 #   4. acceptance probe again with N queued (same PROBES x PROBE_N)
 #   4b. HOLD=1: hold every queued recipient (`sluice queue hold --state
-#      deferred`, as postsuper -h ALL), time it, RSS and heap with them held;
-#      the restarts below then load them held; released before the drain
+#      deferred`, as postsuper -h ALL), time it, the peak RSS while it held
+#      them (VmHWM, reset first), RSS and heap with them held; the restarts
+#      below then load them held; released (and that peak) before the drain
 #   5. restart: SIGTERM, start again; restart time = exec -> SMTP port open
 #      (the listeners start after the queues are rebuilt); RSS after restart.
 #      RESTART_ALSO="other builds" restarts each of them on the spool first.
@@ -57,6 +58,10 @@ sed -e "s#{{SPOOL}}#$WORK/spool#" -e "s#{{EVENTS}}#$WORK/events.jsonl#" -e "s#{{
 say() { printf '%-28s %s\n' "$1" "$2"; }
 now() { date +%s.%N; }
 rss_kb() { awk '/^VmRSS/ {print $2}' "/proc/$pid/status"; }
+# peak_reset starts a new peak of resident memory (Linux: VmHWM back to
+# VmRSS); peak_kb is the peak since.
+peak_reset() { echo 5 > "/proc/$pid/clear_refs" 2>/dev/null || true; }
+peak_kb() { awk '/^VmHWM/ {print $2}' "/proc/$pid/status"; }
 # heap_mb: the Go heap in use (live data and garbage not collected yet) and
 # the live heap after the last collection.
 heap_mb() { curl -fsS http://127.0.0.1:$ADMIN_PORT/metrics 2>/dev/null | awk '/^go_memstats_heap_inuse_bytes / {u = $2} /^go_gc_heap_live_bytes / {l = $2} END {printf "in use %.0f, live %.0f", u/1048576, l/1048576}'; }
@@ -132,9 +137,11 @@ total=$(accepted)
 settle "$total"
 say spool_du_mb "$(du -sm "$WORK/spool" | cut -f1)"
 if [ -n "$HOLD" ]; then
+  peak_reset
   t0=$(now)
-  held=$("$SLUICE" queue hold --state deferred)
+  held=$("$SLUICE" queue hold --state deferred --timeout 600s)
   say hold_s "$(since "$t0") ($held)"
+  say rss_hold_peak_mb "$(( $(peak_kb) / 1024 )) (the peak while it held them)"
   sleep 5
   r=$(rss_kb)
   say rss_held_mb "$(( r / 1024 )) (heap $(heap_mb) MB), $(( r * 1024 / total )) B/rcpt"
@@ -150,7 +157,11 @@ bin/sluice-bench sink -listen "$listen" > "$WORK/sink.txt" &
 sinkpid=$!
 wait_port "$SINK_PORT"
 t0=$(now)
-[ -n "$HOLD" ] && say release "$("$SLUICE" queue release --state held)"
+if [ -n "$HOLD" ]; then
+  peak_reset
+  say release "$("$SLUICE" queue release --state held --timeout 600s)"
+  say rss_release_peak_mb "$(( $(peak_kb) / 1024 )) (the peak while it released them)"
+fi
 "$SLUICE" queue flush > /dev/null
 # Drained: no message left with a recipient to deliver (the gauge counts a
 # recipient until its outcome is recorded; the queue listing does not show

@@ -1,6 +1,7 @@
 package httpapi
 
 import (
+	"fmt"
 	"net/http"
 	"net/url"
 	"strings"
@@ -198,14 +199,26 @@ func (s *Server) queueAction(w http.ResponseWriter, r *http.Request, name, msgID
 	if msgID != "" {
 		target = msgID
 	}
-	if err != nil && (action == "hold" || action == "release") {
-		// Nothing changed: the hold is written with its event.
-		s.log.Error("queue action failed", "action", action, "target", target, "by", k.ID, "err", err)
-		s.fail(w, errf(http.StatusServiceUnavailable, codeUnavailable, "", "cannot record the %s now, try again later", action))
+	if ie := (*queue.IncompleteError)(nil); errors.As(err, &ie) {
+		// Stopped at a step the spool did not take: the steps before it
+		// were recorded, that one and the rest are as they were.
+		s.log.Error("queue action stopped part way; run it again to act on the rest", "action", action, "target", target, "by", k.ID,
+			"recipients_done", ie.Done, "recipients_left_at_most", ie.Left, "err", ie.Err)
+		s.fail(w, errf(http.StatusServiceUnavailable, codeUnavailable, "", "%s", incompleteText(action, ie)))
 		return
 	}
 	s.logAdminEvent(err, action, target, k.ID)
 	s.writeJSON(w, http.StatusOK, QueueAction{Queue: name, MessageID: msgID, Action: action, Recipients: &n})
+}
+
+// incompleteText is the answer to an action that stopped part way.
+func incompleteText(action string, ie *queue.IncompleteError) string {
+	if ie.Done == 0 {
+		return fmt.Sprintf("cannot record the %s now (nothing changed), try again later", action)
+	}
+	done := map[string]string{"bounce": "bounced", "cancel": "cancelled", "hold": "held", "release": "released"}[action]
+	return fmt.Sprintf("%d recipients %s, then the spool could not record the rest (at most %d more recipients, as they were): run it again to %s the rest",
+		ie.Done, done, ie.Left, action)
 }
 
 // queuePause pauses or resumes the queue name.

@@ -20,7 +20,11 @@ package queue
 // Concurrency: every method takes q.mu; the listing and the actions walk
 // the timer heap, the ready lists and the held items under it (O(queued
 // items): about 0.1 s per million), during which no delivery is
-// scheduled. Waiting items are compact (queue.go, item): an action whose
+// scheduled. An action on many recipients works in steps of about
+// StepRecipients (steps.go), each taking q.mu for its own walk, so
+// deliveries go on between steps; it acts on the recipients of the
+// messages queued when it began. Waiting items are compact (queue.go,
+// item): an action whose
 // filter names the sender, tenant or a recipient field first reads the
 // candidates back from the spool without q.mu (extract; a point read per
 // message, a few microseconds each). A recipient a worker is delivering
@@ -252,17 +256,19 @@ func (q *Queue) Retry(t Target, by string) (int, error) {
 	if err := q.checkTarget(t); err != nil {
 		return 0, err
 	}
-	moved := q.extract(fromWaiting, t)
-	q.mu.Lock()
-	now := q.o.Now()
 	n := 0
-	for _, it := range moved {
-		n += it.count()
-		it.due = now.UnixNano()
-		q.schedule(it, now)
-	}
-	q.mu.Unlock()
-	q.kick()
+	_, _ = q.inSteps(fromWaiting, t, func(moved []*item, _ bool) error {
+		q.mu.Lock()
+		now := q.o.Now()
+		for _, it := range moved {
+			n += it.count()
+			it.due = now.UnixNano()
+			q.schedule(it, now)
+		}
+		q.mu.Unlock()
+		q.kick()
+		return nil
+	})
 	b := q.sp.NewBatch()
 	q.adminEvent(b, pipeline.EventQueueRetried, t, by, n)
 	return n, b.Commit(false)
@@ -273,9 +279,15 @@ func (q *Queue) Retry(t Target, by string) (int, error) {
 // PolicyRelated, metadata.admin_by = by) and the sender the DSN a
 // permanent failure gets (550 5.0.0, through the same Notifier or
 // Bouncer), unless the sender is null; the addresses do not join the
-// suppression list. One queue_bounced event names the action. It returns
-// how many recipients it bounced; err is ErrNotQueued, or the first
-// failure to record an outcome (those recipients stay queued).
+// suppression list. Each message's outcome is committed on its own, a
+// step of about StepRecipients recipients at a time (see
+// IncompleteError). One queue_bounced event names the action, with the
+// recipients bounced. It returns how many recipients it bounced; err is
+// ErrNotQueued; an *IncompleteError when an outcome could not be
+// recorded (the action stops there: that message and the rest stay
+// queued as they were); or the first recipient that could not be read
+// back from the spool, or a failure to record the event (the rest was
+// bounced).
 func (q *Queue) Bounce(t Target, by string) (int, error) {
 	return q.settle(t, by, errAdminBounce, pipeline.EventQueueBounced)
 }
@@ -291,46 +303,56 @@ func (q *Queue) settle(t Target, by string, why error, typ string) (int, error) 
 	if err := q.checkTarget(t); err != nil {
 		return 0, err
 	}
-	items := q.extract(fromWaiting|fromReady|fromHeld, t)
 	n := 0
-	var first error
-	for _, it := range items {
-		if err := q.hydrate(it); err != nil {
-			q.unreadable(it, err)
-			if first == nil {
-				first = err
+	var unread error // the first item that could not be read back
+	left, err := q.inSteps(fromWaiting|fromReady|fromHeld, t, func(items []*item, _ bool) error {
+		errs := q.hydrateMany(items)
+		for i, it := range items {
+			if errs != nil && errs[i] != nil {
+				err := errs[i]
+				q.unreadable(it, err)
+				if unread == nil {
+					unread = err
+				}
+				continue
 			}
-			continue
-		}
-		it.by = by
-		if err := q.complete(it, nil, why, nil); err != nil {
-			it.by = ""
-			q.mu.Lock()
-			q.place(it, q.o.Now())
-			q.mu.Unlock()
-			if first == nil {
-				first = err
+			it.by = by
+			if err := q.complete(it, nil, why, nil); err != nil {
+				it.by = ""
+				q.putBack(items[i:])
+				return err
 			}
-			continue
+			n += len(it.rcpts)
 		}
-		n += len(it.rcpts)
-	}
+		return nil
+	})
 	b := q.sp.NewBatch()
 	q.adminEvent(b, typ, t, by, n)
-	if err := b.Commit(false); first == nil {
-		first = err
+	cerr := b.Commit(false)
+	switch {
+	case err != nil:
+		return n, &IncompleteError{Done: n, Left: left, Err: err}
+	case unread != nil:
+		return n, unread
 	}
-	return n, first
+	return n, cerr
 }
 
 // Hold holds the waiting and ready recipients selected by t: the queue
 // makes no attempt for them until Release, whatever their backoff or a
 // retry; they still expire at the queue lifetime only once released
 // (their next attempt decides). The hold is written into each
-// recipient's spool record with a queue_held event naming by, in one
-// batch, so it survives a restart. It returns how many recipients it
-// held; err is ErrNotQueued or a failure to record the hold (then nothing
-// is held).
+// recipient's spool record, so it survives a restart, in steps of about
+// StepRecipients recipients (whole messages), each step one spool batch
+// committed before the next is read: a step is held entirely or not at
+// all, and the queue's index always agrees with the spool. The last
+// step's batch holds the queue_held event naming by, with the
+// recipients held. It returns how many recipients it held; err is
+// ErrNotQueued, or an *IncompleteError when a step could not be
+// recorded or read back (the action stops there: the steps before it
+// stay held, recorded by a queue_held event of what they held when the
+// spool takes it, that step and the rest are as they were; Done 0 when
+// nothing was held).
 func (q *Queue) Hold(t Target, by string) (int, error) {
 	return q.setHeld(t, by, true)
 }
@@ -351,45 +373,74 @@ func (q *Queue) setHeld(t Target, by string, hold bool) (int, error) {
 	if hold {
 		from, typ = fromWaiting|fromReady, pipeline.EventQueueHeld
 	}
-	items := q.extract(from, t)
-	b := q.sp.NewBatch()
-	changed := make([][]*spool.Recipient, len(items))
-	n := 0
-	for i, it := range items {
-		if err := q.hydrate(it); err != nil {
-			// Put them all back as they were: nothing is held.
-			q.mu.Lock()
-			for _, it := range items {
-				q.place(it, q.o.Now())
-			}
-			q.mu.Unlock()
+	n, recorded := 0, false
+	left, err := q.inSteps(from, t, func(items []*item, last bool) error {
+		if len(items) == 0 && !last {
+			return nil
+		}
+		b := q.sp.NewBatch()
+		changed := make([][]*spool.Recipient, len(items))
+		k := 0
+		if errs := q.hydrateMany(items); errs != nil {
+			// Put the step back as it was: none of it is held.
 			b.Discard()
-			return 0, err
+			q.putBack(items)
+			return errs[slices.IndexFunc(errs, func(err error) bool { return err != nil })]
 		}
-		changed[i] = make([]*spool.Recipient, len(it.rcpts))
-		for j, r := range it.rcpts {
-			nr := *r
-			nr.Held = hold
-			_ = b.PutRecipient(&nr)
-			changed[i][j] = &nr
+		for i, it := range items {
+			changed[i] = make([]*spool.Recipient, len(it.rcpts))
+			for j, r := range it.rcpts {
+				nr := *r
+				nr.Held = hold
+				_ = b.PutRecipient(&nr)
+				changed[i][j] = &nr
+			}
+			k += len(it.rcpts)
 		}
-		n += len(it.rcpts)
+		if last {
+			q.adminEvent(b, typ, t, by, n+k)
+		}
+		err := b.Commit(false)
+		now := q.o.Now()
+		q.mu.Lock()
+		for i, it := range items {
+			if err == nil {
+				it.rcpts, it.held = changed[i], hold
+			}
+			q.place(it, now)
+		}
+		q.mu.Unlock()
+		if err != nil {
+			return err
+		}
+		n += k
+		recorded = last
+		return nil
+	})
+	if err == nil && recorded {
+		return n, nil
 	}
-	q.adminEvent(b, typ, t, by, n)
-	err := b.Commit(false)
+	if err == nil || n > 0 {
+		// Nothing selected: the event alone; or stopped part way: the
+		// event of what was done (when the spool takes it).
+		b := q.sp.NewBatch()
+		q.adminEvent(b, typ, t, by, n)
+		if cerr := b.Commit(false); err == nil {
+			return n, cerr
+		}
+	}
+	return n, &IncompleteError{Done: n, Left: left, Err: err}
+}
+
+// putBack places items again as they were, taken out of the queue by an
+// action that does not apply to them. Call it without q.mu.
+func (q *Queue) putBack(items []*item) {
 	now := q.o.Now()
 	q.mu.Lock()
-	for i, it := range items {
-		if err == nil {
-			it.rcpts, it.held = changed[i], hold
-		}
+	defer q.mu.Unlock()
+	for _, it := range items {
 		q.place(it, now)
 	}
-	q.mu.Unlock()
-	if err != nil {
-		return 0, err
-	}
-	return n, nil
 }
 
 // checkTarget returns ErrNotQueued for a message id the queue does not
@@ -424,10 +475,11 @@ const (
 	fromHeld                // the held items
 )
 
-// extract takes the recipients selected by t out of the places in from
-// and returns them as items (one per item they were in, with its
-// message, destination and due time); what did not match stays where it
-// was. It takes q.mu (call it without).
+// extract takes the recipients selected by t (of the messages in sp,
+// see span) out of the places in from and returns them as items (one
+// per item they were in, with its message, destination and due time);
+// what did not match stays where it was. It takes q.mu (call it
+// without).
 //
 // Sender, tenant and the recipient fields are in the spool, not in a
 // compact item: when t filters on them, the compact candidates are read
@@ -435,14 +487,14 @@ const (
 // not wait for those reads; an item that changed meanwhile is read again
 // under q.mu. A message id, a queue's own name and the reception time
 // need no read.
-func (q *Queue) extract(from int, t Target) []*item {
+func (q *Queue) extract(from int, t Target, sp span) []*item {
 	var pre map[rbKey]readBack
 	if needsRead(t) {
-		pre = q.readBack(from, t)
+		pre = q.readBack(from, t, sp)
 	}
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	return q.extractLocked(from, t, pre)
+	return q.extractLocked(from, t, sp, pre)
 }
 
 // needsRead reports whether t filters on what only the spool holds.
@@ -465,16 +517,18 @@ type rbKey struct {
 	ref idxRef
 }
 
-// matcher is a Target with its message id looked up, for preMatch.
+// matcher is a Target with its message id looked up, for preMatch,
+// limited to the messages of a span.
 type matcher struct {
 	t    Target
+	sp   span
 	want msgRef // t.MessageID's message, when t names one
 	none bool   // t names a message that is not queued
 }
 
-// matcher resolves t. q.mu held.
-func (q *Queue) matcher(t Target) *matcher {
-	m := &matcher{t: t}
+// matcher resolves t, limited to sp. q.mu held.
+func (q *Queue) matcher(t Target, sp span) *matcher {
+	m := &matcher{t: t, sp: sp}
 	if t.MessageID != "" {
 		var found bool
 		m.want, found = q.msgs.lookup(t.MessageID)
@@ -489,7 +543,7 @@ func (q *Queue) matcher(t Target) *matcher {
 // held.
 func (q *Queue) preMatch(mt *matcher, msg msgRef, d *dest) (ok, site bool) {
 	f := &mt.t.Filter
-	if mt.none || mt.t.MessageID != "" && mt.want != msg {
+	if !mt.sp.has(msg) || mt.none || mt.t.MessageID != "" && mt.want != msg {
 		return false, false
 	}
 	if recv := timeOf(q.received(msg)); !f.After.IsZero() && recv.Before(f.After) || !f.Before.IsZero() && !recv.Before(f.Before) {
@@ -517,10 +571,10 @@ func matching(t Target, site bool, m *spool.Meta, rcpts []*spool.Recipient) (too
 	return took, kept
 }
 
-// readBack reads the compact items in from that t may select back from
-// the spool, without q.mu, and matches them; it keeps the recipients of
-// those with a match only.
-func (q *Queue) readBack(from int, t Target) map[rbKey]readBack {
+// readBack reads the compact items in from that t may select (of the
+// messages in sp) back from the spool, without q.mu, and matches them;
+// it keeps the recipients of those with a match only.
+func (q *Queue) readBack(from int, t Target, sp span) map[rbKey]readBack {
 	type cand struct {
 		it   *item
 		ref  idxRef
@@ -529,7 +583,10 @@ func (q *Queue) readBack(from int, t Target) map[rbKey]readBack {
 	}
 	var cands []cand
 	q.mu.Lock()
-	q.walk(from, t, func(it *item, site bool) {
+	q.walk(from, q.matcher(t, sp), func(it *item, r *waitRec, site bool) {
+		if r != nil {
+			it = q.view(r)
+		}
 		if it.loaded == nil {
 			cands = append(cands, cand{it, it.ref(), it.indexes(), site})
 		}
@@ -556,21 +613,20 @@ func (q *Queue) readBack(from int, t Target) map[rbKey]readBack {
 	return pre
 }
 
-// walk calls fn for every item in the places in from that t may select
-// (preMatch; site as it says), those of the timer heap as views (see
-// Queue.view). q.mu held.
-func (q *Queue) walk(from int, t Target, fn func(it *item, site bool)) {
-	mt := q.matcher(t)
+// walk calls fn for every item (it; r nil) and every record (r; it
+// nil) in the places in from that mt may select (preMatch; site as it
+// says). fn must not change the lists. q.mu held.
+func (q *Queue) walk(from int, mt *matcher, fn func(it *item, r *waitRec, site bool)) {
 	each := func(it *item) {
 		if ok, site := q.preMatch(mt, it.msg, it.dest); ok {
-			fn(it, site)
+			fn(it, nil, site)
 		}
 	}
 	recs := func(rs []waitRec) {
 		for i := range rs {
 			r := &rs[i]
 			if ok, site := q.preMatch(mt, r.msg, q.destTab.at(r.dest)); ok {
-				fn(q.view(r), site)
+				fn(nil, r, site)
 			}
 		}
 	}
@@ -592,9 +648,9 @@ func (q *Queue) walk(from int, t Target, fn func(it *item, site bool)) {
 
 // extractLocked is extract with q.mu held and the compact items read
 // back (pre; nil when t needs no read).
-func (q *Queue) extractLocked(from int, t Target, pre map[rbKey]readBack) []*item {
+func (q *Queue) extractLocked(from int, t Target, sp span, pre map[rbKey]readBack) []*item {
 	read := needsRead(t)
-	mt := q.matcher(t)
+	mt := q.matcher(t, sp)
 	var out []*item
 	// split moves it's matching recipients into a new item in out.
 	split := func(it *item) {
@@ -648,8 +704,14 @@ func (q *Queue) extractLocked(from int, t Target, pre map[rbKey]readBack) []*ite
 		return shrunk(kept)
 	}
 	if from&fromWaiting != 0 {
+		n := len(q.waiting)
 		q.waiting = recs(q.waiting, false)
-		q.waiting.init()
+		// Records kept in place keep their due times: the heap needs
+		// restoring only when some left it (each step of a large
+		// action passes here once).
+		if len(q.waiting) < n {
+			q.waiting.init()
+		}
 	}
 	if from&fromReady != 0 {
 		for _, d := range q.dests {

@@ -191,6 +191,11 @@ type Queue struct {
 	// list and not in the timer heap: compact records in no order, which
 	// the garbage collector does not scan (index.go; a paused million).
 	held []waitRec
+	// stepRecipients is the size of a control action's step (steps.go;
+	// 0: StepRecipients), betweenSteps what runs between two steps:
+	// tests set them.
+	stepRecipients int
+	betweenSteps   func()
 }
 
 // item is some recipients of one message for one destination, attempted

@@ -359,7 +359,7 @@ func TestRQUnreadableHeldStaysHeld(t *testing.T) {
 		t.Fatalf("Hold = %d, %v", got, err)
 	}
 	// What settle does with an item whose hydrate failed.
-	items := q.extract(fromHeld, Target{})
+	items := q.extract(fromHeld, Target{}, span{})
 	if len(items) != 1 {
 		t.Fatalf("%d items extracted", len(items))
 	}
