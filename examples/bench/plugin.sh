@@ -23,7 +23,9 @@
 # plugin without sdk.HeaderReader, through STAMP_PARSED; stamp only), deepsleep
 # (GODEBUG=schedtrace=0 in its env: the Go runtime's sysmon sleeps deeply
 # when the plugin is idle, as before Sluice kept it awake by default;
-# docs/plugins.md, "CPU of a Go plugin"). With OLD_SLUICE and OLD_STAMP (paths of a
+# docs/plugins.md, "CPU of a Go plugin"), workers (each call handed to a
+# worker goroutine, the SDK's default, through STAMP_WORKERS, instead of
+# run on the stream's receiving goroutine: sdk.WithInlineCalls; stamp only). With OLD_SLUICE and OLD_STAMP (paths of a
 # relay and a stamp plugin built from an earlier commit), mode "old" runs
 # those, plugin on: before and after in one run. SERVE_FLAGS adds flags to
 # `sluice serve`, %MODE% in them becoming the mode (per-mode CPU profiles:
@@ -101,6 +103,7 @@ for r in $(seq "$ROUNDS"); do
       [ "$mode" = procs2 ] && PENV='{ GOMAXPROCS = "2" }'
       [ "$mode" = parsed ] && PENV='{ STAMP_PARSED = "1" }'
       [ "$mode" = deepsleep ] && PENV='{ GODEBUG = "schedtrace=0" }'
+      [ "$mode" = workers ] && PENV='{ STAMP_WORKERS = "1" }'
       if [ -n "$PLUGIN_PROFILE" ]; then
         prof="STAMP_CPUPROFILE = \"$PLUGIN_PROFILE/plugin.$mode.$r.pb,600\""
         if [ "$PENV" = '{}' ]; then PENV="{ $prof }"; else PENV="${PENV%\}}, $prof }"; fi

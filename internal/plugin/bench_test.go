@@ -50,7 +50,9 @@ func benchMessage(b *testing.B) *pipeline.Message {
 // in the same run; "deepsleep" the default with GODEBUG=schedtrace=0, so
 // that the Go runtime's sysmon thread sleeps deeply when the plugin is
 // idle, as it did before Sluice set schedtrace for its plugins (see
-// sysmonAwake; docs/plugins.md, "CPU of a Go plugin").
+// sysmonAwake; docs/plugins.md, "CPU of a Go plugin"); "workers" the
+// default with each stream call handed to a worker goroutine (the SDK's
+// default) instead of run inline (sdk.WithInlineCalls, the stamp plugin's).
 // host-cpu-µs/op and plugin-cpu-µs/op are the CPU time of each process
 // per call (the host's includes the benchmark's own loop), host-cs/op and
 // plugin-cs/op its threads' context switches per call.
@@ -66,6 +68,7 @@ func BenchmarkPluginOnMessage(b *testing.B) {
 		{"goprocs/serial", "STAMP_GOPROCS=1", false}, {"goprocs/parallel", "STAMP_GOPROCS=1", true},
 		{"parsed/serial", "STAMP_PARSED=1", false}, {"parsed/parallel", "STAMP_PARSED=1", true},
 		{"deepsleep/serial", sysmonDeepSleep, false}, {"deepsleep/parallel", sysmonDeepSleep, true},
+		{"workers/serial", "STAMP_WORKERS=1", false}, {"workers/parallel", "STAMP_WORKERS=1", true},
 	} {
 		par := c.par
 		env := []string{"STAMP_CPUPROFILE=" + os.Getenv("STAMP_CPUPROFILE"), c.env}

@@ -67,6 +67,12 @@ func main() {
 	if os.Getenv("STAMP_FIELDS") != "" { // the header as fields (protocol 1.1 behaviour)
 		opts = append(opts, sdk.WithHeaderFields())
 	}
+	// The hook returns in microseconds and never waits: run on the
+	// stream's receiving goroutine, unless STAMP_WORKERS (for comparisons)
+	// asks for the SDK's default of a worker per call in flight.
+	if os.Getenv("STAMP_WORKERS") == "" {
+		opts = append(opts, sdk.WithInlineCalls())
+	}
 	if os.Getenv("STAMP_GOPROCS") != "" { // Go's GOMAXPROCS, not the SDK's default of 1
 		opts = append(opts, sdk.WithMaxProcs(0))
 	}
