@@ -138,7 +138,7 @@ RUN FAILED (its figures below do not count)"
     echo "relay CPU $(( (c1-c0) * 1000000 / tck / N )) µs/msg, plugin process CPU $(( (p1-p0) * 1000000 / tck / N )) µs/msg"
     if [ -n "$perfs" ]; then
       # shellcheck disable=SC2086
-      kill -INT $perfs; wait $perfs 2>/dev/null || true
+      kill -INT $perfs 2>/dev/null || true; wait $perfs 2>/dev/null || true
       for who in relay plugin; do
         [ -f "$W/perf.$who" ] && awk -F, -v n="$N" -v who="$who" '$1 ~ /^[0-9]/ { s = s sprintf(" %s %.2f,", $3, $1/n) }
           END { sub(/,$/, "", s); print who " per message:" s }' "$W/perf.$who"
