@@ -15,7 +15,7 @@ import (
 // sysmon does not then poll every 20 µs for a millisecond. A plugin is
 // idle between most calls; end to end this is about a fifth of a
 // header-only Go plugin's CPU per message (BENCHMARKS.md, "Issue 16:
-// sysmon kept awake"). Non-Go plugins ignore GODEBUG. The trace lines it
+// sysmon kept awake by default, inline calls"). Non-Go plugins ignore GODEBUG. The trace lines it
 // makes the runtime print on stderr are dropped from the relay's log
 // (schedFilter). A schedtrace in the stage's env GODEBUG wins (0: the
 // runtime's default; another period: a real trace, logged).
