@@ -20,13 +20,22 @@
 # sdk.WithMaxProcs(0), Go's GOMAXPROCS instead of the SDK's 1, through its
 # STAMP_GOPROCS environment variable; stamp only), procs2 (GOMAXPROCS=2 in
 # its env), parsed (the header parsed into msg.Header for the hook, as for a
-# plugin without sdk.HeaderReader, through STAMP_PARSED; stamp only), sysmon
-# (GODEBUG=schedtrace=2147483647 in its env: the Go runtime's sysmon never
-# sleeps deeply; docs/plugins.md, "CPU of a Go plugin"). With OLD_SLUICE and OLD_STAMP (paths of a
+# plugin without sdk.HeaderReader, through STAMP_PARSED; stamp only), deepsleep
+# (GODEBUG=schedtrace=0 in its env: the Go runtime's sysmon sleeps deeply
+# when the plugin is idle, as before Sluice kept it awake by default;
+# docs/plugins.md, "CPU of a Go plugin"), workers (each call handed to a
+# worker goroutine, the SDK's default, through STAMP_WORKERS, instead of
+# run on the stream's receiving goroutine: sdk.WithInlineCalls; stamp only). With OLD_SLUICE and OLD_STAMP (paths of a
 # relay and a stamp plugin built from an earlier commit), mode "old" runs
 # those, plugin on: before and after in one run. SERVE_FLAGS adds flags to
 # `sluice serve`, %MODE% in them becoming the mode (per-mode CPU profiles:
-# SERVE_FLAGS="-cpuprofile /tmp/cpu.%MODE%.pb").
+# SERVE_FLAGS="-cpuprofile /tmp/cpu.%MODE%.pb"). PLUGIN_PROFILE=DIR writes
+# the stamp plugin's CPU profile of each round to DIR/plugin.MODE.ROUND.pb
+# (through its STAMP_CPUPROFILE, for 600 s or until it stops). PERF=1 adds,
+# per process and per message of the measured run, the context switches
+# and system calls counted by `perf stat -p` (raw_syscalls:sys_enter; needs
+# perf and the permission to trace the processes); PERF_EVENTS replaces
+# that list (e.g. "syscalls:sys_enter_write,syscalls:sys_enter_futex").
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROUNDS=${ROUNDS:-4}
@@ -36,6 +45,9 @@ SIZE=${SIZE:-2048}
 SERVE_FLAGS=${SERVE_FLAGS:-}
 PLUGIN=${PLUGIN:-stamp}
 MODES=${MODES:-off on}
+PERF=${PERF:-}
+PERF_EVENTS=${PERF_EVENTS:-context-switches,raw_syscalls:sys_enter}
+PLUGIN_PROFILE=${PLUGIN_PROFILE:-}
 # Ports (relay SMTP, sink, relay HTTP, admin): not relay.lua's defaults, so
 # that this bench does not meet another one running on the machine.
 PORT=${PORT:-2815}
@@ -90,7 +102,12 @@ for r in $(seq "$ROUNDS"); do
       [ "$mode" = goprocs ] && PENV='{ STAMP_GOPROCS = "1" }'
       [ "$mode" = procs2 ] && PENV='{ GOMAXPROCS = "2" }'
       [ "$mode" = parsed ] && PENV='{ STAMP_PARSED = "1" }'
-      [ "$mode" = sysmon ] && PENV='{ GODEBUG = "schedtrace=2147483647" }'
+      [ "$mode" = deepsleep ] && PENV='{ GODEBUG = "schedtrace=0" }'
+      [ "$mode" = workers ] && PENV='{ STAMP_WORKERS = "1" }'
+      if [ -n "$PLUGIN_PROFILE" ]; then
+        prof="STAMP_CPUPROFILE = \"$PLUGIN_PROFILE/plugin.$mode.$r.pb,600\""
+        if [ "$PENV" = '{}' ]; then PENV="{ $prof }"; else PENV="${PENV%\}}, $prof }"; fi
+      fi
       # The plugin stage goes before the routing stage: insert it after "stamp".
       awk -v cmd="$MCMD" -v cfg="$PCFG" -v env="$PENV" '/^sluice.stage\("routing"/ { print "sluice.stage(\"plugin\", sluice.plugin { cmd = \"" cmd "\", timeout = \"2s\", env = " env ", config = " cfg " })\n" } { print }' "$W/relay.lua" > "$W/r2" && mv "$W/r2" "$W/relay.lua"
     fi
@@ -106,6 +123,12 @@ for r in $(seq "$ROUNDS"); do
     ppid=$(pgrep -P "$pid" || true)
     c0=$(cpu_ticks "$pid"); p0=0; [ -n "$ppid" ] && p0=$(cpu_ticks "$ppid")
     curl -s http://127.0.0.1:$ADMIN/metrics > "$W/m0"
+    perfs=
+    if [ -n "$PERF" ]; then
+      perf stat -x, -e "$PERF_EVENTS" -p "$pid" -o "$W/perf.relay" & perfs=$!
+      [ -n "$ppid" ] && { perf stat -x, -e "$PERF_EVENTS" -p "$ppid" -o "$W/perf.plugin" & perfs="$perfs $!"; }
+      sleep 0.2
+    fi
     out=$(bin/sluice-bench smtp -target 127.0.0.1:$PORT -sink 127.0.0.1:$SINK -n "$N" -c "$SESSIONS" -size "$SIZE" -timeout 300s 2>&1) || out="$out
 RUN FAILED (its figures below do not count)"
     c1=$(cpu_ticks "$pid"); p1=0; [ -n "$ppid" ] && p1=$(cpu_ticks "$ppid")
@@ -113,6 +136,14 @@ RUN FAILED (its figures below do not count)"
     echo "## round $r, plugin $mode"
     echo "$out"
     echo "relay CPU $(( (c1-c0) * 1000000 / tck / N )) µs/msg, plugin process CPU $(( (p1-p0) * 1000000 / tck / N )) µs/msg"
+    if [ -n "$perfs" ]; then
+      # shellcheck disable=SC2086
+      kill -INT $perfs 2>/dev/null || true; wait $perfs 2>/dev/null || true
+      for who in relay plugin; do
+        [ -f "$W/perf.$who" ] && awk -F, -v n="$N" -v who="$who" '$1 ~ /^[0-9]/ { s = s sprintf(" %s %.2f,", $3, $1/n) }
+          END { sub(/,$/, "", s); print who " per message:" s }' "$W/perf.$who"
+      done
+    fi
     if [ "$mode" != off ]; then
       # The histogram of the measured run only: the warm-up's counts subtracted.
       curl -s http://127.0.0.1:$ADMIN/metrics > "$W/m1"

@@ -47,9 +47,12 @@ func benchMessage(b *testing.B) *pipeline.Message {
 // served with sdk.WithMaxProcs(0) (Go's GOMAXPROCS, one per core, instead
 // of the SDK's 1), "parsed" the default with the header parsed into
 // msg.Header for the hook (as for a plugin without sdk.HeaderReader), all
-// in the same run; "sysmon" the default with GODEBUG=schedtrace set so
-// that the Go runtime's sysmon thread never sleeps deeply (docs/plugins.md,
-// "CPU of a Go plugin").
+// in the same run; "deepsleep" the default with GODEBUG=schedtrace=0, so
+// that the Go runtime's sysmon thread sleeps deeply when the plugin is
+// idle, as it did before Sluice set schedtrace for its plugins (see
+// sysmonAwake; docs/plugins.md, "CPU of a Go plugin"); "workers" the
+// default with each stream call handed to a worker goroutine (the SDK's
+// default) instead of run inline (sdk.WithInlineCalls, the stamp plugin's).
 // host-cpu-µs/op and plugin-cpu-µs/op are the CPU time of each process
 // per call (the host's includes the benchmark's own loop), host-cs/op and
 // plugin-cs/op its threads' context switches per call.
@@ -64,7 +67,8 @@ func BenchmarkPluginOnMessage(b *testing.B) {
 		{"fields/serial", "STAMP_FIELDS=1", false}, {"fields/parallel", "STAMP_FIELDS=1", true},
 		{"goprocs/serial", "STAMP_GOPROCS=1", false}, {"goprocs/parallel", "STAMP_GOPROCS=1", true},
 		{"parsed/serial", "STAMP_PARSED=1", false}, {"parsed/parallel", "STAMP_PARSED=1", true},
-		{"sysmon/serial", sysmonAwake, false}, {"sysmon/parallel", sysmonAwake, true},
+		{"deepsleep/serial", sysmonDeepSleep, false}, {"deepsleep/parallel", sysmonDeepSleep, true},
+		{"workers/serial", "STAMP_WORKERS=1", false}, {"workers/parallel", "STAMP_WORKERS=1", true},
 	} {
 		par := c.par
 		env := []string{"STAMP_CPUPROFILE=" + os.Getenv("STAMP_CPUPROFILE"), c.env}
@@ -133,9 +137,9 @@ func BenchmarkPluginOnMessage(b *testing.B) {
 	}
 }
 
-// sysmonAwake keeps the plugin runtime's sysmon thread from its deep
-// sleep (see docs/plugins.md): a schedule trace every 2^31-1 ms.
-const sysmonAwake = "GODEBUG=schedtrace=2147483647"
+// sysmonDeepSleep lets the plugin runtime's sysmon thread sleep deeply
+// (no schedtrace: Sluice's withSysmonAwake then leaves GODEBUG alone).
+const sysmonDeepSleep = "GODEBUG=schedtrace=0"
 
 // procDir is the /proc directory of process pid (0: this process).
 func procDir(pid int) string {

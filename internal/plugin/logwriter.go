@@ -46,7 +46,9 @@ func (o *outputLimiter) allow(now time.Time) (ok bool, dropped int) {
 }
 
 // lineLogger is an io.Writer that logs each line written to it, at most
-// maxLogLine bytes of it, within its limiter's rate (nil: no limit).
+// maxLogLine bytes of it, within its limiter's rate (nil: no limit). The
+// Go runtime's scheduler trace is not logged when sched is on (see
+// sysmonAwake).
 type lineLogger struct {
 	mu     sync.Mutex
 	log    *slog.Logger
@@ -54,6 +56,7 @@ type lineLogger struct {
 	lim    *outputLimiter
 	buf    []byte
 	skip   bool // the current line was logged truncated: drop up to its end
+	sched  schedFilter
 }
 
 func (w *lineLogger) Write(p []byte) (int, error) {
@@ -98,7 +101,7 @@ func (w *lineLogger) Write(p []byte) (int, error) {
 
 func (w *lineLogger) emit(line []byte, truncated bool) {
 	line = bytes.TrimRight(line, "\r")
-	if len(line) == 0 {
+	if len(line) == 0 || w.sched.drop(line) {
 		return
 	}
 	if w.lim != nil {

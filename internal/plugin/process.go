@@ -95,8 +95,9 @@ func (g *group) stopInstance(inst *instance, graceful bool) {
 // tailBuffer keeps the last stderrTail bytes written to it. Safe for
 // concurrent use.
 type tailBuffer struct {
-	mu  sync.Mutex
-	buf []byte
+	mu        sync.Mutex
+	buf       []byte
+	dropSched bool // String leaves out the runtime's scheduler trace (see sysmonAwake)
 }
 
 func (t *tailBuffer) Write(p []byte) (int, error) {
@@ -120,6 +121,9 @@ func (t *tailBuffer) String() string {
 			s = s[i+1:] // drop the partial first line
 		}
 		s = "...\n" + s
+	}
+	if t.dropSched {
+		s = dropSchedTrace(s)
 	}
 	return s
 }

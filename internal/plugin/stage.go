@@ -298,9 +298,10 @@ func (s *Stage) setHooks(d *stagev1.DescribeResponse) error {
 // launch starts one process and runs Configure and Describe.
 func (g *group) launch() (*instance, *stagev1.DescribeResponse, error) {
 	cmd := exec.Command(g.opts.Cmd, g.opts.Args...)
-	cmd.Env = append(os.Environ(), g.opts.Env...)
+	var sched bool // Sluice set schedtrace: its trace lines are not logged
+	cmd.Env, sched = withSysmonAwake(append(os.Environ(), g.opts.Env...))
 	setProcAttrs(cmd)
-	stderr := &tailBuffer{}
+	stderr := &tailBuffer{dropSched: sched}
 	lim := newOutputLimiter()
 	client := goplugin.NewClient(&goplugin.ClientConfig{
 		HandshakeConfig:  sdk.Handshake,
@@ -310,8 +311,8 @@ func (g *group) launch() (*instance, *stagev1.DescribeResponse, error) {
 		AllowedProtocols: []goplugin.Protocol{goplugin.ProtocolGRPC},
 		StartTimeout:     g.opts.StartTimeout,
 		Logger:           hclog.NewNullLogger(),
-		Stderr:           io.MultiWriter(&lineLogger{log: g.log, stream: "stderr", lim: lim}, stderr),
-		SyncStderr:       &lineLogger{log: g.log, stream: "stderr", lim: lim},
+		Stderr:           io.MultiWriter(&lineLogger{log: g.log, stream: "stderr", lim: lim, sched: schedFilter{on: sched}}, stderr),
+		SyncStderr:       &lineLogger{log: g.log, stream: "stderr", lim: lim, sched: schedFilter{on: sched}},
 		SyncStdout:       &lineLogger{log: g.log, stream: "stdout", lim: lim},
 		GRPCDialOptions:  sdk.DialOptions(),
 	})

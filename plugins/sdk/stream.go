@@ -21,7 +21,8 @@ import (
 const maxWorkers = 256
 
 // Calls serves hook calls over one bidirectional stream (protocol 1.1):
-// each CallRequest runs concurrently with the others, on one of the
+// each CallRequest runs concurrently with the others (one after the other
+// on the receiving goroutine with WithInlineCalls), on one of the
 // stream's workers (long-lived goroutines, whose grown stacks are reused:
 // a new one starts when all are busy, up to maxWorkers, past which a call
 // gets a goroutine of its own), with the request's deadline,
@@ -91,6 +92,12 @@ func (s *server) Calls(stream stagev1.Stage_CallsServer) error {
 			dl = time.Unix(0, req.DeadlineUnixNano)
 		}
 		ctx := newCallCtx(base, dl)
+		if s.inline { // WithInlineCalls: no worker, no cancel entry
+			resp := s.dispatch(ctx, req)
+			ctx.cancel()
+			answer(resp)
+			continue
+		}
 		cancel := ctx.cancel
 		mu.Lock()
 		cancels[req.Id] = cancel

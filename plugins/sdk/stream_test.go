@@ -212,3 +212,55 @@ func TestCallsStreamBatchAnswers(t *testing.T) {
 		}
 	}
 }
+
+// TestInlineCalls: with WithInlineCalls every call on the stream is
+// answered once, with and without batch_answers; the calls run one after
+// the other, so a hook blocked until its deadline holds up the calls sent
+// after it (and only until then), and the answers come in request order.
+func TestInlineCalls(t *testing.T) {
+	for _, batch := range []bool{true, false} {
+		c := dial(t, NewServer(blocker{}, WithInlineCalls()))
+		if _, err := c.Configure(context.Background(), &stagev1.ConfigureRequest{StageName: "b", BatchAnswers: batch}); err != nil {
+			t.Fatal(err)
+		}
+		st, err := c.Calls(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		blocked := msgCall(1, "block")
+		blocked.DeadlineUnixNano = time.Now().Add(50 * time.Millisecond).UnixNano()
+		if err := st.Send(blocked); err != nil {
+			t.Fatal(err)
+		}
+		const n = 100
+		for id := uint64(2); id <= n; id++ {
+			if err := st.Send(msgCall(id, strconv.FormatUint(id, 10))); err != nil {
+				t.Fatal(err)
+			}
+		}
+		var order []uint64
+		for len(order) < n {
+			r, err := st.Recv()
+			if err != nil {
+				t.Fatal(err)
+			}
+			more := r.More
+			r.More = nil
+			for _, a := range append([]*stagev1.CallResponse{r}, more...) {
+				if a.Id == 1 {
+					if a.GetError() == nil {
+						t.Fatalf("blocked call: %v, want its deadline's error", a)
+					}
+				} else if h := a.GetVerdict().GetEdits().GetHeaders(); len(h) != 1 || h[0].Value != strconv.FormatUint(a.Id, 10) {
+					t.Fatalf("answer %v", a)
+				}
+				order = append(order, a.Id)
+			}
+		}
+		for i, id := range order {
+			if id != uint64(i+1) {
+				t.Fatalf("batch %v: answers in order %v, want 1..%d (run inline, one after the other)", batch, order, n)
+			}
+		}
+	}
+}

@@ -13,6 +13,7 @@ import (
 	"runtime/pprof"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/sluice-mta/sluice/pipeline"
@@ -46,14 +47,17 @@ func (stage) OnMessage(ctx context.Context, msg *pipeline.Message) (pipeline.Ver
 }
 
 func main() {
-	// STAMP_CPUPROFILE=FILE,SECONDS profiles the plugin for that long
-	// (to see the plugin side of a benchmark).
+	// STAMP_CPUPROFILE=FILE,SECONDS profiles the plugin for that long, or
+	// until Sluice stops it (to see the plugin side of a benchmark).
 	if v := os.Getenv("STAMP_CPUPROFILE"); v != "" {
 		file, secs, _ := strings.Cut(v, ",")
 		n, _ := strconv.Atoi(secs)
 		f, err := os.Create(file)
 		if err == nil && pprof.StartCPUProfile(f) == nil {
-			time.AfterFunc(time.Duration(n)*time.Second, func() { pprof.StopCPUProfile(); f.Close() })
+			var once sync.Once
+			stop := func() { once.Do(func() { pprof.StopCPUProfile(); f.Close() }) }
+			time.AfterFunc(time.Duration(n)*time.Second, stop)
+			defer stop()
 		}
 	}
 	var opts []sdk.Option
@@ -62,6 +66,12 @@ func main() {
 	}
 	if os.Getenv("STAMP_FIELDS") != "" { // the header as fields (protocol 1.1 behaviour)
 		opts = append(opts, sdk.WithHeaderFields())
+	}
+	// The hook returns in microseconds and never waits: run on the
+	// stream's receiving goroutine, unless STAMP_WORKERS (for comparisons)
+	// asks for the SDK's default of a worker per call in flight.
+	if os.Getenv("STAMP_WORKERS") == "" {
+		opts = append(opts, sdk.WithInlineCalls())
 	}
 	if os.Getenv("STAMP_GOPROCS") != "" { // Go's GOMAXPROCS, not the SDK's default of 1
 		opts = append(opts, sdk.WithMaxProcs(0))
