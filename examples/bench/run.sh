@@ -14,10 +14,12 @@ HTTP_SCENARIOS=${HTTP_SCENARIOS:-"64:20000:0 16:40000:100"}
 # flags for `sluice serve`, e.g. "-cpuprofile /tmp/cpu.pb" or "-trace /tmp/t.out".
 SLUICE=${SLUICE:-bin/sluice}
 SERVE_FLAGS=${SERVE_FLAGS:-}
+# RELAY_LUA: the relay's config template ({{SPOOL}}, {{EVENTS}} filled in).
+RELAY_LUA=${RELAY_LUA:-examples/bench/relay.lua}
 WORK=$(mktemp -d /tmp/sluice-bench.XXXXXX)
 trap 'kill $pid 2>/dev/null; wait $pid 2>/dev/null; rm -rf "$WORK"' EXIT
 
-sed -e "s#{{SPOOL}}#$WORK/spool#" -e "s#{{EVENTS}}#$WORK/events.jsonl#" examples/bench/relay.lua > "$WORK/relay.lua"
+sed -e "s#{{SPOOL}}#$WORK/spool#" -e "s#{{EVENTS}}#$WORK/events.jsonl#" "$RELAY_LUA" > "$WORK/relay.lua"
 "$SLUICE" serve -c "$WORK/relay.lua" -log-level warn $SERVE_FLAGS 2> "$WORK/sluice.log" &
 pid=$!
 for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/2605) 2>/dev/null && break; sleep 0.1; done
