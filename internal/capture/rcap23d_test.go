@@ -27,3 +27,24 @@ func TestWordHashSpreadsWordsAlikeAtTheEnds(t *testing.T) {
 		}
 	}
 }
+
+// TestSearchTextPoolKeepsNoLargeWordList: a text of many distinct words
+// (40,000: 160 KiB of positions, 320 KiB of word bounds) leaves no
+// buffer above maxPooledText in the pool, the word bounds included.
+func TestSearchTextPoolKeepsNoLargeWordList(t *testing.T) {
+	var b strings.Builder
+	for i := range 40000 {
+		fmt.Fprintf(&b, "w%d ", i)
+	}
+	newSearchText("s", []byte(b.String())).release()
+	for range 4 {
+		st := searchTexts.Get().(*searchText)
+		defer searchTexts.Put(st)
+		for _, c := range []int{cap(st.text), 4 * cap(st.spans), 4 * cap(st.pos), 4 * cap(st.at), 4 * cap(st.occ)} {
+			if c > maxPooledText {
+				t.Fatalf("a pooled searchText holds a %d-byte buffer (text %d, spans %d, pos %d, at %d, occ %d)",
+					c, cap(st.text), cap(st.spans), cap(st.pos), cap(st.at), cap(st.occ))
+			}
+		}
+	}
+}

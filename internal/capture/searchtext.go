@@ -41,9 +41,10 @@ type searchText struct {
 
 var searchTexts = sync.Pool{New: func() any { return new(searchText) }}
 
-// maxPooledText is the largest buffer release keeps (256 KiB: the text,
-// or the words' positions): a pooled buffer lives as long as the
-// process, so a large message's are left to the garbage collector.
+// maxPooledText is the largest buffer release keeps, in bytes (256 KiB:
+// the text, the words' positions or their bounds): a pooled buffer
+// outlives its capture (sync.Pool keeps it across a garbage
+// collection), so a large message's are left to the garbage collector.
 const maxPooledText = 256 << 10
 
 // newSearchText makes the searchable text of a message with the given
@@ -84,7 +85,7 @@ func (st *searchText) release() {
 	if !st.own || cap(st.text) > maxPooledText {
 		st.text = nil
 	}
-	if 4*cap(st.occ) > maxPooledText {
+	if 4*max(cap(st.occ), cap(st.pos), cap(st.spans), cap(st.at)) > maxPooledText {
 		*st = searchText{text: st.text, own: st.own}
 	}
 	searchTexts.Put(st)
