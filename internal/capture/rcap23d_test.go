@@ -1,9 +1,12 @@
 package capture
 
 import (
+	"context"
 	"fmt"
 	"strings"
+	"sync"
 	"testing"
+	"time"
 )
 
 // TestWordHashSpreadsWordsAlikeAtTheEnds: words of one length that share
@@ -47,4 +50,109 @@ func TestSearchTextPoolKeepsNoLargeWordList(t *testing.T) {
 			}
 		}
 	}
+}
+
+// TestConcurrentCapturesKeepTheirOwnTexts: captures at once (ASCII,
+// non-ASCII, above the pool's 256 KiB) each store, publish and index
+// their own searchable text, never one mixed with another's through the
+// pooled buffers (run with -race): each waiter gets its capture, each
+// capture's own word finds it alone, and its stored text is
+// strings.ToLower(subject + "\n" + body), before and after a restart.
+func TestConcurrentCapturesKeepTheirOwnTexts(t *testing.T) {
+	dir := t.TempDir()
+	s := open(t, dir, Options{})
+	const W, N = 4, 24
+	body := func(w, i int) (string, string) {
+		tok := fmt.Sprintf("tok%dx%dq", w, i)
+		var b strings.Builder
+		switch i % 4 {
+		case 0:
+			b.WriteString("Plain ASCII " + tok + " words")
+		case 1:
+			b.WriteString("Grüße " + tok + " ÄÖÜ İstanbul")
+		case 2:
+			b.WriteString(strings.Repeat("Filler WORD ", 24000) + tok) // > 256 KiB
+		case 3:
+			b.WriteString(strings.Repeat("é", 1000) + " " + tok + strings.Repeat(" ab", 100))
+		}
+		return "Subj " + tok, b.String()
+	}
+	var wg sync.WaitGroup
+	waitRes := make(chan [2]string, W*N)
+	for w := 0; w < W; w++ {
+		for i := 0; i < N; i++ {
+			if i%5 != 0 {
+				continue
+			}
+			wg.Add(1)
+			go func(tok string) {
+				defer wg.Done()
+				ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+				defer cancel()
+				sm, err := s.Wait(ctx, "acme", Filter{Text: tok})
+				if err != nil {
+					t.Error(tok, err)
+					return
+				}
+				waitRes <- [2]string{tok, sm.Subject}
+			}(fmt.Sprintf("tok%dx%dq", w, i))
+		}
+	}
+	time.Sleep(200 * time.Millisecond)
+	var pw sync.WaitGroup
+	for w := 0; w < W; w++ {
+		pw.Add(1)
+		go func(w int) {
+			defer pw.Done()
+			for i := 0; i < N; i++ {
+				subj, b := body(w, i)
+				if _, err := s.Put("acme", "", "a@s.test", []string{"b@d.test"}, msg(subj, "b@d.test", b)); err != nil {
+					t.Error(err)
+				}
+				if _, err := s.Search("acme", Filter{Text: "grüße filler"}, 0, 5); err != nil {
+					t.Error(err)
+				}
+			}
+		}(w)
+	}
+	pw.Wait()
+	wg.Wait()
+	close(waitRes)
+	for r := range waitRes {
+		if r[1] != "Subj "+r[0] {
+			t.Errorf("wait %s got %q", r[0], r[1])
+		}
+	}
+	check := func() {
+		for w := 0; w < W; w++ {
+			for i := 0; i < N; i++ {
+				subj, b := body(w, i)
+				tok := fmt.Sprintf("tok%dx%dq", w, i)
+				for _, q := range []string{tok, `"` + tok + `"`} {
+					p, err := s.Search("acme", Filter{Text: q}, 0, 10)
+					if err != nil || len(p.Messages) != 1 || p.Messages[0].Subject != subj {
+						t.Fatalf("%s: %v %+v", q, err, p)
+					}
+					e := s.byID[p.Messages[0].ID]
+					zv, c, err := s.db.Get(textZKey("acme", e.s.ID))
+					if err != nil {
+						t.Fatal(err)
+					}
+					v, err := unpack(nil, zv)
+					c.Close()
+					if err != nil {
+						t.Fatal(err)
+					}
+					if want := strings.ToLower(subj + "\n" + b + "\r\n"); string(v) != want {
+						t.Fatalf("%s: stored text differs (%d vs %d bytes)", tok, len(v), len(want))
+					}
+				}
+			}
+		}
+	}
+	check()
+	s.Close()
+	s = open(t, dir, Options{})
+	defer s.Close()
+	check()
 }
