@@ -41,9 +41,10 @@ type searchText struct {
 
 var searchTexts = sync.Pool{New: func() any { return new(searchText) }}
 
-// maxPooledText is the largest buffer release keeps (256 KiB: the text,
-// or the words' positions): a pooled buffer lives as long as the
-// process, so a large message's are left to the garbage collector.
+// maxPooledText is the largest buffer release keeps, in bytes (256 KiB:
+// the text, the words' positions or their bounds): a pooled buffer
+// outlives its capture (sync.Pool keeps it across a garbage
+// collection), so a large message's are left to the garbage collector.
 const maxPooledText = 256 << 10
 
 // newSearchText makes the searchable text of a message with the given
@@ -84,7 +85,7 @@ func (st *searchText) release() {
 	if !st.own || cap(st.text) > maxPooledText {
 		st.text = nil
 	}
-	if 4*cap(st.occ) > maxPooledText {
+	if 4*max(cap(st.occ), cap(st.pos), cap(st.spans), cap(st.at)) > maxPooledText {
 		*st = searchText{text: st.text, own: st.own}
 	}
 	searchTexts.Put(st)
@@ -278,13 +279,19 @@ func growInt32(b []int32, n int) []int32 {
 	return b[:n]
 }
 
-// wordHash is a hash of w for telling a message's words apart (never 0):
-// its length and its first and last eight bytes.
+// wordHash is a hash of w for telling a message's words apart (never
+// 0), of all its bytes: a hash of some (the ends only, say) put words
+// that differ elsewhere ("customer0001234account") in one slot of
+// split's small set, each occurrence then probing the whole cluster.
 func wordHash(w []byte) uint32 {
 	var a, b uint64
 	if len(w) >= 8 {
 		a = binary.LittleEndian.Uint64(w)
 		b = binary.LittleEndian.Uint64(w[len(w)-8:])
+		// The bytes between the first and last eight (past 16 bytes).
+		for i := 8; i < len(w)-8; i += 8 {
+			a = (a ^ binary.LittleEndian.Uint64(w[i:])) * 0xff51afd7ed558ccd
+		}
 	} else {
 		for i, c := range w {
 			a |= uint64(c) << (8 * i)
