@@ -155,8 +155,10 @@ func (q *Queue) hydrateMany(items []*item) []error {
 // before the next begins: Done recipients were acted on (0: none) before
 // Err stopped it at a step that could not be recorded (a full or failing
 // spool) or read back; that step and the rest, at most Left recipients,
-// are as they were, in the queue and in the spool. Running the action
-// again acts on the rest.
+// are as they were, in the queue and in the spool (Bounce and Cancel
+// record each message on its own: the messages of that step before the
+// refused one are done, and counted in Done). Running the action again
+// acts on the rest.
 type IncompleteError struct {
 	Done, Left int
 	Err        error
