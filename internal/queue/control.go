@@ -305,7 +305,9 @@ func (q *Queue) settle(t Target, by string, why error, typ string) (int, error) 
 	}
 	n := 0
 	var unread error // the first item that could not be read back
+	stepDone := 0    // recipients settled in the step under way
 	left, err := q.inSteps(fromWaiting|fromReady|fromHeld, t, func(items []*item, _ bool) error {
+		stepDone = 0
 		errs := q.hydrateMany(items)
 		for i, it := range items {
 			if errs != nil && errs[i] != nil {
@@ -323,6 +325,7 @@ func (q *Queue) settle(t Target, by string, why error, typ string) (int, error) 
 				return err
 			}
 			n += len(it.rcpts)
+			stepDone += len(it.rcpts)
 		}
 		return nil
 	})
@@ -331,7 +334,9 @@ func (q *Queue) settle(t Target, by string, why error, typ string) (int, error) 
 	cerr := b.Commit(false)
 	switch {
 	case err != nil:
-		return n, &IncompleteError{Done: n, Left: left, Err: err}
+		// The messages of the stopped step before the refused one are
+		// settled: not left.
+		return n, &IncompleteError{Done: n, Left: max(left-stepDone, 0), Err: err}
 	case unread != nil:
 		return n, unread
 	}
