@@ -354,7 +354,9 @@ func (q *Queue) settle(t Target, by string, why error, typ string) (int, error) 
 // step's batch holds the queue_held event naming by, with the
 // recipients held. It returns how many recipients it held; err is
 // ErrNotQueued, or an *IncompleteError when a step could not be
-// recorded or read back (the action stops there: the steps before it
+// recorded or read back (recipients missing from the spool are dropped
+// from the queue with a log line instead, as Bounce does; the action
+// stops there: the steps before it
 // stay held, recorded by a queue_held event of what they held when the
 // spool takes it, that step and the rest are as they were; Done 0 when
 // nothing was held).
@@ -384,14 +386,32 @@ func (q *Queue) setHeld(t Target, by string, hold bool) (int, error) {
 			return nil
 		}
 		b := q.sp.NewBatch()
+		if errs := q.hydrateMany(items); errs != nil {
+			// Recipients gone from the spool are dropped (unreadable),
+			// as settle does: a held one is never attempted, so nothing
+			// else would. Any other read error puts the step back as it
+			// was: none of it is held.
+			var rerr error
+			kept := make([]*item, 0, len(items))
+			for i, it := range items {
+				if errors.Is(errs[i], spool.ErrNotQueued) {
+					q.unreadable(it, errs[i])
+					continue
+				}
+				if rerr == nil {
+					rerr = errs[i]
+				}
+				kept = append(kept, it)
+			}
+			if rerr != nil {
+				b.Discard()
+				q.putBack(kept)
+				return rerr
+			}
+			items = kept
+		}
 		changed := make([][]*spool.Recipient, len(items))
 		k := 0
-		if errs := q.hydrateMany(items); errs != nil {
-			// Put the step back as it was: none of it is held.
-			b.Discard()
-			q.putBack(items)
-			return errs[slices.IndexFunc(errs, func(err error) bool { return err != nil })]
-		}
 		for i, it := range items {
 			changed[i] = make([]*spool.Recipient, len(it.rcpts))
 			for j, r := range it.rcpts {
