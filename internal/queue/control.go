@@ -354,12 +354,11 @@ func (q *Queue) settle(t Target, by string, why error, typ string) (int, error) 
 // step's batch holds the queue_held event naming by, with the
 // recipients held. It returns how many recipients it held; err is
 // ErrNotQueued, or an *IncompleteError when a step could not be
-// recorded or read back (recipients missing from the spool are dropped
-// from the queue with a log line instead, as Bounce does; the action
-// stops there: the steps before it
+// recorded or read back (the action stops there: the steps before it
 // stay held, recorded by a queue_held event of what they held when the
 // spool takes it, that step and the rest are as they were; Done 0 when
-// nothing was held).
+// nothing was held). Recipients missing from the spool are dropped from
+// the queue with a log line, as Bounce does, not a reason to stop.
 func (q *Queue) Hold(t Target, by string) (int, error) {
 	return q.setHeld(t, by, true)
 }
