@@ -39,13 +39,15 @@ func (f fillingFS) Create(name string, c vfs.DiskWriteCategory) (vfs.File, error
 	return countingFile{file, f.wal}, nil
 }
 
-func (f fillingFS) GetDiskUsage(path string) (vfs.DiskUsage, error) {
-	du, err := f.FS.GetDiskUsage(path)
+// GetDiskUsage reports 1 GiB free (whatever the test machine's disk
+// has), or 1000 bytes once full.
+func (f fillingFS) GetDiskUsage(string) (vfs.DiskUsage, error) {
+	avail := uint64(1 << 30)
 	if a := f.armedAt.Load(); f.full.Load() || a >= 0 && f.wal.Load()-a >= f.fillAfter {
 		f.full.Store(true)
-		du.AvailBytes = 1000
+		avail = 1000
 	}
-	return du, err
+	return vfs.DiskUsage{AvailBytes: avail, TotalBytes: 1 << 40, UsedBytes: 1<<40 - avail}, nil
 }
 
 type countingFile struct {
