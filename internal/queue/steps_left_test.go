@@ -3,6 +3,7 @@ package queue
 import (
 	"errors"
 	"log/slog"
+	"strings"
 	"sync/atomic"
 	"testing"
 
@@ -32,6 +33,7 @@ func (f readingsFS) GetDiskUsage(string) (vfs.DiskUsage, error) {
 // message recorded on its own) stops when the disk fills part way
 // through the step. What it says is left at most is what is still
 // queued at most: Done and Left add up to no more than it selected.
+// The log does not promise a retry the action will not make.
 func TestCancelStoppedInAStepCountsWhatIsLeft(t *testing.T) {
 	var armed atomic.Bool
 	var room atomic.Int32
@@ -44,7 +46,8 @@ func TestCancelStoppedInAStepCountsWhatIsLeft(t *testing.T) {
 	t.Cleanup(func() { sp.Close() })
 	const total = 3000
 	spoolQueued(t, sp, total, 2)
-	q := New(sp, &fakeDialer{}, Options{Logger: slog.New(slog.DiscardHandler)})
+	var logs syncBuffer
+	q := New(sp, &fakeDialer{}, Options{Logger: slog.New(slog.NewTextHandler(&logs, nil))})
 	if n, err := q.Load(); n != total || err != nil {
 		t.Fatalf("Load = %d, %v", n, err)
 	}
@@ -57,5 +60,8 @@ func TestCancelStoppedInAStepCountsWhatIsLeft(t *testing.T) {
 	queued := len(spoolKeys(t, sp))
 	if queued != total-n || ie.Left < queued || ie.Done+ie.Left > total {
 		t.Fatalf("stopped after %d with at most %d left; %d still queued of %d", ie.Done, ie.Left, queued, total)
+	}
+	if l := logs.String(); strings.Contains(l, "will retry") {
+		t.Fatalf("the log promises a retry:\n%s", l)
 	}
 }
