@@ -546,13 +546,14 @@ type rbKey struct {
 type matcher struct {
 	t    Target
 	sp   span
+	gen  uint32 // the last message's generation when made (span.has)
 	want msgRef // t.MessageID's message, when t names one
 	none bool   // t names a message that is not queued
 }
 
 // matcher resolves t, limited to sp. q.mu held.
 func (q *Queue) matcher(t Target, sp span) *matcher {
-	m := &matcher{t: t, sp: sp}
+	m := &matcher{t: t, sp: sp, gen: q.msgs.gen}
 	if t.MessageID != "" {
 		var found bool
 		m.want, found = q.msgs.lookup(t.MessageID)
@@ -567,7 +568,7 @@ func (q *Queue) matcher(t Target, sp span) *matcher {
 // held.
 func (q *Queue) preMatch(mt *matcher, msg msgRef, d *dest) (ok, site bool) {
 	f := &mt.t.Filter
-	if !mt.sp.has(msg) || mt.none || mt.t.MessageID != "" && mt.want != msg {
+	if !mt.sp.has(msg, mt.gen) || mt.none || mt.t.MessageID != "" && mt.want != msg {
 		return false, false
 	}
 	if recv := timeOf(q.received(msg)); !f.After.IsZero() && recv.Before(f.After) || !f.Before.IsZero() && !recv.Before(f.Before) {
