@@ -15,6 +15,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cockroachdb/pebble/v2/vfs"
+
 	"github.com/sluice-mta/sluice/internal/apikey"
 	"github.com/sluice-mta/sluice/internal/config"
 	"github.com/sluice-mta/sluice/internal/delivery"
@@ -170,6 +172,8 @@ type envOptions struct {
 	tokVer      *token.Verifier
 	logs        io.Writer     // when set, the server logs JSON lines here (info and up)
 	retryFirst  time.Duration // the queue's first backoff; default 100 ms
+	spoolFS     vfs.FS        // the spool's filesystem (faults); nil: the OS's
+	minFree     int64         // the spool's reserve (spool.Options.MinFree)
 }
 
 func testLogger(t testing.TB, quiet bool) *slog.Logger {
@@ -193,7 +197,8 @@ func newEnv(t testing.TB, o envOptions) *env {
 		log = slog.New(slog.NewJSONHandler(o.logs, nil))
 	}
 	dir := t.TempDir()
-	sp, err := spool.Open(filepath.Join(dir, "spool"), spool.Options{Logger: log, Node: "test-node", MemtableMB: 64})
+	sp, err := spool.Open(filepath.Join(dir, "spool"), spool.Options{Logger: log, Node: "test-node", MemtableMB: 64,
+		FS: o.spoolFS, MinFree: o.minFree})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -7,7 +7,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"os"
 	"runtime"
 	"strings"
 	"testing"
@@ -217,26 +216,9 @@ func BenchmarkHostileBatch(b *testing.B) {
 		}
 	}
 	b.StopTimer()
-	if hwm := peakRSS(); hwm > 0 {
+	if hwm := testutil.PeakRSS(); hwm > 0 {
 		b.ReportMetric(float64(hwm)/(1<<20), "peak-RSS-MiB")
 	}
-}
-
-// peakRSS is the process's peak resident set (VmHWM), in bytes; 0 where
-// /proc is missing.
-func peakRSS() int64 {
-	data, err := os.ReadFile("/proc/self/status")
-	if err != nil {
-		return 0
-	}
-	for _, l := range strings.Split(string(data), "\n") {
-		if v, ok := strings.CutPrefix(l, "VmHWM:"); ok {
-			var kb int64
-			fmt.Sscanf(strings.TrimSpace(v), "%d kB", &kb)
-			return kb << 10
-		}
-	}
-	return 0
 }
 
 // BenchmarkCheckBody is the cost of the limits walk on the load

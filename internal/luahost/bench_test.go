@@ -4,11 +4,9 @@ import (
 	"runtime"
 	"runtime/metrics"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"testing"
-	"time"
 
+	"github.com/sluice-mta/sluice/internal/testutil"
 	"github.com/sluice-mta/sluice/pipeline"
 )
 
@@ -122,7 +120,7 @@ func BenchmarkLuaOnMessageGsubHeader(b *testing.B) {
 // call with a 100 ms deadline can hold when it keeps what it builds until
 // the deadline stops it (the state is then discarded and the memory is
 // garbage). It reports the peak of the live heap during the call
-// (peak-MB/op, sampled every millisecond) and the bytes allocated
+// (peak-MB/op, sampled every 2 ms by testutil.SamplePeakHeap) and the bytes allocated
 // (alloc-MB/op). Each string is at most lua_options.max_string (1 MiB),
 // so the bound is memory bandwidth: about 300 MB on a 2-core test box.
 func BenchmarkHookMemoryWorstCase(b *testing.B) {
@@ -145,36 +143,17 @@ func BenchmarkHookMemoryWorstCase(b *testing.B) {
 				s := []metrics.Sample{{Name: "/gc/heap/allocs:bytes"}, {Name: "/memory/classes/heap/objects:bytes"}}
 				metrics.Read(s)
 				a0, base := s[0].Value.Uint64(), s[1].Value.Uint64()
-				var peak atomic.Uint64
-				done := make(chan struct{})
-				var wg sync.WaitGroup
-				wg.Add(1)
-				go func() {
-					defer wg.Done()
-					ms := []metrics.Sample{{Name: "/memory/classes/heap/objects:bytes"}}
-					tk := time.NewTicker(time.Millisecond)
-					defer tk.Stop()
-					for {
-						select {
-						case <-done:
-							return
-						case <-tk.C:
-						}
-						metrics.Read(ms)
-						if v := ms[0].Value.Uint64(); v > base && v-base > peak.Load() {
-							peak.Store(v - base)
-						}
-					}
-				}()
+				stop := testutil.SamplePeakHeap()
 				_, err := h.OnMessage(bg, msg)
-				close(done)
-				wg.Wait()
+				peak := stop()
 				if err == nil || !strings.Contains(err.Error(), "did not finish within") {
 					b.Fatalf("err = %v, want the deadline", err)
 				}
 				metrics.Read(s)
 				allocSum += s[0].Value.Uint64() - a0
-				peakSum += peak.Load()
+				if peak > base {
+					peakSum += peak - base
+				}
 			}
 			b.ReportMetric(float64(peakSum)/float64(b.N)/(1<<20), "peak-MB/op")
 			b.ReportMetric(float64(allocSum)/float64(b.N)/(1<<20), "alloc-MB/op")

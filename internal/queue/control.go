@@ -305,7 +305,9 @@ func (q *Queue) settle(t Target, by string, why error, typ string) (int, error) 
 	}
 	n := 0
 	var unread error // the first item that could not be read back
+	stepDone := 0    // recipients settled in the step under way
 	left, err := q.inSteps(fromWaiting|fromReady|fromHeld, t, func(items []*item, _ bool) error {
+		stepDone = 0
 		errs := q.hydrateMany(items)
 		for i, it := range items {
 			if errs != nil && errs[i] != nil {
@@ -323,6 +325,7 @@ func (q *Queue) settle(t Target, by string, why error, typ string) (int, error) 
 				return err
 			}
 			n += len(it.rcpts)
+			stepDone += len(it.rcpts)
 		}
 		return nil
 	})
@@ -331,7 +334,9 @@ func (q *Queue) settle(t Target, by string, why error, typ string) (int, error) 
 	cerr := b.Commit(false)
 	switch {
 	case err != nil:
-		return n, &IncompleteError{Done: n, Left: left, Err: err}
+		// The messages of the stopped step before the refused one are
+		// settled: not left.
+		return n, &IncompleteError{Done: n, Left: max(left-stepDone, 0), Err: err}
 	case unread != nil:
 		return n, unread
 	}
@@ -352,7 +357,8 @@ func (q *Queue) settle(t Target, by string, why error, typ string) (int, error) 
 // recorded or read back (the action stops there: the steps before it
 // stay held, recorded by a queue_held event of what they held when the
 // spool takes it, that step and the rest are as they were; Done 0 when
-// nothing was held).
+// nothing was held). Recipients missing from the spool are dropped from
+// the queue with a log line, as Bounce does, not a reason to stop.
 func (q *Queue) Hold(t Target, by string) (int, error) {
 	return q.setHeld(t, by, true)
 }
@@ -379,14 +385,32 @@ func (q *Queue) setHeld(t Target, by string, hold bool) (int, error) {
 			return nil
 		}
 		b := q.sp.NewBatch()
+		if errs := q.hydrateMany(items); errs != nil {
+			// Recipients gone from the spool are dropped (unreadable),
+			// as settle does: a held one is never attempted, so nothing
+			// else would. Any other read error puts the step back as it
+			// was: none of it is held.
+			var rerr error
+			kept := make([]*item, 0, len(items))
+			for i, it := range items {
+				if errors.Is(errs[i], spool.ErrNotQueued) {
+					q.unreadable(it, errs[i])
+					continue
+				}
+				if rerr == nil {
+					rerr = errs[i]
+				}
+				kept = append(kept, it)
+			}
+			if rerr != nil {
+				b.Discard()
+				q.putBack(kept)
+				return rerr
+			}
+			items = kept
+		}
 		changed := make([][]*spool.Recipient, len(items))
 		k := 0
-		if errs := q.hydrateMany(items); errs != nil {
-			// Put the step back as it was: none of it is held.
-			b.Discard()
-			q.putBack(items)
-			return errs[slices.IndexFunc(errs, func(err error) bool { return err != nil })]
-		}
 		for i, it := range items {
 			changed[i] = make([]*spool.Recipient, len(it.rcpts))
 			for j, r := range it.rcpts {
@@ -522,13 +546,14 @@ type rbKey struct {
 type matcher struct {
 	t    Target
 	sp   span
+	gen  uint32 // the last message's generation when made (span.has)
 	want msgRef // t.MessageID's message, when t names one
 	none bool   // t names a message that is not queued
 }
 
 // matcher resolves t, limited to sp. q.mu held.
 func (q *Queue) matcher(t Target, sp span) *matcher {
-	m := &matcher{t: t, sp: sp}
+	m := &matcher{t: t, sp: sp, gen: q.msgs.gen}
 	if t.MessageID != "" {
 		var found bool
 		m.want, found = q.msgs.lookup(t.MessageID)
@@ -543,7 +568,7 @@ func (q *Queue) matcher(t Target, sp span) *matcher {
 // held.
 func (q *Queue) preMatch(mt *matcher, msg msgRef, d *dest) (ok, site bool) {
 	f := &mt.t.Filter
-	if !mt.sp.has(msg) || mt.none || mt.t.MessageID != "" && mt.want != msg {
+	if !mt.sp.has(msg, mt.gen) || mt.none || mt.t.MessageID != "" && mt.want != msg {
 		return false, false
 	}
 	if recv := timeOf(q.received(msg)); !f.After.IsZero() && recv.Before(f.After) || !f.Before.IsZero() && !recv.Before(f.Before) {

@@ -1365,12 +1365,13 @@ func (q *Queue) complete(it *item, res []delivery.Result, err error, remote *pip
 	}
 	if cerr := b.Commit(false); cerr != nil {
 		// The outcome is lost but the spool still holds the recipients as
-		// they were: retry the whole item later.
-		if ok, n := q.sample.Allow("outcome"); ok {
-			q.log.Error("cannot record delivery outcome; will retry", "msgid", m.ID, "err", cerr, "similar_suppressed", n)
-		}
+		// they were: retry the whole item later. An operator's action
+		// (settle) stops instead, and its caller reports that.
 		if it.by != "" {
 			return cerr
+		}
+		if ok, n := q.sample.Allow("outcome"); ok {
+			q.log.Error("cannot record delivery outcome; will retry", "msgid", m.ID, "err", cerr, "similar_suppressed", n)
 		}
 		q.mu.Lock()
 		it.due = now.Add(q.o.RetryInitial).UnixNano()

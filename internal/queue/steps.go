@@ -43,9 +43,17 @@ type span struct {
 	on          bool
 }
 
-// has reports whether msg is in s.
-func (s span) has(msg msgRef) bool {
-	return !s.on || msg.slot >= s.lo && msg.slot < s.hi && int32(msg.gen-s.gen) <= 0
+// has reports whether msg is in s, cur being the generation of the
+// last message added (msgSlab.gen) now. A message added since the span
+// was cut is one of the cur-s.gen newest, however old the others are:
+// a generation distance, not an order, since the counter wraps (a
+// message can stay queued, held, while 2^31 others come and go).
+func (s span) has(msg msgRef, cur uint32) bool {
+	if !s.on {
+		return true
+	}
+	newer := msg.gen-s.gen != 0 && msg.gen-s.gen <= cur-s.gen
+	return msg.slot >= s.lo && msg.slot < s.hi && !newer
 }
 
 // stepSize is q.stepRecipients, or StepRecipients when it is not set
@@ -155,8 +163,10 @@ func (q *Queue) hydrateMany(items []*item) []error {
 // before the next begins: Done recipients were acted on (0: none) before
 // Err stopped it at a step that could not be recorded (a full or failing
 // spool) or read back; that step and the rest, at most Left recipients,
-// are as they were, in the queue and in the spool. Running the action
-// again acts on the rest.
+// are as they were, in the queue and in the spool (Bounce and Cancel
+// record each message on its own: the messages of that step before the
+// refused one are done, and counted in Done). Running the action again
+// acts on the rest.
 type IncompleteError struct {
 	Done, Left int
 	Err        error
