@@ -1,0 +1,99 @@
+package plugin
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/sluice-mta/sluice/pipeline"
+)
+
+// TestInlineHangRestarts: a hook that never returns on a plugin served
+// with sdk.WithInlineCalls holds up the stream, but the calls still end
+// at their deadline with on_error, and the plugin is restarted as with
+// workers.
+func TestInlineHangRestarts(t *testing.T) {
+	s, lb := start(t, "hang", Options{Env: []string{"FAULTY_INLINE=1"}, OnError: OnErrorContinue, Timeout: 50 * time.Millisecond})
+	pid := s.PID()
+	for i := 0; i < hangLimit; i++ {
+		if _, err := s.OnMessage(context.Background(), message(t, "x")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, "a new process after the hangs", func() bool { p := s.PID(); return p != 0 && p != pid })
+	waitFor(t, "the hung process to be gone", func() bool { return !alive(pid) })
+	if !strings.Contains(lb.String(), "ran past their deadline") {
+		t.Fatalf("no restart reason in the log:\n%s", lb)
+	}
+}
+
+// TestInlinePanicRestarts: a hook that panics on the receiving goroutine
+// ends the process as on a worker; calls get on_error, the plugin is
+// restarted and answers again.
+func TestInlinePanicRestarts(t *testing.T) {
+	s, lb := start(t, "panic10", Options{Env: []string{"FAULTY_INLINE=1"}, OnError: OnErrorContinue})
+	pids := map[string]bool{}
+	for i := 0; len(pids) < 3; i++ {
+		if i > 200 {
+			t.Fatalf("%d calls, answered by %d processes", i, len(pids))
+		}
+		v, err := s.OnMessage(context.Background(), message(t, "x"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if p, ok := header(v, "X-Plugin-Pid"); ok {
+			pids[p] = true
+		} else {
+			time.Sleep(5 * time.Millisecond) // restarting
+		}
+	}
+	if !strings.Contains(lb.String(), "panic: message 10") {
+		t.Errorf("the panic did not reach the log:\n%s", lb)
+	}
+}
+
+// TestInlineBlockedHookHoldsOthers: the documented cost of
+// sdk.WithInlineCalls: while a hook waits, the calls behind it wait too
+// (and end at their deadline with on_error), where with the SDK's workers
+// they are answered; once the hook returns, the same process answers
+// again (no deadlock, no restart before hangLimit).
+func TestInlineBlockedHookHoldsOthers(t *testing.T) {
+	for _, inline := range []bool{false, true} {
+		var env []string
+		if inline {
+			env = []string{"FAULTY_INLINE=1"}
+		}
+		s, _ := start(t, "ok", Options{Env: env, OnError: OnErrorContinue, Timeout: 300 * time.Millisecond})
+		pid := strconv.Itoa(s.PID())
+		wait := filepath.Join(t.TempDir(), "go")
+		blocked, err := pipeline.ParseMessage(&pipeline.Txn{Conn: &pipeline.Conn{ID: "c"}, ID: "m0", Sender: "a@x.example"},
+			[]byte("X-Wait-File: "+wait+"\r\nSubject: wait\r\n\r\nbody\r\n"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		done := make(chan struct{})
+		go func() { defer close(done); s.OnMessage(context.Background(), blocked) }()
+		waitFor(t, "the hook to wait", func() bool { _, err := os.Stat(wait + ".started"); return err == nil })
+		v, err := s.OnMessage(context.Background(), message(t, "behind"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got, answered := header(v, "X-Plugin-Pid"); answered == inline {
+			t.Errorf("inline %v: the call behind a waiting hook answered %v (pid %q)", inline, answered, got)
+		}
+		<-done // its deadline
+		if err := os.WriteFile(wait, nil, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, "the plugin to answer again", func() bool {
+			v, err := s.OnMessage(context.Background(), message(t, "after"))
+			got, _ := header(v, "X-Plugin-Pid")
+			return err == nil && got == pid
+		})
+		s.Close()
+	}
+}
