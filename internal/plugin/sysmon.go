@@ -103,12 +103,14 @@ func isSchedDetail(line []byte) bool {
 }
 
 // dropSchedTrace returns text (lines) without the scheduler trace lines
-// schedFilter drops.
-func dropSchedTrace(text string) string {
-	if !strings.Contains(text, "SCHED ") {
+// schedFilter drops. inTrace: text may begin inside a trace (the start of
+// the output was cut off), so its leading "  P0: ", "  M1: ", "  G1: "
+// lines are dropped too.
+func dropSchedTrace(text string, inTrace bool) string {
+	if !inTrace && !strings.Contains(text, "SCHED ") {
 		return text
 	}
-	f := schedFilter{on: true}
+	f := schedFilter{on: true, in: inTrace}
 	lines := strings.Split(text, "\n")
 	kept := lines[:0]
 	for _, l := range lines {
