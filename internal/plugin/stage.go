@@ -312,7 +312,7 @@ func (g *group) launch() (*instance, *stagev1.DescribeResponse, error) {
 		StartTimeout:     g.opts.StartTimeout,
 		Logger:           hclog.NewNullLogger(),
 		Stderr:           io.MultiWriter(&lineLogger{log: g.log, stream: "stderr", lim: lim, sched: schedFilter{on: sched}}, stderr),
-		SyncStderr:       &lineLogger{log: g.log, stream: "stderr", lim: lim, sched: schedFilter{on: sched}},
+		SyncStderr:       &lineLogger{log: g.log, stream: "stderr", lim: lim}, // os.Stderr over gRPC: the runtime's trace goes to Stderr
 		SyncStdout:       &lineLogger{log: g.log, stream: "stdout", lim: lim},
 		GRPCDialOptions:  sdk.DialOptions(),
 	})
