@@ -97,3 +97,42 @@ func TestInlineBlockedHookHoldsOthers(t *testing.T) {
 		s.Close()
 	}
 }
+
+// TestInlineWaitingHookRestarts: with sdk.WithInlineCalls, one hook that
+// waits past the timeout makes the calls behind it miss their deadline
+// too, and hangLimit of them in a row restart the plugin (docs/plugins.md,
+// "Cheap hooks run inline"); with the SDK's workers the calls behind it
+// are answered and the process stays.
+func TestInlineWaitingHookRestarts(t *testing.T) {
+	for _, inline := range []bool{false, true} {
+		var env []string
+		if inline {
+			env = []string{"FAULTY_INLINE=1"}
+		}
+		s, _ := start(t, "ok", Options{Env: env, OnError: OnErrorContinue, Timeout: 200 * time.Millisecond})
+		pid := s.PID()
+		wait := filepath.Join(t.TempDir(), "go")
+		blocked, err := pipeline.ParseMessage(&pipeline.Txn{Conn: &pipeline.Conn{ID: "c"}, ID: "m0", Sender: "a@x.example"},
+			[]byte("X-Wait-File: "+wait+"\r\nSubject: wait\r\n\r\nbody\r\n"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		done := make(chan struct{})
+		go func() { defer close(done); s.OnMessage(context.Background(), blocked) }()
+		waitFor(t, "the hook to wait", func() bool { _, err := os.Stat(wait + ".started"); return err == nil })
+		for i := 1; i < hangLimit; i++ {
+			v, err := s.OnMessage(context.Background(), message(t, "behind"))
+			if _, answered := header(v, "X-Plugin-Pid"); err != nil || answered == inline {
+				t.Fatalf("inline %v: call %d behind the waiting hook: answered %v, %v", inline, i, answered, err)
+			}
+		}
+		<-done
+		if inline {
+			waitFor(t, "a new process", func() bool { p := s.PID(); return p != 0 && p != pid })
+		} else if p := s.PID(); p != pid {
+			t.Errorf("workers: the plugin was restarted (pid %d, was %d)", p, pid)
+		}
+		os.WriteFile(wait, nil, 0o644)
+		s.Close()
+	}
+}
