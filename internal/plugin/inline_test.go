@@ -12,25 +12,6 @@ import (
 	"github.com/sluice-mta/sluice/pipeline"
 )
 
-// TestInlineHangRestarts: a hook that never returns on a plugin served
-// with sdk.WithInlineCalls holds up the stream, but the calls still end
-// at their deadline with on_error, and the plugin is restarted as with
-// workers.
-func TestInlineHangRestarts(t *testing.T) {
-	s, lb := start(t, "hang", Options{Env: []string{"FAULTY_INLINE=1"}, OnError: OnErrorContinue, Timeout: 50 * time.Millisecond})
-	pid := s.PID()
-	for i := 0; i < hangLimit; i++ {
-		if _, err := s.OnMessage(context.Background(), message(t, "x")); err != nil {
-			t.Fatal(err)
-		}
-	}
-	waitFor(t, "a new process after the hangs", func() bool { p := s.PID(); return p != 0 && p != pid })
-	waitFor(t, "the hung process to be gone", func() bool { return !alive(pid) })
-	if !strings.Contains(lb.String(), "ran past their deadline") {
-		t.Fatalf("no restart reason in the log:\n%s", lb)
-	}
-}
-
 // TestInlinePanicRestarts: a hook that panics on the receiving goroutine
 // ends the process as on a worker; calls get on_error, the plugin is
 // restarted and answers again.
@@ -63,21 +44,9 @@ func TestInlinePanicRestarts(t *testing.T) {
 // again (no deadlock, no restart before hangLimit).
 func TestInlineBlockedHookHoldsOthers(t *testing.T) {
 	for _, inline := range []bool{false, true} {
-		var env []string
-		if inline {
-			env = []string{"FAULTY_INLINE=1"}
-		}
-		s, _ := start(t, "ok", Options{Env: env, OnError: OnErrorContinue, Timeout: 300 * time.Millisecond})
+		s, _ := start(t, "ok", Options{Env: inlineEnv(inline), OnError: OnErrorContinue, Timeout: 300 * time.Millisecond})
 		pid := strconv.Itoa(s.PID())
-		wait := filepath.Join(t.TempDir(), "go")
-		blocked, err := pipeline.ParseMessage(&pipeline.Txn{Conn: &pipeline.Conn{ID: "c"}, ID: "m0", Sender: "a@x.example"},
-			[]byte("X-Wait-File: "+wait+"\r\nSubject: wait\r\n\r\nbody\r\n"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		done := make(chan struct{})
-		go func() { defer close(done); s.OnMessage(context.Background(), blocked) }()
-		waitFor(t, "the hook to wait", func() bool { _, err := os.Stat(wait + ".started"); return err == nil })
+		wait, done := waitingHook(t, s)
 		v, err := s.OnMessage(context.Background(), message(t, "behind"))
 		if err != nil {
 			t.Fatal(err)
@@ -105,21 +74,9 @@ func TestInlineBlockedHookHoldsOthers(t *testing.T) {
 // are answered and the process stays.
 func TestInlineWaitingHookRestarts(t *testing.T) {
 	for _, inline := range []bool{false, true} {
-		var env []string
-		if inline {
-			env = []string{"FAULTY_INLINE=1"}
-		}
-		s, _ := start(t, "ok", Options{Env: env, OnError: OnErrorContinue, Timeout: 200 * time.Millisecond})
+		s, _ := start(t, "ok", Options{Env: inlineEnv(inline), OnError: OnErrorContinue, Timeout: 200 * time.Millisecond})
 		pid := s.PID()
-		wait := filepath.Join(t.TempDir(), "go")
-		blocked, err := pipeline.ParseMessage(&pipeline.Txn{Conn: &pipeline.Conn{ID: "c"}, ID: "m0", Sender: "a@x.example"},
-			[]byte("X-Wait-File: "+wait+"\r\nSubject: wait\r\n\r\nbody\r\n"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		done := make(chan struct{})
-		go func() { defer close(done); s.OnMessage(context.Background(), blocked) }()
-		waitFor(t, "the hook to wait", func() bool { _, err := os.Stat(wait + ".started"); return err == nil })
+		wait, done := waitingHook(t, s)
 		for i := 1; i < hangLimit; i++ {
 			v, err := s.OnMessage(context.Background(), message(t, "behind"))
 			if _, answered := header(v, "X-Plugin-Pid"); err != nil || answered == inline {
@@ -135,4 +92,28 @@ func TestInlineWaitingHookRestarts(t *testing.T) {
 		os.WriteFile(wait, nil, 0o644)
 		s.Close()
 	}
+}
+
+// inlineEnv is the faulty plugin's environment for sdk.WithInlineCalls.
+func inlineEnv(inline bool) []string {
+	if inline {
+		return []string{"FAULTY_INLINE=1"}
+	}
+	return nil
+}
+
+// waitingHook starts a call on s whose hook waits (ignoring its context)
+// until the file wait exists; done is closed when the call returned.
+func waitingHook(t *testing.T, s *Stage) (wait string, done <-chan struct{}) {
+	t.Helper()
+	wait = filepath.Join(t.TempDir(), "go")
+	blocked, err := pipeline.ParseMessage(&pipeline.Txn{Conn: &pipeline.Conn{ID: "c"}, ID: "m0", Sender: "a@x.example"},
+		[]byte("X-Wait-File: "+wait+"\r\nSubject: wait\r\n\r\nbody\r\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ch := make(chan struct{})
+	go func() { defer close(ch); s.OnMessage(context.Background(), blocked) }()
+	waitFor(t, "the hook to wait", func() bool { _, err := os.Stat(wait + ".started"); return err == nil })
+	return wait, ch
 }
