@@ -245,7 +245,10 @@ func WithMaxProcs(n int) Option { return func(s *server) { s.maxProcs = n } }
 // Only for hooks that return in microseconds and never wait
 // (no network, no disk, no lock held for long): while a hook runs, the
 // requests behind it wait, and Sluice's cancel request for it is read only
-// after it returned (its deadline still ends its context). With the SDK's
+// after it returned (its deadline still ends its context); a hook that
+// waits until the stage's timeout makes the calls queued behind it miss
+// their deadlines too, and Sluice restarts a plugin after three calls in a
+// row past their deadline (docs/plugins.md, "Restarts"). With the SDK's
 // default of one processor (DefaultMaxProcs) such hooks run one at a time
 // anyway. Unary calls (WithoutStreaming, or messages too large for the
 // stream) are not affected.
