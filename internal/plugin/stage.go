@@ -298,7 +298,7 @@ func (s *Stage) setHooks(d *stagev1.DescribeResponse) error {
 // launch starts one process and runs Configure and Describe.
 func (g *group) launch() (*instance, *stagev1.DescribeResponse, error) {
 	cmd := exec.Command(g.opts.Cmd, g.opts.Args...)
-	var sched bool // Sluice set schedtrace: its trace lines are not logged
+	var sched bool // schedtrace is Sluice's (sysmonAwake): its trace lines are not logged
 	cmd.Env, sched = withSysmonAwake(append(os.Environ(), g.opts.Env...))
 	setProcAttrs(cmd)
 	stderr := &tailBuffer{dropSched: sched}

@@ -18,24 +18,31 @@ import (
 // sysmon kept awake by default, inline calls"). Non-Go plugins ignore GODEBUG. The trace lines it
 // makes the runtime print on stderr are dropped from the relay's log
 // (schedFilter). A schedtrace in the stage's env GODEBUG wins (0: the
-// runtime's default; another period: a real trace, logged).
+// runtime's default; another period: a real trace, logged; this one: as
+// if Sluice had added it).
 const sysmonAwake = "schedtrace=2147483647"
 
 // withSysmonAwake returns env (a process environment, "K=V" entries, the
 // last of a key winning as in os/exec) with sysmonAwake added to GODEBUG,
-// unless GODEBUG already sets schedtrace; added says whether it did. The
+// unless GODEBUG already sets schedtrace. quiet says whether the process's
+// schedtrace is then sysmonAwake's (added, or already set to it, the last
+// setting winning as in the runtime): its trace lines are not logged. The
 // input slice is not changed.
-func withSysmonAwake(env []string) (_ []string, added bool) {
+func withSysmonAwake(env []string) (_ []string, quiet bool) {
 	cur, at := "", -1
 	for i, kv := range env {
 		if v, ok := strings.CutPrefix(kv, "GODEBUG="); ok {
 			cur, at = v, i
 		}
 	}
+	set := false
 	for _, f := range strings.Split(cur, ",") {
-		if strings.HasPrefix(strings.TrimSpace(f), "schedtrace=") {
-			return env, false
+		if f = strings.TrimSpace(f); strings.HasPrefix(f, "schedtrace=") {
+			set, quiet = true, f == sysmonAwake
 		}
+	}
+	if set {
+		return env, quiet
 	}
 	v := sysmonAwake
 	if cur != "" {
