@@ -2,6 +2,7 @@ package plugin
 
 import (
 	"context"
+	"log/slog"
 	"strings"
 	"testing"
 )
@@ -18,4 +19,25 @@ func TestPluginLinesLikeSchedTraceLogged(t *testing.T) {
 	waitFor(t, "the plugin's lines in the log", func() bool {
 		return strings.Contains(lb.String(), "is what the plugin counted") && strings.Contains(lb.String(), "the plugin's own line")
 	})
+}
+
+// TestSchedFilterLongLines: a scheduler trace line longer than maxLogLine
+// is dropped whole (not its tail logged as a line), the detail lines after
+// it too, and a long line of the plugin's after the trace is logged
+// truncated, as without the filter.
+func TestSchedFilterLongLines(t *testing.T) {
+	lb := &logBuf{}
+	w := &lineLogger{log: slog.New(slog.NewTextHandler(lb, nil)), stream: "stderr", sched: schedFilter{on: true}}
+	long := "SCHED 1ms: gomaxprocs=2 runqueue=0 [" + strings.Repeat(" 0", maxLogLine) + " ]\n"
+	for _, s := range []string{long[:100], long[100:], "  P0: status=1\n  G1: status=2(running) m=0 lockedm=nil\n",
+		"panic: " + strings.Repeat("x", 2*maxLogLine) + "\n", "goroutine 1 [running]:\n"} {
+		w.Write([]byte(s))
+	}
+	log := lb.String()
+	if strings.Contains(log, "gomaxprocs") || strings.Contains(log, " 0 0") || strings.Contains(log, "status=") {
+		t.Errorf("trace logged:\n%s", log)
+	}
+	if !strings.Contains(log, `line="panic: xxx`) || !strings.Contains(log, "truncated=true") || !strings.Contains(log, `line="goroutine 1 [running]:"`) {
+		t.Errorf("the panic is not logged as without the filter:\n%s", log)
+	}
 }
