@@ -41,3 +41,25 @@ func TestSchedFilterLongLines(t *testing.T) {
 		t.Errorf("the panic is not logged as without the filter:\n%s", log)
 	}
 }
+
+// TestPluginChildrenWithoutSluiceSchedtrace: the Go SDK takes the
+// schedtrace Sluice added out of the plugin's environment, so that the
+// processes it starts do not print the runtime's scheduler trace; what
+// the stage's env set stays.
+func TestPluginChildrenWithoutSluiceSchedtrace(t *testing.T) {
+	for _, tt := range []struct {
+		env  []string
+		want string
+	}{
+		{nil, "unset"},
+		{[]string{"GODEBUG=madvdontneed=1"}, "set:madvdontneed=1"},
+		{[]string{"GODEBUG=schedtrace=0"}, "set:schedtrace=0"},
+	} {
+		s, _ := start(t, "godebug", Options{Env: tt.env})
+		v, err := s.OnMessage(context.Background(), message(t, "x"))
+		if got, _ := header(v, "X-Godebug"); err != nil || got != tt.want {
+			t.Errorf("env %q: the plugin's children get GODEBUG %q (%v), want %q", tt.env, got, err, tt.want)
+		}
+		s.Close()
+	}
+}

@@ -257,8 +257,11 @@ func WithInlineCalls() Option { return func(s *server) { s.inline = true } }
 // Serve serves stage until Sluice stops the plugin, then returns. It exits
 // the process with status 1 when not started by Sluice. Unless the
 // environment sets them, it sets GOGC to DefaultGCPercent and GOMAXPROCS
-// to DefaultMaxProcs (see WithMaxProcs).
+// to DefaultMaxProcs (see WithMaxProcs). It takes the schedtrace=2147483647
+// that Sluice adds to a plugin's GODEBUG out of the environment once the
+// runtime has read it: processes the plugin starts do not inherit it.
 func Serve(stage pipeline.Stage, opts ...Option) {
+	forgetSluiceSchedtrace()
 	if os.Getenv("GOGC") == "" && os.Getenv("GOMEMLIMIT") == "" {
 		debug.SetGCPercent(DefaultGCPercent)
 	}

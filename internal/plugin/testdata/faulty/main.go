@@ -20,6 +20,8 @@
 //	             first: a line per goroutine)
 //	schedlike    like ok, but on_message first writes to os.Stderr two lines
 //	             of its own that look like the runtime's scheduler trace
+//	godebug      like ok, and reports the GODEBUG that processes it starts
+//	             get as X-Godebug ("unset" or "set:VALUE")
 //
 // With FAULTY_UNARY set in its environment it serves unary calls only
 // (sdk.WithoutStreaming); with FAULTY_INLINE it runs stream calls on the
@@ -136,6 +138,15 @@ func (s *stage) OnMessage(ctx context.Context, msg *pipeline.Message) (pipeline.
 	v.Edits.AddHeader("X-Plugin-Pid", strconv.Itoa(os.Getpid()))
 	v.Edits.AddHeader("X-Config", s.cfg.Tag)
 	v.Edits.AddHeader("X-Env", os.Getenv("FAULTY_ENV"))
+	if s.mode == "godebug" {
+		g, ok := os.LookupEnv("GODEBUG")
+		if !ok {
+			g = "unset"
+		} else {
+			g = "set:" + g
+		}
+		v.Edits.AddHeader("X-Godebug", g)
+	}
 	v.Edits.AddHeader("X-Body-Len", strconv.Itoa(len(msg.Body)))
 	v.Edits.AddHeader("X-Subject-Seen", strings.ToUpper(msg.Header.Get("Subject")))
 	var hb bytes.Buffer
