@@ -116,14 +116,18 @@ func (t *tailBuffer) String() string {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	s := strings.TrimSpace(string(t.buf))
-	if len(t.buf) >= stderrTail {
+	cut := len(t.buf) >= stderrTail
+	if cut {
 		if i := strings.IndexByte(s, '\n'); i >= 0 {
 			s = s[i+1:] // drop the partial first line
 		}
-		s = "...\n" + s
 	}
 	if t.dropSched {
-		s = dropSchedTrace(s)
+		// A cut tail may begin inside a trace whose SCHED line was cut off.
+		s = dropSchedTrace(s, cut)
+	}
+	if cut {
+		s = "...\n" + s
 	}
 	return s
 }

@@ -298,7 +298,7 @@ func (s *Stage) setHooks(d *stagev1.DescribeResponse) error {
 // launch starts one process and runs Configure and Describe.
 func (g *group) launch() (*instance, *stagev1.DescribeResponse, error) {
 	cmd := exec.Command(g.opts.Cmd, g.opts.Args...)
-	var sched bool // Sluice set schedtrace: its trace lines are not logged
+	var sched bool // schedtrace is Sluice's (sysmonAwake): its trace lines are not logged
 	cmd.Env, sched = withSysmonAwake(append(os.Environ(), g.opts.Env...))
 	setProcAttrs(cmd)
 	stderr := &tailBuffer{dropSched: sched}
@@ -312,7 +312,7 @@ func (g *group) launch() (*instance, *stagev1.DescribeResponse, error) {
 		StartTimeout:     g.opts.StartTimeout,
 		Logger:           hclog.NewNullLogger(),
 		Stderr:           io.MultiWriter(&lineLogger{log: g.log, stream: "stderr", lim: lim, sched: schedFilter{on: sched}}, stderr),
-		SyncStderr:       &lineLogger{log: g.log, stream: "stderr", lim: lim, sched: schedFilter{on: sched}},
+		SyncStderr:       &lineLogger{log: g.log, stream: "stderr", lim: lim}, // os.Stderr over gRPC: the runtime's trace goes to Stderr
 		SyncStdout:       &lineLogger{log: g.log, stream: "stdout", lim: lim},
 		GRPCDialOptions:  sdk.DialOptions(),
 	})

@@ -290,18 +290,22 @@ func TestOnErrorPolicies(t *testing.T) {
 	}
 }
 
+// TestHangRestarts, also with sdk.WithInlineCalls (the hook holds up the
+// stream, but the calls still end at their deadline).
 func TestHangRestarts(t *testing.T) {
-	s, lb := start(t, "hang", Options{OnError: OnErrorContinue, Timeout: 50 * time.Millisecond})
-	pid := s.PID()
-	for i := 0; i < hangLimit; i++ {
-		if _, err := s.OnMessage(context.Background(), message(t, "x")); err != nil {
-			t.Fatal(err)
+	for _, inline := range []bool{false, true} {
+		s, lb := start(t, "hang", Options{Env: inlineEnv(inline), OnError: OnErrorContinue, Timeout: 50 * time.Millisecond})
+		pid := s.PID()
+		for i := 0; i < hangLimit; i++ {
+			if _, err := s.OnMessage(context.Background(), message(t, "x")); err != nil {
+				t.Fatal(err)
+			}
 		}
-	}
-	waitFor(t, "a new process after the hangs", func() bool { p := s.PID(); return p != 0 && p != pid })
-	waitFor(t, "the hung process to be gone", func() bool { return !alive(pid) })
-	if !strings.Contains(lb.String(), "ran past their deadline") {
-		t.Fatalf("no restart reason in the log:\n%s", lb)
+		waitFor(t, "a new process after the hangs", func() bool { p := s.PID(); return p != 0 && p != pid })
+		waitFor(t, "the hung process to be gone", func() bool { return !alive(pid) })
+		if !strings.Contains(lb.String(), "ran past their deadline") {
+			t.Fatalf("inline %v: no restart reason in the log:\n%s", inline, lb)
+		}
 	}
 }
 

@@ -18,24 +18,31 @@ import (
 // sysmon kept awake by default, inline calls"). Non-Go plugins ignore GODEBUG. The trace lines it
 // makes the runtime print on stderr are dropped from the relay's log
 // (schedFilter). A schedtrace in the stage's env GODEBUG wins (0: the
-// runtime's default; another period: a real trace, logged).
+// runtime's default; another period: a real trace, logged; this one: as
+// if Sluice had added it).
 const sysmonAwake = "schedtrace=2147483647"
 
 // withSysmonAwake returns env (a process environment, "K=V" entries, the
 // last of a key winning as in os/exec) with sysmonAwake added to GODEBUG,
-// unless GODEBUG already sets schedtrace; added says whether it did. The
+// unless GODEBUG already sets schedtrace. quiet says whether the process's
+// schedtrace is then sysmonAwake's (added, or already set to it, the last
+// setting winning as in the runtime): its trace lines are not logged. The
 // input slice is not changed.
-func withSysmonAwake(env []string) (_ []string, added bool) {
+func withSysmonAwake(env []string) (_ []string, quiet bool) {
 	cur, at := "", -1
 	for i, kv := range env {
 		if v, ok := strings.CutPrefix(kv, "GODEBUG="); ok {
 			cur, at = v, i
 		}
 	}
+	set := false
 	for _, f := range strings.Split(cur, ",") {
-		if strings.HasPrefix(strings.TrimSpace(f), "schedtrace=") {
-			return env, false
+		if f = strings.TrimSpace(f); strings.HasPrefix(f, "schedtrace=") {
+			set, quiet = true, f == sysmonAwake
 		}
+	}
+	if set {
+		return env, quiet
 	}
 	v := sysmonAwake
 	if cur != "" {
@@ -103,12 +110,14 @@ func isSchedDetail(line []byte) bool {
 }
 
 // dropSchedTrace returns text (lines) without the scheduler trace lines
-// schedFilter drops.
-func dropSchedTrace(text string) string {
-	if !strings.Contains(text, "SCHED ") {
+// schedFilter drops. inTrace: text may begin inside a trace (the start of
+// the output was cut off), so its leading "  P0: ", "  M1: ", "  G1: "
+// lines are dropped too.
+func dropSchedTrace(text string, inTrace bool) string {
+	if !inTrace && !strings.Contains(text, "SCHED ") {
 		return text
 	}
-	f := schedFilter{on: true}
+	f := schedFilter{on: true, in: inTrace}
 	lines := strings.Split(text, "\n")
 	kept := lines[:0]
 	for _, l := range lines {

@@ -24,6 +24,10 @@ func TestWithSysmonAwake(t *testing.T) {
 		{"the last wins, as in os/exec", []string{"GODEBUG=schedtrace=1000", "GODEBUG=x=1"}, []string{"GODEBUG=schedtrace=1000", "GODEBUG=x=1," + sysmonAwake}, true},
 		{"the last sets it", []string{"GODEBUG=x=1", "GODEBUG=schedtrace=0"}, []string{"GODEBUG=x=1", "GODEBUG=schedtrace=0"}, false},
 		{"empty", []string{"GODEBUG="}, []string{"GODEBUG=" + sysmonAwake}, true},
+		// The operator's env gives Sluice's own value (as the former docs
+		// advised): the same trace lines, left out of the log too.
+		{"set to Sluice's value", []string{"GODEBUG=gctrace=1," + sysmonAwake}, []string{"GODEBUG=gctrace=1," + sysmonAwake}, true},
+		{"the runtime takes the last schedtrace", []string{"GODEBUG=" + sysmonAwake + ",schedtrace=0"}, []string{"GODEBUG=" + sysmonAwake + ",schedtrace=0"}, false},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			in := slices.Clone(tt.env)

@@ -245,7 +245,10 @@ func WithMaxProcs(n int) Option { return func(s *server) { s.maxProcs = n } }
 // Only for hooks that return in microseconds and never wait
 // (no network, no disk, no lock held for long): while a hook runs, the
 // requests behind it wait, and Sluice's cancel request for it is read only
-// after it returned (its deadline still ends its context). With the SDK's
+// after it returned (its deadline still ends its context); a hook that
+// waits until the stage's timeout makes the calls queued behind it miss
+// their deadlines too, and Sluice restarts a plugin after three calls in a
+// row past their deadline (docs/plugins.md, "Restarts"). With the SDK's
 // default of one processor (DefaultMaxProcs) such hooks run one at a time
 // anyway. Unary calls (WithoutStreaming, or messages too large for the
 // stream) are not affected.
@@ -254,8 +257,11 @@ func WithInlineCalls() Option { return func(s *server) { s.inline = true } }
 // Serve serves stage until Sluice stops the plugin, then returns. It exits
 // the process with status 1 when not started by Sluice. Unless the
 // environment sets them, it sets GOGC to DefaultGCPercent and GOMAXPROCS
-// to DefaultMaxProcs (see WithMaxProcs).
+// to DefaultMaxProcs (see WithMaxProcs). It takes the schedtrace=2147483647
+// that Sluice adds to a plugin's GODEBUG out of the environment once the
+// runtime has read it: processes the plugin starts do not inherit it.
 func Serve(stage pipeline.Stage, opts ...Option) {
+	forgetSluiceSchedtrace()
 	if os.Getenv("GOGC") == "" && os.Getenv("GOMEMLIMIT") == "" {
 		debug.SetGCPercent(DefaultGCPercent)
 	}

@@ -15,9 +15,17 @@
 //	stderrexit   writes 300 numbered lines to stderr, then exits 4
 //	longline     writes one 100 KiB line and 1000 short lines to stderr, then
 //	             serves like ok
+//	panicstart   starts 40 goroutines, then panics before the handshake (with
+//	             GODEBUG's schedtrace, the runtime prints its scheduler state
+//	             first: a line per goroutine)
+//	schedlike    like ok, but on_message first writes to os.Stderr two lines
+//	             of its own that look like the runtime's scheduler trace
+//	godebug      like ok, and reports the GODEBUG that processes it starts
+//	             get as X-Godebug ("unset" or "set:VALUE")
 //
 // With FAULTY_UNARY set in its environment it serves unary calls only
-// (sdk.WithoutStreaming); with FAULTY_FIELDS, it takes the header as one
+// (sdk.WithoutStreaming); with FAULTY_INLINE it runs stream calls on the
+// receiving goroutine (sdk.WithInlineCalls); with FAULTY_FIELDS, it takes the header as one
 // entry per field (sdk.WithHeaderFields, as a protocol 1.1 plugin). "ok"
 // reports the header it received as X-Header-Len (its length, written out)
 // and X-Header-Fields (the number of fields).
@@ -108,6 +116,9 @@ func (s *stage) OnMessage(ctx context.Context, msg *pipeline.Message) (pipeline.
 		for {
 			time.Sleep(time.Hour)
 		}
+	case "schedlike":
+		fmt.Fprintln(os.Stderr, "SCHED 5ms: gomaxprocs=1 is what the plugin counted")
+		fmt.Fprintln(os.Stderr, "  P0: the plugin's own line")
 	}
 	if f := msg.Header.Get("X-Wait-File"); f != "" {
 		if err := os.WriteFile(f+".started", []byte(strconv.Itoa(os.Getpid())), 0o644); err != nil {
@@ -127,6 +138,15 @@ func (s *stage) OnMessage(ctx context.Context, msg *pipeline.Message) (pipeline.
 	v.Edits.AddHeader("X-Plugin-Pid", strconv.Itoa(os.Getpid()))
 	v.Edits.AddHeader("X-Config", s.cfg.Tag)
 	v.Edits.AddHeader("X-Env", os.Getenv("FAULTY_ENV"))
+	if s.mode == "godebug" {
+		g, ok := os.LookupEnv("GODEBUG")
+		if !ok {
+			g = "unset"
+		} else {
+			g = "set:" + g
+		}
+		v.Edits.AddHeader("X-Godebug", g)
+	}
 	v.Edits.AddHeader("X-Body-Len", strconv.Itoa(len(msg.Body)))
 	v.Edits.AddHeader("X-Subject-Seen", strings.ToUpper(msg.Header.Get("Subject")))
 	var hb bytes.Buffer
@@ -170,6 +190,13 @@ func main() {
 		}
 		fmt.Fprintln(os.Stderr, "fatal: cannot open /etc/faulty.conf")
 		os.Exit(4)
+	case "panicstart":
+		block := make(chan struct{})
+		for i := 0; i < 40; i++ {
+			go func() { <-block }()
+		}
+		time.Sleep(10 * time.Millisecond) // let them park
+		panic("cannot start")
 	case "longline":
 		os.Stderr.WriteString(strings.Repeat("L", 100<<10) + "\n")
 		for i := 1; i <= 1000; i++ {
@@ -192,6 +219,9 @@ func main() {
 	var opts []sdk.Option
 	if os.Getenv("FAULTY_UNARY") != "" { // serve unary calls only (protocol 1.0 behaviour)
 		opts = append(opts, sdk.WithoutStreaming())
+	}
+	if os.Getenv("FAULTY_INLINE") != "" { // stream calls on the receiving goroutine
+		opts = append(opts, sdk.WithInlineCalls())
 	}
 	if os.Getenv("FAULTY_FIELDS") != "" { // the header as fields (protocol 1.1 behaviour)
 		opts = append(opts, sdk.WithHeaderFields())
