@@ -22,6 +22,11 @@ func TestIncompleteText(t *testing.T) {
 			"12 recipients cancelled, then the spool could not record the rest (at most 3 more recipients, as they were): run it again to cancel the rest"},
 		{"release", queue.IncompleteError{Done: 0, Left: 5},
 			"cannot record the release now (nothing changed), try again later"},
+		// Stopped at a step the spool could not read back, not record.
+		{"hold", queue.IncompleteError{Done: 20000, Left: 7, Unread: true},
+			"20000 recipients held, then the rest could not be read back from the spool (at most 7 more recipients, as they were): run it again to hold the rest"},
+		{"release", queue.IncompleteError{Done: 0, Left: 5, Unread: true},
+			"cannot read the queued recipients back from the spool for the release now (nothing changed), try again later"},
 	} {
 		c.ie.Err = errors.New("full")
 		if got := incompleteText(c.action, &c.ie); got != c.want {

@@ -212,13 +212,22 @@ func (s *Server) queueAction(w http.ResponseWriter, r *http.Request, name, msgID
 }
 
 // incompleteText is the answer to an action that stopped part way.
+// A step that could not be read back from the spool (ie.Unread) is told
+// from one the spool refused to record.
 func incompleteText(action string, ie *queue.IncompleteError) string {
 	if ie.Done == 0 {
+		if ie.Unread {
+			return fmt.Sprintf("cannot read the queued recipients back from the spool for the %s now (nothing changed), try again later", action)
+		}
 		return fmt.Sprintf("cannot record the %s now (nothing changed), try again later", action)
 	}
 	done := map[string]string{"bounce": "bounced", "cancel": "cancelled", "hold": "held", "release": "released"}[action]
-	return fmt.Sprintf("%d recipients %s, then the spool could not record the rest (at most %d more recipients, as they were): run it again to %s the rest",
-		ie.Done, done, ie.Left, action)
+	what := "the spool could not record the rest"
+	if ie.Unread {
+		what = "the rest could not be read back from the spool"
+	}
+	return fmt.Sprintf("%d recipients %s, then %s (at most %d more recipients, as they were): run it again to %s the rest",
+		ie.Done, done, what, ie.Left, action)
 }
 
 // queuePause pauses or resumes the queue name.

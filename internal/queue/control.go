@@ -379,7 +379,7 @@ func (q *Queue) setHeld(t Target, by string, hold bool) (int, error) {
 	if hold {
 		from, typ = fromWaiting|fromReady, pipeline.EventQueueHeld
 	}
-	n, recorded := 0, false
+	n, recorded, unread := 0, false, false
 	left, err := q.inSteps(from, t, func(items []*item, last bool) error {
 		if len(items) == 0 && !last {
 			return nil
@@ -405,6 +405,7 @@ func (q *Queue) setHeld(t Target, by string, hold bool) (int, error) {
 			if rerr != nil {
 				b.Discard()
 				q.putBack(kept)
+				unread = true
 				return rerr
 			}
 			items = kept
@@ -453,7 +454,7 @@ func (q *Queue) setHeld(t Target, by string, hold bool) (int, error) {
 			return n, cerr
 		}
 	}
-	return n, &IncompleteError{Done: n, Left: left, Err: err}
+	return n, &IncompleteError{Done: n, Left: left, Err: err, Unread: unread}
 }
 
 // putBack places items again as they were, taken out of the queue by an

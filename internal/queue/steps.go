@@ -167,9 +167,14 @@ func (q *Queue) hydrateMany(items []*item) []error {
 // record each message on its own: the messages of that step before the
 // refused one are done, and counted in Done). Running the action again
 // acts on the rest.
+//
+// Unread is true when Err is a failure to read the step's recipients
+// back from the spool (a Hold or Release; a recipient missing from the
+// spool does not stop them), not to record them.
 type IncompleteError struct {
 	Done, Left int
 	Err        error
+	Unread     bool
 }
 
 func (e *IncompleteError) Error() string {

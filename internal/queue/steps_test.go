@@ -186,7 +186,7 @@ func TestHoldStopsAtAStepTheSpoolRefuses(t *testing.T) {
 	}
 	n, err := q.Hold(Target{}, "k")
 	var ie *IncompleteError
-	if !errors.As(err, &ie) || ie.Done != n || n < 3000 || n > 3010 || ie.Left != total-n {
+	if !errors.As(err, &ie) || ie.Unread || ie.Done != n || n < 3000 || n > 3010 || ie.Left != total-n {
 		t.Fatalf("Hold = %d, %v (%+v); want about 3000 of %d held and an IncompleteError", n, err, ie, total)
 	}
 	if !errors.Is(err, spool.ErrFull) && sp.Writable() {
