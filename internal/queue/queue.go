@@ -1227,6 +1227,18 @@ func (q *Queue) event(typ string, m *spool.Meta, r *spool.Recipient, queueName s
 	}
 }
 
+// rcptResult is recipient i's error, reply and whether the next hop
+// took on its DSN, of an attempt whose transaction ended with err and
+// per-recipient results res (nil: err applies to every recipient): a
+// recipient's own reply wins (a 5xx at RCPT stays permanent even if the
+// connection broke later); otherwise the transaction's error applies.
+func rcptResult(i int, res []delivery.Result, err error) (error, *pipeline.Response, bool) {
+	if i < len(res) && (res[i].Err != nil || err == nil) {
+		return res[i].Err, res[i].Reply, res[i].DSN
+	}
+	return err, nil, false
+}
+
 // complete records the outcome of one attempt for an item. res may be nil
 // (then err applies to every recipient). An operator's bounce or cancel
 // (it.by set, control.go) comes here too, with errAdminBounce or
@@ -1258,15 +1270,7 @@ func (q *Queue) complete(it *item, res []delivery.Result, err error, remote *pip
 		remoteHost = remote.Host
 	}
 	for i, r := range it.rcpts {
-		// A recipient's own reply wins (a 5xx at RCPT stays permanent
-		// even if the connection broke later); otherwise the
-		// transaction's error applies.
-		rerr := err
-		var reply *pipeline.Response
-		hopDSN := false
-		if i < len(res) && (res[i].Err != nil || err == nil) {
-			rerr, reply, hopDSN = res[i].Err, res[i].Reply, res[i].DSN
-		}
+		rerr, reply, hopDSN := rcptResult(i, res, err)
 		attempt := r.Attempts + 1
 		if it.by != "" {
 			attempt = r.Attempts // no attempt made
@@ -1332,7 +1336,6 @@ func (q *Queue) complete(it *item, res []delivery.Result, err error, remote *pip
 			notes = append(notes, dsn.Notice{Outcome: dsn.Delayed, Rcpt: &nr, Err: rerr, Reply: ev.Response, Remote: remoteHost,
 				Time: now, RetryUntil: m.Received.Add(q.o.QueueLifetime)})
 		}
-		q.logOutcome(ev, r, now.Sub(m.Received), rerr)
 		b.AddEvent(ev)
 		outcomes = append(outcomes, ev)
 	}
@@ -1363,13 +1366,26 @@ func (q *Queue) complete(it *item, res []delivery.Result, err error, remote *pip
 	if whole {
 		b.DeleteMessage(m.ID)
 	}
+	// The outcome lines are logged once the outcomes are committed, so
+	// that the log never says a recipient was cancelled or bounced when
+	// the spool refused it (and it stays queued). A delivery attempt's
+	// are logged even then: the attempt was made.
+	logOutcomes := func() {
+		for i, ev := range outcomes {
+			rerr, _, _ := rcptResult(i, res, err)
+			q.logOutcome(ev, it.rcpts[i], now.Sub(m.Received), rerr)
+		}
+	}
 	if cerr := b.Commit(false); cerr != nil {
 		// The outcome is lost but the spool still holds the recipients as
 		// they were: retry the whole item later. An operator's action
 		// (settle) stops instead, and its caller reports that.
 		if it.by != "" {
+			q.log.Warn("cannot record an operator's action on a message; its recipients stay queued as they were",
+				"msgid", m.ID, "result", outcomes[0].Type, "recipients", len(outcomes), "by", it.by, "err", cerr)
 			return cerr
 		}
+		logOutcomes()
 		if ok, n := q.sample.Allow("outcome"); ok {
 			q.log.Error("cannot record delivery outcome; will retry", "msgid", m.ID, "err", cerr, "similar_suppressed", n)
 		}
@@ -1380,6 +1396,7 @@ func (q *Queue) complete(it *item, res []delivery.Result, err error, remote *pip
 		q.kick()
 		return cerr
 	}
+	logOutcomes()
 	// Count settled recipients only once their outcome is committed. When
 	// other items of the message settled at the same time (whole was
 	// false), the last of them deletes the message in a later batch: WAL
