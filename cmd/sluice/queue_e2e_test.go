@@ -3,6 +3,7 @@ package main
 import (
 	"encoding/json"
 	"net/http"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -48,6 +49,12 @@ func (h *httpEnv) queueCLI(key string, args ...string) string {
 // newQueueEnv starts a relay on queueConfig (with extra appended) and
 // returns it with an API key with the admin scope and its id.
 func newQueueEnv(t *testing.T, extra string) (h *httpEnv, key, keyID string) {
+	return newQueueEnvWith(t, extra, nil)
+}
+
+// newQueueEnvWith is newQueueEnv calling before (when not nil) with the
+// spool's directory before the relay starts.
+func newQueueEnvWith(t *testing.T, extra string, before func(spoolDir string)) (h *httpEnv, key, keyID string) {
 	h = &httpEnv{t: t, dns: dnstest.NewServer(t), mx: newSink(t), smart: newSink(t)}
 	h.dns.AddMX("sender.test", 10, "mx1.sender.test")
 	h.dns.AddA("mx1.sender.test", "127.0.0.1")
@@ -55,6 +62,9 @@ func newQueueEnv(t *testing.T, extra string) (h *httpEnv, key, keyID string) {
 	cfg := strings.NewReplacer("{{HTTP}}", httpAddr, "{{DNS}}", h.dns.Addr(), "{{MXPORT}}", h.mx.port(),
 		"{{SMARTPORT}}", h.smart.port()).Replace(queueConfig + extra)
 	h.relay = newRelay(t, t.TempDir(), cfg)
+	if before != nil {
+		before(filepath.Join(h.relay.dir, "spool"))
+	}
 	h.base = "http://" + httpAddr
 	h.client = &http.Client{Timeout: 30 * time.Second}
 	t.Cleanup(h.client.CloseIdleConnections)

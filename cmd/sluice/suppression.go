@@ -142,14 +142,18 @@ type listing struct {
 
 // listPages fetches a listing page by page (every page with all, else
 // one). Each answer is printed as JSON, or handed to row, which writes
-// table rows to tw and returns the page's next_cursor. A cursor left
-// over is named on stderr. It returns the command's exit code.
+// table rows to tw and returns the page's next_cursor. With all, a JSON
+// answer with nothing listed (a page the API cut short at its scan
+// budget with a next_cursor, or an empty last page) is not printed,
+// unless no page listed anything: then the last one is, so the output is
+// never empty. A cursor left over is named on stderr. It returns the
+// command's exit code.
 func listPages(c *suppClient, stdout, stderr io.Writer, l listing, row func(ans []byte, tw io.Writer) (string, error)) int {
 	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
 	if !l.asJSON {
 		fmt.Fprintln(tw, l.header)
 	}
-	next := l.cursor
+	next, printed := l.cursor, false
 	for {
 		q := url.Values{"limit": {strconv.Itoa(l.limit)}}
 		for k, v := range l.query {
@@ -168,7 +172,10 @@ func listPages(c *suppClient, stdout, stderr io.Writer, l listing, row func(ans 
 		var err error
 		if l.asJSON {
 			err = json.Unmarshal(ans, &page)
-			fmt.Fprintf(stdout, "%s\n", bytes.TrimSpace(ans))
+			if !l.all || !emptyPage(ans) || page.NextCursor == "" && !printed {
+				fmt.Fprintf(stdout, "%s\n", bytes.TrimSpace(ans))
+				printed = true
+			}
 		} else {
 			page.NextCursor, err = row(ans, tw)
 		}
@@ -188,6 +195,22 @@ func listPages(c *suppClient, stdout, stderr io.Writer, l listing, row func(ans 
 		}
 	}
 	return 0
+}
+
+// emptyPage reports whether a listing's JSON answer lists nothing: none
+// of its top-level arrays has an element.
+func emptyPage(ans []byte) bool {
+	var fields map[string]json.RawMessage
+	if json.Unmarshal(ans, &fields) != nil {
+		return false
+	}
+	for _, v := range fields {
+		var items []json.RawMessage
+		if json.Unmarshal(v, &items) == nil && len(items) > 0 {
+			return false
+		}
+	}
+	return true
 }
 
 func dash(s string) string {
