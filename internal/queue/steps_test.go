@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"maps"
 	"slices"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -233,12 +234,15 @@ func TestHoldStopsAtAStepTheSpoolRefuses(t *testing.T) {
 // TestCancelStopsWhenTheSpoolRefuses: a cancel in steps stops at the
 // first outcome the spool refuses: what it cancelled is gone from the
 // spool and the index, the rest is queued in both, and it says how many
-// it cancelled.
+// it cancelled. The log has a "delivery outcome ... result=cancelled"
+// line for each recipient it cancelled and none for the refused message
+// (it stays queued), whose refusal is logged instead.
 func TestCancelStopsWhenTheSpoolRefuses(t *testing.T) {
 	sp, avail := fillingSpool(t)
 	const total = 3000
 	spoolQueued(t, sp, total, 2)
-	q := New(sp, &fakeDialer{}, Options{Logger: slog.New(slog.DiscardHandler)})
+	var logs syncBuffer
+	q := New(sp, &fakeDialer{}, Options{Logger: slog.New(slog.NewTextHandler(&logs, nil))})
 	q.stepRecipients = 500
 	q.betweenSteps = func() { avail.Store(1000) }
 	if n, err := q.Load(); n != total || err != nil {
@@ -248,6 +252,18 @@ func TestCancelStopsWhenTheSpoolRefuses(t *testing.T) {
 	var ie *IncompleteError
 	if !errors.As(err, &ie) || ie.Done != n || n < 500 || n >= total || ie.Left < total-n {
 		t.Fatalf("Cancel = %d, %v; want at least a step of %d cancelled and an IncompleteError", n, err, total)
+	}
+	cancelled, refused := 0, 0
+	for _, l := range strings.Split(logs.String(), "\n") {
+		switch {
+		case strings.Contains(l, `msg="delivery outcome"`) && strings.Contains(l, "result=cancelled"):
+			cancelled++
+		case strings.Contains(l, `msg="cannot record an operator's action on a message`) && strings.Contains(l, "result=cancelled"):
+			refused++
+		}
+	}
+	if cancelled != n || refused != 1 {
+		t.Fatalf("%d recipients cancelled; the log has %d outcome lines (want %d) and %d refusals (want 1)", n, cancelled, n, refused)
 	}
 	left := spoolKeys(t, sp)
 	st := q.Stats()
