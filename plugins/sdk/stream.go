@@ -194,9 +194,20 @@ func (b *answerBatcher) run() {
 }
 
 // dispatch runs one call of the stream through the unary methods, so both
-// paths behave the same; a failure is answered as a CallError.
+// paths behave the same; a failure is answered as a CallError. A call
+// whose context ended before it started (its deadline passed while it
+// waited behind an inline hook, see WithInlineCalls) is not run: it is
+// answered DEADLINE_EXCEEDED (CANCELED once the stream ended), as a hook
+// that returned ctx.Err() would be. Sluice has already applied the stage's
+// on_error to it at its deadline and drops the late answer.
 func (s *server) dispatch(ctx context.Context, req *stagev1.CallRequest) *stagev1.CallResponse {
-	r, err := conv.Call(ctx, s, req)
+	var r *stagev1.CallResponse
+	err := ctx.Err()
+	if err != nil {
+		err = status.FromContextError(err).Err()
+	} else {
+		r, err = conv.Call(ctx, s, req)
+	}
 	if err != nil {
 		st := status.Convert(err)
 		r = &stagev1.CallResponse{Result: &stagev1.CallResponse_Error{
