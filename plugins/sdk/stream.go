@@ -93,7 +93,16 @@ func (s *server) Calls(stream stagev1.Stage_CallsServer) error {
 		}
 		ctx := newCallCtx(base, dl)
 		if s.inline { // WithInlineCalls: no worker, no cancel entry
-			resp := s.dispatch(ctx, req)
+			var resp *stagev1.CallResponse
+			if err := ctx.Err(); err != nil {
+				// Its deadline passed while it waited behind the hooks
+				// before it: answered as a hook returning ctx.Err() would
+				// be, without running it. Sluice has applied on_error at
+				// the deadline already and drops this answer.
+				resp = errAnswer(req.Id, status.FromContextError(err).Err())
+			} else {
+				resp = s.dispatch(ctx, req)
+			}
 			ctx.cancel()
 			answer(resp)
 			continue
@@ -194,25 +203,20 @@ func (b *answerBatcher) run() {
 }
 
 // dispatch runs one call of the stream through the unary methods, so both
-// paths behave the same; a failure is answered as a CallError. A call
-// whose context ended before it started (its deadline passed while it
-// waited behind an inline hook, see WithInlineCalls) is not run: it is
-// answered DEADLINE_EXCEEDED (CANCELED once the stream ended), as a hook
-// that returned ctx.Err() would be. Sluice has already applied the stage's
-// on_error to it at its deadline and drops the late answer.
+// paths behave the same; a failure is answered as a CallError.
 func (s *server) dispatch(ctx context.Context, req *stagev1.CallRequest) *stagev1.CallResponse {
-	var r *stagev1.CallResponse
-	err := ctx.Err()
+	r, err := conv.Call(ctx, s, req)
 	if err != nil {
-		err = status.FromContextError(err).Err()
-	} else {
-		r, err = conv.Call(ctx, s, req)
-	}
-	if err != nil {
-		st := status.Convert(err)
-		r = &stagev1.CallResponse{Result: &stagev1.CallResponse_Error{
-			Error: &stagev1.CallError{Code: int32(st.Code()), Message: st.Message()}}}
+		return errAnswer(req.Id, err)
 	}
 	r.Id = req.Id
 	return r
+}
+
+// errAnswer is the answer to call id that failed with err (a gRPC status
+// or a plain error).
+func errAnswer(id uint64, err error) *stagev1.CallResponse {
+	st := status.Convert(err)
+	return &stagev1.CallResponse{Id: id, Result: &stagev1.CallResponse_Error{
+		Error: &stagev1.CallError{Code: int32(st.Code()), Message: st.Message()}}}
 }
