@@ -86,6 +86,9 @@ func stopProcess(log *slog.Logger, c *goplugin.Client, pid int, graceful bool) {
 
 // stopInstance ends inst; see stopProcess.
 func (g *group) stopInstance(inst *instance, graceful bool) {
+	if inst.unwatch != nil {
+		inst.unwatch()
+	}
 	if inst.mux != nil { // the Calls stream first: its calls get on_error now
 		inst.mux.close()
 	}

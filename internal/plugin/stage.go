@@ -16,6 +16,7 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 	goplugin "github.com/hashicorp/go-plugin"
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -150,6 +151,10 @@ type instance struct {
 	rpc    stagev1.StageClient
 	mux    *mux // the Calls stream; nil when the plugin does not stream
 	pid    int
+	conn   *grpc.ClientConn // the plugin's connection, for watchExit; nil if unknown
+	// unwatch ends watchExit's goroutine; nil when none runs. Set before
+	// the instance is shared, called by stopInstance.
+	unwatch context.CancelFunc
 	// headerBlock: the plugin reads the header as one block (protocol
 	// 1.2, DescribeResponse.header_block).
 	headerBlock bool
@@ -262,6 +267,7 @@ func startGroup(opts Options) (*group, error) {
 		}
 		sl := &slot{g: g}
 		g.slots = append(g.slots, sl)
+		sl.watchExit(inst)
 		sl.set(inst)
 		g.log.Info("plugin started", "cmd", opts.Cmd, "pid", inst.pid, "instance", i+1, "of", opts.Instances,
 			"plugin", desc.Name, "version", desc.Version,
@@ -346,6 +352,9 @@ func (g *group) launch() (*instance, *stagev1.DescribeResponse, error) {
 		return fail("describe", statusErr(err))
 	}
 	inst := &instance{client: client, rpc: rpc, headerBlock: desc.HeaderBlock}
+	if gc, ok := proto.(*goplugin.GRPCClient); ok {
+		inst.conn = gc.Conn
+	}
 	if cmd.Process != nil {
 		inst.pid = cmd.Process.Pid
 	}
@@ -785,6 +794,7 @@ func (sl *slot) relaunch(old *instance) {
 			g.log.Warn("plugin describes other hooks or body need than at start; keeping those of the start until a reload",
 				"hooks_now", desc.Hooks, "body_now", desc.Body.String())
 		}
+		sl.watchExit(inst)
 		if !sl.endRestart(inst) {
 			g.stopInstance(inst, true)
 			return

@@ -247,8 +247,10 @@ func WithMaxProcs(n int) Option { return func(s *server) { s.maxProcs = n } }
 // requests behind it wait, and Sluice's cancel request for it is read only
 // after it returned (its deadline still ends its context); a hook that
 // waits until the stage's timeout makes the calls queued behind it miss
-// their deadlines too, and Sluice restarts a plugin after three calls in a
-// row past their deadline (docs/plugins.md, "Restarts"). With the SDK's
+// their deadlines too (a queued call whose deadline has passed when its
+// turn comes is answered DEADLINE_EXCEEDED without running its hook), and
+// Sluice restarts a plugin after three calls in a row past their deadline
+// (docs/plugins.md, "Restarts"). With the SDK's
 // default of one processor (DefaultMaxProcs) such hooks run one at a time
 // anyway. Unary calls (WithoutStreaming, or messages too large for the
 // stream) are not affected.

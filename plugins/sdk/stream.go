@@ -93,7 +93,16 @@ func (s *server) Calls(stream stagev1.Stage_CallsServer) error {
 		}
 		ctx := newCallCtx(base, dl)
 		if s.inline { // WithInlineCalls: no worker, no cancel entry
-			resp := s.dispatch(ctx, req)
+			var resp *stagev1.CallResponse
+			if err := ctx.Err(); err != nil {
+				// Its deadline passed while it waited behind the hooks
+				// before it: answered as a hook returning ctx.Err() would
+				// be, without running it. Sluice has applied on_error at
+				// the deadline already and drops this answer.
+				resp = errAnswer(req.Id, status.FromContextError(err).Err())
+			} else {
+				resp = s.dispatch(ctx, req)
+			}
 			ctx.cancel()
 			answer(resp)
 			continue
@@ -198,10 +207,16 @@ func (b *answerBatcher) run() {
 func (s *server) dispatch(ctx context.Context, req *stagev1.CallRequest) *stagev1.CallResponse {
 	r, err := conv.Call(ctx, s, req)
 	if err != nil {
-		st := status.Convert(err)
-		r = &stagev1.CallResponse{Result: &stagev1.CallResponse_Error{
-			Error: &stagev1.CallError{Code: int32(st.Code()), Message: st.Message()}}}
+		return errAnswer(req.Id, err)
 	}
 	r.Id = req.Id
 	return r
+}
+
+// errAnswer is the answer to call id that failed with err (a gRPC status
+// or a plain error).
+func errAnswer(id uint64, err error) *stagev1.CallResponse {
+	st := status.Convert(err)
+	return &stagev1.CallResponse{Id: id, Result: &stagev1.CallResponse_Error{
+		Error: &stagev1.CallError{Code: int32(st.Code()), Message: st.Message()}}}
 }

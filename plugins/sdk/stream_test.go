@@ -264,3 +264,81 @@ func TestInlineCalls(t *testing.T) {
 		}
 	}
 }
+
+// gate's on_message waits for release when the subject is "wait" and
+// records the subjects of the calls it ran.
+type gate struct {
+	release chan struct{}
+	ran     chan string
+}
+
+func (gate) Name() string { return "g" }
+
+func (g gate) OnMessage(ctx context.Context, msg *pipeline.Message) (pipeline.Verdict, error) {
+	subj := msg.Header.Get("Subject")
+	g.ran <- subj
+	if subj == "wait" {
+		<-g.release
+	}
+	return pipeline.Verdict{}, nil
+}
+
+// TestInlineSkipsExpiredCalls: with WithInlineCalls, calls queued behind a
+// stalled hook whose deadlines passed meanwhile are answered
+// DEADLINE_EXCEEDED without running their hook; a call without a deadline
+// behind them still runs.
+func TestInlineSkipsExpiredCalls(t *testing.T) {
+	g := gate{release: make(chan struct{}), ran: make(chan string, 16)}
+	c := dial(t, NewServer(g, WithInlineCalls()))
+	st, err := c.Calls(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := st.Send(msgCall(1, "wait")); err != nil {
+		t.Fatal(err)
+	}
+	if got := <-g.ran; got != "wait" {
+		t.Fatalf("first hook ran %q", got)
+	}
+	dl := time.Now().Add(time.Millisecond)
+	for id := uint64(2); id <= 4; id++ {
+		r := msgCall(id, "late"+strconv.FormatUint(id, 10))
+		r.DeadlineUnixNano = dl.UnixNano()
+		if err := st.Send(r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := st.Send(msgCall(5, "ontime")); err != nil {
+		t.Fatal(err)
+	}
+	for time.Now().Before(dl.Add(time.Millisecond)) { // every deadline has passed
+		time.Sleep(time.Millisecond)
+	}
+	close(g.release)
+	got := map[uint64]*stagev1.CallResponse{}
+	for len(got) < 5 {
+		r, err := st.Recv()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, a := range append([]*stagev1.CallResponse{r}, r.More...) {
+			got[a.Id] = a
+		}
+	}
+	for id := uint64(2); id <= 4; id++ {
+		if code := codes.Code(got[id].GetError().GetCode()); code != codes.DeadlineExceeded {
+			t.Errorf("call %d: %v, want DEADLINE_EXCEEDED", id, got[id])
+		}
+	}
+	if got[1].GetVerdict() == nil || got[5].GetVerdict() == nil {
+		t.Errorf("calls 1 and 5: %v, %v; want verdicts", got[1], got[5])
+	}
+	close(g.ran)
+	var ran []string
+	for s := range g.ran {
+		ran = append(ran, s)
+	}
+	if !slices.Equal(ran, []string{"ontime"}) {
+		t.Errorf("hooks run after the stalled one: %v, want only [ontime]", ran)
+	}
+}
