@@ -25,6 +25,10 @@ pid=$!
 for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/2605) 2>/dev/null && break; sleep 0.1; done
 
 KEY=$("$SLUICE" apikey create --tenant bench --scope send -c "$WORK/relay.lua")
+# A running relay rereads the key file at most once a second
+# (docs/http-api.md): without SMTP scenarios the HTTP run would otherwise
+# start before the new key is known.
+sleep 1.1
 
 echo "# sluice make bench — $(date -u +%FT%TZ) — $(nproc) cores, $(uname -m), $(go version | cut -d' ' -f3)"
 bin/sluice-bench smtp -target 127.0.0.1:2605 -sink 127.0.0.1:2602 -n 1000 -c 20 -size 2048 > /dev/null  # warm-up
