@@ -138,9 +138,9 @@ type group struct {
 // and its restart state.
 type slot struct {
 	g        *group
-	busy     atomic.Int32 // calls in flight
+	busy     atomic.Int32           // calls in flight
 	timeouts [numHooks]atomic.Int32 // consecutive call deadlines, by conv.HookFromName
-	probing  atomic.Bool  // a probe (see probe) is running
+	probing  atomic.Bool            // a probe (see probe) is running
 
 	mu         sync.Mutex
 	cur        *instance // nil while down
