@@ -40,8 +40,10 @@ const (
 	DefaultHealthInterval = 5 * time.Second
 	DefaultRestartMin     = 200 * time.Millisecond
 	DefaultRestartMax     = 30 * time.Second
-	// hangLimit consecutive call deadlines make the plugin count as hung:
-	// it is killed and restarted.
+	// hangLimit consecutive call deadlines of one hook make the plugin
+	// count as hung: it is killed and restarted. They are counted per hook
+	// (a success of that hook resets its count), so that the answers of
+	// another hook do not hide a hook that hangs every time.
 	hangLimit = 3
 	// crashLoop restarts within crashWindow are reported as a crash loop.
 	crashLoop   = 5
@@ -136,9 +138,9 @@ type group struct {
 // and its restart state.
 type slot struct {
 	g        *group
-	busy     atomic.Int32 // calls in flight
-	timeouts atomic.Int32 // consecutive call deadlines
-	probing  atomic.Bool  // a probe (see probe) is running
+	busy     atomic.Int32           // calls in flight
+	timeouts [numHooks]atomic.Int32 // consecutive call deadlines, by conv.HookFromName
+	probing  atomic.Bool            // a probe (see probe) is running
 
 	mu         sync.Mutex
 	cur        *instance // nil while down
@@ -605,11 +607,11 @@ func (s *Stage) do(ctx context.Context, dl time.Time, hook string, req *stagev1.
 		default:
 			outcome = outcomeError
 		}
-		sl.failed(inst, err)
+		sl.failed(inst, hook, err)
 		return nil, statusErr(err)
 	}
-	if sl.timeouts.Load() != 0 {
-		sl.timeouts.Store(0)
+	if to := &sl.timeouts[conv.HookFromName(hook)]; to.Load() != 0 {
+		to.Store(0)
 	}
 	return r, nil
 }
@@ -690,7 +692,7 @@ func (sl *slot) setLocked(inst *instance) {
 // UNAVAILABLE is also what a live plugin returns for "my backend is down":
 // it is a call failure, and the instance is restarted only when it also
 // fails a health check (a broken connection); see probe.
-func (sl *slot) failed(inst *instance, err error) {
+func (sl *slot) failed(inst *instance, hook string, err error) {
 	code := status.Code(err)
 	switch {
 	case inst.client.Exited():
@@ -698,11 +700,15 @@ func (sl *slot) failed(inst *instance, err error) {
 	case code == codes.Unavailable:
 		sl.probe(inst)
 	case code == codes.DeadlineExceeded:
-		if sl.timeouts.Add(1) >= hangLimit {
-			sl.restart(inst, fmt.Sprintf("%d calls in a row ran past their deadline", hangLimit))
+		if sl.timeouts[conv.HookFromName(hook)].Add(1) >= hangLimit {
+			sl.restart(inst, fmt.Sprintf("%d %s calls in a row ran past their deadline", hangLimit, hook))
 		}
 	}
 }
+
+// numHooks bounds the protocol's hook numbers (stagev1.Hook, 1 to 7;
+// 0 for an unknown name), which index slot.timeouts.
+const numHooks = int(stagev1.Hook_HOOK_ON_EVENT) + 1
 
 func (s *Stage) onError(hook string, err error) (pipeline.Verdict, error) {
 	ce := &CallError{Stage: s.opts.Name, Hook: hook, Err: err}
@@ -734,7 +740,9 @@ func (sl *slot) restart(inst *instance, reason string) {
 	}
 	sl.setLocked(nil)
 	sl.restarting = true
-	sl.timeouts.Store(0)
+	for i := range sl.timeouts {
+		sl.timeouts[i].Store(0)
+	}
 	sl.mu.Unlock()
 	g.wg.Add(1)
 	g.mu.Unlock()

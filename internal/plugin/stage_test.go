@@ -309,6 +309,31 @@ func TestHangRestarts(t *testing.T) {
 	}
 }
 
+// TestHangOfOneHookRestarts: a plugin whose on_message hangs while its
+// on_rcpt still answers (a deadlock on one path) is restarted after
+// hangLimit on_message deadlines in a row, although an on_rcpt answered
+// between each: the answers of another hook do not prove this one alive.
+func TestHangOfOneHookRestarts(t *testing.T) {
+	s, lb := start(t, "hang", Options{OnError: OnErrorContinue, Timeout: 50 * time.Millisecond})
+	pid := s.PID()
+	txn := &pipeline.Txn{Conn: &pipeline.Conn{ID: "c"}, ID: "m1", Sender: "a@x.example"}
+	for i := 0; i < hangLimit; i++ {
+		if _, err := s.OnRcpt(context.Background(), txn, &pipeline.Recipient{Address: "b@y.example", Local: "b", Domain: "y.example"}); err != nil {
+			t.Fatalf("on_rcpt %d: %v", i+1, err)
+		}
+		if s.PID() != pid {
+			t.Fatalf("restarted before %d on_message deadlines in a row", hangLimit)
+		}
+		if _, err := s.OnMessage(context.Background(), message(t, "x")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, "a new process after the hangs", func() bool { p := s.PID(); return p != 0 && p != pid })
+	if !strings.Contains(lb.String(), "ran past their deadline") {
+		t.Fatalf("no restart reason in the log:\n%s", lb)
+	}
+}
+
 func TestKilledPluginRestarts(t *testing.T) {
 	s, _ := start(t, "ok", Options{HealthInterval: 50 * time.Millisecond})
 	pid := s.PID()

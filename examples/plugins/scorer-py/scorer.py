@@ -37,9 +37,9 @@ is not committed. Generate it and put its directory on PYTHONPATH:
         --python_out=DIR --grpc_python_out=DIR plugins/proto/stage/v1/stage.proto
 
 and set env = { PYTHONPATH = "DIR" } in the stage. Without it the plugin
-generates the code itself at start into a temporary directory (removed at
-exit), from the stage.proto of this source tree or the file named by
-SLUICE_STAGE_PROTO.
+generates the code itself at start into a temporary directory (removed once
+the code is imported, so also when the plugin is killed), from the
+stage.proto of this source tree or the file named by SLUICE_STAGE_PROTO.
 """
 
 import concurrent.futures
@@ -141,15 +141,22 @@ def load_stubs():
                  "generate the stubs (see the top of scorer.py) or set SLUICE_STAGE_PROTO")
     from grpc_tools import protoc
     out = tempfile.mkdtemp(prefix="scorer-py-")
-    import atexit
-    atexit.register(shutil.rmtree, out, True)
-    pdir = os.path.dirname(os.path.abspath(proto))
-    if protoc.main(["protoc", "-I" + pdir, "--python_out=" + out, "--grpc_python_out=" + out,
-                    os.path.join(pdir, "stage.proto")]) != 0:
-        sys.exit(f"scorer-py: generating the stubs from {proto} failed")
-    sys.path.insert(0, out)
-    import stage_pb2
-    import stage_pb2_grpc
+    # Removed as soon as the stubs are imported (they live in memory from
+    # then on), not at exit: Sluice kills a plugin whose config it refuses,
+    # or that does not stop within 2 seconds, and an exit handler would not run.
+    try:
+        pdir = os.path.dirname(os.path.abspath(proto))
+        if protoc.main(["protoc", "-I" + pdir, "--python_out=" + out, "--grpc_python_out=" + out,
+                        os.path.join(pdir, "stage.proto")]) != 0:
+            sys.exit(f"scorer-py: generating the stubs from {proto} failed")
+        sys.path.insert(0, out)
+        try:
+            import stage_pb2
+            import stage_pb2_grpc
+        finally:
+            sys.path.remove(out)
+    finally:
+        shutil.rmtree(out, True)
     return stage_pb2, stage_pb2_grpc
 
 

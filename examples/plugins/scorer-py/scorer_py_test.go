@@ -164,10 +164,16 @@ sluice.stage("route", { on_route = function(msg, rcpt) return sluice.route.relay
 // plugin, checks its Describe answer against the configured hooks and
 // reports a config the plugin refuses. The plugin runs without PYTHONPATH
 // here, so it generates its stubs itself (the path the docs' minimal
-// configuration takes).
+// configuration takes). The stubs' temporary directory is gone afterwards,
+// also when the plugin refused its config (and was killed at once, so that
+// an exit handler would not run).
 func TestScorerPyCheck(t *testing.T) {
 	needPython(t)
 	dir := t.TempDir()
+	tmp := filepath.Join(dir, "tmp") // the plugin's TMPDIR
+	if err := os.Mkdir(tmp, 0o755); err != nil {
+		t.Fatal(err)
+	}
 	for _, tt := range []struct{ opts, want string }{
 		{`hooks = { "on_message" }`, ""},
 		{`hooks = { "on_message", "on_rcpt" }`, "does not implement on_rcpt"},
@@ -175,8 +181,8 @@ func TestScorerPyCheck(t *testing.T) {
 		{`config = { rules = { { pattern = "(", score = 1 } } }`, "rules[1]: missing ), unterminated subpattern"},
 		{`config = { threshold = "high" }`, "threshold 'high': want a number"},
 	} {
-		src := fmt.Sprintf("sluice.spool { path = %q }\nsluice.listen_smtp { addr = \"127.0.0.1:0\" }\nsluice.stage(\"scorer\", sluice.plugin { cmd = %q, args = { %q }, %s })\n",
-			filepath.Join(dir, "spool"), python, script(t), tt.opts)
+		src := fmt.Sprintf("sluice.spool { path = %q }\nsluice.listen_smtp { addr = \"127.0.0.1:0\" }\nsluice.stage(\"scorer\", sluice.plugin { cmd = %q, args = { %q }, env = { TMPDIR = %q }, %s })\n",
+			filepath.Join(dir, "spool"), python, script(t), tmp, tt.opts)
 		p := filepath.Join(dir, "pipeline.lua")
 		if err := os.WriteFile(p, []byte(src), 0o644); err != nil {
 			t.Fatal(err)
@@ -191,6 +197,12 @@ func TestScorerPyCheck(t *testing.T) {
 			t.Errorf("%s: %v", tt.opts, err)
 		case tt.want != "" && (err == nil || !strings.Contains(err.Error(), tt.want)):
 			t.Errorf("%s: error %v, want %q", tt.opts, err, tt.want)
+		}
+		if left, _ := filepath.Glob(filepath.Join(tmp, "scorer-py-*")); len(left) != 0 {
+			t.Errorf("%s: the plugin left its stubs' temporary directory behind: %v", tt.opts, left)
+			for _, d := range left {
+				os.RemoveAll(d)
+			}
 		}
 	}
 }

@@ -35,12 +35,23 @@ var hookNames = map[stagev1.Hook]string{
 func HookName(h stagev1.Hook) string { return hookNames[h] }
 
 // HookFromName returns the protocol hook of a pipeline hook name, or
-// HOOK_UNSPECIFIED.
+// HOOK_UNSPECIFIED. It allocates nothing (the host calls it per call).
 func HookFromName(name string) stagev1.Hook {
-	for h, n := range hookNames {
-		if n == name {
-			return h
-		}
+	switch name {
+	case "on_connect":
+		return stagev1.Hook_HOOK_ON_CONNECT
+	case "on_helo":
+		return stagev1.Hook_HOOK_ON_HELO
+	case "on_mail":
+		return stagev1.Hook_HOOK_ON_MAIL
+	case "on_rcpt":
+		return stagev1.Hook_HOOK_ON_RCPT
+	case "on_message":
+		return stagev1.Hook_HOOK_ON_MESSAGE
+	case "on_route":
+		return stagev1.Hook_HOOK_ON_ROUTE
+	case "on_event":
+		return stagev1.Hook_HOOK_ON_EVENT
 	}
 	return stagev1.Hook_HOOK_UNSPECIFIED
 }
