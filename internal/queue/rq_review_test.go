@@ -354,7 +354,14 @@ func TestRQUnreadableHeldStaysHeld(t *testing.T) {
 	fd := &fakeDialer{}
 	q := New(sp, fd, Options{Logger: slog.New(slog.DiscardHandler), RetryInitial: time.Millisecond})
 	m, rs := put(t, sp, "s@src.test", "a@x.test", "b@x.test")
+	// Paused, so that no worker takes the item before the hold (a worker
+	// starts when mail is queued); Enqueue may name the destination's
+	// site on a goroutine: hold once the recipients are queued.
+	if _, err := q.Pause("x.test", "k"); err != nil {
+		t.Fatal(err)
+	}
 	q.Enqueue(m, rs)
+	testutil.WaitFor(t, "queued", func() bool { s := q.Stats(); return s.ReadyRecipients+s.WaitingRecipients == 2 })
 	if got, err := q.Hold(Target{}, "k"); got != 2 || err != nil {
 		t.Fatalf("Hold = %d, %v", got, err)
 	}
