@@ -396,10 +396,21 @@ func (s *Server) sandboxWait(w http.ResponseWriter, r *http.Request, st *capture
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), d)
 	defer cancel()
+	// A shutdown ends the wait (503) rather than waiting for it: http.Server's
+	// Shutdown waits for in-flight requests, a wait can last 5 minutes.
+	go func() {
+		select {
+		case <-s.stop:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
 	sm, err := st.Wait(ctx, tenant, f)
 	switch {
 	case err == nil:
 		s.writeJSON(w, http.StatusOK, sm)
+	case stopped(s.stop) && r.Context().Err() == nil:
+		s.fail(w, errf(http.StatusServiceUnavailable, codeUnavailable, "", "the sandbox is shutting down"))
 	case errors.Is(err, context.DeadlineExceeded) && r.Context().Err() == nil:
 		s.fail(w, errf(http.StatusRequestTimeout, codeWaitTimeout, "", "no matching message arrived within %s", d))
 	case errors.Is(err, capture.ErrClosed):
@@ -408,6 +419,16 @@ func (s *Server) sandboxWait(w http.ResponseWriter, r *http.Request, st *capture
 		// The client went away.
 	default:
 		s.sandboxFailed(w, "wait for a message", err)
+	}
+}
+
+// stopped reports whether stop is closed (the server is shutting down).
+func stopped(stop <-chan struct{}) bool {
+	select {
+	case <-stop:
+		return true
+	default:
+		return false
 	}
 }
 

@@ -355,3 +355,22 @@ func TestSandboxMailpitPaths(t *testing.T) {
 		t.Fatal("another tenant's message was deleted")
 	}
 }
+
+// TestSandboxWaitEndsAtShutdown: a pending wait answers 503 when the
+// server shuts down instead of holding the shutdown until its own timeout
+// (up to 5 minutes) or the grace period, whichever comes first.
+func TestSandboxWaitEndsAtShutdown(t *testing.T) {
+	e, st, _, _ := sandboxEnv(t)
+	got := make(chan resp, 1)
+	go func() { got <- e.do("GET", "/v1/sandbox/wait?to=nobody@dest.test&timeout=5m", e.sendKey, nil) }()
+	waitForWaiters(t, st, "acme", 1)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if err := e.srv.Shutdown(ctx); err != nil {
+		t.Fatalf("Shutdown with a pending wait: %v", err)
+	}
+	r := <-got
+	if r.Status != http.StatusServiceUnavailable || !strings.Contains(string(r.Body), "shutting down") {
+		t.Fatalf("wait at shutdown: %d %s", r.Status, r.Body)
+	}
+}
