@@ -374,3 +374,30 @@ func TestSandboxWaitEndsAtShutdown(t *testing.T) {
 		t.Fatalf("wait at shutdown: %d %s", r.Status, r.Body)
 	}
 }
+
+// Mailpit's ID "latest" names the newest message of the key's tenant (test
+// helpers read /message/latest), never another tenant's newer one.
+func TestSandboxMailpitLatest(t *testing.T) {
+	e, st, a, o := sandboxEnv(t) // o (tenant other) is newer than a
+	var m struct{ ID, Subject string }
+	r := e.do("GET", "/sandbox/api/v1/message/latest", e.sendKey, nil)
+	r.json(t, &m)
+	if r.Status != 200 || m.ID != a.ID {
+		t.Fatalf("latest of acme: %d %s, want %s", r.Status, r.Body, a.ID)
+	}
+	r = e.do("GET", "/sandbox/api/v1/message/latest", e.otherKey, nil)
+	r.json(t, &m)
+	if r.Status != 200 || m.ID != o.ID {
+		t.Fatalf("latest of other: %d %s, want %s", r.Status, r.Body, o.ID)
+	}
+	r = e.do("GET", "/sandbox/api/v1/message/latest/raw", e.sendKey, nil)
+	if r.Status != 200 || !strings.Contains(string(r.Body), "Subject: Welcome") {
+		t.Fatalf("latest raw: %d %s", r.Status, r.Body)
+	}
+	if _, err := st.DeleteAll("acme"); err != nil {
+		t.Fatal(err)
+	}
+	if r = e.do("GET", "/sandbox/api/v1/message/latest", e.sendKey, nil); r.Status != 404 {
+		t.Fatalf("latest of an empty inbox: %d %s", r.Status, r.Body)
+	}
+}
