@@ -40,7 +40,10 @@ const (
 	waitDefault         = 30 * time.Second
 	waitMax             = 5 * time.Minute
 	streamBuffer        = 64
-	maxChecks           = 50
+	// waitWriteSlack is the time a wait's answer has to be written after
+	// its timeout.
+	waitWriteSlack = 30 * time.Second
+	maxChecks      = 50
 )
 
 // UseSandbox turns on the sandbox API with the capture store (nil: off,
@@ -394,6 +397,9 @@ func (s *Server) sandboxWait(w http.ResponseWriter, r *http.Request, st *capture
 		s.fail(w, e)
 		return
 	}
+	// The server's write timeout (5 minutes) runs from the request's
+	// header: a wait as long would answer past it, to a closed connection.
+	_ = http.NewResponseController(w).SetWriteDeadline(time.Now().Add(d + waitWriteSlack))
 	ctx, cancel := context.WithTimeout(r.Context(), d)
 	defer cancel()
 	// A shutdown ends the wait (503) rather than waiting for it: http.Server's

@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -399,5 +400,28 @@ func TestSandboxMailpitLatest(t *testing.T) {
 	}
 	if r = e.do("GET", "/sandbox/api/v1/message/latest", e.sendKey, nil); r.Status != 404 {
 		t.Fatalf("latest of an empty inbox: %d %s", r.Status, r.Body)
+	}
+}
+
+// TestSandboxWaitOutlivesWriteTimeout: a wait as long as the server's write
+// timeout (5 minutes, the longest wait allowed) still gets its 408; without
+// its own write deadline the answer is written past the server's and the
+// client sees the connection end instead.
+func TestSandboxWaitOutlivesWriteTimeout(t *testing.T) {
+	e, _, _, _ := sandboxEnv(t)
+	raw := httptest.NewUnstartedServer(e.srv)
+	raw.Config.WriteTimeout = time.Second // stands for the 5 minutes of a real server
+	raw.Start()
+	t.Cleanup(raw.Close)
+	req, _ := http.NewRequest("GET", raw.URL+"/v1/sandbox/wait?to=nobody@dest.test&timeout=2s", nil)
+	req.Header.Set("Authorization", "Bearer "+e.sendKey)
+	hres, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatalf("wait longer than the write timeout: %v", err)
+	}
+	defer hres.Body.Close()
+	body, err := io.ReadAll(hres.Body)
+	if err != nil || hres.StatusCode != http.StatusRequestTimeout || !strings.Contains(string(body), "wait_timeout") {
+		t.Fatalf("wait longer than the write timeout: %d %s %v", hres.StatusCode, body, err)
 	}
 }
