@@ -432,6 +432,21 @@ type Route struct {
 	Tenant string `json:"tenant,omitempty"`
 }
 
+// ValidTenant reports whether t is a tenant name: 1 to 64 ASCII letters,
+// digits, '.', '_' or '-' (the names API keys and the configuration take).
+func ValidTenant(t string) bool {
+	if len(t) == 0 || len(t) > 64 {
+		return false
+	}
+	for i := 0; i < len(t); i++ {
+		c := t[i]
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '.' || c == '_' || c == '-') {
+			return false
+		}
+	}
+	return true
+}
+
 // Capture is a capture route into tenant's sandbox inbox ("": the
 // message's tenant).
 func Capture(tenant string) *Route { return &Route{Kind: RouteCapture, Tenant: tenant} }
@@ -451,8 +466,9 @@ func (r *Route) Validate() error {
 			return fmt.Errorf("relay route: port %d out of range", r.Port)
 		}
 	case RouteCapture:
-		if len(r.Tenant) > 64 || strings.ContainsAny(r.Tenant, " |\x00\r\n") {
-			return fmt.Errorf("capture route: tenant %q: want a tenant name of at most 64 characters without spaces", r.Tenant)
+		// A tenant no key can name would be an inbox no one can read.
+		if r.Tenant != "" && !ValidTenant(r.Tenant) {
+			return fmt.Errorf("capture route: tenant %q: want 1 to 64 letters, digits, '.', '_' or '-'", r.Tenant)
 		}
 	default:
 		return fmt.Errorf("unknown route kind %q (want mx, relay or capture)", r.Kind)

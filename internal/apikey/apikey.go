@@ -34,7 +34,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"regexp"
 	"slices"
 	"sort"
 	"strings"
@@ -268,10 +267,9 @@ type CreateOptions struct {
 	Senders []string // allowed sender domains; empty = any
 }
 
-var tenantRE = regexp.MustCompile(`^[A-Za-z0-9._-]{1,64}$`)
-
-// ValidTenant reports whether t is a valid tenant name.
-func ValidTenant(t string) bool { return tenantRE.MatchString(t) }
+// ValidTenant reports whether t is a valid tenant name
+// (pipeline.ValidTenant: 1 to 64 letters, digits, '.', '_' or '-').
+func ValidTenant(t string) bool { return pipeline.ValidTenant(t) }
 
 // Create makes a new key, stores its hash and returns the token, which is
 // never stored and cannot be shown again.

@@ -200,16 +200,6 @@ func ParseReply(s string) (code int, enhanced, text string, err error) {
 	return code, enhanced, strings.Join(rest, " "), nil
 }
 
-// validTenantName is apikey.ValidTenant's rule (config cannot import
-// apikey): 1 to 64 letters, digits, '.', '_' or '-'.
-func validTenantName(t string) bool {
-	if len(t) == 0 || len(t) > 64 {
-		return false
-	}
-	for _, c := range t {
-		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '.' || c == '_' || c == '-') {
-			return false
-		}
-	}
-	return true
-}
+// validTenantName is the tenant-name rule of API keys and capture routes
+// (pipeline.ValidTenant): 1 to 64 letters, digits, '.', '_' or '-'.
+func validTenantName(t string) bool { return pipeline.ValidTenant(t) }

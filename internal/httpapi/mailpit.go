@@ -22,6 +22,7 @@ import (
 //	                                                 to:, from:, subject:, tag: and words (text)
 //	GET    /sandbox/api/v1/message/{ID}              one message: text, HTML, attachments
 //	GET    /sandbox/api/v1/message/{ID}/raw          the bytes
+//	(ID "latest": the tenant's newest message, as Mailpit's)
 //	DELETE /sandbox/api/v1/messages                  delete all of the tenant's; body {"IDs": [...]}: only those
 //
 // Shapes follow Mailpit's (PascalCase fields); what Sluice has no notion
@@ -249,6 +250,12 @@ func (s *Server) mailpitAPI(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		id, sub, _ := strings.Cut(strings.TrimPrefix(rest, "/message/"), "/")
+		if id == "latest" && (sub == "" || sub == "raw") {
+			// Mailpit's ID "latest": the tenant's newest message.
+			if id = s.mailpitLatest(w, r, st); id == "" {
+				return
+			}
+		}
 		switch sub {
 		case "raw":
 			s.sandboxRaw(w, r, st, id)
@@ -260,6 +267,27 @@ func (s *Server) mailpitAPI(w http.ResponseWriter, r *http.Request) {
 	default:
 		s.fail(w, errNotFound)
 	}
+}
+
+// mailpitLatest answers the ID of the newest message of the request's
+// tenant (Mailpit's ID "latest"), or writes the error (404 with no
+// message) and answers "".
+func (s *Server) mailpitLatest(w http.ResponseWriter, r *http.Request, st *capture.Store) string {
+	tenant, e := s.suppTenant(r.Context(), r)
+	if e != nil {
+		s.fail(w, e)
+		return ""
+	}
+	p, err := st.Search(tenant, capture.Filter{}, 0, 1)
+	if err != nil {
+		s.sandboxFailed(w, "search the sandbox", err)
+		return ""
+	}
+	if len(p.Messages) == 0 {
+		s.fail(w, noCapture("latest"))
+		return ""
+	}
+	return p.Messages[0].ID
 }
 
 // GET /sandbox/api/v1/message/{ID}

@@ -40,7 +40,10 @@ const (
 	waitDefault         = 30 * time.Second
 	waitMax             = 5 * time.Minute
 	streamBuffer        = 64
-	maxChecks           = 50
+	// waitWriteSlack is the time a wait's answer has to be written after
+	// its timeout.
+	waitWriteSlack = 30 * time.Second
+	maxChecks      = 50
 )
 
 // UseSandbox turns on the sandbox API with the capture store (nil: off,
@@ -394,12 +397,26 @@ func (s *Server) sandboxWait(w http.ResponseWriter, r *http.Request, st *capture
 		s.fail(w, e)
 		return
 	}
+	// The server's write timeout (5 minutes) runs from the request's
+	// header: a wait as long would answer past it, to a closed connection.
+	_ = http.NewResponseController(w).SetWriteDeadline(time.Now().Add(d + waitWriteSlack))
 	ctx, cancel := context.WithTimeout(r.Context(), d)
 	defer cancel()
+	// A shutdown ends the wait (503) rather than waiting for it: http.Server's
+	// Shutdown waits for in-flight requests, a wait can last 5 minutes.
+	go func() {
+		select {
+		case <-s.stop:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
 	sm, err := st.Wait(ctx, tenant, f)
 	switch {
 	case err == nil:
 		s.writeJSON(w, http.StatusOK, sm)
+	case stopped(s.stop) && r.Context().Err() == nil:
+		s.fail(w, errf(http.StatusServiceUnavailable, codeUnavailable, "", "the sandbox is shutting down"))
 	case errors.Is(err, context.DeadlineExceeded) && r.Context().Err() == nil:
 		s.fail(w, errf(http.StatusRequestTimeout, codeWaitTimeout, "", "no matching message arrived within %s", d))
 	case errors.Is(err, capture.ErrClosed):
@@ -408,6 +425,16 @@ func (s *Server) sandboxWait(w http.ResponseWriter, r *http.Request, st *capture
 		// The client went away.
 	default:
 		s.sandboxFailed(w, "wait for a message", err)
+	}
+}
+
+// stopped reports whether stop is closed (the server is shutting down).
+func stopped(stop <-chan struct{}) bool {
+	select {
+	case <-stop:
+		return true
+	default:
+		return false
 	}
 }
 

@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -353,5 +354,74 @@ func TestSandboxMailpitPaths(t *testing.T) {
 	}
 	if _, ok := st.Get("other", o.ID); !ok {
 		t.Fatal("another tenant's message was deleted")
+	}
+}
+
+// TestSandboxWaitEndsAtShutdown: a pending wait answers 503 when the
+// server shuts down instead of holding the shutdown until its own timeout
+// (up to 5 minutes) or the grace period, whichever comes first.
+func TestSandboxWaitEndsAtShutdown(t *testing.T) {
+	e, st, _, _ := sandboxEnv(t)
+	got := make(chan resp, 1)
+	go func() { got <- e.do("GET", "/v1/sandbox/wait?to=nobody@dest.test&timeout=5m", e.sendKey, nil) }()
+	waitForWaiters(t, st, "acme", 1)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if err := e.srv.Shutdown(ctx); err != nil {
+		t.Fatalf("Shutdown with a pending wait: %v", err)
+	}
+	r := <-got
+	if r.Status != http.StatusServiceUnavailable || !strings.Contains(string(r.Body), "shutting down") {
+		t.Fatalf("wait at shutdown: %d %s", r.Status, r.Body)
+	}
+}
+
+// Mailpit's ID "latest" names the newest message of the key's tenant (test
+// helpers read /message/latest), never another tenant's newer one.
+func TestSandboxMailpitLatest(t *testing.T) {
+	e, st, a, o := sandboxEnv(t) // o (tenant other) is newer than a
+	var m struct{ ID, Subject string }
+	r := e.do("GET", "/sandbox/api/v1/message/latest", e.sendKey, nil)
+	r.json(t, &m)
+	if r.Status != 200 || m.ID != a.ID {
+		t.Fatalf("latest of acme: %d %s, want %s", r.Status, r.Body, a.ID)
+	}
+	r = e.do("GET", "/sandbox/api/v1/message/latest", e.otherKey, nil)
+	r.json(t, &m)
+	if r.Status != 200 || m.ID != o.ID {
+		t.Fatalf("latest of other: %d %s, want %s", r.Status, r.Body, o.ID)
+	}
+	r = e.do("GET", "/sandbox/api/v1/message/latest/raw", e.sendKey, nil)
+	if r.Status != 200 || !strings.Contains(string(r.Body), "Subject: Welcome") {
+		t.Fatalf("latest raw: %d %s", r.Status, r.Body)
+	}
+	if _, err := st.DeleteAll("acme"); err != nil {
+		t.Fatal(err)
+	}
+	if r = e.do("GET", "/sandbox/api/v1/message/latest", e.sendKey, nil); r.Status != 404 {
+		t.Fatalf("latest of an empty inbox: %d %s", r.Status, r.Body)
+	}
+}
+
+// TestSandboxWaitOutlivesWriteTimeout: a wait as long as the server's write
+// timeout (5 minutes, the longest wait allowed) still gets its 408; without
+// its own write deadline the answer is written past the server's and the
+// client sees the connection end instead.
+func TestSandboxWaitOutlivesWriteTimeout(t *testing.T) {
+	e, _, _, _ := sandboxEnv(t)
+	raw := httptest.NewUnstartedServer(e.srv)
+	raw.Config.WriteTimeout = time.Second // stands for the 5 minutes of a real server
+	raw.Start()
+	t.Cleanup(raw.Close)
+	req, _ := http.NewRequest("GET", raw.URL+"/v1/sandbox/wait?to=nobody@dest.test&timeout=2s", nil)
+	req.Header.Set("Authorization", "Bearer "+e.sendKey)
+	hres, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatalf("wait longer than the write timeout: %v", err)
+	}
+	defer hres.Body.Close()
+	body, err := io.ReadAll(hres.Body)
+	if err != nil || hres.StatusCode != http.StatusRequestTimeout || !strings.Contains(string(body), "wait_timeout") {
+		t.Fatalf("wait longer than the write timeout: %d %s %v", hres.StatusCode, body, err)
 	}
 }
