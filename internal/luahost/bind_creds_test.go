@@ -1,6 +1,7 @@
 package luahost
 
 import (
+	"strings"
 	"testing"
 
 	"github.com/sluice-mta/sluice/pipeline"
@@ -54,6 +55,22 @@ func TestAuth(t *testing.T) {
 	v, id, err = h.OnAuth(bg, testConn(), &pipeline.Credentials{Mechanism: "PLAIN", Username: "eve", Password: "x"})
 	if err != nil || v.Action != pipeline.Continue || id != nil {
 		t.Fatalf("continue %+v %+v %v", v, id, err)
+	}
+}
+
+// TestAuthTenantName: on_auth cannot give an identity a tenant no API
+// key or config could name (its captures would land in an inbox nobody
+// can read): the hook fails with the rule.
+func TestAuthTenantName(t *testing.T) {
+	st, _, _ := inline(t, `on_auth = function(conn, creds) return sluice.accept{ tenant = creds.username } end`)
+	h := st.(pipeline.AuthHook)
+	_, id, err := h.OnAuth(bg, testConn(), &pipeline.Credentials{Mechanism: "PLAIN", Username: "bad/name", Password: "x"})
+	if err == nil || id != nil || !strings.Contains(err.Error(), `tenant "bad/name" is not a tenant name`) {
+		t.Fatalf("bad tenant: %+v %v", id, err)
+	}
+	_, id, err = h.OnAuth(bg, testConn(), &pipeline.Credentials{Mechanism: "PLAIN", Username: "good-name.1", Password: "x"})
+	if err != nil || id == nil || id.Tenant != "good-name.1" {
+		t.Fatalf("good tenant: %+v %v", id, err)
 	}
 }
 

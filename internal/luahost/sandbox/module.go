@@ -143,6 +143,11 @@ func (s *State) accept(L *lua.LState) int {
 		id := &pipeline.Identity{}
 		o.String("name", &id.Name)
 		o.String("tenant", &id.Tenant)
+		if id.Tenant != "" && !pipeline.ValidTenant(id.Tenant) {
+			// A tenant no API key can name would capture into an
+			// inbox nobody can read.
+			s.Raise("sluice.accept: tenant %q is not a tenant name: 1 to 64 ASCII letters, digits, '.', '_' or '-'", id.Tenant)
+		}
 		o.String("method", &id.Method)
 		o.Strings("scopes", &id.Scopes)
 		o.Strings("senders", &id.Senders)
