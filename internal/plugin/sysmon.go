@@ -3,6 +3,8 @@ package plugin
 import (
 	"bytes"
 	"strings"
+
+	"github.com/sluice-mta/sluice/plugins/sdk"
 )
 
 // sysmonAwake is the GODEBUG setting Sluice gives every plugin process
@@ -20,7 +22,7 @@ import (
 // (schedFilter). A schedtrace in the stage's env GODEBUG wins (0: the
 // runtime's default; another period: a real trace, logged; this one: as
 // if Sluice had added it).
-const sysmonAwake = "schedtrace=2147483647"
+const sysmonAwake = sdk.SysmonAwake
 
 // withSysmonAwake returns env (a process environment, "K=V" entries, the
 // last of a key winning as in os/exec) with sysmonAwake added to GODEBUG,
