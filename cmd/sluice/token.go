@@ -11,9 +11,9 @@ import (
 	"path/filepath"
 	"time"
 
-	"github.com/sluice-mta/sluice/internal/apikey"
 	"github.com/sluice-mta/sluice/internal/config"
 	"github.com/sluice-mta/sluice/internal/token"
+	"github.com/sluice-mta/sluice/pipeline"
 )
 
 const tokenUsage = `Usage:
@@ -100,7 +100,7 @@ func runToken(args []string, stdout, stderr io.Writer) int {
 			}
 			return code
 		}
-		if !apikey.ValidTenant(*tenant) {
+		if !pipeline.ValidTenant(*tenant) {
 			fmt.Fprintf(stderr, "sluice token issue: tenant %q: use 1 to 64 letters, digits, '.', '_' or '-'\n", *tenant)
 			return 2
 		}

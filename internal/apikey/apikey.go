@@ -267,14 +267,10 @@ type CreateOptions struct {
 	Senders []string // allowed sender domains; empty = any
 }
 
-// ValidTenant reports whether t is a valid tenant name
-// (pipeline.ValidTenant: 1 to 64 letters, digits, '.', '_' or '-').
-func ValidTenant(t string) bool { return pipeline.ValidTenant(t) }
-
 // Create makes a new key, stores its hash and returns the token, which is
 // never stored and cannot be shown again.
 func (s *Store) Create(o CreateOptions) (token string, k Key, err error) {
-	if !ValidTenant(o.Tenant) {
+	if !pipeline.ValidTenant(o.Tenant) {
 		return "", Key{}, fmt.Errorf("apikey: tenant %q: use 1 to 64 letters, digits, '.', '_' or '-'", o.Tenant)
 	}
 	if len(o.Scopes) == 0 {

@@ -351,7 +351,7 @@ func (ld *loader) listenSMTP(L *lua.LState) int {
 	ld.duration(o, "max_session_time", &l.MaxSessionTime)
 	ld.size(o, "max_inflight_bytes", &l.MaxInflightBytes)
 	ld.size(o, "spill_threshold", &l.SpillThreshold)
-	if o.String("sandbox", &l.Sandbox) && !validTenantName(l.Sandbox) {
+	if o.String("sandbox", &l.Sandbox) && !pipeline.ValidTenant(l.Sandbox) {
 		o.Fail("sandbox", "%q is not a tenant name (1 to 64 letters, digits, '.', '_' or '-')", l.Sandbox)
 	}
 	requireTLS := true

@@ -117,7 +117,7 @@ func (ld *loader) sandbox(L *lua.LState) int {
 	}
 	if o.Strings("tenants", &sb.Tenants) {
 		for _, t := range sb.Tenants {
-			if !validTenantName(t) {
+			if !pipeline.ValidTenant(t) {
 				o.Fail("tenants", "%q is not a tenant name (1 to 64 letters, digits, '.', '_' or '-')", t)
 			}
 		}
@@ -138,7 +138,7 @@ func (ld *loader) sandbox(L *lua.LState) int {
 	}
 	for _, so := range o.List("simulate", "tenant", "match", "reply", "times", "delay", "complaint", "auto_reply") {
 		var r SimulateRule
-		if so.String("tenant", &r.Tenant) && !validTenantName(r.Tenant) {
+		if so.String("tenant", &r.Tenant) && !pipeline.ValidTenant(r.Tenant) {
 			so.Fail("tenant", "%q is not a tenant name", r.Tenant)
 		}
 		if !so.String("match", &r.Match) || r.Match == "" {
@@ -199,7 +199,3 @@ func ParseReply(s string) (code int, enhanced, text string, err error) {
 	}
 	return code, enhanced, strings.Join(rest, " "), nil
 }
-
-// validTenantName is the tenant-name rule of API keys and capture routes
-// (pipeline.ValidTenant): 1 to 64 letters, digits, '.', '_' or '-'.
-func validTenantName(t string) bool { return pipeline.ValidTenant(t) }

@@ -107,7 +107,7 @@ func (s *Server) suppTenant(ctx context.Context, r *http.Request, allowed ...str
 			return "", errf(http.StatusForbidden, codeForbidden, "tenant", "only a key with the %q scope may name a tenant", apikey.ScopeAdmin)
 		}
 		t := q.Get("tenant")
-		if t != "" && !apikey.ValidTenant(t) {
+		if t != "" && !pipeline.ValidTenant(t) {
 			return "", badField("tenant", "tenant must be 1 to 64 letters, digits, '.', '_' or '-' (or empty for mail without a tenant)")
 		}
 		return t, nil

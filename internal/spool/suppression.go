@@ -11,7 +11,7 @@ package spool
 //
 //	s<tenant>\x00<address>   one entry (JSON Suppression)
 //
-// Tenants never contain NUL (apikey.ValidTenant; "" is the tenant of
+// Tenants never contain NUL (pipeline.ValidTenant; "" is the tenant of
 // clients without one), so one tenant's entries are one contiguous key
 // range, ordered by address: the listing pages through it with a cursor
 // that is the last address returned.
