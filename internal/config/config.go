@@ -73,6 +73,10 @@ type Spool struct {
 	MemtableMB int    // Pebble memtable size; default 64
 	// WALRecycling reuses obsolete WAL files (spool.Options.WALRecycling); default false.
 	WALRecycling bool
+	// WALZeroAhead writes zeros ahead of the live WAL's end so that its
+	// syncs need no filesystem journal commit
+	// (spool.Options.NoWALZeroAhead); default true.
+	WALZeroAhead bool
 	// MinFree is the free space kept in reserve on the spool's filesystem:
 	// below it new mail is refused with 452 4.3.1 (HTTP 507). Default
 	// 100 MB; 0 disables the check.
@@ -344,7 +348,7 @@ type StageSpec struct {
 // default for a zero value should take it from these.
 func Defaults() *Config {
 	return &Config{
-		Spool:        Spool{Path: "./var/spool", MemtableMB: 64, MinFree: 100 << 20},
+		Spool:        Spool{Path: "./var/spool", MemtableMB: 64, WALZeroAhead: true, MinFree: 100 << 20},
 		Events:       Events{File: "./var/events.jsonl"},
 		Bounces:      Bounces{DefaultRules: true},
 		Suppression:  DefaultSuppression(),

@@ -288,12 +288,13 @@ func (ld *loader) localDomains(L *lua.LState) int {
 func (ld *loader) spool(L *lua.LState) int {
 	const fn = "sluice.spool"
 	ld.singleton(fn)
-	o := ld.s.CheckOpts(1, fn, "path", "memtable_mb", "min_free", "wal_recycling")
+	o := ld.s.CheckOpts(1, fn, "path", "memtable_mb", "min_free", "wal_recycling", "wal_zero_ahead")
 	if o.String("path", &ld.cfg.Spool.Path) && ld.cfg.Spool.Path == "" {
 		o.Fail("path", "must not be empty")
 	}
 	ld.positive(o, "memtable_mb", &ld.cfg.Spool.MemtableMB)
 	o.Bool("wal_recycling", &ld.cfg.Spool.WALRecycling)
+	o.Bool("wal_zero_ahead", &ld.cfg.Spool.WALZeroAhead)
 	if ld.sizeOrZero(o, "min_free", &ld.cfg.Spool.MinFree) && ld.cfg.Spool.MinFree < 0 {
 		o.Fail("min_free", "must not be negative")
 	}

@@ -36,7 +36,7 @@ func TestLoadFull(t *testing.T) {
 		"pipeline.lua": `local sluice = require("sluice")
 sluice.node { name = "relay-1", hostname = "mx.example.test" }
 sluice.local_domains { "Example.TEST.", "example.org", "example.org" }
-sluice.spool { path = "spool", memtable_mb = 32, wal_recycling = true }
+sluice.spool { path = "spool", memtable_mb = 32, wal_recycling = true, wal_zero_ahead = false }
 sluice.listen_smtp {
   name = "mx", addr = "127.0.0.1:2525", hostname = "in.example.test",
   tls = { cert = "certs/c.pem", key = "/abs/k.pem" }, implicit_tls = true,
@@ -82,7 +82,7 @@ sluice.stage("routing", {
 	if !reflect.DeepEqual(cfg.LocalDomains, []string{"example.test", "example.org"}) {
 		t.Errorf("local domains %v", cfg.LocalDomains)
 	}
-	if cfg.Spool != (Spool{Path: filepath.Join(cwd, "spool"), MemtableMB: 32, WALRecycling: true, MinFree: 100 << 20}) {
+	if cfg.Spool != (Spool{Path: filepath.Join(cwd, "spool"), MemtableMB: 32, WALRecycling: true, WALZeroAhead: false, MinFree: 100 << 20}) {
 		t.Errorf("spool %+v", cfg.Spool)
 	}
 	if len(cfg.SMTP) != 2 {

@@ -444,7 +444,7 @@ func (s *Server) components() []component {
 				s.log.Warn("spool: min_free is less than 110% of memtable_mb; one WAL preallocation or memtable flush can pass the reserve and fill the disk: raise min_free or lower memtable_mb",
 					"min_free", mf, "memtable_mb", cfg.Spool.MemtableMB)
 			}
-			s.sp, err = spool.Open(cfg.Spool.Path, spool.Options{MemtableMB: cfg.Spool.MemtableMB, WALRecycling: cfg.Spool.WALRecycling, Logger: s.log, Node: cfg.Node, MinFree: minFree(cfg.Spool.MinFree)})
+			s.sp, err = spool.Open(cfg.Spool.Path, spool.Options{MemtableMB: cfg.Spool.MemtableMB, WALRecycling: cfg.Spool.WALRecycling, NoWALZeroAhead: !cfg.Spool.WALZeroAhead, Logger: s.log, Node: cfg.Node, MinFree: minFree(cfg.Spool.MinFree)})
 			if err != nil {
 				return err
 			}

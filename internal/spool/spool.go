@@ -40,7 +40,8 @@
 // writing on its own once there is room. Reclaim gives the space of
 // delivered mail back while running (memtable flush past 16 MiB of WAL,
 // compaction of delivered ranges, no WAL recycling unless
-// Options.WALRecycling). Size, FreeBytes,
+// Options.WALRecycling; instead, zeros are written ahead of the live WAL's
+// end so that each sync is an overwrite, walzero.go). Size, FreeBytes,
 // Full, ReadOnly and Writable are the numbers for metrics.
 //
 // Concurrency: every method is safe for concurrent use. Readers hold
@@ -145,6 +146,11 @@ type Options struct {
 	// keeps them, so they count against MinFree after a crash.
 	// sluice.spool { wal_recycling = true }.
 	WALRecycling bool
+	// NoWALZeroAhead turns off writing zeros ahead of the live WAL's end
+	// (walzero.go), which is on by default unless WALRecycling is: with it
+	// each acceptance's fdatasync overwrites written blocks and needs no
+	// filesystem journal commit. sluice.spool { wal_zero_ahead = false }.
+	NoWALZeroAhead bool
 	// WriteTimeout bounds one spool write (see write); 0 means the
 	// default, 60 s; negative, no bound.
 	WriteTimeout time.Duration
@@ -199,6 +205,7 @@ type Spool struct {
 	lock         *pebble.Lock  // the directory lock, held until Close
 	memtable     uint64        // Pebble memtable size, bytes
 	recycle      bool          // Options.WALRecycling
+	noZeroAhead  bool          // Options.NoWALZeroAhead
 	plog         *pebbleLogger // Pebble's logger; its Fatalf fails the spool
 	closing      chan struct{} // closed by Close
 	bg           sync.WaitGroup
@@ -236,11 +243,12 @@ func Open(path string, o Options) (*Spool, error) {
 		notify:   make(chan struct{}, 1),
 		entropy:  ulid.Monotonic(rand.Reader, 0),
 		fs:       o.FS, path: path, minFree: o.MinFree, writeTimeout: o.WriteTimeout,
-		memtable: uint64(o.MemtableMB) << 20,
-		recycle:  o.WALRecycling,
-		plog:     newPebbleLogger(o.Logger.With("component", "pebble")),
-		closing:  make(chan struct{}),
-		writeq:   make(chan *writeReq),
+		memtable:    uint64(o.MemtableMB) << 20,
+		recycle:     o.WALRecycling,
+		noZeroAhead: o.NoWALZeroAhead,
+		plog:        newPebbleLogger(o.Logger.With("component", "pebble")),
+		closing:     make(chan struct{}),
+		writeq:      make(chan *writeReq),
 	}
 	onFatal := func(msg string) { s.markFailed(msg, true) }
 	s.plog.onFatal.Store(&onFatal)
@@ -324,6 +332,9 @@ func (s *Spool) openDB(readOnly bool) (*pebble.DB, error) {
 		o.FS = noLockFS{s.fs} // the spool holds the lock
 	} else {
 		o.Lock = s.lock
+		if !s.recycle && !s.noZeroAhead {
+			o.FS = zeroAheadFS{FS: s.fs, log: s.log}
+		}
 	}
 	type res struct {
 		db  *pebble.DB
