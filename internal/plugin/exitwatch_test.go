@@ -2,6 +2,7 @@ package plugin
 
 import (
 	"context"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
@@ -38,5 +39,41 @@ func TestIdleExitNoticedAtOnce(t *testing.T) {
 				t.Fatalf("after restart: %v %v", v, err)
 			}
 		})
+	}
+}
+
+// TestSocketDirRemoved: each plugin process gets its gRPC socket in a
+// directory of its own, removed when the process is killed and replaced,
+// and when the stage closes: killed plugins leave nothing behind in the
+// temp directory (each used to leave a socket file there).
+func TestSocketDirRemoved(t *testing.T) {
+	tmp := t.TempDir()
+	t.Setenv("TMPDIR", tmp)
+	dirs := func() []string {
+		m, _ := filepath.Glob(filepath.Join(tmp, "sluice-plugin-*"))
+		return m
+	}
+	s, _ := start(t, "ok", Options{HealthInterval: time.Hour})
+	first := dirs()
+	if len(first) != 1 {
+		t.Fatalf("socket directories while one plugin runs: %v", first)
+	}
+	if socks, _ := filepath.Glob(filepath.Join(first[0], "*")); len(socks) != 1 {
+		t.Fatalf("the plugin's directory holds %v, want its socket", socks)
+	}
+	pid := s.PID()
+	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the killed plugin to be restarted", func() bool { p := s.PID(); return p != 0 && p != pid })
+	waitFor(t, "the killed plugin's directory to go", func() bool { d := dirs(); return len(d) == 1 && d[0] != first[0] })
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if d := dirs(); len(d) != 0 {
+		t.Fatalf("left after Close: %v", d)
+	}
+	if rest, _ := filepath.Glob(filepath.Join(tmp, "plugin*")); len(rest) != 0 {
+		t.Fatalf("sockets left in the temp directory: %v", rest)
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"os"
 	"os/exec"
 	"strings"
 	"sync"
@@ -93,6 +94,34 @@ func (g *group) stopInstance(inst *instance, graceful bool) {
 		inst.mux.close()
 	}
 	stopProcess(g.log, inst.client, inst.pid, graceful)
+	removeSocketDir(inst.sockDir)
+}
+
+// socketDir gives the plugin process a directory of its own for its gRPC
+// Unix socket (go-plugin's PLUGIN_UNIX_SOCKET_DIR; without it the plugin
+// creates the socket in the system temp directory and only removes it on
+// a clean exit, so every killed or crashed plugin left one behind).
+// stopInstance removes the directory. An operator's own
+// PLUGIN_UNIX_SOCKET_DIR in env = {...} is kept and returns "".
+func socketDir(cmd *exec.Cmd) (string, error) {
+	for _, kv := range cmd.Env {
+		if strings.HasPrefix(kv, goplugin.EnvUnixSocketDir+"=") {
+			return "", nil
+		}
+	}
+	dir, err := os.MkdirTemp("", "sluice-plugin-")
+	if err != nil {
+		return "", fmt.Errorf("a directory for the plugin's socket: %w (is TMPDIR writable?)", err)
+	}
+	cmd.Env = append(cmd.Env, goplugin.EnvUnixSocketDir+"="+dir)
+	return dir, nil
+}
+
+// removeSocketDir removes a directory made by socketDir ("" is none).
+func removeSocketDir(dir string) {
+	if dir != "" {
+		os.RemoveAll(dir)
+	}
 }
 
 // tailBuffer keeps the last stderrTail bytes written to it. Safe for

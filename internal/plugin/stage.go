@@ -160,6 +160,9 @@ type instance struct {
 	// headerBlock: the plugin reads the header as one block (protocol
 	// 1.2, DescribeResponse.header_block).
 	headerBlock bool
+	// sockDir holds the plugin's gRPC socket (socketDir); removed by
+	// stopInstance. "" when the operator's env chose the directory.
+	sockDir string
 }
 
 var (
@@ -308,6 +311,10 @@ func (g *group) launch() (*instance, *stagev1.DescribeResponse, error) {
 	cmd := exec.Command(g.opts.Cmd, g.opts.Args...)
 	var sched bool // schedtrace is Sluice's (sysmonAwake): its trace lines are not logged
 	cmd.Env, sched = withSysmonAwake(append(os.Environ(), g.opts.Env...))
+	sockDir, err := socketDir(cmd)
+	if err != nil {
+		return nil, nil, fmt.Errorf("plugin %s: %w", g.opts.Cmd, err)
+	}
 	setProcAttrs(cmd)
 	stderr := &tailBuffer{dropSched: sched}
 	lim := newOutputLimiter()
@@ -330,6 +337,7 @@ func (g *group) launch() (*instance, *stagev1.DescribeResponse, error) {
 			pid = cmd.Process.Pid
 		}
 		stopProcess(g.log, client, pid, false)
+		removeSocketDir(sockDir)
 		return nil, nil, fmt.Errorf("plugin %s: %s: %w", g.opts.Cmd, what, startError(err, cmd, stderr, g.opts.StartTimeout))
 	}
 	proto, err := client.Client()
@@ -353,7 +361,7 @@ func (g *group) launch() (*instance, *stagev1.DescribeResponse, error) {
 	if err != nil {
 		return fail("describe", statusErr(err))
 	}
-	inst := &instance{client: client, rpc: rpc, headerBlock: desc.HeaderBlock}
+	inst := &instance{client: client, rpc: rpc, headerBlock: desc.HeaderBlock, sockDir: sockDir}
 	if gc, ok := proto.(*goplugin.GRPCClient); ok {
 		inst.conn = gc.Conn
 	}
