@@ -8,8 +8,10 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 SCENARIOS=${SCENARIOS:-"2048:20:10000 2048:1:2000 51200:20:3000 51200:1:1000"}
-# HTTP: CLIENTS:MESSAGES:BATCH (BATCH 0 = POST /v1/messages, N = /v1/messages/batch of N)
-HTTP_SCENARIOS=${HTTP_SCENARIOS:-"64:20000:0 16:40000:100"}
+# HTTP: CLIENTS:MESSAGES:BATCH[:RATE] (BATCH 0 = POST /v1/messages, N =
+# /v1/messages/batch of N; RATE, requests/s: open-loop, latency from each
+# request's scheduled send time; no RATE: closed-loop, the clients saturate the relay)
+HTTP_SCENARIOS=${HTTP_SCENARIOS:-"64:20000:0 64:20000:0:5000 16:40000:100"}
 # SLUICE: the relay binary to run (an A/B swaps it); SERVE_FLAGS: extra
 # flags for `sluice serve`, e.g. "-cpuprofile /tmp/cpu.pb" or "-trace /tmp/t.out".
 SLUICE=${SLUICE:-bin/sluice}
@@ -47,10 +49,13 @@ for sc in $SCENARIOS; do
 done
 
 for sc in $HTTP_SCENARIOS; do
-  IFS=: read -r clients n batch <<< "$sc"
-  echo "## HTTP 2 KB JSON x ${clients} keep-alive client(s) x ${n} messages, batch=${batch}"
+  IFS=: read -r clients n batch rate <<< "$sc"
+  rate=${rate:-0}
+  mode="closed-loop"
+  [ "$rate" = 0 ] || mode="open-loop at ${rate} requests/s"
+  echo "## HTTP 2 KB JSON x ${clients} keep-alive client(s) x ${n} messages, batch=${batch}, ${mode}"
   t0=$(ticks)
-  bin/sluice-bench http -target http://127.0.0.1:8025 -key "$KEY" -sink 127.0.0.1:2602 -n "$n" -c "$clients" -size 2048 -batch "$batch" -timeout 300s || echo "(run failed)"
+  bin/sluice-bench http -target http://127.0.0.1:8025 -key "$KEY" -sink 127.0.0.1:2602 -n "$n" -c "$clients" -size 2048 -batch "$batch" -rate "$rate" -timeout 300s || echo "(run failed)"
   cpu_per_msg "$t0" "$n"
 done
 

@@ -39,6 +39,9 @@ type Report struct {
 	Concurrency int    `json:"concurrency"`
 	Size        int    `json:"size"`
 	Batch       int    `json:"batch,omitempty"`
+	// Rate is the offered load of an open-loop HTTP run, requests per second
+	// (0: closed-loop). AcceptedPerSec is then the achieved rate in messages.
+	Rate float64 `json:"rate,omitempty"`
 
 	Attempted int64            `json:"attempted"`
 	Accepted  int64            `json:"accepted"`
@@ -57,7 +60,8 @@ type Report struct {
 	SinkStats      *SinkStats `json:"sink_stats,omitempty"`
 
 	// Latency is per message for SMTP (first byte of MAIL to the reply after
-	// the final dot) and per request for HTTP.
+	// the final dot) and per request for HTTP: from the send, or in an
+	// open-loop run (Rate > 0) from the request's scheduled send time.
 	Latency LatencySummary `json:"latency"`
 
 	OK bool `json:"ok"`
@@ -95,13 +99,16 @@ func RunHTTP(ctx context.Context, cfg HTTPConfig, rc RunConfig) (*Report, error)
 	if cfg.Batch < 0 {
 		return nil, errors.New("-batch must be >= 0")
 	}
+	if cfg.Rate < 0 || math.IsNaN(cfg.Rate) || math.IsInf(cfg.Rate, 0) {
+		return nil, errors.New("-rate must be a finite number >= 0 (requests per second; 0 = closed-loop)")
+	}
 	if cfg.Target == "" || cfg.From == "" || cfg.To == "" {
 		return nil, errors.New("http: -target, -from and -to must be set")
 	}
 	if cfg.IOTimeout <= 0 {
 		cfg.IOTimeout = 60 * time.Second
 	}
-	rep := &Report{Mode: "http", Target: cfg.Target, N: cfg.N, Concurrency: cfg.C, Size: cfg.Size, Batch: cfg.Batch}
+	rep := &Report{Mode: "http", Target: cfg.Target, N: cfg.N, Concurrency: cfg.C, Size: cfg.Size, Batch: cfg.Batch, Rate: cfg.Rate}
 	return run(ctx, rep, rc, func(ctx context.Context, runID string, onStart func(time.Time)) (*genResult, error) {
 		return runHTTP(ctx, cfg, runID, onStart)
 	})
@@ -220,6 +227,9 @@ func (r *Report) WriteText(w io.Writer) {
 	fmt.Fprintf(w, "%s -> %s: n=%d c=%d size=%d", r.Mode, r.Target, r.N, r.Concurrency, r.Size)
 	if r.Mode == "http" {
 		fmt.Fprintf(w, " batch=%d requests=%d", r.Batch, r.Requests)
+		if r.Rate > 0 {
+			fmt.Fprintf(w, " open-loop rate=%g req/s", r.Rate)
+		}
 	}
 	fmt.Fprintf(w, " run=%s\n", r.RunID)
 	fmt.Fprintf(w, "  accepted     %d/%d in %.3fs = %.1f msgs/s\n", r.Accepted, r.N, r.AcceptSeconds, r.AcceptedPerSec)
@@ -239,10 +249,17 @@ func (r *Report) WriteText(w io.Writer) {
 	what := "per message, MAIL -> 250 after DATA"
 	if r.Mode == "http" {
 		what = "per request"
+		if r.Rate > 0 {
+			what = "per request, from its scheduled send time"
+		}
 	}
 	l := r.Latency
-	fmt.Fprintf(w, "  latency      p50 %.2fms  p90 %.2fms  p99 %.2fms  max %.2fms  mean %.2fms (%s, %d samples)\n",
-		l.P50, l.P90, l.P99, l.Max, l.Mean, what, l.Count)
+	fmt.Fprintf(w, "  latency      p50 %.2fms  p90 %.2fms  p99 %.2fms  p99.9 %.2fms  max %.2fms  mean %.2fms (%s, %d samples)\n",
+		l.P50, l.P90, l.P99, l.P999, l.Max, l.Mean, what, l.Count)
+	if r.Rate > 0 {
+		fmt.Fprintf(w, "  open-loop    offered %g req/s (%g msgs/s), achieved %.1f msgs/s accepted\n",
+			r.Rate, r.Rate*float64(max(r.Batch, 1)), r.AcceptedPerSec)
+	}
 	if len(r.Errors) == 0 {
 		fmt.Fprintf(w, "  errors       none\n")
 	} else {
