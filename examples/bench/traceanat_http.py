@@ -14,7 +14,8 @@ waiting, the last split by kind: its group commit (Spool.write), net/http's
 abortPendingRead (the connection's background reader), others. For the median
 request, the 90th and 99th percentile ones and the slowest 1% together it prints
 the mean of each, and each commit wait split at the WAL fdatasync that ended it
-(before it started, the fdatasync, after it: the wake-up back to the request).
+(before it started, and of that the time in earlier fdatasyncs that did not
+take this commit; the fdatasync; after it: the wake-up back to the request).
 Times are wall times under tracing; the trace slows the relay somewhat.
 """
 import bisect
@@ -62,8 +63,8 @@ def kind(to, reason, st):
         return 'wait: group commit'
     if any('abortPendingRead' in s for s in st):
         return 'wait: abortPendingRead'
-    if reason == 'network':
-        return 'client'
+    if reason == 'network' or any('connReader).Read' in s for s in st):
+        return 'client'  # waiting for the client's bytes (the next request, its body)
     return 'wait: ' + reason
 
 
@@ -101,13 +102,16 @@ def main():
     starts = [s for s, _ in syncs]
 
     def split(c):
+        """(before the fdatasync that ended the wait, of that in earlier fdatasyncs, it, after it)"""
         t0, t1 = c
         i = bisect.bisect_left(starts, t0)
-        inside = [s for s in syncs[max(i - 1, 0):i + 16] if t0 <= s[1] <= t1]
+        near = syncs[max(i - 1, 0):i + 16]
+        inside = [s for s in near if t0 <= s[1] <= t1]
         if not inside:
-            return (t1 - t0, 0, 0)
+            return (t1 - t0, 0, 0, 0)
         s0, s1 = inside[-1]
-        return (max(s0 - t0, 0), s1 - max(s0, t0), t1 - s1)
+        earlier = sum(max(0, min(b, s0) - max(a, t0)) for a, b in near if b <= s0)
+        return (max(s0 - t0, 0), earlier, s1 - max(s0, t0), t1 - s1)
 
     def total(r):
         return sum(v for k, v in r[0].items() if k != 'client')
@@ -122,15 +126,15 @@ def main():
     d.sort()
     print('%d requests; WAL fdatasync: n=%d p50=%.2fms p90=%.2fms p99=%.2fms max=%.2fms' % (
         n, len(d), d[len(d) // 2] / 1e6, d[int(len(d) * .9)] / 1e6, d[int(len(d) * .99)] / 1e6, d[-1] / 1e6))
-    print('%-12s %9s ' % ('request', 'total') + ' '.join('%14s' % k.replace('wait: ', '')[:14] for k in kinds) +
-          '   commit: before / fdatasync / after')
+    print('%-12s %9s ' % ('request', 'total') + ' '.join('%14s' % (k.replace('wait: ', '') or '?')[:14] for k in kinds) +
+          '   commit: before (in earlier syncs) / fdatasync / after')
     for name, rs in groups:
         m = len(rs)
         row = [sum(r[0][k] for r in rs) / m / 1e6 for k in kinds]
         sp = [split(c) for r in rs for c in r[1]]
-        sm = [sum(x[i] for x in sp) / max(len(rs), 1) / 1e6 for i in range(3)]
+        sm = [sum(x[i] for x in sp) / max(len(rs), 1) / 1e6 for i in range(4)]
         print('%-12s %7.2fms ' % (name, sum(total(r) for r in rs) / m / 1e6) +
-              ' '.join('%12.2fms' % v for v in row) + '   %.2f / %.2f / %.2f ms' % tuple(sm))
+              ' '.join('%12.2fms' % v for v in row) + '   %.2f (%.2f) / %.2f / %.2f ms' % tuple(sm))
 
 
 if __name__ == '__main__':
