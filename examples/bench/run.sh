@@ -18,6 +18,15 @@ SLUICE=${SLUICE:-bin/sluice}
 SERVE_FLAGS=${SERVE_FLAGS:-}
 # RELAY_LUA: the relay's config template ({{SPOOL}}, {{EVENTS}} filled in).
 RELAY_LUA=${RELAY_LUA:-examples/bench/relay.lua}
+# Another benchmark on this machine would answer on the same ports: its
+# relay would take this run's requests (401s for our key) and its sink our
+# deliveries. Refuse to start rather than measure someone else's relay.
+for port in 2605 8025 2602; do
+  if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+    echo "run.sh: 127.0.0.1:$port is already in use (another benchmark running?); not starting" >&2
+    exit 2
+  fi
+done
 WORK=$(mktemp -d /tmp/sluice-bench.XXXXXX)
 trap 'kill $pid 2>/dev/null; wait $pid 2>/dev/null; rm -rf "$WORK"' EXIT
 
