@@ -20,40 +20,11 @@ Times are wall times under tracing; the trace slows the relay somewhat.
 """
 import bisect
 import collections
-import re
+import os
 import sys
 
-EV = re.compile(r'^M=(-?\d+) P=(-?\d+) G=(-?\d+) StateTransition Time=(\d+) GoID=(\d+) (\w+)->(\w+) Reason="([^"]*)"')
-
-
-def parse(path):
-    """goroutine id -> [(time ns, from, to, reason, transition stack frames)]"""
-    gs = collections.defaultdict(list)
-    cur, stack, in_stack = None, [], False
-
-    def flush():
-        if cur is not None:
-            gs[cur[1]].append((cur[0], cur[2], cur[3], cur[4], stack[:]))
-
-    with open(path) as f:
-        for line in f:
-            if line.startswith('M='):
-                flush()
-                stack, in_stack = [], False
-                m = EV.match(line)
-                cur = (int(m.group(4)), int(m.group(5)), m.group(6), m.group(7), m.group(8)) if m else None
-            elif line.startswith('TransitionStack='):
-                in_stack = True
-            elif line.startswith('Stack='):
-                in_stack = False
-            elif in_stack and cur is not None and line.startswith('\t') and not line.startswith('\t\t'):
-                stack.append(line.strip().split(' @ ')[0])
-    flush()
-    return gs
-
-
-def having(gs, frame):
-    return [g for g, evs in gs.items() if any(any(frame in s for s in e[4]) for e in evs)]
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from traceanat import having, parse, wal_syncs  # noqa: E402  (the same parsed-trace reader)
 
 
 def kind(to, reason, st):
@@ -92,13 +63,7 @@ def main():
         reqs += requests(gs[g])
     if not reqs:
         sys.exit('no HTTP request with a commit in the trace')
-    syncs = []
-    for g in having(gs, 'flushLoop'):
-        e = gs[g]
-        for (t, _, to, _, st), nxt in zip(e, e[1:]):
-            if to == 'Syscall' and any('Fdatasync' in s for s in st):
-                syncs.append((t, nxt[0]))
-    syncs.sort()
+    syncs = wal_syncs(gs)
     starts = [s for s, _ in syncs]
 
     def split(c):

@@ -21,21 +21,13 @@ func TestHTTPOpenLoopCountsStall(t *testing.T) {
 	const stall = 300 * time.Millisecond
 	var n atomic.Int64
 	var held atomic.Int64 // how long the first request was actually held
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	rep := runOpenLoop(t, 10, 1, 100, func() {
 		if n.Add(1) == 1 {
 			t0 := time.Now()
 			time.Sleep(stall)
 			held.Store(int64(time.Since(t0)))
 		}
-		w.WriteHeader(http.StatusAccepted)
-	}))
-	defer srv.Close()
-	cfg := httpCfg(srv.URL, 10, 1, 100, 0)
-	cfg.Rate = 100
-	rep, err := RunHTTP(context.Background(), cfg, RunConfig{Timeout: 20 * time.Second})
-	if err != nil {
-		t.Fatalf("RunHTTP: %v (%+v)", err, rep)
-	}
+	})
 	if rep.Accepted != 10 || rep.Requests != 10 || rep.Latency.Count != 10 || rep.Rate != 100 {
 		t.Fatalf("report %+v", rep)
 	}
@@ -54,23 +46,31 @@ func TestHTTPOpenLoopCountsStall(t *testing.T) {
 // last answer (request 20 is due at 100 ms), however fast the server is.
 func TestHTTPOpenLoopPaces(t *testing.T) {
 	var n atomic.Int64
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		n.Add(1)
-		w.WriteHeader(http.StatusAccepted)
-	}))
-	defer srv.Close()
-	cfg := httpCfg(srv.URL, 21, 3, 100, 0)
-	cfg.Rate = 200
-	rep, err := RunHTTP(context.Background(), cfg, RunConfig{Timeout: 20 * time.Second})
-	if err != nil {
-		t.Fatalf("RunHTTP: %v (%+v)", err, rep)
-	}
+	rep := runOpenLoop(t, 21, 3, 200, func() { n.Add(1) })
 	if rep.Accepted != 21 || n.Load() != 21 {
 		t.Fatalf("report %+v, server saw %d", rep, n.Load())
 	}
 	if rep.AcceptSeconds < 0.1 {
 		t.Fatalf("21 requests at 200/s answered within %.4fs: not paced", rep.AcceptSeconds)
 	}
+}
+
+// runOpenLoop runs n requests at rate over c clients against a server that
+// calls each and answers 202; it fails the test unless the run succeeds.
+func runOpenLoop(t *testing.T, n, c int, rate float64, each func()) *Report {
+	t.Helper()
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		each()
+		w.WriteHeader(http.StatusAccepted)
+	}))
+	defer srv.Close()
+	cfg := httpCfg(srv.URL, n, c, 100, 0)
+	cfg.Rate = rate
+	rep, err := RunHTTP(context.Background(), cfg, RunConfig{Timeout: 20 * time.Second})
+	if err != nil {
+		t.Fatalf("RunHTTP: %v (%+v)", err, rep)
+	}
+	return rep
 }
 
 func TestHTTPRateInvalid(t *testing.T) {
