@@ -113,14 +113,15 @@ func TestHTTPRate(t *testing.T) {
 	if err := json.Unmarshal(out.Bytes(), &rep); err != nil {
 		t.Fatalf("json: %v: %s", err, out.String())
 	}
-	if rep.Rate != 500 || rep.Accepted != 30 || rep.Latency.Count != 30 || rep.Latency.P999 < rep.Latency.P99 {
+	if rep.Rate != 500 || rep.Accepted != 30 || rep.Latency.Count != 30 || rep.Latency.P999 < rep.Latency.P99 ||
+		rep.SendLag == nil || rep.SendLag.Count != 30 {
 		t.Fatalf("report %+v", rep)
 	}
 	out.Reset()
 	if code := run(context.Background(), args, &out, &errb); code != 0 {
 		t.Fatalf("exit %d; stderr %s", code, errb.String())
 	}
-	for _, want := range []string{"open-loop rate=500 req/s", "p99.9", "from its scheduled send time", "offered 500 req/s"} {
+	for _, want := range []string{"open-loop rate=500 req/s", "p99.9", "from its scheduled send time", "offered 500 req/s", "send lag"} {
 		if !strings.Contains(out.String(), want) {
 			t.Fatalf("output lacks %q:\n%s", want, out.String())
 		}

@@ -166,6 +166,9 @@ func runHTTP(ctx context.Context, cfg HTTPConfig, runID string, onStart func(tim
 				if ctx.Err() != nil {
 					break // deadline or interrupt: the rest counts as not sent
 				}
+				if cfg.Rate > 0 {
+					res.sendLags = append(res.sendLags, max(time.Since(t0), 0))
+				}
 				res.attempted += int64(count)
 				res.requests++
 				rd.Reset(body.buf)

@@ -28,12 +28,19 @@ func TestHTTPOpenLoopCountsStall(t *testing.T) {
 			held.Store(int64(time.Since(t0)))
 		}
 	})
-	if rep.Accepted != 10 || rep.Requests != 10 || rep.Latency.Count != 10 || rep.Rate != 100 {
+	if rep.Accepted != 10 || rep.Requests != 10 || rep.Latency.Count != 10 || rep.Rate != 100 ||
+		rep.SendLag == nil || rep.SendLag.Count != 10 {
 		t.Fatalf("report %+v", rep)
 	}
 	floor := ms(time.Duration(held.Load()) - 90*time.Millisecond)
 	if held.Load() < int64(stall) || floor <= 0 {
 		t.Fatalf("server held the first request %v", time.Duration(held.Load()))
+	}
+	// With one client, request i is sent only after the first is answered:
+	// at least stall - i*10ms late; the p50 of the lags (5th smallest)
+	// belongs to a request due at most 90 ms in.
+	if lag := ms(time.Duration(held.Load()) - 90*time.Millisecond); rep.SendLag.P50 < lag {
+		t.Fatalf("send lag %+v: want p50 >= %.1f ms", *rep.SendLag, lag)
 	}
 	// Closed-loop, 9 of 10 samples would be near 0 and so would the p50.
 	if rep.Latency.P50 < floor || rep.Latency.Mean < floor {

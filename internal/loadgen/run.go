@@ -63,6 +63,10 @@ type Report struct {
 	// the final dot) and per request for HTTP: from the send, or in an
 	// open-loop run (Rate > 0) from the request's scheduled send time.
 	Latency LatencySummary `json:"latency"`
+	// SendLag (open-loop runs only) is how late requests left the
+	// generator after their scheduled time: all clients busy (the server is
+	// behind) or the generator itself starved of CPU. Latency includes it.
+	SendLag *LatencySummary `json:"send_lag,omitempty"`
 
 	OK bool `json:"ok"`
 }
@@ -164,6 +168,10 @@ func run(ctx context.Context, rep *Report, rc RunConfig, gen generator) (*Report
 	rep.Failed = res.attempted - res.accepted
 	rep.Errors, rep.ErrorSamples = res.errors, res.samples
 	rep.Latency = Summarize(res.latencies)
+	if len(res.sendLags) > 0 {
+		lag := Summarize(res.sendLags)
+		rep.SendLag = &lag
+	}
 	if res.accepted > 0 {
 		rep.AcceptSeconds = secs(res.acceptElapsed)
 		rep.AcceptedPerSec = rate(res.accepted, res.acceptElapsed)
@@ -259,6 +267,10 @@ func (r *Report) WriteText(w io.Writer) {
 	if r.Rate > 0 {
 		fmt.Fprintf(w, "  open-loop    offered %g req/s (%g msgs/s), achieved %.1f msgs/s accepted\n",
 			r.Rate, r.Rate*float64(max(r.Batch, 1)), r.AcceptedPerSec)
+	}
+	if l := r.SendLag; l != nil {
+		fmt.Fprintf(w, "  send lag     p50 %.2fms  p99 %.2fms  max %.2fms (how late requests left: all clients busy, or the generator short of CPU)\n",
+			l.P50, l.P99, l.Max)
 	}
 	if len(r.Errors) == 0 {
 		fmt.Fprintf(w, "  errors       none\n")
