@@ -2,13 +2,20 @@
 // not only Sluice) and for Sluice's HTTP submission API.
 //
 //	sluice-bench smtp -target 127.0.0.1:2525 -sink 127.0.0.1:2602 -n 5000 -c 20 -size 2048
-//	sluice-bench http -target http://127.0.0.1:8025 -key KEY -n 20000 -c 64 -size 2048 [-batch N]
+//	sluice-bench http -target http://127.0.0.1:8025 -key KEY -n 20000 -c 64 -size 2048 [-batch N] [-rate R]
 //	sluice-bench sink -listen 127.0.0.1:2602
 //
 // smtp and http start a counting SMTP sink (unless -sink ""), drive load at the
 // target, then wait until the sink has every accepted message. They exit 0 if
 // every message was accepted and reached the sink, 1 if not (the report is still
 // printed), 2 on a usage or setup error.
+//
+// http -rate R makes the run open-loop: R requests per second over all
+// clients, each request's latency measured from its scheduled send time, so a
+// stall in the server is counted in every request it delays (no coordinated
+// omission). Without -rate the run is closed-loop: each client sends its next
+// request when the last is answered, which saturates the server, and latency
+// is measured from the send.
 package main
 
 import (
@@ -153,6 +160,7 @@ func runHTTP(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs.StringVar(&cfg.From, "from", "a@x.test", "sender")
 	fs.StringVar(&cfg.To, "to", "b@sink.test", "recipient")
 	fs.DurationVar(&cfg.IOTimeout, "io-timeout", 60*time.Second, "limit for one request")
+	fs.Float64Var(&cfg.Rate, "rate", 0, "open-loop: requests per second over all clients, latency from each request's scheduled send time (0 = closed-loop: next request when the last is answered)")
 	if code := c.parse(fs, args, stderr); code >= 0 {
 		return code
 	}

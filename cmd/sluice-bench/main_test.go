@@ -7,6 +7,8 @@ import (
 	"io"
 	"log"
 	"net"
+	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 
@@ -88,10 +90,40 @@ func TestHelp(t *testing.T) {
 
 func TestUsageErrors(t *testing.T) {
 	for _, args := range [][]string{nil, {"bogus"}, {"smtp", "-n", "x"}, {"smtp", "-n", "0", "-sink", ""},
-		{"http", "-batch", "-1", "-sink", ""}, {"smtp", "extra"}, {"sink", "-listen", "256.0.0.1:1"}} {
+		{"http", "-batch", "-1", "-sink", ""}, {"http", "-rate", "-5", "-sink", ""}, {"http", "-rate", "fast"}, {"smtp", "extra"}, {"sink", "-listen", "256.0.0.1:1"}} {
 		var out, errb bytes.Buffer
 		if code := run(context.Background(), args, &out, &errb); code != 2 {
 			t.Errorf("%q: exit %d, want 2", args, code)
+		}
+	}
+}
+
+// TestHTTPRate: -rate runs open-loop and says so in both report forms.
+func TestHTTPRate(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.WriteHeader(http.StatusAccepted)
+	}))
+	defer srv.Close()
+	args := []string{"http", "-target", srv.URL, "-key", "k", "-sink", "", "-n", "30", "-c", "3", "-size", "100", "-rate", "500"}
+	var out, errb bytes.Buffer
+	if code := run(context.Background(), append(args, "-json"), &out, &errb); code != 0 {
+		t.Fatalf("exit %d; stderr %s", code, errb.String())
+	}
+	var rep loadgen.Report
+	if err := json.Unmarshal(out.Bytes(), &rep); err != nil {
+		t.Fatalf("json: %v: %s", err, out.String())
+	}
+	if rep.Rate != 500 || rep.Accepted != 30 || rep.Latency.Count != 30 || rep.Latency.P999 < rep.Latency.P99 ||
+		rep.SendLag == nil || rep.SendLag.Count != 30 {
+		t.Fatalf("report %+v", rep)
+	}
+	out.Reset()
+	if code := run(context.Background(), args, &out, &errb); code != 0 {
+		t.Fatalf("exit %d; stderr %s", code, errb.String())
+	}
+	for _, want := range []string{"open-loop rate=500 req/s", "p99.9", "from its scheduled send time", "offered 500 req/s", "send lag"} {
+		if !strings.Contains(out.String(), want) {
+			t.Fatalf("output lacks %q:\n%s", want, out.String())
 		}
 	}
 }

@@ -60,6 +60,17 @@ def having(gs, frame):
     return [g for g, evs in gs.items() if any(any(frame in s for s in e[4]) for e in evs)]
 
 
+def wal_syncs(gs):
+    """The write-ahead log's fdatasync calls (Pebble's LogWriter.flushLoop), [(start, end)] sorted."""
+    syncs = []
+    for g in having(gs, 'flushLoop'):
+        e = gs[g]
+        for (t, _, to, _, st), nxt in zip(e, e[1:]):
+            if to == 'Syscall' and any('Fdatasync' in s for s in st):
+                syncs.append((t, nxt[0]))
+    return sorted(syncs)
+
+
 def stats(v):
     if not v:
         return 'n=0'
@@ -94,14 +105,8 @@ def main():
     for k, v in waits.most_common():
         print('    waiting: %-32s %6.0f us/msg' % (k, v / 1e3 / n))
 
-    syncs = []
-    for g in having(gs, 'flushLoop'):
-        e = gs[g]
-        for (t, _, to, _, st), nxt in zip(e, e[1:]):
-            if to == 'Syscall' and any('Fdatasync' in s for s in st):
-                syncs.append((t, nxt[0]))
     # Only the syncs while the session ran (not a warm-up's before it).
-    syncs = sorted(s for s in syncs if evs[0][0] <= s[0] <= evs[-1][0])
+    syncs = [s for s in wal_syncs(gs) if evs[0][0] <= s[0] <= evs[-1][0]]
     print('WAL fdatasync while the session ran: ' + stats([b - a for a, b in syncs]))
 
     starts = [s for s, _ in syncs]

@@ -26,6 +26,16 @@ type HTTPConfig struct {
 	Batch     int    // 0: POST /v1/messages; N>0: POST /v1/messages/batch with N messages
 	From, To  string
 	IOTimeout time.Duration // per request
+	// Rate, if > 0, makes the run open-loop: requests (not messages; a batch
+	// request counts once) are scheduled at Rate per second over all clients,
+	// request i at start + i/Rate, and a request's latency is measured from its
+	// scheduled time, not from when a client got round to sending it. A stall
+	// in the server then shows in the latency of every request scheduled during
+	// it (no coordinated omission). When all C clients are busy a request waits
+	// for a free one, and that wait counts. 0 (the default) is closed-loop: each
+	// client sends its next request as soon as the last one is answered, and
+	// latency is measured from the send.
+	Rate float64
 }
 
 type apiMessage struct {
@@ -142,8 +152,22 @@ func runHTTP(ctx context.Context, cfg HTTPConfig, runID string, onStart func(tim
 				} else {
 					body.put(first)
 				}
+				var t0 time.Time
+				if cfg.Rate > 0 {
+					// request number (first-1)/per, due at start + that/Rate
+					t0 = start.Add(time.Duration(float64((first-1)/int64(per)) / cfg.Rate * float64(time.Second)))
+					if wait := time.Until(t0); wait > 0 {
+						select {
+						case <-time.After(wait):
+						case <-ctx.Done():
+						}
+					}
+				}
 				if ctx.Err() != nil {
 					break // deadline or interrupt: the rest counts as not sent
+				}
+				if cfg.Rate > 0 {
+					res.sendLags = append(res.sendLags, max(time.Since(t0), 0))
 				}
 				res.attempted += int64(count)
 				res.requests++
@@ -156,7 +180,9 @@ func runHTTP(ctx context.Context, cfg HTTPConfig, runID string, onStart func(tim
 				req.ContentLength = int64(len(body.buf))
 				req.Header.Set("Content-Type", "application/json")
 				req.Header.Set("Authorization", auth)
-				t0 := time.Now()
+				if cfg.Rate <= 0 {
+					t0 = time.Now()
+				}
 				resp, err := client.Do(req)
 				if err != nil {
 					key := "io error"

@@ -39,6 +39,9 @@ type Report struct {
 	Concurrency int    `json:"concurrency"`
 	Size        int    `json:"size"`
 	Batch       int    `json:"batch,omitempty"`
+	// Rate is the offered load of an open-loop HTTP run, requests per second
+	// (0: closed-loop). AcceptedPerSec is then the achieved rate in messages.
+	Rate float64 `json:"rate,omitempty"`
 
 	Attempted int64            `json:"attempted"`
 	Accepted  int64            `json:"accepted"`
@@ -57,8 +60,13 @@ type Report struct {
 	SinkStats      *SinkStats `json:"sink_stats,omitempty"`
 
 	// Latency is per message for SMTP (first byte of MAIL to the reply after
-	// the final dot) and per request for HTTP.
+	// the final dot) and per request for HTTP: from the send, or in an
+	// open-loop run (Rate > 0) from the request's scheduled send time.
 	Latency LatencySummary `json:"latency"`
+	// SendLag (open-loop runs only) is how late requests left the
+	// generator after their scheduled time: all clients busy (the server is
+	// behind) or the generator itself starved of CPU. Latency includes it.
+	SendLag *LatencySummary `json:"send_lag,omitempty"`
 
 	OK bool `json:"ok"`
 }
@@ -95,13 +103,16 @@ func RunHTTP(ctx context.Context, cfg HTTPConfig, rc RunConfig) (*Report, error)
 	if cfg.Batch < 0 {
 		return nil, errors.New("-batch must be >= 0")
 	}
+	if cfg.Rate < 0 || math.IsNaN(cfg.Rate) || math.IsInf(cfg.Rate, 0) {
+		return nil, errors.New("-rate must be a finite number >= 0 (requests per second; 0 = closed-loop)")
+	}
 	if cfg.Target == "" || cfg.From == "" || cfg.To == "" {
 		return nil, errors.New("http: -target, -from and -to must be set")
 	}
 	if cfg.IOTimeout <= 0 {
 		cfg.IOTimeout = 60 * time.Second
 	}
-	rep := &Report{Mode: "http", Target: cfg.Target, N: cfg.N, Concurrency: cfg.C, Size: cfg.Size, Batch: cfg.Batch}
+	rep := &Report{Mode: "http", Target: cfg.Target, N: cfg.N, Concurrency: cfg.C, Size: cfg.Size, Batch: cfg.Batch, Rate: cfg.Rate}
 	return run(ctx, rep, rc, func(ctx context.Context, runID string, onStart func(time.Time)) (*genResult, error) {
 		return runHTTP(ctx, cfg, runID, onStart)
 	})
@@ -157,6 +168,10 @@ func run(ctx context.Context, rep *Report, rc RunConfig, gen generator) (*Report
 	rep.Failed = res.attempted - res.accepted
 	rep.Errors, rep.ErrorSamples = res.errors, res.samples
 	rep.Latency = Summarize(res.latencies)
+	if len(res.sendLags) > 0 {
+		lag := Summarize(res.sendLags)
+		rep.SendLag = &lag
+	}
 	if res.accepted > 0 {
 		rep.AcceptSeconds = secs(res.acceptElapsed)
 		rep.AcceptedPerSec = rate(res.accepted, res.acceptElapsed)
@@ -220,6 +235,9 @@ func (r *Report) WriteText(w io.Writer) {
 	fmt.Fprintf(w, "%s -> %s: n=%d c=%d size=%d", r.Mode, r.Target, r.N, r.Concurrency, r.Size)
 	if r.Mode == "http" {
 		fmt.Fprintf(w, " batch=%d requests=%d", r.Batch, r.Requests)
+		if r.Rate > 0 {
+			fmt.Fprintf(w, " open-loop rate=%g req/s", r.Rate)
+		}
 	}
 	fmt.Fprintf(w, " run=%s\n", r.RunID)
 	fmt.Fprintf(w, "  accepted     %d/%d in %.3fs = %.1f msgs/s\n", r.Accepted, r.N, r.AcceptSeconds, r.AcceptedPerSec)
@@ -239,10 +257,21 @@ func (r *Report) WriteText(w io.Writer) {
 	what := "per message, MAIL -> 250 after DATA"
 	if r.Mode == "http" {
 		what = "per request"
+		if r.Rate > 0 {
+			what = "per request, from its scheduled send time"
+		}
 	}
 	l := r.Latency
-	fmt.Fprintf(w, "  latency      p50 %.2fms  p90 %.2fms  p99 %.2fms  max %.2fms  mean %.2fms (%s, %d samples)\n",
-		l.P50, l.P90, l.P99, l.Max, l.Mean, what, l.Count)
+	fmt.Fprintf(w, "  latency      p50 %.2fms  p90 %.2fms  p99 %.2fms  p99.9 %.2fms  max %.2fms  mean %.2fms (%s, %d samples)\n",
+		l.P50, l.P90, l.P99, l.P999, l.Max, l.Mean, what, l.Count)
+	if r.Rate > 0 {
+		fmt.Fprintf(w, "  open-loop    offered %g req/s (%g msgs/s), achieved %.1f msgs/s accepted\n",
+			r.Rate, r.Rate*float64(max(r.Batch, 1)), r.AcceptedPerSec)
+	}
+	if l := r.SendLag; l != nil {
+		fmt.Fprintf(w, "  send lag     p50 %.2fms  p99 %.2fms  max %.2fms (how late requests left: all clients busy, or the generator short of CPU)\n",
+			l.P50, l.P99, l.Max)
+	}
 	if len(r.Errors) == 0 {
 		fmt.Fprintf(w, "  errors       none\n")
 	} else {

@@ -33,6 +33,9 @@ type genResult struct {
 	samples             map[string]string
 	latencies           []time.Duration
 	acceptElapsed       time.Duration // start -> last accepted reply
+	// sendLags (open-loop HTTP only): how late each request was sent after
+	// its scheduled time.
+	sendLags []time.Duration
 }
 
 func (g *genResult) addErr(key, sample string) {
@@ -61,6 +64,7 @@ func (g *genResult) merge(o *genResult) {
 		}
 	}
 	g.latencies = append(g.latencies, o.latencies...)
+	g.sendLags = append(g.sendLags, o.sendLags...)
 	g.acceptElapsed = max(g.acceptElapsed, o.acceptElapsed)
 }
 

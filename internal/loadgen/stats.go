@@ -41,6 +41,7 @@ type LatencySummary struct {
 	P50   float64 `json:"p50_ms"`
 	P90   float64 `json:"p90_ms"`
 	P99   float64 `json:"p99_ms"`
+	P999  float64 `json:"p999_ms"`
 	Max   float64 `json:"max_ms"`
 }
 
@@ -60,6 +61,7 @@ func Summarize(d []time.Duration) LatencySummary {
 		P50:   ms(Percentile(d, 50)),
 		P90:   ms(Percentile(d, 90)),
 		P99:   ms(Percentile(d, 99)),
+		P999:  ms(Percentile(d, 99.9)),
 		Max:   ms(d[len(d)-1]),
 	}
 }
