@@ -159,11 +159,7 @@ func (it *item) fill(rc *relay.Receipt) {
 }
 
 func (it *item) answer() []byte {
-	a := messageAnswer{ID: it.id, Recipients: it.results}
-	if b, ok := appendMessageAnswer(make([]byte, 0, 64+96*len(a.Recipients)), &a); ok {
-		return b
-	}
-	b, _ := json.Marshal(a)
+	b, _ := json.Marshal(messageAnswer{ID: it.id, Recipients: it.results})
 	return b
 }
 
