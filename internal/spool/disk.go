@@ -80,8 +80,8 @@ func isNoSpace(err error) bool {
 const DefaultMinFree = 100 << 20
 
 type spaceState struct {
-	mu      sync.Mutex
-	checked time.Time
+	mu      sync.Mutex   // held by the one reading the free space
+	checked atomic.Int64 // when it was last read, Unix nanoseconds
 	full    atomic.Bool
 	floor   atomic.Bool // below the write floor (a quarter of the reserve)
 	avail   atomic.Uint64
@@ -310,15 +310,25 @@ func (s *Spool) CheckSpace() error {
 }
 
 // refreshSpace reads the free space if the last reading is a second old,
-// or recheckBytes were written since.
+// or recheckBytes were written since. Only one caller reads it (a
+// statfs): the others go on with the last reading instead of queueing
+// behind it on every acceptance (a convoy the HTTP benchmark's trace
+// showed at saturation, BENCHMARKS.md "Issue 21: HTTP tail latency").
 func (s *Spool) refreshSpace() {
-	s.space.mu.Lock()
-	if now := time.Now(); now.Sub(s.space.checked) >= time.Second || s.space.written.Load() >= s.recheckBytes() {
-		s.space.checked = now
+	if !s.spaceDue(time.Now()) || !s.space.mu.TryLock() {
+		return
+	}
+	if now := time.Now(); s.spaceDue(now) { // not read while we took the lock
+		s.space.checked.Store(now.UnixNano())
 		s.space.written.Store(0)
 		s.refreshSpaceLocked()
 	}
 	s.space.mu.Unlock()
+}
+
+// spaceDue reports whether the free space must be read again at now.
+func (s *Spool) spaceDue(now time.Time) bool {
+	return now.UnixNano()-s.space.checked.Load() >= int64(time.Second) || s.space.written.Load() >= s.recheckBytes()
 }
 
 func (s *Spool) refreshSpaceLocked() {

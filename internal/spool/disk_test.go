@@ -149,7 +149,7 @@ func TestReserve(t *testing.T) {
 		t.Fatal("Full() = false")
 	}
 	s.minFree = 1
-	s.space.checked = time.Time{}
+	s.space.checked.Store(0)
 	if err := s.CheckSpace(); err != nil {
 		t.Fatalf("CheckSpace with room = %v", err)
 	}
@@ -228,7 +228,7 @@ func TestFullTmpfs(t *testing.T) {
 		}
 		acked = append(acked, id)
 		s.space.mu.Lock()
-		s.space.checked = time.Time{} // no waiting for the cached statfs to expire
+		s.space.checked.Store(0) // no waiting for the cached statfs to expire
 		s.space.mu.Unlock()
 	}
 	if !refused {
@@ -556,7 +556,7 @@ func TestWriteFloor(t *testing.T) {
 	}
 	expire := func() {
 		s.space.mu.Lock()
-		s.space.checked = time.Time{}
+		s.space.checked.Store(0)
 		s.space.mu.Unlock()
 	}
 	avail.Store(512 << 10) // below 4 MiB / 4

@@ -61,6 +61,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	mrand "math/rand/v2"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -241,7 +242,7 @@ func Open(path string, o Options) (*Spool, error) {
 		log: o.Logger, node: o.Node,
 		inflight: map[uint64]struct{}{},
 		notify:   make(chan struct{}, 1),
-		entropy:  ulid.Monotonic(rand.Reader, 0),
+		entropy:  ulid.Monotonic(newEntropy(), 0),
 		fs:       o.FS, path: path, minFree: o.MinFree, writeTimeout: o.WriteTimeout,
 		memtable:    uint64(o.MemtableMB) << 20,
 		recycle:     o.WALRecycling,
@@ -264,7 +265,7 @@ func Open(path string, o Options) (*Spool, error) {
 	}
 	s.lock = lock
 	s.space.mu.Lock()
-	s.space.checked = time.Now()
+	s.space.checked.Store(time.Now().UnixNano())
 	s.refreshSpaceLocked()
 	s.space.mu.Unlock()
 	if s.minFree >= 0 && s.space.full.Load() {
@@ -398,7 +399,7 @@ func (s *Spool) waitForRoom() {
 		case <-t.C:
 		}
 		s.space.mu.Lock()
-		s.space.checked = time.Now()
+		s.space.checked.Store(time.Now().UnixNano())
 		s.refreshSpaceLocked()
 		s.space.mu.Unlock()
 		if s.space.full.Load() {
@@ -496,11 +497,24 @@ func (s *Spool) Close() (err error) {
 	return err
 }
 
-// NewID returns a new ULID: unique, lexically sortable by time.
+// NewID returns a new ULID: unique, lexically sortable by time. Safe for
+// concurrent use: the lock covers the monotonic entropy's few steps, not
+// the encoding.
 func (s *Spool) NewID() string {
+	now := ulid.Now()
 	s.entropyMu.Lock()
-	defer s.entropyMu.Unlock()
-	return ulid.MustNew(ulid.Now(), s.entropy).String()
+	id := ulid.MustNew(now, s.entropy)
+	s.entropyMu.Unlock()
+	return id.String()
+}
+
+// newEntropy is the ULIDs' random source: ChaCha8, a CSPRNG, seeded from
+// crypto/rand, so that each new millisecond's entropy is not a getrandom
+// system call made under entropyMu (a lock every acceptance takes).
+func newEntropy() io.Reader {
+	var seed [32]byte
+	rand.Read(seed[:]) // never fails (crypto/rand, Go 1.24+)
+	return mrand.NewChaCha8(seed)
 }
 
 func metaKey(id string) []byte { return append([]byte{kMeta}, id...) }
