@@ -4,12 +4,12 @@ import (
 	"bytes"
 	"fmt"
 	"os"
-	"runtime/metrics"
 	"strconv"
 	"sync"
 	"time"
 
 	"github.com/sluice-mta/sluice/internal/spool"
+	"github.com/sluice-mta/sluice/internal/testutil"
 )
 
 // memSample is one reading of where a process's resident memory is, in
@@ -36,11 +36,8 @@ func readMem(sp *spool.Spool) memSample {
 			s.rss = p * pageSize
 		}
 	}
-	ms := []metrics.Sample{{Name: "/memory/classes/total:bytes"}, {Name: "/memory/classes/heap/released:bytes"},
-		{Name: "/memory/classes/heap/objects:bytes"}, {Name: "/gc/heap/goal:bytes"}}
-	metrics.Read(ms)
-	s.goHeld = ms[0].Value.Uint64() - ms[1].Value.Uint64()
-	s.heap, s.goal = ms[2].Value.Uint64(), ms[3].Value.Uint64()
+	s.goHeld = testutil.RuntimeMetric("/memory/classes/total:bytes") - testutil.RuntimeMetric("/memory/classes/heap/released:bytes")
+	s.heap, s.goal = testutil.HeapObjects(), testutil.RuntimeMetric("/gc/heap/goal:bytes")
 	s.memtables = sp.MemoryUse().Memtables
 	return s
 }
@@ -51,8 +48,6 @@ func sampleMem(sp *spool.Spool) (stop func() (atPeak, maxes memSample)) {
 	var (
 		mu          sync.Mutex
 		peak, maxes memSample
-		done        = make(chan struct{})
-		wg          sync.WaitGroup
 	)
 	take := func() {
 		s := readMem(sp)
@@ -64,25 +59,10 @@ func sampleMem(sp *spool.Spool) (stop func() (atPeak, maxes memSample)) {
 		maxes = memSample{max(maxes.rss, s.rss), max(maxes.goHeld, s.goHeld), max(maxes.heap, s.heap), max(maxes.goal, s.goal), max(maxes.memtables, s.memtables)}
 	}
 	take()
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		tk := time.NewTicker(5 * time.Millisecond)
-		defer tk.Stop()
-		for {
-			select {
-			case <-done:
-				return
-			case <-tk.C:
-				take()
-			}
-		}
-	}()
+	end := testutil.Sample(5*time.Millisecond, take)
 	return func() (memSample, memSample) {
-		close(done)
-		wg.Wait()
+		end()
 		take()
 		return peak, maxes
 	}
 }
-

@@ -22,9 +22,9 @@ package queue
 import (
 	"fmt"
 	"runtime"
-	"sync/atomic"
 	"slices"
 	"strings"
+	"sync/atomic"
 
 	"github.com/sluice-mta/sluice/internal/spool"
 )
