@@ -329,15 +329,17 @@ func (q *Queue) settle(t Target, by string, why error, typ string) (int, error) 
 		}
 		return nil
 	})
+	if err != nil {
+		// The messages of the stopped step before the refused one are
+		// settled: not left.
+		ie := &IncompleteError{Done: n, Left: max(left-stepDone, 0), Err: err}
+		ie.EventErr = q.stoppedEvent(typ, t, by, n, ie)
+		return n, ie
+	}
 	b := q.sp.NewBatch()
 	q.adminEvent(b, typ, t, by, n)
 	cerr := b.Commit(false)
-	switch {
-	case err != nil:
-		// The messages of the stopped step before the refused one are
-		// settled: not left.
-		return n, &IncompleteError{Done: n, Left: max(left-stepDone, 0), Err: err}
-	case unread != nil:
+	if unread != nil {
 		return n, unread
 	}
 	return n, cerr
@@ -410,15 +412,14 @@ func (q *Queue) setHeld(t Target, by string, hold bool) (int, error) {
 			}
 			items = kept
 		}
-		changed := make([][]*spool.Recipient, len(items))
+		// The step's records are the items' own (read back for it, or
+		// taken out of the queue with them): changed in place, and
+		// changed back if the spool refuses the step.
 		k := 0
-		for i, it := range items {
-			changed[i] = make([]*spool.Recipient, len(it.rcpts))
-			for j, r := range it.rcpts {
-				nr := *r
-				nr.Held = hold
-				_ = b.PutRecipient(&nr)
-				changed[i][j] = &nr
+		for _, it := range items {
+			for _, r := range it.rcpts {
+				r.Held = hold
+				_ = b.PutRecipient(r)
 			}
 			k += len(it.rcpts)
 		}
@@ -428,9 +429,13 @@ func (q *Queue) setHeld(t Target, by string, hold bool) (int, error) {
 		err := b.Commit(false)
 		now := q.o.Now()
 		q.mu.Lock()
-		for i, it := range items {
+		for _, it := range items {
 			if err == nil {
-				it.rcpts, it.held = changed[i], hold
+				it.held = hold
+			} else {
+				for _, r := range it.rcpts {
+					r.Held = !hold
+				}
 			}
 			q.place(it, now)
 		}
@@ -445,16 +450,18 @@ func (q *Queue) setHeld(t Target, by string, hold bool) (int, error) {
 	if err == nil && recorded {
 		return n, nil
 	}
-	if err == nil || n > 0 {
-		// Nothing selected: the event alone; or stopped part way: the
-		// event of what was done (when the spool takes it).
+	if err == nil {
+		// Nothing selected: the event alone.
 		b := q.sp.NewBatch()
 		q.adminEvent(b, typ, t, by, n)
-		if cerr := b.Commit(false); err == nil {
-			return n, cerr
-		}
+		return n, b.Commit(false)
 	}
-	return n, &IncompleteError{Done: n, Left: left, Err: err, Unread: unread}
+	ie := &IncompleteError{Done: n, Left: left, Err: err, Unread: unread}
+	if n > 0 {
+		// Stopped part way: the event of what was done.
+		ie.EventErr = q.stoppedEvent(typ, t, by, n, ie)
+	}
+	return n, ie
 }
 
 // putBack places items again as they were, taken out of the queue by an

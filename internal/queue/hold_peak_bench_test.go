@@ -2,8 +2,12 @@ package queue
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
+	"os"
 	"runtime"
+	"runtime/pprof"
+	"strconv"
 	"testing"
 	"time"
 
@@ -25,7 +29,10 @@ import (
 //
 //	go test -run '^$' -bench HoldPeak -benchtime 1x ./internal/queue
 func BenchmarkHoldPeak(b *testing.B) {
-	const n = 200_000
+	n := 200_000
+	if v, err := strconv.Atoi(os.Getenv("HOLD_PEAK_N")); err == nil && v > 0 {
+		n = v
+	}
 	dir := b.TempDir()
 	sp, err := spool.Open(dir, spool.Options{})
 	if err != nil {
@@ -38,6 +45,31 @@ func BenchmarkHoldPeak(b *testing.B) {
 		b.Fatalf("Load = %d, %v", got, err)
 	}
 	defer q.Stop(context.Background())
+	// HOLD_PEAK_GC=none: the collector's own pace; sync: a collection
+	// between two steps, waited for (for a comparison).
+	switch os.Getenv("HOLD_PEAK_GC") {
+	case "none":
+		defer func(f func()) { collectStep = f }(collectStep)
+		collectStep = func() {}
+	case "sync":
+		defer func(f func()) { collectStep = f }(collectStep)
+		collectStep = runtime.GC
+	}
+	if prof := os.Getenv("HOLD_PEAK_PROF"); prof != "" {
+		// A heap profile (live heap after a collection) every 30 steps.
+		steps := 0
+		q.betweenSteps = func() {
+			if steps++; steps%30 == 0 {
+				f, err := os.Create(fmt.Sprintf("%s.%d", prof, steps))
+				if err == nil {
+					runtime.GC()
+					b.Logf("step %d: %v", steps, readMem(sp))
+					_ = pprof.WriteHeapProfile(f)
+					_ = f.Close()
+				}
+			}
+		}
+	}
 	for _, sel := range []string{"state", "all"} {
 		t := Target{}
 		if sel == "state" {
@@ -51,11 +83,15 @@ func BenchmarkHoldPeak(b *testing.B) {
 				rss0 := testutil.PeakRSS()
 				var ms0, ms1 runtime.MemStats
 				runtime.ReadMemStats(&ms0)
+				b.Logf("before the hold: %v", readMem(sp))
+				stopMem := sampleMem(sp)
 				stop := testutil.SamplePeakHeap()
-				start := time.Now()
+				start, cpu0 := time.Now(), cpuTime()
 				got, err := q.Hold(t, "bench")
-				wall := time.Since(start)
+				wall, cpu := time.Since(start), cpuTime()-cpu0
 				peak := stop()
+				atPeak, maxes := stopMem()
+				b.Logf("hold peak: %v; highest: %v", atPeak, maxes)
 				runtime.ReadMemStats(&ms1)
 				if err != nil || got != n {
 					b.Fatalf("Hold = %d, %v", got, err)
@@ -65,11 +101,15 @@ func BenchmarkHoldPeak(b *testing.B) {
 					b.ReportMetric(float64(testutil.PeakRSS())/1e6, "peak-rss-MB")
 					b.ReportMetric(float64(rss0)/1e6, "rss-before-MB")
 				}
-				b.ReportMetric(float64(ms1.TotalAlloc-ms0.TotalAlloc)/n, "alloc-B/rcpt")
+				b.ReportMetric(float64(ms1.TotalAlloc-ms0.TotalAlloc)/float64(n), "alloc-B/rcpt")
 				b.ReportMetric(wall.Seconds(), "hold-s")
+				b.ReportMetric(cpu.Seconds(), "hold-cpu-s")
+				stopMem = sampleMem(sp)
 				if got, err := q.Release(Target{}, "bench"); err != nil || got != n {
 					b.Fatalf("Release = %d, %v", got, err)
 				}
+				atPeak, maxes = stopMem()
+				b.Logf("release peak: %v; highest: %v", atPeak, maxes)
 			}
 		})
 	}

@@ -21,8 +21,10 @@ package queue
 
 import (
 	"fmt"
+	"runtime"
 	"slices"
 	"strings"
+	"sync/atomic"
 
 	"github.com/sluice-mta/sluice/internal/spool"
 )
@@ -102,8 +104,11 @@ func (q *Queue) inSteps(from int, t Target, step func(items []*item, last bool) 
 	spans, sizes := q.plan(from, t)
 	q.mu.Unlock()
 	for i, sp := range spans {
-		if i > 0 && q.betweenSteps != nil {
-			q.betweenSteps()
+		if i > 0 {
+			collectStep()
+			if q.betweenSteps != nil {
+				q.betweenSteps()
+			}
 		}
 		if err := step(q.extract(from, t, sp), i == len(spans)-1); err != nil {
 			for _, n := range sizes[i:] {
@@ -171,14 +176,65 @@ func (q *Queue) hydrateMany(items []*item) []error {
 // Unread is true when Err is a failure to read the step's recipients
 // back from the spool (a Hold or Release; a recipient missing from the
 // spool does not stop them), not to record them.
+//
+// EventErr is the spool's refusal of the action's queue_* event (the
+// one counting the Done recipients), nil when it was recorded. The
+// cause that stopped the action (a spool full below its write floor)
+// usually refuses the event too: the action is then logged at error
+// level instead ("queue action stopped part way and its event was not
+// recorded"), with its event type, the API key id, the filter and the
+// recipients done, which is its only record.
 type IncompleteError struct {
 	Done, Left int
 	Err        error
 	Unread     bool
+	EventErr   error
 }
 
 func (e *IncompleteError) Error() string {
-	return fmt.Sprintf("queue: the action stopped after %d recipients (at most %d left; run it again for the rest): %v", e.Done, e.Left, e.Err)
+	s := fmt.Sprintf("queue: the action stopped after %d recipients (at most %d left; run it again for the rest): %v", e.Done, e.Left, e.Err)
+	if e.EventErr != nil {
+		s += "; its event was not recorded either (logged instead)"
+	}
+	return s
 }
 
 func (e *IncompleteError) Unwrap() error { return e.Err }
+
+// collectStep starts a garbage collection between two steps of an
+// action, when the step just done is garbage, unless the one it started
+// before is still running: the action's memory is then about the live
+// heap plus two steps (some 20-40 MB each), where the collector's own
+// pace (GOGC=100) lets the heap grow to twice the live heap before it
+// collects (with a million queued, some 120 MB more than at rest:
+// BENCHMARKS.md, "Issue 21: a live hold of a million under 500 MB"). It
+// runs in the background, beside the next step: a step does not wait
+// for it. The queue's index is pointer-free, so a collection marks
+// little more than the rest of the relay's heap.
+var collectStep = func() {
+	if stepGC.CompareAndSwap(false, true) {
+		go func() {
+			defer stepGC.Store(false)
+			runtime.GC()
+		}()
+	}
+}
+
+// stepGC is true while a collection collectStep started runs.
+var stepGC atomic.Bool
+
+// stoppedEvent records the event (typ) of an action on t by the API key
+// by that stopped part way (ie) after done recipients, and returns the
+// spool's refusal of it. A refused event is logged at error level in
+// its place: the action's only record then.
+func (q *Queue) stoppedEvent(typ string, t Target, by string, done int, ie *IncompleteError) error {
+	b := q.sp.NewBatch()
+	q.adminEvent(b, typ, t, by, done)
+	err := b.Commit(false)
+	if err != nil {
+		q.log.Error("queue action stopped part way and its event was not recorded", "event", typ,
+			"queue", t.Filter.Queue, "msgid", t.MessageID, "filter", FilterString(t.Filter), "by", by,
+			"recipients_done", done, "recipients_left_at_most", ie.Left, "stopped_by", ie.Err, "err", err)
+	}
+	return err
+}

@@ -265,6 +265,11 @@ func TestCancelStopsWhenTheSpoolRefuses(t *testing.T) {
 	if cancelled != n || refused != 1 {
 		t.Fatalf("%d recipients cancelled; the log has %d outcome lines (want %d) and %d refusals (want 1)", n, cancelled, n, refused)
 	}
+	// The full spool refused the queue_cancelled event too: logged in
+	// its place, and said in the error.
+	if want := fmt.Sprintf(`msg="queue action stopped part way and its event was not recorded" component=queue event=queue_cancelled queue="" msgid="" filter="" by=k recipients_done=%d`, n); ie.EventErr == nil || !strings.Contains(logs.String(), want) {
+		t.Fatalf("EventErr %v; the log lacks %q:\n%s", ie.EventErr, want, logs.String())
+	}
 	left := spoolKeys(t, sp)
 	st := q.Stats()
 	if len(left) != total-n || st.WaitingRecipients != total-n || st.Held != 0 {

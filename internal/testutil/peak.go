@@ -2,7 +2,6 @@ package testutil
 
 import (
 	"os"
-	"runtime/metrics"
 	"strconv"
 	"strings"
 	"sync"
@@ -11,42 +10,22 @@ import (
 
 // HeapObjects is the Go heap's bytes in objects, live and not yet
 // collected (runtime/metrics /memory/classes/heap/objects:bytes).
-func HeapObjects() uint64 {
-	s := []metrics.Sample{{Name: "/memory/classes/heap/objects:bytes"}}
-	metrics.Read(s)
-	return s[0].Value.Uint64()
-}
+func HeapObjects() uint64 { return RuntimeMetric("/memory/classes/heap/objects:bytes") }
 
 // SamplePeakHeap samples HeapObjects every 2 ms until the returned stop
 // is called, which returns the highest value seen (a peak between two
 // samples is missed). Call stop once.
 func SamplePeakHeap() (stop func() uint64) {
-	var (
-		mu   sync.Mutex
-		peak = HeapObjects()
-		done = make(chan struct{})
-		wg   sync.WaitGroup
-	)
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		tk := time.NewTicker(2 * time.Millisecond)
-		defer tk.Stop()
-		for {
-			select {
-			case <-done:
-				return
-			case <-tk.C:
-			}
-			v := HeapObjects()
-			mu.Lock()
-			peak = max(peak, v)
-			mu.Unlock()
-		}
-	}()
+	var mu sync.Mutex
+	peak := HeapObjects()
+	end := Sample(2*time.Millisecond, func() {
+		v := HeapObjects()
+		mu.Lock()
+		peak = max(peak, v)
+		mu.Unlock()
+	})
 	return func() uint64 {
-		close(done)
-		wg.Wait()
+		end()
 		return max(peak, HeapObjects())
 	}
 }
