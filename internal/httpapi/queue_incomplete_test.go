@@ -25,6 +25,9 @@ func TestIncompleteText(t *testing.T) {
 		// Stopped at a step the spool could not read back, not record.
 		{"hold", queue.IncompleteError{Done: 20000, Left: 7, Unread: true},
 			"20000 recipients held, then the rest could not be read back from the spool (at most 7 more recipients, as they were): run it again to hold the rest"},
+		// Its queue_held event was refused too: the answer says the log has it.
+		{"hold", queue.IncompleteError{Done: 10000, Left: 4, EventErr: errors.New("full")},
+			"10000 recipients held, then the spool could not record the rest (at most 4 more recipients, as they were): run it again to hold the rest; the spool refused this hold's event too, so the relay's log line is its only record"},
 		{"release", queue.IncompleteError{Done: 0, Left: 5, Unread: true},
 			"cannot read the queued recipients back from the spool for the release now (nothing changed), try again later"},
 	} {

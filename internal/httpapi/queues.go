@@ -226,8 +226,12 @@ func incompleteText(action string, ie *queue.IncompleteError) string {
 	if ie.Unread {
 		what = "the rest could not be read back from the spool"
 	}
-	return fmt.Sprintf("%d recipients %s, then %s (at most %d more recipients, as they were): run it again to %s the rest",
+	text := fmt.Sprintf("%d recipients %s, then %s (at most %d more recipients, as they were): run it again to %s the rest",
 		ie.Done, done, what, ie.Left, action)
+	if ie.EventErr != nil {
+		text += fmt.Sprintf("; the spool refused this %s's event too, so the relay's log line is its only record", action)
+	}
+	return text
 }
 
 // queuePause pauses or resumes the queue name.
