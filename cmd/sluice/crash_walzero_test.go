@@ -163,19 +163,40 @@ func zeroAheadSession(addr string, round, s int, body string, stop <-chan struct
 func walZeroTail(dir string) bool {
 	logs, _ := filepath.Glob(filepath.Join(dir, "*.log"))
 	for _, l := range logs {
-		f, err := os.Open(l)
-		if err != nil {
-			continue
+		if walTrailingZeros(l) >= 4096 {
+			return true
 		}
-		fi, err := f.Stat()
-		if err == nil && fi.Size() >= 8192 {
-			tail := make([]byte, 4096)
-			if _, err := f.ReadAt(tail, fi.Size()-4096); err == nil && strings.Count(string(tail), "\x00") == len(tail) {
-				f.Close()
-				return true
-			}
-		}
-		f.Close()
 	}
 	return false
+}
+
+// walTrailingZeros returns how many zero bytes a WAL file ends with: the
+// zeros written ahead of its records (wal_zero_ahead), not data. 0 when
+// it cannot be read.
+func walTrailingZeros(path string) int64 {
+	f, err := os.Open(path)
+	if err != nil {
+		return 0
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return 0
+	}
+	buf := make([]byte, 64<<10)
+	var zeros int64
+	for end := fi.Size(); end > 0; {
+		n := min(int64(len(buf)), end)
+		if _, err := f.ReadAt(buf[:n], end-n); err != nil {
+			return zeros
+		}
+		for i := n - 1; i >= 0; i-- {
+			if buf[i] != 0 {
+				return zeros
+			}
+			zeros++
+		}
+		end -= n
+	}
+	return zeros
 }
