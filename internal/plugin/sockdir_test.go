@@ -52,13 +52,27 @@ func TestSocketDirRepeatedKills(t *testing.T) {
 }
 
 // TestSocketDirOperatorEnv: a PLUGIN_UNIX_SOCKET_DIR the operator set (in
-// the stage's env) is where the plugin's socket goes; Sluice makes no
-// directory of its own and does not remove the operator's.
+// the stage's env, or in Sluice's own environment) is where the plugin's
+// socket goes; Sluice makes no directory of its own and does not remove
+// the operator's.
 func TestSocketDirOperatorEnv(t *testing.T) {
+	for _, where := range []string{"stage", "process"} {
+		t.Run(where, func(t *testing.T) { socketDirOperatorEnv(t, where) })
+	}
+}
+
+func socketDirOperatorEnv(t *testing.T, where string) {
 	tmp := t.TempDir()
 	t.Setenv("TMPDIR", tmp)
 	mine := t.TempDir()
-	s, _ := start(t, "ok", Options{HealthInterval: time.Hour, Env: []string{goplugin.EnvUnixSocketDir + "=" + mine}})
+	var o Options
+	if where == "stage" {
+		o.Env = []string{goplugin.EnvUnixSocketDir + "=" + mine}
+	} else {
+		t.Setenv(goplugin.EnvUnixSocketDir, mine)
+	}
+	o.HealthInterval = time.Hour
+	s, _ := start(t, "ok", o)
 	if d, _ := filepath.Glob(filepath.Join(tmp, "sluice-plugin-*")); len(d) != 0 {
 		t.Fatalf("a socket directory was made although the operator chose one: %v", d)
 	}
