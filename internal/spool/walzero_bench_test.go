@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"fmt"
 	"log/slog"
-	"path/filepath"
 	"slices"
 	"testing"
 	"time"
@@ -52,13 +51,9 @@ func BenchmarkAcceptSyncOneTail(b *testing.B) {
 // yet synced) was running at the sync: the mean of each kind in µs, and
 // how many syncs met one.
 func BenchmarkWALZeroAheadSync(b *testing.B) {
-	fs := zeroAheadFS{FS: vfs.Default, log: slog.New(slog.DiscardHandler)}
-	f, err := fs.Create(filepath.Join(b.TempDir(), "000001.log"), "pebble-wal")
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer f.Close()
-	w := f.(*walZeroFile)
+	w, _ := createZeroWAL(b, vfs.Default)
+	defer w.Close()
+	f := w
 	p := bytes.Repeat([]byte{1}, 2300)
 	var during, other time.Duration
 	var nDuring, nOther int

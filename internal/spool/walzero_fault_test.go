@@ -47,6 +47,19 @@ func (f *zerosFaultFile) Close() error {
 	return f.File.Close()
 }
 
+// createZeroWAL creates a WAL file "000001.log" in a new temporary
+// directory through a zero-ahead wrapper of under and returns it (a
+// *walZeroFile) with its path.
+func createZeroWAL(tb testing.TB, under vfs.FS) (*walZeroFile, string) {
+	tb.Helper()
+	name := filepath.Join(tb.TempDir(), "000001.log")
+	f, err := zeroAheadFS{FS: under, log: slog.New(slog.DiscardHandler)}.Create(name, "pebble-wal")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return f.(*walZeroFile), name
+}
+
 // appendAll writes n never-zero pieces of size bytes through f and
 // returns what was written.
 func appendAll(t *testing.T, f vfs.File, n, size int) []byte {
@@ -69,26 +82,20 @@ func appendAll(t *testing.T, f vfs.File, n, size int) []byte {
 func TestWALZeroAheadNoSpace(t *testing.T) {
 	smallZeroAhead(t, 64<<10, 32<<10, 4<<10)
 	var calls, closed atomic.Int32
-	fs := zeroAheadFS{FS: zerosFaultFS{FS: vfs.Default, closed: &closed, writeAt: func(f vfs.File, p []byte, off int64) (int, error) {
+	w, name := createZeroWAL(t, zerosFaultFS{FS: vfs.Default, closed: &closed, writeAt: func(f vfs.File, p []byte, off int64) (int, error) {
 		if calls.Add(1) > 1 {
 			return 0, syscall.ENOSPC
 		}
 		return f.WriteAt(p, off)
-	}}, log: slog.New(slog.DiscardHandler)}
-	name := filepath.Join(t.TempDir(), "000001.log")
-	f, err := fs.Create(name, "pebble-wal")
-	if err != nil {
-		t.Fatal(err)
-	}
-	want := appendAll(t, f, 400, 1000) // 400 KB: far past the failed extension
-	w := f.(*walZeroFile)
+	}})
+	want := appendAll(t, w, 400, 1000) // 400 KB: far past the failed extension
 	w.mu.Lock()
 	off, busy := w.off, w.busy
 	w.mu.Unlock()
 	if !off || busy {
 		t.Fatalf("after ENOSPC: off %v busy %v, want zero-ahead off and no range held", off, busy)
 	}
-	if err := f.Close(); err != nil {
+	if err := w.Close(); err != nil {
 		t.Fatal(err)
 	}
 	got, err := os.ReadFile(name)
@@ -111,29 +118,23 @@ func TestWALZeroAheadHungDiskClose(t *testing.T) {
 	var closed atomic.Int32
 	stuck, release := make(chan struct{}), make(chan struct{})
 	var once atomic.Bool
-	fs := zeroAheadFS{FS: zerosFaultFS{FS: vfs.Default, closed: &closed, writeAt: func(f vfs.File, p []byte, off int64) (int, error) {
+	w, name := createZeroWAL(t, zerosFaultFS{FS: vfs.Default, closed: &closed, writeAt: func(f vfs.File, p []byte, off int64) (int, error) {
 		if once.CompareAndSwap(false, true) {
 			close(stuck)
 			<-release
 		}
 		return f.WriteAt(p, off)
-	}}, log: slog.New(slog.DiscardHandler)}
-	name := filepath.Join(t.TempDir(), "000001.log")
-	f, err := fs.Create(name, "pebble-wal")
-	if err != nil {
-		t.Fatal(err)
-	}
+	}})
 	<-stuck
 	// Below the range being zeroed (it starts 4 KiB ahead): no wait.
-	want := appendAll(t, f, 4, 1000)
-	if err := f.Close(); err != nil { // would hang the test if it waited
+	want := appendAll(t, w, 4, 1000)
+	if err := w.Close(); err != nil { // would hang the test if it waited
 		t.Fatal(err)
 	}
 	if n := closed.Load(); n != 0 {
 		t.Fatalf("the zeros' descriptor was closed under a running extension (%d)", n)
 	}
 	close(release)
-	w := f.(*walZeroFile)
 	testutil.WaitFor(t, "the extension to close its descriptor", func() bool {
 		w.mu.Lock()
 		defer w.mu.Unlock()
