@@ -207,6 +207,7 @@ type Spool struct {
 	memtable     uint64        // Pebble memtable size, bytes
 	recycle      bool          // Options.WALRecycling
 	noZeroAhead  bool          // Options.NoWALZeroAhead
+	zeroActive   atomic.Int32  // WAL zero-ahead extensions running
 	plog         *pebbleLogger // Pebble's logger; its Fatalf fails the spool
 	closing      chan struct{} // closed by Close
 	bg           sync.WaitGroup
@@ -334,7 +335,7 @@ func (s *Spool) openDB(readOnly bool) (*pebble.DB, error) {
 	} else {
 		o.Lock = s.lock
 		if !s.recycle && !s.noZeroAhead {
-			o.FS = zeroAheadFS{FS: s.fs, log: s.log}
+			o.FS = zeroAheadFS{FS: s.fs, log: s.log, allow: s.aboveFloor, active: &s.zeroActive}
 		}
 	}
 	type res struct {

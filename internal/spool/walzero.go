@@ -3,6 +3,7 @@ package spool
 import (
 	"log/slog"
 	"sync"
+	"sync/atomic"
 
 	"github.com/cockroachdb/pebble/v2/vfs"
 )
@@ -57,6 +58,12 @@ var (
 type zeroAheadFS struct {
 	vfs.FS
 	log *slog.Logger
+	// allow, when set, is asked before each piece of zeros: false below
+	// the spool's write floor (nothing but Pebble's own refused writes
+	// may reach a disk that is that full; disk.go).
+	allow func() bool
+	// active, when set, counts the extensions running (for tests).
+	active *atomic.Int32
 }
 
 // Create implements vfs.FS. Pebble creates its WAL files with the
@@ -73,7 +80,7 @@ func (fs zeroAheadFS) Create(name string, category vfs.DiskWriteCategory) (vfs.F
 		fs.log.Debug("spool: WAL zero-ahead off for this file", "file", name, "err", err)
 		return f, nil
 	}
-	w := &walZeroFile{File: f, z: z, name: name, log: fs.log, chunk: zeroAheadChunk, low: zeroAheadLow, skip: zeroAheadSkip}
+	w := &walZeroFile{File: f, z: z, name: name, log: fs.log, chunk: zeroAheadChunk, low: zeroAheadLow, skip: zeroAheadSkip, allow: fs.allow, active: fs.active}
 	w.cond = sync.NewCond(&w.mu)
 	w.mu.Lock()
 	w.startLocked()
@@ -101,6 +108,8 @@ type walZeroFile struct {
 	chunk    int64 // zeroAheadChunk when created
 	low      int64 // zeroAheadLow when created
 	skip     int64 // zeroAheadSkip when created
+	allow    func() bool
+	active   *atomic.Int32
 
 	mu       sync.Mutex
 	cond     *sync.Cond
@@ -149,6 +158,9 @@ func (e vfsError) Error() string { return string(e) }
 func (w *walZeroFile) startLocked() {
 	w.busy = true
 	w.running++
+	if w.active != nil {
+		w.active.Add(1)
+	}
 	w.busyFrom = max(w.zeroed, w.written+w.skip)
 	w.busyTo = w.busyFrom + w.chunk
 	go w.extend(w.busyFrom, w.busyTo)
@@ -161,12 +173,16 @@ var zeros = make([]byte, 64<<10)
 func (w *walZeroFile) extend(from, to int64) {
 	var err error
 	for off := from; off < to && err == nil; {
-		n := min(int64(len(zeros)), to-off)
-		if _, err = w.z.WriteAt(zeros[:n], off); err == nil {
-			err = writeBack(w.z, off, n)
-		}
-		if err == nil {
-			off += n
+		if w.allow != nil && !w.allow() {
+			to = off // stop here; a later extension goes on from off
+		} else {
+			n := min(int64(len(zeros)), to-off)
+			if _, err = w.z.WriteAt(zeros[:n], off); err == nil {
+				err = writeBack(w.z, off, n)
+			}
+			if err == nil {
+				off += n
+			}
 		}
 		w.mu.Lock()
 		w.busyFrom = off // Pebble may write up to here now
@@ -189,6 +205,9 @@ func (w *walZeroFile) extend(from, to int64) {
 	if err != nil {
 		w.log.Debug("spool: WAL zero-ahead stopped for this file", "file", w.name, "err", err)
 	}
+	if w.active != nil {
+		w.active.Add(-1)
+	}
 	w.mu.Lock()
 	w.running--
 	last := w.closed && w.running == 0
@@ -210,3 +229,8 @@ func (w *walZeroFile) Close() error {
 	}
 	return w.File.Close()
 }
+
+// aboveFloor is zeroAheadFS.allow: zeros are written only while the
+// filesystem is above the spool's write floor (free space as last read;
+// disk.go). Safe for concurrent use.
+func (s *Spool) aboveFloor() bool { return !s.space.floor.Load() }

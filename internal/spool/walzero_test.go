@@ -6,9 +6,11 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"sync/atomic"
 	"testing"
 
 	"github.com/cockroachdb/pebble/v2/vfs"
+	"github.com/sluice-mta/sluice/internal/testutil"
 )
 
 // smallZeroAhead makes extensions tiny, so that a test's writes run into
@@ -131,4 +133,53 @@ func TestWALZeroAheadRecovery(t *testing.T) {
 	}
 	check("after a clean close", s)
 	s.Close()
+}
+
+// Below the spool's write floor (allow false) no zeros are written: the
+// extensions that Pebble's writes start stop before their first piece.
+func TestWALZeroAheadStopsBelowTheFloor(t *testing.T) {
+	smallZeroAhead(t, 4096, 2048, 512)
+	var allow atomic.Bool
+	allow.Store(true)
+	var active atomic.Int32
+	fs := zeroAheadFS{FS: vfs.Default, log: slog.New(slog.DiscardHandler), allow: allow.Load, active: &active}
+	name := filepath.Join(t.TempDir(), "000001.log")
+	f, err := fs.Create(name, "pebble-wal")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	idle := func() { testutil.WaitFor(t, "extensions to end", func() bool { return active.Load() == 0 }) }
+	size := func() int64 {
+		st, err := os.Stat(name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return st.Size()
+	}
+	idle()
+	if size() == 0 {
+		t.Fatal("no zeros ahead of a new WAL")
+	}
+	allow.Store(false)
+	p := bytes.Repeat([]byte{7}, 1000)
+	var n int64
+	for range 50 { // 50,000 bytes: far past the zeros, an extension at every write
+		if _, err := f.Write(p); err != nil {
+			t.Fatal(err)
+		}
+		n += int64(len(p))
+		idle()
+	}
+	if got := size(); got != n {
+		t.Fatalf("below the floor the file grew to %d bytes for %d written: zeros were written", got, n)
+	}
+	allow.Store(true)
+	if _, err := f.Write(p); err != nil {
+		t.Fatal(err)
+	}
+	idle()
+	if got := size(); got <= n+int64(len(p)) {
+		t.Fatalf("above the floor again no zeros were written (size %d)", got)
+	}
 }
