@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net/netip"
+	"strconv"
 	"strings"
 	"time"
 
@@ -501,7 +502,8 @@ func (r *Route) QueueName(domain string) string {
 		if port == 0 {
 			port = 25
 		}
-		return fmt.Sprintf("relay:%s:%d", r.Host, port)
+		// Called per recipient at acceptance and in the queue: no fmt.
+		return "relay:" + r.Host + ":" + strconv.Itoa(port)
 	}
 	return domain
 }
