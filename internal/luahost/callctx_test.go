@@ -6,6 +6,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/sluice-mta/sluice/pipeline"
 )
 
 type ctxKey struct{}
@@ -98,16 +100,16 @@ func TestCallCtxCallerCancelledAndChildren(t *testing.T) {
 }
 
 // armedCtx signals when the hook call has armed its context (it asks for
-// the caller's Done channel to watch it).
+// the caller's deadline).
 type armedCtx struct {
 	context.Context
 	once  sync.Once
 	armed chan struct{}
 }
 
-func (a *armedCtx) Done() <-chan struct{} {
+func (a *armedCtx) Deadline() (time.Time, bool) {
 	a.once.Do(func() { close(a.armed) })
-	return a.Context.Done()
+	return a.Context.Deadline()
 }
 
 // A caller that goes away while a hook runs stops it (context.Canceled,
@@ -129,5 +131,29 @@ sluice.stage("s", { on_rcpt = function() while true do end end })`})
 	}
 	if h.Stats().Discarded != 1 {
 		t.Fatalf("stopped state not discarded: %+v", h.Stats())
+	}
+}
+
+// A hook call that runs across several of the timer's looks at the
+// caller's context (watchEvery) and ends in time succeeds, and its state
+// goes back to the pool.
+func TestLongCallWithinTimeout(t *testing.T) {
+	h, stages, _ := setup(t, map[string]string{"pipeline.lua": `
+sluice.lua_options { timeout = "30s" }
+sluice.stage("s", { on_rcpt = function()
+  local n = 0
+  for i = 1, 300000 do n = n + i end
+  return sluice.accept()
+end })`})
+	ctx, cancel := context.WithCancel(bg)
+	defer cancel()
+	for i := 0; i < 3; i++ {
+		v, err := rcptHook(t, stages["s"]).OnRcpt(ctx, testTxn(), rcpt(t, "a@example.org"))
+		if err != nil || v.Action != pipeline.Accept {
+			t.Fatalf("call %d: %+v, %v", i, v, err)
+		}
+	}
+	if s := h.Stats(); s.Discarded != 0 {
+		t.Fatalf("states discarded after calls that ended in time: %+v", s)
 	}
 }
