@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net/netip"
+	"strconv"
 	"strings"
 	"time"
 
@@ -237,6 +238,9 @@ type Message struct {
 	// unparsed: the header block NewMessageUnparsed was given, until
 	// ParseHeader parses it into Header (rawheader.go).
 	unparsed []byte
+	// parsedLen is the length of the header section ParseMessage parsed
+	// (0: unknown): HeaderBytes sizes its buffer by it.
+	parsedLen int
 }
 
 // ParseMessage splits raw RFC 5322 data into header and body. data must use
@@ -276,7 +280,7 @@ func ParseMessage(txn *Txn, data []byte) (*Message, error) {
 		return &Message{Txn: txn, Body: data, noBlank: true}, nil
 	}
 	consumed := len(hdr) - br.Buffered()
-	return &Message{Txn: txn, Header: h, Body: data[consumed:], noBlank: !blank && n < len(data)}, nil
+	return &Message{Txn: txn, Header: h, Body: data[consumed:], noBlank: !blank && n < len(data), parsedLen: consumed}, nil
 }
 
 // headerSection returns the length of the header fields at the start of
@@ -347,6 +351,9 @@ func (m *Message) Bytes() ([]byte, error) {
 // HeaderBytes followed by Body), without copying the body.
 func (m *Message) HeaderBytes() ([]byte, error) {
 	var buf bytes.Buffer
+	// The fields as received and room for those the relay and stages add
+	// (Received, a few more): one allocation, not a growth series.
+	buf.Grow(max(m.parsedLen, len(m.unparsed)) + 512)
 	if err := m.writeHeader(&buf); err != nil {
 		return nil, err
 	}
@@ -501,7 +508,8 @@ func (r *Route) QueueName(domain string) string {
 		if port == 0 {
 			port = 25
 		}
-		return fmt.Sprintf("relay:%s:%d", r.Host, port)
+		// Called per recipient at acceptance and in the queue: no fmt.
+		return "relay:" + r.Host + ":" + strconv.Itoa(port)
 	}
 	return domain
 }

@@ -2,7 +2,7 @@
 
 package delivery
 
-import "net"
+import "syscall"
 
 type peekResult int
 
@@ -15,4 +15,4 @@ const (
 
 // peekSocket is not implemented on this platform: Usable then relies on
 // the session's own state only.
-func peekSocket(c net.Conn) peekResult { return peekUnknown }
+func peekSocket(rc syscall.RawConn) peekResult { return peekUnknown }

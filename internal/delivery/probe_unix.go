@@ -4,7 +4,6 @@ package delivery
 
 import (
 	"errors"
-	"net"
 	"syscall"
 )
 
@@ -17,38 +16,40 @@ const (
 	peekData                      // bytes are waiting
 )
 
-// peekSocket looks at c's socket without blocking and without consuming
+// peekSocket looks at rc's socket without blocking and without consuming
 // anything (recv with MSG_PEEK on the non-blocking descriptor Go keeps).
-func peekSocket(c net.Conn) peekResult {
-	sc, ok := c.(syscall.Conn)
-	if !ok {
+// rc nil: the connection has no descriptor (peekUnknown).
+func peekSocket(rc syscall.RawConn) peekResult {
+	if rc == nil {
 		return peekUnknown
 	}
-	rc, err := sc.SyscallConn()
-	if err != nil {
-		return peekUnknown
-	}
-	res := peekUnknown
-	var buf [1]byte
-	err = rc.Read(func(fd uintptr) bool {
-		n, _, err := syscall.Recvfrom(int(fd), buf[:], syscall.MSG_PEEK)
-		for errors.Is(err, syscall.EINTR) {
-			n, _, err = syscall.Recvfrom(int(fd), buf[:], syscall.MSG_PEEK)
-		}
-		switch {
-		case n > 0:
-			res = peekData
-		case err == nil: // n == 0: orderly shutdown by the peer
-			res = peekClosed
-		case errors.Is(err, syscall.EAGAIN) || errors.Is(err, syscall.EWOULDBLOCK):
-			res = peekIdle
-		default:
-			res = peekClosed
-		}
-		return true // never wait for readiness
-	})
-	if err != nil {
+	p := prober{res: peekUnknown}
+	if err := rc.Read(p.peek); err != nil {
 		return peekClosed
 	}
-	return res
+	return p.res
+}
+
+// prober is peekSocket's callback and its result.
+type prober struct {
+	res peekResult
+	buf [1]byte
+}
+
+func (p *prober) peek(fd uintptr) bool {
+	n, _, err := syscall.Recvfrom(int(fd), p.buf[:], syscall.MSG_PEEK)
+	for errors.Is(err, syscall.EINTR) {
+		n, _, err = syscall.Recvfrom(int(fd), p.buf[:], syscall.MSG_PEEK)
+	}
+	switch {
+	case n > 0:
+		p.res = peekData
+	case err == nil: // n == 0: orderly shutdown by the peer
+		p.res = peekClosed
+	case errors.Is(err, syscall.EAGAIN) || errors.Is(err, syscall.EWOULDBLOCK):
+		p.res = peekIdle
+	default:
+		p.res = peekClosed
+	}
+	return true // never wait for readiness
 }

@@ -11,6 +11,7 @@ import (
 	"net"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/sluice-mta/sluice/internal/mailtext"
@@ -40,6 +41,16 @@ type Session struct {
 	broken   error // why the connection cannot be used any more
 	closed   bool
 	messages int
+	// until is the deadline arm last set on raw (zero: none): Usable
+	// clears it only when it has passed.
+	until time.Time
+	// rc is raw's syscall.RawConn for Usable's probe (nil: none), taken
+	// once rather than at every reuse.
+	rc syscall.RawConn
+	// watched is the context Deliver's I/O is bound to (see
+	// watchDeliveries); unwatch ends that.
+	watched context.Context
+	unwatch func()
 	// verifyErr is why the certificate of an unverified (opportunistic)
 	// TLS session did not verify; TLS reporting classifies it.
 	verifyErr error
@@ -48,6 +59,11 @@ type Session struct {
 func newSession(conn net.Conn, remote pipeline.Remote, cmdTimeout, dataTimeout time.Duration) *Session {
 	s := &Session{raw: conn, remote: remote, cmdTimeout: cmdTimeout, dataTime: dataTimeout}
 	s.setConn(conn)
+	if sc, ok := conn.(syscall.Conn); ok {
+		if rc, err := sc.SyscallConn(); err == nil {
+			s.rc = rc
+		}
+	}
 	return s
 }
 
@@ -91,8 +107,14 @@ func (s *Session) Usable() bool {
 		s.broken = errors.New("unsolicited data from server")
 		return false
 	}
-	s.raw.SetDeadline(time.Time{}) // a past deadline would fail the probe
-	switch peekSocket(s.raw) {
+	if !s.until.IsZero() && !time.Now().Before(s.until) {
+		// A past deadline would fail the probe. (One still ahead, the
+		// usual case on a busy connection, is left: clearing it cost a
+		// deadline update per message.)
+		s.raw.SetDeadline(time.Time{})
+		s.until = time.Time{}
+	}
+	switch peekSocket(s.rc) {
 	case peekIdle:
 		return true
 	case peekClosed:
@@ -130,6 +152,7 @@ func (s *Session) Close() error {
 		return nil
 	}
 	s.closed = true
+	s.stopWatching()
 	if s.broken == nil {
 		s.raw.SetDeadline(time.Now().Add(min(s.cmdTimeout, 10*time.Second)))
 		if _, err := s.bw.WriteString("QUIT\r\n"); err == nil {
@@ -159,6 +182,7 @@ func (s *Session) arm(ctx context.Context, d time.Duration) {
 		t = dl
 	}
 	s.raw.SetDeadline(t)
+	s.until = t
 	if ctx.Err() != nil {
 		s.raw.SetDeadline(aLongTimeAgo)
 	}
@@ -180,6 +204,30 @@ func (s *Session) watch(ctx context.Context) (stop func()) {
 		if !unregister() {
 			<-done
 		}
+	}
+}
+
+// watchDeliveries is watch for Deliver: the queue delivers every message
+// of a session under the same context, so the watch is registered at the
+// first Deliver and kept until Close (or a Deliver under another context),
+// instead of a registration, a channel and a closure per message. The
+// callback may then fire between transactions: the next Deliver sees ctx
+// done and sends nothing, and a probe under the past deadline reports the
+// session unusable.
+func (s *Session) watchDeliveries(ctx context.Context) {
+	if ctx == s.watched {
+		return
+	}
+	s.stopWatching()
+	s.watched, s.unwatch = ctx, s.watch(ctx)
+}
+
+// stopWatching ends watchDeliveries' watch; a callback already running
+// has finished when it returns.
+func (s *Session) stopWatching() {
+	if s.unwatch != nil {
+		s.unwatch()
+		s.watched, s.unwatch = nil, nil
 	}
 }
 
@@ -513,8 +561,7 @@ func (s *Session) Deliver(ctx context.Context, env *Envelope, data []byte) (resu
 	}
 
 	s.messages++
-	stop := s.watch(ctx)
-	defer stop()
+	s.watchDeliveries(ctx)
 
 	var mail strings.Builder
 	mail.WriteString("MAIL FROM:<")

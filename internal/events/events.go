@@ -216,6 +216,10 @@ type Exporter struct {
 	done chan struct{}
 
 	pruneFailing atomic.Bool
+	// lastPrune (UnixNano) and prunePending throttle pruning while events
+	// flow (pruneSoon).
+	lastPrune    atomic.Int64
+	prunePending atomic.Bool
 
 	exported, failures *prometheus.CounterVec
 }
@@ -541,7 +545,9 @@ func (e *Exporter) exportOnce(ctx context.Context, c *consumer) (int, error) {
 		// replays from there: at least once).
 		if head := e.sp.OutboxHead(); head > c.next.Load() {
 			c.next.Store(head)
-			e.prune()
+			e.pruneSoon()
+		} else {
+			e.prunePutOff(c)
 		}
 		return 0, nil
 	}
@@ -549,6 +555,9 @@ func (e *Exporter) exportOnce(ctx context.Context, c *consumer) (int, error) {
 		return 0, err
 	}
 	evs, err := e.sp.ReadOutbox(c.next.Load(), e.o.BatchSize)
+	if err == nil && len(evs) == 0 {
+		e.prunePutOff(c) // at the latest a Poll after the last events
+	}
 	if err != nil || len(evs) == 0 {
 		return 0, err
 	}
@@ -564,8 +573,48 @@ func (e *Exporter) exportOnce(ctx context.Context, c *consumer) (int, error) {
 	if err := e.saveCursor(c); err != nil {
 		return 0, err
 	}
-	e.prune()
+	e.pruneSoon()
 	return n, nil
+}
+
+// pruneEvery is the least time between two prunes while events flow. A
+// prune costs a scan and a write whatever it deletes; once per export
+// round (every Linger, for each consumer) it was a few percent of the
+// relay's CPU at 4,000 msgs/s (issue 21). The outbox then keeps at most
+// pruneEvery's worth of exported events longer.
+const pruneEvery = 100 * time.Millisecond
+
+// pruneSoon prunes now if the last prune is pruneEvery old, or leaves it
+// to the next idle round (a consumer that finds nothing new, at the latest
+// at its next Poll) or the next pruneSoon. Safe for concurrent use.
+func (e *Exporter) pruneSoon() {
+	now := time.Now().UnixNano()
+	last := e.lastPrune.Load()
+	if now-last < int64(pruneEvery) || !e.lastPrune.CompareAndSwap(last, now) {
+		e.prunePending.Store(true)
+		return
+	}
+	e.prunePending.Store(false)
+	e.prune()
+}
+
+// prunePutOff runs a prune pruneSoon put off, from a round of c that found
+// nothing to export. It stores c's cursor first: that write fails once the
+// spool is closed (an exporter that outlives its spool, as some tests
+// let it), where PruneOutbox's read would panic. Call it from c's
+// goroutine.
+func (e *Exporter) prunePutOff(c *consumer) {
+	if !e.prunePending.Load() {
+		return
+	}
+	next := c.next.Load()
+	if err := e.sp.SetCursor(c.name, next); err != nil {
+		return
+	}
+	c.saved = next
+	if e.prunePending.Swap(false) {
+		e.prune()
+	}
 }
 
 // saveCursor stores c's cursor if it moved. A failure is retried before
@@ -584,6 +633,7 @@ func (e *Exporter) saveCursor(c *consumer) error {
 
 // prune deletes the events every consumer has taken.
 func (e *Exporter) prune() {
+	e.lastPrune.Store(time.Now().UnixNano())
 	low := e.cons[0].next.Load()
 	for _, c := range e.cons[1:] {
 		low = min(low, c.next.Load())

@@ -31,7 +31,8 @@
 //
 // Each hook call takes a state, sets a context whose deadline is the
 // sooner of Lua.Timeout (0: config.Defaults().Lua.Timeout) and the
-// caller's deadline, calls the function in protected mode, removes the
+// caller's deadline (a caller's context that ends stops the call within
+// 5 ms; callctx.go), calls the function in protected mode, removes the
 // context, and returns the state. A state whose call failed or timed out is closed, never reused.
 // Failures come back as *HookError: a runtime error carries "script:line";
 // a deadline wraps context.DeadlineExceeded (pipeline.Chain answers 451

@@ -241,12 +241,6 @@ func (h *Host) newState() (st *state, err error) {
 	return st, nil
 }
 
-// deadline returns the context for one hook call: ctx bounded by the Lua
-// timeout (whichever ends first).
-func (h *Host) deadline(ctx context.Context) (context.Context, context.CancelFunc) {
-	return context.WithTimeout(ctx, h.timeout)
-}
-
 // isTimeout reports whether err is a hook call stopped by its deadline.
 func isTimeout(err error) bool { return errors.Is(err, context.DeadlineExceeded) }
 

@@ -117,17 +117,15 @@ func (s *Stage) call(ctx context.Context, hook int, push func(st *state) int) (l
 	}
 	st.hook = hook
 	st.stage = s.name
-	cctx, cancel := s.h.deadline(ctx)
 	L := st.L
 	st.sb.SetLogger(s.log)
 	top := L.GetTop()
-	L.SetContext(cctx)
+	L.SetContext(st.ctx.arm(ctx, s.h.timeout))
 	L.Push(fn)
 	n := push(st)
 	perr := L.PCall(n, 1, nil)
 	L.RemoveContext()
-	cerr := cctx.Err()
-	cancel()
+	cerr := st.ctx.end()
 	edits := st.edits
 	st.endCall()
 	if perr == nil && cerr != nil {

@@ -33,10 +33,12 @@ type state struct {
 	stage string // the current call's stage name (metrics of sluice.ratelimit.check)
 
 	maxHeader int // lua_options.max_header: longest header value handed to Lua
+
+	ctx *callCtx // the context of this state's hook calls, armed per call
 }
 
 func newState(sb *sandbox.State, nstages int) *state {
-	st := &state{sb: sb, L: sb.L, fns: make([][numHooks]*lua.LFunction, nstages)}
+	st := &state{sb: sb, L: sb.L, fns: make([][numHooks]*lua.LFunction, nstages), ctx: newCallCtx()}
 	st.connMT = st.newMT("conn", st.connIndex)
 	st.txnMT = st.newMT("txn", st.txnIndex)
 	st.msgMT = st.newMT("msg", st.txnIndex)
@@ -95,7 +97,10 @@ func (st *state) mayEdit(method, kind string) {
 	}
 }
 
-func (st *state) close() { st.sb.Close() }
+func (st *state) close() {
+	st.ctx.stop()
+	st.sb.Close()
+}
 
 // stale raises the error for an object used after its hook returned.
 func (st *state) stale(what string) {
