@@ -3,7 +3,6 @@ package spool
 import (
 	"encoding/json"
 	"fmt"
-	"log/slog"
 	"sync"
 	"testing"
 	"time"
@@ -301,33 +300,5 @@ func TestPutMessageParts(t *testing.T) {
 	defer s.Close()
 	if got, err := s.Body(id); err != nil || string(got) != want {
 		t.Fatalf("after a restart, Body = %q, %v; want %q", got, err, want)
-	}
-}
-
-// BenchmarkAcceptSyncOne measures synced acceptance of a 2 KB message from
-// one writer at a time (one SMTP session): the fdatasync is on the path of
-// every message, so it compares WAL zero-ahead (walzero.go) on and off.
-func BenchmarkAcceptSyncOne(b *testing.B) {
-	for _, zero := range []bool{true, false} {
-		b.Run(fmt.Sprintf("zeroahead=%v", zero), func(b *testing.B) {
-			s, err := Open(b.TempDir(), Options{NoWALZeroAhead: !zero, Logger: slog.New(slog.DiscardHandler)})
-			if err != nil {
-				b.Fatal(err)
-			}
-			defer s.Close()
-			data := make([]byte, 2048)
-			b.SetBytes(int64(len(data)))
-			b.ResetTimer()
-			for range b.N {
-				id := s.NewID()
-				bt := s.NewBatch()
-				_ = bt.PutMessage(&Meta{ID: id, Sender: "a@x.test", Received: time.Now()}, data)
-				_ = bt.PutRecipient(&Recipient{MsgID: id, Address: "b@y.test", Domain: "y.test", Route: pipeline.MX()})
-				bt.AddEvent(&pipeline.Event{Type: "received", MessageID: id, Recipient: "b@y.test"})
-				if err := bt.Commit(true); err != nil {
-					b.Fatal(err)
-				}
-			}
-		})
 	}
 }

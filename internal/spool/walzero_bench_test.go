@@ -11,11 +11,12 @@ import (
 	"github.com/cockroachdb/pebble/v2/vfs"
 )
 
-// BenchmarkAcceptSyncOneTail is BenchmarkAcceptSyncOne (one writer, a
-// synced 2 KB acceptance at a time) reporting the distribution of one
-// commit's time, not just its mean: with zero-ahead, a Pebble fdatasync
-// that comes after an extension wrote its zeros but before it synced them
-// writes those dirty pages too (fdatasync flushes the whole file), so the
+// BenchmarkAcceptSyncOneTail measures one writer's synced 2 KB
+// acceptances, zero-ahead on and off (a single SMTP session: the
+// fdatasync is on the path of every message), reporting the distribution
+// of one commit's time, not just its mean: with zero-ahead, a Pebble
+// fdatasync that meets an extension's piece of zeros before it was
+// written back writes it too (fdatasync flushes the whole file), so the
 // zeros' cost can land on an acceptance. p50/p99/p99.9/max in µs.
 func BenchmarkAcceptSyncOneTail(b *testing.B) {
 	for _, zero := range []bool{true, false} {
