@@ -20,6 +20,7 @@ import (
 	"log/slog"
 	"math"
 	"math/rand/v2"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -354,6 +355,9 @@ func (it *item) load(ld *loaded) {
 // RetryInitial; a held item (an operator's bounce or cancel of held
 // recipients) goes back among the held ones, as the spool has it.
 func (q *Queue) unreadable(it *item, err error) {
+	if errors.Is(err, spool.ErrNotQueued) && q.salvage(it) {
+		return
+	}
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	if errors.Is(err, spool.ErrNotQueued) {
@@ -371,6 +375,44 @@ func (q *Queue) unreadable(it *item, err error) {
 	it.due = q.o.Now().Add(q.o.RetryInitial).UnixNano()
 	q.wait(it)
 	q.kick()
+}
+
+// salvage reads a compact item's recipients one at a time after a read
+// that failed because a record is missing from the spool: when only some
+// of its recipients are gone, those are dropped (settled, as unreadable
+// drops a whole item) and the others placed back, loaded, as they were,
+// instead of leaving the queue with the item while the spool still holds
+// them. It reports whether it placed the item; false leaves the item to
+// the caller (nothing found, a single recipient, or another read error).
+// Call it without q.mu.
+func (q *Queue) salvage(it *item) bool {
+	if it.loaded != nil || it.count() < 2 {
+		return false
+	}
+	var meta *spool.Meta
+	var rs []*spool.Recipient
+	missing := 0
+	for _, idx := range slices.Clone(it.indexes()) {
+		m, r, err := q.sp.Queued(it.id, []uint16{idx})
+		switch {
+		case err == nil:
+			meta, rs = m, append(rs, r[0])
+		case errors.Is(err, spool.ErrNotQueued):
+			missing++
+		default:
+			return false
+		}
+	}
+	if len(rs) == 0 {
+		return false
+	}
+	it.load(&loaded{meta: meta, rcpts: rs})
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	q.log.Error("queued recipients missing from the spool; dropped", "msgid", it.id, "recipients", missing, "kept", len(rs))
+	q.settled(it.msg, missing)
+	q.place(it, q.o.Now())
+	return true
 }
 
 // wait puts it, compact, into the timer heap and returns its position
