@@ -173,29 +173,24 @@ var zeros = make([]byte, 64<<10)
 func (w *walZeroFile) extend(from, to int64) {
 	var err error
 	for off := from; off < to && err == nil; {
+		var n int64
 		if w.allow != nil && !w.allow() {
 			to = off // stop here; a later extension goes on from off
 		} else {
-			n := min(int64(len(zeros)), to-off)
-			if _, err = w.z.WriteAt(zeros[:n], off); err == nil {
-				err = writeBack(w.z, off, n)
-			}
-			if err == nil {
-				off += n
-			}
-		}
-		w.mu.Lock()
-		w.busyFrom = off // Pebble may write up to here now
-		if off == to || err != nil {
-			w.busy = false
+			n = min(int64(len(zeros)), to-off)
+			_, err = w.z.WriteAt(zeros[:n], off)
 		}
 		if err == nil {
-			w.zeroed = off
-		} else {
-			w.off = true
+			off += n
 		}
-		w.cond.Broadcast()
-		w.mu.Unlock()
+		w.release(off, to, err)
+		if err == nil && n > 0 {
+			// After the release: Pebble waits only for the page-cache
+			// copy above, never for the disk.
+			if err = writeBack(w.z, off-n, n); err != nil {
+				w.release(off, off, err)
+			}
+		}
 	}
 	if err == nil {
 		// Data and the new size, durably: from here Pebble's syncs over
@@ -215,6 +210,24 @@ func (w *walZeroFile) extend(from, to int64) {
 	if last {
 		w.closeZ.Do(func() { w.z.Close() })
 	}
+}
+
+// release lets Pebble write up to off: the zeros before it are written.
+// An extension ends at to, or at an error (zero-ahead then stops for the
+// file; Pebble's writes are unaffected).
+func (w *walZeroFile) release(off, to int64, err error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.busyFrom = off
+	if err == nil {
+		w.zeroed = off
+	} else {
+		w.off = true
+	}
+	if off >= to || err != nil {
+		w.busy = false
+	}
+	w.cond.Broadcast()
 }
 
 // Close implements io.Closer. An extension still running closes our
