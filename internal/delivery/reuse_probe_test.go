@@ -2,6 +2,8 @@ package delivery_test
 
 import (
 	"context"
+	"os"
+	"runtime/debug"
 	"sync"
 	"testing"
 	"time"
@@ -158,4 +160,48 @@ func dialTimeouts(t *testing.T, port int, cmd time.Duration) *delivery.Session {
 		DataTimeout:    cmd,
 	}, r)
 	return dial(t, e, pipeline.MX(), "example.test")
+}
+
+// Sessions that deliver, find their connection closed by the server (the
+// probe) or their context cancelled, and are closed, leave no descriptor
+// open (the RawConn taken at dial is the connection's own, not a dup).
+func TestSessionsLeaveNoDescriptor(t *testing.T) {
+	sk := newSink(t, testutil.SinkOptions{})
+	env := &delivery.Envelope{From: "app@sender.test", Rcpts: []delivery.Rcpt{{Addr: "bob@example.test"}}}
+	e := newEnv(t, sk.Port)
+	e.DNS.AddA("example.test", sk.IP)
+	// One session first: the resolver's and the sink's lasting descriptors.
+	warm := dial(t, e, pipeline.MX(), "example.test")
+	warm.Close()
+	// GC off: a leaked connection is then not closed by its finalizer.
+	defer debug.SetGCPercent(debug.SetGCPercent(-1))
+	before := openFDs(t)
+	for i := range 30 {
+		s, err := e.D.Dial(context.Background(), pipeline.MX(), "example.test")
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		if res, err := s.Deliver(ctx, env, message(256)); err != nil || res[0].Err != nil {
+			t.Fatalf("Deliver = %v, %v", res, err)
+		}
+		if i%2 == 0 {
+			cancel() // the watch fires on an idle session
+		}
+		s.Usable()
+		s.Close()
+		cancel()
+	}
+	testutil.WaitForWithin(t, 10*time.Second, "the descriptors of closed sessions to be gone", func() bool {
+		return openFDs(t) <= before
+	})
+}
+
+func openFDs(t *testing.T) int {
+	t.Helper()
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Skip("no /proc/self/fd:", err)
+	}
+	return len(ents)
 }
