@@ -107,6 +107,16 @@ func (s *Session) Usable() bool {
 		s.broken = errors.New("unsolicited data from server")
 		return false
 	}
+	if s.watched != nil && s.watched.Err() != nil {
+		// The context Deliver watches ended since the last message (a
+		// caller's per-call context cancelled once Send returned, or the
+		// queue stopping): its callback set a past deadline, but the
+		// connection is as good as before. Drop the watch (waiting for the
+		// callback) and clear that deadline below; a Deliver under the
+		// ended context still sends nothing (arm).
+		s.stopWatching()
+		s.until = aLongTimeAgo
+	}
 	if !s.until.IsZero() && !time.Now().Before(s.until) {
 		// A past deadline would fail the probe. (One still ahead, the
 		// usual case on a busy connection, is left: clearing it cost a
@@ -212,8 +222,8 @@ func (s *Session) watch(ctx context.Context) (stop func()) {
 // first Deliver and kept until Close (or a Deliver under another context),
 // instead of a registration, a channel and a closure per message. The
 // callback may then fire between transactions: the next Deliver sees ctx
-// done and sends nothing, and a probe under the past deadline reports the
-// session unusable.
+// done and sends nothing, and Usable drops the ended watch and clears the
+// past deadline it left (the connection itself is fine).
 func (s *Session) watchDeliveries(ctx context.Context) {
 	if ctx == s.watched {
 		return
