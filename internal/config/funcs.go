@@ -5,6 +5,7 @@ import (
 	"encoding/base64"
 	"fmt"
 	"maps"
+	"math"
 	"net"
 	"net/netip"
 	"net/url"
@@ -835,13 +836,26 @@ func (ld *loader) plugin(L *lua.LState) int {
 	if env := pluginTable("env"); env != nil {
 		for _, k := range slices.Sorted(maps.Keys(env)) {
 			v, ok := env[k].(string)
-			if !ok || k == "" || strings.ContainsAny(k, "=\x00") || strings.ContainsRune(v, 0) {
-				o.Fail("env", "%q: want NAME = \"string value\" (no '=' or NUL in names)", k)
+			if !ok {
+				what := "a table"
+				switch env[k].(type) {
+				case int64, float64:
+					what = "a number"
+				case bool:
+					what = "a boolean"
+				}
+				o.Fail("env", "%q: the value must be a string, got %s (%v): write %s = \"%v\"", k, what, env[k], k, env[k])
+			}
+			if k == "" || strings.ContainsAny(k, "=\x00") || strings.ContainsRune(v, 0) {
+				o.Fail("env", "%q: want NAME = \"string value\" (no '=' or NUL in names or values)", k)
 			}
 			p.Env = append(p.Env, k+"="+v)
 		}
 	}
 	p.Config = pluginTable("config")
+	if path, ok := nonFinite(p.Config, "config"); !ok {
+		o.Fail("config", "%s is NaN or infinite, which JSON cannot carry to the plugin: give a finite number", path)
+	}
 	if o.Strings("hooks", &p.Hooks) {
 		for _, h := range p.Hooks {
 			if !slices.Contains(pluginHooks, h) {
@@ -850,6 +864,31 @@ func (ld *loader) plugin(L *lua.LState) int {
 		}
 	}
 	return ld.pushSpec(&StageSpec{Kind: StagePlugin, Plugin: p})
+}
+
+// nonFinite walks a plugin's config (as sandbox.ToGo made it) and returns
+// the path of the first NaN or infinite number (which encoding/json
+// refuses) and false; "" and true when there is none.
+func nonFinite(v any, path string) (string, bool) {
+	switch x := v.(type) {
+	case float64:
+		if math.IsNaN(x) || math.IsInf(x, 0) {
+			return path, false
+		}
+	case map[string]any:
+		for _, k := range slices.Sorted(maps.Keys(x)) {
+			if p, ok := nonFinite(x[k], path+"."+k); !ok {
+				return p, false
+			}
+		}
+	case []any:
+		for i, e := range x {
+			if p, ok := nonFinite(e, fmt.Sprintf("%s[%d]", path, i+1)); !ok {
+				return p, false
+			}
+		}
+	}
+	return "", true
 }
 
 // validTopic reports whether t is a legal Kafka topic name (Kafka's

@@ -35,7 +35,11 @@ sluice.stage("bare", sluice.plugin { cmd = "spamd", config = {} })
 	}
 	for _, tt := range []struct{ src, want string }{
 		{`sluice.plugin { cmd = "x", max_in_flight = 0 }`, `key "max_in_flight": must be at least 1`},
-		{`sluice.plugin { cmd = "x", env = { A = 1 } }`, `key "env": "A": want NAME = "string value"`},
+		{`sluice.plugin { cmd = "x", env = { A = 1 } }`, `key "env": "A": the value must be a string, got a number (1): write A = "1"`},
+		{`sluice.plugin { cmd = "x", env = { A = true } }`, `key "env": "A": the value must be a string, got a boolean (true)`},
+		{`sluice.plugin { cmd = "x", env = { ["A=B"] = "1" } }`, `key "env": "A=B": want NAME = "string value" (no '=' or NUL in names or values)`},
+		{`sluice.plugin { cmd = "x", config = { rate = 0/0 } }`, `key "config": config.rate is NaN or infinite, which JSON cannot carry to the plugin`},
+		{`sluice.plugin { cmd = "x", config = { l = { 1, { max = -1/0 } } } }`, `key "config": config.l[2].max is NaN or infinite`},
 		{`sluice.plugin { cmd = "x", env = "A=1" }`, `key "env": want a table of key = value`},
 		{`sluice.plugin { cmd = "x", config = { 1, 2 } }`, `key "config": want a table of key = value, got a list`},
 		{`sluice.plugin { cmd = "x", hooks = { "on_auth" } }`, `key "hooks": "on_auth" is not a plugin hook`},
