@@ -9,6 +9,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/sluice-mta/sluice/internal/config"
@@ -151,7 +152,7 @@ func tokenRevoke(fs *flag.FlagSet, args []string, stdout, stderr io.Writer) int 
 	f := apiFlags(fs)
 	tenant := fs.String("tenant", "", "revoke every token of this tenant (the key's) issued before --before")
 	before := fs.String("before", "", "with --tenant: RFC 3339 time, or a duration ago like 10m (default now)")
-	pos, code, ok := parseInterspersed(fs, args)
+	pos, code, ok := parseInterspersed(fs, idsAsArgs(fs, args))
 	if !ok {
 		return code
 	}
@@ -204,4 +205,24 @@ func tokenRevoke(fs *flag.FlagSet, args []string, stdout, stderr io.Writer) int 
 	_ = json.Unmarshal(ans, &a)
 	fmt.Fprintf(stdout, "revoked every token of tenant %s issued before %s\n", a.Tenant, a.Before.Format(time.RFC3339))
 	return 0
+}
+
+// idsAsArgs puts "--" before an argument that is a token id beginning
+// with '-' (ids are 16 random bytes in base64url, and a sixty-fourth of
+// those issued before this check began with '-'), so that the flag
+// parser takes it as the id instead of an unknown flag. An argument
+// that names one of fs's flags is left alone.
+func idsAsArgs(fs *flag.FlagSet, args []string) []string {
+	var out []string
+	for i, a := range args {
+		if a == "--" {
+			return append(out, args[i:]...)
+		}
+		name, _, _ := strings.Cut(strings.TrimLeft(a, "-"), "=")
+		if strings.HasPrefix(a, "-") && fs.Lookup(name) == nil && token.IsID(a) {
+			out = append(out, "--")
+		}
+		out = append(out, a)
+	}
+	return out
 }

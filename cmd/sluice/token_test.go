@@ -72,6 +72,10 @@ func TestTokenRevokeUsage(t *testing.T) {
 		{[]string{"token", "revoke", "abc", "--tenant", "acme"}, "give a token ID, or --tenant T"},
 		{[]string{"token", "revoke", "abc", "--before", "10m"}, "give a token ID, or --tenant T"},
 		{[]string{"token", "revoke", "abc"}, "an API key with the tokens scope is required"},
+		// A token id may begin with '-' (base64url): it is the id, not a flag.
+		{[]string{"token", "revoke", "-SgMSSPunTZXef4bh_J91Q"}, "an API key with the tokens scope is required"},
+		{[]string{"token", "revoke", "--", "-SgMSSPunTZXef4bh_J91Q"}, "an API key with the tokens scope is required"},
+		{[]string{"token", "revoke", "-nosuchflag"}, "flag provided but not defined: -nosuchflag"},
 		{[]string{"token", "revoke", "--tenant", "acme", "--before", "yesterday", "--key", "sk_x"}, `--before "yesterday"`},
 	} {
 		if out, code := runBin(t, tc.args...); code != 2 || !strings.Contains(out, tc.want) {

@@ -10,7 +10,7 @@
 // the public key that verifies it (PASERK k4.pid, a BLAKE2b-264 digest of
 // the public key's PASERK). The signed claims are
 //
-//	jti        token id, 16 random bytes in unpadded base64url
+//	jti        token id, 16 random bytes in unpadded base64url (never beginning with '-', which a command line would take for a flag)
 //	tenant     the tenant the token sends for
 //	scopes     "send" and/or "admin"
 //	senders    allowed sender domains (empty: any the tenant may use)
@@ -274,8 +274,13 @@ func (i *Issuer) Issue(o IssueOptions) (string, *Claims, error) {
 		return "", nil, err
 	}
 	var raw [16]byte
-	if _, err := rand.Read(raw[:]); err != nil {
-		return "", nil, err
+	for {
+		if _, err := rand.Read(raw[:]); err != nil {
+			return "", nil, err
+		}
+		if raw[0]>>2 != 62 { // an id that begins with '-' reads as a flag on command lines
+			break
+		}
 	}
 	now := i.now().UTC().Truncate(time.Second)
 	c := &Claims{
@@ -554,4 +559,11 @@ func (i *Issuer) WithClock(now func() time.Time) *Issuer {
 	c := *i
 	c.now = now
 	return &c
+}
+
+// IsID reports whether s has the shape of a token id (the jti): 16 bytes
+// in unpadded base64url, 22 characters.
+func IsID(s string) bool {
+	b, err := base64.RawURLEncoding.DecodeString(s)
+	return err == nil && len(b) == 16
 }
