@@ -1,6 +1,7 @@
 package spool
 
 import (
+	"errors"
 	"log/slog"
 	"sync"
 	"sync/atomic"
@@ -92,7 +93,7 @@ func (fs zeroAheadFS) Create(name string, category vfs.DiskWriteCategory) (vfs.F
 // LogWriter only appends) and get zeros written ahead of them.
 //
 // The one rule that keeps Pebble's records safe: zeros are written only
-// in [busyFrom, busyTo), which starts after the end of Pebble's writes,
+// from busyFrom to the extension's end, which starts after the end of Pebble's writes,
 // and a Pebble write that would reach into that range waits. The range
 // shrinks from the front as each piece of zeros (len(zeros) bytes, a
 // page-cache copy) is written, so such a wait is for one piece at most,
@@ -115,9 +116,8 @@ type walZeroFile struct {
 	cond     *sync.Cond
 	written  int64 // end of Pebble's writes
 	zeroed   int64 // [0, zeroed) holds Pebble's data or zeros
-	busy     bool  // an extension is writing [busyFrom, busyTo)
+	busy     bool  // an extension is writing zeros from busyFrom on
 	busyFrom int64
-	busyTo   int64
 	running  int  // extension goroutines (writing or syncing)
 	closed   bool // Pebble closed the file
 	off      bool // an extension failed: no more (Pebble's writes are unaffected)
@@ -147,11 +147,7 @@ func (w *walZeroFile) WriteAt(p []byte, off int64) (int, error) {
 	return 0, errWALWriteAt
 }
 
-var errWALWriteAt = vfsError("spool: WriteAt on a WAL file (the zero-ahead wrapper allows appends only)")
-
-type vfsError string
-
-func (e vfsError) Error() string { return string(e) }
+var errWALWriteAt = errors.New("spool: WriteAt on a WAL file (the zero-ahead wrapper allows appends only)")
 
 // startLocked starts an extension from the end of what is written or
 // zeroed. w.mu held.
@@ -162,8 +158,7 @@ func (w *walZeroFile) startLocked() {
 		w.active.Add(1)
 	}
 	w.busyFrom = max(w.zeroed, w.written+w.skip)
-	w.busyTo = w.busyFrom + w.chunk
-	go w.extend(w.busyFrom, w.busyTo)
+	go w.extend(w.busyFrom, w.busyFrom+w.chunk)
 }
 
 // zeros is one shared, never written buffer of zeros: one piece of an
