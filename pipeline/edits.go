@@ -271,10 +271,14 @@ func validFieldName(s string) bool {
 	return true
 }
 
-func isToken(s string) bool {
-	if s == "" {
-		return false
-	}
+// isToken reports whether s is a non-empty run of NameChars.
+func isToken(s string) bool { return s != "" && NameChars(s) }
+
+// NameChars reports whether s holds only ASCII letters, digits, '.', '_'
+// and '-': the characters of tenant names, Kafka topics and
+// Authentication-Results method tokens. Callers add their own length
+// rules.
+func NameChars(s string) bool {
 	for i := 0; i < len(s); i++ {
 		c := s[i]
 		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_' || c == '.') {

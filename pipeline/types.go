@@ -441,18 +441,7 @@ type Route struct {
 
 // ValidTenant reports whether t is a tenant name: 1 to 64 ASCII letters,
 // digits, '.', '_' or '-' (the names API keys and the configuration take).
-func ValidTenant(t string) bool {
-	if len(t) == 0 || len(t) > 64 {
-		return false
-	}
-	for i := 0; i < len(t); i++ {
-		c := t[i]
-		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '.' || c == '_' || c == '-') {
-			return false
-		}
-	}
-	return true
-}
+func ValidTenant(t string) bool { return len(t) > 0 && len(t) <= 64 && NameChars(t) }
 
 // Capture is a capture route into tenant's sandbox inbox ("": the
 // message's tenant).

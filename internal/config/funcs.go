@@ -894,16 +894,7 @@ func nonFinite(v any, path string) (string, bool) {
 // validTopic reports whether t is a legal Kafka topic name (Kafka's
 // Topic.validate: 1 to 249 characters of [a-zA-Z0-9._-], not "." or "..").
 func validTopic(t string) bool {
-	if t == "" || len(t) > 249 || t == "." || t == ".." {
-		return false
-	}
-	for i := 0; i < len(t); i++ {
-		c := t[i]
-		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '.' || c == '_' || c == '-') {
-			return false
-		}
-	}
-	return true
+	return t != "" && len(t) <= 249 && t != "." && t != ".." && pipeline.NameChars(t)
 }
 
 // kafkaMore parses the Kafka sink's keys past brokers and topics.
