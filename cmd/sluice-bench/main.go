@@ -160,6 +160,7 @@ func runHTTP(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs.StringVar(&cfg.From, "from", "a@x.test", "sender")
 	fs.StringVar(&cfg.To, "to", "b@sink.test", "recipient")
 	fs.DurationVar(&cfg.IOTimeout, "io-timeout", 60*time.Second, "limit for one request")
+	fs.StringVar(&cfg.LatencyLog, "latency-log", "", "write one line per accepted request to this file: its start (scheduled time with -rate, else send time) in Unix nanoseconds and its latency in microseconds")
 	fs.Float64Var(&cfg.Rate, "rate", 0, "open-loop: requests per second over all clients, latency from each request's scheduled send time (0 = closed-loop: next request when the last is answered)")
 	if code := c.parse(fs, args, stderr); code >= 0 {
 		return code

@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -214,5 +216,48 @@ func TestHTTPTemplate(t *testing.T) {
 				t.Fatalf("k=%d item %d: subject %q text %d bytes", k, i, m.Subject, len(m.Text))
 			}
 		}
+	}
+}
+
+// TestHTTPLatencyLog: an open-loop run with a latency log writes one line
+// per accepted request, in start order, each start on the schedule.
+func TestHTTPLatencyLog(t *testing.T) {
+	ln := sinkListener(t)
+	api, srv := newFakeAPI(t, "sekrit", ln.Addr().String())
+	cfg := httpCfg(srv.URL, 200, 4, 256, 0)
+	cfg.Rate = 2000
+	cfg.LatencyLog = filepath.Join(t.TempDir(), "lat.txt")
+	rep, err := RunHTTP(context.Background(), cfg, RunConfig{Sink: SinkConfig{Listener: ln}, Timeout: 20 * time.Second})
+	if bad := api.bad.Load(); bad != nil {
+		t.Fatal(bad)
+	}
+	if err != nil {
+		t.Fatalf("RunHTTP: %v (%+v)", err, rep)
+	}
+	data, err := os.ReadFile(cfg.LatencyLog)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(strings.TrimSpace(string(data)), "\n")
+	if len(lines) != 200 {
+		t.Fatalf("%d lines, want 200", len(lines))
+	}
+	var first, prev int64
+	for i, l := range lines {
+		var at, us int64
+		if _, err := fmt.Sscanf(l, "%d %d", &at, &us); err != nil {
+			t.Fatalf("line %d %q: %v", i, l, err)
+		}
+		if i == 0 {
+			first = at
+		}
+		if at < prev || us < 0 {
+			t.Fatalf("line %d %q: out of order or negative (previous start %d)", i, l, prev)
+		}
+		// request i is due at start + i/Rate: 0.5 ms apart
+		if want := int64(i) * int64(time.Second) / 2000; at-first != want {
+			t.Fatalf("line %d starts %d ns after the first, want %d", i, at-first, want)
+		}
+		prev = at
 	}
 }

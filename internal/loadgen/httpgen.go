@@ -9,6 +9,8 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
+	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -36,6 +38,11 @@ type HTTPConfig struct {
 	// client sends its next request as soon as the last one is answered, and
 	// latency is measured from the send.
 	Rate float64
+	// LatencyLog, if set, is a file that gets one line per accepted request:
+	// its start (scheduled time in open-loop mode, send time otherwise) in
+	// Unix nanoseconds and its latency in microseconds, in start order, to
+	// line up slow requests with the relay's log.
+	LatencyLog string
 }
 
 type apiMessage struct {
@@ -203,6 +210,9 @@ func runHTTP(ctx context.Context, cfg HTTPConfig, runID string, onStart func(tim
 					now := time.Now()
 					res.accepted += int64(count)
 					res.latencies = append(res.latencies, now.Sub(t0))
+					if cfg.LatencyLog != "" {
+						res.starts = append(res.starts, t0)
+					}
 					lastAccept = now
 				} else {
 					addN(res, "HTTP "+strconv.Itoa(resp.StatusCode), strings.TrimSpace(string(sample)), count)
@@ -218,7 +228,36 @@ func runHTTP(ctx context.Context, cfg HTTPConfig, runID string, onStart func(tim
 	for _, r := range results {
 		total.merge(r)
 	}
+	if cfg.LatencyLog != "" {
+		if err := writeLatencyLog(cfg.LatencyLog, results); err != nil {
+			return nil, err
+		}
+	}
 	return total, nil
+}
+
+// writeLatencyLog writes every accepted request's start (Unix ns) and
+// latency (µs), sorted by start.
+func writeLatencyLog(path string, results []*genResult) error {
+	type row struct {
+		at  time.Time
+		lat time.Duration
+	}
+	var rows []row
+	for _, r := range results {
+		for i, at := range r.starts {
+			rows = append(rows, row{at, r.latencies[i]})
+		}
+	}
+	sort.Slice(rows, func(i, j int) bool { return rows[i].at.Before(rows[j].at) })
+	var b bytes.Buffer
+	for _, r := range rows {
+		fmt.Fprintf(&b, "%d %d\n", r.at.UnixNano(), r.lat.Microseconds())
+	}
+	if err := os.WriteFile(path, b.Bytes(), 0o644); err != nil {
+		return fmt.Errorf("latency log: %w", err)
+	}
+	return nil
 }
 
 // addN counts count failed messages under key.

@@ -36,6 +36,10 @@ type genResult struct {
 	// sendLags (open-loop HTTP only): how late each request was sent after
 	// its scheduled time.
 	sendLags []time.Duration
+	// starts (HTTP with a latency log only): each accepted request's start,
+	// index for index with latencies, in this worker's result only (merge
+	// does not carry it).
+	starts []time.Time
 }
 
 func (g *genResult) addErr(key, sample string) {

@@ -805,6 +805,9 @@ func (s *Server) registerCoreMetrics() error {
 	gauge := func(name, help string, f func() float64) prometheus.Collector {
 		return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: help}, f)
 	}
+	counter := func(name, help string, f func() float64) prometheus.Collector {
+		return prometheus.NewCounterFunc(prometheus.CounterOpts{Name: name, Help: help}, f)
+	}
 	// The queue gauges share one Stats per scrape: Stats walks the queue's
 	// waiting and held records under its lock (about 1 ms per million).
 	stats := scrapeStats(s.q.Stats, time.Now)
@@ -827,6 +830,15 @@ func (s *Server) registerCoreMetrics() error {
 				return 1
 			}
 			return 0
+		}),
+		counter("sluice_spool_flushed_bytes_total", "Bytes the spool's storage engine wrote to tables when flushing memtables, since start.", func() float64 {
+			return float64(s.sp.EngineWork().FlushedBytes)
+		}),
+		counter("sluice_spool_compacted_bytes_total", "Bytes the spool's storage engine wrote in compactions, since start: with the flushed bytes, the spool's background writing.", func() float64 {
+			return float64(s.sp.EngineWork().CompactedBytes)
+		}),
+		counter("sluice_spool_compaction_seconds_total", "Wall time the spool's storage engine spent in compactions, since start.", func() float64 {
+			return s.sp.EngineWork().CompactionTime.Seconds()
 		}),
 		gauge("sluice_queue_messages", "Messages with at least one recipient still queued.", func() float64 { return float64(stats().Messages) }),
 		gauge("sluice_queue_ready_recipients", "Recipients due for a delivery attempt now.", func() float64 { return float64(stats().ReadyRecipients) }),

@@ -209,7 +209,7 @@ sluice.listen_admin { addr = "`+addr+`", allow = { `+tc.allow+` } }
 			if err != nil {
 				t.Fatalf("/metrics does not parse: %v", err)
 			}
-			for _, name := range []string{"sluice_spool_size_bytes", "sluice_spool_full", "sluice_spool_free_bytes", "sluice_spool_writable", "sluice_queue_messages",
+			for _, name := range []string{"sluice_spool_size_bytes", "sluice_spool_full", "sluice_spool_free_bytes", "sluice_spool_writable", "sluice_spool_flushed_bytes_total", "sluice_spool_compacted_bytes_total", "sluice_spool_compaction_seconds_total", "sluice_queue_messages",
 				"sluice_events_exported_total", "sluice_event_consumer_lag_events", "go_goroutines", "process_resident_memory_bytes"} {
 				if fams[name] == nil {
 					t.Errorf("/metrics has no %s", name)

@@ -327,6 +327,16 @@ func (s *Spool) openDB(readOnly bool) (*pebble.DB, error) {
 		ReadOnly:     readOnly,
 		Cleaner:      deleteNoRecycle{},
 	}
+	o.Experimental.SpanPolicyFunc = splitAtKind
+	// Pebble's default of 2 stops writes whenever the mutable memtable
+	// fills while the one before it is still flushing (the sum of the two
+	// reaches 2 × MemTableSize): every acceptance then waits for the
+	// flush, 0.1 s at 64 MiB on the project VM, seen as "write stall"
+	// lines at 5,000 messages a second. 4 lets two more memtables queue
+	// first (CockroachDB's setting); memory grows only while flushes fall
+	// behind.
+	o.MemTableStopWritesThreshold = 4
+	o.EventListener = s.plog.events()
 	if s.recycle {
 		o.Cleaner = pebble.DeleteCleaner{} // Pebble's default: recycles WAL files
 	}
@@ -1211,4 +1221,27 @@ func queuedRecipient(v []byte, msgID string, idx uint16) (*Recipient, error) {
 	}
 	r.MsgID, r.Idx = msgID, int(idx)
 	return r, nil
+}
+
+// splitAtKind is the spool's Pebble SpanPolicyFunc: it ends every flush
+// and compaction output table at a key-kind boundary (the key's first
+// byte: kBody, kMeta, kHistory, ...), so no sstable holds two kinds.
+//
+// Why: Pebble picks the L6 tables a compaction rewrites by the key range
+// of its L0 input. A flush holds new bodies, tombstones of delivered
+// messages, outbox events and history entries at once; as one table its
+// range spans every kind in between, and merging it rewrote every L6
+// table there, the whole message history (18 MB after 120,000 messages)
+// each time: 0.2 s of a core per flush, growing with the history, and
+// the relay's HTTP p99 with it (BENCHMARKS.md "Issue 21: what grows with
+// the spool's history"). Split per kind, new keys of each kind land at
+// its end (IDs and sequence numbers grow with time), so a compaction
+// rewrites a table or two at the tail of each kind, or only moves one.
+//
+// The policy itself is the default one; only the boundary matters.
+func splitAtKind(start []byte) (pebble.SpanPolicy, []byte, error) {
+	if len(start) == 0 || start[0] == 0xff {
+		return pebble.SpanPolicy{}, nil, nil
+	}
+	return pebble.SpanPolicy{}, []byte{start[0] + 1}, nil
 }

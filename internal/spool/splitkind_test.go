@@ -1,0 +1,181 @@
+package spool
+
+import (
+	"bytes"
+	"context"
+	"log/slog"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/cockroachdb/pebble/v2"
+
+	"github.com/sluice-mta/sluice/pipeline"
+)
+
+// deliverSome accepts n messages (body, recipient, "received" event, synced)
+// and delivers them (recipient and message deleted, "delivered" event):
+// every key kind a relay writes under load, history included.
+func deliverSome(t *testing.T, s *Spool, n int) {
+	t.Helper()
+	body := bytes.Repeat([]byte("x"), 2048)
+	for i := 0; i < n; i++ {
+		id := s.NewID()
+		b := s.NewBatch()
+		_ = b.PutMessage(&Meta{ID: id, Sender: "a@x.test", Received: time.Now(), Size: len(body)}, body)
+		_ = b.PutRecipient(&Recipient{MsgID: id, Idx: 0, Address: "r@y.test", Domain: "y.test", Route: pipeline.MX()})
+		b.AddEvent(&pipeline.Event{Type: pipeline.EventReceived, MessageID: id, Recipient: "r@y.test"})
+		if err := b.Commit(true); err != nil {
+			t.Fatal(err)
+		}
+		o := s.NewBatch()
+		o.DeleteRecipient(id, 0)
+		o.DeleteMessage(id)
+		o.AddEvent(&pipeline.Event{Type: pipeline.EventDelivered, MessageID: id, Recipient: "r@y.test"})
+		if err := o.Commit(false); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// TestTablesSplitAtKind: after flushes and compactions no sstable holds
+// keys of two kinds (splitAtKind). Without the policy a flush of this mix
+// is one table from bodies to history, and this fails.
+func TestTablesSplitAtKind(t *testing.T) {
+	s, err := Open(t.TempDir(), Options{Node: "n1", MinFree: -1, MemtableMB: 4})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	for round := 0; round < 3; round++ {
+		deliverSome(t, s, 300)
+		if err := s.db.Flush(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.db.Compact(context.Background(), []byte{0}, []byte{0xff}, false); err != nil {
+		t.Fatal(err)
+	}
+	deliverSome(t, s, 300)
+	if err := s.db.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	levels, err := s.db.SSTables()
+	if err != nil {
+		t.Fatal(err)
+	}
+	kinds := map[byte]bool{}
+	for l, tables := range levels {
+		for _, tb := range tables {
+			lo, hi := tb.Smallest.UserKey, tb.Largest.UserKey
+			if len(lo) == 0 || len(hi) == 0 || lo[0] != hi[0] {
+				t.Errorf("L%d table %s spans kinds: %q .. %q", l, tb.FileNum, lo, hi)
+				continue
+			}
+			kinds[lo[0]] = true
+		}
+	}
+	for _, k := range []byte{kBody, kHistory} {
+		if !kinds[k] {
+			t.Errorf("no table of kind %q: the test wrote none (kinds %v)", k, kinds)
+		}
+	}
+}
+
+// TestReclaimLeavesHistory: Reclaim compacts the kinds delivery deletes
+// from, one at a time, and does not rewrite the history tables.
+func TestReclaimLeavesHistory(t *testing.T) {
+	s, err := Open(t.TempDir(), Options{Node: "n1", MinFree: -1, MemtableMB: 4})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	deliverSome(t, s, 500)
+	if err := s.db.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.db.Compact(context.Background(), []byte{0}, []byte{0xff}, false); err != nil {
+		t.Fatal(err)
+	}
+	history := func() map[string]bool {
+		levels, err := s.db.SSTables()
+		if err != nil {
+			t.Fatal(err)
+		}
+		out := map[string]bool{}
+		for _, tables := range levels {
+			for _, tb := range tables {
+				if k := tb.Smallest.UserKey; len(k) > 0 && k[0] == kHistory {
+					out[tb.FileNum.String()] = true
+				}
+			}
+		}
+		return out
+	}
+	before := history()
+	if len(before) == 0 {
+		t.Fatal("no history table to watch")
+	}
+	deliverSome(t, s, 200)
+	if ok, err := s.Reclaim(context.Background(), true); err != nil || !ok {
+		t.Fatalf("Reclaim = %v, %v; want a compaction", ok, err)
+	}
+	after := history()
+	if w := s.EngineWork(); w.FlushedBytes == 0 || w.CompactedBytes == 0 || w.Compactions == 0 || w.CompactionTime <= 0 {
+		t.Errorf("EngineWork after flushes and compactions = %+v, want every figure above 0", w)
+	}
+	for f := range before {
+		if !after[f] {
+			t.Errorf("history table %s was rewritten by Reclaim (before %v, after %v)", f, before, after)
+		}
+	}
+}
+
+// TestEngineEventsLogged: with debug logging the storage engine's flushes
+// appear in the spool's log, and a write stall is a warning with its
+// reason, then one with its length.
+func TestEngineEventsLogged(t *testing.T) {
+	var buf syncBuffer
+	log := slog.New(slog.NewTextHandler(&buf, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	s, err := Open(t.TempDir(), Options{Node: "n1", MinFree: -1, MemtableMB: 4, Logger: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	deliverSome(t, s, 50)
+	if err := s.db.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if out := buf.String(); !strings.Contains(out, "flushed 1 memtable") {
+		t.Errorf("no flush line in the debug log:\n%s", out)
+	}
+
+	el := s.plog.events()
+	el.WriteStallBegin(pebble.WriteStallBeginInfo{Reason: "memtable count limit reached"})
+	el.WriteStallEnd()
+	out := buf.String()
+	for _, want := range []string{`level=WARN msg="spool write stall began`, `reason="memtable count limit reached"`, `level=WARN msg="spool write stall ended"`, ` took=`} {
+		if !strings.Contains(out, want) {
+			t.Errorf("log lacks %q:\n%s", want, out)
+		}
+	}
+}
+
+// syncBuffer is a bytes.Buffer safe for the engine's goroutines to log into.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.String()
+}
