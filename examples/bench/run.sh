@@ -37,9 +37,17 @@ for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/2605) 2>/dev/null && break; 
 
 KEY=$("$SLUICE" apikey create --tenant bench --scope send -c "$WORK/relay.lua")
 # A running relay rereads the key file at most once a second
-# (docs/http-api.md): without SMTP scenarios the HTTP run would otherwise
-# start before the new key is known.
-sleep 1.1
+# (docs/http-api.md): wait until it knows the new key (an empty message is
+# refused with 400 once the key is known, 401 before), or the first
+# requests of an HTTP scenario are refused.
+command -v curl > /dev/null || sleep 1.5 # no curl: wait out the reread
+for _ in $(seq 50); do
+  command -v curl > /dev/null || break
+  code=$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $KEY" -H 'Content-Type: application/json' \
+    -X POST http://127.0.0.1:8025/v1/messages -d '{}' || true)
+  [ "$code" != 401 ] && [ "$code" != 000 ] && break
+  sleep 0.2
+done
 
 echo "# sluice make bench — $(date -u +%FT%TZ) — $(nproc) cores, $(uname -m), $(go version | cut -d' ' -f3)"
 bin/sluice-bench smtp -target 127.0.0.1:2605 -sink 127.0.0.1:2602 -n 1000 -c 20 -size 2048 > /dev/null  # warm-up
