@@ -577,8 +577,12 @@ func (p *pebbleLogger) Infof(format string, args ...any) {
 // stall, during which every acceptance waits for the storage engine, at
 // warn level with its reason when it begins and its length when it ends
 // (one pair per 10 s at most, the rest counted in similar_suppressed).
+// Data corruption found by a read stays a Fatalf, as with Pebble's
+// default listener (MakeLoggingEventListener would only log it): the
+// spool fails rather than take writes over a damaged store.
 func (p *pebbleLogger) events() *pebble.EventListener {
 	el := pebble.MakeLoggingEventListener(p)
+	el.DataCorruption = func(info pebble.DataCorruptionInfo) { p.Fatalf("%s", info) }
 	var began atomic.Int64 // UnixNano of the stall under way
 	el.WriteStallBegin = func(info pebble.WriteStallBeginInfo) {
 		began.Store(time.Now().UnixNano())
