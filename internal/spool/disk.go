@@ -430,8 +430,9 @@ func (s *Spool) Size() uint64 {
 
 // EngineWork is what the storage engine wrote in the background since
 // Open: memtable flushes and compactions. Bytes written per byte accepted
-// is the spool's write amplification, and compaction time is CPU the
-// relay's requests share two cores with (see splitAtKind).
+// is the spool's write amplification. Compaction time is wall time, not
+// CPU: it includes waits for the disk, and compactions running at once
+// add up (see splitAtKind).
 type EngineWork struct {
 	FlushedBytes   uint64        // sstable bytes written by memtable flushes
 	CompactedBytes uint64        // sstable bytes written by compactions
