@@ -219,6 +219,23 @@ func TestHTTPTemplate(t *testing.T) {
 	}
 }
 
+// TestHTTPLatencyLogUnwritable: a latency log that cannot be written is
+// refused before the first request, not after the run (which would lose
+// the run's report and leave its messages in the relay).
+func TestHTTPLatencyLogUnwritable(t *testing.T) {
+	ln := sinkListener(t)
+	api, srv := newFakeAPI(t, "sekrit", ln.Addr().String())
+	cfg := httpCfg(srv.URL, 50, 2, 64, 0)
+	cfg.LatencyLog = filepath.Join(t.TempDir(), "no-such-dir", "lat.txt")
+	_, err := RunHTTP(context.Background(), cfg, RunConfig{Sink: SinkConfig{Listener: ln}, Timeout: 20 * time.Second})
+	if err == nil || !strings.Contains(err.Error(), "latency log") {
+		t.Fatalf("err = %v, want a latency log error", err)
+	}
+	if n := api.requests.Load(); n != 0 {
+		t.Fatalf("%d requests sent before the error, want 0", n)
+	}
+}
+
 // TestHTTPLatencyLog: an open-loop run with a latency log writes one line
 // per accepted request, in start order, each start on the schedule.
 func TestHTTPLatencyLog(t *testing.T) {

@@ -8,6 +8,7 @@ import (
 	"io"
 	"math"
 	"net"
+	"os"
 	"slices"
 	"strings"
 	"time"
@@ -111,6 +112,15 @@ func RunHTTP(ctx context.Context, cfg HTTPConfig, rc RunConfig) (*Report, error)
 	}
 	if cfg.IOTimeout <= 0 {
 		cfg.IOTimeout = 60 * time.Second
+	}
+	if cfg.LatencyLog != "" {
+		// Fail before sending anything: the log is written after the run,
+		// and an unwritable path found then would cost the run its report.
+		f, err := os.OpenFile(cfg.LatencyLog, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
+		if err != nil {
+			return nil, fmt.Errorf("latency log: %w", err)
+		}
+		f.Close()
 	}
 	rep := &Report{Mode: "http", Target: cfg.Target, N: cfg.N, Concurrency: cfg.C, Size: cfg.Size, Batch: cfg.Batch, Rate: cfg.Rate}
 	return run(ctx, rep, rc, func(ctx context.Context, runID string, onStart func(time.Time)) (*genResult, error) {
