@@ -236,6 +236,16 @@ func TestHTTPLatencyLogUnwritable(t *testing.T) {
 	}
 }
 
+// TestHTTPRateTooLow: a rate whose schedule overflows time.Duration is
+// refused, not run with wrapped send times (latencies of 9e12 ms).
+func TestHTTPRateTooLow(t *testing.T) {
+	cfg := httpCfg("http://127.0.0.1:1", 3, 1, 64, 0)
+	cfg.Rate = 1e-12
+	if _, err := RunHTTP(context.Background(), cfg, RunConfig{Timeout: time.Second}); err == nil || !strings.Contains(err.Error(), "too low") {
+		t.Fatalf("err = %v, want a too-low rate error", err)
+	}
+}
+
 // TestHTTPLatencyLog: an open-loop run with a latency log writes one line
 // per accepted request, in start order, each start on the schedule.
 func TestHTTPLatencyLog(t *testing.T) {

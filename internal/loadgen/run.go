@@ -107,6 +107,15 @@ func RunHTTP(ctx context.Context, cfg HTTPConfig, rc RunConfig) (*Report, error)
 	if cfg.Rate < 0 || math.IsNaN(cfg.Rate) || math.IsInf(cfg.Rate, 0) {
 		return nil, errors.New("-rate must be a finite number >= 0 (requests per second; 0 = closed-loop)")
 	}
+	if cfg.Rate > 0 {
+		// The last request is due (requests-1)/Rate seconds after the start;
+		// a schedule past time.Duration's range would overflow into
+		// nonsense send times and latencies of 9e12 ms.
+		requests := float64((cfg.N + max(cfg.Batch, 1) - 1) / max(cfg.Batch, 1))
+		if (requests-1)/cfg.Rate > float64(math.MaxInt64)/float64(time.Second)/2 {
+			return nil, fmt.Errorf("-rate %g is too low: %.0f requests would take %.3g s", cfg.Rate, requests, (requests-1)/cfg.Rate)
+		}
+	}
 	if cfg.Target == "" || cfg.From == "" || cfg.To == "" {
 		return nil, errors.New("http: -target, -from and -to must be set")
 	}
