@@ -12,7 +12,9 @@
 #   2. fill: N messages of SIZE bytes, one recipient each, to the down
 #      destination; wait until each has had its one failed attempt
 #   3. RSS with N queued (VmRSS, and the Go heap from /metrics: in use, and
-#      live after the last collection), per recipient
+#      live after the last collection), per recipient. The probes' messages
+#      queue too: "for T queued" is N + PROBES x PROBE_N (80,000 at N=20000),
+#      and the per-recipient figure divides by T
 #   4. acceptance probe again with N queued (same PROBES x PROBE_N)
 #   4b. HOLD=1: hold every queued recipient (`sluice queue hold --state
 #      deferred`, as postsuper -h ALL), time it, the peak RSS while it held
@@ -42,6 +44,15 @@ SMTP_PORT=${SMTP_PORT:-3725} HTTP_PORT=${HTTP_PORT:-8725} ADMIN_PORT=${ADMIN_POR
 WORK=${WORK:-$(mktemp -d /tmp/sluice-million.XXXXXX)}
 mkdir -p "$WORK"
 SLUICE=${SLUICE:-bin/sluice}   # the binary under test
+# Check the numbers before starting anything: a fill that sluice-bench
+# refuses (N=0, SIZE=-1) would otherwise leave only the probes queued and
+# report their figures as the queue's.
+for v in N:1 SIZE:0 DESTS:1 MEMTABLE_MB:1 C:1 PROBE_N:1 PROBES:0 SMTP_PORT:1 HTTP_PORT:1 ADMIN_PORT:1 SINK_PORT:1; do
+  name=${v%:*} min=${v#*:} val=${!name}
+  if ! [[ $val =~ ^[0-9]+$ ]] || [ "$val" -lt "$min" ]; then
+    echo "million.sh: $name=$val: want a whole number >= $min" >&2; exit 2
+  fi
+done
 pid= sinkpid=
 cleanup() {
   [ -n "$sinkpid" ] && kill "$sinkpid" 2>/dev/null && wait "$sinkpid" 2>/dev/null
@@ -92,7 +103,7 @@ waiting() { "$SLUICE" queue list --json 2>/dev/null | jq '[.queues[] | .waiting]
 # Every run of sluice-bench appends its count of accepted messages to
 # $WORK/accepted: the queue must then hold their sum (a message refused with
 # a 4xx under load is not queued).
-accepted() { awk '{n += $1} END {print n + 0}' "$WORK/accepted"; }
+accepted() { touch "$WORK/accepted"; awk '{n += $1} END {print n + 0}' "$WORK/accepted"; }
 probe() { # acceptance msgs/s of PROBES runs, space-separated
   local out="" j
   for _ in $(seq "$PROBES"); do
@@ -123,6 +134,9 @@ settle "$(accepted)"
 
 t0=$(now)
 bin/sluice-bench smtp -target "127.0.0.1:$SMTP_PORT" -sink "" -n "$N" -c "$C" -size "$SIZE" -timeout 7200s -json > "$WORK/fill.json" || true
+if ! jq -e .accepted "$WORK/fill.json" > /dev/null 2>&1; then
+  echo "million.sh: the fill did not run (sluice-bench smtp -n $N -c $C -size $SIZE gave no report)" >&2; exit 1
+fi
 jq -r .accepted "$WORK/fill.json" >> "$WORK/accepted"
 say fill_s "$(since "$t0") ($(jq -r '"\(.accepted) of \(.n) accepted, \(.accepted_per_sec | floor) msgs/s"' "$WORK/fill.json"))"
 total=$(accepted)

@@ -219,6 +219,33 @@ func TestHTTPTemplate(t *testing.T) {
 	}
 }
 
+// TestHTTPLatencyLogUnwritable: a latency log that cannot be written is
+// refused before the first request, not after the run (which would lose
+// the run's report and leave its messages in the relay).
+func TestHTTPLatencyLogUnwritable(t *testing.T) {
+	ln := sinkListener(t)
+	api, srv := newFakeAPI(t, "sekrit", ln.Addr().String())
+	cfg := httpCfg(srv.URL, 50, 2, 64, 0)
+	cfg.LatencyLog = filepath.Join(t.TempDir(), "no-such-dir", "lat.txt")
+	_, err := RunHTTP(context.Background(), cfg, RunConfig{Sink: SinkConfig{Listener: ln}, Timeout: 20 * time.Second})
+	if err == nil || !strings.Contains(err.Error(), "latency log") {
+		t.Fatalf("err = %v, want a latency log error", err)
+	}
+	if n := api.requests.Load(); n != 0 {
+		t.Fatalf("%d requests sent before the error, want 0", n)
+	}
+}
+
+// TestHTTPRateTooLow: a rate whose schedule overflows time.Duration is
+// refused, not run with wrapped send times (latencies of 9e12 ms).
+func TestHTTPRateTooLow(t *testing.T) {
+	cfg := httpCfg("http://127.0.0.1:1", 3, 1, 64, 0)
+	cfg.Rate = 1e-12
+	if _, err := RunHTTP(context.Background(), cfg, RunConfig{Timeout: time.Second}); err == nil || !strings.Contains(err.Error(), "too low") {
+		t.Fatalf("err = %v, want a too-low rate error", err)
+	}
+}
+
 // TestHTTPLatencyLog: an open-loop run with a latency log writes one line
 // per accepted request, in start order, each start on the schedule.
 func TestHTTPLatencyLog(t *testing.T) {

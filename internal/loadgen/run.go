@@ -8,6 +8,7 @@ import (
 	"io"
 	"math"
 	"net"
+	"os"
 	"slices"
 	"strings"
 	"time"
@@ -106,11 +107,29 @@ func RunHTTP(ctx context.Context, cfg HTTPConfig, rc RunConfig) (*Report, error)
 	if cfg.Rate < 0 || math.IsNaN(cfg.Rate) || math.IsInf(cfg.Rate, 0) {
 		return nil, errors.New("-rate must be a finite number >= 0 (requests per second; 0 = closed-loop)")
 	}
+	if cfg.Rate > 0 {
+		// The last request is due (requests-1)/Rate seconds after the start;
+		// a schedule past time.Duration's range would overflow into
+		// nonsense send times and latencies of 9e12 ms.
+		requests := float64((cfg.N + max(cfg.Batch, 1) - 1) / max(cfg.Batch, 1))
+		if (requests-1)/cfg.Rate > float64(math.MaxInt64)/float64(time.Second)/2 {
+			return nil, fmt.Errorf("-rate %g is too low: %.0f requests would take %.3g s", cfg.Rate, requests, (requests-1)/cfg.Rate)
+		}
+	}
 	if cfg.Target == "" || cfg.From == "" || cfg.To == "" {
 		return nil, errors.New("http: -target, -from and -to must be set")
 	}
 	if cfg.IOTimeout <= 0 {
 		cfg.IOTimeout = 60 * time.Second
+	}
+	if cfg.LatencyLog != "" {
+		// Fail before sending anything: the log is written after the run,
+		// and an unwritable path found then would cost the run its report.
+		f, err := os.OpenFile(cfg.LatencyLog, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
+		if err != nil {
+			return nil, fmt.Errorf("latency log: %w", err)
+		}
+		f.Close()
 	}
 	rep := &Report{Mode: "http", Target: cfg.Target, N: cfg.N, Concurrency: cfg.C, Size: cfg.Size, Batch: cfg.Batch, Rate: cfg.Rate}
 	return run(ctx, rep, rc, func(ctx context.Context, runID string, onStart func(time.Time)) (*genResult, error) {
