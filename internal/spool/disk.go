@@ -479,7 +479,9 @@ func (s *Spool) FreeBytes() (avail uint64, reserve int64) {
 //     Without it the WAL grows to the memtable size (64 MiB by default)
 //     however little live mail there is.
 //   - when reclaimEvery messages were deleted since the last compaction,
-//     or reclaimAfter passed with any (or always, with force), it compacts
+//     or reclaimAfter passed with any, and reclaimGap (30 s) passed since
+//     the last compaction (the first one after Open need not wait; always
+//     with force or a full spool), it compacts
 //     the key ranges that delivery and event export delete from (bodies,
 //     messages, recipients, the event outbox: reclaimKinds), so the
 //     sstables holding delivered messages are rewritten without them. The
@@ -505,8 +507,11 @@ func (s *Spool) Reclaim(ctx context.Context, force bool) (bool, error) {
 	if n == 0 {
 		return false, nil
 	}
-	if !force && n < reclaimEvery && time.Since(s.lastReclaim.Load().(time.Time)) < reclaimAfter && !s.space.full.Load() {
-		return false, nil
+	if !force && !s.space.full.Load() {
+		since := time.Since(s.lastReclaim.Load().(time.Time))
+		if s.reclaimed.Load() && since < reclaimGap || n < reclaimEvery && since < reclaimAfter {
+			return false, nil
+		}
 	}
 	s.deleted.Add(-n)
 	start := time.Now()
@@ -523,6 +528,7 @@ func (s *Spool) Reclaim(ctx context.Context, force bool) (bool, error) {
 		return nil
 	})
 	s.lastReclaim.Store(time.Now())
+	s.reclaimed.Store(true)
 	if err != nil {
 		return false, fmt.Errorf("spool compaction: %w", err)
 	}
@@ -538,10 +544,15 @@ var reclaimKinds = []byte{kBody, kEvent, kMeta, kRcpt}
 var walFlushAt uint64 = 16 << 20
 
 // Compaction thresholds: after this many deleted messages, or after this
-// long with any.
+// long with any; never twice within reclaimGap unless the spool is full
+// (or forced). A compaction takes a core for 0.2–0.3 s on the project VM
+// while mail flows, and it showed in the acceptance tail each time: at
+// 5,000 messages a second 2,000 deletions come every 0.4 s, so without
+// the gap it ran at every 10 s housekeeping tick.
 var (
 	reclaimEvery int64 = 2000
 	reclaimAfter       = 5 * time.Minute
+	reclaimGap         = 30 * time.Second
 )
 
 // pebbleLogger sends Pebble's lines to slog: info at debug level, errors

@@ -183,3 +183,32 @@ func (b *syncBuffer) String() string {
 	defer b.mu.Unlock()
 	return b.b.String()
 }
+
+// TestReclaimGap: after a compaction Reclaim does not compact again
+// within reclaimGap however much was deleted, unless forced.
+func TestReclaimGap(t *testing.T) {
+	defer func(e int64) { reclaimEvery = e }(reclaimEvery)
+	reclaimEvery = 10
+	s, err := Open(t.TempDir(), Options{Node: "n1", MinFree: -1, MemtableMB: 4})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	deliverSome(t, s, 20)
+	if ok, err := s.Reclaim(context.Background(), false); err != nil || !ok {
+		t.Fatalf("first Reclaim = %v, %v; want a compaction (no gap before the first)", ok, err)
+	}
+	deliverSome(t, s, 20)
+	if ok, err := s.Reclaim(context.Background(), false); err != nil || ok {
+		t.Fatalf("second Reclaim within the gap = %v, %v; want none", ok, err)
+	}
+	if ok, err := s.Reclaim(context.Background(), true); err != nil || !ok {
+		t.Fatalf("forced Reclaim = %v, %v; want a compaction", ok, err)
+	}
+	deliverSome(t, s, 20)
+	defer func(g time.Duration) { reclaimGap = g }(reclaimGap)
+	reclaimGap = 0
+	if ok, err := s.Reclaim(context.Background(), false); err != nil || !ok {
+		t.Fatalf("Reclaim past the gap = %v, %v; want a compaction", ok, err)
+	}
+}

@@ -214,6 +214,7 @@ type Spool struct {
 	unsynced     atomic.Bool  // a write committed without fsync since the last background sync
 	deleted      atomic.Int64 // messages deleted since the last compaction
 	lastReclaim  atomic.Value // time.Time
+	reclaimed    atomic.Bool  // Reclaim has compacted since Open (reclaimGap applies)
 
 	supp suppState // the suppression list's policy (suppression.go)
 
