@@ -69,7 +69,7 @@ func TestRefusedHoldStepLeavesRecordsUnheld(t *testing.T) {
 	if !errors.As(err, &ie) || n != step {
 		t.Fatalf("Hold = %d, %v; want the first step (%d) held and an IncompleteError", n, err, step)
 	}
-	if err := os.Remove(filler); err != nil {
+	if err := os.RemoveAll(filler); err != nil {
 		t.Fatal(err)
 	}
 	testutil.WaitFor(t, "the spool writable again", sp.Writable)

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/sluice-mta/sluice/internal/spool"
 	"github.com/sluice-mta/sluice/internal/testutil"
@@ -82,7 +83,7 @@ func TestHoldStopsOnAFullDisk(t *testing.T) {
 		t.Fatalf("index holds %d, spool %d of %d: want %d in both, the same", len(held), len(only(all)), len(all), n)
 	}
 
-	if err := os.Remove(filler); err != nil {
+	if err := os.RemoveAll(filler); err != nil {
 		t.Fatal(err)
 	}
 	testutil.WaitFor(t, "the spool writable again", sp.Writable)
@@ -100,19 +101,34 @@ func TestHoldStopsOnAFullDisk(t *testing.T) {
 	}
 }
 
-// fill writes a file at path that leaves about left bytes free on its
-// filesystem.
+// fill writes files under the directory path until about left bytes
+// are free on its filesystem: the storage engine may delete
+// obsolete files while one is written (megabytes, right after a step's
+// flushes), so it tops up with another file until the free space stays
+// within 256 KiB of left.
 func fill(t *testing.T, path string, left uint64) {
 	t.Helper()
-	var st syscall.Statfs_t
-	if err := syscall.Statfs(filepath.Dir(path), &st); err != nil {
+	if err := os.MkdirAll(path, 0o700); err != nil {
 		t.Fatal(err)
 	}
-	avail := st.Bavail * uint64(st.Bsize)
-	if avail <= left {
-		t.Fatalf("only %d bytes free, want more than %d", avail, left)
-	}
-	if err := os.WriteFile(path, make([]byte, avail-left), 0o600); err != nil {
-		t.Fatal(err)
+	for i := 0; ; i++ {
+		var st syscall.Statfs_t
+		if err := syscall.Statfs(path, &st); err != nil {
+			t.Fatal(err)
+		}
+		avail := st.Bavail * uint64(st.Bsize)
+		if i == 0 && avail <= left {
+			t.Fatalf("only %d bytes free, want more than %d", avail, left)
+		}
+		if avail <= left+256<<10 {
+			return
+		}
+		if i == 20 {
+			t.Fatalf("free space stays at %d bytes, want %d", avail, left)
+		}
+		if err := os.WriteFile(filepath.Join(path, fmt.Sprint(i)), make([]byte, avail-left), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }
