@@ -811,6 +811,7 @@ func (s *Server) registerCoreMetrics() error {
 	// The queue gauges share one Stats per scrape: Stats walks the queue's
 	// waiting and held records under its lock (about 1 ms per million).
 	stats := scrapeStats(s.q.Stats, time.Now)
+	engine := scrapeStats(s.sp.EngineWork, time.Now) // one Pebble metrics read for the three counters
 	for _, c := range []prometheus.Collector{
 		gauge("sluice_spool_size_bytes", "Bytes the spool's directory takes on disk: allocated blocks, preallocated WAL space included (like du).", func() float64 {
 			return float64(dirBytes(cfg.Spool.Path))
@@ -832,13 +833,13 @@ func (s *Server) registerCoreMetrics() error {
 			return 0
 		}),
 		counter("sluice_spool_flushed_bytes_total", "Bytes the spool's storage engine wrote to tables when flushing memtables, since start.", func() float64 {
-			return float64(s.sp.EngineWork().FlushedBytes)
+			return float64(engine().FlushedBytes)
 		}),
 		counter("sluice_spool_compacted_bytes_total", "Bytes the spool's storage engine wrote in compactions, since start: with the flushed bytes, the spool's background writing.", func() float64 {
-			return float64(s.sp.EngineWork().CompactedBytes)
+			return float64(engine().CompactedBytes)
 		}),
 		counter("sluice_spool_compaction_seconds_total", "Wall time the spool's storage engine spent in compactions, since start.", func() float64 {
-			return s.sp.EngineWork().CompactionTime.Seconds()
+			return engine().CompactionTime.Seconds()
 		}),
 		gauge("sluice_queue_messages", "Messages with at least one recipient still queued.", func() float64 { return float64(stats().Messages) }),
 		gauge("sluice_queue_ready_recipients", "Recipients due for a delivery attempt now.", func() float64 { return float64(stats().ReadyRecipients) }),
@@ -861,16 +862,16 @@ func (s *Server) registerCoreMetrics() error {
 	return nil
 }
 
-// scrapeStats returns get, memoised for scrapeStatsFor: the gauges of one
-// scrape, read one after the other, share one call. Safe for concurrent
-// use.
-func scrapeStats(get func() queue.Stats, clock func() time.Time) func() queue.Stats {
+// scrapeStats returns get, memoised for scrapeStatsFor: the metrics of
+// one scrape, read one after the other, share one call. Safe for
+// concurrent use.
+func scrapeStats[T any](get func() T, clock func() time.Time) func() T {
 	var (
 		mu   sync.Mutex
 		at   time.Time
-		last queue.Stats
+		last T
 	)
-	return func() queue.Stats {
+	return func() T {
 		mu.Lock()
 		defer mu.Unlock()
 		if now := clock(); at.IsZero() || now.Sub(at) > scrapeStatsFor {
@@ -880,7 +881,7 @@ func scrapeStats(get func() queue.Stats, clock func() time.Time) func() queue.St
 	}
 }
 
-// scrapeStatsFor is how long scrapeStats reuses a Stats: well within one
+// scrapeStatsFor is how long scrapeStats reuses a reading: well within one
 // scrape, well below any scrape interval.
 const scrapeStatsFor = 200 * time.Millisecond
 

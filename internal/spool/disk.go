@@ -418,14 +418,25 @@ func (s *Spool) Writable() bool {
 // After a Pebble fatal error it returns the last figure it read: the
 // parked goroutine may hold the mutex Pebble's metrics need.
 func (s *Spool) Size() uint64 {
-	if s.plog.msg.Load() != nil {
+	m := s.metrics()
+	if m == nil {
 		return s.lastSize.Load()
+	}
+	n := m.DiskSpaceUsage()
+	s.lastSize.Store(n)
+	return n
+}
+
+// metrics returns Pebble's metrics, or nil after a Pebble fatal error
+// (the parked goroutine may hold the mutex they need). Safe for
+// concurrent use; no disk access.
+func (s *Spool) metrics() *pebble.Metrics {
+	if s.plog.msg.Load() != nil {
+		return nil
 	}
 	s.dbMu.RLock()
 	defer s.dbMu.RUnlock()
-	n := s.db.Metrics().DiskSpaceUsage()
-	s.lastSize.Store(n)
-	return n
+	return s.db.Metrics()
 }
 
 // EngineWork is what the storage engine wrote in the background since
@@ -445,12 +456,10 @@ type EngineWork struct {
 // Pebble fatal error it returns zeros (the parked goroutine may hold the
 // mutex the metrics need).
 func (s *Spool) EngineWork() EngineWork {
-	if s.plog.msg.Load() != nil {
+	m := s.metrics()
+	if m == nil {
 		return EngineWork{}
 	}
-	s.dbMu.RLock()
-	defer s.dbMu.RUnlock()
-	m := s.db.Metrics()
 	w := EngineWork{Compactions: m.Compact.Count, CompactionTime: m.Compact.Duration}
 	for _, l := range m.Levels {
 		w.FlushedBytes += l.TableBytesFlushed

@@ -19,11 +19,9 @@ type Memory struct {
 // MemoryUse reads the storage engine's memory from its metrics (no disk
 // access). Safe for concurrent use; zero after a Pebble fatal error.
 func (s *Spool) MemoryUse() Memory {
-	if s.plog.msg.Load() != nil {
+	m := s.metrics()
+	if m == nil {
 		return Memory{}
 	}
-	s.dbMu.RLock()
-	defer s.dbMu.RUnlock()
-	m := s.db.Metrics()
 	return Memory{Memtables: m.MemTable.Size, MemtableCount: m.MemTable.Count, Zombies: m.MemTable.ZombieSize, BlockCache: m.BlockCache.Size}
 }
