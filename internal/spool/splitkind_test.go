@@ -1,41 +1,27 @@
 package spool
 
 import (
-	"bytes"
 	"context"
 	"log/slog"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/cockroachdb/pebble/v2"
 
-	"github.com/sluice-mta/sluice/pipeline"
+	"github.com/sluice-mta/sluice/internal/testutil"
 )
 
-// deliverSome accepts n messages (body, recipient, "received" event, synced)
-// and delivers them (recipient and message deleted, "delivered" event):
-// every key kind a relay writes under load, history included.
+// deliverSome accepts n messages of 2 KB (acceptSized) and delivers them
+// (deliver): every key kind a relay writes under load, history included.
 func deliverSome(t *testing.T, s *Spool, n int) {
 	t.Helper()
-	body := bytes.Repeat([]byte("x"), 2048)
 	for i := 0; i < n; i++ {
-		id := s.NewID()
-		b := s.NewBatch()
-		_ = b.PutMessage(&Meta{ID: id, Sender: "a@x.test", Received: time.Now(), Size: len(body)}, body)
-		_ = b.PutRecipient(&Recipient{MsgID: id, Idx: 0, Address: "r@y.test", Domain: "y.test", Route: pipeline.MX()})
-		b.AddEvent(&pipeline.Event{Type: pipeline.EventReceived, MessageID: id, Recipient: "r@y.test"})
-		if err := b.Commit(true); err != nil {
+		id, err := acceptSized(s, 2048)
+		if err != nil {
 			t.Fatal(err)
 		}
-		o := s.NewBatch()
-		o.DeleteRecipient(id, 0)
-		o.DeleteMessage(id)
-		o.AddEvent(&pipeline.Event{Type: pipeline.EventDelivered, MessageID: id, Recipient: "r@y.test"})
-		if err := o.Commit(false); err != nil {
-			t.Fatal(err)
-		}
+		deliver(t, s, id)
 	}
 }
 
@@ -140,7 +126,7 @@ func TestReclaimLeavesHistory(t *testing.T) {
 // appear in the spool's log, and a write stall is a warning with its
 // reason, then one with its length.
 func TestEngineEventsLogged(t *testing.T) {
-	var buf syncBuffer
+	var buf testutil.SyncBuffer
 	log := slog.New(slog.NewTextHandler(&buf, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	s, err := Open(t.TempDir(), Options{Node: "n1", MinFree: -1, MemtableMB: 4, Logger: log})
 	if err != nil {
@@ -164,24 +150,6 @@ func TestEngineEventsLogged(t *testing.T) {
 			t.Errorf("log lacks %q:\n%s", want, out)
 		}
 	}
-}
-
-// syncBuffer is a bytes.Buffer safe for the engine's goroutines to log into.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
 }
 
 // TestReclaimGap: after a compaction Reclaim does not compact again
