@@ -467,7 +467,7 @@ func (f lowFS) GetDiskUsage(string) (vfs.DiskUsage, error) {
 func TestDeliveryHeldWhileSpoolCannotRecord(t *testing.T) {
 	var avail atomic.Uint64
 	avail.Store(1 << 30)
-	var logs syncBuffer
+	var logs testutil.SyncBuffer
 	log := slog.New(slog.NewTextHandler(&logs, nil))
 	sp, err := spool.Open("spool", spool.Options{FS: lowFS{FS: vfs.NewMem(), avail: &avail}, MinFree: 1 << 20, Logger: log})
 	if err != nil {
@@ -504,21 +504,4 @@ func TestDeliveryHeldWhileSpoolCannotRecord(t *testing.T) {
 	if n := strings.Count(logs.String(), "delivery is held"); n != 1 {
 		t.Errorf("the hold logged %d times; want once per stretch", n)
 	}
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }

@@ -29,7 +29,7 @@ import (
 // hold holds the rest and records its event.
 func TestHoldStopsOnAFullDisk(t *testing.T) {
 	dir := testutil.MountTmpfs(t, "size=128m")
-	var logs syncBuffer
+	var logs testutil.SyncBuffer
 	log := slog.New(slog.NewTextHandler(&logs, nil))
 	// min_free 32 MB: the write floor is at 8 MB free, and a batch of
 	// 2 MB or more (a sixteenth; a step is some 250 bytes a recipient)

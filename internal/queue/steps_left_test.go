@@ -10,6 +10,7 @@ import (
 	"github.com/cockroachdb/pebble/v2/vfs"
 
 	"github.com/sluice-mta/sluice/internal/spool"
+	"github.com/sluice-mta/sluice/internal/testutil"
 )
 
 // readingsFS reports plenty of free space for the first `room` readings
@@ -46,7 +47,7 @@ func TestCancelStoppedInAStepCountsWhatIsLeft(t *testing.T) {
 	t.Cleanup(func() { sp.Close() })
 	const total = 3000
 	spoolQueued(t, sp, total, 2)
-	var logs syncBuffer
+	var logs testutil.SyncBuffer
 	q := New(sp, &fakeDialer{}, Options{Logger: slog.New(slog.NewTextHandler(&logs, nil))})
 	if n, err := q.Load(); n != total || err != nil {
 		t.Fatalf("Load = %d, %v", n, err)

@@ -241,7 +241,7 @@ func TestCancelStopsWhenTheSpoolRefuses(t *testing.T) {
 	sp, avail := fillingSpool(t)
 	const total = 3000
 	spoolQueued(t, sp, total, 2)
-	var logs syncBuffer
+	var logs testutil.SyncBuffer
 	q := New(sp, &fakeDialer{}, Options{Logger: slog.New(slog.NewTextHandler(&logs, nil))})
 	q.stepRecipients = 500
 	q.betweenSteps = func() { avail.Store(1000) }
