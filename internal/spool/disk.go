@@ -497,7 +497,7 @@ func (s *Spool) FreeBytes() (avail uint64, reserve int64) {
 //     message history is left alone: only the hourly prune deletes from
 //     it, and it is most of the spool's bytes once mail flows (an earlier
 //     single compaction from bodies to recipients rewrote it every time,
-//     0.2–0.3 s of a core every 10 s at 5,000 messages a second).
+//     0.2–0.3 s of wall time every 10 s at 5,000 messages a second).
 //
 // It returns whether it compacted. A read-only or failed spool does
 // nothing.
@@ -554,8 +554,8 @@ var walFlushAt uint64 = 16 << 20
 
 // Compaction thresholds: after this many deleted messages, or after this
 // long with any; never twice within reclaimGap unless the spool is full
-// (or forced). A compaction takes a core for 0.2–0.3 s on the project VM
-// while mail flows, and it showed in the acceptance tail each time: at
+// (or forced). A compaction took 0.2–0.3 s (wall time) on the project VM
+// while mail flowed, and it showed in the acceptance tail each time: at
 // 5,000 messages a second 2,000 deletions come every 0.4 s, so without
 // the gap it ran at every 10 s housekeeping tick.
 var (
@@ -619,26 +619,25 @@ func (p *pebbleLogger) events() *pebble.EventListener {
 
 // warnSampled logs msg at warn level at most once per 10 s.
 func (p *pebbleLogger) warnSampled(msg string, args ...any) {
-	ok, n := p.sample.Allow(msg)
+	p.sampled(slog.LevelWarn, msg, func() string { return msg }, args...)
+}
+
+// sampled logs the line msg makes at level, at most once per 10 s per
+// key; the first line after a quiet spell counts the ones left out
+// (similar_suppressed).
+func (p *pebbleLogger) sampled(level slog.Level, key string, msg func() string, args ...any) {
+	ok, n := p.sample.Allow(key)
 	if !ok {
 		return
 	}
 	if n > 0 {
 		args = append(args, "similar_suppressed", n)
 	}
-	p.l.Warn(msg, args...)
+	p.l.Log(context.Background(), level, msg(), args...)
 }
 
 func (p *pebbleLogger) Errorf(format string, args ...any) {
-	ok, n := p.sample.Allow(format)
-	if !ok {
-		return
-	}
-	if n > 0 {
-		p.l.Error(fmt.Sprintf(format, args...), "similar_suppressed", n)
-		return
-	}
-	p.l.Error(fmt.Sprintf(format, args...))
+	p.sampled(slog.LevelError, format, func() string { return fmt.Sprintf(format, args...) })
 }
 
 // Fatalf is Pebble saying it cannot go on (a failed MANIFEST or WAL

@@ -1233,7 +1233,7 @@ func queuedRecipient(v []byte, msgID string, idx uint16) (*Recipient, error) {
 // messages, outbox events and history entries at once; as one table its
 // range spans every kind in between, and merging it rewrote every L6
 // table there, the whole message history (18 MB after 120,000 messages)
-// each time: 0.2 s of a core per flush, growing with the history, and
+// each time: 0.2 s (wall time) per flush, growing with the history, and
 // the relay's HTTP p99 with it (BENCHMARKS.md "Issue 21: what grows with
 // the spool's history"). Split per kind, new keys of each kind land at
 // its end (IDs and sequence numbers grow with time), so a compaction
