@@ -180,3 +180,21 @@ func TestReclaimGap(t *testing.T) {
 		t.Fatalf("Reclaim past the gap = %v, %v; want a compaction", ok, err)
 	}
 }
+
+// TestPebbleLinesSampled: Pebble's error lines and the stall warnings
+// are logged once per 10 s per text; the repeats are left out.
+func TestPebbleLinesSampled(t *testing.T) {
+	var buf testutil.SyncBuffer
+	p := newPebbleLogger(slog.New(slog.NewTextHandler(&buf, nil)))
+	for i := 0; i < 3; i++ {
+		p.Errorf("background error: %d", i)
+		p.warnSampled("spool write stall ended", "took", time.Millisecond)
+	}
+	out := buf.String()
+	if n := strings.Count(out, "background error"); n != 1 || !strings.Contains(out, `level=ERROR msg="background error: 0"`) {
+		t.Errorf("error lines: %d, want the first one only:\n%s", n, out)
+	}
+	if n := strings.Count(out, "stall ended"); n != 1 || !strings.Contains(out, "level=WARN") {
+		t.Errorf("stall warnings: %d, want one:\n%s", n, out)
+	}
+}
